@@ -1,0 +1,93 @@
+"""The one object every reader returns and every stage consumes.
+
+Array order follows Slicer's ``arrayFromVolume``: ``images[t, k, j, i]`` with k the slice,
+j the row and i the column; ``ijk_to_ras`` maps (i, j, k, 1) to RAS millimetres, so a
+frame drops straight into a ``vtkMRMLScalarVolumeNode`` and a mask into a segmentation.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+
+CINE, PERFUSION = "cine", "perfusion"
+
+
+@dataclass
+class Study:
+    images: np.ndarray                      # float32 (T, S, R, C)
+    ijk_to_ras: np.ndarray                  # float64 (4, 4); columns 0..2 = i, j, k steps in mm
+    kind: str = CINE                        # "cine" | "perfusion"
+    frame_times_s: Optional[np.ndarray] = None   # (T,) seconds from the first frame
+    name: str = "study"
+    source: str = ""                        # path the study was read from
+    provenance: dict = field(default_factory=dict)  # reader, files, vendor, series UID, ...
+    ed_frame: Optional[int] = None          # 0-based indices into T
+    es_frame: Optional[int] = None
+    # frame index -> (S, R, C) uint8 label map in the internal convention (labels.py).
+    # Perfusion series are motion-corrected, so one mask serves all frames: it is stored
+    # under the key of the frame it was drawn on (0 unless a reader knows better).
+    labels: Dict[int, np.ndarray] = field(default_factory=dict)
+    aif: Optional[np.ndarray] = None        # (T,) arterial input function (perfusion)
+    units: str = "signal"                   # "signal" | "gd_mmol_l"
+    hematocrit: Optional[float] = None
+    orientation_known: bool = True          # False when the file carries no real direction
+
+    def __post_init__(self):
+        self.images = np.asarray(self.images, dtype=np.float32)
+        if self.images.ndim != 4:
+            raise ValueError(f"Study.images must be (time, slice, row, col), got shape {self.images.shape}")
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if self.ijk_to_ras.shape != (4, 4):
+            raise ValueError(f"Study.ijk_to_ras must be 4x4, got {self.ijk_to_ras.shape}")
+        if self.frame_times_s is not None:
+            self.frame_times_s = np.asarray(self.frame_times_s, dtype=np.float64)
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def n_frames(self):
+        return self.images.shape[0]
+
+    @property
+    def n_slices(self):
+        return self.images.shape[1]
+
+    @property
+    def spacing(self):
+        """(column, row, slice) spacing in mm; slice spacing = thickness + gap."""
+        return tuple(float(np.linalg.norm(self.ijk_to_ras[:3, a])) for a in range(3))
+
+    @property
+    def voxel_volume_ml(self):
+        return abs(float(np.linalg.det(self.ijk_to_ras[:3, :3]))) / 1000.0
+
+    @property
+    def slice_normal(self):
+        """Unit vector of increasing slice index k, in RAS."""
+        k = self.ijk_to_ras[:3, 2]
+        return k / np.linalg.norm(k)
+
+    def ijk_to_ras_points(self, ijk):
+        """(N, 3) continuous i, j, k -> (N, 3) RAS mm."""
+        ijk = np.atleast_2d(np.asarray(ijk, float))
+        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    def ras_to_ijk_points(self, ras):
+        ras = np.atleast_2d(np.asarray(ras, float))
+        inv = np.linalg.inv(self.ijk_to_ras)
+        return ras @ inv[:3, :3].T + inv[:3, 3]
+
+    def frame_volume(self, t):
+        """(S, R, C) image of frame t."""
+        return self.images[t]
+
+    def labelled_frames(self):
+        return sorted(self.labels)
+
+
+def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), directions=None):
+    """4x4 IJK->RAS from (col, row, slice) spacing, an origin and a 3x3 of unit column directions."""
+    m = np.eye(4)
+    d = np.eye(3) if directions is None else np.asarray(directions, float)
+    m[:3, :3] = d * np.asarray(spacing, float)[None, :]
+    m[:3, 3] = origin
+    return m
