@@ -1,0 +1,306 @@
+"""A folder of single-frame DICOM images (cine or perfusion) -> Study.
+
+Slices are ordered along the slice normal (row x column direction), frames by TriggerTime for
+cine (AcquisitionTime for perfusion, where TriggerTime is the constant delay after the R wave).
+"""
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..progress import as_progress
+from ..study import CINE, PERFUSION, Study
+from .volume import LPS_TO_RAS, natural_key
+
+_DICOMDIR_UID = "1.2.840.10008.1.3.10"
+_REQUIRED = ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")
+_POSITION_TOL_MM = 0.05
+
+
+def _dcm():
+    import pydicom
+
+    return pydicom
+
+
+def looks_like_dicom(path):
+    """Cheap check: 'DICM' at byte 128 (files without the preamble are found by the full reader)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+@contextmanager
+def _quiet():
+    """Silence pydicom's value warnings: vendors' invalid UIDs and VRs are common and harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
+
+
+def _read_header(path):
+    """Dataset with deferred pixel data, or None for files that are not DICOM images."""
+    pydicom = _dcm()
+    with _quiet():
+        try:
+            ds = pydicom.dcmread(str(path), defer_size="16 KB")
+        except pydicom.errors.InvalidDicomError:
+            try:  # DICOM without the 128-byte preamble
+                ds = pydicom.dcmread(str(path), defer_size="16 KB", force=True)
+                if "Rows" not in ds or "SOPClassUID" not in ds:
+                    return None
+            except Exception:
+                return None
+        except Exception as e:
+            raise CardiacInputError(path, f"truncated or corrupt DICOM file ({type(e).__name__}: {e})")
+    sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    if "Rows" not in ds:
+        if sop is None or "Image" in getattr(sop, "name", ""):
+            raise CardiacInputError(path, "truncated or corrupt DICOM file (the image attributes are missing)")
+        return None  # DICOMDIR, structured reports, presentation states: no image
+    if str(sop) == _DICOMDIR_UID:
+        return None
+    return ds
+
+
+def series_uid_of(path):
+    """SeriesInstanceUID of one DICOM image file (CardiacInputError if it is not one)."""
+    ds = _read_header(path)
+    if ds is None:
+        raise CardiacInputError(path, "not a DICOM image file")
+    with _quiet():
+        return _series_key(ds)
+
+
+def _series_key(ds):
+    return str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>"))
+
+
+def _describe(uid, items):
+    ds = items[0][1]
+    return f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r} ({len(items)} images, UID {uid})"
+
+
+def scan_dicom_folder(folder, progress=None):
+    """{SeriesInstanceUID: [(path, dataset), ...]} and the skipped non-DICOM files."""
+    folder = Path(folder)
+    files = sorted((f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")),
+                   key=lambda f: natural_key(f.relative_to(folder)))
+    progress = as_progress(progress)
+    series, skipped = {}, []
+    for n, f in enumerate(files):
+        if n % 20 == 0:
+            progress(n, len(files), "reading DICOM headers")
+        ds = _read_header(f)
+        if ds is None:
+            skipped.append(str(f))
+        else:
+            series.setdefault(_series_key(ds), []).append((f, ds))
+    progress(len(files), len(files), "read DICOM headers")
+    return series, skipped
+
+
+def list_dicom_series(folder):
+    """[{uid, number, description, count}] for the image series in a folder."""
+    with _quiet():
+        series, _ = scan_dicom_folder(folder)
+        return [{"uid": uid, "number": str(items[0][1].get("SeriesNumber", "")),
+                 "description": str(items[0][1].get("SeriesDescription", "")), "count": len(items)}
+                for uid, items in series.items()]
+
+
+def _pick_series(folder, series, choice):
+    if not series:
+        raise CardiacInputError(folder, "no DICOM image files in this folder")
+    listing = "; ".join(_describe(uid, items) for uid, items in series.items())
+    if choice is None:
+        if len(series) == 1:
+            return next(iter(series.items()))
+        raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with series= (UID, number or description): {listing}")
+    c = str(choice).strip()
+    for uid, items in series.items():
+        ds = items[0][1]
+        if c == uid or c == str(ds.get("SeriesNumber", "")) or c.lower() == str(ds.get("SeriesDescription", "")).strip().lower():
+            return uid, items
+    raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")
+
+
+def _tm_seconds(value):
+    """DICOM TM 'HHMMSS.ffffff' -> seconds since midnight."""
+    s = str(value).strip().replace(":", "")
+    if not s:
+        return None
+    try:
+        return int(s[0:2]) * 3600 + int(s[2:4] or 0) * 60 + float(s[4:] or 0)
+    except ValueError:
+        return None
+
+
+def _trigger_s(ds):
+    tt = ds.get("TriggerTime")
+    try:
+        return float(tt) / 1000.0 if tt not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _frame_time_s(ds, kind):
+    """The time that orders frames: trigger delay for cine, clock time for perfusion (where the
+    trigger delay is nearly constant and would scramble the frames)."""
+    if kind == PERFUSION:
+        for tag in ("AcquisitionTime", "ContentTime"):
+            t = _tm_seconds(ds.get(tag, ""))
+            if t is not None:
+                return t
+        return None
+    return _trigger_s(ds)
+
+
+def _geometry(f, ds):
+    for tag in _REQUIRED:
+        if tag not in ds or ds.get(tag) in (None, ""):
+            raise CardiacInputError(f, f"missing DICOM tag {tag}, needed for the image geometry")
+    try:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        ps = [float(v) for v in ds.PixelSpacing]
+    except (TypeError, ValueError) as e:
+        raise CardiacInputError(f, f"unreadable geometry tags ({e})")
+    if iop.size != 6 or ipp.size != 3 or len(ps) != 2:
+        raise CardiacInputError(f, "ImageOrientationPatient/ImagePositionPatient/PixelSpacing have the wrong number of values")
+    return iop, ipp, ps
+
+
+def _pixels(f, ds):
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise CardiacInputError(f, "multi-frame (enhanced) DICOM is not supported; export single-frame images")
+    try:
+        with _quiet():
+            a = ds.pixel_array.astype(np.float32)
+    except Exception as e:
+        raise CardiacInputError(f, f"cannot read the pixel data (truncated, corrupt or unsupported compression: {type(e).__name__}: {e})")
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return a * slope + intercept
+
+
+def load_dicom_series(folder, series=None, kind=CINE, progress=None):
+    """Read one series of a DICOM folder into a Study (see the module docstring for ordering)."""
+    with _quiet():
+        return _load_series(Path(folder), series, kind, progress)
+
+
+def _load_series(folder, series, kind, progress):
+    if not folder.is_dir():
+        raise CardiacInputError(folder, "not a folder")
+    progress = as_progress(progress)
+    all_series, skipped = scan_dicom_folder(folder, progress)
+    uid, items = _pick_series(folder, all_series, series)
+
+    geo = [(f, ds) + _geometry(f, ds) for f, ds in items]
+    orients = {tuple(np.round(g[2], 3)) for g in geo}
+    if len(orients) > 1:
+        raise CardiacInputError(folder, f"series {uid} mixes {len(orients)} image orientations (e.g. localisers or several views); "
+                                        "export one stack of parallel slices")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
+    if len(shapes) > 1:
+        raise CardiacInputError(folder, f"series {uid} mixes image sizes {sorted(shapes)}")
+    iop, ps = geo[0][2], geo[0][4]
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+
+    # cluster slice positions along the normal
+    geo.sort(key=lambda g: float(normal @ g[3]))
+    positions, groups = [], []
+    for g in geo:
+        d = float(normal @ g[3])
+        if not positions or d - positions[-1] > _POSITION_TOL_MM:
+            positions.append(d)
+            groups.append([])
+        groups[-1].append(g)
+    counts = [len(g) for g in groups]
+    if len(set(counts)) > 1:
+        raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or mixes acquisitions")
+
+    def order(g):
+        t = _frame_time_s(g[1], kind)
+        inst = int(g[1].get("InstanceNumber", 0) or 0)
+        return (0, t, inst) if t is not None else (1, 0.0, inst)
+
+    for g in groups:
+        g.sort(key=order)
+    n_t, n_s = counts[0], len(groups)
+    rows, cols = shapes.pop()
+    images = np.empty((n_t, n_s, rows, cols), np.float32)
+    times = np.full((n_t, n_s), np.nan)
+    instance_map, sop_map, warn = {}, {}, []
+    done = 0
+    for k, g in enumerate(groups):
+        for t, (f, ds, *_rest) in enumerate(g):
+            if done % 20 == 0:
+                progress(done, n_t * n_s, "reading DICOM pixels")
+            done += 1
+            images[t, k] = _pixels(f, ds)
+            tt = _frame_time_s(ds, kind)
+            times[t, k] = np.nan if tt is None else tt
+            if ds.get("InstanceNumber") not in (None, ""):
+                inst = int(ds.InstanceNumber)
+                if inst in instance_map:
+                    warn.append(f"InstanceNumber {inst} used by several images")
+                instance_map[inst] = (t, k)
+            if "SOPInstanceUID" in ds:
+                sop_map[str(ds.SOPInstanceUID)] = (t, k)
+    progress(n_t * n_s, n_t * n_s, "read DICOM")
+    if not np.all(np.isfinite(images)):
+        raise CardiacInputError(folder, "pixel data contains NaN or infinite values")
+
+    gaps = np.diff(positions)
+    if n_s > 1:
+        spacing = float(np.median(gaps))
+        if np.max(np.abs(gaps - spacing)) > 0.1 * spacing:
+            warn.append(f"uneven slice spacing {np.round(gaps, 2).tolist()} mm; using the median {spacing:.2f} mm")
+        offsets = np.array([g[0][3] for g in groups]) - groups[0][0][3]
+        in_plane = offsets - np.outer(offsets @ normal, normal)
+        if np.max(np.linalg.norm(in_plane, axis=1)) > 0.5:
+            warn.append("slice origins shift within the image plane (sheared stack); geometry assumes a straight stack")
+    else:
+        ds0 = groups[0][0][1]
+        spacing = float(ds0.get("SpacingBetweenSlices", 0) or ds0.get("SliceThickness", 0) or 1.0)
+
+    m = np.eye(4)
+    m[:3, 0] = row_dir * ps[1]   # i = column index advances along the row direction
+    m[:3, 1] = col_dir * ps[0]   # j = row index advances along the column direction
+    m[:3, 2] = normal * spacing
+    m[:3, 3] = groups[0][0][3]
+    m[:3, :] = LPS_TO_RAS @ m[:3, :]
+
+    ds0 = groups[0][0][1]
+    if kind == PERFUSION and not np.all(np.isfinite(times)):
+        # no clock times: some exports keep time since the first frame in TriggerTime
+        trig = np.array([[_trigger_s(g[t][1]) for g in groups] for t in range(n_t)], dtype=float)  # None -> nan
+        if n_t > 1 and np.all(np.isfinite(trig)) and np.all(np.diff(trig, axis=0) > 0):
+            times = trig
+    frame_times = None
+    if np.all(np.isfinite(times)):
+        rel = times - times[0:1, :]
+        frame_times = np.median(rel, axis=1)
+    prov = {
+        "reader": "dicom", "files": [str(g[0]) for grp in groups for g in grp], "skipped_files": skipped,
+        "series_uid": uid, "series_number": int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,
+        "series_description": str(ds0.get("SeriesDescription", "")),
+        "manufacturer": str(ds0.get("Manufacturer", "")), "model": str(ds0.get("ManufacturerModelName", "")),
+        "field_strength_t": float(ds0.get("MagneticFieldStrength", 0) or 0) or None,
+        "patient_id": str(ds0.get("PatientID", "")),
+        "slice_positions_mm": [round(p, 4) for p in positions],
+        "instance_map": instance_map, "sop_map": sop_map, "warnings": warn,
+    }
+    if kind == PERFUSION:
+        prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
+    else:
+        prov["trigger_times_ms"] = None if frame_times is None else np.round(times.T * 1000, 3).tolist()
+    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=frame_times, name=folder.name,
+                 source=str(folder), provenance=prov, orientation_known=True)

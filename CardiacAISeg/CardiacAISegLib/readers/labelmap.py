@@ -1,0 +1,96 @@
+"""Label-map files (NIfTI, NRRD, MetaImage; simple ``.seg.nrrd``) for a Study.
+
+A 3D map is one frame's labels; a 4D map has one per frame. Values are converted from the
+file's convention ('acdc' | 'ukbb' | 'internal') to the internal one (labels.py). A
+single-layer ``.seg.nrrd`` names its segments, so its names win over the convention.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..labels import CONVENTIONS, LV, MYO, RV, SEGMENT_IDS, SEGMENTS, normalise_labels
+from .volume import read_volume_file
+
+_NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
+                  **{i: SEGMENTS[n][0] for n, i in SEGMENT_IDS.items()},
+                  "lv": LV, "left ventricle": LV, "myocardium": MYO, "myo": MYO, "rv": RV, "right ventricle": RV}
+
+
+def _seg_nrrd_mapping(header):
+    """{file value: internal label} from Slicer's SegmentN_Name / _LabelValue / _Layer fields."""
+    mapping, layers = {}, set()
+    n = 0
+    while f"Segment{n}_Name" in header:
+        name = str(header[f"Segment{n}_Name"]).strip().lower()
+        layers.add(header.get(f"Segment{n}_Layer", "0"))
+        value = int(header.get(f"Segment{n}_LabelValue", n + 1))
+        if name in _NAME_TO_LABEL:
+            mapping[value] = _NAME_TO_LABEL[name]
+        n += 1
+    return mapping, len(layers)
+
+
+def read_labels(path, convention="acdc"):
+    """(labels (T, S, R, C) uint8 internal convention, ijk_to_ras, info)."""
+    path = Path(path)
+    if convention not in CONVENTIONS:
+        raise CardiacInputError(path, f"unknown label convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
+    data, m, meta = read_volume_file(path)
+    info = {"file": str(path), "convention": convention, "warnings": []}
+    header = meta.get("header", {})
+    mapping = None
+    if path.name.lower().endswith(".seg.nrrd"):
+        mapping, n_layers = _seg_nrrd_mapping(header)
+        if n_layers > 1 or data.shape[0] > 1:
+            raise CardiacInputError(path, "segmentation with overlapping layers is not supported; export it as a labelmap volume")
+        # A .seg.nrrd holds one frame: the list axis pynrrd finds would be a layer axis
+        if mapping:
+            info["convention"] = "seg.nrrd segment names"
+    values = np.rint(data).astype(np.int32)
+    if not np.allclose(values, data):
+        raise CardiacInputError(path, "label values are not whole numbers; is this an image rather than a label map?")
+    if mapping:
+        out = np.zeros(values.shape, np.uint8)
+        for v, target in mapping.items():
+            out[values == v] = target
+        known = set(mapping)
+    else:
+        out = normalise_labels(values, convention)
+        known = set(CONVENTIONS[convention])
+    unknown = sorted(int(v) for v in np.unique(values) if v != 0 and int(v) not in known)
+    if unknown:
+        info["warnings"].append(f"label values {unknown} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
+    return out, m, info
+
+
+def load_labelmap(path, study, convention="acdc", frame=None):
+    """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
+    path = Path(path)
+    labels, m, info = read_labels(path, convention)
+    if labels.shape[1:] != study.images.shape[1:]:
+        raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
+                                      f"the image {study.images.shape[1:][::-1]}")
+    if not np.allclose(m, study.ijk_to_ras, atol=1e-2 * max(study.spacing)):
+        info["warnings"].append("label map geometry (origin/spacing/direction) differs from the image; used voxel by voxel")
+    if labels.shape[0] > 1:
+        if labels.shape[0] != study.n_frames:
+            raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}")
+        if frame is not None:
+            return {int(frame): labels[int(frame)]}, info
+        return {t: labels[t] for t in range(labels.shape[0]) if labels[t].any()}, info
+    if frame is None:
+        frame = study.ed_frame if study.ed_frame is not None else 0
+    frame = int(frame)
+    if not 0 <= frame < study.n_frames:
+        raise CardiacInputError(path, f"frame {frame} is outside the image's {study.n_frames} frames")
+    info["frame"] = frame
+    return {frame: labels[0]}, info
+
+
+def attach_labelmap(study, path, convention="acdc", frame=None):
+    """Add the label map's frames to study.labels and note it in provenance."""
+    labels, info = load_labelmap(path, study, convention, frame)
+    study.labels.update(labels)
+    study.provenance.setdefault("label_files", []).append(info)
+    return study

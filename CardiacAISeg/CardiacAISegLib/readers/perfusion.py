@@ -1,0 +1,199 @@
+"""First-pass perfusion series: Analyze 7.5 / NIfTI / DICOM / QPerf folders, plus the AIF.
+
+Analyze and 3D NIfTI perfusion files are one slice over time, ``[RO, E1, frames]``; 4D NIfTI is
+``(x, y, slices, frames)``. The frame interval comes from the caller, DICOM times, the NIfTI
+header or a QPerf ``params.json`` - never guessed.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..study import PERFUSION, Study
+from .acdc import nifti_to_kji
+from .volume import diagnose_nifti, frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
+
+QPERF_PARAMS = "params.json"
+_TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
+
+
+def _read_image_array(path):
+    """Array and affine of an Analyze/NIfTI file, with errors that name the format."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise CardiacInputError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel raises many types for corrupt / truncated files
+        if volume_suffix(path) in (".hdr", ".img"):
+            raise CardiacInputError(path, f"not a readable Analyze 7.5 file ({type(e).__name__}: {e})")
+        raise CardiacInputError(path, f"not a readable NIfTI file: {diagnose_nifti(path) or f'{type(e).__name__}: {e}'}")
+    if not np.all(np.isfinite(data)):
+        raise CardiacInputError(path, "contains NaN or infinite values")
+    return data, np.asarray(img.affine, float)
+
+
+def _read_aif_text(path):
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise CardiacInputError(path, "empty AIF file")
+    delim = next((d for d in (",", "\t", ";") if d in lines[0]), None)
+    rows = [[c.strip().strip('"') for c in (ln.split(delim) if delim else ln.split())] for ln in lines]
+    column = 0
+    try:
+        float(rows[0][0]) if len(rows[0]) == 1 else [float(c) for c in rows[0]]
+    except ValueError:  # a header row
+        names = [c.lower() for c in rows[0]]
+        if "aif" in names:
+            column = names.index("aif")
+        elif len(names) != 1:
+            raise CardiacInputError(path, f"several columns {rows[0]} and none named 'aif'")
+        rows = rows[1:]
+    else:
+        if len(rows[0]) != 1:
+            raise CardiacInputError(path, f"{len(rows[0])} columns and no header; give one column or name the AIF column 'aif'")
+    try:
+        return np.array([float(r[column]) for r in rows])
+    except (ValueError, IndexError) as e:
+        raise CardiacInputError(path, f"AIF values are not numbers ({e})")
+
+
+def load_aif(source):
+    """AIF as a 1D float array from a text/CSV file, an Analyze/NIfTI column image or an array."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise CardiacInputError(path, "AIF file not found")
+        suffix = volume_suffix(path)
+        if suffix in (".hdr", ".img", ".nii", ".nii.gz"):
+            data, _ = _read_image_array(path)
+            aif = np.squeeze(data)
+        elif suffix in _TEXT_SUFFIXES or suffix == "":
+            aif = _read_aif_text(path)
+        else:
+            raise CardiacInputError(path, f"unknown AIF format {suffix!r}; use a text/CSV column, .hdr/.img or .nii")
+    else:
+        path, aif = "<aif>", np.asarray(source, dtype=float).squeeze()
+    aif = np.asarray(aif, dtype=float)
+    if aif.ndim != 1:
+        raise CardiacInputError(path, f"the AIF must be one curve, got shape {aif.shape}")
+    if not np.all(np.isfinite(aif)):
+        raise CardiacInputError(path, "the AIF contains NaN or infinite values")
+    return aif
+
+
+def _qperf_entry(path, stress_or_rest):
+    """(folder, entry) of a QPerf params.json for a folder / params.json / one of its images."""
+    path = Path(path)
+    params_file = path / QPERF_PARAMS if path.is_dir() else path.parent / QPERF_PARAMS
+    if not params_file.is_file():
+        return None, None
+    try:
+        params = json.loads(params_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CardiacInputError(params_file, f"not readable JSON ({e})")
+    if path.is_dir() or path.name == QPERF_PARAMS:
+        if stress_or_rest not in params:
+            raise CardiacInputError(params_file, f"no {stress_or_rest!r} entry (has {sorted(k for k in params if isinstance(params[k], dict))})")
+        return params_file, params[stress_or_rest]
+    stem = path.name.rsplit(".", 1)[0]
+    for entry in params.values():
+        if isinstance(entry, dict) and str(entry.get("images", "")).rsplit(".", 1)[0] == stem:
+            return params_file, entry
+    return None, None
+
+
+def _image_study(path):
+    """(Study without timing, frame times from the file or None) for a perfusion image file."""
+    suffix = volume_suffix(path)
+    if suffix in (".hdr", ".img"):
+        data, affine = _read_image_array(path)
+        if data.ndim not in (3, 4):
+            raise CardiacInputError(path, f"expected [RO, E1, frames] or (x, y, slices, frames), got shape {data.shape}")
+        images, ndim = nifti_to_kji(data), data.ndim
+        meta = {"format": "analyze", "orientation_known": False, "frame_times_s": None}
+    elif suffix in (".nii", ".nii.gz"):
+        images, affine, meta = read_nifti(path)
+        ndim = meta["ndim"]
+        if ndim not in (3, 4):
+            raise CardiacInputError(path, f"expected (x, y, frames) or (x, y, slices, frames), got {ndim} dimensions")
+    else:
+        study = load_volume(path, kind=PERFUSION)
+        return study, study.frame_times_s
+    if ndim == 3:  # [RO, E1, frames]: the third axis is time, one slice
+        images = images.transpose(1, 0, 2, 3)
+    study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
+                  source=str(path), orientation_known=meta["orientation_known"],
+                  provenance={"reader": meta["format"], "files": [str(path)]})
+    return study, meta.get("frame_times_s")
+
+
+def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress", hematocrit=None,
+                   units=None, progress=None):
+    """Read a perfusion series into a Study with kind='perfusion', AIF, frame times and units."""
+    path = Path(path)
+    if not path.exists():
+        raise CardiacInputError(path, "file or folder not found")
+    params_file, entry = _qperf_entry(path, stress_or_rest)
+    measured = None  # frame times measured by the scanner / file
+    if entry is not None and (path.is_dir() or path.name == QPERF_PARAMS):
+        if not entry.get("images"):
+            raise CardiacInputError(params_file, f"the {stress_or_rest!r} entry names no 'images' file")
+        study, measured = _image_study(params_file.parent / entry["images"])
+    elif path.is_dir() and len(frame_files(path)) > 1:
+        study = load_frame_folder(path, kind=PERFUSION, progress=progress)
+    elif path.is_dir():
+        from .dicom import load_dicom_series
+
+        study = load_dicom_series(path, series=series, kind=PERFUSION, progress=progress)
+        measured = study.frame_times_s
+    else:
+        study, measured = _image_study(path)
+    n = study.n_frames
+
+    if dt is not None:
+        dt, dt_source = float(dt), "argument"
+        where = path
+    elif measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
+        dt, dt_source, where = float(np.median(np.diff(measured))), "file", path
+    elif entry is not None and "dt_s" in entry:
+        dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
+    else:
+        raise CardiacInputError(path, "frame interval unknown: give dt (seconds per frame, --dt)")
+    if not np.isfinite(dt) or dt <= 0:
+        raise CardiacInputError(where, f"frame interval dt must be a positive number of seconds, got {dt}")
+
+    aif_source = aif if aif is not None else (params_file.parent / entry["aif"] if entry and entry.get("aif") else None)
+    if aif_source is not None:
+        curve = load_aif(aif_source)
+        if len(curve) != n:
+            raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
+                                    f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
+        study.aif = curve
+
+    prov = study.provenance
+    prov.update({"dt_s": dt, "dt_source": dt_source,
+                 "aif_source": str(aif_source) if isinstance(aif_source, (str, Path)) else ("array" if aif_source is not None else None)})
+    if measured is not None and len(measured) > 2:
+        steps = np.diff(measured)
+        if np.max(np.abs(steps - np.median(steps))) > 0.1 * np.median(steps):
+            prov.setdefault("warnings", []).append("frame times are uneven (heart-rate dependent); using the median interval")
+    if entry is not None:
+        prov["qperf"] = {"params": str(params_file), "stress_or_rest": stress_or_rest if path.is_dir() or path.name == QPERF_PARAMS else None}
+        for key in ("aif_foot", "aif_peak"):
+            if aif is None and f"{key}_frame_1based" in entry:
+                prov[key] = int(entry[f"{key}_frame_1based"]) - 1  # the authors store MATLAB indices
+        if hematocrit is None and "hematocrit" in entry:
+            hematocrit = float(entry["hematocrit"])
+    study.kind = PERFUSION
+    study.frame_times_s = np.arange(n) * dt
+    study.hematocrit = hematocrit
+    study.units = units or ("gd_mmol_l" if entry is not None else "signal")
+    if entry is not None and path.is_dir():
+        study.name = f"{path.name}_{stress_or_rest}"
+    return study

@@ -1,0 +1,330 @@
+"""Volume files: NIfTI 3D/4D, NRRD (plain and Slicer ``.seq.nrrd``), MetaImage, folders of frames.
+
+Every reader here returns arrays as ``(t, k, j, i)`` with an IJK->RAS matrix, like the rest of
+the engine. NIfTI is RAS already; NRRD says its space; MetaImage is LPS (ITK), as is DICOM.
+"""
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..progress import as_progress
+from ..study import CINE, Study
+from .acdc import load_nifti, nifti_to_kji
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
+
+# NRRD anatomical spaces -> sign of each axis relative to RAS
+_NRRD_SPACES = {
+    "right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1),
+    "left-anterior-superior": (-1, 1, 1), "las": (-1, 1, 1),
+    "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1),
+}
+_SPATIAL_KINDS = {"domain", "space"}
+# MetaIO element types; MET_LONG is 4 bytes in MetaIO, unlike C's long on Linux
+_MET_TYPES = {
+    "MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2",
+    "MET_UINT": "u4", "MET_INT": "i4", "MET_ULONG": "u4", "MET_LONG": "i4",
+    "MET_ULONG_LONG": "u8", "MET_LONG_LONG": "i8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
+}
+
+
+def natural_key(name):
+    """Sort key so that 'time_2' < 'time_10'."""
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", str(name))]
+
+
+def volume_suffix(path):
+    name = Path(path).name.lower()
+    for suffix in (".seq.nrrd", ".nii.gz") + VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def axis_aligned(direction):
+    """True when a direction matrix has no obliquity: for cardiac short-axis data that means
+    the writer had no real orientation (a default identity), not a true patient direction."""
+    d = np.asarray(direction, float)
+    return bool(np.all(np.abs(d - np.diag(np.diag(d))) < 1e-9))
+
+
+def check_finite(path, array):
+    if not np.all(np.isfinite(array)):
+        raise CardiacInputError(path, "contains NaN or infinite values")
+    return array
+
+
+# --- NIfTI ----------------------------------------------------------------------------------
+def diagnose_nifti(path):
+    """A plainer reason than nibabel's for a NIfTI that will not load, or None."""
+    import gzip
+
+    try:
+        raw = Path(path).read_bytes()
+        if str(path).lower().endswith(".gz"):
+            raw = gzip.decompress(raw)
+    except EOFError:
+        return "truncated: the gzip stream ends early (incomplete download or copy?)"
+    except (OSError, zlib.error):
+        return "not gzip-compressed data, although the name ends in .gz"
+    if len(raw) < 348 or not ({int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")} & {348, 540}):
+        return "not a NIfTI file (no NIfTI header)"
+    return None
+
+
+def read_nifti(path):
+    try:
+        data, affine, header = load_nifti(path)
+    except CardiacInputError as e:
+        reason = diagnose_nifti(path) if Path(path).is_file() and "NaN" not in e.problem else None
+        if reason is None:
+            raise
+        raise CardiacInputError(path, f"not a readable NIfTI file: {reason}") from e
+    while data.ndim > 4 and data.shape[-1] == 1:  # (x, y, z, t, 1) from some writers
+        data = data[..., 0]
+    if data.ndim > 4 or data.ndim < 2:
+        raise CardiacInputError(path, f"expected a 2D, 3D or 4D image, got shape {data.shape}")
+    meta = {"format": "nifti", "orientation_known": True, "frame_times_s": None, "ndim": data.ndim}
+    codes = (int(header.get("sform_code", 0)), int(header.get("qform_code", 0))) if hasattr(header, "get") else (0, 0)
+    if codes == (0, 0) or axis_aligned(affine[:3, :3]):
+        meta["orientation_known"] = False
+    if data.ndim == 4 and data.shape[3] > 1:
+        dt = float(header.get_zooms()[3]) if len(header.get_zooms()) > 3 else 0.0
+        unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
+        scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
+        if scale and dt > 0:
+            meta["frame_times_s"] = np.arange(data.shape[3]) * dt * scale
+    return nifti_to_kji(data), affine, meta
+
+
+# --- NRRD -----------------------------------------------------------------------------------
+def _nrrd_frame_times(header, list_axis, n):
+    values = header.get(f"axis {list_axis} index values")
+    label = ""
+    if header.get("labels"):
+        label = str(header["labels"][list_axis]).lower()
+    unit = ""
+    if header.get("units"):
+        unit = str(header["units"][list_axis]).lower()
+    if values is None and "MultiVolume.FrameLabels" in header:
+        values, unit, label = header["MultiVolume.FrameLabels"].replace(",", " "), "ms", "time"
+    if values is None or "time" not in label + " " + str(header.get(f"axis {list_axis} index type", "")):
+        return None
+    try:
+        t = np.array([float(v) for v in str(values).split()])
+    except ValueError:
+        return None
+    if t.size != n:
+        return None
+    t = t * (1e-3 if unit in ("ms", "msec") else 1.0)
+    return t - t[0]
+
+
+def read_nrrd(path):
+    """(images (T, S, R, C), ijk_to_ras, meta) from a 3D .nrrd or a 4D (.seq).nrrd."""
+    import nrrd
+
+    path = Path(path)
+    if not path.is_file():
+        raise CardiacInputError(path, "file not found")
+    try:
+        data, header = nrrd.read(str(path), index_order="F")
+    except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
+        raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
+    kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
+    dirs = header.get("space directions")
+    spatial = [a for a in range(data.ndim)
+               if (dirs is not None and np.all(np.isfinite(np.asarray(dirs[a], float))))
+               or (dirs is None and kinds[a] in _SPATIAL_KINDS)]
+    if len(spatial) != 3 or data.ndim - len(spatial) > 1:
+        raise CardiacInputError(path, f"expected 3 spatial axes and at most one list/time axis, got sizes {list(data.shape)} and kinds {kinds}")
+    list_axis = next((a for a in range(data.ndim) if a not in spatial), None)
+    if list_axis is None:
+        data, list_axis = data[..., None], data.ndim
+    # The list axis may come first (documented .seq.nrrd layout) or last (what Slicer 5.13 writes)
+    data = np.moveaxis(data, list_axis, 0)
+    images = np.asarray(data.transpose(0, 3, 2, 1), dtype=np.float32)
+    check_finite(path, images)
+
+    space = str(header.get("space", "")).lower()
+    signs = _NRRD_SPACES.get(space)
+    m = np.eye(4)
+    if dirs is not None:
+        d = np.array([np.asarray(dirs[a], float) for a in spatial]).T  # columns = i, j, k steps
+        m[:3, :3] = d
+        if "space origin" in header:
+            m[:3, 3] = np.asarray(header["space origin"], float)
+    else:
+        spacings = header.get("spacings")
+        sp = [float(spacings[a]) if spacings is not None and np.isfinite(spacings[a]) else 1.0 for a in spatial]
+        m[:3, :3] = np.diag(sp)
+    if signs is not None:
+        m[:3, :] = np.diag(signs) @ m[:3, :]
+    orientation_known = signs is not None and dirs is not None and not axis_aligned(m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0))
+    meta = {"format": "nrrd", "orientation_known": orientation_known, "nrrd_space": space or None,
+            "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
+            "header": {k: v for k, v in header.items() if isinstance(v, str)}}
+    return images, m, meta
+
+
+# --- MetaImage ------------------------------------------------------------------------------
+def _parse_mhd(path):
+    fields = {}
+    with open(path, "rb") as f:
+        raw = f.read()
+    for line in raw.split(b"\n"):
+        text = line.decode("latin-1").strip()
+        if "=" not in text:
+            if text:
+                break  # binary data of a .mha
+            continue
+        key, value = (s.strip() for s in text.split("=", 1))
+        fields[key] = value
+        if key == "ElementDataFile":
+            break
+    return fields, raw
+
+
+def read_metaimage(path):
+    """(images (T, S, R, C), ijk_to_ras, meta) from a .mhd (+ .raw/.zraw) or .mha file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CardiacInputError(path, "file not found")
+    fields, raw = _parse_mhd(path)
+    try:
+        ndims = int(fields["NDims"])
+        dims = [int(v) for v in fields["DimSize"].split()]
+        dtype = np.dtype(_MET_TYPES[fields["ElementType"]])
+        data_file = fields["ElementDataFile"]
+    except KeyError as e:
+        raise CardiacInputError(path, f"not a MetaImage header: missing or unknown {e.args[0]!r}")
+    except ValueError as e:
+        raise CardiacInputError(path, f"bad MetaImage header ({e})")
+    if int(fields.get("ElementNumberOfChannels", "1")) != 1:
+        raise CardiacInputError(path, "multi-channel MetaImage is not supported (expected a scalar image)")
+    if not 2 <= ndims <= 4 or len(dims) != ndims:
+        raise CardiacInputError(path, f"expected a 2D-4D image, got NDims={ndims} DimSize={dims}")
+    msb = fields.get("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False")).lower() == "true"
+    dtype = dtype.newbyteorder(">" if msb else "<")
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    n_bytes = int(np.prod(dims)) * dtype.itemsize
+
+    if data_file.upper() == "LOCAL":
+        data_path = path
+        marker = raw.find(b"ElementDataFile")
+        payload = raw[raw.index(b"\n", marker) + 1:]
+    elif data_file.upper() == "LIST" or "%" in data_file:
+        raise CardiacInputError(path, f"ElementDataFile {data_file!r} (file lists/patterns) is not supported; use one data file")
+    else:
+        data_path = path.parent / data_file
+        if not data_path.is_file():
+            raise CardiacInputError(path, f"its data file {data_path.name} (ElementDataFile) is missing")
+        payload = data_path.read_bytes()
+    header_size = int(fields.get("HeaderSize", "0"))
+    if header_size > 0:
+        payload = payload[header_size:]
+    elif header_size == -1 and not compressed:
+        payload = payload[-n_bytes:]
+    if compressed:
+        d = zlib.decompressobj(47)  # zlib or gzip stream
+        try:
+            payload = d.decompress(payload, n_bytes) if n_bytes else b""
+        except zlib.error as e:
+            raise CardiacInputError(data_path, f"corrupt compressed data ({e})")
+    if len(payload) < n_bytes:
+        raise CardiacInputError(data_path, f"truncated: {len(payload)} of {n_bytes} bytes of image data")
+    arr = np.frombuffer(payload[:n_bytes], dtype=dtype).reshape(dims[::-1]).astype(np.float32)
+    check_finite(data_path, arr)
+
+    sp = [float(v) for v in fields.get("ElementSpacing", fields.get("ElementSize", " ".join(["1"] * ndims))).split()]
+    origin = [float(v) for v in fields.get("Offset", fields.get("Position", fields.get("Origin", " ".join(["0"] * ndims)))).split()]
+    tm = fields.get("TransformMatrix", fields.get("Rotation", fields.get("Orientation")))
+    direction = np.eye(ndims) if tm is None else np.array([float(v) for v in tm.split()]).reshape(ndims, ndims).T
+    # MetaIO lists each axis' direction in turn: column a of ITK's direction = values[a*n:(a+1)*n]
+    d3, sp3, o3 = np.eye(3), np.ones(3), np.zeros(3)
+    n3 = min(ndims, 3)
+    d3[:n3, :n3], sp3[:n3], o3[:n3] = direction[:n3, :n3], sp[:n3], origin[:n3]
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ d3 @ np.diag(sp3)
+    m[:3, 3] = LPS_TO_RAS @ o3
+    if ndims == 2:
+        arr = arr[None, None]
+    elif ndims == 3:
+        arr = arr[None]
+    # a 4th ElementSpacing has no time unit in MetaIO, so frame times stay unknown
+    meta = {"format": "metaimage", "orientation_known": tm is not None and not axis_aligned(d3),
+            "frame_times_s": None, "data_file": str(data_path)}
+    return arr, m, meta
+
+
+# --- dispatch -------------------------------------------------------------------------------
+def read_volume_file(path):
+    """(images (T, S, R, C) float32, ijk_to_ras, meta) for any single volume file."""
+    suffix = volume_suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        return read_nifti(path)
+    if suffix in (".nrrd", ".seq.nrrd", ".nhdr"):
+        return read_nrrd(path)
+    if suffix in (".mhd", ".mha"):
+        return read_metaimage(path)
+    raise CardiacInputError(path, f"unknown volume format {suffix!r}; accepted: {', '.join(('.seq.nrrd',) + VOLUME_SUFFIXES)}")
+
+
+def _strip_suffix(path):
+    name = Path(path).name
+    suffix = volume_suffix(path)
+    return name[: -len(suffix)] if name.lower().endswith(suffix) else Path(path).stem
+
+
+def load_volume(path, kind=CINE):
+    """One file -> Study. 3D files become a single frame; 4D files a series."""
+    images, m, meta = read_volume_file(path)
+    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=meta.pop("frame_times_s"),
+                 name=_strip_suffix(path), source=str(path),
+                 orientation_known=meta.pop("orientation_known"),
+                 provenance={"reader": meta.pop("format"), "files": [str(path)], **meta})
+
+
+def frame_files(folder):
+    """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
+    folder = Path(folder)
+    by_suffix = {}
+    for f in folder.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            s = volume_suffix(f)
+            if s in (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha"):
+                by_suffix.setdefault(s, []).append(f)
+    if not by_suffix:
+        return []
+    suffix = max(by_suffix, key=lambda s: len(by_suffix[s]))
+    return sorted(by_suffix[suffix], key=lambda f: natural_key(f.name))
+
+
+def load_frame_folder(folder, kind=CINE, progress=None):
+    """A folder of 3D files, one per frame (e.g. ``v4_cSAX_time_N.mhd``) -> one Study."""
+    folder = Path(folder)
+    files = frame_files(folder)
+    if not files:
+        raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
+    progress = as_progress(progress)
+    frames, m0 = [], None
+    for n, f in enumerate(files):
+        progress(n, len(files), f"reading {f.name}")
+        images, m, meta = read_volume_file(f)
+        if images.shape[0] != 1:
+            raise CardiacInputError(f, f"expected one 3D frame per file, got {images.shape[0]} frames")
+        if frames and images.shape[1:] != frames[0].shape:
+            raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}")
+        if m0 is None:
+            m0, meta0 = m, meta
+        elif not np.allclose(m, m0, atol=1e-3):
+            raise CardiacInputError(f, f"geometry (origin/spacing/direction) differs from {files[0].name}")
+        frames.append(images[0])
+    progress(len(files), len(files), "read")
+    return Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
+                 orientation_known=meta0["orientation_known"],
+                 provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files]})

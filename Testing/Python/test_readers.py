@@ -1,0 +1,448 @@
+"""Readers on the real development data (../shared/data) and on small synthetic files.
+
+Real-data tests skip only when ../shared/data is absent. Bad-input tests each check that the
+message names the file and says what is wrong.
+"""
+import gzip
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CardiacAISegLib.errors import CardiacInputError
+from CardiacAISegLib.readers import load_study
+from CardiacAISegLib.readers.contours import polygon_mask
+from CardiacAISegLib.readers.dicom import load_dicom_series
+from CardiacAISegLib.readers.labelmap import load_labelmap
+from CardiacAISegLib.readers.perfusion import load_aif, load_perfusion
+from CardiacAISegLib.readers.volume import load_frame_folder, load_volume, natural_key, read_metaimage
+from CardiacAISegLib.study import Study
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SUNNYBROOK = DATA / "sunnybrook" / "SC-HF-I-1_dicom"
+CONTOURS = DATA / "sunnybrook" / "SC-HF-I-1_contours"
+METAIMAGE = DATA / "cine-metaimage" / "ExampleSequence"
+QPERF = DATA / "qperf"
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def need(path):
+    if not path.exists():
+        pytest.skip(f"development data not found at {path} (expected ../shared/data next to the repo)")
+    return path
+
+
+def expect_error(fn, *names):
+    """Run fn, expect CardiacInputError; every name must appear in the message. Returns it."""
+    with pytest.raises(CardiacInputError) as info:
+        fn()
+    msg = str(info.value)
+    for n in names:
+        assert str(n) in msg, f"{n!r} not in error message {msg!r}"
+    return msg
+
+
+# --- real data ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sunnybrook():
+    return load_study(need(SUNNYBROOK), labels=need(CONTOURS))
+
+
+def test_sunnybrook_dicom_shape_order_and_geometry(sunnybrook):
+    import pydicom
+
+    s = sunnybrook
+    assert s.images.shape == (20, 12, 256, 256)
+    assert s.kind == "cine" and s.orientation_known
+    pos = np.array(s.provenance["slice_positions_mm"])
+    assert np.all(np.diff(pos) > 0), "slices must be ordered along the normal"
+    np.testing.assert_allclose(np.diff(pos), 10.0, atol=0.01)
+    np.testing.assert_allclose(s.spacing, (1.367188, 1.367188, 10.0), atol=1e-4)  # PixelSpacing tag
+    # the k axis is the row x column normal, in RAS
+    ds = pydicom.dcmread(SUNNYBROOK / "1.dcm", stop_before_pixels=True)
+    iop = np.array(ds.ImageOrientationPatient, float)
+    np.testing.assert_allclose(s.slice_normal, LPS @ np.cross(iop[:3], iop[3:]), atol=1e-6)
+    # instance 1 is the first phase of its slice; voxel (0, 0, k) is its ImagePositionPatient
+    t, k = s.provenance["instance_map"][1]
+    assert t == 0
+    np.testing.assert_allclose(s.ijk_to_ras_points([0, 0, k])[0], LPS @ np.array(ds.ImagePositionPatient, float), atol=1e-3)
+    assert s.provenance["sop_map"][str(ds.SOPInstanceUID)] == (t, k)
+    assert len(s.provenance["instance_map"]) == 240
+    assert s.frame_times_s[0] == 0 and np.all(np.diff(s.frame_times_s) > 0) and 0.6 < s.frame_times_s[-1] < 0.8
+    # pixels: instance 1 as pydicom decodes it
+    np.testing.assert_array_equal(s.images[t, k], pydicom.dcmread(SUNNYBROOK / "1.dcm").pixel_array)
+
+
+def test_sunnybrook_contours_masks_and_ed_es(sunnybrook):
+    s = sunnybrook
+    # contour IM-0001-0059 (endo+epi) and -0048 (endo only) belong to instances 59 and 48
+    t59, k59 = s.provenance["instance_map"][59]
+    t48, k48 = s.provenance["instance_map"][48]
+    assert k59 == k48 and s.ed_frame == t59 and s.es_frame == t48
+    assert sorted(s.labels) == sorted({s.ed_frame, s.es_frame})
+    assert s.provenance["contour_slices"][s.ed_frame] == list(range(1, 10))
+    assert s.provenance["unlabelled_slices"][s.ed_frame] == [0, 10, 11]
+    ed, es = s.labels[s.ed_frame][k59], s.labels[s.es_frame][k48]
+    assert (ed == 1).sum() > (es == 1).sum() > 100, "LV larger at ED than at ES"
+    assert (ed == 2).sum() > 100 and (es == 2).sum() == 0  # epicardium is drawn at ED only
+    img = s.images[s.ed_frame, k59]
+    # blood is bright in bSSFP: a swapped x/y would put the mask off the blood pool
+    assert img[ed == 1].mean() > 2 * img[ed == 2].mean()
+    assert not s.labels[s.ed_frame][0].any()
+
+
+def test_metaimage_folder_natural_order_and_geometry():
+    s = load_study(need(METAIMAGE))
+    assert s.images.shape == (30, 14, 256, 256)
+    np.testing.assert_allclose(s.spacing, (1.25, 1.25, 8.0), atol=1e-6)
+    names = [Path(f).name for f in s.provenance["files"]]
+    assert names[:3] == ["v4_cSAX_time_1.mhd", "v4_cSAX_time_2.mhd", "v4_cSAX_time_3.mhd"] and names[-1] == "v4_cSAX_time_30.mhd"
+    frame2, _, _ = read_metaimage(METAIMAGE / "v4_cSAX_time_2.mhd")
+    np.testing.assert_array_equal(s.images[1], frame2[0])
+    # Offset is LPS; identity direction -> RAS x and y flip
+    np.testing.assert_allclose(s.ijk_to_ras_points([0, 0, 0])[0], [96.461159706115, 139.33578157424, -115.22633552551])
+    np.testing.assert_allclose(s.ijk_to_ras_points([1, 0, 0])[0] - s.ijk_to_ras_points([0, 0, 0])[0], [-1.25, 0, 0])
+
+
+@pytest.mark.parametrize("which,frames,ro,e1,foot,peak", [("rest", 68, 51, 47, 22, 29), ("stress", 59, 40, 37, 19, 25)])
+def test_qperf(which, frames, ro, e1, foot, peak):
+    s = load_study(need(QPERF), series=which)
+    assert s.kind == "perfusion" and s.units == "gd_mmol_l" and s.hematocrit == pytest.approx(0.42)
+    assert s.images.shape == (frames, 1, e1, ro)
+    assert s.aif.shape == (frames,)
+    np.testing.assert_allclose(s.frame_times_s, np.arange(frames) * 0.5)
+    assert s.provenance["dt_s"] == 0.5
+    assert (s.provenance["aif_foot"], s.provenance["aif_peak"]) == (foot, peak)  # 0-based
+    assert int(np.argmax(s.aif)) == peak
+
+
+def test_qperf_default_is_stress_and_single_file():
+    assert load_perfusion(need(QPERF)).n_frames == 59
+    s = load_study(QPERF / "data.hdr")  # params.json next to it supplies dt and the AIF
+    assert s.n_frames == 68 and s.aif.shape == (68,) and s.provenance["dt_s"] == 0.5
+
+
+# --- synthetic round trips ----------------------------------------------------------------
+OBLIQUE = np.array([[0.9, -0.3, 0.5, -20.0], [0.2, 1.1, -1.0, 30.0], [0.3, 0.1, 7.9, -40.0], [0, 0, 0, 1]])
+
+
+def test_nifti_4d_round_trip(tmp_path):
+    import nibabel as nib
+
+    data = np.random.default_rng(0).random((6, 5, 4, 3)).astype(np.float32)  # x, y, z, t
+    img = nib.Nifti1Image(data, OBLIQUE)
+    img.header.set_xyzt_units("mm", "msec")
+    img.header["pixdim"][4] = 40.0
+    nib.save(img, tmp_path / "cine.nii.gz")
+    s = load_study(tmp_path / "cine.nii.gz")
+    assert s.images.shape == (3, 4, 5, 6)
+    assert s.images[2, 3, 1, 4] == data[4, 1, 3, 2]
+    np.testing.assert_allclose(s.ijk_to_ras_points([4, 1, 3])[0], (OBLIQUE @ [4, 1, 3, 1])[:3])
+    np.testing.assert_allclose(s.frame_times_s, [0, 0.04, 0.08])
+    assert s.orientation_known
+
+
+def test_nifti_3d_is_one_frame(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), OBLIQUE), tmp_path / "f.nii")
+    assert load_study(tmp_path / "f.nii").images.shape == (1, 4, 5, 6)
+
+
+@pytest.mark.parametrize("list_first", [True, False])  # the documented layout and Slicer 5.13's
+def test_seq_nrrd_round_trip_lps(tmp_path, list_first):
+    import nrrd
+
+    vols = np.random.default_rng(1).integers(0, 1000, (3, 6, 5, 4)).astype(np.int16)  # t, i, j, k
+    d = np.array([[0.9, 0.2, 0.3], [-0.3, 1.1, 0.1], [0.5, -1.0, 7.9]])  # rows: i, j, k steps (LPS)
+    origin = np.array([5.0, -7.0, 11.0])
+    none = [np.nan] * 3
+    if list_first:
+        data, kinds, dirs, ax = vols, ["list", "domain", "domain", "domain"], [none, *d], 0
+    else:
+        data, kinds, dirs, ax = np.moveaxis(vols, 0, -1), ["domain", "domain", "domain", "list"], [*d, none], 3
+    header = {"space": "left-posterior-superior", "kinds": kinds, "space directions": np.array(dirs),
+              "space origin": origin, "labels": ["time" if a == ax else "" for a in range(4)],
+              f"axis {ax} index type": "numeric", f"axis {ax} index values": "0 0.05 0.1"}
+    nrrd.write(str(tmp_path / "cine.seq.nrrd"), data, header)
+    s = load_study(tmp_path / "cine.seq.nrrd")
+    assert s.images.shape == (3, 4, 5, 6)
+    assert s.images[1, 2, 3, 4] == vols[1, 4, 3, 2]
+    ijk = np.array([4, 3, 2])
+    np.testing.assert_allclose(s.ijk_to_ras_points(ijk)[0], LPS @ (origin + ijk @ d))
+    np.testing.assert_allclose(s.frame_times_s, [0, 0.05, 0.1])
+
+
+def test_plain_nrrd_ras_space(tmp_path):
+    import nrrd
+
+    vol = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    nrrd.write(str(tmp_path / "f.nrrd"), vol, {"space": "right-anterior-superior",
+                                                "space directions": OBLIQUE[:3, :3].T, "space origin": OBLIQUE[:3, 3]})
+    s = load_volume(tmp_path / "f.nrrd")
+    assert s.images.shape == (1, 4, 5, 6)
+    np.testing.assert_allclose(s.ijk_to_ras, OBLIQUE)
+
+
+def _write_mhd(folder, name, arr, compressed=False, matrix="0 1 0 -1 0 0 0 0 1", offset="1 2 3"):
+    """arr is (k, j, i) uint16; returns the .mhd path."""
+    raw = arr.astype("<u2").tobytes()
+    ext = ".zraw" if compressed else ".raw"
+    (folder / (name + ext)).write_bytes(zlib.compress(raw) if compressed else raw)
+    header = (f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              f"CompressedData = {compressed}\nTransformMatrix = {matrix}\nOffset = {offset}\n"
+              f"ElementSpacing = 1.5 2 8\nDimSize = {arr.shape[2]} {arr.shape[1]} {arr.shape[0]}\n"
+              f"ElementType = MET_USHORT\nElementDataFile = {name}{ext}\n")
+    (folder / (name + ".mhd")).write_text(header)
+    return folder / (name + ".mhd")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_metaimage_oblique_direction(tmp_path, compressed):
+    arr = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    s = load_volume(_write_mhd(tmp_path, "v", arr, compressed))
+    assert s.images[0, 2, 1, 3] == arr[2, 1, 3]
+    # direction columns: i -> (0, 1, 0), j -> (-1, 0, 0), k -> (0, 0, 1) in LPS
+    lps = np.array([1, 2, 3]) + 3 * 1.5 * np.array([0, 1, 0]) + 1 * 2 * np.array([-1, 0, 0]) + 2 * 8 * np.array([0, 0, 1])
+    np.testing.assert_allclose(s.ijk_to_ras_points([3, 1, 2])[0], LPS @ lps)
+    assert s.orientation_known
+
+
+def test_frame_folder_natural_sort(tmp_path):
+    for n in (10, 2, 1):
+        _write_mhd(tmp_path, f"time_{n}", np.full((2, 3, 4), n, np.uint16), matrix="1 0 0 0 1 0 0 0 1")
+    s = load_frame_folder(tmp_path)
+    assert [int(s.images[t].max()) for t in range(3)] == [1, 2, 10]
+    assert sorted(["a10", "a2", "a1"], key=natural_key) == ["a1", "a2", "a10"]
+
+
+def _dcm(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 0), iop=(1, 0, 0, 0, 1, 0),
+         trigger=0.0, instance=1, acq_time=None, drop=(), value=0):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
+    ds.Rows, ds.Columns = 4, 5
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelSpacing, ds.ImageOrientationPatient, ds.ImagePositionPatient = [1.5, 1.25], list(iop), list(ipp)
+    ds.TriggerTime, ds.InstanceNumber = trigger, instance
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -10
+    if acq_time:
+        ds.AcquisitionTime = acq_time
+    for tag in drop:
+        delattr(ds, tag)
+    ds.PixelData = np.full((4, 5), value, np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _dicom_stack(folder, n_slices=3, n_frames=2, **kw):
+    inst = 1
+    for k in (2, 0, 1)[:n_slices]:  # written out of order on purpose
+        for t in (1, 0)[:n_frames]:
+            _dcm(folder / f"{inst}.dcm", ipp=(0, 0, 6.0 * k), trigger=40.0 * t, instance=inst, value=10 * k + t, **kw)
+            inst += 1
+
+
+def test_dicom_synthetic_order_rescale_and_skip(tmp_path):
+    _dicom_stack(tmp_path)
+    (tmp_path / "README").write_text("not dicom")
+    s = load_dicom_series(tmp_path)
+    assert s.images.shape == (2, 3, 4, 5)
+    assert [s.images[t, k, 0, 0] for t in (0, 1) for k in (0, 1, 2)] == [2 * v - 10 for v in (0, 10, 20, 1, 11, 21)]
+    np.testing.assert_allclose(s.spacing, (1.25, 1.5, 6.0))
+    np.testing.assert_allclose(s.frame_times_s, [0, 0.04])
+    assert s.provenance["skipped_files"] == [str(tmp_path / "README")]
+
+
+def test_dicom_progress_and_single_file_dispatch(tmp_path):
+    _dicom_stack(tmp_path)
+    calls = []
+    s = load_study(tmp_path / "3.dcm", progress=lambda done, total, msg: calls.append((done, total, msg)))
+    assert s.images.shape == (2, 3, 4, 5)
+    assert calls and calls[-1][0] == calls[-1][1] == 6
+    assert all(0 <= d <= t for d, t, _ in calls)
+
+
+def test_dicom_perfusion_times_from_acquisition_time(tmp_path):
+    for t in range(4):
+        _dcm(tmp_path / f"p{t}.dcm", trigger=100.0, instance=t + 1, acq_time=f"1200{t:02d}.500000", value=t)
+    s = load_study(tmp_path, kind="perfusion")
+    assert s.kind == "perfusion" and s.provenance["dt_s"] == pytest.approx(1.0)
+    assert [s.images[t, 0, 0, 0] for t in range(4)] == [-10, -8, -6, -4]
+
+
+def test_contour_polygon_mask_pixel_centres():
+    square = np.array([[1.5, 0.5], [3.5, 0.5], [3.5, 2.5], [1.5, 2.5]])  # x = column, y = row
+    m = polygon_mask(square, (4, 5))
+    assert m.sum() == 4 and m[1:3, 2:4].all()
+
+
+def test_labelmap_convention_and_frame(tmp_path):
+    import nibabel as nib
+
+    study = Study(images=np.zeros((3, 4, 5, 6)), ijk_to_ras=OBLIQUE, ed_frame=1)
+    lab = np.zeros((6, 5, 4), np.uint8)
+    lab[1, 2, 3], lab[2, 2, 3], lab[3, 2, 3] = 1, 2, 3  # ACDC: RV, myo, LV
+    nib.save(nib.Nifti1Image(lab, OBLIQUE), tmp_path / "gt.nii.gz")
+    labels, _ = load_labelmap(tmp_path / "gt.nii.gz", study, "acdc")
+    assert list(labels) == [1]  # a 3D map goes to ED by default
+    assert (labels[1][3, 2, 1], labels[1][3, 2, 2], labels[1][3, 2, 3]) == (3, 2, 1)
+
+
+def test_labelmap_seg_nrrd_segment_names_and_4d(tmp_path):
+    import nrrd
+
+    study = Study(images=np.zeros((2, 4, 5, 6)), ijk_to_ras=OBLIQUE)
+    lab = np.zeros((6, 5, 4), np.uint8)
+    lab[0, 0, 0], lab[1, 0, 0] = 7, 9
+    nrrd.write(str(tmp_path / "s.seg.nrrd"), lab, {
+        "space": "right-anterior-superior", "space directions": OBLIQUE[:3, :3].T, "space origin": OBLIQUE[:3, 3],
+        "Segment0_Name": "RV", "Segment0_LabelValue": "7", "Segment0_Layer": "0",
+        "Segment1_Name": "LV blood pool", "Segment1_LabelValue": "9", "Segment1_Layer": "0"})
+    labels, _ = load_labelmap(tmp_path / "s.seg.nrrd", study, "acdc", frame=1)
+    assert (labels[1][0, 0, 0], labels[1][0, 0, 1]) == (3, 1)  # names win over the convention
+    _small_nifti(tmp_path / "l4.nii.gz", np.stack([lab * 0, (lab == 7).astype(np.float32)], axis=-1))
+    labels, _ = load_labelmap(tmp_path / "l4.nii.gz", study, "ukbb")
+    assert list(labels) == [1]  # per frame; empty frames are left out
+
+
+def test_metaimage_local_data_mha(tmp_path):
+    arr = np.arange(24, dtype="<i2").reshape(2, 3, 4)
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nCompressedData = False\n"
+              "ElementSpacing = 1 1 2\nDimSize = 4 3 2\nElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    (tmp_path / "v.mha").write_bytes(header.encode() + arr.tobytes())
+    s = load_study(tmp_path / "v.mha")
+    np.testing.assert_array_equal(s.images[0], arr)
+    assert not s.orientation_known  # no TransformMatrix
+
+
+def test_bad_aif_nan(tmp_path):
+    aif = tmp_path / "aif.txt"
+    aif.write_text("0.1\nnan\n0.3\n")
+    expect_error(lambda: load_aif(aif), aif, "NaN")
+
+
+def test_aif_csv_named_column(tmp_path):
+    (tmp_path / "aif.csv").write_text("time,aif\n0,0.1\n0.5,0.2\n1.0,0.4\n")
+    np.testing.assert_allclose(load_aif(tmp_path / "aif.csv"), [0.1, 0.2, 0.4])
+
+
+# --- bad input ----------------------------------------------------------------------------
+def _small_nifti(path, data=None):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.float32) if data is None else data, OBLIQUE), path)
+    return path
+
+
+def test_bad_truncated_nifti(tmp_path):
+    p = _small_nifti(tmp_path / "t.nii.gz")
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    expect_error(lambda: load_study(p), p, "truncated")
+
+
+def test_bad_garbage_nifti(tmp_path):
+    p = tmp_path / "g.nii.gz"
+    p.write_bytes(b"\x00garbage" * 100)
+    expect_error(lambda: load_study(p), p, "not gzip")
+    p.write_bytes(gzip.compress(b"this is not an image" * 20))
+    expect_error(lambda: load_study(p), p, "no NIfTI header")
+
+
+def test_bad_nan_image(tmp_path):
+    data = np.ones((6, 5, 4), np.float32)
+    data[1, 1, 1] = np.nan
+    p = _small_nifti(tmp_path / "nan.nii.gz", data)
+    expect_error(lambda: load_study(p), p, "NaN")
+
+
+def test_bad_aif_length(tmp_path):
+    p = _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))  # x, y, frames
+    aif = tmp_path / "aif.txt"
+    aif.write_text("\n".join(["0.1"] * 9))
+    expect_error(lambda: load_study(p, kind="perfusion", aif=aif, dt=1.0), aif, "9 values", "10 frames")
+
+
+def test_bad_dicom_missing_pixel_spacing(tmp_path):
+    _dcm(tmp_path / "1.dcm", drop=("PixelSpacing",))
+    expect_error(lambda: load_study(tmp_path), tmp_path / "1.dcm", "PixelSpacing")
+
+
+def test_bad_dicom_two_series_without_choice(tmp_path):
+    _dcm(tmp_path / "a.dcm", series="1.2.3.1", number=5, desc="SAX cine")
+    _dcm(tmp_path / "b.dcm", series="1.2.3.2", number=7, desc="LAX cine")
+    msg = expect_error(lambda: load_study(tmp_path), tmp_path, "#5", "SAX cine", "#7", "LAX cine", "1 images")
+    assert "series=" in msg
+    assert load_study(tmp_path, series=7).provenance["series_description"] == "LAX cine"
+
+
+def test_bad_dicom_mixed_orientations(tmp_path):
+    _dcm(tmp_path / "a.dcm")
+    _dcm(tmp_path / "b.dcm", iop=(0, 1, 0, 0, 0, 1), instance=2)
+    expect_error(lambda: load_study(tmp_path), tmp_path, "orientations")
+
+
+def test_bad_truncated_dicom(tmp_path):
+    _dcm(tmp_path / "1.dcm")
+    p = tmp_path / "1.dcm"
+    p.write_bytes(p.read_bytes()[:-15])
+    expect_error(lambda: load_study(tmp_path), p, "pixel data")
+
+
+def test_bad_empty_folder(tmp_path):
+    expect_error(lambda: load_study(tmp_path), tmp_path, "empty folder", "accepted")
+
+
+def test_bad_unknown_extension(tmp_path):
+    p = tmp_path / "scan.xyz"
+    p.write_text("?")
+    expect_error(lambda: load_study(p), p, "unknown file format", "accepted")
+
+
+def test_bad_missing_path(tmp_path):
+    expect_error(lambda: load_study(tmp_path / "nope.nii.gz"), "nope.nii.gz", "not found")
+
+
+def test_bad_labelmap_shape(tmp_path):
+    img = _small_nifti(tmp_path / "img.nii.gz")
+    lab = _small_nifti(tmp_path / "lab.nii.gz", np.zeros((6, 5, 3), np.float32))
+    expect_error(lambda: load_study(img, labels=lab), lab, "(6, 5, 3)", "(6, 5, 4)")
+
+
+def test_bad_mhd_missing_data_file(tmp_path):
+    p = _write_mhd(tmp_path, "v", np.zeros((2, 3, 4), np.uint16))
+    (tmp_path / "v.raw").unlink()
+    expect_error(lambda: load_study(p), p, "v.raw", "missing")
+
+
+def test_bad_truncated_zraw(tmp_path):
+    p = _write_mhd(tmp_path, "v", np.arange(2 * 30 * 40, dtype=np.uint16).reshape(2, 30, 40), compressed=True)
+    z = tmp_path / "v.zraw"
+    z.write_bytes(z.read_bytes()[: len(z.read_bytes()) // 2])
+    expect_error(lambda: load_study(p), z, "truncated")
+
+
+def test_bad_negative_dt(tmp_path):
+    p = _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
+    expect_error(lambda: load_study(p, kind="perfusion", dt=-0.5), p, "dt", "positive")
+
+
+def test_bad_perfusion_without_dt(tmp_path):
+    p = _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
+    expect_error(lambda: load_study(p, kind="perfusion"), p, "--dt")
+
+
+def test_bad_qperf_negative_dt_in_params(tmp_path):
+    _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
+    (tmp_path / "params.json").write_text(json.dumps({"stress": {"images": "perf.nii.gz", "dt_s": -1}}))
+    expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", "positive")
