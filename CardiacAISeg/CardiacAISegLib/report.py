@@ -1,0 +1,343 @@
+"""report.png: contours and RV insertion points on three short-axis slices per frame, the AHA
+16-segment bullseye and the LV volume curve.
+
+matplotlib is imported inside functions and used through ``Figure`` + the Agg canvas, not
+pyplot: no global figure state, no display, safe from the web GUI's threads.
+
+Slices are drawn as Slicer shows a slice view rotated to the volume plane, with its
+radiological convention: screen right points to patient Left and screen up to Anterior
+(patient Right on the left of the screen). The in-plane array axes (j rows, i columns) are
+transposed and/or flipped, whichever of the 8 choices brings screen-right closest to L and
+screen-up closest to A; for a short-axis stack that is the usual cardiac view (RV and septum
+on the left, anterior wall up), the same view the bullseye uses.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .aha import AHA_SEGMENTS, TERRITORIES
+from .labels import LV, MYO, RV, SEGMENTS
+from .scene import atomic_output
+
+FIG_WIDTH_IN = 12.0
+TITLE_IN = 0.6
+FRAME_ROW_IN = 4.0
+BOTTOM_ROW_IN = 4.6
+DPI = 100
+
+# (inner, outer) radius of each ring: basal outside, apical inside, as looked at from the apex.
+RINGS = {"basal": (2 / 3, 1.0), "mid": (1 / 3, 2 / 3), "apical": (0.0, 1 / 3)}
+
+
+def report_size_px(n_frame_rows, bottom_row, dpi=DPI):
+    """(width, height) in pixels of a report with ``n_frame_rows`` rows of slices."""
+    h = TITLE_IN + FRAME_ROW_IN * n_frame_rows + (BOTTOM_ROW_IN if bottom_row else 0.0)
+    return int(round(FIG_WIDTH_IN * dpi)), int(round(h * dpi))
+
+
+# ---------------------------------------------------------------------- slice display
+@dataclass
+class SliceView:
+    """How an (R, C) slice becomes a screen image; see the module docstring."""
+    transpose: bool
+    flip_x: bool
+    flip_y: bool
+    n_rows: int
+    n_cols: int
+    aspect: float   # screen pixel height / width in mm, for imshow
+
+    def image(self, a):
+        a = a.T if self.transpose else a
+        if self.flip_x:
+            a = a[:, ::-1]
+        if self.flip_y:
+            a = a[::-1, :]
+        return a
+
+    def point(self, i, j):
+        """Continuous column i, row j -> screen (x, y) in imshow pixel coordinates."""
+        x, y = (j, i) if self.transpose else (i, j)
+        w, h = (self.n_rows, self.n_cols) if self.transpose else (self.n_cols, self.n_rows)
+        if self.flip_x:
+            x = w - 1 - x
+        if self.flip_y:
+            y = h - 1 - y
+        return x, y
+
+
+def slice_view(ijk_to_ras, shape_rc):
+    m = np.asarray(ijk_to_ras, float)[:3, :3]
+    di, dj = m[:, 0] / np.linalg.norm(m[:, 0]), m[:, 1] / np.linalg.norm(m[:, 1])
+    left, anterior = np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    best = None
+    for transpose in (False, True):
+        # Without transpose screen x runs along i (columns) and screen y down along j.
+        x_dir, y_down = (dj, di) if transpose else (di, dj)
+        for fx in (False, True):
+            for fy in (False, True):
+                right = -x_dir if fx else x_dir
+                up = y_down if fy else -y_down
+                score = right @ left + up @ anterior
+                if best is None or score > best[0] + 1e-9:
+                    best = (score, transpose, fx, fy)
+    _, transpose, fx, fy = best
+    si, sj = np.linalg.norm(m[:, 0]), np.linalg.norm(m[:, 1])
+    aspect = (si / sj) if transpose else (sj / si)
+    return SliceView(transpose, fx, fy, shape_rc[0], shape_rc[1], aspect)
+
+
+def representative_slices(label_map):
+    """[(k, "basal"|"mid"|"apical")] among slices showing LV; basal = the end with more blood pool."""
+    lm = np.asarray(label_map)
+    ks = [k for k in range(lm.shape[0]) if (lm[k] == MYO).any() or (lm[k] == LV).any()]
+    if not ks:
+        ks = list(range(lm.shape[0]))
+    picks = sorted({ks[int(round(f * (len(ks) - 1)))] for f in (0.15, 0.5, 0.85)})
+    if len(picks) == 1:
+        return [(picks[0], "mid")]
+    first_area, last_area = (lm[picks[0]] == LV).sum(), (lm[picks[-1]] == LV).sum()
+    names = ["basal", "mid", "apical"] if first_area >= last_area else ["apical", "mid", "basal"]
+    if len(picks) == 2:
+        names = [names[0], names[2]]
+    out = list(zip(picks, names))
+    return sorted(out, key=lambda p: ("basal", "mid", "apical").index(p[1]))
+
+
+def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk):
+    lo, hi = np.percentile(image, [1, 99.5]) if image.size else (0, 1)
+    ax.imshow(view.image(image[k]), cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6),
+              aspect=view.aspect, interpolation="nearest")
+    if label_map is not None:
+        lm = view.image(np.asarray(label_map[k]))
+        for mask, colour, name in (((lm == LV), SEGMENTS["LV blood pool"][1], "LV endo"),
+                                   (((lm == LV) | (lm == MYO)), SEGMENTS["LV myocardium"][1], "LV epi"),
+                                   ((lm == RV), SEGMENTS["RV"][1], "RV")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+    for p in points or ():
+        if int(p["slice"]) != k:
+            continue
+        for side, marker in (("anterior", "o"), ("inferior", "s")):
+            ras = p.get(f"{side}_ras")
+            if ras is None:
+                continue
+            ijk = ras_to_ijk[:3, :3] @ np.asarray(ras, float) + ras_to_ijk[:3, 3]
+            x, y = view.point(ijk[0], ijk[1])
+            ax.plot([x], [y], marker=marker, ms=7, mfc="yellow", mec="black", ls="none")
+            ax.annotate(side[0].upper(), (x, y), xytext=(5, 5), textcoords="offset points",
+                        color="yellow", fontsize=9, weight="bold")
+    ax.set_title(f"frame {frame} · slice {k} · {level}", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------- bullseye
+def _layout():
+    """{id: (r_in, r_out, theta1, theta2)} in degrees, counter-clockwise from screen right.
+
+    Anterior at the top, septum on the left (looking from the apex, as the slices are shown).
+    Basal/mid: 60 degree sectors centred at 90 + 60 n; apical: 90 degree sectors at 90 + 90 n.
+    """
+    out = {}
+    for level in ("basal", "mid", "apical"):
+        ids = [s["id"] for s in AHA_SEGMENTS if s["level"] == level]
+        width = 360.0 / len(ids)
+        for n, sid in enumerate(sorted(ids)):
+            centre = 90.0 + width * n
+            out[sid] = (*RINGS[level], centre - width / 2, centre + width / 2)
+    return out
+
+
+def _segment_at(layout, level, angle):
+    r_in = RINGS[level][0]
+    for sid, (a, _, t1, t2) in layout.items():
+        if a == r_in and (angle - t1) % 360.0 < (t2 - t1):
+            return sid
+    raise ValueError(angle)
+
+
+def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None, fmt="{:.2f}",
+             show_ids=True, colorbar=True, title=None):
+    """Draw the AHA 16-segment bullseye of ``values`` ({segment id: value}) on ``ax``.
+
+    Missing or NaN segments are grey. Coronary territory (LAD/RCA/LCx) borders are drawn
+    thick. Returns the ScalarMappable (for a shared colour bar).
+    """
+    import matplotlib
+    from matplotlib.patches import Arc, Wedge
+
+    values = {int(k): (float(v) if v is not None else math.nan) for k, v in (values or {}).items()}
+    finite = [v for v in values.values() if np.isfinite(v)]
+    vmin = min(finite) if vmin is None and finite else (0.0 if vmin is None else vmin)
+    vmax = max(finite) if vmax is None and finite else (1.0 if vmax is None else vmax)
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    norm = matplotlib.colors.Normalize(vmin, vmax)
+    colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+    layout = _layout()
+    territory = {s["id"]: s["territory"] for s in AHA_SEGMENTS}
+
+    for sid, (r0, r1, t1, t2) in layout.items():
+        v = values.get(sid, math.nan)
+        colour = colormap(norm(v)) if np.isfinite(v) else (0.85, 0.85, 0.85, 1.0)
+        ax.add_patch(Wedge((0, 0), r1, t1, t2, width=r1 - r0, facecolor=colour,
+                           edgecolor="white", linewidth=1.0))
+        rc = (r0 + r1) / 2 if r0 > 0 else r1 * 0.55
+        tc = math.radians((t1 + t2) / 2)
+        x, y = rc * math.cos(tc), rc * math.sin(tc)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        text_colour = "black" if luminance > 0.5 else "white"
+        label = fmt.format(v) if np.isfinite(v) else "n/a"
+        if show_ids:
+            ax.text(x, y + 0.055, str(sid), ha="center", va="center", fontsize=7, color=text_colour)
+            y -= 0.035
+        ax.text(x, y, label, ha="center", va="center", fontsize=8.5, color=text_colour, weight="bold")
+
+    # Territory borders: radial edges inside a ring, and pieces of the ring-to-ring arcs,
+    # wherever the segments on the two sides belong to different arteries.
+    thick = dict(color="black", linewidth=2.8, solid_capstyle="round")
+    for level in RINGS:
+        r0, r1 = RINGS[level]
+        for sid, (a, _, t1, _t2) in layout.items():
+            if a != r0:
+                continue
+            before = _segment_at(layout, level, t1 - 1e-6)
+            if territory[before] != territory[sid]:
+                t = math.radians(t1)
+                ax.plot([r0 * math.cos(t), r1 * math.cos(t)], [r0 * math.sin(t), r1 * math.sin(t)], **thick)
+    for inner, outer in (("apical", "mid"), ("mid", "basal")):
+        r = RINGS[outer][0]
+        cuts = sorted({layout[s][2] % 360.0 for s in layout if layout[s][0] in (RINGS[inner][0], r)})
+        for a, b in zip(cuts, cuts[1:] + [cuts[0] + 360.0]):
+            mid = (a + b) / 2
+            if territory[_segment_at(layout, inner, mid)] != territory[_segment_at(layout, outer, mid)]:
+                ax.add_patch(Arc((0, 0), 2 * r, 2 * r, theta1=a, theta2=b, color="black", linewidth=2.8))
+    ax.add_patch(Arc((0, 0), 2.0, 2.0, theta1=0, theta2=360, color="black", linewidth=2.8))
+
+    for name in TERRITORIES:
+        angles = [math.radians((layout[s["id"]][2] + layout[s["id"]][3]) / 2)
+                  for s in AHA_SEGMENTS if s["territory"] == name and s["level"] == "basal"]
+        t = math.atan2(np.mean(np.sin(angles)), np.mean(np.cos(angles)))
+        ax.text(1.17 * math.cos(t), 1.17 * math.sin(t), name, ha="center", va="center",
+                fontsize=10, weight="bold")
+
+    ax.set_xlim(-1.32, 1.32)
+    ax.set_ylim(-1.32, 1.32)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=11)
+    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=colormap)
+    if colorbar:
+        # An inset beside the (square) bullseye: colorbar(ax=...) would steal width from the
+        # neighbouring panel of the report grid.
+        cb = ax.figure.colorbar(mappable, cax=ax.inset_axes([1.02, 0.1, 0.045, 0.8]))
+        if value_label:
+            cb.set_label(value_label)
+    return mappable
+
+
+# ------------------------------------------------------------------------ volume curve
+def _curve_parts(study, volume_curve):
+    if isinstance(volume_curve, dict):
+        vols = np.asarray(volume_curve["volumes_ml"], float)
+        times = volume_curve.get("times_s")
+        ed, es = volume_curve.get("ed_frame"), volume_curve.get("es_frame")
+    else:
+        vols, times, ed, es = np.asarray(volume_curve, float), None, None, None
+    if times is None and study.frame_times_s is not None and len(study.frame_times_s) == len(vols):
+        times = study.frame_times_s
+    ed = study.ed_frame if ed is None else ed
+    es = study.es_frame if es is None else es
+    ed = int(np.nanargmax(vols)) if ed is None else int(ed)
+    es = int(np.nanargmin(vols)) if es is None else int(es)
+    return vols, (None if times is None else np.asarray(times, float)), ed, es
+
+
+def draw_volume_curve(ax, study, volume_curve):
+    """LV volume against time (ms) or frame, with ED and ES marked."""
+    vols, times, ed, es = _curve_parts(study, volume_curve)
+    x = times * 1000.0 if times is not None else np.arange(len(vols))
+    ax.plot(x, vols, "-o", color=SEGMENTS["LV blood pool"][1], ms=3, lw=1.5)
+    for frame, name, colour in ((ed, "ED", "tab:blue"), (es, "ES", "tab:orange")):
+        if 0 <= frame < len(vols):
+            ax.axvline(x[frame], color=colour, ls="--", lw=1)
+            ax.plot([x[frame]], [vols[frame]], "o", color=colour, ms=8)
+            ax.annotate(f"{name} {vols[frame]:.0f} mL (frame {frame})", (x[frame], vols[frame]),
+                        xytext=(8, 6 if name == "ES" else -14), textcoords="offset points",
+                        color=colour, fontsize=9)
+    ax.set_xlabel("time (ms)" if times is not None else "frame")
+    ax.set_ylabel("LV volume (mL)")
+    ax.set_title("LV volume curve", fontsize=11)
+    ax.grid(alpha=0.3)
+
+
+# ------------------------------------------------------------------------------ report
+def _label_for(label_map_by_frame, frame):
+    if not label_map_by_frame:
+        return None
+    if frame in label_map_by_frame:
+        return label_map_by_frame[frame]
+    # Perfusion: one motion-corrected mask for every frame, stored under the frame drawn on.
+    if len(label_map_by_frame) == 1:
+        return next(iter(label_map_by_frame.values()))
+    return None
+
+
+def write_report(path, study, label_map_by_frame, frames_to_show, insertion_points=None,
+                 segment_values=None, value_label="MBF (mL/min/g)", volume_curve=None,
+                 title=None, overwrite=False, dpi=DPI):
+    """Write report.png; returns the path.
+
+    ``frames_to_show``: a frame index or a list (one row of three slices each, e.g. [ED, ES]).
+    ``label_map_by_frame``: {frame: (S, R, C) labels}; one entry serves every frame.
+    ``insertion_points``: as in scene.add_insertion_markups, drawn on their own slice.
+    ``segment_values``: {AHA id: value} for the bullseye; ``volume_curve``: LV volumes in mL
+    per frame, or {"volumes_ml", "times_s", "ed_frame", "es_frame"} (missing keys come
+    from the study). Size: ``report_size_px``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frames = [int(frames_to_show)] if np.isscalar(frames_to_show) else [int(f) for f in frames_to_show]
+    if not frames:
+        raise ValueError("frames_to_show is empty")
+    for f in frames:
+        if not 0 <= f < study.n_frames:
+            raise ValueError(f"frame {f} outside 0..{study.n_frames - 1}")
+    bottom = segment_values is not None or volume_curve is not None
+    width, height = report_size_px(len(frames), bottom, dpi)
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    heights = [TITLE_IN] + [FRAME_ROW_IN] * len(frames) + ([BOTTOM_ROW_IN] if bottom else [])
+    grid = fig.add_gridspec(len(heights), 6, height_ratios=heights, left=0.03, right=0.97,
+                            top=0.99, bottom=0.55 / (height / dpi), hspace=0.25, wspace=0.4)
+    title_ax = fig.add_subplot(grid[0, :])
+    title_ax.axis("off")
+    title_ax.text(0.5, 0.5, title or f"CardiacAISeg · {study.name} · {study.kind}",
+                  ha="center", va="center", fontsize=15, weight="bold")
+
+    ras_to_ijk = np.linalg.inv(study.ijk_to_ras)
+    view = slice_view(study.ijk_to_ras, study.images.shape[2:])
+    for row, frame in enumerate(frames, start=1):
+        label_map = _label_for(label_map_by_frame, frame)
+        picks = representative_slices(label_map) if label_map is not None else \
+            [(k, "") for k in sorted({int(round(f * (study.n_slices - 1))) for f in (0.15, 0.5, 0.85)})]
+        for col, (k, level) in enumerate(picks[:3]):
+            ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])
+            _draw_slice(ax, study.images[frame], label_map, view, k, level, insertion_points, frame,
+                        ras_to_ijk)
+
+    if bottom:
+        last = len(heights) - 1
+        if segment_values is not None:
+            bullseye(fig.add_subplot(grid[last, 0:3]), segment_values, value_label=value_label,
+                     title=f"AHA 16 segments · {value_label}")
+        if volume_curve is not None:
+            draw_volume_curve(fig.add_subplot(grid[last, 3:6] if segment_values is not None else grid[last, 1:5]),
+                              study, volume_curve)
+
+    with atomic_output(path, overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return path

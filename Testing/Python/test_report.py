@@ -1,0 +1,156 @@
+"""report.py: PNG size, bullseye colours, slice orientation, atomic writes."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from CardiacAISegLib import report  # noqa: E402
+from CardiacAISegLib.errors import OutputExistsError  # noqa: E402
+from CardiacAISegLib.labels import LV, MYO, RV  # noqa: E402
+from CardiacAISegLib.study import Study, affine_from_spacing  # noqa: E402
+
+CENTRE = np.array([10.0, -5.0, 20.0])
+
+
+def sax_study(frames=3, shape=(4, 40, 50), spin=0.7):
+    """Oblique short-axis stack: k runs base -> apex (to patient left, anterior, inferior);
+    the RV lies towards patient Right of the LV, as in a person."""
+    s, r, c = shape
+    n = np.array([-0.6, 0.5, -0.6])
+    n /= np.linalg.norm(n)
+    a = np.cross(n, [0, 0, 1.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(n, a)
+    di, dj = np.cos(spin) * a + np.sin(spin) * b, -np.sin(spin) * a + np.cos(spin) * b
+    m = affine_from_spacing((2.0, 2.0, 8.0), directions=np.stack([di, dj, n], axis=1))
+    m[:3, 3] = CENTRE - m[:3, :3] @ np.array([c / 2, r / 2, 0.0])
+    k, j, i = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
+    rel = np.stack([i, j, k], -1) @ m[:3, :3].T + m[:3, 3] - CENTRE
+    rel -= (rel @ n)[..., None] * n
+    right = np.array([1.0, 0, 0]) - n[0] * n
+    right /= np.linalg.norm(right)
+    images, labels = [], {}
+    for t in range(frames):
+        squeeze = 1.0 - 0.25 * np.sin(np.pi * t / max(frames - 1, 1))
+        taper = 1.0 - 0.12 * k
+        lab = np.zeros(shape, np.uint8)
+        lab[np.linalg.norm(rel - 26.0 * right, axis=-1) < 12 * squeeze * taper] = RV
+        lab[np.linalg.norm(rel, axis=-1) < 19 * taper] = MYO
+        lab[np.linalg.norm(rel, axis=-1) < 13 * squeeze * taper] = LV
+        images.append(100 + 200.0 * (lab == LV) + 150.0 * (lab == RV) + 50.0 * (lab == MYO))
+        labels[t] = lab
+    study = Study(np.stack(images), m, frame_times_s=np.arange(frames) * 0.04, name="phantom",
+                  ed_frame=0, es_frame=frames // 2)
+    study.labels = labels
+    return study, right, n
+
+
+def test_report_png_has_expected_size(tmp_path):
+    import matplotlib.image
+    study, right, n = sax_study()
+    up = np.array([0, 1.0, 0]) - n[1] * n
+    up /= np.linalg.norm(up)
+    c = study.ijk_to_ras_points([[25, 20, 2]])[0]
+    points = [{"slice": 2, "anterior_ras": c + 15 * right + 10 * up, "inferior_ras": c + 15 * right - 10 * up}]
+    values = {sid: 0.5 + 0.1 * sid for sid in range(1, 17)}
+    curve = [float((study.labels[t] == LV).sum() * study.voxel_volume_ml) for t in range(study.n_frames)]
+    path = tmp_path / "report.png"
+    out = report.write_report(path, study, study.labels, [0, 1], insertion_points=points,
+                              segment_values=values, volume_curve=curve)
+    assert out == path and os.listdir(tmp_path) == ["report.png"]
+    img = matplotlib.image.imread(str(path))
+    width, height = report.report_size_px(2, True)
+    assert img.shape[:2] == (height, width)
+    assert img[..., :3].std() > 0.05                       # something was drawn
+
+    # Perfusion-like: one mask for all frames, no bottom row.
+    p2 = tmp_path / "one.png"
+    report.write_report(p2, study, {0: study.labels[0]}, 2)
+    assert matplotlib.image.imread(str(p2)).shape[:2] == report.report_size_px(1, False)[::-1]
+
+
+def _pixel(fig, ax, r, theta_deg):
+    t = np.radians(theta_deg)
+    x, y = ax.transData.transform((r * np.cos(t), r * np.sin(t)))
+    buf = np.asarray(fig.canvas.buffer_rgba())
+    return buf[int(round(buf.shape[0] - y)), int(round(x)), :3] / 255.0
+
+
+def test_bullseye_colours_follow_values():
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    values = {sid: 1.0 for sid in range(1, 17)}
+    values[1], values[16], values[9] = 0.0, 4.0, float("nan")
+    mappable = report.bullseye(ax, values, value_label="MBF", vmin=0.0, vmax=4.0, colorbar=False)
+    fig.canvas.draw()
+    cmap = matplotlib.colormaps["viridis"]
+    seg1 = _pixel(fig, ax, 0.93, 100)        # basal anterior, off its text
+    seg16 = _pixel(fig, ax, 0.27, -25)       # apical lateral
+    seg9 = _pixel(fig, ax, 0.6, 200)         # mid inferoseptal: missing -> grey
+    np.testing.assert_allclose(seg1, cmap(0.0)[:3], atol=0.02)
+    np.testing.assert_allclose(seg16, cmap(1.0)[:3], atol=0.02)
+    np.testing.assert_allclose(seg9, [0.85, 0.85, 0.85], atol=0.02)
+    assert np.abs(seg1 - seg16).sum() > 0.5
+    assert mappable.norm.vmin == 0.0 and mappable.norm.vmax == 4.0
+    texts = {t.get_text() for t in ax.texts}
+    assert {"0.00", "4.00", "n/a", "LAD", "RCA", "LCx"} <= texts
+
+
+def test_slices_shown_as_slicer_radiological_view():
+    # Identity (i = R, j = A): Slicer puts R on the screen left and A up, so both axes flip.
+    v = report.slice_view(np.eye(4), (3, 4))
+    assert (v.transpose, v.flip_x, v.flip_y) == (False, True, True)
+    a = np.arange(12).reshape(3, 4)
+    assert v.image(a)[0, 0] == a[2, 3]
+    assert v.point(3, 2) == (0, 0)
+    # LPS-like (i = L, j = P): already the radiological picture.
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    v = report.slice_view(lps, (3, 4))
+    assert (v.transpose, v.flip_x, v.flip_y) == (False, False, False)
+    # Oblique short axis: RV (patient right) on the screen left, anterior wall up.
+    study, right, n = sax_study()
+    v = report.slice_view(study.ijk_to_ras, study.images.shape[2:])
+    shown = v.image(study.labels[0][1])
+    rows, cols = np.nonzero(shown == RV)
+    lrows, lcols = np.nonzero(shown == LV)
+    assert cols.mean() < lcols.mean() - 5
+    up = np.array([0, 1.0, 0]) - n[1] * n                      # anterior, in plane
+    ant = study.ras_to_ijk_points([CENTRE + 20 * up + 1.0 * 8 * n])[0]
+    x, y = v.point(ant[0], ant[1])
+    assert y < lrows.mean() - 5
+
+
+def test_representative_slices_name_base_and_apex():
+    study, _, _ = sax_study(shape=(8, 40, 50))
+    picks = report.representative_slices(study.labels[0])
+    assert [p[1] for p in picks] == ["basal", "mid", "apical"]
+    assert picks[0][0] < picks[2][0]                          # k runs base -> apex here
+    flipped = study.labels[0][::-1]
+    assert report.representative_slices(flipped)[0][0] > report.representative_slices(flipped)[2][0]
+
+
+def test_report_refuses_overwrite_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    study, _, _ = sax_study(frames=1)
+    path = tmp_path / "report.png"
+    report.write_report(path, study, study.labels, 0)
+    with pytest.raises(OutputExistsError):
+        report.write_report(path, study, study.labels, 0)
+    before = path.read_bytes()
+
+    def broken_savefig(self, fname, **kw):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("disk full")
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError):
+        report.write_report(path, study, study.labels, 0, overwrite=True)
+    with pytest.raises(OSError):
+        report.write_report(tmp_path / "new.png", study, study.labels, 0)
+    assert os.listdir(tmp_path) == ["report.png"] and path.read_bytes() == before
