@@ -1,0 +1,174 @@
+"""Cine measures: volumes, EDV/ESV/SV/EF, LV mass, RV, ED/ES from the LV volume curve.
+
+Volumes are voxel counts x voxel volume (algorithms.md section 4). The voxel volume comes
+from the determinant of ``ijk_to_ras``, whose slice column is the slice *spacing*
+(thickness + gap), so a stack with gaps is counted as the clinical disc summation does.
+Counts are integers, so a pipeline given the true masks reproduces voxel-count truth exactly.
+"""
+import numpy as np
+
+from .errors import CardiacInputError
+from .labels import LV, MYO, RV
+
+MYOCARDIAL_DENSITY_G_ML = 1.05
+
+# ECG-triggered cines start at the R wave, so ED should sit within a few frames of frame 0
+# (or of the last frame, the cycle wraps). Further away usually means a retrospective
+# series with an offset trigger or a labelling problem: worth telling the user.
+_ED_WARN_FRACTION = 0.1
+
+MEASURE_KEYS = ("ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
+                "lv_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
+                "lv_volume_curve_ml")
+
+
+def _where(source):
+    """A path for error messages: the study's source, its name, or a description."""
+    if source is None:
+        return "labels"
+    src = getattr(source, "source", "") or getattr(source, "name", "")
+    return src or "labels"
+
+
+def structure_volumes_ml(label_map, voxel_volume_ml):
+    """{'lv', 'myo', 'rv'} volumes in mL of one (S, R, C) label map (internal convention)."""
+    lab = np.asarray(label_map)
+    if lab.size and np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
+        raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found {lab.min()}")
+    if voxel_volume_ml is None or not np.isfinite(voxel_volume_ml) or voxel_volume_ml <= 0:
+        raise CardiacInputError("labels", f"voxel volume must be a positive number of mL, got {voxel_volume_ml!r}")
+    # bincount is one pass over the array; counts stay integers until the single multiply.
+    counts = np.bincount(lab.ravel().astype(np.int64, copy=False), minlength=4) if lab.size else np.zeros(4, int)
+    if counts.size > 4:
+        raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found up to {counts.size - 1}")
+    return {"lv": int(counts[LV]) * float(voxel_volume_ml),
+            "myo": int(counts[MYO]) * float(voxel_volume_ml),
+            "rv": int(counts[RV]) * float(voxel_volume_ml)}
+
+
+def _labels_and_voxel(source, voxel_volume_ml):
+    if isinstance(source, dict):
+        labels = source
+        if voxel_volume_ml is None:
+            raise CardiacInputError("labels", "voxel_volume_ml is required when passing a labels dict")
+    else:
+        labels = source.labels
+        if voxel_volume_ml is None:
+            voxel_volume_ml = source.voxel_volume_ml
+    return labels, voxel_volume_ml
+
+
+def volume_curve(source, voxel_volume_ml=None):
+    """{frame: {'lv', 'myo', 'rv'} mL} for every labelled frame, in frame order.
+
+    ``source`` is a Study (voxel volume taken from its affine unless given) or a
+    ``{frame: label_map}`` dict (then ``voxel_volume_ml`` is required).
+    """
+    labels, vv = _labels_and_voxel(source, voxel_volume_ml)
+    return {int(t): structure_volumes_ml(labels[t], vv) for t in sorted(labels)}
+
+
+def _lv_series(curve):
+    """(frames, lv volumes) from a volume_curve dict, a {frame: float} dict or a sequence."""
+    if isinstance(curve, dict):
+        frames = sorted(curve)
+        vals = [curve[t]["lv"] if isinstance(curve[t], dict) else curve[t] for t in frames]
+    else:
+        vals = list(curve)
+        frames = list(range(len(vals)))
+    return np.asarray(frames, int), np.asarray(vals, float)
+
+
+def ed_es_from_curve(curve, n_frames=None):
+    """(ed_frame, es_frame, warnings): ED = argmax LV volume, ES = argmin.
+
+    ``n_frames`` (the series length) lets the ED check wrap around the cycle; by default
+    it is the last frame in the curve + 1.
+    """
+    frames, lv = _lv_series(curve)
+    if lv.size < 2:
+        raise CardiacInputError("volume curve", f"need at least 2 labelled frames to find ED and ES, got {lv.size}")
+    if not np.all(np.isfinite(lv)):
+        raise CardiacInputError("volume curve", "LV volume curve contains NaN or infinite values")
+    ed, es = int(frames[np.argmax(lv)]), int(frames[np.argmin(lv)])
+    warnings = []
+    if lv.max() <= 0:
+        raise CardiacInputError("volume curve", "no LV blood pool in any frame")
+    if ed == es:
+        warnings.append("LV volume is constant over the labelled frames: ED and ES are undefined")
+    n = int(n_frames) if n_frames else int(frames.max()) + 1
+    dist = min(ed, n - ed)
+    if n >= 5 and dist > max(1, int(round(_ED_WARN_FRACTION * n))):
+        warnings.append(f"ED (largest LV volume) is frame {ed}, {dist} frames from the start of the "
+                        f"cycle: expected near frame 0 for an ECG-triggered series; check the trigger or labels")
+    return ed, es, warnings
+
+
+def _ef(edv, esv):
+    return 100.0 * (edv - esv) / edv if edv > 0 else None
+
+
+def cine_measures(study, labels=None):
+    """EDV/ESV/SV/EF, LV mass (1.05 g/mL x myocardium at ED) and RV volumes of a cine study.
+
+    ``labels`` (``{frame: (S, R, C) label map}``) defaults to ``study.labels``. ED and ES are
+    ``study.ed_frame`` / ``study.es_frame`` when the reader knows them (ACDC Info.cfg), else
+    the argmax / argmin of the LV volume curve. Returns the keys in ``MEASURE_KEYS`` plus
+    ``'warnings'`` (a list of strings). ``lv_volume_curve_ml`` is a list over all frames when
+    every frame is labelled, else None.
+    """
+    where = _where(study)
+    labels = study.labels if labels is None else labels
+    if not labels:
+        raise CardiacInputError(where, "no label maps: segment the study (or load ground truth) before computing volumes")
+    shape = tuple(study.images.shape[1:])
+    for t, lab in labels.items():
+        if tuple(np.shape(lab)) != shape:
+            raise CardiacInputError(where, f"label map of frame {t} has shape {np.shape(lab)}, images are {shape} (slice, row, col)")
+        if not 0 <= int(t) < study.n_frames:
+            raise CardiacInputError(where, f"label map for frame {t}, but the study has {study.n_frames} frames")
+    vv = study.voxel_volume_ml
+    curve = volume_curve(labels, vv)
+    warnings = []
+
+    ed, es = study.ed_frame, study.es_frame
+    if ed is None or es is None:
+        if len(curve) < 2:
+            missing = "ED" if ed is None else "ES"
+            raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s): "
+                                           "label ED and ES, or the whole cycle")
+        c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
+        warnings += w
+        ed = c_ed if ed is None else ed
+        es = c_es if es is None else es
+    for name, t in (("ED", ed), ("ES", es)):
+        if t not in curve:
+            raise CardiacInputError(where, f"no labels for the {name} frame ({t}); labelled frames: {sorted(curve)}")
+
+    lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
+    rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]
+    if lv_edv <= 0:
+        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})")
+    full = len(curve) == study.n_frames
+    if full and study.ed_frame is not None and study.es_frame is not None:
+        c_ed, c_es, _ = ed_es_from_curve(curve, study.n_frames)
+        if (c_ed, c_es) != (ed, es):
+            warnings.append(f"given ED/ES frames ({ed}, {es}) differ from the volume curve's "
+                            f"largest/smallest LV volume ({c_ed}, {c_es})")
+    if curve[ed]["myo"] <= 0:
+        warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
+    if rv_edv <= 0:
+        warnings.append(f"no RV labelled at ED (frame {ed}): RV measures are undefined")
+    if lv_esv > lv_edv:
+        warnings.append("LV ESV exceeds EDV: ED and ES frames may be swapped")
+
+    out = {
+        "ed_frame": int(ed), "es_frame": int(es),
+        "lv_edv_ml": lv_edv, "lv_esv_ml": lv_esv, "lv_sv_ml": lv_edv - lv_esv, "lv_ef_pct": _ef(lv_edv, lv_esv),
+        "lv_mass_g": MYOCARDIAL_DENSITY_G_ML * curve[ed]["myo"],
+        "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv,
+        "rv_sv_ml": (rv_edv - rv_esv) if rv_edv > 0 else None, "rv_ef_pct": _ef(rv_edv, rv_esv),
+        "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,
+        "warnings": warnings,
+    }
+    return out
