@@ -1,0 +1,226 @@
+"""The live analysis of one study: labels -> geometry -> measures, with cheap partial updates.
+
+One ``Analysis`` serves the CLI, the Slicer module and the web GUI. Edits go through it:
+``set_labels`` (a corrected contour) recomputes what depends on the masks; ``move_insertion_point``
+(a dragged handle) re-bins the sectors of one slice and refreshes the segment values only.
+"""
+import time
+
+import numpy as np
+
+from . import geometry
+from .aha import AHA_SEGMENTS
+from .cine import cine_measures
+from .errors import CardiacInputError
+from .labels import LV, MYO, RV
+from .study import PERFUSION
+
+
+class Analysis:
+    def __init__(self, study, labels, model_card=None, density=1.05, rest=None, sector_method="aha"):
+        if not labels:
+            raise CardiacInputError(study.source or study.name, "no label maps to analyse")
+        self.study = study
+        self.labels = {int(t): np.asarray(m, np.uint8) for t, m in labels.items()}
+        self.model_card = model_card
+        self.density = density
+        self.rest = rest                     # another Analysis (perfusion at rest) for MPR
+        self.sector_method = sector_method
+        self.warnings = []
+        self.timing_s = {}
+        self.cine = None
+        self.perfusion = None
+        self.mbf = None                      # (S, R, C) map, NaN outside the myocardium
+        self.mbf_fit = None
+        self.sectors = None
+        self.insertion = []
+        self.levels = {}
+        self._user_points = {}               # (slice, which) -> RAS of handles the user moved
+        self._check_labels()
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def kind(self):
+        return self.study.kind
+
+    @property
+    def reference_frame(self):
+        """The frame whose masks define geometry: ED for cine, the mask's frame for perfusion."""
+        if self.kind == PERFUSION:
+            return min(self.labels)
+        if self.study.ed_frame is not None and self.study.ed_frame in self.labels:
+            return self.study.ed_frame
+        return self.cine["ed_frame"] if self.cine else min(self.labels)
+
+    @property
+    def segment_map(self):
+        return None if self.sectors is None else self.sectors.segment_map
+
+    def _check_labels(self):
+        shape = self.study.images.shape[1:]
+        for t, m in self.labels.items():
+            if m.shape != shape:
+                raise CardiacInputError(self.study.source or self.study.name, f"label map of frame {t} has shape {m.shape}, images are {shape}")
+            if not 0 <= t < self.study.n_frames:
+                raise CardiacInputError(self.study.source or self.study.name, f"label map for frame {t}, but the study has {self.study.n_frames} frames")
+            if not (m == MYO).any() and not (m == LV).any():
+                self.warnings.append(f"frame {t}: no LV or myocardium in the label map")
+
+    # --- computation ---------------------------------------------------------------------
+    def run(self, progress=None):
+        t0 = time.perf_counter()
+        if self.kind == PERFUSION:
+            self._compute_mbf_map()
+            self.timing_s["mbf_map"] = time.perf_counter() - t0
+        else:
+            self.cine = cine_measures(self.study, self.labels)
+            self.warnings += self.cine.pop("warnings", [])
+        t1 = time.perf_counter()
+        self._compute_geometry()
+        self._compute_segment_values()
+        self.timing_s["measures"] = time.perf_counter() - t1 + (0 if self.kind == PERFUSION else t1 - t0)
+        return self
+
+    def _compute_mbf_map(self):
+        from .mbf import mbf_map
+
+        st = self.study
+        if st.aif is None:
+            raise CardiacInputError(st.source or st.name, "perfusion study has no arterial input function (give --aif)")
+        if st.units != "gd_mmol_l":
+            self.warnings.append("images are in signal intensity, not Gd concentration: MBF assumes a linear signal-Gd relation")
+        times = st.frame_times_s
+        if times is None or len(times) < 2:
+            raise CardiacInputError(st.source or st.name, "frame times are needed (give --dt)")
+        dt = float(np.median(np.diff(times)))
+        mask = self.labels[self.reference_frame] == MYO
+        if not mask.any():
+            raise CardiacInputError(st.source or st.name, "the myocardial mask is empty: nothing to quantify")
+        self.mbf, self.mbf_fit = mbf_map(st.images, mask, st.aif, dt, density=self.density)
+
+    def _compute_geometry(self):
+        ref = self.labels[self.reference_frame]
+        st = self.study
+        if st.kind == PERFUSION:
+            names = {1: ("mid",), 2: ("basal", "mid"), 3: ("basal", "mid", "apical")}.get(st.n_slices, ("basal", "mid", "apical"))
+            self.levels = geometry.slice_levels(ref, st, perfusion_levels=names)
+        else:
+            self.levels = geometry.slice_levels(ref, st)
+        self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True) if (ref == RV).any() else []
+        for (k, which), ras in self._user_points.items():
+            for p in self.insertion:
+                if p["slice"] == k:
+                    p[f"{which}_ras"] = list(map(float, ras))
+                    p[f"{which}_ijk"] = list(map(float, st.ras_to_ijk_points(ras)[0]))
+        if not self.insertion:
+            self.sectors = None
+            self.warnings.append("no RV insertion points (no RV next to the LV): AHA segments not assigned")
+            return
+        self.sectors = geometry.SectorState(ref, self.insertion, self.levels, st.spacing,
+                                            method=self.sector_method, ijk_to_ras=st.ijk_to_ras)
+        for (k, which), ras in self._user_points.items():
+            if k in self.sectors.slices:
+                self.sectors.move(k, which, new_ras=ras)
+
+    def _compute_segment_values(self):
+        if self.kind == PERFUSION:
+            self._perfusion_summary()
+        else:
+            from .wall import segment_means, wall_thickness_map
+
+            if not hasattr(self, "_thickness") or self._thickness is None:
+                sp = self.study.spacing
+                self._thickness = wall_thickness_map(self.labels[self.reference_frame], (sp[1], sp[0]))
+            self.segment_values = segment_means(self._thickness, self.segment_map) if self.sectors else {}
+
+    def _perfusion_summary(self):
+        from .mbf import segment_mbf
+
+        seg = self.segment_map if self.sectors else (self.labels[self.reference_frame] == MYO).astype(np.int16) * 0
+        summary = segment_mbf(self.mbf, seg)
+        finite = self.mbf[np.isfinite(self.mbf)]
+        glob = float(np.median(finite)) if finite.size else float("nan")
+        segments = [{"id": s["id"], "name": s["name"], "territory": s["territory"],
+                     "mbf_ml_min_g": s["mbf_ml_min_g"], "n_pixels": s["n_pixels"]} for s in summary["segments"]]
+        self.perfusion = {"global_mbf_ml_min_g": glob, "density_g_ml": self.density, "statistic": "median",
+                          "n_pixels": int(finite.size), "segments": segments,
+                          "territories": summary["territories"]}
+        self.segment_values = {s["id"]: s["mbf_ml_min_g"] for s in segments}
+        if self.rest is not None and self.rest.perfusion is not None:
+            from .mbf import mpr
+
+            self.perfusion["mpr"] = mpr(_for_mpr(self.perfusion), _for_mpr(self.rest.perfusion))
+
+    # --- edits ---------------------------------------------------------------------------
+    def move_insertion_point(self, slice_index, which, ras):
+        """A dragged handle: re-bin that slice's sectors and refresh the segment values only."""
+        if self.sectors is None:
+            raise CardiacInputError("insertion point", "no AHA sectors to update (no RV insertion points)")
+        changed = self.sectors.move(int(slice_index), which, new_ras=ras)
+        self._user_points[(int(slice_index), which)] = tuple(map(float, ras))
+        for p in self.insertion:
+            if p["slice"] == int(slice_index):
+                p[f"{which}_ras"] = list(map(float, ras))
+        if self.kind == PERFUSION:
+            self._perfusion_summary()
+        else:
+            from .wall import segment_means
+
+            self.segment_values = segment_means(self._thickness, self.segment_map)
+        return changed
+
+    def set_labels(self, frame, label_map):
+        """A corrected segmentation of one frame: recompute everything that depends on it."""
+        label_map = np.asarray(label_map, np.uint8)
+        if label_map.shape != self.study.images.shape[1:]:
+            raise CardiacInputError("segmentation", f"edited label map has shape {label_map.shape}, images are {self.study.images.shape[1:]}")
+        self.labels[int(frame)] = label_map
+        self._thickness = None
+        self.warnings = []
+        return self.run()
+
+    # --- outputs -------------------------------------------------------------------------
+    def insertion_summary(self):
+        return [{"slice": int(p["slice"]), "anterior_ras": _list(p.get("anterior_ras")), "inferior_ras": _list(p.get("inferior_ras"))}
+                for p in self.insertion]
+
+    def results(self):
+        return {"kind": self.kind, "cine": self.cine, "perfusion": self.perfusion,
+                "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings)}
+
+    def table_rows(self):
+        """Rows {measure, value, unit} for results.csv and the Slicer table node."""
+        rows = []
+        if self.cine:
+            c = self.cine
+            for key, label, unit in CINE_ROWS:
+                rows.append({"measure": label, "value": c.get(key), "unit": unit})
+            for sid, v in sorted(getattr(self, "segment_values", {}).items()):
+                rows.append({"measure": f"Wall thickness ED, segment {sid} ({AHA_NAMES[sid]})", "value": v, "unit": "mm"})
+        if self.perfusion:
+            p = self.perfusion
+            rows.append({"measure": "Global MBF", "value": p["global_mbf_ml_min_g"], "unit": "mL/min/g"})
+            rows.append({"measure": "Tissue density", "value": p["density_g_ml"], "unit": "g/mL"})
+            for s in p["segments"]:
+                rows.append({"measure": f"MBF segment {s['id']} ({s['name']}, {s['territory']})", "value": s["mbf_ml_min_g"], "unit": "mL/min/g"})
+            if "mpr" in p:
+                rows.append({"measure": "Global MPR", "value": p["mpr"]["global"], "unit": ""})
+        return rows
+
+
+CINE_ROWS = (
+    ("ed_frame", "ED frame (0-based)", ""), ("es_frame", "ES frame (0-based)", ""),
+    ("lv_edv_ml", "LV EDV", "mL"), ("lv_esv_ml", "LV ESV", "mL"), ("lv_sv_ml", "LV SV", "mL"),
+    ("lv_ef_pct", "LV EF", "%"), ("lv_mass_g", "LV mass", "g"),
+    ("rv_edv_ml", "RV EDV", "mL"), ("rv_esv_ml", "RV ESV", "mL"), ("rv_sv_ml", "RV SV", "mL"),
+    ("rv_ef_pct", "RV EF", "%"),
+)
+AHA_NAMES = {s["id"]: s["name"] for s in AHA_SEGMENTS}
+
+
+def _for_mpr(p):
+    return {"segments": p["segments"], "territories": p["territories"], "global": {"mbf_ml_min_g": p["global_mbf_ml_min_g"]}}
+
+
+def _list(v):
+    return None if v is None else [float(x) for x in v]

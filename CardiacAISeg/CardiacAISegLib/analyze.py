@@ -1,0 +1,176 @@
+"""The analyze pipeline: load -> segment (network or given labels) -> measure -> write outputs.
+
+Outputs are staged in a hidden folder inside ``out_dir`` and moved into place only when all
+of them were written, so a failure leaves nothing half-written; existing outputs are never
+replaced without ``force``.
+"""
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .analysis import Analysis
+from .errors import CardiacInputError, OutputExistsError
+from .progress import as_progress
+from .study import PERFUSION
+
+STUDY_LABELS = "study"
+OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
+
+
+def check_outputs(out_dir, force=False):
+    """Fail before any work if outputs exist and ``force`` is not given."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CardiacInputError(out_dir, "output path exists and is not a folder")
+    existing = [n for n in OUTPUT_FILES + ("segmentation_es.seg.nrrd",) if (out_dir / n).exists()]
+    if existing and not force:
+        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
+
+
+def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
+    """Label maps from a registry network; returns (labels, model info for results.json)."""
+    from .models import registry
+
+    task = study.kind
+    name = model_name or registry.default_model(task)
+    card = registry.get_card(name)
+    if card["task"] != task:
+        raise CardiacInputError(name, f"model is for {card['task']} series, the input is a {task} series")
+    loaded = registry.load_model(name)
+    if task == PERFUSION:
+        from .models.inference import segment_perfusion_study
+
+        labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
+    else:
+        from .models.inference import segment_cine_study
+
+        labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
+    info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"]}
+    return labels, info
+
+
+def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", density=1.05, rest=None,
+                  device=None, progress=None):
+    """(Analysis, model info, timings) for a loaded study; ``use_labels`` skips the network."""
+    timing = {}
+    model_info = None
+    if use_labels:
+        if not study.labels:
+            raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
+        labels = study.labels
+    else:
+        t0 = time.perf_counter()
+        labels, model_info = segment(study, model_name, frames, device, progress)
+        timing["segmentation"] = time.perf_counter() - t0
+    analysis = Analysis(study, labels, density=density, rest=rest).run(progress)
+    timing.update(analysis.timing_s)
+    return analysis, model_info, timing
+
+
+def populate_scene(ctx, analysis):
+    """Volume/sequence, segmentations (reference frame, and ES for cine), insertion markups, table."""
+    from . import scene as sc
+
+    st = analysis.study
+    nodes = {"study": sc.add_study(ctx, st)}
+    ref = analysis.reference_frame
+    nodes["segmentation"] = sc.add_segmentation(ctx, analysis.labels[ref], st.ijk_to_ras, nodes["study"].volume,
+                                                name=f"{st.name} segmentation" + (" ED" if analysis.kind != PERFUSION else ""))
+    es = (analysis.cine or {}).get("es_frame")
+    if es is not None and es != ref and es in analysis.labels:
+        nodes["segmentation_es"] = sc.add_segmentation(ctx, analysis.labels[es], st.ijk_to_ras, nodes["study"].volume,
+                                                       name=f"{st.name} segmentation ES")
+    if analysis.insertion:
+        nodes["markups"] = sc.add_insertion_markups(ctx, analysis.insertion_summary())
+    nodes["table"] = sc.add_results_table(ctx, analysis.table_rows())
+    return nodes
+
+
+def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None):
+    """Write every output into ``out_dir``; returns {name: path}."""
+    from . import report, scene as sc
+    from .results import results_csv_text, results_document, results_json_text
+
+    progress = as_progress(progress)
+    out_dir = Path(out_dir)
+    check_outputs(out_dir, force)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-", dir=out_dir))
+    t0 = time.perf_counter()
+    try:
+        st = analysis.study
+        steps = 5
+        progress(0, steps, "writing segmentation")
+        ref = analysis.reference_frame
+        sc.write_segmentation(stage / "segmentation.seg.nrrd", analysis.labels[ref], st.ijk_to_ras, overwrite=True)
+        es = (analysis.cine or {}).get("es_frame")
+        if es is not None and es != ref and es in analysis.labels:
+            sc.write_segmentation(stage / "segmentation_es.seg.nrrd", analysis.labels[es], st.ijk_to_ras, overwrite=True)
+        progress(1, steps, "writing report")
+        if analysis.kind == PERFUSION:
+            frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
+        else:
+            frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
+            label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
+        report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
+                            segment_values=getattr(analysis, "segment_values", None) or None, value_label=label,
+                            volume_curve=curve, overwrite=True)
+        progress(2, steps, "writing scene")
+        ctx = sc.new_scene()
+        populate_scene(ctx, analysis)
+        sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
+        progress(3, steps, "writing results")
+        timing = dict(timing or {})
+        timing["writing"] = time.perf_counter() - t0
+        doc = results_document(analysis, input_path, model_info, timing)
+        (stage / "results.json").write_text(results_json_text(doc))
+        (stage / "results.csv").write_text(results_csv_text(analysis.table_rows()))
+        paths = {}
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out_dir / f.name)
+            paths[f.name] = out_dir / f.name
+        progress(steps, steps, "done")
+        return paths
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _peak_frame(study):
+    """Frame of peak myocardial enhancement (the AIF peak + a few frames), for the report."""
+    import numpy as np
+
+    if study.aif is None:
+        return study.n_frames // 2
+    return int(min(study.n_frames - 1, int(np.argmax(study.aif)) + 4))
+
+
+def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
+        series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
+        kind=None, device=None, progress=None):
+    """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
+    from .readers import load_study
+
+    check_outputs(out_dir, force)
+    t0 = time.perf_counter()
+    # labels="study" measures the label maps that come with the input (ACDC _gt files).
+    study = load_study(input_path, kind=kind, series=series, labels=None if labels == STUDY_LABELS else labels,
+                       label_convention=label_convention, aif=aif, dt=dt, progress=progress)
+    timing = {"load": time.perf_counter() - t0}
+    rest_analysis = None
+    if rest is not None:
+        rest_study = load_study(rest, kind=PERFUSION, labels=rest_labels, label_convention=label_convention,
+                                aif=rest_aif, dt=dt, series="rest" if Path(rest).is_dir() else None)
+        rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
+    has_labels = labels is not None
+    analysis, model_info, t = analyze_study(study, model, use_labels=has_labels, frames=frames, density=density,
+                                            rest=rest_analysis, device=device, progress=progress)
+    timing.update(t)
+    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress)
+    return analysis, paths

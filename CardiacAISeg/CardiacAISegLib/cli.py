@@ -1,0 +1,148 @@
+"""`cardiacaiseg`: analyze, phantom, models, import-model, train."""
+import argparse
+import json
+import sys
+
+from .errors import CancelledError, CardiacInputError, OutputExistsError
+
+
+def _analyze(args):
+    from .analyze import run
+    from .progress import tqdm_progress
+
+    analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
+                          force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
+                          rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
+                          kind=args.kind, device=args.device, progress=tqdm_progress("analyze", disable=args.quiet))
+    r = analysis.results()
+    if r["cine"]:
+        c = r["cine"]
+        print(f"LV EDV {c['lv_edv_ml']:.1f} mL  ESV {c['lv_esv_ml']:.1f} mL  EF {c['lv_ef_pct']:.1f} %  mass {c['lv_mass_g']:.1f} g  "
+              f"RV EDV {c['rv_edv_ml']:.1f} mL  ESV {c['rv_esv_ml']:.1f} mL")
+    if r["perfusion"]:
+        print(f"global MBF {r['perfusion']['global_mbf_ml_min_g']:.2f} mL/min/g")
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    for name, path in sorted(paths.items()):
+        print(f"wrote {path}")
+
+
+def _phantom(args):
+    from .phantom import write_phantom
+
+    paths, _, _ = write_phantom(args.kind, args.out, seed=args.seed, force=args.force)
+    for name, path in sorted(paths.items()):
+        print(f"wrote {path}")
+
+
+def _models(args):
+    from .models.registry import list_models
+
+    cards = list_models()
+    if args.json:
+        print(json.dumps([{k: v for k, v in c.items() if not k.startswith("_")} for c in cards], indent=1))
+        return
+    if not cards:
+        print("no models installed")
+    for c in cards:
+        m = c.get("metrics", {})
+        dice = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("dice_") and k.count("_") == 1)
+        timing = c.get("timing", {}).get("cpu_ms_per_slice")
+        print(f"{c['name']:20s} {c['task']:9s} {c['title']}" + (" [default]" if c.get("default") else ""))
+        print(f"{'':20s} {dice}  {'%.0f ms/slice CPU' % timing if timing else ''}  licence: {c['licence']}")
+
+
+def _import_model(args):
+    from .models.registry import import_model
+
+    card = import_model(args.weights, args.card, overwrite=args.force)
+    print(f"imported {card['name']} into {card['_folder']}")
+
+
+def _train(args):
+    from .models.training import TrainConfig, train
+    from .progress import tqdm_progress
+
+    cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
+                      batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
+                      freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm)
+    train(cfg, progress=tqdm_progress("train", disable=args.quiet))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="cardiacaiseg", description="Short-axis cardiac MRI: segmentation, volumes and perfusion MBF")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="segment and measure a cine or perfusion study")
+    a.add_argument("input", help="ACDC folder, DICOM folder, .nii/.nii.gz, .seq.nrrd, .mhd (or a folder of them), Analyze .hdr")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
+    a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt)")
+    a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
+    a.add_argument("--aif", help="arterial input function (text/CSV column, Analyze/NIfTI column)")
+    a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")
+    a.add_argument("--kind", choices=["cine", "perfusion"], help="override the detected series kind")
+    a.add_argument("--series", help="DICOM series to use (UID, number or description) when a folder has several; 'rest'/'stress' for a QPerf folder")
+    a.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
+    a.add_argument("--rest", help="rest perfusion series for MPR (with --rest-labels / --rest-aif)")
+    a.add_argument("--rest-labels")
+    a.add_argument("--rest-aif")
+    a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
+    a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    a.add_argument("--force", action="store_true", help="replace existing outputs")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=_analyze)
+
+    ph = sub.add_parser("phantom", help="write a synthetic study with exact truth")
+    ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--force", action="store_true")
+    ph.set_defaults(func=_phantom)
+
+    m = sub.add_parser("models", help="list installed models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_models)
+
+    im = sub.add_parser("import-model", help="install a TorchScript/ONNX model with its model card")
+    im.add_argument("weights")
+    im.add_argument("card")
+    im.add_argument("--force", action="store_true")
+    im.set_defaults(func=_import_model)
+
+    t = sub.add_parser("train", help="train or fine-tune a cine network on ACDC-layout folders")
+    t.add_argument("data")
+    t.add_argument("--out", required=True)
+    t.add_argument("--architecture", default="unet-light", choices=["unet-light", "gammanet"])
+    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pixel-mm", type=float, default=1.25)
+    t.add_argument("--slices-per-epoch", type=int, default=0)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--finetune", help="start from this registry model or checkpoint")
+    t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CardiacInputError, OutputExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CancelledError as e:
+        print(f"cancelled: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Segmentation networks: architectures, registry, inference and training (torch imported lazily)."""

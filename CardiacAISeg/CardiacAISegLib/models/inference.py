@@ -1,0 +1,76 @@
+"""Run a segmentation network on a study and map the prediction back onto the input grid."""
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..progress import as_progress
+from .postprocess import keep_one_component_per_structure
+from .preprocess import model_grid_shape, normalise_volume, pad_to_multiple, resample_slices
+
+
+def pick_device(device=None):
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", batch=16):
+    """(S, R, C) image -> (S, K, R, C) class probabilities on the same grid.
+
+    The network runs on a copy resampled to ``pixel_mm``; its logits are resampled back with
+    the same half-pixel convention, so the prediction overlays the input exactly.
+    """
+    import torch
+
+    vol = normalise_volume(volume)
+    s, r, c = vol.shape
+    grid = model_grid_shape((r, c), spacing_rc, pixel_mm)
+    out = []
+    with torch.inference_mode():
+        x_all = torch.from_numpy(vol)[:, None]
+        for start in range(0, s, batch):
+            x = resample_slices(x_all[start:start + batch], grid).to(device)
+            x, crop = pad_to_multiple(x, size_multiple)
+            logits = model(x)[..., crop[0], crop[1]]
+            logits = resample_slices(logits.float().cpu(), (r, c))
+            out.append(torch.softmax(logits, 1).numpy())
+    return np.concatenate(out, 0)
+
+
+def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", postprocess=True):
+    probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device)
+    labels = probs.argmax(1).astype(np.uint8)
+    return keep_one_component_per_structure(labels) if postprocess else labels
+
+
+def frames_to_segment(study, frames="ed_es"):
+    if frames == "all" or study.n_frames == 1:
+        return list(range(study.n_frames))
+    if frames == "ed_es":
+        if study.ed_frame is None or study.es_frame is None:
+            # Without ED/ES from the file, all frames are needed to find them on the LV curve.
+            return list(range(study.n_frames))
+        return sorted({study.ed_frame, study.es_frame})
+    if isinstance(frames, (list, tuple)):
+        bad = [f for f in frames if not 0 <= f < study.n_frames]
+        if bad:
+            raise CardiacInputError(study.source, f"frames {bad} out of range 0..{study.n_frames - 1}")
+        return list(frames)
+    raise ValueError(f"frames must be 'ed_es', 'all' or a list of indices, not {frames!r}")
+
+
+def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progress=None):
+    """Label maps {frame: (S, R, C) uint8} for a cine study with a loaded registry model."""
+    progress = as_progress(progress)
+    device = pick_device(device)
+    model = loaded_model.module.to(device)
+    spec = loaded_model.card["input"]
+    spacing_rc = (study.spacing[1], study.spacing[0])
+    todo = frames_to_segment(study, frames)
+    result = {}
+    for n, t in enumerate(todo):
+        progress(n, len(todo), f"segmenting frame {t + 1}/{study.n_frames}")
+        result[t] = predict_labels(model, study.images[t], spacing_rc, spec["pixel_mm"], spec.get("size_multiple", 16), device)
+    progress(len(todo), len(todo), "segmentation done")
+    return result

@@ -1,0 +1,198 @@
+"""`cardiacaiseg train`: train or fine-tune a cine network on ACDC-layout folders.
+
+Checkpoints (last and best by validation Dice) go to ``out_dir``; ``resume=True`` continues
+from the last one. Fine-tuning starts from a registry model with the encoder frozen for the
+first epochs, the 7T transfer-learning recipe of Ankenbrand et al. 2021 (ED/ES frames only).
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import as_progress
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out_dir: str
+    architecture: str = "unet-light"
+    arch_params: dict = field(default_factory=dict)
+    pixel_mm: float = 1.25
+    crop: int = 192
+    patch: int = 144
+    epochs: int = 60
+    batch: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    val_per_group: int = 3
+    slices_per_epoch: int = 0          # 0 = every training slice once per epoch
+    threads: int = 0                   # 0 = torch default
+    finetune_from: str = ""            # registry model name or checkpoint path
+    freeze_epochs: int = 0             # encoder frozen for these first epochs (fine-tune)
+    resume: bool = False
+    val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
+    train_patients: list = field(default_factory=list)
+
+
+def soft_dice_ce_loss(logits, target, n_classes):
+    import torch
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target)
+    p = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (p * onehot).sum(dims)
+    denom = p.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1) / (denom + 1)
+    return ce + (1 - dice[1:].mean())
+
+
+def dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+def evaluate(model, folders, pixel_mm, size_multiple=16):
+    """Per-patient Dice (LV, MYO, RV at ED and ES), EF and LV mass errors on the native grid."""
+    from ..readers.acdc import load_acdc_patient
+    from .inference import predict_labels
+
+    model.eval()
+    rows = []
+    for folder in folders:
+        st = load_acdc_patient(folder)
+        spacing_rc = (st.spacing[1], st.spacing[0])
+        vv = st.voxel_volume_ml
+        row = {"patient": st.name, "group": st.provenance["info"].get("Group")}
+        vols = {}
+        for phase, t in (("ed", st.ed_frame), ("es", st.es_frame)):
+            pred = predict_labels(model, st.images[t], spacing_rc, pixel_mm, size_multiple)
+            gt = st.labels[t]
+            for name, v in (("lv", 1), ("myo", 2), ("rv", 3)):
+                row[f"dice_{name}_{phase}"] = dice(pred == v, gt == v)
+            vols[phase] = {src: {v: float((m == v).sum() * vv) for v in (1, 2, 3)} for src, m in (("pred", pred), ("gt", gt))}
+        for src in ("pred", "gt"):
+            edv, esv = vols["ed"][src][1], vols["es"][src][1]
+            row[f"ef_{src}"] = 100 * (edv - esv) / edv if edv else float("nan")
+            row[f"mass_{src}"] = 1.05 * vols["ed"][src][2]
+            redv, resv = vols["ed"][src][3], vols["es"][src][3]
+            row[f"rvef_{src}"] = 100 * (redv - resv) / redv if redv else float("nan")
+        rows.append(row)
+    summary = {}
+    for key in rows[0]:
+        if key.startswith("dice_"):
+            summary[key] = float(np.mean([r[key] for r in rows]))
+    summary["ef_abs_err_pct"] = float(np.nanmean([abs(r["ef_pred"] - r["ef_gt"]) for r in rows]))
+    summary["mass_abs_err_g"] = float(np.nanmean([abs(r["mass_pred"] - r["mass_gt"]) for r in rows]))
+    summary["rvef_abs_err_pct"] = float(np.nanmean([abs(r["rvef_pred"] - r["rvef_gt"]) for r in rows]))
+    for s in ("lv", "myo", "rv"):
+        summary[f"dice_{s}"] = (summary[f"dice_{s}_ed"] + summary[f"dice_{s}_es"]) / 2
+    summary["dice_mean"] = float(np.mean([summary["dice_lv"], summary["dice_myo"], summary["dice_rv"]]))
+    return summary, rows
+
+
+def _encoder_parameters(model):
+    enc = getattr(model, "down", None) or getattr(model, "encoder", None)
+    return list(enc.parameters()) if enc is not None else []
+
+
+def train(config: TrainConfig, progress=None, log=print):
+    import torch
+
+    from .architectures import build
+    from .training_data import acdc_folders, augment_batch, labelled_slices, random_crop, split_patients
+
+    progress = as_progress(progress)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+
+    if config.train_patients or config.val_patients:
+        root = Path(config.data)
+        train_f = [root / p for p in config.train_patients]
+        val_f = [root / p for p in config.val_patients]
+    else:
+        train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
+    (out / "split.json").write_text(json.dumps({"train": [Path(f).name for f in train_f], "val": [Path(f).name for f in val_f]}, indent=1))
+
+    model = build(config.architecture, **config.arch_params)
+    if config.finetune_from:
+        state = _load_start_weights(config.finetune_from)
+        model.load_state_dict(state)
+        log(f"fine-tuning from {config.finetune_from}")
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=config.lr * 0.02)
+    start_epoch, best, history = 0, -1.0, []
+    last = out / "last.pt"
+    if config.resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best, history = ck["epoch"], ck["best"], ck["history"]
+        log(f"resumed at epoch {start_epoch}")
+
+    slices = labelled_slices(train_f, config.pixel_mm)
+    log(f"{len(train_f)} training patients, {len(slices)} slices; {len(val_f)} validation patients")
+    n_classes = 4
+    per_epoch = config.slices_per_epoch or len(slices)
+    steps = max(1, per_epoch // config.batch)
+    size_multiple = getattr(model, "size_multiple", 16)
+    for epoch in range(start_epoch, config.epochs):
+        frozen = epoch < config.freeze_epochs
+        for p in _encoder_parameters(model):
+            p.requires_grad_(not frozen)
+        model.train()
+        t0, losses = time.time(), []
+        order = rng.permutation(len(slices))
+        for s in range(steps):
+            idx = order[(s * config.batch) % len(slices):][: config.batch]
+            if len(idx) < config.batch:
+                idx = rng.choice(len(slices), config.batch)
+            crops = [random_crop(*slices[i], config.crop, rng) for i in idx]
+            x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
+            y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
+            x, y = augment_batch(x, y, rng, config.patch)
+            loss = soft_dice_ce_loss(model(x), y, n_classes)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            progress(epoch * steps + s + 1, config.epochs * steps, f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
+        sched.step()
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), "frozen_encoder": frozen}
+        if val_f:
+            summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple)
+            entry.update(summary)
+            if summary["dice_mean"] > best:
+                best = summary["dice_mean"]
+                torch.save(model.state_dict(), out / "best.pt")
+        history.append(entry)
+        log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()}))
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1, "best": best, "history": history, "config": asdict(config)}, out / "last.pt.tmp")
+        (out / "last.pt.tmp").replace(last)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    if not val_f:
+        torch.save(model.state_dict(), out / "best.pt")
+    return history
+
+
+def _load_start_weights(source):
+    import torch
+
+    p = Path(source)
+    if p.is_file():
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+        return ck["model"] if isinstance(ck, dict) and "model" in ck else ck
+    from .registry import load_model
+
+    return load_model(source).module.state_dict()

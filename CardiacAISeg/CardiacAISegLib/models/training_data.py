@@ -1,0 +1,112 @@
+"""Training slices from ACDC-layout folders, patient split and batch augmentation (torch)."""
+import random
+from pathlib import Path
+
+import numpy as np
+
+from ..readers.acdc import load_acdc_patient, read_info_cfg
+from .preprocess import model_grid_shape, normalise_volume, resample_slices
+
+
+def acdc_folders(root):
+    root = Path(root)
+    folders = sorted(p for p in root.iterdir() if (p / "Info.cfg").is_file())
+    if not folders:
+        from ..errors import CardiacInputError
+
+        raise CardiacInputError(root, "no ACDC patient folders (with Info.cfg) found")
+    return folders
+
+
+def split_patients(folders, val_per_group=3, seed=0):
+    """Patient-level split, stratified by the Info.cfg Group (DCM, HCM, MINF, NOR, RV)."""
+    groups = {}
+    for f in folders:
+        groups.setdefault(read_info_cfg(Path(f) / "Info.cfg").get("Group", "?"), []).append(f)
+    rng = random.Random(seed)
+    train, val = [], []
+    for g in sorted(groups):
+        members = sorted(groups[g])
+        rng.shuffle(members)
+        val += members[:val_per_group]
+        train += members[val_per_group:]
+    return sorted(train), sorted(val)
+
+
+def labelled_slices(folders, pixel_mm, progress=None):
+    """All labelled (image, label) slices resampled to ``pixel_mm``; ED/ES frames alone suffice."""
+    import torch
+
+    items = []
+    for n, folder in enumerate(folders):
+        if progress:
+            progress(n, len(folders), f"loading {Path(folder).name}")
+        study = load_acdc_patient(folder)
+        spacing_rc = (study.spacing[1], study.spacing[0])
+        for t, lab in study.labels.items():
+            vol = normalise_volume(study.images[t])
+            grid = model_grid_shape(vol.shape[1:], spacing_rc, pixel_mm)
+            img = resample_slices(torch.from_numpy(vol)[:, None], grid)[:, 0].numpy()
+            lbl = resample_slices(torch.from_numpy(lab.astype(np.float32))[:, None], grid, mode="nearest")[:, 0].numpy().astype(np.uint8)
+            for k in range(img.shape[0]):
+                items.append((img[k], lbl[k]))
+    return items
+
+
+def random_crop(img, lbl, size, rng, heart_bias=0.8):
+    """A size x size crop (zero-padded) centred near the heart most of the time."""
+    h, w = img.shape
+    if lbl.any() and rng.random() < heart_bias:
+        rr, cc = np.nonzero(lbl)
+        cy, cx = rr.mean() + rng.normal(0, size / 6), cc.mean() + rng.normal(0, size / 6)
+    else:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    top, left = int(round(cy - size / 2)), int(round(cx - size / 2))
+    out_i = np.zeros((size, size), np.float32)
+    out_l = np.zeros((size, size), np.uint8)
+    ys, xs = max(top, 0), max(left, 0)
+    ye, xe = min(top + size, h), min(left + size, w)
+    if ye > ys and xe > xs:
+        out_i[ys - top:ye - top, xs - left:xe - left] = img[ys:ye, xs:xe]
+        out_l[ys - top:ye - top, xs - left:xe - left] = lbl[ys:ye, xs:xe]
+    return out_i, out_l
+
+
+def augment_batch(x, y, rng, out_size):
+    """Rotation (any angle), scale, flips, gamma, coil shading, blur/noise, on a (B,1,H,W) batch.
+
+    Orientation conventions differ between vendors and readers, so the network is trained
+    to be indifferent to in-plane rotation and mirroring.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    ang = torch.from_numpy(rng.uniform(-np.pi, np.pi, b)).float()
+    scale = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), b))).float()
+    flip = torch.from_numpy(np.where(rng.random(b) < 0.5, -1.0, 1.0)).float()
+    ratio = out_size / x.shape[-1]
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.cos(ang) * ratio / scale * flip
+    theta[:, 0, 1] = -torch.sin(ang) * ratio / scale
+    theta[:, 1, 0] = torch.sin(ang) * ratio / scale * flip
+    theta[:, 1, 1] = torch.cos(ang) * ratio / scale
+    grid = F.affine_grid(theta, (b, 1, out_size, out_size), align_corners=False)
+    xi = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    yi = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
+
+    gamma = torch.from_numpy(np.exp(rng.uniform(np.log(0.6), np.log(1.6), b))).float().view(b, 1, 1, 1)
+    xi = xi.clamp(0, 1) ** gamma
+    # smooth multiplicative shading: a random low-order field, as surface coils produce
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, out_size), torch.linspace(-1, 1, out_size), indexing="ij")
+    coef = torch.from_numpy(rng.normal(0, 0.2, (b, 3))).float()
+    field = 1 + coef[:, 0, None, None] * xx + coef[:, 1, None, None] * yy + coef[:, 2, None, None] * xx * yy
+    xi = xi * field[:, None].clamp(0.5, 1.5)
+    contrast = torch.from_numpy(rng.uniform(0.8, 1.2, b)).float().view(b, 1, 1, 1)
+    xi = xi * contrast
+    if rng.random() < 0.3:
+        k = torch.tensor([0.25, 0.5, 0.25])
+        xi = F.conv2d(F.pad(xi, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3))
+    sigma = torch.from_numpy(rng.uniform(0, 0.05, b)).float().view(b, 1, 1, 1)
+    xi = xi + sigma * torch.randn_like(xi)
+    return xi, yi

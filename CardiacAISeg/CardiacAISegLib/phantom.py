@@ -1,0 +1,85 @@
+"""Phantoms with exact truth (algorithms.md §7), and writing them as files the readers load.
+
+``cardiacaiseg phantom --kind cine|perfusion --out DIR`` writes NIfTI images, label maps in
+the ACDC convention (the readers' default), the AIF as CSV (perfusion) and ``truth.json``.
+"""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputExistsError
+from .labels import to_convention
+from .phantom_cine import make_cine_phantom  # noqa: F401  (re-exported)
+from .phantom_perfusion import make_perfusion_phantom  # noqa: F401  (re-exported)
+
+PHANTOM_FILES = {
+    "cine": ("cine.nii.gz", "cine_labels.nii.gz", "truth.json"),
+    "perfusion": ("perfusion.nii.gz", "perfusion_labels.nii.gz", "aif.csv", "truth.json"),
+}
+
+
+def _nifti(array_tkji, ijk_to_ras, path, dtype, time_step=None):
+    """(T, S, R, C) -> a NIfTI (i, j, k[, t]) with the study's RAS affine."""
+    import nibabel as nib
+
+    data = np.asarray(array_tkji).transpose(3, 2, 1, 0)
+    if data.shape[-1] == 1:
+        data = data[..., 0]
+    img = nib.Nifti1Image(data.astype(dtype), ijk_to_ras)
+    img.header.set_xyzt_units("mm", "sec")
+    if time_step and data.ndim == 4:
+        zooms = list(img.header.get_zooms())
+        zooms[3] = time_step
+        img.header.set_zooms(zooms)
+    nib.save(img, str(path))
+
+
+def _json_safe(v):
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size <= 64 else None   # large arrays (maps) stay out of truth.json
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_phantom(kind, out_dir, seed=0, force=False, **options):
+    """Write a phantom study into ``out_dir``; returns (paths, study, truth)."""
+    out_dir = Path(out_dir)
+    names = PHANTOM_FILES[kind]
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not force:
+        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
+    if kind == "cine":
+        study, truth = make_cine_phantom(seed=seed, **options)
+        frames = sorted(study.labels)
+        labels = np.stack([to_convention(study.labels[t], "acdc") for t in frames])
+    else:
+        study, truth = make_perfusion_phantom(seed=seed, **options)
+        labels = to_convention(next(iter(study.labels.values())), "acdc")[None]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out_dir))
+    try:
+        dt = float(np.median(np.diff(study.frame_times_s))) if study.frame_times_s is not None and study.n_frames > 1 else None
+        _nifti(study.images, study.ijk_to_ras, stage / names[0], np.float32, dt)
+        _nifti(labels, study.ijk_to_ras, stage / names[1], np.uint8)
+        meta = {"kind": kind, "seed": seed, "label_convention": "acdc", "dt_s": dt,
+                "ed_frame": study.ed_frame, "es_frame": study.es_frame, "truth": _json_safe(truth)}
+        if kind == "perfusion":
+            np.savetxt(stage / "aif.csv", study.aif, header="aif", comments="", fmt="%.6f")
+            meta["hematocrit"] = study.hematocrit
+        (stage / "truth.json").write_text(json.dumps(meta, indent=1))
+        paths = {}
+        for f in stage.iterdir():
+            os.replace(f, out_dir / f.name)
+            paths[f.name] = out_dir / f.name
+        return paths, study, truth
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""results.json and results.csv: the machine- and spreadsheet-readable outcome of an analysis."""
+import csv
+import io
+import json
+import math
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def _clean(v):
+    """JSON-safe values: numpy scalars to Python, NaN/inf to null."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    return v
+
+
+def results_document(analysis, input_path, model=None, timing_s=None):
+    doc = {"schema_version": SCHEMA_VERSION, "kind": analysis.kind, "input": str(input_path), "model": model}
+    r = analysis.results()
+    doc["cine"] = r["cine"]
+    doc["perfusion"] = r["perfusion"]
+    doc["rv_insertion"] = r["rv_insertion"]
+    doc["warnings"] = r["warnings"]
+    doc["timing_s"] = {k: round(float(v), 4) for k, v in (timing_s or {}).items()}
+    return _clean(doc)
+
+
+def results_json_text(doc):
+    return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def results_csv_text(rows):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["measure", "value", "unit"])
+    for r in rows:
+        v = _clean(r["value"])
+        w.writerow([r["measure"], "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v), r["unit"]])
+    return buf.getvalue()
