@@ -74,3 +74,46 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
         result[t] = predict_labels(model, study.images[t], spacing_rc, spec["pixel_mm"], spec.get("size_multiple", 16), device)
     progress(len(todo), len(todo), "segmentation done")
     return result
+
+
+def perfusion_window(study, n_frames=48, pre_foot=3):
+    """Frame indices of the network's window: from a few frames before the AIF foot, edges repeated.
+
+    Without an AIF the foot of the whole-image mean curve stands in (the bolus lights up
+    the ventricles first).
+    """
+    from ..mbf import find_foot
+
+    curve = study.aif if study.aif is not None else study.images.reshape(study.n_frames, -1).mean(1)
+    try:
+        foot = find_foot(curve)
+    except CardiacInputError:
+        foot = 0
+    start = foot - pre_foot
+    return np.clip(np.arange(start, start + n_frames), 0, study.n_frames - 1)
+
+
+def segment_perfusion_study(study, loaded_model, device=None, progress=None):
+    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames)."""
+    import torch
+
+    from .postprocess import keep_one_component_per_structure
+
+    progress = as_progress(progress)
+    device = pick_device(device)
+    model = loaded_model.module.to(device)
+    spec = loaded_model.card["input"]
+    frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
+    multiple = spec.get("size_multiple", 8)
+    out = np.zeros(study.images.shape[1:], np.uint8)
+    for k in range(study.n_slices):
+        progress(k, study.n_slices, f"segmenting slice {k + 1}/{study.n_slices}")
+        x = study.images[frames, k].astype(np.float32)
+        x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
+        with torch.inference_mode():
+            xt, crop = pad_to_multiple(torch.from_numpy(x)[None], multiple)
+            logits = model(xt.to(device))[..., crop[0], crop[1]]
+        # slices lie 10-20 mm apart: clean each one on its own
+        out[k] = keep_one_component_per_structure(logits.argmax(1).cpu().numpy().astype(np.uint8))[0]
+    progress(study.n_slices, study.n_slices, "segmentation done")
+    return {0: out}

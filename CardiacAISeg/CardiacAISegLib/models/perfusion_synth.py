@@ -1,0 +1,118 @@
+"""Synthetic first-pass perfusion on real anatomy, to train the perfusion network.
+
+No labelled perfusion data exists here, so ACDC end-diastolic label maps (real LV, myocardium
+and RV shapes) and their cine images (real surrounding texture) become 2D+T first-pass series:
+LV blood follows an AIF, the RV the same bolus 3-4.5 s earlier, the myocardium AIF (x) Fermi
+with a smoothly varying MBF (optionally a defect), the rest of the body enhances slowly.
+Series come out in Gd units or as signal intensity (saturating), with noise, coil shading
+and respiratory shifts, at random pixel sizes so the network needs no exact spacing.
+"""
+import numpy as np
+
+from ..labels import LV, MYO, RV
+from ..phantom_perfusion import perfusion_aif
+
+N_FRAMES = 48        # network input frames (Xue 2020)
+PRE_FOOT = 3         # frames kept before the AIF foot
+
+
+def _fermi_kernel(t, mbf, tau0, k, density=1.05):
+    f = mbf * density / 60.0
+    return f[..., None] * (1 + np.exp(-k * tau0)) / (1 + np.exp(k * (t - tau0)))
+
+
+def _convolve(aif, kernels, dt):
+    """Causal convolution of one AIF with many kernels, via FFT; (N, T)."""
+    n = aif.size
+    size = 2 * n
+    fa = np.fft.rfft(aif, size)
+    fk = np.fft.rfft(kernels, size, axis=-1)
+    return np.fft.irfft(fa * fk, size, axis=-1)[..., :n] * dt
+
+
+def _resample_pair(image, label, spacing_rc, pixel_mm):
+    from scipy import ndimage
+
+    zoom = (spacing_rc[0] / pixel_mm, spacing_rc[1] / pixel_mm)
+    img = ndimage.zoom(image, zoom, order=1)
+    lab = ndimage.zoom(label, zoom, order=0)
+    return img, lab
+
+
+def _crop(img, lab, size, rng):
+    rr, cc = np.nonzero(lab)
+    cy, cx = rr.mean() + rng.uniform(-size / 5, size / 5), cc.mean() + rng.uniform(-size / 5, size / 5)
+    top, left = int(round(cy - size / 2)), int(round(cx - size / 2))
+    out_i, out_l = np.zeros((size, size), np.float32), np.zeros((size, size), np.uint8)
+    ys, xs, ye, xe = max(top, 0), max(left, 0), min(top + size, img.shape[0]), min(left + size, img.shape[1])
+    out_i[ys - top:ye - top, xs - left:xe - left] = img[ys:ye, xs:xe]
+    out_l[ys - top:ye - top, xs - left:xe - left] = lab[ys:ye, xs:xe]
+    return out_i, out_l
+
+
+def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5, stress=None, signal=None):
+    """One (frames, size, size) float32 series normalised to max 1 and its (size, size) labels.
+
+    ``image``/``label``: a 2D cine slice (normalised 0..1) and its internal-convention labels.
+    """
+    from scipy import ndimage
+
+    pixel_mm = rng.uniform(1.4, 2.8)
+    img, lab = _resample_pair(image, label, spacing_rc, pixel_mm)
+    if rng.random() < 0.5:  # mirrored and rotated views, as vendors and readers differ
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    rot = int(rng.integers(4))
+    img, lab = np.rot90(img, rot), np.rot90(lab, rot)
+    img, lab = _crop(np.ascontiguousarray(img), np.ascontiguousarray(lab), size, rng)
+
+    stress = rng.random() < 0.5 if stress is None else stress
+    t = np.arange(frames) * dt
+    foot = (PRE_FOOT + rng.uniform(-2, 3)) * dt
+    aif = perfusion_aif(t, foot, rng.uniform(3.0, 6.0), rng.uniform(2.5, 4.0), recirc=rng.uniform(0.08, 0.2), plateau=rng.uniform(0.05, 0.15))
+    rv = perfusion_aif(t, foot - rng.uniform(3.0, 4.5), rng.uniform(4.0, 8.0), rng.uniform(2.0, 3.5), recirc=0.1, plateau=0.1)
+
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    lv_mask = lab == LV
+    cy, cx = (np.nonzero(lv_mask)[0].mean(), np.nonzero(lv_mask)[1].mean()) if lv_mask.any() else (size / 2, size / 2)
+    phi = np.arctan2(yy - cy, xx - cx)
+    base = rng.uniform(2.0, 3.8) if stress else rng.uniform(0.5, 1.3)
+    mbf = base * (1 + 0.12 * np.cos(phi - rng.uniform(0, 2 * np.pi)))
+    if rng.random() < 0.35:  # a perfusion defect over a sector
+        centre, width = rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 1.4)
+        d = np.abs(np.angle(np.exp(1j * (phi - centre))))
+        mbf = mbf * np.where(d < width, rng.uniform(0.3, 0.7), 1.0)
+
+    myo = lab == MYO
+    conc = np.zeros((frames, size, size), np.float32)
+    if myo.any():
+        kern = _fermi_kernel(t, mbf[myo], rng.uniform(1.0, 4.0), rng.uniform(0.3, 1.5))
+        conc[:, myo] = _convolve(aif, kern, dt).T
+    # Papillary muscles and trabeculae (dark in the cine blood pool) do not fill with blood.
+    lv_vals = img[lv_mask]
+    blood_frac = np.clip(img / max(np.median(lv_vals), 1e-3), 0.2, 1.0) if lv_vals.size else np.ones_like(img)
+    conc[:, lv_mask] = aif[:, None] * blood_frac[lv_mask][None]
+    conc[:, lab == RV] = rv[:, None]
+    body = (lab == 0) & (img > 0.08)
+    if body.any():
+        slow = _fermi_kernel(t, np.array([rng.uniform(0.1, 0.6)]), 8.0, 0.3)
+        conc[:, body] = _convolve(aif, slow, dt)[0][:, None] * img[body][None] * rng.uniform(0.5, 1.5)
+    conc = ndimage.gaussian_filter(conc, (0, 0.6, 0.6))  # partial volume at the acquired resolution
+
+    signal = rng.random() < 0.5 if signal is None else signal
+    if signal:  # saturation-recovery signal: rises with Gd and saturates
+        s0 = 0.15 + 0.3 * ndimage.gaussian_filter(img, 1.0)
+        series = s0[None] * (1 + rng.uniform(3, 8) * conc / (conc + rng.uniform(2.0, 6.0)))
+        series *= (img > 0.02)[None] | (lab > 0)[None]
+    else:
+        series = conc
+    shading = 1 + rng.normal(0, 0.2) * (xx / size - 0.5) + rng.normal(0, 0.2) * (yy / size - 0.5)
+    series = series * np.clip(shading, 0.5, 1.5)[None]
+    series = series + rng.uniform(0.01, 0.05) * series.max() * rng.standard_normal(series.shape).astype(np.float32) / 3
+    if rng.random() < 0.5:  # breathing: small rigid shifts away from the peak frames
+        peak = int(np.argmax(aif))
+        for f in range(frames):
+            if abs(f - peak) > 4:
+                series[f] = ndimage.shift(series[f], rng.normal(0, 1.0, 2), order=1, mode="nearest")
+    series = np.maximum(series, 0)
+    series /= max(series.max(), 1e-6)
+    return series.astype(np.float32), lab.astype(np.uint8), aif

@@ -1,0 +1,145 @@
+"""Train the perfusion network on synthetic first-pass series built on ACDC anatomy.
+
+A pool of synthetic series is generated up front (generation costs more than a training step
+on CPU) and a fraction is renewed every epoch; rot90/flip augmentation is applied per batch.
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import as_progress
+
+
+@dataclass
+class PerfusionTrainConfig:
+    data: str
+    out_dir: str
+    arch_params: dict = field(default_factory=lambda: {"in_frames": 48, "widths": [32, 48, 64], "blocks": [2, 2, 2], "bridge_blocks": 2})
+    size: int = 64
+    pool: int = 1600
+    renew: int = 200
+    epochs: int = 25
+    batch: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    val_per_group: int = 3
+    val_samples: int = 160
+    threads: int = 0
+    resume: bool = False
+
+
+def anatomy_slices(folders):
+    """(image 0..1, labels, spacing_rc) of ED/ES slices that show LV blood pool and myocardium."""
+    from ..readers.acdc import load_acdc_patient
+    from .preprocess import normalise_volume
+
+    out = []
+    for f in folders:
+        st = load_acdc_patient(f)
+        sp = (st.spacing[1], st.spacing[0])
+        for t, lab in st.labels.items():
+            vol = normalise_volume(st.images[t])
+            for k in range(lab.shape[0]):
+                if (lab[k] == 1).sum() > 30 and (lab[k] == 2).sum() > 30:
+                    out.append((vol[k], lab[k], sp))
+    return out
+
+
+def make_pool(slices, n, size, rng):
+    from .perfusion_synth import synth_sample
+
+    xs = np.empty((n, 48, size, size), np.float16)
+    ys = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        img, lab, sp = slices[rng.integers(len(slices))]
+        x, y, _ = synth_sample(img, lab, sp, rng, size=size)
+        xs[i], ys[i] = x, y
+    return xs, ys
+
+
+def _dice_per_class(pred, gt):
+    out = {}
+    for name, v in (("lv", 1), ("myo", 2), ("rv", 3)):
+        a, b = pred == v, gt == v
+        s = a.sum() + b.sum()
+        out[name] = float(2 * (a & b).sum() / s) if s else 1.0
+    return out
+
+
+def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
+    import torch
+
+    from .architectures import build
+    from .postprocess import keep_one_component_per_structure
+    from .training import soft_dice_ce_loss
+    from .training_data import acdc_folders, split_patients
+
+    progress = as_progress(progress)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
+    (out / "split.json").write_text(json.dumps({"train": [Path(f).name for f in train_f], "val": [Path(f).name for f in val_f]}, indent=1))
+    train_slices, val_slices = anatomy_slices(train_f), anatomy_slices(val_f)
+    val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345))
+    log(f"{len(train_slices)} training anatomy slices, {len(val_slices)} validation; generating pool of {config.pool}")
+    pool_x, pool_y = make_pool(train_slices, config.pool, config.size, rng)
+
+    model = build("perfusion-resunet", **config.arch_params)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.lr * 0.02)
+    start, best, history = 0, -1.0, []
+    if config.resume and (out / "last.pt").is_file():
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, best, history = ck["epoch"], ck["best"], ck["history"]
+    steps = config.pool // config.batch
+    for epoch in range(start, config.epochs):
+        t0 = time.time()
+        model.train()
+        losses = []
+        order = rng.permutation(config.pool)
+        for s in range(steps):
+            idx = order[s * config.batch:(s + 1) * config.batch]
+            x = torch.from_numpy(pool_x[idx].astype(np.float32))
+            y = torch.from_numpy(pool_y[idx].astype(np.int64))
+            k = int(rng.integers(4))
+            x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+            if rng.random() < 0.5:
+                x, y = x.flip(3), y.flip(2)
+            loss = soft_dice_ce_loss(model(x), y, 4)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            progress(epoch * steps + s + 1, config.epochs * steps, f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
+        sched.step()
+        model.eval()
+        with torch.inference_mode():
+            pred = model(torch.from_numpy(val_x.astype(np.float32))).argmax(1).numpy().astype(np.uint8)
+        scores = [_dice_per_class(keep_one_component_per_structure(p[None])[0], g) for p, g in zip(pred, val_y)]
+        summary = {f"dice_{n}": float(np.mean([s[n] for s in scores])) for n in ("lv", "myo", "rv")}
+        summary["dice_mean"] = float(np.mean(list(summary.values())))
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), **summary}
+        if summary["dice_mean"] > best:
+            best = summary["dice_mean"]
+            torch.save(model.state_dict(), out / "best.pt")
+        history.append(entry)
+        log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()}))
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                    "best": best, "history": history, "config": asdict(config)}, out / "last.pt.tmp")
+        (out / "last.pt.tmp").replace(out / "last.pt")
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        if config.renew:  # renew part of the pool so the network sees new series
+            nx, ny = make_pool(train_slices, config.renew, config.size, rng)
+            where = rng.choice(config.pool, config.renew, replace=False)
+            pool_x[where], pool_y[where] = nx, ny
+    return history
