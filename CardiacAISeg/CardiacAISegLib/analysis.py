@@ -4,6 +4,7 @@ One ``Analysis`` serves the CLI, the Slicer module and the web GUI. Edits go thr
 ``set_labels`` (a corrected contour) recomputes what depends on the masks; ``move_insertion_point``
 (a dragged handle) re-bins the sectors of one slice and refreshes the segment values only.
 """
+import os
 import time
 
 import numpy as np
@@ -68,6 +69,30 @@ class Analysis:
 
     # --- computation ---------------------------------------------------------------------
     def run(self, progress=None):
+        try:
+            return self._run(progress)
+        except CardiacInputError as e:
+            named = self._name_file(e)
+            if named is e:
+                raise
+            raise named from e
+
+    def _name_file(self, err):
+        """Measuring code names a stage ("volume curve", "AIF", "sectors"); name the user's file."""
+        st = self.study
+        if err.path in (st.source, st.name) or os.path.exists(err.path):
+            return err
+        prov = st.provenance or {}
+        if err.path == "tissue":
+            where = None
+        elif err.path == "AIF" or "AIF" in err.problem:
+            where = prov.get("aif_source") if prov.get("aif_source") not in (None, "array") else None
+        else:
+            files = [f.get("file") for f in prov.get("label_files", []) if f.get("file")]
+            where = files[0] if len(files) == 1 else None
+        return CardiacInputError(where or st.source or st.name, f"{err.problem} ({err.path})")
+
+    def _run(self, progress=None):
         t0 = time.perf_counter()
         if self.kind == PERFUSION:
             self._compute_mbf_map()

@@ -34,6 +34,9 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
     from .models import registry
 
     task = study.kind
+    if model_name is None and not registry.list_models(task):
+        raise CardiacInputError(study.source or study.name, f"no {task} model is installed to segment this {task} series: "
+                                "give the masks with --labels, or install a model (cardiacaiseg import-model)")
     name = model_name or registry.default_model(task)
     card = registry.get_card(name)
     if card["task"] != task:

@@ -30,7 +30,8 @@ def _analyze(args):
 def _phantom(args):
     from .phantom import write_phantom
 
-    paths, _, _ = write_phantom(args.kind, args.out, seed=args.seed, force=args.force)
+    options = {} if args.noise is None else {"noise": args.noise}
+    paths, _, _ = write_phantom(args.kind, args.out, seed=args.seed, force=args.force, **options)
     for name, path in sorted(paths.items()):
         print(f"wrote {path}")
 
@@ -97,6 +98,7 @@ def build_parser():
     ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine")
     ph.add_argument("--out", required=True)
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--noise", type=float, help="image noise SD (cine: fraction of blood signal; perfusion: mmol/L); default: the phantom's")
     ph.add_argument("--force", action="store_true")
     ph.set_defaults(func=_phantom)
 
@@ -135,6 +137,9 @@ def main(argv=None):
     except (CardiacInputError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied, a writer that failed: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except CancelledError as e:
         print(f"cancelled: {e}", file=sys.stderr)
         return 130

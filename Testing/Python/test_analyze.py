@@ -1,0 +1,294 @@
+"""End to end: `cardiacaiseg phantom` -> `cardiacaiseg analyze ... --labels` -> every output.
+
+With the true label maps the pipeline must reproduce the voxel-count truth of the phantoms
+exactly, the published ACDC reference volumes, and MBF per AHA segment within 3 %; the
+outputs (results.json / .csv, segmentation.seg.nrrd, scene.mrb, report.png) must load back
+with the same content. ``cli.main`` runs in-process (importing slicer once); one test runs
+the installed console script in a subprocess.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from CardiacAISegLib import cli
+from CardiacAISegLib.labels import SEGMENTS, normalise_labels
+
+TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv_insertion", "warnings", "timing_s"}
+CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
+             "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml"}
+SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels"}
+SEGMENT_NAMES = list(SEGMENTS)          # "LV blood pool", "LV myocardium", "RV"
+MYOCARDIAL_DENSITY = 1.05
+
+
+def _cli(*argv):
+    rc = cli.main([str(a) for a in argv])
+    assert rc == 0, f"cardiacaiseg {' '.join(map(str, argv))} exited with {rc}"
+
+
+def _read_nifti_labels(path):
+    """(T, S, R, C) internal labels and the affine of an ACDC-convention NIfTI label map."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    if data.ndim == 3:
+        data = data[..., None]
+    return normalise_labels(data.transpose(3, 2, 1, 0), "acdc"), np.asarray(img.affine, float)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------ cine
+@pytest.fixture(scope="module")
+def cine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cine")
+    ph, out = root / "phantom", root / "out"
+    _cli("phantom", "--kind", "cine", "--out", ph)
+    _cli("analyze", ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--out", out, "--quiet")
+    meta = json.loads((ph / "truth.json").read_text())
+    return {"phantom": ph, "out": out, "truth": meta["truth"], "meta": meta,
+            "results": json.loads((out / "results.json").read_text())}
+
+
+def test_cine_outputs_and_schema(cine):
+    out, r = cine["out"], cine["results"]
+    assert sorted(os.listdir(out)) == ["report.png", "results.csv", "results.json", "scene.mrb",
+                                       "segmentation.seg.nrrd", "segmentation_es.seg.nrrd"]
+    assert set(r) == TOP_KEYS
+    assert r["kind"] == "cine" and r["model"] is None and r["perfusion"] is None
+    assert r["input"] == str(cine["phantom"] / "cine.nii.gz")
+    assert set(r["cine"]) == CINE_KEYS
+    assert r["warnings"] == []
+    assert {"load", "measures", "writing"} <= set(r["timing_s"]) and all(v >= 0 for v in r["timing_s"].values())
+    assert len(r["rv_insertion"]) >= 3
+    for p in r["rv_insertion"]:
+        assert set(p) == {"slice", "anterior_ras", "inferior_ras"}
+        assert len(p["anterior_ras"]) == 3 and len(p["inferior_ras"]) == 3
+
+
+def test_cine_volumes_equal_voxel_truth(cine):
+    c, truth = cine["results"]["cine"], cine["truth"]
+    ed, es = truth["ed_frame"], truth["es_frame"]
+    assert (c["ed_frame"], c["es_frame"]) == (ed, es)
+    # truth.json holds the phantom's voxel counts x its voxel volume; the NIfTI header keeps
+    # the spacing in float32, hence 1e-6 rather than bit equality.
+    for key, expect in (("lv_edv_ml", truth["voxel_lv_ml"][ed]), ("lv_esv_ml", truth["voxel_lv_ml"][es]),
+                        ("rv_edv_ml", truth["voxel_rv_ml"][ed]), ("rv_esv_ml", truth["voxel_rv_ml"][es]),
+                        ("lv_mass_g", MYOCARDIAL_DENSITY * truth["voxel_myo_ml"][ed])):
+        assert c[key] == pytest.approx(expect, rel=1e-6, abs=0), key
+    np.testing.assert_allclose(c["lv_volume_curve_ml"], truth["voxel_lv_ml"], rtol=1e-6)
+    # ... and to the last bit: voxel counts of the label file x the voxel volume of its affine.
+    labels, affine = _read_nifti_labels(cine["phantom"] / "cine_labels.nii.gz")
+    vv = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    count = lambda t, v: int((labels[t] == v).sum())  # noqa: E731
+    assert c["lv_edv_ml"] == pytest.approx(count(ed, 1) * vv, rel=1e-12)
+    assert c["lv_esv_ml"] == pytest.approx(count(es, 1) * vv, rel=1e-12)
+    assert c["rv_edv_ml"] == pytest.approx(count(ed, 3) * vv, rel=1e-12)
+    assert c["lv_mass_g"] == pytest.approx(MYOCARDIAL_DENSITY * count(ed, 2) * vv, rel=1e-12)
+    assert c["lv_sv_ml"] == pytest.approx(c["lv_edv_ml"] - c["lv_esv_ml"])
+    assert c["lv_ef_pct"] == pytest.approx(100 * c["lv_sv_ml"] / c["lv_edv_ml"])
+    assert c["rv_ef_pct"] == pytest.approx(100 * (c["rv_edv_ml"] - c["rv_esv_ml"]) / c["rv_edv_ml"])
+
+
+def test_cine_results_csv(cine):
+    rows = _csv_rows(cine["out"] / "results.csv")
+    by_name = {r["measure"]: r for r in rows}
+    c = cine["results"]["cine"]
+    for measure, key, unit in (("LV EDV", "lv_edv_ml", "mL"), ("LV ESV", "lv_esv_ml", "mL"), ("LV SV", "lv_sv_ml", "mL"),
+                               ("LV EF", "lv_ef_pct", "%"), ("LV mass", "lv_mass_g", "g"), ("RV EDV", "rv_edv_ml", "mL"),
+                               ("RV ESV", "rv_esv_ml", "mL"), ("RV SV", "rv_sv_ml", "mL"), ("RV EF", "rv_ef_pct", "%")):
+        assert by_name[measure]["unit"] == unit
+        assert float(by_name[measure]["value"]) == pytest.approx(c[key], rel=1e-5)
+    assert int(by_name["ED frame (0-based)"]["value"]) == c["ed_frame"]
+    assert int(by_name["ES frame (0-based)"]["value"]) == c["es_frame"]
+    thickness = [r for r in rows if r["measure"].startswith("Wall thickness ED, segment")]
+    assert len(thickness) == 16 and all(r["unit"] == "mm" and 3 < float(r["value"]) < 20 for r in thickness)
+    assert len(rows) == len(by_name) == 11 + 16
+
+
+def test_segmentation_files_round_trip(cine):
+    from CardiacAISegLib import scene
+
+    labels, affine = _read_nifti_labels(cine["phantom"] / "cine_labels.nii.gz")
+    c = cine["results"]["cine"]
+    for name, frame in (("segmentation.seg.nrrd", c["ed_frame"]), ("segmentation_es.seg.nrrd", c["es_frame"])):
+        lab, ijk_to_ras, names = scene.read_segmentation(str(cine["out"] / name))
+        assert names == SEGMENT_NAMES
+        np.testing.assert_array_equal(lab, labels[frame])
+        np.testing.assert_allclose(ijk_to_ras, affine, atol=1e-4)
+
+
+def test_scene_mrb_round_trip(cine):
+    import slicer.util
+
+    from CardiacAISegLib import scene
+
+    r, n_frames = cine["results"], cine["results"]["cine"]["lv_volume_curve_ml"].__len__()
+    ctx = scene.read_mrb(str(cine["out"] / "scene.mrb"))
+    labels, affine = _read_nifti_labels(cine["phantom"] / "cine_labels.nii.gz")
+
+    (seq,) = scene.nodes_by_class(ctx, "vtkMRMLSequenceNode")
+    assert seq.GetNumberOfDataNodes() == n_frames == 20
+    np.testing.assert_allclose(scene.volume_ijk_to_ras(seq.GetNthDataNode(0)), affine, atol=1e-4)
+    import nibabel as nib
+
+    images = np.asarray(nib.load(str(cine["phantom"] / "cine.nii.gz")).dataobj).transpose(3, 2, 1, 0)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(seq.GetNthDataNode(3)), images[3])
+
+    segs = scene.nodes_by_class(ctx, "vtkMRMLSegmentationNode")
+    assert 1 <= len(segs) <= 2
+    by_name = {s.GetName(): s for s in segs}
+    ed_node = next(s for n, s in by_name.items() if n.endswith("ED"))
+    for s in segs:
+        seg = s.GetSegmentation()
+        assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == SEGMENT_NAMES
+    np.testing.assert_array_equal(scene.labelmap_from_segmentation(ed_node, affine, labels.shape[1:]),
+                                  labels[r["cine"]["ed_frame"]])
+
+    markups = [n for n in scene.nodes_by_class(ctx, "vtkMRMLMarkupsFiducialNode") if n.GetName() == "RV insertion"]
+    assert len(markups) == 1
+    points = scene.insertion_points_from_markups(markups[0])
+    assert [p["slice"] for p in points] == [p["slice"] for p in r["rv_insertion"]]
+    for got, want in zip(points, r["rv_insertion"]):
+        for side in ("anterior_ras", "inferior_ras"):
+            np.testing.assert_allclose(got[side], want[side], atol=1e-4)
+
+    (table,) = scene.nodes_by_class(ctx, "vtkMRMLTableNode")
+    rows = scene.table_rows(table)
+    csv_rows = _csv_rows(cine["out"] / "results.csv")
+    assert [(t["measure"], t["unit"]) for t in rows] == [(c["measure"], c["unit"]) for c in csv_rows]
+    for t, c in zip(rows, csv_rows):
+        assert t["value"] == pytest.approx(float(c["value"]), rel=1e-5), t["measure"]
+    # Slicer stores table values as text with 6 significant digits, like results.csv.
+    assert rows[2]["measure"] == "LV EDV" and rows[2]["value"] == pytest.approx(r["cine"]["lv_edv_ml"], rel=1e-5)
+
+
+def test_report_png_opens(cine):
+    from PIL import Image
+
+    with Image.open(cine["out"] / "report.png") as im:
+        im.verify()
+    with Image.open(cine["out"] / "report.png") as im:
+        assert im.format == "PNG" and min(im.size) >= 300
+        a = np.asarray(im.convert("RGB"))
+    assert a.std() > 10                                         # not a blank canvas
+
+
+def test_console_script_subprocess(cine, tmp_path):
+    """The installed `cardiacaiseg` entry point (a real process) gives the same results."""
+    exe = shutil.which("cardiacaiseg")
+    cmd = [exe] if exe else [sys.executable, "-m", "CardiacAISegLib.cli"]
+    ph = cine["phantom"]
+    proc = subprocess.run(cmd + ["analyze", str(ph / "cine.nii.gz"), "--labels", str(ph / "cine_labels.nii.gz"),
+                                 "--out", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "LV EDV" in proc.stdout and f"wrote {tmp_path / 'out' / 'results.json'}" in proc.stdout
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert again["cine"] == cine["results"]["cine"] and again["rv_insertion"] == cine["results"]["rv_insertion"]
+    # and it fails with a message and a non-zero code, not a traceback
+    bad = subprocess.run(cmd + ["analyze", str(tmp_path / "none.nii.gz"), "--out", str(tmp_path / "o2")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "none.nii.gz: file or folder not found" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------------------------ ACDC
+def test_acdc_patient001_reference_volumes(shared_data, tmp_path):
+    """ACDC patient001 (Bernard et al. 2018), ground-truth labels: LV EDV 295.5 mL, ESV 225.6 mL."""
+    _cli("analyze", shared_data / "acdc" / "patient001", "--labels", "study", "--out", tmp_path, "--quiet")
+    r = json.loads((tmp_path / "results.json").read_text())
+    c = r["cine"]
+    assert (c["ed_frame"], c["es_frame"]) == (0, 1)
+    assert c["lv_edv_ml"] == pytest.approx(295.5, abs=0.1)
+    assert c["lv_esv_ml"] == pytest.approx(225.6, abs=0.1)
+    assert c["lv_ef_pct"] == pytest.approx(23.7, abs=0.1)
+    assert r["model"] is None and r["perfusion"] is None and c["lv_volume_curve_ml"] == [c["lv_edv_ml"], c["lv_esv_ml"]]
+
+
+# ------------------------------------------------------------------------------- perfusion
+NOISE = 0.003   # mmol/L: small but non-zero (the default 0.02 scatters pixel maps, see test_mbf)
+
+
+@pytest.fixture(scope="module")
+def perfusion(tmp_path_factory):
+    from CardiacAISegLib.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("perfusion")
+    stress, rest, out = root / "stress", root / "rest", root / "out"
+    _cli("phantom", "--kind", "perfusion", "--seed", "3", "--noise", NOISE, "--out", stress)
+    # The CLI makes stress phantoms; the rest study comes from the library (another seed).
+    write_phantom("perfusion", rest, seed=8, stress=False, noise=NOISE)
+    meta_s = json.loads((stress / "truth.json").read_text())
+    meta_r = json.loads((rest / "truth.json").read_text())
+    assert meta_s["dt_s"] == meta_r["dt_s"]
+    _cli("analyze", stress / "perfusion.nii.gz", "--kind", "perfusion", "--labels", stress / "perfusion_labels.nii.gz",
+         "--aif", stress / "aif.csv", "--dt", meta_s["dt_s"],
+         "--rest", rest / "perfusion.nii.gz", "--rest-labels", rest / "perfusion_labels.nii.gz", "--rest-aif", rest / "aif.csv",
+         "--out", out, "--quiet")
+    return {"out": out, "stress": stress, "truth_stress": meta_s["truth"], "truth_rest": meta_r["truth"],
+            "results": json.loads((out / "results.json").read_text())}
+
+
+def test_perfusion_schema(perfusion):
+    r = perfusion["results"]
+    assert set(r) == TOP_KEYS
+    assert r["kind"] == "perfusion" and r["cine"] is None and r["model"] is None
+    p = r["perfusion"]
+    assert {"global_mbf_ml_min_g", "density_g_ml", "segments"} <= set(p)
+    assert p["density_g_ml"] == 1.05
+    assert [s["id"] for s in p["segments"]] == list(range(1, 17))
+    for s in p["segments"]:
+        assert set(s) == SEGMENT_KEYS
+        assert s["territory"] in ("LAD", "RCA", "LCx") and s["n_pixels"] > 40
+    assert p["segments"][1]["name"] == "basal anteroseptal" and p["segments"][1]["territory"] == "LAD"
+    assert [i["slice"] for i in r["rv_insertion"]] == [0, 1, 2]
+    assert {"load", "mbf_map", "measures", "writing"} <= set(r["timing_s"])
+    assert sorted(os.listdir(perfusion["out"])) == ["report.png", "results.csv", "results.json", "scene.mrb",
+                                                    "segmentation.seg.nrrd"]
+
+
+def test_perfusion_segment_mbf_within_3_percent(perfusion):
+    truth = perfusion["truth_stress"]["mbf_per_segment"]          # JSON: keys are strings
+    p = perfusion["results"]["perfusion"]
+    errors = {s["id"]: s["mbf_ml_min_g"] / truth[str(s["id"])] - 1 for s in p["segments"]}
+    assert max(abs(e) for e in errors.values()) < 0.03, errors
+    true_values = [truth[str(s["id"])] for s in p["segments"]]
+    assert min(true_values) * 0.97 < p["global_mbf_ml_min_g"] < max(true_values) * 1.03
+
+
+def test_perfusion_csv_and_segmentation(perfusion):
+    from CardiacAISegLib import scene
+
+    rows = {r["measure"]: r for r in _csv_rows(perfusion["out"] / "results.csv")}
+    p = perfusion["results"]["perfusion"]
+    assert float(rows["Global MBF"]["value"]) == pytest.approx(p["global_mbf_ml_min_g"], rel=1e-5)
+    assert rows["Global MBF"]["unit"] == "mL/min/g" and rows["Tissue density"]["unit"] == "g/mL"
+    seg_rows = [r for r in rows.values() if r["measure"].startswith("MBF segment")]
+    assert len(seg_rows) == 16 and all(r["unit"] == "mL/min/g" for r in seg_rows)
+    assert float(rows["Global MPR"]["value"]) == pytest.approx(p["mpr"]["global"], rel=1e-5)
+    labels, affine = _read_nifti_labels(perfusion["stress"] / "perfusion_labels.nii.gz")
+    lab, ijk_to_ras, names = scene.read_segmentation(str(perfusion["out"] / "segmentation.seg.nrrd"))
+    np.testing.assert_array_equal(lab, labels[0])
+    np.testing.assert_allclose(ijk_to_ras, affine, atol=1e-4)
+
+
+def test_mpr_matches_truth(perfusion):
+    ts, tr = perfusion["truth_stress"]["mbf_per_segment"], perfusion["truth_rest"]["mbf_per_segment"]
+    mpr = perfusion["results"]["perfusion"]["mpr"]
+    assert [s["id"] for s in mpr["segments"]] == list(range(1, 17))
+    for s in mpr["segments"]:
+        assert s["mpr"] == pytest.approx(ts[str(s["id"])] / tr[str(s["id"])], rel=0.05), s
+    ratios = [ts[k] / tr[k] for k in ts]
+    assert min(ratios) * 0.95 < mpr["global"] < max(ratios) * 1.05
+    assert set(mpr["territories"]) == {"LAD", "RCA", "LCx"}

@@ -1,0 +1,458 @@
+"""Bad input through `cardiacaiseg analyze` (``cli.main`` in-process).
+
+Every case must end with a non-zero exit, one ``error:`` line on stderr that names the
+offending file (or model / folder) and the problem, no traceback, and an output folder left
+exactly as it was: not created when it did not exist, no stray files when it did.
+"""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from CardiacAISegLib import cli
+from CardiacAISegLib.analyze import OUTPUT_FILES
+
+AFFINE = np.diag([1.5, 1.5, 8.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _nifti(path, data, affine=AFFINE, dt=None, dtype=np.float32):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
+    if dt is not None:
+        img.header.set_xyzt_units("mm", "sec")
+        zooms = list(img.header.get_zooms())
+        zooms[3] = dt
+        img.header.set_zooms(zooms)
+    nib.save(img, str(path))
+    return path
+
+
+def _cine_labels(shape_xyz=(24, 24, 3)):
+    """ACDC convention (1 RV, 2 myocardium, 3 LV blood pool): LV disc, myocardial ring, RV."""
+    x, y = np.mgrid[0:shape_xyz[0], 0:shape_xyz[1]]
+    r = np.hypot(x - 11.5, y - 11.5)
+    lab2d = np.zeros(shape_xyz[:2], np.uint8)
+    lab2d[(r > 8) & (r <= 10.5) & (x < 8)] = 1
+    lab2d[r <= 8] = 2
+    lab2d[r <= 5] = 3
+    return np.repeat(lab2d[:, :, None], shape_xyz[2], axis=2)
+
+
+def _cine(tmp_path, name="cine.nii.gz", frames=4, data=None):
+    """A small 4D cine NIfTI (x, y, slices, frames) and its 4D ACDC-convention label map."""
+    if data is None:
+        data = np.random.default_rng(0).uniform(0, 100, (24, 24, 3, frames))
+    img = _nifti(tmp_path / name, data)
+    lab = np.stack([_cine_labels()] * frames, axis=-1)
+    labels = _nifti(tmp_path / "cine_labels.nii.gz", lab, dtype=np.uint8)
+    return img, labels
+
+
+@pytest.fixture(scope="module")
+def perfusion_dir(tmp_path_factory):
+    """A small perfusion phantom written as files (NIfTI 4D, ACDC labels, aif.csv)."""
+    from CardiacAISegLib.phantom import write_phantom
+
+    d = tmp_path_factory.mktemp("perf")
+    write_phantom("perfusion", d, seed=1, size=80, n_frames=40)
+    meta = json.loads((d / "truth.json").read_text())
+    return d, meta["dt_s"]
+
+
+def _snapshot(folder):
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return ("file", folder.read_bytes())
+    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def expect_failure(capsys, argv, out, *words, code=2, clean=True):
+    """Run `cardiacaiseg analyze ARGV --out OUT`; check exit code, message and OUT untouched."""
+    before = _snapshot(out)
+    rc = cli.main(["analyze", *map(str, argv), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    assert _snapshot(out) == before, f"{out} changed: {before} -> {_snapshot(out)}"
+    if clean and out.is_dir():
+        assert not [n for n in os.listdir(out) if n in OUTPUT_FILES or n.startswith(".cardiacaiseg")]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------- input file
+def test_missing_input(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "cine.nii.gz"
+    expect_failure(capsys, [missing], tmp_path / "out", missing, "not found")
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    expect_failure(capsys, [tmp_path / "empty"], tmp_path / "out", tmp_path / "empty", "empty folder")
+
+
+def test_unknown_extension(tmp_path, capsys):
+    f = tmp_path / "scan.xyz"
+    f.write_bytes(b"\x00" * 100)
+    expect_failure(capsys, [f], tmp_path / "out", f, "unknown file format", ".xyz")
+
+
+def test_corrupt_nifti(tmp_path, capsys):
+    f = tmp_path / "cine.nii.gz"
+    f.write_bytes(gzip.compress(os.urandom(2000)))
+    expect_failure(capsys, [f], tmp_path / "out", f, "not a readable NIfTI")
+
+
+def test_not_gzip_nifti(tmp_path, capsys):
+    f = tmp_path / "cine.nii.gz"
+    f.write_text("this is not a NIfTI file at all")
+    expect_failure(capsys, [f], tmp_path / "out", f, "not a readable NIfTI")
+
+
+def test_truncated_nifti(tmp_path, capsys):
+    good, _ = _cine(tmp_path)
+    raw = gzip.decompress(good.read_bytes())
+    f = tmp_path / "truncated.nii.gz"
+    f.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    line = expect_failure(capsys, [f], tmp_path / "out", f, "not a readable NIfTI")
+    assert "truncated" in line or "bytes" in line
+
+
+def test_nan_image(tmp_path, capsys):
+    data = np.random.default_rng(1).uniform(0, 100, (24, 24, 3, 4))
+    data[3, 4, 1, 2] = np.nan
+    img, labels = _cine(tmp_path, data=data)
+    expect_failure(capsys, [img, "--labels", labels], tmp_path / "out", img, "NaN")
+
+
+def test_wrong_dimensions_5d(tmp_path, capsys):
+    f = _nifti(tmp_path / "five.nii.gz", np.zeros((8, 8, 2, 3, 2)))
+    expect_failure(capsys, [f], tmp_path / "out", f, "expected a 2D, 3D or 4D image")
+
+
+def test_2d_image_for_perfusion(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    f = _nifti(tmp_path / "slice.nii.gz", np.zeros((16, 16)))
+    expect_failure(capsys, [f, "--kind", "perfusion", "--aif", d / "aif.csv", "--dt", dt], tmp_path / "out",
+                   f, "expected (x, y, frames) or (x, y, slices, frames)")
+
+
+def test_single_frame_cine(tmp_path, capsys):
+    """A 3D volume (one frame) cannot give ED and ES."""
+    img = _nifti(tmp_path / "one.nii.gz", np.random.default_rng(2).uniform(0, 1, (24, 24, 3)))
+    labels = _nifti(tmp_path / "one_labels.nii.gz", _cine_labels(), dtype=np.uint8)
+    expect_failure(capsys, [img, "--labels", labels], tmp_path / "out", img, "frame")
+
+
+# ------------------------------------------------------------------------------ label maps
+def test_label_file_missing(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    missing = tmp_path / "no_labels.nii.gz"
+    expect_failure(capsys, [img, "--labels", missing], tmp_path / "out", missing, "not found")
+
+
+def test_label_map_wrong_shape(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    bad = _nifti(tmp_path / "small_labels.nii.gz", np.zeros((20, 24, 3, 4)), dtype=np.uint8)
+    expect_failure(capsys, [img, "--labels", bad], tmp_path / "out", bad, "does not match", "(20, 24, 3)")
+
+
+def test_label_map_wrong_number_of_frames(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    bad = _nifti(tmp_path / "labels3.nii.gz", np.stack([_cine_labels()] * 3, -1), dtype=np.uint8)
+    expect_failure(capsys, [img, "--labels", bad], tmp_path / "out", bad, "3 frames", "4")
+
+
+def test_label_map_not_integer(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    bad = _nifti(tmp_path / "float_labels.nii.gz", np.random.default_rng(3).uniform(0, 3, (24, 24, 3, 4)))
+    expect_failure(capsys, [img, "--labels", bad], tmp_path / "out", bad, "not whole numbers")
+
+
+def test_cine_labels_without_lv(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    lab = np.stack([_cine_labels()] * 4, -1)
+    lab[lab >= 2] = 0                                   # RV only: no myocardium, no blood pool
+    bad = _nifti(tmp_path / "rv_only.nii.gz", lab, dtype=np.uint8)
+    expect_failure(capsys, [img, "--labels", bad], tmp_path / "out", bad, "no LV blood pool")
+
+
+def test_perfusion_empty_myocardium(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    import nibabel as nib
+
+    lab = np.asarray(nib.load(str(d / "perfusion_labels.nii.gz")).dataobj)
+    lab = np.where(lab == 2, 3, lab)                    # myocardium relabelled as blood pool
+    bad = _nifti(tmp_path / "no_myo.nii.gz", lab, affine=nib.load(str(d / "perfusion_labels.nii.gz")).affine, dtype=np.uint8)
+    img = d / "perfusion.nii.gz"
+    expect_failure(capsys, [img, "--kind", "perfusion", "--labels", bad, "--aif", d / "aif.csv", "--dt", dt],
+                   tmp_path / "out", img, "myocardial mask is empty")
+
+
+# ------------------------------------------------------------------------------ perfusion
+def _perfusion_args(d, dt, **replace):
+    args = {"--kind": "perfusion", "--labels": d / "perfusion_labels.nii.gz", "--aif": d / "aif.csv", "--dt": dt}
+    args.update(replace)
+    out = [d / "perfusion.nii.gz"]
+    for k, v in args.items():
+        if v is not None:
+            out += [k, v]
+    return out
+
+
+def test_aif_length_mismatch(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    aif = tmp_path / "short_aif.csv"
+    aif.write_text("aif\n" + "\n".join(l for l in (d / "aif.csv").read_text().splitlines()[1:-5]) + "\n")
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "AIF has 35 values", "40 frames")
+
+
+def test_aif_with_nan(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    values = (d / "aif.csv").read_text().splitlines()
+    values[10] = "nan"
+    aif = tmp_path / "nan_aif.csv"
+    aif.write_text("\n".join(values) + "\n")
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "NaN")
+
+
+def test_aif_not_numbers(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    aif = tmp_path / "text_aif.csv"
+    aif.write_text("aif\n1.0\nhello\n")
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "not numbers")
+
+
+def test_aif_file_missing(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    aif = tmp_path / "none.csv"
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "AIF file not found")
+
+
+def test_flat_aif(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    aif = tmp_path / "flat_aif.csv"
+    aif.write_text("aif\n" + "0.2\n" * 40)
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "AIF is flat")
+
+
+def test_perfusion_without_aif(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": None}), tmp_path / "out",
+                   d / "perfusion.nii.gz", "arterial input function", "--aif")
+
+
+def test_perfusion_without_dt(tmp_path, capsys, perfusion_dir):
+    d, dt = perfusion_dir
+    import nibabel as nib
+
+    src = nib.load(str(d / "perfusion.nii.gz"))
+    img = _nifti(tmp_path / "no_time.nii.gz", np.asarray(src.dataobj), affine=src.affine)   # no time step in the header
+    args = [img, "--kind", "perfusion", "--labels", d / "perfusion_labels.nii.gz", "--aif", d / "aif.csv"]
+    expect_failure(capsys, args, tmp_path / "out", img, "frame interval unknown", "--dt")
+
+
+@pytest.mark.parametrize("dt", ["-0.5", "0", "nan"])
+def test_perfusion_bad_dt(tmp_path, capsys, perfusion_dir, dt):
+    d, _ = perfusion_dir
+    expect_failure(capsys, _perfusion_args(d, None, **{"--dt": dt}), tmp_path / "out",
+                   d / "perfusion.nii.gz", "dt must be a positive number")
+
+
+def test_perfusion_without_labels_or_model(tmp_path, capsys, perfusion_dir, monkeypatch):
+    from CardiacAISegLib.models import registry
+
+    monkeypatch.setattr(registry, "model_dirs", lambda: [tmp_path / "no-models"])
+    d, dt = perfusion_dir
+    line = expect_failure(capsys, _perfusion_args(d, dt, **{"--labels": None}), tmp_path / "out",
+                          d / "perfusion.nii.gz", "no perfusion model is installed")
+    assert "--labels" in line
+
+
+def test_unknown_model(tmp_path, capsys):
+    img, _ = _cine(tmp_path)
+    expect_failure(capsys, [img, "--model", "no-such-net"], tmp_path / "out", "no-such-net", "no such model")
+
+
+def test_model_for_the_wrong_task(tmp_path, capsys, monkeypatch):
+    from CardiacAISegLib.models import registry
+
+    card = {"name": "perf-net", "task": "perfusion", "title": "t", "classes": [], "input": {"pixel_mm": 1.0},
+            "weights": {"file": "w.pt", "sha256": "0" * 64, "format": "torchscript"}, "licence": "x"}
+    folder = tmp_path / "models" / "perf-net"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps(card))
+    monkeypatch.setattr(registry, "model_dirs", lambda: [tmp_path / "models"])
+    img, _ = _cine(tmp_path)
+    expect_failure(capsys, [img, "--model", "perf-net"], tmp_path / "out", "perf-net", "model is for perfusion series")
+
+
+# ---------------------------------------------------------------------------------- DICOM
+def _dcm(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 0), trigger=0.0, instance=1, drop=()):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
+    ds.Rows, ds.Columns = 6, 7
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelSpacing, ds.ImageOrientationPatient, ds.ImagePositionPatient = [1.5, 1.5], [1, 0, 0, 0, 1, 0], list(ipp)
+    ds.TriggerTime, ds.InstanceNumber = trigger, instance
+    for tag in drop:
+        delattr(ds, tag)
+    ds.PixelData = np.full((6, 7), instance, np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _dicom_series(folder, n_slices=2, n_frames=2, start=1, **kw):
+    folder.mkdir(parents=True, exist_ok=True)
+    inst = start
+    for k in range(n_slices):
+        for t in range(n_frames):
+            _dcm(folder / f"{inst}.dcm", ipp=(0, 0, 8.0 * k), trigger=40.0 * t, instance=inst, **kw)
+            inst += 1
+
+
+def test_dicom_two_series_without_choice(tmp_path, capsys):
+    d = tmp_path / "dicom"
+    _dicom_series(d, series="1.2.3.1", number=3, desc="sax cine")
+    _dicom_series(d, series="1.2.3.2", number=4, desc="localiser", start=100)
+    expect_failure(capsys, [d], tmp_path / "out", d, "2 image series", "choose one", "series", "sax cine", "localiser")
+
+
+def test_dicom_unknown_series_choice(tmp_path, capsys):
+    d = tmp_path / "dicom"
+    _dicom_series(d, series="1.2.3.1", number=3, desc="sax cine")
+    expect_failure(capsys, [d, "--series", "7"], tmp_path / "out", d, "no series matches '7'", "sax cine")
+
+
+def test_dicom_missing_geometry_tag(tmp_path, capsys):
+    d = tmp_path / "dicom"
+    _dicom_series(d)
+    _dcm(d / "9.dcm", ipp=(0, 0, 16.0), instance=9, drop=("PixelSpacing",))
+    expect_failure(capsys, [d], tmp_path / "out", d / "9.dcm", "missing DICOM tag PixelSpacing")
+
+
+def test_dicom_truncated_file(tmp_path, capsys):
+    d = tmp_path / "dicom"
+    _dicom_series(d)
+    f = d / "2.dcm"
+    f.write_bytes(f.read_bytes()[:-40])                 # pixel data cut short
+    expect_failure(capsys, [d], tmp_path / "out", f, "pixel data")
+
+
+# ----------------------------------------------------------------------------------- ACDC
+def test_acdc_info_without_es(tmp_path, capsys):
+    d = tmp_path / "patient900"
+    d.mkdir()
+    _nifti(d / "patient900_frame01.nii.gz", np.zeros((24, 24, 3)))
+    (d / "Info.cfg").write_text("ED: 1\nGroup: NOR\nNbFrame: 2\n")
+    expect_failure(capsys, [d, "--labels", "study"], tmp_path / "out", d / "Info.cfg", "missing ES")
+
+
+def test_acdc_es_frame_without_image(tmp_path, capsys):
+    d = tmp_path / "patient901"
+    d.mkdir()
+    _nifti(d / "patient901_frame01.nii.gz", np.zeros((24, 24, 3)))
+    (d / "Info.cfg").write_text("ED: 1\nES: 9\n")
+    expect_failure(capsys, [d, "--labels", "study"], tmp_path / "out", d / "Info.cfg", "ES frame 9 has no image")
+
+
+def test_acdc_without_gt_labels(tmp_path, capsys):
+    d = tmp_path / "patient902"
+    d.mkdir()
+    for n in (1, 2):
+        _nifti(d / f"patient902_frame0{n}.nii.gz", np.zeros((24, 24, 3)))
+    (d / "Info.cfg").write_text("ED: 1\nES: 2\n")
+    expect_failure(capsys, [d, "--labels", "study"], tmp_path / "out", d, "no label maps")
+
+
+# -------------------------------------------------------------------------------- outputs
+def test_out_path_is_a_file(tmp_path, capsys):
+    img, labels = _cine(tmp_path)
+    out = tmp_path / "results.txt"
+    out.write_text("mine")
+    expect_failure(capsys, [img, "--labels", labels], out, out, "not a folder")
+    assert out.read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def small_cine(tmp_path_factory):
+    from CardiacAISegLib.phantom import write_phantom
+
+    d = tmp_path_factory.mktemp("cine")
+    write_phantom("cine", d, seed=2, n_frames=6, n_slices=6, size=64)
+    return d
+
+
+def test_existing_outputs_need_force(tmp_path, capsys, small_cine):
+    args = ["analyze", str(small_cine / "cine.nii.gz"), "--labels", str(small_cine / "cine_labels.nii.gz"),
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.main(args) == 0
+    out = tmp_path / "out"
+    (out / "notes.txt").write_text("the user's own file")
+    first = json.loads((out / "results.json").read_text())
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    capsys.readouterr()
+
+    line = expect_failure(capsys, args[1:-3], out, out, "would overwrite", "results.json", "--force", clean=False)
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+
+    # --force replaces them (and leaves the user's other files alone).
+    os.utime(out / "results.json", (0, 0))
+    assert cli.main(args + ["--force"]) == 0
+    assert (out / "results.json").stat().st_mtime > 1e6
+    assert json.loads((out / "results.json").read_text())["cine"] == first["cine"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == []
+    assert line
+
+
+def test_failure_after_loading_leaves_existing_folder_clean(tmp_path, capsys, small_cine):
+    """A failure late in the pipeline (here: measuring) leaves a pre-existing folder as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    import nibabel as nib
+
+    src = nib.load(str(small_cine / "cine_labels.nii.gz"))
+    lab = np.asarray(src.dataobj)
+    lab[lab == 3] = 0                                   # no LV blood pool in any frame
+    bad = _nifti(tmp_path / "no_lv.nii.gz", lab, affine=src.affine, dtype=np.uint8)
+    expect_failure(capsys, [small_cine / "cine.nii.gz", "--labels", bad], out, "no LV blood pool")
+    assert os.listdir(out) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_writer_failure_leaves_nothing_half_written(tmp_path, capsys, small_cine, monkeypatch, existing):
+    """A failure while writing (here the scene bundle, after the segmentation and report were
+    staged) leaves no output: the folder is removed if the run created it, else left as it was."""
+    from CardiacAISegLib import scene
+
+    def broken_write_mrb(ctx, path, overwrite=False):
+        raise OSError(f"{path}: writing the scene failed: No space left on device")
+
+    monkeypatch.setattr(scene, "write_mrb", broken_write_mrb)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    expect_failure(capsys, [small_cine / "cine.nii.gz", "--labels", small_cine / "cine_labels.nii.gz"], out,
+                   "scene.mrb", "No space left on device", code=1)
+    assert (os.listdir(out) == ["keep.txt"]) if existing else not out.exists()
