@@ -1,0 +1,193 @@
+"""Networks: registry and sha256, user TorchScript import, determinism, training, fine-tuning,
+inference mapped back onto an oblique grid."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from CardiacAISegLib.errors import CardiacInputError  # noqa: E402
+from CardiacAISegLib.models import registry  # noqa: E402
+from CardiacAISegLib.models.architectures import build, parameter_count  # noqa: E402
+from CardiacAISegLib.study import Study  # noqa: E402
+
+
+class IntensityClassifier(torch.nn.Module):
+    """Class = nearest of the intensities (0, 1, 0.5, 0.25): a 'network' whose answer is known."""
+
+    def forward(self, x):
+        centres = torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1)
+        return -100.0 * (x - centres) ** 2
+
+
+def oblique_study():
+    """Non-square, anisotropic, oblique: a transposition or shift in the mapping shows up."""
+    s, r, c = 3, 70, 90
+    yy, xx = np.mgrid[:r, :c]
+    img = np.zeros((s, r, c), np.float32)
+    truth = np.zeros((s, r, c), np.uint8)
+    d = np.hypot((yy - 30) * 1.7, (xx - 55) * 1.1)       # round in mm: spacing row 1.7, col 1.1
+    for k in range(s):
+        truth[k][d < 28] = 2
+        truth[k][d < 18] = 1
+        truth[k][(np.hypot((yy - 30) * 1.7, (xx - 20) * 1.1) < 12)] = 3
+    img[truth == 1], img[truth == 2], img[truth == 3] = 1.0, 0.5, 0.25
+    rot = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.6, -0.8], [0, 0.8, 0.6]])
+    m = np.eye(4)
+    m[:3, :3] = rot * np.array([1.1, 1.7, 8.0])
+    m[:3, 3] = (12.0, -40.0, 7.5)
+    return Study(images=img[None], ijk_to_ras=m, name="oblique"), truth
+
+
+def write_user_model(tmp_path, name="user-threshold"):
+    scripted = torch.jit.script(IntensityClassifier())
+    weights = tmp_path / "model.ts"
+    scripted.save(str(weights))
+    card = {"name": name, "title": "Intensity threshold (test)", "task": "cine", "version": "1",
+            "classes": ["background", "LV blood pool", "LV myocardium", "RV"],
+            "input": {"pixel_mm": 1.25, "size_multiple": 1, "normalisation": "none"},
+            "weights": {"file": weights.name, "format": "torchscript", "sha256": registry.sha256_of(weights)},
+            "licence": "test"}
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps(card))
+    return weights, card_path
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("CARDIACAISEG_MODELS", str(folder))
+    registry._CACHE.clear()
+    return folder
+
+
+def test_inference_maps_back_onto_an_oblique_grid():
+    from CardiacAISegLib.models.inference import predict_labels
+
+    study, truth = oblique_study()
+    # normalise_volume maps the 99.5th percentile to 1, so the intensities stay as built
+    pred = predict_labels(IntensityClassifier(), study.images[0], (study.spacing[1], study.spacing[0]), 1.25, 1)
+    assert pred.shape == truth.shape
+    for v in (1, 2, 3):
+        a, b = pred == v, truth == v
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.95, f"label {v} misplaced after resampling"
+
+
+def test_user_torchscript_model_imports_and_runs(tmp_path, user_models):
+    from CardiacAISegLib.analyze import segment
+
+    weights, card = write_user_model(tmp_path)
+    installed = registry.import_model(weights, card)
+    assert installed["name"] in [c["name"] for c in registry.list_models("cine")]
+    study, truth = oblique_study()
+    labels, info = segment(study, "user-threshold")
+    assert info["sha256"] == registry.sha256_of(weights)
+    assert (labels[0] == 1).sum() > 0.9 * (truth == 1).sum()
+    with pytest.raises(CardiacInputError, match="already installed"):
+        registry.import_model(weights, card)
+
+
+def test_sha256_mismatch_is_refused(tmp_path, user_models):
+    weights, card = write_user_model(tmp_path, "user-corrupt")
+    registry.import_model(weights, card)
+    installed = user_models / "user-corrupt" / "model.ts"
+    installed.write_bytes(installed.read_bytes()[:-10] + b"0123456789")
+    registry._CACHE.clear()
+    with pytest.raises(CardiacInputError, match="sha256 mismatch"):
+        registry.load_model("user-corrupt")
+
+
+def test_import_rejects_a_card_that_does_not_match(tmp_path, user_models):
+    weights, card = write_user_model(tmp_path, "user-bad")
+    data = json.loads(card.read_text())
+    data["weights"]["sha256"] = "0" * 64
+    card.write_text(json.dumps(data))
+    with pytest.raises(CardiacInputError, match="sha256"):
+        registry.import_model(weights, card)
+    assert not (user_models / "user-bad").exists()
+    del data["task"]
+    card.write_text(json.dumps(data))
+    with pytest.raises(CardiacInputError, match="lacks task"):
+        registry.import_model(weights, card)
+
+
+def test_unknown_model_lists_the_installed_ones():
+    with pytest.raises(CardiacInputError, match="no such model"):
+        registry.get_card("no-such-net")
+
+
+def test_shipped_models_verify():
+    cards = registry.list_models()
+    for card in cards:
+        if card["_folder"].startswith(str(registry.SHIPPED_DIR)):
+            registry.verify_weights(card)
+            loaded = registry.load_model(card["name"])
+            assert parameter_count(loaded.module) == card["architecture"]["parameter_count"]
+
+
+@pytest.mark.parametrize("arch", ["unet-light", "gammanet"])
+def test_inference_is_deterministic(arch):
+    torch.manual_seed(0)
+    net = build(arch).eval()
+    x = torch.rand(1, 1, 64, 48)
+    with torch.inference_mode():
+        assert torch.equal(net(x), net(x))
+
+
+def test_gammanet_gives_every_timestep():
+    net = build("gammanet", timesteps=3).eval()
+    with torch.inference_mode():
+        outs = net(torch.rand(1, 1, 32, 32), return_all=True)
+    assert len(outs) == 3 and all(o.shape == (1, 4, 32, 32) for o in outs)
+    assert not torch.equal(outs[0], outs[-1])
+
+
+def test_perfusion_resunet_takes_frames_as_channels():
+    net = build("perfusion-resunet", in_frames=48, widths=[16, 24], blocks=[1, 1], bridge_blocks=1).eval()
+    with torch.inference_mode():
+        assert net(torch.rand(2, 48, 40, 40)).shape == (2, 4, 40, 40)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, shared_data):
+    from CardiacAISegLib.models.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(shared_data / "acdc"), out_dir=str(out), epochs=4, batch=8, slices_per_epoch=96,
+                      crop=128, patch=96, lr=3e-3, train_patients=["patient001", "patient002"], val_patients=[])
+    history = train(cfg, log=lambda *_: None)
+    return cfg, out, history
+
+
+def test_short_training_run_lowers_the_loss(short_run):
+    _, out, history = short_run
+    assert len(history) == 4
+    assert history[-1]["loss"] < history[0]["loss"] - 0.1
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+
+
+def test_resume_continues_from_the_checkpoint(short_run):
+    from dataclasses import replace
+
+    from CardiacAISegLib.models.training import train
+
+    cfg, out, history = short_run
+    more = train(replace(cfg, epochs=5, resume=True), log=lambda *_: None)
+    assert [h["epoch"] for h in more] == [1, 2, 3, 4, 5]
+
+
+def test_finetune_freezes_the_encoder(short_run, tmp_path):
+    from CardiacAISegLib.models.training import TrainConfig, train
+
+    cfg, out, _ = short_run
+    start = torch.load(out / "best.pt", weights_only=True)
+    ft = TrainConfig(data=cfg.data, out_dir=str(tmp_path / "ft"), epochs=1, batch=8, slices_per_epoch=32, crop=128,
+                     patch=96, lr=1e-3, train_patients=["patient003"], val_patients=[],
+                     finetune_from=str(out / "best.pt"), freeze_epochs=1)
+    train(ft, log=lambda *_: None)
+    after = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)
+    enc = [k for k in start if k.startswith("down.") and k.endswith("weight")]
+    dec = [k for k in start if k.startswith(("up.", "head.")) and k.endswith("weight")]
+    assert enc and all(torch.equal(start[k], after[k]) for k in enc), "encoder changed while frozen"
+    assert any(not torch.equal(start[k], after[k]) for k in dec), "decoder did not train"
