@@ -56,6 +56,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from CardiacAISegLib.roi import ring_mask  # noqa: E402
+
 STAGES = ("load", "segmentation", "measures", "mbf_map", "mbf_map_cpu", "writing")
 TARGETS = {("phantom-3slice", "mbf_map"): 0.3, ("mbf-map-4500px", "mbf_map"): 0.3}
 KERNEL_PIXELS = 4500
@@ -63,32 +65,6 @@ PHANTOM_OPTIONS = dict(seed=11, size=192, pixel_mm=0.9)
 
 
 # ---------------------------------------------------------------------------- inputs
-def ring_mask(frames, aif, gap_px=1.0, width_px=4.0, max_fraction=0.25):
-    """(pool, ring) for a single slice without labels, as in Testing/Python/test_mbf.py.
-
-    At the AIF peak the LV blood pool is the brightest compact blob near the image centre;
-    its convex hull (papillary muscles included) is the pool, the ring the band
-    gap_px < d <= gap_px + width_px outside it minus pixels that ever exceed ``max_fraction``
-    of the AIF peak (RV blood or partial volume).
-    """
-    from scipy import ndimage
-    from scipy.spatial import ConvexHull, Delaunay
-
-    peak = int(np.argmax(aif))
-    img = frames[max(0, peak - 1): peak + 2].mean(0)
-    labels, n = ndimage.label(img > 0.3 * aif[peak])
-    centre = np.array(img.shape) / 2.0
-    idx = range(1, n + 1)
-    score = [size / (1 + np.hypot(*(np.array(cm) - centre)))
-             for size, cm in zip(ndimage.sum(np.ones_like(img), labels, idx), ndimage.center_of_mass(img, labels, idx))]
-    pts = np.argwhere(labels == 1 + int(np.argmax(score)))
-    hull = Delaunay(pts[ConvexHull(pts).vertices])
-    pool = (hull.find_simplex(np.argwhere(np.ones(img.shape, bool))) >= 0).reshape(img.shape)
-    dist = ndimage.distance_transform_edt(~pool)
-    ring = (dist > gap_px) & (dist <= gap_px + width_px) & (frames.max(0) < max_fraction * aif[peak])
-    return pool, ring
-
-
 def _write_labels_nifti(path, labels_skji, ijk_to_ras):
     """(S, R, C) internal labels -> NIfTI (i, j, k) in the ACDC convention (3 LV, 2 myo, 1 RV)."""
     import nibabel as nib

@@ -15,7 +15,9 @@ from .errors import CardiacInputError, OutputExistsError
 from .progress import as_progress
 from .study import PERFUSION
 
-STUDY_LABELS = "study"
+STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
+RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
+SPECIAL_LABELS = (STUDY_LABELS, RING_LABELS)
 OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
 
 
@@ -120,7 +122,8 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
             label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
         report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
                             segment_values=getattr(analysis, "segment_values", None) or None, value_label=label,
-                            volume_curve=curve, overwrite=True)
+                            volume_curve=curve, overwrite=True,
+                            value_map=analysis.mbf if analysis.kind == PERFUSION else None)
         progress(2, steps, "writing scene")
         ctx = sc.new_scene()
         populate_scene(ctx, analysis)
@@ -154,26 +157,37 @@ def _peak_frame(study):
     return int(min(study.n_frames - 1, int(np.argmax(study.aif)) + 4))
 
 
+def _load_with_labels(path, labels, **options):
+    from .readers import load_study
+
+    study = load_study(path, labels=None if labels in SPECIAL_LABELS else labels, **options)
+    if labels == RING_LABELS:
+        if study.kind != PERFUSION:
+            raise CardiacInputError(path, "--labels ring is for perfusion series (give --kind perfusion)")
+        from .roi import ring_labels
+
+        study.labels = {0: ring_labels(study)}
+    return study
+
+
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
         kind=None, device=None, progress=None):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
-    from .readers import load_study
-
     check_outputs(out_dir, force)
     t0 = time.perf_counter()
-    # labels="study" measures the label maps that come with the input (ACDC _gt files).
-    study = load_study(input_path, kind=kind, series=series, labels=None if labels == STUDY_LABELS else labels,
-                       label_convention=label_convention, aif=aif, dt=dt, progress=progress)
+    study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
+                              aif=aif, dt=dt, progress=progress)
     timing = {"load": time.perf_counter() - t0}
     rest_analysis = None
     if rest is not None:
-        rest_study = load_study(rest, kind=PERFUSION, labels=rest_labels, label_convention=label_convention,
-                                aif=rest_aif, dt=dt, series="rest" if Path(rest).is_dir() else None)
+        rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention, aif=rest_aif,
+                                       dt=dt, series="rest" if Path(rest).is_dir() else None)
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
-    has_labels = labels is not None
-    analysis, model_info, t = analyze_study(study, model, use_labels=has_labels, frames=frames, density=density,
+    analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress)
+    if labels == RING_LABELS:
+        analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     timing.update(t)
     paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress)
     return analysis, paths

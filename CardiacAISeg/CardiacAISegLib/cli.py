@@ -78,7 +78,7 @@ def build_parser():
     a.add_argument("input", help="ACDC folder, DICOM folder, .nii/.nii.gz, .seq.nrrd, .mhd (or a folder of them), Analyze .hdr")
     a.add_argument("--out", required=True, help="output folder")
     a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
-    a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt)")
+    a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt); 'ring' = automatic myocardial ring ROI (perfusion)")
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
     a.add_argument("--aif", help="arterial input function (text/CSV column, Analyze/NIfTI column)")
     a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")

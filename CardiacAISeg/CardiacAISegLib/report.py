@@ -132,6 +132,26 @@ def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk)
     ax.set_yticks([])
 
 
+def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
+    """Pixel map (e.g. MBF) over the image, one small panel per slice that has values."""
+    slices = [k for k in range(study.n_slices) if np.isfinite(value_map[k]).any()][:3]
+    if not slices:
+        return
+    finite = value_map[np.isfinite(value_map)]
+    vmin, vmax = np.percentile(finite, [2, 98])
+    sub = cell.subgridspec(1, len(slices), wspace=0.05)
+    for n, k in enumerate(slices):
+        ax = fig.add_subplot(sub[0, n])
+        img = study.images[frame, k]
+        ax.imshow(view.image(img), cmap="gray", aspect=view.aspect, interpolation="nearest")
+        shown = ax.imshow(view.image(np.ma.masked_invalid(value_map[k])), cmap="jet", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                          aspect=view.aspect, interpolation="nearest", alpha=0.85)
+        ax.set_title(f"slice {k}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
+
+
 # --------------------------------------------------------------------------- bullseye
 def _layout():
     """{id: (r_in, r_out, theta1, theta2)} in degrees, counter-clockwise from screen right.
@@ -287,7 +307,7 @@ def _label_for(label_map_by_frame, frame):
 
 def write_report(path, study, label_map_by_frame, frames_to_show, insertion_points=None,
                  segment_values=None, value_label="MBF (mL/min/g)", volume_curve=None,
-                 title=None, overwrite=False, dpi=DPI):
+                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None):
     """Write report.png; returns the path.
 
     ``frames_to_show``: a frame index or a list (one row of three slices each, e.g. [ED, ES]).
@@ -295,7 +315,8 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     ``insertion_points``: as in scene.add_insertion_markups, drawn on their own slice.
     ``segment_values``: {AHA id: value} for the bullseye; ``volume_curve``: LV volumes in mL
     per frame, or {"volumes_ml", "times_s", "ed_frame", "es_frame"} (missing keys come
-    from the study). Size: ``report_size_px``.
+    from the study). ``value_map``: (S, R, C) pixel values (MBF), NaN outside the myocardium,
+    drawn over ``value_frame`` next to the bullseye. Size: ``report_size_px``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -306,7 +327,7 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     for f in frames:
         if not 0 <= f < study.n_frames:
             raise ValueError(f"frame {f} outside 0..{study.n_frames - 1}")
-    bottom = segment_values is not None or volume_curve is not None
+    bottom = segment_values is not None or volume_curve is not None or value_map is not None
     width, height = report_size_px(len(frames), bottom, dpi)
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -334,6 +355,9 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
         if segment_values is not None:
             bullseye(fig.add_subplot(grid[last, 0:3]), segment_values, value_label=value_label,
                      title=f"AHA 16 segments · {value_label}")
+        if value_map is not None:
+            _draw_value_maps(fig, grid[last, 3:6], study, value_map, frames[0] if value_frame is None else value_frame,
+                             view, value_label)
         if volume_curve is not None:
             draw_volume_curve(fig.add_subplot(grid[last, 3:6] if segment_values is not None else grid[last, 1:5]),
                               study, volume_curve)

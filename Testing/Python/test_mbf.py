@@ -5,11 +5,10 @@ each at rest and stress, Gd units, with the authors' AIF.
 """
 import numpy as np
 import pytest
-from scipy import ndimage
 from scipy.optimize import least_squares
-from scipy.spatial import ConvexHull, Delaunay
 
 from CardiacAISegLib import mbf
+from CardiacAISegLib.roi import ring_mask
 from CardiacAISegLib.aha import AHA_BY_ID, AHA_SEGMENTS, segments_in_territory
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO, RV
@@ -179,29 +178,6 @@ def test_2cxm_cross_check():
 
 
 # --- real data: QPerf examples ------------------------------------------------------------
-def _ring_mask(frames, aif, gap_px=1.0, width_px=4.0, max_fraction=0.25):
-    """Myocardial ring ROI for a single slice without labels.
-
-    At the AIF peak the LV blood pool is the brightest compact blob near the image centre
-    (threshold 30% of the AIF peak, component scored by size / distance to the centre); its
-    convex hull takes in the papillary muscles. The ring is the band gap_px < d <= gap_px +
-    width_px (pixel distance outside the hull), minus pixels whose curve ever exceeds
-    ``max_fraction`` of the AIF peak (RV blood or blood partial volume).
-    """
-    peak = int(np.argmax(aif))
-    img = frames[max(0, peak - 1): peak + 2].mean(0)
-    labels, n = ndimage.label(img > 0.3 * aif[peak])
-    centre = np.array(img.shape) / 2.0
-    idx = range(1, n + 1)
-    score = [size / (1 + np.hypot(*(np.array(cm) - centre)))
-             for size, cm in zip(ndimage.sum(np.ones_like(img), labels, idx), ndimage.center_of_mass(img, labels, idx))]
-    pts = np.argwhere(labels == 1 + int(np.argmax(score)))
-    hull = Delaunay(pts[ConvexHull(pts).vertices])
-    pool = (hull.find_simplex(np.argwhere(np.ones(img.shape, bool))) >= 0).reshape(img.shape)
-    dist = ndimage.distance_transform_edt(~pool)
-    return (dist > gap_px) & (dist <= gap_px + width_px) & (frames.max(0) < max_fraction * aif[peak])
-
-
 @pytest.mark.parametrize("which,low,high", [("rest", 0.8, 1.2), ("stress", 2.5, 3.4)])
 def test_qperf_global_mbf(shared_data, which, low, high):
     from CardiacAISegLib.readers.perfusion import load_perfusion
@@ -209,7 +185,7 @@ def test_qperf_global_mbf(shared_data, which, low, high):
     study = load_perfusion(shared_data / "qperf", stress_or_rest=which)
     frames, aif = study.images[:, 0], study.aif
     assert abs(mbf.find_foot(aif) - study.provenance["aif_foot"]) <= 1
-    ring = _ring_mask(frames, aif)
+    _, ring = ring_mask(frames, aif)
     assert 200 < ring.sum() < 500
     mbf_map, fit = mbf.study_mbf(study, mask=ring[None])
     glob = mbf.segment_mbf(mbf_map, ring[None].astype(int) * 7)["global"]["mbf_ml_min_g"]
