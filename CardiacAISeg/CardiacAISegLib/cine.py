@@ -150,7 +150,7 @@ def cine_measures(study, labels=None):
     if lv_edv <= 0:
         raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})")
     full = len(curve) == study.n_frames
-    if full and study.ed_frame is not None and study.es_frame is not None:
+    if full and len(curve) > 1 and study.ed_frame is not None and study.es_frame is not None:
         c_ed, c_es, _ = ed_es_from_curve(curve, study.n_frames)
         if (c_ed, c_es) != (ed, es):
             warnings.append(f"given ED/ES frames ({ed}, {es}) differ from the volume curve's "

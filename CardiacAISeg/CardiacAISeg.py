@@ -1,0 +1,730 @@
+"""CardiacAISeg: review, correct and report short-axis cardiac MRI segmentation inside 3D Slicer.
+
+A thin Qt layer: every button calls a documented method of ``CardiacAISegLogic``
+(``CardiacAISegLib/logic.py``), which runs the same way headless. The engine (numpy, scipy,
+matplotlib, torch) is imported only when the module is used, never when Slicer starts.
+"""
+import contextlib
+import importlib.util
+import logging
+import os
+
+import ctk
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+# Every widget the code names, with its class in the .ui (Testing/Python/test_ui.py checks both).
+UI_WIDGETS = {
+    "inputSelector": "qMRMLNodeComboBox", "loadPathLineEdit": "ctkPathLineEdit", "loadButton": "QPushButton",
+    "kindComboBox": "QComboBox", "detectedKindLabel": "QLabel", "aifPathLineEdit": "ctkPathLineEdit",
+    "frameTimeSpinBox": "QDoubleSpinBox", "restSelector": "qMRMLNodeComboBox", "restAifPathLineEdit": "ctkPathLineEdit",
+    "modelComboBox": "QComboBox", "modelInfoLabel": "QLabel", "framesComboBox": "QComboBox",
+    "useLabelsCheckBox": "QCheckBox", "densitySpinBox": "QDoubleSpinBox",
+    "outputSegmentationSelector": "qMRMLNodeComboBox", "applyButton": "QPushButton", "cancelButton": "QPushButton",
+    "progressBar": "QProgressBar", "statusLabel": "QLabel", "segmentEditorWidget": "qMRMLSegmentEditorWidget",
+    "markupsSelector": "qMRMLNodeComboBox", "updateTimeLabel": "QLabel", "tableSelector": "qMRMLNodeComboBox",
+    "tableView": "qMRMLTableView", "bullseyeLabel": "QLabel", "showReportButton": "QPushButton",
+    "agreementButton": "QPushButton", "agreementLabel": "QLabel", "reportScrollArea": "QScrollArea",
+    "reportLabel": "QLabel", "outputDirectoryLineEdit": "ctkPathLineEdit", "overwriteCheckBox": "QCheckBox",
+    "exportButton": "QPushButton", "groundTruthNameLineEdit": "QLineEdit", "saveGroundTruthButton": "QPushButton",
+}
+# import name -> pip name of what the engine needs besides Slicer's own numpy/vtk.
+PYTHON_PACKAGES = {"scipy": "scipy", "nibabel": "nibabel", "pydicom": "pydicom", "nrrd": "pynrrd",
+                   "matplotlib": "matplotlib", "tqdm": "tqdm"}
+_declinedInstall = False   # asked once per session: no nagging after a "Cancel"
+_moduleLogic = None
+
+
+#
+# CardiacAISeg
+#
+class CardiacAISeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "CardiacAISeg"
+        self.parent.categories = ["Cardiac"]
+        self.parent.dependencies = ["Sequences", "Segmentations", "Markups", "Tables"]
+        self.parent.contributors = ["CardiacAISeg contributors"]
+        self.parent.helpText = """
+Segment short-axis cardiac MRI (cine or first-pass perfusion) with a network from the model
+registry, correct it with the Segment Editor, drag the RV insertion points, and read LV/RV
+volumes, EF, LV mass, AHA wall thickness or myocardial blood flow from the results table.
+Every result updates as you edit. Export CSV/JSON/report, or save the corrected segmentation as
+ACDC-layout ground truth for retraining. Try it with Sample Data &gt; CardiacAISeg (phantoms with
+exact truth, no download).
+See the <a href="https://github.com/CardiacAISeg/SlicerCardiacAISeg/blob/main/docs/user-guide.md">user guide</a>.
+"""
+        self.parent.acknowledgementText = """
+Method background: H. Xue et al., "Automated inline analysis of myocardial perfusion MRI with deep
+learning", Radiology: Artificial Intelligence 2020; Y. Li, "Myocardial segmentation of perfusion MRI:
+gamma-Net versus a lightweight U-Net", MS thesis, UC San Diego 2020; M. J. Ankenbrand et al., "Deep
+learning-based cardiac cine segmentation: transfer learning application to 7T ultrahigh-field MRI",
+Magnetic Resonance in Medicine 2021; ML4H UK Biobank LV mass (machine learning for health, UK Biobank
+cardiac MR). Data: ACDC - O. Bernard et al., IEEE Transactions on Medical Imaging 2018; Sunnybrook
+Cardiac Data - P. Radau et al., MIDAS Journal 2009; QPerf perfusion examples - H. Xue et al.,
+Magnetic Resonance in Medicine 2020. Built on 3D Slicer (Segment Editor, Sequences, Markups).
+"""
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def moduleLogic():
+    """One Logic for the widget and the sample-data loader, so a loaded phantom keeps its labels."""
+    global _moduleLogic
+    if _moduleLogic is None or _moduleLogic.scene is not slicer.mrmlScene:
+        from CardiacAISegLib.logic import CardiacAISegLogic
+        _moduleLogic = CardiacAISegLogic()
+    return _moduleLogic
+
+
+#
+# Sample data: phantoms generated on first use (nothing to download)
+#
+SUNNYBROOK = os.path.join(os.path.dirname(__file__), "Resources", "SampleData", "sunnybrook-SC-HF-I-1-ed-es")
+
+
+def _phantomFolder(kind):
+    return os.path.join(slicer.app.temporaryPath, "CardiacAISeg", f"phantom_{kind}")
+
+
+def registerSampleData():
+    import pathlib
+
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    for kind, title in (("cine", "Cine"), ("perfusion", "Perfusion")):
+        fileName = f"{kind}.nii.gz"
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="CardiacAISeg", sampleName=f"CardiacAISegPhantom{title}",
+            # The loader below writes the file first; the URI only names where it lands.
+            uris=[pathlib.Path(_phantomFolder(kind), fileName).as_uri()], fileNames=[f"CardiacAISeg-{fileName}"],
+            nodeNames=[f"Phantom {kind}"], thumbnailFileName=os.path.join(iconsPath, f"CardiacAISegPhantom{title}.png"),
+            loadFileType="VolumeFile", customDownloader=loadPhantomSample)
+    # Shipped with the extension (CC0): real ED/ES frames with manual LV contours.
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="CardiacAISeg", sampleName="CardiacAISegSunnybrook",
+        uris=[pathlib.Path(SUNNYBROOK, "dicom").as_uri()], fileNames=["CardiacAISeg-sunnybrook"],
+        nodeNames=["Sunnybrook SC-HF-I-1"], thumbnailFileName=os.path.join(iconsPath, "CardiacAISegSunnybrook.png"),
+        loadFileType="VolumeFile", customDownloader=loadSunnybrookSample)
+
+
+def loadPhantomSample(source):
+    """SampleData's button: write the phantom once, load it with labels (and AIF), return nodes."""
+    kind = "perfusion" if source.sampleName.endswith("Perfusion") else "cine"
+    if not ensureDependencies():
+        return []
+    logic = moduleLogic()
+    with _showErrors(f"Could not create the {kind} phantom.", waitCursor=True):
+        nodes = logic.loadSamplePhantom(kind, _phantomFolder(kind))
+        # The phantom's true labels make the demo work before any model is installed.
+        logic.setParameter("useExistingLabels", "true")
+        slicer.util.setSliceViewerLayers(background=nodes.volume, fit=True)
+        return [nodes.volume]
+    return []
+
+
+def loadSunnybrookSample(source):
+    """SampleData's button for the shipped Sunnybrook ED/ES frames and their LV contours."""
+    if not ensureDependencies():
+        return []
+    logic = moduleLogic()
+    with _showErrors("Could not read the Sunnybrook sample.", waitCursor=True):
+        nodes = logic.loadStudy(os.path.join(SUNNYBROOK, "dicom"), labels=os.path.join(SUNNYBROOK, "contours"))
+        logic.setParameter("useExistingLabels", "true")
+        slicer.util.setSliceViewerLayers(background=nodes.volume, fit=True)
+        return [nodes.volume]
+    return []
+
+
+#
+# Dependencies: asked for once, installed with Slicer's pip helper; torch via SlicerPyTorch
+#
+def missingPackages():
+    return [pip for module, pip in PYTHON_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def ensureDependencies(needTorch=False):
+    """True when the engine can run; offers to install what is missing (one question)."""
+    global _declinedInstall
+    missing = missingPackages()
+    if missing:
+        if _declinedInstall:
+            slicer.util.errorDisplay("CardiacAISeg needs these Python packages: " + ", ".join(missing))
+            return False
+        if not slicer.util.confirmOkCancelDisplay(
+                "CardiacAISeg needs these Python packages, which are not installed yet:\n\n  " + ", ".join(missing)
+                + "\n\nInstall them now (pip, a few minutes)?", windowTitle="CardiacAISeg dependencies"):
+            _declinedInstall = True
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(" ".join(missing))
+    if needTorch and importlib.util.find_spec("torch") is None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(
+                "Running a network needs PyTorch. Install the 'PyTorch' extension (SlicerPyTorch) from the "
+                "Extensions Manager and restart Slicer; or tick 'Measure the labels that came with the study'.")
+            return False
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+            return False
+    return True
+
+
+#
+# CardiacAISegWidget
+#
+class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._updatingGUI = False
+        self._updatingNodes = False     # the Logic is writing nodes: ignore their events
+        self._progress = None
+        self._observedSegmentations = []
+        self._observedMarkups = None
+        self._editTimer = None
+        self._pendingEdits = set()
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CardiacAISeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = moduleLogic()
+
+        from CardiacAISegLib.logic import PARAMETER_CHOICES
+        self._choices = PARAMETER_CHOICES
+        self._bound = [w for w in uiWidget.findChildren(qt.QWidget) if w.property("SlicerParameterName")]
+        for w in self._bound:
+            _connectChanged(w, self.updateParameterNodeFromGUI)
+
+        for pathEdit in (self.ui.outputDirectoryLineEdit,):
+            pathEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
+        self.ui.progressBar.setVisible(False)
+        self.ui.reportScrollArea.setVisible(False)
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self._segmentEditorNode())
+
+        self.ui.loadButton.connect("clicked(bool)", self.onLoadButton)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.showReportButton.connect("clicked(bool)", self.onShowReport)
+        self.ui.agreementButton.connect("clicked(bool)", self.onAgreement)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.saveGroundTruthButton.connect("clicked(bool)", self.onSaveGroundTruth)
+        self.ui.kindComboBox.connect("currentIndexChanged(int)", lambda i: self.refreshModels())
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.showModelCard)
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+        self._observeOutputs(clear=True)
+        self.logic.reset()
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event):
+        """A loaded scene brings its parameter node: rebuild the analysis it describes."""
+        self.logic = moduleLogic()
+        self.initializeParameterNode()
+        with _showErrors("Could not restore the CardiacAISeg analysis of this scene."):
+            self._updatingNodes = True
+            try:
+                restored = self.logic.restoreFromParameterNode()
+            finally:
+                self._updatingNodes = False
+            if restored is not None:
+                self._showResults()
+
+    # -------------------------------------------------------------- parameter node <-> GUI
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.parameterNode())
+
+    def setParameterNode(self, node):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            for w in self._bound:
+                name = w.property("SlicerParameterName")
+                _setWidgetValue(w, self.logic.getParameter(name), self._choices.get(name))
+            ready = self.logic.study is not None or self.ui.inputSelector.currentNode() is not None
+            self.ui.applyButton.enabled = ready and self._progress is None
+            hasResults = self.logic.analysis is not None
+            for button in (self.ui.showReportButton, self.ui.exportButton, self.ui.saveGroundTruthButton):
+                button.enabled = hasResults
+            self.ui.agreementButton.enabled = hasResults and bool(self.logic.networkLabels)
+        finally:
+            self._updatingGUI = False
+
+    def updateParameterNodeFromGUI(self, *args):
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        wasModifying = self._parameterNode.StartModify()
+        try:
+            for w in self._bound:
+                name = w.property("SlicerParameterName")
+                self.logic.setParameter(name, _widgetValue(w, self._choices.get(name)))
+        finally:
+            self._parameterNode.EndModify(wasModifying)
+
+    # ------------------------------------------------------------------------- input
+    def onInputChanged(self, node):
+        if node is None or self._updatingNodes:
+            return
+        with _showErrors("Could not read the selected input."):
+            study = self.logic.study if self.logic.isCurrentStudyNode(node) else self.logic.studyFromNode(node)
+            kind, reason = self.logic.detectKind(study)
+            self.ui.detectedKindLabel.text = f"Detected: {kind} ({reason})"
+            self.refreshModels()
+
+    def onLoadButton(self):
+        path = self.ui.loadPathLineEdit.currentPath
+        if not path or not ensureDependencies():
+            return
+        options = {}
+        if self.logic.getParameter("aifPath"):
+            options["aif"] = self.logic.getParameter("aifPath")
+        if self.ui.frameTimeSpinBox.value > 0:
+            options["dt"] = self.ui.frameTimeSpinBox.value
+        with _showErrors(f"Could not read {path}.", waitCursor=True):
+            self._updatingNodes = True
+            try:
+                nodes = self.logic.loadStudy(path, **options)
+            finally:
+                self._updatingNodes = False
+            self.ui.inputSelector.setCurrentNode(nodes.sequence or nodes.volume)
+            slicer.util.setSliceViewerLayers(background=nodes.volume, fit=True)
+            kind, reason = self.logic.detectKind()
+            self.ui.detectedKindLabel.text = f"Detected: {kind} ({reason})" + (" · labels found" if self.logic.study.labels else "")
+            self.refreshModels()
+
+    def refreshModels(self):
+        """Fill the model selector from the registry for the chosen or detected kind."""
+        kind = self.logic.getParameter("kind")
+        if kind == "auto":
+            kind = self.logic.study.kind if self.logic.study is not None else "cine"
+        try:
+            cards = self.logic.availableModels(kind)
+        except Exception as e:   # a broken registry must not break the module panel
+            logging.warning(f"CardiacAISeg: cannot list models: {e}")
+            cards = []
+        wanted = self.logic.getParameter("modelName")
+        wasUpdating, self._updatingGUI = self._updatingGUI, True   # may run inside a GUI update
+        try:
+            self.ui.modelComboBox.clear()
+            for card in cards:
+                self.ui.modelComboBox.addItem(card["name"])
+                self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, card["summary"], qt.Qt.ToolTipRole)
+            index = self.ui.modelComboBox.findText(wanted)
+            self.ui.modelComboBox.setCurrentIndex(index if index >= 0 else (0 if cards else -1))
+        finally:
+            self._updatingGUI = wasUpdating
+        self._modelCards, self._modelKind = cards, kind
+        self.showModelCard()
+        if not wasUpdating:
+            self.logic.setParameter("modelName", self.ui.modelComboBox.currentText if cards else "")
+
+    def showModelCard(self, index=None):
+        """The selected model's card under the selector: task, training data, metrics, licence."""
+        cards = getattr(self, "_modelCards", [])
+        index = self.ui.modelComboBox.currentIndex if index is None else index
+        if cards and 0 <= index < len(cards):
+            self.ui.modelInfoLabel.text = f"{cards[index]['title']}\n{cards[index]['summary']}"
+        else:
+            self.ui.modelInfoLabel.text = (f"No {getattr(self, '_modelKind', 'cine')} model is installed: tick 'Measure the "
+                                           "labels that came with the study', or import one (cardiacaiseg import-model).")
+
+    # --------------------------------------------------------------------------- run
+    def onApplyButton(self):
+        from CardiacAISegLib.errors import CancelledError
+
+        useLabels = self.ui.useLabelsCheckBox.checked
+        if not ensureDependencies(needTorch=not useLabels):
+            return
+        node = self.ui.inputSelector.currentNode()
+        self._progress = self._newProgress()
+        self._setRunning(True)
+        self.ui.statusLabel.text = ""
+        try:
+            with _showErrors("CardiacAISeg could not segment and measure this series."):
+                if node is not None and not self.logic.isCurrentStudyNode(node):
+                    self.logic.studyFromNode(node)
+                self._updatingNodes = True
+                try:
+                    self.logic.runSegmentation(progress=self._progress)
+                except CancelledError:
+                    self.ui.statusLabel.text = "Cancelled: the previous results are unchanged."
+                    return
+                finally:
+                    self._updatingNodes = False
+                self._showResults()
+                self.ui.statusLabel.text = "Done. " + " ".join(self.logic.analysis.warnings)
+        finally:
+            self._progress = None
+            self._setRunning(False)
+            if not self.ui.statusLabel.text:
+                self.ui.statusLabel.text = "Failed: see the error message."
+
+    def _newProgress(self):
+        from CardiacAISegLib.progress import Progress
+
+        def onProgress(done, total, message):
+            self.ui.progressBar.maximum = max(1, total)
+            self.ui.progressBar.value = done
+            self.ui.statusLabel.text = message
+            slicer.app.processEvents()   # repaint and let Cancel be clicked between steps
+        return Progress(onProgress)
+
+    def onCancelButton(self):
+        if self._progress is not None:
+            self._progress.cancel()
+            self.ui.statusLabel.text = "Cancelling after the current step..."
+
+    def _setRunning(self, running):
+        self.ui.progressBar.setVisible(running)
+        self.ui.progressBar.value = 0
+        self.ui.cancelButton.enabled = running
+        self.ui.applyButton.enabled = not running
+        self.updateGUIFromParameterNode()
+
+    def _showResults(self):
+        seg = self.logic.getNodeParameter("outputSegmentationID")
+        self.ui.segmentEditorWidget.setSegmentationNode(seg)
+        if self.logic.studyNodes is not None:
+            editor = self.ui.segmentEditorWidget
+            # setMasterVolumeNode before Slicer 5.2
+            setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
+            setSource(self.logic.studyNodes.volume)
+        self.ui.tableView.setMRMLTableNode(self.logic.getNodeParameter("tableID"))
+        self._observeOutputs()
+        self._showBullseye()
+        self.updateGUIFromParameterNode()
+
+    def _showBullseye(self):
+        path = os.path.join(slicer.app.temporaryPath, "CardiacAISeg-bullseye.png")
+        self.logic.renderBullseye(path)
+        self.ui.bullseyeLabel.setPixmap(qt.QPixmap(path))
+
+    # ------------------------------------------------------------------------- edits
+    def _observeOutputs(self, clear=False):
+        for segmentation in self._observedSegmentations:
+            self.removeObserver(segmentation, _sourceModifiedEvent(), self.onSegmentationModified)
+        self._observedSegmentations = []
+        if self._observedMarkups is not None:
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onMarkupsPointModified)
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onMarkupsInteractionEnded)
+            self._observedMarkups = None
+        if clear:
+            return
+        for name in ("outputSegmentationID", "outputSegmentationESID"):
+            node = self.logic.getNodeParameter(name)
+            if node is not None:
+                segmentation = node.GetSegmentation()
+                self.addObserver(segmentation, _sourceModifiedEvent(), self.onSegmentationModified)
+                self._observedSegmentations.append(segmentation)
+        markups = self.logic.getNodeParameter("markupsID")
+        if markups is not None:
+            self.addObserver(markups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onMarkupsPointModified)
+            self.addObserver(markups, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onMarkupsInteractionEnded)
+            self._observedMarkups = markups
+
+    @vtk.calldata_type(vtk.VTK_INT)
+    def onMarkupsPointModified(self, caller, event, pointIndex):
+        """Dragging: sectors and table follow every move of the handle."""
+        if self._updatingNodes or self.logic.analysis is None:
+            return
+        self._updatingNodes = True   # the Logic may relabel the point (its slice)
+        try:
+            self.logic.onInsertionPointMoved(caller, pointIndex)
+            self.ui.updateTimeLabel.text = f"Sectors and table updated in {1000 * self.logic.lastUpdateTimeS:.1f} ms"
+        except Exception as e:   # e.g. a point dragged onto the LV centre: say so, keep going
+            self.ui.updateTimeLabel.text = f"Insertion point not applied: {e}"
+        finally:
+            self._updatingNodes = False
+
+    def onMarkupsInteractionEnded(self, caller, event):
+        """The handle was released: redraw the bullseye once (matplotlib is too slow per move)."""
+        if self.logic.analysis is not None:
+            self._showBullseye()
+
+    def onSegmentationModified(self, caller, event):
+        """Segment Editor strokes arrive in bursts: recompute once they pause (300 ms)."""
+        if self._updatingNodes:
+            return
+        for name in ("outputSegmentationID", "outputSegmentationESID"):
+            node = self.logic.getNodeParameter(name)
+            if node is not None and node.GetSegmentation() is caller:
+                self._pendingEdits.add(node.GetID())
+        if self._editTimer is None:
+            self._editTimer = qt.QTimer()
+            self._editTimer.setSingleShot(True)
+            self._editTimer.setInterval(300)
+            self._editTimer.connect("timeout()", self._applyEdits)
+        self._editTimer.start()
+
+    def _applyEdits(self):
+        pending, self._pendingEdits = self._pendingEdits, set()
+        self._updatingNodes = True
+        try:
+            with _showErrors("Could not measure the edited segmentation."):
+                for nodeID in pending:
+                    self.logic.onSegmentationEdited(slicer.mrmlScene.GetNodeByID(nodeID))
+                self.ui.updateTimeLabel.text = f"Volumes, mass and segments updated in {1000 * self.logic.lastUpdateTimeS:.0f} ms"
+        finally:
+            self._updatingNodes = False
+        self._showBullseye()
+
+    # ----------------------------------------------------------------------- outputs
+    def onShowReport(self):
+        path = os.path.join(slicer.app.temporaryPath, "CardiacAISeg-report.png")
+        with _showErrors("Could not draw the report.", waitCursor=True):
+            self.logic.renderReport(path)
+            pixmap = qt.QPixmap(path)
+            width = max(300, self.ui.reportScrollArea.viewport().width - 10)
+            self.ui.reportLabel.setPixmap(pixmap.scaledToWidth(width, qt.Qt.SmoothTransformation))
+            self.ui.reportScrollArea.setVisible(True)
+
+    def onAgreement(self):
+        with _showErrors("Could not compare the segmentations."):
+            lines = []
+            for frame, a in self.logic.agreementWithNetwork().items():
+                dice = " ".join(f"{name.upper()} {a[name]['dice']:.3f}" for name in ("lv", "myo", "rv"))
+                lines.append(f"Frame {frame}: Dice {dice}; endo {a['endo']['mean_mm']:.2f} mm, "
+                             f"epi {a['epi']['mean_mm']:.2f} mm mean boundary error")
+            self.ui.agreementLabel.text = "\n".join(lines) or "No frame to compare."
+
+    def onExport(self):
+        folder = self.ui.outputDirectoryLineEdit.currentPath
+        if not folder:
+            slicer.util.errorDisplay("Choose an output folder first.")
+            return
+        with _showErrors("Export failed.", waitCursor=True):
+            paths = self.logic.exportResults(folder, force=self.ui.overwriteCheckBox.checked)
+            self.ui.statusLabel.text = "Wrote " + ", ".join(sorted(paths)) + f" to {folder}"
+
+    def onSaveGroundTruth(self):
+        folder = self.ui.outputDirectoryLineEdit.currentPath
+        if not folder:
+            slicer.util.errorDisplay("Choose an output folder first.")
+            return
+        with _showErrors("Could not save the ground truth.", waitCursor=True):
+            written = self.logic.saveGroundTruth(folder, self.ui.groundTruthNameLineEdit.text,
+                                                 force=self.ui.overwriteCheckBox.checked)
+            self.ui.statusLabel.text = f"Ground truth saved in {written} (ACDC layout)"
+
+    def _segmentEditorNode(self):
+        node = slicer.mrmlScene.GetSingletonNode("CardiacAISeg", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag("CardiacAISeg")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+
+# ------------------------------------------------------------------ widget value helpers
+@contextlib.contextmanager
+def _showErrors(message, waitCursor=False):
+    """Show an error in a message box and carry on: a slot must not raise into Qt."""
+    try:
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+            yield
+    except Exception:
+        logging.exception(message)
+
+
+def _sourceModifiedEvent():
+    # Renamed from "Master" to "Source" in Slicer 5.2.
+    return getattr(slicer.vtkSegmentation, "SourceRepresentationModified", None) or slicer.vtkSegmentation.MasterRepresentationModified
+
+
+def _connectChanged(w, callback):
+    if isinstance(w, slicer.qMRMLNodeComboBox):
+        w.connect("currentNodeChanged(vtkMRMLNode*)", callback)
+    elif isinstance(w, ctk.ctkPathLineEdit):
+        w.connect("currentPathChanged(QString)", callback)
+    elif isinstance(w, qt.QComboBox):
+        w.connect("currentIndexChanged(int)", callback)
+    elif isinstance(w, qt.QCheckBox):
+        w.connect("toggled(bool)", callback)
+    elif isinstance(w, qt.QDoubleSpinBox):
+        w.connect("valueChanged(double)", callback)
+    elif isinstance(w, qt.QLineEdit):
+        w.connect("textChanged(QString)", callback)
+    else:
+        raise TypeError(f"no parameter binding for {w.className()} {w.objectName}")
+
+
+def _widgetValue(w, choices=None):
+    if isinstance(w, slicer.qMRMLNodeComboBox):
+        return w.currentNodeID or ""
+    if isinstance(w, ctk.ctkPathLineEdit):
+        return w.currentPath
+    if isinstance(w, qt.QComboBox):
+        return choices[max(0, w.currentIndex)] if choices else w.currentText
+    if isinstance(w, qt.QCheckBox):
+        return "true" if w.checked else "false"
+    if isinstance(w, qt.QDoubleSpinBox):
+        return repr(float(w.value))
+    return w.text
+
+
+def _setWidgetValue(w, value, choices=None):
+    if isinstance(w, slicer.qMRMLNodeComboBox):
+        w.setCurrentNodeID(value or None)
+    elif isinstance(w, ctk.ctkPathLineEdit):
+        w.currentPath = value
+    elif isinstance(w, qt.QComboBox):
+        w.setCurrentIndex(choices.index(value) if choices and value in choices else max(0, w.findText(value)))
+    elif isinstance(w, qt.QCheckBox):
+        w.checked = value.lower() == "true"
+    elif isinstance(w, qt.QDoubleSpinBox):
+        w.value = float(value or 0)
+    else:
+        w.text = value
+
+
+#
+# CardiacAISegLogic: the Qt-free Logic lives in CardiacAISegLib/logic.py; this name is where
+# Slicer (and scripts that do ``CardiacAISeg.CardiacAISegLogic()``) look for it.
+#
+def __getattr__(name):
+    if name == "CardiacAISegLogic":
+        from CardiacAISegLib.logic import CardiacAISegLogic
+        return CardiacAISegLogic
+    raise AttributeError(name)
+
+
+#
+# CardiacAISegTest: the whole workflow inside Slicer (Developer mode > Reload and Test)
+#
+class CardiacAISegTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CardiacAISeg_cineWorkflow()
+        self.setUp()
+        self.test_CardiacAISeg_perfusionPhantom()
+        self.setUp()
+        self.test_CardiacAISeg_widget()
+
+    def _logic(self):
+        from CardiacAISegLib.logic import CardiacAISegLogic
+        return CardiacAISegLogic()
+
+    def test_CardiacAISeg_cineWorkflow(self):
+        """Phantom -> network (or true labels) -> move a point -> paint -> export -> ground truth."""
+        import tempfile
+
+        import numpy as np
+
+        from CardiacAISegLib import scene as sc
+        self.assertTrue(ensureDependencies())
+        self.delayDisplay("Loading the cine phantom")
+        logic = self._logic()
+        nodes = logic.loadSamplePhantom("cine", _phantomFolder("cine"))
+        self.assertIsNotNone(nodes.sequence)
+        useModel = bool(logic.availableModels("cine")) and importlib.util.find_spec("torch") is not None
+        self.delayDisplay("Segmenting with " + ("the default model" if useModel else "the phantom's true labels"))
+        a = logic.runSegmentation(useExistingLabels=not useModel)
+        self.assertGreater(a.cine["lv_edv_ml"], 0)
+
+        self.delayDisplay("Moving an RV insertion point")
+        markups = logic.getNodeParameter("markupsID")
+        table = logic.getNodeParameter("tableID")
+        k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
+        labels = [markups.GetNthControlPointLabel(n) for n in range(markups.GetNumberOfControlPoints())]
+        n = labels.index(f"S{k} anterior")
+        before = sc.table_rows(table)
+        p = np.zeros(3)
+        markups.GetNthControlPointPosition(n, p)
+        centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
+        normal = a.study.slice_normal
+        r = p - centre
+        markups.SetNthControlPointPosition(n, *(centre + r * np.cos(0.4) + np.cross(normal, r) * np.sin(0.4)))
+        self.assertEqual(logic.onInsertionPointMoved(markups, n), [k])
+        self.assertLess(logic.lastUpdateTimeS, 0.1)
+        after = sc.table_rows(table)
+        self.assertTrue(any(x["value"] != y["value"] for x, y in zip(before, after)))
+
+        self.delayDisplay("Painting myocardium")
+        seg = logic.getNodeParameter("outputSegmentationID")
+        ed = a.cine["ed_frame"]
+        volume = logic.studyNodes.volume
+        myo = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "myo", volume)
+        anyLabel = sc.labelmap_from_segmentation(seg, reference_volume=volume) > 0
+        free = np.argwhere(~anyLabel & (np.arange(anyLabel.shape[0]) == k)[:, None, None])[:20]
+        for kk, j, i in free:
+            myo[kk, j, i] = 1
+        mass0 = a.cine["lv_mass_g"]
+        slicer.util.updateSegmentBinaryLabelmapFromArray(myo, seg, "myo", volume)
+        logic.onSegmentationEdited(seg, ed)
+        self.assertAlmostEqual(a.cine["lv_mass_g"] - mass0, 20 * a.study.voxel_volume_ml * 1.05, places=6)
+
+        self.delayDisplay("Exporting")
+        out = tempfile.mkdtemp(prefix="CardiacAISegTest-")
+        paths = logic.exportResults(os.path.join(out, "results"))
+        self.assertIn("results.csv", paths)
+        folder = logic.saveGroundTruth(os.path.join(out, "gt"), "patient101")
+        self.assertTrue(os.path.isfile(os.path.join(folder, "Info.cfg")))
+        self.assertLess(logic.agreementWithNetwork()[ed]["myo"]["dice"], 1.0)
+        self.delayDisplay("Cine workflow passed")
+
+    def test_CardiacAISeg_perfusionPhantom(self):
+        self.assertTrue(ensureDependencies())
+        self.delayDisplay("Perfusion phantom")
+        logic = self._logic()
+        logic.loadSamplePhantom("perfusion", _phantomFolder("perfusion"))
+        self.assertEqual(logic.detectKind()[0], "perfusion")
+        a = logic.runSegmentation(useExistingLabels=True)
+        self.assertGreater(a.perfusion["global_mbf_ml_min_g"], 0)
+        self.delayDisplay("Perfusion passed")
+
+    def test_CardiacAISeg_widget(self):
+        """The panel: every named widget exists; Run on the phantom fills table and editor."""
+        self.assertTrue(ensureDependencies())
+        slicer.util.selectModule("CardiacAISeg")
+        widget = slicer.util.getModuleWidget("CardiacAISeg")
+        for name, className in UI_WIDGETS.items():
+            self.assertTrue(getattr(widget.ui, name).inherits(className), f"{name} is not a {className}")
+        nodes = moduleLogic().loadSamplePhantom("cine", _phantomFolder("cine"))
+        widget.ui.inputSelector.setCurrentNode(nodes.sequence)
+        widget.ui.useLabelsCheckBox.checked = True
+        widget.onApplyButton()
+        self.assertIsNotNone(widget.ui.tableView.mrmlTableNode())
+        self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), moduleLogic().getNodeParameter("outputSegmentationID"))
+        self.delayDisplay("Widget passed")

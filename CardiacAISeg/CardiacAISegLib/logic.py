@@ -1,0 +1,701 @@
+"""CardiacAISegLogic: every action of the Slicer module as a documented call, with or without Qt.
+
+The Widget in ``CardiacAISeg.py`` only connects widgets to these methods; tests and scripts use
+the same calls on a headless slicer-core scene (``scene.new_scene()``). The Logic owns the live
+``Analysis`` and the MRML nodes that show it: input volume/sequence, one segmentation per
+labelled key frame (ED and ES for cine, the mask frame for perfusion), the RV insertion markups
+and the results table. Edits come back through ``onInsertionPointMoved`` (a dragged handle) and
+``onSegmentationEdited`` (the Segment Editor); both refill the *same* table node, so views and
+observers the module attached stay valid.
+
+State that must survive a scene save lives in the parameter node (strings, and node references
+for the ``...ID`` parameters, so IDs renamed on scene import still resolve).
+"""
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import scene as sc
+from .errors import CardiacInputError, OutputExistsError
+from .labels import MYO, to_convention
+from .progress import as_progress
+from .study import CINE, PERFUSION, Study
+
+try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:
+    class _LogicBase:
+        """Stand-in base outside the Slicer application: just the module name."""
+
+        def __init__(self, parent=None):
+            self.moduleName = type(self).__name__[:-len("Logic")]
+
+MODULE_NAME = "CardiacAISeg"
+FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
+INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
+OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
+# Parameter name -> default (all strings: a scripted module node stores strings).
+PARAMETERS = {
+    "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
+    "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "density": "1.05",
+    "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "",
+    "outputDirectory": "", "groundTruthName": "patient101",
+}
+NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
+# Combo boxes show these values in this order (the .ui lists one item per value).
+PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all")}
+_ACDC_NAME = re.compile(r"^patient\d+$")
+_ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
+
+
+class CardiacAISegLogic(_LogicBase):
+    """Load, segment, measure, correct and export one short-axis study inside an MRML scene."""
+
+    def __init__(self, context=None):
+        _LogicBase.__init__(self)
+        self.moduleName = MODULE_NAME
+        self.context = context if context is not None else _default_context()
+        self.study = None
+        self.studyNodes = None
+        self.analysis = None
+        self.networkLabels = None          # {frame: labels} as the network (or loader) gave them
+        self.modelInfo = None
+        self.timing = {}
+        self.lastUpdateTimeS = None         # duration of the last point move / edit update
+        self.restStudy = None
+
+    @property
+    def scene(self):
+        return self.context.scene
+
+    def reset(self):
+        """Forget the study and results (the scene is closing); the parameter node stays."""
+        self.study = self.studyNodes = self.analysis = self.networkLabels = None
+        self.modelInfo, self.timing, self.lastUpdateTimeS, self.restStudy = None, {}, None, None
+
+    # ------------------------------------------------------------------ parameter node
+    def parameterNode(self):
+        """The module's singleton vtkMRMLScriptedModuleNode in this scene (created on first use)."""
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            import slicer
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetModuleName(MODULE_NAME)
+            node.SetName(f"{MODULE_NAME} parameters")
+            for name, default in PARAMETERS.items():
+                if name not in NODE_PARAMETERS:
+                    node.SetParameter(name, default)
+            node = self.scene.AddNode(node)
+        return node
+
+    getParameterNode = parameterNode  # the name Slicer's template uses
+
+    def getParameter(self, name):
+        """A parameter as a string ("" when unset); node parameters give the node's ID."""
+        _check_parameter(name)
+        node = self.parameterNode()
+        if name in NODE_PARAMETERS:
+            return node.GetNodeReferenceID(name) or ""
+        return node.GetParameter(name) or PARAMETERS[name]
+
+    def setParameter(self, name, value):
+        """Set a parameter from a string (a node ID for node parameters; "" clears it)."""
+        _check_parameter(name)
+        node = self.parameterNode()
+        if name in NODE_PARAMETERS:
+            value = value.GetID() if hasattr(value, "GetID") else value
+            node.SetNodeReferenceID(name, value or None)
+        else:
+            if name in PARAMETER_CHOICES and str(value) not in PARAMETER_CHOICES[name]:
+                raise ValueError(f"{name} must be one of {PARAMETER_CHOICES[name]}, not {value!r}")
+            node.SetParameter(name, str(value))
+
+    def getNodeParameter(self, name):
+        _check_parameter(name)
+        return self.parameterNode().GetNodeReference(name)
+
+    def _floatParameter(self, name):
+        text = self.getParameter(name).strip()
+        try:
+            return float(text) if text else 0.0
+        except ValueError:
+            raise CardiacInputError(name, f"{text!r} is not a number")
+
+    # ---------------------------------------------------------------------- loading
+    def loadStudy(self, path, **options):
+        """Read a file or folder with the engine's readers (``readers.load_study`` options: kind,
+        series, labels, label_convention, aif, dt, frame) and add it to the scene.
+
+        Returns ``scene.StudyNodes``; the input parameter points at the sequence (or volume).
+        """
+        from .readers import load_study
+
+        if options.get("kind") is None and self.getParameter("kind") != "auto":
+            options["kind"] = self.getParameter("kind")
+        study = load_study(path, **options)
+        nodes = self.setStudy(study)
+        if isinstance(options.get("aif"), (str, os.PathLike)):
+            self.setParameter("aifPath", os.fspath(options["aif"]))
+        return nodes
+
+    def loadSamplePhantom(self, kind=CINE, folder=None, seed=0):
+        """The shipped demo: write the phantom into ``folder`` once (exact truth, labels, AIF)
+        and load it with its labels. Returns ``StudyNodes``."""
+        from .phantom import PHANTOM_FILES, write_phantom
+
+        folder = Path(folder or Path(tempfile.gettempdir()) / "CardiacAISeg" / f"phantom_{kind}_{seed}")
+        names = PHANTOM_FILES[kind]
+        if not all((folder / n).is_file() for n in names):
+            write_phantom(kind, folder, seed=seed, force=True)
+        if kind == PERFUSION:
+            import json
+            dt = json.loads((folder / "truth.json").read_text())["dt_s"]
+            return self.loadStudy(folder / names[0], kind=PERFUSION, labels=folder / names[1], aif=folder / "aif.csv", dt=dt)
+        return self.loadStudy(folder / names[0], kind=CINE, labels=folder / names[1])
+
+    def setStudy(self, study):
+        """Make ``study`` the current one: add its images to the scene, reset the analysis."""
+        self.study = study
+        self.analysis = None
+        self.networkLabels = None
+        self.studyNodes = sc.add_study(self.context, study)
+        self._setInput(self.studyNodes.sequence or self.studyNodes.volume)
+        return self.studyNodes
+
+    def _setInput(self, node):
+        """Point the input parameter at ``node``; outputs made for another input are let go
+        (kept in the scene, not overwritten), outputs the user made by hand stay selected."""
+        self.setParameter("inputNodeID", node)
+        for name in OUTPUT_PARAMETERS:
+            output = self.getNodeParameter(name)
+            made_for = output.GetAttribute(INPUT_ATTRIBUTE) if output is not None else None
+            if made_for and made_for != node.GetID():
+                self.setParameter(name, "")
+
+    def isCurrentStudyNode(self, node):
+        """True when ``node`` (sequence, its proxy volume, or the volume) is the current study's."""
+        n = self.studyNodes
+        return node is not None and self.study is not None and n is not None and node in (n.sequence, n.volume)
+
+    def studyFromNode(self, node, kind=None, keepOutputs=False):
+        """A Study from a volume node, a sequence node or a sequence browser's proxy volume.
+
+        Frame times come from a sequence index in s or ms, else from the ``frameTimeS``
+        parameter; a perfusion study takes its AIF from the ``aifPath`` parameter. The kind is
+        ``kind``, else the ``kind`` parameter, else ``detectKind``. Becomes the current study;
+        outputs made for another input are let go unless ``keepOutputs``.
+        """
+        study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), self.getParameter("aifPath"))
+        self.study, self.analysis, self.networkLabels = study, None, None
+        proxy = _proxy_of(self.context, sequence) if sequence is not None else None
+        self.studyNodes = sc.StudyNodes(volume=proxy or node, sequence=sequence)
+        if keepOutputs:
+            self.setParameter("inputNodeID", sequence or node)
+        else:
+            self._setInput(sequence or node)
+        return study
+
+    def _studyFromNode(self, node, kind, aifPath):
+        import slicer.util
+
+        if node is None:
+            raise CardiacInputError("input", "no input volume or sequence selected")
+        sequence = _sequence_of(self.context, node)
+        volumes = [sequence.GetNthDataNode(n) for n in range(sequence.GetNumberOfDataNodes())] if sequence else [node]
+        if not volumes or any(v is None or not v.IsA("vtkMRMLScalarVolumeNode") for v in volumes):
+            raise CardiacInputError(node.GetName(), "not a scalar volume or a sequence of scalar volumes")
+        images = np.stack([np.asarray(slicer.util.arrayFromVolume(v), np.float32) for v in volumes])
+        study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
+                      provenance={"reader": "slicer node", "node": node.GetID()})
+        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"))
+        study.kind = kind if kind in (CINE, PERFUSION) else self.detectKind(study)[0]
+        if study.kind == PERFUSION and aifPath:
+            from .readers.perfusion import load_aif
+            study.aif = load_aif(aifPath)
+        return study, sequence
+
+    def detectKind(self, study=None):
+        """('cine' | 'perfusion', reason). Perfusion: an AIF is attached, or a first pass shows
+        (mean intensity rising by a quarter or more over the series). Otherwise cine."""
+        study = study or self._requireStudy()
+        if study.aif is not None:
+            return PERFUSION, "an arterial input function is attached"
+        if study.n_frames < 10:
+            return CINE, f"{study.n_frames} frame(s): too few for a first-pass series"
+        curve = study.images.reshape(study.n_frames, -1).mean(axis=1)
+        top = float(np.max(np.abs(curve))) or 1.0
+        rise = float(np.mean(curve[-5:]) - np.mean(curve[:3])) / top
+        if rise > 0.25:
+            return PERFUSION, f"mean signal rises by {100 * rise:.0f}% of its peak over the series (contrast first pass)"
+        return CINE, f"mean signal changes by {100 * rise:.0f}% of its peak: a cardiac cycle, not a first pass"
+
+    def loadRestStudy(self, path, **options):
+        """The rest perfusion series (with its labels/AIF options) paired for MPR."""
+        from .readers import load_study
+
+        options.setdefault("kind", PERFUSION)
+        self.restStudy = load_study(path, **options)
+        return self.restStudy
+
+    # ----------------------------------------------------------------------- models
+    def availableModels(self, task=None):
+        """Registry cards of the installed models (``task``: 'cine', 'perfusion' or all), each
+        with a one-line ``summary`` of task, training data and metrics for the selector."""
+        from .models import registry
+
+        cards = registry.list_models(task)
+        for card in cards:
+            card["summary"] = model_summary(card)
+        return cards
+
+    # ------------------------------------------------------------------ segmentation
+    def runSegmentation(self, modelName=None, frames=None, useExistingLabels=None, progress=None, device=None):
+        """Segment the current study (a registry network, or the labels that came with it) and
+        measure it; then ``updateNodes``. Returns the ``Analysis``.
+
+        With no installed model for the task the engine's error says so. ``progress`` may
+        cancel (``CancelledError``); the previous results then stay as they were.
+        """
+        from .analysis import Analysis
+        from .analyze import segment
+
+        study = self._requireStudy()
+        progress = as_progress(progress)
+        frames = frames or self.getParameter("frames")
+        if useExistingLabels is None:
+            useExistingLabels = self.getParameter("useExistingLabels").lower() == "true"
+        modelName = modelName or self.getParameter("modelName") or None
+        self.timing = {}
+        t0 = time.perf_counter()
+        progress(0, 3, "segmenting")
+        if useExistingLabels:
+            labels = dict(study.labels) or self._labelsFromOutputSegmentations()
+            if not labels:
+                raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
+            modelInfo = None
+        else:
+            labels, modelInfo = segment(study, modelName, frames, device, progress)
+            self.timing["segmentation"] = time.perf_counter() - t0
+        progress(1, 3, "measuring")
+        rest = self._restAnalysis(modelName, useExistingLabels, device) if study.kind == PERFUSION else None
+        if study.kind == CINE and study.n_frames == 1:
+            study.ed_frame = study.es_frame = 0   # one volume: ED measures only (see _singleFrame)
+        analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest).run(progress)
+        self._singleFrame(analysis)
+        progress(2, 3, "updating the scene")
+        # Only a finished analysis replaces the previous one: a cancel leaves the old results.
+        self.timing.update(analysis.timing_s)
+        self.analysis, self.modelInfo = analysis, modelInfo
+        self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
+        self.updateNodes()
+        progress(3, 3, "done")
+        return analysis
+
+    def _restAnalysis(self, modelName, useExistingLabels, device):
+        from .analysis import Analysis
+        from .analyze import segment
+
+        rest = self.restStudy
+        if rest is None and self.getNodeParameter("restNodeID") is not None:
+            rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
+        if rest is None:
+            return None
+        labels = rest.labels if (useExistingLabels and rest.labels) else segment(rest, modelName, device=device)[0]
+        return Analysis(rest, labels, density=self._floatParameter("density") or 1.05).run()
+
+    def _labelsFromOutputSegmentations(self):
+        labels = {}
+        for name in ("outputSegmentationID", "outputSegmentationESID"):
+            node = self.getNodeParameter(name)
+            if node is not None:
+                text = node.GetAttribute(FRAME_ATTRIBUTE)
+                # A segmentation drawn by hand belongs to the frame on screen.
+                frame = int(text) if text else self._displayedFrame()
+                labels[frame] = self._labelsOf(node)
+        return labels
+
+    def _displayedFrame(self):
+        sequence = self.studyNodes.sequence if self.studyNodes is not None else None
+        for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")) if sequence else ():
+            browser = self.scene.GetNthNodeByClass(n, "vtkMRMLSequenceBrowserNode")
+            if browser.IsSynchronizedSequenceNode(sequence, True):
+                return max(0, int(browser.GetSelectedItemNumber()))
+        return 0
+
+    def _labelsOf(self, segmentationNode):
+        st = self._requireStudy()
+        return sc.labelmap_from_segmentation(segmentationNode, st.ijk_to_ras, st.images.shape[1:])
+
+    @staticmethod
+    def _singleFrame(analysis):
+        """A single cine volume has no ES: keep the ED measures, blank the rest, say why."""
+        if analysis.kind == CINE and analysis.study.n_frames == 1 and analysis.cine:
+            for key in _ES_MEASURES:
+                analysis.cine[key] = None
+            analysis.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
+
+    # -------------------------------------------------------------------------- nodes
+    def updateNodes(self):
+        """Show the analysis: segmentations (reference frame, and ES for cine), insertion
+        markups and the results table; existing output nodes are refilled in place."""
+        a = self._requireAnalysis()
+        st = a.study
+        ref = a.reference_frame
+        self._showSegmentation("outputSegmentationID", ref, " ED" if a.kind == CINE else "")
+        es = (a.cine or {}).get("es_frame")
+        if es is not None and es != ref and es in a.labels:
+            self._showSegmentation("outputSegmentationESID", es, " ES")
+        markups = self.getNodeParameter("markupsID")
+        if a.insertion:
+            markups = sc.add_insertion_markups(self.context, a.insertion_summary(), name=f"{st.name} {sc.INSERTION_NODE_NAME}", node=markups)
+            self.setParameter("markupsID", markups)
+        elif markups is not None:
+            sc.add_insertion_markups(self.context, [], node=markups)
+        self._refreshTable()
+        self._stampOutputs()
+
+    def _stampOutputs(self):
+        inputID = self.getParameter("inputNodeID")
+        for name in OUTPUT_PARAMETERS:
+            node = self.getNodeParameter(name)
+            if node is not None:
+                node.SetAttribute(INPUT_ATTRIBUTE, inputID)
+
+    def _showSegmentation(self, parameter, frame, suffix):
+        a = self.analysis
+        node = self.getNodeParameter(parameter)
+        if node is None:
+            node = sc.add_segmentation(self.context, a.labels[frame], a.study.ijk_to_ras, self.studyNodes.volume if self.studyNodes else None,
+                                       name=f"{a.study.name} segmentation{suffix}")
+            self.setParameter(parameter, node)
+        else:
+            fill_segmentation(node, a.labels[frame], a.study.ijk_to_ras)
+        node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame)))
+        return node
+
+    def _refreshTable(self):
+        rows = self.analysis.table_rows()
+        node = self.getNodeParameter("tableID")
+        if node is None:
+            node = sc.add_results_table(self.context, rows, name=f"{self.analysis.study.name} results")
+            self.setParameter("tableID", node)
+        else:
+            fill_table(node, rows)
+        return node
+
+    # -------------------------------------------------------------------------- edits
+    def onInsertionPointMoved(self, markupsNode=None, pointIndex=None):
+        """A dragged RV insertion handle: re-bin that slice's AHA sectors, refresh the table.
+
+        ``pointIndex`` None checks every point and moves those that differ from the analysis.
+        Returns the slices whose sectors changed; ``lastUpdateTimeS`` holds the time taken.
+        """
+        a = self._requireAnalysis()
+        node = markupsNode or self.getNodeParameter("markupsID")
+        t0 = time.perf_counter()
+        current = {(p["slice"], side): p.get(f"{side}_ras") for p in a.insertion for side in sc.SIDES}
+        indices = range(node.GetNumberOfControlPoints()) if pointIndex is None else [int(pointIndex)]
+        changed, pos = [], [0.0, 0.0, 0.0]
+        for n in indices:
+            match = sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "")
+            if not match:
+                continue   # a point the user renamed or added is not an insertion point
+            k, side = int(match.group(1)), match.group(2).lower()
+            node.GetNthControlPointPosition(n, pos)
+            k = self._sliceOfPoint(node, n, k, side, pos)
+            old = current.get((k, side))
+            if pointIndex is None and old is not None and np.allclose(old, pos, atol=1e-6):
+                continue
+            changed += a.move_insertion_point(k, side, list(pos))
+        if changed:
+            self._refreshTable()
+        self.lastUpdateTimeS = time.perf_counter() - t0
+        return sorted(set(changed))
+
+    def _sliceOfPoint(self, node, n, k, side, pos):
+        """The slice a point lies on. A saved scene may come back with its volume stored the
+        other way along k (Slicer rewrites left-handed grids), so a point on a slice plane
+        names its slice by position; the label is corrected to match."""
+        st = self.analysis.study
+        kf = float(st.ras_to_ijk_points(pos)[0, 2])
+        kp = int(round(kf))
+        if abs(kf - kp) < 0.25 and 0 <= kp < st.n_slices and kp != k:
+            node.SetNthControlPointLabel(n, sc.point_label(kp, side))
+            return kp
+        return k
+
+    def onSegmentationEdited(self, segmentationNode=None, frame=None):
+        """The user edited a segmentation (Segment Editor): re-read its label map and
+        recompute volumes, mass, geometry and segment values; refresh markups and table."""
+        a = self._requireAnalysis()
+        node = segmentationNode or self.getNodeParameter("outputSegmentationID")
+        if frame is None:
+            text = node.GetAttribute(FRAME_ATTRIBUTE)
+            frame = int(text) if text else a.reference_frame
+        t0 = time.perf_counter()
+        a.set_labels(int(frame), self._labelsOf(node))
+        self._singleFrame(a)
+        markups = self.getNodeParameter("markupsID")
+        if markups is not None or a.insertion:
+            markups = sc.add_insertion_markups(self.context, a.insertion_summary(), node=markups,
+                                               name=f"{a.study.name} {sc.INSERTION_NODE_NAME}")
+            self.setParameter("markupsID", markups)
+        self._refreshTable()
+        self.lastUpdateTimeS = time.perf_counter() - t0
+        return a
+
+    def restoreFromParameterNode(self):
+        """After a scene reload: rebuild study, labels and analysis from the nodes the
+        parameter node names, and re-apply insertion points the user had moved."""
+        from .analysis import Analysis
+
+        node = self.getNodeParameter("inputNodeID")
+        if node is None:
+            return None
+        # Node IDs may have been renamed on import: the parameter node's references are right.
+        self.studyFromNode(node, keepOutputs=True)
+        labels = self._labelsFromOutputSegmentations()
+        if not labels:
+            return None
+        st = self.study
+        if st.kind == CINE and st.n_frames == 1:
+            st.ed_frame = st.es_frame = 0
+        self.analysis = Analysis(st, labels, density=self._floatParameter("density") or 1.05).run()
+        self._singleFrame(self.analysis)
+        if self.getNodeParameter("markupsID") is not None and self.analysis.sectors is not None:
+            self.onInsertionPointMoved()
+        self._refreshTable()
+        self._stampOutputs()
+        return self.analysis
+
+    # ------------------------------------------------------------------------ outputs
+    def exportResults(self, outDir, force=False, progress=None):
+        """results.json, results.csv, segmentation(s), report.png and scene.mrb into
+        ``outDir`` (``analyze.write_outputs``); existing files are kept unless ``force``."""
+        from .analyze import write_outputs
+
+        a = self._requireAnalysis()
+        return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress)
+
+    def renderReport(self, path, overwrite=True):
+        """report.png of the current state (contours, insertion points, bullseye, curve)."""
+        from . import report
+        from .analyze import _peak_frame
+
+        a = self._requireAnalysis()
+        st = a.study
+        if a.kind == PERFUSION:
+            frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
+        else:
+            frames = sorted({a.cine["ed_frame"], a.cine["es_frame"]})
+            label, curve = "Wall thickness at ED (mm)", a.cine.get("lv_volume_curve_ml")
+        return report.write_report(path, st, a.labels, frames, insertion_points=a.insertion_summary(),
+                                   segment_values=getattr(a, "segment_values", None) or None, value_label=label,
+                                   volume_curve=curve, overwrite=overwrite)
+
+    def renderBullseye(self, path, sizePx=320):
+        """The AHA bullseye alone (wall thickness for cine, MBF for perfusion) as a PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from .report import bullseye
+
+        a = self._requireAnalysis()
+        label = "MBF (mL/min/g)" if a.kind == PERFUSION else "Wall thickness ED (mm)"
+        fig = Figure(figsize=(sizePx / 80, sizePx / 80 * 0.85), dpi=80)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes([0.02, 0.02, 0.78, 0.96])
+        bullseye(ax, getattr(a, "segment_values", {}) or {}, value_label=label)
+        with sc.atomic_output(path, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png")
+        return path
+
+    def agreementWithNetwork(self):
+        """{frame: agreement.segmentation_agreement(network, corrected)} for every frame the
+        network segmented: Dice, FP/FN, boundary errors of the user's corrections."""
+        from .agreement import segmentation_agreement
+
+        a = self._requireAnalysis()
+        if not self.networkLabels:
+            raise CardiacInputError("agreement", "no network segmentation to compare with (run the segmentation first)")
+        sp = a.study.spacing
+        return {t: segmentation_agreement(self.networkLabels[t], a.labels[t], sp)
+                for t in sorted(self.networkLabels) if t in a.labels}
+
+    def saveGroundTruth(self, outDir, patientName=None, group=None, force=False):
+        """Save the corrected segmentation as ground truth in ACDC layout:
+        ``outDir/patientNNN/`` with Info.cfg, patientNNN_frameXX.nii.gz (+ _gt) for ED and ES
+        (frames 1-based, labels in the ACDC convention) and patientNNN_4d.nii.gz. Existing
+        files are never replaced without ``force``. Returns the folder."""
+        a = self._requireAnalysis()
+        st = a.study
+        patientName = patientName or self.getParameter("groundTruthName")
+        if not _ACDC_NAME.match(patientName or ""):
+            raise CardiacInputError(patientName, "ACDC patient folders are named patientNNN (e.g. patient101)")
+        if a.kind != CINE:
+            raise CardiacInputError(patientName, "the ACDC layout holds cine studies; export perfusion with exportResults")
+        ed, es = a.cine["ed_frame"], a.cine["es_frame"]
+        folder = Path(outDir) / patientName
+        files = {"Info.cfg": None}
+        for t in sorted({ed, es}):
+            files[f"{patientName}_frame{t + 1:02d}.nii.gz"] = (st.images[t][None], np.float32)
+            files[f"{patientName}_frame{t + 1:02d}_gt.nii.gz"] = (to_convention(a.labels[t], "acdc")[None], np.uint8)
+        if st.n_frames > 1:
+            files[f"{patientName}_4d.nii.gz"] = (st.images, np.float32)
+        existing = [n for n in files if (folder / n).exists()]
+        if existing and not force:
+            raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; pass force=True to replace them")
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
+        try:
+            info = [f"ED: {ed + 1}", f"ES: {es + 1}"] + ([f"Group: {group}"] if group else []) + [f"NbFrame: {st.n_frames}"]
+            (stage / "Info.cfg").write_text("\n".join(info) + "\n")
+            for name, spec in files.items():
+                if spec is not None:
+                    _write_nifti(stage / name, spec[0], st.ijk_to_ras, spec[1], st.frame_times_s)
+            for name in files:
+                os.replace(stage / name, folder / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return folder
+
+    # -------------------------------------------------------------------------- helpers
+    def _requireStudy(self):
+        if self.study is None:
+            raise CardiacInputError("input", "no study loaded: load a file or select an input volume/sequence")
+        return self.study
+
+    def _requireAnalysis(self):
+        if self.analysis is None:
+            raise CardiacInputError("analysis", "nothing measured yet: run the segmentation first")
+        return self.analysis
+
+    def myocardialVoxels(self, frame):
+        """Number of myocardial voxels of a frame in the live analysis (for checks and tests)."""
+        return int(np.count_nonzero(self._requireAnalysis().labels[frame] == MYO))
+
+
+# ------------------------------------------------------------------------------ functions
+def _default_context():
+    import slicer
+    return sc.application_context() if hasattr(slicer, "app") else sc.new_scene()
+
+
+def _check_parameter(name):
+    if name not in PARAMETERS:
+        raise KeyError(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+
+
+def _sequence_of(ctx, node):
+    if node.IsA("vtkMRMLSequenceNode"):
+        return node
+    browser = ctx.sequences_logic.GetFirstBrowserNodeForProxyNode(node) if ctx.sequences_logic else None
+    return browser.GetSequenceNode(node) if browser is not None else None
+
+
+def _proxy_of(ctx, sequence):
+    for n in range(ctx.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        browser = ctx.scene.GetNthNodeByClass(n, "vtkMRMLSequenceBrowserNode")
+        if browser.IsSynchronizedSequenceNode(sequence, True):
+            return browser.GetProxyNode(sequence)
+    return None
+
+
+def _frame_times(sequence, n_frames, frame_time_s):
+    if sequence is not None and n_frames > 1:
+        scale = {"s": 1.0, "sec": 1.0, "ms": 1e-3}.get(sequence.GetIndexUnit().strip().lower())
+        if scale is not None:
+            try:
+                times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(n_frames)]) * scale
+                return times - times[0]
+            except ValueError:
+                pass
+    return np.arange(n_frames) * frame_time_s if frame_time_s > 0 else None
+
+
+def _write_nifti(path, array_tkji, ijk_to_ras, dtype, frame_times=None):
+    import nibabel as nib
+
+    data = np.asarray(array_tkji).transpose(3, 2, 1, 0)
+    if data.shape[-1] == 1:
+        data = data[..., 0]
+    img = nib.Nifti1Image(data.astype(dtype), np.asarray(ijk_to_ras, float))
+    img.header.set_xyzt_units("mm", "sec")
+    if data.ndim == 4 and frame_times is not None and len(frame_times) > 1:
+        img.header.set_zooms(img.header.get_zooms()[:3] + (float(np.median(np.diff(frame_times))),))
+    nib.save(img, str(path))
+
+
+def fill_table(node, rows):
+    """Refill a results table made by ``scene.add_results_table`` in place (same node, same
+    columns), so table views and observers stay attached; one Modified at the end."""
+    table = node.GetTable()
+    cols = [table.GetColumnByName(c) for c in sc.TABLE_COLUMNS]
+    if any(c is None for c in cols):
+        raise ValueError(f"table {node.GetName()!r} lacks one of the columns {sc.TABLE_COLUMNS}")
+    measure, value, unit = cols
+    wasModifying = node.StartModify()
+    for array in cols:
+        array.SetNumberOfValues(len(rows))
+    for i, row in enumerate(rows):
+        v = row.get("value")
+        measure.SetValue(i, str(row["measure"]))
+        value.SetValue(i, float("nan") if v is None else float(v))
+        unit.SetValue(i, str(row.get("unit") or ""))
+    units = {str(r.get("unit") or "") for r in rows}
+    node.SetColumnUnitLabel("Value", units.pop() if len(units) == 1 else "")
+    for array in cols:
+        array.Modified()
+    table.Modified()
+    node.Modified()
+    node.EndModify(wasModifying)
+
+
+def fill_segmentation(node, label_map, ijk_to_ras):
+    """Replace the content of a segmentation made by ``scene.add_segmentation`` in place: one
+    new shared labelmap layer for all three segments (the node, its ID and display stay)."""
+    import slicer
+
+    from .labels import SEGMENTS, SEGMENT_IDS
+
+    image = sc._oriented_image(label_map, ijk_to_ras)
+    seg = node.GetSegmentation()
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    for name, (value, colour) in SEGMENTS.items():
+        sid = sc._segment_id(seg, name)
+        segment = seg.GetSegment(sid) if sid else None
+        if segment is None:
+            segment = slicer.vtkSegment()
+            segment.SetName(name)
+            segment.SetColor(*colour)
+            seg.AddSegment(segment, SEGMENT_IDS[name])
+        segment.AddRepresentation(binary, image)
+        segment.SetLabelValue(value)
+    seg.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
+    return node
+
+
+def model_summary(card):
+    """'cine · trained on ACDC (100 patients) · Dice LV 0.93 myo 0.86 RV 0.89 · licence CC-BY'."""
+    parts = [card.get("task", "?")]
+    data = card.get("training_data") or card.get("data") or card.get("trained_on")
+    if isinstance(data, dict):
+        data = data.get("name") or data.get("description") or ", ".join(f"{k}: {v}" for k, v in data.items())
+    if isinstance(data, (list, tuple)):
+        data = ", ".join(str(d.get("name", d)) if isinstance(d, dict) else str(d) for d in data)
+    if data:
+        parts.append(f"trained on {data}")
+    metrics = card.get("metrics") or {}
+    dice = [f"{k[5:].upper() if k[5:] in ('lv', 'rv') else k[5:]} {v:.2f}" for k, v in metrics.items()
+            if k.startswith("dice_") and k.count("_") == 1 and isinstance(v, (int, float))]
+    if dice:
+        parts.append("Dice " + " ".join(dice))
+    if card.get("licence"):
+        parts.append(f"licence {card['licence']}")
+    return " · ".join(parts)

@@ -1,0 +1,348 @@
+"""CardiacAISegLogic on real slicer-core nodes: the calls the Slicer module makes, headless."""
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+from CardiacAISegLib import scene as sc  # noqa: E402
+from CardiacAISegLib.errors import CancelledError, CardiacInputError, OutputExistsError  # noqa: E402
+from CardiacAISegLib.labels import LV, MYO, RV  # noqa: E402
+from CardiacAISegLib.logic import NODE_PARAMETERS, PARAMETERS, CardiacAISegLogic  # noqa: E402
+from CardiacAISegLib.phantom import make_cine_phantom  # noqa: E402
+from CardiacAISegLib.progress import Progress  # noqa: E402
+from CardiacAISegLib.study import Study  # noqa: E402
+
+DENSITY = 1.05
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    study, truth = make_cine_phantom(seed=3, n_frames=8, n_slices=8, size=96)
+    return study, truth
+
+
+def fresh(study, frames=None):
+    """A copy, so tests that edit labels or ED/ES do not leak into each other."""
+    frames = list(range(study.n_frames)) if frames is None else frames
+    return Study(study.images[frames].copy(), study.ijk_to_ras.copy(), kind=study.kind,
+                 frame_times_s=None if study.frame_times_s is None else study.frame_times_s[frames],
+                 name="phantom", labels={i: study.labels[t].copy() for i, t in enumerate(frames) if t in study.labels})
+
+
+@pytest.fixture
+def measured(phantom):
+    """A Logic on its own scene with the phantom measured from its true labels."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(fresh(phantom[0]))
+    logic.runSegmentation(useExistingLabels=True)
+    return logic
+
+
+def rows_by_measure(logic):
+    return {r["measure"]: r["value"] for r in sc.table_rows(logic.getNodeParameter("tableID"))}
+
+
+def shared_layer(segmentation_node):
+    """The (S, R, C) view of the segmentation's shared labelmap layer: writing into it is what a
+    Segment Editor paint/erase stroke does to the source representation."""
+    from vtk.util import numpy_support
+    image = segmentation_node.GetSegmentation().GetSegment("myo").GetRepresentation("Binary labelmap")
+    e = image.GetExtent()
+    view = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return image, view.reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1), (e[4], e[2], e[0])
+
+
+def edit_segmentation(node, voxels, value):
+    import slicer
+    image, layer, (k0, j0, i0) = shared_layer(node)
+    for k, j, i in voxels:
+        layer[k - k0, j - j0, i - i0] = value
+    image.Modified()
+    node.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
+
+
+# ------------------------------------------------------------------------ parameters
+def test_parameter_node_defaults_and_references():
+    logic = CardiacAISegLogic(sc.new_scene())
+    node = logic.parameterNode()
+    assert node.IsA("vtkMRMLScriptedModuleNode") and logic.parameterNode() is node
+    for name, default in PARAMETERS.items():
+        assert logic.getParameter(name) == default
+    logic.setParameter("frames", "all")
+    assert logic.getParameter("frames") == "all"
+    with pytest.raises(ValueError, match="frames must be one of"):
+        logic.setParameter("frames", "some")
+    with pytest.raises(KeyError, match="unknown parameter"):
+        logic.getParameter("nope")
+    table = logic.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
+    logic.setParameter("tableID", table)
+    assert logic.getParameter("tableID") == table.GetID() and logic.getNodeParameter("tableID") is table
+    logic.setParameter("tableID", "")
+    assert logic.getNodeParameter("tableID") is None
+
+
+# ------------------------------------------------------------------------------ runs
+def test_run_on_a_sequence(phantom, measured):
+    study, truth = phantom
+    logic = measured
+    assert logic.studyNodes.sequence.GetNumberOfDataNodes() == study.n_frames
+    assert logic.getNodeParameter("inputNodeID") is logic.studyNodes.sequence
+    a = logic.analysis
+    ed, es = a.cine["ed_frame"], a.cine["es_frame"]
+    assert (ed, es) == (int(np.argmax(truth["voxel_lv_ml"])), int(np.argmin(truth["voxel_lv_ml"])))
+    vv = study.voxel_volume_ml
+    assert a.cine["lv_mass_g"] == pytest.approx(DENSITY * np.count_nonzero(study.labels[ed] == MYO) * vv, rel=1e-12)
+    rows = rows_by_measure(logic)
+    assert rows["LV mass"] == pytest.approx(a.cine["lv_mass_g"], rel=1e-5)
+    assert rows["LV EF"] == pytest.approx(a.cine["lv_ef_pct"], rel=1e-5)
+    # The nodes show exactly what was measured.
+    for name, frame in (("outputSegmentationID", ed), ("outputSegmentationESID", es)):
+        node = logic.getNodeParameter(name)
+        assert node.GetAttribute("CardiacAISeg.Frame") == str(frame)
+        np.testing.assert_array_equal(sc.labelmap_from_segmentation(node, study.ijk_to_ras, study.images.shape[1:]), a.labels[frame])
+    points = sc.insertion_points_from_markups(logic.getNodeParameter("markupsID"))
+    assert [p["slice"] for p in points] == [p["slice"] for p in a.insertion]
+    table = logic.getNodeParameter("tableID")
+    assert table.GetTable().GetNumberOfRows() == len(a.table_rows())
+
+
+def test_run_on_a_single_volume_with_labels_drawn_in_slicer(phantom):
+    """One 3D volume (the ED frame) and a segmentation made in the scene: ED measures only."""
+    study, _ = phantom
+    one = fresh(study, [0])
+    labels = one.labels.pop(0)
+    logic = CardiacAISegLogic(sc.new_scene())
+    volume = sc.add_study(logic.context, one).volume
+    assert volume.IsA("vtkMRMLScalarVolumeNode") and logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 0
+    seg = sc.add_segmentation(logic.context, labels, one.ijk_to_ras, volume, name="drawn")
+    logic.studyFromNode(volume)
+    logic.setParameter("outputSegmentationID", seg)
+    a = logic.runSegmentation(useExistingLabels=True)
+    vv = one.voxel_volume_ml
+    assert a.cine["lv_edv_ml"] == pytest.approx(np.count_nonzero(labels == LV) * vv)
+    assert a.cine["lv_mass_g"] == pytest.approx(DENSITY * np.count_nonzero(labels == MYO) * vv)
+    assert a.cine["lv_ef_pct"] is None and any("one frame only" in w for w in a.warnings)
+    assert np.isnan(rows_by_measure(logic)["LV EF"])
+    assert logic.getNodeParameter("outputSegmentationID") is seg   # measured and refilled in place
+
+
+def test_study_from_proxy_volume_and_kind(phantom, measured):
+    study = phantom[0]
+    assert measured.isCurrentStudyNode(measured.studyNodes.volume) and measured.isCurrentStudyNode(measured.studyNodes.sequence)
+    assert not measured.isCurrentStudyNode(measured.getNodeParameter("tableID"))
+    logic = CardiacAISegLogic(measured.context)
+    rebuilt = logic.studyFromNode(measured.studyNodes.volume)   # the browser's proxy volume
+    np.testing.assert_array_equal(rebuilt.images, study.images)
+    np.testing.assert_allclose(rebuilt.ijk_to_ras, study.ijk_to_ras, atol=1e-9)
+    np.testing.assert_allclose(rebuilt.frame_times_s, study.frame_times_s - study.frame_times_s[0], atol=1e-6)
+    assert logic.detectKind(rebuilt)[0] == "cine"
+    logic.setParameter("kind", "perfusion")   # an explicit choice overrides detection
+    assert logic.studyFromNode(measured.studyNodes.volume).kind == "perfusion"
+
+
+def test_perfusion_sample_phantom_runs(tmp_path):
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "perf")
+    assert logic.detectKind() == ("perfusion", "an arterial input function is attached")
+    a = logic.runSegmentation(useExistingLabels=True)
+    rows = rows_by_measure(logic)
+    assert rows["Global MBF"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-5)
+    assert 0.5 < rows["Global MBF"] < 6
+    # Without the AIF the same images are still told apart by their first pass.
+    logic.study.aif = None
+    assert logic.detectKind()[0] == "perfusion"
+
+
+def test_no_installed_model_gives_the_engines_error(measured, monkeypatch):
+    from CardiacAISegLib.models import registry
+    monkeypatch.setattr(registry, "model_dirs", lambda: [])
+    before = measured.analysis
+    with pytest.raises(CardiacInputError, match="no cine model is installed"):
+        measured.runSegmentation(useExistingLabels=False)
+    assert measured.analysis is before
+    assert measured.availableModels("cine") == []
+
+
+def test_cancel_keeps_previous_results(measured):
+    before = measured.analysis
+    progress = Progress(lambda done, total, message: progress.cancel() if done >= 1 else None)
+    with pytest.raises(CancelledError):
+        measured.runSegmentation(useExistingLabels=True, progress=progress)
+    assert measured.analysis is before
+
+
+def test_a_new_study_gets_new_outputs(phantom, measured):
+    """Outputs made for one input are never overwritten by another study's results."""
+    old = {n: measured.getNodeParameter(n) for n in ("outputSegmentationID", "tableID", "markupsID")}
+    measured.setStudy(fresh(phantom[0], [0, 1, 2, 3, 4]))
+    assert all(measured.getNodeParameter(n) is None for n in old)
+    measured.runSegmentation(useExistingLabels=True)
+    assert all(measured.getNodeParameter(n) is not old[n] for n in old)
+    assert all(node.GetScene() is measured.scene for node in old.values())     # still there
+
+
+def test_rerun_refills_the_same_nodes(measured):
+    ids = {n: measured.getParameter(n) for n in NODE_PARAMETERS if measured.getParameter(n)}
+    counts = {c: measured.scene.GetNumberOfNodesByClass(c) for c in
+              ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLMarkupsFiducialNode")}
+    measured.runSegmentation(useExistingLabels=True)
+    assert {n: measured.getParameter(n) for n in ids} == ids
+    assert {c: measured.scene.GetNumberOfNodesByClass(c) for c in counts} == counts
+
+
+# ----------------------------------------------------------------------------- edits
+def test_moving_an_insertion_point_changes_only_that_slice(measured):
+    logic = measured
+    a = logic.analysis
+    markups = logic.getNodeParameter("markupsID")
+    labels = [markups.GetNthControlPointLabel(n) for n in range(markups.GetNumberOfControlPoints())]
+    mid = [k for k, level in a.levels.items() if level == "mid" and k in a.sectors.slices]
+    k = mid[len(mid) // 2]
+    n = labels.index(f"S{k} anterior")
+    old_map, old_rows = a.segment_map.copy(), rows_by_measure(logic)
+    p = np.zeros(3)
+    markups.GetNthControlPointPosition(n, p)
+    centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
+    # Rotate the anterior point 20 degrees about the LV centre within the slice plane.
+    normal = a.study.slice_normal
+    r = p - centre
+    ang = np.radians(20)
+    moved = centre + r * np.cos(ang) + np.cross(normal, r) * np.sin(ang) + normal * normal.dot(r) * (1 - np.cos(ang))
+    markups.SetNthControlPointPosition(n, *moved)
+    assert logic.onInsertionPointMoved(markups, n) == [k]
+    changed_slices = np.flatnonzero((a.segment_map != old_map).any(axis=(1, 2)))
+    assert changed_slices.tolist() == [k]
+    rows = rows_by_measure(logic)
+    changed = {m for m in rows if rows[m] != pytest.approx(old_rows[m], rel=1e-9, nan_ok=True)}
+    mid_rows = {m for m in rows if m.startswith("Wall thickness") and "(mid " in m}
+    assert changed and changed <= mid_rows            # only the moved slice's level (mid) changed
+    assert logic.lastUpdateTimeS < 0.1
+    # Scanning every point moves nothing more: the analysis already matches the markups.
+    assert logic.onInsertionPointMoved(markups) == []
+
+
+def test_painting_and_erasing_myocardium_changes_mass_exactly(phantom, measured):
+    from scipy import ndimage
+    logic = measured
+    a = logic.analysis
+    ed = a.cine["ed_frame"]
+    vv = a.study.voxel_volume_ml
+    seg = logic.getNodeParameter("outputSegmentationID")
+    lab = a.labels[ed].copy()
+    k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
+    ring = ndimage.binary_dilation(lab[k] > 0) & (lab[k] == 0)      # background just outside the heart
+    painted = [(k, j, i) for j, i in np.argwhere(ring)[:25]]
+    mass0, edv0 = a.cine["lv_mass_g"], a.cine["lv_edv_ml"]
+
+    # Paint through Slicer's segment API (what the Segment Editor's paint effect ends in).
+    import slicer
+    mask = (sc.labelmap_from_segmentation(seg, a.study.ijk_to_ras, lab.shape) == MYO).astype(np.uint8)
+    for v in painted:
+        mask[v] = 1
+    modes = slicer.vtkSlicerSegmentationsModuleLogic
+    assert modes.SetBinaryLabelmapToSegment(sc._oriented_image(mask, a.study.ijk_to_ras), seg, "myo", modes.MODE_REPLACE)
+    logic.onSegmentationEdited(seg)
+    assert a.cine["lv_mass_g"] - mass0 == pytest.approx(25 * vv * DENSITY, rel=1e-9)
+    assert a.cine["lv_edv_ml"] == pytest.approx(edv0, rel=1e-12)
+    assert rows_by_measure(logic)["LV mass"] == pytest.approx(a.cine["lv_mass_g"], rel=1e-5)
+
+    myo = np.argwhere(a.labels[ed] == MYO)
+    erased = [tuple(v) for v in myo[::50][:40]]
+    edit_segmentation(seg, erased, 0)          # erase: straight into the shared labelmap layer
+    logic.onSegmentationEdited(seg)
+    assert a.cine["lv_mass_g"] - mass0 == pytest.approx((25 - 40) * vv * DENSITY, rel=1e-9)
+    assert logic.myocardialVoxels(ed) == np.count_nonzero(lab == MYO) + 25 - 40
+
+    agreement = logic.agreementWithNetwork()[ed]
+    assert agreement["lv"]["dice"] == 1.0 and agreement["rv"]["dice"] == 1.0
+    n_myo = np.count_nonzero(lab == MYO)
+    assert agreement["myo"]["dice"] == pytest.approx(2 * (n_myo - 40) / (2 * n_myo - 15))
+
+
+def test_parameter_node_survives_scene_save_and_reload(measured, tmp_path):
+    logic = measured
+    logic.setParameter("frames", "all")
+    logic.setParameter("modelName", "unet-light")
+    markups = logic.getNodeParameter("markupsID")
+    k = sorted(logic.analysis.sectors.slices)[2]
+    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
+    p = np.zeros(3)
+    markups.GetNthControlPointPosition(n, p)
+    markups.SetNthControlPointPosition(n, *(p + 6 * logic.study.ijk_to_ras[:3, 0] / np.linalg.norm(logic.study.ijk_to_ras[:3, 0])))
+    logic.onInsertionPointMoved(markups, n)
+    expected = sc.table_rows(logic.getNodeParameter("tableID"))
+    values = {name: logic.getParameter(name) for name in PARAMETERS if name not in NODE_PARAMETERS}
+
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reloaded = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    assert reloaded.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
+    assert {name: reloaded.getParameter(name) for name in values} == values
+    for name in NODE_PARAMETERS:
+        old = logic.getNodeParameter(name)
+        new = reloaded.getNodeParameter(name)
+        assert (old is None) == (new is None), name
+        if old is not None:
+            assert (new.GetClassName(), new.GetName()) == (old.GetClassName(), old.GetName())
+
+    reloaded.restoreFromParameterNode()
+    got = {r["measure"]: r["value"] for r in sc.table_rows(reloaded.getNodeParameter("tableID"))}
+    for row in expected:
+        if row["measure"] in got:
+            assert got[row["measure"]] == pytest.approx(row["value"], rel=1e-5, nan_ok=True), row["measure"]
+    assert any(r["measure"].startswith("Wall thickness") for r in expected)
+
+
+# --------------------------------------------------------------------------- outputs
+def test_export_and_ground_truth_in_acdc_layout(measured, tmp_path):
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+    logic = measured
+    paths = logic.exportResults(tmp_path / "out")
+    assert {"results.json", "results.csv", "report.png", "scene.mrb", "segmentation.seg.nrrd"} <= set(paths)
+    with pytest.raises(OutputExistsError):
+        logic.exportResults(tmp_path / "out")
+
+    a = logic.analysis
+    ed, es = a.cine["ed_frame"], a.cine["es_frame"]
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(a.labels[ed] == RV)[:30]], 0)
+    logic.onSegmentationEdited(seg)
+    folder = logic.saveGroundTruth(tmp_path / "gt", "patient101")
+    back = load_acdc_patient(folder)
+    assert (back.ed_frame, back.es_frame) == (ed, es) and back.n_frames == a.study.n_frames
+    np.testing.assert_array_equal(back.labels[ed], a.labels[ed])
+    np.testing.assert_array_equal(back.labels[es], a.labels[es])
+    np.testing.assert_allclose(back.images, a.study.images)
+    with pytest.raises(OutputExistsError):
+        logic.saveGroundTruth(tmp_path / "gt", "patient101")
+    logic.saveGroundTruth(tmp_path / "gt", "patient101", force=True)
+    with pytest.raises(CardiacInputError, match="patientNNN"):
+        logic.saveGroundTruth(tmp_path / "gt", "my case")
+    assert logic.agreementWithNetwork()[ed]["rv"]["dice"] < 1.0
+
+
+def test_report_and_bullseye_images(measured, tmp_path):
+    import matplotlib.image as mpimg
+    measured.renderBullseye(tmp_path / "bullseye.png")
+    measured.renderReport(tmp_path / "report.png")
+    assert mpimg.imread(tmp_path / "bullseye.png").shape[1] >= 300
+    assert mpimg.imread(tmp_path / "report.png").shape[0] > 1000
+
+
+def test_move_is_fast_enough(measured):
+    """The interactive target: a dragged point updates the table in well under 100 ms."""
+    logic = measured
+    markups = logic.getNodeParameter("markupsID")
+    k = sorted(logic.analysis.sectors.slices)[3]
+    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
+    p = np.zeros(3)
+    markups.GetNthControlPointPosition(n, p)
+    step = logic.study.ijk_to_ras[:3, 1] / np.linalg.norm(logic.study.ijk_to_ras[:3, 1])
+    times = []
+    for i in range(15):
+        markups.SetNthControlPointPosition(n, *(p + (i % 5 - 2) * step))
+        t0 = time.perf_counter()
+        logic.onInsertionPointMoved(markups, n)
+        times.append(time.perf_counter() - t0)
+    assert np.median(times) < 0.1
