@@ -13,7 +13,7 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def sunnybrook_scores(model, pixel_mm, multiple):
+def sunnybrook_scores(model, pixel_mm, multiple, tta="none"):
     """LV blood-pool Dice on contoured slices (ED and ES) and myocardium Dice at ED (epi contours)."""
     from CardiacAISegLib.models.inference import predict_labels
     from CardiacAISegLib.readers import load_study
@@ -23,7 +23,7 @@ def sunnybrook_scores(model, pixel_mm, multiple):
     contoured = st.provenance["contour_slices"]
     out = {}
     for name, t in (("ed", st.ed_frame), ("es", st.es_frame)):
-        pred = predict_labels(model, st.images[t], sp, pixel_mm, multiple)
+        pred = predict_labels(model, st.images[t], sp, pixel_mm, multiple, tta=tta)
         ks = contoured[t] if t in contoured else contoured[str(t)]
         gt, pr = st.labels[t][ks], pred[ks]
         a, b = pr == 1, gt == 1
@@ -34,7 +34,7 @@ def sunnybrook_scores(model, pixel_mm, multiple):
     return out
 
 
-def cpu_ms_per_slice(model, pixel_mm, multiple, runs=5):
+def cpu_ms_per_slice(model, pixel_mm, multiple, runs=5, tta="none"):
     """Median wall time per slice for an ED+ES stack of ACDC patient001 (2 x 10 slices)."""
     import torch
 
@@ -47,7 +47,7 @@ def cpu_ms_per_slice(model, pixel_mm, multiple, runs=5):
     for _ in range(runs):
         t0 = time.perf_counter()
         for t in (st.ed_frame, st.es_frame):
-            predict_labels(model, st.images[t], sp, pixel_mm, multiple)
+            predict_labels(model, st.images[t], sp, pixel_mm, multiple, tta=tta)
         times.append(time.perf_counter() - t0)
     n = 2 * st.n_slices
     return {"cpu_ms_per_slice": 1000 * float(np.median(times)) / n, "cpu_s_ed_es_stack": float(np.median(times)),
@@ -66,6 +66,7 @@ def main():
     p.add_argument("--params", default="{}")
     p.add_argument("--pixel-mm", type=float, default=1.25)
     p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "flip2"])
     args = p.parse_args()
     run = Path(args.run)
     model = build(args.arch, **json.loads(args.params))
@@ -73,11 +74,12 @@ def main():
     model.eval()
     split = json.loads((run / "split.json").read_text())
     val = [SHARED / "acdc" / p for p in split["val"]]
-    summary, rows = evaluate(model, val, args.pixel_mm, model.size_multiple)
-    summary.update(sunnybrook_scores(model, args.pixel_mm, model.size_multiple))
-    summary.update(cpu_ms_per_slice(model, args.pixel_mm, model.size_multiple))
+    summary, rows = evaluate(model, val, args.pixel_mm, model.size_multiple, tta=args.tta)
+    summary.update(sunnybrook_scores(model, args.pixel_mm, model.size_multiple, args.tta))
+    summary.update(cpu_ms_per_slice(model, args.pixel_mm, model.size_multiple, tta=args.tta))
+    summary["tta"] = args.tta
     result = {"summary": summary, "per_patient": rows, "split": split}
-    (run / "evaluation.json").write_text(json.dumps(result, indent=1))
+    (run / f"evaluation{'' if args.tta == 'none' else '-' + args.tta}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(summary, indent=1))
 
 

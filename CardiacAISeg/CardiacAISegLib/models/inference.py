@@ -15,11 +15,25 @@ def pick_device(device=None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", batch=16):
+def _run_with_flips(model, x, flips):
+    """Mean softmax over the input and its mirrored copies (test-time augmentation)."""
+    import torch
+
+    probs = torch.softmax(model(x), 1)
+    for dims in flips:
+        probs = probs + torch.softmax(model(x.flip(dims)), 1).flip(dims)
+    return probs / (1 + len(flips))
+
+
+TTA_FLIPS = {"none": (), "flip": ((3,),), "flip2": ((3,), (2,))}
+
+
+def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", batch=16, tta="none"):
     """(S, R, C) image -> (S, K, R, C) class probabilities on the same grid.
 
-    The network runs on a copy resampled to ``pixel_mm``; its logits are resampled back with
-    the same half-pixel convention, so the prediction overlays the input exactly.
+    The network runs on a copy resampled to ``pixel_mm``; its probabilities are resampled
+    back with the same half-pixel convention, so the prediction overlays the input exactly.
+    ``tta`` averages over mirrored inputs ('flip': left-right, 'flip2': and up-down).
     """
     import torch
 
@@ -32,14 +46,13 @@ def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multi
         for start in range(0, s, batch):
             x = resample_slices(x_all[start:start + batch], grid).to(device)
             x, crop = pad_to_multiple(x, size_multiple)
-            logits = model(x)[..., crop[0], crop[1]]
-            logits = resample_slices(logits.float().cpu(), (r, c))
-            out.append(torch.softmax(logits, 1).numpy())
+            probs = _run_with_flips(model, x, TTA_FLIPS[tta])[..., crop[0], crop[1]]
+            out.append(resample_slices(probs.float().cpu(), (r, c)).numpy())
     return np.concatenate(out, 0)
 
 
-def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", postprocess=True):
-    probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device)
+def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", postprocess=True, tta="none"):
+    probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device, tta=tta)
     labels = probs.argmax(1).astype(np.uint8)
     return keep_one_component_per_structure(labels) if postprocess else labels
 
@@ -71,7 +84,8 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
     result = {}
     for n, t in enumerate(todo):
         progress(n, len(todo), f"segmenting frame {t + 1}/{study.n_frames}")
-        result[t] = predict_labels(model, study.images[t], spacing_rc, spec["pixel_mm"], spec.get("size_multiple", 16), device)
+        result[t] = predict_labels(model, study.images[t], spacing_rc, spec["pixel_mm"], spec.get("size_multiple", 16), device,
+                                   tta=spec.get("tta", "none"))
     progress(len(todo), len(todo), "segmentation done")
     return result
 

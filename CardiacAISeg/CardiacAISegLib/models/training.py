@@ -57,7 +57,7 @@ def dice(a, b):
     return float(2 * (a & b).sum() / s) if s else 1.0
 
 
-def evaluate(model, folders, pixel_mm, size_multiple=16):
+def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none"):
     """Per-patient Dice (LV, MYO, RV at ED and ES), EF and LV mass errors on the native grid."""
     from ..readers.acdc import load_acdc_patient
     from .inference import predict_labels
@@ -71,7 +71,7 @@ def evaluate(model, folders, pixel_mm, size_multiple=16):
         row = {"patient": st.name, "group": st.provenance["info"].get("Group")}
         vols = {}
         for phase, t in (("ed", st.ed_frame), ("es", st.es_frame)):
-            pred = predict_labels(model, st.images[t], spacing_rc, pixel_mm, size_multiple)
+            pred = predict_labels(model, st.images[t], spacing_rc, pixel_mm, size_multiple, tta=tta)
             gt = st.labels[t]
             for name, v in (("lv", 1), ("myo", 2), ("rv", 3)):
                 row[f"dice_{name}_{phase}"] = dice(pred == v, gt == v)
