@@ -29,6 +29,7 @@ def main():
     p.add_argument("--default", action="store_true")
     p.add_argument("--checkpoint", default="best.pt")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--tta", default="none", help="test-time mirroring the card asks for (cine)")
     args = p.parse_args()
     run = Path(args.run)
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -37,14 +38,14 @@ def main():
     params = cfg.get("arch_params", {})
     net = build(args.arch, **params)
     net.load_state_dict(state)
-    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation = json.loads((run / f"evaluation{'' if args.tta == 'none' else '-' + args.tta}.json").read_text())
     history = ck["history"]
     best_epoch = max(history, key=lambda h: h.get("dice_mean", -1))["epoch"] if history else None
     if args.task == "cine":
         inp = {"pixel_mm": cfg["pixel_mm"], "channels": 1, "frames": "one frame at a time (2D per slice)",
                "normalisation": "per volume: 1st-99.5th percentile -> [0, 1], clipped",
                "field_of_view": "whole slice, resampled in-plane to pixel_mm (fully convolutional)",
-               "size_multiple": net.size_multiple}
+               "size_multiple": net.size_multiple, "tta": args.tta}
         training = {"data": "ACDC training set (80 patients in ../shared/data/acdc; ED and ES frames with manual labels)",
                     "split": evaluation["split"], "split_rule": f"by patient, stratified by group, {cfg['val_per_group']} per group held out",
                     "epochs": cfg["epochs"], "best_epoch": best_epoch, "batch": cfg["batch"], "patch": cfg["patch"],
@@ -64,7 +65,7 @@ def main():
     card = {"name": args.name, "title": args.title, "version": "1", "task": args.task, "default": args.default,
             "classes": ["background", "LV blood pool", "LV myocardium", "RV"], "input": inp,
             "architecture": {"name": args.arch, "params": params, "parameter_count": parameter_count(net)},
-            "training": training, "metrics": {k: v for k, v in evaluation["summary"].items() if not k.startswith(("cpu_", "threads", "runs"))},
+            "training": training, "metrics": {k: v for k, v in evaluation["summary"].items() if not k.startswith(("cpu_", "threads", "runs", "tta"))},
             "timing": {k: v for k, v in evaluation["summary"].items() if k.startswith(("cpu_", "threads", "runs"))},
             "licence": licence,
             "evaluated_with": "tools/evaluate_%s.py" % args.task}
