@@ -359,7 +359,9 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
             _draw_value_maps(fig, grid[last, 3:6], study, value_map, frames[0] if value_frame is None else value_frame,
                              view, value_label)
         if volume_curve is not None:
-            draw_volume_curve(fig.add_subplot(grid[last, 3:6] if segment_values is not None else grid[last, 1:5]),
+            # the bullseye's colour bar reaches into column 3: keep the curve's axis label clear of it
+            cell = grid[last, 3:6].subgridspec(1, 6)[0, 1:] if segment_values is not None else grid[last, 1:5]
+            draw_volume_curve(fig.add_subplot(cell),
                               study, volume_curve)
 
     with atomic_output(path, overwrite) as tmp:
