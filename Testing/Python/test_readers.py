@@ -446,3 +446,26 @@ def test_bad_qperf_negative_dt_in_params(tmp_path):
     _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
     (tmp_path / "params.json").write_text(json.dumps({"stress": {"images": "perf.nii.gz", "dt_s": -1}}))
     expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", "positive")
+
+
+def test_dicom_stack_stored_as_one_series_per_slice_is_merged(shared_data, tmp_path):
+    """Siemens-style export: every slice position is its own series; a stray series of another
+    orientation (a long-axis view) is left out."""
+    import pydicom
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        k = int(round(float(ds.ImagePositionPatient[2]) * 10)) % 100000
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.9.{k}"
+        ds.SeriesNumber = k
+        ds.save_as(tmp_path / f.name)
+    stray = pydicom.dcmread(src / "1.dcm")
+    stray.SeriesInstanceUID = "1.2.826.0.1.3680043.9.99"
+    stray.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    stray.save_as(tmp_path / "longaxis.dcm")
+    merged = load_study(tmp_path)
+    reference = load_study(src)
+    assert merged.images.shape == (20, 12, 256, 256)
+    assert np.array_equal(merged.images, reference.images)
+    assert np.allclose(merged.ijk_to_ras, reference.ijk_to_ras)

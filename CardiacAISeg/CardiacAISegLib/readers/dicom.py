@@ -114,6 +114,48 @@ def list_dicom_series(folder):
                 for uid, items in series.items()]
 
 
+def _stack_key(ds):
+    """Series that can form one short-axis stack share orientation, matrix and pixel size."""
+    try:
+        iop = tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 2))
+        ps = tuple(np.round([float(v) for v in ds.PixelSpacing], 3))
+        return iop, int(ds.Rows), int(ds.Columns), ps
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _parallel_stack(series):
+    """One stack from several series of parallel slices, or None.
+
+    Many scanners (Siemens in particular) store a cine short-axis stack as one series per
+    slice. Series with the same orientation, matrix and pixel size are merged; the stack
+    with the most slice positions wins when it is clearly the largest (at least 3 positions
+    and more than any other group), so a stray long-axis series or localiser is left out.
+    """
+    groups = {}
+    for uid, items in series.items():
+        key = _stack_key(items[0][1])
+        if key is not None:
+            groups.setdefault(key, []).append(uid)
+
+    def n_positions(uids):
+        pos = set()
+        for uid in uids:
+            for _, ds in series[uid]:
+                try:
+                    pos.add(tuple(np.round([float(v) for v in ds.ImagePositionPatient], 1)))
+                except (AttributeError, TypeError, ValueError):
+                    pass
+        return len(pos)
+
+    ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: -x[0])
+    if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+        return None
+    uids = sorted(ranked[0][1])
+    items = [it for uid in uids for it in series[uid]]
+    return "+".join(uids), items
+
+
 def _pick_series(folder, series, choice):
     if not series:
         raise CardiacInputError(folder, "no DICOM image files in this folder")
@@ -121,6 +163,9 @@ def _pick_series(folder, series, choice):
     if choice is None:
         if len(series) == 1:
             return next(iter(series.items()))
+        stack = _parallel_stack(series)
+        if stack is not None:
+            return stack
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with series= (UID, number or description): {listing}")
     c = str(choice).strip()
     for uid, items in series.items():
