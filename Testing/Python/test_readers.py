@@ -469,3 +469,32 @@ def test_dicom_stack_stored_as_one_series_per_slice_is_merged(shared_data, tmp_p
     assert merged.images.shape == (20, 12, 256, 256)
     assert np.array_equal(merged.images, reference.images)
     assert np.allclose(merged.ijk_to_ras, reference.ijk_to_ras)
+
+
+def test_dicom_cine_with_one_extra_phase_on_a_slice_keeps_the_common_phases(shared_data, tmp_path):
+    import shutil
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    for f in src.glob("*.dcm"):
+        shutil.copy(f, tmp_path / f.name)
+    import pydicom
+
+    extra = pydicom.dcmread(src / "20.dcm")   # last phase of the first slice, again, later
+    extra.SOPInstanceUID = extra.SOPInstanceUID + ".9"
+    extra.InstanceNumber = 999
+    extra.TriggerTime = float(extra.TriggerTime) + 40
+    extra.save_as(tmp_path / "999.dcm")
+    st = load_study(tmp_path)
+    assert st.images.shape == (20, 12, 256, 256)
+    assert any("phases" in w for w in st.provenance["warnings"])
+
+
+def test_dicom_slices_with_very_different_phase_counts_are_refused(shared_data, tmp_path):
+    import shutil
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    for f in sorted(src.glob("*.dcm"), key=lambda p: int(p.stem)):
+        if not 2 <= int(f.stem) <= 10:          # drop 9 of the 20 phases of the first slice
+            shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(CardiacInputError, match="different numbers of frames"):
+        load_study(tmp_path)

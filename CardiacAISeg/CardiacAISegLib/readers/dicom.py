@@ -268,8 +268,6 @@ def _load_series(folder, series, kind, progress):
             groups.append([])
         groups[-1].append(g)
     counts = [len(g) for g in groups]
-    if len(set(counts)) > 1:
-        raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or mixes acquisitions")
 
     def order(g):
         t = _frame_time_s(g[1], kind)
@@ -278,11 +276,20 @@ def _load_series(folder, series, kind, progress):
 
     for g in groups:
         g.sort(key=order)
+    early_warnings = []
+    if len(set(counts)) > 1:
+        # Heart-rate changes during a breath-hold give some slices a phase or two more; the
+        # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
+        if kind == PERFUSION or min(counts) < 0.8 * max(counts):
+            raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or mixes acquisitions")
+        early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used")
+        groups = [g[:min(counts)] for g in groups]
+        counts = [min(counts)] * len(groups)
     n_t, n_s = counts[0], len(groups)
     rows, cols = shapes.pop()
     images = np.empty((n_t, n_s, rows, cols), np.float32)
     times = np.full((n_t, n_s), np.nan)
-    instance_map, sop_map, warn = {}, {}, []
+    instance_map, sop_map, warn = {}, {}, list(early_warnings)
     done = 0
     for k, g in enumerate(groups):
         for t, (f, ds, *_rest) in enumerate(g):
