@@ -498,3 +498,24 @@ def test_dicom_slices_with_very_different_phase_counts_are_refused(shared_data, 
             shutil.copy(f, tmp_path / f.name)
     with pytest.raises(CardiacInputError, match="different numbers of frames"):
         load_study(tmp_path)
+
+
+def test_repeated_slice_series_keeps_the_last_acquisition(shared_data, tmp_path):
+    import pydicom
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        k = int(round(float(ds.ImagePositionPatient[2]) * 10)) % 100000
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"1.2.826.0.1.3680043.9.{k}", k
+        ds.save_as(tmp_path / f.name)
+        if int(f.stem) <= 20:                   # slice 1 repeated later, brighter
+            ds.SeriesInstanceUID, ds.SeriesNumber = "1.2.826.0.1.3680043.9.7", 99999
+            ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+            ds.PixelData = (ds.pixel_array + 7).astype(ds.pixel_array.dtype).tobytes()
+            ds.save_as(tmp_path / f"repeat_{f.name}")
+    st = load_study(tmp_path)
+    ref = load_study(src)
+    assert st.images.shape == ref.images.shape
+    k = int(np.argmax([np.abs(st.images[:, k] - ref.images[:, k]).max() for k in range(12)]))
+    assert np.allclose(st.images[:, k], ref.images[:, k] + 7)   # the repeat replaced the first

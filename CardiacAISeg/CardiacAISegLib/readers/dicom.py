@@ -139,21 +139,38 @@ def _parallel_stack(series):
             groups.setdefault(key, []).append(uid)
 
     def n_positions(uids):
-        pos = set()
-        for uid in uids:
-            for _, ds in series[uid]:
-                try:
-                    pos.add(tuple(np.round([float(v) for v in ds.ImagePositionPatient], 1)))
-                except (AttributeError, TypeError, ValueError):
-                    pass
-        return len(pos)
+        return len(set().union(*(_series_positions(series[uid]) for uid in uids)))
 
     ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: -x[0])
     if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
         return None
-    uids = sorted(ranked[0][1])
+    uids = _drop_repeated_positions(series, ranked[0][1])
     items = [it for uid in uids for it in series[uid]]
     return "+".join(uids), items
+
+
+def _series_positions(items):
+    pos = set()
+    for _, ds in items:
+        try:
+            pos.add(tuple(np.round([float(v) for v in ds.ImagePositionPatient], 1)))
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return frozenset(pos)
+
+
+def _drop_repeated_positions(series, uids):
+    """A slice acquired twice (a repeat after a failed breath-hold) keeps its last series."""
+    def number(uid):
+        try:
+            return int(series[uid][0][1].get("SeriesNumber", 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    keep = {}
+    for uid in sorted(uids, key=number):
+        keep[_series_positions(series[uid])] = uid   # later series replace earlier ones
+    return sorted(keep.values())
 
 
 def _pick_series(folder, series, choice):
