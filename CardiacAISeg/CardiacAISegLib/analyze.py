@@ -172,17 +172,17 @@ def _load_with_labels(path, labels, **options):
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
-        kind=None, device=None, progress=None):
+        kind=None, device=None, progress=None, units=None):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
     check_outputs(out_dir, force)
     t0 = time.perf_counter()
     study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
-                              aif=aif, dt=dt, progress=progress)
+                              aif=aif, dt=dt, progress=progress, units=units)
     timing = {"load": time.perf_counter() - t0}
     rest_analysis = None
     if rest is not None:
         rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention, aif=rest_aif,
-                                       dt=dt, series="rest" if Path(rest).is_dir() else None)
+                                       dt=dt, units=units, series="rest" if Path(rest).is_dir() else None)
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress)

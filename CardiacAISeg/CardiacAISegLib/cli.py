@@ -1,4 +1,4 @@
-"""`cardiacaiseg`: analyze, phantom, models, import-model, train."""
+"""`cardiacaiseg`: analyze, phantom, models, import-model, train, gui."""
 import argparse
 import json
 import sys
@@ -13,7 +13,7 @@ def _analyze(args):
     analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
                           force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
                           rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
-                          kind=args.kind, device=args.device, progress=tqdm_progress("analyze", disable=args.quiet))
+                          kind=args.kind, units=args.units, device=args.device, progress=tqdm_progress("analyze", disable=args.quiet))
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
@@ -70,6 +70,20 @@ def _train(args):
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
 
+def _gui(args):
+    from .webgui import run
+
+    status = run(args)
+    if status:
+        raise SystemExit(status)
+
+
+def _add_gui_arguments(parser):
+    from .webgui import add_arguments  # argparse only: trame is imported when the server starts
+
+    add_arguments(parser)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="cardiacaiseg", description="Short-axis cardiac MRI: segmentation, volumes and perfusion MBF")
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,6 +96,7 @@ def build_parser():
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
     a.add_argument("--aif", help="arterial input function (text/CSV column, Analyze/NIfTI column)")
     a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")
+    a.add_argument("--units", choices=["gd_mmol_l", "signal"], help="perfusion image units when the file cannot tell (NIfTI, DICOM)")
     a.add_argument("--kind", choices=["cine", "perfusion"], help="override the detected series kind")
     a.add_argument("--series", help="DICOM series to use (UID, number or description) when a folder has several; 'rest'/'stress' for a QPerf folder")
     a.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
@@ -127,6 +142,10 @@ def build_parser():
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
+
+    g = sub.add_parser("gui", help="browser GUI on Slicer's views (local web app; needs the 'gui' extra)")
+    _add_gui_arguments(g)
+    g.set_defaults(func=_gui)
     return p
 
 

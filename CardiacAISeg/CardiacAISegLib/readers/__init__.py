@@ -44,13 +44,14 @@ def _attach_labels(study, labels, label_convention, frame):
 
 
 def load_study(path, kind=None, series=None, labels=None, label_convention="acdc", aif=None, dt=None,
-               frame=None, progress=None):
+               frame=None, progress=None, units=None):
     """Read any supported input into a Study.
 
     kind: None (from the format), 'cine' or 'perfusion' (forces the perfusion readers).
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
     labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``; a 3D
     label map goes to ``frame``. aif, dt: perfusion AIF (file or array) and seconds per frame.
+    units: perfusion image units when the file cannot tell ('gd_mmol_l' or 'signal').
     """
     from .volume import volume_suffix
 
@@ -72,7 +73,8 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
 
             qperf = what == "qperf"
             study = load_perfusion(path, aif=aif, dt=dt, series=None if qperf else series,
-                                   stress_or_rest=series if qperf and series else "stress", progress=progress)
+                                   stress_or_rest=series if qperf and series else "stress", progress=progress,
+                                   units=units)
         elif what == "acdc":
             from .acdc import load_acdc_patient
 
@@ -82,7 +84,7 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
 
             study = load_frame_folder(path, kind=kind or CINE, progress=progress)
         elif what == "single":
-            return load_study(volumes[0], kind, series, labels, label_convention, aif, dt, frame, progress)
+            return load_study(volumes[0], kind, series, labels, label_convention, aif, dt, frame, progress, units)
         elif what == "dicom":
             from .dicom import load_dicom_series
 
@@ -95,7 +97,7 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
             from .perfusion import load_perfusion
 
             target = path.parent if path.name == "params.json" else path
-            study = load_perfusion(target, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress)
+            study = load_perfusion(target, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
         elif suffix in _VOLUME:
             from .volume import load_volume
 
