@@ -519,3 +519,151 @@ def test_repeated_slice_series_keeps_the_last_acquisition(shared_data, tmp_path)
     assert st.images.shape == ref.images.shape
     k = int(np.argmax([np.abs(st.images[:, k] - ref.images[:, k]).max() for k in range(12)]))
     assert np.allclose(st.images[:, k], ref.images[:, k] + 7)   # the repeat replaced the first
+
+
+# --- Enhanced (multi-frame) MR DICOM ------------------------------------------------------
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
+       "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence")
+
+
+def _enhanced_dcm(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
+                  instance=1):
+    """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
+    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, drop (groups left out of that frame).
+    The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def functional_groups(fr, names):
+        content = {"PlanePositionSequence": {"ImagePositionPatient": fr.get("ipp")},
+                   "PlaneOrientationSequence": {"ImageOrientationPatient": fr.get("iop")},
+                   "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
+                   "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
+                   "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
+                   "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")}}
+        g = Dataset()
+        for name in names:
+            attrs = {k: v for k, v in content[name].items() if v is not None}
+            if attrs and name not in fr.get("drop", ()):
+                item = Dataset()
+                for k, v in attrs.items():
+                    setattr(item, k, v)
+                setattr(g, name, Sequence([item]))
+        return g
+
+    pixels = np.stack([fr["pixels"] for fr in frames])
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ENHANCED_MR, uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_MR, uid
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
+    ds.Manufacturer, ds.InstanceNumber = "Philips", instance
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), pixels.shape[1:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_groups(frames[0], shared)])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([functional_groups(fr, [n for n in _FG if n not in shared]) for fr in frames])
+    ds.PixelData = pixels.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _sunnybrook_frames(src):
+    """{slice z: [frame dict, ...]} from the classic Sunnybrook files (instance order)."""
+    import pydicom
+
+    by_slice = {}
+    for f in sorted(src.glob("*.dcm"), key=lambda p: int(p.stem)):
+        ds = pydicom.dcmread(f)
+        by_slice.setdefault(round(float(ds.ImagePositionPatient[2]), 2), []).append(dict(
+            pixels=ds.pixel_array, ipp=ds.ImagePositionPatient, iop=ds.ImageOrientationPatient, ps=ds.PixelSpacing,
+            thickness=ds.SliceThickness, trigger_ms=float(ds.TriggerTime), acq_dt="20120101" + str(ds.AcquisitionTime),
+            tpi=int(ds.InstanceNumber - 1) % 20 + 1))
+    return by_slice
+
+
+def _same_study(st, ref):
+    assert st.images.shape == ref.images.shape == (20, 12, 256, 256)
+    assert np.array_equal(st.images, ref.images)
+    assert np.allclose(st.ijk_to_ras, ref.ijk_to_ras)
+    np.testing.assert_array_equal(st.frame_times_s, ref.frame_times_s)
+    assert st.provenance["trigger_times_ms"] == ref.provenance["trigger_times_ms"]
+    assert st.provenance["slice_positions_mm"] == ref.provenance["slice_positions_mm"]
+
+
+@pytest.fixture(scope="module")
+def sunnybrook_reference():
+    return load_study(need(SUNNYBROOK))
+
+
+def test_enhanced_dicom_one_file_with_all_frames_matches_classic(sunnybrook_reference, tmp_path):
+    by_slice = _sunnybrook_frames(SUNNYBROOK)
+    frames = [fr for z in sorted(by_slice, reverse=True) for fr in reversed(by_slice[z])]  # scrambled on purpose
+    path = _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    for target in (tmp_path, path):  # the folder, and the file picked on its own
+        st = load_study(target)
+        _same_study(st, sunnybrook_reference)
+    assert st.provenance["files"] == [str(path)] and st.provenance["multi_frame"]
+    fmap = next(iter(st.provenance["frame_map"].values()))
+    assert len(fmap) == 240 and fmap[1] == (19, 11)  # the first frame in the file: last phase of the last slice
+    # as perfusion: this GE cine has one clock time per slice, so TemporalPositionIndex breaks the tie
+    perf = load_study(path, kind="perfusion", dt=1.0)
+    assert np.array_equal(perf.images, sunnybrook_reference.images)
+
+
+@pytest.mark.parametrize("series_per_slice", [False, True])
+def test_enhanced_dicom_one_file_per_slice_with_shared_groups_matches_classic(sunnybrook_reference, tmp_path, series_per_slice):
+    by_slice = _sunnybrook_frames(SUNNYBROOK)
+    for n, z in enumerate(sorted(by_slice)):
+        series = f"1.2.826.0.1.3680043.9.{100 + n}" if series_per_slice else "1.2.826.0.1.3680043.9.100"
+        _enhanced_dcm(tmp_path / f"slice{n:02d}.dcm", by_slice[z][::-1], series=series, number=100 + n, instance=n + 1,
+                      shared=("PixelMeasuresSequence", "PlaneOrientationSequence"))
+    st = load_study(tmp_path)
+    _same_study(st, sunnybrook_reference)
+    assert len(st.provenance["files"]) == 12 and len(st.provenance["frame_map"]) == 12
+
+
+def _tiny_frames(n_slices=2, n_times=3, **kw):
+    frames = []
+    for k in range(n_slices):
+        for t in range(n_times):
+            frames.append(dict(pixels=np.full((4, 5), 10 * k + t, np.uint16), ipp=[0, 0, 6.0 * k], iop=[1, 0, 0, 0, 1, 0],
+                               ps=[1.5, 1.25], trigger_ms=40.0 * t, tpi=t + 1, **kw))
+    return frames
+
+
+def test_enhanced_dicom_perfusion_times_and_per_frame_rescale(tmp_path):
+    frames = _tiny_frames(n_times=4)
+    for fr in frames:  # clock times cross midnight; the trigger delay is constant in perfusion
+        t = fr["tpi"] - 1
+        fr["acq_dt"] = ["20240101235958.5", "20240101235959.5", "20240102000000.5", "20240102000001.5"][t]
+        fr["trigger_ms"], fr["slope"], fr["intercept"] = 100.0, 2.0 + t, -1.0
+    _enhanced_dcm(tmp_path / "perf.dcm", frames[::-1])
+    s = load_study(tmp_path, kind="perfusion")
+    assert s.kind == "perfusion" and s.images.shape == (4, 2, 4, 5)
+    assert s.provenance["dt_s"] == pytest.approx(1.0)
+    np.testing.assert_allclose(s.provenance["acquisition_times_s"], [0, 1, 2, 3])
+    assert [s.images[t, k, 0, 0] for k in (0, 1) for t in range(4)] == [(10 * k + t) * (2 + t) - 1 for k in (0, 1) for t in range(4)]
+
+
+def test_bad_enhanced_dicom_frame_without_plane_position(tmp_path):
+    frames = _tiny_frames()
+    frames[3]["drop"] = ("PlanePositionSequence",)
+    p = _enhanced_dcm(tmp_path / "enh.dcm", frames)
+    expect_error(lambda: load_study(tmp_path), p, "PlanePositionSequence", "frame 4")
+
+
+def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
+    import pydicom
+
+    p = _enhanced_dcm(tmp_path / "enh.dcm", _tiny_frames())
+    ds = pydicom.dcmread(p)
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(p)
+    expect_error(lambda: load_study(tmp_path), p, "PerFrameFunctionalGroupsSequence")

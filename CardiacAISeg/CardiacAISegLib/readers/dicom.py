@@ -1,7 +1,12 @@
-"""A folder of single-frame DICOM images (cine or perfusion) -> Study.
+"""A folder of DICOM images (cine or perfusion) -> Study.
 
+Classic single-frame images and Enhanced (multi-frame) MR files are read alike: every frame of
+an enhanced file becomes one per-image record (dicom_enhanced.EnhancedFrame) with the frame's
+position, orientation, pixel spacing, trigger delay and rescale from its functional groups.
 Slices are ordered along the slice normal (row x column direction), frames by TriggerTime for
-cine (AcquisitionTime for perfusion, where TriggerTime is the constant delay after the R wave).
+cine (AcquisitionTime for perfusion, where TriggerTime is the constant delay after the R wave;
+FrameAcquisitionDateTime for enhanced frames), then by InstanceNumber, TemporalPositionIndex
+and frame number.
 """
 import warnings
 from contextlib import contextmanager
@@ -12,6 +17,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, PERFUSION, Study
+from .dicom_enhanced import EnhancedFrame, expand_enhanced, is_enhanced
 from .volume import LPS_TO_RAS, natural_key
 
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
@@ -86,8 +92,16 @@ def _describe(uid, items):
     return f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r} ({len(items)} images, UID {uid})"
 
 
+def _records(path, ds):
+    """The per-image records of one file: itself, or one EnhancedFrame per frame."""
+    if is_enhanced(ds):
+        return [(path, frame) for frame in expand_enhanced(path, ds)]
+    return [(path, ds)]
+
+
 def scan_dicom_folder(folder, progress=None):
-    """{SeriesInstanceUID: [(path, dataset), ...]} and the skipped non-DICOM files."""
+    """{SeriesInstanceUID: [(path, dataset or EnhancedFrame), ...]} (one record per image, so
+    an enhanced file gives one per frame) and the skipped non-DICOM files."""
     folder = Path(folder)
     files = sorted((f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")),
                    key=lambda f: natural_key(f.relative_to(folder)))
@@ -100,7 +114,7 @@ def scan_dicom_folder(folder, progress=None):
         if ds is None:
             skipped.append(str(f))
         else:
-            series.setdefault(_series_key(ds), []).append((f, ds))
+            series.setdefault(_series_key(ds), []).extend(_records(f, ds))
     progress(len(files), len(files), "read DICOM headers")
     return series, skipped
 
@@ -215,6 +229,8 @@ def _frame_time_s(ds, kind):
     """The time that orders frames: trigger delay for cine, clock time for perfusion (where the
     trigger delay is nearly constant and would scramble the frames)."""
     if kind == PERFUSION:
+        if isinstance(ds, EnhancedFrame):
+            return ds.acquisition_s   # FrameAcquisitionDateTime
         for tag in ("AcquisitionTime", "ContentTime"):
             t = _tm_seconds(ds.get(tag, ""))
             if t is not None:
@@ -226,24 +242,28 @@ def _frame_time_s(ds, kind):
 def _geometry(f, ds):
     for tag in _REQUIRED:
         if tag not in ds or ds.get(tag) in (None, ""):
-            raise CardiacInputError(f, f"missing DICOM tag {tag}, needed for the image geometry")
+            reason = ds.missing_reason(tag) if isinstance(ds, EnhancedFrame) else None
+            raise CardiacInputError(f, reason or f"missing DICOM tag {tag}, needed for the image geometry")
     try:
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         ps = [float(v) for v in ds.PixelSpacing]
     except (TypeError, ValueError) as e:
-        raise CardiacInputError(f, f"unreadable geometry tags ({e})")
+        raise CardiacInputError(f, f"unreadable geometry tags ({e})" + (f" in frame {ds.frame_number}" if isinstance(ds, EnhancedFrame) else ""))
     if iop.size != 6 or ipp.size != 3 or len(ps) != 2:
         raise CardiacInputError(f, "ImageOrientationPatient/ImagePositionPatient/PixelSpacing have the wrong number of values")
     return iop, ipp, ps
 
 
 def _pixels(f, ds):
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise CardiacInputError(f, "multi-frame (enhanced) DICOM is not supported; export single-frame images")
+    if not isinstance(ds, EnhancedFrame) and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise CardiacInputError(f, "multi-frame DICOM without per-frame functional groups is not supported; "
+                                   "export single-frame or Enhanced MR images")
     try:
         with _quiet():
-            a = ds.pixel_array.astype(np.float32)
+            a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
+    except CardiacInputError:
+        raise
     except Exception as e:
         raise CardiacInputError(f, f"cannot read the pixel data (truncated, corrupt or unsupported compression: {type(e).__name__}: {e})")
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
@@ -287,9 +307,11 @@ def _load_series(folder, series, kind, progress):
     counts = [len(g) for g in groups]
 
     def order(g):
-        t = _frame_time_s(g[1], kind)
-        inst = int(g[1].get("InstanceNumber", 0) or 0)
-        return (0, t, inst) if t is not None else (1, 0.0, inst)
+        ds = g[1]
+        t = _frame_time_s(ds, kind)
+        inst = int(ds.get("InstanceNumber", 0) or 0)
+        within = (ds.temporal_index or 0, ds.index) if isinstance(ds, EnhancedFrame) else (0, 0)
+        return (0, t, inst, within) if t is not None else (1, 0.0, inst, within)
 
     for g in groups:
         g.sort(key=order)
@@ -306,7 +328,7 @@ def _load_series(folder, series, kind, progress):
     rows, cols = shapes.pop()
     images = np.empty((n_t, n_s, rows, cols), np.float32)
     times = np.full((n_t, n_s), np.nan)
-    instance_map, sop_map, warn = {}, {}, list(early_warnings)
+    instance_map, sop_map, frame_map, warn = {}, {}, {}, list(early_warnings)
     done = 0
     for k, g in enumerate(groups):
         for t, (f, ds, *_rest) in enumerate(g):
@@ -316,6 +338,9 @@ def _load_series(folder, series, kind, progress):
             images[t, k] = _pixels(f, ds)
             tt = _frame_time_s(ds, kind)
             times[t, k] = np.nan if tt is None else tt
+            if isinstance(ds, EnhancedFrame):   # frames share their file's InstanceNumber and SOP UID
+                frame_map.setdefault(str(ds.get("SOPInstanceUID", f)), {})[ds.frame_number] = (t, k)
+                continue
             if ds.get("InstanceNumber") not in (None, ""):
                 inst = int(ds.InstanceNumber)
                 if inst in instance_map:
@@ -358,7 +383,7 @@ def _load_series(folder, series, kind, progress):
         rel = times - times[0:1, :]
         frame_times = np.median(rel, axis=1)
     prov = {
-        "reader": "dicom", "files": [str(g[0]) for grp in groups for g in grp], "skipped_files": skipped,
+        "reader": "dicom", "files": list(dict.fromkeys(str(g[0]) for grp in groups for g in grp)), "skipped_files": skipped,
         "series_uid": uid, "series_number": int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,
         "series_description": str(ds0.get("SeriesDescription", "")),
         "manufacturer": str(ds0.get("Manufacturer", "")), "model": str(ds0.get("ManufacturerModelName", "")),
@@ -366,7 +391,10 @@ def _load_series(folder, series, kind, progress):
         "patient_id": str(ds0.get("PatientID", "")),
         "slice_positions_mm": [round(p, 4) for p in positions],
         "instance_map": instance_map, "sop_map": sop_map, "warnings": warn,
+        "multi_frame": bool(frame_map),
     }
+    if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
+        prov["frame_map"] = frame_map
     if kind == PERFUSION:
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
     else:
