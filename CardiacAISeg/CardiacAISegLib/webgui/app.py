@@ -1,0 +1,475 @@
+"""The trame page: state, controls and the calls they make on a ``Session``.
+
+Every control goes through ``_guard``: an error from the engine (bad file, no model, a path
+outside the data folder, outputs that exist) becomes the text of the page's error alert
+(``#error-alert``), and an unexpected one too (with its type), besides the server log. Long work
+(segmentation) runs in a worker thread with progress and cancel; MRML and the views are only
+touched on the server's own thread.
+"""
+import asyncio
+import base64
+import json
+import logging
+
+from ..errors import CancelledError, CardiacInputError, OutputExistsError
+from ..progress import Progress
+from ..study import CINE
+from .sandbox import DataFolder
+from .session import SAMPLES, SEGMENT_TITLES, Session
+from .views import StudyViews
+
+log = logging.getLogger("cardiacaiseg.webgui")
+EXPECTED = (CardiacInputError, OutputExistsError, CancelledError, FileNotFoundError, PermissionError)
+ROTATE_STEP_DEG = 10.0
+
+
+class CardiacWebApp:
+    """One server, one study, one data folder."""
+
+    def __init__(self, data_folder, server=None):
+        from trame.app import get_server
+
+        self.server = get_server(server, client_type="vue3")
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.data = data_folder if isinstance(data_folder, DataFolder) else DataFolder(data_folder)
+        self.views = StudyViews(self.server)
+        self.session = Session(self.data, context=self.views.context)
+        self._updating = False       # our own node updates must not look like user edits
+        self._progress = None
+        self._paint_timer = None
+        self._xy_timer = None
+        self._observed_markups = None
+        self._bullseye_key = None
+        self._init_state()
+        self._build_ui()
+        self._bind()
+
+    # ------------------------------------------------------------------------- state
+    def _init_state(self):
+        s = self.state
+        s.trame__title = "CardiacAISeg"
+        s.update({
+            "error_message": "", "info_message": "",
+            "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
+            "data_root": str(self.data.root), "data_files": [], "data_truncated": False,
+            "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "",
+            "study": None, "study_loaded": False,
+            "models": [], "model": None, "model_summary": "",
+            "running": False, "progress": 0, "progress_text": "",
+            "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
+            "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
+            "handle_text": "", "has_handles": False, "handle_xy": "[]",
+            "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
+            "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
+        })
+        self.refresh_files()
+
+    def _bind(self):
+        import slicer
+
+        c = self.ctrl
+        c.open_sample = lambda: self._guard(self._open_sample)
+        c.open_study = lambda: self._guard(self._open_study)
+        c.refresh_files = lambda: self._guard(self.refresh_files)
+        c.run = lambda: self._guard(self._start_run)
+        c.cancel = self.cancel
+        c.goto_frame_tag = lambda tag: self._guard(self._goto_frame_tag, tag)
+        c.step_frame = lambda d: self._guard(self._step, "frame", d)
+        c.step_slice = lambda d: self._guard(self._step, "slice", d)
+        c.rotate = lambda side, deg: self._guard(self._rotate, side, deg)
+        c.morph = lambda step: self._guard(self._morph, step)
+        c.revert = lambda: self._guard(self._revert)
+        c.save = lambda: self._guard(self._save)
+        c.dismiss = self._dismiss
+        self.state.change("frame")(lambda frame, **_: self._guard(self._on_frame, frame))
+        self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
+        self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
+        self.state.change("model")(lambda model, **_: self._on_model(model))
+        self.views.editor.segmentation_modified.connect(self._on_segmentation_modified)
+        self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_xy())
+        self._markups_event = slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent
+
+    # ---------------------------------------------------------------------- guarding
+    def _guard(self, fn, *args):
+        """Run a page action; errors become the page's message, never only a log line."""
+        if self.state.running and fn not in (self._on_frame, self._on_slice, self._step, self._goto_frame_tag):
+            self.state.error_message = "Busy: the segmentation is running (Cancel stops it)."
+            return None
+        self._updating = True
+        try:
+            result = fn(*args)
+            self.state.error_message = ""
+            return result
+        except EXPECTED as e:
+            self.state.error_message = f"Cancelled: {e}" if isinstance(e, CancelledError) else str(e)
+        except Exception as e:  # noqa: BLE001 - the page must say what happened
+            log.exception("web GUI action %s failed", getattr(fn, "__name__", fn))
+            self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+        finally:
+            self._updating = False
+        return None
+
+    def _dismiss(self):
+        self.state.error_message = ""
+        self.state.info_message = ""
+
+    # ---------------------------------------------------------------------- loading
+    def refresh_files(self):
+        entries, truncated = self.data.listing()
+        self.state.data_files = entries
+        self.state.data_truncated = truncated
+
+    def _open_sample(self):
+        self.session.open_sample(self.state.sample_id)
+        self._study_opened(f"Opened the sample: {SAMPLES[self.state.sample_id]}")
+
+    def _open_study(self):
+        s = self.state
+        self.session.open_path(s.study_path, labels=s.labels_path or None, aif=s.aif_path or None, dt=s.dt_text or None)
+        self._study_opened(f"Opened {self.session.source}")
+
+    def open_initial(self, study, labels=None):
+        """The study named on the command line (errors go to the page and are returned)."""
+        self.state.study_path = str(study)
+        self.state.labels_path = str(labels or "")
+        self._guard(self._open_study)
+        return self.state.error_message
+
+    def _study_opened(self, message):
+        sess = self.session
+        self.views.stop_editing()
+        s = self.state
+        s.tool = "none"
+        s.saved_files = []
+        choices = sess.model_choices()
+        s.models = choices
+        s.model = sess.default_choice()
+        self._on_model(s.model)
+        s.out_path = sess.default_output()
+        self.views.show_study(sess)
+        self.refresh()
+        s.info_message = message + ("" if choices else " - no network is installed for this kind of series and the study has no labels: "
+                                    "install a model (cardiacaiseg import-model) or open it with its label file.")
+
+    def _on_model(self, model):
+        for c in self.state.models or []:
+            if c["value"] == model:
+                self.state.model_summary = c.get("summary", "")
+                return
+        self.state.model_summary = ""
+
+    # ----------------------------------------------------------------------- running
+    def _start_run(self):
+        sess = self.session
+        sess.require_study()
+        s = self.state
+        if not s.model and not sess.model_choices():
+            # Nothing to run: the engine's own "no <kind> model is installed" error (raised
+            # before any work, since the registry has no model for this kind).
+            sess.compute(None)
+        self._progress = Progress(self._progress_from_thread)
+        s.running, s.progress, s.progress_text = True, 0, "starting"
+        s.info_message = ""
+        from trame_server.utils.asynchronous import create_task
+
+        create_task(self._run(s.model, self._progress, sess.density()))
+
+    async def _run(self, model, progress, density):
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        try:
+            # The worker thread gets plain values only: MRML stays on this thread.
+            result = await loop.run_in_executor(None, self.session.compute, model, progress, density)
+            with self.state:
+                self.state.running = False
+                self._guard(self._apply_result, result)
+        except Exception as e:  # noqa: BLE001
+            with self.state:
+                if isinstance(e, EXPECTED):
+                    self.state.error_message = (f"Cancelled: {e} - the previous results are kept"
+                                                if isinstance(e, CancelledError) else str(e))
+                else:
+                    log.exception("segmentation failed")
+                    self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+        finally:
+            with self.state:
+                self.state.running = False
+                self.state.progress_text = ""
+            self._progress = None
+
+    def _apply_result(self, result):
+        self.session.apply(result)
+        self.views.show_frame(self.session)
+        self.views.show_slice(self.session)
+        self.refresh()
+        a = self.session.analysis
+        t = result.timing or {}
+        self.state.info_message = "Segmented and measured" + (f" in {sum(t.values()):.1f} s" if t else "") + \
+            (f" with {result.model_info['name']}" if result.model_info else " from the study's labels")
+        self.state.progress = 100
+        if a.warnings:
+            self.state.info_message += f" ({len(a.warnings)} warning(s) below the table)"
+
+    def _progress_from_thread(self, done, total, message):
+        loop = getattr(self, "_loop", None)
+        if loop is None:
+            return
+
+        def update():
+            with self.state:
+                self.state.progress = round(100.0 * done / max(total, 1))
+                self.state.progress_text = message
+        loop.call_soon_threadsafe(update)
+
+    def cancel(self):
+        if self._progress is not None:
+            self._progress.cancel()
+            self.state.progress_text = "cancelling..."
+
+    # -------------------------------------------------------------------- navigation
+    def _on_frame(self, frame):
+        sess = self.session
+        if sess.study is None:
+            return
+        if sess.set_frame(frame) != frame:
+            self.state.frame = sess.frame
+        self.views.show_frame(sess)
+        self._apply_tool()
+        self._refresh_tags()
+
+    def _on_slice(self, k):
+        sess = self.session
+        if sess.study is None:
+            return
+        if sess.set_slice(k) != k:
+            self.state.slice = sess.slice
+        self.views.show_slice(sess)
+        self._refresh_handles()
+
+    def _step(self, what, delta):
+        sess = self.session
+        sess.require_study()
+        if what == "frame":
+            self.state.frame = (int(self.state.frame) + int(delta)) % sess.study.n_frames
+        else:
+            self.state.slice = min(max(int(self.state.slice) + int(delta), 0), sess.study.n_slices - 1)
+
+    def _goto_frame_tag(self, tag):
+        sess = self.session
+        st = sess.require_study()
+        a = sess.analysis
+        t = (a.cine or {}).get(f"{tag}_frame") if a is not None and a.cine else getattr(st, f"{tag}_frame", None)
+        if t is None:
+            raise CardiacInputError(tag.upper(), "not known yet: run the segmentation first")
+        self.state.frame = int(t)
+
+    # -------------------------------------------------------------------------- edits
+    def _rotate(self, side, degrees):
+        sess = self.session
+        changed = sess.rotate_handle(sess.slice, side, float(degrees))
+        self.refresh(results_only=True)
+        self._note_update(f"{side} handle of slice {sess.slice} turned {float(degrees):+.0f} deg; sectors of slice(s) {changed} re-binned")
+
+    def _morph(self, step):
+        sess = self.session
+        n = sess.morph(self.state.edit_segment, int(step))
+        self.views.show_segmentation(sess)
+        self.refresh(results_only=True)
+        verb = "grown" if int(step) > 0 else "shrunk"
+        self._note_update(f"{SEGMENT_TITLES[self.state.edit_segment]} {verb} on slice {sess.slice}: {n} pixel(s) changed")
+
+    def _revert(self):
+        self.session.revert()
+        self.views.show_segmentation(self.session)
+        self.refresh()
+        self.state.info_message = "Back to the segmentation as it was computed."
+
+    def _apply_tool(self):
+        s = self.state
+        node = self.views.set_tool(self.session, s.tool, s.edit_segment, float(s.brush_mm))
+        if s.tool in ("paint", "erase") and node is None:
+            s.tool = "none"
+            raise CardiacInputError("edit", "nothing to edit yet: run the segmentation first")
+        self._refresh_tags()
+
+    def _on_segmentation_modified(self, *_):
+        """Segment Editor strokes arrive as many modifications: measure once they stop."""
+        if self._updating or self.views.editing_node is None:
+            return
+        loop = asyncio.get_event_loop()
+        if self._paint_timer is not None:
+            self._paint_timer.cancel()
+        self._paint_timer = loop.call_later(0.4, self._after_paint)
+
+    def _after_paint(self):
+        self._paint_timer = None
+        node = self.views.editing_node
+        with self.state:
+            if self._guard(self.session.segmentation_edited, node) is not None:
+                self.refresh(results_only=True)
+                self._note_update(f"{'Painted' if self.state.tool == 'paint' else 'Erased'} {SEGMENT_TITLES[self.state.edit_segment]}")
+
+    def _on_markups_end(self, *_):
+        asyncio.get_event_loop().call_soon(self._after_drag)
+
+    def _after_drag(self):
+        with self.state:
+            changed = self._guard(self.session.handles_moved)
+            if changed is not None:
+                self.refresh(results_only=True)
+                self._note_update(f"handle dragged: sectors of slice(s) {changed} re-binned")
+
+    def _note_update(self, text):
+        t = self.session.last_update_s
+        self.state.info_message = text + ("" if t is None else f" (update {1000 * t:.0f} ms)")
+
+    # ------------------------------------------------------------------------ outputs
+    def _save(self):
+        s = self.state
+        files = self.session.save(s.out_path, force=bool(s.overwrite), patient=(s.patient or "").strip() or None)
+        s.saved_files = files
+        s.info_message = f"Saved {len(files)} files into {self.data.relative(self.data.resolve(s.out_path or self.session.default_output(), must_exist=False))}"
+        self.refresh_files()
+
+    # ------------------------------------------------------------------------ refresh
+    def refresh(self, results_only=False):
+        """Push the session's state to the page."""
+        sess, s = self.session, self.state
+        st = sess.study
+        if not results_only:
+            s.study = sess.study_summary()
+            s.study_loaded = st is not None
+            s.n_frames = int(st.n_frames) if st is not None else 1
+            s.n_slices = int(st.n_slices) if st is not None else 1
+            s.frame, s.slice = sess.frame, sess.slice
+        a = sess.analysis
+        s.has_results = a is not None
+        s.results_rows = sess.table()
+        s.warnings = list(a.warnings) if a is not None else []
+        key = None if a is None else tuple(sorted((getattr(a, "segment_values", {}) or {}).items()))
+        if key != self._bullseye_key:
+            s.bullseye_src = "" if a is None else "data:image/png;base64," + base64.b64encode(sess.bullseye_png()).decode()
+            self._bullseye_key = key
+        self._watch_markups()
+        self._refresh_tags()
+        self._refresh_handles()
+
+    def _refresh_tags(self):
+        sess, s = self.session, self.state
+        st, a = sess.study, sess.analysis
+        tags = {}
+        if a is not None and a.cine:
+            tags = {a.cine["ed_frame"]: "ED", a.cine["es_frame"]: "ES"}
+        elif st is not None:
+            tags = {t: n for t, n in ((st.ed_frame, "ED"), (st.es_frame, "ES")) if t is not None}
+        s.frame_tag = tags.get(sess.frame, "")
+        if a is None:
+            s.edit_frame_text = ""
+        elif a.kind != CINE:
+            s.edit_frame_text = f"Edits apply to the one mask of the series (frame {a.reference_frame}), shown on every frame"
+        else:
+            t = sess.edit_frame()
+            shown = "" if t == sess.frame else f" (frame {sess.frame} has no segmentation: edits go to frame {t})"
+            s.edit_frame_text = f"Edits apply to frame {t} {tags.get(t, '')}{shown}".strip()
+
+    def _refresh_handles(self):
+        sess, s = self.session, self.state
+        angles = sess.handle_angles()
+        s.has_handles = angles is not None
+        if angles is None:
+            s.handle_text = ("No RV insertion handles on this slice." if sess.analysis is not None else "")
+        else:
+            s.handle_text = f"anterior {angles['anterior']:.0f} deg, inferior {angles['inferior']:.0f} deg"
+        self._update_xy()
+
+    def _watch_markups(self):
+        node = self.session.markups_node()
+        if node is self._observed_markups:
+            return
+        if node is not None:
+            node.AddObserver(self._markups_event, self._on_markups_end)
+        self._observed_markups = node
+
+    def _schedule_xy(self):
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            return
+        if self._xy_timer is not None:
+            return
+
+        def fire():
+            self._xy_timer = None
+            with self.state:
+                self._update_xy()
+        self._xy_timer = loop.call_later(0.15, fire)
+
+    def _update_xy(self):
+        """Screen positions of the handles on this slice (and the LV centre), for anyone who
+        wants to press on them - the end-to-end test does."""
+        sess = self.session
+        points = self.views.handle_positions(sess)
+        a = sess.analysis
+        if a is not None and a.sectors is not None and sess.slice in a.sectors.slices:
+            sl = a.sectors.slices[sess.slice]
+            ras = a.study.ijk_to_ras_points([(sl.cx, sl.cy, sess.slice)])[0]
+            points += self.views.positions_of([("LV centre", ras)])
+        self.state.handle_xy = json.dumps(points)
+
+    # ----------------------------------------------------------------------------- UI
+    def _build_ui(self):
+        from . import ui
+
+        ui.build(self)
+
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def request_allowed(host_header, origin, loopback_only=True):
+    """(ok, reason) for an HTTP/WebSocket request to the GUI server.
+
+    - ``Host`` must name this machine when the server listens on loopback only: a page that
+      resolved its own domain to 127.0.0.1 (DNS rebinding) is refused;
+    - ``Origin``, when the browser sends one (it always does for WebSockets and cross-site
+      requests), must be the page's own origin: another site open in the same browser cannot
+      drive the GUI or read its data through the WebSocket.
+    """
+    from urllib.parse import urlsplit
+
+    host = (host_header or "").strip()
+    try:
+        hostname = urlsplit(f"http://{host}").hostname or ""
+    except ValueError:
+        return False, f"bad Host header {host!r}"
+    if loopback_only and hostname not in LOOPBACK_NAMES:
+        return False, f"Host {host!r} is not this machine"
+    if origin:
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            return False, f"bad Origin {origin!r}"
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            return False, f"cross-origin request from {origin!r}"
+    return True, ""
+
+
+def install_request_guard(server, loopback_only=True):
+    """Refuse requests that fail ``request_allowed`` (403) before trame or wslink see them."""
+    from aiohttp import web
+
+    @web.middleware
+    async def guard(request, handler):
+        ok, reason = request_allowed(request.headers.get("Host"), request.headers.get("Origin"), loopback_only)
+        if not ok:
+            log.warning("refused %s %s: %s", request.method, request.path, reason)
+            return web.Response(status=403, text=f"CardiacAISeg web GUI: refused ({reason})\n")
+        return await handler(request)
+
+    def bind(wslink_server, **_):
+        app = getattr(wslink_server, "app", None)
+        if app is not None:
+            app.middlewares.append(guard)
+
+    server.controller.on_server_bind.add(bind)

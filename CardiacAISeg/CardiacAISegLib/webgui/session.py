@@ -1,0 +1,541 @@
+"""What the web page asks for, as plain calls on one study: no trame, no browser.
+
+``Session`` owns a ``CardiacAISegLogic`` (the Slicer module's Logic, on whatever scene it is
+given: trame-slicer's in the server, ``scene.new_scene()`` in tests) and a ``DataFolder``. The
+trame layer (``app.py``) only turns page events into these calls and their results into page
+state, so every behaviour here is testable without a browser.
+
+Long work is split in two: ``compute`` (segmentation + measures, pure numpy/torch, safe in a
+worker thread, cancellable through its progress) and ``apply`` (MRML nodes, on the server's
+own thread, where the views render).
+"""
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import scene as sc
+from ..errors import CardiacInputError
+from ..labels import LV, MYO, RV, to_convention
+from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
+from ..progress import as_progress
+from ..study import CINE, PERFUSION
+from .sandbox import DataFolder
+
+LABELS_CHOICE = "study-labels"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+SUNNYBROOK = SAMPLE_DIR / "sunnybrook-SC-HF-I-1-ed-es"
+SAMPLES = {
+    "phantom-cine": "Cine phantom (synthetic, exact truth, labels included)",
+    "sunnybrook": "Sunnybrook SC-HF-I-1, ED/ES frames (CC0, expert LV contours)",
+    "phantom-perfusion": "Perfusion phantom (synthetic, AIF and labels included)",
+}
+EDIT_SEGMENTS = {"lv": LV, "myo": MYO, "rv": RV}
+SEGMENT_TITLES = {"lv": "LV blood pool", "myo": "LV myocardium", "rv": "RV"}
+SIDES = ("anterior", "inferior")
+
+
+@dataclass
+class RunResult:
+    analysis: object
+    model_info: dict = None
+    timing: dict = field(default_factory=dict)
+
+
+class Session:
+    """One study at a time, read from and written into one data folder."""
+
+    def __init__(self, data_folder, context=None, sample_folder=None):
+        self.data = data_folder if isinstance(data_folder, DataFolder) else DataFolder(data_folder)
+        self.logic = CardiacAISegLogic(context if context is not None else sc.new_scene())
+        self.sample_folder = Path(sample_folder or Path(tempfile.gettempdir()) / "CardiacAISeg" / "samples")
+        self.source = ""             # what was opened, as the page shows it
+        self.frame = 0
+        self.slice = 0
+        self.last_update_s = None
+
+    # ------------------------------------------------------------------------- state
+    @property
+    def study(self):
+        return self.logic.study
+
+    @property
+    def analysis(self):
+        return self.logic.analysis
+
+    @property
+    def context(self):
+        return self.logic.context
+
+    def require_study(self):
+        return self.logic._requireStudy()
+
+    def require_analysis(self):
+        return self.logic._requireAnalysis()
+
+    def study_summary(self):
+        st = self.study
+        if st is None:
+            return None
+        sp = st.spacing
+        return {"name": st.name, "kind": st.kind, "frames": int(st.n_frames), "slices": int(st.n_slices),
+                "rows": int(st.images.shape[2]), "cols": int(st.images.shape[3]),
+                "spacing": f"{sp[0]:.2f} x {sp[1]:.2f} x {sp[2]:.2f} mm", "source": self.source,
+                "labelled_frames": sorted(int(t) for t in (st.labels or {})),
+                "ed_frame": st.ed_frame, "es_frame": st.es_frame}
+
+    # ----------------------------------------------------------------------- loading
+    def close_study(self):
+        """Forget the current study and remove its nodes from the scene."""
+        logic = self.logic
+        scene = self.context.scene
+        doomed = []
+        if logic.studyNodes is not None:
+            doomed += [logic.studyNodes.browser, logic.studyNodes.sequence, logic.studyNodes.volume]
+        for name in ("outputSegmentationID", "outputSegmentationESID", "markupsID", "tableID", "inputNodeID"):
+            doomed.append(logic.getNodeParameter(name))
+            logic.setParameter(name, "")
+        for node in doomed:
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
+        logic.reset()
+        self.source, self.frame, self.slice = "", 0, 0
+
+    def open_path(self, text, labels=None, aif=None, dt=None, kind=None):
+        """Open a file or folder of the data folder (optional label map / contour folder, AIF
+        file, frame interval in s). Everything named must lie inside the data folder."""
+        path = self.data.resolve_input(text)
+        options = {}
+        if labels:
+            options["labels"] = self.data.resolve_input(labels)
+        if aif:
+            options["aif"] = self.data.resolve_input(aif)
+        if dt not in (None, ""):
+            try:
+                options["dt"] = float(dt)
+            except (TypeError, ValueError):
+                raise CardiacInputError(str(dt), "the frame interval must be a number of seconds")
+            if not options["dt"] > 0:
+                raise CardiacInputError(str(dt), "the frame interval must be positive")
+        if kind in (CINE, PERFUSION):
+            options["kind"] = kind
+        from ..readers import load_study
+
+        study = load_study(path, **options)       # read before the old study is dropped
+        self.close_study()
+        self.logic.setStudy(study)
+        if isinstance(options.get("aif"), Path):
+            self.logic.setParameter("aifPath", str(options["aif"]))
+        self._opened(self.data.relative(path))
+        return study
+
+    def open_sample(self, sample_id):
+        """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
+        if sample_id not in SAMPLES:
+            raise CardiacInputError(str(sample_id), f"unknown sample; choose one of {', '.join(SAMPLES)}")
+        from ..readers import load_study
+
+        if sample_id == "sunnybrook":
+            study = load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours")
+            self.close_study()
+            self.logic.setStudy(study)
+        else:
+            kind = CINE if sample_id == "phantom-cine" else PERFUSION
+            self.close_study()
+            self.logic.loadSamplePhantom(kind, folder=self.sample_folder / sample_id)
+        self._opened(f"sample: {SAMPLES[sample_id]}")
+        return self.study
+
+    def _opened(self, source):
+        st = self.study
+        self.source = source
+        if st.kind == PERFUSION:
+            from ..analyze import _peak_frame
+
+            self.frame = _peak_frame(st)       # the enhanced myocardium, not the dark first frame
+        else:
+            self.frame = int(st.ed_frame) if st.ed_frame is not None else 0
+        self.slice = st.n_slices // 2
+
+    # ------------------------------------------------------------------------ models
+    def model_choices(self):
+        """[{'title', 'value', 'summary'}] for the selector: installed networks for the study's
+        kind, then the labels that came with the study (when it has some)."""
+        st = self.study
+        task = st.kind if st is not None else None
+        choices = []
+        for card in self.logic.availableModels(task):
+            title = card.get("title") or card["name"]
+            choices.append({"title": f"{card['name']}: {title}" + (" [default]" if card.get("default") else ""),
+                            "value": card["name"], "summary": card.get("summary", "")})
+        if st is not None and st.labels:
+            choices.append({"title": "Labels that came with the study (no network)", "value": LABELS_CHOICE,
+                            "summary": f"label maps of frames {', '.join(str(t) for t in sorted(st.labels))}"})
+        return choices
+
+    def default_choice(self):
+        """The labels that came with the study when it has some (the user gave them, or a
+        sample ships them), else the default network, else the first one; None if nothing."""
+        choices = self.model_choices()
+        if not choices:
+            return None
+        values = [c["value"] for c in choices]
+        if LABELS_CHOICE in values:
+            return LABELS_CHOICE
+        for c in choices:
+            if "[default]" in c["title"]:
+                return c["value"]
+        return values[0]
+
+    # ------------------------------------------------------------------------ running
+    def density(self):
+        """Myocardial density (g/mL) from the Logic's parameter node (read it on the main thread)."""
+        return self.logic._floatParameter("density") or 1.05
+
+    def compute(self, model=None, progress=None, density=None):
+        """Segment (a network, or the study's labels with ``LABELS_CHOICE``) and measure.
+        With ``density`` given it touches no MRML node: safe in a worker thread. Raises
+        ``CancelledError`` on cancel."""
+        from ..analysis import Analysis
+        from ..analyze import segment
+
+        study = self.require_study()
+        progress = as_progress(progress)
+        timing = {}
+        t0 = time.perf_counter()
+        progress(0, 3, "segmenting")
+        if model == LABELS_CHOICE:
+            if not study.labels:
+                raise CardiacInputError(study.source or study.name, "no label maps came with this study: choose a network")
+            labels, info = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()}, None
+        else:
+            labels, info = segment(study, model or None, "ed_es", None, progress)
+            timing["segmentation"] = time.perf_counter() - t0
+        progress(1, 3, "measuring")
+        if study.kind == CINE and study.n_frames == 1:
+            study.ed_frame = study.es_frame = 0
+        analysis = Analysis(study, labels, density=density or self.density()).run(progress)
+        self.logic._singleFrame(analysis)
+        timing.update(analysis.timing_s)
+        progress(2, 3, "showing results")
+        return RunResult(analysis, info, timing)
+
+    def apply(self, result):
+        """Make a computed result the current one: segmentations, handles and table nodes."""
+        logic = self.logic
+        logic.timing = dict(result.timing)
+        logic.analysis, logic.modelInfo = result.analysis, result.model_info
+        logic.networkLabels = {t: m.copy() for t, m in result.analysis.labels.items()}
+        logic.updateNodes()
+        a = result.analysis
+        if a.kind == CINE and a.cine:
+            self.frame = int(a.cine["ed_frame"])
+        return a
+
+    def run(self, model=None, progress=None):
+        """``compute`` + ``apply`` in one go (tests, scripts)."""
+        return self.apply(self.compute(model, progress))
+
+    # --------------------------------------------------------------------- navigation
+    def set_frame(self, t):
+        st = self.require_study()
+        self.frame = int(min(max(int(t), 0), st.n_frames - 1))
+        return self.frame
+
+    def set_slice(self, k):
+        st = self.require_study()
+        self.slice = int(min(max(int(k), 0), st.n_slices - 1))
+        return self.slice
+
+    def segmentation_nodes(self):
+        """{frame: segmentation node} of the analysis (ED and ES for cine)."""
+        out = {}
+        for name in ("outputSegmentationID", "outputSegmentationESID"):
+            node = self.logic.getNodeParameter(name)
+            if node is not None and node.GetAttribute(FRAME_ATTRIBUTE) not in (None, ""):
+                out[int(node.GetAttribute(FRAME_ATTRIBUTE))] = node
+        return out
+
+    def segmentation_for_frame(self, t=None):
+        """The segmentation shown with frame t: that frame's (cine ED/ES), or for perfusion the
+        one mask of the (registered) series on every frame."""
+        nodes = self.segmentation_nodes()
+        a = self.analysis
+        if a is not None and a.kind == PERFUSION:
+            return nodes.get(a.reference_frame)
+        return nodes.get(self.frame if t is None else int(t))
+
+    def edit_frame(self):
+        """The frame an edit applies to: the one on screen when it has a segmentation (ED, ES),
+        else the reference frame (ED for cine)."""
+        a = self.require_analysis()
+        if a.kind == PERFUSION:
+            return a.reference_frame
+        return self.frame if self.frame in self.segmentation_nodes() else a.reference_frame
+
+    # ------------------------------------------------------------------- insertion handles
+    def handle_angles(self, k=None):
+        """{'anterior': deg, 'inferior': deg} of slice k about its LV centre (image x right,
+        y down, in mm), or None when the slice has no sectors."""
+        a = self.analysis
+        k = self.slice if k is None else int(k)
+        if a is None or a.sectors is None or k not in a.sectors.slices:
+            return None
+        s = a.sectors.slices[k]
+        out = {}
+        for side, pt in (("anterior", s.ant), ("inferior", s.inf)):
+            out[side] = math.degrees(math.atan2((pt[1] - s.cy) * a.sectors.sy, (pt[0] - s.cx) * a.sectors.sx))
+        return out
+
+    def markups_node(self):
+        return self.logic.getNodeParameter("markupsID")
+
+    def rotate_handle(self, k, side, degrees):
+        """Turn the anterior/inferior handle of slice k about the LV centre by ``degrees`` (same
+        radius): the handle node moves, then the same update as a drag. Returns changed slices."""
+        a = self.require_analysis()
+        if side not in SIDES:
+            raise CardiacInputError("insertion point", f"side must be one of {SIDES}")
+        k = int(k)
+        if a.sectors is None or k not in a.sectors.slices:
+            raise CardiacInputError("insertion point", f"slice {k} has no RV insertion handles (slices with sectors: {sorted(a.sectors.slices) if a.sectors else 'none'})")
+        s = a.sectors.slices[k]
+        pt = s.ant if side == "anterior" else s.inf
+        sx, sy = a.sectors.sx, a.sectors.sy
+        dx, dy = (pt[0] - s.cx) * sx, (pt[1] - s.cy) * sy
+        c, si = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        i = s.cx + (c * dx - si * dy) / sx
+        j = s.cy + (si * dx + c * dy) / sy
+        ras = a.study.ijk_to_ras_points([(i, j, k)])[0]
+        node = self.markups_node()
+        index = _control_point(node, k, side) if node is not None else None
+        t0 = time.perf_counter()
+        if index is None:                     # no node shows this point: move it in the engine only
+            changed = a.move_insertion_point(k, side, list(ras))
+            self.logic._refreshTable()
+        else:
+            node.SetNthControlPointPosition(index, *map(float, ras))
+            changed = self.logic.onInsertionPointMoved(node, index)
+        self.last_update_s = time.perf_counter() - t0
+        return changed
+
+    def handles_moved(self, node=None):
+        """After a drag in a view: re-bin every slice whose handle differs from the analysis."""
+        if self.analysis is None:
+            return []
+        t0 = time.perf_counter()
+        changed = self.logic.onInsertionPointMoved(node or self.markups_node())
+        self.last_update_s = time.perf_counter() - t0
+        return changed
+
+    # --------------------------------------------------------------------------- edits
+    def morph(self, segment, step, k=None, frame=None):
+        """Grow (step > 0) or shrink (step < 0) one structure by |step| pixels on slice k of a
+        labelled frame: the LV blood pool grows into / gives back myocardium, the myocardium
+        and RV grow into / give back background. Returns the number of pixels changed."""
+        from scipy import ndimage
+
+        a = self.require_analysis()
+        if segment not in EDIT_SEGMENTS:
+            raise CardiacInputError("edit", f"structure must be one of {', '.join(EDIT_SEGMENTS)}")
+        frame = self.edit_frame() if frame is None else int(frame)
+        k = self.slice if k is None else int(k)
+        lab = a.labels[frame].copy()
+        sl = lab[k]
+        value = EDIT_SEGMENTS[segment]
+        n = abs(int(step)) or 1
+        if segment == "myo":      # the epicardial border moves
+            region = (sl == LV) | (sl == MYO)
+        else:
+            region = sl == value
+        if not region.any():
+            raise CardiacInputError("edit", f"slice {k} of frame {frame} has no {SEGMENT_TITLES[segment]} to {'grow' if step > 0 else 'shrink'}")
+        if step > 0:
+            grown = ndimage.binary_dilation(region, iterations=n)
+            into = (sl == MYO) if segment == "lv" else (sl == 0)
+            changed = grown & ~region & into
+            sl[changed] = value
+        else:
+            kept = ndimage.binary_erosion(region, iterations=n)
+            changed = region & ~kept
+            if segment == "myo":
+                changed &= sl == MYO
+            sl[changed] = MYO if segment == "lv" else 0
+        count = int(changed.sum())
+        if count:
+            self.set_labels(frame, lab)
+        return count
+
+    def paint(self, segment, k, row, col, radius_px=3, erase=False, frame=None):
+        """A disc brush at (row, col) of slice k: paint ``segment`` (over anything) or erase it
+        (to background). Returns the number of pixels changed."""
+        a = self.require_analysis()
+        if segment not in EDIT_SEGMENTS:
+            raise CardiacInputError("edit", f"structure must be one of {', '.join(EDIT_SEGMENTS)}")
+        frame = self.edit_frame() if frame is None else int(frame)
+        lab = a.labels[frame].copy()
+        rr, cc = np.ogrid[:lab.shape[1], :lab.shape[2]]
+        disc = (rr - float(row)) ** 2 + (cc - float(col)) ** 2 <= float(radius_px) ** 2
+        value = EDIT_SEGMENTS[segment]
+        sl = lab[int(k)]
+        target = disc & (sl == value) if erase else disc & (sl != value)
+        sl[target] = 0 if erase else value
+        count = int(target.sum())
+        if count:
+            self.set_labels(frame, lab)
+        return count
+
+    def set_labels(self, frame, label_map):
+        """Replace the label map of a frame: its segmentation node, then the same update as an
+        edit in the Segment Editor."""
+        a = self.require_analysis()
+        node = self.segmentation_for_frame(frame)
+        t0 = time.perf_counter()
+        if node is None:
+            a.set_labels(int(frame), label_map)
+            self.logic._singleFrame(a)
+            self.logic._refreshTable()
+        else:
+            fill_segmentation(node, np.asarray(label_map, np.uint8), a.study.ijk_to_ras)
+            self.logic.onSegmentationEdited(node, int(frame))
+        self.last_update_s = time.perf_counter() - t0
+        return a
+
+    def segmentation_edited(self, node):
+        """The Segment Editor (paint/erase in a view) changed ``node``: measure it again."""
+        if self.analysis is None or node is None:
+            return None
+        t0 = time.perf_counter()
+        self.logic.onSegmentationEdited(node)
+        self.last_update_s = time.perf_counter() - t0
+        return self.analysis
+
+    def revert(self):
+        """Back to the network's (or the loaded) segmentation; moved handles are forgotten."""
+        a = self.require_analysis()
+        if not self.logic.networkLabels:
+            return a
+        result = RunResult(_fresh_analysis(a, self.logic.networkLabels), self.logic.modelInfo, self.logic.timing)
+        self.logic._singleFrame(result.analysis)
+        net = self.logic.networkLabels
+        self.apply(result)
+        self.logic.networkLabels = net
+        return self.analysis
+
+    # ------------------------------------------------------------------------- outputs
+    def table(self):
+        """[{'measure', 'value', 'unit', 'text'}]: the results table as the page shows it."""
+        a = self.analysis
+        if a is None:
+            return []
+        rows = []
+        for r in a.table_rows():
+            v = r.get("value")
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                text = "n/a"
+            elif "frame" in r["measure"]:
+                text = str(int(v))
+            elif "MBF" in r["measure"] or "MPR" in r["measure"] or r["unit"] == "g/mL":
+                text = f"{float(v):.2f}"
+            else:
+                text = f"{float(v):.1f}"
+            rows.append({"measure": r["measure"], "value": None if v is None else float(v), "unit": r.get("unit") or "", "text": text})
+        return rows
+
+    def bullseye_png(self, size_px=300):
+        """The AHA bullseye of the current segment values, PNG bytes (matplotlib Agg)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from ..report import bullseye
+
+        a = self.require_analysis()
+        label = "MBF (mL/min/g)" if a.kind == PERFUSION else "Wall thickness ED (mm)"
+        fig = Figure(figsize=(size_px / 80, size_px / 80 * 0.82), dpi=80)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
+        bullseye(ax, getattr(a, "segment_values", {}) or {}, value_label=label,
+                 fmt="{:.2f}" if a.kind == PERFUSION else "{:.1f}", title=None)
+        fig.suptitle(label, fontsize=9, y=0.99)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def default_output(self):
+        st = self.study
+        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (st.name if st else "study")) or "study"
+        return f"cardiacaiseg-results/{name}"
+
+    def save(self, out_text, force=False, patient=None):
+        """The outputs of ``cardiacaiseg analyze`` (results.json/csv, segmentation.seg.nrrd,
+        report.png, scene.mrb) into a folder of the data folder, and the corrected
+        segmentation as ground truth in ``ground_truth/`` (ACDC layout for cine, a label map
+        in the ACDC convention for perfusion). Returns the written paths relative to the data
+        folder."""
+        from ..analyze import check_outputs
+
+        a = self.require_analysis()
+        out = self.data.resolve_output(out_text or self.default_output())
+        check_outputs(out, force)
+        gt_root = out / "ground_truth"
+        if a.kind == CINE:
+            patient = patient or self.logic.getParameter("groundTruthName")
+            gt_target = gt_root / patient
+        else:
+            gt_target = gt_root / "perfusion_labels_gt.nii.gz"
+        if gt_target.exists() and not force and (a.kind != CINE or any(gt_target.iterdir())):
+            raise CardiacInputError(self.data.relative(gt_target), "ground truth exists; tick Overwrite to replace it")
+        paths = dict(self.logic.exportResults(out, force=force))
+        if a.kind == CINE:
+            folder = self.logic.saveGroundTruth(gt_root, patient, force=True)
+            for f in sorted(folder.iterdir()):
+                paths[f"ground_truth/{folder.name}/{f.name}"] = f
+        else:
+            gt_root.mkdir(parents=True, exist_ok=True)
+            _write_label_nifti(gt_target, a.labels[a.reference_frame], a.study.ijk_to_ras)
+            paths[f"ground_truth/{gt_target.name}"] = gt_target
+        return [self.data.relative(p) for _, p in sorted(paths.items())]
+
+
+def _control_point(node, k, side):
+    want = sc.point_label(k, side)
+    for n in range(node.GetNumberOfControlPoints()):
+        if (node.GetNthControlPointLabel(n) or "").strip().lower() == want.lower():
+            return n
+    return None
+
+
+def _fresh_analysis(a, labels):
+    from ..analysis import Analysis
+
+    return Analysis(a.study, {t: m.copy() for t, m in labels.items()}, model_card=a.model_card,
+                    density=a.density, rest=a.rest, sector_method=a.sector_method).run()
+
+
+def _write_label_nifti(path, label_map, ijk_to_ras):
+    """(S, R, C) internal labels -> a 3D NIfTI in the ACDC convention, written atomically."""
+    import nibabel as nib
+
+    data = to_convention(np.asarray(label_map), "acdc").transpose(2, 1, 0).astype(np.uint8)
+    with sc.atomic_output(path, overwrite=True) as tmp:
+        nib.save(nib.Nifti1Image(data, np.asarray(ijk_to_ras, float)), tmp)
+    return path
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nothing listens on right now (for tests and ``--port 0``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def env_rendering():
+    """Offscreen rendering defaults (EGL on Mesa) unless the user set their own."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")

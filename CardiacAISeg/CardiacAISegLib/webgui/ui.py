@@ -1,0 +1,157 @@
+"""The page layout (Vuetify 3). Element ids are stable: the end-to-end tests use them."""
+
+
+def build(app):
+    from trame.widgets import html, vuetify3 as v
+    from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+
+    ctrl = app.ctrl
+    with SinglePageWithDrawerLayout(app.server, width=390) as layout:
+        layout.title.set_text("CardiacAISeg")
+        with layout.toolbar:
+            html.Div("{{ study ? study.name + ' - ' + study.kind + ', ' + study.frames + ' frame(s), ' + study.slices + ' slices, ' + study.spacing : 'no study open' }}",
+                     id="study-line", classes="text-body-2 ml-4")
+            v.VSpacer()
+            html.Div("data folder: {{ data_root }}", classes="text-caption mr-4", id="data-root")
+
+        with layout.drawer:
+            _study_card(v, html, ctrl)
+            _run_card(v, html, ctrl)
+            _view_card(v, html, ctrl)
+            _correct_card(v, html, ctrl)
+            _save_card(v, html, ctrl)
+
+        with layout.content:
+            with html.Div(classes="pa-2", style="display: flex; flex-direction: column; gap: 6px;"):
+                v.VAlert(id="error-alert", v_if="error_message", type="error", density="compact", closable=True,
+                         text=("error_message",), click_close=ctrl.dismiss)
+                v.VAlert(id="info-alert", v_if="info_message && !error_message", type="info", density="compact",
+                         variant="tonal", text=("info_message",))
+                with html.Div(id="views", style="height: 54vh; min-height: 320px; width: 100%; display: flex;"):
+                    app.views.initialize_grid(layout)
+                html.Div("{{ handle_xy }}", id="handle-xy", style="display: none;")
+                with html.Div(style="display: flex; flex-direction: row; gap: 12px; align-items: flex-start;"):
+                    with html.Div(style="flex: 1 1 auto; max-height: 34vh; overflow-y: auto;"):
+                        html.Div("Run the segmentation to see the results.", v_if="!has_results", classes="text-medium-emphasis pa-2")
+                        with html.Table(id="results-table", v_if="has_results", classes="text-body-2", style="border-collapse: collapse; width: 100%;"):
+                            with html.Tr():
+                                html.Th("Measure", style="text-align: left;")
+                                html.Th("Value", style="text-align: right;")
+                                html.Th("Unit", style="text-align: left; padding-left: 6px;")
+                            with html.Tr(v_for="r in results_rows", key="r.measure",
+                                         __properties=[("data_measure", "data-measure"), ("data_value", "data-value")],
+                                         data_measure=("r.measure",), data_value=("r.value === null ? '' : r.value",)):
+                                html.Td("{{ r.measure }}")
+                                html.Td("{{ r.text }}", style="text-align: right;")
+                                html.Td("{{ r.unit }}", style="padding-left: 6px;")
+                        with html.Ul(id="warnings", v_if="warnings.length", classes="text-caption text-warning mt-1"):
+                            html.Li("{{ w }}", v_for="w in warnings", key="w")
+                    with html.Div(style="flex: 0 0 auto;"):
+                        html.Img(id="bullseye", v_if="bullseye_src", src=("bullseye_src",), style="width: 320px;")
+    return layout
+
+
+def _study_card(v, html, ctrl):
+    with v.VCard(title="Study", density="compact", classes="ma-2", variant="outlined"):
+        with v.VCardText(classes="pt-0"):
+            v.VSelect(id="sample-select", label="Shipped samples", items=("samples",), v_model=("sample_id",),
+                      density="compact", hide_details=True)
+            v.VBtn("Open sample", id="open-sample-btn", click=ctrl.open_sample, size="small", classes="mt-1",
+                   disabled=("running",))
+            v.VDivider(classes="my-2")
+            html.Div("Or a file or folder of the data folder:", classes="text-caption")
+            v.VCombobox(id="study-path", label="Study (file or folder)", items=("data_files",), v_model=("study_path",),
+                        density="compact", hide_details=True, clearable=True)
+            v.VCombobox(id="labels-path", label="Labels (optional: label map or contour folder)", items=("data_files",),
+                        v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1")
+            with v.VExpansionPanels(classes="mt-1"):
+                with v.VExpansionPanel(title="Perfusion: AIF and frame interval"):
+                    with v.VExpansionPanelText():
+                        v.VCombobox(id="aif-path", label="AIF file", items=("data_files",), v_model=("aif_path",),
+                                    density="compact", hide_details=True, clearable=True)
+                        v.VTextField(id="dt-text", label="Frame interval (s)", v_model=("dt_text",), density="compact",
+                                     hide_details=True, classes="mt-1")
+            with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
+                v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary", disabled=("running",))
+                v.VBtn("Refresh list", id="refresh-files-btn", click=ctrl.refresh_files, size="small", variant="text")
+            html.Div("list truncated: type the path", v_if="data_truncated", classes="text-caption")
+
+
+def _run_card(v, html, ctrl):
+    with v.VCard(title="Segment", density="compact", classes="ma-2", variant="outlined"):
+        with v.VCardText(classes="pt-0"):
+            v.VSelect(id="model-select", label="Model", items=("models",), v_model=("model",), density="compact",
+                      hide_details=True, no_data_text="no network installed for this series")
+            html.Div("{{ model_summary }}", classes="text-caption", id="model-summary")
+            with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
+                v.VBtn("Run", id="run-btn", click=ctrl.run, color="primary", size="small",
+                       disabled=("running || !study_loaded",))
+                v.VBtn("Cancel", id="cancel-btn", click=ctrl.cancel, size="small", disabled=("!running",))
+            v.VProgressLinear(id="run-progress", model_value=("progress",), height=6, classes="mt-2",
+                              color="primary", indeterminate=("running && progress === 0",))
+            html.Div("{{ progress_text }}", classes="text-caption", id="progress-text")
+
+
+def _view_card(v, html, ctrl):
+    with v.VCard(title="View", density="compact", classes="ma-2", variant="outlined", disabled=("!study_loaded",)):
+        with v.VCardText(classes="pt-0"):
+            with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+                html.Span("Frame {{ frame }} {{ frame_tag }}", id="frame-label", classes="text-body-2", style="min-width: 86px;")
+                v.VBtn("<", id="frame-prev", click=(ctrl.step_frame, "[-1]"), size="x-small")
+                v.VBtn(">", id="frame-next", click=(ctrl.step_frame, "[1]"), size="x-small")
+                v.VBtn("ED", id="frame-ed", click=(ctrl.goto_frame_tag, "['ed']"), size="x-small", variant="tonal")
+                v.VBtn("ES", id="frame-es", click=(ctrl.goto_frame_tag, "['es']"), size="x-small", variant="tonal")
+            v.VSlider(id="frame-slider", v_model_number=("frame",), min=0, max=("n_frames - 1",), step=1,
+                      density="compact", hide_details=True)
+            with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+                html.Span("Slice {{ slice }} / {{ n_slices - 1 }}", id="slice-label", classes="text-body-2", style="min-width: 86px;")
+                v.VBtn("<", id="slice-prev", click=(ctrl.step_slice, "[-1]"), size="x-small")
+                v.VBtn(">", id="slice-next", click=(ctrl.step_slice, "[1]"), size="x-small")
+            v.VSlider(id="slice-slider", v_model_number=("slice",), min=0, max=("n_slices - 1",), step=1,
+                      density="compact", hide_details=True)
+
+
+def _correct_card(v, html, ctrl):
+    from .app import ROTATE_STEP_DEG as step
+
+    with v.VCard(title="Correct", density="compact", classes="ma-2", variant="outlined", disabled=("!has_results || running",)):
+        with v.VCardText(classes="pt-0"):
+            html.Div("RV insertion handles (drag them in the slice view, or turn them here):", classes="text-caption")
+            html.Div("{{ handle_text }}", id="handle-text", classes="text-body-2")
+            with html.Div(classes="d-flex flex-wrap", style="gap: 4px;"):
+                for side, short in (("anterior", "ant"), ("inferior", "inf")):
+                    v.VBtn(f"{short} -{step:.0f}", id=f"{short}-minus", click=(ctrl.rotate, f"['{side}', {-step}]"),
+                           size="x-small", disabled=("!has_handles",))
+                    v.VBtn(f"{short} +{step:.0f}", id=f"{short}-plus", click=(ctrl.rotate, f"['{side}', {step}]"),
+                           size="x-small", disabled=("!has_handles",))
+            v.VDivider(classes="my-2")
+            with v.VBtnToggle(v_model=("edit_segment",), density="compact", mandatory=True, divided=True,
+                              variant="outlined", color="primary"):
+                for key, title in (("lv", "LV blood pool"), ("myo", "Myocardium"), ("rv", "RV")):
+                    v.VBtn(title, id=f"seg-{key}", value=key, size="small")
+            with v.VBtnToggle(v_model=("tool",), density="compact", mandatory=True, classes="mt-1", divided=True,
+                              variant="outlined", color="primary"):
+                v.VBtn("Navigate", id="tool-none", value="none", size="small")
+                v.VBtn("Paint", id="tool-paint", value="paint", size="small")
+                v.VBtn("Erase", id="tool-erase", value="erase", size="small")
+            v.VSlider(id="brush-slider", label="Brush (mm)", v_model_number=("brush_mm",), min=2, max=30, step=1,
+                      density="compact", hide_details=True, thumb_label=True)
+            with html.Div(classes="d-flex", style="gap: 4px;"):
+                v.VBtn("Grow 1 px", id="grow-btn", click=(ctrl.morph, "[1]"), size="x-small")
+                v.VBtn("Shrink 1 px", id="shrink-btn", click=(ctrl.morph, "[-1]"), size="x-small")
+                v.VBtn("Revert", id="revert-btn", click=ctrl.revert, size="x-small", variant="text")
+            html.Div("{{ edit_frame_text }}", id="edit-frame-text", classes="text-caption")
+
+
+def _save_card(v, html, ctrl):
+    with v.VCard(title="Save", density="compact", classes="ma-2", variant="outlined", disabled=("!has_results || running",)):
+        with v.VCardText(classes="pt-0"):
+            v.VTextField(id="out-path", label="Output folder (in the data folder)", v_model=("out_path",), density="compact",
+                         hide_details=True)
+            v.VTextField(id="patient-name", label="Ground-truth name (patientNNN)", v_model=("patient",), density="compact",
+                         hide_details=True, classes="mt-1")
+            v.VCheckbox(id="overwrite", label="Overwrite existing files", v_model=("overwrite",), density="compact",
+                        hide_details=True)
+            v.VBtn("Save", id="save-btn", click=ctrl.save, color="primary", size="small")
+            with html.Ul(id="saved-files", v_if="saved_files.length", classes="text-caption mt-1"):
+                html.Li("{{ f }}", v_for="f in saved_files", key="f")

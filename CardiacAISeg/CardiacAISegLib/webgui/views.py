@@ -1,0 +1,242 @@
+"""Slicer's views in the page: one short-axis slice view and a 3D view (trame-slicer).
+
+The views render offscreen (EGL) in the server and stream images to the page (trame-rca); mouse
+events come back, so the RV insertion handles (markups) can be dragged and the Segment Editor's
+paint/erase effects work in the slice view as they do in Slicer.
+
+``StudyViews`` builds the trame-slicer application around one MRML scene and hands the engine a
+``scene.SceneContext`` on that scene, so the Logic's nodes are the nodes the views show.
+"""
+import numpy as np
+
+from .. import scene as sc
+from ..labels import SEGMENT_IDS
+
+SLICE_VIEW = "Red"
+THREED_VIEW = "ThreeD"
+LAYOUT = "cardiac"
+
+
+def _no_gutter(*_args):
+    """The default slice gutter's reset button would turn the view back to axial; the page has
+    its own slice and frame controls."""
+
+
+class StudyViews:
+    """trame-slicer views of the current study, and what the page needs from them."""
+
+    def __init__(self, server):
+        import slicer
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        self.server = server
+        self.app = SlicerApp()
+        register_rca_factories(self.app.view_manager, server, slice_view_ui_f=_no_gutter, rca_encoder="jpeg",
+                               target_fps=20.0, blur_fps=5.0)
+        self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
+        red = ViewLayoutDefinition.slice_view("Axial", label=SLICE_VIEW, color="#F34A33")
+        threed = ViewLayoutDefinition.threed_view(name=THREED_VIEW)
+        self.layout_manager.register_layout(LAYOUT, Layout(LayoutDirection.Horizontal, [red, threed]))
+        self.layout_manager.set_layout(LAYOUT)
+        app = self.app
+        self.context = sc.SceneContext(
+            scene=app.scene, app_logic=app.app_logic, colors_logic=app.color_logic, volumes_logic=app.volumes_logic,
+            segmentations_logic=app.segmentations_logic,
+            sequences_logic=app.register_module_logic(slicer.vtkSlicerSequencesLogic()),
+            markups_logic=getattr(app.markups_logic, "_logic", None),
+            tables_logic=app.register_module_logic(slicer.vtkSlicerTablesLogic()))
+        self._fit_pending = False
+        self._editing = None           # (segmentation node, effect name) the editor is set up for
+        self._fit_size = None
+        self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
+        self.slice_node.AddObserver("ModifiedEvent", self._on_slice_node_modified)
+
+    # ----------------------------------------------------------------------- access
+    @property
+    def slice_view(self):
+        return self.app.view_manager.get_view(SLICE_VIEW)
+
+    @property
+    def threed_view(self):
+        return self.app.view_manager.get_view(THREED_VIEW)
+
+    @property
+    def slice_node(self):
+        return self.slice_view.get_view_node()
+
+    @property
+    def editor(self):
+        return self.app.segmentation_editor
+
+    def initialize_grid(self, ui):
+        self.layout_manager.initialize_layout_grid(ui)
+
+    def render(self):
+        for view in (self.slice_view, self.threed_view):
+            view.schedule_render()
+
+    # ------------------------------------------------------------------------ study
+    def show_study(self, session):
+        """A study was opened: background volume, short-axis orientation, fit."""
+        nodes = session.logic.studyNodes
+        self.stop_editing()
+        if nodes is None:
+            self.slice_view.set_background_volume_id(None)
+            self.render()
+            return
+        self.slice_view.set_background_volume_id(nodes.volume.GetID())
+        self.slice_view.set_foreground_volume_id(None)
+        self.orient_to_study(session.study)
+        self.show_frame(session)
+        self.show_slice(session)
+        self.fit()
+
+    def orient_to_study(self, study):
+        """Slice plane = the acquisition plane, shown as the image array is (column index to
+        the right, row index down), like report.png."""
+        import vtk
+
+        m = np.asarray(study.ijk_to_ras, float)
+        t = m[:3, 0] / np.linalg.norm(m[:3, 0])
+        j = m[:3, 1] - np.dot(m[:3, 1], t) * t
+        y = -j / np.linalg.norm(j)
+        n = np.cross(t, y)
+        s, r, c = study.images.shape[1:]
+        centre = study.ijk_to_ras_points([((c - 1) / 2, (r - 1) / 2, (s - 1) / 2)])[0]
+        slice_to_ras = vtk.vtkMatrix4x4()
+        for row in range(3):
+            slice_to_ras.SetElement(row, 0, t[row])
+            slice_to_ras.SetElement(row, 1, y[row])
+            slice_to_ras.SetElement(row, 2, n[row])
+            slice_to_ras.SetElement(row, 3, centre[row])
+        node = self.slice_node
+        node.GetSliceToRAS().DeepCopy(slice_to_ras)
+        node.UpdateMatrices()
+
+    def fit(self):
+        self.slice_view.fit_view_to_content()
+        self.threed_view.reset_camera()
+        self._fit_pending = True      # again once the page has given the views their size
+        self._fit_size = tuple(self.slice_node.GetDimensions()[:2])
+        self.render()
+
+    def _on_slice_node_modified(self, *_):
+        if not self._fit_pending:
+            return
+        size = tuple(self.slice_node.GetDimensions()[:2])
+        if size != self._fit_size and min(size) > 1:
+            self._fit_pending = False
+            self.slice_view.fit_view_to_content()
+            self.threed_view.reset_camera()
+            self.render()
+
+    def show_slice(self, session):
+        """Move the slice view onto slice ``session.slice`` (in-plane pan and zoom kept)."""
+        st = session.study
+        if st is None:
+            return
+        s, r, c = st.images.shape[1:]
+        p = st.ijk_to_ras_points([((c - 1) / 2, (r - 1) / 2, session.slice)])[0]
+        self.slice_node.JumpSliceByOffsetting(float(p[0]), float(p[1]), float(p[2]))
+        self.render()
+
+    def show_frame(self, session):
+        """Cine frame on screen, and the segmentation of that frame (if it has one)."""
+        nodes = session.logic.studyNodes
+        if nodes is not None and nodes.browser is not None:
+            nodes.browser.SetSelectedItemNumber(int(session.frame))
+        self.show_segmentation(session)
+
+    def show_segmentation(self, session):
+        """Show the segmentation of the frame on screen (2D and 3D); hide the others.
+        Insertion handles stay in the slice view only (their labels would clutter 3D)."""
+        current = session.segmentation_for_frame()
+        for frame, node in session.segmentation_nodes().items():
+            display = node.GetDisplayNode()
+            if display is None:
+                node.CreateDefaultDisplayNodes()
+                display = node.GetDisplayNode()
+            visible = node is current
+            display.SetVisibility(visible)
+            if visible:
+                display.SetOpacity2DFill(0.35)
+                display.SetOpacity2DOutline(1.0)
+                if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
+                    node.CreateClosedSurfaceRepresentation()
+        markups = session.markups_node()
+        if markups is not None:
+            display = markups.GetDisplayNode()
+            if display is not None:
+                display.SetViewNodeIDs([self.slice_node.GetID()])
+                display.SetTextScale(2.5)
+                display.SetGlyphScale(2.5)
+            self.slice_view.set_visible_in_3d(True)
+        self.render()
+
+    # ------------------------------------------------------------- handles on screen
+    def handle_positions(self, session):
+        """Insertion handles of the slice on screen as fractions of the slice view
+        ({'label', 'x', 'y'}, x to the right, y down, 0..1): where to press to drag one."""
+        markups = session.markups_node()
+        if markups is None or session.study is None:
+            return []
+        points, pos = [], [0.0, 0.0, 0.0]
+        for n in range(markups.GetNumberOfControlPoints()):
+            label = markups.GetNthControlPointLabel(n) or ""
+            if label.startswith(f"S{session.slice} "):
+                markups.GetNthControlPointPosition(n, pos)
+                points.append((label, tuple(pos)))
+        return self.positions_of(points)
+
+    def positions_of(self, points):
+        """[(label, RAS)] -> [{'label', 'x', 'y'}] as fractions of the slice view (y down)."""
+        import vtk
+
+        node = self.slice_node
+        ras_to_xy = vtk.vtkMatrix4x4()
+        ras_to_xy.DeepCopy(node.GetXYToRAS())
+        ras_to_xy.Invert()
+        w, h = node.GetDimensions()[:2]
+        if w <= 1 or h <= 1:
+            return []
+        out = []
+        for label, ras in points:
+            x, y, _, _ = ras_to_xy.MultiplyPoint([float(ras[0]), float(ras[1]), float(ras[2]), 1.0])
+            out.append({"label": label, "x": float(x) / w, "y": 1.0 - float(y) / h})
+        return out
+
+    # ------------------------------------------------------------------ segment editor
+    def set_tool(self, session, tool, segment, brush_mm):
+        """'none' | 'paint' | 'erase' with Slicer's Segment Editor effects, on the
+        segmentation of the frame being edited, for structure ``segment`` ('lv'|'myo'|'rv')."""
+        from trame_slicer.segmentation import (BrushDiameterMode, SegmentationEffectErase,
+                                               SegmentationEffectPaint)
+
+        if tool not in ("paint", "erase") or session.analysis is None:
+            self.stop_editing()
+            return None
+        node = session.segmentation_for_frame(session.edit_frame())
+        if node is None:
+            self.stop_editing()
+            return None
+        editor = self.editor
+        if editor.active_segmentation_node is not node:
+            editor.set_active_segmentation(node, session.logic.studyNodes.volume)
+        segment_id = SEGMENT_IDS.get({"lv": "LV blood pool", "myo": "LV myocardium", "rv": "RV"}[segment])
+        editor.set_active_segment_id(segment_id)
+        effect = editor.set_active_effect_type(SegmentationEffectPaint if tool == "paint" else SegmentationEffectErase)
+        if effect is not None:
+            effect.set_brush_diameter(float(brush_mm), BrushDiameterMode.Absolute)
+        self._editing = (node, tool)
+        return node
+
+    def stop_editing(self):
+        if self._editing is not None or self.editor.active_effect is not None:
+            self.editor.deactivate_effect()
+        self._editing = None
+
+    @property
+    def editing_node(self):
+        return self._editing[0] if self._editing else None

@@ -1,0 +1,752 @@
+"""The browser GUI (`cardiacaiseg gui`).
+
+1. The data-folder sandbox, pure Python.
+2. ``Session`` (the page's actions as calls) on a slicer-core scene, no browser.
+3. End to end: the real server in a subprocess, driven through the page in headless Debian
+   Chromium with Selenium - load, run a sample, drag a handle in the slice view, paint and
+   grow a structure, save and load the files back, refuse paths outside the data folder, bind
+   to loopback only. Screenshots go to the test's temp folder (printed; kept by pytest).
+
+The end-to-end part skips, saying why, when Chromium, chromedriver, Selenium or trame-slicer
+is missing (CI installs them: .ci/run).
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+from CardiacAISegLib.errors import CancelledError, CardiacInputError, OutputExistsError  # noqa: E402
+from CardiacAISegLib.labels import LV, MYO  # noqa: E402
+from CardiacAISegLib.webgui.sandbox import DataFolder, detached_data_files  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+# ------------------------------------------------------------------------------ sandbox
+@pytest.fixture
+def sandbox(tmp_path):
+    data = tmp_path / "data"
+    (data / "study").mkdir(parents=True)
+    (data / "study" / "a.nii.gz").write_bytes(b"x")
+    (data / ".hidden").write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.nii.gz").write_bytes(b"secret")
+    return data, outside
+
+
+def test_sandbox_resolves_inside_and_refuses_outside(sandbox):
+    data, outside = sandbox
+    box = DataFolder(data)
+    assert box.resolve("study/a.nii.gz") == (data / "study" / "a.nii.gz").resolve()
+    assert box.resolve(str(data / "study")) == (data / "study").resolve()
+    assert box.relative(data / "study" / "a.nii.gz") == "study/a.nii.gz"
+    for text in ("../outside/secret.nii.gz", str(outside / "secret.nii.gz"), "study/../../outside", "/etc/passwd", "~"):
+        with pytest.raises(CardiacInputError, match="outside the data folder"):
+            box.resolve(text)
+    with pytest.raises(CardiacInputError, match="not found"):
+        box.resolve("study/missing.nii.gz")
+    with pytest.raises(CardiacInputError, match="no file"):
+        box.resolve("  ")
+    # Output folders may not exist yet, but must lie inside too.
+    assert box.resolve_output("results/new") == (data / "results" / "new").resolve()
+    with pytest.raises(CardiacInputError, match="outside"):
+        box.resolve_output("../escape")
+    with pytest.raises(CardiacInputError, match="not a folder"):
+        box.resolve_output("study/a.nii.gz")
+    with pytest.raises(CardiacInputError, match="data folder not found"):
+        DataFolder(data / "nope")
+
+
+def test_sandbox_refuses_links_and_headers_that_leave(sandbox):
+    data, outside = sandbox
+    box = DataFolder(data)
+    (data / "link.nii.gz").symlink_to(outside / "secret.nii.gz")
+    (data / "linkdir").symlink_to(outside)
+    with pytest.raises(CardiacInputError, match="outside"):
+        box.resolve_input("link.nii.gz")
+    with pytest.raises(CardiacInputError, match="outside"):
+        box.resolve_input("linkdir/secret.nii.gz")
+    # A folder that holds a link out is refused as a whole (a reader would follow it).
+    (data / "study" / "sneaky.nii.gz").symlink_to(outside / "secret.nii.gz")
+    with pytest.raises(CardiacInputError, match="links outside"):
+        box.resolve_input("study")
+    (data / "study" / "sneaky.nii.gz").unlink()
+    assert box.resolve_input("study") == (data / "study").resolve()
+    # Detached headers naming data elsewhere.
+    (data / "img.mhd").write_text(f"NDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\nElementDataFile = {outside / 'secret.raw'}\n")
+    (data / "img.nhdr").write_text("NRRD0004\ntype: uchar\ndimension: 1\nsizes: 4\nencoding: raw\ndata file: ../outside/secret.raw\n")
+    (data / "ok.mhd").write_text("NDims = 3\nElementDataFile = ok.raw\n")
+    assert detached_data_files(data / "img.mhd") == [outside / "secret.raw"]
+    assert detached_data_files(data / "img.nhdr") == [data / "../outside/secret.raw"]
+    for name in ("img.mhd", "img.nhdr"):
+        with pytest.raises(CardiacInputError, match="header names the data file"):
+            box.resolve_input(name)
+    assert box.resolve_input("ok.mhd") == (data / "ok.mhd").resolve()
+    # The chooser lists neither hidden files nor links that leave.
+    entries, truncated = box.listing()
+    assert "study/" in entries and "study/a.nii.gz" in entries and not truncated
+    assert not any(e.startswith((".hidden", "link")) for e in entries)
+    entries, truncated = box.listing(limit=2)
+    assert len(entries) == 2 and truncated
+
+
+def test_request_guard_rules():
+    pytest.importorskip("trame")
+    from CardiacAISegLib.webgui.app import request_allowed
+
+    assert request_allowed("127.0.0.1:8080", None)[0]
+    assert request_allowed("localhost:8080", "http://localhost:8080")[0]
+    assert request_allowed("[::1]:8080", "http://[::1]:8080")[0]
+    assert not request_allowed("evil.example:8080", None)[0]              # DNS rebinding
+    assert not request_allowed("127.0.0.1:8080", "http://evil.example")[0]  # another site's page
+    assert not request_allowed("127.0.0.1:8080", "http://127.0.0.1:9999")[0]
+    assert not request_allowed("127.0.0.1:8080", "null")[0]
+    assert request_allowed("gui.lan:8080", "http://gui.lan:8080", loopback_only=False)[0]
+    assert not request_allowed("gui.lan:8080", "http://evil.example", loopback_only=False)[0]
+
+
+# ------------------------------------------------------------------------------ session
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory):
+    from CardiacAISegLib.phantom import write_phantom
+
+    data = tmp_path_factory.mktemp("webgui-data")
+    write_phantom("cine", data, seed=1, n_frames=8, n_slices=8, size=96)
+    return data
+
+
+def _rows(session):
+    return {r["measure"]: r["value"] for r in session.table()}
+
+
+def _sectors(rows):
+    return {k: v for k, v in rows.items() if k.startswith("Wall thickness")}
+
+
+def test_session_run_edit_save_load_back(phantom_data, tmp_path):
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.readers import load_study
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    assert s.study_summary()["frames"] == 8 and s.default_choice() == LABELS_CHOICE
+    s.run(LABELS_CHOICE)
+    r0 = _rows(s)
+    assert r0["LV EDV"] > 0 and r0["LV mass"] > 0 and len(_sectors(r0)) == 16
+    assert s.bullseye_png()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    k = next(k for k in sorted(s.analysis.sectors.slices) if s.analysis.sectors.slices[k].level == "mid")
+    s.set_slice(k)
+    before = s.handle_angles()
+    assert s.rotate_handle(k, "anterior", 25) == [k]
+    after = s.handle_angles()
+    assert abs(((after["anterior"] - before["anterior"] + 180) % 360 - 180) - 25) < 1e-6
+    r1 = _rows(s)
+    assert _sectors(r1) != _sectors(r0) and r1["LV EDV"] == r0["LV EDV"]
+    # The markups node moved too, so a save keeps the moved handle.
+    node = s.markups_node()
+    moved = [p for p in sc.insertion_points_from_markups(node) if p["slice"] == k][0]["anterior_ras"]
+    assert np.allclose(moved, [p for p in s.analysis.insertion_summary() if p["slice"] == k][0]["anterior_ras"])
+
+    ed = s.edit_frame()
+    assert s.morph("lv", +1) > 0
+    r2 = _rows(s)
+    assert r2["LV EDV"] > r1["LV EDV"] and r2["LV mass"] < r1["LV mass"]
+    assert s.morph("myo", +1) > 0
+    r3 = _rows(s)
+    assert r3["LV mass"] > r2["LV mass"] and r3["LV EDV"] == pytest.approx(r2["LV EDV"])
+    sl = s.analysis.labels[ed][k]
+    rows, cols = np.nonzero(sl == LV)
+    assert s.paint("myo", k, rows.mean(), cols.mean(), radius_px=2) > 0
+    r4 = _rows(s)
+    assert r4["LV EDV"] < r3["LV EDV"] and r4["LV mass"] > r3["LV mass"]
+    assert s.paint("myo", k, rows.mean(), cols.mean(), radius_px=1, erase=True) > 0      # a hole, to background
+    assert _rows(s)["LV mass"] < r4["LV mass"] and _rows(s)["LV EDV"] == pytest.approx(r4["LV EDV"])
+    edited = s.analysis.labels[ed].copy()
+
+    files = s.save("out")
+    assert {"out/results.json", "out/results.csv", "out/segmentation.seg.nrrd", "out/report.png", "out/scene.mrb"} <= set(files)
+    assert any(f.startswith("out/ground_truth/patient101/") and f.endswith("_gt.nii.gz") for f in files)
+    doc = json.loads((data / "out" / "results.json").read_text())
+    assert doc["cine"]["lv_edv_ml"] == pytest.approx(s.analysis.cine["lv_edv_ml"])
+    labels, _, names = sc.read_segmentation(data / "out" / "segmentation.seg.nrrd")
+    assert np.array_equal(labels, edited) and set(names) == {"LV blood pool", "LV myocardium", "RV"}
+    gt = load_study(data / "out" / "ground_truth" / "patient101")
+    assert np.array_equal(gt.labels[gt.ed_frame], edited)
+    sc.read_mrb(data / "out" / "scene.mrb")
+    with pytest.raises(OutputExistsError):
+        s.save("out")
+    assert s.save("out", force=True)
+    with pytest.raises(CardiacInputError, match="outside"):
+        s.save("../elsewhere")
+
+    s.revert()
+    assert _rows(s)["LV EDV"] == pytest.approx(r0["LV EDV"]) and _sectors(_rows(s)) == _sectors(r0)
+
+
+def test_session_errors_and_cancel(phantom_data, tmp_path, monkeypatch):
+    from CardiacAISegLib.models import registry
+    from CardiacAISegLib.progress import Progress
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    s = Session(phantom_data, sample_folder=tmp_path / "samples")
+    with pytest.raises(CardiacInputError, match="no study loaded"):
+        s.run(LABELS_CHOICE)
+    with pytest.raises(CardiacInputError, match="truth.json"):
+        s.open_path("truth.json")
+    with pytest.raises(CardiacInputError, match="outside the data folder"):
+        s.open_path("../" + phantom_data.name + "-not-here/cine.nii.gz")
+    with pytest.raises(CardiacInputError, match="unknown sample"):
+        s.open_sample("nope")
+    s.open_path("cine.nii.gz")                    # no labels
+    monkeypatch.setattr(registry, "model_dirs", lambda: [tmp_path / "no-models"])
+    assert s.model_choices() == [] and s.default_choice() is None
+    with pytest.raises(CardiacInputError, match="no cine model is installed"):
+        s.run(None)
+    with pytest.raises(CardiacInputError, match="no label maps came with this study"):
+        s.run(LABELS_CHOICE)
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    p = Progress()
+    p.cancel()
+    with pytest.raises(CancelledError):
+        s.compute(LABELS_CHOICE, p)
+    assert s.analysis is None                     # a cancelled run leaves nothing half-applied
+    with pytest.raises(CardiacInputError, match="run the segmentation first"):
+        s.morph("lv", 1)
+
+
+def test_session_samples(tmp_path):
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    s = Session(tmp_path, sample_folder=tmp_path / "samples")
+    s.open_sample("sunnybrook")
+    assert s.study_summary()["slices"] == 12 and s.default_choice() == LABELS_CHOICE
+    s.run(LABELS_CHOICE)
+    assert _rows(s)["LV EDV"] > 50
+    s.open_sample("phantom-cine")                  # the previous study's nodes are removed
+    assert s.context.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    s.run(LABELS_CHOICE)
+    assert len(_sectors(_rows(s))) == 16
+
+
+# ---------------------------------------------------------------------------- end to end
+def _e2e_missing():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        return "Debian chromium + chromium-driver not installed (apt-get install chromium chromium-driver)"
+    for module, hint in (("selenium", "pip install selenium"), ("trame_slicer", "pip install -e '.[gui]'"),
+                         ("slicer_layer_dm", "pip install --no-deps slicer-layer-dm==2.0.0")):
+        try:
+            __import__(module)
+        except ImportError as e:
+            return f"{module} not importable ({e}): {hint}"
+    return None
+
+
+e2e = pytest.mark.skipif(_e2e_missing() is not None, reason=str(_e2e_missing()))
+
+
+def _listen_addresses(port):
+    """Local addresses with a TCP socket in LISTEN state on ``port`` (from /proc/net)."""
+    found = []
+    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            addr, state = fields[1], fields[3]
+            host, p = addr.split(":")
+            if state != "0A" or int(p, 16) != port:
+                continue
+            raw = bytes.fromhex(host)
+            if v6:
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                found.append(socket.inet_ntop(socket.AF_INET6, words))
+            else:
+                found.append(socket.inet_ntoa(raw[::-1]))
+    return found
+
+
+def _outward_ip():
+    """This machine's non-loopback IPv4 address, if it has one (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            ip = s.getsockname()[0]
+        return None if ip.startswith("127.") else ip
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def gui_server(tmp_path_factory, phantom_data):
+    missing = _e2e_missing()
+    if missing:
+        pytest.skip(missing)
+    from CardiacAISegLib.webgui import READY_PREFIX
+
+    root = tmp_path_factory.mktemp("webgui-e2e")
+    data = root / "data"
+    shutil.copytree(phantom_data, data)
+    outside = root / "outside"
+    outside.mkdir()
+    shutil.copy(data / "cine.nii.gz", outside / "cine.nii.gz")
+    (data / "link-out").symlink_to(outside)
+    shots = root / "screenshots"
+    shots.mkdir()
+    models = root / "user-models"          # empty at start; test_e2e_model_run_and_cancel adds one
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", MPLBACKEND="Agg",
+               TMPDIR=str(root), PYTHONUNBUFFERED="1", CARDIACAISEG_MODELS=str(models))
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "CardiacAISegLib.cli", "gui", "--data", str(data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=str(root))
+    url, t0 = None, time.time()
+    while time.time() - t0 < 120:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        if line.startswith(READY_PREFIX):
+            url = line[len(READY_PREFIX):].split()[0]
+            break
+    if url is None:
+        proc.kill()
+        log.close()
+        pytest.fail(f"server did not start: {(root / 'server.log').read_text()[-3000:]}")
+    print(f"\nweb GUI at {url}; screenshots in {shots}; log {root / 'server.log'}")
+    yield {"url": url, "proc": proc, "data": data, "outside": outside, "shots": shots, "root": root,
+           "models": models, "start_s": time.time() - t0}
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(gui_server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1500,1000", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    driver.get(gui_server["url"])
+    p = Page(driver, gui_server["shots"])
+    yield p
+    driver.quit()
+
+
+class Page:
+    """Small helpers over Selenium for this page (element ids are ui.py's)."""
+
+    def __init__(self, driver, shots):
+        from selenium.webdriver.common.by import By
+
+        self.d, self.By, self.shots, self.n = driver, By, shots, 0
+
+    def el(self, element_id):
+        return self.d.find_element(self.By.ID, element_id)
+
+    def all(self, css):
+        return self.d.find_elements(self.By.CSS_SELECTOR, css)
+
+    def wait(self, what, timeout=30.0, step=0.2, message=""):
+        t0 = time.time()
+        last = None
+        while time.time() - t0 < timeout:
+            try:
+                last = what()
+            except Exception as e:  # noqa: BLE001 - elements come and go while Vue renders
+                last = e
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(step)
+        self.shot("timeout")
+        raise AssertionError(f"timed out waiting for {message or what}: last {last!r}; alert: {self.alert()!r}")
+
+    def click(self, element_id):
+        el = self.wait(lambda: self.el(element_id), message=element_id)
+        self.wait(lambda: el.is_enabled() and "v-btn--disabled" not in (el.get_attribute("class") or ""),
+                  message=f"{element_id} enabled")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", el)
+
+    def type(self, element_id, text):
+        from selenium.webdriver.common.keys import Keys
+
+        el = self.wait(lambda: self.el(element_id), message=element_id)
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", el)
+        el.send_keys(Keys.CONTROL, "a")
+        el.send_keys(Keys.DELETE)
+        el.send_keys(text)
+        el.send_keys(Keys.TAB)
+
+    def alert(self, kind="error"):
+        found = self.all(f"#{kind}-alert")
+        return found[0].text if found else ""
+
+    def values(self):
+        rows = self.all("#results-table tr[data-measure]")
+        return {r.get_attribute("data-measure"): (float(r.get_attribute("data-value")) if r.get_attribute("data-value") else None)
+                for r in rows}
+
+    def handles(self):
+        return {p["label"]: p for p in json.loads(self.el("handle-xy").get_attribute("textContent") or "[]")}
+
+    def slice_area(self):
+        return self.all("#views .remote-controlled-area")[0]
+
+    def view_brightness(self, index=0):
+        """Mean brightness (0-255) of the image a view shows, read back in the page."""
+        return self.d.execute_script("""
+            const img = document.querySelectorAll('#views .remote-controlled-area img')[arguments[0]];
+            if (!img || !img.complete || !img.naturalWidth) return -1;
+            const c = document.createElement('canvas'); c.width = 64; c.height = 64;
+            const g = c.getContext('2d'); g.drawImage(img, 0, 0, 64, 64);
+            const px = g.getImageData(0, 0, 64, 64).data; let s = 0;
+            for (let i = 0; i < px.length; i += 4) s += (px[i] + px[i + 1] + px[i + 2]) / 3;
+            return s / (px.length / 4);""", index)
+
+    def choose(self, element_id, text):
+        """Pick the item containing ``text`` in a v-select."""
+        field = self.wait(lambda: self.el(element_id), message=element_id)
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+        field.find_element(self.By.XPATH, "./ancestor::div[contains(@class, 'v-field')]").click()
+        item = self.wait(lambda: next(i for i in self.all(".v-overlay-container .v-list-item") if text in i.text),
+                         message=f"item {text!r} of {element_id}")
+        item.click()
+
+    def view_signature(self, index=0):
+        """A 16 x 16 grey thumbnail of what a view shows (to tell that the picture changed)."""
+        return self.d.execute_script("""
+            const img = document.querySelectorAll('#views .remote-controlled-area img')[arguments[0]];
+            if (!img || !img.complete || !img.naturalWidth) return null;
+            const c = document.createElement('canvas'); c.width = 16; c.height = 16;
+            const g = c.getContext('2d'); g.drawImage(img, 0, 0, 16, 16);
+            const px = g.getImageData(0, 0, 16, 16).data; const out = [];
+            for (let i = 0; i < px.length; i += 4) out.push(Math.round((px[i] + px[i + 1] + px[i + 2]) / 3));
+            return out;""", index)
+
+    def picture_changes(self, action, index=0, message=""):
+        before = self.wait(lambda: self.view_signature(index), message="a picture")
+        action()
+        return self.wait(lambda: (lambda now: now if now and np.abs(np.subtract(now, before)).mean() > 0.5 else None)(
+            self.view_signature(index)), message=message or "the picture to change")
+
+    def drag(self, points, steps=8):
+        """Press at the first point of the slice view, move through the others, release.
+        Points are fractions of the view (x right, y down)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        area = self.slice_area()
+        r = area.rect
+        px = [(int(round((x - 0.5) * r["width"])), int(round((y - 0.5) * r["height"]))) for x, y in points]
+        chain = ActionChains(self.d, duration=40)
+        chain.move_to_element_with_offset(area, *px[0]).pause(0.4).click_and_hold().pause(0.3)
+        for (x0, y0), (x1, y1) in zip(px, px[1:]):
+            for i in range(steps):
+                dx = round(x0 + (x1 - x0) * (i + 1) / steps) - round(x0 + (x1 - x0) * i / steps)
+                dy = round(y0 + (y1 - y0) * (i + 1) / steps) - round(y0 + (y1 - y0) * i / steps)
+                chain.move_by_offset(dx, dy).pause(0.05)
+        chain.pause(0.3).release().pause(0.3).perform()
+
+    def shot(self, name):
+        self.n += 1
+        path = self.shots / f"{self.n:02d}-{name}.png"
+        self.d.save_screenshot(str(path))
+        return path
+
+
+@e2e
+def test_e2e_server_binds_loopback_only(gui_server):
+    port = int(gui_server["url"].rsplit(":", 1)[1].strip("/"))
+    addresses = _listen_addresses(port)
+    assert addresses and set(addresses) <= {"127.0.0.1"}, addresses
+    ip = _outward_ip()
+    if ip:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            assert s.connect_ex((ip, port)) != 0, f"reachable on {ip}:{port}"
+    # Another site's page (a foreign Origin) or a rebound domain (a foreign Host) is refused,
+    # the page's own WebSocket handshake is not.
+    import base64
+    import http.client
+
+    def status(path, headers):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            c.request("GET", path, headers=headers)
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    assert status("/ws", dict(ws, Origin="http://evil.example")) == 403
+    assert status("/", {"Host": f"evil.example:{port}"}) == 403
+    assert status("/ws", dict(ws, Origin=f"http://127.0.0.1:{port}")) == 101
+    # The web server serves its own files only: no path climbs out of its content folder.
+    import urllib.error
+    import urllib.request
+
+    for tail in ("../../../../etc/passwd", "%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "..%2f..%2f..%2f..%2fetc%2fpasswd"):
+        try:
+            body = urllib.request.urlopen(gui_server["url"] + tail, timeout=10).read()
+        except urllib.error.HTTPError:
+            continue
+        assert b"root:" not in body
+
+
+@e2e
+def test_e2e_page_loads_and_views_render(page):
+    assert page.wait(lambda: page.d.title == "CardiacAISeg", message="title")
+    page.wait(lambda: len(page.all("#views .remote-controlled-area img")) >= 2, message="two views")
+    assert "no study open" in page.el("study-line").text
+    page.shot("loaded")
+
+
+@e2e
+def test_e2e_errors_shown_in_page(page, gui_server):
+    # A file that is no image: the reader's message, naming the file.
+    page.type("study-path", "truth.json")
+    page.click("open-btn")
+    assert "truth.json" in page.wait(page.alert, message="error for truth.json")
+    page.shot("bad-file")
+    # Outside the data folder, by '..' and through a link.
+    for text in ("../outside/cine.nii.gz", str(gui_server["outside"] / "cine.nii.gz"), "link-out/cine.nii.gz"):
+        page.type("study-path", text)
+        page.click("open-btn")
+        page.wait(lambda: page.alert().startswith(text + ":") and "outside the data folder" in page.alert(),
+                  message=f"refusal of {text}")
+    page.shot("outside-refused")
+    assert "no study open" in page.el("study-line").text
+    # No network installed and no labels: Run says so in the page.
+    page.type("study-path", "cine.nii.gz")
+    page.type("labels-path", "")
+    page.click("open-btn")
+    page.wait(lambda: "cine - cine" in page.el("study-line").text, message="study opened")
+    page.wait(lambda: page.view_brightness() > 5, message="slice view shows the image")
+    from CardiacAISegLib.models import registry
+
+    if not any(registry.SHIPPED_DIR in Path(c["_folder"]).parents for c in registry.list_models("cine")):
+        page.click("run-btn")
+        assert "no cine model is installed" in page.wait(page.alert, message="no-model error")
+        page.shot("no-model")
+
+
+@e2e
+def test_e2e_sample_runs_table_and_bullseye(page):
+    page.click("open-sample-btn")
+    page.wait(lambda: "20 frame(s)" in page.el("study-line").text, message="sample opened")
+    page.click("run-btn")
+    values = page.wait(lambda: page.values().get("LV EDV") and page.values(), message="results table")
+    assert values["LV EDV"] > 0 and values["LV mass"] > 0 and values["LV EF"] > 0
+    assert len([k for k in values if k.startswith("Wall thickness")]) == 16
+    assert page.el("bullseye").get_attribute("src").startswith("data:image/png;base64,")
+    page.wait(lambda: len(page.handles()) == 3, message="handles on screen")
+    page.wait(lambda: page.view_brightness(0) > 5 and page.view_brightness(1) > 5, message="views rendered")
+    assert page.alert() == ""
+    page.shot("sample-run")
+
+
+@e2e
+def test_e2e_frame_and_slice_navigation(page):
+    assert "ED" in page.el("frame-label").text and page.el("slice-label").text.startswith("Slice 5")
+    page.picture_changes(lambda: page.click("frame-es"), message="ES frame shown")
+    page.wait(lambda: "ES" in page.el("frame-label").text, message="ES label")
+    assert page.el("frame-label").text.startswith("Frame 7")
+    assert "frame 7 ES" in page.el("edit-frame-text").text      # the ES segmentation is the one edited
+    page.shot("es-frame")
+    page.picture_changes(lambda: page.click("frame-next"), message="next frame shown")
+    page.wait(lambda: page.el("frame-label").text.startswith("Frame 8"), message="frame 8")
+    assert "edits go to frame 0" in page.el("edit-frame-text").text
+    page.click("frame-ed")
+    page.wait(lambda: "ED" in page.el("frame-label").text, message="back to ED")
+    page.picture_changes(lambda: page.click("slice-next"), message="next slice shown")
+    page.wait(lambda: page.el("slice-label").text.startswith("Slice 6"), message="slice 6")
+    page.wait(lambda: any(k.startswith("S6 ") for k in page.handles()), message="slice 6 handles")
+    page.click("slice-prev")
+    page.wait(lambda: any(k.startswith("S5 ") for k in page.handles()), message="back to slice 5")
+    # The 3D view turns with a drag (camera interaction through the page).
+    r = page.all("#views .remote-controlled-area")[1].rect
+
+    def rotate():
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        area = page.all("#views .remote-controlled-area")[1]
+        ActionChains(page.d, duration=40).move_to_element(area).click_and_hold().move_by_offset(int(r["width"] / 6), 0) \
+            .pause(0.2).release().perform()
+    page.picture_changes(rotate, index=1, message="3D view rotated")
+    page.shot("navigated")
+
+
+@e2e
+def test_e2e_drag_handle_changes_sectors(page):
+    before = page.values()
+    before_src = page.el("bullseye").get_attribute("src")
+    h = page.handles()
+    ant = next(v for k, v in h.items() if k.endswith("anterior"))
+    centre = h["LV centre"]
+    # Drag the handle a quarter turn round the LV centre (in screen space).
+    vx, vy = ant["x"] - centre["x"], ant["y"] - centre["y"]
+    path = [(ant["x"], ant["y"])]
+    for deg in (10, 20, 30, 40):
+        a = np.radians(deg)
+        path.append((centre["x"] + vx * np.cos(a) - vy * np.sin(a), centre["y"] + vx * np.sin(a) + vy * np.cos(a)))
+    page.drag(path, steps=4)
+    page.wait(lambda: "handle dragged" in page.alert("info"), message="drag handled")
+    after = page.values()
+    changed = {k for k in before if k.startswith("Wall thickness") and before[k] != after[k]}
+    assert changed, "no sector value changed after the drag"
+    assert after["LV EDV"] == before["LV EDV"]
+    moved = next(v for k, v in page.handles().items() if k.endswith("anterior"))
+    assert abs(moved["x"] - ant["x"]) + abs(moved["y"] - ant["y"]) > 0.02
+    page.wait(lambda: page.el("bullseye").get_attribute("src") != before_src, message="bullseye redrawn")
+    # The page's own handle buttons take the same path (the anterior point sets the AHA
+    # sectors; the inferior one only matters for the septum-centred method).
+    before = after
+    page.click("ant-plus")
+    page.wait(lambda: "anterior handle" in page.alert("info"), message="rotate handled")
+    after = page.values()
+    assert any(before[k] != after[k] for k in before if k.startswith("Wall thickness"))
+    page.shot("handle-dragged")
+
+
+@e2e
+def test_e2e_paint_and_grow_change_volumes(page):
+    before = page.values()
+    h = page.handles()
+    ant = next(v for k, v in h.items() if k.endswith("anterior"))
+    centre = h["LV centre"]
+    page.click("seg-lv")
+    page.click("tool-paint")
+    page.wait(lambda: "Edits apply to frame" in page.el("edit-frame-text").text, message="edit frame")
+    time.sleep(0.5)
+    # A stroke from the LV centre out through the myocardium paints blood pool over it.
+    page.drag([(centre["x"], centre["y"]), (centre["x"] + 0.95 * (ant["x"] - centre["x"]), centre["y"] + 0.95 * (ant["y"] - centre["y"]))])
+    page.wait(lambda: "Painted" in page.alert("info"), message="paint measured")
+    painted = page.values()
+    assert painted["LV EDV"] > before["LV EDV"] and painted["LV mass"] < before["LV mass"]
+    page.shot("painted")
+    page.click("tool-none")
+    page.click("seg-myo")
+    page.click("grow-btn")
+    page.wait(lambda: "grown" in page.alert("info"), message="grow measured")
+    grown = page.values()
+    assert grown["LV mass"] > painted["LV mass"]
+    page.shot("grown")
+
+
+@e2e
+def test_e2e_save_writes_files_that_load_back(page, gui_server):
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.readers import load_study
+
+    shown = page.values()
+    page.type("out-path", "saved/run1")
+    page.click("save-btn")
+    page.wait(lambda: len(page.all("#saved-files li")) >= 6, message="saved files listed")
+    out = gui_server["data"] / "saved" / "run1"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["cine"]["lv_edv_ml"] == pytest.approx(shown["LV EDV"])
+    assert doc["cine"]["lv_mass_g"] == pytest.approx(shown["LV mass"])
+    labels, _, _ = sc.read_segmentation(out / "segmentation.seg.nrrd")
+    ed = doc["cine"]["ed_frame"]
+    gt = load_study(out / "ground_truth" / "patient101")
+    assert np.array_equal(gt.labels[gt.ed_frame], labels)
+    assert (labels == MYO).any() and (labels == LV).any()
+    for name in ("results.csv", "report.png", "scene.mrb"):
+        assert (out / name).stat().st_size > 0
+    sc.read_mrb(out / "scene.mrb")
+    assert ed == gt.ed_frame
+    # Saving again without Overwrite is refused in the page; outside the data folder too.
+    page.click("save-btn")
+    assert "would overwrite" in page.wait(page.alert, message="overwrite refusal")
+    page.type("out-path", "../escaped")
+    page.click("save-btn")
+    page.wait(lambda: page.alert().startswith("../escaped:") and "outside the data folder" in page.alert(),
+              message="output refusal")
+    assert not (gui_server["root"] / "escaped").exists()
+    page.shot("saved")
+
+
+def _slow_cine_model(folder):
+    """A TorchScript 'network' slow enough to cancel (many 3x3 convolutions), as a user model."""
+    import torch
+
+    from CardiacAISegLib.models import registry
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.mid = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.out = torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.inp(x))
+            for _ in range(40):
+                y = torch.relu(self.mid(y))
+            return self.out(y)
+
+    work = folder.parent / "slow-model-src"
+    work.mkdir(exist_ok=True)
+    weights = work / "model.ts"
+    # Traced, not scripted: tracing needs no source text (the loop is unrolled; convolutions
+    # take any image size).
+    torch.jit.trace(Slow().eval(), torch.zeros(1, 1, 32, 32)).save(str(weights))
+    card = {"name": "slow-test", "title": "Slow untrained network (test)", "task": "cine", "version": "1",
+            "classes": ["background", "LV blood pool", "LV myocardium", "RV"],
+            "input": {"pixel_mm": 1.25, "size_multiple": 1, "normalisation": "none"},
+            "weights": {"file": weights.name, "format": "torchscript", "sha256": registry.sha256_of(weights)},
+            "licence": "test"}
+    (work / "card.json").write_text(json.dumps(card))
+    return registry.import_model(weights, work / "card.json")
+
+
+@e2e
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_e2e_model_run_and_cancel(page, gui_server, monkeypatch):
+    """The model selector lists an installed network; Run shows its progress; Cancel stops it
+    and the results already on the page stay."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("CARDIACAISEG_MODELS", str(gui_server["models"]))
+    _slow_cine_model(gui_server["models"])
+    page.click("open-sample-btn")                     # re-reads the installed models
+    page.wait(lambda: "20 frame(s)" in page.el("study-line").text, message="sample")
+    page.click("run-btn")                             # its labels first: results to keep
+    kept = page.wait(lambda: page.values().get("LV EDV") and page.values(), message="results")
+    page.choose("model-select", "slow-test")
+    page.wait(lambda: "licence test" in page.el("model-summary").text, message="model card summary")
+    page.click("run-btn")
+    page.wait(lambda: "segmenting frame 2/" in page.el("progress-text").text, message="progress of the network")
+    assert 0 < float(page.el("run-progress").get_attribute("aria-valuenow") or 0) < 100
+    page.shot("network-running")
+    page.click("cancel-btn")
+    assert page.wait(page.alert, timeout=60, message="cancel message").startswith("Cancelled")
+    page.wait(lambda: page.el("run-btn").is_enabled() and "v-btn--disabled" not in page.el("run-btn").get_attribute("class"),
+              message="run enabled again")
+    assert page.values() == kept
+    page.shot("cancelled")
