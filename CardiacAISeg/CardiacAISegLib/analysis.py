@@ -18,7 +18,7 @@ from .study import PERFUSION
 
 
 class Analysis:
-    def __init__(self, study, labels, model_card=None, density=1.05, rest=None, sector_method="aha"):
+    def __init__(self, study, labels, model_card=None, density=1.05, rest=None, sector_method="bai"):
         if not labels:
             raise CardiacInputError(study.source or study.name, "no label maps to analyse")
         self.study = study
@@ -26,6 +26,8 @@ class Analysis:
         self.model_card = model_card
         self.density = density
         self.rest = rest                     # another Analysis (perfusion at rest) for MPR
+        # "bai": the septum is centred between the two insertion points, so dragging either
+        # handle moves the sectors (with "aha" only the anterior point defines them).
         self.sector_method = sector_method
         self.warnings = []
         self.timing_s = {}

@@ -155,7 +155,8 @@ def short_run(tmp_path_factory, shared_data):
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(data=str(shared_data / "acdc"), out_dir=str(out), epochs=4, batch=8, slices_per_epoch=96,
-                      crop=128, patch=96, lr=3e-3, train_patients=["patient001", "patient002"], val_patients=[])
+                      crop=128, patch=96, lr=3e-3, train_patients=["patient001", "patient002"], val_patients=[],
+                      threads=1)
     history = train(cfg, log=lambda *_: None)
     return cfg, out, history
 
@@ -184,7 +185,7 @@ def test_finetune_freezes_the_encoder(short_run, tmp_path):
     start = torch.load(out / "best.pt", weights_only=True)
     ft = TrainConfig(data=cfg.data, out_dir=str(tmp_path / "ft"), epochs=1, batch=8, slices_per_epoch=32, crop=128,
                      patch=96, lr=1e-3, train_patients=["patient003"], val_patients=[],
-                     finetune_from=str(out / "best.pt"), freeze_epochs=1)
+                     finetune_from=str(out / "best.pt"), freeze_epochs=1, threads=1)
     train(ft, log=lambda *_: None)
     after = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)
     enc = [k for k in start if k.startswith("down.") and k.endswith("weight")]
