@@ -187,6 +187,12 @@ def _drop_repeated_positions(series, uids):
     return sorted(keep.values())
 
 
+def _study_name(folder):
+    """The folder's name, or its parent's when the folder is just called 'dicom' or the like."""
+    generic = {"dicom", "dcm", "images", "image", "data", "series"}
+    return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
+
+
 def _pick_series(folder, series, choice):
     if not series:
         raise CardiacInputError(folder, "no DICOM image files in this folder")
@@ -399,5 +405,5 @@ def _load_series(folder, series, kind, progress):
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
     else:
         prov["trigger_times_ms"] = None if frame_times is None else np.round(times.T * 1000, 3).tolist()
-    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=frame_times, name=folder.name,
+    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=frame_times, name=_study_name(folder),
                  source=str(folder), provenance=prov, orientation_known=True)
