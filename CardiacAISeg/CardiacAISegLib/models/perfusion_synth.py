@@ -57,13 +57,22 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     """
     from scipy import ndimage
 
-    pixel_mm = rng.uniform(1.4, 2.8)
+    # Up to 3.6 mm: some exports are downsampled crops (the QPerf examples' LV is ~12 px wide).
+    pixel_mm = rng.uniform(1.4, 3.6)
     img, lab = _resample_pair(image, label, spacing_rc, pixel_mm)
     if rng.random() < 0.5:  # mirrored and rotated views, as vendors and readers differ
         img, lab = img[:, ::-1], lab[:, ::-1]
     rot = int(rng.integers(4))
     img, lab = np.rot90(img, rot), np.rot90(lab, rot)
-    img, lab = _crop(np.ascontiguousarray(img), np.ascontiguousarray(lab), size, rng)
+    if rng.random() < 0.35:
+        # Series cropped tightly around the heart (as QPerf stores them): a small crop, zero-padded.
+        small = int(rng.integers(28, size - 8))
+        img, lab = _crop(np.ascontiguousarray(img), np.ascontiguousarray(lab), small, rng)
+        top, left = rng.integers(0, size - small + 1, 2)
+        img = np.pad(img, ((top, size - small - top), (left, size - small - left)))
+        lab = np.pad(lab, ((top, size - small - top), (left, size - small - left)))
+    else:
+        img, lab = _crop(np.ascontiguousarray(img), np.ascontiguousarray(lab), size, rng)
 
     stress = rng.random() < 0.5 if stress is None else stress
     t = np.arange(frames) * dt
@@ -95,7 +104,7 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     body = (lab == 0) & (img > 0.08)
     if body.any():
         slow = _fermi_kernel(t, np.array([rng.uniform(0.1, 0.6)]), 8.0, 0.3)
-        conc[:, body] = _convolve(aif, slow, dt)[0][:, None] * img[body][None] * rng.uniform(0.5, 1.5)
+        conc[:, body] = _convolve(aif, slow, dt)[0][:, None] * img[body][None] * rng.uniform(0.3, 2.5)
     conc = ndimage.gaussian_filter(conc, (0, 0.6, 0.6))  # partial volume at the acquired resolution
 
     signal = rng.random() < 0.5 if signal is None else signal

@@ -33,6 +33,7 @@ class TrainConfig:
     finetune_from: str = ""            # registry model name or checkpoint path
     freeze_epochs: int = 0             # encoder frozen for these first epochs (fine-tune)
     resume: bool = False
+    val_every: int = 1                 # validate every N epochs (and after the last); 0 = last only
     val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
     train_patients: list = field(default_factory=list)
 
@@ -169,7 +170,8 @@ def train(config: TrainConfig, progress=None, log=print):
             progress(epoch * steps + s + 1, config.epochs * steps, f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
         sched.step()
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), "frozen_encoder": frozen}
-        if val_f:
+        last_epoch = epoch + 1 == config.epochs
+        if val_f and (last_epoch or (config.val_every and (epoch + 1) % config.val_every == 0)):
             summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple)
             entry.update(summary)
             if summary["dice_mean"] > best:
@@ -181,7 +183,7 @@ def train(config: TrainConfig, progress=None, log=print):
                     "epoch": epoch + 1, "best": best, "history": history, "config": asdict(config)}, out / "last.pt.tmp")
         (out / "last.pt.tmp").replace(last)
         (out / "history.json").write_text(json.dumps(history, indent=1))
-    if not val_f:
+    if not val_f or best < 0:
         torch.save(model.state_dict(), out / "best.pt")
     return history
 
