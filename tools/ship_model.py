@@ -57,7 +57,7 @@ def main():
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],
                "pre_foot_frames": 3, "normalisation": "each series divided by its maximum",
-               "field_of_view": "native grid (no resampling; trained on 1.4-2.8 mm pixels)", "size_multiple": net.size_multiple}
+               "field_of_view": "native grid (no resampling; trained on 1.4-3.6 mm pixels and tight crops)", "size_multiple": net.size_multiple}
         training = {"data": "synthetic first-pass series on ACDC anatomy (models/perfusion_synth.py), Gd and signal-intensity variants",
                     "split": evaluation.get("split"), "epochs": cfg["epochs"], "best_epoch": best_epoch, "pool": cfg["pool"],
                     "optimizer": f"Adam lr {cfg['lr']} cosine", "loss": "cross-entropy + soft Dice", "machine": "2-core CPU, torch 2.13"}

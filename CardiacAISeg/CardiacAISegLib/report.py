@@ -138,7 +138,7 @@ def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
     if not slices:
         return
     finite = value_map[np.isfinite(value_map)]
-    vmin, vmax = np.percentile(finite, [2, 98])
+    vmin, vmax = np.percentile(finite, [5, 95])  # blood partial-volume pixels would set the scale
     sub = cell.subgridspec(1, len(slices), wspace=0.05)
     for n, k in enumerate(slices):
         ax = fig.add_subplot(sub[0, n])
