@@ -3,14 +3,13 @@
 A pool of synthetic series is generated up front (generation costs more than a training step
 on CPU) and a fraction is renewed every epoch; rot90/flip augmentation is applied per batch.
 """
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..progress import as_progress
+from .checkpoints import end_epoch, resume, start_run, write_split
 
 
 @dataclass
@@ -78,14 +77,9 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     from .training_data import acdc_folders, split_patients
 
     progress = as_progress(progress)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    out, rng = start_run(config)
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
-    (out / "split.json").write_text(json.dumps({"train": [Path(f).name for f in train_f], "val": [Path(f).name for f in val_f]}, indent=1))
+    write_split(out, train_f, val_f)
     train_slices, val_slices = anatomy_slices(train_f), anatomy_slices(val_f)
     val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345))
     log(f"{len(train_slices)} training anatomy slices, {len(val_slices)} validation; generating pool of {config.pool}")
@@ -94,13 +88,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     model = build("perfusion-resunet", **config.arch_params)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.lr * 0.02)
-    start, best, history = 0, -1.0, []
-    if config.resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, best, history = ck["epoch"], ck["best"], ck["history"]
+    start, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
     steps = config.pool // config.batch
     for epoch in range(start, config.epochs):
         t0 = time.time()
@@ -129,15 +117,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
         summary = {f"dice_{n}": float(np.mean([s[n] for s in scores])) for n in ("lv", "myo", "rv")}
         summary["dice_mean"] = float(np.mean(list(summary.values())))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), **summary}
-        if summary["dice_mean"] > best:
-            best = summary["dice_mean"]
-            torch.save(model.state_dict(), out / "best.pt")
-        history.append(entry)
-        log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()}))
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                    "best": best, "history": history, "config": asdict(config)}, out / "last.pt.tmp")
-        (out / "last.pt.tmp").replace(out / "last.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        best = end_epoch(out, model, opt, sched, config, history, entry, summary["dice_mean"], best, log)
         if config.renew:  # renew part of the pool so the network sees new series
             nx, ny = make_pool(train_slices, config.renew, config.size, rng)
             where = rng.choice(config.pool, config.renew, replace=False)

@@ -4,14 +4,14 @@ Checkpoints (last and best by validation Dice) go to ``out_dir``; ``resume=True`
 from the last one. Fine-tuning starts from a registry model with the encoder frozen for the
 first epochs, the 7T transfer-learning recipe of Ankenbrand et al. 2021 (ED/ES frames only).
 """
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..progress import as_progress
+from .checkpoints import BEST, end_epoch, resume, start_run, write_split
 
 
 @dataclass
@@ -109,12 +109,7 @@ def train(config: TrainConfig, progress=None, log=print):
     from .training_data import acdc_folders, augment_batch, labelled_slices, random_crop, split_patients
 
     progress = as_progress(progress)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    out, rng = start_run(config)
 
     if config.train_patients or config.val_patients:
         root = Path(config.data)
@@ -122,7 +117,7 @@ def train(config: TrainConfig, progress=None, log=print):
         val_f = [root / p for p in config.val_patients]
     else:
         train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
-    (out / "split.json").write_text(json.dumps({"train": [Path(f).name for f in train_f], "val": [Path(f).name for f in val_f]}, indent=1))
+    write_split(out, train_f, val_f)
 
     model = build(config.architecture, **config.arch_params)
     if config.finetune_from:
@@ -131,14 +126,8 @@ def train(config: TrainConfig, progress=None, log=print):
         log(f"fine-tuning from {config.finetune_from}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=config.lr * 0.02)
-    start_epoch, best, history = 0, -1.0, []
-    last = out / "last.pt"
-    if config.resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best, history = ck["epoch"], ck["best"], ck["history"]
+    start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
+    if start_epoch:
         log(f"resumed at epoch {start_epoch}")
 
     slices = labelled_slices(train_f, config.pixel_mm)
@@ -171,20 +160,14 @@ def train(config: TrainConfig, progress=None, log=print):
         sched.step()
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), "frozen_encoder": frozen}
         last_epoch = epoch + 1 == config.epochs
+        score = None
         if val_f and (last_epoch or (config.val_every and (epoch + 1) % config.val_every == 0)):
             summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple)
             entry.update(summary)
-            if summary["dice_mean"] > best:
-                best = summary["dice_mean"]
-                torch.save(model.state_dict(), out / "best.pt")
-        history.append(entry)
-        log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()}))
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1, "best": best, "history": history, "config": asdict(config)}, out / "last.pt.tmp")
-        (out / "last.pt.tmp").replace(last)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+            score = summary["dice_mean"]
+        best = end_epoch(out, model, opt, sched, config, history, entry, score, best, log)
     if not val_f or best < 0:
-        torch.save(model.state_dict(), out / "best.pt")
+        torch.save(model.state_dict(), out / BEST)
     return history
 
 
