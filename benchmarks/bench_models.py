@@ -81,10 +81,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", help="comma-separated model names (default: all installed)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows, loads = [], []
+    wanted = set(args.models.split(",")) if args.models else None
     for card in list_models():
+        if wanted and card["name"] not in wanted:
+            continue
         loads.append((card["name"], 1000 * _load_time(card["name"])))
         rows += bench_cine(card, args.runs) if card["task"] == "cine" else bench_perfusion(card, args.runs)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.runs} runs\n")

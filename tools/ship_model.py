@@ -49,6 +49,7 @@ def main():
         training = {"data": "ACDC training set (80 patients in ../shared/data/acdc; ED and ES frames with manual labels)",
                     "split": evaluation["split"], "split_rule": f"by patient, stratified by group, {cfg['val_per_group']} per group held out",
                     "epochs": cfg["epochs"], "best_epoch": best_epoch, "batch": cfg["batch"], "patch": cfg["patch"],
+                    "slices_per_epoch": cfg["slices_per_epoch"] or "all",
                     "optimizer": f"Adam lr {cfg['lr']} cosine to 2%", "loss": "cross-entropy + soft Dice (LV, MYO, RV)",
                     "augmentation": "any in-plane rotation, mirror, scale 0.8-1.25, gamma 0.6-1.6, coil shading, contrast, blur, Gaussian noise",
                     "seconds_per_epoch_median": sorted(h["seconds"] for h in history)[len(history) // 2] if history else None,
