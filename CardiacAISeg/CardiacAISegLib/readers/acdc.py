@@ -46,7 +46,8 @@ def read_info_cfg(path):
 
 
 def load_nifti(path):
-    """(array in nibabel x,y,z[,t] order as float32, affine, header); clear errors for bad files."""
+    """(array in nibabel x,y,z[,t] order as float32, affine, header) of a NIfTI or Analyze file;
+    clear errors for bad files."""
     import nibabel as nib
 
     path = Path(path)
@@ -56,7 +57,11 @@ def load_nifti(path):
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e:  # nibabel raises many types for corrupt / truncated files
-        raise CardiacInputError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})")
+        from .volume import diagnose_nifti, volume_suffix  # volume imports this module
+
+        if volume_suffix(path) in (".hdr", ".img"):
+            raise CardiacInputError(path, f"not a readable Analyze 7.5 file ({type(e).__name__}: {e})")
+        raise CardiacInputError(path, f"not a readable NIfTI file: {diagnose_nifti(path) or f'{type(e).__name__}: {e}'}")
     if not np.all(np.isfinite(data)):
         raise CardiacInputError(path, "contains NaN or infinite values")
     return data, np.asarray(img.affine, float), img.header

@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .acdc import nifti_to_kji
-from .volume import diagnose_nifti, frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
+from .acdc import load_nifti
+from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
@@ -20,21 +21,8 @@ _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 def _read_image_array(path):
     """Array and affine of an Analyze/NIfTI file, with errors that name the format."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.is_file():
-        raise CardiacInputError(path, "file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises many types for corrupt / truncated files
-        if volume_suffix(path) in (".hdr", ".img"):
-            raise CardiacInputError(path, f"not a readable Analyze 7.5 file ({type(e).__name__}: {e})")
-        raise CardiacInputError(path, f"not a readable NIfTI file: {diagnose_nifti(path) or f'{type(e).__name__}: {e}'}")
-    if not np.all(np.isfinite(data)):
-        raise CardiacInputError(path, "contains NaN or infinite values")
-    return data, np.asarray(img.affine, float)
+    data, affine, _ = load_nifti(path)
+    return data, affine
 
 
 def _read_aif_text(path):
