@@ -11,8 +11,7 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
-from .acdc import nifti_to_kji
-from .acdc import load_nifti
+from .acdc import load_nifti, nifti_to_kji
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
