@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from dicom_factory import write_dicom
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.analyze import OUTPUT_FILES
@@ -297,27 +298,8 @@ def test_model_for_the_wrong_task(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- DICOM
-def _dcm(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 0), trigger=0.0, instance=1, drop=()):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
-    ds.Rows, ds.Columns = 6, 7
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelSpacing, ds.ImageOrientationPatient, ds.ImagePositionPatient = [1.5, 1.5], [1, 0, 0, 0, 1, 0], list(ipp)
-    ds.TriggerTime, ds.InstanceNumber = trigger, instance
-    for tag in drop:
-        delattr(ds, tag)
-    ds.PixelData = np.full((6, 7), instance, np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def _dcm(path, instance=1, **kw):
+    write_dicom(path, instance=instance, value=instance, shape=(6, 7), spacing=(1.5, 1.5), **kw)
 
 
 def _dicom_series(folder, n_slices=2, n_frames=2, start=1, **kw):

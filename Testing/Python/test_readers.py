@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_factory import write_dicom
 
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.readers import load_study
@@ -218,31 +219,8 @@ def test_frame_folder_natural_sort(tmp_path):
     assert sorted(["a10", "a2", "a1"], key=natural_key) == ["a1", "a2", "a10"]
 
 
-def _dcm(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 0), iop=(1, 0, 0, 0, 1, 0),
-         trigger=0.0, instance=1, acq_time=None, drop=(), value=0):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
-    ds.Rows, ds.Columns = 4, 5
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelSpacing, ds.ImageOrientationPatient, ds.ImagePositionPatient = [1.5, 1.25], list(iop), list(ipp)
-    ds.TriggerTime, ds.InstanceNumber = trigger, instance
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -10
-    if acq_time:
-        ds.AcquisitionTime = acq_time
-    for tag in drop:
-        delattr(ds, tag)
-    ds.PixelData = np.full((4, 5), value, np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def _dcm(path, **kw):
+    write_dicom(path, rescale=(2, -10), **kw)
 
 
 def _dicom_stack(folder, n_slices=3, n_frames=2, **kw):
