@@ -39,6 +39,8 @@ class Analysis:
         self.insertion = []
         self.levels = {}
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
+        self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
+        self.segment_values = {}             # AHA id -> bullseye value
         self._check_labels()
 
     # --- state ---------------------------------------------------------------------------
@@ -99,13 +101,13 @@ class Analysis:
         if self.kind == PERFUSION:
             self._compute_mbf_map()
             self.timing_s["mbf_map"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
         else:
             self.cine = cine_measures(self.study, self.labels)
             self.warnings += self.cine.pop("warnings", [])
-        t1 = time.perf_counter()
         self._compute_geometry()
         self._compute_segment_values()
-        self.timing_s["measures"] = time.perf_counter() - t1 + (0 if self.kind == PERFUSION else t1 - t0)
+        self.timing_s["measures"] = time.perf_counter() - t0
         return self
 
     def _compute_mbf_map(self):
@@ -155,7 +157,7 @@ class Analysis:
         else:
             from .wall import segment_means, wall_thickness_map
 
-            if not hasattr(self, "_thickness") or self._thickness is None:
+            if self._thickness is None:
                 sp = self.study.spacing
                 self._thickness = wall_thickness_map(self.labels[self.reference_frame], (sp[1], sp[0]))
             self.segment_values = segment_means(self._thickness, self.segment_map) if self.sectors else {}
@@ -163,7 +165,7 @@ class Analysis:
     def _perfusion_summary(self):
         from .mbf import segment_mbf
 
-        seg = self.segment_map if self.sectors else (self.labels[self.reference_frame] == MYO).astype(np.int16) * 0
+        seg = self.segment_map if self.sectors else np.zeros(self.mbf.shape, np.int16)
         summary = segment_mbf(self.mbf, seg)
         finite = self.mbf[np.isfinite(self.mbf)]
         glob = float(np.median(finite)) if finite.size else float("nan")
@@ -222,7 +224,7 @@ class Analysis:
             c = self.cine
             for key, label, unit in CINE_ROWS:
                 rows.append({"measure": label, "value": c.get(key), "unit": unit})
-            for sid, v in sorted(getattr(self, "segment_values", {}).items()):
+            for sid, v in sorted(self.segment_values.items()):
                 rows.append({"measure": f"Wall thickness ED, segment {sid} ({AHA_NAMES[sid]})", "value": v, "unit": "mm"})
         if self.perfusion:
             p = self.perfusion

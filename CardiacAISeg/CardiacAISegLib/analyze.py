@@ -121,7 +121,7 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
             frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
             label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
         report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
-                            segment_values=getattr(analysis, "segment_values", None) or None, value_label=label,
+                            segment_values=analysis.segment_values or None, value_label=label,
                             volume_curve=curve, overwrite=True,
                             value_map=analysis.mbf if analysis.kind == PERFUSION else None)
         progress(2, steps, "writing scene")

@@ -496,7 +496,7 @@ class CardiacAISegLogic(_LogicBase):
             frames = sorted({a.cine["ed_frame"], a.cine["es_frame"]})
             label, curve = "Wall thickness at ED (mm)", a.cine.get("lv_volume_curve_ml")
         return report.write_report(path, st, a.labels, frames, insertion_points=a.insertion_summary(),
-                                   segment_values=getattr(a, "segment_values", None) or None, value_label=label,
+                                   segment_values=a.segment_values or None, value_label=label,
                                    volume_curve=curve, overwrite=overwrite)
 
     def renderBullseye(self, path, sizePx=320):
@@ -511,7 +511,7 @@ class CardiacAISegLogic(_LogicBase):
         fig = Figure(figsize=(sizePx / 80, sizePx / 80 * 0.85), dpi=80)
         FigureCanvasAgg(fig)
         ax = fig.add_axes([0.02, 0.02, 0.78, 0.96])
-        bullseye(ax, getattr(a, "segment_values", {}) or {}, value_label=label)
+        bullseye(ax, a.segment_values, value_label=label)
         with sc.atomic_output(path, overwrite=True) as tmp:
             fig.savefig(tmp, format="png")
         return path

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import OutputExistsError
 from .labels import to_convention
+from .results import json_safe
 from .phantom_cine import make_cine_phantom  # noqa: F401  (re-exported)
 from .phantom_perfusion import make_perfusion_phantom  # noqa: F401  (re-exported)
 
@@ -38,18 +39,6 @@ def _nifti(array_tkji, ijk_to_ras, path, dtype, time_step=None):
     nib.save(img, str(path))
 
 
-def _json_safe(v):
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist() if v.size <= 64 else None   # large arrays (maps) stay out of truth.json
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def write_phantom(kind, out_dir, seed=0, force=False, **options):
     """Write a phantom study into ``out_dir``; returns (paths, study, truth)."""
     out_dir = Path(out_dir)
@@ -71,7 +60,7 @@ def write_phantom(kind, out_dir, seed=0, force=False, **options):
         _nifti(study.images, study.ijk_to_ras, stage / names[0], np.float32, dt)
         _nifti(labels, study.ijk_to_ras, stage / names[1], np.uint8)
         meta = {"kind": kind, "seed": seed, "label_convention": "acdc", "dt_s": dt,
-                "ed_frame": study.ed_frame, "es_frame": study.es_frame, "truth": _json_safe(truth)}
+                "ed_frame": study.ed_frame, "es_frame": study.es_frame, "truth": json_safe(truth, max_array=64)}  # maps stay out of truth.json
         if kind == "perfusion":
             np.savetxt(stage / "aif.csv", study.aif, header="aif", comments="", fmt="%.6f")
             meta["hematocrit"] = study.hematocrit

@@ -9,19 +9,21 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 
-def _clean(v):
-    """JSON-safe values: numpy scalars to Python, NaN/inf to null."""
+def json_safe(v, max_array=None):
+    """JSON-safe values: numpy to Python, NaN/inf to null; arrays larger than ``max_array`` to null."""
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): json_safe(x, max_array) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x, max_array) for x in v]
     if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
+        return None if max_array is not None and v.size > max_array else json_safe(v.tolist())
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (float, np.floating)):
         v = float(v)
         return v if math.isfinite(v) else None
+    if isinstance(v, np.generic):
+        return v.item()
     return v
 
 
@@ -33,7 +35,7 @@ def results_document(analysis, input_path, model=None, timing_s=None):
     doc["rv_insertion"] = r["rv_insertion"]
     doc["warnings"] = r["warnings"]
     doc["timing_s"] = {k: round(float(v), 4) for k, v in (timing_s or {}).items()}
-    return _clean(doc)
+    return json_safe(doc)
 
 
 def results_json_text(doc):
@@ -45,6 +47,6 @@ def results_csv_text(rows):
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["measure", "value", "unit"])
     for r in rows:
-        v = _clean(r["value"])
+        v = json_safe(r["value"])
         w.writerow([r["measure"], "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v), r["unit"]])
     return buf.getvalue()

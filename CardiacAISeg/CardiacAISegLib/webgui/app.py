@@ -346,7 +346,7 @@ class CardiacWebApp:
         s.has_results = a is not None
         s.results_rows = sess.table()
         s.warnings = list(a.warnings) if a is not None else []
-        key = None if a is None else tuple(sorted((getattr(a, "segment_values", {}) or {}).items()))
+        key = None if a is None else tuple(sorted(a.segment_values.items()))
         if key != self._bullseye_key:
             s.bullseye_src = "" if a is None else "data:image/png;base64," + base64.b64encode(sess.bullseye_png()).decode()
             self._bullseye_key = key

@@ -459,7 +459,7 @@ class Session:
         fig = Figure(figsize=(size_px / 80, size_px / 80 * 0.82), dpi=80)
         FigureCanvasAgg(fig)
         ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
-        bullseye(ax, getattr(a, "segment_values", {}) or {}, value_label=label,
+        bullseye(ax, a.segment_values, value_label=label,
                  fmt="{:.2f}" if a.kind == PERFUSION else "{:.1f}", title=None)
         fig.suptitle(label, fontsize=9, y=0.99)
         buf = io.BytesIO()
