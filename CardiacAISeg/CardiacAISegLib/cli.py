@@ -64,9 +64,17 @@ def _train(args):
     from .models.training import TrainConfig, train
     from .progress import tqdm_progress
 
+    if args.architecture == "perfusion-resunet":
+        from .models.perfusion_training import PerfusionTrainConfig, train_perfusion
+
+        cfg = PerfusionTrainConfig(data=args.data, out_dir=args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                                   seed=args.seed, resume=args.resume, finetune_from=args.finetune or "")
+        train_perfusion(cfg, progress=tqdm_progress("train", disable=args.quiet))
+        return
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
-                      freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm)
+                      freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
+                      augment=args.augment, val_every=args.val_every)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
 
@@ -127,16 +135,18 @@ def build_parser():
     im.add_argument("--force", action="store_true")
     im.set_defaults(func=_import_model)
 
-    t = sub.add_parser("train", help="train or fine-tune a cine network on ACDC-layout folders")
+    t = sub.add_parser("train", help="train or fine-tune a network on ACDC-layout folders (perfusion: on synthetic first-pass series built on them)")
     t.add_argument("data")
     t.add_argument("--out", required=True)
-    t.add_argument("--architecture", default="unet-light", choices=["unet-light", "gammanet"])
+    t.add_argument("--architecture", default="unet-light", choices=["unet-light", "gammanet", "perfusion-resunet"])
     t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pixel-mm", type=float, default=1.25)
     t.add_argument("--slices-per-epoch", type=int, default=0)
+    t.add_argument("--augment", default="basic", choices=["basic", "strong"], help="strong: also resolution, blur, tone-curve and noise-floor shifts")
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")

@@ -192,3 +192,58 @@ def test_finetune_freezes_the_encoder(short_run, tmp_path):
     dec = [k for k in start if k.startswith(("up.", "head.")) and k.endswith("weight")]
     assert enc and all(torch.equal(start[k], after[k]) for k in enc), "encoder changed while frozen"
     assert any(not torch.equal(start[k], after[k]) for k in dec), "decoder did not train"
+
+
+def test_strong_augmentation_changes_appearance_but_keeps_tissue_order():
+    """Other vendors look different, but bright blood stays brighter than myocardium, which stays
+    brighter than lung: the appearance shift may reshape grey levels, never reorder tissues."""
+    from CardiacAISegLib.models.training_data import appearance_shift
+
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    img = np.full((96, 96), 0.05, np.float32)
+    img[r < 30] = 0.35
+    img[r < 18] = 0.9
+    x = torch.from_numpy(np.repeat(img[None, None], 40, 0))
+    out = appearance_shift(x, np.random.default_rng(3)).numpy()[:, 0]
+    assert out.shape == (40, 96, 96) and np.isfinite(out).all()
+    blood, myo, lung = (out[:, m].mean(1) for m in (r < 14, (r > 21) & (r < 27), r > 36))
+    assert (blood > myo).all() and (myo > lung).all()
+    changed = np.abs(out - img[None]).mean((1, 2)) > 0.01
+    assert changed.mean() > 0.8, "strong augmentation left most images unchanged"
+
+
+def test_synthetic_perfusion_body_does_not_copy_cine_fat_brightness():
+    """Fat is bright in cine and takes up little Gd: bright cine tissue must enhance less."""
+    from CardiacAISegLib.models.perfusion_synth import _body_enhancement
+    from CardiacAISegLib.phantom_perfusion import perfusion_aif
+
+    t = np.arange(48) * 0.5
+    aif = perfusion_aif(t, 1.5, 5.0, 3.0)
+    img = np.full((64, 64), 0.3, np.float32)
+    img[:, 32:] = 0.9                     # right half: cine-bright (fat)
+    lab = np.zeros((64, 64), np.uint8)
+    body = np.ones((64, 64), bool)
+    ratios = []
+    for seed in range(10):
+        conc = _body_enhancement(t, aif, 0.5, 2.5, img, lab, body, np.random.default_rng(seed))
+        ratios.append(conc[:, :, 34:].sum() / conc[:, :, :30].sum())
+    assert np.median(ratios) < 0.7
+
+
+def test_papillary_islands_inside_the_blood_pool_count_as_cavity():
+    from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    lab = np.zeros((1, 64, 64), np.uint8)
+    lab[0][r < 20] = 2
+    lab[0][r < 13] = 1
+    papillary = np.hypot(yy - 30, xx - 36) < 2.5
+    lab[0][papillary] = 2          # a dark muscle the network called myocardium
+    lab[0][np.hypot(yy - 35, xx - 27) < 1.5] = 0   # and a trabecula it left as background
+    out = keep_one_component_per_structure(lab)
+    assert (out[0][r < 13] == 1).all()
+    assert (out[0][(r >= 13.5) & (r < 19.5)] == 2).all()
+    raw = keep_one_component_per_structure(lab, fill_cavity=False)
+    assert (raw[0][papillary] == 0).all(), "without filling the island is a stray component, not LV"

@@ -2,8 +2,11 @@
 
 No labelled perfusion data exists here, so ACDC end-diastolic label maps (real LV, myocardium
 and RV shapes) and their cine images (real surrounding texture) become 2D+T first-pass series:
-LV blood follows an AIF, the RV the same bolus 3-4.5 s earlier, the myocardium AIF (x) Fermi
-with a smoothly varying MBF (optionally a defect), the rest of the body enhances slowly.
+LV blood follows an AIF, the RV the same bolus 1-4.5 s earlier, the myocardium AIF (x) Fermi
+with a smoothly varying MBF (optionally a defect). The body around the heart is not given the
+cine's brightness (bright cine fat takes up little Gd): it gets a smooth random uptake, at times
+as strong as the myocardium's, and often a dark epicardial fat band, so the network has to find
+the wall by its shape and timing rather than by a dark surrounding.
 Series come out in Gd units or as signal intensity (saturating), with noise, coil shading
 and respiratory shifts, at random pixel sizes so the network needs no exact spacing.
 """
@@ -78,7 +81,7 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     t = np.arange(frames) * dt
     foot = (PRE_FOOT + rng.uniform(-2, 3)) * dt
     aif = perfusion_aif(t, foot, rng.uniform(3.0, 6.0), rng.uniform(2.5, 4.0), recirc=rng.uniform(0.08, 0.2), plateau=rng.uniform(0.05, 0.15))
-    rv = perfusion_aif(t, foot - rng.uniform(3.0, 4.5), rng.uniform(4.0, 8.0), rng.uniform(2.0, 3.5), recirc=0.1, plateau=0.1)
+    rv = perfusion_aif(t, foot - rng.uniform(1.0, 4.5), rng.uniform(4.0, 8.0), rng.uniform(2.0, 3.5), recirc=0.1, plateau=0.1)
 
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     lv_mask = lab == LV
@@ -103,8 +106,7 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     conc[:, lab == RV] = rv[:, None]
     body = (lab == 0) & (img > 0.08)
     if body.any():
-        slow = _fermi_kernel(t, np.array([rng.uniform(0.1, 0.6)]), 8.0, 0.3)
-        conc[:, body] = _convolve(aif, slow, dt)[0][:, None] * img[body][None] * rng.uniform(0.3, 2.5)
+        conc[:, body] = _body_enhancement(t, aif, dt, base, img, lab, body, rng)[:, body]
     conc = ndimage.gaussian_filter(conc, (0, 0.6, 0.6))  # partial volume at the acquired resolution
 
     signal = rng.random() < 0.5 if signal is None else signal
@@ -125,3 +127,28 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     series = np.maximum(series, 0)
     series /= max(series.max(), 1e-6)
     return series.astype(np.float32), lab.astype(np.uint8), aif
+
+
+def _body_enhancement(t, aif, dt, myo_mbf, img, lab, body, rng):
+    """(T, H, W) Gd of the tissue around the heart: chest wall, liver, vessels, fat.
+
+    Two tissue curves (a fast one, as muscle and liver, up to the myocardium's own flow, and a
+    slow one) are mixed by a smooth random field; fat next to the epicardium takes up little.
+    """
+    from scipy import ndimage
+
+    h, w = img.shape
+    fast = _convolve(aif, _fermi_kernel(t, np.array([myo_mbf * rng.uniform(0.2, 1.1)]), rng.uniform(1.5, 5.0), rng.uniform(0.2, 0.8)), dt)[0]
+    slow = _convolve(aif, _fermi_kernel(t, np.array([rng.uniform(0.1, 0.6)]), 8.0, 0.3), dt)[0]
+    mix = ndimage.gaussian_filter(rng.standard_normal((h, w)), rng.uniform(3, 8))
+    mix = np.clip(0.5 + mix / (3 * mix.std() + 1e-6), 0, 1)
+    uptake = ndimage.gaussian_filter(rng.standard_normal((h, w)), rng.uniform(2, 6))
+    uptake = np.clip(1 + 0.4 * uptake / (uptake.std() + 1e-6), 0.2, 2.0)
+    # cine-bright tissue outside the heart is mostly fat: little Gd
+    fat = np.clip((img - 0.45) / 0.3, 0, 1) * rng.uniform(0.3, 0.9)
+    if rng.random() < 0.6:  # epicardial fat band around the ventricles
+        heart = (lab == MYO) | (lab == RV)
+        band = ndimage.binary_dilation(heart, iterations=int(rng.integers(1, 4))) & ~heart
+        fat = np.maximum(fat, band * rng.uniform(0.5, 0.95))
+    per_pixel = uptake * (1 - fat) * body
+    return (mix[None] * fast[:, None, None] + (1 - mix[None]) * slow[:, None, None]) * per_pixel[None]

@@ -28,6 +28,7 @@ class PerfusionTrainConfig:
     val_samples: int = 160
     threads: int = 0
     resume: bool = False
+    finetune_from: str = ""            # registry model name or checkpoint path to start from
 
 
 def anatomy_slices(folders):
@@ -73,7 +74,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
 
     from .architectures import build
     from .postprocess import keep_one_component_per_structure
-    from .training import soft_dice_ce_loss
+    from .training import load_start_weights, soft_dice_ce_loss
     from .training_data import acdc_folders, split_patients
 
     progress = as_progress(progress)
@@ -86,6 +87,9 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     pool_x, pool_y = make_pool(train_slices, config.pool, config.size, rng)
 
     model = build("perfusion-resunet", **config.arch_params)
+    if config.finetune_from:
+        model.load_state_dict(load_start_weights(config.finetune_from))
+        log(f"starting from {config.finetune_from}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.lr * 0.02)
     start, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])

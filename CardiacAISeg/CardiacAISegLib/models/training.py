@@ -23,6 +23,7 @@ class TrainConfig:
     pixel_mm: float = 1.25
     crop: int = 192
     patch: int = 144
+    augment: str = "basic"             # "strong" adds appearance shifts (other vendors/centres)
     epochs: int = 60
     batch: int = 16
     lr: float = 1e-3
@@ -121,7 +122,7 @@ def train(config: TrainConfig, progress=None, log=print):
 
     model = build(config.architecture, **config.arch_params)
     if config.finetune_from:
-        state = _load_start_weights(config.finetune_from)
+        state = load_start_weights(config.finetune_from)
         model.load_state_dict(state)
         log(f"fine-tuning from {config.finetune_from}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -150,7 +151,7 @@ def train(config: TrainConfig, progress=None, log=print):
             crops = [random_crop(*slices[i], config.crop, rng) for i in idx]
             x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
-            x, y = augment_batch(x, y, rng, config.patch)
+            x, y = augment_batch(x, y, rng, config.patch, config.augment)
             loss = soft_dice_ce_loss(model(x), y, n_classes)
             opt.zero_grad()
             loss.backward()
@@ -171,7 +172,7 @@ def train(config: TrainConfig, progress=None, log=print):
     return history
 
 
-def _load_start_weights(source):
+def load_start_weights(source):
     import torch
 
     p = Path(source)

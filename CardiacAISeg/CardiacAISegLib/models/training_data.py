@@ -72,18 +72,20 @@ def random_crop(img, lbl, size, rng, heart_bias=0.8):
     return out_i, out_l
 
 
-def augment_batch(x, y, rng, out_size):
+def augment_batch(x, y, rng, out_size, strength="basic"):
     """Rotation (any angle), scale, flips, gamma, coil shading, blur/noise, on a (B,1,H,W) batch.
 
     Orientation conventions differ between vendors and readers, so the network is trained
-    to be indifferent to in-plane rotation and mirroring.
+    to be indifferent to in-plane rotation and mirroring. ``strength="strong"`` widens the
+    scale range and adds the appearance changes of `appearance_shift` (other vendors/centres).
     """
     import torch
     import torch.nn.functional as F
 
     b = x.shape[0]
+    lo_s, hi_s = (0.7, 1.4) if strength == "strong" else (0.8, 1.25)
     ang = torch.from_numpy(rng.uniform(-np.pi, np.pi, b)).float()
-    scale = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), b))).float()
+    scale = torch.from_numpy(np.exp(rng.uniform(np.log(lo_s), np.log(hi_s), b))).float()
     flip = torch.from_numpy(np.where(rng.random(b) < 0.5, -1.0, 1.0)).float()
     ratio = out_size / x.shape[-1]
     theta = torch.zeros(b, 2, 3)
@@ -107,6 +109,47 @@ def augment_batch(x, y, rng, out_size):
     if rng.random() < 0.3:
         k = torch.tensor([0.25, 0.5, 0.25])
         xi = F.conv2d(F.pad(xi, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3))
+    if strength == "strong":
+        xi = appearance_shift(xi, rng)
     sigma = torch.from_numpy(rng.uniform(0, 0.05, b)).float().view(b, 1, 1, 1)
     xi = xi + sigma * torch.randn_like(xi)
     return xi, yi
+
+
+def appearance_shift(x, rng):
+    """Per-image changes another scanner would make: resolution, blur, tone curve, offset, Rician floor.
+
+    ACDC is one centre and one vendor; these keep the network from keying on its particular
+    sharpness and grey-level histogram (the held-out studies come from other vendors).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    out = []
+    for i in range(b):
+        xi = x[i:i + 1]
+        if rng.random() < 0.3:  # coarser acquisition matrix, interpolated back by the scanner
+            f = rng.uniform(1.2, 2.0)
+            small = F.interpolate(xi, size=(max(8, int(h / f)), max(8, int(w / f))), mode="bilinear", align_corners=False, antialias=True)
+            xi = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+        if rng.random() < 0.3:
+            s = rng.uniform(0.5, 1.3)
+            r = np.arange(-3, 4)
+            k = torch.from_numpy(np.exp(-r ** 2 / (2 * s * s))).float()
+            k = k / k.sum()
+            xi = F.conv2d(F.pad(xi, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7))
+            xi = F.conv2d(F.pad(xi, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1))
+        if rng.random() < 0.5:  # monotone tone curve through random knots
+            knots = np.sort(rng.uniform(0, 1, 3))
+            ys = np.concatenate([[0], np.sort(rng.uniform(0, 1, 3)), [1]])
+            xs = np.concatenate([[0], knots, [1]])
+            mix = rng.uniform(0.3, 0.8)
+            curve = np.interp(xi.clamp(0, 1).numpy(), xs, ys).astype(np.float32)
+            xi = mix * torch.from_numpy(curve) + (1 - mix) * xi
+        xi = xi * rng.uniform(0.75, 1.3) + rng.uniform(-0.08, 0.08)
+        if rng.random() < 0.3:
+            n = rng.uniform(0.01, 0.06)
+            xi = torch.sqrt((xi + n * torch.randn_like(xi)) ** 2 + (n * torch.randn_like(xi)) ** 2)
+        out.append(xi)
+    return torch.cat(out)
