@@ -4,7 +4,7 @@
 - perfusion phantoms (3 slices, exact truth): insertion angle error and per-segment MBF
   Bland-Altman bias with the network's masks;
 - QPerf rest and stress examples (real, no labels): global MBF in the network's myocardium.
-Usage: python tools/evaluate_perfusion.py RUN
+Usage: python tools/evaluate_perfusion.py RUN [--no-refine]
 """
 import argparse
 import json
@@ -37,7 +37,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("run")
     p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--no-refine", action="store_true", help="the network's masks as they are (no bolus check)")
     args = p.parse_args()
+    refine = not args.no_refine
     run = Path(args.run)
     cfg = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["config"]
     net = build("perfusion-resunet", **cfg["arch_params"])
@@ -57,7 +59,7 @@ def main():
     angles, auto, true = [], [], []
     for seed in range(6):
         study, truth = make_perfusion_phantom(seed=100 + seed, stress=seed % 2 == 0, noise=0.01)
-        labels = segment_perfusion_study(study, loaded)
+        labels = segment_perfusion_study(study, loaded, refine=refine)
         mask = labels[0]
         tm = next(iter(study.labels.values()))
         summary.setdefault("phantom_dice_myo", []).append(float(2 * ((mask == 2) & (tm == 2)).sum() / ((mask == 2).sum() + (tm == 2).sum())))
@@ -84,14 +86,15 @@ def main():
     for series in ("rest", "stress"):
         study = load_study(SHARED / "qperf", series=series)
         t0 = time.perf_counter()
-        labels = segment_perfusion_study(study, loaded)
+        labels = segment_perfusion_study(study, loaded, refine=refine)
         times.append(time.perf_counter() - t0)
         a = Analysis(study, labels).run()
         summary[f"qperf_{series}_global_mbf_ml_min_g"] = a.perfusion["global_mbf_ml_min_g"]
         summary[f"qperf_{series}_myo_pixels"] = int((labels[0] == 2).sum())
     summary["cpu_ms_per_slice"] = 1000 * float(np.median(times))
     summary["threads"] = torch.get_num_threads()
-    (run / "evaluation.json").write_text(json.dumps({"summary": summary, "split": split}, indent=1))
+    summary["refine"] = refine
+    (run / ("evaluation.json" if refine else "evaluation-raw.json")).write_text(json.dumps({"summary": summary, "split": split}, indent=1))
     print(json.dumps(summary, indent=1))
 
 

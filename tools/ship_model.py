@@ -51,9 +51,15 @@ def main():
                     "epochs": cfg["epochs"], "best_epoch": best_epoch, "batch": cfg["batch"], "patch": cfg["patch"],
                     "slices_per_epoch": cfg["slices_per_epoch"] or "all",
                     "optimizer": f"Adam lr {cfg['lr']} cosine to 2%", "loss": "cross-entropy + soft Dice (LV, MYO, RV)",
-                    "augmentation": "any in-plane rotation, mirror, scale 0.8-1.25, gamma 0.6-1.6, coil shading, contrast, blur, Gaussian noise",
+                    "augmentation": "any in-plane rotation, mirror, scale 0.8-1.25, gamma 0.6-1.6, coil shading, contrast, blur, Gaussian noise"
+                    + ("; strong runs also scale 0.7-1.4, coarser matrix, Gaussian blur, random tone curve, offset, Rician floor"
+                       if cfg.get("augment") == "strong" or ck.get("averaged_from") else ""),
                     "seconds_per_epoch_median": sorted(h["seconds"] for h in history)[len(history) // 2] if history else None,
                     "machine": "2-core CPU (no GPU), torch 2.13"}
+        if ck.get("averaged_from"):
+            training["weights"] = "average of the best checkpoints of these runs (model soup, Wortsman et al. 2022)"
+            training["averaged_from"] = ck["averaged_from"]
+            training["epochs"] = "see averaged_from (each fine-tune continues the run it starts from)"
         licence = ACDC_LICENCE
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],

@@ -107,10 +107,15 @@ def perfusion_window(study, n_frames=48, pre_foot=3):
     return np.clip(np.arange(start, start + n_frames), 0, study.n_frames - 1)
 
 
-def segment_perfusion_study(study, loaded_model, device=None, progress=None):
-    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames)."""
+def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=True):
+    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
+
+    With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
+    (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
+    """
     import torch
 
+    from .perfusion_refine import refine_slice
     from .postprocess import keep_one_component_per_structure
 
     progress = as_progress(progress)
@@ -120,6 +125,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None):
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
     out = np.zeros(study.images.shape[1:], np.uint8)
+    reports = []
     for k in range(study.n_slices):
         progress(k, study.n_slices, f"segmenting slice {k + 1}/{study.n_slices}")
         x = study.images[frames, k].astype(np.float32)
@@ -129,5 +135,10 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None):
             logits = model(xt.to(device))[..., crop[0], crop[1]]
         # slices lie 10-20 mm apart: clean each one on its own
         out[k] = keep_one_component_per_structure(logits.argmax(1).cpu().numpy().astype(np.uint8))[0]
+        if refine and study.aif is not None:
+            out[k], report = refine_slice(study.images[:, k], study.aif, out[k])
+            reports.append({"slice": k, **report})
+    if reports:
+        study.provenance["mask_refinement"] = reports
     progress(study.n_slices, study.n_slices, "segmentation done")
     return {0: out}
