@@ -30,6 +30,8 @@ def main():
     p.add_argument("--checkpoint", default="best.pt")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--tta", default="none", help="test-time mirroring the card asks for (cine)")
+    p.add_argument("--version", default="1")
+    p.add_argument("--note", help="a sentence for the card's training section (provenance the run cannot tell)")
     args = p.parse_args()
     run = Path(args.run)
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -59,17 +61,22 @@ def main():
         if ck.get("averaged_from"):
             training["weights"] = "average of the best checkpoints of these runs (model soup, Wortsman et al. 2022)"
             training["averaged_from"] = ck["averaged_from"]
+            training["optimizer"] = "Adam, cosine to 2% of each run's lr (see averaged_from)"
+            training["seconds_per_epoch_median"] = "see the runs' history"
             training["epochs"] = "see averaged_from (each fine-tune continues the run it starts from)"
         licence = ACDC_LICENCE
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],
                "pre_foot_frames": 3, "normalisation": "each series divided by its maximum",
-               "field_of_view": "native grid (no resampling; trained on 1.4-3.6 mm pixels and tight crops)", "size_multiple": net.size_multiple}
+               "field_of_view": "native grid (no resampling; trained on 1.4-3.6 mm pixels and tight crops)", "size_multiple": net.size_multiple,
+               "postprocess": "one component per structure, then the bolus check of models/perfusion_refine.py when an AIF is given"}
         training = {"data": "synthetic first-pass series on ACDC anatomy (models/perfusion_synth.py), Gd and signal-intensity variants",
                     "split": evaluation.get("split"), "epochs": cfg["epochs"], "best_epoch": best_epoch, "pool": cfg["pool"],
                     "optimizer": f"Adam lr {cfg['lr']} cosine", "loss": "cross-entropy + soft Dice", "machine": "2-core CPU, torch 2.13"}
         licence = SYNTH_LICENCE
-    card = {"name": args.name, "title": args.title, "version": "1", "task": args.task, "default": args.default,
+    if args.note:
+        training["note"] = args.note
+    card = {"name": args.name, "title": args.title, "version": args.version, "task": args.task, "default": args.default,
             "classes": ["background", "LV blood pool", "LV myocardium", "RV"], "input": inp,
             "architecture": {"name": args.arch, "params": params, "parameter_count": parameter_count(net)},
             "training": training, "metrics": {k: v for k, v in evaluation["summary"].items() if not k.startswith(("cpu_", "threads", "runs", "tta"))},
