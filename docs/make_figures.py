@@ -1,6 +1,7 @@
 """Regenerate the pictures the extension ships: module icon, SampleData thumbnails, user-guide images.
 
     python docs/make_figures.py            # needs the package installed (pip install -e .)
+    python docs/make_figures.py qperf      # perfusion masks on the QPerf examples (needs ../shared/data)
 
 The user-guide reports are rendered by the engine itself: ``cardiacaiseg phantom`` then
 ``cardiacaiseg analyze --labels`` (the same commands the guide shows), then shrunk so the
@@ -125,7 +126,40 @@ def insertion_move(work):
     return logic.lastUpdateTimeS
 
 
+def qperf_masks(path, shared=ROOT.parent / "shared" / "data" / "qperf"):
+    """The shipped perfusion network on the real QPerf examples, before and after the bolus check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.registry import load_model
+    from CardiacAISegLib.readers import load_study
+
+    model = load_model("perfusion-resunet")
+    fig, axes = plt.subplots(2, 2, figsize=(6.4, 6.4))
+    for row, series in enumerate(("rest", "stress")):
+        study = load_study(shared, series=series)
+        frame = int(np.argmax(study.aif)) + 6
+        for col, refine in enumerate((False, True)):
+            labels = segment_perfusion_study(study, model, refine=refine)[0][0]
+            ax = axes[row, col]
+            ax.imshow(study.images[frame, 0], cmap="gray", interpolation="nearest")
+            for value, colour in ((1, "red"), (2, "lime"), (3, "gold")):
+                if (labels == value).any():
+                    ax.contour(labels == value, [0.5], colors=colour, linewidths=1)
+            ax.set_title(f"{series}, {'after the bolus check' if refine else 'network alone'}", fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main():
+    if sys.argv[1:] == ["qperf"]:  # needs ../shared/data (not shipped)
+        qperf_masks(IMAGES / "qperf-masks.png")
+        return
     from CardiacAISegLib.phantom import make_cine_phantom, make_perfusion_phantom
     ICONS.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,23 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
 
         labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
     info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"]}
+    if study.provenance.get("mask_refinement"):
+        info["mask_refinement"] = study.provenance["mask_refinement"]
     return labels, info
+
+
+def refinement_warnings(reports, sectors=36):
+    """Plain-language warnings for slices whose network mask the bolus check had to mend a lot."""
+    out = []
+    for r in reports or []:
+        if not r.get("refined"):
+            out.append(f"slice {r['slice']}: network mask used as is ({r.get('reason', 'not checked')}): check the contours")
+            continue
+        mended = r["sectors_filled"] + r["sectors_trimmed"] + r["sectors_widened"]
+        if mended >= sectors // 4:
+            out.append(f"slice {r['slice']}: the network's myocardium was mended from the bolus in {mended} of {sectors} sectors "
+                       f"(filled {r['sectors_filled']}, trimmed {r['sectors_trimmed']}, widened {r['sectors_widened']}): check the contours")
+    return out
 
 
 def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", density=1.05, rest=None,
@@ -70,6 +86,8 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
         labels, model_info = segment(study, model_name, frames, device, progress)
         timing["segmentation"] = time.perf_counter() - t0
     analysis = Analysis(study, labels, density=density, rest=rest).run(progress)
+    if model_info:
+        analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
     timing.update(analysis.timing_s)
     return analysis, model_info, timing
 
@@ -186,6 +204,8 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress)
+    if rest_analysis is not None:
+        analysis.warnings += [f"rest series: {w}" for w in rest_analysis.warnings]
     if labels == RING_LABELS:
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     timing.update(t)

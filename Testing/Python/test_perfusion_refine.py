@@ -67,3 +67,15 @@ def test_no_blood_pool_leaves_the_mask_and_says_why():
     out, report = refine_slice(frames, aif, labels)
     assert not report["refined"] and "blood pool" in report["reason"]
     assert (out == labels).all()
+
+
+def test_heavily_mended_slices_are_reported_to_the_user():
+    from CardiacAISegLib.analyze import refinement_warnings
+
+    reports = [{"slice": 0, "refined": True, "sectors_filled": 22, "sectors_trimmed": 10, "sectors_widened": 2},
+               {"slice": 1, "refined": True, "sectors_filled": 1, "sectors_trimmed": 0, "sectors_widened": 0},
+               {"slice": 2, "refined": False, "reason": "no blood pool found at the AIF peak"}]
+    warnings = refinement_warnings(reports)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("slice 0:") and "34 of 36" in warnings[0]
+    assert warnings[1].startswith("slice 2:") and "no blood pool" in warnings[1]
