@@ -1,6 +1,8 @@
 """The grid behind perfusion_refine's defaults: phantom MYO Dice and QPerf rest/stress MBF for
 gap 0/1 px x wall bound 0.6/0.9/1.0 of the pool radius, on the shipped network's raw masks.
 
+Also prints the QPerf radial enhancement profile outside the blood pool (median per 1-px band
+at AIF peak + 6 frames), the only label-free evidence of where the wall ends.
 Usage: python tools/tune_perfusion_refine.py   (needs ../shared/data/qperf)
 """
 import itertools
@@ -33,6 +35,18 @@ def main():
         study = load_study(QPERF, series=series)
         real.append((series, study, segment_perfusion_study(study, model, refine=False)[0]))
 
+    from scipy import ndimage
+
+    from CardiacAISegLib.models.perfusion_refine import _pool_from_bolus
+
+    for series, study, raw in real:
+        frames = study.images[:, 0]
+        pool, _ = _pool_from_bolus(frames, study.aif, raw[0] == 1, raw[0] == 3)
+        dist = ndimage.distance_transform_edt(~pool)
+        late = frames[int(np.argmax(study.aif)) + 6]
+        bands = [float(np.median(late[(dist > d - 1) & (dist <= d)])) for d in range(1, 12)]
+        print(f"QPerf {series}: pool radius {np.sqrt(pool.sum() / np.pi):.1f} px; enhancement at AIF peak + 6 frames, "
+              f"1..11 px outside the pool: " + " ".join(f"{b:.2f}" for b in bands))
     for gap, bound in itertools.product([0.0, 1.0], [0.6, 0.9, 1.0]):
         scores = []
         for study, truth, raw in phantoms:
