@@ -263,7 +263,7 @@ class CardiacAISegLogic(_LogicBase):
         cancel (``CancelledError``); the previous results then stay as they were.
         """
         from .analysis import Analysis
-        from .analyze import segment
+        from .analyze import refinement_warnings, segment
 
         study = self._requireStudy()
         progress = as_progress(progress)
@@ -287,6 +287,10 @@ class CardiacAISegLogic(_LogicBase):
         if study.kind == CINE and study.n_frames == 1:
             study.ed_frame = study.es_frame = 0   # one volume: ED measures only (see _singleFrame)
         analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest).run(progress)
+        if modelInfo:
+            analysis.warnings += refinement_warnings(modelInfo.get("mask_refinement"))
+        if rest is not None:
+            analysis.warnings += [f"rest series: {w}" for w in rest.warnings]
         self._singleFrame(analysis)
         progress(2, 3, "updating the scene")
         # Only a finished analysis replaces the previous one: a cancel leaves the old results.
@@ -299,15 +303,19 @@ class CardiacAISegLogic(_LogicBase):
 
     def _restAnalysis(self, modelName, useExistingLabels, device):
         from .analysis import Analysis
-        from .analyze import segment
+        from .analyze import refinement_warnings, segment
 
         rest = self.restStudy
         if rest is None and self.getNodeParameter("restNodeID") is not None:
             rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
         if rest is None:
             return None
-        labels = rest.labels if (useExistingLabels and rest.labels) else segment(rest, modelName, device=device)[0]
-        return Analysis(rest, labels, density=self._floatParameter("density") or 1.05).run()
+        if useExistingLabels and rest.labels:
+            return Analysis(rest, rest.labels, density=self._floatParameter("density") or 1.05).run()
+        labels, info = segment(rest, modelName, device=device)
+        analysis = Analysis(rest, labels, density=self._floatParameter("density") or 1.05).run()
+        analysis.warnings += refinement_warnings(info.get("mask_refinement"))
+        return analysis
 
     def _labelsFromOutputSegmentations(self):
         labels = {}

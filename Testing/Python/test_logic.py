@@ -155,6 +155,22 @@ def test_perfusion_sample_phantom_runs(tmp_path):
     assert logic.detectKind()[0] == "perfusion"
 
 
+def test_perfusion_network_run_reports_its_bolus_check(tmp_path):
+    pytest.importorskip("torch")
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "perf")
+    truth = next(iter(logic.study.labels.values()))
+    a = logic.runSegmentation(useExistingLabels=False)
+    reports = logic.modelInfo["mask_refinement"]
+    assert [r["slice"] for r in reports] == list(range(logic.study.n_slices))
+    assert all(r["refined"] for r in reports)
+    mask = next(iter(a.labels.values()))
+    dice = 2 * ((mask == 2) & (truth == 2)).sum() / ((mask == 2).sum() + (truth == 2).sum())
+    assert dice > 0.9
+    # the phantom's walls are plausible: little to mend, so no warning to the user
+    assert not [w for w in a.warnings if "mended" in w]
+
+
 def test_no_installed_model_gives_the_engines_error(measured, monkeypatch):
     from CardiacAISegLib.models import registry
     monkeypatch.setattr(registry, "model_dirs", lambda: [])

@@ -202,7 +202,7 @@ class Session:
         With ``density`` given it touches no MRML node: safe in a worker thread. Raises
         ``CancelledError`` on cancel."""
         from ..analysis import Analysis
-        from ..analyze import segment
+        from ..analyze import refinement_warnings, segment
 
         study = self.require_study()
         progress = as_progress(progress)
@@ -220,6 +220,8 @@ class Session:
         if study.kind == CINE and study.n_frames == 1:
             study.ed_frame = study.es_frame = 0
         analysis = Analysis(study, labels, density=density or self.density()).run(progress)
+        if info:
+            analysis.warnings += refinement_warnings(info.get("mask_refinement"))
         self.logic._singleFrame(analysis)
         timing.update(analysis.timing_s)
         progress(2, 3, "showing results")
