@@ -71,7 +71,8 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
         if d.size:
             thick[s] = d.max()
     plausible = (thick >= lo) & (thick <= hi)
-    typical = float(np.median(thick[plausible])) if plausible.any() else 0.45 * radius
+    # With no plausible sector at all, a mid-ventricular diastolic proportion (wall ~ 0.45 x radius).
+    typical = float(np.median(thick[plausible])) if plausible.any() else 0.45 * float(radius)
     used = np.where(plausible, thick, typical)
 
     outer = np.maximum(used, gap_px + 1)[sector]
@@ -87,7 +88,7 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
     out[net_rv & ~pool & ~ring] = RV
     out[ring] = MYO
     out[pool] = LV
-    report = {"refined": True, "pool_radius_px": round(float(radius), 2), "wall_px": round(typical, 2),
+    report = {"refined": True, "pool_radius_px": round(float(radius), 2), "wall_px": round(float(typical), 2),
               "sectors_from_network": int(plausible.sum()), "sectors_filled": int(np.isnan(thick).sum()),
               "sectors_trimmed": int((thick > hi).sum()), "sectors_widened": int((thick < lo).sum()),
               "blood_like_pixels_removed": int(((dist > gap_px) & (dist <= outer) & blood_like).sum())}
