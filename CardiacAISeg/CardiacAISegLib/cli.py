@@ -74,7 +74,7 @@ def _train(args):
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
-                      augment=args.augment, val_every=args.val_every)
+                      augment=args.augment, val_every=args.val_every, crop=args.crop, patch=args.patch)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
 
@@ -145,6 +145,8 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pixel-mm", type=float, default=1.25)
     t.add_argument("--slices-per-epoch", type=int, default=0)
+    t.add_argument("--crop", type=int, default=192, help="crop around the heart before augmentation (pixels at --pixel-mm)")
+    t.add_argument("--patch", type=int, default=144, help="training patch after augmentation (pixels)")
     t.add_argument("--augment", default="basic", choices=["basic", "strong"], help="strong: also resolution, blur, tone-curve and noise-floor shifts")
     t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--resume", action="store_true")
