@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_factory import write_dicom
+from dicom_factory import new_dataset, write_dicom
 
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.readers import load_study
@@ -510,9 +510,8 @@ def _enhanced_dcm(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", nu
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
     ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, drop (groups left out of that frame).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     def functional_groups(fr, names):
         content = {"PlanePositionSequence": {"ImagePositionPatient": fr.get("ipp")},
@@ -532,14 +531,7 @@ def _enhanced_dcm(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", nu
         return g
 
     pixels = np.stack([fr["pixels"] for fr in frames])
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ENHANCED_MR, uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_MR, uid
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, desc
+    ds = new_dataset(ENHANCED_MR, series, number, desc)
     ds.Manufacturer, ds.InstanceNumber = "Philips", instance
     ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), pixels.shape[1:]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
