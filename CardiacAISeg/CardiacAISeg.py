@@ -526,19 +526,23 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              f"epi {a['epi']['mean_mm']:.2f} mm mean boundary error")
             self.ui.agreementLabel.text = "\n".join(lines) or "No frame to compare."
 
-    def onExport(self):
+    def _outputFolder(self):
         folder = self.ui.outputDirectoryLineEdit.currentPath
         if not folder:
             slicer.util.errorDisplay("Choose an output folder first.")
+        return folder
+
+    def onExport(self):
+        folder = self._outputFolder()
+        if not folder:
             return
         with _showErrors("Export failed.", waitCursor=True):
             paths = self.logic.exportResults(folder, force=self.ui.overwriteCheckBox.checked)
             self.ui.statusLabel.text = "Wrote " + ", ".join(sorted(paths)) + f" to {folder}"
 
     def onSaveGroundTruth(self):
-        folder = self.ui.outputDirectoryLineEdit.currentPath
+        folder = self._outputFolder()
         if not folder:
-            slicer.util.errorDisplay("Choose an output folder first.")
             return
         with _showErrors("Could not save the ground truth.", waitCursor=True):
             written = self.logic.saveGroundTruth(folder, self.ui.groundTruthNameLineEdit.text,
