@@ -37,11 +37,12 @@ def main():
 
     from scipy import ndimage
 
-    from CardiacAISegLib.models.perfusion_refine import _pool_from_bolus
+    from CardiacAISegLib.models.perfusion_refine import blood_pool_from_bolus
+    from CardiacAISegLib.roi import peak_image
 
     for series, study, raw in real:
         frames = study.images[:, 0]
-        pool, _ = _pool_from_bolus(frames, study.aif, raw[0] == 1, raw[0] == 3)
+        pool, _ = blood_pool_from_bolus(frames, peak_image(frames, study.aif), int(np.argmax(study.aif)), raw[0] == 1, raw[0] == 3)
         dist = ndimage.distance_transform_edt(~pool)
         late = frames[int(np.argmax(study.aif)) + 6]
         bands = [float(np.median(late[(dist > d - 1) & (dist <= d)])) for d in range(1, 12)]

@@ -13,14 +13,30 @@ from .errors import CardiacInputError
 from .labels import LV, MYO
 
 
+def peak_image(frames, aif):
+    """Mean of the (T, R, C) frames around the AIF peak: the blood pool at its brightest."""
+    peak = int(np.argmax(aif))
+    return frames[max(0, peak - 1): peak + 2].mean(0)
+
+
+def convex_fill(points, shape):
+    """Boolean mask of the convex hull of (N, 2) pixel ``points``; None when they span no area."""
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+    try:
+        hull = Delaunay(points[ConvexHull(points).vertices])
+    except QhullError:
+        return None
+    return (hull.find_simplex(np.argwhere(np.ones(shape, bool))) >= 0).reshape(shape)
+
+
 def ring_mask(frames, aif, gap_px=1.0, width_px=4.0, max_fraction=0.25):
     """(pool, ring) boolean (R, C) masks for one slice's (T, R, C) frames."""
     from scipy import ndimage
-    from scipy.spatial import ConvexHull, Delaunay
 
     aif = np.asarray(aif, float)
     peak = int(np.argmax(aif))
-    img = frames[max(0, peak - 1): peak + 2].mean(0)
+    img = peak_image(frames, aif)
     labels, n = ndimage.label(img > 0.3 * aif[peak])
     if n == 0:
         raise CardiacInputError("ring ROI", "no blood pool brighter than 30% of the AIF peak at the AIF peak")
@@ -29,10 +45,9 @@ def ring_mask(frames, aif, gap_px=1.0, width_px=4.0, max_fraction=0.25):
     score = [size / (1 + np.hypot(*(np.array(cm) - centre)))
              for size, cm in zip(ndimage.sum(np.ones_like(img), labels, idx), ndimage.center_of_mass(img, labels, idx))]
     pts = np.argwhere(labels == 1 + int(np.argmax(score)))
-    if len(pts) < 4:
+    pool = convex_fill(pts, img.shape) if len(pts) >= 4 else None
+    if pool is None:
         raise CardiacInputError("ring ROI", "blood pool too small for a ring ROI")
-    hull = Delaunay(pts[ConvexHull(pts).vertices])
-    pool = (hull.find_simplex(np.argwhere(np.ones(img.shape, bool))) >= 0).reshape(img.shape)
     dist = ndimage.distance_transform_edt(~pool)
     ring = (dist > gap_px) & (dist <= gap_px + width_px) & (frames.max(0) < max_fraction * aif[peak])
     return pool, ring

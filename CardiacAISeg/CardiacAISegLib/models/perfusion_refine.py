@@ -24,37 +24,34 @@ from ..labels import LV, MYO, RV
 N_SECTORS = 36
 
 
-def _pool_from_bolus(frames, aif, net_lv, net_rv):
+def blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv):
+    """(pool mask or None, pool level): the AIF-peak blob the network's LV overlaps most, hull-filled."""
     from scipy import ndimage
-    from scipy.spatial import ConvexHull, Delaunay, QhullError
 
-    peak = int(np.argmax(aif))
-    img = frames[max(0, peak - 1): peak + 2].mean(0)
-    level = float(np.median(img[net_lv])) if net_lv.sum() >= 4 else float(np.percentile(img, 99))
-    bright = img > 0.5 * level
+    from ..roi import convex_fill
+
+    level = float(np.median(at_peak[net_lv])) if net_lv.sum() >= 4 else float(np.percentile(at_peak, 99))
+    bright = at_peak > 0.5 * level
     early = np.argmax(frames, axis=0) < peak - 2       # peaks before the LV: right-heart blood
     bright &= ~(early & net_rv)
     comps, n = ndimage.label(bright)
     if n == 0:
         return None, level
-    overlap = ndimage.sum(net_lv, comps, range(1, n + 1)) if net_lv.any() else ndimage.sum(bright, comps, range(1, n + 1))
+    overlap = ndimage.sum(net_lv if net_lv.any() else bright, comps, range(1, n + 1))
     pts = np.argwhere(comps == 1 + int(np.argmax(overlap)))
-    if len(pts) < 4:
-        return None, level
-    try:
-        hull = Delaunay(pts[ConvexHull(pts).vertices])
-    except QhullError:
-        return None, level
-    pool = (hull.find_simplex(np.argwhere(np.ones(img.shape, bool))) >= 0).reshape(img.shape)
-    return pool, level
+    return (convex_fill(pts, at_peak.shape) if len(pts) >= 4 else None), level
 
 
 def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fraction=0.25, gap_px=0.0, peak_ratio=1.2):
     """(refined (R, C) labels, report) for one slice's (T, R, C) frames and network labels."""
     from scipy import ndimage
 
+    from ..roi import peak_image
+
     net_lv, net_myo, net_rv = labels == LV, labels == MYO, labels == RV
-    pool, level = _pool_from_bolus(frames, np.asarray(aif, float), net_lv, net_rv)
+    peak = int(np.argmax(aif))
+    at_peak = peak_image(frames, aif)
+    pool, level = blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv)
     if pool is None:
         return labels.copy(), {"refined": False, "reason": "no blood pool found at the AIF peak"}
     radius = np.sqrt(pool.sum() / np.pi)
@@ -79,8 +76,6 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
     ring = (dist > gap_px) & (dist <= outer) & ~net_rv
     # Blood peaks with the AIF and washes out; myocardium is still rising then. A pixel
     # brighter at the AIF peak than at any time after the first pass holds blood.
-    peak = int(np.argmax(aif))
-    at_peak = frames[max(0, peak - 1): peak + 2].mean(0)
     late = frames[peak + 3:].max(0) if frames.shape[0] > peak + 3 else at_peak
     blood_like = (frames.max(0) > blood_fraction * level) | (at_peak > peak_ratio * np.maximum(late, 1e-6))
     ring &= ~blood_like
