@@ -100,6 +100,8 @@ class Analysis:
         t0 = time.perf_counter()
         if self.kind == PERFUSION:
             self._compute_mbf_map()
+            if self.rest is not None:  # the MPR depends on the rest series: its caveats are ours
+                self.warnings += [f"rest series: {w}" for w in self.rest.warnings]
             self.timing_s["mbf_map"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         else:

@@ -204,8 +204,6 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress)
-    if rest_analysis is not None:
-        analysis.warnings += [f"rest series: {w}" for w in rest_analysis.warnings]
     if labels == RING_LABELS:
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     timing.update(t)

@@ -289,8 +289,6 @@ class CardiacAISegLogic(_LogicBase):
         analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest).run(progress)
         if modelInfo:
             analysis.warnings += refinement_warnings(modelInfo.get("mask_refinement"))
-        if rest is not None:
-            analysis.warnings += [f"rest series: {w}" for w in rest.warnings]
         self._singleFrame(analysis)
         progress(2, 3, "updating the scene")
         # Only a finished analysis replaces the previous one: a cancel leaves the old results.
@@ -302,20 +300,15 @@ class CardiacAISegLogic(_LogicBase):
         return analysis
 
     def _restAnalysis(self, modelName, useExistingLabels, device):
-        from .analysis import Analysis
-        from .analyze import refinement_warnings, segment
+        from .analyze import analyze_study
 
         rest = self.restStudy
         if rest is None and self.getNodeParameter("restNodeID") is not None:
             rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
         if rest is None:
             return None
-        if useExistingLabels and rest.labels:
-            return Analysis(rest, rest.labels, density=self._floatParameter("density") or 1.05).run()
-        labels, info = segment(rest, modelName, device=device)
-        analysis = Analysis(rest, labels, density=self._floatParameter("density") or 1.05).run()
-        analysis.warnings += refinement_warnings(info.get("mask_refinement"))
-        return analysis
+        return analyze_study(rest, modelName, use_labels=bool(useExistingLabels and rest.labels),
+                             density=self._floatParameter("density") or 1.05, device=device)[0]
 
     def _labelsFromOutputSegmentations(self):
         labels = {}
