@@ -37,11 +37,14 @@ def _phantom(args):
 
 
 def _models(args):
-    from .models.registry import list_models
+    from .models.registry import NAME_CLASH_RULE, scan_models, user_models_dir
 
-    cards = list_models()
+    cards, skipped = scan_models()
+    for folder, reason in skipped:   # on stderr, so --json output stays one JSON document
+        print(f"warning: {folder}: not used: {reason}", file=sys.stderr)
     if args.json:
-        print(json.dumps([{k: v for k, v in c.items() if not k.startswith("_")} for c in cards], indent=1))
+        print(json.dumps([{**{k: v for k, v in c.items() if not k.startswith("_")}, "source": c["_source"]} for c in cards],
+                         indent=1))
         return
     if not cards:
         print("no models installed")
@@ -49,15 +52,16 @@ def _models(args):
         m = c.get("metrics", {})
         dice = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("dice_") and k.count("_") == 1)
         timing = c.get("timing", {}).get("cpu_ms_per_slice")
-        print(f"{c['name']:20s} {c['task']:9s} {c['title']}" + (" [default]" if c.get("default") else ""))
+        print(f"{c['name']:20s} {c['task']:9s} {c['_source']:7s} {c['title']}" + (" [default]" if c.get("default") else ""))
         print(f"{'':20s} {dice}  {'%.0f ms/slice CPU' % timing if timing else ''}  licence: {c['licence']}")
+    print(f"user models: {user_models_dir()} ($CARDIACAISEG_MODELS); names: {NAME_CLASH_RULE}")
 
 
 def _import_model(args):
     from .models.registry import import_model
 
     card = import_model(args.weights, args.card, overwrite=args.force)
-    print(f"imported {card['name']} into {card['_folder']}")
+    print(f"imported {card['name']} ({card['task']}, {card['weights']['format']}; test run passed) into {card['_folder']}")
 
 
 def _train(args):
@@ -125,14 +129,16 @@ def build_parser():
     ph.add_argument("--force", action="store_true")
     ph.set_defaults(func=_phantom)
 
-    m = sub.add_parser("models", help="list installed models")
+    m = sub.add_parser("models", help="list installed models and where each comes from (shipped/user)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_models)
 
-    im = sub.add_parser("import-model", help="install a TorchScript/ONNX model with its model card")
-    im.add_argument("weights")
-    im.add_argument("card")
-    im.add_argument("--force", action="store_true")
+    im = sub.add_parser("import-model", help="install a TorchScript/ONNX model with its model card into the user models folder",
+                        description="Checks the card, the sha256 and a test run of the network before anything is written. "
+                                    "The card's name must be a plain slug (a-z 0-9 . _ -) and not a shipped model's name.")
+    im.add_argument("weights", help="TorchScript (.ts/.pt), ONNX (.onnx) or state_dict file")
+    im.add_argument("card", help="model card (JSON): name, title, task, classes, input, weights, licence")
+    im.add_argument("--force", action="store_true", help="replace a model imported before under the same name")
     im.set_defaults(func=_import_model)
 
     t = sub.add_parser("train", help="train or fine-tune a network on ACDC-layout folders (perfusion: on synthetic first-pass series built on them)")

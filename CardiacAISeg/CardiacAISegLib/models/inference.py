@@ -7,6 +7,40 @@ from .postprocess import keep_one_component_per_structure
 from .preprocess import model_grid_shape, normalise_volume, pad_to_multiple, resample_slices
 
 
+class OnnxModule:
+    """An imported ONNX network run by onnxruntime on the CPU, called like a torch module:
+    a float32 (N, C, rows, cols) tensor in, the class scores as a tensor on the same device out."""
+
+    def __init__(self, path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CardiacInputError(path, "ONNX models need onnxruntime, which is not installed (pip install onnxruntime)")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # its warnings about unused initialisers are not the user's concern
+        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise CardiacInputError(path, f"an ONNX model must take one input (the image batch); this one takes {len(inputs)}: "
+                                    + ", ".join(i.name for i in inputs))
+        if inputs[0].type != "tensor(float)":
+            raise CardiacInputError(path, f"the ONNX input {inputs[0].name!r} must be float32 (tensor(float)), not {inputs[0].type}")
+        self.input_name = inputs[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self  # onnxruntime runs on the CPU; __call__ moves the tensors
+
+    def __call__(self, x):
+        import torch
+
+        scores = self.session.run([self.output_name], {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(scores)).to(x.device)
+
+
 def pick_device(device=None):
     import torch
 

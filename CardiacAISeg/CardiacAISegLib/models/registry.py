@@ -3,12 +3,21 @@
 Shipped models live in ``CardiacAISeg/Resources/Models``; models a user imports go to the user
 folder (``$CARDIACAISEG_MODELS`` or ``~/.cardiacaiseg/models``) and are selected the same way.
 Weights are verified by sha256 before use, so a corrupted or swapped file is never run.
+
+Importing a model is a security boundary: the card comes from outside. Its name must be a
+plain slug (it becomes a folder name), nothing is written outside the user folder, an existing
+model is replaced only on request and only if it holds nothing but a model's files, a shipped
+model's name cannot be reused, and the network must load and give (batch, 4 classes, rows, cols)
+on a small test input before anything is installed.
 """
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +26,16 @@ from ..errors import CardiacInputError
 CARD_NAME = "model.json"
 REQUIRED_KEYS = ("name", "title", "task", "classes", "input", "weights", "licence")
 WEIGHT_FORMATS = ("state_dict", "torchscript", "onnx")
+TASKS = ("cine", "perfusion")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+# A model name becomes a folder name: lower-case letters, digits, '.', '_' and '-', starting
+# with a letter or digit, at most 64 characters ('..' and slashes can never pass).
+NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Output channel i of every network is internal label i (labels.py): the card must say so.
+INTERNAL_CLASSES = ["background", "LV blood pool", "LV myocardium", "RV"]
+DEFAULT_WEIGHT_FILES = {"state_dict": "weights.pt", "torchscript": "weights.ts", "onnx": "weights.onnx"}
+SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_CLASH_RULE = "a shipped model's name cannot be reused: import-model refuses it, and a user folder with that name is not used"
 
 
 def user_models_dir():
@@ -36,21 +54,75 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def _positive_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_name(name, path):
+    if not isinstance(name, str) or not NAME_RULE.match(name) or ".." in name:
+        raise CardiacInputError(path, f"model name {name!r} is not allowed: use 1-64 lower-case letters, digits, '.', '_' "
+                                "or '-', starting with a letter or digit (no '..', no slashes; it becomes a folder name)")
+    return name
+
+
 def validate_card(card, path):
+    """Checks every card passes before its model is listed or run (shipped and user alike)."""
+    if not isinstance(card, dict):
+        raise CardiacInputError(path, "model card must be a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in card]
     if missing:
         raise CardiacInputError(path, f"model card lacks {', '.join(missing)}")
-    if card["task"] not in ("cine", "perfusion"):
+    check_name(card["name"], path)
+    if card["task"] not in TASKS:
         raise CardiacInputError(path, f"task must be 'cine' or 'perfusion', not {card['task']!r}")
     w = card["weights"]
     if not isinstance(w, dict) or not {"file", "sha256", "format"} <= set(w):
         raise CardiacInputError(path, "weights must give file, sha256 and format")
     if w["format"] not in WEIGHT_FORMATS:
         raise CardiacInputError(path, f"weights format {w['format']!r} is not one of {WEIGHT_FORMATS}")
-    if w["format"] == "state_dict" and "architecture" not in card:
+    # the weights are read from the model's own folder, never from a path the card points to
+    if not isinstance(w["file"], str) or not SAFE_FILE_NAME.match(w["file"]) or w["file"] == CARD_NAME:
+        raise CardiacInputError(path, f"weights file {w['file']!r} must be a plain file name in the model folder")
+    if w["format"] == "state_dict" and not (isinstance(card.get("architecture"), dict) and "name" in card["architecture"]):
         raise CardiacInputError(path, "a state_dict model needs an 'architecture' entry (name, params)")
-    if "pixel_mm" not in card["input"]:
+    spec = card["input"]
+    if not isinstance(spec, dict) or "pixel_mm" not in spec:
         raise CardiacInputError(path, "input spec lacks pixel_mm")
+    # Perfusion networks run on the native grid (pixel_mm null); cine networks on a resampled one.
+    if not (_positive_number(spec["pixel_mm"]) or (card["task"] == "perfusion" and spec["pixel_mm"] is None)):
+        allowed = "a positive number of mm" + (" or null (native grid)" if card["task"] == "perfusion" else "")
+        raise CardiacInputError(path, f"input.pixel_mm must be {allowed}, the pixel size the network was trained at; "
+                                f"got {spec['pixel_mm']!r}")
+    return card
+
+
+def validate_card_for_import(card, path):
+    """The stricter checks of a card from outside: everything the run will rely on."""
+    validate_card(card, path)
+    if not isinstance(card["title"], str) or not card["title"].strip():
+        raise CardiacInputError(path, "title must be a non-empty text")
+    if not isinstance(card["licence"], str) or not card["licence"].strip():
+        raise CardiacInputError(path, "licence must be a non-empty text (the terms the weights are under)")
+    if card["classes"] != INTERNAL_CLASSES:
+        raise CardiacInputError(path, f"classes must be {INTERNAL_CLASSES} in this order (output channel i is label i), "
+                                f"not {card['classes']!r}")
+    sha = card["weights"]["sha256"]
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise CardiacInputError(path, "weights.sha256 must be 64 lower-case hex digits (sha256sum of the weights file)")
+    spec = card["input"]
+    if "size_multiple" in spec and not _positive_int(spec["size_multiple"]):
+        raise CardiacInputError(path, f"input.size_multiple must be a positive whole number, not {spec['size_multiple']!r}")
+    if card["task"] == "perfusion" and "frames" in spec and not _positive_int(spec["frames"]):
+        raise CardiacInputError(path, f"input.frames must be the number of frames the network takes, not {spec['frames']!r}")
+    if card["task"] == "cine" and spec.get("tta", "none") not in ("none", "flip", "flip2"):
+        raise CardiacInputError(path, f"input.tta must be 'none', 'flip' or 'flip2', not {spec['tta']!r}")
+    arch = card.get("architecture")
+    if card["weights"]["format"] == "state_dict" and not isinstance(arch.get("params", {}), dict):
+        raise CardiacInputError(path, "architecture.params must be an object of keyword arguments")
     return card
 
 
@@ -60,6 +132,8 @@ def read_card(folder):
         card = json.loads(path.read_text())
     except FileNotFoundError:
         raise CardiacInputError(path, "model card not found")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CardiacInputError(path, f"cannot read the model card ({e})")
     except json.JSONDecodeError as e:
         raise CardiacInputError(path, f"model card is not valid JSON ({e})")
     card = validate_card(card, path)
@@ -67,22 +141,56 @@ def read_card(folder):
     return card
 
 
-def list_models(task=None):
-    """Cards of every valid model, shipped first; a broken user model is skipped, not fatal."""
-    cards, seen = [], set()
+def _same_folder(a, b):
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def scan_models():
+    """(cards, skipped): the usable models, shipped first, each card with ``_source`` 'shipped'
+    or 'user'; ``skipped`` lists (folder, reason) for model folders that are not used.
+
+    A folder is used under its card's name only if the folder has that name, and a name is
+    taken once: shipped models come first, so a user folder with a shipped name is skipped
+    (and reported), never silently shadowed.
+    """
+    cards, skipped, owner = [], [], {}
     for root in model_dirs():
+        root = Path(root)
         if not root.is_dir():
             continue
-        for folder in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
+        source = "shipped" if _same_folder(root, SHIPPED_DIR) else "user"
+        # names starting with '.' are import staging folders
+        for folder in sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / CARD_NAME).is_file()):
             try:
                 card = read_card(folder)
-            except CardiacInputError:
+            except CardiacInputError as e:
+                skipped.append((folder, e.problem))
                 continue
-            if card["name"] in seen or (task and card["task"] != task):
+            name = card["name"]
+            if name != folder.name:
+                skipped.append((folder, f"its card names the model {name!r}, not the folder's name {folder.name!r}"))
                 continue
-            seen.add(card["name"])
+            if name in owner:
+                skipped.append((folder, f"name {name!r} is taken by the {owner[name]} model; {NAME_CLASH_RULE}"))
+                continue
+            owner[name] = source
+            card["_source"] = source
             cards.append(card)
-    return cards
+    return cards, skipped
+
+
+def list_models(task=None):
+    """Cards of every usable model, shipped first; a broken user model is skipped, not fatal."""
+    return [c for c in scan_models()[0] if not task or c["task"] == task]
+
+
+def shipped_names():
+    if not SHIPPED_DIR.is_dir():
+        return set()
+    return {p.name for p in SHIPPED_DIR.iterdir() if (p / CARD_NAME).is_file()}
 
 
 def get_card(name):
@@ -127,18 +235,10 @@ def verify_weights(card):
     return path
 
 
-_CACHE = {}
-
-
-def load_model(name, verify=True):
-    """Build and load a model by name (cached per process; weights verified on first load)."""
+def _build_module(card, path):
+    """The network of ``card`` with the weights at ``path``, in eval mode on the CPU."""
     import torch
 
-    card = get_card(name)
-    key = (card["_folder"], card["weights"]["sha256"])
-    if key in _CACHE:
-        return _CACHE[key]
-    path = verify_weights(card) if verify else weights_path(card)
     fmt = card["weights"]["format"]
     if fmt == "state_dict":
         from .architectures import build
@@ -148,45 +248,168 @@ def load_model(name, verify=True):
     elif fmt == "torchscript":
         module = torch.jit.load(str(path), map_location="cpu")
     else:
-        from .onnx_module import OnnxModule
+        from .inference import OnnxModule
 
         module = OnnxModule(path)
     module.eval()
-    loaded = LoadedModel(card, module)
+    return module
+
+
+_CACHE = {}
+
+
+def load_model(name, verify=True):
+    """Build and load a model by name (cached per process; weights verified on first load)."""
+    card = get_card(name)
+    key = (card["_folder"], card["weights"]["sha256"])
+    if key in _CACHE:
+        return _CACHE[key]
+    path = verify_weights(card) if verify else weights_path(card)
+    loaded = LoadedModel(card, _build_module(card, path))
     _CACHE[key] = loaded
     return loaded
+
+
+def _one_line(error, limit=200):
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+FORMAT_NAMES = {"state_dict": "a PyTorch state_dict", "torchscript": "TorchScript", "onnx": "ONNX"}
+
+
+def dry_run_shape(card):
+    """A small input like the ones the analysis feeds the network: cine (2 slices, 1, rows, cols),
+    perfusion (1, frames, rows, cols); rows != cols and a batch of 2 catch fixed-shape exports."""
+    multiple = card["input"].get("size_multiple", 16 if card["task"] == "cine" else 8)
+    rows, cols = (-(-n // multiple) * multiple for n in (64, 80))
+    if card["task"] == "perfusion":
+        return (1, card["input"].get("frames", 48), rows, cols)
+    return (2, 1, rows, cols)
+
+
+def dry_run(card, path):
+    """Load the weights at ``path`` and run them on a small input; refuse, naming ``path``, a file
+    that does not load, a network that raises, or an output that is not (batch, 4, rows, cols)
+    finite class scores. Returns (input shape, output shape)."""
+    import torch
+
+    fmt = card["weights"]["format"]
+    try:
+        module = _build_module(card, path)
+    except CardiacInputError:
+        raise
+    except Exception as e:  # torch/onnxruntime raise many kinds for a damaged or foreign file
+        raise CardiacInputError(path, f"cannot load as {FORMAT_NAMES[fmt]} weights: {_one_line(e)}")
+    shape = dry_run_shape(card)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            y = module(x)
+    except Exception as e:
+        raise CardiacInputError(path, f"the network fails on a {shape} test input: {_one_line(e)}")
+    if not torch.is_tensor(y):
+        raise CardiacInputError(path, f"the network returns {type(y).__name__}, not one tensor of class scores")
+    expected = (shape[0], len(INTERNAL_CLASSES), shape[2], shape[3])
+    if tuple(y.shape) != expected:
+        hint = ("; it lacks the class axis" if y.dim() == 3 else
+                f"; it gives {y.shape[1]} classes, the card names {len(INTERNAL_CLASSES)}" if y.dim() == 4 and tuple(y.shape[2:]) == shape[2:] else "")
+        raise CardiacInputError(path, f"output shape {tuple(y.shape)} for a {shape} input; expected {expected} "
+                                f"(batch, class, rows, cols){hint}")
+    if not y.is_floating_point() or not bool(torch.isfinite(y).all()):
+        raise CardiacInputError(path, f"output must be finite floating-point class scores; got {y.dtype} with NaN/inf or integers")
+    return shape, tuple(y.shape)
+
+
+def _is_model_folder(folder):
+    """True for a plain folder that holds only what an import writes (card + its weights), so
+    replacing it deletes nothing else."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        card = json.loads((folder / CARD_NAME).read_text())
+        allowed = {CARD_NAME, card["weights"]["file"]}
+        entries = list(folder.iterdir())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all(p.name in allowed and p.is_file() and not p.is_symlink() for p in entries)
+
+
+def _weights_file_name(weights, fmt):
+    name = weights.name
+    return name if SAFE_FILE_NAME.match(name) and name != CARD_NAME else DEFAULT_WEIGHT_FILES[fmt]
 
 
 def import_model(weights, card_path, dest=None, overwrite=False):
     """Install a user's TorchScript/ONNX (or state_dict) model with its card into the user folder.
 
-    The card's sha256 must match the weights file; the copy is assembled in a temporary folder
-    and moved into place, so a failed import leaves nothing behind.
+    Checked before anything is written: the card (:func:`validate_card_for_import`), the name
+    (a slug, not a shipped model's), the sha256 of the weights, and a dry run of the network.
+    The copy is assembled in a staging folder inside the user folder and renamed into place, so
+    a failed import leaves nothing behind. ``overwrite`` replaces a model imported before under
+    the same name, never a folder holding anything else.
     """
     weights, card_path = Path(weights), Path(card_path)
     try:
         card = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CardiacInputError(card_path, f"cannot read model card ({e})")
-    validate_card(card, card_path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CardiacInputError(card_path, f"cannot read model card ({_one_line(e)})")
+    validate_card_for_import(card, card_path)
+    name = card["name"]
+    if name in shipped_names():
+        raise CardiacInputError(card_path, f"name {name!r} is a shipped model; choose another name in the card "
+                                f"({NAME_CLASH_RULE})")
     if not weights.is_file():
         raise CardiacInputError(weights, "weights file not found")
     if sha256_of(weights) != card["weights"]["sha256"]:
         raise CardiacInputError(weights, "sha256 of the weights does not match the model card")
-    dest_root = Path(dest) if dest else user_models_dir()
-    target = dest_root / card["name"]
-    if target.exists() and not overwrite:
-        raise CardiacInputError(target, "a model with this name is already installed; pass overwrite=True to replace it")
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dest_root))
+    root = Path(dest) if dest else user_models_dir()
+    if root.exists() and not root.is_dir():
+        raise CardiacInputError(root, "the user models folder is a file, not a folder")
+    if _same_folder(root, SHIPPED_DIR) or SHIPPED_DIR.resolve() in root.resolve().parents:
+        raise CardiacInputError(root, "the user models folder must not be the shipped models folder")
+    target = root / name
+    if target.is_symlink():
+        raise CardiacInputError(target, "is a symbolic link; it is not replaced (remove it first)")
+    if target.exists():
+        if not overwrite:
+            raise CardiacInputError(target, "a model with this name is already installed; pass --force (overwrite=True) to replace it")
+        if not _is_model_folder(target):
+            raise CardiacInputError(target, "exists and holds more than a model card and its weights; it is not replaced, "
+                                    "even with --force (move it away first)")
+    dry_run(card, weights)
+
+    created_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
+    old = None
     try:
-        card["weights"]["file"] = weights.name
-        shutil.copy2(weights, tmp / weights.name)
-        (tmp / CARD_NAME).write_text(json.dumps(card, indent=2))
+        staging.chmod(0o755)  # mkdtemp makes it private; an installed model is an ordinary folder
+        card["weights"]["file"] = _weights_file_name(weights, card["weights"]["format"])
+        copied = staging / card["weights"]["file"]
+        shutil.copyfile(weights, copied)
+        if sha256_of(copied) != card["weights"]["sha256"]:
+            raise CardiacInputError(weights, "the copy differs from the file (changed while importing?); nothing installed")
+        (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
         if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+            old = root / f".replaced-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if old is not None:
+                os.rename(old, target)
+                old = None
+            raise
+    except OSError as e:
+        raise CardiacInputError(target, f"cannot install the model ({_one_line(e)}); nothing installed")
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return read_card(target)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if created_root and not any(root.iterdir()):
+            root.rmdir()
+    installed = read_card(target)
+    installed["_source"] = "user"
+    return installed

@@ -1,0 +1,304 @@
+"""`cardiacaiseg import-model` as a security boundary: plain-slug names, nothing written outside
+the user models folder, no replacing without --force (and never a foreign folder), shipped names
+kept, cards and networks checked by a test run before install, ONNX run by onnxruntime."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from CardiacAISegLib import cli  # noqa: E402
+from CardiacAISegLib.models import registry  # noqa: E402
+
+CLASSES = ["background", "LV blood pool", "LV myocardium", "RV"]
+
+
+class IntensityClassifier(torch.nn.Module):
+    """Class = nearest of the intensities (0, 1, 0.5, 0.25): a 'network' whose answer is known."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("centres", torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1))
+
+    def forward(self, x):
+        return -100.0 * (x - self.centres) ** 2
+
+
+class NoClassAxis(torch.nn.Module):
+    """Returns (batch, rows, cols): a label-like map instead of class scores."""
+
+    def forward(self, x):
+        return x[:, 0] * 2.0
+
+
+class ThreeClasses(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([x, -x, x * 0.5], 1)
+
+
+class FixedSize(torch.nn.Module):
+    """Only works on one 64x64 image: fails on the analysis's batches of other sizes."""
+
+    def forward(self, x):
+        return x.reshape(1, 1, 64, 64).repeat(1, 4, 1, 1)
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("CARDIACAISEG_MODELS", str(folder))
+    registry._CACHE.clear()
+    yield folder
+    registry._CACHE.clear()
+
+
+def write_card(path, weights_file, name="user-net", fmt="torchscript", **changes):
+    card = {"name": name, "title": "Test network", "task": "cine", "version": "1", "classes": list(CLASSES),
+            "input": {"pixel_mm": 1.25, "size_multiple": 1, "normalisation": "none"},
+            "weights": {"file": weights_file.name, "format": fmt, "sha256": registry.sha256_of(weights_file)},
+            "licence": "test"}
+    card.update(changes)
+    path.write_text(json.dumps(card))
+    return path
+
+
+def torchscript_model(folder, module=None, name="user-net", file="model.ts", **changes):
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / file
+    torch.jit.script(module if module is not None else IntensityClassifier()).save(str(weights))
+    return weights, write_card(folder / f"{name}.card.json", weights, name=name, **changes)
+
+
+def onnx_model(folder, name="user-onnx"):
+    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (test extra)")
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still the one without onnxscript
+        torch.onnx.export(IntensityClassifier().eval(), torch.zeros(1, 1, 32, 32), str(weights), input_names=["image"],
+                          output_names=["scores"], dynamic_axes={"image": {0: "n", 2: "rows", 3: "cols"}}, dynamo=False)
+    return weights, write_card(folder / "onnx.card.json", weights, name=name, fmt="onnx")
+
+
+def import_cli(capsys, weights, card, *flags):
+    code = cli.main(["import-model", str(weights), str(card), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def expect_refusal(capsys, weights, card, named, problem, *flags):
+    """Exit 2, one `error:` line on stderr naming ``named`` and the problem."""
+    code, out, err = import_cli(capsys, weights, card, *flags)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(named) in lines[0] and problem in lines[0], lines[0]
+    return lines[0]
+
+
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("name", ["../x", "../../etc", "a/b", "..", "a..b", ".hidden", "Upper", "", "x" * 65, "C:\\x"])
+def test_name_must_be_a_plain_slug_and_nothing_is_written(tmp_path, capsys, user_models, name):
+    weights, card = torchscript_model(tmp_path / "src", name=name.replace("/", "_") or "empty")
+    data = json.loads(card.read_text())
+    data["name"] = name
+    card.write_text(json.dumps(data))
+    before = tree(tmp_path)
+    expect_refusal(capsys, weights, card, card, "is not allowed")
+    assert tree(tmp_path) == before            # no user folder, no ../x beside it
+    assert not user_models.exists()
+
+
+def test_existing_model_is_replaced_only_with_force(tmp_path, capsys, user_models):
+    first, card1 = torchscript_model(tmp_path / "v1")
+    code, out, _ = import_cli(capsys, first, card1)
+    assert code == 0 and "imported user-net" in out
+    installed = user_models / "user-net" / "model.ts"
+    assert registry.sha256_of(installed) == registry.sha256_of(first)
+
+    retrained = IntensityClassifier()
+    retrained.centres[0, 3] = 0.3
+    second, card2 = torchscript_model(tmp_path / "v2", retrained, file="other.ts", title="Second version")
+    assert registry.sha256_of(second) != registry.sha256_of(first)
+    expect_refusal(capsys, second, card2, user_models / "user-net", "already installed")
+    assert registry.sha256_of(installed) == registry.sha256_of(first)
+
+    code, out, err = import_cli(capsys, second, card2, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in (user_models / "user-net").iterdir()) == ["model.json", "other.ts"]
+    card = registry.get_card("user-net")
+    assert card["title"] == "Second version" and card["weights"]["sha256"] == registry.sha256_of(second)
+    assert [p.name for p in user_models.iterdir()] == ["user-net"]   # no staging or replaced folder left
+
+
+def test_force_never_replaces_a_folder_that_holds_other_files(tmp_path, capsys, user_models):
+    weights, card = torchscript_model(tmp_path / "src")
+    mine = user_models / "user-net"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    expect_refusal(capsys, weights, card, mine, "not replaced, even with --force", "--force")
+    assert (mine / "notes.txt").read_text() == "my notes" and tree(mine) == ["notes.txt"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    mine.rename(tmp_path / "moved")
+    os.symlink(elsewhere, user_models / "user-net")
+    expect_refusal(capsys, weights, card, user_models / "user-net", "symbolic link", "--force")
+    assert tree(elsewhere) == ["keep.txt"]
+
+
+def test_shipped_name_is_refused_and_models_lists_sources(tmp_path, capsys, user_models):
+    shipped = sorted(registry.shipped_names())
+    if not shipped:
+        pytest.skip("no shipped models in this checkout")
+    weights, card = torchscript_model(tmp_path / "src", name=shipped[0])
+    expect_refusal(capsys, weights, card, card, f"name {shipped[0]!r} is a shipped model; choose another name", "--force")
+    assert not user_models.exists()
+
+    # a folder made by hand (or by an older version) under a shipped name is reported, not used
+    hand = user_models / shipped[0]
+    hand.mkdir(parents=True)
+    (hand / "model.json").write_text(card.read_text())
+    (hand / "model.ts").write_bytes(weights.read_bytes())
+    weights2, card2 = torchscript_model(tmp_path / "src2", name="user-net")
+    assert import_cli(capsys, weights2, card2)[0] == 0
+
+    assert cli.main(["models"]) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[2] for line in out.splitlines() if line and not line.startswith((" ", "user models"))}
+    assert rows[shipped[0]] == "shipped" and rows["user-net"] == "user"
+    assert "a shipped model's name cannot be reused" in out
+    assert f"{hand}: not used: name {shipped[0]!r} is taken by the shipped model" in err
+    assert registry.get_card(shipped[0])["_source"] == "shipped"
+
+    assert cli.main(["models", "--json"]) == 0
+    listed = {c["name"]: c["source"] for c in json.loads(capsys.readouterr().out)}
+    assert listed[shipped[0]] == "shipped" and listed["user-net"] == "user"
+
+
+def test_corrupt_torchscript_is_refused_naming_the_file(tmp_path, capsys, user_models):
+    good, _ = torchscript_model(tmp_path / "good")
+    for n, payload in enumerate([b"not a model at all", good.read_bytes()[: good.stat().st_size // 2]]):
+        weights = tmp_path / f"broken{n}.ts"
+        weights.write_bytes(payload)
+        card = write_card(tmp_path / f"broken{n}.json", weights)     # sha256 matches: the file itself is bad
+        expect_refusal(capsys, weights, card, weights, "cannot load as TorchScript weights")
+        assert not user_models.exists()
+
+
+@pytest.mark.parametrize("pixel_mm", [0, -1.25, None, "1.25", float("nan")])
+def test_bad_pixel_mm_is_refused_naming_the_card(tmp_path, capsys, user_models, pixel_mm):
+    weights, card = torchscript_model(tmp_path / "src", input={"pixel_mm": pixel_mm, "size_multiple": 1})
+    line = expect_refusal(capsys, weights, card, card, "input.pixel_mm must be a positive number of mm")
+    assert repr(pixel_mm) in line
+    assert not user_models.exists()
+
+
+@pytest.mark.parametrize("module, problem", [(NoClassAxis(), "it lacks the class axis"),
+                                             (ThreeClasses(), "it gives 3 classes, the card names 4"),
+                                             (FixedSize(), "the network fails on a (2, 1, 64, 80) test input")])
+def test_network_with_the_wrong_output_is_refused_by_the_test_run(tmp_path, capsys, user_models, module, problem):
+    weights, card = torchscript_model(tmp_path / "src", module)
+    expect_refusal(capsys, weights, card, weights, problem)
+    assert not user_models.exists()
+
+
+@pytest.mark.parametrize("change, problem", [({"task": "ct"}, "task must be 'cine' or 'perfusion'"),
+                                             ({"classes": ["background", "RV", "LV myocardium", "LV blood pool"]},
+                                              "classes must be"),
+                                             ({"weights": {"file": "../../model.ts", "format": "torchscript",
+                                                           "sha256": "0" * 64}}, "must be a plain file name"),
+                                             ({"weights": {"file": "model.ts", "format": "keras", "sha256": "0" * 64}},
+                                              "weights format 'keras'")])
+def test_card_problems_are_refused_naming_the_card(tmp_path, capsys, user_models, change, problem):
+    weights, card = torchscript_model(tmp_path / "src", **change)
+    expect_refusal(capsys, weights, card, card, problem)
+    assert not user_models.exists()
+
+
+def test_onnx_model_imports_and_segments_a_phantom(tmp_path, capsys, user_models):
+    pytest.importorskip("onnxruntime")
+    from test_models import oblique_study
+
+    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.models.inference import OnnxModule
+
+    weights, card = onnx_model(tmp_path / "src")
+    code, out, err = import_cli(capsys, weights, card)
+    assert code == 0, err
+    assert isinstance(registry.load_model("user-onnx").module, OnnxModule)
+
+    # the answer is known on the oblique test study: the labels must land where the intensities are
+    study, truth = oblique_study()
+    labels, info = segment(study, "user-onnx")
+    assert info["name"] == "user-onnx" and info["sha256"] == registry.sha256_of(weights)
+    for v in (1, 2, 3):
+        a, b = labels[0] == v, truth == v
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.95
+
+    # end to end through the CLI on the cine phantom: ONNX and the same network in torch agree
+    assert cli.main(["phantom", "--kind", "cine", "--out", str(tmp_path / "phantom")]) == 0
+    ts_weights, ts_card = torchscript_model(tmp_path / "ts", name="user-ts")
+    assert import_cli(capsys, ts_weights, ts_card)[0] == 0
+    for name in ("user-onnx", "user-ts"):
+        assert cli.main(["analyze", str(tmp_path / "phantom" / "cine.nii.gz"), "--out", str(tmp_path / name),
+                         "--model", name, "--quiet"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    onnx_doc, ts_doc = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("user-onnx", "user-ts"))
+    assert onnx_doc["model"]["name"] == "user-onnx" and onnx_doc["model"]["sha256"] == registry.sha256_of(weights)
+    assert onnx_doc["cine"]["lv_edv_ml"] > 0
+    assert onnx_doc["cine"]["lv_edv_ml"] == pytest.approx(ts_doc["cine"]["lv_edv_ml"], rel=1e-3)
+    assert onnx_doc["cine"]["lv_mass_g"] == pytest.approx(ts_doc["cine"]["lv_mass_g"], rel=1e-3)
+
+
+def test_onnx_without_onnxruntime_is_refused_with_the_reason(tmp_path, capsys, user_models, monkeypatch):
+    weights, card = onnx_model(tmp_path / "src")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)   # import onnxruntime -> ImportError
+    expect_refusal(capsys, weights, card, weights, "ONNX models need onnxruntime")
+    assert not user_models.exists()
+
+
+def test_corrupt_onnx_is_refused_naming_the_file(tmp_path, capsys, user_models):
+    pytest.importorskip("onnxruntime")
+    weights = tmp_path / "broken.onnx"
+    weights.write_bytes(b"\x08\x07garbage")
+    card = write_card(tmp_path / "broken.json", weights, fmt="onnx")
+    expect_refusal(capsys, weights, card, weights, "cannot load as ONNX weights")
+    assert not user_models.exists()
+
+
+def test_failed_install_leaves_no_folder_behind(tmp_path, capsys, user_models, monkeypatch):
+    weights, card = torchscript_model(tmp_path / "src")
+    user_models.mkdir()
+    (user_models / "other").mkdir()                     # the user's folder exists with other things in it
+
+    def disk_full(src, dst, *args, **kwargs):
+        with open(dst, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.shutil, "copyfile", disk_full)
+    expect_refusal(capsys, weights, card, user_models / "user-net", "No space left on device")
+    assert tree(user_models) == ["other"]               # no model folder, no staging folder
+    assert "user-net" not in [c["name"] for c in registry.list_models()]
+
+
+def test_hand_made_user_folder_pointing_outside_is_not_used(tmp_path, capsys, user_models):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"x")
+    folder = user_models / "sneaky"
+    folder.mkdir(parents=True)
+    write_card(folder / "model.json", secret, name="sneaky")
+    data = json.loads((folder / "model.json").read_text())
+    data["weights"]["file"] = "../../secret.bin"
+    (folder / "model.json").write_text(json.dumps(data))
+    assert "sneaky" not in [c["name"] for c in registry.list_models()]
+    assert cli.main(["models"]) == 0
+    assert f"{folder}: not used: weights file '../../secret.bin' must be a plain file name" in capsys.readouterr().err
