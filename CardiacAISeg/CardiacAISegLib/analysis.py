@@ -41,6 +41,11 @@ class Analysis:
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
         self.segment_values = {}             # AHA id -> bullseye value
+        # perfusion bullseye: "mbf" (mL/min/g) or "relative_upslope" (needs no AIF calibration)
+        self.bullseye_measure = "mbf"
+        self._curves = None
+        self.qc = None                       # qc.assess(): {"status", "flags"}
+        self.extra_qc = []                   # flags raised while computing (e.g. insertion fallback)
         self._check_labels()
 
     # --- state ---------------------------------------------------------------------------
@@ -73,6 +78,10 @@ class Analysis:
 
     # --- computation ---------------------------------------------------------------------
     def run(self, progress=None):
+        # every reader warning (geometry, timing, AIF) travels with the result to every output
+        reader = [w for w in (self.study.provenance or {}).get("warnings", []) if w not in self.warnings]
+        self.warnings = reader + self.warnings
+        self.extra_qc = []
         try:
             return self._run(progress)
         except CardiacInputError as e:
@@ -109,25 +118,54 @@ class Analysis:
             self.warnings += self.cine.pop("warnings", [])
         self._compute_geometry()
         self._compute_segment_values()
+        self._assess()
         self.timing_s["measures"] = time.perf_counter() - t0
         return self
+
+    def _assess(self):
+        from .qc import REVIEW, assess
+
+        self.qc = assess(self)
+        self.warnings = [w for w in self.warnings if not w.startswith("QC ")]
+        self.warnings += [f"QC {f['code']}: {f['message']}" for f in self.qc["flags"] if f["severity"] == REVIEW]
 
     def _compute_mbf_map(self):
         from .mbf import mbf_map
 
         st = self.study
-        if st.aif is None:
-            raise CardiacInputError(st.source or st.name, "perfusion study has no arterial input function (give --aif)")
         if st.units != "gd_mmol_l":
             self.warnings.append("images are in signal intensity, not Gd concentration: MBF assumes a linear signal-Gd relation")
         times = st.frame_times_s
         if times is None or len(times) < 2:
             raise CardiacInputError(st.source or st.name, "frame times are needed (give --dt)")
-        dt = float(np.median(np.diff(times)))
         mask = self.labels[self.reference_frame] == MYO
         if not mask.any():
             raise CardiacInputError(st.source or st.name, "the myocardial mask is empty: nothing to quantify")
-        self.mbf, self.mbf_fit = mbf_map(st.images, mask, st.aif, dt, density=self.density)
+        aif = self._aif()
+        images, dt = _regular_frames(st.images, times)
+        if images is not st.images:
+            aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
+        self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
+        self._curves = (images, aif, np.arange(images.shape[0]) * dt)   # for the semi-quantitative indices
+
+    def _aif(self):
+        """The study's AIF; when it came from the LV blood pool (no separate AIF), the labelled LV
+        pool of the slice with the largest one, eroded, replaces the bolus-detected one."""
+        from .bolus import aif_from_lv
+
+        st = self.study
+        source = (st.provenance or {}).get("aif_source")
+        lv = self.labels[self.reference_frame] == LV
+        if (st.aif is None or source == "lv_blood_pool") and lv.any():
+            k = int(np.argmax(lv.sum(axis=(1, 2))))
+            st.aif = aif_from_lv(st.images[:, k], lv[k])
+            st.provenance["aif_source"] = "lv_blood_pool"
+            st.provenance.setdefault("aif_detection", {})["from_labels_slice"] = k
+        if st.aif is None:
+            why = ((st.provenance or {}).get("aif_detection") or {}).get("error", "no LV blood pool in the labels")
+            raise CardiacInputError(st.source or st.name, f"perfusion study has no arterial input function and none could be "
+                                                          f"taken from the LV ({why}): give --aif")
+        return st.aif
 
     def _compute_geometry(self):
         ref = self.labels[self.reference_frame]
@@ -137,7 +175,17 @@ class Analysis:
             self.levels = geometry.slice_levels(ref, st, perfusion_levels=names)
         else:
             self.levels = geometry.slice_levels(ref, st)
-        self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True) if (ref == RV).any() else []
+        self.insertion = []
+        if (ref == RV).any():
+            try:
+                self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True)
+            except CardiacInputError as e:
+                # Volumes, EF and mass never depend on insertion points: measure on, say why,
+                # and leave the points to the user (Slicer / web GUI handles).
+                from .qc import REVIEW, _flag
+
+                self.extra_qc.append(_flag("INSERTION_POINTS_MISSING", REVIEW, f"RV insertion points not found ({e.problem}); "
+                                           "AHA segments are not assigned: volumes, EF and mass are unaffected"))
         for (k, which), ras in self._user_points.items():
             for p in self.insertion:
                 if p["slice"] == k:
@@ -177,10 +225,24 @@ class Analysis:
                           "n_pixels": int(finite.size), "segments": segments,
                           "territories": summary["territories"]}
         self.segment_values = {s["id"]: s["mbf_ml_min_g"] for s in segments}
+        if self._curves is not None:
+            from .semiquant import semiquant_indices
+
+            images, aif, times = self._curves
+            myo = self.labels[self.reference_frame] == MYO
+            self.perfusion["semiquantitative"] = semiquant_indices(images, myo, self.segment_map if self.sectors else None,
+                                                                   aif, times)
+            if self.bullseye_measure == "relative_upslope":
+                self.segment_values = {s["id"]: s["relative_upslope"] for s in self.perfusion["semiquantitative"]["segments"]}
         if self.rest is not None and self.rest.perfusion is not None:
             from .mbf import mpr
 
             self.perfusion["mpr"] = mpr(_for_mpr(self.perfusion), _for_mpr(self.rest.perfusion))
+            sq, rest_sq = self.perfusion.get("semiquantitative"), self.rest.perfusion.get("semiquantitative")
+            if sq and rest_sq:
+                from .semiquant import mpri
+
+                self.perfusion["mpri"] = mpri(sq, rest_sq)
 
     # --- edits ---------------------------------------------------------------------------
     def move_insertion_point(self, slice_index, which, ras):
@@ -198,6 +260,7 @@ class Analysis:
             from .wall import segment_means
 
             self.segment_values = segment_means(self._thickness, self.segment_map)
+        self._assess()
         return changed
 
     def set_labels(self, frame, label_map):
@@ -217,7 +280,7 @@ class Analysis:
 
     def results(self):
         return {"kind": self.kind, "cine": self.cine, "perfusion": self.perfusion,
-                "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings)}
+                "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings), "qc": self.qc}
 
     def table_rows(self):
         """Rows {measure, value, unit} for results.csv and the Slicer table node."""
@@ -236,6 +299,28 @@ class Analysis:
                 rows.append({"measure": f"MBF segment {s['id']} ({s['name']}, {s['territory']})", "value": s["mbf_ml_min_g"], "unit": "mL/min/g"})
             if "mpr" in p:
                 rows.append({"measure": "Global MPR", "value": p["mpr"]["global"], "unit": ""})
+            sq = p.get("semiquantitative")
+            if sq:
+                g = sq["global"]
+                unit = "mmol/L" if self.study.units == "gd_mmol_l" else "signal"
+                rows += [{"measure": "Global upslope", "value": g["upslope"], "unit": f"{unit}/s"},
+                         {"measure": "Global relative upslope (myocardium/LV)", "value": g["relative_upslope"], "unit": ""},
+                         {"measure": "Global peak enhancement", "value": g["peak_enhancement"], "unit": unit},
+                         {"measure": "Global time to peak (from AIF foot)", "value": g["time_to_peak_s"], "unit": "s"}]
+                for s in sq["segments"]:
+                    rows.append({"measure": f"Relative upslope segment {s['id']} ({s['name']}, {s['territory']})",
+                                 "value": s["relative_upslope"], "unit": ""})
+            if p.get("mpri"):
+                rows.append({"measure": "Global MPRI (stress/rest relative upslope)", "value": p["mpri"]["global"], "unit": ""})
+        if self.qc:
+            # tables hold numbers: the status row counts the flags to review (0 = pass), each
+            # flag row carries its code and message in the measure, its value (if any) in Value
+            n_review = sum(f["severity"] == "review" for f in self.qc["flags"])
+            rows.append({"measure": f"QC status: {self.qc['status']}", "value": n_review, "unit": "flags to review"})
+            for f in self.qc["flags"]:
+                value = f.get("value")
+                rows.append({"measure": f"QC {f['code']} ({f['severity']}): {f['message']}",
+                             "value": value if isinstance(value, float) else None, "unit": ""})
         return rows
 
 
@@ -247,6 +332,21 @@ CINE_ROWS = (
     ("rv_ef_pct", "RV EF", "%"),
 )
 AHA_NAMES = {s["id"]: s["name"] for s in AHA_SEGMENTS}
+
+
+def _regular_frames(images, times, tolerance=0.1):
+    """(images, dt) on a regular time grid: irregular heartbeats give irregular frame times, and
+    the fit's convolution needs one interval, so curves are interpolated at the median interval
+    over the real times (unchanged when they are already regular)."""
+    times = np.asarray(times, float)
+    steps = np.diff(times)
+    dt = float(np.median(steps))
+    if np.all(np.abs(steps - dt) <= tolerance * dt):
+        return images, dt
+    grid = np.arange(0.0, times[-1] - times[0] + 1e-9, dt) + times[0]
+    idx = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, len(times) - 2)
+    w = ((grid - times[idx]) / (times[idx + 1] - times[idx]))[:, None, None, None]
+    return (images[idx] * (1 - w) + images[idx + 1] * w).astype(np.float32), dt
 
 
 def _for_mpr(p):

@@ -305,9 +305,18 @@ def _label_for(label_map_by_frame, frame):
     return None
 
 
+def qc_line(qc, max_codes=6):
+    """'QC: REVIEW - CODE, CODE, ...' or 'QC: pass' for the report's title line."""
+    review = [f["code"] for f in qc["flags"] if f["severity"] == "review"]
+    if not review:
+        return "QC: pass" + (f" ({len(qc['flags'])} note(s) in results.json)" if qc["flags"] else "")
+    more = f" +{len(review) - max_codes} more" if len(review) > max_codes else ""
+    return "QC: REVIEW - " + ", ".join(review[:max_codes]) + more + " (see results.json)"
+
+
 def write_report(path, study, label_map_by_frame, frames_to_show, insertion_points=None,
                  segment_values=None, value_label="MBF (mL/min/g)", volume_curve=None,
-                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None):
+                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None, qc=None):
     """Write report.png; returns the path.
 
     ``frames_to_show``: a frame index or a list (one row of three slices each, e.g. [ED, ES]).
@@ -316,7 +325,8 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     ``segment_values``: {AHA id: value} for the bullseye; ``volume_curve``: LV volumes in mL
     per frame, or {"volumes_ml", "times_s", "ed_frame", "es_frame"} (missing keys come
     from the study). ``value_map``: (S, R, C) pixel values (MBF), NaN outside the myocardium,
-    drawn over ``value_frame`` next to the bullseye. Size: ``report_size_px``.
+    drawn over ``value_frame`` next to the bullseye. ``qc``: ``qc.assess`` output, shown under
+    the title (status and the codes to review). Size: ``report_size_px``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -336,8 +346,11 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
                             top=0.99, bottom=0.55 / (height / dpi), hspace=0.25, wspace=0.4)
     title_ax = fig.add_subplot(grid[0, :])
     title_ax.axis("off")
-    title_ax.text(0.5, 0.5, title or f"CardiacAISeg · {study.name} · {study.kind}",
+    title_ax.text(0.5, 0.62 if qc else 0.5, title or f"CardiacAISeg · {study.name} · {study.kind}",
                   ha="center", va="center", fontsize=15, weight="bold")
+    if qc:
+        title_ax.text(0.5, 0.12, qc_line(qc), ha="center", va="center", fontsize=9,
+                      color="#b00020" if qc["status"] != "pass" else "#1b5e20", weight="bold")
 
     ras_to_ijk = np.linalg.inv(study.ijk_to_ras)
     view = slice_view(study.ijk_to_ras, study.images.shape[2:])

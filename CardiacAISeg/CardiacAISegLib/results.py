@@ -34,6 +34,7 @@ def results_document(analysis, input_path, model=None, timing_s=None):
     doc["perfusion"] = r["perfusion"]
     doc["rv_insertion"] = r["rv_insertion"]
     doc["warnings"] = r["warnings"]
+    doc["qc"] = r["qc"]
     doc["timing_s"] = {k: round(float(v), 4) for k, v in (timing_s or {}).items()}
     return json_safe(doc)
 

@@ -19,7 +19,7 @@ import pytest
 from CardiacAISegLib import cli
 from CardiacAISegLib.labels import SEGMENTS, normalise_labels
 
-TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv_insertion", "warnings", "timing_s"}
+TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv_insertion", "warnings", "qc", "timing_s"}
 CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
              "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml"}
 SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels"}
@@ -69,6 +69,7 @@ def test_cine_outputs_and_schema(cine):
     assert r["input"] == str(cine["phantom"] / "cine.nii.gz")
     assert set(r["cine"]) == CINE_KEYS
     assert r["warnings"] == []
+    assert r["qc"]["status"] == "pass" and r["qc"]["flags"] == []   # a clean phantom raises no flag
     assert {"load", "measures", "writing"} <= set(r["timing_s"]) and all(v >= 0 for v in r["timing_s"].values())
     assert len(r["rv_insertion"]) >= 3
     for p in r["rv_insertion"]:
@@ -113,7 +114,8 @@ def test_cine_results_csv(cine):
     assert int(by_name["ES frame (0-based)"]["value"]) == c["es_frame"]
     thickness = [r for r in rows if r["measure"].startswith("Wall thickness ED, segment")]
     assert len(thickness) == 16 and all(r["unit"] == "mm" and 3 < float(r["value"]) < 20 for r in thickness)
-    assert len(rows) == len(by_name) == 11 + 16
+    assert by_name["QC status: pass"]["value"] == "0"    # flags to review
+    assert len(rows) == len(by_name) == 11 + 16 + 1
 
 
 def test_segmentation_files_round_trip(cine):

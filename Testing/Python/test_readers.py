@@ -582,9 +582,8 @@ def test_enhanced_dicom_one_file_with_all_frames_matches_classic(sunnybrook_refe
     assert st.provenance["files"] == [str(path)] and st.provenance["multi_frame"]
     fmap = next(iter(st.provenance["frame_map"].values()))
     assert len(fmap) == 240 and fmap[1] == (19, 11)  # the first frame in the file: last phase of the last slice
-    # as perfusion: this GE cine has one clock time per slice, so TemporalPositionIndex breaks the tie
-    perf = load_study(path, kind="perfusion", dt=1.0)
-    assert np.array_equal(perf.images, sunnybrook_reference.images)
+    # --kind perfusion on it is refused, never silently obeyed: its trigger delays span one cycle
+    expect_error(lambda: load_study(path, kind="perfusion", dt=1.0), tmp_path, "--kind perfusion contradicts", "one cardiac cycle")
 
 
 @pytest.mark.parametrize("series_per_slice", [False, True])

@@ -47,13 +47,14 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
                frame=None, progress=None, units=None):
     """Read any supported input into a Study.
 
-    kind: None (from the format), 'cine' or 'perfusion' (forces the perfusion readers).
+    kind: None (decided from the data: ``series_kind.decide_kind``), or 'cine' / 'perfusion'
+    as the user asks - checked against the data, never silently ignored.
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
     labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``; a 3D
     label map goes to ``frame``. aif, dt: perfusion AIF (file or array) and seconds per frame.
     units: perfusion image units when the file cannot tell ('gd_mmol_l' or 'signal').
     """
-    from .volume import volume_suffix
+    from .series_kind import decide_kind
 
     if path is None or str(path).strip() == "":
         raise CardiacInputError(path, f"no input given; accepted: {ACCEPTED}")
@@ -62,59 +63,74 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
         raise CardiacInputError(path, f"unknown kind {kind!r}; use 'cine' or 'perfusion'")
     if not path.exists():
         raise CardiacInputError(path, f"file or folder not found; accepted: {ACCEPTED}")
+    # --- memory check (memory_check.py): refuse inputs whose headers describe more than fits, before any pixels are read
+    from ..memory_check import check_input_size
 
-    study = None
-    if path.is_dir():
-        if not any(path.iterdir()):
-            raise CardiacInputError(path, f"empty folder; accepted: {ACCEPTED}")
-        what, volumes = _folder_kind(path)
-        if what == "qperf" or (kind == PERFUSION and what in ("dicom", "frames")):
-            from .perfusion import load_perfusion
+    check_input_size(path, labels)
+    # --- end of memory check
 
-            qperf = what == "qperf"
-            study = load_perfusion(path, aif=aif, dt=dt, series=None if qperf else series,
-                                   stress_or_rest=series if qperf and series else "stress", progress=progress,
-                                   units=units)
-        elif what == "acdc":
-            from .acdc import load_acdc_patient
+    study = _read(path, kind, series, aif, dt, progress, units)
+    if study.kind != PERFUSION or not study.provenance.get("dt_source"):
+        decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
+        if study.kind == PERFUSION:
+            from .perfusion import finish_perfusion
 
-            study = load_acdc_patient(path)
-        elif what == "frames":
-            from .volume import load_frame_folder
-
-            study = load_frame_folder(path, kind=kind or CINE, progress=progress)
-        elif what == "single":
-            return load_study(volumes[0], kind, series, labels, label_convention, aif, dt, frame, progress, units)
-        elif what == "dicom":
-            from .dicom import load_dicom_series
-
-            study = load_dicom_series(path, series=series, kind=kind or CINE, progress=progress)
-        else:
-            raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}")
-    else:
-        suffix = volume_suffix(path)
-        if suffix in (".hdr", ".img") or path.name == "params.json" or (kind == PERFUSION and suffix in _VOLUME):
-            from .perfusion import load_perfusion
-
-            target = path.parent if path.name == "params.json" else path
-            study = load_perfusion(target, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
-        elif suffix in _VOLUME:
-            from .volume import load_volume
-
-            study = load_volume(path, kind=kind or CINE)
-        elif suffix in (".dcm", ".ima"):
-            from .dicom import load_dicom_series, series_uid_of
-
-            uid = series or series_uid_of(path)  # the series of the file the user picked
-            if kind == PERFUSION:
-                from .perfusion import load_perfusion
-
-                study = load_perfusion(path.parent, aif=aif, dt=dt, series=uid, progress=progress)
-            else:
-                study = load_dicom_series(path.parent, series=uid, kind=CINE, progress=progress)
-        else:
-            raise CardiacInputError(path, f"unknown file format {suffix or '(no extension)'!r}; accepted: {ACCEPTED}")
+            finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units, progress=progress)
+    else:   # read as perfusion by its format (QPerf, Analyze): the flags must agree
+        decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
 
     if labels is not None:
         _attach_labels(study, labels, label_convention, frame)
     return study
+
+
+def _read(path, kind, series, aif, dt, progress, units):
+    """The images, geometry and frame times of ``path``; perfusion formats come back finished."""
+    from .volume import volume_suffix
+
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise CardiacInputError(path, f"empty folder; accepted: {ACCEPTED}")
+        what, volumes = _folder_kind(path)
+        if what == "qperf":
+            from .perfusion import load_perfusion
+
+            return load_perfusion(path, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
+        if what == "acdc":
+            from .acdc import load_acdc_patient
+
+            study = load_acdc_patient(path)
+            study.provenance["format_kind"] = (CINE, "an ACDC cine patient folder (Info.cfg)")
+            return study
+        if what == "frames":
+            from .volume import load_frame_folder
+
+            return load_frame_folder(path, kind=kind or CINE, progress=progress)
+        if what == "single":
+            return _read(volumes[0], kind, series, aif, dt, progress, units)
+        if what == "dicom":
+            from .dicom import load_dicom_series
+
+            return load_dicom_series(path, series=series, progress=progress)
+        raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}")
+    suffix = volume_suffix(path)
+    if suffix in (".hdr", ".img") or path.name == "params.json":
+        from .perfusion import load_perfusion
+
+        target = path.parent if path.name == "params.json" else path
+        return load_perfusion(target, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
+    if suffix in _VOLUME and (kind == PERFUSION or aif is not None):
+        # a perfusion file: a 3D image is one slice over time, (x, y, frames)
+        from .perfusion import read_perfusion_image
+
+        return read_perfusion_image(path)
+    if suffix in _VOLUME:
+        from .volume import load_volume
+
+        return load_volume(path, kind=kind or CINE)
+    if suffix in (".dcm", ".ima"):
+        from .dicom import load_dicom_series, series_uid_of
+
+        uid = series or series_uid_of(path)  # the series of the file the user picked
+        return load_dicom_series(path.parent, series=uid, progress=progress)
+    raise CardiacInputError(path, f"unknown file format {suffix or '(no extension)'!r}; accepted: {ACCEPTED}")

@@ -103,7 +103,8 @@ def _image_study(path):
         if data.ndim not in (3, 4):
             raise CardiacInputError(path, f"expected [RO, E1, frames] or (x, y, slices, frames), got shape {data.shape}")
         images, ndim = nifti_to_kji(data), data.ndim
-        meta = {"format": "analyze", "orientation_known": False, "frame_times_s": None}
+        meta = {"format": "analyze", "orientation_known": False, "frame_times_s": None,
+                "format_kind": (PERFUSION, "an Analyze 7.5 perfusion image [RO, E1, frames]")}
     elif suffix in (".nii", ".nii.gz"):
         images, affine, meta = read_nifti(path)
         ndim = meta["ndim"]
@@ -116,8 +117,16 @@ def _image_study(path):
         images = images.transpose(1, 0, 2, 3)
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
-                  provenance={"reader": meta["format"], "files": [str(path)]})
+                  provenance={"reader": meta["format"], "files": [str(path)],
+                              **({"format_kind": meta["format_kind"]} if meta.get("format_kind") else {})})
     return study, meta.get("frame_times_s")
+
+
+def read_perfusion_image(path):
+    """A perfusion image file as a Study (frame times from the file when it has them), not yet finished."""
+    study, measured = _image_study(path)
+    study.frame_times_s = measured
+    return study
 
 
 def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress", hematocrit=None,
@@ -127,33 +136,59 @@ def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress"
     if not path.exists():
         raise CardiacInputError(path, "file or folder not found")
     params_file, entry = _qperf_entry(path, stress_or_rest)
-    measured = None  # frame times measured by the scanner / file
-    if entry is not None and (path.is_dir() or path.name == QPERF_PARAMS):
+    qperf = entry is not None and (path.is_dir() or path.name == QPERF_PARAMS)
+    if qperf:
         if not entry.get("images"):
             raise CardiacInputError(params_file, f"the {stress_or_rest!r} entry names no 'images' file")
-        study, measured = _image_study(params_file.parent / entry["images"])
+        study, _ = _image_study(params_file.parent / entry["images"])
     elif path.is_dir() and len(frame_files(path)) > 1:
         study = load_frame_folder(path, kind=PERFUSION, progress=progress)
     elif path.is_dir():
         from .dicom import load_dicom_series
 
         study = load_dicom_series(path, series=series, kind=PERFUSION, progress=progress)
-        measured = study.frame_times_s
     else:
-        study, measured = _image_study(path)
+        study = read_perfusion_image(path)
+    return finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=stress_or_rest, hematocrit=hematocrit,
+                            units=units, qperf=(params_file, entry), progress=progress)
+
+
+def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
+                     qperf=None, progress=None):
+    """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
+
+    The frame interval comes from ``dt`` (the user), the file's measured frame times, or a
+    QPerf params.json - never guessed. The AIF comes from ``aif`` (file or array), a QPerf
+    entry, a dual-sequence AIF series found beside a DICOM series, or - when none exists - the
+    LV blood pool of the series itself, found from the bolus passage (``bolus.py``); that last
+    AIF is in the images' units and saturates at peak, so MBF from it is approximate.
+    """
+    path = Path(path)
+    params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
+    measured = study.frame_times_s
     n = study.n_frames
+    prov = study.provenance
+    warnings = prov.setdefault("warnings", [])
 
     if dt is not None:
         dt, dt_source = float(dt), "argument"
         where = path
+        if measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
+            file_dt = float(np.median(np.diff(measured)))
+            if abs(file_dt - dt) > 0.1 * file_dt:
+                warnings.append(f"--dt {dt:g} s differs from the frame interval in the file ({file_dt:.3g} s); using --dt")
+            measured = None   # the user's interval wins
     elif measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
         dt, dt_source, where = float(np.median(np.diff(measured))), "file", path
     elif entry is not None and "dt_s" in entry:
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
-        raise CardiacInputError(path, "frame interval unknown: give dt (seconds per frame, --dt)")
+        raise CardiacInputError(path, "frame interval unknown: the file has no frame times; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
-        raise CardiacInputError(where, f"frame interval dt must be a positive number of seconds, got {dt}")
+        raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
+    if not 0.1 <= dt <= 5.0:
+        raise CardiacInputError(where, f"frame interval dt {dt:g} s ({'--dt' if dt_source == 'argument' else dt_source}) is outside 0.1-5 s: a first-pass series takes one frame "
+                                       "per heartbeat or two (0.3-2 s); give --dt in seconds")
 
     aif_source = aif if aif is not None else (params_file.parent / entry["aif"] if entry and entry.get("aif") else None)
     if aif_source is not None:
@@ -162,23 +197,51 @@ def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress"
             raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
         study.aif = curve
+        prov["aif_source"] = str(aif_source) if isinstance(aif_source, (str, Path)) else "array"
+    elif prov.get("aif_series_uid"):
+        from .aif_series import aif_from_dual_sequence
 
-    prov = study.provenance
-    prov.update({"dt_s": dt, "dt_source": dt_source,
-                 "aif_source": str(aif_source) if isinstance(aif_source, (str, Path)) else ("array" if aif_source is not None else None)})
+        study.aif = aif_from_dual_sequence(study, path, prov["aif_series_uid"], progress=progress)
+        prov["aif_source"] = f"dual-sequence AIF series {prov['aif_series_uid']} (LV blood pool found from the bolus)"
+    else:
+        from ..bolus import aif_from_lv, locate_blood_pools
+
+        k = study.n_slices // 2
+        try:
+            pools = locate_blood_pools(study.images[:, k], dt_s=dt, pixel_mm=study.spacing[0])
+        except CardiacInputError as e:
+            # Not fatal here: given labels or the network's LV can still give the AIF (Analysis).
+            prov["aif_detection"] = {"slice": k, "error": e.problem}
+            pools = None
+        if pools is not None:
+            study.aif = aif_from_lv(study.images[:, k], pools["lv"])
+            prov["aif_source"] = "lv_blood_pool"
+            prov["aif_detection"] = {"slice": k, "confidence": pools["confidence"], "reason": pools["reason"],
+                                     "lv_pixels": int(pools["lv"].sum()), "lv_peak_frame": pools["lv_peak_frame"],
+                                     "rv_peak_frame": pools["rv_peak_frame"]}
+            if pools["confidence"] != "high":
+                warnings.append(f"LV blood pool for the AIF found with low confidence ({pools['reason']}): check it")
+        warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series; blood signal saturates "
+                        "at the bolus peak, so MBF is approximate (over-estimated); semi-quantitative indices need no AIF")
+
+    prov.update({"dt_s": dt, "dt_source": dt_source})
+    prov.setdefault("aif_source", None)
     if measured is not None and len(measured) > 2:
         steps = np.diff(measured)
         if np.max(np.abs(steps - np.median(steps))) > 0.1 * np.median(steps):
-            prov.setdefault("warnings", []).append("frame times are uneven (heart-rate dependent); using the median interval")
+            warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
+                            f"heartbeats): curves are resampled to {dt:.3g} s on the real times before the MBF fit")
     if entry is not None:
         prov["qperf"] = {"params": str(params_file), "stress_or_rest": stress_or_rest if path.is_dir() or path.name == QPERF_PARAMS else None}
+        prov["format_kind"] = (PERFUSION, "a QPerf perfusion folder (params.json)")
         for key in ("aif_foot", "aif_peak"):
             if aif is None and f"{key}_frame_1based" in entry:
                 prov[key] = int(entry[f"{key}_frame_1based"]) - 1  # the authors store MATLAB indices
         if hematocrit is None and "hematocrit" in entry:
             hematocrit = float(entry["hematocrit"])
     study.kind = PERFUSION
-    study.frame_times_s = np.arange(n) * dt
+    # Real (possibly irregular) times are kept; the fit resamples onto a regular grid.
+    study.frame_times_s = np.asarray(measured, float) if measured is not None and len(measured) == n else np.arange(n) * dt
     study.hematocrit = hematocrit
     study.units = units or ("gd_mmol_l" if entry is not None else "signal")
     if entry is not None and path.is_dir():

@@ -1,0 +1,218 @@
+"""Plausibility checks of a result: a number outside physiology is flagged, never passed silently.
+
+Every check has a stable code (for scripts, cohort tables and ``--strict``), a severity and a
+plain-language message. ``review`` flags make the overall status ``review``: the result may be
+right, but a person should look before using it. ``info`` flags say how a number was made
+(e.g. an AIF taken from the LV blood pool) and leave the status at ``pass``.
+
+Ranges are deliberately wide - adult values from the SCMR reference ranges (Kawel-Boehm et al.
+2020) widened to include disease (dilated, hypertrophied, failing hearts) - so that a flag
+means "implausible", not "abnormal". They live in ``RANGES`` so a site can see and change them.
+"""
+import numpy as np
+
+from .labels import LV, MYO, RV
+from .study import PERFUSION
+
+REVIEW, INFO = "review", "info"
+
+RANGES = {
+    "lv_edv_ml": (40.0, 500.0),
+    "lv_esv_ml": (5.0, 400.0),
+    "lv_ef_pct": (5.0, 85.0),
+    "lv_mass_g": (30.0, 400.0),
+    "rv_edv_ml": (40.0, 500.0),
+    "rv_ef_pct": (5.0, 85.0),
+    "rv_lv_edv_ratio": (0.5, 2.5),
+    "mbf_ml_min_g": (0.2, 8.0),
+    "mpr": (0.8, 7.0),
+    "aif_peak_gd_mmol_l": (1.0, 30.0),
+}
+# The fit's F bound is 0.3 /s (17 mL/min/g): values there are the bound, not a measurement.
+MBF_FIT_MIN_R2 = 0.5
+MIN_SLICES_FOR_VOLUME = 3
+
+
+def _flag(code, severity, message, value=None):
+    out = {"code": code, "severity": severity, "message": message}
+    if value is not None:
+        out["value"] = float(value) if isinstance(value, (int, float, np.floating, np.integer)) else value
+    return out
+
+
+def _out_of(key, value, what, unit):
+    lo, hi = RANGES[key]
+    if value is None or not np.isfinite(value):
+        return None
+    if value < lo or value > hi:
+        return f"{what} {value:.3g}{unit} is outside the plausible {lo:g}-{hi:g}{unit}"
+    return None
+
+
+def cine_flags(analysis):
+    c = analysis.cine or {}
+    flags = []
+    labels = analysis.labels
+    ed, es = c.get("ed_frame"), c.get("es_frame")
+    edv, esv, ef = c.get("lv_edv_ml"), c.get("lv_esv_ml"), c.get("lv_ef_pct")
+    if edv is not None and esv is not None and esv > edv:
+        flags.append(_flag("ED_ES_SWAPPED", REVIEW, f"LV ESV {esv:.1f} mL exceeds EDV {edv:.1f} mL (EF {ef:.0f} %): "
+                                                    "ED and ES look swapped or mislabelled", ef))
+    for key, what, unit, code in (("lv_edv_ml", "LV EDV", " mL", "LV_EDV_RANGE"), ("lv_esv_ml", "LV ESV", " mL", "LV_ESV_RANGE"),
+                                  ("lv_ef_pct", "LV EF", " %", "LV_EF_RANGE"), ("lv_mass_g", "LV mass", " g", "LV_MASS_RANGE"),
+                                  ("rv_edv_ml", "RV EDV", " mL", "RV_EDV_RANGE"), ("rv_ef_pct", "RV EF", " %", "RV_EF_RANGE")):
+        if code in ("LV_EF_RANGE", "LV_ESV_RANGE") and any(f["code"] == "ED_ES_SWAPPED" for f in flags):
+            continue
+        if ed == es and code in ("LV_EF_RANGE", "LV_ESV_RANGE", "RV_EF_RANGE"):
+            continue   # one frame: no ESV/EF to judge
+        msg = _out_of(key, c.get(key), what, unit)
+        if msg:
+            flags.append(_flag(code, REVIEW, msg, c.get(key)))
+    if c.get("rv_edv_ml") and edv:
+        ratio = c["rv_edv_ml"] / edv
+        lo, hi = RANGES["rv_lv_edv_ratio"]
+        if not lo <= ratio <= hi:
+            flags.append(_flag("RV_LV_RATIO", REVIEW, f"RV/LV EDV ratio {ratio:.2f} is outside {lo:g}-{hi:g}", ratio))
+    # structures on the mid-ventricular slices of ED and ES
+    for name, t in (("ED", ed), ("ES", es)):
+        if t is None or t not in labels:
+            continue
+        lab = labels[t]
+        lv_slices = np.nonzero((lab == LV).any(axis=(1, 2)) | (lab == MYO).any(axis=(1, 2)))[0]
+        if lv_slices.size == 0:
+            flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
+            continue
+        mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
+        # the RV is judged on the slice with the largest LV pool only: it thins out towards the
+        # apex, where a missing RV is anatomy, not an error
+        widest = [int(np.argmax((lab == LV).sum(axis=(1, 2))))]
+        for value, struct, where in ((LV, "LV blood pool", mid), (MYO, "myocardium", mid), (RV, "RV", widest)):
+            missing = [int(k) for k in where if not (lab[k] == value).any()]
+            if missing:
+                code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
+                flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on mid-ventricular slice(s) {missing}"))
+    # coverage: a ventricle measured on one or two slices is not a volume
+    if ed is not None and ed in labels:
+        n_lv = int(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)).sum())
+        if n_lv < MIN_SLICES_FOR_VOLUME:
+            flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
+                                                         f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not whole-heart values", n_lv))
+    curve = c.get("lv_volume_curve_ml")
+    if curve is not None and len(curve) >= 8:
+        v = np.asarray(curve, float)
+        smooth = np.convolve(np.r_[v[-1], v, v[0]], np.ones(3) / 3, mode="valid")
+        depth = 0.1 * (v.max() - v.min())
+        minima = [i for i in range(len(smooth)) if smooth[i] < smooth[i - 1] and smooth[i] < smooth[(i + 1) % len(smooth)]
+                  and (v.max() - smooth[i]) > depth * 5]
+        if len(minima) > 1:
+            flags.append(_flag("VOLUME_CURVE_MINIMA", REVIEW, f"the LV volume curve has {len(minima)} deep minima "
+                                                              f"(frames {minima}): one is expected per cycle", len(minima)))
+    return flags
+
+
+def perfusion_flags(analysis):
+    p = analysis.perfusion or {}
+    flags = []
+    st = analysis.study
+    g = p.get("global_mbf_ml_min_g")
+    msg = _out_of("mbf_ml_min_g", g, "global MBF", " mL/min/g")
+    if msg:
+        flags.append(_flag("MBF_RANGE", REVIEW, msg, g))
+    bad = [s["id"] for s in p.get("segments", []) if s.get("mbf_ml_min_g") is not None and _out_of("mbf_ml_min_g", s["mbf_ml_min_g"], "", "")]
+    if bad:
+        flags.append(_flag("MBF_SEGMENT_RANGE", REVIEW, f"MBF outside {RANGES['mbf_ml_min_g'][0]:g}-{RANGES['mbf_ml_min_g'][1]:g} "
+                                                        f"mL/min/g in segment(s) {bad}", len(bad)))
+    fit = analysis.mbf_fit or {}
+    if "r2" in fit and np.size(fit["r2"]):
+        r2 = np.asarray(fit["r2"], float)
+        poor = float(np.mean(~(r2 >= MBF_FIT_MIN_R2)))
+        if poor > 0.3:
+            flags.append(_flag("MBF_FIT_POOR", REVIEW, f"{100 * poor:.0f} % of myocardial pixels fit the Fermi model poorly "
+                                                       f"(r² < {MBF_FIT_MIN_R2}): check the AIF, timing and mask", poor))
+    if "F" in fit and np.size(fit["F"]):
+        from .mbf import F_BOUNDS
+
+        f = np.asarray(fit["F"], float)
+        share = float(np.mean((f >= F_BOUNDS[1] * 0.999) | (f <= F_BOUNDS[0] + 1e-9)))
+        if share > 0.1:
+            flags.append(_flag("MBF_AT_BOUND", REVIEW, f"{100 * share:.0f} % of myocardial pixels have flow at a bound of the "
+                                                       f"fit (0 or {60 * F_BOUNDS[1] / analysis.density:.0f} mL/min/g): "
+                                                       "those are limits, not measurements", share))
+    if "at_delay_edge" in fit and np.size(fit["at_delay_edge"]):
+        share = float(np.mean(np.asarray(fit["at_delay_edge"], bool)))
+        if share > 0.2:
+            flags.append(_flag("MBF_DELAY_EDGE", REVIEW, f"{100 * share:.0f} % of myocardial pixels have their best delay at "
+                                                         "the end of the search range", share))
+    if "mpr" in p:
+        m = (p["mpr"] or {}).get("global")
+        msg = _out_of("mpr", m, "global MPR", "")
+        if msg:
+            flags.append(_flag("MPR_RANGE", REVIEW, msg, m))
+    flags += aif_flags(st)
+    return flags
+
+
+def aif_flags(study):
+    """Units, shape and timing of the AIF: a scaled, spiky or late AIF gives a confident wrong MBF."""
+    flags = []
+    aif = study.aif
+    if aif is None:
+        return flags
+    from .mbf import find_foot
+    from .errors import CardiacInputError
+
+    aif = np.asarray(aif, float)
+    base = float(np.median(aif[: max(1, int(np.argmax(aif)) // 2)]))
+    rise = aif - base
+    peak = int(np.argmax(rise))
+    if study.units == "gd_mmol_l":
+        msg = _out_of("aif_peak_gd_mmol_l", rise[peak], "AIF peak", " mmol/L")
+        if msg:
+            flags.append(_flag("AIF_UNITS", REVIEW, msg + ": is the AIF in mmol/L (not µmol/L or signal)?", rise[peak]))
+    # a bolus passes over several frames; one frame far above both neighbours is a spike
+    if 0 < peak < aif.size - 1:
+        neighbours = max(rise[peak - 1], rise[peak + 1])
+        if rise[peak] > 0 and neighbours < 0.4 * rise[peak]:
+            flags.append(_flag("AIF_SPIKE", REVIEW, f"the AIF peak at frame {peak} is a single-frame spike "
+                                                    f"({neighbours / rise[peak]:.0%} of it on either side): not a bolus"))
+    try:
+        foot = find_foot(aif)
+    except CardiacInputError:
+        flags.append(_flag("AIF_FLAT", REVIEW, "the AIF shows no bolus"))
+        return flags
+    # the myocardium cannot enhance before the blood that feeds it
+    if study.images is not None and study.labels:
+        lab = next(iter(study.labels.values()))
+        myo = lab == MYO
+        if myo.any():
+            tissue = study.images[:, myo].mean(1).astype(float)
+            t_foot = _curve_foot(tissue)
+            dt = float(np.median(np.diff(study.frame_times_s))) if study.frame_times_s is not None and len(study.frame_times_s) > 1 else 1.0
+            if t_foot is not None and (foot - t_foot) * dt > 2.0:
+                flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
+                                                       f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))
+    if (study.provenance or {}).get("aif_source") == "lv_blood_pool":
+        flags.append(_flag("AIF_FROM_LV", INFO, "the AIF is the LV blood pool of this series (no separate AIF): "
+                                                "blood saturates at peak, so MBF is approximate"))
+    return flags
+
+
+def _curve_foot(curve, fraction=0.2):
+    c = np.asarray(curve, float)
+    base = float(np.median(c[:3]))
+    rise = c.max() - base
+    if rise <= 0:
+        return None
+    above = np.nonzero(c >= base + fraction * rise)[0]
+    return int(above[0]) if above.size else None
+
+
+def assess(analysis):
+    """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
+    flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
+    flags += getattr(analysis, "extra_qc", [])
+    rest = getattr(analysis, "rest", None)
+    if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours
+        flags += [dict(f, code=f"REST_{f['code']}", message=f"rest series: {f['message']}") for f in rest.qc["flags"]]
+    status = "review" if any(f["severity"] == REVIEW for f in flags) else "pass"
+    return {"status": status, "flags": flags, "ranges": {k: list(v) for k, v in RANGES.items()}}

@@ -1,0 +1,78 @@
+"""The dual-sequence AIF: a low-resolution series acquired beside the perfusion images.
+
+Dual-sequence perfusion (Gatehouse 2004; Xue et al. 2020) images the LV blood pool with a
+short saturation delay so the blood signal stays nearly linear in Gd at the bolus peak. Its
+LV pool is found from the bolus (``bolus.locate_blood_pools``) and its curve is brought onto the
+main series' frames and signal scale: the main series' own LV curve is linear in Gd at low
+concentration, so the AIF is scaled to match it on the bolus upslope below half its peak,
+where the main images do not yet saturate. What stays approximate without proton-density
+calibration is said in a warning.
+"""
+import numpy as np
+
+from ..errors import CardiacInputError
+
+
+def pick_main_and_aif(series):
+    """(main uid, AIF uid) when a folder holds one perfusion series and its low-resolution AIF series.
+
+    series: {uid: [(path, dataset), ...]}. The AIF series has at most half the pixels per image
+    of the other and about as many images (one per heartbeat, like the main series, times its
+    slice count); descriptions with 'aif' support it. None when the folder is not such a pair.
+    """
+    if len(series) != 2:
+        return None
+    (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
+    small, large = i1[0][1], i2[0][1]
+    px_small, px_large = int(small.Rows) * int(small.Columns), int(large.Rows) * int(large.Columns)
+    desc = str(small.get("SeriesDescription", "")).lower()
+    if px_small > 0.5 * px_large and "aif" not in desc:
+        return None
+    if len(i1) < 8 or len(i2) < 8:
+        return None
+    # the main series has one image per slice per heartbeat: a whole multiple of the AIF's count
+    ratio = len(i2) / len(i1)
+    if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
+        return None
+    return u2, u1
+
+
+def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
+    """(T,) AIF for ``study`` from the AIF series ``aif_uid`` in ``folder``."""
+    from ..bolus import aif_from_lv, locate_blood_pools
+    from .dicom import load_dicom_series
+
+    aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
+    frames = aif_study.images[:, aif_study.n_slices // 2]
+    pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
+    curve = aif_from_lv(frames, pools["lv"])
+    t_aif = aif_study.frame_times_s
+    t_main = study.frame_times_s
+    if t_aif is not None and t_main is not None and len(t_aif) == len(curve):
+        curve = np.interp(t_main - t_main[0], t_aif - t_aif[0], curve)
+    elif len(curve) != study.n_frames:
+        raise CardiacInputError(folder, f"the AIF series has {len(curve)} frames, the perfusion series {study.n_frames}, "
+                                        "and no frame times to match them")
+    main_pools = locate_blood_pools(study.images[:, study.n_slices // 2], pixel_mm=study.spacing[0])
+    main_lv = aif_from_lv(study.images[:, study.n_slices // 2], main_pools["lv"])
+    scale = upslope_scale(curve, main_lv)
+    study.provenance.setdefault("warnings", []).append(
+        "AIF from the dual-sequence AIF series, scaled to the perfusion images' LV signal on the bolus upslope "
+        "(no proton-density calibration): MBF is approximate")
+    study.provenance["aif_detection"] = {"series": aif_uid, "confidence": pools["confidence"], "reason": pools["reason"],
+                                         "scale_to_main": scale}
+    return curve * scale
+
+
+def upslope_scale(aif, main_lv):
+    """Factor that maps the AIF's baseline-corrected rise onto the main series' LV rise, fitted on
+    the frames where the main LV curve is below half its peak (before saturation)."""
+    a = np.asarray(aif, float) - np.median(aif[:3])
+    m = np.asarray(main_lv, float) - np.median(main_lv[:3])
+    peak = int(np.argmax(m))
+    rising = np.arange(peak + 1)
+    use = rising[(m[rising] > 0.05 * m[peak]) & (m[rising] < 0.5 * m[peak])]
+    if use.size < 2 or float(a[use] @ a[use]) <= 0:
+        use = rising[m[rising] > 0.05 * m[peak]]
+    denom = float(a[use] @ a[use])
+    return float(a[use] @ m[use]) / denom if denom > 0 else 1.0

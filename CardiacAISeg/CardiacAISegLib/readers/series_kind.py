@@ -1,0 +1,102 @@
+"""Cine or perfusion: decided here, once, after a reader has read the geometry and frame times.
+
+Evidence, strongest first:
+1. the frame times of the series: frames at one slice position spanning many heartbeats
+   (more than ``MANY_HEARTBEATS_S``) are a first-pass series; a span of one cycle is a cine
+   (DICOM trigger delays / acquisition clocks: ``dicom.choose_frame_clock``; NIfTI/NRRD time
+   axes with units; a QPerf folder or Analyze file is perfusion by its format);
+2. the user's ``--aif`` (only a perfusion series has an arterial input function) and ``--dt``
+   when frames x dt spans many heartbeats;
+3. words in the series description ("perf", "first pass", "tfiperf"): they may support the
+   timing, never decide against it.
+A requested ``--kind`` is never ignored: when strong evidence contradicts it the read fails and
+says why; when only weak evidence does, the flag wins and a warning says what the data suggest.
+"""
+from ..errors import CardiacInputError
+from ..study import CINE, PERFUSION
+from .dicom import MANY_HEARTBEATS_S
+
+STRONG, WEAK = "strong", "weak"
+
+
+def _from_times(times, source):
+    if times is None or len(times) < 2:
+        return None
+    span = float(times[-1] - times[0])
+    if span <= 0:
+        return None
+    kind = PERFUSION if span > MANY_HEARTBEATS_S else CINE
+    return kind, f"{source}: {len(times)} frames over {span:.1f} s ({'many heartbeats' if kind == PERFUSION else 'one cardiac cycle'})"
+
+
+def evidence(study, aif_given=False, dt=None):
+    """[(kind, strength, reason)] from the data and the flags, strongest first."""
+    prov = study.provenance or {}
+    found = []
+    if prov.get("format_kind"):       # (kind, why): a QPerf folder, an ACDC patient folder
+        found.append((prov["format_kind"][0], STRONG, prov["format_kind"][1]))
+    timing = prov.get("timing")
+    if timing and timing.get("kind"):
+        found.append((timing["kind"], STRONG, f"DICOM {timing['reason']}"))
+    elif not timing and study.frame_times_s is not None:
+        # NIfTI/NRRD time axes: NIfTI writers often store the repetition time, not the frame
+        # interval, so a file's time axis is weak evidence
+        got = _from_times(study.frame_times_s, f"{prov.get('reader', 'file')} time axis")
+        if got:
+            found.append((got[0], WEAK, got[1]))
+    if aif_given:
+        found.append((PERFUSION, STRONG, "an arterial input function was given (--aif)"))
+    if dt is not None and study.n_frames > 1:
+        got = _from_times([0.0, float(dt) * (study.n_frames - 1)], f"--dt {dt:g} s")
+        if got:
+            found.append((got[0], WEAK, got[1]))
+    hint = (timing or {}).get("hint")
+    if hint:
+        found.append((hint, WEAK, f"series description suggests {hint}"))
+    if study.n_frames == 1:
+        found.append((CINE, STRONG, "a single frame (no time course): a static short-axis stack"))
+    order = {STRONG: 0, WEAK: 1}
+    return sorted(found, key=lambda e: order[e[1]])
+
+
+def decide_kind(study, requested=None, aif_given=False, dt=None):
+    """Set ``study.kind`` from the evidence and the user's ``requested`` kind; return it.
+
+    Records {"kind", "decided_by", "evidence"} in ``provenance["kind"]``; contradictions between
+    strong pieces of evidence, or between strong evidence and ``requested``, are errors that
+    name the source and what each says.
+    """
+    found = evidence(study, aif_given, dt)
+    strong = [e for e in found if e[1] == STRONG]
+    kinds = {e[0] for e in strong}
+    where = study.source or study.name
+    if len(kinds) > 1:
+        said = "; ".join(f"{k}: {r}" for k, _, r in strong)
+        raise CardiacInputError(where, f"the input contradicts itself on the series kind ({said}); check the files and flags")
+    warnings = study.provenance.setdefault("warnings", [])
+    if requested is not None:
+        if requested not in (CINE, PERFUSION):
+            raise CardiacInputError(where, f"unknown kind {requested!r}; use 'cine' or 'perfusion'")
+        against = [e for e in strong if e[0] != requested]
+        if against:
+            raise CardiacInputError(where, f"--kind {requested} contradicts the data: {against[0][2]}, which is a "
+                                           f"{against[0][0]} series; drop --kind to use the detected kind")
+        weak_against = [e for e in found if e[0] != requested]
+        if weak_against:
+            warnings.append(f"analysed as {requested} as requested (--kind), though {weak_against[0][2]}")
+        kind, decided_by = requested, "--kind"
+    elif found:
+        kind, strength, reason = found[0]
+        others = [e for e in found if e[0] != kind]
+        if strength == WEAK and others:
+            warnings.append(f"series kind uncertain: {reason}, but {others[0][2]}; analysed as {kind} (use --kind to choose)")
+        decided_by = reason
+    else:
+        kind, decided_by = CINE, "no timing information: a short-axis stack is taken as a cine (use --kind perfusion otherwise)"
+        if study.n_frames >= 8:
+            warnings.append(f"no frame times in the file: {study.n_frames} frames analysed as a cine; "
+                            "give --kind perfusion (and --dt) for a first-pass series")
+    study.kind = kind
+    study.provenance["kind"] = {"kind": kind, "decided_by": decided_by,
+                                "evidence": [{"kind": k, "strength": s, "reason": r} for k, s, r in found]}
+    return kind
