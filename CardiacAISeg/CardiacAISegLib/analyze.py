@@ -22,11 +22,20 @@ OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.
 
 
 def check_outputs(out_dir, force=False):
-    """Fail before any work if outputs exist and ``force`` is not given."""
+    """Fail before any work if outputs exist and ``force`` is not given, or cannot be replaced."""
+    from .outputs import first_non_folder_parent
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CardiacInputError(out_dir, "output path exists and is not a folder")
-    existing = [n for n in OUTPUT_FILES + ("segmentation_es.seg.nrrd",) if (out_dir / n).exists()]
+    blocker = first_non_folder_parent(out_dir)
+    if not out_dir.exists() and blocker is not None:
+        raise CardiacInputError(out_dir, f"cannot create output folder: {blocker} is not a folder")
+    names = OUTPUT_FILES + ("segmentation_es.seg.nrrd",)
+    folders = [n for n in names if (out_dir / n).is_dir()]
+    if folders:  # --force replaces output files, never a folder that may hold the user's data
+        raise CardiacInputError(out_dir / folders[0], "is a folder where an output file goes; move it away or choose another --out")
+    existing = [n for n in names if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if existing and not force:
         raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
 
@@ -112,58 +121,77 @@ def populate_scene(ctx, analysis):
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None):
-    """Write every output into ``out_dir``; returns {name: path}."""
-    from . import report, scene as sc
-    from .results import results_csv_text, results_document, results_json_text
+    """Write every output into ``out_dir``; returns {name: path}.
+
+    Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
+    staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
+    new outputs or all old ones. SIGINT/SIGTERM are held while the writers run and honoured
+    between them; the staging folder (and an output folder this call created) goes on any failure.
+    """
+    from .outputs import (STAGE_PREFIX, deferred_signals, make_output_folder, output_lock, remove_if_empty,
+                          replace_outputs)
 
     progress = as_progress(progress)
     out_dir = Path(out_dir)
     check_outputs(out_dir, force)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-", dir=out_dir))
+    # signals are held for the whole write and honoured at checkpoints, so no folder is created
+    # or filled without the cleanup knowing about it
+    with deferred_signals() as checkpoint:
+        created = make_output_folder(out_dir)
+        try:
+            with output_lock(out_dir):
+                check_outputs(out_dir, force)  # again under the lock: another run may have written meanwhile
+                stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
+                try:
+                    _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint)
+                    checkpoint()
+                    paths = replace_outputs(stage, out_dir, OUTPUT_FILES + ("segmentation_es.seg.nrrd",))
+                finally:
+                    shutil.rmtree(stage, ignore_errors=True)
+        except BaseException:
+            remove_if_empty(created)  # a folder this call made, now empty again; never anything else
+            raise
+    progress(5, 5, "done")
+    return paths
+
+
+def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint):
+    from . import report, scene as sc
+    from .results import results_csv_text, results_document, results_json_text
+
     t0 = time.perf_counter()
-    try:
-        st = analysis.study
-        steps = 5
-        progress(0, steps, "writing segmentation")
-        ref = analysis.reference_frame
-        sc.write_segmentation(stage / "segmentation.seg.nrrd", analysis.labels[ref], st.ijk_to_ras, overwrite=True)
-        es = (analysis.cine or {}).get("es_frame")
-        if es is not None and es != ref and es in analysis.labels:
-            sc.write_segmentation(stage / "segmentation_es.seg.nrrd", analysis.labels[es], st.ijk_to_ras, overwrite=True)
-        progress(1, steps, "writing report")
-        if analysis.kind == PERFUSION:
-            frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
-        else:
-            frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
-            label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
-        report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
-                            segment_values=analysis.segment_values or None, value_label=label,
-                            volume_curve=curve, overwrite=True,
-                            value_map=analysis.mbf if analysis.kind == PERFUSION else None)
-        progress(2, steps, "writing scene")
-        ctx = sc.new_scene()
-        populate_scene(ctx, analysis)
-        sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
-        progress(3, steps, "writing results")
-        timing = dict(timing or {})
-        timing["writing"] = time.perf_counter() - t0
-        doc = results_document(analysis, input_path, model_info, timing)
-        (stage / "results.json").write_text(results_json_text(doc))
-        (stage / "results.csv").write_text(results_csv_text(analysis.table_rows()))
-        paths = {}
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out_dir / f.name)
-            paths[f.name] = out_dir / f.name
-        progress(steps, steps, "done")
-        return paths
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    st = analysis.study
+    steps = 5
+    progress(0, steps, "writing segmentation")
+    ref = analysis.reference_frame
+    sc.write_segmentation(stage / "segmentation.seg.nrrd", analysis.labels[ref], st.ijk_to_ras, overwrite=True)
+    es = (analysis.cine or {}).get("es_frame")
+    if es is not None and es != ref and es in analysis.labels:
+        sc.write_segmentation(stage / "segmentation_es.seg.nrrd", analysis.labels[es], st.ijk_to_ras, overwrite=True)
+    checkpoint()
+    progress(1, steps, "writing report")
+    if analysis.kind == PERFUSION:
+        frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
+    else:
+        frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
+        label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
+    report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
+                        segment_values=analysis.segment_values or None, value_label=label,
+                        volume_curve=curve, overwrite=True,
+                        value_map=analysis.mbf if analysis.kind == PERFUSION else None)
+    checkpoint()
+    progress(2, steps, "writing scene")
+    ctx = sc.new_scene()
+    populate_scene(ctx, analysis)
+    sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
+    checkpoint()
+    progress(3, steps, "writing results")
+    timing = dict(timing or {})
+    timing["writing"] = time.perf_counter() - t0
+    doc = results_document(analysis, input_path, model_info, timing)
+    (stage / "results.json").write_text(results_json_text(doc))
+    (stage / "results.csv").write_text(results_csv_text(analysis.table_rows()))
+    progress(4, steps, "moving outputs into place")
 
 
 def _peak_frame(study):

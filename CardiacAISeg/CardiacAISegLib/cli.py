@@ -2,8 +2,10 @@
 import argparse
 import json
 import sys
+import traceback
 
 from .errors import CancelledError, CardiacInputError, OutputExistsError
+from .outputs import Terminated, output_lock, stop_signals_raise
 
 
 def _analyze(args):
@@ -164,26 +166,123 @@ def build_parser():
     g = sub.add_parser("gui", help="browser GUI on Slicer's views (local web app; needs the 'gui' extra)")
     _add_gui_arguments(g)
     g.set_defaults(func=_gui)
+
+    debug_help = "on an error, show the Python traceback (for a bug report)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    for sp in sub.choices.values():  # also after the command: `cardiacaiseg analyze ... --debug`
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _check_device(device):
+    """Refuse a --device this machine cannot give before anything is loaded."""
+    if not device:
+        return
+    import torch
+
     try:
-        args.func(args)
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise CardiacInputError("--device", f"{device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CardiacInputError("--device", f"{device!r} asks for CUDA, but torch {torch.__version__} finds no usable CUDA GPU "
+                                                "on this machine; use --device cpu or leave --device out")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CardiacInputError("--device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                                f"numbered from 0")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CardiacInputError("--device", "'mps' asks for Apple's GPU, which this machine does not have; use --device cpu")
+    elif dev.type != "cpu":
+        raise CardiacInputError("--device", f"{device!r}: accepted devices are cpu, cuda, cuda:N and mps")
+
+
+_READER_LIBRARIES = ("pydicom", "nibabel", "nrrd", "SimpleITK", "PIL", "zlib", "gzip")
+_PATH_LOCALS = ("f", "path", "data_path", "file", "filename", "folder", "labels", "target")
+
+
+def _reader_failure(exc, args):
+    """(file, library) when an unexpected exception escaped from a reader, else None.
+
+    Readers turn the failures they know into CardiacInputError; this is the safety net for the
+    ones they do not, so the user still learns which file could not be read.
+    """
+    from pathlib import Path
+
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    modules = [str(fr.f_globals.get("__name__", "")) for fr in frames]
+    readers = [fr for fr, m in zip(frames, modules) if m.startswith(__package__ + ".readers")]
+    if not readers:
+        return None
+    culprit = None
+    for fr in reversed(readers):  # the innermost reader frame knows the file it was reading
+        for name in _PATH_LOCALS:
+            value = fr.f_locals.get(name)
+            if isinstance(value, (str, Path)) and str(value) and Path(value).exists():
+                culprit = value
+                break
+        if culprit is not None:
+            break
+    library = next((m.split(".")[0] for m in reversed(modules) if m.split(".")[0] in _READER_LIBRARIES), None)
+    return culprit or getattr(args, "input", None) or "<input>", library
+
+
+def _report(message, code, debug):
+    if debug:
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    """Run one command; every failure ends as one ``error:`` line and an exit code.
+
+    2: bad input or refused output folder; 1: anything else (a bug, the disk, memory);
+    130: cancelled (Ctrl-C); 128+N: stopped by signal N (SIGTERM: 143). ``--debug`` adds the
+    traceback. SIGTERM unwinds like Ctrl-C, so staging folders and the lock go away.
+    """
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    hint = "" if debug else " (run with --debug for the traceback)"
+    try:
+        with stop_signals_raise():
+            if args.command == "analyze":
+                _check_device(args.device)
+                with output_lock(args.out):  # one run per output folder, held from loading to the last file
+                    status = args.func(args)
+            else:
+                status = args.func(args)
     except (CardiacInputError, OutputExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permission denied, a writer that failed: no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _report(f"error: {e}", 2, debug)
     except CancelledError as e:
         print(f"cancelled: {e}", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"cancelled: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
-    return 0
+    except MemoryError:
+        where = f" on {args.input}" if getattr(args, "input", None) else ""
+        return _report(f"error: out of memory while running {args.command}{where}: this machine has too little free memory "
+                       f"for it (inputs are checked against CARDIACAISEG_MAX_INPUT_GIB; close other programs or use a "
+                       f"smaller input){hint}", 1, debug)
+    except OSError as e:  # disk full, permission denied, a writer that failed: no traceback
+        return _report(f"error: {e}", 1, debug)
+    except Exception as e:  # a bug or a failure nobody foresaw: one line, the traceback only on request
+        failed = _reader_failure(e, args)
+        if failed is not None:
+            path, library = failed
+            by = f" ({library} raised {type(e).__name__}: {e})" if library else f" ({type(e).__name__}: {e})"
+            return _report(f"error: {path}: cannot be read{by}{hint}", 2, debug)
+        return _report(f"error: {type(e).__name__}: {e}{hint}", 1, debug)
+    return status or 0   # a command may ask for its own exit status (analyze --strict: 3)
 
 
 if __name__ == "__main__":

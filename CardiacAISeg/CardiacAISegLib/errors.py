@@ -20,3 +20,7 @@ class OutputExistsError(FileExistsError):
 
 class CancelledError(RuntimeError):
     """Long work (loading, inference, training) was cancelled by the user."""
+
+
+class OutputLockedError(CardiacInputError):
+    """Another run holds the output folder's lock (``outputs.output_lock``)."""

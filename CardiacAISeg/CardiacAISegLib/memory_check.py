@@ -1,0 +1,259 @@
+"""Refuse inputs too large for this machine before their pixel data are read.
+
+A header can claim any size: NIfTI ``dim`` 65535 x 65535 x 100, DICOM ``Rows`` 65535, a 274 GB
+MetaImage. Reading such a file ends in a bare ``MemoryError`` (or the kernel's OOM killer) after
+minutes. Here the size of the float32 image array the readers would build is estimated from the
+headers alone and compared with a limit:
+
+    limit = min(MAX_INPUT_GIB, available memory / PIPELINE_FACTOR)
+
+``MAX_INPUT_GIB`` (4 GiB) bounds what the pipeline is meant for: a cine is ~0.1 GiB, a
+perfusion series less. ``PIPELINE_FACTOR`` (3) is the working copies the pipeline keeps beside
+the image array (resampled frames, network input, report images). "Available memory" is the
+smaller of the kernel's MemAvailable, the cgroup's memory.max less memory.current (containers,
+``systemd-run -p MemoryMax``), and the address-space limit (``ulimit -v``). The environment
+variable ``CARDIACAISEG_MAX_INPUT_GIB`` replaces the whole limit (a number of GiB) for machines
+where the user knows better.
+
+Estimates (bytes of float32 = voxels x 4):
+- NIfTI / Analyze: the header's dims (nibabel reads only the header here);
+- NRRD: the header's ``sizes`` (pynrrd ``read_header``);
+- MetaImage: ``DimSize`` x ``ElementNumberOfChannels``;
+- DICOM: ``Rows`` x ``Columns`` x ``NumberOfFrames`` per file (``stop_before_pixels``);
+- a folder: the sum over its image files (DICOM found recursively).
+Files whose header cannot be parsed count as unknown (0 bytes): the reader reports them.
+"""
+import os
+from pathlib import Path
+
+from .errors import CardiacInputError
+
+GIB = 1024 ** 3
+MAX_INPUT_GIB = 4.0
+PIPELINE_FACTOR = 3
+FLOAT32_BYTES = 4
+LIMIT_ENV = "CARDIACAISEG_MAX_INPUT_GIB"
+# a DICOM folder with more files than this is estimated from an even sample of their headers
+DICOM_HEADER_SAMPLE = 1000
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".nrrd", ".nhdr", ".mhd", ".mha")
+
+
+def _suffix(path):
+    name = Path(path).name.lower()
+    for s in (".nii.gz", ".seq.nrrd"):
+        if name.endswith(s):
+            return ".nrrd" if s == ".seq.nrrd" else s
+    return Path(path).suffix.lower()
+
+
+def _product(dims):
+    n = 1
+    for d in dims:
+        d = int(d)
+        if d < 0:
+            return None  # a corrupt header: let the reader say so
+        n *= max(d, 1)
+    return n
+
+
+# --- per-format header estimates (voxels, or None when unknown) -------------------------------
+def _nifti_voxels(path):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))  # header only: the data are read lazily
+        return _product(img.header.get_data_shape())
+    except Exception:  # not a NIfTI the header parser accepts: the reader gives the reason
+        return None
+
+
+def _nrrd_voxels(path):
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+        return _product(header["sizes"])
+    except Exception:
+        return None
+
+
+def _metaimage_voxels(path):
+    fields = {}
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)  # the text header of a .mha precedes its binary data
+    except OSError:
+        return None
+    for line in head.split(b"\n"):
+        text = line.decode("latin-1").strip()
+        if "=" not in text:
+            if text:
+                break
+            continue
+        key, value = (s.strip() for s in text.split("=", 1))
+        fields[key] = value
+        if key == "ElementDataFile":
+            break
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    n = _product(dims)
+    return None if n is None else n * max(channels, 1)
+
+
+_DICOM_SIZE_TAGS = ("Rows", "Columns", "NumberOfFrames")
+
+
+def _dicom_voxels(path):
+    import pydicom
+
+    try:
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(_DICOM_SIZE_TAGS))
+        except pydicom.errors.InvalidDicomError:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(_DICOM_SIZE_TAGS), force=True)
+        rows, cols = ds.get("Rows"), ds.get("Columns")
+        if rows is None or cols is None:
+            return None
+        frames = ds.get("NumberOfFrames", 1) or 1
+        return _product((rows, cols, frames))
+    except Exception:  # not DICOM, or a header pydicom cannot parse: the reader reports it
+        return None
+
+
+def file_voxels(path):
+    """Voxels a single image file would give, from its header; None when unknown."""
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz", ".hdr", ".img"):
+        if suffix == ".img":
+            path = Path(path).with_suffix(".hdr")
+            if not path.is_file():
+                return None
+        return _nifti_voxels(path)
+    if suffix in (".nrrd", ".nhdr"):
+        return _nrrd_voxels(path)
+    if suffix in (".mhd", ".mha"):
+        return _metaimage_voxels(path)
+    return _dicom_voxels(path)
+
+
+def _looks_like_dicom(path):
+    if path.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _folder_estimate(folder):
+    """(voxels, the largest file) summed over the image files of a folder."""
+    total, largest, largest_n = 0, None, -1
+    volumes = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in _VOLUME_SUFFIXES]
+    dicoms = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
+                    and _suffix(f) not in _VOLUME_SUFFIXES + (".img", ".raw", ".zraw", ".json", ".cfg", ".csv", ".txt")
+                    and _looks_like_dicom(f))
+    for f in volumes:
+        n = file_voxels(f) or 0
+        total += n
+        if n > largest_n:
+            largest, largest_n = f, n
+    if dicoms:
+        step = max(1, len(dicoms) // DICOM_HEADER_SAMPLE)
+        sample = dicoms[::step]
+        sampled = 0
+        for f in sample:
+            n = _dicom_voxels(f) or 0
+            sampled += n
+            if n > largest_n:
+                largest, largest_n = f, n
+        total += sampled * len(dicoms) // len(sample)
+    return total, largest
+
+
+def estimate_bytes(path):
+    """(bytes of the float32 image array, the file that dominates it) for a file or folder."""
+    path = Path(path)
+    if path.is_dir():
+        voxels, largest = _folder_estimate(path)
+        return voxels * FLOAT32_BYTES, largest or path
+    return (file_voxels(path) or 0) * FLOAT32_BYTES, path
+
+
+# --- the limit ----------------------------------------------------------------------------------
+def _read_int(path):
+    try:
+        text = Path(path).read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes():
+    """Memory this process can still get: MemAvailable, the cgroup's room, ``ulimit -v``."""
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cg_max, cg_now = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if cg_max is not None and cg_now is not None:
+        candidates.append(max(cg_max - cg_now, 0))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            candidates.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def limit_bytes():
+    """(limit in bytes, how it was set) for the float32 image array of one input."""
+    env = os.environ.get(LIMIT_ENV, "").strip()
+    if env:
+        try:
+            gib = float(env)
+            if gib > 0:
+                return int(gib * GIB), f"{LIMIT_ENV}={env}"
+        except ValueError:
+            pass
+        raise CardiacInputError(LIMIT_ENV, f"expected a positive number of GiB, got {env!r}")
+    limit, why = int(MAX_INPUT_GIB * GIB), f"the {MAX_INPUT_GIB:g} GiB cap"
+    avail = available_bytes()
+    if avail is not None and avail // PIPELINE_FACTOR < limit:
+        limit, why = avail // PIPELINE_FACTOR, f"1/{PIPELINE_FACTOR} of the {avail / GIB:.1f} GiB of memory available"
+    return limit, why
+
+
+def _gib(n):
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 1024 ** 2:.0f} MiB"
+
+
+def check_input_size(path, *more_paths):
+    """Raise CardiacInputError naming the file when an input would need more memory than allowed.
+
+    Called by ``readers.load_study`` after the existence checks and before any pixel data are
+    read; ``more_paths`` (label maps) are checked the same way. None entries are skipped.
+    """
+    limit, why = None, None
+    for p in (path, *more_paths):
+        if not isinstance(p, (str, os.PathLike)) or not Path(p).exists():  # arrays, None: nothing to estimate
+            continue
+        need, culprit = estimate_bytes(p)
+        if limit is None:
+            limit, why = limit_bytes()
+        if need > limit:
+            where = "" if Path(culprit) == Path(p) else f" (the largest file: {culprit})"
+            raise CardiacInputError(p, f"its header describes an image that would need {_gib(need)} of memory as float32 "
+                                       f"(limit {_gib(limit)}: {why}){where}; crop or split the series, or set "
+                                       f"{LIMIT_ENV} on a machine with more memory")

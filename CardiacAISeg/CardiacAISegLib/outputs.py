@@ -1,0 +1,310 @@
+"""Output folder safety: one run per folder, nothing half-written, nothing left behind.
+
+- ``output_lock(out_dir)``: an exclusive lock (``flock`` on ``OUT/.cardiacaiseg.lock``; ``msvcrt``
+  on Windows) held for a whole run, so two runs on one folder cannot interleave their files; the
+  second is refused at once with ``OutputLockedError`` naming the folder and the holder's pid. The
+  kernel drops the lock when a process dies, even by SIGKILL, so a lock is never stale. It creates
+  the folder when needed and removes what it created (the lock file, empty folders) on the way out.
+- ``stop_signals_raise()``: SIGTERM/SIGHUP raise ``Terminated`` (a ``KeyboardInterrupt``) in the
+  main thread instead of killing the process, so ``finally`` blocks remove staging folders.
+- ``deferred_signals()``: while native writers (VTK, ITK, zip) run, SIGINT/SIGTERM are held and
+  raised at the next ``checkpoint()``, so no exception unwinds through half-built C++ objects.
+- ``replace_outputs(stage, out_dir, names)``: moves staged files into place so that the folder ends
+  with all the new outputs or all the old ones: old outputs are moved aside into the staging folder
+  first and put back if any step fails.
+"""
+import errno
+import os
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import CardiacInputError, OutputLockedError
+
+LOCK_NAME = ".cardiacaiseg.lock"
+STAGE_PREFIX = ".cardiacaiseg-"
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, SIGHUP); unwinds like Ctrl-C so cleanup runs."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+# --- the output folder ------------------------------------------------------------------------
+def first_non_folder_parent(path):
+    """The nearest existing ancestor of ``path`` that is not a folder, or None."""
+    for parent in Path(path).parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def make_output_folder(out_dir):
+    """Create ``out_dir`` and missing parents; returns the folders this call created, deepest first.
+
+    Each level is made with its own ``mkdir`` so that a folder another process created at the
+    same moment is never counted (and later removed) as ours.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CardiacInputError(out, "output path exists and is not a folder")
+    missing = []
+    p = out
+    while not p.is_dir() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+                created.append(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+    except OSError as e:
+        remove_if_empty(created[::-1])
+        blocker = first_non_folder_parent(out)
+        reason = f"{blocker} is not a folder" if blocker is not None else (e.strerror or str(e))
+        raise CardiacInputError(out, f"cannot create output folder: {reason}") from None
+    return created[::-1]
+
+
+def remove_if_empty(folders):
+    """rmdir each folder (deepest first) that is still empty; others are left alone."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break  # not empty (or gone): its parents are not empty either
+
+
+# --- the lock ---------------------------------------------------------------------------------
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+
+def _try_lock(fd):
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        raise
+
+
+def _holder(lock_path):
+    try:
+        pid = Path(lock_path).read_text().strip()
+        return f" (pid {pid})" if pid.isdigit() else ""
+    except OSError:
+        return ""
+
+
+def _acquire(out):
+    """An fd holding the lock on OUT/.cardiacaiseg.lock, or OutputLockedError."""
+    lock_path = out / LOCK_NAME
+    for _ in range(20):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except FileNotFoundError:  # another run removed the folder it had created: make it again
+            make_output_folder(out)
+            continue
+        except OSError as e:
+            raise CardiacInputError(out, f"cannot write in the output folder: {e.strerror or e}") from None
+        if not _try_lock(fd):
+            os.close(fd)
+            raise OutputLockedError(out, f"another cardiacaiseg run{_holder(lock_path)} is writing to this output folder "
+                                         f"(it holds {LOCK_NAME}); wait for it to finish or choose another --out")
+        # The holder before us may have unlinked the file after we opened it: then our lock is on
+        # an orphan inode and a third run could lock a new file. Only a lock on the file that is
+        # at the path now counts.
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+    raise OutputLockedError(out, f"could not take the lock {LOCK_NAME}: other runs keep replacing it")
+
+
+_held = {}  # realpath -> [thread id, depth]
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def output_lock(out_dir):
+    """Hold the output folder's lock for the block; re-entrant in one thread (run -> write_outputs)."""
+    out = Path(out_dir)
+    key = os.path.realpath(out)
+    me = threading.get_ident()
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None and entry[0] == me:
+            entry[1] += 1
+            nested = True
+        elif entry is not None:
+            raise OutputLockedError(out, "another analysis in this program is writing to this output folder; "
+                                         "wait for it to finish or choose another folder")
+        else:
+            nested = False
+            _held[key] = [me, 1]
+    if nested:
+        try:
+            yield out
+        finally:
+            with _held_guard:
+                _held[key][1] -= 1
+        return
+    created, fd = [], None
+    try:
+        # a signal between creating the folder or lock file and recording it would leave them behind
+        with deferred_signals():
+            created = make_output_folder(out)
+            fd = _acquire(out)
+        yield out
+    finally:
+        with deferred_signals():  # a second Ctrl-C must not cut the cleanup short
+            if fd is not None:
+                # unlink while still holding the lock: a run that opened the old file sees it is gone
+                if fcntl is not None:
+                    _unlink(out / LOCK_NAME)
+                os.close(fd)
+                if fcntl is None:
+                    _unlink(out / LOCK_NAME)
+            remove_if_empty(created)
+            with _held_guard:
+                _held.pop(key, None)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- signals ----------------------------------------------------------------------------------
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _in_main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def stop_signals_raise():
+    """SIGTERM/SIGHUP raise ``Terminated`` in the main thread for the block (no-op elsewhere)."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, stop) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Deferred:
+    def __init__(self):
+        self.pending = None
+
+    def __call__(self):
+        """Raise the signal that arrived while held (the checkpoint between two writers)."""
+        signum, self.pending = self.pending, None
+        if signum is None:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+
+@contextmanager
+def deferred_signals():
+    """Hold SIGINT/SIGTERM/SIGHUP during the block; the yielded ``checkpoint()`` raises them.
+
+    Outside the main thread signals cannot be handled; the checkpoint then does nothing.
+    """
+    deferred = _Deferred()
+    if not _in_main_thread():
+        yield deferred
+        return
+
+    def hold(signum, frame):
+        if deferred.pending is None:
+            deferred.pending = signum
+
+    signals = (signal.SIGINT,) + _STOP_SIGNALS
+    previous = {s: signal.signal(s, hold) for s in signals}
+    try:
+        yield deferred
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    deferred()  # only reached without an exception: a held signal still stops the run
+
+
+# --- all-or-nothing replacement -----------------------------------------------------------------
+def replace_outputs(stage, out_dir, names):
+    """Move every file of ``stage`` into ``out_dir``; old files called ``names`` go in any case.
+
+    The final state is the new outputs only, or (when a move fails) the old outputs as they
+    were: old files are first moved aside into ``stage/.old``, then the new ones moved in; on
+    a failure the new ones are taken out again and the old ones put back. Returns {name: path}.
+    """
+    stage, out = Path(stage), Path(out_dir)
+    new = sorted(f for f in stage.iterdir() if f.is_file())
+    aside = stage / ".old"
+    aside.mkdir()
+    moved_aside, moved_in = [], []
+    try:
+        for name in sorted(set(names) | {f.name for f in new}):
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, aside / name)
+                moved_aside.append(name)
+        for f in new:
+            os.replace(f, out / f.name)
+            moved_in.append(f.name)
+    except BaseException:
+        for name in moved_in:  # back into the staging folder, which the caller removes
+            try:
+                os.replace(out / name, stage / name)
+            except OSError:
+                _unlink(out / name)
+        kept = []
+        for name in moved_aside:
+            try:
+                os.replace(aside / name, out / name)
+            except OSError:
+                kept.append(name)
+        if kept:  # never let the staging cleanup delete the user's old outputs
+            try:
+                os.replace(aside, out / f"cardiacaiseg-previous-outputs-{os.getpid()}")
+            except OSError:
+                pass
+        else:
+            remove_if_empty([aside])
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return {name: out / name for name in moved_in}
