@@ -4,6 +4,10 @@ Volumes are voxel counts x voxel volume (algorithms.md section 4). The voxel vol
 from the determinant of ``ijk_to_ras``, whose slice column is the slice *spacing*
 (thickness + gap), so a stack with gaps is counted as the clinical disc summation does.
 Counts are integers, so a pipeline given the true masks reproduces voxel-count truth exactly.
+When the reader knows the true slice positions (``provenance["slice_positions_mm"]``, DICOM)
+and they are uneven (a missing slice), each slice's voxels count with their own thickness,
+half the distance to each neighbour (``readers.geometry_check.slice_thicknesses_mm``), so a
+lost slice does not silently drop out of the volume.
 """
 import numpy as np
 
@@ -31,19 +35,51 @@ def _where(source):
 
 
 def structure_volumes_ml(label_map, voxel_volume_ml):
-    """{'lv', 'myo', 'rv'} volumes in mL of one (S, R, C) label map (internal convention)."""
+    """{'lv', 'myo', 'rv'} volumes in mL of one (S, R, C) label map (internal convention).
+
+    ``voxel_volume_ml``: one number, or one per slice (S,) for a stack integrated by its
+    true slice positions (``slice_voxel_volumes_ml``)."""
     lab = np.asarray(label_map)
     if lab.size and np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
         raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found {lab.min()}")
-    if voxel_volume_ml is None or not np.isfinite(voxel_volume_ml) or voxel_volume_ml <= 0:
+    vv = np.asarray(voxel_volume_ml, dtype=float) if voxel_volume_ml is not None else None
+    if vv is None or vv.ndim > 1 or vv.size == 0 or not np.all(np.isfinite(vv)) or np.any(vv <= 0):
         raise CardiacInputError("labels", f"voxel volume must be a positive number of mL, got {voxel_volume_ml!r}")
+    if vv.ndim == 1:
+        if lab.ndim != 3 or lab.shape[0] != vv.size:
+            raise CardiacInputError("labels", f"{vv.size} per-slice voxel volumes for a label map of shape {lab.shape}")
+        # per-slice integer counts (one bincount over slice*4 + label), then one weighted sum
+        flat = lab.reshape(lab.shape[0], -1).astype(np.int64, copy=False)
+        if flat.size and flat.max() > 3:
+            raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found up to {flat.max()}")
+        idx = (np.arange(lab.shape[0])[:, None] * 4 + flat).ravel()
+        per_slice = np.bincount(idx, minlength=4 * lab.shape[0]).reshape(lab.shape[0], 4)
+        return {"lv": float(per_slice[:, LV] @ vv), "myo": float(per_slice[:, MYO] @ vv),
+                "rv": float(per_slice[:, RV] @ vv)}
+    vv = float(vv)
     # bincount is one pass over the array; counts stay integers until the single multiply.
     counts = np.bincount(lab.ravel().astype(np.int64, copy=False), minlength=4) if lab.size else np.zeros(4, int)
     if counts.size > 4:
         raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found up to {counts.size - 1}")
-    return {"lv": int(counts[LV]) * float(voxel_volume_ml),
-            "myo": int(counts[MYO]) * float(voxel_volume_ml),
-            "rv": int(counts[RV]) * float(voxel_volume_ml)}
+    return {"lv": int(counts[LV]) * vv, "myo": int(counts[MYO]) * vv, "rv": int(counts[RV]) * vv}
+
+
+def slice_voxel_volumes_ml(study):
+    """The voxel volume in mL: one number, or one per slice when the study's true slice
+    positions (``provenance["slice_positions_mm"]``) are uneven, e.g. a missing slice."""
+    from .readers.geometry_check import slice_thicknesses_mm
+
+    positions = (getattr(study, "provenance", None) or {}).get("slice_positions_mm")
+    if positions is None or len(positions) != study.n_slices:
+        return study.voxel_volume_ml
+    m = study.ijk_to_ras[:3, :3]
+    in_plane = np.cross(m[:, 0], m[:, 1])              # normal scaled by the pixel area
+    area_mm2 = float(np.linalg.norm(in_plane))
+    step_mm = abs(float(m[:, 2] @ in_plane)) / area_mm2   # the affine's slice step along the normal
+    thick = slice_thicknesses_mm(positions, nominal=step_mm)
+    if thick is None:
+        return study.voxel_volume_ml
+    return area_mm2 * thick / 1000.0
 
 
 def _labels_and_voxel(source, voxel_volume_ml):
@@ -54,7 +90,7 @@ def _labels_and_voxel(source, voxel_volume_ml):
     else:
         labels = source.labels
         if voxel_volume_ml is None:
-            voxel_volume_ml = source.voxel_volume_ml
+            voxel_volume_ml = slice_voxel_volumes_ml(source)
     return labels, voxel_volume_ml
 
 
@@ -127,7 +163,7 @@ def cine_measures(study, labels=None):
             raise CardiacInputError(where, f"label map of frame {t} has shape {np.shape(lab)}, images are {shape} (slice, row, col)")
         if not 0 <= int(t) < study.n_frames:
             raise CardiacInputError(where, f"label map for frame {t}, but the study has {study.n_frames} frames")
-    vv = study.voxel_volume_ml
+    vv = slice_voxel_volumes_ml(study)
     curve = volume_curve(labels, vv)
     warnings = []
 

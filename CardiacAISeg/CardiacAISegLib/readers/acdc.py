@@ -20,7 +20,8 @@ def read_info_cfg(path):
     """Info.cfg as a dict; ED/ES/NbFrame as int, Height/Weight as float; absent keys are absent."""
     info = {}
     try:
-        text = Path(path).read_text()
+        # utf-8-sig: Windows editors save a byte-order mark, which would hide the first key ("ED")
+        text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
     except OSError as e:
         raise CardiacInputError(path, f"cannot read Info.cfg ({e.strerror})")
     for line in text.splitlines():
@@ -53,9 +54,19 @@ def load_nifti(path):
     path = Path(path)
     if not path.is_file():
         raise CardiacInputError(path, "file not found")
+    _check_raw_pixdim(path)
     try:
         img = nib.load(str(path))
+        dtype = np.dtype(img.get_data_dtype())
+        if np.issubdtype(dtype, np.complexfloating) or dtype.fields:
+            # a cast to float would silently drop the phase / colour channels; the magnitude of a
+            # complex reconstruction is not guaranteed to be the image the scanner showed
+            what = "complex-valued" if dtype.kind == "c" else "multi-channel (RGB)"
+            raise CardiacInputError(path, f"{what} image data ({dtype}) is not supported; accepted: real-valued scalar "
+                                          "images (save the magnitude image, e.g. numpy.abs, as float32 or int16)")
         data = np.asarray(img.dataobj, dtype=np.float32)
+    except CardiacInputError:
+        raise
     except Exception as e:  # nibabel raises many types for corrupt / truncated files
         from .volume import diagnose_nifti, volume_suffix  # volume imports this module
 
@@ -65,6 +76,61 @@ def load_nifti(path):
     if not np.all(np.isfinite(data)):
         raise CardiacInputError(path, "contains NaN or infinite values")
     return data, np.asarray(img.affine, float), img.header
+
+
+def _raw_pixdim(path):
+    """(dim[0], pixdim[1..3]) as written in a NIfTI-1/2 or Analyze header, or None if unreadable.
+
+    Read before nibabel, which quietly replaces a negative voxel size by its absolute value and
+    a zero one by 1 on load (a plausible but wrong volume)."""
+    from nibabel.openers import ImageOpener
+
+    path = Path(path)
+    header_path = path.with_suffix(".hdr") if path.suffix.lower() == ".img" else path
+    try:
+        with ImageOpener(str(header_path)) as f:
+            raw = f.read(540)
+    except Exception:
+        return None
+    for order in ("<", ">"):
+        if len(raw) >= 348 and int(np.frombuffer(raw[:4], order + "i4")[0]) == 348:
+            dim = np.frombuffer(raw[40:56], order + "i2")
+            return int(dim[0]), np.frombuffer(raw[76:92], order + "f4")[1:4].astype(float)
+        if len(raw) >= 540 and int(np.frombuffer(raw[:4], order + "i4")[0]) == 540:
+            dim = np.frombuffer(raw[16:80], order + "i8")
+            return int(dim[0]), np.frombuffer(raw[104:136], order + "f8")[1:4].astype(float)
+    return None
+
+
+def _check_raw_pixdim(path):
+    """Refuse a zero, negative or non-finite voxel size in the file's own header."""
+    found = _raw_pixdim(path)
+    if found is None:
+        return
+    ndim, pix = found
+    pix = pix[:min(max(ndim, 2), 3)]
+    if np.all(np.isfinite(pix)) and np.all(pix > 0):
+        return
+    from .geometry_check import check_spacing_values
+
+    check_spacing_values(path, pix, "pixdim[1..3] (voxel size)")
+
+
+def nifti_spacing_lost(header, ndim):
+    """True for a NIfTI with neither qform nor sform and a 1 x 1 x 1 pixdim: the writer did not
+    store the voxel size (nibabel's default), so any volume computed from it would be wrong."""
+    try:
+        codes = (int(header["sform_code"]), int(header["qform_code"]))
+    except (KeyError, TypeError, ValueError):
+        return False    # Analyze 7.5: pixdim is all there is
+    zooms = np.asarray(header.get_zooms()[:min(max(ndim, 2), 3)], float)
+    return codes == (0, 0) and np.allclose(zooms, 1.0)
+
+
+SPACING_LOST = ("no qform or sform and a voxel size (pixdim) of exactly 1 x 1 x 1 mm: the voxel size was not saved with "
+                "this file, so volumes would be wrong (a cine stack has slices 5-10 mm apart); accepted: a NIfTI with its "
+                "true voxel size in pixdim or in a qform/sform (re-export from the DICOM, or set it, e.g. nibabel "
+                "header.set_zooms)")
 
 
 def nifti_to_kji(data):
@@ -98,8 +164,11 @@ def load_acdc_patient(folder, frames="all"):
     if not four_d and not frame_files:
         raise CardiacInputError(folder, "no patientNNN_frameXX.nii.gz or _4d.nii.gz image in this ACDC folder")
 
+    warnings = []
     if four_d:
         data, affine, header = load_nifti(four_d[0])
+        if nifti_spacing_lost(header, data.ndim):
+            raise CardiacInputError(four_d[0], SPACING_LOST)
         if data.ndim != 4:
             raise CardiacInputError(four_d[0], f"expected a 4D image (x, y, slices, frames), got shape {data.shape}")
         images = nifti_to_kji(data)
@@ -114,8 +183,13 @@ def load_acdc_patient(folder, frames="all"):
                 raise CardiacInputError(frame_files[n], f"expected a 3D frame, got shape {data.shape}")
             if vols and data.shape != vols[0].shape:
                 raise CardiacInputError(frame_files[n], f"shape {data.shape} differs from frame {frame_numbers[0]} {vols[0].shape}")
+            if nifti_spacing_lost(header, data.ndim):
+                raise CardiacInputError(frame_files[n], SPACING_LOST)
             vols.append(data)
-            affine = aff if affine is None else affine
+            if affine is None:
+                affine = aff
+            else:
+                _same_geometry_as_first(frame_files[n], aff, frame_files[frame_numbers[0]], affine, warnings)
         images = np.stack([nifti_to_kji(v)[0] for v in vols])
         files = [str(frame_files[n]) for n in frame_numbers]
 
@@ -130,7 +204,10 @@ def load_acdc_patient(folder, frames="all"):
         if not gt.is_file():
             gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
         if gt.is_file():
-            lab, _, _ = load_nifti(gt)
+            lab, gt_affine, _ = load_nifti(gt)
+            if not np.allclose(gt_affine, affine, atol=1e-2 * float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))):
+                warnings.append(f"{gt.name}: label map geometry differs from the image's "
+                                f"({_geometry_difference(gt_affine, affine)}); used voxel by voxel")
             lab = nifti_to_kji(lab)[0]
             if lab.shape != images.shape[1:]:
                 raise CardiacInputError(gt, f"label map shape {lab.shape[::-1]} does not match the image {images.shape[1:][::-1]}")
@@ -142,11 +219,40 @@ def load_acdc_patient(folder, frames="all"):
         kind=CINE,
         name=folder.name,
         source=str(folder),
-        provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers},
+        provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers, "warnings": warnings},
         ed_frame=index[info["ED"]],
         es_frame=index[info["ES"]],
         labels=labels,
         # The ACDC NIfTI affines are scaled identities: no real patient orientation.
         orientation_known=False,
     )
-    return study
+    from .geometry_check import check_geometry
+
+    return check_geometry(study, files[0])
+
+
+def _geometry_difference(a, b):
+    """Which of spacing / direction / origin differ between two affines, with the values."""
+    sa, sb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    parts = []
+    if not np.allclose(sa, sb, rtol=1e-3):
+        parts.append(f"spacing {np.round(sa, 4).tolist()} vs {np.round(sb, 4).tolist()} mm")
+    if not np.allclose(a[:3, :3] / sa, b[:3, :3] / sb, atol=1e-3):
+        parts.append("direction")
+    if not np.allclose(a[:3, 3], b[:3, 3], atol=1e-2 * float(np.min(sb))):
+        parts.append(f"origin {np.round(a[:3, 3], 2).tolist()} vs {np.round(b[:3, 3], 2).tolist()} mm")
+    return ", ".join(parts) or "sub-voxel differences"
+
+
+def _same_geometry_as_first(path, affine, first_path, first_affine, warnings):
+    """Frames of one patient share one voxel grid. A different voxel size cannot be reconciled
+    (which header is right?), so it is refused; a moved origin or direction only warns, since
+    the frames are used voxel by voxel."""
+    sa, sb = np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(first_affine[:3, :3], axis=0)
+    if not np.allclose(sa, sb, rtol=1e-2):
+        raise CardiacInputError(path, f"voxel size {np.round(sa, 4).tolist()} mm differs from {first_path.name} "
+                                      f"({np.round(sb, 4).tolist()} mm): the ED and ES frames of one patient must share "
+                                      "one geometry, and which header is right cannot be told; fix the wrong file's header")
+    if not np.allclose(affine, first_affine, atol=1e-2 * float(np.min(sb))):
+        warnings.append(f"{Path(path).name}: geometry differs from {first_path.name} "
+                        f"({_geometry_difference(affine, first_affine)}); frames used voxel by voxel")

@@ -18,7 +18,8 @@ from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, PERFUSION, Study
 from .dicom_enhanced import EnhancedFrame, expand_enhanced, is_enhanced
-from .volume import LPS_TO_RAS, natural_key
+from .geometry_check import add_warning, check_geometry, check_orientation, check_spacing_values
+from .volume import LPS_TO_RAS, is_ignored_input, natural_key
 
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _REQUIRED = ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")
@@ -50,17 +51,30 @@ def _quiet():
 
 
 def _read_header(path):
-    """Dataset with deferred pixel data, or None for files that are not DICOM images."""
+    """Dataset with deferred pixel data; None for files that are not DICOM images (a README,
+    DICOMDIR, structured reports); CardiacInputError naming the file for an empty file or a
+    DICOM file that cannot be read."""
     pydicom = _dcm()
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CardiacInputError(path, "empty file (0 bytes): an interrupted copy or export?")
+    except OSError as e:
+        raise CardiacInputError(path, f"cannot read the file ({e.strerror})")
+    # files named .dcm/.ima are meant to be DICOM: if unreadable they are broken, not foreign
+    named_dicom = path.suffix.lower() in (".dcm", ".ima")
     with _quiet():
         try:
             ds = pydicom.dcmread(str(path), defer_size="16 KB")
         except pydicom.errors.InvalidDicomError:
             try:  # DICOM without the 128-byte preamble
                 ds = pydicom.dcmread(str(path), defer_size="16 KB", force=True)
-                if "Rows" not in ds or "SOPClassUID" not in ds:
-                    return None
+                ok = "Rows" in ds and "SOPClassUID" in ds
             except Exception:
+                ok = False
+            if not ok:
+                if named_dicom:
+                    raise CardiacInputError(path, "not a readable DICOM image (no DICOM header or image attributes)")
                 return None
         except Exception as e:
             raise CardiacInputError(path, f"truncated or corrupt DICOM file ({type(e).__name__}: {e})")
@@ -99,24 +113,67 @@ def _records(path, ds):
     return [(path, ds)]
 
 
-def scan_dicom_folder(folder, progress=None):
+def _copy_key(ds):
+    """Two files with this key equal are copies of one image (a PACS export that also puts the
+    series in a subfolder): same SOPInstanceUID, position, instance and times. Anonymisers
+    that reuse one UID for different images differ in the rest, so those are not dropped."""
+    sop = ds.get("SOPInstanceUID")
+    if sop in (None, ""):
+        return None
+    return tuple(str(ds.get(t, "")) for t in ("ImagePositionPatient", "InstanceNumber", "TriggerTime", "AcquisitionTime",
+                                             "NumberOfFrames")) + (str(sop),)
+
+
+def scan_dicom_folder(folder, progress=None, notes=None):
     """{SeriesInstanceUID: [(path, dataset or EnhancedFrame), ...]} (one record per image, so
-    an enhanced file gives one per frame) and the skipped non-DICOM files."""
+    an enhanced file gives one per frame) and the skipped non-DICOM files.
+
+    Hidden files and folders (our staging folders) and our own outputs are not looked at.
+    A file that is a copy of another (``_copy_key``) is read once. With a ``notes`` dict, it
+    receives ``"broken"``: [(path, problem)] for empty or unreadable DICOM files (skipped, not
+    fatal: they may belong to another series) and ``"duplicates"``: {series uid: [(copy,
+    kept file)]}.
+    """
     folder = Path(folder)
-    files = sorted((f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")),
-                   key=lambda f: natural_key(f.relative_to(folder)))
+    files = sorted((f for f in folder.rglob("*") if f.is_file() and not is_ignored_input(f, folder)),
+                   key=lambda f: (len(f.relative_to(folder).parts), natural_key(f.relative_to(folder))))
     progress = as_progress(progress)
-    series, skipped = {}, []
+    series, skipped, broken, duplicates, seen = {}, [], [], {}, {}
     for n, f in enumerate(files):
         if n % 20 == 0:
             progress(n, len(files), "reading DICOM headers")
-        ds = _read_header(f)
+        try:
+            ds = _read_header(f)
+        except CardiacInputError as e:
+            broken.append((f, e.problem))
+            continue
         if ds is None:
             skipped.append(str(f))
-        else:
-            series.setdefault(_series_key(ds), []).extend(_records(f, ds))
+            continue
+        key = _copy_key(ds)
+        if key is not None and key in seen:
+            duplicates.setdefault(_series_key(ds), []).append((f, seen[key]))
+            continue
+        if key is not None:
+            seen[key] = f
+        series.setdefault(_series_key(ds), []).extend(_records(f, ds))
     progress(len(files), len(files), "read DICOM headers")
+    if notes is not None:
+        notes["broken"], notes["duplicates"] = broken, duplicates
+    elif broken and not series:
+        raise CardiacInputError(broken[0][0], broken[0][1])
     return series, skipped
+
+
+def _names(paths, folder, most=3):
+    """'a.dcm, sub/b.dcm and 4 more' relative to the folder."""
+    rel = []
+    for p in paths:
+        try:
+            rel.append(str(Path(p).relative_to(folder)))
+        except ValueError:
+            rel.append(str(p))
+    return ", ".join(rel[:most]) + (f" and {len(rel) - most} more" if len(rel) > most else "")
 
 
 def list_dicom_series(folder):
@@ -245,7 +302,12 @@ def _frame_time_s(ds, kind):
     return _trigger_s(ds)
 
 
-def _geometry(f, ds):
+def _geometry(f, ds, fixes=None):
+    """(unit ImageOrientationPatient (6,), ImagePositionPatient, PixelSpacing) of one image.
+
+    Orientation slightly off unit length or orthogonality is corrected (``fixes`` collects
+    (file, what was done) for one warning); badly off, or a PixelSpacing that is not a
+    positive number, is refused naming the file and the values (geometry_check)."""
     for tag in _REQUIRED:
         if tag not in ds or ds.get(tag) in (None, ""):
             reason = ds.missing_reason(tag) if isinstance(ds, EnhancedFrame) else None
@@ -258,7 +320,14 @@ def _geometry(f, ds):
         raise CardiacInputError(f, f"unreadable geometry tags ({e})" + (f" in frame {ds.frame_number}" if isinstance(ds, EnhancedFrame) else ""))
     if iop.size != 6 or ipp.size != 3 or len(ps) != 2:
         raise CardiacInputError(f, "ImageOrientationPatient/ImagePositionPatient/PixelSpacing have the wrong number of values")
-    return iop, ipp, ps
+    frame = f" (frame {ds.frame_number})" if isinstance(ds, EnhancedFrame) else ""
+    if not np.all(np.isfinite(ipp)):
+        raise CardiacInputError(f, f"ImagePositionPatient {ipp.tolist()}{frame} is not finite")
+    check_spacing_values(f, ps, "PixelSpacing" + frame)
+    row, col, problem = check_orientation(f, iop, "ImageOrientationPatient" + frame)
+    if problem and fixes is not None:
+        fixes.append((f, problem))
+    return np.concatenate([row, col]), ipp, ps
 
 
 def _pixels(f, ds):
@@ -286,14 +355,73 @@ def _load_series(folder, series, kind, progress):
     if not folder.is_dir():
         raise CardiacInputError(folder, "not a folder")
     progress = as_progress(progress)
-    all_series, skipped = scan_dicom_folder(folder, progress)
+    notes = {}
+    all_series, skipped = scan_dicom_folder(folder, progress, notes=notes)
+    try:
+        study = _stack_from_series(folder, series, kind, progress, all_series, skipped)
+    except CardiacInputError as e:
+        broken = [b for b in notes["broken"] if str(b[0]) != e.path]
+        if not broken:
+            raise
+        # an unreadable file may be the image this series misses: say so, not just "frame counts"
+        raise CardiacInputError(e.path, f"{e.problem}; unreadable file(s) in the folder that may belong to it: "
+                                        f"{_names([b[0] for b in broken], folder)} ({broken[0][1]})") from e
+    for f, problem in notes["broken"]:
+        add_warning(study, f"{f}: skipped, {problem}")
+    uids = study.provenance["series_uid"].split("+")
+    copies = [c for u in uids for c in notes["duplicates"].get(u, [])]
+    if copies:
+        pairs = "; ".join(f"{_names([c], folder)} = {_names([k], folder)}" for c, k in copies[:3])
+        more = f" and {len(copies) - 3} more" if len(copies) > 3 else ""
+        add_warning(study, f"{len(copies)} file(s) are copies of other images (same SOPInstanceUID, position and time), "
+                           f"read once: {pairs}{more}")
+    return check_geometry(study, folder)
+
+
+def _same_time_key(ds):
+    """What says 'the same frame' at one slice position; None when the image has no time."""
+    key = (_trigger_s(ds), _frame_time_s(ds, PERFUSION)) + ((ds.temporal_index,) if isinstance(ds, EnhancedFrame) else ())
+    return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
+
+
+def _refuse_same_position_and_time(folder, groups, positions):
+    """Two different images at one slice position and one frame time cannot both be a frame."""
+    for pos, grp in zip(positions, groups):
+        first = {}
+        for g in grp:
+            key = _same_time_key(g[1])
+            if key is None:
+                continue
+            if key in first:
+                hint = ""
+                if len(groups) == 1:
+                    hint = (f"; all {len(grp)} images lie at one slice position: if this is meant to be a stack, "
+                            "their ImagePositionPatient is wrong")
+                raise CardiacInputError(g[0], f"a second image at slice position {pos:.2f} mm with the same frame time "
+                                              f"(TriggerTime/AcquisitionTime) as {_names([first[key][0]], folder)}: the "
+                                              f"series mixes two acquisitions or holds a duplicate under a new UID; "
+                                              f"remove one of the two files{hint}")
+            first[key] = g
+
+
+def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     uid, items = _pick_series(folder, all_series, series)
 
-    geo = [(f, ds) + _geometry(f, ds) for f, ds in items]
-    orients = {tuple(np.round(g[2], 3)) for g in geo}
+    fixes = []
+    geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
+    orients = {}
+    for g in geo:
+        orients.setdefault(tuple(np.round(g[2], 3)), g[0])
     if len(orients) > 1:
-        raise CardiacInputError(folder, f"series {uid} mixes {len(orients)} image orientations (e.g. localisers or several views); "
+        (o1, f1), (o2, f2) = list(orients.items())[:2]
+        raise CardiacInputError(folder, f"series {uid} mixes {len(orients)} image orientations (e.g. localisers or several "
+                                        f"views): {_names([f1], folder)} {list(o1)} vs {_names([f2], folder)} {list(o2)}; "
                                         "export one stack of parallel slices")
+    for g in geo[1:]:
+        if not np.allclose(g[4], geo[0][4], rtol=1e-3, atol=1e-4):
+            raise CardiacInputError(g[0], f"PixelSpacing {g[4]} mm differs from {geo[0][4]} mm of "
+                                          f"{_names([geo[0][0]], folder)} in the same stack (series {uid}): one stack has one "
+                                          "pixel size; the series mixes resolutions or acquisitions")
     shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
     if len(shapes) > 1:
         raise CardiacInputError(folder, f"series {uid} mixes image sizes {sorted(shapes)}")
@@ -310,6 +438,7 @@ def _load_series(folder, series, kind, progress):
             positions.append(d)
             groups.append([])
         groups[-1].append(g)
+    _refuse_same_position_and_time(folder, groups, positions)
     counts = [len(g) for g in groups]
 
     def order(g):
@@ -360,16 +489,27 @@ def _load_series(folder, series, kind, progress):
 
     gaps = np.diff(positions)
     if n_s > 1:
+        # the affine takes the median; gaps and uneven spacing are reported and integrated by the
+        # true positions (slice_positions_mm) in geometry_check / cine
         spacing = float(np.median(gaps))
-        if np.max(np.abs(gaps - spacing)) > 0.1 * spacing:
-            warn.append(f"uneven slice spacing {np.round(gaps, 2).tolist()} mm; using the median {spacing:.2f} mm")
         offsets = np.array([g[0][3] for g in groups]) - groups[0][0][3]
         in_plane = offsets - np.outer(offsets @ normal, normal)
         if np.max(np.linalg.norm(in_plane, axis=1)) > 0.5:
             warn.append("slice origins shift within the image plane (sheared stack); geometry assumes a straight stack")
     else:
         ds0 = groups[0][0][1]
-        spacing = float(ds0.get("SpacingBetweenSlices", 0) or ds0.get("SliceThickness", 0) or 1.0)
+        try:
+            spacing = float(ds0.get("SpacingBetweenSlices", 0) or ds0.get("SliceThickness", 0) or 0)
+        except (TypeError, ValueError):
+            spacing = 0.0
+        if not spacing > 0:
+            spacing = 1.0
+            if kind != PERFUSION:
+                warn.append("one slice position and no SliceThickness or SpacingBetweenSlices: the slice thickness is "
+                            "unknown, 1 mm assumed, so volumes are per mm of thickness")
+    if fixes:
+        warn.append(f"ImageOrientationPatient corrected in {len(fixes)} image(s), e.g. {_names([fixes[0][0]], folder)}: "
+                    f"{fixes[0][1]}")
 
     m = np.eye(4)
     m[:3, 0] = row_dir * ps[1]   # i = column index advances along the row direction

@@ -37,7 +37,7 @@ def read_labels(path, convention="acdc"):
     if convention not in CONVENTIONS:
         raise CardiacInputError(path, f"unknown label convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
     data, m, meta = read_volume_file(path)
-    info = {"file": str(path), "convention": convention, "warnings": []}
+    info = {"file": str(path), "convention": convention, "warnings": [], "spacing_lost": bool(meta.get("spacing_lost"))}
     header = meta.get("header", {})
     mapping = None
     if path.name.lower().endswith(".seg.nrrd"):
@@ -71,8 +71,13 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     if labels.shape[1:] != study.images.shape[1:]:
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}")
-    if not np.allclose(m, study.ijk_to_ras, atol=1e-2 * max(study.spacing)):
-        info["warnings"].append("label map geometry (origin/spacing/direction) differs from the image; used voxel by voxel")
+    if info.pop("spacing_lost"):
+        info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
+    elif not np.allclose(m, study.ijk_to_ras, atol=1e-2 * min(study.spacing)):
+        from .acdc import _geometry_difference
+
+        info["warnings"].append(f"label map geometry differs from the image's ({_geometry_difference(m, study.ijk_to_ras)}); "
+                                "used voxel by voxel on the image's grid, so check that the labels overlay the image")
     if labels.shape[0] > 1:
         if labels.shape[0] != study.n_frames:
             raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}")
@@ -93,4 +98,8 @@ def attach_labelmap(study, path, convention="acdc", frame=None):
     labels, info = load_labelmap(path, study, convention, frame)
     study.labels.update(labels)
     study.provenance.setdefault("label_files", []).append(info)
+    from .geometry_check import add_warning
+
+    for w in info["warnings"]:    # shown with every output, not only kept in provenance
+        add_warning(study, f"{Path(path).name}: {w}")
     return study

@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, Study
-from .acdc import load_nifti, nifti_to_kji
+from .acdc import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
+from .geometry_check import check_geometry, check_spacing_values
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
@@ -30,6 +31,26 @@ _MET_TYPES = {
     "MET_UINT": "u4", "MET_INT": "i4", "MET_ULONG": "u4", "MET_LONG": "i4",
     "MET_ULONG_LONG": "u8", "MET_LONG_LONG": "i8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
 }
+
+
+# What `cardiacaiseg analyze` writes (analyze.py) and its hidden staging folders: a user who
+# writes the outputs into the input folder must not get them read back as images next time.
+OUTPUT_NAMES = ("results.json", "results.csv", "report.png", "scene.mrb")
+OUTPUT_SUFFIXES = (".seg.nrrd",)
+
+
+def is_ignored_input(path, root):
+    """True for hidden files and folders (our ``.cardiacaiseg-*`` staging folders among them)
+    and for our own output files, anywhere under ``root``."""
+    path = Path(path)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = (path.name,)
+    if any(p.startswith(".") for p in parts):
+        return True
+    name = path.name.lower()
+    return name in OUTPUT_NAMES or name.endswith(OUTPUT_SUFFIXES)
 
 
 def natural_key(name):
@@ -88,7 +109,8 @@ def read_nifti(path):
         data = data[..., 0]
     if data.ndim > 4 or data.ndim < 2:
         raise CardiacInputError(path, f"expected a 2D, 3D or 4D image, got shape {data.shape}")
-    meta = {"format": "nifti", "orientation_known": True, "frame_times_s": None, "ndim": data.ndim}
+    meta = {"format": "nifti", "orientation_known": True, "frame_times_s": None, "ndim": data.ndim,
+            "spacing_lost": SPACING_LOST if nifti_spacing_lost(header, data.ndim) else None}
     codes = (int(header.get("sform_code", 0)), int(header.get("qform_code", 0))) if hasattr(header, "get") else (0, 0)
     if codes == (0, 0) or axis_aligned(affine[:3, :3]):
         meta["orientation_known"] = False
@@ -161,11 +183,15 @@ def read_nrrd(path):
     else:
         spacings = header.get("spacings")
         sp = [float(spacings[a]) if spacings is not None and np.isfinite(spacings[a]) else 1.0 for a in spatial]
+        check_spacing_values(path, sp, "spacings")
         m[:3, :3] = np.diag(sp)
     if signs is not None:
         m[:3, :] = np.diag(signs) @ m[:3, :]
     orientation_known = signs is not None and dirs is not None and not axis_aligned(m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0))
+    lost = dirs is None and header.get("spacings") is None
     meta = {"format": "nrrd", "orientation_known": orientation_known, "nrrd_space": space or None,
+            "spacing_lost": "no 'space directions' or 'spacings' field: the voxel size was not saved with this file, so "
+                            "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
     return images, m, meta
@@ -240,7 +266,14 @@ def read_metaimage(path):
     arr = np.frombuffer(payload[:n_bytes], dtype=dtype).reshape(dims[::-1]).astype(np.float32)
     check_finite(data_path, arr)
 
-    sp = [float(v) for v in fields.get("ElementSpacing", fields.get("ElementSize", " ".join(["1"] * ndims))).split()]
+    spacing_field = fields.get("ElementSpacing", fields.get("ElementSize"))
+    try:
+        sp = [float(v) for v in (spacing_field or " ".join(["1"] * ndims)).split()]
+    except ValueError:
+        raise CardiacInputError(path, f"ElementSpacing {spacing_field!r} is not a list of numbers")
+    if len(sp) < min(ndims, 3):
+        raise CardiacInputError(path, f"ElementSpacing {spacing_field!r} has {len(sp)} values for {ndims} dimensions")
+    check_spacing_values(path, sp[:min(ndims, 3)], "ElementSpacing")
     origin = [float(v) for v in fields.get("Offset", fields.get("Position", fields.get("Origin", " ".join(["0"] * ndims)))).split()]
     tm = fields.get("TransformMatrix", fields.get("Rotation", fields.get("Orientation")))
     direction = np.eye(ndims) if tm is None else np.array([float(v) for v in tm.split()]).reshape(ndims, ndims).T
@@ -257,7 +290,10 @@ def read_metaimage(path):
         arr = arr[None]
     # a 4th ElementSpacing has no time unit in MetaIO, so frame times stay unknown
     meta = {"format": "metaimage", "orientation_known": tm is not None and not axis_aligned(d3),
-            "frame_times_s": None, "data_file": str(data_path)}
+            "frame_times_s": None, "data_file": str(data_path),
+            "spacing_lost": None if spacing_field else ("no ElementSpacing: the voxel size was not saved with this file, so "
+                                                        "volumes would be wrong; accepted: a MetaImage header with "
+                                                        "ElementSpacing in mm")}
     return arr, m, meta
 
 
@@ -280,13 +316,23 @@ def _strip_suffix(path):
     return name[: -len(suffix)] if name.lower().endswith(suffix) else Path(path).stem
 
 
+def _refuse_lost_spacing(path, meta):
+    """An image whose file did not keep its voxel size cannot be measured: refuse, naming it.
+    (Label maps are used voxel by voxel on the image's grid, so they are not refused.)"""
+    lost = meta.pop("spacing_lost", None)
+    if lost:
+        raise CardiacInputError(path, lost)
+
+
 def load_volume(path, kind=CINE):
     """One file -> Study. 3D files become a single frame; 4D files a series."""
     images, m, meta = read_volume_file(path)
-    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=meta.pop("frame_times_s"),
-                 name=_strip_suffix(path), source=str(path),
-                 orientation_known=meta.pop("orientation_known"),
-                 provenance={"reader": meta.pop("format"), "files": [str(path)], **meta})
+    _refuse_lost_spacing(path, meta)
+    study = Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=meta.pop("frame_times_s"),
+                  name=_strip_suffix(path), source=str(path),
+                  orientation_known=meta.pop("orientation_known"),
+                  provenance={"reader": meta.pop("format"), "files": [str(path)], "warnings": [], **meta})
+    return check_geometry(study, path)
 
 
 def frame_files(folder):
@@ -294,7 +340,7 @@ def frame_files(folder):
     folder = Path(folder)
     by_suffix = {}
     for f in folder.iterdir():
-        if f.is_file() and not f.name.startswith("."):
+        if f.is_file() and not is_ignored_input(f, folder):
             s = volume_suffix(f)
             if s in (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha"):
                 by_suffix.setdefault(s, []).append(f)
@@ -315,6 +361,7 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     for n, f in enumerate(files):
         progress(n, len(files), f"reading {f.name}")
         images, m, meta = read_volume_file(f)
+        _refuse_lost_spacing(f, meta)
         if images.shape[0] != 1:
             raise CardiacInputError(f, f"expected one 3D frame per file, got {images.shape[0]} frames")
         if frames and images.shape[1:] != frames[0].shape:
@@ -325,6 +372,7 @@ def load_frame_folder(folder, kind=CINE, progress=None):
             raise CardiacInputError(f, f"geometry (origin/spacing/direction) differs from {files[0].name}")
         frames.append(images[0])
     progress(len(files), len(files), "read")
-    return Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
-                 orientation_known=meta0["orientation_known"],
-                 provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files]})
+    study = Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
+                  orientation_known=meta0["orientation_known"],
+                  provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files], "warnings": []})
+    return check_geometry(study, files[0])

@@ -1,0 +1,189 @@
+"""The one place where every reader's image geometry is checked before a Study leaves it.
+
+A volume is voxel count x voxel size, so a geometry that is read wrongly gives a wrong
+EDV with nothing to see. The rules (every reader calls ``check_geometry`` last):
+
+- Direction cosines: DICOM writes ImageOrientationPatient with ~6 decimals, so rows and
+  columns within 1e-3 of unit length and of orthogonality are taken as they are. Up to 5 %
+  off (a writer that rounds to 2 decimals, or a slightly sheared reconstruction) they are
+  renormalised / orthogonalised with a warning; beyond that the header is broken and the
+  file is refused, since no direction can be trusted.
+- Spacing: every voxel size must be a finite positive number of millimetres, in-plane
+  0.1-50 mm and slice 0.1-100 mm; outside that it is almost surely metres, micrometres or a
+  default, and the file is refused with the value.
+- Slice positions (DICOM knows them, ``provenance["slice_positions_mm"]``): a gap (a missing
+  slice) or uneven spacing is recoverable: volumes are integrated by the true positions
+  (``slice_thicknesses_mm``, used by cine.py) and a warning says where the gap is.
+
+Warnings go to ``study.provenance["warnings"]`` (a list of strings) from where the Analysis
+carries them to every output.
+"""
+import numpy as np
+
+from ..errors import CardiacInputError
+
+IN_PLANE_RANGE_MM = (0.1, 50.0)
+SLICE_RANGE_MM = (0.1, 100.0)
+UNIT_TOL, UNIT_REFUSE = 1e-3, 0.05         # | |v| - 1 |
+ORTHO_TOL, ORTHO_REFUSE = 1e-3, 0.05       # |cos| between row and column directions (0.06 deg, 2.9 deg)
+SLICE_TILT_WARN_COS, SLICE_TILT_REFUSE_COS = 0.9998, 0.5   # slice axis vs plane normal (1.1 deg, 60 deg)
+# Slice gaps more than 10 % off the stack's median spacing are integrated by true positions
+# (below that, rounding in the position tags would make voxel-count truth inexact for nothing).
+UNEVEN_FRACTION = 0.10
+GAP_FACTOR = 1.5                            # a gap this much larger than the median: a missing slice
+
+
+def add_warning(study_or_prov, message):
+    """Append ``message`` to provenance["warnings"] once (readers may be re-checked)."""
+    prov = study_or_prov if isinstance(study_or_prov, dict) else study_or_prov.provenance
+    warnings = prov.setdefault("warnings", [])
+    if message not in warnings:
+        warnings.append(message)
+
+
+def _fmt(values):
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+def check_spacing_values(path, values, tag):
+    """Refuse a header voxel size that is zero, negative or not a number.
+
+    ``tag`` names the header field the user would fix (``PixelSpacing``, ``pixdim[1..3]``,
+    ``ElementSpacing``, ...)."""
+    values = [float(v) for v in values]
+    for v in values:
+        if not np.isfinite(v):
+            raise CardiacInputError(path, f"{tag} {_fmt(values)} is not a finite number; voxel sizes must be positive millimetres")
+        if v <= 0:
+            what = "zero" if v == 0 else "negative"
+            raise CardiacInputError(path, f"{tag} {_fmt(values)} has a {what} value; voxel sizes must be positive millimetres "
+                                          f"(in-plane {IN_PLANE_RANGE_MM[0]:g}-{IN_PLANE_RANGE_MM[1]:g} mm, "
+                                          f"slices {SLICE_RANGE_MM[0]:g}-{SLICE_RANGE_MM[1]:g} mm)")
+    return values
+
+
+def check_orientation(path, iop, tag="ImageOrientationPatient"):
+    """(row unit vector, column unit vector, problem or None) from six direction cosines.
+
+    Slightly off (rounded cosines): renormalised / orthogonalised, ``problem`` says how, for a
+    warning. Badly off: CardiacInputError naming the file and the values."""
+    iop = np.asarray(iop, float)
+    if iop.size != 6 or not np.all(np.isfinite(iop)):
+        raise CardiacInputError(path, f"{tag} {_fmt(iop.ravel())} must be six finite direction cosines")
+    row, col = iop[:3], iop[3:]
+    norms = np.array([np.linalg.norm(row), np.linalg.norm(col)])
+    problems = []
+    if np.any(np.abs(norms - 1) > UNIT_REFUSE):
+        raise CardiacInputError(path, f"{tag} {_fmt(iop)} is not two unit vectors (lengths {norms[0]:.4f}, {norms[1]:.4f}); "
+                                      f"accepted: unit row and column directions within {UNIT_REFUSE:.0%}")
+    if np.any(np.abs(norms - 1) > UNIT_TOL):
+        problems.append(f"row/column lengths {norms[0]:.4f}/{norms[1]:.4f} renormalised to 1")
+    row, col = row / norms[0], col / norms[1]
+    cos = float(row @ col)
+    if abs(cos) > ORTHO_REFUSE:
+        raise CardiacInputError(path, f"{tag} {_fmt(iop)}: row and column directions are not orthogonal "
+                                      f"({np.degrees(np.arccos(np.clip(cos, -1, 1))):.1f} deg apart); accepted: within "
+                                      f"{np.degrees(np.arcsin(ORTHO_REFUSE)):.1f} deg of 90")
+    if abs(cos) > ORTHO_TOL:
+        col = col - cos * row          # keep the row direction, the one the pixels are read along
+        col = col / np.linalg.norm(col)
+        problems.append(f"row and column {np.degrees(np.arccos(np.clip(cos, -1, 1))):.2f} deg apart, made orthogonal")
+    return row, col, ("; ".join(problems) or None)
+
+
+def validate_affine(path, affine, what="image"):
+    """Check a 4x4 IJK->RAS: finite, voxel sizes in range, directions not degenerate.
+
+    Returns the list of warnings (slight in-plane skew, tilted slice axis); raises
+    CardiacInputError naming ``path`` and the value when the geometry cannot be trusted."""
+    m = np.asarray(affine, float)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise CardiacInputError(path, f"the {what}'s voxel-to-patient matrix is not finite: {m.tolist()}")
+    cols = m[:3, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    for axis, name, (lo, hi) in ((0, "column (in-plane)", IN_PLANE_RANGE_MM), (1, "row (in-plane)", IN_PLANE_RANGE_MM),
+                                 (2, "slice", SLICE_RANGE_MM)):
+        s = float(spacing[axis])
+        if not lo <= s <= hi:
+            hint = " (zero: the header has no voxel size)" if s == 0 else " (metres or micrometres instead of mm?)"
+            raise CardiacInputError(path, f"{name} spacing {s:.6g} mm of the {what} is outside the accepted "
+                                          f"{lo:g}-{hi:g} mm{hint}")
+    unit = cols / spacing
+    warnings = []
+    cos = float(unit[:, 0] @ unit[:, 1])
+    if abs(cos) > ORTHO_REFUSE:
+        raise CardiacInputError(path, f"the {what}'s row and column axes are not orthogonal "
+                                      f"({np.degrees(np.arccos(np.clip(cos, -1, 1))):.1f} deg apart); accepted: within "
+                                      f"{np.degrees(np.arcsin(ORTHO_REFUSE)):.1f} deg of 90")
+    if abs(cos) > ORTHO_TOL:
+        warnings.append(f"the {what}'s row and column axes are {np.degrees(np.arccos(np.clip(cos, -1, 1))):.2f} deg apart, "
+                        "not 90: in-plane distances are approximate")
+    normal = np.cross(unit[:, 0], unit[:, 1])
+    normal /= np.linalg.norm(normal)
+    tilt = abs(float(normal @ unit[:, 2]))
+    if tilt < SLICE_TILT_REFUSE_COS:
+        raise CardiacInputError(path, f"the {what}'s slice axis lies nearly in the image plane "
+                                      f"({np.degrees(np.arccos(tilt)):.0f} deg from its normal): the header's directions are broken")
+    if tilt < SLICE_TILT_WARN_COS:
+        warnings.append(f"the {what}'s slices are sheared ({np.degrees(np.arccos(tilt)):.1f} deg between the slice axis and "
+                        "the plane normal); volumes use the true voxel volume")
+    return warnings
+
+
+def slice_thicknesses_mm(positions, nominal=None):
+    """Per-slice thickness (mm) for integrating volumes by the true slice positions, or None
+    when the stack is regular (then the affine's slice spacing is exact).
+
+    Each slice counts half the distance to each neighbour; the outer half of the first and
+    last slice is the stack's median spacing. So a regular stack gives every slice the
+    spacing, and a missing slice is shared out between its two neighbours (the disc
+    summation interpolating the lost slice) instead of vanishing from the volume."""
+    if positions is None:
+        return None
+    p = np.asarray(positions, float)
+    if p.ndim != 1 or p.size < 2 or not np.all(np.isfinite(p)):
+        return None
+    gaps = np.abs(np.diff(p))
+    median = float(np.median(gaps)) if nominal is None else float(nominal)
+    if median <= 0 or np.max(np.abs(gaps - median)) <= UNEVEN_FRACTION * median:
+        return None
+    padded = np.concatenate([[median], gaps, [median]])
+    return (padded[:-1] + padded[1:]) / 2.0
+
+
+def slice_gap_warnings(positions):
+    """Plain-language warnings for gaps / uneven spacing in a stack's slice positions (mm)."""
+    p = np.asarray(positions, float)
+    if p.size < 3:
+        return []
+    gaps = np.diff(p)
+    median = float(np.median(np.abs(gaps)))
+    if slice_thicknesses_mm(p) is None:
+        return []
+    out = []
+    for k, g in enumerate(gaps):
+        if abs(g) > GAP_FACTOR * median:
+            missing = int(round(abs(g) / median)) - 1
+            out.append(f"slice gap at {p[k]:.1f}-{p[k + 1]:.1f} mm (between slices {k} and {k + 1}: {abs(g):.1f} mm where the "
+                       f"stack's spacing is {median:.1f} mm, about {missing} slice(s) missing): volumes integrated by true "
+                       "slice positions")
+    if not out:
+        out.append(f"uneven slice spacing {np.round(gaps, 2).tolist()} mm (median {median:.2f} mm): volumes integrated by "
+                   "true slice positions")
+    return out
+
+
+def check_geometry(study, path=None):
+    """Validate a reader's Study (see the module docstring); warnings into its provenance.
+
+    Returns the study. Raises CardiacInputError naming ``path`` (default: the study's source)."""
+    path = path or study.source or study.name
+    prov = study.provenance
+    for w in validate_affine(path, study.ijk_to_ras):
+        add_warning(prov, w)
+    positions = prov.get("slice_positions_mm")
+    if positions is not None and len(positions) == study.n_slices:
+        for w in slice_gap_warnings(positions):
+            add_warning(prov, w)
+    prov.setdefault("warnings", [])
+    return study
