@@ -96,6 +96,8 @@ class Analysis:
         if err.path in (st.source, st.name) or os.path.exists(err.path):
             return err
         prov = st.provenance or {}
+        if err.path in ("density", "--density"):   # a setting, not a file: name the flag
+            return CardiacInputError("--density", f"{err.problem}; accepted: a tissue density in g/mL (default 1.05)")
         if err.path == "tissue":
             where = None
         elif err.path == "AIF" or "AIF" in err.problem:

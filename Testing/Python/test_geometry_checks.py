@@ -345,3 +345,24 @@ def test_truncated_gzip_nifti_still_named(tmp_path):
     f.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     with pytest.raises(CardiacInputError, match="not a readable NIfTI"):
         load_study(f)
+
+
+def test_metaimage_without_element_spacing_is_refused(tmp_path, capsys):
+    arr = np.ones((3, 4, 5), np.uint16)
+    (tmp_path / "v.raw").write_bytes(arr.tobytes())
+    mhd = tmp_path / "v.mhd"
+    mhd.write_text("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                   "DimSize = 5 4 3\nElementType = MET_USHORT\nElementDataFile = v.raw\n")
+    expect_failure(capsys, [mhd], tmp_path / "out", mhd, "no ElementSpacing", "voxel size")
+
+
+def test_zero_density_names_the_flag_not_a_label_file(tmp_path, capsys):
+    from CardiacAISegLib.phantom import write_phantom
+
+    d = tmp_path / "perf"
+    write_phantom("perfusion", d, seed=1, size=48, n_frames=30)
+    dt = json.loads((d / "truth.json").read_text())["dt_s"]
+    line = expect_failure(capsys, [d / "perfusion.nii.gz", "--labels", d / "perfusion_labels.nii.gz", "--aif",
+                                   d / "aif.csv", "--dt", dt, "--density", 0], tmp_path / "out", "--density", "> 0 g/mL",
+                          "1.05")
+    assert "perfusion_labels" not in line
