@@ -38,3 +38,76 @@ def write_dicom(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 
         delattr(ds, tag)
     ds.PixelData = np.full(shape, value, np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, scale=400.0, baseline=100.0,
+                           heartbeat_jitter_s=0.0, seed=0, description=None, series="1.2.826.0.1.3680043.10.7",
+                           start_number=1):
+    """A perfusion ``study`` (T, S, R, C) written as classic MR DICOM the way each vendor times it.
+
+    - ``ge``: TriggerTime rises with the time since the first dynamic (0.77 s ... 55 s), every
+      image has the same AcquisitionTime (the series start);
+    - ``siemens``: TriggerTime constant (155 ms after the R wave), AcquisitionTime advances one
+      heartbeat per dynamic, SequenceName ``*tfiperf2d1``;
+    - ``philips``: no TriggerTime, ContentTime advances per dynamic.
+    Signal = baseline + scale * Gd (a linear scanner), stored as uint16 with a rescale of 1.
+    ``heartbeat_jitter_s`` makes the intervals irregular (arrhythmia); the times actually
+    written are returned, (T,) seconds from the first dynamic, with the written file paths.
+    """
+    from pathlib import Path
+
+    from pydicom.uid import MRImageStorage
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_t, n_s, rows, cols = study.images.shape
+    dt = float(np.median(np.diff(study.frame_times_s)))
+    steps = dt + rng.uniform(-heartbeat_jitter_s, heartbeat_jitter_s, n_t - 1) if heartbeat_jitter_s else np.full(n_t - 1, dt)
+    times = np.r_[0.0, np.cumsum(steps)]
+    m = study.ijk_to_ras
+    lps = np.diag([-1.0, -1.0, 1.0])
+    row_dir = lps @ m[:3, 0] / np.linalg.norm(m[:3, 0])
+    col_dir = lps @ m[:3, 1] / np.linalg.norm(m[:3, 1])
+    spacing = (float(np.linalg.norm(m[:3, 1])), float(np.linalg.norm(m[:3, 0])))   # row, column spacing
+    desc = description or {"ge": "First Pass", "siemens": "Perfusion_stress", "philips": "PERF SA"}[vendor]
+    paths = []
+    instance = 0
+    for k in range(n_s):
+        ipp = lps @ (m[:3, 3] + k * m[:3, 2])
+        uid = f"{series}.{k + 1}" if series_per_slice else series
+        for t in range(n_t):
+            instance += 1
+            ds = new_dataset(MRImageStorage, uid, start_number + (k if series_per_slice else 0), desc)
+            ds.Modality, ds.Manufacturer = "MR", {"ge": "GE MEDICAL SYSTEMS", "siemens": "SIEMENS", "philips": "Philips"}[vendor]
+            ds.Rows, ds.Columns = rows, cols
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.PixelSpacing = [round(spacing[0], 6), round(spacing[1], 6)]
+            ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
+            ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+            ds.SliceThickness = 8.0
+            ds.InstanceNumber = instance
+            # slices of one dynamic are read out ~100 ms apart within the heartbeat
+            clock = 36000.0 + times[t] + 0.1 * k
+            if vendor == "ge":
+                ds.TriggerTime = round(770.0 + 1000.0 * times[t], 1)
+                ds.AcquisitionTime = "100000.000000"
+            elif vendor == "siemens":
+                ds.TriggerTime = 155.0
+                ds.SequenceName = "*tfiperf2d1"
+                ds.AcquisitionTime = _tm(clock)
+            else:
+                ds.ContentTime = _tm(clock)
+            value = baseline + scale * np.maximum(study.images[t, k], 0)
+            ds.PixelData = np.clip(np.rint(value), 0, 65535).astype(np.uint16).tobytes()
+            path = folder / f"{uid.rsplit('.', 1)[-1]}_IM{instance:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return times, paths
+
+
+def _tm(seconds):
+    h, rem = divmod(seconds, 3600)
+    mi, s = divmod(rem, 60)
+    return f"{int(h):02d}{int(mi):02d}{s:09.6f}"
