@@ -366,3 +366,15 @@ def test_zero_density_names_the_flag_not_a_label_file(tmp_path, capsys):
                                    d / "aif.csv", "--dt", dt, "--density", 0], tmp_path / "out", "--density", "> 0 g/mL",
                           "1.05")
     assert "perfusion_labels" not in line
+
+
+def test_single_slice_frames_with_one_constant_trigger_delay_still_load(tmp_path):
+    """A constant TriggerTime (perfusion-style, acquisition time stripped) does not tell frames
+    apart; it must not be mistaken for duplicates: frames follow InstanceNumber."""
+    d = tmp_path / "dicom"
+    d.mkdir()
+    for n in range(5):
+        _dcm(d / f"{n + 1}.dcm", ipp=(0, 0, 0), trigger=100.0, instance=n + 1, value=n)
+    s = load_study(d)
+    assert s.images.shape == (5, 1, SIZE, SIZE)
+    assert [int(s.images[t, 0, 0, 0]) for t in range(5)] == [0, 1, 2, 3, 4]

@@ -385,11 +385,17 @@ def _same_time_key(ds):
 
 
 def _refuse_same_position_and_time(folder, groups, positions):
-    """Two different images at one slice position and one frame time cannot both be a frame."""
+    """Two different images at one slice position and one frame time cannot both be a frame.
+
+    A time shared by every image of a position tells nothing (a constant trigger delay and no
+    acquisition time: frames then follow InstanceNumber), so only collisions among otherwise
+    distinct times are refused."""
     for pos, grp in zip(positions, groups):
+        keys = [_same_time_key(g[1]) for g in grp]
+        if len({k for k in keys if k is not None}) <= 1:
+            continue
         first = {}
-        for g in grp:
-            key = _same_time_key(g[1])
+        for g, key in zip(grp, keys):
             if key is None:
                 continue
             if key in first:
