@@ -210,6 +210,8 @@ def _reader_failure(exc, args):
     """
     from pathlib import Path
 
+    if isinstance(exc, (ImportError, NameError, SyntaxError)):  # a broken install or a bug, whatever the file
+        return None
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -271,9 +273,12 @@ def main(argv=None):
     except MemoryError:
         where = f" on {args.input}" if getattr(args, "input", None) else ""
         return _report(f"error: out of memory while running {args.command}{where}: this machine has too little free memory "
-                       f"for it (inputs are checked against CARDIACAISEG_MAX_INPUT_GIB; close other programs or use a "
-                       f"smaller input){hint}", 1, debug)
+                       f"for it (close other programs, use a smaller input, or see "
+                       f"CARDIACAISEG_MEMORY_GIB in memory_check.py){hint}", 1, debug)
     except OSError as e:  # disk full, permission denied, a writer that failed: no traceback
+        failed = _reader_failure(e, args)
+        if failed is not None:  # a reader that let an OSError out: name the file it was reading
+            return _report(f"error: {failed[0]}: cannot be read ({e.strerror or e}){hint}", 2, debug)
         return _report(f"error: {e}", 1, debug)
     except Exception as e:  # a bug or a failure nobody foresaw: one line, the traceback only on request
         failed = _reader_failure(e, args)

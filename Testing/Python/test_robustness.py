@@ -23,6 +23,7 @@ from CardiacAISegLib.errors import CardiacInputError, OutputLockedError
 
 CLI = [sys.executable, "-m", "CardiacAISegLib.cli"]
 GIB = 1024 ** 3
+FACTOR = memory_check.PIPELINE_FACTOR
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -261,10 +262,25 @@ def test_nifti_header_claiming_terabytes(tmp_path, capsys, name, shape, version)
     rc, err = _run(capsys, ["analyze", f, "--out", tmp_path / "out", "--quiet"])
     assert rc == 2
     line = _error_lines(err)
-    need = np.prod(shape, dtype=np.int64) * 4 / GIB
-    assert f"{f}:" in line and f"would need {need:.1f} GiB" in line, line
+    image = np.prod(shape, dtype=np.int64) * 4
+    assert f"{f}: too large for this machine" in line, line
+    assert f"a {image / GIB:.1f} GiB image" in line and f"would need about {image * FACTOR / GIB:.1f} GiB" in line, line
     assert "MemoryError" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_input_that_would_not_fit_a_6_gib_cap(tmp_path, capsys, monkeypatch):
+    """The issue's case: a 1.26 GB (float32) series on a machine with 6 GiB free is refused up front."""
+    shape = (256, 256, 16, 300)  # x, y, slices, frames: 1.26 GB as float32
+    f = _nifti_header_only(tmp_path / "long.nii.gz", shape)
+    monkeypatch.delenv(memory_check.LIMIT_ENV, raising=False)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda: 6 * GIB)
+    rc, err = _run(capsys, ["analyze", f, "--out", tmp_path / "out", "--quiet"])
+    assert rc == 2
+    line = _error_lines(err)
+    image = np.prod(shape) * 4
+    assert f"a {image / GIB:.1f} GiB image" in line and f"about {image * FACTOR / GIB:.1f} GiB" in line
+    assert "6.0 GiB is available" in line
 
 
 def test_dicom_rows_65535(tmp_path, capsys):
@@ -281,8 +297,8 @@ def test_dicom_rows_65535(tmp_path, capsys):
     rc, err = _run(capsys, ["analyze", d, "--out", tmp_path / "out", "--quiet"])
     assert rc == 2
     line = _error_lines(err)
-    need = 3 * 65535 * 65535 * 4 / GIB
-    assert f"{d}:" in line and f"would need {need:.1f} GiB" in line and "0.dcm" in line, line
+    need = 3 * 65535 * 65535 * 4 * FACTOR / GIB
+    assert f"{d}: too large" in line and f"would need about {need:.1f} GiB" in line and "0.dcm" in line, line
 
 
 def test_metaimage_header_claiming_274_gb(tmp_path, capsys):
@@ -292,7 +308,7 @@ def test_metaimage_header_claiming_274_gb(tmp_path, capsys):
     (tmp_path / "big.raw").write_bytes(b"\x00" * 64)
     rc, err = _run(capsys, ["analyze", f, "--out", tmp_path / "out", "--quiet"])
     assert rc == 2
-    assert f"would need {4096 * 4096 * 128 * 32 * 4 / GIB:.1f} GiB" in _error_lines(err)
+    assert f"would need about {4096 * 4096 * 128 * 32 * 4 * FACTOR / GIB:.1f} GiB" in _error_lines(err)
 
 
 def test_nrrd_header_claiming_terabytes(tmp_path, capsys):
@@ -301,20 +317,22 @@ def test_nrrd_header_claiming_terabytes(tmp_path, capsys):
                  "encoding: raw\nendian: little\ndata file: big.raw\n")
     rc, err = _run(capsys, ["analyze", f, "--out", tmp_path / "out", "--quiet"])
     assert rc == 2
-    assert f"would need {20 * 40000 * 40000 * 30 * 4 / GIB:.1f} GiB" in _error_lines(err)
+    assert f"would need about {20 * 40000 * 40000 * 30 * 4 * FACTOR / GIB:.1f} GiB" in _error_lines(err)
 
 
 def test_limit_from_the_environment_applies_to_real_sizes(phantom, tmp_path, capsys, monkeypatch):
-    """The estimate is the image's true float32 size: a limit just below it refuses the phantom."""
+    """The estimate is the image's true float32 size: a memory limit just below its need refuses the phantom."""
     import nibabel as nib
 
     image = phantom[0]
     true_bytes = int(np.prod(nib.load(str(image)).shape)) * 4
     assert memory_check.estimate_bytes(image) == (true_bytes, image)
-    monkeypatch.setenv(memory_check.LIMIT_ENV, str(true_bytes * 0.99 / GIB))
+    monkeypatch.setenv(memory_check.LIMIT_ENV, str(true_bytes * FACTOR * 0.99 / GIB))
     rc, err = _run(capsys, ["analyze", image, "--labels", phantom[1], "--out", tmp_path / "out", "--quiet"])
     assert rc == 2
-    assert f"{image}:" in _error_lines(err) and memory_check.LIMIT_ENV in err
+    assert f"{image}: too large" in _error_lines(err) and memory_check.LIMIT_ENV in err
+    monkeypatch.setenv(memory_check.LIMIT_ENV, str(true_bytes * FACTOR * 1.01 / GIB))
+    memory_check.check_input_size(image)  # just enough: no error
     monkeypatch.setenv(memory_check.LIMIT_ENV, "lots")
     with pytest.raises(CardiacInputError, match="positive number of GiB"):
         memory_check.limit_bytes()
@@ -354,6 +372,18 @@ def test_unforeseen_exception_in_a_reader_names_the_file(phantom, tmp_path, caps
     line = _error_lines(err)
     assert line == f"error: {phantom[0]}: cannot be read (IndexError: tuple index out of range) (run with --debug for the traceback)"
     assert not (tmp_path / "out").exists()
+
+
+def test_os_error_in_a_reader_names_the_file(phantom, tmp_path, capsys, monkeypatch):
+    from CardiacAISegLib.readers import volume
+
+    def unreadable(data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(volume, "nifti_to_kji", unreadable)
+    rc, err = _run(capsys, ["analyze", phantom[0], "--out", tmp_path / "out", "--quiet"])
+    assert rc == 2
+    assert _error_lines(err).startswith(f"error: {phantom[0]}: cannot be read (Permission denied)")
 
 
 @pytest.mark.parametrize("debug", [False, True])
