@@ -279,7 +279,9 @@ def main(argv=None):
         failed = _reader_failure(e, args)
         if failed is not None:  # a reader that let an OSError out: name the file it was reading
             return _report(f"error: {failed[0]}: cannot be read ({e.strerror or e}){hint}", 2, debug)
-        return _report(f"error: {e}", 1, debug)
+        # "<file>: <reason>" like every other error, not "[Errno 20] Not a directory: '<file>'"
+        text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        return _report(f"error: {text}", 1, debug)
     except Exception as e:  # a bug or a failure nobody foresaw: one line, the traceback only on request
         failed = _reader_failure(e, args)
         if failed is not None:

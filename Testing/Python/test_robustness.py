@@ -182,6 +182,13 @@ def test_output_under_dev_null(phantom, capsys):
     assert "Errno" not in line
 
 
+def test_os_errors_of_other_commands_read_as_file_and_reason(capsys):
+    """phantom --out /dev/null/x: "<path>: <reason>", not "[Errno 20] ...", and no traceback."""
+    rc, err = _run(capsys, ["phantom", "--out", "/dev/null/x"])
+    assert rc == 1
+    assert _error_lines(err) == "error: /dev/null/x: Not a directory"
+
+
 def test_output_under_a_file(phantom, tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
