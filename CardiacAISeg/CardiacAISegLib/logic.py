@@ -214,26 +214,28 @@ class CardiacAISegLogic(_LogicBase):
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"))
-        study.kind = kind if kind in (CINE, PERFUSION) else self.detectKind(study)[0]
-        if study.kind == PERFUSION and aifPath:
-            from .readers.perfusion import load_aif
-            study.aif = load_aif(aifPath)
+        # the kind is decided where every reader decides it (readers.series_kind), from the
+        # same evidence; a perfusion series is then finished like a file read from disk
+        from .readers.series_kind import decide_kind
+
+        decide_kind(study, requested=kind if kind in (CINE, PERFUSION) else None, aif_given=bool(aifPath))
+        if study.kind == PERFUSION:
+            from .readers.perfusion import finish_perfusion
+
+            dt = None if study.frame_times_s is not None else self._floatParameter("frameTimeS")
+            finish_perfusion(study, node.GetName(), aif=aifPath or None, dt=dt)
         return study, sequence
 
     def detectKind(self, study=None):
-        """('cine' | 'perfusion', reason). Perfusion: an AIF is attached, or a first pass shows
-        (mean intensity rising by a quarter or more over the series). Otherwise cine."""
-        study = study or self._requireStudy()
-        if study.aif is not None:
-            return PERFUSION, "an arterial input function is attached"
-        if study.n_frames < 10:
-            return CINE, f"{study.n_frames} frame(s): too few for a first-pass series"
-        curve = study.images.reshape(study.n_frames, -1).mean(axis=1)
-        top = float(np.max(np.abs(curve))) or 1.0
-        rise = float(np.mean(curve[-5:]) - np.mean(curve[:3])) / top
-        if rise > 0.25:
-            return PERFUSION, f"mean signal rises by {100 * rise:.0f}% of its peak over the series (contrast first pass)"
-        return CINE, f"mean signal changes by {100 * rise:.0f}% of its peak: a cardiac cycle, not a first pass"
+        """('cine' | 'perfusion', reason), as ``readers.series_kind.decide_kind`` decides it."""
+        from copy import copy
+
+        from .readers.series_kind import decide_kind
+
+        study = copy(study or self._requireStudy())
+        study.provenance = dict(study.provenance or {})
+        decide_kind(study, aif_given=study.aif is not None)
+        return study.kind, study.provenance["kind"]["decided_by"]
 
     def loadRestStudy(self, path, **options):
         """The rest perfusion series (with its labels/AIF options) paired for MPR."""

@@ -145,7 +145,7 @@ def test_study_from_proxy_volume_and_kind(phantom, measured):
 def test_perfusion_sample_phantom_runs(tmp_path):
     logic = CardiacAISegLogic(sc.new_scene())
     logic.loadSamplePhantom("perfusion", tmp_path / "perf")
-    assert logic.detectKind() == ("perfusion", "an arterial input function is attached")
+    assert logic.detectKind() == ("perfusion", "an arterial input function was given (--aif)")
     a = logic.runSegmentation(useExistingLabels=True)
     rows = rows_by_measure(logic)
     assert rows["Global MBF"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-5)

@@ -141,13 +141,61 @@ def perfusion_window(study, n_frames=48, pre_foot=3):
     return np.clip(np.arange(start, start + n_frames), 0, study.n_frames - 1)
 
 
+# The perfusion network was trained on series cropped around the heart (64 px at 1.4-3.6 mm,
+# and tighter crops like the QPerf examples). A field of view much wider than that holds the
+# chest wall, liver and arms, which it mistakes for myocardium: such series are cropped around
+# the LV found from the bolus and brought to CROP_PIXEL_MM before the network sees them.
+CROP_FOV_MM = 128.0
+CROP_PIXEL_MM = 2.0
+CROP_WHEN_FOV_OVER_MM = 200.0
+
+
+def heart_crop(study):
+    """(row slice, col slice, zoom) of a square around the LV for wide fields of view, or None.
+
+    The LV comes from the bolus passage (``bolus.locate_blood_pools``) on the middle slice, so no
+    labels, geometry conventions or orientation are assumed.
+    """
+    from ..bolus import locate_blood_pools
+
+    sp_col, sp_row = study.spacing[0], study.spacing[1]
+    rows, cols = study.images.shape[2:]
+    if max(rows * sp_row, cols * sp_col) <= CROP_WHEN_FOV_OVER_MM:
+        return None
+    times = study.frame_times_s
+    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+    try:
+        pools = locate_blood_pools(study.images[:, study.n_slices // 2], dt_s=dt, pixel_mm=sp_col)
+    except CardiacInputError:
+        return None
+    if pools["confidence"] != "high":
+        # without an RV that peaked first next to it, the "LV" may be the aorta or a vessel: a
+        # crop around it could cut the heart out, so the network sees the whole field instead
+        study.provenance.setdefault("warnings", []).append(
+            f"wide field of view, but the heart was not found with confidence from the bolus ({pools['reason']}): "
+            "the network segments the whole field; check the contours")
+        return None
+    cy, cx = pools["lv_center_rc"]
+    if pools["rv"].any():   # centre between LV and RV a little, so the RV stays in view
+        ry, rx = np.nonzero(pools["rv"])
+        cy, cx = cy + 0.25 * (ry.mean() - cy), cx + 0.25 * (rx.mean() - cx)
+    half_r, half_c = CROP_FOV_MM / 2 / sp_row, CROP_FOV_MM / 2 / sp_col
+    r0, c0 = int(round(cy - half_r)), int(round(cx - half_c))
+    r0, c0 = min(max(r0, 0), max(rows - int(2 * half_r), 0)), min(max(c0, 0), max(cols - int(2 * half_c), 0))
+    rs = slice(r0, min(rows, r0 + int(round(2 * half_r))))
+    cs = slice(c0, min(cols, c0 + int(round(2 * half_c))))
+    return rs, cs, (sp_row / CROP_PIXEL_MM, sp_col / CROP_PIXEL_MM), pools
+
+
 def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=True):
     """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
 
+    A wide field of view is first cropped around the heart found from the bolus (``heart_crop``).
     With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
     (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
     """
     import torch
+    from scipy import ndimage
 
     from .perfusion_refine import refine_slice
     from .postprocess import keep_one_component_per_structure
@@ -159,18 +207,38 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
     out = np.zeros(study.images.shape[1:], np.uint8)
+    crop = heart_crop(study)
+    rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
+    if crop:
+        study.provenance["heart_crop"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop],
+                                          "pixel_mm": CROP_PIXEL_MM, "lv_found_by": crop[3]["reason"]}
     reports = []
     for k in range(study.n_slices):
         progress(k, study.n_slices, f"segmenting slice {k + 1}/{study.n_slices}")
-        x = study.images[frames, k].astype(np.float32)
+        x = study.images[frames, k][:, rs, cs].astype(np.float32)
+        native = x.shape[1:]
+        if crop:
+            x = ndimage.zoom(x, (1, *crop[2]), order=1)
         x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
         with torch.inference_mode():
-            xt, crop = pad_to_multiple(torch.from_numpy(x)[None], multiple)
-            logits = model(xt.to(device))[..., crop[0], crop[1]]
+            xt, pad = pad_to_multiple(torch.from_numpy(x)[None], multiple)
+            logits = model(xt.to(device))[..., pad[0], pad[1]]
+        if crop:   # probabilities back onto the native crop grid, then the label
+            probs = torch.softmax(logits, 1)[0].cpu().numpy()
+            zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
+            probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])
+            pred = probs[:, : native[0], : native[1]].argmax(0).astype(np.uint8)
+            if pred.shape != native:
+                pred = np.pad(pred, ((0, native[0] - pred.shape[0]), (0, native[1] - pred.shape[1])))
+        else:
+            pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         # slices lie 10-20 mm apart: clean each one on its own
-        out[k] = keep_one_component_per_structure(logits.argmax(1).cpu().numpy().astype(np.uint8))[0]
+        out[k][rs, cs] = keep_one_component_per_structure(pred[None])[0]
         if refine and study.aif is not None:
-            out[k], report = refine_slice(study.images[:, k], study.aif, out[k])
+            # signal-intensity myocardium enhances to a larger share of the (saturated) blood
+            # signal than Gd concentration does: the blood-likeness threshold follows the units
+            blood_fraction = 0.25 if study.units == "gd_mmol_l" else 0.5
+            out[k], report = refine_slice(study.images[:, k], study.aif, out[k], blood_fraction=blood_fraction)
             reports.append({"slice": k, **report})
     if reports:
         study.provenance["mask_refinement"] = reports

@@ -42,6 +42,26 @@ def blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv):
     return (convex_fill(pts, at_peak.shape) if len(pts) >= 4 else None), level
 
 
+def enhancement_frames(frames, aif):
+    """Frames minus their pre-contrast baseline (the frames before the AIF's foot).
+
+    Every test below compares brightness with the blood pool's: in signal-intensity series
+    (no Gd conversion) the pre-contrast signal of tissue is a large part of its brightness, so
+    raw signal would call well-perfused myocardium "blood". Gd series have a zero baseline and
+    are unchanged.
+    """
+    from ..errors import CardiacInputError
+    from ..mbf import find_foot
+
+    frames = np.asarray(frames, np.float64)
+    try:
+        foot = find_foot(aif)
+    except CardiacInputError:
+        return frames
+    n0 = max(1, foot - 1)
+    return frames - frames[:n0].mean(0, keepdims=True)
+
+
 def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fraction=0.25, gap_px=0.0, peak_ratio=1.2):
     """(refined (R, C) labels, report) for one slice's (T, R, C) frames and network labels."""
     from scipy import ndimage
@@ -49,6 +69,7 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
     from ..roi import peak_image
 
     net_lv, net_myo, net_rv = labels == LV, labels == MYO, labels == RV
+    frames = enhancement_frames(frames, aif)
     peak = int(np.argmax(aif))
     at_peak = peak_image(frames, aif)
     pool, level = blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv)

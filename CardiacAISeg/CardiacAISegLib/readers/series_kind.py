@@ -29,6 +29,23 @@ def _from_times(times, source):
     return kind, f"{source}: {len(times)} frames over {span:.1f} s ({'many heartbeats' if kind == PERFUSION else 'one cardiac cycle'})"
 
 
+def _from_content(study):
+    """A first pass from the images alone: the brightest pixels (the blood pools) are dark before the
+    bolus and bright at its peak; in a cine the blood is bright in every frame. Weak evidence."""
+    import numpy as np
+
+    if study.n_frames < 10:
+        return None
+    top = np.percentile(study.images.reshape(study.n_frames, -1), 99, axis=1)
+    before = float(np.median(top[:3]))
+    ratio = float(top.max()) / before if before > 0 else float("inf")
+    if ratio > 1.5:
+        return PERFUSION, f"the brightest pixels brighten {ratio:.1f}-fold over the series (a contrast first pass)"
+    if ratio < 1.2:
+        return CINE, f"the brightest pixels stay as bright through the series (x{ratio:.2f}: no contrast first pass)"
+    return None
+
+
 def evidence(study, aif_given=False, dt=None):
     """[(kind, strength, reason)] from the data and the flags, strongest first."""
     prov = study.provenance or {}
@@ -50,6 +67,9 @@ def evidence(study, aif_given=False, dt=None):
         got = _from_times([0.0, float(dt) * (study.n_frames - 1)], f"--dt {dt:g} s")
         if got:
             found.append((got[0], WEAK, got[1]))
+    content = _from_content(study) if not any(e[1] == STRONG for e in found) else None
+    if content:
+        found.append((content[0], WEAK, content[1]))
     hint = (timing or {}).get("hint")
     if hint:
         found.append((hint, WEAK, f"series description suggests {hint}"))
