@@ -156,10 +156,19 @@ def _looks_like_dicom(path):
 def _folder_estimate(folder):
     """(voxels, the largest file) summed over the image files of a folder."""
     total, largest, largest_n = 0, None, -1
+    from itertools import islice
+
     volumes = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in _VOLUME_SUFFIXES]
-    dicoms = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
-                    and _suffix(f) not in _VOLUME_SUFFIXES + (".img", ".raw", ".zraw", ".json", ".cfg", ".csv", ".txt")
-                    and _looks_like_dicom(f))
+    not_dicom = _VOLUME_SUFFIXES + (".img", ".raw", ".zraw", ".json", ".cfg", ".csv", ".txt")
+
+    def candidates():
+        return (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".") and _suffix(f) not in not_dicom)
+
+    # like the reader, a look at the first files decides whether this is a DICOM folder at all, so
+    # a wrong folder (a home directory) is not walked file by file
+    dicoms = []
+    if any(_looks_like_dicom(f) for f in islice(candidates(), 200)):
+        dicoms = sorted(f for f in candidates() if _looks_like_dicom(f))
     for f in volumes:
         n = file_voxels(f) or 0
         total += n
