@@ -260,6 +260,11 @@ def _pick_series(folder, series, choice):
         stack = _parallel_stack(series)
         if stack is not None:
             return stack
+        from .aif_series import pick_main_and_aif
+
+        pair = pick_main_and_aif(series)
+        if pair is not None:   # a perfusion series and its dual-sequence AIF series
+            return pair[0], series[pair[0]]
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with series= (UID, number or description): {listing}")
     c = str(choice).strip()
     for uid, items in series.items():
@@ -288,18 +293,97 @@ def _trigger_s(ds):
         return None
 
 
-def _frame_time_s(ds, kind):
-    """The time that orders frames: trigger delay for cine, clock time for perfusion (where the
-    trigger delay is nearly constant and would scramble the frames)."""
-    if kind == PERFUSION:
-        if isinstance(ds, EnhancedFrame):
-            return ds.acquisition_s   # FrameAcquisitionDateTime
-        for tag in ("AcquisitionTime", "ContentTime"):
-            t = _tm_seconds(ds.get(tag, ""))
-            if t is not None:
-                return t
-        return None
-    return _trigger_s(ds)
+def _clock_s(ds):
+    """Wall-clock acquisition time of one image in seconds (None when the file has none).
+
+    Enhanced frames carry FrameAcquisitionDateTime; classic images AcquisitionDateTime,
+    AcquisitionTime or ContentTime (the first one present).
+    """
+    if isinstance(ds, EnhancedFrame):
+        return ds.acquisition_s
+    from .dicom_enhanced import datetime_seconds
+
+    value = ds.get("AcquisitionDateTime", "")
+    if value not in (None, ""):
+        t = datetime_seconds(value)
+        if t is not None:
+            return t
+    for tag in ("AcquisitionTime", "ContentTime"):
+        t = _tm_seconds(ds.get(tag, ""))
+        if t is not None:
+            return t
+    return None
+
+
+# A cine covers one cardiac cycle (trigger delays under ~2 s even at 30 beats/min); frames that
+# span more than this at one slice position come from many heartbeats: a first-pass series.
+MANY_HEARTBEATS_S = 4.0
+
+
+def choose_frame_clock(groups):
+    """Which clock orders the frames of each slice position, and what it says of the series.
+
+    groups: per slice position, the list of (path, dataset, ...) records. Vendors time frames
+    differently: a cine has rising trigger delays within one cycle; GE writes perfusion with the
+    time since the first frame in TriggerTime (0.8 ... 55 s); Siemens and Philips keep the
+    trigger delay constant and advance AcquisitionTime/ContentTime by one heartbeat per
+    dynamic. Returns {"clock": "TriggerTime" | "AcquisitionTime" | None, "kind": "cine" |
+    "perfusion" | None (the data cannot tell), "span_s", "reason"}.
+    """
+    def per_group(fn):
+        values = [[fn(g[1]) for g in grp] for grp in groups]
+        if any(v is None for grp in values for v in grp):
+            return None
+        return [np.asarray(v, float) for v in values]
+
+    trig = per_group(_trigger_s)
+    clock = per_group(_clock_s)
+    n_frames = max(len(g) for g in groups)
+
+    def span(values):
+        return max(float(v.max() - v.min()) for v in values)
+
+    def distinct(values):
+        return all(np.unique(np.round(v, 4)).size == v.size for v in values)
+
+    if n_frames < 2:
+        return {"clock": None, "kind": None, "span_s": 0.0, "reason": "one frame per slice position"}
+    if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
+        return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
+                "reason": f"TriggerTime rises through {span(trig):.1f} s at one slice position (many heartbeats)"}
+    if clock is not None and distinct(clock) and span(clock) > MANY_HEARTBEATS_S and (trig is None or span(trig) < 0.25 * span(clock)):
+        return {"clock": "AcquisitionTime", "kind": PERFUSION, "span_s": span(clock),
+                "reason": f"acquisition times advance through {span(clock):.1f} s at one slice position (many heartbeats)"}
+    if trig is not None and distinct(trig):
+        return {"clock": "TriggerTime", "kind": CINE, "span_s": span(trig),
+                "reason": f"trigger delays span {span(trig) * 1000:.0f} ms at one slice position (one cardiac cycle)"}
+    if clock is not None and distinct(clock):
+        # no usable trigger delays: the clock orders the frames; its span says which kind
+        k = PERFUSION if span(clock) > MANY_HEARTBEATS_S else None
+        return {"clock": "AcquisitionTime", "kind": k, "span_s": span(clock),
+                "reason": f"frames ordered by acquisition time ({span(clock):.1f} s); no distinct trigger delays"}
+    return {"clock": None, "kind": None, "span_s": None, "reason": "no distinct frame times in TriggerTime or AcquisitionTime"}
+
+
+def _frame_time_s(ds, clock):
+    return _trigger_s(ds) if clock == "TriggerTime" else _clock_s(ds) if clock == "AcquisitionTime" else None
+
+
+_PERFUSION_WORDS = ("perf", "first pass", "first-pass", "firstpass", "fpp", "tfiperf", "stress", "rest ")
+_CINE_WORDS = ("cine", "trufi", "tfisp", "ssfp", "fiesta", "bffe", "balanced")
+
+
+def description_hint(ds):
+    """'perfusion', 'cine' or None from SeriesDescription/ProtocolName/SequenceName words.
+
+    A hint only: scanners' names are free text, so it may support the timing, never decide.
+    """
+    text = " ".join(str(ds.get(t, "") or "") for t in ("SeriesDescription", "ProtocolName", "SequenceName")).lower() + " "
+    if any(w in text for w in _PERFUSION_WORDS):
+        return PERFUSION
+    if any(w in text for w in _CINE_WORDS):
+        return CINE
+    return None
 
 
 def _geometry(f, ds, fixes=None):
@@ -345,8 +429,12 @@ def _pixels(f, ds):
     return a * slope + intercept
 
 
-def load_dicom_series(folder, series=None, kind=CINE, progress=None):
-    """Read one series of a DICOM folder into a Study (see the module docstring for ordering)."""
+def load_dicom_series(folder, series=None, kind=None, progress=None):
+    """Read one series of a DICOM folder into a Study (see the module docstring for ordering).
+
+    kind None: cine or perfusion as the frame times say (``choose_frame_clock``), recorded in
+    ``provenance["timing"]``; the final word is ``readers.series_kind.decide_kind``'s.
+    """
     with _quiet():
         return _load_series(Path(folder), series, kind, progress)
 
@@ -380,7 +468,7 @@ def _load_series(folder, series, kind, progress):
 
 def _same_time_key(ds):
     """What says 'the same frame' at one slice position; None when the image has no time."""
-    key = (_trigger_s(ds), _frame_time_s(ds, PERFUSION)) + ((ds.temporal_index,) if isinstance(ds, EnhancedFrame) else ())
+    key = (_trigger_s(ds), _clock_s(ds)) + ((ds.temporal_index,) if isinstance(ds, EnhancedFrame) else ())
     return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
 
 
@@ -412,6 +500,11 @@ def _refuse_same_position_and_time(folder, groups, positions):
 
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     uid, items = _pick_series(folder, all_series, series)
+    aif_pair = None
+    if series is None and len(all_series) == 2:
+        from .aif_series import pick_main_and_aif
+
+        aif_pair = pick_main_and_aif(all_series)
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
@@ -447,9 +540,12 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     _refuse_same_position_and_time(folder, groups, positions)
     counts = [len(g) for g in groups]
 
+    timing = choose_frame_clock(groups)
+    clock = timing["clock"]
+
     def order(g):
         ds = g[1]
-        t = _frame_time_s(ds, kind)
+        t = _frame_time_s(ds, clock)
         inst = int(ds.get("InstanceNumber", 0) or 0)
         within = (ds.temporal_index or 0, ds.index) if isinstance(ds, EnhancedFrame) else (0, 0)
         return (0, t, inst, within) if t is not None else (1, 0.0, inst, within)
@@ -460,7 +556,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
-        if kind == PERFUSION or min(counts) < 0.8 * max(counts):
+        if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts):
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or mixes acquisitions")
         early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used")
         groups = [g[:min(counts)] for g in groups]
@@ -477,7 +573,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
                 progress(done, n_t * n_s, "reading DICOM pixels")
             done += 1
             images[t, k] = _pixels(f, ds)
-            tt = _frame_time_s(ds, kind)
+            tt = _frame_time_s(ds, clock)
             times[t, k] = np.nan if tt is None else tt
             if isinstance(ds, EnhancedFrame):   # frames share their file's InstanceNumber and SOP UID
                 frame_map.setdefault(str(ds.get("SOPInstanceUID", f)), {})[ds.frame_number] = (t, k)
@@ -510,7 +606,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             spacing = 0.0
         if not spacing > 0:
             spacing = 1.0
-            if kind != PERFUSION:
+            if (kind or timing["kind"]) != PERFUSION:
                 warn.append("one slice position and no SliceThickness or SpacingBetweenSlices: the slice thickness is "
                             "unknown, 1 mm assumed, so volumes are per mm of thickness")
     if fixes:
@@ -525,13 +621,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     m[:3, :] = LPS_TO_RAS @ m[:3, :]
 
     ds0 = groups[0][0][1]
-    if kind == PERFUSION and not np.all(np.isfinite(times)):
-        # no clock times: some exports keep time since the first frame in TriggerTime
-        trig = np.array([[_trigger_s(g[t][1]) for g in groups] for t in range(n_t)], dtype=float)  # None -> nan
-        if n_t > 1 and np.all(np.isfinite(trig)) and np.all(np.diff(trig, axis=0) > 0):
-            times = trig
     frame_times = None
     if np.all(np.isfinite(times)):
+        # slices of one dynamic are acquired a fraction of a heartbeat apart: time from each
+        # slice's own first frame, the median over slices
         rel = times - times[0:1, :]
         frame_times = np.median(rel, axis=1)
     prov = {
@@ -547,9 +640,13 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     }
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map
-    if kind == PERFUSION:
+    prov["timing"] = {**timing, "hint": description_hint(ds0)}
+    if aif_pair is not None and aif_pair[0] == uid:
+        prov["aif_series_uid"] = aif_pair[1]
+        prov["timing"]["hint"] = PERFUSION   # only perfusion comes with a dual-sequence AIF series
+    if clock == "AcquisitionTime" or timing["kind"] == PERFUSION:
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
     else:
         prov["trigger_times_ms"] = None if frame_times is None else np.round(times.T * 1000, 3).tolist()
-    return Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=frame_times, name=_study_name(folder),
+    return Study(images=images, ijk_to_ras=m, kind=kind or timing["kind"] or CINE, frame_times_s=frame_times, name=_study_name(folder),
                  source=str(folder), provenance=prov, orientation_known=True)
