@@ -101,7 +101,9 @@ class Analysis:
         if err.path == "tissue":
             where = None
         elif err.path == "AIF" or "AIF" in err.problem:
-            where = prov.get("aif_source") if prov.get("aif_source") not in (None, "array") else None
+            source = prov.get("aif_source")
+            # an AIF file names itself; an AIF taken from the images is the images' problem
+            where = source if source and os.path.exists(str(source)) else None
         else:
             files = [f.get("file") for f in prov.get("label_files", []) if f.get("file")]
             where = files[0] if len(files) == 1 else None

@@ -178,7 +178,7 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
                         segment_values=analysis.segment_values or None, value_label=label,
                         volume_curve=curve, overwrite=True,
-                        value_map=analysis.mbf if analysis.kind == PERFUSION else None)
+                        value_map=analysis.mbf if analysis.kind == PERFUSION else None, qc=analysis.qc)
     checkpoint()
     progress(2, steps, "writing scene")
     ctx = sc.new_scene()

@@ -8,6 +8,9 @@ from .errors import CancelledError, CardiacInputError, OutputExistsError
 from .outputs import Terminated, output_lock, stop_signals_raise
 
 
+QC_REVIEW_EXIT = 3   # --strict: outputs written, but QC asks for review
+
+
 def _analyze(args):
     from .analyze import run
     from .progress import tqdm_progress
@@ -27,6 +30,14 @@ def _analyze(args):
         print(f"warning: {w}", file=sys.stderr)
     for name, path in sorted(paths.items()):
         print(f"wrote {path}")
+    qc = r.get("qc") or {}
+    review = [f["code"] for f in qc.get("flags", []) if f["severity"] == "review"]
+    print(f"QC: {qc.get('status', 'n/a')}" + (f" ({', '.join(review)})" if review else ""))
+    if args.strict and qc.get("status") != "pass":
+        # outputs are written (for review); the exit code tells a pipeline not to trust them
+        print(f"error: QC review needed ({', '.join(review)}) and --strict was given", file=sys.stderr)
+        return QC_REVIEW_EXIT
+    return 0
 
 
 def _phantom(args):
@@ -120,6 +131,8 @@ def build_parser():
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
     a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")
+    a.add_argument("--strict", action="store_true",
+                   help=f"exit with status {QC_REVIEW_EXIT} when a plausibility (QC) check asks for review (for pipelines)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
 

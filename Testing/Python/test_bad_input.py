@@ -246,10 +246,23 @@ def test_flat_aif(tmp_path, capsys, perfusion_dir):
     expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": aif}), tmp_path / "out", aif, "AIF is flat")
 
 
-def test_perfusion_without_aif(tmp_path, capsys, perfusion_dir):
+def test_perfusion_without_aif_and_without_a_bolus(tmp_path, capsys, perfusion_dir):
+    """No --aif: the AIF comes from the LV blood pool; a series with no bolus in it has none to give."""
     d, dt = perfusion_dir
-    expect_failure(capsys, _perfusion_args(d, dt, **{"--aif": None}), tmp_path / "out",
-                   d / "perfusion.nii.gz", "arterial input function", "--aif")
+    import nibabel as nib
+
+    src = nib.load(str(d / "perfusion.nii.gz"))
+    flat = np.random.default_rng(0).normal(100.0, 1.0, src.shape).astype(np.float32)
+    img = _nifti(tmp_path / "flat.nii.gz", flat, affine=src.affine)
+    args = [img, "--kind", "perfusion", "--dt", str(dt), "--labels", d / "perfusion_labels.nii.gz"]
+    expect_failure(capsys, args, tmp_path / "out", img, "AIF", "flat")
+
+
+@pytest.mark.parametrize("dt", ["50", "0.001"])
+def test_perfusion_implausible_dt(tmp_path, capsys, perfusion_dir, dt):
+    d, _ = perfusion_dir
+    expect_failure(capsys, _perfusion_args(d, None, **{"--dt": dt}), tmp_path / "out",
+                   d / "perfusion.nii.gz", "--dt", "outside 0.1-5 s")
 
 
 def test_perfusion_without_dt(tmp_path, capsys, perfusion_dir):
@@ -266,7 +279,7 @@ def test_perfusion_without_dt(tmp_path, capsys, perfusion_dir):
 def test_perfusion_bad_dt(tmp_path, capsys, perfusion_dir, dt):
     d, _ = perfusion_dir
     expect_failure(capsys, _perfusion_args(d, None, **{"--dt": dt}), tmp_path / "out",
-                   d / "perfusion.nii.gz", "dt must be a positive number")
+                   d / "perfusion.nii.gz", "--dt", "must be a positive number of seconds")
 
 
 def test_perfusion_without_labels_or_model(tmp_path, capsys, perfusion_dir, monkeypatch):
