@@ -61,10 +61,13 @@ def fit_2cxm(tissue_mean_curve, aif, dt, hematocrit=0.42, density=DENSITY, delay
              foot=None, window=None):
     """Two-compartment exchange fit of one ROI curve (a cross-check of the Fermi MBF).
 
-    Same baseline and delay grid as ``fermi_deconvolution`` but, by default, every frame
-    from 3 before the foot; bounded least squares from a few starts per delay. Returns Fp and PS in mL/min/g, vp and ve (mL/mL), Fb =
-    Fp / (1 - Hct) in mL/min/g (blood flow, the quantity the Fermi MBF estimates), the
-    delay, rmse and r2.
+    Same baseline as ``fermi_deconvolution``, whole-frame delays ``delays`` (frames, >= 0)
+    and, by default, every frame from 3 before the foot; bounded least squares from a few
+    starts per delay. Returns Fp and PS in mL/min/g, vp and ve (mL/mL), Fb = Fp / (1 - Hct)
+    in mL/min/g (blood flow, the quantity the Fermi MBF estimates), the delay, rmse, r2,
+    and the fit's trust flags: ``bounds_hit`` (names of the parameters on a bound, e.g.
+    'vp' at 0.01 or 'Fp' at 0.3 /s: the fit ran out of room, so its Fb is not a measurement),
+    ``at_bound`` (any), and ``at_delay_edge`` (the best delay is the longest searched).
     """
     from scipy.optimize import least_squares
 
@@ -94,8 +97,14 @@ def fit_2cxm(tissue_mean_curve, aif, dt, hematocrit=0.42, density=DENSITY, delay
     fit, d = best
     fp, ps, vp, ve = fit.x
     sse = 2.0 * fit.cost
+    # least_squares keeps x strictly inside its bounds: "on" a bound is within 0.1% of the range.
+    tol = 1e-3 * (np.array(hi) - np.array(lo))
+    hit = [name for name, x, low, high, eps in zip(("Fp", "PS", "vp", "ve"), fit.x, lo, hi, tol)
+           if x <= low + eps or x >= high - eps]
+    searched = [dd for dd in delays if dd < y.size]
     return {"Fp": 60 * fp / density, "PS": 60 * ps / density, "vp": vp, "ve": ve,
             "Fb": 60 * fp / (1.0 - hematocrit) / density, "delay_frames": d, "delay_s": d * dt,
             "rmse": float(np.sqrt(sse / y.size)),
             "r2": float(1.0 - sse / max(((y - y.mean()) ** 2).sum(), 1e-30)),
+            "bounds_hit": hit, "at_bound": bool(hit), "at_delay_edge": bool(d == max(searched)),
             "hematocrit": hematocrit, "density": density, "window": (int(start), int(stop))}

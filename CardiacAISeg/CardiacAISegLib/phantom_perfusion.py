@@ -61,6 +61,30 @@ def _convolve_fine(c_fine, h_fine, dt_fine):
     return full - 0.5 * dt_fine * (c_fine[0] * h_fine + c_fine * h_fine[0])
 
 
+def _fine_lags(delay_s, delay_frames, dt):
+    """{segment id: tissue delay in fine-grid steps} from ``delay_s`` (s, one or per segment)
+    or, if None, the whole ``delay_frames``."""
+    if delay_s is None:
+        return {r["id"]: int(delay_frames) * _FINE for r in AHA_SEGMENTS}
+    if np.isscalar(delay_s):
+        delay_s = {r["id"]: delay_s for r in AHA_SEGMENTS}
+    missing = [r["id"] for r in AHA_SEGMENTS if r["id"] not in delay_s]
+    if missing:
+        raise ValueError(f"delay_s lacks segments {missing}")
+    return {int(k): int(round(float(v) / dt * _FINE)) for k, v in delay_s.items()}
+
+
+def _delay_truth(lags, delay_s, delay_frames, dt):
+    per_segment = {sid: lag * dt / _FINE for sid, lag in lags.items()}
+    uniform = len(set(lags.values())) == 1
+    if delay_s is None:
+        frames = int(delay_frames)
+    else:
+        frames = next(iter(lags.values())) / _FINE if uniform else None
+    return {"delay_s_per_segment": per_segment, "delay_frames": frames,
+            "delay_s": next(iter(per_segment.values())) if uniform else None}
+
+
 def _segment_values(rng, stress, mbf_per_segment, ischaemic_territory):
     if mbf_per_segment is not None:
         values = {int(k): float(v) for k, v in mbf_per_segment.items()}
@@ -100,7 +124,7 @@ def make_perfusion_phantom(seed=0, n_slices=3, size=96, pixel_mm=1.8, dt=0.5, n_
                            stress=True, mbf_per_segment=None, ischaemic_territory=None,
                            noise=0.02, model="fermi", motion=False, delay_frames=1,
                            septal_arc_deg=120.0, hematocrit=0.42, density=DENSITY,
-                           slice_mm=20.0):
+                           slice_mm=20.0, delay_s=None):
     """(Study, truth) for a 3-slice first-pass perfusion series with known MBF per AHA segment.
 
     Slice 0 is basal, 1 mid, 2 apical (``n_slices`` must be 3: one per AHA level).
@@ -109,14 +133,17 @@ def make_perfusion_phantom(seed=0, n_slices=3, size=96, pixel_mm=1.8, dt=0.5, n_
     ``model`` 'fermi' or '2cxm' (then MBF is blood flow, Fp = MBF (1 - Hct)). ``noise`` is
     the Gaussian SD (mmol/L) of the images; the AIF, from a separate low-resolution read-out
     in practice, gets a quarter of it. ``motion`` adds rigid in-plane breathing shifts
-    (labels stay those of frame 0). Tissue lags the AIF by ``delay_frames``.
+    (labels stay those of frame 0). Tissue lags the AIF by ``delay_frames``, or by ``delay_s``
+    seconds if given: one value, or {segment id: seconds} per AHA segment; sub-frame and
+    negative delays are exact to 1/20 of a frame (the fine grid; truth holds the delays used).
 
     Study: kind 'perfusion', images (T, 3, size, size) in Gd mmol/L, aif (T,),
     frame_times_s, labels {0: (3, size, size) uint8: 1 LV blood, 2 myocardium, 3 RV}.
     truth: mbf_per_segment, segment_map (3, size, size) AHA id per myocardial pixel, 0
     elsewhere), insertion_points [(anterior_ijk, inferior_ijk)] per slice (continuous
     (i, j, k) on the epicardium), density, plus levels, delay_frames, model parameters,
-    lv_centre_ijk, apex_to_base, anterior, septal (RAS unit vectors), motion_shift_px.
+    lv_centre_ijk, apex_to_base, anterior, septal (RAS unit vectors), motion_shift_px,
+    delay_s_per_segment {id: seconds}; delay_s and delay_frames are None when segments differ.
     """
     if n_slices != 3:
         raise ValueError("the perfusion phantom has exactly 3 slices (basal, mid, apical)")
@@ -124,19 +151,22 @@ def make_perfusion_phantom(seed=0, n_slices=3, size=96, pixel_mm=1.8, dt=0.5, n_
         raise ValueError(f"model must be 'fermi' or '2cxm', got {model!r}")
     rng = np.random.default_rng(seed)
     mbf_seg = _segment_values(rng, stress, mbf_per_segment, ischaemic_territory)
+    lags = _fine_lags(delay_s, delay_frames, dt)
     a, s, u_ant, e_i, e_j, centre_px, ijk_to_ras = _geometry(rng, size, pixel_mm, slice_mm)
 
     # --- curves on a fine grid, then sampled at the frame times -----------------------
     t = np.arange(n_frames) * dt
     dt_f = dt / _FINE
-    t_f = np.arange(n_frames * _FINE) * dt_f
+    n_fine = n_frames * _FINE
+    # A negative delay reads the tissue curve past the series end: compute that far.
+    ahead = max(0, -min(lags.values()))
+    t_f = np.arange(n_fine + ahead) * dt_f
     foot = rng.uniform(6.0, 8.0)
     rise = rng.uniform(2.5, 4.0)
     peak = rng.uniform(3.0, 5.5)
     aif_f = perfusion_aif(t_f, foot, peak, rise)
     rv_lead = rng.uniform(3.0, 4.5)
     rv_f = perfusion_aif(t_f, foot - rv_lead, 1.25 * peak, 0.8 * rise)
-    lag = int(delay_frames) * _FINE
     curves, params = {}, {}
     for sid, value in mbf_seg.items():
         if model == "fermi":
@@ -153,9 +183,11 @@ def make_perfusion_phantom(seed=0, n_slices=3, size=96, pixel_mm=1.8, dt=0.5, n_
             h = (amps[:, None] * np.exp(rates[:, None] * t_f)).sum(0) / (1.0 - hematocrit)
             params[sid] = {"Fp": fp, "PS": ps, "vp": vp, "ve": ve}
         y = _convolve_fine(aif_f, h, dt_f)
-        curves[sid] = np.r_[np.zeros(lag), y[: y.size - lag]][::_FINE]
-    muscle = _convolve_fine(aif_f, 0.3 * density / 60.0 * fermi(t_f, 6.0, 0.0)[0], dt_f)[::_FINE]
-    aif, rv_curve = aif_f[::_FINE], rv_f[::_FINE]
+        lag = lags[sid]
+        delayed = np.r_[np.zeros(lag), y[: n_fine - lag]] if lag >= 0 else y[-lag: n_fine - lag]
+        curves[sid] = delayed[::_FINE]
+    muscle = _convolve_fine(aif_f, 0.3 * density / 60.0 * fermi(t_f, 6.0, 0.0)[0], dt_f)[:n_fine:_FINE]
+    aif, rv_curve = aif_f[:n_fine:_FINE], rv_f[:n_fine:_FINE]
 
     # --- anatomy: per slice polar coordinates in the heart frame ----------------------
     jj, ii = np.mgrid[0:size, 0:size].astype(float)
@@ -225,7 +257,7 @@ def make_perfusion_phantom(seed=0, n_slices=3, size=96, pixel_mm=1.8, dt=0.5, n_
                               "stress": stress, "noise": noise, "motion": motion})
     truth = {
         "mbf_per_segment": mbf_seg, "segment_map": seg_map, "insertion_points": insertion,
-        "density": density, "levels": list(LEVELS), "delay_frames": int(delay_frames),
+        "density": density, "levels": list(LEVELS), **_delay_truth(lags, delay_s, delay_frames, dt),
         "model": model, "model_params": params, "hematocrit": hematocrit,
         "septal_arc_deg": septal_arc_deg, "lv_centre_ijk": centres,
         "apex_to_base": a, "anterior": u_ant, "septal": s,

@@ -111,15 +111,20 @@ def test_phantom_options():
 
 # --- Fermi deconvolution on the phantom ---------------------------------------------------
 @pytest.mark.parametrize("which", ["stress", "rest"])
-def test_phantom_segment_mbf_within_3_percent(stress_pair, which):
+def test_phantom_segment_mbf_within_4_percent(stress_pair, which):
+    # 4%, not 3%, since the delay is continuous: a whole-frame delay (as here) is no longer
+    # a grid point the fit snaps to, and F trades against the free delay (rest worst ~3.5%).
     study, truth = stress_pair[0] if which == "stress" else stress_pair[1]
     mbf_map, fit = mbf.study_mbf(study)
     result = mbf.segment_mbf(mbf_map, truth["segment_map"])
     errors = _segment_errors(result, truth)
     assert len(errors) == 16 and all(r["n_pixels"] > 40 for r in result["segments"])
-    assert max(abs(e) for e in errors.values()) < 0.03, errors
-    # The delay (2 frames in this phantom) is recovered pixel by pixel.
-    assert np.mean(fit["delay_frames"] == truth["delay_frames"]) > 0.95
+    assert max(abs(e) for e in errors.values()) < 0.04, errors
+    # The delay (2 frames in this phantom) is continuous now: unbiased, and each pixel's
+    # scatters by ~0.1 (stress) to ~0.2 (rest) frame with the noise, as F trades against it.
+    error = fit["delay_frames"] - truth["delay_frames"]
+    assert abs(np.median(error)) < 0.02 and np.median(np.abs(error)) < 0.25
+    assert fit["reliable"].mean() > 0.95
     assert np.median(fit["r2"]) > 0.99
     true_global = np.median([truth["mbf_per_segment"][i] for i in truth["segment_map"][truth["segment_map"] > 0]])
     assert result["global"]["mbf_ml_min_g"] == pytest.approx(true_global, rel=0.03)
@@ -139,12 +144,15 @@ def test_mpr(stress_pair):
 
 
 def test_segment_curves_at_realistic_noise():
-    """At 0.02 mmol/L noise pixel maps scatter (median per segment off by up to ~18%);
-    fitting each segment's mean curve keeps segments within ~10% (mean error ~2-3%)."""
-    study, truth = make_perfusion_phantom(seed=7, noise=0.02, ischaemic_territory="LCx")
+    """At 0.02 mmol/L noise and a sub-frame delay, fitting each segment's mean curve keeps
+    segments within ~16% (mean error ~7%); over 12 such phantoms (0.5-1.3 s delays) the mean
+    error is 4.6%, against 18.5% (+16.5% bias) with whole-frame delays only. With the delay
+    free, a noisy curve can trade ~0.25 frame of delay for F, so single segments still
+    stray; flags then say nothing (the fit is good), only the spread of segments does."""
+    study, truth = make_perfusion_phantom(seed=7, noise=0.02, ischaemic_territory="LCx", delay_s=0.8)
     result = mbf.segment_curve_mbf(study.images, truth["segment_map"], study.aif, 0.5)
     errors = np.array(list(_segment_errors(result, truth).values()))
-    assert np.abs(errors).max() < 0.10 and np.abs(errors).mean() < 0.04, errors
+    assert np.abs(errors).max() < 0.20 and np.abs(errors).mean() < 0.08, errors
     assert result["territories"]["LCx"]["mbf_ml_min_g"] < 0.7 * result["territories"]["LAD"]["mbf_ml_min_g"]
     assert result["global"]["n_pixels"] == (truth["segment_map"] > 0).sum()
 
@@ -160,6 +168,105 @@ def test_segment_mbf_statistics():
     assert med["segments"][1]["territory"] == "LAD"
 
 
+# --- sub-frame delays and fit-quality flags ------------------------------------------------
+SUBFRAME_DELAYS_S = (0.0, 0.25, 0.5, 0.75, 1.3, 2.6, 4.0, -0.5)
+
+
+def _per_segment_delays(values):
+    return {sid: values[(sid - 1) % len(values)] for sid in range(1, 17)}
+
+
+def test_phantom_delay_option():
+    kw = dict(seed=4, noise=0.0, size=64)
+    frames, t_frames = make_perfusion_phantom(delay_frames=1, **kw)
+    seconds, t_seconds = make_perfusion_phantom(delay_s=0.5, **kw)     # the same at dt 0.5
+    np.testing.assert_array_equal(frames.images, seconds.images)
+    assert t_frames["delay_frames"] == 1 and t_seconds["delay_frames"] == 1.0 and t_seconds["delay_s"] == 0.5
+    # A negative delay moves the curve earlier; per-segment delays apply segment by segment.
+    early, t_early = make_perfusion_phantom(delay_s=-0.5, **kw)
+    zero, _ = make_perfusion_phantom(delay_s=0.0, **kw)
+    myo = t_early["segment_map"] == 7
+    np.testing.assert_allclose(early.images[:-1, myo], zero.images[1:, myo], atol=1e-6)
+    per = _per_segment_delays([0.3, 1.1])
+    mixed, t_mixed = make_perfusion_phantom(delay_s=per, **kw)
+    assert t_mixed["delay_s"] is None and t_mixed["delay_frames"] is None
+    assert t_mixed["delay_s_per_segment"] == pytest.approx(per)
+    with pytest.raises(ValueError, match="lacks segments"):
+        make_perfusion_phantom(delay_s={1: 0.5}, **kw)
+
+
+@pytest.mark.parametrize("dt,noise", [(0.5, SMALL_NOISE), (1.0, 0.001)])
+@pytest.mark.parametrize("stress", [True, False])
+def test_subframe_delays_per_segment(dt, noise, stress):
+    """Delays of 0-4 s and -0.5 s, sub-frame, one per segment: MBF within 5% and the delay
+    within 0.05 s in every segment. (At 1 s frames F and the delay nearly trade places, so
+    'low noise' there is 0.001 mmol/L; at 0.003 single segments reach ~10%.)"""
+    study, truth = make_perfusion_phantom(seed=3, dt=dt, noise=noise, stress=stress,
+                                          delay_s=_per_segment_delays(SUBFRAME_DELAYS_S))
+    mbf_map, fit = mbf.study_mbf(study)
+    mask = study.labels[0] == MYO
+    result = mbf.segment_mbf(mbf_map, truth["segment_map"], reliable=mbf.fit_map(mask, fit))
+    errors = _segment_errors(result, truth)
+    assert max(abs(e) for e in errors.values()) <= 0.05, errors
+    delay_map = mbf.fit_map(mask, fit, "delay_s")
+    for sid, true_delay in truth["delay_s_per_segment"].items():
+        assert np.median(delay_map[truth["segment_map"] == sid]) == pytest.approx(true_delay, abs=0.05), sid
+    assert not any(r["flagged"] for r in result["segments"]) and fit["reliable"].mean() > 0.9
+    assert fit["delay_range_s"] == pytest.approx(mbf.DELAY_RANGE_S)
+
+
+def test_implausible_delay_flagged_at_edge():
+    # Segment 5 lags 7 s, segment 11 leads by 2 s: both outside the -1..5 s search.
+    delays = _per_segment_delays([0.6])
+    delays[5], delays[11] = 7.0, -2.0
+    study, truth = make_perfusion_phantom(seed=2, noise=SMALL_NOISE, delay_s=delays)
+    mbf_map, fit = mbf.study_mbf(study)
+    mask = study.labels[0] == MYO
+    seg = truth["segment_map"][mask]
+    assert fit["at_delay_edge"][seg == 5].mean() > 0.9 and fit["at_delay_edge"][seg == 11].mean() > 0.9
+    assert fit["delay_s"][seg == 5].max() == pytest.approx(5.0) and fit["delay_s"][seg == 11].min() == pytest.approx(-1.0)
+    assert not fit["reliable"][fit["at_delay_edge"]].any()
+    plausible = (seg != 5) & (seg != 11)
+    assert fit["at_delay_edge"][plausible].mean() < 0.02
+    result = mbf.segment_mbf(mbf_map, truth["segment_map"], reliable=mbf.fit_map(mask, fit))
+    assert [r["id"] for r in result["segments"] if r["flagged"]] == [5, 11]
+    assert result["segments"][4]["unreliable_fraction"] > 0.9 and not result["global"]["flagged"]
+
+
+def test_bound_hits_flagged():
+    study, truth = make_perfusion_phantom(seed=3, noise=SMALL_NOISE, stress=True)
+    seg = truth["segment_map"]
+    curves = np.stack([study.images[:, seg == sid].mean(1) for sid in (1, 8, 15)]).astype(float)
+    # Ten times the uptake (MBF ~25 mL/min/g) forces F onto its 0.3 /s bound (17 mL/min/g);
+    # a signal that falls during the bolus sits on F = 0; pure noise fits nothing (low r2).
+    # None of them is a measurement.
+    noise = np.random.default_rng(0).normal(0.0, SMALL_NOISE, curves.shape[1])
+    fit = mbf.fermi_deconvolution(np.vstack([curves, 10 * curves, -0.2 * curves[0], noise]), study.aif, 0.5)
+    assert not fit["at_bound"][:3].any() and fit["reliable"][:3].all()
+    assert np.allclose(fit["F"][3:6], mbf.F_BOUNDS[1]) and fit["at_bound"][3:6].all()
+    assert fit["mbf"][3:6] == pytest.approx(60 * mbf.F_BOUNDS[1] / mbf.DENSITY)
+    assert fit["F"][6] == 0.0 and fit["at_bound"][6]
+    assert fit["r2"][7] < mbf.R2_MIN
+    assert not fit["reliable"][3:].any()
+
+
+def test_segment_mbf_unreliable_fraction():
+    values = np.array([[[1.0, 2.0, 9.0, 3.0, 4.0, 2.0, 2.0, 2.0, 2.0, 2.0, np.nan]]])
+    seg = np.array([[[1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]]])
+    reliable = np.array([[[True, True, False, False, True, True, True, True, True, False, False]]])
+    out = mbf.segment_mbf(values, seg, reliable=reliable)
+    one, two = out["segments"][0], out["segments"][1]
+    assert one["n_unreliable"] == 2 and one["unreliable_fraction"] == pytest.approx(0.4) and one["flagged"]
+    # The NaN pixel of segment 2 counts in neither the value nor the fraction.
+    assert two["n_pixels"] == 5 and two["unreliable_fraction"] == pytest.approx(0.2) and not two["flagged"]
+    assert one["mbf_ml_min_g"] == 3.0                       # flags change no number
+    assert not mbf.segment_mbf(values, seg, reliable=reliable, max_unreliable_fraction=0.5)["segments"][0]["flagged"]
+    assert np.isnan(out["segments"][5]["unreliable_fraction"]) and not out["segments"][5]["flagged"]
+    assert "flagged" not in mbf.segment_mbf(values, seg)["segments"][0]
+    with pytest.raises(CardiacInputError, match="reliable map"):
+        mbf.segment_mbf(values, seg, reliable=reliable[..., :5])
+
+
 # --- 2CXM cross-check ---------------------------------------------------------------------
 def test_2cxm_cross_check():
     study, truth = make_perfusion_phantom(seed=3, noise=0.005, model="2cxm", stress=True)
@@ -171,10 +278,15 @@ def test_2cxm_cross_check():
     assert fit["Fb"] == pytest.approx(truth["mbf_per_segment"][sid], rel=0.1)
     assert fit["Fp"] == pytest.approx(fit["Fb"] * (1 - study.hematocrit))
     assert 0.05 < fit["vp"] < 0.15 and 0.1 < fit["ve"] < 0.35 and fit["r2"] > 0.99
+    assert not fit["at_bound"] and fit["bounds_hit"] == [] and not fit["at_delay_edge"]
     # Model mismatch: the Fermi form cannot follow the 2CXM's fast vascular wash-out and
     # reads flow low, but stays in the same range (documented ~-28% at stress, ~-11% at rest).
     fermi = mbf.fermi_deconvolution(curve, study.aif, 0.5)["mbf"][0]
     assert 0.6 * fit["Fb"] < fermi < 1.05 * fit["Fb"]
+    # Far more uptake than the bounds allow: the 2CXM says its Fp sits on the bound.
+    forced = mbf.fit_2cxm(20 * curve, study.aif, 0.5, hematocrit=study.hematocrit)
+    assert forced["at_bound"] and "Fp" in forced["bounds_hit"]
+    assert forced["Fp"] == pytest.approx(60 * 0.3 / 1.05, rel=1e-3)
 
 
 # --- real data: QPerf examples ------------------------------------------------------------
@@ -194,29 +306,45 @@ def test_qperf_global_mbf(shared_data, which, low, high):
 
 
 # --- vectorised fit == per-pixel scipy fits -----------------------------------------------
+def _continuous_model(b, dt, n_out, fine=40):
+    """Independent model: y(t_n) = integral C(t_n - d - u) R(u) du with C the cubic spline
+    of the AIF window (zero before it, held after it) and the exact Fermi R, by the midpoint
+    rule on ``fine`` steps per frame; nothing shared with mbf's matrices or interpolation."""
+    from scipy.interpolate import CubicSpline
+
+    spline = CubicSpline(np.arange(b.size), b)
+    t = np.arange(n_out) * dt
+    u = (np.arange(n_out * fine) + 0.5) * dt / fine
+
+    def model(f, tau0, logk, delay_frames):
+        at = (t[:, None] - delay_frames * dt - u[None, :]) / dt       # AIF sample position
+        c = np.where(at < 0, 0.0, spline(np.clip(at, 0, b.size - 1)))
+        return f * (c @ mbf.fermi(u, tau0, logk)[0]) * dt / fine
+    return model
+
+
 def _scipy_fit(y, aif, dt, foot, window):
+    """Per-pixel scipy fit of F, tau0, log k and a continuous delay: a scan of whole-frame
+    delays (3-parameter fits), then all four from the best."""
     start, stop = window
-    b = mbf.subtract_baseline(aif, foot)[start:stop]
+    b = mbf.subtract_baseline(aif, foot)[start:]
     yy = mbf.subtract_baseline(y, foot)[start:stop]
-    amat = mbf.convolution_matrix(b, dt)
-    t = np.arange(stop - start) * dt
-    bounds = ([mbf.F_BOUNDS[0], mbf.TAU0_BOUNDS[0], mbf.LOGK_BOUNDS[0]],
-              [mbf.F_BOUNDS[1], mbf.TAU0_BOUNDS[1], mbf.LOGK_BOUNDS[1]])
+    model = _continuous_model(b, dt, yy.size)
+    lo = [mbf.F_BOUNDS[0], mbf.TAU0_BOUNDS[0], mbf.LOGK_BOUNDS[0]]
+    hi = [mbf.F_BOUNDS[1], mbf.TAU0_BOUNDS[1], mbf.LOGK_BOUNDS[1]]
+    d_lo, d_hi = (v / dt for v in mbf.DELAY_RANGE_S)
     best = None
-    for d in range(7):
-        def residual(p):
-            u = amat @ mbf.fermi(t, p[1], p[2])[0]
-            return p[0] * np.r_[np.zeros(d), u[: u.size - d]] - yy
-        for tau0 in (0.5, 2.0, 6.0):
-            for logk in (np.log(0.3), np.log(1.5)):
-                r = least_squares(residual, [0.03, tau0, logk], bounds=bounds)
-                if best is None or r.cost < best.cost:
-                    best = r
-    return 60 * best.x[0] / mbf.DENSITY
+    for d in np.arange(np.ceil(d_lo), np.floor(d_hi) + 1):
+        for tau0, logk in ((0.5, np.log(1.5)), (2.5, np.log(0.5))):
+            r = least_squares(lambda p: model(*p, d) - yy, [0.03, tau0, logk], bounds=(lo, hi))
+            if best is None or r.cost < best[0].cost:
+                best = (r, d)
+    r = least_squares(lambda p: model(*p) - yy, [*best[0].x, best[1]], bounds=(lo + [d_lo], hi + [d_hi]))
+    return 60 * r.x[0] / mbf.DENSITY, np.sqrt(2 * r.cost / yy.size), r.x[3]
 
 
 def test_vectorised_map_matches_scipy():
-    study, truth = make_perfusion_phantom(seed=11, size=192, pixel_mm=0.9, noise=0.02)
+    study, truth = make_perfusion_phantom(seed=11, size=192, pixel_mm=0.9, noise=0.02, delay_s=0.8)
     myo = study.labels[0] == MYO
     keep = np.flatnonzero(myo.ravel())[:4500]
     mask = np.zeros(myo.size, bool)
@@ -226,8 +354,11 @@ def test_vectorised_map_matches_scipy():
     assert fit["mbf"].shape == (4500,) and np.isfinite(mbf_map[mask]).all() and np.isnan(mbf_map[~mask]).all()
     tissue = study.images[:, mask].T
     for i in np.linspace(0, 4499, 5).astype(int):
-        ref = _scipy_fit(tissue[i].astype(float), study.aif, 0.5, fit["foot"], fit["window"])
+        ref, ref_rmse, ref_delay = _scipy_fit(tissue[i].astype(float), study.aif, 0.5, fit["foot"], fit["window"])
+        # The batched LM reaches scipy's minimum: no worse a fit, the same MBF and delay.
+        assert fit["rmse"][i] <= ref_rmse * 1.01, i
         assert fit["mbf"][i] == pytest.approx(ref, rel=0.02), i
+        assert fit["delay_frames"][i] == pytest.approx(ref_delay, abs=0.05), i
 
 
 # --- pieces -------------------------------------------------------------------------------
