@@ -26,7 +26,8 @@ UI_WIDGETS = {
     "outputSegmentationSelector": "qMRMLNodeComboBox", "applyButton": "QPushButton", "cancelButton": "QPushButton",
     "progressBar": "QProgressBar", "statusLabel": "QLabel", "segmentEditorWidget": "qMRMLSegmentEditorWidget",
     "markupsSelector": "qMRMLNodeComboBox", "updateTimeLabel": "QLabel", "tableSelector": "qMRMLNodeComboBox",
-    "tableView": "qMRMLTableView", "bullseyeLabel": "QLabel", "showReportButton": "QPushButton",
+    "tableView": "qMRMLTableView", "bullseyeMeasureComboBox": "QComboBox", "bullseyeLabel": "QLabel",
+    "showReportButton": "QPushButton",
     "agreementButton": "QPushButton", "agreementLabel": "QLabel", "reportScrollArea": "QScrollArea",
     "reportLabel": "QLabel", "outputDirectoryLineEdit": "ctkPathLineEdit", "overwriteCheckBox": "QCheckBox",
     "exportButton": "QPushButton", "groundTruthNameLineEdit": "QLineEdit", "saveGroundTruthButton": "QPushButton",
@@ -219,6 +220,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.saveGroundTruthButton.connect("clicked(bool)", self.onSaveGroundTruth)
         self.ui.kindComboBox.connect("currentIndexChanged(int)", lambda i: self.refreshModels())
+        self.ui.bullseyeMeasureComboBox.connect("currentIndexChanged(int)", self.onBullseyeMeasureChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.showModelCard)
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
 
@@ -432,6 +434,14 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observeOutputs()
         self._showBullseye()
         self.updateGUIFromParameterNode()
+
+    def onBullseyeMeasureChanged(self, index):
+        """MBF or relative upslope on the perfusion bullseye: the Logic re-bins, the view redraws."""
+        if self.logic.analysis is None:
+            return
+        with _showErrors("Could not change the bullseye measure."):
+            self.logic.setBullseyeMeasure(self._choices["bullseyeMeasure"][index])
+            self._showBullseye()
 
     def _showBullseye(self):
         path = os.path.join(slicer.app.temporaryPath, "CardiacAISeg-bullseye.png")

@@ -63,6 +63,21 @@ class Analysis:
         return self.cine["ed_frame"] if self.cine else min(self.labels)
 
     @property
+    def bullseye_label(self):
+        """What the bullseye shows, with its unit (every renderer uses this)."""
+        if self.kind != PERFUSION:
+            return "Wall thickness at ED (mm)"
+        return "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
+
+    def set_bullseye_measure(self, measure):
+        """'mbf' or 'relative_upslope' (perfusion): the segment values the bullseye shows."""
+        if measure not in BULLSEYE_MEASURES:
+            raise CardiacInputError("bullseye", f"unknown bullseye measure {measure!r}; use one of {', '.join(BULLSEYE_MEASURES)}")
+        self.bullseye_measure = measure
+        if self.kind == PERFUSION and self.perfusion is not None:
+            self._perfusion_summary()
+
+    @property
     def segment_map(self):
         return None if self.sectors is None else self.sectors.segment_map
 
@@ -328,6 +343,7 @@ class Analysis:
         return rows
 
 
+BULLSEYE_MEASURES = ("mbf", "relative_upslope")
 CINE_ROWS = (
     ("ed_frame", "ED frame (0-based)", ""), ("es_frame", "ES frame (0-based)", ""),
     ("lv_edv_ml", "LV EDV", "mL"), ("lv_esv_ml", "LV ESV", "mL"), ("lv_sv_ml", "LV SV", "mL"),

@@ -170,15 +170,7 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
         sc.write_segmentation(stage / "segmentation_es.seg.nrrd", analysis.labels[es], st.ijk_to_ras, overwrite=True)
     checkpoint()
     progress(1, steps, "writing report")
-    if analysis.kind == PERFUSION:
-        frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
-    else:
-        frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
-        label, curve = "Wall thickness at ED (mm)", analysis.cine.get("lv_volume_curve_ml")
-    report.write_report(stage / "report.png", st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
-                        segment_values=analysis.segment_values or None, value_label=label,
-                        volume_curve=curve, overwrite=True,
-                        value_map=analysis.mbf if analysis.kind == PERFUSION else None, qc=analysis.qc)
+    report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
     checkpoint()
     progress(2, steps, "writing scene")
     ctx = sc.new_scene()
@@ -195,12 +187,9 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
 
 
 def _peak_frame(study):
-    """Frame of peak myocardial enhancement (the AIF peak + a few frames), for the report."""
-    import numpy as np
+    from .report import peak_enhancement_frame
 
-    if study.aif is None:
-        return study.n_frames // 2
-    return int(min(study.n_frames - 1, int(np.argmax(study.aif)) + 4))
+    return peak_enhancement_frame(study)
 
 
 def _load_with_labels(path, labels, **options):
@@ -218,7 +207,7 @@ def _load_with_labels(path, labels, **options):
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
-        kind=None, device=None, progress=None, units=None):
+        kind=None, device=None, progress=None, units=None, bullseye="mbf"):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
     check_outputs(out_dir, force)
     t0 = time.perf_counter()
@@ -234,6 +223,8 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                                             rest=rest_analysis, device=device, progress=progress)
     if labels == RING_LABELS:
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
+    if bullseye != "mbf":
+        analysis.set_bullseye_measure(bullseye)
     timing.update(t)
     paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress)
     return analysis, paths

@@ -18,7 +18,7 @@ def _analyze(args):
     analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
                           force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
                           rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
-                          kind=args.kind, units=args.units, device=args.device, progress=tqdm_progress("analyze", disable=args.quiet))
+                          kind=args.kind, units=args.units, device=args.device, bullseye=args.bullseye, progress=tqdm_progress("analyze", disable=args.quiet))
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
@@ -131,6 +131,8 @@ def build_parser():
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
     a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")
+    a.add_argument("--bullseye", default="mbf", choices=["mbf", "relative_upslope"],
+                   help="perfusion bullseye and report: MBF, or relative upslope (semi-quantitative, no calibration)")
     a.add_argument("--strict", action="store_true",
                    help=f"exit with status {QC_REVIEW_EXIT} when a plausibility (QC) check asks for review (for pipelines)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -44,11 +44,12 @@ PARAMETERS = {
     "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
     "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "density": "1.05",
     "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "",
-    "outputDirectory": "", "groundTruthName": "patient101",
+    "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
 # Combo boxes show these values in this order (the .ui lists one item per value).
-PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all")}
+PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
+                     "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
 _ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
 
@@ -288,7 +289,9 @@ class CardiacAISegLogic(_LogicBase):
         rest = self._restAnalysis(modelName, useExistingLabels, device) if study.kind == PERFUSION else None
         if study.kind == CINE and study.n_frames == 1:
             study.ed_frame = study.es_frame = 0   # one volume: ED measures only (see _singleFrame)
-        analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest).run(progress)
+        analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest)
+        analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
+        analysis.run(progress)
         if modelInfo:
             analysis.warnings += refinement_warnings(modelInfo.get("mask_refinement"))
         self._singleFrame(analysis)
@@ -487,37 +490,26 @@ class CardiacAISegLogic(_LogicBase):
         return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress)
 
     def renderReport(self, path, overwrite=True):
-        """report.png of the current state (contours, insertion points, bullseye, curve)."""
-        from . import report
-        from .analyze import _peak_frame
+        """report.png of the current state: the same renderer as `cardiacaiseg analyze`."""
+        from .report import write_analysis_report
 
-        a = self._requireAnalysis()
-        st = a.study
-        if a.kind == PERFUSION:
-            frames, label, curve = [_peak_frame(st)], "MBF (mL/min/g)", None
-        else:
-            frames = sorted({a.cine["ed_frame"], a.cine["es_frame"]})
-            label, curve = "Wall thickness at ED (mm)", a.cine.get("lv_volume_curve_ml")
-        return report.write_report(path, st, a.labels, frames, insertion_points=a.insertion_summary(),
-                                   segment_values=a.segment_values or None, value_label=label,
-                                   volume_curve=curve, overwrite=overwrite)
+        return write_analysis_report(path, self._requireAnalysis(), overwrite=overwrite)
 
     def renderBullseye(self, path, sizePx=320):
-        """The AHA bullseye alone (wall thickness for cine, MBF for perfusion) as a PNG."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        """The AHA bullseye alone (wall thickness for cine, MBF or relative upslope for perfusion) as a PNG."""
+        from .report import analysis_bullseye_png
 
-        from .report import bullseye
-
-        a = self._requireAnalysis()
-        label = "MBF (mL/min/g)" if a.kind == PERFUSION else "Wall thickness ED (mm)"
-        fig = Figure(figsize=(sizePx / 80, sizePx / 80 * 0.85), dpi=80)
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes([0.02, 0.02, 0.78, 0.96])
-        bullseye(ax, a.segment_values, value_label=label)
+        data = analysis_bullseye_png(self._requireAnalysis(), size_px=sizePx)
         with sc.atomic_output(path, overwrite=True) as tmp:
-            fig.savefig(tmp, format="png")
+            Path(tmp).write_bytes(data)
         return path
+
+    def setBullseyeMeasure(self, measure):
+        """'mbf' or 'relative_upslope' for perfusion; kept in the parameter node, table refreshed."""
+        self.setParameter("bullseyeMeasure", measure)
+        if self.analysis is not None:
+            self.analysis.set_bullseye_measure(measure)
+            self.updateNodes()
 
     def agreementWithNetwork(self):
         """{frame: agreement.segmentation_agreement(network, corrected)} for every frame the

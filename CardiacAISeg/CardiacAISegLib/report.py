@@ -305,6 +305,47 @@ def _label_for(label_map_by_frame, frame):
     return None
 
 
+def peak_enhancement_frame(study):
+    """Frame of peak myocardial enhancement (the AIF peak + a few frames), shown for perfusion."""
+    if study.aif is None:
+        return study.n_frames // 2
+    return int(min(study.n_frames - 1, int(np.argmax(study.aif)) + 4))
+
+
+def write_analysis_report(path, analysis, overwrite=False):
+    """report.png of an Analysis: the one renderer behind `analyze`, the Slicer Logic and the web GUI."""
+    st = analysis.study
+    if analysis.kind == "perfusion":
+        frames, curve, value_map = [peak_enhancement_frame(st)], None, analysis.mbf
+        if analysis.bullseye_measure != "mbf":
+            value_map = None
+    else:
+        frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
+        curve, value_map = analysis.cine.get("lv_volume_curve_ml"), None
+    return write_report(path, st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
+                        segment_values=analysis.segment_values or None, value_label=analysis.bullseye_label,
+                        volume_curve=curve, overwrite=overwrite, value_map=value_map, qc=analysis.qc)
+
+
+def analysis_bullseye_png(analysis, size_px=300, dpi=80):
+    """The AHA bullseye of an Analysis alone, as PNG bytes (Slicer Logic and web GUI)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    label = analysis.bullseye_label
+    fig = Figure(figsize=(size_px / dpi, size_px / dpi * 0.82), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
+    bullseye(ax, analysis.segment_values, value_label=label,
+             fmt="{:.2f}" if analysis.kind == "perfusion" else "{:.1f}", title=None)
+    fig.suptitle(label, fontsize=9, y=0.99)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def qc_line(qc, max_codes=6):
     """'QC: REVIEW - CODE, CODE, ...' or 'QC: pass' for the report's title line."""
     review = [f["code"] for f in qc["flags"] if f["severity"] == "review"]

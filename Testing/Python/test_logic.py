@@ -150,6 +150,15 @@ def test_perfusion_sample_phantom_runs(tmp_path):
     rows = rows_by_measure(logic)
     assert rows["Global MBF"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-5)
     assert 0.5 < rows["Global MBF"] < 6
+    # QC and the semi-quantitative indices reach the Slicer table
+    assert rows["QC status: pass"] == 0 and 0 < rows["Global relative upslope (myocardium/LV)"] < 1
+    # the bullseye can show relative upslope instead; the choice lives in the parameter node
+    logic.setBullseyeMeasure("relative_upslope")
+    assert logic.getParameter("bullseyeMeasure") == "relative_upslope"
+    rel = {s["id"]: s["relative_upslope"] for s in a.perfusion["semiquantitative"]["segments"]}
+    assert a.segment_values == rel
+    logic.renderBullseye(tmp_path / "bullseye.png")
+    assert (tmp_path / "bullseye.png").stat().st_size > 1000
     # Without the AIF the same images are still told apart by their first pass.
     logic.study.aif = None
     assert logic.detectKind()[0] == "perfusion"

@@ -158,3 +158,28 @@ def test_bolus_finder_on_real_dual_sequence_aif_images(shared_data):
         assert pools["rv_peak_frame"] < pools["lv_peak_frame"]
         ours, expert = aif_from_lv(images, pools["lv"]), images[:, mask == 1].mean(1)
         assert np.corrcoef(ours, expert)[0, 1] > 0.99
+
+
+def test_bullseye_shows_relative_upslope_when_asked(tmp_path, phantom):
+    """The semi-quantitative bullseye: CLI flag, Analysis and Slicer Logic agree on the values."""
+    study, _ = phantom
+    a = Analysis(study, study.labels).run()
+    mbf_values = dict(a.segment_values)
+    a.set_bullseye_measure("relative_upslope")
+    rel = {s["id"]: s["relative_upslope"] for s in a.perfusion["semiquantitative"]["segments"]}
+    assert a.segment_values == rel and a.segment_values != mbf_values
+    assert a.bullseye_label.startswith("Relative upslope")
+    # relative upslope follows flow: the segment with the highest MBF is among the steepest
+    best = max(mbf_values, key=mbf_values.get)
+    assert rel[best] >= np.percentile(list(rel.values()), 50)
+    with pytest.raises(CardiacInputError, match="unknown bullseye measure"):
+        a.set_bullseye_measure("ttp")
+
+    from CardiacAISegLib.phantom import write_phantom
+
+    write_phantom("perfusion", tmp_path / "ph", seed=1, n_frames=40)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(tmp_path / "ph" / "perfusion.nii.gz"), "--aif", str(tmp_path / "ph" / "aif.csv"),
+                     "--labels", str(tmp_path / "ph" / "perfusion_labels.nii.gz"), "--bullseye", "relative_upslope",
+                     "--out", str(out), "--quiet"]) == 0
+    assert (out / "report.png").stat().st_size > 10_000

@@ -438,7 +438,10 @@ class Session:
         rows = []
         for r in a.table_rows():
             v = r.get("value")
-            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            if r["measure"].startswith("QC "):
+                # QC rows carry their message in the measure; the status row counts flags
+                text = "" if v is None else (str(int(v)) if r["measure"].startswith("QC status") else f"{float(v):.3g}")
+            elif v is None or (isinstance(v, float) and not math.isfinite(v)):
                 text = "n/a"
             elif "frame" in r["measure"]:
                 text = str(int(v))
@@ -450,23 +453,10 @@ class Session:
         return rows
 
     def bullseye_png(self, size_px=300):
-        """The AHA bullseye of the current segment values, PNG bytes (matplotlib Agg)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer)."""
+        from ..report import analysis_bullseye_png
 
-        from ..report import bullseye
-
-        a = self.require_analysis()
-        label = "MBF (mL/min/g)" if a.kind == PERFUSION else "Wall thickness ED (mm)"
-        fig = Figure(figsize=(size_px / 80, size_px / 80 * 0.82), dpi=80)
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
-        bullseye(ax, a.segment_values, value_label=label,
-                 fmt="{:.2f}" if a.kind == PERFUSION else "{:.1f}", title=None)
-        fig.suptitle(label, fontsize=9, y=0.99)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return analysis_bullseye_png(self.require_analysis(), size_px=size_px)
 
     def default_output(self):
         st = self.study
