@@ -230,7 +230,7 @@ def fermi(t, tau0, logk):
 
 def _pads(d_lo, d_hi):
     """(front, back): zero frames before the window and model frames after it that a delay
-    in [d_lo, d_hi] frames (and the interpolation's second point) can reach."""
+    in [d_lo, d_hi] frames can reach (with a frame to spare for the interpolation)."""
     return int(np.ceil(max(d_hi, 0.0))) + 2, int(np.ceil(max(-d_lo, 0.0))) + 2
 
 
@@ -283,8 +283,9 @@ def _grid_search(y, basis, dbasis, grid, n_out, front):
     """Best (tau0, logk, F) and residual per curve and grid delay over a fixed (tau0, k) grid.
 
     ``basis`` (G, front + window + back) holds the convolved Fermi shapes of the (tau0, k)
-    grid, ``dbasis`` their time derivatives (/frame). For fixed (tau0, k, delay) the model is linear in F, so F = <y,u>/<u,u> and every
-    residual follows from one matrix product of the curves against all grid basis curves.
+    grid, ``dbasis`` their time derivatives (/frame). For fixed (tau0, k, delay) the model
+    is linear in F, so F = <y,u>/<u,u> and every residual follows from one matrix product
+    of the curves against all grid basis curves.
     Returns (N, D) arrays tau0, logk, F, sse.
     """
     tau0, logk = (g.ravel() for g in np.meshgrid(_TAU0_GRID, _LOGK_GRID, indexing="ij"))

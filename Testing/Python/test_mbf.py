@@ -224,7 +224,8 @@ def test_implausible_delay_flagged_at_edge():
     mask = study.labels[0] == MYO
     seg = truth["segment_map"][mask]
     assert fit["at_delay_edge"][seg == 5].mean() > 0.9 and fit["at_delay_edge"][seg == 11].mean() > 0.9
-    assert fit["delay_s"][seg == 5].max() == pytest.approx(5.0) and fit["delay_s"][seg == 11].min() == pytest.approx(-1.0)
+    assert fit["delay_s"][seg == 5].max() == pytest.approx(5.0)
+    assert fit["delay_s"][seg == 11].min() == pytest.approx(-1.0)
     assert not fit["reliable"][fit["at_delay_edge"]].any()
     plausible = (seg != 5) & (seg != 11)
     assert fit["at_delay_edge"][plausible].mean() < 0.02
@@ -265,6 +266,12 @@ def test_segment_mbf_unreliable_fraction():
     assert "flagged" not in mbf.segment_mbf(values, seg)["segments"][0]
     with pytest.raises(CardiacInputError, match="reliable map"):
         mbf.segment_mbf(values, seg, reliable=reliable[..., :5])
+    mask = np.array([[True, False], [True, True]])
+    fit = {"reliable": np.array([True, False, True]), "r2": np.array([0.9, 0.2, 0.8])}
+    np.testing.assert_array_equal(mbf.fit_map(mask, fit), [[True, False], [False, True]])
+    np.testing.assert_allclose(mbf.fit_map(mask, fit, "r2"), [[0.9, np.nan], [0.2, 0.8]])
+    with pytest.raises(CardiacInputError, match="3 mask pixels"):
+        mbf.fit_map(mask, {"reliable": np.ones(4, bool)})
 
 
 # --- 2CXM cross-check ---------------------------------------------------------------------
@@ -376,6 +383,30 @@ def test_convolution_matrix_is_exact_for_linear_curves():
     y = mbf.convolution_matrix(c, dt) @ r
     exact = 3 * t + 3 * t ** 2 - 0.1 * t ** 2 / 2 - 0.1 * t ** 3 / 3   # integral of c(tau) r(t - tau)
     np.testing.assert_allclose(y, exact, atol=1e-9)
+
+
+def test_model_matrices_exact_for_cubics():
+    """'hermite' is exact when the AIF and R are cubics (spline and Hermite reproduce them),
+    and D, E give the exact time derivative; fermi_dt is the Fermi shape's time derivative."""
+    from scipy.integrate import quad
+
+    dt, t = 0.5, np.arange(12) * 0.5
+    c = lambda u: 1 + 0.5 * u - 0.1 * u ** 2 + 0.02 * u ** 3          # noqa: E731
+    dc = lambda u: 0.5 - 0.2 * u + 0.06 * u ** 2                       # noqa: E731
+    r = lambda u: 2 - 0.3 * u + 0.05 * u ** 2 - 0.004 * u ** 3          # noqa: E731
+    dr = lambda u: -0.3 + 0.1 * u - 0.012 * u ** 2                      # noqa: E731
+    a, b, d, e = mbf.model_matrices(c(t), dt)
+    y = [quad(lambda u: c(x - u) * r(u), 0, x)[0] for x in t]
+    dy = [c(0) * r(x) + quad(lambda u: dc(x - u) * r(u), 0, x)[0] for x in t]
+    np.testing.assert_allclose(a @ r(t) + b @ dr(t), y, atol=1e-12)
+    np.testing.assert_allclose(d @ r(t) + e @ dr(t), dy, atol=1e-12)
+    np.testing.assert_allclose(mbf.model_matrices(c(t), dt, "linear")[0], mbf.convolution_matrix(c(t), dt), atol=1e-15)
+    h, s = 1e-6, np.linspace(0, 10, 21)
+    for tau0, logk in ((1.5, 0.2), (0.0, -1.0), (3.0, 1.5)):
+        fd = [(mbf.fermi(s + h, tau0, logk)[0] - mbf.fermi(s - h, tau0, logk)[0]) / (2 * h),
+              (mbf.fermi_dt(s, tau0 + h, logk)[0] - mbf.fermi_dt(s, tau0 - h, logk)[0]) / (2 * h),
+              (mbf.fermi_dt(s, tau0, logk + h)[0] - mbf.fermi_dt(s, tau0, logk - h)[0]) / (2 * h)]
+        np.testing.assert_allclose(mbf.fermi_dt(s, tau0, logk), fd, atol=1e-7)
 
 
 # --- bad input ----------------------------------------------------------------------------
