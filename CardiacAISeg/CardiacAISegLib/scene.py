@@ -515,6 +515,27 @@ def write_mrb(ctx, path, overwrite=False):
     with atomic_output(path, overwrite) as tmp:
         if not ctx.scene.WriteToMRB(tmp, None, messages):
             raise OSError(f"{path}: writing the scene failed: {messages.GetAllMessagesAsString()}")
+        _fix_zip_times(tmp)
+
+
+def _fix_zip_times(path):
+    """Rewrite a zip with one fixed timestamp per entry: the same scene gives the same bytes.
+
+    WriteToMRB stamps each entry with the time it wrote the file, so two runs on the same input
+    would differ in those bytes alone (determinism is part of what a cohort or a regulator checks).
+    """
+    import zipfile
+
+    fixed = (1980, 1, 1, 0, 0, 0)
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    tmp = f"{path}.fixed"
+    with zipfile.ZipFile(tmp, "w") as dst:
+        for info, data in entries:
+            out = zipfile.ZipInfo(info.filename, date_time=fixed)
+            out.compress_type, out.external_attr = info.compress_type, info.external_attr
+            dst.writestr(out, data)
+    os.replace(tmp, path)
 
 
 def read_mrb(path):

@@ -294,3 +294,24 @@ def test_mpr_matches_truth(perfusion):
     ratios = [ts[k] / tr[k] for k in ts]
     assert min(ratios) * 0.95 < mpr["global"] < max(ratios) * 1.05
     assert set(mpr["territories"]) == {"LAD", "RCA", "LCx"}
+
+
+def test_same_input_gives_the_same_bytes(cine, tmp_path):
+    """Determinism: two `cardiacaiseg analyze` processes write byte-identical outputs (results.json
+    differs only in timing). Within one process Slicer numbers subject-hierarchy items globally,
+    so scene.mrb is compared across processes, as users and cohort workers run it."""
+    import subprocess
+    import sys
+
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "CardiacAISegLib.cli", "analyze", str(cine["phantom"] / "cine.nii.gz"),
+                        "--labels", str(cine["phantom"] / "cine_labels.nii.gz"), "--out", str(out), "--quiet"],
+                       check=True, capture_output=True)
+        runs.append(out)
+    for name in ("segmentation.seg.nrrd", "segmentation_es.seg.nrrd", "report.png", "results.csv", "scene.mrb"):
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+    first, second = (json.loads((d / "results.json").read_text()) for d in runs)
+    first.pop("timing_s"), second.pop("timing_s")
+    assert first == second
