@@ -23,7 +23,9 @@ RANGES = {
     "lv_mass_g": (30.0, 400.0),
     "rv_edv_ml": (40.0, 500.0),
     "rv_ef_pct": (5.0, 85.0),
-    "rv_lv_edv_ratio": (0.5, 2.5),
+    # DCM hearts reach RV/LV 0.36 and RV disease 3.6 in ACDC's manual labels: only a
+    # missing or mislabelled ventricle falls outside this
+    "rv_lv_edv_ratio": (0.2, 4.0),
     "mbf_ml_min_g": (0.2, 8.0),
     "mpr": (0.8, 7.0),
     "aif_peak_gd_mmol_l": (1.0, 30.0),
@@ -83,14 +85,13 @@ def cine_flags(analysis):
             flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
             continue
         mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
-        # the RV is judged on the slice with the largest LV pool only: it thins out towards the
-        # apex, where a missing RV is anatomy, not an error
-        widest = [int(np.argmax((lab == LV).sum(axis=(1, 2))))]
-        for value, struct, where in ((LV, "LV blood pool", mid), (MYO, "myocardium", mid), (RV, "RV", widest)):
-            missing = [int(k) for k in where if not (lab[k] == value).any()]
-            if missing:
+        # A structure is "missing" when no mid-ventricular slice has it: the RV thins out towards
+        # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error
+        for value, struct in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV")):
+            if not any((lab[k] == value).any() for k in mid):
                 code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
-                flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on mid-ventricular slice(s) {missing}"))
+                flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on every mid-ventricular slice "
+                                                 f"({[int(k) for k in mid]})"))
     # coverage: a ventricle measured on one or two slices is not a volume
     if ed is not None and ed in labels:
         n_lv = int(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)).sum())

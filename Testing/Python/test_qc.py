@@ -173,3 +173,19 @@ def test_flags_in_outputs_and_strict_exit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--strict" in err and "RV_MISSING_MID_ES" in err
     assert (tmp_path / "b" / "results.json").is_file()     # written for review
+
+
+def test_manual_acdc_labels_pass_qc(shared_data):
+    """No false alarms on expert labels of diseased hearts (2 patients per ACDC group): the ranges
+    flag the implausible, not the abnormal."""
+    from CardiacAISegLib.readers import load_study
+
+    names = ["patient001", "patient002", "patient021", "patient023", "patient041", "patient043",
+             "patient061", "patient062", "patient081", "patient083"]
+    for name in names:
+        folder = shared_data / "acdc" / name
+        if not folder.is_dir():
+            pytest.skip(f"{folder} not found")
+        st = load_study(folder)
+        a = Analysis(st, st.labels).run()
+        assert a.qc["status"] == "pass", (name, a.qc["flags"])
