@@ -40,6 +40,29 @@ def _analyze(args):
     return 0
 
 
+def _batch(args):
+    from .cohort import STATUS_ERROR, STATUS_OK, load_cohort, run_cohort
+
+    if args.workers is not None and args.workers < 1:
+        raise CardiacInputError("--workers", f"{args.workers}: give at least 1 worker")
+    defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind)) if v}
+    specs = load_cohort(args.input, defaults, exclude=[args.out])
+    run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
+                     frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet)
+    for r in run.rows:
+        if r["status"] == STATUS_ERROR:
+            print(f"warning: study {r['study']}: {r['error']}", file=sys.stderr)
+    c = run.counts
+    print(f"{len(run.rows)} studies: {c['ok']} ok, {c['qc-review']} QC review, {c['error']} error "
+          f"({len(run.ran)} run, {len(run.skipped)} already complete) in {run.elapsed_s:.1f} s")
+    for name, path in sorted(run.paths.items()):
+        print(f"wrote {path}")
+    if args.strict and any(r["status"] != STATUS_OK for r in run.rows):
+        print(f"error: {len(run.rows) - c['ok']} studies are not ok (QC review or error) and --strict was given", file=sys.stderr)
+        return QC_REVIEW_EXIT
+    return 0
+
+
 def _phantom(args):
     from .phantom import write_phantom
 
@@ -137,6 +160,24 @@ def build_parser():
                    help=f"exit with status {QC_REVIEW_EXIT} when a plausibility (QC) check asks for review (for pipelines)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
+
+    b = sub.add_parser("batch", help="analyze a cohort (CSV manifest or folder of studies) on Dask; one cohort table",
+                       description="Each study writes the same outputs as `analyze` into OUT/<study>/; the cohort table "
+                                   "(cohort.csv, cohort.parquet) and cohort_report.png go into OUT. See docs/cohorts.md.")
+    b.add_argument("input", help="CSV manifest (path, study, kind, labels, aif, dt, model, frames, ref_<measure> columns) "
+                                 "or a folder with one study per subfolder or image file")
+    b.add_argument("--out", required=True, help="output folder of the cohort")
+    b.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
+    b.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core, at most one per study)")
+    b.add_argument("--model", help="registry model for studies without labels (default: the task's default)")
+    b.add_argument("--labels", help="labels for every study unless the manifest says otherwise ('study' = ACDC _gt, 'ring')")
+    b.add_argument("--kind", choices=["cine", "perfusion"], help="series kind for every study unless the manifest says otherwise")
+    b.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
+    b.add_argument("--resume", action="store_true", help="keep studies whose outputs are complete, run the rest")
+    b.add_argument("--force", action="store_true", help="run every study again, replacing its outputs")
+    b.add_argument("--strict", action="store_true", help=f"exit with status {QC_REVIEW_EXIT} when any study is not ok (QC review or error)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_batch)
 
     ph = sub.add_parser("phantom", help="write a synthetic study with exact truth")
     ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine")

@@ -1,0 +1,580 @@
+"""`cardiacaiseg batch`: a cohort of studies as Dask tasks, one cohort table.
+
+Each study is one task that calls the same ``analyze.run`` as ``cardiacaiseg analyze`` and
+writes the same outputs into ``OUT/<study>/``. When it ends (well or not) the task writes the
+study's table row as ``OUT/<study>/cohort_row.json`` (atomically), so the cohort table
+(``cohort.csv``, ``cohort.parquet``) is assembled from files on disk: a worker that dies, or a
+client that is stopped, loses only the studies that were still running. ``resume`` skips the
+studies whose results.json is present and readable.
+
+Runs on a Dask ``LocalCluster`` (one process per worker, one thread each) or on any scheduler
+given by address; the model is loaded once per worker process (``registry.load_model`` caches
+it by model folder and weights sha256, and ``ModelPreload`` warms that cache when a worker
+starts, so no study pays the load).
+
+Measure columns use the stable keys of results.json: the scalar leaves of its ``cine`` or
+``perfusion`` section by their path (``lv_edv_ml``, ``mpr.global``,
+``segments.3.mbf_ml_min_g``), and the bullseye rows of results.csv that results.json does not
+hold (cine wall thickness) by their results.csv measure name.
+"""
+import csv
+import json
+import math
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distributed import WorkerPlugin
+
+from .errors import CardiacInputError
+
+ROW_FILE = "cohort_row.json"
+TABLE_CSV, TABLE_PARQUET, REPORT_PNG = "cohort.csv", "cohort.parquet", "cohort_report.png"
+STATUS_OK, STATUS_REVIEW, STATUS_ERROR = "ok", "qc-review", "error"
+REF_PREFIX = "ref_"   # manifest column ref_<measure key>: a reference value (manual, another method)
+
+# manifest columns the pipeline reads; any other column is carried into the table unchanged
+PATH_COLUMNS = ("path", "input")
+OPTION_COLUMNS = ("study", "kind", "labels", "aif", "dt", "model", "frames", "series", "units", "label_convention")
+FILE_OPTIONS = ("labels", "aif")   # relative paths in these columns are taken from the manifest's folder
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
+
+META_COLUMNS = ("study", "status", "kind", "input", "error", "qc_status", "qc_codes", "warnings", "segmentation",
+                "model_name", "model_version", "model_sha256", "worker", "time_total_s", "time_load_s",
+                "time_segmentation_s", "time_measures_s", "time_writing_s")
+FLOAT_META = {c for c in META_COLUMNS if c.startswith("time_")}
+
+
+@dataclass
+class StudySpec:
+    """One study of the cohort: its name (the output folder), input and analyze options."""
+    study: str
+    input: str
+    options: dict = field(default_factory=dict)   # analyze.run keyword arguments (kind, labels, aif, dt, ...)
+    extra: dict = field(default_factory=dict)     # other manifest columns (reference values, site, ...)
+
+
+# --- the cohort: manifest or folder -------------------------------------------------------------
+def _safe_name(text):
+    """A folder name from a study name: letters, digits, '.', '_' and '-' only."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return name or "study"
+
+
+def _stem(path):
+    name = Path(path).name
+    for suffix in (".seq.nrrd", ".nii.gz") + IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _number(text, column, where):
+    try:
+        value = float(text)
+    except ValueError:
+        raise CardiacInputError(where, f"column {column!r}: {text!r} is not a number") from None
+    return value
+
+
+def read_manifest(path, defaults=None):
+    """StudySpecs from a CSV manifest.
+
+    Columns: ``path`` (or ``input``; required), optional ``study`` (default: the file or folder
+    name), ``kind``, ``labels`` (a label file or 'study'), ``aif``, ``dt``, ``model``, ``frames``,
+    ``series``, ``units``, ``label_convention``; ``ref_<measure key>`` columns are reference values
+    (e.g. ``ref_lv_mass_g``) the cohort report compares with; other columns are kept as they are.
+    Relative paths are taken from the manifest's folder.
+    """
+    path = Path(path)
+    base = path.resolve().parent   # absolute: workers elsewhere (or in another folder) read the same files
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except UnicodeDecodeError:
+        raise CardiacInputError(path, "is not a text CSV manifest") from None
+    path_column = next((c for c in PATH_COLUMNS if c in header), None)
+    if path_column is None:
+        raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
+                                      "accepted: path (or input), study, kind, labels, aif, dt, model, frames, ref_<measure>")
+    if not rows:
+        raise CardiacInputError(path, "manifest lists no studies")
+    specs = []
+    for line, r in enumerate(rows, start=2):
+        where = f"{path} line {line}"
+        if not r.get(path_column):
+            raise CardiacInputError(where, f"empty {path_column!r}")
+        study_input = Path(r[path_column])
+        study_input = study_input if study_input.is_absolute() else base / study_input
+        options = dict(defaults or {})
+        for column in OPTION_COLUMNS[1:]:
+            value = r.get(column, "")
+            if not value:
+                continue
+            if column == "dt":
+                value = _number(value, column, where)
+            elif column in FILE_OPTIONS and not (column == "labels" and value in ("study", "ring")):
+                value = str(Path(value) if Path(value).is_absolute() else base / value)
+            options[column] = value
+        if options.get("kind") not in (None, "cine", "perfusion"):
+            raise CardiacInputError(where, f"kind {options['kind']!r}: accepted kinds are cine and perfusion")
+        if options.get("frames") not in (None, "ed_es", "all"):
+            raise CardiacInputError(where, f"frames {options['frames']!r}: accepted are ed_es and all")
+        extra = {}
+        for column, value in r.items():
+            if column in PATH_COLUMNS or column in OPTION_COLUMNS or not column:
+                continue
+            if column.startswith(REF_PREFIX):
+                extra[column] = _number(value, column, where) if value else None
+            else:
+                extra[column] = value
+        name = _safe_name(r.get("study") or _stem(study_input))
+        specs.append(StudySpec(name, str(study_input), options, extra))
+    _check_unique(specs, path)
+    return specs
+
+
+def discover_folder(folder, defaults=None, exclude=()):
+    """One study per subfolder or image file of ``folder`` (hidden entries and ``exclude`` skipped)."""
+    folder = Path(folder).resolve()
+    skip = {os.path.realpath(p) for p in exclude}
+    specs = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or os.path.realpath(entry) in skip:
+            continue
+        if entry.is_dir() or entry.name.lower().endswith(IMAGE_SUFFIXES):
+            specs.append(StudySpec(_safe_name(_stem(entry)), str(entry), dict(defaults or {})))
+    if not specs:
+        raise CardiacInputError(folder, "holds no studies: give a folder with one study per subfolder or image file "
+                                        f"({', '.join(IMAGE_SUFFIXES)}), or a CSV manifest")
+    _check_unique(specs, folder)
+    return specs
+
+
+def _check_unique(specs, where):
+    seen = {}
+    for s in specs:
+        if s.study in seen:
+            raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}: {seen[s.study]} and "
+                                           f"{s.input}; give them distinct names (manifest column 'study')")
+        seen[s.study] = s.input
+
+
+def load_cohort(source, defaults=None, exclude=()):
+    """StudySpecs from a CSV manifest or a folder of studies."""
+    source = Path(source)
+    if not source.exists():
+        raise CardiacInputError(source, "not found: give a CSV manifest or a folder of studies")
+    if source.is_dir():
+        return discover_folder(source, defaults, exclude)
+    if source.suffix.lower() != ".csv":
+        raise CardiacInputError(source, "is neither a folder of studies nor a CSV manifest (.csv)")
+    return read_manifest(source, defaults)
+
+
+# --- one study (runs on a worker) ----------------------------------------------------------------
+def _write_json_atomic(path, doc):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def read_results(study_dir):
+    """results.json of a finished study, or None when it is missing or unreadable."""
+    try:
+        doc = json.loads((Path(study_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "schema_version" in doc else None
+
+
+def study_complete(study_dir):
+    """Outputs of a study are complete: results.json present and readable (analyze moves all outputs in at once)."""
+    return read_results(study_dir) is not None
+
+
+def _flatten(value, prefix, out):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list):
+        if value and all(isinstance(v, dict) and "id" in v for v in value):   # AHA segments: keyed by id
+            for v in value:
+                _flatten({k: x for k, x in v.items() if k != "id"}, f"{prefix}.{v['id']}", out)
+        # other lists (the volume curve, per-slice reports) are not table cells
+    elif isinstance(value, bool):
+        out[prefix] = float(value)
+    elif isinstance(value, (int, float)) or value is None:
+        out[prefix] = value
+    # strings (statistic names, units) are descriptions, not measures
+
+
+def measures_of(results, csv_text=None):
+    """{stable key: number} from results.json (and results.csv bullseye rows results.json lacks)."""
+    out = {}
+    for section in ("cine", "perfusion"):
+        if results.get(section):
+            _flatten(results[section], "", out)
+    if csv_text and results.get("cine"):
+        for r in csv.DictReader(csv_text.splitlines()):
+            if r["measure"].startswith("Wall thickness"):
+                out[r["measure"]] = float(r["value"]) if r["value"] else None
+    return out
+
+
+def row_from_results(spec, results, csv_text=None, total_s=None, worker=None):
+    qc = results.get("qc") or {}
+    model = results.get("model") or {}
+    timing = results.get("timing_s") or {}
+    labels = spec.options.get("labels")
+    row = {"study": spec.study, "status": STATUS_OK if qc.get("status", "pass") == "pass" else STATUS_REVIEW,
+           "kind": results.get("kind"), "input": spec.input, "error": "",
+           "qc_status": qc.get("status", ""), "qc_codes": ";".join(f["code"] for f in qc.get("flags", [])),
+           "warnings": " | ".join(results.get("warnings") or []),
+           "segmentation": "model" if model else f"labels: {labels}",
+           "model_name": model.get("name", ""), "model_version": str(model.get("version", "")) if model else "",
+           "model_sha256": model.get("sha256", ""), "worker": worker or "",
+           "time_total_s": total_s, "time_load_s": timing.get("load"), "time_segmentation_s": timing.get("segmentation"),
+           "time_measures_s": timing.get("measures"), "time_writing_s": timing.get("writing")}
+    row["measures"] = measures_of(results, csv_text)
+    return row
+
+
+def error_row(spec, message, total_s=None, worker=None, tb=None):
+    row = {c: "" for c in META_COLUMNS}
+    row.update({"study": spec.study, "status": STATUS_ERROR, "kind": spec.options.get("kind", ""), "input": spec.input,
+                "error": message, "worker": worker or "", "time_total_s": total_s, "measures": {}})
+    for c in FLOAT_META - {"time_total_s"}:
+        row[c] = None
+    if tb:
+        row["traceback"] = tb
+    return row
+
+
+def _error_message(exc):
+    from .errors import OutputExistsError
+
+    if isinstance(exc, (CardiacInputError, OutputExistsError, OSError)):
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            return f"{exc.filename}: {exc.strerror}"
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def run_study(spec, out_root, model=None, frames="ed_es", force=False):
+    """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
+
+    Never raises for a bad study: the failure becomes an error row (with the message and the
+    traceback), so one study cannot stop the cohort.
+    """
+    from . import analyze
+
+    study_dir = Path(out_root) / spec.study
+    t0 = time.perf_counter()
+    worker = _worker_name()
+    options = dict(spec.options)
+    options.setdefault("model", model)
+    options.setdefault("frames", frames)
+    options.pop("study", None)
+    try:
+        analyze.run(spec.input, study_dir, force=force, **options)
+        results = read_results(study_dir)
+        if results is None:
+            raise CardiacInputError(study_dir / "results.json", "was not written")
+        csv_text = (study_dir / "results.csv").read_text()
+        row = row_from_results(spec, results, csv_text, time.perf_counter() - t0, worker)
+    except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
+        row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
+    study_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(study_dir / ROW_FILE, _json_ready(row))
+    return row
+
+
+def _json_ready(row):
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+    return clean(row)
+
+
+# --- the table -----------------------------------------------------------------------------------
+def _read_row(spec, out_root):
+    """The study's row from disk: its cohort_row.json, else rebuilt from a complete results.json."""
+    study_dir = Path(out_root) / spec.study
+    results = read_results(study_dir)
+    try:
+        row = json.loads((study_dir / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        row = None
+    if results is not None and row is None:
+        # the worker died between moving the outputs in and writing the row
+        csv_path = study_dir / "results.csv"
+        row = row_from_results(spec, results, csv_path.read_text() if csv_path.exists() else None)
+    return row
+
+
+def _column_order(rows, specs):
+    from .cine import MEASURE_KEYS
+
+    measures = []
+    for r in rows:
+        for k in r["measures"]:
+            if k not in measures:
+                measures.append(k)
+    first = [k for k in MEASURE_KEYS if k in measures]
+    wall = sorted((k for k in measures if k.startswith("Wall thickness")), key=lambda k: int(re.findall(r"\d+", k)[0]))
+    rest = sorted(k for k in measures if k not in first and k not in wall)
+    extra = []
+    for s in specs:
+        for k in s.extra:
+            if k not in extra:
+                extra.append(k)
+    return list(META_COLUMNS), first + rest + wall, extra
+
+
+def assemble_table(specs, out_root):
+    """(columns, rows as flat dicts, number of studies without a row) for the cohort."""
+    rows, missing = [], 0
+    for spec in specs:
+        row = _read_row(spec, out_root)
+        if row is None:
+            missing += 1
+            row = error_row(spec, "not run: no outputs and no row (the run was stopped before this study finished); "
+                                  "rerun with --resume")
+        row["_spec_extra"] = spec.extra
+        rows.append(row)
+    meta, measures, extra = _column_order(rows, specs)
+    flat = []
+    for r in rows:
+        f = {c: r.get(c) for c in meta}
+        f.update({k: r["measures"].get(k) for k in measures})
+        f.update({k: r["_spec_extra"].get(k) for k in extra})
+        flat.append(f)
+    return meta + measures + extra, flat, missing, (meta, measures, extra)
+
+
+def write_table(columns, rows, groups, out_root):
+    """cohort.csv and cohort.parquet in ``out_root`` (each written to a temporary name, then moved in)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_root = Path(out_root)
+    meta, measures, extra = groups
+    tmp_csv = out_root / f".{TABLE_CSV}.tmp"
+    with open(tmp_csv, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in columns])
+    os.replace(tmp_csv, out_root / TABLE_CSV)
+
+    def arrow_type(c):
+        if c in measures:
+            return pa.int64() if c.endswith("_frame") else pa.float64()
+        if c in FLOAT_META or c.startswith(REF_PREFIX):
+            return pa.float64()
+        return pa.string()
+
+    def cell(c, v):
+        if v is None or v == "":
+            return None if arrow_type(c) != pa.string() else ("" if c in meta else None)
+        t = arrow_type(c)
+        if t == pa.int64():
+            return int(v)
+        if t == pa.float64():
+            return float(v)
+        return str(v)
+
+    schema = pa.schema([(c, arrow_type(c)) for c in columns])
+    table = pa.Table.from_pylist([{c: cell(c, r[c]) for c in columns} for r in rows], schema=schema)
+    tmp_pq = out_root / f".{TABLE_PARQUET}.tmp"
+    pq.write_table(table, tmp_pq)
+    os.replace(tmp_pq, out_root / TABLE_PARQUET)
+    return {"csv": out_root / TABLE_CSV, "parquet": out_root / TABLE_PARQUET}
+
+
+# --- Dask --------------------------------------------------------------------------------------
+def _worker_threads(n_workers):
+    return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
+class ModelPreload(WorkerPlugin):
+    """Dask worker plugin: torch threads for one worker's share of the cores, the models loaded once.
+
+    The models stay in ``registry``'s per-process cache (keyed by model folder and weights
+    sha256), where ``analyze.segment`` finds them for every study this worker runs.
+    """
+    name = "cardiacaiseg-model-preload"
+
+    def __init__(self, models, torch_threads=None):
+        self.models = list(models)
+        self.torch_threads = torch_threads
+
+    def setup(self, worker=None):
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        if not self.models:
+            return
+        from .models import registry
+
+        for name in self.models:
+            try:
+                registry.load_model(name)
+            except Exception:   # noqa: BLE001 - the studies that need it will record the real error
+                pass
+
+    def teardown(self, worker=None):
+        pass
+
+
+def models_needed(specs, model=None):
+    """Registry model names the studies will segment with (studies with labels need none)."""
+    names = set()
+    tasks = set()
+    for s in specs:
+        if s.options.get("labels"):
+            continue
+        if s.options.get("model") or model:
+            names.add(s.options.get("model") or model)
+        else:
+            tasks.add(s.options.get("kind") or "cine")
+    if tasks:
+        from .models import registry
+
+        for task in tasks:
+            try:
+                names.add(registry.default_model(task))
+            except CardiacInputError:
+                pass   # each such study records the missing model as its error
+    return sorted(names)
+
+
+def worker_memory_limit(specs, n_workers):
+    """Bytes per LocalCluster worker: the largest study's measured need plus the libraries, within this machine."""
+    from .memory_check import available_bytes, needed_bytes
+
+    need = 0
+    for s in specs:
+        try:
+            need = max(need, needed_bytes(s.input)[0])
+        except (OSError, ValueError):
+            continue
+    base = int(1.5 * 1024 ** 3)   # torch, slicer-core, VTK writers and a model, measured ~1.2 GB resident
+    limit = base + need
+    available = available_bytes()
+    if available:
+        limit = min(limit * 2, max(limit, available // max(1, n_workers)))
+    return int(limit)
+
+
+@dataclass
+class CohortRun:
+    columns: list
+    rows: list
+    paths: dict
+    counts: dict
+    skipped: list
+    ran: list
+    dashboard: str = ""
+    elapsed_s: float = 0.0
+
+
+def _open_client(scheduler, n_workers, specs, processes):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as e:
+            raise CardiacInputError("--scheduler", f"cannot reach the Dask scheduler at {scheduler} ({e}); "
+                                                   "start one with `dask scheduler` or leave --scheduler out") from None
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
+                           memory_limit=worker_memory_limit(specs, n_workers) if processes else 0,
+                           dashboard_address=":0", host="127.0.0.1")
+    return Client(cluster), cluster
+
+
+def _dashboard(client):
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:   # noqa: BLE001 - a link is a nicety
+        return ""
+    return client.dashboard_link if "dashboard" in services else ""
+
+
+def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames="ed_es", resume=False, force=False,
+               processes=True, show_progress=True, log=print, report=True):
+    """Run every study as a Dask task and write the cohort table; returns a CohortRun."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    out_root = Path(out_root).resolve()   # the workers may run in another folder
+    out_root.mkdir(parents=True, exist_ok=True)
+    skipped = [s for s in specs if resume and study_complete(out_root / s.study)]
+    todo = [s for s in specs if s not in skipped]
+    if not resume and not force:
+        done_before = [s.study for s in todo if (out_root / s.study / "results.json").exists()]
+        if done_before:
+            raise CardiacInputError(out_root, f"already holds outputs of {len(done_before)} of these studies "
+                                              f"({', '.join(done_before[:3])}{', ...' if len(done_before) > 3 else ''}); "
+                                              "pass --resume to keep them and run the rest, or --force to run all again")
+    if skipped:
+        log(f"resume: {len(skipped)} of {len(specs)} studies already complete, {len(todo)} to run")
+    dashboard = ""
+    if todo:
+        n_workers = workers or max(1, min(len(todo), os.cpu_count() or 1))
+        client, cluster = _open_client(scheduler, n_workers, todo, processes)
+        try:
+            dashboard = _dashboard(client)
+            if dashboard:
+                log(f"Dask dashboard: {dashboard}")
+            n_remote = len(client.scheduler_info().get("workers", {})) if scheduler else n_workers
+            client.register_plugin(ModelPreload(models_needed(todo, model), _worker_threads(max(1, n_remote))
+                                                if not scheduler else None))
+            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume,
+                                     key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
+            bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    row = future.result()
+                except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
+                    row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
+                    (out_root / spec.study).mkdir(parents=True, exist_ok=True)
+                    _write_json_atomic(out_root / spec.study / ROW_FILE, _json_ready(row))
+                bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])
+                bar.update(1)
+            bar.close()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    columns, rows, _missing, groups = assemble_table(specs, out_root)
+    paths = write_table(columns, rows, groups, out_root)
+    if report:
+        from .cohort_report import write_cohort_report
+
+        paths["report"] = write_cohort_report(rows, out_root / REPORT_PNG)
+    counts = {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_REVIEW, STATUS_ERROR)}
+    return CohortRun(columns, rows, paths, counts, [s.study for s in skipped], [s.study for s in todo], dashboard,
+                     time.perf_counter() - t_start)

@@ -1,0 +1,96 @@
+"""cohort_report.png: distributions of EF, EDV and mass over a cohort; Bland-Altman and
+correlation against the manifest's reference columns (``ref_<measure key>``) when present."""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .agreement import bland_altman
+
+DISTRIBUTIONS = (("lv_ef_pct", "LV EF (%)"), ("lv_edv_ml", "LV EDV (mL)"), ("lv_mass_g", "LV mass (g)"))
+REF_PREFIX = "ref_"
+
+
+def _values(rows, key):
+    out = []
+    for r in rows:
+        v = r.get(key)
+        out.append(float(v) if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else math.nan)
+    return np.array(out, float)
+
+
+def comparisons(rows):
+    """[(measure key, label, automatic values, reference values)] for each ref_ column with >= 2 complete pairs."""
+    labels = dict(DISTRIBUTIONS)
+    keys = []
+    for r in rows:
+        for k in r:
+            if k.startswith(REF_PREFIX) and k not in keys:
+                keys.append(k)
+    out = []
+    for ref in keys:
+        key = ref[len(REF_PREFIX):]
+        auto, manual = _values(rows, key), _values(rows, ref)
+        if (np.isfinite(auto) & np.isfinite(manual)).sum() >= 2:
+            out.append((key, labels.get(key, key), auto, manual))
+    return out
+
+
+def write_cohort_report(rows, path):
+    """Write the PNG (matplotlib Agg); rows are the cohort table's flat rows. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    measured = [r for r in rows if r.get("status") != "error"]
+    comps = comparisons(measured)
+    n_rows = 1 + (2 if comps else 0)
+    n_cols = max(len(DISTRIBUTIONS), len(comps))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), squeeze=False)
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "qc-review", "error")}
+    fig.suptitle(f"Cohort: {len(rows)} studies — {counts['ok']} ok, {counts['qc-review']} QC review, {counts['error']} error")
+    for ax, (key, label) in zip(axes[0], DISTRIBUTIONS):
+        v = _values(measured, key)
+        v = v[np.isfinite(v)]
+        if v.size:
+            ax.hist(v, bins=min(30, max(5, v.size // 2)), color="#4477aa", edgecolor="white")
+            ax.set_title(f"{label}: median {np.median(v):.1f} (n={v.size})", fontsize=10)
+        else:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(label, fontsize=10)
+        ax.set_xlabel(label)
+        ax.set_ylabel("studies")
+    for ax in axes[0][len(DISTRIBUTIONS):]:
+        ax.axis("off")
+    for i, (key, label, auto, manual) in enumerate(comps):
+        ok = np.isfinite(auto) & np.isfinite(manual)
+        a, m = auto[ok], manual[ok]
+        ba = bland_altman(a, m)
+        ax = axes[1][i]
+        mean = (a + m) / 2
+        ax.scatter(mean, a - m, s=14, color="#4477aa")
+        for y, style in ((ba["bias"], "-"), (ba["lower"], "--"), (ba["upper"], "--")):
+            ax.axhline(y, color="#aa3377", linestyle=style, linewidth=1)
+        ax.set_title(f"{label}: bias {ba['bias']:.2f}, LoA {ba['lower']:.2f} to {ba['upper']:.2f}", fontsize=9)
+        ax.set_xlabel("mean of batch and reference")
+        ax.set_ylabel("batch − reference")
+        ax = axes[2][i]
+        r = float(np.corrcoef(a, m)[0, 1]) if a.size > 2 and np.std(a) > 0 and np.std(m) > 0 else math.nan
+        ax.scatter(m, a, s=14, color="#228833")
+        lo, hi = float(min(a.min(), m.min())), float(max(a.max(), m.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+        ax.set_title(f"{label}: r = {r:.3f} (n={a.size})", fontsize=9)
+        ax.set_xlabel(f"reference ({REF_PREFIX}{key})")
+        ax.set_ylabel("batch")
+    for row in axes[1:]:
+        for ax in row[len(comps):]:
+            ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

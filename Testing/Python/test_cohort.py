@@ -1,0 +1,285 @@
+"""`cardiacaiseg batch` on real Dask: a LocalCluster, and a `dask scheduler` + `dask worker`
+started here on 127.0.0.1; a corrupt study becomes an error row, a killed worker loses no
+finished row and `--resume` runs only the missing studies.
+
+Studies: cine phantoms with their true label maps, ACDC patients with their _gt labels (skipped
+when ../shared/data is absent), and a truncated NIfTI. No network runs (labels are given), so
+the file stays within a couple of minutes on two shared cores.
+"""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CardiacAISegLib import cli
+from CardiacAISegLib.analyze import OUTPUT_FILES
+from CardiacAISegLib.cohort import ROW_FILE, ModelPreload, measures_of, models_needed, read_manifest
+from CardiacAISegLib.errors import CardiacInputError
+from CardiacAISegLib.phantom import write_phantom
+
+MYOCARDIAL_DENSITY = 1.05
+ACDC = ("patient001", "patient002")
+
+
+def _flat_leaves(section):
+    """{key: value} of the scalar leaves of a results.json section, by the cohort's key rule."""
+    return measures_of({"cine": section})
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_manifest(path, rows):
+    columns = ["study", "path", "labels", "ref_lv_mass_g", "ref_lv_edv_ml", "site"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in columns})
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Phantoms (truth), ACDC patients (reference masses from their own _gt), a truncated NIfTI, and a manifest."""
+    root = tmp_path_factory.mktemp("cohort")
+    truths = {}
+    rows = []
+    for name, seed in (("phantom_a", 1), ("phantom_b", 2)):
+        _, _, truth = write_phantom("cine", root / name, seed=seed)
+        truths[name] = truth
+        rows.append({"study": name, "path": f"{name}/cine.nii.gz", "labels": f"{name}/cine_labels.nii.gz",
+                     "ref_lv_mass_g": f"{MYOCARDIAL_DENSITY * truth['voxel_myo_ml'][truth['ed_frame']] + 3:.3f}",
+                     "ref_lv_edv_ml": f"{truth['voxel_lv_ml'][truth['ed_frame']] - 2:.3f}", "site": "synthetic"})
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "acdc"
+    acdc = [p for p in ACDC if (shared / p).is_dir()]
+    for p in acdc:
+        rows.append({"study": p, "path": str(shared / p), "labels": "study", "site": "acdc"})
+    data = (root / "phantom_a" / "cine.nii.gz").read_bytes()
+    (root / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])   # an interrupted copy
+    rows.append({"study": "corrupt", "path": "corrupt.nii.gz", "labels": "phantom_a/cine_labels.nii.gz", "site": "broken"})
+    _write_manifest(root / "cohort.csv", rows)
+    return {"root": root, "manifest": root / "cohort.csv", "truths": truths, "acdc": acdc, "rows": rows, "shared": shared}
+
+
+@pytest.fixture(scope="module")
+def local_run(cohort):
+    """`cardiacaiseg batch` on a LocalCluster with one worker process, run once for the tests below."""
+    out = cohort["root"] / "out_local"
+    t0 = time.time()
+    status = cli.main(["batch", str(cohort["manifest"]), "--out", str(out), "--workers", "1", "--quiet"])
+    return {"status": status, "out": out, "seconds": time.time() - t0,
+            "table": {r["study"]: r for r in _read_csv(out / "cohort.csv")}}
+
+
+def test_manifest_resolves_paths_and_reference_columns(cohort):
+    specs = read_manifest(cohort["manifest"])
+    assert [s.study for s in specs] == [r["study"] for r in cohort["rows"]]
+    a = specs[0]
+    assert a.input == str(cohort["root"].resolve() / "phantom_a" / "cine.nii.gz")
+    assert a.options["labels"] == str(cohort["root"].resolve() / "phantom_a" / "cine_labels.nii.gz")
+    assert a.extra["ref_lv_mass_g"] == pytest.approx(float(cohort["rows"][0]["ref_lv_mass_g"]))
+    assert a.extra["site"] == "synthetic"
+    if cohort["acdc"]:
+        assert specs[2].options["labels"] == "study"   # the keyword is not a path
+
+
+def test_manifest_errors_name_the_file_and_problem(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("study,file\nx,a.nii.gz\n")
+    assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
+    bad.write_text("study,path\nx,a.nii.gz\nx,b.nii.gz\n")
+    with pytest.raises(CardiacInputError, match="same folder 'x'"):
+        read_manifest(bad)
+    bad.write_text("path,dt\na.nii.gz,fast\n")
+    with pytest.raises(CardiacInputError, match=r"m.csv line 2: column 'dt': 'fast' is not a number"):
+        read_manifest(bad)
+    assert not (tmp_path / "o").exists()   # refused before any cluster or folder
+
+
+def test_local_cluster_isolates_the_corrupt_study(cohort, local_run, capsys):
+    assert local_run["status"] == 0   # error rows are recorded; only --strict turns them into an exit status
+    table, out = local_run["table"], local_run["out"]
+    assert list(table) == [r["study"] for r in cohort["rows"]]   # manifest order
+    bad = table["corrupt"]
+    assert bad["status"] == "error"
+    assert "corrupt.nii.gz" in bad["error"] and "truncated" in bad["error"]
+    assert bad["lv_edv_ml"] == ""
+    assert not (out / "corrupt" / "results.json").exists()
+    row = json.loads((out / "corrupt" / ROW_FILE).read_text())
+    assert row["status"] == "error" and "Traceback" in row["traceback"]
+    for name in ["phantom_a", "phantom_b"] + cohort["acdc"]:
+        assert sorted(p for p in OUTPUT_FILES if (out / name / p).is_file()) == sorted(OUTPUT_FILES), name
+        results = json.loads((out / name / "results.json").read_text())
+        expect = "ok" if results["qc"]["status"] == "pass" else "qc-review"
+        assert table[name]["status"] == expect
+        assert table[name]["qc_codes"] == ";".join(f["code"] for f in results["qc"]["flags"])
+        assert table[name]["segmentation"].startswith("labels: ") and table[name]["model_sha256"] == ""
+        assert float(table[name]["time_total_s"]) > 0 and table[name]["worker"].startswith("tcp://127.0.0.1:")
+    for name, truth in cohort["truths"].items():
+        ed = truth["ed_frame"]
+        assert table[name]["status"] == "ok"
+        assert float(table[name]["lv_edv_ml"]) == pytest.approx(truth["voxel_lv_ml"][ed], rel=1e-5)
+        assert float(table[name]["lv_mass_g"]) == pytest.approx(MYOCARDIAL_DENSITY * truth["voxel_myo_ml"][ed], rel=1e-5)
+        assert table[name]["site"] == "synthetic"
+
+
+def test_parquet_matches_results_json_exactly(cohort, local_run):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(local_run["out"] / "cohort.parquet").to_pylist()
+    assert [r["study"] for r in t] == list(local_run["table"])
+    by = {r["study"]: r for r in t}
+    assert by["corrupt"]["status"] == "error" and by["corrupt"]["lv_edv_ml"] is None
+    for name in ["phantom_a", "phantom_b"] + cohort["acdc"]:
+        results = json.loads((local_run["out"] / name / "results.json").read_text())
+        leaves = _flat_leaves(results["cine"])
+        assert leaves, name
+        for key, value in leaves.items():   # every stable key of results.json, bit for bit
+            assert by[name][key] == value, (name, key)
+        assert by[name]["time_load_s"] == results["timing_s"]["load"]
+    assert by["phantom_a"]["ref_lv_mass_g"] == pytest.approx(float(cohort["rows"][0]["ref_lv_mass_g"]))
+
+
+@pytest.mark.parametrize("study", ACDC[:1])
+def test_cohort_keys_identical_to_analyze(cohort, local_run, tmp_path, study):
+    """The same study through `analyze`: results.json leaves and results.csv bullseye rows = the cohort's columns."""
+    if study not in cohort["acdc"]:
+        pytest.skip("ACDC data not found in ../shared/data")
+    out = tmp_path / "single"
+    assert cli.main(["analyze", str(cohort["shared"] / study), "--labels", "study", "--out", str(out), "--quiet"]) in (0, None)
+    results = json.loads((out / "results.json").read_text())
+    expect = measures_of(results, (out / "results.csv").read_text())
+    row = local_run["table"][study]
+    header = list(row)
+    assert set(expect) <= set(header)
+    csv_rows = {r["measure"]: r["value"] for r in _read_csv(out / "results.csv")}
+    for key, value in expect.items():
+        assert float(row[key]) == pytest.approx(value, rel=1e-5), key
+        if key.startswith("Wall thickness"):
+            assert row[key] == csv_rows[key]   # the same name and the same text as analyze's results.csv
+    assert {k for k in header if k.startswith("Wall thickness")} == {k for k in csv_rows if k.startswith("Wall thickness")}
+
+
+def test_cohort_report_png(local_run):
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(local_run["out"] / "cohort_report.png")
+    assert img.ndim == 3 and img.shape[0] > 500 and img.shape[1] > 800   # three rows: distributions, Bland-Altman, correlation
+    assert float(np.std(img[..., :3])) > 0.05
+
+
+def test_model_preload_keeps_the_model_by_sha256(cohort):
+    """Studies without labels need the task's default model; the worker plugin loads it into the per-process cache."""
+    from CardiacAISegLib.models import registry
+
+    specs = read_manifest(cohort["manifest"])
+    assert models_needed(specs) == []   # every study has labels: no worker loads a network
+    unlabelled = [s for s in specs if s.study == "phantom_a"]
+    unlabelled[0].options.pop("labels")
+    name = registry.default_model("cine")
+    assert models_needed(unlabelled) == [name]
+    ModelPreload([name], torch_threads=1).setup()
+    held = list(registry._CACHE.values())
+    loaded = registry.load_model(name)
+    assert any(loaded is m for m in held)   # the next study finds the module the plugin loaded
+    assert len(registry._CACHE) == len(held)   # and loads nothing more
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
+    """A real `dask scheduler` and `dask worker` on 127.0.0.1; the worker is killed mid-run, the client stopped;
+    `--resume` on a fresh worker runs only the studies without complete outputs."""
+    root = cohort["root"]
+    rows = [dict(r) for r in cohort["rows"]]
+    for name in ("phantom_a", "phantom_b"):   # more studies (same inputs, own folders), so the kill lands mid-run
+        rows.append({**rows[0 if name == "phantom_a" else 1], "study": f"{name}_again"})
+    manifest = root / "cohort_sched.csv"
+    _write_manifest(manifest, rows)
+    out = tmp_path / "out_sched"
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def worker(name):
+        return subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                                 "--no-nanny", "--no-dashboard", "--name", name, "--memory-limit", "0"],
+                                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env)
+
+    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env)
+    procs = [scheduler]
+    try:
+        w1 = worker("w1")
+        procs.append(w1)
+        batch_cmd = [sys.executable, "-m", "CardiacAISegLib.cli", "batch", str(manifest), "--out", str(out),
+                     "--scheduler", address, "--quiet"]
+        first = subprocess.Popen(batch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        procs.append(first)
+        rows_on_disk = lambda: [p.parent.name for p in out.glob(f"*/{ROW_FILE}")]  # noqa: E731
+        _wait_for(lambda: rows_on_disk() or first.poll() is not None, 150, "the first finished study")
+        w1.send_signal(signal.SIGKILL)   # the worker dies mid-run, no goodbye
+        w1.wait(timeout=30)
+        killed_at = time.time()
+        assert first.poll() is None, first.communicate()[0]   # the client is waiting for the lost and remaining studies
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+        finished = sorted(n for n in rows_on_disk() if (out / n / "results.json").is_file())
+        assert 1 <= len(finished) < len(rows) - 1, finished   # some finished, the rest did not
+        first_workers = {json.loads((out / n / ROW_FILE).read_text())["worker"] for n in finished}
+        before = {n: ((out / n / "results.json").stat().st_mtime_ns, (out / n / ROW_FILE).stat().st_mtime_ns) for n in finished}
+
+        w2 = worker("w2")
+        procs.append(w2)
+        resumed = subprocess.run(batch_cmd + ["--resume", "--strict"], capture_output=True, text=True, env=env, timeout=300)
+        assert resumed.returncode == 3, resumed.stdout + resumed.stderr   # --strict: the corrupt study is an error row
+        assert f"{len(finished)} of {len(rows)} studies already complete, {len(rows) - len(finished)} to run" in resumed.stdout
+        for n, mtimes in before.items():   # the finished studies were not run again
+            assert ((out / n / "results.json").stat().st_mtime_ns, (out / n / ROW_FILE).stat().st_mtime_ns) == mtimes, n
+        table = {r["study"]: r for r in _read_csv(out / "cohort.csv")}
+        assert list(table) == [r["study"] for r in rows]
+        assert table["corrupt"]["status"] == "error" and "truncated" in table["corrupt"]["error"]
+        for r in rows:
+            if r["study"] == "corrupt":
+                continue
+            assert table[r["study"]]["status"] in ("ok", "qc-review"), table[r["study"]]
+            assert (out / r["study"] / "scene.mrb").is_file()
+            if r["study"] not in finished:
+                assert (out / r["study"] / ROW_FILE).stat().st_mtime > killed_at   # run by the resumed batch
+                assert table[r["study"]]["worker"] not in first_workers   # on the new worker, not the killed one
+        # the same phantom under two names gives the same numbers
+        assert table["phantom_a"]["lv_mass_g"] == table["phantom_a_again"]["lv_mass_g"]
+    finally:
+        for p in reversed(procs):
+            _stop(p)
