@@ -534,7 +534,9 @@ def fermi_deconvolution(tissue, aif, dt, delays=None, density=DENSITY, foot=None
 
     Fit quality, per curve:
       at_delay_edge  the delay sits within 0.1 frame of the search range's end: the true
-                     delay may lie outside it, so F (which trades against it) is suspect;
+                     delay may lie outside it, so F (which trades against it) is suspect.
+                     On the QPerf rest ring, 23% of pixels sit at -1 s: blood-like curves
+                     (peak with the AIF, twice the others' height, MBF ~2 vs ~1);
       at_bound       F on a bound (0: no uptake; 0.3 /s = 17 mL/min/g is the bound, not a
                      measurement), k on a bound (0.05 or 20 /s) or tau0 at its upper bound
                      (20 s). tau0 = 0 is *not* counted: it is the exponential-like end of
