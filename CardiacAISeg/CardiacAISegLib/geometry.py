@@ -219,6 +219,124 @@ def rv_insertion_points(label_slice, spacing_rc, normal=None, ijk_to_ras=None, k
     return res
 
 
+# --- perfusion: the RV from its bolus -----------------------------------------------------
+# A perfusion network trained on synthetic series often draws only part of the RV (a patch in a
+# corner, a crescent a few pixels off the septum), and a contact arc on that gives 10-15 degree
+# "septal arcs". The RV blood pool is unambiguous in the images themselves: it peaks one
+# pulmonary transit before the LV and about as bright. Its angular extent seen from the LV centre
+# is the septal arc: the crescent's tips are the insertion points.
+RV_TRANSIT_S = 1.0                # the RV peaks at least this long before the LV (transit 2-8 s)
+RV_PEAK_FRACTION = 0.35           # ... and reaches this share of the LV pool's peak enhancement
+RV_REACH_MM = 10.0                # RV pixels count for a direction up to this far outside the epicardium
+SEPTAL_ARC_RANGE_DEG = (60.0, 200.0)   # plausible septal arcs; outside, the fallback below
+FALLBACK_ARC_DEG = 120.0          # a textbook septal arc, centred on the RV direction
+
+
+def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
+    """(RV mask, how) of one perfusion slice: the blood that peaks a transit before the LV pool.
+
+    frames: (T, R, C) signal of the slice; label_slice: the (R, C) labels (LV pool and
+    myocardium locate the LV; the labelled RV is the fallback). A pixel belongs to the RV at its
+    peak when it peaks at least ``RV_TRANSIT_S`` before the LV pool's curve, at
+    ``RV_PEAK_FRACTION`` of the pool's peak enhancement or more, outside the epicardium, in a
+    component within ``RV_REACH_MM`` of it. ``how`` is 'bolus' or 'labels' (no early pool found).
+    """
+    from .bolus import enhancement
+
+    lab = np.asarray(label_slice)
+    labelled = _largest(lab == RV) if (lab == RV).any() else np.zeros(lab.shape, bool)
+    lv = lab == LV
+    frames = np.asarray(frames, np.float64)
+    if frames.ndim != 3 or frames.shape[0] < 8 or lv.sum() < 4:
+        return labelled, "labels"
+    try:
+        e, _ = enhancement(frames, smooth_px=0.7)
+    except CardiacInputError:
+        return labelled, "labels"
+    sy, sx = _spacing_rc(spacing_rc)
+    pool = e[:, lv].mean(1)
+    t_lv, lv_peak = int(np.argmax(pool)), float(pool.max())
+    if lv_peak <= 0:
+        return labelled, "labels"
+    transit = max(1, int(round(RV_TRANSIT_S / dt_s))) if dt_s else 2
+    epi = _epicardium(lab)
+    early = (e.argmax(0) <= t_lv - transit) & (e.max(0) >= RV_PEAK_FRACTION * lv_peak) & ~epi
+    comps, n = ndimage.label(early, structure=_EIGHT)
+    if n == 0:
+        return labelled, "labels"
+    gap = ndimage.distance_transform_edt(~epi, sampling=(sy, sx))
+    near = ndimage.minimum(gap, comps, range(1, n + 1))
+    size = ndimage.sum(early, comps, range(1, n + 1))
+    keep = [i + 1 for i in range(n) if near[i] <= RV_REACH_MM and size[i] * sy * sx >= 20.0]
+    if not keep:
+        return labelled, "labels"
+    return np.isin(comps, keep), "bolus"
+
+
+def _rv_directions(contour, rv, reach_mm):
+    """Per contour ray: does the RV lie on it between the epicardium and ``reach_mm`` outside?"""
+    step = 0.5 * min(contour.sx, contour.sy)
+    r = np.arange(-step, reach_mm + step, step)
+    rad = contour.radius[:, None] + r[None, :]
+    cos, sin = np.cos(contour.phi)[:, None], np.sin(contour.phi)[:, None]
+    vals = ndimage.map_coordinates(rv.astype(np.float32), [contour.cy + rad * sin / contour.sy,
+                                                          contour.cx + rad * cos / contour.sx],
+                                   order=1, mode="constant", cval=0.0)
+    return (vals >= 0.5).any(axis=1)
+
+
+def perfusion_insertion_points(label_slice, frames, spacing_rc, normal=None, ijk_to_ras=None, k=None, dt_s=None):
+    """Anterior and inferior RV insertion points of one perfusion slice, from the RV at its peak.
+
+    The RV comes from ``rv_at_peak`` (the labelled RV when the bolus shows none). The directions
+    from the LV centre in which the RV lies within ``RV_REACH_MM`` of the epicardium form the
+    septal arc (its longest circular run); its ends on the epicardium are the insertion points.
+    The anterior one is chosen with the slice's rotational sense exactly as in
+    ``rv_insertion_points``, so walking anterior -> inferior in that sense always crosses the RV:
+    the two are never swapped. An arc outside ``SEPTAL_ARC_RANGE_DEG`` (a sliver of RV, or an RV
+    all around) is replaced by ``FALLBACK_ARC_DEG`` centred on the RV direction, with a
+    ``warning``. Returns the dict of ``rv_insertion_points`` plus ``rv_source`` ('bolus' |
+    'labels') and ``warning`` (None or text); None when there is no LV/myocardium or no RV.
+    """
+    lab = np.asarray(label_slice)
+    if lab.ndim != 2:
+        raise CardiacInputError("label slice", f"expected a 2D (row, col) slice, got shape {lab.shape}")
+    if not ((lab == LV) | (lab == MYO)).any():
+        return None
+    sy, sx = _spacing_rc(spacing_rc)
+    rv, how = rv_at_peak(frames, lab, (sy, sx), dt_s)
+    if not rv.any():
+        return None
+    contour = _Contour(lab, (sy, sx))
+    flags = _rv_directions(contour, rv, RV_REACH_MM)
+    rr, cc = np.nonzero(rv)
+    # RV direction: the circular mean of its pixels' directions from the LV centre
+    ang = np.arctan2((rr - contour.cy) * sy, (cc - contour.cx) * sx)
+    rv_dir = float(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()))
+    run = _longest_run(flags)
+    width = 2 * np.pi / N_RAYS
+    lo_ok, hi_ok = np.radians(SEPTAL_ARC_RANGE_DEG)
+    warning = None
+    if run is not None and lo_ok <= run[1] * width <= hi_ok:
+        start, length = run
+        # ends halfway between the last ray on the RV and the first one off it
+        phi_lo = contour.phi[start] - 0.5 * width
+        phi_hi = contour.phi[start] + (length - 0.5) * width
+    else:
+        found = "no direction" if run is None else f"a {np.degrees(run[1] * width):.0f} degree arc"
+        if run is not None and run[1] < N_RAYS:
+            rv_dir = contour.phi[run[0]] + 0.5 * (run[1] - 1) * width     # centre of the arc found
+        half = 0.5 * np.radians(FALLBACK_ARC_DEG)
+        phi_lo, phi_hi = rv_dir - half, rv_dir + half
+        warning = (f"the RV ({'bolus' if how == 'bolus' else 'labelled'}) borders the LV over {found}, outside the "
+                   f"plausible {SEPTAL_ARC_RANGE_DEG[0]:g}-{SEPTAL_ARC_RANGE_DEG[1]:g} degrees: a {FALLBACK_ARC_DEG:g} degree "
+                   "septal arc centred on the RV is assumed; check the insertion points")
+    sigma = _sense(normal, ijk_to_ras)
+    phi_ant, phi_inf = (phi_hi, phi_lo) if sigma > 0 else (phi_lo, phi_hi)
+    return _result(contour, phi_ant, phi_inf, sigma, ijk_to_ras, k, "screen" if normal is None else "affine",
+                   {"contact_mm": None, "rv_source": how, "warning": warning})
+
+
 # --- study level ---------------------------------------------------------------------------
 def _where(study):
     return getattr(study, "source", "") or getattr(study, "name", "") or "study"
@@ -285,8 +403,16 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
     sp_rc = _spacing_rc(study.spacing)
     m = study.ijk_to_ras
     direct, need = {}, []
+    bolus = _perfusion_frames(study)
     for k in range(lab.shape[0]):
-        if _has(lab[k], LV, MYO, RV):
+        if bolus is not None and _has(lab[k], LV, MYO):
+            # perfusion: the RV at its peak enhancement, whether or not the network labelled it
+            res = perfusion_insertion_points(lab[k], bolus[0][:, k], sp_rc, normal=a, ijk_to_ras=m, k=k, dt_s=bolus[1])
+            if res is not None:
+                direct[k] = res
+            elif fill_missing:
+                need.append(k)
+        elif _has(lab[k], LV, MYO, RV):
             res = rv_insertion_points(lab[k], sp_rc, normal=a, ijk_to_ras=m, k=k)
             if res is None:
                 need.append(k)
@@ -296,6 +422,9 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
             need.append(k)
     if not direct:
         with_rv = [k for k in range(lab.shape[0]) if _has(lab[k], LV, MYO, RV)]
+        if bolus is not None:
+            raise CardiacInputError(_where(study), "no RV found next to the LV, neither from the bolus (blood peaking "
+                                                   "before the LV) nor in the labels: place the insertion points by hand")
         if not with_rv:
             raise CardiacInputError(_where(study), "no slice has LV blood pool, myocardium and RV together: "
                                                    "RV insertion points need all three (is the RV labelled?)")
@@ -303,7 +432,7 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
                                                f"epicardium (slices {with_rv}): place the insertion points by hand")
     out = {}
     for k, res in direct.items():
-        out[k] = _entry(k, res, "contact", None)
+        out[k] = _entry(k, res, "rv_at_peak" if "rv_source" in res else "contact", None)
     for k in need:
         donor = min(direct, key=lambda d: (abs(d - k), d))
         try:
@@ -320,8 +449,29 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
     return [out[k] for k in sorted(out)]
 
 
+def _perfusion_frames(study):
+    """(images (T, S, R, C), frame interval s or None) of a perfusion study, else None."""
+    images = getattr(study, "images", None)
+    if getattr(study, "kind", None) != PERFUSION or images is None or np.ndim(images) != 4 or images.shape[0] < 8:
+        return None
+    times = study.frame_times_s
+    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+    # frames moved onto the mask by motion correction (motion.correct), when it ran on these frames
+    record = (study.provenance or {}).get("motion") or {}
+    if record.get("corrected_slices") and len(record["shifts_px"][0]) == images.shape[0]:
+        from .motion import apply_shifts
+
+        images = np.array(images, copy=True)
+        for k in record["corrected_slices"]:
+            images[:, k] = apply_shifts(images[:, k], np.asarray(record["shifts_px"][k]))
+    return images, dt
+
+
 def _entry(k, res, source, donor):
-    return {"slice": int(k),
+    extra = {key: res[key] for key in ("rv_source", "warning") if key in res}
+    if res.get("warning"):
+        source = "fallback_arc"
+    return {**extra, "slice": int(k),
             "anterior_ijk": (*res["anterior_ij"], float(k)), "inferior_ijk": (*res["inferior_ij"], float(k)),
             "centre_ijk": (*res["centre_ij"], float(k)),
             "anterior_ras": res["anterior_ras"], "inferior_ras": res["inferior_ras"], "centre_ras": res["centre_ras"],

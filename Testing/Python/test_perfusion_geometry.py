@@ -4,7 +4,8 @@ import pytest
 
 from CardiacAISegLib.agreement import insertion_angle_error_deg
 from CardiacAISegLib.analysis import Analysis
-from CardiacAISegLib.geometry import study_insertion_points
+from CardiacAISegLib.geometry import perfusion_insertion_points, rv_at_peak, study_insertion_points
+from CardiacAISegLib.labels import LV, RV
 from CardiacAISegLib.phantom import make_perfusion_phantom
 
 
@@ -33,3 +34,76 @@ def test_sector_map_matches_truth_and_mbf_within_3_percent():
     for s in a.perfusion["segments"]:
         true = truth["mbf_per_segment"][s["id"]]
         assert abs(s["mbf_ml_min_g"] - true) / true < 0.03, (s, true)
+
+
+# --- insertion points from the RV at its peak enhancement (issue 9) ---------------------------
+def _arc_and_rv_inside(p, rv_mask, spacing_rc):
+    """(septal arc in degrees walked anterior -> inferior in the slice's sense, True if the RV
+    direction lies on that arc): the handles are 'crossed' when the RV is not between them."""
+    sy, sx = spacing_rc
+    cx, cy = p["centre_ijk"][:2]
+    ang = lambda i, j: np.arctan2((j - cy) * sy, (i - cx) * sx)
+    sigma = p["sense"]
+    ant, inf = ang(*p["anterior_ijk"][:2]), ang(*p["inferior_ijk"][:2])
+    rr, cc = np.nonzero(rv_mask)
+    rv = np.arctan2(np.sin(ang(cc, rr)).mean(), np.cos(ang(cc, rr)).mean())
+    arc = np.degrees(np.mod(sigma * (ant - inf), 2 * np.pi))
+    to_rv = np.degrees(np.mod(sigma * (ant - rv), 2 * np.pi))
+    return arc, to_rv < arc
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_sliver_of_labelled_rv_still_gives_the_true_arc_from_the_bolus(seed):
+    # the QPerf failure: the network labels a corner of the RV only, a contact arc of 10-13 degrees
+    study, truth = make_perfusion_phantom(seed=seed, noise=0.01)
+    mask = next(iter(study.labels.values())).copy()
+    for k in range(mask.shape[0]):
+        rows, cols = np.nonzero(mask[k] == RV)
+        far = np.hypot(rows - rows.mean(), cols - cols.mean()) > 4      # keep a patch of radius 4 px
+        mask[k][rows[far], cols[far]] = 0
+    found = {p["slice"]: p for p in study_insertion_points(study, mask)}
+    m = study.ijk_to_ras
+    for k, (ant_ijk, inf_ijk) in enumerate(truth["insertion_points"]):
+        p = found[k]
+        assert p["source"] == "rv_at_peak" and p["rv_source"] == "bolus" and p["warning"] is None
+        c = study.ijk_to_ras_points(truth["lv_centre_ijk"][k])[0]
+        for which, true_ijk in (("anterior", ant_ijk), ("inferior", inf_ijk)):
+            err = insertion_angle_error_deg(p[f"{which}_ras"], c, m[:3, :3] @ np.asarray(true_ijk, float) + m[:3, 3], c)
+            assert err < 5.0, (k, which, err)
+
+
+def test_no_bolus_rv_and_a_sliver_falls_back_to_120_degrees_on_the_rv_and_warns():
+    # a labelled RV of a few pixels and no blood peaking before the LV (RV curve = LV curve)
+    study, truth = make_perfusion_phantom(seed=2, noise=0.01)
+    lab = next(iter(study.labels.values())).copy()
+    images = study.images.copy()
+    lv_curve = images[:, 1][:, lab[1] == LV].mean(1)
+    for k in range(3):
+        images[:, k][:, lab[k] == RV] = lv_curve[:, None] * 0.2
+    rows, cols = np.nonzero(lab[1] == RV)
+    centre = np.hypot(rows - rows.mean(), cols - cols.mean()) <= 2.5
+    sliver = np.zeros_like(lab[1], bool)
+    sliver[rows[centre], cols[centre]] = True
+    lab[1][(lab[1] == RV) & ~sliver] = 0
+    p = perfusion_insertion_points(lab[1], images[:, 1], (1.8, 1.8), normal=truth["apex_to_base"],
+                                   ijk_to_ras=study.ijk_to_ras, k=1, dt_s=0.5)
+    assert p["rv_source"] == "labels" and "120 degree" in p["warning"]
+    arc, rv_inside = _arc_and_rv_inside({**p, "anterior_ijk": p["anterior_ij"], "inferior_ijk": p["inferior_ij"],
+                                         "centre_ijk": p["centre_ij"]}, sliver, (1.8, 1.8))
+    assert abs(arc - 120.0) < 1.0 and rv_inside
+
+
+def test_qperf_handles_span_a_plausible_arc_around_the_rv(shared_data):
+    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.readers import load_study
+
+    for series in ("rest", "stress"):
+        study = load_study(shared_data / "qperf", series=series)
+        labels, _ = segment(study)
+        a = Analysis(study, labels).run()
+        (p,) = a.insertion
+        rv, how = rv_at_peak(study.images[:, 0], labels[0][0], (study.spacing[1], study.spacing[0]), 0.5)
+        arc, rv_inside = _arc_and_rv_inside(p, rv, (study.spacing[1], study.spacing[0]))
+        # before: 10-13 degree arcs from a contact with a sliver of labelled RV
+        assert 60.0 <= arc <= 200.0 and rv_inside, (series, arc, rv_inside, how)
+        assert p["source"] == "rv_at_peak" and how == "bolus"
