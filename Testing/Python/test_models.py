@@ -122,7 +122,7 @@ def test_shipped_models_verify():
     for card in cards:
         if card["_folder"].startswith(str(registry.SHIPPED_DIR)):
             registry.verify_weights(card)
-            loaded = registry.load_model(card["name"])
+            loaded = registry.load_model(card["name"], runtime="torch")
             assert parameter_count(loaded.module) == card["architecture"]["parameter_count"]
 
 

@@ -24,3 +24,89 @@ def ship_model(state_dict, card, dest_root=None, overwrite=False):
                        "bytes": (folder / WEIGHTS_NAME).stat().st_size}
     (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
     return folder
+
+
+ONNX_NAME = "model.onnx"
+ONNX_OPSET = 17
+
+
+def parity_inputs(card, seed=0):
+    """Network inputs the export is checked on: a phantom study prepared as the analysis prepares
+    it (realistic intensities and anatomy), and a random batch of another shape (rows != cols,
+    batch > 1) so that a graph frozen to one shape fails."""
+    import numpy as np
+
+    from .array_ops import pad_to_multiple, resample_slices
+    from .preprocess import model_grid_shape, normalise_volume
+
+    spec = card["input"]
+    multiple = spec.get("size_multiple", 16 if card["task"] == "cine" else 8)
+    rng = np.random.default_rng(seed)
+    if card["task"] == "perfusion":
+        from ..phantom import make_perfusion_phantom
+
+        study, _ = make_perfusion_phantom(seed=seed, noise=0.02)
+        frames = spec.get("frames", 48)
+        x = study.images[:frames, :].transpose(1, 0, 2, 3).astype(np.float32)
+        x = np.maximum(x, 0) / np.maximum(x.max(axis=(1, 2, 3), keepdims=True), 1e-6)
+        phantom = pad_to_multiple(x, multiple)[0]
+        rand = rng.random((2, frames, 5 * multiple, 7 * multiple), dtype=np.float32)
+    else:
+        from ..phantom_cine import make_cine_phantom
+
+        study, _ = make_cine_phantom(seed=seed)
+        vol = normalise_volume(study.images[0])
+        grid = model_grid_shape(vol.shape[1:], (study.spacing[1], study.spacing[0]), spec["pixel_mm"])
+        phantom = pad_to_multiple(resample_slices(vol[:, None], grid), multiple)[0]
+        rand = rng.random((2, 1, 5 * multiple, 7 * multiple), dtype=np.float32)
+    return {"phantom": phantom, "random": rand}
+
+
+def export_onnx(folder, opset=ONNX_OPSET):
+    """Export the torch network of the model in ``folder`` to ``model.onnx`` (batch, rows and cols
+    dynamic), check it against torch on ``parity_inputs``, and record file, sha256, opset and the
+    largest score difference in the card's ``onnx`` entry. Returns the updated card."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from .inference import OnnxModule
+    from .registry import _build_module, read_card, sha256_of, verify_weights
+
+    folder = Path(folder)
+    card = read_card(folder)
+    module = _build_module(card, verify_weights(card))
+    inputs = parity_inputs(card)
+    tmp = folder / (ONNX_NAME + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns about traced shape arithmetic it handles
+        torch.onnx.export(module, (torch.from_numpy(inputs["random"]),), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["scores"], do_constant_folding=True,
+                          dynamic_axes={"image": {0: "batch", 2: "rows", 3: "cols"},
+                                        "scores": {0: "batch", 2: "rows", 3: "cols"}})
+    ort = OnnxModule(tmp)
+    diffs = {}
+    with torch.inference_mode():
+        for label, x in inputs.items():
+            reference = module(torch.from_numpy(x)).numpy()
+            scores = ort.run_numpy(x)
+            if scores.shape != reference.shape:
+                tmp.unlink()
+                raise RuntimeError(f"{card['name']}: ONNX gives {scores.shape} for {x.shape}, torch {reference.shape}")
+            diffs[label] = float(np.abs(scores - reference).max())
+            if not np.array_equal(scores.argmax(1), reference.argmax(1)):
+                diffs[label + "_label_pixels_differing"] = int((scores.argmax(1) != reference.argmax(1)).sum())
+    worst = max(v for k, v in diffs.items() if not k.endswith("differing"))
+    if worst > 1e-3:
+        tmp.unlink()
+        raise RuntimeError(f"{card['name']}: the ONNX export differs from torch by {worst:.2g} in class scores; not shipped")
+    os.replace(tmp, folder / ONNX_NAME)
+    card = json.loads((folder / CARD_NAME).read_text())
+    card["onnx"] = {"file": ONNX_NAME, "sha256": sha256_of(folder / ONNX_NAME), "bytes": (folder / ONNX_NAME).stat().st_size,
+                    "opset": opset, "exporter": f"torch.onnx.export (TorchScript exporter), torch {torch.__version__.split('+')[0]}",
+                    "parity_max_abs_diff": worst,
+                    "parity": {"what": "max |ONNX Runtime - torch| of the class scores (logits), float32",
+                               "inputs": {k: list(v.shape) for k, v in inputs.items()}, **diffs}}
+    (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    return card
