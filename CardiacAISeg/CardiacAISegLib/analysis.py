@@ -133,7 +133,7 @@ class Analysis:
             self.timing_s["mbf_map"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         else:
-            self.cine = cine_measures(self.study, self.labels)
+            self.cine = cine_measures(self.study, self.labels, density=self.density)   # --density is the mass's too
             self.warnings += self.cine.pop("warnings", [])
         self._compute_geometry()
         self._compute_segment_values()
@@ -164,6 +164,9 @@ class Analysis:
         images, dt = _regular_frames(st.images, times)
         if images is not st.images:
             aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
+        # --- motion correction (issue 9, motion.py): each frame moved onto the mask before its curves are read
+        from .motion import correct as motion_correct
+        images, st.provenance["motion"] = motion_correct(images, self.labels[self.reference_frame], (st.spacing[1], st.spacing[0]))
         self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
         self._curves = (images, aif, np.arange(images.shape[0]) * dt)   # for the semi-quantitative indices
 
@@ -189,13 +192,20 @@ class Analysis:
     def _compute_geometry(self):
         ref = self.labels[self.reference_frame]
         st = self.study
+        levels_found = True
         if st.kind == PERFUSION:
             names = {1: ("mid",), 2: ("basal", "mid"), 3: ("basal", "mid", "apical")}.get(st.n_slices, ("basal", "mid", "apical"))
             self.levels = geometry.slice_levels(ref, st, perfusion_levels=names)
         else:
-            self.levels = geometry.slice_levels(ref, st)
+            try:
+                self.levels = geometry.slice_levels(ref, st)
+            except CardiacInputError as e:
+                # no slice with both LV pool and myocardium: no AHA segments, but volumes, EF and
+                # mass are still measured (and QC flags the missing structure)
+                self.levels, levels_found = {}, False
+                self.warnings.append(f"{e.problem}: AHA segments not assigned; volumes are measured as labelled")
         self.insertion = []
-        if (ref == RV).any():
+        if (ref == RV).any() and levels_found:
             try:
                 self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True)
             except CardiacInputError as e:

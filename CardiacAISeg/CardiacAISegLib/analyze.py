@@ -18,6 +18,7 @@ from .study import PERFUSION
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
 SPECIAL_LABELS = (STUDY_LABELS, RING_LABELS)
+DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
 OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
 
 
@@ -210,10 +211,24 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         kind=None, device=None, progress=None, units=None, bullseye="mbf"):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
     check_outputs(out_dir, force)
+    if density is None or not DENSITY_RANGE_G_ML[0] <= density <= DENSITY_RANGE_G_ML[1]:
+        # it scales LV mass and MBF: 10.5 for 1.05 is a factor of ten nobody would see
+        raise CardiacInputError("--density", f"{density} g/mL is not a myocardial tissue density; accepted: > 0 g/mL, "
+                                             f"{DENSITY_RANGE_G_ML[0]:g}-{DENSITY_RANGE_G_ML[1]:g} (default 1.05)")
     t0 = time.perf_counter()
     study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
                               aif=aif, dt=dt, progress=progress, units=units)
     timing = {"load": time.perf_counter() - t0}
+    # --- flags that do not apply to this input: refused or said, never silently ignored
+    if rest is not None and study.kind != PERFUSION:
+        raise CardiacInputError("--rest", f"a rest perfusion series goes with a stress perfusion series (for the MPR); "
+                                          f"{input_path} is a {study.kind} series")
+    unused = []
+    if labels is not None and model is not None:
+        unused.append(f"--model {model} not used: the label maps given with --labels are measured, no network runs")
+    if labels is not None and frames != "ed_es":
+        unused.append(f"--frames {frames} not used: it chooses the frames a network segments; --labels gives the label maps")
+    # --- end of flags check
     rest_analysis = None
     if rest is not None:
         rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention, aif=rest_aif,
@@ -223,6 +238,7 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                                             rest=rest_analysis, device=device, progress=progress)
     if labels == RING_LABELS:
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
+    analysis.warnings += unused
     if bullseye != "mbf":
         analysis.set_bullseye_measure(bullseye)
     timing.update(t)

@@ -144,8 +144,8 @@ def _ef(edv, esv):
     return 100.0 * (edv - esv) / edv if edv > 0 else None
 
 
-def cine_measures(study, labels=None):
-    """EDV/ESV/SV/EF, LV mass (1.05 g/mL x myocardium at ED) and RV volumes of a cine study.
+def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
+    """EDV/ESV/SV/EF, LV mass (``density``, 1.05 g/mL, x myocardium at ED) and RV volumes of a cine study.
 
     ``labels`` (``{frame: (S, R, C) label map}``) defaults to ``study.labels``. ED and ES are
     ``study.ed_frame`` / ``study.es_frame`` when the reader knows them (ACDC Info.cfg), else
@@ -171,8 +171,9 @@ def cine_measures(study, labels=None):
     if ed is None or es is None:
         if len(curve) < 2:
             missing = "ED" if ed is None else "ES"
-            raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s): "
-                                           "label ED and ES, or the whole cycle")
+            raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s) "
+                                           f"(frame {sorted(curve)} of {study.n_frames}): label ED and ES, or the whole "
+                                           "cycle (a 3D label map labels one frame; give a 4D one)")
         c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
         warnings += w
         ed = c_ed if ed is None else ed
@@ -201,7 +202,7 @@ def cine_measures(study, labels=None):
     out = {
         "ed_frame": int(ed), "es_frame": int(es),
         "lv_edv_ml": lv_edv, "lv_esv_ml": lv_esv, "lv_sv_ml": lv_edv - lv_esv, "lv_ef_pct": _ef(lv_edv, lv_esv),
-        "lv_mass_g": MYOCARDIAL_DENSITY_G_ML * curve[ed]["myo"],
+        "lv_mass_g": float(density) * curve[ed]["myo"],
         "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv,
         "rv_sv_ml": (rv_edv - rv_esv) if rv_edv > 0 else None, "rv_ef_pct": _ef(rv_edv, rv_esv),
         "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,

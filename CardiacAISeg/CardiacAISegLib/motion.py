@@ -55,9 +55,11 @@ def _low_rank(stack, rank):
     t = stack.shape[0]
     x = stack.reshape(t, -1)
     mean = x.mean(0, keepdims=True)
-    u, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    r = min(rank, s.size)
-    return (mean + (u[:, :r] * s[:r]) @ vt[:r]).reshape(stack.shape)
+    centred = x - mean
+    # the temporal components from the small (T, T) Gram matrix: a full SVD of (T, pixels) is slow
+    vals, vecs = np.linalg.eigh(centred @ centred.T)
+    u = vecs[:, ::-1][:, :min(rank, t)]
+    return (mean + u @ (u.T @ centred)).reshape(stack.shape)
 
 
 def _integer_search(moving, ref, weight, max_px):
@@ -89,7 +91,7 @@ def _refine(moving, ref, weight, d, iterations=8):
         a = np.array([[(gr * gr * weight).sum(), (gr * gc * weight).sum()],
                       [(gr * gc * weight).sum(), (gc * gc * weight).sum()]])
         b = -np.array([(gr * err).sum(), (gc * err).sum()])
-        if np.linalg.cond(a) > 1e8:
+        if np.linalg.det(a) <= 1e-12 * max(np.trace(a) ** 2, 1e-300):
             break
         step = np.linalg.solve(a, b)
         d += np.clip(step, -1.0, 1.0)
@@ -121,10 +123,8 @@ def _relative_shifts(win, weight, max_px, noise):
     return shifts, usable
 
 
-def _homogeneity_cost(win, lab_win, shifts, offset):
-    """Spread of the myocardial and LV-pool curves when the aligned series is moved by ``offset``."""
+def _spread(stack, lab_win):
     cost = 0.0
-    stack = np.stack([_shift(win[t], shifts[t] + offset, order=1) for t in range(win.shape[0])])
     for value in (MYO, LV):
         sel = lab_win == value
         if sel.sum() < 4:
@@ -134,16 +134,26 @@ def _homogeneity_cost(win, lab_win, shifts, offset):
     return cost
 
 
+def _homogeneity_cost(win, lab_win, shifts, offset):
+    """Spread of the myocardial and LV-pool curves when the aligned series is moved by ``offset``."""
+    return _spread(np.stack([_shift(win[t], shifts[t] + offset, order=1) for t in range(win.shape[0])]), lab_win)
+
+
 def _mask_offset(win, lab_win, shifts, max_px=3):
     """The common offset (drow, dcol) that brings the aligned series onto the mask."""
+    # whole pixels first, by moving the mask over the aligned series (no resampling per offset)
+    aligned = np.stack([_shift(win[t], shifts[t], order=1) for t in range(win.shape[0])])
+    h, w = lab_win.shape
     best, best_d = np.inf, np.zeros(2)
-    grid = np.arange(-max_px, max_px + 1)
-    costs = np.full((grid.size, grid.size), np.inf)
-    for i, dr in enumerate(grid):
-        for j, dc in enumerate(grid):
-            costs[i, j] = _homogeneity_cost(win, lab_win, shifts, np.array([dr, dc], float))
-            if costs[i, j] < best:
-                best, best_d = costs[i, j], np.array([dr, dc], float)
+    for dr in range(-max_px, max_px + 1):
+        for dc in range(-max_px, max_px + 1):
+            # the series moved by d, seen through the mask: aligned(x + d) against lab(x)
+            rs_a, rs_l = slice(max(dr, 0), h + min(dr, 0)), slice(max(-dr, 0), h + min(-dr, 0))
+            cs_a, cs_l = slice(max(dc, 0), w + min(dc, 0)), slice(max(-dc, 0), w + min(-dc, 0))
+            c = _spread(aligned[:, rs_a, cs_a], lab_win[rs_l, cs_l])
+            if c < best:
+                best, best_d = c, np.array([dr, dc], float)
+    best = _homogeneity_cost(win, lab_win, shifts, best_d)
     # sub-pixel: a pattern search of halving steps (the cost is V-shaped, not a parabola, at the
     # edges: a parabola through the integer neighbours was biased by 0.15 px on still phantoms)
     step = 0.5

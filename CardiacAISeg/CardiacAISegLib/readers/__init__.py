@@ -84,6 +84,14 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
     return study
 
 
+def _series_not_applicable(path, series, what):
+    """--series picks a DICOM series (or 'rest'/'stress' of a QPerf folder): given for an input
+    that holds one series it would be ignored, so the user may believe another one was read."""
+    if series is not None and str(series).lower() not in ("rest", "stress"):
+        raise CardiacInputError("--series", f"{series!r} chooses a series of a DICOM folder, but {path} is {what}, which "
+                                            "holds one series; leave --series out")
+
+
 def _read(path, kind, series, aif, dt, progress, units):
     """The images, geometry and frame times of ``path``; perfusion formats come back finished."""
     from .volume import volume_suffix
@@ -99,11 +107,15 @@ def _read(path, kind, series, aif, dt, progress, units):
         if what == "acdc":
             from .acdc import load_acdc_patient
 
+            _series_not_applicable(path, series, "an ACDC patient folder")
+
             study = load_acdc_patient(path)
             study.provenance["format_kind"] = (CINE, "an ACDC cine patient folder (Info.cfg)")
             return study
         if what == "frames":
             from .volume import load_frame_folder
+
+            _series_not_applicable(path, series, "a folder of per-frame volume files")
 
             return load_frame_folder(path, kind=kind or CINE, progress=progress)
         if what == "single":
@@ -119,6 +131,8 @@ def _read(path, kind, series, aif, dt, progress, units):
 
         target = path.parent if path.name == "params.json" else path
         return load_perfusion(target, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
+    if suffix in _VOLUME:
+        _series_not_applicable(path, series, f"a {suffix} file")
     if suffix in _VOLUME and (kind == PERFUSION or aif is not None):
         # a perfusion file: a 3D image is one slice over time, (x, y, frames)
         from .perfusion import read_perfusion_image

@@ -25,14 +25,20 @@ def read_info_cfg(path):
     except OSError as e:
         raise CardiacInputError(path, f"cannot read Info.cfg ({e.strerror})")
     for line in text.splitlines():
-        if ":" not in line:
+        sep = ":" if ":" in line else "=" if "=" in line else None   # "ED = 1" is a common hand edit
+        if sep is None:
             continue
-        key, value = (s.strip() for s in line.split(":", 1))
+        key, value = (s.strip() for s in line.split(sep, 1))
         if key in ("ED", "ES", "NbFrame"):
             try:
-                info[key] = int(float(value))
+                number = float(value)
             except ValueError:
-                raise CardiacInputError(path, f"{key} is not a number: {value!r}")
+                raise CardiacInputError(path, f"{key} is not a number: {value!r}; accepted: a whole frame number (1-based)")
+            # int(float("1.5")) would silently pick frame 1
+            if not number.is_integer() or number < 1:
+                raise CardiacInputError(path, f"{key} {value!r} is not a frame number; accepted: a whole number from 1 "
+                                              "(frames are counted from 1)")
+            info[key] = int(number)
         elif key in ("Height", "Weight"):
             try:
                 info[key] = float(value)
@@ -43,6 +49,14 @@ def read_info_cfg(path):
     for key in ("ED", "ES"):
         if key not in info:
             raise CardiacInputError(path, f"missing {key} frame number")
+    if info["ED"] == info["ES"]:
+        # EDV = ESV, EF 0 %: never a measurement
+        raise CardiacInputError(path, f"ED and ES are the same frame ({info['ED']}); end-diastole and end-systole are "
+                                      "different frames of the cycle")
+    if "NbFrame" in info:
+        for key in ("ED", "ES"):
+            if info[key] > info["NbFrame"]:
+                raise CardiacInputError(path, f"{key} frame {info[key]} is beyond NbFrame {info['NbFrame']}")
     return info
 
 
@@ -75,7 +89,25 @@ def load_nifti(path):
         raise CardiacInputError(path, f"not a readable NIfTI file: {diagnose_nifti(path) or f'{type(e).__name__}: {e}'}")
     if not np.all(np.isfinite(data)):
         raise CardiacInputError(path, "contains NaN or infinite values")
+    _refuse_forms_that_disagree(path, img.header)
     return data, np.asarray(img.affine, float), img.header
+
+
+def _refuse_forms_that_disagree(path, header):
+    """A NIfTI with both an sform and a qform whose voxel sizes differ: nibabel (and so these
+    numbers) use the sform, ITK and Slicer the qform, so the volume depends on the program."""
+    try:
+        codes = int(header["sform_code"]), int(header["qform_code"])
+    except (KeyError, ValueError, TypeError):   # Analyze 7.5 has neither
+        return
+    if codes[0] <= 0 or codes[1] <= 0:
+        return
+    s = np.linalg.norm(header.get_sform()[:3, :3], axis=0)
+    q = np.linalg.norm(header.get_qform()[:3, :3], axis=0)
+    if np.all(np.isfinite(s)) and np.all(np.isfinite(q)) and not np.allclose(s, q, rtol=0.01):
+        raise CardiacInputError(path, f"the header's sform and qform give different voxel sizes ({np.round(s, 4).tolist()} vs "
+                                      f"{np.round(q, 4).tolist()} mm): programs that read the sform (nibabel) and the qform "
+                                      "(ITK, Slicer) would measure different volumes; re-export the image with one geometry")
 
 
 def _raw_pixdim(path):

@@ -252,6 +252,9 @@ def _study_name(folder):
 
 def _pick_series(folder, series, choice):
     if not series:
+        if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
+            raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
+                                            "the images it lists are not here; give the folder that holds the image files")
         raise CardiacInputError(folder, "no DICOM image files in this folder")
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
@@ -396,15 +399,10 @@ def _geometry(f, ds, fixes=None):
         if tag not in ds or ds.get(tag) in (None, ""):
             reason = ds.missing_reason(tag) if isinstance(ds, EnhancedFrame) else None
             raise CardiacInputError(f, reason or f"missing DICOM tag {tag}, needed for the image geometry")
-    try:
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        ps = [float(v) for v in ds.PixelSpacing]
-    except (TypeError, ValueError) as e:
-        raise CardiacInputError(f, f"unreadable geometry tags ({e})" + (f" in frame {ds.frame_number}" if isinstance(ds, EnhancedFrame) else ""))
-    if iop.size != 6 or ipp.size != 3 or len(ps) != 2:
-        raise CardiacInputError(f, "ImageOrientationPatient/ImagePositionPatient/PixelSpacing have the wrong number of values")
     frame = f" (frame {ds.frame_number})" if isinstance(ds, EnhancedFrame) else ""
+    iop = np.array(_numbers(f, ds, "ImageOrientationPatient", 6, frame))
+    ipp = np.array(_numbers(f, ds, "ImagePositionPatient", 3, frame))
+    ps = _numbers(f, ds, "PixelSpacing", 2, frame)
     if not np.all(np.isfinite(ipp)):
         raise CardiacInputError(f, f"ImagePositionPatient {ipp.tolist()}{frame} is not finite")
     check_spacing_values(f, ps, "PixelSpacing" + frame)
@@ -414,18 +412,91 @@ def _geometry(f, ds, fixes=None):
     return np.concatenate([row, col]), ipp, ps
 
 
-def _pixels(f, ds):
+def _numbers(f, ds, tag, count, frame=""):
+    """The ``count`` numbers of a geometry tag, or an error naming the tag and its text."""
+    try:
+        values = [float(v) for v in (ds.get(tag) if not isinstance(ds.get(tag), (int, float)) else [ds.get(tag)])]
+    except (TypeError, ValueError):
+        raw = None
+        if hasattr(ds, "get_item"):
+            try:
+                item = ds.get_item(tag)
+                raw = item.value.decode("latin-1", "replace").strip() if isinstance(item.value, bytes) else item.value
+            except Exception:   # only for the message: the value is broken either way
+                raw = None
+        shown = f" {raw!r}" if raw is not None else ""
+        raise CardiacInputError(f, f"{tag}{shown}{frame} is not a list of {count} numbers (a DICOM decimal string, "
+                                   "e.g. 1.25\\1.25); the file's header is damaged") from None
+    if len(values) != count:
+        raise CardiacInputError(f, f"{tag}{frame} has {len(values)} value(s) {_fmt_values(values)}, needs {count}")
+    return values
+
+
+def _fmt_values(values):
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+# Pixel data the numpy/pydicom fallback cannot decode without an extra package
+_DECODER_HINT = ("install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) or export "
+                 "uncompressed DICOM (e.g. gdcmconv --raw, dcmdjpeg)")
+
+
+def _check_pixel_format(f, ds):
+    """Refuse colour images and name an undecodable compression before decoding."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise CardiacInputError(f, f"a colour image (PhotometricInterpretation {photometric}, SamplesPerPixel {samples}): "
+                                   "a screenshot or secondary capture, not MR data; accepted: greyscale (MONOCHROME1/2) "
+                                   "MR images")
+
+
+def _transfer_syntax(ds):
+    source = ds.source.ds if isinstance(ds, EnhancedFrame) else ds
+    return getattr(getattr(source, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
+
+
+def _pixels(f, ds, notes=None):
+    """One image as float32 in real-world units (RescaleSlope/Intercept applied; MONOCHROME1
+    inverted so that bright means signal, as in MONOCHROME2). ``notes`` (a dict) collects
+    {what: first file} for the reader's warnings."""
     if not isinstance(ds, EnhancedFrame) and int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise CardiacInputError(f, "multi-frame DICOM without per-frame functional groups is not supported; "
                                    "export single-frame or Enhanced MR images")
+    _check_pixel_format(f, ds)
     try:
         with _quiet():
             a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
     except CardiacInputError:
         raise
     except Exception as e:
+        ts = _transfer_syntax(ds)
+        if ts is not None and getattr(ts, "is_compressed", False):
+            raise CardiacInputError(f, f"pixel data compressed as {getattr(ts, 'name', '') or 'unknown'} (transfer syntax "
+                                       f"{ts}) could not be decoded ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                                       f"{_DECODER_HINT}") from None
         raise CardiacInputError(f, f"cannot read the pixel data (truncated, corrupt or unsupported compression: {type(e).__name__}: {e})")
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    if a.shape != (int(ds.Rows), int(ds.Columns)):
+        raise CardiacInputError(f, f"pixel data of shape {a.shape} where Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)}: "
+                                   "one greyscale image per file (or frame) is accepted")
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        # MONOCHROME1: the lowest value is shown white; a network trained on MONOCHROME2 would
+        # see blood dark. Mirror within the stored range so the series keeps one scale.
+        bits = int(ds.get("BitsStored", 16) or 16)
+        a = (-1.0 - a) if int(ds.get("PixelRepresentation", 0) or 0) == 1 else (float(2 ** bits - 1) - a)
+        if notes is not None:
+            notes.setdefault("MONOCHROME1", f)
+    try:
+        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope", 1) not in (None, "") else 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise CardiacInputError(f, f"RescaleSlope/RescaleIntercept {ds.get('RescaleSlope')!r}/{ds.get('RescaleIntercept')!r} "
+                                   "are not numbers") from None
+    if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
+        # a slope of 0 would make every pixel the intercept: an invalid header, not an image
+        if notes is not None:
+            notes.setdefault("RescaleSlope", (f, slope))
+        slope, intercept = 1.0, 0.0 if not np.isfinite(intercept) else intercept
     return a * slope + intercept
 
 
@@ -464,6 +535,27 @@ def _load_series(folder, series, kind, progress):
         add_warning(study, f"{len(copies)} file(s) are copies of other images (same SOPInstanceUID, position and time), "
                            f"read once: {pairs}{more}")
     return check_geometry(study, folder)
+
+
+def _drop_stray_orientations(geo, items):
+    """(geo, items, dropped files) without a few images in other orientations than the stack.
+
+    Scanners file localisers / scouts under the cine's series now and then: a handful of
+    images (at most 3, or a fifth of the stack) whose orientation differs are left out, with a
+    warning. More than that is two views of the heart, and the caller refuses it."""
+    keys = [tuple(np.round(g[2], 3)) for g in geo]
+    counts = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    if len(counts) < 2:
+        return geo, items, []
+    main = max(counts, key=counts.get)
+    stray = len(geo) - counts[main]
+    if counts[main] < 2 or stray > max(3, 0.2 * counts[main]):
+        return geo, items, []
+    keep = [k == main for k in keys]
+    dropped = [g[0] for g, ok in zip(geo, keep) if not ok]
+    return [g for g, ok in zip(geo, keep) if ok], [it for it, ok in zip(items, keep) if ok], dropped
 
 
 def _same_time_key(ds):
@@ -508,14 +600,20 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
+    geo, items, dropped = _drop_stray_orientations(geo, items)
+    if dropped:
+        early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers?) "
+                            f"left out: {_names(dropped, folder)}"]
+    else:
+        early_localisers = []
     orients = {}
     for g in geo:
         orients.setdefault(tuple(np.round(g[2], 3)), g[0])
     if len(orients) > 1:
         (o1, f1), (o2, f2) = list(orients.items())[:2]
         raise CardiacInputError(folder, f"series {uid} mixes {len(orients)} image orientations (e.g. localisers or several "
-                                        f"views): {_names([f1], folder)} {list(o1)} vs {_names([f2], folder)} {list(o2)}; "
-                                        "export one stack of parallel slices")
+                                        f"views): {_names([f1], folder)} {_fmt_values(o1)} vs {_names([f2], folder)} "
+                                        f"{_fmt_values(o2)}; export one stack of parallel slices")
     for g in geo[1:]:
         if not np.allclose(g[4], geo[0][4], rtol=1e-3, atol=1e-4):
             raise CardiacInputError(g[0], f"PixelSpacing {g[4]} mm differs from {geo[0][4]} mm of "
@@ -552,7 +650,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = []
+    early_warnings = list(early_localisers)
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
@@ -566,13 +664,14 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     images = np.empty((n_t, n_s, rows, cols), np.float32)
     times = np.full((n_t, n_s), np.nan)
     instance_map, sop_map, frame_map, warn = {}, {}, {}, list(early_warnings)
+    pixel_notes = {}
     done = 0
     for k, g in enumerate(groups):
         for t, (f, ds, *_rest) in enumerate(g):
             if done % 20 == 0:
                 progress(done, n_t * n_s, "reading DICOM pixels")
             done += 1
-            images[t, k] = _pixels(f, ds)
+            images[t, k] = _pixels(f, ds, pixel_notes)
             tt = _frame_time_s(ds, clock)
             times[t, k] = np.nan if tt is None else tt
             if isinstance(ds, EnhancedFrame):   # frames share their file's InstanceNumber and SOP UID
@@ -586,6 +685,13 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             if "SOPInstanceUID" in ds:
                 sop_map[str(ds.SOPInstanceUID)] = (t, k)
     progress(n_t * n_s, n_t * n_s, "read DICOM")
+    if "MONOCHROME1" in pixel_notes:
+        warn.append(f"PhotometricInterpretation MONOCHROME1 (inverted grey scale, e.g. {_names([pixel_notes['MONOCHROME1']], folder)}): "
+                    "grey values inverted to MONOCHROME2 (bright = signal) before analysis")
+    if "RescaleSlope" in pixel_notes:
+        bad_file, bad_slope = pixel_notes["RescaleSlope"]
+        warn.append(f"RescaleSlope {bad_slope:g} in {_names([bad_file], folder)} (and maybe others) is not a valid scale: "
+                    "taken as 1, so pixel values are the stored values; intensities are not in the scanner's units")
     if not np.all(np.isfinite(images)):
         raise CardiacInputError(folder, "pixel data contains NaN or infinite values")
 

@@ -173,11 +173,21 @@ def slice_gap_warnings(positions):
     return out
 
 
+def check_not_blank(path, images):
+    """Refuse images whose every pixel has one value (an export that lost its pixel data):
+    given label maps would still give volumes, of a study nobody can see."""
+    images = np.asarray(images)
+    if images.size and float(images.min()) == float(images.max()):
+        raise CardiacInputError(path, f"every pixel of the image is {float(images.min()):g}: it holds no image data "
+                                      "(a blank or failed export?)")
+
+
 def check_geometry(study, path=None):
     """Validate a reader's Study (see the module docstring); warnings into its provenance.
 
     Returns the study. Raises CardiacInputError naming ``path`` (default: the study's source)."""
     path = path or study.source or study.name
+    check_not_blank(path, study.images)
     prov = study.provenance
     for w in validate_affine(path, study.ijk_to_ras):
         add_warning(prov, w)

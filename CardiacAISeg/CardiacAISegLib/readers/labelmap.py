@@ -50,6 +50,7 @@ def read_labels(path, convention="acdc"):
     values = np.rint(data).astype(np.int32)
     if not np.allclose(values, data):
         raise CardiacInputError(path, "label values are not whole numbers; is this an image rather than a label map?")
+    _refuse_image_as_labels(path, values)
     if mapping:
         out = np.zeros(values.shape, np.uint8)
         for v, target in mapping.items():
@@ -58,16 +59,83 @@ def read_labels(path, convention="acdc"):
     else:
         out = normalise_labels(values, convention)
         known = set(CONVENTIONS[convention])
-    unknown = sorted(int(v) for v in np.unique(values) if v != 0 and int(v) not in known)
+    present = np.unique(values)
+    unknown = sorted(int(v) for v in present if v != 0 and int(v) not in known)
+    if not out.any():
+        # nothing left to measure: say what the file holds, not "no label maps" later on the image
+        if not unknown:
+            raise CardiacInputError(path, "the label map is all background (0): no LV, myocardium or RV is labelled")
+        raise CardiacInputError(path, f"no LV, myocardium or RV label: the map holds values {_few(unknown)}, which are not "
+                                      f"labels in the {info['convention']} convention (accepted: "
+                                      f"{_accepted(convention, mapping)}); a binary mask (0/1 or 0/255) is not a "
+                                      "ventricle segmentation, choose --label-convention or convert the map")
     if unknown:
-        info["warnings"].append(f"label values {unknown} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
+        info["warnings"].append(f"label values {_few(unknown)} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
     return out, m, info
+
+
+# A label map holds a handful of values; an MR image (integer-valued, so it passes the
+# whole-number test) holds hundreds. More than this many distinct values is an image.
+MAX_LABEL_VALUES = 64
+
+
+def _refuse_image_as_labels(path, values):
+    present = np.unique(values)
+    if present.size > MAX_LABEL_VALUES:
+        raise CardiacInputError(path, f"not a label map: it holds {present.size} different values ({present.min()}..{present.max()}), "
+                                      f"a label map holds a few (0 background, 1-3 the structures); was the image given as --labels?")
+
+
+def _few(values, most=8):
+    shown = ", ".join(str(v) for v in values[:most])
+    return f"[{shown}{', ...' if len(values) > most else ''}]"
+
+
+def _accepted(convention, mapping):
+    if mapping:
+        return "the segment names LV blood pool, LV myocardium, RV"
+    names = {LV: "LV blood pool", MYO: "myocardium", RV: "RV"}
+    return ", ".join(f"{v} {names[t]}" for v, t in sorted(CONVENTIONS[convention].items()))
+
+
+def _myocardium_contact(lab, value):
+    """Share of the in-plane border of structure ``value`` that touches myocardium."""
+    inside = lab == value
+    edges = touching = 0
+    for axis in (1, 2):
+        for step in (1, -1):
+            neighbour = np.roll(lab, step, axis=axis)
+            edge = inside & (neighbour != value)
+            edges += int(edge.sum())
+            touching += int((edge & (neighbour == MYO)).sum())
+    return touching / edges if edges else None
+
+
+def _refuse_swapped_convention(path, labels, convention):
+    """The LV blood pool is ringed by myocardium (over 99 % of its border in ACDC's ground
+    truth), the RV touches it along the septum only (23-44 %). The other way round, the file
+    uses the convention that swaps LV and RV, and the RV would be measured as the LV."""
+    if convention not in ("acdc", "ukbb", "internal"):
+        return
+    t = int(np.argmax([(lab == LV).sum() for lab in labels]))
+    lab = labels[t]
+    if min((lab == LV).sum(), (lab == RV).sum(), (lab == MYO).sum()) < 20:
+        return
+    lv, rv = _myocardium_contact(lab, LV), _myocardium_contact(lab, RV)
+    if lv is not None and rv is not None and lv < 0.5 and rv > 0.7:
+        other = "ukbb" if convention == "acdc" else "acdc"
+        raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the structure read as "
+                                      f"the LV blood pool touches myocardium on {lv:.0%} of its border, the one read as the RV "
+                                      f"on {rv:.0%} (an LV pool is ringed by myocardium); give --label-convention {other} "
+                                      f"(acdc: 1 RV, 2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
 
 
 def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
+    if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
+        _refuse_swapped_convention(path, labels, convention)
     if labels.shape[1:] != study.images.shape[1:]:
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}")

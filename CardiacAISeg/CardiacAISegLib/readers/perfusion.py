@@ -5,6 +5,7 @@ Analyze and 3D NIfTI perfusion files are one slice over time, ``[RO, E1, frames]
 header or a QPerf ``params.json`` - never guessed.
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,20 @@ def _read_image_array(path):
     return data, affine
 
 
+_DECIMAL_COMMA = re.compile(r"^([-+]?\d+),(\d+(?:[eE][-+]?\d+)?)$")
+
+
 def _read_aif_text(path):
     lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise CardiacInputError(path, "empty AIF file")
-    delim = next((d for d in (",", "\t", ";") if d in lines[0]), None)
+    delim = next((d for d in (";", "\t", ",") if d in lines[0]), None)
     rows = [[c.strip().strip('"') for c in (ln.split(delim) if delim else ln.split())] for ln in lines]
+    if delim != ",":
+        # European spreadsheets write "0,25" with ';' or tabs between columns: with ',' not
+        # the column separator, "digits,digits" can only be a decimal comma
+        rows = [[_DECIMAL_COMMA.sub(r"\1.\2", c) for c in r] for r in rows]
     column = 0
     try:
         float(rows[0][0]) if len(rows[0]) == 1 else [float(c) for c in rows[0]]
@@ -43,7 +51,10 @@ def _read_aif_text(path):
         rows = rows[1:]
     else:
         if len(rows[0]) != 1:
-            raise CardiacInputError(path, f"{len(rows[0])} columns and no header; give one column or name the AIF column 'aif'")
+            hint = (" (or are these decimal commas? then separate columns with ';' or write '.' for decimals)"
+                    if delim == "," and all(len(r) == 2 for r in rows) else "")
+            raise CardiacInputError(path, f"{len(rows[0])} columns and no header; give one column or name the AIF column "
+                                          f"'aif'{hint}")
     try:
         return np.array([float(r[column]) for r in rows])
     except (ValueError, IndexError) as e:
@@ -71,7 +82,23 @@ def load_aif(source):
         raise CardiacInputError(path, f"the AIF must be one curve, got shape {aif.shape}")
     if not np.all(np.isfinite(aif)):
         raise CardiacInputError(path, "the AIF contains NaN or infinite values")
+    _refuse_inverted_aif(path, aif)
     return aif
+
+
+def _refuse_inverted_aif(path, aif):
+    """A bolus raises the AIF above its baseline; a curve that mostly falls below it (a sign
+    flip, or a baseline subtracted at the peak) fits as a flow at the bound of the fit."""
+    if aif.size < 3:
+        return
+    base = float(np.median(aif[: max(3, aif.size // 10)]))
+    rise, dip = float(aif.max()) - base, base - float(aif.min())
+    if dip > 0 and dip > 2 * rise:
+        k = int(np.argmin(aif))
+        raise CardiacInputError(path, f"the AIF falls instead of rising: {dip:.3g} below its baseline at frame {k} "
+                                      f"(lowest value {aif.min():.3g}{', negative' if aif.min() < 0 else ''}), at most "
+                                      f"{rise:.3g} above it; accepted: a contrast bolus that rises above the baseline "
+                                      "(is the sign flipped?)")
 
 
 def _qperf_entry(path, stress_or_rest):
@@ -167,6 +194,11 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
     measured = study.frame_times_s
     n = study.n_frames
+    from .geometry_check import check_not_blank
+    from .series_kind import check_perfusion_frames
+
+    check_not_blank(study.source or path, study.images)
+    check_perfusion_frames(study)
     prov = study.provenance
     warnings = prov.setdefault("warnings", [])
 

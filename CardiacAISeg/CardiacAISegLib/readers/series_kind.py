@@ -79,6 +79,18 @@ def evidence(study, aif_given=False, dt=None):
     return sorted(found, key=lambda e: order[e[1]])
 
 
+# A first pass (baseline, arrival, peak, wash-out) needs this many frames; the MBF fit
+# (mbf.py) needs as many.
+MIN_PERFUSION_FRAMES = 8
+
+
+def check_perfusion_frames(study, why="a first-pass perfusion series"):
+    if study.n_frames < MIN_PERFUSION_FRAMES:
+        raise CardiacInputError(study.source or study.name,
+                                f"{study.n_frames} frame(s): {why} needs at least {MIN_PERFUSION_FRAMES} "
+                                "(baseline, bolus arrival, peak and wash-out; typically 40-60 heartbeats)")
+
+
 def decide_kind(study, requested=None, aif_given=False, dt=None):
     """Set ``study.kind`` from the evidence and the user's ``requested`` kind; return it.
 
@@ -86,6 +98,8 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     strong pieces of evidence, or between strong evidence and ``requested``, are errors that
     name the source and what each says.
     """
+    if requested == PERFUSION or aif_given:   # before "a single frame is a cine" contradicts the flags
+        check_perfusion_frames(study, "--kind perfusion" if requested == PERFUSION else "a perfusion series (--aif given)")
     found = evidence(study, aif_given, dt)
     strong = [e for e in found if e[1] == STRONG]
     kinds = {e[0] for e in strong}

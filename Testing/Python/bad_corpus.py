@@ -1,0 +1,1161 @@
+"""A corpus of odd inputs as scanners, PACS exports and new users really produce them.
+
+Each case builds its files in a folder of its own and says what a careful tool must do with
+them (``expect``):
+
+- ``"error"``: refuse: exit 2, one ``error:`` line naming ``named`` (a file, folder or flag)
+  and containing every word of ``words`` (the problem), and no outputs written;
+- ``"warn"``: measure, but say so: exit 0 and every word of ``words`` in a warning or a QC
+  flag code (results.json ``warnings`` / ``qc.flags``);
+- ``"ok"``: a legitimate input: exit 0; ``check(doc)`` (if given) compares numbers with truth.
+
+``run_case`` runs one case through ``cli.main`` (in-process, or a subprocess with
+``subprocess=True``) and ``classify`` names what happened: ``clear_error``, ``unclear_error``,
+``warned``, ``ok``, ``silent_wrong`` (exit 0, nothing said, where a warning or an error was
+due), ``traceback``, ``crash`` (exit 1: the outer guard caught a bug; or a signal),
+``partial_output`` (outputs or staging left by a failed run) and ``outside_write`` (a file
+created or changed outside the case's output folder, the user models folder excepted).
+
+Distinct from ``test_bad_input.py`` / ``test_geometry_checks.py``: these are the variants
+those leave out (compressed transfer syntaxes, RGB, localisers in the series, DICOMDIR only,
+signed data with rescale, European CSV, label maps that are images, Info.cfg typos, ...).
+Run as a script to print the classification table: ``python Testing/Python/bad_corpus.py``.
+"""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dicom_factory import new_dataset, write_dicom, write_perfusion_series  # noqa: E402
+
+OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "segmentation_es.seg.nrrd", "report.png",
+                "scene.mrb")
+SIZE = 64
+PIXEL_MM = 1.6
+SLICE_MM = 8.0
+N_SLICES, N_FRAMES = 8, 6
+
+
+# ------------------------------------------------------------------------------ base data
+@dataclass
+class Base:
+    """Shared, read-only source data built once per corpus folder."""
+    root: Path
+    cine_images: np.ndarray = None     # (T, S, R, C) float32, 0..~1
+    cine_labels: np.ndarray = None     # (T, S, R, C) internal convention
+    perf_dir: Path = None
+    perf_dt: float = None
+    perf_study: object = None
+
+
+def _axial_affine(n_slices=N_SLICES, pixel=PIXEL_MM, slice_mm=SLICE_MM):
+    """IJK->RAS of the DICOM stacks below: IOP (1,0,0,0,1,0), IPP z = k * slice_mm (LPS)."""
+    return np.array([[-pixel, 0, 0, 0], [0, -pixel, 0, 0], [0, 0, slice_mm, 0], [0, 0, 0, 1]], float)
+
+
+def make_base(root):
+    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantom_cine import make_cine_phantom
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    study, _ = make_cine_phantom(seed=3, n_frames=N_FRAMES, n_slices=N_SLICES, size=SIZE, pixel_mm=PIXEL_MM,
+                                 slice_mm=SLICE_MM, slice_direction=1)
+    base = Base(root)
+    base.cine_images = study.images
+    base.cine_labels = np.stack([study.labels[t] for t in range(N_FRAMES)])
+    base.perf_dir = root / "perfusion_phantom"
+    _, pstudy, _ = write_phantom("perfusion", base.perf_dir, seed=1, size=48, n_frames=30)
+    base.perf_study = pstudy
+    base.perf_dt = json.loads((base.perf_dir / "truth.json").read_text())["dt_s"]
+    return base
+
+
+def nifti(path, data_xyzt, affine, dtype=np.float32, **header):
+    import nibabel as nib
+
+    data = np.asarray(data_xyzt).astype(dtype)
+    img = nib.Nifti1Image(data, affine, dtype=data.dtype)
+    for key, value in header.items():
+        img.header[key] = value
+    nib.save(img, str(path))
+    return path
+
+
+def to_xyzt(tkji):
+    """(T, S, R, C) -> (C, R, S, T): the NIfTI order of the same array."""
+    return np.asarray(tkji).transpose(3, 2, 1, 0)
+
+
+def acdc_convention(internal):
+    from CardiacAISegLib.labels import to_convention
+
+    return np.stack([to_convention(m, "acdc") for m in internal])
+
+
+def cine_nifti(base, folder, images=None, labels=None, affine=None, image_dtype=np.float32, label_dtype=np.uint8):
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = _axial_affine() if affine is None else affine
+    img = nifti(folder / "cine.nii.gz", to_xyzt(base.cine_images * 1000 if images is None else images), affine, image_dtype)
+    lab = nifti(folder / "cine_labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels) if labels is None else labels),
+                affine, label_dtype)
+    return img, lab
+
+
+def cine_dicom(base, folder, slices=None, frames=None, per_image=None, series="1.2.826.0.1.3680043.10.99.1",
+               desc="SA cine", number=5):
+    """The cine phantom as classic MR DICOM (uint16), one file per image; ``per_image(ds, k, t)``
+    may change each dataset before it is saved. Returns (folder, labels NIfTI on the same grid)."""
+    from pydicom.uid import MRImageStorage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    slices = list(range(N_SLICES)) if slices is None else slices
+    frames = list(range(N_FRAMES)) if frames is None else frames
+    inst = 0
+    for k in slices:
+        for t in frames:
+            inst += 1
+            ds = new_dataset(MRImageStorage, series, number, desc)
+            ds.Modality = "MR"
+            ds.Rows = ds.Columns = SIZE
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [0.0, 0.0, SLICE_MM * k]
+            ds.SliceThickness = SLICE_MM
+            ds.TriggerTime = 40.0 * t
+            ds.InstanceNumber = inst
+            ds.PixelData = np.rint(base.cine_images[t, k] * 1000).astype(np.uint16).tobytes()
+            if per_image is not None:
+                per_image(ds, k, t)
+            ds.save_as(folder / f"IM{inst:04d}.dcm", enforce_file_format=True)
+    lab = base.cine_labels[np.ix_(frames, slices)]
+    affine = _axial_affine(len(slices))
+    affine[2, 3] = SLICE_MM * slices[0]           # the first slice's position, as the reader finds it
+    labels = nifti(folder.parent / f"{folder.name}_labels.nii.gz", to_xyzt(acdc_convention(lab)), affine, np.uint8)
+    return folder, labels
+
+
+def acdc_folder(base, folder, info, frames=(0, 3), gt=True):
+    """An ACDC patient folder of the cine phantom: ``frames`` written as frame01, frame02, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, t in enumerate(frames, start=1):
+        nifti(folder / f"{folder.name}_frame{n:02d}.nii.gz", to_xyzt(base.cine_images[t:t + 1] * 1000)[..., 0],
+              _axial_affine())
+        if gt:
+            nifti(folder / f"{folder.name}_frame{n:02d}_gt.nii.gz", to_xyzt(acdc_convention(base.cine_labels[t:t + 1]))[..., 0],
+                  _axial_affine(), np.uint8)
+    (folder / "Info.cfg").write_text(info)
+    return folder
+
+
+def perfusion_args(base, **replace):
+    """analyze arguments for the perfusion phantom, with files or values replaced."""
+    d = base.perf_dir
+    args = {"input": d / "perfusion.nii.gz", "--labels": d / "perfusion_labels.nii.gz", "--aif": d / "aif.csv",
+            "--dt": base.perf_dt}
+    args.update(replace)
+    out = [args.pop("input")]
+    for k, v in args.items():
+        if v is not None:
+            out += [k, v]
+    return out
+
+
+# ----------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    name: str
+    build: Callable            # build(base, folder) -> argv (after the command, without --out)
+    expect: str                # "error" | "warn" | "ok"
+    words: tuple = ()
+    named: Optional[Callable] = None   # named(folder) -> what the error line must name
+    command: str = "analyze"
+    check: Optional[Callable] = None   # check(doc, base) for "ok"/"warn" runs: raises AssertionError
+    out: Optional[Callable] = None     # out(folder) -> the --out folder (default folder / "out")
+    category: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+CASES = []
+
+
+def case(name, expect, words=(), named=None, command="analyze", check=None, out=None, category=""):
+    def register(build):
+        CASES.append(Case(name, build, expect, tuple(words), named, command, check, out, category))
+        return build
+    return register
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+@case("dicom_all_zero_length_files", "error", ("empty",), named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    d = f / "dicom"
+    d.mkdir()
+    for n in range(6):
+        (d / f"IM{n:04d}.dcm").write_bytes(b"")
+    return [d]
+
+
+@case("dicom_dicomdir_only", "error", ("DICOMDIR",), named=lambda f: f / "export", category="dicom")
+def _(base, f):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+
+    d = f / "export"
+    d.mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "EXPORT"
+    ds.DirectoryRecordSequence = []
+    ds.save_as(d / "DICOMDIR", enforce_file_format=True)
+    return [d]
+
+
+@case("dicom_compressed_without_decoder", "error", ("transfer syntax",), category="dicom")
+def _(base, f):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    def compress(ds, k, t):
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + os.urandom(200)])   # a J2K start, then noise
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=compress)
+    return [d]
+
+
+@case("dicom_rgb_secondary_capture", "error", ("RGB",), category="dicom")
+def _(base, f):
+    def rgb(ds, k, t):
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = np.zeros((SIZE, SIZE, 3), np.uint8).tobytes()
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=rgb)
+    return [d]
+
+
+@case("dicom_signed_with_rescale", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def signed(ds, k, t):
+        stored = np.rint(base.cine_images[t, k] * 1000).astype(np.int32) - 600      # negative values stored
+        ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept = 2, 1200          # real = 2 * stored + 1200 >= 0
+        ds.PixelData = stored.astype(np.int16).tobytes()
+    d, labels = cine_dicom(base, f / "dicom", per_image=signed)
+    return [d, "--labels", labels]
+
+
+@case("dicom_enhanced_without_per_frame_groups", "error", ("PerFrameFunctionalGroupsSequence",), category="dicom")
+def _(base, f):
+    from pydicom.dataset import Dataset
+    from pydicom.uid import EnhancedMRImageStorage
+
+    d = f / "dicom"
+    d.mkdir()
+    ds = new_dataset(EnhancedMRImageStorage, "1.2.826.0.1.3680043.10.99.7", 9, "enhanced cine")
+    ds.Modality = "MR"
+    ds.Rows = ds.Columns = SIZE
+    ds.NumberOfFrames = 12
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [PIXEL_MM, PIXEL_MM], SLICE_MM
+    shared.PixelMeasuresSequence = [pm]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PixelData = np.zeros((12, SIZE, SIZE), np.uint16).tobytes()
+    ds.save_as(d / "enhanced.dcm", enforce_file_format=True)
+    return [d]
+
+
+@case("dicom_two_slices_only", "warn", ("COVERAGE_SHORT",), category="dicom")
+def _(base, f):
+    d, labels = cine_dicom(base, f / "dicom", slices=[3, 4])
+    return [d, "--labels", labels]
+
+
+@case("dicom_huge_instance_numbers", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def huge(ds, k, t):
+        ds.InstanceNumber = 2147483000 + int(ds.InstanceNumber)
+    d, labels = cine_dicom(base, f / "dicom", per_image=huge)
+    return [d, "--labels", labels]
+
+
+@case("dicom_non_ascii_description", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def umlaut(ds, k, t):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SeriesDescription = "Kurzachse Cine Ä ö ß – 短轴电影"
+        ds.PatientName = "Müller^Jürgen"
+    d, labels = cine_dicom(base, f / "dicom", per_image=umlaut)
+    return [d, "--labels", labels, "--series", "Kurzachse Cine Ä ö ß – 短轴电影"]
+
+
+@case("dicom_localiser_mixed_into_the_series", "warn", ("localisers", "LOC0.dcm"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Three localiser images (other orientations, other size) filed under the cine's series UID:
+    left out with a warning naming them, the stack measured as without them."""
+    d, labels = cine_dicom(base, f / "dicom")
+    for n, iop in enumerate(([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1], [0.7071, 0.7071, 0, 0, 0, -1])):
+        write_dicom(d / f"LOC{n}.dcm", series="1.2.826.0.1.3680043.10.99.1", number=5, desc="SA cine", iop=iop,
+                    ipp=(0, 0, 0), instance=900 + n, shape=(32, 32), spacing=(3.0, 3.0), value=50)
+    return [d, "--labels", labels]
+
+
+@case("dicom_localiser_series_beside_cine", "error", ("series",), category="dicom",
+      named=lambda f: f / "dicom")
+def _(base, f):
+    d, _ = cine_dicom(base, f / "dicom", slices=range(4), frames=range(2))
+    for n, iop in enumerate(([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1], [0.7071, 0.7071, 0, 0, 0, -1])):
+        write_dicom(d / f"LOC{n}.dcm", series="1.2.826.0.1.3680043.10.99.2", number=1, desc="3-plane localizer", iop=iop,
+                    ipp=(0, 0, 0), instance=n + 1, shape=(32, 32), spacing=(3.0, 3.0), value=50)
+    return [d]
+
+
+@case("dicom_garbled_pixel_spacing", "error", ("PixelSpacing",), named=lambda f: f / "dicom" / "IM0003.dcm",
+      category="dicom")
+def _(base, f):
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2))
+    broken = d / "IM0003.dcm"           # a DS value that is not a number, as a broken writer leaves it
+    raw = broken.read_bytes()
+    assert raw.count(b"1.6\\1.6") == 1
+    broken.write_bytes(raw.replace(b"1.6\\1.6", b"1.6\\abc"))
+    return [d]
+
+
+@case("dicom_image_position_with_two_values", "error", ("ImagePositionPatient",), category="dicom")
+def _(base, f):
+    def short(ds, k, t):
+        if k == 2:
+            ds.ImagePositionPatient = [0.0, SLICE_MM * k]
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=short)
+    return [d]
+
+
+@case("dicom_rows_differ_between_slices", "error", ("Rows",), category="dicom")
+def _(base, f):
+    def smaller(ds, k, t):
+        if k == 2:
+            ds.Rows = ds.Columns = 32
+            ds.PixelData = np.zeros((32, 32), np.uint16).tobytes()
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=smaller)
+    return [d]
+
+
+@case("dicom_pixel_data_missing", "error", ("pixel data",), category="dicom")
+def _(base, f):
+    def nopixels(ds, k, t):
+        if k == 1 and t == 1:
+            del ds.PixelData
+    d, _ = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=nopixels)
+    return [d]
+
+
+@case("dicom_with_readme_and_thumbs", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    d, labels = cine_dicom(base, f / "dicom")
+    (d / "README.TXT").write_text("exported by PACS\n")
+    (d / "Thumbs.db").write_bytes(os.urandom(300))
+    return [d, "--labels", labels]
+
+
+@case("dicom_bits_stored_12_with_high_bits_set", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def twelve(ds, k, t):
+        ds.BitsStored, ds.HighBit = 12, 11
+        raw = np.frombuffer(ds.PixelData, np.uint16) | 0xF000    # overlay bits above the 12 stored
+        ds.PixelData = raw.astype(np.uint16).tobytes()
+    d, labels = cine_dicom(base, f / "dicom", per_image=twelve)
+    return [d, "--labels", labels]
+
+
+# --- NIfTI / NRRD / MetaImage -------------------------------------------------------------
+@case("nifti_int64_image", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    img, lab = cine_nifti(base, f, image_dtype=np.int64)
+    return [img, "--labels", lab]
+
+
+@case("nifti_infinite_values", "error", ("infinite",), named=lambda f: f / "cine.nii.gz", category="volume")
+def _(base, f):
+    images = base.cine_images * 1000
+    images[2, 3, 10:20, 10:20] = np.inf
+    img, lab = cine_nifti(base, f, images=images)
+    return [img, "--labels", lab]
+
+
+@case("nifti_5d_with_a_singleton_axis", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(img)).dataobj)[..., None]
+    nifti(img, data, _axial_affine())
+    return [img, "--labels", lab]
+
+
+@case("nifti_5d_real", "error", ("4D",), named=lambda f: f / "cine.nii.gz", category="volume")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    nifti(img, np.zeros((SIZE, SIZE, N_SLICES, N_FRAMES, 2), np.float32), _axial_affine())
+    return [img, "--labels", lab]
+
+
+@case("nifti_2d", "warn", ("one frame only", "COVERAGE_SHORT"), category="volume")
+def _(base, f):
+    """One 2D image: ED volumes of one slice are no ventricle - measured, and flagged."""
+    f.mkdir(parents=True, exist_ok=True)
+    img = nifti(f / "slice.nii.gz", base.cine_images[base_ed(base), 3].T * 1000, _axial_affine())
+    lab = nifti(f / "slice_labels.nii.gz", acdc_convention(base.cine_labels[base_ed(base):base_ed(base) + 1, 3:4])[0, 0].T,
+                _axial_affine(), np.uint8)
+    return [img, "--labels", lab]
+
+
+@case("nifti_scl_slope_zero", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """NIfTI-1: scl_slope 0 means 'no scaling', not 'all zero'."""
+    img, lab = cine_nifti(base, f)
+    import nibabel as nib
+
+    im = nib.load(str(img))
+    data = np.asarray(im.dataobj)
+    hdr = im.header.copy()
+    new = nib.Nifti1Image(data, im.affine, hdr)
+    new.header["scl_slope"], new.header["scl_inter"] = 0, 0
+    nib.save(new, str(img))
+    return [img, "--labels", lab]
+
+
+@case("nifti_all_zero_image", "error", ("zero",), named=lambda f: f / "cine.nii.gz", category="volume")
+def _(base, f):
+    img, lab = cine_nifti(base, f, images=np.zeros_like(base.cine_images))
+    return [img, "--labels", lab]
+
+
+@case("labels_transposed_rows_columns", "error", ("does not match",), named=lambda f: f / "labels_t.nii.gz",
+      category="labels")
+def _(base, f):
+    images = base.cine_images[:, :, :, : SIZE - 8] * 1000           # not square: a transpose changes the shape
+    img, _ = cine_nifti(base, f, images=images)
+    lab = acdc_convention(base.cine_labels)[:, :, :, : SIZE - 8]
+    labels = nifti(f / "labels_t.nii.gz", lab.transpose(2, 3, 1, 0), _axial_affine(), np.uint8)   # (R, C, S, T)
+    return [img, "--labels", labels]
+
+
+@case("labels_values_4_to_255", "warn", ("label values",), category="labels")
+def _(base, f):
+    lab = acdc_convention(base.cine_labels).astype(np.uint8)
+    lab[(lab == 0) & (np.arange(SIZE)[None, None, None, :] < 6)] = 200          # extra structures
+    lab[(lab == 0) & (np.arange(SIZE)[None, None, :, None] < 4)] = 4
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
+@case("labels_binary_mask_0_255", "error", ("255",), named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    lab = np.where(base.cine_labels > 0, 255, 0).astype(np.uint8)
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
+@case("labels_float_halves", "error", ("whole numbers",), named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    lab = acdc_convention(base.cine_labels).astype(np.float32) * 0.5
+    img, labels = cine_nifti(base, f, labels=lab, label_dtype=np.float32)
+    return [img, "--labels", labels]
+
+
+@case("labels_float_whole_numbers", "ok", category="labels", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    img, labels = cine_nifti(base, f, labels=acdc_convention(base.cine_labels).astype(np.float32),
+                             label_dtype=np.float32)
+    return [img, "--labels", labels]
+
+
+@case("labels_all_zero", "error", ("no LV",), named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    img, labels = cine_nifti(base, f, labels=np.zeros_like(base.cine_labels))
+    return [img, "--labels", labels]
+
+
+@case("labels_only_lv_blood_pool", "warn", ("RV", "LV_MASS_RANGE"), category="labels")
+def _(base, f):
+    lab = np.where(base.cine_labels == 1, 3, 0).astype(np.uint8)        # ACDC 3 = LV blood pool
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
+@case("labels_are_the_image_itself", "error", ("not a label map",), named=lambda f: f / "cine.nii.gz",
+      category="labels")
+def _(base, f):
+    img, _ = cine_nifti(base, f, image_dtype=np.int16)
+    return [img, "--labels", img]
+
+
+@case("labels_flag_points_to_a_folder_of_images", "error", ("label",), named=lambda f: f / "images",
+      category="cli")
+def _(base, f):
+    img, _ = cine_nifti(base, f)
+    (f / "images").mkdir()
+    for t in range(2):
+        nifti(f / "images" / f"frame{t}.nii.gz", to_xyzt(base.cine_images[t:t + 1])[..., 0], _axial_affine())
+    return [img, "--labels", f / "images"]
+
+
+@case("nrrd_labels_for_nifti_image", "ok", category="labels", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    import nrrd
+
+    img, _ = cine_nifti(base, f)
+    lab = acdc_convention(base.cine_labels)
+    header = {"space": "right-anterior-superior", "space directions": [[-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM],
+                                                                       np.nan], "space origin": [0.0, 0.0, 0.0],
+              "kinds": ["domain", "domain", "domain", "list"]}
+    header["space directions"] = np.array([[-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM], [np.nan] * 3])
+    nrrd.write(str(f / "labels.nrrd"), to_xyzt(lab).astype(np.uint8), header)
+    return [img, "--labels", f / "labels.nrrd"]
+
+
+@case("metaimage_int64_with_nan_spacing_text", "error", ("ElementSpacing",), named=lambda f: f / "cine.mhd",
+      category="volume")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    arr = (base.cine_images[0] * 1000).astype(np.int16)
+    (f / "cine.raw").write_bytes(arr.tobytes())
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1,6 1,6 8\nElementType = MET_SHORT\n"
+                                f"ElementDataFile = cine.raw\n")
+    return [f / "cine.mhd"]
+
+
+@case("metaimage_raw_file_too_short", "error", ("truncated",), named=lambda f: f / "cine.raw", category="volume")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    arr = (base.cine_images[0] * 1000).astype(np.int16)
+    (f / "cine.raw").write_bytes(arr.tobytes()[: arr.nbytes // 2])
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_SHORT\n"
+                                f"ElementDataFile = cine.raw\n")
+    return [f / "cine.mhd"]
+
+
+@case("nifti_sform_and_qform_disagree_on_spacing", "error", ("sform", "qform", "voxel sizes"),
+      named=lambda f: f / "cine.nii.gz", category="volume")
+def _(base, f):
+    """sform says 1.6 mm pixels, qform 3.2 mm: nibabel reads the sform, ITK (Slicer) the qform, so
+    the volumes here and the image in Slicer would differ by 4x without a word."""
+    import nibabel as nib
+
+    img, lab = cine_nifti(base, f)
+    im = nib.load(str(img))
+    data = np.asarray(im.dataobj)
+    new = nib.Nifti1Image(data, None)
+    new.set_sform(_axial_affine(), code=1)
+    new.set_qform(np.diag([-3.2, -3.2, SLICE_MM, 1.0]), code=1)
+    nib.save(new, str(img))
+    return [img, "--labels", lab]
+
+
+@case("nifti_spacing_in_metres", "error", ("spacing", "metres"), named=lambda f: f / "cine.nii.gz", category="volume")
+def _(base, f):
+    affine = _axial_affine() / 1000.0
+    affine[3, 3] = 1
+    img, lab = cine_nifti(base, f, affine=affine)
+    return [img, "--labels", lab]
+
+
+@case("labels_ukbb_convention_read_as_acdc", "error", ("--label-convention ukbb",),
+      named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    """UK Biobank labels (1 LV, 3 RV) read with the default ACDC convention (1 RV, 3 LV): the RV
+    would be measured as the LV."""
+    from CardiacAISegLib.labels import to_convention
+
+    ukbb = np.stack([to_convention(m, "ukbb") for m in base.cine_labels])
+    img, lab = cine_nifti(base, f, labels=ukbb)
+    return [img, "--labels", lab]
+
+
+@case("labels_3d_for_a_4d_cine", "error", ("3D label map",), named=lambda f: f / "cine.nii.gz", category="labels")
+def _(base, f):
+    img, _ = cine_nifti(base, f)
+    lab = nifti(f / "ed_labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels[:1]))[..., 0], _axial_affine(), np.uint8)
+    return [img, "--labels", lab]
+
+
+@case("labels_study_for_a_nifti_without_gt", "error", ("label",), named=lambda f: f / "cine.nii.gz", category="labels")
+def _(base, f):
+    img, _ = cine_nifti(base, f)
+    return [img, "--labels", "study"]
+
+
+@case("labels_es_frame_empty", "warn", ("LV_EF_RANGE", "LV_ESV_RANGE"), category="labels")
+def _(base, f):
+    lab = acdc_convention(base.cine_labels)
+    lab[base_es(base)] = 0
+    lab[base_es(base), 0, 0, 0] = 2          # one stray myocardium voxel: the frame is not dropped as unlabelled
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
+@case("labels_rv_missing_at_es", "warn", ("RV",), category="labels")
+def _(base, f):
+    lab = acdc_convention(base.cine_labels)
+    es = lab[base_es(base)]
+    es[es == 1] = 0                          # ACDC 1 = RV
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
+@case("density_implausible", "error", ("--density",), named=lambda f: "--density", category="cli")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return [img, "--labels", lab, "--density", 10.5]
+
+
+@case("seq_nrrd_time_axis_first", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0]}
+    nrrd.write(str(f / "cine.seq.nrrd"), (base.cine_images * 1000).transpose(0, 3, 2, 1).astype(np.float32), header)
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [f / "cine.seq.nrrd", "--labels", lab]
+
+
+@case("dicom_rescale_slope_zero", "warn", ("RescaleSlope 0",), category="dicom")
+def _(base, f):
+    def zero(ds, k, t):
+        ds.RescaleSlope, ds.RescaleIntercept = 0, 0
+    d, labels = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=zero)
+    return [d, "--labels", labels]
+
+
+@case("dicom_monochrome1", "warn", ("MONOCHROME1",), category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def inverted(ds, k, t):
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    d, labels = cine_dicom(base, f / "dicom", per_image=inverted)
+    return [d, "--labels", labels]
+
+
+# --- ACDC Info.cfg ------------------------------------------------------------------------
+@case("acdc_ed_equals_es", "error", ("ED", "ES", "same frame"), named=lambda f: f / "patient801" / "Info.cfg",
+      category="acdc")
+def _(base, f):
+    return [acdc_folder(base, f / "patient801", "ED: 1\nES: 1\nNbFrame: 6\n", frames=(0,)), "--labels", "study"]
+
+
+@case("acdc_ed_out_of_range", "error", ("ED", "40"), named=lambda f: f / "patient802", category="acdc")
+def _(base, f):
+    return [acdc_folder(base, f / "patient802", "ED: 40\nES: 2\nNbFrame: 6\n"), "--labels", "study"]
+
+
+@case("acdc_ed_not_an_integer", "error", ("ED", "1.5"), named=lambda f: f / "patient803" / "Info.cfg", category="acdc")
+def _(base, f):
+    return [acdc_folder(base, f / "patient803", "ED: 1.5\nES: 2\nNbFrame: 6\n"), "--labels", "study"]
+
+
+@case("acdc_ed_es_swapped", "warn", ("ED_ES_SWAPPED",), category="acdc")
+def _(base, f):
+    # frame01 = the phantom's ES, frame02 its ED, but Info.cfg says ED 1
+    return [acdc_folder(base, f / "patient804", "ED: 1\nES: 2\nNbFrame: 6\n", frames=(base_es(base), base_ed(base))),
+            "--labels", "study"]
+
+
+@case("acdc_info_cfg_with_equals_signs", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    return [acdc_folder(base, f / "patient805", "ED = 1\nES = 2\nNbFrame = 6\n", frames=(base_ed(base), base_es(base))),
+            "--labels", "study"]
+
+
+# --- perfusion ----------------------------------------------------------------------------
+@case("aif_header_only", "error", ("AIF",), named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_decimal_commas", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{v:.4f}".replace(".", ",") for v in base.perf_study.aif) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_decimal_commas_semicolon_columns", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    rows = [f"{t * base.perf_dt:.2f};{v:.4f}".replace(".", ",") for t, v in enumerate(base.perf_study.aif)]
+    (f / "aif.csv").write_text("time;aif\n" + "\n".join(rows) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_negative", "error", ("AIF", "negative"), named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{-v:.4f}" for v in base.perf_study.aif) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_constant_nonzero", "error", ("AIF",), named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n" + "\n".join("4.0" for _ in base.perf_study.aif) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_one_value_short", "error", ("AIF", "29", "30"), named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{v:.4f}" for v in base.perf_study.aif[:-1]) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("perfusion_images_all_zero", "error", ("no image data",), named=lambda f: f / "perfusion.nii.gz",
+      category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    import nibabel as nib
+
+    src = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    zero = nib.Nifti1Image(np.zeros(src.shape, np.float32), src.affine, src.header)
+    nib.save(zero, str(f / "perfusion.nii.gz"))
+    return perfusion_args(base, input=f / "perfusion.nii.gz")
+
+
+def _perfusion_frames(base, f, n):
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    src = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    data = np.asarray(src.dataobj)[..., :n]
+    nib.save(nib.Nifti1Image(data, src.affine, src.header), str(f / "perfusion.nii.gz"))
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{v:.4f}" for v in base.perf_study.aif[:n]) + "\n")
+    return perfusion_args(base, input=f / "perfusion.nii.gz", **{"--aif": f / "aif.csv"})
+
+
+@case("perfusion_one_frame", "error", ("frame",), named=lambda f: f / "perfusion.nii.gz", category="perfusion")
+def _(base, f):
+    return _perfusion_frames(base, f, 1)
+
+
+@case("perfusion_three_frames", "error", ("frames",), named=lambda f: f / "perfusion.nii.gz", category="perfusion")
+def _(base, f):
+    return _perfusion_frames(base, f, 3)
+
+
+@case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
+def _(base, f):
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")
+    return [f / "dicom", "--kind", "cine"]
+
+
+# --- CLI misuse ---------------------------------------------------------------------------
+@case("out_is_the_input_frame_folder", "ok", category="cli", out=lambda f: f / "frames",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    d = f / "frames"
+    d.mkdir(parents=True)
+    for t in range(N_FRAMES):
+        nifti(d / f"frame{t:02d}.nii.gz", to_xyzt(base.cine_images[t:t + 1] * 1000)[..., 0], _axial_affine())
+    labels = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [d, "--labels", labels]
+
+
+@case("out_inside_the_input_dicom_folder", "ok", category="cli", out=lambda f: f / "dicom" / "results",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    d, labels = cine_dicom(base, f / "dicom")
+    return [d, "--labels", labels]
+
+
+@case("series_flag_for_a_nifti_file", "error", ("--series",), named=lambda f: "--series", category="cli")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return [img, "--labels", lab, "--series", "3"]
+
+
+@case("rest_flag_for_a_cine", "error", ("--rest", "perfusion"), named=lambda f: "--rest", category="cli")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return [img, "--labels", lab, "--rest", img]
+
+
+@case("aif_flag_for_a_cine_acdc", "error", ("--aif",), named=lambda f: "--aif", category="cli")
+def _(base, f):
+    d = acdc_folder(base, f / "patient806", "ED: 1\nES: 2\n", frames=(base_ed(base), base_es(base)))
+    (f / "aif.csv").write_text("aif\n1\n2\n")
+    return [d, "--labels", "study", "--aif", f / "aif.csv"]
+
+
+@case("frames_all_with_given_labels", "warn", ("--frames", "not used"), category="cli")
+def _(base, f):
+    d = acdc_folder(base, f / "patient807", "ED: 1\nES: 2\n", frames=(base_ed(base), base_es(base)))
+    return [d, "--labels", "study", "--frames", "all"]
+
+
+@case("model_of_the_wrong_task", "error", ("perfusion",), named=lambda f: _first_model("perfusion"), category="cli")
+def _(base, f):
+    img, _ = cine_nifti(base, f)
+    return [img, "--model", _first_model("perfusion")]
+
+
+@case("model_unknown", "error", ("no-such-net",), named=lambda f: "no-such-net", category="cli")
+def _(base, f):
+    img, _ = cine_nifti(base, f)
+    return [img, "--model", "no-such-net"]
+
+
+@case("model_given_with_labels", "warn", ("--model", "not used"), category="cli")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return [img, "--labels", lab, "--model", _first_model("cine")]
+
+
+@case("aif_scaled_by_1000", "warn", ("MBF",), category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{1000 * v:.4f}" for v in base.perf_study.aif) + "\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("perfusion_labels_from_a_cine", "error", ("does not match",), named=lambda f: f / "cine_labels.nii.gz",
+      category="perfusion")
+def _(base, f):
+    _, lab = cine_nifti(base, f)
+    return perfusion_args(base, **{"--labels": lab})
+
+
+# --- import-model misuse ------------------------------------------------------------------
+def _card(f, weights_name="model.ts", **changes):
+    card = {"name": "corpus-net", "title": "t", "task": "cine", "version": "1",
+            "classes": ["background", "LV blood pool", "LV myocardium", "RV"],
+            "input": {"pixel_mm": 1.25, "size_multiple": 1, "normalisation": "none"},
+            "weights": {"file": weights_name, "format": "torchscript", "sha256": "0" * 64}, "licence": "test"}
+    card.update(changes)
+    return card
+
+
+@case("import_weights_missing", "error", ("not found",), named=lambda f: f / "model.ts", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "card.json").write_text(json.dumps(_card(f)))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_card_not_json", "error", ("JSON",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    (f / "card.json").write_text("name: corpus-net\ntask: cine\n")
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_card_is_a_folder", "error", ("card",), named=lambda f: f / "cards", command="import-model",
+      category="import")
+def _(base, f):
+    (f / "cards").mkdir(parents=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    return [f / "model.ts", f / "cards"]
+
+
+@case("import_weights_is_a_nifti", "error", ("model.nii.gz",), named=lambda f: f / "model.nii.gz",
+      command="import-model", category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    nifti(f / "model.nii.gz", np.zeros((4, 4, 4)), np.eye(4))
+    from CardiacAISegLib.models.registry import sha256_of
+
+    card = _card(f, "model.nii.gz")
+    card["weights"]["sha256"] = sha256_of(f / "model.nii.gz")
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.nii.gz", f / "card.json"]
+
+
+@case("import_card_is_a_json_list", "error", ("card",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    (f / "card.json").write_text(json.dumps([_card(f)]))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_card_classes_not_a_list", "error", ("classes",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    (f / "card.json").write_text(json.dumps(_card(f, classes="background,LV,MYO,RV")))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_card_input_missing", "error", ("input",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    card = _card(f)
+    del card["input"]
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_sha256_mismatch", "error", ("sha256",), named=lambda f: f / "model.ts", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    (f / "card.json").write_text(json.dumps(_card(f)))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_name_with_spaces", "error", ("name",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    from CardiacAISegLib.models.registry import sha256_of
+
+    card = _card(f, name="My Model")
+    card["weights"]["sha256"] = sha256_of(f / "model.ts")
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.ts", f / "card.json"]
+
+
+# ---------------------------------------------------------------------------------- truths
+def base_ed(base):
+    v = [(base.cine_labels[t] == 1).sum() for t in range(N_FRAMES)]
+    return int(np.argmax(v))
+
+
+def base_es(base):
+    v = [(base.cine_labels[t] == 1).sum() for t in range(N_FRAMES)]
+    return int(np.argmin(v))
+
+
+def _assert_cine_truth(doc, base):
+    """LV EDV equals the voxel count of the phantom's ED mask times the voxel volume."""
+    voxel_ml = PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
+    truth = float((base.cine_labels[base_ed(base)] == 1).sum()) * voxel_ml
+    assert abs(doc["cine"]["lv_edv_ml"] - truth) <= 1e-6 * truth, (doc["cine"]["lv_edv_ml"], truth)
+
+
+def _assert_mbf_plausible(doc):
+    g = doc["perfusion"]["global_mbf_ml_min_g"]
+    assert 0.5 < g < 5.0, g
+
+
+def _first_model(task):
+    from CardiacAISegLib.models import registry
+
+    names = registry.list_models(task)
+    return names[0]["name"] if names and isinstance(names[0], dict) else (names[0] if names else f"no-{task}-model")
+
+
+# ------------------------------------------------------------------------------ running
+def _tree(folder):
+    """{relative path: (mtime, size) or None for folders}; None when ``folder`` does not exist."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    out = {}
+    for p in folder.rglob("*"):
+        try:
+            out[p.relative_to(folder).as_posix()] = (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+        except OSError:
+            pass
+    return out
+
+
+@dataclass
+class Outcome:
+    name: str
+    rc: int
+    err: str
+    doc: Optional[dict]
+    klass: str
+    detail: str = ""
+
+
+def run_case(c, base, folder, subprocess_run=False, models_dir=None):
+    """Build and run one case; returns an Outcome (classified)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [str(a) for a in c.build(base, folder)]
+    out = c.out(folder) if c.out else folder / "out"
+    watch = base.root.parent       # the tmp folder holding the base data and every case
+    before = _tree(watch)
+    out_before = _tree(out)
+    cwd_before = set(os.listdir(os.getcwd()))   # a relative path gone wrong would write here
+    cmd = [c.command, *argv] + (["--out", str(out), "--quiet"] if c.command == "analyze" else [])
+    if subprocess_run:
+        env = dict(os.environ)
+        if models_dir:
+            env["CARDIACAISEG_MODELS"] = str(models_dir)
+        p = subprocess.run([sys.executable, "-m", "CardiacAISegLib.cli", *cmd], capture_output=True, text=True, env=env,
+                           timeout=300)
+        rc, err = p.returncode, p.stderr
+    else:
+        from CardiacAISegLib import cli
+
+        buf_err, buf_out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(buf_err), contextlib.redirect_stdout(buf_out):
+            try:
+                rc = cli.main(cmd)
+            except SystemExit as e:      # argparse
+                rc = e.code if isinstance(e.code, int) else 2
+            except BaseException as e:   # would be a traceback in the shell
+                import traceback
+
+                traceback.print_exc(file=buf_err)
+                rc = 1
+        err = buf_err.getvalue()
+    doc = None
+    if rc == 0 and (out / "results.json").is_file():
+        try:
+            doc = json.loads((out / "results.json").read_text())
+        except ValueError:
+            doc = None
+    after = _tree(watch)
+    outcome = classify(c, folder, out, rc, err, doc, before, after, out_before)
+    new_in_cwd = set(os.listdir(os.getcwd())) - cwd_before
+    if new_in_cwd and outcome.klass not in ("traceback",):
+        outcome = Outcome(c.name, rc, err, doc, "outside_write", f"in {os.getcwd()}: {sorted(new_in_cwd)[:3]}")
+    return outcome
+
+
+def _outside_changes(before, after, folder, out, watch_root):
+    """Paths under ``watch_root`` created, changed or removed by the run, outside ``out`` (the
+    snapshot ``before`` is taken after the case built its input files)."""
+    before, after = before or {}, after or {}
+    changed = []
+    for rel in sorted(set(before) | set(after)):
+        if before.get(rel, "absent") == after.get(rel, "absent"):
+            continue
+        p = watch_root / rel
+        try:
+            p.relative_to(out)
+            continue
+        except ValueError:
+            changed.append(rel)
+    return changed
+
+
+def classify(c, folder, out, rc, err, doc, before, after, out_before):
+    name = c.name
+    if "Traceback (most recent call last)" in err:
+        return Outcome(name, rc, err, doc, "traceback", err.strip().splitlines()[-1] if err.strip() else "")
+    outside = _outside_changes(before, after, folder, out, folder.parent)
+    if outside:
+        return Outcome(name, rc, err, doc, "outside_write", ", ".join(outside[:3]))
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    if rc not in (0, 2):
+        what = "crash" if rc < 0 or rc == 1 else "error_exit_%d" % rc
+        return Outcome(name, rc, err, doc, what, lines[0] if lines else err.strip()[-200:])
+    if rc == 2:
+        now = _tree(out)
+        if now != out_before:
+            return Outcome(name, rc, err, doc, "partial_output", f"{out}: {out_before} -> {str(now)[:200]}")
+        if len(lines) != 1:
+            return Outcome(name, rc, err, doc, "unclear_error", err.strip()[-200:])
+        line = lines[0]
+        named = c.named(folder) if c.named else None
+        ok_named = named is None or str(named) in line
+        ok_words = all(w.lower() in line.lower() for w in c.words) if c.expect == "error" else True
+        vague = "cannot be read (" in line and "raised" in line       # the outer guard's safety net, not a reader message
+        klass = "clear_error" if ok_named and ok_words and not vague else "unclear_error"
+        return Outcome(name, rc, err, doc, klass, line[:300])
+    # rc == 0
+    if doc is None:
+        return Outcome(name, rc, err, doc, "partial_output", "exit 0 without results.json")
+    said = list(doc.get("warnings", [])) + [f["code"] for f in (doc.get("qc") or {}).get("flags", [])]
+    said_text = " ".join(said)
+    review = (doc.get("qc") or {}).get("status") == "review" or bool(doc.get("warnings"))
+    if c.expect == "ok":
+        if c.check is not None:
+            try:
+                c.check(doc, _BASE_FOR_CHECKS[0])
+            except AssertionError as e:
+                return Outcome(name, rc, err, doc, "silent_wrong" if not review else "warned_wrong", f"check failed: {e}")
+        return Outcome(name, rc, err, doc, "ok", said_text[:200])
+    if c.expect == "warn":
+        if c.check is not None:
+            try:
+                c.check(doc, _BASE_FOR_CHECKS[0])
+            except AssertionError as e:
+                return Outcome(name, rc, err, doc, "warned_wrong", f"check failed: {e}")
+        if all(w.lower() in said_text.lower() for w in c.words):
+            return Outcome(name, rc, err, doc, "warned", said_text[:300])
+        return Outcome(name, rc, err, doc, "warned_otherwise" if review else "silent_wrong",
+                       f"expected {c.words} in {said_text[:300]}")
+    # an error was due, the run measured instead
+    return Outcome(name, rc, err, doc, "warned" if review else "silent_wrong", said_text[:300])
+
+
+_BASE_FOR_CHECKS = [None]
+
+
+def expected_class(c):
+    return {"error": "clear_error", "warn": "warned", "ok": "ok"}[c.expect]
+
+
+def run_all(root, names=None, subprocess_names=()):
+    root = Path(root)
+    base = make_base(root / "base")
+    _BASE_FOR_CHECKS[0] = base
+    models_dir = root / "user-models"
+    os.environ["CARDIACAISEG_MODELS"] = str(models_dir)
+    results = []
+    for c in CASES:
+        if names and c.name not in names:
+            continue
+        o = run_case(c, base, root / c.name, subprocess_run=c.name in subprocess_names, models_dir=models_dir)
+        results.append((c, o))
+    return results
+
+
+def print_table(results, file=sys.stdout):
+    from collections import Counter
+
+    for c, o in results:
+        mark = "" if o.klass == expected_class(c) else "   <-- expected " + expected_class(c)
+        print(f"{c.name:44s} {o.klass:15s} rc={o.rc} {o.detail[:150]}{mark}", file=file)
+    counts = Counter(o.klass for _, o in results)
+    print("counts:", dict(sorted(counts.items())), file=file)
+    print("as expected:", sum(o.klass == expected_class(c) for c, o in results), "of", len(results), file=file)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        only = set(sys.argv[1:]) or None
+        print_table(run_all(tmp, only, subprocess_names={"dicom_all_zero_length_files", "nifti_infinite_values",
+                                                         "aif_negative"}))
