@@ -45,6 +45,7 @@ class Analysis:
         self.bullseye_measure = "mbf"
         self._curves = None
         self.qc = None                       # qc.assess(): {"status", "flags"}
+        self.model_info = None               # network name, version, sha256, mask refinement (pipeline)
         self.extra_qc = []                   # flags raised while computing (e.g. insertion fallback)
         self._check_labels()
 
@@ -133,8 +134,15 @@ class Analysis:
             self.timing_s["mbf_map"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         else:
+            single = self.study.n_frames == 1
+            if single:   # one 3D volume: it is its own ED; there is no ES
+                self.study.ed_frame = self.study.es_frame = 0
             self.cine = cine_measures(self.study, self.labels, density=self.density)   # --density is the mass's too
             self.warnings += self.cine.pop("warnings", [])
+            if single:
+                for key in ES_MEASURES:
+                    self.cine[key] = None
+                self.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
         self._compute_geometry()
         self._compute_segment_values()
         self._assess()
@@ -354,6 +362,8 @@ class Analysis:
 
 
 BULLSEYE_MEASURES = ("mbf", "relative_upslope")
+# Measures a single 3D volume cannot give: it has no ES.
+ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
 CINE_ROWS = (
     ("ed_frame", "ED frame (0-based)", ""), ("es_frame", "ES frame (0-based)", ""),
     ("lv_edv_ml", "LV EDV", "mL"), ("lv_esv_ml", "LV ESV", "mL"), ("lv_sv_ml", "LV SV", "mL"),

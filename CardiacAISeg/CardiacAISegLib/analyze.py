@@ -10,7 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .analysis import Analysis
+from .analysis import Analysis  # noqa: F401  (re-exported for scripts)
+from .pipeline import refinement_warnings, segment  # noqa: F401  (the CLI's historical names)
 from .errors import CardiacInputError, OutputExistsError
 from .progress import as_progress
 from .study import PERFUSION
@@ -41,65 +42,20 @@ def check_outputs(out_dir, force=False):
         raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
 
 
-def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
-    """Label maps from a registry network; returns (labels, model info for results.json)."""
-    from .models import registry
-
-    task = study.kind
-    if model_name is None and not registry.list_models(task):
-        raise CardiacInputError(study.source or study.name, f"no {task} model is installed to segment this {task} series: "
-                                "give the masks with --labels, or install a model (cardiacaiseg import-model)")
-    name = model_name or registry.default_model(task)
-    card = registry.get_card(name)
-    if card["task"] != task:
-        raise CardiacInputError(name, f"model is for {card['task']} series, the input is a {task} series")
-    loaded = registry.load_model(name)
-    if task == PERFUSION:
-        from .models.inference import segment_perfusion_study
-
-        labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
-    else:
-        from .models.inference import segment_cine_study
-
-        labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
-    info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"]}
-    if study.provenance.get("mask_refinement"):
-        info["mask_refinement"] = study.provenance["mask_refinement"]
-    return labels, info
-
-
-def refinement_warnings(reports, sectors=36):
-    """Plain-language warnings for slices whose network mask the bolus check had to mend a lot."""
-    out = []
-    for r in reports or []:
-        if not r.get("refined"):
-            out.append(f"slice {r['slice']}: network mask used as is ({r.get('reason', 'not checked')}): check the contours")
-            continue
-        mended = r["sectors_filled"] + r["sectors_trimmed"] + r["sectors_widened"]
-        if mended >= sectors // 4:
-            out.append(f"slice {r['slice']}: the network's myocardium was mended from the bolus in {mended} of {sectors} sectors "
-                       f"(filled {r['sectors_filled']}, trimmed {r['sectors_trimmed']}, widened {r['sectors_widened']}): check the contours")
-    return out
-
-
 def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", density=1.05, rest=None,
-                  device=None, progress=None):
-    """(Analysis, model info, timings) for a loaded study; ``use_labels`` skips the network."""
-    timing = {}
-    model_info = None
-    if use_labels:
-        if not study.labels:
-            raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
-        labels = study.labels
-    else:
-        t0 = time.perf_counter()
-        labels, model_info = segment(study, model_name, frames, device, progress)
-        timing["segmentation"] = time.perf_counter() - t0
-    analysis = Analysis(study, labels, density=density, rest=rest).run(progress)
-    if model_info:
-        analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
-    timing.update(analysis.timing_s)
-    return analysis, model_info, timing
+                  device=None, progress=None, bullseye="mbf"):
+    """(Analysis, model info, timings) for a loaded study; ``use_labels`` skips the network.
+
+    The computation is ``pipeline.compute_analysis``, the one the Slicer Logic and the web GUI
+    use too; this keeps the CLI's (analysis, info, timing) shape.
+    """
+    from .pipeline import compute_analysis
+
+    if use_labels and not study.labels:
+        raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
+    analysis = compute_analysis(study, model_name, labels=study.labels if use_labels else None, frames=frames,
+                                density=density, rest=rest, device=device, progress=progress, bullseye=bullseye)
+    return analysis, analysis.model_info, dict(analysis.timing_s)
 
 
 def populate_scene(ctx, analysis):
@@ -235,12 +191,10 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                                        dt=dt, units=units, series="rest" if Path(rest).is_dir() else None)
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
-                                            rest=rest_analysis, device=device, progress=progress)
+                                            rest=rest_analysis, device=device, progress=progress, bullseye=bullseye)
     if labels == RING_LABELS:
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     analysis.warnings += unused
-    if bullseye != "mbf":
-        analysis.set_bullseye_measure(bullseye)
     timing.update(t)
     paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress)
     return analysis, paths

@@ -22,8 +22,11 @@ def _analyze(args):
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
-        print(f"LV EDV {c['lv_edv_ml']:.1f} mL  ESV {c['lv_esv_ml']:.1f} mL  EF {c['lv_ef_pct']:.1f} %  mass {c['lv_mass_g']:.1f} g  "
-              f"RV EDV {c['rv_edv_ml']:.1f} mL  ESV {c['rv_esv_ml']:.1f} mL")
+        def show(key, unit):   # a measure the input cannot give (no ES in one volume) is n/a
+            return "n/a" if c.get(key) is None else f"{c[key]:.1f} {unit}"
+
+        print(f"LV EDV {show('lv_edv_ml', 'mL')}  ESV {show('lv_esv_ml', 'mL')}  EF {show('lv_ef_pct', '%')}  "
+              f"mass {show('lv_mass_g', 'g')}  RV EDV {show('rv_edv_ml', 'mL')}  ESV {show('rv_esv_ml', 'mL')}")
     if r["perfusion"]:
         print(f"global MBF {r['perfusion']['global_mbf_ml_min_g']:.2f} mL/min/g")
     for w in r["warnings"]:

@@ -51,7 +51,6 @@ NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputS
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
-_ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
 
 
 class CardiacAISegLogic(_LogicBase):
@@ -262,11 +261,23 @@ class CardiacAISegLogic(_LogicBase):
         """Segment the current study (a registry network, or the labels that came with it) and
         measure it; then ``updateNodes``. Returns the ``Analysis``.
 
-        With no installed model for the task the engine's error says so. ``progress`` may
-        cancel (``CancelledError``); the previous results then stay as they were.
+        ``computeAnalysis`` + ``applyAnalysis``. With no installed model for the task the
+        engine's error says so. ``progress`` may cancel (``CancelledError``); the previous
+        results then stay as they were.
         """
-        from .analysis import Analysis
-        from .analyze import refinement_warnings, segment
+        progress = as_progress(progress)
+        analysis = self.computeAnalysis(modelName, frames, useExistingLabels, progress, device)
+        progress(2, 3, "updating the scene")
+        self.applyAnalysis(analysis)
+        progress(3, 3, "done")
+        return analysis
+
+    def computeAnalysis(self, modelName=None, frames=None, useExistingLabels=None, progress=None, device=None,
+                        density=None):
+        """The measured ``Analysis`` of the current study, touching no MRML node (safe in a
+        worker thread when ``density`` is given): ``pipeline.compute_analysis``, the CLI's and
+        the web GUI's compute path too. Parameters default to the parameter node's."""
+        from .pipeline import compute_analysis
 
         study = self._requireStudy()
         progress = as_progress(progress)
@@ -274,34 +285,27 @@ class CardiacAISegLogic(_LogicBase):
         if useExistingLabels is None:
             useExistingLabels = self.getParameter("useExistingLabels").lower() == "true"
         modelName = modelName or self.getParameter("modelName") or None
-        self.timing = {}
-        t0 = time.perf_counter()
+        if density is None:
+            density = self._floatParameter("density") or 1.05
         progress(0, 3, "segmenting")
+        labels = None
         if useExistingLabels:
-            labels = dict(study.labels) or self._labelsFromOutputSegmentations()
+            labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()} or self._labelsFromOutputSegmentations()
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
-            modelInfo = None
-        else:
-            labels, modelInfo = segment(study, modelName, frames, device, progress)
-            self.timing["segmentation"] = time.perf_counter() - t0
-        progress(1, 3, "measuring")
         rest = self._restAnalysis(modelName, useExistingLabels, device) if study.kind == PERFUSION else None
-        if study.kind == CINE and study.n_frames == 1:
-            study.ed_frame = study.es_frame = 0   # one volume: ED measures only (see _singleFrame)
-        analysis = Analysis(study, labels, density=self._floatParameter("density") or 1.05, rest=rest)
-        analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
-        analysis.run(progress)
-        if modelInfo:
-            analysis.warnings += refinement_warnings(modelInfo.get("mask_refinement"))
-        self._singleFrame(analysis)
-        progress(2, 3, "updating the scene")
-        # Only a finished analysis replaces the previous one: a cancel leaves the old results.
-        self.timing.update(analysis.timing_s)
-        self.analysis, self.modelInfo = analysis, modelInfo
+        progress(1, 3, "measuring")
+        return compute_analysis(study, modelName, labels=labels, frames=frames, density=density, rest=rest,
+                                device=device, progress=progress,
+                                bullseye=self.getParameter("bullseyeMeasure") or "mbf")
+
+    def applyAnalysis(self, analysis):
+        """Make a computed Analysis the current one: segmentations, handles and table nodes.
+        Only a finished analysis replaces the previous one, so a cancel leaves the old results."""
+        self.timing = dict(analysis.timing_s)
+        self.analysis, self.modelInfo = analysis, analysis.model_info
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
         self.updateNodes()
-        progress(3, 3, "done")
         return analysis
 
     def _restAnalysis(self, modelName, useExistingLabels, device):
@@ -337,14 +341,6 @@ class CardiacAISegLogic(_LogicBase):
     def _labelsOf(self, segmentationNode):
         st = self._requireStudy()
         return sc.labelmap_from_segmentation(segmentationNode, st.ijk_to_ras, st.images.shape[1:])
-
-    @staticmethod
-    def _singleFrame(analysis):
-        """A single cine volume has no ES: keep the ED measures, blank the rest, say why."""
-        if analysis.kind == CINE and analysis.study.n_frames == 1 and analysis.cine:
-            for key in _ES_MEASURES:
-                analysis.cine[key] = None
-            analysis.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
 
     # -------------------------------------------------------------------------- nodes
     def updateNodes(self):
@@ -446,7 +442,6 @@ class CardiacAISegLogic(_LogicBase):
             frame = int(text) if text else a.reference_frame
         t0 = time.perf_counter()
         a.set_labels(int(frame), self._labelsOf(node))
-        self._singleFrame(a)
         markups = self.getNodeParameter("markupsID")
         if markups is not None or a.insertion:
             markups = sc.add_insertion_markups(self.context, a.insertion_summary(), node=markups,
@@ -469,11 +464,9 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
-        st = self.study
-        if st.kind == CINE and st.n_frames == 1:
-            st.ed_frame = st.es_frame = 0
-        self.analysis = Analysis(st, labels, density=self._floatParameter("density") or 1.05).run()
-        self._singleFrame(self.analysis)
+        self.analysis = Analysis(self.study, labels, density=self._floatParameter("density") or 1.05)
+        self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
+        self.analysis.run()
         if self.getNodeParameter("markupsID") is not None and self.analysis.sectors is not None:
             self.onInsertionPointMoved()
         self._refreshTable()

@@ -198,43 +198,21 @@ class Session:
         return self.logic._floatParameter("density") or 1.05
 
     def compute(self, model=None, progress=None, density=None):
-        """Segment (a network, or the study's labels with ``LABELS_CHOICE``) and measure.
-        With ``density`` given it touches no MRML node: safe in a worker thread. Raises
-        ``CancelledError`` on cancel."""
-        from ..analysis import Analysis
-        from ..analyze import refinement_warnings, segment
-
+        """Segment (a network, or the study's labels with ``LABELS_CHOICE``) and measure, through
+        the Logic's public compute path (the CLI's pipeline). With ``density`` given it touches no
+        MRML node: safe in a worker thread. Raises ``CancelledError`` on cancel."""
         study = self.require_study()
-        progress = as_progress(progress)
-        timing = {}
-        t0 = time.perf_counter()
-        progress(0, 3, "segmenting")
-        if model == LABELS_CHOICE:
-            if not study.labels:
-                raise CardiacInputError(study.source or study.name, "no label maps came with this study: choose a network")
-            labels, info = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()}, None
-        else:
-            labels, info = segment(study, model or None, "ed_es", None, progress)
-            timing["segmentation"] = time.perf_counter() - t0
-        progress(1, 3, "measuring")
-        if study.kind == CINE and study.n_frames == 1:
-            study.ed_frame = study.es_frame = 0
-        analysis = Analysis(study, labels, density=density or self.density()).run(progress)
-        if info:
-            analysis.warnings += refinement_warnings(info.get("mask_refinement"))
-        self.logic._singleFrame(analysis)
-        timing.update(analysis.timing_s)
-        progress(2, 3, "showing results")
-        return RunResult(analysis, info, timing)
+        use_labels = model == LABELS_CHOICE
+        if use_labels and not study.labels:
+            raise CardiacInputError(study.source or study.name, "no label maps came with this study: choose a network")
+        analysis = self.logic.computeAnalysis(None if use_labels else (model or None), frames="ed_es",
+                                              useExistingLabels=use_labels, progress=progress,
+                                              density=density or self.density())
+        return RunResult(analysis, analysis.model_info, dict(analysis.timing_s))
 
     def apply(self, result):
         """Make a computed result the current one: segmentations, handles and table nodes."""
-        logic = self.logic
-        logic.timing = dict(result.timing)
-        logic.analysis, logic.modelInfo = result.analysis, result.model_info
-        logic.networkLabels = {t: m.copy() for t, m in result.analysis.labels.items()}
-        logic.updateNodes()
-        a = result.analysis
+        a = self.logic.applyAnalysis(result.analysis)
         if a.kind == CINE and a.cine:
             self.frame = int(a.cine["ed_frame"])
         return a
@@ -400,7 +378,6 @@ class Session:
         t0 = time.perf_counter()
         if node is None:
             a.set_labels(int(frame), label_map)
-            self.logic._singleFrame(a)
             self.logic._refreshTable()
         else:
             fill_segmentation(node, np.asarray(label_map, np.uint8), a.study.ijk_to_ras)
@@ -423,7 +400,6 @@ class Session:
         if not self.logic.networkLabels:
             return a
         result = RunResult(_fresh_analysis(a, self.logic.networkLabels), self.logic.modelInfo, self.logic.timing)
-        self.logic._singleFrame(result.analysis)
         net = self.logic.networkLabels
         self.apply(result)
         self.logic.networkLabels = net
@@ -505,8 +481,12 @@ def _control_point(node, k, side):
 def _fresh_analysis(a, labels):
     from ..analysis import Analysis
 
-    return Analysis(a.study, {t: m.copy() for t, m in labels.items()}, model_card=a.model_card,
-                    density=a.density, rest=a.rest, sector_method=a.sector_method).run()
+    fresh = Analysis(a.study, {t: m.copy() for t, m in labels.items()}, model_card=a.model_card,
+                     density=a.density, rest=a.rest, sector_method=a.sector_method)
+    fresh.bullseye_measure, fresh.model_info = a.bullseye_measure, a.model_info
+    fresh.run()
+    fresh.timing_s = dict(a.timing_s)
+    return fresh
 
 
 def _write_label_nifti(path, label_map, ijk_to_ras):

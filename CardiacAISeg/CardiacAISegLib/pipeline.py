@@ -1,0 +1,82 @@
+"""The one compute path: a loaded Study -> labels (network or given) -> a measured Analysis.
+
+The CLI (`analyze.run`), the Slicer Logic (`CardiacAISegLogic.computeAnalysis`) and the web GUI
+(`Session.compute`, through the Logic) all call ``compute_analysis``; what they do with the
+result differs (files, MRML nodes, a page), what is computed does not. The returned Analysis
+carries everything a front end shows: measures, QC, warnings (reader, bolus check, QC),
+``model_info`` (name, version, sha256, mask refinement) and ``timing_s`` per stage.
+"""
+import time
+
+from .errors import CardiacInputError
+
+def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
+    """Label maps from a registry network; returns (labels, model info for results.json)."""
+    from .models import registry
+    from .study import PERFUSION
+
+    task = study.kind
+    if model_name is None and not registry.list_models(task):
+        raise CardiacInputError(study.source or study.name, f"no {task} model is installed to segment this {task} series: "
+                                "give the masks with --labels, or install a model (cardiacaiseg import-model)")
+    name = model_name or registry.default_model(task)
+    card = registry.get_card(name)
+    if card["task"] != task:
+        raise CardiacInputError(name, f"model is for {card['task']} series, the input is a {task} series")
+    loaded = registry.load_model(name)
+    if task == PERFUSION:
+        from .models.inference import segment_perfusion_study
+
+        labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
+    else:
+        from .models.inference import segment_cine_study
+
+        labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
+    info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"]}
+    if study.provenance.get("mask_refinement"):
+        info["mask_refinement"] = study.provenance["mask_refinement"]
+    return labels, info
+
+
+def refinement_warnings(reports, sectors=36):
+    """Plain-language warnings for slices whose network mask the bolus check had to mend a lot."""
+    out = []
+    for r in reports or []:
+        if not r.get("refined"):
+            out.append(f"slice {r['slice']}: network mask used as is ({r.get('reason', 'not checked')}): check the contours")
+            continue
+        mended = r["sectors_filled"] + r["sectors_trimmed"] + r["sectors_widened"]
+        if mended >= sectors // 4:
+            out.append(f"slice {r['slice']}: the network's myocardium was mended from the bolus in {mended} of {sectors} sectors "
+                       f"(filled {r['sectors_filled']}, trimmed {r['sectors_trimmed']}, widened {r['sectors_widened']}): check the contours")
+    return out
+
+
+def compute_analysis(study, model_name=None, labels=None, frames="ed_es", density=1.05, rest=None, device=None,
+                     progress=None, bullseye="mbf"):
+    """A measured Analysis of ``study``.
+
+    labels: None runs the registry network ``model_name`` (the task's default when None); a
+    ``{frame: (S, R, C)}`` dict measures those labels as they are (a single 3D volume is
+    measured at ED only, with a warning: ``Analysis``). ``rest``: the rest
+    perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf' or 'relative_upslope' (perfusion).
+    """
+    from .analysis import Analysis
+
+    timing = {}
+    model_info = None
+    if labels is None:
+        t0 = time.perf_counter()
+        labels, model_info = segment(study, model_name, frames, device, progress)
+        timing["segmentation"] = time.perf_counter() - t0
+    elif not labels:
+        raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
+    analysis = Analysis(study, labels, density=density, rest=rest)
+    analysis.bullseye_measure = bullseye
+    analysis.run(progress)
+    if model_info:
+        analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
+    analysis.model_info = model_info
+    timing.update(analysis.timing_s)
+    analysis.timing_s = timing
+    return analysis
