@@ -143,14 +143,9 @@ def file_voxels(path):
 
 
 def _looks_like_dicom(path):
-    if path.suffix.lower() in (".dcm", ".ima"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    from .readers.dicom import looks_like_dicom
+
+    return path.suffix.lower() in (".dcm", ".ima") or looks_like_dicom(path)
 
 
 def _folder_estimate(folder):
