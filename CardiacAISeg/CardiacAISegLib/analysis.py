@@ -168,6 +168,12 @@ class Analysis:
         mask = self.labels[self.reference_frame] == MYO
         if not mask.any():
             raise CardiacInputError(st.source or st.name, "the myocardial mask is empty: nothing to quantify")
+        # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)
+        from .readers.geometry_check import check_not_blank
+        from .readers.series_kind import check_perfusion_frames
+
+        check_perfusion_frames(st)
+        check_not_blank(st.source or st.name, st.images)
         aif = self._aif()
         images, dt = _regular_frames(st.images, times)
         if images is not st.images:

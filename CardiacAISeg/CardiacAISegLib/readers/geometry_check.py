@@ -173,13 +173,19 @@ def slice_gap_warnings(positions):
     return out
 
 
-def check_not_blank(path, images):
-    """Refuse images whose every pixel has one value (an export that lost its pixel data):
-    given label maps would still give volumes, of a study nobody can see."""
+def blank_image_problem(images):
+    """A sentence when every pixel has one value (an export that lost its pixel data), else None."""
     images = np.asarray(images)
     if images.size and float(images.min()) == float(images.max()):
-        raise CardiacInputError(path, f"every pixel of the image is {float(images.min()):g}: it holds no image data "
-                                      "(a blank or failed export?)")
+        return f"every pixel of the image is {float(images.min()):g}: it holds no image data (a blank or failed export?)"
+    return None
+
+
+def check_not_blank(path, images):
+    """Refuse a blank image where the numbers would come from it (perfusion curves)."""
+    problem = blank_image_problem(images)
+    if problem:
+        raise CardiacInputError(path, problem)
 
 
 def check_geometry(study, path=None):
@@ -187,8 +193,10 @@ def check_geometry(study, path=None):
 
     Returns the study. Raises CardiacInputError naming ``path`` (default: the study's source)."""
     path = path or study.source or study.name
-    check_not_blank(path, study.images)
     prov = study.provenance
+    blank = blank_image_problem(study.images)
+    if blank:   # given label maps still give volumes, but of an image nobody can check them on
+        add_warning(prov, f"{blank}; measures come from the label maps alone")
     for w in validate_affine(path, study.ijk_to_ras):
         add_warning(prov, w)
     positions = prov.get("slice_positions_mm")

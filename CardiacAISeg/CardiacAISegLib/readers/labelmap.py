@@ -63,12 +63,14 @@ def read_labels(path, convention="acdc"):
     unknown = sorted(int(v) for v in present if v != 0 and int(v) not in known)
     if not out.any():
         # nothing left to measure: say what the file holds, not "no label maps" later on the image
+        # (raised by load_labelmap after the size check, the plainer reason when both apply)
         if not unknown:
-            raise CardiacInputError(path, "the label map is all background (0): no LV, myocardium or RV is labelled")
-        raise CardiacInputError(path, f"no LV, myocardium or RV label: the map holds values {_few(unknown)}, which are not "
-                                      f"labels in the {info['convention']} convention (accepted: "
-                                      f"{_accepted(convention, mapping)}); a binary mask (0/1 or 0/255) is not a "
-                                      "ventricle segmentation, choose --label-convention or convert the map")
+            info["nothing_labelled"] = "the label map is all background (0): no LV, myocardium or RV is labelled"
+        else:
+            info["nothing_labelled"] = (f"no LV, myocardium or RV label: the map holds values {_few(unknown)}, which are "
+                                        f"not labels in the {info['convention']} convention (accepted: "
+                                        f"{_accepted(convention, mapping)}); a binary mask (0/1 or 0/255) is not a "
+                                        "ventricle segmentation, choose --label-convention or convert the map")
     if unknown:
         info["warnings"].append(f"label values {_few(unknown)} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
     return out, m, info
@@ -134,11 +136,13 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
-    if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
-        _refuse_swapped_convention(path, labels, convention)
     if labels.shape[1:] != study.images.shape[1:]:
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}")
+    if info.get("nothing_labelled"):
+        raise CardiacInputError(path, info.pop("nothing_labelled"))
+    if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
+        _refuse_swapped_convention(path, labels, convention)
     if info.pop("spacing_lost"):
         info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
     elif not np.allclose(m, study.ijk_to_ras, atol=1e-2 * min(study.spacing)):

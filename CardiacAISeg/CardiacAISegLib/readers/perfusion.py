@@ -194,11 +194,6 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
     measured = study.frame_times_s
     n = study.n_frames
-    from .geometry_check import check_not_blank
-    from .series_kind import check_perfusion_frames
-
-    check_not_blank(study.source or path, study.images)
-    check_perfusion_frames(study)
     prov = study.provenance
     warnings = prov.setdefault("warnings", [])
 

@@ -80,7 +80,8 @@ def evidence(study, aif_given=False, dt=None):
 
 
 # A first pass (baseline, arrival, peak, wash-out) needs this many frames; the MBF fit
-# (mbf.py) needs as many.
+# (mbf.py) needs as many. Checked where MBF is computed (a short series still reads, e.g.
+# to look at its timing).
 MIN_PERFUSION_FRAMES = 8
 
 
@@ -98,8 +99,6 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     strong pieces of evidence, or between strong evidence and ``requested``, are errors that
     name the source and what each says.
     """
-    if requested == PERFUSION or aif_given:   # before "a single frame is a cine" contradicts the flags
-        check_perfusion_frames(study, "--kind perfusion" if requested == PERFUSION else "a perfusion series (--aif given)")
     found = evidence(study, aif_given, dt)
     strong = [e for e in found if e[1] == STRONG]
     kinds = {e[0] for e in strong}
