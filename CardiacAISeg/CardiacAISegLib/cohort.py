@@ -129,7 +129,9 @@ def read_manifest(path, defaults=None):
         for column, value in r.items():
             if column in PATH_COLUMNS or column in OPTION_COLUMNS or not column:
                 continue
-            if column.startswith(REF_PREFIX):
+            if column in META_COLUMNS:   # a manifest column must not hide the table's own (status, error, ...)
+                extra[f"manifest_{column}"] = value
+            elif column.startswith(REF_PREFIX):
                 extra[column] = _number(value, column, where) if value else None
             else:
                 extra[column] = value
@@ -340,7 +342,8 @@ def _column_order(rows, specs):
                 measures.append(k)
     first = [k for k in MEASURE_KEYS if k in measures]
     wall = sorted((k for k in measures if k.startswith("Wall thickness")), key=lambda k: int(re.findall(r"\d+", k)[0]))
-    rest = sorted(k for k in measures if k not in first and k not in wall)
+    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]  # noqa: E731 - segments.2 before .10
+    rest = sorted((k for k in measures if k not in first and k not in wall), key=natural)
     extra = []
     for s in specs:
         for k in s.extra:
@@ -350,7 +353,7 @@ def _column_order(rows, specs):
 
 
 def assemble_table(specs, out_root):
-    """(columns, rows as flat dicts, number of studies without a row) for the cohort."""
+    """(columns, rows as flat dicts, number of studies without a row, (meta, measure, manifest) column groups)."""
     rows, missing = [], 0
     for spec in specs:
         row = _read_row(spec, out_root)
@@ -428,12 +431,12 @@ class ModelPreload(WorkerPlugin):
         self.torch_threads = torch_threads
 
     def setup(self, worker=None):
+        if not self.models:   # labels only: no network, so no torch import either
+            return
         if self.torch_threads:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        if not self.models:
-            return
         from .models import registry
 
         for name in self.models:
@@ -507,9 +510,14 @@ def _open_client(scheduler, n_workers, specs, processes):
         except (OSError, TimeoutError) as e:
             raise CardiacInputError("--scheduler", f"cannot reach the Dask scheduler at {scheduler} ({e}); "
                                                    "start one with `dask scheduler` or leave --scheduler out") from None
+    import logging
+
+    # one thread per worker process: the pipeline's native libraries (ONNX, torch, VTK) are not
+    # meant to share a process between concurrent studies, and processes use every core anyway.
+    # silence_logs: Dask's shutdown warnings (a worker slow to exit on a busy machine) are noise here.
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
                            memory_limit=worker_memory_limit(specs, n_workers) if processes else 0,
-                           dashboard_address=":0", host="127.0.0.1")
+                           dashboard_address=":0", host="127.0.0.1", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.analyze import OUTPUT_FILES
-from CardiacAISegLib.cohort import ROW_FILE, ModelPreload, measures_of, models_needed, read_manifest
+from CardiacAISegLib.cohort import ROW_FILE, ModelPreload, load_cohort, measures_of, models_needed, read_manifest
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.phantom import write_phantom
 
@@ -91,6 +91,26 @@ def test_manifest_resolves_paths_and_reference_columns(cohort):
     assert a.extra["site"] == "synthetic"
     if cohort["acdc"]:
         assert specs[2].options["labels"] == "study"   # the keyword is not a path
+
+
+def test_folder_of_studies(tmp_path):
+    """One study per subfolder or image file; other files, hidden entries and the output folder are not studies."""
+    (tmp_path / "patient_a").mkdir()
+    (tmp_path / "b.nii.gz").write_bytes(b"")
+    (tmp_path / "c.seq.nrrd").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "out").mkdir()
+    specs = load_cohort(tmp_path, {"labels": "study"}, exclude=[tmp_path / "out"])
+    assert [(s.study, Path(s.input).name) for s in specs] == [("b", "b.nii.gz"), ("c", "c.seq.nrrd"), ("patient_a", "patient_a")]
+    assert all(s.options == {"labels": "study"} for s in specs)
+    (tmp_path / "b").mkdir()   # b/ and b.nii.gz would share the output folder b/
+    with pytest.raises(CardiacInputError, match="same folder 'b'"):
+        load_cohort(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CardiacInputError, match="holds no studies"):
+        load_cohort(empty)
 
 
 def test_manifest_errors_name_the_file_and_problem(tmp_path):
@@ -283,3 +303,20 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+def test_worker_memory_limit_follows_the_largest_study(cohort, tmp_path):
+    """LocalCluster workers get the libraries' share plus the largest study's measured need (memory_check)."""
+    import nibabel as nib
+
+    from CardiacAISegLib.cohort import StudySpec, worker_memory_limit
+    from CardiacAISegLib.memory_check import needed_bytes
+
+    small = StudySpec("a", str(cohort["root"] / "phantom_a" / "cine.nii.gz"))
+    big_path = tmp_path / "big.nii"
+    nib.save(nib.Nifti1Image(np.zeros((128, 128, 16, 30), np.float32), np.eye(4)), str(big_path))
+    big = StudySpec("big", str(big_path))
+    base = int(1.5 * 1024 ** 3)
+    assert worker_memory_limit([small], 1) >= base + needed_bytes(small.input)[0]
+    assert worker_memory_limit([small, big], 1) >= base + needed_bytes(big_path)[0]
+    assert worker_memory_limit([small, big], 1) > worker_memory_limit([small], 1)

@@ -1,0 +1,79 @@
+"""Cohort throughput: N studies by one `cardiacaiseg batch` vs N separate `cardiacaiseg analyze`
+processes, in the same run, on the same cores.
+
+Studies: the first N ACDC patients of ../shared/data/acdc (Bernard et al. IEEE TMI 2018), with
+the network (``--model``: the default cine model) or with their ground-truth labels
+(``--labels study``). The separate processes run ``--cores`` at a time (as a shell loop with
+``xargs -P`` would); the batch runs a LocalCluster with ``--cores`` worker processes. Both write
+every output (seg.nrrd, report.png, scene.mrb, results.json/csv). The ratio is studies per
+second of the batch over studies per second of the separate processes.
+
+    python benchmarks/bench_cohort.py [--n 12] [--cores 2] [--labels] [--json out.json]
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def main():
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=12, help="studies")
+    p.add_argument("--cores", type=int, default=2, help="parallel analyze processes = batch workers")
+    p.add_argument("--labels", action="store_true", help="use the ACDC ground-truth labels (no network)")
+    p.add_argument("--data", default=str(here.parent.parent / "shared" / "data" / "acdc"))
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args()
+    patients = sorted(d for d in Path(args.data).iterdir() if d.is_dir() and d.name.startswith("patient"))[: args.n]
+    if len(patients) < args.n:
+        sys.exit(f"{args.data}: only {len(patients)} ACDC patients, {args.n} asked for")
+    cli = [sys.executable, "-m", "CardiacAISegLib.cli"]
+    labels = ["--labels", "study"] if args.labels else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # one core per process, as each batch worker gets
+    with tempfile.TemporaryDirectory(prefix="bench_cohort_") as tmp:
+        tmp = Path(tmp)
+
+        def analyze(patient):
+            subprocess.run(cli + ["analyze", str(patient), "--out", str(tmp / "separate" / patient.name), "--quiet"] + labels,
+                           check=True, stdout=subprocess.DEVNULL, env=env)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.cores) as pool:
+            list(pool.map(analyze, patients))
+        separate_s = time.perf_counter() - t0
+
+        manifest = tmp / "cohort.csv"
+        with open(manifest, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["study", "path"])
+            w.writerows([[d.name, str(d)] for d in patients])
+        t0 = time.perf_counter()
+        subprocess.run(cli + ["batch", str(manifest), "--out", str(tmp / "batch"), "--workers", str(args.cores), "--quiet"]
+                       + labels, check=True, stdout=subprocess.DEVNULL, env=env)
+        batch_s = time.perf_counter() - t0
+        with open(tmp / "batch" / "cohort.csv", newline="") as f:
+            statuses = [r["status"] for r in csv.DictReader(f)]
+        # the same numbers both ways
+        for d in patients:
+            a = json.loads((tmp / "separate" / d.name / "results.json").read_text())["cine"]
+            b = json.loads((tmp / "batch" / d.name / "results.json").read_text())["cine"]
+            assert abs(a["lv_edv_ml"] - b["lv_edv_ml"]) < 1e-6 * max(1.0, a["lv_edv_ml"]), d.name
+    result = {"studies": args.n, "cores": args.cores, "segmentation": "labels" if args.labels else "network",
+              "separate_s": round(separate_s, 1), "batch_s": round(batch_s, 1),
+              "separate_studies_per_min": round(60 * args.n / separate_s, 1),
+              "batch_studies_per_min": round(60 * args.n / batch_s, 1), "ratio": round(separate_s / batch_s, 2),
+              "batch_statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
