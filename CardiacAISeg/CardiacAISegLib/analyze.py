@@ -58,25 +58,6 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
     return analysis, analysis.model_info, dict(analysis.timing_s)
 
 
-def populate_scene(ctx, analysis):
-    """Volume/sequence, segmentations (reference frame, and ES for cine), insertion markups, table."""
-    from . import scene as sc
-
-    st = analysis.study
-    nodes = {"study": sc.add_study(ctx, st)}
-    ref = analysis.reference_frame
-    nodes["segmentation"] = sc.add_segmentation(ctx, analysis.labels[ref], st.ijk_to_ras, nodes["study"].volume,
-                                                name=f"{st.name} segmentation" + (" ED" if analysis.kind != PERFUSION else ""))
-    es = (analysis.cine or {}).get("es_frame")
-    if es is not None and es != ref and es in analysis.labels:
-        nodes["segmentation_es"] = sc.add_segmentation(ctx, analysis.labels[es], st.ijk_to_ras, nodes["study"].volume,
-                                                       name=f"{st.name} segmentation ES")
-    if analysis.insertion:
-        nodes["markups"] = sc.add_insertion_markups(ctx, analysis.insertion_summary())
-    nodes["table"] = sc.add_results_table(ctx, analysis.table_rows())
-    return nodes
-
-
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None):
     """Write every output into ``out_dir``; returns {name: path}.
 
@@ -130,9 +111,13 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
     checkpoint()
     progress(2, steps, "writing scene")
-    ctx = sc.new_scene()
-    populate_scene(ctx, analysis)
-    sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
+    # the scene is built by the Slicer Logic itself, parameter node included, so opening
+    # scene.mrb in Slicer (or the web GUI) restores a live, editable analysis
+    from .logic import CardiacAISegLogic
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(analysis)
+    sc.write_mrb(logic.context, stage / "scene.mrb", overwrite=True)
     checkpoint()
     progress(3, steps, "writing results")
     timing = dict(timing or {})

@@ -38,6 +38,10 @@ except ImportError:
 MODULE_NAME = "CardiacAISeg"
 FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
+# On the input node of a saved scene: what the images alone cannot say again, so the scene
+# reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
+STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
+                    "hematocrit": "CardiacAISeg.Hematocrit", "ed_es": "CardiacAISeg.EDES"}
 OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
@@ -214,17 +218,37 @@ class CardiacAISegLogic(_LogicBase):
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"))
+        stamped = _read_study_attributes(sequence or node)
+        if kind not in (CINE, PERFUSION):
+            kind = stamped.get("kind")
+        aif = aifPath or stamped.get("aif")
         # the kind is decided where every reader decides it (readers.series_kind), from the
         # same evidence; a perfusion series is then finished like a file read from disk
         from .readers.series_kind import decide_kind
 
-        decide_kind(study, requested=kind if kind in (CINE, PERFUSION) else None, aif_given=bool(aifPath))
+        decide_kind(study, requested=kind if kind in (CINE, PERFUSION) else None, aif_given=aif is not None and len(aif) > 0)
         if study.kind == PERFUSION:
             from .readers.perfusion import finish_perfusion
 
             dt = None if study.frame_times_s is not None else self._floatParameter("frameTimeS")
-            finish_perfusion(study, node.GetName(), aif=aifPath or None, dt=dt)
+            finish_perfusion(study, node.GetName(), aif=aif if aif is not None and len(aif) else None, dt=dt,
+                             units=stamped.get("units"), hematocrit=stamped.get("hematocrit"))
+        elif "ed_es" in stamped:
+            study.ed_frame, study.es_frame = stamped["ed_es"]
         return study, sequence
+
+    def adoptAnalysis(self, analysis):
+        """Show an Analysis computed elsewhere (the CLI's) in this Logic's scene, exactly as a run
+        here would: input nodes, parameter node, segmentations, handles, table. The input node is
+        stamped with what the images cannot say again (kind, AIF, units, ED/ES), so a scene saved
+        from here reopens as the same live analysis (``restoreFromParameterNode``)."""
+        st = analysis.study
+        self.setStudy(st)
+        _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, st)
+        self.setParameter("kind", analysis.kind)
+        self.setParameter("density", repr(float(analysis.density)))
+        self.setParameter("bullseyeMeasure", analysis.bullseye_measure)
+        return self.applyAnalysis(analysis)
 
     def detectKind(self, study=None):
         """('cine' | 'perfusion', reason), as ``readers.series_kind.decide_kind`` decides it."""
@@ -578,6 +602,40 @@ def _default_context():
 def _check_parameter(name):
     if name not in PARAMETERS:
         raise KeyError(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+
+
+def _write_study_attributes(node, study):
+    node.SetAttribute(STUDY_ATTRIBUTES["kind"], study.kind)
+    # an AIF taken from the LV pool is taken again from the saved segmentation on reopening
+    if study.aif is not None and (study.provenance or {}).get("aif_source") != "lv_blood_pool":
+        node.SetAttribute(STUDY_ATTRIBUTES["aif"], " ".join(repr(float(v)) for v in study.aif))
+    node.SetAttribute(STUDY_ATTRIBUTES["units"], study.units)
+    if study.hematocrit is not None:
+        node.SetAttribute(STUDY_ATTRIBUTES["hematocrit"], repr(float(study.hematocrit)))
+    if study.ed_frame is not None and study.es_frame is not None:
+        node.SetAttribute(STUDY_ATTRIBUTES["ed_es"], f"{int(study.ed_frame)} {int(study.es_frame)}")
+
+
+def _read_study_attributes(node):
+    """{kind, aif (array), units, hematocrit, ed_es} from a stamped input node (only what is there)."""
+    out = {}
+    if node is None:
+        return out
+    get = node.GetAttribute
+    if get(STUDY_ATTRIBUTES["kind"]) in (CINE, PERFUSION):
+        out["kind"] = get(STUDY_ATTRIBUTES["kind"])
+    try:
+        if get(STUDY_ATTRIBUTES["aif"]):
+            out["aif"] = np.array([float(v) for v in get(STUDY_ATTRIBUTES["aif"]).split()])
+        if get(STUDY_ATTRIBUTES["hematocrit"]):
+            out["hematocrit"] = float(get(STUDY_ATTRIBUTES["hematocrit"]))
+        if get(STUDY_ATTRIBUTES["ed_es"]):
+            out["ed_es"] = tuple(int(v) for v in get(STUDY_ATTRIBUTES["ed_es"]).split())
+    except ValueError as e:
+        raise CardiacInputError(node.GetName(), f"unreadable CardiacAISeg attribute on the input node ({e})")
+    if get(STUDY_ATTRIBUTES["units"]) in ("signal", "gd_mmol_l"):
+        out["units"] = get(STUDY_ATTRIBUTES["units"])
+    return out
 
 
 def _sequence_of(ctx, node):
