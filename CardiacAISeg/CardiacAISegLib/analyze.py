@@ -100,24 +100,24 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     t0 = time.perf_counter()
     st = analysis.study
     steps = 5
-    progress(0, steps, "writing segmentation")
-    ref = analysis.reference_frame
-    sc.write_segmentation(stage / "segmentation.seg.nrrd", analysis.labels[ref], st.ijk_to_ras, overwrite=True)
-    es = (analysis.cine or {}).get("es_frame")
-    if es is not None and es != ref and es in analysis.labels:
-        sc.write_segmentation(stage / "segmentation_es.seg.nrrd", analysis.labels[es], st.ijk_to_ras, overwrite=True)
+    # One scene per run: the Slicer Logic builds it (parameter node included, so opening
+    # scene.mrb in Slicer restores a live, editable analysis) and its segmentation nodes are
+    # the ones written as .seg.nrrd.
+    from .logic import CardiacAISegLogic
+
+    progress(0, steps, "building the scene")
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(analysis)
     checkpoint()
     progress(1, steps, "writing report")
     report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
     checkpoint()
     progress(2, steps, "writing scene")
-    # the scene is built by the Slicer Logic itself, parameter node included, so opening
-    # scene.mrb in Slicer (or the web GUI) restores a live, editable analysis
-    from .logic import CardiacAISegLogic
-
-    logic = CardiacAISegLogic(sc.new_scene())
-    logic.adoptAnalysis(analysis)
     sc.write_mrb(logic.context, stage / "scene.mrb", overwrite=True)
+    for parameter, name in (("outputSegmentationID", "segmentation.seg.nrrd"), ("outputSegmentationESID", "segmentation_es.seg.nrrd")):
+        node = logic.getNodeParameter(parameter)
+        if node is not None:
+            sc.write_node(node, stage / name, overwrite=True)
     checkpoint()
     progress(3, steps, "writing results")
     timing = dict(timing or {})
@@ -169,6 +169,14 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         unused.append(f"--model {model} not used: the label maps given with --labels are measured, no network runs")
     if labels is not None and frames != "ed_es":
         unused.append(f"--frames {frames} not used: it chooses the frames a network segments; --labels gives the label maps")
+    if study.kind != PERFUSION:
+        given = [flag for flag, value in (("--dt", dt), ("--units", units)) if value is not None]
+        if given:
+            unused.append(f"{' and '.join(given)} not used: {'they are' if len(given) > 1 else 'it is'} for perfusion "
+                          f"series, this is a {study.kind} series")
+    if rest is None and (rest_labels is not None or rest_aif is not None):
+        raise CardiacInputError("--rest-labels" if rest_labels is not None else "--rest-aif",
+                                "goes with --rest (the rest perfusion series), which was not given")
     # --- end of flags check
     rest_analysis = None
     if rest is not None:

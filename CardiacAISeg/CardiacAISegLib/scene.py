@@ -380,6 +380,11 @@ def _write_storable(node, path, overwrite):
     storage.SetFileName(os.path.abspath(os.fspath(path)))
 
 
+def write_node(node, path, overwrite=False):
+    """Write a storable node (segmentation, volume, markups, table) with its default storage."""
+    _write_storable(node, path, overwrite)
+
+
 def write_segmentation(path, label_map, ijk_to_ras, overwrite=False, ctx=None, name="Segmentation"):
     """Write ``label_map`` as a Slicer ``.seg.nrrd``; returns the segmentation node."""
     if not os.fspath(path).endswith(".seg.nrrd"):
