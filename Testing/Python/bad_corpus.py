@@ -692,7 +692,7 @@ def _(base, f):
 
 
 # --- perfusion ----------------------------------------------------------------------------
-@case("aif_header_only", "error", ("AIF",), named=lambda f: f / "aif.csv", category="perfusion")
+@case("aif_header_only", "error", ("no values",), named=lambda f: f / "aif.csv", category="perfusion")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)
     (f / "aif.csv").write_text("aif\n")
@@ -850,6 +850,38 @@ def _(base, f):
     return perfusion_args(base, **{"--labels": lab})
 
 
+@case("dt_and_units_given_for_a_cine", "warn", ("--dt and --units not used",), category="cli")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return [img, "--labels", lab, "--dt", 0.04, "--units", "signal"]
+
+
+@case("rest_labels_without_rest", "error", ("--rest",), named=lambda f: "--rest-labels", category="cli")
+def _(base, f):
+    return perfusion_args(base, **{"--rest-labels": base.perf_dir / "perfusion_labels.nii.gz"})
+
+
+@case("rest_series_is_a_cine", "error", ("cine.nii.gz",), category="perfusion")
+def _(base, f):
+    img, lab = cine_nifti(base, f)
+    return perfusion_args(base, **{"--rest": img, "--rest-labels": lab, "--rest-aif": base.perf_dir / "aif.csv"})
+
+
+@case("aif_binary_file", "error", ("not a text file",), named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_bytes(bytes(range(256)) * 4)
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_latin1_header_and_bom", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "aif.csv").write_bytes("Gd (µmol/L x 1e-3)\n".encode("latin-1")
+                                + "\n".join(f"{v:.4f}" for v in base.perf_study.aif).encode() + b"\n")
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
 # --- import-model misuse ------------------------------------------------------------------
 def _card(f, weights_name="model.ts", **changes):
     card = {"name": "corpus-net", "title": "t", "task": "cine", "version": "1",
@@ -944,6 +976,40 @@ def _(base, f):
     from CardiacAISegLib.models.registry import sha256_of
 
     card = _card(f, name="My Model")
+    card["weights"]["sha256"] = sha256_of(f / "model.ts")
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_weights_file_in_card_escapes", "error", ("plain file name",), named=lambda f: f / "card.json",
+      command="import-model", category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    from CardiacAISegLib.models.registry import sha256_of
+
+    card = _card(f, weights_name="../../escaped.ts")
+    card["weights"]["sha256"] = sha256_of(f / "model.ts")
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.ts", f / "card.json"]
+
+
+@case("import_weights_is_a_folder", "error", ("weights",), named=lambda f: f / "weights", command="import-model",
+      category="import")
+def _(base, f):
+    (f / "weights").mkdir(parents=True)
+    (f / "card.json").write_text(json.dumps(_card(f)))
+    return [f / "weights", f / "card.json"]
+
+
+@case("import_card_unknown_task", "error", ("task",), named=lambda f: f / "card.json", command="import-model",
+      category="import")
+def _(base, f):
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    from CardiacAISegLib.models.registry import sha256_of
+
+    card = _card(f, task="segmentation")
     card["weights"]["sha256"] = sha256_of(f / "model.ts")
     (f / "card.json").write_text(json.dumps(card))
     return [f / "model.ts", f / "card.json"]

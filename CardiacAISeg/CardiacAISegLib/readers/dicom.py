@@ -78,14 +78,54 @@ def _read_header(path):
                 return None
         except Exception as e:
             raise CardiacInputError(path, f"truncated or corrupt DICOM file ({type(e).__name__}: {e})")
-    sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    try:
+        sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    except Exception as e:   # an element pydicom cannot parse (unknown VR, odd length)
+        raise CardiacInputError(path, f"damaged DICOM header: SOPClassUID cannot be parsed ({type(e).__name__}: {e})") from None
     if "Rows" not in ds:
         if sop is None or "Image" in getattr(sop, "name", ""):
             raise CardiacInputError(path, "truncated or corrupt DICOM file (the image attributes are missing)")
         return None  # DICOMDIR, structured reports, presentation states: no image
     if str(sop) == _DICOMDIR_UID:
         return None
+    _check_header(path, ds)
     return ds
+
+
+# Tags the reader turns into whole numbers; a damaged header must fail here, naming the file,
+# not as a bare ValueError deep in the stacking code.
+_INTEGER_TAGS = ("Rows", "Columns", "InstanceNumber", "SeriesNumber", "NumberOfFrames", "BitsAllocated", "BitsStored",
+                 "PixelRepresentation", "SamplesPerPixel")
+# Tags read later with their own messages (geometry, times): only a header so damaged that
+# pydicom cannot parse the element (an unknown VR) is refused here.
+_LATER_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "TriggerTime", "AcquisitionTime",
+               "ContentTime", "SeriesInstanceUID", "SOPInstanceUID", "SeriesDescription", "RescaleSlope",
+               "RescaleIntercept", "PhotometricInterpretation", "SliceThickness", "SpacingBetweenSlices", "Manufacturer")
+
+
+def _check_header(path, ds):
+    """Refuse, naming the file and the tag, a header whose elements pydicom cannot parse or
+    whose counts are not single whole numbers (bit errors, broken anonymisers)."""
+    if "Columns" not in ds:
+        raise CardiacInputError(path, "truncated or corrupt DICOM file (Rows without Columns)")
+    for tag in _INTEGER_TAGS + _LATER_TAGS:
+        try:
+            value = ds.get(tag)
+        except NotImplementedError as e:    # pydicom: "Unknown Value Representation ..."
+            raise CardiacInputError(path, f"damaged DICOM header: {tag} cannot be parsed ({e})") from None
+        except (ValueError, TypeError, OverflowError):
+            if tag in _INTEGER_TAGS:
+                raise CardiacInputError(path, f"damaged DICOM header: {tag} is not a number") from None
+            continue
+        except Exception as e:              # pydicom's BytesLengthException and kin: a broken element
+            raise CardiacInputError(path, f"damaged DICOM header: {tag} cannot be parsed ({type(e).__name__}: {e})") from None
+        if tag in _INTEGER_TAGS and value not in (None, ""):
+            try:
+                number = int(value)
+            except (ValueError, TypeError, OverflowError):
+                raise CardiacInputError(path, f"damaged DICOM header: {tag} {value!r} is not one whole number") from None
+            if tag in ("Rows", "Columns") and number <= 0:
+                raise CardiacInputError(path, f"damaged DICOM header: {tag} {number}")
 
 
 def series_uid_of(path):
@@ -451,9 +491,14 @@ def _check_pixel_format(f, ds):
                                    "MR images")
 
 
-def _transfer_syntax(ds):
+def _compressed_syntax(ds):
+    """The file's transfer syntax when it is a compressed one, else None."""
     source = ds.source.ds if isinstance(ds, EnhancedFrame) else ds
-    return getattr(getattr(source, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
+    ts = getattr(getattr(source, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
+    try:
+        return ts if ts is not None and ts.is_compressed else None
+    except (ValueError, AttributeError):   # not a transfer syntax UID at all
+        return None
 
 
 def _pixels(f, ds, notes=None):
@@ -470,8 +515,8 @@ def _pixels(f, ds, notes=None):
     except CardiacInputError:
         raise
     except Exception as e:
-        ts = _transfer_syntax(ds)
-        if ts is not None and getattr(ts, "is_compressed", False):
+        ts = _compressed_syntax(ds)
+        if ts is not None:
             raise CardiacInputError(f, f"pixel data compressed as {getattr(ts, 'name', '') or 'unknown'} (transfer syntax "
                                        f"{ts}) could not be decoded ({type(e).__name__}: {str(e).splitlines()[0]}): "
                                        f"{_DECODER_HINT}") from None

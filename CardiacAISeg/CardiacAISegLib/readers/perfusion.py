@@ -29,7 +29,15 @@ _DECIMAL_COMMA = re.compile(r"^([-+]?\d+),(\d+(?:[eE][-+]?\d+)?)$")
 
 
 def _read_aif_text(path):
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    raw = Path(path).read_bytes()
+    if b"\x00" in raw:
+        raise CardiacInputError(path, "not a text file (binary data); accepted: a text/CSV column of AIF values, one per "
+                                      "frame, or an Analyze/NIfTI column image")
+    try:   # utf-8-sig: a spreadsheet's byte-order mark would hide the 'aif' header
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:   # a Windows spreadsheet's header ("µmol/L"): the numbers are ASCII either way
+        text = raw.decode("latin-1")
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise CardiacInputError(path, "empty AIF file")
@@ -46,9 +54,14 @@ def _read_aif_text(path):
         names = [c.lower() for c in rows[0]]
         if "aif" in names:
             column = names.index("aif")
+        elif delim is None and len(rows) > 1 and all(len(r) == 1 for r in rows[1:]):
+            pass   # one column under a header of several words ("Gd (mmol/L)")
         elif len(names) != 1:
             raise CardiacInputError(path, f"several columns {rows[0]} and none named 'aif'")
-        rows = rows[1:]
+        header, rows = rows[0], rows[1:]
+        if not rows:
+            raise CardiacInputError(path, f"the AIF file has a header line {header} and no values; accepted: one value "
+                                          "per frame under it")
     else:
         if len(rows[0]) != 1:
             hint = (" (or are these decimal commas? then separate columns with ';' or write '.' for decimals)"

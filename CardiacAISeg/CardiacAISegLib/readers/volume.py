@@ -116,7 +116,10 @@ def read_nifti(path):
         meta["orientation_known"] = False
     if data.ndim == 4 and data.shape[3] > 1:
         dt = float(header.get_zooms()[3]) if len(header.get_zooms()) > 3 else 0.0
-        unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
+        try:
+            unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
+        except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
+            unit = "unknown"
         scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
         if scale and dt > 0:
             meta["frame_times_s"] = np.arange(data.shape[3]) * dt * scale
@@ -159,6 +162,17 @@ def read_nrrd(path):
         raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
+    if len(kinds) != data.ndim or (dirs is not None and len(dirs) != data.ndim):
+        raise CardiacInputError(path, f"header fields do not match the {data.ndim} axes of the data (kinds {kinds}, "
+                                      f"{'no' if dirs is None else len(dirs)} space directions)")
+    if dirs is not None:
+        width = {np.asarray(dirs[a], float).size for a in range(data.ndim)
+                 if np.all(np.isfinite(np.asarray(dirs[a], float)))}
+        if width - {3}:
+            raise CardiacInputError(path, f"space directions {np.asarray(dirs).tolist()} must be vectors of 3 numbers "
+                                          "(a 3D patient space)")
+    if "space origin" in header and np.asarray(header["space origin"], float).size != 3:
+        raise CardiacInputError(path, f"space origin {np.asarray(header['space origin']).tolist()} must be 3 numbers")
     spatial = [a for a in range(data.ndim)
                if (dirs is not None and np.all(np.isfinite(np.asarray(dirs[a], float))))
                or (dirs is None and kinds[a] in _SPATIAL_KINDS)]
