@@ -172,9 +172,13 @@ def _mask_offset(win, lab_win, shifts, max_px=3):
     return best_d
 
 
-def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM):
+def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, onto_mask=True):
     """(T, 2) in-plane shifts (drow, dcol) in pixels of one slice: frame t shows at x + shift[t]
-    what the mask shows at x. Also returns a dict: usable frames, mask offset."""
+    what the mask shows at x. Also returns a dict: usable frames, mask offset.
+
+    ``onto_mask`` False aligns the frames with each other only (at their median position), for a
+    mask that is itself in doubt (the bolus check of a network's mask): the mask then only
+    places the window."""
     frames = np.asarray(frames, np.float64)
     lab = np.asarray(label_slice)
     heart = (lab == LV) | (lab == MYO) | (lab == RV)
@@ -197,7 +201,7 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9))
     if not usable.any():
         return np.zeros((t_count, 2)), {"registered": False, "reason": "no frame with contrast in the heart"}
-    offset = _mask_offset(win, lab_win, shifts)
+    offset = _mask_offset(win, lab_win, shifts) if onto_mask else np.zeros(2)
     return shifts + offset, {"registered": True, "usable_frames": int(usable.sum()),
                              "mask_offset_px": [round(float(v), 2) for v in offset]}
 

@@ -97,3 +97,29 @@ def test_qperf_network_masks_hold_little_blood_and_medians_match_the_authors(sha
         glob = a.perfusion["global_mbf_ml_min_g"]
         assert abs(glob - authors[series]) / authors[series] <= 0.10, (series, glob)
         assert study.provenance["motion"]["slices"][0]["registered"]
+
+
+def test_bolus_check_keeps_the_wall_under_breathing(breathing):
+    # Without motion correction the blood-likeness test sees the cavity move over the endocardial
+    # wall in some frames and cuts it. The check aligns the frames at their median position (the
+    # mask under test may be wrong, so it is not trusted to say where the heart is); the mask it
+    # is given here is the truth moved there, as a network that sees all frames places it.
+    # Measured (seed 0): wall Dice 0.92-0.93 with the alignment, 0.75-0.79 without.
+    from scipy import ndimage
+
+    from CardiacAISegLib.models.perfusion_refine import refine_slice
+
+    study, truth = breathing
+    true_shift = truth["motion_shift_px"][:, ::-1]
+    with_contrast = np.abs(study.aif) > 0.05 * study.aif.max()
+    median_position = np.median(true_shift[with_contrast], axis=0)
+    for k in range(study.n_slices):
+        labels = ndimage.shift(study.labels[0][k], np.round(median_position), order=0)
+        wall = labels == MYO
+        dice = {}
+        for on in (True, False):
+            out, report = refine_slice(study.images[:, k], study.aif, labels, motion=on, pixel_mm=PIXEL_MM)
+            mine = out == MYO
+            dice[on] = 2 * (mine & wall).sum() / (mine.sum() + wall.sum())
+            assert (report["motion_max_shift_px"] > 1.0) == on
+        assert dice[True] > 0.9 and dice[False] < dice[True] - 0.1, (k, dice)
