@@ -36,7 +36,8 @@ def main():
         sys.exit(f"{args.data}: only {len(patients)} ACDC patients, {args.n} asked for")
     cli = [sys.executable, "-m", "CardiacAISegLib.cli"]
     labels = ["--labels", "study"] if args.labels else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # one core per process, as each batch worker gets
+    # one core per process for both, as each of --cores batch workers gets
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIACAISEG_THREADS": str(max(1, (os.cpu_count() or 1) // args.cores))}
     with tempfile.TemporaryDirectory(prefix="bench_cohort_") as tmp:
         tmp = Path(tmp)
 

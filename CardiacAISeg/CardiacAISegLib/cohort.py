@@ -419,24 +419,27 @@ def _worker_threads(n_workers):
 
 
 class ModelPreload(WorkerPlugin):
-    """Dask worker plugin: torch threads for one worker's share of the cores, the models loaded once.
+    """Dask worker plugin: network threads for one worker's share of the cores, the models loaded once.
 
     The models stay in ``registry``'s per-process cache (keyed by model folder and weights
     sha256), where ``analyze.segment`` finds them for every study this worker runs.
     """
     name = "cardiacaiseg-model-preload"
 
-    def __init__(self, models, torch_threads=None):
+    def __init__(self, models, threads=None):
         self.models = list(models)
-        self.torch_threads = torch_threads
+        self.threads = threads
 
     def setup(self, worker=None):
         if not self.models:   # labels only: no network, so no torch import either
             return
-        if self.torch_threads:
+        if self.threads:
+            # before the models load: onnxruntime sessions take their thread count when created
+            # (CARDIACAISEG_THREADS, models/inference.cpu_threads); a value the user set wins
+            os.environ.setdefault("CARDIACAISEG_THREADS", str(self.threads))
             import torch
 
-            torch.set_num_threads(self.torch_threads)
+            torch.set_num_threads(self.threads)
         from .models import registry
 
         for name in self.models:
@@ -517,7 +520,8 @@ def _open_client(scheduler, n_workers, specs, processes):
     # silence_logs: Dask's shutdown warnings (a worker slow to exit on a busy machine) are noise here.
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
                            memory_limit=worker_memory_limit(specs, n_workers) if processes else 0,
-                           dashboard_address=":0", host="127.0.0.1", silence_logs=logging.ERROR)
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                           **({"host": "127.0.0.1"} if processes else {}))   # threads talk in-process, not over TCP
     return Client(cluster), cluster
 
 

@@ -198,7 +198,7 @@ def test_cohort_report_png(local_run):
     assert float(np.std(img[..., :3])) > 0.05
 
 
-def test_model_preload_keeps_the_model_by_sha256(cohort):
+def test_model_preload_keeps_the_model_by_sha256(cohort, monkeypatch):
     """Studies without labels need the task's default model; the worker plugin loads it into the per-process cache."""
     from CardiacAISegLib.models import registry
 
@@ -208,7 +208,10 @@ def test_model_preload_keeps_the_model_by_sha256(cohort):
     unlabelled[0].options.pop("labels")
     name = registry.default_model("cine")
     assert models_needed(unlabelled) == [name]
-    ModelPreload([name], torch_threads=1).setup()
+    monkeypatch.setenv("CARDIACAISEG_THREADS", "")   # restored after the test: the plugin sets it for its process
+    monkeypatch.delenv("CARDIACAISEG_THREADS")
+    ModelPreload([name], threads=1).setup()
+    assert os.environ["CARDIACAISEG_THREADS"] == "1"   # a worker's share of the cores, before the session is made
     held = list(registry._CACHE.values())
     loaded = registry.load_model(name)
     assert any(loaded is m for m in held)   # the next study finds the module the plugin loaded
