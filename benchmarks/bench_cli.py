@@ -1,0 +1,125 @@
+"""Whole `cardiacaiseg analyze` runs, each a cold process: wall time, peak memory, stage timings.
+
+Cases: the shipped Sunnybrook sample (DICOM, ED+ES), an ACDC patient (ED+ES) and the QPerf
+stress + rest pair (MBF + MPR). Each case runs with ONNX Runtime (the default on a CPU) and with
+torch (CARDIACAISEG_RUNTIME=torch, the previous release's runtime) in the same session,
+alternating, so the ratio is fair even on a busy machine. Wall time is the child process's from
+fork to exit (imports included); peak memory is its maximum resident set (wait4 rusage).
+Stage timings come from the run's results.json (load, segmentation, measures, writing).
+
+    python benchmarks/bench_cli.py [--runs 3] [--cases sample,acdc,qperf] [--runtimes onnxruntime,torch]
+    python benchmarks/bench_cli.py --importtime      # also: which imports cost most in one run
+
+Targets (issue 14): sample and ACDC <= 1.5 s, QPerf pair <= 1 s, peak memory <= 600 MB.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "CardiacAISeg" / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es" / "dicom"
+TARGET_S = {"sample": 1.5, "acdc": 1.5, "qperf": 1.0}
+TARGET_MB = 600
+
+
+def case_arguments(name):
+    if name == "sample":
+        return [str(SAMPLE)] if SAMPLE.is_dir() else None
+    if name == "acdc":
+        p = SHARED / "acdc" / "patient001"
+        return [str(p)] if p.is_dir() else None
+    if name == "qperf":
+        p = SHARED / "qperf"
+        return [str(p), "--series", "stress", "--rest", str(p)] if p.is_dir() else None
+    raise SystemExit(f"unknown case {name!r}: use sample, acdc, qperf")
+
+
+def run_once(args, runtime, out, extra_python=()):
+    """(wall s, peak RSS MB, results.json timing, stderr) of one cold `cardiacaiseg analyze`."""
+    env = dict(os.environ, CARDIACAISEG_RUNTIME=runtime)
+    cmd = [sys.executable, *extra_python, "-m", "CardiacAISegLib.cli", "analyze", *args, "--out", str(out), "--quiet", "--force"]
+    # stderr to a file, not a pipe: -X importtime writes more than a pipe holds before wait4 returns
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the maximum over all children)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):   # 3: QC asks for review, outputs written (analyze --strict only)
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    peak_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    timing = json.loads((out / "results.json").read_text()).get("timing_s", {})
+    return wall, peak_mb, timing, stderr
+
+
+def top_imports(stderr, n=8):
+    """The costliest top-level imports of a `python -X importtime` run (cumulative ms)."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+        if cumulative.isdigit() and not name.startswith(" ") and "." not in name.strip():
+            rows.append((int(cumulative) / 1000, name.strip()))
+    return sorted(rows, reverse=True)[:n]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cases", default="sample,acdc,qperf")
+    ap.add_argument("--runtimes", default="onnxruntime,torch")
+    ap.add_argument("--importtime", action="store_true", help="one more run per case under python -X importtime")
+    args = ap.parse_args(argv)
+    runtimes = args.runtimes.split(",")
+    work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    results = {}
+    try:
+        for case in args.cases.split(","):
+            cli_args = case_arguments(case)
+            if cli_args is None:
+                print(f"skip {case}: data not found", file=sys.stderr)
+                continue
+            for rt in runtimes:   # warm the file cache (and any .pyc) before timing
+                run_once(cli_args, rt, work / f"{case}-warm")
+            for n in range(args.runs):
+                for rt in runtimes:   # alternate, so load on a shared machine falls on both alike
+                    wall, mb, timing, _ = run_once(cli_args, rt, work / f"{case}-{rt}-{n}")
+                    results.setdefault((case, rt), []).append((wall, mb, timing))
+            if args.importtime:
+                _, _, _, stderr = run_once(cli_args, runtimes[0], work / f"{case}-imports", ("-X", "importtime"))
+                print(f"{case} ({runtimes[0]}): costliest imports (cumulative ms): "
+                      + ", ".join(f"{name} {ms:.0f}" for ms, name in top_imports(stderr)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n`cardiacaiseg analyze`, cold process, median of {args.runs} runs; {os.cpu_count()} CPUs "
+          f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}), load average now {load:.1f}")
+    stages = ("load", "segmentation", "measures", "writing")
+    print(f"{'case':8s} {'runtime':12s} {'wall s':>7s} {'min s':>6s} {'target':>6s} {'peak MB':>8s} "
+          + " ".join(f"{s:>12s}" for s in stages) + "   vs torch")
+    for (case, rt), rows in results.items():
+        wall = statistics.median(r[0] for r in rows)
+        mb = statistics.median(r[1] for r in rows)
+        st = [statistics.median(r[2].get(s, float("nan")) for r in rows) for s in stages]
+        ref = results.get((case, "torch"))
+        ratio = f"{statistics.median(r[0] for r in ref) / wall:5.2f}x faster" if ref and rt != "torch" else ""
+        flag = "" if wall <= TARGET_S[case] and mb <= TARGET_MB else "  (over target)"
+        print(f"{case:8s} {rt:12s} {wall:7.2f} {min(r[0] for r in rows):6.2f} {TARGET_S[case]:6.1f} {mb:8.0f} "
+              + " ".join(f"{v:12.2f}" for v in st) + f"   {ratio}{flag}")
+
+
+if __name__ == "__main__":
+    main()
