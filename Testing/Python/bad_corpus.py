@@ -388,6 +388,49 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_one_series_per_slice", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Siemens-style short-axis cine: every slice position is its own series (numbers 5..12)."""
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
+        ds.SeriesNumber = 5 + k
+        ds.SeriesDescription = f"SA_{k + 1}"
+    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+    return [d, "--labels", labels]
+
+
+@case("dicom_slice_repeated_in_another_series", "warn", ("two series", "SA_4_repeat", "later series"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """One series per slice, and slice 4 acquired twice (a repeat after a failed breath-hold):
+    the repeat is used, as clinicians do, and the warning names both series."""
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
+        ds.SeriesNumber = 5 + k
+        ds.SeriesDescription = f"SA_{k + 1}"
+    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+
+    def repeat(ds, k, t):
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.99.999"
+        ds.SeriesNumber = 99
+        ds.SeriesDescription = "SA_4_repeat"
+        ds.InstanceNumber = 500 + t
+    extra = f / "repeat"
+    cine_dicom(base, extra, slices=[3], per_image=repeat)
+    for p in extra.glob("*.dcm"):
+        p.rename(d / f"R_{p.name}")
+    return [d, "--labels", labels]
+
+
+@case("dicom_reverse_order_and_descending_instances", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    def reverse(ds, k, t):
+        ds.InstanceNumber = 10000 - int(ds.InstanceNumber)
+    d, labels = cine_dicom(base, f / "dicom", per_image=reverse)
+    return [d, "--labels", labels]
+
+
 # --- NIfTI / NRRD / MetaImage -------------------------------------------------------------
 @case("nifti_int64_image", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
@@ -593,6 +636,17 @@ def _(base, f):
     ukbb = np.stack([to_convention(m, "ukbb") for m in base.cine_labels])
     img, lab = cine_nifti(base, f, labels=ukbb)
     return [img, "--labels", lab]
+
+
+@case("labels_pool_and_myocardium_swapped", "error", ("swapped",), named=lambda f: f / "cine_labels.nii.gz",
+      category="labels")
+def _(base, f):
+    """A convention with 2 = LV pool and 3 = myocardium read as ACDC: EDV would be the wall."""
+    lab = acdc_convention(base.cine_labels)
+    swapped = lab.copy()
+    swapped[lab == 2], swapped[lab == 3] = 3, 2
+    img, labels = cine_nifti(base, f, labels=swapped)
+    return [img, "--labels", labels]
 
 
 @case("labels_3d_for_a_4d_cine", "error", ("3D label map",), named=lambda f: f / "cine.nii.gz", category="labels")

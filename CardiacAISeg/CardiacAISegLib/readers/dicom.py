@@ -235,7 +235,7 @@ def _stack_key(ds):
         return None
 
 
-def _parallel_stack(series):
+def _parallel_stack(series, notes=None):
     """One stack from several series of parallel slices, or None.
 
     Many scanners (Siemens in particular) store a cine short-axis stack as one series per
@@ -255,7 +255,7 @@ def _parallel_stack(series):
     ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: -x[0])
     if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
         return None
-    uids = _drop_repeated_positions(series, ranked[0][1])
+    uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
     return "+".join(uids), items
 
@@ -270,8 +270,9 @@ def _series_positions(items):
     return frozenset(pos)
 
 
-def _drop_repeated_positions(series, uids):
-    """A slice acquired twice (a repeat after a failed breath-hold) keeps its last series."""
+def _drop_repeated_positions(series, uids, notes=None):
+    """A slice acquired twice (a repeat after a failed breath-hold) keeps its last series;
+    ``notes`` (a list) receives a warning naming both, since the choice changes the volume."""
     def number(uid):
         try:
             return int(series[uid][0][1].get("SeriesNumber", 0) or 0)
@@ -280,7 +281,12 @@ def _drop_repeated_positions(series, uids):
 
     keep = {}
     for uid in sorted(uids, key=number):
-        keep[_series_positions(series[uid])] = uid   # later series replace earlier ones
+        where = _series_positions(series[uid])
+        if where in keep and notes is not None:
+            notes.append(f"a slice position was acquired in two series, {_describe(keep[where], series[keep[where]])} and "
+                         f"{_describe(uid, series[uid])}: the later series (#{number(uid)}) is used; give --series to choose "
+                         "otherwise")
+        keep[where] = uid   # later series replace earlier ones
     return sorted(keep.values())
 
 
@@ -290,7 +296,7 @@ def _study_name(folder):
     return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
 
 
-def _pick_series(folder, series, choice):
+def _pick_series(folder, series, choice, notes=None):
     if not series:
         if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
             raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
@@ -300,7 +306,7 @@ def _pick_series(folder, series, choice):
     if choice is None:
         if len(series) == 1:
             return next(iter(series.items()))
-        stack = _parallel_stack(series)
+        stack = _parallel_stack(series, notes)
         if stack is not None:
             return stack
         from .aif_series import pick_main_and_aif
@@ -636,7 +642,8 @@ def _refuse_same_position_and_time(folder, groups, positions):
 
 
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
-    uid, items = _pick_series(folder, all_series, series)
+    picked_notes = []
+    uid, items = _pick_series(folder, all_series, series, picked_notes)
     aif_pair = None
     if series is None and len(all_series) == 2:
         from .aif_series import pick_main_and_aif
@@ -695,7 +702,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = list(early_localisers)
+    early_warnings = picked_notes + list(early_localisers)
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.

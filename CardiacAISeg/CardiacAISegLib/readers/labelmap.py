@@ -100,8 +100,8 @@ def _accepted(convention, mapping):
     return ", ".join(f"{v} {names[t]}" for v, t in sorted(CONVENTIONS[convention].items()))
 
 
-def _myocardium_contact(lab, value):
-    """Share of the in-plane border of structure ``value`` that touches myocardium."""
+def _myocardium_contact(lab, value, other=MYO):
+    """Share of the in-plane border of structure ``value`` that touches ``other`` (myocardium)."""
     inside = lab == value
     edges = touching = 0
     for axis in (1, 2):
@@ -109,7 +109,7 @@ def _myocardium_contact(lab, value):
             neighbour = np.roll(lab, step, axis=axis)
             edge = inside & (neighbour != value)
             edges += int(edge.sum())
-            touching += int((edge & (neighbour == MYO)).sum())
+            touching += int((edge & (neighbour == other)).sum())
     return touching / edges if edges else None
 
 
@@ -121,9 +121,20 @@ def _refuse_swapped_convention(path, labels, convention):
         return
     t = int(np.argmax([(lab == LV).sum() for lab in labels]))
     lab = labels[t]
-    if min((lab == LV).sum(), (lab == RV).sum(), (lab == MYO).sum()) < 20:
+    if min((lab == LV).sum(), (lab == MYO).sum()) < 20:
         return
-    lv, rv = _myocardium_contact(lab, LV), _myocardium_contact(lab, RV)
+    lv = _myocardium_contact(lab, LV)
+    rv = _myocardium_contact(lab, RV) if (lab == RV).sum() >= 20 else None
+    # the myocardium's inner border only touches the pool (24-45 % of its border in ACDC); a
+    # "myocardium" ringed by "LV pool" is the pool, labelled the other way round
+    myo_in_lv = _myocardium_contact(lab, MYO, LV)
+    if lv is not None and myo_in_lv is not None and lv < 0.6 and myo_in_lv > 0.8:
+        values = {t: v for v, t in CONVENTIONS[convention].items()}
+        raise CardiacInputError(path, f"the LV blood pool (value {values[LV]}) and myocardium (value {values[MYO]}) labels look "
+                                      f"swapped: the structure read as myocardium is ringed by the one read as the pool "
+                                      f"({myo_in_lv:.0%} of its border), which touches it on only {lv:.0%} of its own; "
+                                      f"in the {convention} convention {values[LV]} is the LV blood pool and {values[MYO]} the "
+                                      "myocardium: convert the map")
     if lv is not None and rv is not None and lv < 0.5 and rv > 0.7:
         other = "ukbb" if convention == "acdc" else "acdc"
         raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the structure read as "
