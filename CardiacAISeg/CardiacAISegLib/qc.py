@@ -192,6 +192,14 @@ def aif_flags(study):
             if t_foot is not None and (foot - t_foot) * dt > 2.0:
                 flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
                                                        f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))
+            # myocardium holds at most its extracellular share of the blood's contrast: a tissue
+            # rise above the AIF's is an AIF in other units (mmol/L beside signal) or scale
+            t_rise = float(tissue.max() - np.median(tissue[:3]))
+            if rise[peak] > 0 and t_rise > rise[peak]:
+                flags.append(_flag("AIF_BELOW_TISSUE", REVIEW, f"the myocardium enhances more ({t_rise:.3g}) than the AIF "
+                                                               f"({rise[peak]:.3g}), which no tissue can: are the AIF and the "
+                                                               "images in the same units (mmol/L or signal) and scale?",
+                                   t_rise / rise[peak]))
     if (study.provenance or {}).get("aif_source") == "lv_blood_pool":
         flags.append(_flag("AIF_FROM_LV", INFO, "the AIF is the LV blood pool of this series (no separate AIF): "
                                                 "blood saturates at peak, so MBF is approximate"))

@@ -822,6 +822,33 @@ def _(base, f):
     return _perfusion_frames(base, f, 3)
 
 
+@case("perfusion_dicom_clock_crosses_midnight", "warn", ("cross midnight",), category="perfusion",
+      check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    """Siemens-style perfusion (AcquisitionTime per dynamic) started 5 s before midnight: the
+    frames after 00:00 must stay after the others, not sort first."""
+    import pydicom
+
+    from CardiacAISegLib.readers.dicom import _tm_seconds
+    from dicom_factory import _tm
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.AcquisitionTime = _tm((_tm_seconds(ds.AcquisitionTime) - 36000 + 86400 - 5) % 86400)
+        ds.save_as(p)
+    # the AIF in the images' units (the writer stores 100 + 400 x Gd)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+@case("aif_in_mmol_images_in_signal", "warn", ("AIF_BELOW_TISSUE",), category="perfusion")
+def _(base, f):
+    """DICOM perfusion in scanner signal (100 + 400 x Gd) with the phantom's AIF in mmol/L."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
 def _(base, f):
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")

@@ -360,8 +360,33 @@ def _clock_s(ds):
     for tag in ("AcquisitionTime", "ContentTime"):
         t = _tm_seconds(ds.get(tag, ""))
         if t is not None:
-            return t
+            return t + getattr(ds, _DAY_OFFSET, 0.0)   # a time of day: after midnight, the next day
     return None
+
+
+_DAY_OFFSET = "_cardiacaiseg_day_offset_s"
+
+
+def _unwrap_midnight(items):
+    """A series whose times of day (TM, no date) span more than 12 h crossed midnight: images
+    after 00:00 belong to the next day. Without this they sort before the first frame and the
+    time axis spans a day. Marks those datasets; returns a warning or None."""
+    times = []
+    for _, ds in items:
+        if isinstance(ds, EnhancedFrame) or ds.get("AcquisitionDateTime", "") not in (None, ""):
+            continue
+        t = _clock_s(ds)
+        if t is not None:
+            times.append((t, ds))
+    if not times:
+        return None
+    values = np.array([t for t, _ in times])
+    if values.max() - values.min() <= 43200:
+        return None
+    for t, ds in times:
+        if t < 43200:
+            object.__setattr__(ds, _DAY_OFFSET, 86400.0)
+    return "acquisition times cross midnight: images after 00:00 are counted on the next day"
 
 
 # A cine covers one cardiac cycle (trigger delays under ~2 s even at 30 beats/min); frames that
@@ -653,6 +678,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
     geo, items, dropped = _drop_stray_orientations(geo, items)
+    midnight = _unwrap_midnight(items)
     if dropped:
         early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers?) "
                             f"left out: {_names(dropped, folder)}"]
@@ -702,7 +728,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = picked_notes + list(early_localisers)
+    early_warnings = picked_notes + list(early_localisers) + ([midnight] if midnight else [])
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
