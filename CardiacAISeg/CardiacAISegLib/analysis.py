@@ -10,7 +10,6 @@ import time
 import numpy as np
 
 from . import geometry
-from .aha import AHA_SEGMENTS
 from .cine import cine_measures
 from .errors import CardiacInputError
 from .labels import LV, MYO, RV
@@ -326,58 +325,46 @@ class Analysis:
                 "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings), "qc": self.qc}
 
     def table_rows(self):
-        """Rows {measure, value, unit} for results.csv and the Slicer table node."""
+        """Rows {key, measure, value, unit, decimals} (``measures.MEASURES``) for results.csv, the
+        Slicer table node and the web GUI."""
+        from .measures import CINE_KEYS, row
+
         rows = []
         if self.cine:
-            c = self.cine
-            for key, label, unit in CINE_ROWS:
-                rows.append({"measure": label, "value": c.get(key), "unit": unit})
-            for sid, v in sorted(self.segment_values.items()):
-                rows.append({"measure": f"Wall thickness ED, segment {sid} ({AHA_NAMES[sid]})", "value": v, "unit": "mm"})
+            rows += [row(key, self.cine.get(key)) for key in CINE_KEYS]
+            rows += [row("wall_thickness_ed_mm_seg{id}", v, segment=sid) for sid, v in sorted(self.segment_values.items())]
         if self.perfusion:
             p = self.perfusion
-            rows.append({"measure": "Global MBF", "value": p["global_mbf_ml_min_g"], "unit": "mL/min/g"})
-            rows.append({"measure": "Tissue density", "value": p["density_g_ml"], "unit": "g/mL"})
-            for s in p["segments"]:
-                rows.append({"measure": f"MBF segment {s['id']} ({s['name']}, {s['territory']})", "value": s["mbf_ml_min_g"], "unit": "mL/min/g"})
+            rows.append(row("global_mbf_ml_min_g", p["global_mbf_ml_min_g"]))
+            rows.append(row("density_g_ml", p["density_g_ml"]))
+            rows += [row("mbf_ml_min_g_seg{id}", s["mbf_ml_min_g"], segment=s["id"]) for s in p["segments"]]
             if "mpr" in p:
-                rows.append({"measure": "Global MPR", "value": p["mpr"]["global"], "unit": ""})
+                rows.append(row("mpr_global", p["mpr"]["global"]))
             sq = p.get("semiquantitative")
             if sq:
-                g = sq["global"]
-                unit = "mmol/L" if self.study.units == "gd_mmol_l" else "signal"
-                rows += [{"measure": "Global upslope", "value": g["upslope"], "unit": f"{unit}/s"},
-                         {"measure": "Global relative upslope (myocardium/LV)", "value": g["relative_upslope"], "unit": ""},
-                         {"measure": "Global peak enhancement", "value": g["peak_enhancement"], "unit": unit},
-                         {"measure": "Global time to peak (from AIF foot)", "value": g["time_to_peak_s"], "unit": "s"}]
-                for s in sq["segments"]:
-                    rows.append({"measure": f"Relative upslope segment {s['id']} ({s['name']}, {s['territory']})",
-                                 "value": s["relative_upslope"], "unit": ""})
+                g, units = sq["global"], "mmol/L" if self.study.units == "gd_mmol_l" else "signal"
+                rows += [row("upslope_global", g["upslope"], units=units),
+                         row("relative_upslope_global", g["relative_upslope"]),
+                         row("peak_enhancement_global", g["peak_enhancement"], units=units),
+                         row("time_to_peak_s_global", g["time_to_peak_s"])]
+                rows += [row("relative_upslope_seg{id}", s["relative_upslope"], segment=s["id"]) for s in sq["segments"]]
             if p.get("mpri"):
-                rows.append({"measure": "Global MPRI (stress/rest relative upslope)", "value": p["mpri"]["global"], "unit": ""})
+                rows.append(row("mpri_global", p["mpri"]["global"]))
         if self.qc:
             # tables hold numbers: the status row counts the flags to review (0 = pass), each
             # flag row carries its code and message in the measure, its value (if any) in Value
             n_review = sum(f["severity"] == "review" for f in self.qc["flags"])
-            rows.append({"measure": f"QC status: {self.qc['status']}", "value": n_review, "unit": "flags to review"})
+            rows.append(row("qc_review_flags", n_review, status=self.qc["status"]))
             for f in self.qc["flags"]:
                 value = f.get("value")
-                rows.append({"measure": f"QC {f['code']} ({f['severity']}): {f['message']}",
-                             "value": value if isinstance(value, float) else None, "unit": ""})
+                rows.append(row("qc_{code}", value if isinstance(value, float) else None, code=f["code"],
+                                severity=f["severity"], message=f["message"]))
         return rows
 
 
 BULLSEYE_MEASURES = ("mbf", "relative_upslope")
 # Measures a single 3D volume cannot give: it has no ES.
 ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
-CINE_ROWS = (
-    ("ed_frame", "ED frame (0-based)", ""), ("es_frame", "ES frame (0-based)", ""),
-    ("lv_edv_ml", "LV EDV", "mL"), ("lv_esv_ml", "LV ESV", "mL"), ("lv_sv_ml", "LV SV", "mL"),
-    ("lv_ef_pct", "LV EF", "%"), ("lv_mass_g", "LV mass", "g"),
-    ("rv_edv_ml", "RV EDV", "mL"), ("rv_esv_ml", "RV ESV", "mL"), ("rv_sv_ml", "RV SV", "mL"),
-    ("rv_ef_pct", "RV EF", "%"),
-)
-AHA_NAMES = {s["id"]: s["name"] for s in AHA_SEGMENTS}
 
 
 def _regular_frames(images, times, tolerance=0.1):

@@ -4,14 +4,12 @@ Outputs are staged in a hidden folder inside ``out_dir`` and moved into place on
 of them were written, so a failure leaves nothing half-written; existing outputs are never
 replaced without ``force``.
 """
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from .analysis import Analysis  # noqa: F401  (re-exported for scripts)
-from .pipeline import refinement_warnings, segment  # noqa: F401  (the CLI's historical names)
+from .pipeline import refinement_warnings, segment  # noqa: F401  (kept importable from here for scripts and tests)
 from .errors import CardiacInputError, OutputExistsError
 from .progress import as_progress
 from .study import PERFUSION
@@ -98,7 +96,6 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     from .results import results_csv_text, results_document, results_json_text
 
     t0 = time.perf_counter()
-    st = analysis.study
     steps = 5
     # One scene per run: the Slicer Logic builds it (parameter node included, so opening
     # scene.mrb in Slicer restores a live, editable analysis) and its segmentation nodes are

@@ -46,8 +46,8 @@ def results_json_text(doc):
 def results_csv_text(rows):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["measure", "value", "unit"])
+    w.writerow(["key", "measure", "value", "unit"])   # key: stable across versions (measures.MEASURES)
     for r in rows:
         v = json_safe(r["value"])
-        w.writerow([r["measure"], "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v), r["unit"]])
+        w.writerow([r.get("key", ""), r["measure"], "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v), r["unit"]])
     return buf.getvalue()

@@ -9,7 +9,6 @@ Long work is split in two: ``compute`` (segmentation + measures, pure numpy/torc
 worker thread, cancellable through its progress) and ``apply`` (MRML nodes, on the server's
 own thread, where the views render).
 """
-import io
 import math
 import os
 import tempfile
@@ -23,7 +22,6 @@ from .. import scene as sc
 from ..errors import CardiacInputError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
-from ..progress import as_progress
 from ..study import CINE, PERFUSION
 from .sandbox import DataFolder
 
@@ -407,26 +405,15 @@ class Session:
 
     # ------------------------------------------------------------------------- outputs
     def table(self):
-        """[{'measure', 'value', 'unit', 'text'}]: the results table as the page shows it."""
+        """[{'key', 'measure', 'value', 'unit', 'text'}]: the results table as the page shows it,
+        each value rounded to its precision in ``measures.MEASURES``."""
+        from ..measures import format_value
+
         a = self.analysis
         if a is None:
             return []
-        rows = []
-        for r in a.table_rows():
-            v = r.get("value")
-            if r["measure"].startswith("QC "):
-                # QC rows carry their message in the measure; the status row counts flags
-                text = "" if v is None else (str(int(v)) if r["measure"].startswith("QC status") else f"{float(v):.3g}")
-            elif v is None or (isinstance(v, float) and not math.isfinite(v)):
-                text = "n/a"
-            elif "frame" in r["measure"]:
-                text = str(int(v))
-            elif "MBF" in r["measure"] or "MPR" in r["measure"] or r["unit"] == "g/mL":
-                text = f"{float(v):.2f}"
-            else:
-                text = f"{float(v):.1f}"
-            rows.append({"measure": r["measure"], "value": None if v is None else float(v), "unit": r.get("unit") or "", "text": text})
-        return rows
+        return [{"key": r["key"], "measure": r["measure"], "value": None if r.get("value") is None else float(r["value"]),
+                 "unit": r.get("unit") or "", "text": format_value(r)} for r in a.table_rows()]
 
     def bullseye_png(self, size_px=300):
         """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer)."""
