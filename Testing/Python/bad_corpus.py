@@ -849,6 +849,23 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
 
 
+@case("perfusion_dicom_one_dynamic_mistimed", "error", ("frame times jump",), named=lambda f: f / "dicom",
+      category="perfusion")
+def _(base, f):
+    """GE-style perfusion (TriggerTime since the first dynamic) whose last dynamic is stamped
+    ten minutes late: resampling would invent 1200 frames."""
+    import pydicom
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")
+    last = max(float(pydicom.dcmread(p, stop_before_pixels=True).TriggerTime) for p in paths)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        if float(ds.TriggerTime) == last:
+            ds.TriggerTime = last + 600000.0
+            ds.save_as(p)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
 def _(base, f):
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")

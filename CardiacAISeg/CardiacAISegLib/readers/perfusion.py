@@ -12,10 +12,11 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
-from .acdc import load_nifti, nifti_to_kji
+from .nifti import load_nifti, nifti_to_kji
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
+MAX_STEP_FACTOR = 4.0   # a frame interval this many times the median is no heartbeat: a wrong time
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 
@@ -268,6 +269,14 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     prov.setdefault("aif_source", None)
     if measured is not None and len(measured) > 2:
         steps = np.diff(measured)
+        jump = int(np.argmax(steps))
+        if steps[jump] > MAX_STEP_FACTOR * np.median(steps):
+            # resampling across it would invent the frames in between (and a grid over an hour of
+            # "frames" does not fit in memory): a dynamic's time is wrong or many are missing
+            raise CardiacInputError(path, f"frame times jump by {steps[jump]:.1f} s between frames {jump} and {jump + 1} "
+                                          f"where the series takes one every {np.median(steps):.2f} s: a dynamic with a "
+                                          "wrong time or many missing; accepted: gaps up to "
+                                          f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat)")
         if np.max(np.abs(steps - np.median(steps))) > 0.1 * np.median(steps):
             warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
                             f"heartbeats): curves are resampled to {dt:.3g} s on the real times before the MBF fit")
