@@ -866,6 +866,18 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
 
 
+@case("perfusion_dicom_stress_and_rest_in_one_folder", "error", ("--series", "stress", "rest"),
+      named=lambda f: f / "dicom", category="perfusion")
+def _(base, f):
+    """Stress and rest series exported into one folder: both cover every slice position, so
+    neither is a 'repeat' of the other; the user must choose (MBF differs threefold)."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
+                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
+                           series="1.2.826.0.1.3680043.10.7.2", start_number=20)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
 def _(base, f):
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")

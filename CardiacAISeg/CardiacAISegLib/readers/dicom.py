@@ -255,6 +255,8 @@ def _parallel_stack(series, notes=None):
     ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: -x[0])
     if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
         return None
+    if max(len(_series_positions(series[u])) for u in ranked[0][1]) == ranked[0][0]:
+        return None   # one series alone covers the stack: the others are other acquisitions (rest/stress), not parts
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
     return "+".join(uids), items
@@ -290,6 +292,31 @@ def _drop_repeated_positions(series, uids, notes=None):
     return sorted(keep.values())
 
 
+def pick_main_and_aif(series):
+    """(main uid, AIF uid) when a folder holds one perfusion series and its low-resolution
+    dual-sequence AIF series (read by ``aif_series``).
+
+    series: {uid: [(path, dataset), ...]}. The AIF series has at most half the pixels per image
+    of the other and about as many images (one per heartbeat, like the main series, times its
+    slice count); descriptions with 'aif' support it. None when the folder is not such a pair.
+    """
+    if len(series) != 2:
+        return None
+    (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
+    small, large = i1[0][1], i2[0][1]
+    px_small, px_large = int(small.Rows) * int(small.Columns), int(large.Rows) * int(large.Columns)
+    desc = str(small.get("SeriesDescription", "")).lower()
+    if px_small > 0.5 * px_large and "aif" not in desc:
+        return None
+    if len(i1) < 8 or len(i2) < 8:
+        return None
+    # the main series has one image per slice per heartbeat: a whole multiple of the AIF's count
+    ratio = len(i2) / len(i1)
+    if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
+        return None
+    return u2, u1
+
+
 def _study_name(folder):
     """The folder's name, or its parent's when the folder is just called 'dicom' or the like."""
     generic = {"dicom", "dcm", "images", "image", "data", "series"}
@@ -309,12 +336,10 @@ def _pick_series(folder, series, choice, notes=None):
         stack = _parallel_stack(series, notes)
         if stack is not None:
             return stack
-        from .aif_series import pick_main_and_aif
-
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]]
-        raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with series= (UID, number or description): {listing}")
+        raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: UID, number or description): {listing}")
     c = str(choice).strip()
     for uid, items in series.items():
         ds = items[0][1]
@@ -671,8 +696,6 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     uid, items = _pick_series(folder, all_series, series, picked_notes)
     aif_pair = None
     if series is None and len(all_series) == 2:
-        from .aif_series import pick_main_and_aif
-
         aif_pair = pick_main_and_aif(all_series)
 
     fixes = []
