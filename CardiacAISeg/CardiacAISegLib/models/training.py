@@ -181,4 +181,4 @@ def load_start_weights(source):
         return ck["model"] if isinstance(ck, dict) and "model" in ck else ck
     from .registry import load_model
 
-    return load_model(source).module.state_dict()
+    return load_model(source, runtime="torch").module.state_dict()  # the torch weights, not the ONNX export
