@@ -928,6 +928,36 @@ def _(base, f):
     return [d, "--labels", "study", "--frames", "all"]
 
 
+@case("frames_all_on_ed_es_only_acdc_with_the_network", "ok", category="cli",
+      check=lambda doc, base: _assert_ed_es_from_info(doc))
+def _(base, f):
+    """--frames all where the folder holds ED and ES only: the network segments the two frames
+    there are, ED/ES stay Info.cfg's (the one case here that runs a network)."""
+    return [acdc_folder(base, f / "patient808", "ED: 1\nES: 2\nNbFrame: 6\n", frames=(base_ed(base), base_es(base)),
+                        gt=False), "--frames", "all", "--model", "unet-light", "--device", "cpu"]
+
+
+@case("seg_nrrd_with_default_segment_names", "warn", ("segment names", "Segment_1"), category="labels",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """A Slicer .seg.nrrd whose segments kept the default names: values read in the ACDC
+    convention, with a warning that this is a guess."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    ed = base_ed(base)
+    img = nifti(f / "ed.nii.gz", to_xyzt(base.cine_images[ed:ed + 1] * 1000)[..., 0], _axial_affine())   # ED only
+    lab = acdc_convention(base.cine_labels[ed:ed + 1])[0]
+    header = {"space": "right-anterior-superior", "kinds": ["domain"] * 3,
+              "space directions": np.array([[-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0]}
+    for n in range(3):
+        header.update({f"Segment{n}_Name": f"Segment_{n + 1}", f"Segment{n}_LabelValue": str(n + 1),
+                       f"Segment{n}_Layer": "0", f"Segment{n}_ID": f"Segment_{n + 1}"})
+    nrrd.write(str(f / "ed.seg.nrrd"), lab.transpose(2, 1, 0).astype(np.uint8), header)
+    return [img, "--labels", f / "ed.seg.nrrd"]
+
+
 @case("model_of_the_wrong_task", "error", ("perfusion",), named=lambda f: _first_model("perfusion"), category="cli")
 def _(base, f):
     img, _ = cine_nifti(base, f)
@@ -1141,6 +1171,12 @@ def _assert_cine_truth(doc, base):
     voxel_ml = PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
     truth = float((base.cine_labels[base_ed(base)] == 1).sum()) * voxel_ml
     assert abs(doc["cine"]["lv_edv_ml"] - truth) <= 1e-6 * truth, (doc["cine"]["lv_edv_ml"], truth)
+
+
+def _assert_ed_es_from_info(doc):
+    c = doc["cine"]
+    assert (c["ed_frame"], c["es_frame"]) == (0, 1), c
+    assert c["lv_edv_ml"] > 0, c
 
 
 def _assert_mbf_plausible(doc):

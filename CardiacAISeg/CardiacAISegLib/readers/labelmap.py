@@ -47,6 +47,12 @@ def read_labels(path, convention="acdc"):
         # A .seg.nrrd holds one frame: the list axis pynrrd finds would be a layer axis
         if mapping:
             info["convention"] = "seg.nrrd segment names"
+        elif "Segment0_Name" in header:
+            # Slicer's default names ("Segment_1", ...) say nothing of the structure: the values
+            # are read in the convention, and the user should know that is a guess
+            names = [str(header[f"Segment{n}_Name"]) for n in range(16) if f"Segment{n}_Name" in header]
+            info["warnings"].append(f"segment names {names} are not LV blood pool / LV myocardium / RV: label values read "
+                                    f"in the {convention} convention (name the segments, or check --label-convention)")
     values = np.rint(data).astype(np.int32)
     if not np.allclose(values, data):
         raise CardiacInputError(path, "label values are not whole numbers; is this an image rather than a label map?")
