@@ -4,40 +4,19 @@ Outputs are staged in a hidden folder inside ``out_dir`` and moved into place on
 of them were written, so a failure leaves nothing half-written; existing outputs are never
 replaced without ``force``.
 """
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from .outputs import OUTPUT_FILES, check_outputs  # noqa: F401  (OUTPUT_FILES kept importable from here)
+from .outputs import write_outputs as _write_outputs
 from .pipeline import refinement_warnings, segment  # noqa: F401  (kept importable from here for scripts and tests)
-from .errors import CardiacInputError, OutputExistsError
-from .progress import as_progress
+from .errors import CardiacInputError
 from .study import PERFUSION
 
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
 SPECIAL_LABELS = (STUDY_LABELS, RING_LABELS)
 DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
-OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
-
-
-def check_outputs(out_dir, force=False):
-    """Fail before any work if outputs exist and ``force`` is not given, or cannot be replaced."""
-    from .outputs import first_non_folder_parent
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CardiacInputError(out_dir, "output path exists and is not a folder")
-    blocker = first_non_folder_parent(out_dir)
-    if not out_dir.exists() and blocker is not None:
-        raise CardiacInputError(out_dir, f"cannot create output folder: {blocker} is not a folder")
-    names = OUTPUT_FILES + ("segmentation_es.seg.nrrd",)
-    folders = [n for n in names if (out_dir / n).is_dir()]
-    if folders:  # --force replaces output files, never a folder that may hold the user's data
-        raise CardiacInputError(out_dir / folders[0], "is a folder where an output file goes; move it away or choose another --out")
-    existing = [n for n in names if (out_dir / n).exists() or (out_dir / n).is_symlink()]
-    if existing and not force:
-        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
 
 
 def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", density=1.05, rest=None,
@@ -57,72 +36,12 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None):
-    """Write every output into ``out_dir``; returns {name: path}.
+    """Every output of ``analysis`` into ``out_dir`` (``outputs.write_outputs``), its scene built by
+    the Slicer Logic (``logic.build_output_scene``); returns {name: path}."""
+    from .logic import build_output_scene
 
-    Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
-    staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
-    new outputs or all old ones. SIGINT/SIGTERM are held while the writers run and honoured
-    between them; the staging folder (and an output folder this call created) goes on any failure.
-    """
-    from .outputs import (STAGE_PREFIX, deferred_signals, make_output_folder, output_lock, remove_if_empty,
-                          replace_outputs)
-
-    progress = as_progress(progress)
-    out_dir = Path(out_dir)
-    check_outputs(out_dir, force)
-    # signals are held for the whole write and honoured at checkpoints, so no folder is created
-    # or filled without the cleanup knowing about it
-    with deferred_signals() as checkpoint:
-        created = make_output_folder(out_dir)
-        try:
-            with output_lock(out_dir):
-                check_outputs(out_dir, force)  # again under the lock: another run may have written meanwhile
-                stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
-                try:
-                    _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint)
-                    checkpoint()
-                    paths = replace_outputs(stage, out_dir, OUTPUT_FILES + ("segmentation_es.seg.nrrd",))
-                finally:
-                    shutil.rmtree(stage, ignore_errors=True)
-        except BaseException:
-            remove_if_empty(created)  # a folder this call made, now empty again; never anything else
-            raise
-    progress(5, 5, "done")
-    return paths
-
-
-def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint):
-    from . import report, scene as sc
-    from .results import results_csv_text, results_document, results_json_text
-
-    t0 = time.perf_counter()
-    steps = 5
-    # One scene per run: the Slicer Logic builds it (parameter node included, so opening
-    # scene.mrb in Slicer restores a live, editable analysis) and its segmentation nodes are
-    # the ones written as .seg.nrrd.
-    from .logic import CardiacAISegLogic
-
-    progress(0, steps, "building the scene")
-    logic = CardiacAISegLogic(sc.new_scene())
-    logic.adoptAnalysis(analysis)
-    checkpoint()
-    progress(1, steps, "writing report")
-    report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
-    checkpoint()
-    progress(2, steps, "writing scene")
-    sc.write_mrb(logic.context, stage / "scene.mrb", overwrite=True)
-    for parameter, name in (("outputSegmentationID", "segmentation.seg.nrrd"), ("outputSegmentationESID", "segmentation_es.seg.nrrd")):
-        node = logic.getNodeParameter(parameter)
-        if node is not None:
-            sc.write_node(node, stage / name, overwrite=True)
-    checkpoint()
-    progress(3, steps, "writing results")
-    timing = dict(timing or {})
-    timing["writing"] = time.perf_counter() - t0
-    doc = results_document(analysis, input_path, model_info, timing)
-    (stage / "results.json").write_text(results_json_text(doc))
-    (stage / "results.csv").write_text(results_csv_text(analysis.table_rows()))
-    progress(4, steps, "moving outputs into place")
+    return _write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress,
+                          scene_builder=build_output_scene)
 
 
 def _peak_frame(study):

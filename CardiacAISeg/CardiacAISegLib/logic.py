@@ -333,15 +333,15 @@ class CardiacAISegLogic(_LogicBase):
         return analysis
 
     def _restAnalysis(self, modelName, useExistingLabels, device):
-        from .analyze import analyze_study
+        from .pipeline import compute_analysis
 
         rest = self.restStudy
         if rest is None and self.getNodeParameter("restNodeID") is not None:
             rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
         if rest is None:
             return None
-        return analyze_study(rest, modelName, use_labels=bool(useExistingLabels and rest.labels),
-                             density=self._floatParameter("density") or 1.05, device=device)[0]
+        return compute_analysis(rest, modelName, labels=rest.labels if useExistingLabels and rest.labels else None,
+                                density=self._floatParameter("density") or 1.05, device=device)
 
     def _labelsFromOutputSegmentations(self):
         labels = {}
@@ -500,11 +500,13 @@ class CardiacAISegLogic(_LogicBase):
     # ------------------------------------------------------------------------ outputs
     def exportResults(self, outDir, force=False, progress=None):
         """results.json, results.csv, segmentation(s), report.png and scene.mrb into
-        ``outDir`` (``analyze.write_outputs``); existing files are kept unless ``force``."""
-        from .analyze import write_outputs
+        ``outDir`` (``outputs.write_outputs``, as the CLI writes them); existing files are kept
+        unless ``force``."""
+        from .outputs import write_outputs
 
         a = self._requireAnalysis()
-        return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress)
+        return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
+                             scene_builder=build_output_scene)
 
     def renderReport(self, path, overwrite=True):
         """report.png of the current state: the same renderer as `cardiacaiseg analyze`."""
@@ -602,6 +604,20 @@ def _default_context():
 def _check_parameter(name):
     if name not in PARAMETERS:
         raise KeyError(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+
+
+def build_output_scene(analysis):
+    """(scene context, {output file name: node}) of a finished analysis, built by the Logic in a
+    fresh scene exactly as a run in Slicer shows it, parameter node included: what scene.mrb and
+    the .seg.nrrd files are written from, so a saved scene reopens as the live analysis."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(analysis)
+    storables = {}
+    for parameter, name in (("outputSegmentationID", "segmentation.seg.nrrd"), ("outputSegmentationESID", "segmentation_es.seg.nrrd")):
+        node = logic.getNodeParameter(parameter)
+        if node is not None:
+            storables[name] = node
+    return logic.context, storables
 
 
 def _write_study_attributes(node, study):

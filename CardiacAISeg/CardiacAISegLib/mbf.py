@@ -824,7 +824,3 @@ def mpr(stress, rest):
                                         rest["territories"][t]["mbf_ml_min_g"])
                               for t in stress.get("territories", {})}
     return out
-
-
-# The 2CXM cross-check lives in its own file; exported here so callers need one module.
-from .mbf_2cxm import exp_convolve, fit_2cxm, two_cx_curve, two_cx_response  # noqa: E402,F401

@@ -8,8 +8,7 @@ with scipy's bounded least squares.
 import numpy as np
 
 from .errors import CardiacInputError
-
-DENSITY = 1.05      # g/mL, as mbf.DENSITY (mbf imports this module, so no import back)
+from .mbf import DENSITY
 
 
 def two_cx_response(fp, ps, vp, ve):

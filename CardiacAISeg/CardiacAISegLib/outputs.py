@@ -21,8 +21,9 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CardiacInputError, OutputLockedError
+from .errors import CardiacInputError, OutputExistsError, OutputLockedError
 
+OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
 LOCK_NAME = ".cardiacaiseg.lock"
 STAGE_PREFIX = ".cardiacaiseg-"
 
@@ -308,3 +309,90 @@ def replace_outputs(stage, out_dir, names):
         raise
     shutil.rmtree(aside, ignore_errors=True)
     return {name: out / name for name in moved_in}
+
+
+# ------------------------------------------------------------------ the outputs of a run
+def check_outputs(out_dir, force=False):
+    """Fail before any work if outputs exist and ``force`` is not given, or cannot be replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CardiacInputError(out_dir, "output path exists and is not a folder")
+    blocker = first_non_folder_parent(out_dir)
+    if not out_dir.exists() and blocker is not None:
+        raise CardiacInputError(out_dir, f"cannot create output folder: {blocker} is not a folder")
+    names = OUTPUT_FILES + ("segmentation_es.seg.nrrd",)
+    folders = [n for n in names if (out_dir / n).is_dir()]
+    if folders:  # --force replaces output files, never a folder that may hold the user's data
+        raise CardiacInputError(out_dir / folders[0], "is a folder where an output file goes; move it away or choose another --out")
+    existing = [n for n in names if (out_dir / n).exists() or (out_dir / n).is_symlink()]
+    if existing and not force:
+        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
+
+
+def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
+                  scene_builder=None):
+    """Write every output of ``analysis`` into ``out_dir``; returns {name: path}.
+
+    ``scene_builder(analysis)`` -> (scene context, {output file name: storable node}) builds the
+    one scene of the run: the Slicer Logic's node builder (``logic.build_output_scene``), passed in
+    so that this module needs neither the Logic nor the pipeline.
+
+    Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
+    staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
+    new outputs or all old ones. SIGINT/SIGTERM are held while the writers run and honoured
+    between them; the staging folder (and an output folder this call created) goes on any failure.
+    """
+    import tempfile
+
+    from .progress import as_progress
+
+    progress = as_progress(progress)
+    out_dir = Path(out_dir)
+    check_outputs(out_dir, force)
+    # signals are held for the whole write and honoured at checkpoints, so no folder is created
+    # or filled without the cleanup knowing about it
+    with deferred_signals() as checkpoint:
+        created = make_output_folder(out_dir)
+        try:
+            with output_lock(out_dir):
+                check_outputs(out_dir, force)  # again under the lock: another run may have written meanwhile
+                stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
+                try:
+                    _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder)
+                    checkpoint()
+                    paths = replace_outputs(stage, out_dir, OUTPUT_FILES + ("segmentation_es.seg.nrrd",))
+                finally:
+                    shutil.rmtree(stage, ignore_errors=True)
+        except BaseException:
+            remove_if_empty(created)  # a folder this call made, now empty again; never anything else
+            raise
+    progress(5, 5, "done")
+    return paths
+
+
+def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder):
+    import time
+
+    from . import report, scene as sc
+    from .results import results_csv_text, results_document, results_json_text
+
+    t0 = time.perf_counter()
+    steps = 5
+    progress(0, steps, "building the scene")
+    ctx, storables = scene_builder(analysis)
+    checkpoint()
+    progress(1, steps, "writing report")
+    report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
+    checkpoint()
+    progress(2, steps, "writing scene")
+    sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
+    for name, node in storables.items():
+        sc.write_node(node, stage / name, overwrite=True)
+    checkpoint()
+    progress(3, steps, "writing results")
+    timing = dict(timing or {})
+    timing["writing"] = time.perf_counter() - t0
+    doc = results_document(analysis, input_path, model_info, timing)
+    (stage / "results.json").write_text(results_json_text(doc))
+    (stage / "results.csv").write_text(results_csv_text(analysis.table_rows()))
+    progress(4, steps, "moving outputs into place")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from CardiacAISegLib import mbf
+from CardiacAISegLib import mbf, mbf_2cxm
 from CardiacAISegLib.roi import ring_mask
 from CardiacAISegLib.aha import AHA_BY_ID, AHA_SEGMENTS, segments_in_territory
 from CardiacAISegLib.errors import CardiacInputError
@@ -300,7 +300,7 @@ def test_2cxm_cross_check():
     study, truth = make_perfusion_phantom(seed=3, noise=0.005, model="2cxm", stress=True)
     sid = 9
     curve = study.images[:, truth["segment_map"] == sid].mean(1)
-    fit = mbf.fit_2cxm(curve, study.aif, 0.5, hematocrit=study.hematocrit)
+    fit = mbf_2cxm.fit_2cxm(curve, study.aif, 0.5, hematocrit=study.hematocrit)
     p = truth["model_params"][sid]
     assert fit["Fp"] == pytest.approx(60 * p["Fp"] / 1.05, rel=0.1)
     assert fit["Fb"] == pytest.approx(truth["mbf_per_segment"][sid], rel=0.1)
@@ -312,7 +312,7 @@ def test_2cxm_cross_check():
     fermi = mbf.fermi_deconvolution(curve, study.aif, 0.5)["mbf"][0]
     assert 0.6 * fit["Fb"] < fermi < 1.05 * fit["Fb"]
     # Far more uptake than the bounds allow: the 2CXM says its Fp sits on the bound.
-    forced = mbf.fit_2cxm(20 * curve, study.aif, 0.5, hematocrit=study.hematocrit)
+    forced = mbf_2cxm.fit_2cxm(20 * curve, study.aif, 0.5, hematocrit=study.hematocrit)
     assert forced["at_bound"] and "Fp" in forced["bounds_hit"]
     assert forced["Fp"] == pytest.approx(60 * 0.3 / 1.05, rel=1e-3)
 
@@ -459,5 +459,5 @@ def test_bad_inputs():
     flat = np.full(60, 0.2) + np.random.default_rng(0).normal(0, 0.01, 60)
     expect_error(lambda: mbf.fermi_deconvolution(tissue, flat, 0.5), "AIF", "flat")
     expect_error(lambda: mbf.find_foot(np.zeros(60)), "AIF", "flat")
-    expect_error(lambda: mbf.fit_2cxm(tissue[0], aif[:-1], 0.5), "AIF", "frames")
-    expect_error(lambda: mbf.fit_2cxm(tissue[0], aif, 0.5, hematocrit=1.2), "hematocrit")
+    expect_error(lambda: mbf_2cxm.fit_2cxm(tissue[0], aif[:-1], 0.5), "AIF", "frames")
+    expect_error(lambda: mbf_2cxm.fit_2cxm(tissue[0], aif, 0.5, hematocrit=1.2), "hematocrit")

@@ -13,30 +13,6 @@ import numpy as np
 from ..errors import CardiacInputError
 
 
-def pick_main_and_aif(series):
-    """(main uid, AIF uid) when a folder holds one perfusion series and its low-resolution AIF series.
-
-    series: {uid: [(path, dataset), ...]}. The AIF series has at most half the pixels per image
-    of the other and about as many images (one per heartbeat, like the main series, times its
-    slice count); descriptions with 'aif' support it. None when the folder is not such a pair.
-    """
-    if len(series) != 2:
-        return None
-    (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
-    small, large = i1[0][1], i2[0][1]
-    px_small, px_large = int(small.Rows) * int(small.Columns), int(large.Rows) * int(large.Columns)
-    desc = str(small.get("SeriesDescription", "")).lower()
-    if px_small > 0.5 * px_large and "aif" not in desc:
-        return None
-    if len(i1) < 8 or len(i2) < 8:
-        return None
-    # the main series has one image per slice per heartbeat: a whole multiple of the AIF's count
-    ratio = len(i2) / len(i1)
-    if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
-        return None
-    return u2, u1
-
-
 def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
     """(T,) AIF for ``study`` from the AIF series ``aif_uid`` in ``folder``."""
     from ..bolus import aif_from_lv, locate_blood_pools

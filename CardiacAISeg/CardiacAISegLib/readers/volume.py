@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, Study
-from .acdc import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
+from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji
 from .geometry_check import check_geometry, check_spacing_values
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -80,23 +80,6 @@ def check_finite(path, array):
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
-def diagnose_nifti(path):
-    """A plainer reason than nibabel's for a NIfTI that will not load, or None."""
-    import gzip
-
-    try:
-        raw = Path(path).read_bytes()
-        if str(path).lower().endswith(".gz"):
-            raw = gzip.decompress(raw)
-    except EOFError:
-        return "truncated: the gzip stream ends early (incomplete download or copy?)"
-    except (OSError, zlib.error):
-        return "not gzip-compressed data, although the name ends in .gz"
-    if len(raw) < 348 or not ({int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")} & {348, 540}):
-        return "not a NIfTI file (no NIfTI header)"
-    return None
-
-
 def read_nifti(path):
     try:
         data, affine, header = load_nifti(path)

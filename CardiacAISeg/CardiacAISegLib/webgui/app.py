@@ -20,7 +20,6 @@ from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
 EXPECTED = (CardiacInputError, OutputExistsError, CancelledError, FileNotFoundError, PermissionError)
-ROTATE_STEP_DEG = 10.0
 
 
 class CardiacWebApp:
@@ -418,9 +417,9 @@ class CardiacWebApp:
 
     # ----------------------------------------------------------------------------- UI
     def _build_ui(self):
-        from . import ui
+        from .ui import build as build_layout
 
-        ui.build(self)
+        build_layout(self)
 
 
 

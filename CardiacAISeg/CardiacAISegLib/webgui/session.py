@@ -35,6 +35,7 @@ SAMPLES = {
 }
 EDIT_SEGMENTS = {"lv": LV, "myo": MYO, "rv": RV}
 SEGMENT_TITLES = {"lv": "LV blood pool", "myo": "LV myocardium", "rv": "RV"}
+ROTATE_STEP_DEG = 10.0   # one click of the page's rotate buttons turns a handle this far
 SIDES = ("anterior", "inferior")
 
 
@@ -153,7 +154,7 @@ class Session:
         st = self.study
         self.source = source
         if st.kind == PERFUSION:
-            from ..analyze import _peak_frame
+            from ..report import peak_enhancement_frame as _peak_frame
 
             self.frame = _peak_frame(st)       # the enhanced myocardium, not the dark first frame
         else:
@@ -432,7 +433,7 @@ class Session:
         segmentation as ground truth in ``ground_truth/`` (ACDC layout for cine, a label map
         in the ACDC convention for perfusion). Returns the written paths relative to the data
         folder."""
-        from ..analyze import check_outputs
+        from ..outputs import check_outputs
 
         a = self.require_analysis()
         out = self.data.resolve_output(out_text or self.default_output())

@@ -112,7 +112,7 @@ def _view_card(v, html, ctrl):
 
 
 def _correct_card(v, html, ctrl):
-    from .app import ROTATE_STEP_DEG as step
+    from .session import ROTATE_STEP_DEG as step
 
     with v.VCard(title="Correct", density="compact", classes="ma-2", variant="outlined", disabled=("!has_results || running",)):
         with v.VCardText(classes="pt-0"):
