@@ -97,8 +97,11 @@ class Analysis:
         reader = [w for w in (self.study.provenance or {}).get("warnings", []) if w not in self.warnings]
         self.warnings = reader + self.warnings
         self.extra_qc = []
+        from .blas import single_blas_thread
+
         try:
-            return self._run(progress)
+            with single_blas_thread():   # edits in the GUIs re-run this outside the pipeline
+                return self._run(progress)
         except CardiacInputError as e:
             named = self._name_file(e)
             if named is e:

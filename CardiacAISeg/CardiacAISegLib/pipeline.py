@@ -61,6 +61,13 @@ def compute_analysis(study, model_name=None, labels=None, frames="ed_es", densit
     measured at ED only, with a warning: ``Analysis``). ``rest``: the rest
     perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf' or 'relative_upslope' (perfusion).
     """
+    from .blas import single_blas_thread
+
+    with single_blas_thread():
+        return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye)
+
+
+def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye):
     from .analysis import Analysis
 
     timing = {}
