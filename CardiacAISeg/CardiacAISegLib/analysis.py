@@ -224,6 +224,13 @@ class Analysis:
         if (ref == RV).any() and levels_found:
             try:
                 self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True)
+                estimated = [p for p in self.insertion if p.get("warning")]
+                if estimated:
+                    from .qc import REVIEW, _flag
+
+                    self.extra_qc.append(_flag("INSERTION_POINTS_ESTIMATED", REVIEW,
+                                               f"RV insertion points estimated on slice(s) {[p['slice'] for p in estimated]}: "
+                                               f"{estimated[0]['warning']}"))
             except CardiacInputError as e:
                 # Volumes, EF and mass never depend on insertion points: measure on, say why,
                 # and leave the points to the user (Slicer / web GUI handles).

@@ -273,6 +273,23 @@ def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
     return np.isin(comps, keep), "bolus"
 
 
+def _fallback_arc(label_slice, spacing_rc, normal, ijk_to_ras, k, why):
+    """Insertion points ``FALLBACK_ARC_DEG`` apart, centred on the direction of the slice's RV."""
+    lab = np.asarray(label_slice)
+    contour = _Contour(lab, spacing_rc)
+    rr, cc = np.nonzero(_largest(lab == RV))
+    sy, sx = spacing_rc
+    ang = np.arctan2((rr - contour.cy) * sy, (cc - contour.cx) * sx)
+    rv_dir = float(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()))
+    half = 0.5 * np.radians(FALLBACK_ARC_DEG)
+    sigma = _sense(normal, ijk_to_ras)
+    phi_lo, phi_hi = rv_dir - half, rv_dir + half
+    phi_ant, phi_inf = (phi_hi, phi_lo) if sigma > 0 else (phi_lo, phi_hi)
+    return _result(contour, phi_ant, phi_inf, sigma, ijk_to_ras, k, "screen" if normal is None else "affine",
+                   {"contact_mm": None, "warning": f"{why}: a {FALLBACK_ARC_DEG:g} degree septal arc centred on the RV is "
+                                                   "assumed; check the insertion points"})
+
+
 def _rv_directions(contour, rv, reach_mm):
     """Per contour ray: does the RV lie on it between the epicardium and ``reach_mm`` outside?"""
     step = 0.5 * min(contour.sx, contour.sy)
@@ -428,8 +445,13 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
         if not with_rv:
             raise CardiacInputError(_where(study), "no slice has LV blood pool, myocardium and RV together: "
                                                    "RV insertion points need all three (is the RV labelled?)")
-        raise CardiacInputError(_where(study), f"the RV never comes within {CONTACT_MM[-1]:g} mm of the LV "
-                                               f"epicardium (slices {with_rv}): place the insertion points by hand")
+        # The RV is labelled but never touches the LV (a gap in the labels, a thin-walled RV
+        # drawn apart): a textbook septal arc centred on the RV direction, said to be an estimate,
+        # so the AHA segments exist and the user can drag the handles where they belong.
+        for k in with_rv:
+            direct[k] = _fallback_arc(lab[k], sp_rc, a, m, k,
+                                      f"the RV never comes within {CONTACT_MM[-1]:g} mm of the LV epicardium")
+        need = [k for k in need if k not in direct]
     out = {}
     for k, res in direct.items():
         out[k] = _entry(k, res, "rv_at_peak" if "rv_source" in res else "contact", None)

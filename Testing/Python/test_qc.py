@@ -91,7 +91,8 @@ def test_single_slice_is_not_a_volume(cine):
 
 
 def test_rv_away_from_lv_still_gives_volumes(cine):
-    """No RV insertion points (RV far from the LV): volumes, EF and mass still come, with a flag."""
+    """The RV never touches the LV: volumes, EF and mass still come; insertion points are estimated
+    (a textbook arc towards the RV) and flagged for review."""
     study, _ = cine
     labels = {}
     for t, m in study.labels.items():
@@ -101,8 +102,19 @@ def test_rv_away_from_lv_still_gives_volumes(cine):
         m[:, :4, :4] = RV              # a lone RV blob in a corner: never within 10 mm of the LV
         labels[t] = m
     a = _cine_analysis(study, labels)
-    assert "INSERTION_POINTS_MISSING" in codes(a)
-    assert a.cine["lv_edv_ml"] > 0 and a.cine["lv_mass_g"] > 0 and a.sectors is None
+    assert "INSERTION_POINTS_ESTIMATED" in codes(a)
+    assert a.cine["lv_edv_ml"] > 0 and a.cine["lv_mass_g"] > 0
+    # a 120-degree arc centred on the RV: segments exist, and the handles can be dragged
+    assert a.sectors is not None and len(a.segment_values) == 16
+    assert all(abs(p["septal_arc_deg"] - 120) < 1 for p in a.insertion if p.get("warning"))
+
+
+def test_no_rv_at_all_still_gives_volumes(cine):
+    study, _ = cine
+    labels = {t: np.where(m == RV, 0, m).astype(np.uint8) for t, m in study.labels.items()}
+    a = _cine_analysis(study, labels)
+    assert a.cine["lv_edv_ml"] > 0 and a.cine["rv_edv_ml"] == 0 and a.sectors is None
+    assert "RV_MISSING_MID_ED" in codes(a)
 
 
 def test_mbf_range_from_aif_in_wrong_units(perfusion):
