@@ -350,3 +350,53 @@ def test_saved_scene_reopens_as_the_live_analysis(tmp_path, kind):
     a.set_labels(a.reference_frame, lab)
     after = a.cine["lv_mass_g"] if kind == "cine" else a.perfusion["n_pixels"]
     assert after < before
+
+
+@pytest.mark.parametrize("kind", ["cine", "perfusion"])
+def test_cli_logic_and_web_session_give_the_same_numbers(tmp_path, kind):
+    """One pipeline: the same study through `cardiacaiseg analyze`, the Slicer Logic and the web
+    GUI's Session gives the same results.json numbers (measures, segments, QC)."""
+    from CardiacAISegLib import scene
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.results import results_document
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    ph = tmp_path / "ph"
+    write_phantom(kind, ph, seed=6, **({"n_frames": 40} if kind == "perfusion" else {}))
+    image = ph / ("cine.nii.gz" if kind == "cine" else "perfusion.nii.gz")
+    labels = ph / ("cine_labels.nii.gz" if kind == "cine" else "perfusion_labels.nii.gz")
+    extra = {} if kind == "cine" else {"aif": ph / "aif.csv"}
+    _cli("analyze", image, "--labels", labels, "--out", tmp_path / "cli", "--quiet",
+         *[x for k, v in extra.items() for x in (f"--{k}", v)])
+    cli_doc = json.loads((tmp_path / "cli" / "results.json").read_text())
+
+    logic = CardiacAISegLogic(scene.new_scene())
+    logic.loadStudy(image, labels=labels, **extra)
+    logic_doc = results_document(logic.runSegmentation(useExistingLabels=True), image)
+
+    session = Session(ph)
+    session.open_path(image.name, labels=labels.name, aif=extra["aif"].name if extra else None)
+    web_doc = results_document(session.run(LABELS_CHOICE), image)
+
+    def numbers(doc):
+        return {key: doc[key] for key in ("kind", "cine", "perfusion", "rv_insertion", "qc")}
+
+    want = numbers(cli_doc)
+    for doc in (logic_doc, web_doc):
+        assert _close(json.loads(json.dumps(numbers(doc))), want)
+
+
+def _close(a, b, rel=1e-6):
+    """Nested equality with a relative tolerance on floats (JSON round trips keep 17 digits)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), (sorted(a), sorted(b))
+        return all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-9)
+        return True
+    assert a == b, (a, b)
+    return True
