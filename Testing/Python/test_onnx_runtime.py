@@ -252,3 +252,11 @@ def test_a_cpu_segmentation_never_imports_torch():
     lines = out.stdout.split()
     assert float(lines[0]) > 0.85, f"LV blood pool Dice {lines[0]} against the phantom's truth"
     assert lines[-1] == "False", "torch was imported on the ONNX Runtime path"
+
+
+def test_network_scores_agree_across_runtimes():
+    x = np.random.default_rng(3).random((2, 1, 64, 80), dtype=np.float32)
+    by_ort = inference.network_scores(registry.load_model("unet-light", runtime="onnxruntime").module, x)
+    by_torch = inference.network_scores(registry.load_model("unet-light", runtime="torch").module, x)
+    assert by_ort.shape == by_torch.shape == (2, 4, 64, 80) and by_ort.dtype == by_torch.dtype == np.float32
+    assert np.abs(by_ort - by_torch).max() < 1e-4

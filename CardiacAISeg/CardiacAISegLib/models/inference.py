@@ -79,6 +79,19 @@ class OnnxModule:
         return torch.from_numpy(np.ascontiguousarray(scores)).to(x.device)
 
 
+def network_scores(model, x, device="cpu"):
+    """Class scores (N, K, rows, cols) as a float32 numpy array for a float32 numpy input
+    (N, C, rows, cols), by either runtime: an ONNX Runtime module never touches torch (so a
+    caller that uses this instead of tensors keeps torch out of the process), a torch module
+    runs under ``inference_mode`` on ``device``."""
+    if hasattr(model, "run_numpy"):
+        return model.run_numpy(x)
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
+
+
 def cuda_may_be_present():
     """False when this machine certainly has no NVIDIA GPU, found without importing torch (which
     costs about a second): no NVIDIA device node on Linux, no CUDA driver on Windows, never on
