@@ -177,16 +177,38 @@ def _segment_at(layout, level, angle):
     raise ValueError(angle)
 
 
+# Fixed clinical colour scales per bullseye measure (keyed by Analysis.bullseye_label): a scale
+# fitted to the data makes a uniform 11 mm wall look purple at 10.7 and yellow at 11.2 mm, and
+# stress MBF 3.3-3.6 span the whole colour map. Values beyond a scale take its end colour; the
+# number in the segment stays exact.
+BULLSEYE_SCALES = {
+    "Wall thickness at ED (mm)": (0.0, 20.0),
+    "MBF (mL/min/g)": (0.0, 5.0),
+    "Relative upslope (myocardium/LV)": (0.0, 0.3),
+}
+
+
+def bullseye_scale(value_label):
+    """(vmin, vmax) of the fixed scale for a bullseye label, or (None, None) when it has none."""
+    return BULLSEYE_SCALES.get(value_label, (None, None))
+
+
 def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None, fmt="{:.2f}",
-             show_ids=True, colorbar=True, title=None):
+             show_ids=True, colorbar=True, title=None, fit=False):
     """Draw the AHA 16-segment bullseye of ``values`` ({segment id: value}) on ``ax``.
 
+    The colour scale is ``vmin``-``vmax`` when given, else the fixed clinical scale of
+    ``value_label`` (``BULLSEYE_SCALES``), else - or with ``fit=True`` - the data's range.
     Missing or NaN segments are grey. Coronary territory (LAD/RCA/LCx) borders are drawn
     thick. Returns the ScalarMappable (for a shared colour bar).
     """
     import matplotlib
     from matplotlib.patches import Arc, Wedge
 
+    if not fit:
+        fixed_min, fixed_max = bullseye_scale(value_label)
+        vmin = fixed_min if vmin is None else vmin
+        vmax = fixed_max if vmax is None else vmax
     values = {int(k): (float(v) if v is not None else math.nan) for k, v in (values or {}).items()}
     finite = [v for v in values.values() if np.isfinite(v)]
     vmin = min(finite) if vmin is None and finite else (0.0 if vmin is None else vmin)
@@ -340,7 +362,8 @@ def analysis_bullseye_png(analysis, size_px=300, dpi=80):
     ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
     bullseye(ax, analysis.segment_values, value_label=label,
              fmt="{:.2f}" if analysis.kind == "perfusion" else "{:.1f}", title=None)
-    fig.suptitle(label, fontsize=9, y=0.99)
+    lo, hi = bullseye_scale(label)
+    fig.suptitle(label + ("" if lo is None else f", scale {lo:g}-{hi:g} fixed"), fontsize=9, y=0.99)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -102,6 +102,29 @@ def test_bullseye_colours_follow_values():
     assert {"0.00", "4.00", "n/a", "LAD", "RCA", "LCx"} <= texts
 
 
+def test_bullseye_scale_fixed_per_measure_unless_fit():
+    """A uniform 11 mm wall (10.7-11.2 mm) is one colour on the fixed 0-20 mm scale, not the
+    whole colour map; fit=True still fits the data."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = {sid: 11.0 for sid in range(1, 17)}
+    values[1], values[16] = 10.7, 11.2
+    label = "Wall thickness at ED (mm)"
+    fixed = report.bullseye(Figure().add_subplot(111), values, value_label=label, colorbar=False)
+    assert (fixed.norm.vmin, fixed.norm.vmax) == (0.0, 20.0)
+    assert abs(fixed.norm(11.2) - fixed.norm(10.7)) < 0.03
+    fitted = report.bullseye(Figure().add_subplot(111), values, value_label=label, colorbar=False, fit=True)
+    assert (fitted.norm.vmin, fitted.norm.vmax) == (10.7, 11.2)
+    assert report.bullseye_scale("MBF (mL/min/g)") == (0.0, 5.0)
+    assert report.bullseye_scale("Relative upslope (myocardium/LV)") == (0.0, 0.3)
+    # The one PNG renderer (Slicer Logic, web GUI) states the scale on the plot.
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    mappable = report.bullseye(fig.add_subplot(111), {s: 3.4 for s in range(1, 17)}, value_label="MBF (mL/min/g)")
+    assert (mappable.norm.vmin, mappable.norm.vmax) == (0.0, 5.0)
+
+
 def test_slices_shown_as_slicer_radiological_view():
     # Identity (i = R, j = A): Slicer puts R on the screen left and A up, so both axes flip.
     v = report.slice_view(np.eye(4), (3, 4))
