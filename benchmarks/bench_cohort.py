@@ -5,8 +5,10 @@ Studies: the first N ACDC patients of ../shared/data/acdc (Bernard et al. IEEE T
 the network (``--model``: the default cine model) or with their ground-truth labels
 (``--labels study``). The separate processes run ``--cores`` at a time (as a shell loop with
 ``xargs -P`` would); the batch runs a LocalCluster with ``--cores`` worker processes. Both write
-every output (seg.nrrd, report.png, scene.mrb, results.json/csv). The ratio is studies per
-second of the batch over studies per second of the separate processes.
+every output (seg.nrrd, report.png, scene.mrb, results.json/csv). ``ratio`` is studies per
+second of the batch over studies per second of the separate processes (wall clock);
+``cpu_ratio`` the same in CPU seconds of all the processes each way, which other programs on a
+shared machine disturb less than the wall clock.
 
     python benchmarks/bench_cohort.py [--n 12] [--cores 2] [--labels] [--json out.json]
 """
@@ -14,12 +16,20 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+
+def _children_cpu():
+    """CPU seconds (user + system) of the finished child processes and their waited-for descendants
+    (the batch's Dask scheduler, nannies and workers included)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -45,20 +55,20 @@ def main():
             subprocess.run(cli + ["analyze", str(patient), "--out", str(tmp / "separate" / patient.name), "--quiet"] + labels,
                            check=True, stdout=subprocess.DEVNULL, env=env)
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _children_cpu()
         with ThreadPoolExecutor(args.cores) as pool:
             list(pool.map(analyze, patients))
-        separate_s = time.perf_counter() - t0
+        separate_s, separate_cpu = time.perf_counter() - t0, _children_cpu() - c0
 
         manifest = tmp / "cohort.csv"
         with open(manifest, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["study", "path"])
             w.writerows([[d.name, str(d)] for d in patients])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _children_cpu()
         subprocess.run(cli + ["batch", str(manifest), "--out", str(tmp / "batch"), "--workers", str(args.cores), "--quiet"]
                        + labels, check=True, stdout=subprocess.DEVNULL, env=env)
-        batch_s = time.perf_counter() - t0
+        batch_s, batch_cpu = time.perf_counter() - t0, _children_cpu() - c0
         with open(tmp / "batch" / "cohort.csv", newline="") as f:
             statuses = [r["status"] for r in csv.DictReader(f)]
         # the same numbers both ways
@@ -70,6 +80,8 @@ def main():
               "separate_s": round(separate_s, 1), "batch_s": round(batch_s, 1),
               "separate_studies_per_min": round(60 * args.n / separate_s, 1),
               "batch_studies_per_min": round(60 * args.n / batch_s, 1), "ratio": round(separate_s / batch_s, 2),
+              "separate_cpu_s": round(separate_cpu, 1), "batch_cpu_s": round(batch_cpu, 1),
+              "cpu_ratio": round(separate_cpu / batch_cpu, 2), "load_average_1min_at_end": round(os.getloadavg()[0], 1),
               "batch_statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
     print(json.dumps(result, indent=1))
     if args.json:
