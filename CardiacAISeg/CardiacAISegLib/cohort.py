@@ -556,6 +556,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
 
     t_start = time.perf_counter()
     out_root = Path(out_root).resolve()   # the workers may run in another folder
+    if out_root.exists() and not out_root.is_dir():
+        raise CardiacInputError(out_root, "--out exists and is not a folder; give a folder for the cohort's outputs")
     out_root.mkdir(parents=True, exist_ok=True)
     skipped = [s for s in specs if resume and study_complete(out_root / s.study)]
     todo = [s for s in specs if s not in skipped]

@@ -113,10 +113,20 @@ def test_folder_of_studies(tmp_path):
         load_cohort(empty)
 
 
-def test_manifest_errors_name_the_file_and_problem(tmp_path):
+def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     bad = tmp_path / "m.csv"
     bad.write_text("study,file\nx,a.nii.gz\n")
     assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert f"error: {bad}: manifest has no 'path' column (columns: study, file)" in capsys.readouterr().err
+    assert cli.main(["batch", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "none.csv: not found" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    good = tmp_path / "good.csv"
+    good.write_text("path\na.nii.gz\n")
+    assert cli.main(["batch", str(good), "--out", str(tmp_path / "a_file")]) == 2
+    assert "a_file: --out exists and is not a folder" in capsys.readouterr().err
+    assert cli.main(["batch", str(good), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers: 0: give at least 1 worker" in capsys.readouterr().err
     bad.write_text("study,path\nx,a.nii.gz\nx,b.nii.gz\n")
     with pytest.raises(CardiacInputError, match="same folder 'x'"):
         read_manifest(bad)
