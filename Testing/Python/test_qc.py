@@ -1,6 +1,7 @@
 """Plausibility checks (qc.py): each flag raised by a phantom made wrong in one known way, and
 never raised by the clean phantom; the flags reach results.json, results.csv and --strict."""
 import json
+from copy import copy
 
 import numpy as np
 import pytest
@@ -201,3 +202,88 @@ def test_manual_acdc_labels_pass_qc(shared_data):
         st = load_study(folder)
         a = Analysis(st, st.labels).run()
         assert a.qc["status"] == "pass", (name, a.qc["flags"])
+
+
+# ------------------------------------------------------------------ one test per remaining flag
+def test_es_labels_equal_to_ed_give_an_ef_flag(cine):
+    study, truth = cine
+    labels = {t: study.labels[truth["ed_frame"]].copy() for t in study.labels}   # no contraction at all
+    a = _cine_analysis(study, labels, ed_frame=truth["ed_frame"], es_frame=truth["es_frame"])
+    assert "LV_EF_RANGE" in codes(a) and a.cine["lv_ef_pct"] == pytest.approx(0.0)
+
+
+def test_volume_curve_with_two_systoles(cine):
+    """Every frame labelled, and the LV empties twice per 'cycle': frames out of order or two beats."""
+    study, truth = cine
+    ed = truth["ed_frame"]
+    order = sorted(study.labels)
+    curve_frames = order[::2] + order[::2]            # the cycle twice over the same number of frames
+    labels = {t: study.labels[src].copy() for t, src in zip(order, curve_frames[: len(order)])}
+    a = _cine_analysis(study, labels)
+    assert a.cine["lv_volume_curve_ml"] is not None
+    assert "VOLUME_CURVE_MINIMA" in codes(a), (a.cine["lv_volume_curve_ml"], ed)
+
+
+def test_rv_far_larger_than_lv(cine):
+    study, _ = cine
+    labels = {}
+    for t, m in study.labels.items():
+        m = m.copy()
+        m[(m == 0) & (np.arange(m.shape[2])[None, None, :] < m.shape[2] // 2)] = RV   # half the field called RV
+        labels[t] = m
+    assert "RV_LV_RATIO" in codes(_cine_analysis(study, labels))
+
+
+def test_lv_pool_missing_on_mid_slices(cine):
+    """The blood pool called myocardium on the mid-ventricular slices (a network failure)."""
+    study, truth = cine
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    ed = labels[truth["ed_frame"]]
+    slices = np.nonzero((ed == LV).any(axis=(1, 2)))[0]
+    for k in slices[len(slices) // 4: len(slices) - len(slices) // 4]:
+        ed[k][ed[k] == LV] = MYO
+    a = _cine_analysis(study, labels, ed_frame=truth["ed_frame"], es_frame=truth["es_frame"])
+    assert "LV_MISSING_MID_ED" in codes(a)
+
+
+def test_mpr_out_of_range(perfusion):
+    """A 'rest' series with three times the stress flow: MPR 0.3, a swapped pair."""
+    study, _ = perfusion
+    rest = copy(study)
+    rest.aif = study.aif / 3.0          # the same tissue against a third of the AIF: three times the flow
+    rest_a = Analysis(rest, study.labels).run()
+    stress_a = Analysis(study, study.labels, rest=rest_a).run()
+    assert stress_a.perfusion["mpr"]["global"] < 0.5
+    assert "MPR_RANGE" in codes(stress_a)
+
+
+def test_tissue_late_against_the_aif_is_flagged(perfusion):
+    """Images 6 s behind their AIF (more than the 5 s delays a fit allows): flagged, not trusted."""
+    study, _ = perfusion
+    st = copy(study)
+    st.images = np.concatenate([np.repeat(study.images[:1], 12, axis=0), study.images[:-12]])
+    a = Analysis(st, study.labels).run()
+    assert {"MBF_DELAY_EDGE", "MBF_FIT_POOR"} & codes(a), codes(a)
+
+
+def test_noise_in_the_myocardium_fits_poorly(perfusion):
+    study, _ = perfusion
+    st = copy(study)
+    images = st.images.copy()
+    myo = study.labels[0] == MYO
+    rng = np.random.default_rng(3)
+    images[:, myo] = rng.normal(0.0, 0.2, (images.shape[0], int(myo.sum())))   # no uptake, only noise
+    st.images = images
+    a = Analysis(st, study.labels).run()
+    assert {"MBF_FIT_POOR", "MBF_AT_BOUND", "MBF_RANGE"} & codes(a), codes(a)
+
+
+def test_aif_flat(perfusion):
+    study, _ = perfusion
+    st = copy(study)
+    st.aif = np.full_like(study.aif, 0.5)
+    from CardiacAISegLib.errors import CardiacInputError
+
+    # a flat AIF cannot be fitted at all: refused with a message, not measured
+    with pytest.raises(CardiacInputError, match="flat"):
+        Analysis(st, study.labels).run()
