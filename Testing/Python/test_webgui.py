@@ -472,6 +472,32 @@ class Page:
                 chain.move_by_offset(dx, dy).pause(0.05)
         chain.pause(0.3).release().pause(0.3).perform()
 
+    def wheel(self, notches):
+        """Turn the mouse wheel over the slice view (positive: towards the user)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+        ActionChains(self.d).scroll_from_origin(ScrollOrigin.from_element(self.slice_area()), 0, 120 * int(notches)).perform()
+
+    def colour_counts(self):
+        """Pixels of the slice view's image in each contour colour (saturated red, green, yellow),
+        and 'tinted' pixels (any clearly coloured, non-grey pixel), at the image's own size."""
+        return self.d.execute_script("""
+            const img = document.querySelectorAll('#views .remote-controlled-area img')[0];
+            if (!img || !img.complete || !img.naturalWidth) return null;
+            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+            const px = g.getImageData(0, 0, c.width, c.height).data;
+            const n = {red: 0, green: 0, yellow: 0, tinted: 0};
+            for (let i = 0; i < px.length; i += 4) {
+                const r = px[i], gr = px[i + 1], b = px[i + 2];
+                if (Math.max(r, gr, b) - Math.min(r, gr, b) > 40) n.tinted++;
+                if (r > 190 && gr < 90 && b < 90) n.red++;
+                else if (gr > 190 && r < 110 && b < 120) n.green++;
+                else if (r > 190 && gr > 170 && b < 90) n.yellow++;
+            }
+            return n;""")
+
     def shot(self, name):
         self.n += 1
         path = self.shots / f"{self.n:02d}-{name}.png"
@@ -568,6 +594,19 @@ def test_e2e_sample_runs_table_and_bullseye(page):
     page.wait(lambda: len(page.handles()) == 3, message="handles on screen")
     page.wait(lambda: page.view_brightness(0) > 5 and page.view_brightness(1) > 5, message="views rendered")
     assert page.alert() == ""
+    # Frame numbers for people: the table's ED frame is the file's 0-based index + 1.
+    assert "ED frame (0-based)" not in values and values["ED frame"] == 1 and values["ES frame"] == 8
+    assert page.el("frame-label").text.startswith("Frame 1 / 20 ED")
+    # The QC of the analysis is shown beside the table: a chip and its flags by code.
+    panel = page.wait(lambda: page.el("qc-panel"), message="QC panel")
+    status = panel.get_attribute("data-status")
+    assert status in ("pass", "review")
+    chip = page.el("qc-chip").text
+    flags = page.all("#qc-flags li")
+    n_review = sum(f.get_attribute("data-severity") == "review" for f in flags)
+    assert chip == "QC pass" if status == "pass" else chip == f"QC review: {n_review} flag(s)"
+    assert all(f.text.startswith(f.get_attribute("data-code")) for f in flags)
+    assert not any(k.startswith("QC") for k in values)
     page.shot("sample-run")
 
 
@@ -576,12 +615,15 @@ def test_e2e_frame_and_slice_navigation(page):
     assert "ED" in page.el("frame-label").text and page.el("slice-label").text.startswith("Slice 5")
     page.picture_changes(lambda: page.click("frame-es"), message="ES frame shown")
     page.wait(lambda: "ES" in page.el("frame-label").text, message="ES label")
-    assert page.el("frame-label").text.startswith("Frame 7")
-    assert "frame 7 ES" in page.el("edit-frame-text").text      # the ES segmentation is the one edited
+    # Frames count from 1 in the page: the phantom's ES is file frame 7, "Frame 8" here.
+    es = int(page.values()["ES frame"]) - 1
+    assert es == 7
+    assert page.el("frame-label").text.startswith("Frame 8 / 20")
+    assert "frame 8 ES" in page.el("edit-frame-text").text      # the ES segmentation is the one edited
     page.shot("es-frame")
     page.picture_changes(lambda: page.click("frame-next"), message="next frame shown")
-    page.wait(lambda: page.el("frame-label").text.startswith("Frame 8"), message="frame 8")
-    assert "edits go to frame 0" in page.el("edit-frame-text").text
+    page.wait(lambda: page.el("frame-label").text.startswith("Frame 9"), message="frame 9")
+    assert "edits go to frame 1)" in page.el("edit-frame-text").text
     page.click("frame-ed")
     page.wait(lambda: "ED" in page.el("frame-label").text, message="back to ED")
     page.picture_changes(lambda: page.click("slice-next"), message="next slice shown")
@@ -600,6 +642,48 @@ def test_e2e_frame_and_slice_navigation(page):
             .pause(0.2).release().perform()
     page.picture_changes(rotate, index=1, message="3D view rotated")
     page.shot("navigated")
+
+
+@e2e
+def test_e2e_wheel_and_page_share_the_slice(page):
+    """The mouse wheel over the slice view moves the page's slice with it, and an edit then acts
+    on the slice on screen (issue 13, item 1)."""
+    start = int(page.el("slice-label").text.split()[1])
+    page.picture_changes(lambda: page.wheel(1), message="wheel moved the slice view")
+    now = int(page.wait(lambda: (lambda k: k if k != start else None)(int(page.el("slice-label").text.split()[1])),
+                        message="slice label follows the wheel"))
+    assert abs(now - start) == 1
+    page.wait(lambda: any(k.startswith(f"S{now} ") for k in page.handles()), message=f"slice {now} handles")
+    assert not any(k.startswith(f"S{start} ") for k in page.handles())
+    page.shot("wheeled")
+    page.click("seg-myo")
+    page.click("grow-btn")
+    info = page.wait(lambda: "grown" in page.alert("info") and page.alert("info"), message="grow measured")
+    assert f"on slice {now}:" in info
+    # The other direction comes back, and the page's own buttons still drive the same state.
+    page.wheel(-1)
+    page.wait(lambda: page.el("slice-label").text.startswith(f"Slice {start} "), message="wheel back")
+    page.click("slice-next")
+    page.wait(lambda: page.el("slice-label").text.startswith(f"Slice {start + 1} "), message="button next")
+    page.click("slice-prev")
+    page.wait(lambda: page.el("slice-label").text.startswith(f"Slice {start} ")
+              and any(k.startswith(f"S{start} ") for k in page.handles()), message="button back")
+
+
+@e2e
+def test_e2e_contours_are_lines_in_distinct_colours(page):
+    """Segmentation outlines in three distinct saturated colours (LV red, myocardium green, RV
+    yellow), no fill by default; the fill comes with its checkbox."""
+    counts = page.wait(lambda: (lambda c: c if c and all(c[k] > 20 for k in ("red", "green", "yellow")) else None)(
+        page.colour_counts()), message="red, green and yellow contour pixels")
+    page.shot("contours")
+    page.click("contour-fill")
+    filled = page.wait(lambda: (lambda c: c if c and c["tinted"] > counts["tinted"] + 200 else None)(page.colour_counts()),
+                       message="filled contours")
+    page.shot("contours-filled")
+    page.click("contour-fill")
+    page.wait(lambda: (lambda c: c if c and c["tinted"] < filled["tinted"] - 200 else None)(page.colour_counts()),
+              message="outlines again")
 
 
 @e2e
@@ -681,6 +765,9 @@ def test_e2e_save_writes_files_that_load_back(page, gui_server):
         assert (out / name).stat().st_size > 0
     sc.read_mrb(out / "scene.mrb")
     assert ed == gt.ed_frame
+    assert shown["ED frame"] == ed + 1                           # 0-based in the file, 1-based on the page
+    assert page.el("qc-panel").get_attribute("data-status") == doc["qc"]["status"]
+    assert [f.get_attribute("data-code") for f in page.all("#qc-flags li")] == [f["code"] for f in doc["qc"]["flags"]]
     # Saving again without Overwrite is refused in the page; outside the data folder too.
     page.click("save-btn")
     assert "would overwrite" in page.wait(page.alert, message="overwrite refusal")

@@ -37,6 +37,7 @@ class CardiacWebApp:
         self._progress = None
         self._paint_timer = None
         self._xy_timer = None
+        self._slice_sync_pending = False
         self._observed_markups = None
         self._bullseye_key = None
         self._init_state()
@@ -57,6 +58,7 @@ class CardiacWebApp:
             "running": False, "progress": 0, "progress_text": "",
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
+            "qc_status": "", "qc_flags": [], "contour_fill": False,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
@@ -84,8 +86,10 @@ class CardiacWebApp:
         self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
         self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
         self.state.change("model")(lambda model, **_: self._on_model(model))
+        self.state.change("contour_fill")(lambda contour_fill, **_: self._guard(self._on_contour_fill, contour_fill))
         self.views.editor.segmentation_modified.connect(self._on_segmentation_modified)
         self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_xy())
+        self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_slice_sync())
         self._markups_event = slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent
 
     # ---------------------------------------------------------------------- guarding
@@ -245,6 +249,35 @@ class CardiacWebApp:
         self.views.show_slice(sess)
         self._refresh_handles()
 
+    def _schedule_slice_sync(self):
+        """The slice view moved (mouse wheel, or our own jump): follow it once the event is over."""
+        if self._slice_sync_pending:
+            return
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            return
+        self._slice_sync_pending = True
+        loop.call_soon(self._sync_slice_from_view)
+
+    def _sync_slice_from_view(self):
+        """One slice state for the view and the page: when the view shows another slice than the
+        session's (the wheel scrolled it), the page's slice follows - label, handles, and every
+        edit (Grow, paint, handle turns) then acts on the slice on screen."""
+        self._slice_sync_pending = False
+        st = self.session.study
+        if st is None:
+            return
+        k = int(round(self.views.shown_slice(st)))
+        k = min(max(k, 0), st.n_slices - 1)
+        if k != self.session.slice:
+            with self.state:
+                self.state.slice = k
+
+    def _on_contour_fill(self, fill):
+        self.views.contour_fill = bool(fill)
+        self.views.show_segmentation(self.session)
+
     def _step(self, what, delta):
         sess = self.session
         sess.require_study()
@@ -343,7 +376,13 @@ class CardiacWebApp:
             s.frame, s.slice = sess.frame, sess.slice
         a = sess.analysis
         s.has_results = a is not None
-        s.results_rows = sess.table()
+        rows = sess.table()
+        # QC has its own chip and list beside the table; the table keeps the measures.
+        s.results_rows = [r for r in rows if not r["key"].startswith("qc_")]
+        qc = (a.qc if a is not None else None) or {}
+        s.qc_status = qc.get("status", "")
+        s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
+                      for f in qc.get("flags", [])]
         s.warnings = list(a.warnings) if a is not None else []
         key = None if a is None else tuple(sorted(a.segment_values.items()))
         if key != self._bullseye_key:
@@ -365,11 +404,12 @@ class CardiacWebApp:
         if a is None:
             s.edit_frame_text = ""
         elif a.kind != CINE:
-            s.edit_frame_text = f"Edits apply to the one mask of the series (frame {a.reference_frame}), shown on every frame"
+            s.edit_frame_text = f"Edits apply to the one mask of the series (frame {a.reference_frame + 1}), shown on every frame"
         else:
+            # Frame numbers for people count from 1 (files keep 0-based where documented).
             t = sess.edit_frame()
-            shown = "" if t == sess.frame else f" (frame {sess.frame} has no segmentation: edits go to frame {t})"
-            s.edit_frame_text = f"Edits apply to frame {t} {tags.get(t, '')}{shown}".strip()
+            shown = "" if t == sess.frame else f" (frame {sess.frame + 1} has no segmentation: edits go to frame {t + 1})"
+            s.edit_frame_text = f"Edits apply to frame {t + 1} {tags.get(t, '')}{shown}".strip()
 
     def _refresh_handles(self):
         sess, s = self.session, self.state

@@ -413,8 +413,16 @@ class Session:
         a = self.analysis
         if a is None:
             return []
-        return [{"key": r["key"], "measure": r["measure"], "value": None if r.get("value") is None else float(r["value"]),
-                 "unit": r.get("unit") or "", "text": format_value(r)} for r in a.table_rows()]
+        rows = []
+        for r in a.table_rows():
+            if r["key"] in PEOPLE_FRAME_ROWS and r.get("value") is not None:
+                # Frame numbers for people count from 1; results.json and results.csv keep the
+                # engine's 0-based frame index (documented there).
+                r = dict(r, measure=PEOPLE_FRAME_ROWS[r["key"]], value=int(r["value"]) + 1)
+            rows.append({"key": r["key"], "measure": r["measure"],
+                         "value": None if r.get("value") is None else float(r["value"]),
+                         "unit": r.get("unit") or "", "text": format_value(r)})
+        return rows
 
     def bullseye_png(self, size_px=300):
         """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer)."""
@@ -456,6 +464,9 @@ class Session:
             _write_label_nifti(gt_target, a.labels[a.reference_frame], a.study.ijk_to_ras)
             paths[f"ground_truth/{gt_target.name}"] = gt_target
         return [self.data.relative(p) for _, p in sorted(paths.items())]
+
+
+PEOPLE_FRAME_ROWS = {"ed_frame": "ED frame", "es_frame": "ES frame"}
 
 
 def _control_point(node, k, side):

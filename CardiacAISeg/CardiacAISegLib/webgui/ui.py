@@ -33,6 +33,7 @@ def build(app):
                 with html.Div(style="display: flex; flex-direction: row; gap: 12px; align-items: flex-start;"):
                     with html.Div(style="flex: 1 1 auto; max-height: 34vh; overflow-y: auto;"):
                         html.Div("Run the segmentation to see the results.", v_if="!has_results", classes="text-medium-emphasis pa-2")
+                        _qc_panel(v, html)
                         with html.Table(id="results-table", v_if="has_results", classes="text-body-2", style="border-collapse: collapse; width: 100%;"):
                             with html.Tr():
                                 html.Th("Measure", style="text-align: left;")
@@ -49,6 +50,22 @@ def build(app):
                     with html.Div(style="flex: 0 0 auto;"):
                         html.Img(id="bullseye", v_if="bullseye_src", src=("bullseye_src",), style="width: 320px;")
     return layout
+
+
+def _qc_panel(v, html):
+    """The analysis's quality check: a chip (pass, or review with the count) and its flags."""
+    with html.Div(id="qc-panel", v_if="has_results && qc_status", classes="mb-1",
+                  __properties=[("data_status", "data-status")], data_status=("qc_status",)):
+        v.VChip("QC pass", id="qc-chip", v_if="qc_status === 'pass'", color="success", size="small", variant="flat",
+                prepend_icon="mdi-check-circle")
+        v.VChip("QC review: {{ qc_flags.filter(f => f.severity === 'review').length }} flag(s)", id="qc-chip",
+                v_else=True, color="warning", size="small", variant="flat", prepend_icon="mdi-alert")
+        with html.Ul(id="qc-flags", v_if="qc_flags.length", classes="text-caption mt-1", style="padding-left: 18px;"):
+            with html.Li(v_for="f in qc_flags", key="f.code",
+                         __properties=[("data_code", "data-code"), ("data_severity", "data-severity")],
+                         data_code=("f.code",), data_severity=("f.severity",)):
+                html.B("{{ f.code }}")
+                html.Span(" ({{ f.severity }}): {{ f.message }}")
 
 
 def _study_card(v, html, ctrl):
@@ -96,7 +113,9 @@ def _view_card(v, html, ctrl):
     with v.VCard(title="View", density="compact", classes="ma-2", variant="outlined", disabled=("!study_loaded",)):
         with v.VCardText(classes="pt-0"):
             with html.Div(classes="d-flex align-center", style="gap: 4px;"):
-                html.Span("Frame {{ frame }} {{ frame_tag }}", id="frame-label", classes="text-body-2", style="min-width: 86px;")
+                # Frames count from 1 for people (the state and the files keep 0-based indices).
+                html.Span("Frame {{ frame + 1 }} / {{ n_frames }} {{ frame_tag }}", id="frame-label", classes="text-body-2",
+                          style="min-width: 110px;")
                 v.VBtn("<", id="frame-prev", click=(ctrl.step_frame, "[-1]"), size="x-small")
                 v.VBtn(">", id="frame-next", click=(ctrl.step_frame, "[1]"), size="x-small")
                 v.VBtn("ED", id="frame-ed", click=(ctrl.goto_frame_tag, "['ed']"), size="x-small", variant="tonal")
@@ -109,6 +128,10 @@ def _view_card(v, html, ctrl):
                 v.VBtn(">", id="slice-next", click=(ctrl.step_slice, "[1]"), size="x-small")
             v.VSlider(id="slice-slider", v_model_number=("slice",), min=0, max=("n_slices - 1",), step=1,
                       density="compact", hide_details=True)
+            html.Div("Mouse wheel over the slice view: next/previous slice; Ctrl+wheel or right-drag: zoom",
+                     classes="text-caption text-medium-emphasis")
+            v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",
+                        hide_details=True)
 
 
 def _correct_card(v, html, ctrl):

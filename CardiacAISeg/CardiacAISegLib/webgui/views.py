@@ -12,6 +12,13 @@ import numpy as np
 from .. import scene as sc
 from ..labels import SEGMENT_IDS
 
+# Contour colours on screen: distinct hues at full saturation, readable on a grey MR image
+# (the engine's file colours - warm red, tan, blue - are too alike as thin lines). Display
+# overrides only: the saved segmentation keeps the engine's colours.
+CONTOUR_COLOURS = {"lv": (1.0, 0.15, 0.15), "myo": (0.1, 1.0, 0.2), "rv": (1.0, 0.9, 0.0)}
+HANDLE_COLOUR = (0.0, 0.9, 1.0)          # cyan: apart from every contour colour
+CONTOUR_WIDTH_PX = 3
+
 SLICE_VIEW = "Red"
 THREED_VIEW = "ThreeD"
 LAYOUT = "cardiac"
@@ -50,6 +57,7 @@ class StudyViews:
         self._fit_pending = False
         self._editing = None           # (segmentation node, effect name) the editor is set up for
         self._fit_size = None
+        self.contour_fill = False      # outlines only unless the page asks for a fill
         self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
         self.slice_node.AddObserver("ModifiedEvent", self._on_slice_node_modified)
 
@@ -142,6 +150,14 @@ class StudyViews:
         self.slice_node.JumpSliceByOffsetting(float(p[0]), float(p[1]), float(p[2]))
         self.render()
 
+    def shown_slice(self, study):
+        """Slice index (float, 0-based) the slice view shows now: the mouse wheel moves the view
+        by itself, the page follows it from here."""
+        m = self.slice_node.GetSliceToRAS()
+        ras = [m.GetElement(row, 3) for row in range(3)] + [1.0]
+        ijk = np.linalg.solve(np.asarray(study.ijk_to_ras, float), np.asarray(ras))
+        return float(ijk[2])
+
     def show_frame(self, session):
         """Cine frame on screen, and the segmentation of that frame (if it has one)."""
         nodes = session.logic.studyNodes
@@ -161,8 +177,15 @@ class StudyViews:
             visible = node is current
             display.SetVisibility(visible)
             if visible:
-                display.SetOpacity2DFill(0.35)
+                # Lines show the border the user judges; a fill (optional) would hide it.
+                display.SetVisibility2DOutline(True)
+                display.SetVisibility2DFill(bool(self.contour_fill))
+                display.SetOpacity2DFill(0.3)
                 display.SetOpacity2DOutline(1.0)
+                display.SetSliceIntersectionThickness(CONTOUR_WIDTH_PX)
+                for segment_id, colour in CONTOUR_COLOURS.items():
+                    if node.GetSegmentation().GetSegment(segment_id) is not None:
+                        display.SetSegmentOverrideColor(segment_id, *colour)
                 if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
                     node.CreateClosedSurfaceRepresentation()
         markups = session.markups_node()
@@ -172,6 +195,12 @@ class StudyViews:
                 display.SetViewNodeIDs([self.slice_node.GetID()])
                 display.SetTextScale(2.5)
                 display.SetGlyphScale(2.5)
+                display.SetColor(*HANDLE_COLOUR)
+                display.SetSelectedColor(*HANDLE_COLOUR)
+                text = display.GetTextProperty() if hasattr(display, "GetTextProperty") else None
+                if text is not None:       # dark box behind the label: readable on any pixel
+                    text.SetBackgroundColor(0.0, 0.0, 0.0)
+                    text.SetBackgroundOpacity(0.6)
             self.slice_view.set_visible_in_3d(True)
         self.render()
 
