@@ -281,7 +281,9 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
         first = subprocess.Popen(batch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         procs.append(first)
         rows_on_disk = lambda: [p.parent.name for p in out.glob(f"*/{ROW_FILE}")]  # noqa: E731
-        _wait_for(lambda: rows_on_disk() or first.poll() is not None, 150, "the first finished study")
+        # a finished study: its row and its outputs (the corrupt study's error row may come first)
+        done = lambda: [n for n in rows_on_disk() if (out / n / "results.json").is_file()]  # noqa: E731
+        _wait_for(lambda: done() or first.poll() is not None, 150, "the first finished study")
         w1.send_signal(signal.SIGKILL)   # the worker dies mid-run, no goodbye
         w1.wait(timeout=30)
         killed_at = time.time()
