@@ -349,8 +349,9 @@ def write_analysis_report(path, analysis, overwrite=False):
                         volume_curve=curve, overwrite=overwrite, value_map=value_map, qc=analysis.qc)
 
 
-def analysis_bullseye_png(analysis, size_px=300, dpi=80):
-    """The AHA bullseye of an Analysis alone, as PNG bytes (Slicer Logic and web GUI)."""
+def analysis_bullseye_png(analysis, size_px=300, dpi=80, fit=False):
+    """The AHA bullseye of an Analysis alone, as PNG bytes (Slicer Logic and web GUI): on the
+    measure's fixed scale, or with ``fit=True`` on the range of the data."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -361,9 +362,10 @@ def analysis_bullseye_png(analysis, size_px=300, dpi=80):
     FigureCanvasAgg(fig)
     ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
     bullseye(ax, analysis.segment_values, value_label=label,
-             fmt="{:.2f}" if analysis.kind == "perfusion" else "{:.1f}", title=None)
+             fmt="{:.2f}" if analysis.kind == "perfusion" else "{:.1f}", title=None, fit=fit)
     lo, hi = bullseye_scale(label)
-    fig.suptitle(label + ("" if lo is None else f", scale {lo:g}-{hi:g} fixed"), fontsize=9, y=0.99)
+    scale = ", scale fitted to the data" if fit else ("" if lo is None else f", scale {lo:g}-{hi:g} fixed")
+    fig.suptitle(label + scale, fontsize=9, y=0.99)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -148,6 +148,9 @@ def test_session_run_edit_save_load_back(phantom_data, tmp_path):
     r0 = _rows(s)
     assert r0["LV EDV"] > 0 and r0["LV mass"] > 0 and len(_sectors(r0)) == 16
     assert s.bullseye_png()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert s.bullseye_png(fit=True) != s.bullseye_png()        # fixed 0-20 mm scale unless fitted
+    # The table shows frames as people count them; the analysis keeps 0-based indices.
+    assert r0["ED frame"] == s.analysis.cine["ed_frame"] + 1 and r0["ES frame"] == s.analysis.cine["es_frame"] + 1
 
     k = next(k for k in sorted(s.analysis.sectors.slices) if s.analysis.sectors.slices[k].level == "mid")
     s.set_slice(k)
@@ -188,8 +191,9 @@ def test_session_run_edit_save_load_back(phantom_data, tmp_path):
     gt = load_study(data / "out" / "ground_truth" / "patient101")
     assert np.array_equal(gt.labels[gt.ed_frame], edited)
     sc.read_mrb(data / "out" / "scene.mrb")
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="tick Overwrite") as refused:
         s.save("out")
+    assert "--force" not in str(refused.value)
     assert s.save("out", force=True)
     with pytest.raises(CardiacInputError, match="outside"):
         s.save("../elsewhere")
@@ -687,6 +691,20 @@ def test_e2e_contours_are_lines_in_distinct_colours(page):
 
 
 @e2e
+def test_e2e_bullseye_fixed_scale_with_fit_option(page):
+    """The bullseye's colours use the fixed 0-20 mm wall scale; the checkbox fits them to the
+    data and back (issue 13, item 6)."""
+    fixed = page.el("bullseye").get_attribute("src")
+    page.click("bullseye-fit")
+    fitted = page.wait(lambda: (lambda src: src if src != fixed else None)(page.el("bullseye").get_attribute("src")),
+                       message="bullseye fitted to the data")
+    page.shot("bullseye-fitted")
+    page.click("bullseye-fit")
+    page.wait(lambda: page.el("bullseye").get_attribute("src") == fixed, message="fixed scale again")
+    assert fitted != fixed
+
+
+@e2e
 def test_e2e_drag_handle_changes_sectors(page):
     before = page.values()
     before_src = page.el("bullseye").get_attribute("src")
@@ -734,6 +752,13 @@ def test_e2e_paint_and_grow_change_volumes(page):
     painted = page.values()
     assert painted["LV EDV"] > before["LV EDV"] and painted["LV mass"] < before["LV mass"]
     page.shot("painted")
+    # Erasing RV inside the LV erases nothing, and the page says so instead of "Erased".
+    page.click("seg-rv")
+    page.click("tool-erase")
+    time.sleep(0.5)
+    page.drag([(centre["x"], centre["y"]), (centre["x"] + 0.02, centre["y"] + 0.02)], steps=2)
+    page.wait(lambda: "Nothing erased" in page.alert("info"), message="nothing erased")
+    assert page.values()["LV EDV"] == painted["LV EDV"]
     page.click("tool-none")
     page.click("seg-myo")
     page.click("grow-btn")
@@ -770,7 +795,8 @@ def test_e2e_save_writes_files_that_load_back(page, gui_server):
     assert [f.get_attribute("data-code") for f in page.all("#qc-flags li")] == [f["code"] for f in doc["qc"]["flags"]]
     # Saving again without Overwrite is refused in the page; outside the data folder too.
     page.click("save-btn")
-    assert "would overwrite" in page.wait(page.alert, message="overwrite refusal")
+    refusal = page.wait(page.alert, message="overwrite refusal")
+    assert "would overwrite" in refusal and "tick Overwrite" in refusal and "--force" not in refusal
     page.type("out-path", "../escaped")
     page.click("save-btn")
     page.wait(lambda: page.alert().startswith("../escaped:") and "outside the data folder" in page.alert(),

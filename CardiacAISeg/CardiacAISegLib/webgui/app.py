@@ -58,7 +58,7 @@ class CardiacWebApp:
             "running": False, "progress": 0, "progress_text": "",
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
-            "qc_status": "", "qc_flags": [], "contour_fill": False,
+            "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
@@ -86,6 +86,7 @@ class CardiacWebApp:
         self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
         self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
         self.state.change("model")(lambda model, **_: self._on_model(model))
+        self.state.change("bullseye_fit")(lambda **_: self._guard(self.refresh, True))
         self.state.change("contour_fill")(lambda contour_fill, **_: self._guard(self._on_contour_fill, contour_fill))
         self.views.editor.segmentation_modified.connect(self._on_segmentation_modified)
         self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_xy())
@@ -339,7 +340,14 @@ class CardiacWebApp:
         with self.state:
             if self._guard(self.session.segmentation_edited, node) is not None:
                 self.refresh(results_only=True)
-                self._note_update(f"{'Painted' if self.state.tool == 'paint' else 'Erased'} {SEGMENT_TITLES[self.state.edit_segment]}")
+                n = self.session.last_edit_pixels
+                title = SEGMENT_TITLES[self.state.edit_segment]
+                if n == 0:
+                    verb = "painted" if self.state.tool == "paint" else "erased"
+                    self._note_update(f"Nothing {verb}: the stroke changed no pixel of {title}")
+                else:
+                    done = "Painted" if self.state.tool == "paint" else "Erased"
+                    self._note_update(f"{done} {title}" + ("" if n is None else f": {n} pixel(s) changed"))
 
     def _on_markups_end(self, *_):
         asyncio.get_event_loop().call_soon(self._after_drag)
@@ -384,9 +392,10 @@ class CardiacWebApp:
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
                       for f in qc.get("flags", [])]
         s.warnings = list(a.warnings) if a is not None else []
-        key = None if a is None else tuple(sorted(a.segment_values.items()))
+        fit = bool(s.bullseye_fit)
+        key = None if a is None else (fit, a.bullseye_label, tuple(sorted(a.segment_values.items())))
         if key != self._bullseye_key:
-            s.bullseye_src = "" if a is None else "data:image/png;base64," + base64.b64encode(sess.bullseye_png()).decode()
+            s.bullseye_src = "" if a is None else "data:image/png;base64," + base64.b64encode(sess.bullseye_png(fit=fit)).decode()
             self._bullseye_key = key
         self._watch_markups()
         self._refresh_tags()

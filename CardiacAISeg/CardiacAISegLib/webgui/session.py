@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import scene as sc
-from ..errors import CardiacInputError
+from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
 from ..study import CINE, PERFUSION
@@ -57,6 +57,7 @@ class Session:
         self.frame = 0
         self.slice = 0
         self.last_update_s = None
+        self.last_edit_pixels = None
 
     # ------------------------------------------------------------------------- state
     @property
@@ -388,9 +389,14 @@ class Session:
         """The Segment Editor (paint/erase in a view) changed ``node``: measure it again."""
         if self.analysis is None or node is None:
             return None
+        frame = self.edit_frame()
+        before = self.analysis.labels[frame].copy() if frame in self.analysis.labels else None
         t0 = time.perf_counter()
         self.logic.onSegmentationEdited(node)
         self.last_update_s = time.perf_counter() - t0
+        after = self.analysis.labels.get(frame)
+        # How many pixels the stroke changed: "Erased" must not be said when nothing was.
+        self.last_edit_pixels = None if before is None or after is None else int((before != after).sum())
         return self.analysis
 
     def revert(self):
@@ -424,11 +430,12 @@ class Session:
                          "unit": r.get("unit") or "", "text": format_value(r)})
         return rows
 
-    def bullseye_png(self, size_px=300):
-        """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer)."""
+    def bullseye_png(self, size_px=300, fit=False):
+        """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer):
+        on the measure's fixed clinical scale, or fitted to the data with ``fit``."""
         from ..report import analysis_bullseye_png
 
-        return analysis_bullseye_png(self.require_analysis(), size_px=size_px)
+        return analysis_bullseye_png(self.require_analysis(), size_px=size_px, fit=fit)
 
     def default_output(self):
         st = self.study
@@ -445,7 +452,11 @@ class Session:
 
         a = self.require_analysis()
         out = self.data.resolve_output(out_text or self.default_output())
-        check_outputs(out, force)
+        try:
+            check_outputs(out, force)
+        except OutputExistsError as e:
+            # The engine speaks to the command line (--force); the page has a checkbox.
+            raise OutputExistsError(str(e).replace("pass --force", "tick Overwrite")) from None
         gt_root = out / "ground_truth"
         if a.kind == CINE:
             patient = patient or self.logic.getParameter("groundTruthName")

@@ -49,6 +49,8 @@ def build(app):
                             html.Li("{{ w }}", v_for="w in warnings", key="w")
                     with html.Div(style="flex: 0 0 auto;"):
                         html.Img(id="bullseye", v_if="bullseye_src", src=("bullseye_src",), style="width: 320px;")
+                        v.VCheckbox(id="bullseye-fit", v_if="bullseye_src", label="Fit the colour scale to the data",
+                                    v_model=("bullseye_fit",), density="compact", hide_details=True)
     return layout
 
 
