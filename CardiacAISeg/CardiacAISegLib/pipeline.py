@@ -32,7 +32,10 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
         from .models.inference import segment_cine_study
 
         labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
-    info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"]}
+    info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"],
+            "runtime": loaded.runtime}
+    if loaded.runtime == "onnxruntime" and card.get("onnx"):
+        info["onnx_sha256"] = card["onnx"]["sha256"]   # the file that actually ran
     if study.provenance.get("mask_refinement"):
         info["mask_refinement"] = study.provenance["mask_refinement"]
     return labels, info

@@ -298,15 +298,17 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
     (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
     """
-    import torch
     from scipy import ndimage
 
+    from .array_ops import pad_to_multiple as pad_array, softmax
     from .perfusion_refine import refine_slice
     from .postprocess import keep_one_component_per_structure
 
     progress = as_progress(progress)
     device = pick_device(device)
-    model = loaded_model.module.to(device)
+    model = loaded_model.module
+    if not hasattr(model, "run_numpy"):   # torch: on the device; ONNX Runtime needs no torch at all
+        model = model.to(device)
     spec = loaded_model.card["input"]
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
@@ -324,18 +326,17 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
         if crop:
             x = ndimage.zoom(x, (1, *crop[2]), order=1)
         x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
-        with torch.inference_mode():
-            xt, pad = pad_to_multiple(torch.from_numpy(x)[None], multiple)
-            logits = model(xt.to(device))[..., pad[0], pad[1]]
+        xp, pad = pad_array(x[None], multiple)
+        scores = network_scores(model, xp.astype(np.float32), device)[..., pad[0], pad[1]]
         if crop:   # probabilities back onto the native crop grid, then the label
-            probs = torch.softmax(logits, 1)[0].cpu().numpy()
+            probs = softmax(scores, 1)[0]
             zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
             probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])
             pred = probs[:, : native[0], : native[1]].argmax(0).astype(np.uint8)
             if pred.shape != native:
                 pred = np.pad(pred, ((0, native[0] - pred.shape[0]), (0, native[1] - pred.shape[1])))
         else:
-            pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+            pred = scores.argmax(1)[0].astype(np.uint8)
         # slices lie 10-20 mm apart: clean each one on its own
         out[k][rs, cs] = keep_one_component_per_structure(pred[None])[0]
         if refine and study.aif is not None:
