@@ -476,6 +476,15 @@ class Page:
                 chain.move_by_offset(dx, dy).pause(0.05)
         chain.pause(0.3).release().pause(0.3).perform()
 
+    def heart_radius(self):
+        """Screen distance from the LV centre to the anterior handle, over the slice view's
+        shorter side (how much of the picture the heart takes)."""
+        h = self.handles()
+        ant = next(v for k, v in h.items() if k.endswith("anterior"))
+        c, r = h["LV centre"], self.slice_area().rect
+        return float(np.hypot((ant["x"] - c["x"]) * r["width"], (ant["y"] - c["y"]) * r["height"])
+                     / min(r["width"], r["height"]))
+
     def wheel(self, notches):
         """Turn the mouse wheel over the slice view (positive: towards the user)."""
         from selenium.webdriver.common.action_chains import ActionChains
@@ -598,6 +607,15 @@ def test_e2e_sample_runs_table_and_bullseye(page):
     page.wait(lambda: len(page.handles()) == 3, message="handles on screen")
     page.wait(lambda: page.view_brightness(0) > 5 and page.view_brightness(1) > 5, message="views rendered")
     assert page.alert() == ""
+    # After a run the slice view is zoomed onto the heart: the anterior handle (on the
+    # epicardium) lies far from the LV centre on screen; "Whole image" shows the field of view
+    # again, "Heart" comes back.
+    zoomed = page.wait(lambda: (lambda r: r if r > 0.17 else None)(page.heart_radius()), message="zoomed on the heart")
+    page.click("zoom-all")
+    whole = page.wait(lambda: (lambda r: r if r < 0.7 * zoomed else None)(page.heart_radius()), message="whole image")
+    page.click("zoom-heart")
+    page.wait(lambda: abs(page.heart_radius() - zoomed) < 0.1 * zoomed, message="back on the heart")
+    print(f"\nLV centre to anterior handle / view's shorter side: zoomed {zoomed:.3f}, whole image {whole:.3f}")
     # Frame numbers for people: the table's ED frame is the file's 0-based index + 1.
     assert "ED frame (0-based)" not in values and values["ED frame"] == 1 and values["ES frame"] == 8
     assert page.el("frame-label").text.startswith("Frame 1 / 20 ED")

@@ -82,6 +82,8 @@ class CardiacWebApp:
         c.revert = lambda: self._guard(self._revert)
         c.save = lambda: self._guard(self._save)
         c.dismiss = self._dismiss
+        c.zoom_heart = lambda: self._guard(self._zoom_heart)
+        c.zoom_all = lambda: self._guard(self.views.fit, self.session)
         self.state.change("frame")(lambda frame, **_: self._guard(self._on_frame, frame))
         self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
         self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
@@ -205,6 +207,7 @@ class CardiacWebApp:
         self.session.apply(result)
         self.views.show_frame(self.session)
         self.views.show_slice(self.session)
+        self.views.zoom_to_heart(self.session)
         self.refresh()
         a = self.session.analysis
         t = result.timing or {}
@@ -274,6 +277,11 @@ class CardiacWebApp:
         if k != self.session.slice:
             with self.state:
                 self.state.slice = k
+
+    def _zoom_heart(self):
+        self.session.require_analysis()
+        if not self.views.zoom_to_heart(self.session):
+            raise CardiacInputError("zoom", "nothing is segmented on the frame shown")
 
     def _on_contour_fill(self, fill):
         self.views.contour_fill = bool(fill)

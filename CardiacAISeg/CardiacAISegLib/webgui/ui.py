@@ -130,6 +130,11 @@ def _view_card(v, html, ctrl):
                 v.VBtn(">", id="slice-next", click=(ctrl.step_slice, "[1]"), size="x-small")
             v.VSlider(id="slice-slider", v_model_number=("slice",), min=0, max=("n_slices - 1",), step=1,
                       density="compact", hide_details=True)
+            with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+                html.Span("Zoom", classes="text-body-2", style="min-width: 86px;")
+                v.VBtn("Heart", id="zoom-heart", click=ctrl.zoom_heart, size="x-small", variant="tonal",
+                       disabled=("!has_results",))
+                v.VBtn("Whole image", id="zoom-all", click=ctrl.zoom_all, size="x-small", variant="tonal")
             html.Div("Mouse wheel over the slice view: next/previous slice; Ctrl+wheel or right-drag: zoom",
                      classes="text-caption text-medium-emphasis")
             v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",

@@ -58,6 +58,7 @@ class StudyViews:
         self._editing = None           # (segmentation node, effect name) the editor is set up for
         self._fit_size = None
         self.contour_fill = False      # outlines only unless the page asks for a fill
+        self._session = None           # the session whose slice a re-fit must keep
         self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
         self.slice_node.AddObserver("ModifiedEvent", self._on_slice_node_modified)
 
@@ -99,7 +100,7 @@ class StudyViews:
         self.orient_to_study(session.study)
         self.show_frame(session)
         self.show_slice(session)
-        self.fit()
+        self.fit(session)
 
     def orient_to_study(self, study):
         """Slice plane = the acquisition plane, shown as the image array is (column index to
@@ -123,12 +124,47 @@ class StudyViews:
         node.GetSliceToRAS().DeepCopy(slice_to_ras)
         node.UpdateMatrices()
 
-    def fit(self):
+    def fit(self, session=None):
+        """The whole field of view. Fitting recentres the slice view on the volume, through the
+        plane too: the slice on screen is put back (the page follows the view's slice)."""
+        self._session = session or self._session
         self.slice_view.fit_view_to_content()
+        self._back_to_session_slice()
         self.threed_view.reset_camera()
         self._fit_pending = True      # again once the page has given the views their size
         self._fit_size = tuple(self.slice_node.GetDimensions()[:2])
         self.render()
+
+    def zoom_to_heart(self, session, margin=1.3):
+        """Centre the slice view on the segmented heart (LV, myocardium, RV of the frame edited)
+        and zoom so that it spans 1/``margin`` of the view's shorter side: the whole field of
+        view leaves the heart a small part of the picture. False when nothing is segmented."""
+        a, st = session.analysis, session.study
+        if a is None or st is None:
+            return False
+        labels = a.labels.get(session.edit_frame())
+        if labels is None or not (labels > 0).any():
+            return False
+        _, rows, cols = np.nonzero(labels > 0)
+        m = np.asarray(st.ijk_to_ras, float)
+        centre = st.ijk_to_ras_points([((cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2, session.slice)])[0]
+        extent = margin * max((cols.max() - cols.min() + 1) * np.linalg.norm(m[:3, 0]),
+                              (rows.max() - rows.min() + 1) * np.linalg.norm(m[:3, 1]))
+        node = self.slice_node
+        slice_to_ras = node.GetSliceToRAS()
+        for row in range(3):
+            slice_to_ras.SetElement(row, 3, float(centre[row]))
+        w, h = node.GetDimensions()[:2]
+        aspect = (w / h) if w > 1 and h > 1 else 1.0
+        fov = node.GetFieldOfView()
+        if aspect >= 1:
+            node.SetFieldOfView(extent * aspect, extent, fov[2])
+        else:
+            node.SetFieldOfView(extent, extent / aspect, fov[2])
+        node.UpdateMatrices()
+        self._fit_pending = False          # a later resize must not undo the zoom
+        self.render()
+        return True
 
     def _on_slice_node_modified(self, *_):
         if not self._fit_pending:
@@ -137,8 +173,14 @@ class StudyViews:
         if size != self._fit_size and min(size) > 1:
             self._fit_pending = False
             self.slice_view.fit_view_to_content()
+            self._back_to_session_slice()
             self.threed_view.reset_camera()
             self.render()
+
+    def _back_to_session_slice(self):
+        session = self._session
+        if session is not None and session.study is not None:
+            self.show_slice(session)
 
     def show_slice(self, session):
         """Move the slice view onto slice ``session.slice`` (in-plane pan and zoom kept)."""
