@@ -23,7 +23,11 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
     card = registry.get_card(name)
     if card["task"] != task:
         raise CardiacInputError(name, f"model is for {card['task']} series, the input is a {task} series")
-    loaded = registry.load_model(name)
+    from .models.inference import pick_device
+
+    # an explicit --device cuda wants torch even where ONNX Runtime was chosen for the CPU
+    device = pick_device(device)
+    loaded = registry.for_device(registry.load_model(name), device)
     if task == PERFUSION:
         from .models.inference import segment_perfusion_study
 

@@ -110,7 +110,7 @@ def pick_device(device=None):
     """The device asked for, else CUDA when torch has a usable GPU, else the CPU. On a machine
     without any NVIDIA GPU the answer is 'cpu' without importing torch (the ONNX Runtime path
     needs no torch at all); torch calls accept the string as well as a ``torch.device``."""
-    if not device and not cuda_may_be_present():
+    if (not device and not cuda_may_be_present()) or str(device) == "cpu":
         return "cpu"
     import torch
 
@@ -208,13 +208,10 @@ def frames_to_segment(study, frames="ed_es"):
 
 
 def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progress=None):
-    """Label maps {frame: (S, R, C) uint8} for a cine study with a loaded registry model."""
-    from .registry import for_device
-
+    """Label maps {frame: (S, R, C) uint8} for a cine study with a loaded registry model (loaded
+    for ``device``: ``registry.load_model(..., device=)`` / ``registry.for_device``)."""
     progress = as_progress(progress)
     device = pick_device(device)
-    # an explicit --device cuda wants torch even where ONNX Runtime was chosen for the CPU
-    loaded_model = for_device(loaded_model, device)
     model = loaded_model.module.to(device)
     spec = loaded_model.card["input"]
     spacing_rc = (study.spacing[1], study.spacing[0])
