@@ -1,0 +1,78 @@
+"""The engine's layout rules, checked on its source: no import cycles between its modules
+(function-level imports included, since they only defer a cycle), and the module file thin."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "CardiacAISeg" / "CardiacAISegLib"
+
+
+def _modules():
+    mods = {}
+    for f in ROOT.rglob("*.py"):
+        parts = f.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = f
+    return mods
+
+
+def _imports(name, path, mods):
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+            if not found and target in mods:   # `from .pkg import name`: the module itself
+                found = [target]
+            out.update(found)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in mods)
+    out.discard(name)
+    return out
+
+
+def _cycles(graph):
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {name: _imports(name, path, mods) for name, path in mods.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_finder_sees_a_cycle(tmp_path):
+    """The check itself can fail: two modules importing each other inside functions."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": set()}
+    assert _cycles(graph) == [["a", "b"]]
