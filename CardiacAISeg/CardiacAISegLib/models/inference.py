@@ -191,6 +191,47 @@ def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device
     return keep_one_component_per_structure(labels) if postprocess else labels
 
 
+# Two-stage cine inference: the heart takes a fifth of a short-axis field of view, so the network
+# first finds it on a few mid slices, then segments a square of CINE_CROP_MM around it; fewer
+# pixels (faster) and nothing outside the heart to mistake for it. Not the default yet: the
+# shipped unet-light was trained on 180 mm patches, and `python tools/evaluate_cine_crop.py`
+# (15 held-out ACDC patients + Sunnybrook) gives Dice LV/MYO/RV 0.929/0.885/0.898 whole-field,
+# 0.929/0.884/0.895 on 240 mm squares (1.2x faster) and 0.921/0.874/0.881 on 160 mm squares
+# (2x faster): the small square needs a network trained on it (issue 11).
+CINE_CROP_MM = 240.0
+
+
+def cine_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu"):
+    """(row slice, col slice) of a CINE_CROP_MM square around the heart, or None (small field of
+    view, or no heart found on the middle slices: then the whole field is segmented)."""
+    s, r, c = volume.shape
+    half_r, half_c = CINE_CROP_MM / 2 / spacing_rc[0], CINE_CROP_MM / 2 / spacing_rc[1]
+    if r <= 2 * half_r * 1.15 and c <= 2 * half_c * 1.15:
+        return None
+    mid = sorted({max(0, min(s - 1, int(round(f * (s - 1))))) for f in (0.4, 0.5, 0.6)})
+    first = predict_labels(model, volume[mid], spacing_rc, pixel_mm, size_multiple, device)
+    heart = first > 0
+    if heart.sum() < 20:
+        return None
+    _, rows, cols = np.nonzero(heart)
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    r0 = int(round(min(max(cy - half_r, 0), max(r - 2 * half_r, 0))))
+    c0 = int(round(min(max(cx - half_c, 0), max(c - 2 * half_c, 0))))
+    return slice(r0, min(r, r0 + int(round(2 * half_r)))), slice(c0, min(c, c0 + int(round(2 * half_c))))
+
+
+def predict_labels_in_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", tta="none"):
+    """``predict_labels`` on the heart's square only (``cine_heart_box``), mapped back onto the
+    full grid; the whole field when no box is found. Returns (labels, box or None)."""
+    box = cine_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple, device)
+    if box is None:
+        return predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple, device, tta=tta), None
+    out = np.zeros(volume.shape, np.uint8)
+    out[:, box[0], box[1]] = predict_labels(model, np.ascontiguousarray(volume[:, box[0], box[1]]), spacing_rc, pixel_mm,
+                                            size_multiple, device, postprocess=False, tta=tta)
+    return keep_one_component_per_structure(out), box
+
+
 def frames_to_segment(study, frames="ed_es"):
     if frames == "all" or study.n_frames == 1:
         return list(range(study.n_frames))
