@@ -709,6 +709,31 @@ def test_e2e_contours_are_lines_in_distinct_colours(page):
 
 
 @e2e
+def test_e2e_window_level_presets_and_slider(page):
+    """Window/level: presets change the picture and the slider shows the window; moving the
+    slider sets a window of one's own (issue 13, item 3)."""
+    def window():
+        return [float(x.get_attribute("aria-valuenow")) for x in page.all("#wl-slider .v-slider-thumb")]
+
+    auto = page.wait(window, message="window slider")
+    bright = page.view_brightness()
+    page.picture_changes(lambda: page.click("wl-contrast"), message="contrast preset shown")
+    contrast = page.wait(lambda: (lambda w: w if w != auto else None)(window()), message="slider follows the preset")
+    assert contrast[0] > auto[0]
+    assert page.view_brightness() < bright                     # muscle and background go dark
+    page.shot("window-contrast")
+    # The lower thumb, moved with the keyboard, makes a window of one's own.
+    from selenium.webdriver.common.keys import Keys
+
+    thumb = page.all("#wl-slider .v-slider-thumb")[0]
+    page.d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", thumb)
+    page.picture_changes(lambda: thumb.send_keys(Keys.PAGE_DOWN), message="window moved by the slider")
+    page.wait(lambda: "v-btn--active" not in page.el("wl-contrast").get_attribute("class"), message="preset left")
+    page.picture_changes(lambda: page.click("wl-auto"), message="auto window again")
+    page.wait(lambda: window() == auto, message="auto window on the slider")
+
+
+@e2e
 def test_e2e_bullseye_fixed_scale_with_fit_option(page):
     """The bullseye's colours use the fixed 0-20 mm wall scale; the checkbox fits them to the
     data and back (issue 13, item 6)."""

@@ -38,6 +38,7 @@ class CardiacWebApp:
         self._paint_timer = None
         self._xy_timer = None
         self._slice_sync_pending = False
+        self._wl_shown = None
         self._observed_markups = None
         self._bullseye_key = None
         self._init_state()
@@ -59,6 +60,7 @@ class CardiacWebApp:
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
             "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
+            "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
@@ -89,6 +91,8 @@ class CardiacWebApp:
         self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
         self.state.change("model")(lambda model, **_: self._on_model(model))
         self.state.change("bullseye_fit")(lambda **_: self._guard(self.refresh, True))
+        self.state.change("wl_preset")(lambda wl_preset, **_: self._guard(self._on_wl_preset, wl_preset))
+        self.state.change("wl_range")(lambda wl_range, **_: self._guard(self._on_wl_range, wl_range))
         self.state.change("contour_fill")(lambda contour_fill, **_: self._guard(self._on_contour_fill, contour_fill))
         self.views.editor.segmentation_modified.connect(self._on_segmentation_modified)
         self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_xy())
@@ -153,6 +157,9 @@ class CardiacWebApp:
         self._on_model(s.model)
         s.out_path = sess.default_output()
         self.views.show_study(sess)
+        s.wl_preset = "auto"
+        self.views.set_window_level(sess)
+        self._show_wl()
         self.refresh()
         s.info_message = message + ("" if choices else " - no network is installed for this kind of series and the study has no labels: "
                                     "install a model (cardiacaiseg import-model) or open it with its label file.")
@@ -243,6 +250,7 @@ class CardiacWebApp:
         self.views.show_frame(sess)
         self._apply_tool()
         self._refresh_tags()
+        self._show_wl()
 
     def _on_slice(self, k):
         sess = self.session
@@ -282,6 +290,46 @@ class CardiacWebApp:
         self.session.require_analysis()
         if not self.views.zoom_to_heart(self.session):
             raise CardiacInputError("zoom", "nothing is segmented on the frame shown")
+
+    # Window/level presets, from the frame on screen: "contrast" darkens everything below the
+    # median (muscle, background) so the blood pool / myocardium border stands out.
+    WL_PRESETS = {"full": (0.0, 100.0), "contrast": (50.0, 99.5)}
+
+    def _on_wl_preset(self, preset):
+        sess = self.session
+        st = sess.study
+        if st is None or preset == "custom":
+            return
+        if preset == "auto":
+            self.views.set_window_level(sess)
+        else:
+            import numpy as np
+
+            lo, hi = np.percentile(st.images[sess.frame], self.WL_PRESETS[preset])
+            self.views.set_window_level(sess, lo, hi)
+        self._show_wl()
+
+    def _on_wl_range(self, wl_range):
+        current = self.views.window_level(self.session)
+        if current is None or not wl_range or len(wl_range) != 2:
+            return
+        lo, hi = float(wl_range[0]), float(wl_range[1])
+        if [lo, hi] == self._wl_shown:
+            return                       # our own update coming back
+        self.views.set_window_level(self.session, lo, hi)
+        self.state.wl_preset = "custom"
+
+    def _show_wl(self):
+        """Slider bounds from the study's intensities, and the window shown now."""
+        st = self.session.study
+        current = self.views.window_level(self.session)
+        if st is None or current is None:
+            return
+        lo, hi = float(st.images.min()), float(st.images.max())
+        self.state.wl_bounds = [lo, hi]
+        self.state.wl_step = max((hi - lo) / 200.0, 1e-6)
+        self._wl_shown = [max(lo, current[0]), min(hi, current[1])]
+        self.state.wl_range = list(self._wl_shown)
 
     def _on_contour_fill(self, fill):
         self.views.contour_fill = bool(fill)

@@ -139,6 +139,16 @@ def _view_card(v, html, ctrl):
                      classes="text-caption text-medium-emphasis")
             v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",
                         hide_details=True)
+            with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+                html.Span("Window", classes="text-body-2", style="min-width: 86px;")
+                with v.VBtnToggle(v_model=("wl_preset",), density="compact", divided=True, variant="outlined",
+                                  color="primary"):
+                    v.VBtn("Auto", id="wl-auto", value="auto", size="x-small")
+                    v.VBtn("Full", id="wl-full", value="full", size="x-small")
+                    v.VBtn("Contrast", id="wl-contrast", value="contrast", size="x-small")
+            with html.Div(id="wl-slider"):       # (an id on the slider lands on its inputs)
+                v.VRangeSlider(v_model=("wl_range",), min=("wl_bounds[0]",), max=("wl_bounds[1]",),
+                               step=("wl_step",), density="compact", hide_details=True, strict=True)
 
 
 def _correct_card(v, html, ctrl):

@@ -166,6 +166,32 @@ class StudyViews:
         self.render()
         return True
 
+    # ------------------------------------------------------------------- window/level
+    def _volume_display(self, session):
+        nodes = session.logic.studyNodes
+        volume = None if nodes is None else nodes.volume
+        return None if volume is None else volume.GetDisplayNode()
+
+    def window_level(self, session):
+        """(lowest, highest) intensity shown from black to white, or None without a study."""
+        display = self._volume_display(session)
+        if display is None:
+            return None
+        return float(display.GetWindowLevelMin()), float(display.GetWindowLevelMax())
+
+    def set_window_level(self, session, low=None, high=None):
+        """Intensities ``low``..``high`` from black to white; both None: Slicer's automatic
+        window/level (from the image histogram)."""
+        display = self._volume_display(session)
+        if display is None:
+            return
+        if low is None or high is None:
+            display.AutoWindowLevelOn()
+        else:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(float(low), float(max(high, low + 1e-6)))
+        self.render()
+
     def _on_slice_node_modified(self, *_):
         if not self._fit_pending:
             return
