@@ -60,7 +60,7 @@ class CardiacWebApp:
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
             "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
-            "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
+            "show_3d": True, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
@@ -93,6 +93,7 @@ class CardiacWebApp:
         self.state.change("bullseye_fit")(lambda **_: self._guard(self.refresh, True))
         self.state.change("wl_preset")(lambda wl_preset, **_: self._guard(self._on_wl_preset, wl_preset))
         self.state.change("wl_range")(lambda wl_range, **_: self._guard(self._on_wl_range, wl_range))
+        self.state.change("show_3d")(lambda show_3d, **_: self._guard(self.views.show_3d, bool(show_3d)))
         self.state.change("contour_fill")(lambda contour_fill, **_: self._guard(self._on_contour_fill, contour_fill))
         self.views.editor.segmentation_modified.connect(self._on_segmentation_modified)
         self.views.slice_node.AddObserver("ModifiedEvent", lambda *_: self._schedule_xy())
@@ -157,6 +158,8 @@ class CardiacWebApp:
         self._on_model(s.model)
         s.out_path = sess.default_output()
         self.views.show_study(sess)
+        # A single slice is a line edge-on in 3D: the slice view alone, unless asked for.
+        s.show_3d = sess.study is not None and sess.study.n_slices > 1
         s.wl_preset = "auto"
         self.views.set_window_level(sess)
         self._show_wl()

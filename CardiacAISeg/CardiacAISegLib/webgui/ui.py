@@ -137,8 +137,10 @@ def _view_card(v, html, ctrl):
                 v.VBtn("Whole image", id="zoom-all", click=ctrl.zoom_all, size="x-small", variant="tonal")
             html.Div("Mouse wheel over the slice view: next/previous slice; Ctrl+wheel or right-drag: zoom",
                      classes="text-caption text-medium-emphasis")
-            v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",
-                        hide_details=True)
+            with html.Div(classes="d-flex", style="gap: 12px;"):
+                v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",
+                            hide_details=True)
+                v.VCheckbox(id="show-3d", label="3D view", v_model=("show_3d",), density="compact", hide_details=True)
             with html.Div(classes="d-flex align-center", style="gap: 4px;"):
                 html.Span("Window", classes="text-body-2", style="min-width: 86px;")
                 with v.VBtnToggle(v_model=("wl_preset",), density="compact", divided=True, variant="outlined",

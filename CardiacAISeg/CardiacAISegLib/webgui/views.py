@@ -22,6 +22,7 @@ CONTOUR_WIDTH_PX = 3
 SLICE_VIEW = "Red"
 THREED_VIEW = "ThreeD"
 LAYOUT = "cardiac"
+LAYOUT_2D = "cardiac-2d"          # the slice view alone (a single slice shows as a line in 3D)
 
 
 def _no_gutter(*_args):
@@ -46,6 +47,7 @@ class StudyViews:
         red = ViewLayoutDefinition.slice_view("Axial", label=SLICE_VIEW, color="#F34A33")
         threed = ViewLayoutDefinition.threed_view(name=THREED_VIEW)
         self.layout_manager.register_layout(LAYOUT, Layout(LayoutDirection.Horizontal, [red, threed]))
+        self.layout_manager.register_layout(LAYOUT_2D, Layout(LayoutDirection.Horizontal, [red]))
         self.layout_manager.set_layout(LAYOUT)
         app = self.app
         self.context = sc.SceneContext(
@@ -57,6 +59,7 @@ class StudyViews:
         self._fit_pending = False
         self._editing = None           # (segmentation node, effect name) the editor is set up for
         self._fit_size = None
+        self._zoom = "all"             # 'all' (whole image) or 'heart': redone when the view is resized
         self.contour_fill = False      # outlines only unless the page asks for a fill
         self._session = None           # the session whose slice a re-fit must keep
         self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
@@ -78,6 +81,14 @@ class StudyViews:
     @property
     def editor(self):
         return self.app.segmentation_editor
+
+    def show_3d(self, visible):
+        """The 3D view beside the slice view, or the slice view alone (all the width)."""
+        self.layout_manager.set_layout(LAYOUT if visible else LAYOUT_2D)
+        # The slice view changes shape: zoom again (heart or whole image) once it has.
+        self._fit_pending = True
+        self._fit_size = tuple(self.slice_node.GetDimensions()[:2])
+        self.render()
 
     def initialize_grid(self, ui):
         self.layout_manager.initialize_layout_grid(ui)
@@ -131,6 +142,7 @@ class StudyViews:
         self.slice_view.fit_view_to_content()
         self._back_to_session_slice()
         self.threed_view.reset_camera()
+        self._zoom = "all"
         self._fit_pending = True      # again once the page has given the views their size
         self._fit_size = tuple(self.slice_node.GetDimensions()[:2])
         self.render()
@@ -162,7 +174,8 @@ class StudyViews:
         else:
             node.SetFieldOfView(extent, extent / aspect, fov[2])
         node.UpdateMatrices()
-        self._fit_pending = False          # a later resize must not undo the zoom
+        self._zoom = "heart"
+        self._fit_pending = False
         self.render()
         return True
 
@@ -198,8 +211,9 @@ class StudyViews:
         size = tuple(self.slice_node.GetDimensions()[:2])
         if size != self._fit_size and min(size) > 1:
             self._fit_pending = False
-            self.slice_view.fit_view_to_content()
-            self._back_to_session_slice()
+            if not (self._zoom == "heart" and self._session is not None and self.zoom_to_heart(self._session)):
+                self.slice_view.fit_view_to_content()
+                self._back_to_session_slice()
             self.threed_view.reset_camera()
             self.render()
 
