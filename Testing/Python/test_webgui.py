@@ -659,6 +659,17 @@ def test_e2e_frame_and_slice_navigation(page):
     page.picture_changes(lambda: page.click("frame-next"), message="next frame shown")
     page.wait(lambda: page.el("frame-label").text.startswith("Frame 9"), message="frame 9")
     assert "edits go to frame 1)" in page.el("edit-frame-text").text
+    # Cine playback runs through the frames until paused.
+    seen = set()
+    page.click("frame-play")
+    page.wait(lambda: seen.add(page.el("frame-label").text.split()[1]) or len(seen) >= 4, timeout=30,
+              message="frames playing")
+    page.click("frame-play")
+    page.wait(lambda: page.el("frame-play").text.upper() == "PLAY", message="paused")
+    time.sleep(0.5)
+    paused_at = page.el("frame-label").text
+    time.sleep(1.0)
+    assert page.el("frame-label").text == paused_at
     page.click("frame-ed")
     page.wait(lambda: "ED" in page.el("frame-label").text, message="back to ED")
     page.picture_changes(lambda: page.click("slice-next"), message="next slice shown")

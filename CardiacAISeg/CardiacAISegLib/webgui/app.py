@@ -39,6 +39,7 @@ class CardiacWebApp:
         self._xy_timer = None
         self._slice_sync_pending = False
         self._wl_shown = None
+        self._play_task = None
         self._observed_markups = None
         self._bullseye_key = None
         self._init_state()
@@ -60,7 +61,7 @@ class CardiacWebApp:
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
             "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
-            "show_3d": True, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
+            "show_3d": True, "playing": False, "play_fps": 8, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
@@ -85,6 +86,7 @@ class CardiacWebApp:
         c.save = lambda: self._guard(self._save)
         c.dismiss = self._dismiss
         c.zoom_heart = lambda: self._guard(self._zoom_heart)
+        c.toggle_play = lambda: self._guard(self._toggle_play)
         c.zoom_all = lambda: self._guard(self.views.fit, self.session)
         self.state.change("frame")(lambda frame, **_: self._guard(self._on_frame, frame))
         self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
@@ -151,6 +153,7 @@ class CardiacWebApp:
         self.views.stop_editing()
         s = self.state
         s.tool = "none"
+        s.playing = False
         s.saved_files = []
         choices = sess.model_choices()
         s.models = choices
@@ -345,6 +348,29 @@ class CardiacWebApp:
             self.state.frame = (int(self.state.frame) + int(delta)) % sess.study.n_frames
         else:
             self.state.slice = min(max(int(self.state.slice) + int(delta), 0), sess.study.n_slices - 1)
+
+    def _toggle_play(self):
+        """Cine playback: the frames in a loop at ``play_fps`` until pressed again (or another
+        study opens)."""
+        st = self.session.require_study()
+        if self.state.playing or st.n_frames < 2:
+            self.state.playing = False
+            return
+        from trame_server.utils.asynchronous import create_task
+
+        self.state.playing = True
+        self._play_task = create_task(self._play())
+
+    async def _play(self):
+        try:
+            while self.state.playing and self.session.study is not None:
+                await asyncio.sleep(1.0 / max(float(self.state.play_fps or 8), 1.0))
+                if not self.state.playing:
+                    break
+                with self.state:
+                    self.state.frame = (int(self.state.frame) + 1) % self.session.study.n_frames
+        finally:
+            self._play_task = None
 
     def _goto_frame_tag(self, tag):
         sess = self.session

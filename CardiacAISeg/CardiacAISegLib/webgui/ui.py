@@ -122,6 +122,8 @@ def _view_card(v, html, ctrl):
                 v.VBtn(">", id="frame-next", click=(ctrl.step_frame, "[1]"), size="x-small")
                 v.VBtn("ED", id="frame-ed", click=(ctrl.goto_frame_tag, "['ed']"), size="x-small", variant="tonal")
                 v.VBtn("ES", id="frame-es", click=(ctrl.goto_frame_tag, "['es']"), size="x-small", variant="tonal")
+                v.VBtn("{{ playing ? 'Pause' : 'Play' }}", id="frame-play", click=ctrl.toggle_play, size="x-small",
+                       variant="tonal", color=("playing ? 'primary' : undefined",), disabled=("n_frames < 2",))
             v.VSlider(id="frame-slider", v_model_number=("frame",), min=0, max=("n_frames - 1",), step=1,
                       density="compact", hide_details=True)
             with html.Div(classes="d-flex align-center", style="gap: 4px;"):
