@@ -1,7 +1,7 @@
 """Whole-field vs two-stage (heart square) cine inference with the shipped network: Dice on the
 held-out ACDC patients (the card's validation split) and the Sunnybrook sample, and time per stack.
 
-    python tools/evaluate_cine_crop.py [--model unet-light]
+    python tools/evaluate_cine_crop.py [--model unet-light] [--run RUN_DIR [--checkpoint best.pt]] [--crop-mm 160]
 """
 import argparse
 import json
@@ -24,12 +24,30 @@ def main():
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="unet-light")
+    p.add_argument("--run", help="a training run folder: its checkpoint (torch) instead of the shipped weights")
+    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--crop-mm", type=float, help="side of the heart square (default: inference.CINE_CROP_MM)")
     args = p.parse_args()
+    if args.crop_mm:
+        from CardiacAISegLib.models import inference
+
+        inference.CINE_CROP_MM = args.crop_mm
     loaded = registry.load_model(args.model)
     card = loaded.card
     spec = card["input"]
     split = card["training"]["split"]
     split = json.loads(split.replace("'", '"')) if isinstance(split, str) else split
+    if args.run:
+        import torch
+
+        from CardiacAISegLib.models.architectures import build
+        from CardiacAISegLib.models.registry import LoadedModel
+
+        module = build(card["architecture"]["name"], **card["architecture"].get("params", {}))
+        module.load_state_dict(torch.load(Path(args.run) / args.checkpoint, map_location="cpu", weights_only=True))
+        module.eval()
+        loaded = LoadedModel(card=card, module=module, runtime="torch")
+        split = json.loads((Path(args.run) / "split.json").read_text())
 
     def run(vol, sp, two_stage):
         t0 = time.perf_counter()
