@@ -1,4 +1,4 @@
-"""Agreement between an automatic (A) and a manual (M) segmentation (algorithms.md section 6).
+"""Agreement between an automatic (A) and a manual (M) segmentation (docs/algorithms.md section 6).
 
 Overlap: Dice = 2|A n M| / (|A| + |M|), FP = |A \\ M| / |A|, FN = |M \\ A| / |M|,
 precision = |A n M| / |A|, recall = |A n M| / |M|.

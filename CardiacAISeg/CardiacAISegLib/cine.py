@@ -1,6 +1,6 @@
 """Cine measures: volumes, EDV/ESV/SV/EF, LV mass, RV, ED/ES from the LV volume curve.
 
-Volumes are voxel counts x voxel volume (algorithms.md section 4). The voxel volume comes
+Volumes are voxel counts x voxel volume (docs/algorithms.md section 4). The voxel volume comes
 from the determinant of ``ijk_to_ras``, whose slice column is the slice *spacing*
 (thickness + gap), so a stack with gaps is counted as the clinical disc summation does.
 Counts are integers, so a pipeline given the true masks reproduces voxel-count truth exactly.

@@ -1,4 +1,4 @@
-"""RV insertion points, slice levels and the AHA 16-segment map (algorithms.md section 3).
+"""RV insertion points, slice levels and the AHA 16-segment map (docs/algorithms.md section 3).
 
 Conventions
 - A slice is ``label_map[k]`` indexed ``[row j, col i]``; points are returned as continuous

@@ -1,4 +1,4 @@
-"""Myocardial blood flow from first-pass perfusion (algorithms.md section 5).
+"""Myocardial blood flow from first-pass perfusion (docs/algorithms.md section 5).
 
 Fermi-constrained deconvolution, fitted to every myocardial pixel at once: the AIF enters as
 a lower-triangular Toeplitz convolution matrix A (y = A @ R), so a batch of curves is one

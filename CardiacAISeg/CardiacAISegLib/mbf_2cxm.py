@@ -1,4 +1,4 @@
-"""Two-compartment exchange model (2CXM): a cross-check of the Fermi MBF (algorithms.md 5).
+"""Two-compartment exchange model (2CXM): a cross-check of the Fermi MBF (docs/algorithms.md §5).
 
 Plasma (v_p) and interstitium (v_e) exchange with PS; plasma flow F_p brings the arterial
 plasma concentration C_b / (1 - Hct). The impulse response is two exponentials, so the

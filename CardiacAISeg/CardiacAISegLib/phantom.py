@@ -1,4 +1,4 @@
-"""Phantoms with exact truth (algorithms.md §7), and writing them as files the readers load.
+"""Phantoms with exact truth (docs/algorithms.md §7), and writing them as files the readers load.
 
 ``cardiacaiseg phantom --kind cine|perfusion --out DIR`` writes NIfTI images, label maps in
 the ACDC convention (the readers' default), the AIF as CSV (perfusion) and ``truth.json``.

@@ -1,4 +1,4 @@
-"""Synthetic short-axis cine with exact truth (algorithms.md section 7).
+"""Synthetic short-axis cine with exact truth (docs/algorithms.md section 7).
 
 Anatomy lives in a heart frame (X = toward the RV across the septum, Y = a x X = anterior,
 Z = a = apex -> base, origin at the epicardial apex); the image grid is a true short-axis

@@ -1,4 +1,4 @@
-"""Synthetic first-pass perfusion with exact truth (algorithms.md sections 3, 5 and 7).
+"""Synthetic first-pass perfusion with exact truth (docs/algorithms.md sections 3, 5 and 7).
 
 Three short-axis slices: **slice k = 0 is basal, 1 mid, 2 apical** (k grows base -> apex).
 Anatomy lives in a heart frame: a = apex -> base (long axis), s = unit vector from the LV

@@ -84,8 +84,8 @@ def _cache_dir():
 def new_scene():
     """A fresh ``vtkMRMLScene`` bootstrapped like the Slicer application does it.
 
-    Order matters (platform-notes.md): cache + data IO managers (ReadFromMRB needs them), the
-    application logic, then each logic gets the application logic *before* the scene - the
+    Order matters (docs/architecture.md, "Slicer without the Slicer application"): cache + data
+    IO managers (ReadFromMRB needs them), the application logic, then each logic gets the application logic *before* the scene - the
     Colors logic looks its files up through it, and segment converter rules exist only once
     the Segmentations logic has a scene (before that AddEmptySegment fails).
     """

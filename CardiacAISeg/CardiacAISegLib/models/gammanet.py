@@ -31,7 +31,7 @@ class GALA(nn.Module):
 
 
 class FGRU(nn.Module):
-    """fGRU cell (algorithms.md §1b); W is a full C x C x k x k kernel shared by both stages."""
+    """fGRU cell (docs/algorithms.md §1b); W is a full C x C x k x k kernel shared by both stages."""
 
     def __init__(self, c, kernel):
         super().__init__()

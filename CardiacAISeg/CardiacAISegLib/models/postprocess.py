@@ -1,4 +1,4 @@
-"""Clean network masks: one connected component per structure (algorithms.md §1c)."""
+"""Clean network masks: one connected component per structure (docs/algorithms.md §1c)."""
 import numpy as np
 
 from ..labels import LV, MYO, RV

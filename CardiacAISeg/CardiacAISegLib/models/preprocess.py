@@ -1,4 +1,4 @@
-"""Physical-mode preprocessing shared by training and inference (algorithms.md §2).
+"""Physical-mode preprocessing shared by training and inference (docs/algorithms.md §2).
 
 Slices are resampled in-plane to the model's pixel size and intensities are normalised per
 volume by robust percentiles, so the network sees the same scale whatever the scanner,
