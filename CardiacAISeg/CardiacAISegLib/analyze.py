@@ -7,9 +7,8 @@ replaced without ``force``.
 import time
 from pathlib import Path
 
-from .outputs import OUTPUT_FILES, check_outputs  # noqa: F401  (OUTPUT_FILES kept importable from here)
+from .outputs import check_outputs
 from .outputs import write_outputs as _write_outputs
-from .pipeline import refinement_warnings, segment  # noqa: F401  (kept importable from here for scripts and tests)
 from .errors import CardiacInputError
 from .study import PERFUSION
 
@@ -42,12 +41,6 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
 
     return _write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress,
                           scene_builder=build_output_scene)
-
-
-def _peak_frame(study):
-    from .report import peak_enhancement_frame
-
-    return peak_enhancement_frame(study)
 
 
 def _load_with_labels(path, labels, **options):

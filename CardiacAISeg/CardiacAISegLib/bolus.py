@@ -46,13 +46,9 @@ def enhancement(frames, smooth_px=1.0):
     rise = frames - frames[:2].mean(0, keepdims=True)
     top = np.percentile(rise.reshape(rise.shape[0], -1), 99.5, axis=1)
     foot = bolus_foot(top)
-    n0 = max(1, foot - 1)
-    return frames - frames[:n0].mean(0, keepdims=True), foot
+    from .mbf import subtract_baseline
 
-
-def _components(mask):
-    lab, n = ndimage.label(mask)
-    return lab, n
+    return subtract_baseline(frames, foot, axis=0), foot
 
 
 def _compactness(region):
@@ -90,7 +86,7 @@ def locate_blood_pools(frames, dt_s=None, pixel_mm=None, min_area_mm2=40.0):
 
     candidates = peak > 0.35 * ref
     # specks (noise, small vessels) would pull the split between the two pools
-    lab, n = _components(candidates)
+    lab, n = ndimage.label(candidates)
     sizes = ndimage.sum(candidates, lab, index=np.arange(1, n + 1))
     candidates = np.isin(lab, 1 + np.nonzero(sizes >= min_area)[0])
     early_t = ttp[candidates]
@@ -147,7 +143,7 @@ def _otsu(values):
 def _best_pool(mask, peak, min_area, near=None):
     """The component with the most enhancement mass among compact ones (and next to ``near``)."""
     mask = ndimage.binary_opening(mask, iterations=1) if mask.sum() > 4 * min_area else mask
-    lab, n = _components(mask)
+    lab, n = ndimage.label(mask)
     best, best_score = None, 0.0
     for i in range(1, n + 1):
         region = lab == i

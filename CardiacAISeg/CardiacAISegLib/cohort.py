@@ -429,7 +429,7 @@ class ModelPreload(WorkerPlugin):
     """Dask worker plugin: network threads for one worker's share of the cores, the models loaded once.
 
     The models stay in ``registry``'s per-process cache (keyed by model folder and weights
-    sha256), where ``analyze.segment`` finds them for every study this worker runs.
+    sha256), where ``pipeline.segment`` finds them for every study this worker runs.
     """
     name = "cardiacaiseg-model-preload"
 

@@ -273,21 +273,31 @@ def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
     return np.isin(comps, keep), "bolus"
 
 
+def _rv_direction(contour, rv, sy, sx):
+    """Direction (radians, contour convention) of the RV from the LV centre: the circular mean of
+    its pixels' directions."""
+    rr, cc = np.nonzero(rv)
+    ang = np.arctan2((rr - contour.cy) * sy, (cc - contour.cx) * sx)
+    return float(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()))
+
+
+def _arc_result(contour, phi_lo, phi_hi, normal, ijk_to_ras, k, extra):
+    """Insertion points at the two ends of the septal arc [phi_lo, phi_hi]; which end is anterior
+    follows the slice's rotational sense, so the RV always lies between them."""
+    sigma = _sense(normal, ijk_to_ras)
+    phi_ant, phi_inf = (phi_hi, phi_lo) if sigma > 0 else (phi_lo, phi_hi)
+    return _result(contour, phi_ant, phi_inf, sigma, ijk_to_ras, k, "screen" if normal is None else "affine", extra)
+
+
 def _fallback_arc(label_slice, spacing_rc, normal, ijk_to_ras, k, why):
     """Insertion points ``FALLBACK_ARC_DEG`` apart, centred on the direction of the slice's RV."""
     lab = np.asarray(label_slice)
     contour = _Contour(lab, spacing_rc)
-    rr, cc = np.nonzero(_largest(lab == RV))
-    sy, sx = spacing_rc
-    ang = np.arctan2((rr - contour.cy) * sy, (cc - contour.cx) * sx)
-    rv_dir = float(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()))
+    rv_dir = _rv_direction(contour, _largest(lab == RV), *spacing_rc)
     half = 0.5 * np.radians(FALLBACK_ARC_DEG)
-    sigma = _sense(normal, ijk_to_ras)
-    phi_lo, phi_hi = rv_dir - half, rv_dir + half
-    phi_ant, phi_inf = (phi_hi, phi_lo) if sigma > 0 else (phi_lo, phi_hi)
-    return _result(contour, phi_ant, phi_inf, sigma, ijk_to_ras, k, "screen" if normal is None else "affine",
-                   {"contact_mm": None, "warning": f"{why}: a {FALLBACK_ARC_DEG:g} degree septal arc centred on the RV is "
-                                                   "assumed; check the insertion points"})
+    return _arc_result(contour, rv_dir - half, rv_dir + half, normal, ijk_to_ras, k,
+                       {"contact_mm": None, "warning": f"{why}: a {FALLBACK_ARC_DEG:g} degree septal arc centred on the RV "
+                                                       "is assumed; check the insertion points"})
 
 
 def _rv_directions(contour, rv, reach_mm):
@@ -326,10 +336,7 @@ def perfusion_insertion_points(label_slice, frames, spacing_rc, normal=None, ijk
         return None
     contour = _Contour(lab, (sy, sx))
     flags = _rv_directions(contour, rv, RV_REACH_MM)
-    rr, cc = np.nonzero(rv)
-    # RV direction: the circular mean of its pixels' directions from the LV centre
-    ang = np.arctan2((rr - contour.cy) * sy, (cc - contour.cx) * sx)
-    rv_dir = float(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()))
+    rv_dir = _rv_direction(contour, rv, sy, sx)
     run = _longest_run(flags)
     width = 2 * np.pi / N_RAYS
     lo_ok, hi_ok = np.radians(SEPTAL_ARC_RANGE_DEG)
@@ -348,10 +355,8 @@ def perfusion_insertion_points(label_slice, frames, spacing_rc, normal=None, ijk
         warning = (f"the RV ({'bolus' if how == 'bolus' else 'labelled'}) borders the LV over {found}, outside the "
                    f"plausible {SEPTAL_ARC_RANGE_DEG[0]:g}-{SEPTAL_ARC_RANGE_DEG[1]:g} degrees: a {FALLBACK_ARC_DEG:g} degree "
                    "septal arc centred on the RV is assumed; check the insertion points")
-    sigma = _sense(normal, ijk_to_ras)
-    phi_ant, phi_inf = (phi_hi, phi_lo) if sigma > 0 else (phi_lo, phi_hi)
-    return _result(contour, phi_ant, phi_inf, sigma, ijk_to_ras, k, "screen" if normal is None else "affine",
-                   {"contact_mm": None, "rv_source": how, "warning": warning})
+    return _arc_result(contour, phi_lo, phi_hi, normal, ijk_to_ras, k,
+                       {"contact_mm": None, "rv_source": how, "warning": warning})
 
 
 # --- study level ---------------------------------------------------------------------------

@@ -92,15 +92,17 @@ def find_foot(aif, label="AIF"):
     return int(under[-1]) if under.size else 0
 
 
-def subtract_baseline(curves, foot):
-    """Subtract the mean of frames [0, foot - 1) from each curve (last axis).
+def subtract_baseline(curves, foot, axis=-1):
+    """Subtract the mean of frames [0, foot - 1) along the time ``axis`` (curves: last axis;
+    image series (T, ...): axis 0).
 
     The foot may hold up to 5% of the rise and, at 0.5 s sampling, the frame before it a
     trace of contrast too, so both stay out of the baseline.
     """
     curves = np.asarray(curves, dtype=np.float64)
     stop = max(1, foot - 1)
-    return curves - curves[..., :stop].mean(axis=-1, keepdims=True)
+    head = np.take(curves, np.arange(stop), axis=axis)
+    return curves - head.mean(axis=axis, keepdims=True)
 
 
 def fit_window(aif, foot, pre_frames=3, post_fraction=0.1):

@@ -31,7 +31,6 @@ RANGES = {
     "aif_peak_gd_mmol_l": (1.0, 30.0),
 }
 # The fit's F bound is 0.3 /s (17 mL/min/g): values there are the bound, not a measurement.
-MBF_FIT_MIN_R2 = 0.5
 MIN_SLICES_FOR_VOLUME = 3
 
 
@@ -124,12 +123,14 @@ def perfusion_flags(analysis):
         flags.append(_flag("MBF_SEGMENT_RANGE", REVIEW, f"MBF outside {RANGES['mbf_ml_min_g'][0]:g}-{RANGES['mbf_ml_min_g'][1]:g} "
                                                         f"mL/min/g in segment(s) {bad}", len(bad)))
     fit = analysis.mbf_fit or {}
+    from .mbf import R2_MIN
+
     if "r2" in fit and np.size(fit["r2"]):
         r2 = np.asarray(fit["r2"], float)
-        poor = float(np.mean(~(r2 >= MBF_FIT_MIN_R2)))
+        poor = float(np.mean(~(r2 >= R2_MIN)))
         if poor > 0.3:
             flags.append(_flag("MBF_FIT_POOR", REVIEW, f"{100 * poor:.0f} % of myocardial pixels fit the Fermi model poorly "
-                                                       f"(r² < {MBF_FIT_MIN_R2}): check the AIF, timing and mask", poor))
+                                                       f"(r² < {R2_MIN}): check the AIF, timing and mask", poor))
     if "F" in fit and np.size(fit["F"]):
         from .mbf import F_BOUNDS
 
@@ -149,12 +150,17 @@ def perfusion_flags(analysis):
         msg = _out_of("mpr", m, "global MPR", "")
         if msg:
             flags.append(_flag("MPR_RANGE", REVIEW, msg, m))
-    flags += aif_flags(st)
+    # the myocardium the analysis measured (network or given labels), on the frames it fitted
+    myo = analysis.labels[analysis.reference_frame] == MYO
+    curves = analysis._curves
+    images = curves[0] if curves is not None and st.aif is not None and curves[0].shape[0] == len(st.aif) else st.images
+    flags += aif_flags(st, myo, images)
     return flags
 
 
-def aif_flags(study):
-    """Units, shape and timing of the AIF: a scaled, spiky or late AIF gives a confident wrong MBF."""
+def aif_flags(study, myo=None, images=None):
+    """Units, shape and timing of the AIF: a scaled, spiky or late AIF gives a confident wrong MBF.
+    ``myo``/``images``: the analysed myocardium and frames (default: the study's own labels and images)."""
     flags = []
     aif = study.aif
     if aif is None:
@@ -182,19 +188,22 @@ def aif_flags(study):
         flags.append(_flag("AIF_FLAT", REVIEW, "the AIF shows no bolus"))
         return flags
     # the myocardium cannot enhance before the blood that feeds it
-    if study.images is not None and study.labels:
-        lab = next(iter(study.labels.values()))
-        myo = lab == MYO
+    if myo is None and study.labels:
+        myo = next(iter(study.labels.values())) == MYO
+    images = study.images if images is None else images
+    if myo is not None and images.shape[0] == aif.size:
         if myo.any():
-            tissue = study.images[:, myo].mean(1).astype(float)
-            t_foot = _curve_foot(tissue)
+            from .bolus import bolus_foot
+
+            tissue = images[:, myo].mean(1).astype(float)
+            t_rise = float(tissue.max() - np.median(tissue[:3]))
+            t_foot = bolus_foot(tissue, fraction=0.2)
             dt = float(np.median(np.diff(study.frame_times_s))) if study.frame_times_s is not None and len(study.frame_times_s) > 1 else 1.0
-            if t_foot is not None and (foot - t_foot) * dt > 2.0:
+            if t_rise > 0 and (foot - t_foot) * dt > 2.0:
                 flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
                                                        f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))
             # myocardium holds at most its extracellular share of the blood's contrast: a tissue
             # rise above the AIF's is an AIF in other units (mmol/L beside signal) or scale
-            t_rise = float(tissue.max() - np.median(tissue[:3]))
             if rise[peak] > 0 and t_rise > rise[peak]:
                 flags.append(_flag("AIF_BELOW_TISSUE", REVIEW, f"the myocardium enhances more ({t_rise:.3g}) than the AIF "
                                                                f"({rise[peak]:.3g}), which no tissue can: are the AIF and the "
@@ -204,16 +213,6 @@ def aif_flags(study):
         flags.append(_flag("AIF_FROM_LV", INFO, "the AIF is the LV blood pool of this series (no separate AIF): "
                                                 "blood saturates at peak, so MBF is approximate"))
     return flags
-
-
-def _curve_foot(curve, fraction=0.2):
-    c = np.asarray(curve, float)
-    base = float(np.median(c[:3]))
-    rise = c.max() - base
-    if rise <= 0:
-        return None
-    above = np.nonzero(c >= base + fraction * rise)[0]
-    return int(above[0]) if above.size else None
 
 
 def assess(analysis):

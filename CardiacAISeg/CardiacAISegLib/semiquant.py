@@ -33,7 +33,7 @@ def max_upslope(curve, times, start, stop, window=SLOPE_WINDOW):
     return best
 
 
-def curve_indices(curve, aif_curve, times, foot, window):
+def curve_indices(curve, times, foot, window):
     """{upslope, peak_enhancement, time_to_peak_s} of one baseline-corrected tissue curve."""
     start, stop = window
     c = np.asarray(curve, float)
@@ -62,7 +62,7 @@ def semiquant_indices(images, myo_mask, segment_map, aif, times):
 
     def region(mask):
         curve = subtract_baseline(images[:, mask].mean(1).astype(float), foot)
-        out = curve_indices(curve, aif_b, times, foot, window)
+        out = curve_indices(curve, times, foot, window)
         out["relative_upslope"] = out["upslope"] / aif_up if aif_up > 0 else None
         out["n_pixels"] = int(mask.sum())
         return out

@@ -13,7 +13,7 @@ import pytest
 from dicom_factory import write_dicom
 
 from CardiacAISegLib import cli
-from CardiacAISegLib.analyze import OUTPUT_FILES
+from CardiacAISegLib.outputs import OUTPUT_FILES
 
 AFFINE = np.diag([1.5, 1.5, 8.0, 1.0])
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from CardiacAISegLib import cli
-from CardiacAISegLib.analyze import OUTPUT_FILES
+from CardiacAISegLib.outputs import OUTPUT_FILES
 from CardiacAISegLib.cohort import ROW_FILE, ModelPreload, load_cohort, measures_of, models_needed, read_manifest
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.phantom import write_phantom

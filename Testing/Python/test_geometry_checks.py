@@ -16,7 +16,7 @@ import pytest
 from dicom_factory import write_dicom
 
 from CardiacAISegLib import cli
-from CardiacAISegLib.analyze import OUTPUT_FILES
+from CardiacAISegLib.outputs import OUTPUT_FILES
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.readers import load_study
 from CardiacAISegLib.readers.geometry_check import slice_thicknesses_mm

@@ -227,7 +227,7 @@ def test_onnx_model_imports_and_segments_a_phantom(tmp_path, capsys, user_models
     pytest.importorskip("onnxruntime")
     from test_models import oblique_study
 
-    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.pipeline import segment
     from CardiacAISegLib.models.inference import OnnxModule
 
     weights, card = onnx_model(tmp_path / "src")

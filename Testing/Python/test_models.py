@@ -75,7 +75,7 @@ def test_inference_maps_back_onto_an_oblique_grid():
 
 
 def test_user_torchscript_model_imports_and_runs(tmp_path, user_models):
-    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.pipeline import segment
 
     weights, card = write_user_model(tmp_path)
     installed = registry.import_model(weights, card)

@@ -238,7 +238,7 @@ def test_thread_count_follows_the_environment(monkeypatch):
 def test_a_cpu_segmentation_never_imports_torch():
     """The point of the ONNX path for start-up: torch (about 1 s to import) stays out."""
     code = ("import sys\n"
-            "from CardiacAISegLib.analyze import segment\n"
+            "from CardiacAISegLib.pipeline import segment\n"
             "from CardiacAISegLib.models import inference\n"
             "inference.cuda_may_be_present = lambda: False\n"
             "from CardiacAISegLib.phantom_cine import make_cine_phantom\n"

@@ -94,7 +94,7 @@ def test_no_bolus_rv_and_a_sliver_falls_back_to_120_degrees_on_the_rv_and_warns(
 
 
 def test_qperf_handles_span_a_plausible_arc_around_the_rv(shared_data):
-    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.pipeline import segment
     from CardiacAISegLib.readers import load_study
 
     for series in ("rest", "stress"):

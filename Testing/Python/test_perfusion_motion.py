@@ -82,7 +82,7 @@ def blood_like_fraction(images, aif, labels):
 
 
 def test_qperf_network_masks_hold_little_blood_and_medians_match_the_authors(shared_data):
-    from CardiacAISegLib.analyze import segment
+    from CardiacAISegLib.pipeline import segment
     from CardiacAISegLib.readers import load_study
 
     authors = {"rest": 0.94, "stress": 3.25}    # medians of the QPerf authors' BTEX maps

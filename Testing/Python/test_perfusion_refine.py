@@ -70,7 +70,7 @@ def test_no_blood_pool_leaves_the_mask_and_says_why():
 
 
 def test_heavily_mended_slices_are_reported_to_the_user():
-    from CardiacAISegLib.analyze import refinement_warnings
+    from CardiacAISegLib.pipeline import refinement_warnings
 
     reports = [{"slice": 0, "refined": True, "sectors_filled": 22, "sectors_trimmed": 10, "sectors_widened": 2},
                {"slice": 1, "refined": True, "sectors_filled": 1, "sectors_trimmed": 0, "sectors_widened": 0},

@@ -18,7 +18,7 @@ import pytest
 from dicom_factory import write_dicom
 
 from CardiacAISegLib import cli, memory_check, outputs
-from CardiacAISegLib.analyze import OUTPUT_FILES
+from CardiacAISegLib.outputs import OUTPUT_FILES
 from CardiacAISegLib.errors import CardiacInputError, OutputLockedError
 
 CLI = [sys.executable, "-m", "CardiacAISegLib.cli"]

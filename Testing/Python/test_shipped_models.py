@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 
 from CardiacAISegLib.agreement import dice  # noqa: E402
 from CardiacAISegLib.analysis import Analysis  # noqa: E402
-from CardiacAISegLib.analyze import segment  # noqa: E402
+from CardiacAISegLib.pipeline import segment  # noqa: E402
 from CardiacAISegLib.models import registry  # noqa: E402
 from CardiacAISegLib.readers import load_study  # noqa: E402
 

@@ -51,15 +51,14 @@ def enhancement_frames(frames, aif):
     are unchanged.
     """
     from ..errors import CardiacInputError
-    from ..mbf import find_foot
+    from ..mbf import find_foot, subtract_baseline
 
     frames = np.asarray(frames, np.float64)
     try:
         foot = find_foot(aif)
     except CardiacInputError:
         return frames
-    n0 = max(1, foot - 1)
-    return frames - frames[:n0].mean(0, keepdims=True)
+    return subtract_baseline(frames, foot, axis=0)
 
 
 def frames_aligned(frames, labels, pixel_mm=None):

@@ -73,14 +73,13 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
 
     with single_blas_thread():
         study = _read(path, kind, series, aif, dt, progress, units)
-        if study.kind != PERFUSION or not study.provenance.get("dt_source"):
-            decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
-            if study.kind == PERFUSION:
-                from .perfusion import finish_perfusion
+        # perfusion formats (QPerf, Analyze) come back finished; the flags must still agree
+        finished = study.kind == PERFUSION and study.provenance.get("dt_source")
+        decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
+        if study.kind == PERFUSION and not finished:
+            from .perfusion import finish_perfusion
 
-                finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units, progress=progress)
-        else:   # read as perfusion by its format (QPerf, Analyze): the flags must agree
-            decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
+            finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units, progress=progress)
 
     if labels is not None:
         _attach_labels(study, labels, label_convention, frame)
