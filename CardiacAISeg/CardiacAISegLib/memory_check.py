@@ -148,8 +148,9 @@ def _looks_like_dicom(path):
     return path.suffix.lower() in (".dcm", ".ima") or looks_like_dicom(path)
 
 
-def _folder_estimate(folder):
-    """(voxels, the largest file) summed over the image files of a folder."""
+def _folder_estimate(folder, dicom=True):
+    """(voxels, the largest file) summed over the image files of a folder (DICOM ones only with
+    ``dicom``: the DICOM reader checks the one series it loads from the headers it parses)."""
     total, largest, largest_n = 0, None, -1
     from itertools import islice
 
@@ -162,7 +163,7 @@ def _folder_estimate(folder):
     # like the reader, a look at the first files decides whether this is a DICOM folder at all, so
     # a wrong folder (a home directory) is not walked file by file
     dicoms = []
-    if any(_looks_like_dicom(f) for f in islice(candidates(), 200)):
+    if dicom and any(_looks_like_dicom(f) for f in islice(candidates(), 200)):
         dicoms = sorted(f for f in candidates() if _looks_like_dicom(f))
     for f in volumes:
         n = file_voxels(f) or 0
@@ -182,12 +183,15 @@ def _folder_estimate(folder):
     return total, largest
 
 
-def estimate_bytes(path):
-    """(bytes of the float32 image array, the file that dominates it) for a file or folder."""
+def estimate_bytes(path, dicom=True):
+    """(bytes of the float32 image array, the file that dominates it) for a file or folder;
+    DICOM files count only with ``dicom``."""
     path = Path(path)
     if path.is_dir():
-        voxels, largest = _folder_estimate(path)
+        voxels, largest = _folder_estimate(path, dicom)
         return voxels * FLOAT32_BYTES, largest or path
+    if not dicom and _suffix(path) not in _VOLUME_SUFFIXES + (".img",):
+        return 0, path
     return (file_voxels(path) or 0) * FLOAT32_BYTES, path
 
 
@@ -261,28 +265,34 @@ def needed_bytes(path):
     return image * PIPELINE_FACTOR, culprit
 
 
-def check_input_size(path, *more_paths):
+def refuse_if_too_large(path, image_bytes, culprit=None):
+    """Raise CardiacInputError naming ``path`` when an image of ``image_bytes`` (float32) would need
+    more memory to analyse than this process can get."""
+    if image_bytes <= 0:
+        return
+    limit, why = limit_bytes()
+    if limit is None:
+        return
+    need = image_bytes * PIPELINE_FACTOR
+    if need > limit:
+        where = "" if culprit is None or Path(culprit) == Path(path) else f" (the largest file: {culprit})"
+        raise CardiacInputError(path, f"too large for this machine: its header describes a {_gib(image_bytes)} image (as float32), "
+                                      f"which would need about {_gib(need)} of memory to analyse; {_gib(limit)} is "
+                                      f"available ({why}){where}. Crop or split the series, or run it on a machine "
+                                      f"with more memory (or set {LIMIT_ENV})")
+
+
+def check_input_size(path, *more_paths, dicom=True):
     """Raise CardiacInputError naming the file when a run on it would need more memory than it can get.
 
     Called by ``readers.load_study`` after the existence checks and before any pixel data are
-    read; ``more_paths`` (label maps) are checked the same way. Entries that are not paths
-    (None, arrays) are skipped.
+    read, with ``dicom=False``: the DICOM reader checks the series it picks from the headers it
+    reads anyway (``refuse_if_too_large``), so headers are not parsed twice and the other series
+    of a folder do not count. ``more_paths`` (label maps) are checked the same way; entries that
+    are not paths (None, arrays) are skipped.
     """
-    limit, why = None, None
     for p in (path, *more_paths):
         if not isinstance(p, (str, os.PathLike)) or not Path(p).exists():
             continue
-        image, culprit = estimate_bytes(p)
-        if image == 0:
-            continue
-        if limit is None:
-            limit, why = limit_bytes()
-            if limit is None:
-                return
-        need = image * PIPELINE_FACTOR
-        if need > limit:
-            where = "" if Path(culprit) == Path(p) else f" (the largest file: {culprit})"
-            raise CardiacInputError(p, f"too large for this machine: its header describes a {_gib(image)} image (as float32), "
-                                       f"which would need about {_gib(need)} of memory to analyse; {_gib(limit)} is "
-                                       f"available ({why}){where}. Crop or split the series, or run it on a machine "
-                                       f"with more memory (or set {LIMIT_ENV})")
+        image, culprit = estimate_bytes(p, dicom)
+        refuse_if_too_large(p, image, culprit)

@@ -63,11 +63,11 @@ def load_study(path, kind=None, series=None, labels=None, label_convention="acdc
         raise CardiacInputError(path, f"unknown kind {kind!r}; use 'cine' or 'perfusion'")
     if not path.exists():
         raise CardiacInputError(path, f"file or folder not found; accepted: {ACCEPTED}")
-    # --- memory check (memory_check.py): refuse inputs whose headers describe more than fits, before any pixels are read
+    # refuse inputs whose headers describe more than fits, before any pixels are read (DICOM
+    # series are checked by the DICOM reader, from the headers it parses anyway)
     from ..memory_check import check_input_size
 
-    check_input_size(path, labels)
-    # --- end of memory check
+    check_input_size(path, labels, dicom=False)
 
     from ..blas import single_blas_thread
 

@@ -691,9 +691,27 @@ def _refuse_same_position_and_time(folder, groups, positions):
             first[key] = g
 
 
+def _check_memory(folder, items):
+    """Refuse a series whose headers describe more than this machine can analyse, before any
+    pixels are read: the headers are the ones just parsed, and only the chosen series counts."""
+    from ..memory_check import FLOAT32_BYTES, refuse_if_too_large
+
+    voxels, largest, largest_n = 0, None, -1
+    for f, ds in items:
+        try:
+            n = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+        except (TypeError, ValueError):
+            continue   # the geometry checks name the file
+        voxels += n
+        if n > largest_n:
+            largest, largest_n = f, n
+    refuse_if_too_large(folder, voxels * FLOAT32_BYTES, largest)
+
+
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     picked_notes = []
     uid, items = _pick_series(folder, all_series, series, picked_notes)
+    _check_memory(folder, items)
     aif_pair = None
     if series is None and len(all_series) == 2:
         aif_pair = pick_main_and_aif(all_series)
