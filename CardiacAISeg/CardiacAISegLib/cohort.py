@@ -19,7 +19,6 @@ hold (cine wall thickness) by their results.csv measure name.
 """
 import csv
 import json
-import math
 import os
 import re
 import time
@@ -181,9 +180,11 @@ def load_cohort(source, defaults=None, exclude=()):
 
 # --- one study (runs on a worker) ----------------------------------------------------------------
 def _write_json_atomic(path, doc):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    from .results import json_safe
+    from .scene import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps(json_safe(doc), indent=1, allow_nan=False))
 
 
 def read_results(study_dir):
@@ -200,36 +201,27 @@ def study_complete(study_dir):
     return read_results(study_dir) is not None
 
 
-def _flatten(value, prefix, out):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(value, list):
-        if value and all(isinstance(v, dict) and "id" in v for v in value):   # AHA segments: keyed by id
-            for v in value:
-                _flatten({k: x for k, x in v.items() if k != "id"}, f"{prefix}.{v['id']}", out)
-        # other lists (the volume curve, per-slice reports) are not table cells
-    elif isinstance(value, bool):
-        out[prefix] = float(value)
-    elif isinstance(value, (int, float)) or value is None:
-        out[prefix] = value
-    # strings (statistic names, units) are descriptions, not measures
-
-
-def measures_of(results, csv_text=None):
-    """{stable key: number} from results.json (and results.csv bullseye rows results.json lacks)."""
+def measures_of(rows):
+    """{stable key (measures.MEASURES, results.csv's ``key`` column): number} of a study, from
+    ``Analysis.table_rows()`` or from results.csv's rows; QC rows are the qc_* columns' business."""
     out = {}
-    for section in ("cine", "perfusion"):
-        if results.get(section):
-            _flatten(results[section], "", out)
-    if csv_text and results.get("cine"):
-        for r in csv.DictReader(csv_text.splitlines()):
-            if r["measure"].startswith("Wall thickness"):
-                out[r["measure"]] = float(r["value"]) if r["value"] else None
+    for r in rows:
+        key = r.get("key") or ""
+        if not key or key.startswith("qc_"):
+            continue
+        v = r.get("value")
+        try:
+            out[key] = None if v in (None, "") else float(v)
+        except (TypeError, ValueError):
+            out[key] = None
     return out
 
 
-def row_from_results(spec, results, csv_text=None, total_s=None, worker=None):
+def _csv_rows(csv_text):
+    return list(csv.DictReader(csv_text.splitlines())) if csv_text else []
+
+
+def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None):
     qc = results.get("qc") or {}
     model = results.get("model") or {}
     timing = results.get("timing_s") or {}
@@ -243,7 +235,7 @@ def row_from_results(spec, results, csv_text=None, total_s=None, worker=None):
            "model_sha256": model.get("sha256", ""), "worker": worker or "",
            "time_total_s": total_s, "time_load_s": timing.get("load"), "time_segmentation_s": timing.get("segmentation"),
            "time_measures_s": timing.get("measures"), "time_writing_s": timing.get("writing")}
-    row["measures"] = measures_of(results, csv_text)
+    row["measures"] = measures_of(measure_rows)
     return row
 
 
@@ -293,27 +285,17 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False):
     options.setdefault("frames", frames)
     options.pop("study", None)
     try:
-        analyze.run(spec.input, study_dir, force=force, **options)
+        analysis, _ = analyze.run(spec.input, study_dir, force=force, **options)
         results = read_results(study_dir)
         if results is None:
             raise CardiacInputError(study_dir / "results.json", "was not written")
-        csv_text = (study_dir / "results.csv").read_text()
-        row = row_from_results(spec, results, csv_text, time.perf_counter() - t0, worker)
+        # the measures at full precision, under the keys results.csv carries
+        row = row_from_results(spec, results, analysis.table_rows(), time.perf_counter() - t0, worker)
     except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
         row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
     study_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(study_dir / ROW_FILE, _json_ready(row))
+    _write_json_atomic(study_dir / ROW_FILE, row)
     return row
-
-
-def _json_ready(row):
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return v
-    return clean(row)
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -326,30 +308,27 @@ def _read_row(spec, out_root):
     except (OSError, ValueError):
         row = None
     if results is not None and row is None:
-        # the worker died between moving the outputs in and writing the row
+        # the worker died between moving the outputs in and writing the row: results.csv has the
+        # same keys (values to 6 significant digits)
         csv_path = study_dir / "results.csv"
-        row = row_from_results(spec, results, csv_path.read_text() if csv_path.exists() else None)
+        row = row_from_results(spec, results, _csv_rows(csv_path.read_text() if csv_path.exists() else ""))
     return row
 
 
 def _column_order(rows, specs):
-    from .cine import MEASURE_KEYS
-
+    # measures in the order analyze writes them (Analysis.table_rows: cine, then bullseye segments;
+    # perfusion, then segments, indices), the first study that has a key placing it
     measures = []
     for r in rows:
         for k in r["measures"]:
             if k not in measures:
                 measures.append(k)
-    first = [k for k in MEASURE_KEYS if k in measures]
-    wall = sorted((k for k in measures if k.startswith("Wall thickness")), key=lambda k: int(re.findall(r"\d+", k)[0]))
-    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]  # noqa: E731 - segments.2 before .10
-    rest = sorted((k for k in measures if k not in first and k not in wall), key=natural)
     extra = []
     for s in specs:
         for k in s.extra:
             if k not in extra:
                 extra.append(k)
-    return list(META_COLUMNS), first + rest + wall, extra
+    return list(META_COLUMNS), measures, extra
 
 
 def assemble_table(specs, out_root):
@@ -380,13 +359,14 @@ def write_table(columns, rows, groups, out_root):
 
     out_root = Path(out_root)
     meta, measures, extra = groups
-    tmp_csv = out_root / f".{TABLE_CSV}.tmp"
-    with open(tmp_csv, "w", newline="") as f:
+    from .results import csv_cell
+    from .scene import atomic_output
+
+    with atomic_output(out_root / TABLE_CSV, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in columns])
-    os.replace(tmp_csv, out_root / TABLE_CSV)
+            w.writerow([csv_cell(r[c]) for c in columns])
 
     def arrow_type(c):
         if c in measures:
@@ -407,9 +387,8 @@ def write_table(columns, rows, groups, out_root):
 
     schema = pa.schema([(c, arrow_type(c)) for c in columns])
     table = pa.Table.from_pylist([{c: cell(c, r[c]) for c in columns} for r in rows], schema=schema)
-    tmp_pq = out_root / f".{TABLE_PARQUET}.tmp"
-    pq.write_table(table, tmp_pq)
-    os.replace(tmp_pq, out_root / TABLE_PARQUET)
+    with atomic_output(out_root / TABLE_PARQUET, overwrite=True) as tmp:
+        pq.write_table(table, tmp)
     return {"csv": out_root / TABLE_CSV, "parquet": out_root / TABLE_PARQUET}
 
 
@@ -443,10 +422,8 @@ class ModelPreload(WorkerPlugin):
         if self.threads:
             # before the models load: onnxruntime sessions take their thread count when created
             # (CARDIACAISEG_THREADS, models/inference.cpu_threads); a value the user set wins
+            # (a torch model takes it when it is built: registry._build_module)
             os.environ.setdefault("CARDIACAISEG_THREADS", str(self.threads))
-            import torch
-
-            torch.set_num_threads(self.threads)
         from .models import registry
 
         for name in self.models:
@@ -593,7 +570,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
                     row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
                     (out_root / spec.study).mkdir(parents=True, exist_ok=True)
-                    _write_json_atomic(out_root / spec.study / ROW_FILE, _json_ready(row))
+                    _write_json_atomic(out_root / spec.study / ROW_FILE, row)
                 bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])
                 bar.update(1)
             bar.close()

@@ -43,11 +43,16 @@ def results_json_text(doc):
     return json.dumps(doc, indent=2, allow_nan=False)
 
 
+def csv_cell(v):
+    """A value as results.csv and cohort.csv write it: empty when missing, floats to 6 digits."""
+    v = json_safe(v)
+    return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+
+
 def results_csv_text(rows):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "measure", "value", "unit"])   # key: stable across versions (measures.MEASURES)
     for r in rows:
-        v = json_safe(r["value"])
-        w.writerow([r.get("key", ""), r["measure"], "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v), r["unit"]])
+        w.writerow([r.get("key", ""), r["measure"], csv_cell(r["value"]), r["unit"]])
     return buf.getvalue()

@@ -331,6 +331,12 @@ def _build_module(card, path):
         return OnnxModule(path)
     import torch
 
+    if os.environ.get("CARDIACAISEG_THREADS"):
+        # the share of the cores a cohort worker or the user set, as ONNX Runtime sessions take it
+        from .inference import cpu_threads
+
+        torch.set_num_threads(cpu_threads())
+
     if fmt == "state_dict":
         from .architectures import build
 
