@@ -142,18 +142,14 @@ def file_voxels(path):
     return _dicom_voxels(path)
 
 
-def _looks_like_dicom(path):
-    from .readers.dicom import looks_like_dicom
-
-    return path.suffix.lower() in (".dcm", ".ima") or looks_like_dicom(path)
-
-
 def _folder_estimate(folder, dicom=True):
     """(voxels, the largest file) summed over the image files of a folder (DICOM ones only with
     ``dicom``: the DICOM reader checks the one series it loads from the headers it parses)."""
-    total, largest, largest_n = 0, None, -1
     from itertools import islice
 
+    from .readers.sniff import looks_like_dicom
+
+    total, largest, largest_n = 0, None, -1
     volumes = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in _VOLUME_SUFFIXES]
     not_dicom = _VOLUME_SUFFIXES + (".img", ".raw", ".zraw", ".json", ".cfg", ".csv", ".txt")
 
@@ -163,8 +159,8 @@ def _folder_estimate(folder, dicom=True):
     # like the reader, a look at the first files decides whether this is a DICOM folder at all, so
     # a wrong folder (a home directory) is not walked file by file
     dicoms = []
-    if dicom and any(_looks_like_dicom(f) for f in islice(candidates(), 200)):
-        dicoms = sorted(f for f in candidates() if _looks_like_dicom(f))
+    if dicom and any(looks_like_dicom(f) for f in islice(candidates(), 200)):
+        dicoms = sorted(f for f in candidates() if looks_like_dicom(f))
     for f in volumes:
         n = file_voxels(f) or 0
         total += n

@@ -15,7 +15,7 @@ def _folder_kind(folder):
     from itertools import islice
 
     from .acdc import is_acdc_folder
-    from .dicom import looks_like_dicom
+    from .sniff import looks_like_dicom
     from .volume import frame_files
 
     if is_acdc_folder(folder):
@@ -27,7 +27,7 @@ def _folder_kind(folder):
         return "frames", volumes
     files = (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
     for f in islice(files, 200):  # DICOM folders can be huge; a few files tell
-        if f.suffix.lower() in (".dcm", ".ima") or looks_like_dicom(f):
+        if looks_like_dicom(f):
             return "dicom", []
     return ("single", volumes) if volumes else (None, [])
 

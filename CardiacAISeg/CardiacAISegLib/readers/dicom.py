@@ -32,16 +32,6 @@ def _dcm():
     return pydicom
 
 
-def looks_like_dicom(path):
-    """Cheap check: 'DICM' at byte 128 (files without the preamble are found by the full reader)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 @contextmanager
 def _quiet():
     """Silence pydicom's value warnings: vendors' invalid UIDs and VRs are common and harmless."""
