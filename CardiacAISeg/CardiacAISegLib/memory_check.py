@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from .errors import CardiacInputError
+from .readers.sniff import VOLUME_SUFFIXES, looks_like_dicom, metaimage_fields, volume_suffix
 
 GIB = 1024 ** 3
 PIPELINE_FACTOR = 7
@@ -38,15 +39,8 @@ LIMIT_ENV = "CARDIACAISEG_MEMORY_GIB"
 # a DICOM folder with more files than this is estimated from an even sample of their headers
 DICOM_HEADER_SAMPLE = 1000
 
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".nrrd", ".nhdr", ".mhd", ".mha")
-
-
-def _suffix(path):
-    name = Path(path).name.lower()
-    for s in (".nii.gz", ".seq.nrrd"):
-        if name.endswith(s):
-            return ".nrrd" if s == ".seq.nrrd" else s
-    return Path(path).suffix.lower()
+# Analyze (.hdr/.img) is read by the perfusion reader; it counts here too
+_VOLUME_SUFFIXES = VOLUME_SUFFIXES + (".seq.nrrd", ".hdr")
 
 
 def _product(dims):
@@ -81,22 +75,11 @@ def _nrrd_voxels(path):
 
 
 def _metaimage_voxels(path):
-    fields = {}
     try:
         with open(path, "rb") as f:
-            head = f.read(64 * 1024)  # the text header of a .mha precedes its binary data
+            fields = metaimage_fields(f.read(64 * 1024))  # the text header of a .mha precedes its binary data
     except OSError:
         return None
-    for line in head.split(b"\n"):
-        text = line.decode("latin-1").strip()
-        if "=" not in text:
-            if text:
-                break
-            continue
-        key, value = (s.strip() for s in text.split("=", 1))
-        fields[key] = value
-        if key == "ElementDataFile":
-            break
     try:
         dims = [int(v) for v in fields["DimSize"].split()]
         channels = int(fields.get("ElementNumberOfChannels", "1"))
@@ -128,14 +111,14 @@ def _dicom_voxels(path):
 
 def file_voxels(path):
     """Voxels a single image file would give, from its header; None when unknown."""
-    suffix = _suffix(path)
+    suffix = volume_suffix(path)
     if suffix in (".nii", ".nii.gz", ".hdr", ".img"):
         if suffix == ".img":
             path = Path(path).with_suffix(".hdr")
             if not path.is_file():
                 return None
         return _nifti_voxels(path)
-    if suffix in (".nrrd", ".nhdr"):
+    if suffix in (".nrrd", ".nhdr", ".seq.nrrd"):
         return _nrrd_voxels(path)
     if suffix in (".mhd", ".mha"):
         return _metaimage_voxels(path)
@@ -147,14 +130,12 @@ def _folder_estimate(folder, dicom=True):
     ``dicom``: the DICOM reader checks the one series it loads from the headers it parses)."""
     from itertools import islice
 
-    from .readers.sniff import looks_like_dicom
-
     total, largest, largest_n = 0, None, -1
-    volumes = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in _VOLUME_SUFFIXES]
+    volumes = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and volume_suffix(f) in _VOLUME_SUFFIXES]
     not_dicom = _VOLUME_SUFFIXES + (".img", ".raw", ".zraw", ".json", ".cfg", ".csv", ".txt")
 
     def candidates():
-        return (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".") and _suffix(f) not in not_dicom)
+        return (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".") and volume_suffix(f) not in not_dicom)
 
     # like the reader, a look at the first files decides whether this is a DICOM folder at all, so
     # a wrong folder (a home directory) is not walked file by file
@@ -186,7 +167,7 @@ def estimate_bytes(path, dicom=True):
     if path.is_dir():
         voxels, largest = _folder_estimate(path, dicom)
         return voxels * FLOAT32_BYTES, largest or path
-    if not dicom and _suffix(path) not in _VOLUME_SUFFIXES + (".img",):
+    if not dicom and volume_suffix(path) not in _VOLUME_SUFFIXES + (".img",):
         return 0, path
     return (file_voxels(path) or 0) * FLOAT32_BYTES, path
 

@@ -1,6 +1,35 @@
-"""Is this file DICOM? A cheap look, shared by the folder router and the memory check (a leaf
-module, so neither needs the DICOM reader to ask)."""
+"""What a file is, from its name or its first bytes: DICOM or not, which volume format, a
+MetaImage's text header. A cheap look shared by the readers, the folder router and the memory
+check (a leaf module, so the memory check needs no reader to ask)."""
 from pathlib import Path
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
+
+
+def volume_suffix(path):
+    """The format suffix of a volume file (".seq.nrrd" and ".nii.gz" whole), lower case."""
+    name = Path(path).name.lower()
+    for suffix in (".seq.nrrd", ".nii.gz") + VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def metaimage_fields(head):
+    """``key = value`` fields of a MetaImage header (bytes), up to ElementDataFile or the binary
+    data of a .mha."""
+    fields = {}
+    for line in head.split(b"\n"):
+        text = line.decode("latin-1").strip()
+        if "=" not in text:
+            if text:
+                break  # binary data of a .mha
+            continue
+        key, value = (s.strip() for s in text.split("=", 1))
+        fields[key] = value
+        if key == "ElementDataFile":
+            break
+    return fields
 
 
 def looks_like_dicom(path):

@@ -14,9 +14,9 @@ from ..progress import as_progress
 from ..study import CINE, Study
 from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji
 from .geometry_check import check_geometry, check_spacing_values
+from .sniff import VOLUME_SUFFIXES, metaimage_fields, volume_suffix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
 
 # NRRD anatomical spaces -> sign of each axis relative to RAS
 _NRRD_SPACES = {
@@ -56,14 +56,6 @@ def is_ignored_input(path, root):
 def natural_key(name):
     """Sort key so that 'time_2' < 'time_10'."""
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", str(name))]
-
-
-def volume_suffix(path):
-    name = Path(path).name.lower()
-    for suffix in (".seq.nrrd", ".nii.gz") + VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return Path(path).suffix.lower()
 
 
 def axis_aligned(direction):
@@ -196,20 +188,9 @@ def read_nrrd(path):
 
 # --- MetaImage ------------------------------------------------------------------------------
 def _parse_mhd(path):
-    fields = {}
     with open(path, "rb") as f:
         raw = f.read()
-    for line in raw.split(b"\n"):
-        text = line.decode("latin-1").strip()
-        if "=" not in text:
-            if text:
-                break  # binary data of a .mha
-            continue
-        key, value = (s.strip() for s in text.split("=", 1))
-        fields[key] = value
-        if key == "ElementDataFile":
-            break
-    return fields, raw
+    return metaimage_fields(raw), raw
 
 
 def read_metaimage(path):
