@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..labels import normalise_labels
 from ..study import CINE, Study
+from .geometry_check import check_geometry, grid_difference
 from .nifti import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
 
 _FRAME_RE = re.compile(r"^(?P<pid>patient\d+)_frame(?P<n>\d+)\.nii(\.gz)?$")
@@ -122,9 +123,9 @@ def load_acdc_patient(folder, frames="all"):
             gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
-            if not np.allclose(gt_affine, affine, atol=1e-2 * float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))):
-                warnings.append(f"{gt.name}: label map geometry differs from the image's "
-                                f"({_geometry_difference(gt_affine, affine)}); used voxel by voxel")
+            difference = grid_difference(gt_affine, affine)
+            if difference:
+                warnings.append(f"{gt.name}: label map geometry differs from the image's ({difference}); used voxel by voxel")
             lab = nifti_to_kji(lab)[0]
             if lab.shape != images.shape[1:]:
                 raise CardiacInputError(gt, f"label map shape {lab.shape[::-1]} does not match the image {images.shape[1:][::-1]}")
@@ -143,22 +144,7 @@ def load_acdc_patient(folder, frames="all"):
         # The ACDC NIfTI affines are scaled identities: no real patient orientation.
         orientation_known=False,
     )
-    from .geometry_check import check_geometry
-
     return check_geometry(study, files[0])
-
-
-def _geometry_difference(a, b):
-    """Which of spacing / direction / origin differ between two affines, with the values."""
-    sa, sb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
-    parts = []
-    if not np.allclose(sa, sb, rtol=1e-3):
-        parts.append(f"spacing {np.round(sa, 4).tolist()} vs {np.round(sb, 4).tolist()} mm")
-    if not np.allclose(a[:3, :3] / sa, b[:3, :3] / sb, atol=1e-3):
-        parts.append("direction")
-    if not np.allclose(a[:3, 3], b[:3, 3], atol=1e-2 * float(np.min(sb))):
-        parts.append(f"origin {np.round(a[:3, 3], 2).tolist()} vs {np.round(b[:3, 3], 2).tolist()} mm")
-    return ", ".join(parts) or "sub-voxel differences"
 
 
 def _same_geometry_as_first(path, affine, first_path, first_affine, warnings):
@@ -170,6 +156,6 @@ def _same_geometry_as_first(path, affine, first_path, first_affine, warnings):
         raise CardiacInputError(path, f"voxel size {np.round(sa, 4).tolist()} mm differs from {first_path.name} "
                                       f"({np.round(sb, 4).tolist()} mm): the ED and ES frames of one patient must share "
                                       "one geometry, and which header is right cannot be told; fix the wrong file's header")
-    if not np.allclose(affine, first_affine, atol=1e-2 * float(np.min(sb))):
-        warnings.append(f"{Path(path).name}: geometry differs from {first_path.name} "
-                        f"({_geometry_difference(affine, first_affine)}); frames used voxel by voxel")
+    difference = grid_difference(affine, first_affine)
+    if difference:
+        warnings.append(f"{Path(path).name}: geometry differs from {first_path.name} ({difference}); frames used voxel by voxel")

@@ -130,6 +130,24 @@ def validate_affine(path, affine, what="image"):
     return warnings
 
 
+def grid_difference(affine, reference):
+    """None when two ijk->RAS affines describe one voxel grid (every entry within 1 % of the
+    reference's smallest voxel); otherwise which of spacing, direction and origin differ, with
+    the values, for a warning. Label maps and frames are then used voxel by voxel."""
+    a, b = np.asarray(affine, float), np.asarray(reference, float)
+    sa, sb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if np.allclose(a, b, atol=1e-2 * float(np.min(sb))):
+        return None
+    parts = []
+    if not np.allclose(sa, sb, rtol=1e-3):
+        parts.append(f"spacing {np.round(sa, 4).tolist()} vs {np.round(sb, 4).tolist()} mm")
+    if not np.allclose(a[:3, :3] / sa, b[:3, :3] / sb, atol=1e-3):
+        parts.append("direction")
+    if not np.allclose(a[:3, 3], b[:3, 3], atol=1e-2 * float(np.min(sb))):
+        parts.append(f"origin {np.round(a[:3, 3], 2).tolist()} vs {np.round(b[:3, 3], 2).tolist()} mm")
+    return ", ".join(parts) or "sub-voxel differences"
+
+
 def slice_thicknesses_mm(positions, nominal=None):
     """Per-slice thickness (mm) for integrating volumes by the true slice positions, or None
     when the stack is regular (then the affine's slice spacing is exact).

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..labels import CONVENTIONS, LV, MYO, RV, SEGMENT_IDS, SEGMENTS, normalise_labels
+from .geometry_check import add_warning, grid_difference
 from .volume import read_volume_file
 
 _NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
@@ -162,10 +163,8 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         _refuse_swapped_convention(path, labels, convention)
     if info.pop("spacing_lost"):
         info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
-    elif not np.allclose(m, study.ijk_to_ras, atol=1e-2 * min(study.spacing)):
-        from .acdc import _geometry_difference
-
-        info["warnings"].append(f"label map geometry differs from the image's ({_geometry_difference(m, study.ijk_to_ras)}); "
+    elif grid_difference(m, study.ijk_to_ras):
+        info["warnings"].append(f"label map geometry differs from the image's ({grid_difference(m, study.ijk_to_ras)}); "
                                 "used voxel by voxel on the image's grid, so check that the labels overlay the image")
     if labels.shape[0] > 1:
         if labels.shape[0] != study.n_frames:
@@ -187,8 +186,6 @@ def attach_labelmap(study, path, convention="acdc", frame=None):
     labels, info = load_labelmap(path, study, convention, frame)
     study.labels.update(labels)
     study.provenance.setdefault("label_files", []).append(info)
-    from .geometry_check import add_warning
-
     for w in info["warnings"]:    # shown with every output, not only kept in provenance
         add_warning(study, f"{Path(path).name}: {w}")
     return study
