@@ -247,6 +247,112 @@ def test_session_samples(tmp_path):
     assert len(_sectors(_rows(s))) == 16
 
 
+def test_session_bullseye_measure_choice_is_remembered(tmp_path):
+    """Perfusion bullseye: MBF or the relative upslope, re-rendered at once, and the choice
+    holds for the next perfusion study of the session (the Logic's parameter node)."""
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    s = Session(tmp_path, sample_folder=tmp_path / "samples")
+    s.open_sample("phantom-perfusion")
+    s.run(LABELS_CHOICE)
+    a = s.analysis
+    assert s.bullseye_measure == "mbf" and a.bullseye_label.startswith("MBF")
+    mbf_png, mbf_values = s.bullseye_png(), dict(a.segment_values)
+    assert mbf_values == {x["id"]: x["mbf_ml_min_g"] for x in a.perfusion["segments"]}
+    s.set_bullseye_measure("relative_upslope")
+    upslope = {x["id"]: x["relative_upslope"] for x in a.perfusion["semiquantitative"]["segments"]}
+    assert a.segment_values == upslope and a.segment_values != mbf_values
+    assert a.bullseye_label.startswith("Relative upslope") and s.bullseye_png() != mbf_png
+    with pytest.raises(CardiacInputError, match="unknown measure 'mbf_rest'"):
+        s.set_bullseye_measure("mbf_rest")
+    s.open_sample("phantom-cine")            # a cine in between: wall thickness, choice kept
+    s.run(LABELS_CHOICE)
+    assert s.analysis.bullseye_label.startswith("Wall thickness")
+    s.open_sample("phantom-perfusion")
+    s.run(LABELS_CHOICE)
+    assert s.bullseye_measure == "relative_upslope" and s.analysis.segment_values == pytest.approx(upslope)
+    s.set_bullseye_measure("mbf")
+    assert s.bullseye_png() == mbf_png
+
+
+def test_session_places_handles_when_no_rv(tmp_path):
+    """Sunnybrook-like LV-only labels: no RV, so no insertion points; two points placed by
+    hand give the AHA sectors (every level slice), survive an edit, and the RV rows say n/a."""
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    s = Session(tmp_path, sample_folder=tmp_path / "samples")
+    s.open_sample("sunnybrook")
+    s.run(LABELS_CHOICE)
+    a = s.analysis
+    assert a.sectors is None and s.can_place_handles() and s.handle_angles() is None
+    rows = {r["key"]: r for r in s.table()}
+    rv = {k: r for k, r in rows.items() if k.startswith("rv_")}
+    assert len(rv) == 4 and all(r["value"] is None and r["text"] == "n/a" for r in rv.values())
+    assert not any(k.startswith("Wall thickness") and v is not None for k, v in _rows(s).items())
+    k = sorted(k for k, level in a.levels.items() if level == "mid")[1]
+    s.set_slice(k)
+    lab = a.labels[a.reference_frame][k]
+    rr, cc = np.nonzero((lab == LV) | (lab == MYO))
+    cy, cx = rr.mean(), cc.mean()
+    sy, sx = a.study.spacing[1], a.study.spacing[0]
+    # anterior 120 degrees one way of the image x axis, inferior 120 degrees the other
+    ant = (cx + 20 * np.cos(np.radians(-120)) / sx, cy + 20 * np.sin(np.radians(-120)) / sy, k)
+    inf = (cx + 20 * np.cos(np.radians(120)) / sx, cy + 20 * np.sin(np.radians(120)) / sy, k)
+    ras = a.study.ijk_to_ras_points([ant, inf])
+    slices = s.place_insertion_points(k, ras[0], ras[1])
+    assert slices == sorted(a.levels) and not s.can_place_handles()
+    angles = s.handle_angles()
+    assert angles["anterior"] == pytest.approx(-120, abs=2) and angles["inferior"] == pytest.approx(120, abs=2)
+    walls = {m: v for m, v in _rows(s).items() if m.startswith("Wall thickness")}
+    assert len(walls) == 16 and all(v is not None and 2 < v < 20 for v in walls.values())
+    assert s.markups_node().GetNumberOfControlPoints() == 2 * len(slices)
+    assert any("placed by hand on slice" in w for w in a.warnings)
+    assert not any(w.startswith("no RV insertion points") for w in a.warnings)
+    # a handle turned, then an edit re-measures the labels (which find no RV): both stay
+    s.rotate_handle(k, "anterior", 20)
+    turned = s.handle_angles()["anterior"]
+    assert s.morph("myo", 1) > 0
+    assert s.analysis.sectors is not None and s.handle_angles()["anterior"] == pytest.approx(turned, abs=1.5)
+    assert all(r["text"] == "n/a" for r in s.table() if r["key"].startswith("rv_"))
+    # a study whose RV gave points of its own is not placed over
+    s.open_sample("phantom-cine")
+    s.run(LABELS_CHOICE)
+    assert not s.can_place_handles()
+    with pytest.raises(CardiacInputError, match="drag the handles"):
+        s.place_insertion_points(4, ras[0], ras[1])
+
+
+def test_default_orientation_rv_left_anterior_up(tmp_path):
+    """The slice view's default axes put the RV on the left and the anterior insertion up,
+    from the analysis's insertion points; before a run from the patient axes (+R left, +A up)."""
+    pytest.importorskip("vtk")
+    from CardiacAISegLib.labels import RV
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+    from CardiacAISegLib.webgui.views import _default_axes
+
+    s = Session(tmp_path, sample_folder=tmp_path / "samples")
+    s.open_sample("phantom-cine")
+    s.run(LABELS_CHOICE)
+    a, st = s.analysis, s.study
+    right, up = _default_axes(st, a)
+    assert abs(np.dot(right, up)) < 1e-9 and np.linalg.norm(right) == pytest.approx(1)
+    lab = a.labels[a.reference_frame]
+    for k in sorted(a.sectors.slices):
+        def screen(mask):
+            rr, cc = np.nonzero(mask)
+            ras = st.ijk_to_ras_points([(cc.mean(), rr.mean(), k)])[0]
+            return np.dot(ras, right), np.dot(ras, up)
+        if not (lab[k] == RV).any():
+            continue
+        (lx, _), (rx, _) = screen(lab[k] == LV), screen(lab[k] == RV)
+        assert rx < lx, f"slice {k}: RV not left of the LV"
+        p = next(p for p in a.insertion if p["slice"] == k)
+        assert np.dot(p["anterior_ras"], up) > np.dot(p["inferior_ras"], up), f"slice {k}: anterior not up"
+    # no analysis: the patient's right to the left, anterior up, as far as the plane allows
+    right, up = _default_axes(st)
+    assert np.dot(right, [1.0, 0, 0]) <= 1e-9 and np.dot(up, [0, 1.0, 0]) >= -1e-9
+
+
 # ---------------------------------------------------------------------------- end to end
 def _e2e_missing():
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -523,6 +629,51 @@ class Page:
                 else if (r > 190 && gr > 170 && b < 90) n.yellow++;
             }
             return n;""")
+
+    def press(self, element_id):
+        """A real mouse click (move onto the element, press, release) on an enabled control."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        el = self.wait(lambda: self.el(element_id), message=element_id)
+        self.wait(lambda: el.is_displayed() and el.is_enabled() and "v-btn--disabled" not in (el.get_attribute("class") or ""),
+                  message=f"{element_id} enabled")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+        ActionChains(self.d, duration=40).move_to_element(el).pause(0.1).click().perform()
+
+    def click_view(self, x, y):
+        """A real left click in the slice view at fractions (x right, y down) of it."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        area = self.slice_area()
+        r = area.rect
+        ActionChains(self.d, duration=40).move_to_element_with_offset(
+            area, int(round((x - 0.5) * r["width"])), int(round((y - 0.5) * r["height"]))).pause(0.2).click().perform()
+
+    def colour_centroids(self):
+        """Mean (x, y), as fractions of the image, of the slice view's red (LV), green
+        (myocardium) and yellow (RV) contour pixels; None for a colour with too few pixels."""
+        return self.d.execute_script("""
+            const img = document.querySelectorAll('#views .remote-controlled-area img')[0];
+            if (!img || !img.complete || !img.naturalWidth) return null;
+            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+            const px = g.getImageData(0, 0, c.width, c.height).data;
+            const acc = {red: [0, 0, 0], green: [0, 0, 0], yellow: [0, 0, 0]};
+            for (let i = 0; i < px.length; i += 4) {
+                const r = px[i], gr = px[i + 1], b = px[i + 2];
+                const k = (r > 190 && gr < 90 && b < 90) ? 'red' : (gr > 190 && r < 110 && b < 120) ? 'green'
+                          : (r > 190 && gr > 170 && b < 90) ? 'yellow' : null;
+                if (!k) continue;
+                const p = i / 4; acc[k][0] += (p % c.width) / c.width; acc[k][1] += Math.floor(p / c.width) / c.height; acc[k][2]++;
+            }
+            const out = {};
+            for (const k in acc) out[k] = acc[k][2] > 20 ? [acc[k][0] / acc[k][2], acc[k][1] / acc[k][2]] : null;
+            return out;""")
+
+    def cell(self, measure):
+        """The text the results table shows for a measure."""
+        rows = [r for r in self.all("#results-table tr[data-measure]") if r.get_attribute("data-measure") == measure]
+        return rows[0].find_elements(self.By.TAG_NAME, "td")[1].text if rows else None
 
     def shot(self, name):
         self.n += 1
@@ -952,3 +1103,129 @@ def test_e2e_model_run_and_cancel(page, gui_server, monkeypatch):
               message="run enabled again")
     assert page.values() == kept
     page.shot("cancelled")
+
+
+def _open_sample_and_run(page, title, study_text):
+    page.choose("sample-select", title)
+    page.press("open-sample-btn")
+    page.wait(lambda: study_text in page.el("study-line").text and "Opened the sample" in page.alert("info"),
+              timeout=60, message=f"{title} opened")
+    page.press("run-btn")
+    # the run's own results (the previous study's table may still show until they arrive)
+    page.wait(lambda: "Segmented and measured" in page.alert("info"), timeout=120, message=f"{title} measured")
+    return page.wait(lambda: page.values(), message="results table")
+
+
+@e2e
+def test_e2e_bullseye_measure_choice(page):
+    """Perfusion: the bullseye shows MBF or the relative upslope, chosen beside it; the choice
+    re-renders the bullseye and is kept for the next perfusion study (issue 9)."""
+    _open_sample_and_run(page, "Perfusion phantom", "perfusion - perfusion")
+    page.wait(lambda: page.el("bullseye-title").text.startswith("MBF (mL/min/g)"), message="MBF bullseye")
+    mbf = page.el("bullseye").get_attribute("src")
+    assert "v-btn--active" in page.el("bullseye-mbf").get_attribute("class")
+    page.press("bullseye-upslope")
+    page.wait(lambda: page.el("bullseye-title").text.startswith("Relative upslope"), message="upslope bullseye")
+    upslope = page.wait(lambda: (lambda src: src if src != mbf else None)(page.el("bullseye").get_attribute("src")),
+                        message="bullseye re-rendered")
+    page.shot("bullseye-relative-upslope")
+    # a cine study in between has no choice (wall thickness); the next perfusion keeps it
+    _open_sample_and_run(page, "Cine phantom", "20 frame(s)")
+    page.wait(lambda: page.el("bullseye-title").text.startswith("Wall thickness"), message="cine bullseye")
+    assert not page.all("#bullseye-measure")
+    _open_sample_and_run(page, "Perfusion phantom", "perfusion - perfusion")
+    page.wait(lambda: page.el("bullseye-title").text.startswith("Relative upslope"), message="choice remembered")
+    assert "v-btn--active" in page.el("bullseye-upslope").get_attribute("class")
+    assert page.wait(lambda: page.el("bullseye").get_attribute("src")) == upslope
+    page.press("bullseye-mbf")
+    page.wait(lambda: page.el("bullseye").get_attribute("src") == mbf, message="MBF bullseye again")
+    assert page.alert() == ""
+
+
+@e2e
+def test_e2e_place_handles_by_clicks_when_no_rv(page):
+    """Sunnybrook (LV-only contours): no RV, so no handles; RV rows say n/a; two clicks in the
+    slice view place the anterior and inferior insertion points where clicked, and the AHA
+    segments and bullseye appear (issue 13, item 8)."""
+    values = _open_sample_and_run(page, "Sunnybrook", "12 slices")
+    assert values["LV EDV"] > 50
+    for m in ("RV EDV", "RV ESV", "RV SV", "RV EF"):
+        assert values[m] is None and page.cell(m) == "n/a", m
+    assert not any(v is not None for m, v in values.items() if m.startswith("Wall thickness"))   # no segments yet
+    page.wait(lambda: "No RV labelled" in page.el("handle-text").text, message="no-RV hint")
+    centre = page.wait(lambda: page.handles().get("LV centre"), message="LV centre on screen")
+    assert [k for k in page.handles() if k != "LV centre"] == []
+    before_src = page.el("bullseye").get_attribute("src")
+    page.press("place-handles")
+    page.wait(lambda: "anterior" in page.el("placing-text").text, message="placing the anterior point")
+    ant_xy = (centre["x"] - 0.07, centre["y"] - 0.10)       # up and left (RV left, anterior up)
+    inf_xy = (centre["x"] - 0.07, centre["y"] + 0.10)
+    page.click_view(*ant_xy)
+    page.wait(lambda: "inferior" in page.el("placing-text").text, message="placing the inferior point")
+    page.click_view(*inf_xy)
+    page.wait(lambda: "insertion points placed on slice" in page.alert("info"), message="points placed")
+    h = page.wait(lambda: (lambda h: h if len(h) == 3 else None)(page.handles()), message="handles on screen")
+    ant = next(v for k, v in h.items() if k.endswith("anterior"))
+    inf = next(v for k, v in h.items() if k.endswith("inferior"))
+    r = page.slice_area().rect
+    for placed, clicked in ((ant, ant_xy), (inf, inf_xy)):      # where the mouse was, within 2 px
+        assert abs((placed["x"] - clicked[0]) * r["width"]) < 2 and abs((placed["y"] - clicked[1]) * r["height"]) < 2
+    values = page.wait(lambda: (lambda v: v if sum(m.startswith("Wall thickness") and v[m] is not None for m in v) == 16
+                                else None)(page.values()), message="wall thickness of the 16 segments")
+    assert all(2 < v < 20 for m, v in values.items() if m.startswith("Wall thickness"))
+    assert all(page.cell(m) == "n/a" for m in ("RV EDV", "RV ESV", "RV SV", "RV EF"))
+    page.wait(lambda: page.el("bullseye").get_attribute("src") != before_src, message="bullseye with segments")
+    assert not page.all("#place-handles")
+    page.shot("handles-placed")
+
+
+@e2e
+def test_e2e_orientation_turn_and_mirror_change_the_view_only(page):
+    """RV left and anterior up by default; Turn 90 and Mirror move the picture only: the
+    numbers stay, and a handle dragged afterwards lands where the mouse let go (issue 13, item 4)."""
+    values = _open_sample_and_run(page, "Cine phantom", "20 frame(s)")
+    r = page.slice_area().rect
+
+    def centroids():
+        return page.wait(lambda: (lambda c: c if c and c["red"] and c["yellow"] else None)(page.colour_centroids()),
+                         message="LV and RV contours")
+
+    def vector(side):
+        """Screen pixels (x right, y down) from the LV centre to a handle of this slice."""
+        h = page.handles()
+        p, c = next(v for k, v in h.items() if k.endswith(side)), h["LV centre"]
+        return ((p["x"] - c["x"]) * r["width"], (p["y"] - c["y"]) * r["height"])
+
+    time.sleep(1.0)                      # the streamed picture settles after the zoom
+    c = centroids()
+    assert c["yellow"][0] < c["red"][0], f"RV not left of the LV: {c}"
+    ant, inf = page.wait(lambda: vector("anterior"), message="handles"), vector("inferior")
+    assert ant[1] < inf[1], "anterior insertion not above the inferior one"
+    page.shot("orientation-default")
+    page.press("view-turn")               # clockwise: up goes right, (x, y) -> (-y, x)
+    turned = page.wait(lambda: (lambda v: v if np.hypot(v[0] + ant[1], v[1] - ant[0]) < 3 else None)(vector("anterior")),
+                       message="anterior handle turned 90 degrees clockwise")
+    c = centroids()
+    assert c["yellow"][1] < c["red"][1], f"after a turn the RV should be above the LV: {c}"
+    page.press("view-mirror")
+    page.wait(lambda: (lambda v: np.hypot(v[0] + turned[0], v[1] - turned[1]) < 3)(vector("anterior")), message="mirrored left-right")
+    page.shot("orientation-turned-mirrored")
+    assert page.values() == values                   # the view only
+    # A drag in the turned, mirrored view: the handle ends where the mouse let go
+    h = page.handles()
+    a, centre = next(v for k, v in h.items() if k.endswith("anterior")), h["LV centre"]
+    vx, vy = a["x"] - centre["x"], a["y"] - centre["y"]
+    path = [(a["x"], a["y"])] + [(centre["x"] + vx * np.cos(t) - vy * np.sin(t), centre["y"] + vx * np.sin(t) + vy * np.cos(t))
+                                 for t in np.radians([10, 20, 30])]
+    page.drag(path, steps=4)
+    page.wait(lambda: "handle dragged" in page.alert("info"), message="drag measured")
+    moved = page.wait(lambda: (lambda p: p if abs(p["x"] - a["x"]) + abs(p["y"] - a["y"]) > 0.02 else None)(
+        next(v for k, v in page.handles().items() if k.endswith("anterior"))), message="handle moved")
+    assert abs((moved["x"] - path[-1][0]) * r["width"]) < 3 and abs((moved["y"] - path[-1][1]) * r["height"]) < 3
+    after = page.values()
+    assert after["LV EDV"] == values["LV EDV"]
+    assert any(after[k] != values[k] for k in values if k.startswith("Wall thickness"))
+    page.press("view-reset")
+    page.wait(lambda: (lambda c: c and c["red"] and c["yellow"] and c["yellow"][0] < c["red"][0])(page.colour_centroids()),
+              message="RV left again")
+    assert page.alert() == ""

@@ -11,11 +11,13 @@ import base64
 import json
 import logging
 
+import numpy as np
+
 from ..errors import CancelledError, CardiacInputError, OutputExistsError
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
-from .session import SAMPLES, SEGMENT_TITLES, Session
+from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -61,6 +63,9 @@ class CardiacWebApp:
             "frame": 0, "n_frames": 1, "frame_tag": "", "slice": 0, "n_slices": 1,
             "has_results": False, "results_rows": [], "warnings": [], "bullseye_src": "",
             "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
+            "bullseye_measure": self.session.bullseye_measure, "bullseye_title": "", "bullseye_choice": False,
+            "bullseye_measures": [{"title": t, "value": k} for k, t in BULLSEYE_MEASURES.items()],
+            "placing": "", "can_place": False, "view_turns": 0, "view_mirrored": False,
             "show_3d": True, "playing": False, "play_fps": 8, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
@@ -88,11 +93,17 @@ class CardiacWebApp:
         c.zoom_heart = lambda: self._guard(self._zoom_heart)
         c.toggle_play = lambda: self._guard(self._toggle_play)
         c.zoom_all = lambda: self._guard(self.views.fit, self.session)
+        c.place_handles = lambda: self._guard(self._start_placing)
+        c.cancel_placing = lambda: self._guard(self._stop_placing, "Placing cancelled.")
+        c.turn_view = lambda: self._guard(self._turn_view, "turn")
+        c.mirror_view = lambda: self._guard(self._turn_view, "mirror")
+        c.reset_view = lambda: self._guard(self._turn_view, "reset")
         self.state.change("frame")(lambda frame, **_: self._guard(self._on_frame, frame))
         self.state.change("slice")(lambda slice, **_: self._guard(self._on_slice, slice))
         self.state.change("tool", "edit_segment", "brush_mm")(lambda **_: self._guard(self._apply_tool))
         self.state.change("model")(lambda model, **_: self._on_model(model))
         self.state.change("bullseye_fit")(lambda **_: self._guard(self.refresh, True))
+        self.state.change("bullseye_measure")(lambda bullseye_measure, **_: self._guard(self._on_bullseye_measure, bullseye_measure))
         self.state.change("wl_preset")(lambda wl_preset, **_: self._guard(self._on_wl_preset, wl_preset))
         self.state.change("wl_range")(lambda wl_range, **_: self._guard(self._on_wl_range, wl_range))
         self.state.change("show_3d")(lambda show_3d, **_: self._guard(self.views.show_3d, bool(show_3d)))
@@ -154,6 +165,8 @@ class CardiacWebApp:
         s = self.state
         s.tool = "none"
         s.playing = False
+        self._stop_placing()
+        s.view_turns, s.view_mirrored = 0, False
         s.saved_files = []
         choices = sess.model_choices()
         s.models = choices
@@ -217,7 +230,10 @@ class CardiacWebApp:
             self._progress = None
 
     def _apply_result(self, result):
+        self._stop_placing()
         self.session.apply(result)
+        # RV left, anterior up from the insertion points the run found (the view only)
+        self.views.orient_to_study(self.session.study, self.session.analysis)
         self.views.show_frame(self.session)
         self.views.show_slice(self.session)
         self.views.zoom_to_heart(self.session)
@@ -309,8 +325,6 @@ class CardiacWebApp:
         if preset == "auto":
             self.views.set_window_level(sess)
         else:
-            import numpy as np
-
             lo, hi = np.percentile(st.images[sess.frame], self.WL_PRESETS[preset])
             self.views.set_window_level(sess, lo, hi)
         self._show_wl()
@@ -380,6 +394,71 @@ class CardiacWebApp:
         if t is None:
             raise CardiacInputError(tag.upper(), "not known yet: run the segmentation first")
         self.state.frame = int(t)
+
+    # ------------------------------------------------------------------- orientation
+    def _turn_view(self, how):
+        """Turn the picture 90 degrees clockwise, mirror it left-right, or back to the default
+        (RV left, anterior up): the view only, never the images, labels or numbers."""
+        st = self.session.require_study()
+        s = self.state
+        if how == "reset":
+            s.view_turns, s.view_mirrored = 0, False
+        elif how == "mirror":
+            s.view_mirrored = not s.view_mirrored
+        else:
+            # a clockwise turn of what is on screen; behind a mirror that is a turn back
+            s.view_turns = (int(s.view_turns) + (-1 if s.view_mirrored else 1)) % 4
+        self.views.set_view_turns(st, s.view_turns, s.view_mirrored)
+        self._schedule_xy()
+
+    # ------------------------------------------------------------ bullseye measure
+    def _on_bullseye_measure(self, measure):
+        if measure == self.session.bullseye_measure and (self.session.analysis is None
+                                                         or self.session.analysis.bullseye_measure == measure):
+            return
+        self.session.set_bullseye_measure(measure)
+        self.refresh(results_only=True)
+
+    # ------------------------------------------------------------- placing handles
+    def _start_placing(self):
+        """No RV labelled: the next two left clicks in the slice view place the anterior, then
+        the inferior RV insertion point on the slice on screen."""
+        sess = self.session
+        sess.require_analysis()
+        if not sess.can_place_handles():
+            raise CardiacInputError("insertion point", "this study has RV insertion handles already: drag them in the slice view")
+        self.state.tool = "none"
+        self._apply_tool()
+        self._placed_first = None
+        self.state.placing = "anterior"
+        self.views.start_placing(self._on_place_click)
+        self.state.info_message = "Click the anterior RV insertion point in the slice view"
+
+    def _stop_placing(self, message=None):
+        self.views.stop_placing()
+        self._placed_first = None
+        self.state.placing = ""
+        if message:
+            self.state.info_message = message
+
+    def _on_place_click(self, ras):
+        with self.state:
+            if self.state.placing == "anterior":
+                self._placed_first = ras
+                self.state.placing = "inferior"
+                self.state.info_message = "Anterior point placed: now click the inferior RV insertion point"
+                return
+            first = self._placed_first
+            self._stop_placing()
+            self._guard(self._place, first, ras)
+
+    def _place(self, anterior, inferior):
+        sess = self.session
+        k = int(round(float(sess.study.ras_to_ijk_points([anterior])[0][2])))
+        slices = sess.place_insertion_points(k, anterior, inferior)
+        self.views.show_segmentation(sess)
+        self.refresh(results_only=True)
+        self._note_update(f"RV insertion points placed on slice {k}: AHA sectors on slices {slices}")
 
     # -------------------------------------------------------------------------- edits
     def _rotate(self, side, degrees):
@@ -477,6 +556,8 @@ class CardiacWebApp:
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
                       for f in qc.get("flags", [])]
         s.warnings = list(a.warnings) if a is not None else []
+        s.bullseye_title = a.bullseye_label if a is not None else ""
+        s.bullseye_choice = a is not None and a.kind != CINE
         fit = bool(s.bullseye_fit)
         key = None if a is None else (fit, a.bullseye_label, tuple(sorted(a.segment_values.items())))
         if key != self._bullseye_key:
@@ -509,7 +590,10 @@ class CardiacWebApp:
         sess, s = self.session, self.state
         angles = sess.handle_angles()
         s.has_handles = angles is not None
-        if angles is None:
+        s.can_place = sess.can_place_handles()
+        if angles is None and s.can_place:
+            s.handle_text = "No RV labelled, so no insertion points: place them (two clicks in the slice view)."
+        elif angles is None:
             s.handle_text = ("No RV insertion handles on this slice." if sess.analysis is not None else "")
         else:
             s.handle_text = f"anterior {angles['anterior']:.0f} deg, inferior {angles['inferior']:.0f} deg"
@@ -547,6 +631,16 @@ class CardiacWebApp:
             sl = a.sectors.slices[sess.slice]
             ras = a.study.ijk_to_ras_points([(sl.cx, sl.cy, sess.slice)])[0]
             points += self.views.positions_of([("LV centre", ras)])
+        elif a is not None:
+            # no sectors (no RV labelled): the LV's centre from the labels, where to place from
+            from ..labels import LV, MYO
+
+            lab = a.labels.get(sess.edit_frame())
+            if lab is not None:
+                rows, cols = np.nonzero((lab[sess.slice] == LV) | (lab[sess.slice] == MYO))
+                if rows.size:
+                    ras = a.study.ijk_to_ras_points([(cols.mean(), rows.mean(), sess.slice)])[0]
+                    points += self.views.positions_of([("LV centre", ras)])
         self.state.handle_xy = json.dumps(points)
 
     # ----------------------------------------------------------------------------- UI

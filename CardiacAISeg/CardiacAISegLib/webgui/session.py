@@ -37,6 +37,7 @@ EDIT_SEGMENTS = {"lv": LV, "myo": MYO, "rv": RV}
 SEGMENT_TITLES = {"lv": "LV blood pool", "myo": "LV myocardium", "rv": "RV"}
 ROTATE_STEP_DEG = 10.0   # one click of the page's rotate buttons turns a handle this far
 SIDES = ("anterior", "inferior")
+BULLSEYE_MEASURES = {"mbf": "MBF (mL/min/g)", "relative_upslope": "Relative upslope (myocardium/LV)"}
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Session:
         self.slice = 0
         self.last_update_s = None
         self.last_edit_pixels = None
+        self._placed = None          # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
 
     # ------------------------------------------------------------------------- state
     @property
@@ -105,6 +107,7 @@ class Session:
                 scene.RemoveNode(node)
         logic.reset()
         self.source, self.frame, self.slice = "", 0, 0
+        self._placed = None
 
     def open_path(self, text, labels=None, aif=None, dt=None, kind=None):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
@@ -215,6 +218,7 @@ class Session:
         a = self.logic.applyAnalysis(result.analysis)
         if a.kind == CINE and a.cine:
             self.frame = int(a.cine["ed_frame"])
+        self._restore_placed(keep_moved=False)
         return a
 
     def run(self, model=None, progress=None):
@@ -304,6 +308,31 @@ class Session:
         self.last_update_s = time.perf_counter() - t0
         return changed
 
+    def can_place_handles(self):
+        """True when the analysis has no AHA sectors (no RV labelled, e.g. Sunnybrook's LV-only
+        contours) but has slices where insertion points could be placed by hand."""
+        a = self.analysis
+        return a is not None and a.sectors is None and bool(a.levels)
+
+    def place_insertion_points(self, k, anterior_ras, inferior_ras):
+        """Two points placed by hand on slice k (anterior, then inferior RV insertion): the AHA
+        sectors, bullseye and handles follow; kept when an edit re-measures the labels (which,
+        with no RV, finds no points of its own). Returns the slices with sectors."""
+        a = self.require_analysis()
+        if a.sectors is not None and self._placed is None:
+            raise CardiacInputError("insertion point", "this study has RV insertion points already: drag the handles instead")
+        t0 = time.perf_counter()
+        slices = self.logic.placeInsertionPoints(int(k), anterior_ras, inferior_ras)
+        self._placed = (int(k), [float(v) for v in anterior_ras], [float(v) for v in inferior_ras])
+        self.last_update_s = time.perf_counter() - t0
+        return slices
+
+    def _restore_placed(self, keep_moved=True):
+        """Re-measured labels with no RV have no insertion points: put the hand-placed ones back."""
+        a = self.analysis
+        if self._placed is not None and a is not None and a.sectors is None and self._placed[0] in a.levels:
+            self.logic.placeInsertionPoints(*self._placed, keepMoved=keep_moved)
+
     def handles_moved(self, node=None):
         """After a drag in a view: re-bin every slice whose handle differs from the analysis."""
         if self.analysis is None:
@@ -382,6 +411,7 @@ class Session:
         else:
             fill_segmentation(node, np.asarray(label_map, np.uint8), a.study.ijk_to_ras)
             self.logic.onSegmentationEdited(node, int(frame))
+        self._restore_placed()
         self.last_update_s = time.perf_counter() - t0
         return a
 
@@ -393,6 +423,7 @@ class Session:
         before = self.analysis.labels[frame].copy() if frame in self.analysis.labels else None
         t0 = time.perf_counter()
         self.logic.onSegmentationEdited(node)
+        self._restore_placed()
         self.last_update_s = time.perf_counter() - t0
         after = self.analysis.labels.get(frame)
         # How many pixels the stroke changed: "Erased" must not be said when nothing was.
@@ -419,8 +450,13 @@ class Session:
         a = self.analysis
         if a is None:
             return []
+        # No RV labelled on any analysed frame (Sunnybrook's LV-only contours): the RV was not
+        # measured, so its volumes are "n/a" like its SV and EF, not "0.0 mL".
+        no_rv = not any((m == RV).any() for m in a.labels.values())
         rows = []
         for r in a.table_rows():
+            if no_rv and r["key"].startswith("rv_"):
+                r = dict(r, value=None)
             if r["key"] in PEOPLE_FRAME_ROWS and r.get("value") is not None:
                 # Frame numbers for people count from 1; results.json and results.csv keep the
                 # engine's 0-based frame index (documented there).
@@ -429,6 +465,18 @@ class Session:
                          "value": None if r.get("value") is None else float(r["value"]),
                          "unit": r.get("unit") or "", "text": format_value(r)})
         return rows
+
+    @property
+    def bullseye_measure(self):
+        """What a perfusion bullseye shows: 'mbf' or 'relative_upslope' (the Logic's parameter
+        node keeps it, so it holds for every study of this session)."""
+        return self.logic.getParameter("bullseyeMeasure") or "mbf"
+
+    def set_bullseye_measure(self, measure):
+        if measure not in BULLSEYE_MEASURES:
+            raise CardiacInputError("bullseye", f"unknown measure {measure!r}; choose one of {', '.join(BULLSEYE_MEASURES)}")
+        self.logic.setBullseyeMeasure(measure)
+        return measure
 
     def bullseye_png(self, size_px=300, fit=False):
         """The AHA bullseye of the current segment values, PNG bytes (the engine's one renderer):

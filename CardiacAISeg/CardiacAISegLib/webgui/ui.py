@@ -48,6 +48,12 @@ def build(app):
                         with html.Ul(id="warnings", v_if="warnings.length", classes="text-caption text-warning mt-1"):
                             html.Li("{{ w }}", v_for="w in warnings", key="w")
                     with html.Div(style="flex: 0 0 auto;"):
+                        with v.VBtnToggle(id="bullseye-measure", v_if="bullseye_choice", v_model=("bullseye_measure",),
+                                          mandatory=True, density="compact", divided=True, variant="outlined", color="primary"):
+                            # perfusion: MBF, or the relative upslope (needs no AIF calibration)
+                            v.VBtn("MBF", id="bullseye-mbf", value="mbf", size="x-small")
+                            v.VBtn("Relative upslope", id="bullseye-upslope", value="relative_upslope", size="x-small")
+                        html.Div("{{ bullseye_title }}", id="bullseye-title", v_if="bullseye_src", classes="text-caption")
                         html.Img(id="bullseye", v_if="bullseye_src", src=("bullseye_src",), style="width: 320px;")
                         v.VCheckbox(id="bullseye-fit", v_if="bullseye_src", label="Fit the colour scale to the data",
                                     v_model=("bullseye_fit",), density="compact", hide_details=True)
@@ -139,6 +145,15 @@ def _view_card(v, html, ctrl):
                 v.VBtn("Whole image", id="zoom-all", click=ctrl.zoom_all, size="x-small", variant="tonal")
             html.Div("Mouse wheel over the slice view: next/previous slice; Ctrl+wheel or right-drag: zoom",
                      classes="text-caption text-medium-emphasis")
+            with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+                html.Span("Orientation", classes="text-body-2", style="min-width: 86px;")
+                v.VBtn("Turn 90\u00b0", id="view-turn", click=ctrl.turn_view, size="x-small", variant="tonal")
+                v.VBtn("Mirror", id="view-mirror", click=ctrl.mirror_view, size="x-small", variant="tonal",
+                       color=("view_mirrored ? 'primary' : undefined",))
+                v.VBtn("Default", id="view-reset", click=ctrl.reset_view, size="x-small", variant="tonal",
+                       disabled=("!view_turns && !view_mirrored",))
+            html.Div("By default RV left, anterior up (from the insertion points, else the file's geometry); "
+                     "turning or mirroring changes the picture only", classes="text-caption text-medium-emphasis")
             with html.Div(classes="d-flex", style="gap: 12px;"):
                 v.VCheckbox(id="contour-fill", label="Fill the contours", v_model=("contour_fill",), density="compact",
                             hide_details=True)
@@ -162,6 +177,13 @@ def _correct_card(v, html, ctrl):
         with v.VCardText(classes="pt-0"):
             html.Div("RV insertion handles (drag them in the slice view, or turn them here):", classes="text-caption")
             html.Div("{{ handle_text }}", id="handle-text", classes="text-body-2")
+            with html.Div(classes="d-flex", style="gap: 4px;", v_if="can_place || placing"):
+                v.VBtn("Place insertion points", id="place-handles", click=ctrl.place_handles, size="x-small", color="primary",
+                       disabled=("!!placing",))
+                v.VBtn("Cancel placing", id="place-cancel", v_if="placing", click=ctrl.cancel_placing, size="x-small",
+                       variant="text")
+            html.Div("Click the {{ placing }} RV insertion point in the slice view", v_if="placing", id="placing-text",
+                     classes="text-caption text-primary")
             with html.Div(classes="d-flex flex-wrap", style="gap: 4px;"):
                 for side, short in (("anterior", "ant"), ("inferior", "inf")):
                     v.VBtn(f"{short} -{step:.0f}", id=f"{short}-minus", click=(ctrl.rotate, f"['{side}', {-step}]"),

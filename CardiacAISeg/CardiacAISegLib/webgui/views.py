@@ -62,6 +62,9 @@ class StudyViews:
         self._zoom = "all"             # 'all' (whole image) or 'heart': redone when the view is resized
         self.contour_fill = False      # outlines only unless the page asks for a fill
         self._session = None           # the session whose slice a re-fit must keep
+        self._base_axes = (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))   # default (right, up) in RAS
+        self._turns, self._mirrored = 0, False      # the user's quarter turns and mirror on top
+        self._axes_study = None
         self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
         self.slice_node.AddObserver("ModifiedEvent", self._on_slice_node_modified)
 
@@ -108,32 +111,57 @@ class StudyViews:
             return
         self.slice_view.set_background_volume_id(nodes.volume.GetID())
         self.slice_view.set_foreground_volume_id(None)
+        self._turns, self._mirrored = 0, False
         self.orient_to_study(session.study)
         self.show_frame(session)
         self.show_slice(session)
         self.fit(session)
 
-    def orient_to_study(self, study):
-        """Slice plane = the acquisition plane, shown as the image array is (column index to
-        the right, row index down), like report.png."""
+    def orient_to_study(self, study, analysis=None):
+        """The default orientation of the slice view, as short-axis views are read: RV on the
+        left, anterior up. From the RV insertion points when the analysis has them (the anatomy
+        on the image itself), else from the file's patient geometry (the RV lies to the
+        patient's right, +R; anterior is +A), else the acquisition plane as stored (column
+        index right, row index down). The user's quarter turns and mirror (``set_view_turns``)
+        apply on top. The view only: images, labels and numbers never change."""
+        self._base_axes = _default_axes(study, analysis)
+        self._apply_axes(study)
+
+    def set_view_turns(self, study, quarter_turns, mirrored):
+        """Turn the picture clockwise by ``quarter_turns`` x 90 degrees, then mirror it left-right."""
+        self._turns, self._mirrored = int(quarter_turns) % 4, bool(mirrored)
+        self._apply_axes(study)
+
+    def _apply_axes(self, study):
         import vtk
 
-        m = np.asarray(study.ijk_to_ras, float)
-        t = m[:3, 0] / np.linalg.norm(m[:3, 0])
-        j = m[:3, 1] - np.dot(m[:3, 1], t) * t
-        y = -j / np.linalg.norm(j)
-        n = np.cross(t, y)
-        s, r, c = study.images.shape[1:]
-        centre = study.ijk_to_ras_points([((c - 1) / 2, (r - 1) / 2, (s - 1) / 2)])[0]
+        right, up = self._base_axes
+        for _ in range(self._turns):          # the picture turns clockwise: what was up goes right
+            right, up = up, -right
+        if self._mirrored:
+            right = -right
+        normal = np.cross(right, up)          # a mirror views the plane from its other side
+        node = self.slice_node
+        old = node.GetSliceToRAS()
+        centre = [old.GetElement(row, 3) for row in range(3)]
+        if self._axes_study is not study:    # a new study: its centre, not the last one's
+            s, r, c = study.images.shape[1:]
+            centre = study.ijk_to_ras_points([((c - 1) / 2, (r - 1) / 2, (s - 1) / 2)])[0]
+            self._axes_study = study
         slice_to_ras = vtk.vtkMatrix4x4()
         for row in range(3):
-            slice_to_ras.SetElement(row, 0, t[row])
-            slice_to_ras.SetElement(row, 1, y[row])
-            slice_to_ras.SetElement(row, 2, n[row])
-            slice_to_ras.SetElement(row, 3, centre[row])
-        node = self.slice_node
+            slice_to_ras.SetElement(row, 0, right[row])
+            slice_to_ras.SetElement(row, 1, up[row])
+            slice_to_ras.SetElement(row, 2, normal[row])
+            slice_to_ras.SetElement(row, 3, float(centre[row]))
         node.GetSliceToRAS().DeepCopy(slice_to_ras)
         node.UpdateMatrices()
+        self.render()
+
+    def screen_axes(self):
+        """(right, up) of the slice view as RAS unit vectors (tests and the page's hints)."""
+        m = self.slice_node.GetSliceToRAS()
+        return (np.array([m.GetElement(r, 0) for r in range(3)]), np.array([m.GetElement(r, 1) for r in range(3)]))
 
     def fit(self, session=None):
         """The whole field of view. Fitting recentres the slice view on the volume, through the
@@ -318,6 +346,37 @@ class StudyViews:
             out.append({"label": label, "x": float(x) / w, "y": 1.0 - float(y) / h})
         return out
 
+    # ------------------------------------------------------------- placing by clicks
+    def start_placing(self, on_click):
+        """Left clicks in the slice view go to ``on_click(ras)`` (and nowhere else) until
+        ``stop_placing``: the point under the mouse, through the view's own XY->RAS, so any
+        zoom, pan, turn or mirror of the view lands on the right voxel."""
+        import vtk
+
+        self.stop_placing()
+        iren = self.slice_view.interactor()
+
+        def press(caller, _event):
+            x, y = caller.GetEventPosition()
+            ras = self.slice_node.GetXYToRAS().MultiplyPoint([float(x), float(y), 0.0, 1.0])[:3]
+            caller.GetCommand(self._place_observers[0]).SetAbortFlag(1)
+            on_click([float(v) for v in ras])
+
+        def swallow(caller, _event):
+            caller.GetCommand(self._place_observers[1]).SetAbortFlag(1)
+
+        # above Slicer's interactor style and displayable managers
+        self._place_observers = (iren.AddObserver(vtk.vtkCommand.LeftButtonPressEvent, press, 100.0),
+                                 iren.AddObserver(vtk.vtkCommand.LeftButtonReleaseEvent, swallow, 100.0))
+
+    def stop_placing(self):
+        observers = getattr(self, "_place_observers", None)
+        if observers:
+            iren = self.slice_view.interactor()
+            for tag in observers:
+                iren.RemoveObserver(tag)
+        self._place_observers = None
+
     # ------------------------------------------------------------------ segment editor
     def set_tool(self, session, tool, segment, brush_mm):
         """'none' | 'paint' | 'erase' with Slicer's Segment Editor effects, on the
@@ -351,3 +410,43 @@ class StudyViews:
     @property
     def editing_node(self):
         return self._editing[0] if self._editing else None
+
+
+def _unit(v):
+    n = float(np.linalg.norm(v))
+    return None if n < 1e-6 else np.asarray(v, float) / n
+
+
+def _default_axes(study, analysis=None):
+    """(right, up) RAS unit vectors in the acquisition plane for 'RV left, anterior up'."""
+    m = np.asarray(study.ijk_to_ras, float)
+    col, row = _unit(m[:3, 0]), _unit(m[:3, 1])
+    normal = _unit(np.cross(col, row))
+    plane = lambda v: _unit(np.asarray(v, float) - np.dot(v, normal) * normal)   # noqa: E731
+    # as stored: column index right, row index down (report.png's view)
+    right, up = col, plane(-row)
+    rv_dir = anterior_dir = None
+    pts = [p for p in (analysis.insertion if analysis is not None else []) if p.get("anterior_ras") and p.get("inferior_ras")]
+    if pts and analysis.sectors is not None:
+        # the mid slice's points: the septum (towards the RV) bisects the two insertions, the
+        # anterior insertion lies above the inferior one
+        p = pts[len(pts) // 2]
+        k = int(p["slice"])
+        sl = analysis.sectors.slices.get(k)
+        if sl is not None:
+            centre = study.ijk_to_ras_points([(sl.cx, sl.cy, k)])[0]
+            a = _unit(np.asarray(p["anterior_ras"]) - centre)
+            i = _unit(np.asarray(p["inferior_ras"]) - centre)
+            if a is not None and i is not None:
+                rv_dir = plane(a + i)
+                anterior_dir = plane(a - i)
+    if rv_dir is None:
+        # the patient's axes: the RV lies to the right (+R) of the LV, anterior is +A
+        rv_dir, anterior_dir = plane([1.0, 0.0, 0.0]), plane([0.0, 1.0, 0.0])
+        if rv_dir is None or anterior_dir is None or abs(np.dot(rv_dir, anterior_dir)) > 0.9:
+            return right, up
+    left = rv_dir
+    up = plane(anterior_dir - np.dot(anterior_dir, left) * left)
+    if up is None:
+        return right, plane(-row)
+    return -left, up
