@@ -314,6 +314,8 @@ def _study_name(folder):
 
 
 def _pick_series(folder, series, choice, notes=None):
+    """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
+    which series of a folder is read."""
     if not series:
         if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
             raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
@@ -322,19 +324,19 @@ def _pick_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         if len(series) == 1:
-            return next(iter(series.items()))
+            return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
         if stack is not None:
-            return stack
+            return (*stack, None)
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
-            return pair[0], series[pair[0]]
+            return pair[0], series[pair[0]], pair[1]
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: UID, number or description): {listing}")
     c = str(choice).strip()
     for uid, items in series.items():
         ds = items[0][1]
         if c == uid or c == str(ds.get("SeriesNumber", "")) or c.lower() == str(ds.get("SeriesDescription", "")).strip().lower():
-            return uid, items
+            return uid, items, None
     raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")
 
 
@@ -700,11 +702,8 @@ def _check_memory(folder, items):
 
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     picked_notes = []
-    uid, items = _pick_series(folder, all_series, series, picked_notes)
+    uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes)
     _check_memory(folder, items)
-    aif_pair = None
-    if series is None and len(all_series) == 2:
-        aif_pair = pick_main_and_aif(all_series)
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
@@ -856,8 +855,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
-    if aif_pair is not None and aif_pair[0] == uid:
-        prov["aif_series_uid"] = aif_pair[1]
+    if aif_uid is not None:
+        prov["aif_series_uid"] = aif_uid
         prov["timing"]["hint"] = PERFUSION   # only perfusion comes with a dual-sequence AIF series
     if clock == "AcquisitionTime" or timing["kind"] == PERFUSION:
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
