@@ -1229,3 +1229,40 @@ def test_e2e_orientation_turn_and_mirror_change_the_view_only(page):
     page.wait(lambda: (lambda c: c and c["red"] and c["yellow"] and c["yellow"][0] < c["red"][0])(page.colour_centroids()),
               message="RV left again")
     assert page.alert() == ""
+
+
+@e2e
+def test_e2e_contours_on_every_segmented_frame_during_playback(page):
+    """A cine whose every frame is segmented shows contours on every frame, during playback
+    too, not only on ED and ES (issue 13, item 5)."""
+    _open_sample_and_run(page, "Cine phantom", "20 frame(s)")      # labels on all 20 frames
+
+    def lv_pixels():
+        return page.wait(lambda: (lambda c: c if c and c["red"] > 20 and c["green"] > 20 else None)(page.colour_counts()),
+                         message="LV and myocardium contours")["red"]
+    ed = lv_pixels()
+    page.press("frame-es")
+    page.wait(lambda: "ES" in page.el("frame-label").text, message="ES")
+    page.press("frame-next")                                          # frame 9: neither ED nor ES
+    page.wait(lambda: page.el("frame-label").text.startswith("Frame 9 /"), message="frame 9")
+    page.wait(lambda: "frame 9 shows its contours read-only: edits go to frame 1)" in page.el("edit-frame-text").text,
+              message="frame 9 read-only contours")
+    lv_pixels()
+    page.shot("contours-frame-9")
+    page.press("frame-play")
+    seen, counts = set(), []
+    t0 = time.time()
+    while time.time() - t0 < 20 and len(seen) < 6:
+        label = page.el("frame-label").text.split()[1]
+        c = page.colour_counts()
+        if c:
+            counts.append(c["red"])
+            seen.add(label)
+        time.sleep(0.15)
+    page.press("frame-play")
+    page.wait(lambda: page.el("frame-play").text.upper() == "PLAY", message="paused")
+    assert len(seen) >= 6, f"playback showed frames {seen}"
+    # every picture during playback had the LV border, and its length changed with the frame
+    assert min(counts) > 20 and max(counts) > 1.1 * min(counts), counts
+    page.press("frame-ed")
+    page.wait(lambda: abs(lv_pixels() - ed) < 0.05 * ed, message="ED contours again")

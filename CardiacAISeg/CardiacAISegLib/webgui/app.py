@@ -583,7 +583,12 @@ class CardiacWebApp:
         else:
             # Frame numbers for people count from 1 (files keep 0-based where documented).
             t = sess.edit_frame()
-            shown = "" if t == sess.frame else f" (frame {sess.frame + 1} has no segmentation: edits go to frame {t + 1})"
+            if t == sess.frame:
+                shown = ""
+            elif sess.frame in a.labels:      # contours shown for reading; the edited ones are ED/ES
+                shown = f" (frame {sess.frame + 1} shows its contours read-only: edits go to frame {t + 1})"
+            else:
+                shown = f" (frame {sess.frame + 1} has no segmentation: edits go to frame {t + 1})"
             s.edit_frame_text = f"Edits apply to frame {t + 1} {tags.get(t, '')}{shown}".strip()
 
     def _refresh_handles(self):

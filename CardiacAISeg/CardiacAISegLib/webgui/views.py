@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import scene as sc
 from ..labels import SEGMENT_IDS
+from ..study import CINE
 
 # Contour colours on screen: distinct hues at full saturation, readable on a grey MR image
 # (the engine's file colours - warm red, tan, blue - are too alike as thin lines). Display
@@ -65,6 +66,7 @@ class StudyViews:
         self._base_axes = (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))   # default (right, up) in RAS
         self._turns, self._mirrored = 0, False      # the user's quarter turns and mirror on top
         self._axes_study = None
+        self._playback = None          # display-only contours of frames without an output node
         self.editor.set_surface_representation_enabled(True)     # 3D surfaces while editing too
         self.slice_node.AddObserver("ModifiedEvent", self._on_slice_node_modified)
 
@@ -105,6 +107,7 @@ class StudyViews:
         """A study was opened: background volume, short-axis orientation, fit."""
         nodes = session.logic.studyNodes
         self.stop_editing()
+        self.drop_playback()
         if nodes is None:
             self.slice_view.set_background_volume_id(None)
             self.render()
@@ -277,15 +280,27 @@ class StudyViews:
 
     def show_segmentation(self, session):
         """Show the segmentation of the frame on screen (2D and 3D); hide the others.
+        A cine frame segmented but not edited (every frame but ED and ES, when the labels or
+        the run cover them) shows its contours in the slice view through one display-only node,
+        refilled per frame, so playback shows the border moving.
         Insertion handles stay in the slice view only (their labels would clutter 3D)."""
         current = session.segmentation_for_frame()
-        for frame, node in session.segmentation_nodes().items():
+        nodes = list(session.segmentation_nodes().values())
+        a = session.analysis
+        playback = None
+        if current is None and a is not None and a.kind == CINE and session.frame in a.labels:
+            playback = self._playback_node(session)
+        if self._playback is not None:
+            nodes.append(self._playback)
+        for node in nodes:
             display = node.GetDisplayNode()
             if display is None:
                 node.CreateDefaultDisplayNodes()
                 display = node.GetDisplayNode()
-            visible = node is current
+            visible = node is current or node is playback
             display.SetVisibility(visible)
+            if node is playback:
+                display.SetVisibility3D(False)       # a surface per frame would be too slow for playback
             if visible:
                 # Lines show the border the user judges; a fill (optional) would hide it.
                 display.SetVisibility2DOutline(True)
@@ -296,7 +311,7 @@ class StudyViews:
                 for segment_id, colour in CONTOUR_COLOURS.items():
                     if node.GetSegmentation().GetSegment(segment_id) is not None:
                         display.SetSegmentOverrideColor(segment_id, *colour)
-                if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
+                if node is not playback and not node.GetSegmentation().ContainsRepresentation("Closed surface"):
                     node.CreateClosedSurfaceRepresentation()
         markups = session.markups_node()
         if markups is not None:
@@ -313,6 +328,28 @@ class StudyViews:
                     text.SetBackgroundOpacity(0.6)
             self.slice_view.set_visible_in_3d(True)
         self.render()
+
+    def _playback_node(self, session):
+        """The display-only segmentation node, filled with the labels of the frame on screen."""
+        from ..logic import fill_segmentation
+
+        a = session.analysis
+        node = self._playback
+        if node is None or node.GetScene() is not self.context.scene:
+            volume = session.logic.studyNodes.volume if session.logic.studyNodes else None
+            node = sc.add_segmentation(self.context, a.labels[session.frame], a.study.ijk_to_ras, volume,
+                                       name="frame contours (display only)")
+            node.SetHideFromEditors(True)
+            self._playback = node
+        else:
+            fill_segmentation(node, a.labels[session.frame], a.study.ijk_to_ras)
+        return node
+
+    def drop_playback(self):
+        """A study closes: its display-only contour node goes with it."""
+        node, self._playback = self._playback, None
+        if node is not None and node.GetScene() is not None:
+            node.GetScene().RemoveNode(node)
 
     # ------------------------------------------------------------- handles on screen
     def handle_positions(self, session):
