@@ -34,13 +34,20 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
     return analysis, analysis.model_info, dict(analysis.timing_s)
 
 
-def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None):
-    """Every output of ``analysis`` into ``out_dir`` (``outputs.write_outputs``), its scene built by
-    the Slicer Logic (``logic.build_output_scene``); returns {name: path}."""
-    from .logic import build_output_scene
+def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
+                  scene=False):
+    """Every output of ``analysis`` into ``out_dir`` (``outputs.write_outputs``); returns {name: path}.
+
+    ``scene``: also scene.mrb, built by the Slicer Logic (``logic.build_output_scene``). Only then
+    are the Logic and slicer-core imported (about 1 s of a 1.5 s run otherwise spent for a file
+    a batch or a pipeline rarely opens).
+    """
+    scene_builder = None
+    if scene:
+        from .logic import build_output_scene as scene_builder
 
     return _write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress,
-                          scene_builder=build_output_scene)
+                          scene_builder=scene_builder)
 
 
 def _load_with_labels(path, labels, **options):
@@ -58,8 +65,8 @@ def _load_with_labels(path, labels, **options):
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
-        kind=None, device=None, progress=None, units=None, bullseye="mbf"):
-    """`cardiacaiseg analyze`: returns (Analysis, {output name: path})."""
+        kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False):
+    """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb."""
     check_outputs(out_dir, force)
     if density is None or not DENSITY_RANGE_G_ML[0] <= density <= DENSITY_RANGE_G_ML[1]:
         # it scales LV mass and MBF: 10.5 for 1.05 is a factor of ten nobody would see
@@ -98,5 +105,5 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     analysis.warnings += unused
     timing.update(t)
-    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress)
+    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene)
     return analysis, paths

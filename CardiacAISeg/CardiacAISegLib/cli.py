@@ -18,7 +18,8 @@ def _analyze(args):
     analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
                           force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
                           rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
-                          kind=args.kind, units=args.units, device=args.device, bullseye=args.bullseye, progress=tqdm_progress("analyze", disable=args.quiet))
+                          kind=args.kind, units=args.units, device=args.device, bullseye=args.bullseye, scene=args.scene,
+                          progress=None if args.quiet else tqdm_progress("analyze"))   # --quiet: no tqdm import
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
@@ -48,7 +49,7 @@ def _batch(args):
 
     if args.workers is not None and args.workers < 1:
         raise CardiacInputError("--workers", f"{args.workers}: give at least 1 worker")
-    defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind)) if v}
+    defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind), ("scene", args.scene)) if v}
     specs = load_cohort(args.input, defaults, exclude=[args.out])
     run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
                      frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet)
@@ -157,6 +158,8 @@ def build_parser():
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
     a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")
+    a.add_argument("--scene", action="store_true",
+                   help="also write scene.mrb (the analysis as a Slicer scene; needs slicer-core, about 1 s more)")
     a.add_argument("--bullseye", default="mbf", choices=["mbf", "relative_upslope"],
                    help="perfusion bullseye and report: MBF, or relative upslope (semi-quantitative, no calibration)")
     a.add_argument("--strict", action="store_true",
@@ -178,6 +181,7 @@ def build_parser():
     b.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
     b.add_argument("--resume", action="store_true", help="keep studies whose outputs are complete, run the rest")
     b.add_argument("--force", action="store_true", help="run every study again, replacing its outputs")
+    b.add_argument("--scene", action="store_true", help="also write each study's scene.mrb (as analyze --scene)")
     b.add_argument("--strict", action="store_true", help=f"exit with status {QC_REVIEW_EXIT} when any study is not ok (QC review or error)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_batch)

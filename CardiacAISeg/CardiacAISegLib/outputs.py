@@ -23,7 +23,14 @@ from pathlib import Path
 
 from .errors import CardiacInputError, OutputExistsError, OutputLockedError
 
-OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png", "scene.mrb")
+# every run writes these; segmentation_es.seg.nrrd when the study has an ES frame of its own, and
+# scene.mrb only when a scene builder is given (`analyze --scene`, the Slicer module, the web GUI)
+OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png")
+ES_SEGMENTATION = "segmentation_es.seg.nrrd"
+SCENE_FILE = "scene.mrb"
+# what a run replaces: an old scene.mrb goes too when a run writes none, so no folder holds a scene
+# of one run beside the results of another
+REPLACED_FILES = OUTPUT_FILES + (ES_SEGMENTATION, SCENE_FILE)
 LOCK_NAME = ".cardiacaiseg.lock"
 STAGE_PREFIX = ".cardiacaiseg-"
 
@@ -320,7 +327,7 @@ def check_outputs(out_dir, force=False):
     blocker = first_non_folder_parent(out_dir)
     if not out_dir.exists() and blocker is not None:
         raise CardiacInputError(out_dir, f"cannot create output folder: {blocker} is not a folder")
-    names = OUTPUT_FILES + ("segmentation_es.seg.nrrd",)
+    names = REPLACED_FILES
     folders = [n for n in names if (out_dir / n).is_dir()]
     if folders:  # --force replaces output files, never a folder that may hold the user's data
         raise CardiacInputError(out_dir / folders[0], "is a folder where an output file goes; move it away or choose another --out")
@@ -333,14 +340,17 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
                   scene_builder=None):
     """Write every output of ``analysis`` into ``out_dir``; returns {name: path}.
 
-    ``scene_builder(analysis)`` -> (scene context, {output file name: storable node}) builds the
-    one scene of the run: the Slicer Logic's node builder (``logic.build_output_scene``), passed in
-    so that this module needs neither the Logic nor the pipeline.
+    results.json/.csv, report.png and the seg.nrrd files (``seg_nrrd``, no Slicer needed) always;
+    scene.mrb only when ``scene_builder`` is given: ``scene_builder(analysis)`` -> (scene context,
+    {output file name: storable node}) builds the one scene of the run, the Slicer Logic's node
+    builder (``logic.build_output_scene``), passed in so that this module needs neither the Logic
+    nor the pipeline, and slicer-core is imported only by runs that write a scene.
 
     Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
     staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
-    new outputs or all old ones. SIGINT/SIGTERM are held while the writers run and honoured
-    between them; the staging folder (and an output folder this call created) goes on any failure.
+    new outputs or all old ones (an old scene.mrb goes even when this run writes none).
+    SIGINT/SIGTERM are held while the writers run and honoured between them; the staging folder
+    (and an output folder this call created) goes on any failure.
     """
     import tempfile
 
@@ -360,7 +370,7 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
                 try:
                     _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder)
                     checkpoint()
-                    paths = replace_outputs(stage, out_dir, OUTPUT_FILES + ("segmentation_es.seg.nrrd",))
+                    paths = replace_outputs(stage, out_dir, REPLACED_FILES)
                 finally:
                     shutil.rmtree(stage, ignore_errors=True)
         except BaseException:
@@ -370,27 +380,50 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
     return paths
 
 
+def segmentation_frames(analysis):
+    """{seg.nrrd file name: frame} of an analysis: the reference frame (ED for cine), and the ES
+    frame when it has labels of its own; the frames the Logic shows as its output segmentations
+    (``CardiacAISegLogic.updateNodes``; test_outputs_seg_nrrd checks that the two agree)."""
+    ref = analysis.reference_frame
+    frames = {"segmentation.seg.nrrd": ref}
+    es = (analysis.cine or {}).get("es_frame")
+    if es is not None and es != ref and es in analysis.labels:
+        frames[ES_SEGMENTATION] = es
+    return frames
+
+
 def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder):
     import time
 
-    from . import report, scene as sc
+    from . import report
     from .results import results_csv_text, results_document, results_json_text
+    from .seg_nrrd import write_seg_nrrd
 
     t0 = time.perf_counter()
     steps = 5
-    progress(0, steps, "building the scene")
-    ctx, storables = scene_builder(analysis)
+    timing = dict(timing or {})
+    progress(0, steps, "writing segmentations")
+    for name, frame in segmentation_frames(analysis).items():
+        write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True)
     checkpoint()
+    t1 = time.perf_counter()
     progress(1, steps, "writing report")
     report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
     checkpoint()
-    progress(2, steps, "writing scene")
-    sc.write_mrb(ctx, stage / "scene.mrb", overwrite=True)
-    for name, node in storables.items():
-        sc.write_node(node, stage / name, overwrite=True)
-    checkpoint()
+    t2 = time.perf_counter()
+    if scene_builder is not None:
+        from . import scene as sc
+
+        progress(2, steps, "writing scene")
+        ctx, _ = scene_builder(analysis)   # its seg.nrrd nodes hold the same label maps as the files above
+        checkpoint()
+        sc.write_mrb(ctx, stage / SCENE_FILE, overwrite=True)
+        checkpoint()
+        timing["writing_scene"] = time.perf_counter() - t2
     progress(3, steps, "writing results")
-    timing = dict(timing or {})
+    # the writing steps, so a slow one shows in results.json (issue 14 measures each)
+    timing["writing_segmentation"] = t1 - t0
+    timing["writing_report"] = t2 - t1
     timing["writing"] = time.perf_counter() - t0
     doc = results_document(analysis, input_path, model_info, timing)
     (stage / "results.json").write_text(results_json_text(doc))

@@ -25,6 +25,9 @@ TITLE_IN = 0.6
 FRAME_ROW_IN = 4.0
 BOTTOM_ROW_IN = 4.6
 DPI = 100
+# zlib level of report.png: 1 encodes a 1200x1320 report in half the time of PIL's default 6
+# (45 vs 90 ms CPU, issue 14) for a file about 7 % larger
+PNG_COMPRESS_LEVEL = 1
 
 # (inner, outer) radius of each ring: basal outside, apical inside, as looked at from the apex.
 RINGS = {"basal": (2 / 3, 1.0), "mid": (1 / 3, 2 / 3), "apical": (0.0, 1 / 3)}
@@ -444,5 +447,5 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
                               study, volume_curve)
 
     with atomic_output(path, overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path

@@ -2,7 +2,7 @@
 
 With the true label maps the pipeline must reproduce the voxel-count truth of the phantoms
 exactly, the published ACDC reference volumes, and MBF per AHA segment within 3 %; the
-outputs (results.json / .csv, segmentation.seg.nrrd, scene.mrb, report.png) must load back
+outputs (results.json / .csv, segmentation.seg.nrrd, scene.mrb with --scene, report.png) must load back
 with the same content. ``cli.main`` runs in-process (importing slicer once); one test runs
 the installed console script in a subprocess.
 """
@@ -54,7 +54,7 @@ def cine(tmp_path_factory):
     root = tmp_path_factory.mktemp("cine")
     ph, out = root / "phantom", root / "out"
     _cli("phantom", "--kind", "cine", "--out", ph)
-    _cli("analyze", ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--out", out, "--quiet")
+    _cli("analyze", ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--out", out, "--quiet", "--scene")
     meta = json.loads((ph / "truth.json").read_text())
     return {"phantom": ph, "out": out, "truth": meta["truth"], "meta": meta,
             "results": json.loads((out / "results.json").read_text())}
@@ -256,8 +256,8 @@ def test_perfusion_schema(perfusion):
     assert p["segments"][1]["name"] == "basal anteroseptal" and p["segments"][1]["territory"] == "LAD"
     assert [i["slice"] for i in r["rv_insertion"]] == [0, 1, 2]
     assert {"load", "mbf_map", "measures", "writing"} <= set(r["timing_s"])
-    assert sorted(os.listdir(perfusion["out"])) == ["report.png", "results.csv", "results.json", "scene.mrb",
-                                                    "segmentation.seg.nrrd"]
+    # no --scene: no scene.mrb (and no slicer-core in the run)
+    assert sorted(os.listdir(perfusion["out"])) == ["report.png", "results.csv", "results.json", "segmentation.seg.nrrd"]
 
 
 def test_perfusion_segment_mbf_within_3_percent(perfusion):
@@ -307,7 +307,7 @@ def test_same_input_gives_the_same_bytes(cine, tmp_path):
     for name in ("first", "second"):
         out = tmp_path / name
         subprocess.run([sys.executable, "-m", "CardiacAISegLib.cli", "analyze", str(cine["phantom"] / "cine.nii.gz"),
-                        "--labels", str(cine["phantom"] / "cine_labels.nii.gz"), "--out", str(out), "--quiet"],
+                        "--labels", str(cine["phantom"] / "cine_labels.nii.gz"), "--out", str(out), "--quiet", "--scene"],
                        check=True, capture_output=True)
         runs.append(out)
     for name in ("segmentation.seg.nrrd", "segmentation_es.seg.nrrd", "report.png", "results.csv", "scene.mrb"):
@@ -328,10 +328,10 @@ def test_saved_scene_reopens_as_the_live_analysis(tmp_path, kind):
     ph, out = tmp_path / "ph", tmp_path / "out"
     write_phantom(kind, ph, seed=4, **({"n_frames": 40} if kind == "perfusion" else {}))
     if kind == "cine":
-        _cli("analyze", ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--out", out, "--quiet")
+        _cli("analyze", ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--out", out, "--quiet", "--scene")
     else:
         _cli("analyze", ph / "perfusion.nii.gz", "--aif", ph / "aif.csv", "--labels", ph / "perfusion_labels.nii.gz",
-             "--out", out, "--quiet")
+             "--out", out, "--quiet", "--scene")
     saved = json.loads((out / "results.json").read_text())
     logic = CardiacAISegLogic(scene.read_mrb(out / "scene.mrb"))
     a = logic.restoreFromParameterNode()

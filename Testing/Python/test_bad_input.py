@@ -454,6 +454,6 @@ def test_writer_failure_leaves_nothing_half_written(tmp_path, capsys, small_cine
     if existing:
         out.mkdir()
         (out / "keep.txt").write_text("x")
-    expect_failure(capsys, [small_cine / "cine.nii.gz", "--labels", small_cine / "cine_labels.nii.gz"], out,
+    expect_failure(capsys, [small_cine / "cine.nii.gz", "--labels", small_cine / "cine_labels.nii.gz", "--scene"], out,
                    "scene.mrb", "No space left on device", code=1)
     assert (os.listdir(out) == ["keep.txt"]) if existing else not out.exists()

@@ -279,7 +279,7 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
         w1 = worker("w1")
         procs.append(w1)
         batch_cmd = [sys.executable, "-m", "CardiacAISegLib.cli", "batch", str(manifest), "--out", str(out),
-                     "--scheduler", address, "--quiet"]
+                     "--scheduler", address, "--quiet", "--scene"]   # --scene: each study's scene.mrb too
         first = subprocess.Popen(batch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         procs.append(first)
         rows_on_disk = lambda: [p.parent.name for p in out.glob(f"*/{ROW_FILE}")]  # noqa: E731

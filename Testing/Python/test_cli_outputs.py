@@ -1,0 +1,142 @@
+"""`cardiacaiseg analyze` outputs with and without ``--scene`` (issue 14): without it the run writes
+results, segmentations and report without importing slicer-core, VTK or torch; with it scene.mrb
+comes from the Logic's scene and reopens. All-or-nothing replacement holds for both."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from CardiacAISegLib import cli, outputs
+from CardiacAISegLib.phantom import write_phantom
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "CardiacAISeg" / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es" / "dicom"
+HEAVY = ("slicer", "vtk", "torch")
+# runs cli.main in a fresh interpreter and prints which heavy packages it imported, at exit
+PROBE = ("import json, sys\nfrom CardiacAISegLib import cli\nrc = cli.main(sys.argv[1:])\n"
+         f"print('IMPORTED ' + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\nsys.exit(rc)\n")
+
+
+def _probe(*argv):
+    env = {k: v for k, v in os.environ.items() if k != "CARDIACAISEG_RUNTIME"}   # the default runtime choice
+    proc = subprocess.run([sys.executable, "-c", PROBE, *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("IMPORTED ")][-1]
+    return json.loads(line[len("IMPORTED "):]), proc
+
+
+@pytest.fixture(scope="module")
+def sample_runs(tmp_path_factory):
+    if not SAMPLE.is_dir():
+        pytest.skip(f"shipped sample not found at {SAMPLE}")
+    root = tmp_path_factory.mktemp("sample")
+    plain = _probe("analyze", SAMPLE, "--out", root / "plain", "--quiet")
+    with_scene = _probe("analyze", SAMPLE, "--out", root / "scene", "--quiet", "--scene")
+    return {"plain": (root / "plain", *plain), "scene": (root / "scene", *with_scene)}
+
+
+def test_default_run_imports_no_slicer_vtk_or_torch(sample_runs):
+    out, imported, proc = sample_runs["plain"]
+    assert imported == [], f"`cardiacaiseg analyze` without --scene imported {imported}"
+    assert sorted(os.listdir(out)) == ["report.png", "results.csv", "results.json",
+                                       "segmentation.seg.nrrd", "segmentation_es.seg.nrrd"]
+    timing = json.loads((out / "results.json").read_text())["timing_s"]
+    assert {"writing_segmentation", "writing_report", "writing"} <= set(timing) and "writing_scene" not in timing
+    # results.json rounds to 0.1 ms
+    assert timing["writing"] >= timing["writing_segmentation"] + timing["writing_report"] - 2e-4
+
+
+def test_scene_run_writes_a_scene_that_reopens_with_the_same_segmentation(sample_runs):
+    pytest.importorskip("slicer")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.seg_nrrd import read_seg_nrrd
+
+    plain, scene_out = sample_runs["plain"][0], sample_runs["scene"][0]
+    assert "slicer" in sample_runs["scene"][1]
+    assert sorted(os.listdir(scene_out)) == sorted(os.listdir(plain) + ["scene.mrb"])
+    timing = json.loads((scene_out / "results.json").read_text())["timing_s"]
+    assert timing["writing_scene"] > 0
+    # the same network output both times: same files apart from timing
+    for name in ("segmentation.seg.nrrd", "segmentation_es.seg.nrrd", "results.csv"):
+        assert (plain / name).read_bytes() == (scene_out / name).read_bytes(), name
+    ctx = sc.read_mrb(scene_out / "scene.mrb")
+    nodes = {n.GetName(): n for n in sc.nodes_by_class(ctx, "vtkMRMLSegmentationNode")}
+    assert len(nodes) == 2
+    labels, _, _ = read_seg_nrrd(plain / "segmentation.seg.nrrd")
+    (ed,) = [n for name, n in nodes.items() if name.endswith(" ED")]
+    import numpy as np
+    np.testing.assert_array_equal(sc.labelmap_from_segmentation(ed, *sc.segmentation_geometry(ed)), labels)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    ph = tmp_path_factory.mktemp("phantom")
+    write_phantom("cine", ph, seed=2, n_frames=6, n_slices=5, size=64)
+    return [ph / "cine.nii.gz", "--labels", ph / "cine_labels.nii.gz", "--quiet"]
+
+
+def _analyze(args, out, *extra):
+    return cli.main(["analyze", *map(str, args), "--out", str(out), *extra])
+
+
+def test_old_scene_needs_force_and_goes_with_a_run_without_scene(phantom, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _analyze(phantom, out, "--scene") == 0
+    assert (out / "scene.mrb").is_file()
+    capsys.readouterr()
+    assert _analyze(phantom, out) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite" in err and "scene.mrb" in err and "--force" in err
+    # replaced: the scene of the old run does not stay beside the results of the new one
+    assert _analyze(phantom, out, "--force") == 0
+    assert "scene.mrb" not in os.listdir(out)
+    assert set(os.listdir(out)) == set(outputs.OUTPUT_FILES) | {"segmentation_es.seg.nrrd"}
+
+
+def test_failed_writer_without_scene_keeps_the_old_outputs(phantom, tmp_path, capsys, monkeypatch):
+    """The report fails after the segmentations were staged: old outputs (scene.mrb included)
+    stay as they were, byte for byte, and no staging folder is left."""
+    from CardiacAISegLib import report
+
+    out = tmp_path / "out"
+    assert _analyze(phantom, out, "--scene") == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+    def broken_report(path, analysis, overwrite=False):
+        raise OSError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(report, "write_analysis_report", broken_report)
+    capsys.readouterr()
+    assert _analyze(phantom, out, "--force") == 1
+    err = capsys.readouterr().err
+    assert "report.png: No space left on device" in err and "Traceback" not in err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+
+
+def test_batch_scene_reaches_each_study(phantom, tmp_path, monkeypatch):
+    """`batch --scene` gives every study analyze's --scene (the cohort's studies run analyze.run)."""
+    from CardiacAISegLib import cohort
+
+    image, _, labels, _ = phantom
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"path,labels\n{image},{labels}\n")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_cohort(specs, out_root, **kwargs):
+        seen["specs"], seen["out"] = specs, out_root
+        raise Stop
+
+    monkeypatch.setattr(cohort, "run_cohort", fake_run_cohort)
+    for extra, scene in (((), False), (("--scene",), True)):
+        assert cli.main(["batch", str(manifest), "--out", str(tmp_path / "cohort"), "--quiet", *extra]) == 1
+        assert [bool(s.options.get("scene")) for s in seen["specs"]] == [scene]
+    row = cohort.run_study(seen["specs"][0], seen["out"])
+    assert row["status"] in ("ok", "qc-review"), row
+    assert (Path(seen["out"]) / seen["specs"][0].study / "scene.mrb").is_file()
