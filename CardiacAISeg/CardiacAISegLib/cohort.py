@@ -28,12 +28,12 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
+from .cohort_report import REF_PREFIX
 from .errors import CardiacInputError
 
 ROW_FILE = "cohort_row.json"
 TABLE_CSV, TABLE_PARQUET, REPORT_PNG = "cohort.csv", "cohort.parquet", "cohort_report.png"
 STATUS_OK, STATUS_REVIEW, STATUS_ERROR = "ok", "qc-review", "error"
-REF_PREFIX = "ref_"   # manifest column ref_<measure key>: a reference value (manual, another method)
 
 # manifest columns the pipeline reads; any other column is carried into the table unchanged
 PATH_COLUMNS = ("path", "input")

@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from .agreement import bland_altman
+from .measures import MEASURES
 
-DISTRIBUTIONS = (("lv_ef_pct", "LV EF (%)"), ("lv_edv_ml", "LV EDV (mL)"), ("lv_mass_g", "LV mass (g)"))
-REF_PREFIX = "ref_"
+REF_PREFIX = "ref_"   # manifest column ref_<measure key>: a reference value (manual, another method)
+
+
+def _axis_label(key):
+    title, unit, _ = MEASURES[key]
+    return f"{title} ({unit})" if unit else title
+
+
+DISTRIBUTIONS = tuple((key, _axis_label(key)) for key in ("lv_ef_pct", "lv_edv_ml", "lv_mass_g"))
 
 
 def _values(rows, key):
