@@ -353,6 +353,19 @@ def test_default_orientation_rv_left_anterior_up(tmp_path):
     assert np.dot(right, [1.0, 0, 0]) <= 1e-9 and np.dot(up, [0, 1.0, 0]) >= -1e-9
 
 
+def test_progress_bar_is_one_monotonic_run():
+    """The engine's stages report their own done/total (the Logic 0..3, the network per frame,
+    the measures): the page's bar maps them onto one run that never goes back (issue 13, item 7)."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    steps = [(0, 3, "segmenting"), (0, 2, "segmenting frame 1/20"), (1, 2, "segmenting frame 8/20"),
+             (2, 2, "segmentation done"), (1, 3, "measuring"), (2, 3, "motion correction"), (3, 3, "done")]
+    bar = [CardiacWebApp.overall_percent(*step) for step in steps]
+    assert bar == sorted(bar) and bar[0] == 0 and bar[-1] == 100
+    assert 0 < bar[2] < bar[3] <= CardiacWebApp.SEGMENTING_SHARE
+
+
 # ---------------------------------------------------------------------------- end to end
 def _e2e_missing():
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -1093,15 +1106,40 @@ def test_e2e_model_run_and_cancel(page, gui_server, monkeypatch):
     kept = page.wait(lambda: page.values().get("LV EDV") and page.values(), message="results")
     page.choose("model-select", "slow-test")
     page.wait(lambda: "licence test" in page.el("model-summary").text, message="model card summary")
-    page.click("run-btn")
-    page.wait(lambda: "segmenting frame 2/" in page.el("progress-text").text, message="progress of the network")
+    # What the page shows, recorded in the page itself: every value the bar takes, and the
+    # times of the Cancel click and of the "Cancelled" message.
+    page.d.execute_script("""
+        window.__bar = []; window.__cancelAt = null; window.__cancelledAt = null;
+        const bar = document.getElementById('run-progress');
+        new MutationObserver(() => window.__bar.push(Number(bar.getAttribute('aria-valuenow') || 0)))
+            .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+        document.getElementById('cancel-btn').addEventListener('mousedown', () => { window.__cancelAt = performance.now(); }, true);
+        new MutationObserver(() => {
+            const a = document.getElementById('error-alert');
+            if (window.__cancelAt && !window.__cancelledAt && a && a.textContent.includes('Cancelled')) window.__cancelledAt = performance.now();
+        }).observe(document.body, {childList: true, subtree: true, characterData: true});""")
+    page.press("run-btn")
+    page.wait(lambda: "segmenting frame 2/" in page.el("progress-text").text, timeout=120, message="progress of the network")
     assert 0 < float(page.el("run-progress").get_attribute("aria-valuenow") or 0) < 100
     page.shot("network-running")
-    page.click("cancel-btn")
+    page.press("cancel-btn")
     assert page.wait(page.alert, timeout=60, message="cancel message").startswith("Cancelled")
+    took_ms = page.wait(lambda: page.d.execute_script("return window.__cancelledAt && window.__cancelledAt - window.__cancelAt"),
+                        message="cancel timing")
+    print(f"\nCancel -> 'Cancelled' in the page: {took_ms:.0f} ms")
+    assert took_ms < 1000, f"Cancel took {took_ms:.0f} ms to show"
+    assert page.values() == kept                        # at once: the previous results are on the page
+    assert page.el("cancel-btn").get_attribute("disabled") is not None or "v-btn--disabled" in page.el("cancel-btn").get_attribute("class")
+    bar = page.d.execute_script("return window.__bar")
+    during = []                        # the bar until Cancel puts it back to 0
+    for value in bar:
+        if during and value == 0 and max(during) > 0:
+            break
+        during.append(value)
+    assert max(during) > 0 and during == sorted(during), f"progress went back: {bar}"
     page.wait(lambda: page.el("run-btn").is_enabled() and "v-btn--disabled" not in page.el("run-btn").get_attribute("class"),
-              message="run enabled again")
-    assert page.values() == kept
+              timeout=120, message="run enabled again once the network has stopped")
+    assert page.values() == kept and page.alert().startswith("Cancelled")
     page.shot("cancelled")
 
 
@@ -1266,3 +1304,26 @@ def test_e2e_contours_on_every_segmented_frame_during_playback(page):
     assert min(counts) > 20 and max(counts) > 1.1 * min(counts), counts
     page.press("frame-ed")
     page.wait(lambda: abs(lv_pixels() - ed) < 0.05 * ed, message="ED contours again")
+
+
+@e2e
+def test_e2e_busy_while_opening_clears_the_last_error(page):
+    """Opening a study shows a busy bar at once and clears the previous error; the study then
+    opens (issue 13, item 7)."""
+    page.type("study-path", "truth.json")
+    page.press("open-btn")
+    page.wait(lambda: "truth.json" in page.alert(), message="an error to clear")
+    page.d.execute_script("""
+        window.__busy = null;
+        new MutationObserver(() => {
+            if (window.__busy === null && document.getElementById('opening-progress'))
+                window.__busy = {error: !!document.getElementById('error-alert')};
+        }).observe(document.body, {childList: true, subtree: true});""")
+    page.choose("sample-select", "Perfusion phantom")
+    page.press("open-sample-btn")
+    page.wait(lambda: "perfusion - perfusion" in page.el("study-line").text and "Opened the sample" in page.alert("info"),
+              timeout=60, message="perfusion sample opened")
+    busy = page.d.execute_script("return window.__busy")
+    assert busy is not None, "no busy bar while the study opened"
+    assert busy["error"] is False, "the previous error stayed while opening"
+    assert not page.all("#opening-progress") and page.alert() == ""

@@ -65,7 +65,7 @@ class CardiacWebApp:
             "qc_status": "", "qc_flags": [], "contour_fill": False, "bullseye_fit": False,
             "bullseye_measure": self.session.bullseye_measure, "bullseye_title": "", "bullseye_choice": False,
             "bullseye_measures": [{"title": t, "value": k} for k, t in BULLSEYE_MEASURES.items()],
-            "placing": "", "can_place": False, "view_turns": 0, "view_mirrored": False,
+            "placing": "", "can_place": False, "opening": False, "stopping": False, "view_turns": 0, "view_mirrored": False,
             "show_3d": True, "playing": False, "play_fps": 8, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
@@ -119,6 +119,9 @@ class CardiacWebApp:
         if self.state.running and fn not in (self._on_frame, self._on_slice, self._step, self._goto_frame_tag):
             self.state.error_message = "Busy: the segmentation is running (Cancel stops it)."
             return None
+        if self.state.opening:
+            self.state.error_message = "Busy: a study is being opened."
+            return None
         self._updating = True
         try:
             result = fn(*args)
@@ -144,20 +147,57 @@ class CardiacWebApp:
         self.state.data_truncated = truncated
 
     def _open_sample(self):
-        self.session.open_sample(self.state.sample_id)
-        self._study_opened(f"Opened the sample: {SAMPLES[self.state.sample_id]}")
+        sample = self.state.sample_id
+        self._open_in_background(self.session.read_sample, (sample,), f"Opened the sample: {SAMPLES.get(sample, sample)}",
+                                 f"Opening the sample {SAMPLES.get(sample, sample)}...")
 
     def _open_study(self):
         s = self.state
-        self.session.open_path(s.study_path, labels=s.labels_path or None, aif=s.aif_path or None, dt=s.dt_text or None)
-        self._study_opened(f"Opened {self.session.source}")
+        self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
+                                                          s.dt_text or None), None, f"Opening {s.study_path}...")
 
     def open_initial(self, study, labels=None):
-        """The study named on the command line (errors go to the page and are returned)."""
-        self.state.study_path = str(study)
-        self.state.labels_path = str(labels or "")
-        self._guard(self._open_study)
+        """The study named on the command line, before the server runs (errors go to the page
+        and are returned)."""
+        s = self.state
+        s.study_path, s.labels_path = str(study), str(labels or "")
+
+        def now():
+            self.session.adopt(self.session.read_path(s.study_path, s.labels_path or None))
+            self._study_opened(f"Opened {self.session.source}")
+        self._guard(now)
         return self.state.error_message
+
+    def _open_in_background(self, read, args, message, busy_text):
+        """Read the files in a worker thread while the page shows that it is busy (the last
+        error is cleared at once); the scene nodes are made back on the server's thread."""
+        from trame_server.utils.asynchronous import create_task
+
+        s = self.state
+        s.opening, s.error_message, s.info_message = True, "", busy_text
+        create_task(self._open_async(read, args, message))
+
+    async def _open_async(self, read, args, message):
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(None, read, *args)
+        except Exception as e:  # noqa: BLE001 - the page says what happened
+            with self.state:
+                self.state.opening = False
+                self.state.info_message = ""
+                if isinstance(e, EXPECTED):
+                    self.state.error_message = str(e)
+                else:
+                    log.exception("opening failed")
+                    self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+            return
+        with self.state:
+            self.state.opening = False
+
+            def adopt():
+                self.session.adopt(loaded)
+                self._study_opened(message or f"Opened {self.session.source}")
+            self._guard(adopt)
 
     def _study_opened(self, message):
         sess = self.session
@@ -195,11 +235,14 @@ class CardiacWebApp:
         sess = self.session
         sess.require_study()
         s = self.state
+        if s.stopping:
+            raise CardiacInputError("Run", "the cancelled run is still stopping (at its next step); try again in a moment")
         if not s.model and not sess.model_choices():
             # Nothing to run: the engine's own "no <kind> model is installed" error (raised
             # before any work, since the registry has no model for this kind).
             sess.compute(None)
-        self._progress = Progress(self._progress_from_thread)
+        progress = Progress(lambda done, total, message: self._progress_from_thread(progress, done, total, message))
+        self._progress = progress
         s.running, s.progress, s.progress_text = True, 0, "starting"
         s.info_message = ""
         from trame_server.utils.asynchronous import create_task
@@ -213,21 +256,27 @@ class CardiacWebApp:
             # The worker thread gets plain values only: MRML stays on this thread.
             result = await loop.run_in_executor(None, self.session.compute, model, progress, density)
             with self.state:
+                if progress.cancelled:
+                    return          # cancelled while finishing: the page already said so; results kept
                 self.state.running = False
                 self._guard(self._apply_result, result)
         except Exception as e:  # noqa: BLE001
             with self.state:
-                if isinstance(e, EXPECTED):
-                    self.state.error_message = (f"Cancelled: {e} - the previous results are kept"
-                                                if isinstance(e, CancelledError) else str(e))
+                if progress.cancelled or isinstance(e, CancelledError):
+                    if not progress.cancelled:      # (the engine cancelled by itself)
+                        self.state.error_message = f"Cancelled: {e} - the previous results are kept"
+                elif isinstance(e, EXPECTED):
+                    self.state.error_message = str(e)
                 else:
                     log.exception("segmentation failed")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
         finally:
             with self.state:
                 self.state.running = False
+                self.state.stopping = False
                 self.state.progress_text = ""
-            self._progress = None
+            if self._progress is progress:
+                self._progress = None
 
     def _apply_result(self, result):
         self._stop_placing()
@@ -246,21 +295,50 @@ class CardiacWebApp:
         if a.warnings:
             self.state.info_message += f" ({len(a.warnings)} warning(s) below the table)"
 
-    def _progress_from_thread(self, done, total, message):
+    # The run's steps as parts of one bar: the network's frames/slices, then the measures.
+    SEGMENTING_SHARE = 85.0
+
+    @classmethod
+    def overall_percent(cls, done, total, message):
+        """Percent of the whole run for one engine step: its stages report their own
+        ``done/total`` (the Logic 0..3, the network per frame or slice, the measures)."""
+        frac = min(max(float(done) / max(float(total), 1.0), 0.0), 1.0)
+        text = (message or "").lower()
+        if text.startswith(("segmenting frame", "segmenting slice", "segmentation done")):
+            return cls.SEGMENTING_SHARE * frac
+        if text.startswith("segmenting"):
+            return 0.0
+        if text.startswith("measuring"):
+            return cls.SEGMENTING_SHARE
+        return cls.SEGMENTING_SHARE + (100.0 - cls.SEGMENTING_SHARE) * frac
+
+    def _progress_from_thread(self, progress, done, total, message):
         loop = getattr(self, "_loop", None)
-        if loop is None:
+        if loop is None or progress.cancelled:
             return
+        percent = self.overall_percent(done, total, message)
 
         def update():
+            if progress is not self._progress or progress.cancelled:
+                return          # a cancelled run's late steps leave the page alone
             with self.state:
-                self.state.progress = round(100.0 * done / max(total, 1))
+                # one bar for the whole run, never going back
+                self.state.progress = max(int(self.state.progress or 0), round(percent))
                 self.state.progress_text = message
         loop.call_soon_threadsafe(update)
 
     def cancel(self):
-        if self._progress is not None:
-            self._progress.cancel()
-            self.state.progress_text = "cancelling..."
+        """Cancel answers at once: the page is free again with the previous results, and the
+        engine stops at its next step in the background (Run waits for that)."""
+        progress = self._progress
+        if progress is None or progress.cancelled:
+            return
+        progress.cancel()
+        s = self.state
+        s.running, s.stopping = False, True
+        s.progress, s.progress_text = 0, "stopping the cancelled run at its next step..."
+        s.info_message = ""
+        s.error_message = "Cancelled: the previous results are kept"
 
     # -------------------------------------------------------------------- navigation
     def _on_frame(self, frame):

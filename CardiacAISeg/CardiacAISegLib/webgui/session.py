@@ -112,6 +112,11 @@ class Session:
     def open_path(self, text, labels=None, aif=None, dt=None, kind=None):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
         file, frame interval in s). Everything named must lie inside the data folder."""
+        return self.adopt(self.read_path(text, labels, aif, dt, kind))
+
+    def read_path(self, text, labels=None, aif=None, dt=None, kind=None):
+        """The reading half of ``open_path``: files only, no scene node (a worker thread may
+        run it while the page stays live). Returns what ``adopt`` takes."""
         path = self.data.resolve_input(text)
         options = {}
         if labels:
@@ -130,29 +135,47 @@ class Session:
         from ..readers import load_study
 
         study = load_study(path, **options)       # read before the old study is dropped
-        self.close_study()
-        self.logic.setStudy(study)
-        if isinstance(options.get("aif"), Path):
-            self.logic.setParameter("aifPath", str(options["aif"]))
-        self._opened(self.data.relative(path))
-        return study
+        return study, self.data.relative(path), options.get("aif")
 
     def open_sample(self, sample_id):
         """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
+        return self.adopt(self.read_sample(sample_id))
+
+    def read_sample(self, sample_id):
+        """The reading half of ``open_sample`` (no scene node): the phantoms are written once
+        into the sample folder, as the Logic's ``loadSamplePhantom`` does, then read."""
         if sample_id not in SAMPLES:
             raise CardiacInputError(str(sample_id), f"unknown sample; choose one of {', '.join(SAMPLES)}")
         from ..readers import load_study
 
+        source = f"sample: {SAMPLES[sample_id]}"
         if sample_id == "sunnybrook":
-            study = load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours")
-            self.close_study()
-            self.logic.setStudy(study)
-        else:
-            kind = CINE if sample_id == "phantom-cine" else PERFUSION
-            self.close_study()
-            self.logic.loadSamplePhantom(kind, folder=self.sample_folder / sample_id)
-        self._opened(f"sample: {SAMPLES[sample_id]}")
-        return self.study
+            return load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours"), source, None
+        import json
+
+        from ..phantom import PHANTOM_FILES, write_phantom
+
+        kind = CINE if sample_id == "phantom-cine" else PERFUSION
+        folder = self.sample_folder / sample_id
+        names = PHANTOM_FILES[kind]
+        if not all((folder / n).is_file() for n in names):
+            write_phantom(kind, folder, seed=0, force=True)
+        if kind == PERFUSION:
+            dt = json.loads((folder / "truth.json").read_text())["dt_s"]
+            aif = folder / "aif.csv"
+            return load_study(folder / names[0], kind=PERFUSION, labels=folder / names[1], aif=aif, dt=dt), source, aif
+        return load_study(folder / names[0], kind=CINE, labels=folder / names[1]), source, None
+
+    def adopt(self, loaded):
+        """Make a study read by ``read_path``/``read_sample`` the current one (scene nodes: the
+        server's own thread). The previous study's nodes go."""
+        study, source, aif = loaded
+        self.close_study()
+        self.logic.setStudy(study)
+        if isinstance(aif, Path):
+            self.logic.setParameter("aifPath", str(aif))
+        self._opened(source)
+        return study
 
     def _opened(self, source):
         st = self.study

@@ -82,7 +82,7 @@ def _study_card(v, html, ctrl):
             v.VSelect(id="sample-select", label="Shipped samples", items=("samples",), v_model=("sample_id",),
                       density="compact", hide_details=True)
             v.VBtn("Open sample", id="open-sample-btn", click=ctrl.open_sample, size="small", classes="mt-1",
-                   disabled=("running",))
+                   disabled=("running || opening",))
             v.VDivider(classes="my-2")
             html.Div("Or a file or folder of the data folder:", classes="text-caption")
             v.VCombobox(id="study-path", label="Study (file or folder)", items=("data_files",), v_model=("study_path",),
@@ -97,9 +97,12 @@ def _study_card(v, html, ctrl):
                         v.VTextField(id="dt-text", label="Frame interval (s)", v_model=("dt_text",), density="compact",
                                      hide_details=True, classes="mt-1")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
-                v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary", disabled=("running",))
+                v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary",
+                       disabled=("running || opening",))
                 v.VBtn("Refresh list", id="refresh-files-btn", click=ctrl.refresh_files, size="small", variant="text")
             html.Div("list truncated: type the path", v_if="data_truncated", classes="text-caption")
+            v.VProgressLinear(id="opening-progress", v_if="opening", indeterminate=True, height=4, classes="mt-1",
+                              color="primary")
 
 
 def _run_card(v, html, ctrl):
@@ -110,7 +113,7 @@ def _run_card(v, html, ctrl):
             html.Div("{{ model_summary }}", classes="text-caption", id="model-summary")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
                 v.VBtn("Run", id="run-btn", click=ctrl.run, color="primary", size="small",
-                       disabled=("running || !study_loaded",))
+                       disabled=("running || stopping || opening || !study_loaded",))
                 v.VBtn("Cancel", id="cancel-btn", click=ctrl.cancel, size="small", disabled=("!running",))
             v.VProgressLinear(id="run-progress", model_value=("progress",), height=6, classes="mt-2",
                               color="primary", indeterminate=("running && progress === 0",))
