@@ -33,8 +33,11 @@ UI_WIDGETS = {
     "exportButton": "QPushButton", "groundTruthNameLineEdit": "QLineEdit", "saveGroundTruthButton": "QPushButton",
 }
 # import name -> pip name of what the engine needs besides Slicer's own numpy/vtk.
-PYTHON_PACKAGES = {"scipy": "scipy", "nibabel": "nibabel", "pydicom": "pydicom", "nrrd": "pynrrd",
-                   "matplotlib": "matplotlib", "tqdm": "tqdm"}
+# import name -> pip requirement, with the lower bounds of pyproject.toml. ONNX Runtime runs the
+# shipped networks on a CPU, so PyTorch (SlicerPyTorch) is asked for only for a TorchScript model.
+PYTHON_PACKAGES = {"scipy": "scipy>=1.10", "nibabel": "nibabel>=5.0", "pydicom": "pydicom>=2.4", "nrrd": "pynrrd>=1.0",
+                   "matplotlib": "matplotlib>=3.7", "tqdm": "tqdm>=4.60", "threadpoolctl": "threadpoolctl>=3.1",
+                   "onnxruntime": "onnxruntime>=1.17"}
 _declinedInstall = False   # asked once per session: no nagging after a "Cancel"
 _moduleLogic = None
 
@@ -160,8 +163,18 @@ def ensureDependencies(needTorch=False):
                 + "\n\nInstall them now (pip, a few minutes)?", windowTitle="CardiacAISeg dependencies"):
             _declinedInstall = True
             return False
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(" ".join(missing))
+        try:
+            with slicer.util.WaitCursor():
+                slicer.util.pip_install(" ".join(f'"{m}"' for m in missing))
+        except Exception as e:   # offline, no write access, a proxy: say so here, not only in the console
+            slicer.util.errorDisplay("Could not install " + ", ".join(missing) + ":\n\n" + str(e)
+                                     + "\n\nInstall them from Slicer's Python console with pip when online.",
+                                     windowTitle="CardiacAISeg dependencies")
+            return False
+        still = missingPackages()
+        if still:
+            slicer.util.errorDisplay("These packages are still missing after pip: " + ", ".join(still))
+            return False
     if needTorch and importlib.util.find_spec("torch") is None:
         try:
             import PyTorchUtils
@@ -187,6 +200,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = False
         self._updatingNodes = False     # the Logic is writing nodes: ignore their events
         self._progress = None
+        self._job = None                # the background analysis (CardiacAISegLib.background) while it runs
+        self._jobTimer = None
         self._observedSegmentations = []
         self._observedMarkups = None
         self._editTimer = None
@@ -223,6 +238,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bullseyeMeasureComboBox.connect("currentIndexChanged(int)", self.onBullseyeMeasureChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.showModelCard)
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self.ui.segmentEditorWidget.connect("segmentationNodeChanged(vtkMRMLSegmentationNode*)", self.onEditedSegmentationChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -231,16 +247,30 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
 
     def cleanup(self):
+        self._stopJob()
+        self._stopEditTimer()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
+        if self.logic.analysis is None and self.logic.getNodeParameter("inputNodeID") is not None:
+            self._restoreAnalysis()   # a scene loaded before this module was first opened
+        # as Slicer's Segment Editor module: shortcuts and view observations only while shown
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self.ui.segmentEditorWidget.setupViewObservations()
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
 
     def exit(self):
+        # leaving the module must not leave Paint or Erase active in the views
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
         if self._parameterNode is not None:
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
+        self._stopJob()          # a result must never be written into the next scene
+        self._stopEditTimer()
         self.setParameterNode(None)
         self._observeOutputs(clear=True)
         self.logic.reset()
@@ -253,6 +283,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A loaded scene brings its parameter node: rebuild the analysis it describes."""
         self.logic = moduleLogic()
         self.initializeParameterNode()
+        self._restoreAnalysis()
+
+    def _restoreAnalysis(self):
+        """The analysis a scene's parameter node describes, made live (editable, handles) again;
+        also on the first ``enter`` after a scene was loaded before the module was opened."""
         with _showErrors("Could not restore the CardiacAISeg analysis of this scene."):
             self._updatingNodes = True
             try:
@@ -371,22 +406,35 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --------------------------------------------------------------------------- run
     def onApplyButton(self):
+        """Measuring labels that came with the study is quick and runs here; a network runs in a
+        background process (Logic.startAnalysis) polled by a timer, so Slicer stays live and
+        Cancel stops it at once."""
         from CardiacAISegLib.errors import CancelledError
 
         useLabels = self.ui.useLabelsCheckBox.checked
-        if not ensureDependencies(needTorch=not useLabels):
+        if not ensureDependencies(needTorch=False):
             return
         node = self.ui.inputSelector.currentNode()
+        self.ui.statusLabel.text = ""
+        with _showErrors("CardiacAISeg could not segment and measure this series."):
+            if node is not None and not self.logic.isCurrentStudyNode(node):
+                self.logic.studyFromNode(node)
+            if not useLabels:
+                self._job = self.logic.startAnalysis()
+                self._setRunning(True)
+                if self._jobTimer is None:
+                    self._jobTimer = qt.QTimer()
+                    self._jobTimer.setInterval(100)
+                    self._jobTimer.connect("timeout()", self._pollJob)
+                self._jobTimer.start()
+                return
         self._progress = self._newProgress()
         self._setRunning(True)
-        self.ui.statusLabel.text = ""
         try:
-            with _showErrors("CardiacAISeg could not segment and measure this series."):
-                if node is not None and not self.logic.isCurrentStudyNode(node):
-                    self.logic.studyFromNode(node)
+            with _showErrors("CardiacAISeg could not measure this series."):
                 self._updatingNodes = True
                 try:
-                    self.logic.runSegmentation(progress=self._progress)
+                    self.logic.runSegmentation(useExistingLabels=True, progress=self._progress)
                 except CancelledError:
                     self.ui.statusLabel.text = "Cancelled: the previous results are unchanged."
                     return
@@ -400,6 +448,50 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.ui.statusLabel.text:
                 self.ui.statusLabel.text = "Failed: see the error message."
 
+    def onEditedSegmentationChanged(self, node):
+        """The ED or ES segmentation chosen in the editor: show its frame (Logic.selectSegmentationForEditing)."""
+        if not self._updatingNodes:
+            self.logic.selectSegmentationForEditing(node)
+
+    def _pollJob(self):
+        job = self._job
+        if job is None:
+            return
+        job.poll()
+        self.ui.progressBar.maximum = job.total
+        self.ui.progressBar.value = min(job.done, job.total)
+        self.ui.statusLabel.text = job.message
+        if job.state == "running":
+            return
+        self._jobTimer.stop()
+        self._job = None
+        try:
+            with _showErrors("CardiacAISeg could not segment and measure this series."):
+                analysis = job.result()   # a failed job raises its error here, shown in the box
+                self._updatingNodes = True
+                try:
+                    self.logic.applyAnalysis(analysis)
+                finally:
+                    self._updatingNodes = False
+                self._showResults()
+                self.ui.statusLabel.text = "Done. " + " ".join(analysis.warnings)
+        finally:
+            self._setRunning(False)
+            if job.state != "done":
+                self.ui.statusLabel.text = "Failed: see the error message."
+
+    def _stopJob(self):
+        if self._jobTimer is not None:
+            self._jobTimer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+
+    def _stopEditTimer(self):
+        if self._editTimer is not None:
+            self._editTimer.stop()
+        self._pendingEdits.clear()
+
     def _newProgress(self):
         from CardiacAISegLib.progress import Progress
 
@@ -411,7 +503,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return Progress(onProgress)
 
     def onCancelButton(self):
-        if self._progress is not None:
+        if self._job is not None:        # the background process is killed at once
+            self._stopJob()
+            self._setRunning(False)
+            self.ui.statusLabel.text = "Cancelled: the previous results are unchanged."
+        elif self._progress is not None:
             self._progress.cancel()
             self.ui.statusLabel.text = "Cancelling after the current step..."
 

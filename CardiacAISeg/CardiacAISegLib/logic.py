@@ -303,25 +303,44 @@ class CardiacAISegLogic(_LogicBase):
         the web GUI's compute path too. Parameters default to the parameter node's."""
         from .pipeline import compute_analysis
 
-        study = self._requireStudy()
         progress = as_progress(progress)
+        progress(0, 3, "segmenting")
+        study, rest, restLabels, arguments = self._analysisArguments(modelName, frames, useExistingLabels, device, density)
+        if rest is not None:
+            rest = compute_analysis(rest, arguments["model_name"], labels=restLabels, density=arguments["density"], device=device)
+        progress(1, 3, "measuring")
+        return compute_analysis(study, rest=rest, progress=progress, **arguments)
+
+    def startAnalysis(self, modelName=None, frames=None, useExistingLabels=None, device=None, density=None):
+        """``computeAnalysis`` in a background process (``background.BackgroundAnalysis``, as
+        SlicerMONAIAuto3DSeg runs its networks): returns the running job. Poll it from a timer;
+        when its state is ``done``, ``applyAnalysis(job.result())``; ``job.cancel()`` stops it at
+        once and leaves the current results as they are."""
+        from .background import BackgroundAnalysis
+
+        study, rest, restLabels, arguments = self._analysisArguments(modelName, frames, useExistingLabels, device, density)
+        return BackgroundAnalysis().start(study, rest=rest, rest_labels=restLabels, **arguments)
+
+    def _analysisArguments(self, modelName, frames, useExistingLabels, device, density):
+        """(study, rest study or None, rest labels or None, keyword arguments of
+        ``compute_analysis``), parameters defaulting to the parameter node's."""
+        study = self._requireStudy()
         frames = frames or self.getParameter("frames")
         if useExistingLabels is None:
             useExistingLabels = self.getParameter("useExistingLabels").lower() == "true"
         modelName = modelName or self.getParameter("modelName") or None
         if density is None:
             density = self._floatParameter("density") or 1.05
-        progress(0, 3, "segmenting")
         labels = None
         if useExistingLabels:
             labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()} or self._labelsFromOutputSegmentations()
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
-        rest = self._restAnalysis(modelName, useExistingLabels, device) if study.kind == PERFUSION else None
-        progress(1, 3, "measuring")
-        return compute_analysis(study, modelName, labels=labels, frames=frames, density=density, rest=rest,
-                                device=device, progress=progress,
-                                bullseye=self.getParameter("bullseyeMeasure") or "mbf")
+        rest = self._restStudy() if study.kind == PERFUSION else None
+        restLabels = rest.labels if rest is not None and useExistingLabels and rest.labels else None
+        arguments = {"model_name": modelName, "labels": labels, "frames": frames, "density": density, "device": device,
+                     "bullseye": self.getParameter("bullseyeMeasure") or "mbf"}
+        return study, rest, restLabels, arguments
 
     def applyAnalysis(self, analysis):
         """Make a computed Analysis the current one: segmentations, handles and table nodes.
@@ -332,16 +351,12 @@ class CardiacAISegLogic(_LogicBase):
         self.updateNodes()
         return analysis
 
-    def _restAnalysis(self, modelName, useExistingLabels, device):
-        from .pipeline import compute_analysis
-
+    def _restStudy(self):
+        """The rest perfusion study to pair with a stress one, or None."""
         rest = self.restStudy
         if rest is None and self.getNodeParameter("restNodeID") is not None:
             rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
-        if rest is None:
-            return None
-        return compute_analysis(rest, modelName, labels=rest.labels if useExistingLabels and rest.labels else None,
-                                density=self._floatParameter("density") or 1.05, device=device)
+        return rest
 
     def _labelsFromOutputSegmentations(self):
         labels = {}
@@ -354,13 +369,35 @@ class CardiacAISegLogic(_LogicBase):
                 labels[frame] = self._labelsOf(node)
         return labels
 
-    def _displayedFrame(self):
+    def selectSegmentationForEditing(self, segmentationNode):
+        """Edit a cine segmentation over its own frame: the sequence browser moves to the frame
+        the segmentation belongs to and the other output segmentation is hidden, so an ES edit
+        is never drawn over the ED image. Returns that frame (None for a segmentation that is
+        not one of this analysis' outputs)."""
+        outputs = [self.getNodeParameter(p) for p in ("outputSegmentationID", "outputSegmentationESID")]
+        if segmentationNode is None or segmentationNode not in outputs:
+            return None
+        text = segmentationNode.GetAttribute(FRAME_ATTRIBUTE)
+        frame = int(text) if text else None
+        browser = self._sequenceBrowser()
+        if browser is not None and frame is not None:
+            browser.SetSelectedItemNumber(frame)
+        for node in outputs:
+            if node is not None and node.GetDisplayNode() is not None:
+                node.GetDisplayNode().SetVisibility(node is segmentationNode)
+        return frame
+
+    def _sequenceBrowser(self):
         sequence = self.studyNodes.sequence if self.studyNodes is not None else None
         for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")) if sequence else ():
             browser = self.scene.GetNthNodeByClass(n, "vtkMRMLSequenceBrowserNode")
             if browser.IsSynchronizedSequenceNode(sequence, True):
-                return max(0, int(browser.GetSelectedItemNumber()))
-        return 0
+                return browser
+        return None
+
+    def _displayedFrame(self):
+        browser = self._sequenceBrowser()
+        return max(0, int(browser.GetSelectedItemNumber())) if browser is not None else 0
 
     def _labelsOf(self, segmentationNode):
         st = self._requireStudy()

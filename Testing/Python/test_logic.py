@@ -128,6 +128,22 @@ def test_run_on_a_single_volume_with_labels_drawn_in_slicer(phantom):
     assert logic.getNodeParameter("outputSegmentationID") is seg   # measured and refilled in place
 
 
+def test_selecting_a_cine_segmentation_shows_its_frame(measured):
+    """Editing ES over the ED image is impossible: choosing a segmentation to edit moves the
+    sequence browser to its frame and hides the other output segmentation."""
+    logic = measured
+    a = logic.analysis
+    ed_node, es_node = logic.getNodeParameter("outputSegmentationID"), logic.getNodeParameter("outputSegmentationESID")
+    for node, frame, other in ((es_node, a.cine["es_frame"], ed_node), (ed_node, a.cine["ed_frame"], es_node)):
+        assert logic.selectSegmentationForEditing(node) == frame
+        assert logic._sequenceBrowser().GetSelectedItemNumber() == frame
+        assert logic._displayedFrame() == frame
+        assert node.GetDisplayNode().GetVisibility() and not other.GetDisplayNode().GetVisibility()
+    stray = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert logic.selectSegmentationForEditing(stray) is None
+    assert logic._displayedFrame() == a.cine["ed_frame"], "a segmentation that is not an output moves nothing"
+
+
 def test_study_from_proxy_volume_and_kind(phantom, measured):
     study = phantom[0]
     assert measured.isCurrentStudyNode(measured.studyNodes.volume) and measured.isCurrentStudyNode(measured.studyNodes.sequence)

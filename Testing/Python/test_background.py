@@ -1,0 +1,121 @@
+"""The Slicer module's background-process protocol (background.py, Logic.startAnalysis) on
+slicer-core: start, progress, result equal to the in-process run, cancel within a second,
+failures that name the problem, and nothing of a cancelled or failed job in the scene."""
+import json
+import time
+
+import pytest
+
+from CardiacAISegLib import scene
+from CardiacAISegLib.background import CANCELLED, DONE, FAILED, RUNNING, BackgroundAnalysis
+from CardiacAISegLib.errors import CardiacInputError
+from CardiacAISegLib.logic import CardiacAISegLogic
+from CardiacAISegLib.phantom import write_phantom
+from CardiacAISegLib.results import results_document
+
+
+@pytest.fixture(scope="module")
+def cine_phantom(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantom")
+    write_phantom("cine", folder, seed=3)
+    return folder
+
+
+def _logic_with(phantom):
+    logic = CardiacAISegLogic(scene.new_scene())
+    logic.loadStudy(phantom / "cine.nii.gz", labels=phantom / "cine_labels.nii.gz")
+    return logic
+
+
+def _numbers(analysis, source):
+    doc = results_document(analysis, source)
+    return {key: doc[key] for key in ("kind", "cine", "rv_insertion", "qc")}
+
+
+def test_background_network_run_gives_the_in_process_numbers(cine_phantom):
+    logic = _logic_with(cine_phantom)
+    job = logic.startAnalysis(useExistingLabels=False)
+    assert job.state == RUNNING and job.folder.is_dir()
+    events = []
+    deadline = time.monotonic() + 300
+    while job.state == RUNNING and time.monotonic() < deadline:
+        events += job.poll()
+        time.sleep(0.05)
+    assert job.state == DONE, job.error
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress, "the worker reported no progress"
+    assert all(0 <= e["done"] <= e["total"] for e in progress)
+    folder = job.folder
+    analysis = job.result()
+    assert not folder.exists(), "the job folder is removed once the result is read"
+    assert logic.analysis is None, "nothing reaches the scene before applyAnalysis"
+
+    in_process = logic.computeAnalysis(useExistingLabels=False)
+    source = cine_phantom / "cine.nii.gz"
+    assert _numbers(analysis, source) == _numbers(in_process, source)
+    assert analysis.model_info["name"] == in_process.model_info["name"]
+
+    logic.applyAnalysis(analysis)
+    assert logic.analysis is analysis
+    assert logic.getNodeParameter("tableID").GetNumberOfRows() > 0
+    assert logic.getNodeParameter("outputSegmentationID").GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_cancel_stops_the_worker_within_a_second_and_keeps_the_previous_results(cine_phantom):
+    logic = _logic_with(cine_phantom)
+    previous = logic.runSegmentation(useExistingLabels=True)
+    before = json.dumps(_numbers(previous, cine_phantom / "cine.nii.gz"), sort_keys=True)
+
+    job = logic.startAnalysis(useExistingLabels=False)
+    process, folder = job._process, job.folder
+    t0 = time.monotonic()
+    job.cancel()
+    took = time.monotonic() - t0
+    assert took < 1.0, f"cancel took {took:.2f} s"
+    assert process.poll() is not None, "the worker process is still alive after cancel"
+    assert job.state == CANCELLED
+    assert not folder.exists()
+    assert job.poll() == []
+    with pytest.raises(RuntimeError, match="cancelled"):
+        job.result()
+    assert logic.analysis is previous
+    assert json.dumps(_numbers(logic.analysis, cine_phantom / "cine.nii.gz"), sort_keys=True) == before
+
+
+def test_a_bad_model_name_fails_with_the_engines_message(cine_phantom):
+    logic = _logic_with(cine_phantom)
+    job = logic.startAnalysis(modelName="no-such-network", useExistingLabels=False)
+    assert job.wait(timeout=120) == FAILED
+    assert "no-such-network" in job.error
+    with pytest.raises((CardiacInputError, RuntimeError), match="no-such-network"):
+        job.result()
+    assert logic.analysis is None
+
+
+def test_bad_input_in_the_worker_is_the_same_input_error_as_in_process(cine_phantom):
+    """Labels the engine refuses: the background job re-raises the CardiacInputError with the
+    same path and problem that the in-process run gives."""
+    import numpy as np
+
+    logic = _logic_with(cine_phantom)
+    study = logic._requireStudy()
+    bad = {0: np.full(study.images.shape[1:], 9, np.uint8)}   # label 9 is no class
+    with pytest.raises(CardiacInputError) as in_process:
+        from CardiacAISegLib.pipeline import compute_analysis
+
+        compute_analysis(study, labels=bad)
+    job = BackgroundAnalysis().start(study, labels=bad)
+    assert job.wait(timeout=120) == FAILED
+    with pytest.raises(CardiacInputError) as background:
+        job.result()
+    assert (background.value.path, background.value.problem) == (in_process.value.path, in_process.value.problem)
+
+
+def test_a_worker_that_dies_is_reported_with_its_exit_code(cine_phantom):
+    logic = _logic_with(cine_phantom)
+    job = logic.startAnalysis(useExistingLabels=False)
+    job._process.kill()
+    assert job.wait(timeout=30) == FAILED
+    assert "exit code" in job.error
+    job.cancel()   # cleans up a finished job too
+    assert job.folder is None
