@@ -28,6 +28,11 @@ def json_safe(v, max_array=None):
 
 
 def results_document(analysis, input_path, model=None, timing_s=None):
+    """The results.json document of ``analysis``. ``model`` and ``timing_s`` default to what the
+    Analysis carries from the pipeline (``model_info``, ``timing_s``); a writer passes its own
+    only to add to them (e.g. the writing steps)."""
+    model = analysis.model_info if model is None else model
+    timing_s = getattr(analysis, "timing_s", None) if timing_s is None else timing_s
     doc = {"schema_version": SCHEMA_VERSION, "kind": analysis.kind, "input": str(input_path), "model": model}
     r = analysis.results()
     doc["cine"] = r["cine"]
