@@ -1,15 +1,23 @@
 """Ship a trained run into CardiacAISeg/Resources/Models/<name>/ with its model card.
 
-The card's metrics and timings are copied from RUN/evaluation.json (written by
-tools/evaluate_cine.py or tools/evaluate_perfusion.py), never typed by hand.
+The card's metrics and timings are copied from the evaluation (RUN/evaluation.json or
+--evaluation FILE, written by tools/evaluate_cine.py or tools/evaluate_perfusion.py), never typed
+by hand, and the evaluation file is shipped beside the weights. The inference mode the evaluation
+measured (evaluate_cine.py --heart-crop-mm) becomes the card's input.heart_crop_mm, so the model
+runs in every analysis as it was measured. A run that fine-tunes a shipped model (its config's
+finetune_from) needs --base-card, that model's card as it was when the run started: its training
+section is carried into this card's (training.starts_from) and its held-out split must be the run's.
 Usage: python tools/ship_model.py RUN --name unet-light --arch unet-light --title "..." [--default]
+           [--evaluation FILE] [--base-card CARD.json] [--version N] [--overwrite]
 """
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 ACDC_LICENCE = ("CC BY-NC-SA 4.0: trained on ACDC (Bernard et al., IEEE TMI 2018), whose terms allow "
                 "non-commercial research use only; these weights carry the same restriction")
+TIMING_KEYS = ("cpu_", "threads", "runs", "runtime_timed")
 SYNTH_LICENCE = ("CC BY-NC-SA 4.0: trained on synthetic series built on ACDC label maps and images "
                  "(Bernard et al., IEEE TMI 2018; non-commercial research use only)")
 
@@ -32,6 +40,8 @@ def main():
     p.add_argument("--tta", default="none", help="test-time mirroring the card asks for (cine)")
     p.add_argument("--version", default="1")
     p.add_argument("--note", help="a sentence for the card's training section (provenance the run cannot tell)")
+    p.add_argument("--evaluation", help="the evaluation to copy metrics from (default RUN/evaluation[-TTA].json)")
+    p.add_argument("--base-card", help="model card of the shipped model the run was fine-tuned from (its finetune_from)")
     args = p.parse_args()
     run = Path(args.run)
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -40,7 +50,15 @@ def main():
     params = cfg.get("arch_params", {})
     net = build(args.arch, **params)
     net.load_state_dict(state)
-    evaluation = json.loads((run / f"evaluation{'' if args.tta == 'none' else '-' + args.tta}.json").read_text())
+    evaluation_path = Path(args.evaluation) if args.evaluation else run / f"evaluation{'' if args.tta == 'none' else '-' + args.tta}.json"
+    evaluation = json.loads(evaluation_path.read_text())
+    if evaluation["summary"].get("tta", "none") != args.tta:
+        p.error(f"{evaluation_path} measured tta {evaluation['summary'].get('tta')!r}, not --tta {args.tta!r}")
+    if evaluation["split"]["val"] != json.loads((run / "split.json").read_text())["val"]:
+        p.error(f"{evaluation_path} was not measured on {run}'s held-out patients (split.json)")
+    measured = (evaluation.get("run"), evaluation.get("checkpoint"))
+    if measured[0] and (Path(measured[0]).resolve() != run.resolve() or measured[1] != args.checkpoint):
+        p.error(f"{evaluation_path} measured {measured[0]}/{measured[1]}, not {run}/{args.checkpoint}")
     history = ck["history"]
     best_epoch = max(history, key=lambda h: h.get("dice_mean", -1))["epoch"] if history else None
     if args.task == "cine":
@@ -48,6 +66,13 @@ def main():
                "normalisation": "per volume: 1st-99.5th percentile -> [0, 1], clipped",
                "field_of_view": "whole slice, resampled in-plane to pixel_mm (fully convolutional)",
                "size_multiple": net.size_multiple, "tta": args.tta}
+        crop_mm = evaluation["summary"].get("heart_crop_mm")
+        if crop_mm:
+            inp["heart_crop_mm"] = crop_mm
+            inp["field_of_view"] = (f"two-stage: the network finds the heart on the middle slices of the whole field, then segments "
+                                    f"a square of {crop_mm:g} mm around it (larger if the heart is), resampled to pixel_mm; "
+                                    "labels outside the square are background. Whole field when the heart is not found or "
+                                    f"the field is within 1.15 x {crop_mm:g} mm (models/inference.py)")
         training = {"data": "ACDC training set (80 patients in ../shared/data/acdc; ED and ES frames with manual labels)",
                     "split": evaluation["split"], "split_rule": f"by patient, stratified by group, {cfg['val_per_group']} per group held out",
                     "epochs": cfg["epochs"], "best_epoch": best_epoch, "batch": cfg["batch"], "patch": cfg["patch"],
@@ -64,6 +89,8 @@ def main():
             training["optimizer"] = "Adam, cosine to 2% of each run's lr (see averaged_from)"
             training["seconds_per_epoch_median"] = "see the runs' history"
             training["epochs"] = "see averaged_from (each fine-tune continues the run it starts from)"
+        if cfg.get("finetune_from"):
+            training.update(fine_tune_section(args, cfg, run, history, best_epoch, evaluation, p))
         licence = ACDC_LICENCE
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],
@@ -79,12 +106,47 @@ def main():
     card = {"name": args.name, "title": args.title, "version": args.version, "task": args.task, "default": args.default,
             "classes": ["background", "LV blood pool", "LV myocardium", "RV"], "input": inp,
             "architecture": {"name": args.arch, "params": params, "parameter_count": parameter_count(net)},
-            "training": training, "metrics": {k: v for k, v in evaluation["summary"].items() if not k.startswith(("cpu_", "threads", "runs", "tta"))},
-            "timing": {k: v for k, v in evaluation["summary"].items() if k.startswith(("cpu_", "threads", "runs"))},
+            "training": training, "metrics": {k: v for k, v in evaluation["summary"].items() if not k.startswith(TIMING_KEYS + ("tta", "heart_crop_mm"))},
+            "timing": {k: v for k, v in evaluation["summary"].items() if k.startswith(TIMING_KEYS)},
             "licence": licence,
-            "evaluated_with": "tools/evaluate_%s.py" % args.task}
+            "evaluated_with": evaluation.get("command") or "tools/evaluate_%s.py" % args.task}
     folder = ship_model(state, card, overwrite=args.overwrite)
-    print(f"shipped {folder}")
+    if evaluation_path.resolve() != (folder / "evaluation.json").resolve():
+        shutil.copyfile(evaluation_path, folder / "evaluation.json")
+    print(f"shipped {folder} (metrics from {evaluation_path}, copied as evaluation.json)")
+
+
+def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
+    """The training entries of a run that fine-tunes a shipped model: what the fine-tune did and,
+    from the base model's card, how the weights it started from were trained."""
+    if not args.base_card:
+        parser.error(f"{run} fine-tunes {cfg['finetune_from']!r}: give --base-card, that model's card as it was when the run "
+                     "started (e.g. git show COMMIT:CardiacAISeg/Resources/Models/NAME/model.json > base.json)")
+    base = json.loads(Path(args.base_card).read_text())
+    if base["name"] != Path(str(cfg["finetune_from"])).parent.name and base["name"] != cfg["finetune_from"]:
+        print(f"note: the run fine-tunes {cfg['finetune_from']!r}; the base card is {base['name']!r}")
+    if base["training"]["split"]["val"] != evaluation["split"]["val"]:
+        parser.error(f"{args.base_card}: its held-out patients differ from the run's, so the evaluation would count "
+                     "patients the base model was trained on as held out")
+    starts_from = {"name": base["name"], "version": base.get("version"), "weights_sha256": base["weights"]["sha256"],
+                   "training": {k: v for k, v in base["training"].items() if k not in ("split", "split_rule", "data")}}
+    if "starts_from" in base["training"]:
+        starts_from["training"] = base["training"]["starts_from"]["training"]   # a re-ship keeps the original recipe
+    seconds = sorted(h["seconds"] for h in history)
+    return {"weights": f"fine-tune of {base['name']} v{base.get('version')} (training.starts_from) on crops around the heart",
+            "fine_tune": {"run": run.name, "from": cfg["finetune_from"], "epochs": cfg["epochs"], "best_epoch": best_epoch,
+                          "slices_per_epoch": cfg["slices_per_epoch"] or "all", "batch": cfg["batch"],
+                          "crop_px": cfg["crop"], "patch_px": cfg["patch"], "pixel_mm": cfg["pixel_mm"],
+                          "what": f"random {cfg['crop']}-px ({cfg['crop'] * cfg['pixel_mm']:g} mm) crops around the heart, "
+                                  f"augmented, then {cfg['patch']}-px ({cfg['patch'] * cfg['pixel_mm']:g} mm) patches",
+                          "augment": cfg.get("augment", "basic"), "freeze_epochs": cfg.get("freeze_epochs", 0),
+                          "optimizer": f"Adam lr {cfg['lr']} cosine to 2%",
+                          "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None},
+            "starts_from": starts_from,
+            "epochs": f"{cfg['epochs']} fine-tune epochs of {cfg['slices_per_epoch'] or 'all'} slices after the base model's training",
+            "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None,
+            "optimizer": f"fine-tune: Adam lr {cfg['lr']} cosine to 2%; base: see starts_from",
+            "batch": cfg["batch"], "patch": cfg["patch"]}
 
 
 if __name__ == "__main__":

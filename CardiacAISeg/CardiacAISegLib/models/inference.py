@@ -192,44 +192,101 @@ def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device
 
 
 # Two-stage cine inference: the heart takes a fifth of a short-axis field of view, so the network
-# first finds it on a few mid slices, then segments a square of CINE_CROP_MM around it; fewer
-# pixels (faster) and nothing outside the heart to mistake for it. Not the default yet: the
-# shipped unet-light was trained on 180 mm patches, and `python tools/evaluate_cine_crop.py`
-# (15 held-out ACDC patients + Sunnybrook) gives Dice LV/MYO/RV 0.929/0.885/0.898 whole-field,
-# 0.929/0.884/0.895 on 240 mm squares (1.2x faster) and 0.921/0.874/0.881 on 160 mm squares
-# (2x faster): the small square needs a network trained on it (issue 11).
-CINE_CROP_MM = 240.0
+# first finds it on a few mid slices, then segments a square around it: fewer pixels (faster) and
+# nothing outside the heart to mistake for it. Whether a network runs this way, and on what
+# square, is the model card's `input.heart_crop_mm` (the square the network was trained and
+# evaluated on); a card without it is segmented on the whole field. Measured with
+# `python tools/evaluate_cine_crop.py` (docs/models.md): the whole-field-trained unet-light v2 lost
+# 0.01 Dice on 160 mm squares, the crop fine-tune (v3) gains on them and runs ~3x faster.
+# A field already within HEART_BOX_SMALL_FIELD x the square gains too little to be worth a first pass.
+HEART_BOX_SMALL_FIELD = 1.15
+# The square grows to hold the heart found in the first pass plus this margin on each side, so a
+# large heart (dilated ventricles, 130+ mm across LV and RV) is never cut by the square's edge.
+HEART_BOX_MARGIN_MM = 20.0
+# Fewer heart pixels than this on the mid slices is no heart (noise, a wrong series).
+HEART_BOX_MIN_PIXELS = 20
 
 
-def cine_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu"):
-    """(row slice, col slice) of a CINE_CROP_MM square around the heart, or None (small field of
-    view, or no heart found on the middle slices: then the whole field is segmented)."""
+def heart_crop_mm(card):
+    """The side in mm of the heart square the card asks for (two-stage inference), or None."""
+    return card["input"].get("heart_crop_mm") if card.get("task") == "cine" else None
+
+
+def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=16, device="cpu"):
+    """(box, reason): box is (row slice, col slice) of a square of at least ``crop_mm`` around the
+    heart found by the network on the middle slices of ``volume`` (S, R, C); None with the reason
+    when the field is already small or no heart is found (then the whole field is segmented)."""
     s, r, c = volume.shape
-    half_r, half_c = CINE_CROP_MM / 2 / spacing_rc[0], CINE_CROP_MM / 2 / spacing_rc[1]
-    if r <= 2 * half_r * 1.15 and c <= 2 * half_c * 1.15:
-        return None
+    if r * spacing_rc[0] <= crop_mm * HEART_BOX_SMALL_FIELD and c * spacing_rc[1] <= crop_mm * HEART_BOX_SMALL_FIELD:
+        return None, (f"the field of view ({r * spacing_rc[0]:.0f} x {c * spacing_rc[1]:.0f} mm) is within "
+                      f"{HEART_BOX_SMALL_FIELD:g} x the {crop_mm:g} mm heart square")
     mid = sorted({max(0, min(s - 1, int(round(f * (s - 1))))) for f in (0.4, 0.5, 0.6)})
     first = predict_labels(model, volume[mid], spacing_rc, pixel_mm, size_multiple, device)
     heart = first > 0
-    if heart.sum() < 20:
-        return None
+    if heart.sum() < HEART_BOX_MIN_PIXELS:
+        return None, f"no heart found on the middle slices ({', '.join(str(k + 1) for k in mid)}) in a first whole-field pass"
     _, rows, cols = np.nonzero(heart)
-    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
-    r0 = int(round(min(max(cy - half_r, 0), max(r - 2 * half_r, 0))))
-    c0 = int(round(min(max(cx - half_c, 0), max(c - 2 * half_c, 0))))
-    return slice(r0, min(r, r0 + int(round(2 * half_r)))), slice(c0, min(c, c0 + int(round(2 * half_c))))
+
+    def side(lo, hi, n, spacing):
+        """(start, stop) of the square's side along one axis, inside 0..n."""
+        want_mm = max(crop_mm, (hi - lo + 1) * spacing + 2 * HEART_BOX_MARGIN_MM)
+        length = min(n, int(round(want_mm / spacing)))
+        start = int(round((lo + hi) / 2 - length / 2))
+        start = min(max(start, 0), n - length)
+        return start, start + length
+
+    r0, r1 = side(rows.min(), rows.max(), r, spacing_rc[0])
+    c0, c1 = side(cols.min(), cols.max(), c, spacing_rc[1])
+    return (slice(r0, r1), slice(c0, c1)), None
 
 
-def predict_labels_in_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", tta="none"):
-    """``predict_labels`` on the heart's square only (``cine_heart_box``), mapped back onto the
-    full grid; the whole field when no box is found. Returns (labels, box or None)."""
-    box = cine_heart_box(model, volume, spacing_rc, pixel_mm, size_multiple, device)
-    if box is None:
-        return predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple, device, tta=tta), None
+def predict_labels_in_box(model, volume, box, spacing_rc, pixel_mm, size_multiple=16, device="cpu", tta="none", batch=16):
+    """``predict_labels`` on ``volume[:, box]`` mapped back onto the full grid: the same shape and
+    geometry as the input, background outside the box; one component per structure afterwards."""
     out = np.zeros(volume.shape, np.uint8)
     out[:, box[0], box[1]] = predict_labels(model, np.ascontiguousarray(volume[:, box[0], box[1]]), spacing_rc, pixel_mm,
-                                            size_multiple, device, postprocess=False, tta=tta)
-    return keep_one_component_per_structure(out), box
+                                            size_multiple, device, postprocess=False, tta=tta, batch=batch)
+    return keep_one_component_per_structure(out)
+
+
+def predict_labels_in_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=16, device="cpu", tta="none",
+                                box=None):
+    """Two-stage ``predict_labels``: find the heart (``cine_heart_box``, unless ``box`` is given,
+    e.g. found on another frame of the same study), segment its square, map back. Returns
+    (labels, box, reason): box None and the reason when the whole field was segmented instead."""
+    reason = None
+    if box is None:
+        box, reason = cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple, device)
+    if box is None:
+        return predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple, device, tta=tta), None, reason
+    return predict_labels_in_box(model, volume, box, spacing_rc, pixel_mm, size_multiple, device, tta), box, None
+
+
+def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", reference=None, progress=None):
+    """Labels {frame: (S, R, C)} for {frame: (S, R, C) image} of one study as the card's input
+    ``spec`` says: on the whole field, or (``heart_crop_mm``) two-stage with one heart square for
+    all frames, found on ``reference`` (the ED frame: the heart is largest there) or the first.
+    Returns (labels, heart): heart is None for whole-field models, else a dict with the square
+    ('rows', 'cols' [start, stop), 'mm') or the reason the whole field was segmented ('whole_field')."""
+    progress = as_progress(progress)
+    pixel_mm, multiple, tta = spec["pixel_mm"], spec.get("size_multiple", 16), spec.get("tta", "none")
+    crop_mm = spec.get("heart_crop_mm")
+    frames = list(volumes)
+    heart, box = None, None
+    if crop_mm:
+        ref = reference if reference in volumes else frames[0]
+        box, reason = cine_heart_box(model, volumes[ref], spacing_rc, pixel_mm, crop_mm, multiple, device)
+        heart = ({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop], "found_on_frame": ref,
+                  "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1), round((box[1].stop - box[1].start) * spacing_rc[1], 1)]}
+                 if box else {"whole_field": reason})
+    labels = {}
+    for n, t in enumerate(frames):
+        progress(n, len(frames), f"segmenting frame {t + 1}")
+        if box is None:
+            labels[t] = predict_labels(model, volumes[t], spacing_rc, pixel_mm, multiple, device, tta=tta)
+        else:
+            labels[t] = predict_labels_in_box(model, volumes[t], box, spacing_rc, pixel_mm, multiple, device, tta)
+    return labels, heart
 
 
 def frames_to_segment(study, frames="ed_es"):
@@ -250,18 +307,29 @@ def frames_to_segment(study, frames="ed_es"):
 
 def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progress=None):
     """Label maps {frame: (S, R, C) uint8} for a cine study with a loaded registry model (loaded
-    for ``device``: ``registry.load_model(..., device=)`` / ``registry.for_device``)."""
+    for ``device``: ``registry.load_model(..., device=)`` / ``registry.for_device``).
+
+    A card with ``input.heart_crop_mm`` is run two-stage (``segment_cine_volumes``): the square
+    goes to ``study.provenance["cine_heart_box"]``; when the heart was not found the whole field
+    is segmented and a warning says so (a small field of view needs no warning: nothing is lost)."""
     progress = as_progress(progress)
     device = pick_device(device)
     model = loaded_model.module.to(device)
     spec = loaded_model.card["input"]
     spacing_rc = (study.spacing[1], study.spacing[0])
     todo = frames_to_segment(study, frames)
-    result = {}
-    for n, t in enumerate(todo):
-        progress(n, len(todo), f"segmenting frame {t + 1}/{study.n_frames}")
-        result[t] = predict_labels(model, study.images[t], spacing_rc, spec["pixel_mm"], spec.get("size_multiple", 16), device,
-                                   tta=spec.get("tta", "none"))
+    volumes = {t: study.images[t] for t in todo}
+
+    def report(done, total, message):
+        progress(done, total, f"segmenting frame {todo[done] + 1}/{study.n_frames}" if done < total else message)
+
+    result, heart = segment_cine_volumes(model, volumes, spacing_rc, spec, device, reference=study.ed_frame, progress=report)
+    if heart is not None:
+        study.provenance["cine_heart_box"] = heart
+        if "whole_field" in heart and heart["whole_field"].startswith("no heart"):
+            study.provenance.setdefault("warnings", []).append(
+                f"{heart['whole_field']}: the network segmented the whole field instead of a square around the heart; "
+                "check the contours")
     progress(len(todo), len(todo), "segmentation done")
     return result
 
@@ -339,7 +407,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     from scipy import ndimage
 
     from .array_ops import pad_to_multiple as pad_array, softmax
-    from .perfusion_refine import refine_slice
+    from .perfusion_refine import refine_study_slice
     from .postprocess import keep_one_component_per_structure
 
     progress = as_progress(progress)
@@ -381,7 +449,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
             # signal-intensity myocardium enhances to a larger share of the (saturated) blood
             # signal than Gd concentration does: the blood-likeness threshold follows the units
             blood_fraction = 0.25 if study.units == "gd_mmol_l" else 0.5
-            out[k], report = refine_slice(study.images[:, k], study.aif, out[k], blood_fraction=blood_fraction)
+            out[k], report = refine_study_slice(study, k, out[k], blood_fraction=blood_fraction)
             reports.append({"slice": k, **report})
     if reports:
         study.provenance["mask_refinement"] = reports

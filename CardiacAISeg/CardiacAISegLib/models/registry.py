@@ -99,6 +99,14 @@ def validate_card(card, path):
         allowed = "a positive number of mm" + (" or null (native grid)" if card["task"] == "perfusion" else "")
         raise CardiacInputError(path, f"input.pixel_mm must be {allowed}, the pixel size the network was trained at; "
                                 f"got {spec['pixel_mm']!r}")
+    if "heart_crop_mm" in spec:
+        # two-stage cine inference on a square of this side around the heart (models/inference.py)
+        if card["task"] != "cine":
+            raise CardiacInputError(path, "input.heart_crop_mm is for cine networks (two-stage inference around the heart); "
+                                    "perfusion networks find the heart from the bolus")
+        if not (_positive_number(spec["heart_crop_mm"]) and spec["heart_crop_mm"] >= 64):
+            raise CardiacInputError(path, "input.heart_crop_mm must be the side in mm (at least 64) of the square around the heart "
+                                    f"the network segments, or absent for whole-field inference; got {spec['heart_crop_mm']!r}")
     return card
 
 

@@ -59,21 +59,30 @@ def dice(a, b):
     return float(2 * (a & b).sum() / s) if s else 1.0
 
 
-def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none"):
-    """Per-patient Dice (LV, MYO, RV at ED and ES), EF and LV mass errors on the native grid."""
+def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none", heart_crop_mm=None):
+    """Per-patient Dice (LV, MYO, RV at ED and ES), EF and LV mass errors on the native grid.
+    ``heart_crop_mm``: two-stage inference as a card with that ``input.heart_crop_mm`` runs it
+    (``inference.segment_cine_volumes``, the path of every analysis), else the whole field."""
     from ..readers.acdc import load_acdc_patient
-    from .inference import predict_labels
+    from .inference import segment_cine_volumes
 
     model.eval()
+    spec = {"pixel_mm": pixel_mm, "size_multiple": size_multiple, "tta": tta}
+    if heart_crop_mm:
+        spec["heart_crop_mm"] = heart_crop_mm
     rows = []
     for folder in folders:
         st = load_acdc_patient(folder)
         spacing_rc = (st.spacing[1], st.spacing[0])
         vv = st.voxel_volume_ml
         row = {"patient": st.name, "group": st.provenance["info"].get("Group")}
+        preds, heart = segment_cine_volumes(model, {t: st.images[t] for t in (st.ed_frame, st.es_frame)}, spacing_rc, spec,
+                                            reference=st.ed_frame)
+        if heart is not None:
+            row["heart_box"] = heart
         vols = {}
         for phase, t in (("ed", st.ed_frame), ("es", st.es_frame)):
-            pred = predict_labels(model, st.images[t], spacing_rc, pixel_mm, size_multiple, tta=tta)
+            pred = preds[t]
             gt = st.labels[t]
             for name, v in (("lv", 1), ("myo", 2), ("rv", 3)):
                 row[f"dice_{name}_{phase}"] = dice(pred == v, gt == v)
