@@ -7,6 +7,11 @@ slice). Targets: a cine ED+ES stack <= 1 s and a 3-slice perfusion study end to 
 effective on 2 cores (issue 14), measured on one 320x272 slice (ACDC's 1.5625 mm grid at
 1.25 mm): 2.0 GFLOP for unet-light, counted from its convolutions.
 
+The default cine network is also timed in the inference mode its card declares (two-stage:
+``input.heart_crop_mm``) against the whole field, same process and runtime, per slice and per
+ED+ES stack, with the effective GFLOP/s counted on the pixels the network actually ran (first
+pass on the mid slices + the squares, padded as run).
+
     python benchmarks/bench_models.py [--runs 5] [--threads 2] [--runtimes onnxruntime,torch]
 """
 import argparse
@@ -107,6 +112,62 @@ def bench_cine(card, runs, runtime):
     return rows
 
 
+class PixelCounter:
+    """A network wrapper that counts the pixels (batch x rows x cols) of every input it runs."""
+
+    def __init__(self, module):
+        self.module, self.pixels = module, 0
+        if hasattr(module, "run_numpy"):   # keep the ONNX Runtime (numpy) path of inference
+            self.run_numpy = self._run_numpy
+
+    def _run_numpy(self, x):
+        self.pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        return self.module.run_numpy(x)
+
+    def __call__(self, x):
+        self.pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        return self.module(x)
+
+    def to(self, device):
+        self.module = self.module.to(device)
+        return self
+
+    def eval(self):
+        return self
+
+
+def bench_two_stage(card, runs, runtime, gflop_per_pixel):
+    """Rows (case, mode, slices, ms/slice, s/stack, network Mpixels, effective GFLOP/s) for the
+    card's two-stage mode and the whole field, and the square found on each case."""
+    from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.inference import segment_cine_study
+    from CardiacAISegLib.models.registry import LoadedModel
+    from CardiacAISegLib.readers import load_study
+
+    loaded = registry.load_model(card["name"], runtime=runtime)
+    whole_card = {**card, "input": {k: v for k, v in card["input"].items() if k != "heart_crop_mm"}}
+    modes = [(f"two-stage {card['input']['heart_crop_mm']:g} mm", card), ("whole field", whole_card)]
+    cases = [("Sunnybrook sample ED+ES", SAMPLE)]
+    if (SHARED / "acdc" / "patient001").is_dir():
+        cases.append(("ACDC patient001 ED+ES", SHARED / "acdc" / "patient001"))
+    rows = []
+    for label, path in cases:
+        study = load_study(path)
+        frames = "all" if study.n_frames <= 2 else "ed_es"
+        n_slices = study.n_slices * min(study.n_frames, 2)
+        for mode, mode_card in modes:
+            counter = PixelCounter(loaded.module)
+            model = LoadedModel(mode_card, counter, loaded.runtime)
+            segment_cine_study(study, model, frames=frames, device="cpu")   # counts the pixels once
+            pixels = counter.pixels
+            box = study.provenance.pop("cine_heart_box", None)
+            s = _median_time(lambda: segment_cine_study(study, LoadedModel(mode_card, loaded.module, loaded.runtime),
+                                                        frames=frames, device="cpu"), runs)
+            study.provenance.pop("cine_heart_box", None)
+            rows.append((label, mode, n_slices, 1000 * s / n_slices, s, pixels / 1e6, gflop_per_pixel * pixels / s, box))
+    return rows
+
+
 def bench_perfusion(card, runs, runtime):
     from CardiacAISegLib.analysis import Analysis
     from CardiacAISegLib.models import registry
@@ -131,7 +192,7 @@ def main(argv=None):
 
     import torch
 
-    from CardiacAISegLib.models.registry import list_models
+    from CardiacAISegLib.models.registry import default_model, list_models
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -174,6 +235,22 @@ def main(argv=None):
         ratio = f"{s / target:6.2f}" if target else "     -"
         speedup = f"{torch_s[(name, case)] / s:7.2f}x" if rt != "torch" and (name, case) in torch_s else "       -"
         print(f"{name:20s} {rt:12s} {case:38s} {n:6d} {ms:9.1f} {ms / XUE_SLICE_MS:7.2f} {s:8.3f} {target or '-':>8} {ratio} {speedup}")
+    default = [c for c in list_models("cine") if c["name"] == default_model("cine")]
+    if default and default[0]["input"].get("heart_crop_mm") and (not wanted or default[0]["name"] in wanted):
+        card = default[0]
+        rt = runtimes[0]
+        gflop_per_pixel = conv_gflop(card, (1, 1, 320, 272)) / (320 * 272)
+        two = bench_two_stage(card, args.runs, rt, gflop_per_pixel)
+        print(f"\n{card['name']} v{card.get('version')} ({rt}, {args.threads} threads): the card's two-stage mode vs the whole field, "
+              "same process; GFLOP/s on the pixels the network ran")
+        print(f"{'case':26s} {'mode':20s} {'slices':>6s} {'ms/slice':>9s} {'stack s':>8s} {'Mpixels':>8s} {'GFLOP/s':>8s} "
+              f"{'speed-up':>8s}  square")
+        whole_s = {r[0]: r[4] for r in two if r[1] == "whole field"}
+        for case, mode, n, ms, s, mpix, gflops, box in two:
+            speedup = f"{whole_s[case] / s:7.2f}x" if mode != "whole field" else "       -"
+            where = "" if box is None else (f"rows {box['rows']} cols {box['cols']} ({box['mm'][0]:g} x {box['mm'][1]:g} mm)"
+                                            if "rows" in box else f"whole field: {box['whole_field']}")
+            print(f"{case:26s} {mode:20s} {n:6d} {ms:9.1f} {s:8.3f} {mpix:8.2f} {gflops:8.1f} {speedup}  {where}")
 
 
 if __name__ == "__main__":

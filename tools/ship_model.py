@@ -116,6 +116,30 @@ def main():
     print(f"shipped {folder} (metrics from {evaluation_path}, copied as evaluation.json)")
 
 
+def check_base_weights(base, finetune_from, parser):
+    """Refuse a base card that does not describe the weights the run started from, where that can
+    be checked: the run started from a checkpoint file and the base card is the shipped model's
+    current card (its weights are here to compare tensor by tensor)."""
+    import torch
+
+    from CardiacAISegLib.models.registry import SHIPPED_DIR, read_card
+
+    start = Path(str(finetune_from))
+    shipped = SHIPPED_DIR / base["name"]
+    if not start.is_file():
+        print(f"note: the run started from the model named {finetune_from!r}; {base['name']} v{base.get('version')} "
+              "is taken as that model's card (not checkable: give the card it had when the run started)")
+        return
+    if not (shipped / "model.json").is_file() or read_card(shipped)["weights"]["sha256"] != base["weights"]["sha256"]:
+        print(f"note: the run started from {start}; the base card's weights are not shipped here, so not compared")
+        return
+    a = torch.load(start, map_location="cpu", weights_only=True)
+    b = torch.load(shipped / base["weights"]["file"], map_location="cpu", weights_only=True)
+    if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+        parser.error(f"the run started from {start}, whose weights are not {base['name']} v{base.get('version')}'s "
+                     f"(sha256 {base['weights']['sha256'][:12]}…); give --base-card the card of the model the run started from")
+
+
 def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
     """The training entries of a run that fine-tunes a shipped model: what the fine-tune did and,
     from the base model's card, how the weights it started from were trained."""
@@ -123,15 +147,13 @@ def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
         parser.error(f"{run} fine-tunes {cfg['finetune_from']!r}: give --base-card, that model's card as it was when the run "
                      "started (e.g. git show COMMIT:CardiacAISeg/Resources/Models/NAME/model.json > base.json)")
     base = json.loads(Path(args.base_card).read_text())
-    if base["name"] != Path(str(cfg["finetune_from"])).parent.name and base["name"] != cfg["finetune_from"]:
-        print(f"note: the run fine-tunes {cfg['finetune_from']!r}; the base card is {base['name']!r}")
+    check_base_weights(base, cfg["finetune_from"], parser)
     if base["training"]["split"]["val"] != evaluation["split"]["val"]:
         parser.error(f"{args.base_card}: its held-out patients differ from the run's, so the evaluation would count "
                      "patients the base model was trained on as held out")
+    # a chain of fine-tunes nests: each card's starts_from holds the training of the weights it began with
     starts_from = {"name": base["name"], "version": base.get("version"), "weights_sha256": base["weights"]["sha256"],
                    "training": {k: v for k, v in base["training"].items() if k not in ("split", "split_rule", "data")}}
-    if "starts_from" in base["training"]:
-        starts_from["training"] = base["training"]["starts_from"]["training"]   # a re-ship keeps the original recipe
     seconds = sorted(h["seconds"] for h in history)
     return {"weights": f"fine-tune of {base['name']} v{base.get('version')} (training.starts_from) on crops around the heart",
             "fine_tune": {"run": run.name, "from": cfg["finetune_from"], "epochs": cfg["epochs"], "best_epoch": best_epoch,
