@@ -4,10 +4,15 @@ Cases: the shipped Sunnybrook sample (DICOM, ED+ES), an ACDC patient (ED+ES) and
 stress + rest pair (MBF + MPR). Each case runs with ONNX Runtime (the default on a CPU) and with
 torch (CARDIACAISEG_RUNTIME=torch, the previous release's runtime) in the same session,
 alternating, so the ratio is fair even on a busy machine. Wall time is the child process's from
-fork to exit (imports included); peak memory is its maximum resident set (wait4 rusage).
-Stage timings come from the run's results.json (load, segmentation, measures, writing).
+fork to exit (imports included); CPU time is its user + system time (on a shared machine the
+steadier figure: other processes stretch the wall time, less so the CPU time); peak memory is its
+maximum resident set (wait4 rusage).
+Stage timings come from the run's results.json (load, segmentation, measures, writing, and the
+writing steps: seg.nrrd files, report.png, scene.mrb). Each case also runs with ``--scene`` (the
+first runtime), alternating with the others, so the cost of scene.mrb (slicer-core import, the
+Logic's scene, WriteToMRB) shows as a ratio of wall times in the same session.
 
-    python benchmarks/bench_cli.py [--runs 3] [--cases sample,acdc,qperf] [--runtimes onnxruntime,torch]
+    python benchmarks/bench_cli.py [--runs 3] [--cases sample,acdc,qperf] [--runtimes onnxruntime,torch] [--no-scene]
     python benchmarks/bench_cli.py --importtime      # also: which imports cost most in one run
 
 Targets (issue 14): sample and ACDC <= 1.5 s, QPerf pair <= 1 s, peak memory <= 600 MB.
@@ -42,10 +47,11 @@ def case_arguments(name):
     raise SystemExit(f"unknown case {name!r}: use sample, acdc, qperf")
 
 
-def run_once(args, runtime, out, extra_python=()):
-    """(wall s, peak RSS MB, results.json timing, stderr) of one cold `cardiacaiseg analyze`."""
+def run_once(args, runtime, out, extra_python=(), scene=False):
+    """(wall s, peak RSS MB, results.json timing, stderr, CPU s) of one cold `cardiacaiseg analyze`."""
     env = dict(os.environ, CARDIACAISEG_RUNTIME=runtime)
-    cmd = [sys.executable, *extra_python, "-m", "CardiacAISegLib.cli", "analyze", *args, "--out", str(out), "--quiet", "--force"]
+    cmd = [sys.executable, *extra_python, "-m", "CardiacAISegLib.cli", "analyze", *args, "--out", str(out), "--quiet", "--force",
+           *(["--scene"] if scene else [])]
     # stderr to a file, not a pipe: -X importtime writes more than a pipe holds before wait4 returns
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
@@ -60,7 +66,7 @@ def run_once(args, runtime, out, extra_python=()):
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
     peak_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
     timing = json.loads((out / "results.json").read_text()).get("timing_s", {})
-    return wall, peak_mb, timing, stderr
+    return wall, peak_mb, timing, stderr, usage.ru_utime + usage.ru_stime
 
 
 def top_imports(stderr, n=8):
@@ -81,8 +87,11 @@ def main(argv=None):
     ap.add_argument("--cases", default="sample,acdc,qperf")
     ap.add_argument("--runtimes", default="onnxruntime,torch")
     ap.add_argument("--importtime", action="store_true", help="one more run per case under python -X importtime")
+    ap.add_argument("--no-scene", action="store_true", help="skip the --scene runs")
     args = ap.parse_args(argv)
     runtimes = args.runtimes.split(",")
+    # (runtime, --scene): each runtime without a scene, and the first runtime with one
+    variants = [(rt, False) for rt in runtimes] + ([] if args.no_scene else [(runtimes[0], True)])
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     results = {}
     try:
@@ -91,14 +100,14 @@ def main(argv=None):
             if cli_args is None:
                 print(f"skip {case}: data not found", file=sys.stderr)
                 continue
-            for rt in runtimes:   # warm the file cache (and any .pyc) before timing
-                run_once(cli_args, rt, work / f"{case}-warm")
+            for rt, scene in variants:   # warm the file cache (and any .pyc) before timing
+                run_once(cli_args, rt, work / f"{case}-warm", scene=scene)
             for n in range(args.runs):
-                for rt in runtimes:   # alternate, so load on a shared machine falls on both alike
-                    wall, mb, timing, _ = run_once(cli_args, rt, work / f"{case}-{rt}-{n}")
-                    results.setdefault((case, rt), []).append((wall, mb, timing))
+                for rt, scene in variants:   # alternate, so load on a shared machine falls on all alike
+                    wall, mb, timing, _, cpu = run_once(cli_args, rt, work / f"{case}-{rt}-{scene}-{n}", scene=scene)
+                    results.setdefault((case, rt, scene), []).append((wall, mb, timing, cpu))
             if args.importtime:
-                _, _, _, stderr = run_once(cli_args, runtimes[0], work / f"{case}-imports", ("-X", "importtime"))
+                _, _, _, stderr, _ = run_once(cli_args, runtimes[0], work / f"{case}-imports", ("-X", "importtime"))
                 print(f"{case} ({runtimes[0]}): costliest imports (cumulative ms): "
                       + ", ".join(f"{name} {ms:.0f}" for ms, name in top_imports(stderr)))
     finally:
@@ -107,18 +116,24 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n`cardiacaiseg analyze`, cold process, median of {args.runs} runs; {os.cpu_count()} CPUs "
           f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}), load average now {load:.1f}")
-    stages = ("load", "segmentation", "measures", "writing")
-    print(f"{'case':8s} {'runtime':12s} {'wall s':>7s} {'min s':>6s} {'target':>6s} {'peak MB':>8s} "
-          + " ".join(f"{s:>12s}" for s in stages) + "   vs torch")
-    for (case, rt), rows in results.items():
+    stages = ("load", "segmentation", "measures", "writing", "writing_segmentation", "writing_report", "writing_scene")
+    heads = ("load", "segment", "measures", "writing", "w:seg.nrrd", "w:report", "w:scene")
+    print(f"{'case':8s} {'runtime':18s} {'wall s':>7s} {'min s':>6s} {'cpu s':>6s} {'target':>6s} {'peak MB':>8s} "
+          + " ".join(f"{h:>10s}" for h in heads) + "   ratio")
+    for (case, rt, scene), rows in results.items():
         wall = statistics.median(r[0] for r in rows)
         mb = statistics.median(r[1] for r in rows)
         st = [statistics.median(r[2].get(s, float("nan")) for r in rows) for s in stages]
-        ref = results.get((case, "torch"))
-        ratio = f"{statistics.median(r[0] for r in ref) / wall:5.2f}x faster" if ref and rt != "torch" else ""
-        flag = "" if wall <= TARGET_S[case] and mb <= TARGET_MB else "  (over target)"
-        print(f"{case:8s} {rt:12s} {wall:7.2f} {min(r[0] for r in rows):6.2f} {TARGET_S[case]:6.1f} {mb:8.0f} "
-              + " ".join(f"{v:12.2f}" for v in st) + f"   {ratio}{flag}")
+        if scene:   # what --scene costs: wall time with it over wall time without, same runtime
+            ref = results.get((case, rt, False))
+            ratio = f"{wall / statistics.median(r[0] for r in ref):5.2f}x the wall time without --scene" if ref else ""
+        else:
+            ref = results.get((case, "torch", False))
+            ratio = f"{statistics.median(r[0] for r in ref) / wall:5.2f}x faster than torch" if ref and rt != "torch" else ""
+        flag = "" if scene or (wall <= TARGET_S[case] and mb <= TARGET_MB) else "  (over target)"
+        cpu = statistics.median(r[3] for r in rows)
+        print(f"{case:8s} {rt + (' --scene' if scene else ''):18s} {wall:7.2f} {min(r[0] for r in rows):6.2f} {cpu:6.2f} "
+              f"{TARGET_S[case]:6.1f} {mb:8.0f} " + " ".join(f"{v:10.2f}" for v in st) + f"   {ratio}{flag}")
 
 
 if __name__ == "__main__":
