@@ -42,6 +42,7 @@ def main():
     p.add_argument("--note", help="a sentence for the card's training section (provenance the run cannot tell)")
     p.add_argument("--evaluation", help="the evaluation to copy metrics from (default RUN/evaluation[-TTA].json)")
     p.add_argument("--base-card", help="model card of the shipped model the run was fine-tuned from (its finetune_from)")
+    p.add_argument("--dest", help="models folder to write into (default: the shipped models); a dry run elsewhere")
     args = p.parse_args()
     run = Path(args.run)
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -90,7 +91,7 @@ def main():
             training["seconds_per_epoch_median"] = "see the runs' history"
             training["epochs"] = "see averaged_from (each fine-tune continues the run it starts from)"
         if cfg.get("finetune_from"):
-            training.update(fine_tune_section(args, cfg, run, history, best_epoch, evaluation, p))
+            training.update(fine_tune_section(args, cfg, run, history, best_epoch, evaluation, p, ck.get("epoch")))
         licence = ACDC_LICENCE
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],
@@ -110,7 +111,7 @@ def main():
             "timing": {k: v for k, v in evaluation["summary"].items() if k.startswith(TIMING_KEYS)},
             "licence": licence,
             "evaluated_with": evaluation.get("command") or "tools/evaluate_%s.py" % args.task}
-    folder = ship_model(state, card, overwrite=args.overwrite)
+    folder = ship_model(state, card, dest_root=args.dest, overwrite=args.overwrite)
     if evaluation_path.resolve() != (folder / "evaluation.json").resolve():
         shutil.copyfile(evaluation_path, folder / "evaluation.json")
     print(f"shipped {folder} (metrics from {evaluation_path}, copied as evaluation.json)")
@@ -140,7 +141,7 @@ def check_base_weights(base, finetune_from, parser):
                      f"(sha256 {base['weights']['sha256'][:12]}…); give --base-card the card of the model the run started from")
 
 
-def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
+def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser, epochs_done=None):
     """The training entries of a run that fine-tunes a shipped model: what the fine-tune did and,
     from the base model's card, how the weights it started from were trained."""
     if not args.base_card:
@@ -156,7 +157,8 @@ def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
                    "training": {k: v for k, v in base["training"].items() if k not in ("split", "split_rule", "data")}}
     seconds = sorted(h["seconds"] for h in history)
     return {"weights": f"fine-tune of {base['name']} v{base.get('version')} (training.starts_from) on crops around the heart",
-            "fine_tune": {"run": run.name, "from": cfg["finetune_from"], "epochs": cfg["epochs"], "best_epoch": best_epoch,
+            "fine_tune": {"run": run.name, "from": cfg["finetune_from"], "epochs": epochs_done or cfg["epochs"],
+                          "epochs_planned": cfg["epochs"], "best_epoch": best_epoch,
                           "slices_per_epoch": cfg["slices_per_epoch"] or "all", "batch": cfg["batch"],
                           "crop_px": cfg["crop"], "patch_px": cfg["patch"], "pixel_mm": cfg["pixel_mm"],
                           "what": f"random {cfg['crop']}-px ({cfg['crop'] * cfg['pixel_mm']:g} mm) crops around the heart, "
@@ -165,7 +167,7 @@ def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser):
                           "optimizer": f"Adam lr {cfg['lr']} cosine to 2%",
                           "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None},
             "starts_from": starts_from,
-            "epochs": f"{cfg['epochs']} fine-tune epochs of {cfg['slices_per_epoch'] or 'all'} slices after the base model's training",
+            "epochs": f"{epochs_done or cfg['epochs']} fine-tune epochs of {cfg['slices_per_epoch'] or 'all'} slices after the base model's training",
             "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None,
             "optimizer": f"fine-tune: Adam lr {cfg['lr']} cosine to 2%; base: see starts_from",
             "batch": cfg["batch"], "patch": cfg["patch"]}
