@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from CardiacAISegLib import cli, outputs
@@ -68,7 +69,6 @@ def test_scene_run_writes_a_scene_that_reopens_with_the_same_segmentation(sample
     assert len(nodes) == 2
     labels, _, _ = read_seg_nrrd(plain / "segmentation.seg.nrrd")
     (ed,) = [n for name, n in nodes.items() if name.endswith(" ED")]
-    import numpy as np
     np.testing.assert_array_equal(sc.labelmap_from_segmentation(ed, *sc.segmentation_geometry(ed)), labels)
 
 
