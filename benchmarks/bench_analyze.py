@@ -188,7 +188,7 @@ def print_table(rows, infos, cores, runs):
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         print(f"{r['case']:18s} {r['stage']:13s} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['max_s']:8.3f} {target:>9s} {ratio:>6s}")
     print("\nratio = median / target (< 1 meets the target). 'writing' covers segmentation.seg.nrrd, "
-          "report.png, scene.mrb, results.json/.csv; 'total' is the wall time of one run() call; "
+          "report.png, results.json/.csv (no scene.mrb: run() writes it only with scene=True); 'total' is the wall time of one run() call; "
           "'mbf_map_cpu' is CPU time summed over threads (the fit is single-threaded, so on an idle machine wall time is about this).")
 
 

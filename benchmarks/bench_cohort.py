@@ -5,7 +5,7 @@ Studies: the first N ACDC patients of ../shared/data/acdc (Bernard et al. IEEE T
 the network (``--model``: the default cine model) or with their ground-truth labels
 (``--labels study``). The separate processes run ``--cores`` at a time (as a shell loop with
 ``xargs -P`` would); the batch runs a LocalCluster with ``--cores`` worker processes. Both write
-every output (seg.nrrd, report.png, scene.mrb, results.json/csv). ``ratio`` is studies per
+every default output (seg.nrrd, report.png, results.json/csv; no scene.mrb, which needs --scene). ``ratio`` is studies per
 second of the batch over studies per second of the separate processes (wall clock);
 ``cpu_ratio`` the same in CPU seconds of all the processes each way, which other programs on a
 shared machine disturb less than the wall clock.
