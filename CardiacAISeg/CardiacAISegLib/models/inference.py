@@ -242,11 +242,14 @@ def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=1
 
 def predict_labels_in_box(model, volume, box, spacing_rc, pixel_mm, size_multiple=16, device="cpu", tta="none", batch=16):
     """``predict_labels`` on ``volume[:, box]`` mapped back onto the full grid: the same shape and
-    geometry as the input, background outside the box; one component per structure afterwards."""
+    geometry as the input, background outside the box. The one-component clean-up runs on the box
+    alone: with nothing outside it, its components and enclosed holes are those of the full grid
+    (a background region touching the box's edge continues into the empty outside), in a third
+    of the pixels."""
     out = np.zeros(volume.shape, np.uint8)
     out[:, box[0], box[1]] = predict_labels(model, np.ascontiguousarray(volume[:, box[0], box[1]]), spacing_rc, pixel_mm,
-                                            size_multiple, device, postprocess=False, tta=tta, batch=batch)
-    return keep_one_component_per_structure(out)
+                                            size_multiple, device, postprocess=True, tta=tta, batch=batch)
+    return out
 
 
 def predict_labels_in_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=16, device="cpu", tta="none",
@@ -397,54 +400,120 @@ def heart_crop(study):
     return rs, cs, (sp_row / CROP_PIXEL_MM, sp_col / CROP_PIXEL_MM), pools
 
 
-def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=True):
-    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
+# How a perfusion series is segmented; the model card declares it (``input.segmentation.mode``,
+# default "frames" for cards without it), so no switch is hidden:
+# - "frames": the perfusion network on the frames window (48 frames as channels, Xue 2020);
+# - "cine-key-image": the cine network (trained on real MRI) on a cine-like key image of the
+#   first pass (``perfusion_keyimage``);
+# - "ensemble": the mean of both paths' class probabilities on the perfusion grid.
+PERFUSION_SEGMENTATION_MODES = ("frames", "cine-key-image", "ensemble")
 
-    A wide field of view is first cropped around the heart found from the bolus (``heart_crop``).
-    With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
-    (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
-    """
+
+def perfusion_segmentation(card):
+    """The card's declared perfusion segmentation: dict with mode, key_image, cine_model (None =
+    the registry's default cine model)."""
+    from .perfusion_keyimage import KEY_IMAGE_MODES
+
+    entry = dict(card.get("input", {}).get("segmentation") or {"mode": "frames"})
+    entry.setdefault("key_image", KEY_IMAGE_MODES[0])
+    entry.setdefault("cine_model", None)
+    if entry.get("mode") not in PERFUSION_SEGMENTATION_MODES:
+        raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.mode must be one of "
+                                f"{', '.join(PERFUSION_SEGMENTATION_MODES)}, not {entry.get('mode')!r}")
+    return entry
+
+
+def perfusion_network_probabilities(study, loaded_model, device="cpu"):
+    """(S, K, R, C) class probabilities of the perfusion network on the frames window, on the
+    study's grid. A wide field of view is first cropped around the heart found from the bolus
+    (``heart_crop``), brought to CROP_PIXEL_MM, and the probabilities mapped back (background
+    outside the crop)."""
     from scipy import ndimage
 
     from .array_ops import pad_to_multiple as pad_array, softmax
-    from .perfusion_refine import refine_study_slice
-    from .postprocess import keep_one_component_per_structure
 
-    progress = as_progress(progress)
-    device = pick_device(device)
     model = loaded_model.module
     if not hasattr(model, "run_numpy"):   # torch: on the device; ONNX Runtime needs no torch at all
         model = model.to(device)
     spec = loaded_model.card["input"]
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
-    out = np.zeros(study.images.shape[1:], np.uint8)
     crop = heart_crop(study)
     rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
     if crop:
         study.provenance["heart_crop"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop],
                                           "pixel_mm": CROP_PIXEL_MM, "lv_found_by": crop[3]["reason"]}
-    reports = []
+    out = None
     for k in range(study.n_slices):
-        progress(k, study.n_slices, f"segmenting slice {k + 1}/{study.n_slices}")
         x = study.images[frames, k][:, rs, cs].astype(np.float32)
         native = x.shape[1:]
         if crop:
             x = ndimage.zoom(x, (1, *crop[2]), order=1)
         x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
         xp, pad = pad_array(x[None], multiple)
-        scores = network_scores(model, xp.astype(np.float32), device)[..., pad[0], pad[1]]
-        if crop:   # probabilities back onto the native crop grid, then the label
-            probs = softmax(scores, 1)[0]
+        probs = softmax(network_scores(model, xp.astype(np.float32), device)[..., pad[0], pad[1]], 1)[0]
+        if crop:   # probabilities back onto the native crop grid
             zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
-            probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])
-            pred = probs[:, : native[0], : native[1]].argmax(0).astype(np.uint8)
-            if pred.shape != native:
-                pred = np.pad(pred, ((0, native[0] - pred.shape[0]), (0, native[1] - pred.shape[1])))
-        else:
-            pred = scores.argmax(1)[0].astype(np.uint8)
+            probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])[:, : native[0], : native[1]]
+            if probs.shape[1:] != native:   # edge-padded: ndimage.zoom rounds the size
+                probs = np.pad(probs, ((0, 0), (0, native[0] - probs.shape[1]), (0, native[1] - probs.shape[2])), mode="edge")
+        if out is None:
+            out = np.zeros((study.n_slices, probs.shape[0], *study.images.shape[2:]), np.float32)
+            out[:, 0] = 1.0   # background outside the crop
+        out[k][:, rs, cs] = probs
+    return out
+
+
+def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_model=None, key_image=None):
+    """(S, K, R, C) class probabilities by ``mode`` (default: the card's declaration). The
+    cine-key-image record goes to ``study.provenance["perfusion_segmentation"]``."""
+    from . import perfusion_keyimage
+
+    declared = perfusion_segmentation(loaded_model.card)
+    mode = mode or declared["mode"]
+    if mode not in PERFUSION_SEGMENTATION_MODES:
+        raise CardiacInputError("perfusion segmentation", f"mode must be one of {', '.join(PERFUSION_SEGMENTATION_MODES)}, "
+                                f"not {mode!r}")
+    record = {"mode": mode}
+    parts = []
+    if mode in ("frames", "ensemble"):
+        parts.append(perfusion_network_probabilities(study, loaded_model, device))
+        record["network"] = loaded_model.card["name"]
+    if mode in ("cine-key-image", "ensemble"):
+        if cine_model is None or isinstance(cine_model, str):
+            cine_model = perfusion_keyimage.load_cine_model(cine_model or declared["cine_model"], device)
+        probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
+            study, cine_model, key_image or declared["key_image"], device=device)
+        parts.append(probs)
+        record.update(key_record)
+        record["mode"] = mode
+    study.provenance["perfusion_segmentation"] = record
+    return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+
+
+def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=True, mode=None, cine_model=None,
+                            key_image=None):
+    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
+
+    ``mode`` (default: the card's ``input.segmentation.mode``) picks the path
+    (PERFUSION_SEGMENTATION_MODES); ``cine_model`` (a name or LoadedModel) and ``key_image``
+    ('lv-peak' / 'myo-peak') override the card's choices for the key-image path.
+    With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
+    (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
+    """
+    from .perfusion_refine import refine_study_slice
+    from .postprocess import keep_one_component_per_structure
+
+    progress = as_progress(progress)
+    device = pick_device(device)
+    progress(0, study.n_slices + 1, "segmenting the perfusion series")
+    probs = perfusion_probabilities(study, loaded_model, mode, device, cine_model, key_image)
+    out = np.zeros(study.images.shape[1:], np.uint8)
+    reports = []
+    for k in range(study.n_slices):
+        progress(k + 1, study.n_slices + 1, f"checking slice {k + 1}/{study.n_slices}")
         # slices lie 10-20 mm apart: clean each one on its own
-        out[k][rs, cs] = keep_one_component_per_structure(pred[None])[0]
+        out[k] = keep_one_component_per_structure(probs[k].argmax(0).astype(np.uint8)[None])[0]
         if refine and study.aif is not None:
             # signal-intensity myocardium enhances to a larger share of the (saturated) blood
             # signal than Gd concentration does: the blood-likeness threshold follows the units
@@ -453,5 +522,5 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
             reports.append({"slice": k, **report})
     if reports:
         study.provenance["mask_refinement"] = reports
-    progress(study.n_slices, study.n_slices, "segmentation done")
+    progress(study.n_slices + 1, study.n_slices + 1, "segmentation done")
     return {0: out}
