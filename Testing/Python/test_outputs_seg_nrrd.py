@@ -129,13 +129,15 @@ def test_reads_back_without_slicer_and_with_pynrrd(analysis, tmp_path):
     assert again.read_bytes() == path.read_bytes()
 
 
-def test_a_map_without_rv_is_written_like_slicer(analysis, tmp_path):
-    """A perfusion mask has no RV: Slicer still lists the empty segment on the shared layer."""
+@pytest.mark.parametrize("removed", [(RV,), (1, 2, 3)], ids=["no RV", "empty"])
+def test_a_map_with_empty_segments_is_written_like_slicer(analysis, tmp_path, removed):
+    """A perfusion mask has no RV: Slicer still lists the empty segment on the shared layer
+    (and all three, with the layer's extent, when nothing is labelled)."""
     pytest.importorskip("slicer")
     from CardiacAISegLib import scene as sc
 
     labels = analysis.labels[analysis.reference_frame].copy()
-    labels[labels == RV] = 0
+    labels[np.isin(labels, removed)] = 0
     sc.write_segmentation(tmp_path / "slicer.seg.nrrd", labels, analysis.study.ijk_to_ras)
     seg_nrrd.write_seg_nrrd(tmp_path / "ours.seg.nrrd", labels, analysis.study.ijk_to_ras)
     assert_same_seg_nrrd(tmp_path / "ours.seg.nrrd", tmp_path / "slicer.seg.nrrd")
