@@ -133,7 +133,8 @@ class Analysis:
             self._compute_mbf_map()
             if self.rest is not None:  # the MPR depends on the rest series: its caveats are ours
                 self.warnings += [f"rest series: {w}" for w in self.rest.warnings]
-            self.timing_s["mbf_map"] = time.perf_counter() - t0
+            # the AIF and the fit; the motion correction inside is timed on its own
+            self.timing_s["mbf_map"] = time.perf_counter() - t0 - self.timing_s.get("motion", 0.0)
             t0 = time.perf_counter()
         else:
             single = self.study.n_frames == 1
@@ -177,14 +178,24 @@ class Analysis:
         check_perfusion_frames(st)
         check_not_blank(st.source or st.name, st.images)
         aif = self._aif()
-        images, dt = _regular_frames(st.images, times)
-        if images is not st.images:
-            aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
-        # --- motion correction (issue 9, motion.py): each frame moved onto the mask before its curves are read
+        # --- motion correction (issue 9, motion.py): each frame moved onto the mask before its curves
+        # are read, on the frames as acquired, so the frame-to-frame alignment the network mask's
+        # bolus check estimated on them (provenance "frame_alignment") is reused, not redone
         from .motion import correct as motion_correct
-        images, st.provenance["motion"] = motion_correct(images, self.labels[self.reference_frame], (st.spacing[1], st.spacing[0]))
+
+        t0 = time.perf_counter()
+        images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
+                                                         (st.spacing[1], st.spacing[0]),
+                                                         alignments=st.provenance.get("frame_alignment"))
+        self.timing_s["motion"] = time.perf_counter() - t0
+        acquired = images
+        images, dt = _regular_frames(acquired, times)
+        if images is not acquired:
+            aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
         self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
-        self._curves = (images, aif, np.arange(images.shape[0]) * dt)   # for the semi-quantitative indices
+        # the motion-corrected curves on their regular time grid: the semi-quantitative indices and
+        # the perfusion RV insertion points (RV at its peak enhancement) read these
+        self._curves = (images, aif, np.arange(images.shape[0]) * dt)
 
     def _aif(self):
         """The study's AIF; when it came from the LV blood pool (no separate AIF), the labelled LV
@@ -223,7 +234,8 @@ class Analysis:
         self.insertion = []
         if (ref == RV).any() and levels_found:
             try:
-                self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True)
+                bolus = None if self._curves is None else (self._curves[0], float(self._curves[2][1] - self._curves[2][0]))
+                self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True, bolus_frames=bolus)
                 estimated = [p for p in self.insertion if p.get("warning")]
                 if estimated:
                     from .qc import REVIEW, _flag

@@ -410,7 +410,7 @@ def _has(lab_slice, *values):
     return all((lab_slice == v).any() for v in values)
 
 
-def study_insertion_points(study, label_map3d=None, fill_missing=False):
+def study_insertion_points(study, label_map3d=None, fill_missing=False, bolus_frames=None):
     """RV insertion points on every slice with LV, myocardium and RV.
 
     Slices where the RV never comes within 10 mm of the epicardium reuse the directions of
@@ -418,14 +418,16 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
     ``fill_missing`` also gives borrowed points to slices with LV and myocardium but no RV
     (apical slices), which the AHA map needs. Returns a list, by slice, of dicts with
     slice, anterior_ijk, inferior_ijk, centre_ijk, anterior_ras, inferior_ras, centre_ras,
-    sense, source, borrowed_from.
+    sense, source, borrowed_from. ``bolus_frames``: (images (T, S, R, C), frame interval s) of a
+    perfusion study as its curves were measured (the Analysis's motion-corrected frames); the
+    study's own frames when not given.
     """
     lab = _default_labels(study, label_map3d)
     a = apex_to_base_direction(study, lab)
     sp_rc = _spacing_rc(study.spacing)
     m = study.ijk_to_ras
     direct, need = {}, []
-    bolus = _perfusion_frames(study)
+    bolus = _perfusion_frames(study, bolus_frames)
     for k in range(lab.shape[0]):
         if bolus is not None and _has(lab[k], LV, MYO):
             # perfusion: the RV at its peak enhancement, whether or not the network labelled it
@@ -476,21 +478,19 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False):
     return [out[k] for k in sorted(out)]
 
 
-def _perfusion_frames(study):
-    """(images (T, S, R, C), frame interval s or None) of a perfusion study, else None."""
-    images = getattr(study, "images", None)
-    if getattr(study, "kind", None) != PERFUSION or images is None or np.ndim(images) != 4 or images.shape[0] < 8:
+def _perfusion_frames(study, frames=None):
+    """(images (T, S, R, C), frame interval s or None) of a perfusion study, else None: ``frames``
+    (images, interval) when given, else the study's own."""
+    if getattr(study, "kind", None) != PERFUSION:
         return None
-    times = study.frame_times_s
-    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
-    # frames moved onto the mask by motion correction (motion.correct), when it ran on these frames
-    record = (study.provenance or {}).get("motion") or {}
-    if record.get("corrected_slices") and len(record["shifts_px"][0]) == images.shape[0]:
-        from .motion import apply_shifts
-
-        images = np.array(images, copy=True)
-        for k in record["corrected_slices"]:
-            images[:, k] = apply_shifts(images[:, k], np.asarray(record["shifts_px"][k]))
+    if frames is not None:
+        images, dt = frames
+    else:
+        images = getattr(study, "images", None)
+        times = study.frame_times_s
+        dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+    if images is None or np.ndim(images) != 4 or images.shape[0] < 8:
+        return None
     return images, dt
 
 

@@ -58,6 +58,88 @@ def test_correction_brings_segment_mbf_back(breathing, monkeypatch):
     assert np.median(on) < 0.12
 
 
+def test_batched_shifting_is_scipys_spline_frame_by_frame():
+    # every frame moved by its own sub-pixel shift in one pass must be what scipy gives per frame
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    stack = ndimage.gaussian_filter(rng.normal(size=(12, 40, 36)), (0, 2, 2)) + 0.1 * rng.normal(size=(12, 40, 36))
+    shifts = rng.uniform(-5, 5, size=(12, 2))
+    for order in (1, 3):
+        mine = motion._shift_stack(stack, shifts, order)
+        scipy = np.stack([ndimage.shift(f, -d, order=order, mode="nearest") for f, d in zip(stack, shifts)])
+        assert np.abs(mine - scipy).max() < 1e-9 * np.ptp(stack), order
+
+
+def test_whole_pixel_search_finds_each_frames_shift():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    ref = ndimage.gaussian_filter(rng.normal(size=(48, 44)), 2)
+    true = rng.integers(-4, 5, size=(10, 2)).astype(float)
+    # frame t shows at x + true[t] what the reference shows at x
+    frames = np.stack([ndimage.shift(ref, d, order=1, mode="nearest") for d in true])
+    yy, xx = np.indices(ref.shape)
+    weight = np.exp(-((yy - 24) ** 2 + (xx - 22) ** 2) / 200.0)
+    found = motion._integer_search(frames, np.repeat(ref[None], 10, 0), weight, max_px=5)
+    assert np.array_equal(found, true)
+
+
+def test_frame_alignment_is_estimated_once_per_slice(monkeypatch):
+    # the network mask's bolus check aligns the frames; the correction before the fit starts from
+    # those shifts on the final mask and never repeats the whole-pixel search
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    searches = []
+    search = motion._integer_search
+    monkeypatch.setattr(motion, "_integer_search", lambda *a, **k: searches.append(1) or search(*a, **k))
+    study, truth = make_perfusion_phantom(seed=0, noise=0.01, motion=True)
+    study.labels = None
+    a = compute_analysis(study)
+    assert len(searches) == study.n_slices
+    notes = study.provenance["motion"]["slices"]
+    assert all(n.get("alignment") == "shared with the mask check" for n in notes), notes
+    assert sorted(study.provenance["frame_alignment"]) == list(range(study.n_slices))
+    true = truth["motion_shift_px"][:, ::-1]
+    with_contrast = np.abs(study.aif) > 0.05 * study.aif.max()
+    for k, shifts in enumerate(study.provenance["motion"]["shifts_px"]):
+        # relative to the network's mask the offset is its own; frame to frame the breathing is found
+        err = np.asarray(shifts) - true
+        err -= np.median(err[with_contrast], axis=0)
+        assert np.abs(err[with_contrast]).max() < 0.5, (k, np.abs(err[with_contrast]).max())
+    errors = _segment_errors(a, truth)
+    assert np.median(errors) < 0.12, np.median(errors)
+
+
+def test_alignment_of_other_frames_is_not_reused():
+    frames = np.random.default_rng(0).normal(size=(20, 16, 16))
+    record = motion.alignment_record(frames, np.ones((20, 2)), (1.5, 1.5))
+    assert motion.reusable_alignment(record, frames, (1.5, 1.5)) is not None
+    edited = frames.copy()
+    edited[3, 4, 4] += 1.0
+    assert motion.reusable_alignment(record, edited, (1.5, 1.5)) is None
+    assert motion.reusable_alignment(record, frames, (1.5, 2.0)) is None
+    assert motion.reusable_alignment(record, frames[:-1], (1.5, 1.5)) is None
+    assert motion.reusable_alignment(None, frames, (1.5, 1.5)) is None
+
+
+def test_insertion_points_read_the_motion_corrected_curves(breathing, monkeypatch):
+    # one path: the RV at its peak enhancement is looked for in the frames the fit read
+    from CardiacAISegLib import geometry
+
+    study, truth = breathing
+    seen = []
+    find = geometry.perfusion_insertion_points
+    monkeypatch.setattr(geometry, "perfusion_insertion_points", lambda lab, frames, *a, **k: seen.append(frames) or find(lab, frames, *a, **k))
+    a = Analysis(study, study.labels).run()
+    assert len(seen) == study.n_slices
+    for k, frames in enumerate(seen):
+        assert np.array_equal(frames, a._curves[0][:, k])
+    for p, (ant, inf) in zip(a.insertion, truth["insertion_points"]):
+        assert np.hypot(*np.subtract(p["anterior_ijk"][:2], ant[:2])) < 1.5
+        assert np.hypot(*np.subtract(p["inferior_ijk"][:2], inf[:2])) < 1.5
+
+
 def test_mismatched_mask_is_refused():
     with pytest.raises(CardiacInputError, match="motion"):
         motion.correct(np.zeros((10, 2, 8, 8)), np.zeros((3, 8, 8), np.uint8))

@@ -62,7 +62,8 @@ def enhancement_frames(frames, aif):
 
 
 def frames_aligned(frames, labels, pixel_mm=None):
-    """(frames aligned with each other by motion correction, max shift in pixels).
+    """(frames aligned with each other by motion correction, max shift in pixels, the (T, 2)
+    frame-to-frame shifts or None when the frames could not be registered).
 
     Breathing moves blood over the wall in some frames; tested frame by frame without this,
     those wall pixels look like blood and are cut (breathing phantom: a third of the wall). The
@@ -75,10 +76,31 @@ def frames_aligned(frames, labels, pixel_mm=None):
         shifts, note = estimate_shifts(frames, labels, (1.0, 1.0), max_shift_mm=6.0, onto_mask=False)
     else:
         shifts, note = estimate_shifts(frames, labels, pixel_mm, onto_mask=False)
+    if not note.get("registered"):
+        return frames, 0.0, None
     biggest = float(np.abs(shifts).max())
-    if not note.get("registered") or biggest <= DEAD_BAND_PX:
-        return frames, 0.0
-    return apply_shifts(np.asarray(frames, np.float64), shifts), biggest
+    if biggest <= DEAD_BAND_PX:
+        return frames, 0.0, shifts
+    return apply_shifts(np.asarray(frames, np.float64), shifts), biggest, shifts
+
+
+def refine_study_slice(study, k, labels, **options):
+    """``refine_slice`` for slice ``k`` of a perfusion study, at the study's pixel size. The
+    frame-to-frame alignment the check estimates is kept in
+    ``study.provenance["frame_alignment"][k]``: the motion correction before the MBF fit
+    (``motion.correct``) reuses it on the same frames and only places the aligned series on the
+    final mask, so breathing is registered once per slice, not twice."""
+    from ..motion import alignment_record
+
+    pixel_mm = (float(study.spacing[1]), float(study.spacing[0]))
+    frames = study.images[:, k]
+    out, report, shifts = _refine_slice(frames, study.aif, labels, pixel_mm=pixel_mm, **options)
+    alignments = study.provenance.setdefault("frame_alignment", {})
+    if shifts is None:
+        alignments.pop(k, None)
+    else:
+        alignments[k] = alignment_record(frames, shifts, pixel_mm)
+    return out, report
 
 
 def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fraction=0.25, gap_px=0.0, peak_ratio=1.2,
@@ -88,20 +110,28 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
     With ``motion`` the frames are first aligned with each other (``frames_aligned``), so the
     blood-likeness tests read each pixel's own curve; ``pixel_mm`` (row, col) sets the search
     range in millimetres when known."""
+    out, report, _ = _refine_slice(frames, aif, labels, min_ratio, max_ratio, blood_fraction, gap_px, peak_ratio,
+                                   motion, pixel_mm)
+    return out, report
+
+
+def _refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fraction=0.25, gap_px=0.0, peak_ratio=1.2,
+                  motion=True, pixel_mm=None):
+    """``refine_slice``, and the frame-to-frame shifts it aligned the frames with (None if none)."""
     from scipy import ndimage
 
     from ..roi import peak_image
 
     net_lv, net_myo, net_rv = labels == LV, labels == MYO, labels == RV
-    moved_px = 0.0
+    moved_px, shifts = 0.0, None
     if motion and net_lv.any() and net_myo.any():
-        frames, moved_px = frames_aligned(frames, labels, pixel_mm)
+        frames, moved_px, shifts = frames_aligned(frames, labels, pixel_mm)
     frames = enhancement_frames(frames, aif)
     peak = int(np.argmax(aif))
     at_peak = peak_image(frames, aif)
     pool, level = blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv)
     if pool is None:
-        return labels.copy(), {"refined": False, "reason": "no blood pool found at the AIF peak"}
+        return labels.copy(), {"refined": False, "reason": "no blood pool found at the AIF peak"}, shifts
     radius = np.sqrt(pool.sum() / np.pi)
     dist = ndimage.distance_transform_edt(~pool)
     cy, cx = np.argwhere(pool).mean(0)
@@ -136,4 +166,4 @@ def refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_fract
               "sectors_trimmed": int((thick > hi).sum()), "sectors_widened": int((thick < lo).sum()),
               "blood_like_pixels_removed": int(((dist > gap_px) & (dist <= outer) & blood_like).sum()),
               "motion_max_shift_px": round(moved_px, 2)}
-    return out, report
+    return out, report, shifts
