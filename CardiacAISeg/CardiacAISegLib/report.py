@@ -117,7 +117,13 @@ def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk)
                                    (((lm == LV) | (lm == MYO)), SEGMENTS["LV myocardium"][1], "LV epi"),
                                    ((lm == RV), SEGMENTS["RV"][1], "RV")):
             if mask.any() and not mask.all():
-                ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+                # contoured on the mask's bounding box and one pixel around it, placed by its
+                # pixel coordinates: the same lines as on the whole slice, at a fraction of the cost
+                rows, cols = np.nonzero(mask)
+                r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, mask.shape[0])
+                c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, mask.shape[1])
+                ax.contour(np.arange(c0, c1), np.arange(r0, r1), mask[r0:r1, c0:c1].astype(float),
+                           levels=[0.5], colors=[colour], linewidths=1.5)
     for p in points or ():
         if int(p["slice"]) != k:
             continue
