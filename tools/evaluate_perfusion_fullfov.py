@@ -1,5 +1,6 @@
 """Perfusion segmentation on a wide field of view: synthetic first-pass series built on the
 held-out ACDC patients' whole images (not heart crops), network alone vs the bolus heart crop.
+``synthetic_fullfov_cases`` is shared with tools/compare_perfusion_segmenters.py.
 
 Real full-field perfusion with expert masks is not in ../shared; this measures the part that
 can be measured here: whether the heart is found and segmented when the chest, liver and arms
@@ -19,30 +20,23 @@ def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def main():
-    from CardiacAISegLib.labels import LV, MYO, RV
-    from CardiacAISegLib.models import inference, registry
+def synthetic_fullfov_cases(cases, size=160, seed=0):
+    """Yields (name, study, truth labels (R, C)) for ``cases`` synthetic first-pass series built on
+    the held-out ACDC patients' whole images (``perfusion_synth.synth_sample`` at ``size`` px of
+    1.4-3.6 mm), half in Gd units, half as signal intensity. The same seed gives the same cases."""
+    from CardiacAISegLib.labels import LV, MYO
+    from CardiacAISegLib.models import registry
     from CardiacAISegLib.models.perfusion_synth import synth_sample
     from CardiacAISegLib.readers.acdc import load_acdc_patient
     from CardiacAISegLib.study import Study, affine_from_spacing
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--cases", type=int, default=30)
-    p.add_argument("--size", type=int, default=160, help="field of view in pixels (at 1.4-3.6 mm)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-refine", action="store_true", help="the network's masks without the bolus check")
-    args = p.parse_args()
-
     card = registry.get_card("perfusion-resunet")
     split = card["training"]["split"]
     split = json.loads(split.replace("'", '"')) if isinstance(split, str) else split
-    patients = split["val"]
-    model = registry.load_model("perfusion-resunet")
-    rows = {"network alone": [], "bolus heart crop": []}
-    timing = []
-    rng = np.random.default_rng(args.seed)
+    patients = split["val"]   # held out from the perfusion and the cine networks alike
+    rng = np.random.default_rng(seed)
     n = 0
-    while n < args.cases:
+    while n < cases:
         name = patients[n % len(patients)]
         st = load_acdc_patient(SHARED / "acdc" / name)
         lab3 = st.labels[st.ed_frame]
@@ -50,11 +44,12 @@ def main():
         img = st.images[st.ed_frame, k]
         img = img / max(float(np.percentile(img, 99.5)), 1e-6)
         sp = st.spacing
-        seed = int(rng.integers(1 << 30))
-        pixel_mm = np.random.default_rng(seed).uniform(1.4, 3.6)   # synth_sample's first draw
+        case_seed = int(rng.integers(1 << 30))
+        pixel_mm = np.random.default_rng(case_seed).uniform(1.4, 3.6)   # synth_sample's first draw
         signal = bool(rng.random() < 0.5)
         try:
-            series, lab, aif = synth_sample(img, lab3[k], (sp[1], sp[0]), np.random.default_rng(seed), size=args.size, signal=signal)
+            series, lab, aif = synth_sample(img, lab3[k], (sp[1], sp[0]), np.random.default_rng(case_seed), size=size,
+                                            signal=signal)
         except ValueError:   # a slice with no labels left after the crop
             continue
         if not (lab == MYO).any():
@@ -63,11 +58,29 @@ def main():
         study = Study(images=series[:, None], ijk_to_ras=affine_from_spacing((pixel_mm, pixel_mm, 8.0)), kind="perfusion",
                       frame_times_s=np.arange(series.shape[0]) * 0.5, aif=aif.astype(np.float64),
                       units="signal" if signal else "gd_mmol_l")
+        yield f"{name} slice {k + 1}", study, lab
+
+
+def main():
+    from CardiacAISegLib.labels import LV, MYO, RV
+    from CardiacAISegLib.models import inference, registry
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", type=int, default=30)
+    p.add_argument("--size", type=int, default=160, help="field of view in pixels (at 1.4-3.6 mm)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-refine", action="store_true", help="the network's masks without the bolus check")
+    args = p.parse_args()
+
+    model = registry.load_model("perfusion-resunet")
+    rows = {"network alone": [], "bolus heart crop": []}
+    timing = []
+    for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed):
         for label, limit in (("network alone", 1e9), ("bolus heart crop", inference.CROP_WHEN_FOV_OVER_MM)):
             inference.CROP_WHEN_FOV_OVER_MM = limit
             t0 = time.perf_counter()
             try:
-                pred = inference.segment_perfusion_study(study, model, refine=not args.no_refine)[0][0]
+                pred = inference.segment_perfusion_study(study, model, refine=not args.no_refine, mode="frames")[0][0]
             except Exception as e:   # a series where the bolus finder fails counts as a miss
                 print(f"{name}: {label}: {type(e).__name__}: {e}")
                 pred = np.zeros_like(lab)
@@ -75,7 +88,8 @@ def main():
                 timing.append(time.perf_counter() - t0)
             rows[label].append([dice(pred == c, lab == c) for c in (LV, MYO, RV)])
         inference.CROP_WHEN_FOV_OVER_MM = 200.0
-    print(f"{n} synthetic full-FOV series ({args.size} px at 1.4-3.6 mm) on {len(patients)} held-out ACDC patients")
+    print(f"{len(timing)} synthetic full-FOV series ({args.size} px at 1.4-3.6 mm) on the held-out ACDC patients "
+          "(perfusion network, frames path)")
     for label, r in rows.items():
         r = np.asarray(r)
         print(f"{label:18s} Dice LV {r[:, 0].mean():.3f}  MYO {r[:, 1].mean():.3f} (median {np.median(r[:, 1]):.3f}, "
