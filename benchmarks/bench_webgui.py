@@ -10,9 +10,14 @@ phantom, and measures:
 - time for "Open sample" and for "Run" -> results table (the phantom with its labels);
 - the server-reported update time of an edit (grow myocardium) and of a handle turn;
 - the server's resident memory (VmRSS) when it starts listening, with a page connected, after
-  the run and edits, and its peak (VmHWM).
+  the run and edits, and its peak (VmHWM);
+- interaction latency in the browser (issue 13): a handle drag and a paint stroke with real
+  mouse events, timed in the page from the mouse release to the first change of the results
+  table (a MutationObserver), ``--drags`` of each; beside it the server's share (the update
+  time the page reports: the engine's re-measure) - the rest is event delivery, state
+  transfer and the page's own rendering.
 
-    python benchmarks/bench_webgui.py [--runs 3]
+    python benchmarks/bench_webgui.py [--runs 3] [--drags 5] [--latency-only]
 """
 import argparse
 import json
@@ -87,7 +92,90 @@ const imgs = document.querySelectorAll('#views .remote-controlled-area img');
 return imgs.length >= 2 && Array.from(imgs).every(i => i.complete && i.naturalWidth > 0);"""
 
 
-def one_run(data, log):
+# In the page: the time of the last mouse release, and of the first results-table change after it.
+LATENCY_PROBE = """
+window.__up = null; window.__table = null;
+document.addEventListener('mouseup', () => { window.__up = performance.now(); window.__table = null; }, true);
+new MutationObserver(() => { if (window.__up !== null && window.__table === null) window.__table = performance.now(); })
+    .observe(document.getElementById('results-table'), {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
+
+def _drag(driver, points, steps=4):
+    """Press at the first point of the slice view (fractions, y down), move through the others, release."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    area = driver.find_elements(By.CSS_SELECTOR, "#views .remote-controlled-area")[0]
+    r = area.rect
+    px = [(int(round((x - 0.5) * r["width"])), int(round((y - 0.5) * r["height"]))) for x, y in points]
+    chain = ActionChains(driver, duration=20)
+    chain.move_to_element_with_offset(area, *px[0]).pause(0.2).click_and_hold().pause(0.1)
+    for (x0, y0), (x1, y1) in zip(px, px[1:]):
+        for i in range(steps):
+            dx = round(x0 + (x1 - x0) * (i + 1) / steps) - round(x0 + (x1 - x0) * i / steps)
+            dy = round(y0 + (y1 - y0) * (i + 1) / steps) - round(y0 + (y1 - y0) * i / steps)
+            chain.move_by_offset(dx, dy).pause(0.03)
+    chain.release().perform()
+
+
+def interaction_latency(driver, n=5):
+    """{'drag_ms': [...], 'drag_server_ms': [...], 'stroke_ms': [...], 'stroke_server_ms': [...]}:
+    mouse release -> results table changed, in the page, and the update time the server reports."""
+    import math
+
+    from selenium.webdriver.common.by import By
+
+    def info():
+        found = driver.find_elements(By.ID, "info-alert")
+        return found[0].text if found else ""
+
+    def handles():
+        return {p["label"]: p for p in json.loads(driver.find_element(By.ID, "handle-xy").get_attribute("textContent") or "[]")}
+
+    def one(action, pattern):
+        driver.execute_script("window.__up = null; window.__table = null;")
+        action()
+        ms = _wait(lambda: driver.execute_script("return window.__table !== null && window.__up !== null && window.__table - window.__up"),
+                   timeout=30)
+        # (the message comes in the same state update as the table: it may read as before
+        # when the update took the same number of ms)
+        text = _wait(lambda: (lambda t: t if pattern in t else None)(info()), timeout=30)
+        m = re.search(r"update (\d+) ms", text)
+        return float(ms), (float(m.group(1)) if m else float("nan"))
+
+    out = {"drag_ms": [], "drag_server_ms": [], "stroke_ms": [], "stroke_server_ms": []}
+    driver.execute_script(LATENCY_PROBE)
+    for i in range(n):                       # the anterior handle a little round the LV centre, to and fro
+        h = handles()
+        ant = next(v for k, v in h.items() if k.endswith("anterior"))
+        c = h["LV centre"]
+        vx, vy = ant["x"] - c["x"], ant["y"] - c["y"]
+        turn = math.radians(12 if i % 2 == 0 else -12)
+        path = [(ant["x"], ant["y"])] + [(c["x"] + vx * math.cos(turn * f) - vy * math.sin(turn * f),
+                                          c["y"] + vx * math.sin(turn * f) + vy * math.cos(turn * f)) for f in (0.5, 1.0)]
+        ms, server = one(lambda: _drag(driver, path), "handle dragged")
+        out["drag_ms"].append(ms)
+        out["drag_server_ms"].append(server)
+    driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "seg-lv"))
+    driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "tool-paint"))
+    time.sleep(0.5)
+    h = handles()
+    ant = next(v for k, v in h.items() if k.endswith("anterior"))
+    c = h["LV centre"]
+    radius = math.hypot(ant["x"] - c["x"], ant["y"] - c["y"])
+    for i in range(n):                       # LV blood pool painted over a new stretch of myocardium
+        a = math.radians(40 + 360.0 * i / n)
+        end = (c["x"] + 0.95 * radius * math.cos(a), c["y"] + 0.95 * radius * math.sin(a))
+        mid = (c["x"] + 0.6 * radius * math.cos(a), c["y"] + 0.6 * radius * math.sin(a))
+        ms, server = one(lambda: _drag(driver, [mid, end]), "Painted")
+        out["stroke_ms"].append(ms)
+        out["stroke_server_ms"].append(server)
+    driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "tool-none"))
+    return out
+
+
+def one_run(data, log, drags=5, latency_only=False):
     from selenium.webdriver.common.by import By
 
     out = {}
@@ -125,6 +213,14 @@ def one_run(data, log):
         click("run-btn")
         _wait(lambda: values().get("LV EDV"))
         out["run_to_table_s"] = time.perf_counter() - t2
+        if drags:
+            time.sleep(1.0)              # the zoom onto the heart settles
+            lat = interaction_latency(driver, drags)
+            for key, vals in lat.items():
+                out[key] = statistics.median(vals)
+                out[key + "_all"] = vals
+        if latency_only:
+            return out
         for button, key, pattern in (("grow-btn", "edit_update_ms", "grown"), ("ant-plus", "handle_update_ms", "anterior handle")):
             click(button)
             text = _wait(lambda: (lambda t: t if pattern in t else None)(driver.find_element(By.ID, "info-alert").text))
@@ -151,6 +247,10 @@ ROWS = (
     ("run_to_table_s", "run (its labels) -> table", "s"),
     ("edit_update_ms", "edit (grow myocardium) update", "ms"),
     ("handle_update_ms", "handle turn update", "ms"),
+    ("drag_ms", "handle drag -> table, in the browser", "ms"),
+    ("drag_server_ms", "  of which the server's re-measure", "ms"),
+    ("stroke_ms", "paint stroke -> table, in the browser", "ms"),
+    ("stroke_server_ms", "  of which the server's re-measure", "ms"),
     ("rss_listening_mb", "server RSS when listening", "MB"),
     ("rss_page_mb", "server RSS, page connected", "MB"),
     ("rss_after_run_mb", "server RSS, after run + edits", "MB"),
@@ -161,6 +261,8 @@ ROWS = (
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--drags", type=int, default=5, help="handle drags and paint strokes timed per run (0: none)")
+    p.add_argument("--latency-only", action="store_true", help="stop after the latency measurements")
     args = p.parse_args()
 
     from CardiacAISegLib.phantom import write_phantom
@@ -171,7 +273,7 @@ def main():
         results = []
         with open(Path(tmp) / "server.log", "w") as log:
             for _ in range(args.runs):
-                results.append(one_run(data, log))
+                results.append(one_run(data, log, args.drags, args.latency_only))
     notes = {r.get("note") for r in results if r.get("note")}
     print(f"cardiacaiseg gui: {args.runs} run(s), {os.cpu_count()} CPU(s), cine phantom 20 x 10 x 128 x 128")
     print(f"{'measure':40s} {'median':>9s} {'min':>9s} {'max':>9s}  unit")
@@ -184,6 +286,10 @@ def main():
         print(f"{label:40s} {fmt.format(statistics.median(vals))} {fmt.format(min(vals))} {fmt.format(max(vals))}  {unit}")
     for n in notes:
         print(f"note: {n}")
+    drag = [v for r in results for v in r.get("drag_ms_all", [])]
+    if drag:
+        print(f"latency: {len(drag)} drags and strokes per measure, medians of the runs' medians; "
+              f"release -> table in the page, server share = the engine's re-measure time")
     print(json.dumps({"runs": results}), file=sys.stderr)
 
 

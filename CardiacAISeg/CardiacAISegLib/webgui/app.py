@@ -21,6 +21,7 @@ from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
+PAINT_SETTLE_S = 0.02
 EXPECTED = (CardiacInputError, OutputExistsError, CancelledError, FileNotFoundError, PermissionError)
 
 
@@ -44,6 +45,8 @@ class CardiacWebApp:
         self._play_task = None
         self._observed_markups = None
         self._bullseye_key = None
+        self._bullseye_pending = False
+        self._bullseye_again = False
         self._init_state()
         self._build_ui()
         self._bind()
@@ -574,7 +577,9 @@ class CardiacWebApp:
         loop = asyncio.get_event_loop()
         if self._paint_timer is not None:
             self._paint_timer.cancel()
-        self._paint_timer = loop.call_later(0.4, self._after_paint)
+        # The brush lands in the segmentation on the mouse release, as a burst of modified
+        # events in one turn of the loop: measure once, right after the burst.
+        self._paint_timer = loop.call_later(PAINT_SETTLE_S, self._after_paint)
 
     def _after_paint(self):
         self._paint_timer = None
@@ -634,16 +639,83 @@ class CardiacWebApp:
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
                       for f in qc.get("flags", [])]
         s.warnings = list(a.warnings) if a is not None else []
-        s.bullseye_title = a.bullseye_label if a is not None else ""
         s.bullseye_choice = a is not None and a.kind != CINE
-        fit = bool(s.bullseye_fit)
-        key = None if a is None else (fit, a.bullseye_label, tuple(sorted(a.segment_values.items())))
-        if key != self._bullseye_key:
-            s.bullseye_src = "" if a is None else "data:image/png;base64," + base64.b64encode(sess.bullseye_png(fit=fit)).decode()
-            self._bullseye_key = key
+        if results_only:
+            # After a drag or an edit the table goes to the page first; the bullseye picture
+            # (matplotlib, ~0.1-0.3 s) follows in the next turn of the loop.
+            self._schedule_bullseye()
+        else:
+            self._render_bullseye()
         self._watch_markups()
         self._refresh_tags()
         self._refresh_handles()
+
+    def _bullseye_wanted(self):
+        """(key, what to draw) of the bullseye the page should show now; key None: none."""
+        from types import SimpleNamespace
+
+        a = self.session.analysis
+        self.state.bullseye_title = a.bullseye_label if a is not None else ""
+        if a is None:
+            return None, None
+        fit = bool(self.state.bullseye_fit)
+        key = (fit, a.bullseye_label, tuple(sorted(a.segment_values.items())))
+        # a copy of what the renderer reads, so that a worker thread can draw it while the
+        # analysis moves on
+        return key, SimpleNamespace(kind=a.kind, bullseye_label=a.bullseye_label,
+                                    segment_values=dict(a.segment_values), fit=fit)
+
+    @staticmethod
+    def _bullseye_src(what):
+        from ..report import analysis_bullseye_png
+
+        return "data:image/png;base64," + base64.b64encode(analysis_bullseye_png(what, size_px=300, fit=what.fit)).decode()
+
+    def _render_bullseye(self):
+        key, what = self._bullseye_wanted()
+        if key != self._bullseye_key:
+            self.state.bullseye_src = "" if what is None else self._bullseye_src(what)
+            self._bullseye_key = key
+
+    def _schedule_bullseye(self):
+        """Draw the bullseye in a worker thread (matplotlib takes 0.1-0.4 s on a busy machine):
+        the table, already sent, and the views' rendering do not wait for it."""
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or not loop.is_running():
+            self._render_bullseye()
+            return
+        if self._bullseye_pending:
+            self._bullseye_again = True          # drawn again once the one in flight is done
+            return
+        key, what = self._bullseye_wanted()
+        if key == self._bullseye_key:
+            return
+        if what is None:
+            self._render_bullseye()
+            return
+        from trame_server.utils.asynchronous import create_task
+
+        self._bullseye_pending, self._bullseye_again = True, False
+
+        async def draw():
+            try:
+                src = await loop.run_in_executor(None, self._bullseye_src, what)
+                with self.state:
+                    if self._bullseye_wanted()[0] == key:
+                        self.state.bullseye_src, self._bullseye_key = src, key
+            except Exception as e:  # noqa: BLE001 - the page must say what happened
+                log.exception("bullseye drawing failed")
+                with self.state:
+                    self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+            finally:
+                self._bullseye_pending = False
+            if self._bullseye_again:
+                with self.state:
+                    self._schedule_bullseye()
+        create_task(draw())
 
     def _refresh_tags(self):
         sess, s = self.session, self.state

@@ -7,6 +7,8 @@ paint/erase effects work in the slice view as they do in Slicer.
 ``StudyViews`` builds the trame-slicer application around one MRML scene and hands the engine a
 ``scene.SceneContext`` on that scene, so the Logic's nodes are the nodes the views show.
 """
+import os
+
 import numpy as np
 
 from .. import scene as sc
@@ -19,6 +21,26 @@ from ..study import CINE
 CONTOUR_COLOURS = {"lv": (1.0, 0.15, 0.15), "myo": (0.1, 1.0, 0.2), "rv": (1.0, 0.9, 0.0)}
 HANDLE_COLOUR = (0.0, 0.9, 1.0)          # cyan: apart from every contour colour
 CONTOUR_WIDTH_PX = 3
+
+# Pictures streamed per second while the mouse acts on a view. Each render runs on the server's
+# event loop, so the page's next event and state update wait behind it: on a busy 2-core machine
+# (renders 50-240 ms) 20 per second left a handle drag's table update 334 ms behind the release,
+# 10 per second 117 ms (benchmarks/bench_webgui.py). CARDIACAISEG_GUI_FPS sets another rate.
+DEFAULT_STREAM_FPS = 10.0
+
+
+def stream_fps():
+    text = os.environ.get("CARDIACAISEG_GUI_FPS", "")
+    try:
+        fps = float(text) if text else DEFAULT_STREAM_FPS
+    except ValueError:
+        import logging
+
+        logging.getLogger("cardiacaiseg.webgui").warning(
+            "CARDIACAISEG_GUI_FPS=%r is not a number of pictures per second; using %g", text, DEFAULT_STREAM_FPS)
+        fps = DEFAULT_STREAM_FPS
+    return min(max(fps, 1.0), 60.0)
+
 
 SLICE_VIEW = "Red"
 THREED_VIEW = "ThreeD"
@@ -43,7 +65,7 @@ class StudyViews:
         self.server = server
         self.app = SlicerApp()
         register_rca_factories(self.app.view_manager, server, slice_view_ui_f=_no_gutter, rca_encoder="jpeg",
-                               target_fps=20.0, blur_fps=5.0)
+                               target_fps=stream_fps(), blur_fps=5.0)
         self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
         red = ViewLayoutDefinition.slice_view("Axial", label=SLICE_VIEW, color="#F34A33")
         threed = ViewLayoutDefinition.threed_view(name=THREED_VIEW)
