@@ -407,16 +407,28 @@ def heart_crop(study):
 #   first pass (``perfusion_keyimage``);
 # - "ensemble": the mean of both paths' class probabilities on the perfusion grid.
 PERFUSION_SEGMENTATION_MODES = ("frames", "cine-key-image", "ensemble")
+# Whether the bolus check (``perfusion_refine``) follows each path unless the card or the caller
+# says otherwise. Measured with tools/compare_perfusion_segmenters.py (docs/models.md): it
+# rescues the perfusion network's masks (synthetic full-FOV MYO Dice 0.68 -> 0.79, real
+# aif_detection LV 0.71 -> 0.81) and the cine network's (0.72 -> 0.77, 0.78 -> 0.80), but costs
+# the ensemble, whose masks are already better than what it rebuilds (0.85 -> 0.78, 0.83 -> 0.81).
+BOLUS_CHECK_BY_MODE = {"frames": True, "cine-key-image": True, "ensemble": False}
 
 
 def perfusion_segmentation(card):
     """The card's declared perfusion segmentation: dict with mode, key_image, cine_model (None =
-    the registry's default cine model)."""
-    from .perfusion_keyimage import KEY_IMAGE_MODES
+    the registry's default cine model) and bolus_check (default: BOLUS_CHECK_BY_MODE). A card
+    without ``input.segmentation`` is run as perfusion networks were before: frames, checked."""
+    from .perfusion_keyimage import DEFAULT_KEY_IMAGE, KEY_IMAGE_MODES
 
     entry = dict(card.get("input", {}).get("segmentation") or {"mode": "frames"})
-    entry.setdefault("key_image", KEY_IMAGE_MODES[0])
+    entry.setdefault("key_image", DEFAULT_KEY_IMAGE)
     entry.setdefault("cine_model", None)
+    if entry.get("key_image") not in KEY_IMAGE_MODES:
+        raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.key_image must be one of "
+                                f"{', '.join(KEY_IMAGE_MODES)}, not {entry.get('key_image')!r}")
+    if entry.get("mode") in PERFUSION_SEGMENTATION_MODES:
+        entry.setdefault("bolus_check", BOLUS_CHECK_BY_MODE[entry["mode"]])
     if entry.get("mode") not in PERFUSION_SEGMENTATION_MODES:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.mode must be one of "
                                 f"{', '.join(PERFUSION_SEGMENTATION_MODES)}, not {entry.get('mode')!r}")
@@ -491,14 +503,15 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
 
 
-def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=True, mode=None, cine_model=None,
+def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=None, mode=None, cine_model=None,
                             key_image=None):
     """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
 
     ``mode`` (default: the card's ``input.segmentation.mode``) picks the path
     (PERFUSION_SEGMENTATION_MODES); ``cine_model`` (a name or LoadedModel) and ``key_image``
     ('lv-peak' / 'myo-peak') override the card's choices for the key-image path.
-    With ``refine`` and an AIF, each slice's mask is checked and mended against the bolus
+    With ``refine`` (default: the card's ``bolus_check`` for its mode, BOLUS_CHECK_BY_MODE for
+    another mode) and an AIF, each slice's mask is checked and mended against the bolus
     (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
     """
     from .perfusion_refine import refine_study_slice
@@ -508,6 +521,11 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     device = pick_device(device)
     progress(0, study.n_slices + 1, "segmenting the perfusion series")
     probs = perfusion_probabilities(study, loaded_model, mode, device, cine_model, key_image)
+    if refine is None:
+        declared = perfusion_segmentation(loaded_model.card)
+        used = study.provenance["perfusion_segmentation"]["mode"]
+        refine = declared["bolus_check"] if used == declared["mode"] else BOLUS_CHECK_BY_MODE[used]
+    study.provenance["perfusion_segmentation"]["bolus_check"] = bool(refine and study.aif is not None)
     out = np.zeros(study.images.shape[1:], np.uint8)
     reports = []
     for k in range(study.n_slices):

@@ -1,0 +1,181 @@
+"""Perfusion segmentation by the cine network on a key image of the first pass, alone and
+averaged with the perfusion network (issue 9): the card's declared mode, the key frames, exact
+mapping back from a square of a wide field, unknown pixel sizes, synthetic full-field series on
+held-out anatomy and the real low-resolution series with expert LV masks."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from CardiacAISegLib.errors import CardiacInputError
+from CardiacAISegLib.labels import LV, MYO, RV
+from CardiacAISegLib.models import inference, perfusion_keyimage, registry
+from CardiacAISegLib.phantom import make_perfusion_phantom
+from CardiacAISegLib.study import Study, affine_from_spacing
+
+
+def dice(a, b):
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def perfusion_model():
+    return registry.load_model(registry.default_model("perfusion"))
+
+
+def test_shipped_card_declares_the_ensemble_and_a_bad_mode_is_refused():
+    declared = inference.perfusion_segmentation(registry.get_card("perfusion-resunet"))
+    assert declared["mode"] == "ensemble" and declared["key_image"] == "myo-peak"
+    assert declared["bolus_check"] is False and declared["cine_model"] is None
+    # a card without the entry runs as perfusion cards always did: the network, then the check
+    legacy = inference.perfusion_segmentation({"name": "old", "input": {"pixel_mm": None}})
+    assert legacy["mode"] == "frames" and legacy["bolus_check"] is True
+    with pytest.raises(CardiacInputError, match="input.segmentation.mode must be one of frames, cine-key-image, ensemble"):
+        inference.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "magic"}}})
+    with pytest.raises(CardiacInputError, match="key_image must be one of lv-peak, myo-peak"):
+        inference.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "key_image": "late"}}})
+
+
+def test_key_frames_follow_the_bolus():
+    study, truth = make_perfusion_phantom(seed=2, stress=True, noise=0.01)
+    timing = perfusion_keyimage.bolus_timing(study)
+    aif_peak = int(np.argmax(study.aif))
+    assert abs(timing["lv_peak_frame"] - aif_peak) <= 1
+    # the wall peaks after the blood (phantom myocardium: AIF (x) Fermi, delayed)
+    wall = study.images[:, 1][:, study.labels[0][1] == MYO].mean(1)
+    assert timing["myo_peak_frame"] > timing["lv_peak_frame"]
+    assert abs(timing["myo_peak_frame"] - int(np.argmax(wall))) <= 3, (timing["myo_peak_frame"], int(np.argmax(wall)))
+    lv_frames = perfusion_keyimage.key_frames(timing, "lv-peak", study.n_frames)
+    assert list(lv_frames) == [timing["lv_peak_frame"] - 1, timing["lv_peak_frame"], timing["lv_peak_frame"] + 1]
+    with pytest.raises(CardiacInputError, match="mode must be one of lv-peak, myo-peak"):
+        perfusion_keyimage.key_frames(timing, "late", study.n_frames)
+
+
+def _embedded(study, shape, offset):
+    """The phantom placed at ``offset`` in a wider field of low-level noise (a chest-sized view)."""
+    t, s, r, c = study.images.shape
+    rng = np.random.default_rng(0)
+    wide = np.abs(rng.normal(0, 0.02, (t, s, *shape))).astype(np.float32)
+    wide[:, :, offset[0]:offset[0] + r, offset[1]:offset[1] + c] = study.images
+    return Study(images=wide, ijk_to_ras=study.ijk_to_ras.copy(), kind="perfusion", frame_times_s=study.frame_times_s,
+                 aif=study.aif, units=study.units)
+
+
+def test_wide_field_key_image_masks_land_on_the_heart_exactly(perfusion_model):
+    study, _ = make_perfusion_phantom(seed=5, stress=True, noise=0.01)     # 96 px at 1.8 mm
+    truth = study.labels[0]
+    offset = (70, 41)
+    wide = _embedded(study, (260, 230), offset)                              # 468 x 414 mm
+    for mode in ("cine-key-image", "ensemble"):
+        labels = inference.segment_perfusion_study(wide, perfusion_model, mode=mode, refine=False)[0]
+        record = wide.provenance["perfusion_segmentation"]
+        square = record["square"]
+        assert square["rows"][1] - square["rows"][0] < 260 and square["cols"][1] - square["cols"][0] < 230   # a square was used
+        inside = labels[:, offset[0]:offset[0] + 96, offset[1]:offset[1] + 96]
+        outside = labels.copy()
+        outside[:, offset[0]:offset[0] + 96, offset[1]:offset[1] + 96] = 0
+        assert not outside.any(), mode                                    # nothing found in the empty field
+        for v, floor in ((LV, 0.9), (MYO, 0.75)):
+            assert dice(inside == v, truth == v) > floor, (mode, v, dice(inside == v, truth == v))
+
+
+def test_unknown_pixel_size_is_estimated_from_the_lv_pool(perfusion_model):
+    study, _ = make_perfusion_phantom(seed=5, stress=True, noise=0.01)
+    truth = study.labels[0]
+    blind = Study(images=study.images, ijk_to_ras=affine_from_spacing((1.0, 1.0, 1.0)), kind="perfusion",
+                  frame_times_s=study.frame_times_s, aif=study.aif, units=study.units, orientation_known=False)
+    assert not perfusion_keyimage.pixel_size_known(blind)
+    timing = perfusion_keyimage.bolus_timing(blind)
+    pixel, source = perfusion_keyimage.working_pixel_mm(blind, timing)
+    assert source.startswith("estimated from the LV pool")
+    assert pixel[0] == pytest.approx(perfusion_keyimage.TYPICAL_LV_POOL_DIAMETER_MM / (2 * timing["lv_radius_px"]))
+    assert 1.8 / 1.5 < pixel[0] < 1.8 * 1.5      # within the cine network's scale augmentation of the truth
+    labels = inference.segment_perfusion_study(blind, perfusion_model, mode="cine-key-image", refine=False)[0]
+    assert dice(labels == MYO, truth == MYO) > 0.7
+
+
+def _synthetic_fullfov(shared_data, n_cases, size=160):
+    """(study, truth) pairs: first-pass series on held-out ACDC patients' whole images."""
+    from CardiacAISegLib.models.perfusion_synth import synth_sample
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    held_out = registry.get_card("perfusion-resunet")["training"]["split"]["val"]
+    assert set(held_out) == set(registry.get_card(registry.default_model("cine"))["training"]["split"]["val"])
+    out = []
+    for n, patient in enumerate(held_out[:n_cases]):
+        acdc = load_acdc_patient(shared_data / "acdc" / patient)
+        lab3 = acdc.labels[acdc.ed_frame]
+        k = int(np.argmax((lab3 == LV).sum(axis=(1, 2))))
+        img = acdc.images[acdc.ed_frame, k]
+        img = img / max(float(np.percentile(img, 99.5)), 1e-6)
+        seed = 1000 + n
+        pixel_mm = np.random.default_rng(seed).uniform(1.4, 3.6)   # synth_sample's first draw
+        series, truth, aif = synth_sample(img, lab3[k], (acdc.spacing[1], acdc.spacing[0]), np.random.default_rng(seed),
+                                          size=size, signal=bool(n % 2))
+        out.append((Study(images=series[:, None], ijk_to_ras=affine_from_spacing((pixel_mm, pixel_mm, 8.0)), kind="perfusion",
+                          frame_times_s=np.arange(series.shape[0]) * 0.5, aif=aif.astype(np.float64),
+                          units="signal" if n % 2 else "gd_mmol_l"), truth))
+    return out
+
+
+def test_default_path_finds_the_myocardium_on_synthetic_full_field_series(shared_data, perfusion_model):
+    # Held-out patients' whole ED images (160 px at 1.4-3.6 mm: chest, liver, arms in view) made
+    # into first-pass series. The shipped network found the chest wall on real full-field series
+    # (myocardium Dice 0.00); measured on 16 such cases with tools/compare_perfusion_segmenters.py:
+    # ensemble 0.85, network alone 0.68, cine alone 0.72 (docs/models.md). On these 6: ensemble
+    # mean 0.90 (min 0.80), network alone 0.65 (min 0.01), cine alone 0.73 (min 0.45).
+    scores = []
+    for study, truth in _synthetic_fullfov(shared_data, 6):
+        labels = inference.segment_perfusion_study(study, perfusion_model)[0][0]
+        assert study.provenance["perfusion_segmentation"]["mode"] == "ensemble"
+        scores.append([dice(labels == v, truth == v) for v in (LV, MYO, RV)])
+    scores = np.asarray(scores)
+    assert scores[:, 1].mean() > 0.82 and scores[:, 1].min() > 0.6, scores.round(3).tolist()
+    assert scores[:, 0].mean() > 0.9, scores.round(3).tolist()
+
+
+def test_lv_dice_on_the_real_low_resolution_series(shared_data, perfusion_model):
+    # Three real dual-sequence AIF series with expert LV masks; no pixel size is stored (it is
+    # estimated from the bolus LV pool) and the AIF comes from that pool, as the readers take it.
+    # Measured: default path 0.80 / 0.75 / 0.95 (mean 0.83); the network alone 0.36 / 0.82 / 0.93
+    # (0.71 / 0.78 / 0.93 after its bolus check, mean 0.81).
+    from CardiacAISegLib.bolus import aif_from_lv, locate_blood_pools
+
+    folder = shared_data / "qperf" / "aif_detection"
+    scores = []
+    for n in (1, 2, 3):
+        images = np.moveaxis(np.load(folder / f"example{n}_images.npy"), -1, 0)[:, None].astype(np.float32)
+        expert = np.load(folder / f"example{n}_mask.npy")
+        pools = locate_blood_pools(images[:, 0], dt_s=1.0)
+        study = Study(images=images, ijk_to_ras=affine_from_spacing((1.0, 1.0, 1.0)), kind="perfusion",
+                      frame_times_s=np.arange(images.shape[0], dtype=float), aif=aif_from_lv(images[:, 0], pools["lv"]),
+                      orientation_known=False)
+        labels = inference.segment_perfusion_study(study, perfusion_model)[0][0]
+        scores.append(dice(labels == LV, expert == 1))
+    assert np.mean(scores) > 0.815 and min(scores) > 0.7, scores
+
+
+def test_the_network_alone_stays_selectable_by_model_name(tmp_path, monkeypatch):
+    # The shipped network under a user card that declares the frames mode (cardiacaiseg
+    # import-model): chosen by name, it runs alone and is checked, as before this change.
+    pytest.importorskip("onnxruntime")
+    from CardiacAISegLib.pipeline import segment
+
+    monkeypatch.setenv("CARDIACAISEG_MODELS", str(tmp_path / "models"))
+    shipped = registry.get_card("perfusion-resunet")
+    card = {k: v for k, v in shipped.items() if not k.startswith("_") and k not in ("onnx", "default")}
+    card.update(name="perfusion-frames", title="perfusion-resunet alone (frames window, bolus check)")
+    card["input"] = {**shipped["input"], "segmentation": {"mode": "frames"}}
+    card["weights"] = {"file": "model.onnx", "format": "onnx", "sha256": shipped["onnx"]["sha256"]}
+    card.pop("architecture", None)
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    shutil.copyfile(registry.onnx_path(shipped), tmp_path / "model.onnx")
+    registry.import_model(tmp_path / "model.onnx", tmp_path / "card.json")
+
+    study, _ = make_perfusion_phantom(seed=1, stress=False, noise=0.01)
+    labels, info = segment(study, "perfusion-frames")
+    assert info["name"] == "perfusion-frames"
+    assert study.provenance["perfusion_segmentation"] == {"mode": "frames", "network": "perfusion-frames", "bolus_check": True}
+    assert study.provenance["mask_refinement"][0]["refined"]
+    assert dice(labels[0] == MYO, study.labels[0] == MYO) > 0.9
