@@ -24,13 +24,16 @@ def max_upslope(curve, times, start, stop, window=SLOPE_WINDOW):
     """Steepest least-squares slope of ``curve`` over ``window`` consecutive frames in [start, stop)."""
     c = np.asarray(curve, float)
     t = np.asarray(times, float)
-    best = 0.0
-    for i in range(max(0, start), min(stop, c.size) - window + 1):
-        tt, cc = t[i:i + window], c[i:i + window]
-        tt0 = tt - tt.mean()
-        slope = float(tt0 @ (cc - cc.mean()) / (tt0 @ tt0))
-        best = max(best, slope)
-    return best
+    lo, hi = max(0, start), min(stop, c.size)
+    if hi - lo < window:
+        return 0.0
+    # every window's fit at once (one region curve per AHA segment, on every edit)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    tt, cc = sliding_window_view(t[lo:hi], window), sliding_window_view(c[lo:hi], window)
+    tt0 = tt - tt.mean(1, keepdims=True)
+    slopes = (tt0 * (cc - cc.mean(1, keepdims=True))).sum(1) / (tt0 * tt0).sum(1)
+    return max(0.0, float(slopes.max()))
 
 
 def curve_indices(curve, times, foot, window):

@@ -88,18 +88,20 @@ def test_whole_pixel_search_finds_each_frames_shift():
 def test_frame_alignment_is_estimated_once_per_slice(monkeypatch):
     # the network mask's bolus check aligns the frames; the correction before the fit starts from
     # those shifts on the final mask and never repeats the whole-pixel search
-    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.inference import segment_perfusion_study
 
     searches = []
     search = motion._integer_search
     monkeypatch.setattr(motion, "_integer_search", lambda *a, **k: searches.append(1) or search(*a, **k))
     study, truth = make_perfusion_phantom(seed=0, noise=0.01, motion=True)
-    study.labels = None
-    a = compute_analysis(study)
+    loaded = registry.load_model(registry.default_model("perfusion"))
+    labels = segment_perfusion_study(study, loaded, refine=True, mode="frames")
+    assert len(searches) == study.n_slices and sorted(study.provenance["frame_alignment"]) == list(range(study.n_slices))
+    a = Analysis(study, labels).run()
     assert len(searches) == study.n_slices
     notes = study.provenance["motion"]["slices"]
     assert all(n.get("alignment") == "shared with the mask check" for n in notes), notes
-    assert sorted(study.provenance["frame_alignment"]) == list(range(study.n_slices))
     true = truth["motion_shift_px"][:, ::-1]
     with_contrast = np.abs(study.aif) > 0.05 * study.aif.max()
     for k, shifts in enumerate(study.provenance["motion"]["shifts_px"]):
@@ -107,8 +109,21 @@ def test_frame_alignment_is_estimated_once_per_slice(monkeypatch):
         err = np.asarray(shifts) - true
         err -= np.median(err[with_contrast], axis=0)
         assert np.abs(err[with_contrast]).max() < 0.5, (k, np.abs(err[with_contrast]).max())
-    errors = _segment_errors(a, truth)
-    assert np.median(errors) < 0.12, np.median(errors)
+    assert np.median(_segment_errors(a, truth)) < 0.12
+
+
+def test_the_pipeline_registers_each_slice_once_whatever_the_segmentation(monkeypatch):
+    # with or without a bolus check after the network (the model card decides), one search a slice
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    searches = []
+    search = motion._integer_search
+    monkeypatch.setattr(motion, "_integer_search", lambda *a, **k: searches.append(1) or search(*a, **k))
+    study, _ = make_perfusion_phantom(seed=1, noise=0.01, motion=True)
+    study.labels = None
+    compute_analysis(study)
+    assert len(searches) == study.n_slices
+    assert all(n["registered"] for n in study.provenance["motion"]["slices"])
 
 
 def test_alignment_of_other_frames_is_not_reused():
