@@ -26,9 +26,12 @@ import numpy as np
 from ..errors import CardiacInputError
 
 KEY_IMAGE_MODES = ("lv-peak", "myo-peak")
-# Measured on real series (aif_detection LV Dice; tools/compare_perfusion_segmenters.py) the
-# myocardial peak did as well or better; the synthetic full-FOV set slightly preferred lv-peak.
-DEFAULT_KEY_IMAGE = "myo-peak"
+# Measured with tools/compare_perfusion_segmenters.py (docs/models.md), averaged with the
+# perfusion network: lv-peak and myo-peak tie on the segmentation (synthetic full-FOV MYO Dice
+# 0.862 vs 0.854, real aif_detection LV 0.818 vs 0.832, QPerf MBF alike), but at the myocardial
+# peak the RV has washed out and the cine network labels none (QPerf stress: 0 RV pixels), so
+# the AHA insertion points were lost; at the LV peak the RV is still bright and labelled.
+DEFAULT_KEY_IMAGE = "lv-peak"
 # Frames averaged on each side of the key moment: 3 frames (1.5-3 s) smooth noise without
 # letting the bolus move on (the LV peak lasts 2-4 frames at 0.5-1 s per frame).
 KEY_HALF_WIDTH = 1
