@@ -3,6 +3,8 @@
 Checkpoints (last and best by validation Dice) go to ``out_dir``; ``resume=True`` continues
 from the last one. Fine-tuning starts from a registry model with the encoder frozen for the
 first epochs, the 7T transfer-learning recipe of Ankenbrand et al. 2021 (ED/ES frames only).
+Label maps with the LV and myocardium only (``partial_labels``) train with the marginal loss of
+``partial_labels.py``, which does not teach the network that the undrawn RV is background.
 """
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ class TrainConfig:
     val_every: int = 1                 # validate every N epochs (and after the last); 0 = last only
     val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
     train_patients: list = field(default_factory=list)
+    partial_labels: str = "auto"       # "auto": Info.cfg LabelSet per patient; "lv_myo": all; "none": all complete
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -116,7 +119,8 @@ def train(config: TrainConfig, progress=None, log=print):
     import torch
 
     from .architectures import build
-    from .training_data import acdc_folders, augment_batch, labelled_slices, random_crop, split_patients
+    from .partial_labels import FULL, label_set_of, partial_label_loss
+    from .training_data import acdc_folders, augment_batch, labelled_slices_with_sets, random_crop, split_patients
 
     progress = as_progress(progress)
     out, rng = start_run(config)
@@ -140,8 +144,11 @@ def train(config: TrainConfig, progress=None, log=print):
     if start_epoch:
         log(f"resumed at epoch {start_epoch}")
 
-    slices = labelled_slices(train_f, config.pixel_mm)
-    log(f"{len(train_f)} training patients, {len(slices)} slices; {len(val_f)} validation patients")
+    val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
+    slices, label_sets = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels)
+    has_rv_all = np.array([s == FULL for s in label_sets])
+    partial_note = f" ({int((~has_rv_all).sum())} with LV/MYO labels only)" if not has_rv_all.all() else ""
+    log(f"{len(train_f)} training patients, {len(slices)} slices{partial_note}; {len(val_f)} validation patients")
     n_classes = 4
     per_epoch = config.slices_per_epoch or len(slices)
     steps = max(1, per_epoch // config.batch)
@@ -161,7 +168,10 @@ def train(config: TrainConfig, progress=None, log=print):
             x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
             x, y = augment_batch(x, y, rng, config.patch, config.augment)
-            loss = soft_dice_ce_loss(model(x), y, n_classes)
+            if has_rv_all.all():
+                loss = soft_dice_ce_loss(model(x), y, n_classes)
+            else:
+                loss = partial_label_loss(model(x), y, torch.from_numpy(has_rv_all[idx]), n_classes)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -174,7 +184,8 @@ def train(config: TrainConfig, progress=None, log=print):
         if val_f and (last_epoch or (config.val_every and (epoch + 1) % config.val_every == 0)):
             summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple)
             entry.update(summary)
-            score = summary["dice_mean"]
+            # validation maps without the RV cannot score it: rank checkpoints by LV and MYO then
+            score = summary["dice_mean"] if val_full else (summary["dice_lv"] + summary["dice_myo"]) / 2
         best = end_epoch(out, model, opt, sched, config, history, entry, score, best, log)
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)

@@ -53,6 +53,23 @@ def labelled_slices(folders, pixel_mm, progress=None):
     return items
 
 
+def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None):
+    """``labelled_slices`` and, per slice, its patient's label set (``partial_labels.label_set_of``):
+    "full" or "lv_myo". The maps of lv_myo patients hold no RV (any RV pixel is dropped), so the
+    loss reads their background as "background or RV"."""
+    from .partial_labels import label_set_of, restrict_to_label_set
+
+    items, sets = [], []
+    for n, folder in enumerate(folders):
+        if progress:
+            progress(n, len(folders), f"loading {Path(folder).name}")
+        label_set = label_set_of(folder, partial_labels)
+        for img, lbl in labelled_slices([folder], pixel_mm):
+            items.append((img, restrict_to_label_set(lbl, label_set)))
+            sets.append(label_set)
+    return items, sets
+
+
 def random_crop(img, lbl, size, rng, heart_bias=0.8):
     """A size x size crop (zero-padded) centred near the heart most of the time."""
     h, w = img.shape
