@@ -118,7 +118,8 @@ def _train(args):
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
-                      augment=args.augment, val_every=args.val_every, crop=args.crop, patch=args.patch)
+                      augment=args.augment, val_every=args.val_every, crop=args.crop, patch=args.patch,
+                      partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
 
@@ -227,6 +228,13 @@ def build_parser():
     t.set_defaults(func=_train)
 
     g = sub.add_parser("gui", help="browser GUI on Slicer's views (local web app; needs the 'gui' extra)")
+    t.add_argument("--partial-labels", default="auto", choices=["auto", "lv_myo", "none"],
+                   help="label maps with the LV blood pool and myocardium only: lv_myo = every training patient's "
+                        "(their background means 'background or RV'; the RV is not taught as background); auto = per "
+                        "patient from Info.cfg 'LabelSet: lv_myo' (default full); none = every map is complete")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    t.add_argument("--val-per-group", type=int, default=3,
+                   help="validation patients per Info.cfg Group (0: train on every patient, no validation)")
     _add_gui_arguments(g)
     g.set_defaults(func=_gui)
 
