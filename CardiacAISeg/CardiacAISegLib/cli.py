@@ -224,10 +224,6 @@ def build_parser():
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=_train)
-
-    g = sub.add_parser("gui", help="browser GUI on Slicer's views (local web app; needs the 'gui' extra)")
     t.add_argument("--partial-labels", default="auto", choices=["auto", "lv_myo", "none"],
                    help="label maps with the LV blood pool and myocardium only: lv_myo = every training patient's "
                         "(their background means 'background or RV'; the RV is not taught as background); auto = per "
@@ -235,6 +231,10 @@ def build_parser():
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     t.add_argument("--val-per-group", type=int, default=3,
                    help="validation patients per Info.cfg Group (0: train on every patient, no validation)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("gui", help="browser GUI on Slicer's views (local web app; needs the 'gui' extra)")
     _add_gui_arguments(g)
     g.set_defaults(func=_gui)
 
