@@ -186,9 +186,20 @@ def test_perfusion_network_run_reports_its_bolus_check(tmp_path):
     logic.loadSamplePhantom("perfusion", tmp_path / "perf")
     truth = next(iter(logic.study.labels.values()))
     a = logic.runSegmentation(useExistingLabels=False)
-    reports = logic.modelInfo["mask_refinement"]
-    assert [r["slice"] for r in reports] == list(range(logic.study.n_slices))
-    assert all(r["refined"] for r in reports)
+    # the card declares the path (input.segmentation) and the run records what it did; the
+    # bolus check runs after the paths whose declaration asks for it (not after the ensemble)
+    from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.inference import perfusion_segmentation
+
+    declared = perfusion_segmentation(registry.get_card(registry.default_model("perfusion")))
+    ran = logic.study.provenance["perfusion_segmentation"]
+    assert (ran["mode"], ran["bolus_check"]) == (declared["mode"], declared["bolus_check"])
+    if declared["bolus_check"]:
+        reports = logic.modelInfo["mask_refinement"]
+        assert [r["slice"] for r in reports] == list(range(logic.study.n_slices))
+        assert all(r["refined"] for r in reports)
+    else:
+        assert "mask_refinement" not in logic.modelInfo
     mask = next(iter(a.labels.values()))
     dice = 2 * ((mask == 2) & (truth == 2)).sum() / ((mask == 2).sum() + (truth == 2).sum())
     assert dice > 0.9
