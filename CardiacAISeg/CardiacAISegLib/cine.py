@@ -20,10 +20,15 @@ MYOCARDIAL_DENSITY_G_ML = 1.05
 # (or of the last frame, the cycle wraps). Further away usually means a retrospective
 # series with an offset trigger or a labelling problem: worth telling the user.
 _ED_WARN_FRACTION = 0.1
+# Frames whose LV volume is within this fraction of EDV of the extreme are ED (or ES) candidates:
+# ~3 % is the frame-to-frame noise of a network's basal slice on a clean curve.
+ED_ES_TOLERANCE = 0.03
+# Fewer frames than this are no sampled cycle: certainty is not judged.
+ED_ES_MIN_FRAMES = 6
 
 MEASURE_KEYS = ("ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
                 "lv_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
-                "lv_volume_curve_ml")
+                "lv_volume_curve_ml", "ed_es_certainty")
 
 
 def _where(source):
@@ -140,6 +145,42 @@ def ed_es_from_curve(curve, n_frames=None):
     return ed, es, warnings
 
 
+def _cyclic_runs(frames, n):
+    """How many separate runs the sorted frame indices form on a cycle of ``n`` frames."""
+    if not frames:
+        return 0
+    s = set(frames)
+    return sum(1 for f in s if (f - 1) % n not in s) or 1   # a run starts where its previous frame is missing
+
+
+def ed_es_certainty(lv_curve, tolerance=ED_ES_TOLERANCE):
+    """How sure the curve's ED (largest LV volume) and ES (smallest) are, for a whole cycle.
+
+    ``ed_candidates``/``es_candidates``: frames within ``tolerance`` x EDV of the extreme.
+    ``ed_sure``/``es_sure``: those frames are one run on the cycle (frame 0 follows the last):
+    a plateau around one phase, not two separate parts of the cycle that a flipping basal slice
+    or an arrhythmic beat made look alike. ``ed_margin_pct``/``es_margin_pct``: how far (in % of
+    EDV) the extreme stands out from every frame more than one frame away from it."""
+    v = np.asarray(lv_curve, float)
+    n = len(v)
+    vmax, vmin = float(v.max()), float(v.min())
+    ed, es = int(np.argmax(v)), int(np.argmin(v))
+    ed_c = [int(i) for i in np.nonzero(v >= vmax - tolerance * vmax)[0]]
+    es_c = [int(i) for i in np.nonzero(v <= vmin + tolerance * vmax)[0]]
+
+    def others(center):
+        return [i for i in range(n) if min(abs(i - center), n - abs(i - center)) > 1]
+
+    far_ed, far_es = others(ed), others(es)
+    return {
+        "ed_candidates": ed_c, "es_candidates": es_c,
+        "ed_sure": _cyclic_runs(ed_c, n) == 1, "es_sure": _cyclic_runs(es_c, n) == 1,
+        "ed_margin_pct": round(100 * (vmax - v[far_ed].max()) / vmax, 2) if far_ed else None,
+        "es_margin_pct": round(100 * (v[far_es].min() - vmin) / vmax, 2) if far_es else None,
+        "tolerance_pct": 100 * tolerance,
+    }
+
+
 def _ef(edv, esv):
     return 100.0 * (edv - esv) / edv if edv > 0 else None
 
@@ -198,6 +239,14 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         warnings.append(f"no RV labelled at ED (frame {ed}): RV measures are undefined")
     if lv_esv > lv_edv:
         warnings.append("LV ESV exceeds EDV: ED and ES frames may be swapped")
+    certainty = None
+    if full and study.n_frames >= ED_ES_MIN_FRAMES:
+        certainty = ed_es_certainty([curve[t]["lv"] for t in range(study.n_frames)])
+        for phase, word in (("ed", "largest"), ("es", "smallest")):
+            if not certainty[f"{phase}_sure"]:
+                warnings.append(f"{phase.upper()} is uncertain: separate parts of the cycle (frames "
+                                f"{certainty[phase + '_candidates']}) come within {certainty['tolerance_pct']:g} % of EDV of the "
+                                f"{word} LV volume; check the basal slices of those frames")
 
     out = {
         "ed_frame": int(ed), "es_frame": int(es),
@@ -206,6 +255,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv,
         "rv_sv_ml": (rv_edv - rv_esv) if rv_edv > 0 else None, "rv_ef_pct": _ef(rv_edv, rv_esv),
         "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,
+        "ed_es_certainty": certainty,
         "warnings": warnings,
     }
     return out

@@ -97,6 +97,13 @@ def cine_flags(analysis):
         if n_lv < MIN_SLICES_FOR_VOLUME:
             flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
                                                          f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not whole-heart values", n_lv))
+    certainty = c.get("ed_es_certainty") or {}
+    for phase in ("ed", "es"):
+        if certainty and not certainty.get(f"{phase}_sure", True):
+            frames = certainty[f"{phase}_candidates"]
+            flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW,
+                               f"{phase.upper()} frame {c.get(phase + '_frame')} is uncertain: frames {frames} in separate parts of the "
+                               f"cycle are within {certainty['tolerance_pct']:g} % of EDV of it", len(frames)))
     curve = c.get("lv_volume_curve_ml")
     if curve is not None and len(curve) >= 8:
         v = np.asarray(curve, float)

@@ -265,12 +265,17 @@ def predict_labels_in_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, si
     return predict_labels_in_box(model, volume, box, spacing_rc, pixel_mm, size_multiple, device, tta), box, None
 
 
-def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", reference=None, progress=None):
+def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", reference=None, progress=None, n_frames=None):
     """Labels {frame: (S, R, C)} for {frame: (S, R, C) image} of one study as the card's input
     ``spec`` says: on the whole field, or (``heart_crop_mm``) two-stage with one heart square for
     all frames, found on ``reference`` (the ED frame: the heart is largest there) or the first.
+    When ``volumes`` hold every frame of a cycle of ``n_frames`` (``temporal.is_whole_cycle``),
+    each frame's probabilities are smoothed with its neighbours' before the argmax
+    (``temporal.smoothed_labels``), so a slice does not flip in and out between frames.
     Returns (labels, heart): heart is None for whole-field models, else a dict with the square
     ('rows', 'cols' [start, stop), 'mm') or the reason the whole field was segmented ('whole_field')."""
+    from . import temporal
+
     progress = as_progress(progress)
     pixel_mm, multiple, tta = spec["pixel_mm"], spec.get("size_multiple", 16), spec.get("tta", "none")
     crop_mm = spec.get("heart_crop_mm")
@@ -282,13 +287,23 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
         heart = ({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop], "found_on_frame": ref,
                   "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1), round((box[1].stop - box[1].start) * spacing_rc[1], 1)]}
                  if box else {"whole_field": reason})
-    labels = {}
+    window = box if box is not None else (slice(None), slice(None))
+    cycle = temporal.is_whole_cycle(frames, n_frames or 0)
+    labels, probabilities = {}, {}
     for n, t in enumerate(frames):
         progress(n, len(frames), f"segmenting frame {t + 1}")
-        if box is None:
-            labels[t] = predict_labels(model, volumes[t], spacing_rc, pixel_mm, multiple, device, tta=tta)
+        image = np.ascontiguousarray(volumes[t][:, window[0], window[1]])
+        if cycle:   # float16 keeps a 30-frame cycle's probabilities small
+            probabilities[t] = predict_volume_probabilities(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta).astype(np.float16)
         else:
-            labels[t] = predict_labels_in_box(model, volumes[t], box, spacing_rc, pixel_mm, multiple, device, tta)
+            labels[t] = predict_labels(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta)
+    if cycle:
+        labels = {t: keep_one_component_per_structure(m) for t, m in temporal.smoothed_labels(probabilities).items()}
+    if box is not None:   # back onto the full grid: background outside the square
+        for t, m in labels.items():
+            full = np.zeros(volumes[t].shape, np.uint8)
+            full[:, box[0], box[1]] = m
+            labels[t] = full
     return labels, heart
 
 
@@ -326,7 +341,8 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
     def report(done, total, message):
         progress(done, total, f"segmenting frame {todo[done] + 1}/{study.n_frames}" if done < total else message)
 
-    result, heart = segment_cine_volumes(model, volumes, spacing_rc, spec, device, reference=study.ed_frame, progress=report)
+    result, heart = segment_cine_volumes(model, volumes, spacing_rc, spec, device, reference=study.ed_frame, progress=report,
+                                         n_frames=study.n_frames)
     if heart is not None:
         study.provenance["cine_heart_box"] = heart
         if "whole_field" in heart and heart["whole_field"].startswith("no heart"):
