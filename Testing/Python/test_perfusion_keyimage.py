@@ -179,3 +179,14 @@ def test_the_network_alone_stays_selectable_by_model_name(tmp_path, monkeypatch)
     assert study.provenance["perfusion_segmentation"] == {"mode": "frames", "network": "perfusion-frames", "bolus_check": True}
     assert study.provenance["mask_refinement"][0]["refined"]
     assert dice(labels[0] == MYO, study.labels[0] == MYO) > 0.9
+
+
+def test_without_a_cine_model_the_error_says_what_to_do(perfusion_model, monkeypatch):
+    listed = registry.list_models
+    monkeypatch.setattr(registry, "list_models", lambda task=None: [] if task == "cine" else listed(task))
+    study, _ = make_perfusion_phantom(seed=1, noise=0.01)
+    with pytest.raises(CardiacInputError, match="no cine model is installed.*mode frames"):
+        inference.segment_perfusion_study(study, perfusion_model)
+    # the network alone needs none
+    labels = inference.segment_perfusion_study(study, perfusion_model, mode="frames")[0]
+    assert (labels == MYO).any()

@@ -509,7 +509,8 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
         record["network"] = loaded_model.card["name"]
     if mode in ("cine-key-image", "ensemble"):
         if cine_model is None or isinstance(cine_model, str):
-            cine_model = perfusion_keyimage.load_cine_model(cine_model or declared["cine_model"], device)
+            cine_model = perfusion_keyimage.load_cine_model(cine_model or declared["cine_model"], device,
+                                                            classes=loaded_model.card.get("classes"))
         probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
             study, cine_model, key_image or declared["key_image"], device=device)
         parts.append(probs)
@@ -545,7 +546,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     out = np.zeros(study.images.shape[1:], np.uint8)
     reports = []
     for k in range(study.n_slices):
-        progress(k + 1, study.n_slices + 1, f"checking slice {k + 1}/{study.n_slices}")
+        progress(k + 1, study.n_slices + 1, f"{'checking' if refine else 'cleaning'} slice {k + 1}/{study.n_slices}")
         # slices lie 10-20 mm apart: clean each one on its own
         out[k] = keep_one_component_per_structure(probs[k].argmax(0).astype(np.uint8)[None])[0]
         if refine and study.aif is not None:
