@@ -5,12 +5,14 @@ Studies: the first N ACDC patients of ../shared/data/acdc (Bernard et al. IEEE T
 the network (``--model``: the default cine model) or with their ground-truth labels
 (``--labels study``). The separate processes run ``--cores`` at a time (as a shell loop with
 ``xargs -P`` would); the batch runs a LocalCluster with ``--cores`` worker processes. Both write
-every default output (seg.nrrd, report.png, results.json/csv; no scene.mrb, which needs --scene). ``ratio`` is studies per
+their default outputs: seg.nrrd and results.json/csv for every study (no scene.mrb, which needs
+--scene); report.png for every study from `analyze`, and from `batch` by its ``--reports`` (default
+``flagged``: the studies QC asks to review; ``--reports all`` here for a report.png each). ``ratio`` is studies per
 second of the batch over studies per second of the separate processes (wall clock);
 ``cpu_ratio`` the same in CPU seconds of all the processes each way, which other programs on a
 shared machine disturb less than the wall clock.
 
-    python benchmarks/bench_cohort.py [--n 12] [--cores 2] [--labels] [--json out.json]
+    python benchmarks/bench_cohort.py [--n 12] [--cores 2] [--labels] [--reports flagged|all|none] [--json out.json]
 """
 import argparse
 import csv
@@ -39,6 +41,9 @@ def main():
     p.add_argument("--cores", type=int, default=2, help="parallel analyze processes = batch workers")
     p.add_argument("--labels", action="store_true", help="use the ACDC ground-truth labels (no network)")
     p.add_argument("--data", default=str(here.parent.parent / "shared" / "data" / "acdc"))
+    p.add_argument("--reports", default="flagged", choices=["flagged", "all", "none"],
+                   help="the batch's --reports (default: its default, report.png for QC-review studies only; "
+                        "every separate analyze writes one)")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
     patients = sorted(d for d in Path(args.data).iterdir() if d.is_dir() and d.name.startswith("patient"))[: args.n]
@@ -66,11 +71,12 @@ def main():
             w.writerow(["study", "path"])
             w.writerows([[d.name, str(d)] for d in patients])
         t0, c0 = time.perf_counter(), _children_cpu()
-        subprocess.run(cli + ["batch", str(manifest), "--out", str(tmp / "batch"), "--workers", str(args.cores), "--quiet"]
-                       + labels, check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(cli + ["batch", str(manifest), "--out", str(tmp / "batch"), "--workers", str(args.cores), "--quiet",
+                             "--reports", args.reports] + labels, check=True, stdout=subprocess.DEVNULL, env=env)
         batch_s, batch_cpu = time.perf_counter() - t0, _children_cpu() - c0
         with open(tmp / "batch" / "cohort.csv", newline="") as f:
             statuses = [r["status"] for r in csv.DictReader(f)]
+        batch_reports = sum((tmp / "batch" / d.name / "report.png").is_file() for d in patients)
         # the same numbers both ways
         for d in patients:
             a = json.loads((tmp / "separate" / d.name / "results.json").read_text())["cine"]
@@ -81,7 +87,9 @@ def main():
               "separate_studies_per_min": round(60 * args.n / separate_s, 1),
               "batch_studies_per_min": round(60 * args.n / batch_s, 1), "ratio": round(separate_s / batch_s, 2),
               "separate_cpu_s": round(separate_cpu, 1), "batch_cpu_s": round(batch_cpu, 1),
-              "cpu_ratio": round(separate_cpu / batch_cpu, 2), "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+              "cpu_ratio": round(separate_cpu / batch_cpu, 2),
+              "separate_cpu_s_per_study": round(separate_cpu / args.n, 2), "batch_cpu_s_per_study": round(batch_cpu / args.n, 2),
+              "batch_reports": args.reports, "batch_report_png_written": batch_reports, "load_average_1min_at_end": round(os.getloadavg()[0], 1),
               "batch_statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
     print(json.dumps(result, indent=1))
     if args.json:

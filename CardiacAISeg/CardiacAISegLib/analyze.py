@@ -15,6 +15,7 @@ from .study import PERFUSION
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
 SPECIAL_LABELS = (STUDY_LABELS, RING_LABELS)
+REPORT_CHOICES = ("all", "flagged", "none")   # which studies get a report.png (batch --reports)
 DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
 
 
@@ -35,19 +36,19 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
-                  scene=False):
+                  scene=False, report=True):
     """Every output of ``analysis`` into ``out_dir`` (``outputs.write_outputs``); returns {name: path}.
 
     ``scene``: also scene.mrb, built by the Slicer Logic (``logic.build_output_scene``). Only then
     are the Logic and slicer-core imported (about 1 s of a 1.5 s run otherwise spent for a file
-    a batch or a pipeline rarely opens).
+    a batch or a pipeline rarely opens). ``report=False``: no report.png.
     """
     scene_builder = None
     if scene:
         from .logic import build_output_scene as scene_builder
 
     return _write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress,
-                          scene_builder=scene_builder)
+                          scene_builder=scene_builder, report=report)
 
 
 def _load_with_labels(path, labels, **options):
@@ -65,8 +66,14 @@ def _load_with_labels(path, labels, **options):
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
-        kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False):
-    """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb."""
+        kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False, reports="all"):
+    """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb.
+
+    ``reports`` (`batch --reports`): ``all`` writes report.png, ``flagged`` only when QC asks for
+    review (the studies a reviewer opens), ``none`` never.
+    """
+    if reports not in REPORT_CHOICES:
+        raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
     check_outputs(out_dir, force)
     if density is None or not DENSITY_RANGE_G_ML[0] <= density <= DENSITY_RANGE_G_ML[1]:
         # it scales LV mass and MBF: 10.5 for 1.05 is a factor of ten nobody would see
@@ -105,5 +112,6 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
     analysis.warnings += unused
     timing.update(t)
-    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene)
+    report = reports == "all" or (reports == "flagged" and (analysis.qc or {}).get("status", "pass") != "pass")
+    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene, report=report)
     return analysis, paths

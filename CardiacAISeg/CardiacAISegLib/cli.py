@@ -52,7 +52,8 @@ def _batch(args):
     defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind), ("scene", args.scene)) if v}
     specs = load_cohort(args.input, defaults, exclude=[args.out])
     run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
-                     frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet)
+                     frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet,
+                     reports=args.reports)
     for r in run.rows:
         if r["status"] == STATUS_ERROR:
             print(f"warning: study {r['study']}: {r['error']}", file=sys.stderr)
@@ -183,6 +184,9 @@ def build_parser():
     b.add_argument("--resume", action="store_true", help="keep studies whose outputs are complete, run the rest")
     b.add_argument("--force", action="store_true", help="run every study again, replacing its outputs")
     b.add_argument("--scene", action="store_true", help="also write each study's scene.mrb (as analyze --scene)")
+    b.add_argument("--reports", default="flagged", choices=["flagged", "all", "none"],
+                   help="which studies get a report.png: flagged = those QC asks to review (default; drawing it is "
+                        "most of a study's time in a batch), all, none. The cohort table and cohort_report.png always")
     b.add_argument("--strict", action="store_true", help=f"exit with status {QC_REVIEW_EXIT} when any study is not ok (QC review or error)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_batch)

@@ -42,7 +42,7 @@ FILE_OPTIONS = ("labels", "aif")   # relative paths in these columns are taken f
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
 
 META_COLUMNS = ("study", "status", "kind", "input", "error", "qc_status", "qc_codes", "warnings", "segmentation",
-                "model_name", "model_version", "model_sha256", "worker", "time_total_s", "time_load_s",
+                "model_name", "model_version", "model_sha256", "worker", "time_total_s", "time_cpu_s", "time_load_s",
                 "time_segmentation_s", "time_measures_s", "time_writing_s")
 FLOAT_META = {c for c in META_COLUMNS if c.startswith("time_")}
 
@@ -221,7 +221,7 @@ def _csv_rows(csv_text):
     return list(csv.DictReader(csv_text.splitlines())) if csv_text else []
 
 
-def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None):
+def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None, cpu_s=None):
     qc = results.get("qc") or {}
     model = results.get("model") or {}
     timing = results.get("timing_s") or {}
@@ -233,7 +233,7 @@ def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None):
            "segmentation": "model" if model else f"labels: {labels}",
            "model_name": model.get("name", ""), "model_version": str(model.get("version", "")) if model else "",
            "model_sha256": model.get("sha256", ""), "worker": worker or "",
-           "time_total_s": total_s, "time_load_s": timing.get("load"), "time_segmentation_s": timing.get("segmentation"),
+           "time_total_s": total_s, "time_cpu_s": cpu_s, "time_load_s": timing.get("load"), "time_segmentation_s": timing.get("segmentation"),
            "time_measures_s": timing.get("measures"), "time_writing_s": timing.get("writing")}
     row["measures"] = measures_of(measure_rows)
     return row
@@ -269,8 +269,11 @@ def _worker_name():
         return f"pid {os.getpid()}"
 
 
-def run_study(spec, out_root, model=None, frames="ed_es", force=False):
+def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged"):
     """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
+
+    ``reports``: which studies get a report.png (``analyze.run``): ``flagged`` (QC review) by
+    default, since drawing it is most of a warm worker's CPU time per study.
 
     Never raises for a bad study: the failure becomes an error row (with the message and the
     traceback), so one study cannot stop the cohort.
@@ -278,11 +281,12 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False):
     from . import analyze
 
     study_dir = Path(out_root) / spec.study
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     worker = _worker_name()
     options = dict(spec.options)
     options.setdefault("model", model)
     options.setdefault("frames", frames)
+    options.setdefault("reports", reports)
     options.pop("study", None)
     try:
         analysis, _ = analyze.run(spec.input, study_dir, force=force, **options)
@@ -290,7 +294,10 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False):
         if results is None:
             raise CardiacInputError(study_dir / "results.json", "was not written")
         # the measures at full precision, under the keys results.csv carries
-        row = row_from_results(spec, results, analysis.table_rows(), time.perf_counter() - t0, worker)
+        # CPU seconds of the worker process for the study (one study at a time per process; the
+        # network's threads included): on a shared machine steadier than the wall clock
+        row = row_from_results(spec, results, analysis.table_rows(), time.perf_counter() - t0, worker,
+                               time.process_time() - cpu0)
     except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
         row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -491,8 +498,14 @@ class CohortRun:
 # A local cluster's scheduler, nannies and workers poll many times a second (event-loop tick
 # 20 ms, memory and system monitors, the task profiler): idle, 2 workers took 0.13 CPU s per
 # second here; with these settings 0.016. A study runs for seconds, so this loses nothing.
+# The nanny also starts each worker with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+# adaptive mmap threshold: every array over 128 kB is then mapped and unmapped again, and a cine
+# study took ~80,000 page faults and 0.2 s of system time in a worker (1,000 and 0.015 s in an
+# `analyze` process). None unsets it: glibc's defaults, as in any Python process (the BLAS
+# thread variables the nanny sets stay).
 QUIET_LOCAL_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
-                       "distributed.worker.memory.monitor-interval": "1s", "distributed.admin.system-monitor.interval": "2s"}
+                       "distributed.worker.memory.monitor-interval": "1s", "distributed.admin.system-monitor.interval": "2s",
+                       "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 def _open_client(scheduler, n_workers, specs, processes):
@@ -525,12 +538,19 @@ def _dashboard(client):
 
 
 def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames="ed_es", resume=False, force=False,
-               processes=True, show_progress=True, log=print, report=True):
-    """Run every study as a Dask task and write the cohort table; returns a CohortRun."""
+               processes=True, show_progress=True, log=print, report=True, reports="flagged"):
+    """Run every study as a Dask task and write the cohort table; returns a CohortRun.
+
+    ``report``: cohort_report.png; ``reports``: which studies get their own report.png (all,
+    flagged = QC review, none)."""
     import dask
     from distributed import as_completed
     from tqdm import tqdm
 
+    from .analyze import REPORT_CHOICES
+
+    if reports not in REPORT_CHOICES:
+        raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
     t_start = time.perf_counter()
     out_root = Path(out_root).resolve()   # the workers may run in another folder
     if out_root.exists() and not out_root.is_dir():
@@ -560,7 +580,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers)))
-            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume,
+            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
             for future in as_completed(futures):

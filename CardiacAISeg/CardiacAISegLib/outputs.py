@@ -337,14 +337,16 @@ def check_outputs(out_dir, force=False):
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
-                  scene_builder=None):
+                  scene_builder=None, report=True):
     """Write every output of ``analysis`` into ``out_dir``; returns {name: path}.
 
-    results.json/.csv, report.png and the seg.nrrd files (``seg_nrrd``, no Slicer needed) always;
+    results.json/.csv, report.png (unless ``report=False``) and the seg.nrrd files (``seg_nrrd``, no Slicer needed) always;
     scene.mrb only when ``scene_builder`` is given: ``scene_builder(analysis)`` -> (scene context,
     {output file name: storable node}) builds the one scene of the run, the Slicer Logic's node
     builder (``logic.build_output_scene``), passed in so that this module needs neither the Logic
     nor the pipeline, and slicer-core is imported only by runs that write a scene.
+    ``report=False`` leaves out report.png (`batch --reports flagged|none`: drawing it is most of
+    a warm study's CPU time); an old report.png in the folder goes, as an old scene.mrb does.
 
     Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
     staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
@@ -368,7 +370,8 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
                 check_outputs(out_dir, force)  # again under the lock: another run may have written meanwhile
                 stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
                 try:
-                    _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder)
+                    _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder,
+                                  report)
                     checkpoint()
                     paths = replace_outputs(stage, out_dir, REPLACED_FILES)
                 finally:
@@ -392,10 +395,8 @@ def segmentation_frames(analysis):
     return frames
 
 
-def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder):
+def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder, report=True):
     import time
-
-    from . import report
     from .results import results_csv_text, results_document, results_json_text
     from .seg_nrrd import write_seg_nrrd
 
@@ -407,9 +408,12 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
         write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True)
     checkpoint()
     t1 = time.perf_counter()
-    progress(1, steps, "writing report")
-    report.write_analysis_report(stage / "report.png", analysis, overwrite=True)
-    checkpoint()
+    if report:   # imported only here: matplotlib costs a batch worker that draws no report nothing
+        from .report import write_analysis_report
+
+        progress(1, steps, "writing report")
+        write_analysis_report(stage / "report.png", analysis, overwrite=True)
+        checkpoint()
     t2 = time.perf_counter()
     if scene_builder is not None:
         from . import scene as sc
@@ -423,7 +427,8 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     progress(3, steps, "writing results")
     # the writing steps, so a slow one shows in results.json (issue 14 measures each)
     timing["writing_segmentation"] = t1 - t0
-    timing["writing_report"] = t2 - t1
+    if report:
+        timing["writing_report"] = t2 - t1
     timing["writing"] = time.perf_counter() - t0
     doc = results_document(analysis, input_path, model_info, timing)
     (stage / "results.json").write_text(results_json_text(doc))

@@ -62,6 +62,17 @@ def cohort(tmp_path_factory):
         rows.append({"study": name, "path": f"{name}/cine.nii.gz", "labels": f"{name}/cine_labels.nii.gz",
                      "ref_lv_mass_g": f"{MYOCARDIAL_DENSITY * truth['voxel_myo_ml'][truth['ed_frame']] + 3:.3f}",
                      "ref_lv_edv_ml": f"{truth['voxel_lv_ml'][truth['ed_frame']] - 2:.3f}", "site": "synthetic"})
+    # a study QC sends to review: phantom_a with its myocardium erased from the label maps
+    # (MYO_MISSING_MID_ED/ES, LV mass out of range); with the default --reports flagged it is the
+    # one phantom that gets a report.png
+    import nibabel as nib
+
+    labels = nib.load(str(root / "phantom_a" / "cine_labels.nii.gz"))
+    no_myo = np.asarray(labels.dataobj).copy()
+    no_myo[no_myo == 2] = 0   # ACDC convention: 2 = myocardium
+    nib.save(nib.Nifti1Image(no_myo, labels.affine, labels.header), str(root / "phantom_a" / "labels_no_myo.nii.gz"))
+    rows.append({"study": "phantom_review", "path": "phantom_a/cine.nii.gz", "labels": "phantom_a/labels_no_myo.nii.gz",
+                 "site": "synthetic"})
     shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "acdc"
     acdc = [p for p in ACDC if (shared / p).is_dir()]
     for p in acdc:
@@ -92,7 +103,7 @@ def test_manifest_resolves_paths_and_reference_columns(cohort):
     assert a.extra["ref_lv_mass_g"] == pytest.approx(float(cohort["rows"][0]["ref_lv_mass_g"]))
     assert a.extra["site"] == "synthetic"
     if cohort["acdc"]:
-        assert specs[2].options["labels"] == "study"   # the keyword is not a path
+        assert next(s for s in specs if s.study == cohort["acdc"][0]).options["labels"] == "study"   # the keyword is not a path
 
 
 def test_folder_of_studies(tmp_path):
@@ -149,20 +160,46 @@ def test_local_cluster_isolates_the_corrupt_study(cohort, local_run, capsys):
     assert not (out / "corrupt" / "results.json").exists()
     row = json.loads((out / "corrupt" / ROW_FILE).read_text())
     assert row["status"] == "error" and "Traceback" in row["traceback"]
-    for name in ["phantom_a", "phantom_b"] + cohort["acdc"]:
-        assert sorted(p for p in OUTPUT_FILES if (out / name / p).is_file()) == sorted(OUTPUT_FILES), name
+    assert table["phantom_review"]["status"] == "qc-review"
+    assert "MYO_MISSING_MID_ED" in table["phantom_review"]["qc_codes"].split(";")
+    for name in ["phantom_a", "phantom_b", "phantom_review"] + cohort["acdc"]:
         results = json.loads((out / name / "results.json").read_text())
         expect = "ok" if results["qc"]["status"] == "pass" else "qc-review"
         assert table[name]["status"] == expect
+        # --reports flagged (the default): a report.png for the studies QC sends to review only
+        expect_files = OUTPUT_FILES if expect == "qc-review" else tuple(p for p in OUTPUT_FILES if p != "report.png")
+        assert sorted(p for p in OUTPUT_FILES if (out / name / p).is_file()) == sorted(expect_files), name
+        assert ("writing_report" in results["timing_s"]) == (expect == "qc-review"), name
         assert table[name]["qc_codes"] == ";".join(f["code"] for f in results["qc"]["flags"])
         assert table[name]["segmentation"].startswith("labels: ") and table[name]["model_sha256"] == ""
         assert float(table[name]["time_total_s"]) > 0 and table[name]["worker"].startswith("tcp://127.0.0.1:")
+        assert 0 < float(table[name]["time_cpu_s"]) < 60, name
     for name, truth in cohort["truths"].items():
         ed = truth["ed_frame"]
         assert table[name]["status"] == "ok"
         assert float(table[name]["lv_edv_ml"]) == pytest.approx(truth["voxel_lv_ml"][ed], rel=1e-5)
         assert float(table[name]["lv_mass_g"]) == pytest.approx(MYOCARDIAL_DENSITY * truth["voxel_myo_ml"][ed], rel=1e-5)
         assert table[name]["site"] == "synthetic"
+
+
+def test_reports_option_decides_which_studies_get_report_png(cohort, tmp_path):
+    """--reports none|flagged|all on a study QC sends to review (the ok studies: local_run above);
+    a bad value is refused before any folder or cluster."""
+    from CardiacAISegLib import analyze
+    from CardiacAISegLib.cohort import StudySpec, run_cohort
+
+    image, no_myo = cohort["root"] / "phantom_a" / "cine.nii.gz", cohort["root"] / "phantom_a" / "labels_no_myo.nii.gz"
+    for reports, expect in (("none", False), ("flagged", True), ("all", True)):
+        analysis, _ = analyze.run(str(image), tmp_path / reports, labels=str(no_myo), reports=reports)
+        assert analysis.qc["status"] == "review"
+        assert (tmp_path / reports / "report.png").is_file() == expect, reports
+        assert (tmp_path / reports / "results.json").is_file()
+    # a run without a report into a folder that has one: the old report.png goes with the old results
+    analyze.run(str(image), tmp_path / "all", labels=str(no_myo), reports="none", force=True)
+    assert not (tmp_path / "all" / "report.png").exists()
+    with pytest.raises(CardiacInputError, match=r"--reports: 'some': accepted are all, flagged, none"):
+        run_cohort([StudySpec("a", str(image))], tmp_path / "x", reports="some")
+    assert not (tmp_path / "x").exists()
 
 
 def test_parquet_matches_results_json_exactly(cohort, local_run):
@@ -279,7 +316,7 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
         w1 = worker("w1")
         procs.append(w1)
         batch_cmd = [sys.executable, "-m", "CardiacAISegLib.cli", "batch", str(manifest), "--out", str(out),
-                     "--scheduler", address, "--quiet", "--scene"]   # --scene: each study's scene.mrb too
+                     "--scheduler", address, "--quiet", "--scene", "--reports", "all"]   # each study's scene.mrb and report.png too
         first = subprocess.Popen(batch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         procs.append(first)
         rows_on_disk = lambda: [p.parent.name for p in out.glob(f"*/{ROW_FILE}")]  # noqa: E731
@@ -311,7 +348,7 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
             if r["study"] == "corrupt":
                 continue
             assert table[r["study"]]["status"] in ("ok", "qc-review"), table[r["study"]]
-            assert (out / r["study"] / "scene.mrb").is_file()
+            assert (out / r["study"] / "scene.mrb").is_file() and (out / r["study"] / "report.png").is_file()
             if r["study"] not in finished:
                 assert (out / r["study"] / ROW_FILE).stat().st_mtime > killed_at   # run by the resumed batch
                 assert table[r["study"]]["worker"] not in first_workers   # on the new worker, not the killed one
