@@ -506,7 +506,7 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
     parts = []
     if mode in ("frames", "ensemble"):
         parts.append(perfusion_network_probabilities(study, loaded_model, device))
-        record["network"] = loaded_model.card["name"]
+        record["network"] = loaded_model.card.get("name", "perfusion network")   # a bare checkpoint (tools) has no name
     if mode in ("cine-key-image", "ensemble"):
         if cine_model is None or isinstance(cine_model, str):
             cine_model = perfusion_keyimage.load_cine_model(cine_model or declared["cine_model"], device,
