@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .agreement import bland_altman
 from .measures import MEASURES
 
 REF_PREFIX = "ref_"   # manifest column ref_<measure key>: a reference value (manual, another method)
@@ -46,18 +45,23 @@ def comparisons(rows):
 
 
 def write_cohort_report(rows, path):
-    """Write the PNG (matplotlib Agg); rows are the cohort table's flat rows. Returns the path."""
-    import matplotlib
+    """Write the PNG (matplotlib Agg); rows are the cohort table's flat rows. Returns the path.
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    A bare ``Figure`` (its savefig draws with Agg) rather than pyplot, whose import and backend
+    set-up cost the batch's client about as much CPU time as the plot; and ``agreement`` (with
+    scipy.ndimage) only when there is a comparison to draw.
+    """
+    from matplotlib.figure import Figure
 
     path = Path(path)
     measured = [r for r in rows if r.get("status") != "error"]
     comps = comparisons(measured)
+    if comps:
+        from .agreement import bland_altman
     n_rows = 1 + (2 if comps else 0)
     n_cols = max(len(DISTRIBUTIONS), len(comps))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * n_cols, 3.6 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "qc-review", "error")}
     fig.suptitle(f"Cohort: {len(rows)} studies — {counts['ok']} ok, {counts['qc-review']} QC review, {counts['error']} error")
     for ax, (key, label) in zip(axes[0], DISTRIBUTIONS):
@@ -99,6 +103,5 @@ def write_cohort_report(rows, path):
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
