@@ -177,7 +177,7 @@ def bench_two_stage(card, runs, runtime, gflop_per_pixel):
 def bench_perfusion(card, runs, runtime):
     from CardiacAISegLib.analysis import Analysis
     from CardiacAISegLib.models import registry
-    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.phantom import make_perfusion_phantom
 
     loaded = registry.load_model(card["name"], runtime=runtime)

@@ -133,7 +133,7 @@ def qperf_masks(path, shared=ROOT.parent / "shared" / "data" / "qperf"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.models.registry import load_model
     from CardiacAISegLib.readers import load_study
 

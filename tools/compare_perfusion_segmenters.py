@@ -59,10 +59,10 @@ def aif_detection_study(n):
 
 
 def segment(study, model, path, refine):
-    from CardiacAISegLib.models import inference
+    from CardiacAISegLib.models import perfusion_segmentation
 
     mode, key = PATHS[path]
-    return inference.segment_perfusion_study(study, model, refine=refine, mode=mode, key_image=key)
+    return perfusion_segmentation.segment_perfusion_study(study, model, refine=refine, mode=mode, key_image=key)
 
 
 def blood_like_fraction(images, aif, labels):

@@ -28,7 +28,7 @@ def main():
     from CardiacAISegLib.analysis import Analysis
     from CardiacAISegLib.geometry import study_insertion_points
     from CardiacAISegLib.models.architectures import build
-    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.models.perfusion_training import _dice_per_class, anatomy_slices, make_pool
     from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
     from CardiacAISegLib.phantom import make_perfusion_phantom

@@ -63,7 +63,7 @@ def synthetic_fullfov_cases(cases, size=160, seed=0):
 
 def main():
     from CardiacAISegLib.labels import LV, MYO, RV
-    from CardiacAISegLib.models import inference, registry
+    from CardiacAISegLib.models import perfusion_segmentation, registry
 
     p = argparse.ArgumentParser()
     p.add_argument("--cases", type=int, default=30)
@@ -76,18 +76,18 @@ def main():
     rows = {"network alone": [], "bolus heart crop": []}
     timing = []
     for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed):
-        for label, limit in (("network alone", 1e9), ("bolus heart crop", inference.CROP_WHEN_FOV_OVER_MM)):
-            inference.CROP_WHEN_FOV_OVER_MM = limit
+        for label, limit in (("network alone", 1e9), ("bolus heart crop", perfusion_segmentation.CROP_WHEN_FOV_OVER_MM)):
+            perfusion_segmentation.CROP_WHEN_FOV_OVER_MM = limit
             t0 = time.perf_counter()
             try:
-                pred = inference.segment_perfusion_study(study, model, refine=not args.no_refine, mode="frames")[0][0]
+                pred = perfusion_segmentation.segment_perfusion_study(study, model, refine=not args.no_refine, mode="frames")[0][0]
             except Exception as e:   # a series where the bolus finder fails counts as a miss
                 print(f"{name}: {label}: {type(e).__name__}: {e}")
                 pred = np.zeros_like(lab)
             if label == "bolus heart crop":
                 timing.append(time.perf_counter() - t0)
             rows[label].append([dice(pred == c, lab == c) for c in (LV, MYO, RV)])
-        inference.CROP_WHEN_FOV_OVER_MM = 200.0
+        perfusion_segmentation.CROP_WHEN_FOV_OVER_MM = 200.0
     print(f"{len(timing)} synthetic full-FOV series ({args.size} px at 1.4-3.6 mm) on the held-out ACDC patients "
           "(perfusion network, frames path)")
     for label, r in rows.items():

@@ -19,7 +19,7 @@ def dice(a, b):
 
 def main():
     from CardiacAISegLib.analysis import Analysis
-    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.models.perfusion_refine import refine_slice
     from CardiacAISegLib.models.registry import load_model
     from CardiacAISegLib.phantom import make_perfusion_phantom

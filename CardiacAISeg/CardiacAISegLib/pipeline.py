@@ -29,7 +29,7 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
     device = pick_device(device)
     loaded = registry.for_device(registry.load_model(name), device)
     if task == PERFUSION:
-        from .models.inference import segment_perfusion_study
+        from .models.perfusion_segmentation import segment_perfusion_study
 
         labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
     else:
@@ -40,8 +40,9 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
             "runtime": loaded.runtime}
     if loaded.runtime == "onnxruntime" and card.get("onnx"):
         info["onnx_sha256"] = card["onnx"]["sha256"]   # the file that actually ran
-    if study.provenance.get("mask_refinement"):
-        info["mask_refinement"] = study.provenance["mask_refinement"]
+    for key in ("perfusion_segmentation", "mask_refinement", "cine_heart_box"):   # what ran, for results.json
+        if study.provenance.get(key):
+            info[key] = study.provenance[key]
     return labels, info
 
 

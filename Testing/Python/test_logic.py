@@ -189,7 +189,7 @@ def test_perfusion_network_run_reports_its_bolus_check(tmp_path):
     # the card declares the path (input.segmentation) and the run records what it did; the
     # bolus check runs after the paths whose declaration asks for it (not after the ensemble)
     from CardiacAISegLib.models import registry
-    from CardiacAISegLib.models.inference import perfusion_segmentation
+    from CardiacAISegLib.models.perfusion_segmentation import perfusion_segmentation
 
     declared = perfusion_segmentation(registry.get_card(registry.default_model("perfusion")))
     ran = logic.study.provenance["perfusion_segmentation"]

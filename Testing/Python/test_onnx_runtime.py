@@ -14,8 +14,8 @@ pytest.importorskip("onnxruntime")
 
 from CardiacAISegLib.errors import CardiacInputError  # noqa: E402
 from CardiacAISegLib.models import array_ops, inference, preprocess, registry  # noqa: E402
-from CardiacAISegLib.models.inference import (OnnxModule, predict_volume_probabilities,  # noqa: E402
-                                              segment_cine_study, segment_perfusion_study)
+from CardiacAISegLib.models.inference import OnnxModule, predict_volume_probabilities, segment_cine_study  # noqa: E402
+from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study  # noqa: E402
 from CardiacAISegLib.phantom import make_perfusion_phantom  # noqa: E402
 from CardiacAISegLib.phantom_cine import make_cine_phantom  # noqa: E402
 from CardiacAISegLib.readers import load_study  # noqa: E402

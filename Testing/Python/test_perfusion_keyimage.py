@@ -10,7 +10,7 @@ import pytest
 
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO, RV
-from CardiacAISegLib.models import inference, perfusion_keyimage, registry
+from CardiacAISegLib.models import perfusion_keyimage, perfusion_segmentation, registry
 from CardiacAISegLib.phantom import make_perfusion_phantom
 from CardiacAISegLib.study import Study, affine_from_spacing
 
@@ -25,16 +25,16 @@ def perfusion_model():
 
 
 def test_shipped_card_declares_the_ensemble_and_a_bad_mode_is_refused():
-    declared = inference.perfusion_segmentation(registry.get_card("perfusion-resunet"))
+    declared = perfusion_segmentation.perfusion_segmentation(registry.get_card("perfusion-resunet"))
     assert declared["mode"] == "ensemble" and declared["key_image"] == "lv-peak"
     assert declared["bolus_check"] is False and declared["cine_model"] is None
     # a card without the entry runs as perfusion cards always did: the network, then the check
-    legacy = inference.perfusion_segmentation({"name": "old", "input": {"pixel_mm": None}})
+    legacy = perfusion_segmentation.perfusion_segmentation({"name": "old", "input": {"pixel_mm": None}})
     assert legacy["mode"] == "frames" and legacy["bolus_check"] is True
     with pytest.raises(CardiacInputError, match="input.segmentation.mode must be one of frames, cine-key-image, ensemble"):
-        inference.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "magic"}}})
+        perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "magic"}}})
     with pytest.raises(CardiacInputError, match="key_image must be one of lv-peak, myo-peak"):
-        inference.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "key_image": "late"}}})
+        perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "key_image": "late"}}})
 
 
 def test_key_frames_follow_the_bolus():
@@ -68,7 +68,7 @@ def test_wide_field_key_image_masks_land_on_the_heart_exactly(perfusion_model):
     offset = (70, 41)
     wide = _embedded(study, (260, 230), offset)                              # 468 x 414 mm
     for mode in ("cine-key-image", "ensemble"):
-        labels = inference.segment_perfusion_study(wide, perfusion_model, mode=mode, refine=False)[0]
+        labels = perfusion_segmentation.segment_perfusion_study(wide, perfusion_model, mode=mode, refine=False)[0]
         record = wide.provenance["perfusion_segmentation"]
         square = record["square"]
         assert square["rows"][1] - square["rows"][0] < 260 and square["cols"][1] - square["cols"][0] < 230   # a square was used
@@ -91,7 +91,7 @@ def test_unknown_pixel_size_is_estimated_from_the_lv_pool(perfusion_model):
     assert source.startswith("estimated from the LV pool")
     assert pixel[0] == pytest.approx(perfusion_keyimage.TYPICAL_LV_POOL_DIAMETER_MM / (2 * timing["lv_radius_px"]))
     assert 1.8 / 1.5 < pixel[0] < 1.8 * 1.5      # within the cine network's scale augmentation of the truth
-    labels = inference.segment_perfusion_study(blind, perfusion_model, mode="cine-key-image", refine=False)[0]
+    labels = perfusion_segmentation.segment_perfusion_study(blind, perfusion_model, mode="cine-key-image", refine=False)[0]
     assert dice(labels == MYO, truth == MYO) > 0.7
 
 
@@ -127,7 +127,7 @@ def test_default_path_finds_the_myocardium_on_synthetic_full_field_series(shared
     # mean 0.91 (min 0.80), network alone 0.65 (min 0.01), cine alone 0.73 (min 0.45).
     scores = []
     for study, truth in _synthetic_fullfov(shared_data, 6):
-        labels = inference.segment_perfusion_study(study, perfusion_model)[0][0]
+        labels = perfusion_segmentation.segment_perfusion_study(study, perfusion_model)[0][0]
         assert study.provenance["perfusion_segmentation"]["mode"] == "ensemble"
         scores.append([dice(labels == v, truth == v) for v in (LV, MYO, RV)])
     scores = np.asarray(scores)
@@ -151,7 +151,7 @@ def test_lv_dice_on_the_real_low_resolution_series(shared_data, perfusion_model)
         study = Study(images=images, ijk_to_ras=affine_from_spacing((1.0, 1.0, 1.0)), kind="perfusion",
                       frame_times_s=np.arange(images.shape[0], dtype=float), aif=aif_from_lv(images[:, 0], pools["lv"]),
                       orientation_known=False)
-        labels = inference.segment_perfusion_study(study, perfusion_model)[0][0]
+        labels = perfusion_segmentation.segment_perfusion_study(study, perfusion_model)[0][0]
         scores.append(dice(labels == LV, expert == 1))
     assert np.mean(scores) > 0.79 and min(scores) > 0.7, scores
 
@@ -182,11 +182,17 @@ def test_the_network_alone_stays_selectable_by_model_name(tmp_path, monkeypatch)
 
 
 def test_without_a_cine_model_the_error_says_what_to_do(perfusion_model, monkeypatch):
+    """The registry loads the cine network a perfusion card declares (LoadedModel.companions):
+    with none installed, loading says what to do; a model without it needs one passed in,
+    and the network alone needs none."""
     listed = registry.list_models
     monkeypatch.setattr(registry, "list_models", lambda task=None: [] if task == "cine" else listed(task))
-    study, _ = make_perfusion_phantom(seed=1, noise=0.01)
+    monkeypatch.setattr(registry, "_CACHE", {})
     with pytest.raises(CardiacInputError, match="no cine model is installed.*mode frames"):
-        inference.segment_perfusion_study(study, perfusion_model)
-    # the network alone needs none
-    labels = inference.segment_perfusion_study(study, perfusion_model, mode="frames")[0]
+        registry.load_model(perfusion_model.name)
+    study, _ = make_perfusion_phantom(seed=1, noise=0.01)
+    bare = registry.LoadedModel(perfusion_model.card, perfusion_model.module, perfusion_model.runtime)
+    with pytest.raises(CardiacInputError, match="needs a cine network"):
+        perfusion_segmentation.segment_perfusion_study(study, bare)
+    labels = perfusion_segmentation.segment_perfusion_study(study, bare, mode="frames")[0]
     assert (labels == MYO).any()

@@ -89,7 +89,7 @@ def test_frame_alignment_is_estimated_once_per_slice(monkeypatch):
     # the network mask's bolus check aligns the frames; the correction before the fit starts from
     # those shifts on the final mask and never repeats the whole-pixel search
     from CardiacAISegLib.models import registry
-    from CardiacAISegLib.models.inference import segment_perfusion_study
+    from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
 
     searches = []
     search = motion._integer_search

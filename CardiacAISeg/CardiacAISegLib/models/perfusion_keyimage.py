@@ -145,28 +145,6 @@ def heart_square(shape_rc, spacing_rc, timing, side_mm):
     return side(cy, rows, spacing_rc[0]), side(cx, cols, spacing_rc[1])
 
 
-def load_cine_model(name=None, device="cpu", classes=None):
-    """The cine network for key images: ``name`` or the registry's default cine model. Its
-    classes must be ``classes`` (the perfusion card's) when given: the ensemble averages
-    probabilities channel by channel."""
-    from . import registry
-
-    if name is None:
-        if not registry.list_models("cine"):
-            raise CardiacInputError("perfusion segmentation", "the perfusion model's card segments with a cine network "
-                                    "(input.segmentation.mode cine-key-image or ensemble) and no cine model is installed: "
-                                    "install one (cardiacaiseg import-model) or choose a perfusion model whose card declares "
-                                    "mode frames (--model)")
-        name = registry.default_model("cine")
-    card = registry.get_card(name)
-    if card["task"] != "cine":
-        raise CardiacInputError(name, f"the key-image path needs a cine model; {name!r} is a {card['task']} model")
-    if classes is not None and list(card["classes"]) != list(classes):
-        raise CardiacInputError(name, f"the cine model's classes {card['classes']} differ from the perfusion model's {list(classes)}; "
-                                "the key-image path needs the same classes in the same order")
-    return registry.for_device(registry.load_model(name, device=device), device)
-
-
 def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timing=None, device="cpu"):
     """(S, K, R, C) class probabilities on the perfusion grid from ``cine_model`` (a registry
     LoadedModel) on the key images, and a record of what was done (for provenance)."""

@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CardiacInputError
@@ -240,6 +240,9 @@ class LoadedModel:
     card: dict
     module: object  # torch.nn.Module, or an OnnxModule (run_numpy, and callable like a module)
     runtime: str = "torch"  # "torch" or "onnxruntime"
+    # models the card declares it runs with: {"cine": LoadedModel} for a perfusion card whose
+    # input.segmentation.mode uses the cine network on key images (models/perfusion_keyimage.py)
+    companions: dict = field(default_factory=dict)
 
     @property
     def name(self):
@@ -360,7 +363,8 @@ _CACHE = {}
 
 
 def load_model(name, verify=True, runtime=None, device=None):
-    """Build and load a model by name (cached per process; files verified on first load).
+    """Build and load a model by name (cached per process; files verified on first load), with
+    the companion models its card declares (``LoadedModel.companions``).
 
     ``runtime`` ('auto', 'torch', 'onnxruntime'; default ``$CARDIACAISEG_RUNTIME`` or auto) and
     ``device`` decide which runtime runs it (``choose_runtime``).
@@ -373,13 +377,44 @@ def load_model(name, verify=True, runtime=None, device=None):
             from .inference import OnnxModule
 
             path = verify_onnx(card) if verify else onnx_path(card)
-            _CACHE[key] = LoadedModel(card, OnnxModule(path), chosen)
+            _CACHE[key] = LoadedModel(card, OnnxModule(path), chosen, _companions(card, device))
         return _CACHE[key]
     key = (card["_folder"], card["weights"]["sha256"], chosen)
     if key not in _CACHE:
         path = verify_weights(card) if verify else weights_path(card)
-        _CACHE[key] = LoadedModel(card, _build_module(card, path), chosen)
+        _CACHE[key] = LoadedModel(card, _build_module(card, path), chosen, _companions(card, device))
     return _CACHE[key]
+
+
+# perfusion segmentation modes that run the cine network on key images of the first pass
+CINE_KEY_IMAGE_MODES = ("cine-key-image", "ensemble")
+
+
+def _companions(card, device):
+    declared = card.get("input", {}).get("segmentation") or {}
+    if card.get("task") != "perfusion" or declared.get("mode") not in CINE_KEY_IMAGE_MODES:
+        return {}
+    return {"cine": load_key_image_cine_model(declared.get("cine_model"), device or "cpu", classes=card.get("classes"))}
+
+
+def load_key_image_cine_model(name=None, device="cpu", classes=None):
+    """The cine network a perfusion card segments key images with: ``name`` or the default cine
+    model. Its classes must be ``classes`` (the perfusion card's) when given: the ensemble
+    averages probabilities channel by channel."""
+    if name is None:
+        if not list_models("cine"):
+            raise CardiacInputError("perfusion segmentation", "the perfusion model's card segments with a cine network "
+                                    "(input.segmentation.mode cine-key-image or ensemble) and no cine model is installed: "
+                                    "install one (cardiacaiseg import-model) or choose a perfusion model whose card declares "
+                                    "mode frames (--model)")
+        name = default_model("cine")
+    cine_card = get_card(name)
+    if cine_card["task"] != "cine":
+        raise CardiacInputError(name, f"the key-image path needs a cine model; {name!r} is a {cine_card['task']} model")
+    if classes is not None and list(cine_card["classes"]) != list(classes):
+        raise CardiacInputError(name, f"the cine model's classes {cine_card['classes']} differ from the perfusion model's "
+                                f"{list(classes)}; the key-image path needs the same classes in the same order")
+    return for_device(load_model(name, device=device), device)
 
 
 def for_device(loaded, device):

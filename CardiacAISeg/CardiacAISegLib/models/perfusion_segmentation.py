@@ -1,0 +1,223 @@
+"""How a perfusion series is segmented: the perfusion network on the frames window, the cine
+network on a key image of the first pass (``perfusion_keyimage``), or their ensemble, as the
+model card declares; then the bolus check (``perfusion_refine``) where the card asks for it.
+
+Its own module, above ``inference`` (the network runs and the grid mapping it shares with the
+cine path) and ``perfusion_keyimage``, so that neither imports the other.
+"""
+import numpy as np
+
+from ..errors import CardiacInputError
+from ..progress import as_progress
+from . import perfusion_keyimage
+from .inference import network_scores, pick_device
+from .postprocess import keep_one_component_per_structure
+
+
+def perfusion_window(study, n_frames=48, pre_foot=3):
+    """Frame indices of the network's window: from a few frames before the AIF foot, edges repeated.
+
+    Without an AIF the foot of the whole-image mean curve stands in (the bolus lights up
+    the ventricles first).
+    """
+    from ..mbf import find_foot
+
+    curve = study.aif if study.aif is not None else study.images.reshape(study.n_frames, -1).mean(1)
+    try:
+        foot = find_foot(curve)
+    except CardiacInputError:
+        foot = 0
+    start = foot - pre_foot
+    return np.clip(np.arange(start, start + n_frames), 0, study.n_frames - 1)
+
+
+# The perfusion network was trained on series cropped around the heart (64 px at 1.4-3.6 mm,
+# and tighter crops like the QPerf examples). A field of view much wider than that holds the
+# chest wall, liver and arms, which it mistakes for myocardium: such series are cropped around
+# the LV found from the bolus and brought to CROP_PIXEL_MM before the network sees them.
+CROP_FOV_MM = 128.0
+CROP_PIXEL_MM = 2.0
+CROP_WHEN_FOV_OVER_MM = 200.0
+
+
+def heart_crop(study):
+    """(row slice, col slice, zoom) of a square around the LV for wide fields of view, or None.
+
+    The LV comes from the bolus passage (``bolus.locate_blood_pools``) on the middle slice, so no
+    labels, geometry conventions or orientation are assumed.
+    """
+    from ..bolus import locate_blood_pools
+
+    sp_col, sp_row = study.spacing[0], study.spacing[1]
+    rows, cols = study.images.shape[2:]
+    if max(rows * sp_row, cols * sp_col) <= CROP_WHEN_FOV_OVER_MM:
+        return None
+    times = study.frame_times_s
+    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+    try:
+        pools = locate_blood_pools(study.images[:, study.n_slices // 2], dt_s=dt, pixel_mm=sp_col)
+    except CardiacInputError:
+        return None
+    if pools["confidence"] != "high":
+        # without an RV that peaked first next to it, the "LV" may be the aorta or a vessel: a
+        # crop around it could cut the heart out, so the network sees the whole field instead
+        study.provenance.setdefault("warnings", []).append(
+            f"wide field of view, but the heart was not found with confidence from the bolus ({pools['reason']}): "
+            "the network segments the whole field; check the contours")
+        return None
+    cy, cx = pools["lv_center_rc"]
+    if pools["rv"].any():   # centre between LV and RV a little, so the RV stays in view
+        ry, rx = np.nonzero(pools["rv"])
+        cy, cx = cy + 0.25 * (ry.mean() - cy), cx + 0.25 * (rx.mean() - cx)
+    half_r, half_c = CROP_FOV_MM / 2 / sp_row, CROP_FOV_MM / 2 / sp_col
+    r0, c0 = int(round(cy - half_r)), int(round(cx - half_c))
+    r0, c0 = min(max(r0, 0), max(rows - int(2 * half_r), 0)), min(max(c0, 0), max(cols - int(2 * half_c), 0))
+    rs = slice(r0, min(rows, r0 + int(round(2 * half_r))))
+    cs = slice(c0, min(cols, c0 + int(round(2 * half_c))))
+    return rs, cs, (sp_row / CROP_PIXEL_MM, sp_col / CROP_PIXEL_MM), pools
+
+
+# How a perfusion series is segmented; the model card declares it (``input.segmentation.mode``,
+# default "frames" for cards without it), so no switch is hidden:
+# - "frames": the perfusion network on the frames window (48 frames as channels, Xue 2020);
+# - "cine-key-image": the cine network (trained on real MRI) on a cine-like key image of the
+#   first pass (``perfusion_keyimage``);
+# - "ensemble": the mean of both paths' class probabilities on the perfusion grid.
+PERFUSION_SEGMENTATION_MODES = ("frames", "cine-key-image", "ensemble")
+# Whether the bolus check (``perfusion_refine``) follows each path unless the card or the caller
+# says otherwise. Measured with tools/compare_perfusion_segmenters.py (docs/models.md): it
+# rescues the perfusion network's masks (synthetic full-FOV MYO Dice 0.68 -> 0.79, real
+# aif_detection LV 0.71 -> 0.81) and the cine network's (0.72 -> 0.77, 0.78 -> 0.80), but costs
+# the ensemble, whose masks are already better than what it rebuilds (0.85 -> 0.78, 0.83 -> 0.81).
+BOLUS_CHECK_BY_MODE = {"frames": True, "cine-key-image": True, "ensemble": False}
+
+
+def perfusion_segmentation(card):
+    """The card's declared perfusion segmentation: dict with mode, key_image, cine_model (None =
+    the registry's default cine model) and bolus_check (default: BOLUS_CHECK_BY_MODE). A card
+    without ``input.segmentation`` is run as perfusion networks were before: frames, checked."""
+    from .perfusion_keyimage import DEFAULT_KEY_IMAGE, KEY_IMAGE_MODES
+
+    entry = dict(card.get("input", {}).get("segmentation") or {"mode": "frames"})
+    entry.setdefault("key_image", DEFAULT_KEY_IMAGE)
+    entry.setdefault("cine_model", None)
+    if entry.get("key_image") not in KEY_IMAGE_MODES:
+        raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.key_image must be one of "
+                                f"{', '.join(KEY_IMAGE_MODES)}, not {entry.get('key_image')!r}")
+    if entry.get("mode") in PERFUSION_SEGMENTATION_MODES:
+        entry.setdefault("bolus_check", BOLUS_CHECK_BY_MODE[entry["mode"]])
+    if entry.get("mode") not in PERFUSION_SEGMENTATION_MODES:
+        raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.mode must be one of "
+                                f"{', '.join(PERFUSION_SEGMENTATION_MODES)}, not {entry.get('mode')!r}")
+    return entry
+
+
+def perfusion_network_probabilities(study, loaded_model, device="cpu"):
+    """(S, K, R, C) class probabilities of the perfusion network on the frames window, on the
+    study's grid. A wide field of view is first cropped around the heart found from the bolus
+    (``heart_crop``), brought to CROP_PIXEL_MM, and the probabilities mapped back (background
+    outside the crop)."""
+    from scipy import ndimage
+
+    from .array_ops import pad_to_multiple as pad_array, softmax
+
+    model = loaded_model.module
+    if not hasattr(model, "run_numpy"):   # torch: on the device; ONNX Runtime needs no torch at all
+        model = model.to(device)
+    spec = loaded_model.card["input"]
+    frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
+    multiple = spec.get("size_multiple", 8)
+    crop = heart_crop(study)
+    rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
+    if crop:
+        study.provenance["heart_crop"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop],
+                                          "pixel_mm": CROP_PIXEL_MM, "lv_found_by": crop[3]["reason"]}
+    out = None
+    for k in range(study.n_slices):
+        x = study.images[frames, k][:, rs, cs].astype(np.float32)
+        native = x.shape[1:]
+        if crop:
+            x = ndimage.zoom(x, (1, *crop[2]), order=1)
+        x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
+        xp, pad = pad_array(x[None], multiple)
+        probs = softmax(network_scores(model, xp.astype(np.float32), device)[..., pad[0], pad[1]], 1)[0]
+        if crop:   # probabilities back onto the native crop grid
+            zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
+            probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])[:, : native[0], : native[1]]
+            if probs.shape[1:] != native:   # edge-padded: ndimage.zoom rounds the size
+                probs = np.pad(probs, ((0, 0), (0, native[0] - probs.shape[1]), (0, native[1] - probs.shape[2])), mode="edge")
+        if out is None:
+            out = np.zeros((study.n_slices, probs.shape[0], *study.images.shape[2:]), np.float32)
+            out[:, 0] = 1.0   # background outside the crop
+        out[k][:, rs, cs] = probs
+    return out
+
+
+def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_model=None, key_image=None):
+    """(S, K, R, C) class probabilities by ``mode`` (default: the card's declaration). The
+    cine-key-image record goes to ``study.provenance["perfusion_segmentation"]``."""
+    declared = perfusion_segmentation(loaded_model.card)
+    mode = mode or declared["mode"]
+    if mode not in PERFUSION_SEGMENTATION_MODES:
+        raise CardiacInputError("perfusion segmentation", f"mode must be one of {', '.join(PERFUSION_SEGMENTATION_MODES)}, "
+                                f"not {mode!r}")
+    record = {"mode": mode}
+    parts = []
+    if mode in ("frames", "ensemble"):
+        parts.append(perfusion_network_probabilities(study, loaded_model, device))
+        record["network"] = loaded_model.card.get("name", "perfusion network")   # a bare checkpoint (tools) has no name
+    if mode in ("cine-key-image", "ensemble"):
+        # the registry loads the cine model a card declares with it (LoadedModel.companions);
+        # this module does not load models (models.registry imports it)
+        cine_model = cine_model or getattr(loaded_model, "companions", {}).get("cine")
+        if cine_model is None:
+            raise CardiacInputError(loaded_model.card.get("name", "perfusion model"),
+                                    f"segmentation mode {mode!r} needs a cine network: its card declares none "
+                                    "(input.segmentation), so pass cine_model= (a model from registry.load_model)")
+        probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
+            study, cine_model, key_image or declared["key_image"], device=device)
+        parts.append(probs)
+        record.update(key_record)
+        record["mode"] = mode
+    study.provenance["perfusion_segmentation"] = record
+    return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+
+
+def segment_perfusion_study(study, loaded_model, device=None, progress=None, refine=None, mode=None, cine_model=None,
+                            key_image=None):
+    """{0: (S, R, C) labels} for a perfusion study (one motion-corrected mask for all frames).
+
+    ``mode`` (default: the card's ``input.segmentation.mode``) picks the path
+    (PERFUSION_SEGMENTATION_MODES); ``cine_model`` (a LoadedModel; default the card's companion) and ``key_image``
+    ('lv-peak' / 'myo-peak') override the card's choices for the key-image path.
+    With ``refine`` (default: the card's ``bolus_check`` for its mode, BOLUS_CHECK_BY_MODE for
+    another mode) and an AIF, each slice's mask is checked and mended against the bolus
+    (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
+    """
+    from .perfusion_refine import refine_study_slice
+
+    progress = as_progress(progress)
+    device = pick_device(device)
+    progress(0, study.n_slices + 1, "segmenting the perfusion series")
+    probs = perfusion_probabilities(study, loaded_model, mode, device, cine_model, key_image)
+    if refine is None:
+        declared = perfusion_segmentation(loaded_model.card)
+        used = study.provenance["perfusion_segmentation"]["mode"]
+        refine = declared["bolus_check"] if used == declared["mode"] else BOLUS_CHECK_BY_MODE[used]
+    study.provenance["perfusion_segmentation"]["bolus_check"] = bool(refine and study.aif is not None)
+    out = np.zeros(study.images.shape[1:], np.uint8)
+    reports = []
+    for k in range(study.n_slices):
+        progress(k + 1, study.n_slices + 1, f"{'checking' if refine else 'cleaning'} slice {k + 1}/{study.n_slices}")
+        # slices lie 10-20 mm apart: clean each one on its own
+        out[k] = keep_one_component_per_structure(probs[k].argmax(0).astype(np.uint8)[None])[0]
+        if refine and study.aif is not None:
+            # signal-intensity myocardium enhances to a larger share of the (saturated) blood
+            # signal than Gd concentration does: the blood-likeness threshold follows the units
+            blood_fraction = 0.25 if study.units == "gd_mmol_l" else 0.5
+            out[k], report = refine_study_slice(study, k, out[k], blood_fraction=blood_fraction)
+            reports.append({"slice": k, **report})
+    if reports:
+        study.provenance["mask_refinement"] = reports
+    progress(study.n_slices + 1, study.n_slices + 1, "segmentation done")
+    return {0: out}
