@@ -327,6 +327,39 @@ class Analysis:
         self._assess()
         return changed
 
+    def place_insertion_points(self, slice_index, anterior_ras, inferior_ras, keep_moved=False):
+        """RV insertion points placed by hand on one slice, for labels with no RV (LV-only
+        contours): AHA sectors from them; every other level slice takes their directions about
+        its own LV centre. ``keep_moved``: handles dragged since keep their place (the same
+        points placed again after an edit re-measured the labels). Returns the slices with sectors."""
+        st, k = self.study, int(slice_index)
+        if k not in self.levels:
+            raise CardiacInputError("insertion point", f"slice {k} has no LV blood pool and myocardium to place them on; "
+                                                       f"slices with an AHA level: {sorted(self.levels)}")
+        ref = self.labels[self.reference_frame]
+        rows, cols = np.nonzero((ref[k] == LV) | (ref[k] == MYO))
+        (ai, aj, _), (ii, ij, _) = st.ras_to_ijk_points([list(anterior_ras), list(inferior_ras)])
+        placed = {"slice": k, "anterior_ijk": (float(ai), float(aj), float(k)), "inferior_ijk": (float(ii), float(ij), float(k)),
+                  "centre_ijk": (float(cols.mean()), float(rows.mean()), float(k))}
+        sectors = geometry.SectorState(ref, [placed], self.levels, st.spacing, method=self.sector_method, ijk_to_ras=st.ijk_to_ras)
+        self.insertion = []
+        for kk in sorted(sectors.slices):
+            p = sectors.points(kk)
+            self.insertion.append({"slice": kk, "anterior_ijk": p["anterior_ijk"], "inferior_ijk": p["inferior_ijk"],
+                                   "anterior_ras": list(p["anterior_ras"]), "inferior_ras": list(p["inferior_ras"]),
+                                   "source": "hand" if kk == k else "neighbour", "borrowed_from": None if kk == k else k})
+        self.sectors = sectors
+        self.warnings = [w for w in self.warnings if not w.startswith("no RV insertion points")]
+        self.warnings.append(f"RV insertion points placed by hand on slice {k}; the other slices take their directions")
+        # dragged handles are re-applied after a re-measure: a new placement starts without them
+        moved = dict(self._user_points) if keep_moved else {}
+        self._user_points.clear()
+        self.move_insertion_point(k, "anterior", self.insertion[[p["slice"] for p in self.insertion].index(k)]["anterior_ras"])
+        for (kk, side), ras in moved.items():       # (the move above re-measures segment values and QC)
+            if kk in sectors.slices:
+                self.move_insertion_point(kk, side, list(ras))
+        return sorted(sectors.slices)
+
     def set_labels(self, frame, label_map):
         """A corrected segmentation of one frame: recompute everything that depends on it."""
         label_map = np.asarray(label_map, np.uint8)

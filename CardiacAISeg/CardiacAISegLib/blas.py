@@ -9,13 +9,23 @@ networks (OpenMP, not limited here).
 """
 from contextlib import contextmanager
 
+_controller = []   # one ThreadpoolController: finding the loaded libraries costs 1-35 ms a time
+
+
+def _blas_controller():
+    if not _controller:
+        from threadpoolctl import ThreadpoolController
+
+        _controller.append(ThreadpoolController())   # numpy's BLAS is loaded by now (numpy is imported)
+    return _controller[0]
+
 
 @contextmanager
 def single_blas_thread():
     try:
-        from threadpoolctl import threadpool_limits
+        controller = _blas_controller()
     except ImportError:   # without threadpoolctl the numbers are the same, only slower
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import scene as sc
 from .errors import CardiacInputError, OutputExistsError
-from .labels import LV, MYO, to_convention
+from .labels import MYO, to_convention
 from .progress import as_progress
 from .study import CINE, PERFUSION, Study
 
@@ -487,42 +487,14 @@ class CardiacAISegLogic(_LogicBase):
         about its own LV centre (a handle there too, draggable); markups and table refreshed.
         ``keepMoved``: handles the user dragged since keep their place (the same points placed
         again after an edit re-measured the labels). Returns the slices with sectors."""
-        from . import geometry
-
         a = self._requireAnalysis()
-        st, k = a.study, int(sliceIndex)
-        if k not in a.levels:
-            raise CardiacInputError("insertion point", f"slice {k} has no LV blood pool and myocardium to place them on; "
-                                                       f"slices with an AHA level: {sorted(a.levels)}")
-        ref = a.labels[a.reference_frame]
-        rows, cols = np.nonzero((ref[k] == LV) | (ref[k] == MYO))
-        (ai, aj, _), (ii, ij, _) = st.ras_to_ijk_points([list(anteriorRas), list(inferiorRas)])
-        placed = {"slice": k, "anterior_ijk": (float(ai), float(aj), float(k)), "inferior_ijk": (float(ii), float(ij), float(k)),
-                  "centre_ijk": (float(cols.mean()), float(rows.mean()), float(k))}
-        sectors = geometry.SectorState(ref, [placed], a.levels, st.spacing, method=a.sector_method, ijk_to_ras=st.ijk_to_ras)
-        a.insertion = []
-        for kk in sorted(sectors.slices):
-            p = sectors.points(kk)
-            a.insertion.append({"slice": kk, "anterior_ijk": p["anterior_ijk"], "inferior_ijk": p["inferior_ijk"],
-                                "anterior_ras": list(p["anterior_ras"]), "inferior_ras": list(p["inferior_ras"]),
-                                "source": "hand" if kk == k else "neighbour", "borrowed_from": None if kk == k else k})
-        a.sectors = sectors
-        a.warnings = [w for w in a.warnings if not w.startswith("no RV insertion points")]
-        a.warnings.append(f"RV insertion points placed by hand on slice {k}; the other slices take their directions")
-        # the Analysis remembers dragged handles (to re-apply them after a re-measure): a new
-        # placement starts without them
-        user_points = getattr(a, "_user_points", {})
-        moved = dict(user_points) if keepMoved else {}
-        user_points.clear()
-        a.move_insertion_point(k, "anterior", a.insertion[[p["slice"] for p in a.insertion].index(k)]["anterior_ras"])
-        for (kk, side), ras in moved.items():       # (the move above re-measures segment values and QC)
-            if kk in sectors.slices:
-                a.move_insertion_point(kk, side, list(ras))
+        placed = a.place_insertion_points(sliceIndex, anteriorRas, inferiorRas, keep_moved=keepMoved)
+        st = a.study
         markups = sc.add_insertion_markups(self.context, a.insertion_summary(), node=self.getNodeParameter("markupsID"),
                                            name=f"{st.name} {sc.INSERTION_NODE_NAME}")
         self.setParameter("markupsID", markups)
         self._refreshTable()
-        return sorted(sectors.slices)
+        return placed
 
     def _sliceOfPoint(self, node, n, k, side, pos):
         """The slice a point lies on. A saved scene may come back with its volume stored the
