@@ -232,7 +232,8 @@ class Analysis:
                 self.levels, levels_found = {}, False
                 self.warnings.append(f"{e.problem}: AHA segments not assigned; volumes are measured as labelled")
         self.insertion = []
-        if (ref == RV).any() and levels_found:
+        # perfusion finds the RV from the bolus (blood peaking before the LV) even where the mask has none
+        if ((ref == RV).any() or st.kind == PERFUSION) and levels_found:
             try:
                 bolus = None if self._curves is None else (self._curves[0], float(self._curves[2][1] - self._curves[2][0]))
                 self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True, bolus_frames=bolus)

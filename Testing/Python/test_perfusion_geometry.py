@@ -72,6 +72,19 @@ def test_a_sliver_of_labelled_rv_still_gives_the_true_arc_from_the_bolus(seed):
             assert err < 5.0, (k, which, err)
 
 
+def test_a_mask_without_rv_still_gets_insertion_points_from_the_bolus():
+    """A network mask with no RV label (a key image after the RV washed out) still gets AHA
+    segments: the RV is found from the bolus, and the points are those of the full mask."""
+    study, _ = make_perfusion_phantom(seed=4, n_frames=50, noise=0.005)
+    no_rv = {t: np.where(m == RV, 0, m).astype(np.uint8) for t, m in study.labels.items()}
+    without, with_rv = Analysis(study, no_rv).run(), Analysis(study, study.labels).run()
+    assert without.sectors is not None and len(without.insertion) == study.n_slices
+    for p, q in zip(without.insertion, with_rv.insertion):
+        np.testing.assert_allclose(p["anterior_ras"], q["anterior_ras"], atol=1e-6)
+        np.testing.assert_allclose(p["inferior_ras"], q["inferior_ras"], atol=1e-6)
+    assert not any(f["code"].startswith("INSERTION_POINTS") for f in without.qc["flags"])
+
+
 def test_no_bolus_rv_and_a_sliver_falls_back_to_120_degrees_on_the_rv_and_warns():
     # a labelled RV of a few pixels and no blood peaking before the LV (RV curve = LV curve)
     study, truth = make_perfusion_phantom(seed=2, noise=0.01)
