@@ -267,6 +267,33 @@ def test_model_preload_keeps_the_model_by_sha256(cohort, monkeypatch):
     assert len(registry._CACHE) == len(held)   # and loads nothing more
 
 
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc malloc tuning")
+def test_relax_malloc_trim_stops_page_faults_under_a_nannys_setting():
+    """A worker that a `dask worker` nanny started with MALLOC_TRIM_THRESHOLD_=65536 maps and unmaps
+    every array over 128 kB; after ModelPreload's relax_malloc_trim, freed arrays are reused."""
+    code = ("import sys, resource, numpy as np\n"
+            "from CardiacAISegLib.cohort import relax_malloc_trim\n"
+            "done = relax_malloc_trim() if sys.argv[1] == 'relax' else False\n"
+            "np.ones(1 << 18)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(200):\n"
+            "    np.ones(1 << 18)   # 2 MB, freed at once\n"
+            "print(done, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(mode, trim):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        env.update({"MALLOC_TRIM_THRESHOLD_": "65536"} if trim else {})
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    done, nanny = faults("keep", trim=True)
+    assert not done and nanny > 200 * 256   # each 2 MB array mapped afresh: a fault per 4 kB page (512 each here)
+    done, relaxed = faults("relax", trim=True)
+    assert done and relaxed < nanny / 20
+    done, _ = faults("relax", trim=False)
+    assert not done   # no nanny setting (a LocalCluster of batch, an analyze process): glibc's own adaptive rule stays
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
