@@ -4,8 +4,11 @@ One ``Analysis`` serves the CLI, the Slicer module and the web GUI. Edits go thr
 ``set_labels`` (a corrected contour) recomputes what depends on the masks; ``move_insertion_point``
 (a dragged handle) re-bins the sectors of one slice and refreshes the segment values only.
 """
+from __future__ import annotations
+
 import os
 import time
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -13,11 +16,14 @@ from . import geometry
 from .cine import cine_measures
 from .errors import CardiacInputError
 from .labels import LV, MYO, RV
-from .study import PERFUSION
+from .study import PERFUSION, Study
+
+Ras = Sequence[float]   # a point in RAS mm
 
 
 class Analysis:
-    def __init__(self, study, labels, model_card=None, density=1.05, rest=None, sector_method="bai"):
+    def __init__(self, study: Study, labels: Mapping[int, np.ndarray], model_card: dict | None = None, density: float = 1.05,
+                 rest: Analysis | None = None, sector_method: str = "bai"):
         if not labels:
             raise CardiacInputError(study.source or study.name, "no label maps to analyse")
         self.study = study
@@ -69,7 +75,7 @@ class Analysis:
             return "Wall thickness at ED (mm)"
         return "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
 
-    def set_bullseye_measure(self, measure):
+    def set_bullseye_measure(self, measure: str) -> None:
         """'mbf' or 'relative_upslope' (perfusion): the segment values the bullseye shows."""
         if measure not in BULLSEYE_MEASURES:
             raise CardiacInputError("bullseye", f"unknown bullseye measure {measure!r}; use one of {', '.join(BULLSEYE_MEASURES)}")
@@ -92,7 +98,7 @@ class Analysis:
                 self.warnings.append(f"frame {t}: no LV or myocardium in the label map")
 
     # --- computation ---------------------------------------------------------------------
-    def run(self, progress=None):
+    def run(self, progress: Callable | None = None) -> Analysis:
         # every reader warning (geometry, timing, AIF) travels with the result to every output
         reader = [w for w in (self.study.provenance or {}).get("warnings", []) if w not in self.warnings]
         self.warnings = reader + self.warnings
@@ -310,7 +316,7 @@ class Analysis:
                 self.perfusion["mpri"] = mpri(sq, rest_sq)
 
     # --- edits ---------------------------------------------------------------------------
-    def move_insertion_point(self, slice_index, which, ras):
+    def move_insertion_point(self, slice_index: int, which: str, ras: Ras):
         """A dragged handle: re-bin that slice's sectors and refresh the segment values only."""
         if self.sectors is None:
             raise CardiacInputError("insertion point", "no AHA sectors to update (no RV insertion points)")
@@ -328,7 +334,7 @@ class Analysis:
         self._assess()
         return changed
 
-    def place_insertion_points(self, slice_index, anterior_ras, inferior_ras, keep_moved=False):
+    def place_insertion_points(self, slice_index: int, anterior_ras: Ras, inferior_ras: Ras, keep_moved: bool = False) -> list[int]:
         """RV insertion points placed by hand on one slice, for labels with no RV (LV-only
         contours): AHA sectors from them; every other level slice takes their directions about
         its own LV centre. ``keep_moved``: handles dragged since keep their place (the same
@@ -361,7 +367,7 @@ class Analysis:
                 self.move_insertion_point(kk, side, list(ras))
         return sorted(sectors.slices)
 
-    def set_labels(self, frame, label_map):
+    def set_labels(self, frame: int, label_map: np.ndarray) -> Analysis:
         """A corrected segmentation of one frame: recompute everything that depends on it."""
         label_map = np.asarray(label_map, np.uint8)
         if label_map.shape != self.study.images.shape[1:]:
@@ -372,15 +378,15 @@ class Analysis:
         return self.run()
 
     # --- outputs -------------------------------------------------------------------------
-    def insertion_summary(self):
+    def insertion_summary(self) -> list[dict]:
         return [{"slice": int(p["slice"]), "anterior_ras": _list(p.get("anterior_ras")), "inferior_ras": _list(p.get("inferior_ras"))}
                 for p in self.insertion]
 
-    def results(self):
+    def results(self) -> dict:
         return {"kind": self.kind, "cine": self.cine, "perfusion": self.perfusion,
                 "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings), "qc": self.qc}
 
-    def table_rows(self):
+    def table_rows(self) -> list[dict]:
         """Rows {key, measure, value, unit, decimals} (``measures.MEASURES``) for results.csv, the
         Slicer table node and the web GUI."""
         from .measures import CINE_KEYS, row

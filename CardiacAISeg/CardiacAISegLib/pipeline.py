@@ -6,11 +6,26 @@ result differs (files, MRML nodes, a page), what is computed does not. The retur
 carries everything a front end shows: measures, QC, warnings (reader, bolus check, QC),
 ``model_info`` (name, version, sha256, mask refinement) and ``timing_s`` per stage.
 """
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
+
+import numpy as np
 
 from .errors import CardiacInputError
 
-def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
+if TYPE_CHECKING:
+    from .analysis import Analysis
+    from .progress import Progress
+    from .study import Study
+
+Labels = Mapping[int, np.ndarray]          # {frame: (S, R, C) uint8 label map}
+Frames = Union[str, Sequence[int]]         # "ed_es", "all" or frame indices
+ProgressLike = Union["Progress", Callable[[int, int, str], None], None]
+
+def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es", device: str | None = None,
+            progress: ProgressLike = None) -> tuple[dict[int, np.ndarray], dict]:
     """Label maps from a registry network; returns (labels, model info for results.json)."""
     from .models import registry
     from .study import PERFUSION
@@ -46,7 +61,7 @@ def segment(study, model_name=None, frames="ed_es", device=None, progress=None):
     return labels, info
 
 
-def refinement_warnings(reports, sectors=36):
+def refinement_warnings(reports: Sequence[dict] | None, sectors: int = 36) -> list[str]:
     """Plain-language warnings for slices whose network mask the bolus check had to mend a lot."""
     out = []
     for r in reports or []:
@@ -60,8 +75,9 @@ def refinement_warnings(reports, sectors=36):
     return out
 
 
-def compute_analysis(study, model_name=None, labels=None, frames="ed_es", density=1.05, rest=None, device=None,
-                     progress=None, bullseye="mbf"):
+def compute_analysis(study: Study, model_name: str | None = None, labels: Labels | None = None, frames: Frames = "ed_es",
+                     density: float = 1.05, rest: Analysis | None = None, device: str | None = None,
+                     progress: ProgressLike = None, bullseye: str = "mbf") -> Analysis:
     """A measured Analysis of ``study``.
 
     labels: None runs the registry network ``model_name`` (the task's default when None); a

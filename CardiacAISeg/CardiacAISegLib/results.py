@@ -1,10 +1,18 @@
 """results.json and results.csv: the machine- and spreadsheet-readable outcome of an analysis."""
+from __future__ import annotations
+
 import csv
 import io
 import json
 import math
+from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .analysis import Analysis
 
 SCHEMA_VERSION = 1
 
@@ -27,7 +35,7 @@ def json_safe(v, max_array=None):
     return v
 
 
-def results_document(analysis, input_path, model=None, timing_s=None):
+def results_document(analysis: Analysis, input_path: str | Path, model: dict | None = None, timing_s: dict | None = None) -> dict:
     """The results.json document of ``analysis``. ``model`` and ``timing_s`` default to what the
     Analysis carries from the pipeline (``model_info``, ``timing_s``); a writer passes its own
     only to add to them (e.g. the writing steps)."""
@@ -44,7 +52,7 @@ def results_document(analysis, input_path, model=None, timing_s=None):
     return json_safe(doc)
 
 
-def results_json_text(doc):
+def results_json_text(doc: dict) -> str:
     return json.dumps(doc, indent=2, allow_nan=False)
 
 
@@ -54,7 +62,7 @@ def csv_cell(v):
     return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
 
 
-def results_csv_text(rows):
+def results_csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "measure", "value", "unit"])   # key: stable across versions (measures.MEASURES)

@@ -1,7 +1,10 @@
 """The engine's layout rules, checked on its source: no import cycles between its modules
-(function-level imports included, since they only defer a cycle), and the module file thin."""
+(function-level imports included, since they only defer a cycle), the module file thin, and the
+public API typed."""
 import ast
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "CardiacAISeg" / "CardiacAISegLib"
 
@@ -76,3 +79,36 @@ def test_the_finder_sees_a_cycle(tmp_path):
     """The check itself can fail: two modules importing each other inside functions."""
     graph = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert _cycles(graph) == [["a", "b"]]
+
+
+# The engine's public API, the functions the CLI, the Slicer Logic and the web GUI call: every
+# parameter and the return value carry a type hint.
+PUBLIC_API = [
+    ("CardiacAISegLib.pipeline", "compute_analysis"),
+    ("CardiacAISegLib.pipeline", "segment"),
+    ("CardiacAISegLib.pipeline", "refinement_warnings"),
+    ("CardiacAISegLib.readers", "load_study"),
+    ("CardiacAISegLib.results", "results_document"),
+    ("CardiacAISegLib.results", "results_json_text"),
+    ("CardiacAISegLib.results", "results_csv_text"),
+    ("CardiacAISegLib.analysis", "Analysis.run"),
+    ("CardiacAISegLib.analysis", "Analysis.set_labels"),
+    ("CardiacAISegLib.analysis", "Analysis.place_insertion_points"),
+    ("CardiacAISegLib.analysis", "Analysis.set_bullseye_measure"),
+    ("CardiacAISegLib.analysis", "Analysis.results"),
+    ("CardiacAISegLib.analysis", "Analysis.table_rows"),
+]
+
+
+@pytest.mark.parametrize("module,qualname", PUBLIC_API)
+def test_public_api_has_type_hints(module, qualname):
+    import importlib
+    import inspect
+
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    sig = inspect.signature(obj)
+    missing = [n for n, p in sig.parameters.items() if n != "self" and p.annotation is inspect.Parameter.empty]
+    assert not missing, f"{module}.{qualname}: parameters without a type hint: {missing}"
+    assert sig.return_annotation is not inspect.Signature.empty, f"{module}.{qualname}: no return type hint"

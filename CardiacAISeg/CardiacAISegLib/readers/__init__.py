@@ -1,8 +1,13 @@
 """Readers: every format becomes one `Study`. ``load_study`` picks the reader from the path."""
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
 
 from ..errors import CardiacInputError
-from ..study import CINE, PERFUSION
+from ..study import CINE, PERFUSION, Study
 
 ACCEPTED = ("an ACDC patient folder (Info.cfg), a DICOM folder, a folder of per-frame .mhd/.nii.gz/.nrrd files, "
             ".nii/.nii.gz (3D or 4D), .seq.nrrd/.nrrd, .mhd/.mha, Analyze .hdr/.img or a QPerf folder (params.json) "
@@ -43,8 +48,10 @@ def _attach_labels(study, labels, label_convention, frame):
     return attach_labelmap(study, labels, label_convention, frame)
 
 
-def load_study(path, kind=None, series=None, labels=None, label_convention="acdc", aif=None, dt=None,
-               frame=None, progress=None, units=None):
+def load_study(path: str | Path, kind: str | None = None, series: str | None = None, labels: str | Path | None = None,
+               label_convention: str = "acdc", aif: str | Path | Sequence[float] | np.ndarray | None = None,
+               dt: float | None = None, frame: int | None = None, progress: Callable | None = None,
+               units: str | None = None) -> Study:
     """Read any supported input into a Study.
 
     kind: None (decided from the data: ``series_kind.decide_kind``), or 'cine' / 'perfusion'
