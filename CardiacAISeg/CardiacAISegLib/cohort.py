@@ -535,6 +535,29 @@ QUIET_LOCAL_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed
                        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
+# Worker processes of a LocalCluster are forked from one forkserver process that imported these
+# once, instead of each spawned worker importing them again (about 1 CPU s a worker here). No
+# module in the list starts a thread or a native runtime (onnxruntime and torch are not in it:
+# each worker loads its model after the fork). None: Dask's default (spawn).
+FORKSERVER_PRELOAD = ("distributed", "numpy", "scipy.ndimage", "nibabel", "pydicom", "CardiacAISegLib.cohort",
+                      "CardiacAISegLib.analyze", "CardiacAISegLib.pipeline", "CardiacAISegLib.readers",
+                      "CardiacAISegLib.models.inference")
+
+
+def _forkserver_config():
+    """Dask config for forkserver workers with FORKSERVER_PRELOAD; {} where there is no forkserver."""
+    import multiprocessing
+
+    if not FORKSERVER_PRELOAD or "forkserver" not in multiprocessing.get_all_start_methods():
+        return {}
+    from distributed import utils as dask_utils
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    # distributed would replace the list with its own (and import pandas here to make it)
+    dask_utils._forkserver_preload_set = True
+    return {"distributed.worker.multiprocessing-method": "forkserver"}
+
+
 def _open_client(scheduler, n_workers, specs, processes):
     from distributed import Client, LocalCluster
 
@@ -596,7 +619,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     dashboard = ""
     if todo:
         n_workers = workers or max(1, min(len(todo), _usable_cores()))
-        with dask.config.set(QUIET_LOCAL_CLUSTER if not scheduler else {}):   # the workers take it when they start
+        local = {**QUIET_LOCAL_CLUSTER, **(_forkserver_config() if processes else {})} if not scheduler else {}
+        with dask.config.set(local):   # the workers take it when they start
             client, cluster = _open_client(scheduler, n_workers, todo, processes)
         try:
             dashboard = _dashboard(client)
