@@ -294,6 +294,20 @@ def test_relax_malloc_trim_stops_page_faults_under_a_nannys_setting():
     assert not done   # no nanny setting (a LocalCluster of batch, an analyze process): glibc's own adaptive rule stays
 
 
+def test_forkserver_preload_starts_no_thread_or_native_runtime():
+    """The LocalCluster's workers are forked from a process that imported FORKSERVER_PRELOAD: none of
+    those modules may start a thread or load onnxruntime/torch (whose state a fork would copy)."""
+    from CardiacAISegLib.cohort import FORKSERVER_PRELOAD
+
+    code = ("import sys, threading, importlib\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n"
+            "print(threading.active_count(), *sorted(m for m in ('onnxruntime', 'torch', 'vtk', 'matplotlib') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code, *FORKSERVER_PRELOAD], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1"], out.stdout + out.stderr
+    assert "CardiacAISegLib.pipeline" in FORKSERVER_PRELOAD   # the imports a first study would pay, made once
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
