@@ -1300,8 +1300,19 @@ def test_e2e_contours_on_every_segmented_frame_during_playback(page):
     page.press("frame-play")
     page.wait(lambda: page.el("frame-play").text.upper() == "PLAY", message="paused")
     assert len(seen) >= 6, f"playback showed frames {seen}"
-    # every picture during playback had the LV border, and its length changed with the frame
-    assert min(counts) > 20 and max(counts) > 1.1 * min(counts), counts
+    # every picture during playback had the LV border (which frames a 20 s sample catches
+    # depends on the machine's load, so the border's change with the frame is checked below
+    # on ED and ES, whose LV volumes differ for certain)
+    assert min(counts) > 20, counts
+    page.press("frame-ed")
+    page.wait(lambda: "ED" in page.el("frame-label").text, message="ED again")
+    by_frame = {}
+    for _ in range(20):   # every frame once, stepped: the border's length follows the frame
+        label = page.el("frame-label").text.split()[1]
+        by_frame[label] = lv_pixels()
+        page.press("frame-next")
+        page.wait(lambda: page.el("frame-label").text.split()[1] != label, message="next frame")
+    assert len(by_frame) == 20 and max(by_frame.values()) > 1.1 * min(by_frame.values()), by_frame
     page.press("frame-ed")
     page.wait(lambda: abs(lv_pixels() - ed) < 0.05 * ed, message="ED contours again")
 
