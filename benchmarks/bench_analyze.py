@@ -56,7 +56,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from CardiacAISegLib.roi import ring_mask  # noqa: E402
+from CardiacAISegLib.perfusion.roi import ring_mask  # noqa: E402
 
 STAGES = ("load", "segmentation", "measures", "mbf_map", "mbf_map_cpu", "writing")
 TARGETS = {("phantom-3slice", "mbf_map"): 0.3, ("mbf-map-4500px", "mbf_map"): 0.3}
@@ -135,7 +135,7 @@ def time_case(kw, runs, work):
 
 def time_mbf_kernel(runs, n_pixels=KERNEL_PIXELS):
     """``mbf.mbf_map`` alone on exactly ``n_pixels`` myocardial pixels of the 3-slice phantom."""
-    from CardiacAISegLib import mbf
+    from CardiacAISegLib.perfusion import mbf
     from CardiacAISegLib.labels import MYO
     from CardiacAISegLib.phantom import make_perfusion_phantom
 

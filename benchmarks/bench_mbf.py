@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from CardiacAISegLib.labels import MYO
-from CardiacAISegLib.mbf import fermi_deconvolution
+from CardiacAISegLib.perfusion.mbf import fermi_deconvolution
 from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
 
 TARGET_S = 0.3

@@ -45,7 +45,7 @@ def dice(a, b):
 
 def aif_detection_study(n):
     """(Study, expert mask) for qperf/aif_detection example ``n``."""
-    from CardiacAISegLib.bolus import aif_from_lv, locate_blood_pools
+    from CardiacAISegLib.perfusion.bolus import aif_from_lv, locate_blood_pools
     from CardiacAISegLib.study import Study, affine_from_spacing
 
     images = np.load(AIF_DETECTION / f"example{n}_images.npy")        # (rows, cols, frames)

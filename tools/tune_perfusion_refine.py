@@ -38,7 +38,7 @@ def main():
     from scipy import ndimage
 
     from CardiacAISegLib.models.perfusion_refine import blood_pool_from_bolus
-    from CardiacAISegLib.roi import peak_image
+    from CardiacAISegLib.perfusion.roi import peak_image
 
     for series, study, raw in real:
         frames = study.images[:, 0]

@@ -166,7 +166,7 @@ class Analysis:
         self.warnings += [f"QC {f['code']}: {f['message']}" for f in self.qc["flags"] if f["severity"] == REVIEW]
 
     def _compute_mbf_map(self):
-        from .mbf import mbf_map
+        from .perfusion.mbf import mbf_map
 
         st = self.study
         if st.units != "gd_mmol_l":
@@ -184,10 +184,10 @@ class Analysis:
         check_perfusion_frames(st)
         check_not_blank(st.source or st.name, st.images)
         aif = self._aif()
-        # --- motion correction (issue 9, motion.py): each frame moved onto the mask before its curves
+        # --- motion correction (issue 9, perfusion/motion.py): each frame moved onto the mask before its curves
         # are read, on the frames as acquired, so the frame-to-frame alignment the network mask's
         # bolus check estimated on them (provenance "frame_alignment") is reused, not redone
-        from .motion import correct as motion_correct
+        from .perfusion.motion import correct as motion_correct
 
         t0 = time.perf_counter()
         images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
@@ -206,7 +206,7 @@ class Analysis:
     def _aif(self):
         """The study's AIF; when it came from the LV blood pool (no separate AIF), the labelled LV
         pool of the slice with the largest one, eroded, replaces the bolus-detected one."""
-        from .bolus import aif_from_lv
+        from .perfusion.bolus import aif_from_lv
 
         st = self.study
         source = (st.provenance or {}).get("aif_source")
@@ -284,7 +284,7 @@ class Analysis:
             self.segment_values = segment_means(self._thickness, self.segment_map) if self.sectors else {}
 
     def _perfusion_summary(self):
-        from .mbf import segment_mbf
+        from .perfusion.mbf import segment_mbf
 
         seg = self.segment_map if self.sectors else np.zeros(self.mbf.shape, np.int16)
         summary = segment_mbf(self.mbf, seg)
@@ -297,7 +297,7 @@ class Analysis:
                           "territories": summary["territories"]}
         self.segment_values = {s["id"]: s["mbf_ml_min_g"] for s in segments}
         if self._curves is not None:
-            from .semiquant import semiquant_indices
+            from .perfusion.semiquant import semiquant_indices
 
             images, aif, times = self._curves
             myo = self.labels[self.reference_frame] == MYO
@@ -306,12 +306,12 @@ class Analysis:
             if self.bullseye_measure == "relative_upslope":
                 self.segment_values = {s["id"]: s["relative_upslope"] for s in self.perfusion["semiquantitative"]["segments"]}
         if self.rest is not None and self.rest.perfusion is not None:
-            from .mbf import mpr
+            from .perfusion.mbf import mpr
 
             self.perfusion["mpr"] = mpr(_for_mpr(self.perfusion), _for_mpr(self.rest.perfusion))
             sq, rest_sq = self.perfusion.get("semiquantitative"), self.rest.perfusion.get("semiquantitative")
             if sq and rest_sq:
-                from .semiquant import mpri
+                from .perfusion.semiquant import mpri
 
                 self.perfusion["mpri"] = mpri(sq, rest_sq)
 

@@ -58,7 +58,7 @@ def _load_with_labels(path, labels, **options):
     if labels == RING_LABELS:
         if study.kind != PERFUSION:
             raise CardiacInputError(path, "--labels ring is for perfusion series (give --kind perfusion)")
-        from .roi import ring_labels
+        from .perfusion.roi import ring_labels
 
         study.labels = {0: ring_labels(study)}
     return study

@@ -241,7 +241,7 @@ def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
     ``RV_PEAK_FRACTION`` of the pool's peak enhancement or more, outside the epicardium, in a
     component within ``RV_REACH_MM`` of it. ``how`` is 'bolus' or 'labels' (no early pool found).
     """
-    from .bolus import enhancement
+    from .perfusion.bolus import enhancement
 
     lab = np.asarray(label_slice)
     labelled = _largest(lab == RV) if (lab == RV).any() else np.zeros(lab.shape, bool)

@@ -25,8 +25,8 @@ import numpy as np
 
 from .aha import AHA_SEGMENTS, segments_in_territory
 from .labels import LV, MYO, RV
-from .mbf import DENSITY, fermi
-from .mbf_2cxm import two_cx_response
+from .perfusion.mbf import DENSITY, fermi
+from .perfusion.mbf_2cxm import two_cx_response
 from .study import PERFUSION, Study
 
 __all__ = ["make_perfusion_phantom", "perfusion_aif"]

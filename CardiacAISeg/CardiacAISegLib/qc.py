@@ -130,7 +130,7 @@ def perfusion_flags(analysis):
         flags.append(_flag("MBF_SEGMENT_RANGE", REVIEW, f"MBF outside {RANGES['mbf_ml_min_g'][0]:g}-{RANGES['mbf_ml_min_g'][1]:g} "
                                                         f"mL/min/g in segment(s) {bad}", len(bad)))
     fit = analysis.mbf_fit or {}
-    from .mbf import R2_MIN
+    from .perfusion.mbf import R2_MIN
 
     if "r2" in fit and np.size(fit["r2"]):
         r2 = np.asarray(fit["r2"], float)
@@ -139,7 +139,7 @@ def perfusion_flags(analysis):
             flags.append(_flag("MBF_FIT_POOR", REVIEW, f"{100 * poor:.0f} % of myocardial pixels fit the Fermi model poorly "
                                                        f"(r² < {R2_MIN}): check the AIF, timing and mask", poor))
     if "F" in fit and np.size(fit["F"]):
-        from .mbf import F_BOUNDS
+        from .perfusion.mbf import F_BOUNDS
 
         f = np.asarray(fit["F"], float)
         share = float(np.mean((f >= F_BOUNDS[1] * 0.999) | (f <= F_BOUNDS[0] + 1e-9)))
@@ -172,7 +172,7 @@ def aif_flags(study, myo=None, images=None):
     aif = study.aif
     if aif is None:
         return flags
-    from .mbf import find_foot
+    from .perfusion.mbf import find_foot
     from .errors import CardiacInputError
 
     aif = np.asarray(aif, float)
@@ -200,7 +200,7 @@ def aif_flags(study, myo=None, images=None):
     images = study.images if images is None else images
     if myo is not None and images.shape[0] == aif.size:
         if myo.any():
-            from .bolus import bolus_foot
+            from .perfusion.bolus import bolus_foot
 
             tissue = images[:, myo].mean(1).astype(float)
             t_rise = float(tissue.max() - np.median(tissue[:3]))

@@ -1,4 +1,4 @@
-"""Perfusion quantification (mbf.py) and the perfusion phantom (phantom_perfusion.py).
+"""Perfusion quantification (perfusion/mbf.py) and the perfusion phantom (phantom_perfusion.py).
 
 Real data: the QPerf examples (Xue et al., MRM 2020) in ../shared/data/qperf, one mid slice
 each at rest and stress, Gd units, with the authors' AIF.
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from CardiacAISegLib import mbf, mbf_2cxm
-from CardiacAISegLib.roi import ring_mask
+from CardiacAISegLib.perfusion import mbf, mbf_2cxm
+from CardiacAISegLib.perfusion.roi import ring_mask
 from CardiacAISegLib.aha import AHA_BY_ID, AHA_SEGMENTS, segments_in_territory
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO, RV

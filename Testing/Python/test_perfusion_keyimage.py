@@ -140,7 +140,7 @@ def test_lv_dice_on_the_real_low_resolution_series(shared_data, perfusion_model)
     # estimated from the bolus LV pool) and the AIF comes from that pool, as the readers take it.
     # Measured: default path 0.77 / 0.75 / 0.94 (mean 0.82); the network alone 0.36 / 0.82 / 0.93
     # (mean 0.71; 0.81 after its bolus check).
-    from CardiacAISegLib.bolus import aif_from_lv, locate_blood_pools
+    from CardiacAISegLib.perfusion.bolus import aif_from_lv, locate_blood_pools
 
     folder = shared_data / "qperf" / "aif_detection"
     scores = []

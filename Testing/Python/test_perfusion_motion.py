@@ -1,9 +1,9 @@
-"""Breathing motion in perfusion series: each frame moved back onto the mask (motion.py), against the
+"""Breathing motion in perfusion series: each frame moved back onto the mask (perfusion/motion.py), against the
 phantom's exact shifts and MBF, and the QPerf must-shows of issue 9 (blood-like pixels, medians)."""
 import numpy as np
 import pytest
 
-from CardiacAISegLib import motion
+from CardiacAISegLib.perfusion import motion
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO

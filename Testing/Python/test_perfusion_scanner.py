@@ -9,7 +9,7 @@ from dicom_factory import write_perfusion_series
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.analysis import Analysis
-from CardiacAISegLib.bolus import aif_from_lv, locate_blood_pools
+from CardiacAISegLib.perfusion.bolus import aif_from_lv, locate_blood_pools
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV
 from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom

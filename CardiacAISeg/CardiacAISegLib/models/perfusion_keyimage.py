@@ -66,7 +66,7 @@ def bolus_timing(study, slice_index=None):
     ``myo_peak_frame``. Raises CardiacInputError when no bolus passes."""
     from scipy import ndimage
 
-    from ..bolus import enhancement, locate_blood_pools
+    from ..perfusion.bolus import enhancement, locate_blood_pools
 
     k = study.n_slices // 2 if slice_index is None else slice_index
     frames = study.images[:, k]

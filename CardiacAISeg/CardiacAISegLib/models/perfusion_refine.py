@@ -28,7 +28,7 @@ def blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv):
     """(pool mask or None, pool level): the AIF-peak blob the network's LV overlaps most, hull-filled."""
     from scipy import ndimage
 
-    from ..roi import convex_fill
+    from ..perfusion.roi import convex_fill
 
     level = float(np.median(at_peak[net_lv])) if net_lv.sum() >= 4 else float(np.percentile(at_peak, 99))
     bright = at_peak > 0.5 * level
@@ -51,7 +51,7 @@ def enhancement_frames(frames, aif):
     are unchanged.
     """
     from ..errors import CardiacInputError
-    from ..mbf import find_foot, subtract_baseline
+    from ..perfusion.mbf import find_foot, subtract_baseline
 
     frames = np.asarray(frames, np.float64)
     try:
@@ -70,7 +70,7 @@ def frames_aligned(frames, labels, pixel_mm=None):
     frames are aligned at their median position, not onto the network's mask, which is what is
     being checked here (``labels`` only places the window). Without a pixel size, shifts up to
     6 pixels are searched (10 mm at 1.7 mm pixels)."""
-    from ..motion import DEAD_BAND_PX, apply_shifts, estimate_shifts
+    from ..perfusion.motion import DEAD_BAND_PX, apply_shifts, estimate_shifts
 
     if pixel_mm is None:
         shifts, note = estimate_shifts(frames, labels, (1.0, 1.0), max_shift_mm=6.0, onto_mask=False)
@@ -90,7 +90,7 @@ def refine_study_slice(study, k, labels, **options):
     ``study.provenance["frame_alignment"][k]``: the motion correction before the MBF fit
     (``motion.correct``) reuses it on the same frames and only places the aligned series on the
     final mask, so breathing is registered once per slice, not twice."""
-    from ..motion import alignment_record
+    from ..perfusion.motion import alignment_record
 
     pixel_mm = (float(study.spacing[1]), float(study.spacing[0]))
     frames = study.images[:, k]
@@ -120,7 +120,7 @@ def _refine_slice(frames, aif, labels, min_ratio=0.25, max_ratio=1.0, blood_frac
     """``refine_slice``, and the frame-to-frame shifts it aligned the frames with (None if none)."""
     from scipy import ndimage
 
-    from ..roi import peak_image
+    from ..perfusion.roi import peak_image
 
     net_lv, net_myo, net_rv = labels == LV, labels == MYO, labels == RV
     moved_px, shifts = 0.0, None

@@ -20,7 +20,7 @@ def perfusion_window(study, n_frames=48, pre_foot=3):
     Without an AIF the foot of the whole-image mean curve stands in (the bolus lights up
     the ventricles first).
     """
-    from ..mbf import find_foot
+    from ..perfusion.mbf import find_foot
 
     curve = study.aif if study.aif is not None else study.images.reshape(study.n_frames, -1).mean(1)
     try:
@@ -46,7 +46,7 @@ def heart_crop(study):
     The LV comes from the bolus passage (``bolus.locate_blood_pools``) on the middle slice, so no
     labels, geometry conventions or orientation are assumed.
     """
-    from ..bolus import locate_blood_pools
+    from ..perfusion.bolus import locate_blood_pools
 
     sp_col, sp_row = study.spacing[0], study.spacing[1]
     rows, cols = study.images.shape[2:]

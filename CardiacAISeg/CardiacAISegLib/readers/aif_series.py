@@ -15,7 +15,7 @@ from ..errors import CardiacInputError
 
 def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
     """(T,) AIF for ``study`` from the AIF series ``aif_uid`` in ``folder``."""
-    from ..bolus import aif_from_lv, locate_blood_pools
+    from ..perfusion.bolus import aif_from_lv, locate_blood_pools
     from .dicom import load_dicom_series
 
     aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)

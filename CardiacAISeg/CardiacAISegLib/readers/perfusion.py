@@ -201,7 +201,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     The frame interval comes from ``dt`` (the user), the file's measured frame times, or a
     QPerf params.json - never guessed. The AIF comes from ``aif`` (file or array), a QPerf
     entry, a dual-sequence AIF series found beside a DICOM series, or - when none exists - the
-    LV blood pool of the series itself, found from the bolus passage (``bolus.py``); that last
+    LV blood pool of the series itself, found from the bolus passage (``perfusion/bolus.py``); that last
     AIF is in the images' units and saturates at peak, so MBF from it is approximate.
     """
     path = Path(path)
@@ -245,7 +245,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         study.aif = aif_from_dual_sequence(study, path, prov["aif_series_uid"], progress=progress)
         prov["aif_source"] = f"dual-sequence AIF series {prov['aif_series_uid']} (LV blood pool found from the bolus)"
     else:
-        from ..bolus import aif_from_lv, locate_blood_pools
+        from ..perfusion.bolus import aif_from_lv, locate_blood_pools
 
         k = study.n_slices // 2
         try:

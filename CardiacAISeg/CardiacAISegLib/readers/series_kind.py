@@ -80,7 +80,7 @@ def evidence(study, aif_given=False, dt=None):
 
 
 # A first pass (baseline, arrival, peak, wash-out) needs this many frames; the MBF fit
-# (mbf.py) needs as many. Checked where MBF is computed (a short series still reads, e.g.
+# (perfusion/mbf.py) needs as many. Checked where MBF is computed (a short series still reads, e.g.
 # to look at its timing).
 MIN_PERFUSION_FRAMES = 8
 

@@ -14,7 +14,7 @@ time (``mbf.fit_window``), so recirculation does not count as uptake.
 """
 import numpy as np
 
-from .aha import AHA_SEGMENTS
+from ..aha import AHA_SEGMENTS
 from .mbf import find_foot, fit_window, subtract_baseline
 
 SLOPE_WINDOW = 3   # frames in each linear fit (a 5-point fit blurs a 1-s rise at 0.5-s frames)

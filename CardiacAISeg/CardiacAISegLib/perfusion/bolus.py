@@ -14,7 +14,7 @@ next to an RV that peaked earlier.
 import numpy as np
 from scipy import ndimage
 
-from .errors import CardiacInputError
+from ..errors import CardiacInputError
 
 # Blood pools peak at least this many seconds apart (RV then LV, one pulmonary transit: 2-8 s).
 MIN_TRANSIT_S = 1.0

@@ -7,7 +7,7 @@ with scipy's bounded least squares.
 """
 import numpy as np
 
-from .errors import CardiacInputError
+from ..errors import CardiacInputError
 from .mbf import DENSITY
 
 

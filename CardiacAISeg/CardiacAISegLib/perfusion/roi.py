@@ -9,8 +9,8 @@ MBF check (``analyze --labels ring``), not a segmentation: it gives no RV, so no
 """
 import numpy as np
 
-from .errors import CardiacInputError
-from .labels import LV, MYO
+from ..errors import CardiacInputError
+from ..labels import LV, MYO
 
 
 def peak_image(frames, aif):

@@ -31,8 +31,8 @@ the final mask's window (a few cheap rounds, no whole-pixel search) and adds ste
 import numpy as np
 from scipy import ndimage
 
-from .errors import CardiacInputError
-from .labels import LV, MYO, RV
+from ..errors import CardiacInputError
+from ..labels import LV, MYO, RV
 
 MAX_SHIFT_MM = 10.0       # breathing in a free-breathing or failed breath-hold series: up to ~1 cm in-plane
 RANK = 2                  # temporal components beyond the mean: 3 already follow the breathing (phantom: 0.9 px vs 0.06 px)

@@ -14,8 +14,8 @@ MBF = 60 F / density in mL/min/g (density 1.05 g/mL unless told otherwise).
 import numpy as np
 from scipy.special import expit
 
-from .aha import AHA_SEGMENTS
-from .errors import CardiacInputError
+from ..aha import AHA_SEGMENTS
+from ..errors import CardiacInputError
 
 DENSITY = 1.05
 # Bounds of the Fermi parameters. F up to 0.3 /s is MBF ~17 mL/min/g, far above stress
