@@ -135,7 +135,7 @@ def main(argv=None):
     from CardiacAISegLib.readers.acdc import read_info_cfg
 
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # train() joins patient folders onto it: relative would nest
     out_json = Path(args.out) if args.out else work / "results.json"
     card = get_card(args.model)
     val = sorted(card["training"]["split"]["val"])
