@@ -100,7 +100,7 @@ def prepare_acdc(data, model=None):
 
 def prepare_phantom(work):
     from CardiacAISegLib.labels import MYO
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     d = Path(work) / "phantom"
     _, study, _ = write_phantom("perfusion", d, **PHANTOM_OPTIONS)
@@ -137,7 +137,7 @@ def time_mbf_kernel(runs, n_pixels=KERNEL_PIXELS):
     """``mbf.mbf_map`` alone on exactly ``n_pixels`` myocardial pixels of the 3-slice phantom."""
     from CardiacAISegLib.perfusion import mbf
     from CardiacAISegLib.labels import MYO
-    from CardiacAISegLib.phantom import make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 
     study, _ = make_perfusion_phantom(**PHANTOM_OPTIONS)
     myo = study.labels[0] == MYO

@@ -50,7 +50,7 @@ def main():
     from CardiacAISegLib import scene as sc
     from CardiacAISegLib.labels import MYO
     from CardiacAISegLib.logic import CardiacAISegLogic, fill_table
-    from CardiacAISegLib.phantom import make_cine_phantom
+    from CardiacAISegLib.phantoms.phantom import make_cine_phantom
 
     study, _ = make_cine_phantom(seed=0)
     logic = CardiacAISegLogic(sc.new_scene())

@@ -20,7 +20,7 @@ import numpy as np
 
 from CardiacAISegLib.labels import MYO
 from CardiacAISegLib.perfusion.mbf import fermi_deconvolution
-from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 
 TARGET_S = 0.3
 

@@ -178,7 +178,7 @@ def bench_perfusion(card, runs, runtime):
     from CardiacAISegLib.analysis import Analysis
     from CardiacAISegLib.models import registry
     from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
-    from CardiacAISegLib.phantom import make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 
     loaded = registry.load_model(card["name"], runtime=runtime)
     study, _ = make_perfusion_phantom(seed=4, noise=0.02)

@@ -43,7 +43,7 @@ def main():
     from dicom_factory import write_perfusion_series
 
     from CardiacAISegLib.models import perfusion_refine
-    from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
     from CardiacAISegLib.pipeline import compute_analysis
     from CardiacAISegLib.readers import load_study
 

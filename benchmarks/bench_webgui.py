@@ -265,7 +265,7 @@ def main():
     p.add_argument("--latency-only", action="store_true", help="stop after the latency measurements")
     args = p.parse_args()
 
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     with tempfile.TemporaryDirectory(prefix="bench-webgui-") as tmp:
         data = Path(tmp) / "data"

@@ -160,7 +160,7 @@ def main():
     if sys.argv[1:] == ["qperf"]:  # needs ../shared/data (not shipped)
         qperf_masks(IMAGES / "qperf-masks.png")
         return
-    from CardiacAISegLib.phantom import make_cine_phantom, make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom import make_cine_phantom, make_perfusion_phantom
     ICONS.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)
     icon(ICONS / "CardiacAISeg.png")

@@ -31,7 +31,7 @@ def main():
     from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.models.perfusion_training import _dice_per_class, anatomy_slices, make_pool
     from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
-    from CardiacAISegLib.phantom import make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
     from CardiacAISegLib.readers import load_study
 
     p = argparse.ArgumentParser()

@@ -22,7 +22,7 @@ def main():
     from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
     from CardiacAISegLib.models.perfusion_refine import refine_slice
     from CardiacAISegLib.models.registry import load_model
-    from CardiacAISegLib.phantom import make_perfusion_phantom
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
     from CardiacAISegLib.readers import load_study
 
     model = load_model("perfusion-resunet")

@@ -69,7 +69,7 @@ def _batch(args):
 
 
 def _phantom(args):
-    from .phantom import write_phantom
+    from .phantoms.phantom import write_phantom
 
     options = {} if args.noise is None else {"noise": args.noise}
     paths, _, _ = write_phantom(args.kind, args.out, seed=args.seed, force=args.force, **options)

@@ -151,7 +151,7 @@ class CardiacAISegLogic(_LogicBase):
     def loadSamplePhantom(self, kind=CINE, folder=None, seed=0):
         """The shipped demo: write the phantom into ``folder`` once (exact truth, labels, AIF)
         and load it with its labels. Returns ``StudyNodes``."""
-        from .phantom import PHANTOM_FILES, write_phantom
+        from .phantoms.phantom import PHANTOM_FILES, write_phantom
 
         folder = Path(folder or Path(tempfile.gettempdir()) / "CardiacAISeg" / f"phantom_{kind}_{seed}")
         names = PHANTOM_FILES[kind]

@@ -62,8 +62,8 @@ def _axial_affine(n_slices=N_SLICES, pixel=PIXEL_MM, slice_mm=SLICE_MM):
 
 
 def make_base(root):
-    from CardiacAISegLib.phantom import write_phantom
-    from CardiacAISegLib.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

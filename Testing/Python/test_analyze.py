@@ -225,7 +225,7 @@ NOISE = 0.003   # mmol/L: small but non-zero (the default 0.02 scatters pixel ma
 
 @pytest.fixture(scope="module")
 def perfusion(tmp_path_factory):
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     root = tmp_path_factory.mktemp("perfusion")
     stress, rest, out = root / "stress", root / "rest", root / "out"
@@ -324,7 +324,7 @@ def test_saved_scene_reopens_as_the_live_analysis(tmp_path, kind):
     fresh Logic on the reopened scene rebuilds the same measures and stays editable."""
     from CardiacAISegLib import scene
     from CardiacAISegLib.logic import CardiacAISegLogic
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     ph, out = tmp_path / "ph", tmp_path / "out"
     write_phantom(kind, ph, seed=4, **({"n_frames": 40} if kind == "perfusion" else {}))
@@ -359,7 +359,7 @@ def test_cli_logic_and_web_session_give_the_same_numbers(tmp_path, kind):
     GUI's Session gives the same results.json numbers (measures, segments, QC)."""
     from CardiacAISegLib import scene
     from CardiacAISegLib.logic import CardiacAISegLogic
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
     from CardiacAISegLib.results import results_document
     from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
 

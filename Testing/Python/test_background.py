@@ -10,7 +10,7 @@ from CardiacAISegLib import scene
 from CardiacAISegLib.background import CANCELLED, DONE, FAILED, RUNNING, BackgroundAnalysis
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.logic import CardiacAISegLogic
-from CardiacAISegLib.phantom import write_phantom
+from CardiacAISegLib.phantoms.phantom import write_phantom
 from CardiacAISegLib.results import results_document
 
 

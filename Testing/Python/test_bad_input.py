@@ -56,7 +56,7 @@ def _cine(tmp_path, name="cine.nii.gz", frames=4, data=None):
 @pytest.fixture(scope="module")
 def perfusion_dir(tmp_path_factory):
     """A small perfusion phantom written as files (NIfTI 4D, ACDC labels, aif.csv)."""
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     d = tmp_path_factory.mktemp("perf")
     write_phantom("perfusion", d, seed=1, size=80, n_frames=40)
@@ -395,7 +395,7 @@ def test_out_path_is_a_file(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def small_cine(tmp_path_factory):
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     d = tmp_path_factory.mktemp("cine")
     write_phantom("cine", d, seed=2, n_frames=6, n_slices=6, size=64)

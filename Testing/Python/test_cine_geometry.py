@@ -13,7 +13,7 @@ from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.geometry import (SectorState, aha_segment_map, rv_insertion_points, slice_levels,
                                       study_insertion_points, update_insertion_point)
 from CardiacAISegLib.labels import LV, MYO, RV
-from CardiacAISegLib.phantom_cine import make_cine_phantom
+from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 from CardiacAISegLib.study import Study
 
 ACDC = Path("/work/shared/data/acdc")

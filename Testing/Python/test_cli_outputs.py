@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from CardiacAISegLib import cli, outputs
-from CardiacAISegLib.phantom import write_phantom
+from CardiacAISegLib.phantoms.phantom import write_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "CardiacAISeg" / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es" / "dicom"

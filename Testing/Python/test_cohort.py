@@ -23,7 +23,7 @@ from CardiacAISegLib import cli
 from CardiacAISegLib.outputs import OUTPUT_FILES
 from CardiacAISegLib.cohort import ROW_FILE, ModelPreload, load_cohort, measures_of, models_needed, read_manifest
 from CardiacAISegLib.errors import CardiacInputError
-from CardiacAISegLib.phantom import write_phantom
+from CardiacAISegLib.phantoms.phantom import write_phantom
 
 MYOCARDIAL_DENSITY = 1.05
 ACDC = ("patient001", "patient002")

@@ -357,7 +357,7 @@ def test_metaimage_without_element_spacing_is_refused(tmp_path, capsys):
 
 
 def test_zero_density_names_the_flag_not_a_label_file(tmp_path, capsys):
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     d = tmp_path / "perf"
     write_phantom("perfusion", d, seed=1, size=48, n_frames=30)

@@ -10,7 +10,7 @@ from CardiacAISegLib import scene as sc  # noqa: E402
 from CardiacAISegLib.errors import CancelledError, CardiacInputError, OutputExistsError  # noqa: E402
 from CardiacAISegLib.labels import LV, MYO, RV  # noqa: E402
 from CardiacAISegLib.logic import NODE_PARAMETERS, PARAMETERS, CardiacAISegLogic  # noqa: E402
-from CardiacAISegLib.phantom import make_cine_phantom  # noqa: E402
+from CardiacAISegLib.phantoms.phantom import make_cine_phantom  # noqa: E402
 from CardiacAISegLib.progress import Progress  # noqa: E402
 from CardiacAISegLib.study import Study  # noqa: E402
 

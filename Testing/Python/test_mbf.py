@@ -1,4 +1,4 @@
-"""Perfusion quantification (perfusion/mbf.py) and the perfusion phantom (phantom_perfusion.py).
+"""Perfusion quantification (perfusion/mbf.py) and the perfusion phantom (phantoms/phantom_perfusion.py).
 
 Real data: the QPerf examples (Xue et al., MRM 2020) in ../shared/data/qperf, one mid slice
 each at rest and stress, Gd units, with the authors' AIF.
@@ -12,7 +12,7 @@ from CardiacAISegLib.perfusion.roi import ring_mask
 from CardiacAISegLib.aha import AHA_BY_ID, AHA_SEGMENTS, segments_in_territory
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO, RV
-from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 
 SMALL_NOISE = 0.003   # mmol/L: small but nonzero, so the 3% bound tests the method, not luck
 

@@ -216,7 +216,7 @@ def test_strong_augmentation_changes_appearance_but_keeps_tissue_order():
 def test_synthetic_perfusion_body_does_not_copy_cine_fat_brightness():
     """Fat is bright in cine and takes up little Gd: bright cine tissue must enhance less."""
     from CardiacAISegLib.models.perfusion_synth import _body_enhancement
-    from CardiacAISegLib.phantom_perfusion import perfusion_aif
+    from CardiacAISegLib.phantoms.phantom_perfusion import perfusion_aif
 
     t = np.arange(48) * 0.5
     aif = perfusion_aif(t, 1.5, 5.0, 3.0)
@@ -253,7 +253,7 @@ def test_heart_square_inference_matches_the_whole_field_on_a_phantom():
     """Two-stage cine inference (models.inference.predict_labels_in_heart_box): the box holds the
     whole heart and the labels in it are as good as the whole-field run's against the truth."""
     from CardiacAISegLib.models import inference, registry
-    from CardiacAISegLib.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 
     study, _ = make_cine_phantom(seed=3, n_frames=2, n_slices=8, size=256, pixel_mm=1.4)
     loaded = registry.load_model("unet-light")

@@ -16,8 +16,8 @@ from CardiacAISegLib.errors import CardiacInputError  # noqa: E402
 from CardiacAISegLib.models import array_ops, inference, preprocess, registry  # noqa: E402
 from CardiacAISegLib.models.inference import OnnxModule, predict_volume_probabilities, segment_cine_study  # noqa: E402
 from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study  # noqa: E402
-from CardiacAISegLib.phantom import make_perfusion_phantom  # noqa: E402
-from CardiacAISegLib.phantom_cine import make_cine_phantom  # noqa: E402
+from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom  # noqa: E402
+from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom  # noqa: E402
 from CardiacAISegLib.readers import load_study  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,7 +241,7 @@ def test_a_cpu_segmentation_never_imports_torch():
             "from CardiacAISegLib.pipeline import segment\n"
             "from CardiacAISegLib.models import inference\n"
             "inference.cuda_may_be_present = lambda: False\n"
-            "from CardiacAISegLib.phantom_cine import make_cine_phantom\n"
+            "from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom\n"
             "study, truth = make_cine_phantom(seed=1, n_frames=4, n_slices=6)\n"
             "labels, info = segment(study, 'unet-light', frames=[0])\n"
             "a, b = labels[0] == 1, study.labels[0] == 1\n"

@@ -11,7 +11,7 @@ from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import RV, SEGMENT_IDS, SEGMENTS
 from CardiacAISegLib.outputs import segmentation_frames
-from CardiacAISegLib.phantom import make_cine_phantom
+from CardiacAISegLib.phantoms.phantom import make_cine_phantom
 
 # header fields that hold floating point geometry: Slicer's differ from ours in the last digit
 # (it splits the matrix into spacing and directions and multiplies them again, in VTK and ITK)

@@ -76,7 +76,7 @@ def test_dice_of_a_class_no_case_draws_is_left_out():
 
 
 def _write_phantom_patient(folder, label_set, seed=0):
-    from CardiacAISegLib.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 
     st, truth = make_cine_phantom(seed=seed, n_frames=6, n_slices=4, size=96, pixel_mm=1.5, slice_mm=8)
     frames = (truth["ed_frame"], truth["es_frame"])

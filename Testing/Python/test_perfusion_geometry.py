@@ -6,7 +6,7 @@ from CardiacAISegLib.agreement import insertion_angle_error_deg
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.geometry import perfusion_insertion_points, rv_at_peak, study_insertion_points
 from CardiacAISegLib.labels import LV, RV
-from CardiacAISegLib.phantom import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

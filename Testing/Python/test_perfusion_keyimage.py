@@ -11,7 +11,7 @@ import pytest
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO, RV
 from CardiacAISegLib.models import perfusion_keyimage, perfusion_segmentation, registry
-from CardiacAISegLib.phantom import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 from CardiacAISegLib.study import Study, affine_from_spacing
 
 

@@ -7,7 +7,7 @@ from CardiacAISegLib.perfusion import motion
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV, MYO
-from CardiacAISegLib.phantom import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 
 PIXEL_MM = (1.8, 1.8)      # the phantom's pixel size
 

@@ -5,7 +5,7 @@ import pytest
 
 from CardiacAISegLib.labels import LV, MYO, RV
 from CardiacAISegLib.models.perfusion_refine import refine_slice
-from CardiacAISegLib.phantom import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.perfusion.bolus import aif_from_lv, locate_blood_pools
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.labels import LV
-from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 from CardiacAISegLib.readers import load_study
 from CardiacAISegLib.study import Study
 
@@ -60,7 +60,7 @@ def test_kind_flag_that_contradicts_the_data_is_refused(tmp_path, phantom, capsy
 
 
 def test_aif_flag_alone_means_perfusion(tmp_path, capsys):
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     write_phantom("perfusion", tmp_path / "ph", seed=2, n_frames=40)
     dt = json.loads((tmp_path / "ph" / "truth.json").read_text())["dt_s"]
@@ -175,7 +175,7 @@ def test_bullseye_shows_relative_upslope_when_asked(tmp_path, phantom):
     with pytest.raises(CardiacInputError, match="unknown bullseye measure"):
         a.set_bullseye_measure("ttp")
 
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     write_phantom("perfusion", tmp_path / "ph", seed=1, n_frames=40)
     out = tmp_path / "out"

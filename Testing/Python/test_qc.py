@@ -9,8 +9,8 @@ import pytest
 from CardiacAISegLib import cli
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.labels import LV, MYO, RV
-from CardiacAISegLib.phantom_cine import make_cine_phantom
-from CardiacAISegLib.phantom_perfusion import make_perfusion_phantom
+from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 
 
 def codes(analysis, severity="review"):
@@ -164,7 +164,7 @@ def test_flags_in_outputs_and_strict_exit(tmp_path, capsys):
     """A cine phantom whose ES labels lost the RV: flags in results.json/csv, exit 3 only with --strict."""
     import nibabel as nib
 
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     ph = tmp_path / "ph"
     write_phantom("cine", ph, seed=1)

@@ -7,7 +7,7 @@ from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.cine import ed_es_certainty
 from CardiacAISegLib.labels import LV
 from CardiacAISegLib.models import temporal
-from CardiacAISegLib.phantom_cine import make_cine_phantom
+from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 
 
 def _probabilities(label_map, confidence, k=4, runner_up=None):

@@ -119,7 +119,7 @@ def test_request_guard_rules():
 # ------------------------------------------------------------------------------ session
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from CardiacAISegLib.phantom import write_phantom
+    from CardiacAISegLib.phantoms.phantom import write_phantom
 
     data = tmp_path_factory.mktemp("webgui-data")
     write_phantom("cine", data, seed=1, n_frames=8, n_slices=8, size=96)

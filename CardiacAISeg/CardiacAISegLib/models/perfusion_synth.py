@@ -13,7 +13,7 @@ and respiratory shifts, at random pixel sizes so the network needs no exact spac
 import numpy as np
 
 from ..labels import LV, MYO, RV
-from ..phantom_perfusion import perfusion_aif
+from ..phantoms.phantom_perfusion import perfusion_aif
 
 N_FRAMES = 48        # network input frames (Xue 2020)
 PRE_FOOT = 3         # frames kept before the AIF foot

@@ -43,7 +43,7 @@ def parity_inputs(card, seed=0):
     multiple = spec.get("size_multiple", 16 if card["task"] == "cine" else 8)
     rng = np.random.default_rng(seed)
     if card["task"] == "perfusion":
-        from ..phantom import make_perfusion_phantom
+        from ..phantoms.phantom import make_perfusion_phantom
 
         study, _ = make_perfusion_phantom(seed=seed, noise=0.02)
         frames = spec.get("frames", 48)
@@ -52,7 +52,7 @@ def parity_inputs(card, seed=0):
         phantom = pad_to_multiple(x, multiple)[0]
         rand = rng.random((2, frames, 5 * multiple, 7 * multiple), dtype=np.float32)
     else:
-        from ..phantom_cine import make_cine_phantom
+        from ..phantoms.phantom_cine import make_cine_phantom
 
         study, _ = make_cine_phantom(seed=seed)
         vol = normalise_volume(study.images[0])

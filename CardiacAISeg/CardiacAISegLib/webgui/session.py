@@ -153,7 +153,7 @@ class Session:
             return load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours"), source, None
         import json
 
-        from ..phantom import PHANTOM_FILES, write_phantom
+        from ..phantoms.phantom import PHANTOM_FILES, write_phantom
 
         kind = CINE if sample_id == "phantom-cine" else PERFUSION
         folder = self.sample_folder / sample_id

@@ -23,11 +23,11 @@ on a 20x finer time grid from the analytic AIF, so the fit's discretisation is t
 """
 import numpy as np
 
-from .aha import AHA_SEGMENTS, segments_in_territory
-from .labels import LV, MYO, RV
-from .perfusion.mbf import DENSITY, fermi
-from .perfusion.mbf_2cxm import two_cx_response
-from .study import PERFUSION, Study
+from ..aha import AHA_SEGMENTS, segments_in_territory
+from ..labels import LV, MYO, RV
+from ..perfusion.mbf import DENSITY, fermi
+from ..perfusion.mbf_2cxm import two_cx_response
+from ..study import PERFUSION, Study
 
 __all__ = ["make_perfusion_phantom", "perfusion_aif"]
 

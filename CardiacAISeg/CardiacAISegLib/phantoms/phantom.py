@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputExistsError
-from .labels import to_convention
-from .results import json_safe
+from ..errors import OutputExistsError
+from ..labels import to_convention
+from ..results import json_safe
 from .phantom_cine import make_cine_phantom  # noqa: F401  (re-exported)
 from .phantom_perfusion import make_perfusion_phantom  # noqa: F401  (re-exported)
 

@@ -24,8 +24,8 @@ the slice spacing; ``analytic_lv_ml`` the closed form.
 import numpy as np
 from scipy import ndimage, optimize
 
-from .labels import LV, MYO, RV
-from .study import CINE, Study
+from ..labels import LV, MYO, RV
+from ..study import CINE, Study
 
 _INTENSITY = {"air": 0.0, "tissue": 0.32, "lung": 0.06, "blood": 1.0, "myo": 0.28, "fat": 0.85}
 
