@@ -482,6 +482,17 @@ def page(gui_server):
     driver.quit()
 
 
+
+# The slice view's current picture as RGBA bytes in `px` (with `c`, the canvas): the start of the
+# page-side scripts that count or locate contour colours; returns null while no picture is shown.
+_SLICE_VIEW_PIXELS_JS = """
+            const img = document.querySelectorAll('#views .remote-controlled-area img')[0];
+            if (!img || !img.complete || !img.naturalWidth) return null;
+            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+            const px = g.getImageData(0, 0, c.width, c.height).data;
+"""
+
 class Page:
     """Small helpers over Selenium for this page (element ids are ui.py's)."""
 
@@ -627,12 +638,7 @@ class Page:
     def colour_counts(self):
         """Pixels of the slice view's image in each contour colour (saturated red, green, yellow),
         and 'tinted' pixels (any clearly coloured, non-grey pixel), at the image's own size."""
-        return self.d.execute_script("""
-            const img = document.querySelectorAll('#views .remote-controlled-area img')[0];
-            if (!img || !img.complete || !img.naturalWidth) return null;
-            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
-            const g = c.getContext('2d'); g.drawImage(img, 0, 0);
-            const px = g.getImageData(0, 0, c.width, c.height).data;
+        return self.d.execute_script(_SLICE_VIEW_PIXELS_JS + """
             const n = {red: 0, green: 0, yellow: 0, tinted: 0};
             for (let i = 0; i < px.length; i += 4) {
                 const r = px[i], gr = px[i + 1], b = px[i + 2];
@@ -665,12 +671,7 @@ class Page:
     def colour_centroids(self):
         """Mean (x, y), as fractions of the image, of the slice view's red (LV), green
         (myocardium) and yellow (RV) contour pixels; None for a colour with too few pixels."""
-        return self.d.execute_script("""
-            const img = document.querySelectorAll('#views .remote-controlled-area img')[0];
-            if (!img || !img.complete || !img.naturalWidth) return null;
-            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
-            const g = c.getContext('2d'); g.drawImage(img, 0, 0);
-            const px = g.getImageData(0, 0, c.width, c.height).data;
+        return self.d.execute_script(_SLICE_VIEW_PIXELS_JS + """
             const acc = {red: [0, 0, 0], green: [0, 0, 0], yellow: [0, 0, 0]};
             for (let i = 0; i < px.length; i += 4) {
                 const r = px[i], gr = px[i + 1], b = px[i + 2];
