@@ -222,10 +222,11 @@ def test_two_stage_on_acdc_puts_labels_where_the_whole_field_does(shared_data):
             assert shift < 1.5, (t, c, shift)
 
 
-def test_the_shipped_default_runs_in_the_mode_it_was_measured_in():
-    """The default cine card's metrics are its shipped evaluation.json's (copied, never typed),
+@pytest.mark.parametrize("name", ["unet-light", "gammanet"])
+def test_a_shipped_cine_model_runs_in_the_mode_it_was_measured_in(name):
+    """A shipped cine card's metrics are its shipped evaluation.json's (copied, never typed),
     and that evaluation measured the inference mode the card declares."""
-    card = registry.get_card(registry.default_model("cine"))
+    card = registry.get_card(name)
     evaluation = json.loads((Path(card["_folder"]) / "evaluation.json").read_text())
     summary = evaluation["summary"]
     assert summary.get("heart_crop_mm") == card["input"].get("heart_crop_mm")
