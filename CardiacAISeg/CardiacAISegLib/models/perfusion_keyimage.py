@@ -125,16 +125,14 @@ def working_pixel_mm(study, timing):
     return (px, px), f"estimated from the LV pool ({2 * timing['lv_radius_px']:.1f} px = {TYPICAL_LV_POOL_DIAMETER_MM:g} mm)"
 
 
-def heart_square(shape_rc, spacing_rc, timing, side_mm):
+def square_around_heart(shape_rc, spacing_rc, pools, side_mm):
     """(row slice, col slice) of a square of ``side_mm`` centred a little towards the RV from the
-    LV found by the bolus (so the RV stays in view), inside the field; None when the field is
-    already within SMALL_FIELD_FACTOR of the square."""
+    LV the bolus found (``pools``: ``bolus.locate_blood_pools``' dict), so the RV stays in view;
+    clipped into the field. The perfusion network's crop and the key image's square both use it."""
     rows, cols = shape_rc
-    if rows * spacing_rc[0] <= side_mm * SMALL_FIELD_FACTOR and cols * spacing_rc[1] <= side_mm * SMALL_FIELD_FACTOR:
-        return None
-    cy, cx = timing["lv_center_rc"]
-    if timing["rv"].any():
-        ry, rx = np.nonzero(timing["rv"])
+    cy, cx = pools["lv_center_rc"]
+    if pools["rv"].any():
+        ry, rx = np.nonzero(pools["rv"])
         cy, cx = cy + 0.25 * (ry.mean() - cy), cx + 0.25 * (rx.mean() - cx)
 
     def side(centre, n, spacing):
@@ -143,6 +141,15 @@ def heart_square(shape_rc, spacing_rc, timing, side_mm):
         return slice(start, start + length)
 
     return side(cy, rows, spacing_rc[0]), side(cx, cols, spacing_rc[1])
+
+
+def heart_square(shape_rc, spacing_rc, timing, side_mm):
+    """``square_around_heart`` for the cine network, or None when the field is already within
+    SMALL_FIELD_FACTOR of the square."""
+    rows, cols = shape_rc
+    if rows * spacing_rc[0] <= side_mm * SMALL_FIELD_FACTOR and cols * spacing_rc[1] <= side_mm * SMALL_FIELD_FACTOR:
+        return None
+    return square_around_heart(shape_rc, spacing_rc, timing, side_mm)
 
 
 def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timing=None, device="cpu"):

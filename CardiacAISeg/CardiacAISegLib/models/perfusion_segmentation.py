@@ -40,24 +40,18 @@ CROP_PIXEL_MM = 2.0
 CROP_WHEN_FOV_OVER_MM = 200.0
 
 
-def heart_crop(study):
-    """(row slice, col slice, zoom) of a square around the LV for wide fields of view, or None.
+def heart_crop(study, pools=None):
+    """(row slice, col slice, zoom, pools) of a square around the LV for wide fields of view, or None.
 
-    The LV comes from the bolus passage (``bolus.locate_blood_pools``) on the middle slice, so no
-    labels, geometry conventions or orientation are assumed.
+    The LV comes from the bolus passage (``perfusion_keyimage.bolus_timing_or_curve_peak`` on the
+    middle slice, unless ``pools`` already holds it), so no labels, geometry conventions or
+    orientation are assumed.
     """
-    from ..perfusion.bolus import locate_blood_pools
-
     sp_col, sp_row = study.spacing[0], study.spacing[1]
     rows, cols = study.images.shape[2:]
     if max(rows * sp_row, cols * sp_col) <= CROP_WHEN_FOV_OVER_MM:
         return None
-    times = study.frame_times_s
-    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
-    try:
-        pools = locate_blood_pools(study.images[:, study.n_slices // 2], dt_s=dt, pixel_mm=sp_col)
-    except CardiacInputError:
-        return None
+    pools = pools or perfusion_keyimage.bolus_timing_or_curve_peak(study)
     if pools["confidence"] != "high":
         # without an RV that peaked first next to it, the "LV" may be the aorta or a vessel: a
         # crop around it could cut the heart out, so the network sees the whole field instead
@@ -65,15 +59,7 @@ def heart_crop(study):
             f"wide field of view, but the heart was not found with confidence from the bolus ({pools['reason']}): "
             "the network segments the whole field; check the contours")
         return None
-    cy, cx = pools["lv_center_rc"]
-    if pools["rv"].any():   # centre between LV and RV a little, so the RV stays in view
-        ry, rx = np.nonzero(pools["rv"])
-        cy, cx = cy + 0.25 * (ry.mean() - cy), cx + 0.25 * (rx.mean() - cx)
-    half_r, half_c = CROP_FOV_MM / 2 / sp_row, CROP_FOV_MM / 2 / sp_col
-    r0, c0 = int(round(cy - half_r)), int(round(cx - half_c))
-    r0, c0 = min(max(r0, 0), max(rows - int(2 * half_r), 0)), min(max(c0, 0), max(cols - int(2 * half_c), 0))
-    rs = slice(r0, min(rows, r0 + int(round(2 * half_r))))
-    cs = slice(c0, min(cols, c0 + int(round(2 * half_c))))
+    rs, cs = perfusion_keyimage.square_around_heart((rows, cols), (sp_row, sp_col), pools, CROP_FOV_MM)
     return rs, cs, (sp_row / CROP_PIXEL_MM, sp_col / CROP_PIXEL_MM), pools
 
 
@@ -112,7 +98,7 @@ def perfusion_segmentation(card):
     return entry
 
 
-def perfusion_network_probabilities(study, loaded_model, device="cpu"):
+def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=None):
     """(S, K, R, C) class probabilities of the perfusion network on the frames window, on the
     study's grid. A wide field of view is first cropped around the heart found from the bolus
     (``heart_crop``), brought to CROP_PIXEL_MM, and the probabilities mapped back (background
@@ -127,7 +113,7 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu"):
     spec = loaded_model.card["input"]
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
-    crop = heart_crop(study)
+    crop = heart_crop(study, pools)
     rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
     if crop:
         study.provenance["heart_crop"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop],
@@ -163,8 +149,10 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
                                 f"not {mode!r}")
     record = {"mode": mode}
     parts = []
+    # the bolus is located once: the ensemble's two paths both square the heart from it
+    timing = perfusion_keyimage.bolus_timing_or_curve_peak(study) if mode == "ensemble" else None
     if mode in ("frames", "ensemble"):
-        parts.append(perfusion_network_probabilities(study, loaded_model, device))
+        parts.append(perfusion_network_probabilities(study, loaded_model, device, pools=timing))
         record["network"] = loaded_model.card.get("name", "perfusion network")   # a bare checkpoint (tools) has no name
     if mode in ("cine-key-image", "ensemble"):
         # the registry loads the cine model a card declares with it (LoadedModel.companions);
@@ -175,7 +163,7 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
                                     f"segmentation mode {mode!r} needs a cine network: its card declares none "
                                     "(input.segmentation), so pass cine_model= (a model from registry.load_model)")
         probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
-            study, cine_model, key_image or declared["key_image"], device=device)
+            study, cine_model, key_image or declared["key_image"], timing=timing, device=device)
         parts.append(probs)
         record.update(key_record)
         record["mode"] = mode
