@@ -1032,6 +1032,19 @@ def _card(f, weights_name="model.ts", **changes):
     return card
 
 
+def _weights_and_card(f, card, signed=False):
+    """model.ts (100 bytes) and card.json (``card``, any JSON) in ``f``; ``signed``: the card's
+    sha256 is the file's, so only the flaw the case makes is wrong. Returns the import arguments."""
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "model.ts").write_bytes(b"x" * 100)
+    if signed:
+        from CardiacAISegLib.models.registry import sha256_of
+
+        card["weights"]["sha256"] = sha256_of(f / "model.ts")
+    (f / "card.json").write_text(json.dumps(card))
+    return [f / "model.ts", f / "card.json"]
+
+
 @case("import_weights_missing", "error", ("not found",), named=lambda f: f / "model.ts", command="import-model",
       category="import")
 def _(base, f):
@@ -1073,65 +1086,39 @@ def _(base, f):
 @case("import_card_is_a_json_list", "error", ("card",), named=lambda f: f / "card.json", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    (f / "card.json").write_text(json.dumps([_card(f)]))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, [_card(f)])
 
 
 @case("import_card_classes_not_a_list", "error", ("classes",), named=lambda f: f / "card.json", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    (f / "card.json").write_text(json.dumps(_card(f, classes="background,LV,MYO,RV")))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, _card(f, classes="background,LV,MYO,RV"))
 
 
 @case("import_card_input_missing", "error", ("input",), named=lambda f: f / "card.json", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
     card = _card(f)
     del card["input"]
-    (f / "card.json").write_text(json.dumps(card))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, card)
 
 
 @case("import_sha256_mismatch", "error", ("sha256",), named=lambda f: f / "model.ts", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    (f / "card.json").write_text(json.dumps(_card(f)))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, _card(f))
 
 
 @case("import_name_with_spaces", "error", ("name",), named=lambda f: f / "card.json", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    from CardiacAISegLib.models.registry import sha256_of
-
-    card = _card(f, name="My Model")
-    card["weights"]["sha256"] = sha256_of(f / "model.ts")
-    (f / "card.json").write_text(json.dumps(card))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, _card(f, name="My Model"), signed=True)
 
 
 @case("import_weights_file_in_card_escapes", "error", ("plain file name",), named=lambda f: f / "card.json",
       command="import-model", category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    from CardiacAISegLib.models.registry import sha256_of
-
-    card = _card(f, weights_name="../../escaped.ts")
-    card["weights"]["sha256"] = sha256_of(f / "model.ts")
-    (f / "card.json").write_text(json.dumps(card))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, _card(f, weights_name="../../escaped.ts"), signed=True)
 
 
 @case("import_weights_is_a_folder", "error", ("weights",), named=lambda f: f / "weights", command="import-model",
@@ -1145,14 +1132,7 @@ def _(base, f):
 @case("import_card_unknown_task", "error", ("task",), named=lambda f: f / "card.json", command="import-model",
       category="import")
 def _(base, f):
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "model.ts").write_bytes(b"x" * 100)
-    from CardiacAISegLib.models.registry import sha256_of
-
-    card = _card(f, task="segmentation")
-    card["weights"]["sha256"] = sha256_of(f / "model.ts")
-    (f / "card.json").write_text(json.dumps(card))
-    return [f / "model.ts", f / "card.json"]
+    return _weights_and_card(f, _card(f, task="segmentation"), signed=True)
 
 
 # ---------------------------------------------------------------------------------- truths
