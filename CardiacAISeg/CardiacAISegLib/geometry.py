@@ -487,8 +487,7 @@ def _perfusion_frames(study, frames=None):
         images, dt = frames
     else:
         images = getattr(study, "images", None)
-        times = study.frame_times_s
-        dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+        dt = study.median_frame_interval_s
     if images is None or np.ndim(images) != 4 or images.shape[0] < 8:
         return None
     return images, dt

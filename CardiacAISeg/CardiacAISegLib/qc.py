@@ -205,7 +205,7 @@ def aif_flags(study, myo=None, images=None):
             tissue = images[:, myo].mean(1).astype(float)
             t_rise = float(tissue.max() - np.median(tissue[:3]))
             t_foot = bolus_foot(tissue, fraction=0.2)
-            dt = float(np.median(np.diff(study.frame_times_s))) if study.frame_times_s is not None and len(study.frame_times_s) > 1 else 1.0
+            dt = study.median_frame_interval_s or 1.0
             if t_rise > 0 and (foot - t_foot) * dt > 2.0:
                 flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
                                                        f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))

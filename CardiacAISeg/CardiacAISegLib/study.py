@@ -57,6 +57,13 @@ class Study:
         return tuple(float(np.linalg.norm(self.ijk_to_ras[:3, a])) for a in range(3))
 
     @property
+    def median_frame_interval_s(self):
+        """Median seconds between frames (irregular heartbeats give irregular intervals), or None
+        without frame times."""
+        t = self.frame_times_s
+        return float(np.median(np.diff(t))) if t is not None and len(t) > 1 else None
+
+    @property
     def voxel_volume_ml(self):
         return abs(float(np.linalg.det(self.ijk_to_ras[:3, :3]))) / 1000.0
 

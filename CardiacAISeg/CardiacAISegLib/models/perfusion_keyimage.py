@@ -56,11 +56,6 @@ def pixel_size_known(study):
     return bool(study.orientation_known or not np.allclose(sp, 1.0))
 
 
-def _frame_interval(study):
-    times = study.frame_times_s
-    return float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
-
-
 def bolus_timing(study, slice_index=None):
     """The bolus on one slice (default: the middle one): ``bolus.locate_blood_pools``' dict plus
     ``myo_peak_frame``. Raises CardiacInputError when no bolus passes."""
@@ -71,7 +66,7 @@ def bolus_timing(study, slice_index=None):
     k = study.n_slices // 2 if slice_index is None else slice_index
     frames = study.images[:, k]
     pixel_mm = float(study.spacing[0]) if pixel_size_known(study) else None
-    pools = locate_blood_pools(frames, dt_s=_frame_interval(study), pixel_mm=pixel_mm)
+    pools = locate_blood_pools(frames, dt_s=study.median_frame_interval_s, pixel_mm=pixel_mm)
     pools["slice"] = k
     e, _ = enhancement(frames)
     lv_peak = pools["lv_peak_frame"]

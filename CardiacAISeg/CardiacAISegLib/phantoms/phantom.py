@@ -56,7 +56,7 @@ def write_phantom(kind, out_dir, seed=0, force=False, **options):
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out_dir))
     try:
-        dt = float(np.median(np.diff(study.frame_times_s))) if study.frame_times_s is not None and study.n_frames > 1 else None
+        dt = study.median_frame_interval_s
         _nifti(study.images, study.ijk_to_ras, stage / names[0], np.float32, dt)
         _nifti(labels, study.ijk_to_ras, stage / names[1], np.uint8)
         meta = {"kind": kind, "seed": seed, "label_convention": "acdc", "dt_s": dt,
