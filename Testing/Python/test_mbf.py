@@ -406,6 +406,22 @@ def test_convolution_matrix_is_exact_for_linear_curves():
     np.testing.assert_allclose(y, exact, atol=1e-9)
 
 
+def test_interpolating_spline_matches_scipy():
+    """The AIF spline solved in numpy (no scipy.interpolate import on the run's path) is scipy's
+    not-a-knot make_interp_spline, values and slopes, on noisy curves of any length."""
+    from scipy.interpolate import make_interp_spline
+
+    rng = np.random.default_rng(3)
+    for n in (4, 5, 9, 60):
+        c = rng.normal(size=n).cumsum()
+        at = np.linspace(0, n - 1, 301)
+        for cubic, k in ((True, 3), (False, 1)):
+            spline = make_interp_spline(np.arange(n), c, k=k)
+            values, slopes = mbf._interpolating_spline(c, at, cubic=cubic)
+            np.testing.assert_allclose(values, spline(at), atol=1e-12)
+            np.testing.assert_allclose(slopes, spline.derivative()(at), atol=1e-12)
+
+
 def test_model_matrices_exact_for_cubics():
     """'hermite' is exact when the AIF and R are cubics (spline and Hermite reproduce them),
     and D, E give the exact time derivative; fermi_dt is the Fermi shape's time derivative."""

@@ -172,6 +172,39 @@ _GAUSS_X = 0.5 + 0.5 * np.array([-0.8611363115940526, -0.3399810435848563, 0.339
 _GAUSS_W = 0.5 * np.array([0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538])
 
 
+def _interpolating_spline(samples, at, cubic=True):
+    """(values, slopes) at ``at`` of the spline through ``samples`` at 0, 1, ..., n - 1.
+
+    Cubic: the not-a-knot interpolating spline (scipy's make_interp_spline default, to
+    ~1e-13), solved here from its n second-derivative equations instead: importing
+    scipy.interpolate costs ~0.2 s, a fifth of a cold perfusion run (issue 14). Too few
+    samples for a cubic (n < 4) and ``cubic=False`` give the broken line.
+    """
+    c = np.asarray(samples, dtype=np.float64)
+    n = c.size
+    at = np.asarray(at, dtype=np.float64)
+    i = np.clip(np.floor(at).astype(int), 0, max(n - 2, 0))
+    t = at - i
+    lo, hi = c[i], c[np.minimum(i + 1, n - 1)]
+    if not cubic or n < 4:
+        return lo + t * (hi - lo), (hi - lo) + 0.0 * t
+    # Second derivatives m on the unit grid: m[k-1] + 4 m[k] + m[k+1] = 6 (second difference)
+    # inside; not-a-knot (continuous third derivative at the second and the last-but-one
+    # sample) closes the system.
+    system = np.zeros((n, n))
+    rhs = np.zeros(n)
+    k = np.arange(1, n - 1)
+    system[k, k - 1], system[k, k], system[k, k + 1] = 1.0, 4.0, 1.0
+    rhs[k] = 6.0 * (c[k + 1] - 2.0 * c[k] + c[k - 1])
+    system[0, :3] = (1.0, -2.0, 1.0)
+    system[n - 1, n - 3:] = (1.0, -2.0, 1.0)
+    m = np.linalg.solve(system, rhs)
+    m_lo, m_hi, u = m[i], m[i + 1], 1.0 - t
+    values = u * lo + t * hi + ((u**3 - u) * m_lo + (t**3 - t) * m_hi) / 6.0
+    slopes = (hi - lo) + ((1.0 - 3.0 * u**2) * m_lo + (3.0 * t**2 - 1.0) * m_hi) / 6.0
+    return values, slopes
+
+
 def model_matrices(aif, dt, quadrature="hermite"):
     """(A, B, D, E) with y = A @ R + B @ R' and dy/dt = D @ R + E @ R' on the frame grid.
 
@@ -184,8 +217,6 @@ def model_matrices(aif, dt, quadrature="hermite"):
     at its convex foot, does the same (+15-20%); both are under 1% here. 'cubic' keeps R
     piecewise linear (B = E = 0), 'linear' also the AIF.
     """
-    from scipy.interpolate import make_interp_spline
-
     if quadrature not in ("hermite", "cubic", "linear"):
         raise ValueError(f"quadrature must be 'hermite', 'cubic' or 'linear', got {quadrature!r}")
     c = np.asarray(aif, dtype=np.float64)
@@ -195,7 +226,6 @@ def model_matrices(aif, dt, quadrature="hermite"):
         weights = (2 * x**3 - 3 * x**2 + 1, 3 * x**2 - 2 * x**3, (x**3 - 2 * x**2 + x) * dt, (x**3 - x**2) * dt)
     else:
         weights = (1.0 - x, x, 0.0 * x, 0.0 * x)
-    spline = make_interp_spline(np.arange(n), c, k=1 if quadrature == "linear" else 3)
     # Output frame n, R interval [j, j + 1] (u = j + x): the AIF is read at n - j - x, inside
     # its interval l = n - j - 1. The interval before R sample k is j = k - 1, after it j = k.
     at = np.arange(n - 1)[:, None] + 1.0 - x[None, :]
@@ -212,8 +242,9 @@ def model_matrices(aif, dt, quadrature="hermite"):
         b = pick(per_lag[2], lag - 1, after) + pick(per_lag[3], lag, before)
         return a * dt, b * dt
 
-    amat, bmat = build(spline(at))
-    dmat, emat = build(spline.derivative()(at) / dt)
+    values, slopes = _interpolating_spline(c, at, cubic=quadrature != "linear")
+    amat, bmat = build(values)
+    dmat, emat = build(slopes / dt)
     dmat[np.arange(n), np.arange(n)] += c[0]          # d/dt adds C(0) R(t)
     return amat, bmat, dmat, emat
 
