@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 from .errors import CardiacInputError
-from .readers.sniff import VOLUME_SUFFIXES, looks_like_dicom, metaimage_fields, volume_suffix
+from .readers.sniff import VOLUME_SUFFIXES, import_pydicom, looks_like_dicom, metaimage_fields, volume_suffix
 
 GIB = 1024 ** 3
 PIPELINE_FACTOR = 7
@@ -93,8 +93,7 @@ _DICOM_SIZE_TAGS = ("Rows", "Columns", "NumberOfFrames")
 
 
 def _dicom_voxels(path):
-    import pydicom
-
+    pydicom = import_pydicom()
     try:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(_DICOM_SIZE_TAGS))

@@ -19,6 +19,7 @@ from ..progress import as_progress
 from ..study import CINE, PERFUSION, Study
 from .dicom_enhanced import EnhancedFrame, expand_enhanced, is_enhanced
 from .geometry_check import add_warning, check_geometry, check_orientation, check_spacing_values
+from .sniff import import_pydicom
 from .volume import LPS_TO_RAS, is_ignored_input, natural_key
 
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
@@ -27,9 +28,7 @@ _POSITION_TOL_MM = 0.05
 
 
 def _dcm():
-    import pydicom
-
-    return pydicom
+    return import_pydicom()
 
 
 @contextmanager
