@@ -36,7 +36,7 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
-                  scene=False, report=True):
+                  scene=False, report=True, report_process=None):
     """Every output of ``analysis`` into ``out_dir`` (``outputs.write_outputs``); returns {name: path}.
 
     ``scene``: also scene.mrb, built by the Slicer Logic (``logic.build_output_scene``). Only then
@@ -48,7 +48,7 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
         from .logic import build_output_scene as scene_builder
 
     return _write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress,
-                          scene_builder=scene_builder, report=report)
+                          scene_builder=scene_builder, report=report, report_process=report_process)
 
 
 def _load_with_labels(path, labels, **options):
@@ -66,11 +66,13 @@ def _load_with_labels(path, labels, **options):
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
-        kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False, reports="all"):
+        kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False, reports="all",
+        report_process=None):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb.
 
     ``reports`` (`batch --reports`): ``all`` writes report.png, ``flagged`` only when QC asks for
-    review (the studies a reviewer opens), ``none`` never.
+    review (the studies a reviewer opens), ``none`` never. ``report_process``: a started
+    ``report_process.ReportProcess`` to draw report.png (the CLI's; the caller closes it).
     """
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
@@ -113,5 +115,6 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     analysis.warnings += unused
     timing.update(t)
     report = reports == "all" or (reports == "flagged" and (analysis.qc or {}).get("status", "pass") != "pass")
-    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene, report=report)
+    paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene, report=report,
+                          report_process=report_process)
     return analysis, paths

@@ -12,14 +12,21 @@ QC_REVIEW_EXIT = 3   # --strict: outputs written, but QC asks for review
 
 
 def _analyze(args):
-    from .analyze import run
-    from .progress import tqdm_progress
+    from .report_process import ReportProcess
 
-    analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
-                          force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
-                          rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
-                          kind=args.kind, units=args.units, device=args.device, bullseye=args.bullseye, scene=args.scene,
-                          progress=None if args.quiet else tqdm_progress("analyze"))   # --quiet: no tqdm import
+    # first, while this process is still small: the report's process imports matplotlib on the
+    # other core while this one reads and segments (report_process)
+    with ReportProcess() as report_process:
+        from .analyze import run
+        from .progress import tqdm_progress
+
+        analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
+                              force=args.force, frames=args.frames, series=args.series,
+                              label_convention=args.label_convention, rest=args.rest, rest_labels=args.rest_labels,
+                              rest_aif=args.rest_aif, density=args.density, kind=args.kind, units=args.units,
+                              device=args.device, bullseye=args.bullseye, scene=args.scene,
+                              progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
+                              report_process=report_process)
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
@@ -119,7 +126,8 @@ def _train(args):
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
-                      augment=args.augment, val_every=args.val_every, crop=args.crop, patch=args.patch,
+                      augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
+                      crop=args.crop, patch=args.patch,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
@@ -225,6 +233,9 @@ def build_parser():
     t.add_argument("--patch", type=int, default=144, help="training patch after augmentation (pixels)")
     t.add_argument("--augment", default="basic", choices=["basic", "strong"], help="strong: also resolution, blur, tone-curve and noise-floor shifts")
     t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    t.add_argument("--val-heart-crop-mm", type=float, default=0.0,
+                   help="validate two-stage on a square of this side around the heart, as a card with "
+                        "input.heart_crop_mm runs (rank crop-trained networks as they will run); 0 = whole field")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")

@@ -337,7 +337,7 @@ def check_outputs(out_dir, force=False):
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
-                  scene_builder=None, report=True):
+                  scene_builder=None, report=True, report_process=None):
     """Write every output of ``analysis`` into ``out_dir``; returns {name: path}.
 
     results.json/.csv, report.png (unless ``report=False``) and the seg.nrrd files (``seg_nrrd``, no Slicer needed) always;
@@ -347,6 +347,8 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
     nor the pipeline, and slicer-core is imported only by runs that write a scene.
     ``report=False`` leaves out report.png (`batch --reports flagged|none`: drawing it is most of
     a warm study's CPU time); an old report.png in the folder goes, as an old scene.mrb does.
+    ``report_process``: a ``report_process.ReportProcess`` the CLI started at the beginning of the
+    run; it draws report.png while the other files are written (else it is drawn here).
 
     Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
     staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
@@ -371,7 +373,7 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
                 stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
                 try:
                     _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder,
-                                  report)
+                                  report, report_process)
                     checkpoint()
                     paths = replace_outputs(stage, out_dir, REPLACED_FILES)
                 finally:
@@ -395,7 +397,8 @@ def segmentation_frames(analysis):
     return frames
 
 
-def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder, report=True):
+def _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder, report=True,
+                  report_process=None):
     import time
     from .results import results_csv_text, results_document, results_json_text
     from .seg_nrrd import write_seg_nrrd
@@ -403,12 +406,22 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     t0 = time.perf_counter()
     steps = 5
     timing = dict(timing or {})
+    drawing = False
+    if report and report_process is not None:
+        # the report module without matplotlib: report_arguments needs numpy only
+        from .report import report_arguments
+
+        drawing = report_process.draw(report_arguments(stage / "report.png", analysis, overwrite=True))
     progress(0, steps, "writing segmentations")
     for name, frame in segmentation_frames(analysis).items():
         write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True)
     checkpoint()
     t1 = time.perf_counter()
-    if report:   # imported only here: matplotlib costs a batch worker that draws no report nothing
+    if drawing:
+        progress(1, steps, "writing report")
+        report_process.wait()
+        checkpoint()
+    elif report:   # imported only here: matplotlib costs a batch worker that draws no report nothing
         from .report import write_analysis_report
 
         progress(1, steps, "writing report")

@@ -343,8 +343,45 @@ def peak_enhancement_frame(study):
     return int(min(study.n_frames - 1, int(np.argmax(study.aif)) + 4))
 
 
-def write_analysis_report(path, analysis, overwrite=False):
-    """report.png of an Analysis: the one renderer behind `analyze`, the Slicer Logic and the web GUI."""
+class ShownFrames:
+    """The images of the frames a report shows, indexed like the study's (frame, slice, row,
+    column) array: ``[frame]``, ``[frame, slice]`` and ``.shape`` (of the whole series)."""
+
+    def __init__(self, images, frames):
+        self.shape = tuple(images.shape)
+        self._frames = {int(f): np.array(images[f]) for f in frames}
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            return self._frames[int(index[0])][index[1:]]
+        return self._frames[int(index)]
+
+
+@dataclass
+class ReportStudy:
+    """What ``write_report`` reads of a Study, with the images of the shown frames only: a few MB
+    to hand to the report process (``report_process``) instead of a whole series."""
+    name: str
+    kind: str
+    n_frames: int
+    n_slices: int
+    ijk_to_ras: np.ndarray
+    images: ShownFrames
+    frame_times_s: object = None
+    ed_frame: object = None
+    es_frame: object = None
+
+    @classmethod
+    def of(cls, study, frames):
+        return cls(study.name, study.kind, study.n_frames, study.n_slices, np.asarray(study.ijk_to_ras, float),
+                   ShownFrames(study.images, frames),
+                   None if study.frame_times_s is None else np.asarray(study.frame_times_s, float),
+                   study.ed_frame, study.es_frame)
+
+
+def report_arguments(path, analysis, overwrite=False):
+    """``write_report``'s arguments for an Analysis: the frames, labels, values and curve its
+    report shows, with a ``ReportStudy`` in place of the study."""
     st = analysis.study
     if analysis.kind == "perfusion":
         frames, curve, value_map = [peak_enhancement_frame(st)], None, analysis.mbf
@@ -353,9 +390,18 @@ def write_analysis_report(path, analysis, overwrite=False):
     else:
         frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
         curve, value_map = analysis.cine.get("lv_volume_curve_ml"), None
-    return write_report(path, st, analysis.labels, frames, insertion_points=analysis.insertion_summary(),
-                        segment_values=analysis.segment_values or None, value_label=analysis.bullseye_label,
-                        volume_curve=curve, overwrite=overwrite, value_map=value_map, qc=analysis.qc)
+    labels = analysis.labels
+    if labels and len(labels) > 1:   # one map serves every frame; otherwise only the shown ones are drawn
+        labels = {f: labels[f] for f in frames if f in labels}
+    return dict(path=path, study=ReportStudy.of(st, frames), label_map_by_frame=labels, frames_to_show=frames,
+                insertion_points=analysis.insertion_summary(), segment_values=analysis.segment_values or None,
+                value_label=analysis.bullseye_label, volume_curve=curve, overwrite=overwrite, value_map=value_map,
+                qc=analysis.qc)
+
+
+def write_analysis_report(path, analysis, overwrite=False):
+    """report.png of an Analysis: the one renderer behind `analyze`, the Slicer Logic and the web GUI."""
+    return write_report(**report_arguments(path, analysis, overwrite))
 
 
 def analysis_bullseye_png(analysis, size_px=300, dpi=80, fit=False):

@@ -106,10 +106,11 @@ def test_failed_writer_without_scene_keeps_the_old_outputs(phantom, tmp_path, ca
     assert _analyze(phantom, out, "--scene") == 0
     before = {n: (out / n).read_bytes() for n in os.listdir(out)}
 
-    def broken_report(path, analysis, overwrite=False):
+    def broken_report(path, *args, **kwargs):
         raise OSError(f"{path}: No space left on device")
 
-    monkeypatch.setattr(report, "write_analysis_report", broken_report)
+    # the renderer both paths end in: in-process, and the CLI's report process (forked after this patch)
+    monkeypatch.setattr(report, "write_report", broken_report)
     capsys.readouterr()
     assert _analyze(phantom, out, "--force") == 1
     err = capsys.readouterr().err

@@ -177,3 +177,58 @@ def test_report_refuses_overwrite_and_leaves_no_partial_file(tmp_path, monkeypat
     with pytest.raises(OSError):
         report.write_report(tmp_path / "new.png", study, study.labels, 0)
     assert os.listdir(tmp_path) == ["report.png"] and path.read_bytes() == before
+
+
+def _cine_analysis():
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    study, _, _ = sax_study(frames=5)
+    return compute_analysis(study, None, labels=study.labels)
+
+
+def test_report_process_draws_the_same_picture(tmp_path):
+    """The CLI's report process (forked before loading, matplotlib warmed up) draws the very
+    picture the in-process renderer draws, from the slim ReportStudy (shown frames only)."""
+    from CardiacAISegLib.report_process import ReportProcess, fork_available
+
+    if not fork_available():
+        pytest.skip("the report process needs os.fork (Linux); elsewhere the report is drawn in-process")
+    analysis = _cine_analysis()
+    arguments = report.report_arguments(tmp_path / "child.png", analysis)
+    shown = arguments["frames_to_show"]
+    assert set(arguments["study"].images._frames) == set(shown) and len(shown) < analysis.study.n_frames
+    with ReportProcess() as process:
+        assert process.draw(arguments)
+        process.wait()
+    report.write_report(**dict(arguments, path=tmp_path / "slim.png"))
+    report.write_analysis_report(tmp_path / "main.png", analysis)
+    from PIL import Image
+
+    child = np.asarray(Image.open(tmp_path / "child.png"))
+    assert child.shape[:2][::-1] == report.report_size_px(len(shown), True)
+    np.testing.assert_array_equal(child, np.asarray(Image.open(tmp_path / "main.png")))
+    np.testing.assert_array_equal(child, np.asarray(Image.open(tmp_path / "slim.png")))
+
+
+def test_report_process_errors_and_cleanup(tmp_path):
+    """A report the child cannot draw raises in the caller with the child's message and leaves no
+    file; an unused process is ended and reaped (no zombie, no orphan)."""
+    from CardiacAISegLib.report_process import ReportProcess, fork_available
+
+    if not fork_available():
+        pytest.skip("the report process needs os.fork (Linux)")
+    arguments = report.report_arguments(tmp_path / "bad.png", _cine_analysis())
+    arguments["frames_to_show"] = [99]
+    process = ReportProcess()
+    assert process.draw(arguments)
+    with pytest.raises(ValueError, match="frame 99 outside 0..4"):
+        process.wait()
+    assert not (tmp_path / "bad.png").exists()
+    assert not process.draw(arguments)      # one job per process; the caller then draws itself
+
+    idle = ReportProcess()
+    pid = idle.pid
+    idle.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)          # already reaped
+    idle.close()                             # twice is harmless

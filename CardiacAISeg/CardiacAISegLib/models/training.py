@@ -37,6 +37,7 @@ class TrainConfig:
     freeze_epochs: int = 0             # encoder frozen for these first epochs (fine-tune)
     resume: bool = False
     val_every: int = 1                 # validate every N epochs (and after the last); 0 = last only
+    val_heart_crop_mm: float = 0.0     # validate two-stage (as a card with input.heart_crop_mm runs); 0 = whole field
     val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
     train_patients: list = field(default_factory=list)
     partial_labels: str = "auto"       # "auto": Info.cfg LabelSet per patient; "lv_myo": all; "none": all complete
@@ -182,7 +183,9 @@ def train(config: TrainConfig, progress=None, log=print):
         last_epoch = epoch + 1 == config.epochs
         score = None
         if val_f and (last_epoch or (config.val_every and (epoch + 1) % config.val_every == 0)):
-            summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple)
+            # a network trained on crops is ranked as the card will run it
+            summary, _ = evaluate(model, val_f, config.pixel_mm, size_multiple,
+                                  heart_crop_mm=config.val_heart_crop_mm or None)
             entry.update(summary)
             # validation maps without the RV cannot score it: rank checkpoints by LV and MYO then
             score = summary["dice_mean"] if val_full else (summary["dice_lv"] + summary["dice_myo"]) / 2
