@@ -31,6 +31,9 @@ class Study:
     units: str = "signal"                   # "signal" | "gd_mmol_l"
     hematocrit: Optional[float] = None
     orientation_known: bool = True          # False when the file carries no real direction
+    # Other series read from the same folder scan, by series UID (the dual-sequence AIF series),
+    # for the reader that finishes this study; it takes them out (the folder is not scanned twice).
+    companion_series: Dict[str, "Study"] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.images = np.asarray(self.images, dtype=np.float32)

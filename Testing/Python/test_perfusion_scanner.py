@@ -103,7 +103,9 @@ def test_no_aif_end_to_end_from_dicom_with_the_network(tmp_path, phantom):
     assert "Global relative upslope" in csv_text and "Relative upslope segment 7" in csv_text
 
 
-def test_dual_sequence_aif_series_is_found_and_used(tmp_path, phantom):
+def test_dual_sequence_aif_series_is_found_and_used(tmp_path, phantom, monkeypatch):
+    from CardiacAISegLib.readers import dicom
+
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens")
     # the low-resolution AIF read-out: the mid slice at half the matrix, its own series
@@ -115,9 +117,14 @@ def test_dual_sequence_aif_series_is_found_and_used(tmp_path, phantom):
     aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
     write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
                            description="AIF_perfusion", start_number=2, scale=900.0, baseline=40.0)
+    scans = []
+    real_scan = dicom.scan_dicom_folder
+    monkeypatch.setattr(dicom, "scan_dicom_folder", lambda *a, **k: scans.append(a[0]) or real_scan(*a, **k))
     s = load_study(tmp_path / "d")
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
     assert "dual-sequence" in s.provenance["aif_source"]
+    # both series come from one scan of the folder's headers, and the AIF series is not kept
+    assert len(scans) == 1 and s.companion_series == {}
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
 

@@ -18,7 +18,9 @@ def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
     from ..perfusion.bolus import aif_from_lv, locate_blood_pools
     from .dicom import load_dicom_series
 
-    aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
+    aif_study = study.companion_series.pop(aif_uid, None)   # read with the main series, from one folder scan
+    if aif_study is None:
+        aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
     frames = aif_study.images[:, aif_study.n_slices // 2]
     pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
     curve = aif_from_lv(frames, pools["lv"])

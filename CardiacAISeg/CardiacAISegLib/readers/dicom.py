@@ -617,6 +617,11 @@ def _load_series(folder, series, kind, progress):
         # an unreadable file may be the image this series misses: say so, not just "frame counts"
         raise CardiacInputError(e.path, f"{e.problem}; unreadable file(s) in the folder that may belong to it: "
                                         f"{_names([b[0] for b in broken], folder)} ({broken[0][1]})") from e
+    aif_uid = study.provenance.get("aif_series_uid")
+    if aif_uid is not None and series != aif_uid:
+        # read from this scan now: the AIF needs it, and a second load would parse every header again
+        study.companion_series[aif_uid] = check_geometry(
+            _stack_from_series(folder, aif_uid, None, progress, all_series, skipped), folder)
     for f, problem in notes["broken"]:
         add_warning(study, f"{f}: skipped, {problem}")
     uids = study.provenance["series_uid"].split("+")
