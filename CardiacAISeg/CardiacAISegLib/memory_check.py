@@ -55,6 +55,11 @@ def _product(dims):
 
 # --- per-format header estimates (voxels, or None when unknown) -------------------------------
 def _nifti_voxels(path):
+    from .readers.nifti import header_shape
+
+    shape = header_shape(path)   # the common headers without importing nibabel (issue 14)
+    if shape is not None:
+        return _product(shape)
     import nibabel as nib
 
     try:
