@@ -288,7 +288,7 @@ def _parse(path, whole=True):
     shape = tuple(int(d) for d in dim[1:ndim + 1])
     dtype = (_NIFTI_DTYPES if nifti else _ANALYZE_DTYPES).get(code)
     offset = float(field("f4", 108)[0])
-    if not 2 <= ndim <= 7 or min(shape) < 1 or dtype is None or offset != int(offset) or offset < 0:
+    if not 2 <= ndim <= 7 or min(shape) < 1 or dtype is None or not np.isfinite(offset) or offset != int(offset) or offset < 0:
         return None
     if nifti and shape[:3] == (27307, 1, 6):
         return None   # nibabel reshapes FreeSurfer's ico7 surface files
@@ -351,7 +351,7 @@ def _read_fast(path):
     """(data float32, affine, header) as load_nifti's nibabel path gives them, or None to use nibabel."""
     try:
         parsed = _parse(path)
-    except (OSError, EOFError, ValueError, IndexError, zlib.error):
+    except (OSError, EOFError, ValueError, IndexError, OverflowError, zlib.error):
         return None   # unreadable or truncated: nibabel's path words the error
     if parsed is None:
         return None
@@ -377,6 +377,6 @@ def header_shape(path):
     nibabel; None where only nibabel can tell."""
     try:
         parsed = _parse(path, whole=False)
-    except (OSError, EOFError, ValueError, IndexError, zlib.error):
+    except (OSError, EOFError, ValueError, IndexError, OverflowError, zlib.error):
         return None
     return None if parsed is None else parsed[1]
