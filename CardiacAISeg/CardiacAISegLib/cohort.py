@@ -538,8 +538,9 @@ QUIET_LOCAL_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed
 # Worker processes of a LocalCluster are forked from one forkserver process that imported these
 # once, instead of each spawned worker importing them again (about 1 CPU s a worker here). No
 # module in the list starts a thread or a native runtime (onnxruntime and torch are not in it:
-# each worker loads its model after the fork). None: Dask's default (spawn).
-FORKSERVER_PRELOAD = ("distributed", "numpy", "scipy.ndimage", "nibabel", "pydicom", "CardiacAISegLib.cohort",
+# each worker loads its model after the fork). None: Dask's default (spawn). nibabel is not in it:
+# the readers parse common NIfTI/Analyze files themselves (readers.nifti) and import it only for the rest.
+FORKSERVER_PRELOAD = ("distributed", "numpy", "scipy.ndimage", "pydicom", "CardiacAISegLib.cohort",
                       "CardiacAISegLib.analyze", "CardiacAISegLib.pipeline", "CardiacAISegLib.readers",
                       "CardiacAISegLib.models.inference")
 
