@@ -66,6 +66,11 @@ def _warm_up():
 
 
 def _child(job_fd, answer_fd):
+    import gc
+
+    # One job, then os._exit: collecting garbage during the matplotlib import and the drawing
+    # would be work for nothing (tens of thousands of new objects trigger full collections).
+    gc.disable()
     # The parent's handlers (deferred signals, tqdm) are not this process's: Ctrl-C in a
     # terminal reaches the whole group, and the parent cleans up the stage folder.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
