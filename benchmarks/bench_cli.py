@@ -70,6 +70,27 @@ def run_once(args, runtime, out, extra_python=(), scene=False):
     return wall, peak_mb, timing, stderr, usage.ru_utime + usage.ru_stime
 
 
+# The same machine ran the same command 1.5x slower at some hours than at others (a shared
+# virtual machine; no steal time shown; even a bare interpreter start varied 0.02-0.2 s):
+# fixed cold-start workloads, timed alongside, say which kind of hour a table comes from.
+REFERENCE_WORKLOADS = {"python -S -c pass": ["-S", "-c", "pass"],
+                       "python -c 'import numpy, scipy.ndimage'": ["-c", "import numpy, scipy.ndimage"]}
+
+
+def reference_workloads_s(runs=5):
+    """{name: median wall s} of the REFERENCE_WORKLOADS: interpreter start-up and imports, the
+    kind of work a cold analyze is made of, free of this project's code."""
+    out = {}
+    for name, argv in REFERENCE_WORKLOADS.items():
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *argv], check=True)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
 def top_imports(stderr, n=8):
     """The costliest top-level imports of a `python -X importtime` run (cumulative ms)."""
     rows = []
@@ -99,6 +120,7 @@ def main(argv=None):
     import compileall
 
     compileall.compile_dir(str(REPO / "CardiacAISeg"), quiet=1)
+    reference_before = reference_workloads_s()
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     results = {}
     try:
@@ -120,6 +142,9 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    reference_after = reference_workloads_s()
+    print("\nreference workloads, cold, median of 5, before / after the runs: " + "; ".join(
+        f"{name} {reference_before[name]:.3f} / {reference_after[name]:.3f} s" for name in REFERENCE_WORKLOADS))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n`cardiacaiseg analyze`, cold process, median of {args.runs} runs; {os.cpu_count()} CPUs "
           f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}), load average now {load:.1f}")
