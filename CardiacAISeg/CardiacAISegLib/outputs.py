@@ -419,9 +419,9 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     t1 = time.perf_counter()
     if drawing:
         progress(1, steps, "writing report")
-        report_process.wait()
+        drawing = report_process.wait()   # False: the process died without a word; drawn here instead
         checkpoint()
-    elif report:   # imported only here: matplotlib costs a batch worker that draws no report nothing
+    if report and not drawing:   # imported only here: matplotlib costs a batch worker that draws no report nothing
         from .report import write_analysis_report
 
         progress(1, steps, "writing report")

@@ -98,8 +98,8 @@ def _child(job_fd, answer_fd):
 class ReportProcess:
     """A child process ready to draw one report.png. ``draw(path, arguments)`` hands it the
     job; ``wait()`` returns when the file is written (raising the child's error if it failed);
-    ``close()`` ends an unused or unfinished child. When the child cannot be used, ``draw``
-    returns False and the caller draws in-process."""
+    ``close()`` ends an unused or unfinished child. When the child cannot be used, ``draw`` or
+    ``wait`` returns False and the caller draws in-process."""
 
     def __init__(self):
         self.pid = None
@@ -141,13 +141,15 @@ class ReportProcess:
         return True
 
     def wait(self):
-        """Wait for the report handed over by ``draw``; raises the child's error (RuntimeError
-        with its text when the error itself could not be sent)."""
+        """Wait for the report handed over by ``draw``: True when it is written; False when the
+        child died without answering (killed, out of memory: the caller then draws the report
+        itself); raises the error the child met drawing it (RuntimeError with its text when the
+        error itself could not be sent)."""
         try:
             answer = _receive(self._answer_r)
             self._answered = True
         except EOFError:
-            answer = "the report process ended without drawing the report"
+            return False
         finally:
             self._busy = False
             self.close()
@@ -155,6 +157,7 @@ class ReportProcess:
             raise answer
         if answer is not None:
             raise RuntimeError(f"report.png: {answer}")
+        return True
 
     def close(self):
         """End the child (if still running) and reap it; safe to call twice."""

@@ -118,6 +118,23 @@ def test_failed_writer_without_scene_keeps_the_old_outputs(phantom, tmp_path, ca
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
 
 
+def test_report_drawn_in_process_when_the_report_process_dies(phantom, tmp_path, monkeypatch):
+    """A report process that dies without a word (killed, out of memory) costs the run nothing:
+    the report is drawn in-process, and it is the picture the process would have drawn."""
+    from PIL import Image
+
+    from CardiacAISegLib import report_process
+
+    if not report_process.fork_available():
+        pytest.skip("the report process needs os.fork (Linux)")
+    assert _analyze(phantom, tmp_path / "normal") == 0
+    # forked after this patch: the child leaves at once, before or after the job is handed over
+    monkeypatch.setattr(report_process, "_child", lambda job_fd, answer_fd: None)
+    assert _analyze(phantom, tmp_path / "fallback") == 0
+    drawn = [np.asarray(Image.open(tmp_path / name / "report.png")) for name in ("normal", "fallback")]
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+
+
 def test_batch_scene_reaches_each_study(phantom, tmp_path, monkeypatch):
     """`batch --scene` gives every study analyze's --scene (the cohort's studies run analyze.run)."""
     from CardiacAISegLib import cohort

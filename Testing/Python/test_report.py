@@ -226,6 +226,12 @@ def test_report_process_errors_and_cleanup(tmp_path):
     assert not (tmp_path / "bad.png").exists()
     assert not process.draw(arguments)      # one job per process; the caller then draws itself
 
+    killed = ReportProcess()
+    arguments["frames_to_show"] = [0]
+    assert killed.draw(arguments)
+    os.kill(killed.pid, 9)
+    assert killed.wait() is False            # no answer: the caller draws the report itself
+
     idle = ReportProcess()
     pid = idle.pid
     idle.close()
