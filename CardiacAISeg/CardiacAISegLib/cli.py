@@ -117,7 +117,14 @@ def _train(args):
                                    seed=args.seed, resume=args.resume, finetune_from=args.finetune or "")
         train_perfusion(cfg, progress=tqdm_progress("train", disable=args.quiet))
         return
-    cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, epochs=args.epochs,
+    try:
+        arch_params = json.loads(args.params)
+    except json.JSONDecodeError as e:
+        raise CardiacInputError("--params", f"not JSON ({e}); e.g. '{{\"filters\": [12, 24, 48, 96, 192]}}'")
+    if not isinstance(arch_params, dict):
+        raise CardiacInputError("--params", "give a JSON object of architecture parameters, e.g. '{\"timesteps\": 2}'")
+    cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, arch_params=arch_params,
+                      epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
                       augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
@@ -217,6 +224,8 @@ def build_parser():
     t.add_argument("data")
     t.add_argument("--out", required=True)
     t.add_argument("--architecture", default="unet-light", choices=["unet-light", "gammanet", "perfusion-resunet"])
+    t.add_argument("--params", default="{}", help="architecture parameters as JSON, e.g. '{\"filters\": [12, 24, 48, 96, 192]}' "
+                                                  "(a wider unet-light; the shipped card records them)")
     t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
