@@ -112,7 +112,12 @@ class ReportProcess:
         answer_r, answer_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:   # no process to spare (EAGAIN, ENOMEM): the report is drawn in-process
+            for fd in (job_r, job_w, answer_r, answer_w):
+                os.close(fd)
+            return
         if pid == 0:   # child
             code = 0
             try:

@@ -210,7 +210,7 @@ def test_report_process_draws_the_same_picture(tmp_path):
     np.testing.assert_array_equal(child, np.asarray(Image.open(tmp_path / "slim.png")))
 
 
-def test_report_process_errors_and_cleanup(tmp_path):
+def test_report_process_errors_and_cleanup(tmp_path, monkeypatch):
     """A report the child cannot draw raises in the caller with the child's message and leaves no
     file; an unused process is ended and reaped (no zombie, no orphan)."""
     from CardiacAISegLib.report_process import ReportProcess, fork_available
@@ -231,6 +231,15 @@ def test_report_process_errors_and_cleanup(tmp_path):
     assert killed.draw(arguments)
     os.kill(killed.pid, 9)
     assert killed.wait() is False            # no answer: the caller draws the report itself
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    refused = ReportProcess()                # no process to spare: nothing to hand over, drawn in-process
+    assert refused.pid is None and not refused.draw(arguments)
+    refused.close()
+    monkeypatch.undo()
 
     idle = ReportProcess()
     pid = idle.pid
