@@ -38,6 +38,8 @@ def _source(name):
 
 
 def main():
+    import torch
+
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="+", help="run folders or model:NAME")
     p.add_argument("--out", required=True)
@@ -65,16 +67,10 @@ def main():
     provenance = [dict(s[3], weight=w) for s, w in zip(sources, mix)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch_save(avg, out / "best.pt")
-    torch_save({"config": lasts[-1]["config"], "history": [], "averaged_from": provenance}, out / "last.pt")
+    torch.save(avg, out / "best.pt")
+    torch.save({"config": lasts[-1]["config"], "history": [], "averaged_from": provenance}, out / "last.pt")
     (out / "split.json").write_text(json.dumps(splits[-1], indent=1))
     print(json.dumps(provenance, indent=1))
-
-
-def torch_save(obj, path):
-    import torch
-
-    torch.save(obj, path)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,7 @@ class ShownFrames:
 
     def __init__(self, images, frames):
         self.shape = tuple(images.shape)
-        self._frames = {int(f): np.array(images[f]) for f in frames}
+        self._frames = {int(f): np.asarray(images[f]) for f in frames}   # views: pickling copies them for the process
 
     def __getitem__(self, index):
         if isinstance(index, tuple):

@@ -239,6 +239,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
         study.aif = curve
         prov["aif_source"] = str(aif_source) if isinstance(aif_source, (str, Path)) else "array"
+        study.companion_series.clear()   # a given AIF wins: a dual-sequence AIF series read with the images is not kept
     elif prov.get("aif_series_uid"):
         from .aif_series import aif_from_dual_sequence
 
