@@ -196,6 +196,11 @@ class CardiacAISegLogic(_LogicBase):
         outputs made for another input are let go unless ``keepOutputs``.
         """
         study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), self.getParameter("aifPath"))
+        if study.provenance.get("pd_frames"):
+            # the node still holds the proton-density reference images the analysis leaves out:
+            # show (and make the input) the series it does analyse, so frame numbers agree
+            self.setStudy(study)
+            return study
         self.study, self.analysis, self.networkLabels = study, None, None
         proxy = _proxy_of(self.context, sequence) if sequence is not None else None
         self.studyNodes = sc.StudyNodes(volume=proxy or node, sequence=sequence)

@@ -42,7 +42,7 @@ def write_dicom(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 
 
 def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, scale=400.0, baseline=100.0,
                            heartbeat_jitter_s=0.0, seed=0, description=None, series="1.2.826.0.1.3680043.10.7",
-                           start_number=1):
+                           start_number=1, pd_frames=0, pd_factor=5.0):
     """A perfusion ``study`` (T, S, R, C) written as classic MR DICOM the way each vendor times it.
 
     - ``ge``: TriggerTime rises with the time since the first dynamic (0.77 s ... 55 s), every
@@ -53,6 +53,10 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
     Signal = baseline + scale * Gd (a linear scanner), stored as uint16 with a rescale of 1.
     ``heartbeat_jitter_s`` makes the intervals irregular (arrhythmia); the times actually
     written are returned, (T,) seconds from the first dynamic, with the written file paths.
+    ``pd_frames``: proton-density reference images first, as dual-sequence protocols write them
+    (Kellman; Xue et al. 2020): no saturation pulse and a low flip angle, so every tissue is
+    ``pd_factor`` times its pre-contrast signal; FlipAngle 5 against the dynamics' own.
+    The returned times are those of the dynamics only, from the first dynamic.
     """
     from pathlib import Path
 
@@ -61,10 +65,12 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_t, n_s, rows, cols = study.images.shape
+    n_dyn, n_s, rows, cols = study.images.shape
+    n_t = n_dyn + pd_frames
     dt = float(np.median(np.diff(study.frame_times_s)))
     steps = dt + rng.uniform(-heartbeat_jitter_s, heartbeat_jitter_s, n_t - 1) if heartbeat_jitter_s else np.full(n_t - 1, dt)
     times = np.r_[0.0, np.cumsum(steps)]
+    flip = {"ge": 20.0, "siemens": 50.0, "philips": 20.0}[vendor]
     m = study.ijk_to_ras
     lps = np.diag([-1.0, -1.0, 1.0])
     row_dir = lps @ m[:3, 0] / np.linalg.norm(m[:3, 0])
@@ -88,6 +94,7 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
             ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
             ds.SliceThickness = 8.0
             ds.InstanceNumber = instance
+            ds.FlipAngle = 5.0 if t < pd_frames else flip
             # slices of one dynamic are read out ~100 ms apart within the heartbeat
             clock = 36000.0 + times[t] + 0.1 * k
             if vendor == "ge":
@@ -99,12 +106,15 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
                 ds.AcquisitionTime = _tm(clock)
             else:
                 ds.ContentTime = _tm(clock)
-            value = baseline + scale * np.maximum(study.images[t, k], 0)
+            if t < pd_frames:
+                value = pd_factor * (baseline + scale * np.maximum(study.images[0, k], 0))
+            else:
+                value = baseline + scale * np.maximum(study.images[t - pd_frames, k], 0)
             ds.PixelData = np.clip(np.rint(value), 0, 65535).astype(np.uint16).tobytes()
             path = folder / f"{uid.rsplit('.', 1)[-1]}_IM{instance:05d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
-    return times, paths
+    return times[pd_frames:] - times[pd_frames], paths
 
 
 def _tm(seconds):

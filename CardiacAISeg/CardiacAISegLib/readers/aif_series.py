@@ -11,6 +11,7 @@ calibration is said in a warning.
 import numpy as np
 
 from ..errors import CardiacInputError
+from .pd_frames import drop_leading_pd_frames
 
 
 def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
@@ -21,6 +22,8 @@ def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
     aif_study = study.companion_series.pop(aif_uid, None)   # read with the main series, from one folder scan
     if aif_study is None:
         aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
+    # its own PD frames (dual-sequence protocols write them in both series): the main series' warnings say so
+    drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
     frames = aif_study.images[:, aif_study.n_slices // 2]
     pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
     curve = aif_from_lv(frames, pools["lv"])

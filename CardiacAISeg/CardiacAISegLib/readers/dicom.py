@@ -463,6 +463,14 @@ _PERFUSION_WORDS = ("perf", "first pass", "first-pass", "firstpass", "fpp", "tfi
 _CINE_WORDS = ("cine", "trufi", "tfisp", "ssfp", "fiesta", "bffe", "balanced")
 
 
+def _flip_angle(ds):
+    try:
+        value = float(ds.get("FlipAngle"))
+    except (TypeError, ValueError):
+        return np.nan
+    return value if 0 < value <= 180 else np.nan
+
+
 def description_hint(ds):
     """'perfusion', 'cine' or None from SeriesDescription/ProtocolName/SequenceName words.
 
@@ -775,6 +783,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     rows, cols = shapes.pop()
     images = np.empty((n_t, n_s, rows, cols), np.float32)
     times = np.full((n_t, n_s), np.nan)
+    flips = np.full((n_t, n_s), np.nan)   # proton-density reference frames have their own (pd_frames)
     instance_map, sop_map, frame_map, warn = {}, {}, {}, list(early_warnings)
     pixel_notes = {}
     done = 0
@@ -786,6 +795,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             images[t, k] = _pixels(f, ds, pixel_notes)
             tt = _frame_time_s(ds, clock)
             times[t, k] = np.nan if tt is None else tt
+            flips[t, k] = _flip_angle(ds)
             if isinstance(ds, EnhancedFrame):   # frames share their file's InstanceNumber and SOP UID
                 frame_map.setdefault(str(ds.get("SOPInstanceUID", f)), {})[ds.frame_number] = (t, k)
                 continue
@@ -862,6 +872,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if aif_uid is not None:
         prov["aif_series_uid"] = aif_uid
         prov["timing"]["hint"] = PERFUSION   # only perfusion comes with a dual-sequence AIF series
+    if np.all(np.isfinite(flips)):
+        prov["flip_angles_deg"] = np.median(flips, axis=1).tolist()
     if clock == "AcquisitionTime" or timing["kind"] == PERFUSION:
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
     else:

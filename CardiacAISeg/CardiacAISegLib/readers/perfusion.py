@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
+from .pd_frames import drop_leading_pd_frames
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
@@ -206,6 +207,10 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     """
     path = Path(path)
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
+    dropped = 0
+    if entry is None and units in (None, "signal"):
+        # before anything reads a baseline, a bolus or a frame interval from the series
+        dropped = drop_leading_pd_frames(study, path.name or str(path))
     measured = study.frame_times_s
     n = study.n_frames
     prov = study.provenance
@@ -234,6 +239,8 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     aif_source = aif if aif is not None else (params_file.parent / entry["aif"] if entry and entry.get("aif") else None)
     if aif_source is not None:
         curve = load_aif(aif_source)
+        if dropped and len(curve) == n + dropped:
+            curve = curve[dropped:]   # an AIF of the series as written, PD frames included
         if len(curve) != n:
             raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
