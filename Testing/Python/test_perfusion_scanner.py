@@ -190,3 +190,30 @@ def test_bullseye_shows_relative_upslope_when_asked(tmp_path, phantom):
                      "--labels", str(tmp_path / "ph" / "perfusion_labels.nii.gz"), "--bullseye", "relative_upslope",
                      "--out", str(out), "--quiet"]) == 0
     assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
+    """A folder with the motion-corrected copy beside the series and its AIF series: --series picks
+    one, and the chosen series still gets its AIF series (not the LV of its own images)."""
+    study, truth = phantom
+    write_perfusion_series(tmp_path / "d", study, vendor="siemens", description="Perfusion_stress")
+    write_perfusion_series(tmp_path / "d", study, vendor="siemens", series="1.2.826.0.1.3680043.10.9",
+                           description="Perfusion_stress_MOCO", start_number=3)
+    mid = study.images[:, 1]
+    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
+    m = study.ijk_to_ras.copy()
+    m[:3, :2] *= 2
+    m[:3, 3] += study.ijk_to_ras[:3, 2]
+    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
+    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
+                           description="AIF_perfusion", start_number=2, scale=900.0, baseline=40.0)
+    with pytest.raises(CardiacInputError, match="3 image series in this folder, choose one with --series"):
+        load_study(tmp_path / "d")
+    for choice in ("Perfusion_stress_MOCO", "1"):
+        s = load_study(tmp_path / "d", series=choice)
+        assert s.kind == "perfusion" and s.images.shape == study.images.shape
+        assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"], choice
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
+    # choosing the AIF series itself reads it alone
+    assert load_study(tmp_path / "d", series="AIF_perfusion").images.shape[2:] == low.shape[1:]

@@ -306,6 +306,15 @@ def pick_main_and_aif(series):
     return u2, u1
 
 
+def _aif_partner(uid, items, series):
+    """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
+    with the motion-corrected copy or the rest series beside them needs --series, and the
+    chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None."""
+    partners = [other for other, its in series.items()
+                if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    return partners[0] if len(partners) == 1 else None
+
+
 def _study_name(folder):
     """The folder's name, or its parent's when the folder is just called 'dicom' or the like."""
     generic = {"dicom", "dcm", "images", "image", "data", "series"}
@@ -335,7 +344,7 @@ def _pick_series(folder, series, choice, notes=None):
     for uid, items in series.items():
         ds = items[0][1]
         if c == uid or c == str(ds.get("SeriesNumber", "")) or c.lower() == str(ds.get("SeriesDescription", "")).strip().lower():
-            return uid, items, None
+            return uid, items, _aif_partner(uid, items, series)
     raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")
 
 
