@@ -161,7 +161,9 @@ def build_parser():
     a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")
     a.add_argument("--units", choices=["gd_mmol_l", "signal"], help="perfusion image units when the file cannot tell (NIfTI, DICOM)")
     a.add_argument("--kind", choices=["cine", "perfusion"], help="override the detected series kind")
-    a.add_argument("--series", help="DICOM series to use (UID, number or description) when a folder has several; 'rest'/'stress' for a QPerf folder")
+    a.add_argument("--series", help="DICOM series to use (UID, number or description) when a folder has several; "
+                                         "'stress'/'rest': the series of a QPerf folder, or the DICOM series whose description names it "
+                                         "(a whole exam: --series stress --rest EXAM)")
     a.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
     a.add_argument("--rest", help="rest perfusion series for MPR (with --rest-labels / --rest-aif)")
     a.add_argument("--rest-labels")

@@ -217,3 +217,37 @@ def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
     assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
     # choosing the AIF series itself reads it alone
     assert load_study(tmp_path / "d", series="AIF_perfusion").images.shape[2:] == low.shape[1:]
+
+
+def _write_with_aif(folder, study, desc, uid, number):
+    write_perfusion_series(folder, study, vendor="siemens", description=desc, series=uid, start_number=number)
+    mid = study.images[:, 1]
+    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
+    m = study.ijk_to_ras.copy()
+    m[:3, :2] *= 2
+    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
+    write_perfusion_series(folder, aif_study, vendor="siemens", series=uid + ".1", description=f"AIF_{desc}",
+                           start_number=number + 1, scale=900.0, baseline=40.0)
+
+
+def test_stress_and_rest_from_one_exam_folder(tmp_path, phantom):
+    """One DICOM export of the exam: stress and rest series, each with its AIF series. `--series
+    stress --rest FOLDER` reads each by the role its description names, with its own AIF; a rest
+    folder holding only the rest series is read whatever its description."""
+    study, truth = phantom
+    rest, rest_truth = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    exam = tmp_path / "exam"
+    _write_with_aif(exam, study, "Perfusion_stress", "1.2.826.0.1.3680043.10.20", 10)
+    _write_with_aif(exam, rest, "Perfusion_REST", "1.2.826.0.1.3680043.10.30", 20)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(exam), "--series", "stress", "--rest", str(exam), "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert sum(w.startswith(("AIF from the dual-sequence", "rest series: AIF from the dual-sequence")) for w in doc["warnings"]) == 2
+    truth_mpr = np.median(list(truth["mbf_per_segment"].values())) / np.median(list(rest_truth["mbf_per_segment"].values()))
+    assert abs(doc["perfusion"]["mpr"]["global"] - truth_mpr) < 0.1 * truth_mpr, (doc["perfusion"]["mpr"]["global"], truth_mpr)
+    # a rest folder of its own: any description
+    write_perfusion_series(tmp_path / "rest_only", rest, vendor="siemens", description="PERF SA 3 slices")
+    assert load_study(tmp_path / "rest_only", series="rest").n_frames == rest.n_frames
+    with pytest.raises(CardiacInputError, match="2 series here are described as 'stress'"):
+        _write_with_aif(exam, study, "Perfusion_stress_repeat", "1.2.826.0.1.3680043.10.40", 40)
+        load_study(exam, series="stress")

@@ -8,6 +8,7 @@ cine (AcquisitionTime for perfusion, where TriggerTime is the constant delay aft
 FrameAcquisitionDateTime for enhanced frames), then by InstanceNumber, TemporalPositionIndex
 and frame number.
 """
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -306,6 +307,9 @@ def pick_main_and_aif(series):
     return u2, u1
 
 
+PERFUSION_ROLES = ("stress", "rest")
+
+
 def _aif_partner(uid, items, series):
     """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
     with the motion-corrected copy or the rest series beside them needs --series, and the
@@ -345,6 +349,18 @@ def _pick_series(folder, series, choice, notes=None):
         ds = items[0][1]
         if c == uid or c == str(ds.get("SeriesNumber", "")) or c.lower() == str(ds.get("SeriesDescription", "")).strip().lower():
             return uid, items, _aif_partner(uid, items, series)
+    if c.lower() in PERFUSION_ROLES:
+        # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
+        # says it (its AIF series may say it too), else the folder's one series or pair
+        named = [uid for uid, items in series.items()
+                 if re.search(rf"(?<![a-z]){c.lower()}", str(items[0][1].get("SeriesDescription", "")).lower())]
+        named = [u for u in named if not any(_aif_partner(v, series[v], series) == u for v in named if v != u)]
+        if len(named) == 1:
+            return named[0], series[named[0]], _aif_partner(named[0], series[named[0]], series)
+        if not named:
+            return _pick_series(folder, series, None, notes)
+        raise CardiacInputError(folder, f"{len(named)} series here are described as {c!r}, choose one with --series "
+                                        f"(UID, number or description): {'; '.join(_describe(u, series[u]) for u in named)}")
     raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")
 
 
