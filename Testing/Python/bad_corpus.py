@@ -878,6 +878,32 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
 
 
+@case("perfusion_dicom_proton_density_frames_first", "warn", ("proton-density", "frames 1-3"), category="perfusion",
+      check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_no_poor_fit(doc))
+def _(base, f):
+    """Siemens-style perfusion with three proton-density reference images first (FlipAngle 5,
+    4.6x the baseline signal), as quantitative protocols write them: left out, not averaged into
+    the baseline."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", pd_frames=3)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+@case("perfusion_dicom_stress_and_rest_chosen_by_role", "ok", category="perfusion",
+      check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_mpr_one(doc))
+def _(base, f):
+    """The same exam folder with `--series stress --rest FOLDER`: each series found by the word
+    in its description (both are the same phantom here, so the reserve is 1)."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
+                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
+                           series="1.2.826.0.1.3680043.10.7.2", start_number=20)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    labels = base.perf_dir / "perfusion_labels.nii.gz"
+    return [f / "dicom", "--series", "stress", "--labels", labels, "--aif", f / "aif.csv",
+            "--rest", f / "dicom", "--rest-labels", labels, "--rest-aif", f / "aif.csv"]
+
+
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
 def _(base, f):
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")
@@ -1162,6 +1188,15 @@ def _assert_ed_es_from_info(doc):
 def _assert_mbf_plausible(doc):
     g = doc["perfusion"]["global_mbf_ml_min_g"]
     assert 0.5 < g < 5.0, g
+
+
+def _assert_no_poor_fit(doc):
+    codes = {flag["code"] for flag in doc["qc"]["flags"]}
+    assert not codes & {"MBF_FIT_POOR", "MBF_AT_BOUND"}, codes
+
+
+def _assert_mpr_one(doc):
+    assert abs(doc["perfusion"]["mpr"]["global"] - 1.0) < 0.02, doc["perfusion"]["mpr"]["global"]
 
 
 def _first_model(task):
