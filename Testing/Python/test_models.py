@@ -273,3 +273,45 @@ def test_heart_square_inference_matches_the_whole_field_on_a_phantom():
 
     for c in (1, 2):   # LV pool and myocardium against the phantom's truth: no worse in the square
         assert dice(boxed, c) > dice(whole, c) - 0.03, (c, dice(boxed, c), dice(whole, c))
+
+
+def test_edge_slices_are_the_ends_of_the_heart():
+    from CardiacAISegLib.models.training_data import edge_slices
+
+    stack = np.zeros((8, 4, 4), np.uint8)
+    stack[2:6, 1, 1] = 1
+    assert edge_slices(stack).tolist() == [False, True, True, False, False, True, True, False]
+    stack[:] = 0
+    stack[0:8, 2, 2] = 2   # the heart fills the stack: no empty slice beyond it
+    assert edge_slices(stack).tolist() == [True] + [False] * 6 + [True]
+    assert not edge_slices(np.zeros((5, 3, 3), np.uint8)).any()
+
+
+def test_edge_slice_weight_draws_the_ends_more_often(shared_data, monkeypatch):
+    """The weighted sampler draws edge slices about w x as often per slice as the others."""
+    from CardiacAISegLib.models import training
+    from CardiacAISegLib.models.training_data import labelled_slices_with_sets
+
+    items, _, edges = labelled_slices_with_sets([shared_data / "acdc" / "patient001"], 1.25, with_edges=True)
+    assert len(edges) == len(items) and 0 < edges.sum() < len(edges)
+    from CardiacAISegLib.models import training_data
+
+    drawn, real_crop = [], training_data.random_crop
+
+    def spy(img, lbl, size, rng, heart_bias=0.8):
+        drawn.append(next(i for i, it in enumerate(items) if it[0] is img))
+        return real_crop(img, lbl, size, rng, heart_bias)
+
+    monkeypatch.setattr(training_data, "random_crop", spy)
+    monkeypatch.setattr(training_data, "labelled_slices_with_sets", lambda *a, **k: (items, ["full"] * len(items), edges))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = training.TrainConfig(data=str(shared_data / "acdc"), out_dir=out, epochs=3, batch=4, slices_per_epoch=len(items),
+                                   crop=96, patch=64, train_patients=["patient001"], val_patients=[], threads=1,
+                                   edge_slice_weight=4.0)
+        training.train(cfg, log=lambda *_: None)
+    drawn = np.array(drawn)
+    per_edge = np.isin(drawn, np.flatnonzero(edges)).sum() / edges.sum()
+    per_other = np.isin(drawn, np.flatnonzero(~edges)).sum() / (~edges).sum()
+    assert per_edge > 1.3 * per_other, (per_edge, per_other)

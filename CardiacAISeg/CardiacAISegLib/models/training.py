@@ -41,6 +41,7 @@ class TrainConfig:
     val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
     train_patients: list = field(default_factory=list)
     partial_labels: str = "auto"       # "auto": Info.cfg LabelSet per patient; "lv_myo": all; "none": all complete
+    edge_slice_weight: float = 1.0     # sampling weight of the slices at the ends of the heart (training_data.edge_slices)
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -146,10 +147,15 @@ def train(config: TrainConfig, progress=None, log=print):
         log(f"resumed at epoch {start_epoch}")
 
     val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
-    slices, label_sets = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels)
+    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels, with_edges=True)
     has_rv_all = np.array([s == FULL for s in label_sets])
     partial_note = f" ({int((~has_rv_all).sum())} with LV/MYO labels only)" if not has_rv_all.all() else ""
     log(f"{len(train_f)} training patients, {len(slices)} slices{partial_note}; {len(val_f)} validation patients")
+    sample_p = None
+    if config.edge_slice_weight != 1.0:
+        weights = np.where(edges, config.edge_slice_weight, 1.0)
+        sample_p = weights / weights.sum()
+        log(f"{int(edges.sum())} slices at the ends of the heart drawn {config.edge_slice_weight:g}x as often")
     n_classes = 4
     per_epoch = config.slices_per_epoch or len(slices)
     steps = max(1, per_epoch // config.batch)
@@ -160,7 +166,10 @@ def train(config: TrainConfig, progress=None, log=print):
             p.requires_grad_(not frozen)
         model.train()
         t0, losses = time.time(), []
-        order = rng.permutation(len(slices))
+        if sample_p is None:
+            order = rng.permutation(len(slices))
+        else:   # weighted draws with replacement (without it, an epoch of most slices would be near uniform)
+            order = rng.choice(len(slices), size=steps * config.batch, replace=True, p=sample_p)
         for s in range(steps):
             idx = order[(s * config.batch) % len(slices):][: config.batch]
             if len(idx) < config.batch:

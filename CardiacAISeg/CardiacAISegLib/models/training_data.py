@@ -33,11 +33,12 @@ def split_patients(folders, val_per_group=3, seed=0):
     return sorted(train), sorted(val)
 
 
-def labelled_slices(folders, pixel_mm, progress=None):
-    """All labelled (image, label) slices resampled to ``pixel_mm``; ED/ES frames alone suffice."""
+def labelled_slices(folders, pixel_mm, progress=None, with_edges=False):
+    """All labelled (image, label) slices resampled to ``pixel_mm``; ED/ES frames alone suffice.
+    ``with_edges``: also a bool per slice, ``edge_slices`` of its frame's stack."""
     import torch
 
-    items = []
+    items, edges = [], []
     for n, folder in enumerate(folders):
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
@@ -50,24 +51,42 @@ def labelled_slices(folders, pixel_mm, progress=None):
             lbl = resample_slices(torch.from_numpy(lab.astype(np.float32))[:, None], grid, mode="nearest")[:, 0].numpy().astype(np.uint8)
             for k in range(img.shape[0]):
                 items.append((img[k], lbl[k]))
-    return items
+            edges.extend(edge_slices(lbl))
+    return (items, edges) if with_edges else items
 
 
-def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None):
+def edge_slices(label_stack):
+    """(S,) bool: the slices at the ends of the heart's labelled extent in one frame's stack, the
+    most basal and apical labelled slices and the unlabelled slice just beyond each. That is
+    where a short-axis network errs most (ACDC held-out, unet-light v3: an atrium called LV at
+    an ES base, basal myocardium half drawn, a missed apex), and where it sees fewest examples."""
+    labelled = np.flatnonzero(np.asarray(label_stack).reshape(len(label_stack), -1).any(axis=1))
+    edge = np.zeros(len(label_stack), bool)
+    if labelled.size:
+        for k in (labelled[0] - 1, labelled[0], labelled[-1], labelled[-1] + 1):
+            if 0 <= k < len(label_stack):
+                edge[k] = True
+    return edge
+
+
+def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None, with_edges=False):
     """``labelled_slices`` and, per slice, its patient's label set (``partial_labels.label_set_of``):
     "full" or "lv_myo". The maps of lv_myo patients hold no RV (any RV pixel is dropped), so the
-    loss reads their background as "background or RV"."""
+    loss reads their background as "background or RV". ``with_edges``: also the (N,) bool array
+    of ``edge_slices``."""
     from .partial_labels import label_set_of, restrict_to_label_set
 
-    items, sets = [], []
+    items, sets, edges = [], [], []
     for n, folder in enumerate(folders):
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
         label_set = label_set_of(folder, partial_labels)
-        for img, lbl in labelled_slices([folder], pixel_mm):
+        slices, edge = labelled_slices([folder], pixel_mm, with_edges=True)
+        for img, lbl in slices:
             items.append((img, restrict_to_label_set(lbl, label_set)))
             sets.append(label_set)
-    return items, sets
+        edges.extend(edge)
+    return (items, sets, np.array(edges, bool)) if with_edges else (items, sets)
 
 
 def random_crop(img, lbl, size, rng, heart_bias=0.8):
