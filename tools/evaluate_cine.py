@@ -74,6 +74,21 @@ def cpu_ms_per_slice(model, pixel_mm, multiple, runs=5, tta="none", heart_crop_m
             "cpu_load_average_1min": load, "threads": torch.get_num_threads(), "runs": runs, "runtime_timed": "torch"}
 
 
+def _mean_of_networks(torch, members):
+    """Output-averaging ensemble: the mean of the members' log-probabilities (an experiment; the
+    shipped cards run one network)."""
+    class MeanOfNetworks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = torch.nn.ModuleList(members)
+            self.size_multiple = max(getattr(m, "size_multiple", 16) for m in members)
+
+        def forward(self, x):
+            return sum(torch.log_softmax(m(x), 1) for m in self.members) / len(self.members)
+
+    return MeanOfNetworks()
+
+
 def main():
     import torch
 
@@ -89,11 +104,17 @@ def main():
     p.add_argument("--tta", default="none", choices=["none", "flip", "flip2"])
     p.add_argument("--heart-crop-mm", type=float, help="two-stage inference on a square of this side around the heart")
     p.add_argument("--out", help="where to write the evaluation (default RUN/evaluation[-TTA].json)")
+    p.add_argument("--ensemble-with", help="another run of --arch: evaluate the mean of both networks' log-probabilities")
+    p.add_argument("--ensemble-params", default="{}", help="architecture parameters of --ensemble-with (JSON)")
     args = p.parse_args()
     run = Path(args.run)
     model = build(args.arch, **json.loads(args.params))
     model.load_state_dict(torch.load(run / args.checkpoint, map_location="cpu", weights_only=True))
     model.eval()
+    if args.ensemble_with:
+        other = build(args.arch, **json.loads(args.ensemble_params))
+        other.load_state_dict(torch.load(Path(args.ensemble_with) / args.checkpoint, map_location="cpu", weights_only=True))
+        model = _mean_of_networks(torch, [model, other]).eval()
     split = json.loads((run / "split.json").read_text())
     val = [SHARED / "acdc" / p for p in split["val"]]
     summary, rows = evaluate(model, val, args.pixel_mm, model.size_multiple, tta=args.tta, heart_crop_mm=args.heart_crop_mm)
