@@ -126,12 +126,15 @@ def _train(args):
     if not args.edge_slice_weight > 0:
         raise CardiacInputError("--edge-slice-weight", f"{args.edge_slice_weight} is not a sampling weight; give a number > 0 "
                                                        "(1 = every slice alike)")
+    if not 0 <= args.distill_weight <= 1:
+        raise CardiacInputError("--distill-weight", f"{args.distill_weight} is not a share of the loss; give 0-1")
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, arch_params=arch_params,
                       epochs=args.epochs,
                       batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
                       augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
-                      edge_slice_weight=args.edge_slice_weight,
+                      edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
+                      distill_weight=args.distill_weight,
                       crop=args.crop, patch=args.patch,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
@@ -248,6 +251,9 @@ def build_parser():
     t.add_argument("--edge-slice-weight", type=float, default=1.0,
                    help="draw the slices at the ends of the heart (most basal/apical labelled and the empty one "
                         "beyond) this many times as often; 1 = uniform")
+    t.add_argument("--distill-from", default="", help="registry model whose soft labels the network also learns "
+                                                        "(knowledge distillation, e.g. a gammanet from unet-light)")
+    t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")

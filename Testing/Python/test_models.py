@@ -315,3 +315,36 @@ def test_edge_slice_weight_draws_the_ends_more_often(shared_data, monkeypatch):
     per_edge = np.isin(drawn, np.flatnonzero(edges)).sum() / edges.sum()
     per_other = np.isin(drawn, np.flatnonzero(~edges)).sum() / (~edges).sum()
     assert per_edge > 1.3 * per_other, (per_edge, per_other)
+
+
+def test_distillation_loss_is_zero_only_at_the_teachers_output():
+    import torch
+
+    from CardiacAISegLib.models.training import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 4, 8, 8)
+    assert distillation_loss(teacher.clone(), teacher).item() < 1e-6
+    student = torch.randn(2, 4, 8, 8, requires_grad=True)
+    loss = distillation_loss(student, teacher)
+    assert loss.item() > 0.05
+    loss.backward()
+    # one gradient step moves the student towards the teacher
+    with torch.no_grad():
+        closer = student - 5.0 * student.grad
+    assert distillation_loss(closer, teacher).item() < loss.item()
+
+
+def test_distillation_run_uses_the_teacher(short_run, tmp_path):
+    """Distilling from the checkpoint a run starts from: the loss begins near zero (the student is
+    the teacher), where the same run without distillation begins at the task loss."""
+    from dataclasses import replace
+
+    from CardiacAISegLib.models.training import train
+
+    cfg, out, _ = short_run
+    base = replace(cfg, epochs=1, resume=False, finetune_from=str(out / "best.pt"), lr=1e-6)
+    taught = train(replace(base, out_dir=str(tmp_path / "d"), distill_from=str(out / "best.pt"), distill_weight=1.0),
+                   log=lambda *_: None)
+    plain = train(replace(base, out_dir=str(tmp_path / "p")), log=lambda *_: None)
+    assert taught[0]["loss"] < 0.2 * plain[0]["loss"], (taught[0]["loss"], plain[0]["loss"])   # 0.10 vs 1.62 measured

@@ -42,6 +42,9 @@ class TrainConfig:
     train_patients: list = field(default_factory=list)
     partial_labels: str = "auto"       # "auto": Info.cfg LabelSet per patient; "lv_myo": all; "none": all complete
     edge_slice_weight: float = 1.0     # sampling weight of the slices at the ends of the heart (training_data.edge_slices)
+    distill_from: str = ""             # registry model (or checkpoint of this architecture) whose soft labels the network also learns
+    distill_weight: float = 0.5        # share of the distillation term in the loss
+    distill_temperature: float = 2.0
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -56,6 +59,35 @@ def soft_dice_ce_loss(logits, target, n_classes):
     denom = p.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1) / (denom + 1)
     return ce + (1 - dice[1:].mean())
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=2.0):
+    """Hinton et al. 2015: KL(teacher || student) of the temperature-softened class
+    probabilities per pixel, times T^2 so its gradients keep their scale as T changes."""
+    import torch.nn.functional as F
+
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, 1)
+    p_teacher = F.softmax(teacher_logits / t, 1)
+    kl = (p_teacher * (p_teacher.clamp_min(1e-8).log() - log_p_student)).sum(1).mean()
+    return kl * t * t
+
+
+def load_teacher(source, architecture="unet-light", arch_params=None):
+    """The network to distil from, frozen: a registry model, or a checkpoint of ``architecture``
+    (with ``arch_params``)."""
+    from .architectures import build
+    from .registry import load_model
+
+    if Path(source).is_file():
+        teacher = build(architecture, **(arch_params or {}))
+        teacher.load_state_dict(load_start_weights(source))
+    else:
+        teacher = load_model(source, runtime="torch").module
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def dice(a, b):
@@ -140,6 +172,9 @@ def train(config: TrainConfig, progress=None, log=print):
         state = load_start_weights(config.finetune_from)
         model.load_state_dict(state)
         log(f"fine-tuning from {config.finetune_from}")
+    teacher = load_teacher(config.distill_from, config.architecture, config.arch_params) if config.distill_from else None
+    if teacher is not None:
+        log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g})")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=config.lr * 0.02)
     start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
@@ -178,10 +213,16 @@ def train(config: TrainConfig, progress=None, log=print):
             x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
             x, y = augment_batch(x, y, rng, config.patch, config.augment)
+            logits = model(x)
             if has_rv_all.all():
-                loss = soft_dice_ce_loss(model(x), y, n_classes)
+                loss = soft_dice_ce_loss(logits, y, n_classes)
             else:
-                loss = partial_label_loss(model(x), y, torch.from_numpy(has_rv_all[idx]), n_classes)
+                loss = partial_label_loss(logits, y, torch.from_numpy(has_rv_all[idx]), n_classes)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
+                    logits, teacher_logits, config.distill_temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
