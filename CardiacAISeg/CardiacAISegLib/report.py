@@ -107,6 +107,16 @@ def representative_slices(label_map):
     return sorted(out, key=lambda p: ("basal", "mid", "apical").index(p[1]))
 
 
+def _no_ticks(ax):
+    """A framed image without ticks. Locators that place none, rather than set_xticks([]):
+    the same pixels, but no tick objects are built and laid out (0.03 s of a 0.15-0.3 s report)."""
+    from matplotlib.ticker import NullLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(NullLocator())
+        axis.set_minor_locator(NullLocator())
+
+
 def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk):
     lo, hi = np.percentile(image, [1, 99.5]) if image.size else (0, 1)
     ax.imshow(view.image(image[k]), cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6),
@@ -137,8 +147,7 @@ def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk)
             ax.annotate(side[0].upper(), (x, y), xytext=(5, 5), textcoords="offset points",
                         color="yellow", fontsize=9, weight="bold")
     ax.set_title(f"frame {frame} · slice {k} · {level}", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _no_ticks(ax)
 
 
 def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
@@ -156,8 +165,7 @@ def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
         shown = ax.imshow(view.image(np.ma.masked_invalid(value_map[k])), cmap="jet", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
                           aspect=view.aspect, interpolation="nearest", alpha=0.85)
         ax.set_title(f"slice {k}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _no_ticks(ax)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
 
 
