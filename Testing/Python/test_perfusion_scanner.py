@@ -239,6 +239,8 @@ def test_stress_and_rest_from_one_exam_folder(tmp_path, phantom):
     exam = tmp_path / "exam"
     _write_with_aif(exam, study, "Perfusion_stress", "1.2.826.0.1.3680043.10.20", 10)
     _write_with_aif(exam, rest, "Perfusion_REST", "1.2.826.0.1.3680043.10.30", 20)
+    with pytest.raises(CardiacInputError, match=f"--series stress --rest {exam}"):   # no choice: the error says how
+        load_study(exam)
     out = tmp_path / "out"
     assert cli.main(["analyze", str(exam), "--series", "stress", "--rest", str(exam), "--out", str(out), "--quiet"]) == 0
     doc = json.loads((out / "results.json").read_text())

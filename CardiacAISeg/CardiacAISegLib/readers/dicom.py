@@ -343,7 +343,12 @@ def _pick_series(folder, series, choice, notes=None):
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]], pair[1]
-        raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: UID, number or description): {listing}")
+        hint = ""
+        described = " ".join(str(items[0][1].get("SeriesDescription", "")).lower() for items in series.values())
+        if all(re.search(rf"(?<![a-z]){role}", described) for role in PERFUSION_ROLES):
+            hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
+        raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
+                                        f"UID, number or description): {listing}{hint}")
     c = str(choice).strip()
     for uid, items in series.items():
         ds = items[0][1]
