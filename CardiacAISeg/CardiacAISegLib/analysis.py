@@ -227,8 +227,7 @@ class Analysis:
         st = self.study
         levels_found = True
         if st.kind == PERFUSION:
-            names = {1: ("mid",), 2: ("basal", "mid"), 3: ("basal", "mid", "apical")}.get(st.n_slices, ("basal", "mid", "apical"))
-            self.levels = geometry.slice_levels(ref, st, perfusion_levels=names)
+            self.levels = geometry.slice_levels(ref, st, perfusion_levels=geometry.perfusion_slice_levels(st, ref))
         else:
             try:
                 self.levels = geometry.slice_levels(ref, st)

@@ -505,6 +505,26 @@ def _entry(k, res, source, donor):
             "contact_mm": res.get("contact_mm"), "source": source, "borrowed_from": donor}
 
 
+def perfusion_slice_levels(study, label_map3d):
+    """The AHA level of each slice of a perfusion series, in slice order: one slice is mid; two
+    are basal and mid; three are basal, mid and apical; more are split in thirds as cine slices
+    are. Which end is the base is decided as for cine (``base_at_low_k``: the slice normal
+    against the body's base-apex direction, else the larger epicardial area): a reader orders
+    slices along the normal of the image plane, which points apex-first in about half of the
+    series scanners write (a mirrored in-plane orientation), and levels taken in slice order
+    would then put the apical values in the basal segments."""
+    n = study.n_slices
+    if n == 1:
+        return ("mid",)
+    low, _ = base_at_low_k(study, label_map3d)
+    if n == 2:
+        names = ("basal", "mid")
+    else:
+        names = tuple(name for name, chunk in zip(("basal", "mid", "apical"), np.array_split(np.arange(n), 3))
+                      for _ in chunk)
+    return names if low else names[::-1]
+
+
 def slice_levels(label_map3d, study, min_fraction=0.1, perfusion_levels=("basal", "mid", "apical")):
     """{k: 'basal'|'mid'|'apical'}.
 

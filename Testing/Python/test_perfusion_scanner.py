@@ -253,3 +253,49 @@ def test_stress_and_rest_from_one_exam_folder(tmp_path, phantom):
     with pytest.raises(CardiacInputError, match="2 series here are described as 'stress'"):
         _write_with_aif(exam, study, "Perfusion_stress_repeat", "1.2.826.0.1.3680043.10.40", 40)
         load_study(exam, series="stress")
+
+
+def _mirrored(study):
+    """The same heart written with the in-plane column direction reversed: the image normal
+    (row x column) then points apex-first, so a reader that sorts slices along it reads the
+    apical slice first, as it does for about half of the series scanners write."""
+    s = copy(study)
+    s.images = np.ascontiguousarray(study.images[..., ::-1])
+    m = study.ijk_to_ras.copy()
+    m[:3, 3] = m[:3, 3] + (study.images.shape[-1] - 1) * m[:3, 0]
+    m[:3, 0] = -m[:3, 0]
+    s.ijk_to_ras = m
+    s.labels = {k: np.ascontiguousarray(v[:, :, ::-1]) for k, v in study.labels.items()}
+    return s
+
+
+def test_apex_first_slice_order_gets_the_right_aha_levels(tmp_path, phantom):
+    """Levels follow the anatomy, not the slice index: with the apex read first, slice 0 is
+    apical and every segment still matches the truth (before: basal and apical values swapped,
+    errors up to 23 %, QC pass)."""
+    study, truth = phantom
+    mirrored = _mirrored(study)
+    write_perfusion_series(tmp_path / "m", mirrored, vendor="siemens")
+    s = load_study(tmp_path / "m")
+    # the reader's slice 0 is the phantom's apical slice (k = 2)
+    lv_area = [(mirrored.labels[0][k] == LV).sum() for k in range(3)]
+    assert np.allclose(s.images[30, 0], 100 + 400 * np.maximum(mirrored.images[30, 2], 0), atol=1)
+    a = Analysis(s, {0: mirrored.labels[0][::-1]}).run()
+    assert a.levels == {0: "apical", 1: "mid", 2: "basal"}, (a.levels, lv_area)
+    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+
+
+def test_perfusion_slice_levels_for_other_slice_counts(phantom):
+    from CardiacAISegLib.geometry import perfusion_slice_levels
+
+    study, _ = phantom
+    assert perfusion_slice_levels(study, study.labels[0]) == ("basal", "mid", "apical")
+    four = copy(study)
+    four.images = np.concatenate([study.images, study.images[:, 2:]], axis=1)   # a fourth, more apical slice
+    labels4 = np.concatenate([study.labels[0], study.labels[0][2:]])
+    assert perfusion_slice_levels(four, labels4) == ("basal", "basal", "mid", "apical")
+    a = Analysis(four, {0: labels4}).run()   # four slices were refused before ("names 3 slices")
+    assert len([seg for seg in a.perfusion["segments"] if seg["mbf_ml_min_g"] is not None]) == 16
+    one = copy(study)
+    one.images = study.images[:, 1:2]
+    assert perfusion_slice_levels(one, study.labels[0][1:2]) == ("mid",)
