@@ -90,8 +90,9 @@ def slice_view(ijk_to_ras, shape_rc):
     return SliceView(transpose, fx, fy, shape_rc[0], shape_rc[1], aspect)
 
 
-def representative_slices(label_map):
-    """[(k, "basal"|"mid"|"apical")] among slices showing LV; basal = the end with more blood pool."""
+def representative_slices(label_map, levels=None):
+    """[(k, "basal"|"mid"|"apical")] among slices showing LV. Named by ``levels`` ({k: level},
+    the analysis's AHA levels) when it names every pick, else basal = the end with more blood pool."""
     lm = np.asarray(label_map)
     ks = [k for k in range(lm.shape[0]) if (lm[k] == MYO).any() or (lm[k] == LV).any()]
     if not ks:
@@ -103,8 +104,10 @@ def representative_slices(label_map):
     names = ["basal", "mid", "apical"] if first_area >= last_area else ["apical", "mid", "basal"]
     if len(picks) == 2:
         names = [names[0], names[2]]
+    if levels and all(k in levels for k in picks):
+        names = [levels[k] for k in picks]
     out = list(zip(picks, names))
-    return sorted(out, key=lambda p: ("basal", "mid", "apical").index(p[1]))
+    return sorted(out, key=lambda p: (("basal", "mid", "apical").index(p[1]), p[0]))
 
 
 def _no_ticks(ax):
@@ -404,7 +407,7 @@ def report_arguments(path, analysis, overwrite=False):
     return dict(path=path, study=ReportStudy.of(st, frames), label_map_by_frame=labels, frames_to_show=frames,
                 insertion_points=analysis.insertion_summary(), segment_values=analysis.segment_values or None,
                 value_label=analysis.bullseye_label, volume_curve=curve, overwrite=overwrite, value_map=value_map,
-                qc=analysis.qc)
+                qc=analysis.qc, levels=dict(analysis.levels or {}))
 
 
 def write_analysis_report(path, analysis, overwrite=False):
@@ -445,7 +448,7 @@ def qc_line(qc, max_codes=6):
 
 def write_report(path, study, label_map_by_frame, frames_to_show, insertion_points=None,
                  segment_values=None, value_label="MBF (mL/min/g)", volume_curve=None,
-                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None, qc=None):
+                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None, qc=None, levels=None):
     """Write report.png; returns the path.
 
     ``frames_to_show``: a frame index or a list (one row of three slices each, e.g. [ED, ES]).
@@ -455,7 +458,8 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     per frame, or {"volumes_ml", "times_s", "ed_frame", "es_frame"} (missing keys come
     from the study). ``value_map``: (S, R, C) pixel values (MBF), NaN outside the myocardium,
     drawn over ``value_frame`` next to the bullseye. ``qc``: ``qc.assess`` output, shown under
-    the title (status and the codes to review). Size: ``report_size_px``.
+    the title (status and the codes to review). ``levels``: {slice: AHA level} of the analysis,
+    which names the slices shown. Size: ``report_size_px``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -485,7 +489,7 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     view = slice_view(study.ijk_to_ras, study.images.shape[2:])
     for row, frame in enumerate(frames, start=1):
         label_map = _label_for(label_map_by_frame, frame)
-        picks = representative_slices(label_map) if label_map is not None else \
+        picks = representative_slices(label_map, levels) if label_map is not None else \
             [(k, "") for k in sorted({int(round(f * (study.n_slices - 1))) for f in (0.15, 0.5, 0.85)})]
         for col, (k, level) in enumerate(picks[:3]):
             ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])

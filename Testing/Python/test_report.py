@@ -247,3 +247,18 @@ def test_report_process_errors_and_cleanup(tmp_path, monkeypatch):
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)          # already reaped
     idle.close()                             # twice is harmless
+
+
+def test_shown_slices_are_named_by_the_analysis_levels():
+    """The report names a slice as the table does: by the analysis's AHA levels when given (the
+    blood-pool rule alone could call an apex-first series' apical slice basal)."""
+    from CardiacAISegLib.report import representative_slices
+
+    lab = np.zeros((3, 20, 20), np.uint8)
+    for k, r in enumerate((3, 5, 7)):   # blood pool grows with k: the area rule says k = 2 is basal
+        lab[k, 10 - r:10 + r, 10 - r:10 + r] = 2
+        lab[k, 11 - r:9 + r, 11 - r:9 + r] = 1
+    assert representative_slices(lab) == [(2, "basal"), (1, "mid"), (0, "apical")]
+    levels = {0: "basal", 1: "mid", 2: "apical"}   # the affine says otherwise: it wins
+    assert representative_slices(lab, levels) == [(0, "basal"), (1, "mid"), (2, "apical")]
+    assert representative_slices(lab, {0: "basal"}) == [(2, "basal"), (1, "mid"), (0, "apical")]   # incomplete: area rule
