@@ -194,6 +194,12 @@ def aif_flags(study, myo=None, images=None):
     except CardiacInputError:
         flags.append(_flag("AIF_FLAT", REVIEW, "the AIF shows no bolus"))
         return flags
+    if foot == 0:
+        # the baseline subtracted from every curve is then already on the upslope: phantom
+        # series started 1-2 frames after the foot gave MBF 10-29 % high with every fit good
+        flags.append(_flag("AIF_NO_BASELINE", REVIEW, "the AIF is already rising at the first frame: the series has no "
+                                                      "pre-contrast frame (the acquisition started as the bolus arrived), "
+                                                      "so the baseline holds contrast and MBF is biased high"))
     # the myocardium cannot enhance before the blood that feeds it
     if myo is None and study.labels:
         myo = next(iter(study.labels.values())) == MYO

@@ -287,3 +287,32 @@ def test_aif_flat(perfusion):
     # a flat AIF cannot be fitted at all: refused with a message, not measured
     with pytest.raises(CardiacInputError, match="flat"):
         Analysis(st, study.labels).run()
+
+
+def _started_late(study, drop):
+    s = copy(study)
+    s.images, s.aif = study.images[drop:], study.aif[drop:]
+    s.frame_times_s = study.frame_times_s[drop:] - study.frame_times_s[drop]
+    s.provenance = {}
+    return s
+
+
+def test_series_that_starts_on_the_bolus_upslope_is_flagged_or_refused():
+    """An acquisition started as the bolus arrived: MBF from a baseline that already holds
+    contrast was 10-29 % high with QC passing. Now: one frame before the foot still measures
+    right; a first frame on the foot is refused with the reason; later starts are flagged."""
+    from CardiacAISegLib.errors import CardiacInputError
+    from CardiacAISegLib.perfusion.mbf import find_foot
+
+    study, truth = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
+    foot = find_foot(study.aif)
+    truth_global = np.median(list(truth["mbf_per_segment"].values()))
+    ok = Analysis(_started_late(study, foot - 1), study.labels).run()   # one pre-contrast frame left
+    assert "AIF_NO_BASELINE" not in {f["code"] for f in ok.qc["flags"]}
+    assert abs(ok.perfusion["global_mbf_ml_min_g"] - truth_global) < 0.03 * truth_global
+    with pytest.raises(CardiacInputError, match="no pre-contrast frames"):
+        Analysis(_started_late(study, foot), study.labels).run()
+    for drop in (foot + 1, foot + 2):
+        late = Analysis(_started_late(study, drop), study.labels).run()
+        assert "AIF_NO_BASELINE" in {f["code"] for f in late.qc["flags"]}, drop
+        assert late.qc["status"] != "pass"

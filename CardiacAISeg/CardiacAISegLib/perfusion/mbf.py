@@ -75,6 +75,17 @@ def _baseline_level(aif, peak):
     return level, noise
 
 
+def starts_on_upslope(aif):
+    """True when a curve climbs from its very first frame to an early peak (most steps up, the
+    first frame in the lower half of the rise): a series that began as the bolus arrived."""
+    aif = np.asarray(aif, float).reshape(-1)
+    peak = int(np.argmax(aif))
+    if peak < 2 or peak > aif.size // 3:
+        return False
+    steps = np.diff(aif[: peak + 1])
+    return bool(np.mean(steps > 0) >= 0.8 and aif[0] < aif.min() + 0.5 * (aif[peak] - aif.min()))
+
+
 def find_foot(aif, label="AIF"):
     """0-based foot of the AIF: last frame before the peak at or under baseline + 5% of the rise.
 
@@ -87,6 +98,10 @@ def find_foot(aif, label="AIF"):
     level, noise = _baseline_level(aif, peak)
     rise = aif[peak] - level
     if peak == 0 or rise <= max(1e-6, 10.0 * noise):
+        if starts_on_upslope(aif):
+            raise CardiacInputError(label, f"the AIF rises from its first frame to its peak at frame {peak}: the series has no "
+                                           "pre-contrast frames (the acquisition started as the bolus arrived), so there is no "
+                                           "baseline to measure enhancement from; MBF needs a few frames before the bolus")
         raise CardiacInputError(label, f"AIF is flat (rise {rise:.3g} over baseline noise {noise:.3g}): no contrast bolus found")
     under = np.nonzero(aif[:peak] <= level + 0.05 * rise)[0]
     return int(under[-1]) if under.size else 0
