@@ -316,3 +316,16 @@ def test_series_that_starts_on_the_bolus_upslope_is_flagged_or_refused():
         late = Analysis(_started_late(study, drop), study.labels).run()
         assert "AIF_NO_BASELINE" in {f["code"] for f in late.qc["flags"]}, drop
         assert late.qc["status"] != "pass"
+
+
+def test_series_cut_short_after_the_aif_peak_is_flagged():
+    """A series that ends while the AIF is still near its peak: MBF 10-13 % low with QC passing
+    before; the full series and one that reaches the recirculation are not flagged."""
+    study, truth = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
+    peak = int(np.argmax(study.aif))
+    for keep, flagged in ((60, False), (peak + 11, False), (peak + 4, True), (peak + 2, True)):
+        s = copy(study)
+        s.images, s.aif, s.frame_times_s = study.images[:keep], study.aif[:keep], study.frame_times_s[:keep]
+        s.provenance = {}
+        a = Analysis(s, study.labels).run()
+        assert ("AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}) == flagged, keep
