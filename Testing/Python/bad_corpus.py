@@ -399,6 +399,29 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_cine_per_slice_with_a_small_series_beside", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Per-slice cine series and, beside them, a half-matrix series of two slices (a real-time or
+    low-resolution scout, 12 images, a quarter of the stack's 48): shaped like a dual-sequence
+    AIF series, but the frame times say cine, so it is not read as one."""
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
+        ds.SeriesNumber = 5 + k
+        ds.SeriesDescription = f"SA_{k + 1}"
+    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+
+    def small(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = "1.2.826.0.1.3680043.10.99.999", 40, "RT scout"
+        ds.Rows = ds.Columns = SIZE // 2
+        ds.PixelSpacing = [2 * PIXEL_MM, 2 * PIXEL_MM]
+        ds.PixelData = np.rint(base.cine_images[t, k][::2, ::2] * 1000).astype(np.uint16).tobytes()
+    cine_dicom(base, f / "scout_tmp", slices=[3, 4], per_image=small, series="1.2.826.0.1.3680043.10.99.999")
+    for p in (f / "scout_tmp").glob("*.dcm"):
+        p.rename(d / f"RT_{p.name}")
+    return [d, "--labels", labels]
+
+
 @case("dicom_slice_repeated_in_another_series", "warn", ("two series", "SA_4_repeat", "later series"), category="dicom",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

@@ -299,3 +299,22 @@ def test_perfusion_slice_levels_for_other_slice_counts(phantom):
     one = copy(study)
     one.images = study.images[:, 1:2]
     assert perfusion_slice_levels(one, study.labels[0][1:2]) == ("mid",)
+
+
+def test_one_series_per_slice_keeps_its_dual_sequence_aif(tmp_path, phantom):
+    """Slices in series of their own (merged into one stack) and the AIF series beside them:
+    the AIF series is found for the merged stack too."""
+    study, truth = phantom
+    write_perfusion_series(tmp_path / "d", study, vendor="siemens", series_per_slice=True)
+    mid = study.images[:, 1]
+    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
+    m = study.ijk_to_ras.copy()
+    m[:3, :2] *= 2
+    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
+    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
+                           description="AIF_perfusion", start_number=9, scale=900.0, baseline=40.0)
+    s = load_study(tmp_path / "d")
+    assert s.images.shape == study.images.shape
+    assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"]
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08

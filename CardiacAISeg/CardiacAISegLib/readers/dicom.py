@@ -338,8 +338,10 @@ def _pick_series(folder, series, choice, notes=None):
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
-        if stack is not None:
-            return (*stack, None)
+        if stack is not None:   # one series per slice; a dual-sequence AIF series may sit beside them
+            uid, items = stack
+            others = {u: its for u, its in series.items() if u not in uid.split("+")}
+            return uid, items, _aif_partner(uid, items, {uid: items, **others})
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]], pair[1]
@@ -656,10 +658,21 @@ def _load_series(folder, series, kind, progress):
         raise CardiacInputError(e.path, f"{e.problem}; unreadable file(s) in the folder that may belong to it: "
                                         f"{_names([b[0] for b in broken], folder)} ({broken[0][1]})") from e
     aif_uid = study.provenance.get("aif_series_uid")
-    if aif_uid is not None and series != aif_uid:
+    if aif_uid is not None and study.kind == CINE and kind != PERFUSION:
+        # the frame times say cine: a smaller series beside it is no dual-sequence AIF
+        del study.provenance["aif_series_uid"]
+        timing = study.provenance["timing"]
+        timing["hint"] = timing.pop("description_hint", None)
+    elif aif_uid is not None and series != aif_uid:
         # read from this scan now: the AIF needs it, and a second load would parse every header again
-        study.companion_series[aif_uid] = check_geometry(
-            _stack_from_series(folder, aif_uid, None, progress, all_series, skipped), folder)
+        try:
+            study.companion_series[aif_uid] = check_geometry(
+                _stack_from_series(folder, aif_uid, None, progress, all_series, skipped), folder)
+        except CardiacInputError as e:
+            # the images are fine; without a readable AIF series the AIF comes from their LV pool
+            del study.provenance["aif_series_uid"]
+            add_warning(study, f"the dual-sequence AIF series {aif_uid} beside the images could not be read ({e.problem}): "
+                               "not used")
     for f, problem in notes["broken"]:
         add_warning(study, f"{f}: skipped, {problem}")
     uids = study.provenance["series_uid"].split("+")
@@ -901,6 +914,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
     if aif_uid is not None:
         prov["aif_series_uid"] = aif_uid
+        prov["timing"]["description_hint"] = prov["timing"]["hint"]
         prov["timing"]["hint"] = PERFUSION   # only perfusion comes with a dual-sequence AIF series
     if np.all(np.isfinite(flips)):
         prov["flip_angles_deg"] = np.median(flips, axis=1).tolist()
