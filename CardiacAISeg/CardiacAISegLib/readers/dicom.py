@@ -468,6 +468,9 @@ def choose_frame_clock(groups):
     def distinct(values):
         return all(np.unique(np.round(v, 4)).size == v.size for v in values)
 
+    def whole_seconds(values):
+        return all(np.all(np.abs(v - np.round(v)) < 1e-6) for v in values) and not distinct(values)
+
     if n_frames < 2:
         return {"clock": None, "kind": None, "span_s": 0.0, "reason": "one frame per slice position"}
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
@@ -479,12 +482,31 @@ def choose_frame_clock(groups):
     if trig is not None and distinct(trig):
         return {"clock": "TriggerTime", "kind": CINE, "span_s": span(trig),
                 "reason": f"trigger delays span {span(trig) * 1000:.0f} ms at one slice position (one cardiac cycle)"}
+    if clock is not None and span(clock) > MANY_HEARTBEATS_S and whole_seconds(clock) and \
+            (trig is None or span(trig) < 0.25 * span(clock)):
+        # times of day cut to whole seconds (anonymisers do it): heartbeats under a second apart
+        # share a second, so the clock orders frames only with InstanceNumber and gives the
+        # frame interval only as its span over the series (frame_times_from_coarse_clock)
+        return {"clock": "AcquisitionTime", "kind": PERFUSION, "span_s": span(clock), "coarse": True,
+                "reason": f"acquisition times advance through {span(clock):.0f} s at one slice position (many heartbeats), "
+                          "in whole seconds only"}
     if clock is not None and distinct(clock):
         # no usable trigger delays: the clock orders the frames; its span says which kind
         k = PERFUSION if span(clock) > MANY_HEARTBEATS_S else None
         return {"clock": "AcquisitionTime", "kind": k, "span_s": span(clock),
                 "reason": f"frames ordered by acquisition time ({span(clock):.1f} s); no distinct trigger delays"}
     return {"clock": None, "kind": None, "span_s": None, "reason": "no distinct frame times in TriggerTime or AcquisitionTime"}
+
+
+def frame_times_from_coarse_clock(times):
+    """(T,) frame times on a regular grid from (T, S) clock readings cut to whole seconds: the
+    interval is the span over the frames, the mean over slices (each reading is up to 1 s short,
+    so the interval is good to about 1 s over the whole series, 2 % of a 50 s first pass)."""
+    n_t = times.shape[0]
+    if n_t < 2:
+        return np.zeros(n_t)
+    dt = float(np.mean(times[-1] - times[0])) / (n_t - 1)
+    return np.arange(n_t) * dt
 
 
 def _frame_time_s(ds, clock):
@@ -712,14 +734,16 @@ def _same_time_key(ds):
     return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
 
 
-def _refuse_same_position_and_time(folder, groups, positions):
+def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
     """Two different images at one slice position and one frame time cannot both be a frame.
 
     A time shared by every image of a position tells nothing (a constant trigger delay and no
     acquisition time: frames then follow InstanceNumber), so only collisions among otherwise
-    distinct times are refused."""
+    distinct times are refused. With a ``coarse`` clock (whole seconds) two frames may share a
+    second: their InstanceNumber must then differ."""
     for pos, grp in zip(positions, groups):
-        keys = [_same_time_key(g[1]) for g in grp]
+        keys = [_same_time_key(g[1]) + ((g[1].get("InstanceNumber"),) if coarse else ()) if _same_time_key(g[1]) else None
+                for g in grp]
         if len({k for k in keys if k is not None}) <= 1:
             continue
         first = {}
@@ -798,11 +822,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             positions.append(d)
             groups.append([])
         groups[-1].append(g)
-    _refuse_same_position_and_time(folder, groups, positions)
     counts = [len(g) for g in groups]
-
     timing = choose_frame_clock(groups)
     clock = timing["clock"]
+    _refuse_same_position_and_time(folder, groups, positions, coarse=timing.get("coarse", False))
 
     def order(g):
         ds = g[1]
@@ -893,7 +916,12 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     ds0 = groups[0][0][1]
     frame_times = None
-    if np.all(np.isfinite(times)):
+    if np.all(np.isfinite(times)) and timing.get("coarse"):
+        frame_times = frame_times_from_coarse_clock(times)
+        warn.append(f"acquisition times are in whole seconds only: frames ordered by time and InstanceNumber, one "
+                    f"every {frame_times[1]:.3f} s from the series' span ({times[-1, 0] - times[0, 0]:.0f} s over "
+                    f"{n_t - 1} intervals, ±1 s); irregular heartbeats cannot be seen")
+    elif np.all(np.isfinite(times)):
         # slices of one dynamic are acquired a fraction of a heartbeat apart: time from each
         # slice's own first frame, the median over slices
         rel = times - times[0:1, :]
