@@ -325,9 +325,35 @@ def _study_name(folder):
     return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
 
 
+def _merge_series_split_per_image(series, notes=None):
+    """Series of one image each that share SeriesNumber, SeriesDescription and stack geometry are
+    one series whose SeriesInstanceUID was rewritten per file (a faulty anonymiser): merged under
+    the first UID, with a note. Left apart, each image looked like a repeat of the slice before
+    it and a 60-frame perfusion series was read as a one-frame cine."""
+    groups = {}
+    for uid, items in series.items():
+        if len(items) == 1:
+            ds = items[0][1]
+            key = (str(ds.get("SeriesNumber", "")), str(ds.get("SeriesDescription", "")), _stack_key(ds))
+            groups.setdefault(key, []).append(uid)
+    merged = dict(series)
+    for (number, desc, _), uids in groups.items():
+        if len(uids) < 2:
+            continue
+        uids = sorted(uids)
+        merged[uids[0]] = [it for uid in uids for it in series[uid]]
+        for uid in uids[1:]:
+            del merged[uid]
+        if notes is not None:
+            notes.append(f"{len(uids)} images of series #{number} {desc!r} each carry a SeriesInstanceUID of their own "
+                         "(rewritten per file, e.g. by an anonymiser): read as one series")
+    return merged
+
+
 def _pick_series(folder, series, choice, notes=None):
     """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
     which series of a folder is read."""
+    series = _merge_series_split_per_image(series, notes)
     if not series:
         if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
             raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
