@@ -363,3 +363,29 @@ def test_series_uid_rewritten_per_file_is_read_as_one_series(tmp_path, phantom):
     assert any("each carry a SeriesInstanceUID of their own" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+
+
+def test_long_axis_slice_in_the_perfusion_series_is_left_out(tmp_path, phantom):
+    """Three short-axis slices and a four-chamber slice in one series, as some perfusion
+    protocols acquire them. Before: refused ('mixes 2 image orientations'). Now: the short-axis
+    stack is analysed and the long-axis images are named in a warning."""
+    import pydicom
+
+    study, truth = phantom
+    series = "1.2.826.0.1.3680043.10.7"
+    write_perfusion_series(tmp_path / "s", study, vendor="siemens", series=series)
+    m = study.ijk_to_ras.copy()   # the image rows turned onto the long axis: another view of the heart
+    row, normal = m[:3, 0].copy(), m[:3, 2].copy()
+    m[:3, 0] = normal / np.linalg.norm(normal) * np.linalg.norm(row)
+    m[:3, 2] = row / np.linalg.norm(row) * np.linalg.norm(normal)
+    lax = Study(images=study.images[:, 1:2], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
+    write_perfusion_series(tmp_path / "lax", lax, vendor="siemens", series=series)
+    for n, p in enumerate(sorted((tmp_path / "lax").glob("*.dcm"))):
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = 1000 + n
+        ds.save_as(tmp_path / "s" / f"LAX_{p.name}")
+    s = load_study(tmp_path / "s")
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    assert any("60 image(s)" in w and "long-axis views" in w for w in s.provenance["warnings"])
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06

@@ -738,7 +738,10 @@ def _drop_stray_orientations(geo, items):
 
     Scanners file localisers / scouts under the cine's series now and then: a handful of
     images (at most 3, or a fifth of the stack) whose orientation differs are left out, with a
-    warning. More than that is two views of the heart, and the caller refuses it."""
+    warning. So are long-axis views filed with a short-axis stack (a perfusion protocol of three
+    short-axis slices and a four-chamber one): when the main orientation has several slice
+    positions and at least twice the images of all others together. Anything else is two views
+    of the heart, and the caller refuses it."""
     keys = [tuple(np.round(g[2], 3)) for g in geo]
     counts = {}
     for k in keys:
@@ -747,7 +750,9 @@ def _drop_stray_orientations(geo, items):
         return geo, items, []
     main = max(counts, key=counts.get)
     stray = len(geo) - counts[main]
-    if counts[main] < 2 or stray > max(3, 0.2 * counts[main]):
+    positions = {tuple(np.round(g[3], 1)) for g, k in zip(geo, keys) if k == main}
+    a_stack_beside_views = len(positions) >= 2 and 2 * stray <= counts[main]
+    if counts[main] < 2 or (stray > max(3, 0.2 * counts[main]) and not a_stack_beside_views):
         return geo, items, []
     keep = [k == main for k in keys]
     dropped = [g[0] for g, ok in zip(geo, keep) if not ok]
@@ -815,8 +820,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     geo, items, dropped = _drop_stray_orientations(geo, items)
     midnight = _unwrap_midnight(items)
     if dropped:
-        early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers?) "
-                            f"left out: {_names(dropped, folder)}"]
+        early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers or "
+                            f"long-axis views) left out: {_names(dropped, folder)}"]
     else:
         early_localisers = []
     orients = {}
