@@ -389,3 +389,21 @@ def test_long_axis_slice_in_the_perfusion_series_is_left_out(tmp_path, phantom):
     assert any("60 image(s)" in w and "long-axis views" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+
+
+def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom):
+    """AcquisitionTime one value for the whole series (its start), ContentTime advancing per
+    dynamic. Before: 'frame interval unknown: give --dt'. Now: timed by ContentTime."""
+    import pydicom
+
+    study, truth = phantom
+    times, paths = write_perfusion_series(tmp_path / "p", study, vendor="philips")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.AcquisitionTime = "100000.000000"
+        ds.save_as(p)
+    s = load_study(tmp_path / "p")
+    assert s.kind == "perfusion" and s.provenance["timing"]["clock"] == "ContentTime"
+    np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06

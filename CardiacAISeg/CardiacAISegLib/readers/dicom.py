@@ -441,6 +441,14 @@ def _clock_s(ds):
 _DAY_OFFSET = "_cardiacaiseg_day_offset_s"
 
 
+def _content_s(ds):
+    """ContentTime alone, for series whose AcquisitionTime is one value for every image (the
+    series start) while ContentTime advances per dynamic."""
+    if isinstance(ds, EnhancedFrame):
+        return None
+    return _tm_seconds(ds.get("ContentTime", ""))
+
+
 def _unwrap_midnight(items):
     """A series whose times of day (TM, no date) span more than 12 h crossed midnight: images
     after 00:00 belong to the next day. Without this they sort before the first frame and the
@@ -475,7 +483,8 @@ def choose_frame_clock(groups):
     differently: a cine has rising trigger delays within one cycle; GE writes perfusion with the
     time since the first frame in TriggerTime (0.8 ... 55 s); Siemens and Philips keep the
     trigger delay constant and advance AcquisitionTime/ContentTime by one heartbeat per
-    dynamic. Returns {"clock": "TriggerTime" | "AcquisitionTime" | None, "kind": "cine" |
+    dynamic (some write a constant AcquisitionTime and advance ContentTime). Returns
+    {"clock": "TriggerTime" | "AcquisitionTime" | "ContentTime" | None, "kind": "cine" |
     "perfusion" | None (the data cannot tell), "span_s", "reason"}.
     """
     def per_group(fn):
@@ -508,6 +517,12 @@ def choose_frame_clock(groups):
     if trig is not None and distinct(trig):
         return {"clock": "TriggerTime", "kind": CINE, "span_s": span(trig),
                 "reason": f"trigger delays span {span(trig) * 1000:.0f} ms at one slice position (one cardiac cycle)"}
+    content = per_group(_content_s) if clock is None or not distinct(clock) else None
+    if content is not None and distinct(content) and span(content) > MANY_HEARTBEATS_S and \
+            (trig is None or span(trig) < 0.25 * span(content)):
+        return {"clock": "ContentTime", "kind": PERFUSION, "span_s": span(content),
+                "reason": f"ContentTime advances through {span(content):.1f} s at one slice position (many heartbeats; "
+                          "AcquisitionTime does not)"}
     if clock is not None and span(clock) > MANY_HEARTBEATS_S and whole_seconds(clock) and \
             (trig is None or span(trig) < 0.25 * span(clock)):
         # times of day cut to whole seconds (anonymisers do it): heartbeats under a second apart
@@ -536,6 +551,8 @@ def frame_times_from_coarse_clock(times):
 
 
 def _frame_time_s(ds, clock):
+    if clock == "ContentTime":
+        return _content_s(ds)
     return _trigger_s(ds) if clock == "TriggerTime" else _clock_s(ds) if clock == "AcquisitionTime" else None
 
 
