@@ -388,14 +388,17 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+def _one_series_per_slice(ds, k, t):
+    """Siemens-style: every slice position its own series (numbers 5..12, 'SA_1'..)."""
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
+    ds.SeriesNumber = 5 + k
+    ds.SeriesDescription = f"SA_{k + 1}"
+
+
 @case("dicom_one_series_per_slice", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     """Siemens-style short-axis cine: every slice position is its own series (numbers 5..12)."""
-    def per_slice(ds, k, t):
-        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
-        ds.SeriesNumber = 5 + k
-        ds.SeriesDescription = f"SA_{k + 1}"
-    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+    d, labels = cine_dicom(base, f / "dicom", per_image=_one_series_per_slice)
     return [d, "--labels", labels]
 
 
@@ -405,11 +408,7 @@ def _(base, f):
     """Per-slice cine series and, beside them, a half-matrix series of two slices (a real-time or
     low-resolution scout, 12 images, a quarter of the stack's 48): shaped like a dual-sequence
     AIF series, but the frame times say cine, so it is not read as one."""
-    def per_slice(ds, k, t):
-        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
-        ds.SeriesNumber = 5 + k
-        ds.SeriesDescription = f"SA_{k + 1}"
-    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+    d, labels = cine_dicom(base, f / "dicom", per_image=_one_series_per_slice)
 
     def small(ds, k, t):
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = "1.2.826.0.1.3680043.10.99.999", 40, "RT scout"
@@ -427,11 +426,7 @@ def _(base, f):
 def _(base, f):
     """One series per slice, and slice 4 acquired twice (a repeat after a failed breath-hold):
     the repeat is used, as clinicians do, and the warning names both series."""
-    def per_slice(ds, k, t):
-        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.99.{100 + k}"
-        ds.SeriesNumber = 5 + k
-        ds.SeriesDescription = f"SA_{k + 1}"
-    d, labels = cine_dicom(base, f / "dicom", per_image=per_slice)
+    d, labels = cine_dicom(base, f / "dicom", per_image=_one_series_per_slice)
 
     def repeat(ds, k, t):
         ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.99.999"

@@ -121,3 +121,22 @@ def _tm(seconds):
     h, rem = divmod(seconds, 3600)
     mi, s = divmod(rem, 60)
     return f"{int(h):02d}{int(mi):02d}{s:09.6f}"
+
+
+def write_aif_series(folder, study, series="1.2.826.0.1.3680043.10.8", description="AIF_perfusion", number=2,
+                     vendor="siemens", pd_frames=0):
+    """The dual-sequence AIF series beside a perfusion ``study`` (Kellman; Xue et al. 2020): the
+    mid slice read out at half the matrix (twice the pixel size), one slice further along the
+    normal, in its own series, with its own signal scale (the AIF read-out saturates less).
+    Returns (times, paths, the (T, rows, cols) half-matrix images written)."""
+    from CardiacAISegLib.study import Study
+
+    mid = study.images[:, study.n_slices // 2]
+    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
+    m = study.ijk_to_ras.copy()
+    m[:3, :2] *= 2
+    m[:3, 3] += study.ijk_to_ras[:3, 2]
+    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
+    times, paths = write_perfusion_series(folder, aif_study, vendor=vendor, series=series, description=description,
+                                          start_number=number, scale=900.0, baseline=40.0, pd_frames=pd_frames)
+    return times, paths, low

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from dicom_factory import write_perfusion_series
+from dicom_factory import write_aif_series, write_perfusion_series
+from phantom_truth import segment_errors
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.analysis import Analysis
@@ -20,11 +21,6 @@ AIF_EXAMPLES = "qperf/aif_detection"
 @pytest.fixture(scope="module")
 def phantom():
     return make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
-
-
-def _segment_errors(analysis, truth):
-    got = {s["id"]: s["mbf_ml_min_g"] for s in analysis.perfusion["segments"]}
-    return np.array([(got[i] - v) / v for i, v in truth["mbf_per_segment"].items() if got.get(i) is not None])
 
 
 def _signal(study, baseline=100.0, scale=400.0):
@@ -45,7 +41,7 @@ def test_pd_frames_are_left_out_and_mbf_matches_truth(tmp_path, phantom, vendor)
     lv = study.labels[0][1] == 1
     assert abs(s.images[0, 1][lv].mean() - 100) < 5
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
     assert a.qc["status"] == "pass", a.qc
 
 
@@ -107,19 +103,12 @@ def test_a_given_aif_of_the_whole_series_is_trimmed_too(tmp_path, phantom):
 def test_dual_sequence_series_both_with_pd_frames(tmp_path, phantom):
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", pd_frames=3)
-    mid = study.images[:, 1]
-    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= 2
-    m[:3, 3] += study.ijk_to_ras[:3, 2]
-    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
-    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
-                           description="AIF_perfusion", start_number=2, scale=900.0, baseline=40.0, pd_frames=3)
+    write_aif_series(tmp_path / "d", study, pd_frames=3)
     s = load_study(tmp_path / "d")
     assert "dual-sequence" in s.provenance["aif_source"] and s.n_frames == study.n_frames
     assert sum("left out as proton-density" in w for w in s.provenance["warnings"]) == 2   # main and AIF series
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
 def test_cli_end_to_end_with_pd_frames_and_no_aif(tmp_path, phantom):

@@ -5,7 +5,8 @@ from copy import copy
 
 import numpy as np
 import pytest
-from dicom_factory import write_perfusion_series
+from dicom_factory import write_aif_series, write_perfusion_series
+from phantom_truth import segment_errors
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.analysis import Analysis
@@ -20,11 +21,6 @@ from CardiacAISegLib.study import Study
 @pytest.fixture(scope="module")
 def phantom():
     return make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
-
-
-def _segment_errors(analysis, truth):
-    got = {s["id"]: s["mbf_ml_min_g"] for s in analysis.perfusion["segments"]}
-    return np.array([(got[i] - v) / v for i, v in truth["mbf_per_segment"].items() if got.get(i) is not None])
 
 
 @pytest.mark.parametrize("vendor,clock", [("ge", "TriggerTime"), ("siemens", "AcquisitionTime"), ("philips", "AcquisitionTime")])
@@ -79,7 +75,7 @@ def test_no_aif_takes_it_from_the_lv_and_says_so(phantom):
     st.provenance = {}
     st.aif = None
     a = Analysis(st, study.labels).run()
-    err = _segment_errors(a, truth)
+    err = segment_errors(a, truth)
     assert np.max(np.abs(err)) < 0.06, err
     assert st.provenance["aif_source"] == "lv_blood_pool"
     assert "AIF_FROM_LV" in {f["code"] for f in a.qc["flags"]}
@@ -108,15 +104,7 @@ def test_dual_sequence_aif_series_is_found_and_used(tmp_path, phantom, monkeypat
 
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens")
-    # the low-resolution AIF read-out: the mid slice at half the matrix, its own series
-    mid = study.images[:, 1]
-    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= 2
-    m[:3, 3] += study.ijk_to_ras[:3, 2]
-    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
-    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
-                           description="AIF_perfusion", start_number=2, scale=900.0, baseline=40.0)
+    write_aif_series(tmp_path / "d", study)   # the low-resolution AIF read-out, its own series
     scans = []
     real_scan = dicom.scan_dicom_folder
     monkeypatch.setattr(dicom, "scan_dicom_folder", lambda *a, **k: scans.append(a[0]) or real_scan(*a, **k))
@@ -126,7 +114,7 @@ def test_dual_sequence_aif_series_is_found_and_used(tmp_path, phantom, monkeypat
     # both series come from one scan of the folder's headers, and the AIF series is not kept
     assert len(scans) == 1 and s.companion_series == {}
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
 def test_irregular_heartbeats_fit_on_the_real_times(tmp_path, phantom):
@@ -199,14 +187,7 @@ def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", description="Perfusion_stress")
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", series="1.2.826.0.1.3680043.10.9",
                            description="Perfusion_stress_MOCO", start_number=3)
-    mid = study.images[:, 1]
-    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= 2
-    m[:3, 3] += study.ijk_to_ras[:3, 2]
-    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
-    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
-                           description="AIF_perfusion", start_number=2, scale=900.0, baseline=40.0)
+    _, _, low = write_aif_series(tmp_path / "d", study)
     with pytest.raises(CardiacInputError, match="3 image series in this folder, choose one with --series"):
         load_study(tmp_path / "d")
     for choice in ("Perfusion_stress_MOCO", "1"):
@@ -214,20 +195,14 @@ def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
         assert s.kind == "perfusion" and s.images.shape == study.images.shape
         assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"], choice
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
     # choosing the AIF series itself reads it alone
     assert load_study(tmp_path / "d", series="AIF_perfusion").images.shape[2:] == low.shape[1:]
 
 
 def _write_with_aif(folder, study, desc, uid, number):
     write_perfusion_series(folder, study, vendor="siemens", description=desc, series=uid, start_number=number)
-    mid = study.images[:, 1]
-    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= 2
-    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
-    write_perfusion_series(folder, aif_study, vendor="siemens", series=uid + ".1", description=f"AIF_{desc}",
-                           start_number=number + 1, scale=900.0, baseline=40.0)
+    write_aif_series(folder, study, series=uid + ".1", description=f"AIF_{desc}", number=number + 1)
 
 
 def test_stress_and_rest_from_one_exam_folder(tmp_path, phantom):
@@ -282,7 +257,7 @@ def test_apex_first_slice_order_gets_the_right_aha_levels(tmp_path, phantom):
     assert np.allclose(s.images[30, 0], 100 + 400 * np.maximum(mirrored.images[30, 2], 0), atol=1)
     a = Analysis(s, {0: mirrored.labels[0][::-1]}).run()
     assert a.levels == {0: "apical", 1: "mid", 2: "basal"}, (a.levels, lv_area)
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
 def test_perfusion_slice_levels_for_other_slice_counts(phantom):
@@ -306,18 +281,12 @@ def test_one_series_per_slice_keeps_its_dual_sequence_aif(tmp_path, phantom):
     the AIF series is found for the merged stack too."""
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", series_per_slice=True)
-    mid = study.images[:, 1]
-    low = mid.reshape(mid.shape[0], mid.shape[1] // 2, 2, mid.shape[2] // 2, 2).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= 2
-    aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
-    write_perfusion_series(tmp_path / "d", aif_study, vendor="siemens", series="1.2.826.0.1.3680043.10.8",
-                           description="AIF_perfusion", start_number=9, scale=900.0, baseline=40.0)
+    write_aif_series(tmp_path / "d", study, number=9)
     s = load_study(tmp_path / "d")
     assert s.images.shape == study.images.shape
     assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"]
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.08
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
 def test_acquisition_times_in_whole_seconds(tmp_path):
@@ -342,7 +311,7 @@ def test_acquisition_times_in_whole_seconds(tmp_path):
     np.testing.assert_allclose(s.images[:, 1][:, lv].mean(1), 100 + 400 * np.maximum(study.images[:, 1], 0)[:, lv].mean(1), rtol=0.01)
     a = Analysis(s, study.labels).run()
     # as close to the truth as the same series with its full times (0.9 s sampling: 8.9 % at most)
-    assert np.max(np.abs(_segment_errors(a, truth))) < np.max(np.abs(_segment_errors(full, truth))) + 0.01
+    assert np.max(np.abs(segment_errors(a, truth))) < np.max(np.abs(segment_errors(full, truth))) + 0.01
 
 
 def test_series_uid_rewritten_per_file_is_read_as_one_series(tmp_path, phantom):
@@ -362,7 +331,7 @@ def test_series_uid_rewritten_per_file_is_read_as_one_series(tmp_path, phantom):
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
     assert any("each carry a SeriesInstanceUID of their own" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
 def test_long_axis_slice_in_the_perfusion_series_is_left_out(tmp_path, phantom):
@@ -388,7 +357,7 @@ def test_long_axis_slice_in_the_perfusion_series_is_left_out(tmp_path, phantom):
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
     assert any("60 image(s)" in w and "long-axis views" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
 def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom):
@@ -406,4 +375,4 @@ def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom)
     assert s.kind == "perfusion" and s.provenance["timing"]["clock"] == "ContentTime"
     np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
     a = Analysis(s, study.labels).run()
-    assert np.max(np.abs(_segment_errors(a, truth))) < 0.06
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
