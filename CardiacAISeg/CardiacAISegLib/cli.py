@@ -12,15 +12,22 @@ QC_REVIEW_EXIT = 3   # --strict: outputs written, but QC asks for review
 
 
 def _analyze(args):
-    from .analyze import run
-    from .progress import tqdm_progress
+    from .report_process import ReportProcess
 
-    analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
-                          force=args.force, frames=args.frames, series=args.series, label_convention=args.label_convention,
-                          rest=args.rest, rest_labels=args.rest_labels, rest_aif=args.rest_aif, density=args.density,
-                          kind=args.kind, units=args.units, device=args.device, bullseye=args.bullseye, scene=args.scene,
-                          progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
-                          report_process=getattr(args, "report_process", None))
+    _check_device(args.device)
+    # Forked first, while this process is small and holds no lock or output file: the report's
+    # process imports matplotlib on the other core while this one reads and segments.
+    with ReportProcess() as report_process, output_lock(args.out):   # one run per output folder
+        from .analyze import run
+        from .progress import tqdm_progress
+
+        analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
+                              force=args.force, frames=args.frames, series=args.series,
+                              label_convention=args.label_convention, rest=args.rest, rest_labels=args.rest_labels,
+                              rest_aif=args.rest_aif, density=args.density, kind=args.kind, units=args.units,
+                              device=args.device, bullseye=args.bullseye, scene=args.scene,
+                              progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
+                              report_process=report_process)
     r = analysis.results()
     if r["cine"]:
         c = r["cine"]
@@ -357,18 +364,7 @@ def main(argv=None):
     hint = "" if debug else " (run with --debug for the traceback)"
     try:
         with stop_signals_raise():
-            if args.command == "analyze":
-                from .report_process import ReportProcess
-
-                _check_device(args.device)
-                # Forked first, while this process is small and holds no lock or output file: the
-                # report's process imports matplotlib on the other core while this one reads and
-                # segments (report_process).
-                with ReportProcess() as args.report_process:
-                    with output_lock(args.out):  # one run per output folder, held from loading to the last file
-                        status = args.func(args)
-            else:
-                status = args.func(args)
+            status = args.func(args)
     except (CardiacInputError, OutputExistsError) as e:
         return _report(f"error: {e}", 2, debug)
     except CancelledError as e:

@@ -292,7 +292,7 @@ def test_edge_slice_weight_draws_the_ends_more_often(shared_data, monkeypatch):
     from CardiacAISegLib.models import training
     from CardiacAISegLib.models.training_data import labelled_slices_with_sets
 
-    items, _, edges = labelled_slices_with_sets([shared_data / "acdc" / "patient001"], 1.25, with_edges=True)
+    items, _, edges = labelled_slices_with_sets([shared_data / "acdc" / "patient001"], 1.25)
     assert len(edges) == len(items) and 0 < edges.sum() < len(edges)
     from CardiacAISegLib.models import training_data
 

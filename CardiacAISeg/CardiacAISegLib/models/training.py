@@ -182,7 +182,7 @@ def train(config: TrainConfig, progress=None, log=print):
         log(f"resumed at epoch {start_epoch}")
 
     val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
-    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels, with_edges=True)
+    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels)
     has_rv_all = np.array([s == FULL for s in label_sets])
     partial_note = f" ({int((~has_rv_all).sum())} with LV/MYO labels only)" if not has_rv_all.all() else ""
     log(f"{len(train_f)} training patients, {len(slices)} slices{partial_note}; {len(val_f)} validation patients")

@@ -69,11 +69,11 @@ def edge_slices(label_stack):
     return edge
 
 
-def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None, with_edges=False):
-    """``labelled_slices`` and, per slice, its patient's label set (``partial_labels.label_set_of``):
-    "full" or "lv_myo". The maps of lv_myo patients hold no RV (any RV pixel is dropped), so the
-    loss reads their background as "background or RV". ``with_edges``: also the (N,) bool array
-    of ``edge_slices``."""
+def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None):
+    """(slices, label sets, edges): ``labelled_slices``; per slice, its patient's label set
+    (``partial_labels.label_set_of``), "full" or "lv_myo" (the maps of lv_myo patients hold no RV:
+    any RV pixel is dropped, so the loss reads their background as "background or RV"); and the
+    (N,) bool array of ``edge_slices``."""
     from .partial_labels import label_set_of, restrict_to_label_set
 
     items, sets, edges = [], [], []
@@ -86,7 +86,7 @@ def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress
             items.append((img, restrict_to_label_set(lbl, label_set)))
             sets.append(label_set)
         edges.extend(edge)
-    return (items, sets, np.array(edges, bool)) if with_edges else (items, sets)
+    return items, sets, np.array(edges, bool)
 
 
 def random_crop(img, lbl, size, rng, heart_bias=0.8):

@@ -162,7 +162,7 @@ def scan_dicom_folder(folder, progress=None, notes=None):
     A file that is a copy of another (``_copy_key``) is read once. With a ``notes`` dict, it
     receives ``"broken"``: [(path, problem)] for empty or unreadable DICOM files (skipped, not
     fatal: they may belong to another series) and ``"duplicates"``: {series uid: [(copy,
-    kept file)]}.
+    kept file)]}, and ``"merged"``: {uid: note} for series whose UID was rewritten per image.
     """
     folder = Path(folder)
     files = sorted((f for f in folder.rglob("*") if f.is_file() and not is_ignored_input(f, folder)),
@@ -188,8 +188,9 @@ def scan_dicom_folder(folder, progress=None, notes=None):
             seen[key] = f
         series.setdefault(_series_key(ds), []).extend(_records(f, ds))
     progress(len(files), len(files), "read DICOM headers")
+    series, merged = _merge_series_split_per_image(series)
     if notes is not None:
-        notes["broken"], notes["duplicates"] = broken, duplicates
+        notes["broken"], notes["duplicates"], notes["merged"] = broken, duplicates, merged
     elif broken and not series:
         raise CardiacInputError(broken[0][0], broken[0][1])
     return series, skipped
@@ -310,6 +311,11 @@ def pick_main_and_aif(series):
 PERFUSION_ROLES = ("stress", "rest")
 
 
+def _names_role(items, role):
+    """True when the series' description names ``role`` as a word start ('Perfusion_REST', not 'forest')."""
+    return re.search(rf"(?<![a-z]){role}", str(items[0][1].get("SeriesDescription", "")).lower()) is not None
+
+
 def _aif_partner(uid, items, series):
     """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
     with the motion-corrected copy or the rest series beside them needs --series, and the
@@ -325,12 +331,12 @@ def _study_name(folder):
     return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
 
 
-def _merge_series_split_per_image(series, notes=None):
-    """Series of one image each that share SeriesNumber, SeriesDescription and stack geometry are
-    one series whose SeriesInstanceUID was rewritten per file (a faulty anonymiser): merged under
-    the first UID, with a note. Left apart, each image looked like a repeat of the slice before
-    it and a 60-frame perfusion series was read as a one-frame cine."""
-    groups = {}
+def _merge_series_split_per_image(series):
+    """(series, {kept uid: note}): series of one image each that share SeriesNumber,
+    SeriesDescription and stack geometry are one series whose SeriesInstanceUID was rewritten per
+    file (a faulty anonymiser), merged under the first UID. Left apart, each image looked like a
+    repeat of the slice before it and a 60-frame perfusion series was read as a one-frame cine."""
+    groups, merged_notes = {}, {}
     for uid, items in series.items():
         if len(items) == 1:
             ds = items[0][1]
@@ -344,16 +350,14 @@ def _merge_series_split_per_image(series, notes=None):
         merged[uids[0]] = [it for uid in uids for it in series[uid]]
         for uid in uids[1:]:
             del merged[uid]
-        if notes is not None:
-            notes.append(f"{len(uids)} images of series #{number} {desc!r} each carry a SeriesInstanceUID of their own "
-                         "(rewritten per file, e.g. by an anonymiser): read as one series")
-    return merged
+        merged_notes[uids[0]] = (f"{len(uids)} images of series #{number} {desc!r} each carry a SeriesInstanceUID of "
+                                 "their own (rewritten per file, e.g. by an anonymiser): read as one series")
+    return merged, merged_notes
 
 
 def _pick_series(folder, series, choice, notes=None):
     """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
     which series of a folder is read."""
-    series = _merge_series_split_per_image(series, notes)
     if not series:
         if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
             raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
@@ -372,8 +376,7 @@ def _pick_series(folder, series, choice, notes=None):
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]], pair[1]
         hint = ""
-        described = " ".join(str(items[0][1].get("SeriesDescription", "")).lower() for items in series.values())
-        if all(re.search(rf"(?<![a-z]){role}", described) for role in PERFUSION_ROLES):
+        if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
@@ -385,11 +388,10 @@ def _pick_series(folder, series, choice, notes=None):
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
-        named = [uid for uid, items in series.items()
-                 if re.search(rf"(?<![a-z]){c.lower()}", str(items[0][1].get("SeriesDescription", "")).lower())]
-        named = [u for u in named if not any(_aif_partner(v, series[v], series) == u for v in named if v != u)]
+        partner = {uid: _aif_partner(uid, items, series) for uid, items in series.items() if _names_role(items, c.lower())}
+        named = [u for u in partner if u not in partner.values()]   # not the AIF series of another one named
         if len(named) == 1:
-            return named[0], series[named[0]], _aif_partner(named[0], series[named[0]], series)
+            return named[0], series[named[0]], partner[named[0]]
         if not named:
             return _pick_series(folder, series, None, notes)
         raise CardiacInputError(folder, f"{len(named)} series here are described as {c!r}, choose one with --series "
@@ -723,12 +725,7 @@ def _load_series(folder, series, kind, progress):
         raise CardiacInputError(e.path, f"{e.problem}; unreadable file(s) in the folder that may belong to it: "
                                         f"{_names([b[0] for b in broken], folder)} ({broken[0][1]})") from e
     aif_uid = study.provenance.get("aif_series_uid")
-    if aif_uid is not None and study.kind == CINE and kind != PERFUSION:
-        # the frame times say cine: a smaller series beside it is no dual-sequence AIF
-        del study.provenance["aif_series_uid"]
-        timing = study.provenance["timing"]
-        timing["hint"] = timing.pop("description_hint", None)
-    elif aif_uid is not None and series != aif_uid:
+    if aif_uid is not None and series != aif_uid:
         # read from this scan now: the AIF needs it, and a second load would parse every header again
         try:
             study.companion_series[aif_uid] = check_geometry(
@@ -741,6 +738,9 @@ def _load_series(folder, series, kind, progress):
     for f, problem in notes["broken"]:
         add_warning(study, f"{f}: skipped, {problem}")
     uids = study.provenance["series_uid"].split("+")
+    for uid in uids:
+        if uid in notes["merged"]:
+            add_warning(study, notes["merged"][uid])
     copies = [c for u in uids for c in notes["duplicates"].get(u, [])]
     if copies:
         pairs = "; ".join(f"{_names([c], folder)} = {_names([k], folder)}" for c, k in copies[:3])
@@ -790,8 +790,9 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
     distinct times are refused. With a ``coarse`` clock (whole seconds) two frames may share a
     second: their InstanceNumber must then differ."""
     for pos, grp in zip(positions, groups):
-        keys = [_same_time_key(g[1]) + ((g[1].get("InstanceNumber"),) if coarse else ()) if _same_time_key(g[1]) else None
-                for g in grp]
+        keys = [_same_time_key(g[1]) for g in grp]
+        if coarse:
+            keys = [None if key is None else key + (g[1].get("InstanceNumber"),) for key, g in zip(keys, grp)]
         if len({k for k in keys if k is not None}) <= 1:
             continue
         first = {}
@@ -988,9 +989,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
+    if aif_uid is not None and timing["kind"] == CINE and kind != PERFUSION:
+        aif_uid = None   # the frame times say cine: a smaller series beside it is no dual-sequence AIF
     if aif_uid is not None:
         prov["aif_series_uid"] = aif_uid
-        prov["timing"]["description_hint"] = prov["timing"]["hint"]
         prov["timing"]["hint"] = PERFUSION   # only perfusion comes with a dual-sequence AIF series
     if np.all(np.isfinite(flips)):
         prov["flip_angles_deg"] = np.median(flips, axis=1).tolist()
