@@ -348,3 +348,84 @@ def test_distillation_run_uses_the_teacher(short_run, tmp_path):
                    log=lambda *_: None)
     plain = train(replace(base, out_dir=str(tmp_path / "p")), log=lambda *_: None)
     assert taught[0]["loss"] < 0.2 * plain[0]["loss"], (taught[0]["loss"], plain[0]["loss"])   # 0.10 vs 1.62 measured
+
+
+class NeighbourReader(torch.nn.Module):
+    """A 2.5D 'network' that reports which neighbour it saw: class 1 where the slice before is
+    brighter than the slice after, class 3 where the slice after is, class 0 with no neighbours."""
+
+    context_slices = 1
+
+    def forward(self, x):
+        before, after = x[:, 0:1], x[:, 2:3]
+        none = ((before == 0) & (after == 0)).float()
+        return torch.cat([100 * none, before - after, torch.zeros_like(before), after - before], 1)
+
+
+def test_2_5d_inference_gives_each_slice_its_neighbours_in_stack_order():
+    """Slices brighten along the stack: every inner slice sees a darker slice before it and a
+    brighter one after (class 3); the stack ends see zeros beyond them; slices that are not
+    contiguous (a first pass on mid slices, perfusion key images) see no neighbours at all."""
+    from CardiacAISegLib.models.inference import predict_labels
+
+    vol = np.stack([np.full((32, 40), 0.2 + 0.15 * k, np.float32) for k in range(5)])
+    vol[:, 0, 0] = 0.0   # the normalisation's low percentile, so no slice maps to zero
+    labels = predict_labels(NeighbourReader(), vol, (1.25, 1.25), 1.25, 1, postprocess=False)
+    inner = labels[1:4, 5:, 5:]
+    assert (inner == 3).all(), "an inner slice did not get the slice before and after in order"
+    assert (labels[0, 5:, 5:] == 3).all() and (labels[4, 5:, 5:] == 1).all(), "the stack ends did not read zeros beyond"
+    alone = predict_labels(NeighbourReader(), vol, (1.25, 1.25), 1.25, 1, postprocess=False, contiguous=False)
+    assert (alone[:, 5:, 5:] == 0).all(), "slices that are not contiguous got neighbours"
+
+
+def test_widened_input_starts_at_the_one_slice_networks_output():
+    """A 2.5D fine-tune starts from a one-slice network exactly (neighbour weights zero), so any
+    change it makes is learnt from the neighbours."""
+    from CardiacAISegLib.models.preprocess import with_context_slices
+    from CardiacAISegLib.models.training import widen_input_channels
+
+    torch.manual_seed(0)
+    one, three = build("unet-light").eval(), build("unet-light", in_channels=3).eval()
+    three.load_state_dict(widen_input_channels(one.state_dict(), three))
+    assert three.context_slices == 1 and one.context_slices == 0
+    vol = np.random.default_rng(0).random((4, 48, 48)).astype(np.float32)
+    with torch.no_grad():
+        a = one(torch.from_numpy(vol[:, None]))
+        b = three(torch.from_numpy(with_context_slices(vol, 1)))
+    assert torch.equal(a, b)
+
+
+def test_context_augmentation_reverses_or_drops_neighbours_and_keeps_the_slice():
+    from CardiacAISegLib.models.training_data import augment_context
+
+    rng = np.random.default_rng(1)
+    x = np.stack([np.stack([np.full((4, 4), v) for v in (1.0, 2.0, 3.0)]) for _ in range(200)]).astype(np.float32)
+    out = augment_context(x.copy(), rng)
+    assert (out[:, 1] == 2.0).all(), "the centre slice changed"
+    before = out[:, 0, 0, 0]
+    kinds = {float(v) for v in before}
+    assert kinds == {0.0, 1.0, 3.0}, f"expected kept, reversed and dropped neighbours, got {kinds}"
+    dropped = before == 0
+    assert (out[dropped, 2] == 0).all() and 0.1 < dropped.mean() < 0.3
+
+
+def test_card_context_slices_reaches_the_onnx_module_and_is_validated(tmp_path):
+    """An ONNX file does not say what its channels mean: the card's input.context_slices does,
+    and inference then stacks the neighbours as the torch network gets them."""
+    pytest.importorskip("onnxruntime")
+    from CardiacAISegLib.models.inference import predict_labels
+
+    path = tmp_path / "w.onnx"
+    torch.onnx.export(NeighbourReader(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores"],
+                      dynamic_axes={"image": {0: "batch", 2: "rows", 3: "cols"}, "scores": {0: "batch", 2: "rows", 3: "cols"}})
+    card = {"name": "ctx", "title": "t", "task": "cine", "version": "1", "classes": registry.INTERNAL_CLASSES,
+            "input": {"pixel_mm": 1.25, "size_multiple": 1, "context_slices": 1},
+            "weights": {"file": "w.onnx", "format": "onnx", "sha256": registry.sha256_of(path)}, "licence": "test"}
+    module = registry._onnx_module(card, path)
+    vol = np.stack([np.full((16, 16), 0.2 + 0.15 * k, np.float32) for k in range(4)])
+    vol[:, 0, 0] = 0.0
+    assert (predict_labels(module, vol, (1.25, 1.25), 1.25, 1, postprocess=False)[1:3, 4:, 4:] == 3).all()
+    card["input"]["context_slices"] = -1
+    with pytest.raises(CardiacInputError, match="context_slices"):
+        registry.validate_card_for_import(card, tmp_path / "card.json")

@@ -4,7 +4,13 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from .postprocess import keep_one_component_per_structure
-from .preprocess import model_grid_shape, normalise_volume, pad_to_multiple, resample_slices
+from .preprocess import model_grid_shape, normalise_volume, pad_to_multiple, resample_slices, with_context_slices
+
+
+def context_slices(model):
+    """Neighbouring slices on each side a 2.5D network reads (0: one slice at a time); a torch
+    ``UNetLight`` knows it, an ONNX module has it from its card (``input.context_slices``)."""
+    return int(getattr(model, "context_slices", 0) or 0)
 
 
 def cpu_threads():
@@ -140,14 +146,15 @@ ORT_PIXELS_PER_CALL = 1 << 17
 
 
 def _predict_numpy(model, vol, grid, size_multiple, batch, tta):
-    """The ONNX Runtime path of ``predict_volume_probabilities``: numpy around the network, no torch."""
+    """The ONNX Runtime path of ``predict_volume_probabilities``: numpy around the network, no torch.
+    ``vol`` is (S, channels, R, C)."""
     from . import array_ops
 
-    s, r, c = vol.shape
+    s, _, r, c = vol.shape
     batch = max(1, min(batch, ORT_PIXELS_PER_CALL // (grid[0] * grid[1])))
     out = []
     for start in range(0, s, batch):
-        x = array_ops.resample_slices(vol[start:start + batch, None], grid)
+        x = array_ops.resample_slices(np.ascontiguousarray(vol[start:start + batch]), grid)
         x, crop = array_ops.pad_to_multiple(x, size_multiple)
         probs = array_ops.softmax(model.run_numpy(x))
         for dims in TTA_FLIPS[tta]:
@@ -158,7 +165,8 @@ def _predict_numpy(model, vol, grid, size_multiple, batch, tta):
     return np.concatenate(out, 0)
 
 
-def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", batch=16, tta="none"):
+def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", batch=16, tta="none",
+                                 contiguous=True):
     """(S, R, C) image -> (S, K, R, C) class probabilities on the same grid.
 
     The network runs on a copy resampled to ``pixel_mm``; its probabilities are resampled
@@ -166,17 +174,20 @@ def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multi
     ``tta`` averages over mirrored inputs ('flip': left-right, 'flip2': and up-down).
     A network run by ONNX Runtime (``run_numpy``) gets numpy arrays all the way, so torch is
     never imported; a torch module gets tensors on ``device``.
+    A 2.5D network (``context_slices``) gets each slice with its neighbours in the stack, or
+    with none when the slices are not ``contiguous`` (a few chosen mid slices, perfusion slices).
     """
     vol = normalise_volume(volume)
     s, r, c = vol.shape
     grid = model_grid_shape((r, c), spacing_rc, pixel_mm)
+    stacked = with_context_slices(vol, context_slices(model), contiguous)
     if hasattr(model, "run_numpy"):
-        return _predict_numpy(model, vol, grid, size_multiple, batch, tta)
+        return _predict_numpy(model, stacked, grid, size_multiple, batch, tta)
     import torch
 
     out = []
     with torch.inference_mode():
-        x_all = torch.from_numpy(vol)[:, None]
+        x_all = torch.from_numpy(stacked)
         for start in range(0, s, batch):
             x = resample_slices(x_all[start:start + batch], grid).to(device)
             x, crop = pad_to_multiple(x, size_multiple)
@@ -185,8 +196,10 @@ def predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multi
     return np.concatenate(out, 0)
 
 
-def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", postprocess=True, tta="none", batch=16):
-    probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device, batch=batch, tta=tta)
+def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device="cpu", postprocess=True, tta="none", batch=16,
+                   contiguous=True):
+    probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device, batch=batch, tta=tta,
+                                         contiguous=contiguous)
     labels = probs.argmax(1).astype(np.uint8)
     return keep_one_component_per_structure(labels) if postprocess else labels
 
@@ -221,7 +234,7 @@ def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=1
         return None, (f"the field of view ({r * spacing_rc[0]:.0f} x {c * spacing_rc[1]:.0f} mm) is within "
                       f"{HEART_BOX_SMALL_FIELD:g} x the {crop_mm:g} mm heart square")
     mid = sorted({max(0, min(s - 1, int(round(f * (s - 1))))) for f in (0.4, 0.5, 0.6)})
-    first = predict_labels(model, volume[mid], spacing_rc, pixel_mm, size_multiple, device)
+    first = predict_labels(model, volume[mid], spacing_rc, pixel_mm, size_multiple, device, contiguous=False)
     heart = first > 0
     if heart.sum() < HEART_BOX_MIN_PIXELS:
         return None, f"no heart found on the middle slices ({', '.join(str(k + 1) for k in mid)}) in a first whole-field pass"

@@ -39,3 +39,21 @@ def pad_to_multiple(x, multiple):
     top, left = ph // 2, pw // 2
     x = F.pad(x, (left, pw - left, top, ph - top))
     return x, (slice(top, top + h), slice(left, left + w))
+
+
+def with_context_slices(volume, n, contiguous=True):
+    """(S, R, C) volume -> (S, 2n+1, R, C): each slice with its n neighbours on each side, in
+    slice order, zeros beyond the stack. ``contiguous=False`` (slices far apart or not in order:
+    the heart-finding pass on a few mid slices, perfusion key images 20-30 mm apart) gives zero
+    neighbours throughout, which a 2.5D network is trained to read as "no context"."""
+    v = np.asarray(volume, np.float32)
+    if n == 0:
+        return v[:, None]
+    s = v.shape[0]
+    out = np.zeros((s, 2 * n + 1, *v.shape[1:]), np.float32)
+    out[:, n] = v
+    if contiguous:
+        for d in range(1, n + 1):
+            out[d:, n - d] = v[:s - d]   # the slice d before
+            out[:s - d, n + d] = v[d:]   # the slice d after
+    return out

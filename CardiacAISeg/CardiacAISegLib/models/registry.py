@@ -142,6 +142,9 @@ def validate_card_for_import(card, path):
         raise CardiacInputError(path, f"input.size_multiple must be a positive whole number, not {spec['size_multiple']!r}")
     if card["task"] == "perfusion" and "frames" in spec and not _positive_int(spec["frames"]):
         raise CardiacInputError(path, f"input.frames must be the number of frames the network takes, not {spec['frames']!r}")
+    if card["task"] == "cine" and "context_slices" in spec and not (_positive_int(spec["context_slices"]) or spec["context_slices"] == 0):
+        raise CardiacInputError(path, "input.context_slices must be the neighbouring slices on each side a 2.5D network reads "
+                                f"(0, 1, ...), not {spec['context_slices']!r}")
     if card["task"] == "cine" and spec.get("tta", "none") not in ("none", "flip", "flip2"):
         raise CardiacInputError(path, f"input.tta must be 'none', 'flip' or 'flip2', not {spec['tta']!r}")
     arch = card.get("architecture")
@@ -333,13 +336,22 @@ def choose_runtime(card, runtime=None, device=None):
     return "onnxruntime"
 
 
+def _onnx_module(card, path):
+    """An ONNX Runtime module for ``card``'s network; a 2.5D cine network's neighbouring slices
+    come from the card (an ONNX file does not say what its input channels mean)."""
+    from .inference import OnnxModule
+
+    module = OnnxModule(path)
+    if card.get("task") == "cine":
+        module.context_slices = int(card["input"].get("context_slices", 0))
+    return module
+
+
 def _build_module(card, path):
     """The network of ``card`` with the weights at ``path``, in eval mode on the CPU."""
     fmt = card["weights"]["format"]
     if fmt == "onnx":
-        from .inference import OnnxModule
-
-        return OnnxModule(path)
+        return _onnx_module(card, path)
     import torch
 
     if os.environ.get("CARDIACAISEG_THREADS"):
@@ -374,10 +386,8 @@ def load_model(name, verify=True, runtime=None, device=None):
     if chosen == "onnxruntime" and card["weights"]["format"] != "onnx":
         key = (card["_folder"], card["onnx"]["sha256"], chosen)
         if key not in _CACHE:
-            from .inference import OnnxModule
-
             path = verify_onnx(card) if verify else onnx_path(card)
-            _CACHE[key] = LoadedModel(card, OnnxModule(path), chosen, _companions(card, device))
+            _CACHE[key] = LoadedModel(card, _onnx_module(card, path), chosen, _companions(card, device))
         return _CACHE[key]
     key = (card["_folder"], card["weights"]["sha256"], chosen)
     if key not in _CACHE:

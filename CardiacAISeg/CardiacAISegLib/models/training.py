@@ -154,7 +154,7 @@ def train(config: TrainConfig, progress=None, log=print):
 
     from .architectures import build
     from .partial_labels import FULL, label_set_of, partial_label_loss
-    from .training_data import acdc_folders, augment_batch, labelled_slices_with_sets, random_crop, split_patients
+    from .training_data import acdc_folders, augment_batch, augment_context, labelled_slices_with_sets, random_crop, split_patients
 
     progress = as_progress(progress)
     out, rng = start_run(config)
@@ -168,9 +168,10 @@ def train(config: TrainConfig, progress=None, log=print):
     write_split(out, train_f, val_f)
 
     model = build(config.architecture, **config.arch_params)
+    context = getattr(model, "context_slices", 0)
     if config.finetune_from:
         state = load_start_weights(config.finetune_from)
-        model.load_state_dict(state)
+        model.load_state_dict(widen_input_channels(state, model))
         log(f"fine-tuning from {config.finetune_from}")
     teacher = load_teacher(config.distill_from, config.architecture, config.arch_params) if config.distill_from else None
     if teacher is not None:
@@ -182,7 +183,7 @@ def train(config: TrainConfig, progress=None, log=print):
         log(f"resumed at epoch {start_epoch}")
 
     val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
-    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels)
+    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels, context=context)
     has_rv_all = np.array([s == FULL for s in label_sets])
     partial_note = f" ({int((~has_rv_all).sum())} with LV/MYO labels only)" if not has_rv_all.all() else ""
     log(f"{len(train_f)} training patients, {len(slices)} slices{partial_note}; {len(val_f)} validation patients")
@@ -210,7 +211,8 @@ def train(config: TrainConfig, progress=None, log=print):
             if len(idx) < config.batch:
                 idx = rng.choice(len(slices), config.batch)
             crops = [random_crop(*slices[i], config.crop, rng) for i in idx]
-            x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
+            x = np.stack([c[0] for c in crops])
+            x = torch.from_numpy(augment_context(x, rng) if context else x[:, None])
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
             x, y = augment_batch(x, y, rng, config.patch, config.augment)
             logits = model(x)
@@ -243,6 +245,25 @@ def train(config: TrainConfig, progress=None, log=print):
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)
     return history
+
+
+def widen_input_channels(state, model):
+    """``state`` for ``model`` when the model reads more input channels than the weights were
+    trained with (a 2.5D fine-tune of a one-slice network): the old first-layer weights go to the
+    centre channel, the neighbours' start at zero, so training starts from the old network's
+    exact output and learns what the neighbours add."""
+    import torch
+
+    target = model.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if want is not None and value.ndim == 4 and want.ndim == 4 and value.shape[1] == 1 and want.shape[1] > 1 \
+                and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
+            widened = torch.zeros_like(want)
+            widened[:, want.shape[1] // 2] = value[:, 0]
+            out[key] = widened
+    return out
 
 
 def load_start_weights(source):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from ..readers.acdc import load_acdc_patient, read_info_cfg
-from .preprocess import model_grid_shape, normalise_volume, resample_slices
+from .preprocess import model_grid_shape, normalise_volume, resample_slices, with_context_slices
 
 
 def acdc_folders(root):
@@ -33,9 +33,11 @@ def split_patients(folders, val_per_group=3, seed=0):
     return sorted(train), sorted(val)
 
 
-def labelled_slices(folders, pixel_mm, progress=None, with_edges=False):
+def labelled_slices(folders, pixel_mm, progress=None, with_edges=False, context=0):
     """All labelled (image, label) slices resampled to ``pixel_mm``; ED/ES frames alone suffice.
-    ``with_edges``: also a bool per slice, ``edge_slices`` of its frame's stack."""
+    ``with_edges``: also a bool per slice, ``edge_slices`` of its frame's stack. ``context`` > 0:
+    each image is (2 context + 1, rows, cols), the slice between its neighbours in the stack
+    (``preprocess.with_context_slices``, as a 2.5D network reads it at inference)."""
     import torch
 
     items, edges = [], []
@@ -47,10 +49,10 @@ def labelled_slices(folders, pixel_mm, progress=None, with_edges=False):
         for t, lab in study.labels.items():
             vol = normalise_volume(study.images[t])
             grid = model_grid_shape(vol.shape[1:], spacing_rc, pixel_mm)
-            img = resample_slices(torch.from_numpy(vol)[:, None], grid)[:, 0].numpy()
+            img = resample_slices(torch.from_numpy(with_context_slices(vol, context)), grid).numpy()
             lbl = resample_slices(torch.from_numpy(lab.astype(np.float32))[:, None], grid, mode="nearest")[:, 0].numpy().astype(np.uint8)
             for k in range(img.shape[0]):
-                items.append((img[k], lbl[k]))
+                items.append((img[k] if context else img[k, 0], lbl[k]))
             edges.extend(edge_slices(lbl))
     return (items, edges) if with_edges else items
 
@@ -69,7 +71,7 @@ def edge_slices(label_stack):
     return edge
 
 
-def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None):
+def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None, context=0):
     """(slices, label sets, edges): ``labelled_slices``; per slice, its patient's label set
     (``partial_labels.label_set_of``), "full" or "lv_myo" (the maps of lv_myo patients hold no RV:
     any RV pixel is dropped, so the loss reads their background as "background or RV"); and the
@@ -81,7 +83,7 @@ def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
         label_set = label_set_of(folder, partial_labels)
-        slices, edge = labelled_slices([folder], pixel_mm, with_edges=True)
+        slices, edge = labelled_slices([folder], pixel_mm, with_edges=True, context=context)
         for img, lbl in slices:
             items.append((img, restrict_to_label_set(lbl, label_set)))
             sets.append(label_set)
@@ -90,26 +92,44 @@ def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress
 
 
 def random_crop(img, lbl, size, rng, heart_bias=0.8):
-    """A size x size crop (zero-padded) centred near the heart most of the time."""
-    h, w = img.shape
+    """A size x size crop (zero-padded) centred near the heart most of the time; ``img`` is
+    (rows, cols) or (channels, rows, cols) (a slice with its neighbours)."""
+    h, w = lbl.shape
     if lbl.any() and rng.random() < heart_bias:
         rr, cc = np.nonzero(lbl)
         cy, cx = rr.mean() + rng.normal(0, size / 6), cc.mean() + rng.normal(0, size / 6)
     else:
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     top, left = int(round(cy - size / 2)), int(round(cx - size / 2))
-    out_i = np.zeros((size, size), np.float32)
+    out_i = np.zeros((*img.shape[:-2], size, size), np.float32)
     out_l = np.zeros((size, size), np.uint8)
     ys, xs = max(top, 0), max(left, 0)
     ye, xe = min(top + size, h), min(left + size, w)
     if ye > ys and xe > xs:
-        out_i[ys - top:ye - top, xs - left:xe - left] = img[ys:ye, xs:xe]
+        out_i[..., ys - top:ye - top, xs - left:xe - left] = img[..., ys:ye, xs:xe]
         out_l[ys - top:ye - top, xs - left:xe - left] = lbl[ys:ye, xs:xe]
     return out_i, out_l
 
 
+def augment_context(x, rng, drop_p=0.2):
+    """Neighbouring-slice augmentation of a (B, 2n+1, H, W) batch of 2.5D inputs, in place: the
+    slice order reversed for half (readers stack base-first or apex-first: the network must not
+    care which), all neighbours zeroed for ``drop_p`` of them (a lone slice, a first pass on mid
+    slices, perfusion key images: inference gives zeros where it has no contiguous neighbours)."""
+    b = x.shape[0]
+    flip = rng.random(b) < 0.5
+    x[flip] = x[flip][:, ::-1].copy()
+    drop = rng.random(b) < drop_p
+    centre = x.shape[1] // 2
+    keep = x[drop, centre].copy()
+    x[drop] = 0
+    x[drop, centre] = keep
+    return x
+
+
 def augment_batch(x, y, rng, out_size, strength="basic"):
-    """Rotation (any angle), scale, flips, gamma, coil shading, blur/noise, on a (B,1,H,W) batch.
+    """Rotation (any angle), scale, flips, gamma, coil shading, blur/noise, on a (B,C,H,W) batch
+    (C > 1: a slice with its neighbours, all channels moved and shaded alike).
 
     Orientation conventions differ between vendors and readers, so the network is trained
     to be indifferent to in-plane rotation and mirroring. ``strength="strong"`` widens the
@@ -129,7 +149,8 @@ def augment_batch(x, y, rng, out_size, strength="basic"):
     theta[:, 0, 1] = -torch.sin(ang) * ratio / scale
     theta[:, 1, 0] = torch.sin(ang) * ratio / scale * flip
     theta[:, 1, 1] = torch.cos(ang) * ratio / scale
-    grid = F.affine_grid(theta, (b, 1, out_size, out_size), align_corners=False)
+    channels = x.shape[1]
+    grid = F.affine_grid(theta, (b, channels, out_size, out_size), align_corners=False)
     xi = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
     yi = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
 
@@ -144,7 +165,8 @@ def augment_batch(x, y, rng, out_size, strength="basic"):
     xi = xi * contrast
     if rng.random() < 0.3:
         k = torch.tensor([0.25, 0.5, 0.25])
-        xi = F.conv2d(F.pad(xi, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3))
+        xi = F.conv2d(F.pad(xi, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3).repeat(channels, 1, 1, 1),
+                      groups=channels)
     if strength == "strong":
         xi = appearance_shift(xi, rng)
     sigma = torch.from_numpy(rng.uniform(0, 0.05, b)).float().view(b, 1, 1, 1)
@@ -161,7 +183,7 @@ def appearance_shift(x, rng):
     import torch
     import torch.nn.functional as F
 
-    b, _, h, w = x.shape
+    b, channels, h, w = x.shape
     out = []
     for i in range(b):
         xi = x[i:i + 1]
@@ -174,8 +196,8 @@ def appearance_shift(x, rng):
             r = np.arange(-3, 4)
             k = torch.from_numpy(np.exp(-r ** 2 / (2 * s * s))).float()
             k = k / k.sum()
-            xi = F.conv2d(F.pad(xi, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7))
-            xi = F.conv2d(F.pad(xi, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1))
+            xi = F.conv2d(F.pad(xi, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).repeat(channels, 1, 1, 1), groups=channels)
+            xi = F.conv2d(F.pad(xi, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).repeat(channels, 1, 1, 1), groups=channels)
         if rng.random() < 0.5:  # monotone tone curve through random knots
             knots = np.sort(rng.uniform(0, 1, 3))
             ys = np.concatenate([[0], np.sort(rng.uniform(0, 1, 3)), [1]])

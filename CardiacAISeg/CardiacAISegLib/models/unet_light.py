@@ -2,6 +2,8 @@
 
 Each level is `convs_per_level` x (3x3 conv -> ReLU -> BatchNorm), the order of the thesis code.
 Multi-class head (background, LV blood pool, LV myocardium, RV).
+``in_channels = 2 n + 1`` makes it a 2.5D network: slice k with its n neighbours on each side
+(``context_slices = n``; ``preprocess.with_context_slices`` stacks them).
 """
 import torch
 from torch import nn
@@ -30,6 +32,8 @@ class UNetLight(nn.Module):
     def __init__(self, in_channels=1, n_classes=4, filters=(8, 16, 32, 64, 128), convs_per_level=2):
         super().__init__()
         self.filters = tuple(filters)
+        # neighbouring slices on each side the network reads (inference stacks them by this)
+        self.context_slices = (in_channels - 1) // 2
         self.down = nn.ModuleList()
         c = in_channels
         for f in filters:
