@@ -35,7 +35,8 @@ UI_WIDGETS = {
 # import name -> pip name of what the engine needs besides Slicer's own numpy/vtk.
 # import name -> pip requirement, with the lower bounds of pyproject.toml. ONNX Runtime runs the
 # shipped networks on a CPU, so PyTorch (SlicerPyTorch) is asked for only for a TorchScript model.
-PYTHON_PACKAGES = {"scipy": "scipy>=1.10", "nibabel": "nibabel>=5.0", "pydicom": "pydicom>=2.4", "nrrd": "pynrrd>=1.0",
+PYTHON_PACKAGES = {"scipy": "scipy>=1.10", "nibabel": "nibabel>=5.0", "pydicom": "pydicom>=2.4", "gdcm": "python-gdcm>=3.0.22",
+                   "nrrd": "pynrrd>=1.0",
                    "matplotlib": "matplotlib>=3.7", "tqdm": "tqdm>=4.60", "threadpoolctl": "threadpoolctl>=3.1",
                    "onnxruntime": "onnxruntime>=1.17"}
 _declinedInstall = False   # asked once per session: no nagging after a "Cancel"

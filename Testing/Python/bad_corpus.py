@@ -225,7 +225,7 @@ def _(base, f):
     return [d]
 
 
-@case("dicom_compressed_without_decoder", "error", ("transfer syntax",), category="dicom")
+@case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless

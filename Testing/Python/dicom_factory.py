@@ -140,3 +140,30 @@ def write_aif_series(folder, study, series="1.2.826.0.1.3680043.10.8", descripti
     times, paths = write_perfusion_series(folder, aif_study, vendor=vendor, series=series, description=description,
                                           start_number=number, scale=900.0, baseline=40.0, pd_frames=pd_frames)
     return times, paths, low
+
+
+# What PACS exports and archives store: lossless compression of the same pixels.
+COMPRESSED_SYNTAXES = ("JPEGLosslessProcess14_1", "JPEGLSLossless", "JPEG2000Lossless", "RLELossless")
+
+
+def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
+    """Rewrite DICOM files in place with their pixel data losslessly compressed (GDCM transcodes,
+    as PACS and export tools do; ``syntax`` names a gdcm.TransferSyntax)."""
+    import gdcm
+
+    for path in paths:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        if not reader.Read():
+            raise RuntimeError(f"gdcm cannot read {path}")
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError(f"gdcm cannot compress {path} as {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(path))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError(f"gdcm cannot write {path}")

@@ -112,3 +112,22 @@ def test_public_api_has_type_hints(module, qualname):
     missing = [n for n, p in sig.parameters.items() if n != "self" and p.annotation is inspect.Parameter.empty]
     assert not missing, f"{module}.{qualname}: parameters without a type hint: {missing}"
     assert sig.return_annotation is not inspect.Signature.empty, f"{module}.{qualname}: no return type hint"
+
+
+def test_slicer_module_asks_for_every_engine_dependency():
+    """What the Slicer module offers to pip-install is what pyproject.toml makes the engine need
+    (Slicer brings numpy and VTK; torch only for TorchScript models; the cohort and model-training
+    packages are CLI-only), so a package added to one is not forgotten in the other."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    module = ast.parse((root / "CardiacAISeg" / "CardiacAISeg.py").read_text())
+    asked = next(ast.literal_eval(n.value) for n in module.body if isinstance(n, ast.Assign)
+                 and any(getattr(t, "id", "") == "PYTHON_PACKAGES" for t in n.targets))
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    name = lambda requirement: re.split(r"[<>=\[ ]", requirement, 1)[0].lower()   # noqa: E731
+    not_for_slicer = {"numpy", "torch", "slicer-core", "dask", "pyarrow"}
+    assert {name(r) for r in asked.values()} == {name(r) for r in declared} - not_for_slicer
+    for requirement in asked.values():
+        assert requirement in declared, f"{requirement} differs from pyproject.toml's {declared}"

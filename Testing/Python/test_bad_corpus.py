@@ -17,7 +17,7 @@ import bad_corpus  # noqa: E402
 
 CASES = {c.name: c for c in bad_corpus.CASES}
 # through a real `python -m CardiacAISegLib.cli` process too: exit codes and stderr as a shell sees them
-SUBPROCESS = ("dicom_compressed_without_decoder", "labels_binary_mask_0_255", "aif_negative", "acdc_ed_not_an_integer",
+SUBPROCESS = ("dicom_compressed_damaged", "labels_binary_mask_0_255", "aif_negative", "acdc_ed_not_an_integer",
               "dicom_localiser_mixed_into_the_series", "import_card_not_json")
 
 

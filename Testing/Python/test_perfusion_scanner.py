@@ -376,3 +376,23 @@ def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom)
     np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLSLossless", "JPEG2000Lossless", "RLELossless"])
+def test_losslessly_compressed_series_reads_as_the_uncompressed_one(tmp_path, phantom, syntax):
+    """PACS exports and archives often store JPEG Lossless (GE's default on export), JPEG-LS,
+    JPEG 2000 or RLE: the same pixels, the same study."""
+    pytest.importorskip("gdcm", reason="python-gdcm is a dependency (pyproject.toml): pip install -e .")
+    from dicom_factory import compress_files
+    import pydicom
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path / "raw", study, vendor="ge")
+    plain = load_study(tmp_path / "raw")
+    _, paths = write_perfusion_series(tmp_path / "packed", study, vendor="ge")
+    compress_files(paths, syntax)
+    assert pydicom.dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
+    packed = load_study(tmp_path / "packed")
+    assert packed.kind == "perfusion"
+    np.testing.assert_array_equal(packed.images, plain.images)
+    np.testing.assert_allclose(packed.frame_times_s, plain.frame_times_s)

@@ -630,9 +630,48 @@ def _fmt_values(values):
     return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
 
 
-# Pixel data the numpy/pydicom fallback cannot decode without an extra package
-_DECODER_HINT = ("install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) or export "
+# Pixel data pydicom cannot decode without an extra package (python-gdcm is a dependency, so this
+# is for installs without it, e.g. a Python where it was left out)
+_DECODER_HINT = ("install a decoder (pip install python-gdcm, or pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or export "
                  "uncompressed DICOM (e.g. gdcmconv --raw, dcmdjpeg)")
+_DAMAGED_HINT = ("a decoder for it is installed, so the compressed data itself is damaged or not what its transfer syntax "
+                 "says: export the series again")
+
+
+_DECODERS_CONFIGURED = []
+
+
+def _configure_decoders():
+    """Once per process: JPEG 2000 decoded by Pillow rather than GDCM where Pillow can. GDCM's
+    JPEG 2000 path (OpenJPEG through C++) aborted the whole process on damaged data in tests here
+    (a C++ exception no Python code can catch); Pillow decodes the same 16-bit lossless images
+    exactly and raises an ordinary error on damaged ones. GDCM stays for JPEG Lossless and
+    JPEG-LS, which nothing else installed decodes (damaged data gave errors, never an abort)."""
+    if _DECODERS_CONFIGURED:
+        return
+    _DECODERS_CONFIGURED.append(True)
+    try:
+        from pydicom.pixels import get_decoder
+        from pydicom.uid import JPEG2000TransferSyntaxes
+    except ImportError:   # pydicom 2: its own handler order
+        return
+    for uid in JPEG2000TransferSyntaxes:
+        try:
+            decoder = get_decoder(uid)
+            if "gdcm" in decoder.available_plugins and len(decoder.available_plugins) > 1:
+                decoder.remove_plugin("gdcm")
+        except Exception:   # a syntax this pydicom has no decoder for
+            continue
+
+
+def _decoder_available(ts):
+    """Whether pydicom has a working decoder for transfer syntax ``ts`` (None when it cannot say)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:   # pydicom 2 (no pydicom.pixels), or a syntax it has no decoder class for
+        return None
 
 
 def _check_pixel_format(f, ds):
@@ -663,6 +702,7 @@ def _pixels(f, ds, notes=None):
         raise CardiacInputError(f, "multi-frame DICOM without per-frame functional groups is not supported; "
                                    "export single-frame or Enhanced MR images")
     _check_pixel_format(f, ds)
+    _configure_decoders()
     try:
         with _quiet():
             a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
@@ -673,7 +713,7 @@ def _pixels(f, ds, notes=None):
         if ts is not None:
             raise CardiacInputError(f, f"pixel data compressed as {getattr(ts, 'name', '') or 'unknown'} (transfer syntax "
                                        f"{ts}) could not be decoded ({type(e).__name__}: {str(e).splitlines()[0]}): "
-                                       f"{_DECODER_HINT}") from None
+                                       f"{_DAMAGED_HINT if _decoder_available(ts) else _DECODER_HINT}") from None
         raise CardiacInputError(f, f"cannot read the pixel data (truncated, corrupt or unsupported compression: {type(e).__name__}: {e})")
     if a.shape != (int(ds.Rows), int(ds.Columns)):
         raise CardiacInputError(f, f"pixel data of shape {a.shape} where Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)}: "
