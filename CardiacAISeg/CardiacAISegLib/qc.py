@@ -166,6 +166,34 @@ def perfusion_flags(analysis):
 
 
 AIF_END_FRACTION_MAX = 0.6   # a whole first pass ends with the AIF at 10-30 % of its peak (recirculation)
+# Frames across the AIF's first pass (its full width at half maximum) below which the Fermi fit
+# cannot recover MBF, and the frame interval past which no AIF is sampled well enough. Fermi
+# phantom (AIF FWHM 5.6 s, 1 s tissue delay, seeds 0-3, stress and rest; `docs/algorithms.md`):
+# median segment error 2-4 % at 1.0 s frames (5+ frames per FWHM), 2-7 % at 1.5 s, 3-10 % at
+# 1.8 s, 9-23 % at 2.0 s and 11-35 % at 2.3 s (2.2-2.5 frames per FWHM), every fit "good" and
+# no other flag; a sharper real AIF (QPerf: FWHM 3.1-3.7 s) crosses the same line at shorter
+# intervals, hence frames per FWHM as well as seconds.
+AIF_MIN_FRAMES_PER_FWHM = 3.0
+AIF_MAX_FRAME_INTERVAL_S = 1.9
+
+
+def first_pass_fwhm_s(aif, times):
+    """Full width at half maximum (s) of the AIF's first pass above its baseline, the crossings
+    placed by linear interpolation between frames; None without a rise or either crossing."""
+    aif = np.asarray(aif, float)
+    peak = int(np.argmax(aif))
+    rise = aif - float(np.median(aif[: max(1, peak // 2)]))
+    half = rise[peak] / 2
+    if not rise[peak] > 0:
+        return None
+    before = np.flatnonzero(rise[:peak] <= half)
+    after = np.flatnonzero(rise[peak:] <= half)
+    if not before.size or not after.size:
+        return None
+    i, j = int(before[-1]), peak + int(after[0])
+    up = times[i] + (half - rise[i]) / (rise[i + 1] - rise[i]) * (times[i + 1] - times[i])
+    down = times[j - 1] + (rise[j - 1] - half) / (rise[j - 1] - rise[j]) * (times[j] - times[j - 1])
+    return float(down - up)
 
 
 def aif_flags(study, myo=None, images=None):
@@ -203,6 +231,18 @@ def aif_flags(study, myo=None, images=None):
         flags.append(_flag("AIF_TRUNCATED", REVIEW, f"the series ends {aif.size - 1 - peak} frame(s) after the AIF peak, with the "
                                                     f"AIF still at {rise[-1] / rise[peak]:.0%} of it: the first pass is cut "
                                                     "short, so MBF is biased", rise[-1] / rise[peak]))
+    times = np.asarray(study.frame_times_s, float) if study.frame_times_s is not None and len(study.frame_times_s) == aif.size \
+        else np.arange(aif.size) * (study.median_frame_interval_s or 1.0)
+    dt = float(np.median(np.diff(times))) if aif.size > 1 else 0.0
+    width = first_pass_fwhm_s(aif, times)
+    if dt > 0 and (dt > AIF_MAX_FRAME_INTERVAL_S or (width is not None and width / dt < AIF_MIN_FRAMES_PER_FWHM)):
+        across = f"{width:.1f} s wide at half its peak, so {width / dt:.1f} frames sample it" if width is not None else ""
+        flags.append(_flag("AIF_COARSE_SAMPLING", REVIEW, f"one frame every {dt:.2f} s is too coarse for the AIF's first pass"
+                                                           + (f" ({across})" if across else "")
+                                                           + ": the Fermi fit cannot pin the flow down (10-35 % segment errors "
+                                                           "on a phantom at 2.0-2.3 s frames); read MBF as approximate and "
+                                                           "compare regions with the semi-quantitative indices",
+                                 round(dt, 3)))
     if foot == 0:
         # the baseline subtracted from every curve is then already on the upslope: phantom
         # series started 1-2 frames after the foot gave MBF 10-29 % high with every fit good

@@ -329,3 +329,30 @@ def test_series_cut_short_after_the_aif_peak_is_flagged():
         s.provenance = {}
         a = Analysis(s, study.labels).run()
         assert ("AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}) == flagged, keep
+
+
+@pytest.mark.parametrize("dt,flagged", [(0.5, False), (1.0, False), (2.0, True), (2.3, True)])
+def test_coarsely_sampled_bolus_is_flagged(dt, flagged):
+    """One frame every 2-2.3 s (a Siemens series of 32 dynamics over 70 s, or acquisition every
+    other heartbeat at a slow rate): the Fermi fit was off by 10-35 % per segment with every fit
+    'good' and QC passing. Such series now say so; every-heartbeat series do not."""
+    study, truth = make_perfusion_phantom(seed=1, dt=dt, n_frames=int(66 / dt), noise=0.005, delay_s=1.0)
+    a = Analysis(study, study.labels).run()
+    coarse = [f for f in a.qc["flags"] if f["code"] == "AIF_COARSE_SAMPLING"]
+    assert bool(coarse) == flagged
+    errors = np.array([abs(s["mbf_ml_min_g"] - truth["mbf_per_segment"][s["id"]]) / truth["mbf_per_segment"][s["id"]]
+                       for s in a.perfusion["segments"]])
+    if flagged:
+        assert a.qc["status"] == "review" and f"every {dt:.2f} s" in coarse[0]["message"]
+        assert np.median(errors) > 0.08   # the flag is there because the numbers are off
+    else:
+        assert np.median(errors) < 0.05
+
+
+def test_first_pass_width_of_a_sampled_gaussian():
+    from CardiacAISegLib.qc import first_pass_fwhm_s
+
+    t = np.arange(0, 60, 0.25)
+    aif = 1.0 + 4.0 * np.exp(-0.5 * ((t - 20) / 2.0) ** 2)    # FWHM 2.355 sigma = 4.71 s
+    assert first_pass_fwhm_s(aif, t) == pytest.approx(4.71, abs=0.02)
+    assert first_pass_fwhm_s(np.ones(20), np.arange(20.0)) is None

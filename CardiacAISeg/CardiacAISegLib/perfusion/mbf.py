@@ -366,7 +366,14 @@ def _grid_search(y, basis, dbasis, grid, n_out, front):
 
 def _solve_spd(m, b):
     """Batched solve of small symmetric positive definite systems by Cholesky, one (P,) op at
-    a time: far faster than np.linalg.solve's per-matrix calls for thousands of 4x4s."""
+    a time: far faster than np.linalg.solve's per-matrix calls for thousands of 4x4s.
+    A singular system (a curve the model cannot move, e.g. a coarsely sampled bolus) gives
+    non-finite steps, which the Levenberg-Marquardt loop rejects as no gain: no warning for them."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _cholesky_solve(m, b)
+
+
+def _cholesky_solve(m, b):
     n = m.shape[1]
     low = np.zeros_like(m)
     for j in range(n):
