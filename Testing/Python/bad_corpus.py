@@ -867,6 +867,19 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
 
 
+@case("perfusion_dicom_frames_2_3_s_apart", "warn", ("AIF_COARSE_SAMPLING", "2.30 s"), category="perfusion")
+def _(base, f):
+    """Siemens-style perfusion with one dynamic every 2.3 s (29 over 66 s, as a series acquired
+    every other heartbeat at a slow rate): the Fermi fit cannot pin MBF down from two or three
+    samples of the bolus (10-35 % segment errors on the phantom), so the result is flagged."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    _, study, _ = write_phantom("perfusion", f / "phantom", seed=1, size=48, n_frames=29, dt=2.3, delay_s=1.0)
+    write_perfusion_series(f / "dicom", study, vendor="siemens")
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in study.aif) + "\n")
+    return [f / "dicom", "--labels", f / "phantom" / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
 @case("perfusion_dicom_one_dynamic_mistimed", "error", ("frame times jump",), named=lambda f: f / "dicom",
       category="perfusion")
 def _(base, f):
