@@ -271,8 +271,20 @@ class CardiacAISegLogic(_LogicBase):
         from .readers import load_study
 
         options.setdefault("kind", PERFUSION)
-        self.restStudy = load_study(path, **options)
-        return self.restStudy
+        return self.setRestStudy(load_study(path, **options))
+
+    def setRestStudy(self, study):
+        """Pair a rest perfusion series (already read) with the current stress series for MPR and
+        MPRI; None unpairs. A cine, or a rest series for a cine study, is refused with the reason."""
+        if study is not None:
+            if study.kind != PERFUSION:
+                raise CardiacInputError(study.source or study.name, f"the rest series is read as {study.kind}, not perfusion: "
+                                        "MPR pairs a stress and a rest first-pass perfusion series")
+            if self.study is not None and self.study.kind != PERFUSION:
+                raise CardiacInputError(study.source or study.name, f"a rest series pairs with a perfusion (stress) study; "
+                                        f"the open study is {self.study.kind}")
+        self.restStudy = study
+        return study
 
     # ----------------------------------------------------------------------- models
     def availableModels(self, task=None):

@@ -247,6 +247,35 @@ def test_session_samples(tmp_path):
     assert len(_sectors(_rows(s))) == 16
 
 
+def test_session_rest_series_gives_mpr_and_mpri(tmp_path):
+    """Stress with a rest series, as the page's perfusion panel opens them: the table holds MPR
+    and MPRI near the phantoms' reserve (rest segmented by the network); a rest series beside a
+    cine study is refused, and a newly opened study drops the old pairing."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    _, _, stress_truth = write_phantom("perfusion", data / "stress", seed=2, size=64, n_frames=50)
+    _, _, rest_truth = write_phantom("perfusion", data / "rest", seed=2, size=64, n_frames=50, stress=False)
+    write_phantom("cine", data / "cine", seed=0)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                rest="rest/perfusion.nii.gz", rest_aif="rest/aif.csv")
+    assert s.source == "stress/perfusion.nii.gz with the rest series rest/perfusion.nii.gz"
+    s.run(LABELS_CHOICE)
+    rows = _rows(s)
+    mpr = rows["Global MPR"]
+    truth = np.median(list(stress_truth["mbf_per_segment"].values())) / np.median(list(rest_truth["mbf_per_segment"].values()))
+    assert abs(mpr - truth) < 0.15 * truth, (mpr, truth)
+    assert rows["Global MPRI (stress/rest relative upslope)"] > 1
+    with pytest.raises(CardiacInputError, match="pairs with a perfusion"):
+        s.open_path("cine/cine.nii.gz", rest="rest/perfusion.nii.gz")
+    s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt)
+    s.run(LABELS_CHOICE)
+    assert not any("MPR" in k for k in _rows(s))
+
+
 def test_session_bullseye_measure_choice_is_remembered(tmp_path):
     """Perfusion bullseye: MBF or the relative upslope, re-rendered at once, and the choice
     holds for the next perfusion study of the session (the Logic's parameter node)."""
@@ -1339,3 +1368,32 @@ def test_e2e_busy_while_opening_clears_the_last_error(page):
     assert busy is not None, "no busy bar while the study opened"
     assert busy["error"] is False, "the previous error stayed while opening"
     assert not page.all("#opening-progress") and page.alert() == ""
+
+
+@e2e
+def test_e2e_stress_with_rest_series_fills_mpr(page, gui_server):
+    """The perfusion panel's rest series (and its AIF) open with the stress series; Run fills the
+    table's MPR and MPRI."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    data = gui_server["data"]
+    write_phantom("perfusion", data / "stress", seed=2, size=64, n_frames=50, force=True)
+    write_phantom("perfusion", data / "rest", seed=2, size=64, n_frames=50, stress=False, force=True)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    page.type("study-path", "stress/perfusion.nii.gz")
+    page.type("labels-path", "stress/perfusion_labels.nii.gz")
+    panel = page.wait(lambda: page.all(".v-expansion-panel-title") and page.all(".v-expansion-panel-title")[0],
+                      message="perfusion panel")
+    page.d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", panel)
+    page.wait(lambda: page.el("rest-path").rect["height"] > 0, message="panel open")
+    page.type("aif-path", "stress/aif.csv")
+    page.type("dt-text", str(dt))
+    page.type("rest-path", "rest/perfusion.nii.gz")
+    page.type("rest-aif-path", "rest/aif.csv")
+    page.click("open-btn")
+    page.wait(lambda: "with the rest series rest/perfusion.nii.gz" in page.alert("info"), message="stress and rest opened")
+    assert page.el("study-line").text.startswith("perfusion")
+    page.click("run-btn")
+    values = page.wait(lambda: page.values().get("Global MPR") and page.values(), timeout=120, message="MPR in the table")
+    assert 2.0 < values["Global MPR"] < 4.5 and values.get("Global MPRI (stress/rest relative upslope)", 0) > 1
+    page.shot("stress-rest-mpr")

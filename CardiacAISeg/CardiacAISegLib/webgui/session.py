@@ -109,12 +109,13 @@ class Session:
         self.source, self.frame, self.slice = "", 0, 0
         self._placed = None
 
-    def open_path(self, text, labels=None, aif=None, dt=None, kind=None):
+    def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
-        file, frame interval in s). Everything named must lie inside the data folder."""
-        return self.adopt(self.read_path(text, labels, aif, dt, kind))
+        file, frame interval in s; for perfusion an optional rest series and its AIF file, for
+        MPR and MPRI). Everything named must lie inside the data folder."""
+        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif))
 
-    def read_path(self, text, labels=None, aif=None, dt=None, kind=None):
+    def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None):
         """The reading half of ``open_path``: files only, no scene node (a worker thread may
         run it while the page stays live). Returns what ``adopt`` takes."""
         path = self.data.resolve_input(text)
@@ -135,7 +136,18 @@ class Session:
         from ..readers import load_study
 
         study = load_study(path, **options)       # read before the old study is dropped
-        return study, self.data.relative(path), options.get("aif")
+        rest_study = None
+        if rest:
+            if study.kind != PERFUSION:
+                raise CardiacInputError(str(rest), f"a rest series pairs with a perfusion (stress) study; {text} is read as "
+                                        f"{study.kind}")
+            rest_options = {"kind": PERFUSION}
+            if rest_aif:
+                rest_options["aif"] = self.data.resolve_input(rest_aif)
+            if "dt" in options:
+                rest_options["dt"] = options["dt"]
+            rest_study = load_study(self.data.resolve_input(rest), **rest_options)
+        return study, self.data.relative(path), options.get("aif"), rest_study
 
     def open_sample(self, sample_id):
         """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
@@ -150,7 +162,7 @@ class Session:
 
         source = f"sample: {SAMPLES[sample_id]}"
         if sample_id == "sunnybrook":
-            return load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours"), source, None
+            return load_study(SUNNYBROOK / "dicom", labels=SUNNYBROOK / "contours"), source, None, None
         import json
 
         from ..phantoms.phantom import PHANTOM_FILES, write_phantom
@@ -163,19 +175,27 @@ class Session:
         if kind == PERFUSION:
             dt = json.loads((folder / "truth.json").read_text())["dt_s"]
             aif = folder / "aif.csv"
-            return load_study(folder / names[0], kind=PERFUSION, labels=folder / names[1], aif=aif, dt=dt), source, aif
-        return load_study(folder / names[0], kind=CINE, labels=folder / names[1]), source, None
+            return load_study(folder / names[0], kind=PERFUSION, labels=folder / names[1], aif=aif, dt=dt), source, aif, None
+        return load_study(folder / names[0], kind=CINE, labels=folder / names[1]), source, None, None
 
     def adopt(self, loaded):
         """Make a study read by ``read_path``/``read_sample`` the current one (scene nodes: the
         server's own thread). The previous study's nodes go."""
-        study, source, aif = loaded
+        study, source, aif, rest = loaded
         self.close_study()
         self.logic.setStudy(study)
         if isinstance(aif, Path):
             self.logic.setParameter("aifPath", str(aif))
-        self._opened(source)
+        self.logic.setRestStudy(rest)
+        self._opened(source + (f" with the rest series {self._shown_path(rest.source or rest.name)}" if rest is not None else ""))
         return study
+
+    def _shown_path(self, path):
+        """A file as the page shows it: relative to the data folder when inside it."""
+        try:
+            return self.data.relative(path)
+        except (ValueError, OSError):
+            return str(path)
 
     def _opened(self, source):
         st = self.study

@@ -90,12 +90,18 @@ def _study_card(v, html, ctrl):
             v.VCombobox(id="labels-path", label="Labels (optional: label map or contour folder)", items=("data_files",),
                         v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1")
             with v.VExpansionPanels(classes="mt-1"):
-                with v.VExpansionPanel(title="Perfusion: AIF and frame interval"):
+                with v.VExpansionPanel(title="Perfusion: AIF, frame interval, rest series"):
                     with v.VExpansionPanelText():
                         v.VCombobox(id="aif-path", label="AIF file", items=("data_files",), v_model=("aif_path",),
                                     density="compact", hide_details=True, clearable=True)
                         v.VTextField(id="dt-text", label="Frame interval (s)", v_model=("dt_text",), density="compact",
                                      hide_details=True, classes="mt-1")
+                        v.VCombobox(id="rest-path", label="Rest series (optional: MPR and MPRI)", items=("data_files",),
+                                    v_model=("rest_path",), density="compact", hide_details=True, clearable=True,
+                                    classes="mt-1")
+                        v.VCombobox(id="rest-aif-path", label="Rest AIF file", items=("data_files",),
+                                    v_model=("rest_aif_path",), density="compact", hide_details=True, clearable=True,
+                                    classes="mt-1")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
                 v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary",
                        disabled=("running || opening",))
