@@ -880,6 +880,17 @@ def _(base, f):
     return [f / "dicom", "--labels", f / "phantom" / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 
+@case("perfusion_dicom_one_image_missing", "error", ("slice 1", "29 of 30", "nothing between"), named=lambda f: f / "dicom",
+      category="perfusion")
+def _(base, f):
+    """Siemens-style perfusion with one image of the mid slice lost (a partial copy or PACS
+    transfer): the error says which slice lacks a frame and where in time."""
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens")
+    n_frames = base.perf_study.n_frames
+    paths[n_frames + n_frames // 2].unlink()     # slice 1, a dynamic in the middle
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_dicom_one_dynamic_mistimed", "error", ("frame times jump",), named=lambda f: f / "dicom",
       category="perfusion")
 def _(base, f):

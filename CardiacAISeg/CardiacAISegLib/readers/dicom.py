@@ -552,6 +552,27 @@ def frame_times_from_coarse_clock(times):
     return np.arange(n_t) * dt
 
 
+def _where_frames_are_missing(groups, positions, clock):
+    """For the error on unequal frame counts: which slice lacks frames and, when the clock
+    shows it, the gap where they are missing (an image lost in a copy or a PACS transfer)."""
+    full = max(len(g) for g in groups)
+    parts = []
+    for k, g in enumerate(groups):
+        if len(g) == full:
+            continue
+        where = f"slice {k} (at {positions[k]:.1f} mm) has {len(g)} of {full}"
+        times = [_frame_time_s(ds, clock) for _, ds, *_ in g]
+        if clock and len(times) > 2 and all(t is not None for t in times):
+            t = np.asarray(times, float) - times[0]
+            steps = np.diff(t)
+            step = float(np.median(steps))
+            if step > 0 and steps.max() > 1.5 * step:
+                i = int(np.argmax(steps))
+                where += f", nothing between {t[i]:.1f} s and {t[i + 1]:.1f} s ({clock})"
+        parts.append(where)
+    return ": " + "; ".join(parts[:3]) + (f"; {len(parts) - 3} more" if len(parts) > 3 else "") if parts else ""
+
+
 def _frame_time_s(ds, clock):
     if clock == "ContentTime":
         return _content_s(ds)
@@ -930,7 +951,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
         if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts):
-            raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or mixes acquisitions")
+            raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
+                                            f"mixes acquisitions{_where_frames_are_missing(groups, positions, clock)}")
         early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used")
         groups = [g[:min(counts)] for g in groups]
         counts = [min(counts)] * len(groups)
