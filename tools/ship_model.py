@@ -63,10 +63,13 @@ def main():
     history = ck["history"]
     best_epoch = max(history, key=lambda h: h.get("dice_mean", -1))["epoch"] if history else None
     if args.task == "cine":
-        inp = {"pixel_mm": cfg["pixel_mm"], "channels": 1, "frames": "one frame at a time (2D per slice)",
+        context = getattr(net, "context_slices", 0)
+        inp = {"pixel_mm": cfg["pixel_mm"], "channels": 2 * context + 1, "frames": "one frame at a time (2D per slice)",
                "normalisation": "per volume: 1st-99.5th percentile -> [0, 1], clipped",
                "field_of_view": "whole slice, resampled in-plane to pixel_mm (fully convolutional)",
                "size_multiple": net.size_multiple, "tta": args.tta}
+        if context:   # a 2.5D network: inference stacks each slice's neighbours (models/preprocess.py)
+            inp["context_slices"] = context
         crop_mm = evaluation["summary"].get("heart_crop_mm")
         if crop_mm:
             inp["heart_crop_mm"] = crop_mm
