@@ -117,7 +117,12 @@ def test_cli_finetunes_from_lv_myo_maps_and_writes_a_checkpoint(tmp_path, capsys
     assert rc in (0, None)
     assert "with LV/MYO labels only" in capsys.readouterr().out
     state = torch.load(out / "best.pt", weights_only=True)
-    build("unet-light").load_state_dict(state)  # loads back into the architecture it fine-tuned
+    from CardiacAISegLib.models.registry import get_card
+
+    params = get_card("unet-light")["architecture"].get("params", {})
+    build("unet-light", **params).load_state_dict(state)  # loads back into the architecture it fine-tuned
+    saved = torch.load(out / "last.pt", weights_only=False)["config"]["arch_params"]
+    assert saved == params, "the checkpoint records the architecture it fine-tuned, for shipping"
     assert (out / "last.pt").is_file()
 
 

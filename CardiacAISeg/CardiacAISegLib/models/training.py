@@ -157,6 +157,7 @@ def train(config: TrainConfig, progress=None, log=print):
     from .training_data import acdc_folders, augment_batch, augment_context, labelled_slices_with_sets, random_crop, split_patients
 
     progress = as_progress(progress)
+    config = with_start_architecture(config)
     out, rng = start_run(config)
 
     if config.train_patients or config.val_patients:
@@ -245,6 +246,22 @@ def train(config: TrainConfig, progress=None, log=print):
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)
     return history
+
+
+def with_start_architecture(config):
+    """``config`` with the architecture parameters of the registry model it fine-tunes (e.g. the
+    shipped unet-light's filters) when it names none itself: a fine-tune builds the network it
+    starts from, and its checkpoint records them for shipping."""
+    from dataclasses import replace
+
+    if not config.finetune_from or config.arch_params or Path(config.finetune_from).is_file():
+        return config
+    from .registry import get_card
+
+    card = get_card(config.finetune_from)
+    if card["architecture"]["name"] != config.architecture:
+        return config   # load_start_weights says what does not fit
+    return replace(config, arch_params=dict(card["architecture"].get("params", {})))
 
 
 def widen_input_channels(state, model):
