@@ -1,4 +1,5 @@
-"""Lightweight U-Net (Uys 2019, as used by Li 2020): 5 levels, filters 8..128, bilinear up-sampling.
+"""Lightweight U-Net (Uys 2019, as used by Li 2020): 5 levels, filters 8..128 by default (the shipped v4:
+16..256, its card's ``architecture.params``), bilinear up-sampling.
 
 Each level is `convs_per_level` x (3x3 conv -> ReLU -> BatchNorm), the order of the thesis code.
 Multi-class head (background, LV blood pool, LV myocardium, RV).
