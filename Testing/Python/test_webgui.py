@@ -1396,4 +1396,5 @@ def test_e2e_stress_with_rest_series_fills_mpr(page, gui_server):
     page.click("run-btn")
     values = page.wait(lambda: page.values().get("Global MPR") and page.values(), timeout=120, message="MPR in the table")
     assert 2.0 < values["Global MPR"] < 4.5 and values.get("Global MPRI (stress/rest relative upslope)", 0) > 1
+    assert "from the study's labels; rest series with perfusion-resunet" in page.alert("info")
     page.shot("stress-rest-mpr")
