@@ -57,6 +57,14 @@ PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all
 _ACDC_NAME = re.compile(r"^patient\d+$")
 
 
+def check_rest_pairing(study, rest_name):
+    """A rest series pairs only with a perfusion (stress) study: refuse it beside a cine, naming
+    the rest series (before it is read, where the caller can)."""
+    if study.kind != PERFUSION:
+        raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study; the study is read as "
+                                                f"{study.kind}")
+
+
 class CardiacAISegLogic(_LogicBase):
     """Load, segment, measure, correct and export one short-axis study inside an MRML scene."""
 
@@ -280,9 +288,8 @@ class CardiacAISegLogic(_LogicBase):
             if study.kind != PERFUSION:
                 raise CardiacInputError(study.source or study.name, f"the rest series is read as {study.kind}, not perfusion: "
                                         "MPR pairs a stress and a rest first-pass perfusion series")
-            if self.study is not None and self.study.kind != PERFUSION:
-                raise CardiacInputError(study.source or study.name, f"a rest series pairs with a perfusion (stress) study; "
-                                        f"the open study is {self.study.kind}")
+            if self.study is not None:
+                check_rest_pairing(self.study, study.source or study.name)
         self.restStudy = study
         return study
 

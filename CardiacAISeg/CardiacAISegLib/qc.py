@@ -177,12 +177,12 @@ AIF_MIN_FRAMES_PER_FWHM = 3.0
 AIF_MAX_FRAME_INTERVAL_S = 1.9
 
 
-def first_pass_fwhm_s(aif, times):
-    """Full width at half maximum (s) of the AIF's first pass above its baseline, the crossings
-    placed by linear interpolation between frames; None without a rise or either crossing."""
-    aif = np.asarray(aif, float)
-    peak = int(np.argmax(aif))
-    rise = aif - float(np.median(aif[: max(1, peak // 2)]))
+def first_pass_fwhm_s(rise, times):
+    """Full width at half maximum (s) of the AIF's first pass, ``rise`` being the AIF above its
+    baseline; the crossings placed by linear interpolation between frames. None without a rise
+    or either crossing."""
+    rise = np.asarray(rise, float)
+    peak = int(np.argmax(rise))
     half = rise[peak] / 2
     if not rise[peak] > 0:
         return None
@@ -234,7 +234,7 @@ def aif_flags(study, myo=None, images=None):
     times = np.asarray(study.frame_times_s, float) if study.frame_times_s is not None and len(study.frame_times_s) == aif.size \
         else np.arange(aif.size) * (study.median_frame_interval_s or 1.0)
     dt = float(np.median(np.diff(times))) if aif.size > 1 else 0.0
-    width = first_pass_fwhm_s(aif, times)
+    width = first_pass_fwhm_s(rise, times)
     if dt > 0 and (dt > AIF_MAX_FRAME_INTERVAL_S or (width is not None and width / dt < AIF_MIN_FRAMES_PER_FWHM)):
         across = f"{width:.1f} s wide at half its peak, so {width / dt:.1f} frames sample it" if width is not None else ""
         flags.append(_flag("AIF_COARSE_SAMPLING", REVIEW, f"one frame every {dt:.2f} s is too coarse for the AIF's first pass"
@@ -260,7 +260,6 @@ def aif_flags(study, myo=None, images=None):
             tissue = images[:, myo].mean(1).astype(float)
             t_rise = float(tissue.max() - np.median(tissue[:3]))
             t_foot = bolus_foot(tissue, fraction=0.2)
-            dt = study.median_frame_interval_s or 1.0
             if t_rise > 0 and (foot - t_foot) * dt > 2.0:
                 flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
                                                        f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))

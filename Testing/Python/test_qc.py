@@ -353,6 +353,6 @@ def test_first_pass_width_of_a_sampled_gaussian():
     from CardiacAISegLib.qc import first_pass_fwhm_s
 
     t = np.arange(0, 60, 0.25)
-    aif = 1.0 + 4.0 * np.exp(-0.5 * ((t - 20) / 2.0) ** 2)    # FWHM 2.355 sigma = 4.71 s
+    aif = 4.0 * np.exp(-0.5 * ((t - 20) / 2.0) ** 2)    # above its baseline; FWHM 2.355 sigma = 4.71 s
     assert first_pass_fwhm_s(aif, t) == pytest.approx(4.71, abs=0.02)
     assert first_pass_fwhm_s(np.ones(20), np.arange(20.0)) is None

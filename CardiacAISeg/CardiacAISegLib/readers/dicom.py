@@ -8,6 +8,7 @@ cine (AcquisitionTime for perfusion, where TriggerTime is the constant delay aft
 FrameAcquisitionDateTime for enhanced frames), then by InstanceNumber, TemporalPositionIndex
 and frame number.
 """
+import functools
 import re
 import warnings
 from contextlib import contextmanager
@@ -659,18 +660,13 @@ _DAMAGED_HINT = ("a decoder for it is installed, so the compressed data itself i
                  "says: export the series again")
 
 
-_DECODERS_CONFIGURED = []
-
-
+@functools.cache
 def _configure_decoders():
     """Once per process: JPEG 2000 decoded by Pillow rather than GDCM where Pillow can. GDCM's
     JPEG 2000 path (OpenJPEG through C++) aborted the whole process on damaged data in tests here
     (a C++ exception no Python code can catch); Pillow decodes the same 16-bit lossless images
     exactly and raises an ordinary error on damaged ones. GDCM stays for JPEG Lossless and
     JPEG-LS, which nothing else installed decodes (damaged data gave errors, never an abort)."""
-    if _DECODERS_CONFIGURED:
-        return
-    _DECODERS_CONFIGURED.append(True)
     try:
         from pydicom.pixels import get_decoder
         from pydicom.uid import JPEG2000TransferSyntaxes

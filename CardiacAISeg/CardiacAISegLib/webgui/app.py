@@ -295,10 +295,8 @@ class CardiacWebApp:
         t = result.timing or {}
         self.state.info_message = "Segmented and measured" + (f" in {sum(t.values()):.1f} s" if t else "") + \
             (f" with {result.model_info['name']}" if result.model_info else " from the study's labels")
-        rest = getattr(a, "rest", None)
-        if rest is not None:   # the rest series has no labels of its own on the page: say what segmented it
-            rest_model = getattr(rest, "model_info", None)
-            self.state.info_message += (f"; rest series with {rest_model['name']}" if rest_model
+        if a.rest is not None:   # the rest series has no labels of its own on the page: say what segmented it
+            self.state.info_message += (f"; rest series with {a.rest.model_info['name']}" if a.rest.model_info
                                         else "; rest series from its labels")
         self.state.progress = 100
         if a.warnings:

@@ -21,7 +21,7 @@ import numpy as np
 from .. import scene as sc
 from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
-from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
+from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, check_rest_pairing, fill_segmentation
 from ..study import CINE, PERFUSION
 from .sandbox import DataFolder
 
@@ -138,9 +138,7 @@ class Session:
         study = load_study(path, **options)       # read before the old study is dropped
         rest_study = None
         if rest:
-            if study.kind != PERFUSION:
-                raise CardiacInputError(str(rest), f"a rest series pairs with a perfusion (stress) study; {text} is read as "
-                                        f"{study.kind}")
+            check_rest_pairing(study, rest)   # before reading it, and before the open study is dropped
             rest_options = {"kind": PERFUSION}
             if rest_aif:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
