@@ -429,3 +429,49 @@ def test_card_context_slices_reaches_the_onnx_module_and_is_validated(tmp_path):
     card["input"]["context_slices"] = -1
     with pytest.raises(CardiacInputError, match="context_slices"):
         registry.validate_card_for_import(card, tmp_path / "card.json")
+
+
+def test_deep_supervision_gives_coarser_logits_in_training_only():
+    from CardiacAISegLib.models.training import deep_supervision_loss, soft_dice_ce_loss
+
+    net = build("unet-light", filters=[4, 8, 16, 32, 64], deep_supervision=2)
+    x = torch.randn(2, 1, 64, 64)
+    net.train()
+    outputs = net(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, 64, 64), (2, 4, 32, 32), (2, 4, 16, 16)]
+    net.eval()
+    assert tuple(net(x).shape) == (2, 4, 64, 64)
+    with pytest.raises(ValueError, match="deep_supervision must be 0-3"):
+        build("unet-light", filters=[4, 8, 16, 32, 64], deep_supervision=4)
+
+    # the target is taken to each scale: logits that draw it exactly at every scale score lower
+    # than the same full-resolution logits with the coarse ones drawing the wrong class
+    target = torch.zeros(2, 64, 64, dtype=torch.long)
+    target[:, 16:48, 16:48] = 1
+    target[:, 24:40, 24:40] = 2
+
+    def drawn(t, scale):
+        small = t[:, scale // 2::scale, scale // 2::scale] if scale > 1 else t
+        return 20.0 * torch.nn.functional.one_hot(small, 4).permute(0, 3, 1, 2).float()
+
+    loss = lambda lg, t: soft_dice_ce_loss(lg, t, 4)  # noqa: E731
+    exact = deep_supervision_loss([drawn(target, 1), drawn(target, 2), drawn(target, 4)], target, loss)
+    wrong = deep_supervision_loss([drawn(target, 1), drawn(3 - target.clamp(max=2), 2), drawn(target, 4)], target, loss)
+    assert exact.item() < 0.05 < wrong.item()
+    # one tensor is the plain loss
+    assert deep_supervision_loss(drawn(target, 1), target, loss).item() == pytest.approx(loss(drawn(target, 1), target).item())
+
+
+def test_deep_supervision_run_trains_and_its_checkpoint_runs_as_a_plain_network(short_run, tmp_path):
+    from dataclasses import replace
+
+    from CardiacAISegLib.models.training import train
+
+    cfg, _, _ = short_run
+    params = {"filters": [8, 16, 32, 64, 128], "deep_supervision": 2}
+    history = train(replace(cfg, out_dir=str(tmp_path / "ds"), arch_params=params), log=lambda *_: None)
+    assert history[-1]["loss"] < history[0]["loss"] - 0.1
+    net = build("unet-light", **params)
+    net.load_state_dict(torch.load(tmp_path / "ds" / "best.pt", weights_only=True))
+    net.eval()
+    assert tuple(net(torch.zeros(1, 1, 96, 96)).shape) == (1, 4, 96, 96)

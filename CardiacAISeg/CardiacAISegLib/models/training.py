@@ -61,6 +61,23 @@ def soft_dice_ce_loss(logits, target, n_classes):
     return ce + (1 - dice[1:].mean())
 
 
+def deep_supervision_loss(outputs, target, loss_fn):
+    """``loss_fn(logits, target)`` over a network's [full, 1/2, 1/4, ...] outputs, the target
+    taken to each scale by nearest neighbour, weighted 1, 1/2, 1/4, ... and normalised to sum 1
+    (nnU-Net's deep supervision). A single tensor is the plain loss."""
+    import torch.nn.functional as F
+
+    if not isinstance(outputs, (list, tuple)):
+        return loss_fn(outputs, target)
+    weights = [0.5 ** i for i in range(len(outputs))]
+    total = 0.0
+    for w, logits in zip(weights, outputs):
+        t = target if logits.shape[-2:] == target.shape[-2:] else \
+            F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+        total = total + w * loss_fn(logits, t)
+    return total / sum(weights)
+
+
 def distillation_loss(student_logits, teacher_logits, temperature=2.0):
     """Hinton et al. 2015: KL(teacher || student) of the temperature-softened class
     probabilities per pixel, times T^2 so its gradients keep their scale as T changes."""
@@ -216,11 +233,13 @@ def train(config: TrainConfig, progress=None, log=print):
             x = torch.from_numpy(augment_context(x, rng) if context else x[:, None])
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
             x, y = augment_batch(x, y, rng, config.patch, config.augment)
-            logits = model(x)
+            outputs = model(x)
+            logits = outputs[0] if isinstance(outputs, list) else outputs
             if has_rv_all.all():
-                loss = soft_dice_ce_loss(logits, y, n_classes)
+                loss = deep_supervision_loss(outputs, y, lambda lg, t: soft_dice_ce_loss(lg, t, n_classes))
             else:
-                loss = partial_label_loss(logits, y, torch.from_numpy(has_rv_all[idx]), n_classes)
+                has_rv = torch.from_numpy(has_rv_all[idx])
+                loss = deep_supervision_loss(outputs, y, lambda lg, t: partial_label_loss(lg, t, has_rv, n_classes))
             if teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(x)
