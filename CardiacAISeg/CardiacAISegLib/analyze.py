@@ -10,7 +10,7 @@ from pathlib import Path
 from .outputs import check_outputs
 from .outputs import write_outputs as _write_outputs
 from .errors import CardiacInputError
-from .study import PERFUSION
+from .study import PERFUSION, check_rest_pairing
 
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
@@ -86,9 +86,8 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                               aif=aif, dt=dt, progress=progress, units=units)
     timing = {"load": time.perf_counter() - t0}
     # --- flags that do not apply to this input: refused or said, never silently ignored
-    if rest is not None and study.kind != PERFUSION:
-        raise CardiacInputError("--rest", f"a rest perfusion series goes with a stress perfusion series (for the MPR); "
-                                          f"{input_path} is a {study.kind} series")
+    if rest is not None:
+        check_rest_pairing(study, "--rest")
     unused = []
     if labels is not None and model is not None:
         unused.append(f"--model {model} not used: the label maps given with --labels are measured, no network runs")
@@ -107,6 +106,7 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     if rest is not None:
         rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention, aif=rest_aif,
                                        dt=dt, units=units, series="rest" if Path(rest).is_dir() else None)
+        check_rest_pairing(study, rest, rest_study)
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress, bullseye=bullseye)

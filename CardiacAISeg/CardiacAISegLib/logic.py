@@ -24,7 +24,7 @@ from . import scene as sc
 from .errors import CardiacInputError, OutputExistsError
 from .labels import MYO, to_convention
 from .progress import as_progress
-from .study import CINE, PERFUSION, Study
+from .study import CINE, PERFUSION, Study, check_rest_pairing
 
 try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -55,14 +55,6 @@ NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputS
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
-
-
-def check_rest_pairing(study, rest_name):
-    """A rest series pairs only with a perfusion (stress) study: refuse it beside a cine, naming
-    the rest series (before it is read, where the caller can)."""
-    if study.kind != PERFUSION:
-        raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study; the study is read as "
-                                                f"{study.kind}")
 
 
 class CardiacAISegLogic(_LogicBase):
@@ -289,7 +281,7 @@ class CardiacAISegLogic(_LogicBase):
                 raise CardiacInputError(study.source or study.name, f"the rest series is read as {study.kind}, not perfusion: "
                                         "MPR pairs a stress and a rest first-pass perfusion series")
             if self.study is not None:
-                check_rest_pairing(self.study, study.source or study.name)
+                check_rest_pairing(self.study, study.source or study.name, study)
         self.restStudy = study
         return study
 

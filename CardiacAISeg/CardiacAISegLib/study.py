@@ -9,6 +9,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .errors import CardiacInputError
+
 CINE, PERFUSION = "cine", "perfusion"
 
 
@@ -101,3 +103,19 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), directions=None):
     m[:3, :3] = d * np.asarray(spacing, float)[None, :]
     m[:3, 3] = origin
     return m
+
+
+def check_rest_pairing(study, rest_name, rest_study=None):
+    """A rest series pairs only with a perfusion (stress) study: refuse it beside a cine, naming
+    the rest series (before it is read, where the caller can). Once read (``rest_study``), it
+    must be the same patient's: MPR divides one patient's stress by another's rest otherwise.
+    Files without a PatientID (NIfTI, anonymised DICOM) cannot be compared and pass."""
+    if study.kind != PERFUSION:
+        raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study (for the MPR); "
+                                                f"{study.source or study.name} is read as {study.kind}")
+    if rest_study is None:
+        return
+    ids = [str(s.provenance.get("patient_id") or "").strip() for s in (study, rest_study)]
+    if all(ids) and ids[0] != ids[1]:
+        raise CardiacInputError(str(rest_name), f"the rest series is of PatientID {ids[1]!r}, the stress series of "
+                                                f"PatientID {ids[0]!r}: stress and rest must be one patient's")

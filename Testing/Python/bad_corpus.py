@@ -440,6 +440,41 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_two_patients_in_one_folder", "error", ("2 patients", "PatientID 'A'", "PatientID 'B'"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """Two patients' Siemens-style per-slice cine series exported into one folder: alike in
+    geometry, they once merged into one stack as 'repeated slices', half of each patient."""
+    def patient(pid):
+        def stamp(ds, k, t):
+            _one_series_per_slice(ds, k, t)
+            ds.PatientID = pid
+            if pid == "B":
+                ds.SeriesInstanceUID += ".2"
+                ds.SeriesNumber += 100
+        return stamp
+    d, _ = cine_dicom(base, f / "dicom", per_image=patient("A"))
+    cine_dicom(base, f / "other", slices=[0, 1, 2, 3], per_image=patient("B"))
+    for p in (f / "other").glob("*.dcm"):
+        p.rename(d / f"B_{p.name}")
+    return [d]
+
+
+@case("dicom_bare_data_sets_without_file_meta", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Files holding the bare data set, implicit VR, with no preamble and no file meta (old
+    exports, some gateways): no Transfer Syntax UID to decode the pixels by."""
+    import pydicom
+
+    d, labels = cine_dicom(base, f / "dicom")
+    for p in d.glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        del ds.file_meta
+        pydicom.dcmwrite(p, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    return [d, "--labels", labels]
+
+
 @case("dicom_reverse_order_and_descending_instances", "ok", category="dicom",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
@@ -944,6 +979,25 @@ def _(base, f):
     labels = base.perf_dir / "perfusion_labels.nii.gz"
     return [f / "dicom", "--series", "stress", "--labels", labels, "--aif", f / "aif.csv",
             "--rest", f / "dicom", "--rest-labels", labels, "--rest-aif", f / "aif.csv"]
+
+
+@case("perfusion_dicom_rest_of_another_patient", "error", ("PatientID 'P2'", "PatientID 'P1'", "one patient"),
+      named=lambda f: f / "rest", category="perfusion")
+def _(base, f):
+    """--rest names another patient's rest series: the MPR would divide one patient's stress
+    MBF by another's rest MBF."""
+    import pydicom
+
+    for role, pid in (("stress", "P1"), ("rest", "P2")):
+        _, paths = write_perfusion_series(f / role, base.perf_study, vendor="ge", description=f"Perfusion {role}")
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            ds.PatientID = pid
+            ds.save_as(p)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    labels = base.perf_dir / "perfusion_labels.nii.gz"
+    return [f / "stress", "--labels", labels, "--aif", f / "aif.csv", "--rest", f / "rest", "--rest-labels", labels,
+            "--rest-aif", f / "aif.csv"]
 
 
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")

@@ -69,6 +69,7 @@ def _read_header(path):
                 return None
         except Exception as e:
             raise CardiacInputError(path, f"truncated or corrupt DICOM file ({type(e).__name__}: {e})")
+    _name_the_transfer_syntax(ds)
     try:
         sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
     except Exception as e:   # an element pydicom cannot parse (unknown VR, odd length)
@@ -81,6 +82,24 @@ def _read_header(path):
         return None
     _check_header(path, ds)
     return ds
+
+
+def _name_the_transfer_syntax(ds):
+    """Old exports and some gateways write the bare data set: no preamble and no file meta, so no
+    Transfer Syntax UID, which pydicom needs to decode the pixels. The encoding the parser found
+    (implicit or explicit VR, byte order) is the transfer syntax of such a file, uncompressed."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 # Tags the reader turns into whole numbers; a damaged header must fail here, naming the file,
@@ -356,9 +375,39 @@ def _merge_series_split_per_image(series):
     return merged, merged_notes
 
 
+def _patient_id(ds):
+    return str(ds.get("PatientID", "") or "").strip()
+
+
+def refuse_mixed_patients(folder, items):
+    """CardiacInputError when ``items`` ((path, dataset) records) hold images of more than one
+    patient (PatientID; an empty ID, as some anonymisers leave it, matches any). One study is
+    one patient: slices or frames of two patients merged into one stack would give a volume
+    that belongs to nobody, with nothing in the numbers to show it."""
+    by_patient = {}
+    for path, ds in items:
+        pid = _patient_id(ds)
+        if pid:
+            by_patient.setdefault(pid, []).append(path)
+    if len(by_patient) > 1:
+        ranked = sorted(by_patient.items(), key=lambda kv: -len(kv[1]))
+        listing = "; ".join(f"PatientID {pid!r}: {len(paths)} images, e.g. {_names(paths[:1], folder)}" for pid, paths in ranked)
+        raise CardiacInputError(folder, f"images of {len(by_patient)} patients here ({listing}): one analysis reads one "
+                                        "patient's images; give a folder (or --series) that holds one patient only")
+
+
 def _pick_series(folder, series, choice, notes=None):
     """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
-    which series of a folder is read."""
+    which series of a folder is read. A folder of several patients is refused unless a series
+    is chosen (which must then be one patient's)."""
+    if choice is None:
+        refuse_mixed_patients(folder, [it for items in series.values() for it in items])
+    uid, items, aif_uid = _choose_series(folder, series, choice, notes)
+    refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
+    return uid, items, aif_uid
+
+
+def _choose_series(folder, series, choice, notes=None):
     if not series:
         if any(p.name.upper() == "DICOMDIR" for p in Path(folder).iterdir()):
             raise CardiacInputError(folder, "no DICOM image files in this folder, only a DICOMDIR (the index of a CD/export): "
@@ -394,7 +443,7 @@ def _pick_series(folder, series, choice, notes=None):
         if len(named) == 1:
             return named[0], series[named[0]], partner[named[0]]
         if not named:
-            return _pick_series(folder, series, None, notes)
+            return _choose_series(folder, series, None, notes)
         raise CardiacInputError(folder, f"{len(named)} series here are described as {c!r}, choose one with --series "
                                         f"(UID, number or description): {'; '.join(_describe(u, series[u]) for u in named)}")
     raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")

@@ -21,8 +21,8 @@ import numpy as np
 from .. import scene as sc
 from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
-from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, check_rest_pairing, fill_segmentation
-from ..study import CINE, PERFUSION
+from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
+from ..study import CINE, PERFUSION, check_rest_pairing
 from .sandbox import DataFolder
 
 LABELS_CHOICE = "study-labels"
