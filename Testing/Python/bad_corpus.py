@@ -475,6 +475,25 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_cine_one_phase_lost_inside_the_cycle", "error", ("slice 3", "5 of 6", "missing inside the cardiac cycle"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """One image of a cine lost in a copy: slice 3 has no image at 80 ms. Keeping the first 5
+    phases of every slice would put that slice's later phases one step out of line."""
+    d, _ = cine_dicom(base, f / "dicom")
+    (d / f"IM{3 * N_FRAMES + 3:04d}.dcm").unlink()
+    return [d]
+
+
+@case("dicom_cine_one_slice_with_a_shorter_cycle", "warn", ("first 5", "slice 3"), category="dicom")
+def _(base, f):
+    """A slice whose last phase is missing (prospective triggering drops the end of a shorter
+    cycle): the common phases line up, so they are used, and the warning names the slice."""
+    d, _ = cine_dicom(base, f / "dicom")
+    (d / f"IM{3 * N_FRAMES + N_FRAMES:04d}.dcm").unlink()
+    return [d]
+
+
 @case("dicom_reverse_order_and_descending_instances", "ok", category="dicom",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

@@ -602,6 +602,21 @@ def frame_times_from_coarse_clock(times):
     return np.arange(n_t) * dt
 
 
+def _gap_in_frames(group, clock):
+    """(time before, time after) of the widest step between a slice's frames when it is over 1.5x
+    the slice's median step (an image lost in a copy or a PACS transfer), else None."""
+    times = [_frame_time_s(ds, clock) for _, ds, *_ in group]
+    if not clock or len(times) < 3 or any(t is None for t in times):
+        return None
+    t = np.asarray(times, float) - times[0]
+    steps = np.diff(t)
+    step = float(np.median(steps))
+    if step > 0 and steps.max() > 1.5 * step:
+        i = int(np.argmax(steps))
+        return float(t[i]), float(t[i + 1])
+    return None
+
+
 def _where_frames_are_missing(groups, positions, clock):
     """For the error on unequal frame counts: which slice lacks frames and, when the clock
     shows it, the gap where they are missing (an image lost in a copy or a PACS transfer)."""
@@ -611,14 +626,10 @@ def _where_frames_are_missing(groups, positions, clock):
         if len(g) == full:
             continue
         where = f"slice {k} (at {positions[k]:.1f} mm) has {len(g)} of {full}"
-        times = [_frame_time_s(ds, clock) for _, ds, *_ in g]
-        if clock and len(times) > 2 and all(t is not None for t in times):
-            t = np.asarray(times, float) - times[0]
-            steps = np.diff(t)
-            step = float(np.median(steps))
-            if step > 0 and steps.max() > 1.5 * step:
-                i = int(np.argmax(steps))
-                where += f", nothing between {t[i]:.1f} s and {t[i + 1]:.1f} s ({clock})"
+        gap = _gap_in_frames(g, clock)
+        if gap is not None:
+            where += f", nothing between {gap[0]:.{3 if clock == 'TriggerTime' else 1}f} s and " \
+                     f"{gap[1]:.{3 if clock == 'TriggerTime' else 1}f} s ({clock})"
         parts.append(where)
     return ": " + "; ".join(parts[:3]) + (f"; {len(parts) - 3} more" if len(parts) > 3 else "") if parts else ""
 
@@ -995,10 +1006,16 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
-        if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts):
+        # A phase missing inside the cycle (a gap in the trigger times) is a lost image, not a
+        # shorter cycle: keeping the first phases would shift that slice's later phases by one
+        # against the others' (its ES taken from another moment), so it is refused too.
+        gap_inside = any(len(g) < max(counts) and _gap_in_frames(g, clock) is not None for g in groups)
+        if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts) or gap_inside:
+            lost = "; an image is missing inside the cardiac cycle" if gap_inside and timing["kind"] != PERFUSION else ""
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
-                                            f"mixes acquisitions{_where_frames_are_missing(groups, positions, clock)}")
-        early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used")
+                                            f"mixes acquisitions{lost}{_where_frames_are_missing(groups, positions, clock)}")
+        early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used "
+                              f"(the last phases of the longer cycles are left out{_where_frames_are_missing(groups, positions, clock)})")
         groups = [g[:min(counts)] for g in groups]
         counts = [min(counts)] * len(groups)
     n_t, n_s = counts[0], len(groups)
