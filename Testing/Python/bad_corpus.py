@@ -1019,6 +1019,28 @@ def _(base, f):
             "--rest-aif", f / "aif.csv"]
 
 
+@case("perfusion_dicom_siemens_export_with_moco_copy_and_aif_series", "warn", ("derived copy", "Perfusion_stress_MOCO"),
+      category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    """A Siemens perfusion export as the scanner writes it: the series, its motion-corrected
+    copy (ImageType DERIVED\\PRIMARY\\M\\ND\\MOCO, same slices and frames) and the
+    dual-sequence AIF series. No flags: the original is read with its AIF series, the copy is
+    named as left out."""
+    import pydicom
+
+    from dicom_factory import write_aif_series
+
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", description="Perfusion_stress")
+    _, copies = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", description="Perfusion_stress_MOCO",
+                                       series="1.2.826.0.1.3680043.10.9", start_number=3)
+    for p in copies:
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["DERIVED", "PRIMARY", "M", "ND", "MOCO"]
+        ds.save_as(p)
+    write_aif_series(f / "dicom", base.perf_study)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
 @case("perfusion_dicom_kind_cine_requested", "error", ("--kind",), named=lambda f: "--kind", category="perfusion")
 def _(base, f):
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")

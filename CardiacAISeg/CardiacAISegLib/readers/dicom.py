@@ -345,6 +345,41 @@ def _aif_partner(uid, items, series):
     return partners[0] if len(partners) == 1 else None
 
 
+def _is_derived(ds):
+    """A series the scanner derived from another: ImageType DERIVED, or a motion-corrected copy
+    (Siemens writes 'MOCO' in ImageType and the description)."""
+    image_type = ds.get("ImageType") or []
+    values = [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    desc = str(ds.get("SeriesDescription", "")).upper()
+    return values[:1] == ["DERIVED"] or "MOCO" in values or re.search(r"(?<![A-Z])MOCO", desc) is not None
+
+
+def _drop_derived_copies(series, notes=None):
+    """The folder's series less those that are a derived copy of another one here: same stack
+    geometry, slice positions and image count, derived (``_is_derived``) where the other is
+    not. A Siemens perfusion export holds the series and its motion-corrected copy (MOCO); the
+    analysis aligns the frames itself, so the original is read and ``notes`` says which copy
+    was left out (``--series`` still reads it)."""
+    originals = {uid: items for uid, items in series.items() if not _is_derived(items[0][1])}
+    if not originals or len(originals) == len(series):
+        return series
+    kept = dict(series)
+    for uid, items in series.items():
+        if uid in originals:
+            continue
+        shape = (_stack_key(items[0][1]), _series_positions(items), len(items))
+        source = next((o for o, its in originals.items()
+                       if (_stack_key(its[0][1]), _series_positions(its), len(its)) == shape), None)
+        if source is None:
+            continue
+        del kept[uid]
+        if notes is not None:
+            notes.append(f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
+                         f"{_describe(source, series[source])} and was left out: the original is read and its frames "
+                         f"aligned here; give --series {uid} to read the copy instead")
+    return kept
+
+
 def _study_name(folder):
     """The folder's name, or its parent's when the folder is just called 'dicom' or the like."""
     generic = {"dicom", "dcm", "images", "image", "data", "series"}
@@ -415,6 +450,7 @@ def _choose_series(folder, series, choice, notes=None):
         raise CardiacInputError(folder, "no DICOM image files in this folder")
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
+        series = _drop_derived_copies(series, notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
@@ -438,6 +474,7 @@ def _choose_series(folder, series, choice, notes=None):
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
+        series = _drop_derived_copies(series, notes)
         partner = {uid: _aif_partner(uid, items, series) for uid, items in series.items() if _names_role(items, c.lower())}
         named = [u for u in partner if u not in partner.values()]   # not the AIF series of another one named
         if len(named) == 1:
