@@ -181,15 +181,18 @@ def test_bullseye_shows_relative_upslope_when_asked(tmp_path, phantom):
 
 
 def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
-    """A folder with the motion-corrected copy beside the series and its AIF series: --series picks
-    one, and the chosen series still gets its AIF series (not the LV of its own images)."""
+    """A folder with the motion-corrected copy beside the series and its AIF series: with no
+    flag the original is read and the copy named as left out; --series picks either, and the
+    chosen series still gets its AIF series (not the LV of its own images)."""
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", description="Perfusion_stress")
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", series="1.2.826.0.1.3680043.10.9",
                            description="Perfusion_stress_MOCO", start_number=3)
     _, _, low = write_aif_series(tmp_path / "d", study)
-    with pytest.raises(CardiacInputError, match="3 image series in this folder, choose one with --series"):
-        load_study(tmp_path / "d")
+    plain = load_study(tmp_path / "d")
+    assert plain.provenance["series_description"] == "Perfusion_stress"
+    assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in plain.provenance["aif_source"]
+    assert any("'Perfusion_stress_MOCO'" in w and "derived copy" in w for w in plain.provenance["warnings"])
     for choice in ("Perfusion_stress_MOCO", "1"):
         s = load_study(tmp_path / "d", series=choice)
         assert s.kind == "perfusion" and s.images.shape == study.images.shape
