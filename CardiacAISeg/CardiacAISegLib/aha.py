@@ -32,6 +32,11 @@ LEVELS = ("basal", "mid", "apical")
 TERRITORIES = ("LAD", "RCA", "LCx")
 
 
+def segments_in_level(level):
+    """Segment ids of ``level`` ("basal": 1-6, "mid": 7-12, "apical": 13-16)."""
+    return [row["id"] for row in AHA_SEGMENTS if row["level"] == level]
+
+
 def segments_in_territory(territory):
     """Segment ids supplied by ``territory`` ("LAD", "RCA" or "LCx")."""
     return [row["id"] for row in AHA_SEGMENTS if row["territory"] == territory]

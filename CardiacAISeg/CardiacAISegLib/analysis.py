@@ -42,7 +42,8 @@ class Analysis:
         self.mbf_fit = None
         self.sectors = None
         self.insertion = []
-        self.levels = {}
+        self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
+        self.acquired_levels = {}            # perfusion: slice -> AHA level of every slice acquired
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
         self.segment_values = {}             # AHA id -> bullseye value
@@ -227,7 +228,9 @@ class Analysis:
         st = self.study
         levels_found = True
         if st.kind == PERFUSION:
-            self.levels = geometry.slice_levels(ref, st, perfusion_levels=geometry.perfusion_slice_levels(st, ref))
+            acquired = geometry.perfusion_slice_levels(st, ref)
+            self.acquired_levels = dict(enumerate(acquired))
+            self.levels = geometry.slice_levels(ref, st, perfusion_levels=acquired)
         else:
             try:
                 self.levels = geometry.slice_levels(ref, st)

@@ -152,6 +152,7 @@ def perfusion_flags(analysis):
         if share > 0.2:
             flags.append(_flag("MBF_DELAY_EDGE", REVIEW, f"{100 * share:.0f} % of myocardial pixels have their best delay at "
                                                          "the end of the search range", share))
+    flags += unmeasured_segment_flags(analysis)
     if "mpr" in p:
         m = (p["mpr"] or {}).get("global")
         msg = _out_of("mpr", m, "global MPR", "")
@@ -163,6 +164,32 @@ def perfusion_flags(analysis):
     images = curves[0] if curves is not None and st.aif is not None and curves[0].shape[0] == len(st.aif) else st.images
     flags += aif_flags(st, myo, images)
     return flags
+
+
+def unmeasured_segment_flags(analysis):
+    """SEGMENTS_UNMEASURED where an acquired slice's AHA segments have no value: its mask holds no
+    LV pool or myocardium (the network missed the slice), or part of its ring is missing. The
+    global value then covers only the rest of the heart, which the number alone does not show."""
+    from .aha import segments_in_level
+
+    acquired = getattr(analysis, "acquired_levels", None) or {}
+    p = analysis.perfusion or {}
+    segments = p.get("segments") or (p.get("semiquantitative") or {}).get("segments") or []
+    if not acquired or not segments:
+        return []
+    value_key = "mbf_ml_min_g" if p.get("segments") else "relative_upslope"
+    expected = sorted({sid for level in set(acquired.values()) for sid in segments_in_level(level)})
+    measured = {s["id"] for s in segments if s.get(value_key) is not None and np.isfinite(s[value_key])
+                and (s.get("n_pixels") is None or s["n_pixels"] > 0)}
+    missing = [sid for sid in expected if sid not in measured]
+    if not missing:
+        return []
+    unsegmented = [f"slice {k} ({level})" for k, level in sorted(acquired.items()) if k not in analysis.levels]
+    why = (f"{', '.join(unsegmented)} {'has' if len(unsegmented) == 1 else 'have'} no LV blood pool or myocardium in the mask"
+           if unsegmented else "the myocardial ring in the mask does not reach them")
+    return [_flag("SEGMENTS_UNMEASURED", REVIEW, f"AHA segment(s) {missing} not measured: {why}; the global value covers "
+                                                 f"{len(expected) - len(missing)} of the {len(expected)} segments acquired. "
+                                                 "Check and correct the contours", len(missing))]
 
 
 AIF_END_FRACTION_MAX = 0.6   # a whole first pass ends with the AIF at 10-30 % of its peak (recirculation)

@@ -356,3 +356,33 @@ def test_first_pass_width_of_a_sampled_gaussian():
     aif = 4.0 * np.exp(-0.5 * ((t - 20) / 2.0) ** 2)    # above its baseline; FWHM 2.355 sigma = 4.71 s
     assert first_pass_fwhm_s(aif, t) == pytest.approx(4.71, abs=0.02)
     assert first_pass_fwhm_s(np.ones(20), np.arange(20.0)) is None
+
+
+def test_a_slice_or_part_of_a_ring_missing_from_the_perfusion_mask_is_flagged(perfusion):
+    """A mask with no myocardium on the basal slice (the network missed it) leaves segments 1-6
+    empty: the global MBF is then the mid and apical heart's only, and QC says so. A ring with a
+    sector cut out leaves that segment empty and is flagged the same way."""
+    from CardiacAISegLib.geometry import perfusion_slice_levels
+
+    study, _ = perfusion
+    ref = study.labels[0]
+    basal = [k for k, level in enumerate(perfusion_slice_levels(study, ref)) if level == "basal"][0]
+    labels = ref.copy()
+    labels[basal][labels[basal] == MYO] = 0
+    a = Analysis(study, {0: labels}).run()
+    flag = next(f for f in a.qc["flags"] if f["code"] == "SEGMENTS_UNMEASURED")
+    assert "[1, 2, 3, 4, 5, 6]" in flag["message"] and f"slice {basal} (basal)" in flag["message"], flag
+    assert "10 of the 16" in flag["message"] and a.qc["status"] == "review"
+
+    # the mid ring with a 150-degree gap (more than two 60-degree sectors): at least one mid segment empty
+    labels = ref.copy()
+    mid = [k for k, level in enumerate(perfusion_slice_levels(study, ref)) if level == "mid"][0]
+    rows, cols = np.nonzero(labels[mid] == MYO)
+    cy, cx = rows.mean(), cols.mean()
+    angle = np.degrees(np.arctan2(rows - cy, cols - cx))
+    cut = np.abs(angle) < 75
+    labels[mid][rows[cut], cols[cut]] = 0
+    a = Analysis(study, {0: labels}).run()
+    flag = next(f for f in a.qc["flags"] if f["code"] == "SEGMENTS_UNMEASURED")
+    assert "ring in the mask does not reach them" in flag["message"]
+    assert all(7 <= sid <= 12 for sid in eval(flag["message"].split("segment(s) ")[1].split(" not")[0]))
