@@ -884,6 +884,24 @@ def _perfusion_frames(base, f, n):
     return perfusion_args(base, input=f / "perfusion.nii.gz", **{"--aif": f / "aif.csv"})
 
 
+@case("perfusion_nifti_time_axis_holds_the_tr", "error", ("0.0031 s", "--dt"), named=lambda f: f / "perfusion.nii.gz",
+      category="perfusion")
+def _(base, f):
+    """A 4D perfusion NIfTI whose writer stored the repetition time (3.1 ms) as the time step:
+    30 frames 'over 0.1 s' once read as a cine (EF 100 %, a warning among many). A step that
+    short is no frame interval, so the first pass in the images decides the kind, and the
+    missing frame interval is asked for."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    img = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    header = img.header.copy()
+    header["pixdim"][4] = 0.0031
+    header.set_xyzt_units("mm", "sec")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), str(f / "perfusion.nii.gz"))
+    return [f / "perfusion.nii.gz"]
+
+
 @case("perfusion_one_frame", "error", ("frame",), named=lambda f: f / "perfusion.nii.gz", category="perfusion")
 def _(base, f):
     return _perfusion_frames(base, f, 1)

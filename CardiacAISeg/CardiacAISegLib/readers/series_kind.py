@@ -19,11 +19,17 @@ from .dicom import MANY_HEARTBEATS_S
 STRONG, WEAK = "strong", "weak"
 
 
+# A time step shorter than this is no frame interval: cine frames lie 15-60 ms apart and
+# perfusion frames a heartbeat or two; a NIfTI writer that stores the repetition time (TR,
+# 2-5 ms) in the time axis says nothing of the series' timing.
+MIN_FRAME_STEP_S = 0.012
+
+
 def _from_times(times, source):
     if times is None or len(times) < 2:
         return None
     span = float(times[-1] - times[0])
-    if span <= 0:
+    if span <= 0 or span / (len(times) - 1) < MIN_FRAME_STEP_S:
         return None
     kind = PERFUSION if span > MANY_HEARTBEATS_S else CINE
     return kind, f"{source}: {len(times)} frames over {span:.1f} s ({'many heartbeats' if kind == PERFUSION else 'one cardiac cycle'})"
