@@ -91,12 +91,17 @@ def main():
     p.add_argument("--no-refine", action="store_true")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
+                   help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
     args = p.parse_args()
     refine = not args.no_refine
     paths = [s.strip() for s in args.paths.split(",")]
     model = registry.load_model("perfusion-resunet")
+    if args.cine_tta != "card":
+        model.card["input"]["segmentation"]["cine_tta"] = args.cine_tta
     cine = registry.default_model("cine")
-    result = {"cine_model": f"{cine} v{registry.get_card(cine).get('version', '1')}", "refine": refine, "paths": {}}
+    result = {"cine_model": f"{cine} v{registry.get_card(cine).get('version', '1')}", "refine": refine, "paths": {},
+              "cine_tta": model.card["input"]["segmentation"].get("cine_tta")}
     seconds = {path: [] for path in paths}
 
     def timed(study, path):
@@ -138,7 +143,8 @@ def main():
 
     header = ("| path | aif_detection LV Dice (3 real) | synthetic full-FOV Dice LV / MYO (median) / RV | "
               "QPerf rest MBF | QPerf stress MBF | blood-like rest / stress | s per series |")
-    print(f"cine model {result['cine_model']}, bolus check {'on' if refine else 'off'}, "
+    print(f"cine model {result['cine_model']} (key images mirrored: {result['cine_tta'] or 'as its card'}), "
+          f"bolus check {'on' if refine else 'off'}, "
           f"{args.cases} synthetic cases of {args.size} px (seed {args.seed})")
     print(header)
     print("|" + "---|" * header.count(" | ") + "---|")

@@ -28,6 +28,9 @@ def test_shipped_card_declares_the_ensemble_and_a_bad_mode_is_refused():
     declared = perfusion_segmentation.perfusion_segmentation(registry.get_card("perfusion-resunet"))
     assert declared["mode"] == "ensemble" and declared["key_image"] == "lv-peak"
     assert declared["bolus_check"] is False and declared["cine_model"] is None
+    assert declared["cine_tta"] == "flip"   # the key images mirrored (docs/models.md: +0.010 synthetic MYO Dice)
+    with pytest.raises(CardiacInputError, match="cine_tta must be one of none, flip, flip2"):
+        perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "cine_tta": "rotate"}}})
     # a card without the entry runs as perfusion cards always did: the network, then the check
     legacy = perfusion_segmentation.perfusion_segmentation({"name": "old", "input": {"pixel_mm": None}})
     assert legacy["mode"] == "frames" and legacy["bolus_check"] is True
@@ -70,6 +73,7 @@ def test_wide_field_key_image_masks_land_on_the_heart_exactly(perfusion_model):
     for mode in ("cine-key-image", "ensemble"):
         labels = perfusion_segmentation.segment_perfusion_study(wide, perfusion_model, mode=mode, refine=False)[0]
         record = wide.provenance["perfusion_segmentation"]
+        assert record["cine_tta"] == "flip"   # the card's declaration reaches the key-image path
         square = record["square"]
         assert square["rows"][1] - square["rows"][0] < 260 and square["cols"][1] - square["cols"][0] < 230   # a square was used
         inside = labels[:, offset[0]:offset[0] + 96, offset[1]:offset[1] + 96]

@@ -147,20 +147,24 @@ def heart_square(shape_rc, spacing_rc, timing, side_mm):
     return square_around_heart(shape_rc, spacing_rc, timing, side_mm)
 
 
-def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timing=None, device="cpu"):
+def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timing=None, device="cpu", tta=None):
     """(S, K, R, C) class probabilities on the perfusion grid from ``cine_model`` (a registry
-    LoadedModel) on the key images, and a record of what was done (for provenance)."""
+    LoadedModel) on the key images, and a record of what was done (for provenance). ``tta``
+    (inference.TTA_FLIPS) overrides the cine card's own: a few key images can afford mirroring
+    that a whole cine stack need not pay for."""
     from .inference import cine_heart_box, predict_volume_probabilities
 
     if timing is None:
         timing = bolus_timing_or_curve_peak(study)
     spec = cine_model.card["input"]
     multiple = spec.get("size_multiple", 16)
+    tta = tta or spec.get("tta", "none")
     spacing_rc, pixel_source = working_pixel_mm(study, timing)
     keys = key_images(study, timing, mode)
     side_mm = spec.get("heart_crop_mm") or DEFAULT_SQUARE_MM
     record = {"mode": mode, "frames": [int(f) for f in key_frames(timing, mode, study.n_frames)],
               "cine_model": cine_model.card["name"], "cine_model_version": str(cine_model.card.get("version", "1")),
+              "cine_tta": tta,
               "pixel_mm": [round(v, 3) for v in spacing_rc], "pixel_mm_from": pixel_source,
               "heart_found_by": timing["reason"]}
     if timing["confidence"] == "high":
@@ -173,7 +177,7 @@ def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timi
     rs, cs = box if box is not None else (slice(0, keys.shape[1]), slice(0, keys.shape[2]))
     record["square"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop]}
     inside = predict_volume_probabilities(cine_model.module, np.ascontiguousarray(keys[:, rs, cs]), spacing_rc,
-                                          spec["pixel_mm"], multiple, device, tta=spec.get("tta", "none"),
+                                          spec["pixel_mm"], multiple, device, tta=tta,
                                           contiguous=False)   # perfusion slices lie 20-30 mm apart
     probs = np.zeros((keys.shape[0], inside.shape[1], *keys.shape[1:]), np.float32)
     probs[:, 0] = 1.0   # background outside the square

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from . import perfusion_keyimage
-from .inference import network_scores, pick_device
+from .inference import TTA_FLIPS, network_scores, pick_device
 from .postprocess import keep_one_component_per_structure
 
 
@@ -87,6 +87,10 @@ def perfusion_segmentation(card):
     entry = dict(card.get("input", {}).get("segmentation") or {"mode": "frames"})
     entry.setdefault("key_image", DEFAULT_KEY_IMAGE)
     entry.setdefault("cine_model", None)
+    entry.setdefault("cine_tta", None)   # None: the cine card's own input.tta
+    if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_FLIPS:
+        raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.cine_tta must be one of "
+                                f"{', '.join(TTA_FLIPS)}, not {entry['cine_tta']!r}")
     if entry.get("key_image") not in KEY_IMAGE_MODES:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.key_image must be one of "
                                 f"{', '.join(KEY_IMAGE_MODES)}, not {entry.get('key_image')!r}")
@@ -163,7 +167,7 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
                                     f"segmentation mode {mode!r} needs a cine network: its card declares none "
                                     "(input.segmentation), so pass cine_model= (a model from registry.load_model)")
         probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
-            study, cine_model, key_image or declared["key_image"], timing=timing, device=device)
+            study, cine_model, key_image or declared["key_image"], timing=timing, device=device, tta=declared["cine_tta"])
         parts.append(probs)
         record.update(key_record)
         record["mode"] = mode
