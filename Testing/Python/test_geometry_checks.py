@@ -378,3 +378,29 @@ def test_single_slice_frames_with_one_constant_trigger_delay_still_load(tmp_path
     s = load_study(d)
     assert s.images.shape == (5, 1, SIZE, SIZE)
     assert [int(s.images[t, 0, 0, 0]) for t in range(5)] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["cine", "perfusion"])
+def test_slice_and_time_axes_swapped_in_a_4d_file_are_refused(tmp_path, shared_data, kind):
+    """A real short-axis stack (ACDC patient001, ED and ES, 10 slices) written as (x, y, slices,
+    time) reads; the same images written as (x, y, time, slices) once read as a 2-slice, 10-frame
+    series and gave volumes of the wrong images. Consecutive frames of one slice are far more
+    alike than neighbouring slices, so the swap is seen and refused, naming the file."""
+    import nibabel as nib
+
+    from CardiacAISegLib.readers import load_study
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    st = load_acdc_patient(shared_data / "acdc" / "patient001")
+    images = np.stack([st.images[st.ed_frame], st.images[st.es_frame]])     # (T=2, S, R, C)
+    xyzt = images.transpose(3, 2, 1, 0)
+    affine = np.diag([-st.spacing[0], -st.spacing[1], st.spacing[2], 1.0])
+    good, swapped = tmp_path / "good.nii.gz", tmp_path / "swapped.nii.gz"
+    nib.save(nib.Nifti1Image(xyzt.astype(np.float32), affine), str(good))
+    nib.save(nib.Nifti1Image(xyzt.transpose(0, 1, 3, 2).astype(np.float32), affine), str(swapped))
+    options = {"kind": kind, "dt": 0.8} if kind == "perfusion" else {}
+    if kind == "cine":
+        assert load_study(good).images.shape[:2] == (2, st.n_slices)
+    with pytest.raises(CardiacInputError, match="slice and time axes look swapped") as e:
+        load_study(swapped, **options)
+    assert str(swapped) in str(e.value)

@@ -206,6 +206,63 @@ def check_not_blank(path, images):
         raise CardiacInputError(path, problem)
 
 
+# In a cine or perfusion series the images at one slice position hardly change from frame to
+# frame outside the heart, while neighbouring slices 5-20 mm apart show other anatomy: median
+# normalised cross-correlation 0.95-0.998 between consecutive frames against 0.43-0.76 between
+# neighbouring slices (Sunnybrook, the MetaImage cine, 12 ACDC patients' ED/ES). A file whose
+# last two axes hold (time, slices) instead of (slices, time) shows the reverse. That needs
+# anatomy outside the heart in view: on a tight crop (the cine phantom's 102 mm field: 0.77
+# between its 6 frames, 0.94 between slices) the beating heart fills the image, so fields
+# under SWAPPED_AXES_MIN_FOV_MM are not judged.
+SWAPPED_AXES_MARGIN = 0.1
+SWAPPED_AXES_MIN_FOV_MM = 200.0
+
+
+def _ncc(a, b):
+    a = a - a.mean()
+    b = b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / d if d > 0 else 1.0
+
+
+def _median_similarity(images, pairs):
+    return float(np.median([_ncc(images[i], images[j]) for i, j in pairs]))
+
+
+def swapped_axes_problem(images, most_pairs=48):
+    """A sentence when a (T, S, R, C) series' frames differ more from one to the next than its
+    slices do from their neighbours (slice and time axes swapped in the file), else None."""
+    n_t, n_s = images.shape[:2]
+    if n_t < 2 or n_s < 2:
+        return None
+    small = np.asarray(images[:, :, ::2, ::2], np.float64)   # similarity needs no full resolution
+    temporal = [((t, k), (t + 1, k)) for t in range(n_t - 1) for k in range(n_s)]
+    spatial = [((t, k), (t, k + 1)) for t in range(n_t) for k in range(n_s - 1)]
+    pick = lambda pairs: [pairs[i] for i in np.unique(np.linspace(0, len(pairs) - 1, most_pairs).astype(int))]  # noqa: E731
+    between_frames = _median_similarity(small, pick(temporal))
+    between_slices = _median_similarity(small, pick(spatial))
+    if between_slices - between_frames <= SWAPPED_AXES_MARGIN:
+        return None
+    return (f"the slice and time axes look swapped: consecutive frames at one slice position differ more (median "
+            f"similarity {between_frames:.2f}) than neighbouring slices of one frame ({between_slices:.2f}), where a "
+            f"series keeps its anatomy from frame to frame; the file holds its {n_s} frames as slices and its {n_t} "
+            "slices as frames? Write it as (x, y, slices, time)")
+
+
+def refuse_swapped_axes(path, images, ijk_to_ras):
+    """CardiacInputError naming ``path`` for a 4D file whose slice and time axes look swapped
+    (``swapped_axes_problem``): every volume, EF and MBF from it would be of the wrong images.
+    Fields of view under SWAPPED_AXES_MIN_FOV_MM (crops around the heart) are not judged."""
+    m = np.asarray(ijk_to_ras, float)
+    rows, cols = np.asarray(images).shape[2:]
+    fov_mm = min(rows * float(np.linalg.norm(m[:3, 1])), cols * float(np.linalg.norm(m[:3, 0])))
+    if fov_mm < SWAPPED_AXES_MIN_FOV_MM:
+        return
+    problem = swapped_axes_problem(images)
+    if problem:
+        raise CardiacInputError(path, problem)
+
+
 def check_geometry(study, path=None):
     """Validate a reader's Study (see the module docstring); warnings into its provenance.
 

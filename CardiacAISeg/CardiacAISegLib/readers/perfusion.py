@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
+from .geometry_check import refuse_swapped_axes
 from .pd_frames import drop_leading_pd_frames
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
@@ -157,6 +158,7 @@ def _image_study(path):
         return study, study.frame_times_s
     if ndim == 3:  # [RO, E1, frames]: the third axis is time, one slice
         images = images.transpose(1, 0, 2, 3)
+    refuse_swapped_axes(path, images, affine)
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
                   provenance={"reader": meta["format"], "files": [str(path)],

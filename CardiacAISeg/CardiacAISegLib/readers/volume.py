@@ -13,7 +13,7 @@ from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, Study
 from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji
-from .geometry_check import check_geometry, check_spacing_values
+from .geometry_check import check_geometry, check_spacing_values, refuse_swapped_axes
 from .sniff import VOLUME_SUFFIXES, metaimage_fields, volume_suffix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -306,6 +306,7 @@ def load_volume(path, kind=CINE):
     """One file -> Study. 3D files become a single frame; 4D files a series."""
     images, m, meta = read_volume_file(path)
     _refuse_lost_spacing(path, meta)
+    refuse_swapped_axes(path, images, m)
     study = Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=meta.pop("frame_times_s"),
                   name=_strip_suffix(path), source=str(path),
                   orientation_known=meta.pop("orientation_known"),
