@@ -494,6 +494,27 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_realtime_cine_untriggered", "error", ("real-time", "45 ms per frame", "ECG-triggered"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """A real-time (untriggered) cine: 102 frames 45 ms apart per slice, TriggerTime 0, the
+    slices acquired one after another. Its 4.5 s span once made it a 'first pass' (refused for a
+    0.045 s frame interval); read as a cine, frame t of one slice is another phase than frame t
+    of the next, so EF would mix phases."""
+    from dicom_factory import _tm
+
+    n_rt = 102
+    seen = {}
+
+    def realtime(ds, k, t):
+        n = seen[k] = seen.get(k, -1) + 1        # the n-th image of slice k, 45 ms after the one before
+        ds.TriggerTime = 0.0
+        ds.AcquisitionTime = _tm(36000.0 + 10.0 * k + 0.045 * n)
+    d, _ = cine_dicom(base, f / "dicom", slices=[2, 3, 4], frames=list(range(N_FRAMES)) * (n_rt // N_FRAMES),
+                      per_image=realtime)
+    return [d]
+
+
 @case("dicom_reverse_order_and_descending_instances", "ok", category="dicom",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

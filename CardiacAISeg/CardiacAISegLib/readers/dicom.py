@@ -563,6 +563,9 @@ def _unwrap_midnight(items):
 # A cine covers one cardiac cycle (trigger delays under ~2 s even at 30 beats/min); frames that
 # span more than this at one slice position come from many heartbeats: a first-pass series.
 MANY_HEARTBEATS_S = 4.0
+# A first pass takes one frame per heartbeat or two (0.3-2 s apart). Frames as long a series
+# spans but under REALTIME_STEP_S apart are a real-time (untriggered) cine of many cycles.
+REALTIME_STEP_S = 0.15
 
 
 def choose_frame_clock(groups):
@@ -595,8 +598,16 @@ def choose_frame_clock(groups):
     def whole_seconds(values):
         return all(np.all(np.abs(v - np.round(v)) < 1e-6) for v in values) and not distinct(values)
 
+    def step(values):
+        return float(np.median([np.median(np.diff(np.sort(v))) for v in values if v.size > 1]))
+
     if n_frames < 2:
         return {"clock": None, "kind": None, "span_s": 0.0, "reason": "one frame per slice position"}
+    for name, values in (("TriggerTime", trig), ("AcquisitionTime", clock)):
+        if values is not None and distinct(values) and span(values) > MANY_HEARTBEATS_S and step(values) < REALTIME_STEP_S:
+            return {"clock": name, "kind": CINE, "span_s": span(values), "realtime": True,
+                    "reason": f"{name} advances {1000 * step(values):.0f} ms per frame through {span(values):.1f} s at one "
+                              "slice position (a real-time cine of many cardiac cycles)"}
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
         return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
                 "reason": f"TriggerTime rises through {span(trig):.1f} s at one slice position (many heartbeats)"}
@@ -1028,6 +1039,13 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     counts = [len(g) for g in groups]
     timing = choose_frame_clock(groups)
     clock = timing["clock"]
+    if timing.get("realtime") and len(groups) > 1:
+        # untriggered frames: frame t of one slice is not the cardiac phase of frame t of the
+        # next, so volumes summed over slices per frame would mix systole and diastole
+        raise CardiacInputError(folder, f"a real-time (untriggered) cine: {timing['reason']}; its slices were acquired at "
+                                        "different times, so one frame number is not one cardiac phase across slices and "
+                                        "volumes and EF from it would mix phases. Give an ECG-triggered (segmented) cine "
+                                        "series")
     _refuse_same_position_and_time(folder, groups, positions, coarse=timing.get("coarse", False))
 
     def order(g):

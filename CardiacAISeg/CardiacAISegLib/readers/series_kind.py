@@ -14,7 +14,7 @@ says why; when only weak evidence does, the flag wins and a warning says what th
 """
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION
-from .dicom import MANY_HEARTBEATS_S
+from .dicom import MANY_HEARTBEATS_S, REALTIME_STEP_S
 
 STRONG, WEAK = "strong", "weak"
 
@@ -31,8 +31,10 @@ def _from_times(times, source):
     span = float(times[-1] - times[0])
     if span <= 0 or span / (len(times) - 1) < MIN_FRAME_STEP_S:
         return None
-    kind = PERFUSION if span > MANY_HEARTBEATS_S else CINE
-    return kind, f"{source}: {len(times)} frames over {span:.1f} s ({'many heartbeats' if kind == PERFUSION else 'one cardiac cycle'})"
+    # frames under REALTIME_STEP_S apart over many seconds: a real-time cine, not a first pass
+    kind = PERFUSION if span > MANY_HEARTBEATS_S and span / (len(times) - 1) >= REALTIME_STEP_S else CINE
+    cycles = "many heartbeats" if kind == PERFUSION else "one cardiac cycle" if span <= MANY_HEARTBEATS_S else "a real-time cine"
+    return kind, f"{source}: {len(times)} frames over {span:.1f} s ({cycles})"
 
 
 def _from_content(study):
