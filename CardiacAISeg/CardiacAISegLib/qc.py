@@ -83,6 +83,13 @@ def cine_flags(analysis):
         if lv_slices.size == 0:
             flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
             continue
+        # the LV is one structure from base to apex: a slice without it between slices with it
+        # is a slice the segmentation missed, and the volumes and mass silently lack it
+        gaps = [int(k) for k in range(int(lv_slices[0]), int(lv_slices[-1]) + 1) if k not in set(lv_slices.tolist())]
+        if gaps:
+            flags.append(_flag(f"LV_GAP_{name}", REVIEW, f"no LV blood pool or myocardium at {name} on slice(s) {gaps}, between "
+                                                         f"slices {int(lv_slices[0])} and {int(lv_slices[-1])} that have them: "
+                                                         "volumes and mass miss those slices; check the segmentation", len(gaps)))
         mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
         # A structure is "missing" when no mid-ventricular slice has it: the RV thins out towards
         # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error

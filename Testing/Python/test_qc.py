@@ -246,6 +246,21 @@ def test_lv_pool_missing_on_mid_slices(cine):
     assert "LV_MISSING_MID_ED" in codes(a)
 
 
+def test_a_mid_slice_missed_by_the_segmentation_is_flagged(cine):
+    """One mid-ventricular slice with no LV or myocardium at ED (the network missed it) between
+    slices that have them: EDV and mass lack a slice, no range check notices; the gap does."""
+    study, truth = cine
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    ed = labels[truth["ed_frame"]]
+    slices = np.nonzero(((ed == LV) | (ed == MYO)).any(axis=(1, 2)))[0]
+    k = int(slices[len(slices) // 2])
+    ed[k][(ed[k] == LV) | (ed[k] == MYO)] = 0
+    a = _cine_analysis(study, labels, ed_frame=truth["ed_frame"], es_frame=truth["es_frame"])
+    flag = next(f for f in a.qc["flags"] if f["code"] == "LV_GAP_ED")
+    assert f"slice(s) [{k}]" in flag["message"] and a.qc["status"] == "review"
+    assert "LV_GAP_ES" not in codes(a)
+
+
 def test_mpr_out_of_range(perfusion):
     """A 'rest' series with three times the stress flow: MPR 0.3, a swapped pair."""
     study, _ = perfusion
