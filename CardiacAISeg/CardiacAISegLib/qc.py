@@ -32,6 +32,10 @@ RANGES = {
 }
 # The fit's F bound is 0.3 /s (17 mL/min/g): values there are the bound, not a measurement.
 MIN_SLICES_FOR_VOLUME = 3
+# The LV spans 50-110 mm of short-axis slices at ED in the 80 ACDC patients' expert labels
+# (DCM included); segmented over a much longer stretch the "stack" is something else: frames
+# concatenated as slices, a wrong slice spacing, or the atria and aorta labelled as LV.
+MAX_LV_LENGTH_MM = 160.0
 
 
 def _flag(code, severity, message, value=None):
@@ -101,6 +105,13 @@ def cine_flags(analysis):
     # coverage: a ventricle measured on one or two slices is not a volume
     if ed is not None and ed in labels:
         n_lv = int(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)).sum())
+        on = np.nonzero(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)))[0]
+        length = (int(on[-1]) - int(on[0]) + 1) * float(analysis.study.spacing[2]) if on.size else 0.0
+        if length > MAX_LV_LENGTH_MM:
+            flags.append(_flag("LV_LENGTH_RANGE", REVIEW, f"the LV is segmented over {length:.0f} mm of slices at ED "
+                                                          f"(slices {int(on[0])}-{int(on[-1])}), where expert labels span 50-110 mm "
+                                                          "(80 ACDC patients): frames stacked as slices, a wrong slice spacing, "
+                                                          "or other structures labelled LV?", length))
         if n_lv < MIN_SLICES_FOR_VOLUME:
             flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
                                                          f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not whole-heart values", n_lv))

@@ -261,6 +261,19 @@ def test_a_mid_slice_missed_by_the_segmentation_is_flagged(cine):
     assert "LV_GAP_ES" not in codes(a)
 
 
+def test_an_lv_longer_than_any_heart_is_flagged(cine):
+    """The phantom's stack read with 3x its slice spacing (frames stacked as slices give the same
+    picture: the LV on slice after slice): the LV spans far more than the 50-110 mm of any
+    ACDC expert label map, and QC says so."""
+    study, truth = cine
+    m = study.ijk_to_ras.copy()
+    m[:3, 2] *= 3.0
+    a = _cine_analysis(study, ijk_to_ras=m, ed_frame=truth["ed_frame"], es_frame=truth["es_frame"])
+    flag = next(f for f in a.qc["flags"] if f["code"] == "LV_LENGTH_RANGE")
+    assert flag["value"] > 160
+    assert "LV_LENGTH_RANGE" not in codes(_cine_analysis(study, ed_frame=truth["ed_frame"], es_frame=truth["es_frame"]))
+
+
 def test_mpr_out_of_range(perfusion):
     """A 'rest' series with three times the stress flow: MPR 0.3, a swapped pair."""
     study, _ = perfusion
