@@ -171,7 +171,8 @@ def build_parser():
     a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
     a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt); 'ring' = automatic myocardial ring ROI (perfusion)")
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
-    a.add_argument("--aif", help="arterial input function (text/CSV column, Analyze/NIfTI column)")
+    a.add_argument("--aif", help="arterial input function: a text/CSV column, an Analyze/NIfTI column, or a DICOM folder "
+                                  "holding the dual-sequence AIF series (found by itself when it lies beside the series)")
     a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")
     a.add_argument("--units", choices=["gd_mmol_l", "signal"], help="perfusion image units when the file cannot tell (NIfTI, DICOM)")
     a.add_argument("--kind", choices=["cine", "perfusion"], help="override the detected series kind")

@@ -113,9 +113,15 @@ def check_rest_pairing(study, rest_name, rest_study=None):
     if study.kind != PERFUSION:
         raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study (for the MPR); "
                                                 f"{study.source or study.name} is read as {study.kind}")
-    if rest_study is None:
-        return
-    ids = [str(s.provenance.get("patient_id") or "").strip() for s in (study, rest_study)]
+    if rest_study is not None:
+        check_same_patient(study, rest_study, rest_name, "the rest series")
+
+
+def check_same_patient(study, other, other_name, what):
+    """Refuse ``other`` (a series read to go with ``study``: its rest series, its AIF series) when
+    both carry a PatientID and they differ; ``what`` names it in the message. Files without a
+    PatientID (NIfTI, anonymised DICOM) cannot be compared and pass."""
+    ids = [str(s.provenance.get("patient_id") or "").strip() for s in (study, other)]
     if all(ids) and ids[0] != ids[1]:
-        raise CardiacInputError(str(rest_name), f"the rest series is of PatientID {ids[1]!r}, the stress series of "
-                                                f"PatientID {ids[0]!r}: stress and rest must be one patient's")
+        raise CardiacInputError(str(other_name), f"{what} is of PatientID {ids[1]!r}, the {'stress' if 'rest' in what else 'perfusion'} "
+                                                 f"series of PatientID {ids[0]!r}: both must be one patient's")

@@ -399,3 +399,31 @@ def test_losslessly_compressed_series_reads_as_the_uncompressed_one(tmp_path, ph
     assert packed.kind == "perfusion"
     np.testing.assert_array_equal(packed.images, plain.images)
     np.testing.assert_allclose(packed.frame_times_s, plain.frame_times_s)
+
+
+def test_aif_series_exported_to_its_own_folder_is_given_with_aif(tmp_path, phantom):
+    """The dual-sequence AIF series exported apart from the perfusion series: `--aif AIF_FOLDER`
+    reads it as if it lay beside (it once said 'AIF file not found' for the folder). Another
+    patient's AIF series is refused, naming the folder."""
+    import pydicom
+
+    study, truth = phantom
+    write_perfusion_series(tmp_path / "perf", study, vendor="siemens", description="Perfusion_stress")
+    write_aif_series(tmp_path / "aif", study)
+    s = load_study(tmp_path / "perf", aif=tmp_path / "aif")
+    assert f"dual-sequence AIF series in {tmp_path / 'aif'}" in s.provenance["aif_source"]
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+    beside = tmp_path / "both"
+    write_perfusion_series(beside, study, vendor="siemens", description="Perfusion_stress")
+    write_aif_series(beside, study)
+    np.testing.assert_allclose(s.aif, load_study(beside).aif, rtol=1e-6)   # the same AIF as found beside
+
+    for folder, pid in ((tmp_path / "perf", "P1"), (tmp_path / "aif", "P2")):
+        for p in folder.glob("*.dcm"):
+            ds = pydicom.dcmread(p)
+            ds.PatientID = pid
+            ds.save_as(p)
+    with pytest.raises(CardiacInputError, match="the AIF series is of PatientID 'P2', the perfusion series of PatientID 'P1'") as e:
+        load_study(tmp_path / "perf", aif=tmp_path / "aif")
+    assert str(tmp_path / "aif") in str(e.value)

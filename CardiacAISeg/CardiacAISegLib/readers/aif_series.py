@@ -16,12 +16,28 @@ from .pd_frames import drop_leading_pd_frames
 
 def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
     """(T,) AIF for ``study`` from the AIF series ``aif_uid`` in ``folder``."""
-    from ..perfusion.bolus import aif_from_lv, locate_blood_pools
     from .dicom import load_dicom_series
 
     aif_study = study.companion_series.pop(aif_uid, None)   # read with the main series, from one folder scan
     if aif_study is None:
         aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
+    return _aif_from_series_study(study, aif_study, aif_uid, folder)
+
+
+def aif_from_series_folder(study, folder, progress=None):
+    """(T,) AIF for ``study`` from a folder that holds its dual-sequence AIF series alone
+    (``--aif AIF_FOLDER``, the AIF series exported apart from the perfusion series)."""
+    from ..study import check_same_patient
+    from .dicom import load_dicom_series
+
+    aif_study = load_dicom_series(folder, progress=progress)
+    check_same_patient(study, aif_study, folder, "the AIF series")
+    return _aif_from_series_study(study, aif_study, aif_study.provenance.get("series_uid", str(folder)), folder)
+
+
+def _aif_from_series_study(study, aif_study, aif_uid, folder):
+    from ..perfusion.bolus import aif_from_lv, locate_blood_pools
+
     # its own PD frames (dual-sequence protocols write them in both series): the main series' warnings say so
     drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
     frames = aif_study.images[:, aif_study.n_slices // 2]

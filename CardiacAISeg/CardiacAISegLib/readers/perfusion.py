@@ -239,7 +239,14 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                        "per heartbeat or two (0.3-2 s); give --dt in seconds")
 
     aif_source = aif if aif is not None else (params_file.parent / entry["aif"] if entry and entry.get("aif") else None)
-    if aif_source is not None:
+    if isinstance(aif_source, (str, Path)) and Path(aif_source).is_dir():
+        # a folder: the dual-sequence AIF series exported on its own, read as if it lay beside
+        from .aif_series import aif_from_series_folder
+
+        study.companion_series.clear()
+        study.aif = aif_from_series_folder(study, Path(aif_source), progress=progress)   # on the series' own frames
+        prov["aif_source"] = f"dual-sequence AIF series in {aif_source} (LV blood pool found from the bolus)"
+    elif aif_source is not None:
         curve = load_aif(aif_source)
         if dropped and len(curve) == n + dropped:
             curve = curve[dropped:]   # an AIF of the series as written, PD frames included
