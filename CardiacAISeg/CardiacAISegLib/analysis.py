@@ -316,6 +316,10 @@ class Analysis:
                 from .perfusion.semiquant import mpri
 
                 self.perfusion["mpri"] = mpri(sq, rest_sq)
+            for key in ("mpr", "mpri"):
+                note = (self.perfusion.get(key) or {}).get("coverage")
+                if note and note not in self.warnings:
+                    self.warnings.append(note)
 
     # --- edits ---------------------------------------------------------------------------
     def move_insertion_point(self, slice_index: int, which: str, ras: Ras):

@@ -285,6 +285,29 @@ def test_mpr_out_of_range(perfusion):
     assert "MPR_RANGE" in codes(stress_a)
 
 
+def test_mpr_of_a_rest_series_with_fewer_slices_compares_the_same_segments():
+    """A rest series of the mid slice only against a 3-slice stress series: the global MPR
+    once divided the stress global (16 segments) by the rest global (6 mid segments): another
+    myocardium. It is now the median over the segments both measure, with a warning saying so,
+    and agrees with the 3-slice rest's MPR."""
+    from dataclasses import replace
+
+    stress, _ = make_perfusion_phantom(seed=3, n_frames=60)
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=60, stress=False)
+    mid = replace(rest, images=rest.images[:, 1:2], ijk_to_ras=rest.ijk_to_ras.copy(), provenance={},
+                  labels={f: v[1:2] for f, v in rest.labels.items()})
+    mid.ijk_to_ras[:3, 3] += rest.ijk_to_ras[:3, 2]
+    full = Analysis(stress, stress.labels, rest=Analysis(rest, rest.labels).run()).run()
+    partial = Analysis(stress, stress.labels, rest=Analysis(mid, mid.labels).run()).run()
+    assert "coverage" not in full.perfusion["mpr"]
+    note = partial.perfusion["mpr"]["coverage"]
+    assert "stress 1-16, rest 7-12; 6 in both" in note and note in partial.warnings
+    mids = [row["mpr"] for row in partial.perfusion["mpr"]["segments"] if 7 <= row["id"] <= 12]
+    assert partial.perfusion["mpr"]["global"] == pytest.approx(float(np.median(mids)))
+    assert partial.perfusion["mpr"]["global"] == pytest.approx(full.perfusion["mpr"]["global"], rel=0.03)
+    assert "coverage" in partial.perfusion["mpri"] and partial.perfusion["mpri"]["global"] > 1
+
+
 def test_tissue_late_against_the_aif_is_flagged(perfusion):
     """Images 6 s behind their AIF (more than the 5 s delays a fit allows): flagged, not trusted."""
     study, _ = perfusion

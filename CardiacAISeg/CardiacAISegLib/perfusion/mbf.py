@@ -14,7 +14,7 @@ MBF = 60 F / density in mL/min/g (density 1.05 g/mL unless told otherwise).
 import numpy as np
 from scipy.special import expit
 
-from ..aha import AHA_SEGMENTS
+from ..aha import AHA_BY_ID, AHA_SEGMENTS
 from ..errors import CardiacInputError
 
 DENSITY = 1.05
@@ -874,8 +874,42 @@ def mpr(stress, rest):
                          "mpr": _ratio(s.get(row["id"], np.nan), r.get(row["id"], np.nan))}
                         for row in AHA_SEGMENTS]}
     if "global" in stress and "global" in rest:
-        out["global"] = _ratio(stress["global"]["mbf_ml_min_g"], rest["global"]["mbf_ml_min_g"])
-        out["territories"] = {t: _ratio(stress["territories"][t]["mbf_ml_min_g"],
-                                        rest["territories"][t]["mbf_ml_min_g"])
-                              for t in stress.get("territories", {})}
+        common, note = common_segments(s, r)
+        if note is None:
+            out["global"] = _ratio(stress["global"]["mbf_ml_min_g"], rest["global"]["mbf_ml_min_g"])
+            out["territories"] = {t: _ratio(stress["territories"][t]["mbf_ml_min_g"],
+                                            rest["territories"][t]["mbf_ml_min_g"])
+                                  for t in stress.get("territories", {})}
+        else:
+            # stress and rest cover different myocardium (another slice count, a slice without a
+            # mask): their global values would compare different segments, so the reserve is
+            # taken over the segments both measure
+            by_id = {row["id"]: row["mpr"] for row in out["segments"] if row["id"] in common}
+            out["global"] = _median_or_nan(by_id.values())
+            out["territories"] = {t: _median_or_nan(v for k, v in by_id.items() if AHA_BY_ID[k]["territory"] == t)
+                                  for t in stress.get("territories", {})}
+            out["coverage"] = f"{note}: global and territory MPR are the medians of the per-segment MPR over those"
     return out
+
+
+def common_segments(stress_values, rest_values):
+    """(ids measured at stress and at rest, None when both measure the same segments, else a
+    sentence naming the two sets). ``*_values``: {segment id: value or None/NaN}."""
+    def measured(values):
+        return {k for k, v in values.items() if v is not None and np.isfinite(v)}
+
+    s, r = measured(stress_values), measured(rest_values)
+    if s == r:
+        return s, None
+    return s & r, (f"stress and rest measure different AHA segments (stress {_ids(s)}, rest {_ids(r)}; "
+                   f"{len(s & r)} in both)")
+
+
+def _ids(ids):
+    ids = sorted(ids)
+    return "none" if not ids else f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else str(ids)
+
+
+def _median_or_nan(values):
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    return float(np.median(v)) if v.size else float("nan")

@@ -86,7 +86,17 @@ def mpri(stress, rest):
     def ratio(a, b):
         return None if a is None or b is None or b <= 0 else float(a) / float(b)
 
+    from .mbf import _median_or_nan, common_segments
+
     rest_by_id = {s["id"]: s for s in rest.get("segments", [])}
-    return {"global": ratio(stress["global"]["relative_upslope"], rest["global"]["relative_upslope"]),
-            "segments": {s["id"]: ratio(s["relative_upslope"], rest_by_id[s["id"]]["relative_upslope"])
-                         for s in stress.get("segments", []) if s["id"] in rest_by_id}}
+    out = {"global": ratio(stress["global"]["relative_upslope"], rest["global"]["relative_upslope"]),
+           "segments": {s["id"]: ratio(s["relative_upslope"], rest_by_id[s["id"]]["relative_upslope"])
+                        for s in stress.get("segments", []) if s["id"] in rest_by_id}}
+    _, note = common_segments({s["id"]: s["relative_upslope"] for s in stress.get("segments", [])},
+                              {s["id"]: s["relative_upslope"] for s in rest.get("segments", [])})
+    if note is not None and stress.get("segments") and rest.get("segments"):
+        # different myocardium at stress and at rest: the reserve over the segments both measure
+        median = _median_or_nan(out["segments"].values())
+        out["global"] = None if not np.isfinite(median) else median
+        out["coverage"] = f"{note}: global MPRI is the median of the per-segment MPRI over those"
+    return out
