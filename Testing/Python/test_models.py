@@ -475,3 +475,27 @@ def test_deep_supervision_run_trains_and_its_checkpoint_runs_as_a_plain_network(
     net.load_state_dict(torch.load(tmp_path / "ds" / "best.pt", weights_only=True))
     net.eval()
     assert tuple(net(torch.zeros(1, 1, 96, 96)).shape) == (1, 4, 96, 96)
+
+
+def test_a_deep_supervision_network_ships_and_exports_as_one_output(tmp_path):
+    """The aux heads stay in the weights (the card's params rebuild them) but neither the
+    registry's network nor its ONNX export runs them: one (N, 4, H, W) output, equal in both."""
+    import copy
+
+    from CardiacAISegLib.models.shipping import export_onnx, ship_model
+
+    params = {"filters": [4, 8, 16, 32, 64], "deep_supervision": 2}
+    torch.manual_seed(0)
+    net = build("unet-light", **params)
+    card = copy.deepcopy(registry.get_card("unet-light"))
+    card.update(name="ds-test", default=False)
+    card["architecture"]["params"] = params
+    card.pop("onnx", None)
+    folder = ship_model(net.state_dict(), card, dest_root=tmp_path)
+    card = export_onnx(folder)
+    assert card["onnx"]["parity_max_abs_diff"] < 1e-3   # export checked against torch (it raises otherwise)
+    from CardiacAISegLib.models.registry import _build_module, read_card, verify_weights
+
+    module = _build_module(read_card(folder), verify_weights(read_card(folder)))
+    out = module(torch.zeros(1, 1, 64, 64))
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 4, 64, 64)
