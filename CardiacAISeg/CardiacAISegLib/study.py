@@ -114,14 +114,14 @@ def check_rest_pairing(study, rest_name, rest_study=None):
         raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study (for the MPR); "
                                                 f"{study.source or study.name} is read as {study.kind}")
     if rest_study is not None:
-        check_same_patient(study, rest_study, rest_name, "the rest series")
+        check_same_patient(study, rest_study, rest_name, "the rest series", study_role="stress")
 
 
-def check_same_patient(study, other, other_name, what):
+def check_same_patient(study, other, other_name, what, study_role="perfusion"):
     """Refuse ``other`` (a series read to go with ``study``: its rest series, its AIF series) when
-    both carry a PatientID and they differ; ``what`` names it in the message. Files without a
-    PatientID (NIfTI, anonymised DICOM) cannot be compared and pass."""
+    both carry a PatientID and they differ; ``what`` and ``study_role`` name the two in the
+    message. Files without a PatientID (NIfTI, anonymised DICOM) cannot be compared and pass."""
     ids = [str(s.provenance.get("patient_id") or "").strip() for s in (study, other)]
     if all(ids) and ids[0] != ids[1]:
-        raise CardiacInputError(str(other_name), f"{what} is of PatientID {ids[1]!r}, the {'stress' if 'rest' in what else 'perfusion'} "
-                                                 f"series of PatientID {ids[0]!r}: both must be one patient's")
+        raise CardiacInputError(str(other_name), f"{what} is of PatientID {ids[1]!r}, the {study_role} series of PatientID "
+                                                 f"{ids[0]!r}: both must be one patient's")
