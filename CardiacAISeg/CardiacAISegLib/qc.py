@@ -190,7 +190,7 @@ def unmeasured_segment_flags(analysis):
     global value then covers only the rest of the heart, which the number alone does not show."""
     from .aha import segments_in_level
 
-    acquired = getattr(analysis, "acquired_levels", None) or {}
+    acquired = analysis.acquired_levels
     p = analysis.perfusion or {}
     segments = p.get("segments") or (p.get("semiquantitative") or {}).get("segments") or []
     if not acquired or not segments:

@@ -207,15 +207,15 @@ def test_the_perfusion_network_averages_its_mirrored_pass(perfusion_model):
     one failed case 0.60 -> 0.81): the probabilities are the mean of the pass on the frames and
     the mirrored-back pass on their mirror, and they sum to one."""
     from CardiacAISegLib.models.array_ops import softmax
-    from CardiacAISegLib.models.inference import network_scores
+    from CardiacAISegLib.models.inference import mirrored_probabilities, network_scores
 
     assert perfusion_model.card["input"]["tta"] == "flip"
     x = np.random.default_rng(0).random((1, 48, 64, 64)).astype(np.float32)
     model = perfusion_model.module
     plain = softmax(network_scores(model, x, "cpu"), 1)
     mirrored = softmax(network_scores(model, np.ascontiguousarray(x[..., ::-1]), "cpu"), 1)[..., ::-1]
-    got = perfusion_segmentation._mirrored_probabilities(model, x, "cpu", "flip")
+    got = mirrored_probabilities(model, x, "cpu", "flip")
     np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-6)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
     assert np.abs(got - plain).max() > 0.05          # the network is not mirror-symmetric: the mean is not one pass
-    np.testing.assert_allclose(perfusion_segmentation._mirrored_probabilities(model, x, "cpu", "none"), plain, atol=1e-6)
+    np.testing.assert_allclose(mirrored_probabilities(model, x, "cpu", "none"), plain, atol=1e-6)

@@ -138,6 +138,19 @@ def _run_with_flips(model, x, flips):
 TTA_FLIPS = {"none": (), "flip": ((3,),), "flip2": ((3,), (2,))}
 
 
+def mirrored_probabilities(model, x, device="cpu", tta="none"):
+    """Mean softmax over a numpy (N, C, H, W) input and its mirrored copies (``TTA_FLIPS[tta]``,
+    each mirrored back), by either runtime (``network_scores``): the numpy twin of
+    ``_run_with_flips``."""
+    from .array_ops import softmax
+
+    probs = softmax(network_scores(model, x, device), 1)
+    flips = TTA_FLIPS[tta]
+    for dims in flips:
+        probs = probs + np.flip(softmax(network_scores(model, np.ascontiguousarray(np.flip(x, dims)), device), 1), dims)
+    return probs / (1 + len(flips))
+
+
 # Pixels per ONNX Runtime call. Measured on 2 cores (unet-light, 320x272 slices): one slice per
 # call used 10-30% less CPU per slice than batches of 2-10, whose activations (8-16 channels at
 # full resolution, 3-6 MB a slice) no longer fit the cache; small crops are still batched so the
@@ -156,11 +169,7 @@ def _predict_numpy(model, vol, grid, size_multiple, batch, tta):
     for start in range(0, s, batch):
         x = array_ops.resample_slices(np.ascontiguousarray(vol[start:start + batch]), grid)
         x, crop = array_ops.pad_to_multiple(x, size_multiple)
-        probs = array_ops.softmax(model.run_numpy(x))
-        for dims in TTA_FLIPS[tta]:
-            axes = tuple(dims)
-            probs = probs + np.flip(array_ops.softmax(model.run_numpy(np.ascontiguousarray(np.flip(x, axes)))), axes)
-        probs = probs / (1 + len(TTA_FLIPS[tta]))
+        probs = mirrored_probabilities(model, x, tta=tta)
         out.append(array_ops.resample_slices(np.ascontiguousarray(probs[..., crop[0], crop[1]]), (r, c)))
     return np.concatenate(out, 0)
 

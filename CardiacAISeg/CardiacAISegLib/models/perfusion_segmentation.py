@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from . import perfusion_keyimage
-from .inference import TTA_FLIPS, network_scores, pick_device
+from .inference import TTA_FLIPS, mirrored_probabilities, pick_device
 from .postprocess import keep_one_component_per_structure
 
 
@@ -102,20 +102,6 @@ def perfusion_segmentation(card):
     return entry
 
 
-def _mirrored_probabilities(model, x, device, tta):
-    """Class probabilities of ``x`` (N, C, H, W), averaged with those of its mirrored copies
-    (``inference.TTA_FLIPS[tta]``, each mirrored back), for networks run through
-    ``network_scores`` (torch or ONNX Runtime)."""
-    from .array_ops import softmax
-
-    probs = softmax(network_scores(model, x, device), 1)
-    flips = TTA_FLIPS[tta]
-    for dims in flips:
-        mirrored = np.ascontiguousarray(np.flip(x, dims))
-        probs = probs + np.flip(softmax(network_scores(model, mirrored, device), 1), dims)
-    return probs / (1 + len(flips))
-
-
 def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=None):
     """(S, K, R, C) class probabilities of the perfusion network on the frames window, on the
     study's grid, averaged over mirrored inputs when its card says so (``input.tta``). A wide field of view is first cropped around the heart found from the bolus
@@ -144,7 +130,7 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
             x = ndimage.zoom(x, (1, *crop[2]), order=1)
         x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
         xp, pad = pad_array(x[None], multiple)
-        probs = _mirrored_probabilities(model, xp.astype(np.float32), device, spec.get("tta", "none"))[..., pad[0], pad[1]][0]
+        probs = mirrored_probabilities(model, xp.astype(np.float32), device, spec.get("tta", "none"))[..., pad[0], pad[1]][0]
         if crop:   # probabilities back onto the native crop grid
             zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
             probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])[:, : native[0], : native[1]]

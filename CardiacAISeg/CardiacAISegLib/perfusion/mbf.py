@@ -885,8 +885,8 @@ def mpr(stress, rest):
             # mask): their global values would compare different segments, so the reserve is
             # taken over the segments both measure
             by_id = {row["id"]: row["mpr"] for row in out["segments"] if row["id"] in common}
-            out["global"] = _median_or_nan(by_id.values())
-            out["territories"] = {t: _median_or_nan(v for k, v in by_id.items() if AHA_BY_ID[k]["territory"] == t)
+            out["global"] = median_of_finite(by_id.values())
+            out["territories"] = {t: median_of_finite(v for k, v in by_id.items() if AHA_BY_ID[k]["territory"] == t)
                                   for t in stress.get("territories", {})}
             out["coverage"] = f"{note}: global and territory MPR are the medians of the per-segment MPR over those"
     return out
@@ -910,6 +910,6 @@ def _ids(ids):
     return "none" if not ids else f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else str(ids)
 
 
-def _median_or_nan(values):
+def median_of_finite(values):
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
     return float(np.median(v)) if v.size else float("nan")

@@ -86,7 +86,7 @@ def mpri(stress, rest):
     def ratio(a, b):
         return None if a is None or b is None or b <= 0 else float(a) / float(b)
 
-    from .mbf import _median_or_nan, common_segments
+    from .mbf import common_segments, median_of_finite
 
     rest_by_id = {s["id"]: s for s in rest.get("segments", [])}
     out = {"global": ratio(stress["global"]["relative_upslope"], rest["global"]["relative_upslope"]),
@@ -96,7 +96,7 @@ def mpri(stress, rest):
                               {s["id"]: s["relative_upslope"] for s in rest.get("segments", [])})
     if note is not None and stress.get("segments") and rest.get("segments"):
         # different myocardium at stress and at rest: the reserve over the segments both measure
-        median = _median_or_nan(out["segments"].values())
+        median = median_of_finite(out["segments"].values())
         out["global"] = None if not np.isfinite(median) else median
         out["coverage"] = f"{note}: global MPRI is the median of the per-segment MPRI over those"
     return out

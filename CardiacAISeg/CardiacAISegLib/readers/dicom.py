@@ -363,13 +363,17 @@ def _drop_derived_copies(series, notes=None):
     originals = {uid: items for uid, items in series.items() if not _is_derived(items[0][1])}
     if not originals or len(originals) == len(series):
         return series
+    def shape(items):
+        return _stack_key(items[0][1]), _series_positions(items), len(items)
+
+    original_of = {}
+    for uid, items in originals.items():
+        original_of.setdefault(shape(items), uid)
     kept = dict(series)
     for uid, items in series.items():
         if uid in originals:
             continue
-        shape = (_stack_key(items[0][1]), _series_positions(items), len(items))
-        source = next((o for o, its in originals.items()
-                       if (_stack_key(its[0][1]), _series_positions(its), len(its)) == shape), None)
+        source = original_of.get(shape(items))
         if source is None:
             continue
         del kept[uid]
@@ -438,7 +442,8 @@ def _pick_series(folder, series, choice, notes=None):
     if choice is None:
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
-    refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
+    if choice is not None:
+        refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
     return uid, items, aif_uid
 
 
@@ -604,9 +609,12 @@ def choose_frame_clock(groups):
     if n_frames < 2:
         return {"clock": None, "kind": None, "span_s": 0.0, "reason": "one frame per slice position"}
     for name, values in (("TriggerTime", trig), ("AcquisitionTime", clock)):
-        if values is not None and distinct(values) and span(values) > MANY_HEARTBEATS_S and step(values) < REALTIME_STEP_S:
+        if values is None or not distinct(values) or span(values) <= MANY_HEARTBEATS_S:
+            continue
+        frame_step = step(values)
+        if frame_step < REALTIME_STEP_S:
             return {"clock": name, "kind": CINE, "span_s": span(values), "realtime": True,
-                    "reason": f"{name} advances {1000 * step(values):.0f} ms per frame through {span(values):.1f} s at one "
+                    "reason": f"{name} advances {1000 * frame_step:.0f} ms per frame through {span(values):.1f} s at one "
                               "slice position (a real-time cine of many cardiac cycles)"}
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
         return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
@@ -676,8 +684,8 @@ def _where_frames_are_missing(groups, positions, clock):
         where = f"slice {k} (at {positions[k]:.1f} mm) has {len(g)} of {full}"
         gap = _gap_in_frames(g, clock)
         if gap is not None:
-            where += f", nothing between {gap[0]:.{3 if clock == 'TriggerTime' else 1}f} s and " \
-                     f"{gap[1]:.{3 if clock == 'TriggerTime' else 1}f} s ({clock})"
+            digits = 3 if clock == "TriggerTime" else 1   # trigger delays are milliseconds apart
+            where += f", nothing between {gap[0]:.{digits}f} s and {gap[1]:.{digits}f} s ({clock})"
         parts.append(where)
     return ": " + "; ".join(parts[:3]) + (f"; {len(parts) - 3} more" if len(parts) > 3 else "") if parts else ""
 
