@@ -7,8 +7,9 @@ the shipped weights mixed with their fine-tune's, which keeps most of the fine-t
 ACDC and the shipped model's result on the other centre. Writes OUT/best.pt, OUT/last.pt
 (config + provenance for ship_model.py; the config is the last run's) and OUT/split.json.
 
-A source is a run folder (best.pt, last.pt, split.json) or ``model:NAME``, a shipped model's
-weights with the split of its card. ``--weights`` mixes them (default: equal).
+A source is a run folder (best.pt, last.pt, split.json), one checkpoint file of a run folder
+(``RUN/snapshot-040.pt``: the cycle ends of ``train --lr-cycle-epochs``, averaged as in SWA), or
+``model:NAME``, a shipped model's weights with the split of its card. ``--weights`` mixes them (default: equal).
 Usage: python tools/average_runs.py RUN_A RUN_B [...] --out RUN [--weights 0.3,0.7]
 """
 import argparse
@@ -27,13 +28,15 @@ def _source(name):
         weights = torch.load(verify_weights(card), map_location="cpu", weights_only=True)
         provenance = {"model": card["name"], "version": card.get("version"), "weights_sha256": card["weights"]["sha256"]}
         return weights, card["training"]["split"], None, provenance
-    run = Path(name)
+    run, weights_file = Path(name), "best.pt"
+    if run.suffix == ".pt":   # one checkpoint of a run, e.g. RUN/snapshot-040.pt of a --lr-cycle-epochs run
+        run, weights_file = run.parent, run.name
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     cfg = last["config"]
-    provenance = {"run": run.name, "epochs": cfg["epochs"], "lr": cfg["lr"], "augment": cfg.get("augment", "basic"),
+    provenance = {"run": run.name, "weights": weights_file, "epochs": cfg["epochs"], "lr": cfg["lr"], "augment": cfg.get("augment", "basic"),
                   "start": cfg.get("finetune_from") or "random",
                   "best_epoch": max(last["history"], key=lambda h: h.get("dice_mean", -1))["epoch"] if last["history"] else None}
-    return (torch.load(run / "best.pt", map_location="cpu", weights_only=True),
+    return (torch.load(run / weights_file, map_location="cpu", weights_only=True),
             json.loads((run / "split.json").read_text()), last, provenance)
 
 

@@ -1,6 +1,7 @@
 """Networks: registry and sha256, user TorchScript import, determinism, training, fine-tuning,
 inference mapped back onto an oblique grid."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -499,3 +500,42 @@ def test_a_deep_supervision_network_ships_and_exports_as_one_output(tmp_path):
     module = _build_module(read_card(folder), verify_weights(read_card(folder)))
     out = module(torch.zeros(1, 1, 64, 64))
     assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 4, 64, 64)
+
+
+def test_cyclic_learning_rate_keeps_a_snapshot_at_each_cycle_end_and_they_average(short_run, tmp_path):
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from CardiacAISegLib.models.training import lr_schedule, train
+
+    cfg, _, _ = short_run
+    cycled = replace(cfg, out_dir=str(tmp_path / "swa"), epochs=4, lr_cycle_epochs=2)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched, rates = lr_schedule(torch, opt, cycled), []
+    for _ in range(4):
+        rates.append(opt.param_groups[0]["lr"])
+        sched.step()
+    # each cycle starts again at the full rate and decays within it
+    assert rates[0] == rates[2] == pytest.approx(cfg.lr) and rates[1] < rates[0]
+    train(cycled, log=lambda *_: None)
+    out = tmp_path / "swa"
+    snapshots = sorted(p.name for p in out.glob("snapshot-*.pt"))
+    assert snapshots == ["snapshot-002.pt", "snapshot-004.pt"]
+    a, b = (torch.load(out / n, weights_only=True) for n in snapshots)
+    key = next(k for k in a if k.endswith("weight") and a[k].is_floating_point())
+    assert not torch.equal(a[key], b[key]), "the second cycle did not train"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "average_runs.py"
+    subprocess.run([sys.executable, str(tool), str(out / snapshots[0]), str(out / snapshots[1]), "--out", str(tmp_path / "avg")],
+                   check=True, capture_output=True)
+    avg = torch.load(tmp_path / "avg" / "best.pt", weights_only=True)
+    assert torch.allclose(avg[key], (a[key] + b[key]) / 2)
+
+
+def test_cli_refuses_cycles_that_do_not_end_with_the_run(tmp_path, capsys):
+    from CardiacAISegLib import cli
+
+    rc = cli.main(["train", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "50", "--lr-cycle-epochs", "20"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--lr-cycle-epochs" in err and "divide --epochs 50" in err
+    assert not (tmp_path / "o").exists(), "nothing written for a refused run"

@@ -45,6 +45,7 @@ class TrainConfig:
     distill_from: str = ""             # registry model (or checkpoint of this architecture) whose soft labels the network also learns
     distill_weight: float = 0.5        # share of the distillation term in the loss
     distill_temperature: float = 2.0
+    lr_cycle_epochs: int = 0           # > 0: cosine restarts every N epochs, weights kept at each cycle's end (snapshots to average)
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -195,7 +196,7 @@ def train(config: TrainConfig, progress=None, log=print):
     if teacher is not None:
         log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g})")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=config.lr * 0.02)
+    sched = lr_schedule(torch, opt, config)
     start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
     if start_epoch:
         log(f"resumed at epoch {start_epoch}")
@@ -262,9 +263,25 @@ def train(config: TrainConfig, progress=None, log=print):
             # validation maps without the RV cannot score it: rank checkpoints by LV and MYO then
             score = summary["dice_mean"] if val_full else (summary["dice_lv"] + summary["dice_myo"]) / 2
         best = end_epoch(out, model, opt, sched, config, history, entry, score, best, log)
+        if config.lr_cycle_epochs and (epoch + 1) % config.lr_cycle_epochs == 0:
+            # the low-learning-rate end of each cycle: snapshots whose average (tools/average_runs.py)
+            # lies in a flatter part of the basin than any one of them (SWA, Izmailov et al. 2018)
+            torch.save(model.state_dict(), out / snapshot_name(epoch + 1))
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)
     return history
+
+
+def lr_schedule(torch, opt, config):
+    """Cosine decay to 2 % of the rate over the run, or over each cycle of ``lr_cycle_epochs``."""
+    eta_min = config.lr * 0.02
+    if config.lr_cycle_epochs:
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.lr_cycle_epochs, eta_min=eta_min)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=eta_min)
+
+
+def snapshot_name(epoch):
+    return f"snapshot-{epoch:03d}.pt"
 
 
 def with_start_architecture(config):
