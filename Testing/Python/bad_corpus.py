@@ -475,6 +475,25 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_cine_positions_differ_in_the_last_digits", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """ImagePositionPatient of one slice differs from phase to phase by up to 0.08 mm in each
+    coordinate (an export that rewrote the positions with rounding): one slice, not 48. The
+    offsets of each slice's phases have median 0, so the slice sits at its nominal position and
+    the labels' grid is the image's: the volume must be exact."""
+    rng = np.random.default_rng(5)
+    offsets = np.array([-0.08, -0.04, 0.0, 0.0, 0.04, 0.08])[:N_FRAMES]
+    per_slice = {k: [rng.permutation(offsets) for _ in range(3)] for k in range(N_SLICES)}
+
+    def jitter(ds, k, t):
+        ds.ImagePositionPatient = [round(float(v) + float(per_slice[k][axis][t]), 3)
+                                   for axis, v in enumerate(ds.ImagePositionPatient)]
+
+    d, labels = cine_dicom(base, f / "dicom", per_image=jitter)
+    return [d, "--labels", labels]
+
+
 @case("dicom_cine_one_phase_lost_inside_the_cycle", "error", ("slice 3", "5 of 6", "missing inside the cardiac cycle"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):
@@ -1077,6 +1096,28 @@ def _(base, f):
         ds.ImageType = ["DERIVED", "PRIMARY", "M", "ND", "MOCO"]
         ds.save_as(p)
     write_aif_series(f / "dicom", base.perf_study)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
+@case("perfusion_dicom_slice_tracking_moves_each_dynamic", "warn", ("slice tracking", "median position"),
+      category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    """Slice tracking (a navigator moves the slices with breathing): every dynamic's slices sit
+    up to 0.6 mm off their nominal position along the normal. Read as the acquired slices, and
+    the through-plane movement said, not refused as dozens of slices with a frame or two each."""
+    import pydicom
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens")
+    rng = np.random.default_rng(6)
+    n_dyn = base.perf_study.images.shape[0]
+    offsets = rng.uniform(-0.6, 0.6, n_dyn)
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        ds.ImagePositionPatient = [round(float(v), 4) for v in np.array([float(v) for v in ds.ImagePositionPatient])
+                                   + offsets[i % n_dyn] * normal]
+        ds.save_as(p)
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
 
 

@@ -26,7 +26,13 @@ from .volume import LPS_TO_RAS, is_ignored_input, natural_key
 
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _REQUIRED = ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")
-_POSITION_TOL_MM = 0.05
+# Images of one slice lie at one position along the normal, give or take what scanners and
+# exports really write: rounding in the last digits, and slice tracking (a navigator moves the
+# slice with breathing, a few tenths of a mm per frame). Positions closer than this to the
+# nearest other position are one slice; short-axis slices are 5-10 mm apart (3D stacks >= 1 mm).
+_POSITION_TOL_MM = 0.5
+# one slice's positions spread over more than this: said, since the slice moved through the plane
+_POSITION_SPREAD_NOTE_MM = 0.2
 
 
 def _dcm():
@@ -1001,6 +1007,25 @@ def _check_memory(folder, items):
     refuse_if_too_large(folder, voxels * FLOAT32_BYTES, largest)
 
 
+def _slices_along(geo, normal):
+    """Images grouped by slice: (groups, each slice's median position along ``normal``, the
+    first slice's origin (LPS, its images' median), the largest spread of one slice's positions).
+    A position within ``_POSITION_TOL_MM`` of its neighbour in the sorted order joins its slice."""
+    geo.sort(key=lambda g: float(normal @ g[3]))
+    groups, along = [], []
+    for g in geo:
+        d = float(normal @ g[3])
+        if not along or d - along[-1][-1] > _POSITION_TOL_MM:
+            groups.append([])
+            along.append([])
+        groups[-1].append(g)
+        along[-1].append(d)
+    positions = [float(np.median(a)) for a in along]
+    origin = np.median(np.array([g[3] for g in groups[0]], float), axis=0)
+    spread = max(a[-1] - a[0] for a in along)
+    return groups, positions, origin, spread
+
+
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     picked_notes = []
     uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes)
@@ -1035,15 +1060,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
 
-    # cluster slice positions along the normal
-    geo.sort(key=lambda g: float(normal @ g[3]))
-    positions, groups = [], []
-    for g in geo:
-        d = float(normal @ g[3])
-        if not positions or d - positions[-1] > _POSITION_TOL_MM:
-            positions.append(d)
-            groups.append([])
-        groups[-1].append(g)
+    groups, positions, origin, spread = _slices_along(geo, normal)
     counts = [len(g) for g in groups]
     timing = choose_frame_clock(groups)
     clock = timing["clock"]
@@ -1066,6 +1083,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     for g in groups:
         g.sort(key=order)
     early_warnings = picked_notes + list(early_localisers) + ([midnight] if midnight else [])
+    if spread > _POSITION_SPREAD_NOTE_MM:
+        early_warnings.append(f"the images of one slice lie up to {spread:.2f} mm apart along the slice normal (slice "
+                              "tracking, or rounding in an export): each slice is read at its median position")
     if len(set(counts)) > 1:
         # Heart-rate changes during a breath-hold give some slices a phase or two more; the
         # common phases are kept. Larger differences mean mixed or incomplete acquisitions.
@@ -1147,7 +1167,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     m[:3, 0] = row_dir * ps[1]   # i = column index advances along the row direction
     m[:3, 1] = col_dir * ps[0]   # j = row index advances along the column direction
     m[:3, 2] = normal * spacing
-    m[:3, 3] = groups[0][0][3]
+    m[:3, 3] = origin
     m[:3, :] = LPS_TO_RAS @ m[:3, :]
 
     ds0 = groups[0][0][1]
