@@ -91,12 +91,22 @@ def main():
     p.add_argument("--no-refine", action="store_true")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--vessels", type=float, default=0.0,
+                   help="chance per synthetic case of great vessels outside the heart (aorta, pulmonary artery)")
+    p.add_argument("--model", default="perfusion-resunet", help="perfusion model: registry name or a run folder's best.pt")
     p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
                    help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
     args = p.parse_args()
     refine = not args.no_refine
     paths = [s.strip() for s in args.paths.split(",")]
-    model = registry.load_model("perfusion-resunet")
+    if args.model.endswith(".pt"):   # a candidate's weights in the shipped card's place (torch runtime)
+        import torch
+
+        model = registry.load_model("perfusion-resunet", runtime="torch")
+        model.module.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
+        model.module.eval()
+    else:
+        model = registry.load_model(args.model)
     if args.cine_tta != "card":
         model.card["input"]["segmentation"]["cine_tta"] = args.cine_tta
     cine = registry.default_model("cine")
@@ -118,7 +128,7 @@ def main():
             study, _ = aif_detection_study(n)
             pred = timed(study, path)[0][0]
             result["paths"][path]["aif_detection"].append({"lv": dice(pred == LV, truth == 1), "rv": dice(pred == RV, truth == 2)})
-    for name, study0, truth in synthetic_fullfov_cases(args.cases, args.size, args.seed):
+    for name, study0, truth in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels):
         for path in paths:
             study = dataclasses.replace(study0, provenance={})
             try:

@@ -20,10 +20,11 @@ def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def synthetic_fullfov_cases(cases, size=160, seed=0):
+def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0):
     """Yields (name, study, truth labels (R, C)) for ``cases`` synthetic first-pass series built on
     the held-out ACDC patients' whole images (``perfusion_synth.synth_sample`` at ``size`` px of
-    1.4-3.6 mm), half in Gd units, half as signal intensity. The same seed gives the same cases."""
+    1.4-3.6 mm), half in Gd units, half as signal intensity. The same seed gives the same cases;
+    ``vessels`` (a chance per case) adds great vessels outside the heart to the same series."""
     from CardiacAISegLib.labels import LV, MYO
     from CardiacAISegLib.models import registry
     from CardiacAISegLib.models.perfusion_synth import synth_sample
@@ -49,7 +50,8 @@ def synthetic_fullfov_cases(cases, size=160, seed=0):
         signal = bool(rng.random() < 0.5)
         try:
             series, lab, aif = synth_sample(img, lab3[k], (sp[1], sp[0]), np.random.default_rng(case_seed), size=size,
-                                            signal=signal)
+                                            signal=signal, vessels=vessels,
+                                            vessel_rng=np.random.default_rng(case_seed + 1))
         except ValueError:   # a slice with no labels left after the crop
             continue
         if not (lab == MYO).any():
@@ -70,12 +72,13 @@ def main():
     p.add_argument("--size", type=int, default=160, help="field of view in pixels (at 1.4-3.6 mm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-refine", action="store_true", help="the network's masks without the bolus check")
+    p.add_argument("--vessels", type=float, default=0.0, help="chance per case of great vessels outside the heart")
     args = p.parse_args()
 
     model = registry.load_model("perfusion-resunet")
     rows = {"network alone": [], "bolus heart crop": []}
     timing = []
-    for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed):
+    for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels):
         for label, limit in (("network alone", 1e9), ("bolus heart crop", perfusion_segmentation.CROP_WHEN_FOV_OVER_MM)):
             perfusion_segmentation.CROP_WHEN_FOV_OVER_MM = limit
             t0 = time.perf_counter()

@@ -232,6 +232,42 @@ def test_synthetic_perfusion_body_does_not_copy_cine_fat_brightness():
     assert np.median(ratios) < 0.7
 
 
+def test_synthetic_vessels_enhance_like_blood_outside_the_heart_and_stay_background():
+    """Great vessels (aorta, pulmonary artery) painted into a synthetic series: blood curves (the
+    AIF's or the RV's, a little later), 4 mm or more outside the heart; the labels keep them
+    background."""
+    from scipy import ndimage
+
+    from CardiacAISegLib.labels import LV, MYO, RV
+    from CardiacAISegLib.models.perfusion_synth import _paint_vessels, synth_sample
+    from CardiacAISegLib.phantoms.phantom_perfusion import perfusion_aif
+
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    lab = np.zeros((96, 96), np.uint8)
+    lab[r < 14] = MYO
+    lab[r < 9] = LV
+    lab[(np.hypot(yy - 48, xx - 30) < 9) & (lab == 0)] = RV
+    t = np.arange(48) * 0.5
+    aif, rv = perfusion_aif(t, 3.0, 5.0, 3.0), perfusion_aif(t, 1.0, 6.0, 3.0)
+    pixel_mm = 2.0
+    keep_out = ndimage.binary_dilation(lab > 0, iterations=2)   # 4 mm
+    for seed in range(8):
+        conc = np.zeros((48, 96, 96), np.float32)
+        img = np.where(lab == LV, 0.9, 0.3).astype(np.float32)
+        _paint_vessels(conc, img, lab, t, aif, rv, pixel_mm, np.random.default_rng(seed))
+        vessel = conc.max(0) > 0
+        assert vessel.sum() >= 20, "at least one vessel of 16 mm or more"
+        assert not (vessel & keep_out).any(), "a vessel was painted over or against the heart"
+        curves = conc[:, vessel]
+        assert curves.max(0).min() > 0.8 * min(aif.max(), rv.max()), "a vessel is as bright as blood"
+        # each vessel peaks with its source or up to 1.5 s after it, never before the RV
+        assert np.argmax(curves, 0).min() >= np.argmax(rv)
+        assert np.allclose(img[vessel], 0.9), "pre-contrast signal of blood"
+    series, lab_out, _ = synth_sample(img, lab, (2.0, 2.0), np.random.default_rng(0), size=96, vessels=1.0)
+    assert set(np.unique(lab_out)) <= {0, LV, MYO, RV} and (lab_out == LV).sum() > 0
+
+
 def test_papillary_islands_inside_the_blood_pool_count_as_cavity():
     from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
 

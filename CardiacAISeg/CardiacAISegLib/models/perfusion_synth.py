@@ -53,10 +53,14 @@ def _crop(img, lab, size, rng):
     return out_i, out_l
 
 
-def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5, stress=None, signal=None):
+def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5, stress=None, signal=None,
+                 vessels=0.0, vessel_rng=None):
     """One (frames, size, size) float32 series normalised to max 1 and its (size, size) labels.
 
     ``image``/``label``: a 2D cine slice (normalised 0..1) and its internal-convention labels.
+    ``vessels``: the chance that the slice also cuts great vessels outside the heart (``_paint_vessels``),
+    drawn from ``vessel_rng`` (default ``rng``; a generator of its own keeps the rest of a
+    seeded series the same with and without them).
     """
     from scipy import ndimage
 
@@ -107,6 +111,10 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     body = (lab == 0) & (img > 0.08)
     if body.any():
         conc[:, body] = _body_enhancement(t, aif, dt, base, img, lab, body, rng)[:, body]
+    if vessels:
+        vessel_rng = rng if vessel_rng is None else vessel_rng
+        if vessel_rng.random() < vessels:
+            _paint_vessels(conc, img, lab, t, aif, rv, pixel_mm, vessel_rng)
     conc = ndimage.gaussian_filter(conc, (0, 0.6, 0.6))  # partial volume at the acquired resolution
 
     signal = rng.random() < 0.5 if signal is None else signal
@@ -152,3 +160,46 @@ def _body_enhancement(t, aif, dt, myo_mbf, img, lab, body, rng):
         fat = np.maximum(fat, band * rng.uniform(0.5, 0.95))
     per_pixel = uptake * (1 - fat) * body
     return (mix[None] * fast[:, None, None] + (1 - mix[None]) * slow[:, None, None]) * per_pixel[None]
+
+
+def _paint_vessels(conc, img, lab, t, aif, rv, pixel_mm, rng):
+    """Great vessels cut by the slice, in place in ``conc`` (T, H, W), labelled background.
+
+    A real short-axis perfusion slice holds bright round vessels besides the ventricles: the
+    descending aorta behind the heart (LV blood a fraction of a second later) and the pulmonary
+    artery or a vena cava (RV-like timing). ACDC's labels have none of them and the body's
+    synthetic uptake is tissue-like, so a network trained without them takes a bright disc near
+    the heart for more heart (synthetic full-FOV series with a painted aorta: myocardium Dice
+    0.875 -> 0.825). One or two discs or ellipses of 16-30 mm, 15-55 mm outside the heart.
+    """
+    from scipy import ndimage
+
+    h, w = lab.shape
+    lv = lab == LV
+    if not lv.any():
+        return
+    cy, cx = np.argwhere(lv).mean(0)
+    heart_radius = np.sqrt((lab > 0).sum() / np.pi)
+    keep_out = ndimage.binary_dilation(lab > 0, iterations=max(1, int(round(4.0 / pixel_mm))))
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    blood_level = float(np.median(img[lv]))
+    for _ in range(int(rng.integers(1, 3))):
+        arterial = rng.random() < 0.6
+        source = aif if arterial else rv
+        curve = np.interp(t - rng.uniform(0.3, 1.5) if arterial else t - rng.uniform(0.0, 1.0), t, source)
+        curve = curve * rng.uniform(0.85, 1.1)
+        r_major = rng.uniform(8.0, 15.0) / pixel_mm
+        r_minor = r_major * rng.uniform(0.6, 1.0)     # cut obliquely
+        tilt = rng.uniform(0, np.pi)
+        for _try in range(30):
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = heart_radius + rng.uniform(15.0, 55.0) / pixel_mm + r_major
+            y, x = cy + dist * np.sin(angle), cx + dist * np.cos(angle)
+            dy, dx = yy - y, xx - x
+            u = dy * np.cos(tilt) + dx * np.sin(tilt)
+            v = -dy * np.sin(tilt) + dx * np.cos(tilt)
+            disc = (u / r_major) ** 2 + (v / r_minor) ** 2 <= 1
+            if disc.sum() >= 4 and not (disc & keep_out).any() and disc.sum() == np.count_nonzero(disc[1:-1, 1:-1]):
+                conc[:, disc] = curve[:, None]
+                img[disc] = blood_level   # its pre-contrast signal is the LV blood's, not the cine's fat or lung
+                break

@@ -29,6 +29,7 @@ class PerfusionTrainConfig:
     threads: int = 0
     resume: bool = False
     finetune_from: str = ""            # registry model name or checkpoint path to start from
+    vessels: float = 0.0               # chance per series of great vessels outside the heart (perfusion_synth._paint_vessels)
 
 
 def anatomy_slices(folders):
@@ -48,14 +49,14 @@ def anatomy_slices(folders):
     return out
 
 
-def make_pool(slices, n, size, rng):
+def make_pool(slices, n, size, rng, vessels=0.0):
     from .perfusion_synth import synth_sample
 
     xs = np.empty((n, 48, size, size), np.float16)
     ys = np.empty((n, size, size), np.uint8)
     for i in range(n):
         img, lab, sp = slices[rng.integers(len(slices))]
-        x, y, _ = synth_sample(img, lab, sp, rng, size=size)
+        x, y, _ = synth_sample(img, lab, sp, rng, size=size, vessels=vessels)
         xs[i], ys[i] = x, y
     return xs, ys
 
@@ -82,9 +83,9 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
     write_split(out, train_f, val_f)
     train_slices, val_slices = anatomy_slices(train_f), anatomy_slices(val_f)
-    val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345))
+    val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345), config.vessels)
     log(f"{len(train_slices)} training anatomy slices, {len(val_slices)} validation; generating pool of {config.pool}")
-    pool_x, pool_y = make_pool(train_slices, config.pool, config.size, rng)
+    pool_x, pool_y = make_pool(train_slices, config.pool, config.size, rng, config.vessels)
 
     model = build("perfusion-resunet", **config.arch_params)
     if config.finetune_from:
@@ -123,7 +124,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), **summary}
         best = end_epoch(out, model, opt, sched, config, history, entry, summary["dice_mean"], best, log)
         if config.renew:  # renew part of the pool so the network sees new series
-            nx, ny = make_pool(train_slices, config.renew, config.size, rng)
+            nx, ny = make_pool(train_slices, config.renew, config.size, rng, config.vessels)
             where = rng.choice(config.pool, config.renew, replace=False)
             pool_x[where], pool_y[where] = nx, ny
     return history
