@@ -18,6 +18,9 @@ from ..errors import CardiacInputError
 
 # Blood pools peak at least this many seconds apart (RV then LV, one pulmonary transit: 2-8 s).
 MIN_TRANSIT_S = 1.0
+# The LV blood pool holds at least this share of the blood (enhancement x compactness) of the
+# largest pool in the slice: an apical LV beside the descending aorta has about half of it.
+MIN_LV_SHARE_OF_LARGEST_POOL = 0.4
 
 
 def bolus_foot(curve, fraction=0.15):
@@ -90,21 +93,47 @@ def locate_blood_pools(frames, dt_s=None, pixel_mm=None, min_area_mm2=40.0):
     sizes = ndimage.sum(candidates, lab, index=np.arange(1, n + 1))
     candidates = np.isin(lab, 1 + np.nonzero(sizes >= min_area)[0])
     early_t = ttp[candidates]
-    # Two groups by time to peak: the split that best separates them (Otsu on frame indices).
+    # Two groups by time to peak, early (RV) and late (LV). One split (Otsu on frame indices) is
+    # not enough when great vessels are in the slice: the descending aorta peaks after the LV and
+    # a vena cava or the pulmonary artery with the RV, so the split may fall between the LV and
+    # the aorta and a vessel pair pass for the ventricles. Every split near it is tried and the
+    # pair that peaks in order, side by side, with the most blood wins: the ventricles are the
+    # largest blood pools of a short-axis slice, and of a chain of pools in order (RV, LV,
+    # aorta) the link with the pulmonary transit. An LV far smaller than the largest pool is a vessel (a series that
+    # starts after the RV's passage shows the aorta beside a vein as the only pair in order).
     split = _otsu(early_t) if early_t.size > 8 else None
     result = {"foot_frame": int(foot), "confidence": "low", "reason": ""}
     lv = rv = None
     if split is not None:
-        late = candidates & (ttp > split)
-        early = candidates & (ttp <= split)
-        lv = _best_pool(late, peak, min_area)
-        rv = _best_pool(early, peak, min_area, near=lv)
-        if lv is not None and rv is not None:
-            lv_t = float(np.median(ttp[lv]))
-            rv_t = float(np.median(ttp[rv]))
-            if lv_t - rv_t >= transit:
-                result.update(confidence="high", reason="RV peaked before the LV next to it")
-            else:
+        brightest = _best_pool(candidates, peak, min_area)
+        pairs, pools = [], [] if brightest is None else [(brightest, _pool_score(brightest, peak))]
+        for s in _splits_to_try(early_t, split):
+            lv_s = _best_pool(candidates & (ttp > s), peak, min_area)
+            rv_s = _best_pool(candidates & (ttp <= s), peak, min_area, near=lv_s) if lv_s is not None else None
+            pools += [(r, _pool_score(r, peak)) for r in (lv_s, rv_s) if r is not None]
+            if rv_s is not None:
+                delay = float(np.median(ttp[lv_s])) - float(np.median(ttp[rv_s]))
+                pairs.append((s == split, delay >= transit, _pool_score(lv_s, peak), _pool_score(rv_s, peak), lv_s, rv_s,
+                              delay))
+
+        def largest_elsewhere(pair):   # the largest pool found apart from this pair (a merged LV+RV overlaps it)
+            both = pair[4] | pair[5]
+            return max((score for r, score in pools if not (r & both).any()), default=0.0)
+
+        plausible = [p for p in pairs if p[2] >= MIN_LV_SHARE_OF_LARGEST_POOL * largest_elsewhere(p)]
+        in_order = [p for p in plausible if p[1]]
+        # Three pools in order (a pair's early pool is another pair's late one) are RV -> LV ->
+        # aorta or a vena cava -> RV -> LV: the lungs lie between RV and LV, so of the two links
+        # the ventricles are the one with the longer delay (aorta and cava: about a second)
+        in_order = [p for p in in_order if not any(
+            q is not p and ((q[4] & p[5]).any() or (p[4] & q[5]).any()) and q[6] > p[6] for q in in_order)] or in_order
+        if in_order:
+            lv, rv = max(in_order, key=lambda p: p[2] + p[3])[4:6]
+            result.update(confidence="high", reason="RV peaked before the LV next to it")
+        else:
+            otsu_pair = [p for p in plausible if p[0]]
+            if otsu_pair:
+                lv, rv = otsu_pair[0][4], otsu_pair[0][5]
                 result["reason"] = "the two brightest pools peak together"
     if lv is None:
         # No clear two-stage passage (a crop without RV, a flat split): the brightest compact pool.
@@ -140,6 +169,18 @@ def _otsu(values):
     return best_t
 
 
+def _splits_to_try(ttp_values, otsu, most=9):
+    """Otsu's split and up to ``most`` others among the frames at which candidate pixels peak."""
+    frames = np.unique(ttp_values)[:-1]
+    if frames.size > most:
+        frames = frames[np.unique(np.linspace(0, frames.size - 1, most).round().astype(int))]
+    return [otsu] + [f for f in frames if f != otsu]
+
+
+def _pool_score(region, peak):
+    return float(peak[region].sum()) * _compactness(region)
+
+
 def _best_pool(mask, peak, min_area, near=None):
     """The component with the most enhancement mass among compact ones (and next to ``near``)."""
     mask = ndimage.binary_opening(mask, iterations=1) if mask.sum() > 4 * min_area else mask
@@ -158,7 +199,7 @@ def _best_pool(mask, peak, min_area, near=None):
             reach = 1.5 * np.sqrt(near.sum() / np.pi) + 3
             if gap > reach:
                 continue
-        score = float(peak[region].sum()) * comp
+        score = float(peak[region].sum()) * comp     # _pool_score
         if score > best_score:
             best, best_score = region, score
     return best
