@@ -924,6 +924,39 @@ def _perfusion_frames(base, f, n):
     return perfusion_args(base, input=f / "perfusion.nii.gz", **{"--aif": f / "aif.csv"})
 
 
+@case("perfusion_nifti_itk_default_time_step", "error", ("exactly 1 s", "ITK", "--dt"),
+      named=lambda f: f / "perfusion.nii.gz", category="perfusion")
+def _(base, f):
+    """A 4D perfusion NIfTI from an ITK-based writer (SimpleITK, Slicer) that did not know the
+    timing: time step exactly 1 s, unit seconds. Read as the frame interval, the phantom's
+    MBF came out at half its value with QC "pass"; the interval is asked for instead."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    img = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    header = img.header.copy()
+    header["pixdim"][4] = 1.0
+    header.set_xyzt_units("mm", "sec")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), str(f / "perfusion.nii.gz"))
+    return [f / "perfusion.nii.gz"]
+
+
+@case("cine_nifti_itk_default_time_step", "warn", ("exactly 1 s",), category="volume",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The same writer's 4D cine: 6 frames 'over 5 s' were taken for a first pass and refused
+    for want of a bolus. The 1 s step is no timing: the cine is measured, with a note."""
+    img, lab = cine_nifti(base, f)
+    import nibabel as nib
+
+    nii = nib.load(str(img))
+    header = nii.header.copy()
+    header["pixdim"][4] = 1.0
+    header.set_xyzt_units("mm", "sec")
+    nib.save(nib.Nifti1Image(np.asarray(nii.dataobj), nii.affine, header), str(img))
+    return [img, "--labels", lab]
+
+
 @case("perfusion_nifti_time_axis_holds_the_tr", "error", ("0.0031 s", "--dt"), named=lambda f: f / "perfusion.nii.gz",
       category="perfusion")
 def _(base, f):

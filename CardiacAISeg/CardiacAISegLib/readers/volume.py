@@ -72,6 +72,7 @@ def check_finite(path, array):
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
+ITK_DEFAULT_TIME_STEP_S = 1.0
 def read_nifti(path):
     try:
         data, affine, header = load_nifti(path)
@@ -96,7 +97,14 @@ def read_nifti(path):
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
             unit = "unknown"
         scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
-        if scale and dt > 0:
+        if scale and dt > 0 and abs(dt * scale - ITK_DEFAULT_TIME_STEP_S) < 1e-9:
+            # ITK-based writers (SimpleITK, Slicer's NIfTI export of a 4D image) store a time
+            # step of exactly 1 s with the unit "seconds" when they do not know the timing: as
+            # frame times it doubled the MBF of a 0.5 s series with QC "pass", and made a cine a
+            # 10-second "first pass". A real frame interval is hardly ever exactly 1.000 s.
+            meta["warnings"] = [f"the file's time step is exactly 1 s, what ITK-based writers store when they do not "
+                                "know the frame timing: not used as frame times (give --dt for a perfusion series)"]
+        elif scale and dt > 0:
             meta["frame_times_s"] = np.arange(data.shape[3]) * dt * scale
     return nifti_to_kji(data), affine, meta
 
@@ -310,7 +318,8 @@ def load_volume(path, kind=CINE):
     study = Study(images=images, ijk_to_ras=m, kind=kind, frame_times_s=meta.pop("frame_times_s"),
                   name=_strip_suffix(path), source=str(path),
                   orientation_known=meta.pop("orientation_known"),
-                  provenance={"reader": meta.pop("format"), "files": [str(path)], "warnings": [], **meta})
+                  provenance={"reader": meta.pop("format"), "files": [str(path)], "warnings": meta.pop("warnings", []),
+                              **meta})
     return check_geometry(study, path)
 
 
