@@ -222,7 +222,7 @@ class CardiacAISegLogic(_LogicBase):
         images = np.stack([np.asarray(slicer.util.arrayFromVolume(v), np.float32) for v in volumes])
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
-        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"))
+        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"), study.provenance)
         stamped = _read_study_attributes(sequence or node)
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
@@ -737,15 +737,23 @@ def _proxy_of(ctx, sequence):
     return None
 
 
-def _frame_times(sequence, n_frames, frame_time_s):
+def _frame_times(sequence, n_frames, frame_time_s, provenance):
+    """The sequence's index values as seconds from the first frame, else ``frame_time_s`` steps
+    (the module's frame-time parameter), else None. Index values 0, 1, 2 ... s are an ITK
+    writer's placeholder (a sequence loaded from such a NIfTI file): noted in ``provenance``."""
+    from .readers.volume import PLACEHOLDER_TIME_NOTE, placeholder_time_step
+
     if sequence is not None and n_frames > 1:
         scale = {"s": 1.0, "sec": 1.0, "ms": 1e-3}.get(sequence.GetIndexUnit().strip().lower())
         if scale is not None:
             try:
                 times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(n_frames)]) * scale
-                return times - times[0]
             except ValueError:
-                pass
+                times = None
+            if times is not None and placeholder_time_step(times):
+                provenance.setdefault("warnings", []).append(PLACEHOLDER_TIME_NOTE)
+            elif times is not None:
+                return times - times[0]
     return np.arange(n_frames) * frame_time_s if frame_time_s > 0 else None
 
 

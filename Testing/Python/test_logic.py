@@ -144,6 +144,23 @@ def test_selecting_a_cine_segmentation_shows_its_frame(measured):
     assert logic._displayedFrame() == a.cine["ed_frame"], "a segmentation that is not an output moves nothing"
 
 
+def test_sequence_with_whole_second_placeholder_times_is_not_timed_by_them(phantom):
+    """A sequence loaded from a NIfTI file an ITK-based writer saved without timing carries
+    index values 0, 1, 2 ... s: no frame times (a cine is not made a 'first pass'), and said."""
+    study = fresh(phantom[0])
+    study.frame_times_s = np.arange(study.n_frames, dtype=float)      # what such a file gives
+    logic = CardiacAISegLogic(sc.new_scene())
+    nodes = sc.add_study(logic.context, study)
+    assert nodes.sequence.GetIndexUnit() == "s" and nodes.sequence.GetNthIndexValue(2) == "2"
+    rebuilt = logic.studyFromNode(nodes.volume)
+    assert rebuilt.frame_times_s is None and rebuilt.kind == "cine"
+    assert any("exactly 1 s" in w for w in rebuilt.provenance["warnings"])
+    study.frame_times_s = np.arange(study.n_frames) * 0.04            # real cine timing is kept
+    logic = CardiacAISegLogic(sc.new_scene())
+    rebuilt = logic.studyFromNode(sc.add_study(logic.context, study).volume)
+    np.testing.assert_allclose(rebuilt.frame_times_s, study.frame_times_s, atol=1e-6)
+
+
 def test_study_from_proxy_volume_and_kind(phantom, measured):
     study = phantom[0]
     assert measured.isCurrentStudyNode(measured.studyNodes.volume) and measured.isCurrentStudyNode(measured.studyNodes.sequence)

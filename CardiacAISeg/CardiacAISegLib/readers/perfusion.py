@@ -231,7 +231,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     elif entry is not None and "dt_s" in entry:
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
-        itk_default = any("exactly 1 s" in w for w in (study.provenance or {}).get("warnings", []))
+        from .volume import PLACEHOLDER_TIME_NOTE
+
+        itk_default = PLACEHOLDER_TIME_NOTE in (study.provenance or {}).get("warnings", [])
         why = ("its time step of exactly 1 s is what ITK-based writers store when they do not know the timing"
                if itk_default else "the file has no frame times")
         raise CardiacInputError(path, f"frame interval unknown: {why}; give dt (seconds per frame, --dt)")

@@ -71,8 +71,23 @@ def check_finite(path, array):
     return array
 
 
-# --- NIfTI ----------------------------------------------------------------------------------
+# --- frame timing that is no timing ------------------------------------------------------
+# ITK-based writers (SimpleITK, Slicer's NIfTI export of a 4D image, a sequence made from such
+# a file) store a time step of exactly 1 s, unit seconds, when they do not know the timing. As
+# frame times it halved the MBF of a 0.5 s perfusion series with QC "pass" and made a cine a
+# 10-second "first pass". A real frame interval is hardly ever exactly 1.000 s.
 ITK_DEFAULT_TIME_STEP_S = 1.0
+PLACEHOLDER_TIME_NOTE = ("the time step is exactly 1 s, what ITK-based writers store when they do not know the frame "
+                         "timing: not used as frame times (give --dt for a perfusion series)")
+
+
+def placeholder_time_step(times_s):
+    """True for frame times 0, 1, 2, ... s exactly (``ITK_DEFAULT_TIME_STEP_S`` apart)."""
+    t = np.asarray(times_s, float)
+    return t.size > 1 and bool(np.all(np.abs(np.diff(t) - ITK_DEFAULT_TIME_STEP_S) < 1e-9))
+
+
+# --- NIfTI ----------------------------------------------------------------------------------
 def read_nifti(path):
     try:
         data, affine, header = load_nifti(path)
@@ -97,15 +112,12 @@ def read_nifti(path):
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
             unit = "unknown"
         scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
-        if scale and dt > 0 and abs(dt * scale - ITK_DEFAULT_TIME_STEP_S) < 1e-9:
-            # ITK-based writers (SimpleITK, Slicer's NIfTI export of a 4D image) store a time
-            # step of exactly 1 s with the unit "seconds" when they do not know the timing: as
-            # frame times it doubled the MBF of a 0.5 s series with QC "pass", and made a cine a
-            # 10-second "first pass". A real frame interval is hardly ever exactly 1.000 s.
-            meta["warnings"] = [f"the file's time step is exactly 1 s, what ITK-based writers store when they do not "
-                                "know the frame timing: not used as frame times (give --dt for a perfusion series)"]
-        elif scale and dt > 0:
-            meta["frame_times_s"] = np.arange(data.shape[3]) * dt * scale
+        if scale and dt > 0:
+            times = np.arange(data.shape[3]) * dt * scale
+            if placeholder_time_step(times):
+                meta["warnings"] = [PLACEHOLDER_TIME_NOTE]
+            else:
+                meta["frame_times_s"] = times
     return nifti_to_kji(data), affine, meta
 
 
@@ -191,6 +203,8 @@ def read_nrrd(path):
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
+    if meta["frame_times_s"] is not None and placeholder_time_step(meta["frame_times_s"]):
+        meta["frame_times_s"], meta["warnings"] = None, [PLACEHOLDER_TIME_NOTE]   # a sequence made from such a NIfTI
     return images, m, meta
 
 
