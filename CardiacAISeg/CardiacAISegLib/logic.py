@@ -222,7 +222,10 @@ class CardiacAISegLogic(_LogicBase):
         images = np.stack([np.asarray(slicer.util.arrayFromVolume(v), np.float32) for v in volumes])
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
-        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"), study.provenance)
+        # a sequence this module made holds times its readers vetted: 0, 1, 2 ... s there are real
+        vetted = sequence is not None and bool(sequence.GetAttribute(sc.FRAME_TIMES_ATTRIBUTE))
+        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"),
+                                           study.provenance, vetted=vetted)
         stamped = _read_study_attributes(sequence or node)
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
@@ -737,10 +740,11 @@ def _proxy_of(ctx, sequence):
     return None
 
 
-def _frame_times(sequence, n_frames, frame_time_s, provenance):
+def _frame_times(sequence, n_frames, frame_time_s, provenance, vetted=False):
     """The sequence's index values as seconds from the first frame, else ``frame_time_s`` steps
     (the module's frame-time parameter), else None. Index values 0, 1, 2 ... s are an ITK
-    writer's placeholder (a sequence loaded from such a NIfTI file): noted in ``provenance``."""
+    writer's placeholder (a sequence loaded from such a NIfTI file): noted in ``provenance``,
+    unless the sequence is ``vetted`` (made by this module from a study it read)."""
     from .readers.volume import PLACEHOLDER_TIME_NOTE, placeholder_time_step
 
     if sequence is not None and n_frames > 1:
@@ -750,7 +754,7 @@ def _frame_times(sequence, n_frames, frame_time_s, provenance):
                 times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(n_frames)]) * scale
             except ValueError:
                 times = None
-            if times is not None and placeholder_time_step(times):
+            if times is not None and not vetted and placeholder_time_step(times):
                 provenance.setdefault("warnings", []).append(PLACEHOLDER_TIME_NOTE)
             elif times is not None:
                 return times - times[0]

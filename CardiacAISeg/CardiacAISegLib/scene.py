@@ -175,6 +175,10 @@ def _index_values(study):
     return "time", "s", values
 
 
+# on a sequence node whose index values are frame times this module's readers read
+FRAME_TIMES_ATTRIBUTE = "CardiacAISeg.FrameTimes"
+
+
 def add_study(ctx, study):
     """Add the images of ``study``; returns ``StudyNodes``.
 
@@ -194,6 +198,8 @@ def add_study(ctx, study):
     seq.SetIndexName(index_name)
     seq.SetIndexUnit(unit)
     seq.SetIndexType(seq.NumericIndex)
+    if unit == "s":   # times a reader vetted: 0, 1, 2 ... s here are real, not a writer's placeholder
+        seq.SetAttribute(FRAME_TIMES_ATTRIBUTE, "read by CardiacAISeg")
     for t, value in enumerate(values):
         seq.SetDataNodeAtValue(_new_volume(f"{study.name} {value}", study.images[t], study.ijk_to_ras), value)
 

@@ -152,12 +152,19 @@ def test_sequence_with_whole_second_placeholder_times_is_not_timed_by_them(phant
     logic = CardiacAISegLogic(sc.new_scene())
     nodes = sc.add_study(logic.context, study)
     assert nodes.sequence.GetIndexUnit() == "s" and nodes.sequence.GetNthIndexValue(2) == "2"
+    nodes.sequence.RemoveAttribute(sc.FRAME_TIMES_ATTRIBUTE)   # as Slicer's own reader makes it
     rebuilt = logic.studyFromNode(nodes.volume)
     assert rebuilt.frame_times_s is None and rebuilt.kind == "cine"
     assert any("exactly 1 s" in w for w in rebuilt.provenance["warnings"])
     study.frame_times_s = np.arange(study.n_frames) * 0.04            # real cine timing is kept
     logic = CardiacAISegLogic(sc.new_scene())
     rebuilt = logic.studyFromNode(sc.add_study(logic.context, study).volume)
+    np.testing.assert_allclose(rebuilt.frame_times_s, study.frame_times_s, atol=1e-6)
+    # a study this module read with 1 s frames (given --dt 1) keeps them when rebuilt from its nodes
+    study.frame_times_s = np.arange(study.n_frames, dtype=float)
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(study)
+    rebuilt = logic.studyFromNode(logic.studyNodes.volume)
     np.testing.assert_allclose(rebuilt.frame_times_s, study.frame_times_s, atol=1e-6)
 
 
