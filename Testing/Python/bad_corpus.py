@@ -924,21 +924,27 @@ def _perfusion_frames(base, f, n):
     return perfusion_args(base, input=f / "perfusion.nii.gz", **{"--aif": f / "aif.csv"})
 
 
+def _with_time_step(source, seconds, path):
+    """``source`` (a 4D NIfTI) saved to ``path`` with the time step ``seconds``, unit seconds,
+    as a writer that put something else than the frame interval there."""
+    import nibabel as nib
+
+    img = nib.load(str(source))
+    header = img.header.copy()
+    header["pixdim"][4] = seconds
+    header.set_xyzt_units("mm", "sec")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), str(path))
+    return path
+
+
 @case("perfusion_nifti_itk_default_time_step", "error", ("exactly 1 s", "ITK", "--dt"),
       named=lambda f: f / "perfusion.nii.gz", category="perfusion")
 def _(base, f):
     """A 4D perfusion NIfTI from an ITK-based writer (SimpleITK, Slicer) that did not know the
     timing: time step exactly 1 s, unit seconds. Read as the frame interval, the phantom's
     MBF came out at half its value with QC "pass"; the interval is asked for instead."""
-    import nibabel as nib
-
     f.mkdir(parents=True, exist_ok=True)
-    img = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
-    header = img.header.copy()
-    header["pixdim"][4] = 1.0
-    header.set_xyzt_units("mm", "sec")
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), str(f / "perfusion.nii.gz"))
-    return [f / "perfusion.nii.gz"]
+    return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 1.0, f / "perfusion.nii.gz")]
 
 
 @case("cine_nifti_itk_default_time_step", "warn", ("exactly 1 s",), category="volume",
@@ -947,14 +953,7 @@ def _(base, f):
     """The same writer's 4D cine: 6 frames 'over 5 s' were taken for a first pass and refused
     for want of a bolus. The 1 s step is no timing: the cine is measured, with a note."""
     img, lab = cine_nifti(base, f)
-    import nibabel as nib
-
-    nii = nib.load(str(img))
-    header = nii.header.copy()
-    header["pixdim"][4] = 1.0
-    header.set_xyzt_units("mm", "sec")
-    nib.save(nib.Nifti1Image(np.asarray(nii.dataobj), nii.affine, header), str(img))
-    return [img, "--labels", lab]
+    return [_with_time_step(img, 1.0, img), "--labels", lab]
 
 
 @case("perfusion_nifti_time_axis_holds_the_tr", "error", ("0.0031 s", "--dt"), named=lambda f: f / "perfusion.nii.gz",
@@ -964,15 +963,8 @@ def _(base, f):
     30 frames 'over 0.1 s' once read as a cine (EF 100 %, a warning among many). A step that
     short is no frame interval, so the first pass in the images decides the kind, and the
     missing frame interval is asked for."""
-    import nibabel as nib
-
     f.mkdir(parents=True, exist_ok=True)
-    img = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
-    header = img.header.copy()
-    header["pixdim"][4] = 0.0031
-    header.set_xyzt_units("mm", "sec")
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), str(f / "perfusion.nii.gz"))
-    return [f / "perfusion.nii.gz"]
+    return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 0.0031, f / "perfusion.nii.gz")]
 
 
 @case("perfusion_one_frame", "error", ("frame",), named=lambda f: f / "perfusion.nii.gz", category="perfusion")
