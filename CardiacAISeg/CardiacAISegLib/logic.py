@@ -222,10 +222,7 @@ class CardiacAISegLogic(_LogicBase):
         images = np.stack([np.asarray(slicer.util.arrayFromVolume(v), np.float32) for v in volumes])
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
-        # a sequence this module made holds times its readers vetted: 0, 1, 2 ... s there are real
-        vetted = sequence is not None and bool(sequence.GetAttribute(sc.FRAME_TIMES_ATTRIBUTE))
-        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"),
-                                           study.provenance, vetted=vetted)
+        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"), study.provenance)
         stamped = _read_study_attributes(sequence or node)
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
@@ -740,12 +737,12 @@ def _proxy_of(ctx, sequence):
     return None
 
 
-def _frame_times(sequence, n_frames, frame_time_s, provenance, vetted=False):
+def _frame_times(sequence, n_frames, frame_time_s, provenance):
     """The sequence's index values as seconds from the first frame, else ``frame_time_s`` steps
     (the module's frame-time parameter), else None. Index values 0, 1, 2 ... s are an ITK
-    writer's placeholder (a sequence loaded from such a NIfTI file): noted in ``provenance``,
-    unless the sequence is ``vetted`` (made by this module from a study it read)."""
-    from .readers.volume import PLACEHOLDER_TIME_NOTE, placeholder_time_step
+    writer's placeholder (a sequence loaded from such a NIfTI file), said in ``provenance``,
+    unless this module made the sequence from times its readers read (``sc.FRAME_TIMES_ATTRIBUTE``)."""
+    from .readers.volume import ignore_placeholder_times
 
     if sequence is not None and n_frames > 1:
         scale = {"s": 1.0, "sec": 1.0, "ms": 1e-3}.get(sequence.GetIndexUnit().strip().lower())
@@ -754,9 +751,9 @@ def _frame_times(sequence, n_frames, frame_time_s, provenance, vetted=False):
                 times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(n_frames)]) * scale
             except ValueError:
                 times = None
-            if times is not None and not vetted and placeholder_time_step(times):
-                provenance.setdefault("warnings", []).append(PLACEHOLDER_TIME_NOTE)
-            elif times is not None:
+            if times is not None and not sequence.GetAttribute(sc.FRAME_TIMES_ATTRIBUTE):
+                times = ignore_placeholder_times(times, provenance)
+            if times is not None:
                 return times - times[0]
     return np.arange(n_frames) * frame_time_s if frame_time_s > 0 else None
 

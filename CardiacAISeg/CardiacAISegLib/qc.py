@@ -89,7 +89,7 @@ def cine_flags(analysis):
             continue
         # the LV is one structure from base to apex: a slice without it between slices with it
         # is a slice the segmentation missed, and the volumes and mass silently lack it
-        gaps = [int(k) for k in range(int(lv_slices[0]), int(lv_slices[-1]) + 1) if k not in set(lv_slices.tolist())]
+        gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()))
         if gaps:
             flags.append(_flag(f"LV_GAP_{name}", REVIEW, f"no LV blood pool or myocardium at {name} on slice(s) {gaps}, between "
                                                          f"slices {int(lv_slices[0])} and {int(lv_slices[-1])} that have them: "
@@ -104,8 +104,8 @@ def cine_flags(analysis):
                                                  f"({[int(k) for k in mid]})"))
     # coverage: a ventricle measured on one or two slices is not a volume
     if ed is not None and ed in labels:
-        n_lv = int(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)).sum())
         on = np.nonzero(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)))[0]
+        n_lv = int(on.size)
         length = (int(on[-1]) - int(on[0]) + 1) * float(analysis.study.spacing[2]) if on.size else 0.0
         if length > MAX_LV_LENGTH_MM:
             flags.append(_flag("LV_LENGTH_RANGE", REVIEW, f"the LV is segmented over {length:.0f} mm of slices at ED "

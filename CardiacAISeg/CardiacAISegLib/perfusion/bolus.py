@@ -11,6 +11,8 @@ shows the blood pools brightest; their pixels split by time to peak into an earl
 late (LV) group; each pool is the largest compact component of its group, and the LV must lie
 next to an RV that peaked earlier.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 from scipy import ndimage
 
@@ -99,45 +101,41 @@ def locate_blood_pools(frames, dt_s=None, pixel_mm=None, min_area_mm2=40.0):
     # the aorta and a vessel pair pass for the ventricles. Every split near it is tried and the
     # pair that peaks in order, side by side, with the most blood wins: the ventricles are the
     # largest blood pools of a short-axis slice, and of a chain of pools in order (RV, LV,
-    # aorta) the link with the pulmonary transit. An LV far smaller than the largest pool is a vessel (a series that
-    # starts after the RV's passage shows the aorta beside a vein as the only pair in order).
+    # aorta) the link with the pulmonary transit. An LV far smaller than the largest pool
+    # elsewhere is a vessel (a series that starts after the RV's passage shows the aorta beside
+    # a vein as the only pair in order).
     split = _otsu(early_t) if early_t.size > 8 else None
     result = {"foot_frame": int(foot), "confidence": "low", "reason": ""}
     lv = rv = None
     if split is not None:
-        brightest = _best_pool(candidates, peak, min_area)
-        pairs, pools = [], [] if brightest is None else [(brightest, _pool_score(brightest, peak))]
+        pairs, pools = [], [_best_pool(candidates, peak, min_area)]
         for s in _splits_to_try(early_t, split):
-            lv_s = _best_pool(candidates & (ttp > s), peak, min_area)
-            rv_s = _best_pool(candidates & (ttp <= s), peak, min_area, near=lv_s) if lv_s is not None else None
-            pools += [(r, _pool_score(r, peak)) for r in (lv_s, rv_s) if r is not None]
-            if rv_s is not None:
-                delay = float(np.median(ttp[lv_s])) - float(np.median(ttp[rv_s]))
-                pairs.append((s == split, delay >= transit, _pool_score(lv_s, peak), _pool_score(rv_s, peak), lv_s, rv_s,
-                              delay))
-
-        def largest_elsewhere(pair):   # the largest pool found apart from this pair (a merged LV+RV overlaps it)
-            both = pair[4] | pair[5]
-            return max((score for r, score in pools if not (r & both).any()), default=0.0)
-
-        plausible = [p for p in pairs if p[2] >= MIN_LV_SHARE_OF_LARGEST_POOL * largest_elsewhere(p)]
-        in_order = [p for p in plausible if p[1]]
+            late = _best_pool(candidates & (ttp > s), peak, min_area)
+            early = _best_pool(candidates & (ttp <= s), peak, min_area, near=late.region) if late.region is not None \
+                else _Pool(None, 0.0)
+            pools += [late, early]
+            if early.region is not None:
+                delay = float(np.median(ttp[late.region])) - float(np.median(ttp[early.region]))
+                pairs.append(_PoolPair(late, early, delay, is_otsu=s == split))
+        plausible = [p for p in pairs if p.lv.score >= MIN_LV_SHARE_OF_LARGEST_POOL * p.largest_elsewhere(pools)]
+        in_order = [p for p in plausible if p.delay >= transit]
         # Three pools in order (a pair's early pool is another pair's late one) are RV -> LV ->
         # aorta or a vena cava -> RV -> LV: the lungs lie between RV and LV, so of the two links
         # the ventricles are the one with the longer delay (aorta and cava: about a second)
-        in_order = [p for p in in_order if not any(
-            q is not p and ((q[4] & p[5]).any() or (p[4] & q[5]).any()) and q[6] > p[6] for q in in_order)] or in_order
+        in_order = [p for p in in_order if not any(q is not p and q.chained_with(p) and q.delay > p.delay
+                                                   for q in in_order)] or in_order
         if in_order:
-            lv, rv = max(in_order, key=lambda p: p[2] + p[3])[4:6]
+            best = max(in_order, key=lambda p: p.lv.score + p.rv.score)
+            lv, rv = best.lv.region, best.rv.region
             result.update(confidence="high", reason="RV peaked before the LV next to it")
         else:
-            otsu_pair = [p for p in plausible if p[0]]
-            if otsu_pair:
-                lv, rv = otsu_pair[0][4], otsu_pair[0][5]
+            otsu_pair = next((p for p in plausible if p.is_otsu), None)
+            if otsu_pair is not None:
+                lv, rv = otsu_pair.lv.region, otsu_pair.rv.region
                 result["reason"] = "the two brightest pools peak together"
     if lv is None:
         # No clear two-stage passage (a crop without RV, a flat split): the brightest compact pool.
-        lv = _best_pool(candidates & (peak > 0.5 * ref), peak, min_area)
+        lv = _best_pool(candidates & (peak > 0.5 * ref), peak, min_area).region
         rv = None
         result["reason"] = result["reason"] or "no RV-then-LV passage found; the brightest blood pool is taken as the LV"
     if lv is None:
@@ -177,15 +175,35 @@ def _splits_to_try(ttp_values, otsu, most=9):
     return [otsu] + [f for f in frames if f != otsu]
 
 
-def _pool_score(region, peak):
-    return float(peak[region].sum()) * _compactness(region)
+class _Pool(NamedTuple):
+    region: Optional[np.ndarray]   # bool mask, None when no pool was found
+    score: float                   # enhancement mass x compactness
+
+
+class _PoolPair(NamedTuple):
+    lv: _Pool
+    rv: _Pool
+    delay: float                   # frames from the RV's peak to the LV's (medians)
+    is_otsu: bool
+
+    def largest_elsewhere(self, pools):
+        """The largest of ``pools`` apart from this pair's (a merged LV + RV overlaps it)."""
+        both = self.lv.region | self.rv.region
+        return max((p.score for p in pools if p.region is not None and not (p.region & both).any()), default=0.0)
+
+    def chained_with(self, other):
+        """One pair's early pool is the other's late one: three pools in order."""
+        return bool((self.lv.region & other.rv.region).any() or (other.lv.region & self.rv.region).any())
 
 
 def _best_pool(mask, peak, min_area, near=None):
-    """The component with the most enhancement mass among compact ones (and next to ``near``)."""
+    """The ``_Pool`` with the most enhancement mass among compact components (and next to ``near``)."""
     mask = ndimage.binary_opening(mask, iterations=1) if mask.sum() > 4 * min_area else mask
     lab, n = ndimage.label(mask)
-    best, best_score = None, 0.0
+    if near is not None:   # once per call, not per component
+        gap_to_near = ndimage.distance_transform_edt(~near)
+        reach = 1.5 * np.sqrt(near.sum() / np.pi) + 3
+    best = _Pool(None, 0.0)
     for i in range(1, n + 1):
         region = lab == i
         area = int(region.sum())
@@ -194,14 +212,11 @@ def _best_pool(mask, peak, min_area, near=None):
         comp = _compactness(region)
         if comp < 0.2:
             continue
-        if near is not None:
-            gap = ndimage.distance_transform_edt(~near)[region].min()
-            reach = 1.5 * np.sqrt(near.sum() / np.pi) + 3
-            if gap > reach:
-                continue
-        score = float(peak[region].sum()) * comp     # _pool_score
-        if score > best_score:
-            best, best_score = region, score
+        if near is not None and gap_to_near[region].min() > reach:
+            continue
+        score = float(peak[region].sum()) * comp
+        if score > best.score:
+            best = _Pool(region, score)
     return best
 
 

@@ -162,7 +162,7 @@ def _image_study(path):
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
                   provenance={"reader": meta["format"], "files": [str(path)],
-                              **({"format_kind": meta["format_kind"]} if meta.get("format_kind") else {})})
+                              **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "warnings") if meta.get(k)}})
     return study, meta.get("frame_times_s")
 
 
@@ -231,11 +231,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     elif entry is not None and "dt_s" in entry:
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
-        from .volume import PLACEHOLDER_TIME_NOTE
-
-        itk_default = PLACEHOLDER_TIME_NOTE in (study.provenance or {}).get("warnings", [])
-        why = ("its time step of exactly 1 s is what ITK-based writers store when they do not know the timing"
-               if itk_default else "the file has no frame times")
+        why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
         raise CardiacInputError(path, f"frame interval unknown: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")

@@ -77,14 +77,25 @@ def check_finite(path, array):
 # frame times it halved the MBF of a 0.5 s perfusion series with QC "pass" and made a cine a
 # 10-second "first pass". A real frame interval is hardly ever exactly 1.000 s.
 ITK_DEFAULT_TIME_STEP_S = 1.0
-PLACEHOLDER_TIME_NOTE = ("the time step is exactly 1 s, what ITK-based writers store when they do not know the frame "
-                         "timing: not used as frame times (give --dt for a perfusion series)")
+# why such times are not used: provenance["frame_times_ignored"], where a missing --dt is asked for
+PLACEHOLDER_TIME_REASON = "the time step is exactly 1 s, what ITK-based writers store when they do not know the frame timing"
 
 
 def placeholder_time_step(times_s):
     """True for frame times 0, 1, 2, ... s exactly (``ITK_DEFAULT_TIME_STEP_S`` apart)."""
     t = np.asarray(times_s, float)
     return t.size > 1 and bool(np.all(np.abs(np.diff(t) - ITK_DEFAULT_TIME_STEP_S) < 1e-9))
+
+
+def ignore_placeholder_times(times_s, provenance):
+    """``times_s``, or None when they are ``placeholder_time_step``'s, said in ``provenance``
+    (``frame_times_ignored`` and a warning)."""
+    if times_s is None or not placeholder_time_step(times_s):
+        return times_s
+    provenance["frame_times_ignored"] = PLACEHOLDER_TIME_REASON
+    provenance.setdefault("warnings", []).append(f"{PLACEHOLDER_TIME_REASON}: not used as frame times "
+                                                 "(give --dt for a perfusion series)")
+    return None
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
@@ -113,11 +124,7 @@ def read_nifti(path):
             unit = "unknown"
         scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
         if scale and dt > 0:
-            times = np.arange(data.shape[3]) * dt * scale
-            if placeholder_time_step(times):
-                meta["warnings"] = [PLACEHOLDER_TIME_NOTE]
-            else:
-                meta["frame_times_s"] = times
+            meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
     return nifti_to_kji(data), affine, meta
 
 
@@ -203,8 +210,7 @@ def read_nrrd(path):
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
-    if meta["frame_times_s"] is not None and placeholder_time_step(meta["frame_times_s"]):
-        meta["frame_times_s"], meta["warnings"] = None, [PLACEHOLDER_TIME_NOTE]   # a sequence made from such a NIfTI
+    meta["frame_times_s"] = ignore_placeholder_times(meta["frame_times_s"], meta)   # a sequence made from such a NIfTI
     return images, m, meta
 
 
