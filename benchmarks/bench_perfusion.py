@@ -43,6 +43,7 @@ def main():
     from dicom_factory import write_perfusion_series
 
     from CardiacAISegLib.models import perfusion_refine
+    from CardiacAISegLib.perfusion.bolus import forget_recent_results
     from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
     from CardiacAISegLib.pipeline import compute_analysis
     from CardiacAISegLib.readers import load_study
@@ -67,6 +68,7 @@ def main():
     rows = []
     for run in range(args.runs + 1):
         bolus_check_s.clear()
+        forget_recent_results()   # each run reads the series afresh, as a new study would be
         t0, c0 = time.perf_counter(), time.process_time()
         st = load_study(folder)
         t_load = time.perf_counter() - t0

@@ -947,6 +947,26 @@ def _(base, f):
     return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 1.0, f / "perfusion.nii.gz")]
 
 
+@case("perfusion_nifti_untimed_with_a_bright_chest_wall", "error", ("frame interval unknown", "first pass", "--dt"),
+      named=lambda f: f / "perfusion.nii.gz", category="perfusion")
+def _(base, f):
+    """A 4D perfusion NIfTI with no time unit or step, whose brightest pixels are a chest wall
+    near the coils (as bright before the bolus as after it): read as a 166-frame cine and
+    refused for "no LV blood pool", as the real low-resolution AIF series were. The blood pools
+    that brighten, RV then LV, say first pass, and the frame interval is asked for."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    img = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    data = np.asarray(img.dataobj, np.float32).copy()
+    data[:4] = 2.0 * data.max()            # the first columns of every slice and frame
+    header = img.header.copy()
+    header["pixdim"][4] = 0.0
+    header.set_xyzt_units("mm", "unknown")
+    nib.save(nib.Nifti1Image(data, img.affine, header), str(f / "perfusion.nii.gz"))
+    return [f / "perfusion.nii.gz"]
+
+
 @case("cine_nifti_itk_default_time_step", "warn", ("exactly 1 s",), category="volume",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

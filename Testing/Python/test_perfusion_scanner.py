@@ -466,3 +466,58 @@ def test_aif_series_exported_to_its_own_folder_is_given_with_aif(tmp_path, phant
     with pytest.raises(CardiacInputError, match="the AIF series is of PatientID 'P2', the perfusion series of PatientID 'P1'") as e:
         load_study(tmp_path / "perf", aif=tmp_path / "aif")
     assert str(tmp_path / "aif") in str(e.value)
+
+
+def _untimed_nifti(path, frames_tsrc):
+    """A 4D NIfTI of (T, S, R, C) frames with no time unit or step: what many research
+    exports and conversions of perfusion series hold."""
+    import nibabel as nib
+
+    data = np.transpose(np.asarray(frames_tsrc, np.float32), (3, 2, 1, 0))   # (C, R, S, T)
+    nib.save(nib.Nifti1Image(data, np.diag([1.8, 1.8, 8.0, 1.0])), str(path))
+    return path
+
+
+def test_untimed_first_pass_beside_a_bright_chest_wall_is_read_as_perfusion(tmp_path):
+    """A full field of view's brightest pixels are fat and chest wall near the coils, as bright
+    before the bolus as after it: the blood pools that brighten (RV, then LV beside it) say
+    first pass. The brightest-pixels rule alone called this a cine."""
+    frames, _ = _pools_slice([((48, 34), 9, 12), ((48, 56), 10, 17)], n_frames=40)
+    frames[:, :, :6] = 900.0   # a chest wall brighter than the blood at its peak (500)
+    path = _untimed_nifti(tmp_path / "perfusion.nii.gz", frames[:, None])
+    with pytest.raises(CardiacInputError, match=r"frame interval unknown \(read as a first-pass perfusion series: "
+                                                r"a contrast first pass.*RV, then LV\).*--dt"):
+        load_study(path)
+    study = load_study(path, dt=1.0)
+    assert study.kind == "perfusion" and "RV, then LV" in study.provenance["kind"]["evidence"][1]["reason"]
+
+
+def test_blood_moving_through_an_untimed_cine_is_no_first_pass(tmp_path, shared_data):
+    """Real cine motion makes 'pools' of pixels that blood moves into and that the bolus finder
+    pairs RV-then-LV on every Sunnybrook slice, but they brighten at most ~2x: still a cine."""
+    folder = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    cine = load_study(folder)
+    path = _untimed_nifti(tmp_path / "cine.nii.gz", cine.images)
+    study = load_study(path)
+    assert study.kind == "cine"
+    assert all(e["kind"] == "cine" for e in study.provenance["kind"]["evidence"]), study.provenance["kind"]
+
+
+def test_repeated_bolus_finds_on_the_same_frames_are_independent_results():
+    """The middle slice's bolus is asked for several times per analysis and remembered by the
+    frames' content: a caller editing its masks must not change what the next caller gets,
+    and edited frames are a new question."""
+    from CardiacAISegLib.perfusion.bolus import enhancement
+
+    frames, (rv_disc, lv_disc) = _pools_slice([((48, 34), 9, 12), ((48, 56), 10, 17)], n_frames=40)
+    first = locate_blood_pools(frames)
+    first["lv"][:] = False
+    again = locate_blood_pools(frames.copy())
+    assert _dice(again["lv"], lv_disc) > 0.8
+    e, _ = enhancement(frames)
+    with pytest.raises(ValueError):
+        e[0, 0, 0] = 1.0          # shared between callers: read-only
+    moved = np.roll(frames, 20, axis=2)
+    assert _dice(locate_blood_pools(moved)["lv"], np.roll(lv_disc, 20, axis=1)) > 0.8

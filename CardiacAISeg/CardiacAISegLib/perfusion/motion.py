@@ -245,6 +245,17 @@ def _sampled_curves(win, rows, cols, shifts):
     """(T, n) curves of ``win`` at pixels (rows, cols) moved by shifts[t]: bilinear with edge
     clamping, i.e. ``_shift_stack(win, shifts, order=1)`` read at those pixels only."""
     t_count, h, w = win.shape
+    whole = np.floor(shifts).astype(int)
+    if (rows.min() + whole[:, 0].min() >= 0 and rows.max() + whole[:, 0].max() <= h - 2
+            and cols.min() + whole[:, 1].min() >= 0 and cols.max() + whole[:, 1].max() <= w - 2):
+        # no pixel reaches the edge: the fraction is one per frame (the pixels are whole), so the
+        # four taps are one gather each and the weights broadcast (the pattern search's hot path)
+        frac = shifts - whole
+        fr, fc = frac[:, :1], frac[:, 1:]
+        at = (rows * w + cols)[None, :] + (whole[:, 0] * w + whole[:, 1] + np.arange(t_count) * (h * w))[:, None]
+        flat = win.reshape(-1)
+        return (1 - fr) * ((1 - fc) * flat.take(at) + fc * flat.take(at + 1)) \
+            + fr * ((1 - fc) * flat.take(at + w) + fc * flat.take(at + w + 1))
     r = np.clip(rows[None, :] + shifts[:, :1], 0, h - 1)
     c = np.clip(cols[None, :] + shifts[:, 1:], 0, w - 1)
     r0, c0 = np.minimum(np.floor(r).astype(int), h - 2), np.minimum(np.floor(c).astype(int), w - 2)

@@ -232,7 +232,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
         why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
-        raise CardiacInputError(path, f"frame interval unknown: {why}; give dt (seconds per frame, --dt)")
+        decided = ((study.provenance or {}).get("kind") or {}).get("decided_by")
+        read_as = f" (read as a first-pass perfusion series: {decided})" if decided and decided != "--kind" else ""
+        raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
     if not 0.1 <= dt <= 5.0:

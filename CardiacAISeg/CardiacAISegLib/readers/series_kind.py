@@ -37,19 +37,55 @@ def _from_times(times, source):
     return kind, f"{source}: {len(times)} frames over {span:.1f} s ({cycles})"
 
 
+# A first pass lifts both blood pools several-fold over their pre-contrast signal (real
+# saturation-recovery series: 6.7-11.5x; Gd-converted series start at zero). Motion in a cine
+# makes "pools" of pixels that blood moves into, at most 2.2x (Sunnybrook, 12 slices).
+FIRST_PASS_POOL_RISE = 3.0
+CINE_POOL_RISE = 2.5     # between the two: neither kind is claimed
+
+
 def _from_content(study):
-    """A first pass from the images alone: the brightest pixels (the blood pools) are dark before the
-    bolus and bright at its peak; in a cine the blood is bright in every frame. Weak evidence."""
+    """A first pass from the images alone. Weak evidence.
+
+    The bolus finder's two pools on the middle slice (``bolus.locate_blood_pools``: an early
+    and a late one, side by side) must each brighten ``FIRST_PASS_POOL_RISE``-fold over their
+    first frames (after any proton-density reference frames): the pools of blood a cine's
+    motion mimics do not. Failing that, the brightest pixels: dark before a bolus and bright at
+    its peak in a crop around the heart, as bright in every frame of a cine. A full field of
+    view's brightest pixels are fat and chest wall near the coils, in perfusion too, so they
+    alone never call a series with a pool pair a cine."""
     import numpy as np
+
+    from ..perfusion.bolus import locate_blood_pools
+    from .pd_frames import leading_pd_frames
 
     if study.n_frames < 10:
         return None
-    top = np.percentile(study.images.reshape(study.n_frames, -1), 99, axis=1)
+    pd_count, _ = leading_pd_frames(study.images)
+    images = study.images[pd_count:]
+    frames = images[:, study.n_slices // 2]
+    try:
+        pools = locate_blood_pools(frames)
+    except CardiacInputError:
+        pools = None
+    pool_rise = None
+    if pools is not None and pools["rv"].any():
+        def rise(region):
+            curve = frames[:, region].mean(1)
+            before = float(np.median(curve[:3]))
+            return float(curve.max()) / before if before > 0 else float("inf")
+
+        lv, rv = rise(pools["lv"]), rise(pools["rv"])
+        pool_rise = min(lv, rv)
+        if pool_rise >= FIRST_PASS_POOL_RISE:
+            return PERFUSION, (f"a contrast first pass on the middle slice: one blood pool brightens {rv:.1f}-fold, then "
+                               f"the one beside it {lv:.1f}-fold (RV, then LV)")
+    top = np.percentile(images.reshape(images.shape[0], -1), 99, axis=1)
     before = float(np.median(top[:3]))
     ratio = float(top.max()) / before if before > 0 else float("inf")
     if ratio > 1.5:
         return PERFUSION, f"the brightest pixels brighten {ratio:.1f}-fold over the series (a contrast first pass)"
-    if ratio < 1.2:
+    if ratio < 1.2 and (pool_rise is None or pool_rise < CINE_POOL_RISE):
         return CINE, f"the brightest pixels stay as bright through the series (x{ratio:.2f}: no contrast first pass)"
     return None
 
