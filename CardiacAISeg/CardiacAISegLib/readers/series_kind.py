@@ -44,50 +44,99 @@ FIRST_PASS_POOL_RISE = 3.0
 CINE_POOL_RISE = 2.5     # between the two: neither kind is claimed
 
 
-def _from_content(study):
-    """A first pass from the images alone. Weak evidence.
-
-    The bolus finder's two pools on the middle slice (``bolus.locate_blood_pools``: an early
-    and a late one, side by side) must each brighten ``FIRST_PASS_POOL_RISE``-fold over their
-    first frames (after any proton-density reference frames): the pools of blood a cine's
-    motion mimics do not. Failing that, the brightest pixels: dark before a bolus and bright at
-    its peak in a crop around the heart, as bright in every frame of a cine. A full field of
-    view's brightest pixels are fat and chest wall near the coils, in perfusion too, so they
-    alone never call a series with a pool pair a cine."""
+def _pool_rises(frames):
+    """(RV-then-LV pool pair found, rise of its RV pool, rise of its LV pool) of one slice's
+    (T, R, C) frames: each pool's peak signal over its median in the first 3 frames
+    (``bolus.locate_blood_pools``: an early and a late pool, side by side). None when the bolus
+    finder sees no pair."""
     import numpy as np
 
     from ..perfusion.bolus import locate_blood_pools
+
+    try:
+        pools = locate_blood_pools(frames)
+    except CardiacInputError:
+        return None
+    if not pools["rv"].any():
+        return None
+
+    def rise(region):
+        curve = frames[:, region].mean(1)
+        before = float(np.median(curve[:3]))
+        return float(curve.max()) / before if before > 0 else float("inf")
+
+    return rise(pools["rv"]), rise(pools["lv"])
+
+
+def _first_pass_reason(rises, where):
+    rv, lv = rises
+    return f"a contrast first pass {where}: one blood pool brightens {rv:.1f}-fold, then the one beside it {lv:.1f}-fold (RV, then LV)"
+
+
+def _from_content(study):
+    """A first pass from the images alone. Weak evidence.
+
+    The bolus finder's two pools on the middle slice must each brighten
+    ``FIRST_PASS_POOL_RISE``-fold over their first frames (after any proton-density reference
+    frames): the pools of blood a cine's motion mimics do not. Failing that, the brightest
+    pixels: dark before a bolus and bright at its peak in a crop around the heart, as bright in
+    every frame of a cine. A full field of view's brightest pixels are fat and chest wall near
+    the coils, in perfusion too, so they alone never call a series with a pool pair a cine."""
+    import numpy as np
+
     from .pd_frames import leading_pd_frames
 
     if study.n_frames < 10:
         return None
     pd_count, _ = leading_pd_frames(study.images)
     images = study.images[pd_count:]
-    frames = images[:, study.n_slices // 2]
-    try:
-        pools = locate_blood_pools(frames)
-    except CardiacInputError:
-        pools = None
-    pool_rise = None
-    if pools is not None and pools["rv"].any():
-        def rise(region):
-            curve = frames[:, region].mean(1)
-            before = float(np.median(curve[:3]))
-            return float(curve.max()) / before if before > 0 else float("inf")
-
-        lv, rv = rise(pools["lv"]), rise(pools["rv"])
-        pool_rise = min(lv, rv)
-        if pool_rise >= FIRST_PASS_POOL_RISE:
-            return PERFUSION, (f"a contrast first pass on the middle slice: one blood pool brightens {rv:.1f}-fold, then "
-                               f"the one beside it {lv:.1f}-fold (RV, then LV)")
+    rises = _pool_rises(images[:, study.n_slices // 2])
+    if rises is not None and min(rises) >= FIRST_PASS_POOL_RISE:
+        return PERFUSION, _first_pass_reason(rises, "on the middle slice")
     top = np.percentile(images.reshape(images.shape[0], -1), 99, axis=1)
     before = float(np.median(top[:3]))
     ratio = float(top.max()) / before if before > 0 else float("inf")
     if ratio > 1.5:
         return PERFUSION, f"the brightest pixels brighten {ratio:.1f}-fold over the series (a contrast first pass)"
-    if ratio < 1.2 and (pool_rise is None or pool_rise < CINE_POOL_RISE):
+    if ratio < 1.2 and (rises is None or min(rises) < CINE_POOL_RISE):
         return CINE, f"the brightest pixels stay as bright through the series (x{ratio:.2f}: no contrast first pass)"
     return None
+
+
+# A short-axis stack has at most ~25 slices; a 3D file with this many may hold one slice's frames
+# on its third axis (an (x, y, t) array saved as a volume).
+MANY_SLICES_FOR_A_STACK = 30
+# ... when its two ends show the same anatomy: first and last frames of the real AIF series
+# correlate 0.95-0.99; the ends of ACDC stacks resampled to 1.4 mm slices 0.06-0.37. (The pools
+# alone do not tell: blood appearing from base to apex also "brightens" along z.)
+SAME_ANATOMY_AT_BOTH_ENDS = 0.8
+
+
+def _ends_correlation(frames):
+    import numpy as np
+
+    first, last = frames[:3].mean(0).ravel(), frames[-3:].mean(0).ravel()
+    if first.std() == 0 or last.std() == 0:
+        return 0.0
+    return float(np.corrcoef(first, last)[0, 1])
+
+
+def _check_time_saved_as_slices(study):
+    """Refuse a single-frame 3D image whose many 'slices' are the frames of one slice's first
+    pass: analysed as a stack it has no LV anywhere, and the user needs to know how to read it.
+    (Series in Gd units start at zero, so their ends do not correlate: not recognised here.)"""
+    if study.n_frames != 1 or study.n_slices < MANY_SLICES_FOR_A_STACK:
+        return
+    frames = study.images[0]
+    if _ends_correlation(frames) < SAME_ANATOMY_AT_BOTH_ENDS:
+        return
+    rises = _pool_rises(frames)
+    if rises is not None and min(rises) >= FIRST_PASS_POOL_RISE:
+        raise CardiacInputError(study.source or study.name,
+                                f"a 3D image of {study.n_slices} slices and one frame whose slices look like the frames of "
+                                f"one slice's first pass ({_first_pass_reason(rises, 'along its third axis')}): its third "
+                                "axis is probably time. Read it as a perfusion series with --kind perfusion and --dt "
+                                "(seconds per frame), or save it as a 4D image (x, y, slice, time)")
 
 
 def evidence(study, aif_given=False, dt=None):
@@ -143,6 +192,8 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     strong pieces of evidence, or between strong evidence and ``requested``, are errors that
     name the source and what each says.
     """
+    if requested is None:
+        _check_time_saved_as_slices(study)
     found = evidence(study, aif_given, dt)
     strong = [e for e in found if e[1] == STRONG]
     kinds = {e[0] for e in strong}
