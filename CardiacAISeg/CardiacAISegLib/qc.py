@@ -220,6 +220,10 @@ AIF_END_FRACTION_MAX = 0.6   # a whole first pass ends with the AIF at 10-30 % o
 # intervals, hence frames per FWHM as well as seconds.
 AIF_MIN_FRAMES_PER_FWHM = 3.0
 AIF_MAX_FRAME_INTERVAL_S = 1.9
+# An arterial first pass is seconds wide at half its peak (QPerf examples: 4.0 s at rest and
+# stress; the phantom's 5-6 s). Under this the clock is too fast: a frame interval read from a
+# per-slice time or given too short, which scales MBF up by the same factor.
+AIF_MIN_FWHM_S = 2.0
 
 
 def first_pass_fwhm_s(rise, times):
@@ -288,6 +292,13 @@ def aif_flags(study, myo=None, images=None):
                                                            "on a phantom at 2.0-2.3 s frames); read MBF as approximate and "
                                                            "compare regions with the semi-quantitative indices",
                                  round(dt, 3)))
+    if width is not None and width < AIF_MIN_FWHM_S:
+        source = (study.provenance or {}).get("dt_source") or "the file"
+        source = "--dt" if source == "argument" else source
+        flags.append(_flag("AIF_TOO_FAST", REVIEW, f"the AIF's first pass is {width:.1f} s wide at half its peak with one frame "
+                                                    f"every {dt:.2f} s ({source}); arterial first passes last 4-8 s, so the "
+                                                    "frame interval is probably too short, and MBF scales with it: check it",
+                                 round(width, 2)))
     if foot == 0:
         # the baseline subtracted from every curve is then already on the upslope: phantom
         # series started 1-2 frames after the foot gave MBF 10-29 % high with every fit good

@@ -947,6 +947,17 @@ def _(base, f):
     return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 1.0, f / "perfusion.nii.gz")]
 
 
+@case("perfusion_nifti_time_step_shorter_than_a_heartbeat", "error", ("0.2 s", "time step", "heartbeat", "--dt"),
+      named=lambda f: f / "perfusion.nii.gz", category="perfusion")
+def _(base, f):
+    """A 4D perfusion NIfTI whose time step (0.2 s, unit seconds) is no frame interval: a
+    per-slice acquisition time or a TR-like value a converter stored. Read as the interval it
+    scaled MBF up 2.7-fold with QC "pass" (phantom: 6.6 instead of 2.4 mL/min/g); ECG-triggered
+    frames are 0.3 s apart at least, so the interval is asked for."""
+    f.mkdir(parents=True, exist_ok=True)
+    return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 0.2, f / "perfusion.nii.gz")]
+
+
 @case("perfusion_nifti_untimed_with_a_bright_chest_wall", "error", ("frame interval unknown", "first pass", "--dt"),
       named=lambda f: f / "perfusion.nii.gz", category="perfusion")
 def _(base, f):

@@ -264,11 +264,11 @@ def test_perfusion_without_aif_and_without_a_bolus(tmp_path, capsys, perfusion_d
     expect_failure(capsys, args, tmp_path / "out", img, "AIF", "flat")
 
 
-@pytest.mark.parametrize("dt", ["50", "0.001"])
+@pytest.mark.parametrize("dt", ["50", "0.001", "0.2"])
 def test_perfusion_implausible_dt(tmp_path, capsys, perfusion_dir, dt):
     d, _ = perfusion_dir
     expect_failure(capsys, _perfusion_args(d, None, **{"--dt": dt}), tmp_path / "out",
-                   d / "perfusion.nii.gz", "--dt", "outside 0.1-5 s")
+                   d / "perfusion.nii.gz", "--dt", "outside 0.3-5 s", "heartbeat")
 
 
 def test_perfusion_without_dt(tmp_path, capsys, perfusion_dir):

@@ -437,3 +437,21 @@ def test_a_slice_or_part_of_a_ring_missing_from_the_perfusion_mask_is_flagged(pe
     flag = next(f for f in a.qc["flags"] if f["code"] == "SEGMENTS_UNMEASURED")
     assert "ring in the mask does not reach them" in flag["message"]
     assert all(7 <= sid <= 12 for sid in eval(flag["message"].split("segment(s) ")[1].split(" not")[0]))
+
+
+@pytest.mark.parametrize("read_as_s,flagged", [(1.0, False), (0.6, False), (0.3, True)])
+def test_a_first_pass_too_fast_for_its_frame_interval_is_flagged(read_as_s, flagged):
+    """Frames one second apart read with a shorter interval (a per-slice time stored as the
+    step, a wrong --dt): MBF scales up with the error and every fit stays good. An AIF whose
+    first pass is then under 2 s wide is no arterial first pass: QC says to check the interval."""
+    study, truth = make_perfusion_phantom(seed=1, dt=1.0, n_frames=66, noise=0.005)
+    s = copy(study)
+    s.frame_times_s = np.arange(study.n_frames) * read_as_s
+    s.provenance = {"dt_source": "argument"}
+    a = Analysis(s, study.labels).run()
+    fast = [f for f in a.qc["flags"] if f["code"] == "AIF_TOO_FAST"]
+    assert bool(fast) == flagged
+    if flagged:
+        assert a.qc["status"] == "review" and "--dt" in fast[0]["message"]
+        truth_global = np.median(list(truth["mbf_per_segment"].values()))
+        assert a.perfusion["global_mbf_ml_min_g"] > 2 * truth_global   # why the flag matters
