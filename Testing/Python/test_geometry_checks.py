@@ -404,3 +404,93 @@ def test_slice_and_time_axes_swapped_in_a_4d_file_are_refused(tmp_path, shared_d
     with pytest.raises(CardiacInputError, match="slice and time axes look swapped") as e:
         load_study(swapped, **options)
     assert str(swapped) in str(e.value)
+
+
+def _store_flipped(volume_xyz, affine, flip_axes=(), swap_xy=False):
+    """The same voxels in another storage order, with the affine that says so (world unchanged)."""
+    data, a = np.asarray(volume_xyz), np.asarray(affine, float).copy()
+    for axis in flip_axes:
+        data = np.flip(data, axis)
+        a[:3, 3] = a[:3, 3] + a[:3, axis] * (data.shape[axis] - 1)
+        a[:, axis] = -a[:, axis]
+    if swap_xy:
+        data = np.swapaxes(data, 0, 1)
+        a[:, [0, 1]] = a[:, [1, 0]]
+    return np.ascontiguousarray(data), a
+
+
+@pytest.mark.parametrize("flip_axes,swap_xy", [((0,), False), ((2,), False), ((0, 1), True), ((), True)])
+def test_labels_stored_flipped_or_transposed_overlay_by_world_coordinates(tmp_path, flip_axes, swap_xy):
+    """A label map written in another axis order or direction (its affine says so, as ITK and
+    nibabel writers do after a reorientation) was used voxel by voxel: the segmentation drawn
+    mirrored over the image, the volumes unchanged so nothing looked wrong, and AHA segments,
+    insertion points and wall thickness mirrored. It is now reordered onto the image's grid."""
+    from CardiacAISegLib.readers.labelmap import load_labelmap
+
+    rng = np.random.default_rng(0)
+    lab2d = _lab2d()
+    lab = np.stack([np.roll(lab2d, k, axis=1) for k in range(4)], axis=2)[:, : SIZE - 3]   # (x, y, z), not square
+    lab[0, 0, 0] = 1                                          # an asymmetric mark: any flip shows
+    affine = np.array([[0, -1.4, 0, 30], [1.4, 0, 0, -20], [0, 0, 8.0, 5], [0, 0, 0, 1]], float)
+    image = _nifti(tmp_path / "image.nii.gz", rng.random(lab.shape) + lab, affine)
+    stored, a = _store_flipped(lab, affine, flip_axes, swap_xy)
+    labels = _nifti(tmp_path / "labels.nii.gz", stored, a, np.uint8)
+    study = load_study(image)
+    got, info = load_labelmap(labels, study)
+    truth, _ = load_labelmap(_nifti(tmp_path / "same.nii.gz", lab, affine, np.uint8), study)
+    np.testing.assert_array_equal(got[0], truth[0])
+    assert any("reordered onto the image's grid" in w for w in info["warnings"])
+
+
+def test_labels_shifted_in_the_world_are_not_reordered(tmp_path):
+    """An origin 30 mm away is no reordering of the same voxels: used voxel by voxel, with the
+    warning that says to check the overlay (as before)."""
+    from CardiacAISegLib.readers.labelmap import load_labelmap
+
+    lab = np.stack([_lab2d()] * 3, axis=2)
+    image = _nifti(tmp_path / "image.nii.gz", lab.astype(float), AFFINE)
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 30
+    study = load_study(image)
+    got, info = load_labelmap(_nifti(tmp_path / "labels.nii.gz", lab, shifted, np.uint8), study)
+    assert any("used voxel by voxel" in w for w in info["warnings"])
+    truth, _ = load_labelmap(_nifti(tmp_path / "same.nii.gz", lab, AFFINE, np.uint8), study)
+    np.testing.assert_array_equal(got[0], truth[0])
+
+
+def test_acdc_ground_truth_stored_flipped_is_reordered(tmp_path, shared_data):
+    source = shared_data / "acdc" / "patient001"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    import nibabel as nib
+
+    folder = tmp_path / "patient001"
+    shutil.copytree(source, folder)
+    gt = nib.load(str(source / "patient001_frame01_gt.nii.gz"))
+    stored, a = _store_flipped(np.asarray(gt.dataobj), gt.affine, flip_axes=(0,))
+    nib.save(nib.Nifti1Image(stored, a), str(folder / "patient001_frame01_gt.nii.gz"))
+    study, reference = load_study(folder), load_study(source)
+    for frame in reference.labels:
+        np.testing.assert_array_equal(study.labels[frame], reference.labels[frame])
+    assert any("reordered onto the image's grid" in w for w in study.provenance["warnings"])
+
+
+def test_labels_that_do_not_overlay_their_image_are_named(tmp_path, shared_data):
+    """Expert labels mirrored (same header) or moved over their image: volumes and mass come out
+    exactly as before, so nothing looked wrong, yet every overlay, AHA segment and insertion
+    point is off. A mirrored or shifted copy of such a map parts blood from myocardium better
+    than the map itself (never so for ACDC's 80 expert maps): a warning says so."""
+    import nibabel as nib
+
+    source = shared_data / "acdc" / "patient001"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    gt = nib.load(str(source / "patient001_frame01_gt.nii.gz"))
+    image = source / "patient001_frame01.nii.gz"
+    as_given = _nifti(tmp_path / "gt.nii.gz", np.asarray(gt.dataobj), gt.affine, np.uint8)
+    mirrored = _nifti(tmp_path / "mirrored.nii.gz", np.asarray(gt.dataobj)[::-1], gt.affine, np.uint8)
+    moved = _nifti(tmp_path / "moved.nii.gz", np.roll(np.asarray(gt.dataobj), 9, axis=1), gt.affine, np.uint8)
+    assert not any("overlay" in w for w in load_study(image, labels=as_given).provenance["warnings"])
+    for labels, how in ((mirrored, "mirrored left-right"), (moved, "moved")):
+        warnings = load_study(image, labels=labels).provenance["warnings"]
+        assert any("do not seem to overlay this image" in w and how in w for w in warnings), warnings

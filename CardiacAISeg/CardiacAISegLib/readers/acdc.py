@@ -7,7 +7,8 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..labels import normalise_labels
 from ..study import CINE, Study
-from .geometry_check import check_geometry, grid_difference
+from .geometry_check import check_geometry, grid_difference, onto_grid_by_flips
+from .labelmap import labels_off_the_image
 from .nifti import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
 
 _FRAME_RE = re.compile(r"^(?P<pid>patient\d+)_frame(?P<n>\d+)\.nii(\.gz)?$")
@@ -124,9 +125,15 @@ def load_acdc_patient(folder, frames="all"):
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
             difference = grid_difference(gt_affine, affine)
-            if difference:
-                warnings.append(f"{gt.name}: label map geometry differs from the image's ({difference}); used voxel by voxel")
             lab = nifti_to_kji(lab)[0]
+            if difference:
+                reordered = onto_grid_by_flips(lab[None], gt_affine, affine, images.shape[1:])
+                if reordered is not None:
+                    lab = reordered[0]
+                    warnings.append(f"{gt.name}: label map stored in another axis order or direction ({difference}): "
+                                    "reordered onto the image's grid by its world coordinates")
+                else:
+                    warnings.append(f"{gt.name}: label map geometry differs from the image's ({difference}); used voxel by voxel")
             if lab.shape != images.shape[1:]:
                 raise CardiacInputError(gt, f"label map shape {lab.shape[::-1]} does not match the image {images.shape[1:][::-1]}")
             labels[i] = normalise_labels(np.rint(lab).astype(np.int16), "acdc")
@@ -144,6 +151,9 @@ def load_acdc_patient(folder, frames="all"):
         # The ACDC NIfTI affines are scaled identities: no real patient orientation.
         orientation_known=False,
     )
+    off = labels_off_the_image(study, labels)
+    if off:
+        warnings.append(f"{folder.name}'s _gt label maps: {off}")
     return check_geometry(study, files[0])
 
 

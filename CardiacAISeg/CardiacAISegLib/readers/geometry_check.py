@@ -148,6 +148,42 @@ def grid_difference(affine, reference):
     return ", ".join(parts) or "sub-voxel differences"
 
 
+def onto_grid_by_flips(volume_srs, affine, reference, reference_shape_src):
+    """(T, S, R, C) ``volume_srs`` on grid ``affine`` rewritten on the ``reference`` grid when the
+    two are one set of voxel centres in another axis order or direction (a label map stored
+    flipped or with its axes permuted, its affine saying so): exact, no interpolation. None when
+    the grids are not such a relabelling of each other (then only voxel-by-voxel use is left)."""
+    a, b = np.asarray(affine, float), np.asarray(reference, float)
+    try:
+        m = np.linalg.inv(a) @ b            # reference voxel (i, j, k) -> this grid's voxel
+    except np.linalg.LinAlgError:
+        return None
+    perm = np.rint(m[:3, :3])
+    shift = np.rint(m[:3, 3])
+    if not (np.allclose(m[:3, :3], perm, atol=1e-3) and np.allclose(m[:3, 3], shift, atol=1e-2)):
+        return None
+    if sorted(np.abs(perm).sum(0).tolist()) != [1, 1, 1] or sorted(np.abs(perm).sum(1).tolist()) != [1, 1, 1]:
+        return None
+    # (S, R, C) arrays are (k, j, i): index ijk-axis n of a grid is array axis 2 - n
+    vol = np.asarray(volume_srs)
+    ijk = vol.transpose(0, 3, 2, 1)                      # (T, i, j, k) of this grid
+    ref_ijk_shape = tuple(reference_shape_src[::-1])     # (i, j, k) sizes of the reference
+    out_axes, flips = [], []
+    for n in range(3):                                   # reference axis n comes from this grid's axis src
+        src = int(np.flatnonzero(perm[:, n])[0])
+        sign = perm[src, n]
+        size = ijk.shape[1 + src]
+        if size != ref_ijk_shape[n] or (sign > 0 and shift[src] != 0) or (sign < 0 and shift[src] != size - 1):
+            return None
+        out_axes.append(1 + src)
+        flips.append(sign < 0)
+    moved = ijk.transpose([0] + out_axes)
+    for n, flip in enumerate(flips):
+        if flip:
+            moved = np.flip(moved, axis=1 + n)
+    return np.ascontiguousarray(moved.transpose(0, 3, 2, 1))
+
+
 def slice_thicknesses_mm(positions, nominal=None):
     """Per-slice thickness (mm) for integrating volumes by the true slice positions, or None
     when the stack is regular (then the affine's slice spacing is exact).

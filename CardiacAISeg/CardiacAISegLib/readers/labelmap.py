@@ -10,7 +10,8 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..labels import CONVENTIONS, LV, MYO, RV, SEGMENT_IDS, SEGMENTS, normalise_labels
-from .geometry_check import add_warning, grid_difference
+from ..study import CINE
+from .geometry_check import add_warning, grid_difference, onto_grid_by_flips
 from .volume import read_volume_file
 
 _NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
@@ -150,10 +151,67 @@ def _refuse_swapped_convention(path, labels, convention):
                                       f"(acdc: 1 RV, 2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
 
 
+# Given cine labels sit where the LV blood pool (bright) and the myocardium (dark) part best:
+# over ACDC's 80 expert ED maps, no mirrored or shifted copy of a map separates the two better
+# than 1/0.994 of the map itself, while 98 % of maps mirrored or moved by 8 pixels are beaten by
+# a copy (the way back) by more than 1/0.9. The ratio of the given map's pool/wall contrast to
+# the best copy's, under this, means the labels do not overlay the image.
+MIN_OVERLAY_CONTRAST_SHARE = 0.9
+_SHIFTS_MM = (6.0, 12.0)
+
+
+def _pool_wall_contrast(image, lab):
+    lv, myo = lab == LV, lab == MYO
+    if lv.sum() < 20 or myo.sum() < 20:
+        return None
+    return float(image[lv].mean()) / max(float(image[myo].mean()), 1e-12)
+
+
+def _moved_copies(lab, pixel_mm):
+    """{description: the (S, R, C) label map mirrored or shifted in-plane}."""
+    copies = {"mirrored left-right": lab[:, :, ::-1], "mirrored up-down": lab[:, ::-1, :],
+              "rotated 180 degrees": lab[:, ::-1, ::-1]}
+    for mm in _SHIFTS_MM:
+        px = max(1, int(round(mm / pixel_mm)))
+        for sign in (1, -1):
+            copies[f"moved {sign * mm:+g} mm along the rows"] = np.roll(lab, sign * px, axis=1)
+            copies[f"moved {sign * mm:+g} mm along the columns"] = np.roll(lab, sign * px, axis=2)
+    return copies
+
+
+def labels_off_the_image(study, labels):
+    """A warning when given cine labels ({frame: (S, R, C)}) do not overlay the study's images:
+    on the frame with the most LV pool, a mirrored or shifted copy of the map parts the bright
+    blood pool from the dark myocardium clearly better than the map itself. None when the map
+    fits (or it cannot be judged: not a cine, too few labelled pixels)."""
+    if study.kind != CINE or not labels:
+        return None
+    t = max(labels, key=lambda f: int((labels[f] == LV).sum()))
+    image, lab = study.images[t], labels[t]
+    given = _pool_wall_contrast(image, lab)
+    if given is None:
+        return None
+    pixel_mm = float(min(study.spacing[:2]))
+    copies = {name: _pool_wall_contrast(image, moved) for name, moved in _moved_copies(lab, pixel_mm).items()}
+    name, best = max(((n, c) for n, c in copies.items() if c is not None), key=lambda nc: nc[1], default=(None, None))
+    if best is None or given >= MIN_OVERLAY_CONTRAST_SHARE * best:
+        return None
+    return (f"the labels do not seem to overlay this image: {name}, they would part the bright blood pool from the dark "
+            f"myocardium better (mean signal pool/wall x{best:.2f} against x{given:.2f} as given, frame {t}); check them "
+            "over the image (mirrored, shifted, or another series' labels?)")
+
+
 def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
+    if not info["spacing_lost"] and grid_difference(m, study.ijk_to_ras):
+        # stored flipped or with permuted axes, its affine saying so: the same voxels, reordered
+        reoriented = onto_grid_by_flips(labels, m, study.ijk_to_ras, study.images.shape[1:])
+        if reoriented is not None:
+            info["warnings"].append(f"label map stored in another axis order or direction ({grid_difference(m, study.ijk_to_ras)}): "
+                                    "reordered onto the image's grid by its world coordinates (exact, no interpolation)")
+            labels, m = reoriented, study.ijk_to_ras
     if labels.shape[1:] != study.images.shape[1:]:
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}")
@@ -184,6 +242,9 @@ def load_labelmap(path, study, convention="acdc", frame=None):
 def attach_labelmap(study, path, convention="acdc", frame=None):
     """Add the label map's frames to study.labels and note it in provenance."""
     labels, info = load_labelmap(path, study, convention, frame)
+    off = labels_off_the_image(study, labels)
+    if off:
+        info["warnings"].append(off)
     study.labels.update(labels)
     study.provenance.setdefault("label_files", []).append(info)
     for w in info["warnings"]:    # shown with every output, not only kept in provenance
