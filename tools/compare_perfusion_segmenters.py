@@ -93,6 +93,9 @@ def main():
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--vessels", type=float, default=0.0,
                    help="chance per synthetic case of great vessels outside the heart (aorta, pulmonary artery)")
+    p.add_argument("--lead-s", default=None,
+                   help="LOW,HIGH: start each synthetic series a random LOW-HIGH s earlier (a scanner's pre-contrast "
+                        "baseline, with the RV's bolus that the network's 48-frame window often cuts)")
     p.add_argument("--model", default="perfusion-resunet", help="perfusion model: registry name or a run folder's best.pt")
     p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
                    help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
@@ -128,7 +131,8 @@ def main():
             study, _ = aif_detection_study(n)
             pred = timed(study, path)[0][0]
             result["paths"][path]["aif_detection"].append({"lv": dice(pred == LV, truth == 1), "rv": dice(pred == RV, truth == 2)})
-    for name, study0, truth in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels):
+    for name, study0, truth in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels,
+                                                   None if args.lead_s is None else tuple(float(v) for v in args.lead_s.split(","))):
         for path in paths:
             study = dataclasses.replace(study0, provenance={})
             try:

@@ -20,11 +20,14 @@ def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0):
+def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0, lead_s=None):
     """Yields (name, study, truth labels (R, C)) for ``cases`` synthetic first-pass series built on
     the held-out ACDC patients' whole images (``perfusion_synth.synth_sample`` at ``size`` px of
     1.4-3.6 mm), half in Gd units, half as signal intensity. The same seed gives the same cases;
-    ``vessels`` (a chance per case) adds great vessels outside the heart to the same series."""
+    ``vessels`` (a chance per case) adds great vessels outside the heart to the same series.
+    ``lead_s`` (low, high): each series starts a random lead of that many seconds earlier, with
+    that many more frames: the pre-contrast baseline and the RV's bolus a scanner records, which
+    the network's 48-frame window (the default) often cuts."""
     from CardiacAISegLib.labels import LV, MYO
     from CardiacAISegLib.models import registry
     from CardiacAISegLib.models.perfusion_synth import synth_sample
@@ -48,10 +51,13 @@ def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0):
         case_seed = int(rng.integers(1 << 30))
         pixel_mm = np.random.default_rng(case_seed).uniform(1.4, 3.6)   # synth_sample's first draw
         signal = bool(rng.random() < 0.5)
+        lead = 0.0 if lead_s is None else float(np.random.default_rng(case_seed + 2).uniform(*lead_s))
+        lead = round(lead / 0.5) * 0.5                                  # whole frames of 0.5 s
         try:
             series, lab, aif = synth_sample(img, lab3[k], (sp[1], sp[0]), np.random.default_rng(case_seed), size=size,
                                             signal=signal, vessels=vessels,
-                                            vessel_rng=np.random.default_rng(case_seed + 1))
+                                            vessel_rng=np.random.default_rng(case_seed + 1), lead_s=lead,
+                                            frames=48 + int(round(lead / 0.5)))
         except ValueError:   # a slice with no labels left after the crop
             continue
         if not (lab == MYO).any():
@@ -73,12 +79,16 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-refine", action="store_true", help="the network's masks without the bolus check")
     p.add_argument("--vessels", type=float, default=0.0, help="chance per case of great vessels outside the heart")
+    p.add_argument("--lead-s", default=None,
+                   help="LOW,HIGH: start each synthetic series a random LOW-HIGH s earlier (a scanner's pre-contrast "
+                        "baseline, with the RV's bolus that the network's 48-frame window often cuts)")
     args = p.parse_args()
 
     model = registry.load_model("perfusion-resunet")
     rows = {"network alone": [], "bolus heart crop": []}
     timing = []
-    for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels):
+    for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels,
+                                                   None if args.lead_s is None else tuple(float(v) for v in args.lead_s.split(","))):
         for label, limit in (("network alone", 1e9), ("bolus heart crop", perfusion_segmentation.CROP_WHEN_FOV_OVER_MM)):
             perfusion_segmentation.CROP_WHEN_FOV_OVER_MM = limit
             t0 = time.perf_counter()

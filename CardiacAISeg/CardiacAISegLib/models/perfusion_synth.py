@@ -54,8 +54,13 @@ def _crop(img, lab, size, rng):
 
 
 def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5, stress=None, signal=None,
-                 vessels=0.0, vessel_rng=None):
+                 vessels=0.0, vessel_rng=None, lead_s=0.0):
     """One (frames, size, size) float32 series normalised to max 1 and its (size, size) labels.
+
+    By default the series is the network's input window, starting ``PRE_FOOT`` (1-6) frames
+    before the AIF foot, so the RV's bolus, 1-4.5 s earlier, is often cut. ``lead_s`` starts it
+    that much earlier, as a scanner's series starts before the contrast arrives (give
+    ``frames`` to match); every other draw stays the same.
 
     ``image``/``label``: a 2D cine slice (normalised 0..1) and its internal-convention labels.
     ``vessels``: the chance that the slice also cuts great vessels outside the heart (``_paint_vessels``),
@@ -83,7 +88,7 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
 
     stress = rng.random() < 0.5 if stress is None else stress
     t = np.arange(frames) * dt
-    foot = (PRE_FOOT + rng.uniform(-2, 3)) * dt
+    foot = (PRE_FOOT + rng.uniform(-2, 3)) * dt + lead_s
     aif = perfusion_aif(t, foot, rng.uniform(3.0, 6.0), rng.uniform(2.5, 4.0), recirc=rng.uniform(0.08, 0.2), plateau=rng.uniform(0.05, 0.15))
     rv = perfusion_aif(t, foot - rng.uniform(1.0, 4.5), rng.uniform(4.0, 8.0), rng.uniform(2.0, 3.5), recirc=0.1, plateau=0.1)
 

@@ -26,6 +26,9 @@ MIN_TRANSIT_S = 1.0
 # The LV blood pool holds at least this share of the blood (enhancement x compactness) of the
 # largest pool in the slice: an apical LV beside the descending aorta has about half of it.
 MIN_LV_SHARE_OF_LARGEST_POOL = 0.4
+# A blood pool's pixels peak together: their time-to-peak interquartile range stays under this
+# share of the delay between the two pools of a pair (real pools: 0-1 frames against 8-12).
+MAX_POOL_PEAK_SPREAD = 0.5
 
 
 def bolus_foot(curve, fraction=0.15):
@@ -189,6 +192,11 @@ def _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2):
                 pairs.append(_PoolPair(late, early, delay, is_otsu=s == split))
         plausible = [p for p in pairs if p.lv.score >= MIN_LV_SHARE_OF_LARGEST_POOL * p.largest_elsewhere(pools)]
         in_order = [p for p in plausible if p.delay >= transit]
+        # A pool whose pixels peak over a spread of frames comparable to the pair's delay is two
+        # pools merged (RV and LV touching across a thin septum once the split falls after both
+        # peaks): real blood pools peak within 0-1 frames (interquartile range; the three real AIF
+        # series, QPerf stress), a merged RV + LV over the transit itself.
+        in_order = [p for p in in_order if not p.holds_a_merge(ttp)] or in_order
         # Three pools in order (a pair's early pool is another pair's late one) are RV -> LV ->
         # aorta or a vena cava -> RV -> LV: the lungs lie between RV and LV, so of the two links
         # the ventricles are the one with the longer delay (aorta and cava: about a second)
@@ -260,6 +268,14 @@ class _PoolPair(NamedTuple):
         """The largest of ``pools`` apart from this pair's (a merged LV + RV overlaps it)."""
         both = self.lv.region | self.rv.region
         return max((p.score for p in pools if p.region is not None and not (p.region & both).any()), default=0.0)
+
+    def holds_a_merge(self, ttp):
+        """Either pool's pixels peak over an interquartile range of more than half the delay
+        between the pools (frames of ``ttp``, the time-to-peak map): two pools merged."""
+        def spread(region):
+            q1, q3 = np.percentile(ttp[region], [25, 75])
+            return q3 - q1
+        return bool(max(spread(self.lv.region), spread(self.rv.region)) > MAX_POOL_PEAK_SPREAD * self.delay)
 
     def chained_with(self, other):
         """One pair's early pool is the other's late one: three pools in order."""
