@@ -7,7 +7,9 @@ Evidence, strongest first:
    axes with units; a QPerf folder or Analyze file is perfusion by its format);
 2. the user's ``--aif`` (only a perfusion series has an arterial input function) and ``--dt``
    when frames x dt spans many heartbeats;
-3. words in the series description ("perf", "first pass", "tfiperf"): they may support the
+3. the images themselves (``_from_content``), when nothing above is strong: two blood pools side
+   by side that brighten several-fold, the RV's first, are a first pass;
+4. words in the series description ("perf", "first pass", "tfiperf"): they may support the
    timing, never decide against it.
 A requested ``--kind`` is never ignored: when strong evidence contradicts it the read fails and
 says why; when only weak evidence does, the flag wins and a warning says what the data suggest.
@@ -45,10 +47,9 @@ CINE_POOL_RISE = 2.5     # between the two: neither kind is claimed
 
 
 def _pool_rises(frames):
-    """(RV-then-LV pool pair found, rise of its RV pool, rise of its LV pool) of one slice's
-    (T, R, C) frames: each pool's peak signal over its median in the first 3 frames
-    (``bolus.locate_blood_pools``: an early and a late pool, side by side). None when the bolus
-    finder sees no pair."""
+    """(rise of the RV pool, rise of the LV pool) of one slice's (T, R, C) frames, for the pair
+    ``bolus.locate_blood_pools`` finds (an early and a late pool, side by side): each pool's
+    peak signal over its median in the first 3 frames. None when the finder sees no pair."""
     import numpy as np
 
     from ..perfusion.bolus import locate_blood_pools
