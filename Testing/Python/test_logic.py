@@ -178,8 +178,11 @@ def test_study_from_proxy_volume_and_kind(phantom, measured):
     np.testing.assert_allclose(rebuilt.ijk_to_ras, study.ijk_to_ras, atol=1e-9)
     np.testing.assert_allclose(rebuilt.frame_times_s, study.frame_times_s - study.frame_times_s[0], atol=1e-6)
     assert logic.detectKind(rebuilt)[0] == "cine"
-    logic.setParameter("kind", "perfusion")   # an explicit choice overrides detection
-    assert logic.studyFromNode(measured.studyNodes.volume).kind == "perfusion"
+    # an explicit choice overrides detection, and is read as perfusion: this cine's frames, 0.11 s
+    # apart, are then no ECG-triggered first pass, and the frame interval is refused by name
+    logic.setParameter("kind", "perfusion")
+    with pytest.raises(CardiacInputError, match=r"frame interval dt 0.1125 s .* outside 0.3-5 s"):
+        logic.studyFromNode(measured.studyNodes.volume)
 
 
 def test_perfusion_sample_phantom_runs(tmp_path):
