@@ -516,7 +516,7 @@ def test_repeated_bolus_finds_on_the_same_frames_are_independent_results():
     first["lv"][:] = False
     again = locate_blood_pools(frames.copy())
     assert _dice(again["lv"], lv_disc) > 0.8
-    e, _ = enhancement(frames)
+    e, _ = enhancement(frames, remember=True)
     with pytest.raises(ValueError):
         e[0, 0, 0] = 1.0          # shared between callers: read-only
     moved = np.roll(frames, 20, axis=2)
