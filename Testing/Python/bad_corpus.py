@@ -958,6 +958,23 @@ def _(base, f):
     return [_with_time_step(base.perf_dir / "perfusion.nii.gz", 0.2, f / "perfusion.nii.gz")]
 
 
+@case("perfusion_metaimage_4d_time_spacing_without_unit", "error", ("4th ElementSpacing (0.5)", "without a unit", "--dt"),
+      named=lambda f: f / "perfusion.mhd", command="analyze", category="perfusion")
+def _(base, f):
+    """A 4D MetaImage perfusion series: MetaIO gives the 4th ElementSpacing no unit (0.5 could be
+    seconds, 500 milliseconds, 1 a placeholder), so the frame interval is asked for, and the
+    request says why rather than "the file has no frame times"."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(nib.load(str(base.perf_dir / "perfusion.nii.gz")).dataobj, np.float32)   # x y z t
+    np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0))).tofile(f / "perfusion.raw")
+    (f / "perfusion.mhd").write_text(
+        "ObjectType = Image\nNDims = 4\nDimSize = " + " ".join(str(n) for n in data.shape) + "\n"
+        "ElementSpacing = 1.8 1.8 8 0.5\nOffset = 0 0 0 0\nElementType = MET_FLOAT\nElementDataFile = perfusion.raw\n")
+    return [f / "perfusion.mhd", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_nifti_untimed_with_a_bright_chest_wall", "error", ("frame interval unknown", "first pass", "--dt"),
       named=lambda f: f / "perfusion.nii.gz", category="perfusion")
 def _(base, f):

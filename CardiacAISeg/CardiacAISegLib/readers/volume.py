@@ -300,6 +300,9 @@ def read_metaimage(path):
             "spacing_lost": None if spacing_field else ("no ElementSpacing: the voxel size was not saved with this file, so "
                                                         "volumes would be wrong; accepted: a MetaImage header with "
                                                         "ElementSpacing in mm")}
+    if ndims == 4 and spacing_field:
+        meta["frame_times_ignored"] = (f"MetaImage stores the 4th ElementSpacing ({sp[3]:g}) without a unit (seconds, "
+                                       "milliseconds or a placeholder?), so it is not taken as the frame interval")
     return arr, m, meta
 
 
