@@ -228,6 +228,7 @@ def rv_insertion_points(label_slice, spacing_rc, normal=None, ijk_to_ras=None, k
 RV_TRANSIT_S = 1.0                # the RV peaks at least this long before the LV (transit 2-8 s)
 RV_PEAK_FRACTION = 0.35           # ... and reaches this share of the LV pool's peak enhancement
 RV_REACH_MM = 10.0                # RV pixels count for a direction up to this far outside the epicardium
+RV_WINDOW_MM = 40.0               # the search window reaches this far beyond the labelled heart
 SEPTAL_ARC_RANGE_DEG = (60.0, 200.0)   # plausible septal arcs; outside, the fallback below
 FALLBACK_ARC_DEG = 120.0          # a textbook septal arc, centred on the RV direction
 
@@ -246,14 +247,21 @@ def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
     lab = np.asarray(label_slice)
     labelled = _largest(lab == RV) if (lab == RV).any() else np.zeros(lab.shape, bool)
     lv = lab == LV
-    frames = np.asarray(frames, np.float64)
+    frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[0] < 8 or lv.sum() < 4:
         return labelled, "labels"
+    sy, sx = _spacing_rc(spacing_rc)
+    # Only the heart and what lies next to it can hold the RV: the enhancement of a window around
+    # the labels (RV_WINDOW_MM beyond them) instead of a whole field of view, whose chest and arms
+    # are most of its pixels and of its cost.
+    rows, cols = np.nonzero(lab > 0)
+    pad_r, pad_c = int(np.ceil(RV_WINDOW_MM / sy)), int(np.ceil(RV_WINDOW_MM / sx))
+    window = (slice(max(rows.min() - pad_r, 0), rows.max() + pad_r + 1), slice(max(cols.min() - pad_c, 0), cols.max() + pad_c + 1))
     try:
-        e, _ = enhancement(frames, smooth_px=0.7)
+        e, _ = enhancement(np.asarray(frames[:, window[0], window[1]], np.float64), smooth_px=0.7)
     except CardiacInputError:
         return labelled, "labels"
-    sy, sx = _spacing_rc(spacing_rc)
+    full_shape, lab, lv = lab.shape, lab[window], lv[window]
     pool = e[:, lv].mean(1)
     t_lv, lv_peak = int(np.argmax(pool)), float(pool.max())
     if lv_peak <= 0:
@@ -270,7 +278,9 @@ def rv_at_peak(frames, label_slice, spacing_rc, dt_s=None):
     keep = [i + 1 for i in range(n) if near[i] <= RV_REACH_MM and size[i] * sy * sx >= 20.0]
     if not keep:
         return labelled, "labels"
-    return np.isin(comps, keep), "bolus"
+    rv = np.zeros(full_shape, bool)
+    rv[window] = np.isin(comps, keep)
+    return rv, "bolus"
 
 
 def _rv_direction(contour, rv, sy, sx):

@@ -129,3 +129,20 @@ def test_qperf_handles_span_a_plausible_arc_around_the_rv(shared_data):
             assert p["source"] in ("rv_at_peak", "fallback_arc")
             if p["source"] == "fallback_arc":
                 assert "INSERTION_POINTS_ESTIMATED" in {f["code"] for f in a.qc["flags"]}
+
+
+def test_rv_at_peak_on_a_whole_field_of_view_is_the_rv_of_the_heart_window():
+    """The RV search reads only a window around the labelled heart (40 mm beyond it): the same
+    slice inside a chest 3x wider, with a bright enhancing body, gives the same RV pixels."""
+    study, _ = make_perfusion_phantom(seed=2, n_frames=50, noise=0.01)
+    frames, lab = study.images[:, 1], study.labels[0][1]
+    spacing = (study.spacing[1], study.spacing[0])
+    rv, how = rv_at_peak(frames, lab, spacing, 0.5)
+    pad = 96
+    rng = np.random.default_rng(0)
+    chest = np.pad(frames, ((0, 0), (pad, pad), (pad, pad)))
+    chest[:, : pad // 2] += 0.3 * np.linspace(0, 1, frames.shape[0])[:, None, None] + 0.01 * rng.standard_normal((frames.shape[0], pad // 2, chest.shape[2]))
+    wide_rv, wide_how = rv_at_peak(chest, np.pad(lab, pad), spacing, 0.5)
+    assert how == wide_how == "bolus" and rv.sum() > 50
+    np.testing.assert_array_equal(wide_rv[pad:-pad, pad:-pad], rv)
+    assert not wide_rv[:pad].any() and not wide_rv[-pad:].any()
