@@ -126,8 +126,8 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
     rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
     if crop:
         study.provenance["heart_crop"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop],
-                                          "pixel_mm": [round(float(study.spacing[1]) / crop[2][0], 3),
-                                                       round(float(study.spacing[0]) / crop[2][1], 3)],
+                                          "pixel_mm": [round(float(study.spacing[1] / crop[2][0]), 3),
+                                                       round(float(study.spacing[0] / crop[2][1]), 3)],
                                           "lv_found_by": crop[3]["reason"]}
     out = None
     for k in range(study.n_slices):
