@@ -582,3 +582,33 @@ def test_bolus_finder_does_not_take_two_touching_ventricles_for_one_pool(shared_
         assert _dice(pools["lv"], truth == LV_LABEL) > 0.8 and _dice(pools["rv"], truth == RV_LABEL) > 0.8, name
         checked += 1
     assert checked == 2
+
+
+def test_full_field_of_view_dicom_measures_as_its_heart_crop(tmp_path, phantom):
+    """A GE series written at the full field of view a scanner records (256 px, 460 mm, the
+    heart in the middle of a slowly enhancing body): read with no flags, the heart is found from
+    the bolus, the network sees a square around it in the series' own pixels, and the global MBF
+    matches that of the 96 px crop the phantom is."""
+    import dataclasses
+
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    study, _ = phantom
+    pad = 80
+    big = np.pad(study.images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    yy, xx = np.mgrid[: big.shape[2], : big.shape[3]]
+    body = np.hypot(yy - big.shape[2] / 2, (xx - big.shape[3] / 2) / 1.3) < big.shape[2] / 2.1
+    body[pad:-pad, pad:-pad] = False      # around the phantom's field, whose curves stay its own
+    big = big + 0.05 * np.minimum(np.arange(study.n_frames) / 40, 1)[:, None, None, None] * body[None, None]
+    wide = dataclasses.replace(study, images=big.astype(np.float32), labels={})
+    results = {}
+    for name, st in (("crop", dataclasses.replace(study, labels={})), ("wide", wide)):
+        write_perfusion_series(tmp_path / name, st, vendor="ge")
+        s = load_study(tmp_path / name)
+        results[name] = compute_analysis(s)
+    crop = results["wide"].study.provenance["heart_crop"]
+    assert crop["pixel_mm"] == [1.8, 1.8] and crop["lv_found_by"] == "RV peaked before the LV next to it"
+    assert results["wide"].qc["status"] == "pass"
+    assert results["wide"].perfusion["global_mbf_ml_min_g"] == pytest.approx(results["crop"].perfusion["global_mbf_ml_min_g"], rel=0.03)
+    for wide_segment, crop_segment in zip(results["wide"].perfusion["segments"], results["crop"].perfusion["segments"]):
+        assert wide_segment["mbf_ml_min_g"] == pytest.approx(crop_segment["mbf_ml_min_g"], rel=0.05), wide_segment["id"]
