@@ -82,7 +82,7 @@ def main():
     from CardiacAISegLib.labels import LV, MYO, RV
     from CardiacAISegLib.models import registry
     from CardiacAISegLib.readers import load_study
-    from evaluate_perfusion_fullfov import synthetic_fullfov_cases
+    from evaluate_perfusion_fullfov import lead_range, synthetic_fullfov_cases
 
     p = argparse.ArgumentParser()
     p.add_argument("--cases", type=int, default=16)
@@ -132,7 +132,7 @@ def main():
             pred = timed(study, path)[0][0]
             result["paths"][path]["aif_detection"].append({"lv": dice(pred == LV, truth == 1), "rv": dice(pred == RV, truth == 2)})
     for name, study0, truth in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels,
-                                                   None if args.lead_s is None else tuple(float(v) for v in args.lead_s.split(","))):
+                                                   lead_range(args.lead_s)):
         for path in paths:
             study = dataclasses.replace(study0, provenance={})
             try:

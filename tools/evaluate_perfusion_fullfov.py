@@ -16,6 +16,14 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+FRAME_S = 0.5   # frame interval of the synthetic series
+
+
+def lead_range(text):
+    """``--lead-s LOW,HIGH`` -> (low, high) seconds, or None."""
+    return None if text is None else tuple(float(v) for v in text.split(","))
+
+
 def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
@@ -30,7 +38,7 @@ def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0, lead_s=None):
     the network's 48-frame window (the default) often cuts."""
     from CardiacAISegLib.labels import LV, MYO
     from CardiacAISegLib.models import registry
-    from CardiacAISegLib.models.perfusion_synth import synth_sample
+    from CardiacAISegLib.models.perfusion_synth import N_FRAMES, synth_sample
     from CardiacAISegLib.readers.acdc import load_acdc_patient
     from CardiacAISegLib.study import Study, affine_from_spacing
 
@@ -51,20 +59,19 @@ def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0, lead_s=None):
         case_seed = int(rng.integers(1 << 30))
         pixel_mm = np.random.default_rng(case_seed).uniform(1.4, 3.6)   # synth_sample's first draw
         signal = bool(rng.random() < 0.5)
-        lead = 0.0 if lead_s is None else float(np.random.default_rng(case_seed + 2).uniform(*lead_s))
-        lead = round(lead / 0.5) * 0.5                                  # whole frames of 0.5 s
+        lead_frames = 0 if lead_s is None else int(round(np.random.default_rng(case_seed + 2).uniform(*lead_s) / FRAME_S))
         try:
             series, lab, aif = synth_sample(img, lab3[k], (sp[1], sp[0]), np.random.default_rng(case_seed), size=size,
                                             signal=signal, vessels=vessels,
-                                            vessel_rng=np.random.default_rng(case_seed + 1), lead_s=lead,
-                                            frames=48 + int(round(lead / 0.5)))
+                                            vessel_rng=np.random.default_rng(case_seed + 1), dt=FRAME_S,
+                                            lead_s=lead_frames * FRAME_S, frames=N_FRAMES + lead_frames)
         except ValueError:   # a slice with no labels left after the crop
             continue
         if not (lab == MYO).any():
             continue
         n += 1
         study = Study(images=series[:, None], ijk_to_ras=affine_from_spacing((pixel_mm, pixel_mm, 8.0)), kind="perfusion",
-                      frame_times_s=np.arange(series.shape[0]) * 0.5, aif=aif.astype(np.float64),
+                      frame_times_s=np.arange(series.shape[0]) * FRAME_S, aif=aif.astype(np.float64),
                       units="signal" if signal else "gd_mmol_l")
         yield f"{name} slice {k + 1}", study, lab
 
@@ -88,7 +95,7 @@ def main():
     rows = {"network alone": [], "bolus heart crop": []}
     timing = []
     for name, study, lab in synthetic_fullfov_cases(args.cases, args.size, args.seed, args.vessels,
-                                                   None if args.lead_s is None else tuple(float(v) for v in args.lead_s.split(","))):
+                                                   lead_range(args.lead_s)):
         for label, limit in (("network alone", 1e9), ("bolus heart crop", perfusion_segmentation.CROP_WHEN_FOV_OVER_MM)):
             perfusion_segmentation.CROP_WHEN_FOV_OVER_MM = limit
             t0 = time.perf_counter()

@@ -293,8 +293,9 @@ def aif_flags(study, myo=None, images=None):
                                                            "compare regions with the semi-quantitative indices",
                                  round(dt, 3)))
     if width is not None and width < AIF_MIN_FWHM_S:
-        source = (study.provenance or {}).get("dt_source") or "the file"
-        source = "--dt" if source == "argument" else source
+        from .readers.perfusion import frame_interval_source
+
+        source = frame_interval_source((study.provenance or {}).get("dt_source"))
         flags.append(_flag("AIF_TOO_FAST", REVIEW, f"the AIF's first pass is {width:.1f} s wide at half its peak with one frame "
                                                     f"every {dt:.2f} s ({source}); arterial first passes last 4-8 s, so the "
                                                     "frame interval is probably too short, and MBF scales with it: check it",

@@ -509,14 +509,12 @@ def test_repeated_bolus_finds_on_the_same_frames_are_independent_results():
     """The middle slice's bolus is asked for several times per analysis and remembered by the
     frames' content: a caller editing its masks must not change what the next caller gets,
     and edited frames are a new question."""
-    from CardiacAISegLib.perfusion.bolus import enhancement
-
     frames, (rv_disc, lv_disc) = _pools_slice([((48, 34), 9, 12), ((48, 56), 10, 17)], n_frames=40)
     first = locate_blood_pools(frames)
     first["lv"][:] = False
     again = locate_blood_pools(frames.copy())
     assert _dice(again["lv"], lv_disc) > 0.8
-    e, _ = enhancement(frames, remember=True)
+    e = again["enhancement"]
     with pytest.raises(ValueError):
         e[0, 0, 0] = 1.0          # shared between callers: read-only
     moved = np.roll(frames, 20, axis=2)

@@ -61,14 +61,14 @@ def bolus_timing(study, slice_index=None):
     ``myo_peak_frame``. Raises CardiacInputError when no bolus passes."""
     from scipy import ndimage
 
-    from ..perfusion.bolus import enhancement, locate_blood_pools
+    from ..perfusion.bolus import locate_blood_pools
 
     k = study.n_slices // 2 if slice_index is None else slice_index
     frames = study.images[:, k]
     pixel_mm = float(study.spacing[0]) if pixel_size_known(study) else None
     pools = locate_blood_pools(frames, dt_s=study.median_frame_interval_s, pixel_mm=pixel_mm)
     pools["slice"] = k
-    e, _ = enhancement(frames, remember=True)    # the bolus finder's, just computed
+    e = pools["enhancement"]
     lv_peak = pools["lv_peak_frame"]
     # the wall: a band just outside the LV pool, without the RV, among pixels that peak after
     # the LV (blood peaks with or before it; myocardium peaks seconds later)

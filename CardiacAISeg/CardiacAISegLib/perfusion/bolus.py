@@ -47,10 +47,10 @@ class _RecentResults:
     """The last few results of a function of one slice's frames, keyed by the frames' content.
 
     One analysis asks about the middle slice's bolus several times (the reader for the AIF,
-    the segmentation for the key frames and the heart square, the insertion points), each with
-    the frames it holds; keying on the bytes (not the array's identity) makes a copy of the same
-    frames a hit and an edited frame a miss. A few entries: a whole-field enhancement is tens of
-    MB."""
+    the segmentation for the key frames and the heart square), each with the frames it holds;
+    keying on the bytes (not the array's identity) makes a copy of the same frames a hit and an
+    edited frame a miss. A few entries: each holds a slice's enhancement, tens of MB on a whole
+    field of view."""
 
     def __init__(self, size):
         self.size, self.entries, self.lock = size, OrderedDict(), threading.Lock()
@@ -77,43 +77,25 @@ class _RecentResults:
             while len(self.entries) > self.size:
                 self.entries.popitem(last=False)
 
-
     def clear(self):
         with self.lock:
             self.entries.clear()
 
 
-_recent_enhancement = _RecentResults(size=2)
-_recent_pools = _RecentResults(size=4)
+_recent_pools = _RecentResults(size=3)
 
 
 def forget_recent_results():
-    """Empty the caches of recent bolus results (a benchmark's runs on one series each start cold)."""
-    _recent_enhancement.clear()
+    """Empty the cache of recent bolus finds (a benchmark's runs on one series each start cold)."""
     _recent_pools.clear()
 
 
-def enhancement(frames, smooth_px=1.0, remember=False):
+def enhancement(frames, smooth_px=1.0):
     """(T, R, C) signal -> (enhancement, foot): signal minus its pre-bolus baseline, smoothed.
 
     The foot comes from the brightest pixels' curve (the blood pools), so a dark or noisy
     background does not hide it; the baseline is the mean of the frames before it.
-    ``remember``: keep the result for the next call with the same frames (the bolus of the
-    middle slice, asked for several times per analysis); it is then read-only, one array
-    handed to every such caller.
     """
-    if not remember:
-        return _enhancement(frames, smooth_px)
-    key = _RecentResults.key(frames, float(smooth_px))
-    known = _recent_enhancement.get(key)
-    if known is None:
-        known = _enhancement(frames, smooth_px)
-        known[0].flags.writeable = False
-        _recent_enhancement.put(key, known)
-    return known
-
-
-def _enhancement(frames, smooth_px):
     frames = np.asarray(frames, np.float64)
     if frames.ndim != 3 or frames.shape[0] < 8:
         raise CardiacInputError("perfusion series", f"need (frames >= 8, rows, cols), got shape {frames.shape}")
@@ -143,19 +125,21 @@ def locate_blood_pools(frames, dt_s=None, pixel_mm=None, min_area_mm2=40.0):
     the minimum RV-to-LV transit); pixel_mm: in-plane pixel size if known (for the area limits).
     Returns a dict: lv, rv (bool (R, C) masks; rv may be empty), lv_peak_frame, rv_peak_frame,
     foot_frame, lv_center_rc, lv_radius_px, confidence ('high' when an RV peaked clearly before
-    the LV next to it, else 'low') and reason. Raises CardiacInputError when no bolus is seen.
+    the LV next to it, else 'low'), reason and the slice's ``enhancement`` (read-only: one array
+    for every caller with the same frames). Raises CardiacInputError when no bolus is seen.
     """
     key = _RecentResults.key(frames, dt_s, pixel_mm, min_area_mm2)
     known = _recent_pools.get(key)
     if known is None:
         known = _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2)
         _recent_pools.put(key, known)
-    # a copy: callers add their own entries and may edit the masks
-    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in known.items()}
+    # a copy of the dict and the masks: callers add their own entries and may edit the masks
+    return {k: (v.copy() if isinstance(v, np.ndarray) and k != "enhancement" else v) for k, v in known.items()}
 
 
 def _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2):
-    e, foot = enhancement(frames, remember=True)
+    e, foot = enhancement(frames)
+    e.flags.writeable = False
     t_count = e.shape[0]
     peak = e.max(0)
     ttp = e.argmax(0)
@@ -235,7 +219,7 @@ def _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2):
         lv_peak_frame=int(np.argmax(e[:, lv].mean(1))),
         rv_peak_frame=None if rv is None or not rv.any() else int(np.argmax(e[:, rv].mean(1))),
         lv_center_rc=(float(rows.mean()), float(cols.mean())),
-        lv_radius_px=float(np.sqrt(lv.sum() / np.pi)), n_frames=t_count)
+        lv_radius_px=float(np.sqrt(lv.sum() / np.pi)), n_frames=t_count, enhancement=e)
     return result
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..labels import normalise_labels
 from ..study import CINE, Study
-from .geometry_check import check_geometry, grid_difference, onto_grid_by_flips
+from .geometry_check import check_geometry, grid_difference, onto_image_grid
 from .labelmap import labels_off_the_image
 from .nifti import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
 
@@ -124,16 +124,10 @@ def load_acdc_patient(folder, frames="all"):
             gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
-            difference = grid_difference(gt_affine, affine)
-            lab = nifti_to_kji(lab)[0]
-            if difference:
-                reordered = onto_grid_by_flips(lab[None], gt_affine, affine, images.shape[1:])
-                if reordered is not None:
-                    lab = reordered[0]
-                    warnings.append(f"{gt.name}: label map stored in another axis order or direction ({difference}): "
-                                    "reordered onto the image's grid by its world coordinates")
-                else:
-                    warnings.append(f"{gt.name}: label map geometry differs from the image's ({difference}); used voxel by voxel")
+            lab, note = onto_image_grid(nifti_to_kji(lab), gt_affine, affine, images.shape[1:])
+            lab = lab[0]
+            if note:
+                warnings.append(f"{gt.name}: {note}")
             if lab.shape != images.shape[1:]:
                 raise CardiacInputError(gt, f"label map shape {lab.shape[::-1]} does not match the image {images.shape[1:][::-1]}")
             labels[i] = normalise_labels(np.rint(lab).astype(np.int16), "acdc")

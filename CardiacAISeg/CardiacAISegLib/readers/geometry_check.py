@@ -184,6 +184,22 @@ def onto_grid_by_flips(volume_srs, affine, reference, reference_shape_src):
     return np.ascontiguousarray(moved.transpose(0, 3, 2, 1))
 
 
+def onto_image_grid(labels_srs, affine, reference, reference_shape_src):
+    """(labels, note) of a (T, S, R, C) label map on grid ``affine`` for an image on grid
+    ``reference``: the same map and no note when the grids agree; reordered exactly
+    (``onto_grid_by_flips``) when they are one grid stored in another axis order or direction;
+    otherwise the map as it is, used voxel by voxel, with a note saying the overlay needs checking."""
+    difference = grid_difference(affine, reference)
+    if not difference:
+        return labels_srs, None
+    reordered = onto_grid_by_flips(labels_srs, affine, reference, reference_shape_src)
+    if reordered is not None:
+        return reordered, (f"label map stored in another axis order or direction ({difference}): reordered onto the "
+                           "image's grid by its world coordinates (exact, no interpolation)")
+    return labels_srs, (f"label map geometry differs from the image's ({difference}); used voxel by voxel on the "
+                        "image's grid, so check that the labels overlay the image")
+
+
 def slice_thicknesses_mm(positions, nominal=None):
     """Per-slice thickness (mm) for integrating volumes by the true slice positions, or None
     when the stack is regular (then the affine's slice spacing is exact).

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..labels import CONVENTIONS, LV, MYO, RV, SEGMENT_IDS, SEGMENTS, normalise_labels
 from ..study import CINE
-from .geometry_check import add_warning, grid_difference, onto_grid_by_flips
+from .geometry_check import add_warning, onto_image_grid
 from .volume import read_volume_file
 
 _NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
@@ -205,13 +205,12 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
-    if not info["spacing_lost"] and grid_difference(m, study.ijk_to_ras):
-        # stored flipped or with permuted axes, its affine saying so: the same voxels, reordered
-        reoriented = onto_grid_by_flips(labels, m, study.ijk_to_ras, study.images.shape[1:])
-        if reoriented is not None:
-            info["warnings"].append(f"label map stored in another axis order or direction ({grid_difference(m, study.ijk_to_ras)}): "
-                                    "reordered onto the image's grid by its world coordinates (exact, no interpolation)")
-            labels, m = reoriented, study.ijk_to_ras
+    if info.pop("spacing_lost"):
+        info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
+    else:
+        labels, note = onto_image_grid(labels, m, study.ijk_to_ras, study.images.shape[1:])
+        if note:
+            info["warnings"].append(note)
     if labels.shape[1:] != study.images.shape[1:]:
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}")
@@ -219,11 +218,6 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         raise CardiacInputError(path, info.pop("nothing_labelled"))
     if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
         _refuse_swapped_convention(path, labels, convention)
-    if info.pop("spacing_lost"):
-        info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
-    elif grid_difference(m, study.ijk_to_ras):
-        info["warnings"].append(f"label map geometry differs from the image's ({grid_difference(m, study.ijk_to_ras)}); "
-                                "used voxel by voxel on the image's grid, so check that the labels overlay the image")
     if labels.shape[0] > 1:
         if labels.shape[0] != study.n_frames:
             raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}")

@@ -204,6 +204,11 @@ MIN_FRAME_INTERVAL_S = 0.3
 MAX_FRAME_INTERVAL_S = 5.0
 
 
+def frame_interval_source(dt_source):
+    """How a message names where the frame interval came from (``provenance["dt_source"]``)."""
+    return {"argument": "--dt", "file": "the file's time step", None: "the file"}.get(dt_source, dt_source)
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -245,8 +250,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
     if not MIN_FRAME_INTERVAL_S <= dt <= MAX_FRAME_INTERVAL_S:
-        source = "--dt" if dt_source == "argument" else "the file's time step" if dt_source == "file" else dt_source
-        raise CardiacInputError(where, f"frame interval dt {dt:g} s ({source}) is outside {MIN_FRAME_INTERVAL_S:g}-"
+        raise CardiacInputError(where, f"frame interval dt {dt:g} s ({frame_interval_source(dt_source)}) is outside {MIN_FRAME_INTERVAL_S:g}-"
                                        f"{MAX_FRAME_INTERVAL_S:g} s: a first-pass series is ECG-triggered, one frame per "
                                        "heartbeat or two (0.3-2 s; under 0.3 s would be a heart rate over 200/min, and MBF "
                                        "scales with the interval); give the frame interval with --dt in seconds")
