@@ -58,11 +58,27 @@ def aif_detection_study(n):
     return study, mask
 
 
-def segment(study, model, path, refine):
+def segment(study, model, path, refine, cine_model=None):
     from CardiacAISegLib.models import perfusion_segmentation
 
     mode, key = PATHS[path]
-    return perfusion_segmentation.segment_perfusion_study(study, model, refine=refine, mode=mode, key_image=key)
+    return perfusion_segmentation.segment_perfusion_study(study, model, refine=refine, mode=mode, key_image=key,
+                                                          cine_model=cine_model)
+
+
+def load_cine_candidate(source):
+    """A registry cine model, or a training run's checkpoint (``best.pt``/``last.pt``) of the
+    registry's unet-light architecture in that card's place (torch runtime)."""
+    from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.training import load_start_weights
+
+    if not source.endswith(".pt"):
+        return registry.load_model(source)
+    model = registry.load_model("unet-light", runtime="torch")
+    model.module.load_state_dict(load_start_weights(source))
+    model.module.eval()
+    model.card = dict(model.card, name=f"unet-light ({source})")
+    return model
 
 
 def blood_like_fraction(images, aif, labels):
@@ -99,6 +115,9 @@ def main():
     p.add_argument("--model", default="perfusion-resunet", help="perfusion model: registry name or a run folder's best.pt")
     p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
                    help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
+    p.add_argument("--cine-model", default=None,
+                   help="the key images' cine network: registry name or a unet-light run's best.pt/last.pt "
+                        "(default: the perfusion card's companion)")
     args = p.parse_args()
     refine = not args.no_refine
     paths = [s.strip() for s in args.paths.split(",")]
@@ -112,14 +131,15 @@ def main():
         model = registry.load_model(args.model)
     if args.cine_tta != "card":
         model.card["input"]["segmentation"]["cine_tta"] = args.cine_tta
-    cine = registry.default_model("cine")
-    result = {"cine_model": f"{cine} v{registry.get_card(cine).get('version', '1')}", "refine": refine, "paths": {},
+    cine_model = load_cine_candidate(args.cine_model) if args.cine_model else None
+    cine = args.cine_model or registry.default_model("cine")
+    result = {"cine_model": cine if args.cine_model else f"{cine} v{registry.get_card(cine).get('version', '1')}", "refine": refine, "paths": {},
               "cine_tta": model.card["input"]["segmentation"].get("cine_tta")}
     seconds = {path: [] for path in paths}
 
     def timed(study, path):
         t0 = time.perf_counter()
-        labels = segment(study, model, path, refine)
+        labels = segment(study, model, path, refine, cine_model)
         seconds[path].append(time.perf_counter() - t0)
         return labels
 

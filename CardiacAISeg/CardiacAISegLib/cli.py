@@ -136,6 +136,9 @@ def _train(args):
     if args.lr_cycle_epochs < 0 or (args.lr_cycle_epochs and args.epochs % args.lr_cycle_epochs):
         raise CardiacInputError("--lr-cycle-epochs", f"{args.lr_cycle_epochs} must be 0 (one decay over the run) or divide "
                                                      f"--epochs {args.epochs}, so that the run ends at a cycle's end")
+    if not 0 <= args.perfusion_key_share < 1:
+        raise CardiacInputError("--perfusion-key-share", f"{args.perfusion_key_share} is not a share of a batch; give 0 "
+                                                         "(cine slices only) up to below 1")
     if not 0 <= args.distill_weight <= 1:
         raise CardiacInputError("--distill-weight", f"{args.distill_weight} is not a share of the loss; give 0-1")
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, arch_params=arch_params,
@@ -145,7 +148,7 @@ def _train(args):
                       augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
                       edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
                       distill_weight=args.distill_weight, lr_cycle_epochs=args.lr_cycle_epochs,
-                      crop=args.crop, patch=args.patch,
+                      crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
@@ -267,6 +270,9 @@ def build_parser():
     t.add_argument("--lr-cycle-epochs", type=int, default=0,
                    help="restart the cosine learning-rate decay every N epochs and keep the weights at each cycle's end "
                         "(snapshot-NNN.pt, to average with tools/average_runs.py); 0 = one decay over the run")
+    t.add_argument("--perfusion-key-share", type=float, default=0.0,
+                   help="share of each batch drawn from synthetic first-pass perfusion key images built on the training "
+                        "patients (a cine network the perfusion ensemble uses; 0 = cine slices only)")
     t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")

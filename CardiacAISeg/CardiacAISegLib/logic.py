@@ -196,8 +196,10 @@ class CardiacAISegLogic(_LogicBase):
         outputs made for another input are let go unless ``keepOutputs``.
         """
         study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), self.getParameter("aifPath"))
-        if study.provenance.get("pd_frames"):
-            # the node still holds the proton-density reference images the analysis leaves out:
+        from .readers.pd_frames import frames_left_out
+
+        if frames_left_out(study.provenance):
+            # the node still holds the frames the analysis leaves out (PD reference images, blank dynamics):
             # show (and make the input) the series it does analyse, so frame numbers agree
             self.setStudy(study)
             return study

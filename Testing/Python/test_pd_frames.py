@@ -138,3 +138,19 @@ def test_logic_shows_the_series_it_analyses(tmp_path, phantom):
     assert s.n_frames == study.n_frames and s.provenance["pd_frames"]["dropped"] == 3
     shown = logic.getNodeParameter("inputNodeID")
     assert shown is not nodes.sequence and shown.GetNumberOfDataNodes() == study.n_frames
+
+
+def test_blank_dynamics_are_found_but_a_noise_only_gd_baseline_is_not_blank():
+    from CardiacAISegLib.readers.pd_frames import blank_frames
+
+    rng = np.random.default_rng(0)
+    t = np.arange(40)
+    bolus = np.clip(t - 10, 0, None) * np.exp(-np.clip(t - 10, 0, None) / 6.0)   # Gd: zero before frame 10
+    images = bolus[:, None, None, None] * np.ones((40, 3, 32, 32)) + np.abs(rng.normal(0, 0.05, (40, 3, 32, 32)))
+    blank, on = blank_frames(images)
+    assert not blank.any(), "pre-contrast Gd frames are noise, not dropped dynamics"
+    images[17] = 0.0            # lost on every slice
+    images[25, 1] = 0.0         # lost on the middle slice only
+    blank, on = blank_frames(images)
+    assert list(np.flatnonzero(blank)) == [17, 25]
+    assert on == {17: [0, 1, 2], 25: [1]}

@@ -54,7 +54,7 @@ def _crop(img, lab, size, rng):
 
 
 def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5, stress=None, signal=None,
-                 vessels=0.0, vessel_rng=None, lead_s=0.0):
+                 vessels=0.0, vessel_rng=None, lead_s=0.0, pixel_mm=None):
     """One (frames, size, size) float32 series normalised to max 1 and its (size, size) labels.
 
     By default the series is the network's input window, starting ``PRE_FOOT`` (1-6) frames
@@ -65,12 +65,14 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     ``image``/``label``: a 2D cine slice (normalised 0..1) and its internal-convention labels.
     ``vessels``: the chance that the slice also cuts great vessels outside the heart (``_paint_vessels``),
     drawn from ``vessel_rng`` (default ``rng``; a generator of its own keeps the rest of a
-    seeded series the same with and without them).
+    seeded series the same with and without them). ``pixel_mm`` fixes the pixel size instead of
+    drawing it (the draw is still made, so the rest of a seeded series stays the same).
     """
     from scipy import ndimage
 
     # Up to 3.6 mm: some exports are downsampled crops (the QPerf examples' LV is ~12 px wide).
-    pixel_mm = rng.uniform(1.4, 3.6)
+    drawn_mm = rng.uniform(1.4, 3.6)
+    pixel_mm = drawn_mm if pixel_mm is None else float(pixel_mm)
     img, lab = _resample_pair(image, label, spacing_rc, pixel_mm)
     if rng.random() < 0.5:  # mirrored and rotated views, as vendors and readers differ
         img, lab = img[:, ::-1], lab[:, ::-1]
@@ -140,6 +142,39 @@ def synth_sample(image, label, spacing_rc, rng, size=64, frames=N_FRAMES, dt=0.5
     series = np.maximum(series, 0)
     series /= max(series.max(), 1e-6)
     return series.astype(np.float32), lab.astype(np.uint8), aif
+
+
+def key_image_sample(image, label, spacing_rc, rng, out_pixel_mm=1.25, fov_mm=200.0, vessels=0.5):
+    """A cine-like key image of a synthetic first pass and its (rows, cols) labels, on a grid of
+    ``out_pixel_mm`` covering about ``fov_mm``: to teach the cine network the key images it reads
+    in perfusion (``perfusion_keyimage``), which differ from a bSSFP cine: the wall is dark in Gd
+    units and grey in signal, the body takes up contrast, vessels shine beside the heart.
+
+    As at inference: a series acquired at 1.4-3.6 mm pixels and 0.5-1.0 s frames (one per one or
+    two heartbeats), the mean of ``perfusion_keyimage.key_frames`` around the LV peak (here the
+    AIF's peak moved by up to a frame, as the bolus finder's estimate may be), resampled to the
+    network's pixel size bilinearly. Raises ValueError when the slice's labels leave the field.
+    """
+    from scipy import ndimage
+
+    from .perfusion_keyimage import key_frames
+    from .preprocess import normalise_volume
+
+    acquired_mm = rng.uniform(1.4, 3.6)
+    size = int(round(fov_mm / acquired_mm))
+    dt = rng.uniform(0.5, 1.0)
+    series, lab, aif = synth_sample(image, label, spacing_rc, rng, size=size, dt=dt, vessels=vessels,
+                                    pixel_mm=acquired_mm)
+    peak = int(np.argmax(aif)) + int(rng.choice([-1, 0, 0, 1]))
+    key = series[key_frames({"lv_peak_frame": peak}, "lv-peak", series.shape[0])].mean(0)
+    zoom = acquired_mm / out_pixel_mm
+    key = ndimage.zoom(key, zoom, order=1)
+    lab = ndimage.zoom(lab, zoom, order=0)
+    n = min(key.shape[0], lab.shape[0]), min(key.shape[1], lab.shape[1])
+    key, lab = key[: n[0], : n[1]], lab[: n[0], : n[1]]
+    if not (lab == LV).any():
+        raise ValueError("no LV left in the key image's field")
+    return normalise_volume(key[None])[0], lab.astype(np.uint8)
 
 
 def _body_enhancement(t, aif, dt, myo_mbf, img, lab, body, rng):

@@ -46,6 +46,8 @@ class TrainConfig:
     distill_weight: float = 0.5        # share of the distillation term in the loss
     distill_temperature: float = 2.0
     lr_cycle_epochs: int = 0           # > 0: cosine restarts every N epochs, weights kept at each cycle's end (snapshots to average)
+    perfusion_key_share: float = 0.0   # share of each batch that is synthetic perfusion key images (KeyImagePool)
+    perfusion_key_pool: int = 800      # key images kept in memory; an eighth renewed every epoch
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -211,6 +213,11 @@ def train(config: TrainConfig, progress=None, log=print):
         weights = np.where(edges, config.edge_slice_weight, 1.0)
         sample_p = weights / weights.sum()
         log(f"{int(edges.sum())} slices at the ends of the heart drawn {config.edge_slice_weight:g}x as often")
+    keys = None
+    if config.perfusion_key_share > 0:
+        keys = KeyImagePool(train_f, config.pixel_mm, config.crop, config.perfusion_key_pool, config.perfusion_key_share, rng)
+        log(f"{config.perfusion_key_share:.0%} of each batch: synthetic perfusion key images ({len(keys.images)} kept, "
+            f"from {len(keys.anatomy)} training slices)")
     n_classes = 4
     per_epoch = config.slices_per_epoch or len(slices)
     steps = max(1, per_epoch // config.batch)
@@ -229,17 +236,21 @@ def train(config: TrainConfig, progress=None, log=print):
             idx = order[(s * config.batch) % len(slices):][: config.batch]
             if len(idx) < config.batch:
                 idx = rng.choice(len(slices), config.batch)
+            n_keys = keys.draw_count(config.batch, rng) if keys else 0
+            idx = idx[: config.batch - n_keys]
             crops = [random_crop(*slices[i], config.crop, rng) for i in idx]
+            crops += [random_crop(*keys.item(rng, context), config.crop, rng) for _ in range(n_keys)]
             x = np.stack([c[0] for c in crops])
             x = torch.from_numpy(augment_context(x, rng) if context else x[:, None])
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
             x, y = augment_batch(x, y, rng, config.patch, config.augment)
             outputs = model(x)
             logits = outputs[0] if isinstance(outputs, list) else outputs
-            if has_rv_all.all():
+            batch_has_rv = np.concatenate([has_rv_all[idx], np.ones(n_keys, bool)])   # key images are fully labelled
+            if batch_has_rv.all():
                 loss = deep_supervision_loss(outputs, y, lambda lg, t: soft_dice_ce_loss(lg, t, n_classes))
             else:
-                has_rv = torch.from_numpy(has_rv_all[idx])
+                has_rv = torch.from_numpy(batch_has_rv)
                 loss = deep_supervision_loss(outputs, y, lambda lg, t: partial_label_loss(lg, t, has_rv, n_classes))
             if teacher is not None:
                 with torch.no_grad():
@@ -252,6 +263,8 @@ def train(config: TrainConfig, progress=None, log=print):
             losses.append(loss.item())
             progress(epoch * steps + s + 1, config.epochs * steps, f"epoch {epoch + 1} loss {np.mean(losses):.3f}")
         sched.step()
+        if keys:
+            keys.renew(rng)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), "frozen_encoder": frozen}
         last_epoch = epoch + 1 == config.epochs
         score = None
@@ -270,6 +283,53 @@ def train(config: TrainConfig, progress=None, log=print):
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)
     return history
+
+
+class KeyImagePool:
+    """Synthetic perfusion key images (``perfusion_synth.key_image_sample``) built on the training
+    patients' anatomy, mixed into cine batches so that the cine network also reads the key images
+    the perfusion ensemble gives it (issue 9: on real full-field perfusion the cine network on a
+    key image found the heart where the synthetic-only perfusion network did not, but was trained
+    on bSSFP contrast only). Generating one costs ~20 ms, a training step more: a pool is made up
+    front and an eighth of it renewed after every epoch."""
+
+    def __init__(self, folders, pixel_mm, crop, size, share, rng):
+        from .perfusion_training import anatomy_slices
+
+        if not 0 < share < 1:
+            from ..errors import CardiacInputError
+
+            raise CardiacInputError("perfusion key share", f"{share} is not a share of a batch; give a number in (0, 1)")
+        self.anatomy = anatomy_slices(folders)
+        self.pixel_mm, self.fov_mm, self.share = pixel_mm, crop * pixel_mm, share
+        self.images = [self._make(rng) for _ in range(size)]
+
+    def _make(self, rng):
+        from .perfusion_synth import key_image_sample
+
+        while True:
+            img, lab, sp = self.anatomy[rng.integers(len(self.anatomy))]
+            try:
+                return key_image_sample(img, lab, sp, rng, self.pixel_mm, self.fov_mm)
+            except ValueError:   # the slice's LV left the field: draw another
+                continue
+
+    def draw_count(self, batch, rng):
+        return int(rng.binomial(batch, self.share))
+
+    def item(self, rng, context=0):
+        """(image, labels) of one pooled key image; with ``context`` a 2.5D stack whose neighbours
+        are zero, as inference gives perfusion slices (they are not contiguous)."""
+        image, labels = self.images[rng.integers(len(self.images))]
+        if context:
+            stack = np.zeros((2 * context + 1, *image.shape), np.float32)
+            stack[context] = image
+            image = stack
+        return image, labels
+
+    def renew(self, rng):
+        for i in rng.choice(len(self.images), max(1, len(self.images) // 8), replace=False):
+            self.images[i] = self._make(rng)
 
 
 def lr_schedule(torch, opt, config):

@@ -1,4 +1,6 @@
-"""Proton-density reference images at the start of a perfusion series.
+"""Frames of a perfusion series that are not dynamics to fit: proton-density reference images at
+its start, and blank (dropped) dynamics anywhere in it. Both are left out of the images, the
+frame times and the DICOM frame maps alike (``remove_frames``), and a warning says which and why.
 
 Dual-sequence and quantitative perfusion protocols (Kellman et al. 2005; Xue et al. 2020) acquire
 a few proton-density (PD) images in the first heartbeats, before the saturation-recovery dynamics:
@@ -90,21 +92,89 @@ def drop_leading_pd_frames(study, where, warnings=None):
         f"{frames} of {where} left out as proton-density reference images ({reason}): the baseline and the "
         f"curves use the {study.n_frames - n} dynamics after them")
     prov["pd_frames"] = {"dropped": n, "reason": reason}
-    study.images = np.ascontiguousarray(study.images[n:])
-    if study.frame_times_s is not None and len(study.frame_times_s) == n + study.n_frames:
-        times = np.asarray(study.frame_times_s, float)[n:]
+    remove_frames(study, np.arange(study.n_frames) >= n)
+    return n
+
+
+# A dynamic the scanner or the export lost is written as an empty image (all zeros, or a noise
+# floor): left in a signal-intensity series it is a sudden drop of every curve, and where it falls
+# near the bolus peak MBF and the upslopes come out far off (a zeroed dynamic at the LV peak of
+# the 3-slice phantom: MBF 4.5 instead of 2.6 mL/min/g, upslope 4x, QC "pass"). A slice image
+# whose 99th percentile is under BLANK_LEVEL of that slice's low one (the 25th percentile over
+# frames: the pre-contrast level, so a Gd series' noise-only baseline is its own reference) is
+# no dynamic.
+BLANK_LEVEL = 0.05
+MAX_BLANK_SHARE = 0.2    # more than this many blank dynamics is no dropout but a broken series
+
+
+def blank_frames(images):
+    """(T,) bool: frames blank on at least one slice of a (T, S, R, C) signal-intensity series,
+    and per blank frame the slices it is blank on."""
+    images = np.asarray(images)
+    t, s = images.shape[:2]
+    flat = images.reshape(t, s, -1)
+    step = max(1, flat.shape[2] // 20000)
+    high = np.percentile(flat[:, :, ::step], 99, axis=2)          # (T, S)
+    low = np.percentile(high, 25, axis=0)                         # (S,)
+    blank = (high < BLANK_LEVEL * low[None]) & (low[None] > 0)
+    return blank.any(axis=1), {int(f): [int(k) for k in np.flatnonzero(blank[f])] for f in np.flatnonzero(blank.any(1))}
+
+
+def drop_blank_frames(study, where, warnings=None):
+    """Leave blank dynamics (``blank_frames``) out of a signal-intensity perfusion ``study`` in
+    place; returns their indices in the series as it came. The frame times keep their real values,
+    so the fit sees the gap (the MBF fit resamples irregular frames onto a regular grid). Raises
+    CardiacInputError when over MAX_BLANK_SHARE of the dynamics are blank."""
+    from ..errors import CardiacInputError
+
+    if study.n_frames < MIN_DYNAMICS:
+        return []
+    blank, on_slices = blank_frames(study.images)
+    if not blank.any():
+        return []
+    numbers = ", ".join(str(f + 1) for f in on_slices)
+    if blank.mean() > MAX_BLANK_SHARE:
+        raise CardiacInputError(where, f"{int(blank.sum())} of {study.n_frames} frames are blank (frames {numbers}: no signal "
+                                       "on a slice): not a series to fit; check the export")
+    slices = sorted({k for ks in on_slices.values() for k in ks})
+    on = "every slice" if len(slices) == study.n_slices else "slice " + ", ".join(str(k + 1) for k in slices)
+    (study.provenance.setdefault("warnings", []) if warnings is None else warnings).append(
+        f"frame{'s' if blank.sum() > 1 else ''} {numbers} of {where} left out: blank on {on} (no signal: a dropped "
+        f"dynamic); the curves and the fit use the other {study.n_frames - int(blank.sum())} frames at their real times")
+    study.provenance["blank_frames"] = {"dropped": [int(f) for f in on_slices], "slices": slices}
+    remove_frames(study, ~blank)
+    return [int(f) for f in on_slices]
+
+
+def frames_left_out(provenance):
+    """True when the reader left frames of the file out of the study (PD reference images,
+    blank dynamics): frame numbers of the study and of the file then differ."""
+    return bool(provenance.get("pd_frames") or provenance.get("blank_frames"))
+
+
+def remove_frames(study, keep):
+    """Keep the frames where ``keep`` (a (T,) bool) in ``study``'s images, frame times (counted
+    from the first frame kept; a gap where a frame in the middle went) and DICOM frame maps, in
+    place."""
+    keep = np.asarray(keep, bool)
+    n_before = len(keep)
+    new_index = np.cumsum(keep) - 1        # old frame -> new frame, where kept
+    prov = study.provenance
+    study.images = np.ascontiguousarray(study.images[keep])
+    if study.frame_times_s is not None and len(study.frame_times_s) == n_before:
+        times = np.asarray(study.frame_times_s, float)[keep]
         study.frame_times_s = times - times[0]
     for key in ("flip_angles_deg", "acquisition_times_s"):
-        if isinstance(prov.get(key), list) and len(prov[key]) == n + study.n_frames:
-            values = prov[key][n:]
+        if isinstance(prov.get(key), list) and len(prov[key]) == n_before:
+            values = [v for v, k in zip(prov[key], keep) if k]
             prov[key] = [v - values[0] for v in values] if key == "acquisition_times_s" else values
     if isinstance(prov.get("trigger_times_ms"), list):   # per slice, per frame
-        prov["trigger_times_ms"] = [row[n:] for row in prov["trigger_times_ms"]]
-    # image -> (frame, slice) of the DICOM files: the reference images map to no frame now
+        prov["trigger_times_ms"] = [[v for v, k in zip(row, keep) if k] if len(row) == n_before else row
+                                    for row in prov["trigger_times_ms"]]
+    # image -> (frame, slice) of the DICOM files: the frames left out map to no frame now
     for key in ("instance_map", "sop_map"):
         if isinstance(prov.get(key), dict):
-            prov[key] = {k: (t - n, s) for k, (t, s) in prov[key].items() if t >= n}
+            prov[key] = {i: (int(new_index[t]), s) for i, (t, s) in prov[key].items() if 0 <= t < n_before and keep[t]}
     if isinstance(prov.get("frame_map"), dict):
-        prov["frame_map"] = {uid: {f: (t - n, s) for f, (t, s) in m.items() if t >= n}
+        prov["frame_map"] = {uid: {f: (int(new_index[t]), s) for f, (t, s) in m.items() if 0 <= t < n_before and keep[t]}
                              for uid, m in prov["frame_map"].items()}
-    return n

@@ -14,7 +14,7 @@ from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
-from .pd_frames import drop_leading_pd_frames
+from .pd_frames import drop_blank_frames, drop_leading_pd_frames
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
@@ -221,9 +221,11 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     """
     path = Path(path)
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
-    dropped = 0
+    dropped, blank = 0, []
     if entry is None and units in (None, "signal"):
-        # before anything reads a baseline, a bolus or a frame interval from the series
+        # before anything reads a baseline, a bolus or a frame interval from the series; blank
+        # dynamics first, as a frame of no signal would hide the PD frames' brightness
+        blank = drop_blank_frames(study, path.name or str(path))
         dropped = drop_leading_pd_frames(study, path.name or str(path))
     measured = study.frame_times_s
     n = study.n_frames
@@ -265,8 +267,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         prov["aif_source"] = f"dual-sequence AIF series in {aif_source} (LV blood pool found from the bolus)"
     elif aif_source is not None:
         curve = load_aif(aif_source)
-        if dropped and len(curve) == n + dropped:
-            curve = curve[dropped:]   # an AIF of the series as written, PD frames included
+        if (dropped or blank) and len(curve) == n + dropped + len(blank):
+            # an AIF of the series as written: the frames left out of the images go from it too
+            curve = np.delete(curve, blank)[dropped:]
         if len(curve) != n:
             raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
