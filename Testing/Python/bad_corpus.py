@@ -513,6 +513,33 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_cine_trigger_time_in_seconds", "warn", ("TriggerTime holds seconds", "read as seconds"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """A cine whose TriggerTime holds seconds (0, 0.04, ... 0.2): as milliseconds the frames
+    were 0.04 ms apart, rounded to one time, and refused as duplicate images of one frame."""
+    def seconds(ds, k, t):
+        ds.TriggerTime = round(0.04 * t, 3)
+
+    folder, labels = cine_dicom(base, f / "dicom", per_image=seconds)
+    return [folder, "--labels", labels]
+
+
+@case("perfusion_dicom_ge_trigger_time_in_seconds", "warn", ("TriggerTime holds seconds",), category="perfusion",
+      check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06) or _assert_no_poor_fit(doc))
+def _(base, f):
+    """A GE first pass whose TriggerTime holds seconds (0.77 ... 15.3) with no flags: as
+    milliseconds its 30 frames spanned 14 ms, and it was read as a cine (EF 100 %)."""
+    import pydicom
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="ge")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.TriggerTime = round(float(ds.TriggerTime) / 1000.0, 4)
+        ds.save_as(path)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
 @case("dicom_realtime_cine_untriggered", "error", ("real-time", "45 ms per frame", "ECG-triggered"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):
@@ -1133,6 +1160,35 @@ def _(base, f):
             ds.PixelData = np.zeros((ds.Rows, ds.Columns), np.uint16).tobytes()
             ds.save_as(path)
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
+@case("perfusion_dicom_t1_map_filed_in_the_series", "warn", ("derived image", "T1MAP", "left out"),
+      category="perfusion", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06) or _assert_no_poor_fit(doc))
+def _(base, f):
+    """Siemens perfusion with one derived T1 map per slice filed under the same series UID, a
+    second after the last dynamic (ImageType DERIVED\\PRIMARY\\T1MAP). Read as a 31st frame it
+    gave MBF 17 without an AIF and, with the 30-value AIF, an error blaming the AIF file."""
+    import copy
+
+    import pydicom
+
+    from CardiacAISegLib.readers.dicom import _tm_seconds
+    from dicom_factory import _tm
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens")
+    n_t = base.perf_study.n_frames
+    for i, path in enumerate(paths):
+        if i % n_t == n_t - 1:
+            ds = pydicom.dcmread(path)
+            t1 = copy.deepcopy(ds)
+            t1.SOPInstanceUID = t1.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            t1.ImageType = ["DERIVED", "PRIMARY", "T1MAP"]
+            t1.InstanceNumber = 500 + i
+            t1.AcquisitionTime = _tm(_tm_seconds(ds.AcquisitionTime) + 1.0)
+            t1.PixelData = np.full((ds.Rows, ds.Columns), 1200, np.uint16).tobytes()
+            t1.save_as(str(path).replace(".dcm", "_t1map.dcm"))
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 
 @case("perfusion_dicom_stress_and_rest_chosen_by_role", "ok", category="perfusion",

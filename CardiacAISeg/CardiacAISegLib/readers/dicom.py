@@ -354,10 +354,30 @@ def _aif_partner(uid, items, series):
 def _is_derived(ds):
     """A series the scanner derived from another: ImageType DERIVED, or a motion-corrected copy
     (Siemens writes 'MOCO' in ImageType and the description)."""
-    image_type = ds.get("ImageType") or []
-    values = [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    values = _image_type(ds)
     desc = str(ds.get("SeriesDescription", "")).upper()
     return values[:1] == ["DERIVED"] or "MOCO" in values or re.search(r"(?<![A-Z])MOCO", desc) is not None
+
+
+def _image_type(ds):
+    image_type = ds.get("ImageType") or []
+    return [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+
+
+def _drop_derived_images(folder, uid, items):
+    """(items, notes): a few derived images filed in a series of acquired ones left out. Scanners
+    file a T1 map, a subtraction or a MIP under the series it was computed from (ImageType
+    DERIVED among ORIGINAL images); read as one more frame at the same positions, a perfusion
+    series grew a dynamic that was a map (MBF 17 instead of 2.6, and a given AIF refused for
+    its length). When derived images are as many as the acquired ones, the series is two
+    acquisitions and the checks after this refuse it."""
+    derived = [(f, ds) for f, ds in items if _image_type(ds)[:1] == ["DERIVED"]]
+    if not derived or 2 * len(derived) >= len(items):
+        return items, []
+    kinds = sorted({"\\".join(_image_type(ds)) for _, ds in derived})
+    note = (f"{len(derived)} derived image(s) of series {uid} (ImageType {', '.join(kinds[:3])}) are not acquired "
+            f"frames and were left out: {_names([f for f, _ in derived], folder)}")
+    return [(f, ds) for f, ds in items if _image_type(ds)[:1] != ["DERIVED"]], [note]
 
 
 def _drop_derived_copies(series, notes=None):
@@ -508,12 +528,44 @@ def _tm_seconds(value):
         return None
 
 
+_TRIGGER_UNIT_S = "_cardiacaiseg_trigger_unit_s"
+
+
 def _trigger_s(ds):
     tt = ds.get("TriggerTime")
     try:
-        return float(tt) / 1000.0 if tt not in (None, "") else None
+        # TriggerTime is in milliseconds (DICOM); a series found to store seconds is marked
+        return float(tt) * getattr(ds, _TRIGGER_UNIT_S, 0.001) if tt not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _raw_trigger(ds):
+    try:
+        return float(ds.get("TriggerTime"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _mark_trigger_times_in_seconds(items):
+    """A series whose TriggerTime holds seconds, as some converters and older GE software write
+    it, is marked to be read so; returns a warning or None. As milliseconds its frames would lie
+    under a millisecond apart, which no ECG-triggered acquisition does (cine frames are 10 ms or
+    more apart): a GE first pass (0.77-15.3) read as a cine of 14 ms, a cine (0-0.2) refused
+    for duplicate frame times. Taken as seconds, the steps are those of a cine (10 ms and more)
+    or of a first pass."""
+    raw = [(_raw_trigger(ds), ds) for _, ds in items if not isinstance(ds, EnhancedFrame)]
+    values = np.array([v for v, _ in raw if v is not None], float)
+    distinct = np.unique(np.round(values, 6))
+    if len(raw) != len(items) or values.size != len(raw) or distinct.size < 5 or values.min() < 0 or distinct.max() >= 120:
+        return None
+    step = float(np.median(np.diff(distinct)))
+    if not 0.005 <= step < 1.0:
+        return None
+    for _, ds in raw:
+        object.__setattr__(ds, _TRIGGER_UNIT_S, 1.0)
+    return (f"TriggerTime holds seconds, not milliseconds ({distinct.min():g}-{distinct.max():g} over {distinct.size} "
+            f"values, {step:.3g} apart: as milliseconds no ECG-triggered frames lie so close): read as seconds")
 
 
 def _clock_s(ds):
@@ -1029,12 +1081,15 @@ def _slices_along(geo, normal):
 def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     picked_notes = []
     uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes)
+    items, derived_note = _drop_derived_images(folder, uid, items)
+    picked_notes += derived_note
     _check_memory(folder, items)
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
     geo, items, dropped = _drop_stray_orientations(geo, items)
     midnight = _unwrap_midnight(items)
+    trigger_note = _mark_trigger_times_in_seconds(items)
     if dropped:
         early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers or "
                             f"long-axis views) left out: {_names(dropped, folder)}"]
@@ -1082,7 +1137,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = picked_notes + list(early_localisers) + ([midnight] if midnight else [])
+    early_warnings = picked_notes + list(early_localisers) + [note for note in (midnight, trigger_note) if note]
     if spread > _POSITION_SPREAD_NOTE_MM:
         early_warnings.append(f"the images of one slice lie up to {spread:.2f} mm apart along the slice normal (slice "
                               "tracking, or rounding in an export): each slice is read at its median position")
