@@ -1191,6 +1191,28 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 
+@case("perfusion_dicom_philips_scale_slope_varies_per_dynamic", "warn", ("ScaleSlope", "floating-point"),
+      category="perfusion", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06) or _assert_no_poor_fit(doc))
+def _(base, f):
+    """Philips perfusion whose private ScaleSlope (2005,xx0E) cycles 1, 1.5, 2 over the dynamics,
+    the stored values scaled by it (RescaleSlope 1): displayed values of neighbouring dynamics
+    are on different scales. Read as displayed, MBF was 3.15 instead of 2.63 with QC "pass"."""
+    import pydicom
+
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="philips")
+    n_t = base.perf_study.n_frames
+    for i, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        scale = 1.0 + 0.5 * ((i % n_t) % 3)
+        ds.PixelData = np.clip(np.rint(ds.pixel_array * scale), 0, 65535).astype(np.uint16).tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0E, "FL", scale)
+        ds.save_as(path)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
 @case("perfusion_dicom_stress_and_rest_chosen_by_role", "ok", category="perfusion",
       check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_mpr_one(doc))
 def _(base, f):

@@ -927,7 +927,49 @@ def _pixels(f, ds, notes=None):
         if notes is not None:
             notes.setdefault("RescaleSlope", (f, slope))
         slope, intercept = 1.0, 0.0 if not np.isfinite(intercept) else intercept
-    return a * slope + intercept
+    return (a * slope + intercept) * getattr(ds, _PRIVATE_SCALE, 1.0)
+
+
+_PRIVATE_SCALE = "_cardiacaiseg_private_scale"
+_PHILIPS_CREATOR = "Philips MR Imaging DD 001"
+
+
+def _philips_scale_slope(ds):
+    """Philips' private ScaleSlope (2005,xx0E), or None."""
+    if isinstance(ds, EnhancedFrame):
+        return None
+    try:
+        value = float(ds.private_block(0x2005, _PHILIPS_CREATOR)[0x0E].value)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def _mark_philips_scale(items):
+    """Philips stores pixels so that the displayed value (RescaleSlope/Intercept applied) is the
+    signal times a private ScaleSlope (2005,xx0E): the true, comparable value is
+    displayed / (RescaleSlope x ScaleSlope). Within one series the factor is usually constant
+    and nothing needs doing (a given AIF is in the displayed units). Where it changes from image
+    to image, displayed values of different dynamics are on different scales (a factor 1-2 from
+    one dynamic to the next gave MBF 3.15 instead of 2.63 with QC "pass"): every image is then
+    read as the floating-point value. Returns a warning or None."""
+    scales = [(ds, _philips_scale_slope(ds)) for _, ds in items]
+    values = {round(v, 9) for _, v in scales if v is not None}
+    if len(values) < 2:
+        return None
+    if any(v is None for _, v in scales):
+        raise CardiacInputError(items[0][0], "some images carry Philips' private ScaleSlope (2005,xx0E) with varying values "
+                                             "and some none: their pixel values are on different scales; export the "
+                                             "series again (as floating-point values, or with one scale)")
+    for ds, value in scales:
+        try:
+            rescale = float(ds.get("RescaleSlope", 1) or 1)
+        except (TypeError, ValueError):
+            rescale = 1.0
+        object.__setattr__(ds, _PRIVATE_SCALE, 1.0 / (value * (rescale if rescale and np.isfinite(rescale) else 1.0)))
+    return (f"Philips' private ScaleSlope (2005,xx0E) varies within the series ({min(values):g}-{max(values):g}): "
+            "every image is read as its floating-point value (displayed value / (RescaleSlope x ScaleSlope)) so that "
+            "all frames share one scale; a given AIF must be in those units")
 
 
 def load_dicom_series(folder, series=None, kind=None, progress=None):
@@ -1090,6 +1132,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     geo, items, dropped = _drop_stray_orientations(geo, items)
     midnight = _unwrap_midnight(items)
     trigger_note = _mark_trigger_times_in_seconds(items)
+    scale_note = _mark_philips_scale(items)
     if dropped:
         early_localisers = [f"{len(dropped)} image(s) of series {uid} in other orientations than its stack (localisers or "
                             f"long-axis views) left out: {_names(dropped, folder)}"]
@@ -1137,7 +1180,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = picked_notes + list(early_localisers) + [note for note in (midnight, trigger_note) if note]
+    early_warnings = picked_notes + list(early_localisers) + [note for note in (midnight, trigger_note, scale_note) if note]
     if spread > _POSITION_SPREAD_NOTE_MM:
         early_warnings.append(f"the images of one slice lie up to {spread:.2f} mm apart along the slice normal (slice "
                               "tracking, or rounding in an export): each slice is read at its median position")
