@@ -239,6 +239,22 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_jpeg_12_bit_lossy_without_a_decoder_for_it", "error", ("12-bit", "cannot read this variant", "pylibjpeg-libjpeg"),
+      category="dicom")
+def _(base, f):
+    """A valid cine compressed as 12-bit JPEG Extended (process 4), as PACS exports do: GDCM and
+    Pillow decline 12-bit precision. It was called damaged ("export the series again"); the
+    error now says the decoders cannot read it and which one can."""
+    from dicom_factory import compress_files
+
+    def twelve_bits(ds, k, t):
+        ds.BitsStored, ds.HighBit = 12, 11
+
+    d, labels = cine_dicom(base, f / "dicom", slices=range(3), frames=range(2), per_image=twelve_bits)
+    compress_files(sorted(d.glob("*.dcm")), "JPEGExtendedProcess2_4")
+    return [d, "--labels", labels]
+
+
 @case("dicom_rgb_secondary_capture", "error", ("RGB",), category="dicom")
 def _(base, f):
     def rgb(ds, k, t):

@@ -617,7 +617,11 @@ def fermi_deconvolution(tissue, aif, dt, delays=None, density=DENSITY, foot=None
     b_full = subtract_baseline(aif, foot)
     start, stop = fit_window(b_full, foot) if window is None else (int(window[0]), int(window[1]))
     if not 0 <= start < stop <= aif.size or stop - start < 8:
-        raise CardiacInputError("AIF", f"fit window {start}-{stop} of {aif.size} frames is too short (need 8)")
+        # the window runs from the AIF's foot through the first pass: too few frames there means
+        # the series is short or cut before the bolus has passed, whatever the AIF's source
+        raise CardiacInputError("AIF", f"the first-pass fit window holds {max(stop - start, 0)} frames (frames "
+                                       f"{start + 1}-{stop} of {aif.size}, from the bolus' arrival in the AIF); it needs "
+                                       "at least 8: the series is too short or stops before the bolus has passed")
     n_out = stop - start
     grid, (d_lo, d_hi) = _delay_grid(delays, delay_range_s, dt, n_out)
     front, back = _pads(d_lo, d_hi)

@@ -902,9 +902,16 @@ def _pixels(f, ds, notes=None):
     except Exception as e:
         ts = _compressed_syntax(ds)
         if ts is not None:
+            # pydicom lists each plugin's reason on its own line: keep them all, they say
+            # whether the data is damaged or a decoder cannot read this variant (12-bit JPEG)
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+            reasons = lines[0].rstrip(":") + (": " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+            unsupported = re.search(r"not support|unsupported", reasons, re.IGNORECASE) is not None
+            hint = _DECODER_HINT if unsupported or not _decoder_available(ts) else _DAMAGED_HINT
+            if unsupported:
+                hint = "the installed decoders cannot read this variant of it; " + hint
             raise CardiacInputError(f, f"pixel data compressed as {getattr(ts, 'name', '') or 'unknown'} (transfer syntax "
-                                       f"{ts}) could not be decoded ({type(e).__name__}: {str(e).splitlines()[0]}): "
-                                       f"{_DAMAGED_HINT if _decoder_available(ts) else _DECODER_HINT}") from None
+                                       f"{ts}) could not be decoded ({type(e).__name__}: {reasons}): {hint}") from None
         raise CardiacInputError(f, f"cannot read the pixel data (truncated, corrupt or unsupported compression: {type(e).__name__}: {e})")
     if a.shape != (int(ds.Rows), int(ds.Columns)):
         raise CardiacInputError(f, f"pixel data of shape {a.shape} where Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)}: "
