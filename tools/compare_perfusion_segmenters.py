@@ -68,15 +68,22 @@ def segment(study, model, path, refine, cine_model=None):
 
 def load_cine_candidate(source):
     """A registry cine model, or a training run's checkpoint (``best.pt``/``last.pt``) of the
-    registry's unet-light architecture in that card's place (torch runtime)."""
+    registry's unet-light architecture (torch runtime, a model of its own); comma-separated:
+    a list of them, each a member of the ensemble's mean."""
+    import copy
+
     from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.architectures import build
     from CardiacAISegLib.models.training import load_start_weights
 
+    if "," in source:
+        return [load_cine_candidate(s.strip()) for s in source.split(",")]
     if not source.endswith(".pt"):
         return registry.load_model(source)
-    model = registry.load_model("unet-light", runtime="torch")
-    model.module.load_state_dict(load_start_weights(source))
-    model.module.eval()
+    model = copy.copy(registry.load_model("unet-light", runtime="torch"))
+    module = build("unet-light", **model.card["architecture"].get("params", {}))
+    module.load_state_dict(load_start_weights(source))
+    model.module = module.eval()
     model.card = dict(model.card, name=f"unet-light ({source})")
     return model
 
@@ -116,8 +123,8 @@ def main():
     p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
                    help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
     p.add_argument("--cine-model", default=None,
-                   help="the key images' cine network: registry name or a unet-light run's best.pt/last.pt "
-                        "(default: the perfusion card's companion)")
+                   help="the key images' cine network: registry name or a unet-light run's best.pt/last.pt, or "
+                        "several comma-separated (each a member of the mean; default: the perfusion card's companions)")
     args = p.parse_args()
     refine = not args.no_refine
     paths = [s.strip() for s in args.paths.split(",")]

@@ -27,7 +27,12 @@ def perfusion_model():
 def test_shipped_card_declares_the_ensemble_and_a_bad_mode_is_refused():
     declared = perfusion_segmentation.perfusion_segmentation(registry.get_card("perfusion-resunet"))
     assert declared["mode"] == "ensemble" and declared["key_image"] == "lv-peak"
-    assert declared["bolus_check"] is False and declared["cine_model"] is None
+    # the cine default and the cine network that also learnt perfusion key images, each a member of the mean
+    assert declared["bolus_check"] is False and declared["cine_model"] == ["unet-light", "unet-light-keyimage"]
+    with pytest.raises(CardiacInputError, match="cine_model must be null .* a non-empty list"):
+        perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "cine_model": []}}})
+    with pytest.raises(CardiacInputError, match="cine_model must be null"):
+        perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "cine_model": 3}}})
     assert declared["cine_tta"] == "flip"   # the key images mirrored (docs/models.md: +0.010 synthetic MYO Dice)
     with pytest.raises(CardiacInputError, match="cine_tta must be one of none, flip, flip2"):
         perfusion_segmentation.perfusion_segmentation({"name": "bad", "input": {"segmentation": {"mode": "ensemble", "cine_tta": "rotate"}}})
@@ -190,10 +195,14 @@ def test_without_a_cine_model_the_error_says_what_to_do(perfusion_model, monkeyp
     with none installed, loading says what to do; a model without it needs one passed in,
     and the network alone needs none."""
     listed = registry.list_models
-    monkeypatch.setattr(registry, "list_models", lambda task=None: [] if task == "cine" else listed(task))
+    monkeypatch.setattr(registry, "list_models", lambda task=None: [c for c in listed(task) if c["task"] != "cine"])
     monkeypatch.setattr(registry, "_CACHE", {})
+    with pytest.raises(CardiacInputError, match="'unet-light' .*which is not installed.*mode frames"):
+        registry.load_model(perfusion_model.name)   # its card names the cine networks it averages
+    card = dict(perfusion_model.card, input={**perfusion_model.card["input"],
+                                             "segmentation": {**perfusion_model.card["input"]["segmentation"], "cine_model": None}})
     with pytest.raises(CardiacInputError, match="no cine model is installed.*mode frames"):
-        registry.load_model(perfusion_model.name)
+        registry._companions(card, "cpu")          # a card that takes the default cine model
     study, _ = make_perfusion_phantom(seed=1, noise=0.01)
     bare = registry.LoadedModel(perfusion_model.card, perfusion_model.module, perfusion_model.runtime)
     with pytest.raises(CardiacInputError, match="needs a cine network"):

@@ -73,6 +73,8 @@ def heart_crop(study, pools=None):
 # - "cine-key-image": the cine network (trained on real MRI) on a cine-like key image of the
 #   first pass (``perfusion_keyimage``);
 # - "ensemble": the mean of both paths' class probabilities on the perfusion grid.
+# ``input.segmentation.cine_model`` names the cine network, or a list of them: each is one
+# member of the mean (e.g. the cine default and a cine network that also learnt key images).
 PERFUSION_SEGMENTATION_MODES = ("frames", "cine-key-image", "ensemble")
 # Whether the bolus check (``perfusion_refine``) follows each path unless the card or the caller
 # says otherwise. Measured with tools/compare_perfusion_segmenters.py (docs/models.md): it
@@ -84,7 +86,8 @@ BOLUS_CHECK_BY_MODE = {"frames": True, "cine-key-image": True, "ensemble": False
 
 def perfusion_segmentation(card):
     """The card's declared perfusion segmentation: dict with mode, key_image, cine_model (None =
-    the registry's default cine model) and bolus_check (default: BOLUS_CHECK_BY_MODE). A card
+    the registry's default cine model; a name; or a list of names, each a member of the mean) and
+    bolus_check (default: BOLUS_CHECK_BY_MODE). A card
     without ``input.segmentation`` is run as perfusion networks were before: frames, checked."""
     from .perfusion_keyimage import DEFAULT_KEY_IMAGE, KEY_IMAGE_MODES
 
@@ -95,6 +98,11 @@ def perfusion_segmentation(card):
     if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_FLIPS:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.cine_tta must be one of "
                                 f"{', '.join(TTA_FLIPS)}, not {entry['cine_tta']!r}")
+    names = entry["cine_model"]
+    if isinstance(names, list) and (not names or not all(n is None or isinstance(n, str) for n in names)) or \
+            not isinstance(names, (list, str, type(None))):
+        raise CardiacInputError(card.get("name", "model card"), "input.segmentation.cine_model must be null (the default "
+                                f"cine model), a model name or a non-empty list of them, not {names!r}")
     if entry.get("key_image") not in KEY_IMAGE_MODES:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.key_image must be one of "
                                 f"{', '.join(KEY_IMAGE_MODES)}, not {entry.get('key_image')!r}")
@@ -161,23 +169,31 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
                                 f"not {mode!r}")
     record = {"mode": mode}
     parts = []
-    # the bolus is located once: the ensemble's two paths both square the heart from it
-    timing = perfusion_keyimage.bolus_timing_or_curve_peak(study) if mode == "ensemble" else None
+    # the bolus is located once: every network of the ensemble squares the heart from it
+    timing = perfusion_keyimage.bolus_timing_or_curve_peak(study) if mode in ("ensemble", "cine-key-image") else None
     if mode in ("frames", "ensemble"):
         parts.append(perfusion_network_probabilities(study, loaded_model, device, pools=timing))
         record["network"] = loaded_model.card.get("name", "perfusion network")   # a bare checkpoint (tools) has no name
     if mode in ("cine-key-image", "ensemble"):
-        # the registry loads the cine model a card declares with it (LoadedModel.companions);
+        # the registry loads the cine model(s) a card declares with it (LoadedModel.companions);
         # this module does not load models (models.registry imports it)
-        cine_model = cine_model or getattr(loaded_model, "companions", {}).get("cine")
-        if cine_model is None:
+        cine_models = cine_model or getattr(loaded_model, "companions", {}).get("cine")
+        if not cine_models:
             raise CardiacInputError(loaded_model.card.get("name", "perfusion model"),
                                     f"segmentation mode {mode!r} needs a cine network: its card declares none "
                                     "(input.segmentation), so pass cine_model= (a model from registry.load_model)")
-        probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
-            study, cine_model, key_image or declared["key_image"], timing=timing, device=device, tta=declared["cine_tta"])
-        parts.append(probs)
+        cine_models = cine_models if isinstance(cine_models, (list, tuple)) else [cine_models]
+        names = []
+        for model in cine_models:
+            # each cine network is one member of the average, as the perfusion network is
+            probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
+                study, model, key_image or declared["key_image"], timing=timing, device=device, tta=declared["cine_tta"])
+            parts.append(probs)
+            names.append((key_record["cine_model"], key_record["cine_model_version"]))
         record.update(key_record)
+        if len(names) > 1:
+            record["cine_model"] = [n for n, _ in names]
+            record["cine_model_version"] = [v for _, v in names]
         record["mode"] = mode
     study.provenance["perfusion_segmentation"] = record
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)

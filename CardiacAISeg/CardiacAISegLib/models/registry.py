@@ -245,8 +245,8 @@ class LoadedModel:
     card: dict
     module: object  # torch.nn.Module, or an OnnxModule (run_numpy, and callable like a module)
     runtime: str = "torch"  # "torch" or "onnxruntime"
-    # models the card declares it runs with: {"cine": LoadedModel} for a perfusion card whose
-    # input.segmentation.mode uses the cine network on key images (models/perfusion_keyimage.py)
+    # models the card declares it runs with: {"cine": [LoadedModel, ...]} for a perfusion card
+    # whose input.segmentation.mode uses cine networks on key images (models/perfusion_keyimage.py)
     companions: dict = field(default_factory=dict)
 
     @property
@@ -406,7 +406,10 @@ def _companions(card, device):
     declared = card.get("input", {}).get("segmentation") or {}
     if card.get("task") != "perfusion" or declared.get("mode") not in CINE_KEY_IMAGE_MODES:
         return {}
-    return {"cine": load_key_image_cine_model(declared.get("cine_model"), device or "cpu", classes=card.get("classes"))}
+    # one cine network, or several whose probabilities the ensemble averages (a list in the card)
+    names = declared.get("cine_model")
+    names = names if isinstance(names, list) else [names]
+    return {"cine": [load_key_image_cine_model(name, device or "cpu", classes=card.get("classes")) for name in names]}
 
 
 def load_key_image_cine_model(name=None, device="cpu", classes=None):
@@ -420,6 +423,11 @@ def load_key_image_cine_model(name=None, device="cpu", classes=None):
                                     "install one (cardiacaiseg import-model) or choose a perfusion model whose card declares "
                                     "mode frames (--model)")
         name = default_model("cine")
+    elif name not in {c["name"] for c in list_models()}:
+        raise CardiacInputError("perfusion segmentation", f"the perfusion model's card segments with the cine network "
+                                f"{name!r} (input.segmentation.cine_model), which is not installed: install it "
+                                "(cardiacaiseg import-model) or choose a perfusion model whose card declares mode frames "
+                                "(--model)")
     cine_card = get_card(name)
     if cine_card["task"] != "cine":
         raise CardiacInputError(name, f"the key-image path needs a cine model; {name!r} is a {cine_card['task']} model")
