@@ -149,8 +149,21 @@ def test_blank_dynamics_are_found_but_a_noise_only_gd_baseline_is_not_blank():
     images = bolus[:, None, None, None] * np.ones((40, 3, 32, 32)) + np.abs(rng.normal(0, 0.05, (40, 3, 32, 32)))
     blank, on = blank_frames(images)
     assert not blank.any(), "pre-contrast Gd frames are noise, not dropped dynamics"
+    assert not blank_frames(bolus[:, None, None, None] * np.ones((40, 3, 32, 32)))[0].any(), \
+        "a noise-free Gd baseline (exactly zero until the bolus) is no lost dynamic either"
     images[17] = 0.0            # lost on every slice
     images[25, 1] = 0.0         # lost on the middle slice only
     blank, on = blank_frames(images)
     assert list(np.flatnonzero(blank)) == [17, 25]
     assert on == {17: [0, 1, 2], 25: [1]}
+
+
+def test_the_last_frames_before_a_steep_gd_bolus_are_not_blank():
+    from CardiacAISegLib.readers.pd_frames import blank_frames
+
+    rng = np.random.default_rng(1)
+    curve = np.r_[np.zeros(8), np.full(32, 3.0)]      # noise-only baseline, then a sudden rise 300x the noise
+    images = curve[:, None, None, None] + np.abs(rng.normal(0, 0.01, (40, 3, 32, 32)))
+    assert not blank_frames(images)[0].any()
+    images[20:22] = 0.0                                 # two dynamics lost in a row
+    assert list(np.flatnonzero(blank_frames(images)[0])) == [20, 21]

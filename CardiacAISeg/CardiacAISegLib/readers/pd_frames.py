@@ -100,10 +100,9 @@ def drop_leading_pd_frames(study, where, warnings=None):
 # floor): left in a signal-intensity series it is a sudden drop of every curve, and where it falls
 # near the bolus peak MBF and the upslopes come out far off (a zeroed dynamic at the LV peak of
 # the 3-slice phantom: MBF 4.5 instead of 2.6 mL/min/g, upslope 4x, QC "pass"). A slice image
-# whose 99th percentile is under BLANK_LEVEL of that slice's low one (the 25th percentile over
-# frames: the pre-contrast level, so a Gd series' noise-only baseline is its own reference) is
-# no dynamic.
+# whose 99th percentile is under BLANK_LEVEL of the frames' before it and after it is no dynamic.
 BLANK_LEVEL = 0.05
+BLANK_NEIGHBOURS = 3     # up to this many lost in a row are found
 MAX_BLANK_SHARE = 0.2    # more than this many blank dynamics is no dropout but a broken series
 
 
@@ -115,8 +114,15 @@ def blank_frames(images):
     flat = images.reshape(t, s, -1)
     step = max(1, flat.shape[2] // 20000)
     high = np.percentile(flat[:, :, ::step], 99, axis=2)          # (T, S)
-    low = np.percentile(high, 25, axis=0)                         # (S,)
-    blank = (high < BLANK_LEVEL * low[None]) & (low[None] > 0)
+    # against the frames on both sides (up to BLANK_NEIGHBOURS each way): a lost dynamic sits
+    # between frames with signal, while the pre-contrast frames of a series in Gd units are
+    # empty (noise, or exactly zero) like their neighbours before the bolus arrives
+    before = np.full_like(high, -np.inf)
+    after = np.full_like(high, -np.inf)
+    for d in range(1, BLANK_NEIGHBOURS + 1):
+        before[d:] = np.maximum(before[d:], high[:-d])
+        after[:-d] = np.maximum(after[:-d], high[d:])
+    blank = high < BLANK_LEVEL * np.minimum(before, after)
     return blank.any(axis=1), {int(f): [int(k) for k in np.flatnonzero(blank[f])] for f in np.flatnonzero(blank.any(1))}
 
 
