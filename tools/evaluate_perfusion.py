@@ -29,7 +29,8 @@ def main():
     from CardiacAISegLib.geometry import study_insertion_points
     from CardiacAISegLib.models.architectures import build
     from CardiacAISegLib.models.perfusion_segmentation import segment_perfusion_study
-    from CardiacAISegLib.models.perfusion_training import _dice_per_class, anatomy_slices, make_pool
+    from CardiacAISegLib.models.perfusion_training import _dice_per_class, make_pool
+    from CardiacAISegLib.models.training_data import anatomy_slices
     from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
     from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
     from CardiacAISegLib.readers import load_study

@@ -32,23 +32,6 @@ class PerfusionTrainConfig:
     vessels: float = 0.0               # chance per series of great vessels outside the heart (perfusion_synth._paint_vessels)
 
 
-def anatomy_slices(folders):
-    """(image 0..1, labels, spacing_rc) of ED/ES slices that show LV blood pool and myocardium."""
-    from ..readers.acdc import load_acdc_patient
-    from .preprocess import normalise_volume
-
-    out = []
-    for f in folders:
-        st = load_acdc_patient(f)
-        sp = (st.spacing[1], st.spacing[0])
-        for t, lab in st.labels.items():
-            vol = normalise_volume(st.images[t])
-            for k in range(lab.shape[0]):
-                if (lab[k] == 1).sum() > 30 and (lab[k] == 2).sum() > 30:
-                    out.append((vol[k], lab[k], sp))
-    return out
-
-
 def make_pool(slices, n, size, rng, vessels=0.0):
     from .perfusion_synth import synth_sample
 
@@ -76,7 +59,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     from .architectures import build
     from .postprocess import keep_one_component_per_structure
     from .training import load_start_weights, soft_dice_ce_loss
-    from .training_data import acdc_folders, split_patients
+    from .training_data import acdc_folders, anatomy_slices, split_patients
 
     progress = as_progress(progress)
     out, rng = start_run(config)

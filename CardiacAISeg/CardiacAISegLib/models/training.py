@@ -174,7 +174,8 @@ def train(config: TrainConfig, progress=None, log=print):
 
     from .architectures import build
     from .partial_labels import FULL, label_set_of, partial_label_loss
-    from .training_data import acdc_folders, augment_batch, augment_context, labelled_slices_with_sets, random_crop, split_patients
+    from .training_data import (KeyImagePool, acdc_folders, augment_batch, augment_context, labelled_slices_with_sets,
+                                random_crop, split_patients)
 
     progress = as_progress(progress)
     config = with_start_architecture(config)
@@ -283,53 +284,6 @@ def train(config: TrainConfig, progress=None, log=print):
     if not val_f or best < 0:
         torch.save(model.state_dict(), out / BEST)
     return history
-
-
-class KeyImagePool:
-    """Synthetic perfusion key images (``perfusion_synth.key_image_sample``) built on the training
-    patients' anatomy, mixed into cine batches so that the cine network also reads the key images
-    the perfusion ensemble gives it (issue 9: on real full-field perfusion the cine network on a
-    key image found the heart where the synthetic-only perfusion network did not, but was trained
-    on bSSFP contrast only). Generating one costs ~20 ms, a training step more: a pool is made up
-    front and an eighth of it renewed after every epoch."""
-
-    def __init__(self, folders, pixel_mm, crop, size, share, rng):
-        from .perfusion_training import anatomy_slices
-
-        if not 0 < share < 1:
-            from ..errors import CardiacInputError
-
-            raise CardiacInputError("perfusion key share", f"{share} is not a share of a batch; give a number in (0, 1)")
-        self.anatomy = anatomy_slices(folders)
-        self.pixel_mm, self.fov_mm, self.share = pixel_mm, crop * pixel_mm, share
-        self.images = [self._make(rng) for _ in range(size)]
-
-    def _make(self, rng):
-        from .perfusion_synth import key_image_sample
-
-        while True:
-            img, lab, sp = self.anatomy[rng.integers(len(self.anatomy))]
-            try:
-                return key_image_sample(img, lab, sp, rng, self.pixel_mm, self.fov_mm)
-            except ValueError:   # the slice's LV left the field: draw another
-                continue
-
-    def draw_count(self, batch, rng):
-        return int(rng.binomial(batch, self.share))
-
-    def item(self, rng, context=0):
-        """(image, labels) of one pooled key image; with ``context`` a 2.5D stack whose neighbours
-        are zero, as inference gives perfusion slices (they are not contiguous)."""
-        image, labels = self.images[rng.integers(len(self.images))]
-        if context:
-            stack = np.zeros((2 * context + 1, *image.shape), np.float32)
-            stack[context] = image
-            image = stack
-        return image, labels
-
-    def renew(self, rng):
-        for i in rng.choice(len(self.images), max(1, len(self.images) // 8), replace=False):
-            self.images[i] = self._make(rng)
 
 
 def lr_schedule(torch, opt, config):

@@ -57,6 +57,65 @@ def labelled_slices(folders, pixel_mm, progress=None, with_edges=False, context=
     return (items, edges) if with_edges else items
 
 
+def anatomy_slices(folders):
+    """(image 0..1, labels, spacing_rc) of ED/ES slices that show LV blood pool and myocardium."""
+    out = []
+    for f in folders:
+        st = load_acdc_patient(f)
+        sp = (st.spacing[1], st.spacing[0])
+        for t, lab in st.labels.items():
+            vol = normalise_volume(st.images[t])
+            for k in range(lab.shape[0]):
+                if (lab[k] == 1).sum() > 30 and (lab[k] == 2).sum() > 30:
+                    out.append((vol[k], lab[k], sp))
+    return out
+
+
+class KeyImagePool:
+    """Synthetic perfusion key images (``perfusion_synth.key_image_sample``) built on the training
+    patients' anatomy, mixed into cine batches so that the cine network also reads the key images
+    the perfusion ensemble gives it (issue 9: on real full-field perfusion the cine network on a
+    key image found the heart where the synthetic-only perfusion network did not, but was trained
+    on bSSFP contrast only). Generating one costs ~20 ms, a training step more: a pool is made up
+    front and an eighth of it renewed after every epoch."""
+
+    def __init__(self, folders, pixel_mm, crop, size, share, rng):
+        if not 0 < share < 1:
+            from ..errors import CardiacInputError
+
+            raise CardiacInputError("perfusion key share", f"{share} is not a share of a batch; give a number in (0, 1)")
+        self.anatomy = anatomy_slices(folders)
+        self.pixel_mm, self.fov_mm, self.share = pixel_mm, crop * pixel_mm, share
+        self.images = [self._make(rng) for _ in range(size)]
+
+    def _make(self, rng):
+        from .perfusion_synth import key_image_sample
+
+        while True:
+            img, lab, sp = self.anatomy[rng.integers(len(self.anatomy))]
+            try:
+                return key_image_sample(img, lab, sp, rng, self.pixel_mm, self.fov_mm)
+            except ValueError:   # the slice's LV left the field: draw another
+                continue
+
+    def draw_count(self, batch, rng):
+        return int(rng.binomial(batch, self.share))
+
+    def item(self, rng, context=0):
+        """(image, labels) of one pooled key image; with ``context`` a 2.5D stack whose neighbours
+        are zero, as inference gives perfusion slices (they are not contiguous)."""
+        image, labels = self.images[rng.integers(len(self.images))]
+        if context:
+            stack = np.zeros((2 * context + 1, *image.shape), np.float32)
+            stack[context] = image
+            image = stack
+        return image, labels
+
+    def renew(self, rng):
+        for i in rng.choice(len(self.images), max(1, len(self.images) // 8), replace=False):
+            self.images[i] = self._make(rng)
+
+
 def edge_slices(label_stack):
     """(S,) bool: the slices at the ends of the heart's labelled extent in one frame's stack, the
     most basal and apical labelled slices and the unlabelled slice just beyond each. That is
