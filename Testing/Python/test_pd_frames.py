@@ -167,3 +167,19 @@ def test_the_last_frames_before_a_steep_gd_bolus_are_not_blank():
     assert not blank_frames(images)[0].any()
     images[20:22] = 0.0                                 # two dynamics lost in a row
     assert list(np.flatnonzero(blank_frames(images)[0])) == [20, 21]
+
+
+def test_a_series_stored_with_a_negative_offset_has_no_blank_frames():
+    """Full images whose values lie below zero (a baseline subtracted, an offset) are not lost
+    dynamics: only a flat image is (the first criterion, a low 99th percentile, refused such a
+    series as '7 of 30 frames blank')."""
+    from CardiacAISegLib.readers.pd_frames import blank_frames
+
+    rng = np.random.default_rng(2)
+    t = np.arange(30)
+    bolus = np.clip(t - 8, 0, None) * np.exp(-np.clip(t - 8, 0, None) / 5.0)
+    anatomy = rng.random((3, 32, 32))
+    images = anatomy[None] * (1 + bolus[:, None, None, None]) - 1.0 + rng.normal(0, 0.01, (30, 3, 32, 32))
+    assert not blank_frames(images)[0].any()
+    images[15] = -1.0                 # a lost dynamic written as the offset alone
+    assert list(np.flatnonzero(blank_frames(images)[0])) == [15]

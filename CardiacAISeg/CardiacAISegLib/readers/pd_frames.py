@@ -100,7 +100,8 @@ def drop_leading_pd_frames(study, where, warnings=None):
 # floor): left in a signal-intensity series it is a sudden drop of every curve, and where it falls
 # near the bolus peak MBF and the upslopes come out far off (a zeroed dynamic at the LV peak of
 # the 3-slice phantom: MBF 4.5 instead of 2.6 mL/min/g, upslope 4x, QC "pass"). A slice image
-# whose 99th percentile is under BLANK_LEVEL of the frames' before it and after it is no dynamic.
+# whose spread (1st to 99th percentile) is under BLANK_LEVEL of the frames' before it and after
+# it is no dynamic.
 BLANK_LEVEL = 0.05
 BLANK_NEIGHBOURS = 3     # up to this many lost in a row are found
 MAX_BLANK_SHARE = 0.2    # more than this many blank dynamics is no dropout but a broken series
@@ -113,7 +114,10 @@ def blank_frames(images):
     t, s = images.shape[:2]
     flat = images.reshape(t, s, -1)
     step = max(1, flat.shape[2] // 20000)
-    high = np.percentile(flat[:, :, ::step], 99, axis=2)          # (T, S)
+    # the spread of the values, not their level: a series stored with an offset (a negative
+    # baseline, signed differences) has full images below zero, while a lost dynamic is flat
+    low_high = np.percentile(flat[:, :, ::step], [1, 99], axis=2)
+    high = low_high[1] - low_high[0]                               # (T, S)
     # against the frames on both sides (up to BLANK_NEIGHBOURS each way): a lost dynamic sits
     # between frames with signal, while the pre-contrast frames of a series in Gd units are
     # empty (noise, or exactly zero) like their neighbours before the bolus arrives
