@@ -158,8 +158,17 @@ def discover_folder(folder, defaults=None, exclude=()):
 
 
 def _check_unique(specs, where):
+    """Every study writes into a folder of its own name under the output folder: two of one name,
+    or one named like a file the cohort writes there (its table, its report), would overwrite
+    each other once every study has run (a study named 'cohort.csv' ended the cohort with a
+    traceback when the table was written)."""
+    reserved = {TABLE_CSV, TABLE_PARQUET, REPORT_PNG}
     seen = {}
     for s in specs:
+        if s.study.lower() in reserved:
+            raise CardiacInputError(where, f"study {s.study!r} ({s.input}) is named like the cohort's own "
+                                           f"{s.study.lower()} in the output folder; give it another name (manifest "
+                                           "column 'study')")
         if s.study in seen:
             raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}: {seen[s.study]} and "
                                            f"{s.input}; give them distinct names (manifest column 'study')")

@@ -34,6 +34,10 @@ def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es
     if model_name is None and not registry.list_models(task):
         raise CardiacInputError(study.source or study.name, f"no {task} model is installed to segment this {task} series: "
                                 "give the masks with --labels, or install a model (cardiacaiseg import-model)")
+    from .readers.geometry_check import check_not_blank
+
+    # a network finds nothing in an image without data, and "no LV found" would hide why
+    check_not_blank(study.source or study.name, study.images)
     name = model_name or registry.default_model(task)
     card = registry.get_card(name)
     if card["task"] != task:

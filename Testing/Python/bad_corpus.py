@@ -793,6 +793,25 @@ def _(base, f):
     return [img, "--labels", lab]
 
 
+@case("labels_lv_only_map_read_as_acdc", "error", ("no LV blood pool", "--label-convention ukbb"),
+      named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    """An LV-only map (1 LV pool, 2 myocardium, no RV: the usual form of LV-only datasets) read
+    with the default ACDC convention, where 1 is the RV: it failed with 'no LV blood pool in any
+    frame' and no hint of the convention."""
+    lv_only = np.where(base.cine_labels == 3, 0, base.cine_labels).astype(np.uint8)   # internal: 1 LV, 2 MYO
+    img, lab = cine_nifti(base, f, labels=lv_only)
+    return [img, "--labels", lab]
+
+
+@case("nifti_constant_image_through_the_network", "error", ("every pixel", "no image data"), category="nifti")
+def _(base, f):
+    """A cine whose every voxel is 500 (a failed export) given to the network: it said 'no LV
+    blood pool in any frame', which hides why."""
+    img, _ = cine_nifti(base, f, images=np.full(base.cine_images.shape, 500.0, np.float32))
+    return [img]
+
+
 @case("labels_pool_and_myocardium_swapped", "error", ("swapped",), named=lambda f: f / "cine_labels.nii.gz",
       category="labels")
 def _(base, f):
@@ -1226,6 +1245,39 @@ def _(base, f):
         block.add_new(0x0E, "FL", scale)
         ds.save_as(path)
     (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+def _perfusion_cut_before(base, first):
+    """The perfusion phantom from frame ``first`` on (a series started late) and its AIF in the
+    images' units."""
+    import dataclasses
+
+    st = base.perf_study
+    times = st.frame_times_s[first:] - st.frame_times_s[first]
+    return dataclasses.replace(st, images=st.images[first:], aif=st.aif[first:], frame_times_s=times, labels={})
+
+
+@case("perfusion_dicom_starts_on_the_bolus_upslope", "warn", ("AIF_NO_BASELINE",), category="perfusion")
+def _(base, f):
+    """A series whose first frame is on the AIF's upslope, peak two frames later, with a given AIF:
+    the AIF's first frames are its highest, so it was refused as 'falls instead of rising (is the
+    sign flipped?)'. It is measured and flagged for its missing baseline, as without --aif."""
+    peak = int(np.argmax(base.perf_study.aif))
+    late = _perfusion_cut_before(base, peak - 2)
+    write_perfusion_series(f / "dicom", late, vendor="ge")
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in late.aif) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+@case("perfusion_dicom_starts_after_the_bolus_peak", "error", ("starts after the bolus peak", "no pre-contrast"),
+      category="perfusion")
+def _(base, f):
+    """A series that begins after the AIF's peak: no baseline and no upslope to fit. It was
+    refused as 'AIF is flat: no contrast bolus found'."""
+    late = _perfusion_cut_before(base, int(np.argmax(base.perf_study.aif)))
+    write_perfusion_series(f / "dicom", late, vendor="ge")
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in late.aif) + "\n")
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 

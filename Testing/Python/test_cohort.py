@@ -143,6 +143,10 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     bad.write_text("study,path\nx,a.nii.gz\nx,b.nii.gz\n")
     with pytest.raises(CardiacInputError, match="same folder 'x'"):
         read_manifest(bad)
+    for reserved in ("cohort.csv", "Cohort_Report.png"):   # the cohort's own files in the output folder
+        bad.write_text(f"study,path\nok,a.nii.gz\n{reserved},b.nii.gz\n")
+        assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
+        assert f"study '{reserved}'" in capsys.readouterr().err and not (tmp_path / "o").exists()
     bad.write_text("path,dt\na.nii.gz,fast\n")
     with pytest.raises(CardiacInputError, match=r"m.csv line 2: column 'dt': 'fast' is not a number"):
         read_manifest(bad)

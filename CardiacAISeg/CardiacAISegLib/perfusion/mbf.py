@@ -102,6 +102,12 @@ def find_foot(aif, label="AIF"):
             raise CardiacInputError(label, f"the AIF rises from its first frame to its peak at frame {peak}: the series has no "
                                            "pre-contrast frames (the acquisition started as the bolus arrived), so there is no "
                                            "baseline to measure enhancement from; MBF needs a few frames before the bolus")
+        if peak == 0 and aif.size > 3 and aif[0] - aif.min() > 2 * max(abs(float(aif[0])) * 0.05, 10.0 * noise, 1e-6):
+            # highest at the first frame and falling: the bolus had passed its peak when the
+            # series began, not a series without one
+            raise CardiacInputError(label, f"the AIF is highest at its first frame ({aif[0]:.3g}) and falls to {aif.min():.3g}: "
+                                           "the series starts after the bolus peak, with no pre-contrast frames and no "
+                                           "upslope; MBF needs the first pass from before the bolus arrives")
         raise CardiacInputError(label, f"AIF is flat (rise {rise:.3g} over baseline noise {noise:.3g}): no contrast bolus found")
     under = np.nonzero(aif[:peak] <= level + 0.05 * rise)[0]
     return int(under[-1]) if under.size else 0

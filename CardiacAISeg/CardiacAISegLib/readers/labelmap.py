@@ -127,6 +127,28 @@ def _refuse_swapped_convention(path, labels, convention):
     uses the convention that swaps LV and RV, and the RV would be measured as the LV."""
     if convention not in ("acdc", "ukbb", "internal"):
         return
+    if not any((lab == LV).any() for lab in labels):
+        # no LV pool at all, but an "RV" ringed by myocardium: an LV-only map (LV 1, myocardium
+        # 2, as UK Biobank-style and many clinical maps are) read in a convention where 1 is the RV
+        t = int(np.argmax([(lab == RV).sum() for lab in labels]))
+        lab = labels[t]
+        if min((lab == RV).sum(), (lab == MYO).sum()) >= 20 and (_myocardium_contact(lab, RV) or 0) > 0.7:
+            values = {t: v for v, t in CONVENTIONS[convention].items()}
+            other = "ukbb" if convention == "acdc" else "acdc"
+            raise CardiacInputError(path, f"the map has no LV blood pool (value {values[LV]} in the {convention} convention), "
+                                          f"and the structure read as the RV (value {values[RV]}) is ringed by myocardium on "
+                                          f"{_myocardium_contact(lab, RV):.0%} of its border, as an LV pool is: an LV-only map in "
+                                          f"another convention? give --label-convention {other} (acdc: 1 RV, 2 myocardium, "
+                                          "3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
+        if min((lab == RV).sum(), (lab == MYO).sum()) >= 20 and (_myocardium_contact(lab, MYO, RV) or 0) > 0.8:
+            values = {t: v for v, t in CONVENTIONS[convention].items()}
+            raise CardiacInputError(path, f"the map has no LV blood pool (value {values[LV]} in the {convention} convention), "
+                                          f"and the structure read as the myocardium (value {values[MYO]}) is ringed by the one "
+                                          f"read as the RV (value {values[RV]}), as a pool is by its wall: the values are not "
+                                          f"in the {convention} convention (an LV-only map with {values[RV]} the myocardium and "
+                                          f"{values[MYO]} the pool?); convert the map (acdc: 1 RV, 2 myocardium, 3 LV; ukbb: "
+                                          "1 LV, 2 myocardium, 3 RV)")
+        return
     t = int(np.argmax([(lab == LV).sum() for lab in labels]))
     lab = labels[t]
     if min((lab == LV).sum(), (lab == MYO).sum()) < 20:

@@ -107,10 +107,16 @@ def _refuse_inverted_aif(path, aif):
     flip, or a baseline subtracted at the peak) fits as a flow at the bound of the fit."""
     if aif.size < 3:
         return
-    base = float(np.median(aif[: max(3, aif.size // 10)]))
+    n_base = max(3, aif.size // 10)
+    base = float(np.median(aif[:n_base]))
     rise, dip = float(aif.max()) - base, base - float(aif.min())
     if dip > 0 and dip > 2 * rise:
         k = int(np.argmin(aif))
+        if int(np.argmax(aif)) < n_base and float(aif[-1]) - float(aif.min()) < 0.3 * (float(aif.max()) - float(aif.min())):
+            # its peak among the frames taken as its baseline, and never coming back up: not a
+            # bolus upside down (which dips and recovers) but a series that started as the bolus
+            # passed; QC flags that (AIF_NO_BASELINE), as when the AIF comes from the series itself
+            return
         raise CardiacInputError(path, f"the AIF falls instead of rising: {dip:.3g} below its baseline at frame {k} "
                                       f"(lowest value {aif.min():.3g}{', negative' if aif.min() < 0 else ''}), at most "
                                       f"{rise:.3g} above it; accepted: a contrast bolus that rises above the baseline "
