@@ -804,6 +804,25 @@ def _(base, f):
     return [img, "--labels", lab]
 
 
+@case("nifti_sform_and_qform_orient_differently", "warn", ("sform and qform orient the image differently", "axis i reversed"),
+      category="nifti", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """A cine whose sform mirrors the first axis against its qform (same voxel sizes): the numbers
+    are the same either way, but programs that read the qform place it mirrored; nothing said so."""
+    import nibabel as nib
+
+    affine = _axial_affine()
+    mirrored = affine.copy()
+    mirrored[:3, 0] *= -1
+    image = nib.Nifti1Image(to_xyzt(base.cine_images * 1000).astype(np.float32), affine)
+    image.set_sform(mirrored, code=2)
+    image.set_qform(affine, code=1)
+    f.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(f / "cine.nii.gz"))
+    labels = nifti(f / "cine_labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), mirrored, np.uint8)
+    return [f / "cine.nii.gz", "--labels", labels]
+
+
 @case("nifti_constant_image_through_the_network", "error", ("every pixel", "no image data"), category="nifti")
 def _(base, f):
     """A cine whose every voxel is 500 (a failed export) given to the network: it said 'no LV

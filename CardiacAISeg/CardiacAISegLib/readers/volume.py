@@ -116,6 +116,13 @@ def read_nifti(path):
     codes = (int(header.get("sform_code", 0)), int(header.get("qform_code", 0))) if hasattr(header, "get") else (0, 0)
     if codes == (0, 0) or axis_aligned(affine[:3, :3]):
         meta["orientation_known"] = False
+    if min(codes) > 0:
+        differ = forms_orient_differently(header)
+        if differ:
+            meta.setdefault("warnings", []).append(
+                f"the header's sform and qform orient the image differently ({differ}): the numbers here use the sform, "
+                "as nibabel does; programs that read the qform show the image, and the segmentation saved with it, "
+                "another way round; re-export the image with one geometry")
     if data.ndim == 4 and data.shape[3] > 1:
         dt = float(header.get_zooms()[3]) if len(header.get_zooms()) > 3 else 0.0
         try:
@@ -126,6 +133,27 @@ def read_nifti(path):
         if scale and dt > 0:
             meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
     return nifti_to_kji(data), affine, meta
+
+
+def forms_orient_differently(header):
+    """A phrase when a NIfTI header's sform and qform direction columns differ by over 1 degree
+    (a flip or a rotation between them), else None. Voxel sizes that differ are refused on load
+    (``nifti._refuse_forms_that_disagree``); directions only move the image, not the numbers."""
+    try:
+        s, q = np.asarray(header.get_sform(), float)[:3, :3], np.asarray(header.get_qform(), float)[:3, :3]
+    except Exception:
+        return None
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(q))):
+        return None
+    ns, nq = np.linalg.norm(s, axis=0), np.linalg.norm(q, axis=0)
+    if np.any(ns == 0) or np.any(nq == 0):
+        return None
+    cosines = np.sum((s / ns) * (q / nq), axis=0)
+    axes = [name for name, c in zip("ijk", cosines) if c < np.cos(np.radians(1.0))]
+    if not axes:
+        return None
+    worst = float(np.degrees(np.arccos(np.clip(cosines.min(), -1, 1))))
+    return f"axis {', '.join(axes)} {'reversed' if worst > 179 else f'{worst:.0f} degrees apart'}"
 
 
 # --- NRRD -----------------------------------------------------------------------------------
