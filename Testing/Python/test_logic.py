@@ -425,3 +425,31 @@ def test_move_is_fast_enough(measured):
         logic.onInsertionPointMoved(markups, n)
         times.append(time.perf_counter() - t0)
     assert np.median(times) < 0.1
+
+
+def test_a_perfusion_sequence_with_a_blank_dynamic_shows_and_measures_the_frames_it_analyses():
+    """A perfusion sequence node whose dynamic at the bolus peak is blank (a lost dynamic): the
+    Logic finishes it as the readers do, leaving the frame out (readers/pd_frames), and shows the
+    frames it analyses as the input, so frame numbers in the node and the study agree."""
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
+
+    study, truth = make_perfusion_phantom(seed=1, n_frames=40, noise=0.01)
+    labels = next(iter(study.labels.values()))
+    peak = int(np.argmax(study.aif))
+    images = 100.0 + 400.0 * np.maximum(study.images, 0)      # scanner signal, as DICOM stores it
+    images[peak] = 0.0
+    node_study = Study(images.astype(np.float32), study.ijk_to_ras.copy(), kind="perfusion", name="perf",
+                       frame_times_s=study.frame_times_s.copy())
+    logic = CardiacAISegLogic(sc.new_scene())
+    nodes = sc.add_study(logic.context, node_study)
+    read = logic.studyFromNode(nodes.sequence, kind="perfusion")
+    assert read.n_frames == 39 and read.provenance["blank_frames"]["dropped"] == [peak]
+    assert any(f"frame {peak + 1} of " in w and "dropped dynamic" in w for w in read.provenance["warnings"]), read.provenance["warnings"]
+    shown = logic.studyNodes.sequence
+    assert shown is not nodes.sequence and shown.GetNumberOfDataNodes() == 39
+    # the gap stays in the times: the fit sees the frames at their real times
+    assert np.isclose(np.diff(read.frame_times_s).max(), 2 * np.median(np.diff(read.frame_times_s)))
+    logic.study.labels = {0: labels.copy()}
+    a = logic.runSegmentation(useExistingLabels=True)
+    expected = float(np.median(list(truth["mbf_per_segment"].values())))
+    assert a.perfusion["global_mbf_ml_min_g"] == pytest.approx(expected, rel=0.15)
