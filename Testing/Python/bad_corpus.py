@@ -892,6 +892,30 @@ def _(base, f):
     return [f / "cine.seq.nrrd", "--labels", lab]
 
 
+@case("seq_nrrd_perfusion_frames_out_of_time_order_in_milliseconds", "warn", ("out of time order", "sorted"),
+      category="volume", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06))
+def _(base, f):
+    """A perfusion .seq.nrrd whose frames are stored shuffled, each with its true time index in
+    'milliseconds' (the unit spelt out): the frames were analysed in file order (refused for a
+    0.25 s interval, or MBF 3.5 with --dt), and 'milliseconds' was taken for seconds."""
+    import nrrd
+
+    st = base.perf_study
+    f.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(0).permutation(st.n_frames)
+    m = st.ijk_to_ras
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.vstack([np.full(3, np.nan), m[:3, 0], m[:3, 1], m[:3, 2]]),
+              "space origin": m[:3, 3], "labels": ["time", "", "", ""], "units": ["milliseconds", "", "", ""],
+              "axis 0 index type": "numeric",
+              "axis 0 index values": " ".join(f"{1000 * t:g}" for t in st.frame_times_s[order])}
+    images = (100 + 400 * np.maximum(st.images, 0))[order]
+    nrrd.write(str(f / "perf.seq.nrrd"), images.transpose(0, 3, 2, 1).astype(np.float32), header,
+               custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in st.aif) + "\n")
+    return [f / "perf.seq.nrrd", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
 @case("dicom_rescale_slope_zero", "warn", ("RescaleSlope 0",), category="dicom")
 def _(base, f):
     def zero(ds, k, t):

@@ -175,8 +175,15 @@ def _nrrd_frame_times(header, list_axis, n):
         return None
     if t.size != n:
         return None
-    t = t * (1e-3 if unit in ("ms", "msec") else 1.0)
-    return t - t[0]
+    scale = _TIME_UNITS.get(unit.strip().rstrip("s") if unit.strip() not in ("s", "ms", "us") else unit.strip())
+    if scale is None:
+        return None
+    return t * scale
+
+
+# the time units Slicer and other writers put on a sequence's index ('' : seconds, Slicer's default)
+_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3,
+               "us": 1e-6, "usec": 1e-6, "microsecond": 1e-6}
 
 
 def read_nrrd(path):
@@ -238,6 +245,15 @@ def read_nrrd(path):
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
+    times = meta["frame_times_s"]
+    if times is not None and np.any(np.diff(times) < 0):
+        # frames stored out of time order: the index values say where each belongs (a stable
+        # sort keeps repeated times in file order; the uneven-times checks then see them)
+        order = np.argsort(times, kind="stable")
+        images, times = np.ascontiguousarray(images[order]), times[order]
+        meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
+                                               "index values")
+    meta["frame_times_s"] = None if times is None else times - times[0]
     meta["frame_times_s"] = ignore_placeholder_times(meta["frame_times_s"], meta)   # a sequence made from such a NIfTI
     return images, m, meta
 
