@@ -221,7 +221,9 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         es = c_es if es is None else es
     for name, t in (("ED", ed), ("ES", es)):
         if t not in curve:
-            raise CardiacInputError(where, f"no labels for the {name} frame ({t}); labelled frames: {sorted(curve)}")
+            missing = (study.provenance or {}).get("missing_label_files", {}).get(t)
+            raise CardiacInputError(where, f"no labels for the {name} frame (frame index {t}, counted from 0"
+                                           f"{f'; {missing} not found' if missing else ''}); labelled frames: {sorted(curve)}")
 
     lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
     rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]

@@ -636,3 +636,18 @@ def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     del ds.PerFrameFunctionalGroupsSequence
     ds.save_as(p)
     expect_error(lambda: load_study(tmp_path), p, "PerFrameFunctionalGroupsSequence")
+
+
+def test_acdc_folder_without_its_es_label_map_names_the_missing_file(shared_data, tmp_path, capsys):
+    import shutil
+
+    from CardiacAISegLib import cli
+
+    folder = tmp_path / "patient001"
+    shutil.copytree(shared_data / "acdc" / "patient001", folder)
+    info = dict(line.split(":", 1) for line in (folder / "Info.cfg").read_text().splitlines() if ":" in line)
+    es = int(info["ES"])
+    (folder / f"patient001_frame{es:02d}_gt.nii.gz").unlink()
+    assert cli.main(["analyze", str(folder), "--labels", "study", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no labels for the ES frame" in err and f"patient001_frame{es:02d}_gt.nii.gz not found" in err

@@ -117,11 +117,13 @@ def load_acdc_patient(folder, frames="all"):
         if info[key] not in index:
             raise CardiacInputError(folder / "Info.cfg", f"{key} frame {info[key]} has no image in the folder (frames: {frame_numbers})")
 
-    labels = {}
+    labels, missing_gt = {}, {}
     for n, i in index.items():
         gt = folder / f"{folder.name}_frame{n:02d}_gt.nii.gz"
         if not gt.is_file():
             gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
+        if not gt.is_file():
+            missing_gt[i] = f"{folder.name}_frame{n:02d}_gt.nii.gz"   # named if its labels are asked for
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
             lab, note = onto_image_grid(nifti_to_kji(lab), gt_affine, affine, images.shape[1:])
@@ -138,7 +140,8 @@ def load_acdc_patient(folder, frames="all"):
         kind=CINE,
         name=folder.name,
         source=str(folder),
-        provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers, "warnings": warnings},
+        provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers, "warnings": warnings,
+                    "missing_label_files": missing_gt},
         ed_frame=index[info["ED"]],
         es_frame=index[info["ES"]],
         labels=labels,
