@@ -265,6 +265,19 @@ def _parse_mhd(path):
     return metaimage_fields(raw), raw
 
 
+def _header_numbers(path, name, text, counts):
+    """The numbers of a MetaImage header field, refused naming the field unless there are as many
+    as one of ``counts`` (a 4D image's spatial fields may hold the 3D count)."""
+    try:
+        values = [float(v) for v in str(text).replace(",", " ").split()]
+    except ValueError:
+        raise CardiacInputError(path, f"{name} {text!r} is not a list of numbers") from None
+    if len(values) not in counts or not np.all(np.isfinite(values)):
+        raise CardiacInputError(path, f"{name} {text!r} has {len(values)} values; expected "
+                                      f"{' or '.join(str(c) for c in sorted(set(counts), reverse=True))} finite numbers")
+    return values
+
+
 def read_metaimage(path):
     """(images (T, S, R, C), ijk_to_ras, meta) from a .mhd (+ .raw/.zraw) or .mha file."""
     path = Path(path)
@@ -324,9 +337,15 @@ def read_metaimage(path):
     if len(sp) < min(ndims, 3):
         raise CardiacInputError(path, f"ElementSpacing {spacing_field!r} has {len(sp)} values for {ndims} dimensions")
     check_spacing_values(path, sp[:min(ndims, 3)], "ElementSpacing")
-    origin = [float(v) for v in fields.get("Offset", fields.get("Position", fields.get("Origin", " ".join(["0"] * ndims)))).split()]
-    tm = fields.get("TransformMatrix", fields.get("Rotation", fields.get("Orientation")))
-    direction = np.eye(ndims) if tm is None else np.array([float(v) for v in tm.split()]).reshape(ndims, ndims).T
+    origin_name = next((k for k in ("Offset", "Position", "Origin") if k in fields), None)
+    origin = _header_numbers(path, origin_name, fields[origin_name], (ndims, min(ndims, 3))) if origin_name else [0.0] * ndims
+    tm_name = next((k for k in ("TransformMatrix", "Rotation", "Orientation") if k in fields), None)
+    tm = fields[tm_name] if tm_name else None
+    direction = np.eye(ndims)
+    if tm is not None:
+        values = _header_numbers(path, tm_name, tm, (ndims * ndims, min(ndims, 3) ** 2))
+        n = int(round(np.sqrt(len(values))))
+        direction[:n, :n] = np.array(values).reshape(n, n).T
     # MetaIO lists each axis' direction in turn: column a of ITK's direction = values[a*n:(a+1)*n]
     d3, sp3, o3 = np.eye(3), np.ones(3), np.zeros(3)
     n3 = min(ndims, 3)
@@ -345,7 +364,8 @@ def read_metaimage(path):
                                                         "volumes would be wrong; accepted: a MetaImage header with "
                                                         "ElementSpacing in mm")}
     if ndims == 4 and spacing_field:
-        meta["frame_times_ignored"] = (f"MetaImage stores the 4th ElementSpacing ({sp[3]:g}) without a unit (seconds, "
+        fourth = f" ({sp[3]:g})" if len(sp) > 3 else ""
+        meta["frame_times_ignored"] = (f"MetaImage stores the 4th ElementSpacing{fourth} without a unit (seconds, "
                                        "milliseconds or a placeholder?), so it is not taken as the frame interval")
     return arr, m, meta
 
