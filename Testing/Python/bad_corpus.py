@@ -556,6 +556,29 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
 
 
+@case("dicom_cine_two_breath_holds_in_one_series", "error", ("every trigger delay occurs 2 times", "acquisitions"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """The same cine stack acquired twice (a repeated breath-hold) under one series UID, the
+    second five minutes later: every slice position holds each trigger delay twice with distinct
+    acquisition times, so nothing looked duplicated and the two cycles were read as one cycle of
+    twice the phases (an Enhanced MR file of such a repeat gave QC "pass")."""
+    from pydicom.uid import generate_uid
+
+    from dicom_factory import _tm
+
+    def timed(start):
+        def per_image(ds, k, t):
+            ds.AcquisitionTime = _tm(start + 0.04 * t + 10 * k)
+            ds.SOPInstanceUID = generate_uid()
+        return per_image
+
+    for name, start in (("first", 36000.0), ("repeat", 36300.0)):
+        _, labels = cine_dicom(base, f / "dicom" / name, per_image=timed(start))
+        labels.unlink()   # written beside the images; only DICOM in the folder
+    return [f / "dicom"]
+
+
 @case("dicom_realtime_cine_untriggered", "error", ("real-time", "45 ms per frame", "ECG-triggered"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):

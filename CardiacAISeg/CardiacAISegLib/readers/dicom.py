@@ -1062,6 +1062,24 @@ def _same_time_key(ds):
     return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
 
 
+def _refuse_repeated_cycles(folder, groups, positions):
+    """A slice position whose trigger delays each occur the same number of times (k >= 2, over 5
+    or more delays) holds k acquisitions of the cardiac cycle: a repeated breath-hold filed in
+    the same series (one Enhanced MR file, or images under one UID). Their acquisition times
+    differ, so no two images looked like one frame, and the k cycles were read as one cycle of
+    k times the phases, ED and ES possibly from different acquisitions, with QC "pass"."""
+    for pos, grp in zip(positions, groups):
+        delays = [_trigger_s(g[1]) for g in grp]
+        if any(d is None for d in delays):
+            continue
+        values, counts = np.unique(np.round(delays, 4), return_counts=True)
+        if values.size >= 5 and counts.min() >= 2 and counts.min() == counts.max():
+            raise CardiacInputError(folder, f"at slice position {pos:.2f} mm every trigger delay occurs {counts[0]} times "
+                                            f"({values.size} delays, {len(grp)} images): the series holds {counts[0]} "
+                                            "acquisitions of the cardiac cycle (a repeated breath-hold?), which cannot be "
+                                            "read as one; export one of them (or give its series alone)")
+
+
 def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
     """Two different images at one slice position and one frame time cannot both be a frame.
 
@@ -1167,6 +1185,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     groups, positions, origin, spread = _slices_along(geo, normal)
     counts = [len(g) for g in groups]
+    # before the clock is judged: two cycles' acquisition times can look like a real-time series
+    _refuse_repeated_cycles(folder, groups, positions)
     timing = choose_frame_clock(groups)
     clock = timing["clock"]
     if timing.get("realtime") and len(groups) > 1:
