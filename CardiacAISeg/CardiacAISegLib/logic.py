@@ -38,6 +38,7 @@ except ImportError:
 MODULE_NAME = "CardiacAISeg"
 FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
+SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
@@ -201,7 +202,21 @@ class CardiacAISegLogic(_LogicBase):
         if frames_left_out(study.provenance):
             # the node still holds the frames the analysis leaves out (PD reference images, blank dynamics):
             # show (and make the input) the series it does analyse, so frame numbers agree
+            source = (sequence or node).GetID()
+            shown = self.studyNodes.sequence if self.studyNodes is not None else None
+            if shown is not None and shown.GetAttribute(SOURCE_ATTRIBUTE) == source and \
+                    shown.GetNumberOfDataNodes() == study.n_frames:
+                # the same input picked again: its analysed frames are shown already, and the
+                # outputs made for them stay (as for any input picked again)
+                self.study, self.analysis, self.networkLabels = study, None, None
+                if keepOutputs:
+                    self.setParameter("inputNodeID", shown)
+                else:
+                    self._setInput(shown)
+                return study
             self.setStudy(study)
+            if self.studyNodes.sequence is not None:
+                self.studyNodes.sequence.SetAttribute(SOURCE_ATTRIBUTE, source)
             return study
         self.study, self.analysis, self.networkLabels = study, None, None
         proxy = _proxy_of(self.context, sequence) if sequence is not None else None

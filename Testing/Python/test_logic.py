@@ -453,3 +453,11 @@ def test_a_perfusion_sequence_with_a_blank_dynamic_shows_and_measures_the_frames
     a = logic.runSegmentation(useExistingLabels=True)
     expected = float(np.median(list(truth["mbf_per_segment"].values())))
     assert a.perfusion["global_mbf_ml_min_g"] == pytest.approx(expected, rel=0.15)
+    # the same node picked again (an input selector set anew): the analysed frames' sequence and
+    # the segmentation made for it are kept, not rebuilt and let go each time
+    for _ in range(2):
+        logic.studyFromNode(nodes.sequence, kind="perfusion")
+    assert logic.studyNodes.sequence is shown and logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 2
+    assert logic.getNodeParameter("outputSegmentationID") is not None
+    again = logic.runSegmentation(useExistingLabels=True)
+    assert again.perfusion["global_mbf_ml_min_g"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-6)
