@@ -75,6 +75,15 @@ def test_dice_of_a_class_no_case_draws_is_left_out():
     assert logits.grad is not None
 
 
+def run_tiny_finetune(data, out, *options):
+    """`cardiacaiseg train --finetune unet-light` for one epoch of 8 small crops, with ``options``."""
+    from CardiacAISegLib import cli
+
+    return cli.main(["train", str(data), "--out", str(out), "--finetune", "unet-light", *options, "--epochs", "1",
+                     "--batch", "4", "--slices-per-epoch", "8", "--crop", "96", "--patch", "64", "--threads", "1",
+                     "--val-per-group", "0", "--quiet"])
+
+
 def _write_phantom_patient(folder, label_set, seed=0):
     from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
 
@@ -104,17 +113,13 @@ def test_label_set_from_info_cfg_and_the_option(tmp_path):
 
 
 def test_cli_finetunes_from_lv_myo_maps_and_writes_a_checkpoint(tmp_path, capsys):
-    from CardiacAISegLib import cli
     from CardiacAISegLib.models.architectures import build
 
     data = tmp_path / "site"
     _write_phantom_patient(data / "patient901", "full", seed=1)
     _write_phantom_patient(data / "patient902", "full", seed=2)
     out = tmp_path / "ft"
-    rc = cli.main(["train", str(data), "--out", str(out), "--finetune", "unet-light", "--partial-labels", "lv_myo",
-                   "--epochs", "1", "--batch", "4", "--slices-per-epoch", "8", "--crop", "96", "--patch", "64",
-                   "--threads", "1", "--val-per-group", "0", "--quiet"])
-    assert rc in (0, None)
+    assert run_tiny_finetune(data, out, "--partial-labels", "lv_myo") in (0, None)
     assert "with LV/MYO labels only" in capsys.readouterr().out
     state = torch.load(out / "best.pt", weights_only=True)
     from CardiacAISegLib.models.registry import get_card

@@ -49,16 +49,12 @@ def test_key_image_refuses_a_slice_whose_lv_leaves_the_field():
 def test_cli_mixes_key_images_into_cine_batches(tmp_path, capsys):
     import torch
 
-    from CardiacAISegLib import cli
-    from test_partial_labels import _write_phantom_patient
+    from test_partial_labels import _write_phantom_patient, run_tiny_finetune
 
     data = tmp_path / "site"
     _write_phantom_patient(data / "patient901", "full", seed=1)
     out = tmp_path / "key"
-    rc = cli.main(["train", str(data), "--out", str(out), "--finetune", "unet-light", "--perfusion-key-share", "0.5",
-                   "--epochs", "1", "--batch", "4", "--slices-per-epoch", "8", "--crop", "96", "--patch", "64",
-                   "--threads", "1", "--val-per-group", "0", "--quiet"])
-    assert rc in (0, None)
+    assert run_tiny_finetune(data, out, "--perfusion-key-share", "0.5") in (0, None)
     assert "50% of each batch: synthetic perfusion key images" in capsys.readouterr().out
     saved = torch.load(out / "last.pt", weights_only=False)["config"]
     assert saved["perfusion_key_share"] == 0.5, "the checkpoint records the mix, for the model card"

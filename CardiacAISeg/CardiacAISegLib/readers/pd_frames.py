@@ -144,8 +144,9 @@ def drop_blank_frames(study, where, warnings=None):
         return []
     numbers = ", ".join(str(f + 1) for f in on_slices)
     if blank.mean() > MAX_BLANK_SHARE:
-        raise CardiacInputError(where, f"{int(blank.sum())} of {study.n_frames} frames are blank (frames {numbers}: no signal "
-                                       "on a slice): not a series to fit; check the export")
+        raise CardiacInputError(study.source or where, f"{int(blank.sum())} of {study.n_frames} frames are blank next to "
+                                f"frames with signal (frames {numbers}: no signal on a slice): not a series to fit; check "
+                                "the export, and that its frames are in time order")
     slices = sorted({k for ks in on_slices.values() for k in ks})
     on = "every slice" if len(slices) == study.n_slices else "slice " + ", ".join(str(k + 1) for k in slices)
     (study.provenance.setdefault("warnings", []) if warnings is None else warnings).append(
