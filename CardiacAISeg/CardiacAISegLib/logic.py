@@ -37,6 +37,7 @@ except ImportError:
 
 MODULE_NAME = "CardiacAISeg"
 FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
+FRAME_COUNT_ATTRIBUTE = "CardiacAISeg.FrameCount"   # on output segmentations: how many frames the series had
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
@@ -397,6 +398,13 @@ class CardiacAISegLogic(_LogicBase):
             node = self.getNodeParameter(name)
             if node is not None:
                 text = node.GetAttribute(FRAME_ATTRIBUTE)
+                made_for = node.GetAttribute(FRAME_COUNT_ATTRIBUTE)
+                if text and made_for and self.study is not None and int(made_for) != self.study.n_frames:
+                    # frames added to or taken from the sequence since: frame number N is no longer
+                    # the image this segmentation was drawn on
+                    raise CardiacInputError(node.GetName(), f"was made for frame {text} of a series of {made_for} frames; "
+                                                            f"the input now has {self.study.n_frames}, so that frame number "
+                                                            "names another image: segment again (or restore the frames)")
                 # A segmentation drawn by hand belongs to the frame on screen.
                 frame = int(text) if text else self._displayedFrame()
                 labels[frame] = self._labelsOf(node)
@@ -473,6 +481,7 @@ class CardiacAISegLogic(_LogicBase):
         else:
             fill_segmentation(node, a.labels[frame], a.study.ijk_to_ras)
         node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame)))
+        node.SetAttribute(FRAME_COUNT_ATTRIBUTE, str(int(a.study.n_frames)))
         return node
 
     def _refreshTable(self):

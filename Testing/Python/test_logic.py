@@ -461,3 +461,13 @@ def test_a_perfusion_sequence_with_a_blank_dynamic_shows_and_measures_the_frames
     assert logic.getNodeParameter("outputSegmentationID") is not None
     again = logic.runSegmentation(useExistingLabels=True)
     assert again.perfusion["global_mbf_ml_min_g"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-6)
+
+
+def test_a_segmentation_is_not_reattached_to_other_images_after_the_sequence_lost_a_frame(measured):
+    """Frame numbers name images only while the sequence keeps its frames: after one is taken out,
+    the ED/ES segmentations made for frames 0 and 3 of 8 would lie on other images (EF from them
+    came out unchanged, with no warning)."""
+    sequence = measured.studyNodes.sequence
+    sequence.RemoveDataNodeAtValue(sequence.GetNthIndexValue(0))
+    with pytest.raises(CardiacInputError, match="made for frame 0 of a series of 8 frames; the input now has 7"):
+        measured.restoreFromParameterNode()
