@@ -136,9 +136,6 @@ def _train(args):
     if args.lr_cycle_epochs < 0 or (args.lr_cycle_epochs and args.epochs % args.lr_cycle_epochs):
         raise CardiacInputError("--lr-cycle-epochs", f"{args.lr_cycle_epochs} must be 0 (one decay over the run) or divide "
                                                      f"--epochs {args.epochs}, so that the run ends at a cycle's end")
-    if not 0 <= args.perfusion_key_share < 1:
-        raise CardiacInputError("--perfusion-key-share", f"{args.perfusion_key_share} is not a share of a batch; give 0 "
-                                                         "(cine slices only) up to below 1")
     if not 0 <= args.distill_weight <= 1:
         raise CardiacInputError("--distill-weight", f"{args.distill_weight} is not a share of the loss; give 0-1")
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, arch_params=arch_params,

@@ -205,20 +205,15 @@ class CardiacAISegLogic(_LogicBase):
             # show (and make the input) the series it does analyse, so frame numbers agree
             source = (sequence or node).GetID()
             shown = self.studyNodes.sequence if self.studyNodes is not None else None
-            if shown is not None and shown.GetAttribute(SOURCE_ATTRIBUTE) == source and \
-                    shown.GetNumberOfDataNodes() == study.n_frames:
-                # the same input picked again: its analysed frames are shown already, and the
-                # outputs made for them stay (as for any input picked again)
-                self.study, self.analysis, self.networkLabels = study, None, None
-                if keepOutputs:
-                    self.setParameter("inputNodeID", shown)
-                else:
-                    self._setInput(shown)
+            if shown is None or shown.GetAttribute(SOURCE_ATTRIBUTE) != source or \
+                    shown.GetNumberOfDataNodes() != study.n_frames:
+                self.setStudy(study)
+                if self.studyNodes.sequence is not None:
+                    self.studyNodes.sequence.SetAttribute(SOURCE_ATTRIBUTE, source)
                 return study
-            self.setStudy(study)
-            if self.studyNodes.sequence is not None:
-                self.studyNodes.sequence.SetAttribute(SOURCE_ATTRIBUTE, source)
-            return study
+            # the same input picked again: its analysed frames are shown already and go on as
+            # the input, with the outputs made for them (as for any input picked again)
+            node = sequence = shown
         self.study, self.analysis, self.networkLabels = study, None, None
         proxy = _proxy_of(self.context, sequence) if sequence is not None else None
         self.studyNodes = sc.StudyNodes(volume=proxy or node, sequence=sequence)

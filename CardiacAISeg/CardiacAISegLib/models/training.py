@@ -178,6 +178,11 @@ def train(config: TrainConfig, progress=None, log=print):
                                 random_crop, split_patients)
 
     progress = as_progress(progress)
+    if not 0 <= config.perfusion_key_share < 1:   # before anything is loaded or written
+        from ..errors import CardiacInputError
+
+        raise CardiacInputError("--perfusion-key-share", f"{config.perfusion_key_share} is not a share of a batch; give 0 "
+                                                         "(cine slices only) up to below 1")
     config = with_start_architecture(config)
     out, rng = start_run(config)
 

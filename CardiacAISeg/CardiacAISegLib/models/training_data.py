@@ -80,10 +80,6 @@ class KeyImagePool:
     front and an eighth of it renewed after every epoch."""
 
     def __init__(self, folders, pixel_mm, crop, size, share, rng):
-        if not 0 < share < 1:
-            from ..errors import CardiacInputError
-
-            raise CardiacInputError("perfusion key share", f"{share} is not a share of a batch; give a number in (0, 1)")
         self.anatomy = anatomy_slices(folders)
         self.pixel_mm, self.fov_mm, self.share = pixel_mm, crop * pixel_mm, share
         self.images = [self._make(rng) for _ in range(size)]

@@ -371,13 +371,14 @@ def _drop_derived_images(folder, uid, items):
     series grew a dynamic that was a map (MBF 17 instead of 2.6, and a given AIF refused for
     its length). When derived images are as many as the acquired ones, the series is two
     acquisitions and the checks after this refuse it."""
-    derived = [(f, ds) for f, ds in items if _image_type(ds)[:1] == ["DERIVED"]]
+    types = [_image_type(ds) for _, ds in items]
+    derived = [it for it, t in zip(items, types) if t[:1] == ["DERIVED"]]
     if not derived or 2 * len(derived) >= len(items):
         return items, []
-    kinds = sorted({"\\".join(_image_type(ds)) for _, ds in derived})
+    kinds = sorted({"\\".join(t) for t in types if t[:1] == ["DERIVED"]})
     note = (f"{len(derived)} derived image(s) of series {uid} (ImageType {', '.join(kinds[:3])}) are not acquired "
             f"frames and were left out: {_names([f for f, _ in derived], folder)}")
-    return [(f, ds) for f, ds in items if _image_type(ds)[:1] != ["DERIVED"]], [note]
+    return [it for it, t in zip(items, types) if t[:1] != ["DERIVED"]], [note]
 
 
 def _drop_derived_copies(series, notes=None):
@@ -532,18 +533,15 @@ _TRIGGER_UNIT_S = "_cardiacaiseg_trigger_unit_s"
 
 
 def _trigger_s(ds):
-    tt = ds.get("TriggerTime")
-    try:
-        # TriggerTime is in milliseconds (DICOM); a series found to store seconds is marked
-        return float(tt) * getattr(ds, _TRIGGER_UNIT_S, 0.001) if tt not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+    # TriggerTime is in milliseconds (DICOM); a series found to store seconds is marked
+    value = _raw_trigger(ds)
+    return None if value is None else value * getattr(ds, _TRIGGER_UNIT_S, 0.001)
 
 
 def _raw_trigger(ds):
     try:
         return float(ds.get("TriggerTime"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):   # absent (None) or not a number
         return None
 
 
@@ -934,7 +932,8 @@ def _pixels(f, ds, notes=None):
         if notes is not None:
             notes.setdefault("RescaleSlope", (f, slope))
         slope, intercept = 1.0, 0.0 if not np.isfinite(intercept) else intercept
-    return (a * slope + intercept) * getattr(ds, _PRIVATE_SCALE, 1.0)
+    scale_slope = getattr(ds, _PRIVATE_SCALE, None)   # Philips' floating-point value, where marked
+    return (a * slope + intercept) / (slope * scale_slope) if scale_slope else a * slope + intercept
 
 
 _PRIVATE_SCALE = "_cardiacaiseg_private_scale"
@@ -969,11 +968,7 @@ def _mark_philips_scale(items):
                                              "and some none: their pixel values are on different scales; export the "
                                              "series again (as floating-point values, or with one scale)")
     for ds, value in scales:
-        try:
-            rescale = float(ds.get("RescaleSlope", 1) or 1)
-        except (TypeError, ValueError):
-            rescale = 1.0
-        object.__setattr__(ds, _PRIVATE_SCALE, 1.0 / (value * (rescale if rescale and np.isfinite(rescale) else 1.0)))
+        object.__setattr__(ds, _PRIVATE_SCALE, value)   # _pixels divides by it and the RescaleSlope it checked
     return (f"Philips' private ScaleSlope (2005,xx0E) varies within the series ({min(values):g}-{max(values):g}): "
             "every image is read as its floating-point value (displayed value / (RescaleSlope x ScaleSlope)) so that "
             "all frames share one scale; a given AIF must be in those units")

@@ -129,7 +129,7 @@ def read_nifti(path):
             unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
             unit = "unknown"
-        scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
+        scale = time_unit_seconds(unit)
         if scale and dt > 0:
             meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
     return nifti_to_kji(data), affine, meta
@@ -175,15 +175,18 @@ def _nrrd_frame_times(header, list_axis, n):
         return None
     if t.size != n:
         return None
-    scale = _TIME_UNITS.get(unit.strip().rstrip("s") if unit.strip() not in ("s", "ms", "us") else unit.strip())
-    if scale is None:
-        return None
-    return t * scale
+    scale = time_unit_seconds(unit or "s")   # Slicer writes no unit for seconds
+    return None if scale is None else t * scale
 
 
-# the time units Slicer and other writers put on a sequence's index ('' : seconds, Slicer's default)
-_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3,
-               "us": 1e-6, "usec": 1e-6, "microsecond": 1e-6}
+# time units as NIfTI (sec, msec, usec), Slicer sequences (s, ms) and other writers spell them
+_TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3,
+               "milliseconds": 1e-3, "us": 1e-6, "usec": 1e-6, "microsecond": 1e-6, "microseconds": 1e-6}
+
+
+def time_unit_seconds(unit):
+    """Seconds per unit of a time unit's name, or None for a unit that is not one of time."""
+    return _TIME_UNITS.get(str(unit).strip().lower())
 
 
 def read_nrrd(path):
@@ -245,7 +248,7 @@ def read_nrrd(path):
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
-    times = meta["frame_times_s"]
+    times = meta.pop("frame_times_s")
     if times is not None and np.any(np.diff(times) < 0):
         # frames stored out of time order: the index values say where each belongs (a stable
         # sort keeps repeated times in file order; the uneven-times checks then see them)
@@ -253,8 +256,8 @@ def read_nrrd(path):
         images, times = np.ascontiguousarray(images[order]), times[order]
         meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
                                                "index values")
-    meta["frame_times_s"] = None if times is None else times - times[0]
-    meta["frame_times_s"] = ignore_placeholder_times(meta["frame_times_s"], meta)   # a sequence made from such a NIfTI
+    # a sequence made from a NIfTI with placeholder times carries them on
+    meta["frame_times_s"] = ignore_placeholder_times(None if times is None else times - times[0], meta)
     return images, m, meta
 
 
