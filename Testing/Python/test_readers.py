@@ -628,6 +628,56 @@ def test_bad_enhanced_dicom_frame_without_plane_position(tmp_path):
     expect_error(lambda: load_study(tmp_path), p, "PlanePositionSequence", "frame 4")
 
 
+def test_bad_enhanced_dicom_stack_with_its_position_only_in_the_shared_group(tmp_path):
+    # 3 slices x 8 phases, every frame placed by the shared PlanePositionSequence (the first
+    # slice's): one position holding three cycles of unequal delays; read as a 24-frame
+    # "first pass" before (its slices brighten one after another)
+    frames = []
+    for k, rr in enumerate((800.0, 760.0, 820.0)):   # each slice's own heartbeat: delays differ
+        for t in range(8):
+            frames.append(dict(pixels=np.full((4, 5), 10 * k + t, np.uint16), ipp=[0, 0, 6.0 * k], iop=[1, 0, 0, 0, 1, 0],
+                               ps=[1.5, 1.25], trigger_ms=rr * t / 8, tpi=t + 1))
+    _enhanced_dcm(tmp_path / "cine.dcm", frames, shared=("PlanePositionSequence",))
+    expect_error(lambda: load_study(tmp_path), tmp_path, "cardiac cycle 3 times in stored order", "8-8 images each",
+                 "shared functional group")
+    # each slice at its own position is the cine it is
+    _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    assert load_study(tmp_path).images.shape == (8, 3, 4, 5)
+
+
+def test_one_cine_cycle_stored_from_mid_cycle_is_not_taken_for_two(tmp_path):
+    frames = _tiny_frames(n_slices=1, n_times=12)
+    frames = frames[7:] + frames[:7]   # instance order starts at phase 8
+    _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    st = load_study(tmp_path)
+    assert st.kind == "cine" and [st.images[t, 0, 0, 0] for t in range(12)] == list(range(12))
+
+
+def _untimed_perfusion_frames():
+    frames = _tiny_frames(n_times=12)
+    for fr in frames:
+        t = fr["tpi"] - 1
+        fr["trigger_ms"] = 100.0
+        fr["acq_dt"] = f"202401011000{t:02d}.5"   # one dynamic a second
+    return frames
+
+
+def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
+    frames = _untimed_perfusion_frames()
+    frames[5]["acq_dt"] = None
+    p = _enhanced_dcm(tmp_path / "perf.dcm", frames)
+    expect_error(lambda: load_study(tmp_path, kind="perfusion"), tmp_path, "1 of 24 images lacks its acquisition time",
+                 f"{p} frame 6", "--dt")
+    # with --dt the TemporalPositionIndex still places it
+    s = load_study(tmp_path, kind="perfusion", dt=1.0)
+    assert [s.images[t, 0, 0, 0] for t in range(12)] == list(range(12))
+    # without an index too, its place is unknown: refused, not sorted to the start
+    frames[5]["tpi"] = None
+    _enhanced_dcm(tmp_path / "perf.dcm", frames)
+    expect_error(lambda: load_study(tmp_path, kind="perfusion", dt=1.0), p, "frame 6 has neither an acquisition time",
+                 "TemporalPositionIndex")
+
+
 def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     import pydicom
 

@@ -700,7 +700,26 @@ def choose_frame_clock(groups):
         k = PERFUSION if span(clock) > MANY_HEARTBEATS_S else None
         return {"clock": "AcquisitionTime", "kind": k, "span_s": span(clock),
                 "reason": f"frames ordered by acquisition time ({span(clock):.1f} s); no distinct trigger delays"}
-    return {"clock": None, "kind": None, "span_s": None, "reason": "no distinct frame times in TriggerTime or AcquisitionTime"}
+    untimed = _frames_without_clock(groups)
+    return {"clock": None, "kind": None, "span_s": None, "untimed_images": untimed or None,
+            "reason": "no distinct frame times in TriggerTime or AcquisitionTime" + (f"; {untimed}" if untimed else "")}
+
+
+def _frames_without_clock(groups):
+    """'k of n images lack their acquisition time ...' naming the images (enhanced: the frames)
+    without a clock while most of the series has one, else "": one frame exported without its
+    time leaves the whole series untimed, and the user must see which one, not "the file has no
+    frame times"."""
+    records = [g for grp in groups for g in grp]
+    lacking = [g for g in records if _clock_s(g[1]) is None]
+    if not lacking or len(lacking) * 2 > len(records):
+        return ""
+    what = "FrameAcquisitionDateTime" if isinstance(lacking[0][1], EnhancedFrame) else "AcquisitionTime/ContentTime"
+    names = [f"{g[0]} frame {g[1].frame_number}" if isinstance(g[1], EnhancedFrame) else str(g[0]) for g in lacking[:3]]
+    more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+    verb = "images lacks its" if len(lacking) == 1 else "images lack their"
+    return (f"{len(lacking)} of {len(records)} {verb} acquisition time ({what}): {', '.join(names)}{more}, "
+            "so the others' times cannot give the series' timing")
 
 
 def frame_times_from_coarse_clock(times):
@@ -1073,6 +1092,51 @@ def _refuse_repeated_cycles(folder, groups, positions):
                                             f"({values.size} delays, {len(grp)} images): the series holds {counts[0]} "
                                             "acquisitions of the cardiac cycle (a repeated breath-hold?), which cannot be "
                                             "read as one; export one of them (or give its series alone)")
+        runs = _cycles_in_stored_order(grp, delays)
+        if runs:
+            one_place = (" several slices stored with one position (every frame of the Enhanced MR file takes its "
+                         "PlanePositionSequence from the shared functional group?) or" if isinstance(grp[0][1], EnhancedFrame)
+                         else " several slices stored with one ImagePositionPatient or")
+            raise CardiacInputError(folder, f"at slice position {pos:.2f} mm the trigger delays run through the cardiac cycle "
+                                            f"{len(runs)} times in stored order ({min(runs)}-{max(runs)} images each, "
+                                            f"{len(grp)} in all): the images are{one_place} repeated acquisitions, not one "
+                                            "cycle; export the series with each slice's own position")
+
+
+def _cycles_in_stored_order(grp, delays):
+    """Lengths of the rising runs of trigger delays in stored order (InstanceNumber, then frame
+    number) when there are two or more and each is a whole cycle (5+ images spanning 70 % of
+    the delays), else []. Slices of a stack filed with one position (all frames of an Enhanced
+    MR file placed by its shared group) or cycles of unequal length (RR changes) escape the
+    equal-count test above; a single cycle stored from mid-cycle gives two partial runs."""
+    def stored(i):
+        ds = grp[i][1]
+        return int(ds.get("InstanceNumber", 0) or 0), ds.index if isinstance(ds, EnhancedFrame) else 0
+    order = sorted(range(len(grp)), key=stored)
+    d = np.asarray([delays[i] for i in order], float)
+    full = float(d.max() - d.min()) if d.size else 0.0
+    if d.size < 10 or full <= 0:
+        return []
+    cuts = [0] + [i + 1 for i in range(d.size - 1) if d[i] - d[i + 1] > 0.5 * full] + [d.size]
+    runs = [d[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    if len(runs) < 2 or any(r.size < 5 or float(r.max() - r.min()) < 0.7 * full for r in runs):
+        return []
+    return [int(r.size) for r in runs]
+
+
+def _refuse_frames_without_place(folder, groups):
+    """With no frame clock, enhanced frames follow their TemporalPositionIndex. A frame without
+    one, among frames that have it, has no known place in time: sorted as index 0 it went to the
+    start of its slice (MBF 2 % off, QC pass)."""
+    for grp in groups:
+        frames = [g for g in grp if isinstance(g[1], EnhancedFrame)]
+        lacking = [g for g in frames if g[1].temporal_index is None]
+        if lacking and len(lacking) < len(frames):
+            names = ", ".join(f"frame {g[1].frame_number}" for g in lacking[:3])
+            raise CardiacInputError(lacking[0][0], f"{names} ha{'s' if len(lacking) == 1 else 've'} neither an acquisition "
+                                                   "time (FrameAcquisitionDateTime) nor a TemporalPositionIndex while the "
+                                                   "other frames have an index: its place in the time series is unknown; "
+                                                   "re-export the series")
 
 
 def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
@@ -1192,6 +1256,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
                                         "volumes and EF from it would mix phases. Give an ECG-triggered (segmented) cine "
                                         "series")
     _refuse_same_position_and_time(folder, groups, positions, coarse=timing.get("coarse", False))
+
+    if clock is None:
+        _refuse_frames_without_place(folder, groups)
 
     def order(g):
         ds = g[1]
@@ -1316,6 +1383,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
+    if frame_times is None and timing.get("untimed_images"):
+        prov["frame_times_ignored"] = timing["untimed_images"]   # the error asking for --dt names the frames
     if aif_uid is not None and timing["kind"] == CINE and kind != PERFUSION:
         aif_uid = None   # the frame times say cine: a smaller series beside it is no dual-sequence AIF
     if aif_uid is not None:
