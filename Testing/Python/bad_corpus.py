@@ -579,6 +579,24 @@ def _(base, f):
     return [f / "dicom"]
 
 
+@case("dicom_enhanced_cine_stack_placed_by_its_shared_group", "error", ("cardiac cycle 8 times", "shared functional group"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """An Enhanced MR cine of 8 slices whose PlanePositionSequence sits only in the shared
+    functional group (one position for every frame), each slice's trigger delays its own
+    heartbeat's: the 48 frames at one position were read as a first pass brightening slice by
+    slice ("frame interval unknown ... give --dt"), an invitation to a nonsense MBF."""
+    from dicom_factory import write_enhanced_dicom
+
+    frames = [dict(pixels=np.rint(base.cine_images[t, k] * 1000).astype(np.uint16), ipp=[0.0, 0.0, SLICE_MM * k],
+                   iop=[1, 0, 0, 0, 1, 0], ps=[PIXEL_MM, PIXEL_MM], thickness=SLICE_MM,
+                   trigger_ms=(40.0 + 2 * k) * t, tpi=t + 1)
+              for k in range(N_SLICES) for t in range(N_FRAMES)]
+    (f / "dicom").mkdir(parents=True)
+    write_enhanced_dicom(f / "dicom" / "cine.dcm", frames, shared=("PlanePositionSequence",))
+    return [f / "dicom"]
+
+
 @case("dicom_realtime_cine_untriggered", "error", ("real-time", "45 ms per frame", "ECG-triggered"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):

@@ -1,4 +1,5 @@
-"""Small synthetic single-frame MR DICOM files for reader and bad-input tests."""
+"""Small synthetic MR DICOM files (single-frame as each vendor writes them, and Enhanced MR
+multi-frame) for reader and bad-input tests."""
 import numpy as np
 
 
@@ -167,3 +168,48 @@ def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
         writer.SetImage(change.GetOutput())
         if not writer.Write():
             raise RuntimeError(f"gdcm cannot write {path}")
+
+
+# --- Enhanced (multi-frame) MR DICOM ------------------------------------------------------
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
+       "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence")
+
+
+def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
+                         instance=1):
+    """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
+    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, drop (groups left out of that frame).
+    The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def functional_groups(fr, names):
+        content = {"PlanePositionSequence": {"ImagePositionPatient": fr.get("ipp")},
+                   "PlaneOrientationSequence": {"ImageOrientationPatient": fr.get("iop")},
+                   "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
+                   "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
+                   "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
+                   "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")}}
+        g = Dataset()
+        for name in names:
+            attrs = {k: v for k, v in content[name].items() if v is not None}
+            if attrs and name not in fr.get("drop", ()):
+                item = Dataset()
+                for k, v in attrs.items():
+                    setattr(item, k, v)
+                setattr(g, name, Sequence([item]))
+        return g
+
+    pixels = np.stack([fr["pixels"] for fr in frames])
+    ds = new_dataset(ENHANCED_MR, series, number, desc)
+    ds.Manufacturer, ds.InstanceNumber = "Philips", instance
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), pixels.shape[1:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_groups(frames[0], shared)])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([functional_groups(fr, [n for n in _FG if n not in shared]) for fr in frames])
+    ds.PixelData = pixels.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -228,3 +228,8 @@ def test_the_perfusion_network_averages_its_mirrored_pass(perfusion_model):
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
     assert np.abs(got - plain).max() > 0.05          # the network is not mirror-symmetric: the mean is not one pass
     np.testing.assert_allclose(mirrored_probabilities(model, x, "cpu", "none"), plain, atol=1e-6)
+    # a small input runs with its mirror in one call; a large one in a call each: the same mean
+    big = np.random.default_rng(1).random((1, 48, 272, 272)).astype(np.float32)
+    plain = softmax(network_scores(model, big, "cpu"), 1)
+    mirrored = softmax(network_scores(model, np.ascontiguousarray(big[..., ::-1]), "cpu"), 1)[..., ::-1]
+    np.testing.assert_allclose(mirrored_probabilities(model, big, "cpu", "flip"), (plain + mirrored) / 2, atol=1e-6)

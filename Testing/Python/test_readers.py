@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_factory import new_dataset, write_dicom
+from dicom_factory import new_dataset, write_dicom, write_enhanced_dicom
 
 from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.readers import load_study
@@ -499,51 +499,6 @@ def test_repeated_slice_series_keeps_the_last_acquisition(shared_data, tmp_path)
     assert np.allclose(st.images[:, k], ref.images[:, k] + 7)   # the repeat replaced the first
 
 
-# --- Enhanced (multi-frame) MR DICOM ------------------------------------------------------
-ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
-_FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
-       "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence")
-
-
-def _enhanced_dcm(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
-                  instance=1):
-    """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
-    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, drop (groups left out of that frame).
-    The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    def functional_groups(fr, names):
-        content = {"PlanePositionSequence": {"ImagePositionPatient": fr.get("ipp")},
-                   "PlaneOrientationSequence": {"ImageOrientationPatient": fr.get("iop")},
-                   "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
-                   "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
-                   "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
-                   "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")}}
-        g = Dataset()
-        for name in names:
-            attrs = {k: v for k, v in content[name].items() if v is not None}
-            if attrs and name not in fr.get("drop", ()):
-                item = Dataset()
-                for k, v in attrs.items():
-                    setattr(item, k, v)
-                setattr(g, name, Sequence([item]))
-        return g
-
-    pixels = np.stack([fr["pixels"] for fr in frames])
-    ds = new_dataset(ENHANCED_MR, series, number, desc)
-    ds.Manufacturer, ds.InstanceNumber = "Philips", instance
-    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), pixels.shape[1:]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.SharedFunctionalGroupsSequence = Sequence([functional_groups(frames[0], shared)])
-    ds.PerFrameFunctionalGroupsSequence = Sequence([functional_groups(fr, [n for n in _FG if n not in shared]) for fr in frames])
-    ds.PixelData = pixels.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _sunnybrook_frames(src):
     """{slice z: [frame dict, ...]} from the classic Sunnybrook files (instance order)."""
     import pydicom
@@ -575,7 +530,7 @@ def sunnybrook_reference():
 def test_enhanced_dicom_one_file_with_all_frames_matches_classic(sunnybrook_reference, tmp_path):
     by_slice = _sunnybrook_frames(SUNNYBROOK)
     frames = [fr for z in sorted(by_slice, reverse=True) for fr in reversed(by_slice[z])]  # scrambled on purpose
-    path = _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    path = write_enhanced_dicom(tmp_path / "cine.dcm", frames)
     for target in (tmp_path, path):  # the folder, and the file picked on its own
         st = load_study(target)
         _same_study(st, sunnybrook_reference)
@@ -591,7 +546,7 @@ def test_enhanced_dicom_one_file_per_slice_with_shared_groups_matches_classic(su
     by_slice = _sunnybrook_frames(SUNNYBROOK)
     for n, z in enumerate(sorted(by_slice)):
         series = f"1.2.826.0.1.3680043.9.{100 + n}" if series_per_slice else "1.2.826.0.1.3680043.9.100"
-        _enhanced_dcm(tmp_path / f"slice{n:02d}.dcm", by_slice[z][::-1], series=series, number=100 + n, instance=n + 1,
+        write_enhanced_dicom(tmp_path / f"slice{n:02d}.dcm", by_slice[z][::-1], series=series, number=100 + n, instance=n + 1,
                       shared=("PixelMeasuresSequence", "PlaneOrientationSequence"))
     st = load_study(tmp_path)
     _same_study(st, sunnybrook_reference)
@@ -613,7 +568,7 @@ def test_enhanced_dicom_perfusion_times_and_per_frame_rescale(tmp_path):
         t = fr["tpi"] - 1
         fr["acq_dt"] = ["20240101235958.5", "20240101235959.5", "20240102000000.5", "20240102000001.5"][t]
         fr["trigger_ms"], fr["slope"], fr["intercept"] = 100.0, 2.0 + t, -1.0
-    _enhanced_dcm(tmp_path / "perf.dcm", frames[::-1])
+    write_enhanced_dicom(tmp_path / "perf.dcm", frames[::-1])
     s = load_study(tmp_path, kind="perfusion")
     assert s.kind == "perfusion" and s.images.shape == (4, 2, 4, 5)
     assert s.provenance["dt_s"] == pytest.approx(1.0)
@@ -624,7 +579,7 @@ def test_enhanced_dicom_perfusion_times_and_per_frame_rescale(tmp_path):
 def test_bad_enhanced_dicom_frame_without_plane_position(tmp_path):
     frames = _tiny_frames()
     frames[3]["drop"] = ("PlanePositionSequence",)
-    p = _enhanced_dcm(tmp_path / "enh.dcm", frames)
+    p = write_enhanced_dicom(tmp_path / "enh.dcm", frames)
     expect_error(lambda: load_study(tmp_path), p, "PlanePositionSequence", "frame 4")
 
 
@@ -637,18 +592,18 @@ def test_bad_enhanced_dicom_stack_with_its_position_only_in_the_shared_group(tmp
         for t in range(8):
             frames.append(dict(pixels=np.full((4, 5), 10 * k + t, np.uint16), ipp=[0, 0, 6.0 * k], iop=[1, 0, 0, 0, 1, 0],
                                ps=[1.5, 1.25], trigger_ms=rr * t / 8, tpi=t + 1))
-    _enhanced_dcm(tmp_path / "cine.dcm", frames, shared=("PlanePositionSequence",))
+    write_enhanced_dicom(tmp_path / "cine.dcm", frames, shared=("PlanePositionSequence",))
     expect_error(lambda: load_study(tmp_path), tmp_path, "cardiac cycle 3 times in stored order", "8-8 images each",
                  "shared functional group")
     # each slice at its own position is the cine it is
-    _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    write_enhanced_dicom(tmp_path / "cine.dcm", frames)
     assert load_study(tmp_path).images.shape == (8, 3, 4, 5)
 
 
 def test_one_cine_cycle_stored_from_mid_cycle_is_not_taken_for_two(tmp_path):
     frames = _tiny_frames(n_slices=1, n_times=12)
     frames = frames[7:] + frames[:7]   # instance order starts at phase 8
-    _enhanced_dcm(tmp_path / "cine.dcm", frames)
+    write_enhanced_dicom(tmp_path / "cine.dcm", frames)
     st = load_study(tmp_path)
     assert st.kind == "cine" and [st.images[t, 0, 0, 0] for t in range(12)] == list(range(12))
 
@@ -665,7 +620,7 @@ def _untimed_perfusion_frames():
 def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
     frames = _untimed_perfusion_frames()
     frames[5]["acq_dt"] = None
-    p = _enhanced_dcm(tmp_path / "perf.dcm", frames)
+    p = write_enhanced_dicom(tmp_path / "perf.dcm", frames)
     expect_error(lambda: load_study(tmp_path, kind="perfusion"), tmp_path, "1 of 24 images lacks its acquisition time",
                  f"{p} frame 6", "--dt")
     # with --dt the TemporalPositionIndex still places it
@@ -673,7 +628,7 @@ def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
     assert [s.images[t, 0, 0, 0] for t in range(12)] == list(range(12))
     # without an index too, its place is unknown: refused, not sorted to the start
     frames[5]["tpi"] = None
-    _enhanced_dcm(tmp_path / "perf.dcm", frames)
+    write_enhanced_dicom(tmp_path / "perf.dcm", frames)
     expect_error(lambda: load_study(tmp_path, kind="perfusion", dt=1.0), p, "frame 6 has neither an acquisition time",
                  "TemporalPositionIndex")
 
@@ -681,7 +636,7 @@ def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
 def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     import pydicom
 
-    p = _enhanced_dcm(tmp_path / "enh.dcm", _tiny_frames())
+    p = write_enhanced_dicom(tmp_path / "enh.dcm", _tiny_frames())
     ds = pydicom.dcmread(p)
     del ds.PerFrameFunctionalGroupsSequence
     ds.save_as(p)

@@ -147,7 +147,8 @@ def _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2):
     if not np.isfinite(ref) or ref <= 0:
         raise CardiacInputError("perfusion series", "no contrast enhancement: the images do not change over time")
     # frame-to-frame noise of a pixel, robustly: a bolus lifts the blood pools far above it
-    noise = 1.4826 * float(np.median(np.abs(np.diff(e, axis=0)))) / np.sqrt(2)
+    # (every 7th pixel is plenty for a median and a seventh of the cost)
+    noise = 1.4826 * float(np.median(np.abs(np.diff(e.reshape(t_count, -1)[:, ::7], axis=0)))) / np.sqrt(2)
     if ref < 10 * max(noise, 1e-9):
         raise CardiacInputError("perfusion series", "no contrast bolus found: enhancement does not rise above the noise")
     px_area = (pixel_mm or 1.5) ** 2
