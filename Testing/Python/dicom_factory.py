@@ -43,7 +43,7 @@ def write_dicom(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 
 
 def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, scale=400.0, baseline=100.0,
                            heartbeat_jitter_s=0.0, seed=0, description=None, series="1.2.826.0.1.3680043.10.7",
-                           start_number=1, pd_frames=0, pd_factor=5.0):
+                           start_number=1, pd_frames=0, pd_factor=5.0, start_s=36000.0):
     """A perfusion ``study`` (T, S, R, C) written as classic MR DICOM the way each vendor times it.
 
     - ``ge``: TriggerTime rises with the time since the first dynamic (0.77 s ... 55 s), every
@@ -57,7 +57,8 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
     ``pd_frames``: proton-density reference images first, as dual-sequence protocols write them
     (Kellman; Xue et al. 2020): no saturation pulse and a low flip angle, so every tissue is
     ``pd_factor`` times its pre-contrast signal; FlipAngle 5 against the dynamics' own.
-    The returned times are those of the dynamics only, from the first dynamic.
+    The returned times are those of the dynamics only, from the first dynamic. ``start_s``: the
+    first image's time of day (s; rest is acquired some 10-20 minutes after stress).
     """
     from pathlib import Path
 
@@ -97,7 +98,7 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
             ds.InstanceNumber = instance
             ds.FlipAngle = 5.0 if t < pd_frames else flip
             # slices of one dynamic are read out ~100 ms apart within the heartbeat
-            clock = 36000.0 + times[t] + 0.1 * k
+            clock = start_s + times[t] + 0.1 * k
             if vendor == "ge":
                 ds.TriggerTime = round(770.0 + 1000.0 * times[t], 1)
                 ds.AcquisitionTime = "100000.000000"
@@ -112,7 +113,9 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
             else:
                 value = baseline + scale * np.maximum(study.images[t - pd_frames, k], 0)
             ds.PixelData = np.clip(np.rint(value), 0, 65535).astype(np.uint16).tobytes()
-            path = folder / f"{uid.rsplit('.', 1)[-1]}_IM{instance:05d}.dcm"
+            # named by the series number too: stress and rest written one series per slice into
+            # one folder share the UID tails .1, .2, ... and would overwrite each other
+            path = folder / f"{start_number}_{uid.rsplit('.', 1)[-1]}_IM{instance:05d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return times[pd_frames:] - times[pd_frames], paths
@@ -125,7 +128,7 @@ def _tm(seconds):
 
 
 def write_aif_series(folder, study, series="1.2.826.0.1.3680043.10.8", description="AIF_perfusion", number=2,
-                     vendor="siemens", pd_frames=0):
+                     vendor="siemens", pd_frames=0, start_s=36000.0):
     """The dual-sequence AIF series beside a perfusion ``study`` (Kellman; Xue et al. 2020): the
     mid slice read out at half the matrix (twice the pixel size), one slice further along the
     normal, in its own series, with its own signal scale (the AIF read-out saturates less).
@@ -139,7 +142,8 @@ def write_aif_series(folder, study, series="1.2.826.0.1.3680043.10.8", descripti
     m[:3, 3] += study.ijk_to_ras[:3, 2]
     aif_study = Study(images=low[:, None], ijk_to_ras=m, kind="perfusion", frame_times_s=study.frame_times_s)
     times, paths = write_perfusion_series(folder, aif_study, vendor=vendor, series=series, description=description,
-                                          start_number=number, scale=900.0, baseline=40.0, pd_frames=pd_frames)
+                                          start_number=number, scale=900.0, baseline=40.0, pd_frames=pd_frames,
+                                          start_s=start_s)
     return times, paths, low
 
 

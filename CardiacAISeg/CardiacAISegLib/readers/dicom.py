@@ -274,6 +274,10 @@ def _parallel_stack(series, notes=None):
         return None
     if max(len(_series_positions(series[u])) for u in ranked[0][1]) == ranked[0][0]:
         return None   # one series alone covers the stack: the others are other acquisitions (rest/stress), not parts
+    if sum(any(_names_role(series[u], role) for u in ranked[0][1]) for role in PERFUSION_ROLES) > 1:
+        # stress and rest, each stored one series per slice: two stacks, not one with every
+        # slice "repeated" (the rest series, being later, replaced the stress slices)
+        return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
     return "+".join(uids), items
@@ -348,7 +352,28 @@ def _aif_partner(uid, items, series):
     chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None."""
     partners = [other for other, its in series.items()
                 if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    if len(partners) > 1:
+        # stress and rest exported together, each with its AIF series: the AIF series is read
+        # out in the same heartbeats as its main series, so its clock runs within theirs; else
+        # the one whose description names the main series' role
+        together = [other for other in partners if _acquired_together(items, series[other])]
+        roles = [role for role in PERFUSION_ROLES if _names_role(items, role)]
+        same_role = [other for other in partners if len(roles) == 1 and _names_role(series[other], roles[0])]
+        partners = together if len(together) == 1 else same_role
     return partners[0] if len(partners) == 1 else None
+
+
+def _acquired_together(items, other_items):
+    """True when the images of ``other_items`` were acquired within the time span of ``items``
+    (acquisition clocks; False when either has none)."""
+    def span(its):
+        times = [t for t in (_clock_s(ds) for _, ds in its) if t is not None]
+        return (min(times), max(times)) if times else None
+    a, b = span(items), span(other_items)
+    if a is None or b is None:
+        return False
+    slack = 0.1 * max(a[1] - a[0], 1.0)
+    return a[0] - slack <= b[0] and b[1] <= a[1] + slack
 
 
 def _is_derived(ds):
@@ -513,6 +538,11 @@ def _choose_series(folder, series, choice, notes=None):
             return named[0], series[named[0]], partner[named[0]]
         if not named:
             return _choose_series(folder, series, None, notes)
+        # the role's series may be one stack stored one series per slice (with its AIF series)
+        stack = _parallel_stack({u: series[u] for u in partner}, notes)
+        if stack is not None:
+            uid, items = stack
+            return uid, items, _aif_partner(uid, items, {uid: items, **{u: series[u] for u in partner if u not in uid.split("+")}})
         raise CardiacInputError(folder, f"{len(named)} series here are described as {c!r}, choose one with --series "
                                         f"(UID, number or description): {'; '.join(_describe(u, series[u]) for u in named)}")
     raise CardiacInputError(folder, f"no series matches {choice!r}; series here: {listing}")

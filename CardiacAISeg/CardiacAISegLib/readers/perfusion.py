@@ -245,6 +245,14 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             file_dt = float(np.median(np.diff(measured)))
             if abs(file_dt - dt) > 0.1 * file_dt:
                 warnings.append(f"--dt {dt:g} s differs from the frame interval in the file ({file_dt:.3g} s); using --dt")
+            steps = np.diff(measured)
+            if steps.max() > 1.5 * file_dt:
+                # an even grid over a skipped beat moves every later frame a beat early
+                gap = int(np.argmax(steps))
+                warnings.append(f"--dt replaces the file's frame times, which are uneven ({steps[gap]:.2f} s between frames "
+                                f"{gap} and {gap + 1}, {file_dt:.2f} s typical: a skipped beat or a lost dynamic): the frames "
+                                "are taken as evenly spaced; leave out --dt to fit on the real times")
+                prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap
             measured = None   # the user's interval wins
     elif measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
         dt, dt_source, where = float(np.median(np.diff(measured))), "file", path
