@@ -146,6 +146,43 @@ def test_dt_over_uneven_file_times_is_said_and_the_gap_still_checked(tmp_path, p
     assert "FRAME_GAP_IN_BOLUS" in {f["code"] for f in a.qc["flags"]}
 
 
+@pytest.mark.parametrize("clocks", ["date_fixed_across_midnight", "date_time_on_the_first_dynamic_only",
+                                    "content_time_where_acquisition_time_is_missing"])
+def test_one_clock_for_the_whole_series(tmp_path, phantom, clocks):
+    """The time of each image is read from one tag for the whole series. Per image, a series
+    mixed clocks (a date-time on one dynamic beside times of day; ContentTime, the
+    reconstruction clock, on images without AcquisitionTime) and was refused for a "jump" of
+    years or of seconds; a date an anonymiser fixed across midnight sorted the frames after
+    00:00 first."""
+    import pydicom
+
+    from dicom_factory import _tm
+
+    study, _ = phantom
+    start = 86400.0 - 10.0 if clocks == "date_fixed_across_midnight" else 36000.0
+    times, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens", start_s=start)
+    for n, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        tod = (start + times[n % study.n_frames] + 0.1 * (n // study.n_frames)) % 86400.0
+        ds.AcquisitionTime = _tm(tod)
+        if clocks == "date_fixed_across_midnight":
+            ds.AcquisitionDateTime = "20240101" + _tm(tod)
+        elif clocks == "date_time_on_the_first_dynamic_only" and n % study.n_frames == 0:
+            ds.AcquisitionDateTime = "20240101" + _tm(tod)
+        elif clocks == "content_time_where_acquisition_time_is_missing":
+            ds.ContentTime = _tm(tod + 31.5)        # reconstructed later than acquired
+            if n in (28, 29):
+                del ds.AcquisitionTime
+        ds.save_as(p)
+    s = load_study(tmp_path / "s")
+    np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
+    for k in range(study.n_slices):   # every slice's frames in time order
+        lv = study.labels[0][k] == LV
+        np.testing.assert_allclose(s.images[:, k][:, lv].mean(1), 100 + 400 * np.maximum(study.images[:, k], 0)[:, lv].mean(1),
+                                   rtol=0.01)
+    assert (clocks == "date_fixed_across_midnight") == any("date unchanged" in w for w in s.provenance["warnings"])
+
+
 def test_bolus_finder_on_a_cine_says_there_is_no_bolus():
     rng = np.random.default_rng(0)
     frames = 100 + rng.normal(0, 1, (20, 40, 40))
@@ -371,6 +408,37 @@ def test_one_series_per_slice_keeps_its_dual_sequence_aif(tmp_path, phantom):
     assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"]
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+
+
+def test_instance_numbers_restarting_per_slice_series_give_one_note(tmp_path, phantom):
+    """Siemens numbers the images of each slice series from 1: a warning per image ("InstanceNumber
+    25 used by several images", 120 of them) buried the ones that matter. Now one note, and the
+    ambiguous numbers are kept out of the map that places annotations by InstanceNumber."""
+    import pydicom
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path / "d", study, vendor="siemens", series_per_slice=True)
+    for n, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = n % study.n_frames + 1
+        ds.save_as(p)
+    s = load_study(tmp_path / "d")
+    notes = [w for w in s.provenance["warnings"] if "InstanceNumber" in w]
+    assert len(notes) == 1 and notes[0].startswith(f"{study.n_frames} InstanceNumbers are used by several images")
+    assert not s.provenance["instance_map"] and len(s.provenance["ambiguous_instances"]) == study.n_frames
+    assert len(s.provenance["sop_map"]) == study.n_frames * study.n_slices
+
+
+def test_a_per_slice_export_missing_a_slice_says_so(tmp_path, phantom):
+    """Two of three slice series exported (with the AIF series): three series, and the error
+    once only listed them; it now says the two look like a stack with a slice series missing."""
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path / "d", study, vendor="siemens", series_per_slice=True)
+    write_aif_series(tmp_path / "d", study, number=9)
+    for p in paths[2 * study.n_frames:]:
+        p.unlink()
+    with pytest.raises(CardiacInputError, match="#1 and #2 .*only 2 slice positions: is a slice's series missing"):
+        load_study(tmp_path / "d")
 
 
 def test_acquisition_times_in_whole_seconds(tmp_path):

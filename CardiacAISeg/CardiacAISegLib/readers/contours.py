@@ -82,6 +82,9 @@ def sunnybrook_labels(folder, study):
     masks = {}  # (t, k) -> {'i': mask, 'o': mask}
     for (inst, which), f in sorted(files.items()):
         if inst not in imap:
+            if inst in study.provenance.get("ambiguous_instances", ()):
+                raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which several images of the DICOM series "
+                                           "carry (numbering restarts per series): the contour's image is ambiguous")
             raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which is not in the DICOM series")
         t, k = imap[inst]
         masks.setdefault((int(t), int(k)), {})[which] = polygon_mask(read_contour(f), shape)

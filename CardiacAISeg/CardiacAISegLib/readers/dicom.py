@@ -283,6 +283,23 @@ def _parallel_stack(series, notes=None):
     return "+".join(uids), items
 
 
+def _short_stack_hint(series):
+    """'; ... a slice series missing?' when two series of one slice each share geometry and
+    description (a stack stored one series per slice, ``_parallel_stack`` needs 3 positions to
+    merge one), else ""."""
+    groups = {}
+    for uid, items in series.items():
+        key = _stack_key(items[0][1])
+        if key is not None and len(_series_positions(items)) == 1:
+            groups.setdefault((key, str(items[0][1].get("SeriesDescription", ""))), []).append(uid)
+    for (_, desc), uids in groups.items():
+        if len(uids) == 2 and len(set().union(*(_series_positions(series[u]) for u in uids))) == 2:
+            numbers = " and ".join(f"#{series[u][0][1].get('SeriesNumber', '?')}" for u in uids)
+            return (f"; {numbers} ({desc!r}) look like one stack stored one series per slice with only 2 slice "
+                    "positions: is a slice's series missing from the export?")
+    return ""
+
+
 def _series_positions(items):
     pos = set()
     for _, ds in items:
@@ -521,6 +538,8 @@ def _choose_series(folder, series, choice, notes=None):
         hint = ""
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
+        else:
+            hint = _short_stack_hint(series)
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
     c = str(choice).strip()
@@ -606,11 +625,15 @@ def _clock_s(ds):
         return ds.acquisition_s
     from .dicom_enhanced import datetime_seconds
 
+    tag = getattr(ds, _CLOCK_TAG, None)
+    if tag is not None:   # the series' one clock (_settle_clock_tag)
+        t = datetime_seconds(ds.get(tag, "")) if tag == "AcquisitionDateTime" else _tm_seconds(ds.get(tag, ""))
+        return None if t is None else t + getattr(ds, _DAY_OFFSET, 0.0)
     value = ds.get("AcquisitionDateTime", "")
     if value not in (None, ""):
         t = datetime_seconds(value)
         if t is not None:
-            return t
+            return t + getattr(ds, _DAY_OFFSET, 0.0)
     for tag in ("AcquisitionTime", "ContentTime"):
         t = _tm_seconds(ds.get(tag, ""))
         if t is not None:
@@ -619,6 +642,27 @@ def _clock_s(ds):
 
 
 _DAY_OFFSET = "_cardiacaiseg_day_offset_s"
+_CLOCK_TAG = "_cardiacaiseg_clock_tag"
+_CLOCK_TAGS = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime")
+
+
+def _settle_clock_tag(items):
+    """Read every image's time from one tag: the first of AcquisitionDateTime, AcquisitionTime,
+    ContentTime that all the classic images carry. Chosen per image, one series mixed clocks: a
+    date-time (seconds since 2000) on one dynamic beside times of day, or the reconstruction
+    clock (ContentTime) on two images that lacked AcquisitionTime, which read as a jump of
+    years or of 30 s between frames and blamed the series' timing."""
+    from .dicom_enhanced import datetime_seconds
+
+    classic = [ds for _, ds in items if not isinstance(ds, EnhancedFrame)]
+    if not classic:
+        return
+    for tag in _CLOCK_TAGS:
+        read = datetime_seconds if tag == "AcquisitionDateTime" else _tm_seconds
+        if all(read(ds.get(tag, "")) is not None for ds in classic):
+            for ds in classic:
+                object.__setattr__(ds, _CLOCK_TAG, tag)
+            return
 
 
 def _content_s(ds):
@@ -630,12 +674,13 @@ def _content_s(ds):
 
 
 def _unwrap_midnight(items):
-    """A series whose times of day (TM, no date) span more than 12 h crossed midnight: images
-    after 00:00 belong to the next day. Without this they sort before the first frame and the
-    time axis spans a day. Marks those datasets; returns a warning or None."""
+    """A series whose times of day span more than 12 h crossed midnight: images after 00:00
+    belong to the next day. Without this they sort before the first frame and the time axis
+    spans a day. The same for date-times whose date did not advance (an anonymiser that set one
+    date for the whole study). Marks those datasets; returns a warning or None."""
     times = []
     for _, ds in items:
-        if isinstance(ds, EnhancedFrame) or ds.get("AcquisitionDateTime", "") not in (None, ""):
+        if isinstance(ds, EnhancedFrame):
             continue
         t = _clock_s(ds)
         if t is not None:
@@ -646,9 +691,11 @@ def _unwrap_midnight(items):
     if values.max() - values.min() <= 43200:
         return None
     for t, ds in times:
-        if t < 43200:
+        if t < values.min() + 43200:
             object.__setattr__(ds, _DAY_OFFSET, 86400.0)
-    return "acquisition times cross midnight: images after 00:00 are counted on the next day"
+    dated = getattr(times[0][1], _CLOCK_TAG, None) == "AcquisitionDateTime"
+    return ("acquisition times cross midnight" + (" with the date unchanged (an anonymiser's fixed date?)" if dated else "")
+            + ": images after 00:00 are counted on the next day")
 
 
 # A cine covers one cardiac cycle (trigger delays under ~2 s even at 30 beats/min); frames that
@@ -1244,6 +1291,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
     geo, items, dropped = _drop_stray_orientations(geo, items)
+    _settle_clock_tag(items)
     midnight = _unwrap_midnight(items)
     trigger_note = _mark_trigger_times_in_seconds(items)
     scale_note = _mark_philips_scale(items)
@@ -1324,6 +1372,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     times = np.full((n_t, n_s), np.nan)
     flips = np.full((n_t, n_s), np.nan)   # proton-density reference frames have their own (pd_frames)
     instance_map, sop_map, frame_map, warn = {}, {}, {}, list(early_warnings)
+    ambiguous = set()
     pixel_notes = {}
     done = 0
     for k, g in enumerate(groups):
@@ -1340,12 +1389,21 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
                 continue
             if ds.get("InstanceNumber") not in (None, ""):
                 inst = int(ds.InstanceNumber)
-                if inst in instance_map:
-                    warn.append(f"InstanceNumber {inst} used by several images")
-                instance_map[inst] = (t, k)
+                if inst in instance_map or inst in ambiguous:
+                    ambiguous.add(inst)   # numbering restarts per series (one series per slice)
+                    instance_map.pop(inst, None)
+                else:
+                    instance_map[inst] = (t, k)
             if "SOPInstanceUID" in ds:
                 sop_map[str(ds.SOPInstanceUID)] = (t, k)
     progress(n_t * n_s, n_t * n_s, "read DICOM")
+    if ambiguous:
+        # one note, not one per image: harmless for the analysis (images are placed by position
+        # and time), it matters only to annotations that point at an InstanceNumber
+        first = sorted(ambiguous)
+        warn.append(f"{len(ambiguous)} InstanceNumbers are used by several images ({', '.join(map(str, first[:3]))}"
+                    f"{', ...' if len(first) > 3 else ''}; numbering restarts in each series of a stack stored one series "
+                    "per slice): contours that name an image by its InstanceNumber cannot be placed on those")
     if "MONOCHROME1" in pixel_notes:
         warn.append(f"PhotometricInterpretation MONOCHROME1 (inverted grey scale, e.g. {_names([pixel_notes['MONOCHROME1']], folder)}): "
                     "grey values inverted to MONOCHROME2 (bright = signal) before analysis")
@@ -1407,7 +1465,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
         "field_strength_t": float(ds0.get("MagneticFieldStrength", 0) or 0) or None,
         "patient_id": str(ds0.get("PatientID", "")),
         "slice_positions_mm": [round(p, 4) for p in positions],
-        "instance_map": instance_map, "sop_map": sop_map, "warnings": warn,
+        "instance_map": instance_map, "ambiguous_instances": sorted(ambiguous), "sop_map": sop_map, "warnings": warn,
         "multi_frame": bool(frame_map),
     }
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
