@@ -183,3 +183,44 @@ def test_a_series_stored_with_a_negative_offset_has_no_blank_frames():
     assert not blank_frames(images)[0].any()
     images[15] = -1.0                 # a lost dynamic written as the offset alone
     assert list(np.flatnonzero(blank_frames(images)[0])) == [15]
+
+
+@pytest.mark.parametrize("frame", [2, 8, 15])   # on the baseline, the AIF's upslope, the tissue's peak
+def test_a_dynamic_rescaled_as_a_whole_is_scaled_back(tmp_path, phantom, frame):
+    """One dynamic whose every pixel is 1.3x (a receiver scale or surface-coil intensity
+    correction that changed for that image): read as enhancement, it gave MBF 7 % high on the
+    upslope and a QC flag blaming the AIF's timing. It is divided back, named in a warning,
+    and MBF matches the truth."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        if (int(ds.InstanceNumber) - 1) % study.n_frames == frame:
+            ds.PixelData = np.rint(ds.pixel_array * 1.3).astype(np.uint16).tobytes()
+            ds.save_as(p)
+    s = load_study(tmp_path / "s")
+    assert s.provenance["rescaled_frames"] == {str(frame): pytest.approx(1.3, abs=0.01)}
+    assert any(f"frame {frame + 1} (x1.30)" in w and "scaled back" in w for w in s.provenance["warnings"])
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+    assert "AIF_LATE" not in {f["code"] for f in a.qc["flags"]}
+
+
+def test_real_series_have_no_rescaled_frames(shared_data):
+    """The three real dual-sequence AIF series (noisy, low resolution) and the phantoms: nothing
+    taken for a rescale; one real frame made 1.3x is found."""
+    from CardiacAISegLib.readers.pd_frames import rescaled_frames
+
+    folder = shared_data / "qperf" / "aif_detection"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    for n in (1, 2, 3):
+        images = np.moveaxis(np.load(folder / f"example{n}_images.npy"), 2, 0)[:, None].astype(float)
+        assert np.all(rescaled_frames(images) == 1.0), n
+        images[20] *= 1.3
+        assert np.flatnonzero(rescaled_frames(images) != 1.0).tolist() == [20], n
+    for seed in range(3):
+        study, _ = make_perfusion_phantom(seed=seed, n_frames=60)
+        assert np.all(rescaled_frames(100 + 400 * np.maximum(study.images, 0)) == 1.0)

@@ -157,6 +157,73 @@ def drop_blank_frames(study, where, warnings=None):
     return [int(f) for f in on_slices]
 
 
+# A dynamic whose every tissue is brighter or darker by one factor than in the frames around
+# it was rescaled, not enhanced: a receiver gain or surface-coil intensity correction that
+# changed for that image. Contrast lifts the blood pools and the myocardium, a few per cent of
+# the field, and the body hardly at all from one heartbeat to the next. Left in, the step reads
+# as enhancement: a dynamic x1.3 on the upslope gave the phantom MBF 7 % high and a QC flag
+# blaming the AIF's timing. SCALE_STEP: the least factor taken for a rescale; SCALE_AGREEMENT:
+# the share of the tissue pixels whose own ratio lies within SCALE_TOLERANCE of it.
+SCALE_STEP = 0.10
+SCALE_AGREEMENT = 0.6
+SCALE_TOLERANCE = 0.05
+
+
+def rescaled_frames(images):
+    """(T,) factor per frame of a (T, S, R, C) signal-intensity series: the common ratio of its
+    steady tissue (pixels whose value the frames either side agree on: the body, and blood
+    and myocardium outside the bolus) to those frames, where most of that tissue shares it and
+    it is over SCALE_STEP from 1; 1.0 elsewhere. The most deviant frame is found first and
+    set right before the next is looked for, so a rescaled frame does not make its
+    neighbours look rescaled the other way."""
+    images = np.asarray(images, np.float64)
+    t = images.shape[0]
+    factors = np.ones(t)
+    if t < 5:
+        return factors
+    flat = images.reshape(t, -1)
+    flat = flat[:, ::max(1, flat.shape[1] // 4000)]
+    x = flat[:, flat.mean(0) > np.percentile(flat.mean(0), 50)].copy()   # the body, not air
+    frames = np.arange(t)
+    # the two frames either side; at the ends, the ones further along on the other side
+    picks = [np.where((frames + d >= 0) & (frames + d < t), frames + d, frames - d) for d in (-2, -1, 1, 2)]
+    for _ in range(max(1, t // 5)):
+        around = np.stack([x[i] for i in picks], 1)                  # (T, 4, pixels)
+        ref = np.median(around, axis=1)
+        steady = (ref > 0) & ((around.max(1) - around.min(1)) < SCALE_TOLERANCE * np.maximum(ref, 1e-12))
+        ratio = np.where(steady, x / np.where(steady, ref, 1.0), np.nan)
+        found = {}
+        for f in np.flatnonzero(steady.sum(1) >= 50):
+            values = ratio[f][steady[f]]
+            r = float(np.median(values))
+            if abs(r - 1) > SCALE_STEP and np.mean(np.abs(values / r - 1) < SCALE_TOLERANCE) > SCALE_AGREEMENT:
+                found[int(f)] = r
+        if not found:
+            break
+        worst = max(found, key=lambda f: abs(np.log(found[f])))
+        x[worst] /= found[worst]
+        factors[worst] *= found[worst]
+    return factors
+
+
+def undo_rescaled_frames(study, where, warnings=None):
+    """Divide frames rescaled as a whole (``rescaled_frames``) back to the series' scale, in
+    place, with a warning naming them; returns {frame: factor}."""
+    factors = rescaled_frames(study.images)
+    odd = {int(f): float(factors[f]) for f in np.flatnonzero(factors != 1.0)}
+    if not odd:
+        return odd
+    study.images = np.ascontiguousarray(study.images, np.float32)
+    for f, r in odd.items():
+        study.images[f] /= r
+    listed = ", ".join(f"{f + 1} (x{r:.2f})" for f, r in odd.items())
+    (study.provenance.setdefault("warnings", []) if warnings is None else warnings).append(
+        f"frame{'s' if len(odd) > 1 else ''} {listed} of {where}: every tissue alike brighter or darker than in the "
+        "frames around, a change of receiver scaling or intensity correction, not contrast: scaled back to the series")
+    study.provenance["rescaled_frames"] = {str(f): round(r, 4) for f, r in odd.items()}
+    return odd
+
+
 def frames_left_out(provenance):
     """True when the reader left frames of the file out of the study (PD reference images,
     blank dynamics): frame numbers of the study and of the file then differ."""

@@ -14,7 +14,7 @@ from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
-from .pd_frames import drop_blank_frames, drop_leading_pd_frames
+from .pd_frames import drop_blank_frames, drop_leading_pd_frames, undo_rescaled_frames
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
@@ -233,6 +233,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         # dynamics first, as a frame of no signal would hide the PD frames' brightness
         blank = drop_blank_frames(study, path.name or str(path))
         dropped = drop_leading_pd_frames(study, path.name or str(path))
+        undo_rescaled_frames(study, path.name or str(path))
     measured = study.frame_times_s
     n = study.n_frames
     prov = study.provenance
