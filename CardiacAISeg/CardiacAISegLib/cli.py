@@ -9,6 +9,7 @@ from .outputs import Terminated, output_lock, stop_signals_raise
 
 
 QC_REVIEW_EXIT = 3   # --strict: outputs written, but QC asks for review
+BATCH_ERROR_EXIT = 1  # batch: every study ran, but some failed (error rows)
 
 
 def _analyze(args):
@@ -73,6 +74,11 @@ def _batch(args):
     if args.strict and any(r["status"] != STATUS_OK for r in run.rows):
         print(f"error: {len(run.rows) - c['ok']} studies are not ok (QC review or error) and --strict was given", file=sys.stderr)
         return QC_REVIEW_EXIT
+    if c["error"]:
+        # the other studies' outputs and the table are complete; a script that checks only the
+        # exit status must still learn that some studies have no result
+        print(f"error: {c['error']} of {len(run.rows)} studies failed (their rows in cohort.csv say why)", file=sys.stderr)
+        return BATCH_ERROR_EXIT
     return 0
 
 
@@ -201,7 +207,7 @@ def build_parser():
     b = sub.add_parser("batch", help="analyze a cohort (CSV manifest or folder of studies) on Dask; one cohort table",
                        description="Each study writes the same outputs as `analyze` into OUT/<study>/; the cohort table "
                                    "(cohort.csv, cohort.parquet) and cohort_report.png go into OUT. See docs/cohorts.md.")
-    b.add_argument("input", help="CSV manifest (path, study, kind, labels, aif, dt, model, frames, ref_<measure> columns) "
+    b.add_argument("input", help="CSV manifest (path, study, kind, series, labels, aif, dt, model, frames, ref_<measure> columns) "
                                  "or a folder with one study per subfolder or image file")
     b.add_argument("--out", required=True, help="output folder of the cohort")
     b.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")

@@ -265,7 +265,10 @@ def _error_message(exc):
     if isinstance(exc, (CardiacInputError, OutputExistsError, OSError)):
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             return f"{exc.filename}: {exc.strerror}"
-        return str(exc)
+        message = str(exc)
+        if "--series" in message:   # the readers speak to `analyze`; a batch study chooses in its manifest row
+            message += " (in a batch: the manifest's series column)"
+        return message
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -185,6 +185,25 @@ def test_label_map_not_integer(tmp_path, capsys):
     expect_failure(capsys, [img, "--labels", bad], tmp_path / "out", bad, "not whole numbers")
 
 
+def test_label_map_stored_as_near_whole_floats_is_rounded(tmp_path, capsys):
+    """A converter's float export (0.999, 2.0001, 2.9999): refused before as "is this an image?";
+    rounded now, with a warning, and measured as the whole-number map is."""
+    from CardiacAISegLib import cli
+
+    img, _ = _cine(tmp_path)
+    lab = np.stack([_cine_labels()] * 4, -1).astype(np.float32)
+    wobble = np.random.default_rng(4).uniform(-0.001, 0.001, lab.shape).astype(np.float32)
+    exact = _nifti(tmp_path / "labels.nii.gz", lab, dtype=np.uint8)
+    floats = _nifti(tmp_path / "float_labels.nii.gz", lab + np.where(lab > 0, wobble, 0), dtype=np.float32)
+    docs = []
+    for labels, out in ((exact, "a"), (floats, "b")):
+        assert cli.main(["analyze", str(img), "--labels", str(labels), "--out", str(tmp_path / out), "--quiet"]) == 0
+        docs.append(json.loads((tmp_path / out / "results.json").read_text()))
+    assert docs[1]["cine"]["lv_edv_ml"] == pytest.approx(docs[0]["cine"]["lv_edv_ml"])
+    assert any("rounded to the nearest label" in w for w in docs[1]["warnings"])
+    capsys.readouterr()
+
+
 def test_cine_labels_without_lv(tmp_path, capsys):
     img, _ = _cine(tmp_path)
     lab = np.stack([_cine_labels()] * 4, -1)

@@ -154,7 +154,7 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
 
 
 def test_local_cluster_isolates_the_corrupt_study(cohort, local_run, capsys):
-    assert local_run["status"] == 0   # error rows are recorded; only --strict turns them into an exit status
+    assert local_run["status"] == 1   # error rows are recorded, and the exit status says some studies failed
     table, out = local_run["table"], local_run["out"]
     assert list(table) == [r["study"] for r in cohort["rows"]]   # manifest order
     bad = table["corrupt"]

@@ -643,6 +643,22 @@ def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     expect_error(lambda: load_study(tmp_path), p, "PerFrameFunctionalGroupsSequence")
 
 
+def test_a_description_shared_by_two_series_is_not_a_choice(tmp_path):
+    """Two series described "SA cine" (the stack and a one-slice repeat): `--series "SA cine"`
+    took the first found, a one-slice study (EDV 16 mL). Now it names both and asks for the
+    number or UID; the number still picks one."""
+    n = 0
+    for series, number, slices in (("1.2.826.0.1.9.1", 5, 4), ("1.2.826.0.1.9.2", 6, 1)):
+        for k in range(slices):
+            for t in range(3):
+                n += 1
+                write_dicom(tmp_path / f"IM{n:04d}.dcm", series=series, number=number, desc="SA cine", ipp=(0, 0, 8.0 * k),
+                            trigger=40.0 * t, instance=n, value=10 * k + t)
+    expect_error(lambda: load_study(tmp_path, series="SA cine"), tmp_path, "matches 2 series", "#5", "#6",
+                 "by its number or UID")
+    assert load_study(tmp_path, series="5").images.shape == (3, 4, 4, 5)
+
+
 def test_acdc_folder_without_its_es_label_map_names_the_missing_file(shared_data, tmp_path, capsys):
     import shutil
 

@@ -543,10 +543,16 @@ def _choose_series(folder, series, choice, notes=None):
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
     c = str(choice).strip()
-    for uid, items in series.items():
-        ds = items[0][1]
-        if c == uid or c == str(ds.get("SeriesNumber", "")) or c.lower() == str(ds.get("SeriesDescription", "")).strip().lower():
-            return uid, items, _aif_partner(uid, items, series)
+    matches = [uid for uid, items in series.items()
+               if c == uid or c == str(items[0][1].get("SeriesNumber", ""))
+               or c.lower() == str(items[0][1].get("SeriesDescription", "")).strip().lower()]
+    if len(matches) > 1:
+        # two series described alike (a repeated slice, a repeat acquisition): the first found
+        # was taken, a one-slice repeat read as the stack
+        raise CardiacInputError(folder, f"--series {choice!r} matches {len(matches)} series: "
+                                        f"{'; '.join(_describe(u, series[u]) for u in matches)}; choose one by its number or UID")
+    for uid in matches:
+        return uid, series[uid], _aif_partner(uid, series[uid], series)
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair

@@ -19,6 +19,10 @@ _NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
                   "lv": LV, "left ventricle": LV, "myocardium": MYO, "myo": MYO, "rv": RV, "right ventricle": RV}
 
 
+# Labels saved as floats (a converter's float32 export, a rigid resampling with nearest
+# neighbour in floating point) sit this close to whole numbers; interpolated ones do not.
+NEAR_WHOLE = 0.01
+
 def _seg_nrrd_mapping(header):
     """{file value: internal label} from Slicer's SegmentN_Name / _LabelValue / _Layer fields."""
     mapping, layers = {}, set()
@@ -56,8 +60,15 @@ def read_labels(path, convention="acdc"):
             info["warnings"].append(f"segment names {names} are not LV blood pool / LV myocardium / RV: label values read "
                                     f"in the {convention} convention (name the segments, or check --label-convention)")
     values = np.rint(data).astype(np.int32)
-    if not np.allclose(values, data):
-        raise CardiacInputError(path, "label values are not whole numbers; is this an image rather than a label map?")
+    off = float(np.max(np.abs(values - data))) if data.size else 0.0
+    if off > NEAR_WHOLE:
+        share = float(np.mean(np.abs(values - data) > NEAR_WHOLE))
+        raise CardiacInputError(path, f"label values are not whole numbers ({share:.1%} of the voxels up to {off:.3g} away "
+                                      "from one): an image rather than a label map, or labels resampled with interpolation "
+                                      "(resample label maps with nearest neighbour)")
+    if off > 1e-6:
+        info["warnings"].append(f"label values are stored as decimals up to {off:.2g} from whole numbers (a float export): "
+                                "rounded to the nearest label")
     _refuse_image_as_labels(path, values)
     if mapping:
         out = np.zeros(values.shape, np.uint8)
