@@ -643,6 +643,29 @@ def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     expect_error(lambda: load_study(tmp_path), p, "PerFrameFunctionalGroupsSequence")
 
 
+@pytest.mark.parametrize("short_steps_ms,matched", [(40.0, True), (1000.0 / 30, False)])
+def test_slices_with_fewer_phases_are_matched_by_trigger_time(tmp_path, short_steps_ms, matched):
+    """One slice with 25 phases over the RR interval the others cover in 30 (arrhythmia
+    rejection): kept by number, its phase 20 lay 130 ms after the others' (EF 3 points low, QC
+    pass). Its phases are now matched by trigger delay; a slice whose cycle is only shorter
+    (same step, fewer phases) keeps its phases by number, as before."""
+    n = 0
+    for k in range(4):
+        short = k == 2
+        for j in range(25 if short else 30):
+            n += 1
+            delay = j * (short_steps_ms if short else 1000.0 / 30)
+            # each image's value: the moment it shows, in 10 ms units (the phase the test checks)
+            write_dicom(tmp_path / f"IM{n:04d}.dcm", desc="SA cine", ipp=(0, 0, 8.0 * k), trigger=delay, instance=n,
+                        value=int(round(delay / 10)))
+    st = load_study(tmp_path)
+    assert st.images.shape[:2] == (25, 4)
+    ref = np.round(np.arange(25) * (short_steps_ms / 10))
+    for k in range(4):   # every slice's frame t shows (about) the moment of the short slice's phase t
+        assert np.max(np.abs(st.images[:, k, 0, 0] - ref)) <= (2 if matched else 0), k
+    assert any(("matched by trigger delay" in w) == matched and "phases" in w for w in st.provenance["warnings"])
+
+
 def test_a_description_shared_by_two_series_is_not_a_choice(tmp_path):
     """Two series described "SA cine" (the stack and a one-slice repeat): `--series "SA cine"`
     took the first found, a one-slice study (EDV 16 mL). Now it names both and asks for the
