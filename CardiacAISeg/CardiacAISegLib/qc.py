@@ -54,6 +54,22 @@ def _out_of(key, value, what, unit):
     return None
 
 
+def cycle_along_slices(label_volume):
+    """(slice, fraction) when the LV blood pool area along the slices of one frame is U-shaped:
+    at least 85 % of the largest on the first and on the last slice, and under 75 % of the
+    smaller of the two on a slice between them; else None. From base to apex the pool narrows
+    (or the stack stops short of the apex, where the areas stay alike), it does not shrink and
+    regrow; over a cardiac cycle it does: slices that are really frames (axes swapped)."""
+    area = (np.asarray(label_volume) == LV).sum(axis=(1, 2)).astype(float)
+    if area.size < 5 or area.max() <= 0:
+        return None
+    ends = min(area[0], area[-1])
+    if ends < 0.85 * area.max():
+        return None
+    k = int(np.argmin(area[1:-1])) + 1
+    return (k, float(area[k] / ends)) if area[k] < 0.75 * ends else None
+
+
 def cine_flags(analysis):
     c = analysis.cine or {}
     flags = []
@@ -112,6 +128,13 @@ def cine_flags(analysis):
                                                           f"(slices {int(on[0])}-{int(on[-1])}), where expert labels span 50-110 mm "
                                                           "(80 ACDC patients): frames stacked as slices, a wrong slice spacing, "
                                                           "or other structures labelled LV?", length))
+        dip = cycle_along_slices(labels[ed])
+        if dip is not None:
+            flags.append(_flag("AXES_SWAPPED", REVIEW, f"at ED the LV blood pool is largest on the first and last slices and "
+                                                       f"shrinks to {dip[1]:.0%} of that on slice {dip[0]} between them, as it "
+                                                       "does over a heartbeat, never from base to apex: the file's slice and "
+                                                       "time axes look swapped (a 4D image written as x, y, time, slice); "
+                                                       "check the export", dip[1]))
         if n_lv < MIN_SLICES_FOR_VOLUME:
             flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
                                                          f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not whole-heart values", n_lv))

@@ -628,6 +628,22 @@ def _(base, f):
 
 
 # --- NIfTI / NRRD / MetaImage -------------------------------------------------------------
+@case("nifti_cine_slice_and_time_axes_swapped", "warn", ("AXES_SWAPPED", "time axes look swapped"), category="nifti",
+      check=lambda doc, base: _assert_qc_review(doc))
+def _(base, f):
+    """A converter wrote the 4D cine as (x, y, time, slice): the 6 frames read as slices and the
+    8 slices as frames. Every "frame" is then one slice position over the cycle: EF 28 for 57,
+    QC "pass", the one warning blaming the trigger or labels."""
+    img, lab = cine_nifti(base, f)
+    import nibabel as nib
+
+    for path in (img, lab):
+        x = nib.load(str(path))
+        data = np.asarray(x.dataobj).transpose(0, 1, 3, 2)
+        nib.save(nib.Nifti1Image(data, _axial_affine(n_slices=data.shape[2]), dtype=data.dtype), str(path))
+    return [img, "--labels", lab]
+
+
 @case("nifti_int64_image", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     img, lab = cine_nifti(base, f, image_dtype=np.int64)
@@ -1735,6 +1751,10 @@ def _assert_mbf_near_truth(doc, base, tolerance):
     expected = float(np.mean(list(truth.values())))
     g = doc["perfusion"]["global_mbf_ml_min_g"]
     assert abs(g - expected) <= tolerance * expected, (g, expected)
+
+
+def _assert_qc_review(doc):
+    assert doc["qc"]["status"] == "review", doc["qc"]
 
 
 def _assert_no_poor_fit(doc):
