@@ -551,7 +551,8 @@ def _choose_series(folder, series, choice, notes=None):
         # was taken, a one-slice repeat read as the stack
         raise CardiacInputError(folder, f"--series {choice!r} matches {len(matches)} series: "
                                         f"{'; '.join(_describe(u, series[u]) for u in matches)}; choose one by its number or UID")
-    for uid in matches:
+    if matches:
+        uid = matches[0]
         return uid, series[uid], _aif_partner(uid, series[uid], series)
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
@@ -633,7 +634,7 @@ def _clock_s(ds):
 
     tag = getattr(ds, _CLOCK_TAG, None)
     if tag is not None:   # the series' one clock (_settle_clock_tag)
-        t = datetime_seconds(ds.get(tag, "")) if tag == "AcquisitionDateTime" else _tm_seconds(ds.get(tag, ""))
+        t = _clock_tag_seconds(ds, tag)
         return None if t is None else t + getattr(ds, _DAY_OFFSET, 0.0)
     value = ds.get("AcquisitionDateTime", "")
     if value not in (None, ""):
@@ -652,20 +653,24 @@ _CLOCK_TAG = "_cardiacaiseg_clock_tag"
 _CLOCK_TAGS = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime")
 
 
+def _clock_tag_seconds(ds, tag):
+    """Seconds from one clock tag: a DT (since 2000-01-01) or a TM (since midnight); None if absent."""
+    from .dicom_enhanced import datetime_seconds
+
+    return datetime_seconds(ds.get(tag, "")) if tag == "AcquisitionDateTime" else _tm_seconds(ds.get(tag, ""))
+
+
 def _settle_clock_tag(items):
     """Read every image's time from one tag: the first of AcquisitionDateTime, AcquisitionTime,
     ContentTime that all the classic images carry. Chosen per image, one series mixed clocks: a
     date-time (seconds since 2000) on one dynamic beside times of day, or the reconstruction
     clock (ContentTime) on two images that lacked AcquisitionTime, which read as a jump of
     years or of 30 s between frames and blamed the series' timing."""
-    from .dicom_enhanced import datetime_seconds
-
     classic = [ds for _, ds in items if not isinstance(ds, EnhancedFrame)]
     if not classic:
         return
     for tag in _CLOCK_TAGS:
-        read = datetime_seconds if tag == "AcquisitionDateTime" else _tm_seconds
-        if all(read(ds.get(tag, "")) is not None for ds in classic):
+        if all(_clock_tag_seconds(ds, tag) is not None for ds in classic):
             for ds in classic:
                 object.__setattr__(ds, _CLOCK_TAG, tag)
             return
@@ -1207,7 +1212,7 @@ def _cycles_in_stored_order(grp, delays):
     return [int(r.size) for r in runs]
 
 
-def _phases_matched_by_trigger_time(groups, clock):
+def _phases_matched_by_trigger_time(folder, groups, clock):
     """None when the first phases of every slice share their trigger delays (a slice whose
     cycle is only shorter: the common phases are kept by number); else (groups, note) with
     each slice's phase nearest in time to each phase of the slice with the fewest. Arrhythmia
@@ -1231,11 +1236,9 @@ def _phases_matched_by_trigger_time(groups, clock):
             return None
         picked.append([grp[i] for i in idx])
     if worst > 0.5 * step:
-        from ..errors import CardiacInputError
-
-        raise CardiacInputError(groups[0][0][0], f"slices have {n}-{max(len(d) for d in delays)} phases whose trigger delays "
-                                                  "do not line up (arrhythmia rejection, or acquisitions of different "
-                                                  "cycles): no common phases to stack")
+        raise CardiacInputError(folder, f"slices have {n}-{max(len(d) for d in delays)} phases whose trigger delays "
+                                        "do not line up (arrhythmia rejection, or acquisitions of different cycles): "
+                                        "no common phases to stack")
     steps = sorted({round(1000 * float(np.median(np.diff(d))), 1) for d in delays if d.size > 1})
     note = (f"slices have {n}-{max(len(d) for d in delays)} phases over the cycle ({', '.join(f'{v:g}' for v in steps)} ms "
             f"apart: arrhythmia rejection or a heart-rate change): each slice's phases matched by trigger delay to the {n} "
@@ -1404,7 +1407,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             lost = "; an image is missing inside the cardiac cycle" if gap_inside and timing["kind"] != PERFUSION else ""
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
                                             f"mixes acquisitions{lost}{_where_frames_are_missing(groups, positions, clock)}")
-        matched = _phases_matched_by_trigger_time(groups, clock)
+        matched = _phases_matched_by_trigger_time(folder, groups, clock)
         if matched is None:
             early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used "
                                   f"(the last phases of the longer cycles are left out{_where_frames_are_missing(groups, positions, clock)})")
