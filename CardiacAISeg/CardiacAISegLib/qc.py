@@ -298,16 +298,14 @@ def clipped_peak(rise, times):
     return first, last
 
 
-# A frame interval this many times the typical one is a beat the acquisition skipped (or a
-# dynamic that was lost). Resampling bridges it, which is harmless on the baseline or the
-# tail but not on the AIF's upslope and peak: the phantom with one 2 s gap among 1 s frames
-# there read MBF 27 % low with QC "pass" (on the baseline: within 2 %).
-FRAME_GAP_FACTOR = 1.5
-
-
 def frame_gap_in_first_pass(rise, times, foot):
     """Index i of the first gap (times[i + 1] - times[i] over FRAME_GAP_FACTOR typical intervals)
-    between the AIF's foot and the frame after its peak, else None."""
+    between the AIF's foot and the frame after its peak, else None. Resampling bridges a gap,
+    which is harmless on the baseline or the tail but not on the AIF's upslope and peak: the
+    phantom with one 2 s gap among 1 s frames there read MBF 27 % low with QC "pass" (on the
+    baseline: within 2 %)."""
+    from .readers.perfusion import FRAME_GAP_FACTOR
+
     times = np.asarray(times, float)
     if times.size < 3 or times.size != np.size(rise):
         return None

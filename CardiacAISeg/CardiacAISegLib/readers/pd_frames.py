@@ -176,13 +176,13 @@ def rescaled_frames(images):
     it is over SCALE_STEP from 1; 1.0 elsewhere. The most deviant frame is found first and
     set right before the next is looked for, so a rescaled frame does not make its
     neighbours look rescaled the other way."""
-    images = np.asarray(images, np.float64)
+    images = np.asarray(images)
     t = images.shape[0]
     factors = np.ones(t)
     if t < 5:
         return factors
     flat = images.reshape(t, -1)
-    flat = flat[:, ::max(1, flat.shape[1] // 4000)]
+    flat = flat[:, ::max(1, flat.shape[1] // 4000)].astype(np.float64)   # a subsample, then doubles
     x = flat[:, flat.mean(0) > np.percentile(flat.mean(0), 50)].copy()   # the body, not air
     frames = np.arange(t)
     # the two frames either side; at the ends, the ones further along on the other side

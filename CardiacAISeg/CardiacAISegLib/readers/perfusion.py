@@ -19,6 +19,9 @@ from .volume import frame_files, load_frame_folder, load_volume, read_nifti, vol
 
 QPERF_PARAMS = "params.json"
 MAX_STEP_FACTOR = 4.0   # a frame interval this many times the median is no heartbeat: a wrong time
+# A frame interval this many times the typical one is a beat the acquisition skipped (or a
+# dynamic that was lost): said when --dt evens it out, flagged by QC on the AIF's first pass.
+FRAME_GAP_FACTOR = 1.5
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 
@@ -247,7 +250,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             if abs(file_dt - dt) > 0.1 * file_dt:
                 warnings.append(f"--dt {dt:g} s differs from the frame interval in the file ({file_dt:.3g} s); using --dt")
             steps = np.diff(measured)
-            if steps.max() > 1.5 * file_dt:
+            if steps.max() > FRAME_GAP_FACTOR * file_dt:
                 # an even grid over a skipped beat moves every later frame a beat early
                 gap = int(np.argmax(steps))
                 warnings.append(f"--dt replaces the file's frame times, which are uneven ({steps[gap]:.2f} s between frames "
