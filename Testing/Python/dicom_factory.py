@@ -177,13 +177,15 @@ def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
 # --- Enhanced (multi-frame) MR DICOM ------------------------------------------------------
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 _FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
-       "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence")
+       "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence",
+       "MRTimingAndRelatedParametersSequence")
 
 
 def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
                          instance=1):
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
-    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, drop (groups left out of that frame).
+    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
+    where Siemens XA writes it), drop (groups left out of that frame).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -194,7 +196,8 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
                    "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
                    "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
                    "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
-                   "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")}}
+                   "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")},
+                   "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")}}
         g = Dataset()
         for name in names:
             attrs = {k: v for k, v in content[name].items() if v is not None}

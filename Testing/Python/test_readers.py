@@ -617,6 +617,25 @@ def _untimed_perfusion_frames():
     return frames
 
 
+def test_enhanced_proton_density_frames_known_by_their_flip_angle_in_the_timing_group(tmp_path):
+    """Siemens XA writes FlipAngle in MRTimingAndRelatedParametersSequence, not at the top level:
+    PD reference frames only 1.3x brighter than the dynamics were then kept (MBF 15 % high, QC
+    pass). Their 8 degrees against the dynamics' 50 now mark them."""
+    frames = _untimed_perfusion_frames()
+    for fr in frames:
+        fr["flip"] = 50.0
+    pd = []
+    for k in range(2):
+        for t in range(2):
+            pd.append(dict(pixels=np.full((4, 5), 13 + 10 * k, np.uint16), ipp=[0, 0, 6.0 * k], iop=[1, 0, 0, 0, 1, 0],
+                           ps=[1.5, 1.25], trigger_ms=100.0, acq_dt=f"2024010109595{8 + t}.5", tpi=t + 1, flip=8.0))
+    for fr in frames:
+        fr["tpi"] += 2
+    write_enhanced_dicom(tmp_path / "perf.dcm", pd + frames)
+    s = load_study(tmp_path, kind="perfusion")
+    assert s.n_frames == 12 and any("FlipAngle 8° against the dynamics' 50°" in w for w in s.provenance["warnings"])
+
+
 def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
     frames = _untimed_perfusion_frames()
     frames[5]["acq_dt"] = None

@@ -25,6 +25,9 @@ _GROUPS = {
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    # the flip angle tells proton-density reference frames (a few degrees) from the dynamics;
+    # Siemens XA writes it here, not at the top level
+    "MRTimingAndRelatedParametersSequence": ("FlipAngle",),
 }
 _GEOMETRY_GROUP = {"ImagePositionPatient": "PlanePositionSequence",
                    "ImageOrientationPatient": "PlaneOrientationSequence",
