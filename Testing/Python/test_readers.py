@@ -714,3 +714,25 @@ def test_acdc_folder_without_its_es_label_map_names_the_missing_file(shared_data
     assert cli.main(["analyze", str(folder), "--labels", "study", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no labels for the ES frame" in err and f"patient001_frame{es:02d}_gt.nii.gz not found" in err
+
+
+@pytest.mark.parametrize("header", [
+    {"MultiVolume.FrameLabels": "0,1000,2000,3000,4000,5000"},            # Slicer MultiVolume: ms, said by the format
+    {"labels": ["time", "", "", ""], "units": ["ms", "", "", ""], "axis 0 index type": "numeric",
+     "axis 0 index values": "0 1000 2000 3000 4000 5000"}])
+def test_nrrd_frames_one_second_apart_written_in_milliseconds_are_real_times(tmp_path, header):
+    """Times of 0, 1000, 2000 ms are measured ones: only 0, 1, 2 in seconds is the ITK writers'
+    placeholder. They were refused as "exactly 1 s, what ITK-based writers store"."""
+    import nrrd
+
+    from CardiacAISegLib.readers.volume import read_nrrd
+
+    data = np.random.default_rng(0).random((6, 5, 4, 3)).astype(np.float32)
+    full = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+            "space directions": np.vstack([np.full(3, np.nan), np.diag([1.5, 1.5, 8.0])]), "space origin": np.zeros(3),
+            **header}
+    nrrd.write(str(tmp_path / "s.seq.nrrd"), data, full,
+               custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string", "MultiVolume.FrameLabels": "string"})
+    _, _, meta = read_nrrd(tmp_path / "s.seq.nrrd")
+    np.testing.assert_allclose(meta["frame_times_s"], np.arange(6.0))
+    assert "frame_times_ignored" not in meta

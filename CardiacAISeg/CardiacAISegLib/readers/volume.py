@@ -158,6 +158,8 @@ def forms_orient_differently(header):
 
 # --- NRRD -----------------------------------------------------------------------------------
 def _nrrd_frame_times(header, list_axis, n):
+    """(frame times in s, whether the file stored them in seconds) from the time axis's index
+    values (or a Slicer MultiVolume's FrameLabels, in ms), else None."""
     values = header.get(f"axis {list_axis} index values")
     label = ""
     if header.get("labels"):
@@ -176,7 +178,7 @@ def _nrrd_frame_times(header, list_axis, n):
     if t.size != n:
         return None
     scale = time_unit_seconds(unit or "s")   # Slicer writes no unit for seconds
-    return None if scale is None else t * scale
+    return None if scale is None else (t * scale, scale == 1.0)
 
 
 # time units as NIfTI (sec, msec, usec), Slicer sequences (s, ms) and other writers spell them
@@ -246,9 +248,9 @@ def read_nrrd(path):
     meta = {"format": "nrrd", "orientation_known": orientation_known, "nrrd_space": space or None,
             "spacing_lost": "no 'space directions' or 'spacings' field: the voxel size was not saved with this file, so "
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
-            "frame_times_s": _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
-    times = meta.pop("frame_times_s")
+    timed = _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None
+    times, in_seconds = timed if timed is not None else (None, False)
     if times is not None and np.any(np.diff(times) < 0):
         # frames stored out of time order: the index values say where each belongs (a stable
         # sort keeps repeated times in file order; the uneven-times checks then see them)
@@ -256,8 +258,10 @@ def read_nrrd(path):
         images, times = np.ascontiguousarray(images[order]), times[order]
         meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
                                                "index values")
-    # a sequence made from a NIfTI with placeholder times carries them on
-    meta["frame_times_s"] = ignore_placeholder_times(None if times is None else times - times[0], meta)
+    # a sequence made from a NIfTI with placeholder times carries them on (0, 1, 2 ... in
+    # seconds); times written in another unit (a MultiVolume's 0, 1000, 2000 ms) were measured
+    times = None if times is None else times - times[0]
+    meta["frame_times_s"] = ignore_placeholder_times(times, meta) if in_seconds else times
     return images, m, meta
 
 
