@@ -736,3 +736,26 @@ def test_nrrd_frames_one_second_apart_written_in_milliseconds_are_real_times(tmp
     _, _, meta = read_nrrd(tmp_path / "s.seq.nrrd")
     np.testing.assert_allclose(meta["frame_times_s"], np.arange(6.0))
     assert "frame_times_ignored" not in meta
+
+
+def test_nifti_frame_times_from_a_bids_sidecar(tmp_path):
+    """dcm2niix-style NIfTI with a BIDS sidecar listing each volume's time (VolumeTiming): the
+    real, irregular times are used (an even pixdim[4] step read them as regular: MBF 18 %
+    high with QC pass); a list of another length is refused naming the sidecar."""
+    import json
+
+    import nibabel as nib
+
+    times = np.r_[0.0, np.cumsum([0.5] * 10 + [1.0] + [0.5] * 8)]     # a skipped beat after frame 10
+    data = np.random.default_rng(0).random((6, 5, 3, times.size)).astype(np.float32)
+    img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 8.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 0.5
+    nib.save(img, str(tmp_path / "perf.nii.gz"))
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": (100.0 + times).tolist(), "RepetitionTime": 0.0025}))
+    s = load_study(tmp_path / "perf.nii.gz", kind="perfusion")
+    np.testing.assert_allclose(s.frame_times_s, times)
+    assert any("sidecar perf.json (VolumeTiming)" in w for w in s.provenance["warnings"])
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": times[:-1].tolist()}))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", kind="perfusion"), tmp_path / "perf.json",
+                 f"lists {times.size - 1} times but perf.nii.gz has {times.size} frames")

@@ -132,7 +132,51 @@ def read_nifti(path):
         scale = time_unit_seconds(unit)
         if scale and dt > 0:
             meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
+        sidecar = bids_volume_times(path, data.shape[3])
+        if sidecar is not None:
+            # the acquisition's own times (irregular heartbeats) rather than one step in the header
+            times, where = sidecar
+            meta["frame_times_s"] = times
+            meta.pop("frame_times_ignored", None)
+            meta.setdefault("warnings", []).append(f"frame times from {where}")
     return nifti_to_kji(data), affine, meta
+
+
+# BIDS sidecar fields that give each volume's acquisition time in seconds: VolumeTiming (MRI),
+# FrameTimesStart (PET, and some converters' dynamic series)
+_BIDS_TIME_FIELDS = ("VolumeTiming", "FrameTimesStart")
+
+
+def bids_volume_times(path, n_frames):
+    """(frame times from the first, in s; 'the sidecar NAME (FIELD)') from the BIDS JSON sidecar
+    beside a NIfTI file (``x.nii.gz`` -> ``x.json``), when it lists one time per frame; else
+    None. A sidecar that cannot be read, or whose list has another length, is named in a
+    CardiacInputError: times that disagree with the image are no times to fit on."""
+    import json
+
+    path = Path(path)
+    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
+    side = path.with_name(stem + ".json")
+    if not side.is_file():
+        return None
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CardiacInputError(side, f"the JSON sidecar of {path.name} cannot be read ({e})") from None
+    for field in _BIDS_TIME_FIELDS:
+        values = doc.get(field) if isinstance(doc, dict) else None
+        if values is None:
+            continue
+        try:
+            t = np.asarray(values, float).ravel()
+        except (TypeError, ValueError):
+            raise CardiacInputError(side, f"{field} is not a list of numbers (seconds)") from None
+        if t.size != n_frames:
+            raise CardiacInputError(side, f"{field} lists {t.size} times but {path.name} has {n_frames} frames")
+        if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise CardiacInputError(side, f"{field} must rise from frame to frame (seconds)")
+        return t - t[0], f"the sidecar {side.name} ({field})"
+    return None
 
 
 def forms_orient_differently(header):
