@@ -178,14 +178,15 @@ def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 _FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
        "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence",
-       "MRTimingAndRelatedParametersSequence")
+       "MRTimingAndRelatedParametersSequence", "RealWorldValueMappingSequence")
 
 
 def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
                          instance=1):
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
     ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
-    where Siemens XA writes it), drop (groups left out of that frame).
+    where Siemens XA writes it), rwv_slope, rwv_intercept (Philips' real-world value mapping),
+    drop (groups left out of that frame).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -197,7 +198,9 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
                    "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
                    "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
                    "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")},
-                   "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")}}
+                   "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")},
+                   "RealWorldValueMappingSequence": {"RealWorldValueSlope": fr.get("rwv_slope"),
+                                                     "RealWorldValueIntercept": fr.get("rwv_intercept")}}
         g = Dataset()
         for name in names:
             attrs = {k: v for k, v in content[name].items() if v is not None}

@@ -636,6 +636,23 @@ def test_enhanced_proton_density_frames_known_by_their_flip_angle_in_the_timing_
     assert s.n_frames == 12 and any("FlipAngle 8° against the dynamics' 50°" in w for w in s.provenance["warnings"])
 
 
+def test_enhanced_real_world_value_mapping_varying_per_frame_is_applied(tmp_path):
+    """Philips Enhanced MR stores each dynamic on its own scale and says so in its real-world
+    value mapping (stored = signal x s, RealWorldValueSlope = 1 / s): read by the rescale alone,
+    alternating scales gave MBF 3.10 for 2.63 with QC pass. Every frame is now read as its
+    real-world value."""
+    frames = _untimed_perfusion_frames()
+    for fr in frames:
+        t = fr["tpi"] - 1
+        s = 1.0 if t % 2 == 0 else 1.25
+        fr["pixels"] = np.rint(fr["pixels"].astype(float) * 8 * s).astype(np.uint16)   # true signal x 8, stored x s
+        fr["slope"], fr["intercept"], fr["rwv_slope"], fr["rwv_intercept"] = 1.0, 0.0, 1.0 / s, 0.0
+    write_enhanced_dicom(tmp_path / "perf.dcm", frames)
+    st = load_study(tmp_path, kind="perfusion")
+    np.testing.assert_allclose([st.images[t, 1, 0, 0] for t in range(12)], [8 * (10 + t) for t in range(12)], rtol=0.01)
+    assert any("real-world value mapping varies" in w for w in st.provenance["warnings"])
+
+
 def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
     frames = _untimed_perfusion_frames()
     frames[5]["acq_dt"] = None

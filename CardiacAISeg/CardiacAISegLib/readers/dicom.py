@@ -1066,6 +1066,9 @@ def _mark_philips_scale(items):
     to image, displayed values of different dynamics are on different scales (a factor 1-2 from
     one dynamic to the next gave MBF 3.15 instead of 2.63 with QC "pass"): every image is then
     read as the floating-point value. Returns a warning or None."""
+    enhanced = [ds for _, ds in items if isinstance(ds, EnhancedFrame)]
+    if enhanced:
+        return _apply_real_world_values(enhanced)
     scales = [(ds, _philips_scale_slope(ds)) for _, ds in items]
     values = {round(v, 9) for _, v in scales if v is not None}
     if len(values) < 2:
@@ -1079,6 +1082,40 @@ def _mark_philips_scale(items):
     return (f"Philips' private ScaleSlope (2005,xx0E) varies within the series ({min(values):g}-{max(values):g}): "
             "every image is read as its floating-point value (displayed value / (RescaleSlope x ScaleSlope)) so that "
             "all frames share one scale; a given AIF must be in those units")
+
+
+def _apply_real_world_values(frames):
+    """The enhanced twin of the private ScaleSlope: Philips Enhanced MR frames carry their
+    scale as a RealWorldValueMapping (slope, intercept). Where its slope changes from frame to
+    frame the stored values of different dynamics are on different scales (alternating 1/1.25
+    gave MBF 3.10 for 2.63 with QC "pass"): every frame is then read as its real-world value.
+    A constant mapping that differs from the rescale only says in which units a given AIF must
+    be. Returns a warning or None."""
+    def number(frame, tag):
+        try:
+            return float(frame.get(tag))
+        except (TypeError, ValueError):
+            return None
+    slopes = [number(f, "RealWorldValueSlope") for f in frames]
+    known = {round(v, 9) for v in slopes if v is not None}
+    if not known:
+        return None
+    if len(known) == 1:
+        rescale = number(frames[0], "RescaleSlope") or 1.0
+        factor = next(iter(known)) / rescale
+        if abs(factor - 1) < 1e-6:
+            return None
+        return (f"the images' real-world value mapping (RealWorldValueSlope {next(iter(known)):g}) scales their displayed "
+                f"values by {factor:g}: the images are read in displayed values, and a given AIF must be in those units")
+    if any(v is None or v <= 0 for v in slopes):
+        raise CardiacInputError(frames[0].source.path, "some frames carry a RealWorldValueMapping whose slope varies and some "
+                                                       "none (or a slope of 0): their pixel values are on different scales; "
+                                                       "export the series again")
+    for frame, slope in zip(frames, slopes):
+        frame.values["RescaleSlope"] = slope
+        frame.values["RescaleIntercept"] = number(frame, "RealWorldValueIntercept") or 0.0
+    return (f"the real-world value mapping varies within the series (RealWorldValueSlope {min(known):g}-{max(known):g}): "
+            "every frame is read as its real-world value so that all share one scale; a given AIF must be in those units")
 
 
 def load_dicom_series(folder, series=None, kind=None, progress=None):

@@ -28,6 +28,8 @@ _GROUPS = {
     # the flip angle tells proton-density reference frames (a few degrees) from the dynamics;
     # Siemens XA writes it here, not at the top level
     "MRTimingAndRelatedParametersSequence": ("FlipAngle",),
+    # Philips: the scanner's own units; varying per frame, they are the one comparable scale
+    "RealWorldValueMappingSequence": ("RealWorldValueSlope", "RealWorldValueIntercept"),
 }
 _GEOMETRY_GROUP = {"ImagePositionPatient": "PlanePositionSequence",
                    "ImageOrientationPatient": "PlaneOrientationSequence",
