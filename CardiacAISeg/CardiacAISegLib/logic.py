@@ -198,11 +198,12 @@ class CardiacAISegLogic(_LogicBase):
         outputs made for another input are let go unless ``keepOutputs``.
         """
         study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), self.getParameter("aifPath"))
-        from .readers.pd_frames import frames_left_out
+        from .readers.pd_frames import frames_differ_from_file
 
-        if frames_left_out(study.provenance):
-            # the node still holds the frames the analysis leaves out (PD reference images, blank dynamics):
-            # show (and make the input) the series it does analyse, so frame numbers agree
+        if frames_differ_from_file(study.provenance):
+            # the node still holds the frames the analysis leaves out (PD reference images, blank
+            # dynamics) or scales back: show (and make the input) the series it does analyse, so
+            # frame numbers and values agree
             source = (sequence or node).GetID()
             shown = self.studyNodes.sequence if self.studyNodes is not None else None
             if shown is None or shown.GetAttribute(SOURCE_ATTRIBUTE) != source or \

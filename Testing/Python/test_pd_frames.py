@@ -140,6 +140,28 @@ def test_logic_shows_the_series_it_analyses(tmp_path, phantom):
     assert shown is not nodes.sequence and shown.GetNumberOfDataNodes() == study.n_frames
 
 
+def test_logic_shows_a_rescaled_dynamic_scaled_back(phantom):
+    """A Slicer sequence with one dynamic 1.3x as a whole: the input the Logic shows is the
+    series it analyses, that frame scaled back, so a value probed on it is the curve's."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    study, _ = phantom
+    images = _signal(study)
+    images[8] *= 1.3
+    written = Study(images=images, ijk_to_ras=study.ijk_to_ras, kind="perfusion", frame_times_s=study.frame_times_s)
+    logic = CardiacAISegLogic(sc.new_scene())
+    nodes = sc.add_study(logic.context, written)
+    logic.setParameter("kind", "perfusion")
+    s = logic.studyFromNode(nodes.sequence)
+    assert list(s.provenance["rescaled_frames"]) == ["8"]
+    import slicer.util
+
+    shown = logic.getNodeParameter("inputNodeID")
+    assert shown is not nodes.sequence and shown.GetNumberOfDataNodes() == study.n_frames
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(shown.GetNthDataNode(8)), _signal(study)[8], rtol=1e-3)
+
+
 def test_blank_dynamics_are_found_but_a_noise_only_gd_baseline_is_not_blank():
     from CardiacAISegLib.readers.pd_frames import blank_frames
 

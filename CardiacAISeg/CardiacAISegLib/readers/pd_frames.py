@@ -224,10 +224,10 @@ def undo_rescaled_frames(study, where, warnings=None):
     return odd
 
 
-def frames_left_out(provenance):
-    """True when the reader left frames of the file out of the study (PD reference images,
-    blank dynamics): frame numbers of the study and of the file then differ."""
-    return bool(provenance.get("pd_frames") or provenance.get("blank_frames"))
+def frames_differ_from_file(provenance):
+    """True when the study's frames are not the file's: frames left out (PD reference images,
+    blank dynamics; frame numbers then differ) or rescaled back to the series' scale."""
+    return bool(provenance.get("pd_frames") or provenance.get("blank_frames") or provenance.get("rescaled_frames"))
 
 
 def remove_frames(study, keep):
