@@ -1207,6 +1207,31 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 
+@case("perfusion_aif_csv_clipped_at_half_its_peak", "warn", ("AIF_CLIPPED", "over-estimated"), category="perfusion",
+      check=lambda doc, base: _assert_qc_review(doc))
+def _(base, f):
+    """An AIF whose read-out saturated: flat at half its enhancement over 9 frames. Its area is
+    too small, and MBF came out 3.33 for 2.63 mL/min/g with QC "pass"."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens")
+    signal = 100 + 400 * base.perf_study.aif
+    clipped = np.minimum(signal, 100 + 0.5 * (signal.max() - 100))
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{v:.3f}" for v in clipped) + "\n")
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+@case("perfusion_dicom_stress_and_rest_each_one_series_per_slice", "error", ("--series stress --rest",),
+      named=lambda f: f / "dicom", category="perfusion")
+def _(base, f):
+    """A Siemens exam export: stress and rest, each one series per slice, in one folder. The six
+    slice series merged into one stack with every slice "acquired twice": the later rest series
+    replaced stress, and rest's MBF was reported as stress with QC "pass"."""
+    for role, uid, number, start in (("stress", "1.2.826.0.1.3680043.10.60", 10, 36000.0),
+                                     ("rest", "1.2.826.0.1.3680043.10.70", 20, 37200.0)):
+        write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", series_per_slice=True,
+                               description=f"Perf_{role}", series=uid, start_number=number, start_s=start)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
 @case("aif_in_mmol_images_in_signal", "warn", ("AIF_BELOW_TISSUE",), category="perfusion")
 def _(base, f):
     """DICOM perfusion in scanner signal (100 + 400 x Gd) with the phantom's AIF in mmol/L."""
