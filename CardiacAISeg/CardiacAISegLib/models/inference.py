@@ -145,18 +145,16 @@ def mirrored_probabilities(model, x, device="cpu", tta="none"):
     from .array_ops import softmax
 
     flips = TTA_FLIPS[tta]
-    n = x.shape[0]
-    if flips and n * (1 + len(flips)) * x.shape[-2] * x.shape[-1] <= ORT_PIXELS_PER_CALL:
+    variants = [x] + [np.ascontiguousarray(np.flip(x, dims)) for dims in flips]
+    if len(variants) * x.shape[0] * x.shape[-2] * x.shape[-1] <= ORT_PIXELS_PER_CALL:
         # a few small key images: the input and its mirrored copies in one call (the per-call
         # and per-operator overheads are then paid once)
-        scores = network_scores(model, np.concatenate([x] + [np.flip(x, dims) for dims in flips]), device)
-        probs = softmax(scores[:n], 1)
-        for i, dims in enumerate(flips, 1):
-            probs = probs + np.flip(softmax(scores[i * n:(i + 1) * n], 1), dims)
-        return probs / (1 + len(flips))
-    probs = softmax(network_scores(model, x, device), 1)
-    for dims in flips:
-        probs = probs + np.flip(softmax(network_scores(model, np.ascontiguousarray(np.flip(x, dims)), device), 1), dims)
+        scores = np.split(network_scores(model, np.concatenate(variants), device), len(variants))
+    else:
+        scores = [network_scores(model, v, device) for v in variants]
+    probs = softmax(scores[0], 1)
+    for s, dims in zip(scores[1:], flips):
+        probs = probs + np.flip(softmax(s, 1), dims)   # mirrored back
     return probs / (1 + len(flips))
 
 

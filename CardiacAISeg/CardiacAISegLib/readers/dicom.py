@@ -625,26 +625,17 @@ def _mark_trigger_times_in_seconds(items):
 def _clock_s(ds):
     """Wall-clock acquisition time of one image in seconds (None when the file has none).
 
-    Enhanced frames carry FrameAcquisitionDateTime; classic images AcquisitionDateTime,
-    AcquisitionTime or ContentTime (the first one present).
+    Enhanced frames carry FrameAcquisitionDateTime; classic images the series' one clock tag
+    (``_settle_clock_tag``), else the first of AcquisitionDateTime, AcquisitionTime, ContentTime
+    they carry. After midnight a time of day counts on the next day (``_DAY_OFFSET``).
     """
     if isinstance(ds, EnhancedFrame):
         return ds.acquisition_s
-    from .dicom_enhanced import datetime_seconds
-
-    tag = getattr(ds, _CLOCK_TAG, None)
-    if tag is not None:   # the series' one clock (_settle_clock_tag)
+    settled = getattr(ds, _CLOCK_TAG, None)
+    for tag in (settled,) if settled is not None else _CLOCK_TAGS:
         t = _clock_tag_seconds(ds, tag)
-        return None if t is None else t + getattr(ds, _DAY_OFFSET, 0.0)
-    value = ds.get("AcquisitionDateTime", "")
-    if value not in (None, ""):
-        t = datetime_seconds(value)
         if t is not None:
             return t + getattr(ds, _DAY_OFFSET, 0.0)
-    for tag in ("AcquisitionTime", "ContentTime"):
-        t = _tm_seconds(ds.get(tag, ""))
-        if t is not None:
-            return t + getattr(ds, _DAY_OFFSET, 0.0)   # a time of day: after midnight, the next day
     return None
 
 
@@ -1048,9 +1039,8 @@ _PHILIPS_CREATOR = "Philips MR Imaging DD 001"
 
 
 def _philips_scale_slope(ds):
-    """Philips' private ScaleSlope (2005,xx0E), or None."""
-    if isinstance(ds, EnhancedFrame):
-        return None
+    """Philips' private ScaleSlope (2005,xx0E) of a classic image, or None (enhanced frames carry
+    their scale as a RealWorldValueMapping: ``_apply_real_world_values``)."""
     try:
         value = float(ds.private_block(0x2005, _PHILIPS_CREATOR)[0x0E].value)
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -26,15 +26,19 @@ PD_SIGNAL_RATIO = 1.5    # PD images are 3-10x the saturation-recovery baseline
 MIN_DYNAMICS = 10        # never leave a series too short to find a bolus in
 
 
+def pixel_sample(images, lead_axes, count):
+    """``images`` with its first ``lead_axes`` axes kept and the rest flattened to every k-th
+    pixel, about ``count`` of them: the whole-frame statistics here (percentiles, medians, ratios)
+    change little on a strided subsample and cost a fraction on a full-field series."""
+    images = np.asarray(images)
+    flat = images.reshape(*images.shape[:lead_axes], -1)
+    return flat[..., ::max(1, flat.shape[-1] // count)]
+
+
 def frame_levels(images):
     """(T,) whole-field signal level per frame: the 75th percentile over every slice (tissue
     rather than air; the bolus moves a few per cent of the pixels, so it barely moves this)."""
-    images = np.asarray(images)
-    t = images.shape[0]
-    flat = images.reshape(t, -1)
-    # a strided subsample keeps this cheap on full-field series and changes a percentile by little
-    step = max(1, flat.shape[1] // 20000)
-    return np.percentile(flat[:, ::step], 75, axis=1)
+    return np.percentile(pixel_sample(images, 1, 20000), 75, axis=1)
 
 
 def leading_pd_frames(images, flip_angles=None):
@@ -110,13 +114,10 @@ MAX_BLANK_SHARE = 0.2    # more than this many blank dynamics is no dropout but 
 def blank_frames(images):
     """(T,) bool: frames blank on at least one slice of a (T, S, R, C) signal-intensity series,
     and per blank frame the slices it is blank on."""
-    images = np.asarray(images)
-    t, s = images.shape[:2]
-    flat = images.reshape(t, s, -1)
-    step = max(1, flat.shape[2] // 2000)   # a lost dynamic is flat everywhere: 2,000 pixels tell
     # the spread of the values, not their level: a series stored with an offset (a negative
     # baseline, signed differences) has full images below zero, while a lost dynamic is flat
-    low_high = np.percentile(flat[:, :, ::step], [1, 99], axis=2)
+    # everywhere (2,000 pixels of each slice tell)
+    low_high = np.percentile(pixel_sample(images, 2, 2000), [1, 99], axis=2)
     high = low_high[1] - low_high[0]                               # (T, S)
     # against the frames on both sides (up to BLANK_NEIGHBOURS each way): a lost dynamic sits
     # between frames with signal, while the pre-contrast frames of a series in Gd units are
@@ -176,13 +177,11 @@ def rescaled_frames(images):
     it is over SCALE_STEP from 1; 1.0 elsewhere. The most deviant frame is found first and
     set right before the next is looked for, so a rescaled frame does not make its
     neighbours look rescaled the other way."""
-    images = np.asarray(images)
-    t = images.shape[0]
+    t = len(images)
     factors = np.ones(t)
     if t < 5:
         return factors
-    flat = images.reshape(t, -1)
-    flat = flat[:, ::max(1, flat.shape[1] // 4000)].astype(np.float64)   # a subsample, then doubles
+    flat = pixel_sample(images, 1, 4000).astype(np.float64)
     x = flat[:, flat.mean(0) > np.percentile(flat.mean(0), 50)].copy()   # the body, not air
     frames = np.arange(t)
     # the two frames either side; at the ends, the ones further along on the other side
