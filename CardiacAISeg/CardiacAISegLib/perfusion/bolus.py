@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import CardiacInputError
+from ..order_stats import row_percentile
 
 # Blood pools peak at least this many seconds apart (RV then LV, one pulmonary transit: 2-8 s).
 MIN_TRANSIT_S = 1.0
@@ -102,7 +103,7 @@ def enhancement(frames, smooth_px=1.0):
     if smooth_px:
         frames = ndimage.gaussian_filter(frames, (0.7, smooth_px, smooth_px))
     rise = frames - frames[:2].mean(0, keepdims=True)
-    top = np.percentile(rise.reshape(rise.shape[0], -1), 99.5, axis=1)
+    top = row_percentile(rise.reshape(rise.shape[0], -1), 99.5)
     foot = bolus_foot(top)
     from .mbf import subtract_baseline
 

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ..errors import CardiacInputError
 from ..labels import LV, MYO, RV
+from ..order_stats import row_median
 
 MAX_SHIFT_MM = 10.0       # breathing in a free-breathing or failed breath-hold series: up to ~1 cm in-plane
 RANK = 2                  # temporal components beyond the mean: 3 already follow the breathing (phantom: 0.9 px vs 0.06 px)
@@ -232,7 +233,7 @@ def _spread(curves_by_label):
     for curves in curves_by_label:
         if curves.shape[1] < 4:
             continue
-        cost += float(((curves - np.median(curves, axis=1, keepdims=True)) ** 2).mean()) * curves.shape[1]
+        cost += float(((curves - row_median(curves, keepdims=True)) ** 2).mean()) * curves.shape[1]
     return cost
 
 
@@ -353,7 +354,7 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     # weight: the heart and a rim around it, tapering off, so the chest wall counts little
     dist = ndimage.distance_transform_edt(~heart[rs, cs], sampling=(sy, sx))
     weight = np.exp(-0.5 * (dist / MARGIN_MM) ** 2)
-    noise = 1.4826 * float(np.median(np.abs(np.diff(win, axis=0)))) / np.sqrt(2)
+    noise = 1.4826 * float(row_median(np.abs(np.diff(win, axis=0)).ravel())) / np.sqrt(2)
     if aligned is None:
         shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9))
     else:

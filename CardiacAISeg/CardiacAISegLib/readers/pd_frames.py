@@ -21,6 +21,8 @@ alone: their pre-contrast level is zero, so a ratio means nothing.
 """
 import numpy as np
 
+from ..order_stats import row_median, row_percentile
+
 MAX_PD_FRAMES = 5        # protocols write 1-3; more leading outliers are something else
 PD_SIGNAL_RATIO = 1.5    # PD images are 3-10x the saturation-recovery baseline
 MIN_DYNAMICS = 10        # never leave a series too short to find a bolus in
@@ -38,7 +40,7 @@ def pixel_sample(images, lead_axes, count):
 def frame_levels(images):
     """(T,) whole-field signal level per frame: the 75th percentile over every slice (tissue
     rather than air; the bolus moves a few per cent of the pixels, so it barely moves this)."""
-    return np.percentile(pixel_sample(images, 1, 20000), 75, axis=1)
+    return row_percentile(pixel_sample(images, 1, 20000), 75)
 
 
 def leading_pd_frames(images, flip_angles=None):
@@ -117,8 +119,8 @@ def blank_frames(images):
     # the spread of the values, not their level: a series stored with an offset (a negative
     # baseline, signed differences) has full images below zero, while a lost dynamic is flat
     # everywhere (2,000 pixels of each slice tell)
-    low_high = np.percentile(pixel_sample(images, 2, 2000), [1, 99], axis=2)
-    high = low_high[1] - low_high[0]                               # (T, S)
+    sample = pixel_sample(images, 2, 2000)
+    high = row_percentile(sample, 99) - row_percentile(sample, 1)                               # (T, S)
     # against the frames on both sides (up to BLANK_NEIGHBOURS each way): a lost dynamic sits
     # between frames with signal, while the pre-contrast frames of a series in Gd units are
     # empty (noise, or exactly zero) like their neighbours before the bolus arrives
@@ -188,7 +190,7 @@ def rescaled_frames(images):
     picks = [np.where((frames + d >= 0) & (frames + d < t), frames + d, frames - d) for d in (-2, -1, 1, 2)]
     for _ in range(max(1, t // 5)):
         around = np.stack([x[i] for i in picks], 1)                  # (T, 4, pixels)
-        ref = np.median(around, axis=1)
+        ref = row_median(np.moveaxis(around, 1, -1))
         steady = (ref > 0) & ((around.max(1) - around.min(1)) < SCALE_TOLERANCE * np.maximum(ref, 1e-12))
         ratio = np.where(steady, x / np.where(steady, ref, 1.0), np.nan)
         found = {}
