@@ -417,6 +417,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         node = self.ui.inputSelector.currentNode()
         self.ui.statusLabel.text = ""
+        inputRead = False
         with _showErrors("CardiacAISeg could not segment and measure this series."):
             if node is not None and not self.logic.isCurrentStudyNode(node):
                 self.logic.studyFromNode(node)
@@ -429,6 +430,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._jobTimer.connect("timeout()", self._pollJob)
                 self._jobTimer.start()
                 return
+            inputRead = True
+        if not inputRead:
+            # the error was shown; measuring now would measure the previous input and say "Done."
+            self.ui.statusLabel.text = "Failed: see the error message."
+            return
         self._progress = self._newProgress()
         self._setRunning(True)
         try:

@@ -74,6 +74,7 @@ class CardiacAISegLogic(_LogicBase):
         self.timing = {}
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
         self.restStudy = None
+        self.studyAifPath = None            # the aifPath parameter the current study was read with
 
     @property
     def scene(self):
@@ -145,10 +146,8 @@ class CardiacAISegLogic(_LogicBase):
         if options.get("kind") is None and self.getParameter("kind") != "auto":
             options["kind"] = self.getParameter("kind")
         study = load_study(path, **options)
-        nodes = self.setStudy(study)
-        if isinstance(options.get("aif"), (str, os.PathLike)):
-            self.setParameter("aifPath", os.fspath(options["aif"]))
-        return nodes
+        aif = options.get("aif")
+        return self.setStudy(study, aifPath=os.fspath(aif) if isinstance(aif, (str, os.PathLike)) else "")
 
     def loadSamplePhantom(self, kind=CINE, folder=None, seed=0):
         """The shipped demo: write the phantom into ``folder`` once (exact truth, labels, AIF)
@@ -165,18 +164,35 @@ class CardiacAISegLogic(_LogicBase):
             return self.loadStudy(folder / names[0], kind=PERFUSION, labels=folder / names[1], aif=folder / "aif.csv", dt=dt)
         return self.loadStudy(folder / names[0], kind=CINE, labels=folder / names[1])
 
-    def setStudy(self, study):
-        """Make ``study`` the current one: add its images to the scene, reset the analysis."""
+    def setStudy(self, study, aifPath=""):
+        """Make ``study`` the current one: add its images to the scene, reset the analysis.
+        The new input node is stamped with what its images cannot say (kind, AIF curve, units,
+        ED/ES), so picking it again later reads the same study; ``aifPath``: the AIF file it was
+        read with, shown as the ``aifPath`` parameter."""
         self.study = study
         self.analysis = None
         self.networkLabels = None
         self.studyNodes = sc.add_study(self.context, study)
+        _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, study)
         self._setInput(self.studyNodes.sequence or self.studyNodes.volume)
+        self.setParameter("aifPath", aifPath)
+        self.studyAifPath = aifPath
         return self.studyNodes
+
+    def _isInputNode(self, node):
+        """True when ``node`` (a sequence, its proxy volume, or a volume) is the input parameter's node."""
+        current = self.getNodeParameter("inputNodeID")
+        if current is None or node is None:
+            return False
+        return node is current or _sequence_of(self.context, node) is current
 
     def _setInput(self, node):
         """Point the input parameter at ``node``; outputs made for another input are let go
-        (kept in the scene, not overwritten), outputs the user made by hand stay selected."""
+        (kept in the scene, not overwritten), outputs the user made by hand stay selected. An
+        AIF file chosen for another input is let go too: it belongs to the series it was given
+        with (a stale one gave the next series picked a wrong MBF with no flag)."""
+        if not self._isInputNode(node):
+            self.setParameter("aifPath", "")
         self.setParameter("inputNodeID", node)
         for name in OUTPUT_PARAMETERS:
             output = self.getNodeParameter(name)
@@ -197,7 +213,10 @@ class CardiacAISegLogic(_LogicBase):
         ``kind``, else the ``kind`` parameter, else ``detectKind``. Becomes the current study;
         outputs made for another input are let go unless ``keepOutputs``.
         """
-        study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), self.getParameter("aifPath"))
+        # the aifPath parameter is the AIF of the current input: another node picked brings its own
+        # (stamped on it when it was loaded), or none
+        aifPath = self.getParameter("aifPath") if self._isInputNode(node) else ""
+        study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), aifPath)
         from .readers.pd_frames import frames_differ_from_file
 
         if frames_differ_from_file(study.provenance):
@@ -208,7 +227,7 @@ class CardiacAISegLogic(_LogicBase):
             shown = self.studyNodes.sequence if self.studyNodes is not None else None
             if shown is None or shown.GetAttribute(SOURCE_ATTRIBUTE) != source or \
                     shown.GetNumberOfDataNodes() != study.n_frames:
-                self.setStudy(study)
+                self.setStudy(study, aifPath=aifPath)
                 if self.studyNodes.sequence is not None:
                     self.studyNodes.sequence.SetAttribute(SOURCE_ATTRIBUTE, source)
                 return study
@@ -222,6 +241,7 @@ class CardiacAISegLogic(_LogicBase):
             self.setParameter("inputNodeID", sequence or node)
         else:
             self._setInput(sequence or node)
+        self.studyAifPath = aifPath
         return study
 
     def _studyFromNode(self, node, kind, aifPath):
@@ -263,7 +283,6 @@ class CardiacAISegLogic(_LogicBase):
         from here reopens as the same live analysis (``restoreFromParameterNode``)."""
         st = analysis.study
         self.setStudy(st)
-        _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, st)
         self.setParameter("kind", analysis.kind)
         self.setParameter("density", repr(float(analysis.density)))
         self.setParameter("bullseyeMeasure", analysis.bullseye_measure)
@@ -320,6 +339,7 @@ class CardiacAISegLogic(_LogicBase):
         results then stay as they were.
         """
         progress = as_progress(progress)
+        self._readWithChosenAif()
         analysis = self.computeAnalysis(modelName, frames, useExistingLabels, progress, device)
         progress(2, 3, "updating the scene")
         self.applyAnalysis(analysis)
@@ -348,8 +368,18 @@ class CardiacAISegLogic(_LogicBase):
         once and leaves the current results as they are."""
         from .background import BackgroundAnalysis
 
+        self._readWithChosenAif()
         study, rest, restLabels, arguments = self._analysisArguments(modelName, frames, useExistingLabels, device, density)
         return BackgroundAnalysis().start(study, rest=rest, rest_labels=restLabels, **arguments)
+
+    def _readWithChosenAif(self):
+        """An AIF file chosen (or cleared) in the ``aifPath`` parameter after the perfusion input
+        was read: read the input again with it, rather than measure with the AIF it was read
+        with (main thread: it reads MRML nodes)."""
+        inputNode = self.getNodeParameter("inputNodeID")
+        if self.study is not None and self.study.kind == PERFUSION and inputNode is not None \
+                and self.getParameter("aifPath") != (self.studyAifPath or ""):
+            self.studyFromNode(inputNode, keepOutputs=True)
 
     def _analysisArguments(self, modelName, frames, useExistingLabels, device, density):
         """(study, rest study or None, rest labels or None, keyword arguments of

@@ -471,3 +471,38 @@ def test_a_segmentation_is_not_reattached_to_other_images_after_the_sequence_los
     sequence.RemoveDataNodeAtValue(sequence.GetNthIndexValue(0))
     with pytest.raises(CardiacInputError, match="made for frame 0 of a series of 8 frames; the input now has 7"):
         measured.restoreFromParameterNode()
+
+
+def test_an_aif_file_belongs_to_the_series_it_was_given_with(tmp_path):
+    """The aifPath parameter is the AIF of the current input. Picking another perfusion node
+    used to measure it with the previous study's AIF file (probe: MBF 3.88 against 2.88, no
+    flag); picking the loaded node again brings its own AIF back; an AIF file chosen after
+    the input was picked is used."""
+    import json
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_study
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    first = logic.loadSamplePhantom("perfusion", tmp_path / "a")
+    assert logic.getParameter("aifPath").endswith("aif.csv")
+    own_aif = logic.study.aif.copy()
+    write_phantom("perfusion", tmp_path / "b", seed=5, force=True)
+    dt = json.loads((tmp_path / "b" / "truth.json").read_text())["dt_s"]
+    other = sc.add_study(logic.context, load_study(tmp_path / "b" / "perfusion.nii.gz", kind="perfusion", dt=dt))
+    logic.studyFromNode(other.sequence)            # what the input selector does
+    assert logic.getParameter("aifPath") == ""
+    assert logic.study.provenance["aif_source"] == "lv_blood_pool"
+    # back to the first series: its AIF travels on its node
+    logic.studyFromNode(first.sequence)
+    np.testing.assert_allclose(logic.study.aif, own_aif, rtol=1e-12)
+    # an AIF file chosen for the second series after picking it is read with it at the next run
+    logic.studyFromNode(other.sequence)
+    logic.setParameter("aifPath", str(tmp_path / "b" / "aif.csv"))
+    labels = load_study(tmp_path / "b" / "perfusion.nii.gz", kind="perfusion", dt=dt,
+                        labels=tmp_path / "b" / "perfusion_labels.nii.gz").labels
+    logic.study.labels = labels
+    logic.setParameter("useExistingLabels", "true")
+    logic._readWithChosenAif()
+    assert logic.study.provenance["aif_source"] == str(tmp_path / "b" / "aif.csv")
+    assert logic.studyAifPath == logic.getParameter("aifPath")
