@@ -653,18 +653,26 @@ def _clock_tag_seconds(ds, tag):
 
 def _settle_clock_tag(items):
     """Read every image's time from one tag: the first of AcquisitionDateTime, AcquisitionTime,
-    ContentTime that all the classic images carry. Chosen per image, one series mixed clocks: a
+    ContentTime that all the classic images carry and that is not one value for all of them.
+    Chosen per image, one series mixed clocks: a
     date-time (seconds since 2000) on one dynamic beside times of day, or the reconstruction
     clock (ContentTime) on two images that lacked AcquisitionTime, which read as a jump of
     years or of 30 s between frames and blamed the series' timing."""
     classic = [ds for _, ds in items if not isinstance(ds, EnhancedFrame)]
     if not classic:
         return
+    carried = []
     for tag in _CLOCK_TAGS:
-        if all(_clock_tag_seconds(ds, tag) is not None for ds in classic):
-            for ds in classic:
-                object.__setattr__(ds, _CLOCK_TAG, tag)
-            return
+        values = [_clock_tag_seconds(ds, tag) for ds in classic]
+        if all(v is not None for v in values):
+            carried.append((tag, len(set(values)) > 1 or len(classic) == 1))
+    # a tag that is one value on every image is the series' start, not a frame's time (scanners
+    # that write AcquisitionDateTime once per series and advance AcquisitionTime: settling on
+    # it left ContentTime, the reconstruction clock, to time the frames: MBF +49 %, QC pass)
+    chosen = next((tag for tag, advances in carried if advances), carried[0][0] if carried else None)
+    if chosen is not None:
+        for ds in classic:
+            object.__setattr__(ds, _CLOCK_TAG, chosen)
 
 
 def _content_s(ds):
@@ -1398,6 +1406,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     _refuse_repeated_cycles(folder, groups, positions)
     timing = choose_frame_clock(groups)
     clock = timing["clock"]
+    if clock == "AcquisitionTime":
+        # the wall clock is read from the one tag settled on for the series (_settle_clock_tag)
+        timing["tag"] = next((getattr(ds, _CLOCK_TAG, None) for _, ds, *_ in groups[0]), None) or "FrameAcquisitionDateTime"
     if timing.get("realtime") and len(groups) > 1:
         # untriggered frames: frame t of one slice is not the cardiac phase of frame t of the
         # next, so volumes summed over slices per frame would mix systole and diastole
