@@ -518,16 +518,22 @@ def test_long_axis_slice_in_the_perfusion_series_is_left_out(tmp_path, phantom):
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
-def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom):
+@pytest.mark.parametrize("trigger", ["none", "delay_measured_at_each_beat"])
+def test_constant_acquisition_time_and_advancing_content_time(tmp_path, phantom, trigger):
     """AcquisitionTime one value for the whole series (its start), ContentTime advancing per
-    dynamic. Before: 'frame interval unknown: give --dt'. Now: timed by ContentTime."""
+    dynamic. Before: 'frame interval unknown: give --dt'. Now: timed by ContentTime. Some
+    scanners also write the trigger delay measured at each beat (140-180 ms, all distinct):
+    those delays were taken for cine phases (read as a cine) or, rising and falling with the
+    heart rate, for 11 cardiac cycles stored in one series (refused)."""
     import pydicom
 
     study, truth = phantom
     times, paths = write_perfusion_series(tmp_path / "p", study, vendor="philips")
-    for p in paths:
+    for n, p in enumerate(paths):
         ds = pydicom.dcmread(p)
         ds.AcquisitionTime = "100000.000000"
+        if trigger == "delay_measured_at_each_beat":
+            ds.TriggerTime = round(140 + (n * 7.31) % 40, 3)
         ds.save_as(p)
     s = load_study(tmp_path / "p")
     timing = s.provenance["timing"]

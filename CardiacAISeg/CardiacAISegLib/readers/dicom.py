@@ -1199,6 +1199,13 @@ def _same_time_key(ds):
     return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
 
 
+# Trigger delays spanning less than this are no cardiac cycle (a cine at 180 beats/min still
+# spans some 0.25 s): they are one delay per heartbeat of a single-shot acquisition (a first
+# pass written with the delay measured at each beat, 140-180 ms), so runs of them say nothing
+# of repeated cycles.
+MIN_CYCLE_SPAN_S = 0.2
+
+
 def _refuse_repeated_cycles(folder, groups, positions):
     """A slice position whose trigger delays each occur the same number of times (k >= 2, over 5
     or more delays) holds k acquisitions of the cardiac cycle: a repeated breath-hold filed in
@@ -1207,7 +1214,7 @@ def _refuse_repeated_cycles(folder, groups, positions):
     k times the phases, ED and ES possibly from different acquisitions, with QC "pass"."""
     for pos, grp in zip(positions, groups):
         delays = [_trigger_s(g[1]) for g in grp]
-        if any(d is None for d in delays):
+        if any(d is None for d in delays) or max(delays) - min(delays) < MIN_CYCLE_SPAN_S:
             continue
         values, counts = np.unique(np.round(delays, 4), return_counts=True)
         if values.size >= 5 and counts.min() >= 2 and counts.min() == counts.max():
