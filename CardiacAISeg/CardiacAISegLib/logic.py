@@ -533,21 +533,46 @@ class CardiacAISegLogic(_LogicBase):
         current = {(p["slice"], side): p.get(f"{side}_ras") for p in a.insertion for side in sc.SIDES}
         indices = range(node.GetNumberOfControlPoints()) if pointIndex is None else [int(pointIndex)]
         changed, pos = [], [0.0, 0.0, 0.0]
-        for n in indices:
-            match = sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "")
-            if not match:
-                continue   # a point the user renamed or added is not an insertion point
-            k, side = int(match.group(1)), match.group(2).lower()
-            node.GetNthControlPointPosition(n, pos)
-            k = self._sliceOfPoint(node, n, k, side, pos)
-            old = current.get((k, side))
-            if pointIndex is None and old is not None and np.allclose(old, pos, atol=1e-6):
-                continue
-            changed += a.move_insertion_point(k, side, list(pos))
-        if changed:
-            self._refreshTable()
-        self.lastUpdateTimeS = time.perf_counter() - t0
+        try:
+            for n in indices:
+                match = sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "")
+                if not match:
+                    continue   # a point the user renamed or added is not an insertion point
+                k, side = int(match.group(1)), match.group(2).lower()
+                node.GetNthControlPointPosition(n, pos)
+                if pointIndex is None:
+                    # a whole scan (a reopened scene) may find every point on the plane of another
+                    # slice number; a single drag keeps the handle on its own slice
+                    k = self._sliceOfPoint(node, n, k, side, pos)
+                old = current.get((k, side))
+                if pointIndex is None and old is not None and np.allclose(old, pos, atol=1e-6):
+                    continue
+                try:
+                    changed += a.move_insertion_point(k, side, list(pos))
+                except CardiacInputError:
+                    # the handle goes back to the point the analysis still uses, so what is shown
+                    # is what is measured (and the next drag or a saved scene does not fail again)
+                    self._placeHandle(node, n, k, side)
+                    raise
+                self._placeHandle(node, n, k, side, onlyIfOffPlane=True)
+        finally:
+            if changed:
+                self._refreshTable()
+            self.lastUpdateTimeS = time.perf_counter() - t0
         return sorted(set(changed))
+
+    def _placeHandle(self, node, n, k, side, onlyIfOffPlane=False):
+        """Put handle ``n`` where the analysis has slice k's ``side`` point (on slice k's plane:
+        a point dragged off it is measured by its projection, so it is shown there too)."""
+        a = self.analysis
+        if a is None or a.sectors is None or k not in a.sectors.slices:
+            return
+        where = np.asarray(a.sectors.points(k)[f"{side}_ras"], float)
+        pos = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPosition(n, pos)
+        if onlyIfOffPlane and np.linalg.norm(where - np.asarray(pos)) < 1e-3:
+            return
+        node.SetNthControlPointPosition(n, *where)
 
     def placeInsertionPoints(self, sliceIndex, anteriorRas, inferiorRas, keepMoved=False):
         """RV insertion points placed by hand on one slice, for labels with no RV (Sunnybrook's

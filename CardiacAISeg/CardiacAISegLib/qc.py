@@ -424,9 +424,24 @@ def aif_flags(study, myo=None, images=None):
     return flags
 
 
+def insertion_flags(analysis):
+    """INSERTION_POINTS_IMPLAUSIBLE where the RV insertion points (found, or dragged by a user)
+    are not where any reader would put them (``SectorState.point_problems``): the AHA segment
+    values then come from the wrong sectors, which no number shows."""
+    sectors = getattr(analysis, "sectors", None)
+    problems = sectors.point_problems() if sectors is not None else []
+    if not problems:
+        return []
+    return [_flag("INSERTION_POINTS_IMPLAUSIBLE", REVIEW, "RV insertion points: " + "; ".join(problems[:4])
+                  + (f"; {len(problems) - 4} more" if len(problems) > 4 else "")
+                  + ". The AHA segments follow them: move the handles to where the RV wall meets the septum",
+                  len(problems))]
+
+
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
+    flags += insertion_flags(analysis)
     flags += getattr(analysis, "extra_qc", [])
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours

@@ -506,3 +506,53 @@ def test_an_aif_file_belongs_to_the_series_it_was_given_with(tmp_path):
     logic._readWithChosenAif()
     assert logic.study.provenance["aif_source"] == str(tmp_path / "b" / "aif.csv")
     assert logic.studyAifPath == logic.getParameter("aifPath")
+
+
+def test_implausible_insertion_handles_are_flagged_and_impossible_ones_snap_back(measured):
+    """A handle dropped on the other one (the septal arc gone), dragged far off the heart, or
+    onto the LV centre: the first two re-binned the segments with QC "pass" (probe round 8);
+    the last raised but left the handle where the analysis did not use it, so every later drag
+    and the saved scene failed again. A handle dragged onto another slice's plane stays its
+    own slice's handle (it was renamed, leaving two handles for one slice)."""
+    logic = measured
+    a = logic.analysis
+    markups = logic.getNodeParameter("markupsID")
+    labels = [markups.GetNthControlPointLabel(n) for n in range(markups.GetNumberOfControlPoints())]
+    k = [k for k, level in a.levels.items() if level == "mid" and k in a.sectors.slices][0]
+    n_ant, n_inf = labels.index(f"S{k} anterior"), labels.index(f"S{k} inferior")
+    home = [0.0] * 3
+    markups.GetNthControlPointPosition(n_ant, home)
+    inferior = [0.0] * 3
+    markups.GetNthControlPointPosition(n_inf, inferior)
+    assert "INSERTION_POINTS_IMPLAUSIBLE" not in {f["code"] for f in a.qc["flags"]}
+
+    def flags():
+        return {f["code"]: f["message"] for f in a.qc["flags"]}
+
+    markups.SetNthControlPointPosition(n_ant, *inferior)
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert "one on top of the other" in flags()["INSERTION_POINTS_IMPLAUSIBLE"]
+    assert rows_by_measure(logic)["QC status: review"] >= 1
+    centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
+    far = centre + 40 * (np.asarray(home) - centre)
+    markups.SetNthControlPointPosition(n_ant, *far)
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert "off the heart" in flags()["INSERTION_POINTS_IMPLAUSIBLE"]
+    markups.SetNthControlPointPosition(n_ant, *home)
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert "INSERTION_POINTS_IMPLAUSIBLE" not in flags()
+    # onto the LV centre: refused, and the handle is back where the analysis has it
+    markups.SetNthControlPointPosition(n_ant, *centre)
+    with pytest.raises(CardiacInputError, match="LV centre"):
+        logic.onInsertionPointMoved(markups, n_ant)
+    back = [0.0] * 3
+    markups.GetNthControlPointPosition(n_ant, back)
+    np.testing.assert_allclose(back, home, atol=1e-6)
+    assert logic.onInsertionPointMoved(markups) == []      # nothing left that differs or fails
+    # onto the next slice's plane: still slice k's handle, shown on slice k's plane
+    step = a.study.slice_normal * a.study.spacing[2]
+    markups.SetNthControlPointPosition(n_ant, *(np.asarray(home) + step))
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert markups.GetNthControlPointLabel(n_ant) == f"S{k} anterior"
+    markups.GetNthControlPointPosition(n_ant, back)
+    np.testing.assert_allclose(back, home, atol=1e-6)
