@@ -20,12 +20,23 @@ from .study import PERFUSION, Study
 
 Ras = Sequence[float]   # a point in RAS mm
 
+DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
+
+
+def check_density(density, name="density"):
+    """Refuse a myocardial density outside DENSITY_RANGE_G_ML, naming the setting (``name``):
+    it scales LV mass and MBF per gram, so 10.5 for 1.05 is a factor of ten nobody would see."""
+    if density is None or not np.isfinite(density) or not DENSITY_RANGE_G_ML[0] <= density <= DENSITY_RANGE_G_ML[1]:
+        raise CardiacInputError(name, f"{density} g/mL is not a myocardial tissue density; accepted: "
+                                      f"{DENSITY_RANGE_G_ML[0]:g}-{DENSITY_RANGE_G_ML[1]:g} g/mL (default 1.05)")
+
 
 class Analysis:
     def __init__(self, study: Study, labels: Mapping[int, np.ndarray], model_card: dict | None = None, density: float = 1.05,
                  rest: Analysis | None = None, sector_method: str = "bai"):
         if not labels:
             raise CardiacInputError(study.source or study.name, "no label maps to analyse")
+        check_density(density)   # every caller (CLI, Slicer, web GUI) passes here
         self.study = study
         self.labels = {int(t): np.asarray(m, np.uint8) for t, m in labels.items()}
         self.model_card = model_card

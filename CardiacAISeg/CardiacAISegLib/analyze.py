@@ -16,7 +16,6 @@ STUDY_LABELS = "study"        # --labels study: the label maps that come with th
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
 SPECIAL_LABELS = (STUDY_LABELS, RING_LABELS)
 REPORT_CHOICES = ("all", "flagged", "none")   # which studies get a report.png (batch --reports)
-DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
 
 
 def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", density=1.05, rest=None,
@@ -77,10 +76,9 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
     check_outputs(out_dir, force)
-    if density is None or not DENSITY_RANGE_G_ML[0] <= density <= DENSITY_RANGE_G_ML[1]:
-        # it scales LV mass and MBF: 10.5 for 1.05 is a factor of ten nobody would see
-        raise CardiacInputError("--density", f"{density} g/mL is not a myocardial tissue density; accepted: > 0 g/mL, "
-                                             f"{DENSITY_RANGE_G_ML[0]:g}-{DENSITY_RANGE_G_ML[1]:g} (default 1.05)")
+    from .analysis import check_density
+
+    check_density(density, "--density")   # before anything is read or written
     t0 = time.perf_counter()
     study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
                               aif=aif, dt=dt, progress=progress, units=units)

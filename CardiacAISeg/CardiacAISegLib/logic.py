@@ -127,6 +127,17 @@ class CardiacAISegLogic(_LogicBase):
         _check_parameter(name)
         return self.parameterNode().GetNodeReference(name)
 
+    def densityParameter(self):
+        """The ``density`` parameter (g/mL; 1.05 when empty), checked as the CLI's --density is:
+        a value outside the tissue range is refused, never replaced (0 used to become 1.05 and
+        2.0 to double LV mass with QC "pass")."""
+        from .analysis import check_density
+
+        text = self.getParameter("density").strip()
+        density = self._floatParameter("density") if text else 1.05
+        check_density(density, "density")
+        return density
+
     def _floatParameter(self, name):
         text = self.getParameter(name).strip()
         try:
@@ -390,7 +401,7 @@ class CardiacAISegLogic(_LogicBase):
             useExistingLabels = self.getParameter("useExistingLabels").lower() == "true"
         modelName = modelName or self.getParameter("modelName") or None
         if density is None:
-            density = self._floatParameter("density") or 1.05
+            density = self.densityParameter()
         labels = None
         if useExistingLabels:
             labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()} or self._labelsFromOutputSegmentations()
@@ -633,7 +644,7 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
-        self.analysis = Analysis(self.study, labels, density=self._floatParameter("density") or 1.05)
+        self.analysis = Analysis(self.study, labels, density=self.densityParameter())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
         self.analysis.run()
         if self.getNodeParameter("markupsID") is not None and self.analysis.sectors is not None:

@@ -556,3 +556,19 @@ def test_implausible_insertion_handles_are_flagged_and_impossible_ones_snap_back
     assert markups.GetNthControlPointLabel(n_ant) == f"S{k} anterior"
     markups.GetNthControlPointPosition(n_ant, back)
     np.testing.assert_allclose(back, home, atol=1e-6)
+
+
+def test_density_parameter_is_checked_as_the_cli_checks_it(measured):
+    """The density scales LV mass and MBF per gram. Through the Logic 2.0 doubled the mass with
+    QC "pass", 0 silently became 1.05 and -1.05 gave a negative mass; the CLI refused them."""
+    logic = measured
+    mass = logic.analysis.cine["lv_mass_g"]
+    for bad in ("2.0", "0", "-1.05", "abc"):
+        logic.setParameter("density", bad)
+        with pytest.raises(CardiacInputError, match="density"):
+            logic.runSegmentation(useExistingLabels=True)
+        assert logic.analysis.cine["lv_mass_g"] == mass          # the previous results stay
+    logic.setParameter("density", "1.10")
+    assert logic.runSegmentation(useExistingLabels=True).cine["lv_mass_g"] == pytest.approx(mass * 1.10 / DENSITY, rel=1e-9)
+    logic.setParameter("density", "")
+    assert logic.densityParameter() == DENSITY

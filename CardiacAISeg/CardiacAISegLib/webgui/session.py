@@ -239,7 +239,7 @@ class Session:
     # ------------------------------------------------------------------------ running
     def density(self):
         """Myocardial density (g/mL) from the Logic's parameter node (read it on the main thread)."""
-        return self.logic._floatParameter("density") or 1.05
+        return self.logic.densityParameter()
 
     def compute(self, model=None, progress=None, density=None):
         """Segment (a network, or the study's labels with ``LABELS_CHOICE``) and measure, through
