@@ -698,6 +698,14 @@ class CardiacAISegLogic(_LogicBase):
         return {t: segmentation_agreement(self.networkLabels[t], a.labels[t], sp)
                 for t in sorted(self.networkLabels) if t in a.labels}
 
+    def groundTruthName(self, patientName=None):
+        """``patientName`` (default: the ``groundTruthName`` parameter) when it names an ACDC
+        patient folder (patientNNN), else CardiacInputError: checked before anything is written."""
+        patientName = patientName or self.getParameter("groundTruthName")
+        if not _ACDC_NAME.match(patientName or ""):
+            raise CardiacInputError(patientName, "ACDC patient folders are named patientNNN (e.g. patient101)")
+        return patientName
+
     def saveGroundTruth(self, outDir, patientName=None, group=None, force=False):
         """Save the corrected segmentation as ground truth in ACDC layout:
         ``outDir/patientNNN/`` with Info.cfg, patientNNN_frameXX.nii.gz (+ _gt) for ED and ES
@@ -705,9 +713,7 @@ class CardiacAISegLogic(_LogicBase):
         files are never replaced without ``force``. Returns the folder."""
         a = self._requireAnalysis()
         st = a.study
-        patientName = patientName or self.getParameter("groundTruthName")
-        if not _ACDC_NAME.match(patientName or ""):
-            raise CardiacInputError(patientName, "ACDC patient folders are named patientNNN (e.g. patient101)")
+        patientName = self.groundTruthName(patientName)
         if a.kind != CINE:
             raise CardiacInputError(patientName, "the ACDC layout holds cine studies; export perfusion with exportResults")
         ed, es = a.cine["ed_frame"], a.cine["es_frame"]

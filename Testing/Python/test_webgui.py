@@ -181,6 +181,10 @@ def test_session_run_edit_save_load_back(phantom_data, tmp_path):
     assert _rows(s)["LV mass"] < r4["LV mass"] and _rows(s)["LV EDV"] == pytest.approx(r4["LV EDV"])
     edited = s.analysis.labels[ed].copy()
 
+    # a ground-truth name that is no ACDC patient folder is refused before anything is written
+    with pytest.raises(CardiacInputError, match="patientNNN"):
+        s.save("out", patient="Bob")
+    assert not (data / "out").exists()
     files = s.save("out")
     assert {"out/results.json", "out/results.csv", "out/segmentation.seg.nrrd", "out/report.png", "out/scene.mrb"} <= set(files)
     assert any(f.startswith("out/ground_truth/patient101/") and f.endswith("_gt.nii.gz") for f in files)

@@ -548,7 +548,7 @@ class Session:
             raise OutputExistsError(str(e).replace("pass --force", "tick Overwrite")) from None
         gt_root = out / "ground_truth"
         if a.kind == CINE:
-            patient = patient or self.logic.getParameter("groundTruthName")
+            patient = self.logic.groundTruthName(patient)   # a bad name refused before any output is written
             gt_target = gt_root / patient
         else:
             gt_target = gt_root / "perfusion_labels_gt.nii.gz"
