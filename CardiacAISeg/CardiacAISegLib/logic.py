@@ -622,6 +622,7 @@ class CardiacAISegLogic(_LogicBase):
             frame = int(text) if text else a.reference_frame
         t0 = time.perf_counter()
         a.set_labels(int(frame), self._labelsOf(node))
+        self._followEdAndEs()
         markups = self.getNodeParameter("markupsID")
         if markups is not None or a.insertion:
             markups = sc.add_insertion_markups(self.context, a.insertion_summary(), node=markups,
@@ -630,6 +631,26 @@ class CardiacAISegLogic(_LogicBase):
         self._refreshTable()
         self.lastUpdateTimeS = time.perf_counter() - t0
         return a
+
+    def _followEdAndEs(self):
+        """An edit that gives the ES frame the larger LV volume makes it ED (ED and ES are picked
+        from the volumes when the study does not fix them): the two output segmentations swap
+        roles and names, so the node called ED holds the ED frame the results use, and a
+        warning says so."""
+        a = self.analysis
+        ed_node, es_node = self.getNodeParameter("outputSegmentationID"), self.getNodeParameter("outputSegmentationESID")
+        if a.kind != CINE or ed_node is None or es_node is None:
+            return
+        ref = str(int(a.reference_frame))
+        if ed_node.GetAttribute(FRAME_ATTRIBUTE) == ref or es_node.GetAttribute(FRAME_ATTRIBUTE) != ref:
+            return
+        self.setParameter("outputSegmentationID", es_node)
+        self.setParameter("outputSegmentationESID", ed_node)
+        for node, role in ((es_node, "ED"), (ed_node, "ES")):
+            name = node.GetName()
+            node.SetName((name[:-3] if name.endswith((" ED", " ES")) else name) + f" {role}")
+        a.warnings.append(f"after the edit frame {int(ref) + 1} has the larger LV volume: it is ED now and frame "
+                          f"{int(a.cine['es_frame']) + 1} ES; the segmentations were renamed to match")
 
     def restoreFromParameterNode(self):
         """After a scene reload: rebuild study, labels and analysis from the nodes the

@@ -572,3 +572,32 @@ def test_density_parameter_is_checked_as_the_cli_checks_it(measured):
     assert logic.runSegmentation(useExistingLabels=True).cine["lv_mass_g"] == pytest.approx(mass * 1.10 / DENSITY, rel=1e-9)
     logic.setParameter("density", "")
     assert logic.densityParameter() == DENSITY
+
+
+def test_an_edit_that_makes_es_the_larger_frame_swaps_the_segmentations(phantom):
+    """With only ED and ES labelled, ED and ES are the frames of largest and smallest LV
+    volume. An edit that gives the ES frame the larger volume made it ED in the results while
+    the node named "segmentation ED" still held the old ED frame (probe round 8)."""
+    from scipy import ndimage
+
+    study = fresh(phantom[0])
+    vols = {t: np.count_nonzero(m == LV) for t, m in study.labels.items()}
+    ed0, es0 = max(vols, key=vols.get), min(vols, key=vols.get)
+    study.labels = {t: m for t, m in study.labels.items() if t in (ed0, es0)}
+    study.ed_frame = study.es_frame = None
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(study)
+    a = logic.runSegmentation(useExistingLabels=True)
+    assert (a.cine["ed_frame"], a.cine["es_frame"]) == (ed0, es0)
+    ed_node, es_node = logic.getNodeParameter("outputSegmentationID"), logic.getNodeParameter("outputSegmentationESID")
+    # paint the ES blood pool twelve pixels wider over everything around it, on every slice
+    lab = a.labels[es0]
+    grown = np.stack([ndimage.binary_dilation(s == LV, iterations=12) for s in lab])
+    assert grown.sum() > np.count_nonzero(a.labels[ed0] == LV)
+    edit_segmentation(es_node, [tuple(v) for v in np.argwhere(grown & (lab != LV))], LV)
+    logic.onSegmentationEdited(es_node)
+    assert (a.cine["ed_frame"], a.cine["es_frame"]) == (es0, ed0)
+    assert logic.getNodeParameter("outputSegmentationID") is es_node and es_node.GetName().endswith(" ED")
+    assert logic.getNodeParameter("outputSegmentationESID") is ed_node and ed_node.GetName().endswith(" ES")
+    assert es_node.GetAttribute("CardiacAISeg.Frame") == str(es0)
+    assert any("it is ED now" in w for w in a.warnings)
