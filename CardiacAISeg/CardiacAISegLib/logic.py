@@ -44,15 +44,16 @@ SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed f
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
                     "hematocrit": "CardiacAISeg.Hematocrit", "ed_es": "CardiacAISeg.EDES"}
-OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
+OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
     "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
     "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "density": "1.05",
-    "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "",
+    "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "", "restSegmentationID": "",
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
 }
-NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID")
+NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
+                   "restSegmentationID")
 # Combo boxes show these values in this order (the .ui lists one item per value).
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
@@ -327,6 +328,9 @@ class CardiacAISegLogic(_LogicBase):
             if self.study is not None:
                 check_rest_pairing(self.study, study.source or study.name, study)
         self.restStudy = study
+        # a rest node picked or added for an earlier pairing is let go (the next run adds this one)
+        self.setParameter("restNodeID", "")
+        self.setParameter("restSegmentationID", "")
         return study
 
     # ----------------------------------------------------------------------- models
@@ -477,8 +481,8 @@ class CardiacAISegLogic(_LogicBase):
         browser = self._sequenceBrowser()
         return max(0, int(browser.GetSelectedItemNumber())) if browser is not None else 0
 
-    def _labelsOf(self, segmentationNode):
-        st = self._requireStudy()
+    def _labelsOf(self, segmentationNode, study=None):
+        st = study or self._requireStudy()
         return sc.labelmap_from_segmentation(segmentationNode, st.ijk_to_ras, st.images.shape[1:])
 
     # -------------------------------------------------------------------------- nodes
@@ -498,8 +502,36 @@ class CardiacAISegLogic(_LogicBase):
             self.setParameter("markupsID", markups)
         elif markups is not None:
             sc.add_insertion_markups(self.context, [], node=markups)
+        self._showRest()
         self._refreshTable()
         self._stampOutputs()
+
+    def _showRest(self):
+        """The rest series of an MPR and the mask it was measured with, as scene nodes
+        (``restNodeID``, ``restSegmentationID``, the mask hidden: it belongs to the rest images),
+        so a saved scene reopens with its MPR and MPRI (they were lost without a word)."""
+        rest = self.analysis.rest
+        if rest is None:
+            self.setParameter("restSegmentationID", "")
+            return
+        restNode = self.getNodeParameter("restNodeID")
+        if restNode is None:   # read from a file (loadRestStudy, the CLI): not in the scene yet
+            nodes = sc.add_study(self.context, rest.study)
+            restNode = nodes.sequence or nodes.volume
+            _write_study_attributes(restNode, rest.study)
+            self.setParameter("restNodeID", restNode)
+        ref = rest.reference_frame
+        node = self.getNodeParameter("restSegmentationID")
+        if node is None:
+            node = sc.add_segmentation(self.context, rest.labels[ref], rest.study.ijk_to_ras,
+                                       _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode,
+                                       name=f"{rest.study.name} rest segmentation")
+            self.setParameter("restSegmentationID", node)
+        else:
+            fill_segmentation(node, rest.labels[ref], rest.study.ijk_to_ras)
+        node.SetAttribute(FRAME_ATTRIBUTE, str(int(ref)))
+        if node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility(False)
 
     def _stampOutputs(self):
         inputID = self.getParameter("inputNodeID")
@@ -652,6 +684,18 @@ class CardiacAISegLogic(_LogicBase):
         a.warnings.append(f"after the edit frame {int(ref) + 1} has the larger LV volume: it is ED now and frame "
                           f"{int(a.cine['es_frame']) + 1} ES; the segmentations were renamed to match")
 
+    def _restoredRest(self):
+        """The rest Analysis of a reopened scene (its series and mask nodes), or None."""
+        from .analysis import Analysis
+
+        restNode, restSegmentation = self.getNodeParameter("restNodeID"), self.getNodeParameter("restSegmentationID")
+        if restNode is None or restSegmentation is None:
+            return None
+        study, _ = self._studyFromNode(restNode, PERFUSION, self.getParameter("restAifPath"))
+        text = restSegmentation.GetAttribute(FRAME_ATTRIBUTE)
+        labels = {int(text) if text else 0: self._labelsOf(restSegmentation, study)}
+        return Analysis(study, labels, density=self.densityParameter()).run()
+
     def restoreFromParameterNode(self):
         """After a scene reload: rebuild study, labels and analysis from the nodes the
         parameter node names, and re-apply insertion points the user had moved."""
@@ -665,7 +709,7 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
-        self.analysis = Analysis(self.study, labels, density=self.densityParameter())
+        self.analysis = Analysis(self.study, labels, density=self.densityParameter(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
         self.analysis.run()
         if self.getNodeParameter("markupsID") is not None and self.analysis.sectors is not None:

@@ -601,3 +601,35 @@ def test_an_edit_that_makes_es_the_larger_frame_swaps_the_segmentations(phantom)
     assert logic.getNodeParameter("outputSegmentationESID") is ed_node and ed_node.GetName().endswith(" ES")
     assert es_node.GetAttribute("CardiacAISeg.Frame") == str(es0)
     assert any("it is ED now" in w for w in a.warnings)
+
+
+def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
+    """The rest series and its mask go into the scene (the mask hidden), so a saved scene
+    reopens with MPR and MPRI; they used to vanish from the table after a reload, unsaid."""
+    import json
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
+    write_phantom("perfusion", tmp_path / "rest", seed=5, force=True)
+    rest = tmp_path / "rest"
+    dt = json.loads((rest / "truth.json").read_text())["dt_s"]
+    logic.loadRestStudy(rest / "perfusion.nii.gz", labels=rest / "perfusion_labels.nii.gz", aif=rest / "aif.csv", dt=dt)
+    a = logic.runSegmentation(useExistingLabels=True)
+    expected = rows_by_measure(logic)
+    assert expected["Global MPR"] == pytest.approx(a.perfusion["mpr"]["global"], rel=1e-5)
+    restSegmentation = logic.getNodeParameter("restSegmentationID")
+    assert restSegmentation is not None and not restSegmentation.GetDisplayNode().GetVisibility()
+
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reloaded = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    restored = reloaded.restoreFromParameterNode()
+    got = rows_by_measure(reloaded)
+    assert restored.rest is not None
+    for measure in ("Global MPR", "Global MBF"):
+        assert got[measure] == pytest.approx(expected[measure], rel=1e-4), measure
+    assert any("MPRI" in m for m in got)
+    # unpairing lets the rest nodes go: the next run has no MPR
+    logic.setRestStudy(None)
+    assert "Global MPR" not in {r["measure"] for r in logic.runSegmentation(useExistingLabels=True).table_rows()}
