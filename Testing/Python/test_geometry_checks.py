@@ -363,7 +363,7 @@ def test_zero_density_names_the_flag_not_a_label_file(tmp_path, capsys):
     write_phantom("perfusion", d, seed=1, size=48, n_frames=30)
     dt = json.loads((d / "truth.json").read_text())["dt_s"]
     line = expect_failure(capsys, [d / "perfusion.nii.gz", "--labels", d / "perfusion_labels.nii.gz", "--aif",
-                                   d / "aif.csv", "--dt", dt, "--density", 0], tmp_path / "out", "--density", "> 0 g/mL",
+                                   d / "aif.csv", "--dt", dt, "--density", 0], tmp_path / "out", "--density", "0.8-1.3 g/mL",
                           "1.05")
     assert "perfusion_labels" not in line
 

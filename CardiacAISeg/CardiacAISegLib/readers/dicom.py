@@ -1203,9 +1203,22 @@ def _drop_stray_orientations(geo, items):
     return [g for g, ok in zip(geo, keep) if ok], [it for it, ok in zip(items, keep) if ok], dropped
 
 
+def _temporal_position(ds):
+    """The frame's place in the time series by number: an enhanced frame's TemporalPositionIndex,
+    a classic image's TemporalPositionIdentifier (Canon and others number the dynamics so, with
+    one clock value for the whole series and InstanceNumber restarting every dynamic); None."""
+    if isinstance(ds, EnhancedFrame):
+        return ds.temporal_index
+    try:
+        value = ds.get("TemporalPositionIdentifier")
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _same_time_key(ds):
     """What says 'the same frame' at one slice position; None when the image has no time."""
-    key = (_trigger_s(ds), _clock_s(ds)) + ((ds.temporal_index,) if isinstance(ds, EnhancedFrame) else ())
+    key = (_trigger_s(ds), _clock_s(ds), _temporal_position(ds))
     return None if all(v is None for v in key) else tuple(None if v is None else round(float(v), 4) for v in key)
 
 
@@ -1441,9 +1454,11 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     def order(g):
         ds = g[1]
         t = _frame_time_s(ds, clock)
+        # the dynamic's number before InstanceNumber, which some vendors restart every dynamic
+        position = _temporal_position(ds) or 0
         inst = int(ds.get("InstanceNumber", 0) or 0)
-        within = (ds.temporal_index or 0, ds.index) if isinstance(ds, EnhancedFrame) else (0, 0)
-        return (0, t, inst, within) if t is not None else (1, 0.0, inst, within)
+        within = ds.index if isinstance(ds, EnhancedFrame) else 0
+        return (0, t, position, inst, within) if t is not None else (1, 0.0, position, inst, within)
 
     for g in groups:
         g.sort(key=order)
