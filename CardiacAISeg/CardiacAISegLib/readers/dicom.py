@@ -1030,6 +1030,7 @@ def _pixels(f, ds, notes=None):
     if a.shape != (int(ds.Rows), int(ds.Columns)):
         raise CardiacInputError(f, f"pixel data of shape {a.shape} where Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)}: "
                                    "one greyscale image per file (or frame) is accepted")
+    padding = _padding_mask(ds, a)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         # MONOCHROME1: the lowest value is shown white; a network trained on MONOCHROME2 would
         # see blood dark. Mirror within the stored range so the series keeps one scale.
@@ -1049,7 +1050,35 @@ def _pixels(f, ds, notes=None):
             notes.setdefault("RescaleSlope", (f, slope))
         slope, intercept = 1.0, 0.0 if not np.isfinite(intercept) else intercept
     scale_slope = getattr(ds, _PRIVATE_SCALE, None)   # Philips' floating-point value, where marked
-    return (a * slope + intercept) / (slope * scale_slope) if scale_slope else a * slope + intercept
+    a = (a * slope + intercept) / (slope * scale_slope) if scale_slope else a * slope + intercept
+    if padding is not None:
+        # outside the reconstructed field (a circular FOV's corners): no tissue, shown as the
+        # image's darkest value rather than read as a signal of 65535 or -32768
+        a[padding] = a[~padding].min()
+        if notes is not None:
+            notes.setdefault("PixelPaddingValue", f)
+    return a
+
+
+def _padding_mask(ds, stored):
+    """(R, C) bool of the pixels whose stored value is the PixelPaddingValue (up to
+    PixelPaddingRangeLimit), or None when the image has no padding (or is all padding)."""
+    def value(tag):
+        v = ds.get(tag)
+        if isinstance(v, bytes):   # VR 'US or SS' left undecided by the parser
+            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+            return int.from_bytes(v[:2], "little", signed=signed) if len(v) >= 2 else None
+        try:
+            return None if v in (None, "") else int(v)
+        except (TypeError, ValueError):
+            return None
+
+    pad = value("PixelPaddingValue")
+    if pad is None:
+        return None
+    limit = value("PixelPaddingRangeLimit")
+    mask = (stored >= min(pad, limit)) & (stored <= max(pad, limit)) if limit is not None else stored == pad
+    return mask if mask.any() and not mask.all() else None
 
 
 _PRIVATE_SCALE = "_cardiacaiseg_private_scale"
@@ -1527,6 +1556,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
     if "MONOCHROME1" in pixel_notes:
         warn.append(f"PhotometricInterpretation MONOCHROME1 (inverted grey scale, e.g. {_names([pixel_notes['MONOCHROME1']], folder)}): "
                     "grey values inverted to MONOCHROME2 (bright = signal) before analysis")
+    if "PixelPaddingValue" in pixel_notes:
+        warn.append(f"PixelPaddingValue marks pixels outside the reconstructed field (e.g. in "
+                    f"{_names([pixel_notes['PixelPaddingValue']], folder)}): set to each image's darkest value, not read as signal")
     if "RescaleSlope" in pixel_notes:
         bad_file, bad_slope = pixel_notes["RescaleSlope"]
         warn.append(f"RescaleSlope {bad_slope:g} in {_names([bad_file], folder)} (and maybe others) is not a valid scale: "
