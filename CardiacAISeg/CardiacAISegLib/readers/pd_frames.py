@@ -197,6 +197,8 @@ def rescaled_frames(images):
         for f in np.flatnonzero(steady.sum(1) >= 50):
             values = ratio[f][steady[f]]
             r = float(np.median(values))
+            if r <= 0:
+                continue   # the frame's tissue is empty where its neighbours' is not: a blank frame, not a rescale
             if abs(r - 1) > SCALE_STEP and np.mean(np.abs(values / r - 1) < SCALE_TOLERANCE) > SCALE_AGREEMENT:
                 found[int(f)] = r
         if not found:
