@@ -1462,6 +1462,54 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
 
 
+def _siemens_inline_export(base, f):
+    """A Siemens inline (Gadgetron) perfusion export: the series, its motion-corrected (MOCO) and
+    surface-coil-corrected (SCC) copies, the dual-sequence AIF series and the MBF map the scanner
+    computed (one image per slice, ImageType DERIVED\\PRIMARY\\M\\NONE\\PERFUSION_MAP)."""
+    import pydicom
+
+    from dicom_factory import write_aif_series
+
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", description="Perfusion_stress")
+    for number, (name, kind) in enumerate((("MOCO", "MOCO"), ("SCC", "NORM")), start=3):
+        _, copies = write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", description=f"Perfusion_stress_{name}",
+                                           series=f"1.2.826.0.1.3680043.10.{number + 6}", start_number=number)
+        for p in copies:
+            ds = pydicom.dcmread(p)
+            ds.ImageType = ["DERIVED", "PRIMARY", "M", "ND", kind]
+            ds.save_as(p)
+    write_aif_series(f / "dicom", base.perf_study)
+    _, maps = write_perfusion_series(f / "map", base.perf_study, vendor="siemens", description="Perf_Flow_Map_stress",
+                                     series="1.2.826.0.1.3680043.10.20", start_number=7)
+    n_t = base.perf_study.n_frames
+    for i, p in enumerate(maps):
+        if i % n_t:
+            continue
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["DERIVED", "PRIMARY", "M", "NONE", "PERFUSION_MAP"]
+        ds.SeriesNumber = 1005
+        ds.save_as(f / "dicom" / f"map_{i // n_t}.dcm")
+
+
+@case("perfusion_dicom_siemens_inline_export_with_copies_and_an_mbf_map", "warn", ("derived image", "PERFUSION_MAP"),
+      category="perfusion", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06))
+def _(base, f):
+    """The whole inline export in one folder: refused as "3 image series, choose one" while it
+    listed five; now the original is read with its AIF series, the copies and the map named as
+    left out."""
+    _siemens_inline_export(base, f)
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
+
+
+@case("perfusion_dicom_inline_mbf_map_chosen_with_series", "error", ("map the scanner computed", "PERFUSION_MAP"),
+      named=lambda f: f / "dicom", category="perfusion")
+def _(base, f):
+    """The scanner's MBF map chosen by --series: it was segmented as a one-frame cine and ended in
+    "no LV blood pool labelled at ED"."""
+    _siemens_inline_export(base, f)
+    return [f / "dicom", "--series", "1005"]
+
+
 @case("perfusion_dicom_slice_tracking_moves_each_dynamic", "warn", ("slice tracking", "median position"),
       category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
 def _(base, f):

@@ -438,19 +438,36 @@ def _drop_derived_copies(series, notes=None):
     original_of = {}
     for uid, items in originals.items():
         original_of.setdefault(shape(items), uid)
+    # a derived series of one image per slice beside acquired series of many frames is a result
+    # computed from them (an inline MBF or T1 map), not images to analyse
+    dynamic = any(len(items) > len(_series_positions(items)) for items in originals.values())
     kept = dict(series)
     for uid, items in series.items():
         if uid in originals:
             continue
         source = original_of.get(shape(items))
-        if source is None:
-            continue
-        del kept[uid]
-        if notes is not None:
-            notes.append(f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
-                         f"{_describe(source, series[source])} and was left out: the original is read and its frames "
-                         f"aligned here; give --series {uid} to read the copy instead")
+        if source is not None:
+            del kept[uid]
+            if notes is not None:
+                notes.append(f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
+                             f"{_describe(source, series[source])} and was left out: the original is read and its frames "
+                             f"aligned here; give --series {uid} to read the copy instead")
+        elif dynamic and len(items) == len(_series_positions(items)):
+            del kept[uid]
+            if notes is not None:
+                notes.append(f"series {_describe(uid, items)} is a derived image, one per slice (ImageType "
+                             f"{chr(92).join(_image_type(items[0][1]))}: a map computed by the scanner), and was left out")
     return kept
+
+
+def _refuse_derived_map(folder, uid, items):
+    """A series chosen by the user that is a scanner's computed map (derived, one image per slice
+    position, ImageType naming a MAP): segmenting it ended in 'no LV blood pool labelled'."""
+    types = _image_type(items[0][1])
+    if _is_derived(items[0][1]) and any("MAP" in t for t in types) and len(items) == len(_series_positions(items)):
+        raise CardiacInputError(folder, f"series {_describe(uid, items)} is a map the scanner computed (ImageType "
+                                        f"{chr(92).join(types)}), one image per slice: not a cine or a first-pass series to "
+                                        "segment; choose the acquired series")
 
 
 def _study_name(folder):
@@ -524,6 +541,7 @@ def _choose_series(folder, series, choice, notes=None):
         raise CardiacInputError(folder, "no DICOM image files in this folder")
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
+        every = series
         series = _drop_derived_copies(series, notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
@@ -540,6 +558,10 @@ def _choose_series(folder, series, choice, notes=None):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         else:
             hint = _short_stack_hint(series)
+        left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items() if uid not in series]
+        if left_out:
+            hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
+        listing = "; ".join(_describe(uid, items) for uid, items in series.items())
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
     c = str(choice).strip()
@@ -553,6 +575,7 @@ def _choose_series(folder, series, choice, notes=None):
                                         f"{'; '.join(_describe(u, series[u]) for u in matches)}; choose one by its number or UID")
     if matches:
         uid = matches[0]
+        _refuse_derived_map(folder, uid, series[uid])
         return uid, series[uid], _aif_partner(uid, series[uid], series)
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
