@@ -789,3 +789,34 @@ def test_pixel_padding_outside_a_circular_field_is_not_signal(tmp_path, phantom)
     assert s.images[:, :, outside].max() <= s.images[:, :, ~outside].max()
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+@pytest.mark.parametrize("where", ["after_the_first_pass", "on_the_upslope"])
+def test_a_long_gap_after_the_first_pass_ends_the_series_there(tmp_path, phantom, where):
+    """The ECG trigger lost for six beats once the breath-hold is let go: a gap of 7 frame
+    intervals after the first pass was refused ("frame times jump"), though the frames before it
+    hold all the fit needs. They are analysed, the frames after the gap left out and named. A
+    gap on the AIF's upslope is still refused: the bolus itself was not sampled."""
+    import pydicom
+
+    from dicom_factory import _tm
+
+    study, truth = phantom
+    n_t = study.n_frames
+    cut = int(0.8 * n_t) if where == "after_the_first_pass" else int(np.argmax(study.aif)) - 1
+    times, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
+    dt = float(np.median(np.diff(times)))
+    for n, p in enumerate(paths):
+        if n % n_t > cut:
+            ds = pydicom.dcmread(p)
+            ds.AcquisitionTime = _tm(36000.0 + times[n % n_t] + 6 * dt + 0.1 * (n // n_t))
+            ds.save_as(p)
+    if where == "on_the_upslope":
+        with pytest.raises(CardiacInputError, match="frame times jump"):
+            load_study(tmp_path / "s")
+        return
+    s = load_study(tmp_path / "s")
+    assert s.n_frames == cut + 1 and len(s.aif) == cut + 1
+    assert any("after the gap left out" in w for w in s.provenance["warnings"])
+    a = Analysis(s, {0: study.labels[0]}).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06

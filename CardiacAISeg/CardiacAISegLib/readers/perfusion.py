@@ -14,7 +14,7 @@ from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
-from .pd_frames import drop_blank_frames, drop_leading_pd_frames, undo_rescaled_frames
+from .pd_frames import MIN_DYNAMICS, drop_blank_frames, drop_leading_pd_frames, remove_frames, undo_rescaled_frames
 from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
@@ -218,6 +218,21 @@ def frame_interval_source(dt_source):
     return {"argument": "--dt", "file": "the file's time step", None: "the file"}.get(dt_source, dt_source)
 
 
+def _first_pass_over(aif, fraction=0.4):
+    """The first frame after the AIF's peak at which it has come down below ``fraction`` of its
+    rise over baseline (the first pass is over), or None (no AIF, or it never comes down)."""
+    if aif is None or len(aif) < 5:
+        return None
+    curve = np.asarray(aif, float)
+    peak = int(np.argmax(curve))
+    base = float(np.median(curve[:max(1, min(peak, 3))]))
+    rise = curve[peak] - base
+    if not rise > 0:
+        return None
+    below = np.flatnonzero(curve[peak:] < base + fraction * rise)
+    return peak + int(below[0]) if below.size else None
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -325,6 +340,23 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if measured is not None and len(measured) > 2:
         steps = np.diff(measured)
         jump = int(np.argmax(steps))
+        after = _first_pass_over(study.aif)
+        if steps[jump] > MAX_STEP_FACTOR * np.median(steps) and after is not None and jump >= after \
+                and jump + 1 >= MIN_DYNAMICS:
+            # the ECG trigger lost after the first pass (the breath-hold let go): the frames before
+            # the gap hold the whole first pass, those after it add nothing the fit needs
+            n_late = n - jump - 1
+            warnings.append(f"frame times jump by {steps[jump]:.1f} s between frames {jump + 1} and {jump + 2}, after the "
+                            f"AIF's first pass (one frame every {np.median(steps):.2f} s before it): the {n_late} frame"
+                            f"{'s' if n_late > 1 else ''} after the gap left out, the fit uses the {jump + 1} before it")
+            study.provenance["frames_after_gap_dropped"] = {"gap_s": float(steps[jump]), "dropped": n_late}
+            keep = np.arange(n) <= jump
+            remove_frames(study, keep)
+            study.aif = np.asarray(study.aif)[keep]
+            measured = np.asarray(measured, float)[keep]
+            n = study.n_frames
+            steps = np.diff(measured)
+            jump = int(np.argmax(steps))
         if steps[jump] > MAX_STEP_FACTOR * np.median(steps):
             # resampling across it would invent the frames in between (and a grid over an hour of
             # "frames" does not fit in memory): a dynamic's time is wrong or many are missing
