@@ -820,3 +820,23 @@ def test_a_long_gap_after_the_first_pass_ends_the_series_there(tmp_path, phantom
     assert any("after the gap left out" in w for w in s.provenance["warnings"])
     a = Analysis(s, {0: study.labels[0]}).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+def test_one_series_per_dynamic_is_read_as_one_series(tmp_path, phantom):
+    """Each dynamic exported as a series of its own (its slices at one time): refused as "60 image
+    series, choose one", and any one chosen was a single frame. Read as one series now, said."""
+    import pydicom
+
+    study, truth = phantom
+    n_t = study.n_frames
+    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
+    for n, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.77.{n % n_t + 1}"
+        ds.SeriesNumber = 100 + n % n_t
+        ds.save_as(p)
+    s = load_study(tmp_path / "s")
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    assert any("one series per dynamic" in w for w in s.provenance["warnings"])
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06

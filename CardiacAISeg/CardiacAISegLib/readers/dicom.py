@@ -215,6 +215,8 @@ def scan_dicom_folder(folder, progress=None, notes=None):
         series.setdefault(_series_key(ds), []).extend(_records(f, ds))
     progress(len(files), len(files), "read DICOM headers")
     series, merged = _merge_series_split_per_image(series)
+    series, per_dynamic = _merge_series_per_dynamic(series)
+    merged.update(per_dynamic)
     if notes is not None:
         notes["broken"], notes["duplicates"], notes["merged"] = broken, duplicates, merged
     elif broken and not series:
@@ -498,6 +500,42 @@ def _merge_series_split_per_image(series):
         merged_notes[uids[0]] = (f"{len(uids)} images of series #{number} {desc!r} each carry a SeriesInstanceUID of "
                                  "their own (rewritten per file, e.g. by an anonymiser): read as one series")
     return merged, merged_notes
+
+
+MIN_SERIES_PER_DYNAMIC = 5   # fewer series of one stack are repeats or re-acquisitions, not a time series
+
+
+def _merge_series_per_dynamic(series):
+    """(series, {kept uid: note}): five or more series that each hold one image per slice of the
+    same stack (same description, geometry and slice positions), acquired at distinct times, are
+    the dynamics of one series exported one series per dynamic (some Siemens and PACS exports):
+    merged under the earliest one's UID. Left apart, the folder was refused as "60 image series,
+    choose one", and any one chosen was one frame."""
+    def start(items):
+        times = [_clock_s(ds) for _, ds in items]
+        return min(times) if times and all(t is not None for t in times) else None
+
+    groups = {}
+    for uid, items in series.items():
+        if isinstance(items[0][1], EnhancedFrame) or len(items) != len(_series_positions(items)):
+            continue
+        ds = items[0][1]
+        key = (str(ds.get("SeriesDescription", "")), _stack_key(ds), _series_positions(items))
+        groups.setdefault(key, []).append(uid)
+    merged, notes = dict(series), {}
+    for (desc, _, _), uids in groups.items():
+        starts = [start(series[u]) for u in uids]
+        if len(uids) < MIN_SERIES_PER_DYNAMIC or any(t is None for t in starts) or len(set(np.round(starts, 3))) < len(uids):
+            continue
+        uids = [u for _, u in sorted(zip(starts, uids))]
+        merged[uids[0]] = [it for uid in uids for it in series[uid]]
+        for uid in uids[1:]:
+            del merged[uid]
+        numbers = [str(series[u][0][1].get("SeriesNumber", "?")) for u in (uids[0], uids[-1])]
+        notes[uids[0]] = (f"{len(uids)} series #{numbers[0]}-#{numbers[1]} {desc!r} each hold one image per slice of the "
+                          "same stack at successive times (exported one series per dynamic): read as one series of "
+                          f"{len(uids)} frames")
+    return merged, notes
 
 
 def _patient_id(ds):
