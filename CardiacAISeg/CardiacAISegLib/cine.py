@@ -25,6 +25,14 @@ _ED_WARN_FRACTION = 0.1
 ED_ES_TOLERANCE = 0.03
 # Fewer frames than this are no sampled cycle: certainty is not judged.
 ED_ES_MIN_FRAMES = 6
+# ED and ES given by the file (ACDC Info.cfg) that the cycle contradicts: EF between them more
+# than this many points from EF between the largest and smallest LV volume (every frame
+# labelled), or, with ED and ES labelled only, a given frame on the wrong half of the range of
+# the images' own blood-pool curve (``blood_pool_curve``), which must span ED_ES_MIN_RANGE of
+# its maximum to be read (Sunnybrook SC-HF-I-1, a failing heart: 24 %, its expert ED and ES at
+# 98 % and 1 % of the range).
+ED_ES_EF_POINTS = 5.0
+ED_ES_MIN_RANGE = 0.10
 
 MEASURE_KEYS = ("ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
                 "lv_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
@@ -185,6 +193,57 @@ def _ef(edv, esv):
     return 100.0 * (edv - esv) / edv if edv > 0 else None
 
 
+def blood_pool_curve(study, labels, reference, margin_px=3):
+    """(T,) the LV blood pool as the images show it in every frame: pixels brighter than halfway
+    between the reference frame's blood and myocardium (bSSFP: blood is bright) inside its
+    labelled LV and myocardium, widened by ``margin_px``, summed over slices. It follows the LV
+    volume over the cycle where only ED and ES are labelled; None where nothing can be read."""
+    from scipy import ndimage
+
+    lab = np.asarray(labels[reference])
+    images = np.asarray(study.images)
+    out = np.zeros(study.n_frames)
+    used = False
+    for k in range(study.n_slices):
+        lv, myo = lab[k] == LV, lab[k] == MYO
+        if lv.sum() < 10 or myo.sum() < 10:
+            continue
+        blood, wall = np.median(images[reference, k][lv]), np.median(images[reference, k][myo])
+        if not blood > wall:
+            continue   # no bright-blood contrast on this slice
+        region = ndimage.binary_dilation(lv | myo, iterations=margin_px)
+        out += (images[:, k][:, region] > 0.5 * (blood + wall)).sum(1)
+        used = True
+    return out if used and out.max() > 0 else None
+
+
+def _ed_es_check(study, labels, curve, ed, es):
+    """{'by', 'ed_position', 'es_position', 'largest', 'smallest', 'disagree', ...} for ED/ES the
+    study fixed (ACDC Info.cfg): positions 1 = the largest LV, 0 = the smallest. None when
+    there is nothing to check against."""
+    if study.ed_frame is None or study.es_frame is None or study.n_frames < ED_ES_MIN_FRAMES:
+        return None
+    if len(curve) == study.n_frames:
+        lv = np.array([curve[t]["lv"] for t in range(study.n_frames)])
+        by = "the labelled LV volume of every frame"
+    else:
+        lv = blood_pool_curve(study, labels, ed)
+        by = "the LV blood pool in the images (bright pixels inside the labelled LV and myocardium)"
+        if lv is None:
+            return None
+    lo, hi = float(lv.min()), float(lv.max())
+    if not hi > 0 or (hi - lo) / hi < ED_ES_MIN_RANGE:
+        return None
+    check = {"by": by, "largest": int(np.argmax(lv)), "smallest": int(np.argmin(lv)),
+             "ed_position": (float(lv[ed]) - lo) / (hi - lo), "es_position": (float(lv[es]) - lo) / (hi - lo)}
+    if len(curve) == study.n_frames:
+        check["ef_from_curve_pct"] = 100.0 * (hi - lo) / hi
+        check["disagree"] = abs(_ef(lv[ed], lv[es]) - check["ef_from_curve_pct"]) > ED_ES_EF_POINTS
+    else:
+        check["disagree"] = check["ed_position"] < 0.5 or check["es_position"] > 0.5
+    return check
+
+
 def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
     """EDV/ESV/SV/EF, LV mass (``density``, 1.05 g/mL, x myocardium at ED) and RV volumes of a cine study.
 
@@ -235,6 +294,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         if (c_ed, c_es) != (ed, es):
             warnings.append(f"given ED/ES frames ({ed}, {es}) differ from the volume curve's "
                             f"largest/smallest LV volume ({c_ed}, {c_es})")
+    ed_es_check = _ed_es_check(study, labels, curve, ed, es)
     if curve[ed]["myo"] <= 0:
         warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
     if rv_edv <= 0:
@@ -258,6 +318,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         "rv_sv_ml": (rv_edv - rv_esv) if rv_edv > 0 else None, "rv_ef_pct": _ef(rv_edv, rv_esv),
         "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,
         "ed_es_certainty": certainty,
+        "ed_es_check": ed_es_check,
         "warnings": warnings,
     }
     return out

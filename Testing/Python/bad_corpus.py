@@ -1019,6 +1019,34 @@ def _(base, f):
             "--labels", "study"]
 
 
+def _acdc_with_4d(base, folder, ed, es):
+    """An ACDC patient folder as the challenge ships it: the whole cycle (``_4d``), and images
+    and expert labels of the ED and ES frames only (1-based ``ed``, ``es`` in Info.cfg)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nifti(folder / f"{folder.name}_4d.nii.gz", to_xyzt(base.cine_images * 1000), _axial_affine())
+    for n in sorted({ed, es}):
+        nifti(folder / f"{folder.name}_frame{n:02d}.nii.gz", to_xyzt(base.cine_images[n - 1:n] * 1000)[..., 0], _axial_affine())
+        nifti(folder / f"{folder.name}_frame{n:02d}_gt.nii.gz", to_xyzt(acdc_convention(base.cine_labels[n - 1:n]))[..., 0],
+              _axial_affine(), np.uint8)
+    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nNbFrame: {base.cine_images.shape[0]}\n")
+    return folder
+
+
+@case("acdc_info_cfg_ed_es_off_the_cycle_with_4d", "warn", ("ED_ES_DISAGREE",), category="acdc")
+def _(base, f):
+    """Info.cfg names two diastolic frames (ED 5, ES 2) of a cycle whose largest and smallest LV
+    are frames 1 and 3; only those two frames are labelled. EF 16 % for 57 % passed every range
+    with QC "pass": the images' own blood pool over the 4D file shows the cycle."""
+    return [_acdc_with_4d(base, f / "patient806", 5, 2), "--labels", "study"]
+
+
+@case("acdc_info_cfg_with_4d", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The same layout with the right ED and ES: measured as the truth, nothing flagged."""
+    ed, es = base_ed(base) + 1, base_es(base) + 1
+    return [_acdc_with_4d(base, f / "patient807", ed, es), "--labels", "study"]
+
+
 # --- perfusion ----------------------------------------------------------------------------
 @case("aif_header_only", "error", ("no values",), named=lambda f: f / "aif.csv", category="perfusion")
 def _(base, f):
