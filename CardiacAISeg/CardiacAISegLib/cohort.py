@@ -169,10 +169,14 @@ def _check_unique(specs, where):
             raise CardiacInputError(where, f"study {s.study!r} ({s.input}) is named like the cohort's own "
                                            f"{s.study.lower()} in the output folder; give it another name (manifest "
                                            "column 'study')")
-        if s.study in seen:
-            raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}: {seen[s.study]} and "
-                                           f"{s.input}; give them distinct names (manifest column 'study')")
-        seen[s.study] = s.input
+        # by the lower-case name: on macOS, Windows and most network shares P001 and p001 are
+        # one folder
+        if s.study.lower() in seen:
+            other, first = seen[s.study.lower()]
+            raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}"
+                                           f"{'' if first == s.study else f' (and {first!r}: one folder where case does not count)'}: "
+                                           f"{other} and {s.input}; give them distinct names (manifest column 'study')")
+        seen[s.study.lower()] = (s.input, s.study)
 
 
 def load_cohort(source, defaults=None, exclude=()):
@@ -205,9 +209,29 @@ def read_results(study_dir):
     return doc if isinstance(doc, dict) and "schema_version" in doc else None
 
 
-def study_complete(study_dir):
-    """Outputs of a study are complete: results.json present and readable (analyze moves all outputs in at once)."""
-    return read_results(study_dir) is not None
+def study_complete(study_dir, spec=None):
+    """Outputs of a study are complete: results.json present and readable (analyze moves all
+    outputs in at once). With ``spec``, they must also be this manifest row's: its row on disk
+    is not an error and was made from the same input and options (a row edited to point at
+    another input was kept from the old one on --resume, and a study that had failed was never
+    run again)."""
+    if read_results(study_dir) is None:
+        return False
+    if spec is None:
+        return True
+    try:
+        row = json.loads((Path(study_dir) / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        return True   # outputs without a row: the worker stopped after writing them (_read_row rebuilds it)
+    if row.get("status") == STATUS_ERROR:
+        return False
+    made_from = row.get("spec")
+    return made_from == spec_signature(spec) if made_from is not None else row.get("input") == spec.input
+
+
+def spec_signature(spec):
+    """What a study's outputs were made from: its input and analyze options, as text."""
+    return {"input": str(spec.input), "options": {k: str(v) for k, v in sorted(spec.options.items())}}
 
 
 def measures_of(rows):
@@ -312,6 +336,14 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
                                time.process_time() - cpu0)
     except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
         row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
+        if force:
+            # asked to replace this study's outputs, and this run made none: the old ones no
+            # longer belong to the manifest row, and left beside the error row they read as results
+            from .outputs import REPLACED_FILES
+
+            for name in REPLACED_FILES:
+                (study_dir / name).unlink(missing_ok=True)
+    row["spec"] = spec_signature(spec)
     study_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(study_dir / ROW_FILE, row)
     return row
@@ -350,11 +382,29 @@ def _column_order(rows, specs):
     return list(META_COLUMNS), measures, extra
 
 
-def assemble_table(specs, out_root):
+def _write_table_of(specs, out_root, interrupted_by=(), since=None):
+    """cohort.csv/parquet of what is on disk now; the studies of ``interrupted_by`` whose row was
+    written before ``since`` (time.time() at the run's start) are listed as not run: their
+    outputs on disk are an earlier run's."""
+    columns, rows, _missing, groups = assemble_table(specs, out_root, stale=interrupted_by, since=since)
+    return write_table(columns, rows, groups, out_root)
+
+
+def _written_before(path, since):
+    try:
+        return since is not None and path.stat().st_mtime < since
+    except OSError:
+        return True
+
+
+def assemble_table(specs, out_root, stale=(), since=None):
     """(columns, rows as flat dicts, number of studies without a row, (meta, measure, manifest) column groups)."""
     rows, missing = [], 0
+    stale = {s.study for s in stale}
     for spec in specs:
         row = _read_row(spec, out_root)
+        if spec.study in stale and row is not None and _written_before(Path(out_root) / spec.study / ROW_FILE, since):
+            row = None   # an earlier run's row: this run did not get to the study
         if row is None:
             missing += 1
             row = error_row(spec, "not run: no outputs and no row (the run was stopped before this study finished); "
@@ -611,15 +661,16 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     from tqdm import tqdm
 
     from .analyze import REPORT_CHOICES
+    from .outputs import Terminated
 
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
-    t_start = time.perf_counter()
+    t_start, started_at = time.perf_counter(), time.time()
     out_root = Path(out_root).resolve()   # the workers may run in another folder
     if out_root.exists() and not out_root.is_dir():
         raise CardiacInputError(out_root, "--out exists and is not a folder; give a folder for the cohort's outputs")
     out_root.mkdir(parents=True, exist_ok=True)
-    skipped = [s for s in specs if resume and study_complete(out_root / s.study)]
+    skipped = [s for s in specs if resume and study_complete(out_root / s.study, s)]
     todo = [s for s in specs if s not in skipped]
     if not resume and not force:
         done_before = [s.study for s in todo if (out_root / s.study / "results.json").exists()]
@@ -647,16 +698,25 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
-            for future in as_completed(futures):
-                spec = futures[future]
-                try:
-                    row = future.result()
-                except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
-                    row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
-                    (out_root / spec.study).mkdir(parents=True, exist_ok=True)
-                    _write_json_atomic(out_root / spec.study / ROW_FILE, row)
-                bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])
-                bar.update(1)
+            try:
+                for future in as_completed(futures):
+                    spec = futures[future]
+                    try:
+                        row = future.result()
+                    except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
+                        row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
+                        row["spec"] = spec_signature(spec)
+                        (out_root / spec.study).mkdir(parents=True, exist_ok=True)
+                        _write_json_atomic(out_root / spec.study / ROW_FILE, row)
+                    bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])
+                    bar.update(1)
+            except (KeyboardInterrupt, Terminated):
+                # stopped (Ctrl-C, SIGTERM): the table still lists every study, those not finished as
+                # "not run ... rerun with --resume", rather than a missing or an earlier table
+                bar.close()
+                client.close()
+                _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
+                raise
             bar.close()
         finally:
             client.close()

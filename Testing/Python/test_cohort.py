@@ -143,6 +143,9 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     bad.write_text("study,path\nx,a.nii.gz\nx,b.nii.gz\n")
     with pytest.raises(CardiacInputError, match="same folder 'x'"):
         read_manifest(bad)
+    bad.write_text("study,path\nP001,a.nii.gz\np001,b.nii.gz\n")   # one folder on macOS, Windows, most shares
+    with pytest.raises(CardiacInputError, match="same folder 'p001' \\(and 'P001': one folder where case does not count\\)"):
+        read_manifest(bad)
     for reserved in ("cohort.csv", "Cohort_Report.png"):   # the cohort's own files in the output folder
         bad.write_text(f"study,path\nok,a.nii.gz\n{reserved},b.nii.gz\n")
         assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
@@ -376,6 +379,12 @@ def test_dask_scheduler_worker_killed_then_resume(cohort, tmp_path):
         first.communicate(timeout=60)
         finished = sorted(n for n in rows_on_disk() if (out / n / "results.json").is_file())
         assert 1 <= len(finished) < len(rows) - 1, finished   # some finished, the rest did not
+        # the stopped batch still wrote its table: every study, the unfinished ones as not run
+        stopped = {r["study"]: r for r in _read_csv(out / "cohort.csv")}
+        assert list(stopped) == [r["study"] for r in rows]
+        for n, r in stopped.items():
+            if n not in finished and n != "corrupt":
+                assert r["status"] == "error" and "rerun with --resume" in r["error"], r
         first_workers = {json.loads((out / n / ROW_FILE).read_text())["worker"] for n in finished}
         before = {n: ((out / n / "results.json").stat().st_mtime_ns, (out / n / ROW_FILE).stat().st_mtime_ns) for n in finished}
 
@@ -419,3 +428,37 @@ def test_worker_memory_limit_follows_the_largest_study(cohort, tmp_path):
     assert worker_memory_limit([small], 1) >= base + needed_bytes(small.input)[0]
     assert worker_memory_limit([small, big], 1) >= base + needed_bytes(big_path)[0]
     assert worker_memory_limit([small, big], 1) > worker_memory_limit([small], 1)
+
+
+def test_resume_and_force_follow_the_manifest_rows(cohort, tmp_path):
+    """--resume reran nothing whose results.json existed: a manifest row pointed at another input
+    kept the old input's numbers, and a study that had failed was never tried again. --force on
+    a study that now fails left its old outputs beside the error row."""
+    from CardiacAISegLib.cohort import load_cohort, run_cohort
+
+    root = cohort["root"]
+
+    def manifest(name, a_input, a_labels, b_input="phantom_b/cine.nii.gz"):
+        rows = [{"study": "s_a", "path": a_input, "labels": a_labels},
+                {"study": "s_b", "path": b_input, "labels": "phantom_b/cine_labels.nii.gz"}]
+        _write_manifest(root / name, rows)
+        return load_cohort(root / name)
+
+    def run(specs, **kw):
+        return run_cohort(specs, tmp_path / "out", workers=1, processes=False, show_progress=False, log=lambda *a: None,
+                          report=False, reports="none", **kw)
+
+    first = run(manifest("m1.csv", "phantom_a/cine.nii.gz", "phantom_a/cine_labels.nii.gz"))
+    assert first.counts["error"] == 0
+    # s_a now points at phantom_b: it is run again, not kept from phantom_a
+    again = run(manifest("m2.csv", "phantom_b/cine.nii.gz", "phantom_b/cine_labels.nii.gz"), resume=True)
+    assert again.ran == ["s_a"] and again.skipped == ["s_b"]
+    rows = {r["study"]: r for r in again.rows}
+    assert rows["s_a"]["lv_edv_ml"] == pytest.approx(rows["s_b"]["lv_edv_ml"], rel=1e-9)
+    # s_b now fails under --force: its old outputs go, only the error row is left
+    failing = manifest("m3.csv", "phantom_b/cine.nii.gz", "phantom_b/cine_labels.nii.gz", b_input="corrupt.nii.gz")
+    forced = run(failing, force=True)
+    assert {r["study"]: r["status"] for r in forced.rows}["s_b"] == "error"
+    assert not [n for n in OUTPUT_FILES if (tmp_path / "out" / "s_b" / n).exists()]
+    # and a study whose last run failed is tried again on --resume
+    assert run(failing, resume=True).ran == ["s_b"]
