@@ -36,7 +36,7 @@ ED_ES_MIN_RANGE = 0.10
 
 MEASURE_KEYS = ("ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
                 "lv_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
-                "lv_volume_curve_ml", "ed_es_certainty")
+                "lv_volume_curve_ml", "ed_es_certainty", "ed_es_check")
 
 
 def _where(source):

@@ -336,6 +336,38 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+def _tilt_slice(k_tilted, degrees):
+    def stamp(ds, k, t):
+        if k == k_tilted:   # re-planned about the row axis, through the same centre
+            a = np.radians(degrees)
+            ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(a)), float(np.sin(a))]
+    return stamp
+
+
+@case("dicom_cine_one_slice_re_planned_a_few_degrees", "warn", ("tilted", "5.0°", "read as parallel"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """One slice of the stack re-planned 5° off the others: taken for a localiser (any tilt over
+    0.1°), left out, and the stack's labels then "did not match the image"."""
+    d, labels = cine_dicom(base, f / "dicom", per_image=_tilt_slice(5, 5.0))
+    return [d, "--labels", labels]
+
+
+@case("dicom_cine_per_slice_series_one_re_planned", "warn", ("tilted", "read as parallel"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The same stack stored one series per slice: the tilted slice's series was left out of the
+    stack without a word."""
+    (f / "dicom").mkdir(parents=True)
+    for k in range(N_SLICES):
+        one, _ = cine_dicom(base, f / f"slice{k}", slices=[k], per_image=_tilt_slice(5, 5.0),
+                            series=f"1.2.826.0.1.3680043.10.99.{100 + k}", number=100 + k)
+        for p in one.iterdir():
+            p.rename(f / "dicom" / f"S{k}_{p.name}")
+    _, labels = cine_dicom(base, f / "whole_stack")      # the labels of the whole stack (its images are not the input)
+    return [f / "dicom", "--labels", labels]
+
+
 @case("dicom_localiser_series_beside_cine", "error", ("series",), category="dicom",
       named=lambda f: f / "dicom")
 def _(base, f):

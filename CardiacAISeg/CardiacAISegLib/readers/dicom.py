@@ -244,6 +244,24 @@ def list_dicom_series(folder):
                 for uid, items in series.items()]
 
 
+# A slice whose orientation is within this of its stack's is a slice of that stack, re-planned
+# (a few degrees, as operators do for one slice): read as parallel to it, with a warning. A
+# localiser or a long-axis view is tens of degrees off. Read apart, a tilt of 0.1 degree made
+# the slice a "localiser", left out, and the stack's labels then "did not match".
+TILT_TOLERANCE_DEG = 10.0
+
+
+def _orientation_angle_deg(a, b):
+    """Largest angle between the row directions and between the column directions of two
+    ImageOrientationPatient values."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    angles = []
+    for u, v in ((a[:3], b[:3]), (a[3:], b[3:])):
+        cos = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12))
+        angles.append(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return max(angles)
+
+
 def _stack_key(ds):
     """Series that can form one short-axis stack share orientation, matrix and pixel size."""
     try:
@@ -265,8 +283,11 @@ def _parallel_stack(series, notes=None):
     groups = {}
     for uid, items in series.items():
         key = _stack_key(items[0][1])
-        if key is not None:
-            groups.setdefault(key, []).append(uid)
+        if key is None:
+            continue
+        # a series tilted a few degrees against a group (one slice re-planned) joins it
+        near = next((k for k in groups if k[1:] == key[1:] and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
+        groups.setdefault(near or key, []).append(uid)
 
     def n_positions(uids):
         return len(set().union(*(_series_positions(series[uid]) for uid in uids)))
@@ -1267,7 +1288,7 @@ def _load_series(folder, series, kind, progress):
     return check_geometry(study, folder)
 
 
-def _drop_stray_orientations(geo, items):
+def _drop_stray_orientations(geo, items, notes=None):
     """(geo, items, dropped files) without a few images in other orientations than the stack.
 
     Scanners file localisers / scouts under the cine's series now and then: a handful of
@@ -1283,6 +1304,19 @@ def _drop_stray_orientations(geo, items):
     if len(counts) < 2:
         return geo, items, []
     main = max(counts, key=counts.get)
+    # slices a few degrees off the stack (re-planned) belong to it: read as parallel to it
+    tilted = {k: _orientation_angle_deg(k, main) for k in counts if k != main}
+    tilted = {k: a for k, a in tilted.items() if a < TILT_TOLERANCE_DEG}
+    if tilted:
+        files = [g[0] for g, k in zip(geo, keys) if k in tilted]
+        if notes is not None:
+            notes.append((files, max(tilted.values())))
+        geo = [(g[0], g[1], np.asarray(main, float)) + tuple(g[3:]) if k in tilted else g for g, k in zip(geo, keys)]
+        for k in tilted:
+            counts[main] += counts.pop(k)
+        keys = [main if k in tilted else k for k in keys]
+        if len(counts) < 2:
+            return geo, items, []
     stray = len(geo) - counts[main]
     positions = {tuple(np.round(g[3], 1)) for g, k in zip(geo, keys) if k == main}
     a_stack_beside_views = len(positions) >= 2 and 2 * stray <= counts[main]
@@ -1490,7 +1524,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
-    geo, items, dropped = _drop_stray_orientations(geo, items)
+    tilt_notes = []
+    geo, items, dropped = _drop_stray_orientations(geo, items, tilt_notes)
     _settle_clock_tag(items)
     midnight = _unwrap_midnight(items)
     trigger_note = _mark_trigger_times_in_seconds(items)
@@ -1500,6 +1535,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
                             f"long-axis views) left out: {_names(dropped, folder)}"]
     else:
         early_localisers = []
+    for files, angle in tilt_notes:
+        early_localisers.append(f"{len(files)} image(s) of {'the stack' if '+' in uid else f'series {uid}'} tilted up to "
+                                f"{angle:.1f}° against the rest of the stack "
+                                f"(a re-planned slice?), e.g. {_names(files[:1], folder)}: read as parallel to it")
     orients = {}
     for g in geo:
         orients.setdefault(tuple(np.round(g[2], 3)), g[0])
