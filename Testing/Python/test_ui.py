@@ -93,8 +93,9 @@ def test_parameter_names_map_to_logic_parameters(form):
             assert name in PARAMETERS, f"{w.objectName()}: SlicerParameterName {name!r} is not a Logic parameter"
             assert name not in bound, f"{name!r} bound twice ({bound.get(name)} and {w.objectName()})"
             bound[name] = w.objectName()
-    # The ES segmentation is made by the Logic and edited in the Segment Editor, not chosen.
-    assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID"}
+    # The ES segmentation is made by the Logic and edited in the Segment Editor, not chosen; the
+    # rest series' mask is made by the Logic and kept for the saved scene.
+    assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID"}
     _, _, classes = _ui_tree()
     for name, widget_name in bound.items():
         cls = classes[widget_name]
