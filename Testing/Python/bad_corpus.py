@@ -336,6 +336,22 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_cine_one_acquisition_time_and_a_reconstruction_clock", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """A cine stack acquired in one breath-hold: one AcquisitionTime for every image, ContentTime
+    (when each image was reconstructed, phase by phase over the stack) 0.7 s apart over half a
+    minute. The trigger delays run through the cycle: a cine, not a first pass timed by the
+    reconstruction clock."""
+    from dicom_factory import _tm
+
+    def stamp(ds, k, t):
+        ds.AcquisitionTime = "100000.000000"
+        ds.ContentTime = _tm(36000.0 + 0.7 * (t * N_SLICES + k))
+    d, labels = cine_dicom(base, f / "dicom", per_image=stamp)
+    return [d, "--labels", labels]
+
+
 def _tilt_slice(k_tilted, degrees):
     def stamp(ds, k, t):
         if k == k_tilted:   # re-planned about the row axis, through the same centre

@@ -847,7 +847,12 @@ def choose_frame_clock(groups):
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
         return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
                 "reason": f"TriggerTime rises through {span(trig):.1f} s at one slice position (many heartbeats)"}
-    if clock is not None and distinct(clock) and span(clock) > MANY_HEARTBEATS_S and (trig is None or span(trig) < 0.25 * span(clock)):
+    # trigger delays that run through a cardiac cycle (distinct, 0.2 s or more) are a cine's phases,
+    # whatever a clock says: a stack with one AcquisitionTime and its images' ContentTime (the
+    # reconstruction clock) spread over seconds is no first pass
+    cycle = trig is not None and distinct(trig) and span(trig) >= MIN_CYCLE_SPAN_S
+    if clock is not None and distinct(clock) and span(clock) > MANY_HEARTBEATS_S and not cycle \
+            and (trig is None or span(trig) < 0.25 * span(clock)):
         if cut_to_seconds(clock) and step(clock) < 3.0:
             # distinct, but cut to whole seconds: at a heartbeat of 1.2 s the steps read 1, 1, 2,
             # 1, 1, 2 s, a "skipped beat" every third frame, and MBF 15 % off; only the span over
