@@ -469,6 +469,15 @@ def study_insertion_points(study, label_map3d=None, fill_missing=False, bolus_fr
             direct[k] = _fallback_arc(lab[k], sp_rc, a, m, k,
                                       f"the RV never comes within {CONTACT_MM[-1]:g} mm of the LV epicardium")
         need = [k for k in need if k not in direct]
+    # a contact of a voxel or two (a stray RV voxel, an open LVOT at the base) puts both points
+    # together (ACDC patient029's expert labels, slice 0: 1° apart): such a slice takes its
+    # neighbour's directions, as a slice without contact does
+    together = [k for k, res in direct.items() if res.get("septal_arc_deg") is not None
+                and min(res["septal_arc_deg"] % 360, 360 - res["septal_arc_deg"] % 360) < SEPTAL_ARC_DEG[0]]
+    if together and len(together) < len(direct):
+        for k in together:
+            del direct[k]
+        need = sorted(set(need) | set(together))
     out = {}
     for k, res in direct.items():
         out[k] = _entry(k, res, "rv_at_peak" if "rv_source" in res else "contact", None)

@@ -305,3 +305,24 @@ def test_bad_inputs(cine):
         flat = Study(images=np.zeros((2, 3, 8, 8)), ijk_to_ras=np.eye(4), labels={0: np.zeros((3, 8, 8), np.uint8),
                      1: np.zeros((3, 8, 8), np.uint8)}, ed_frame=0, es_frame=1, source="flat.nii")
         cine_measures(flat)
+
+
+def test_points_of_a_touch_of_rv_are_the_neighbours(shared_data):
+    """A slice whose RV touches the epicardium in a voxel or two (a stray voxel in expert labels,
+    an open LVOT at the base) gave both insertion points one direction (ACDC patient029, slice
+    0: 1° apart), which mis-sorted its myocardium into segments; it takes its neighbour's
+    directions, as a slice with no contact does, and QC has nothing to flag."""
+    from CardiacAISegLib.analysis import Analysis
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    folder = shared_data / "acdc" / "patient029"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    study = load_acdc_patient(folder)
+    points = {p["slice"]: p for p in study_insertion_points(study, study.labels[study.ed_frame], fill_missing=True)}
+    assert points[0]["source"] == "neighbour"
+    for p in points.values():
+        arc = p["septal_arc_deg"] % 360
+        assert min(arc, 360 - arc) >= 12, p
+    a = Analysis(study, study.labels).run()
+    assert "INSERTION_POINTS_IMPLAUSIBLE" not in {f["code"] for f in a.qc["flags"]}
