@@ -297,7 +297,13 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
     ed_es_check = _ed_es_check(study, labels, curve, ed, es)
     if curve[ed]["myo"] <= 0:
         warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
-    if rv_edv <= 0:
+    rv_measured = any((np.asarray(m) == RV).any() for m in labels.values())
+    if not rv_measured:
+        # no RV on any labelled frame (LV-only contours, Sunnybrook's): the RV was not measured,
+        # so its volumes are not numbers (0 mL read as one in results.json and cohort tables)
+        rv_edv = rv_esv = None
+        warnings.append("no RV labelled on any frame: RV measures are not given")
+    elif rv_edv <= 0:
         warnings.append(f"no RV labelled at ED (frame {ed}): RV measures are undefined")
     if lv_esv > lv_edv:
         warnings.append("LV ESV exceeds EDV: ED and ES frames may be swapped")
@@ -315,7 +321,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
         "lv_edv_ml": lv_edv, "lv_esv_ml": lv_esv, "lv_sv_ml": lv_edv - lv_esv, "lv_ef_pct": _ef(lv_edv, lv_esv),
         "lv_mass_g": float(density) * curve[ed]["myo"],
         "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv,
-        "rv_sv_ml": (rv_edv - rv_esv) if rv_edv > 0 else None, "rv_ef_pct": _ef(rv_edv, rv_esv),
+        "rv_sv_ml": (rv_edv - rv_esv) if rv_edv else None, "rv_ef_pct": _ef(rv_edv, rv_esv) if rv_edv is not None else None,
         "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,
         "ed_es_certainty": certainty,
         "ed_es_check": ed_es_check,

@@ -22,7 +22,8 @@ from CardiacAISegLib.labels import SEGMENTS, normalise_labels
 TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv_insertion", "warnings", "qc", "timing_s"}
 CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
              "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml",
-             "ed_es_certainty"}   # None unless every frame of a cycle is labelled
+             "ed_es_certainty",   # None unless every frame of a cycle is labelled
+             "ed_es_check"}       # None unless the reader fixed ED/ES of a series of 6+ frames
 SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels"}
 SEGMENT_NAMES = list(SEGMENTS)          # "LV blood pool", "LV myocardium", "RV"
 MYOCARDIAL_DENSITY = 1.05

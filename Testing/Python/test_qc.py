@@ -114,7 +114,8 @@ def test_no_rv_at_all_still_gives_volumes(cine):
     study, _ = cine
     labels = {t: np.where(m == RV, 0, m).astype(np.uint8) for t, m in study.labels.items()}
     a = _cine_analysis(study, labels)
-    assert a.cine["lv_edv_ml"] > 0 and a.cine["rv_edv_ml"] == 0 and a.sectors is None
+    # not measured: no number (0 mL read as one in results.json and cohort tables)
+    assert a.cine["lv_edv_ml"] > 0 and a.cine["rv_edv_ml"] is None and a.cine["rv_esv_ml"] is None and a.sectors is None
     assert "RV_MISSING_MID_ED" in codes(a)
 
 

@@ -185,6 +185,18 @@ def test_session_run_edit_save_load_back(phantom_data, tmp_path):
     with pytest.raises(CardiacInputError, match="patientNNN"):
         s.save("out", patient="Bob")
     assert not (data / "out").exists()
+    # a file where the ground-truth folder goes: refused before anything is written (it wrote
+    # the results, then stopped with an "Unexpected error (NotADirectoryError)")
+    (data / "blocked").mkdir()
+    (data / "blocked" / "ground_truth").write_text("")
+    with pytest.raises(CardiacInputError, match="ground_truth: is a file where the ground-truth folder goes"):
+        s.save("blocked", force=True)
+    assert sorted(p.name for p in (data / "blocked").iterdir()) == ["ground_truth"]
+    (data / "blocked" / "ground_truth").unlink()
+    (data / "blocked" / "report.png").mkdir()      # the engine's words for the CLI are not the page's
+    with pytest.raises(CardiacInputError, match="choose another output folder") as refused:
+        s.save("blocked", force=True)
+    assert "--out" not in str(refused.value)
     files = s.save("out")
     assert {"out/results.json", "out/results.csv", "out/segmentation.seg.nrrd", "out/report.png", "out/scene.mrb"} <= set(files)
     assert any(f.startswith("out/ground_truth/patient101/") and f.endswith("_gt.nii.gz") for f in files)

@@ -617,6 +617,9 @@ class CardiacWebApp:
     # ------------------------------------------------------------------------ outputs
     def _save(self):
         s = self.state
+        # a save takes seconds (report, scene): the page says so now, not the previous error
+        s.error_message, s.info_message = "", "Saving ..."
+        s.flush()
         files = self.session.save(s.out_path, force=bool(s.overwrite), patient=(s.patient or "").strip() or None)
         s.saved_files = files
         s.info_message = f"Saved {len(files)} files into {self.data.relative(self.data.resolve(s.out_path or self.session.default_output(), must_exist=False))}"

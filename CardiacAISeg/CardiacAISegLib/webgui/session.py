@@ -491,13 +491,8 @@ class Session:
         a = self.analysis
         if a is None:
             return []
-        # No RV labelled on any analysed frame (Sunnybrook's LV-only contours): the RV was not
-        # measured, so its volumes are "n/a" like its SV and EF, not "0.0 mL".
-        no_rv = not any((m == RV).any() for m in a.labels.values())
         rows = []
         for r in a.table_rows():
-            if no_rv and r["key"].startswith("rv_"):
-                r = dict(r, value=None)
             if r["key"] in PEOPLE_FRAME_ROWS and r.get("value") is not None:
                 # Frame numbers for people count from 1; results.json and results.csv keep the
                 # engine's 0-based frame index (documented there).
@@ -544,14 +539,26 @@ class Session:
         try:
             check_outputs(out, force)
         except OutputExistsError as e:
-            # The engine speaks to the command line (--force); the page has a checkbox.
+            # The engine speaks to the command line (--force, --out); the page has a checkbox and
+            # an output folder field
             raise OutputExistsError(str(e).replace("pass --force", "tick Overwrite")) from None
+        except CardiacInputError as e:
+            raise CardiacInputError(e.path, e.problem.replace("another --out", "another output folder")) from None
         gt_root = out / "ground_truth"
         if a.kind == CINE:
             patient = self.logic.groundTruthName(patient)   # a bad name refused before any output is written
             gt_target = gt_root / patient
         else:
             gt_target = gt_root / "perfusion_labels_gt.nii.gz"
+        # every refusal before the first file is written: a file where a folder goes (or the
+        # reverse) stopped the save half-way, results written and the ground truth not
+        for folder in (gt_root, gt_target) if a.kind == CINE else (gt_root,):
+            if folder.exists() and not folder.is_dir():
+                raise CardiacInputError(self.data.relative(folder), "is a file where the ground-truth folder goes; move it "
+                                                                    "away or choose another output folder")
+        if a.kind != CINE and gt_target.is_dir():
+            raise CardiacInputError(self.data.relative(gt_target), "is a folder where the ground-truth label map goes; move "
+                                                                   "it away or choose another output folder")
         if gt_target.exists() and not force and (a.kind != CINE or any(gt_target.iterdir())):
             raise CardiacInputError(self.data.relative(gt_target), "ground truth exists; tick Overwrite to replace it")
         paths = dict(self.logic.exportResults(out, force=force))
