@@ -40,6 +40,7 @@ FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
 FRAME_COUNT_ATTRIBUTE = "CardiacAISeg.FrameCount"   # on output segmentations: how many frames the series had
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
+REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic added: the stress input it was paired with
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
@@ -205,6 +206,12 @@ class CardiacAISegLogic(_LogicBase):
         with (a stale one gave the next series picked a wrong MBF with no flag)."""
         if not self._isInputNode(node):
             self.setParameter("aifPath", "")
+            # a rest series read for the previous input goes with it too (one the user picked in
+            # the scene stays picked; the pairing is checked again at the next run)
+            self.restStudy = None
+            restNode = self.getNodeParameter("restNodeID")
+            if restNode is not None and restNode.GetAttribute(REST_OF_ATTRIBUTE) not in (None, node.GetID()):
+                self.setParameter("restNodeID", "")
         self.setParameter("inputNodeID", node)
         for name in OUTPUT_PARAMETERS:
             output = self.getNodeParameter(name)
@@ -412,6 +419,8 @@ class CardiacAISegLogic(_LogicBase):
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
         rest = self._restStudy() if study.kind == PERFUSION else None
+        if rest is not None:   # paired before this input was chosen: still one patient's
+            check_rest_pairing(study, rest.source or rest.name, rest)
         restLabels = rest.labels if rest is not None and useExistingLabels and rest.labels else None
         arguments = {"model_name": modelName, "labels": labels, "frames": frames, "density": density, "device": device,
                      "bullseye": self.getParameter("bullseyeMeasure") or "mbf"}
@@ -519,6 +528,7 @@ class CardiacAISegLogic(_LogicBase):
             nodes = sc.add_study(self.context, rest.study)
             restNode = nodes.sequence or nodes.volume
             _write_study_attributes(restNode, rest.study)
+            restNode.SetAttribute(REST_OF_ATTRIBUTE, self.getParameter("inputNodeID"))
             self.setParameter("restNodeID", restNode)
         ref = rest.reference_frame
         node = self.getNodeParameter("restSegmentationID")

@@ -633,3 +633,27 @@ def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
     # unpairing lets the rest nodes go: the next run has no MPR
     logic.setRestStudy(None)
     assert "Global MPR" not in {r["measure"] for r in logic.runSegmentation(useExistingLabels=True).table_rows()}
+
+
+def test_a_rest_series_goes_with_its_stress_series(tmp_path):
+    """A rest series read for one stress study stayed paired when another study was loaded:
+    the next run divided that study's MBF by the first one's rest."""
+    import json
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
+    write_phantom("perfusion", tmp_path / "rest", seed=5, force=True)
+    rest = tmp_path / "rest"
+    dt = json.loads((rest / "truth.json").read_text())["dt_s"]
+    logic.loadRestStudy(rest / "perfusion.nii.gz", labels=rest / "perfusion_labels.nii.gz", aif=rest / "aif.csv", dt=dt)
+    logic.runSegmentation(useExistingLabels=True)
+    assert "Global MPR" in rows_by_measure(logic)
+    write_phantom("perfusion", tmp_path / "other", seed=7, force=True)
+    other = tmp_path / "other"
+    logic.loadStudy(other / "perfusion.nii.gz", kind="perfusion", labels=other / "perfusion_labels.nii.gz",
+                    aif=other / "aif.csv", dt=dt)
+    assert logic.restStudy is None and logic.getNodeParameter("restNodeID") is None
+    logic.runSegmentation(useExistingLabels=True)
+    assert "Global MPR" not in rows_by_measure(logic)

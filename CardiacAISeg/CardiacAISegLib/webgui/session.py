@@ -181,9 +181,7 @@ class Session:
         server's own thread). The previous study's nodes go."""
         study, source, aif, rest = loaded
         self.close_study()
-        self.logic.setStudy(study)
-        if isinstance(aif, Path):
-            self.logic.setParameter("aifPath", str(aif))
+        self.logic.setStudy(study, aifPath=str(aif) if isinstance(aif, Path) else "")
         self.logic.setRestStudy(rest)
         self._opened(source + (f" with the rest series {self._shown_path(rest.source or rest.name)}" if rest is not None else ""))
         return study
