@@ -1141,9 +1141,12 @@ def _pixels(f, ds, notes=None):
     if padding is not None:
         # outside the reconstructed field (a circular FOV's corners): no tissue, shown as the
         # image's darkest value rather than read as a signal of 65535 or -32768
-        a[padding] = a[~padding].min()
-        if notes is not None:
+        darkest = a[~padding].min()
+        if notes is not None and a[padding][0] > darkest:
+            # said where it would have read as signal; a padding of 0 below the image's own
+            # background (as many scanners write it) changes nothing worth a word
             notes.setdefault("PixelPaddingValue", f)
+        a[padding] = darkest
     return a
 
 
