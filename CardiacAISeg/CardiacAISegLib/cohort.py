@@ -209,16 +209,13 @@ def read_results(study_dir):
     return doc if isinstance(doc, dict) and "schema_version" in doc else None
 
 
-def study_complete(study_dir, spec=None):
-    """Outputs of a study are complete: results.json present and readable (analyze moves all
-    outputs in at once). With ``spec``, they must also be this manifest row's: its row on disk
-    is not an error and was made from the same input and options (a row edited to point at
-    another input was kept from the old one on --resume, and a study that had failed was never
-    run again)."""
+def study_complete(study_dir, spec):
+    """Outputs of a study are complete and this manifest row's: results.json present and
+    readable (analyze moves all outputs in at once), its row on disk not an error and made from
+    the same input and options (a row edited to point at another input was kept from the old
+    one on --resume, and a study that had failed was never run again)."""
     if read_results(study_dir) is None:
         return False
-    if spec is None:
-        return True
     try:
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
