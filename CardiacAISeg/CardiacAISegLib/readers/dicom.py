@@ -847,10 +847,18 @@ def choose_frame_clock(groups):
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
         return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
                 "reason": f"TriggerTime rises through {span(trig):.1f} s at one slice position (many heartbeats)"}
-    # trigger delays that run through a cardiac cycle (distinct, 0.2 s or more) are a cine's phases,
-    # whatever a clock says: a stack with one AcquisitionTime and its images' ContentTime (the
-    # reconstruction clock) spread over seconds is no first pass
-    cycle = trig is not None and distinct(trig) and span(trig) >= MIN_CYCLE_SPAN_S
+    def rises_with_clock():
+        # in clock order, a cine's phases come with rising trigger delays (reconstructed phase
+        # after phase); a first pass's delays measured at each beat wander with the heart rate
+        ups = [np.mean(np.diff(t[np.argsort(c, kind="stable")]) > 0) for t, c in zip(trig, clock) if t.size > 2]
+        return bool(ups) and min(ups) >= 0.9
+
+    # trigger delays that run through a cardiac cycle (distinct, 0.2 s or more, rising as the clock
+    # runs) are a cine's phases, whatever the clock's span: a stack with one AcquisitionTime and
+    # its images' ContentTime (the reconstruction clock) spread over seconds is no first pass,
+    # while a first pass whose measured delays wander over 100-400 ms still is one
+    cycle = trig is not None and clock is not None and distinct(trig) and span(trig) >= MIN_CYCLE_SPAN_S \
+        and rises_with_clock()
     if clock is not None and distinct(clock) and span(clock) > MANY_HEARTBEATS_S and not cycle \
             and (trig is None or span(trig) < 0.25 * span(clock)):
         if cut_to_seconds(clock) and step(clock) < 3.0:
