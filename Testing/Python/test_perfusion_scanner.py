@@ -850,3 +850,27 @@ def test_trigger_delays_wandering_with_the_heart_rate_stay_a_first_pass(tmp_path
     np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+def test_stress_and_rest_each_exported_per_dynamic_stay_two_series(tmp_path, phantom):
+    """Stress, and rest 15 minutes later, each exported one series per dynamic under one
+    description: merged into one series, the rest's frames then cut off at the 'late gap', and
+    `--series rest` measured the stress. Each acquisition is merged on its own; a part's number
+    still chooses its series."""
+    import pydicom
+
+    study, _ = phantom
+    n_t = study.n_frames
+    for role, (start, number) in {"stress": (36000.0, 100), "rest": (36900.0, 200)}.items():
+        _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens", description="tfl_perf", start_s=start,
+                                          start_number=number, series=f"1.2.826.0.1.3680043.10.{number}")
+        for n, p in enumerate(paths):
+            ds = pydicom.dcmread(p)
+            ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.{number}.{n % n_t + 1}"
+            ds.SeriesNumber = number + n % n_t
+            ds.save_as(p)
+    with pytest.raises(CardiacInputError, match=r"2 image series .*#100 'tfl_perf'.*#200 'tfl_perf'"):
+        load_study(tmp_path / "s")
+    rest = load_study(tmp_path / "s", series="205")    # one of the rest's dynamics names the rest series
+    assert rest.n_frames == n_t and rest.provenance["series_number"] == 200
+    assert any("one series per dynamic" in w for w in rest.provenance["warnings"])

@@ -544,11 +544,18 @@ def _merge_series_per_dynamic(series):
         key = (str(ds.get("SeriesDescription", "")), _stack_key(ds), _series_positions(items))
         groups.setdefault(key, []).append(uid)
     merged, notes = dict(series), {}
+    runs = []
     for (desc, _, _), uids in groups.items():
         starts = [start(series[u]) for u in uids]
         if len(uids) < MIN_SERIES_PER_DYNAMIC or any(t is None for t in starts) or len(set(np.round(starts, 3))) < len(uids):
             continue
-        uids = [u for _, u in sorted(zip(starts, uids))]
+        order = sorted(zip(starts, uids))
+        steps = np.diff([t for t, _ in order])
+        # a pause of many dynamics is another acquisition (stress, then rest 15 minutes later,
+        # both exported one series per dynamic under one description): each is its own series
+        cuts = [0] + [i + 1 for i, d in enumerate(steps) if d > 10 * np.median(steps)] + [len(order)]
+        runs += [(desc, [u for _, u in order[a:b]]) for a, b in zip(cuts[:-1], cuts[1:]) if b - a >= MIN_SERIES_PER_DYNAMIC]
+    for desc, uids in runs:
         merged[uids[0]] = [it for uid in uids for it in series[uid]]
         for uid in uids[1:]:
             del merged[uid]
@@ -624,8 +631,11 @@ def _choose_series(folder, series, choice, notes=None):
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
     c = str(choice).strip()
+    # by the number or UID of any of its images: a series merged from several (one per slice,
+    # one per dynamic) is still found by a part's number
     matches = [uid for uid, items in series.items()
-               if c == uid or c == str(items[0][1].get("SeriesNumber", ""))
+               if c == uid or c in {str(ds.get("SeriesNumber", "")) for _, ds in items}
+               or c in {_series_key(ds) for _, ds in items}
                or c.lower() == str(items[0][1].get("SeriesDescription", "")).strip().lower()]
     if len(matches) > 1:
         # two series described alike (a repeated slice, a repeat acquisition): the first found
