@@ -295,6 +295,13 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
             warnings.append(f"given ED/ES frames ({ed}, {es}) differ from the volume curve's "
                             f"largest/smallest LV volume ({c_ed}, {c_es})")
     ed_es_check = _ed_es_check(study, labels, curve, ed, es)
+    if ed_es_check and ed_es_check["disagree"] and not full:
+        # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted
+        # cine whose blood darkens in diastasis moves the curve's minimum there)
+        warnings.append(f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) may not be ED and ES: "
+                        f"{ed_es_check['by']} is largest and smallest at frames {ed_es_check['largest'] + 1} and "
+                        f"{ed_es_check['smallest'] + 1} (the given ones at {100 * ed_es_check['ed_position']:.0f} % and "
+                        f"{100 * ed_es_check['es_position']:.0f} % of its range); check the ED/ES frames (Info.cfg)")
     if curve[ed]["myo"] <= 0:
         warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
     rv_measured = any((np.asarray(m) == RV).any() for m in labels.values())

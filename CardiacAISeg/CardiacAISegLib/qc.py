@@ -80,14 +80,14 @@ def cine_flags(analysis):
         flags.append(_flag("ED_ES_SWAPPED", REVIEW, f"LV ESV {esv:.1f} mL exceeds EDV {edv:.1f} mL (EF {ef:.0f} %): "
                                                     "ED and ES look swapped or mislabelled", ef))
     check = c.get("ed_es_check") or {}
-    if check.get("disagree") and not any(f["code"] == "ED_ES_SWAPPED" for f in flags):
+    if check.get("disagree") and "ef_from_curve_pct" in check and not any(f["code"] == "ED_ES_SWAPPED" for f in flags):
         # ED/ES the file fixed (ACDC Info.cfg) that the cycle contradicts: EF between two
         # diastolic frames (16 % for 57 %) passed every range
         flags.append(_flag("ED_ES_DISAGREE", REVIEW,
                            f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) are not where {check['by']} "
-                           f"is largest and smallest (frames {check['largest'] + 1} and {check['smallest'] + 1}; the given "
-                           f"ones sit at {100 * check['ed_position']:.0f} % and {100 * check['es_position']:.0f} % of its range): "
-                           "EF and ESV are measured between the frames given; check the ED/ES frames (Info.cfg)", ef))
+                           f"is largest and smallest (frames {check['largest'] + 1} and {check['smallest'] + 1}; EF between "
+                           f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
+                           "check the ED/ES frames (Info.cfg)", ef))
     for key, what, unit, code in (("lv_edv_ml", "LV EDV", " mL", "LV_EDV_RANGE"), ("lv_esv_ml", "LV ESV", " mL", "LV_ESV_RANGE"),
                                   ("lv_ef_pct", "LV EF", " %", "LV_EF_RANGE"), ("lv_mass_g", "LV mass", " g", "LV_MASS_RANGE"),
                                   ("rv_edv_ml", "RV EDV", " mL", "RV_EDV_RANGE"), ("rv_ef_pct", "RV EF", " %", "RV_EF_RANGE")):
