@@ -603,9 +603,9 @@ def test_an_edit_that_makes_es_the_larger_frame_swaps_the_segmentations(phantom)
     assert any("it is ED now" in w for w in a.warnings)
 
 
-def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
-    """The rest series and its mask go into the scene (the mask hidden), so a saved scene
-    reopens with MPR and MPRI; they used to vanish from the table after a reload, unsaid."""
+def _stress_with_rest(tmp_path):
+    """A Logic with the perfusion phantom as stress and another phantom (seed 5) paired as its
+    rest series, read from files; returns (logic, frame interval)."""
     import json
 
     from CardiacAISegLib.phantoms.phantom import write_phantom
@@ -616,6 +616,13 @@ def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
     rest = tmp_path / "rest"
     dt = json.loads((rest / "truth.json").read_text())["dt_s"]
     logic.loadRestStudy(rest / "perfusion.nii.gz", labels=rest / "perfusion_labels.nii.gz", aif=rest / "aif.csv", dt=dt)
+    return logic, dt
+
+
+def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
+    """The rest series and its mask go into the scene (the mask hidden), so a saved scene
+    reopens with MPR and MPRI; they used to vanish from the table after a reload, unsaid."""
+    logic, dt = _stress_with_rest(tmp_path)
     a = logic.runSegmentation(useExistingLabels=True)
     expected = rows_by_measure(logic)
     assert expected["Global MPR"] == pytest.approx(a.perfusion["mpr"]["global"], rel=1e-5)
@@ -638,16 +645,9 @@ def test_stress_and_rest_scene_reopens_with_its_mpr(tmp_path):
 def test_a_rest_series_goes_with_its_stress_series(tmp_path):
     """A rest series read for one stress study stayed paired when another study was loaded:
     the next run divided that study's MBF by the first one's rest."""
-    import json
-
     from CardiacAISegLib.phantoms.phantom import write_phantom
 
-    logic = CardiacAISegLogic(sc.new_scene())
-    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
-    write_phantom("perfusion", tmp_path / "rest", seed=5, force=True)
-    rest = tmp_path / "rest"
-    dt = json.loads((rest / "truth.json").read_text())["dt_s"]
-    logic.loadRestStudy(rest / "perfusion.nii.gz", labels=rest / "perfusion_labels.nii.gz", aif=rest / "aif.csv", dt=dt)
+    logic, dt = _stress_with_rest(tmp_path)
     logic.runSegmentation(useExistingLabels=True)
     assert "Global MPR" in rows_by_measure(logic)
     write_phantom("perfusion", tmp_path / "other", seed=7, force=True)
