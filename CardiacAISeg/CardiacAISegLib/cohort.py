@@ -380,11 +380,11 @@ def _column_order(rows, specs):
 
 
 def _write_table_of(specs, out_root, interrupted_by=(), since=None):
-    """cohort.csv/parquet of what is on disk now; the studies of ``interrupted_by`` whose row was
-    written before ``since`` (time.time() at the run's start) are listed as not run: their
-    outputs on disk are an earlier run's."""
+    """(columns, rows, paths): cohort.csv/parquet of what is on disk now, at the end of a run or
+    when it is stopped; the studies of ``interrupted_by`` whose row was written before ``since``
+    (time.time() at the run's start) are listed as not run: their outputs are an earlier run's."""
     columns, rows, _missing, groups = assemble_table(specs, out_root, stale=interrupted_by, since=since)
-    return write_table(columns, rows, groups, out_root)
+    return columns, rows, write_table(columns, rows, groups, out_root)
 
 
 def _written_before(path, since):
@@ -719,8 +719,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             client.close()
             if cluster is not None:
                 cluster.close()
-    columns, rows, _missing, groups = assemble_table(specs, out_root)
-    paths = write_table(columns, rows, groups, out_root)
+    columns, rows, paths = _write_table_of(specs, out_root)
     if report:
         from .cohort_report import write_cohort_report
 

@@ -530,16 +530,8 @@ class CardiacAISegLogic(_LogicBase):
             _write_study_attributes(restNode, rest.study)
             restNode.SetAttribute(REST_OF_ATTRIBUTE, self.getParameter("inputNodeID"))
             self.setParameter("restNodeID", restNode)
-        ref = rest.reference_frame
-        node = self.getNodeParameter("restSegmentationID")
-        if node is None:
-            node = sc.add_segmentation(self.context, rest.labels[ref], rest.study.ijk_to_ras,
-                                       _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode,
-                                       name=f"{rest.study.name} rest segmentation")
-            self.setParameter("restSegmentationID", node)
-        else:
-            fill_segmentation(node, rest.labels[ref], rest.study.ijk_to_ras)
-        node.SetAttribute(FRAME_ATTRIBUTE, str(int(ref)))
+        volume = _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode
+        node = self._showSegmentation("restSegmentationID", rest.reference_frame, " rest", analysis=rest, volume=volume)
         if node.GetDisplayNode() is not None:
             node.GetDisplayNode().SetVisibility(False)
 
@@ -550,11 +542,15 @@ class CardiacAISegLogic(_LogicBase):
             if node is not None:
                 node.SetAttribute(INPUT_ATTRIBUTE, inputID)
 
-    def _showSegmentation(self, parameter, frame, suffix):
-        a = self.analysis
+    def _showSegmentation(self, parameter, frame, suffix, analysis=None, volume=None):
+        """The segmentation node of ``parameter`` filled with ``frame``'s labels of ``analysis``
+        (default: the current one, over the input volume; the rest series' over its own)."""
+        a = analysis or self.analysis
         node = self.getNodeParameter(parameter)
         if node is None:
-            node = sc.add_segmentation(self.context, a.labels[frame], a.study.ijk_to_ras, self.studyNodes.volume if self.studyNodes else None,
+            if volume is None and self.studyNodes is not None:
+                volume = self.studyNodes.volume
+            node = sc.add_segmentation(self.context, a.labels[frame], a.study.ijk_to_ras, volume,
                                        name=f"{a.study.name} segmentation{suffix}")
             self.setParameter(parameter, node)
         else:
@@ -698,10 +694,10 @@ class CardiacAISegLogic(_LogicBase):
         """The rest Analysis of a reopened scene (its series and mask nodes), or None."""
         from .analysis import Analysis
 
-        restNode, restSegmentation = self.getNodeParameter("restNodeID"), self.getNodeParameter("restSegmentationID")
-        if restNode is None or restSegmentation is None:
+        restSegmentation = self.getNodeParameter("restSegmentationID")
+        study = self._restStudy() if restSegmentation is not None else None
+        if study is None:
             return None
-        study, _ = self._studyFromNode(restNode, PERFUSION, self.getParameter("restAifPath"))
         text = restSegmentation.GetAttribute(FRAME_ATTRIBUTE)
         labels = {int(text) if text else 0: self._labelsOf(restSegmentation, study)}
         return Analysis(study, labels, density=self.densityParameter()).run()

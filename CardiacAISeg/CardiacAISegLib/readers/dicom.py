@@ -475,7 +475,7 @@ def _drop_derived_copies(series, notes=None):
                 notes.append(f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
                              f"{_describe(source, series[source])} and was left out: the original is read and its frames "
                              f"aligned here; give --series {uid} to read the copy instead")
-        elif dynamic and len(items) == len(_series_positions(items)):
+        elif dynamic and _one_image_per_slice(items):
             del kept[uid]
             if notes is not None:
                 notes.append(f"series {_describe(uid, items)} is a derived image, one per slice (ImageType "
@@ -483,11 +483,17 @@ def _drop_derived_copies(series, notes=None):
     return kept
 
 
+def _one_image_per_slice(items):
+    """A series of one image at each of its slice positions (a single-phase stack, a map, one
+    dynamic of a series exported per dynamic)."""
+    return len(items) == len(_series_positions(items))
+
+
 def _refuse_derived_map(folder, uid, items):
     """A series chosen by the user that is a scanner's computed map (derived, one image per slice
     position, ImageType naming a MAP): segmenting it ended in 'no LV blood pool labelled'."""
     types = _image_type(items[0][1])
-    if _is_derived(items[0][1]) and any("MAP" in t for t in types) and len(items) == len(_series_positions(items)):
+    if _is_derived(items[0][1]) and any("MAP" in t for t in types) and _one_image_per_slice(items):
         raise CardiacInputError(folder, f"series {_describe(uid, items)} is a map the scanner computed (ImageType "
                                         f"{chr(92).join(types)}), one image per slice: not a cine or a first-pass series to "
                                         "segment; choose the acquired series")
@@ -538,7 +544,7 @@ def _merge_series_per_dynamic(series):
 
     groups = {}
     for uid, items in series.items():
-        if isinstance(items[0][1], EnhancedFrame) or len(items) != len(_series_positions(items)):
+        if isinstance(items[0][1], EnhancedFrame) or not _one_image_per_slice(items):
             continue
         ds = items[0][1]
         key = (str(ds.get("SeriesDescription", "")), _stack_key(ds), _series_positions(items))
