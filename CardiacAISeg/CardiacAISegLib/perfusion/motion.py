@@ -29,6 +29,7 @@ slice is brought back onto the mask by a rigid in-plane translation (numpy/scipy
 the final mask's window (a few cheap rounds, no whole-pixel search) and adds step 2.
 """
 import numpy as np
+from scipy import fft as scipy_fft
 from scipy import ndimage
 
 from ..errors import CardiacInputError
@@ -149,12 +150,13 @@ def _integer_search(moving, refs, weight, max_px):
     def spectrum(kernel):
         padded = np.zeros(kernel.shape[:-2] + (h, w))
         padded[..., : h - 2 * m, : w - 2 * m] = kernel
-        return np.conj(np.fft.rfft2(padded))
+        return np.conj(scipy_fft.rfft2(padded))
 
     def corr(a_spec, k_spec):   # [m + dr, m + dc] = sum over the core of a(x + d) * kernel(x)
-        return np.fft.irfft2(a_spec * k_spec, s=(h, w))[:, : 2 * m + 1, : 2 * m + 1]
+        return scipy_fft.irfft2(a_spec * k_spec, s=(h, w))[:, : 2 * m + 1, : 2 * m + 1]
 
-    f_moving, f_square = np.fft.rfft2(moving), np.fft.rfft2(moving * moving)
+    # scipy's FFT: numpy's algorithm (pocketfft), about twice as fast on these (T, h, w) batches
+    f_moving, f_square = scipy_fft.rfft2(moving), scipy_fft.rfft2(moving * moving)
     k_w, k_w2 = spectrum(wt), spectrum(wt2)
     mu = corr(f_moving, k_w) / s_w
     numerator = corr(f_moving, spectrum(k)) - mu * s_k
@@ -348,7 +350,8 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     max_px = max(1, int(np.ceil(max_shift_mm / min(sy, sx))))
     margin = int(np.ceil(MARGIN_MM / min(sy, sx))) + max_px
     rs, cs = _window(heart, margin, lab.shape)
-    win, lab_win = frames[:, rs, cs], lab[rs, cs]
+    # contiguous: the curve sampling reads the window as one flat array, hundreds of times
+    win, lab_win = np.ascontiguousarray(frames[:, rs, cs]), lab[rs, cs]
     if min(win.shape[1:]) <= 2 * max_px + 4:
         max_px = max(1, (min(win.shape[1:]) - 5) // 2)
     # weight: the heart and a rim around it, tapering off, so the chest wall counts little
