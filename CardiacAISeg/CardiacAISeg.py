@@ -21,6 +21,7 @@ UI_WIDGETS = {
     "inputSelector": "qMRMLNodeComboBox", "loadPathLineEdit": "ctkPathLineEdit", "loadButton": "QPushButton",
     "kindComboBox": "QComboBox", "detectedKindLabel": "QLabel", "aifPathLineEdit": "ctkPathLineEdit",
     "frameTimeSpinBox": "QDoubleSpinBox", "restSelector": "qMRMLNodeComboBox", "restAifPathLineEdit": "ctkPathLineEdit",
+    "restFrameTimeSpinBox": "QDoubleSpinBox",
     "modelComboBox": "QComboBox", "modelInfoLabel": "QLabel", "framesComboBox": "QComboBox",
     "useLabelsCheckBox": "QCheckBox", "densitySpinBox": "QDoubleSpinBox",
     "outputSegmentationSelector": "qMRMLNodeComboBox", "applyButton": "QPushButton", "cancelButton": "QPushButton",

@@ -63,11 +63,26 @@ def _load_with_labels(path, labels, **options):
     return study
 
 
+_REST_FLAGS = {"--dt": "--rest-dt", "--aif": "--rest-aif", "--labels": "--rest-labels"}
+
+
+def as_rest_flags(text):
+    """A reader's message about the rest series, with the flags that set its options named as
+    the CLI names them for the rest series (its --dt is --rest-dt)."""
+    import re
+
+    return re.sub(r"(?<![\w-])(--dt|--aif|--labels)(?![\w-])", lambda m: _REST_FLAGS[m.group(1)], text)
+
+
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
         kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False, reports="all",
-        report_process=None):
+        report_process=None, rest_dt=None):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb.
+
+    ``dt`` is the frame interval of the (stress) input, ``rest_dt`` the rest series': two
+    acquisitions at two heart rates (stress ~90-110/min, rest ~60-70/min), so one interval for
+    both would scale the rest MBF, and the MPR, by their ratio.
 
     ``reports`` (`batch --reports`): ``all`` writes report.png, ``flagged`` only when QC asks for
     review (the studies a reviewer opens), ``none`` never. ``report_process``: a started
@@ -79,6 +94,10 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     from .analysis import check_density
 
     check_density(density, "--density")   # before anything is read or written
+    if rest is None:
+        for flag, value in (("--rest-labels", rest_labels), ("--rest-aif", rest_aif), ("--rest-dt", rest_dt)):
+            if value is not None:
+                raise CardiacInputError(flag, "goes with --rest (the rest perfusion series), which was not given")
     t0 = time.perf_counter()
     study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
                               aif=aif, dt=dt, progress=progress, units=units)
@@ -96,14 +115,17 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         if given:
             unused.append(f"{' and '.join(given)} not used: {'they are' if len(given) > 1 else 'it is'} for perfusion "
                           f"series, this is a {study.kind} series")
-    if rest is None and (rest_labels is not None or rest_aif is not None):
-        raise CardiacInputError("--rest-labels" if rest_labels is not None else "--rest-aif",
-                                "goes with --rest (the rest perfusion series), which was not given")
     # --- end of flags check
     rest_analysis = None
     if rest is not None:
-        rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention, aif=rest_aif,
-                                       dt=dt, units=units, series="rest" if Path(rest).is_dir() else None)
+        try:
+            rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention,
+                                           aif=rest_aif, dt=rest_dt, units=units,
+                                           series="rest" if Path(rest).is_dir() else None)
+        except CardiacInputError as e:
+            raise CardiacInputError(e.path, as_rest_flags(e.problem)) from None
+        warnings = rest_study.provenance.get("warnings") or []
+        warnings[:] = [as_rest_flags(w) for w in warnings]
         check_rest_pairing(study, rest, rest_study)
         rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,

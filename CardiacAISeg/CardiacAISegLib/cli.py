@@ -25,7 +25,7 @@ def _analyze(args):
         analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
                               force=args.force, frames=args.frames, series=args.series,
                               label_convention=args.label_convention, rest=args.rest, rest_labels=args.rest_labels,
-                              rest_aif=args.rest_aif, density=args.density, kind=args.kind, units=args.units,
+                              rest_aif=args.rest_aif, rest_dt=args.rest_dt, density=args.density, kind=args.kind, units=args.units,
                               device=args.device, bullseye=args.bullseye, scene=args.scene,
                               progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
                               report_process=report_process)
@@ -182,16 +182,18 @@ def build_parser():
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
     a.add_argument("--aif", help="arterial input function: a text/CSV column, an Analyze/NIfTI column, or a DICOM folder "
                                   "holding the dual-sequence AIF series (found by itself when it lies beside the series)")
-    a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion)")
+    a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion), when the file has none; of the stress "
+                                             "series when --rest is given (the rest series has its own: --rest-dt)")
     a.add_argument("--units", choices=["gd_mmol_l", "signal"], help="perfusion image units when the file cannot tell (NIfTI, DICOM)")
     a.add_argument("--kind", choices=["cine", "perfusion"], help="override the detected series kind")
     a.add_argument("--series", help="DICOM series to use (UID, number or description) when a folder has several; "
                                          "'stress'/'rest': the series of a QPerf folder, or the DICOM series whose description names it "
                                          "(a whole exam: --series stress --rest EXAM)")
     a.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
-    a.add_argument("--rest", help="rest perfusion series for MPR (with --rest-labels / --rest-aif)")
+    a.add_argument("--rest", help="rest perfusion series for MPR (with --rest-labels / --rest-aif / --rest-dt)")
     a.add_argument("--rest-labels")
     a.add_argument("--rest-aif")
+    a.add_argument("--rest-dt", type=float, help="frame interval of the rest series in seconds, when its file has none")
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
     a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -49,7 +49,7 @@ OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID"
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
     "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
-    "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "density": "1.05",
+    "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "restFrameTimeS": "0", "density": "1.05",
     "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "", "restSegmentationID": "",
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
 }
@@ -263,7 +263,9 @@ class CardiacAISegLogic(_LogicBase):
         self.studyAifPath = aifPath
         return study
 
-    def _studyFromNode(self, node, kind, aifPath):
+    def _studyFromNode(self, node, kind, aifPath, frameTimeParameter="frameTimeS"):
+        """(Study, sequence node or None) of ``node``; ``frameTimeParameter`` names the parameter
+        with the frame interval for a series whose sequence has no time index."""
         import slicer.util
 
         if node is None:
@@ -275,7 +277,7 @@ class CardiacAISegLogic(_LogicBase):
         images = np.stack([np.asarray(slicer.util.arrayFromVolume(v), np.float32) for v in volumes])
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
-        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter("frameTimeS"), study.provenance)
+        study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
         stamped = _read_study_attributes(sequence or node)
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
@@ -288,7 +290,7 @@ class CardiacAISegLogic(_LogicBase):
         if study.kind == PERFUSION:
             from .readers.perfusion import finish_perfusion
 
-            dt = None if study.frame_times_s is not None else self._floatParameter("frameTimeS")
+            dt = None if study.frame_times_s is not None else self._floatParameter(frameTimeParameter)
             finish_perfusion(study, node.GetName(), aif=aif if aif is not None and len(aif) else None, dt=dt,
                              units=stamped.get("units"), hematocrit=stamped.get("hematocrit"))
         elif "ed_es" in stamped:
@@ -439,7 +441,9 @@ class CardiacAISegLogic(_LogicBase):
         """The rest perfusion study to pair with a stress one, or None."""
         rest = self.restStudy
         if rest is None and self.getNodeParameter("restNodeID") is not None:
-            rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"))
+            # its own frame interval: stress and rest are two acquisitions at two heart rates
+            rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"),
+                                          frameTimeParameter="restFrameTimeS")
         return rest
 
     def _labelsFromOutputSegmentations(self):

@@ -298,6 +298,56 @@ def test_mpr_matches_truth(perfusion):
     assert set(mpr["territories"]) == {"LAD", "RCA", "LCx"}
 
 
+@pytest.fixture(scope="module")
+def stress_and_rest_at_two_heart_rates(tmp_path_factory):
+    """A stress series at 0.6 s per frame (its NIfTI says so) and a rest series at 0.9 s whose
+    file has no time unit (a converter's 4D file: the step is no frame time)."""
+    import nibabel as nib
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("two-rates")
+    _, _, truth_s = write_phantom("perfusion", root / "stress", seed=3, dt=0.6, noise=NOISE)
+    _, _, truth_r = write_phantom("perfusion", root / "rest", seed=8, dt=0.9, stress=False, noise=NOISE)
+    untimed = nib.load(str(root / "rest" / "perfusion.nii.gz"))
+    untimed.header.set_xyzt_units("mm")          # time unit unknown
+    nib.save(untimed, str(root / "rest" / "untimed.nii.gz"))
+    mpr = {str(k): truth_s["mbf_per_segment"][k] / truth_r["mbf_per_segment"][k] for k in truth_s["mbf_per_segment"]}
+    return root, mpr
+
+
+def _stress_with_rest(root, out, rest_name, *flags):
+    return cli.main([str(a) for a in (
+        "analyze", root / "stress" / "perfusion.nii.gz", "--kind", "perfusion", "--labels",
+        root / "stress" / "perfusion_labels.nii.gz", "--aif", root / "stress" / "aif.csv",
+        "--rest", root / "rest" / rest_name, "--rest-labels", root / "rest" / "perfusion_labels.nii.gz",
+        "--rest-aif", root / "rest" / "aif.csv", "--out", out, "--quiet", *flags)])
+
+
+def test_rest_series_has_its_own_frame_interval(stress_and_rest_at_two_heart_rates, tmp_path, capsys):
+    """Stress and rest are acquired at two heart rates: the stress --dt is not the rest's. Given
+    to both, a rest series at 0.9 s read at 0.6 s had its MBF x1.5 and the MPR x0.67, QC pass."""
+    root, true_mpr = stress_and_rest_at_two_heart_rates
+    # the rest file has no frame times: refused, naming the rest's own flag, even with --dt given
+    rc = _stress_with_rest(root, tmp_path / "refused", "untimed.nii.gz", "--dt", "0.6")
+    err = capsys.readouterr().err
+    assert rc == 2 and "untimed.nii.gz" in err and "--rest-dt" in err, err
+    assert not (tmp_path / "refused" / "results.json").exists()
+    # each series with its own interval: the rest's from --rest-dt, or from its file
+    for name, flags in (("given", ("--dt", "0.6", "--rest-dt", "0.9")), ("from-file", ("--dt", "0.6"))):
+        rest_file = "untimed.nii.gz" if name == "given" else "perfusion.nii.gz"
+        assert _stress_with_rest(root, tmp_path / name, rest_file, *flags) == 0
+        r = json.loads((tmp_path / name / "results.json").read_text())
+        mpr = {str(s["id"]): s["mpr"] for s in r["perfusion"]["mpr"]["segments"]}
+        assert all(mpr[k] == pytest.approx(true_mpr[k], rel=0.05) for k in true_mpr), (name, mpr, true_mpr)
+        assert not any("differs from the frame interval" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_rest_flags_need_a_rest_series(tmp_path, capsys):
+    rc = cli.main(["analyze", str(tmp_path), "--rest-dt", "0.9", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--rest-dt" in err and "--rest" in err, err
+
 def test_same_input_gives_the_same_bytes(cine, tmp_path):
     """Determinism: two `cardiacaiseg analyze` processes write byte-identical outputs (results.json
     differs only in timing). Within one process Slicer numbers subject-hierarchy items globally,

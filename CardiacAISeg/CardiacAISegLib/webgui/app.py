@@ -60,6 +60,7 @@ class CardiacWebApp:
             "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
             "data_root": str(self.data.root), "data_files": [], "data_truncated": False,
             "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "",
+            "rest_dt_text": "",
             "study": None, "study_loaded": False,
             "models": [], "model": None, "model_summary": "",
             "running": False, "progress": 0, "progress_text": "",
@@ -158,7 +159,8 @@ class CardiacWebApp:
         s = self.state
         self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
                                                           s.dt_text or None, None, s.rest_path or None,
-                                                          s.rest_aif_path or None), None, f"Opening {s.study_path}...")
+                                                          s.rest_aif_path or None, s.rest_dt_text or None), None,
+                                 f"Opening {s.study_path}...")
 
     def open_initial(self, study, labels=None):
         """The study named on the command line, before the server runs (errors go to the page

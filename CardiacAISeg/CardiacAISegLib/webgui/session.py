@@ -109,13 +109,13 @@ class Session:
         self.source, self.frame, self.slice = "", 0, 0
         self._placed = None
 
-    def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None):
+    def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
-        file, frame interval in s; for perfusion an optional rest series and its AIF file, for
-        MPR and MPRI). Everything named must lie inside the data folder."""
-        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif))
+        file, frame interval in s; for perfusion an optional rest series, its AIF file and its own
+        frame interval, for MPR and MPRI). Everything named must lie inside the data folder."""
+        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif, rest_dt))
 
-    def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None):
+    def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None):
         """The reading half of ``open_path``: files only, no scene node (a worker thread may
         run it while the page stays live). Returns what ``adopt`` takes."""
         path = self.data.resolve_input(text)
@@ -125,12 +125,7 @@ class Session:
         if aif:
             options["aif"] = self.data.resolve_input(aif)
         if dt not in (None, ""):
-            try:
-                options["dt"] = float(dt)
-            except (TypeError, ValueError):
-                raise CardiacInputError(str(dt), "the frame interval must be a number of seconds")
-            if not options["dt"] > 0:
-                raise CardiacInputError(str(dt), "the frame interval must be positive")
+            options["dt"] = _frame_interval(dt, "the frame interval")
         if kind in (CINE, PERFUSION):
             options["kind"] = kind
         from ..readers import load_study
@@ -142,8 +137,9 @@ class Session:
             rest_options = {"kind": PERFUSION}
             if rest_aif:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
-            if "dt" in options:
-                rest_options["dt"] = options["dt"]
+            if rest_dt not in (None, ""):
+                # its own: stress and rest are two acquisitions at two heart rates
+                rest_options["dt"] = _frame_interval(rest_dt, "the rest frame interval")
             rest_study = load_study(self.data.resolve_input(rest), **rest_options)
         return study, self.data.relative(path), options.get("aif"), rest_study
 
@@ -615,3 +611,14 @@ def free_port(host="127.0.0.1"):
 def env_rendering():
     """Offscreen rendering defaults (EGL on Mesa) unless the user set their own."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+def _frame_interval(text, what):
+    """Seconds per frame typed into the page, as a positive number (CardiacInputError naming it)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CardiacInputError(str(text), f"{what} must be a number of seconds") from None
+    if not value > 0:
+        raise CardiacInputError(str(text), f"{what} must be positive")
+    return value

@@ -102,6 +102,8 @@ def _study_card(v, html, ctrl):
                         v.VCombobox(id="rest-aif-path", label="Rest AIF file", items=("data_files",),
                                     v_model=("rest_aif_path",), density="compact", hide_details=True, clearable=True,
                                     classes="mt-1")
+                        v.VTextField(id="rest-dt-text", label="Rest frame interval (s)", v_model=("rest_dt_text",),
+                                     density="compact", hide_details=True, classes="mt-1")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
                 v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary",
                        disabled=("running || opening",))
