@@ -219,6 +219,41 @@ def test_frame_folder_natural_sort(tmp_path):
     assert sorted(["a10", "a2", "a1"], key=natural_key) == ["a1", "a2", "a10"]
 
 
+def _nifti_frames(folder, numbers, suffix=".nii.gz", name="perf_{}"):
+    """3D NIfTI frames whose voxels hold their frame number."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        nib.save(nib.Nifti1Image(np.full((4, 3, 2), n, np.float32), np.diag([1.5, 1.5, 8, 1])),
+                 str(folder / (name.format(n) + (suffix(n) if callable(suffix) else suffix))))
+    return folder
+
+
+def test_frame_folder_reads_nii_and_nii_gz_as_one_format(tmp_path):
+    """A frame saved uncompressed among .nii.gz frames was dropped without a word (probe 12:
+    MBF -24 %, QC pass): both are NIfTI. A file of another format is left out, and said."""
+    folder = _nifti_frames(tmp_path / "f", range(12), suffix=lambda n: ".nii" if n == 5 else ".nii.gz")
+    _write_mhd(folder, "notes_seg", np.zeros((2, 3, 4), np.uint16))
+    s = load_frame_folder(folder)
+    assert [int(s.images[t].max()) for t in range(s.n_frames)] == list(range(12))
+    assert any("notes_seg.mhd" in w and "left out" in w for w in s.provenance["warnings"]), s.provenance["warnings"]
+
+
+def test_frame_folder_with_a_lost_frame_is_refused(tmp_path):
+    """A lost frame file moved every later frame a frame early: refused, naming the number."""
+    folder = _nifti_frames(tmp_path / "gap", [n for n in range(30) if n != 20])
+    expect_error(lambda: load_study(folder, kind="perfusion", dt=0.5), folder, "frame(s) 20 are missing")
+    twice = _nifti_frames(tmp_path / "twice", range(6))
+    _nifti_frames(twice, [3], name="perf_0{}")
+    expect_error(lambda: load_frame_folder(twice), twice, "frame number 3 twice")
+    # numbers that are no frame index (trigger times in ms, uneven) are not judged
+    times = _nifti_frames(tmp_path / "ms", [0, 480, 1010, 1475, 2020, 2490])
+    assert load_frame_folder(times).n_frames == 6
+    # an index in steps of 10 is an index
+    tens = _nifti_frames(tmp_path / "tens", [0, 10, 20, 40, 50])
+    expect_error(lambda: load_frame_folder(tens), tens, "frame(s) 30 are missing")
+
 def _dcm(path, **kw):
     write_dicom(path, rescale=(2, -10), **kw)
 

@@ -461,19 +461,64 @@ def load_volume(path, kind=CINE):
     return check_geometry(study, path)
 
 
-def frame_files(folder):
-    """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
-    folder = Path(folder)
-    by_suffix = {}
+# One format per frame folder; .nii and .nii.gz (one frame saved uncompressed) are one format,
+# as .mhd and .mha are: read apart, a frame saved the other way was dropped without a word.
+_FRAME_FORMATS = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".mhd": "MetaImage", ".mha": "MetaImage"}
+
+
+def _volume_files_by_format(folder):
+    by_format = {}
     for f in folder.iterdir():
         if f.is_file() and not is_ignored_input(f, folder):
-            s = volume_suffix(f)
-            if s in (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha"):
-                by_suffix.setdefault(s, []).append(f)
-    if not by_suffix:
+            fmt = _FRAME_FORMATS.get(volume_suffix(f))
+            if fmt is not None:
+                by_format.setdefault(fmt, []).append(f)
+    return by_format
+
+
+def frame_files(folder):
+    """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
+    by_format = _volume_files_by_format(Path(folder))
+    if not by_format:
         return []
-    suffix = max(by_suffix, key=lambda s: len(by_suffix[s]))
-    return sorted(by_suffix[suffix], key=lambda f: natural_key(f.name))
+    fmt = max(by_format, key=lambda k: len(by_format[k]))
+    return sorted(by_format[fmt], key=lambda f: natural_key(f.name))
+
+
+def _frame_number(f):
+    """The number that ends a frame file's name (``time_12.mhd`` -> 12), or None."""
+    m = re.search(r"(\d+)\D*$", f.name[: len(f.name) - len(volume_suffix(f))])
+    return int(m.group(1)) if m else None
+
+
+def check_frame_numbers(folder, files, others=()):
+    """Refuse a frame folder whose numbered files skip a number or repeat one: every frame after
+    a lost file would be read a frame early (a perfusion series' MBF then read 24 % low, a
+    cine's ES moved), and two files of one number are two versions of a frame. Numbers that
+    are not a frame index (no step that most of them keep, e.g. times in ms) are not judged."""
+    numbers = [_frame_number(f) for f in files]
+    if len(files) < 3 or any(n is None for n in numbers):
+        return
+    first = {}
+    for n, f in zip(numbers, files):
+        if n in first:
+            raise CardiacInputError(f, f"frame number {n} twice in {folder}: {first[n].name} and {f.name} (two versions "
+                                       "of one frame?); keep one")
+        first[n] = f
+    order = np.sort(numbers)
+    steps = np.diff(order)
+    values, counts = np.unique(steps, return_counts=True)
+    step = int(values[counts.argmax()])
+    irregular = steps != step
+    if 2 * counts.max() <= steps.size or not irregular.any() or np.any(steps[irregular] % step):
+        return
+    missing = [int(n) for a, b in zip(order[:-1][irregular], order[1:][irregular]) for n in range(a + step, b, step)]
+    shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    elsewhere = f"; {', '.join(f.name for f in others[:3])} in another format lie(s) beside them" if others else ""
+    raise CardiacInputError(folder, f"the frame files are numbered {order[0]}-{order[-1]} but frame(s) {shown} are missing "
+                                    f"(a lost or renamed file{elsewhere}): read without them every later frame would move "
+                                    "a frame early; save every frame in one format, or remove the gap knowingly by "
+                                    "renumbering the files")
 
 
 def load_frame_folder(folder, kind=CINE, progress=None):
@@ -482,6 +527,10 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     files = frame_files(folder)
     if not files:
         raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
+    chosen = set(files)
+    others = sorted((f for fs in _volume_files_by_format(folder).values() for f in fs if f not in chosen),
+                    key=lambda f: natural_key(f.name))
+    check_frame_numbers(folder, files, others)
     progress = as_progress(progress)
     frames, m0 = [], None
     for n, f in enumerate(files):
@@ -501,4 +550,8 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     study = Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
                   orientation_known=meta0["orientation_known"],
                   provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files], "warnings": []})
+    if others:
+        study.provenance["warnings"].append(
+            f"{len(others)} volume file(s) of another format than the {len(files)} frames left out: "
+            + ", ".join(f.name for f in others[:3]) + (" ..." if len(others) > 3 else ""))
     return check_geometry(study, files[0])
