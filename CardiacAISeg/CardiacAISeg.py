@@ -203,6 +203,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingNodes = False     # the Logic is writing nodes: ignore their events
         self._progress = None
         self._job = None                # the background analysis (CardiacAISegLib.background) while it runs
+        self._jobInput = None           # the inputNodeID the job was started for
         self._jobTimer = None
         self._observedSegmentations = []
         self._observedMarkups = None
@@ -272,17 +273,29 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self._stopJob()          # a result must never be written into the next scene
+        if self._progress is not None:
+            self._progress.cancel()   # the labels run in this process stops at its next step
         self._stopEditTimer()
         self.setParameterNode(None)
         self._observeOutputs(clear=True)
         self.logic.reset()
+        self._setRunning(False)
+        self._clearResults()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def onSceneEndImport(self, caller, event):
-        """A loaded scene brings its parameter node: rebuild the analysis it describes."""
+        """A loaded scene brings its parameter node: rebuild the analysis it describes. Data
+        added to a scene whose live analysis still has its input (File > Add Data of another
+        scene or file) leaves that analysis as it is: rebuilt from the nodes, it would lose the
+        network's own output, the labelled frames and the volume curve."""
+        if self.logic.analysis is not None and self.logic.isCurrentStudyNode(self.logic.getNodeParameter("inputNodeID")):
+            return
+        self._stopJob()          # a job started for the scene before the import is not its result
+        if self._progress is not None:
+            self._progress.cancel()
         self.logic = moduleLogic()
         self.initializeParameterNode()
         self._restoreAnalysis()
@@ -320,7 +333,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 name = w.property("SlicerParameterName")
                 _setWidgetValue(w, self.logic.getParameter(name), self._choices.get(name))
             ready = self.logic.study is not None or self.ui.inputSelector.currentNode() is not None
-            self.ui.applyButton.enabled = ready and self._progress is None
+            self.ui.applyButton.enabled = ready and not self._isRunning()
             hasResults = self.logic.analysis is not None
             for button in (self.ui.showReportButton, self.ui.exportButton, self.ui.saveGroundTruthButton):
                 button.enabled = hasResults
@@ -343,6 +356,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInputChanged(self, node):
         if node is None or self._updatingNodes:
             return
+        if not self.logic.isCurrentStudyNode(node):
+            self._clearResults()   # the panel's table, bullseye and report were the previous input's
         with _showErrors("Could not read the selected input."):
             study = self.logic.study if self.logic.isCurrentStudyNode(node) else self.logic.studyFromNode(node)
             kind, reason = self.logic.detectKind(study)
@@ -413,6 +428,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Cancel stops it at once."""
         from CardiacAISegLib.errors import CancelledError
 
+        if self._isRunning():   # one run at a time: a second would leave the first out of Cancel's reach
+            return
         useLabels = self.ui.useLabelsCheckBox.checked
         if not ensureDependencies(needTorch=False):
             return
@@ -423,6 +440,9 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if node is not None and not self.logic.isCurrentStudyNode(node):
                 self.logic.studyFromNode(node)
             if not useLabels:
+                if self.logic.modelNeedsTorch() and not ensureDependencies(needTorch=True):
+                    return
+                self._jobInput = self.logic.getParameter("inputNodeID")
                 self._job = self.logic.startAnalysis()
                 self._setRunning(True)
                 if self._jobTimer is None:
@@ -438,23 +458,23 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._progress = self._newProgress()
         self._setRunning(True)
+        outcome = "Failed: see the error message."
         try:
             with _showErrors("CardiacAISeg could not measure this series."):
                 self._updatingNodes = True
                 try:
                     self.logic.runSegmentation(useExistingLabels=True, progress=self._progress)
                 except CancelledError:
-                    self.ui.statusLabel.text = "Cancelled: the previous results are unchanged."
+                    outcome = "Cancelled: the previous results are unchanged."
                     return
                 finally:
                     self._updatingNodes = False
                 self._showResults()
-                self.ui.statusLabel.text = "Done. " + " ".join(self.logic.analysis.warnings)
+                outcome = "Done. " + " ".join(self.logic.analysis.warnings)
         finally:
             self._progress = None
             self._setRunning(False)
-            if not self.ui.statusLabel.text:
-                self.ui.statusLabel.text = "Failed: see the error message."
+            self.ui.statusLabel.text = outcome
 
     def onEditedSegmentationChanged(self, node):
         """The ED or ES segmentation chosen in the editor: show its frame (Logic.selectSegmentationForEditing)."""
@@ -473,20 +493,21 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._jobTimer.stop()
         self._job = None
+        outcome = "Failed: see the error message."
         try:
             with _showErrors("CardiacAISeg could not segment and measure this series."):
                 analysis = job.result()   # a failed job raises its error here, shown in the box
                 self._updatingNodes = True
                 try:
-                    self.logic.applyAnalysis(analysis)
+                    # refused when another input was picked meanwhile: not shown on its nodes
+                    self.logic.applyAnalysis(analysis, forInput=self._jobInput)
                 finally:
                     self._updatingNodes = False
                 self._showResults()
-                self.ui.statusLabel.text = "Done. " + " ".join(analysis.warnings)
+                outcome = "Done. " + " ".join(analysis.warnings)
         finally:
             self._setRunning(False)
-            if job.state != "done":
-                self.ui.statusLabel.text = "Failed: see the error message."
+            self.ui.statusLabel.text = outcome
 
     def _stopJob(self):
         if self._jobTimer is not None:
@@ -519,12 +540,28 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._progress.cancel()
             self.ui.statusLabel.text = "Cancelling after the current step..."
 
+    def _isRunning(self):
+        return self._job is not None or self._progress is not None
+
     def _setRunning(self, running):
         self.ui.progressBar.setVisible(running)
         self.ui.progressBar.value = 0
         self.ui.cancelButton.enabled = running
         self.ui.applyButton.enabled = not running
+        # what the run was started for stays as it is until it ends
+        for w in (self.ui.inputSelector, self.ui.loadButton, self.ui.restSelector, self.ui.useLabelsCheckBox):
+            w.enabled = not running
         self.updateGUIFromParameterNode()
+
+    def _clearResults(self):
+        """The panel's views of results (table, editor, bullseye, report, agreement), emptied
+        when they no longer belong to the input (another input picked, the scene closed)."""
+        self.ui.tableView.setMRMLTableNode(None)
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.bullseyeLabel.clear()
+        self.ui.reportScrollArea.setVisible(False)
+        for label in (self.ui.agreementLabel, self.ui.updateTimeLabel, self.ui.statusLabel):
+            label.text = ""
 
     def _showResults(self):
         seg = self.logic.getNodeParameter("outputSegmentationID")
@@ -544,7 +581,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.analysis is None:
             return
         with _showErrors("Could not change the bullseye measure."):
-            self.logic.setBullseyeMeasure(self._choices["bullseyeMeasure"][index])
+            self._updatingNodes = True   # the Logic refills segmentations and handles: not an edit
+            try:
+                self.logic.setBullseyeMeasure(self._choices["bullseyeMeasure"][index])
+            finally:
+                self._updatingNodes = False
             self._showBullseye()
 
     def _showBullseye(self):
@@ -611,14 +652,22 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _applyEdits(self):
         pending, self._pendingEdits = self._pendingEdits, set()
+        if not pending or self.logic.analysis is None:
+            return
         self._updatingNodes = True
         try:
             with _showErrors("Could not measure the edited segmentation."):
                 for nodeID in pending:
                     self.logic.onSegmentationEdited(slicer.mrmlScene.GetNodeByID(nodeID))
-                self.ui.updateTimeLabel.text = f"Volumes, mass and segments updated in {1000 * self.logic.lastUpdateTimeS:.0f} ms"
+                if self.logic.lastUpdateTimeS is not None:
+                    self.ui.updateTimeLabel.text = f"Volumes, mass and segments updated in {1000 * self.logic.lastUpdateTimeS:.0f} ms"
+                if self.logic.analysis is not None:
+                    # what the edit changed is said here (e.g. ED and ES swapped), not left to the run's text
+                    self.ui.statusLabel.text = "Updated after the edit. " + " ".join(self.logic.analysis.warnings)
         finally:
             self._updatingNodes = False
+        # an edit can create the handles (an RV painted on LV-only labels): their drags count too
+        self._observeOutputs()
         self._showBullseye()
 
     # ----------------------------------------------------------------------- outputs

@@ -140,8 +140,10 @@ class BackgroundAnalysis:
         return self.state
 
     def result(self):
-        """The ``Analysis`` of a finished job; raises the worker's error for a failed one."""
+        """The ``Analysis`` of a finished job; raises the worker's error for a failed one (its
+        folder, with the pickled study, is removed either way)."""
         if self.state == FAILED:
+            self._cleanup()
             if self.input_error:   # the same error as in-process: names the file and the problem
                 raise CardiacInputError(*self.input_error)
             raise RuntimeError(self.error)

@@ -353,6 +353,22 @@ class CardiacAISegLogic(_LogicBase):
             card["summary"] = model_summary(card)
         return cards
 
+    def modelNeedsTorch(self, modelName=None):
+        """True when the chosen model (``modelName`` or the parameter's, else the task's default)
+        runs only on PyTorch on this CPU: no ONNX export (an imported TorchScript or state-dict
+        model). The Slicer module then asks for SlicerPyTorch before the run, not after it fails."""
+        from .models import registry
+
+        if self.getParameter("useExistingLabels").lower() == "true":
+            return False
+        try:
+            name = modelName or self.getParameter("modelName") or \
+                registry.default_model(self.study.kind if self.study is not None else CINE)
+            card = registry.get_card(name)
+        except CardiacInputError:
+            return False   # the run names the missing model
+        return registry.choose_runtime(card, device="cpu") == "torch"
+
     # ------------------------------------------------------------------ segmentation
     def runSegmentation(self, modelName=None, frames=None, useExistingLabels=None, progress=None, device=None):
         """Segment the current study (a registry network, or the labels that came with it) and
@@ -364,10 +380,12 @@ class CardiacAISegLogic(_LogicBase):
         """
         progress = as_progress(progress)
         self._readWithChosenAif()
+        inputID = self.getParameter("inputNodeID")
         analysis = self.computeAnalysis(modelName, frames, useExistingLabels, progress, device)
+        # the last point where a cancel (or a scene closed meanwhile) stops the run: once the
+        # nodes are written, the results are the new ones and no "cancelled" may say otherwise
         progress(2, 3, "updating the scene")
-        self.applyAnalysis(analysis)
-        progress(3, 3, "done")
+        self.applyAnalysis(analysis, forInput=inputID)
         return analysis
 
     def computeAnalysis(self, modelName=None, frames=None, useExistingLabels=None, progress=None, device=None,
@@ -428,9 +446,18 @@ class CardiacAISegLogic(_LogicBase):
                      "bullseye": self.getParameter("bullseyeMeasure") or "mbf"}
         return study, rest, restLabels, arguments
 
-    def applyAnalysis(self, analysis):
+    def applyAnalysis(self, analysis, forInput=None):
         """Make a computed Analysis the current one: segmentations, handles and table nodes.
-        Only a finished analysis replaces the previous one, so a cancel leaves the old results."""
+        Only a finished analysis replaces the previous one, so a cancel leaves the old results.
+
+        ``forInput``: the ``inputNodeID`` the analysis was started for. When another input was
+        picked (or the scene closed) while it ran, it is refused: shown, the first input's
+        results would be stamped on the second one's nodes."""
+        if forInput is not None and (self.study is None or forInput != self.getParameter("inputNodeID")):
+            inputNode = self.scene.GetNodeByID(forInput) if forInput else None
+            raise CardiacInputError(inputNode.GetName() if inputNode is not None else "input",
+                                    "the input was changed (or the scene closed) while its analysis ran: that result "
+                                    "is not shown on the new input; run again")
         self.timing = dict(analysis.timing_s)
         self.analysis, self.modelInfo = analysis, analysis.model_info
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}

@@ -87,9 +87,13 @@ def test_a_bad_model_name_fails_with_the_engines_message(cine_phantom):
     job = logic.startAnalysis(modelName="no-such-network", useExistingLabels=False)
     assert job.wait(timeout=120) == FAILED
     assert "no-such-network" in job.error
+    folder = job.folder
+    assert folder is not None and folder.exists()
     with pytest.raises((CardiacInputError, RuntimeError), match="no-such-network"):
         job.result()
     assert logic.analysis is None
+    # its folder (with the pickled study, ~15 MB) goes too: every failed run used to leave one in the temp folder
+    assert not folder.exists() and job.folder is None
 
 
 def test_bad_input_in_the_worker_is_the_same_input_error_as_in_process(cine_phantom):

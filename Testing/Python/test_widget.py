@@ -1,0 +1,313 @@
+"""The Slicer module's Widget (CardiacAISeg.py) driving a real Logic on slicer-core.
+
+Slicer's Qt classes cannot be shown here, so ``qt``/``ctk`` are small stand-ins and the panel's
+widgets are plain objects with the attributes the Widget reads and writes (``enabled``, ``text``,
+``currentNode``, ...). What runs is the Widget's own code, on real scene, segmentation, table and
+markups nodes: the order of events a user can cause (Run twice, another input picked during a
+run, File > Close Scene or Add Data mid-run, painting the RV in) and what the panel and the scene
+hold afterwards.
+"""
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "CardiacAISeg"
+
+
+class _QtStub(types.ModuleType):
+    """The few Qt names the Widget uses outside its panel."""
+
+    def __init__(self):
+        super().__init__("qt")
+
+        class QWidget:
+            pass
+
+        class QTimer:
+            instances = []
+
+            def __init__(self):
+                self.active, self.slot = False, None
+                QTimer.instances.append(self)
+
+            def setSingleShot(self, single):
+                pass
+
+            def setInterval(self, ms):
+                pass
+
+            def connect(self, signal, slot):
+                self.slot = slot
+
+            def start(self):
+                self.active = True
+
+            def stop(self):
+                self.active = False
+
+            def fire(self):   # the event loop's timeout, when a test says so
+                if self.active:
+                    self.slot()
+
+        class QPixmap:
+            def __init__(self, path=None):
+                self.path = path
+
+            def scaledToWidth(self, *args):
+                return self
+
+        self.QWidget, self.QTimer, self.QPixmap = QWidget, QTimer, QPixmap
+        self.QComboBox = self.QCheckBox = self.QDoubleSpinBox = self.QLineEdit = QWidget
+        self.Qt = types.SimpleNamespace(SmoothTransformation=1, ToolTipRole=3, WaitCursor=0)
+
+
+class _PanelWidget:
+    """One widget of the panel: plain attributes; any other method does nothing."""
+
+    def __init__(self):
+        self.enabled, self.text, self.value, self.maximum, self.checked = True, "", 0, 1, False
+        self.visible, self.currentPath, self.currentIndex, self.count, self.currentText = True, "", 0, 0, ""
+        self.node = self.table = self.segmentation = None
+
+    def setVisible(self, visible):
+        self.visible = visible
+
+    def currentNode(self):
+        return self.node
+
+    def setCurrentNode(self, node):
+        self.node = node
+
+    def setMRMLTableNode(self, node):
+        self.table = node
+
+    def setSegmentationNode(self, node):
+        self.segmentation = node
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+class _App:
+    """slicer.app: ``processEvents`` runs what "the user" queued (clicks during a run)."""
+
+    def __init__(self, temporary):
+        self.temporaryPath, self.queued = str(temporary), []
+        self.slicerHome = None   # not inside Slicer: the worker runs on this Python
+
+    def processEvents(self):
+        # what was queued before this call; a click queued by one runs at the next call
+        queued, self.queued = self.queued, []
+        for click in queued:
+            click()
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@pytest.fixture(scope="module")
+def widget_module(tmp_path_factory):
+    """``CardiacAISeg`` imported with the Qt stand-ins; everything undone afterwards."""
+    patch = pytest.MonkeyPatch()
+    app = _App(tmp_path_factory.mktemp("slicer-temp"))
+    errors = []
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = types.SimpleNamespace(isEntered=True)
+
+    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {"__init__": lambda self, parent: None})
+    scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    for name, module in (("qt", _QtStub()), ("ctk", types.ModuleType("ctk")), ("slicer.ScriptedLoadableModule", scripted)):
+        patch.setitem(sys.modules, name, module)
+    sys.modules["ctk"].ctkPathLineEdit = type("ctkPathLineEdit", (), {"Dirs": 1, "Writable": 2})
+    patch.setattr(slicer, "ScriptedLoadableModule", scripted, raising=False)
+    patch.setattr(slicer, "qMRMLNodeComboBox", type("qMRMLNodeComboBox", (), {}), raising=False)
+    patch.setattr(slicer, "app", app, raising=False)
+    patch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text))
+    patch.syspath_prepend(str(MODULE_DIR))
+    import CardiacAISeg as module
+
+    # every test's widget and Logic live to the end of the module: collected mid-test, a Widget
+    # whose scene was cleared under a run crashed VTK in the next test's computation
+    panels = []
+    yield types.SimpleNamespace(module=module, app=app, errors=errors, qt=sys.modules["qt"], panels=panels)
+    for w in panels:
+        w.removeObservers()
+    panels.clear()
+    sys.modules.pop("CardiacAISeg", None)
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def cine_files(tmp_path_factory):
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    folder = tmp_path_factory.mktemp("cine")
+    write_phantom("cine", folder / "a", seed=3)
+    write_phantom("cine", folder / "b", seed=4)
+    return folder
+
+
+def _panel(widget_module, logic):
+    """A Widget on ``logic``'s scene with stand-in panel widgets, as ``setup`` would wire it."""
+    from CardiacAISegLib.logic import PARAMETER_CHOICES
+
+    m = widget_module.module
+    m._moduleLogic = logic
+    widget_module.errors.clear()
+    slicer.mrmlScene = logic.scene
+    w = m.CardiacAISegWidget()
+    w.ui = types.SimpleNamespace(**{name: _PanelWidget() for name in m.UI_WIDGETS})
+    w.logic, w._choices, w._bound = logic, PARAMETER_CHOICES, []
+    w.refreshModels = lambda: None
+    scene = logic.scene
+    w.addObserver(scene, scene.StartCloseEvent, w.onSceneStartClose)
+    w.addObserver(scene, scene.EndCloseEvent, w.onSceneEndClose)
+    w.addObserver(scene, scene.EndImportEvent, w.onSceneEndImport)
+    w.initializeParameterNode()
+    widget_module.panels.append(w)
+    return w
+
+
+def _loaded(widget_module, cine_files, name="a"):
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    w = _panel(widget_module, logic)
+    nodes = logic.loadStudy(cine_files / name / "cine.nii.gz", labels=cine_files / name / "cine_labels.nii.gz")
+    w.ui.inputSelector.node = nodes.sequence
+    return logic, w, nodes
+
+
+def _wait_for_job(w, timeout=120):
+    end = time.monotonic() + timeout
+    while w._job is not None and time.monotonic() < end:
+        time.sleep(0.1)
+        w._jobTimer.fire()
+    assert w._job is None, "the background job did not end"
+
+
+def test_one_run_at_a_time_with_its_input_locked(widget_module, cine_files):
+    """Run stayed enabled during a background run, and a second click started a second job
+    that replaced the first, which Cancel could then no longer reach."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    logic.setParameter("useExistingLabels", "true")   # the worker measures the labels: no network
+    w.onApplyButton()
+    first = w._job
+    try:
+        assert first is not None and first.state == "running"
+        assert not w.ui.applyButton.enabled and w.ui.cancelButton.enabled
+        assert not w.ui.inputSelector.enabled and not w.ui.restSelector.enabled
+        w.updateGUIFromParameterNode()          # any parameter change during the run
+        assert not w.ui.applyButton.enabled
+        w.onApplyButton()                       # clicked again
+        assert w._job is first
+        w.onCancelButton()
+        assert first.state == "cancelled" and first.folder is None
+        assert w.ui.applyButton.enabled and w.ui.inputSelector.enabled
+    finally:
+        first.cancel()
+
+
+def test_result_for_an_input_replaced_during_the_run_is_not_shown(widget_module, cine_files):
+    """Another series picked while the job ran: its result was applied to the new input's
+    nodes (stamped as made for it), status "Done."."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import INPUT_ATTRIBUTE
+    from CardiacAISegLib.readers import load_study
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    other = sc.add_study(logic.context, load_study(cine_files / "b" / "cine.nii.gz"))
+    logic.setParameter("useExistingLabels", "true")
+    w.onApplyButton()
+    w.onInputChanged(other.sequence)            # through the scene (the combo box is locked)
+    _wait_for_job(w)
+    assert logic.analysis is None
+    assert w.ui.statusLabel.text.startswith("Failed")
+    assert any("the input was changed" in e for e in widget_module.errors), widget_module.errors
+    stamped = [n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+               if n.GetAttribute(INPUT_ATTRIBUTE) == other.sequence.GetID()]
+    assert stamped == []
+
+
+def test_scene_closed_during_a_labels_run_gets_nothing_of_it(widget_module, cine_files):
+    """File > Close Scene while the measuring run pumped events: the closed study's
+    segmentations, table and handles were written into the new, empty scene, status "Done."."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    w.ui.useLabelsCheckBox.checked = True
+    closes = []
+
+    def close_scene_at_the_second_step():
+        if not closes:
+            closes.append("waited")
+            widget_module.app.queued.append(close_scene_at_the_second_step)
+            return
+        closes.append("closed")
+        logic.scene.Clear(0)
+
+    widget_module.app.queued.append(close_scene_at_the_second_step)
+    w.onApplyButton()
+    assert closes[-1] == "closed"
+    for cls in ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLMarkupsFiducialNode"):
+        assert logic.scene.GetNumberOfNodesByClass(cls) == 0, cls
+    assert logic.analysis is None and w.ui.tableView.table is None and not w.ui.statusLabel.text.startswith("Done")
+    assert not w.ui.progressBar.visible and not w.ui.cancelButton.enabled
+
+
+def test_added_data_keeps_the_live_analysis(widget_module, cine_files, tmp_path):
+    """Add Data of an unrelated scene rebuilt the analysis from the nodes: the volume curve,
+    the labelled frames and the network comparison were lost."""
+    from CardiacAISegLib import scene as sc
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    live = logic.analysis
+    assert live is not None and len(live.labels) == 20
+    other = sc.new_scene()
+    other.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    other.scene.SetRootDirectory(str(tmp_path))
+    other.scene.SetURL(str(tmp_path / "landmarks.mrml"))
+    other.scene.Commit()
+    logic.scene.SetURL(str(tmp_path / "landmarks.mrml"))
+    logic.scene.Import()
+    assert w.logic.analysis is live and len(live.labels) == 20
+
+
+def test_handles_made_by_an_edit_follow_their_drags(widget_module, cine_files):
+    """LV-only labels measured, then the RV painted in: the edit creates the insertion handles,
+    which were never observed, so dragging them changed nothing until the next run."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.labels import RV
+    from CardiacAISegLib.logic import FRAME_ATTRIBUTE, fill_segmentation
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    full = {t: m.copy() for t, m in logic.study.labels.items()}
+    for m in logic.study.labels.values():
+        m[m == RV] = 0
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    assert logic.getNodeParameter("markupsID") is None
+    seg = logic.getNodeParameter("outputSegmentationID")
+    fill_segmentation(seg, full[int(seg.GetAttribute(FRAME_ATTRIBUTE))], logic.study.ijk_to_ras)
+    next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits).fire()
+    markups = logic.getNodeParameter("markupsID")
+    assert markups is not None and w._observedMarkups is markups
+    before = [r["value"] for r in sc.table_rows(logic.getNodeParameter("tableID"))]
+    position = [0.0, 0.0, 0.0]
+    markups.GetNthControlPointPosition(0, position)
+    markups.SetNthControlPointPosition(0, position[0] + 6, position[1] + 6, position[2])
+    assert [r["value"] for r in sc.table_rows(logic.getNodeParameter("tableID"))] != before
+    assert np.isfinite(logic.lastUpdateTimeS)
