@@ -356,6 +356,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInputChanged(self, node):
         if node is None or self._updatingNodes:
             return
+        if (node.IsA("vtkMRMLSequenceNode") and node.GetNumberOfDataNodes() == 0) or \
+                (node.IsA("vtkMRMLScalarVolumeNode") and node.GetImageData() is None):
+            # a node still being filled (Sample Data adds the sequence before its frames, and the
+            # combo box picks the first node added to an empty scene): nothing to read yet
+            return
         if not self.logic.isCurrentStudyNode(node):
             self._clearResults()   # the panel's table, bullseye and report were the previous input's
         with _showErrors("Could not read the selected input."):
@@ -366,7 +371,10 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadButton(self):
         path = self.ui.loadPathLineEdit.currentPath
-        if not path or not ensureDependencies():
+        if not path:
+            self.ui.statusLabel.text = "Choose a file or folder to read first."
+            return
+        if not ensureDependencies():
             return
         options = {}
         if self.logic.getParameter("aifPath"):

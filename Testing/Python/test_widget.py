@@ -311,3 +311,15 @@ def test_handles_made_by_an_edit_follow_their_drags(widget_module, cine_files):
     markups.SetNthControlPointPosition(0, position[0] + 6, position[1] + 6, position[2])
     assert [r["value"] for r in sc.table_rows(logic.getNodeParameter("tableID"))] != before
     assert np.isfinite(logic.lastUpdateTimeS)
+
+
+def test_a_node_still_being_filled_is_not_read(widget_module, cine_files):
+    """Sample Data adds a sequence before its frames, and the input box picks the first node
+    added to an empty scene: reading it then gave a spurious "Could not read" box."""
+    logic, w, nodes = _loaded(widget_module, cine_files)
+    empty = logic.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "being filled")
+    w.onInputChanged(empty)
+    assert widget_module.errors == [] and logic.isCurrentStudyNode(nodes.sequence)
+    w.ui.loadPathLineEdit.currentPath = ""
+    w.onLoadButton()
+    assert "Choose a file or folder" in w.ui.statusLabel.text
