@@ -90,8 +90,9 @@ def compute_analysis(study: Study, model_name: str | None = None, labels: Labels
     perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf' or 'relative_upslope' (perfusion).
     """
     from .blas import single_blas_thread
+    from .readers.series_kind import kind_said_on_errors
 
-    with single_blas_thread():
+    with single_blas_thread(), kind_said_on_errors(study):
         return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye)
 
 

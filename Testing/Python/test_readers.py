@@ -811,3 +811,67 @@ def test_nifti_frame_times_from_a_bids_sidecar(tmp_path):
     (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": times[:-1].tolist()}))
     expect_error(lambda: load_study(tmp_path / "perf.nii.gz", kind="perfusion"), tmp_path / "perf.json",
                  f"lists {times.size - 1} times but perf.nii.gz has {times.size} frames")
+    # times in ms (0, 500, ...): refused as 500 s per frame, naming the sidecar, not "the file's time step"
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": (1000 * times).tolist()}))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", kind="perfusion"), "500 s", "sidecar perf.json (VolumeTiming)")
+
+
+def test_a_time_step_without_a_unit_is_named_where_dt_is_asked_for(tmp_path):
+    """A step of 0.5 with no time unit: the refusal said "the file has no frame times"."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.random.default_rng(1).random((6, 5, 3, 30)).astype(np.float32), np.diag([1.5, 1.5, 8.0, 1.0]))
+    img.header.set_xyzt_units("mm")
+    img.header["pixdim"][4] = 0.5
+    nib.save(img, str(tmp_path / "perf.nii.gz"))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", kind="perfusion"), "time step 0.5 has no time unit", "--dt")
+
+
+@pytest.fixture(scope="module")
+def cine_phantom_study():
+    from CardiacAISegLib.phantoms.phantom import make_cine_phantom
+
+    return make_cine_phantom(seed=2)[0]
+
+
+def test_analyze_cine_is_read_with_kind_cine(tmp_path, cine_phantom_study):
+    """An Analyze 7.5 file is QPerf's perfusion format unless --kind cine says it holds a cine:
+    with --kind cine it was refused as "an Analyze 7.5 perfusion image" whatever the flags."""
+    import nibabel as nib
+
+    st = cine_phantom_study
+    spacing = st.spacing
+    nib.save(nib.AnalyzeImage(st.images.transpose(3, 2, 1, 0).astype(np.float32),
+                              np.diag([spacing[0], spacing[1], spacing[2], 1.0])), str(tmp_path / "cine.hdr"))
+    s = load_study(tmp_path / "cine.hdr", kind="cine")
+    assert s.kind == "cine" and s.images.shape == st.images.shape
+    np.testing.assert_allclose(s.images, st.images, rtol=1e-6)
+    np.testing.assert_allclose(s.spacing, spacing, rtol=1e-5)
+    assert not s.orientation_known
+    expect_error(lambda: load_study(tmp_path / "cine.hdr"), "frame interval unknown", "Analyze", "--kind cine")
+
+
+def test_a_cine_read_as_perfusion_says_why_when_it_fails(tmp_path, cine_phantom_study):
+    """A cine NIfTI whose time step is wrong (0.5 s: 20 frames over 9.5 s) is taken as perfusion
+    and fails on its "AIF"; the error said nothing of why it was read as perfusion."""
+    import nibabel as nib
+
+    from CardiacAISegLib.labels import to_convention
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    st = cine_phantom_study
+    affine = st.ijk_to_ras
+    img = nib.Nifti1Image(st.images.transpose(3, 2, 1, 0).astype(np.float32), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 0.5
+    nib.save(img, str(tmp_path / "cine.nii.gz"))
+    labels = np.stack([to_convention(st.labels[t], "acdc") for t in range(st.n_frames)])
+    nib.save(nib.Nifti1Image(labels.transpose(3, 2, 1, 0).astype(np.uint8), affine), str(tmp_path / "labels.nii.gz"))
+    s = load_study(tmp_path / "cine.nii.gz", labels=tmp_path / "labels.nii.gz")
+    assert s.kind == "perfusion"
+    with pytest.raises(CardiacInputError) as err:
+        compute_analysis(s, labels=s.labels)
+    assert "read as a first-pass perfusion series" in str(err.value) and "9.5 s" in str(err.value) \
+        and "--kind cine" in str(err.value), str(err.value)
+    c = load_study(tmp_path / "cine.nii.gz", kind="cine", labels=tmp_path / "labels.nii.gz")
+    assert compute_analysis(c, labels=c.labels).results()["cine"]["lv_ef_pct"] > 30

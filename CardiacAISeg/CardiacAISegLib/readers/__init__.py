@@ -85,8 +85,11 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
         decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
         if study.kind == PERFUSION and not finished:
             from .perfusion import finish_perfusion
+            from .series_kind import kind_said_on_errors
 
-            finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units, progress=progress)
+            with kind_said_on_errors(study):
+                finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units,
+                                 progress=progress)
 
     if labels is not None:
         _attach_labels(study, labels, label_convention, frame)
@@ -135,6 +138,11 @@ def _read(path, kind, series, aif, dt, progress, units):
             return load_dicom_series(path, series=series, progress=progress)
         raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}")
     suffix = volume_suffix(path)
+    if suffix in (".hdr", ".img") and kind == CINE:
+        # QPerf's perfusion format, unless the user says it holds a cine (x, y, slices, frames)
+        from .volume import load_volume
+
+        return load_volume(path, kind=CINE)
     if suffix in (".hdr", ".img") or path.name == "params.json":
         from .perfusion import load_perfusion
 

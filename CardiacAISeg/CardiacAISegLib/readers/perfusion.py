@@ -171,7 +171,8 @@ def _image_study(path):
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
                   provenance={"reader": meta["format"], "files": [str(path)],
-                              **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "warnings") if meta.get(k)}})
+                              **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "frame_times_from", "warnings")
+                                 if meta.get(k)}})
     return study, meta.get("frame_times_s")
 
 
@@ -274,13 +275,16 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                 prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap
             measured = None   # the user's interval wins
     elif measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
-        dt, dt_source, where = float(np.median(np.diff(measured))), "file", path
+        # the file's own header, or where the reader found its times (a BIDS sidecar)
+        dt, dt_source, where = float(np.median(np.diff(measured))), prov.get("frame_times_from") or "file", path
     elif entry is not None and "dt_s" in entry:
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
         why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
-        decided = ((study.provenance or {}).get("kind") or {}).get("decided_by")
-        read_as = f" (read as a first-pass perfusion series: {decided})" if decided and decided != "--kind" else ""
+        decided = ((study.provenance or {}).get("kind") or {}).get("decided_by") \
+            or ((study.provenance or {}).get("format_kind") or (None, None))[1]
+        read_as = f" (read as a first-pass perfusion series: {decided}; a cine? give --kind cine)" \
+            if decided and decided != "--kind" and "(--aif)" not in decided else ""
         raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")

@@ -14,6 +14,8 @@ Evidence, strongest first:
 A requested ``--kind`` is never ignored: when strong evidence contradicts it the read fails and
 says why; when only weak evidence does, the flag wins and a warning says what the data suggest.
 """
+from contextlib import contextmanager
+
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION
 from .dicom import MANY_HEARTBEATS_S, REALTIME_STEP_S
@@ -229,3 +231,30 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     study.provenance["kind"] = {"kind": kind, "decided_by": decided_by,
                                 "evidence": [{"kind": k, "strength": s, "reason": r} for k, s, r in found]}
     return kind
+
+
+def inferred_perfusion_reason(study):
+    """Why ``study`` was taken as a first-pass perfusion series, when the data decided it (not
+    --kind, not an AIF given with it); else None."""
+    decision = (study.provenance or {}).get("kind") or {}
+    if study.kind != PERFUSION or decision.get("decided_by") in (None, "--kind"):
+        return None
+    if any("(--aif)" in e.get("reason", "") for e in decision.get("evidence", [])):
+        return None
+    return decision["decided_by"]
+
+
+@contextmanager
+def kind_said_on_errors(study):
+    """An input error raised while ``study`` is finished or analysed as perfusion, whose kind
+    the data decided, says why it was read as perfusion and that --kind cine reads it as a cine:
+    a cine whose file carries a wrong time step (0.5 s for 0.045) was refused for a "flat AIF"
+    or a series "starting after the bolus peak", which named neither."""
+    try:
+        yield
+    except CardiacInputError as e:
+        reason = inferred_perfusion_reason(study)
+        if reason is None or reason in e.problem:
+            raise
+        raise CardiacInputError(e.path, f"{e.problem} [read as a first-pass perfusion series: {reason}; if it is a cine, "
+                                        "give --kind cine]") from None

@@ -132,11 +132,16 @@ def read_nifti(path):
         scale = time_unit_seconds(unit)
         if scale and dt > 0:
             meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
+        elif dt > 0 and dt != 1.0:
+            # said where --dt is asked for: the file has a step, only not one in a known unit
+            meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
+                                           f"{unit!r}), so seconds and milliseconds cannot be told apart")
         sidecar = bids_volume_times(path, data.shape[3])
         if sidecar is not None:
             # the acquisition's own times (irregular heartbeats) rather than one step in the header
             times, where = sidecar
             meta["frame_times_s"] = times
+            meta["frame_times_from"] = where     # named by the frame-interval checks
             meta.pop("frame_times_ignored", None)
             meta.setdefault("warnings", []).append(f"frame times from {where}")
     return nifti_to_kji(data), affine, meta
@@ -431,7 +436,22 @@ def read_volume_file(path):
         return read_nrrd(path)
     if suffix in (".mhd", ".mha"):
         return read_metaimage(path)
+    if suffix in (".hdr", ".img"):
+        return read_analyze(path)
     raise CardiacInputError(path, f"unknown volume format {suffix!r}; accepted: {', '.join(('.seq.nrrd',) + VOLUME_SUFFIXES)}")
+
+
+def read_analyze(path):
+    """An Analyze 7.5 image as a (x, y, z[, t]) stack, for a cine (``--kind cine``). Analyze keeps
+    no orientation and no frame times: only the voxel size is trusted. (Without --kind an
+    Analyze file is QPerf's perfusion format, [RO, E1, frames]: readers.perfusion.)"""
+    from .nifti import load_nifti, nifti_to_kji
+
+    data, affine, _ = load_nifti(path)
+    if data.ndim not in (3, 4):
+        raise CardiacInputError(path, f"expected a 3D or 4D image (x, y, slices[, frames]), got shape {data.shape}")
+    return np.ascontiguousarray(nifti_to_kji(data), np.float32), np.asarray(affine, float), \
+        {"format": "analyze", "orientation_known": False, "frame_times_s": None}
 
 
 def _strip_suffix(path):
