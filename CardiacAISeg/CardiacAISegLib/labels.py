@@ -17,6 +17,39 @@ SEGMENTS = {
 }
 SEGMENT_IDS = {"LV blood pool": "lv", "LV myocardium": "myo", "RV": "rv"}
 
+# What annotators name the three structures (Slicer segment names, seg.nrrd files, other tools),
+# compared lower-case with '_' and '-' as spaces: one list for the file reader and the Slicer
+# Logic, which had two (a segmentation named "LV", "Myocardium", "RV" read by one, not the other).
+SEGMENT_NAME_WORDS = {
+    LV: ("lv", "lv blood pool", "lv pool", "lv cavity", "lv blood", "lv endocardium", "left ventricle",
+         "left ventricular cavity", "left ventricle cavity", "left ventricle blood pool", "blood pool"),
+    MYO: ("myo", "myocardium", "lv myocardium", "lv myo", "lv wall", "myocardial wall", "left ventricle myocardium",
+          "left ventricular myocardium", "lv muscle"),
+    RV: ("rv", "right ventricle", "rv blood pool", "rv cavity", "rv pool", "right ventricular cavity",
+         "right ventricle cavity", "right ventricle blood pool"),
+}
+_NAME_TO_LABEL = {word: label for label, words in SEGMENT_NAME_WORDS.items() for word in words}
+_NAME_TO_LABEL.update({sid: SEGMENTS[name][0] for name, sid in SEGMENT_IDS.items()})
+
+
+def label_of_segment_name(name):
+    """The internal label (LV, MYO or RV) a segment name stands for, or None."""
+    key = " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
+    return _NAME_TO_LABEL.get(key)
+
+
+def unnamed_structures_problem(found_labels, unknown_names):
+    """The message for a segmentation whose LV blood pool or myocardium was not found by name
+    while some segments have names that are not known (a naming mismatch, not a missing
+    structure), or None."""
+    missing = [name for name, (value, _) in SEGMENTS.items() if value in (LV, MYO) and value not in set(found_labels)]
+    if not missing or not unknown_names:
+        return None
+    return (f"no segment named as the {' or the '.join(missing)} (segments {', '.join(repr(n) for n in unknown_names)} are "
+            f"not known names); name them e.g. {', '.join(repr(w) for w in ('LV', 'Myocardium', 'RV'))} "
+            f"(known: {', '.join(SEGMENTS)} and common synonyms)")
+
+
 # source label -> internal label
 CONVENTIONS = {
     "internal": {1: LV, 2: MYO, 3: RV},

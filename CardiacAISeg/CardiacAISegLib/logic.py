@@ -831,8 +831,12 @@ class CardiacAISegLogic(_LogicBase):
             raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; pass force=True to replace them")
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
+        from .readers.acdc import slice_positions_lines
+
+        group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
         try:
             info = [f"ED: {ed + 1}", f"ES: {es + 1}"] + ([f"Group: {group}"] if group else []) + [f"NbFrame: {st.n_frames}"]
+            info += slice_positions_lines(st)
             (stage / "Info.cfg").write_text("\n".join(info) + "\n")
             for name, spec in files.items():
                 if spec is not None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CardiacInputError, OutputExistsError
-from .labels import SEGMENT_IDS, SEGMENTS
+from .labels import SEGMENT_IDS, SEGMENTS, label_of_segment_name, unnamed_structures_problem
 
 INSERTION_NODE_NAME = "RV insertion"
 SIDES = ("anterior", "inferior")
@@ -304,12 +304,22 @@ def segmentation_geometry(seg_node):
 
 
 def _segment_id(seg, name):
-    """Our id first; by name second, for segmentations the user made or re-made in Slicer."""
+    """Our id first; by name second, for segmentations the user made or re-made in Slicer
+    ("LV", "Myocardium", "RV", ...: ``labels.label_of_segment_name``, as the file reader)."""
     sid = SEGMENT_IDS[name]
     if seg.GetSegment(sid) is not None:
         return sid
-    sid = seg.GetSegmentIdBySegmentName(name)
-    return sid or None
+    wanted = SEGMENTS[name][0]
+    for n in range(seg.GetNumberOfSegments()):
+        if label_of_segment_name(seg.GetNthSegment(n).GetName()) == wanted:
+            return seg.GetNthSegmentID(n)
+    return None
+
+
+def _unknown_segment_names(seg):
+    return [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())
+            if label_of_segment_name(seg.GetNthSegment(n).GetName()) is None
+            and label_of_segment_name(seg.GetNthSegmentID(n)) is None]
 
 
 def labelmap_from_segmentation(seg_node, ijk_to_ras=None, shape=None, reference_volume=None):
@@ -335,12 +345,16 @@ def labelmap_from_segmentation(seg_node, ijk_to_ras=None, shape=None, reference_
     reference = _geometry_image(ijk_to_ras, shape)
 
     seg = seg_node.GetSegmentation()
-    ids, values = vtk.vtkStringArray(), vtk.vtkIntArray()
+    ids, values, found = vtk.vtkStringArray(), vtk.vtkIntArray(), []
     for name, (value, _) in SEGMENTS.items():
         sid = _segment_id(seg, name)
         if sid is not None:
             ids.InsertNextValue(sid)
             values.InsertNextValue(value)
+            found.append(value)
+    problem = unnamed_structures_problem(found, _unknown_segment_names(seg))
+    if problem:   # said of the segmentation, not later as "no LV blood pool labelled" of the image
+        raise CardiacInputError(seg_node.GetName(), problem)
     if ids.GetNumberOfValues() == 0:
         return np.zeros(shape, np.uint8)
     merged = slicer.vtkOrientedImageData()

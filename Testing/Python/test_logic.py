@@ -657,3 +657,59 @@ def test_a_rest_series_goes_with_its_stress_series(tmp_path):
     assert logic.restStudy is None and logic.getNodeParameter("restNodeID") is None
     logic.runSegmentation(useExistingLabels=True)
     assert "Global MPR" not in rows_by_measure(logic)
+
+
+def test_ground_truth_of_a_stack_with_a_missing_slice_reloads_the_same(tmp_path):
+    """A DICOM stack with a slice left out: measured by its true slice positions, but saved as
+    ACDC NIfTI (one slice step) it reloaded ~14 % low with no warning. The positions go into
+    Info.cfg (SlicePositionsMm) and come back; an ACDC input keeps its Group."""
+    from bad_corpus import N_SLICES, cine_dicom, make_base
+
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    base = make_base(tmp_path / "base")
+    kept = [k for k in range(N_SLICES) if k != 3]
+    folder, labels = cine_dicom(base, tmp_path / "gap", slices=kept, frames=list(range(6)))
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadStudy(folder, labels=labels)
+    logic.runSegmentation(useExistingLabels=True)
+    shown = logic.analysis.cine
+    assert any("gap" in w for w in logic.analysis.warnings), logic.analysis.warnings
+    saved = logic.saveGroundTruth(tmp_path / "gt", "patient901")
+    assert "SlicePositionsMm:" in (saved / "Info.cfg").read_text()
+    back = load_acdc_patient(saved)
+    again = compute_analysis(back, labels=back.labels).cine
+    for key in ("lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_edv_ml"):
+        assert again[key] == pytest.approx(shown[key], rel=1e-6), key
+    # an ACDC patient saved again keeps its group (training stratifies by it)
+    (saved / "Info.cfg").write_text((saved / "Info.cfg").read_text() + "Group: DCM\n")
+    logic.loadStudy(saved)
+    logic.runSegmentation(useExistingLabels=True)
+    resaved = logic.saveGroundTruth(tmp_path / "gt2", "patient902")
+    assert "Group: DCM" in (resaved / "Info.cfg").read_text()
+
+
+def test_a_segmentation_drawn_with_its_own_segment_names_is_measured(measured):
+    """Segments "Segment_1".."Segment_3" named "LV", "Myocardium", "RV" (drawn by hand in
+    Slicer): the CLI read such a file, the Logic found only the RV and said "no LV blood pool
+    labelled" of the image. A name it does not know is said of the segmentation."""
+    logic = measured
+    before = dict(logic.analysis.cine)
+    for node in (logic.getNodeParameter(n) for n in ("outputSegmentationID", "outputSegmentationESID")):
+        seg = node.GetSegmentation()
+        for sid, (new_id, name) in {"lv": ("Segment_1", "LV"), "myo": ("Segment_2", "Myocardium"),
+                                    "rv": ("Segment_3", "RV")}.items():
+            segment = seg.GetSegment(sid)
+            seg.RemoveSegment(sid)
+            segment.SetName(name)
+            seg.AddSegment(segment, new_id)
+    logic.study.labels = {}        # measured from the segmentations the user drew
+    a = logic.runSegmentation(useExistingLabels=True)
+    for key in ("lv_edv_ml", "lv_mass_g", "rv_edv_ml"):
+        assert a.cine[key] == pytest.approx(before[key], rel=1e-9), key
+    node = logic.getNodeParameter("outputSegmentationID")
+    node.GetSegmentation().GetSegment("Segment_2").SetName("Wall of the left chamber")
+    with pytest.raises(CardiacInputError, match="Wall of the left chamber") as err:
+        sc.labelmap_from_segmentation(node, logic.study.ijk_to_ras, logic.study.images.shape[1:])
+    assert node.GetName() in str(err.value)

@@ -875,3 +875,43 @@ def test_a_cine_read_as_perfusion_says_why_when_it_fails(tmp_path, cine_phantom_
         and "--kind cine" in str(err.value), str(err.value)
     c = load_study(tmp_path / "cine.nii.gz", kind="cine", labels=tmp_path / "labels.nii.gz")
     assert compute_analysis(c, labels=c.labels).results()["cine"]["lv_ef_pct"] > 30
+
+
+def test_segment_names_annotators_use(tmp_path):
+    """One list of names for the file reader and the Slicer Logic: "LV cavity" / "Myocardium" /
+    "Right ventricle" were read as background (then "no LV blood pool" named the image), and
+    unknown names beside a known one are refused naming the segments."""
+    import nrrd
+
+    from CardiacAISegLib.labels import LV, MYO, RV, label_of_segment_name
+    from CardiacAISegLib.readers.labelmap import read_labels
+
+    assert [label_of_segment_name(n) for n in ("LV cavity", "left_ventricle", "Myocardium", "LV-wall", "Right Ventricle",
+                                                "RV", "lv", "Segment_1")] == [LV, LV, MYO, MYO, RV, RV, LV, None]
+    data = np.zeros((6, 5, 2), np.uint8)
+    data[1:3, 1:3, 0], data[3, 1:4, 0], data[4, 0:2, 1] = 5, 7, 9
+    header = {"space": "right-anterior-superior", "space directions": np.diag([1.5, 1.5, 8.0]),
+              "space origin": np.zeros(3)}
+    names = {"LV cavity": 5, "Myocardium": 7, "Right ventricle": 9}
+    for n, (name, value) in enumerate(names.items()):
+        header.update({f"Segment{n}_Name": name, f"Segment{n}_LabelValue": str(value), f"Segment{n}_Layer": "0"})
+    nrrd.write(str(tmp_path / "named.seg.nrrd"), data, header)
+    labels, _, _ = read_labels(tmp_path / "named.seg.nrrd")
+    assert labels.max() == RV and np.count_nonzero(labels == LV) == 4 and np.count_nonzero(labels == MYO) == 3
+    header["Segment0_Name"] = "Blood of the left chamber"
+    nrrd.write(str(tmp_path / "unknown.seg.nrrd"), data, header)
+    expect_error(lambda: read_labels(tmp_path / "unknown.seg.nrrd"), "unknown.seg.nrrd", "LV blood pool",
+                 "'Blood of the left chamber'")
+
+
+def test_labels_given_for_some_frames_say_which_frames_keep_the_studys(tmp_path):
+    """An edited ED map given with --labels on an ACDC folder: ED came from the file, ES from
+    the folder's _gt, and the EF mixed both without a word."""
+    from bad_corpus import acdc_folder, make_base, nifti, to_xyzt, acdc_convention, _axial_affine
+
+    base = make_base(tmp_path / "base")
+    folder = acdc_folder(base, tmp_path / "patient001", "ED: 1\nES: 2\nNbFrame: 6\n")
+    edited = nifti(tmp_path / "ed.nii.gz", to_xyzt(acdc_convention(base.cine_labels[0:1]))[..., 0], _axial_affine(), np.uint8)
+    s = load_study(folder, labels=edited)
+    assert any("labels of ED from this file; ES keep the labels that came with the study" in w
+               for w in s.provenance["warnings"]), s.provenance["warnings"]

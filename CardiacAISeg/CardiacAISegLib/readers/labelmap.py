@@ -9,32 +9,31 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CardiacInputError
-from ..labels import CONVENTIONS, LV, MYO, RV, SEGMENT_IDS, SEGMENTS, normalise_labels
+from ..labels import CONVENTIONS, LV, MYO, RV, label_of_segment_name, normalise_labels, unnamed_structures_problem
 from ..study import CINE
 from .geometry_check import add_warning, onto_image_grid
 from .volume import read_volume_file
-
-_NAME_TO_LABEL = {**{n.lower(): v for n, (v, _) in SEGMENTS.items()},
-                  **{i: SEGMENTS[n][0] for n, i in SEGMENT_IDS.items()},
-                  "lv": LV, "left ventricle": LV, "myocardium": MYO, "myo": MYO, "rv": RV, "right ventricle": RV}
-
 
 # Labels saved as floats (a converter's float32 export, a rigid resampling with nearest
 # neighbour in floating point) sit this close to whole numbers; interpolated ones do not.
 NEAR_WHOLE = 0.01
 
 def _seg_nrrd_mapping(header):
-    """{file value: internal label} from Slicer's SegmentN_Name / _LabelValue / _Layer fields."""
-    mapping, layers = {}, set()
+    """({file value: internal label}, number of layers, [unknown segment names]) from Slicer's
+    SegmentN_Name / _LabelValue / _Layer fields."""
+    mapping, layers, unknown = {}, set(), []
     n = 0
     while f"Segment{n}_Name" in header:
-        name = str(header[f"Segment{n}_Name"]).strip().lower()
+        name = str(header[f"Segment{n}_Name"]).strip()
         layers.add(header.get(f"Segment{n}_Layer", "0"))
         value = int(header.get(f"Segment{n}_LabelValue", n + 1))
-        if name in _NAME_TO_LABEL:
-            mapping[value] = _NAME_TO_LABEL[name]
+        label = label_of_segment_name(name)
+        if label is not None:
+            mapping[value] = label
+        else:
+            unknown.append(name)
         n += 1
-    return mapping, len(layers)
+    return mapping, len(layers), unknown
 
 
 def read_labels(path, convention="acdc"):
@@ -47,12 +46,17 @@ def read_labels(path, convention="acdc"):
     header = meta.get("header", {})
     mapping = None
     if path.name.lower().endswith(".seg.nrrd"):
-        mapping, n_layers = _seg_nrrd_mapping(header)
+        mapping, n_layers, unknown = _seg_nrrd_mapping(header)
         if n_layers > 1 or data.shape[0] > 1:
             raise CardiacInputError(path, "segmentation with overlapping layers is not supported; export it as a labelmap volume")
         # A .seg.nrrd holds one frame: the list axis pynrrd finds would be a layer axis
         if mapping:
+            problem = unnamed_structures_problem(mapping.values(), unknown)
+            if problem:   # "LV cavity" beside "Myocardium": read as background, then "no LV labelled" on the image
+                raise CardiacInputError(path, problem)
             info["convention"] = "seg.nrrd segment names"
+            if unknown:
+                info["warnings"].append(f"segments {unknown} are not LV blood pool / LV myocardium / RV: left out")
         elif "Segment0_Name" in header:
             # Slicer's default names ("Segment_1", ...) say nothing of the structure: the values
             # are read in the convention, and the user should know that is a guess
@@ -272,6 +276,14 @@ def attach_labelmap(study, path, convention="acdc", frame=None):
     off = labels_off_the_image(study, labels)
     if off:
         info["warnings"].append(off)
+    kept = sorted(set(study.labels) - set(labels))
+    if kept:
+        # the file's frames replace the study's own; the others stay, and the measures mix both
+        def named(frames):
+            return ", ".join("ED" if t == study.ed_frame else "ES" if t == study.es_frame else f"frame {t}" for t in frames)
+
+        info["warnings"].append(f"labels of {named(sorted(labels))} from this file; {named(kept)} keep the labels that "
+                                "came with the study")
     study.labels.update(labels)
     study.provenance.setdefault("label_files", []).append(info)
     for w in info["warnings"]:    # shown with every output, not only kept in provenance
