@@ -813,6 +813,8 @@ class CardiacAISegLogic(_LogicBase):
         ``outDir/patientNNN/`` with Info.cfg, patientNNN_frameXX.nii.gz (+ _gt) for ED and ES
         (frames 1-based, labels in the ACDC convention) and patientNNN_4d.nii.gz. Existing
         files are never replaced without ``force``. Returns the folder."""
+        from .readers.acdc import slice_positions_lines
+
         a = self._requireAnalysis()
         st = a.study
         patientName = self.groundTruthName(patientName)
@@ -829,11 +831,9 @@ class CardiacAISegLogic(_LogicBase):
         existing = [n for n in files if (folder / n).exists()]
         if existing and not force:
             raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; pass force=True to replace them")
+        group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
-        from .readers.acdc import slice_positions_lines
-
-        group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
         try:
             info = [f"ED: {ed + 1}", f"ES: {es + 1}"] + ([f"Group: {group}"] if group else []) + [f"NbFrame: {st.n_frames}"]
             info += slice_positions_lines(st)

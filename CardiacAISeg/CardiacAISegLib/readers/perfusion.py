@@ -283,8 +283,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
         decided = ((study.provenance or {}).get("kind") or {}).get("decided_by") \
             or ((study.provenance or {}).get("format_kind") or (None, None))[1]
-        read_as = f" (read as a first-pass perfusion series: {decided}; a cine? give --kind cine)" \
-            if decided and decided != "--kind" and "(--aif)" not in decided else ""
+        from .series_kind import read_as_perfusion_note
+
+        read_as = f" ({read_as_perfusion_note(decided)})" if decided and decided != "--kind" and "(--aif)" not in decided else ""
         raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")

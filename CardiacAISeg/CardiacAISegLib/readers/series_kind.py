@@ -244,6 +244,11 @@ def inferred_perfusion_reason(study):
     return decision["decided_by"]
 
 
+def read_as_perfusion_note(reason):
+    """How an error says that the data, not the user, made a series perfusion (``reason``)."""
+    return f"read as a first-pass perfusion series: {reason}; if it is a cine, give --kind cine"
+
+
 @contextmanager
 def kind_said_on_errors(study):
     """An input error raised while ``study`` is finished or analysed as perfusion, whose kind
@@ -256,5 +261,4 @@ def kind_said_on_errors(study):
         reason = inferred_perfusion_reason(study)
         if reason is None or reason in e.problem:
             raise
-        raise CardiacInputError(e.path, f"{e.problem} [read as a first-pass perfusion series: {reason}; if it is a cine, "
-                                        "give --kind cine]") from None
+        raise CardiacInputError(e.path, f"{e.problem} [{read_as_perfusion_note(reason)}]") from None
