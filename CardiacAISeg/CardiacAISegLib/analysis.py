@@ -108,6 +108,16 @@ class Analysis:
                 raise CardiacInputError(self.study.source or self.study.name, f"label map for frame {t}, but the study has {self.study.n_frames} frames")
             if not (m == MYO).any() and not (m == LV).any():
                 self.warnings.append(f"frame {t}: no LV or myocardium in the label map")
+        if self.kind == PERFUSION and len(self.labels) > 1:
+            # one mask serves every frame (motion is corrected onto it): frames labelled otherwise
+            # (an edit made on one frame of a 4D map) were left out without a word
+            ref = self.labels[self.reference_frame]
+            other = [t for t in sorted(self.labels) if not np.array_equal(self.labels[t], ref)]
+            if other:
+                shown = ", ".join(map(str, other[:5])) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+                self.warnings.append(f"perfusion is measured with one mask, frame {self.reference_frame}'s; the label map "
+                                     f"differs from it on frame(s) {shown}, which are not used (edit frame "
+                                     f"{self.reference_frame}, or give one 3D mask)")
 
     # --- computation ---------------------------------------------------------------------
     def run(self, progress: Callable | None = None) -> Analysis:

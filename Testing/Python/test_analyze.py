@@ -452,3 +452,22 @@ def _close(a, b, rel=1e-6):
         return True
     assert a == b, (a, b)
     return True
+
+
+def test_perfusion_labels_that_differ_between_frames_say_which_are_not_used():
+    """A 4D perfusion label map edited on one frame only: one mask serves every frame, and the
+    edit was left out without a word (probe round 13)."""
+    from CardiacAISegLib.labels import MYO
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    study, _ = make_perfusion_phantom(seed=1, noise=NOISE)
+    mask = study.labels[0]
+    edited = mask.copy()
+    edited[1][edited[1] == MYO] = 0
+    same = compute_analysis(study, labels={0: mask, 40: mask.copy()})
+    assert not any("one mask" in w for w in same.warnings)
+    a = compute_analysis(study, labels={0: mask, 40: edited})
+    assert any("frame(s) 40, which are not used" in w for w in a.warnings), a.warnings
+    assert a.results()["perfusion"]["global_mbf_ml_min_g"] == pytest.approx(
+        same.results()["perfusion"]["global_mbf_ml_min_g"], rel=1e-9)
