@@ -928,6 +928,25 @@ def _(base, f):
     return [f / "cine.nii.gz", "--labels", labels]
 
 
+@case("nifti_labels_sform_and_qform_orient_differently", "warn", ("cine_labels.nii.gz", "sform and qform orient the image "
+      "differently"), category="nifti", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The label map (not the image) with an sform mirrored against its qform: read by the sform,
+    as the image would be, but said for the image only; Slicer, which reads the qform, shows
+    such labels mirrored (probe round 13)."""
+    import nibabel as nib
+
+    img, _ = cine_nifti(base, f)
+    affine = _axial_affine()
+    mirrored = affine.copy()
+    mirrored[:3, 0] *= -1
+    labels = nib.Nifti1Image(to_xyzt(acdc_convention(base.cine_labels)).astype(np.uint8), affine)
+    labels.set_sform(affine, code=2)
+    labels.set_qform(mirrored, code=1)
+    nib.save(labels, str(f / "cine_labels.nii.gz"))
+    return [img, "--labels", f / "cine_labels.nii.gz"]
+
+
 @case("nifti_constant_image_through_the_network", "error", ("every pixel", "no image data"), category="nifti")
 def _(base, f):
     """A cine whose every voxel is 500 (a failed export) given to the network: it said 'no LV

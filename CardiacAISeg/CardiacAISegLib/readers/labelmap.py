@@ -43,6 +43,8 @@ def read_labels(path, convention="acdc"):
         raise CardiacInputError(path, f"unknown label convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
     data, m, meta = read_volume_file(path)
     info = {"file": str(path), "convention": convention, "warnings": [], "spacing_lost": bool(meta.get("spacing_lost"))}
+    # the header's own geometry doubts (sform against qform: Slicer shows such labels mirrored)
+    info["warnings"] += [w for w in meta.get("warnings", []) if "sform" in w]
     header = meta.get("header", {})
     mapping = None
     if path.name.lower().endswith(".seg.nrrd"):
