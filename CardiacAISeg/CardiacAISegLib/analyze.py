@@ -108,6 +108,9 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     unused = []
     if labels is not None and model is not None:
         unused.append(f"--model {model} not used: the label maps given with --labels are measured, no network runs")
+    if labels in SPECIAL_LABELS and label_convention != "acdc":
+        unused.append(f"--label-convention {label_convention} not used: it is for a label file given with --labels; "
+                      f"--labels {labels} reads {'the study' if labels == STUDY_LABELS else 'a ring'}'s own labels")
     if labels is not None and frames != "ed_es":
         unused.append(f"--frames {frames} not used: it chooses the frames a network segments; --labels gives the label maps")
     if study.kind != PERFUSION:

@@ -1729,6 +1729,15 @@ def _(base, f):
     return [img, "--labels", lab, "--model", _first_model("cine")]
 
 
+@case("label_convention_with_study_labels", "warn", ("--label-convention ukbb not used",), category="cli",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """--label-convention with --labels study: the study's own labels are read in their format's
+    convention, and the flag was ignored without a word (probe round 13)."""
+    folder = acdc_folder(base, f / "patient001", "ED: 1\nES: 2\nNbFrame: 2\n")
+    return [folder, "--labels", "study", "--label-convention", "ukbb"]
+
+
 @case("aif_scaled_by_1000", "warn", ("MBF",), category="perfusion")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)
