@@ -24,6 +24,7 @@ from . import scene as sc
 from .errors import CardiacInputError, OutputExistsError
 from .labels import MYO, to_convention
 from .progress import as_progress
+from .readers.volume import axis_aligned
 from .study import CINE, PERFUSION, Study, check_rest_pairing
 
 try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).
@@ -44,7 +45,8 @@ REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic add
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
-                    "hematocrit": "CardiacAISeg.Hematocrit", "ed_es": "CardiacAISeg.EDES"}
+                    "hematocrit": "CardiacAISeg.Hematocrit", "ed_es": "CardiacAISeg.EDES",
+                    "orientation_known": "CardiacAISeg.OrientationKnown"}
 OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
@@ -279,6 +281,9 @@ class CardiacAISegLogic(_LogicBase):
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
         stamped = _read_study_attributes(sequence or node)
+        # as the file readers judge it: a direction without obliquity is a writer's default (an
+        # ACDC NIfTI added through Add Data), not the patient's
+        study.orientation_known = stamped.get("orientation_known", not axis_aligned(study.ijk_to_ras[:3, :3]))
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
         aif = aifPath or stamped.get("aif")
@@ -898,6 +903,9 @@ def _write_study_attributes(node, study):
         node.SetAttribute(STUDY_ATTRIBUTES["hematocrit"], repr(float(study.hematocrit)))
     if study.ed_frame is not None and study.es_frame is not None:
         node.SetAttribute(STUDY_ATTRIBUTES["ed_es"], f"{int(study.ed_frame)} {int(study.es_frame)}")
+    # an ACDC NIfTI's scaled identity is no patient direction: base and apex then come from the
+    # anatomy; read back as known, a reopened scene put every AHA level upside down
+    node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
 
 
 def _read_study_attributes(node):
@@ -919,6 +927,8 @@ def _read_study_attributes(node):
         raise CardiacInputError(node.GetName(), f"unreadable CardiacAISeg attribute on the input node ({e})")
     if get(STUDY_ATTRIBUTES["units"]) in ("signal", "gd_mmol_l"):
         out["units"] = get(STUDY_ATTRIBUTES["units"])
+    if get(STUDY_ATTRIBUTES["orientation_known"]) in ("true", "false"):
+        out["orientation_known"] = get(STUDY_ATTRIBUTES["orientation_known"]) == "true"
     return out
 
 

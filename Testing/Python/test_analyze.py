@@ -471,3 +471,26 @@ def test_perfusion_labels_that_differ_between_frames_say_which_are_not_used():
     assert any("frame(s) 40, which are not used" in w for w in a.warnings), a.warnings
     assert a.results()["perfusion"]["global_mbf_ml_min_g"] == pytest.approx(
         same.results()["perfusion"]["global_mbf_ml_min_g"], rel=1e-9)
+
+
+def test_reopened_scene_of_an_unoriented_study_keeps_its_aha_levels(tmp_path):
+    """An ACDC folder (a NIfTI without a real patient direction: base and apex from the anatomy):
+    reopened from scene.mrb, its affine was taken as real, the AHA levels came out upside down
+    and the table's per-segment wall thickness no longer matched results.csv (probe round 14)."""
+    from bad_corpus import acdc_folder, make_base
+
+    from CardiacAISegLib import scene
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    base = make_base(tmp_path / "base")
+    folder = acdc_folder(base, tmp_path / "patient001", "ED: 1\nES: 2\nNbFrame: 2\n")
+    out = tmp_path / "out"
+    _cli("analyze", folder, "--labels", "study", "--out", out, "--quiet", "--scene")
+    saved = {r["measure"]: r["value"] for r in _csv_rows(out / "results.csv")}
+    logic = CardiacAISegLogic(scene.read_mrb(out / "scene.mrb"))
+    assert logic.restoreFromParameterNode() is not None and not logic.study.orientation_known
+    live = {r["measure"]: r["value"] for r in scene.table_rows(logic.getNodeParameter("tableID"))}
+    thickness = [m for m in saved if m.startswith("Wall thickness")]
+    assert len(thickness) >= 12
+    for m in thickness:
+        assert live[m] == pytest.approx(float(saved[m]), rel=1e-6, nan_ok=True), m
