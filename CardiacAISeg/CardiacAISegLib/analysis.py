@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import geometry
+from .aha import AHA_BY_ID
 from .cine import cine_measures
 from .errors import CardiacInputError
 from .labels import LV, MYO, RV
@@ -169,6 +170,7 @@ class Analysis:
             if single:   # one 3D volume: it is its own ED; there is no ES
                 self.study.ed_frame = self.study.es_frame = 0
             self.cine = cine_measures(self.study, self.labels, density=self.density)   # --density is the mass's too
+            self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
             self.warnings += self.cine.pop("warnings", [])
             if single:
                 for key in ES_MEASURES:
@@ -410,7 +412,13 @@ class Analysis:
                 for p in self.insertion]
 
     def results(self) -> dict:
-        return {"kind": self.kind, "cine": self.cine, "perfusion": self.perfusion,
+        cine = self.cine
+        if cine is not None:
+            # the per-segment wall thickness the table, the CSV and the bullseye show (it was in
+            # every output but results.json)
+            cine = dict(cine, segments=[{"id": sid, "name": AHA_BY_ID[sid]["name"], "wall_thickness_ed_mm": value}
+                                        for sid, value in sorted(self.segment_values.items())])
+        return {"kind": self.kind, "cine": cine, "perfusion": self.perfusion,
                 "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings), "qc": self.qc}
 
     def table_rows(self) -> list[dict]:
@@ -421,6 +429,7 @@ class Analysis:
         rows = []
         if self.cine:
             rows += [row(key, self.cine.get(key)) for key in CINE_KEYS]
+            rows.append(row("density_g_ml", self.cine.get("density_g_ml")))
             rows += [row("wall_thickness_ed_mm_seg{id}", v, segment=sid) for sid, v in sorted(self.segment_values.items())]
         if self.perfusion:
             p = self.perfusion

@@ -37,8 +37,12 @@ STATUS_OK, STATUS_REVIEW, STATUS_ERROR = "ok", "qc-review", "error"
 
 # manifest columns the pipeline reads; any other column is carried into the table unchanged
 PATH_COLUMNS = ("path", "input")
-OPTION_COLUMNS = ("study", "kind", "labels", "aif", "dt", "model", "frames", "series", "units", "label_convention")
-FILE_OPTIONS = ("labels", "aif")   # relative paths in these columns are taken from the manifest's folder
+# (density and the rest series' columns were carried into the table as text: a row's "density
+# 1.10" stood beside a mass computed at 1.05, a "rest" path beside no MPR)
+OPTION_COLUMNS = ("study", "kind", "labels", "aif", "dt", "model", "frames", "series", "units", "label_convention",
+                  "density", "rest", "rest_labels", "rest_aif", "rest_dt")
+FILE_OPTIONS = ("labels", "aif", "rest", "rest_labels", "rest_aif")   # relative paths: from the manifest's folder
+NUMBER_OPTIONS = ("dt", "density", "rest_dt")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
 
 META_COLUMNS = ("study", "status", "kind", "input", "error", "qc_status", "qc_codes", "warnings", "segmentation",
@@ -84,7 +88,8 @@ def read_manifest(path, defaults=None):
 
     Columns: ``path`` (or ``input``; required), optional ``study`` (default: the file or folder
     name), ``kind``, ``labels`` (a label file or 'study'), ``aif``, ``dt``, ``model``, ``frames``,
-    ``series``, ``units``, ``label_convention``; ``ref_<measure key>`` columns are reference values
+    ``series``, ``units``, ``label_convention``, ``density``, and a rest series for MPR: ``rest``,
+    ``rest_labels``, ``rest_aif``, ``rest_dt``; ``ref_<measure key>`` columns are reference values
     (e.g. ``ref_lv_mass_g``) the cohort report compares with; other columns are kept as they are.
     Relative paths are taken from the manifest's folder.
     """
@@ -100,7 +105,8 @@ def read_manifest(path, defaults=None):
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
     if path_column is None:
         raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
-                                      "accepted: path (or input), study, kind, labels, aif, dt, model, frames, ref_<measure>")
+                                      "accepted: path (or input), study, kind, labels, aif, dt, model, frames, series, units, "
+                                      "label_convention, density, rest, rest_labels, rest_aif, rest_dt, ref_<measure>")
     if not rows:
         raise CardiacInputError(path, "manifest lists no studies")
     specs = []
@@ -115,7 +121,7 @@ def read_manifest(path, defaults=None):
             value = r.get(column, "")
             if not value:
                 continue
-            if column == "dt":
+            if column in NUMBER_OPTIONS:
                 value = _number(value, column, where)
             elif column in FILE_OPTIONS and not (column == "labels" and value in ("study", "ring")):
                 value = str(Path(value) if Path(value).is_absolute() else base / value)

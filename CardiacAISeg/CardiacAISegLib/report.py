@@ -323,6 +323,8 @@ def draw_volume_curve(ax, study, volume_curve):
     x = times * 1000.0 if times is not None else np.arange(len(vols))
     ax.plot(x, vols, "-o", color=SEGMENTS["LV blood pool"][1], ms=3, lw=1.5)
     for frame, name, colour in ((ed, "ED", "tab:blue"), (es, "ES", "tab:orange")):
+        if name == "ES" and frame == ed:
+            continue   # one frame: its own ED, and no ES (the tables say n/a; "ES 296 mL" contradicted them)
         if 0 <= frame < len(vols):
             ax.axvline(x[frame], color=colour, ls="--", lw=1)
             ax.plot([x[frame]], [vols[frame]], "o", color=colour, ms=8)

@@ -23,7 +23,9 @@ TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv
 CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
              "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml",
              "ed_es_certainty",   # None unless every frame of a cycle is labelled
-             "ed_es_check"}       # None unless the reader fixed ED/ES of a series of 6+ frames
+             "ed_es_check",       # None unless the reader fixed ED/ES of a series of 6+ frames
+             "density_g_ml",      # the density the mass was computed with
+             "segments"}          # [{id, name, wall_thickness_ed_mm}] per AHA segment
 SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels"}
 SEGMENT_NAMES = list(SEGMENTS)          # "LV blood pool", "LV myocardium", "RV"
 MYOCARDIAL_DENSITY = 1.05
@@ -116,8 +118,14 @@ def test_cine_results_csv(cine):
     assert int(by_name["ES frame (0-based)"]["value"]) == c["es_frame"]
     thickness = [r for r in rows if r["measure"].startswith("Wall thickness ED, segment")]
     assert len(thickness) == 16 and all(r["unit"] == "mm" and 3 < float(r["value"]) < 20 for r in thickness)
+    # results.json holds them too, and the density the mass was computed with (probe round 14)
+    assert [s["id"] for s in c["segments"]] == list(range(1, 17))
+    for r, s in zip(thickness, c["segments"]):
+        assert f"segment {s['id']} ({s['name']})" in r["measure"]
+        assert float(r["value"]) == pytest.approx(s["wall_thickness_ed_mm"], abs=0.05)
+    assert float(by_name["Tissue density"]["value"]) == c["density_g_ml"] == MYOCARDIAL_DENSITY
     assert by_name["QC status: pass"]["value"] == "0"    # flags to review
-    assert len(rows) == len(by_name) == 11 + 16 + 1
+    assert len(rows) == len(by_name) == 11 + 1 + 16 + 1
 
 
 def test_segmentation_files_round_trip(cine):

@@ -43,6 +43,8 @@ def _read_csv(path):
 
 def _write_manifest(path, rows):
     columns = ["study", "path", "labels", "ref_lv_mass_g", "ref_lv_edv_ml", "site"]
+    for r in rows:   # other columns, in the order they are met
+        columns += [c for c in r if c not in columns]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, columns)
         w.writeheader()
@@ -462,3 +464,28 @@ def test_resume_and_force_follow_the_manifest_rows(cohort, tmp_path):
     assert not [n for n in OUTPUT_FILES if (tmp_path / "out" / "s_b" / n).exists()]
     # and a study whose last run failed is tried again on --resume
     assert run(failing, resume=True).ran == ["s_b"]
+
+
+def test_manifest_density_and_rest_columns_reach_the_analysis(tmp_path):
+    """A row's density and rest series were carried into the table as text: "density 1.10" beside
+    a mass at 1.05, a "rest" path beside no MPR (probe round 14)."""
+    from CardiacAISegLib.cohort import run_study
+
+    _, _, truth = write_phantom("cine", tmp_path / "cine", seed=1)
+    write_phantom("perfusion", tmp_path / "stress", seed=3, noise=0.003)
+    write_phantom("perfusion", tmp_path / "rest", seed=8, stress=False, noise=0.003)
+    _write_manifest(tmp_path / "m.csv", [
+        {"study": "dense", "path": "cine/cine.nii.gz", "labels": "cine/cine_labels.nii.gz", "density": "1.10"},
+        {"study": "mpr", "path": "stress/perfusion.nii.gz", "kind": "perfusion", "labels": "stress/perfusion_labels.nii.gz",
+         "aif": "stress/aif.csv", "rest": "rest/perfusion.nii.gz", "rest_labels": "rest/perfusion_labels.nii.gz",
+         "rest_aif": "rest/aif.csv"}])
+    specs = {s.study: s for s in read_manifest(tmp_path / "m.csv")}
+    assert specs["dense"].options["density"] == pytest.approx(1.10) and "density" not in specs["dense"].extra
+    assert specs["mpr"].options["rest"] == str(tmp_path.resolve() / "rest" / "perfusion.nii.gz")
+    dense = run_study(specs["dense"], tmp_path / "out")
+    assert dense["measures"]["lv_mass_g"] == pytest.approx(1.10 * truth["voxel_myo_ml"][truth["ed_frame"]], rel=1e-6)
+    mpr = run_study(specs["mpr"], tmp_path / "out")
+    assert mpr["status"] != "error" and 1.0 < mpr["measures"]["mpr_global"] < 6.0, mpr
+    _write_manifest(tmp_path / "bad.csv", [{"path": "cine/cine.nii.gz", "density": "heavy"}])
+    with pytest.raises(CardiacInputError, match="'density': 'heavy' is not a number"):
+        read_manifest(tmp_path / "bad.csv")

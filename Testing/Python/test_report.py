@@ -262,3 +262,22 @@ def test_shown_slices_are_named_by_the_analysis_levels():
     levels = {0: "basal", 1: "mid", 2: "apical"}   # the affine says otherwise: it wins
     assert representative_slices(lab, levels) == [(0, "basal"), (1, "mid"), (2, "apical")]
     assert representative_slices(lab, {0: "basal"}) == [(2, "basal"), (1, "mid"), (0, "apical")]   # incomplete: area rule
+
+
+def test_volume_curve_of_one_frame_marks_no_es():
+    """One 3D volume: its own ED and no ES (the tables say n/a); the curve said "ES 296 mL"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    study = Study(np.zeros((1, 2, 4, 4), np.float32), affine_from_spacing((1.0, 1.0, 8.0)), kind="cine")
+    study.ed_frame = study.es_frame = 0
+    ax = Figure().subplots()
+    report.draw_volume_curve(ax, study, [120.0])
+    texts = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("ED 120 mL") for t in texts) and not any(t.startswith("ES") for t in texts), texts
+    ax = Figure().subplots()
+    report.draw_volume_curve(ax, Study(np.zeros((2, 2, 4, 4), np.float32), affine_from_spacing((1.0, 1.0, 8.0)),
+                                       kind="cine", ed_frame=0, es_frame=1), [120.0, 50.0])
+    assert any(t.get_text().startswith("ES 50 mL") for t in ax.texts)
