@@ -723,8 +723,8 @@ class CardiacAISegLogic(_LogicBase):
         for node, role in ((es_node, "ED"), (ed_node, "ES")):
             name = node.GetName()
             node.SetName((name[:-3] if name.endswith((" ED", " ES")) else name) + f" {role}")
-        a.warnings.append(f"after the edit frame {int(ref) + 1} has the larger LV volume: it is ED now and frame "
-                          f"{int(a.cine['es_frame']) + 1} ES; the segmentations were renamed to match")
+        a.warnings.append(f"after the edit frame {int(ref) + 1} (counted from 1) has the larger LV volume: it is ED now "
+                          f"and frame {int(a.cine['es_frame']) + 1} ES; the segmentations were renamed to match")
 
     def _restoredRest(self):
         """The rest Analysis of a reopened scene (its series and mask nodes), or None."""
