@@ -90,9 +90,8 @@ def compute_analysis(study: Study, model_name: str | None = None, labels: Labels
     perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf' or 'relative_upslope' (perfusion).
     """
     from .blas import single_blas_thread
-    from .readers.series_kind import kind_said_on_errors
 
-    with single_blas_thread(), kind_said_on_errors(study):
+    with single_blas_thread():
         return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye)
 
 
@@ -109,7 +108,11 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
         raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
     analysis = Analysis(study, labels, density=density, rest=rest)
     analysis.bullseye_measure = bullseye
-    analysis.run(progress)
+    analysis.model_info = model_info   # before the run: QC judges a network's output as such
+    from .readers.series_kind import kind_said_on_errors
+
+    with kind_said_on_errors(study):   # the measuring, not the network: a model's error has nothing to do with the kind
+        analysis.run(progress)
     if model_info:
         analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
     analysis.model_info = model_info

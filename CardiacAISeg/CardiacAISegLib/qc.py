@@ -70,6 +70,28 @@ def cycle_along_slices(label_volume):
     return (k, float(area[k] / ends)) if area[k] < 0.75 * ends else None
 
 
+def label_anatomy_flags(analysis):
+    """Labels that contradict the anatomy they are drawn on, whatever made them. A label file is
+    checked as it is read (refused, or a warning); a network's output was not: an imported model
+    whose card lists its classes in another order gave LV and RV swapped (EF 40 % for 24 %), and
+    one whose output is mirrored put every contour off the heart, both with QC "pass" (probe
+    round 15)."""
+    from .readers.labelmap import labels_off_the_image, lv_and_rv_look_swapped, lv_rv_ring_shares
+
+    flags = []
+    shares = lv_rv_ring_shares(analysis.labels.values())
+    if lv_and_rv_look_swapped(shares):
+        flags.append(_flag("LV_RV_SWAPPED", REVIEW, f"the structure labelled LV blood pool touches myocardium on "
+                                                    f"{shares[0]:.0%} of its border and the RV on {shares[1]:.0%}; an LV "
+                                                    "pool is ringed by myocardium: LV and RV look swapped (a model whose "
+                                                    "classes are in another order than its card says?)", shares[0]))
+    if analysis.model_info:   # given labels were judged as they were read (a warning there)
+        off = labels_off_the_image(analysis.study, analysis.labels)
+        if off:
+            flags.append(_flag("LABELS_OFF_THE_IMAGE", REVIEW, f"network output: {off}", None))
+    return flags
+
+
 def cine_flags(analysis):
     c = analysis.cine or {}
     flags = []
@@ -88,6 +110,7 @@ def cine_flags(analysis):
                            f"is largest and smallest (frames {check['largest'] + 1} and {check['smallest'] + 1}; EF between "
                            f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
                            "check the ED/ES frames (Info.cfg)", ef))
+    flags += label_anatomy_flags(analysis)
     for key, what, unit, code in (("lv_edv_ml", "LV EDV", " mL", "LV_EDV_RANGE"), ("lv_esv_ml", "LV ESV", " mL", "LV_ESV_RANGE"),
                                   ("lv_ef_pct", "LV EF", " %", "LV_EF_RANGE"), ("lv_mass_g", "LV mass", " g", "LV_MASS_RANGE"),
                                   ("rv_edv_ml", "RV EDV", " mL", "RV_EDV_RANGE"), ("rv_ef_pct", "RV EF", " %", "RV_EF_RANGE")):

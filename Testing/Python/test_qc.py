@@ -503,3 +503,24 @@ def test_a_first_pass_too_fast_for_its_frame_interval_is_flagged(read_as_s, flag
         assert a.qc["status"] == "review" and "--dt" in fast[0]["message"]
         truth_global = np.median(list(truth["mbf_per_segment"].values()))
         assert a.perfusion["global_mbf_ml_min_g"] > 2 * truth_global   # why the flag matters
+
+
+def test_labels_against_the_anatomy_whatever_made_them(cine):
+    """An imported model whose card lists its classes in another order gave LV and RV swapped,
+    and one whose output is mirrored put every contour off the heart, both with QC "pass" (a
+    label file is checked as it is read; a network's output was not; probe round 15)."""
+    study, _ = cine
+    swapped = {t: np.where(m == LV, RV, np.where(m == RV, LV, m)).astype(np.uint8) for t, m in study.labels.items()}
+    a = _cine_analysis(study, swapped)
+    assert "LV_RV_SWAPPED" in codes(a), a.qc["flags"]
+
+    def as_network(labels):
+        st = copy(study)
+        st.provenance = dict(study.provenance)
+        a = Analysis(st, labels)
+        a.model_info = {"name": "imported"}
+        return a.run()
+
+    assert {"LV_RV_SWAPPED", "LABELS_OFF_THE_IMAGE"} & codes(as_network(study.labels)) == set()
+    mirrored = {t: np.ascontiguousarray(m[:, ::-1, :]) for t, m in study.labels.items()}
+    assert "LABELS_OFF_THE_IMAGE" in codes(as_network(mirrored))

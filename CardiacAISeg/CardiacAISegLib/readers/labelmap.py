@@ -138,6 +138,26 @@ def _myocardium_contact(lab, value, other=MYO):
     return touching / edges if edges else None
 
 
+def lv_rv_ring_shares(labels):
+    """(LV share, RV share): how much of the border of the structure labelled LV blood pool, and
+    of the one labelled RV, touches myocardium, on the frame with the most LV; None when either
+    is too small to judge. An LV pool is ringed by myocardium (over 99 % in ACDC's ground
+    truth), the RV touches it along the septum only (23-44 %)."""
+    labels = list(labels)
+    if not labels:
+        return None
+    lab = labels[int(np.argmax([(m == LV).sum() for m in labels]))]
+    if min((lab == LV).sum(), (lab == MYO).sum(), (lab == RV).sum()) < 20:
+        return None
+    lv, rv = _myocardium_contact(lab, LV), _myocardium_contact(lab, RV)
+    return None if lv is None or rv is None else (lv, rv)
+
+
+def lv_and_rv_look_swapped(shares):
+    """The ring shares (``lv_rv_ring_shares``) of a map whose LV and RV are the other way round."""
+    return shares is not None and shares[0] < 0.5 and shares[1] > 0.7
+
+
 def _refuse_swapped_convention(path, labels, convention):
     """The LV blood pool is ringed by myocardium (over 99 % of its border in ACDC's ground
     truth), the RV touches it along the septum only (23-44 %). The other way round, the file
@@ -182,7 +202,7 @@ def _refuse_swapped_convention(path, labels, convention):
                                       f"({myo_in_lv:.0%} of its border), which touches it on only {lv:.0%} of its own; "
                                       f"in the {convention} convention {values[LV]} is the LV blood pool and {values[MYO]} the "
                                       "myocardium: convert the map")
-    if lv is not None and rv is not None and lv < 0.5 and rv > 0.7:
+    if lv is not None and rv is not None and lv_and_rv_look_swapped((lv, rv)):
         other = "ukbb" if convention == "acdc" else "acdc"
         raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the structure read as "
                                       f"the LV blood pool touches myocardium on {lv:.0%} of its border, the one read as the RV "

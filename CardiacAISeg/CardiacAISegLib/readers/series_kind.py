@@ -241,6 +241,8 @@ def inferred_perfusion_reason(study):
         return None
     if any("(--aif)" in e.get("reason", "") for e in decision.get("evidence", [])):
         return None
+    if "QPerf" in decision["decided_by"]:   # a QPerf folder holds perfusion series only
+        return None
     return decision["decided_by"]
 
 
