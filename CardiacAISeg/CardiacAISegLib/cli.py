@@ -113,10 +113,12 @@ def _models(args):
 
 
 def _import_model(args):
-    from .models.registry import import_model
+    from .models.registry import import_model, import_notes
 
     card = import_model(args.weights, args.card, overwrite=args.force)
     print(f"imported {card['name']} ({card['task']}, {card['weights']['format']}; test run passed) into {card['_folder']}")
+    for note in import_notes(card):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def _train(args):

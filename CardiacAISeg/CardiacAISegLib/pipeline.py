@@ -9,6 +9,7 @@ carries everything a front end shows: measures, QC, warnings (reader, bolus chec
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -95,6 +96,21 @@ def compute_analysis(study: Study, model_name: str | None = None, labels: Labels
         return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye)
 
 
+@contextmanager
+def _network_named_on_errors(model_info):
+    """A measure that finds nothing labelled, when a network made the labels, names the network:
+    an imported model fed another pixel size or intensity scale than it was trained on finds no
+    LV, and "no LV blood pool labelled" of the image sent the user to the image."""
+    try:
+        yield
+    except CardiacInputError as e:
+        if not model_info or not ("labelled" in e.problem or "no LV" in e.problem):
+            raise
+        raise CardiacInputError(e.path, f"{e.problem}: the network {model_info['name']!r} (version {model_info['version']}) "
+                                        "found none there; for an imported model check its card (input.pixel_mm, the "
+                                        "intensity normalisation it was trained with, the order of its classes)") from None
+
+
 def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye):
     from .analysis import Analysis
 
@@ -111,7 +127,7 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
     analysis.model_info = model_info   # before the run: QC judges a network's output as such
     from .readers.series_kind import kind_said_on_errors
 
-    with kind_said_on_errors(study):   # the measuring, not the network: a model's error has nothing to do with the kind
+    with kind_said_on_errors(study), _network_named_on_errors(model_info):
         analysis.run(progress)
     if model_info:
         analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))

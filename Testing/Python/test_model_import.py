@@ -302,3 +302,65 @@ def test_hand_made_user_folder_pointing_outside_is_not_used(tmp_path, capsys, us
     assert "sneaky" not in [c["name"] for c in registry.list_models()]
     assert cli.main(["models"]) == 0
     assert f"{folder}: not used: weights file '../../secret.bin' must be a plain file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"input": {"pixel_mm": 12.5, "size_multiple": 1}}, "input.pixel_mm 12.5 mm is outside 0.3-5 mm"),
+    ({"input": {"pixel_mm": 1.25, "size_multiple": 1, "channels": 3}}, "input.channels 3: the engine feeds this cine network 1"),
+    ({"default": True}, "'default': true: the shipped default model stays the default"),
+])
+def test_card_fields_the_engine_cannot_honour_are_refused(tmp_path, capsys, user_models, change, problem):
+    """A ×10 pixel_mm typo, a channel count the engine does not feed, a second default: imported
+    without a word, they gave a run that found no LV, or two defaults listed (probe round 15)."""
+    weights, card = torchscript_model(tmp_path / "src", **change)
+    expect_refusal(capsys, weights, card, card, problem)
+    assert not user_models.exists()
+
+
+def test_a_normalisation_other_than_the_engines_is_said_at_import(tmp_path, capsys, user_models):
+    weights, card = torchscript_model(tmp_path / "src", input={"pixel_mm": 1.25, "size_multiple": 1,
+                                                               "normalisation": "z-score per slice"})
+    code, out, err = import_cli(capsys, weights, card)
+    assert code == 0 and "imported user-net" in out
+    assert "warning: input.normalisation says 'z-score per slice'" in err and "1st-99.5th percentile" in err
+
+
+def test_a_2_5d_network_is_tested_with_its_neighbouring_slices(tmp_path, capsys, user_models):
+    """The import's test run fed every cine network one channel: each 2.5D model (its card's
+    input.context_slices, or a state_dict's in_channels) was refused, and a one-channel network
+    declared 2.5D was imported, to fail at its first run with a bare ONNX Runtime error."""
+    from CardiacAISegLib.models.unet_light import UNetLight
+
+    folder = tmp_path / "ctx"
+    folder.mkdir()
+    net = UNetLight(in_channels=3, filters=(4, 8, 16, 32, 64))
+    torch.save(net.state_dict(), folder / "weights.pt")
+    card = write_card(folder / "card.json", folder / "weights.pt", name="ctx-net", fmt="state_dict",
+                      architecture={"name": "unet-light", "params": {"in_channels": 3, "filters": [4, 8, 16, 32, 64]}},
+                      input={"pixel_mm": 1.25, "size_multiple": 16})
+    code, out, err = import_cli(capsys, folder / "weights.pt", card)
+    assert code == 0, err
+    weights, _ = onnx_model(tmp_path / "onnx")          # one input channel
+    card = write_card(tmp_path / "onnx" / "ctx.card.json", weights, name="onnx-ctx", fmt="onnx",
+                      input={"pixel_mm": 1.25, "size_multiple": 1, "context_slices": 1})
+    line = expect_refusal(capsys, weights, card, weights, "(2, 3, ")
+    assert "input.context_slices" in line
+
+
+class BackgroundOnly(torch.nn.Module):
+    """Finds nothing: a network fed other numbers than it was trained on."""
+
+    def forward(self, x):
+        return torch.cat([torch.ones_like(x[:, :1]), torch.zeros_like(x[:, :1]).repeat(1, 3, 1, 1)], 1)
+
+
+def test_a_network_that_finds_no_lv_is_named(tmp_path, capsys, user_models):
+    """"no LV blood pool labelled at ED" named the image and its labels when an imported network
+    had found nothing (probe round 15): the network is named, and what to check in its card."""
+    weights, card = torchscript_model(tmp_path / "src", module=BackgroundOnly(), name="blind-net")
+    assert import_cli(capsys, weights, card)[0] == 0
+    assert cli.main(["phantom", "--kind", "cine", "--out", str(tmp_path / "phantom")]) == 0
+    code = cli.main(["analyze", str(tmp_path / "phantom" / "cine.nii.gz"), "--out", str(tmp_path / "out"),
+                     "--model", "blind-net", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the network 'blind-net' (version 1) found none there" in err and "input.pixel_mm" in err, err

@@ -152,7 +152,65 @@ def validate_card_for_import(card, path):
     arch = card.get("architecture")
     if card["weights"]["format"] == "state_dict" and not isinstance(arch.get("params", {}), dict):
         raise CardiacInputError(path, "architecture.params must be an object of keyword arguments")
+    _check_card_against_the_engine(card, path)
     return card
+
+
+# What the engine feeds every network of a task (models/preprocess.normalise_volume for cine,
+# models/perfusion_segmentation for perfusion); a card saying otherwise describes a network that
+# may read other numbers than it gets: such cards were imported without a word (a network trained
+# on z-scored slices gave EF 28 % for 24 %, one on raw 0-255 found no LV; probe round 15).
+ENGINE_NORMALISATION = {"cine": "per volume: 1st-99.5th percentile -> [0, 1], clipped",
+                        "perfusion": "each series divided by its maximum"}
+# Cardiac MR in-plane pixels: 0.6-3 mm; a card's pixel_mm far outside is a typo (12.5 for 1.25)
+PIXEL_MM_RANGE = (0.3, 5.0)
+
+
+def import_notes(card):
+    """What an import should tell the user about ``card`` that does not stop it: a normalisation
+    the card describes in other words than the engine's (free text: the same scheme may be worded
+    otherwise, so it is said, not refused; a network trained on z-scored or raw 0-255 images
+    segments wrongly, or finds no LV, with what the engine feeds it)."""
+    said = card["input"].get("normalisation")
+    engine = ENGINE_NORMALISATION[card["task"]]
+    if said is None or " ".join(str(said).lower().split()) == engine:
+        return []
+    return [f"input.normalisation says {said!r}; the engine feeds every {card['task']} network images normalised "
+            f"'{engine}': if the network was trained on other numbers it will segment wrongly (wrap it to take these)"]
+
+
+def _check_card_against_the_engine(card, path):
+    """Refuse an imported card that describes a network the engine cannot feed as it needs."""
+    spec, task = card["input"], card["task"]
+    low, high = PIXEL_MM_RANGE
+    if spec["pixel_mm"] is not None and not low <= float(spec["pixel_mm"]) <= high:
+        raise CardiacInputError(path, f"input.pixel_mm {spec['pixel_mm']} mm is outside {low:g}-{high:g} mm, the in-plane "
+                                "pixel sizes of cardiac MR: the pixel size the network was trained at, in mm")
+    channels = spec.get("channels")
+    expected = 1 + 2 * int(spec.get("context_slices", 0) or 0) if task == "cine" else spec.get("frames", 48)
+    if channels is not None and channels != expected:
+        raise CardiacInputError(path, f"input.channels {channels!r}: the engine feeds this {task} network {expected} "
+                                + ("(one slice and input.context_slices neighbours on each side)" if task == "cine"
+                                   else "(input.frames)"))
+    if card.get("default"):
+        raise CardiacInputError(path, "'default': true: the shipped default model stays the default (two defaults were "
+                                "listed); leave the field out and choose this model by name (--model, or the model selector)")
+    if task == "perfusion":
+        from .perfusion_segmentation import perfusion_segmentation
+
+        declared = perfusion_segmentation(dict(card, name=str(path)))   # mode, key image, cine_tta: checked
+        if declared["mode"] != "frames":
+            names = declared["cine_model"] if isinstance(declared["cine_model"], list) else [declared["cine_model"]]
+            installed = {c["name"]: c for c in list_models()}
+            for name in names:
+                if name is None:
+                    continue
+                if name not in installed:
+                    raise CardiacInputError(path, f"input.segmentation.cine_model {name!r} is not installed (models: "
+                                            f"{', '.join(sorted(installed))}); import it first, or use mode 'frames'")
+                if installed[name]["task"] != "cine":
+                    raise CardiacInputError(path, f"input.segmentation.cine_model {name!r} is a {installed[name]['task']} "
+                                            "model; the key-image path reads a cine network")
 
 
 def read_card(folder):
@@ -445,22 +503,33 @@ def for_device(loaded, device):
     return loaded
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _one_line(error, limit=200):
-    text = " ".join(str(error).split()) or type(error).__name__
+    # torch's unpickling errors carry terminal colour codes: text for a message box or a log
+    text = " ".join(_ANSI_ESCAPE.sub("", str(error)).split()) or type(error).__name__
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 FORMAT_NAMES = {"state_dict": "a PyTorch state_dict", "torchscript": "TorchScript", "onnx": "ONNX"}
 
 
-def dry_run_shape(card):
-    """A small input like the ones the analysis feeds the network: cine (2 slices, 1, rows, cols),
-    perfusion (1, frames, rows, cols); rows != cols and a batch of 2 catch fixed-shape exports."""
+def dry_run_shape(card, context=None):
+    """A small input like the ones the analysis feeds the network: cine (2 slices, 1 + 2 x
+    ``context`` neighbouring slices, rows, cols), perfusion (1, frames, rows, cols); rows !=
+    cols and a batch of 2 catch fixed-shape exports. ``context`` defaults to the card's
+    input.context_slices."""
     multiple = card["input"].get("size_multiple", 16 if card["task"] == "cine" else 8)
     rows, cols = (-(-n // multiple) * multiple for n in (64, 80))
     if card["task"] == "perfusion":
         return (1, card["input"].get("frames", 48), rows, cols)
-    return (2, 1, rows, cols)
+    # a 2.5D network reads each slice with its neighbours as channels (input.context_slices), as
+    # the analysis feeds it: tested with one channel, every 2.5D model was refused at import, and
+    # a 1-channel model declared 2.5D was imported, to fail at its first run
+    if context is None:
+        context = int(card["input"].get("context_slices", 0) or 0)
+    return (2, 1 + 2 * int(context), rows, cols)
 
 
 def dry_run(card, path):
@@ -476,13 +545,19 @@ def dry_run(card, path):
         raise
     except Exception as e:  # torch/onnxruntime raise many kinds for a damaged or foreign file
         raise CardiacInputError(path, f"cannot load as {FORMAT_NAMES[fmt]} weights: {_one_line(e)}")
-    shape = dry_run_shape(card)
+    from .inference import context_slices
+
+    # the neighbours the module reads (a state_dict's from its in_channels, an ONNX file's from the card)
+    shape = dry_run_shape(card, context_slices(module) if card["task"] == "cine" else None)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.inference_mode():
             y = module(x)
     except Exception as e:
-        raise CardiacInputError(path, f"the network fails on a {shape} test input: {_one_line(e)}")
+        channels = ("the card's input.context_slices" if card["task"] == "cine" else "the card's input.frames")
+        raise CardiacInputError(path, f"the network fails on a {shape} test input (batch, channels, rows, cols; float32, "
+                                f"{shape[1]} channel(s) from {channels}, any size a multiple of the card's "
+                                f"size_multiple): {_one_line(e)}")
     if not torch.is_tensor(y):
         raise CardiacInputError(path, f"the network returns {type(y).__name__}, not one tensor of class scores")
     expected = (shape[0], len(INTERNAL_CLASSES), shape[2], shape[3])
