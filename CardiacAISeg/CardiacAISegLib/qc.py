@@ -45,12 +45,22 @@ def _flag(code, severity, message, value=None):
     return out
 
 
+def _shown_outside(value, lo, hi, digits=3):
+    """``value`` with enough digits not to read as a bound of the range it is outside of ("ratio
+    0.20 is outside 0.2-4" read as a contradiction; it was 0.196)."""
+    for d in range(digits, 9):
+        text = f"{value:.{d}g}"
+        if float(text) not in (lo, hi):
+            return text
+    return repr(float(value))
+
+
 def _out_of(key, value, what, unit):
     lo, hi = RANGES[key]
     if value is None or not np.isfinite(value):
         return None
     if value < lo or value > hi:
-        return f"{what} {value:.3g}{unit} is outside the plausible {lo:g}-{hi:g}{unit}"
+        return f"{what} {_shown_outside(value, lo, hi)}{unit} is outside the plausible {lo:g}-{hi:g}{unit}"
     return None
 
 
@@ -125,7 +135,8 @@ def cine_flags(analysis):
         ratio = c["rv_edv_ml"] / edv
         lo, hi = RANGES["rv_lv_edv_ratio"]
         if not lo <= ratio <= hi:
-            flags.append(_flag("RV_LV_RATIO", REVIEW, f"RV/LV EDV ratio {ratio:.2f} is outside {lo:g}-{hi:g}", ratio))
+            flags.append(_flag("RV_LV_RATIO", REVIEW, f"RV/LV EDV ratio {_shown_outside(ratio, lo, hi, 2)} is outside "
+                                                      f"{lo:g}-{hi:g}", ratio))
     # structures on the mid-ventricular slices of ED and ES
     for name, t in (("ED", ed), ("ES", es)):
         if t is None or t not in labels:

@@ -524,3 +524,11 @@ def test_labels_against_the_anatomy_whatever_made_them(cine):
     assert {"LV_RV_SWAPPED", "LABELS_OFF_THE_IMAGE"} & codes(as_network(study.labels)) == set()
     mirrored = {t: np.ascontiguousarray(m[:, ::-1, :]) for t, m in study.labels.items()}
     assert "LABELS_OFF_THE_IMAGE" in codes(as_network(mirrored))
+
+
+def test_a_value_just_outside_a_range_is_not_shown_as_its_bound():
+    """"RV/LV EDV ratio 0.20 is outside 0.2-4" read as a contradiction: it was 0.196 (probe round 15)."""
+    from CardiacAISegLib.qc import _shown_outside
+
+    assert _shown_outside(0.196, 0.2, 4, 2) == "0.196" and _shown_outside(0.15, 0.2, 4, 2) == "0.15"
+    assert _shown_outside(39.96, 40, 500) == "39.96" and _shown_outside(501.2, 40, 500) == "501"
