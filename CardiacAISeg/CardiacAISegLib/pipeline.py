@@ -113,6 +113,7 @@ def _network_named_on_errors(model_info):
 
 def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye):
     from .analysis import Analysis
+    from .readers.series_kind import kind_said_on_errors
 
     timing = {}
     model_info = None
@@ -125,13 +126,10 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
     analysis = Analysis(study, labels, density=density, rest=rest)
     analysis.bullseye_measure = bullseye
     analysis.model_info = model_info   # before the run: QC judges a network's output as such
-    from .readers.series_kind import kind_said_on_errors
-
     with kind_said_on_errors(study), _network_named_on_errors(model_info):
         analysis.run(progress)
     if model_info:
         analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
-    analysis.model_info = model_info
     timing.update(analysis.timing_s)
     analysis.timing_s = timing
     return analysis
