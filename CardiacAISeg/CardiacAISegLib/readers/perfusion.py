@@ -257,6 +257,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     n = study.n_frames
     prov = study.provenance
     warnings = prov.setdefault("warnings", [])
+    if entry is not None:   # before any error below, which says how the series was taken
+        prov["qperf"] = {"params": str(params_file), "stress_or_rest": stress_or_rest if path.is_dir() or path.name == QPERF_PARAMS else None}
+        prov["format_kind"] = (PERFUSION, "a QPerf perfusion folder (params.json)")
 
     if dt is not None:
         dt, dt_source = float(dt), "argument"
@@ -281,11 +284,10 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
         why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
-        decided = ((study.provenance or {}).get("kind") or {}).get("decided_by") \
-            or ((study.provenance or {}).get("format_kind") or (None, None))[1]
-        from .series_kind import read_as_perfusion_note
+        from .series_kind import inferred_perfusion_reason, read_as_perfusion_note
 
-        read_as = f" ({read_as_perfusion_note(decided)})" if decided and decided != "--kind" and "(--aif)" not in decided else ""
+        reason = inferred_perfusion_reason(study)
+        read_as = f" ({read_as_perfusion_note(reason)})" if reason else ""
         raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
@@ -373,8 +375,6 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
                             f"heartbeats): curves are resampled to {dt:.3g} s on the real times before the MBF fit")
     if entry is not None:
-        prov["qperf"] = {"params": str(params_file), "stress_or_rest": stress_or_rest if path.is_dir() or path.name == QPERF_PARAMS else None}
-        prov["format_kind"] = (PERFUSION, "a QPerf perfusion folder (params.json)")
         for key in ("aif_foot", "aif_peak"):
             if aif is None and f"{key}_frame_1based" in entry:
                 prov[key] = int(entry[f"{key}_frame_1based"]) - 1  # the authors store MATLAB indices

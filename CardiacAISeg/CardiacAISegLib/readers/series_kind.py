@@ -235,13 +235,19 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
 
 def inferred_perfusion_reason(study):
     """Why ``study`` was taken as a first-pass perfusion series, when the data decided it (not
-    --kind, not an AIF given with it); else None."""
-    decision = (study.provenance or {}).get("kind") or {}
-    if study.kind != PERFUSION or decision.get("decided_by") in (None, "--kind"):
+    --kind, not an AIF given with it, not a QPerf folder, which holds perfusion series only);
+    else None. Before the kind is decided (a perfusion format read as such: Analyze), the
+    format's own reason."""
+    prov = study.provenance or {}
+    if study.kind != PERFUSION or "qperf" in prov:
+        return None
+    decision = prov.get("kind")
+    if decision is None:
+        fmt = prov.get("format_kind")
+        return fmt[1] if fmt and fmt[0] == PERFUSION else None
+    if decision.get("decided_by") in (None, "--kind"):
         return None
     if any("(--aif)" in e.get("reason", "") for e in decision.get("evidence", [])):
-        return None
-    if "QPerf" in decision["decided_by"]:   # a QPerf folder holds perfusion series only
         return None
     return decision["decided_by"]
 

@@ -496,13 +496,20 @@ def _volume_files_by_format(folder):
     return by_format
 
 
-def frame_files(folder):
-    """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
+def _frame_files_and_others(folder):
+    """(per-frame volume files of the folder's main format, volume files of other formats), each
+    in natural order (time_2 before time_10)."""
     by_format = _volume_files_by_format(Path(folder))
     if not by_format:
-        return []
-    fmt = max(by_format, key=lambda k: len(by_format[k]))
-    return sorted(by_format[fmt], key=lambda f: natural_key(f.name))
+        return [], []
+    main = max(by_format, key=lambda k: len(by_format[k]))
+    others = [f for fmt, files in by_format.items() if fmt != main for f in files]
+    return (sorted(by_format[main], key=lambda f: natural_key(f.name)), sorted(others, key=lambda f: natural_key(f.name)))
+
+
+def frame_files(folder):
+    """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
+    return _frame_files_and_others(folder)[0]
 
 
 def _frame_number(f):
@@ -544,12 +551,9 @@ def check_frame_numbers(folder, files, others=()):
 def load_frame_folder(folder, kind=CINE, progress=None):
     """A folder of 3D files, one per frame (e.g. ``v4_cSAX_time_N.mhd``) -> one Study."""
     folder = Path(folder)
-    files = frame_files(folder)
+    files, others = _frame_files_and_others(folder)
     if not files:
         raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
-    chosen = set(files)
-    others = sorted((f for fs in _volume_files_by_format(folder).values() for f in fs if f not in chosen),
-                    key=lambda f: natural_key(f.name))
     check_frame_numbers(folder, files, others)
     progress = as_progress(progress)
     frames, m0 = [], None
