@@ -135,7 +135,7 @@ def _read(path, kind, series, aif, dt, progress, units):
         if what == "dicom":
             from .dicom import load_dicom_series
 
-            return load_dicom_series(path, series=series, progress=progress)
+            return load_dicom_series(path, series=series, progress=progress, kind_asked=kind)
         raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}")
     suffix = volume_suffix(path)
     if suffix in (".hdr", ".img") and kind == CINE:

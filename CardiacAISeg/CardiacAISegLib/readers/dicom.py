@@ -21,6 +21,7 @@ from ..progress import as_progress
 from ..study import CINE, PERFUSION, Study
 from .dicom_enhanced import EnhancedFrame, expand_enhanced, is_enhanced
 from .geometry_check import add_warning, check_geometry, check_orientation, check_spacing_values
+from .pd_frames import MAX_PD_FRAMES
 from .sniff import import_pydicom
 from .volume import LPS_TO_RAS, is_ignored_input, natural_key
 
@@ -285,6 +286,11 @@ def _parallel_stack(series, notes=None):
         key = _stack_key(items[0][1])
         if key is None:
             continue
+        # the images per slice position are part of the key: a Siemens exam stores the cine
+        # (20-30 phases), the LGE (1 image) and the MOLLI (8-11) one series per slice at the same
+        # positions, matrix and pixel size, and the LGE slices had replaced the cine's as
+        # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0)
+        key = (*key, _frames_per_position(items))
         # a series tilted a few degrees against a group (one slice re-planned) joins it
         near = next((k for k in groups if k[1:] == key[1:] and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
         groups.setdefault(near or key, []).append(uid)
@@ -292,8 +298,14 @@ def _parallel_stack(series, notes=None):
     def n_positions(uids):
         return len(set().union(*(_series_positions(series[uid]) for uid in uids)))
 
-    ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: -x[0])
-    if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+    # most positions first; at equal positions a stack of several images per position (cine,
+    # perfusion) before one of single images (LGE at the cine's positions): neither a single
+    # image per slice is analysed here as a cycle
+    def rank(uids):
+        return n_positions(uids), _frames_per_position(series[uids[0]]) > 1
+
+    ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: rank(x[1]), reverse=True)
+    if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and rank(ranked[1][1]) == rank(ranked[0][1])):
         return None
     if max(len(_series_positions(series[u])) for u in ranked[0][1]) == ranked[0][0]:
         return None   # one series alone covers the stack: the others are other acquisitions (rest/stress), not parts
@@ -303,7 +315,42 @@ def _parallel_stack(series, notes=None):
         return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
+    if notes is not None:
+        # series at the stack's positions with another number of images (LGE, T1 mapping): left
+        # out, and said, since a slice re-acquired with another phase count is left out too
+        positions = _series_positions(items)
+        stack_key = _stack_key(items[0][1])
+        others = [u for u, its in series.items() if u not in ranked[0][1] and _stack_key(its[0][1]) == stack_key
+                  and _series_positions(its) & positions]
+        if others:
+            notes.append(_RelatedNote(
+                f"{len(others)} series at the stack's slice positions with another number of images per position "
+                f"(e.g. {_describe(others[0], series[others[0]])}: {_frames_per_position(series[others[0]])}, the stack "
+                f"{_frames_per_position(series[ranked[0][1][0]])}) are other acquisitions and were left out",
+                related=set(uids)))
     return "+".join(uids), items
+
+
+class _RelatedNote(str):
+    """A note about a folder's other series that matters only when the series it concerns
+    (``related``: uids) is the one read: a cine run was told of perfusion MOCO copies left out."""
+
+    def __new__(cls, text, related=()):
+        note = super().__new__(cls, text)
+        note.related = set(related)
+        return note
+
+
+def notes_for(notes, uid):
+    """The notes that concern the series ``uid`` read (a merged stack: 'uid+uid+...')."""
+    picked = set(str(uid).split("+"))
+    return [n for n in notes if not getattr(n, "related", None) or n.related & picked]
+
+
+def _frames_per_position(items):
+    """Images per slice position of a series (rounded): the phases of a cine, the dynamics of
+    a perfusion series, 1 for LGE."""
+    return int(round(len(items) / max(len(_series_positions(items)), 1)))
 
 
 def _short_stack_hint(series):
@@ -347,8 +394,8 @@ def _drop_repeated_positions(series, uids, notes=None):
         where = _series_positions(series[uid])
         if where in keep and notes is not None:
             notes.append(f"a slice position was acquired in two series, {_describe(keep[where], series[keep[where]])} and "
-                         f"{_describe(uid, series[uid])}: the later series (#{number(uid)}) is used; give --series to choose "
-                         "otherwise")
+                         f"{_describe(uid, series[uid])}: the later series (#{number(uid)}) is used (to use the earlier one, "
+                         "leave the later series out of the folder)")
         keep[where] = uid   # later series replace earlier ones
     return sorted(keep.values())
 
@@ -461,6 +508,17 @@ def _drop_derived_copies(series, notes=None):
     original_of = {}
     for uid, items in originals.items():
         original_of.setdefault(shape(items), uid)
+
+    def source_of(items):
+        exact = original_of.get(shape(items))
+        if exact is not None:
+            return exact
+        # a motion-corrected copy holds the dynamics only: the proton-density frames the
+        # original starts with (1-5 per slice) are not in it
+        key, where, n = shape(items)
+        fewer = [u for (k, w, m), u in original_of.items()
+                 if k == key and w == where and 0 < m - n <= MAX_PD_FRAMES * len(where)]
+        return fewer[0] if len(fewer) == 1 else None
     # a derived series of one image per slice beside acquired series of many frames is a result
     # computed from them (an inline MBF or T1 map), not images to analyse
     dynamic = any(len(items) > len(_series_positions(items)) for items in originals.values())
@@ -468,18 +526,24 @@ def _drop_derived_copies(series, notes=None):
     for uid, items in series.items():
         if uid in originals:
             continue
-        source = original_of.get(shape(items))
+        source = source_of(items)
         if source is not None:
             del kept[uid]
             if notes is not None:
-                notes.append(f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
-                             f"{_describe(source, series[source])} and was left out: the original is read and its frames "
-                             f"aligned here; give --series {uid} to read the copy instead")
+                notes.append(_RelatedNote(
+                    f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
+                    f"{_describe(source, series[source])} and was left out: the original is read and its frames "
+                    f"aligned here; give --series {uid} to read the copy instead", related={source}))
         elif dynamic and _one_image_per_slice(items):
             del kept[uid]
             if notes is not None:
-                notes.append(f"series {_describe(uid, items)} is a derived image, one per slice (ImageType "
-                             f"{chr(92).join(_image_type(items[0][1]))}: a map computed by the scanner), and was left out")
+                # said when a series it may have been computed from is read (same stack, a shared position)
+                near = {u for u, its in originals.items() if _stack_key(its[0][1]) == _stack_key(items[0][1])
+                        and _series_positions(its) & _series_positions(items)}
+                notes.append(_RelatedNote(
+                    f"series {_describe(uid, items)} is a derived image, one per slice (ImageType "
+                    f"{chr(92).join(_image_type(items[0][1]))}: a map computed by the scanner), and was left out",
+                    related=near or {"-"}))
     return kept
 
 
@@ -593,16 +657,39 @@ def refuse_mixed_patients(folder, items):
                                         "patient's images; give a folder (or --series) that holds one patient only")
 
 
-def _pick_series(folder, series, choice, notes=None):
+def _pick_series(folder, series, choice, notes=None, kind=None):
     """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
     which series of a folder is read. A folder of several patients is refused unless a series
-    is chosen (which must then be one patient's)."""
+    is chosen (which must then be one patient's). ``kind`` (``--kind``) narrows a folder of
+    several series to those whose names say that kind."""
     if choice is None:
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
+        series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
     if choice is not None:
         refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
     return uid, items, aif_uid
+
+
+def _series_of_kind(series, kind, notes=None):
+    """The series of a whole exam that ``kind`` asks for: with --kind perfusion the exam's cine
+    stack was picked and then refused as contradicting --kind. Narrowed by the names'
+    hints (``description_hint``) with each one's dual-sequence AIF series, only when that
+    leaves some series and leaves some out; the reader's timing still decides the kind."""
+    if kind is None or len(series) < 2:
+        return series
+    named = {u: its for u, its in series.items() if description_hint(its[0][1]) == kind}
+    if kind == PERFUSION:
+        for u in list(named):
+            partner = _aif_partner(u, named[u], series)
+            if partner is not None:
+                named[partner] = series[partner]
+    if not named or len(named) == len(series):
+        return series
+    if notes is not None:
+        notes.append(f"--kind {kind}: of the folder's {len(series)} image series, the {len(named)} whose names say "
+                     f"{kind} were considered")
+    return named
 
 
 def _choose_series(folder, series, choice, notes=None):
@@ -644,6 +731,13 @@ def _choose_series(folder, series, choice, notes=None):
                or c in {_series_key(ds) for _, ds in items}
                or c.lower() == str(items[0][1].get("SeriesDescription", "")).strip().lower()]
     if len(matches) > 1:
+        # a stack stored one series per slice, all described alike: the description names the
+        # stack (it matched 12 series and no --series value could read them together)
+        stack = _parallel_stack({u: series[u] for u in matches}, notes)
+        if stack is not None:
+            uid, items = stack
+            others = {u: its for u, its in series.items() if u not in uid.split("+")}
+            return uid, items, _aif_partner(uid, items, {uid: items, **others})
         # two series described alike (a repeated slice, a repeat acquisition): the first found
         # was taken, a one-slice repeat read as the stack
         raise CardiacInputError(folder, f"--series {choice!r} matches {len(matches)} series: "
@@ -1269,24 +1363,26 @@ def _apply_real_world_values(frames):
             "every frame is read as its real-world value so that all share one scale; a given AIF must be in those units")
 
 
-def load_dicom_series(folder, series=None, kind=None, progress=None):
+def load_dicom_series(folder, series=None, kind=None, progress=None, kind_asked=None):
     """Read one series of a DICOM folder into a Study (see the module docstring for ordering).
 
     kind None: cine or perfusion as the frame times say (``choose_frame_clock``), recorded in
     ``provenance["timing"]``; the final word is ``readers.series_kind.decide_kind``'s.
+    ``kind_asked`` (``--kind``) only narrows which series of a whole exam is read
+    (``_series_of_kind``); whether the data agree is ``decide_kind``'s to say.
     """
     with _quiet():
-        return _load_series(Path(folder), series, kind, progress)
+        return _load_series(Path(folder), series, kind, progress, kind_asked)
 
 
-def _load_series(folder, series, kind, progress):
+def _load_series(folder, series, kind, progress, kind_asked=None):
     if not folder.is_dir():
         raise CardiacInputError(folder, "not a folder")
     progress = as_progress(progress)
     notes = {}
     all_series, skipped = scan_dicom_folder(folder, progress, notes=notes)
     try:
-        study = _stack_from_series(folder, series, kind, progress, all_series, skipped)
+        study = _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked)
     except CardiacInputError as e:
         broken = [b for b in notes["broken"] if str(b[0]) != e.path]
         if not broken:
@@ -1547,9 +1643,10 @@ def _slices_along(geo, normal):
     return groups, positions, origin, spread
 
 
-def _stack_from_series(folder, series, kind, progress, all_series, skipped):
+def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked=None):
     picked_notes = []
-    uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes)
+    uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes, kind=kind_asked or kind)
+    picked_notes = notes_for(picked_notes, uid)   # not the notes about other series' copies and maps
     items, derived_note = _drop_derived_images(folder, uid, items)
     picked_notes += derived_note
     _check_memory(folder, items)
@@ -1678,13 +1775,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped):
             if "SOPInstanceUID" in ds:
                 sop_map[str(ds.SOPInstanceUID)] = (t, k)
     progress(n_t * n_s, n_t * n_s, "read DICOM")
-    if ambiguous:
-        # one note, not one per image: harmless for the analysis (images are placed by position
-        # and time), it matters only to annotations that point at an InstanceNumber
-        first = sorted(ambiguous)
-        warn.append(f"{len(ambiguous)} InstanceNumbers are used by several images ({', '.join(map(str, first[:3]))}"
-                    f"{', ...' if len(first) > 3 else ''}; numbering restarts in each series of a stack stored one series "
-                    "per slice): contours that name an image by its InstanceNumber cannot be placed on those")
+    # InstanceNumbers used by several images (numbering restarts in each series of a stack stored
+    # one series per slice) are harmless to the analysis, which places images by position and
+    # time: no note on every such stack (a false alarm without contours); contours that name one
+    # are refused by their reader, naming the number (``ambiguous_instances``)
     if "MONOCHROME1" in pixel_notes:
         warn.append(f"PhotometricInterpretation MONOCHROME1 (inverted grey scale, e.g. {_names([pixel_notes['MONOCHROME1']], folder)}): "
                     "grey values inverted to MONOCHROME2 (bright = signal) before analysis")

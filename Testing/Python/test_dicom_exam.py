@@ -1,0 +1,132 @@
+"""A whole exam exported from the scanner or PACS: which series is read, and what is said about the
+others. Built as a Siemens exam stores it: the short-axis cine one series per slice, with LGE
+(one image per slice) at the same positions, perfusion series with their motion-corrected
+copies, and the dual-sequence AIF series (probe round 16)."""
+import pydicom
+import pytest
+from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, cine_dicom, make_base
+from dicom_factory import write_aif_series, write_dicom, write_perfusion_series
+
+from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+from CardiacAISegLib.readers import load_study
+
+CINE_UID = "1.2.826.0.1.3680043.10.99"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("exam-base"))
+
+
+@pytest.fixture(scope="module")
+def perfusion():
+    return make_perfusion_phantom(seed=3, n_frames=40, noise=0.005)[0]
+
+
+def _per_slice_cine(base, folder, first_number=20, description="cine_retro_sax", uid=CINE_UID):
+    """The cine stack one series per slice (own UID and number, images numbered from 1 in each)."""
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{uid}.{k + 1}", first_number + k
+        ds.SeriesDescription, ds.InstanceNumber = description, t + 1
+    cine_dicom(base, folder, per_image=per_slice)
+
+
+def _per_slice_lge(folder, first_number=50):
+    """Segmented LGE: one image per slice, one series per slice, at the cine's positions, matrix
+    and pixel size."""
+    for k in range(N_SLICES):
+        write_dicom(folder / f"LGE{k:02d}.dcm", series=f"1.2.826.0.1.3680043.10.98.{k + 1}", number=first_number + k,
+                    desc="LGE_PSIR", ipp=(0.0, 0.0, SLICE_MM * k), shape=(SIZE, SIZE), spacing=(PIXEL_MM, PIXEL_MM),
+                    value=300)
+
+
+def test_lge_at_the_cine_positions_does_not_replace_the_cine_slices(base, tmp_path):
+    """The LGE slices were taken for re-acquired cine slices ('a slice position was acquired in
+    two series, the later is used'): a one-frame LGE stack was measured as the cine, exit 0."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+    _per_slice_lge(exam)
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert study.provenance["series_description"] == "cine_retro_sax"
+    warnings = study.provenance["warnings"]
+    assert not any("acquired in two series" in w for w in warnings), warnings
+    assert any(f"{N_SLICES} series at the stack's slice positions with another number of images" in w and "LGE_PSIR" in w
+               for w in warnings), warnings
+    # the InstanceNumbers restart in every slice series: harmless here, no note (contours that
+    # name one are refused by their reader)
+    assert not any("InstanceNumber" in w for w in warnings), warnings
+
+
+def test_a_description_shared_by_a_stack_stored_per_slice_reads_the_stack(base, tmp_path):
+    """`--series cine_retro_sax` matched 12 series and was refused ('choose one by its number'),
+    and a number reads one slice: no --series value could read the stack."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+    _per_slice_lge(exam)
+    write_dicom(exam / "loc.dcm", series="1.2.826.0.1.3680043.10.97", number=1, desc="localizer", shape=(SIZE, SIZE),
+                iop=(0, 1, 0, 0, 0, -1), spacing=(PIXEL_MM, PIXEL_MM))
+    study = load_study(exam, series="cine_retro_sax")
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert len(study.provenance["series_uid"].split("+")) == N_SLICES
+    # a re-acquired slice (same description, same phase count, later number) is still a repeat
+    def repeat(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = f"{CINE_UID}.99", 40, "cine_retro_sax", t + 1
+    cine_dicom(base, tmp_path / "repeat", slices=[3], per_image=repeat)
+    for f in (tmp_path / "repeat").iterdir():
+        f.rename(exam / f"R{f.name}")
+    study = load_study(exam, series="cine_retro_sax")
+    note = next(w for w in study.provenance["warnings"] if "acquired in two series" in w)
+    assert "#40" in note and "leave the later series out of the folder" in note and "--series" not in note
+
+
+def _stress_with_moco(folder, study, pd_frames=0, moco_pd_frames=None):
+    write_perfusion_series(folder, study, vendor="siemens", description="Perfusion_stress", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.1", pd_frames=pd_frames)
+    write_perfusion_series(folder, study, vendor="siemens", description="Perfusion_stress_MOCO", start_number=41,
+                           series="1.2.826.0.1.3680043.10.7.2", pd_frames=pd_frames if moco_pd_frames is None else moco_pd_frames)
+
+
+def test_kind_perfusion_reads_the_perfusion_series_of_a_whole_exam(base, perfusion, tmp_path):
+    """--kind perfusion on an exam with a cine stack: the cine was picked, then refused as
+    contradicting --kind with the advice to drop --kind."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam / "cine")
+    _stress_with_moco(exam / "perf", perfusion)
+    write_aif_series(exam / "perf", perfusion, description="AIF_stress", number=42)
+    study = load_study(exam, kind="perfusion")
+    assert study.kind == "perfusion" and study.provenance["series_description"] == "Perfusion_stress"
+    assert study.n_frames == perfusion.n_frames and study.provenance.get("aif_series_uid")
+    assert any("--kind perfusion" in w and "were considered" in w for w in study.provenance["warnings"])
+    assert load_study(exam, kind="cine").provenance["series_description"] == "cine_retro_sax"
+    # stress and rest: the choice is asked for, with the flags that make it
+    write_perfusion_series(exam / "rest", perfusion, vendor="siemens", description="Perfusion_rest", start_number=60,
+                           series="1.2.826.0.1.3680043.10.7.3", start_s=37000.0)
+    with pytest.raises(Exception) as e:
+        load_study(exam, kind="perfusion")
+    assert "--series stress --rest" in str(e.value), str(e.value)
+
+
+def test_a_cine_run_is_not_told_about_perfusion_copies(base, perfusion, tmp_path):
+    """A cine read from a whole exam was warned four times that perfusion MOCO copies and maps
+    'were left out: the original is read and its frames aligned here' - of another series."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam / "cine")
+    _stress_with_moco(exam / "perf", perfusion)
+    study = load_study(exam)
+    assert study.provenance["series_description"] == "cine_retro_sax"
+    assert not any("derived copy" in w for w in study.provenance["warnings"]), study.provenance["warnings"]
+    # read as perfusion, the copy of the series read is said
+    stress = load_study(exam, series="stress")
+    assert any("derived copy" in w and "Perfusion_stress_MOCO" in w for w in stress.provenance["warnings"])
+
+
+def test_a_moco_copy_without_the_pd_frames_is_a_copy(perfusion, tmp_path):
+    """The motion-corrected copy holds the dynamics only, not the proton-density frames its
+    original starts with: 'image series in this folder, choose one with --series'."""
+    folder = tmp_path / "perf"
+    _stress_with_moco(folder, perfusion, pd_frames=2, moco_pd_frames=0)
+    study = load_study(folder)
+    assert study.provenance["series_description"] == "Perfusion_stress" and study.n_frames == perfusion.n_frames
+    assert any("derived copy" in w for w in study.provenance["warnings"])
+    assert pydicom.dcmread(next(iter(sorted(folder.iterdir())))).SeriesDescription.startswith("Perfusion_stress")
