@@ -88,6 +88,9 @@ def moduleLogic():
 #
 # Sample data: phantoms generated on first use (nothing to download)
 #
+# the output segmentations the Segment Editor may correct: ED, ES (or the perfusion mask) and
+# the rest series' mask, whose edit re-measures the MPR and MPRI
+EDITABLE_SEGMENTATIONS = ("outputSegmentationID", "outputSegmentationESID", "restSegmentationID")
 SUNNYBROOK = os.path.join(os.path.dirname(__file__), "Resources", "SampleData", "sunnybrook-SC-HF-I-1-ed-es")
 
 
@@ -612,7 +615,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observedMarkups = None
         if clear:
             return
-        for name in ("outputSegmentationID", "outputSegmentationESID"):
+        for name in EDITABLE_SEGMENTATIONS:
             node = self.logic.getNodeParameter(name)
             if node is not None:
                 segmentation = node.GetSegmentation()
@@ -647,7 +650,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Segment Editor strokes arrive in bursts: recompute once they pause (300 ms)."""
         if self._updatingNodes:
             return
-        for name in ("outputSegmentationID", "outputSegmentationESID"):
+        for name in EDITABLE_SEGMENTATIONS:
             node = self.logic.getNodeParameter(name)
             if node is not None and node.GetSegmentation() is caller:
                 self._pendingEdits.add(node.GetID())

@@ -57,6 +57,7 @@ class Analysis:
         self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
         self.acquired_levels = {}            # perfusion: slice -> AHA level of every slice acquired
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
+        self._placed = None                  # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
         self.segment_values = {}             # AHA id -> bullseye value
         # perfusion bullseye: "mbf" (mL/min/g) or "relative_upslope" (needs no AIF calibration)
@@ -87,6 +88,16 @@ class Analysis:
         if self.kind != PERFUSION:
             return "Wall thickness at ED (mm)"
         return "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
+
+    @property
+    def bullseye_format(self):
+        """The bullseye's number format: its measure's precision in the tables (wall thickness
+        1 decimal, MBF 2, relative upslope 3; the report drew every measure with 2)."""
+        from .measures import MEASURES
+
+        key = ("wall_thickness_ed_mm_seg{id}" if self.kind != PERFUSION else
+               "relative_upslope_seg{id}" if self.bullseye_measure == "relative_upslope" else "mbf_ml_min_g_seg{id}")
+        return f"{{:.{MEASURES[key][2]}f}}"
 
     def set_bullseye_measure(self, measure: str) -> None:
         """'mbf' or 'relative_upslope' (perfusion): the segment values the bullseye shows."""
@@ -173,7 +184,8 @@ class Analysis:
             self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
             self.warnings += self.cine.pop("warnings", [])
             if single:
-                for key in ES_MEASURES:
+                # no ES: every file, table and view says "none", not frame 0 (the ED frame)
+                for key in ("es_frame",) + ES_MEASURES:
                     self.cine[key] = None
                 self.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
         self._compute_geometry()
@@ -333,6 +345,9 @@ class Analysis:
         if self.rest is not None and self.rest.perfusion is not None:
             from .perfusion.mbf import mpr
 
+            # the rest series' own values beside the reserve made from them: an MPR of 3.5 reads
+            # differently over a rest MBF of 0.6 and of 1.4 (it was in no output but the ratio)
+            self.perfusion["rest"] = {k: v for k, v in self.rest.perfusion.items() if k not in ("mpr", "mpri", "rest")}
             self.perfusion["mpr"] = mpr(_for_mpr(self.perfusion), _for_mpr(self.rest.perfusion))
             sq, rest_sq = self.perfusion.get("semiquantitative"), self.rest.perfusion.get("semiquantitative")
             if sq and rest_sq:
@@ -390,6 +405,7 @@ class Analysis:
         # dragged handles are re-applied after a re-measure: a new placement starts without them
         moved = dict(self._user_points) if keep_moved else {}
         self._user_points.clear()
+        self._placed = (k, [float(v) for v in anterior_ras], [float(v) for v in inferior_ras])
         self.move_insertion_point(k, "anterior", self.insertion[[p["slice"] for p in self.insertion].index(k)]["anterior_ras"])
         for (kk, side), ras in moved.items():       # (the move above re-measures segment values and QC)
             if kk in sectors.slices:
@@ -404,7 +420,12 @@ class Analysis:
         self.labels[int(frame)] = label_map
         self._thickness = None
         self.warnings = []
-        return self.run()
+        self.run()
+        # labels with no RV find no insertion points of their own: the ones placed by hand (and
+        # the handles dragged since) stay, in every front end (the web GUI alone put them back)
+        if self.sectors is None and self._placed is not None and self._placed[0] in self.levels:
+            self.place_insertion_points(*self._placed, keep_moved=True)
+        return self
 
     # --- outputs -------------------------------------------------------------------------
     def insertion_summary(self) -> list[dict]:
@@ -418,7 +439,11 @@ class Analysis:
             # every output but results.json)
             cine = dict(cine, segments=[{"id": sid, "name": AHA_BY_ID[sid]["name"], "wall_thickness_ed_mm": value}
                                         for sid, value in sorted(self.segment_values.items())])
-        return {"kind": self.kind, "cine": cine, "perfusion": self.perfusion,
+        # what the report's and the GUIs' bullseye showed (perfusion: MBF or relative upslope, the
+        # user's choice, which no output recorded)
+        bullseye = {"measure": self.bullseye_measure if self.kind == PERFUSION else "wall_thickness_ed_mm",
+                    "label": self.bullseye_label}
+        return {"kind": self.kind, "cine": cine, "perfusion": self.perfusion, "bullseye": bullseye,
                 "rv_insertion": self.insertion_summary(), "warnings": list(self.warnings), "qc": self.qc}
 
     def table_rows(self) -> list[dict]:
@@ -436,8 +461,17 @@ class Analysis:
             rows.append(row("global_mbf_ml_min_g", p["global_mbf_ml_min_g"]))
             rows.append(row("density_g_ml", p["density_g_ml"]))
             rows += [row("mbf_ml_min_g_seg{id}", s["mbf_ml_min_g"], segment=s["id"]) for s in p["segments"]]
+            rows += [row("mbf_ml_min_g_{territory}", t["mbf_ml_min_g"], territory=name) for name, t in p["territories"].items()]
+            rest = p.get("rest")
+            if rest:
+                rows.append(row("rest_global_mbf_ml_min_g", rest["global_mbf_ml_min_g"]))
+                rows += [row("rest_mbf_ml_min_g_seg{id}", s["mbf_ml_min_g"], segment=s["id"]) for s in rest["segments"]]
+                rows += [row("rest_mbf_ml_min_g_{territory}", t["mbf_ml_min_g"], territory=name)
+                         for name, t in rest["territories"].items()]
             if "mpr" in p:
                 rows.append(row("mpr_global", p["mpr"]["global"]))
+                rows += [row("mpr_seg{id}", s["mpr"], segment=s["id"]) for s in p["mpr"]["segments"]]
+                rows += [row("mpr_{territory}", v, territory=name) for name, v in (p["mpr"].get("territories") or {}).items()]
             sq = p.get("semiquantitative")
             if sq:
                 g, units = sq["global"], "mmol/L" if self.study.units == "gd_mmol_l" else "signal"
@@ -445,9 +479,14 @@ class Analysis:
                          row("relative_upslope_global", g["relative_upslope"]),
                          row("peak_enhancement_global", g["peak_enhancement"], units=units),
                          row("time_to_peak_s_global", g["time_to_peak_s"])]
-                rows += [row("relative_upslope_seg{id}", s["relative_upslope"], segment=s["id"]) for s in sq["segments"]]
+                for s in sq["segments"]:
+                    rows += [row("upslope_seg{id}", s["upslope"], segment=s["id"], units=units),
+                             row("relative_upslope_seg{id}", s["relative_upslope"], segment=s["id"]),
+                             row("peak_enhancement_seg{id}", s["peak_enhancement"], segment=s["id"], units=units),
+                             row("time_to_peak_s_seg{id}", s["time_to_peak_s"], segment=s["id"])]
             if p.get("mpri"):
                 rows.append(row("mpri_global", p["mpri"]["global"]))
+                rows += [row("mpri_seg{id}", v, segment=sid) for sid, v in sorted(p["mpri"]["segments"].items())]
         if self.qc:
             # tables hold numbers: the status row counts the flags to review (0 = pass), each
             # flag row carries its code and message in the measure, its value (if any) in Value

@@ -292,8 +292,9 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
     if full and len(curve) > 1 and study.ed_frame is not None and study.es_frame is not None:
         c_ed, c_es, _ = ed_es_from_curve(curve, study.n_frames)
         if (c_ed, c_es) != (ed, es):
-            warnings.append(f"given ED/ES frames ({ed}, {es}) differ from the volume curve's "
-                            f"largest/smallest LV volume ({c_ed}, {c_es})")
+            kept = (study.provenance or {}).get("ed_es_source")   # kept by an edit, not given by a file
+            warnings.append(f"{'ED/ES frames' if kept else 'given ED/ES frames'} ({ed}, {es}){f', {kept},' if kept else ''} "
+                            f"differ from the volume curve's largest/smallest LV volume ({c_ed}, {c_es})")
     ed_es_check = _ed_es_check(study, labels, curve, ed, es)
     if ed_es_check and ed_es_check["disagree"] and not full:
         # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted

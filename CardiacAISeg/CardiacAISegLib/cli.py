@@ -29,16 +29,12 @@ def _analyze(args):
                               device=args.device, bullseye=args.bullseye, scene=args.scene,
                               progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
                               report_process=report_process)
-    r = analysis.results()
-    if r["cine"]:
-        c = r["cine"]
-        def show(key, unit):   # a measure the input cannot give (no ES in one volume) is n/a
-            return "n/a" if c.get(key) is None else f"{c[key]:.1f} {unit}"
+    from .report import summary_lines
 
-        print(f"LV EDV {show('lv_edv_ml', 'mL')}  ESV {show('lv_esv_ml', 'mL')}  EF {show('lv_ef_pct', '%')}  "
-              f"mass {show('lv_mass_g', 'g')}  RV EDV {show('rv_edv_ml', 'mL')}  ESV {show('rv_esv_ml', 'mL')}")
-    if r["perfusion"]:
-        print(f"global MBF {r['perfusion']['global_mbf_ml_min_g']:.2f} mL/min/g")
+    r = analysis.results()
+    # the report's lines of key measures (with a rest series: rest MBF, MPR and MPRI too)
+    for line in summary_lines(analysis):
+        print(line)
     for w in r["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     for name, path in sorted(paths.items()):

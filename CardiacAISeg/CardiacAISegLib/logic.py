@@ -42,6 +42,7 @@ FRAME_COUNT_ATTRIBUTE = "CardiacAISeg.FrameCount"   # on output segmentations: h
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic added: the stress input it was paired with
+PLACED_ON_SLICE_ATTRIBUTE = "CardiacAISeg.PlacedOnSlice"   # on the markups: insertion points placed by hand there
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
@@ -670,9 +671,23 @@ class CardiacAISegLogic(_LogicBase):
         st = a.study
         markups = sc.add_insertion_markups(self.context, a.insertion_summary(), node=self.getNodeParameter("markupsID"),
                                            name=f"{st.name} {sc.INSERTION_NODE_NAME}")
+        # the slice they were placed on: a reopened scene places them again from there
+        markups.SetAttribute(PLACED_ON_SLICE_ATTRIBUTE, str(int(sliceIndex)))
         self.setParameter("markupsID", markups)
         self._refreshTable()
         return placed
+
+    def _placeAgainFrom(self, markups):
+        """Insertion points placed by hand (labels with no RV) from a reopened scene's markups:
+        placed again on the slice they were placed on; the handles dragged since are then
+        re-applied by ``onInsertionPointMoved``. A scene reopened without them lost its AHA
+        segments, wall thickness rows and bullseye (probe round 18)."""
+        text = markups.GetAttribute(PLACED_ON_SLICE_ATTRIBUTE)
+        saved = {p["slice"]: p for p in sc.insertion_points_from_markups(markups)}
+        hand = saved.get(int(text)) if text not in (None, "") else None
+        if hand is None or hand["anterior_ras"] is None or hand["inferior_ras"] is None or hand["slice"] not in self.analysis.levels:
+            return
+        self.analysis.place_insertion_points(hand["slice"], list(hand["anterior_ras"]), list(hand["inferior_ras"]))
 
     def _sliceOfPoint(self, node, n, k, side, pos):
         """The slice a point lies on. A saved scene may come back with its volume stored the
@@ -691,11 +706,24 @@ class CardiacAISegLogic(_LogicBase):
         recompute volumes, mass, geometry and segment values; refresh markups and table."""
         a = self._requireAnalysis()
         node = segmentationNode or self.getNodeParameter("outputSegmentationID")
+        if node is not None and node is self.getNodeParameter("restSegmentationID"):
+            return self._onRestSegmentationEdited(node)
+        if node not in (self.getNodeParameter("outputSegmentationID"), self.getNodeParameter("outputSegmentationESID")):
+            # a rest mask was written into the stress labels (MBF 2.77 -> 2.98, no word)
+            raise CardiacInputError(node.GetName() if node is not None else "segmentation",
+                                    "is not an output segmentation of this analysis (its ED/ES or perfusion mask, or the "
+                                    "rest mask): edit those")
         if frame is None:
             text = node.GetAttribute(FRAME_ATTRIBUTE)
             frame = int(text) if text else a.reference_frame
         t0 = time.perf_counter()
-        a.set_labels(int(frame), self._labelsOf(node))
+        labels = self._labelsOf(node)
+        self._keepEdAndEsAtTheirFrames(a)
+        a.set_labels(int(frame), labels)
+        unused = sc.unused_segment_names(node)
+        if unused:
+            a.warnings.append(f"segment(s) {', '.join(repr(n) for n in unused)} of '{node.GetName()}' are not measured: "
+                              "not a name of the LV blood pool, myocardium or RV")
         self._followEdAndEs()
         markups = self.getNodeParameter("markupsID")
         if markups is not None or a.insertion:
@@ -705,6 +733,41 @@ class CardiacAISegLogic(_LogicBase):
         self._refreshTable()
         self.lastUpdateTimeS = time.perf_counter() - t0
         return a
+
+    def _onRestSegmentationEdited(self, node):
+        """The rest series' mask edited: the rest MBF, and the MPR and MPRI made from it, are
+        measured again (the table and results.json kept the reserve of the unedited mask, and a
+        reopened scene gave another)."""
+        a = self.analysis
+        if a.rest is None:
+            raise CardiacInputError(node.GetName(), "no rest series is paired with this analysis")
+        t0 = time.perf_counter()
+        text = node.GetAttribute(FRAME_ATTRIBUTE)
+        a.rest.set_labels(int(text) if text else a.rest.reference_frame, self._labelsOf(node, a.rest.study))
+        a.run()   # the stress series' warnings carry the rest's; MPR and MPRI follow
+        self._refreshTable()
+        self.lastUpdateTimeS = time.perf_counter() - t0
+        return a
+
+    def _keepEdAndEsAtTheirFrames(self, a):
+        """With three or more frames labelled (a whole cycle), an edit corrects the frame it is
+        drawn on; it does not move ED or ES to another frame. Left to the volume curve, trimming
+        the ED blood pool made a neighbouring frame (its network contours uncorrected) ED, one
+        that no output segmentation showed: later edits of the node named ED changed nothing,
+        the exports and ground truth left the correction out, and the saved scene did not
+        reopen (probe round 18). ED and ES are kept where they are, as fixed frames (stamped on
+        the input node, so a reopened scene keeps them), and where the curve now disagrees the
+        measures say so. Two labelled frames keep the swap rule (``_followEdAndEs``)."""
+        st = a.study
+        if a.kind != CINE or not a.cine or len(a.labels) < 3 or st.ed_frame is not None or st.es_frame is not None:
+            return
+        if a.cine.get("es_frame") is None:
+            return
+        st.ed_frame, st.es_frame = int(a.cine["ed_frame"]), int(a.cine["es_frame"])
+        st.provenance = dict(st.provenance or {}, ed_es_source="kept at the frames shown when the segmentation was first edited")
+        node = self.getNodeParameter("inputNodeID")
+        if node is not None:
+            node.SetAttribute(STUDY_ATTRIBUTES["ed_es"], f"{st.ed_frame} {st.es_frame}")
 
     def _followEdAndEs(self):
         """An edit that gives the ES frame the larger LV volume makes it ED (ED and ES are picked
@@ -754,7 +817,10 @@ class CardiacAISegLogic(_LogicBase):
         self.analysis = Analysis(self.study, labels, density=self.densityParameter(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
         self.analysis.run()
-        if self.getNodeParameter("markupsID") is not None and self.analysis.sectors is not None:
+        markups = self.getNodeParameter("markupsID")
+        if markups is not None and self.analysis.sectors is None:
+            self._placeAgainFrom(markups)
+        if markups is not None and self.analysis.sectors is not None:
             self.onInsertionPointMoved()
         self._refreshTable()
         self._stampOutputs()
@@ -828,7 +894,7 @@ class CardiacAISegLogic(_LogicBase):
         ed, es = a.cine["ed_frame"], a.cine["es_frame"]
         folder = Path(outDir) / patientName
         files = {"Info.cfg": None}
-        for t in sorted({ed, es}):
+        for t in sorted({f for f in (ed, es) if f is not None}):
             files[f"{patientName}_frame{t + 1:02d}.nii.gz"] = (st.images[t][None], np.float32)
             files[f"{patientName}_frame{t + 1:02d}_gt.nii.gz"] = (to_convention(a.labels[t], "acdc")[None], np.uint8)
         if st.n_frames > 1:
@@ -840,7 +906,9 @@ class CardiacAISegLogic(_LogicBase):
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
         try:
-            info = [f"ED: {ed + 1}", f"ES: {es + 1}"] + ([f"Group: {group}"] if group else []) + [f"NbFrame: {st.n_frames}"]
+            # the ACDC layout has no "no ES": a single frame is written as its own ES, the form
+            # its reader takes for a one-frame study
+            info = [f"ED: {ed + 1}", f"ES: {(ed if es is None else es) + 1}"] + ([f"Group: {group}"] if group else []) + [f"NbFrame: {st.n_frames}"]
             info += slice_positions_lines(st)
             (stage / "Info.cfg").write_text("\n".join(info) + "\n")
             for name, spec in files.items():

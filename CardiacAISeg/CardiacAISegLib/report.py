@@ -21,7 +21,7 @@ from .labels import LV, MYO, RV, SEGMENTS
 from .scene import atomic_output
 
 FIG_WIDTH_IN = 12.0
-TITLE_IN = 0.6
+TITLE_IN = 1.0   # title, up to two lines of key measures, the QC line
 FRAME_ROW_IN = 4.0
 BOTTOM_ROW_IN = 4.6
 DPI = 100
@@ -120,7 +120,7 @@ def _no_ticks(ax):
         axis.set_minor_locator(NullLocator())
 
 
-def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk):
+def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk, frame_name=""):
     lo, hi = np.percentile(image, [1, 99.5]) if image.size else (0, 1)
     ax.imshow(view.image(image[k]), cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6),
               aspect=view.aspect, interpolation="nearest")
@@ -149,7 +149,7 @@ def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk)
             ax.plot([x], [y], marker=marker, ms=7, mfc="yellow", mec="black", ls="none")
             ax.annotate(side[0].upper(), (x, y), xytext=(5, 5), textcoords="offset points",
                         color="yellow", fontsize=9, weight="bold")
-    ax.set_title(f"frame {frame} · slice {k} · {level}", fontsize=10)
+    ax.set_title(f"{frame_name + ' · ' if frame_name else ''}frame {frame} · slice {k} · {level}", fontsize=10)
     _no_ticks(ax)
 
 
@@ -160,7 +160,9 @@ def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
         return
     finite = value_map[np.isfinite(value_map)]
     vmin, vmax = np.percentile(finite, [5, 95])  # blood partial-volume pixels would set the scale
-    sub = cell.subgridspec(1, len(slices), wspace=0.05)
+    # a column for the colour bar and one for its label: drawn beside the last map, the label ran
+    # off the figure's right edge
+    sub = cell.subgridspec(1, len(slices) + 2, wspace=0.05, width_ratios=[1.0] * len(slices) + [0.05, 0.15])
     for n, k in enumerate(slices):
         ax = fig.add_subplot(sub[0, n])
         img = study.images[frame, k]
@@ -169,7 +171,7 @@ def _draw_value_maps(fig, cell, study, value_map, frame, view, label):
                           aspect=view.aspect, interpolation="nearest", alpha=0.85)
         ax.set_title(f"slice {k}", fontsize=9)
         _no_ticks(ax)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
+    fig.colorbar(shown, cax=fig.add_subplot(sub[0, len(slices)]), label=label)
 
 
 # --------------------------------------------------------------------------- bullseye
@@ -328,9 +330,11 @@ def draw_volume_curve(ax, study, volume_curve):
         if 0 <= frame < len(vols):
             ax.axvline(x[frame], color=colour, ls="--", lw=1)
             ax.plot([x[frame]], [vols[frame]], "o", color=colour, ms=8)
+            # written towards the middle: a point at the right end had its text cut off
+            right_half = len(x) > 1 and x[frame] > (x.min() + x.max()) / 2
             ax.annotate(f"{name} {vols[frame]:.0f} mL (frame {frame})", (x[frame], vols[frame]),
-                        xytext=(8, 6 if name == "ES" else -14), textcoords="offset points",
-                        color=colour, fontsize=9)
+                        xytext=(-8 if right_half else 8, 6 if name == "ES" else -14), textcoords="offset points",
+                        ha="right" if right_half else "left", color=colour, fontsize=9)
     ax.set_xlabel("time (ms)" if times is not None else "frame")
     ax.set_ylabel("LV volume (mL)")
     ax.set_title("LV volume curve", fontsize=11)
@@ -398,18 +402,53 @@ def report_arguments(path, analysis, overwrite=False):
     st = analysis.study
     if analysis.kind == "perfusion":
         frames, curve, value_map = [peak_enhancement_frame(st)], None, analysis.mbf
+        names = {frames[0]: "peak enhancement"}
         if analysis.bullseye_measure != "mbf":
             value_map = None
     else:
-        frames = sorted({analysis.cine["ed_frame"], analysis.cine["es_frame"]})
+        names = {f: n for f, n in ((analysis.cine["ed_frame"], "ED"), (analysis.cine["es_frame"], "ES")) if f is not None}
+        frames = sorted(names)
         curve, value_map = analysis.cine.get("lv_volume_curve_ml"), None
     labels = analysis.labels
     if labels and len(labels) > 1:   # one map serves every frame; otherwise only the shown ones are drawn
         labels = {f: labels[f] for f in frames if f in labels}
     return dict(path=path, study=ReportStudy.of(st, frames), label_map_by_frame=labels, frames_to_show=frames,
                 insertion_points=analysis.insertion_summary(), segment_values=analysis.segment_values or None,
-                value_label=analysis.bullseye_label, volume_curve=curve, overwrite=overwrite, value_map=value_map,
-                qc=analysis.qc, levels=dict(analysis.levels or {}))
+                value_label=analysis.bullseye_label, value_format=analysis.bullseye_format, volume_curve=curve, overwrite=overwrite, value_map=value_map,
+                qc=analysis.qc, levels=dict(analysis.levels or {}), summary=summary_lines(analysis), frame_names=names)
+
+
+def summary_lines(analysis):
+    """The measures people read first, as one or two lines under the report's title (the report
+    had only images and the bullseye: the EF or the global MBF was in the tables alone). Values
+    are the table's rows, at the table's precision."""
+    from .measures import format_value
+
+    rows = {r["key"]: r for r in analysis.table_rows()}
+
+    def text(key, name=None, unit=True):
+        r = rows.get(key)
+        if r is None or r["value"] is None or format_value(r) == "n/a":
+            return None
+        u = f" {r['unit']}" if unit and r["unit"] else ""
+        return f"{name or r['measure']} {format_value(r)}{u}"
+
+    def line(*parts):
+        parts = [p for p in parts if p]
+        return " · ".join(parts) if parts else None
+
+    if analysis.kind == "perfusion":
+        territories = line(*(text(f"mbf_ml_min_g_{t}", t, unit=False) for t in ("LAD", "RCA", "LCx")))
+        first = line(text("global_mbf_ml_min_g", "stress MBF" if "rest_global_mbf_ml_min_g" in rows else "Global MBF"))
+        first = f"{first} ({territories})" if first and territories else first
+        second = line(text("rest_global_mbf_ml_min_g", "rest MBF"), text("mpr_global", "MPR"), text("mpri_global", "MPRI"),
+                      None if "mpr_global" in rows else text("relative_upslope_global", "relative upslope"),
+                      None if "mpr_global" in rows else text("time_to_peak_s_global", "time to peak"))
+    else:
+        first = line(text("lv_edv_ml", "LV EDV"), text("lv_esv_ml", "ESV"), text("lv_sv_ml", "SV"), text("lv_ef_pct", "EF"),
+                     text("lv_mass_g", "mass"))
+        second = line(text("rv_edv_ml", "RV EDV"), text("rv_esv_ml", "ESV"), text("rv_sv_ml", "SV"), text("rv_ef_pct", "EF"))
+    return [t for t in (first, second) if t]
 
 
 def write_analysis_report(path, analysis, overwrite=False):
@@ -430,7 +469,7 @@ def analysis_bullseye_png(analysis, size_px=300, dpi=80, fit=False):
     FigureCanvasAgg(fig)
     ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
     bullseye(ax, analysis.segment_values, value_label=label,
-             fmt="{:.2f}" if analysis.kind == "perfusion" else "{:.1f}", title=None, fit=fit)
+             fmt=analysis.bullseye_format, title=None, fit=fit)
     lo, hi = bullseye_scale(label)
     scale = ", scale fitted to the data" if fit else ("" if lo is None else f", scale {lo:g}-{hi:g} fixed")
     fig.suptitle(label + scale, fontsize=9, y=0.99)
@@ -450,7 +489,8 @@ def qc_line(qc, max_codes=6):
 
 def write_report(path, study, label_map_by_frame, frames_to_show, insertion_points=None,
                  segment_values=None, value_label="MBF (mL/min/g)", volume_curve=None,
-                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None, qc=None, levels=None):
+                 title=None, overwrite=False, dpi=DPI, value_map=None, value_frame=None, qc=None, levels=None,
+                 summary=None, frame_names=None, value_format="{:.2f}"):
     """Write report.png; returns the path.
 
     ``frames_to_show``: a frame index or a list (one row of three slices each, e.g. [ED, ES]).
@@ -461,7 +501,10 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
     from the study). ``value_map``: (S, R, C) pixel values (MBF), NaN outside the myocardium,
     drawn over ``value_frame`` next to the bullseye. ``qc``: ``qc.assess`` output, shown under
     the title (status and the codes to review). ``levels``: {slice: AHA level} of the analysis,
-    which names the slices shown. Size: ``report_size_px``.
+    which names the slices shown. ``summary``: up to two lines of key measures under the title;
+    ``frame_names``: {frame: name} ("ED", "ES") put before each row's frame number;
+    ``value_format``: the bullseye's numbers (``Analysis.bullseye_format``). Size:
+    ``report_size_px``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -481,10 +524,12 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
                             top=0.99, bottom=0.55 / (height / dpi), hspace=0.25, wspace=0.4)
     title_ax = fig.add_subplot(grid[0, :])
     title_ax.axis("off")
-    title_ax.text(0.5, 0.62 if qc else 0.5, title or f"CardiacAISeg · {study.name} · {study.kind}",
+    title_ax.text(0.5, 0.82, title or f"CardiacAISeg · {study.name} · {study.kind}",
                   ha="center", va="center", fontsize=15, weight="bold")
+    for n, text in enumerate((summary or [])[:2]):
+        title_ax.text(0.5, 0.52 - 0.2 * n, text, ha="center", va="center", fontsize=10)
     if qc:
-        title_ax.text(0.5, 0.12, qc_line(qc), ha="center", va="center", fontsize=9,
+        title_ax.text(0.5, 0.08, qc_line(qc), ha="center", va="center", fontsize=9,
                       color="#b00020" if qc["status"] != "pass" else "#1b5e20", weight="bold")
 
     ras_to_ijk = np.linalg.inv(study.ijk_to_ras)
@@ -496,12 +541,12 @@ def write_report(path, study, label_map_by_frame, frames_to_show, insertion_poin
         for col, (k, level) in enumerate(picks[:3]):
             ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])
             _draw_slice(ax, study.images[frame], label_map, view, k, level, insertion_points, frame,
-                        ras_to_ijk)
+                        ras_to_ijk, (frame_names or {}).get(frame, ""))
 
     if bottom:
         last = len(heights) - 1
         if segment_values is not None:
-            bullseye(fig.add_subplot(grid[last, 0:3]), segment_values, value_label=value_label,
+            bullseye(fig.add_subplot(grid[last, 0:3]), segment_values, value_label=value_label, fmt=value_format,
                      title=f"AHA 16 segments · {value_label}")
         if value_map is not None:
             _draw_value_maps(fig, grid[last, 3:6], study, value_map, frames[0] if value_frame is None else value_frame,

@@ -42,14 +42,38 @@ def results_document(analysis: Analysis, input_path: str | Path, model: dict | N
     model = analysis.model_info if model is None else model
     timing_s = getattr(analysis, "timing_s", None) if timing_s is None else timing_s
     doc = {"schema_version": SCHEMA_VERSION, "kind": analysis.kind, "input": str(input_path), "model": model}
+    # which series of a folder was read (a whole exam holds dozens; results named only the folder)
+    doc["source"] = source_of(analysis.study)
+    if getattr(analysis, "rest", None) is not None:
+        doc["source"]["rest"] = source_of(analysis.rest.study)
     r = analysis.results()
     doc["cine"] = r["cine"]
     doc["perfusion"] = r["perfusion"]
+    doc["bullseye"] = r["bullseye"]
     doc["rv_insertion"] = r["rv_insertion"]
     doc["warnings"] = r["warnings"]
     doc["qc"] = r["qc"]
     doc["timing_s"] = {k: round(float(v), 4) for k, v in (timing_s or {}).items()}
     return json_safe(doc)
+
+
+def source_of(study) -> dict:
+    """What the analysed images were read from: reader, series (UID, number, description; a
+    stack merged from one series per slice lists its UIDs), scanner, file count, the AIF's
+    origin. No patient identifiers."""
+    p = study.provenance or {}
+    out = {"name": study.name, "reader": p.get("reader")}
+    if p.get("series_uid"):
+        uids = str(p["series_uid"]).split("+")
+        out["series_uid"] = uids[0] if len(uids) == 1 else uids
+        out["series_number"] = p.get("series_number")
+        out["series_description"] = p.get("series_description")
+    for key in ("manufacturer", "model", "field_strength_t", "aif_series_uid", "aif_source"):
+        if p.get(key):
+            out[key] = p[key]
+    if p.get("files"):
+        out["n_files"] = len(p["files"])
+    return out
 
 
 def results_json_text(doc: dict) -> str:

@@ -304,16 +304,27 @@ def segmentation_geometry(seg_node):
 
 
 def _segment_id(seg, name):
-    """Our id first; by name second, for segmentations the user made or re-made in Slicer
-    ("LV", "Myocardium", "RV", ...: ``labels.label_of_segment_name``, as the file reader)."""
-    sid = SEGMENT_IDS[name]
-    if seg.GetSegment(sid) is not None:
-        return sid
+    """The segment of structure ``name``: by its name first ("LV", "Myocardium", "RV", ...:
+    ``labels.label_of_segment_name``, the file reader's rule), then by our id unless that
+    segment's name says another structure. Matched by id first, segments the user renamed
+    (LV and myocardium names swapped) were measured by their old roles here and by their
+    names from the saved file (MBF 2.78 vs 17.1; probe round 18)."""
     wanted = SEGMENTS[name][0]
     for n in range(seg.GetNumberOfSegments()):
         if label_of_segment_name(seg.GetNthSegment(n).GetName()) == wanted:
             return seg.GetNthSegmentID(n)
+    sid = SEGMENT_IDS[name]
+    segment = seg.GetSegment(sid)
+    if segment is not None and label_of_segment_name(segment.GetName()) in (None, wanted):
+        return sid
     return None
+
+
+def unused_segment_names(seg_node):
+    """Names of the segments of ``seg_node`` that are not measured (not a known name of the LV
+    blood pool, myocardium or RV): a "Scar" segment drawn over the myocardium was dropped
+    without a word, where the CLI says it of a file."""
+    return _unknown_segment_names(seg_node.GetSegmentation())
 
 
 def _unknown_segment_names(seg):

@@ -19,7 +19,8 @@ import pytest
 from CardiacAISegLib import cli
 from CardiacAISegLib.labels import SEGMENTS, normalise_labels
 
-TOP_KEYS = {"schema_version", "kind", "input", "model", "cine", "perfusion", "rv_insertion", "warnings", "qc", "timing_s"}
+TOP_KEYS = {"schema_version", "kind", "input", "source", "model", "cine", "perfusion", "bullseye", "rv_insertion", "warnings", "qc",
+            "timing_s"}
 CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
              "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml",
              "ed_es_certainty",   # None unless every frame of a cycle is labelled
@@ -249,7 +250,7 @@ def perfusion(tmp_path_factory):
          "--rest", rest / "perfusion.nii.gz", "--rest-labels", rest / "perfusion_labels.nii.gz", "--rest-aif", rest / "aif.csv",
          "--out", out, "--quiet")
     return {"out": out, "stress": stress, "truth_stress": meta_s["truth"], "truth_rest": meta_r["truth"],
-            "results": json.loads((out / "results.json").read_text())}
+            "truth_dt_s": meta_s["dt_s"], "results": json.loads((out / "results.json").read_text())}
 
 
 def test_perfusion_schema(perfusion):
@@ -304,6 +305,51 @@ def test_mpr_matches_truth(perfusion):
     ratios = [ts[k] / tr[k] for k in ts]
     assert min(ratios) * 0.95 < mpr["global"] < max(ratios) * 1.05
     assert set(mpr["territories"]) == {"LAD", "RCA", "LCx"}
+
+
+def test_rest_values_and_reserve_in_every_output(perfusion, tmp_path):
+    """With a rest series, its own MBF stands beside the reserve made from it (results.json had
+    only the ratio; results.csv had global MPR and MPRI alone), and results.csv holds every
+    per-segment and territory value of results.json; the report names them under its title."""
+    from CardiacAISegLib import analyze
+    from CardiacAISegLib.report import summary_lines
+
+    tr = perfusion["truth_rest"]["mbf_per_segment"]
+    p = perfusion["results"]["perfusion"]
+    rest = p["rest"]
+    assert [s["id"] for s in rest["segments"]] == list(range(1, 17))
+    errors = {s["id"]: s["mbf_ml_min_g"] / tr[str(s["id"])] - 1 for s in rest["segments"]}
+    assert max(abs(e) for e in errors.values()) < 0.05, errors     # issue 9's per-segment bound
+    assert p["mpr"]["global"] == pytest.approx(p["global_mbf_ml_min_g"] / rest["global_mbf_ml_min_g"], rel=1e-6)
+    assert perfusion["results"]["bullseye"] == {"measure": "mbf", "label": "MBF (mL/min/g)"}
+
+    rows = {r["key"]: r for r in _csv_rows(perfusion["out"] / "results.csv")}
+    assert float(rows["rest_global_mbf_ml_min_g"]["value"]) == pytest.approx(rest["global_mbf_ml_min_g"], rel=1e-5)
+    for s, r, m in zip(p["segments"], rest["segments"], p["mpr"]["segments"]):
+        assert float(rows[f"rest_mbf_ml_min_g_seg{s['id']}"]["value"]) == pytest.approx(r["mbf_ml_min_g"], rel=1e-5)
+        assert float(rows[f"mpr_seg{s['id']}"]["value"]) == pytest.approx(m["mpr"], rel=1e-5)
+    for t in ("LAD", "RCA", "LCx"):
+        assert float(rows[f"mbf_ml_min_g_{t}"]["value"]) == pytest.approx(p["territories"][t]["mbf_ml_min_g"], rel=1e-5)
+        assert float(rows[f"rest_mbf_ml_min_g_{t}"]["value"]) == pytest.approx(rest["territories"][t]["mbf_ml_min_g"], rel=1e-5)
+        assert float(rows[f"mpr_{t}"]["value"]) == pytest.approx(p["mpr"]["territories"][t], rel=1e-5)
+    sq = p["semiquantitative"]["segments"]
+    assert sq and all(float(rows[f"time_to_peak_s_seg{s['id']}"]["value"]) == pytest.approx(s["time_to_peak_s"], rel=1e-5)
+                      and float(rows[f"upslope_seg{s['id']}"]["value"]) == pytest.approx(s["upslope"], rel=1e-5)
+                      for s in sq)
+    for sid, v in p["mpri"]["segments"].items():
+        assert float(rows[f"mpri_seg{sid}"]["value"]) == pytest.approx(v, rel=1e-5)
+
+    # the same run in-process, its bullseye on relative upslope: the choice is recorded
+    st, rs = perfusion["stress"], perfusion["stress"].parent / "rest"
+    a, _ = analyze.run(st / "perfusion.nii.gz", tmp_path / "out", kind="perfusion", labels=st / "perfusion_labels.nii.gz",
+                       aif=st / "aif.csv", dt=perfusion["truth_dt_s"], rest=rs / "perfusion.nii.gz",
+                       rest_labels=rs / "perfusion_labels.nii.gz", rest_aif=rs / "aif.csv", bullseye="relative_upslope",
+                       reports="none")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["bullseye"]["measure"] == "relative_upslope"
+    assert a.bullseye_format == "{:.3f}"     # the table's precision of relative upslope (the report drew 2)
+    lines = summary_lines(a)
+    assert lines[0].startswith(f"stress MBF {p['global_mbf_ml_min_g']:.2f} mL/min/g (LAD "), lines
+    assert f"rest MBF {rest['global_mbf_ml_min_g']:.2f} mL/min/g" in lines[1] and f"MPR {p['mpr']['global']:.2f}" in lines[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ Every case must end with a non-zero exit, one ``error:`` line on stderr that nam
 offending file (or model / folder) and the problem, no traceback, and an output folder left
 exactly as it was: not created when it did not exist, no stray files when it did.
 """
+import csv
 import gzip
 import json
 import os
@@ -156,6 +157,10 @@ def test_single_frame_cine(tmp_path, capsys):
     assert cli.main(["analyze", str(img), "--labels", str(labels), "--out", str(out), "--quiet"]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["cine"]["lv_edv_ml"] > 0 and doc["cine"]["lv_esv_ml"] is None and doc["cine"]["lv_ef_pct"] is None
+    # no ES frame either (it was 0, the ED frame, in every file)
+    assert doc["cine"]["ed_frame"] == 0 and doc["cine"]["es_frame"] is None
+    es_row = next(r for r in csv.DictReader((out / "results.csv").open()) if r["key"] == "es_frame")
+    assert es_row["value"] == ""
     assert any("one frame only" in w for w in doc["warnings"])
     assert "one frame only" in capsys.readouterr().err
 

@@ -281,3 +281,30 @@ def test_volume_curve_of_one_frame_marks_no_es():
     report.draw_volume_curve(ax, Study(np.zeros((2, 2, 4, 4), np.float32), affine_from_spacing((1.0, 1.0, 8.0)),
                                        kind="cine", ed_frame=0, es_frame=1), [120.0, 50.0])
     assert any(t.get_text().startswith("ES 50 mL") for t in ax.texts)
+
+
+def test_report_names_ed_es_rows_and_states_the_key_measures():
+    """The report had images and a bullseye but no number a reader looks for first (EF, mass),
+    and its rows of slices did not say which is ED and which ES; the bullseye drew wall
+    thickness with 2 decimals where every table has 1."""
+    from CardiacAISegLib.measures import format_value
+
+    analysis = _cine_analysis()
+    c = analysis.cine
+    arguments = report.report_arguments("unused.png", analysis)
+    assert arguments["frame_names"] == {c["ed_frame"]: "ED", c["es_frame"]: "ES"}
+    rows = {r["key"]: r for r in analysis.table_rows()}
+    first = arguments["summary"][0]
+    for key, name in (("lv_edv_ml", "LV EDV"), ("lv_esv_ml", "ESV"), ("lv_ef_pct", "EF"), ("lv_mass_g", "mass")):
+        assert f"{name} {format_value(rows[key])} {rows[key]['unit']}" in first, first
+    assert arguments["value_format"] == "{:.1f}"
+    # one frame: ED measures only, no ES row name, no ES value
+    one = _cine_analysis()
+    one.study.images = one.study.images[:1]
+    one.labels = {0: one.labels[0]}
+    one.study.ed_frame = one.study.es_frame = None
+    one.run()
+    assert one.cine["es_frame"] is None
+    arguments = report.report_arguments("unused.png", one)
+    assert arguments["frame_names"] == {0: "ED"} and arguments["frames_to_show"] == [0]
+    assert "LV EDV" in arguments["summary"][0] and "ESV" not in arguments["summary"][0] and "EF" not in arguments["summary"][0]

@@ -367,6 +367,33 @@ def test_session_places_handles_when_no_rv(tmp_path):
         s.place_insertion_points(4, ras[0], ras[1])
 
 
+def test_hand_placed_handles_come_back_with_a_reopened_scene(tmp_path):
+    """Points placed by hand (LV-only labels) were in the saved scene's markups, but the reopened
+    analysis ignored them: no AHA segments, no wall thickness rows (probe round 18)."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    s = Session(tmp_path, sample_folder=tmp_path / "samples")
+    s.open_sample("sunnybrook")
+    s.run(LABELS_CHOICE)
+    a = s.analysis
+    k = sorted(k for k, level in a.levels.items() if level == "mid")[0]
+    lab = a.labels[a.reference_frame][k]
+    rr, cc = np.nonzero((lab == LV) | (lab == MYO))
+    ras = a.study.ijk_to_ras_points([(cc.mean() + 12, rr.mean() - 12, k), (cc.mean() + 12, rr.mean() + 12, k)])
+    s.place_insertion_points(k, ras[0], ras[1])
+    s.rotate_handle(k, "anterior", 15)          # a drag after placing: it comes back too
+    before = {r["key"]: r["value"] for r in s.table() if r["key"].startswith("wall_thickness")}
+    assert len(before) == 16
+    sc.write_mrb(s.logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    after = {r["key"]: r["value"] for r in reopened.analysis.table_rows() if r["key"].startswith("wall_thickness")}
+    assert after.keys() == before.keys()
+    assert all(after[key] == pytest.approx(before[key], rel=1e-6) for key in before), (before, after)
+
+
 def test_default_orientation_rv_left_anterior_up(tmp_path):
     """The slice view's default axes put the RV on the left and the anterior insertion up,
     from the analysis's insertion points; before a run from the patient axes (+R left, +A up)."""

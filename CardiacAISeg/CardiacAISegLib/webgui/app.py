@@ -671,7 +671,7 @@ class CardiacWebApp:
         key = (fit, a.bullseye_label, tuple(sorted(a.segment_values.items())))
         # a copy of what the renderer reads, so that a worker thread can draw it while the
         # analysis moves on
-        return key, SimpleNamespace(kind=a.kind, bullseye_label=a.bullseye_label,
+        return key, SimpleNamespace(kind=a.kind, bullseye_label=a.bullseye_label, bullseye_format=a.bullseye_format,
                                     segment_values=dict(a.segment_values), fit=fit)
 
     @staticmethod
@@ -731,7 +731,7 @@ class CardiacWebApp:
         st, a = sess.study, sess.analysis
         tags = {}
         if a is not None and a.cine:
-            tags = {a.cine["ed_frame"]: "ED", a.cine["es_frame"]: "ES"}
+            tags = {t: n for t, n in ((a.cine["ed_frame"], "ED"), (a.cine["es_frame"], "ES")) if t is not None}
         elif st is not None:
             tags = {t: n for t, n in ((st.ed_frame, "ED"), (st.es_frame, "ES")) if t is not None}
         s.frame_tag = tags.get(sess.frame, "")

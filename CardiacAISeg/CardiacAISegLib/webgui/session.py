@@ -446,7 +446,6 @@ class Session:
         else:
             fill_segmentation(node, np.asarray(label_map, np.uint8), a.study.ijk_to_ras)
             self.logic.onSegmentationEdited(node, int(frame))
-        self._restore_placed()
         self.last_update_s = time.perf_counter() - t0
         return a
 
@@ -457,8 +456,7 @@ class Session:
         frame = self.edit_frame()
         before = self.analysis.labels[frame].copy() if frame in self.analysis.labels else None
         t0 = time.perf_counter()
-        self.logic.onSegmentationEdited(node)
-        self._restore_placed()
+        self.logic.onSegmentationEdited(node)   # hand-placed insertion points stay (Analysis.set_labels)
         self.last_update_s = time.perf_counter() - t0
         after = self.analysis.labels.get(frame)
         # How many pixels the stroke changed: "Erased" must not be said when nothing was.
