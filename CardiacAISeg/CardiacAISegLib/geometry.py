@@ -544,6 +544,29 @@ def perfusion_slice_levels(study, label_map3d):
     return names if low else names[::-1]
 
 
+def levels_at_positions(study, reference, reference_levels):
+    """The AHA level of each slice of ``study`` read from the ``reference`` series' slice at the
+    same place (``reference_levels``: {slice: level}), or None when the two series are not
+    parallel or a slice of ``study`` lies over half a slice spacing from every reference slice.
+    Stress and rest of one examination share the scanner's patient coordinates."""
+    a, b = np.asarray(study.ijk_to_ras, float), np.asarray(reference.ijk_to_ras, float)
+    normal = b[:3, 2] / np.linalg.norm(b[:3, 2])
+    other = a[:3, 2] / np.linalg.norm(a[:3, 2])
+    if abs(float(normal @ other)) < np.cos(np.radians(10)) or reference.n_slices < 2:
+        return None
+    spacing = float(np.linalg.norm(b[:3, 2]))
+    # every point of a slice plane lies at one place along the shared normal: its origin will do
+    ref_along = np.array([normal @ (b[:3, :3] @ (0.0, 0.0, k) + b[:3, 3]) for k in range(reference.n_slices)])
+    levels = []
+    for k in range(study.n_slices):
+        along = normal @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])
+        nearest = int(np.argmin(np.abs(ref_along - along)))
+        if abs(ref_along[nearest] - along) > 0.5 * spacing or nearest not in reference_levels:
+            return None
+        levels.append(reference_levels[nearest])
+    return levels
+
+
 def slice_levels(label_map3d, study, min_fraction=0.1, perfusion_levels=("basal", "mid", "apical")):
     """{k: 'basal'|'mid'|'apical'}.
 

@@ -477,3 +477,37 @@ def test_bad_inputs():
     expect_error(lambda: mbf.find_foot(np.zeros(60)), "AIF", "flat")
     expect_error(lambda: mbf_2cxm.fit_2cxm(tissue[0], aif[:-1], 0.5), "AIF", "frames")
     expect_error(lambda: mbf_2cxm.fit_2cxm(tissue[0], aif, 0.5, hematocrit=1.2), "hematocrit")
+
+
+def _sampled_at(times, seed):
+    """The phantom's first pass sampled at ``times`` (s): drawn at 0.05 s, noise-free, then read
+    at the (irregular) heartbeats, as a scanner reads one dynamic per beat."""
+    from CardiacAISegLib.study import Study
+
+    fine = 0.05
+    study, truth = make_perfusion_phantom(seed=seed, dt=fine, n_frames=int(np.ceil((times[-1] + 1.0) / fine)) + 2,
+                                          noise=0.0)
+    idx = np.rint(np.asarray(times) / fine).astype(int)
+    return Study(images=study.images[idx].copy(), ijk_to_ras=study.ijk_to_ras, kind="perfusion",
+                 frame_times_s=idx * fine, labels=study.labels, aif=study.aif[idx], units="gd_mmol_l",
+                 hematocrit=study.hematocrit, orientation_known=True), truth
+
+
+def test_irregular_heartbeats_are_fitted_on_their_real_times():
+    """Intervals within 10 % of their median were taken as regular: +-8 % RR gave MBF 14 % low on
+    this phantom, QC pass (8 seeds, noise-free: mean |bias| 3.3 %, now 1.5 %; worst 13.8 %, now
+    4.2 %). They are interpolated on the real times now; AF-like intervals (0.6-1.2 s) are
+    flagged, a +-8 % variation is not."""
+    from CardiacAISegLib.analysis import Analysis
+
+    rng = np.random.default_rng(40)
+    times = np.r_[0, np.cumsum(0.85 * (1 + rng.uniform(-0.08, 0.08, 59)))]
+    study, truth = _sampled_at(times, 40)
+    a = Analysis(study, study.labels).run()
+    errors = [s["mbf_ml_min_g"] / truth["mbf_per_segment"][s["id"]] - 1 for s in a.perfusion["segments"]]
+    assert abs(np.median(errors)) < 0.05, np.round(errors, 3)
+    assert "IRREGULAR_HEARTBEATS" not in {f["code"] for f in a.qc["flags"]}
+    af = np.r_[0, np.cumsum(np.random.default_rng(22).uniform(0.6, 1.2, 59))]   # 0.0-0.33 off the median
+    study, _ = _sampled_at(af, 22)
+    flags = {f["code"]: f for f in Analysis(study, study.labels).run().qc["flags"]}
+    assert flags["IRREGULAR_HEARTBEATS"]["severity"] == "review"

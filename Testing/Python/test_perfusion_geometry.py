@@ -146,3 +146,33 @@ def test_rv_at_peak_on_a_whole_field_of_view_is_the_rv_of_the_heart_window():
     assert how == wide_how == "bolus" and rv.sum() > 50
     np.testing.assert_array_equal(wide_rv[pad:-pad, pad:-pad], rv)
     assert not wide_rv[:pad].any() and not wide_rv[-pad:].any()
+
+
+def test_a_rest_series_of_fewer_slices_takes_the_levels_at_its_positions():
+    """Two rest slices at the stress mid and apical positions were called basal and mid by their
+    count: rest segments 1-12 came from the wrong slices (MPR 2.21 for 2.92, QC pass; probe
+    round 17). They take the stress slices' levels at their positions."""
+    from copy import copy
+
+    stress, truth_s = make_perfusion_phantom(seed=5, noise=0.005)
+    rest, truth_r = make_perfusion_phantom(seed=5, stress=False, noise=0.005)
+    keep = [1, 2]
+    two = copy(rest)
+    two.images = np.ascontiguousarray(rest.images[:, keep])
+    two.labels = {t: np.ascontiguousarray(m[keep]) for t, m in rest.labels.items()}
+    two.ijk_to_ras = rest.ijk_to_ras.copy()
+    two.ijk_to_ras[:3, 3] += keep[0] * rest.ijk_to_ras[:3, 2]
+    two.provenance = {}
+    rest_a = Analysis(two, two.labels).run()
+    a = Analysis(stress, stress.labels, rest=rest_a).run()
+    assert [rest_a.acquired_levels[k] for k in range(2)] == [a.acquired_levels[k] for k in keep]
+    assert any("take the levels of the stress slices at their positions" in w for w in a.warnings)
+    got = {s["id"]: s["mpr"] for s in a.perfusion["mpr"]["segments"]}
+    levels_shown = {a.acquired_levels[k] for k in keep}
+    from CardiacAISegLib.aha import AHA_BY_ID
+    for sid, value in got.items():
+        if AHA_BY_ID[sid]["level"] in levels_shown:
+            expected = truth_s["mbf_per_segment"][sid] / truth_r["mbf_per_segment"][sid]
+            assert value == pytest.approx(expected, rel=0.1), (sid, value, expected)
+        else:
+            assert value is None or np.isnan(value), (sid, value)

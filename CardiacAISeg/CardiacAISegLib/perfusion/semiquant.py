@@ -45,7 +45,7 @@ def curve_indices(curve, times, foot, window):
     peak_i = start + int(np.argmax(seg))
     return {"upslope": max_upslope(c, times, foot, stop),
             "peak_enhancement": float(smooth[peak_i]),
-            "time_to_peak_s": float(times[peak_i] - times[foot])}
+            "time_to_peak_s": round(float(times[peak_i] - times[foot]), 3)}   # ms: 5.600000000000005 was written
 
 
 def semiquant_indices(images, myo_mask, segment_map, aif, times):
