@@ -488,6 +488,13 @@ class Analysis:
                 rows += [row("rest_mbf_ml_min_g_seg{id}", s["mbf_ml_min_g"], segment=s["id"]) for s in rest["segments"]]
                 rows += [row("rest_mbf_ml_min_g_{territory}", t["mbf_ml_min_g"], territory=name)
                          for name, t in rest["territories"].items()]
+                rest_sq = (rest.get("semiquantitative") or {}).get("global")
+                if rest_sq:   # the rest indices the MPRI is made from (results.json had them, the CSV not)
+                    units = "mmol/L" if self.rest.study.units == "gd_mmol_l" else "signal"
+                    rows += [row("rest_upslope_global", rest_sq["upslope"], units=units),
+                             row("rest_relative_upslope_global", rest_sq["relative_upslope"]),
+                             row("rest_peak_enhancement_global", rest_sq["peak_enhancement"], units=units),
+                             row("rest_time_to_peak_s_global", rest_sq["time_to_peak_s"])]
             if "mpr" in p:
                 rows.append(row("mpr_global", p["mpr"]["global"]))
                 rows += [row("mpr_seg{id}", s["mpr"], segment=s["id"]) for s in p["mpr"]["segments"]]

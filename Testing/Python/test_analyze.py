@@ -338,6 +338,8 @@ def test_rest_values_and_reserve_in_every_output(perfusion, tmp_path):
                       for s in sq)
     for sid, v in p["mpri"]["segments"].items():
         assert float(rows[f"mpri_seg{sid}"]["value"]) == pytest.approx(v, rel=1e-5)
+    for key in ("upslope", "relative_upslope", "peak_enhancement", "time_to_peak_s"):
+        assert float(rows[f"rest_{key}_global"]["value"]) == pytest.approx(rest["semiquantitative"]["global"][key], rel=1e-5)
 
     # the same run in-process, its bullseye on relative upslope: the choice is recorded
     st, rs = perfusion["stress"], perfusion["stress"].parent / "rest"
