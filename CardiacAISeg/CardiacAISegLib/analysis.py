@@ -198,10 +198,11 @@ class Analysis:
         return self
 
     def _align_rest_levels(self):
-        """A rest series of fewer slices than the stress series takes the levels of the stress
-        slices at its slice positions (both are in the scanner's patient coordinates). By count
-        alone, two rest slices at the stress mid and apical positions were called basal and mid:
-        rest segments 1-12 came from the wrong slices (MPR 2.21 for 2.92, QC pass; probe round 17)."""
+        """The rest series takes the levels of the stress slices at its slice positions (both are
+        in the scanner's patient coordinates), where each of its slices lies within half a slice
+        spacing of one; else it keeps its own. By count alone, two rest slices at the stress mid
+        and apical positions were called basal and mid: rest segments 1-12 came from the wrong
+        slices (MPR 2.21 for 2.92, QC pass; probe round 17)."""
         rest = self.rest
         levels = geometry.levels_at_positions(rest.study, self.study, self.acquired_levels)
         if levels is None or tuple(levels) == tuple(rest.acquired_levels.get(k) for k in range(rest.study.n_slices)):
@@ -210,7 +211,7 @@ class Analysis:
         rest.warnings = []          # measured again: its own warnings come again (as set_labels does)
         rest.run()
         note = (f"rest series: its {rest.study.n_slices} slice(s) take the levels of the stress slices at their positions "
-                f"({', '.join(levels)}), not the levels their count would give")
+                f"({', '.join(levels)}), not the levels their own count and anatomy would give")
         self.warnings = [w for w in self.warnings if not w.startswith("rest series: ")]
         self.warnings += [f"rest series: {w}" for w in rest.warnings] + [note]
 

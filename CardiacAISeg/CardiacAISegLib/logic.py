@@ -744,7 +744,8 @@ class CardiacAISegLogic(_LogicBase):
         t0 = time.perf_counter()
         text = node.GetAttribute(FRAME_ATTRIBUTE)
         a.rest.set_labels(int(text) if text else a.rest.reference_frame, self._labelsOf(node, a.rest.study))
-        a.run()   # the stress series' warnings carry the rest's; MPR and MPRI follow
+        a.warnings = []   # measured again, as set_labels does: its warnings (the rest's among them) come again
+        a.run()           # MPR and MPRI follow
         self._refreshTable()
         self.lastUpdateTimeS = time.perf_counter() - t0
         return a

@@ -702,6 +702,7 @@ def test_an_edit_of_the_rest_mask_measures_the_reserve_again(tmp_path):
     assert a.perfusion["rest"]["global_mbf_ml_min_g"] == pytest.approx(fresh_rest.perfusion["global_mbf_ml_min_g"], rel=1e-6)
     assert a.perfusion["mpr"]["global"] != pytest.approx(mpr0, rel=1e-3)
     assert rows_by_measure(logic)["Global MPR"] == pytest.approx(a.perfusion["mpr"]["global"], rel=1e-5)
+    assert len(a.warnings) == len(set(a.warnings)), a.warnings     # measured again, not said twice
     # any other segmentation is refused, not read as the stress labels
     stray = sc.add_segmentation(logic.context, rest.labels[rest.reference_frame], rest.study.ijk_to_ras, name="stray")
     with pytest.raises(CardiacInputError, match="not an output segmentation"):
