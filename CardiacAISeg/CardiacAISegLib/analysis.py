@@ -57,6 +57,7 @@ class Analysis:
         self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
         self.acquired_levels = {}            # perfusion: slice -> AHA level of every slice acquired
         self.level_override = None           # perfusion: levels in slice order given by a paired series' positions
+        self.kept_ed_es = None               # cine: (ED, ES) an edit kept where they were (the Logic)
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._placed = None                  # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
@@ -181,7 +182,8 @@ class Analysis:
             single = self.study.n_frames == 1
             if single:   # one 3D volume: it is its own ED; there is no ES
                 self.study.ed_frame = self.study.es_frame = 0
-            self.cine = cine_measures(self.study, self.labels, density=self.density)   # --density is the mass's too
+            self.cine = cine_measures(self.study, self.labels, density=self.density,   # --density is the mass's too
+                                      kept_ed_es=self.kept_ed_es)
             self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
             self.warnings += self.cine.pop("warnings", [])
             if single:
@@ -205,15 +207,22 @@ class Analysis:
         slices (MPR 2.21 for 2.92, QC pass; probe round 17)."""
         rest = self.rest
         levels = geometry.levels_at_positions(rest.study, self.study, self.acquired_levels)
-        if levels is None or tuple(levels) == tuple(rest.acquired_levels.get(k) for k in range(rest.study.n_slices)):
+        if levels is None:
             return
-        rest.level_override = tuple(levels)
-        rest.warnings = []          # measured again: its own warnings come again (as set_labels does)
-        rest.run()
-        note = (f"rest series: its {rest.study.n_slices} slice(s) take the levels of the stress slices at their positions "
-                f"({', '.join(levels)}), not the levels their own count and anatomy would give")
+        if tuple(levels) != tuple(rest.acquired_levels.get(k) for k in range(rest.study.n_slices)):
+            rest.level_override = tuple(levels)
+            rest.run()
+            # measured again: each of its warnings once (those the pipeline added after its first run kept)
+            rest.warnings = list(dict.fromkeys(rest.warnings))
+        if rest.level_override is None:
+            return
+        # the rest's own note, so that it stays through edits of either series
+        note = (f"its {rest.study.n_slices} slice(s) take the levels of the stress slices at their positions "
+                f"({', '.join(rest.level_override)}), not the levels their own count and anatomy would give")
+        if note not in rest.warnings:
+            rest.warnings.append(note)
         self.warnings = [w for w in self.warnings if not w.startswith("rest series: ")]
-        self.warnings += [f"rest series: {w}" for w in rest.warnings] + [note]
+        self.warnings += [f"rest series: {w}" for w in rest.warnings]
 
     def _assess(self):
         from .qc import REVIEW, assess

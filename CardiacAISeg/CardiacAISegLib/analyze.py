@@ -134,7 +134,11 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress, bullseye=bullseye)
     if labels == RING_LABELS:
-        analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network, no RV): global MBF only")
+        # the ring is a band of fixed width around the pool, not the drawn wall: its segment values
+        # (sectors from the RV the bolus shows) are as rough as its edges ("global MBF only"
+        # stood beside 6 segment values)
+        analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network): a band of "
+                                 "fixed width, not the wall's own edges; global MBF is its median, segment values are rough")
     analysis.warnings += unused
     timing.update(t)
     report = reports == "all" or (reports == "flagged" and (analysis.qc or {}).get("status", "pass") != "pass")

@@ -244,12 +244,13 @@ def _ed_es_check(study, labels, curve, ed, es):
     return check
 
 
-def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
+def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_es=None):
     """EDV/ESV/SV/EF, LV mass (``density``, 1.05 g/mL, x myocardium at ED) and RV volumes of a cine study.
 
     ``labels`` (``{frame: (S, R, C) label map}``) defaults to ``study.labels``. ED and ES are
-    ``study.ed_frame`` / ``study.es_frame`` when the reader knows them (ACDC Info.cfg), else
-    the argmax / argmin of the LV volume curve. Returns the keys in ``MEASURE_KEYS`` plus
+    ``kept_ed_es`` (the frames an edit kept, ``Analysis.kept_ed_es``), else ``study.ed_frame`` /
+    ``study.es_frame`` when the reader knows them (ACDC Info.cfg), else the argmax / argmin of
+    the LV volume curve. Returns the keys in ``MEASURE_KEYS`` plus
     ``'warnings'`` (a list of strings). ``lv_volume_curve_ml`` is a list over all frames when
     every frame is labelled, else None.
     """
@@ -267,7 +268,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
     curve = volume_curve(labels, vv)
     warnings = []
 
-    ed, es = study.ed_frame, study.es_frame
+    ed, es = kept_ed_es if kept_ed_es is not None else (study.ed_frame, study.es_frame)
     if ed is None or es is None:
         if len(curve) < 2:
             missing = "ED" if ed is None else "ES"
@@ -289,12 +290,13 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML):
     if lv_edv <= 0:
         raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})")
     full = len(curve) == study.n_frames
-    if full and len(curve) > 1 and study.ed_frame is not None and study.es_frame is not None:
+    fixed = kept_ed_es is not None or (study.ed_frame is not None and study.es_frame is not None)
+    if full and len(curve) > 1 and fixed:
         c_ed, c_es, _ = ed_es_from_curve(curve, study.n_frames)
         if (c_ed, c_es) != (ed, es):
-            kept = (study.provenance or {}).get("ed_es_source")   # kept by an edit, not given by a file
-            warnings.append(f"{'ED/ES frames' if kept else 'given ED/ES frames'} ({ed}, {es}){f', {kept},' if kept else ''} "
-                            f"differ from the volume curve's largest/smallest LV volume ({c_ed}, {c_es})")
+            given = ("ED/ES frames ({}, {}), kept at the frames shown when the segmentation was first edited,"
+                     if kept_ed_es is not None else "given ED/ES frames ({}, {})").format(ed, es)
+            warnings.append(f"{given} differ from the volume curve's largest/smallest LV volume ({c_ed}, {c_es})")
     ed_es_check = _ed_es_check(study, labels, curve, ed, es)
     if ed_es_check and ed_es_check["disagree"] and not full:
         # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted

@@ -45,9 +45,9 @@ FILE_OPTIONS = ("labels", "aif", "rest", "rest_labels", "rest_aif")   # relative
 NUMBER_OPTIONS = ("dt", "density", "rest_dt")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
 
-META_COLUMNS = ("study", "status", "kind", "input", "error", "qc_status", "qc_codes", "warnings", "segmentation",
-                "model_name", "model_version", "model_sha256", "worker", "time_total_s", "time_cpu_s", "time_load_s",
-                "time_segmentation_s", "time_measures_s", "time_writing_s")
+META_COLUMNS = ("study", "status", "kind", "input", "series", "rest_series", "image_units", "error", "qc_status", "qc_codes",
+                "warnings", "segmentation", "model_name", "model_version", "model_sha256", "worker", "time_total_s",
+                "time_cpu_s", "time_load_s", "time_segmentation_s", "time_measures_s", "time_writing_s")
 FLOAT_META = {c for c in META_COLUMNS if c.startswith("time_")}
 
 
@@ -99,7 +99,13 @@ def read_manifest(path, defaults=None):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            rows = []
+            for r in reader:
+                if None in r:   # more cells than the header names: a decimal comma, an unquoted comma
+                    raise CardiacInputError(f"{path} line {reader.line_num}",
+                                            f"{len(header) + len(r[None])} cells, the header has {len(header)}: a value "
+                                            "with a comma (e.g. a decimal comma, 1,10) must be quoted or written 1.10")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
     except UnicodeDecodeError:
         raise CardiacInputError(path, "is not a text CSV manifest") from None
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
@@ -123,7 +129,7 @@ def read_manifest(path, defaults=None):
                 continue
             if column in NUMBER_OPTIONS:
                 value = _number(value, column, where)
-            elif column in FILE_OPTIONS and not (column == "labels" and value in ("study", "ring")):
+            elif column in FILE_OPTIONS and not (column in ("labels", "rest_labels") and value in ("study", "ring")):
                 value = str(Path(value) if Path(value).is_absolute() else base / value)
             options[column] = value
         if options.get("kind") not in (None, "cine", "perfusion"):
@@ -215,7 +221,7 @@ def read_results(study_dir):
     return doc if isinstance(doc, dict) and "schema_version" in doc else None
 
 
-def study_complete(study_dir, spec):
+def study_complete(study_dir, spec, model=None, frames="ed_es"):
     """Outputs of a study are complete and this manifest row's: results.json present and
     readable (analyze moves all outputs in at once), its row on disk not an error and made from
     the same input and options (a row edited to point at another input was kept from the old
@@ -229,12 +235,17 @@ def study_complete(study_dir, spec):
     if row.get("status") == STATUS_ERROR:
         return False
     made_from = row.get("spec")
-    return made_from == spec_signature(spec) if made_from is not None else row.get("input") == spec.input
+    return made_from == spec_signature(spec, model, frames) if made_from is not None else row.get("input") == spec.input
 
 
-def spec_signature(spec):
-    """What a study's outputs were made from: its input and analyze options, as text."""
-    return {"input": str(spec.input), "options": {k: str(v) for k, v in sorted(spec.options.items())}}
+def spec_signature(spec, model=None, frames="ed_es"):
+    """What a study's outputs were made from: its input and analyze options, as text, with the
+    batch's --model and --frames where its row gives none (a `--resume --model gammanet` kept
+    rows made with unet-light as complete, unsaid)."""
+    options = dict(spec.options)
+    options.setdefault("model", model)
+    options.setdefault("frames", frames)
+    return {"input": str(spec.input), "options": {k: str(v) for k, v in sorted(options.items())}}
 
 
 def measures_of(rows):
@@ -262,8 +273,12 @@ def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None, 
     model = results.get("model") or {}
     timing = results.get("timing_s") or {}
     labels = spec.options.get("labels")
+    source = results.get("source") or {}
     row = {"study": spec.study, "status": STATUS_OK if qc.get("status", "pass") == "pass" else STATUS_REVIEW,
-           "kind": results.get("kind"), "input": spec.input, "error": "",
+           "kind": results.get("kind"), "input": spec.input, "series": series_text(source),
+           "rest_series": series_text(source.get("rest") or {}),
+           # perfusion upslope and peak enhancement are in these units (mmol/L or the scanner's signal)
+           "image_units": source.get("units", ""), "error": "",
            "qc_status": qc.get("status", ""), "qc_codes": ";".join(f["code"] for f in qc.get("flags", [])),
            "warnings": " | ".join(results.get("warnings") or []),
            "segmentation": "model" if model else f"labels: {labels}",
@@ -273,6 +288,20 @@ def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None, 
            "time_measures_s": timing.get("measures"), "time_writing_s": timing.get("writing")}
     row["measures"] = measures_of(measure_rows)
     return row
+
+
+def series_text(source):
+    """Which series of a folder a study read, for the table: '#12 Perfusion_stress', 'merged from
+    12 series (one per slice)', the file's name, or "" (results.json ``source``)."""
+    if not source:
+        return ""
+    if source.get("merged_from_series"):
+        return f"merged from {source['merged_from_series']} series (one per slice)"
+    if source.get("series_uid"):
+        number = source.get("series_number")
+        return " ".join(p for p in (f"#{number}" if number is not None else "", source.get("series_description") or "") if p) \
+            or str(source["series_uid"])
+    return str(source.get("name") or "")
 
 
 def error_row(spec, message, total_s=None, worker=None, tb=None):
@@ -346,7 +375,7 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
 
             for name in REPLACED_FILES:
                 (study_dir / name).unlink(missing_ok=True)
-    row["spec"] = spec_signature(spec)
+    row["spec"] = spec_signature(spec, model, frames)
     study_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(study_dir / ROW_FILE, row)
     return row
@@ -673,7 +702,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     if out_root.exists() and not out_root.is_dir():
         raise CardiacInputError(out_root, "--out exists and is not a folder; give a folder for the cohort's outputs")
     out_root.mkdir(parents=True, exist_ok=True)
-    skipped = [s for s in specs if resume and study_complete(out_root / s.study, s)]
+    skipped = [s for s in specs if resume and study_complete(out_root / s.study, s, model, frames)]
     todo = [s for s in specs if s not in skipped]
     if not resume and not force:
         done_before = [s.study for s in todo if (out_root / s.study / "results.json").exists()]
@@ -708,7 +737,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                         row = future.result()
                     except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
                         row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
-                        row["spec"] = spec_signature(spec)
+                        row["spec"] = spec_signature(spec, model, frames)
                         (out_root / spec.study).mkdir(parents=True, exist_ok=True)
                         _write_json_atomic(out_root / spec.study / ROW_FILE, row)
                     bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])

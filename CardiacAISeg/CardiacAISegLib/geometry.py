@@ -547,8 +547,11 @@ def perfusion_slice_levels(study, label_map3d):
 def levels_at_positions(study, reference, reference_levels):
     """The AHA level of each slice of ``study`` read from the ``reference`` series' slice at the
     same place (``reference_levels``: {slice: level}), or None when the two series are not
-    parallel or a slice of ``study`` lies over half a slice spacing from every reference slice.
+    parallel, either has no known patient orientation, or a slice of ``study`` lies over half a
+    slice spacing from every reference slice.
     Stress and rest of one examination share the scanner's patient coordinates."""
+    if not (study.orientation_known and reference.orientation_known):
+        return None   # an Analyze file's or ACDC NIfTI's grid is no place in the patient
     a, b = np.asarray(study.ijk_to_ras, float), np.asarray(reference.ijk_to_ras, float)
     normal = b[:3, 2] / np.linalg.norm(b[:3, 2])
     other = a[:3, 2] / np.linalg.norm(a[:3, 2])

@@ -55,6 +55,8 @@ PARAMETERS = {
     "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "restFrameTimeS": "0", "density": "1.05",
     "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "", "restSegmentationID": "",
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
+    # "ED ES" frames an edit kept where they were (a whole cycle labelled); "" = from the volume curve
+    "keptEdEs": "",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
                    "restSegmentationID")
@@ -465,6 +467,7 @@ class CardiacAISegLogic(_LogicBase):
                                     "the input was changed (or the scene closed) while its analysis ran: that result "
                                     "is not shown on the new input; run again")
         self.timing = dict(analysis.timing_s)
+        self.setParameter("keptEdEs", "")   # a new analysis takes ED and ES from its own volume curve
         self.analysis, self.modelInfo = analysis, analysis.model_info
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
         self.updateNodes()
@@ -758,17 +761,16 @@ class CardiacAISegLogic(_LogicBase):
         the exports and ground truth left the correction out, and the saved scene did not
         reopen (probe round 18). ED and ES are kept where they are, as fixed frames (stamped on
         the input node, so a reopened scene keeps them), and where the curve now disagrees the
-        measures say so. Two labelled frames keep the swap rule (``_followEdAndEs``)."""
+        measures say so. Two labelled frames keep the swap rule (``_followEdAndEs``). Kept by the
+        Analysis, not the study (a new run of the study finds ED and ES from its own curve), and
+        in the parameter node, so a reopened scene keeps them."""
         st = a.study
         if a.kind != CINE or not a.cine or len(a.labels) < 3 or st.ed_frame is not None or st.es_frame is not None:
             return
-        if a.cine.get("es_frame") is None:
+        if a.kept_ed_es is not None or a.cine.get("es_frame") is None:
             return
-        st.ed_frame, st.es_frame = int(a.cine["ed_frame"]), int(a.cine["es_frame"])
-        st.provenance = dict(st.provenance or {}, ed_es_source="kept at the frames shown when the segmentation was first edited")
-        node = self.getNodeParameter("inputNodeID")
-        if node is not None:
-            node.SetAttribute(STUDY_ATTRIBUTES["ed_es"], f"{st.ed_frame} {st.es_frame}")
+        a.kept_ed_es = (int(a.cine["ed_frame"]), int(a.cine["es_frame"]))
+        self.setParameter("keptEdEs", "%d %d" % a.kept_ed_es)
 
     def _followEdAndEs(self):
         """An edit that gives the ES frame the larger LV volume makes it ED (ED and ES are picked
@@ -817,6 +819,9 @@ class CardiacAISegLogic(_LogicBase):
             return None
         self.analysis = Analysis(self.study, labels, density=self.densityParameter(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
+        kept = self.getParameter("keptEdEs").split()
+        if len(kept) == 2:
+            self.analysis.kept_ed_es = (int(kept[0]), int(kept[1]))
         self.analysis.run()
         markups = self.getNodeParameter("markupsID")
         if markups is not None and self.analysis.sectors is None:

@@ -62,12 +62,15 @@ def source_of(study) -> dict:
     stack merged from one series per slice lists its UIDs), scanner, file count, the AIF's
     origin. No patient identifiers."""
     p = study.provenance or {}
-    out = {"name": study.name, "reader": p.get("reader")}
+    out = {"name": study.name, "reader": p.get("reader"), "units": study.units}
     if p.get("series_uid"):
         uids = str(p["series_uid"]).split("+")
         out["series_uid"] = uids[0] if len(uids) == 1 else uids
-        out["series_number"] = p.get("series_number")
-        out["series_description"] = p.get("series_description")
+        if len(uids) == 1:
+            out["series_number"] = p.get("series_number")
+            out["series_description"] = p.get("series_description")
+        else:   # a stack merged from one series per slice: the first slice's number and name are not the stack's
+            out["merged_from_series"] = len(uids)
     for key in ("manufacturer", "model", "field_strength_t", "aif_series_uid", "aif_source"):
         if p.get(key):
             out[key] = p[key]

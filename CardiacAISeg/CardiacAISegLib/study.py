@@ -115,6 +115,21 @@ def check_rest_pairing(study, rest_name, rest_study=None):
                                                 f"{study.source or study.name} is read as {study.kind}")
     if rest_study is not None:
         check_same_patient(study, rest_study, rest_name, "the rest series", study_role="stress")
+        check_not_the_same_series(study, rest_study, rest_name)
+
+
+def check_not_the_same_series(study, rest_study, rest_name):
+    """Refuse a rest series that is the stress series itself (the same DICOM series read twice,
+    one file given as both): MPR and MPRI came out exactly 1.00 with QC pass."""
+    a, b = study.provenance or {}, rest_study.provenance or {}
+    same_series = bool(a.get("series_uid")) and a.get("series_uid") == b.get("series_uid")
+    same_files = bool(a.get("files")) and sorted(map(str, a["files"])) == sorted(map(str, b.get("files") or []))
+    same_images = study.images.shape == rest_study.images.shape and np.array_equal(study.images, rest_study.images)
+    if same_series or same_files or same_images:
+        what = (f"series {a['series_uid']}" if same_series else "the same file(s)" if same_files else "the same images")
+        raise CardiacInputError(str(rest_name), f"the rest series is the stress series itself ({what}): MPR would be 1; "
+                                                "give the rest acquisition (e.g. --series stress --rest FOLDER picks each "
+                                                "by its description)")
 
 
 def check_same_patient(study, other, other_name, what, study_role="perfusion"):

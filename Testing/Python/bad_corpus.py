@@ -1509,14 +1509,28 @@ def _(base, f):
       check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_mpr_one(doc))
 def _(base, f):
     """The same exam folder with `--series stress --rest FOLDER`: each series found by the word
-    in its description (both are the same phantom here, so the reserve is 1)."""
+    in its description (both are the same phantom here, the rest on another baseline signal
+    since identical images are refused as one series read twice, so the reserve is 1)."""
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
                            series="1.2.826.0.1.3680043.10.7.1", start_number=10)
     write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
-                           series="1.2.826.0.1.3680043.10.7.2", start_number=20)
+                           series="1.2.826.0.1.3680043.10.7.2", start_number=20, baseline=110.0)
     (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
     labels = base.perf_dir / "perfusion_labels.nii.gz"
     return [f / "dicom", "--series", "stress", "--labels", labels, "--aif", f / "aif.csv",
+            "--rest", f / "dicom", "--rest-labels", labels, "--rest-aif", f / "aif.csv"]
+
+
+@case("perfusion_rest_is_the_stress_series", "error", ("the rest series is the stress series itself", "MPR would be 1"),
+      named=lambda f: f / "dicom", category="perfusion")
+def _(base, f):
+    """One series given as stress and rest (`--series stress --rest` on a folder whose one
+    perfusion series is read both times): MPR and MPRI were exactly 1.00, QC pass (probe 20)."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
+                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    labels = base.perf_dir / "perfusion_labels.nii.gz"
+    return [f / "dicom", "--labels", labels, "--aif", f / "aif.csv",
             "--rest", f / "dicom", "--rest-labels", labels, "--rest-aif", f / "aif.csv"]
 
 

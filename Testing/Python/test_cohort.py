@@ -155,6 +155,13 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     bad.write_text("path,dt\na.nii.gz,fast\n")
     with pytest.raises(CardiacInputError, match=r"m.csv line 2: column 'dt': 'fast' is not a number"):
         read_manifest(bad)
+    # a decimal comma unquoted: one cell more than the header (an AttributeError ended the batch)
+    bad.write_text("path,density\na.nii.gz,1.05\nb.nii.gz,1,10\n")
+    assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "m.csv line 3: 3 cells, the header has 2" in capsys.readouterr().err
+    # 'ring' and 'study' are label choices for the rest series too, not file names
+    bad.write_text("path,kind,rest,rest_labels\na.nii.gz,perfusion,r.nii.gz,ring\n")
+    assert read_manifest(bad)[0].options["rest_labels"] == "ring"
     assert not (tmp_path / "o").exists()   # refused before any cluster or folder
 
 
@@ -464,6 +471,10 @@ def test_resume_and_force_follow_the_manifest_rows(cohort, tmp_path):
     assert not [n for n in OUTPUT_FILES if (tmp_path / "out" / "s_b" / n).exists()]
     # and a study whose last run failed is tried again on --resume
     assert run(failing, resume=True).ran == ["s_b"]
+    # the batch's --model and --frames are part of what a study was made with: --resume with
+    # another --frames runs it again (it was kept as complete, unsaid)
+    assert run(failing, resume=True, frames="all").ran == ["s_a", "s_b"]
+    assert run(failing, resume=True, frames="all").ran == ["s_b"]
 
 
 def test_manifest_density_and_rest_columns_reach_the_analysis(tmp_path):
@@ -486,6 +497,9 @@ def test_manifest_density_and_rest_columns_reach_the_analysis(tmp_path):
     assert dense["measures"]["lv_mass_g"] == pytest.approx(1.10 * truth["voxel_myo_ml"][truth["ed_frame"]], rel=1e-6)
     mpr = run_study(specs["mpr"], tmp_path / "out")
     assert mpr["status"] != "error" and 1.0 < mpr["measures"]["mpr_global"] < 6.0, mpr
+    # which files each series came from, and the units the semi-quantitative values are in
+    assert mpr["series"] == "perfusion" and mpr["rest_series"] == "perfusion" and mpr["image_units"] in ("signal", "gd_mmol_l")
+    assert mpr["measures"]["rest_global_mbf_ml_min_g"] > 0
     _write_manifest(tmp_path / "bad.csv", [{"path": "cine/cine.nii.gz", "density": "heavy"}])
     with pytest.raises(CardiacInputError, match="'density': 'heavy' is not a number"):
         read_manifest(tmp_path / "bad.csv")

@@ -130,3 +130,35 @@ def test_a_moco_copy_without_the_pd_frames_is_a_copy(perfusion, tmp_path):
     assert study.provenance["series_description"] == "Perfusion_stress" and study.n_frames == perfusion.n_frames
     assert any("derived copy" in w for w in study.provenance["warnings"])
     assert pydicom.dcmread(next(iter(sorted(folder.iterdir())))).SeriesDescription.startswith("Perfusion_stress")
+
+
+def test_a_slice_short_of_a_phase_stays_in_its_stack(base, tmp_path):
+    """Grouping slice series by their image count split a stack whose one slice lacks a phase
+    (or prospective triggering's 20/19/18): the slice was dropped without a word, or the stack
+    refused (probe round 19). Counts within 25 % are one acquisition."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam, description="SA")
+    last = max(exam.iterdir(), key=lambda f: (pydicom.dcmread(f, stop_before_pixels=True).SeriesNumber,
+                                              pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+    last.unlink()                                   # the last slice's last phase
+    study = load_study(exam)
+    assert study.n_slices == N_SLICES and study.n_frames == N_FRAMES - 1
+    assert any(f"slices have {N_FRAMES - 1}-{N_FRAMES} phases" in w for w in study.provenance["warnings"])
+
+
+def test_kind_cine_does_not_narrow_to_series_named_cine(base, tmp_path):
+    """A short-axis stack named SA_1..SA_8 beside long-axis CINE_4CH: --kind cine narrowed the
+    exam to the long axis (one 4-chamber slice measured, EDV 24 mL). Only perfusion's names
+    narrow."""
+    exam = tmp_path / "exam"
+
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.{k + 1}", 20 + k
+        ds.SeriesDescription, ds.InstanceNumber = f"SA_{k + 1}", t + 1
+    cine_dicom(base, exam, per_image=per_slice)
+    for t in range(N_FRAMES):
+        write_dicom(exam / f"LAX{t:02d}.dcm", series="1.2.826.0.1.3680043.10.96", number=5, desc="CINE_4CH",
+                    iop=(1, 0, 0, 0, 0, -1), shape=(SIZE, SIZE), spacing=(PIXEL_MM, PIXEL_MM), trigger=40.0 * t,
+                    instance=t + 1, value=200)
+    study = load_study(exam, kind="cine")
+    assert study.n_slices == N_SLICES and len(study.provenance["series_uid"].split("+")) == N_SLICES

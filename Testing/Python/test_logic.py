@@ -639,6 +639,11 @@ def test_an_edit_corrects_its_frame_and_does_not_move_ed_to_another(phantom, tmp
     reopened.restoreFromParameterNode()
     assert (reopened.analysis.cine["ed_frame"], reopened.analysis.cine["es_frame"]) == (ed0, es0)
     assert reopened.analysis.cine["lv_mass_g"] == pytest.approx(a.cine["lv_mass_g"], rel=1e-6)
+    # the study is not changed: a new run finds ED and ES from its own volume curve
+    assert study.ed_frame is None and study.es_frame is None
+    b = logic.runSegmentation(useExistingLabels=True)
+    assert b.kept_ed_es is None and logic.getParameter("keptEdEs") == ""
+    assert b.cine["lv_volume_curve_ml"] is not None and b.cine["ed_frame"] == int(np.argmax(b.cine["lv_volume_curve_ml"]))
 
 
 def _stress_with_rest(tmp_path):

@@ -418,18 +418,41 @@ def test_series_that_starts_on_the_bolus_upslope_is_flagged_or_refused():
 
 
 def test_series_cut_short_after_the_aif_peak_is_flagged():
-    """A series that ends while the AIF is still near its peak: MBF 10-13 % low with QC passing
-    before; the full series and one that reaches the recirculation are not flagged."""
+    """A series that ends while the AIF is still near its peak, or too soon after it: MBF 10-13 %
+    low with QC passing before; the full series and one that runs well past the first pass are
+    not flagged."""
     study, truth = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
     peak = int(np.argmax(study.aif))
     # peak + 8 ends with the AIF at 46 % of its peak (0.6 let it pass; probe round 17's series cut
-    # there read +5 to +8 %); peak + 11 at 27 %, near real series' 11-22 %
-    for keep, flagged in ((60, False), (peak + 11, False), (peak + 8, True), (peak + 4, True), (peak + 2, True)):
+    # there read +5 to +8 %); peak + 11 at 27 %, near real series' 11-22 %, but 5 s after the
+    # peak, under 1.75 first-pass widths (5.6 s here; a real series cut 4 s after: -9 %);
+    # peak + 21 runs 10 s past it
+    for keep, flagged in ((60, False), (peak + 21, False), (peak + 11, True), (peak + 8, True), (peak + 4, True),
+                          (peak + 2, True)):
         s = copy(study)
         s.images, s.aif, s.frame_times_s = study.images[:keep], study.aif[:keep], study.frame_times_s[:keep]
         s.provenance = {}
         a = Analysis(s, study.labels).run()
         assert ("AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}) == flagged, keep
+
+
+def test_a_real_series_cut_soon_after_the_aif_peak_is_flagged(shared_data):
+    """The real QPerf stress series cut 4 s after its AIF peak (the AIF back at 10-17 % of it):
+    MBF 3.10 for 3.39 (-9 %), QC pass (probe round 19); the whole series passes."""
+    from CardiacAISegLib.pipeline import segment
+    from CardiacAISegLib.readers import load_study
+
+    study = load_study(shared_data / "qperf", series="stress")
+    labels, _ = segment(study)
+    whole = Analysis(study, labels).run()
+    assert "AIF_TRUNCATED" not in {f["code"] for f in whole.qc["flags"]}
+    peak = int(np.argmax(study.aif))
+    cut = copy(study)
+    keep = peak + 9                                    # 0.5 s frames: 4 s after the peak
+    cut.images, cut.aif, cut.frame_times_s = study.images[:keep], study.aif[:keep], study.frame_times_s[:keep]
+    cut.provenance = dict(study.provenance)
+    a = Analysis(cut, labels).run()
+    assert "AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}
 
 
 @pytest.mark.parametrize("dt,flagged", [(0.5, False), (1.0, False), (2.0, True), (2.3, True)])

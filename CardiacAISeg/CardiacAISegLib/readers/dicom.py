@@ -289,10 +289,12 @@ def _parallel_stack(series, notes=None):
         # the images per slice position are part of the key: a Siemens exam stores the cine
         # (20-30 phases), the LGE (1 image) and the MOLLI (8-11) one series per slice at the same
         # positions, matrix and pixel size, and the LGE slices had replaced the cine's as
-        # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0)
+        # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0). Counts within
+        # 25 % are one acquisition: a slice short of a phase, prospective triggering's 20/19/18
         key = (*key, _frames_per_position(items))
         # a series tilted a few degrees against a group (one slice re-planned) joins it
-        near = next((k for k in groups if k[1:] == key[1:] and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
+        near = next((k for k in groups if k[1:-1] == key[1:-1] and _similar_frame_counts(k[-1], key[-1])
+                     and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
         groups.setdefault(near or key, []).append(uid)
 
     def n_positions(uids):
@@ -345,6 +347,14 @@ def notes_for(notes, uid):
     """The notes that concern the series ``uid`` read (a merged stack: 'uid+uid+...')."""
     picked = set(str(uid).split("+"))
     return [n for n in notes if not getattr(n, "related", None) or n.related & picked]
+
+
+def _similar_frame_counts(a, b):
+    """Images per position of one acquisition's slice series: within 25 % of each other (a cine
+    slice a phase short, 16-20 phases of a re-acquired slice), and never one image against
+    several (LGE beside cine)."""
+    lo, hi = min(a, b), max(a, b)
+    return hi <= 1.25 * lo and (lo > 1 or hi == 1)
 
 
 def _frames_per_position(items):
@@ -672,11 +682,13 @@ def _pick_series(folder, series, choice, notes=None, kind=None):
 
 
 def _series_of_kind(series, kind, notes=None):
-    """The series of a whole exam that ``kind`` asks for: with --kind perfusion the exam's cine
-    stack was picked and then refused as contradicting --kind. Narrowed by the names'
-    hints (``description_hint``) with each one's dual-sequence AIF series, only when that
-    leaves some series and leaves some out; the reader's timing still decides the kind."""
-    if kind is None or len(series) < 2:
+    """The series of a whole exam that --kind perfusion asks for: the exam's cine stack was
+    picked and then refused as contradicting --kind. Narrowed by the names' hints
+    (``description_hint``) with each one's dual-sequence AIF series, only when that leaves some
+    series and leaves some out; the reader's timing still decides the kind."""
+    if kind != PERFUSION or len(series) < 2:
+        # perfusion's names are distinctive (perf, first pass, tfiperf); a cine's are not: a
+        # short-axis stack named SA_1..SA_12 beside CINE_2CH and CINE_4CH lost to the long axes
         return series
     named = {u: its for u, its in series.items() if description_hint(its[0][1]) == kind}
     if kind == PERFUSION:
