@@ -94,8 +94,9 @@ def test_parameter_names_map_to_logic_parameters(form):
             assert name not in bound, f"{name!r} bound twice ({bound.get(name)} and {w.objectName()})"
             bound[name] = w.objectName()
     # The ES segmentation is made by the Logic and edited in the Segment Editor, not chosen; the
-    # rest series' mask is made by the Logic and kept for the saved scene.
-    assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID"}
+    # rest series' mask is made by the Logic and kept for the saved scene; the ED/ES frames an
+    # edit kept are the Logic's record for the saved scene, not a choice.
+    assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID", "keptEdEs"}
     _, _, classes = _ui_tree()
     for name, widget_name in bound.items():
         cls = classes[widget_name]
