@@ -19,6 +19,7 @@ hold (cine wall thickness) by their results.csv measure name.
 """
 import csv
 import json
+import math
 import os
 import re
 import time
@@ -80,6 +81,8 @@ def _number(text, column, where):
         value = float(text)
     except ValueError:
         raise CardiacInputError(where, f"column {column!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):   # 'nan', 'inf' parse as floats: one rule with 'heavy' (probe round 20)
+        raise CardiacInputError(where, f"column {column!r}: {text!r} is not a finite number")
     return value
 
 

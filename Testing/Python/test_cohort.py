@@ -155,6 +155,9 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     bad.write_text("path,dt\na.nii.gz,fast\n")
     with pytest.raises(CardiacInputError, match=r"m.csv line 2: column 'dt': 'fast' is not a number"):
         read_manifest(bad)
+    bad.write_text("path,dt\na.nii.gz,nan\n")    # parsed as a float, it became one error row later
+    with pytest.raises(CardiacInputError, match=r"m.csv line 2: column 'dt': 'nan' is not a finite number"):
+        read_manifest(bad)
     # a decimal comma unquoted: one cell more than the header (an AttributeError ended the batch)
     bad.write_text("path,density\na.nii.gz,1.05\nb.nii.gz,1,10\n")
     assert cli.main(["batch", str(bad), "--out", str(tmp_path / "o")]) == 2
