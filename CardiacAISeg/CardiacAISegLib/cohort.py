@@ -29,6 +29,7 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
+from .analyze import SPECIAL_LABELS   # 'study', 'ring': label choices, not files
 from .cohort_report import REF_PREFIX
 from .errors import CardiacInputError
 
@@ -132,7 +133,7 @@ def read_manifest(path, defaults=None):
                 continue
             if column in NUMBER_OPTIONS:
                 value = _number(value, column, where)
-            elif column in FILE_OPTIONS and not (column in ("labels", "rest_labels") and value in ("study", "ring")):
+            elif column in FILE_OPTIONS and not (column in ("labels", "rest_labels") and value in SPECIAL_LABELS):
                 value = str(Path(value) if Path(value).is_absolute() else base / value)
             options[column] = value
         if options.get("kind") not in (None, "cine", "perfusion"):
