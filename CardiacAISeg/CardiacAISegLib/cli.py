@@ -62,6 +62,10 @@ def _batch(args):
     for r in run.rows:
         if r["status"] == STATUS_ERROR:
             print(f"warning: study {r['study']}: {r['error']}", file=sys.stderr)
+    from .cohort_report import uncompared_references
+
+    for ref, why in uncompared_references([r for r in run.rows if r["status"] != STATUS_ERROR]):
+        print(f"warning: manifest column {ref} is not compared in the cohort report: {why}", file=sys.stderr)
     c = run.counts
     print(f"{len(run.rows)} studies: {c['ok']} ok, {c['qc-review']} QC review, {c['error']} error "
           f"({len(run.ran)} run, {len(run.skipped)} already complete) in {run.elapsed_s:.1f} s")

@@ -1,5 +1,6 @@
-"""cohort_report.png: distributions of EF, EDV and mass over a cohort; Bland-Altman and
-correlation against the manifest's reference columns (``ref_<measure key>``) when present."""
+"""cohort_report.png: distributions over a cohort of what it measured (cine: EF, EDV, mass;
+perfusion: stress and rest MBF, MPR; without an AIF the relative upslope and MPRI); Bland-Altman
+and correlation against the manifest's reference columns (``ref_<measure key>``) when present."""
 import math
 import os
 from pathlib import Path
@@ -12,11 +13,39 @@ REF_PREFIX = "ref_"   # manifest column ref_<measure key>: a reference value (ma
 
 
 def _axis_label(key):
+    """The table's name and unit of a measure key; the key itself for one the table does not name
+    (a per-segment key, a manifest column)."""
+    if key not in MEASURES:
+        return key
     title, unit, _ = MEASURES[key]
+    unit = "" if "{" in unit else unit   # image units differ between studies of one cohort
     return f"{title} ({unit})" if unit else title
 
 
-DISTRIBUTIONS = tuple((key, _axis_label(key)) for key in ("lv_ef_pct", "lv_edv_ml", "lv_mass_g"))
+CINE_DISTRIBUTIONS = ("lv_ef_pct", "lv_edv_ml", "lv_mass_g")
+# the perfusion panels a cohort shows: MBF at stress and rest and their ratio; the relative
+# upslope and MPRI are what a series without a separate AIF is read by (its MBF is approximate)
+PERFUSION_DISTRIBUTIONS = ("global_mbf_ml_min_g", "rest_global_mbf_ml_min_g", "mpr_global",
+                           "relative_upslope_global", "mpri_global")
+MAX_DISTRIBUTIONS = 4   # panels in the first row of a mixed cine + perfusion cohort
+
+
+def distributions(rows):
+    """[(measure key, axis label)] the cohort's first row draws: each candidate measure at least one
+    study has a value for, cine first; the cine three (drawn "no values") when none has any.
+
+    A perfusion cohort drew three empty cine panels before: the report said nothing of its MBF.
+    """
+    present = [k for k in CINE_DISTRIBUTIONS + PERFUSION_DISTRIBUTIONS if np.isfinite(_values(rows, k)).any()]
+    cine = [k for k in present if k in CINE_DISTRIBUTIONS]
+    perfusion = [k for k in present if k in PERFUSION_DISTRIBUTIONS]
+    if cine and perfusion:   # both kinds: EF and mass, then the perfusion measures in the order above
+        cine = [k for k in cine if k != "lv_edv_ml"][:2]
+        perfusion = perfusion[:MAX_DISTRIBUTIONS - len(cine)]
+    else:
+        perfusion = perfusion[:3]
+    keys = cine + perfusion or list(CINE_DISTRIBUTIONS)
+    return [(k, _axis_label(k)) for k in keys]
 
 
 def _values(rows, key):
@@ -27,20 +56,38 @@ def _values(rows, key):
     return np.array(out, float)
 
 
-def comparisons(rows):
-    """[(measure key, label, automatic values, reference values)] for each ref_ column with >= 2 complete pairs."""
-    labels = dict(DISTRIBUTIONS)
+def _reference_columns(rows):
     keys = []
     for r in rows:
         for k in r:
             if k.startswith(REF_PREFIX) and k not in keys:
                 keys.append(k)
+    return keys
+
+
+def comparisons(rows):
+    """[(measure key, label, automatic values, reference values)] for each ref_ column with >= 2 complete pairs."""
     out = []
-    for ref in keys:
+    for ref in _reference_columns(rows):
         key = ref[len(REF_PREFIX):]
         auto, manual = _values(rows, key), _values(rows, ref)
         if (np.isfinite(auto) & np.isfinite(manual)).sum() >= 2:
-            out.append((key, labels.get(key, key), auto, manual))
+            out.append((key, _axis_label(key), auto, manual))
+    return out
+
+
+def uncompared_references(rows):
+    """[(ref column, why)] for each reference column the report cannot compare: a measure no study
+    has (a misspelt key, an MBF reference in a cine cohort) or fewer than 2 studies with both values.
+    A researcher's reference column must not vanish from the report without a word."""
+    out = []
+    for ref in _reference_columns(rows):
+        key = ref[len(REF_PREFIX):]
+        auto, manual = _values(rows, key), _values(rows, ref)
+        if not any(key in r for r in rows):
+            out.append((ref, f"{key!r} is no column of the cohort table (e.g. lv_mass_g, global_mbf_ml_min_g)"))
+        elif (np.isfinite(auto) & np.isfinite(manual)).sum() < 2:
+            out.append((ref, f"fewer than 2 studies have both {key} and {ref}"))
     return out
 
 
@@ -56,26 +103,28 @@ def write_cohort_report(rows, path):
     path = Path(path)
     measured = [r for r in rows if r.get("status") != "error"]
     comps = comparisons(measured)
+    panels = distributions(measured)
     if comps:
         from .agreement import bland_altman
     n_rows = 1 + (2 if comps else 0)
-    n_cols = max(len(DISTRIBUTIONS), len(comps))
+    n_cols = max(len(panels), len(comps))
     fig = Figure(figsize=(4.2 * n_cols, 3.6 * n_rows))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "qc-review", "error")}
     fig.suptitle(f"Cohort: {len(rows)} studies — {counts['ok']} ok, {counts['qc-review']} QC review, {counts['error']} error")
-    for ax, (key, label) in zip(axes[0], DISTRIBUTIONS):
+    for ax, (key, label) in zip(axes[0], panels):
         v = _values(measured, key)
         v = v[np.isfinite(v)]
         if v.size:
             ax.hist(v, bins=min(30, max(5, v.size // 2)), color="#4477aa", edgecolor="white")
-            ax.set_title(f"{label}: median {np.median(v):.1f} (n={v.size})", fontsize=10)
+            decimals = MEASURES[key][2] if key in MEASURES else 2   # MBF 2 decimals, as the table
+            ax.set_title(f"{label}: median {np.median(v):.{decimals}f} (n={v.size})", fontsize=10)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(label, fontsize=10)
         ax.set_xlabel(label)
         ax.set_ylabel("studies")
-    for ax in axes[0][len(DISTRIBUTIONS):]:
+    for ax in axes[0][len(panels):]:
         ax.axis("off")
     for i, (key, label, auto, manual) in enumerate(comps):
         ok = np.isfinite(auto) & np.isfinite(manual)
@@ -100,7 +149,11 @@ def write_cohort_report(rows, path):
     for row in axes[1:]:
         for ax in row[len(comps):]:
             ax.axis("off")
-    fig.tight_layout()
+    skipped = uncompared_references(measured)
+    if skipped:
+        fig.text(0.01, 0.005, "Not compared: " + "; ".join(f"{ref}: {why}" for ref, why in skipped),
+                 fontsize=8, color="#aa3377", wrap=True)
+    fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)

@@ -506,3 +506,38 @@ def test_manifest_density_and_rest_columns_reach_the_analysis(tmp_path):
     _write_manifest(tmp_path / "bad.csv", [{"path": "cine/cine.nii.gz", "density": "heavy"}])
     with pytest.raises(CardiacInputError, match="'density': 'heavy' is not a number"):
         read_manifest(tmp_path / "bad.csv")
+
+
+def test_cohort_report_draws_what_the_cohort_measured(tmp_path):
+    """A perfusion cohort's report drew three empty cine panels (EF, EDV, mass: "no values") and
+    said nothing of its MBF; a reference column naming no measure vanished without a word."""
+    import matplotlib.image as mpimg
+
+    from CardiacAISegLib.cohort_report import distributions, uncompared_references, write_cohort_report
+
+    rng = np.random.default_rng(0)
+    perfusion = [{"study": f"p{i}", "status": "ok", "global_mbf_ml_min_g": float(v), "rest_global_mbf_ml_min_g": 1.0,
+                  "mpr_global": float(v), "relative_upslope_global": 0.1, "ref_global_mbf_ml_min_g": float(v) + 0.1,
+                  "ref_lvmass": 100.0}
+                 for i, v in enumerate(rng.uniform(2, 4, 6))]
+    assert [k for k, _ in distributions(perfusion)] == ["global_mbf_ml_min_g", "rest_global_mbf_ml_min_g", "mpr_global"]
+    assert dict(distributions(perfusion))["global_mbf_ml_min_g"] == "Global MBF (mL/min/g)"
+    cine = [{"study": "c0", "status": "ok", "lv_ef_pct": 55.0, "lv_edv_ml": 150.0, "lv_mass_g": 120.0, "ref_lv_mass_g": 118.0}]
+    assert [k for k, _ in distributions(cine + perfusion)] == ["lv_ef_pct", "lv_mass_g", "global_mbf_ml_min_g",
+                                                                "rest_global_mbf_ml_min_g"]
+    assert [k for k, _ in distributions([{"study": "e", "status": "ok"}])] == ["lv_ef_pct", "lv_edv_ml", "lv_mass_g"]
+    skipped = dict(uncompared_references(cine + perfusion))
+    assert set(skipped) == {"ref_lvmass", "ref_lv_mass_g"}
+    assert "no column of the cohort table" in skipped["ref_lvmass"] and "fewer than 2 studies" in skipped["ref_lv_mass_g"]
+    path = write_cohort_report(perfusion, tmp_path / "cohort_report.png")
+    img = mpimg.imread(path)
+    assert img.shape[0] > 700   # distributions, Bland-Altman and correlation for ref_global_mbf_ml_min_g
+
+
+def test_batch_says_which_reference_columns_it_cannot_compare(tmp_path, capsys):
+    write_phantom("cine", tmp_path / "a", seed=1)
+    _write_manifest(tmp_path / "m.csv", [{"study": "a", "path": "a/cine.nii.gz", "labels": "a/cine_labels.nii.gz",
+                                          "ref_lv_mas_g": "120"}])
+    assert cli.main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "manifest column ref_lv_mas_g is not compared in the cohort report: 'lv_mas_g' is no column" in err
