@@ -319,16 +319,25 @@ def error_row(spec, message, total_s=None, worker=None, tb=None):
     return row
 
 
+def in_manifest_terms(message):
+    """The readers and the analysis speak to `analyze` ("give --dt", "choose one with --series"); a
+    batch study is set in its manifest row, so each flag that is a manifest column is named as one:
+    "give --dt (in a batch: the manifest's dt column)"."""
+    flags = [f for f in dict.fromkeys(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", message))
+             if f.replace("-", "_") in OPTION_COLUMNS]
+    if not flags:
+        return message
+    columns = ", ".join(f.replace("-", "_") for f in flags)
+    return f"{message} (in a batch: the manifest's {columns} column{'s' if len(flags) > 1 else ''})"
+
+
 def _error_message(exc):
     from .errors import OutputExistsError
 
     if isinstance(exc, (CardiacInputError, OutputExistsError, OSError)):
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             return f"{exc.filename}: {exc.strerror}"
-        message = str(exc)
-        if "--series" in message:   # the readers speak to `analyze`; a batch study chooses in its manifest row
-            message += " (in a batch: the manifest's series column)"
-        return message
+        return in_manifest_terms(str(exc))
     return f"{type(exc).__name__}: {exc}"
 
 

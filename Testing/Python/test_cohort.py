@@ -541,3 +541,14 @@ def test_batch_says_which_reference_columns_it_cannot_compare(tmp_path, capsys):
     assert cli.main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "manifest column ref_lv_mas_g is not compared in the cohort report: 'lv_mas_g' is no column" in err
+
+
+def test_batch_errors_name_the_manifest_column_for_an_analyze_flag():
+    """A batch study's error said "give --dt or --aif": a manifest has dt and aif columns, no flags."""
+    from CardiacAISegLib.cohort import _error_message
+
+    message = _error_message(CardiacInputError("perf.nii.gz", "no frame interval in the file: give --dt or --aif"))
+    assert message.endswith("give --dt or --aif (in a batch: the manifest's dt, aif columns)")
+    message = _error_message(CardiacInputError("exam", "2 perfusion series: choose one with --series; --force to replace"))
+    assert message.endswith("(in a batch: the manifest's series column)")   # --force is a batch flag too: left as it is
+    assert _error_message(CardiacInputError("x.nii", "not a NIfTI file")) == "x.nii: not a NIfTI file"
