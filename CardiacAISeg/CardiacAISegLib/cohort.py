@@ -759,7 +759,14 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 # stopped (Ctrl-C, SIGTERM): the table still lists every study, those not finished as
                 # "not run ... rerun with --resume", rather than a missing or an earlier table
                 bar.close()
+                client.cancel(list(futures))   # the scheduler drops the studies not started
                 client.close()
+                if cluster is not None:
+                    # this batch's own workers stop before the table is written: a study they were
+                    # running finished 2-3 s after a table that called it "not run" (on a shared
+                    # scheduler a running study goes on; --resume keeps it)
+                    cluster.close()
+                    cluster = None
                 _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
                 raise
             bar.close()
