@@ -611,6 +611,22 @@ def test_enhanced_dicom_perfusion_times_and_per_frame_rescale(tmp_path):
     assert [s.images[t, k, 0, 0] for k in (0, 1) for t in range(4)] == [(10 * k + t) * (2 + t) - 1 for k in (0, 1) for t in range(4)]
 
 
+def test_enhanced_dicom_times_crossing_midnight_with_a_fixed_date(tmp_path):
+    """An anonymiser's one date on every FrameAcquisitionDateTime: the frames after 00:00 sorted
+    first ("frame times jump by 86370 s"; with --dt, MBF +20 %, QC pass) - classic images were
+    unwrapped, enhanced frames were not."""
+    frames = _tiny_frames(n_times=4)
+    for fr in frames:
+        t = fr["tpi"] - 1
+        fr["acq_dt"] = ["20240101235958.5", "20240101235959.5", "20240101000000.5", "20240101000001.5"][t]
+        fr["trigger_ms"] = 100.0
+    write_enhanced_dicom(tmp_path / "perf.dcm", frames[::-1])
+    s = load_study(tmp_path, kind="perfusion")
+    np.testing.assert_allclose(s.provenance["acquisition_times_s"], [0, 1, 2, 3])
+    assert [s.images[t, 0, 0, 0] for t in range(4)] == [0, 1, 2, 3]
+    assert any("cross midnight with the date unchanged" in w for w in s.provenance["warnings"])
+
+
 def test_bad_enhanced_dicom_frame_without_plane_position(tmp_path):
     frames = _tiny_frames()
     frames[3]["drop"] = ("PlanePositionSequence",)

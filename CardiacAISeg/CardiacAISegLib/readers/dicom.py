@@ -894,8 +894,6 @@ def _unwrap_midnight(items):
     date for the whole study). Marks those datasets; returns a warning or None."""
     times = []
     for _, ds in items:
-        if isinstance(ds, EnhancedFrame):
-            continue
         t = _clock_s(ds)
         if t is not None:
             times.append((t, ds))
@@ -906,8 +904,14 @@ def _unwrap_midnight(items):
         return None
     for t, ds in times:
         if t < values.min() + 43200:
-            object.__setattr__(ds, _DAY_OFFSET, 86400.0)
-    dated = getattr(times[0][1], _CLOCK_TAG, None) == "AcquisitionDateTime"
+            if isinstance(ds, EnhancedFrame):
+                # an enhanced file's frames carry FrameAcquisitionDateTime: the same fixed date
+                # (an anonymiser's) sorted the frames after 00:00 first; once moved a day on,
+                # the span is under 12 h and a second call changes nothing
+                ds.acquisition_s = t + 86400.0
+            else:
+                object.__setattr__(ds, _DAY_OFFSET, 86400.0)
+    dated = isinstance(times[0][1], EnhancedFrame) or getattr(times[0][1], _CLOCK_TAG, None) == "AcquisitionDateTime"
     return ("acquisition times cross midnight" + (" with the date unchanged (an anonymiser's fixed date?)" if dated else "")
             + ": images after 00:00 are counted on the next day")
 
