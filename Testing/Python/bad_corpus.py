@@ -1016,6 +1016,34 @@ def _(base, f):
     return [f / "cine.seq.nrrd", "--labels", lab]
 
 
+def _raw_nrrd(path, data_tkji, spatial_field):
+    """An NRRD written by hand (pynrrd refuses to write a NaN spacing): x y slice time, raw."""
+    t, k, j, i = data_tkji.shape
+    header = (f"NRRD0004\ntype: uint16\ndimension: 4\nsizes: {i} {j} {k} {t}\n{spatial_field}\n"
+              "endian: little\nencoding: raw\n\n")
+    path.write_bytes(header.encode() + np.ascontiguousarray(data_tkji.astype(np.uint16)).tobytes())
+    return path
+
+
+@case("nrrd_spacing_nan_on_a_spatial_axis", "error", ("spacings", "nan", "voxel size"), category="volume")
+def _(base, f):
+    """'spacings: nan 1.6 8 40': the nan read as 1 mm (EDV 72 for 115 mL, QC pass; probe 21)."""
+    f.mkdir(parents=True, exist_ok=True)
+    field = f"spacings: nan {PIXEL_MM} {SLICE_MM} 40\nkinds: domain domain domain list"
+    img = _raw_nrrd(f / "cine.nrrd", base.cine_images * 1000, field)
+    _raw_nrrd(f / "labels.nrrd", acdc_convention(base.cine_labels), field)
+    return [img, "--labels", f / "labels.nrrd"]
+
+
+@case("nrrd_space_direction_nan_on_a_spatial_axis", "error", ("space directions", "axis 2", "not numbers"), category="volume")
+def _(base, f):
+    """A NaN inside a slice axis' direction: said as 'expected 3 spatial axes', not the NaN."""
+    f.mkdir(parents=True, exist_ok=True)
+    field = (f"space: right-anterior-superior\nspace directions: ({PIXEL_MM},0,0) (0,{PIXEL_MM},0) (0,0,nan) none\n"
+             "kinds: domain domain domain list\nspace origin: (0,0,0)")
+    return [_raw_nrrd(f / "cine.nrrd", base.cine_images * 1000, field)]
+
+
 @case("seq_nrrd_perfusion_frames_out_of_time_order_in_milliseconds", "warn", ("out of time order", "sorted"),
       category="volume", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06))
 def _(base, f):

@@ -428,11 +428,44 @@ def pick_main_and_aif(series):
         return None
     if len(i1) < 8 or len(i2) < 8:
         return None
-    # the main series has one image per slice per heartbeat: a whole multiple of the AIF's count
-    ratio = len(i2) / len(i1)
-    if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
+    # one image per slice per heartbeat in both: as many dynamics per slice position, give or
+    # take the main series' proton-density frames and a file or two lost in an export (an exact
+    # count ratio left a 2-file-short AIF series out, unsaid, or asked to choose a series)
+    n_small, n_large = _frames_per_position(i1), _frames_per_position(i2)
+    if _series_positions(i1) and _series_positions(i2):
+        if abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) or not 1 <= len(_series_positions(i2)) <= 6:
+            return None
+    else:
+        ratio = len(i2) / len(i1)
+        if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
+            return None
+    if _has_clock(i1) and _has_clock(i2) and not _acquired_together(i2, i1):
+        # another acquisition (a rest AIF series 15 min later beside the stress images: MBF -18 %)
         return None
     return u2, u1
+
+
+def _unpaired_aif_hint(series):
+    """'; #2 ... was acquired apart from #1' when two series would pair as images and their AIF
+    series but for their acquisition clocks, else ""."""
+    if len(series) != 2:
+        return ""
+    (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
+    if "aif" not in str(i1[0][1].get("SeriesDescription", "")).lower() or not (_has_clock(i1) and _has_clock(i2)):
+        return ""
+    if _acquired_together(i2, i1):
+        return ""
+    return (f"; {_describe(u1, i1)} is named like a dual-sequence AIF series but was not acquired during "
+            f"#{i2[0][1].get('SeriesNumber', '?')} (its acquisition times lie outside that series'), so it is not used "
+            "as its AIF: give --series for the images (AIF then from their LV blood pool) and the AIF series of the same "
+            "acquisition with --aif FOLDER")
+
+
+MAX_AIF_FRAME_DIFFERENCE = 4   # PD frames of one series only (1-3) and a lost file or two
+
+
+def _has_clock(items):
+    return any(_clock_s(ds) is not None for _, ds in items)
 
 
 PERFUSION_ROLES = ("stress", "rest")
@@ -728,7 +761,7 @@ def _choose_series(folder, series, choice, notes=None):
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         else:
-            hint = _short_stack_hint(series)
+            hint = _short_stack_hint(series) or _unpaired_aif_hint(series)
         left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items() if uid not in series]
         if left_out:
             hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
@@ -1851,6 +1884,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         # slice's own first frame, the median over slices
         rel = times - times[0:1, :]
         frame_times = np.median(rel, axis=1)
+        # where the first frame sits on the clock: a dual-sequence AIF series is matched to the
+        # images on it (each series counted from its own first frame put the AIF a heartbeat
+        # early when its first file was missing: MBF +66 %, QC pass)
+        timing["origin_s"] = float(np.median(times[0]))
     prov = {
         "reader": "dicom", "files": list(dict.fromkeys(str(g[0]) for grp in groups for g in grp)), "skipped_files": skipped,
         "series_uid": uid, "series_number": int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,

@@ -245,6 +245,9 @@ def remove_frames(study, keep):
     if study.frame_times_s is not None and len(study.frame_times_s) == n_before:
         times = np.asarray(study.frame_times_s, float)[keep]
         study.frame_times_s = times - times[0]
+        timing = prov.get("timing")
+        if isinstance(timing, dict) and timing.get("origin_s") is not None:
+            timing["origin_s"] = float(timing["origin_s"]) + float(times[0])   # the first frame kept, on the clock
     for key in ("flip_angles_deg", "acquisition_times_s"):
         if isinstance(prov.get(key), list) and len(prov[key]) == n_before:
             values = [v for v, k in zip(prov[key], keep) if k]

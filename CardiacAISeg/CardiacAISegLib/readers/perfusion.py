@@ -319,9 +319,18 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     elif prov.get("aif_series_uid"):
         from .aif_series import aif_from_dual_sequence
 
-        study.aif = aif_from_dual_sequence(study, path, prov["aif_series_uid"], progress=progress)
-        prov["aif_source"] = f"dual-sequence AIF series {prov['aif_series_uid']} (LV blood pool found from the bolus)"
-    else:
+        uid = prov["aif_series_uid"]
+        try:
+            study.aif = aif_from_dual_sequence(study, path, uid, progress=progress)
+            prov["aif_source"] = f"dual-sequence AIF series {uid} (LV blood pool found from the bolus)"
+        except CardiacInputError as e:
+            # found beside the images, not given: a low-resolution series that is no AIF series
+            # (a scout, a localiser) or one that cannot be matched must not stop the analysis,
+            # nor be blamed on the perfusion series; the images' own LV pool gives the AIF
+            del prov["aif_series_uid"]
+            warnings.append(f"the low-resolution series {uid} beside the images was taken for a dual-sequence AIF "
+                            f"series but is not used: {e.problem}")
+    if aif_source is None and not prov.get("aif_series_uid"):
         from ..perfusion.bolus import aif_from_lv, locate_blood_pools
 
         k = study.n_slices // 2

@@ -268,6 +268,14 @@ def read_nrrd(path):
                if (dirs is not None and np.all(np.isfinite(np.asarray(dirs[a], float))))
                or (dirs is None and kinds[a] in _SPATIAL_KINDS)]
     if len(spatial) != 3 or data.ndim - len(spatial) > 1:
+        # a direction with a NaN among numbers, or none on an axis whose kind is spatial: a
+        # damaged header, not a missing axis (the error named the axes' count, not the NaN)
+        broken = [a for a in range(data.ndim) if dirs is not None and a not in spatial
+                  and (np.any(np.isfinite(np.asarray(dirs[a], float))) or kinds[a] in _SPATIAL_KINDS)]
+        if broken:
+            raise CardiacInputError(path, "space directions " + "; ".join(
+                f"of axis {a} ({kinds[a]}, size {data.shape[a]}): {np.asarray(dirs[a]).tolist()}" for a in broken)
+                + " are not numbers: the voxel size and orientation of that axis are unknown; the header is damaged")
         raise CardiacInputError(path, f"expected 3 spatial axes and at most one list/time axis, got sizes {list(data.shape)} and kinds {kinds}")
     list_axis = next((a for a in range(data.ndim) if a not in spatial), None)
     if list_axis is None:
@@ -287,7 +295,12 @@ def read_nrrd(path):
             m[:3, 3] = np.asarray(header["space origin"], float)
     else:
         spacings = header.get("spacings")
-        sp = [float(spacings[a]) if spacings is not None and np.isfinite(spacings[a]) else 1.0 for a in spatial]
+        if spacings is not None and not all(np.isfinite(float(spacings[a])) for a in spatial):
+            # nan on a spatial axis was read as 1 mm: EDV 72 for 115 mL, QC pass
+            raise CardiacInputError(path, f"spacings {np.asarray(spacings).tolist()}: a spatial axis has no spacing (nan), so "
+                                          "its voxel size is unknown and volumes would be wrong; give every spatial axis "
+                                          "its spacing in mm")
+        sp = [float(spacings[a]) if spacings is not None else 1.0 for a in spatial]
         check_spacing_values(path, sp, "spacings")
         m[:3, :3] = np.diag(sp)
     if signs is not None:
