@@ -27,8 +27,7 @@ def analyze_study(study, model_name=None, use_labels=False, frames="ed_es", dens
     """
     from .pipeline import compute_analysis
 
-    if use_labels and not study.labels:
-        raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
+    # no labels with use_labels: compute_analysis says so, with why each label file was not used
     analysis = compute_analysis(study, model_name, labels=study.labels if use_labels else None, frames=frames,
                                 density=density, rest=rest, device=device, progress=progress, bullseye=bullseye)
     return analysis, analysis.model_info, dict(analysis.timing_s)

@@ -277,13 +277,19 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
                                            "cycle (a 3D label map labels one frame; give a 4D one)")
         c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
         warnings += w
+        triggered = bool((study.provenance or {}).get("trigger_times_ms")) and c_ed < c_es   # ED first in the cycle
+        if study.n_frames == 2 and ed is None and es is None and not triggered:
+            # two frames and nothing naming them: ES is simply the other frame (EF 25 % for 57 %
+            # with QC pass when the two were not the cycle's ED and ES; probe 21)
+            warnings.append("the series has 2 frames and nothing names them ED and ES: the larger LV is taken as ED and "
+                            "the other as ES; EF and SV are right only if these are the cycle's ED and ES frames")
         ed = c_ed if ed is None else ed
         es = c_es if es is None else es
     for name, t in (("ED", ed), ("ES", es)):
         if t not in curve:
             missing = (study.provenance or {}).get("missing_label_files", {}).get(t)
             raise CardiacInputError(where, f"no labels for the {name} frame (frame index {t}, counted from 0"
-                                           f"{f'; {missing} not found' if missing else ''}); labelled frames: {sorted(curve)}")
+                                           f"{f'; {missing}' if missing else ''}); labelled frames: {sorted(curve)}")
 
     lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
     rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]

@@ -49,6 +49,15 @@ def _analyze(args):
     return 0
 
 
+def _out_folder(value):
+    """--out: an empty value wrote the outputs into the current folder (probe 21)."""
+    import argparse
+
+    if not str(value).strip():
+        raise argparse.ArgumentTypeError("an empty output folder name; give the folder to write into, e.g. --out out")
+    return value
+
+
 def _batch(args):
     from .cohort import STATUS_ERROR, STATUS_OK, load_cohort, run_cohort
 
@@ -178,7 +187,7 @@ def build_parser():
 
     a = sub.add_parser("analyze", help="segment and measure a cine or perfusion study")
     a.add_argument("input", help="ACDC folder, DICOM folder, .nii/.nii.gz, .seq.nrrd, .mhd (or a folder of them), Analyze .hdr")
-    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--out", required=True, type=_out_folder, help="output folder")
     a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
     a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt); 'ring' = automatic myocardial ring ROI (perfusion)")
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
@@ -213,7 +222,7 @@ def build_parser():
                                    "(cohort.csv, cohort.parquet) and cohort_report.png go into OUT. See docs/cohorts.md.")
     b.add_argument("input", help="CSV manifest (path, study, kind, series, labels, aif, dt, model, frames, ref_<measure> columns) "
                                  "or a folder with one study per subfolder or image file")
-    b.add_argument("--out", required=True, help="output folder of the cohort")
+    b.add_argument("--out", required=True, type=_out_folder, help="output folder of the cohort")
     b.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
     b.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core, at most one per study)")
     b.add_argument("--model", help="registry model for studies without labels (default: the task's default)")
@@ -232,7 +241,7 @@ def build_parser():
 
     ph = sub.add_parser("phantom", help="write a synthetic study with exact truth")
     ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine")
-    ph.add_argument("--out", required=True)
+    ph.add_argument("--out", required=True, type=_out_folder)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--noise", type=float, help="image noise SD (cine: fraction of blood signal; perfusion: mmol/L); default: the phantom's")
     ph.add_argument("--force", action="store_true")
@@ -406,7 +415,12 @@ def main(argv=None):
         if failed is not None:  # a reader that let an OSError out: name the file it was reading
             return _report(f"error: {failed[0]}: cannot be read ({e.strerror or e}){hint}", 2, debug)
         # "<file>: <reason>" like every other error, not "[Errno 20] Not a directory: '<file>'"
-        text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        if e.filename and e.strerror:
+            text = f"{e.filename}: {e.strerror}"
+        elif getattr(args, "out", None):   # a write with no file named (disk full): the folder it was writing
+            text = f"{args.out}: {e.strerror or e} (writing the outputs)"
+        else:
+            text = str(e)
         return _report(f"error: {text}", 1, debug)
     except Exception as e:  # a bug or a failure nobody foresaw: one line, the traceback only on request
         failed = _reader_failure(e, args)

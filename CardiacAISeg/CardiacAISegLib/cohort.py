@@ -103,15 +103,20 @@ def read_manifest(path, defaults=None):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = []
+            rows, lines = [], []
             for r in reader:
                 if None in r:   # more cells than the header names: a decimal comma, an unquoted comma
                     raise CardiacInputError(f"{path} line {reader.line_num}",
                                             f"{len(header) + len(r[None])} cells, the header has {len(header)}: a value "
                                             "with a comma (e.g. a decimal comma, 1,10) must be quoted or written 1.10")
-                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
+                row = {(k or "").strip(): (v or "").strip() for k, v in r.items()}
+                if not any(row.values()):   # ",,,," rows a spreadsheet writes under the table
+                    continue
+                rows.append(row)
+                lines.append(reader.line_num)   # blank lines skipped: the file's own line numbers
     except UnicodeDecodeError:
         raise CardiacInputError(path, "is not a text CSV manifest") from None
+    _refuse_near_miss_columns(path, header)
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
     if path_column is None:
         raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
@@ -120,7 +125,7 @@ def read_manifest(path, defaults=None):
     if not rows:
         raise CardiacInputError(path, "manifest lists no studies")
     specs = []
-    for line, r in enumerate(rows, start=2):
+    for line, r in zip(lines, rows):
         where = f"{path} line {line}"
         if not r.get(path_column):
             raise CardiacInputError(where, f"empty {path_column!r}")
@@ -154,6 +159,35 @@ def read_manifest(path, defaults=None):
         specs.append(StudySpec(name, str(study_input), options, extra))
     _check_unique(specs, path)
     return specs
+
+
+_UNIT_SUFFIX = re.compile(r"^(dt|rest_dt|density)[ _-]*\(?(s|sec|secs|seconds|ms|g_?/?_?ml|g_per_ml)\)?$")
+
+
+def _refuse_near_miss_columns(path, header):
+    """A column that reads as a misspelt option ('lables', 'Labels', 'dt_s') was kept as a column
+    of the user's own: the option was silently not applied (the network run instead of the given
+    labels; the file's frame interval instead of the manifest's, MBF 2.47 for 1.23)."""
+    import difflib
+
+    known = PATH_COLUMNS + OPTION_COLUMNS
+    for column in header:
+        if not column or column in known or column in META_COLUMNS or column.startswith(REF_PREFIX):
+            continue
+        lower = column.lower().strip()
+        if lower in known:
+            raise CardiacInputError(path, f"column {column!r}: manifest columns are lower case; name it {lower!r}")
+        unit = _UNIT_SUFFIX.match(lower)
+        if unit:
+            what = "seconds" if unit.group(1) != "density" else "g/mL"
+            raise CardiacInputError(path, f"column {column!r} reads as the {unit.group(1)!r} option with a unit in its name; "
+                                          f"name the column {unit.group(1)!r} and give the number in {what}")
+        close = difflib.get_close_matches(lower, known, n=1, cutoff=0.8)
+        if close:
+            raise CardiacInputError(path, f"column {column!r} looks like a misspelt {close[0]!r}, an option that would not "
+                                          f"be applied under this name; rename it {close[0]!r} (or, for a column of your "
+                                          "own, a name further from the options: "
+                                          f"{', '.join(c for c in OPTION_COLUMNS if c != 'study')})")
 
 
 def discover_folder(folder, defaults=None, exclude=()):

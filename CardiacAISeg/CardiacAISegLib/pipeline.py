@@ -122,7 +122,10 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
         labels, model_info = segment(study, model_name, frames, device, progress)
         timing["segmentation"] = time.perf_counter() - t0
     elif not labels:
-        raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study")
+        # an ACDC folder's _gt maps that could not be used say why (interpolated values, an image)
+        why = sorted(set(((study.provenance or {}).get("missing_label_files") or {}).values()))
+        raise CardiacInputError(study.source or study.name, "no label maps were given or found with the study"
+                                + (f" ({'; '.join(why)})" if why else ""))
     analysis = Analysis(study, labels, density=density, rest=rest)
     analysis.bullseye_measure = bullseye
     analysis.model_info = model_info   # before the run: QC judges a network's output as such

@@ -76,6 +76,16 @@ def source_of(study) -> dict:
             out[key] = p[key]
     if p.get("files"):
         out["n_files"] = len(p["files"])
+    # the timing MBF scales with, as it was read: a user checking a result must see it (it was
+    # in no output: probe 22)
+    timing = p.get("timing") or {}
+    if timing.get("clock"):
+        out["frame_clock"] = timing["clock"] + (f" ({timing['tag']})" if timing.get("tag") and timing["tag"] != timing["clock"] else "")
+    if p.get("dt_s") is not None:
+        out["frame_interval_s"] = round(float(p["dt_s"]), 4)
+        out["frame_interval_source"] = p.get("dt_source")
+    if study.frame_times_s is not None and len(study.frame_times_s) > 1:
+        out["frame_times_s"] = [round(float(t), 3) for t in study.frame_times_s]
     return out
 
 

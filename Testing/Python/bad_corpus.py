@@ -1108,6 +1108,47 @@ def _(base, f):
             "--labels", "study"]
 
 
+@case("acdc_gt_interpolated_labels", "error", ("not usable", "not whole numbers", "nearest neighbour"),
+      named=lambda f: f / "patient806", category="acdc")
+def _(base, f):
+    """_gt maps resampled with interpolation: rounded silently before (a --labels file was refused)."""
+    folder = acdc_folder(base, f / "patient806", "ED: 1\nES: 2\nNbFrame: 6\n", frames=(base_ed(base), base_es(base)))
+    from scipy import ndimage
+
+    for n, t in ((1, base_ed(base)), (2, base_es(base))):
+        lab = to_xyzt(acdc_convention(base.cine_labels[t:t + 1]))[..., 0].astype(np.float32)
+        nifti(folder / f"patient806_frame{n:02d}_gt.nii.gz", ndimage.uniform_filter(lab, size=(3, 3, 1)), _axial_affine())
+    return [folder, "--labels", "study"]
+
+
+@case("acdc_gt_unknown_label_values", "warn", ("patient807_frame01_gt.nii.gz", "label values [5, 7]"), category="acdc",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Values 5 and 7 in a _gt map: dropped with no word (a --labels file names them)."""
+    folder = acdc_folder(base, f / "patient807", "ED: 1\nES: 2\nNbFrame: 6\n", frames=(base_ed(base), base_es(base)))
+    lab = to_xyzt(acdc_convention(base.cine_labels[base_ed(base):base_ed(base) + 1]))[..., 0].astype(np.uint8)
+    lab[:4, :4, 0], lab[-4:, -4:, 0] = 5, 7   # corners far from the heart
+    nifti(folder / "patient807_frame01_gt.nii.gz", lab, _axial_affine(), np.uint8)
+    return [folder, "--labels", "study"]
+
+
+@case("acdc_folder_without_info_cfg", "error", ("label maps", "no Info.cfg", "ED: n"), named=lambda f: f / "patient808",
+      category="acdc")
+def _(base, f):
+    """Its _gt maps were taken for frames: "frame number 1 twice ... keep one" (probe 21)."""
+    folder = acdc_folder(base, f / "patient808", "", frames=(base_ed(base), base_es(base)))
+    (folder / "Info.cfg").unlink()
+    return [folder]
+
+
+@case("cine_two_frames_not_named", "warn", ("2 frames and nothing names them ED and ES",), category="volume")
+def _(base, f):
+    """A 4D NIfTI of 2 frames that are not the cycle's ED and ES: ES was simply the other frame
+    (EF 25 % for 57 %, QC pass; probe 21)."""
+    img, lab = cine_nifti(base, f, images=base.cine_images[:2] * 1000, labels=acdc_convention(base.cine_labels[:2]))
+    return [img, "--labels", lab]
+
+
 @case("acdc_info_cfg_with_equals_signs", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     return [acdc_folder(base, f / "patient805", "ED = 1\nES = 2\nNbFrame = 6\n", frames=(base_ed(base), base_es(base))),
@@ -1145,6 +1186,31 @@ def _(base, f):
 
 
 # --- perfusion ----------------------------------------------------------------------------
+def _aif_values(base):
+    """The phantom's AIF values as written in its aif.csv (under an 'aif' header)."""
+    lines = (base.perf_dir / "aif.csv").read_text().split()
+    return lines[1:] if lines[0] == "aif" else lines
+
+
+@case("aif_time_column_disagrees_with_the_series", "error", ("time column", "not sampled on the series' frames"),
+      named=lambda f: f / "aif.csv", category="perfusion")
+def _(base, f):
+    """A 'time,aif' file stepping 1 s against 0.5 s frames: the time column was read past (probe 21)."""
+    f.mkdir(parents=True, exist_ok=True)
+    values = _aif_values(base)
+    (f / "aif.csv").write_text("time,aif\n" + "".join(f"{2 * i * base.perf_dt:g},{v}\n" for i, v in enumerate(values)))
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_time_column_in_ms", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    """The same AIF with its times in ms under 'time_ms': agrees with the series, read as usual."""
+    f.mkdir(parents=True, exist_ok=True)
+    values = _aif_values(base)
+    (f / "aif.csv").write_text("time_ms,aif\n" + "".join(f"{1000 * i * base.perf_dt:g},{v}\n" for i, v in enumerate(values)))
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
 @case("aif_header_only", "error", ("no values",), named=lambda f: f / "aif.csv", category="perfusion")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,22 @@ def test_batch_scene_reaches_each_study(phantom, tmp_path, monkeypatch):
     row = cohort.run_study(seen["specs"][0], seen["out"])
     assert row["status"] in ("ok", "qc-review"), row
     assert (Path(seen["out"]) / seen["specs"][0].study / "scene.mrb").is_file()
+
+
+def test_disk_full_names_the_output_folder_and_empty_out_is_refused(phantom, tmp_path, capsys, monkeypatch):
+    """An OSError with no file (ENOSPC from a write) said only "[Errno 28] No space left on
+    device"; --out "" wrote the outputs into the current folder (probe 21)."""
+    import errno
+
+    from CardiacAISegLib import report
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", full)
+    out = tmp_path / "out"
+    assert _analyze(phantom, out) == 1
+    assert f"error: {out}: No space left on device (writing the outputs)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["analyze", str(phantom), "--out", ""])
+    assert e.value.code == 2 and "argument --out: an empty output folder name" in capsys.readouterr().err

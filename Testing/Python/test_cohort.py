@@ -552,3 +552,31 @@ def test_batch_errors_name_the_manifest_column_for_an_analyze_flag():
     message = _error_message(CardiacInputError("exam", "2 perfusion series: choose one with --series; --force to replace"))
     assert message.endswith("(in a batch: the manifest's series column)")   # --force is a batch flag too: left as it is
     assert _error_message(CardiacInputError("x.nii", "not a NIfTI file")) == "x.nii: not a NIfTI file"
+
+
+@pytest.mark.parametrize("column,said", [("lables", "looks like a misspelt 'labels'"),
+                                         ("Labels", "manifest columns are lower case; name it 'labels'"),
+                                         ("dt_s", "reads as the 'dt' option with a unit in its name"),
+                                         ("Path", "manifest columns are lower case; name it 'path'")])
+def test_manifest_column_that_misspells_an_option_is_refused(tmp_path, column, said):
+    """'lables', 'Labels', 'dt_s' were kept as columns of the user's own: the labels not used
+    (the network ran), the manifest's frame interval not applied (MBF 2.47 for 1.23)."""
+    m = tmp_path / "m.csv"
+    first = "" if column == "Path" else "path,"
+    m.write_text(f"study,{first}{column}\nx,{'' if column == 'Path' else 'a.nii.gz,'}b.nii.gz\n")
+    with pytest.raises(CardiacInputError) as e:
+        read_manifest(m)
+    assert said in e.value.problem and f"{column!r}" in e.value.problem
+    m.write_text("study,path,site,sex,age,date,scanner,series_uid,notes,group\nx,a.nii.gz,s,f,50,2020,GE,1.2,n,g\n")
+    assert read_manifest(m)[0].extra["date"] == "2020"   # columns of one's own stay
+
+
+def test_manifest_skips_empty_rows_and_counts_the_files_lines(tmp_path):
+    """A spreadsheet's ",,," rows under the table were refused as an empty path; after blank lines
+    an error named the wrong line."""
+    m = tmp_path / "m.csv"
+    m.write_text("study,path,dt\nx,a.nii.gz,0.5\n\n\ny,b.nii.gz,fast\n,,\n")
+    with pytest.raises(CardiacInputError, match=r"m.csv line 5: column 'dt': 'fast' is not a number"):
+        read_manifest(m)
+    m.write_text("study,path\nx,a.nii.gz\n,\n,\n")
+    assert [s.study for s in read_manifest(m)] == ["x"]

@@ -448,27 +448,29 @@ def test_a_per_slice_export_missing_a_slice_says_so(tmp_path, phantom):
         load_study(tmp_path / "d")
 
 
-@pytest.mark.parametrize("heartbeat_s", [0.9, 1.2])
-def test_acquisition_times_in_whole_seconds(tmp_path, heartbeat_s):
+@pytest.mark.parametrize("heartbeat_s,every", [(0.9, 1), (1.2, 1), (0.9, 2)])
+def test_acquisition_times_in_whole_seconds(tmp_path, heartbeat_s, every):
     """An anonymiser that cut AcquisitionTime to whole seconds: heartbeats 0.9 s apart share a
     second. Before: refused as 'two acquisitions mixed'. Now: frames ordered by time and
     InstanceNumber, the interval from the span (said in a warning), MBF within a few per cent.
     At 1.2 s the cut times are all distinct but step 1, 1, 2 s: they were taken as exact (MBF
-    15 % off, flagged as a skipped beat)."""
+    15 % off, flagged as a skipped beat). Cut on every other image only (``every`` 2), two frames
+    shared a time and the series was refused as holding "a duplicate ... remove one of the two
+    files" (probe 22): the whole series is now read to the second."""
     import pydicom
 
     study, truth = make_perfusion_phantom(seed=3, n_frames=60 if heartbeat_s < 1 else 50, noise=0.005, dt=heartbeat_s)
     write_perfusion_series(tmp_path / "full", study, vendor="siemens")
     full = Analysis(load_study(tmp_path / "full"), study.labels).run()
     _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
-    for p in paths:
+    for p in paths[::every]:
         ds = pydicom.dcmread(p)
         ds.AcquisitionTime = str(ds.AcquisitionTime).split(".")[0]
         ds.save_as(p)
     s = load_study(tmp_path / "s")
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
     assert abs(s.median_frame_interval_s - heartbeat_s) < 0.03
-    assert any("whole seconds only" in w for w in s.provenance["warnings"])
+    assert any("whole seconds only" + (" on some images" if every > 1 else "") in w for w in s.provenance["warnings"])
     lv = study.labels[0][1] == LV   # frames in the right order: the LV curve is the phantom's
     np.testing.assert_allclose(s.images[:, 1][:, lv].mean(1), 100 + 400 * np.maximum(study.images[:, 1], 0)[:, lv].mean(1), rtol=0.01)
     a = Analysis(s, study.labels).run()
@@ -951,3 +953,49 @@ def test_aif_series_pairs_despite_pd_frames_or_lost_files(tmp_path, phantom, pd_
     assert "dual-sequence" in s.provenance["aif_source"]
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+
+
+def test_a_pause_before_the_contrast_arrives_is_bridged(tmp_path):
+    """A 5 s pause in the pre-contrast baseline (real times in the files) was refused like a
+    wrong time, with no way round it; the baseline is flat on both sides of it. On the AIF's
+    downslope the same pause is still refused, counting frames from 1 and saying what passes."""
+    study, truth = make_perfusion_phantom(seed=3, n_frames=80, noise=0.005)
+    for name, gone in (("baseline", range(3, 13)), ("downslope", range(24, 34))):
+        _, paths = write_perfusion_series(tmp_path / name, study, vendor="siemens")
+        for i, p in enumerate(paths):
+            if i % 80 in gone:
+                p.unlink()
+    s = load_study(tmp_path / "baseline")
+    assert s.n_frames == 70 and s.provenance["baseline_pause_s"] == pytest.approx(5.5)
+    assert any("between frames 3 and 4, before the contrast arrives" in w for w in s.provenance["warnings"])
+    a = Analysis(s, {0: study.labels[0]}).run()
+    assert abs(a.perfusion["global_mbf_ml_min_g"] / float(np.median(list(truth["mbf_per_segment"].values()))) - 1) < 0.05
+    with pytest.raises(CardiacInputError) as e:
+        load_study(tmp_path / "downslope")
+    assert "between frames 24 and 25" in e.value.problem and "a pause before the contrast arrives" in e.value.problem
+
+
+def test_cine_whose_middle_slice_pools_brighten_is_still_a_cine(tmp_path, shared_data):
+    """The real MetaImage cine without its 2 apical slices: its new middle slice's moving 'pools'
+    brighten 5.3- and 3.0-fold, and it was refused as a first pass. Over one cycle they come back
+    to their first frames' signal (1.1-1.3x); after a first pass contrast stays (1.8-2.8x)."""
+    folder = shared_data / "cine-metaimage" / "ExampleSequence"
+    if not folder.exists():
+        pytest.skip(f"{folder} not found")
+    cine = load_study(folder)
+    study = load_study(_untimed_nifti(tmp_path / "cine.nii.gz", cine.images[:, 2:]))
+    assert study.kind == "cine", study.provenance["kind"]
+
+
+def test_results_source_says_the_timing_mbf_scales_with(tmp_path, phantom):
+    """results.json recorded no frame interval, clock or frame times (probe 22): a user could not
+    check the timing MBF depends on."""
+    from CardiacAISegLib.results import source_of
+
+    study, _ = phantom
+    write_perfusion_series(tmp_path / "s", study, vendor="siemens", heartbeat_jitter_s=0.1, seed=2)
+    s = load_study(tmp_path / "s")
+    src = source_of(s)
+    assert src["frame_clock"] == "AcquisitionTime" and src["frame_interval_source"] == "file"
+    assert src["frame_interval_s"] == pytest.approx(float(np.median(np.diff(s.frame_times_s))), abs=1e-3)
+    np.testing.assert_allclose(src["frame_times_s"], s.frame_times_s, atol=6e-4)

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CardiacInputError
-from ..labels import normalise_labels
 from ..study import CINE, Study
 from .geometry_check import check_geometry, grid_difference, onto_image_grid
-from .labelmap import labels_off_the_image
+from .labelmap import label_values, labels_off_the_image
 from .nifti import SPACING_LOST, load_nifti, nifti_spacing_lost, nifti_to_kji
 
 _FRAME_RE = re.compile(r"^(?P<pid>patient\d+)_frame(?P<n>\d+)\.nii(\.gz)?$")
@@ -153,7 +152,7 @@ def load_acdc_patient(folder, frames="all"):
         if not gt.is_file():
             gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
         if not gt.is_file():
-            missing_gt[i] = f"{folder.name}_frame{n:02d}_gt.nii.gz"   # named if its labels are asked for
+            missing_gt[i] = f"{folder.name}_frame{n:02d}_gt.nii.gz not found"   # said if its labels are asked for
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
             lab, note = onto_image_grid(nifti_to_kji(lab), gt_affine, affine, images.shape[1:])
@@ -162,7 +161,19 @@ def load_acdc_patient(folder, frames="all"):
                 warnings.append(f"{gt.name}: {note}")
             if lab.shape != images.shape[1:]:
                 raise CardiacInputError(gt, f"label map shape {lab.shape[::-1]} does not match the image {images.shape[1:][::-1]}")
-            labels[i] = normalise_labels(np.rint(lab).astype(np.int16), "acdc")
+            # the checks a --labels file gets: interpolated (non-whole) labels were rounded, the
+            # image saved as _gt measured, values 5-7 dropped, all without a word
+            label_info = {"warnings": [], "convention": "acdc"}
+            try:
+                labels[i] = label_values(gt, lab, "acdc", label_info)
+            except CardiacInputError as e:
+                # not fatal to a network run of the images; refused where the labels are asked for
+                missing_gt[i] = f"{gt.name} not usable: {e.problem}"
+                warnings.append(f"{gt.name} not used: {e.problem}")
+                continue
+            warnings.extend(f"{gt.name}: {w}" for w in label_info["warnings"])
+            if label_info.get("nothing_labelled"):
+                warnings.append(f"{gt.name}: {label_info['nothing_labelled']}")
 
     positions = _slice_positions(info, folder / "Info.cfg", images.shape[1])
     study = Study(

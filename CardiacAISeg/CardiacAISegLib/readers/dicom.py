@@ -872,11 +872,14 @@ def _clock_s(ds):
     for tag in (settled,) if settled is not None else _CLOCK_TAGS:
         t = _clock_tag_seconds(ds, tag)
         if t is not None:
+            if getattr(ds, _WHOLE_SECONDS, False):
+                t = float(np.floor(t))
             return t + getattr(ds, _DAY_OFFSET, 0.0)
     return None
 
 
 _DAY_OFFSET = "_cardiacaiseg_day_offset_s"
+_WHOLE_SECONDS = "_cardiacaiseg_whole_seconds"
 _CLOCK_TAG = "_cardiacaiseg_clock_tag"
 _CLOCK_TAGS = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime")
 
@@ -910,6 +913,17 @@ def _settle_clock_tag(items):
     if chosen is not None:
         for ds in classic:
             object.__setattr__(ds, _CLOCK_TAG, chosen)
+        # some images' times written without their fraction of a second (an export that cut
+        # them): two frames then shared a time, refused as "a duplicate ... remove one of the two
+        # files". The whole series is read at the precision they all have, whole seconds
+        # (frames ordered by time and InstanceNumber, the interval from the span)
+        if chosen in ("AcquisitionTime", "ContentTime"):
+            texts = [str(ds.get(chosen, "")).strip() for ds in classic]
+            with_fraction = sum("." in t and t.split(".", 1)[1].strip("0") != "" for t in texts)
+            without = sum(bool(t) and "." not in t for t in texts)
+            if with_fraction and without:
+                for ds in classic:
+                    object.__setattr__(ds, _WHOLE_SECONDS, True)
 
 
 def _content_s(ds):
@@ -1876,7 +1890,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     frame_times = None
     if np.all(np.isfinite(times)) and timing.get("coarse"):
         frame_times = frame_times_from_coarse_clock(times)
-        warn.append(f"acquisition times are in whole seconds only: frames ordered by time and InstanceNumber, one "
+        mixed = any(getattr(g[1], _WHOLE_SECONDS, False) for grp in groups for g in grp)
+        warn.append(f"acquisition times are in whole seconds only{' on some images (the others carry fractions: all read to the second)' if mixed else ''}: frames ordered by time and InstanceNumber, one "
                     f"every {frame_times[1]:.3f} s from the series' span ({times[-1, 0] - times[0, 0]:.0f} s over "
                     f"{n_t - 1} intervals, ±1 s); irregular heartbeats cannot be seen")
     elif np.all(np.isfinite(times)):

@@ -105,7 +105,9 @@ def validate_affine(path, affine, what="image"):
                                  (2, "slice", SLICE_RANGE_MM)):
         s = float(spacing[axis])
         if not lo <= s <= hi:
-            hint = " (zero: the header has no voxel size)" if s == 0 else " (metres or micrometres instead of mm?)"
+            hint = (" (zero: the voxel-to-patient matrix has no step along this axis: a singular or empty matrix "
+                    "in the header, e.g. an sform or TransformMatrix with a zero column)" if s == 0
+                    else " (metres or micrometres instead of mm?)")
             raise CardiacInputError(path, f"{name} spacing {s:.6g} mm of the {what} is outside the accepted "
                                           f"{lo:g}-{hi:g} mm{hint}")
     unit = cols / spacing

@@ -65,6 +65,16 @@ def read_labels(path, convention="acdc"):
             names = [str(header[f"Segment{n}_Name"]) for n in range(16) if f"Segment{n}_Name" in header]
             info["warnings"].append(f"segment names {names} are not LV blood pool / LV myocardium / RV: label values read "
                                     f"in the {convention} convention (name the segments, or check --label-convention)")
+    out = label_values(path, data, convention, info, mapping)
+    return out, m, info
+
+
+def label_values(path, data, convention, info, mapping=None):
+    """The internal-convention uint8 labels of a label file's values (``data`` as read, any
+    dtype), with the checks every label file gets, whoever reads it (``--labels FILE``, an ACDC
+    folder's ``_gt`` maps): whole numbers (interpolated labels refused), not an image, values the
+    convention does not know named and set to background; ``info["warnings"]`` and
+    ``info["nothing_labelled"]`` receive what is to be said."""
     values = np.rint(data).astype(np.int32)
     off = float(np.max(np.abs(values - data))) if data.size else 0.0
     if off > NEAR_WHOLE:
@@ -98,7 +108,7 @@ def read_labels(path, convention="acdc"):
                                         "ventricle segmentation, choose --label-convention or convert the map")
     if unknown:
         info["warnings"].append(f"label values {_few(unknown)} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
-    return out, m, info
+    return out
 
 
 # A label map holds a handful of values; an MR image (integer-valued, so it passes the
@@ -223,7 +233,10 @@ def _pool_wall_contrast(image, lab):
     lv, myo = lab == LV, lab == MYO
     if lv.sum() < 20 or myo.sum() < 20:
         return None
-    return float(image[lv].mean()) / max(float(image[myo].mean()), 1e-12)
+    # over the image's own floor: a series stored with a large negative offset (every value
+    # below zero) gave ratios of -4e16 and a false "labels do not overlay the image" (probe 21)
+    floor = float(np.percentile(image, 1))
+    return (float(image[lv].mean()) - floor) / max(float(image[myo].mean()) - floor, 1e-12)
 
 
 def _moved_copies(lab, pixel_mm):

@@ -19,6 +19,7 @@ from .volume import frame_files, load_frame_folder, load_volume, read_nifti, vol
 
 QPERF_PARAMS = "params.json"
 MAX_STEP_FACTOR = 4.0   # a frame interval this many times the median is no heartbeat: a wrong time
+MAX_BASELINE_PAUSE_S = 30.0   # a pause before the bolus longer than this is no pause within one breath-hold
 # A frame interval this many times the typical one is a beat the acquisition skipped (or a
 # dynamic that was lost): said when --dt evens it out, flagged by QC on the AIF's first pass.
 FRAME_GAP_FACTOR = 1.5
@@ -47,6 +48,7 @@ def _read_aif_text(path):
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise CardiacInputError(path, "empty AIF file")
+    header = None
     delim = next((d for d in (";", "\t", ",") if d in lines[0]), None)
     rows = [[c.strip().strip('"') for c in (ln.split(delim) if delim else ln.split())] for ln in lines]
     if delim != ",":
@@ -75,13 +77,42 @@ def _read_aif_text(path):
             raise CardiacInputError(path, f"{len(rows[0])} columns and no header; give one column or name the AIF column "
                                           f"'aif'{hint}")
     try:
-        return np.array([float(r[column]) for r in rows])
+        values = np.array([float(r[column]) for r in rows])
     except (ValueError, IndexError) as e:
         raise CardiacInputError(path, f"AIF values are not numbers ({e})")
+    return values, (_aif_time_column(path, header, rows) if header is not None else None)
+
+
+_TIME_HEADER = re.compile(r"^(t|time|times|time_s|time_ms|t_s|t_ms|seconds|secs?|ms|time \((s|ms)\)|time\[(s|ms)\])$")
+
+
+def _aif_time_column(path, header, rows):
+    """(T,) seconds from a time column beside the AIF's ('time', 'time_ms', 't (s)'), or None. It
+    was read past: a column in ms, or one that disagrees with the series, went unsaid (probe 21)."""
+    names = [c.lower().strip() for c in header]
+    k = next((i for i, c in enumerate(names) if _TIME_HEADER.match(c)), None)
+    if k is None:
+        return None
+    try:
+        t = np.array([float(r[k]) for r in rows])
+    except (ValueError, IndexError) as e:
+        raise CardiacInputError(path, f"the AIF's time column {header[k]!r} holds values that are not numbers ({e})")
+    if "ms" in names[k]:
+        t = t / 1000.0
+    if t.size > 1 and not np.all(np.diff(t) > 0):
+        raise CardiacInputError(path, f"the AIF's time column {header[k]!r} does not rise from value to value: it cannot "
+                                      "be the AIF's sampling times")
+    return t
 
 
 def load_aif(source):
     """AIF as a 1D float array from a text/CSV file, an Analyze/NIfTI column image or an array."""
+    return load_aif_with_times(source)[0]
+
+
+def load_aif_with_times(source):
+    """(AIF, its sampling times in s from a text file's time column, or None)."""
+    times = None
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -91,7 +122,7 @@ def load_aif(source):
             data, _ = _read_image_array(path)
             aif = np.squeeze(data)
         elif suffix in _TEXT_SUFFIXES or suffix == "":
-            aif = _read_aif_text(path)
+            aif, times = _read_aif_text(path)
         else:
             raise CardiacInputError(path, f"unknown AIF format {suffix!r}; use a text/CSV column, .hdr/.img or .nii")
     else:
@@ -102,7 +133,20 @@ def load_aif(source):
     if not np.all(np.isfinite(aif)):
         raise CardiacInputError(path, "the AIF contains NaN or infinite values")
     _refuse_inverted_aif(path, aif)
-    return aif
+    return aif, times
+
+
+def _check_aif_times(path, aif_times, frame_times, dt):
+    """The AIF's own time column must step as the series' frames do: an AIF sampled on other
+    times (another series, ms read as s) would be fitted frame for frame and scale MBF."""
+    if len(aif_times) < 2:
+        return
+    step = float(np.median(np.diff(aif_times)))
+    frames = float(np.median(np.diff(frame_times))) if frame_times is not None and len(frame_times) > 1 else float(dt)
+    if abs(step - frames) > 0.1 * frames:
+        raise CardiacInputError(path, f"the AIF's time column steps {step:.3g} s per value, the image series {frames:.3g} s per "
+                                      "frame: the AIF was not sampled on the series' frames (another series? a column in ms "
+                                      "not named time_ms?); give the AIF of these frames, one value per frame")
 
 
 def _refuse_inverted_aif(path, aif):
@@ -219,6 +263,19 @@ def frame_interval_source(dt_source):
     return {"argument": "--dt", "file": "the file's time step", None: "the file"}.get(dt_source, dt_source)
 
 
+def _before_the_bolus(aif, frame):
+    """True when the AIF has not yet started to rise at ``frame`` + 1 (the frame after a gap that
+    follows ``frame``): the gap lies in the pre-contrast baseline."""
+    if aif is None or len(aif) < 5:
+        return False
+    from ..perfusion.mbf import find_foot
+
+    try:
+        return frame + 1 <= find_foot(np.asarray(aif, float))
+    except CardiacInputError:   # no bolus found: nothing to say the gap is before it
+        return False
+
+
 def _first_pass_over(aif, fraction=0.4):
     """The first frame after the AIF's peak at which it has come down below ``fraction`` of its
     rise over baseline (the first pass is over), or None (no AIF, or it never comes down)."""
@@ -273,7 +330,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                 # an even grid over a skipped beat moves every later frame a beat early
                 gap = int(np.argmax(steps))
                 warnings.append(f"--dt replaces the file's frame times, which are uneven ({steps[gap]:.2f} s between frames "
-                                f"{gap} and {gap + 1}, {file_dt:.2f} s typical: a skipped beat or a lost dynamic): the frames "
+                                f"{gap + 1} and {gap + 2}, {file_dt:.2f} s typical: a skipped beat or a lost dynamic): the frames "
                                 "are taken as evenly spaced; leave out --dt to fit on the real times")
                 prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap
             measured = None   # the user's interval wins
@@ -306,7 +363,9 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         study.aif = aif_from_series_folder(study, Path(aif_source), progress=progress)   # on the series' own frames
         prov["aif_source"] = f"dual-sequence AIF series in {aif_source} (LV blood pool found from the bolus)"
     elif aif_source is not None:
-        curve = load_aif(aif_source)
+        curve, aif_times = load_aif_with_times(aif_source)
+        if aif_times is not None:
+            _check_aif_times(aif_source, aif_times, measured, dt)
         if (dropped or blank) and len(curve) == n + dropped + len(blank):
             # an AIF of the series as written: the frames left out of the images go from it too
             curve = np.delete(curve, blank)[dropped:]
@@ -373,13 +432,25 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             n = study.n_frames
             steps = np.diff(measured)
             jump = int(np.argmax(steps))
-        if steps[jump] > MAX_STEP_FACTOR * np.median(steps):
+        big = np.flatnonzero(steps > MAX_STEP_FACTOR * np.median(steps))
+        if big.size == 1 and steps[big[0]] <= MAX_BASELINE_PAUSE_S and _before_the_bolus(study.aif, int(big[0])):
+            # the scanner paused before the contrast arrived (the breath-hold command, a trigger
+            # lost): the baseline is flat on both sides, and the fit's grid over the pause only
+            # interpolates it (refused before, with no way round it)
+            warnings.append(f"frame times jump by {steps[jump]:.1f} s between frames {jump + 1} and {jump + 2}, before the "
+                            f"contrast arrives (one frame every {np.median(steps):.2f} s elsewhere): a pause in the "
+                            "pre-contrast baseline, which the fit bridges")
+            study.provenance["baseline_pause_s"] = float(steps[jump])
+        elif big.size:
             # resampling across it would invent the frames in between (and a grid over an hour of
             # "frames" does not fit in memory): a dynamic's time is wrong or many are missing
-            raise CardiacInputError(path, f"frame times jump by {steps[jump]:.1f} s between frames {jump} and {jump + 1} "
-                                          f"where the series takes one every {np.median(steps):.2f} s: a dynamic with a "
-                                          "wrong time or many missing; accepted: gaps up to "
-                                          f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat)")
+            raise CardiacInputError(path, f"frame times jump by {steps[jump]:.1f} s between frames {jump + 1} and {jump + 2} "
+                                          f"where the series takes one every {np.median(steps):.2f} s, during or after the "
+                                          "bolus: a dynamic with a wrong time, many missing, or a pause in the acquisition "
+                                          "that left the first pass unsampled; accepted: gaps up to "
+                                          f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat), a pause before the "
+                                          "contrast arrives, or one after the first pass is over (the frames after it are "
+                                          "left out). If the times are wrong and the frames evenly spaced, give --dt")
         if np.max(np.abs(steps - np.median(steps))) > 0.1 * np.median(steps):
             warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
                             f"heartbeats): curves are resampled to {dt:.3g} s on the real times before the MBF fit")

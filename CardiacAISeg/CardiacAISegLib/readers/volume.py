@@ -536,6 +536,15 @@ def check_frame_numbers(folder, files, others=()):
     a lost file would be read a frame early (a perfusion series' MBF then read 24 % low, a
     cine's ES moved), and two files of one number are two versions of a frame. Numbers that
     are not a frame index (no step that most of them keep, e.g. times in ms) are not judged."""
+    labels = [f for f in files if re.search(r"(_gt|_seg|_label|_labels|_mask)$", f.name[: len(f.name) - len(volume_suffix(f))], re.I)]
+    if labels:
+        # an ACDC patient folder without its Info.cfg: the _gt maps were counted as frames
+        # ("frame number 1 twice ... keep one", which invited deleting the ground truth)
+        info = " and no Info.cfg (an ACDC patient folder's ED and ES frames)" if not (Path(folder) / "Info.cfg").exists() else ""
+        raise CardiacInputError(folder, f"holds label maps ({', '.join(f.name for f in labels[:2])}"
+                                        f"{', ...' if len(labels) > 2 else ''}) beside the image frames{info}: they are "
+                                        "not frames. For an ACDC patient folder add its Info.cfg (ED: n, ES: n, NbFrame: n); "
+                                        "else give the image files without the label maps and the labels with --labels")
     numbers = [_frame_number(f) for f in files]
     if len(files) < 3 or any(n is None for n in numbers):
         return
