@@ -79,6 +79,45 @@ def incomplete_coverage(label_volume, spacing):
             "slice coverage", ratio)
 
 
+# Blood-pool SNR of a cine (LV pool mean over the image noise, Immerkaer 1996's Laplacian-
+# difference estimate around the heart, median over the mid slices at ED): 17.9-227 on the 80
+# ACDC patients (5th percentile 19.6); with Rician noise of 5 / 10 / 15 % of the 99th-percentile
+# signal added, medians 8.3 / 4.6 / 3.3, where the network's ES cavity shrinks (ESV -30 %, EF +12
+# points at 15 %, QC pass before; probe 23). Under MIN_CINE_SNR results are sent to review.
+MIN_CINE_SNR = 6.0
+_NOISE_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def cine_snr(images_ed, label_ed, half_box_px=40):
+    """Median over the mid LV slices of (LV pool mean / noise sigma), or None (too little LV).
+
+    The noise sigma is Immerkaer's: the Laplacian-difference filter cancels smooth anatomy and
+    leaves 6 sigma of noise per pixel; its median (not mean) keeps edges out, scaled to sigma."""
+    from scipy import ndimage
+
+    lab = np.asarray(label_ed)
+    on = np.nonzero((lab == LV).any(axis=(1, 2)))[0]
+    if on.size == 0:
+        return None
+    mid = on[on.size // 4: on.size - on.size // 4] if on.size >= 4 else on
+    values = []
+    for k in mid:
+        pool = lab[k] == LV
+        if pool.sum() < 20:
+            continue
+        rows, cols = np.nonzero(pool)
+        r0, c0 = int(rows.mean()), int(cols.mean())
+        box = np.asarray(images_ed[k], float)[max(0, r0 - half_box_px):r0 + half_box_px,
+                                              max(0, c0 - half_box_px):c0 + half_box_px]
+        if min(box.shape) < 8:
+            continue
+        response = ndimage.convolve(box, _NOISE_KERNEL, mode="reflect")[1:-1, 1:-1]
+        sigma = 1.4826 * float(np.median(np.abs(response))) / 6.0   # MAD of a zero-mean response -> sigma
+        if sigma > 0:
+            values.append(float(np.asarray(images_ed[k], float)[pool].mean()) / sigma)
+    return float(np.median(values)) if values else None
+
+
 def _flag(code, severity, message, value=None):
     out = {"code": code, "severity": severity, "message": message}
     if value is not None:
@@ -162,6 +201,13 @@ def cine_flags(analysis):
                            f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
                            "check the ED/ES frames (Info.cfg)", ef))
     flags += label_anatomy_flags(analysis)
+    if ed is not None and ed in labels and analysis.study.images.shape[0] > ed:
+        snr = cine_snr(analysis.study.images[ed], labels[ed])
+        if snr is not None and snr < MIN_CINE_SNR:
+            flags.append(_flag("IMAGE_NOISY", REVIEW, f"the images are noisy: LV blood-pool SNR {snr:.1f} at ED (80 ACDC "
+                                                      f"studies: 18 or more), under {MIN_CINE_SNR:g}, where segmentations "
+                                                      "lose the cavity's edge (ESV 30 % low at SNR 3 in tests); check the "
+                                                      "contours", snr))
     for key, what, unit, code in (("lv_edv_ml", "LV EDV", " mL", "LV_EDV_RANGE"), ("lv_esv_ml", "LV ESV", " mL", "LV_ESV_RANGE"),
                                   ("lv_ef_pct", "LV EF", " %", "LV_EF_RANGE"), ("lv_mass_g", "LV mass", " g", "LV_MASS_RANGE"),
                                   ("rv_edv_ml", "RV EDV", " mL", "RV_EDV_RANGE"), ("rv_ef_pct", "RV EF", " %", "RV_EF_RANGE")):

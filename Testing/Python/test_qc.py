@@ -595,3 +595,23 @@ def test_coverage_rule_on_expert_acdc_labels(shared_data):
         intact += incomplete_coverage(lab, st.spacing) is not None
         cut += incomplete_coverage(lab[on[0] + 3:], st.spacing) is not None
     assert intact == 0 and cut >= 3, (intact, cut)
+
+
+def test_noisy_cine_is_sent_to_review(cine, shared_data):
+    """Rician noise of 15 % of the 99th-percentile signal: the network's ES cavity shrank (ESV
+    -30 %, EF +12 points) with QC "pass" (probe 23). The blood-pool SNR says so; no clean ACDC
+    study of these is flagged."""
+    from CardiacAISegLib.qc import MIN_CINE_SNR, cine_snr
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study, _ = cine
+    rng = np.random.default_rng(0)
+    sigma = float(study.images[0][study.labels[0] == LV].mean()) / 3.3   # blood-pool SNR about 3, as the probe's
+    noisy = copy(study)
+    noisy.images = np.sqrt((study.images + rng.normal(0, sigma, study.images.shape)) ** 2
+                           + rng.normal(0, sigma, study.images.shape) ** 2).astype(np.float32)
+    a = _cine_analysis(noisy)
+    assert "IMAGE_NOISY" in codes(a), a.qc["flags"]
+    for p in ("patient001", "patient021", "patient041", "patient061", "patient081"):
+        st = load_acdc_patient(shared_data / "acdc" / p)
+        assert cine_snr(st.images[st.ed_frame], st.labels[st.ed_frame]) > 2 * MIN_CINE_SNR, p
