@@ -60,6 +60,7 @@ class Analysis:
         self.kept_ed_es = None               # cine: (ED, ES) an edit kept where they were (the Logic)
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._placed = None                  # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
+        self.edited_frames = set()           # frames whose labels were corrected after the run (set_labels)
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
         self.segment_values = {}             # AHA id -> bullseye value
         # perfusion bullseye: "mbf" (mL/min/g) or "relative_upslope" (needs no AIF calibration)
@@ -448,6 +449,7 @@ class Analysis:
         if label_map.shape != self.study.images.shape[1:]:
             raise CardiacInputError("segmentation", f"edited label map has shape {label_map.shape}, images are {self.study.images.shape[1:]}")
         self.labels[int(frame)] = label_map
+        self.edited_frames.add(int(frame))
         self._thickness = None
         self.warnings = []
         self.run()

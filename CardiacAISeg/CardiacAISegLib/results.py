@@ -40,6 +40,14 @@ def results_document(analysis: Analysis, input_path: str | Path, model: dict | N
     Analysis carries from the pipeline (``model_info``, ``timing_s``); a writer passes its own
     only to add to them (e.g. the writing steps)."""
     model = analysis.model_info if model is None else model
+    edited = sorted(getattr(analysis, "edited_frames", None) or ())
+    rest = getattr(analysis, "rest", None)
+    rest_edited = sorted(getattr(rest, "edited_frames", None) or ()) if rest is not None else []
+    if model and (edited or rest_edited):
+        # the network's output corrected by hand: results.json named the network alone, the same
+        # as an unedited save (probe 24)
+        model = dict(model, edited_frames=edited, **({"rest_edited_frames": rest_edited} if rest_edited else {}),
+                     edited_note="the segmentation was corrected by hand after the network ran")
     timing_s = getattr(analysis, "timing_s", None) if timing_s is None else timing_s
     doc = {"schema_version": SCHEMA_VERSION, "kind": analysis.kind, "input": str(input_path), "model": model}
     # which series of a folder was read (a whole exam holds dozens; results named only the folder)

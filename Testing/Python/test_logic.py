@@ -810,3 +810,22 @@ def test_a_segmentation_drawn_with_its_own_segment_names_is_measured(measured):
     with pytest.raises(CardiacInputError, match="Wall of the left chamber") as err:
         sc.labelmap_from_segmentation(node, logic.study.ijk_to_ras, logic.study.images.shape[1:])
     assert node.GetName() in str(err.value)
+
+
+def test_results_json_says_the_segmentation_was_corrected(tmp_path):
+    """An edited network segmentation saved from a GUI named the network alone, identical to an
+    unedited save (probe 24): results.json's model section lists the edited frames."""
+    from CardiacAISegLib.analysis import Analysis
+    from CardiacAISegLib.labels import MYO
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.results import results_document
+
+    study, _ = make_cine_phantom(seed=2, n_frames=12, n_slices=10, size=96)
+    a = Analysis(study, dict(study.labels)).run()
+    a.model_info = {"name": "unet-light", "version": "4"}
+    assert "edited_frames" not in results_document(a, "x")["model"]
+    edited = a.labels[a.cine["ed_frame"]].copy()
+    edited[edited == MYO] = 0
+    a.set_labels(a.cine["ed_frame"], edited)
+    model = results_document(a, "x")["model"]
+    assert model["name"] == "unet-light" and model["edited_frames"] == [a.cine["ed_frame"]]

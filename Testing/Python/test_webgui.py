@@ -1441,3 +1441,31 @@ def test_e2e_stress_with_rest_series_fills_mpr(page, gui_server):
     assert 2.0 < values["Global MPR"] < 4.5 and values.get("Global MPRI (stress/rest relative upslope)", 0) > 1
     assert "from the study's labels; rest series with perfusion-resunet" in page.alert("info")
     page.shot("stress-rest-mpr")
+
+
+def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(tmp_path, shared_data):
+    """Probe 24: a rest series refused after it was read (the stress series itself, another
+    patient's) closed the open study first (the page kept its table over a black view, and Run
+    measured the new series alone); a folder holding stress and rest (QPerf) read its stress
+    series as the rest and refused it, where `analyze --rest FOLDER` reads the rest; messages
+    named CLI flags the page does not have."""
+    import shutil as _shutil
+
+    from CardiacAISegLib.webgui.session import Session, in_page_terms
+
+    qperf = shared_data / "qperf"
+    if not (qperf / "params.json").is_file():
+        pytest.skip(f"{qperf} not found")
+    data = tmp_path / "data"
+    _shutil.copytree(qperf, data / "qperf", ignore=_shutil.ignore_patterns("aif_detection"))
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("qperf/data_stress.hdr", rest="qperf")   # the folder: its rest series
+    assert s.logic.restStudy.name.endswith("_rest"), s.logic.restStudy.name
+    s.run()
+    before = _rows(s)
+    assert "Global MPR" in before
+    study_before = s.study
+    with pytest.raises(CardiacInputError, match="the rest series is the stress series itself"):
+        s.open_path("qperf/data_stress.hdr", rest="qperf/data_stress.hdr")
+    assert s.study is study_before and _rows(s) == before   # the open study and its results stand
+    assert in_page_terms("give --dt or --aif", rest=True) == "give the 'Rest frame interval (s)' field or the 'Rest AIF file' field"

@@ -130,17 +130,29 @@ class Session:
             options["kind"] = kind
         from ..readers import load_study
 
-        study = load_study(path, **options)       # read before the old study is dropped
+        try:
+            study = load_study(path, **options)       # read before the old study is dropped
+        except CardiacInputError as e:
+            raise CardiacInputError(e.path, in_page_terms(e.problem)) from None
         rest_study = None
         if rest:
             check_rest_pairing(study, rest)   # before reading it, and before the open study is dropped
-            rest_options = {"kind": PERFUSION}
+            rest_path = self.data.resolve_input(rest)
+            # a folder holding stress and rest (QPerf, one exam's export) gives its rest series,
+            # as `analyze --rest FOLDER` does (its stress series was read as the rest and refused)
+            rest_options = {"kind": PERFUSION, "series": "rest" if Path(rest_path).is_dir() else None}
             if rest_aif:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
             if rest_dt not in (None, ""):
                 # its own: stress and rest are two acquisitions at two heart rates
                 rest_options["dt"] = _frame_interval(rest_dt, "the rest frame interval")
-            rest_study = load_study(self.data.resolve_input(rest), **rest_options)
+            try:
+                rest_study = load_study(rest_path, **rest_options)
+            except CardiacInputError as e:
+                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(e.problem, rest=True)) from None
+            # another patient's, or the stress series itself: refused here, while the open study
+            # and its results still stand (adopt closed it first, then refused the rest)
+            check_rest_pairing(study, rest, rest_study)
         return study, self.data.relative(path), options.get("aif"), rest_study
 
     def open_sample(self, sample_id):
@@ -609,6 +621,21 @@ def free_port(host="127.0.0.1"):
 def env_rendering():
     """Offscreen rendering defaults (EGL on Mesa) unless the user set their own."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+_PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
+                "--kind": "the study's kind", "--series": "a file of that series in the 'Study' field"}
+_REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
+                     "--series": "a file of that series in the 'Rest series' field"}
+
+
+def in_page_terms(text, rest=False):
+    """A reader's message, with the CLI flags it names put as the page's fields ("give --dt" is
+    "give the 'Frame interval (s)' field"; for the rest series its own fields)."""
+    import re
+
+    fields = {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})}
+    return re.sub(r"(?<![\w-])(--dt|--aif|--labels|--kind|--series)(?![\w-])", lambda m: fields[m.group(1)], text)
 
 
 def _frame_interval(text, what):
