@@ -861,6 +861,18 @@ def _(base, f):
     return [f / "cine.mhd"]
 
 
+@case("metaimage_raw_file_twice_the_header", "error", ("bytes", "ElementType", "DimSize"), named=lambda f: f / "cine.raw",
+      category="volume")
+def _(base, f):
+    """MET_INT data under a MET_SHORT header: the first half of the bytes read silently (probe 21)."""
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "cine.raw").write_bytes((base.cine_images[0] * 1000).astype(np.int32).tobytes())
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_SHORT\n"
+                                f"ElementDataFile = cine.raw\n")
+    return [f / "cine.mhd"]
+
+
 @case("nifti_sform_and_qform_disagree_on_spacing", "error", ("sform", "qform", "voxel sizes"),
       named=lambda f: f / "cine.nii.gz", category="volume")
 def _(base, f):

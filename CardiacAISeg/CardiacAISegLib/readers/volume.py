@@ -395,6 +395,12 @@ def read_metaimage(path):
             raise CardiacInputError(data_path, f"corrupt compressed data ({e})")
     if len(payload) < n_bytes:
         raise CardiacInputError(data_path, f"truncated: {len(payload)} of {n_bytes} bytes of image data")
+    if not compressed and header_size == 0 and len(payload) >= 1.5 * n_bytes:
+        # twice the bytes the header describes: another ElementType (MET_SHORT read as the
+        # first half of MET_INT values) or a dimension left out; the first half was read silently
+        raise CardiacInputError(data_path, f"holds {len(payload)} bytes where the header ({path.name}: DimSize "
+                                           f"{' '.join(map(str, dims))}, ElementType {fields.get('ElementType')}) describes "
+                                           f"{n_bytes}: a wrong ElementType or DimSize in the header, or another image's data")
     arr = np.frombuffer(payload[:n_bytes], dtype=dtype).reshape(dims[::-1]).astype(np.float32)
     check_finite(data_path, arr)
 
