@@ -1161,6 +1161,51 @@ def _(base, f):
     return [img, "--labels", lab]
 
 
+def _info(base):
+    return f"ED: 1\nES: 2\nNbFrame: 6\n", (base_ed(base), base_es(base))
+
+
+@case("acdc_info_cfg_lower_case_keys", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """'ed: 1' by hand: "missing ED" before (probe 21)."""
+    text, frames = _info(base)
+    return [acdc_folder(base, f / "patient809", text.lower().replace("nbframe", "NbFrame"), frames=frames), "--labels", "study"]
+
+
+@case("acdc_info_cfg_utf16", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Saved as 'Unicode' (UTF-16 with its mark) by Notepad: "missing ED" before."""
+    text, frames = _info(base)
+    folder = acdc_folder(base, f / "patient810", text, frames=frames)
+    (folder / "Info.cfg").write_bytes(text.encode("utf-16"))
+    return [folder, "--labels", "study"]
+
+
+@case("acdc_info_cfg_ed_twice", "error", ("ED is given twice",), named=lambda f: f / "patient811" / "Info.cfg", category="acdc")
+def _(base, f):
+    text, frames = _info(base)
+    return [acdc_folder(base, f / "patient811", text + "ED: 2\n", frames=frames), "--labels", "study"]
+
+
+@case("acdc_unpadded_frame_numbers", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """patient812_frame1.nii.gz and _frame1_gt: the images were read, their labels not found."""
+    text, frames = _info(base)
+    folder = acdc_folder(base, f / "patient812", text, frames=frames)
+    for path in sorted(folder.glob("*_frame0*")):
+        path.rename(path.with_name(path.name.replace("_frame0", "_frame")))
+    return [folder, "--labels", "study"]
+
+
+@case("acdc_root_folder_of_patients", "error", ("2 study folders", "cardiacaiseg batch"), named=lambda f: f / "training",
+      category="acdc")
+def _(base, f):
+    text, frames = _info(base)
+    for name in ("patient813", "patient814"):
+        acdc_folder(base, f / "training" / name, text, frames=frames)
+    return [f / "training"]
+
+
 @case("acdc_info_cfg_with_equals_signs", "ok", category="acdc", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     return [acdc_folder(base, f / "patient805", "ED = 1\nES = 2\nNbFrame = 6\n", frames=(base_ed(base), base_es(base))),

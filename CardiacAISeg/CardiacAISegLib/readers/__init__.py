@@ -136,7 +136,11 @@ def _read(path, kind, series, aif, dt, progress, units):
             from .dicom import load_dicom_series
 
             return load_dicom_series(path, series=series, progress=progress, kind_asked=kind)
-        raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}")
+        studies = [d for d in sorted(Path(path).iterdir()) if d.is_dir() and (d / "Info.cfg").is_file()]
+        hint = (f"; it holds {len(studies)} study folders ({', '.join(d.name for d in studies[:3])}"
+                f"{', ...' if len(studies) > 3 else ''}): analyse one of them, or all with `cardiacaiseg batch {path}`"
+                if studies else "")
+        raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}{hint}")
     suffix = volume_suffix(path)
     if suffix in (".hdr", ".img") and kind == CINE:
         # QPerf's perfusion format, unless the user says it holds a cine (x, y, slices, frames)

@@ -52,15 +52,22 @@ def read_info_cfg(path):
     """Info.cfg as a dict; ED/ES/NbFrame as int, Height/Weight as float; absent keys are absent."""
     info = {}
     try:
-        # utf-8-sig: Windows editors save a byte-order mark, which would hide the first key ("ED")
-        text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise CardiacInputError(path, f"cannot read Info.cfg ({e.strerror})")
+    # utf-8-sig: Windows editors save a byte-order mark, which would hide the first key ("ED");
+    # Notepad's "Unicode" is UTF-16 (read as "missing ED" before)
+    encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    text = raw.decode(encoding, errors="replace")
+    canonical = {"ed": "ED", "es": "ES", "nbframe": "NbFrame", "height": "Height", "weight": "Weight", "group": "Group"}
     for line in text.splitlines():
         sep = ":" if ":" in line else "=" if "=" in line else None   # "ED = 1" is a common hand edit
         if sep is None:
             continue
         key, value = (s.strip() for s in line.split(sep, 1))
+        key = canonical.get(key.lower(), key)   # "ed: 1" / "Es: 12" by hand
+        if key in ("ED", "ES") and key in info and str(info[key]) != value:
+            raise CardiacInputError(path, f"{key} is given twice ({info[key]} and {value}): keep the right one")
         if key in ("ED", "ES", "NbFrame"):
             try:
                 number = float(value)
@@ -148,9 +155,9 @@ def load_acdc_patient(folder, frames="all"):
 
     labels, missing_gt = {}, {}
     for n, i in index.items():
-        gt = folder / f"{folder.name}_frame{n:02d}_gt.nii.gz"
-        if not gt.is_file():
-            gt = folder / f"{folder.name}_frame{n:02d}_gt.nii"
+        # ACDC pads frame numbers to 2 digits; hand-made folders often do not (frame1_gt)
+        candidates = [folder / f"{folder.name}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
+        gt = next((c for c in candidates if c.is_file()), candidates[0])
         if not gt.is_file():
             missing_gt[i] = f"{folder.name}_frame{n:02d}_gt.nii.gz not found"   # said if its labels are asked for
         if gt.is_file():
