@@ -277,7 +277,9 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
                                            "cycle (a 3D label map labels one frame; give a 4D one)")
         c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
         warnings += w
-        triggered = bool((study.provenance or {}).get("trigger_times_ms")) and c_ed < c_es   # ED first in the cycle
+        # DICOM trigger delays place the two frames in the cycle: an export of its ED and ES
+        # frames (the shipped sample: 300 and 740 ms, ED the later one, at end-diastole)
+        triggered = bool((study.provenance or {}).get("trigger_times_ms"))
         if study.n_frames == 2 and ed is None and es is None and not triggered:
             # two frames and nothing naming them: ES is simply the other frame (EF 25 % for 57 %
             # with QC pass when the two were not the cycle's ED and ES; probe 21)
