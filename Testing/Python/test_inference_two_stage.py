@@ -235,3 +235,23 @@ def test_a_shipped_cine_model_runs_in_the_mode_it_was_measured_in(name):
         assert summary[key] == value, key
     assert evaluation["split"]["val"] == card["training"]["split"]["val"]
     assert {r["patient"] for r in evaluation["per_patient"]} == set(card["training"]["split"]["val"])
+
+
+def test_square_widens_when_labels_reach_its_edge():
+    """The heart square is found on the middle slices; a large basal RV ran past its edge
+    (probe 23: 88 of 8,681 RV voxels outside on a heart 1.7x ACDC's size). Labels touching an
+    edge inside the image give one wider square around all that was labelled; labels clear of
+    the edges, or an edge that is the image's own, give none."""
+    from CardiacAISegLib.models.inference import HEART_BOX_MARGIN_MM, _box_around_cut_labels
+
+    box = (slice(50, 150), slice(60, 160))
+    inside = np.zeros((3, 100, 100), np.uint8)
+    inside[1, 30:60, 30:60] = 1
+    assert _box_around_cut_labels({0: inside}, box, (256, 256), (1.0, 1.0)) is None
+    cut = inside.copy()
+    cut[0, 0:20, 40:70] = 3          # the basal RV runs out of the square's top edge
+    rows, cols = _box_around_cut_labels({0: cut}, box, (256, 256), (1.0, 1.0))
+    assert rows.stop - rows.start >= 100 and cols.stop - cols.start >= 100
+    assert 50 - rows.start >= HEART_BOX_MARGIN_MM - 1   # the margin beyond the highest label
+    at_image_edge = (slice(0, 100), slice(60, 160))   # the square's top is the image's: nothing lies beyond
+    assert _box_around_cut_labels({0: cut}, at_image_edge, (256, 256), (1.0, 1.0)) is None

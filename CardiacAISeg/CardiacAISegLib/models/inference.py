@@ -316,24 +316,73 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
         heart = ({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop], "found_on_frame": ref,
                   "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1), round((box[1].stop - box[1].start) * spacing_rc[1], 1)]}
                  if box else {"whole_field": reason})
-    window = box if box is not None else (slice(None), slice(None))
     cycle = temporal.is_whole_cycle(frames, n_frames or 0)
-    labels, probabilities = {}, {}
-    for n, t in enumerate(frames):
-        progress(n, len(frames), f"segmenting frame {t + 1}")
-        image = np.ascontiguousarray(volumes[t][:, window[0], window[1]])
-        if cycle:   # float16 keeps a 30-frame cycle's probabilities small
-            probabilities[t] = predict_volume_probabilities(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta).astype(np.float16)
-        else:
-            labels[t] = predict_labels(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta)
-    if cycle:
-        labels = {t: keep_one_component_per_structure(m) for t, m in temporal.smoothed_labels(probabilities).items()}
+
+    def segment_in(window):
+        labels, probabilities = {}, {}
+        for n, t in enumerate(frames):
+            progress(n, len(frames), f"segmenting frame {t + 1}")
+            image = np.ascontiguousarray(volumes[t][:, window[0], window[1]])
+            if cycle:   # float16 keeps a 30-frame cycle's probabilities small
+                probabilities[t] = predict_volume_probabilities(model, image, spacing_rc, pixel_mm, multiple, device,
+                                                                tta=tta).astype(np.float16)
+            else:
+                labels[t] = predict_labels(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta)
+        if cycle:
+            labels = {t: keep_one_component_per_structure(m) for t, m in temporal.smoothed_labels(probabilities).items()}
+        return labels
+
+    labels = segment_in(box if box is not None else (slice(None), slice(None)))
+    if box is not None:
+        wider = _box_around_cut_labels(labels, box, next(iter(volumes.values())).shape[1:], spacing_rc)
+        if wider is not None:
+            # the square was found on the middle slices; a large basal RV (or LV) ran past its
+            # edge (88 of 8,681 RV voxels outside on a heart 1.7x ACDC's size; probe 23): once
+            # more on a square around all that was labelled
+            box = wider
+            labels = segment_in(box)
+            heart.update({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop],
+                          "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1),
+                                 round((box[1].stop - box[1].start) * spacing_rc[1], 1)],
+                          "widened": "labels reached the square's edge"})
     if box is not None:   # back onto the full grid: background outside the square
         for t, m in labels.items():
             full = np.zeros(volumes[t].shape, np.uint8)
             full[:, box[0], box[1]] = m
             labels[t] = full
     return labels, heart
+
+
+def _box_around_cut_labels(labels, box, shape_rc, spacing_rc):
+    """A wider (rows, cols) square around every labelled pixel of ``labels`` (in-box label maps)
+    plus the margin, when some label touches an edge of ``box`` that is not the image's edge;
+    else None."""
+    touched = False
+    rows_any, cols_any = [], []
+    for m in labels.values():
+        on = m > 0
+        r_any, c_any = on.any(axis=(0, 2)), on.any(axis=(0, 1))
+        rows_any.append(r_any)
+        cols_any.append(c_any)
+        touched |= bool((r_any[0] and box[0].start > 0) or (r_any[-1] and box[0].stop < shape_rc[0])
+                        or (c_any[0] and box[1].start > 0) or (c_any[-1] and box[1].stop < shape_rc[1]))
+    if not touched:
+        return None
+    r_on = np.flatnonzero(np.any(rows_any, axis=0)) + box[0].start
+    c_on = np.flatnonzero(np.any(cols_any, axis=0)) + box[1].start
+
+    def side(lo, hi, n, spacing, current):
+        margin = int(round(HEART_BOX_MARGIN_MM / spacing))
+        length = max(current.stop - current.start, hi - lo + 1 + 2 * margin)
+        length = min(n, length)
+        start = min(max(int(round((lo + hi) / 2 - length / 2)), 0), n - length)
+        return slice(start, start + length)
+
+    r = side(r_on.min(), r_on.max(), shape_rc[0], spacing_rc[0], box[0])
+    c = side(c_on.min(), c_on.max(), shape_rc[1], spacing_rc[1], box[1])
+    if (r.start, r.stop, c.start, c.stop) == (box[0].start, box[0].stop, box[1].start, box[1].stop):
+        return None
+    return r, c
 
 
 def frames_to_segment(study, frames="ed_es"):
