@@ -275,7 +275,11 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
             raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s) "
                                            f"(frame {sorted(curve)} of {study.n_frames}): label ED and ES, or the whole "
                                            "cycle (a 3D label map labels one frame; give a 4D one)")
-        c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
+        try:
+            c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
+        except CardiacInputError as e:
+            notes = [n for n in (study.provenance or {}).get("warnings", []) if "label values" in n]
+            raise CardiacInputError(e.path, e.problem + (f"; {notes[0]}" if notes else "")) from None
         warnings += w
         # DICOM trigger delays place the two frames in the cycle: an export of its ED and ES
         # frames (the shipped sample: 300 and 740 ms, ED the later one, at end-diastole)
@@ -296,7 +300,10 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
     rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]
     if lv_edv <= 0:
-        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})")
+        # what the label file's reader said of values it did not know (259, a slope of 2 that
+        # made 1 into 2): the likelier reason than an empty ventricle (probe 21)
+        notes = [w for w in (study.provenance or {}).get("warnings", []) if "label values" in w]
+        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})" + (f"; {notes[0]}" if notes else ""))
     full = len(curve) == study.n_frames
     fixed = kept_ed_es is not None or (study.ed_frame is not None and study.es_frame is not None)
     if full and len(curve) > 1 and fixed:

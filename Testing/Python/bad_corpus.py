@@ -780,6 +780,15 @@ def _(base, f):
     return [img, "--labels", labels]
 
 
+@case("labels_doubled_by_a_slope", "error", ("no LV blood pool", "label values [4, 6]"),
+      named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    """Labels stored x2 (a scl_slope of 2): 'no LV blood pool' said nothing of the values 4 and 6."""
+    lab = (acdc_convention(base.cine_labels) * 2).astype(np.uint8)
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
 @case("labels_float_halves", "error", ("whole numbers",), named=lambda f: f / "cine_labels.nii.gz", category="labels")
 def _(base, f):
     lab = acdc_convention(base.cine_labels).astype(np.float32) * 0.5
