@@ -225,6 +225,43 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_cine_slice_lost_its_first_phase", "error", ("slice 3", "nothing at 0 ms", "first phase"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """One slice's TriggerTime-0 image (ED) lost in a copy: matched by delay, ED went from every
+    slice (EDV -2.7 %, QC pass; probe 26). A phase lost mid-cycle was refused already."""
+    d, lab = cine_dicom(base, f / "dicom")
+    (d / f"IM{3 * N_FRAMES + 1:04d}.dcm").unlink()   # slice 3, frame 0
+    return [d, "--labels", lab]
+
+
+@case("dicom_cine_frames_with_nothing_to_order_them", "error", ("nothing orders them in time",), category="dicom")
+def _(base, f):
+    """No TriggerTime, clock, TemporalPositionIdentifier or InstanceNumber, files named by UID:
+    the frames were stacked in file-name order (network EF 28-30 % for 52 %; probe 26)."""
+    def strip(ds, k, t):
+        del ds.TriggerTime
+        del ds.InstanceNumber
+    d, lab = cine_dicom(base, f / "dicom", per_image=strip)
+    return [d, "--labels", lab]
+
+
+@case("dicom_cine_beside_a_three_plane_localiser", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """One SAX series and a 3-image localiser series: asked for --series (probe 26), where the
+    same stack stored one series per slice was read."""
+    d, lab = cine_dicom(base, f / "dicom")
+    for n, iop in enumerate(([1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1])):
+        def plane(ds, k, t, iop=iop):
+            ds.ImageOrientationPatient = iop
+            ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+            del ds.TriggerTime
+        cine_dicom(base, f / f"loc{n}", slices=[0], frames=[0], per_image=plane, series="1.2.826.0.1.3680043.10.99.7",
+                   desc="3-plane loc", number=1)
+        (f / f"loc{n}" / "IM0001.dcm").rename(d / f"LOC{n}.dcm")
+    return [d, "--labels", lab]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

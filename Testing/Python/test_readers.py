@@ -931,3 +931,19 @@ def test_labels_given_for_some_frames_say_which_frames_keep_the_studys(tmp_path)
     s = load_study(folder, labels=edited)
     assert any("labels of ED from this file; ES keep the labels that came with the study" in w
                for w in s.provenance["warnings"]), s.provenance["warnings"]
+
+
+def test_contours_on_a_study_whose_instance_numbers_restart_say_so(shared_data):
+    """Sunnybrook re-filed one series per slice (InstanceNumber 1-20 in each): "the study has no
+    DICOM InstanceNumber map; ... need a study read from DICOM", though it was (probe 26)."""
+    from CardiacAISegLib.readers.contours import sunnybrook_labels
+    from CardiacAISegLib.study import Study
+
+    contours = shared_data / "sunnybrook" / "SC-HF-I-1_contours"
+    if not contours.is_dir():
+        pytest.skip(f"{contours} not found")
+    study = Study(images=np.zeros((20, 12, 8, 8), np.float32), ijk_to_ras=np.eye(4), kind="cine",
+                  provenance={"instance_map": {}, "ambiguous_instances": list(range(1, 21))})
+    with pytest.raises(CardiacInputError) as e:
+        sunnybrook_labels(contours, study)
+    assert "InstanceNumbers restart (1-20 in each of its per-slice series)" in e.value.problem

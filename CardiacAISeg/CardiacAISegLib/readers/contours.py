@@ -76,8 +76,11 @@ def sunnybrook_labels(folder, study):
     if not files:
         raise CardiacInputError(folder, "no Sunnybrook contour files (IM-....-NNNN-icontour-manual.txt) here")
     imap = study.provenance.get("instance_map")
-    if not imap:
+    # read from DICOM, every number carried by several images (one series per slice, numbering
+    # restarting in each): the map is empty, and "no map" said the study was not DICOM (probe 26)
+    if not imap and "ambiguous_instances" not in study.provenance:
         raise CardiacInputError(study.source or folder, "the study has no DICOM InstanceNumber map; Sunnybrook contours need a study read from DICOM")
+    imap = imap or {}
     shape = study.images.shape[2:]
     masks = {}  # (t, k) -> {'i': mask, 'o': mask}
     for (inst, which), f in sorted(files.items()):
@@ -85,7 +88,11 @@ def sunnybrook_labels(folder, study):
             if inst in study.provenance.get("ambiguous_instances", ()):
                 raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which several images of the DICOM series "
                                            "carry (numbering restarts per series): the contour's image is ambiguous")
-            raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which is not in the DICOM series")
+            restart = study.provenance.get("ambiguous_instances") or ()
+            hint = (f"; the series' InstanceNumbers restart ({min(restart)}-{max(restart)} in each of its per-slice series), "
+                    "where Sunnybrook contours name images by one numbering through the study: give the study as it "
+                    "was exported with the contours" if restart else "")
+            raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which is not in the DICOM series{hint}")
         t, k = imap[inst]
         masks.setdefault((int(t), int(k)), {})[which] = polygon_mask(read_contour(f), shape)
 

@@ -273,6 +273,31 @@ def _stack_key(ds):
         return None
 
 
+MAX_LOCALISER_IMAGES = 5
+
+
+def _without_localisers(series, notes=None):
+    """``series`` without localiser/scout series (at most MAX_LOCALISER_IMAGES images in two or
+    more orientations, or named so) when a series of many images remains: a SAX cine beside its
+    3-plane localiser asked for --series (probe 26), as it did not in per-slice layouts."""
+    def orientations(items):
+        return {_stack_key(ds)[0] for _, ds in items if _stack_key(ds) is not None}
+
+    def localiser(items):
+        desc = str(items[0][1].get("SeriesDescription", "")).lower()
+        return len(items) <= MAX_LOCALISER_IMAGES and (len(orientations(items)) >= 2 or
+                                                      re.search(r"loc|scout|survey|tripilot|3.?plane", desc) is not None)
+
+    dropped = [u for u, items in series.items() if localiser(items)]
+    kept = {u: items for u, items in series.items() if u not in dropped}
+    if not dropped or not kept or any(len(items) <= MAX_LOCALISER_IMAGES for items in kept.values()):
+        return series
+    if notes is not None:
+        for u in dropped:
+            notes.append(f"{_describe(u, series[u])}: a localiser (a few images in several planes), left out")
+    return kept
+
+
 def _parallel_stack(series, notes=None):
     """One stack from several series of parallel slices, or None.
 
@@ -757,6 +782,9 @@ def _choose_series(folder, series, choice, notes=None):
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]], pair[1]
+        rest = _without_localisers(series, notes)
+        if len(rest) == 1:   # one stack beside a 3-plane localiser (read as it is in per-slice layouts)
+            return (*next(iter(rest.items())), None)
         hint = ""
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
@@ -1110,6 +1138,27 @@ def _gap_in_frames(group, clock):
     if step > 0 and steps.max() > 1.5 * step:
         i = int(np.argmax(steps))
         return float(t[i]), float(t[i + 1])
+    return None
+
+
+def _lost_first_phase(groups, clock):
+    """(slice, first delay of the others) when a slice with fewer phases than the rest keeps
+    their phase step but starts one or more steps later: its first images were lost, not a
+    shorter or differently sampled cycle; else None."""
+    if clock != "TriggerTime":
+        return None
+    delays = [np.array([_trigger_s(g[1]) for g in grp], float) for grp in groups]
+    if any(d.size < 3 or not np.all(np.isfinite(d)) for d in delays):
+        return None
+    full = max(d.size for d in delays)
+    complete = [d for d in delays if d.size == full]
+    step = float(np.median(np.diff(complete[0])))
+    if not step > 0:
+        return None
+    first = float(np.median([d[0] for d in complete]))
+    for k, d in enumerate(delays):
+        if d.size < full and abs(float(np.median(np.diff(d))) - step) <= 0.1 * step and d[0] > first + 0.5 * step:
+            return k, first
     return None
 
 
@@ -1639,6 +1688,16 @@ def _refuse_frames_without_place(folder, groups):
                                                    "time (FrameAcquisitionDateTime) nor a TemporalPositionIndex while the "
                                                    "other frames have an index: its place in the time series is unknown; "
                                                    "re-export the series")
+        classic = [g for g in grp if not isinstance(g[1], EnhancedFrame)]
+        if len(classic) > 1 and all(_temporal_position(g[1]) is None for g in classic):
+            numbers = [g[1].get("InstanceNumber") for g in classic]
+            if any(n in (None, "") for n in numbers) or len(set(map(str, numbers))) < len(numbers):
+                # no trigger delay, clock, temporal position or distinct InstanceNumber: the
+                # frames were stacked in file-name order, random in a PACS export by UID (the
+                # network's EF 28-30 % for 52 %; probe 26)
+                raise CardiacInputError(classic[0][0], f"{len(classic)} images at one slice position and nothing orders them "
+                                                       "in time: no TriggerTime, acquisition time, TemporalPositionIdentifier "
+                                                       "or distinct InstanceNumber; re-export the series with its timing tags")
 
 
 def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
@@ -1794,14 +1853,28 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         # shorter cycle: keeping the first phases would shift that slice's later phases by one
         # against the others' (its ES taken from another moment), so it is refused too.
         gap_inside = any(len(g) < max(counts) and _gap_in_frames(g, clock) is not None for g in groups)
-        if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts) or gap_inside:
+        lost_first = _lost_first_phase(groups, clock)
+        if timing["kind"] == PERFUSION or kind == PERFUSION or min(counts) < 0.8 * max(counts) or gap_inside or lost_first:
             lost = "; an image is missing inside the cardiac cycle" if gap_inside and timing["kind"] != PERFUSION else ""
+            if lost_first and not gap_inside:
+                # its first phase (ED at the R wave) lost in a copy: matched by delay, ED went from
+                # every slice (EDV -2.7 %, QC pass; probe 26)
+                k, t0 = lost_first
+                lost = (f"; slice {k} (at {positions[k]:.1f} mm) has nothing at {1000 * t0:.0f} ms, where the other slices "
+                        "have their first phase (ED at the R wave): an image lost in a copy or transfer")
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
                                             f"mixes acquisitions{lost}{_where_frames_are_missing(groups, positions, clock)}")
         matched = _phases_matched_by_trigger_time(folder, groups, clock)
         if matched is None:
+            longer = [k for k, n in enumerate(counts) if n > min(counts)]
+            if len(longer) < len(counts) - len(longer):
+                # name the few slices that lost phases, not the many that kept all theirs (probe 26)
+                where = ": " + "; ".join(f"slice {k} (at {positions[k]:.1f} mm) has {counts[k]}" for k in longer[:3]) \
+                    + (f"; {len(longer) - 3} more" if len(longer) > 3 else "")
+            else:
+                where = _where_frames_are_missing(groups, positions, clock)
             early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used "
-                                  f"(the last phases of the longer cycles are left out{_where_frames_are_missing(groups, positions, clock)})")
+                                  f"(the last phases of the longer cycles are left out{where})")
             groups = [g[:min(counts)] for g in groups]
         else:
             groups, note = matched
