@@ -168,8 +168,6 @@ def _refuse_near_miss_columns(path, header):
     """A column that reads as a misspelt option ('lables', 'Labels', 'dt_s') was kept as a column
     of the user's own: the option was silently not applied (the network run instead of the given
     labels; the file's frame interval instead of the manifest's, MBF 2.47 for 1.23)."""
-    import difflib
-
     known = PATH_COLUMNS + OPTION_COLUMNS
     for column in header:
         if not column or column in known or column in META_COLUMNS or column.startswith(REF_PREFIX):
@@ -182,12 +180,23 @@ def _refuse_near_miss_columns(path, header):
             what = "seconds" if unit.group(1) != "density" else "g/mL"
             raise CardiacInputError(path, f"column {column!r} reads as the {unit.group(1)!r} option with a unit in its name; "
                                           f"name the column {unit.group(1)!r} and give the number in {what}")
-        close = difflib.get_close_matches(lower, known, n=1, cutoff=0.8)
+        close = next((c for c in known if _one_typo_apart(lower, c)), None)
         if close:
-            raise CardiacInputError(path, f"column {column!r} looks like a misspelt {close[0]!r}, an option that would not "
-                                          f"be applied under this name; rename it {close[0]!r} (or, for a column of your "
+            raise CardiacInputError(path, f"column {column!r} looks like a misspelt {close!r}, an option that would not "
+                                          f"be applied under this name; rename it {close!r} (or, for a column of your "
                                           "own, a name further from the options: "
                                           f"{', '.join(c for c in OPTION_COLUMNS if c != 'study')})")
+
+
+def _one_typo_apart(a, b):
+    """Two names of 5 or more letters, of one length, that differ by one letter or by two
+    neighbours swapped ('lables', 'denisty'): a typo. A plural, a suffix or another word
+    ('label', 'rest_ef', 'studyid') is a column of the user's own (probe 25: a similarity cutoff
+    refused rest_date, label, unit, series_no)."""
+    if len(a) != len(b) or len(a) < 5 or a == b:
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
 
 
 def discover_folder(folder, defaults=None, exclude=()):

@@ -567,8 +567,10 @@ def test_manifest_column_that_misspells_an_option_is_refused(tmp_path, column, s
     with pytest.raises(CardiacInputError) as e:
         read_manifest(m)
     assert said in e.value.problem and f"{column!r}" in e.value.problem
-    m.write_text("study,path,site,sex,age,date,scanner,series_uid,notes,group\nx,a.nii.gz,s,f,50,2020,GE,1.2,n,g\n")
-    assert read_manifest(m)[0].extra["date"] == "2020"   # columns of one's own stay
+    m.write_text("study,path,site,sex,age,date,scanner,series_uid,notes,group,label,unit,rest_date,studyid,frame\n"
+                 "x,a.nii.gz,s,f,50,2020,GE,1.2,n,g,dcm,mm,2021,7,3\n")
+    extra = read_manifest(m)[0].extra   # columns of one's own stay (a similarity cutoff refused label, unit, rest_date)
+    assert extra["date"] == "2020" and extra["label"] == "dcm" and extra["rest_date"] == "2021"
 
 
 def test_manifest_skips_empty_rows_and_counts_the_files_lines(tmp_path):

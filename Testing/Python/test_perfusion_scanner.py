@@ -897,12 +897,15 @@ def test_aif_series_missing_its_first_file_stays_on_its_heartbeats(tmp_path, pha
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
-def test_aif_series_slice_timing_offset_is_not_interpolated(tmp_path, phantom):
+@pytest.mark.parametrize("lead_s", [0.1, 0.2])
+def test_aif_series_slice_timing_offset_is_not_interpolated(tmp_path, phantom, lead_s):
     """The AIF is read out in the same heartbeat a little before the slices: matched by
-    heartbeat, not moved by the 0.1 s between the clocks (+18 % when interpolated by it)."""
+    heartbeat, not moved by the time between the clocks (+18 % when interpolated by 0.1 s), nor
+    put on the previous beat's images when it leads the slices' median by over half an interval
+    (0.2 s before the first of 3 slices at 120/min: MBF +66 %, QC pass; probe 25)."""
     study, truth = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens")
-    write_aif_series(tmp_path / "d", study, start_s=36000.0 - 0.1)
+    write_aif_series(tmp_path / "d", study, start_s=36000.0 - lead_s)
     s = load_study(tmp_path / "d")
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
@@ -999,3 +1002,38 @@ def test_results_source_says_the_timing_mbf_scales_with(tmp_path, phantom):
     assert src["frame_clock"] == "AcquisitionTime" and src["frame_interval_source"] == "file"
     assert src["frame_interval_s"] == pytest.approx(float(np.median(np.diff(s.frame_times_s))), abs=1e-3)
     np.testing.assert_allclose(src["frame_times_s"], s.frame_times_s, atol=6e-4)
+
+
+def test_one_image_time_without_its_fraction_keeps_the_series_times(tmp_path, phantom):
+    """One image's AcquisitionTime written '100000' (no '.000000') put the whole series on whole
+    seconds (its last frame at 29.00 s for 29.36 s, MBF 2.46 for 2.65; probe 25): a stray time
+    is exact as it is; only an export that cut many is read to the second."""
+    import pydicom
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens", heartbeat_jitter_s=0.1, seed=3)
+    full = load_study(tmp_path / "s").frame_times_s.copy()
+    first = min(paths, key=lambda p: str(pydicom.dcmread(p, stop_before_pixels=True).AcquisitionTime))
+    ds = pydicom.dcmread(first)
+    assert float(str(ds.AcquisitionTime).split(".")[1] or 0) == 0
+    ds.AcquisitionTime = str(ds.AcquisitionTime).split(".")[0]
+    ds.save_as(first)
+    s = load_study(tmp_path / "s")
+    np.testing.assert_allclose(s.frame_times_s, full, atol=1e-6)
+    assert not any("whole seconds" in w for w in s.provenance["warnings"])
+
+
+def test_untimed_first_pass_starting_near_the_bolus_is_still_perfusion(tmp_path, shared_data):
+    """A real first pass saved untimed, starting 4 frames before the RV rises: its RV pool ends
+    at 1.27x (LV 1.9x) and the new cycle rule read it as a cine (probe 25). Both pools must come
+    back for a cycle."""
+    path = shared_data / "qperf" / "aif_detection" / "example1_images.npy"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    from CardiacAISegLib.readers.series_kind import _pool_curves
+
+    frames = np.load(path).transpose(2, 0, 1)
+    rises = _pool_curves(frames)[2]
+    cut = frames[max(0, rises - 4):]
+    with pytest.raises(CardiacInputError, match="read as a first-pass perfusion series"):
+        load_study(_untimed_nifti(tmp_path / "perf.nii.gz", cut[:, None]))

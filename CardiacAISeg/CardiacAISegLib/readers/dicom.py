@@ -908,6 +908,7 @@ def _clock_s(ds):
 
 _DAY_OFFSET = "_cardiacaiseg_day_offset_s"
 _WHOLE_SECONDS = "_cardiacaiseg_whole_seconds"
+WHOLE_SECONDS_SHARE = 0.25   # of a series' images with times cut to the second: all read to the second
 _CLOCK_TAG = "_cardiacaiseg_clock_tag"
 _CLOCK_TAGS = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime")
 
@@ -949,7 +950,9 @@ def _settle_clock_tag(items):
             texts = [str(ds.get(chosen, "")).strip() for ds in classic]
             with_fraction = sum("." in t and t.split(".", 1)[1].strip("0") != "" for t in texts)
             without = sum(bool(t) and "." not in t for t in texts)
-            if with_fraction and without:
+            # an export that cut them, not a stray time written without ".000000" (one such image
+            # put a valid series on whole seconds: MBF 2.46 for 2.65; probe 25)
+            if with_fraction and without >= WHOLE_SECONDS_SHARE * len(texts):
                 for ds in classic:
                     object.__setattr__(ds, _WHOLE_SECONDS, True)
 
@@ -1975,7 +1978,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         # where the first frame sits on the clock: a dual-sequence AIF series is matched to the
         # images on it (each series counted from its own first frame put the AIF a heartbeat
         # early when its first file was missing: MBF +66 %, QC pass)
-        timing["origin_s"] = float(np.median(times[0]))
+        # the earliest slice's: a dual-sequence AIF is read out first in each heartbeat, before the slices
+        timing["origin_s"] = float(np.min(times[0]))
     prov = {
         "reader": "dicom", "files": list(dict.fromkeys(str(g[0]) for grp in groups for g in grp)), "skipped_files": skipped,
         "series_uid": uid, "series_number": int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,

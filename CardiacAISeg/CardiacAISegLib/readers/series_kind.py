@@ -116,7 +116,9 @@ def _from_content(study):
     images = study.images[pd_count:]
     curves = _pool_curves(images[:, study.n_slices // 2])
     rises, ends, start = curves if curves is not None else (None, None, None)
-    if rises is not None and min(rises) >= FIRST_PASS_POOL_RISE and min(ends) < FIRST_PASS_END_RATIO \
+    # both pools back (not just one: a real first pass cut to start 3-5 frames before the RV rises
+    # ended with its RV pool at 1.28x and was read as a cine; probe 25)
+    if rises is not None and min(rises) >= FIRST_PASS_POOL_RISE and max(ends) < FIRST_PASS_END_RATIO \
             and start <= CYCLE_RISE_WITHIN:
         # the pools come back to where they started: a cycle, not a first pass (a real cine
         # lost its 2 apical slices and, its middle slice now another, was refused as perfusion)
