@@ -947,3 +947,16 @@ def test_contours_on_a_study_whose_instance_numbers_restart_say_so(shared_data):
     with pytest.raises(CardiacInputError) as e:
         sunnybrook_labels(contours, study)
     assert "InstanceNumbers restart (1-20 in each of its per-slice series)" in e.value.problem
+
+
+def test_aif_time_column_units(tmp_path):
+    """An AIF file's time column: seconds unless its name says ms ('times' is not ms)."""
+    from CardiacAISegLib.readers.perfusion import load_aif_with_times
+
+    values = [0.0, 0.1, 2.0, 5.0, 3.0, 1.0]
+    for header, scale in (("times", 1.0), ("time (s)", 1.0), ("time_ms", 1000.0), ("time (ms)", 1000.0)):
+        path = tmp_path / "aif.csv"
+        path.write_text(f"{header};aif\n" + "".join(f"{0.5 * i * scale};{v}\n" for i, v in enumerate(values)))
+        aif, times = load_aif_with_times(path)
+        np.testing.assert_allclose(times, 0.5 * np.arange(len(values)), err_msg=header)
+        np.testing.assert_allclose(aif, values)

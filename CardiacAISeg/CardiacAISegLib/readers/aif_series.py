@@ -115,10 +115,10 @@ MAX_RISE_LAG_S = 3.0         # the AIF series images the same LV blood at the sa
 
 
 def check_same_bolus(aif, main_lv, times, aif_uid):
-    """Refuse an AIF series whose curve does not peak with the images' own LV blood pool: a
+    """Refuse an AIF series whose curve does not rise with the images' own LV blood pool: a
     low-resolution series taken for the AIF series (a scout, a localiser) gave a curve with no
-    first pass or another one."""
-    t = np.asarray(times, float)
+    first pass or another one. ``times`` in s (None: frame numbers, the lag then in frames)."""
+    t = np.arange(len(aif), dtype=float) if times is None else np.asarray(times, float)   # untimed: in frames
     a = np.asarray(aif, float) - np.median(aif[:3])
     m = np.asarray(main_lv, float) - np.median(main_lv[:3])
     if not (a.max() > 0 and m.max() > 0):

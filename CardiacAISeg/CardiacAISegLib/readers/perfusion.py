@@ -97,7 +97,7 @@ def _aif_time_column(path, header, rows):
         t = np.array([float(r[k]) for r in rows])
     except (ValueError, IndexError) as e:
         raise CardiacInputError(path, f"the AIF's time column {header[k]!r} holds values that are not numbers ({e})")
-    if "ms" in names[k]:
+    if re.search(r"(^|_|\(|\[)ms(\)|\])?$", names[k]):   # ms, time_ms, time (ms) - not "times"
         t = t / 1000.0
     if t.size > 1 and not np.all(np.diff(t) > 0):
         raise CardiacInputError(path, f"the AIF's time column {header[k]!r} does not rise from value to value: it cannot "
