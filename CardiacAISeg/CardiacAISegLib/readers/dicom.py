@@ -1871,7 +1871,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         if matched is None:
             longer = [k for k, n in enumerate(counts) if n > min(counts)]
             if len(longer) < len(counts) - len(longer):
-                # name the few slices that lost phases, not the many that kept all theirs (probe 26)
+                # name the few slices whose extra phases are left out, not the many without (probe 26)
                 where = ": " + "; ".join(f"slice {k} (at {positions[k]:.1f} mm) has {counts[k]}" for k in longer[:3]) \
                     + (f"; {len(longer) - 3} more" if len(longer) > 3 else "")
             else:
