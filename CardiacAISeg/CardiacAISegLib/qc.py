@@ -296,10 +296,41 @@ def cine_flags(analysis):
     return flags
 
 
+# The largest short-axis cross-section of the LV in 160 ACDC expert label maps (ED and ES): the
+# myocardium 832 mm² or more, the blood pool 506 mm² or more. A perfusion mask far under that
+# lies on a vessel or beside the heart (probe 27: a bright vessel taken for the LV, myocardium
+# 146 mm², Dice 0.16, flagged only through the fit).
+MIN_PERFUSION_MYO_MM2 = 400.0
+MIN_PERFUSION_LV_MM2 = 200.0
+
+
+def perfusion_mask_flags(analysis):
+    """The segmentation a perfusion analysis measured, judged as anatomy: too small a myocardium
+    or LV pool on every slice, or (the network's) heart not found from the bolus."""
+    flags = []
+    st = analysis.study
+    lab = np.asarray(analysis.labels[analysis.reference_frame])
+    pixel_mm2 = float(st.spacing[0]) * float(st.spacing[1])
+    myo = float((lab == MYO).sum(axis=(1, 2)).max()) * pixel_mm2
+    pool = float((lab == LV).sum(axis=(1, 2)).max()) * pixel_mm2
+    if myo < MIN_PERFUSION_MYO_MM2 or pool < MIN_PERFUSION_LV_MM2:
+        flags.append(_flag("PERFUSION_MASK_SMALL", REVIEW, f"the myocardium measured covers at most {myo:.0f} mm² of a slice "
+                                                           f"and the LV blood pool {pool:.0f} mm² (160 ACDC label maps: 830 "
+                                                           "and 500 mm² or more on their largest slice): the mask may lie on "
+                                                           "a vessel or beside the heart; check the contours", myo))
+    reason = (st.provenance or {}).get("heart_not_found")
+    if reason and analysis.model_info:
+        flags.append(_flag("HEART_NOT_FOUND", REVIEW, f"the heart was not found with confidence from the bolus ({reason}): "
+                                                      "the network segmented the whole field, where a chest wall or a vessel "
+                                                      "can be taken for the myocardium; check the contours"))
+    return flags
+
+
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
     flags = []
     st = analysis.study
+    flags += perfusion_mask_flags(analysis)
     g = p.get("global_mbf_ml_min_g")
     msg = _out_of("mbf_ml_min_g", g, "global MBF", " mL/min/g")
     if msg:

@@ -618,3 +618,33 @@ def test_noisy_cine_is_sent_to_review(cine, shared_data):
         # the same images scaled to -1..1, as some exports store them: SNR -17 before (probe 25)
         scaled = 2 * st.images[st.ed_frame] / st.images[st.ed_frame].max() - 1
         assert cine_snr(scaled, st.labels[st.ed_frame]) > 2 * MIN_CINE_SNR, p
+
+
+def test_perfusion_mask_on_a_vessel_is_sent_to_review(perfusion):
+    """A bright vessel taken for the LV: myocardium 146 mm², Dice 0.16, QC review only through
+    fit flags (probe 27). The mask itself is judged: far smaller than any ventricle."""
+    study, _ = perfusion
+    lab = study.labels[0].copy()
+    keep = np.zeros_like(lab)
+    on = np.argwhere(lab == LV)
+    r, c = on[len(on) // 2][1:]
+    keep[:, r - 3:r + 3, c - 3:c + 3] = lab[:, r - 3:r + 3, c - 3:c + 3]   # a small patch of pool
+    ring = np.zeros_like(lab, bool)
+    ring[:, r - 5:r + 5, c - 5:c + 5] = True
+    keep[ring & (keep == 0)] = MYO
+    a = Analysis(study, {0: keep}).run()
+    assert "PERFUSION_MASK_SMALL" in codes(a), a.qc["flags"]
+
+
+def test_heart_not_found_from_the_bolus_is_a_review_flag(perfusion):
+    """Where the network segments the whole field because the bolus did not show the heart
+    with confidence (the path behind the real Dice 0.00), a warning alone let QC pass."""
+    study, _ = perfusion
+    st = copy(study)
+    st.provenance = dict(study.provenance or {}, heart_not_found="no RV peaked before the LV")
+    a = Analysis(st, dict(study.labels))
+    a.model_info = {"name": "perfusion-resunet"}
+    a.run()
+    assert "HEART_NOT_FOUND" in codes(a)
+    b = Analysis(st, dict(study.labels)).run()   # labels given: not the network's whole-field guess
+    assert "HEART_NOT_FOUND" not in codes(b)

@@ -58,6 +58,7 @@ def heart_crop(study, pools=None):
     if pools["confidence"] != "high":
         # without an RV that peaked first next to it, the "LV" may be the aorta or a vessel: a
         # crop around it could cut the heart out, so the network sees the whole field instead
+        study.provenance["heart_not_found"] = pools["reason"]   # QC HEART_NOT_FOUND (the real Dice 0.00 went this way)
         study.provenance.setdefault("warnings", []).append(
             f"wide field of view, but the heart was not found with confidence from the bolus ({pools['reason']}): "
             "the network segments the whole field; check the contours")
