@@ -421,9 +421,11 @@ def _(base, f):
     return [f / "dicom", "--labels", labels]
 
 
-@case("dicom_localiser_series_beside_cine", "error", ("series",), category="dicom",
-      named=lambda f: f / "dicom")
+@case("dicom_localiser_series_beside_cine", "warn", ("a localiser", "left out"), category="dicom")
 def _(base, f):
+    """A 3-plane localiser series beside one SAX series: the stack is read and the localiser
+    named (it asked for --series, where the same stack stored one series per slice was read;
+    probe 26)."""
     d, _ = cine_dicom(base, f / "dicom", slices=range(4), frames=range(2))
     for n, iop in enumerate(([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1], [0.7071, 0.7071, 0, 0, 0, -1])):
         write_dicom(d / f"LOC{n}.dcm", series="1.2.826.0.1.3680043.10.99.2", number=1, desc="3-plane localizer", iop=iop,
