@@ -449,6 +449,7 @@ class Analysis:
         if label_map.shape != self.study.images.shape[1:]:
             raise CardiacInputError("segmentation", f"edited label map has shape {label_map.shape}, images are {self.study.images.shape[1:]}")
         self.labels[int(frame)] = label_map
+        self._snr_cache = None               # qc._snr_of: the map may be the same array, edited in place
         self.edited_frames.add(int(frame))
         self._thickness = None
         self.warnings = []

@@ -68,9 +68,9 @@ _REST_FLAGS = {"--dt": "--rest-dt", "--aif": "--rest-aif", "--labels": "--rest-l
 def as_rest_flags(text):
     """A reader's message about the rest series, with the flags that set its options named as
     the CLI names them for the rest series (its --dt is --rest-dt)."""
-    import re
+    from .errors import with_flags_renamed
 
-    return re.sub(r"(?<![\w-])(--dt|--aif|--labels)(?![\w-])", lambda m: _REST_FLAGS[m.group(1)], text)
+    return with_flags_renamed(text, _REST_FLAGS)
 
 
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",

@@ -128,6 +128,14 @@ def _lv_series(curve):
     return np.asarray(frames, int), np.asarray(vals, float)
 
 
+def _unknown_label_note(study):
+    """'; <what the label file's reader said of values it did not know>' (259, a slope of 2 that
+    made 1 into 2), the likelier reason for an empty ventricle than the labels themselves
+    (probe 21); "" when it said nothing."""
+    notes = [w for w in (study.provenance or {}).get("warnings", []) if "label values" in w]
+    return f"; {notes[0]}" if notes else ""
+
+
 def ed_es_from_curve(curve, n_frames=None):
     """(ed_frame, es_frame, warnings): ED = argmax LV volume, ES = argmin.
 
@@ -278,8 +286,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         try:
             c_ed, c_es, w = ed_es_from_curve(curve, study.n_frames)
         except CardiacInputError as e:
-            notes = [n for n in (study.provenance or {}).get("warnings", []) if "label values" in n]
-            raise CardiacInputError(e.path, e.problem + (f"; {notes[0]}" if notes else "")) from None
+            raise CardiacInputError(e.path, e.problem + _unknown_label_note(study)) from None
         warnings += w
         # DICOM trigger delays place the two frames in the cycle: an export of its ED and ES
         # frames (the shipped sample: 300 and 740 ms, ED the later one, at end-diastole)
@@ -300,10 +307,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
     rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]
     if lv_edv <= 0:
-        # what the label file's reader said of values it did not know (259, a slope of 2 that
-        # made 1 into 2): the likelier reason than an empty ventricle (probe 21)
-        notes = [w for w in (study.provenance or {}).get("warnings", []) if "label values" in w]
-        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})" + (f"; {notes[0]}" if notes else ""))
+        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})" + _unknown_label_note(study))
     full = len(curve) == study.n_frames
     fixed = kept_ed_es is not None or (study.ed_frame is not None and study.es_frame is not None)
     if full and len(curve) > 1 and fixed:

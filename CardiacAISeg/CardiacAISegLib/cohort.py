@@ -31,7 +31,7 @@ from distributed import WorkerPlugin
 
 from .analyze import SPECIAL_LABELS   # 'study', 'ring': label choices, not files
 from .cohort_report import REF_PREFIX
-from .errors import CardiacInputError
+from .errors import CardiacInputError, flags_named
 
 ROW_FILE = "cohort_row.json"
 TABLE_CSV, TABLE_PARQUET, REPORT_PNG = "cohort.csv", "cohort.parquet", "cohort_report.png"
@@ -366,12 +366,10 @@ def in_manifest_terms(message):
     """The readers and the analysis speak to `analyze` ("give --dt", "choose one with --series"); a
     batch study is set in its manifest row, so each flag that is a manifest column is named as one:
     "give --dt (in a batch: the manifest's dt column)"."""
-    flags = [f for f in dict.fromkeys(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", message))
-             if f.replace("-", "_") in OPTION_COLUMNS]
-    if not flags:
+    columns = [c for c in (f[2:].replace("-", "_") for f in flags_named(message)) if c in OPTION_COLUMNS]
+    if not columns:
         return message
-    columns = ", ".join(f.replace("-", "_") for f in flags)
-    return f"{message} (in a batch: the manifest's {columns} column{'s' if len(flags) > 1 else ''})"
+    return f"{message} (in a batch: the manifest's {', '.join(columns)} column{'s' if len(columns) > 1 else ''})"
 
 
 def _error_message(exc):

@@ -632,10 +632,9 @@ _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "th
 def in_page_terms(text, rest=False):
     """A reader's message, with the CLI flags it names put as the page's fields ("give --dt" is
     "give the 'Frame interval (s)' field"; for the rest series its own fields)."""
-    import re
+    from ..errors import with_flags_renamed
 
-    fields = {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})}
-    return re.sub(r"(?<![\w-])(--dt|--aif|--labels|--kind|--series)(?![\w-])", lambda m: fields[m.group(1)], text)
+    return with_flags_renamed(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})})
 
 
 def _frame_interval(text, what):
