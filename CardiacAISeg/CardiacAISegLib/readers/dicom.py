@@ -1309,6 +1309,40 @@ def _check_pixel_format(f, ds):
                                    "MR images")
 
 
+# Uncompressed little-endian pixel data: the bytes are the array. Read straight from them,
+# pydicom's decoding pipeline cost 0.3 ms per image (about 50 ms of a 180-image perfusion
+# series) around a copy; anything else (big endian, compressed, 1- or 32-bit, odd lengths)
+# goes through pydicom, which also words the errors.
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_pixels(ds):
+    """float32 (Rows, Columns) of an uncompressed little-endian 8- or 16-bit image as pydicom
+    decodes it (unsigned values masked to BitsStored, signed ones sign-extended from it), or
+    None where pydicom must decode."""
+    try:
+        if str(ds.file_meta.TransferSyntaxUID) not in _NATIVE_LITTLE_ENDIAN:
+            return None
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        if allocated not in (8, 16) or not 0 < stored <= allocated:
+            return None
+        data = ds.PixelData
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(data, bytes) or len(data) != rows * cols * allocated // 8:
+        return None
+    a = np.frombuffer(data, ("<i" if signed else "<u") + str(allocated // 8))
+    if stored < allocated:
+        if signed:   # the sign bit is bit stored - 1: move it to the top and back
+            spare = allocated - stored
+            a = (a << spare) >> spare
+        else:
+            a = a & ((1 << stored) - 1)
+    return a.reshape(rows, cols).astype(np.float32)
+
+
 def _compressed_syntax(ds):
     """The file's transfer syntax when it is a compressed one, else None."""
     source = ds.source.ds if isinstance(ds, EnhancedFrame) else ds
@@ -1330,7 +1364,9 @@ def _pixels(f, ds, notes=None):
     _configure_decoders()
     try:
         with _quiet():
-            a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
+            a = None if isinstance(ds, EnhancedFrame) else _native_pixels(ds)
+            if a is None:
+                a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
     except CardiacInputError:
         raise
     except Exception as e:
