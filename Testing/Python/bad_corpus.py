@@ -1316,6 +1316,118 @@ def _(base, f):
     return perfusion_args(base, **{"--aif": f / "aif.csv"})
 
 
+@case("perfusion_stress_and_rest_stacked_in_one_file", "error", ("two contrast boluses", "near frame 31", "--rest"),
+      named=lambda f: f / "stress_rest.nii.gz", category="perfusion")
+def _(base, f):
+    """Stress then rest saved as one 4D NIfTI, the rest on the stress's leftover contrast (probe
+    28): fitted across both, MBF 38 % low with QC pass; with no flags, as a user would run it."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    im = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    data = np.asarray(im.dataobj, np.float32)
+    both = nib.Nifti1Image(np.concatenate([data, 0.3 * data[..., -1:] + data], axis=3), im.affine)
+    both.header["pixdim"][4] = base.perf_dt
+    both.header.set_xyzt_units("mm", "sec")
+    nib.save(both, str(f / "stress_rest.nii.gz"))
+    return [f / "stress_rest.nii.gz"]
+
+
+def _perfusion_nifti(base, path, data=None, step=None, unit="sec"):
+    """The perfusion phantom as a 4D NIfTI with its time step ``step`` (default: its frame interval) in ``unit``."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    img = nib.Nifti1Image(np.asarray(im.dataobj, np.float32) if data is None else data, im.affine)
+    img.header["pixdim"][4] = base.perf_dt if step is None else step
+    img.header.set_xyzt_units("mm", unit)
+    nib.save(img, str(path))
+    return path
+
+
+@case("perfusion_dcm2niix_repetition_time_as_time_step", "error", ("RepetitionTime", "perf.json", "--dt"),
+      named=lambda f: f / "perf.nii.gz", category="perfusion")
+def _(base, f):
+    """dcm2niix writes the RepetitionTime as the NIfTI time step; a gated GE series stores the R-R
+    interval there (0.5 s) though it was read every second beat: MBF +94 % with QC pass (probe 28)."""
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(base.perf_dir / "perfusion.nii.gz")).dataobj, np.float32)[..., ::2]
+    img = _perfusion_nifti(base, f / "perf.nii.gz", data=data, step=base.perf_dt)
+    (f / "perf.json").write_text(json.dumps({"Modality": "MR", "Manufacturer": "GE", "RepetitionTime": base.perf_dt,
+                                             "ConversionSoftware": "dcm2niix"}))
+    return [img]
+
+
+@case("perfusion_sidecar_times_disagree_with_the_header", "warn", ("header's time step",), category="perfusion",
+      check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.1))
+def _(base, f):
+    """The sidecar's VolumeTiming (the true times) used where the header's step differs: said (probe 28)."""
+    img = _perfusion_nifti(base, f / "perf.nii.gz", step=1.6 * base.perf_dt)
+    n = len(_aif_values(base))
+    (f / "perf.json").write_text(json.dumps({"VolumeTiming": [round(i * base.perf_dt, 4) for i in range(n)]}))
+    return [img]
+
+
+def _itk_4d_nrrd(base, path):
+    """The perfusion phantom as ITK's NRRD writer saves a 4D image: a 4D LPS space, 4-number
+    space directions and origin, every axis 'domain', the time step in the 4th direction."""
+    import nibabel as nib
+    import nrrd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    lps = np.diag([-1.0, -1.0, 1.0])
+    directions = np.zeros((4, 4))
+    directions[:3, :3] = (lps @ im.affine[:3, :3]).T
+    directions[3, 3] = base.perf_dt
+    nrrd.write(str(path), np.asarray(im.dataobj, np.float32),
+               {"space dimension": 4, "kinds": ["domain"] * 4, "space directions": directions,
+                "space origin": np.r_[lps @ im.affine[:3, 3], 0.0]})
+    return path
+
+
+@case("perfusion_itk_4d_nrrd_without_a_time_unit", "error", ("space dimension: 4", "no time unit", "--dt"),
+      named=lambda f: f / "perf.nrrd", category="perfusion")
+def _(base, f):
+    """ITK/SimpleITK's 4D NRRD was refused as 'vectors of 3 numbers', --dt or not (probe 28): read
+    now, its time step (unitless in ITK) asked for."""
+    return [_itk_4d_nrrd(base, f / "perf.nrrd")]
+
+
+@case("perfusion_itk_4d_nrrd_with_dt", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.1))
+def _(base, f):
+    return [_itk_4d_nrrd(base, f / "perf.nrrd"), "--dt", base.perf_dt]
+
+
+@case("perfusion_gd_map_with_nan_background", "error", ("NaN", "every frame", "nan_to_num"),
+      named=lambda f: f / "perf.nii.gz", category="perfusion")
+def _(base, f):
+    """A masked Gd map saved with NaN outside a circle: the error said only 'contains NaN' (probe 28)."""
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(base.perf_dir / "perfusion.nii.gz")).dataobj, np.float32).copy()
+    x, y = np.mgrid[: data.shape[0], : data.shape[1]]
+    data[np.hypot(x - data.shape[0] / 2, y - data.shape[1] / 2) > 0.4 * data.shape[0]] = np.nan
+    return [_perfusion_nifti(base, f / "perf.nii.gz", data=data)]
+
+
+@case("perfusion_nifti_5d_with_frames_on_the_5th_axis", "ok", category="perfusion",
+      check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.1))
+def _(base, f):
+    """(x, y, z, 1, t), the time step in pixdim[5]: refused as 'expected a 2D, 3D or 4D image' (probe 28)."""
+    import nibabel as nib
+
+    f.mkdir(parents=True, exist_ok=True)
+    im = nib.load(str(base.perf_dir / "perfusion.nii.gz"))
+    img = nib.Nifti1Image(np.asarray(im.dataobj, np.float32)[:, :, :, None, :], im.affine)
+    img.header["pixdim"][4], img.header["pixdim"][5] = 1.0, base.perf_dt
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(f / "perf.nii.gz"))
+    return [f / "perf.nii.gz"]
+
+
 @case("aif_header_only", "error", ("no values",), named=lambda f: f / "aif.csv", category="perfusion")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)

@@ -398,6 +398,46 @@ def test_find_foot_and_baseline():
     assert np.allclose(mbf.subtract_baseline(aif, foot)[:foot], 0)
 
 
+def _saturated(gd, saturation_s=0.1, t1_s=1.5, r1=4.5):
+    """Signal of a saturation-recovery read-out at Gd concentration ``gd``: compresses the peak."""
+    return 1 - np.exp(-saturation_s * (1 / t1_s + r1 * np.asarray(gd)))
+
+
+def test_two_first_passes_in_one_series_are_refused_with_where_to_split(shared_data):
+    """Stress and rest saved as one series (probe 28): fitted across both, MBF was 38 % low with
+    QC "pass"; with the larger bolus second, the AIF was called flat. One first pass with
+    recirculation, the real QPerf and dual-sequence AIF curves, and a dual-bolus protocol's
+    diluted pre-bolus in saturated signal are single boluses."""
+    study, _ = make_perfusion_phantom(seed=3, n_frames=60)
+    aif = study.aif
+    assert len(mbf.bolus_peaks(aif)) == 1
+    for stacked, second_from in ((np.r_[aif, aif], 61), (np.r_[aif, 0.3 * aif[-1] + aif], 61),
+                                 (np.r_[0.7 * aif, aif], 61)):
+        with pytest.raises(CardiacInputError) as e:
+            mbf.find_foot(stacked)
+        assert "two contrast boluses" in e.value.problem and f"near frame {second_from}" in e.value.problem
+        assert "--rest" in e.value.problem
+    # recirculation: a second hump of a fifth of the first pass after it falls back
+    t = np.arange(80) * 0.5
+    first = np.clip(t - 8, 0, None) ** 2 * np.exp(-(t - 8) / 1.5)
+    recirculation = 0.2 * first.max() * np.exp(-0.5 * ((t - 24) / 3) ** 2)
+    assert len(mbf.bolus_peaks(first + recirculation + 0.1 * first.max() * (t > 14))) == 1
+    # dual bolus: a tenth of the dose 25 s before the main bolus, in Gd and as saturated signal
+    gd = 8 * first / first.max()
+    dual = np.r_[0.1 * gd, gd][::2][:80] + np.r_[np.zeros(30), gd][:80]
+    assert len(mbf.bolus_peaks(dual)) == 1 and len(mbf.bolus_peaks(_saturated(dual))) == 1
+    import nibabel as nib
+
+    for name in ("aif.hdr", "aif_stress.hdr"):
+        curve = np.asarray(nib.load(str(shared_data / "qperf" / name)).dataobj, float).reshape(-1)
+        assert len(mbf.bolus_peaks(curve)) == 1, name
+    for n in (1, 2, 3):
+        images = np.load(shared_data / "qperf" / "aif_detection" / f"example{n}_images.npy")
+        mask = np.load(shared_data / "qperf" / "aif_detection" / f"example{n}_mask.npy")
+        for label in (1, 2):
+            assert len(mbf.bolus_peaks(images[mask == label].mean(0))) == 1, (n, label)
+
+
 def test_convolution_matrix_is_exact_for_linear_curves():
     dt, t = 0.5, np.arange(12) * 0.5
     c, r = 1 + 2 * t, 3 - 0.1 * t

@@ -960,3 +960,74 @@ def test_aif_time_column_units(tmp_path):
         aif, times = load_aif_with_times(path)
         np.testing.assert_allclose(times, 0.5 * np.arange(len(values)), err_msg=header)
         np.testing.assert_allclose(aif, values)
+
+
+@pytest.mark.parametrize("allocated", [8, 16])
+def test_uncompressed_pixels_read_from_their_bytes_as_pydicom_decodes_them(tmp_path, allocated):
+    """The reader's direct path for uncompressed little-endian pixels gives pydicom's values for
+    every BitsStored, signed and unsigned (high bits masked, sign extended), and a file whose
+    pixel data is short of Rows x Columns still fails with the file named."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from CardiacAISegLib.readers.dicom import _native_pixels, _pixels
+
+    rng = np.random.default_rng(allocated)
+    checked = 0
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        for stored in (1, allocated // 2, allocated - 4, allocated - 1, allocated):
+            for signed in (0, 1):
+                path = tmp_path / f"{syntax.name[:8]}-{stored}-{signed}.dcm"
+                write_dicom(path, shape=(4, 6))
+                ds = pydicom.dcmread(path)
+                ds.file_meta.TransferSyntaxUID = syntax
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, stored, stored - 1, signed
+                ds.PixelData = rng.integers(0, 2 ** allocated, 24).astype("<u2" if allocated == 16 else "u1").tobytes()
+                ds.save_as(path, enforce_file_format=True)
+                deferred = pydicom.dcmread(path, defer_size=8)
+                direct = _native_pixels(deferred)
+                assert direct is not None
+                np.testing.assert_array_equal(direct, pydicom.dcmread(path).pixel_array.astype(np.float32))
+                checked += 1
+    assert checked == 20
+    write_dicom(tmp_path / "short.dcm", shape=(4, 6))
+    short = pydicom.dcmread(tmp_path / "short.dcm")
+    short.PixelData = short.PixelData[:-2]
+    short.save_as(tmp_path / "short.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(tmp_path / "short.dcm")
+    assert _native_pixels(ds) is None
+    with pytest.raises(CardiacInputError, match="short.dcm"):
+        _pixels(tmp_path / "short.dcm", ds)
+
+
+def test_itk_4d_nrrd_reads_as_the_nifti_it_was_written_from(tmp_path):
+    """ITK/SimpleITK write a 4D image as a 4D LPS space ('space dimension: 4', 4-number
+    directions and origin): read as 3 spatial axes and a time axis with the NIfTI's geometry;
+    its unitless time step is not taken as seconds (probe 28: refused as 'vectors of 3 numbers')."""
+    import nibabel as nib
+    import nrrd
+
+    from CardiacAISegLib.readers.volume import read_nifti, read_nrrd
+
+    rng = np.random.default_rng(3)
+    data = rng.random((12, 10, 3, 8)).astype(np.float32)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.8, 1.6, 8.0])
+    affine[:3, 3] = [-40.0, 25.0, 60.0]
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 0.7
+    nib.save(img, str(tmp_path / "p.nii.gz"))
+    lps = np.diag([-1.0, -1.0, 1.0])
+    directions = np.zeros((4, 4))
+    directions[:3, :3] = (lps @ affine[:3, :3]).T
+    directions[3, 3] = 0.7
+    nrrd.write(str(tmp_path / "p.nrrd"), data, {"space dimension": 4, "kinds": ["domain"] * 4,
+                                                "space directions": directions, "space origin": np.r_[lps @ affine[:3, 3], 0]})
+    ni, ni_affine, ni_meta = read_nifti(tmp_path / "p.nii.gz")
+    nr, nr_affine, nr_meta = read_nrrd(tmp_path / "p.nrrd")
+    np.testing.assert_allclose(nr_affine, ni_affine, atol=1e-5)
+    np.testing.assert_array_equal(nr, ni)
+    assert ni_meta["frame_times_s"][1] == pytest.approx(0.7)
+    assert nr_meta["frame_times_s"] is None and "no time unit" in nr_meta["frame_times_ignored"]

@@ -86,14 +86,77 @@ def starts_on_upslope(aif):
     return bool(np.mean(steps > 0) >= 0.8 and aif[0] < aif.min() + 0.5 * (aif[peak] - aif.min()))
 
 
+# Two first passes in one curve (stress and rest saved as one series): each rises from the
+# lowest point before it by at least this share of the curve's whole range, and the curve falls
+# back by DROP_BETWEEN of its range between them. Recirculation rises 10-20 % of the range after
+# the first pass falls; the diluted pre-bolus of a dual-bolus protocol peaks at a tenth of the
+# main bolus in Gd (under half of it in saturated signal): neither counts.
+SECOND_BOLUS_RISE = 0.6
+DROP_BETWEEN = 0.35
+
+
+def bolus_peaks(curve):
+    """0-based (peak, lowest point before it) of each first pass in a blood curve: one for a
+    single bolus, two or more when boluses follow each other in one series."""
+    from scipy.ndimage import median_filter
+
+    c = np.asarray(curve, dtype=np.float64).reshape(-1)
+    if c.size < 8 or not np.all(np.isfinite(c)):
+        return []
+    c = median_filter(c, size=3, mode="nearest")   # one odd frame (a mistriggered beat) makes no bolus
+    span = float(c.max() - np.percentile(c, 2))
+    noise = 1.4826 * float(np.median(np.abs(np.diff(np.asarray(curve, np.float64).reshape(-1))))) / np.sqrt(2)
+    if not span > 20 * noise:
+        return []   # no rise clearly above the noise: no bolus to count (find_foot says "flat")
+    peaks, low, low_at, top, top_at, counted = [], c[0], 0, None, None, False
+    for i, v in enumerate(c):
+        if counted:
+            if v > top:
+                top, top_at = v, i
+                peaks[-1] = (top_at, peaks[-1][1])
+            elif top - v >= DROP_BETWEEN * span:
+                counted, low, low_at = False, v, i   # fallen back: the next rise is a new bolus
+            continue
+        if v < low:
+            low, low_at = v, i
+        elif v - low >= SECOND_BOLUS_RISE * span:
+            counted, top, top_at = True, v, i
+            peaks.append((i, low_at))
+    return peaks
+
+
+def check_single_bolus(curve, label="AIF"):
+    """CardiacInputError when a blood curve holds two first passes (stress and rest saved as one
+    series): a fit over both gave MBF 38 % low with QC "pass" (probe 28), and with the larger
+    bolus second its baseline held the first and the AIF was called flat."""
+    peaks = bolus_peaks(curve)
+    if len(peaks) < 2:
+        return
+    c = np.asarray(curve, dtype=np.float64).reshape(-1)
+    (p1, _), (p2, _) = peaks[0], peaks[1]
+    between = c[p1:p2 + 1]
+    low = float(between.min())
+    # where the curve first comes down to (near) its lowest between the peaks: where the second
+    # acquisition most likely begins
+    back = p1 + int(np.flatnonzero(between <= low + 0.05 * (c.max() - low))[0])
+    raise CardiacInputError(label, f"two contrast boluses in one series: the blood signal rises to a first pass peaking at frame "
+                                   f"{p1 + 1}, falls back to its baseline by frame {back + 1} and rises to a second peak at "
+                                   f"frame {p2 + 1}, as when stress and rest are saved as one series; MBF fitted across both "
+                                   f"would be wrong. Give each first pass as its own series, split where the second "
+                                   f"acquisition begins (near frame {back + 1}), the second with --rest when it is the rest "
+                                   "study")
+
+
 def find_foot(aif, label="AIF"):
     """0-based foot of the AIF: last frame before the peak at or under baseline + 5% of the rise.
 
-    Raises CardiacInputError for a flat AIF (no bolus rising clearly above baseline noise).
+    Raises CardiacInputError for a flat AIF (no bolus rising clearly above baseline noise), and
+    for one with two first passes (``check_single_bolus``).
     """
     aif = np.asarray(aif, dtype=np.float64).reshape(-1)
     if aif.size == 0 or not np.all(np.isfinite(aif)):
         raise CardiacInputError(label, "AIF is empty or contains NaN/inf values")
+    check_single_bolus(aif, label)
     peak = int(np.argmax(aif))
     level, noise = _baseline_level(aif, peak)
     rise = aif[peak] - level

@@ -33,8 +33,7 @@ def load_nifti(path):
     if fast is not None:
         FAST_READS["fast"] += 1
         data, affine, header = fast
-        if not np.all(np.isfinite(data)):
-            raise CardiacInputError(path, "contains NaN or infinite values")
+        refuse_non_finite(path, data)
         _refuse_forms_that_disagree(path, header)
         return data, affine, header
     FAST_READS["nibabel"] += 1
@@ -56,10 +55,31 @@ def load_nifti(path):
         if path.suffix.lower() in (".hdr", ".img"):
             raise CardiacInputError(path, f"not a readable Analyze 7.5 file ({type(e).__name__}: {e})")
         raise CardiacInputError(path, f"not a readable NIfTI file: {diagnose_nifti(path) or f'{type(e).__name__}: {e}'}")
-    if not np.all(np.isfinite(data)):
-        raise CardiacInputError(path, "contains NaN or infinite values")
+    refuse_non_finite(path, data)
     _refuse_forms_that_disagree(path, img.header)
     return data, np.asarray(img.affine, float), img.header
+
+
+def refuse_non_finite(path, data, time_axis=-1):
+    """CardiacInputError naming how many values are NaN or infinite, and where, for an image
+    that has any (a masked map saved with NaN outside the mask is the common case: it says how
+    to save it); nothing for a finite image. ``time_axis``: the frames' axis of a 4D array."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+    what = " and ".join(f"{n} {name}" for n, name in ((nan, "NaN"), (inf, "infinite")) if n)
+    where = ""
+    if data.ndim == 4:
+        bad_frames = int((~finite).any(axis=tuple(a for a in range(4) if a != time_axis % 4)).sum())
+        where = f" in {bad_frames} of {data.shape[time_axis]} frames"
+    share = 100.0 * (nan + inf) / data.size
+    if inf == 0 and share < 90 and data.ndim == 4 and np.array_equal((~finite).all(axis=time_axis), (~finite).any(axis=time_axis)):
+        hint = ("the same voxels in every frame, as a masked map's background: save it with a number (0) in place "
+                "of NaN, e.g. numpy.nan_to_num")
+    else:
+        hint = "a voxel without a number has no signal to measure; save the image with finite values"
+    raise CardiacInputError(path, f"contains {what} values ({share:.1f} % of the voxels{where}): {hint}")
 
 
 def _refuse_forms_that_disagree(path, header):

@@ -15,7 +15,7 @@ from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
 from .pd_frames import MIN_DYNAMICS, drop_blank_frames, drop_leading_pd_frames, remove_frames, undo_rescaled_frames
-from .volume import frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
+from .volume import PLACEHOLDER_TIME_REASON, frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
 
 QPERF_PARAMS = "params.json"
 MAX_STEP_FACTOR = 4.0   # a frame interval this many times the median is no heartbeat: a wrong time
@@ -321,6 +321,8 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if dt is not None:
         dt, dt_source = float(dt), "argument"
         where = path
+        # the reader's "give --dt" about a placeholder time step is answered
+        warnings[:] = [w for w in warnings if not w.startswith(PLACEHOLDER_TIME_REASON)]
         if measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
             file_dt = float(np.median(np.diff(measured)))
             if abs(file_dt - dt) > 0.1 * file_dt:

@@ -29,16 +29,19 @@ STRONG, WEAK = "strong", "weak"
 MIN_FRAME_STEP_S = 0.012
 
 
-def _from_times(times, source):
+def _from_times(times, source, n_frames=None):
+    """(kind, reason) from frame times; ``n_frames``: how many frames they are when only the
+    first and last time are given (``--dt``)."""
     if times is None or len(times) < 2:
         return None
+    count = n_frames or len(times)
     span = float(times[-1] - times[0])
-    if span <= 0 or span / (len(times) - 1) < MIN_FRAME_STEP_S:
+    if span <= 0 or span / (count - 1) < MIN_FRAME_STEP_S:
         return None
     # frames under REALTIME_STEP_S apart over many seconds: a real-time cine, not a first pass
-    kind = PERFUSION if span > MANY_HEARTBEATS_S and span / (len(times) - 1) >= REALTIME_STEP_S else CINE
+    kind = PERFUSION if span > MANY_HEARTBEATS_S and span / (count - 1) >= REALTIME_STEP_S else CINE
     cycles = "many heartbeats" if kind == PERFUSION else "one cardiac cycle" if span <= MANY_HEARTBEATS_S else "a real-time cine"
-    return kind, f"{source}: {len(times)} frames over {span:.1f} s ({cycles})"
+    return kind, f"{source}: {count} frames over {span:.1f} s ({cycles})"
 
 
 # A first pass lifts both blood pools several-fold over their pre-contrast signal (real
@@ -93,8 +96,11 @@ FIRST_PASS_END_RATIO = 1.5
 
 
 def _first_pass_reason(rises, where):
+    def rise(ratio):   # a series in Gd units starts at (about) zero: no fold worth giving
+        return f"brightens {ratio:.1f}-fold" if ratio < 100 else "rises from near zero"
+
     rv, lv = rises
-    return f"a contrast first pass {where}: one blood pool brightens {rv:.1f}-fold, then the one beside it {lv:.1f}-fold (RV, then LV)"
+    return f"a contrast first pass {where}: one blood pool {rise(rv)}, then the one beside it {rise(lv)} (RV, then LV)"
 
 
 def _from_content(study):
@@ -189,7 +195,7 @@ def evidence(study, aif_given=False, dt=None):
     if aif_given:
         found.append((PERFUSION, STRONG, "an arterial input function was given (--aif)"))
     if dt is not None and study.n_frames > 1:
-        got = _from_times([0.0, float(dt) * (study.n_frames - 1)], f"--dt {dt:g} s")
+        got = _from_times([0.0, float(dt) * (study.n_frames - 1)], f"--dt {dt:g} s", n_frames=study.n_frames)
         if got:
             found.append((got[0], WEAK, got[1]))
     content = _from_content(study) if not any(e[1] == STRONG for e in found) else None

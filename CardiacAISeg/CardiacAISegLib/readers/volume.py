@@ -66,8 +66,10 @@ def axis_aligned(direction):
 
 
 def check_finite(path, array):
-    if not np.all(np.isfinite(array)):
-        raise CardiacInputError(path, "contains NaN or infinite values")
+    """``array`` ((T, S, R, C) images) if every value is a number, else the error that says how many are not."""
+    from .nifti import refuse_non_finite
+
+    refuse_non_finite(path, array, time_axis=0)
     return array
 
 
@@ -107,8 +109,13 @@ def read_nifti(path):
         if reason is None:
             raise
         raise CardiacInputError(path, f"not a readable NIfTI file: {reason}") from e
+    time_zoom = 3   # which header zoom is the time step
     while data.ndim > 4 and data.shape[-1] == 1:  # (x, y, z, t, 1) from some writers
         data = data[..., 0]
+    if data.ndim == 5 and data.shape[3] == 1:
+        # (x, y, z, 1, t): NIfTI's 5th axis holds the frames (writers that follow the standard's
+        # "4th axis is time, 5th other" loosely); the empty 4th goes, the 5th's step is the time step
+        data, time_zoom = data[:, :, :, 0, :], 4
     if data.ndim > 4 or data.ndim < 2:
         raise CardiacInputError(path, f"expected a 2D, 3D or 4D image, got shape {data.shape}")
     meta = {"format": "nifti", "orientation_known": True, "frame_times_s": None, "ndim": data.ndim,
@@ -124,7 +131,7 @@ def read_nifti(path):
                 "as nibabel does; programs that read the qform show the image, and the segmentation saved with it, "
                 "another way round; re-export the image with one geometry")
     if data.ndim == 4 and data.shape[3] > 1:
-        dt = float(header.get_zooms()[3]) if len(header.get_zooms()) > 3 else 0.0
+        dt = float(header.get_zooms()[time_zoom]) if len(header.get_zooms()) > time_zoom else 0.0
         try:
             unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
@@ -137,14 +144,52 @@ def read_nifti(path):
             meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
                                            f"{unit!r}), so seconds and milliseconds cannot be told apart")
         sidecar = bids_volume_times(path, data.shape[3])
+        header_step = float(np.median(np.diff(meta["frame_times_s"]))) if meta["frame_times_s"] is not None else None
         if sidecar is not None:
             # the acquisition's own times (irregular heartbeats) rather than one step in the header
             times, where = sidecar
             meta["frame_times_s"] = times
             meta["frame_times_from"] = where     # named by the frame-interval checks
             meta.pop("frame_times_ignored", None)
-            meta.setdefault("warnings", []).append(f"frame times from {where}")
+            # the header's placeholder step no longer matters: no --dt to ask for
+            meta["warnings"] = [w for w in meta.get("warnings", []) if not w.startswith(PLACEHOLDER_TIME_REASON)]
+            meta["warnings"].append(f"frame times from {where}")
+            step = float(np.median(np.diff(times)))
+            if header_step and abs(step - header_step) > 0.1 * header_step:
+                meta["warnings"].append(f"{where} steps {step:.3g} s between frames where the NIfTI header's time "
+                                        f"step is {header_step:.3g} s: the sidecar's times are used (give --dt if the "
+                                        "header is right)")
+        elif header_step:
+            tr = sidecar_repetition_time_s(path)
+            if tr is not None and abs(tr[0] - header_step) <= 0.01 * header_step:
+                # dcm2niix writes the RepetitionTime as the NIfTI time step: the time between a
+                # gated series' dynamics is not in the file (a TR of 0.5 s that was the R-R
+                # interval, read as 0.5 s frames of a series read every second beat: MBF +94 %)
+                meta["frame_times_s"] = None
+                meta["frame_times_ignored"] = (f"the NIfTI header's time step {header_step:g} s is the RepetitionTime "
+                                               f"of its sidecar {tr[1]} (dcm2niix writes the TR there), not the measured "
+                                               "time between dynamics, and the sidecar lists no VolumeTiming")
     return nifti_to_kji(data), affine, meta
+
+
+def sidecar_repetition_time_s(path):
+    """(RepetitionTime in s, sidecar name) from the BIDS/dcm2niix JSON sidecar beside a NIfTI file, or None."""
+    import json
+
+    side = _sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        value = float(json.loads(side.read_text()).get("RepetitionTime"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return (value, side.name) if np.isfinite(value) and value > 0 else None
+
+
+def _sidecar_path(path):
+    path = Path(path)
+    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
+    return path.with_name(stem + ".json")
 
 
 # BIDS sidecar fields that give each volume's acquisition time in seconds: VolumeTiming (MRI),
@@ -160,8 +205,7 @@ def bids_volume_times(path, n_frames):
     import json
 
     path = Path(path)
-    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
-    side = path.with_name(stem + ".json")
+    side = _sidecar_path(path)
     if not side.is_file():
         return None
     try:
@@ -251,6 +295,7 @@ def read_nrrd(path):
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
         raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
+    itk_time_step = _itk_4d_as_3d_space_and_time(header, data.ndim)
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
     if len(kinds) != data.ndim or (dirs is not None and len(dirs) != data.ndim):
@@ -324,7 +369,40 @@ def read_nrrd(path):
     # seconds); times written in another unit (a MultiVolume's 0, 1000, 2000 ms) were measured
     times = None if times is None else times - times[0]
     meta["frame_times_s"] = ignore_placeholder_times(times, meta) if in_seconds else times
+    if itk_time_step is not None and meta["frame_times_s"] is None and itk_time_step != 1.0:
+        # ITK keeps no time unit: seconds and milliseconds cannot be told apart (a step of 1 is
+        # the placeholder of an image that had none, said by ignore_placeholder_times' rule)
+        meta["frame_times_ignored"] = (f"the time axis of this 4D NRRD (written by ITK/SimpleITK: 'space dimension: 4') "
+                                       f"steps {itk_time_step:g} with no time unit, so seconds and milliseconds cannot be "
+                                       "told apart")
     return images, m, meta
+
+
+def _itk_4d_as_3d_space_and_time(header, ndim):
+    """ITK's NRRD writer saves a 4D image in a 4D space ('space dimension: 4', no named space,
+    4-number space directions and origin; ITK's space is LPS): rewrite ``header`` in place as
+    3 spatial axes in LPS and one list axis, and return that axis's step (no unit), else None."""
+    if ndim != 4 or header.get("space") or str(header.get("space dimension", "")).strip() != "4":
+        return None
+    try:
+        dirs = np.asarray(header["space directions"], float)
+        origin = np.asarray(header.get("space origin", np.zeros(4)), float)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if dirs.shape != (4, 4) or origin.size != 4 or not np.all(np.isfinite(dirs)):
+        return None
+    timed = [a for a in range(4) if np.allclose(dirs[a, :3], 0) and dirs[a, 3] != 0]
+    if len(timed) != 1 or not np.allclose(np.delete(dirs, timed[0], axis=0)[:, 3], 0):
+        return None   # space and time mixed: not ITK's layout of a 3D+t image; refused as before
+    t = timed[0]
+    three = dirs[:, :3].copy()
+    three[t] = np.nan
+    header["space directions"] = three
+    header["space origin"] = origin[:3]
+    header["space"] = "left-posterior-superior"
+    header.pop("space dimension", None)
+    header["kinds"] = ["list" if a == t else "domain" for a in range(4)]
+    return float(abs(dirs[t, 3]))
 
 
 # --- MetaImage ------------------------------------------------------------------------------
@@ -590,7 +668,11 @@ def load_frame_folder(folder, kind=CINE, progress=None):
         images, m, meta = read_volume_file(f)
         _refuse_lost_spacing(f, meta)
         if images.shape[0] != 1:
-            raise CardiacInputError(f, f"expected one 3D frame per file, got {images.shape[0]} frames")
+            # a folder of frames holds one 3D volume per file; a file with its own time axis
+            # (dcm2niix writes one 4D file per series, or per slice) is a whole series
+            raise CardiacInputError(f, f"has {images.shape[0]} frames of its own, where a folder of frames holds one 3D "
+                                       f"volume per file: it is a whole time series (as dcm2niix writes one per series "
+                                       f"or per slice); give that file as the input, not the folder of {len(files)} files")
         if frames and images.shape[1:] != frames[0].shape:
             raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}")
         if m0 is None:
