@@ -958,6 +958,38 @@ def test_aif_series_pairs_despite_pd_frames_or_lost_files(tmp_path, phantom, pd_
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
+@pytest.mark.parametrize("numbering", ["interleaved", "echo after echo"])
+def test_dual_echo_aif_series_is_read_on_its_first_echo(tmp_path, phantom, numbering):
+    """A dual-echo AIF read-out (the second echo measures T2* loss at the bolus peak) writes two
+    images per dynamic at one position and time, EchoTime apart: the series was refused as
+    "mixes two acquisitions ... remove one of the two files" and the folder as "2 series, choose
+    one". Its first echo is read, the same AIF as a single-echo series gives, and said."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study, truth = phantom
+    write_perfusion_series(tmp_path / "one", study, vendor="siemens")
+    write_aif_series(tmp_path / "one", study)
+    single = load_study(tmp_path / "one")
+    write_perfusion_series(tmp_path / "two", study, vendor="siemens")
+    _, paths, _ = write_aif_series(tmp_path / "two", study)
+    for n, path in enumerate(sorted(paths, key=lambda p: int(pydicom.dcmread(p).InstanceNumber)), start=1):
+        ds = pydicom.dcmread(path)
+        first = ds.pixel_array.astype(float)
+        ds.EchoTime, ds.EchoNumbers = 0.76, 1
+        ds.InstanceNumber = 2 * n - 1 if numbering == "interleaved" else n
+        ds.save_as(path)
+        ds.EchoTime, ds.EchoNumbers = 1.9, 2
+        ds.InstanceNumber = 2 * n if numbering == "interleaved" else n + len(paths)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PixelData = np.round(first * np.exp(-1.14e-3 * (30 + 60 * first / first.max()))).astype(np.uint16).tobytes()
+        ds.save_as(path.with_name(path.stem + "_e2.dcm"))
+    s = load_study(tmp_path / "two")
+    assert "dual-sequence" in s.provenance["aif_source"]
+    np.testing.assert_allclose(s.aif, single.aif, rtol=1e-6)
+    assert any("2 echo times (0.76, 1.9 ms): the first echo" in w for w in s.provenance["warnings"])
+
+
 def test_a_pause_before_the_contrast_arrives_is_bridged(tmp_path):
     """A 5 s pause in the pre-contrast baseline (real times in the files) was refused like a
     wrong time, with no way round it; the baseline is flat on both sides of it. On the AIF's

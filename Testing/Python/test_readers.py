@@ -1031,3 +1031,23 @@ def test_itk_4d_nrrd_reads_as_the_nifti_it_was_written_from(tmp_path):
     np.testing.assert_array_equal(nr, ni)
     assert ni_meta["frame_times_s"][1] == pytest.approx(0.7)
     assert nr_meta["frame_times_s"] is None and "no time unit" in nr_meta["frame_times_ignored"]
+
+
+def test_only_echoes_of_the_same_images_are_left_out():
+    """Two echo times at the same positions are echoes of each image (the first is kept); two
+    echo times on different slices of one stack are parts of the stack (all kept)."""
+    from pydicom.dataset import Dataset
+
+    from CardiacAISegLib.readers.dicom import _first_echo_only
+
+    def image(z, te, t):
+        ds = Dataset()
+        ds.ImagePositionPatient, ds.EchoTime, ds.AcquisitionTime = [0, 0, z], te, f"1000{t:02d}"
+        return (f"{z}-{te}-{t}.dcm", ds)
+
+    echoes = [image(z, te, t) for z in (0, 8) for t in range(5) for te in (1.9, 0.76)]
+    kept, notes = _first_echo_only({"echoes": echoes})
+    assert [ds.EchoTime for _, ds in kept["echoes"]] == [0.76] * 10 and "2 echo times" in notes["echoes"]
+    halves = [image(z, 1.2 if z < 30 else 1.3, t) for z in range(0, 60, 8) for t in range(5)]
+    kept, notes = _first_echo_only({"stack": halves})
+    assert len(kept["stack"]) == len(halves) and not notes

@@ -218,6 +218,8 @@ def scan_dicom_folder(folder, progress=None, notes=None):
     series, merged = _merge_series_split_per_image(series)
     series, per_dynamic = _merge_series_per_dynamic(series)
     merged.update(per_dynamic)
+    series, echoes = _first_echo_only(series)
+    merged.update(echoes)
     if notes is not None:
         notes["broken"], notes["duplicates"], notes["merged"] = broken, duplicates, merged
     elif broken and not series:
@@ -662,6 +664,48 @@ def _merge_series_split_per_image(series):
 
 
 MIN_SERIES_PER_DYNAMIC = 5   # fewer series of one stack are repeats or re-acquisitions, not a time series
+
+
+def _echo_key(ds):
+    """The image's echo: its EchoTime in ms (to 0.01 ms), else its first EchoNumbers, else None."""
+    for tag, digits in (("EchoTime", 2), ("EchoNumbers", 0)):
+        value = ds.get(tag)
+        if value is not None and not isinstance(value, str) and hasattr(value, "__getitem__"):
+            value = value[0] if len(value) else None   # a multi-valued EchoNumbers
+        try:
+            if value not in (None, ""):
+                return round(float(value), digits)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _first_echo_only(series):
+    """(series, {uid: note}): a classic series that holds each image at two or more echo times,
+    as many images at each (a dual-echo AIF read-out, whose second echo measures the T2* signal
+    loss at the bolus peak), keeps its first echo: the shortest, least attenuated one. Read
+    whole, each image met its twin at the same position and time and the series was refused
+    as "mixes two acquisitions ... remove one of the two files" (the AIF series then went
+    unused, or the folder was "2 series, choose one")."""
+    notes = {}
+    out = dict(series)
+    for uid, items in series.items():
+        if any(isinstance(ds, EnhancedFrame) for _, ds in items):
+            continue
+        groups = {}
+        for item in items:
+            groups.setdefault(_echo_key(item[1]), []).append(item)
+        if len(groups) < 2 or None in groups or len({len(g) for g in groups.values()}) != 1:
+            continue
+        if len({_series_positions(g) for g in groups.values()}) != 1:
+            continue   # slices acquired with different echo times: parts of one stack, not echoes of each image
+        first = min(groups)
+        out[uid] = groups[first]
+        times = ", ".join(f"{k:g}" for k in sorted(groups))
+        notes[uid] = (f"series {uid} holds every image at {len(groups)} echo times ({times} ms): the first echo "
+                      f"({first:g} ms, the least T2* signal loss at the bolus peak) is read, the other "
+                      f"{len(items) - len(groups[first])} images are left out")
+    return out, notes
 
 
 def _merge_series_per_dynamic(series):
@@ -1554,7 +1598,7 @@ def _load_series(folder, series, kind, progress, kind_asked=None):
                                "not used")
     for f, problem in notes["broken"]:
         add_warning(study, f"{f}: skipped, {problem}")
-    uids = study.provenance["series_uid"].split("+")
+    uids = study.provenance["series_uid"].split("+") + ([aif_uid] if aif_uid in study.companion_series else [])
     for uid in uids:
         if uid in notes["merged"]:
             add_warning(study, notes["merged"][uid])
