@@ -1469,3 +1469,15 @@ def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(t
         s.open_path("qperf/data_stress.hdr", rest="qperf/data_stress.hdr")
     assert s.study is study_before and _rows(s) == before   # the open study and its results stand
     assert in_page_terms("give --dt or --aif", rest=True) == "give the 'Rest frame interval (s)' field or the 'Rest AIF file' field"
+
+
+def test_page_warnings_name_the_page_fields_and_the_rest_fields():
+    """The analysis' warnings named CLI flags in the page ("leave out --dt"); the rest series'
+    warnings name the rest fields."""
+    from CardiacAISegLib.webgui.session import warnings_in_page_terms
+
+    page = warnings_in_page_terms(["no separate AIF: give --aif", "rest series: leave out --dt to fit on the real times",
+                                   "LV blood pool found with low confidence: check it"])
+    assert page == ["no separate AIF: give the 'AIF file' field",
+                    "rest series: leave out the 'Rest frame interval (s)' field to fit on the real times",
+                    "LV blood pool found with low confidence: check it"]

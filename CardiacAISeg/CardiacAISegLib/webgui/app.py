@@ -17,7 +17,7 @@ from ..errors import CancelledError, CardiacInputError, OutputExistsError
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
-from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session
+from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session, warnings_in_page_terms
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -647,7 +647,7 @@ class CardiacWebApp:
         s.qc_status = qc.get("status", "")
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
                       for f in qc.get("flags", [])]
-        s.warnings = list(a.warnings) if a is not None else []
+        s.warnings = warnings_in_page_terms(a.warnings) if a is not None else []
         s.bullseye_choice = a is not None and a.kind != CINE
         if results_only:
             # After a drag or an edit the table goes to the page first; the bullseye picture

@@ -637,6 +637,14 @@ def in_page_terms(text, rest=False):
     return with_flags_renamed(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})})
 
 
+def warnings_in_page_terms(warnings):
+    """An analysis' warnings as the page words them: the CLI flags the readers name ("give
+    --dt") as the page's fields, and the rest series' ("rest series: ...") as its own fields."""
+    prefix = "rest series: "
+    return [prefix + in_page_terms(w[len(prefix):], rest=True) if w.startswith(prefix) else in_page_terms(w)
+            for w in warnings]
+
+
 def _frame_interval(text, what):
     """Seconds per frame typed into the page, as a positive number (CardiacInputError naming it)."""
     try:
