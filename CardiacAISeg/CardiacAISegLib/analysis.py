@@ -257,9 +257,12 @@ class Analysis:
         from .perfusion.motion import correct as motion_correct
 
         t0 = time.perf_counter()
+        if getattr(self, "_motion_cache", None) is None:
+            self._motion_cache = {}   # frame-to-frame shifts by slice outline: an edit re-estimates the slices it reshaped
         images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
                                                          (st.spacing[1], st.spacing[0]),
-                                                         alignments=st.provenance.get("frame_alignment"))
+                                                         alignments=st.provenance.get("frame_alignment"),
+                                                         cache=self._motion_cache)
         self.timing_s["motion"] = time.perf_counter() - t0
         acquired = images
         images, dt = _regular_frames(acquired, times)

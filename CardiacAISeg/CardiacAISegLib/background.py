@@ -67,6 +67,7 @@ class BackgroundAnalysis:
         self.done, self.total, self.message = 0, 1, ""
         self.error, self.input_error = None, None   # input_error: (path, problem) of a CardiacInputError
         self._process, self._folder, self._lines, self._reader = None, None, None, None
+        self._analysis = None   # the result, once read
 
     def start(self, study, rest=None, rest_labels=None, **kwargs):
         """Launch the worker on ``study`` (kwargs as ``pipeline.compute_analysis``: model_name,
@@ -74,6 +75,7 @@ class BackgroundAnalysis:
         first in the same process (with ``rest_labels`` when given)."""
         if self.state == RUNNING:
             raise RuntimeError("a background analysis is already running")
+        self._analysis = None
         self._folder = Path(tempfile.mkdtemp(prefix="cardiacaiseg-job-"))
         with open(self._folder / JOB_FILE, "wb") as f:
             pickle.dump({"study": study, "rest": rest, "rest_labels": rest_labels, "kwargs": kwargs}, f,
@@ -147,12 +149,14 @@ class BackgroundAnalysis:
             if self.input_error:   # the same error as in-process: names the file and the problem
                 raise CardiacInputError(*self.input_error)
             raise RuntimeError(self.error)
+        if self._analysis is not None:   # asked again: the same analysis (its folder is gone)
+            return self._analysis
         if self.state != DONE:
             raise RuntimeError(f"the background analysis is {self.state}, not done")
         with open(self._folder / RESULT_FILE, "rb") as f:
-            analysis = pickle.load(f)
+            self._analysis = pickle.load(f)
         self._cleanup()
-        return analysis
+        return self._analysis
 
     def cancel(self):
         """Stop the worker now (terminate, kill after 1 s) and remove its folder."""
@@ -163,7 +167,9 @@ class BackgroundAnalysis:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        if self.state == RUNNING:
+        # a job that finished but whose result nobody took is cancelled too: its result goes with
+        # its folder (it stayed "done", and result() then failed on the missing folder)
+        if self.state == RUNNING or (self.state == DONE and self._analysis is None):
             self.state = CANCELLED
         self._cleanup()
 

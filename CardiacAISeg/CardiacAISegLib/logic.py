@@ -11,6 +11,7 @@ observers the module attached stay valid.
 State that must survive a scene save lives in the parameter node (strings, and node references
 for the ``...ID`` parameters, so IDs renamed on scene import still resolve).
 """
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,9 @@ PARAMETERS = {
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
     # "ED ES" frames an edit kept where they were (a whole cycle labelled); "" = from the volume curve
     "keptEdEs": "",
+    # what a reopened scene cannot read off its nodes: the network that drew the contours (JSON)
+    # and the frames corrected by hand since, of the series and of its rest series
+    "modelInfo": "", "editedFrames": "", "restEditedFrames": "",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
                    "restSegmentationID")
@@ -64,6 +68,8 @@ NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputS
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
+# how a Logic caller replaces existing outputs: the module's check box, or force=True from Python
+REPLACE_HINT = "tick 'Replace existing files' (force=True from Python) to replace them"
 
 
 class CardiacAISegLogic(_LogicBase):
@@ -611,7 +617,20 @@ class CardiacAISegLogic(_LogicBase):
             self.setParameter("tableID", node)
         else:
             fill_table(node, rows)
+        self._rememberProvenance()
         return node
+
+    def _rememberProvenance(self):
+        """The model and the hand-corrected frames into the parameter node (saved with the
+        scene): a reopened scene's export said "model": null and nothing of the edits."""
+        a = self.analysis
+        rest = getattr(a, "rest", None)
+        values = {"modelInfo": json.dumps(self.modelInfo, sort_keys=True, default=str) if self.modelInfo else "",
+                  "editedFrames": " ".join(str(f) for f in sorted(a.edited_frames)),
+                  "restEditedFrames": " ".join(str(f) for f in sorted(rest.edited_frames)) if rest is not None else ""}
+        for name, value in values.items():
+            if self.getParameter(name) != value:
+                self.setParameter(name, value)
 
     # -------------------------------------------------------------------------- edits
     def onInsertionPointMoved(self, markupsNode=None, pointIndex=None):
@@ -823,6 +842,11 @@ class CardiacAISegLogic(_LogicBase):
             return None
         self.analysis = Analysis(self.study, labels, density=self.densityParameter(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
+        saved = self.getParameter("modelInfo")
+        self.modelInfo = self.analysis.model_info = json.loads(saved) if saved else None
+        self.analysis.edited_frames = {int(f) for f in self.getParameter("editedFrames").split()}
+        if self.analysis.rest is not None:
+            self.analysis.rest.edited_frames = {int(f) for f in self.getParameter("restEditedFrames").split()}
         kept = self.getParameter("keptEdEs").split()
         if len(kept) == 2:
             self.analysis.kept_ed_es = (int(kept[0]), int(kept[1]))
@@ -844,8 +868,11 @@ class CardiacAISegLogic(_LogicBase):
         from .outputs import write_outputs
 
         a = self._requireAnalysis()
-        return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
-                             scene_builder=build_output_scene)
+        try:
+            return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
+                                 scene_builder=build_output_scene)
+        except OutputExistsError as e:   # worded for the command line ("pass --force")
+            raise OutputExistsError(str(e).replace("pass --force to replace them", REPLACE_HINT)) from None
 
     def renderReport(self, path, overwrite=True):
         """report.png of the current state: the same renderer as `cardiacaiseg analyze`."""
@@ -911,7 +938,7 @@ class CardiacAISegLogic(_LogicBase):
             files[f"{patientName}_4d.nii.gz"] = (st.images, np.float32)
         existing = [n for n in files if (folder / n).exists()]
         if existing and not force:
-            raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; pass force=True to replace them")
+            raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; {REPLACE_HINT}")
         group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))

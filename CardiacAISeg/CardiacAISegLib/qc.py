@@ -329,12 +329,62 @@ def perfusion_mask_flags(analysis):
                                                            f"and the LV blood pool {pool:.0f} mm² (160 ACDC label maps: 830 "
                                                            "and 500 mm² or more on their largest slice): the mask may lie on "
                                                            "a vessel or beside the heart; check the contours", myo))
+    flags += blood_in_the_myocardium_flags(analysis)
     reason = (st.provenance or {}).get("heart_not_found")
     if reason and analysis.model_info:
         flags.append(_flag("HEART_NOT_FOUND", REVIEW, f"the heart was not found with confidence from the bolus ({reason}): "
                                                       "the network segmented the whole field, where a chest wall or a vessel "
                                                       "can be taken for the myocardium; check the contours"))
     return flags
+
+
+# A myocardial pixel enhances like blood when, at its slice's LV pool peak, it has risen by this
+# share of the pool's rise or more (the threshold perfusion_refine trims the network's ring with):
+# in Gd a quarter; in signal intensity, where the blood saturates and the tissue does not, half.
+# The shipped network's masks: 0-2.5 % of a slice's myocardium (QPerf stress 2.3 %, rest 0.2 %;
+# 14 synthetic full-field series 0-2.5 %, phantoms 0 %); a one-pixel rim of the LV pool painted
+# as myocardium: 5.3-11.9 %, and segment MBF up to 37 % high with QC "pass" (probe 30).
+BLOOD_LIKE_RISE = {"gd_mmol_l": 0.25, "signal": 0.5}
+MAX_BLOOD_LIKE_SHARE = 0.05
+MIN_BLOOD_LIKE_PIXELS = 8
+
+
+def blood_in_the_myocardium_flags(analysis):
+    """MYO_BLOOD_LIKE where a slice's myocardial mask holds pixels whose curves enhance like the
+    LV pool's (blood painted or drawn into the ring, an endocardial contour inside the cavity),
+    on the motion-corrected curves the MBF was fitted on."""
+    from .perfusion.mbf import find_foot, subtract_baseline
+
+    curves = getattr(analysis, "_curves", None)
+    if curves is None:
+        return []
+    images, aif, _ = curves
+    lab = np.asarray(analysis.labels[analysis.reference_frame])
+    try:
+        enhancement = subtract_baseline(images, find_foot(aif), axis=0)
+    except Exception:   # an AIF the fit already refused or flagged: nothing to judge the pixels by
+        return []
+    rise = BLOOD_LIKE_RISE.get(analysis.study.units, 0.5)
+    worst = None
+    for k in range(lab.shape[0]):
+        myo, pool = lab[k] == MYO, lab[k] == LV
+        if myo.sum() < MIN_BLOOD_LIKE_PIXELS or pool.sum() < 4:
+            continue
+        pool_curve = enhancement[:, k][:, pool].mean(1)
+        peak = int(np.argmax(pool_curve))
+        if not pool_curve[peak] > 0:
+            continue
+        blood = int((enhancement[peak, k][myo] >= rise * pool_curve[peak]).sum())
+        share = blood / int(myo.sum())
+        if blood >= MIN_BLOOD_LIKE_PIXELS and share > MAX_BLOOD_LIKE_SHARE and (worst is None or share > worst[1]):
+            worst = (k, share, blood, int(myo.sum()))
+    if worst is None:
+        return []
+    k, share, blood, total = worst
+    return [_flag("MYO_BLOOD_LIKE", REVIEW, f"on slice {k}, {blood} of the {total} myocardial pixels ({100 * share:.0f} %) "
+                                            f"enhance like blood (at the LV pool's peak, {100 * rise:.0f} % of its rise or "
+                                            "more): blood inside the myocardial contour raises MBF there; check the "
+                                            "endocardial contour", round(share, 3))]
 
 
 def perfusion_flags(analysis):

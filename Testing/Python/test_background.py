@@ -123,3 +123,20 @@ def test_a_worker_that_dies_is_reported_with_its_exit_code(cine_phantom):
     assert "exit code" in job.error
     job.cancel()   # cleans up a finished job too
     assert job.folder is None
+
+
+def test_a_finished_job_cancelled_before_its_result_is_taken_says_so(cine_phantom):
+    """Cancel after the job finished left it "done" with its folder removed: result() then
+    failed with a bare TypeError (probe 30). Now it is cancelled; a result taken before stays."""
+    logic = _logic_with(cine_phantom)
+    job = logic.startAnalysis(useExistingLabels=True)
+    assert job.wait(timeout=300) == DONE, job.error
+    job.cancel()
+    assert job.state == CANCELLED
+    with pytest.raises(RuntimeError, match="cancelled, not done"):
+        job.result()
+    taken = logic.startAnalysis(useExistingLabels=True)
+    assert taken.wait(timeout=300) == DONE, taken.error
+    analysis = taken.result()
+    taken.cancel()
+    assert taken.state == DONE and taken.result() is analysis   # asked again: the same analysis

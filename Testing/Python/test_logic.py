@@ -1,5 +1,7 @@
 """CardiacAISegLogic on real slicer-core nodes: the calls the Slicer module makes, headless."""
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -829,3 +831,24 @@ def test_results_json_says_the_segmentation_was_corrected(tmp_path):
     a.set_labels(a.cine["ed_frame"], edited)
     model = results_document(a, "x")["model"]
     assert model["name"] == "unet-light" and model["edited_frames"] == [a.cine["ed_frame"]]
+
+
+def test_a_reopened_scene_keeps_the_model_and_the_hand_edits(phantom, tmp_path):
+    """The network that drew the contours and the frames corrected by hand since are saved with
+    the scene: a reopened scene's export said "model": null (probe 30)."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(fresh(phantom[0]))
+    a = logic.runSegmentation()
+    assert logic.modelInfo and logic.modelInfo["name"]
+    seg = logic.getNodeParameter("outputSegmentationID")
+    ed = a.reference_frame
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(a.labels[ed] == MYO)[:10]], 0)
+    logic.onSegmentationEdited(seg)
+    assert a.edited_frames == {ed}
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    assert reopened.modelInfo == json.loads(json.dumps(logic.modelInfo, default=str))
+    assert reopened.analysis.edited_frames == {ed}
+    model = json.loads((Path(reopened.exportResults(tmp_path / "out")["results.json"])).read_text())["model"]
+    assert model["name"] == logic.modelInfo["name"] and model["edited_frames"] == [ed]

@@ -648,3 +648,24 @@ def test_heart_not_found_from_the_bolus_is_a_review_flag(perfusion):
     assert "HEART_NOT_FOUND" in codes(a)
     b = Analysis(st, dict(study.labels)).run()   # labels given: not the network's whole-field guess
     assert "HEART_NOT_FOUND" not in codes(b)
+
+
+@pytest.mark.parametrize("units", ["gd_mmol_l", "signal"])
+def test_blood_inside_the_myocardial_contour_is_sent_to_review(perfusion, units):
+    """A one-pixel rim of the LV pool painted as myocardium on the mid slice (an edit, or a
+    contour drawn inside the cavity): segment MBF up to 37 % high with QC "pass" (probe 30).
+    The myocardial pixels that enhance like blood are counted; the phantom's own mask has none."""
+    from scipy import ndimage
+
+    study, _ = perfusion
+    st = copy(study)
+    if units == "signal":   # the blood saturates in signal intensity: half the pool's rise marks blood
+        st.images, st.aif, st.units = 100 + 40 * study.images, 100 + 40 * study.aif, "signal"
+    clean = Analysis(st, dict(study.labels)).run()
+    assert "MYO_BLOOD_LIKE" not in codes(clean), clean.qc["flags"]
+    lab = study.labels[0].copy()
+    pool = lab[1] == LV
+    lab[1][pool & ~ndimage.binary_erosion(pool)] = MYO
+    rimmed = Analysis(st, {0: lab}).run()
+    flag = next(f for f in rimmed.qc["flags"] if f["code"] == "MYO_BLOOD_LIKE")
+    assert flag["severity"] == "review" and flag["message"].startswith("on slice 1,") and flag["value"] > 0.05

@@ -336,7 +336,8 @@ def _mask_offset(win, lab_win, shifts, max_px=3):
     return best_d
 
 
-def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, onto_mask=True, aligned=None):
+def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, onto_mask=True, aligned=None,
+                    cache=None):
     """(T, 2) in-plane shifts (drow, dcol) in pixels of one slice: frame t shows at x + shift[t]
     what the mask shows at x. Also returns a dict: usable frames, mask offset.
 
@@ -344,7 +345,11 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     mask that is itself in doubt (the bolus check of a network's mask): the mask then only
     places the window. ``aligned``: those (T, 2) frame-to-frame shifts, estimated earlier on the
     same frames (the bolus check's, ``reusable_alignment``); only the offset onto this mask is
-    then estimated, the expensive part is not done twice."""
+    then estimated, the expensive part is not done twice. ``cache`` (a dict kept by the caller
+    over re-analyses of the same frames): the frame-to-frame shifts by slice heart mask, so an
+    edit that leaves the heart's outline on a slice as it was (blood and myocardium traded, or
+    another slice edited) re-estimates only the offset onto the mask, with the same result as a
+    fresh analysis (the shifts depend on the frames and the outline alone)."""
     # float32 images stay float32 (see _coefficients); anything else is computed in float64
     frames = np.asarray(frames)
     frames = frames if frames.dtype == np.float32 else frames.astype(np.float64)
@@ -366,11 +371,22 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     # weight: the heart and a rim around it, tapering off, so the chest wall counts little
     dist = ndimage.distance_transform_edt(~heart[rs, cs], sampling=(sy, sx))
     weight = np.exp(-0.5 * (dist / MARGIN_MM) ** 2).astype(frames.dtype)
-    noise = 1.4826 * float(row_median(np.abs(np.diff(win, axis=0)).ravel())) / np.sqrt(2)
-    if aligned is None:
-        shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9))
+    key = None
+    if cache is not None:
+        key = (heart.tobytes(), frames.shape, frames.dtype.str, float(np.sum(frames, dtype=np.float64)),
+               tuple(float(v) for v in pixel_mm), float(max_shift_mm), None if aligned is None else np.asarray(aligned).tobytes())
+    if key is not None and key in cache:
+        shifts, usable = (v.copy() for v in cache[key])
     else:
-        shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9), start=aligned)
+        noise = 1.4826 * float(row_median(np.abs(np.diff(win, axis=0)).ravel())) / np.sqrt(2)
+        if aligned is None:
+            shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9))
+        else:
+            shifts, usable = _relative_shifts(win, weight, max_px, max(noise, 1e-9), start=aligned)
+        if key is not None:
+            if len(cache) >= 8:   # a long editing session: the outlines of the last few edits are enough
+                cache.clear()
+            cache[key] = (shifts.copy(), usable.copy())
     if not usable.any():
         return np.zeros((t_count, 2)), {"registered": False, "reason": "no frame with contrast in the heart"}
     note = {"registered": True, "usable_frames": int(usable.sum())}
@@ -409,12 +425,12 @@ def apply_shifts(frames, shifts):
     return _shift_stack(frames, shifts).astype(frames.dtype)
 
 
-def correct(images, label_map, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, alignments=None):
+def correct(images, label_map, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, alignments=None, cache=None):
     """(corrected (T, S, R, C) images, record) with each slice's frames moved onto ``label_map``.
 
     ``alignments``: {slice: ``alignment_record``} of frame-to-frame shifts already estimated on
     these images (the network mask's bolus check); a slice whose record still fits its frames
-    only gets its offset onto this mask estimated.
+    only gets its offset onto this mask estimated. ``cache``: {slice: dict} for ``estimate_shifts``.
     record: {'shifts_px': per slice (T, 2) list (drow, dcol), 'max_shift_px', 'corrected_slices',
     'slices': per-slice notes}. Slices within ``DEAD_BAND_PX`` everywhere are returned unchanged.
     """
@@ -427,7 +443,8 @@ def correct(images, label_map, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, a
               "shifts_px": [], "max_shift_px": [], "corrected_slices": [], "slices": []}
     for k in range(images.shape[1]):
         aligned = reusable_alignment((alignments or {}).get(k), images[:, k], pixel_mm, max_shift_mm)
-        shifts, note = estimate_shifts(images[:, k], lab[k], pixel_mm, max_shift_mm, aligned=aligned)
+        shifts, note = estimate_shifts(images[:, k], lab[k], pixel_mm, max_shift_mm, aligned=aligned,
+                                       cache=None if cache is None else cache.setdefault(k, {}))
         biggest = float(np.abs(shifts).max()) if shifts.size else 0.0
         record["shifts_px"].append(np.round(shifts, 2).tolist())
         record["max_shift_px"].append(round(biggest, 2))
