@@ -669,3 +669,28 @@ def test_blood_inside_the_myocardial_contour_is_sent_to_review(perfusion, units)
     rimmed = Analysis(st, {0: lab}).run()
     flag = next(f for f in rimmed.qc["flags"] if f["code"] == "MYO_BLOOD_LIKE")
     assert flag["severity"] == "review" and flag["message"].startswith("on slice 1,") and flag["value"] > 0.05
+
+
+def test_thick_slices_and_clipped_blood_are_sent_to_review(cine, shared_data):
+    """Slices 20 mm apart (pairs averaged) moved ESV by 10-27 % and EF by up to 10 points; blood
+    clipped at the pool's median (a 12-bit or windowed export) raised the network's ESV 15-32 %;
+    both with QC "pass" (probe 31). No ACDC study (5-10 mm, at most 9.6 % of the pool at the
+    image's maximum) is flagged."""
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study, _ = cine
+    m = study.ijk_to_ras.copy()
+    m[:3, 2] *= 20.0 / np.linalg.norm(m[:3, 2])
+    assert "SLICES_THICK" in codes(_cine_analysis(study, ijk_to_ras=m))
+    ed = _cine_analysis(study).cine["ed_frame"]
+    clipped = study.images.copy()
+    clipped[ed] = np.minimum(clipped[ed], np.median(study.images[ed][study.labels[ed] == LV]))
+    for model_info, flagged in ((None, False), ({"name": "unet-light"}, True)):   # the network's contours only
+        a = Analysis(copy(study), study.labels)
+        a.study.images, a.model_info = clipped, model_info
+        assert ("IMAGE_CLIPPED" in codes(a.run())) == flagged
+    for p in ("patient001", "patient021", "patient041", "patient061", "patient081"):
+        st = load_acdc_patient(shared_data / "acdc" / p)
+        a = Analysis(st, st.labels)
+        a.model_info = {"name": "unet-light"}
+        assert not {"SLICES_THICK", "IMAGE_CLIPPED"} & codes(a.run()), p
