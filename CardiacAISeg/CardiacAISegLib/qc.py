@@ -390,6 +390,7 @@ def blood_in_the_myocardium_flags(analysis):
     """MYO_BLOOD_LIKE where a slice's myocardial mask holds pixels whose curves enhance like the
     LV pool's (blood painted or drawn into the ring, an endocardial contour inside the cavity),
     on the motion-corrected curves the MBF was fitted on."""
+    from .errors import CardiacInputError
     from .perfusion.mbf import find_foot, subtract_baseline
 
     curves = getattr(analysis, "_curves", None)
@@ -399,7 +400,7 @@ def blood_in_the_myocardium_flags(analysis):
     lab = np.asarray(analysis.labels[analysis.reference_frame])
     try:
         enhancement = subtract_baseline(images, find_foot(aif), axis=0)
-    except Exception:   # an AIF the fit already refused or flagged: nothing to judge the pixels by
+    except CardiacInputError:   # an AIF with no bolus to find: nothing to judge the pixels by
         return []
     rise = BLOOD_LIKE_RISE.get(analysis.study.units, 0.5)
     worst = None

@@ -86,7 +86,7 @@ def _interpolate_axis(coeffs, start, frac, n, axis, order):
 def _coefficients(stack, pad, order=3):
     """Edge-padded (by ``pad``) frames of a (T, R, C) stack, as cubic B-spline coefficients for
     order 3, in the stack's float precision (float32 images: half the memory traffic of every
-    resampling, which dominates the registration, for shifts that agree to 0.001 px)."""
+    resampling, which dominates the registration; shifts equal to 0.01 px on the phantoms)."""
     dtype = np.float32 if np.asarray(stack).dtype == np.float32 else np.float64
     coeffs = np.pad(np.asarray(stack, dtype), ((0, 0), (pad, pad), (pad, pad)), mode="edge")
     if order == 3:
