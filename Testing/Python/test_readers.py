@@ -1051,3 +1051,7 @@ def test_only_echoes_of_the_same_images_are_left_out():
     halves = [image(z, 1.2 if z < 30 else 1.3, t) for z in range(0, 60, 8) for t in range(5)]
     kept, notes = _first_echo_only({"stack": halves})
     assert len(kept["stack"]) == len(halves) and not notes
+    # EchoTime rounded differently from one dynamic to the next (probe 32: every second dropped)
+    wobble = [image(z, 1.234 if t % 2 else 1.236, t) for z in (0, 8) for t in range(6)]
+    kept, notes = _first_echo_only({"wobble": wobble})
+    assert len(kept["wobble"]) == len(wobble) and not notes

@@ -680,6 +680,11 @@ def _echo_key(ds):
     return None
 
 
+# Echoes of one read-out lie a millisecond or more apart; EchoTime that wobbles by rounding from
+# one dynamic or phase to the next dropped every second frame as a "second echo" (probe 32).
+MIN_ECHO_GAP_MS = 0.2
+
+
 def _first_echo_only(series):
     """(series, {uid: note}): a classic series that holds each image at two or more echo times,
     as many images at each (a dual-echo AIF read-out, whose second echo measures the T2* signal
@@ -699,6 +704,8 @@ def _first_echo_only(series):
             continue
         if len({_series_positions(g) for g in groups.values()}) != 1:
             continue   # slices acquired with different echo times: parts of one stack, not echoes of each image
+        if min(np.diff(sorted(groups))) < MIN_ECHO_GAP_MS:
+            continue   # a vendor's rounding (1.234 / 1.236 ms dynamic to dynamic), not two echoes (probe 32)
         first = min(groups)
         out[uid] = groups[first]
         times = ", ".join(f"{k:g}" for k in sorted(groups))
