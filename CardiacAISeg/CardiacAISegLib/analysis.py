@@ -22,6 +22,7 @@ from .study import PERFUSION, Study
 Ras = Sequence[float]   # a point in RAS mm
 
 DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
+REST_WARNING_PREFIX = "rest series: "   # the rest analysis' warnings among the stress analysis' (the MPR needs both)
 
 
 def check_density(density, name="density"):
@@ -61,6 +62,7 @@ class Analysis:
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._placed = None                  # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
         self.edited_frames = set()           # frames whose labels were corrected after the run (set_labels)
+        self._motion_cache = {}              # frame-to-frame shifts by slice outline: an edit re-estimates the slices it reshaped
         self._thickness = None               # per-pixel wall thickness at ED (cine), cached for handle moves
         self.segment_values = {}             # AHA id -> bullseye value
         # perfusion bullseye: "mbf" (mL/min/g) or "relative_upslope" (needs no AIF calibration)
@@ -175,7 +177,7 @@ class Analysis:
         if self.kind == PERFUSION:
             self._compute_mbf_map()
             if self.rest is not None:  # the MPR depends on the rest series: its caveats are ours
-                self.warnings += [f"rest series: {w}" for w in self.rest.warnings]
+                self.warnings += [REST_WARNING_PREFIX + w for w in self.rest.warnings]
             # the AIF and the fit; the motion correction inside is timed on its own
             self.timing_s["mbf_map"] = time.perf_counter() - t0 - self.timing_s.get("motion", 0.0)
             t0 = time.perf_counter()
@@ -222,8 +224,8 @@ class Analysis:
                 f"({', '.join(rest.level_override)}), not the levels their own count and anatomy would give")
         if note not in rest.warnings:
             rest.warnings.append(note)
-        self.warnings = [w for w in self.warnings if not w.startswith("rest series: ")]
-        self.warnings += [f"rest series: {w}" for w in rest.warnings]
+        self.warnings = [w for w in self.warnings if not w.startswith(REST_WARNING_PREFIX)]
+        self.warnings += [REST_WARNING_PREFIX + w for w in rest.warnings]
 
     def _assess(self):
         from .qc import REVIEW, assess
@@ -257,8 +259,6 @@ class Analysis:
         from .perfusion.motion import correct as motion_correct
 
         t0 = time.perf_counter()
-        if getattr(self, "_motion_cache", None) is None:
-            self._motion_cache = {}   # frame-to-frame shifts by slice outline: an edit re-estimates the slices it reshaped
         images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
                                                          (st.spacing[1], st.spacing[0]),
                                                          alignments=st.provenance.get("frame_alignment"),

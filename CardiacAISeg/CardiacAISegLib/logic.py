@@ -868,11 +868,8 @@ class CardiacAISegLogic(_LogicBase):
         from .outputs import write_outputs
 
         a = self._requireAnalysis()
-        try:
-            return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
-                                 scene_builder=build_output_scene)
-        except OutputExistsError as e:   # worded for the command line ("pass --force")
-            raise OutputExistsError(str(e).replace("pass --force to replace them", REPLACE_HINT)) from None
+        return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
+                             scene_builder=build_output_scene, replace_hint=REPLACE_HINT)
 
     def renderReport(self, path, overwrite=True):
         """report.png of the current state: the same renderer as `cardiacaiseg analyze`."""

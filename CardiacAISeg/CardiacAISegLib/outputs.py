@@ -319,8 +319,13 @@ def replace_outputs(stage, out_dir, names):
 
 
 # ------------------------------------------------------------------ the outputs of a run
-def check_outputs(out_dir, force=False):
-    """Fail before any work if outputs exist and ``force`` is not given, or cannot be replaced."""
+# how the command line replaces existing outputs; the Slicer module and the web page name their own control
+CLI_REPLACE_HINT = "pass --force to replace them"
+
+
+def check_outputs(out_dir, force=False, replace_hint=CLI_REPLACE_HINT):
+    """Fail before any work if outputs exist and ``force`` is not given (the error ends with
+    ``replace_hint``: how the caller's front end replaces them), or cannot be replaced."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CardiacInputError(out_dir, "output path exists and is not a folder")
@@ -333,11 +338,11 @@ def check_outputs(out_dir, force=False):
         raise CardiacInputError(out_dir / folders[0], "is a folder where an output file goes; move it away or choose another --out")
     existing = [n for n in names if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if existing and not force:
-        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
+        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; {replace_hint}")
 
 
 def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, force=False, progress=None,
-                  scene_builder=None, report=True, report_process=None):
+                  scene_builder=None, report=True, report_process=None, replace_hint=CLI_REPLACE_HINT):
     """Write every output of ``analysis`` into ``out_dir``; returns {name: path}.
 
     results.json/.csv, report.png (unless ``report=False``) and the seg.nrrd files (``seg_nrrd``, no Slicer needed) always;
@@ -349,6 +354,7 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
     a warm study's CPU time); an old report.png in the folder goes, as an old scene.mrb does.
     ``report_process``: a ``report_process.ReportProcess`` the CLI started at the beginning of the
     run; it draws report.png while the other files are written (else it is drawn here).
+    ``replace_hint``: how the caller's front end replaces existing outputs (``check_outputs``).
 
     Under the folder's lock (``outputs.output_lock``), everything is written into a hidden
     staging folder first, then ``outputs.replace_outputs`` swaps it in: the folder ends with all
@@ -362,14 +368,14 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
 
     progress = as_progress(progress)
     out_dir = Path(out_dir)
-    check_outputs(out_dir, force)
+    check_outputs(out_dir, force, replace_hint)
     # signals are held for the whole write and honoured at checkpoints, so no folder is created
     # or filled without the cleanup knowing about it
     with deferred_signals() as checkpoint:
         created = make_output_folder(out_dir)
         try:
             with output_lock(out_dir):
-                check_outputs(out_dir, force)  # again under the lock: another run may have written meanwhile
+                check_outputs(out_dir, force, replace_hint)  # again under the lock: another run may have written meanwhile
                 stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
                 try:
                     _write_staged(analysis, stage, input_path, model_info, timing, progress, checkpoint, scene_builder,

@@ -354,7 +354,8 @@ MIN_PERFUSION_LV_MM2 = 200.0
 
 def perfusion_mask_flags(analysis):
     """The segmentation a perfusion analysis measured, judged as anatomy: too small a myocardium
-    or LV pool on every slice, or (the network's) heart not found from the bolus."""
+    or LV pool on every slice, blood inside the myocardium, or (the network's) heart not found
+    from the bolus."""
     flags = []
     st = analysis.study
     lab = np.asarray(analysis.labels[analysis.reference_frame])
@@ -375,13 +376,12 @@ def perfusion_mask_flags(analysis):
     return flags
 
 
-# A myocardial pixel enhances like blood when, at its slice's LV pool peak, it has risen by this
-# share of the pool's rise or more (the threshold perfusion_refine trims the network's ring with):
-# in Gd a quarter; in signal intensity, where the blood saturates and the tissue does not, half.
-# The shipped network's masks: 0-2.5 % of a slice's myocardium (QPerf stress 2.3 %, rest 0.2 %;
-# 14 synthetic full-field series 0-2.5 %, phantoms 0 %); a one-pixel rim of the LV pool painted
-# as myocardium: 5.3-11.9 %, and segment MBF up to 37 % high with QC "pass" (probe 30).
-BLOOD_LIKE_RISE = {"gd_mmol_l": 0.25, "signal": 0.5}
+# A myocardial pixel enhances like blood when, at its slice's LV pool peak, it has risen by
+# ``perfusion_refine.blood_fraction_for`` (the share the network's ring is trimmed with: a quarter
+# in Gd, half in signal) of the pool's rise or more. The shipped network's masks: 0-2.5 % of a
+# slice's myocardium (QPerf stress 2.3 %, rest 0.2 %; 14 synthetic full-field series 0-2.5 %,
+# phantoms 0 %); a one-pixel rim of the LV pool painted as myocardium: 5.3-11.9 %, and segment MBF
+# up to 37 % high with QC "pass" (probe 30).
 MAX_BLOOD_LIKE_SHARE = 0.05
 MIN_BLOOD_LIKE_PIXELS = 8
 
@@ -389,8 +389,10 @@ MIN_BLOOD_LIKE_PIXELS = 8
 def blood_in_the_myocardium_flags(analysis):
     """MYO_BLOOD_LIKE where a slice's myocardial mask holds pixels whose curves enhance like the
     LV pool's (blood painted or drawn into the ring, an endocardial contour inside the cavity),
-    on the motion-corrected curves the MBF was fitted on."""
+    on the motion-corrected curves the MBF was fitted on. Only the pool's and the ring's pixels
+    are read: QC runs again on every handle drag."""
     from .errors import CardiacInputError
+    from .models.perfusion_refine import blood_fraction_for
     from .perfusion.mbf import find_foot, subtract_baseline
 
     curves = getattr(analysis, "_curves", None)
@@ -399,20 +401,21 @@ def blood_in_the_myocardium_flags(analysis):
     images, aif, _ = curves
     lab = np.asarray(analysis.labels[analysis.reference_frame])
     try:
-        enhancement = subtract_baseline(images, find_foot(aif), axis=0)
+        foot = find_foot(aif)
     except CardiacInputError:   # an AIF with no bolus to find: nothing to judge the pixels by
         return []
-    rise = BLOOD_LIKE_RISE.get(analysis.study.units, 0.5)
+    rise = blood_fraction_for(analysis.study.units)
     worst = None
     for k in range(lab.shape[0]):
         myo, pool = lab[k] == MYO, lab[k] == LV
         if myo.sum() < MIN_BLOOD_LIKE_PIXELS or pool.sum() < 4:
             continue
-        pool_curve = enhancement[:, k][:, pool].mean(1)
+        pool_curve = subtract_baseline(images[:, k][:, pool].mean(1), foot)
         peak = int(np.argmax(pool_curve))
         if not pool_curve[peak] > 0:
             continue
-        blood = int((enhancement[peak, k][myo] >= rise * pool_curve[peak]).sum())
+        ring = subtract_baseline(images[:, k][:, myo].T, foot)   # (pixels, frames)
+        blood = int((ring[:, peak] >= rise * pool_curve[peak]).sum())
         share = blood / int(myo.sum())
         if blood >= MIN_BLOOD_LIKE_PIXELS and share > MAX_BLOOD_LIKE_SHARE and (worst is None or share > worst[1]):
             worst = (k, share, blood, int(myo.sum()))

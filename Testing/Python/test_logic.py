@@ -381,7 +381,7 @@ def test_export_and_ground_truth_in_acdc_layout(measured, tmp_path):
     logic = measured
     paths = logic.exportResults(tmp_path / "out")
     assert {"results.json", "results.csv", "report.png", "scene.mrb", "segmentation.seg.nrrd"} <= set(paths)
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="tick 'Replace existing files'"):   # the module's control, not --force
         logic.exportResults(tmp_path / "out")
 
     a = logic.analysis

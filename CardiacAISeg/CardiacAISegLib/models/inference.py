@@ -137,7 +137,6 @@ TTA_VARIANTS = {
     "flip2": ((), ("W",), ("H",)),
     "dihedral": ((), ("W",), ("H",), ("H", "W"), ("T",), ("T", "W"), ("T", "H"), ("T", "H", "W")),
 }
-TTA_FLIPS = TTA_VARIANTS   # the names the cards and checks use
 
 
 def _apply(ops, a, inverse=False):

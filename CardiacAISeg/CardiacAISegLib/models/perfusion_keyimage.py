@@ -150,7 +150,7 @@ def heart_square(shape_rc, spacing_rc, timing, side_mm):
 def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timing=None, device="cpu", tta=None):
     """(S, K, R, C) class probabilities on the perfusion grid from ``cine_model`` (a registry
     LoadedModel) on the key images, and a record of what was done (for provenance). ``tta``
-    (inference.TTA_FLIPS) overrides the cine card's own: a few key images can afford mirroring
+    (inference.TTA_VARIANTS) overrides the cine card's own: a few key images can afford mirroring
     that a whole cine stack need not pay for."""
     from .inference import cine_heart_box, predict_volume_probabilities
 

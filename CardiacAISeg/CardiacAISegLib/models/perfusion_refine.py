@@ -24,6 +24,14 @@ from ..labels import LV, MYO, RV
 N_SECTORS = 36
 
 
+def blood_fraction_for(units):
+    """The share of the blood pool's enhancement above which a myocardial pixel reads as blood:
+    signal-intensity myocardium enhances to a larger share of the (saturated) blood signal than
+    Gd concentration does, so the threshold follows the units (the mask check here and QC's
+    MYO_BLOOD_LIKE use the same)."""
+    return 0.25 if units == "gd_mmol_l" else 0.5
+
+
 def blood_pool_from_bolus(frames, at_peak, peak, net_lv, net_rv):
     """(pool mask or None, pool level): the AIF-peak blob the network's LV overlaps most, hull-filled."""
     from scipy import ndimage

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from . import perfusion_keyimage
-from .inference import TTA_FLIPS, mirrored_probabilities, pick_device
+from .inference import TTA_VARIANTS, mirrored_probabilities, pick_device
 from .postprocess import keep_one_component_per_structure
 
 
@@ -96,9 +96,9 @@ def perfusion_segmentation(card):
     entry.setdefault("key_image", DEFAULT_KEY_IMAGE)
     entry.setdefault("cine_model", None)
     entry.setdefault("cine_tta", None)   # None: the cine card's own input.tta
-    if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_FLIPS:
+    if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_VARIANTS:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.cine_tta must be one of "
-                                f"{', '.join(TTA_FLIPS)}, not {entry['cine_tta']!r}")
+                                f"{', '.join(TTA_VARIANTS)}, not {entry['cine_tta']!r}")
     names = entry["cine_model"]
     if isinstance(names, list) and (not names or not all(n is None or isinstance(n, str) for n in names)) or \
             not isinstance(names, (list, str, type(None))):
@@ -211,7 +211,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
     another mode) and an AIF, each slice's mask is checked and mended against the bolus
     (`perfusion_refine`); the per-slice reports go to ``study.provenance["mask_refinement"]``.
     """
-    from .perfusion_refine import refine_study_slice
+    from .perfusion_refine import blood_fraction_for, refine_study_slice
 
     progress = as_progress(progress)
     device = pick_device(device)
@@ -229,10 +229,7 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
         # slices lie 10-20 mm apart: clean each one on its own
         out[k] = keep_one_component_per_structure(probs[k].argmax(0).astype(np.uint8)[None])[0]
         if refine and study.aif is not None:
-            # signal-intensity myocardium enhances to a larger share of the (saturated) blood
-            # signal than Gd concentration does: the blood-likeness threshold follows the units
-            blood_fraction = 0.25 if study.units == "gd_mmol_l" else 0.5
-            out[k], report = refine_study_slice(study, k, out[k], blood_fraction=blood_fraction)
+            out[k], report = refine_study_slice(study, k, out[k], blood_fraction=blood_fraction_for(study.units))
             reports.append({"slice": k, **report})
     if reports:
         study.provenance["mask_refinement"] = reports

@@ -93,6 +93,10 @@ def starts_on_upslope(aif):
 # main bolus in Gd (under half of it in saturated signal): neither counts.
 SECOND_BOLUS_RISE = 0.6
 DROP_BETWEEN = 0.35
+# Two first passes lie a series apart (stacked stress and rest) or a test bolus's washout apart:
+# peaks closer than this are one bolus with dark frames in it (two mistriggered beats at the
+# peak made "peaks" 4 frames apart and the series was refused as two boluses; probe 32).
+MIN_FRAMES_BETWEEN_BOLUSES = 10
 
 
 def bolus_peaks(curve):
@@ -108,20 +112,25 @@ def bolus_peaks(curve):
     noise = 1.4826 * float(np.median(np.abs(np.diff(np.asarray(curve, np.float64).reshape(-1))))) / np.sqrt(2)
     if not span > 20 * noise:
         return []   # no rise clearly above the noise: no bolus to count (find_foot says "flat")
-    peaks, low, low_at, top, top_at, counted = [], c[0], 0, None, None, False
+    peaks, low, low_at, top, counted = [], c[0], 0, None, False
     for i, v in enumerate(c):
         if counted:
             if v > top:
-                top, top_at = v, i
-                peaks[-1] = (top_at, peaks[-1][1])
+                top, peaks[-1] = v, (i, peaks[-1][1])
             elif top - v >= DROP_BETWEEN * span:
                 counted, low, low_at = False, v, i   # fallen back: the next rise is a new bolus
             continue
         if v < low:
             low, low_at = v, i
         elif v - low >= SECOND_BOLUS_RISE * span:
-            counted, top, top_at = True, v, i
-            peaks.append((i, low_at))
+            counted = True
+            if peaks and i - peaks[-1][0] < MIN_FRAMES_BETWEEN_BOLUSES:
+                top = c[peaks[-1][0]]   # the same bolus after dark frames: on from its peak
+                if v > top:
+                    top, peaks[-1] = v, (i, peaks[-1][1])
+            else:
+                top = v
+                peaks.append((i, low_at))
     return peaks
 
 

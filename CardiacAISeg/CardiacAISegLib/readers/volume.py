@@ -143,7 +143,8 @@ def read_nifti(path):
             # said where --dt is asked for: the file has a step, only not one in a known unit
             meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
                                            f"{unit!r}), so seconds and milliseconds cannot be told apart")
-        sidecar = bids_volume_times(path, data.shape[3])
+        side = read_sidecar(path)
+        sidecar = bids_volume_times(side, path, data.shape[3])
         header_step = float(np.median(np.diff(meta["frame_times_s"]))) if meta["frame_times_s"] is not None else None
         if sidecar is not None:
             # the acquisition's own times (irregular heartbeats) rather than one step in the header
@@ -160,36 +161,43 @@ def read_nifti(path):
                                         f"step is {header_step:.3g} s: the sidecar's times are used (give --dt if the "
                                         "header is right)")
         elif header_step:
-            tr = sidecar_repetition_time_s(path)
-            if tr is not None and abs(tr[0] - header_step) <= 0.01 * header_step:
+            tr = sidecar_repetition_time_s(side)
+            if tr is not None and abs(tr - header_step) <= 0.01 * header_step:
                 # dcm2niix writes the RepetitionTime as the NIfTI time step: the time between a
                 # gated series' dynamics is not in the file (a TR of 0.5 s that was the R-R
                 # interval, read as 0.5 s frames of a series read every second beat: MBF +94 %)
                 meta["frame_times_s"] = None
                 meta["frame_times_ignored"] = (f"the NIfTI header's time step {header_step:g} s is the RepetitionTime "
-                                               f"of its sidecar {tr[1]} (dcm2niix writes the TR there), not the measured "
+                                               f"of its sidecar {side[0].name} (dcm2niix writes the TR there), not the measured "
                                                "time between dynamics, and the sidecar lists no VolumeTiming")
     return nifti_to_kji(data), affine, meta
 
 
-def sidecar_repetition_time_s(path):
-    """(RepetitionTime in s, sidecar name) from the BIDS/dcm2niix JSON sidecar beside a NIfTI file, or None."""
+def read_sidecar(path):
+    """(sidecar path, its JSON object) of the BIDS / dcm2niix sidecar beside a NIfTI file
+    (``x.nii.gz`` -> ``x.json``), or None when there is none; one that cannot be read is named
+    in a CardiacInputError."""
     import json
 
-    side = _sidecar_path(path)
+    path = Path(path)
+    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
+    side = path.with_name(stem + ".json")
     if not side.is_file():
         return None
     try:
-        value = float(json.loads(side.read_text()).get("RepetitionTime"))
-    except (OSError, ValueError, TypeError, AttributeError):
+        doc = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CardiacInputError(side, f"the JSON sidecar of {path.name} cannot be read ({e})") from None
+    return side, doc if isinstance(doc, dict) else {}
+
+
+def sidecar_repetition_time_s(sidecar):
+    """The RepetitionTime (s) a ``read_sidecar`` result gives, or None."""
+    try:
+        value = float(sidecar[1].get("RepetitionTime")) if sidecar is not None else None
+    except (TypeError, ValueError):
         return None
-    return (value, side.name) if np.isfinite(value) and value > 0 else None
-
-
-def _sidecar_path(path):
-    path = Path(path)
-    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
-    return path.with_name(stem + ".json")
+    return value if value is not None and np.isfinite(value) and value > 0 else None
 
 
 # BIDS sidecar fields that give each volume's acquisition time in seconds: VolumeTiming (MRI),
@@ -197,23 +205,16 @@ def _sidecar_path(path):
 _BIDS_TIME_FIELDS = ("VolumeTiming", "FrameTimesStart")
 
 
-def bids_volume_times(path, n_frames):
-    """(frame times from the first, in s; 'the sidecar NAME (FIELD)') from the BIDS JSON sidecar
-    beside a NIfTI file (``x.nii.gz`` -> ``x.json``), when it lists one time per frame; else
-    None. A sidecar that cannot be read, or whose list has another length, is named in a
-    CardiacInputError: times that disagree with the image are no times to fit on."""
-    import json
-
-    path = Path(path)
-    side = _sidecar_path(path)
-    if not side.is_file():
+def bids_volume_times(sidecar, path, n_frames):
+    """(frame times from the first, in s; 'the sidecar NAME (FIELD)') from a ``read_sidecar``
+    result of the NIfTI file ``path``, when it lists one time per frame; else None. A list of
+    another length is named in a CardiacInputError: times that disagree with the image are no
+    times to fit on."""
+    if sidecar is None:
         return None
-    try:
-        doc = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise CardiacInputError(side, f"the JSON sidecar of {path.name} cannot be read ({e})") from None
+    side, doc = sidecar
     for field in _BIDS_TIME_FIELDS:
-        values = doc.get(field) if isinstance(doc, dict) else None
+        values = doc.get(field)
         if values is None:
             continue
         try:
@@ -221,7 +222,7 @@ def bids_volume_times(path, n_frames):
         except (TypeError, ValueError):
             raise CardiacInputError(side, f"{field} is not a list of numbers (seconds)") from None
         if t.size != n_frames:
-            raise CardiacInputError(side, f"{field} lists {t.size} times but {path.name} has {n_frames} frames")
+            raise CardiacInputError(side, f"{field} lists {t.size} times but {Path(path).name} has {n_frames} frames")
         if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
             raise CardiacInputError(side, f"{field} must rise from frame to frame (seconds)")
         return t - t[0], f"the sidecar {side.name} ({field})"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import scene as sc
-from ..errors import CardiacInputError, OutputExistsError
+from ..errors import CardiacInputError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
 from ..study import CINE, PERFUSION, check_rest_pairing
@@ -541,12 +541,8 @@ class Session:
         a = self.require_analysis()
         out = self.data.resolve_output(out_text or self.default_output())
         try:
-            check_outputs(out, force)
-        except OutputExistsError as e:
-            # The engine speaks to the command line (--force, --out); the page has a checkbox and
-            # an output folder field
-            raise OutputExistsError(str(e).replace("pass --force", "tick Overwrite")) from None
-        except CardiacInputError as e:
+            check_outputs(out, force, replace_hint="tick Overwrite to replace them")   # the page's checkbox
+        except CardiacInputError as e:   # the engine speaks to the command line (--out); the page has a folder field
             raise CardiacInputError(e.path, e.problem.replace("another --out", "another output folder")) from None
         gt_root = out / "ground_truth"
         if a.kind == CINE:
@@ -639,10 +635,10 @@ def in_page_terms(text, rest=False):
 
 def warnings_in_page_terms(warnings):
     """An analysis' warnings as the page words them: the CLI flags the readers name ("give
-    --dt") as the page's fields, and the rest series' ("rest series: ...") as its own fields."""
-    prefix = "rest series: "
-    return [prefix + in_page_terms(w[len(prefix):], rest=True) if w.startswith(prefix) else in_page_terms(w)
-            for w in warnings]
+    --dt") as the page's fields, and the rest series' (``REST_WARNING_PREFIX``) as its own fields."""
+    from ..analysis import REST_WARNING_PREFIX as rest
+
+    return [rest + in_page_terms(w[len(rest):], rest=True) if w.startswith(rest) else in_page_terms(w) for w in warnings]
 
 
 def _frame_interval(text, what):
