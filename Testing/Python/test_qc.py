@@ -669,6 +669,7 @@ def test_blood_inside_the_myocardial_contour_is_sent_to_review(perfusion, units)
     rimmed = Analysis(st, {0: lab}).run()
     flag = next(f for f in rimmed.qc["flags"] if f["code"] == "MYO_BLOOD_LIKE")
     assert flag["severity"] == "review" and flag["message"].startswith("on slice 1,") and flag["value"] > 0.05
+    assert "around frame" in flag["message"]   # where to look: the pool's peak
 
 
 def test_thick_slices_and_clipped_blood_are_sent_to_review(cine, shared_data):
