@@ -76,12 +76,14 @@ def as_rest_flags(text):
 def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=False, frames="ed_es",
         series=None, label_convention="acdc", rest=None, rest_labels=None, rest_aif=None, density=1.05,
         kind=None, device=None, progress=None, units=None, bullseye="mbf", scene=False, reports="all",
-        report_process=None, rest_dt=None):
+        report_process=None, rest_dt=None, rest_series=None):
     """`cardiacaiseg analyze`: returns (Analysis, {output name: path}); ``scene``: also scene.mrb.
 
     ``dt`` is the frame interval of the (stress) input, ``rest_dt`` the rest series': two
     acquisitions at two heart rates (stress ~90-110/min, rest ~60-70/min), so one interval for
-    both would scale the rest MBF, and the MPR, by their ratio.
+    both would scale the rest MBF, and the MPR, by their ratio. ``rest_series`` chooses the rest
+    series in a folder as ``series`` does the stress's (default: the one whose description says
+    rest).
 
     ``reports`` (`batch --reports`): ``all`` writes report.png, ``flagged`` only when QC asks for
     review (the studies a reviewer opens), ``none`` never. ``report_process``: a started
@@ -123,9 +125,12 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         try:
             rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention,
                                            aif=rest_aif, dt=rest_dt, units=units,
-                                           series="rest" if Path(rest).is_dir() else None)
+                                           series=rest_series or ("rest" if Path(rest).is_dir() else None))
         except CardiacInputError as e:
-            raise CardiacInputError(e.path, as_rest_flags(e.problem)) from None
+            # the rest folder is often the stress's own (a whole exam): say which series failed, and
+            # its series is chosen with --rest-series (--series chooses the stress's)
+            problem = as_rest_flags(e.problem).replace("choose one with --series", "choose the rest series with --rest-series")
+            raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
         warnings[:] = [as_rest_flags(w) for w in warnings]
         check_rest_pairing(study, rest, rest_study)

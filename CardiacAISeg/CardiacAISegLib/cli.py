@@ -25,7 +25,7 @@ def _analyze(args):
         analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
                               force=args.force, frames=args.frames, series=args.series,
                               label_convention=args.label_convention, rest=args.rest, rest_labels=args.rest_labels,
-                              rest_aif=args.rest_aif, rest_dt=args.rest_dt, density=args.density, kind=args.kind, units=args.units,
+                              rest_aif=args.rest_aif, rest_dt=args.rest_dt, rest_series=args.rest_series, density=args.density, kind=args.kind, units=args.units,
                               device=args.device, bullseye=args.bullseye, scene=args.scene,
                               progress=None if args.quiet else tqdm_progress("analyze"),   # --quiet: no tqdm import
                               report_process=report_process)
@@ -205,6 +205,8 @@ def build_parser():
     a.add_argument("--rest-labels")
     a.add_argument("--rest-aif")
     a.add_argument("--rest-dt", type=float, help="frame interval of the rest series in seconds, when its file has none")
+    a.add_argument("--rest-series", help="the rest series in the --rest folder, as --series chooses the stress's (default: "
+                                         "the series whose description names rest)")
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
     a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")

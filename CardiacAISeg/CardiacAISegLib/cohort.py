@@ -42,7 +42,7 @@ PATH_COLUMNS = ("path", "input")
 # (density and the rest series' columns were carried into the table as text: a row's "density
 # 1.10" stood beside a mass computed at 1.05, a "rest" path beside no MPR)
 OPTION_COLUMNS = ("study", "kind", "labels", "aif", "dt", "model", "frames", "series", "units", "label_convention",
-                  "density", "rest", "rest_labels", "rest_aif", "rest_dt")
+                  "density", "rest", "rest_labels", "rest_aif", "rest_dt", "rest_series")
 FILE_OPTIONS = ("labels", "aif", "rest", "rest_labels", "rest_aif")   # relative paths: from the manifest's folder
 NUMBER_OPTIONS = ("dt", "density", "rest_dt")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")

@@ -8,7 +8,7 @@ import pytest
 from dicom_factory import write_aif_series, write_perfusion_series
 from phantom_truth import segment_errors
 
-from CardiacAISegLib import cli
+from CardiacAISegLib import analyze, cli
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.perfusion.bolus import aif_from_lv, locate_blood_pools
 from CardiacAISegLib.errors import CardiacInputError
@@ -355,6 +355,41 @@ def test_stress_and_rest_each_stored_one_series_per_slice(tmp_path, phantom):
         assert "dual-sequence AIF series" in s.provenance["aif_source"]
         a = Analysis(s, study.labels).run()
         assert np.max(np.abs(segment_errors(a, phantom_truth))) < 0.08, role
+
+
+def test_stress_and_rest_stored_one_series_per_slice_and_described_alike(tmp_path, phantom):
+    """A Philips-style exam: stress (#701-703) and rest (#1101-1103) each one series per slice,
+    every series described 'PERF SA', 20 min apart, in one folder. The six series once merged
+    into one stack with every slice "acquired twice": the rest replaced the stress and was
+    measured as the study, exit 0, no flag (probe 33: global MBF 1.34 for a stress of 2.63);
+    --series 701 read one slice. Now the folder is refused naming the two acquisitions, and a
+    series number reads its acquisition's whole stack (--rest-series the rest's)."""
+    study, truth = phantom
+    rest, rest_truth = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    exam = tmp_path / "exam"
+    for s, uid, number, start in ((study, "1.2.826.0.1.3680043.10.70", 701, 36000.0),
+                                  (rest, "1.2.826.0.1.3680043.10.110", 1101, 37200.0)):
+        write_perfusion_series(exam, s, vendor="philips", series_per_slice=True, series=uid, start_number=number, start_s=start)
+    for choice in (None, "stress", "PERF SA"):
+        with pytest.raises(CardiacInputError, match=r"#701/#702/#703 'PERF SA' \(started 10:00:00, 3 slice series\) and "
+                                                    r"#1101/#1102/#1103 .* 2 acquisitions of the same slice positions 20 min apart"):
+            load_study(exam, series=choice)
+    for number, phantom_truth in (("702", truth), ("1101", rest_truth)):
+        s = load_study(exam, series=number)
+        assert s.images.shape == study.images.shape, number
+        assert any("read as one stack" in w for w in s.provenance["warnings"])
+        a = Analysis(s, study.labels).run()
+        assert np.max(np.abs(segment_errors(a, phantom_truth))) < 0.08, number
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(exam), "--series", "701", "--rest", str(exam), "--rest-series", "1101",
+                     "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    truth_mpr = np.median(list(truth["mbf_per_segment"].values())) / np.median(list(rest_truth["mbf_per_segment"].values()))
+    assert abs(doc["perfusion"]["mpr"]["global"] - truth_mpr) < 0.1 * truth_mpr, (doc["perfusion"]["mpr"]["global"], truth_mpr)
+    # the rest read with the role alone: the error says it is the rest's and how to choose it
+    with pytest.raises(CardiacInputError, match=r"reading the rest series \(--rest\): no series description here names 'rest'.*"
+                                                r"choose the rest series with --rest-series"):
+        analyze.run(exam, tmp_path / "out2", series="701", rest=exam)
 
 
 def _mirrored(study):

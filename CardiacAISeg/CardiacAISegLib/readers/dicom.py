@@ -300,6 +300,109 @@ def _without_localisers(series, notes=None):
     return kept
 
 
+def _clock_span(items):
+    """(first, last) acquisition clock of a series' images in seconds, or None without clocks."""
+    times = [t for t in (_clock_s(ds) for _, ds in items) if t is not None]
+    return (min(times), max(times)) if times else None
+
+
+def _acquisitions(series, uids):
+    """``uids`` split into acquisitions by their clocks: series whose time spans overlap were
+    read out in the same heartbeats (the slice series of one perfusion stack, interleaved); a
+    series that starts after the others have ended is another acquisition (a cine slice's own
+    breath-hold, the rest series 10-20 min after stress). [uids] when a series has no clock."""
+    spans = {u: _clock_span(series[u]) for u in uids}
+    if any(span is None for span in spans.values()):
+        return [list(uids)]
+    groups = []   # [[uids], end of the group's span]
+    for u in sorted(uids, key=lambda u: spans[u][0]):
+        if groups and spans[u][0] <= groups[-1][1]:
+            groups[-1][0].append(u)
+            groups[-1][1] = max(groups[-1][1], spans[u][1])
+        else:
+            groups.append([[u], spans[u][1]])
+    return [g for g, _ in groups]
+
+
+def _repeated_stacks(series, uids):
+    """The acquisitions among ``uids`` that each hold a stack of several slice series, when two or
+    more of them cover the same slice positions (stress and rest stored one series per slice and
+    described alike, as Philips exports them): two studies, not one stack with every slice
+    "repeated" (the later acquisition had replaced the earlier one's slices, exit 0). [] else."""
+    stacks = [g for g in _acquisitions(series, uids) if len(g) > 1]
+    if len(stacks) < 2:
+        return []
+    positions = [set().union(*(_series_positions(series[u]) for u in g)) for g in stacks]
+    if not any(positions[i] & positions[j] for i in range(len(stacks)) for j in range(i + 1, len(stacks))):
+        return []
+    return stacks
+
+
+def _numbers_text(series, uids):
+    return "/".join(f"#{series[u][0][1].get('SeriesNumber', '?')}" for u in sorted(uids, key=lambda u: _series_number(series[u])))
+
+
+def _series_number(items):
+    try:
+        return int(items[0][1].get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _repeated_stacks_hint(series, folder):
+    """'; ... two acquisitions ...' naming each stack's series and start time and the flags that
+    read them, when the folder holds ``_repeated_stacks``, else ""."""
+    for group in _stack_groups(series):
+        stacks = _repeated_stacks(series, group)
+        if not stacks:
+            continue
+        starts = [min(_clock_span(series[u])[0] for u in g) for g in stacks]
+        parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
+                 f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
+        first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
+        return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions "
+                f"{(max(starts) - min(starts)) / 60:.0f} min apart, each stored one series per slice: --series "
+                f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
+                f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
+    return ""
+
+
+def _clock_text(seconds):
+    seconds = seconds % 86400
+    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def _stack_groups(series):
+    """The folder's series grouped as ``_parallel_stack`` groups them (orientation, matrix, pixel
+    size and images per position), groups of one left out."""
+    groups = {}
+    for uid, items in series.items():
+        key = _stack_key(items[0][1])
+        if key is not None:
+            groups.setdefault((*key, _frames_per_position(items)), []).append(uid)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _acquisition_stack(series, uid):
+    """The slice series acquired together with ``uid`` (``_acquisitions``) that form one stack
+    with it (same orientation, matrix, pixel size and images per position; each its own slice
+    positions), merged as ('uid+uid+...', items); None when ``uid`` is a stack of its own.
+    ``--series 701`` then reads the whole perfusion stack that series 701 is one slice of."""
+    key = _stack_key(series[uid][0][1])
+    if key is None:
+        return None
+    alike = [u for u, its in series.items() if _stack_key(its[0][1]) == key
+             and _similar_frame_counts(_frames_per_position(its), _frames_per_position(series[uid]))]
+    together = next((g for g in _acquisitions(series, alike) if uid in g), [uid])
+    if len(together) < 2:
+        return None
+    positions = [_series_positions(series[u]) for u in together]
+    if any(not p for p in positions) or sum(len(p) for p in positions) != len(set().union(*positions)):
+        return None   # a position read twice within one acquisition: not slice series of one stack
+    together = sorted(together, key=lambda u: _series_number(series[u]))
+    return "+".join(together), [it for u in together for it in series[u]]
+
+
 def _parallel_stack(series, notes=None):
     """One stack from several series of parallel slices, or None.
 
@@ -341,6 +444,9 @@ def _parallel_stack(series, notes=None):
     if sum(any(_names_role(series[u], role) for u in ranked[0][1]) for role in PERFUSION_ROLES) > 1:
         # stress and rest, each stored one series per slice: two stacks, not one with every
         # slice "repeated" (the rest series, being later, replaced the stress slices)
+        return None
+    if _repeated_stacks(series, ranked[0][1]):
+        # the same, described alike: told apart by their clocks (_repeated_stacks_hint says so)
         return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
@@ -840,7 +946,7 @@ def _choose_series(folder, series, choice, notes=None):
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         else:
-            hint = _short_stack_hint(series) or _unpaired_aif_hint(series)
+            hint = _repeated_stacks_hint(series, folder) or _short_stack_hint(series) or _unpaired_aif_hint(series)
         left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items() if uid not in series]
         if left_out:
             hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
@@ -865,10 +971,19 @@ def _choose_series(folder, series, choice, notes=None):
         # two series described alike (a repeated slice, a repeat acquisition): the first found
         # was taken, a one-slice repeat read as the stack
         raise CardiacInputError(folder, f"--series {choice!r} matches {len(matches)} series: "
-                                        f"{'; '.join(_describe(u, series[u]) for u in matches)}; choose one by its number or UID")
+                                        f"{'; '.join(_describe(u, series[u]) for u in matches)}; choose one by its number or UID"
+                                        f"{_repeated_stacks_hint({u: series[u] for u in matches}, folder)}")
     if matches:
         uid = matches[0]
         _refuse_derived_map(folder, uid, series[uid])
+        stack = _acquisition_stack(series, uid)
+        if stack is not None:   # one slice series of a perfusion stack: the whole stack
+            merged, items = stack
+            if notes is not None:
+                notes.append(f"{_describe(uid, series[uid])}, the series chosen, is one of {len(merged.split('+'))} slice "
+                             f"series acquired together ({_numbers_text(series, merged.split('+'))}): read as one stack")
+            others = {u: its for u, its in series.items() if u not in merged.split("+")}
+            return merged, items, _aif_partner(merged, items, {merged: items, **others})
         return uid, series[uid], _aif_partner(uid, series[uid], series)
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
@@ -879,7 +994,10 @@ def _choose_series(folder, series, choice, notes=None):
         if len(named) == 1:
             return named[0], series[named[0]], partner[named[0]]
         if not named:
-            return _choose_series(folder, series, None, notes)
+            try:
+                return _choose_series(folder, series, None, notes)
+            except CardiacInputError as error:
+                raise CardiacInputError(folder, f"no series description here names {c.lower()!r}, and {error.problem}") from None
         # the role's series may be one stack stored one series per slice (with its AIF series)
         stack = _parallel_stack({u: series[u] for u in partner}, notes)
         if stack is not None:
