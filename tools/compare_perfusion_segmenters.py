@@ -104,6 +104,7 @@ def main():
     from CardiacAISegLib.analysis import Analysis
     from CardiacAISegLib.labels import LV, MYO, RV
     from CardiacAISegLib.models import registry
+    from CardiacAISegLib.models.inference import TTA_NAMES
     from CardiacAISegLib.readers import load_study
     from evaluate_perfusion_fullfov import lead_range, synthetic_fullfov_cases
 
@@ -120,8 +121,10 @@ def main():
                    help="LOW,HIGH: start each synthetic series a random LOW-HIGH s earlier (a scanner's pre-contrast "
                         "baseline, with the RV's bolus that the network's 48-frame window often cuts)")
     p.add_argument("--model", default="perfusion-resunet", help="perfusion model: registry name or a run folder's best.pt")
-    p.add_argument("--cine-tta", choices=("card", "none", "flip", "flip2"), default="card",
+    p.add_argument("--cine-tta", choices=("card",) + tuple(TTA_NAMES), default="card",
                    help="mirroring of the cine network's key images (card: the perfusion card's input.segmentation.cine_tta)")
+    p.add_argument("--tta", choices=("card",) + tuple(TTA_NAMES), default="card",
+                   help="the perfusion network's own reading of its frames (card: its input.tta)")
     p.add_argument("--cine-model", default=None,
                    help="the key images' cine network: registry name or a unet-light run's best.pt/last.pt, or "
                         "several comma-separated (each a member of the mean; default: the perfusion card's companions)")
@@ -138,10 +141,12 @@ def main():
         model = registry.load_model(args.model)
     if args.cine_tta != "card":
         model.card["input"]["segmentation"]["cine_tta"] = args.cine_tta
+    if args.tta != "card":
+        model.card["input"]["tta"] = args.tta
     cine_model = load_cine_candidate(args.cine_model) if args.cine_model else None
     cine = args.cine_model or registry.default_model("cine")
     result = {"cine_model": cine if args.cine_model else f"{cine} v{registry.get_card(cine).get('version', '1')}", "refine": refine, "paths": {},
-              "cine_tta": model.card["input"]["segmentation"].get("cine_tta")}
+              "cine_tta": model.card["input"]["segmentation"].get("cine_tta"), "tta": model.card["input"].get("tta")}
     seconds = {path: [] for path in paths}
 
     def timed(study, path):
@@ -184,7 +189,7 @@ def main():
 
     header = ("| path | aif_detection LV Dice (3 real) | synthetic full-FOV Dice LV / MYO (median) / RV | "
               "QPerf rest MBF | QPerf stress MBF | blood-like rest / stress | s per series |")
-    print(f"cine model {result['cine_model']} (key images mirrored: {result['cine_tta'] or 'as its card'}), "
+    print(f"cine model {result['cine_model']} (key images read: {result['cine_tta'] or 'as its card'}; perfusion network's frames: {result['tta']}), "
           f"bolus check {'on' if refine else 'off'}, "
           f"{args.cases} synthetic cases of {args.size} px (seed {args.seed})")
     print(header)

@@ -97,6 +97,16 @@ def bolus_timing_or_curve_peak(study):
                                                f"frames timed on the {'AIF' if study.aif is not None else 'mean image curve'}"}
 
 
+def heart_axis_rc(timing):
+    """The LV -> RV direction in (row, column) pixels that the bolus found (``bolus_timing``), or
+    None without a confident find: what the "oriented" reading (``inference.variants_for``) turns by."""
+    if not timing or timing.get("confidence") != "high" or timing.get("rv") is None or not timing["rv"].any():
+        return None
+    rows, cols = np.nonzero(timing["rv"])
+    cy, cx = timing["lv_center_rc"]
+    return float(rows.mean() - cy), float(cols.mean() - cx)
+
+
 def key_frames(timing, mode, n_frames, half_width=KEY_HALF_WIDTH):
     """Indices of the frames averaged into the key image."""
     if mode not in KEY_IMAGE_MODES:
@@ -152,19 +162,21 @@ def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timi
     LoadedModel) on the key images, and a record of what was done (for provenance). ``tta``
     (inference.TTA_VARIANTS) overrides the cine card's own: a few key images can afford mirroring
     that a whole cine stack need not pay for."""
-    from .inference import cine_heart_box, predict_volume_probabilities
+    from .inference import ORIENTED, ORIENTED4, cine_heart_box, predict_volume_probabilities, variants_for
 
     if timing is None:
         timing = bolus_timing_or_curve_peak(study)
     spec = cine_model.card["input"]
     multiple = spec.get("size_multiple", 16)
     tta = tta or spec.get("tta", "none")
+    reading = variants_for(tta, heart_axis_rc(timing))
     spacing_rc, pixel_source = working_pixel_mm(study, timing)
     keys = key_images(study, timing, mode)
     side_mm = spec.get("heart_crop_mm") or DEFAULT_SQUARE_MM
     record = {"mode": mode, "frames": [int(f) for f in key_frames(timing, mode, study.n_frames)],
               "cine_model": cine_model.card["name"], "cine_model_version": str(cine_model.card.get("version", "1")),
-              "cine_tta": tta,
+              "cine_tta": tta if tta not in (ORIENTED, ORIENTED4) or len(reading) < 8 else
+                          f"{tta}: no heart axis from the bolus, read in the 8 orientations",
               "pixel_mm": [round(v, 3) for v in spacing_rc], "pixel_mm_from": pixel_source,
               "heart_found_by": timing["reason"]}
     if timing["confidence"] == "high":
@@ -177,7 +189,7 @@ def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timi
     rs, cs = box if box is not None else (slice(0, keys.shape[1]), slice(0, keys.shape[2]))
     record["square"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop]}
     inside = predict_volume_probabilities(cine_model.module, np.ascontiguousarray(keys[:, rs, cs]), spacing_rc,
-                                          spec["pixel_mm"], multiple, device, tta=tta,
+                                          spec["pixel_mm"], multiple, device, tta=reading,
                                           contiguous=False)   # perfusion slices lie 20-30 mm apart
     probs = np.zeros((keys.shape[0], inside.shape[1], *keys.shape[1:]), np.float32)
     probs[:, 0] = 1.0   # background outside the square

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from . import perfusion_keyimage
-from .inference import TTA_VARIANTS, mirrored_probabilities, pick_device
+from .inference import ORIENTED, ORIENTED4, TTA_NAMES, mirrored_probabilities, pick_device, variants_for
 from .postprocess import keep_one_component_per_structure
 
 
@@ -96,9 +96,9 @@ def perfusion_segmentation(card):
     entry.setdefault("key_image", DEFAULT_KEY_IMAGE)
     entry.setdefault("cine_model", None)
     entry.setdefault("cine_tta", None)   # None: the cine card's own input.tta
-    if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_VARIANTS:
+    if entry["cine_tta"] is not None and entry["cine_tta"] not in TTA_NAMES:
         raise CardiacInputError(card.get("name", "model card"), f"input.segmentation.cine_tta must be one of "
-                                f"{', '.join(TTA_VARIANTS)}, not {entry['cine_tta']!r}")
+                                f"{', '.join(TTA_NAMES)}, not {entry['cine_tta']!r}")
     names = entry["cine_model"]
     if isinstance(names, list) and (not names or not all(n is None or isinstance(n, str) for n in names)) or \
             not isinstance(names, (list, str, type(None))):
@@ -138,6 +138,9 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
                                           "pixel_mm": [round(float(study.spacing[1] / crop[2][0]), 3),
                                                        round(float(study.spacing[0] / crop[2][1]), 3)],
                                           "lv_found_by": crop[3]["reason"]}
+    if spec.get("tta") in (ORIENTED, ORIENTED4) and pools is None:
+        pools = perfusion_keyimage.bolus_timing_or_curve_peak(study)
+    variants = variants_for(spec.get("tta", "none"), perfusion_keyimage.heart_axis_rc(pools))
     out = None
     for k in range(study.n_slices):
         x = study.images[frames, k][:, rs, cs].astype(np.float32)
@@ -147,7 +150,7 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
             x = ndimage.zoom(x, (1, *crop[2]), order=1)
         x = np.maximum(x, 0) / max(float(x.max()), 1e-6)   # each sample divided by its maximum
         xp, pad = pad_array(x[None], multiple)
-        probs = mirrored_probabilities(model, xp.astype(np.float32), device, spec.get("tta", "none"))[..., pad[0], pad[1]][0]
+        probs = mirrored_probabilities(model, xp.astype(np.float32), device, variants)[..., pad[0], pad[1]][0]
         if resample:   # probabilities back onto the native crop grid
             zoom_back = (native[0] / probs.shape[1], native[1] / probs.shape[2])
             probs = np.stack([ndimage.zoom(p, zoom_back, order=1) for p in probs])[:, : native[0], : native[1]]
