@@ -1671,6 +1671,19 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
 
 
+@case("perfusion_dicom_one_image_missing_content_time", "error",
+      ("slice 1", "29 of 30", "(ContentTime)", "leave the short slice's files out"), named=lambda f: f / "dicom",
+      category="perfusion")
+def _(base, f):
+    """The same loss in a Philips-style series timed by ContentTime alone: the error named
+    AcquisitionTime, a tag the files do not have, and offered no way to read the other slices
+    (probe 33)."""
+    _, paths = write_perfusion_series(f / "dicom", base.perf_study, vendor="philips")
+    n_frames = base.perf_study.n_frames
+    paths[n_frames + n_frames // 2].unlink()
+    return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", base.perf_dir / "aif.csv"]
+
+
 @case("perfusion_dicom_one_dynamic_mistimed", "warn", ("frame times jump", "after the gap left out"),
       category="perfusion", check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06))
 def _(base, f):

@@ -1334,9 +1334,11 @@ def _lost_first_phase(groups, clock):
     return None
 
 
-def _where_frames_are_missing(groups, positions, clock):
+def _where_frames_are_missing(groups, positions, clock, tag=None):
     """For the error on unequal frame counts: which slice lacks frames and, when the clock
-    shows it, the gap where they are missing (an image lost in a copy or a PACS transfer)."""
+    shows it, the gap where they are missing (an image lost in a copy or a PACS transfer),
+    named by the tag read (``tag``: the wall clock's, e.g. ContentTime where AcquisitionTime is
+    absent)."""
     full = max(len(g) for g in groups)
     parts = []
     for k, g in enumerate(groups):
@@ -1346,7 +1348,7 @@ def _where_frames_are_missing(groups, positions, clock):
         gap = _gap_in_frames(g, clock)
         if gap is not None:
             digits = 3 if clock == "TriggerTime" else 1   # trigger delays are milliseconds apart
-            where += f", nothing between {gap[0]:.{digits}f} s and {gap[1]:.{digits}f} s ({clock})"
+            where += f", nothing between {gap[0]:.{digits}f} s and {gap[1]:.{digits}f} s ({tag or clock})"
         parts.append(where)
     return ": " + "; ".join(parts[:3]) + (f"; {len(parts) - 3} more" if len(parts) > 3 else "") if parts else ""
 
@@ -2070,8 +2072,12 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
                 k, t0 = lost_first
                 lost = (f"; slice {k} (at {positions[k]:.1f} mm) has nothing at {1000 * t0:.0f} ms, where the other slices "
                         "have their first phase (ED at the R wave): an image lost in a copy or transfer")
+            # a perfusion slice short of dynamics cannot share the others' time axis: say how the rest can be read
+            other_slices = ("; re-export the series, or leave the short slice's files out of the folder to analyse the other "
+                            "slices") if timing["kind"] == PERFUSION or kind == PERFUSION else ""
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
-                                            f"mixes acquisitions{lost}{_where_frames_are_missing(groups, positions, clock)}")
+                                            f"mixes acquisitions{lost}"
+                                            f"{_where_frames_are_missing(groups, positions, clock, timing.get('tag'))}{other_slices}")
         matched = _phases_matched_by_trigger_time(folder, groups, clock)
         if matched is None:
             longer = [k for k, n in enumerate(counts) if n > min(counts)]
@@ -2080,7 +2086,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
                 where = ": " + "; ".join(f"slice {k} (at {positions[k]:.1f} mm) has {counts[k]}" for k in longer[:3]) \
                     + (f"; {len(longer) - 3} more" if len(longer) > 3 else "")
             else:
-                where = _where_frames_are_missing(groups, positions, clock)
+                where = _where_frames_are_missing(groups, positions, clock, timing.get("tag"))
             early_warnings.append(f"slices have {min(counts)}-{max(counts)} phases; the first {min(counts)} of each are used "
                                   f"(the last phases of the longer cycles are left out{where})")
             groups = [g[:min(counts)] for g in groups]

@@ -307,9 +307,13 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if entry is None and units in (None, "signal"):
         # before anything reads a baseline, a bolus or a frame interval from the series; blank
         # dynamics first, as a frame of no signal would hide the PD frames' brightness
-        blank = drop_blank_frames(study, path.name or str(path))
-        dropped = drop_leading_pd_frames(study, path.name or str(path))
-        undo_rescaled_frames(study, path.name or str(path))
+        # a DICOM folder may hold stress and rest: name the series, not only the folder
+        number, description = study.provenance.get("series_number"), study.provenance.get("series_description")
+        where = (f"series #{number if number is not None else '?'} {description!r} in {path.name or path}"
+                 if "series_uid" in study.provenance else path.name or str(path))
+        blank = drop_blank_frames(study, where)
+        dropped = drop_leading_pd_frames(study, where)
+        undo_rescaled_frames(study, where)
     measured = study.frame_times_s
     n = study.n_frames
     prov = study.provenance
