@@ -1469,6 +1469,9 @@ def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(t
         s.open_path("qperf/data_stress.hdr", rest="qperf/data_stress.hdr")
     assert s.study is study_before and _rows(s) == before   # the open study and its results stand
     assert in_page_terms("give --dt or --aif", rest=True) == "give the 'Rest frame interval (s)' field or the 'Rest AIF file' field"
+    # the reader's hint for stress and rest described alike (probe 33) names the rest's flag too
+    assert in_page_terms("--series 701 --rest X --rest-series 1101") == ("a file of that series in the 'Study' field 701 "
+                                                                         "--rest X a file of that series in the 'Rest series' field 1101")
 
 
 def test_page_warnings_name_the_page_fields_and_the_rest_fields():
