@@ -93,7 +93,7 @@ def main():
     import torch
 
     from CardiacAISegLib.models.architectures import build
-    from CardiacAISegLib.models.inference import TTA_VARIANTS
+    from CardiacAISegLib.models.inference import TTA_NAMES
     from CardiacAISegLib.models.training import evaluate
 
     p = argparse.ArgumentParser()
@@ -102,7 +102,7 @@ def main():
     p.add_argument("--params", default="{}")
     p.add_argument("--pixel-mm", type=float, default=1.25)
     p.add_argument("--checkpoint", default="best.pt")
-    p.add_argument("--tta", default="none", choices=list(TTA_VARIANTS))
+    p.add_argument("--tta", default="none", choices=list(TTA_NAMES))
     p.add_argument("--heart-crop-mm", type=float, help="two-stage inference on a square of this side around the heart")
     p.add_argument("--out", help="where to write the evaluation (default RUN/evaluation[-TTA].json)")
     p.add_argument("--ensemble-with", help="another run of --arch: evaluate the mean of both networks' log-probabilities")

@@ -306,19 +306,33 @@ def heart_crop_mm(card):
     return card["input"].get("heart_crop_mm") if card.get("task") == "cine" else None
 
 
-def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=16, device="cpu"):
+def heart_axis_from_labels(labels, spacing_rc=(1.0, 1.0)):
+    """The LV -> RV direction (row, column) in mm of label maps (..., R, C) in the internal
+    convention (LV 1, RV 3), what the "oriented" readings turn by; None without both."""
+    lv, rv = np.asarray(labels) == 1, np.asarray(labels) == 3
+    if lv.sum() < 4 or rv.sum() < 4:
+        return None
+    lv_rc, rv_rc = np.argwhere(lv)[:, -2:].mean(0), np.argwhere(rv)[:, -2:].mean(0)
+    return float((rv_rc[0] - lv_rc[0]) * spacing_rc[0]), float((rv_rc[1] - lv_rc[1]) * spacing_rc[1])
+
+
+def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=16, device="cpu", return_axis=False):
     """(box, reason): box is (row slice, col slice) of a square of at least ``crop_mm`` around the
     heart found by the network on the middle slices of ``volume`` (S, R, C); None with the reason
-    when the field is already small or no heart is found (then the whole field is segmented)."""
+    when the field is already small or no heart is found (then the whole field is segmented).
+    ``return_axis``: (box, reason, the heart's LV -> RV axis from that first pass or None)."""
     s, r, c = volume.shape
     if r * spacing_rc[0] <= crop_mm * HEART_BOX_SMALL_FIELD and c * spacing_rc[1] <= crop_mm * HEART_BOX_SMALL_FIELD:
-        return None, (f"the field of view ({r * spacing_rc[0]:.0f} x {c * spacing_rc[1]:.0f} mm) is within "
-                      f"{HEART_BOX_SMALL_FIELD:g} x the {crop_mm:g} mm heart square")
+        reason = (f"the field of view ({r * spacing_rc[0]:.0f} x {c * spacing_rc[1]:.0f} mm) is within "
+                  f"{HEART_BOX_SMALL_FIELD:g} x the {crop_mm:g} mm heart square")
+        return (None, reason, None) if return_axis else (None, reason)
     mid = sorted({max(0, min(s - 1, int(round(f * (s - 1))))) for f in (0.4, 0.5, 0.6)})
     first = predict_labels(model, volume[mid], spacing_rc, pixel_mm, size_multiple, device, contiguous=False)
+    axis = heart_axis_from_labels(first, spacing_rc)
     heart = first > 0
     if heart.sum() < HEART_BOX_MIN_PIXELS:
-        return None, f"no heart found on the middle slices ({', '.join(str(k + 1) for k in mid)}) in a first whole-field pass"
+        reason = f"no heart found on the middle slices ({', '.join(str(k + 1) for k in mid)}) in a first whole-field pass"
+        return (None, reason, None) if return_axis else (None, reason)
     _, rows, cols = np.nonzero(heart)
 
     def side(lo, hi, n, spacing):
@@ -331,7 +345,8 @@ def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=1
 
     r0, r1 = side(rows.min(), rows.max(), r, spacing_rc[0])
     c0, c1 = side(cols.min(), cols.max(), c, spacing_rc[1])
-    return (slice(r0, r1), slice(c0, c1)), None
+    box = (slice(r0, r1), slice(c0, c1))
+    return (box, None, axis) if return_axis else (box, None)
 
 
 def predict_labels_in_box(model, volume, box, spacing_rc, pixel_mm, size_multiple=16, device="cpu", tta="none", batch=16):
@@ -374,13 +389,16 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
     pixel_mm, multiple, tta = spec["pixel_mm"], spec.get("size_multiple", 16), spec.get("tta", "none")
     crop_mm = spec.get("heart_crop_mm")
     frames = list(volumes)
-    heart, box = None, None
+    heart, box, axis = None, None, None
     if crop_mm:
         ref = reference if reference in volumes else frames[0]
-        box, reason = cine_heart_box(model, volumes[ref], spacing_rc, pixel_mm, crop_mm, multiple, device)
+        box, reason, axis = cine_heart_box(model, volumes[ref], spacing_rc, pixel_mm, crop_mm, multiple, device, return_axis=True)
         heart = ({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop], "found_on_frame": ref,
                   "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1), round((box[1].stop - box[1].start) * spacing_rc[1], 1)]}
                  if box else {"whole_field": reason})
+    # "oriented" readings turn every square by the heart's axis from the first pass (read in the
+    # 8 orientations without one: a whole-field card, or no RV found)
+    tta = variants_for(tta, axis)
     cycle = temporal.is_whole_cycle(frames, n_frames or 0)
 
     def segment_in(window):

@@ -169,23 +169,26 @@ def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timi
     spec = cine_model.card["input"]
     multiple = spec.get("size_multiple", 16)
     tta = tta or spec.get("tta", "none")
-    reading = variants_for(tta, heart_axis_rc(timing))
     spacing_rc, pixel_source = working_pixel_mm(study, timing)
     keys = key_images(study, timing, mode)
     side_mm = spec.get("heart_crop_mm") or DEFAULT_SQUARE_MM
     record = {"mode": mode, "frames": [int(f) for f in key_frames(timing, mode, study.n_frames)],
               "cine_model": cine_model.card["name"], "cine_model_version": str(cine_model.card.get("version", "1")),
-              "cine_tta": tta if tta not in (ORIENTED, ORIENTED4) or len(reading) < 8 else
-                          f"{tta}: no heart axis from the bolus, read in the 8 orientations",
-              "pixel_mm": [round(v, 3) for v in spacing_rc], "pixel_mm_from": pixel_source,
+              "cine_tta": tta, "pixel_mm": [round(v, 3) for v in spacing_rc], "pixel_mm_from": pixel_source,
               "heart_found_by": timing["reason"]}
     if timing["confidence"] == "high":
         box = heart_square(keys.shape[1:], spacing_rc, timing, side_mm)
+        axis = heart_axis_rc(timing)
     else:
         # without an RV that peaked first next to it, the bolus "LV" may be the aorta: the cine
-        # network finds the heart on the key images itself (its own first pass)
-        box, _ = cine_heart_box(cine_model.module, keys, spacing_rc, spec["pixel_mm"], side_mm, multiple, device)
+        # network finds the heart on the key images itself (its own first pass, which also gives
+        # the heart's axis for the oriented readings)
+        box, _, axis = cine_heart_box(cine_model.module, keys, spacing_rc, spec["pixel_mm"], side_mm, multiple, device,
+                                      return_axis=True)
         record["heart_found_by"] = "the cine network on the key images (the bolus find was not confident)"
+    reading = variants_for(tta, axis)
+    if tta in (ORIENTED, ORIENTED4) and len(reading) == 8:
+        record["cine_tta"] = f"{tta}: no heart axis found, read in the 8 orientations"
     rs, cs = box if box is not None else (slice(0, keys.shape[1]), slice(0, keys.shape[2]))
     record["square"] = {"rows": [rs.start, rs.stop], "cols": [cs.start, cs.stop]}
     inside = predict_volume_probabilities(cine_model.module, np.ascontiguousarray(keys[:, rs, cs]), spacing_rc,

@@ -145,13 +145,12 @@ def validate_card_for_import(card, path):
     if card["task"] == "cine" and "context_slices" in spec and not (_positive_int(spec["context_slices"]) or spec["context_slices"] == 0):
         raise CardiacInputError(path, "input.context_slices must be the neighbouring slices on each side a 2.5D network reads "
                                 f"(0, 1, ...), not {spec['context_slices']!r}")
-    from .inference import TTA_NAMES, TTA_VARIANTS
+    from .inference import TTA_NAMES
 
-    # cine and perfusion networks alike; "oriented" needs the heart's axis, which only the
-    # perfusion series' bolus gives
-    allowed = TTA_NAMES if card["task"] == "perfusion" else tuple(TTA_VARIANTS)
-    if spec.get("tta", "none") not in allowed:
-        raise CardiacInputError(path, f"input.tta must be one of {', '.join(repr(n) for n in allowed)}, not {spec['tta']!r}")
+    # cine and perfusion networks alike ("oriented" readings take the heart's axis from the bolus
+    # or from the two-stage first pass, and read the 8 orientations without one)
+    if spec.get("tta", "none") not in TTA_NAMES:
+        raise CardiacInputError(path, f"input.tta must be one of {', '.join(repr(n) for n in TTA_NAMES)}, not {spec['tta']!r}")
     arch = card.get("architecture")
     if card["weights"]["format"] == "state_dict" and not isinstance(arch.get("params", {}), dict):
         raise CardiacInputError(path, "architecture.params must be an object of keyword arguments")
