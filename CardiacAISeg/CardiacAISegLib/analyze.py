@@ -96,9 +96,13 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
 
     check_density(density, "--density")   # before anything is read or written
     if rest is None:
-        for flag, value in (("--rest-labels", rest_labels), ("--rest-aif", rest_aif), ("--rest-dt", rest_dt)):
+        for flag, value in (("--rest-labels", rest_labels), ("--rest-aif", rest_aif), ("--rest-dt", rest_dt),
+                            ("--rest-series", rest_series)):
             if value is not None:
                 raise CardiacInputError(flag, "goes with --rest (the rest perfusion series), which was not given")
+    elif rest_series is not None and not Path(rest).is_dir():
+        raise CardiacInputError("--rest-series", f"chooses a series in a DICOM folder given with --rest; {rest} is a file "
+                                                 "(one series): leave --rest-series out")
     t0 = time.perf_counter()
     study = _load_with_labels(input_path, labels, kind=kind, series=series, label_convention=label_convention,
                               aif=aif, dt=dt, progress=progress, units=units)

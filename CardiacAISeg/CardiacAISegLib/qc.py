@@ -398,7 +398,7 @@ def blood_in_the_myocardium_flags(analysis):
     curves = getattr(analysis, "_curves", None)
     if curves is None:
         return []
-    images, aif, _ = curves
+    images, aif, grid_s = curves
     lab = np.asarray(analysis.labels[analysis.reference_frame])
     try:
         foot = find_foot(aif)
@@ -422,14 +422,20 @@ def blood_in_the_myocardium_flags(analysis):
     if worst is None:
         return []
     k, share, blood, total, peak = worst
+    # the curves lie on a regular time grid (irregular heartbeats: half the median interval), so
+    # the peak is named by its time and the acquired frame nearest it (probe 34: "frame 41" of 60)
+    peak_s = float(grid_s[peak])
+    times = analysis.study.frame_times_s
+    frame = int(np.argmin(np.abs(np.asarray(times) - times[0] - peak_s))) if times is not None else peak
     # Exact contours on a breathing phantom were flagged too (probe 32): where the registration
     # leaves the pool's edge a pixel off at the peak, the ring's curves hold blood all the same,
     # so the flag stands and the message names both causes and the frame to look at.
     return [_flag("MYO_BLOOD_LIKE", REVIEW, f"on slice {k}, {blood} of the {total} myocardial pixels ({100 * share:.0f} %) "
-                                            f"enhance like blood (at the LV pool's peak, frame {peak}, {100 * rise:.0f} % "
-                                            "of its rise or more): blood inside the myocardial contour, drawn there or "
-                                            "moved there by breathing the motion correction did not remove, raises MBF; "
-                                            f"check the endocardial contour and the registration around frame {peak}",
+                                            f"enhance like blood (at the LV pool's peak, frame {frame}, {peak_s:.1f} s "
+                                            f"after the first, {100 * rise:.0f} % of its rise or more): blood inside the "
+                                            "myocardial contour, drawn there or moved there by breathing the motion "
+                                            "correction did not remove, raises MBF; check the endocardial contour and "
+                                            f"the registration around frame {frame}",
                   round(share, 3))]
 
 

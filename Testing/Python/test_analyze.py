@@ -403,6 +403,15 @@ def test_rest_flags_need_a_rest_series(tmp_path, capsys):
     rc = cli.main(["analyze", str(tmp_path), "--rest-dt", "0.9", "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "--rest-dt" in err and "--rest" in err, err
+    # --rest-series likewise (it was ignored without --rest, probe 34), and it chooses in a folder only
+    rc = cli.main(["analyze", str(tmp_path), "--rest-series", "1101", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--rest-series: goes with --rest" in err, err
+    (tmp_path / "rest.nii.gz").write_bytes(b"")
+    rc = cli.main(["analyze", str(tmp_path), "--rest", str(tmp_path / "rest.nii.gz"), "--rest-series", "1101",
+                   "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--rest-series: chooses a series in a DICOM folder" in err, err
 
 def test_same_input_gives_the_same_bytes(cine, tmp_path):
     """Determinism: two `cardiacaiseg analyze` processes write byte-identical outputs (results.json

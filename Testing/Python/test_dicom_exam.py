@@ -80,6 +80,39 @@ def test_a_description_shared_by_a_stack_stored_per_slice_reads_the_stack(base, 
     assert "#40" in note and "leave the later series out of the folder" in note and "--series" not in note
 
 
+def test_cine_breath_holds_of_two_slices_with_one_pair_acquired_again_stay_one_stack(base, tmp_path):
+    """The cine stored one series per slice, two slices per breath-hold (their clocks overlap),
+    one pair acquired again later: the rule that tells stress from rest (two acquisitions that
+    each cover the whole stack) refused it as "acquisitions of the same slice positions" (probe
+    34). The stack is read with the later pair and a note; a series number without clocks reads
+    that series alone (nothing shows which series were acquired together)."""
+    from dicom_factory import _tm
+
+    exam = tmp_path / "exam"
+
+    def breath_holds(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.{k + 1}", 20 + k
+        ds.SeriesDescription, ds.InstanceNumber = "cine_retro_sax", t + 1
+        ds.AcquisitionTime = _tm(36000.0 + 30.0 * (k // 2) + 0.045 * t + 0.01 * (k % 2))
+    cine_dicom(base, exam, per_image=breath_holds)
+
+    def again(ds, k, t):
+        breath_holds(ds, k, t)
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.{k + 91}", 40 + k
+        ds.AcquisitionTime = _tm(36600.0 + 0.045 * t + 0.01 * (k % 2))
+    cine_dicom(base, tmp_path / "again", slices=[2, 3], per_image=again)
+    for f in (tmp_path / "again").iterdir():
+        f.rename(exam / f"R{f.name}")
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert sum("acquired in two series" in w for w in study.provenance["warnings"]) == 2
+    for f in exam.iterdir():   # clocks gone (an anonymiser): a number reads its own series
+        ds = pydicom.dcmread(f)
+        del ds.AcquisitionTime
+        ds.save_as(f)
+    assert load_study(exam, series="20").images.shape[:2] == (N_FRAMES, 1)
+
+
 def _stress_with_moco(folder, study, pd_frames=0, moco_pd_frames=None):
     write_perfusion_series(folder, study, vendor="siemens", description="Perfusion_stress", start_number=40,
                            series="1.2.826.0.1.3680043.10.7.1", pd_frames=pd_frames)

@@ -392,6 +392,70 @@ def test_stress_and_rest_stored_one_series_per_slice_and_described_alike(tmp_pat
         analyze.run(exam, tmp_path / "out2", series="701", rest=exam)
 
 
+def _edit_every_file(folder, change):
+    import pydicom
+
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path)
+
+
+def _tm_of(seconds):
+    from dicom_factory import _tm
+
+    return _tm(seconds % 86400)
+
+
+@pytest.mark.parametrize("variant", ["midnight", "series_start_times", "one_time_for_all", "moco_copies"])
+def test_stress_and_rest_described_alike_as_scanners_and_exports_time_them(tmp_path, phantom, variant):
+    """Probe 34's cases around the rule above: a stress read out across midnight (its times
+    00:00-23:59 joined every series into one acquisition: the rest measured as the stress, exit
+    0); GE-like series stamped with their start only, the slices 0.1 s apart (points that never
+    overlapped); one time for every series (an anonymiser: nothing tells the two apart, so the
+    folder is refused as two stacks); Siemens MOCO copies beside (--series 701 read one slice)."""
+    study, _ = phantom
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    exam = tmp_path / "exam"
+    vendor = "ge" if variant in ("series_start_times", "one_time_for_all") else "siemens"
+    starts = (86390.0, 87590.0) if variant == "midnight" else (36000.0, 37200.0)
+    for s, uid, number, start in ((study, "1.2.826.0.1.3680043.10.70", 701, starts[0]),
+                                  (rest, "1.2.826.0.1.3680043.10.110", 1101, starts[1])):
+        write_perfusion_series(exam, s, vendor=vendor, series_per_slice=True, series=uid, start_number=number, start_s=start,
+                               description="PERF SA")
+    if variant == "midnight":
+        _edit_every_file(exam, lambda ds: setattr(ds, "AcquisitionTime", _tm_of(_tm_seconds(ds.AcquisitionTime))))
+    elif variant == "series_start_times":   # each slice series stamped with its start, 0.1 s apart
+        _edit_every_file(exam, lambda ds: setattr(ds, "AcquisitionTime", _tm_of(
+            (36000.0 if int(ds.SeriesNumber) < 1000 else 37200.0) + 0.1 * (int(ds.SeriesNumber) % 100))))
+    elif variant == "moco_copies":
+        import pydicom
+
+        for path in sorted(exam.iterdir()):
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID += ".99"
+            ds.SeriesNumber = int(ds.SeriesNumber) + 50
+            ds.SeriesDescription = "PERF SA_MOCO"
+            ds.ImageType = ["DERIVED", "PRIMARY", "M", "MOCO"]
+            ds.SOPInstanceUID += ".99"
+            ds.save_as(exam / f"moco_{path.name}")
+    if variant == "one_time_for_all":
+        with pytest.raises(CardiacInputError, match="acquisition clocks do not tell the acquisitions apart"):
+            load_study(exam)
+        return
+    with pytest.raises(CardiacInputError, match="are 2 acquisitions of the same slice positions 20 min apart"):
+        load_study(exam)
+    for number, expected in (("701", study), ("1102", rest)):
+        s = load_study(exam, series=number)
+        assert s.images.shape == expected.images.shape, (variant, number)
+        assert not s.provenance["series_uid"].endswith(".99")   # not the MOCO copy
+
+
+def _tm_seconds(text):
+    text = str(text)
+    return int(text[:2]) * 3600 + int(text[2:4]) * 60 + float(text[4:])
+
+
 def _mirrored(study):
     """The same heart written with the in-plane column direction reversed: the image normal
     (row x column) then points apex-first, so a reader that sorts slices along it reads the

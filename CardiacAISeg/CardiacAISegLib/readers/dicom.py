@@ -300,23 +300,38 @@ def _without_localisers(series, notes=None):
     return kept
 
 
-def _clock_span(items):
-    """(first, last) acquisition clock of a series' images in seconds, or None without clocks."""
-    times = [t for t in (_clock_s(ds) for _, ds in items) if t is not None]
-    return (min(times), max(times)) if times else None
+def _clock_spans(series, uids):
+    """{uid: (first, last) acquisition clock in seconds} of the series, or None when one has no
+    clock. Times of day on both sides of midnight (a folder spanning over 12 h of the clock) are
+    counted on from the evening: a stack read out from 23:59:50 to 00:00:20 is one span, not one
+    from 00:00 to 23:59 that every other series overlaps (probe 34)."""
+    times = {u: [t for t in (_clock_s(ds) for _, ds in series[u]) if t is not None] for u in uids}
+    if any(not t for t in times.values()):
+        return None
+    every = [t for ts in times.values() for t in ts]
+    if max(every) - min(every) > 43200:
+        times = {u: [t + 86400 if t < 43200 else t for t in ts] for u, ts in times.items()}
+    return {u: (min(ts), max(ts)) for u, ts in times.items()}
+
+
+# Slice series of one acquisition read out interleaved overlap in time; a scanner that stamps each
+# series with one time (its start: GE) gives points, which lie this close for one acquisition's
+# slices and 10 s or more apart for consecutive breath-holds.
+SAME_ACQUISITION_GAP_S = 2.0
 
 
 def _acquisitions(series, uids):
-    """``uids`` split into acquisitions by their clocks: series whose time spans overlap were
-    read out in the same heartbeats (the slice series of one perfusion stack, interleaved); a
-    series that starts after the others have ended is another acquisition (a cine slice's own
-    breath-hold, the rest series 10-20 min after stress). [uids] when a series has no clock."""
-    spans = {u: _clock_span(series[u]) for u in uids}
-    if any(span is None for span in spans.values()):
-        return [list(uids)]
+    """``uids`` split into acquisitions by their clocks (lists of uids, by start): series whose
+    time spans overlap, or lie within SAME_ACQUISITION_GAP_S, were read out in the same
+    heartbeats (the slice series of one perfusion stack); a series that starts later is another
+    acquisition (a cine slice's own breath-hold, the rest series 10-20 min after stress). None
+    when a series has no clock (nothing to tell acquisitions apart by)."""
+    spans = _clock_spans(series, uids)
+    if spans is None:
+        return None
     groups = []   # [[uids], end of the group's span]
     for u in sorted(uids, key=lambda u: spans[u][0]):
-        if groups and spans[u][0] <= groups[-1][1]:
+        if groups and spans[u][0] <= groups[-1][1] + SAME_ACQUISITION_GAP_S:
             groups[-1][0].append(u)
             groups[-1][1] = max(groups[-1][1], spans[u][1])
         else:
@@ -324,22 +339,29 @@ def _acquisitions(series, uids):
     return [g for g, _ in groups]
 
 
+def _positions_of(series, uids):
+    return set().union(*(_series_positions(series[u]) for u in uids))
+
+
 def _repeated_stacks(series, uids):
-    """The acquisitions among ``uids`` that each hold a stack of several slice series, when two or
-    more of them cover the same slice positions (stress and rest stored one series per slice and
-    described alike, as Philips exports them): two studies, not one stack with every slice
-    "repeated" (the later acquisition had replaced the earlier one's slices, exit 0). [] else."""
-    stacks = [g for g in _acquisitions(series, uids) if len(g) > 1]
-    if len(stacks) < 2:
+    """Two or more acquisitions among ``uids`` that each cover the whole stack (every slice
+    position of them all, 3 or more), as stress and rest stored one series per slice and
+    described alike (Philips): two studies, not one stack with every slice "repeated" (the later
+    acquisition had replaced the earlier one's slices, exit 0). A breath-hold of a few cine
+    slices acquired again covers part of the stack and stays a repeat. [] else; None when the
+    series cannot be told apart (a series without a clock, or one start time for all) although
+    every slice position was acquired in two or more of them."""
+    everywhere = _positions_of(series, uids)
+    if len(everywhere) < 3:
         return []
-    positions = [set().union(*(_series_positions(series[u]) for u in g)) for g in stacks]
-    if not any(positions[i] & positions[j] for i in range(len(stacks)) for j in range(i + 1, len(stacks))):
-        return []
-    return stacks
-
-
-def _numbers_text(series, uids):
-    return "/".join(f"#{series[u][0][1].get('SeriesNumber', '?')}" for u in sorted(uids, key=lambda u: _series_number(series[u])))
+    groups = _acquisitions(series, uids)
+    complete = [g for g in groups or [] if len(g) > 1 and _positions_of(series, g) == everywhere]
+    if len(complete) >= 2:
+        return complete
+    if (groups is None or len(groups) == 1) and all(
+            sum(p in _series_positions(series[u]) for u in uids) >= 2 for p in everywhere):
+        return None
+    return []
 
 
 def _series_number(items):
@@ -350,13 +372,18 @@ def _series_number(items):
 
 
 def _repeated_stacks_hint(series, folder):
-    """'; ... two acquisitions ...' naming each stack's series and start time and the flags that
-    read them, when the folder holds ``_repeated_stacks``, else ""."""
+    """'; ... acquisitions ...' naming each complete stack's series and start time and the flags
+    that read them, when the folder holds ``_repeated_stacks``, else ""."""
     for group in _stack_groups(series):
         stacks = _repeated_stacks(series, group)
+        if stacks is None:
+            return (f"; every slice position of {_numbers_text(series, group)} was acquired in two or more of these "
+                    "series, whose acquisition clocks do not tell the acquisitions apart (no clock, or one time for all): "
+                    "two stacks (stress and rest?); put each acquisition's series in a folder of its own")
         if not stacks:
             continue
-        starts = [min(_clock_span(series[u])[0] for u in g) for g in stacks]
+        spans = _clock_spans(series, group)
+        starts = [min(spans[u][0] for u in g) for g in stacks]
         parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
                  f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
         first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
@@ -365,6 +392,10 @@ def _repeated_stacks_hint(series, folder):
                 f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
                 f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
     return ""
+
+
+def _numbers_text(series, uids):
+    return "/".join(f"#{series[u][0][1].get('SeriesNumber', '?')}" for u in sorted(uids, key=lambda u: _series_number(series[u])))
 
 
 def _clock_text(seconds):
@@ -391,9 +422,14 @@ def _acquisition_stack(series, uid):
     key = _stack_key(series[uid][0][1])
     if key is None:
         return None
-    alike = [u for u, its in series.items() if _stack_key(its[0][1]) == key
+    # a scanner's derived copies (MOCO) share the original's clocks and positions: not slices of it
+    derived = _is_derived(series[uid][0][1])
+    alike = [u for u, its in series.items() if _stack_key(its[0][1]) == key and _is_derived(its[0][1]) == derived
              and _similar_frame_counts(_frames_per_position(its), _frames_per_position(series[uid]))]
-    together = next((g for g in _acquisitions(series, alike) if uid in g), [uid])
+    groups = _acquisitions(series, alike)
+    if groups is None:   # without clocks nothing shows which series were acquired together
+        return None
+    together = next((g for g in groups if uid in g), [uid])
     if len(together) < 2:
         return None
     positions = [_series_positions(series[u]) for u in together]
@@ -445,8 +481,8 @@ def _parallel_stack(series, notes=None):
         # stress and rest, each stored one series per slice: two stacks, not one with every
         # slice "repeated" (the rest series, being later, replaced the stress slices)
         return None
-    if _repeated_stacks(series, ranked[0][1]):
-        # the same, described alike: told apart by their clocks (_repeated_stacks_hint says so)
+    if _repeated_stacks(series, ranked[0][1]) != []:
+        # the same, described alike: told apart by their clocks, or not at all (_repeated_stacks_hint says so)
         return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
