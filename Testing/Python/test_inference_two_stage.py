@@ -59,7 +59,7 @@ def off_centre_heart(rows=240, cols=200, spacing_rc=(1.25, 1.25), centre_mm=(70.
 def card_with(crop_mm=None, base=None):
     card = json.loads(json.dumps({k: v for k, v in (base or registry.get_card("unet-light")).items() if not k.startswith("_")}))
     card["input"].pop("heart_crop_mm", None)
-    card["input"]["tta"] = "none"   # the geometry of one reading per slice (the shipped card reads 8 orientations)
+    card["input"]["tta"] = "none"   # the geometry of one reading per slice (the shipped card reads 4)
     if crop_mm:
         card["input"]["heart_crop_mm"] = crop_mm
     return card

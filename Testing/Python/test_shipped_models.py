@@ -71,7 +71,7 @@ def test_the_cine_default_gives_the_same_numbers_in_any_storage_orientation(shar
     """The same study stored rotated or mirrored in-plane (as scanners and exports do): read in
     one orientation the network moved ACDC 061's ESV by 21 % and its EF by 7.6 points with QC
     "pass" (probe 31; here rotated 90 degrees: ESV 52.3 -> 63.2 mL read once); the shipped card
-    reads every slice in the 8 orientations."""
+    reads every slice turned by the heart's axis from its first pass, in 4 readings."""
     from copy import copy
 
     from CardiacAISegLib.pipeline import compute_analysis

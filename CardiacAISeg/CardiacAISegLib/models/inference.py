@@ -339,7 +339,12 @@ def cine_heart_box(model, volume, spacing_rc, pixel_mm, crop_mm, size_multiple=1
         """(start, stop) of the square's side along one axis, inside 0..n."""
         want_mm = max(crop_mm, (hi - lo + 1) * spacing + 2 * HEART_BOX_MARGIN_MM)
         length = min(n, int(round(want_mm / spacing)))
-        start = int(round((lo + hi) / 2 - length / 2))
+        # centred on the heart's pixels, half a pixel rounded towards the image's centre: the
+        # same square whichever way the image is stored, mirrored or turned (rounding the same
+        # way in every storage put a transposed copy's square one pixel off and moved ACDC 061's
+        # ESV by 6 %, session 19)
+        twice_start = int(lo + hi + 1 - length)
+        start = twice_start // 2 + (1 if twice_start % 2 and lo + hi < n - 1 else 0)
         start = min(max(start, 0), n - length)
         return start, start + length
 
