@@ -93,7 +93,7 @@ def read_manifest(path, defaults=None):
     Columns: ``path`` (or ``input``; required), optional ``study`` (default: the file or folder
     name), ``kind``, ``labels`` (a label file or 'study'), ``aif``, ``dt``, ``model``, ``frames``,
     ``series``, ``units``, ``label_convention``, ``density``, and a rest series for MPR: ``rest``,
-    ``rest_labels``, ``rest_aif``, ``rest_dt``; ``ref_<measure key>`` columns are reference values
+    ``rest_labels``, ``rest_aif``, ``rest_dt``, ``rest_series``; ``ref_<measure key>`` columns are reference values
     (e.g. ``ref_lv_mass_g``) the cohort report compares with; other columns are kept as they are.
     Relative paths are taken from the manifest's folder.
     """
@@ -121,7 +121,7 @@ def read_manifest(path, defaults=None):
     if path_column is None:
         raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
                                       "accepted: path (or input), study, kind, labels, aif, dt, model, frames, series, units, "
-                                      "label_convention, density, rest, rest_labels, rest_aif, rest_dt, ref_<measure>")
+                                      "label_convention, density, rest, rest_labels, rest_aif, rest_dt, rest_series, ref_<measure>")
     if not rows:
         raise CardiacInputError(path, "manifest lists no studies")
     specs = []
