@@ -374,7 +374,9 @@ def _series_number(items):
 def _repeated_stacks_hint(series, folder):
     """'; ... acquisitions ...' naming each complete stack's series and start time and the flags
     that read them, when the folder holds ``_repeated_stacks``, else ""."""
-    for group in _stack_groups(series):
+    for group in _stack_groups(series).values():
+        if len(group) < 2:
+            continue
         stacks = _repeated_stacks(series, group)
         if stacks is None:
             return (f"; every slice position of {_numbers_text(series, group)} was acquired in two or more of these "
@@ -404,14 +406,24 @@ def _clock_text(seconds):
 
 
 def _stack_groups(series):
-    """The folder's series grouped as ``_parallel_stack`` groups them (orientation, matrix, pixel
-    size and images per position), groups of one left out."""
+    """{key: [uids]}: the series that could be slices of one stack (orientation, matrix, pixel
+    size and images per position alike), as ``_parallel_stack`` merges them."""
     groups = {}
     for uid, items in series.items():
         key = _stack_key(items[0][1])
-        if key is not None:
-            groups.setdefault((*key, _frames_per_position(items)), []).append(uid)
-    return [g for g in groups.values() if len(g) > 1]
+        if key is None:
+            continue
+        # the images per slice position are part of the key: a Siemens exam stores the cine
+        # (20-30 phases), the LGE (1 image) and the MOLLI (8-11) one series per slice at the same
+        # positions, matrix and pixel size, and the LGE slices had replaced the cine's as
+        # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0). Counts within
+        # 25 % are one acquisition: a slice short of a phase, prospective triggering's 20/19/18
+        key = (*key, _frames_per_position(items))
+        # a series tilted a few degrees against a group (one slice re-planned) joins it
+        near = next((k for k in groups if k[1:-1] == key[1:-1] and _similar_frame_counts(k[-1], key[-1])
+                     and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
+        groups.setdefault(near or key, []).append(uid)
+    return groups
 
 
 def _acquisition_stack(series, uid):
@@ -447,21 +459,7 @@ def _parallel_stack(series, notes=None):
     with the most slice positions wins when it is clearly the largest (at least 3 positions
     and more than any other group), so a stray long-axis series or localiser is left out.
     """
-    groups = {}
-    for uid, items in series.items():
-        key = _stack_key(items[0][1])
-        if key is None:
-            continue
-        # the images per slice position are part of the key: a Siemens exam stores the cine
-        # (20-30 phases), the LGE (1 image) and the MOLLI (8-11) one series per slice at the same
-        # positions, matrix and pixel size, and the LGE slices had replaced the cine's as
-        # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0). Counts within
-        # 25 % are one acquisition: a slice short of a phase, prospective triggering's 20/19/18
-        key = (*key, _frames_per_position(items))
-        # a series tilted a few degrees against a group (one slice re-planned) joins it
-        near = next((k for k in groups if k[1:-1] == key[1:-1] and _similar_frame_counts(k[-1], key[-1])
-                     and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
-        groups.setdefault(near or key, []).append(uid)
+    groups = _stack_groups(series)
 
     def n_positions(uids):
         return len(set().union(*(_series_positions(series[uid]) for uid in uids)))
@@ -563,10 +561,7 @@ def _drop_repeated_positions(series, uids, notes=None):
     """A slice acquired twice (a repeat after a failed breath-hold) keeps its last series;
     ``notes`` (a list) receives a warning naming both, since the choice changes the volume."""
     def number(uid):
-        try:
-            return int(series[uid][0][1].get("SeriesNumber", 0) or 0)
-        except (TypeError, ValueError):
-            return 0
+        return _series_number(series[uid])
 
     keep = {}
     for uid in sorted(uids, key=number):
