@@ -252,6 +252,20 @@ def test_the_oriented_reading_sees_the_same_pair_of_images_in_any_storage_orient
                 stored, stored_axis = _apply(storage, x), _turn_vector(storage, axis)
                 assert {_apply(ops, stored).tobytes() for ops in variants_for(name, stored_axis)} == reference, (name, degrees, storage)
     assert variants_for(ORIENTED, None) == variants_for(ORIENTED4, None) == TTA_VARIANTS["dihedral"]   # no axis: all 8 averaged
+    # near a diagonal both nearest turns are read, weighted by how near each is: the same images
+    # with the same weights in every storage, and the weights move smoothly with the axis (probe 35:
+    # ACDC 052's axis 2 degrees off a diagonal, EF 28.5-32.8 % between storages with one turn)
+    for degrees in (134.0, 135.7, 137.0, 44.8):
+        axis = (np.sin(np.radians(degrees)), np.cos(np.radians(degrees)))
+        reading = variants_for(ORIENTED4, axis)
+        assert len(reading) == 8 and abs(sum(reading.weights) - 1) < 1e-9
+        reference = sorted((_apply(ops, x).tobytes(), round(w, 9)) for ops, w in zip(reading, reading.weights))
+        for storage in TTA_VARIANTS["dihedral"]:
+            turned = variants_for(ORIENTED4, _turn_vector(storage, axis))
+            stored = _apply(storage, x)
+            assert sorted((_apply(ops, stored).tobytes(), round(w, 9)) for ops, w in zip(turned, turned.weights)) == reference
+    near = [variants_for(ORIENTED4, (np.sin(np.radians(d)), np.cos(np.radians(d)))) for d in (134.5, 135.5)]
+    assert max(abs(a - b) for a, b in zip(sorted(near[0].weights), sorted(near[1].weights))) < 0.01
 
 
 def test_the_perfusion_default_gives_the_same_masks_and_numbers_in_any_storage_orientation(shared_data):
