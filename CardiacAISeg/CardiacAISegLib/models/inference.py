@@ -197,7 +197,7 @@ def variants_for(tta, heart_axis_rc=None):
     def reads(turn):
         if tta == ORIENTED:
             return [turn, turn + _MIRROR_ABOUT_TARGET]
-        return [turn, turn + ("H",), turn + ("W",), turn + ("H", "W")]
+        return [turn, turn + _MIRROR_ABOUT_TARGET, turn + ("W",), turn + ("H", "W")]
 
     def off_target_deg(ops):
         dr, dc = _turn_vector(ops, heart_axis_rc)

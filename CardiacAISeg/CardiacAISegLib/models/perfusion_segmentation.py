@@ -131,6 +131,9 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
     spec = loaded_model.card["input"]
     frames = perfusion_window(study, spec.get("frames", 48), spec.get("pre_foot_frames", 3))
     multiple = spec.get("size_multiple", 8)
+    if spec.get("tta") in (ORIENTED, ORIENTED4) and pools is None:
+        # the oriented reading needs the bolus' axis: found once, for the crop too
+        pools = perfusion_keyimage.bolus_timing_or_curve_peak(study)
     crop = heart_crop(study, pools)
     rs, cs = (crop[0], crop[1]) if crop else (slice(None), slice(None))
     if crop:
@@ -138,8 +141,6 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
                                           "pixel_mm": [round(float(study.spacing[1] / crop[2][0]), 3),
                                                        round(float(study.spacing[0] / crop[2][1]), 3)],
                                           "lv_found_by": crop[3]["reason"]}
-    if spec.get("tta") in (ORIENTED, ORIENTED4) and pools is None:
-        pools = perfusion_keyimage.bolus_timing_or_curve_peak(study)
     variants = variants_for(spec.get("tta", "none"), perfusion_keyimage.heart_axis_rc(pools))
     out = None
     for k in range(study.n_slices):

@@ -660,12 +660,10 @@ def _aif_partner(uid, items, series):
 def _acquired_together(items, other_items):
     """True when the images of ``other_items`` were acquired within the time span of ``items``
     (acquisition clocks; False when either has none)."""
-    def span(its):
-        times = [t for t in (_clock_s(ds) for _, ds in its) if t is not None]
-        return (min(times), max(times)) if times else None
-    a, b = span(items), span(other_items)
-    if a is None or b is None:
+    spans = _clock_spans({0: items, 1: other_items}, (0, 1))   # midnight handled as for acquisitions
+    if spans is None:
         return False
+    a, b = spans[0], spans[1]
     slack = 0.1 * max(a[1] - a[0], 1.0)
     return a[0] - slack <= b[0] and b[1] <= a[1] + slack
 
