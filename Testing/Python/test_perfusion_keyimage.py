@@ -235,6 +235,36 @@ def test_the_perfusion_network_averages_its_mirrored_pass(perfusion_model):
     np.testing.assert_allclose(mirrored_probabilities(model, big, "cpu", "flip"), (plain + mirrored) / 2, atol=1e-6)
 
 
+def test_the_ensemble_members_run_at_once_with_the_same_result(perfusion_model, monkeypatch):
+    """The ensemble's members run concurrently under ONNX Runtime (benchmarks/bench_perfusion.py:
+    the network stage's wall time): the probabilities and the record are those of running them
+    one after another, and a member's error still reaches the caller."""
+    assert hasattr(perfusion_model.module, "run_numpy")   # the shipped ensemble runs on ONNX Runtime
+    study, _ = make_perfusion_phantom(seed=5, stress=True, noise=0.01)
+    calls = []
+    run_members = perfusion_segmentation._run_members
+
+    def counted(jobs):
+        calls.append(len(jobs))
+        return run_members(jobs)
+
+    monkeypatch.setattr(perfusion_segmentation, "_run_members", counted)
+    at_once = perfusion_segmentation.perfusion_probabilities(study, perfusion_model)
+    record = dict(study.provenance["perfusion_segmentation"])
+    assert calls == [3]                                   # the perfusion network and both cine members
+    monkeypatch.setattr(perfusion_segmentation, "_run_members", lambda jobs: [call() for _, call in jobs])
+    one_by_one = perfusion_segmentation.perfusion_probabilities(study, perfusion_model)
+    np.testing.assert_array_equal(at_once, one_by_one)
+    assert study.provenance["perfusion_segmentation"] == record
+    assert record["cine_model"] == ["unet-light", "unet-light-keyimage"]
+
+    def broken():
+        raise CardiacInputError("member", "this member failed")
+
+    with pytest.raises(CardiacInputError, match="this member failed"):
+        run_members([(perfusion_model, lambda: (np.zeros(1), None)), (perfusion_model, broken)])
+
+
 def test_the_oriented_reading_sees_the_same_pair_of_images_in_any_storage_orientation():
     """'oriented' turns the input so that the heart's LV -> RV axis points one way and reads it
     and its mirror about that axis ('oriented4': mirrored either way and half-turned too): the same image stored in any of the 8 in-plane orientations

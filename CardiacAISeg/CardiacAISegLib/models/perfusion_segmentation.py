@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from . import perfusion_keyimage
-from .inference import ORIENTED, ORIENTED4, TTA_NAMES, mirrored_probabilities, pick_device, variants_for
+from .inference import ORIENTED, ORIENTED4, TTA_NAMES, cpu_threads, mirrored_probabilities, pick_device, variants_for
 from .postprocess import keep_one_component_per_structure
 
 
@@ -164,6 +164,24 @@ def perfusion_network_probabilities(study, loaded_model, device="cpu", pools=Non
     return out
 
 
+def _run_members(jobs):
+    """Each (model, call) job's result, in order. Members that ONNX Runtime runs go at once: the
+    runtime releases the GIL, and one network's convolutions on these small images leave gaps
+    on 2 cores (3 slices of 144 px: 55 ms on one thread, 38 ms on two) that another member
+    fills. The 3-slice phantom's members (`make_perfusion_phantom(seed=3)`), one after another
+    against at once, medians of 15: 469 -> 436 and 536 -> 466 ms on the quiet 2-core machine,
+    661 -> 529 ms beside another job; the probabilities the same to the bit. A torch member (no
+    ONNX copy) shares torch's one thread pool, so the members then run one after another."""
+    if (len(jobs) < 2 or cpu_threads() < 2   # one core, or a cohort worker held to one thread
+            or not all(hasattr(getattr(model, "module", None), "run_numpy") for model, _ in jobs)):
+        return [call() for _, call in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="ensemble-member") as pool:
+        futures = [pool.submit(call) for _, call in jobs]
+        return [f.result() for f in futures]
+
+
 def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_model=None, key_image=None):
     """(S, K, R, C) class probabilities by ``mode`` (default: the card's declaration). The
     cine-key-image record goes to ``study.provenance["perfusion_segmentation"]``."""
@@ -173,11 +191,11 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
         raise CardiacInputError("perfusion segmentation", f"mode must be one of {', '.join(PERFUSION_SEGMENTATION_MODES)}, "
                                 f"not {mode!r}")
     record = {"mode": mode}
-    parts = []
+    jobs = []   # the ensemble's members, each a call giving (probabilities, its record or None)
     # the bolus is located once: every network of the ensemble squares the heart from it
     timing = perfusion_keyimage.bolus_timing_or_curve_peak(study) if mode in ("ensemble", "cine-key-image") else None
     if mode in ("frames", "ensemble"):
-        parts.append(perfusion_network_probabilities(study, loaded_model, device, pools=timing))
+        jobs.append((loaded_model, lambda: (perfusion_network_probabilities(study, loaded_model, device, pools=timing), None)))
         record["network"] = loaded_model.card.get("name", "perfusion network")   # a bare checkpoint (tools) has no name
     if mode in ("cine-key-image", "ensemble"):
         # the registry loads the cine model(s) a card declares with it (LoadedModel.companions);
@@ -188,17 +206,18 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
                                     f"segmentation mode {mode!r} needs a cine network: its card declares none "
                                     "(input.segmentation), so pass cine_model= (a model from registry.load_model)")
         cine_models = cine_models if isinstance(cine_models, (list, tuple)) else [cine_models]
-        names = []
         for model in cine_models:
             # each cine network is one member of the average, as the perfusion network is
-            probs, key_record = perfusion_keyimage.cine_key_image_probabilities(
-                study, model, key_image or declared["key_image"], timing=timing, device=device, tta=declared["cine_tta"])
-            parts.append(probs)
-            names.append((key_record["cine_model"], key_record["cine_model_version"]))
-        record.update(key_record)
-        if len(names) > 1:
-            record["cine_model"] = [n for n, _ in names]
-            record["cine_model_version"] = [v for _, v in names]
+            jobs.append((model, lambda model=model: perfusion_keyimage.cine_key_image_probabilities(
+                study, model, key_image or declared["key_image"], timing=timing, device=device, tta=declared["cine_tta"])))
+    results = _run_members(jobs)
+    parts = [probs for probs, _ in results]
+    key_records = [r for _, r in results if r is not None]
+    if key_records:
+        record.update(key_records[-1])
+        if len(key_records) > 1:
+            record["cine_model"] = [r["cine_model"] for r in key_records]
+            record["cine_model_version"] = [r["cine_model_version"] for r in key_records]
         record["mode"] = mode
     study.provenance["perfusion_segmentation"] = record
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
