@@ -1076,6 +1076,32 @@ def _(base, f):
     return [f / "cine.seq.nrrd", "--labels", lab]
 
 
+def _assert_cine_truth_and_frames(doc, base):
+    """The phantom's true EDV and its ED and ES frames (counted in time)."""
+    _assert_cine_truth(doc, base)
+    assert (doc["cine"]["ed_frame"], doc["cine"]["es_frame"]) == (base_ed(base), base_es(base)), doc["cine"]
+
+
+@case("seq_nrrd_stored_backwards_with_labels_in_the_same_stored_order", "warn", ("out of time order", "image's time order"),
+      category="volume", check=lambda doc, base: _assert_cine_truth_and_frames(doc, base))
+def _(base, f):
+    """A cine sequence stored last frame first, each frame with its time (ms), and its 4D label
+    map (no times) in the same stored order: the images were sorted by time and the labels not,
+    so each label frame lay over another image (ED 19, ES 12 for 0, 7 with QC pass; probe 36)."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    backwards = np.arange(N_FRAMES)[::-1]
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0], "labels": ["time", "", "", ""], "units": ["ms", "", "", ""],
+              "axis 0 index type": "numeric", "axis 0 index values": " ".join(f"{45 * t:g}" for t in backwards)}
+    nrrd.write(str(f / "cine.seq.nrrd"), (base.cine_images[backwards] * 1000).transpose(0, 3, 2, 1).astype(np.float32),
+               header, custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels[backwards])), _axial_affine(), np.uint8)
+    return [f / "cine.seq.nrrd", "--labels", lab]
+
+
 def _raw_nrrd(path, data_tkji, spatial_field):
     """An NRRD written by hand (pynrrd refuses to write a NaN spacing): x y slice time, raw."""
     t, k, j, i = data_tkji.shape

@@ -42,7 +42,8 @@ def read_labels(path, convention="acdc"):
     if convention not in CONVENTIONS:
         raise CardiacInputError(path, f"unknown label convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
     data, m, meta = read_volume_file(path)
-    info = {"file": str(path), "convention": convention, "warnings": [], "spacing_lost": bool(meta.get("spacing_lost"))}
+    info = {"file": str(path), "convention": convention, "warnings": [], "spacing_lost": bool(meta.get("spacing_lost")),
+            "frames_placed_by_time": bool(meta.get("frames_placed_by_time"))}
     # the header's own geometry doubts (sform against qform: Slicer shows such labels mirrored)
     info["warnings"] += [w for w in meta.get("warnings", []) if "sform" in w]
     header = meta.get("header", {})
@@ -290,9 +291,18 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         raise CardiacInputError(path, info.pop("nothing_labelled"))
     if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
         _refuse_swapped_convention(path, labels, convention)
+    placed_by_time = info.pop("frames_placed_by_time", False)
     if labels.shape[0] > 1:
         if labels.shape[0] != study.n_frames:
             raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}")
+        order = (study.provenance or {}).get("stored_frame_order")
+        if order is not None and not placed_by_time:
+            # the image's frames were sorted by their times; a label map without times of its
+            # own lists its frames in the order the image's file stored them
+            labels = labels[np.asarray(order)]
+            info["warnings"].append("its frames were put in the image's time order (the image stored its frames out of "
+                                    "time order; this file has no times of its own, so its frames are taken to follow "
+                                    "the image's stored order)")
         if frame is not None:
             return {int(frame): labels[int(frame)]}, info
         return {t: labels[t] for t in range(labels.shape[0]) if labels[t].any()}, info

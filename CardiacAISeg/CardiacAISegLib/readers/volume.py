@@ -359,11 +359,17 @@ def read_nrrd(path):
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
     timed = _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None
     times, in_seconds = timed if timed is not None else (None, False)
+    # each frame's own time places it: a label sequence read so is in time order already,
+    # whatever order the image's file stored (labelmap.load_labelmap)
+    meta["frames_placed_by_time"] = times is not None
     if times is not None and np.any(np.diff(times) < 0):
         # frames stored out of time order: the index values say where each belongs (a stable
         # sort keeps repeated times in file order; the uneven-times checks then see them)
         order = np.argsort(times, kind="stable")
         images, times = np.ascontiguousarray(images[order]), times[order]
+        # a label file with no times of its own follows the image's stored order: it is put in
+        # the same time order (its frame 7 lay over the image's frame 12: ED 19, ES 12 for 0, 7)
+        meta["stored_frame_order"] = [int(i) for i in order]
         meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
                                                "index values")
     # a sequence made from a NIfTI with placeholder times carries them on (0, 1, 2 ... in
