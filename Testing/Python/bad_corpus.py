@@ -898,6 +898,40 @@ def _(base, f):
     return [f / "cine.mhd"]
 
 
+@case("metaimage_phases_as_channels", "error", ("multi-channel", "4D image"), named=lambda f: f / "cine.mhd",
+      category="volume")
+def _(base, f):
+    """A 3D MetaImage whose channels are the phases (ElementNumberOfChannels = frames): refused
+    with no hint of what to save instead (probe 36)."""
+    f.mkdir(parents=True, exist_ok=True)
+    arr = np.ascontiguousarray(np.moveaxis(base.cine_images * 1000, 0, -1)).astype(np.int16)   # s, r, c, frames
+    (f / "cine.raw").write_bytes(arr.tobytes())
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = {PIXEL_MM} {PIXEL_MM} {SLICE_MM}\n"
+                                f"ElementNumberOfChannels = {N_FRAMES}\nElementType = MET_SHORT\nElementDataFile = cine.raw\n")
+    return [f / "cine.mhd"]
+
+
+@case("seq_nrrd_two_frames_at_one_time", "warn", ("same time index value",), category="volume",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Two frames of a cine sequence share one time index value (a frame saved twice): accepted
+    without a word (probe 36)."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    times = [45 * t for t in range(N_FRAMES)]
+    times[3] = times[2]
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0], "labels": ["time", "", "", ""], "units": ["ms", "", "", ""],
+              "axis 0 index type": "numeric", "axis 0 index values": " ".join(f"{t:g}" for t in times)}
+    nrrd.write(str(f / "cine.seq.nrrd"), (base.cine_images * 1000).transpose(0, 3, 2, 1).astype(np.float32), header,
+               custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [f / "cine.seq.nrrd", "--labels", lab]
+
+
 @case("metaimage_raw_file_too_short", "error", ("truncated",), named=lambda f: f / "cine.raw", category="volume")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)
@@ -1057,6 +1091,49 @@ def _(base, f):
     return [img, "--labels", labels]
 
 
+@case("kind_perfusion_given_for_a_cine_with_a_one_cycle_time_axis", "error",
+      ("--kind perfusion was given", "one cardiac cycle", "drop --kind"), category="cli")
+def _(base, f):
+    """--kind perfusion on a cine NIfTI whose time axis spans one cycle (45 ms frames): refused
+    for its frame interval with "give --dt", never naming the time axis that contradicts the
+    flag (probe 36)."""
+    f.mkdir(parents=True, exist_ok=True)
+    img = nifti(f / "cine.nii.gz", to_xyzt(base.cine_images * 1000), _axial_affine(), np.float32,
+                pixdim=[1, PIXEL_MM, PIXEL_MM, SLICE_MM, 0.045, 1, 1, 1], xyzt_units=2 | 8)   # mm, s
+    return [img, "--kind", "perfusion"]
+
+
+def _assert_no_frame_times_and_cine_truth(doc, base):
+    assert doc["source"].get("frame_times_s") is None, doc["source"].get("frame_times_s")
+    _assert_cine_truth(doc, base)
+
+
+@case("nifti_time_step_is_a_repetition_time", "warn", ("3.2 ms", "not frame times"), category="volume",
+      check=lambda doc, base: _assert_no_frame_times_and_cine_truth(doc, base))
+def _(base, f):
+    """pixdim[4] 3.2 ms in seconds (the TR a converter stored): not a frame interval, so the kind
+    check ignored it, but results.json listed frames 3 ms apart and the report drew the cycle
+    over 61 ms (probe 36)."""
+    f.mkdir(parents=True, exist_ok=True)
+    img = nifti(f / "cine.nii.gz", to_xyzt(base.cine_images * 1000), _axial_affine(), np.float32,
+                pixdim=[1, PIXEL_MM, PIXEL_MM, SLICE_MM, 0.0032, 1, 1, 1], xyzt_units=2 | 8)   # mm, s
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [img, "--labels", lab]
+
+
+@case("nifti_sizes_in_metres_as_its_header_says", "warn", ("in meters", "converted to mm"), category="volume",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """A NIfTI whose xyzt_units declare metres (pixdim 0.0016): refused as a spacing outside
+    0.1-50 mm, though ITK and Slicer scale by the declared unit (probe 36)."""
+    f.mkdir(parents=True, exist_ok=True)
+    metres = _axial_affine().copy()
+    metres[:3, :] /= 1000.0
+    img = nifti(f / "cine.nii.gz", to_xyzt(base.cine_images * 1000), metres, np.float32, xyzt_units=1 | 8)   # m, s
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [img, "--labels", lab]
+
+
 @case("density_implausible", "error", ("--density",), named=lambda f: "--density", category="cli")
 def _(base, f):
     img, lab = cine_nifti(base, f)
@@ -1100,6 +1177,75 @@ def _(base, f):
                header, custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
     lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels[backwards])), _axial_affine(), np.uint8)
     return [f / "cine.seq.nrrd", "--labels", lab]
+
+
+@case("seq_nrrd_times_in_milliseconds_without_a_unit", "warn", ("no unit", "milliseconds"), category="volume",
+      check=lambda doc, base: _assert_no_frame_times_and_cine_truth(doc, base))
+def _(base, f):
+    """A cine sequence whose 'time' index values are milliseconds (0, 45, 90 ...) with no
+    'units' field: read as 45 s frames, so a perfusion series, and refused as such (probe 36)."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0], "labels": ["time", "", "", ""],
+              "axis 0 index type": "numeric", "axis 0 index values": " ".join(f"{45 * t:g}" for t in range(N_FRAMES))}
+    nrrd.write(str(f / "cine.seq.nrrd"), (base.cine_images * 1000).transpose(0, 3, 2, 1).astype(np.float32), header,
+               custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [f / "cine.seq.nrrd", "--labels", lab]
+
+
+def _assert_cine_truth_and_45_ms_frames(doc, base):
+    _assert_cine_truth(doc, base)
+    np.testing.assert_allclose(doc["source"]["frame_times_s"], 0.045 * np.arange(N_FRAMES), atol=1e-9)
+
+
+@case("nrrd_list_axis_with_a_zero_direction", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The list axis' space direction written as (0,0,0) instead of 'none': counted as a fourth
+    spatial axis and refused, the zero vector never named (probe 36)."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    header = {"space": "right-anterior-superior", "kinds": ["domain", "domain", "domain", "list"],
+              "space directions": np.array([[-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM], [0.0, 0.0, 0.0]]),
+              "space origin": [0.0, 0.0, 0.0]}
+    nrrd.write(str(f / "cine.seq.nrrd"), to_xyzt(base.cine_images * 1000).astype(np.float32), header)
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [f / "cine.seq.nrrd", "--labels", lab]
+
+
+@case("nrrd_space_time_rast", "ok", category="volume", check=lambda doc, base: _assert_cine_truth_and_45_ms_frames(doc, base))
+def _(base, f):
+    """NRRD's own 4D space 'right-anterior-superior-time', 4-number directions, the time step
+    (45 ms) in the fourth and its unit in 'space units': refused as 'vectors of 3 numbers'
+    (probe 36)."""
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    d = np.zeros((4, 4))
+    d[:3, :3] = np.diag([-PIXEL_MM, -PIXEL_MM, SLICE_MM])
+    d[3, 3] = 45.0
+    header = {"space": "right-anterior-superior-time", "kinds": ["domain"] * 4, "space directions": d,
+              "space origin": [0.0, 0.0, 0.0, 0.0], "space units": ["mm", "mm", "mm", "ms"]}
+    nrrd.write(str(f / "cine.nrrd"), to_xyzt(base.cine_images * 1000).astype(np.float32), header)
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [f / "cine.nrrd", "--labels", lab]
+
+
+@case("folder_of_one_slice_4d_files_as_dcm2niix_writes", "error", ("one slice with a time axis", "not its frames"),
+      category="volume", named=lambda f: f.name)
+def _(base, f):
+    """dcm2niix's output for a stack it could not join: one 4D file per slice. The folder was
+    refused as 'give that file as the input', which then read one slice (probe 36)."""
+    f.mkdir(parents=True, exist_ok=True)
+    for k in range(3):
+        affine = _axial_affine().copy()
+        affine[:3, 3] += affine[:3, 2] * k
+        nifti(f / f"cine_sax_{k + 1}.nii.gz", to_xyzt(base.cine_images[:, k:k + 1] * 1000), affine, np.float32)
+    return [f]
 
 
 def _raw_nrrd(path, data_tkji, spatial_field):
@@ -1152,6 +1298,44 @@ def _(base, f):
                custom_field_map={"axis 0 index type": "string", "axis 0 index values": "string"})
     (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in st.aif) + "\n")
     return [f / "perf.seq.nrrd", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+def _perfusion_seq_nrrd(base, f, index_axis, values, list_last=False):
+    """The perfusion phantom as a .seq.nrrd whose time index values (``values``, one string) sit
+    under the keys of axis ``index_axis``; the list axis first, or last with ``list_last``."""
+    import nrrd
+
+    st = base.perf_study
+    f.mkdir(parents=True, exist_ok=True)
+    m = st.ijk_to_ras
+    spatial = [m[:3, 0], m[:3, 1], m[:3, 2]]
+    data = (100 + 400 * np.maximum(st.images, 0)).transpose(0, 3, 2, 1).astype(np.float32)   # t, x, y, z
+    if list_last:
+        data = np.moveaxis(data, 0, 3)
+    header = {"space": "right-anterior-superior", "kinds": ["domain"] * 3 + ["list"] if list_last else ["list"] + ["domain"] * 3,
+              "space directions": np.vstack(spatial + [np.full(3, np.nan)] if list_last else [np.full(3, np.nan)] + spatial),
+              "space origin": m[:3, 3], "labels": ["", "", "", "time"] if list_last else ["time", "", "", ""],
+              f"axis {index_axis} index type": "numeric", f"axis {index_axis} index values": values}
+    nrrd.write(str(f / "perf.seq.nrrd"), data, header, custom_field_map={f"axis {index_axis} index type": "string",
+                                                                          f"axis {index_axis} index values": "string"})
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in st.aif) + "\n")
+    return [f / "perf.seq.nrrd", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
+
+
+@case("seq_nrrd_perfusion_with_a_time_short_of_its_frames", "error", ("29 times for the 30 frames",), category="volume")
+def _(base, f):
+    """One time index value fewer than frames: the values were dropped without a word and the
+    error said the file had no frame times (probe 36)."""
+    times = base.perf_study.frame_times_s[:-1]
+    return _perfusion_seq_nrrd(base, f, 0, " ".join(f"{t:g}" for t in times))
+
+
+@case("seq_nrrd_perfusion_times_under_axis_0_keys_with_the_list_axis_last", "ok", category="volume",
+      check=lambda doc, base: _assert_mbf_near_truth(doc, base, 0.06))
+def _(base, f):
+    """The index under 'axis 0 index values' while the list axis is the last, as Slicer's
+    sequence reader accepts: the times were dropped (probe 36)."""
+    return _perfusion_seq_nrrd(base, f, 0, " ".join(f"{t:g}" for t in base.perf_study.frame_times_s), list_last=True)
 
 
 @case("dicom_rescale_slope_zero", "warn", ("RescaleSlope 0",), category="dicom")
@@ -1600,7 +1784,7 @@ def _(base, f):
     return [_with_time_step(img, 1.0, img), "--labels", lab]
 
 
-@case("perfusion_nifti_time_axis_holds_the_tr", "error", ("0.0031 s", "--dt"), named=lambda f: f / "perfusion.nii.gz",
+@case("perfusion_nifti_time_axis_holds_the_tr", "error", ("3.1 ms", "not frame times", "--dt"), named=lambda f: f / "perfusion.nii.gz",
       category="perfusion")
 def _(base, f):
     """A 4D perfusion NIfTI whose writer stored the repetition time (3.1 ms) as the time step:

@@ -223,6 +223,29 @@ def check_perfusion_frames(study, why="a first-pass perfusion series"):
                                 "(baseline, bolus arrival, peak and wash-out; typically 40-60 heartbeats)")
 
 
+def _drop_times_that_are_no_frame_interval(study):
+    """A volume file's time axis whose step is under ``MIN_FRAME_STEP_S`` (a NIfTI's repetition
+    time, 3.2 ms; a sequence's frame numbers labelled ms) says nothing of the series' timing:
+    the kind is decided without it, and it must not reach the results either (results.json
+    listed frames 3 ms apart and the report drew the cycle over 61 ms; probe 36). DICOM frame
+    clocks are judged by their own reader."""
+    import numpy as np
+
+    prov = study.provenance if study.provenance is not None else {}
+    times = study.frame_times_s
+    if prov.get("timing") or times is None or len(times) < 2:
+        return
+    step = float(np.median(np.diff(np.asarray(times, float))))
+    if not 0 < step < MIN_FRAME_STEP_S:
+        return
+    reason = (f"the file's time axis steps {1000 * step:.3g} ms, under the {1000 * MIN_FRAME_STEP_S:g} ms of any frame "
+              "interval (cine frames lie 15-60 ms apart): a repetition time or frame numbers, not frame times")
+    study.frame_times_s = None
+    prov["frame_times_ignored"] = reason
+    prov.setdefault("warnings", []).append(f"{reason}; not used (give --dt for a perfusion series)")
+    study.provenance = prov
+
+
 def decide_kind(study, requested=None, aif_given=False, dt=None):
     """Set ``study.kind`` from the evidence and the user's ``requested`` kind; return it.
 
@@ -232,6 +255,7 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     """
     if requested is None:
         _check_time_saved_as_slices(study)
+    _drop_times_that_are_no_frame_interval(study)
     found = evidence(study, aif_given, dt)
     strong = [e for e in found if e[1] == STRONG]
     kinds = {e[0] for e in strong}
@@ -292,16 +316,33 @@ def read_as_perfusion_note(reason):
     return f"read as a first-pass perfusion series: {reason}; if it is a cine, give --kind cine"
 
 
+def requested_against_the_data_note(study):
+    """When ``--kind`` chose the series' kind against weaker evidence of the other kind (a
+    file's time axis, the images), a phrase saying so for an error that follows; else None."""
+    decision = (study.provenance or {}).get("kind") or {}
+    if decision.get("decided_by") != "--kind":
+        return None
+    against = [e for e in decision.get("evidence", []) if e.get("kind") != study.kind]
+    if not against:
+        return None
+    return (f"read as {study.kind} because --kind {study.kind} was given, though {against[0]['reason']}, which is a "
+            f"{against[0]['kind']} series; if it is one, drop --kind")
+
+
 @contextmanager
 def kind_said_on_errors(study):
     """An input error raised while ``study`` is finished or analysed as perfusion, whose kind
     the data decided, says why it was read as perfusion and that --kind cine reads it as a cine:
     a cine whose file carries a wrong time step (0.5 s for 0.045) was refused for a "flat AIF"
-    or a series "starting after the bolus peak", which named neither."""
+    or a series "starting after the bolus peak", which named neither. One whose kind --kind
+    chose against what the data suggest says that (``--kind perfusion`` on a cine NIfTI was
+    refused for its 0.045 s frame interval and invited --dt, never naming the one-cycle time
+    axis; probe 36)."""
     try:
         yield
     except CardiacInputError as e:
         reason = inferred_perfusion_reason(study)
-        if reason is None or reason in e.problem:
+        note = read_as_perfusion_note(reason) if reason is not None else requested_against_the_data_note(study)
+        if note is None or (reason or note) in e.problem:
             raise
-        raise CardiacInputError(e.path, f"{e.problem} [{read_as_perfusion_note(reason)}]") from None
+        raise CardiacInputError(e.path, f"{e.problem} [{note}]") from None

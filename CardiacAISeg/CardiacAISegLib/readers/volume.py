@@ -100,6 +100,42 @@ def ignore_placeholder_times(times_s, provenance):
     return None
 
 
+# NIfTI's spatial units other than mm, in mm (xyzt_units; nibabel's names)
+_NIFTI_SPACE_UNITS_MM = {"meter": 1000.0, "micron": 1e-3}
+
+
+def _in_millimetres(affine, header, meta):
+    """The affine in mm when the header declares metres or micrometres (xyzt_units) and only the
+    declared unit makes the voxel size a plausible one (ITK and Slicer scale by the unit; refused
+    as 'outside 0.1-50 mm' before; probe 36). A header that says metres over a voxel size that is
+    only plausible in mm (a writer's wrong unit code) keeps its numbers, said in a warning."""
+    from .geometry_check import IN_PLANE_RANGE_MM
+
+    try:
+        unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else None
+    except (KeyError, ValueError):
+        return affine
+    scale = _NIFTI_SPACE_UNITS_MM.get(unit)
+    if scale is None:
+        return affine
+    in_plane = np.linalg.norm(np.asarray(affine, float)[:3, :2], axis=0)
+    lo, hi = IN_PLANE_RANGE_MM
+
+    def plausible(values):
+        return bool(np.all((values >= lo) & (values <= hi)))
+
+    if plausible(in_plane * scale) and not plausible(in_plane):
+        out = np.array(affine, float)
+        out[:3, :] *= scale
+        meta.setdefault("warnings", []).append(f"the header gives its sizes in {unit}s (xyzt_units): converted to mm "
+                                               f"({in_plane[0]:.6g} {unit} pixels are {in_plane[0] * scale:.3g} mm)")
+        return out
+    if plausible(in_plane):
+        meta.setdefault("warnings", []).append(f"the header says its sizes are in {unit}s (xyzt_units), but its "
+                                               f"{in_plane[0]:.3g}-unit pixels are only plausible in mm: used as mm")
+    return affine
+
+
 # --- NIfTI ----------------------------------------------------------------------------------
 def read_nifti(path):
     try:
@@ -120,6 +156,7 @@ def read_nifti(path):
         raise CardiacInputError(path, f"expected a 2D, 3D or 4D image, got shape {data.shape}")
     meta = {"format": "nifti", "orientation_known": True, "frame_times_s": None, "ndim": data.ndim,
             "spacing_lost": SPACING_LOST if nifti_spacing_lost(header, data.ndim) else None}
+    affine = _in_millimetres(affine, header, meta)
     codes = (int(header.get("sform_code", 0)), int(header.get("qform_code", 0))) if hasattr(header, "get") else (0, 0)
     if codes == (0, 0) or axis_aligned(affine[:3, :3]):
         meta["orientation_known"] = False
@@ -251,10 +288,18 @@ def forms_orient_differently(header):
 
 
 # --- NRRD -----------------------------------------------------------------------------------
-def _nrrd_frame_times(header, list_axis, n):
-    """(frame times in s, whether the file stored them in seconds) from the time axis's index
-    values (or a Slicer MultiVolume's FrameLabels, in ms), else None."""
+def _nrrd_frame_times(header, list_axis, n, meta):
+    """(frame times in s, whether the file stored them in seconds, whether it named their unit)
+    from the time axis's index values (or a Slicer MultiVolume's FrameLabels, in ms), else None.
+    Index values that are there but cannot be used are said in ``meta`` (``frame_times_ignored``
+    and a warning): dropped without a word, a perfusion series was refused as having "no frame
+    times" (probe 36)."""
     values = header.get(f"axis {list_axis} index values")
+    index_type = str(header.get(f"axis {list_axis} index type", ""))
+    if values is None and list_axis != 0 and "axis 0 index values" in header:
+        # Slicer's sequence reader takes the index from the 'axis 0' keys whichever axis is the
+        # list one (a spatial axis has no index values)
+        values, index_type = header["axis 0 index values"], str(header.get("axis 0 index type", ""))
     label = ""
     if header.get("labels"):
         label = str(header["labels"][list_axis]).lower()
@@ -263,21 +308,38 @@ def _nrrd_frame_times(header, list_axis, n):
         unit = str(header["units"][list_axis]).lower()
     if values is None and "MultiVolume.FrameLabels" in header:
         values, unit, label = header["MultiVolume.FrameLabels"].replace(",", " "), "ms", "time"
-    if values is None or "time" not in label + " " + str(header.get(f"axis {list_axis} index type", "")):
+    if values is None or "time" not in label + " " + index_type.lower():
         return None
+
+    def unusable(problem):
+        meta["frame_times_ignored"] = f"the sequence's time index values {problem}"
+        meta.setdefault("warnings", []).append(meta["frame_times_ignored"] + ": not used as frame times")
+
+    words = str(values).split()
     try:
-        t = np.array([float(v) for v in str(values).split()])
+        t = np.array([float(v) for v in words])
     except ValueError:
+        shown = " ".join(words[:3]) + (" ..." if len(words) > 3 else "")
+        unusable(f"('{shown}') are not plain numbers (a unit belongs in the 'units' field)")
         return None
     if t.size != n:
+        unusable(f"list {t.size} times for the {n} frames")
         return None
     scale = time_unit_seconds(unit or "s")   # Slicer writes no unit for seconds
-    return None if scale is None else (t * scale, scale == 1.0)
+    if scale is None:
+        unusable(f"have the unit {unit!r}, which is not one of time (s, ms)")
+        return None
+    return t * scale, scale == 1.0, bool(unit)
 
 
 # time units as NIfTI (sec, msec, usec), Slicer sequences (s, ms) and other writers spell them
 _TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3,
                "milliseconds": 1e-3, "us": 1e-6, "usec": 1e-6, "microsecond": 1e-6, "microseconds": 1e-6}
+
+
+# The longest frame step of any series (a first pass at one frame per two slow beats; the
+# perfusion reader's MAX_FRAME_INTERVAL_S): index values farther apart are not seconds.
+_MAX_FRAME_STEP_S = 5.0
 
 
 def time_unit_seconds(unit):
@@ -296,9 +358,14 @@ def read_nrrd(path):
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
         raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
-    itk_time_step = _itk_4d_as_3d_space_and_time(header, data.ndim)
+    itk_time_step = _itk_4d_as_3d_space_and_time(header, data.shape)
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
+    if dirs is not None and len(kinds) == data.ndim == len(dirs):
+        # a list axis given the zero vector for 'none' (some writers): no step in space, so no
+        # spatial axis; it was counted as a fourth one and refused without naming it (probe 36)
+        dirs = [np.full(3, np.nan) if kinds[a] not in _SPATIAL_KINDS and np.asarray(dirs[a], float).size == 3
+                and np.all(np.asarray(dirs[a], float) == 0) else dirs[a] for a in range(data.ndim)]
     if len(kinds) != data.ndim or (dirs is not None and len(dirs) != data.ndim):
         raise CardiacInputError(path, f"header fields do not match the {data.ndim} axes of the data (kinds {kinds}, "
                                       f"{'no' if dirs is None else len(dirs)} space directions)")
@@ -357,8 +424,8 @@ def read_nrrd(path):
             "spacing_lost": "no 'space directions' or 'spacings' field: the voxel size was not saved with this file, so "
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
             "header": {k: v for k, v in header.items() if isinstance(v, str)}}
-    timed = _nrrd_frame_times(header, list_axis, images.shape[0]) if images.shape[0] > 1 else None
-    times, in_seconds = timed if timed is not None else (None, False)
+    timed = _nrrd_frame_times(header, list_axis, images.shape[0], meta) if images.shape[0] > 1 else None
+    times, in_seconds, unit_named = timed if timed is not None else (None, False, False)
     # each frame's own time places it: a label sequence read so is in time order already,
     # whatever order the image's file stored (labelmap.load_labelmap)
     meta["frames_placed_by_time"] = times is not None
@@ -372,6 +439,23 @@ def read_nrrd(path):
         meta["stored_frame_order"] = [int(i) for i in order]
         meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
                                                "index values")
+    if times is not None and not unit_named and times.size > 1 and np.median(np.diff(times)) > _MAX_FRAME_STEP_S:
+        # no unit is Slicer's seconds, but no series steps this far: milliseconds with the unit
+        # lost (read as 45 s frames, so perfusion, and refused as "give --kind cine"; probe 36)
+        step = float(np.median(np.diff(times)))
+        meta["frame_times_ignored"] = (f"the sequence's time index values step {step:g} with no unit: as seconds (what "
+                                       f"Slicer writes without one) that is no frame interval (a cine's frames lie 15-60 "
+                                       f"ms apart, a first pass's 0.3-{_MAX_FRAME_STEP_S:g} s); if they are milliseconds, "
+                                       f"the header needs 'units' naming ms for that axis")
+        meta.setdefault("warnings", []).append(meta["frame_times_ignored"] + "; not used as frame times")
+        times = None
+    if times is not None and np.any(np.diff(times) == 0):
+        # two frames at one time: a frame saved twice (and so, often, another lost); the stable
+        # sort kept them in file order, but the cycle or the first pass has a hole (probe 36)
+        at = int(np.argmax(np.diff(times) == 0))
+        meta.setdefault("warnings", []).append(
+            f"the sequence's frames {at + 1} and {at + 2} (counted from 1 in time order) have the same time index value "
+            f"({times[at]:.6g} s): a frame saved twice, or another's time lost? check the sequence")
     # a sequence made from a NIfTI with placeholder times carries them on (0, 1, 2 ... in
     # seconds); times written in another unit (a MultiVolume's 0, 1000, 2000 ms) were measured
     times = None if times is None else times - times[0]
@@ -385,11 +469,23 @@ def read_nrrd(path):
     return images, m, meta
 
 
-def _itk_4d_as_3d_space_and_time(header, ndim):
+# NRRD's named 4D spaces (the spec's space-time): the 3D space they extend
+_SPACE_TIME = {"right-anterior-superior-time": "right-anterior-superior", "rast": "right-anterior-superior",
+               "left-anterior-superior-time": "left-anterior-superior", "last": "left-anterior-superior",
+               "left-posterior-superior-time": "left-posterior-superior", "lpst": "left-posterior-superior"}
+
+
+def _itk_4d_as_3d_space_and_time(header, shape):
     """ITK's NRRD writer saves a 4D image in a 4D space ('space dimension: 4', no named space,
-    4-number space directions and origin; ITK's space is LPS): rewrite ``header`` in place as
-    3 spatial axes in LPS and one list axis, and return that axis's step (no unit), else None."""
-    if ndim != 4 or header.get("space") or str(header.get("space dimension", "")).strip() != "4":
+    4-number space directions and origin; ITK's space is LPS), and NRRD's own space-time spaces
+    ('space: right-anterior-superior-time', the time unit in 'space units') do the same: rewrite
+    ``header`` in place as 3 spatial axes and one list axis. ITK's step has no unit: it is
+    returned (None otherwise); a space-time's axis gets its times as index values in the unit
+    its 'space units' name (refused before as "vectors of 3 numbers"; probe 36)."""
+    space = str(header.get("space", "")).strip().lower()
+    space_time = _SPACE_TIME.get(space)
+    if len(shape) != 4 or (space_time is None and (header.get("space")
+                                                   or str(header.get("space dimension", "")).strip() != "4")):
         return None
     try:
         dirs = np.asarray(header["space directions"], float)
@@ -400,16 +496,24 @@ def _itk_4d_as_3d_space_and_time(header, ndim):
         return None
     timed = [a for a in range(4) if np.allclose(dirs[a, :3], 0) and dirs[a, 3] != 0]
     if len(timed) != 1 or not np.allclose(np.delete(dirs, timed[0], axis=0)[:, 3], 0):
-        return None   # space and time mixed: not ITK's layout of a 3D+t image; refused as before
+        return None   # space and time mixed: not a 3D+t image; refused as before
     t = timed[0]
     three = dirs[:, :3].copy()
     three[t] = np.nan
     header["space directions"] = three
     header["space origin"] = origin[:3]
-    header["space"] = "left-posterior-superior"
+    header["space"] = space_time or "left-posterior-superior"
     header.pop("space dimension", None)
     header["kinds"] = ["list" if a == t else "domain" for a in range(4)]
-    return float(abs(dirs[t, 3]))
+    if space_time is None:
+        return float(abs(dirs[t, 3]))
+    units = header.pop("space units", None)
+    unit = str(units[3]) if units is not None and len(units) == 4 else ""
+    header[f"axis {t} index type"] = "numeric"
+    header[f"axis {t} index values"] = " ".join(f"{origin[3] + i * dirs[t, 3]:.9g}" for i in range(shape[t]))
+    header["labels"] = ["time" if a == t else "" for a in range(4)]
+    header["units"] = [unit if a == t else "" for a in range(4)]
+    return None
 
 
 # --- MetaImage ------------------------------------------------------------------------------
@@ -448,7 +552,9 @@ def read_metaimage(path):
     except ValueError as e:
         raise CardiacInputError(path, f"bad MetaImage header ({e})")
     if int(fields.get("ElementNumberOfChannels", "1")) != 1:
-        raise CardiacInputError(path, "multi-channel MetaImage is not supported (expected a scalar image)")
+        raise CardiacInputError(path, "multi-channel MetaImage is not supported (expected a scalar image); if its channels "
+                                      "are the cardiac phases or dynamics, save it as a 4D image (NDims = 4, one volume "
+                                      "per frame)")
     if not 2 <= ndims <= 4 or len(dims) != ndims:
         raise CardiacInputError(path, f"expected a 2D-4D image, got NDims={ndims} DimSize={dims}")
     msb = fields.get("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False")).lower() == "true"
@@ -674,6 +780,14 @@ def load_frame_folder(folder, kind=CINE, progress=None):
         progress(n, len(files), f"reading {f.name}")
         images, m, meta = read_volume_file(f)
         _refuse_lost_spacing(f, meta)
+        if images.shape[0] != 1 and images.shape[1] == 1 and len(files) > 1:
+            # one slice with its own time axis per file: dcm2niix's output for a stack it could
+            # not join; given alone, the file was analysed as a one-slice study (probe 36)
+            raise CardiacInputError(folder, f"its {len(files)} files each hold one slice with a time axis of its own "
+                                            f"({f.name}: 1 slice, {images.shape[0]} frames), as dcm2niix writes the "
+                                            "slices of a stack it could not join: they are one study's slices, not its "
+                                            "frames; give the DICOM series (its slices are stacked by position) or join "
+                                            "the files into one 4D image (x, y, slices, time)")
         if images.shape[0] != 1:
             # a folder of frames holds one 3D volume per file; a file with its own time axis
             # (dcm2niix writes one 4D file per series, or per slice) is a whole series
