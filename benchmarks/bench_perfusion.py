@@ -10,7 +10,10 @@ The study is the 3-slice perfusion phantom (96x96, 60 frames, Siemens-style timi
 classic DICOM by Testing/Python/dicom_factory.py. Median of ``--runs`` after one warm-up run
 (imports and model load once per process, as a long-lived scanner or cohort worker has them).
 
-    python benchmarks/bench_perfusion.py [--runs 5] [--cores 2]
+    python benchmarks/bench_perfusion.py [--runs 5] [--cores 2] [--members one-by-one]
+
+``--members one-by-one`` runs the ensemble's networks one after another instead of at once
+(``perfusion_segmentation._run_members``), to measure what running them together saves.
 """
 import argparse
 import os
@@ -33,6 +36,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--members", choices=("at-once", "one-by-one"), default="at-once",
+                   help="the ensemble's networks at once (as shipped) or one after another")
     args = p.parse_args()
     _limit_cores(args.cores)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
@@ -61,6 +66,10 @@ def main():
             bolus_check_s.append(time.perf_counter() - t)
 
     perfusion_refine.refine_study_slice = timed_refine
+    if args.members == "one-by-one":
+        from CardiacAISegLib.models import perfusion_segmentation
+
+        perfusion_segmentation._run_members = lambda jobs: [call() for _, call in jobs]
 
     study, truth = make_perfusion_phantom(seed=3, n_frames=60)
     folder = Path(tempfile.mkdtemp()) / "siemens"
@@ -84,6 +93,7 @@ def main():
                          "engine CPU time": cpu})
     keys = list(rows[0])
     print(f"3-slice perfusion (3 x 96 x 96 x 60 frames, DICOM, no separate AIF), {args.cores} cores, "
+          f"ensemble members {args.members}, "
           f"median of {args.runs} runs (min-max):")
     for k in keys:
         v = np.array([r[k] for r in rows])
