@@ -53,6 +53,7 @@ class Analysis:
         self.perfusion = None
         self.mbf = None                      # (S, R, C) map, NaN outside the myocardium
         self.mbf_fit = None
+        self._mbf_mask = None
         self.sectors = None
         self.insertion = []
         self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
@@ -269,6 +270,7 @@ class Analysis:
         if images is not acquired:
             aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
         self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
+        self._mbf_mask = mask   # the fit's pixels, in its order (per-segment fit quality)
         # the motion-corrected curves on their regular time grid: the semi-quantitative indices and
         # the perfusion RV insertion points (RV at its peak enhancement) read these
         self._curves = (images, aif, np.arange(images.shape[0]) * dt)
@@ -355,14 +357,25 @@ class Analysis:
             self.segment_values = segment_means(self._thickness, self.segment_map) if self.sectors else {}
 
     def _perfusion_summary(self):
-        from .perfusion.mbf import segment_mbf
+        from .perfusion.mbf import fit_map, segment_mbf
 
         seg = self.segment_map if self.sectors else np.zeros(self.mbf.shape, np.int16)
-        summary = segment_mbf(self.mbf, seg)
+        # each segment's share of fits that are no measurement (delay at the range's end, a
+        # parameter on its bound, r² under R2_MIN): a segment more than 30 % such is flagged
+        # (qc MBF_SEGMENT_UNRELIABLE). Without it a saturated LV-signal AIF read four segments
+        # at twice the truth, 33-47 % of their fits unreliable, with QC pass (probe 37)
+        reliable = None
+        mask = self._mbf_mask
+        if self.mbf_fit is not None and mask is not None and "reliable" in self.mbf_fit and mask.shape == self.mbf.shape:
+            reliable = fit_map(mask, self.mbf_fit, "reliable")
+        summary = segment_mbf(self.mbf, seg, reliable=reliable)
         finite = self.mbf[np.isfinite(self.mbf)]
         glob = float(np.median(finite)) if finite.size else float("nan")
         segments = [{"id": s["id"], "name": s["name"], "territory": s["territory"],
-                     "mbf_ml_min_g": s["mbf_ml_min_g"], "n_pixels": s["n_pixels"]} for s in summary["segments"]]
+                     "mbf_ml_min_g": s["mbf_ml_min_g"], "n_pixels": s["n_pixels"],
+                     **({"unreliable_fraction": None if not s["n_pixels"] else round(s["unreliable_fraction"], 3),
+                         "fit_unreliable": s["flagged"]} if reliable is not None else {})}
+                    for s in summary["segments"]]
         self.perfusion = {"global_mbf_ml_min_g": glob, "density_g_ml": self.density, "statistic": "median",
                           "n_pixels": int(finite.size), "segments": segments,
                           "territories": summary["territories"]}

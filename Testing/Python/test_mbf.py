@@ -558,3 +558,41 @@ def test_irregular_heartbeats_are_fitted_on_their_real_times():
     study, _ = _sampled_at(af, 22)
     flags = {f["code"]: f for f in Analysis(study, study.labels).run().qc["flags"]}
     assert flags["IRREGULAR_HEARTBEATS"]["severity"] == "review"
+
+
+def test_irregular_heartbeats_at_coarse_frames_are_flagged_at_a_smaller_spread():
+    """Frames 1.5 s apart varying +-0.3 s (spread 0.16, under the 0.2 that AF at 0.85 s frames
+    shows) read 12-16 % low with QC pass (probe 37): with ~4 frames across the AIF's first pass
+    the allowed spread shrinks in proportion; the same spread at 0.5 s frames stays unflagged."""
+    from CardiacAISegLib.analysis import Analysis
+
+    coarse = np.r_[0, np.cumsum(1.5 + np.random.default_rng(1).uniform(-0.3, 0.3, 39))]
+    study, _ = _sampled_at(coarse, 1)
+    assert "IRREGULAR_HEARTBEATS" in {f["code"] for f in Analysis(study, study.labels).run().qc["flags"]}
+    fine = np.r_[0, np.cumsum(0.5 + np.random.default_rng(1).uniform(-0.1, 0.1, 79))]
+    study, _ = _sampled_at(fine, 1)
+    assert "IRREGULAR_HEARTBEATS" not in {f["code"] for f in Analysis(study, study.labels).run().qc["flags"]}
+
+
+def test_segments_fitted_mostly_unreliably_are_flagged_and_say_their_share():
+    """docs/algorithms.md: a segment with more than 30 % unreliable fits is flagged. The analysis
+    never passed the fits' quality to the segment summary, so four segments read at twice the
+    truth from a saturated AIF with QC pass (probe 37). Two segments' pixels replaced by noise:
+    flagged, with their shares in results; the clean phantom: no flag, shares in results."""
+    from CardiacAISegLib.analysis import Analysis
+
+    study, truth = make_perfusion_phantom(seed=4, noise=0.01)
+    a = Analysis(study, study.labels).run()
+    assert "MBF_SEGMENT_UNRELIABLE" not in {f["code"] for f in a.qc["flags"]}
+    assert all(s["fit_unreliable"] is False and 0 <= s["unreliable_fraction"] <= 0.3 for s in a.perfusion["segments"])
+    seg = a.segment_map
+    noisy = study.images.copy()
+    rng = np.random.default_rng(0)
+    for sid in (3, 9):
+        noisy[:, seg == sid] = rng.normal(0, 0.3, (noisy.shape[0], int((seg == sid).sum())))
+    study.images = noisy
+    a = Analysis(study, study.labels).run()
+    flag = {f["code"]: f for f in a.qc["flags"]}["MBF_SEGMENT_UNRELIABLE"]
+    assert flag["severity"] == "review" and "3 (" in flag["message"] and "9 (" in flag["message"]
+    shares = {s["id"]: s["unreliable_fraction"] for s in a.perfusion["segments"]}
+    assert shares[3] > 0.3 and shares[9] > 0.3 and shares[1] <= 0.3, shares

@@ -414,7 +414,8 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             if pools["confidence"] != "high":
                 warnings.append(f"LV blood pool for the AIF found with low confidence ({pools['reason']}): check it")
         warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series; blood signal saturates "
-                        "at the bolus peak, so MBF is approximate (over-estimated); semi-quantitative indices need no AIF")
+                        "at the bolus peak, so MBF is approximate (over-estimated, at rest more than at stress, so MPR "
+                        "reads low); semi-quantitative indices need no AIF")
 
     prov.update({"dt_s": dt, "dt_source": dt_source})
     prov.setdefault("aif_source", None)
