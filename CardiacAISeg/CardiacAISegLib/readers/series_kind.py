@@ -334,10 +334,10 @@ def kind_said_on_errors(study):
     """An input error raised while ``study`` is finished or analysed as perfusion, whose kind
     the data decided, says why it was read as perfusion and that --kind cine reads it as a cine:
     a cine whose file carries a wrong time step (0.5 s for 0.045) was refused for a "flat AIF"
-    or a series "starting after the bolus peak", which named neither. One whose kind --kind
-    chose against what the data suggest says that (``--kind perfusion`` on a cine NIfTI was
-    refused for its 0.045 s frame interval and invited --dt, never naming the one-cycle time
-    axis; probe 36)."""
+    or a series "starting after the bolus peak", which named neither. An error on a series of
+    either kind that --kind chose against what the data suggest says that (``--kind perfusion``
+    on a cine NIfTI was refused for its 0.045 s frame interval and invited --dt, never naming
+    the one-cycle time axis; probe 36)."""
     try:
         yield
     except CardiacInputError as e:
