@@ -53,7 +53,7 @@ class Analysis:
         self.perfusion = None
         self.mbf = None                      # (S, R, C) map, NaN outside the myocardium
         self.mbf_fit = None
-        self._mbf_mask = None
+        self._mbf_reliable = None            # (S, R, C) bool: the pixel fits that are measurements
         self.sectors = None
         self.insertion = []
         self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
@@ -236,7 +236,7 @@ class Analysis:
         self.warnings += [f"QC {f['code']}: {f['message']}" for f in self.qc["flags"] if f["severity"] == REVIEW]
 
     def _compute_mbf_map(self):
-        from .perfusion.mbf import mbf_map
+        from .perfusion.mbf import fit_map, mbf_map
 
         st = self.study
         if st.units != "gd_mmol_l":
@@ -270,7 +270,7 @@ class Analysis:
         if images is not acquired:
             aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
         self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
-        self._mbf_mask = mask   # the fit's pixels, in its order (per-segment fit quality)
+        self._mbf_reliable = fit_map(mask, self.mbf_fit, "reliable")   # per-segment fit quality (_perfusion_summary)
         # the motion-corrected curves on their regular time grid: the semi-quantitative indices and
         # the perfusion RV insertion points (RV at its peak enhancement) read these
         self._curves = (images, aif, np.arange(images.shape[0]) * dt)
@@ -357,17 +357,14 @@ class Analysis:
             self.segment_values = segment_means(self._thickness, self.segment_map) if self.sectors else {}
 
     def _perfusion_summary(self):
-        from .perfusion.mbf import fit_map, segment_mbf
+        from .perfusion.mbf import segment_mbf
 
         seg = self.segment_map if self.sectors else np.zeros(self.mbf.shape, np.int16)
         # each segment's share of fits that are no measurement (delay at the range's end, a
         # parameter on its bound, r² under R2_MIN): a segment more than 30 % such is flagged
         # (qc MBF_SEGMENT_UNRELIABLE). Without it a saturated LV-signal AIF read four segments
         # at twice the truth, 33-47 % of their fits unreliable, with QC pass (probe 37)
-        reliable = None
-        mask = self._mbf_mask
-        if self.mbf_fit is not None and mask is not None and "reliable" in self.mbf_fit and mask.shape == self.mbf.shape:
-            reliable = fit_map(mask, self.mbf_fit, "reliable")
+        reliable = self._mbf_reliable
         summary = segment_mbf(self.mbf, seg, reliable=reliable)
         finite = self.mbf[np.isfinite(self.mbf)]
         glob = float(np.median(finite)) if finite.size else float("nan")

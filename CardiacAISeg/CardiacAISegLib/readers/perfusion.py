@@ -15,7 +15,8 @@ from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
 from .pd_frames import MIN_DYNAMICS, drop_blank_frames, drop_leading_pd_frames, remove_frames, undo_rescaled_frames
-from .volume import PLACEHOLDER_TIME_REASON, frame_files, load_frame_folder, load_volume, read_nifti, volume_suffix
+from .volume import (MAX_FRAME_INTERVAL_S, MIN_FRAME_INTERVAL_S, PLACEHOLDER_TIME_REASON, frame_files, load_frame_folder,
+                     load_volume, read_nifti, volume_suffix)
 
 QPERF_PARAMS = "params.json"
 MAX_STEP_FACTOR = 4.0   # a frame interval this many times the median is no heartbeat: a wrong time
@@ -251,11 +252,6 @@ def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress"
                             units=units, qperf=(params_file, entry), progress=progress)
 
 
-# One frame per heartbeat or two: a shorter interval (a TR or a per-slice time stored as the time
-# step) read as the frame interval scales MBF up by the same factor (phantom, 0.5 s frames read
-# as 0.2 s: 6.6 instead of 2.4 mL/min/g, QC "pass").
-MIN_FRAME_INTERVAL_S = 0.3
-MAX_FRAME_INTERVAL_S = 5.0
 
 
 def frame_interval_source(dt_source):

@@ -238,11 +238,12 @@ def _drop_times_that_are_no_frame_interval(study):
     step = float(np.median(np.diff(np.asarray(times, float))))
     if not 0 < step < MIN_FRAME_STEP_S:
         return
-    reason = (f"the file's time axis steps {1000 * step:.3g} ms, under the {1000 * MIN_FRAME_STEP_S:g} ms of any frame "
-              "interval (cine frames lie 15-60 ms apart): a repetition time or frame numbers, not frame times")
-    study.frame_times_s = None
-    prov["frame_times_ignored"] = reason
-    prov.setdefault("warnings", []).append(f"{reason}; not used (give --dt for a perfusion series)")
+    from .volume import frame_times_not_used
+
+    study.frame_times_s = frame_times_not_used(prov, f"the file's time axis steps {1000 * step:.3g} ms, under the "
+                                                     f"{1000 * MIN_FRAME_STEP_S:g} ms of any frame interval (cine frames "
+                                                     "lie 15-60 ms apart): a repetition time or frame numbers, not frame "
+                                                     "times")
     study.provenance = prov
 
 

@@ -89,15 +89,19 @@ def placeholder_time_step(times_s):
     return t.size > 1 and bool(np.all(np.abs(np.diff(t) - ITK_DEFAULT_TIME_STEP_S) < 1e-9))
 
 
+def frame_times_not_used(provenance, reason):
+    """Say in ``provenance`` why a file's frame times are not used: ``frame_times_ignored`` (where
+    a missing --dt is asked for) and a warning; returns None, the times to use."""
+    provenance["frame_times_ignored"] = reason
+    provenance.setdefault("warnings", []).append(f"{reason}: not used as frame times (give --dt for a perfusion series)")
+    return None
+
+
 def ignore_placeholder_times(times_s, provenance):
-    """``times_s``, or None when they are ``placeholder_time_step``'s, said in ``provenance``
-    (``frame_times_ignored`` and a warning)."""
+    """``times_s``, or None when they are ``placeholder_time_step``'s, said in ``provenance``."""
     if times_s is None or not placeholder_time_step(times_s):
         return times_s
-    provenance["frame_times_ignored"] = PLACEHOLDER_TIME_REASON
-    provenance.setdefault("warnings", []).append(f"{PLACEHOLDER_TIME_REASON}: not used as frame times "
-                                                 "(give --dt for a perfusion series)")
-    return None
+    return frame_times_not_used(provenance, PLACEHOLDER_TIME_REASON)
 
 
 # NIfTI's spatial units other than mm, in mm (xyzt_units; nibabel's names)
@@ -312,23 +316,19 @@ def _nrrd_frame_times(header, list_axis, n, meta):
         return None
 
     def unusable(problem):
-        meta["frame_times_ignored"] = f"the sequence's time index values {problem}"
-        meta.setdefault("warnings", []).append(meta["frame_times_ignored"] + ": not used as frame times")
+        return frame_times_not_used(meta, f"the sequence's time index values {problem}")
 
     words = str(values).split()
     try:
         t = np.array([float(v) for v in words])
     except ValueError:
         shown = " ".join(words[:3]) + (" ..." if len(words) > 3 else "")
-        unusable(f"('{shown}') are not plain numbers (a unit belongs in the 'units' field)")
-        return None
+        return unusable(f"('{shown}') are not plain numbers (a unit belongs in the 'units' field)")
     if t.size != n:
-        unusable(f"list {t.size} times for the {n} frames")
-        return None
+        return unusable(f"list {t.size} times for the {n} frames")
     scale = time_unit_seconds(unit or "s")   # Slicer writes no unit for seconds
     if scale is None:
-        unusable(f"have the unit {unit!r}, which is not one of time (s, ms)")
-        return None
+        return unusable(f"have the unit {unit!r}, which is not one of time (s, ms)")
     return t * scale, scale == 1.0, bool(unit)
 
 
@@ -337,9 +337,13 @@ _TIME_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, 
                "milliseconds": 1e-3, "us": 1e-6, "usec": 1e-6, "microsecond": 1e-6, "microseconds": 1e-6}
 
 
-# The longest frame step of any series (a first pass at one frame per two slow beats; the
-# perfusion reader's MAX_FRAME_INTERVAL_S): index values farther apart are not seconds.
-_MAX_FRAME_STEP_S = 5.0
+# One frame per heartbeat or two: a shorter interval (a TR or a per-slice time stored as the time
+# step) read as the frame interval scales MBF up by the same factor (phantom, 0.5 s frames read
+# as 0.2 s: 6.6 instead of 2.4 mL/min/g, QC "pass"); sequence index values farther apart than the
+# longest are not seconds. Here, where every reader of time axes sees them (readers/perfusion
+# checks the interval with them).
+MIN_FRAME_INTERVAL_S = 0.3
+MAX_FRAME_INTERVAL_S = 5.0
 
 
 def time_unit_seconds(unit):
@@ -358,7 +362,7 @@ def read_nrrd(path):
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
         raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
-    itk_time_step = _itk_4d_as_3d_space_and_time(header, data.shape)
+    itk_time_step = _4d_space_as_3d_space_and_time(header, data.shape)
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
     if dirs is not None and len(kinds) == data.ndim == len(dirs):
@@ -428,7 +432,8 @@ def read_nrrd(path):
     times, in_seconds, unit_named = timed if timed is not None else (None, False, False)
     # each frame's own time places it: a label sequence read so is in time order already,
     # whatever order the image's file stored (labelmap.load_labelmap)
-    meta["frames_placed_by_time"] = times is not None
+    if times is not None:
+        meta["frames_placed_by_time"] = True
     if times is not None and np.any(np.diff(times) < 0):
         # frames stored out of time order: the index values say where each belongs (a stable
         # sort keeps repeated times in file order; the uneven-times checks then see them)
@@ -439,16 +444,16 @@ def read_nrrd(path):
         meta["stored_frame_order"] = [int(i) for i in order]
         meta.setdefault("warnings", []).append("the sequence's frames are stored out of time order: sorted by their time "
                                                "index values")
-    if times is not None and not unit_named and times.size > 1 and np.median(np.diff(times)) > _MAX_FRAME_STEP_S:
-        # no unit is Slicer's seconds, but no series steps this far: milliseconds with the unit
-        # lost (read as 45 s frames, so perfusion, and refused as "give --kind cine"; probe 36)
+    if times is not None and not unit_named and times.size > 1:
         step = float(np.median(np.diff(times)))
-        meta["frame_times_ignored"] = (f"the sequence's time index values step {step:g} with no unit: as seconds (what "
-                                       f"Slicer writes without one) that is no frame interval (a cine's frames lie 15-60 "
-                                       f"ms apart, a first pass's 0.3-{_MAX_FRAME_STEP_S:g} s); if they are milliseconds, "
-                                       f"the header needs 'units' naming ms for that axis")
-        meta.setdefault("warnings", []).append(meta["frame_times_ignored"] + "; not used as frame times")
-        times = None
+        if step > MAX_FRAME_INTERVAL_S:
+            # no unit is Slicer's seconds, but no series steps this far: milliseconds with the
+            # unit lost (read as 45 s frames, so perfusion, and refused as "give --kind cine"; probe 36)
+            times = frame_times_not_used(meta, (
+                f"the sequence's time index values step {step:g} with no unit: as seconds (what Slicer writes "
+                f"without one) that is no frame interval (a cine's frames lie 15-60 ms apart, a first pass's "
+                f"{MIN_FRAME_INTERVAL_S:g}-{MAX_FRAME_INTERVAL_S:g} s); if they are milliseconds, the header needs 'units' naming ms for "
+                "that axis"))
     if times is not None and np.any(np.diff(times) == 0):
         # two frames at one time: a frame saved twice (and so, often, another lost); the stable
         # sort kept them in file order, but the cycle or the first pass has a hole (probe 36)
@@ -475,7 +480,7 @@ _SPACE_TIME = {"right-anterior-superior-time": "right-anterior-superior", "rast"
                "left-posterior-superior-time": "left-posterior-superior", "lpst": "left-posterior-superior"}
 
 
-def _itk_4d_as_3d_space_and_time(header, shape):
+def _4d_space_as_3d_space_and_time(header, shape):
     """ITK's NRRD writer saves a 4D image in a 4D space ('space dimension: 4', no named space,
     4-number space directions and origin; ITK's space is LPS), and NRRD's own space-time spaces
     ('space: right-anterior-superior-time', the time unit in 'space units') do the same: rewrite
