@@ -704,3 +704,38 @@ def test_thick_slices_and_clipped_blood_are_sent_to_review(cine, shared_data):
         a = Analysis(st, st.labels)
         a.model_info = {"name": "unet-light"}
         assert not {"SLICES_THICK", "IMAGE_CLIPPED"} & codes(a.run()), p
+
+
+def test_a_basal_es_ring_without_a_cavity_is_flagged(cine, shared_data):
+    """The network on held-out HCM patient 037 drew its basal ES ring off the heart with no
+    cavity (ESV 9.9 mL for the experts' 22, EF 84 % for 66 %, QC "pass"). A basal ES slice with
+    myocardium and no cavity, where the ED cavity is at least half its largest, is flagged with the
+    slice named; an apical one is not (cavities close there at ES), nor a basal one that keeps half
+    its cavity; no slice of the 80 ACDC expert label maps is flagged."""
+    from CardiacAISegLib.geometry import slice_levels
+    from CardiacAISegLib.qc import basal_es_cavity_missing
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study, truth = cine
+    ed, es = truth["ed_frame"], truth["es_frame"]
+    levels = slice_levels(study.labels[ed], study)
+    area = (study.labels[ed] == LV).sum(axis=(1, 2))
+    basal = max((k for k, lv in levels.items() if lv == "basal"), key=lambda k: area[k])
+    apical = min((k for k, lv in levels.items() if lv == "apical"), key=lambda k: abs(area[k] - area.max() * 0.6))
+
+    def es_cavity_called_myocardium(k, keep=0.0):
+        labels = {t: m.copy() for t, m in study.labels.items()}
+        pool = np.argwhere(labels[es][k] == LV)
+        labels[es][k][tuple(pool[int(len(pool) * keep):].T)] = MYO
+        return _cine_analysis(study, labels, ed_frame=ed, es_frame=es)
+
+    a = es_cavity_called_myocardium(basal)
+    flag = next(f for f in a.qc["flags"] if f["code"] == "ES_CAVITY_MISSING")
+    assert f"slice(s) {basal} ({area[basal] / area.max():.0%})" in flag["message"] and a.qc["status"] == "review"
+    assert "ES_CAVITY_MISSING" not in codes(es_cavity_called_myocardium(basal, keep=0.5))
+    assert "ES_CAVITY_MISSING" not in codes(es_cavity_called_myocardium(apical))
+    patients = sorted(p for p in (shared_data / "acdc").glob("patient*") if p.is_dir())
+    assert len(patients) >= 20
+    for p in patients:
+        st = load_acdc_patient(p)
+        assert basal_es_cavity_missing(st.labels[st.ed_frame], st.labels[st.es_frame], st.spacing, st) == [], p.name
