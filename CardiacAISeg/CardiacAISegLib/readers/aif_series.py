@@ -4,9 +4,10 @@ Dual-sequence perfusion (Gatehouse 2004; Xue et al. 2020) images the LV blood po
 short saturation delay so the blood signal stays nearly linear in Gd at the bolus peak. Its
 LV pool is found from the bolus (``bolus.locate_blood_pools``) and its curve is brought onto the
 main series' frames and signal scale: the main series' own LV curve is linear in Gd at low
-concentration, so the AIF is scaled to match it on the bolus upslope below half its peak,
-where the main images do not yet saturate. What stays approximate without proton-density
-calibration is said in a warning.
+concentration and saturates towards the peak, so the AIF is scaled by the slope at zero of a
+saturation curve fitted to the main LV signal against the AIF series' over the first pass
+(``scale_onto_main``). What stays approximate without proton-density calibration is said in a
+warning.
 """
 import numpy as np
 
@@ -42,7 +43,7 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
     frames = aif_study.images[:, aif_study.n_slices // 2]
     pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
-    curve = aif_from_lv(frames, pools["lv"])
+    curve = aif_from_lv(frames, pool_core(pools), erode_px=0)
     t_aif = aif_study.frame_times_s
     t_main = study.frame_times_s
     offset = clock_offset_s(study, aif_study)
@@ -69,13 +70,42 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     main_pools = locate_blood_pools(study.images[:, study.n_slices // 2], pixel_mm=study.spacing[0])
     main_lv = aif_from_lv(study.images[:, study.n_slices // 2], main_pools["lv"])
     check_same_bolus(curve, main_lv, t_main, aif_uid)
-    scale = upslope_scale(curve, main_lv)
+    scale, saturation = scale_onto_main(curve, main_lv)
     study.provenance.setdefault("warnings", []).append(
-        "AIF from the dual-sequence AIF series, scaled to the perfusion images' LV signal on the bolus upslope "
-        "(no proton-density calibration): MBF is approximate")
+        f"AIF from the dual-sequence AIF series {aif_uid}, scaled onto the perfusion images' LV signal by {scale:.3g} "
+        f"(the slope where both are linear; the images' LV signal {saturation:.0%} below linear at the AIF's peak): no "
+        "proton-density calibration, so MBF is approximate (the AIF series' own saturation at the bolus peak "
+        "over-estimates it, the tissue's under-estimates it)")
     study.provenance["aif_detection"] = {"series": aif_uid, "confidence": pools["confidence"], "reason": pools["reason"],
-                                         "scale_to_main": scale}
+                                         "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation}
     return curve * scale
+
+
+# The share of the AIF series' LV pool its curve is taken from: the pixels most like LV blood.
+POOL_CORE_SHARE = 0.5
+
+
+def pool_core(pools, share=POOL_CORE_SHARE):
+    """The part of the bolus' LV pool (``bolus.locate_blood_pools``) whose pixels are most purely
+    LV blood: the highest enhancement at the LV's peak less that at the RV's peak. The AIF
+    series' pixels are 3-10 mm, so the pool's edge pixels mix in myocardium (a lower LV peak) or,
+    across the septum, RV blood (an earlier hump): at 5.4 mm a pool of 64 pixels held 9 with RV
+    blood and the AIF's RV hump before the LV's rise put MBF at 1.9-5x the truth (probe 39);
+    eroding the pool by a pixel did not remove them."""
+    lv = np.asarray(pools["lv"], bool)
+    n = int(lv.sum())
+    if n < 8:
+        return lv
+    e = np.asarray(pools["enhancement"])[:, lv]
+    score = e[pools["lv_peak_frame"]].astype(float)
+    rv_peak = pools.get("rv_peak_frame")
+    if rv_peak is not None and np.asarray(pools.get("rv", False)).any():
+        score = score - e[rv_peak]
+    keep = np.zeros(n, bool)
+    keep[np.argsort(score)[::-1][:max(4, int(round(share * n)))]] = True
+    core = np.zeros_like(lv)
+    core[lv] = keep
+    return core
 
 
 def clock_offset_s(study, aif_study):
@@ -130,15 +160,42 @@ def check_same_bolus(aif, main_lv, times, aif_uid):
                                          "same first pass")
 
 
-def upslope_scale(aif, main_lv):
-    """Factor that maps the AIF's baseline-corrected rise onto the main series' LV rise, fitted on
-    the frames where the main LV curve is below half its peak (before saturation)."""
+# The main series' blood signal against the AIF series' over the first pass, S_main =
+# (s / beta) (1 - exp(-beta S_aif)): the images' saturation-recovery signal saturates with Gd
+# (S0 (1 - exp(-TD (R10 + r1 Gd)))), the AIF series' short saturation delay keeps it nearly
+# linear. ``beta`` is searched so that beta times the AIF's peak runs over this grid (0: linear).
+SATURATION_GRID = np.linspace(0.0, 8.0, 161)
+MIN_FRAMES_FOR_SCALE = 4
+
+
+def scale_onto_main(aif, main_lv):
+    """(factor, saturation) mapping the AIF series' baseline-corrected curve onto the main
+    series' LV signal in its linear range: the slope at zero of the main LV signal against the
+    AIF series' signal, fitted with the main series' saturation over every frame where the AIF
+    has risen above 5 % of its peak (rise, peak and fall; the acquisition a little apart within
+    each beat then tilts the rise and the fall opposite ways). ``saturation``: how far below
+    linear the main series' LV signal is at the AIF's peak (0 = linear).
+
+    A fit on the upslope below half the main LV's peak alone (until session 21) missed the
+    saturation: at 0.8 s frames only one frame lies there, the fallback took the whole saturated
+    rise, and MBF came out twice the truth (probe 39); at 0.5 s frames the half-peak window itself
+    is 25 % below linear (MBF +21 to +76 %)."""
     a = np.asarray(aif, float) - np.median(aif[:3])
     m = np.asarray(main_lv, float) - np.median(main_lv[:3])
-    peak = int(np.argmax(m))
-    rising = np.arange(peak + 1)
-    use = rising[(m[rising] > 0.05 * m[peak]) & (m[rising] < 0.5 * m[peak])]
-    if use.size < 2 or float(a[use] @ a[use]) <= 0:
-        use = rising[m[rising] > 0.05 * m[peak]]
-    denom = float(a[use] @ a[use])
-    return float(a[use] @ m[use]) / denom if denom > 0 else 1.0
+    if not a.max() > 0:
+        return 1.0, 0.0
+    use = a > 0.05 * a.max()
+    a, m = a[use], m[use]
+    if a.size < MIN_FRAMES_FOR_SCALE:
+        return (float(a @ m) / float(a @ a), 0.0) if float(a @ a) > 0 else (1.0, 0.0)
+    best = None
+    for u in SATURATION_GRID:
+        beta = u / a.max()
+        g = a if u == 0 else -np.expm1(-beta * a) / beta    # (1 - exp(-beta a)) / beta: a when beta -> 0
+        slope = float(g @ m) / float(g @ g)
+        residual = float(((m - slope * g) ** 2).sum())
+        if best is None or residual < best[0]:
+            best = (residual, slope, u)
+    _, slope, u = best
+    saturation = 0.0 if u == 0 else 1.0 - float(-np.expm1(-u)) / u
+    return slope, saturation
