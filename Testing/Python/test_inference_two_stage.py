@@ -256,3 +256,25 @@ def test_square_widens_when_labels_reach_its_edge():
     assert 50 - rows.start >= HEART_BOX_MARGIN_MM - 1   # the margin beyond the highest label
     at_image_edge = (slice(0, 100), slice(60, 160))   # the square's top is the image's: nothing lies beyond
     assert _box_around_cut_labels({0: cut}, at_image_edge, (256, 256), (1.0, 1.0)) is None
+
+
+@pytest.mark.parametrize("far_cols, widened", [(195, "(2 times)"), (250, None)])
+def test_square_widens_until_no_label_reaches_its_edge(monkeypatch, far_cols, widened):
+    """One slice of another breath-hold lies centimetres off the others: widened once, around what
+    the first square showed of it, the square still cut that slice's heart (probe 38: a basal
+    slice 60 mm off, EDV -16 %, ESV -22 %, QC pass). It widens again until nothing reaches its
+    edge, and after MAX_SQUARE_WIDENINGS the whole field is segmented. A stand-in network labels
+    exactly what its window shows (the image holds the labels)."""
+    truth = np.zeros((3, 256, 256), np.uint8)
+    truth[1, 100:140, 100:140] = 2            # the middle slice's heart, where the square is found
+    truth[0, 100:140, 150:far_cols] = 2       # the off slice: partly inside the first square
+    monkeypatch.setattr(inference, "cine_heart_box",
+                        lambda *a, **k: ((slice(80, 160), slice(80, 160)), "found", None))
+    monkeypatch.setattr(inference, "predict_labels", lambda model, image, *a, **k: image.astype(np.uint8))
+    spec = {"pixel_mm": 1.0, "size_multiple": 16, "tta": "none", "heart_crop_mm": 80.0}
+    labels, heart = inference.segment_cine_volumes(None, {0: truth.astype(np.float32)}, (1.0, 1.0), spec)
+    assert np.array_equal(labels[0], truth), "a label was cut off"
+    if widened:
+        assert heart["widened"].endswith(widened) and heart["cols"][1] >= far_cols
+    else:
+        assert heart["whole_field"].startswith("labels still reached the square's edge after 3 widenings")
