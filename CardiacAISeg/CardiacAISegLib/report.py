@@ -227,12 +227,19 @@ def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None,
     import matplotlib
     from matplotlib.patches import Arc, Wedge
 
+    top_is_fixed = False
     if not fit:
         fixed_min, fixed_max = bullseye_scale(value_label)
+        top_is_fixed = vmax is None and fixed_max is not None
         vmin = fixed_min if vmin is None else vmin
         vmax = fixed_max if vmax is None else vmax
     values = {int(k): (float(v) if v is not None else math.nan) for k, v in (values or {}).items()}
     finite = [v for v in values.values() if np.isfinite(v)]
+    if top_is_fixed and finite and max(finite) > vmax:
+        # a fixed scale that values run past paints them all its top colour (stress MBF 4.9-6.9 on
+        # the 0-5 scale was one yellow beside a map that showed their spread; probe 39): its top
+        # stretches to the largest value, the bottom stays
+        vmax = max(finite)
     vmin = min(finite) if vmin is None and finite else (0.0 if vmin is None else vmin)
     vmax = max(finite) if vmax is None and finite else (1.0 if vmax is None else vmax)
     if vmax <= vmin:

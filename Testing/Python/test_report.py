@@ -123,6 +123,10 @@ def test_bullseye_scale_fixed_per_measure_unless_fit():
     FigureCanvasAgg(fig)
     mappable = report.bullseye(fig.add_subplot(111), {s: 3.4 for s in range(1, 17)}, value_label="MBF (mL/min/g)")
     assert (mappable.norm.vmin, mappable.norm.vmax) == (0.0, 5.0)
+    # values past the fixed top (stress MBF 4.9-6.9 was one colour; probe 39): the top stretches
+    high = {s: 4.9 + 2.0 * (s - 1) / 15 for s in range(1, 17)}
+    stretched = report.bullseye(Figure().add_subplot(111), high, value_label="MBF (mL/min/g)", colorbar=False)
+    assert (stretched.norm.vmin, stretched.norm.vmax) == (0.0, 6.9)
 
 
 def test_slices_shown_as_slicer_radiological_view():
