@@ -475,10 +475,17 @@ def analysis_bullseye_png(analysis, size_px=300, dpi=80, fit=False):
     fig = Figure(figsize=(size_px / dpi, size_px / dpi * 0.82), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes([0.01, 0.02, 0.8, 0.9])
-    bullseye(ax, analysis.segment_values, value_label=label,
-             fmt=analysis.bullseye_format, title=None, fit=fit)
+    shown = bullseye(ax, analysis.segment_values, value_label=label,
+                     fmt=analysis.bullseye_format, title=None, fit=fit)
     lo, hi = bullseye_scale(label)
-    scale = ", scale fitted to the data" if fit else ("" if lo is None else f", scale {lo:g}-{hi:g} fixed")
+    if fit:
+        scale = ", scale fitted to the data"
+    elif lo is None:
+        scale = ""
+    elif shown.norm.vmax > hi:   # values past the fixed top stretched it
+        scale = f", scale {lo:g}-{shown.norm.vmax:.3g} (fixed {lo:g}-{hi:g}, stretched to the largest value)"
+    else:
+        scale = f", scale {lo:g}-{hi:g} fixed"
     fig.suptitle(label + scale, fontsize=9, y=0.99)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
