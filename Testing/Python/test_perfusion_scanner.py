@@ -1219,3 +1219,20 @@ def test_untimed_first_pass_starting_near_the_bolus_is_still_perfusion(tmp_path,
     cut = frames[max(0, rises - 4):]
     with pytest.raises(CardiacInputError, match="read as a first-pass perfusion series"):
         load_study(_untimed_nifti(tmp_path / "perf.nii.gz", cut[:, None]))
+
+
+def test_an_aif_series_rising_before_the_images_lv_is_said_to_be_perhaps_the_rv():
+    """An AIF series whose LV pool is a few coarse pixels: the bolus finder took its RV, whose
+    first pass rises seconds before the images' LV. It is refused (the fallback is the images'
+    LV), and the error says which way the curves differ and why (it said only 'apart': probe 39)."""
+    from CardiacAISegLib.readers.aif_series import check_same_bolus
+
+    t = np.arange(60) * 0.5
+    main_lv = 1.0 / (1.0 + np.exp(-(t - 12.0)))
+    rv_like = 1.0 / (1.0 + np.exp(-(t - 8.0)))
+    with pytest.raises(CardiacInputError, match=r"rises [0-9.]+ s before the images' LV blood pool \(its LV pool may be the RV"):
+        check_same_bolus(rv_like, main_lv, t, "1.2.3")
+    late = 1.0 / (1.0 + np.exp(-(t - 16.0)))
+    with pytest.raises(CardiacInputError, match=r"rises [0-9.]+ s after the images' LV blood pool: not the same first pass"):
+        check_same_bolus(late, main_lv, t, "1.2.3")
+    check_same_bolus(main_lv * 3.0, main_lv, t, "1.2.3")   # the same first pass: no error

@@ -154,10 +154,15 @@ def check_same_bolus(aif, main_lv, times, aif_uid):
     if not (a.max() > 0 and m.max() > 0):
         raise CardiacInputError(aif_uid, "its blood pool shows no first-pass enhancement")
     # the half-rise, not the peak: the images' LV signal saturates, its peak is a plateau
-    lag = abs(float(t[int(np.argmax(a >= 0.5 * a.max()))] - t[int(np.argmax(m >= 0.5 * m.max()))]))
+    signed = float(t[int(np.argmax(a >= 0.5 * a.max()))] - t[int(np.argmax(m >= 0.5 * m.max()))])
+    lag = abs(signed)
     if lag > MAX_RISE_LAG_S:
-        raise CardiacInputError(aif_uid, f"its blood curve rises {lag:.1f} s apart from the images' LV blood pool: not the "
-                                         "same first pass")
+        # earlier: the RV's first pass, which the bolus finder takes for the LV when the AIF
+        # series' LV pool is a few coarse pixels (probe 39: 8 pixels or fewer)
+        when = "before" if signed < 0 else "after"
+        why = " (its LV pool may be the RV: the AIF series' LV is perhaps only a few pixels)" if signed < 0 else ""
+        raise CardiacInputError(aif_uid, f"its blood curve rises {lag:.1f} s {when} the images' LV blood pool{why}: "
+                                         "not the same first pass")
 
 
 # The main series' blood signal against the AIF series' over the first pass, S_main =
