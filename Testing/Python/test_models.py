@@ -286,6 +286,30 @@ def test_papillary_islands_inside_the_blood_pool_count_as_cavity():
     assert (raw[0][papillary] == 0).all(), "without filling the island is a stray component, not LV"
 
 
+def test_an_apical_cavity_shifted_off_the_slice_above_is_kept():
+    """Slices far apart or an oblique LV leave the apical cavity touching none of the slice above
+    it: as a separate 3D component it was removed and the myocardium around it kept (probe 38:
+    ACDC 093 at 13 mm slices, three apical slices without a cavity, LV EDV -19 %). A piece ringed
+    by the kept myocardium on slices without the main cavity, near it, is the cavity; a second
+    piece on a slice that has the cavity, or one far off, is not."""
+    from CardiacAISegLib.labels import LV, MYO
+    from CardiacAISegLib.models.postprocess import keep_one_component_per_structure
+
+    yy, xx = np.mgrid[:96, :96]
+    lab = np.zeros((8, 96, 96), np.uint8)
+    for k in range(8):
+        cy, cx = (40, 40) if k < 5 else (40, 51)    # the apical slices 11 px (16.5 mm) aside
+        r = np.hypot(yy - cy, xx - cx)
+        lab[k][r < 10] = MYO
+        lab[k][r < 5] = LV
+    lab[2][np.hypot(yy - 40, xx - 70) < 3] = LV     # a blob beside a slice that has the cavity
+    out = keep_one_component_per_structure(lab, spacing_rc=(1.5, 1.5))
+    assert (out[5:][lab[5:] == LV] == LV).all(), "the shifted apical cavity was removed"
+    assert (out[2][np.hypot(yy - 40, xx - 70) < 3] == 0).all()
+    assert not (keep_one_component_per_structure(lab)[5:] == LV).any()   # without the spacing: as before
+    assert not (keep_one_component_per_structure(lab, spacing_rc=(3.0, 3.0))[5:] == LV).any()   # 33 mm aside: no
+
+
 def test_heart_square_inference_matches_the_whole_field_on_a_phantom():
     """Two-stage cine inference (models.inference.predict_labels_in_heart_box): the box holds the
     whole heart and the labels in it are as good as the whole-field run's against the truth."""

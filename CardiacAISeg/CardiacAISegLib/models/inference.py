@@ -323,7 +323,7 @@ def predict_labels(model, volume, spacing_rc, pixel_mm, size_multiple=16, device
     probs = predict_volume_probabilities(model, volume, spacing_rc, pixel_mm, size_multiple, device, batch=batch, tta=tta,
                                          contiguous=contiguous)
     labels = probs.argmax(1).astype(np.uint8)
-    return keep_one_component_per_structure(labels) if postprocess else labels
+    return keep_one_component_per_structure(labels, spacing_rc=spacing_rc) if postprocess else labels
 
 
 # Two-stage cine inference: the heart takes a fifth of a short-axis field of view, so the network
@@ -461,7 +461,8 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
             else:
                 labels[t] = predict_labels(model, image, spacing_rc, pixel_mm, multiple, device, tta=tta)
         if cycle:
-            labels = {t: keep_one_component_per_structure(m) for t, m in temporal.smoothed_labels(probabilities).items()}
+            labels = {t: keep_one_component_per_structure(m, spacing_rc=spacing_rc)
+                      for t, m in temporal.smoothed_labels(probabilities).items()}
         return labels
 
     labels = segment_in(box if box is not None else (slice(None), slice(None)))
