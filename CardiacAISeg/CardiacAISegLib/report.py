@@ -238,8 +238,9 @@ def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None,
     if top_is_fixed and finite and max(finite) > vmax:
         # a fixed scale that values run past paints them all its top colour (stress MBF 4.9-6.9 on
         # the 0-5 scale was one yellow beside a map that showed their spread; probe 39): its top
-        # stretches to the largest value, the bottom stays
-        vmax = max(finite)
+        # stretches to the largest value, the bottom stays; at most to twice the fixed top, so
+        # one outlier (a segment at 40) does not wash the others into one colour (probe 40)
+        vmax = min(max(finite), 2.0 * vmax)
     vmin = min(finite) if vmin is None and finite else (0.0 if vmin is None else vmin)
     vmax = max(finite) if vmax is None and finite else (1.0 if vmax is None else vmax)
     if vmax <= vmin:
@@ -483,7 +484,7 @@ def analysis_bullseye_png(analysis, size_px=300, dpi=80, fit=False):
     elif lo is None:
         scale = ""
     elif shown.norm.vmax > hi:   # values past the fixed top stretched it
-        scale = f", scale {lo:g}-{shown.norm.vmax:.3g} (fixed {lo:g}-{hi:g}, stretched to the largest value)"
+        scale = f", scale {lo:g}-{shown.norm.vmax:.3g} (fixed {lo:g}-{hi:g}, stretched for the values above it)"
     else:
         scale = f", scale {lo:g}-{hi:g} fixed"
     fig.suptitle(label + scale, fontsize=9, y=0.99)

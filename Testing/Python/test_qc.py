@@ -713,7 +713,7 @@ def test_a_basal_es_ring_without_a_cavity_is_flagged(cine, shared_data):
     slice named; an apical one is not (cavities close there at ES), nor a basal one that keeps half
     its cavity; no slice of the 80 ACDC expert label maps is flagged."""
     from CardiacAISegLib.geometry import slice_levels
-    from CardiacAISegLib.qc import basal_es_cavity_missing
+    from CardiacAISegLib.qc import basal_es_cavity_missing, cavity_gaps
     from CardiacAISegLib.readers.acdc import load_acdc_patient
 
     study, truth = cine
@@ -739,3 +739,35 @@ def test_a_basal_es_ring_without_a_cavity_is_flagged(cine, shared_data):
     for p in patients:
         st = load_acdc_patient(p)
         assert basal_es_cavity_missing(st.labels[st.ed_frame], st.labels[st.es_frame], st.spacing, st) == [], p.name
+        assert cavity_gaps(st.labels[st.ed_frame], st.spacing, st) == cavity_gaps(st.labels[st.es_frame], st.spacing) == [], p.name
+
+
+def test_a_slice_without_its_cavity_between_slices_with_one_is_flagged(cine):
+    """A slice of another breath-hold far off the others was segmented with myocardium and RV but
+    no LV pool (probe 40: 86 mm off, EDV -13 %, QC pass). The cavity runs from base to apex: a
+    slice with myocardium and no pool between slices with one is flagged at ED or ES, naming it;
+    the 160 ACDC expert label maps have none (see the ES check's test)."""
+    from CardiacAISegLib.qc import cavity_gaps
+
+    study, truth = cine
+    ed, es = truth["ed_frame"], truth["es_frame"]
+    assert cavity_gaps(study.labels[ed], study.spacing) == [] and cavity_gaps(study.labels[es], study.spacing) == []
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    on = np.flatnonzero((labels[ed] == LV).any(axis=(1, 2)))
+    k = int(on[len(on) // 2])
+    labels[ed][k][labels[ed][k] == LV] = MYO
+    a = _cine_analysis(study, labels, ed_frame=ed, es_frame=es)
+    flag = next(f for f in a.qc["flags"] if f["code"] == "LV_CAVITY_GAP_ED")
+    assert f"slice(s) [{k}]" in flag["message"] and a.qc["status"] == "review"
+    assert "LV_CAVITY_GAP_ES" not in codes(a)
+    # towards the base at ED too (the displaced slice of probe 40 was the second from the base)
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    area = (labels[ed] == LV).sum(axis=(1, 2))
+    basal = [j for j in range(len(area)) if area[j] > 0 and abs(j - int(np.argmax(area))) >= 2
+             and cavity_gaps(np.where(np.arange(len(area))[:, None, None] == j, np.where(labels[ed] == LV, MYO, labels[ed]),
+                                      labels[ed]), study.spacing, study)]
+    assert basal, "no base-side slice is judged"
+    j = basal[0]
+    labels[ed][j][labels[ed][j] == LV] = MYO
+    assert f"slice(s) [{j}]" in next(f for f in _cine_analysis(study, labels, ed_frame=ed, es_frame=es).qc["flags"]
+                                     if f["code"] == "LV_CAVITY_GAP_ED")["message"]

@@ -127,6 +127,9 @@ def test_bullseye_scale_fixed_per_measure_unless_fit():
     high = {s: 4.9 + 2.0 * (s - 1) / 15 for s in range(1, 17)}
     stretched = report.bullseye(Figure().add_subplot(111), high, value_label="MBF (mL/min/g)", colorbar=False)
     assert (stretched.norm.vmin, stretched.norm.vmax) == (0.0, 6.9)
+    high[16] = 40.0   # one outlier stretches it to twice the fixed top at most (probe 40)
+    capped = report.bullseye(Figure().add_subplot(111), high, value_label="MBF (mL/min/g)", colorbar=False)
+    assert (capped.norm.vmin, capped.norm.vmax) == (0.0, 10.0)
 
 
 def test_slices_shown_as_slicer_radiological_view():
