@@ -184,13 +184,13 @@ def cycle_along_slices(label_volume):
 # network and the experts differ by a few pixels of a closing cavity (HCM 023 and 037: the
 # experts 21-25 pixels, the network none), so only basal slices are judged.
 ES_CAVITY_SLICE_SHARE = 0.5
-MIN_ES_MYO_MM2 = 100.0
+MIN_MYO_WITHOUT_CAVITY_MM2 = 100.0
 
 
 def basal_es_cavity_missing(label_ed, label_es, spacing, study=None):
     """[(slice, ED cavity as a share of its largest)] for basal slices (the basal third of the
     ED LV, ``geometry.slice_levels``) where the ES labels have myocardium (at least
-    ``MIN_ES_MYO_MM2``) but no LV blood pool, though the ED cavity on that slice is at least
+    ``MIN_MYO_WITHOUT_CAVITY_MM2``) but no LV blood pool, though the ED cavity on that slice is at least
     ``ES_CAVITY_SLICE_SHARE`` of the largest. (S, R, C) label volumes."""
     from .geometry import slice_levels
 
@@ -204,11 +204,11 @@ def basal_es_cavity_missing(label_ed, label_es, spacing, study=None):
     myo_es_mm2 = (label_es == MYO).sum(axis=(1, 2)) * pixel_mm2
     share = lv_ed / lv_ed.max()
     return [(k, float(share[k])) for k in sorted(basal)
-            if share[k] >= ES_CAVITY_SLICE_SHARE and lv_es[k] == 0 and myo_es_mm2[k] >= MIN_ES_MYO_MM2]
+            if share[k] >= ES_CAVITY_SLICE_SHARE and lv_es[k] == 0 and myo_es_mm2[k] >= MIN_MYO_WITHOUT_CAVITY_MM2]
 
 
 def cavity_gaps(label_volume, spacing, study=None):
-    """Slices of a (S, R, C) label volume with myocardium (at least ``MIN_ES_MYO_MM2``) but no LV
+    """Slices of a (S, R, C) label volume with myocardium (at least ``MIN_MYO_WITHOUT_CAVITY_MM2``) but no LV
     blood pool between slices that have one; with ``study`` (for ED, where the base has its
     cavity too) also such slices on the base's side of the largest cavity
     (``geometry.base_at_low_k``). None in the 160 ACDC expert label maps (ED and ES) nor in the
@@ -226,7 +226,7 @@ def cavity_gaps(label_volume, spacing, study=None):
     if study is not None:
         largest = int(np.argmax(lv))
         judged |= set(range(0, largest) if base_at_low_k(study, lab)[0] else range(largest + 1, lab.shape[0]))
-    return sorted(int(k) for k in judged if lv[k] == 0 and myo_mm2[k] >= MIN_ES_MYO_MM2)
+    return sorted(int(k) for k in judged if lv[k] == 0 and myo_mm2[k] >= MIN_MYO_WITHOUT_CAVITY_MM2)
 
 
 def label_anatomy_flags(analysis):

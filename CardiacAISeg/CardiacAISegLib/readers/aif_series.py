@@ -185,7 +185,7 @@ def check_same_bolus(aif, main_lv, times, aif_uid):
 # linear. ``beta`` is searched so that beta times the AIF's peak runs over this grid (0: linear).
 SATURATION_GRID = np.linspace(0.0, 8.0, 161)
 MIN_FRAMES_FOR_SCALE = 4
-MIN_AIF_SHARE_FOR_SCALE = 0.2
+MIN_AIF_SHARE_FOR_SCALE = 0.2   # of the AIF's peak: lower frames are mostly noise (probe 40's floor)
 
 
 # The saturation curve is taken only where it fits far better than a line: on a main series that
@@ -201,8 +201,8 @@ def _baseline_corrected(curve, foot):
 
 
 def _foot(curve):
-    """The last frame before the curve first rises over 10 % of its rise (a 3-frame median
-    baseline to find it), at least 1."""
+    """The first frame where the curve has risen over 10 % of its rise (measured from its first 3
+    frames' median); the frames before it are its baseline. At least 1."""
     c = np.asarray(curve, float) - np.median(curve[:3])
     over = np.flatnonzero(c > 0.1 * c.max()) if c.max() > 0 else np.array([], int)
     return max(1, int(over[0])) if over.size else 3
@@ -212,7 +212,8 @@ def scale_onto_main(aif, main_lv):
     """(factor, saturation) mapping the AIF series' baseline-corrected curve onto the main
     series' LV signal in its linear range: the slope at zero of the main LV signal against the
     AIF series' signal, fitted with the main series' saturation over every frame where the AIF
-    has risen above 5 % of its peak (rise, peak and fall; the acquisition a little apart within
+    has risen above ``MIN_AIF_SHARE_FOR_SCALE`` of its peak (rise, peak and fall; below it noise
+    and a noise floor bend the curve; the acquisition a little apart within
     each beat then tilts the rise and the fall opposite ways), when that curve leaves under half
     the residual of a line (``MAX_RESIDUAL_SHARE_FOR_SATURATION``), else the line's slope. Both
     curves lose their median before the AIF's foot. ``saturation``: how far below linear the
