@@ -330,30 +330,6 @@ def cine_flags(analysis):
         if not lo <= ratio <= hi:
             flags.append(_flag("RV_LV_RATIO", REVIEW, f"RV/LV EDV ratio {_shown_outside(ratio, lo, hi, 2)} is outside "
                                                       f"{lo:g}-{hi:g}", ratio))
-    # structures on the mid-ventricular slices of ED and ES
-    for name, t in (("ED", ed), ("ES", es)):
-        if t is None or t not in labels:
-            continue
-        lab = labels[t]
-        lv_slices = np.nonzero((lab == LV).any(axis=(1, 2)) | (lab == MYO).any(axis=(1, 2)))[0]
-        if lv_slices.size == 0:
-            flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
-            continue
-        # the LV is one structure from base to apex: a slice without it between slices with it
-        # is a slice the segmentation missed, and the volumes and mass silently lack it
-        gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()))
-        if gaps:
-            flags.append(_flag(f"LV_GAP_{name}", REVIEW, f"no LV blood pool or myocardium at {name} on slice(s) {gaps}, between "
-                                                         f"slices {int(lv_slices[0])} and {int(lv_slices[-1])} that have them: "
-                                                         "volumes and mass miss those slices; check the segmentation", len(gaps)))
-        mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
-        # A structure is "missing" when no mid-ventricular slice has it: the RV thins out towards
-        # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error
-        for value, struct in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV")):
-            if not any((lab[k] == value).any() for k in mid):
-                code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
-                flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on every mid-ventricular slice "
-                                                 f"({[int(k) for k in mid]})"))
     closed = []
     if ed is not None and es is not None and ed != es and ed in labels and es in labels:
         closed = basal_es_cavity_missing(labels[ed], labels[es], analysis.study.spacing, analysis.study)
@@ -366,19 +342,41 @@ def cine_flags(analysis):
                                                             "cavity was labelled myocardium or drawn off the heart: ESV is "
                                                             "under-estimated and EF over-estimated; check the ES contours",
                                    len(closed)))
+    # structures on the mid-ventricular slices of ED and ES
     for name, t in (("ED", ed), ("ES", es)):
-        if t is None or t not in labels or (name == "ES" and ed == es):
+        if t is None or t not in labels:
             continue
-        inner = cavity_gaps(labels[t], analysis.study.spacing, analysis.study if name == "ED" else None)
-        inner = [k for k in inner if name == "ED" or k not in dict(closed)]
-        if inner:
-            flags.append(_flag(f"LV_CAVITY_GAP_{name}", REVIEW, f"at {name} slice(s) {inner} show myocardium but no LV blood "
+        lab = labels[t]
+        lv_slices = np.nonzero((lab == LV).any(axis=(1, 2)) | (lab == MYO).any(axis=(1, 2)))[0]
+        if lv_slices.size == 0:
+            flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
+            continue
+        # the LV is one structure from base to apex: a slice without it between slices with it
+        # is a slice the segmentation missed, and the volumes and mass silently lack it
+        gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()))
+        # a slice with myocardium but no pool where the cavity runs on (at ED also towards the base)
+        no_pool = [k for k in cavity_gaps(lab, analysis.study.spacing, analysis.study if name == "ED" else None)
+                   if name == "ED" or k not in dict(closed)]
+        if no_pool and not (name == "ES" and ed == es):
+            flags.append(_flag(f"LV_CAVITY_GAP_{name}", REVIEW, f"at {name} slice(s) {no_pool} show myocardium but no LV blood "
                                                                 "pool between slices that have one (at ED also towards the "
                                                                 "base): the cavity runs from base to apex (no such slice in "
-                                                                "160 ACDC expert label maps), so it "
-                                                                "was labelled myocardium there, or the slice lies off the others "
-                                                                "(another breath-hold) and was not segmented: volumes are "
-                                                                "under-estimated; check that slice", len(inner)))
+                                                                "160 ACDC expert label maps), so it was labelled myocardium "
+                                                                "there, or the slice lies off the others (another breath-hold) "
+                                                                "and was not segmented: volumes are under-estimated; check "
+                                                                "that slice", len(no_pool)))
+        if gaps:
+            flags.append(_flag(f"LV_GAP_{name}", REVIEW, f"no LV blood pool or myocardium at {name} on slice(s) {gaps}, between "
+                                                         f"slices {int(lv_slices[0])} and {int(lv_slices[-1])} that have them: "
+                                                         "volumes and mass miss those slices; check the segmentation", len(gaps)))
+        mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
+        # A structure is "missing" when no mid-ventricular slice has it: the RV thins out towards
+        # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error
+        for value, struct in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV")):
+            if not any((lab[k] == value).any() for k in mid):
+                code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
+                flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on every mid-ventricular slice "
+                                                 f"({[int(k) for k in mid]})"))
     # coverage: a ventricle measured on one or two slices is not a volume
     if ed is not None and ed in labels:
         on = np.nonzero(((labels[ed] == LV) | (labels[ed] == MYO)).any(axis=(1, 2)))[0]

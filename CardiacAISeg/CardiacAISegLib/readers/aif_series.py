@@ -194,20 +194,6 @@ MIN_AIF_SHARE_FOR_SCALE = 0.2   # of the AIF's peak: lower frames are mostly noi
 MAX_RESIDUAL_SHARE_FOR_SATURATION = 0.5
 
 
-def _baseline_corrected(curve, foot):
-    """The curve less its median before the foot (at least its first frame)."""
-    curve = np.asarray(curve, float)
-    return curve - np.median(curve[:max(1, foot)])
-
-
-def _foot(curve):
-    """The first frame where the curve has risen over 10 % of its rise (measured from its first 3
-    frames' median); the frames before it are its baseline. At least 1."""
-    c = np.asarray(curve, float) - np.median(curve[:3])
-    over = np.flatnonzero(c > 0.1 * c.max()) if c.max() > 0 else np.array([], int)
-    return max(1, int(over[0])) if over.size else 3
-
-
 def scale_onto_main(aif, main_lv):
     """(factor, saturation) mapping the AIF series' baseline-corrected curve onto the main
     series' LV signal in its linear range: the slope at zero of the main LV signal against the
@@ -216,15 +202,19 @@ def scale_onto_main(aif, main_lv):
     and a noise floor bend the curve; the acquisition a little apart within
     each beat then tilts the rise and the fall opposite ways), when that curve leaves under half
     the residual of a line (``MAX_RESIDUAL_SHARE_FOR_SATURATION``), else the line's slope. Both
-    curves lose their median before the AIF's foot. ``saturation``: how far below linear the
-    main series' LV signal is at the AIF's peak (0 = linear).
+    curves lose their median before the AIF's foot (``bolus.bolus_foot`` at 10 % of its rise): a
+    median, not ``mbf.subtract_baseline``'s mean, because the low-resolution AIF series is noisy
+    (SNR 7 in probe 40) and one noisy baseline frame moves a mean. ``saturation``: how far below linear the main
+    series' LV signal is at the AIF's peak (0 = linear).
 
     A fit on the upslope below half the main LV's peak alone (until session 21) missed the
     saturation: at 0.8 s frames only one frame lies there, the fallback took the whole saturated
     rise, and MBF came out twice the truth (probe 39); at 0.5 s frames the half-peak window itself
     is 25 % below linear (MBF +21 to +76 %)."""
-    foot = _foot(aif)
-    a, m = _baseline_corrected(aif, foot), _baseline_corrected(main_lv, foot)
+    from ..perfusion.bolus import bolus_foot
+
+    foot = max(1, bolus_foot(aif, fraction=0.1))
+    a, m = (np.asarray(c, float) - np.median(np.asarray(c, float)[:foot]) for c in (aif, main_lv))
     if not a.max() > 0:
         return 1.0, 0.0
     use = a > MIN_AIF_SHARE_FOR_SCALE * a.max()
