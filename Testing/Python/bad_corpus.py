@@ -225,6 +225,32 @@ def _(base, f):
     return [d]
 
 
+def _zipped_cine(base, f, name):
+    import shutil
+
+    d, labels = cine_dicom(base, f / "dicom")
+    archive = Path(shutil.make_archive(str(f / name), "zip", root_dir=d.parent, base_dir=d.name))
+    shutil.rmtree(d)
+    Path(labels).unlink()
+    return archive
+
+
+@case("dicom_export_as_a_zip_file", "error", ("ZIP archive", "unpacked", "unzip"), named=lambda f: f / "export.zip",
+      category="dicom")
+def _(base, f):
+    """A PACS or web-viewer export handed over as it downloads: a .zip of the DICOM files
+    ('unknown file format .zip' said what it is not, not what to do)."""
+    return [_zipped_cine(base, f, "export")]
+
+
+@case("dicom_folder_holding_only_a_zip", "error", ("no readable images", "archive", "export.zip", "unpack"),
+      named=lambda f: f / "download", category="dicom")
+def _(base, f):
+    (f / "download").mkdir()
+    _zipped_cine(base, f / "download", "export")
+    return [f / "download"]
+
+
 @case("dicom_cine_slice_lost_its_first_phase", "error", ("slice 3", "nothing at 0 ms", "first phase"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):

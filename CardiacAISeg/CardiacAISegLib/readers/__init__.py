@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION, Study
+from .sniff import archive_kind
 
 ACCEPTED = ("an ACDC patient folder (Info.cfg), a DICOM folder, a folder of per-frame .mhd/.nii.gz/.nrrd files, "
             ".nii/.nii.gz (3D or 4D), .seq.nrrd/.nrrd, .mhd/.mha, Analyze .hdr/.img or a QPerf folder (params.json) "
@@ -140,6 +141,8 @@ def _read(path, kind, series, aif, dt, progress, units):
         hint = (f"; it holds {len(studies)} study folders ({', '.join(d.name for d in studies[:3])}"
                 f"{', ...' if len(studies) > 3 else ''}): analyse one of them, or all with `cardiacaiseg batch {path}`"
                 if studies else "")
+        if not hint:
+            hint = _archives_hint(path)
         raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}{hint}")
     suffix = volume_suffix(path)
     if suffix in (".hdr", ".img") and kind == CINE:
@@ -168,4 +171,21 @@ def _read(path, kind, series, aif, dt, progress, units):
 
         uid = series or series_uid_of(path)  # the series of the file the user picked
         return load_dicom_series(path.parent, series=uid, progress=progress)
+    archive = archive_kind(path) if path.is_file() else None
+    if archive:
+        raise CardiacInputError(path, f"a {archive[0]} archive: the images inside must be unpacked first "
+                                      f"(e.g. `{archive[1]}`); then give the folder they are in")
     raise CardiacInputError(path, f"unknown file format {suffix or '(no extension)'!r}; accepted: {ACCEPTED}")
+
+
+def _archives_hint(folder):
+    """'; it holds archives ...' when the folder's only content worth naming is archives (an export
+    left packed): what to unpack, instead of a bare "no readable images"."""
+    from itertools import islice
+
+    files = (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+    archives = [f for f in islice(files, 200) if archive_kind(f)]
+    if not archives:
+        return ""
+    names = ", ".join(str(f.relative_to(folder)) for f in archives[:3]) + (", ..." if len(archives) > 3 else "")
+    return f"; it holds {len(archives)} archive(s) ({names}): unpack them (e.g. `{archive_kind(archives[0])[1]}`) and give the folder"

@@ -45,6 +45,35 @@ def looks_like_dicom(path):
         return False
 
 
+# Archives a PACS, a web viewer or a colleague hands over: the engine reads folders of files, so
+# an archive is named as one, with how to unpack it, instead of "unknown file format". The first
+# bytes decide (a download often loses its name's suffix); gzip is an archive only when the name
+# says .tar.gz/.tgz (.nii.gz is gzip too).
+_ARCHIVE_MAGIC = ((b"PK\x03\x04", "ZIP", "unzip {name} -d {stem}"),
+                  (b"7z\xbc\xaf\x27\x1c", "7-Zip", "7z x {name} -o{stem}"),
+                  (b"Rar!\x1a\x07", "RAR", "unrar x {name} {stem}/"))
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+def archive_kind(path):
+    """(kind, how to unpack it) for an archive file (ZIP, 7-Zip, RAR, tar), else None."""
+    path = Path(path)
+    name = path.name.lower()
+    for suffix in _TAR_SUFFIXES:
+        if name.endswith(suffix):
+            stem = path.name[:-len(suffix)] or "study"
+            return "tar", f"mkdir {stem} && tar -xf {path.name} -C {stem}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    for magic, kind, how in _ARCHIVE_MAGIC:
+        if head.startswith(magic):
+            return kind, how.format(name=path.name, stem=path.stem or "study")
+    return None
+
+
 # Optional packages pydicom imports only to download its own test files (pydicom.data): about
 # 0.09 s of a cold run's 1.5 s (requests, certifi, tqdm; issue 14), for a feature never used here.
 _PYDICOM_DOWNLOAD_EXTRAS = ("requests", "tqdm")
