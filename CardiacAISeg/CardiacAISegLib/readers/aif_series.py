@@ -38,11 +38,13 @@ def aif_from_series_folder(study, folder, progress=None):
 
 def _aif_from_series_study(study, aif_study, aif_uid, folder):
     from ..perfusion.bolus import aif_from_lv, locate_blood_pools
+    from ..perfusion.motion import DEAD_BAND_PX
 
     # its own PD frames (dual-sequence protocols write them in both series): the main series' warnings say so
     drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
     frames = aif_study.images[:, aif_study.n_slices // 2]
     pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
+    frames, pools, moved_px = _frames_aligned_on_pool(frames, pools, aif_study.spacing[:2])
     curve = aif_from_lv(frames, pool_core(pools), erode_px=0)
     t_aif = aif_study.frame_times_s
     t_main = study.frame_times_s
@@ -75,10 +77,52 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
         f"AIF from the dual-sequence AIF series {aif_uid}, scaled onto the perfusion images' LV signal by {scale:.3g} "
         f"(the slope where both are linear; the images' LV signal {saturation:.0%} below linear at the AIF's peak): no "
         "proton-density calibration, so MBF is approximate (the AIF series' own saturation at the bolus peak "
-        "over-estimates it, the tissue's under-estimates it)")
+        "over-estimates it, the tissue's under-estimates it)"
+        + (f"; its frames were aligned for breathing (up to {moved_px * aif_study.spacing[0]:.1f} mm) before its LV "
+           "pool was read" if moved_px > DEAD_BAND_PX else ""))
     study.provenance["aif_detection"] = {"series": aif_uid, "confidence": pools["confidence"], "reason": pools["reason"],
-                                         "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation}
+                                         "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation,
+                                         "breathing_shift_max_px": round(moved_px, 2)}
     return curve * scale
+
+
+def _frames_aligned_on_pool(frames, pools, pixel_mm):
+    """(frames, pools, largest shift in pixels) with the AIF series' frames moved onto each other
+    when it breathes.
+
+    The pool is found once for all frames; breathing moves the heart under it by a pixel or two
+    at 3-10 mm pixels, so the AIF curve picks up myocardium and RV blood in some frames. The
+    frames are aligned with each other as the images' are (``motion.estimate_shifts``, the
+    low-rank synthetic reference), on a mask of the pool and a two-pixel ring around it standing
+    for the myocardium, and the pools found again on the aligned frames. A phantom AIF series
+    breathing +-5 / +-10 mm (5 s period) at 9 mm pixels read MBF 18 / 49 % low (at 5.4 mm 9 / 14 %),
+    now 8 % low (5-6 % at 5.4 mm; 4-5 % when still); on the three real AIF series the curve's
+    area moves under 1 %."""
+    from scipy import ndimage
+
+    from ..labels import LV, MYO, RV
+    from ..perfusion.bolus import locate_blood_pools
+    from ..perfusion.motion import DEAD_BAND_PX, apply_shifts, estimate_shifts
+
+    lv, rv = np.asarray(pools["lv"], bool), np.asarray(pools.get("rv", False), bool)
+    label = np.zeros(lv.shape, np.uint8)
+    label[ndimage.binary_dilation(lv, iterations=2) & ~lv] = MYO
+    label[rv & (label == 0)] = RV
+    label[lv] = LV
+    shifts, note = estimate_shifts(frames, label, tuple(float(v) for v in pixel_mm), onto_mask=False)
+    if not note.get("registered"):
+        return frames, pools, 0.0
+    # before the contrast arrives the AIF sequence's short saturation delay leaves little but
+    # noise to register on (real AIF series: 1-2 px 'shifts' there, none after): those frames
+    # keep the shift of the bolus' foot
+    foot = int(pools.get("foot_frame") or 0)
+    if 0 < foot < len(shifts):
+        shifts[:foot] = shifts[foot]
+    moved = float(np.abs(shifts).max())
+    if moved <= DEAD_BAND_PX:
+        return frames, pools, moved
+    aligned = apply_shifts(frames, shifts)
+    return aligned, locate_blood_pools(aligned, pixel_mm=float(pixel_mm[0])), moved
 
 
 # A pixel of the AIF series' LV pool holds RV blood when its enhancement at the RV's peak is an
