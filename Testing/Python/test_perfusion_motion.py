@@ -58,6 +58,21 @@ def test_correction_brings_segment_mbf_back(breathing, monkeypatch):
     assert np.median(on) < 0.12
 
 
+def test_an_aif_from_the_lv_is_read_on_the_corrected_frames():
+    """No separate AIF: the LV pool's curve was read on the frames as acquired, so breathing put
+    pool-edge pixels in the myocardium at the bolus peak (seed 3: global MBF +12.2 %, segments
+    12.1 % off, median). Read on the frames moved onto the mask, as the tissue is: +4.0 %, 6.8 %,
+    as with the phantom's true AIF (+4.4 %, 6.7 %)."""
+    study, truth = make_perfusion_phantom(seed=3, noise=0.01, motion=True)
+    study.aif = None
+    study.provenance["aif_source"] = "lv_blood_pool"
+    a = Analysis(study, study.labels).run()
+    assert study.provenance["aif_source"] == "lv_blood_pool" and study.provenance["motion"]["corrected_slices"]
+    true_global = np.median(list(truth["mbf_per_segment"].values()))
+    assert abs(a.perfusion["global_mbf_ml_min_g"] / true_global - 1) < 0.07
+    assert np.median(_segment_errors(a, truth)) < 0.09
+
+
 def test_batched_shifting_is_scipys_spline_frame_by_frame():
     # every frame moved by its own sub-pixel shift in one pass must be what scipy gives per frame
     from scipy import ndimage
