@@ -69,8 +69,14 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     elif len(curve) != study.n_frames:
         raise CardiacInputError(folder, f"the AIF series has {len(curve)} frames, the perfusion series {study.n_frames}, "
                                         "and no frame times to match them")
-    main_pools = locate_blood_pools(study.images[:, study.n_slices // 2], pixel_mm=study.spacing[0])
-    main_lv = aif_from_lv(study.images[:, study.n_slices // 2], main_pools["lv"])
+    # the images' LV curve the scale is fitted to, on frames aligned as the AIF series' are: read
+    # on the frames as acquired, breathing took myocardium into the pool at the peak (phantom
+    # breathing up to 5 mm: scale 12 % low, MBF +22 / +29 %; aligned: 2-3 % low, +10 / +17 %,
+    # the rest the tissue's own breathing error)
+    main_frames = study.images[:, study.n_slices // 2]
+    main_pools = locate_blood_pools(main_frames, pixel_mm=study.spacing[0])
+    main_frames, main_pools, _ = _frames_aligned_on_pool(main_frames, main_pools, study.spacing[:2])
+    main_lv = aif_from_lv(main_frames, main_pools["lv"])
     check_same_bolus(curve, main_lv, t_main, aif_uid)
     scale, saturation = scale_onto_main(curve, main_lv)
     study.provenance.setdefault("warnings", []).append(
