@@ -129,6 +129,22 @@ def _saturation_recovery(gd, labels, td_s, s0=4000.0):
     return s0 * -np.expm1(-td_s * (r10 + 4.5 * np.maximum(gd, 0.0)))
 
 
+def _write_low_res_aif_series(folder, frames, study, factor):
+    """(T, R, C) frames of the middle slice written beside the images as a dual-sequence AIF
+    series: pixels ``factor`` times coarser (area-averaged), one slice, read out in each
+    heartbeat 0.15 s before the slices, in its own series."""
+    from types import SimpleNamespace
+
+    n = frames.shape[1] // factor * factor
+    low = frames[:, :n, :n].reshape(len(frames), n // factor, factor, n // factor, factor).mean(axis=(2, 4))
+    m = study.ijk_to_ras.copy()
+    m[:3, :2] *= factor
+    m[:3, 3] += study.ijk_to_ras[:3, 2]
+    aif = SimpleNamespace(images=low[:, None], frame_times_s=study.frame_times_s, ijk_to_ras=m)
+    write_perfusion_series(folder, aif, vendor="siemens", scale=1.0, baseline=0.0, series="1.2.826.0.1.3680043.10.71",
+                           start_number=2, description="AIF_perfusion", start_s=36000.0 - 0.15)
+
+
 @pytest.mark.parametrize("dt_s, aif_pixel_factor", [(0.8, 3), (0.5, 3), (0.5, 5)])
 def test_dual_sequence_aif_series_in_signal_units_with_saturating_images(tmp_path, dt_s, aif_pixel_factor):
     """Both series in signal units as scanners write them: the images (saturation delay 100 ms)
@@ -145,17 +161,7 @@ def test_dual_sequence_aif_series_in_signal_units_with_saturating_images(tmp_pat
     main = SimpleNamespace(images=_saturation_recovery(gd, labels, 0.100), frame_times_s=study.frame_times_s,
                            ijk_to_ras=study.ijk_to_ras)
     write_perfusion_series(tmp_path / "d", main, vendor="siemens", scale=1.0, baseline=0.0)
-    f = aif_pixel_factor
-    mid = _saturation_recovery(gd, labels, 0.020)[:, 1]
-    n = mid.shape[1] // f * f
-    low = mid[:, :n, :n].reshape(len(mid), n // f, f, n // f, f).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= f
-    m[:3, 3] += study.ijk_to_ras[:3, 2]
-    aif = SimpleNamespace(images=low[:, None], frame_times_s=study.frame_times_s, ijk_to_ras=m)
-    # read out in each heartbeat 0.15 s before the slices, in its own series
-    write_perfusion_series(tmp_path / "d", aif, vendor="siemens", scale=1.0, baseline=0.0, series="1.2.826.0.1.3680043.10.71",
-                           start_number=2, description="AIF_perfusion", start_s=36000.0 - 0.15)
+    _write_low_res_aif_series(tmp_path / "d", _saturation_recovery(gd, labels, 0.020)[:, 1], study, aif_pixel_factor)
     s = load_study(tmp_path / "d")
     assert "dual-sequence" in s.provenance["aif_source"]
     detection = s.provenance["aif_detection"]
@@ -187,17 +193,9 @@ def test_a_breathing_aif_series_is_aligned_before_its_pool_is_read(tmp_path, bre
     t = np.asarray(study.frame_times_s) - study.frame_times_s[0]
     shift = breathing_mm * np.sin(2 * np.pi * t / 5.0) / pixel
     moved = np.stack([ndimage.shift(frame, (d, 0.3 * d), order=1, mode="nearest") for frame, d in zip(mid, shift)])
-    f = 5
-    n = moved.shape[1] // f * f
-    low = moved[:, :n, :n].reshape(len(moved), n // f, f, n // f, f).mean(axis=(2, 4))
-    m = study.ijk_to_ras.copy()
-    m[:3, :2] *= f
-    m[:3, 3] += study.ijk_to_ras[:3, 2]
-    aif = SimpleNamespace(images=low[:, None], frame_times_s=study.frame_times_s, ijk_to_ras=m)
-    write_perfusion_series(tmp_path / "d", aif, vendor="siemens", scale=1.0, baseline=0.0, series="1.2.826.0.1.3680043.10.71",
-                           start_number=2, description="AIF_perfusion", start_s=36000.0 - 0.15)
+    _write_low_res_aif_series(tmp_path / "d", moved, study, 5)
     s = load_study(tmp_path / "d")
-    assert s.provenance["aif_detection"]["breathing_shift_max_px"] > 0.8 * breathing_mm / (pixel * f)
+    assert s.provenance["aif_detection"]["breathing_shift_max_px"] > 0.8 * breathing_mm / (pixel * 5)
     assert any("aligned for breathing (up to" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
     true_global = np.median(list(truth["mbf_per_segment"].values()))
@@ -222,15 +220,7 @@ def test_the_images_lv_curve_the_aif_is_scaled_to_is_read_on_aligned_frames(tmp_
                                ijk_to_ras=study.ijk_to_ras)
         write_perfusion_series(tmp_path / str(motion), main, vendor="siemens", scale=1.0, baseline=0.0)
         mid = _saturation_recovery(still.images.astype(float) * (6.0 / truth["aif_peak_mmol"]), labels, 0.020)[:, 1]
-        n = mid.shape[1] // 3 * 3
-        low = mid[:, :n, :n].reshape(len(mid), n // 3, 3, n // 3, 3).mean(axis=(2, 4))
-        m = study.ijk_to_ras.copy()
-        m[:3, :2] *= 3
-        m[:3, 3] += study.ijk_to_ras[:3, 2]
-        aif = SimpleNamespace(images=low[:, None], frame_times_s=study.frame_times_s, ijk_to_ras=m)
-        write_perfusion_series(tmp_path / str(motion), aif, vendor="siemens", scale=1.0, baseline=0.0,
-                               series="1.2.826.0.1.3680043.10.71", start_number=2, description="AIF_perfusion",
-                               start_s=36000.0 - 0.15)
+        _write_low_res_aif_series(tmp_path / str(motion), mid, study, 3)
         scale = load_study(tmp_path / str(motion)).provenance["aif_detection"]["scale_to_main"]
         if not motion:
             still_scale = scale

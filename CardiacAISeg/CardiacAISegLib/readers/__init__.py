@@ -188,4 +188,5 @@ def _archives_hint(folder):
     if not archives:
         return ""
     names = ", ".join(str(f.relative_to(folder)) for f in archives[:3]) + (", ..." if len(archives) > 3 else "")
-    return f"; it holds {len(archives)} archive(s) ({names}): unpack them (e.g. `{archive_kind(archives[0])[1]}`) and give the folder"
+    how = archive_kind(archives[0])[1]
+    return f"; it holds {len(archives)} archive(s) ({names}): unpack them (e.g. `{how}`) and give the folder"

@@ -93,12 +93,12 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
 
 
 def _frames_aligned_on_pool(frames, pools, pixel_mm):
-    """(frames, pools, largest shift in pixels) with the AIF series' frames moved onto each other
-    when it breathes.
+    """(frames, pools, largest shift in pixels) with one slice's frames (the AIF series', or the
+    images' middle slice the scale is read on) moved onto each other when the patient breathes.
 
-    The pool is found once for all frames; breathing moves the heart under it by a pixel or two
-    at 3-10 mm pixels, so the AIF curve picks up myocardium and RV blood in some frames. The
-    frames are aligned with each other as the images' are (``motion.estimate_shifts``, the
+    The pool is found once for all frames; breathing moves the heart under it (by a pixel or two
+    at the AIF series' 3-10 mm pixels), so the pool's curve picks up myocardium and RV blood in
+    some frames. The frames are aligned with each other as the images' are (``motion.estimate_shifts``, the
     low-rank synthetic reference), on a mask of the pool and a two-pixel ring around it standing
     for the myocardium, and the pools found again on the aligned frames. A phantom AIF series
     breathing +-5 / +-10 mm (5 s period) at 9 mm pixels read MBF 18 / 49 % low (at 5.4 mm 9 / 14 %),
@@ -254,8 +254,8 @@ def scale_onto_main(aif, main_lv):
     the residual of a line (``MAX_RESIDUAL_SHARE_FOR_SATURATION``), else the line's slope. Both
     curves lose their median before the AIF's foot (``bolus.bolus_foot`` at 10 % of its rise): a
     median, not ``mbf.subtract_baseline``'s mean, because the low-resolution AIF series is noisy
-    (SNR 7 in probe 40) and one noisy baseline frame moves a mean. ``saturation``: how far below linear the main
-    series' LV signal is at the AIF's peak (0 = linear).
+    (SNR 7 in probe 40) and one noisy baseline frame moves a mean. ``saturation``: how far below
+    linear the main series' LV signal is at the AIF's peak (0 = linear).
 
     A fit on the upslope below half the main LV's peak alone (until session 21) missed the
     saturation: at 0.8 s frames only one frame lies there, the fallback took the whole saturated
