@@ -515,6 +515,27 @@ def blood_in_the_myocardium_flags(analysis):
                   round(share, 3))]
 
 
+# frames moved this far onto the mask are named as a cause of poor fits: the breathing phantom's
+# 2.3-2.9 px (4-5.3 mm) left segment MBF 7-14 % off (median, network masks) with unreliable fits
+# where the still series' fits were all reliable (session 22)
+BREATHING_NOTE_MM = 3.0
+
+
+def _breathing_note(study):
+    """'; the frames moved ... with breathing' where the motion correction moved a slice's frames
+    by ``BREATHING_NOTE_MM`` or more: pixels at the mask's edge then mix tissue and blood in
+    some frames whatever the registration, and a user checking the fits should look there."""
+    motion = (study.provenance or {}).get("motion") or {}
+    shifts = [float(v) for v in motion.get("max_shift_px") or []]
+    if not shifts:
+        return ""
+    mm = max(shifts) * float(min(study.spacing[0], study.spacing[1]))
+    if mm < BREATHING_NOTE_MM:
+        return ""
+    return (f"; the frames moved up to {mm:.1f} mm with breathing (slice {int(np.argmax(shifts))}; corrected onto the "
+            "mask, but pixels at its edge still mix tissue and blood in some frames)")
+
+
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
     flags = []
@@ -536,8 +557,8 @@ def perfusion_flags(analysis):
         flags.append(_flag("MBF_SEGMENT_UNRELIABLE", REVIEW,
                            f"segment(s) {shown}: more than {100 * MAX_UNRELIABLE_FRACTION:.0f} % of their pixels fit the "
                            "model unreliably (delay at the search range's end, flow or shape on a bound, or r² under "
-                           "R2_MIN): their MBF rests on fits that are not measurements; check the AIF and the mask there",
-                           len(unreliable)))
+                           "R2_MIN): their MBF rests on fits that are not measurements; check the AIF and the mask there"
+                           + _breathing_note(st), len(unreliable)))
     fit = analysis.mbf_fit or {}
     from .perfusion.mbf import R2_MIN
 

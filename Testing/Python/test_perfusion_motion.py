@@ -3,6 +3,7 @@ phantom's exact shifts and MBF, and the QPerf must-shows of issue 9 (blood-like 
 import numpy as np
 import pytest
 
+from CardiacAISegLib import qc
 from CardiacAISegLib.perfusion import motion
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.errors import CardiacInputError
@@ -71,6 +72,18 @@ def test_an_aif_from_the_lv_is_read_on_the_corrected_frames():
     true_global = np.median(list(truth["mbf_per_segment"].values()))
     assert abs(a.perfusion["global_mbf_ml_min_g"] / true_global - 1) < 0.07
     assert np.median(_segment_errors(a, truth)) < 0.09
+
+
+def test_unreliable_segments_name_the_breathing_the_frames_were_corrected_for():
+    """Breathing of 4-5 mm leaves pool-edge pixels mixing tissue and blood, and their fits
+    unreliable: the flag names it, so a user looks at the registration, not only the AIF."""
+    study, _ = make_perfusion_phantom(seed=0, noise=0.01, motion=True)
+    study.aif = None
+    study.provenance["aif_source"] = "lv_blood_pool"
+    flags = {f["code"]: f["message"] for f in Analysis(study, study.labels).run().qc["flags"]}
+    assert "moved up to" in flags["MBF_SEGMENT_UNRELIABLE"] and "with breathing" in flags["MBF_SEGMENT_UNRELIABLE"]
+    still, _ = make_perfusion_phantom(seed=0, noise=0.01, motion=False)
+    assert qc._breathing_note(Analysis(still, still.labels).run().study) == ""
 
 
 def test_batched_shifting_is_scipys_spline_frame_by_frame():
