@@ -390,20 +390,19 @@ def estimate_shifts(frames, label_slice, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_S
     if not usable.any():
         return np.zeros((t_count, 2)), {"registered": False, "reason": "no frame with contrast in the heart"}
     note = {"registered": True, "usable_frames": int(usable.sum())}
-    if aligned is not None:
-        note["alignment"] = "shared with the mask check"
     offset = _mask_offset(win, lab_win, shifts) if onto_mask else np.zeros(2)
     note["mask_offset_px"] = [round(float(v), 2) for v in offset]
     return shifts + offset, note
 
 
-def alignment_record(frames, shifts, pixel_mm, max_shift_mm=MAX_SHIFT_MM):
+def alignment_record(frames, shifts, pixel_mm, max_shift_mm=MAX_SHIFT_MM, source="the mask check"):
     """What ``reusable_alignment`` needs to hand frame-to-frame shifts of ``frames`` on to a later
-    correction of the same frames (``study.provenance["frame_alignment"][slice]``)."""
+    correction of the same frames (``study.provenance["frame_alignment"][slice]``); ``source``
+    (what estimated them) is named in the correction's note."""
     frames = np.asarray(frames)
     return {"shifts_px": np.asarray(shifts, np.float64), "frames_shape": list(frames.shape),
             "frames_sum": float(np.sum(frames, dtype=np.float64)), "pixel_mm": [float(v) for v in pixel_mm],
-            "max_shift_mm": float(max_shift_mm)}
+            "max_shift_mm": float(max_shift_mm), "source": source}
 
 
 def reusable_alignment(record, frames, pixel_mm, max_shift_mm=MAX_SHIFT_MM):
@@ -442,9 +441,12 @@ def correct(images, label_map, pixel_mm=(1.0, 1.0), max_shift_mm=MAX_SHIFT_MM, a
     record = {"method": "rigid in-plane translation to a low-rank synthetic reference, mask offset by homogeneity",
               "shifts_px": [], "max_shift_px": [], "corrected_slices": [], "slices": []}
     for k in range(images.shape[1]):
-        aligned = reusable_alignment((alignments or {}).get(k), images[:, k], pixel_mm, max_shift_mm)
+        known = (alignments or {}).get(k)
+        aligned = reusable_alignment(known, images[:, k], pixel_mm, max_shift_mm)
         shifts, note = estimate_shifts(images[:, k], lab[k], pixel_mm, max_shift_mm, aligned=aligned,
                                        cache=None if cache is None else cache.setdefault(k, {}))
+        if aligned is not None and note.get("registered"):
+            note["alignment"] = f"shared with {known.get('source', 'the mask check')}"
         biggest = float(np.abs(shifts).max()) if shifts.size else 0.0
         record["shifts_px"].append(np.round(shifts, 2).tolist())
         record["max_shift_px"].append(round(biggest, 2))

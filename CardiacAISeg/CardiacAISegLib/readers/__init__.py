@@ -184,9 +184,9 @@ def _archives_hint(folder):
     from itertools import islice
 
     files = (f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
-    archives = [f for f in islice(files, 200) if archive_kind(f)]
+    archives = [(f, kind) for f in islice(files, 200) if (kind := archive_kind(f))]
     if not archives:
         return ""
-    names = ", ".join(str(f.relative_to(folder)) for f in archives[:3]) + (", ..." if len(archives) > 3 else "")
-    how = archive_kind(archives[0])[1]
+    names = ", ".join(str(f.relative_to(folder)) for f, _ in archives[:3]) + (", ..." if len(archives) > 3 else "")
+    how = archives[0][1][1]
     return f"; it holds {len(archives)} archive(s) ({names}): unpack them (e.g. `{how}`) and give the folder"

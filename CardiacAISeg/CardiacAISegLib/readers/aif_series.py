@@ -37,14 +37,13 @@ def aif_from_series_folder(study, folder, progress=None):
 
 
 def _aif_from_series_study(study, aif_study, aif_uid, folder):
-    from ..perfusion.bolus import aif_from_lv, locate_blood_pools
-    from ..perfusion.motion import DEAD_BAND_PX
+    from ..perfusion.bolus import aif_from_lv
+    from ..perfusion.motion import DEAD_BAND_PX, alignment_record
 
     # its own PD frames (dual-sequence protocols write them in both series): the main series' warnings say so
     drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
-    frames = aif_study.images[:, aif_study.n_slices // 2]
-    pools = locate_blood_pools(frames, pixel_mm=aif_study.spacing[0])
-    frames, pools, moved_px = _frames_aligned_on_pool(frames, pools, aif_study.spacing[:2])
+    frames, pools, shifts = _pools_on_aligned_frames(aif_study, aif_study.n_slices // 2)
+    moved_px = 0.0 if shifts is None else float(np.abs(shifts).max())
     curve = aif_from_lv(frames, pool_core(pools), erode_px=0)
     t_aif = aif_study.frame_times_s
     t_main = study.frame_times_s
@@ -73,9 +72,13 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     # on the frames as acquired, breathing took myocardium into the pool at the peak (phantom
     # breathing up to 5 mm: scale 12 % low, MBF +22 / +29 %; aligned: 2-3 % low, +10 / +17 %,
     # the rest the tissue's own breathing error)
-    main_frames = study.images[:, study.n_slices // 2]
-    main_pools = locate_blood_pools(main_frames, pixel_mm=study.spacing[0])
-    main_frames, main_pools, _ = _frames_aligned_on_pool(main_frames, main_pools, study.spacing[:2])
+    # the alignment is kept for that slice's motion correction before the MBF fit, which starts
+    # from it instead of registering the same frames again (as from the mask's bolus check)
+    mid = study.n_slices // 2
+    main_frames, main_pools, main_shifts = _pools_on_aligned_frames(study, mid)
+    if main_shifts is not None:
+        study.provenance.setdefault("frame_alignment", {})[mid] = alignment_record(
+            study.images[:, mid], main_shifts, _pixel_mm_rc(study), source="the dual-sequence AIF's scale")
     main_lv = aif_from_lv(main_frames, main_pools["lv"])
     check_same_bolus(curve, main_lv, t_main, aif_uid)
     scale, saturation = scale_onto_main(curve, main_lv)
@@ -92,14 +95,21 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     return curve * scale
 
 
-def _frames_aligned_on_pool(frames, pools, pixel_mm):
-    """(frames, pools, largest shift in pixels) with one slice's frames (the AIF series', or the
-    images' middle slice the scale is read on) moved onto each other when the patient breathes.
+def _pixel_mm_rc(study):
+    """(row, column) pixel size, as the motion correction takes it (``Study.spacing`` is column first)."""
+    return float(study.spacing[1]), float(study.spacing[0])
+
+
+def _pools_on_aligned_frames(study, k):
+    """(frames, pools, (T, 2) shifts in pixels or None where nothing could be registered): slice
+    ``k``'s frames (the AIF series', or the images' middle slice the scale is read on) moved onto
+    each other when the patient breathes, and the bolus' blood pools (``bolus.locate_blood_pools``)
+    found on them.
 
     The pool is found once for all frames; breathing moves the heart under it (by a pixel or two
     at the AIF series' 3-10 mm pixels), so the pool's curve picks up myocardium and RV blood in
-    some frames. The frames are aligned with each other as the images' are (``motion.estimate_shifts``, the
-    low-rank synthetic reference), on a mask of the pool and a two-pixel ring around it standing
+    some frames. The frames are aligned with each other as the images' are
+    (``motion.estimate_shifts``, the low-rank synthetic reference), on a mask of the pool and a two-pixel ring around it standing
     for the myocardium, and the pools found again on the aligned frames. A phantom AIF series
     breathing +-5 / +-10 mm (5 s period) at 9 mm pixels read MBF 18 / 49 % low (at 5.4 mm 9 / 14 %),
     now 8 % low (5-6 % at 5.4 mm; 4-5 % when still); on the three real AIF series the curve's
@@ -110,25 +120,26 @@ def _frames_aligned_on_pool(frames, pools, pixel_mm):
     from ..perfusion.bolus import locate_blood_pools
     from ..perfusion.motion import DEAD_BAND_PX, apply_shifts, estimate_shifts
 
+    frames = study.images[:, k]
+    pools = locate_blood_pools(frames, pixel_mm=study.spacing[0])
     lv, rv = np.asarray(pools["lv"], bool), np.asarray(pools.get("rv", False), bool)
     label = np.zeros(lv.shape, np.uint8)
     label[ndimage.binary_dilation(lv, iterations=2) & ~lv] = MYO
     label[rv & (label == 0)] = RV
     label[lv] = LV
-    shifts, note = estimate_shifts(frames, label, tuple(float(v) for v in pixel_mm), onto_mask=False)
+    shifts, note = estimate_shifts(frames, label, _pixel_mm_rc(study), onto_mask=False)
     if not note.get("registered"):
-        return frames, pools, 0.0
+        return frames, pools, None
     # before the contrast arrives the AIF sequence's short saturation delay leaves little but
     # noise to register on (real AIF series: 1-2 px 'shifts' there, none after): those frames
     # keep the shift of the bolus' foot
     foot = int(pools.get("foot_frame") or 0)
     if 0 < foot < len(shifts):
         shifts[:foot] = shifts[foot]
-    moved = float(np.abs(shifts).max())
-    if moved <= DEAD_BAND_PX:
-        return frames, pools, moved
+    if float(np.abs(shifts).max()) <= DEAD_BAND_PX:
+        return frames, pools, shifts
     aligned = apply_shifts(frames, shifts)
-    return aligned, locate_blood_pools(aligned, pixel_mm=float(pixel_mm[0])), moved
+    return aligned, locate_blood_pools(aligned, pixel_mm=study.spacing[0]), shifts
 
 
 # A pixel of the AIF series' LV pool holds RV blood when its enhancement at the RV's peak is an
@@ -264,7 +275,8 @@ def scale_onto_main(aif, main_lv):
     from ..perfusion.bolus import bolus_foot
 
     foot = max(1, bolus_foot(aif, fraction=0.1))
-    a, m = (np.asarray(c, float) - np.median(np.asarray(c, float)[:foot]) for c in (aif, main_lv))
+    a, m = np.asarray(aif, float), np.asarray(main_lv, float)
+    a, m = a - np.median(a[:foot]), m - np.median(m[:foot])
     if not a.max() > 0:
         return 1.0, 0.0
     use = a > MIN_AIF_SHARE_FOR_SCALE * a.max()
