@@ -268,15 +268,18 @@ class Analysis:
         # the frames as acquired, breathing put pool-edge pixels in the myocardium at the bolus
         # peak (breathing phantom, seeds 0-3: global MBF +3 to +12 %, segments 7-12 % off)
         aif = self._aif(images)
-        acquired = images
-        images, dt = _regular_frames(acquired, times)
-        if images is not acquired:
-            aif = np.interp(np.arange(images.shape[0]) * dt, times - times[0], aif)
-        self.mbf, self.mbf_fit = mbf_map(images, mask, aif, dt, density=self.density)
+        times = np.asarray(times, float) - float(times[0])
+        # the motion-corrected curves as acquired, on their real times: the semi-quantitative
+        # indices, QC's blood-likeness and the perfusion RV insertion points (RV at its peak
+        # enhancement) read these. On the fit's grid (half the interval when the heartbeats vary)
+        # a 3-frame upslope spanned half the time: one ectopic beat 20 s after the first pass
+        # moved MPRI 10-20 % (probe 42)
+        self._curves = (images, aif, times)
+        grid_images, dt = _regular_frames(images, times)
+        if grid_images is not images:
+            aif = np.interp(np.arange(grid_images.shape[0]) * dt, times, aif)
+        self.mbf, self.mbf_fit = mbf_map(grid_images, mask, aif, dt, density=self.density)
         self._mbf_reliable = fit_map(mask, self.mbf_fit, "reliable")   # per-segment fit quality (_perfusion_summary)
-        # the motion-corrected curves on their regular time grid: the semi-quantitative indices and
-        # the perfusion RV insertion points (RV at its peak enhancement) read these
-        self._curves = (images, aif, np.arange(images.shape[0]) * dt)
 
     def _aif(self, images):
         """The study's AIF; when it came from the LV blood pool (no separate AIF), the labelled LV
@@ -318,7 +321,7 @@ class Analysis:
         # perfusion finds the RV from the bolus (blood peaking before the LV) even where the mask has none
         if ((ref == RV).any() or st.kind == PERFUSION) and levels_found:
             try:
-                bolus = None if self._curves is None else (self._curves[0], float(self._curves[2][1] - self._curves[2][0]))
+                bolus = None if self._curves is None else (self._curves[0], float(np.median(np.diff(self._curves[2]))))
                 self.insertion = geometry.study_insertion_points(st, ref, fill_missing=True, bolus_frames=bolus)
                 estimated = [p for p in self.insertion if p.get("warning")]
                 if estimated:
@@ -561,30 +564,16 @@ BULLSEYE_MEASURES = ("mbf", "relative_upslope")
 ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
 
 
-# Frame intervals within 2 % of their median are one interval (clock rounding); past 15 % the
-# curves are interpolated at half the median interval. The Analysis on noise-free phantoms
-# drawn at 0.05 s and read at irregular beats (0.85 s median; median segment bias per seed,
-# `test_mbf._sampled_at`): +-8 % RR, 8 seeds, mean |bias| 3.3 % (worst -13.8 %) when the times
-# were taken as regular (the old 10 % tolerance), 1.5 % (worst 4.2 %) interpolated; +-25 %, 6
-# seeds, 5.6 % at the interval, 3.7 % at half of it. AF-like intervals are flagged
-# (qc IRREGULAR_HEARTBEATS).
-REGULAR_TOLERANCE = 0.02
-FINE_GRID_IRREGULARITY = 0.15
+def _regular_frames(images, times):
+    """(images, dt) on the regular time grid of the fit (``mbf.fit_interval``): irregular
+    heartbeats give irregular frame times, and the fit's convolution needs one interval, so
+    curves are interpolated on the real times (unchanged when they are already regular)."""
+    from .perfusion.mbf import fit_interval
 
-
-def _regular_frames(images, times, tolerance=REGULAR_TOLERANCE):
-    """(images, dt) on a regular time grid: irregular heartbeats give irregular frame times, and
-    the fit's convolution needs one interval, so curves are interpolated on the real times at
-    the median interval, or at half of it when the heartbeats vary by over 15 % (unchanged when
-    they are already regular)."""
     times = np.asarray(times, float)
-    steps = np.diff(times)
-    dt = float(np.median(steps))
-    spread = float(np.max(np.abs(steps - dt))) / dt
-    if spread <= tolerance:
+    dt, resampled = fit_interval(times)
+    if not resampled:
         return images, dt
-    if spread > FINE_GRID_IRREGULARITY:
-        dt /= 2
     grid = np.arange(0.0, times[-1] - times[0] + 1e-9, dt) + times[0]
     idx = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, len(times) - 2)
     w = ((grid - times[idx]) / (times[idx + 1] - times[idx]))[:, None, None, None]

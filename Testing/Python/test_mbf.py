@@ -574,6 +574,25 @@ def test_irregular_heartbeats_at_coarse_frames_are_flagged_at_a_smaller_spread()
     assert "IRREGULAR_HEARTBEATS" not in {f["code"] for f in Analysis(study, study.labels).run().qc["flags"]}
 
 
+def test_semiquantitative_indices_do_not_move_with_a_heartbeat_after_the_first_pass():
+    """One ectopic beat 20 s after the first pass put the fit's grid at half the interval, and the
+    upslopes, fitted over 3 grid frames, then spanned half the time: the AIF's upslope rose by up to
+    26 %, relative upslope and MPRI fell 10-20 % with QC pass (probe 42). They are read on the
+    frames as acquired, on their real times."""
+    from CardiacAISegLib.analysis import Analysis
+
+    regular = np.r_[0, np.cumsum(np.full(59, 0.8))]
+    ectopic = np.r_[0, np.cumsum(np.where(np.arange(59) == 45, 0.5, np.where(np.arange(59) == 46, 1.1, 0.8)))]
+    sq = []
+    for times in (regular, ectopic):
+        study, _ = _sampled_at(times, 1)
+        sq.append(Analysis(study, study.labels).run().perfusion["semiquantitative"])
+    assert sq[1]["aif_upslope"] == pytest.approx(sq[0]["aif_upslope"], rel=0.01)
+    assert sq[1]["global"]["relative_upslope"] == pytest.approx(sq[0]["global"]["relative_upslope"], rel=0.01)
+    assert sq[1]["global"]["time_to_peak_s"] == pytest.approx(sq[0]["global"]["time_to_peak_s"], abs=0.05)
+    assert sq[1]["foot_frame"] == sq[0]["foot_frame"] < 59     # a frame of the series, not of a finer grid
+
+
 def test_segments_fitted_mostly_unreliably_are_flagged_and_say_their_share():
     """docs/algorithms.md: a segment with more than 30 % unreliable fits is flagged. The analysis
     never passed the fits' quality to the segment summary, so four segments read at twice the

@@ -832,6 +832,47 @@ def test_nifti_frame_times_from_a_bids_sidecar(tmp_path):
     expect_error(lambda: load_study(tmp_path / "perf.nii.gz", kind="perfusion"), "500 s", "sidecar perf.json (VolumeTiming)")
 
 
+def test_uneven_times_in_the_aif_file_are_the_frame_times_where_the_header_has_one_step(tmp_path):
+    """A NIfTI with one time step in its header and an AIF file whose 'time' column holds the real
+    heartbeats (a beat skipped on the upslope): the AIF's times were only checked by their median
+    step, so the fit took the frames as even - MBF 32 % low, AF-like beats 39 % high, QC pass,
+    nothing said (probe 42). They are now the frame times, said, and QC sees the gap. Beside
+    uneven frame times of the series' own they must be the same heartbeats; --dt keeps them for QC."""
+    import nibabel as nib
+
+    from CardiacAISegLib.analysis import Analysis
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    fine = 0.05
+    study, _ = make_perfusion_phantom(seed=3, dt=fine, n_frames=1300, noise=0.0)
+    upslope = int(np.argmax(study.aif) * fine / 0.8) - 1
+    times = np.r_[0.0, np.cumsum(np.where(np.arange(59) == upslope, 1.6, 0.8))]      # a beat skipped
+    idx = np.rint(times / fine).astype(int)
+    img = nib.Nifti1Image(np.transpose(study.images[idx], (3, 2, 1, 0)).astype(np.float32), study.ijk_to_ras)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 0.8
+    nib.save(img, str(tmp_path / "perf.nii.gz"))
+    (tmp_path / "aif.csv").write_text("time,aif\n" + "".join(f"{t:.2f},{v:.5f}\n" for t, v in zip(times, study.aif[idx])))
+    s = load_study(tmp_path / "perf.nii.gz", aif=tmp_path / "aif.csv", units="gd_mmol_l")
+    np.testing.assert_allclose(s.frame_times_s, times, atol=1e-6)
+    assert any("frame times taken from the time column of aif.csv" in w for w in s.provenance["warnings"])
+    a = Analysis(s, study.labels).run()
+    assert "FRAME_GAP_IN_BOLUS" in {f["code"] for f in a.qc["flags"]}
+    # with --dt the frames are even, as asked, and the AIF's times still show QC the gap
+    s = load_study(tmp_path / "perf.nii.gz", aif=tmp_path / "aif.csv", units="gd_mmol_l", dt=0.8)
+    np.testing.assert_allclose(np.diff(s.frame_times_s), 0.8)
+    assert any("--dt replaces the times in aif.csv's time column" in w for w in s.provenance["warnings"])
+    assert "FRAME_GAP_IN_BOLUS" in {f["code"] for f in Analysis(s, study.labels).run().qc["flags"]}
+    # the series' own uneven times (a sidecar) skip another beat: two clocks of different heartbeats
+    other = np.r_[0.0, np.cumsum(np.where(np.arange(59) == upslope + 20, 1.6, 0.8))]
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": other.tolist()}))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", aif=tmp_path / "aif.csv", units="gd_mmol_l"),
+                 tmp_path / "aif.csv", "different heartbeats", f"frame {upslope + 2} ")
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": times.tolist()}))   # the same beats: read
+    np.testing.assert_allclose(load_study(tmp_path / "perf.nii.gz", aif=tmp_path / "aif.csv", units="gd_mmol_l").frame_times_s,
+                               times, atol=1e-6)
+
+
 def test_a_time_step_without_a_unit_is_named_where_dt_is_asked_for(tmp_path):
     """A step of 0.5 with no time unit: the refusal said "the file has no frame times"."""
     import nibabel as nib

@@ -37,6 +37,29 @@ _LM_TOL = 1e-5                                  # a step gaining less than this 
 
 
 # ---------------------------------------------------------------------------------- inputs
+# Frame intervals within 2 % of their median are one interval (clock rounding); past 15 % the
+# curves are interpolated at half the median interval. The Analysis on noise-free phantoms
+# drawn at 0.05 s and read at irregular beats (0.85 s median; median segment bias per seed,
+# `test_mbf._sampled_at`): +-8 % RR, 8 seeds, mean |bias| 3.3 % (worst -13.8 %) when the times
+# were taken as regular (the old 10 % tolerance), 1.5 % (worst 4.2 %) interpolated; +-25 %, 6
+# seeds, 5.6 % at the interval, 3.7 % at half of it. AF-like intervals are flagged
+# (qc IRREGULAR_HEARTBEATS).
+REGULAR_TOLERANCE = 0.02
+FINE_GRID_IRREGULARITY = 0.15
+
+
+def fit_interval(times):
+    """(dt, resampled): the interval of the regular grid the fit runs on for frames acquired at
+    ``times`` (s), and whether the curves must be interpolated onto it - the median interval, or
+    half of it when the heartbeats vary by over 15 %."""
+    steps = np.diff(np.asarray(times, float))
+    dt = float(np.median(steps))
+    spread = float(np.max(np.abs(steps - dt))) / dt
+    if spread <= REGULAR_TOLERANCE:
+        return dt, False
+    return (dt / 2 if spread > FINE_GRID_IRREGULARITY else dt), True
+
+
 def _check_aif(aif, dt, n_frames=None, label="AIF"):
     aif = np.asarray(aif, dtype=np.float64).reshape(-1) if np.ndim(aif) <= 2 else None
     if aif is None:

@@ -24,6 +24,9 @@ MAX_BASELINE_PAUSE_S = 30.0   # a pause before the bolus longer than this is no 
 # A frame interval this many times the typical one is a beat the acquisition skipped (or a
 # dynamic that was lost): said when --dt evens it out, flagged by QC on the AIF's first pass.
 FRAME_GAP_FACTOR = 1.5
+# Frame times whose intervals stray this far from their median are irregular heartbeats: said,
+# and the fit resamples on them (perfusion.mbf.fit_interval)
+UNEVEN_FRAME_TIMES = 0.1
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 
@@ -148,6 +151,43 @@ def _check_aif_times(path, aif_times, frame_times, dt):
         raise CardiacInputError(path, f"the AIF's time column steps {step:.3g} s per value, the image series {frames:.3g} s per "
                                       "frame: the AIF was not sampled on the series' frames (another series? a column in ms "
                                       "not named time_ms?); give the AIF of these frames, one value per frame")
+
+
+def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
+    """(frame times, interval) once the AIF file's own time column is heard: uneven AIF times
+    are the heartbeats the frames were taken at. Beside images whose header gives one interval
+    (a NIfTI time step, no sidecar) they become the frame times: ignored, a beat skipped on the
+    upslope read MBF 32 % low and AF-like beats 39 % high with QC "pass", nothing said (probe 42).
+    Beside uneven frame times of their own they must be the same heartbeats; under --dt they are
+    kept for QC, as the file's own are."""
+    aif_times = np.asarray(aif_times, float)
+    steps = np.diff(aif_times)
+    typical = float(np.median(steps))
+    if typical <= 0 or np.max(np.abs(steps - typical)) <= UNEVEN_FRAME_TIMES * typical:
+        return measured, dt   # even: the AIF's times say nothing the interval does not
+    warnings = prov.setdefault("warnings", [])
+    where = Path(path).name if isinstance(path, (str, Path)) else "the AIF"
+    spread = f"{steps.min():.2f}-{steps.max():.2f} s between values"
+    if dt_source == "argument":
+        warnings.append(f"--dt replaces the times in {where}'s time column, which are uneven ({spread}): the frames are "
+                        "taken as evenly spaced; leave out --dt to fit on the AIF's times")
+        prov.setdefault("file_frame_times_s", [float(v) for v in aif_times])   # QC still sees a gap on the first pass
+        return measured, dt
+    own = None if measured is None else np.asarray(measured, float)
+    one_interval = own is None or ("timing" not in prov and not prov.get("frame_times_from")
+                                   and np.allclose(np.diff(own), np.median(np.diff(own)), rtol=1e-6, atol=0))
+    if one_interval:
+        warnings.append(f"frame times taken from the time column of {where} ({spread}, irregular heartbeats): the "
+                        f"images' header gives one interval ({dt:.3g} s) for all frames")
+        prov["frame_times_from"] = f"the time column of {where}"
+        return aif_times - aif_times[0] + (own[0] if own is not None else 0.0), typical
+    apart = (aif_times - aif_times[0]) - (own - own[0])
+    k = int(np.argmax(np.abs(apart)))
+    if abs(apart[k]) > 0.25 * typical:
+        raise CardiacInputError(path, f"the AIF's time column and the images' frame times are different heartbeats: frame "
+                                      f"{k + 1} is {aif_times[k] - aif_times[0]:.2f} s after the first in the AIF and "
+                                      f"{own[k] - own[0]:.2f} s in the images; give the AIF sampled on these frames")
+    return measured, dt
 
 
 def _refuse_inverted_aif(path, aif):
@@ -371,6 +411,12 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         if (dropped or blank) and len(curve) == n + dropped + len(blank):
             # an AIF of the series as written: the frames left out of the images go from it too
             curve = np.delete(curve, blank)[dropped:]
+            if aif_times is not None and len(aif_times) == len(curve) + dropped + len(blank):
+                aif_times = np.delete(aif_times, blank)[dropped:]
+        if aif_times is not None and len(aif_times) == n:
+            measured, dt = _frame_times_from_aif(aif_source, aif_times, measured, dt, dt_source, prov)
+            if str(prov.get("frame_times_from", "")).startswith("the time column"):
+                dt_source = prov["frame_times_from"]
         if len(curve) != n:
             raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
@@ -454,9 +500,12 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                           f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat), a pause before the "
                                           "contrast arrives, or one after the first pass is over (the frames after it are "
                                           "left out). If the times are wrong and the frames evenly spaced, give --dt")
-        if np.max(np.abs(steps - np.median(steps))) > 0.1 * np.median(steps):
+        if np.max(np.abs(steps - np.median(steps))) > UNEVEN_FRAME_TIMES * np.median(steps):
+            from ..perfusion.mbf import fit_interval
+
             warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
-                            f"heartbeats): curves are resampled to {dt:.3g} s on the real times before the MBF fit")
+                            f"heartbeats): curves are resampled to {fit_interval(measured)[0]:.3g} s on the real times "
+                            "before the MBF fit")
     if entry is not None:
         for key in ("aif_foot", "aif_peak"):
             if aif is None and f"{key}_frame_1based" in entry:
