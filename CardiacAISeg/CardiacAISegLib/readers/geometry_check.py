@@ -253,6 +253,28 @@ def blank_image_problem(images):
     return None
 
 
+# A lost image - zeros, one value, or noise without anatomy (a failed reconstruction, a receiver
+# dropout) - has neighbouring pixels that do not correlate; anatomy makes them correlate: lag-one
+# correlation 0.89-0.97 over every image of 80 ACDC patients and the Sunnybrook cine, Rician
+# noise 0.00.
+LOST_IMAGE_CORRELATION = 0.3
+
+
+def lost_image_mask(images):
+    """(S,) bool of a (S, R, C) stack: True where a slice's image holds no anatomy (one value
+    throughout, or noise only)."""
+    lost = []
+    for image in np.asarray(images):
+        x = image.astype(np.float64) - float(image.mean())
+        var = float((x * x).mean())
+        if var <= 0:
+            lost.append(True)
+            continue
+        along = float((x[1:] * x[:-1]).mean()) + float((x[:, 1:] * x[:, :-1]).mean())
+        lost.append(along / (2 * var) < LOST_IMAGE_CORRELATION)
+    return np.asarray(lost, bool)
+
+
 def check_not_blank(path, images):
     """Refuse a blank image where the numbers would come from it (perfusion curves)."""
     problem = blank_image_problem(images)
