@@ -307,8 +307,12 @@ def lost_image_flags(analysis, ed, es):
     where = "; ".join(f"slice(s) {list(slices)} at frame(s) {frames if len(frames) < 6 else f'{frames[:5]} and {len(frames) - 5} more'}"
                       for slices, frames in list(by_slices.items())[:3])
     at = [name for name, t in (("ED", ed), ("ES", es)) if t in lost]
-    effect = (f"at {' and '.join(at)} the slices beside them share their volume, as for a missing slice, so the volumes, "
-              "EF and mass are estimates" if at else "those frames were not taken as ED or ES")
+    # an end slice has a neighbour on one side only: its share of the volume is not made up
+    ends = any(k in (0, st.n_slices - 1) for slices in lost.values() for k in slices)
+    effect = (f"at {' and '.join(at)} the slices beside them share their volume, as for a missing slice"
+              + (" (not at the end of the stack, whose slice counts for nothing)" if ends else "")
+              + ", so the volumes, EF and mass are estimates" if at
+              else "those frames were not taken as ED or ES where enough frames without one remained")
     n = sum(len(v) for v in lost.values())
     return [_flag("IMAGE_LOST", REVIEW, f"{n} image(s) hold no anatomy (one value throughout, or noise only: a lost or "
                                         f"failed image), {where} (frames counted from 1): {effect}; re-export or "
