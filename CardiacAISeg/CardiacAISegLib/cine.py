@@ -57,8 +57,7 @@ def structure_volumes_ml(label_map, voxel_volume_ml):
         raise CardiacInputError("labels", f"label values must be 0..3 (internal convention), found {lab.min()}")
     vv = np.asarray(voxel_volume_ml, dtype=float) if voxel_volume_ml is not None else None
     # per slice, a lost slice counts for nothing (0); one number must be a volume
-    if vv is None or vv.ndim > 1 or vv.size == 0 or not np.all(np.isfinite(vv)) or np.any(vv < 0) or not np.any(vv > 0) \
-            or (vv.ndim == 0 and vv <= 0):
+    if vv is None or vv.ndim > 1 or vv.size == 0 or not np.all(np.isfinite(vv)) or np.any(vv < 0) or not np.any(vv > 0):
         raise CardiacInputError("labels", f"voxel volume must be a positive number of mL, got {voxel_volume_ml!r}")
     if vv.ndim == 1:
         if lab.ndim != 3 or lab.shape[0] != vv.size:

@@ -288,7 +288,7 @@ def acquisition_flags(analysis):
 
 
 def lost_image_flags(analysis, ed, es):
-    """IMAGE_LOST where labelled frames hold an image without anatomy on a slice (one value
+    """IMAGE_LOST (cine) where labelled frames hold an image without anatomy on a slice (one value
     throughout, or noise only: a lost or failed image, ``cine.lost_images``). The network finds
     nothing there: one black image at ES read EF 59 % for 24 %, one slice lost in every frame EDV
     45 % low, both with QC pass (probe 41). The measures now take such a slice's share from its
@@ -296,21 +296,22 @@ def lost_image_flags(analysis, ed, es):
     from .cine import lost_images
 
     st = analysis.study
-    if st.kind == PERFUSION or not analysis.labels:
-        return []
-    lost = lost_images(st, sorted(analysis.labels))
+    lost = lost_images(st, sorted(analysis.labels)) if analysis.labels else {}
     if not lost:
         return []
     by_slices = {}
     for t, slices in lost.items():
         by_slices.setdefault(tuple(slices), []).append(t + 1)
-    where = "; ".join(f"slice(s) {list(slices)} at frame(s) {frames if len(frames) < 6 else f'{frames[:5]} and {len(frames) - 5} more'}"
+    def frames_named(frames):
+        return frames if len(frames) < 6 else f"{frames[:5]} and {len(frames) - 5} more"
+
+    where = "; ".join(f"slice(s) {list(slices)} at frame(s) {frames_named(frames)}"
                       for slices, frames in list(by_slices.items())[:3])
     at = [name for name, t in (("ED", ed), ("ES", es)) if t in lost]
     # an end slice has a neighbour on one side only: its share of the volume is not made up
     ends = any(k in (0, st.n_slices - 1) for slices in lost.values() for k in slices)
     effect = (f"at {' and '.join(at)} the slices beside them share their volume, as for a missing slice"
-              + (" (not at the end of the stack, whose slice counts for nothing)" if ends else "")
+              + (" (an end slice's has nothing beyond it to share it, so it is left out)" if ends else "")
               + ", so the volumes, EF and mass are estimates" if at
               else "those frames were not taken as ED or ES where enough frames without one remained")
     n = sum(len(v) for v in lost.values())
@@ -389,7 +390,7 @@ def cine_flags(analysis):
         # the LV is one structure from base to apex: a slice without it between slices with it
         # is a slice the segmentation missed, and the volumes and mass silently lack it
         # a slice whose image was lost is said by IMAGE_LOST, and its share is taken from its neighbours
-        lost_here = set(lost_images(analysis.study, sorted(labels)).get(t, [])) if analysis.study.kind != PERFUSION else set()
+        lost_here = set(lost_images(analysis.study, sorted(labels)).get(t, []))
         gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()) - lost_here)
         # a slice with myocardium but no pool where the cavity runs on (at ED also towards the base)
         no_pool = [k for k in cavity_gaps(lab, analysis.study.spacing, analysis.study if name == "ED" else None)

@@ -154,7 +154,7 @@ def _check_aif_times(path, aif_times, frame_times, dt):
 
 
 def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
-    """(frame times, interval) once the AIF file's own time column is heard: uneven AIF times
+    """(frame times, interval, its source) once the AIF file's own time column is heard: uneven AIF times
     are the heartbeats the frames were taken at. Beside images whose header gives one interval
     (a NIfTI time step, no sidecar) they become the frame times: ignored, a beat skipped on the
     upslope read MBF 32 % low and AF-like beats 39 % high with QC "pass", nothing said (probe 42).
@@ -164,7 +164,7 @@ def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
     steps = np.diff(aif_times)
     typical = float(np.median(steps))
     if typical <= 0 or np.max(np.abs(steps - typical)) <= UNEVEN_FRAME_TIMES * typical:
-        return measured, dt   # even: the AIF's times say nothing the interval does not
+        return measured, dt, dt_source   # even: the AIF's times say nothing the interval does not
     warnings = prov.setdefault("warnings", [])
     where = Path(path).name if isinstance(path, (str, Path)) else "the AIF"
     spread = f"{steps.min():.2f}-{steps.max():.2f} s between values"
@@ -172,7 +172,7 @@ def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
         warnings.append(f"--dt replaces the times in {where}'s time column, which are uneven ({spread}): the frames are "
                         "taken as evenly spaced; leave out --dt to fit on the AIF's times")
         prov.setdefault("file_frame_times_s", [float(v) for v in aif_times])   # QC still sees a gap on the first pass
-        return measured, dt
+        return measured, dt, dt_source
     own = None if measured is None else np.asarray(measured, float)
     one_interval = own is None or ("timing" not in prov and not prov.get("frame_times_from")
                                    and np.allclose(np.diff(own), np.median(np.diff(own)), rtol=1e-6, atol=0))
@@ -180,14 +180,14 @@ def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
         warnings.append(f"frame times taken from the time column of {where} ({spread}, irregular heartbeats): the "
                         f"images' header gives one interval ({dt:.3g} s) for all frames")
         prov["frame_times_from"] = f"the time column of {where}"
-        return aif_times - aif_times[0] + (own[0] if own is not None else 0.0), typical
+        return aif_times - aif_times[0] + (own[0] if own is not None else 0.0), typical, prov["frame_times_from"]
     apart = (aif_times - aif_times[0]) - (own - own[0])
     k = int(np.argmax(np.abs(apart)))
     if abs(apart[k]) > 0.25 * typical:
         raise CardiacInputError(path, f"the AIF's time column and the images' frame times are different heartbeats: frame "
                                       f"{k + 1} is {aif_times[k] - aif_times[0]:.2f} s after the first in the AIF and "
                                       f"{own[k] - own[0]:.2f} s in the images; give the AIF sampled on these frames")
-    return measured, dt
+    return measured, dt, dt_source
 
 
 def _refuse_inverted_aif(path, aif):
@@ -414,9 +414,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             if aif_times is not None and len(aif_times) == len(curve) + dropped + len(blank):
                 aif_times = np.delete(aif_times, blank)[dropped:]
         if aif_times is not None and len(aif_times) == n:
-            measured, dt = _frame_times_from_aif(aif_source, aif_times, measured, dt, dt_source, prov)
-            if str(prov.get("frame_times_from", "")).startswith("the time column"):
-                dt_source = prov["frame_times_from"]
+            measured, dt, dt_source = _frame_times_from_aif(aif_source, aif_times, measured, dt, dt_source, prov)
         if len(curve) != n:
             raise CardiacInputError(aif_source if isinstance(aif_source, (str, Path)) else "<aif>",
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
