@@ -260,7 +260,7 @@ class Analysis:
 
         t0 = time.perf_counter()
         images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
-                                                         (st.spacing[1], st.spacing[0]),
+                                                         st.spacing_rc,
                                                          alignments=st.provenance.get("frame_alignment"),
                                                          cache=self._motion_cache)
         self.timing_s["motion"] = time.perf_counter() - t0

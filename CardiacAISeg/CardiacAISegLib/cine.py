@@ -86,21 +86,22 @@ def slice_voxel_volumes_ml(study, lost_slices=()):
     from .readers.geometry_check import slice_thicknesses_mm
 
     positions = (getattr(study, "provenance", None) or {}).get("slice_positions_mm")
-    lost = sorted(set(int(k) for k in lost_slices))
-    if (positions is None or len(positions) != study.n_slices) and not lost:
+    known = positions is not None and len(positions) == study.n_slices
+    kept = np.ones(study.n_slices, bool)
+    kept[[int(k) for k in lost_slices]] = False
+    if not kept.any():
+        kept[:] = True   # every slice lost: there is nothing to share with
+    if not known and kept.all():
         return study.voxel_volume_ml
     m = study.ijk_to_ras[:3, :3]
     in_plane = np.cross(m[:, 0], m[:, 1])              # normal scaled by the pixel area
     area_mm2 = float(np.linalg.norm(in_plane))
     step_mm = abs(float(m[:, 2] @ in_plane)) / area_mm2   # the affine's slice step along the normal
-    if positions is None or len(positions) != study.n_slices:
-        positions = np.arange(study.n_slices) * step_mm
-    kept = [k for k in range(study.n_slices) if k not in lost] or list(range(study.n_slices))
-    lost = [k for k in lost if k not in kept]
-    thick = np.zeros(study.n_slices)
-    kept_thick = slice_thicknesses_mm(np.asarray(positions, float)[kept], nominal=step_mm)
-    if kept_thick is None and not lost:
+    positions = np.asarray(positions, float) if known else np.arange(study.n_slices) * step_mm
+    kept_thick = slice_thicknesses_mm(positions[kept], nominal=step_mm)
+    if kept_thick is None and kept.all():
         return study.voxel_volume_ml
+    thick = np.zeros(study.n_slices)
     thick[kept] = step_mm if kept_thick is None else kept_thick
     return area_mm2 * thick / 1000.0
 

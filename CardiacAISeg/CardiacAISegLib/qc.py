@@ -287,21 +287,20 @@ def acquisition_flags(analysis):
     return flags
 
 
-def lost_image_flags(analysis, ed, es):
+def lost_image_flags(analysis, lost, ed, es):
     """IMAGE_LOST (cine) where labelled frames hold an image without anatomy on a slice (one value
     throughout, or noise only: a lost or failed image, ``cine.lost_images``). The network finds
     nothing there: one black image at ES read EF 59 % for 24 %, one slice lost in every frame EDV
     45 % low, both with QC pass (probe 41). The measures now take such a slice's share from its
-    neighbours and keep its frame from being ES, but the numbers are estimates."""
-    from .cine import lost_images
-
+    neighbours and keep its frame from being ES, but the numbers are estimates. ``lost``: {frame:
+    [slices]} of the labelled frames."""
     st = analysis.study
-    lost = lost_images(st, sorted(analysis.labels)) if analysis.labels else {}
     if not lost:
         return []
     by_slices = {}
     for t, slices in lost.items():
         by_slices.setdefault(tuple(slices), []).append(t + 1)
+
     def frames_named(frames):
         return frames if len(frames) < 6 else f"{frames[:5]} and {len(frames) - 5} more"
 
@@ -341,7 +340,8 @@ def cine_flags(analysis):
                            f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
                            "check the ED/ES frames (Info.cfg)", ef))
     flags += label_anatomy_flags(analysis)
-    flags += lost_image_flags(analysis, ed, es)
+    lost = lost_images(analysis.study, sorted(labels))
+    flags += lost_image_flags(analysis, lost, ed, es)
     if ed is not None and ed in labels and analysis.study.images.shape[0] > ed:
         snr = _snr_of(analysis, ed)
         if snr is not None and snr < MIN_CINE_SNR:
@@ -390,7 +390,7 @@ def cine_flags(analysis):
         # the LV is one structure from base to apex: a slice without it between slices with it
         # is a slice the segmentation missed, and the volumes and mass silently lack it
         # a slice whose image was lost is said by IMAGE_LOST, and its share is taken from its neighbours
-        lost_here = set(lost_images(analysis.study, sorted(labels)).get(t, []))
+        lost_here = set(lost.get(t, []))
         gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()) - lost_here)
         # a slice with myocardium but no pool where the cavity runs on (at ED also towards the base)
         no_pool = [k for k in cavity_gaps(lab, analysis.study.spacing, analysis.study if name == "ED" else None)

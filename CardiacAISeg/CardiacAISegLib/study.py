@@ -62,6 +62,13 @@ class Study:
         return tuple(float(np.linalg.norm(self.ijk_to_ras[:3, a])) for a in range(3))
 
     @property
+    def spacing_rc(self):
+        """(row, column) pixel size in mm, as the image arrays index them (``spacing`` is column
+        first): what the networks, the motion correction and the bolus search take."""
+        column, row, _ = self.spacing
+        return row, column
+
+    @property
     def median_frame_interval_s(self):
         """Median seconds between frames (irregular heartbeats give irregular intervals), or None
         without frame times."""

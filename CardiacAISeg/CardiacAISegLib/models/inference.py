@@ -560,7 +560,7 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
     device = pick_device(device)
     model = loaded_model.module.to(device)
     spec = loaded_model.card["input"]
-    spacing_rc = (study.spacing[1], study.spacing[0])
+    spacing_rc = study.spacing_rc
     todo = frames_to_segment(study, frames)
     volumes = {t: study.images[t] for t in todo}
 

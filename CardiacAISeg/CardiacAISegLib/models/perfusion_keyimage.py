@@ -125,7 +125,7 @@ def working_pixel_mm(study, timing):
     """(row, col) pixel size in mm to give the cine network: the file's when it has one, else the
     estimate from the LV pool (``TYPICAL_LV_POOL_DIAMETER_MM``), and how it was decided."""
     if pixel_size_known(study) or not timing.get("lv_radius_px"):
-        return (float(study.spacing[1]), float(study.spacing[0])), "file"
+        return study.spacing_rc, "file"
     px = TYPICAL_LV_POOL_DIAMETER_MM / max(2 * timing["lv_radius_px"], 1.0)
     return (px, px), f"estimated from the LV pool ({2 * timing['lv_radius_px']:.1f} px = {TYPICAL_LV_POOL_DIAMETER_MM:g} mm)"
 

@@ -100,7 +100,7 @@ def refine_study_slice(study, k, labels, **options):
     final mask, so breathing is registered once per slice, not twice."""
     from ..perfusion.motion import alignment_record
 
-    pixel_mm = (float(study.spacing[1]), float(study.spacing[0]))
+    pixel_mm = study.spacing_rc
     frames = study.images[:, k]
     out, report, shifts = _refine_slice(frames, study.aif, labels, pixel_mm=pixel_mm, **options)
     alignments = study.provenance.setdefault("frame_alignment", {})

@@ -56,7 +56,7 @@ def parity_inputs(card, seed=0):
 
         study, _ = make_cine_phantom(seed=seed)
         vol = normalise_volume(study.images[0])
-        grid = model_grid_shape(vol.shape[1:], (study.spacing[1], study.spacing[0]), spec["pixel_mm"])
+        grid = model_grid_shape(vol.shape[1:], study.spacing_rc, spec["pixel_mm"])
         phantom = pad_to_multiple(resample_slices(vol[:, None], grid), multiple)[0]
         rand = rng.random((2, 1, 5 * multiple, 7 * multiple), dtype=np.float32)
     return {"phantom": phantom, "random": rand}

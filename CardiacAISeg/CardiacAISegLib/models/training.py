@@ -130,7 +130,7 @@ def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none", heart_crop_
     rows = []
     for folder in folders:
         st = load_acdc_patient(folder)
-        spacing_rc = (st.spacing[1], st.spacing[0])
+        spacing_rc = st.spacing_rc
         vv = st.voxel_volume_ml
         row = {"patient": st.name, "group": st.provenance["info"].get("Group")}
         preds, heart = segment_cine_volumes(model, {t: st.images[t] for t in (st.ed_frame, st.es_frame)}, spacing_rc, spec,

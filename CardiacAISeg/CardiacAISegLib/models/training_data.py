@@ -45,7 +45,7 @@ def labelled_slices(folders, pixel_mm, progress=None, with_edges=False, context=
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
         study = load_acdc_patient(folder)
-        spacing_rc = (study.spacing[1], study.spacing[0])
+        spacing_rc = study.spacing_rc
         for t, lab in study.labels.items():
             vol = normalise_volume(study.images[t])
             grid = model_grid_shape(vol.shape[1:], spacing_rc, pixel_mm)
@@ -62,7 +62,7 @@ def anatomy_slices(folders):
     out = []
     for f in folders:
         st = load_acdc_patient(f)
-        sp = (st.spacing[1], st.spacing[0])
+        sp = st.spacing_rc
         for t, lab in st.labels.items():
             vol = normalise_volume(st.images[t])
             for k in range(lab.shape[0]):

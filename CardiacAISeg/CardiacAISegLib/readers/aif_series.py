@@ -78,7 +78,7 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     main_frames, main_pools, main_shifts = _pools_on_aligned_frames(study, mid)
     if main_shifts is not None:
         study.provenance.setdefault("frame_alignment", {})[mid] = alignment_record(
-            study.images[:, mid], main_shifts, _pixel_mm_rc(study), source="the dual-sequence AIF's scale")
+            study.images[:, mid], main_shifts, study.spacing_rc, source="the dual-sequence AIF's scale")
     main_lv = aif_from_lv(main_frames, main_pools["lv"])
     check_same_bolus(curve, main_lv, t_main, aif_uid)
     scale, saturation = scale_onto_main(curve, main_lv)
@@ -93,11 +93,6 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
                                          "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation,
                                          "breathing_shift_max_px": round(moved_px, 2)}
     return curve * scale
-
-
-def _pixel_mm_rc(study):
-    """(row, column) pixel size, as the motion correction takes it (``Study.spacing`` is column first)."""
-    return float(study.spacing[1]), float(study.spacing[0])
 
 
 def _pools_on_aligned_frames(study, k):
@@ -127,7 +122,7 @@ def _pools_on_aligned_frames(study, k):
     label[ndimage.binary_dilation(lv, iterations=2) & ~lv] = MYO
     label[rv & (label == 0)] = RV
     label[lv] = LV
-    shifts, note = estimate_shifts(frames, label, _pixel_mm_rc(study), onto_mask=False)
+    shifts, note = estimate_shifts(frames, label, study.spacing_rc, onto_mask=False)
     if not note.get("registered"):
         return frames, pools, None
     # before the contrast arrives the AIF sequence's short saturation delay leaves little but
