@@ -287,18 +287,32 @@ def acquisition_flags(analysis):
     return flags
 
 
-def lost_image_flags(analysis, lost, ed, es):
+def lost_image_flags(analysis, lost, ed, es, damaged=None):
     """IMAGE_LOST (cine) where labelled frames hold an image without anatomy on a slice (one value
     throughout, or noise only: a lost or failed image, ``cine.lost_images``). The network finds
     nothing there: one black image at ES read EF 59 % for 24 %, one slice lost in every frame EDV
     45 % low, both with QC pass (probe 41). The measures now take such a slice's share from its
-    neighbours and keep its frame from being ES, but the numbers are estimates. ``lost``: {frame:
-    [slices]} of the labelled frames."""
-    st = analysis.study
-    if not lost:
-        return []
+    neighbours and keep its frame from being ES, but the numbers are estimates. IMAGE_DAMAGED where
+    an image holds anatomy but not its slice's (``cine.damaged_images``: half of it zeroed, another
+    slice's image; EF 31-36 % for 27.9 % with QC pass, probe 43), measured alike. ``lost``:
+    {frame: [slices]} of the labelled frames, the damaged ones (``damaged``) among them."""
+    damaged = damaged or {}
+    flags = []
+    empty = {t: [k for k in slices if k not in damaged.get(t, [])] for t, slices in lost.items()}
+    for code, images, what in (
+            ("IMAGE_LOST", {t: v for t, v in empty.items() if v},
+             "hold no anatomy (one value throughout, or noise only: a lost or failed image)"),
+            ("IMAGE_DAMAGED", damaged,
+             "differ from the same slice's other frames outside the heart, where a breath-held cine does not change "
+             "(part of the image lost, or another slice's image in its place)")):
+        if images:
+            flags.append(_image_flag(analysis.study, code, images, what, ed, es))
+    return flags
+
+
+def _image_flag(study, code, images, what, ed, es):
     by_slices = {}
-    for t, slices in lost.items():
+    for t, slices in images.items():
         by_slices.setdefault(tuple(slices), []).append(t + 1)
 
     def frames_named(frames):
@@ -306,21 +320,20 @@ def lost_image_flags(analysis, lost, ed, es):
 
     where = "; ".join(f"slice(s) {list(slices)} at frame(s) {frames_named(frames)}"
                       for slices, frames in list(by_slices.items())[:3])
-    at = [name for name, t in (("ED", ed), ("ES", es)) if t in lost]
+    at = [name for name, t in (("ED", ed), ("ES", es)) if t in images]
     # an end slice has a neighbour on one side only: its share of the volume is not made up
-    ends = any(k in (0, st.n_slices - 1) for slices in lost.values() for k in slices)
+    ends = any(k in (0, study.n_slices - 1) for slices in images.values() for k in slices)
     effect = (f"at {' and '.join(at)} the slices beside them share their volume, as for a missing slice"
               + (" (an end slice's has nothing beyond it to share it, so it is left out)" if ends else "")
               + ", so the volumes, EF and mass are estimates" if at
               else "those frames were not taken as ED or ES where enough frames without one remained")
-    n = sum(len(v) for v in lost.values())
-    return [_flag("IMAGE_LOST", REVIEW, f"{n} image(s) hold no anatomy (one value throughout, or noise only: a lost or "
-                                        f"failed image), {where} (frames counted from 1): {effect}; re-export or "
-                                        "re-acquire them", n)]
+    n = sum(len(v) for v in images.values())
+    return _flag(code, REVIEW, f"{n} image(s) {what}, {where} (frames counted from 1): {effect}; re-export or "
+                               "re-acquire them", n)
 
 
 def cine_flags(analysis):
-    from .cine import lost_images
+    from .cine import damaged_images, lost_images
 
     c = analysis.cine or {}
     flags = []
@@ -340,8 +353,8 @@ def cine_flags(analysis):
                            f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
                            "check the ED/ES frames (Info.cfg)", ef))
     flags += label_anatomy_flags(analysis)
-    lost = lost_images(analysis.study, sorted(labels))
-    flags += lost_image_flags(analysis, lost, ed, es)
+    lost = lost_images(analysis.study, sorted(labels), labels)
+    flags += lost_image_flags(analysis, lost, ed, es, damaged_images(analysis.study, sorted(labels), labels))
     if ed is not None and ed in labels and analysis.study.images.shape[0] > ed:
         snr = _snr_of(analysis, ed)
         if snr is not None and snr < MIN_CINE_SNR:
@@ -389,7 +402,8 @@ def cine_flags(analysis):
             continue
         # the LV is one structure from base to apex: a slice without it between slices with it
         # is a slice the segmentation missed, and the volumes and mass silently lack it
-        # a slice whose image was lost is said by IMAGE_LOST, and its share is taken from its neighbours
+        # a slice whose image was lost or damaged is said by IMAGE_LOST / IMAGE_DAMAGED, and its share
+        # is taken from its neighbours
         lost_here = set(lost.get(t, []))
         gaps = sorted(set(range(int(lv_slices[0]), int(lv_slices[-1]) + 1)) - set(lv_slices.tolist()) - lost_here)
         # a slice with myocardium but no pool where the cavity runs on (at ED also towards the base)
