@@ -1955,7 +1955,7 @@ def _(base, f):
       check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_no_poor_fit(doc))
 def _(base, f):
     """Siemens-style perfusion with three proton-density reference images first (FlipAngle 5,
-    4.6x the baseline signal), as quantitative protocols write them: left out, not averaged into
+    5x the pre-contrast signal), as quantitative protocols write them: left out, not averaged into
     the baseline."""
     write_perfusion_series(f / "dicom", base.perf_study, vendor="siemens", pd_frames=3)
     (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")

@@ -36,7 +36,8 @@ def test_pd_frames_are_left_out_and_mbf_matches_truth(tmp_path, phantom, vendor)
     np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
     assert s.provenance["pd_frames"]["dropped"] == 3
     warning = next(w for w in s.provenance["warnings"] if "proton-density" in w)
-    assert "frames 1-3" in warning and "FlipAngle 5°" in warning and "4.6x" in warning
+    # 5.0x: the factory writes them at 5x the pre-contrast signal (4.6x when the level took in the bolus)
+    assert "frames 1-3" in warning and "FlipAngle 5°" in warning and "5.0x" in warning
     # the first dynamic is the first image kept: the factory's pre-contrast signal
     lv = study.labels[0][1] == 1
     assert abs(s.images[0, 1][lv].mean() - 100) < 5
@@ -86,9 +87,53 @@ def test_flip_angle_alone_marks_the_frames_and_at_most_five():
     # flip angles that vary along the series say nothing
     assert leading_pd_frames(images, np.r_[8.0, 8.0, rng.uniform(10, 14, 38)])[0] == 0
     bright = images.copy()
-    bright[:8] *= 5   # eight bright leading frames are no reference images a protocol writes
-    assert leading_pd_frames(bright)[0] == MAX_PD_FRAMES
+    bright[:8] *= 5   # eight bright leading frames are no reference images a protocol writes:
+    assert leading_pd_frames(bright)[0] == 0   # no run of at most MAX_PD_FRAMES drops to the baseline
+    bright[:8] /= 5
+    bright[:3] *= 5
+    assert leading_pd_frames(bright)[0] == 3 <= MAX_PD_FRAMES
     assert leading_pd_frames(images[:10])[0] == 0   # too short to leave a series
+
+
+@pytest.mark.parametrize("factor", [1.4, 1.6])
+def test_reference_frames_at_the_dynamics_flip_angle_and_a_fraction_brighter_are_left_out(tmp_path, phantom, factor):
+    """Two leading reference images only 1.4-1.6x the pre-contrast signal, written with the
+    dynamics' own FlipAngle (GE): the level they were compared with took in the bolus, so they
+    stayed in and MBF read 12-21 % high with QC pass (probe 44). Now left out: every segment's
+    MBF within 6 % of truth (the AIF from the LV, as without the reference images)."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="ge", pd_frames=2, pd_factor=factor)
+    flip = pydicom.dcmread(paths[-1], stop_before_pixels=True).FlipAngle
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.FlipAngle = flip
+        ds.save_as(p)
+    s = load_study(tmp_path)
+    assert s.provenance["pd_frames"]["dropped"] == 2 and s.images.shape == study.images.shape
+    assert "FlipAngle" not in s.provenance["pd_frames"]["reason"]
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+    # a start 1.2x brighter is within what the rule leaves (MBF +2 % in probe 44)
+    signal = _signal(study)
+    assert leading_pd_frames(np.concatenate([1.2 * signal[:2], signal]))[0] == 0
+
+
+def test_reference_frames_on_a_tight_crop_are_told_from_a_series_that_starts_at_the_bolus(phantom):
+    """On a crop around the heart the bolus lifts the whole field: against the later frames'
+    median, reference frames 1.5x the baseline with the bolus two frames after them stayed in
+    (MBF +284 %), and against a low percentile a crop starting two frames before the AIF's
+    peak lost five of its bolus frames as reference images (probes 44, 45). A run counts when it
+    drops at once to the series' low end."""
+    study, _ = phantom
+    signal = _signal(study)[:, :, 30:66, 30:66]
+    foot = int(np.argmax(study.aif > 0.1 * study.aif.max()))
+    peak = int(np.argmax(study.aif))
+    early = signal[foot - 2:]
+    assert leading_pd_frames(np.concatenate([1.5 * early[:1], 1.5 * early[:1], early]))[0] == 2
+    assert leading_pd_frames(early)[0] == 0
+    assert leading_pd_frames(signal[peak - 2:])[0] == 0
 
 
 def test_a_given_aif_of_the_whole_series_is_trimmed_too(tmp_path, phantom):

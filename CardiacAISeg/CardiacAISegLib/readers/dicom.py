@@ -278,6 +278,26 @@ def _stack_key(ds):
 MAX_LOCALISER_IMAGES = 5
 
 
+def _without_screen_saves(series, notes=None):
+    """``series`` without screen saves (colour pixels, or images with no position or orientation
+    in the patient: a secondary capture of a viewer's screen or report) when a series with both
+    remains: a GE exam's RGB screen save beside its perfusion series asked for --series (probe 44)."""
+    def screen_save(items):
+        ds = items[0][1]
+        if isinstance(ds, EnhancedFrame):
+            return False   # its geometry is per frame, read with it
+        return (int(ds.get("SamplesPerPixel", 1) or 1) > 1
+                or ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None)
+
+    dropped = [u for u, items in series.items() if screen_save(items)]
+    if not dropped or len(dropped) == len(series):
+        return series
+    if notes is not None:
+        for u in dropped:
+            notes.append(f"{_describe(u, series[u])}: a screen save (colour, or no position in the patient), left out")
+    return {u: items for u, items in series.items() if u not in dropped}
+
+
 def _without_localisers(series, notes=None):
     """``series`` without localiser/scout series (at most MAX_LOCALISER_IMAGES images in two or
     more orientations, or named so) when a series of many images remains: a SAX cine beside its
@@ -305,6 +325,10 @@ def _clock_spans(series, uids):
     clock. Times of day on both sides of midnight (a folder spanning over 12 h of the clock) are
     counted on from the evening: a stack read out from 23:59:50 to 00:00:20 is one span, not one
     from 00:00 to 23:59 that every other series overlaps (probe 34)."""
+    for u in uids:
+        # each series read on its one clock tag, as its frames will be (a reconstruction time
+        # that is one value for all is no clock)
+        _settle_clock_tag(series[u])
     times = {u: [t for t in (_clock_s(ds) for _, ds in series[u]) if t is not None] for u in uids}
     if any(not t for t in times.values()):
         return None
@@ -378,6 +402,16 @@ def _repeated_stacks_hint(series, folder):
         if len(group) < 2:
             continue
         stacks = _repeated_stacks(series, group)
+        spans = _clock_spans(series, group) if stacks is None else None
+        if spans and all(last - first > 1.0 for first, last in spans.values()):
+            # clocks that run through each series and put them all in one span: the same
+            # acquisition stored twice or more, ORIGINAL each (a Siemens NORM intensity-corrected
+            # copy beside the ND one, a re-UIDed compressed copy), once refused as "no clock ...
+            # stress and rest?" (probe 44); one time for every image still tells nothing
+            numbers = sorted({_series_number(series[u]) for u in group})
+            return (f"; {_numbers_text(series, group)} hold the same slice positions over the same acquisition times: "
+                    "copies of one acquisition (an intensity-normalised or otherwise reconstructed copy, each stored as "
+                    f"ORIGINAL?); give --series with the one to read (--series {numbers[0]})")
         if stacks is None:
             return (f"; every slice position of {_numbers_text(series, group)} was acquired in two or more of these "
                     "series, whose acquisition clocks do not tell the acquisitions apart (no clock, or one time for all): "
@@ -636,8 +670,10 @@ PERFUSION_ROLES = ("stress", "rest")
 
 
 def _names_role(items, role):
-    """True when the series' description names ``role`` as a word start ('Perfusion_REST', not 'forest')."""
-    return re.search(rf"(?<![a-z]){role}", str(items[0][1].get("SeriesDescription", "")).lower()) is not None
+    """True when the series' description names ``role`` as a word start ('Perfusion_REST',
+    'Resting', not 'forest', nor 'restart' or 'restore': an AIF series 'Perf_AIF_restart' was
+    taken for the rest's, probe 45)."""
+    return re.search(rf"(?<![a-z]){role}(?!art|or|ric)", str(items[0][1].get("SeriesDescription", "")).lower()) is not None
 
 
 def _aif_partner(uid, items, series):
@@ -646,6 +682,13 @@ def _aif_partner(uid, items, series):
     chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None."""
     partners = [other for other, its in series.items()
                 if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    # an AIF series whose description names the other role is that acquisition's, even alone: an
+    # anonymised exam (no clocks) paired the rest with the stress's 'Perf_stress_AIF', MPR +14 %
+    # with QC pass (probe 44)
+    roles = {role for role in PERFUSION_ROLES if _names_role(items, role)}
+    partners = [other for other in partners
+                if not roles or roles & {r for r in PERFUSION_ROLES if _names_role(series[other], r)}
+                or not any(_names_role(series[other], r) for r in PERFUSION_ROLES)]
     if len(partners) > 1:
         # stress and rest exported together, each with its AIF series: the AIF series is read
         # out in the same heartbeats as its main series, so its clock runs within theirs; else
@@ -957,7 +1000,7 @@ def _choose_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         every = series
-        series = _drop_derived_copies(series, notes)
+        series = _without_screen_saves(_drop_derived_copies(series, notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
@@ -1095,6 +1138,8 @@ def _clock_s(ds):
     if isinstance(ds, EnhancedFrame):
         return ds.acquisition_s
     settled = getattr(ds, _CLOCK_TAG, None)
+    if settled == _NO_CLOCK:
+        return None
     for tag in (settled,) if settled is not None else _CLOCK_TAGS:
         t = _clock_tag_seconds(ds, tag)
         if t is not None:
@@ -1108,6 +1153,7 @@ _DAY_OFFSET = "_cardiacaiseg_day_offset_s"
 _WHOLE_SECONDS = "_cardiacaiseg_whole_seconds"
 WHOLE_SECONDS_SHARE = 0.25   # of a series' images with times cut to the second: all read to the second
 _CLOCK_TAG = "_cardiacaiseg_clock_tag"
+_NO_CLOCK = ""   # _CLOCK_TAG of a series whose only time is one reconstruction time for all
 _CLOCK_TAGS = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime")
 
 
@@ -1136,7 +1182,15 @@ def _settle_clock_tag(items):
     # a tag that is one value on every image is the series' start, not a frame's time (scanners
     # that write AcquisitionDateTime once per series and advance AcquisitionTime: settling on
     # it left ContentTime, the reconstruction clock, to time the frames: MBF +49 %, QC pass)
-    chosen = next((tag for tag, advances in carried if advances), carried[0][0] if carried else None)
+    # One value for all is still the series' start where the scanner stamps it so (GE's
+    # AcquisitionTime, which pairs an AIF series by start), but a ContentTime that is one value
+    # for all is when the images were reconstructed: taken as a clock, it refused the AIF series of
+    # a motion-corrected copy as "not acquired during" it (probe 44)
+    start = next((tag for tag, _ in carried if tag != "ContentTime"), None)
+    chosen = next((tag for tag, advances in carried if advances), start)
+    if chosen is None and carried:
+        for ds in classic:
+            object.__setattr__(ds, _CLOCK_TAG, _NO_CLOCK)
     if chosen is not None:
         for ds in classic:
             object.__setattr__(ds, _CLOCK_TAG, chosen)
