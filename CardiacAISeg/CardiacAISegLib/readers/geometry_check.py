@@ -299,8 +299,8 @@ def lost_image_mask(images):
 # heart left out);
 # 620 of 624 damaged images found (half of it zeroed, or the next slice's or the one after
 # next's in its place, at 4 phases on every slice; missed: a band of zeros through the heart of
-# Sunnybrook's first slice); with noise at 2-6 % all 16 tried, at 10 % 3 of 4 (real stacks
-# judged without a heart mask; `python tools/evaluate_damaged_images.py`).
+# Sunnybrook's first slice); with noise at 2-10 % all 20 tried (real stacks judged without a
+# heart mask; `python tools/evaluate_damaged_images.py`, after the shift search below).
 MISFIT_BODY_FRACTION = 0.2
 MISFIT_MOVING_PERCENTILE = 70
 MISFIT_DILATION_PX = 3
