@@ -539,6 +539,14 @@ def test_the_rest_does_not_take_the_stress_aif_series_of_an_anonymised_exam(tmp_
     a = Analysis(s, rest.labels).run()
     assert "AIF_FROM_LV" in {f["code"] for f in a.qc["flags"]}
     assert load_study(tmp_path, series="stress", dt=0.5).provenance["aif_source"].startswith("dual-sequence")
+    # an AIF series that names no role is either acquisition's: neither takes it (probe 45: the
+    # rest took 'AIF_perfusion', -12.6 %, QC pass)
+    for p in aif_paths:
+        ds = pydicom.dcmread(p)
+        ds.SeriesDescription = "AIF_perfusion"
+        ds.save_as(p)
+    for role in ("rest", "stress"):
+        assert "dual-sequence" not in load_study(tmp_path, series=role, dt=0.5).provenance.get("aif_source", ""), role
 
 
 def test_stress_and_rest_stored_one_series_per_slice_and_described_alike(tmp_path, phantom):

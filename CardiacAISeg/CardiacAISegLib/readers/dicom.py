@@ -689,6 +689,17 @@ def _aif_partner(uid, items, series):
     partners = [other for other in partners
                 if not roles or roles & {r for r in PERFUSION_ROLES if _names_role(series[other], r)}
                 or not any(_names_role(series[other], r) for r in PERFUSION_ROLES)]
+    if roles and len(partners) == 1 and not any(_names_role(series[partners[0]], r) for r in PERFUSION_ROLES):
+        # one AIF series that names no role beside a main series of the other role, and no clock
+        # that puts it in this one's acquisition: it is either's ('AIF_perfusion' in an anonymised
+        # exam went to the rest as well as the stress: rest -12.6 %, MPR 2.63 for 2.31, QC pass;
+        # probe 45). Neither takes it: each AIF then comes from its LV, flagged
+        aif = partners[0]
+        others = [u for u, its in series.items() if u not in (uid, aif)
+                  and any(_names_role(its, r) for r in set(PERFUSION_ROLES) - roles)
+                  and pick_main_and_aif({u: its, aif: series[aif]}) == (u, aif)]
+        if others and not _acquired_together(items, series[aif]):
+            partners = []
     if len(partners) > 1:
         # stress and rest exported together, each with its AIF series: the AIF series is read
         # out in the same heartbeats as its main series, so its clock runs within theirs; else
