@@ -327,8 +327,9 @@ def _clock_spans(series, uids):
     from 00:00 to 23:59 that every other series overlaps (probe 34)."""
     for u in uids:
         # each series read on its one clock tag, as its frames will be (a reconstruction time
-        # that is one value for all is no clock)
-        _settle_clock_tag(series[u])
+        # that is one value for all is no clock); settled once, as every pairing asks again
+        if getattr(series[u][0][1], _CLOCK_TAG, None) is None:
+            _settle_clock_tag(series[u])
     times = {u: [t for t in (_clock_s(ds) for _, ds in series[u]) if t is not None] for u in uids}
     if any(not t for t in times.values()):
         return None
@@ -676,27 +677,30 @@ def _names_role(items, role):
     return re.search(rf"(?<![a-z]){role}(?!art|or|ric)", str(items[0][1].get("SeriesDescription", "")).lower()) is not None
 
 
+def _roles_named(items):
+    """The perfusion roles (stress, rest) the series' description names."""
+    return {role for role in PERFUSION_ROLES if _names_role(items, role)}
+
+
 def _aif_partner(uid, items, series):
     """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
     with the motion-corrected copy or the rest series beside them needs --series, and the
     chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None."""
     partners = [other for other, its in series.items()
                 if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
-    # an AIF series whose description names the other role is that acquisition's, even alone: an
-    # anonymised exam (no clocks) paired the rest with the stress's 'Perf_stress_AIF', MPR +14 %
+    # an AIF series whose description names only the other role is that acquisition's, even alone:
+    # an anonymised exam (no clocks) paired the rest with the stress's 'Perf_stress_AIF', MPR +14 %
     # with QC pass (probe 44)
-    roles = {role for role in PERFUSION_ROLES if _names_role(items, role)}
-    partners = [other for other in partners
-                if not roles or roles & {r for r in PERFUSION_ROLES if _names_role(series[other], r)}
-                or not any(_names_role(series[other], r) for r in PERFUSION_ROLES)]
-    if roles and len(partners) == 1 and not any(_names_role(series[partners[0]], r) for r in PERFUSION_ROLES):
+    roles = _roles_named(items)
+    named = {other: _roles_named(series[other]) for other in partners}
+    partners = [other for other in partners if not roles or not named[other] or roles & named[other]]
+    if roles and len(partners) == 1 and not named[partners[0]]:
         # one AIF series that names no role beside a main series of the other role, and no clock
         # that puts it in this one's acquisition: it is either's ('AIF_perfusion' in an anonymised
         # exam went to the rest as well as the stress: rest -12.6 %, MPR 2.63 for 2.31, QC pass;
         # probe 45). Neither takes it: each AIF then comes from its LV, flagged
         aif = partners[0]
-        others = [u for u, its in series.items() if u not in (uid, aif)
-                  and any(_names_role(its, r) for r in set(PERFUSION_ROLES) - roles)
+        others = [u for u, its in series.items() if u not in (uid, aif) and _roles_named(its) - roles
                   and pick_main_and_aif({u: its, aif: series[aif]}) == (u, aif)]
         if others and not _acquired_together(items, series[aif]):
             partners = []
@@ -705,8 +709,7 @@ def _aif_partner(uid, items, series):
         # out in the same heartbeats as its main series, so its clock runs within theirs; else
         # the one whose description names the main series' role
         together = [other for other in partners if _acquired_together(items, series[other])]
-        roles = [role for role in PERFUSION_ROLES if _names_role(items, role)]
-        same_role = [other for other in partners if len(roles) == 1 and _names_role(series[other], roles[0])]
+        same_role = [other for other in partners if len(roles) == 1 and roles <= named[other]]
         partners = together if len(together) == 1 else same_role
     return partners[0] if len(partners) == 1 else None
 
