@@ -670,48 +670,79 @@ def _has_clock(items):
 PERFUSION_ROLES = ("stress", "rest")
 
 
+# Words that name a role besides the role itself: the stress agent ('Adenosine perfusion',
+# 'Regadenoson_perf' name no 'stress' but are the stress series)
+_ROLE_WORDS = {"stress": r"stress|adenosin|regadenoson|lexiscan|dipyridamol|persantin",
+               "rest": r"rest(?!art|or|ric)"}
+
+
 def _names_role(items, role):
     """True when the series' description names ``role`` as a word start ('Perfusion_REST',
-    'Resting', not 'forest', nor 'restart' or 'restore': an AIF series 'Perf_AIF_restart' was
-    taken for the rest's, probe 45)."""
-    return re.search(rf"(?<![a-z]){role}(?!art|or|ric)", str(items[0][1].get("SeriesDescription", "")).lower()) is not None
+    'Resting', 'PerfStress' in CamelCase, 'Adenosine perfusion' for stress; not 'forest', nor
+    'restart' or 'restore': an AIF series 'Perf_AIF_restart' was taken for the rest's, probe 45)."""
+    description = str(items[0][1].get("SeriesDescription", ""))
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()   # 'PerfStressAIF' -> 'perf stress aif'
+    return re.search(rf"(?<![a-z])(?:{_ROLE_WORDS[role]})", words) is not None
 
 
 def _roles_named(items):
-    """The perfusion roles (stress, rest) the series' description names."""
-    return {role for role in PERFUSION_ROLES if _names_role(items, role)}
+    """The perfusion role (stress or rest) the series' description names; empty when it names
+    none or both ('AIF_stress_rest_protocol', 'Perf_rest_after_stress' say whose they are no
+    more than 'AIF_perfusion' does)."""
+    roles = {role for role in PERFUSION_ROLES if _names_role(items, role)}
+    return roles if len(roles) == 1 else set()
 
 
-def _aif_partner(uid, items, series):
+def _aif_partner(uid, items, series, role=None):
     """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
     with the motion-corrected copy or the rest series beside them needs --series, and the
-    chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None."""
+    chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None.
+    ``role``: the role ('stress', 'rest') it was chosen for, else the one its description names."""
     partners = [other for other, its in series.items()
                 if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    # an AIF series is read out in the same heartbeats as its main series, so its clock runs
+    # within theirs: that decides before any name does (a stress AIF series named 'Perf_REST_AIF')
+    together = [other for other in partners if _acquired_together(items, series[other])]
+    if len(together) == 1:
+        return together[0]
+    if together:
+        partners = together
     # an AIF series whose description names only the other role is that acquisition's, even alone:
     # an anonymised exam (no clocks) paired the rest with the stress's 'Perf_stress_AIF', MPR +14 %
     # with QC pass (probe 44)
-    roles = _roles_named(items)
+    roles = {role} if role in PERFUSION_ROLES else _roles_named(items)
     named = {other: _roles_named(series[other]) for other in partners}
     partners = [other for other in partners if not roles or not named[other] or roles & named[other]]
-    if roles and len(partners) == 1 and not named[partners[0]]:
+    if roles and len(partners) == 1 and not named[partners[0]] and not together:
         # one AIF series that names no role beside a main series of the other role, and no clock
         # that puts it in this one's acquisition: it is either's ('AIF_perfusion' in an anonymised
         # exam went to the rest as well as the stress: rest -12.6 %, MPR 2.63 for 2.31, QC pass;
-        # probe 45). Neither takes it: each AIF then comes from its LV, flagged
+        # probe 45). Neither takes it (each AIF then comes from its LV, flagged), unless the
+        # other has an AIF series named for its own role
         aif = partners[0]
-        others = [u for u, its in series.items() if u not in (uid, aif) and _roles_named(its) - roles
-                  and pick_main_and_aif({u: its, aif: series[aif]}) == (u, aif)]
-        if others and not _acquired_together(items, series[aif]):
+        if any(_other_role_claims(u, its, aif, series, roles) for u, its in series.items() if u not in (uid, aif)):
             partners = []
     if len(partners) > 1:
-        # stress and rest exported together, each with its AIF series: the AIF series is read
-        # out in the same heartbeats as its main series, so its clock runs within theirs; else
-        # the one whose description names the main series' role
-        together = [other for other in partners if _acquired_together(items, series[other])]
-        same_role = [other for other in partners if len(roles) == 1 and roles <= named[other]]
-        partners = together if len(together) == 1 else same_role
+        # stress and rest exported together, each with its AIF series: the one whose description
+        # names the main series' role
+        partners = [other for other in partners if roles and roles <= named[other]]
     return partners[0] if len(partners) == 1 else None
+
+
+def _is_aif_of_another(uid, series):
+    """True when ``uid`` pairs as the dual-sequence AIF series of another series here."""
+    return any(pick_main_and_aif({other: its, uid: series[uid]}) == (other, uid) for other, its in series.items() if other != uid)
+
+
+def _other_role_claims(uid, items, aif, series, roles):
+    """True when ``uid``, a main series of a role other than ``roles``, could take ``aif`` as its
+    AIF series and has none of its own named for its role."""
+    its_roles = _roles_named(items)
+    if not its_roles or its_roles & roles or pick_main_and_aif({uid: items, aif: series[aif]}) != (uid, aif):
+        return False
+    own = [other for other, its in series.items() if other not in (uid, aif) and _roles_named(its) == its_roles
+           and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    return not own
 
 
 def _acquired_together(items, other_items):
@@ -977,9 +1008,25 @@ def _pick_series(folder, series, choice, notes=None, kind=None):
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
         series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
+    if aif_uid is None and notes is not None:
+        notes.extend(_unused_aif_notes(uid, items, series))
     if choice is not None:
         refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
     return uid, items, aif_uid
+
+
+def _unused_aif_notes(uid, items, series):
+    """Why the series here that would pair with ``uid`` as its dual-sequence AIF series are not
+    used: without a note the reader says "no separate AIF" while the folder holds one, or two."""
+    candidates = [other for other, its in series.items()
+                  if other not in uid.split("+") and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    if not candidates:
+        return []
+    return [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
+            f"but nothing here ties {'it' if len(candidates) == 1 else 'one of them'} to this acquisition (no acquisition "
+            "clock puts it within this series, and the description names another role, or none while another series "
+            "could take it): the AIF is taken from the LV blood pool instead. If it is this series' AIF, put it in a "
+            "folder of its own and give --aif FOLDER"]
 
 
 def _series_of_kind(series, kind, notes=None):
@@ -1075,8 +1122,14 @@ def _choose_series(folder, series, choice, notes=None):
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
         series = _drop_derived_copies(series, notes)
-        partner = {uid: _aif_partner(uid, items, series) for uid, items in series.items() if _names_role(items, c.lower())}
-        named = [u for u in partner if u not in partner.values()]   # not the AIF series of another one named
+        partner = {uid: _aif_partner(uid, items, series, c.lower()) for uid, items in series.items()
+                   if _names_role(items, c.lower())}
+        # not the AIF series of another one (named or not: a stress AIF series named 'Perf_REST_AIF'
+        # is no rest series)
+        named = [u for u in partner if u not in partner.values() and not _is_aif_of_another(u, series)]
+        if len(named) > 1 and sum(_roles_named(series[u]) == {c.lower()} for u in named) == 1:
+            # 'Perf_rest_after_stress' names stress too; 'Perf_stress' beside it names only stress
+            named = [u for u in named if _roles_named(series[u]) == {c.lower()}]
         if len(named) == 1:
             return named[0], series[named[0]], partner[named[0]]
         if not named:
