@@ -489,6 +489,33 @@ def test_a_screen_save_beside_the_series_is_left_out(tmp_path, phantom):
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
 
 
+def test_a_flow_map_stored_as_original_beside_the_series_is_left_out(tmp_path, phantom):
+    """A Siemens inline MBF map (one image per slice, ImageType ORIGINAL, 'Perf_Flow_Map') beside
+    the perfusion series and its AIF series: the folder asked for --series (probe 44). The map
+    is one image per slice position of the perfusion series: left out, said, and the analysis is
+    the series' with its AIF series."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens", description="Perfusion_stress",
+                                      series="1.2.826.0.1.3680043.10.40", start_number=40)
+    write_aif_series(tmp_path, study, series="1.2.826.0.1.3680043.10.40.9", description="Perfusion_stress_AIF", number=42)
+    first = {}
+    for p in paths:   # the first dynamic of each slice, as the map's geometry
+        ds = pydicom.dcmread(p)
+        first.setdefault(tuple(float(v) for v in ds.ImagePositionPatient), ds)
+    for k, ds in enumerate(first.values()):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = "1.2.826.0.1.3680043.10.43", 43, "Perf_Flow_Map"
+        ds.SOPInstanceUID, ds.InstanceNumber = f"1.2.826.0.1.3680043.10.43.{k + 1}", k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.save_as(tmp_path / f"map{k}.dcm")
+    s = load_study(tmp_path, dt=0.5)
+    assert s.images.shape == study.images.shape and s.provenance["aif_source"].startswith("dual-sequence")
+    assert any("#43 'Perf_Flow_Map'" in w and "one image per slice position" in w for w in s.provenance["warnings"])
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+
+
 def test_an_original_copy_of_the_same_acquisition_is_named_as_a_copy(tmp_path, phantom):
     """A Siemens export with the intensity-normalised copy stored as ORIGINAL (ImageType
     ORIGINAL\\PRIMARY\\M\\NORM) beside the acquired series, same description and times: refused as

@@ -298,6 +298,27 @@ def _without_screen_saves(series, notes=None):
     return {u: items for u, items in series.items() if u not in dropped}
 
 
+def _without_maps(series, notes=None):
+    """``series`` without single-time images of another series' slices: one image per slice
+    position, at positions a series of many frames per position holds (an MBF or T1 map, a
+    subtraction, filed by a scanner as ORIGINAL; a Siemens flow map 'Perf_Flow_Map' beside its
+    perfusion and AIF series asked for --series, probe 44). They cannot be analysed (no cycle, no
+    first pass). A stack exported one series per dynamic is not dropped: its series are many
+    and named alike."""
+    stacks = [(_series_positions(items), str(items[0][1].get("SeriesDescription", "")), _frames_per_position(items))
+              for items in series.values() if _frames_per_position(items) >= 4]
+    single = [u for u, items in series.items() if _frames_per_position(items) == 1 and _series_positions(items)
+              and any(_series_positions(items) <= where and str(items[0][1].get("SeriesDescription", "")) != desc
+                      for where, desc, _ in stacks)]
+    if not single or len(single) > 0.5 * min(n for _, _, n in stacks):
+        return series
+    if notes is not None:
+        for u in single:
+            notes.append(f"{_describe(u, series[u])}: one image per slice position of another series (a map or a "
+                         "derived image, not a cine or a first pass), left out")
+    return {u: items for u, items in series.items() if u not in single}
+
+
 def _without_localisers(series, notes=None):
     """``series`` without localiser/scout series (at most MAX_LOCALISER_IMAGES images in two or
     more orientations, or named so) when a series of many images remains: a SAX cine beside its
@@ -1061,7 +1082,7 @@ def _choose_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         every = series
-        series = _without_screen_saves(_drop_derived_copies(series, notes), notes)
+        series = _without_maps(_without_screen_saves(_drop_derived_copies(series, notes), notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
