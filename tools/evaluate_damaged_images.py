@@ -1,12 +1,15 @@
 """How often the cine misfit check (readers/geometry_check.misfit_image_mask: an image that holds
-anatomy but not its slice's) flags a good image, and how often it finds a damaged one.
+anatomy but not its slice's) and the blanked-block check (blanked_patch_mask: a block of one
+value where the slice's other frames hold tissue, in the heart too) flag a good image, and how
+often they find a damaged one.
 
 False alarms: the real cines in ../shared (Sunnybrook, 20 phases; the MetaImage cine, 30), each
 whole, cut to every 2nd-7th phase (coarse cycles, whose ES every slice changes at) and with
 Rician noise at 2-10 % of the 99th percentile; cine phantoms of 6-25 frames with their segmented
-heart left out, as the measures call it. Damaged images: half an image zeroed (top, bottom,
+heart left out, as the measures call it; for the block check, the 80 ACDC ED/ES pairs too. Damaged images: half an image zeroed (top, bottom,
 left), the next slice's or the one after next's image in its place, a band of 40 rows zeroed;
-at four phases on every slice of both real cines, and a few under noise.
+at four phases on every slice of both real cines, and a few under noise; blocks of 10, 15 and 30
+pixels zeroed at the image centre (the heart) at three phases on the middle slices.
 
 Usage:
   python tools/evaluate_damaged_images.py
@@ -52,7 +55,7 @@ def _damaged(images, t, k, kind):
 def main():
     from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
     from CardiacAISegLib.readers import load_study
-    from CardiacAISegLib.readers.geometry_check import misfit_image_mask
+    from CardiacAISegLib.readers.geometry_check import blanked_patch_mask, misfit_image_mask
 
     rng = np.random.default_rng(0)
     real = {"Sunnybrook": load_study(SHARED / "sunnybrook" / "SC-HF-I-1_dicom").images.astype(np.float32),
@@ -71,7 +74,7 @@ def main():
             variants.append((f"noise {level:.1%}", noisy[(name, level)]))
         for what, stack in variants:
             stacks += 1
-            found = np.argwhere(misfit_image_mask(stack)).tolist()
+            found = np.argwhere(misfit_image_mask(stack) | blanked_patch_mask(stack)).tolist()
             if found:
                 flagged += 1
                 print(f"false alarm: {name} {what}: {found}")
@@ -81,10 +84,16 @@ def main():
             kwargs["noise"] = noise
         phantom, _ = make_cine_phantom(**kwargs)
         stacks += 1
-        found = np.argwhere(misfit_image_mask(phantom.images, _heart(phantom))).tolist()
+        found = np.argwhere(misfit_image_mask(phantom.images, _heart(phantom)) | blanked_patch_mask(phantom.images)).tolist()
         if found:
             flagged += 1
             print(f"false alarm: phantom {kwargs}: {found}")
+    for patient in sorted((SHARED / "acdc").glob("patient*")):
+        stacks += 1
+        found = np.argwhere(blanked_patch_mask(load_study(patient).images)).tolist()
+        if found:
+            flagged += 1
+            print(f"false alarm (block): {patient.name}: {found}")
     print(f"good stacks with an image flagged: {flagged} of {stacks}")
 
     kinds = ("top half zeroed", "bottom half zeroed", "left half zeroed", "next slice's image",
@@ -93,12 +102,23 @@ def main():
     for name, images in real.items():
         for t, k, kind in itertools.product((0, 3, 7, 12), range(images.shape[1]), kinds):
             tried += 1
-            mask = misfit_image_mask(_damaged(images, t, k, kind))
+            damaged = _damaged(images, t, k, kind)
+            mask = misfit_image_mask(damaged) | blanked_patch_mask(damaged)
             hit = bool(mask[t, k]) and int(mask.sum()) == 1
             found += hit
             if not hit:
                 print(f"missed: {name} phase {t} slice {k}, {kind} ({int(mask.sum())} flagged)")
     print(f"damaged images found alone: {found} of {tried}")
+    found, tried = 0, 0
+    for name, images in real.items():
+        rows, cols = images.shape[2:]
+        for t, k, side in itertools.product((0, 7, 12), range(2, images.shape[1] - 2), (10, 15, 30)):
+            damaged = images.copy()
+            damaged[t, k, rows // 2 - side // 2: rows // 2 + side // 2, cols // 2 - side // 2: cols // 2 + side // 2] = 0
+            mask = blanked_patch_mask(damaged)
+            tried += 1
+            found += bool(mask[t, k]) and int(mask.sum()) == 1
+    print(f"blocks zeroed in the heart found alone: {found} of {tried}")
     for (name, level), images in noisy.items():
         k = images.shape[1] // 2
         for kind in ("top half zeroed", "next slice's image"):

@@ -57,7 +57,7 @@ def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es
 
         labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
     info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"],
-            "runtime": loaded.runtime}
+            "runtime": loaded.runtime, "source": card.get("_source", "shipped")}
     if loaded.runtime == "onnxruntime" and card.get("onnx"):
         info["onnx_sha256"] = card["onnx"]["sha256"]   # the file that actually ran
     for key in ("perfusion_segmentation", "mask_refinement", "cine_heart_box"):   # what ran, for results.json
@@ -106,9 +106,17 @@ def _network_named_on_errors(model_info):
     except CardiacInputError as e:
         if not model_info or not ("labelled" in e.problem or "no LV" in e.problem):
             raise
+        if model_info.get("source") == "user":
+            advice = ("for an imported model check its card (input.pixel_mm, the intensity normalisation it was trained "
+                      "with, the order of its classes)")
+        else:
+            # the shipped networks find the LV on short-axis cines of any vendor: an input where
+            # they find none is most often not one (a long-axis view, axes or spacing wrong:
+            # probe 46 sent such users to an imported model's card)
+            advice = ("is the input a short-axis stack, with its voxel spacing and axis order right (a long-axis view, "
+                      "rows and columns swapped, or spacing lost in a conversion make a heart the network does not know)?")
         raise CardiacInputError(e.path, f"{e.problem}: the network {model_info['name']!r} (version {model_info['version']}) "
-                                        "found none there; for an imported model check its card (input.pixel_mm, the "
-                                        "intensity normalisation it was trained with, the order of its classes)") from None
+                                        f"found none there; {advice}") from None
 
 
 def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye):

@@ -356,6 +356,100 @@ def test_damaged_images_are_told_from_a_real_cycle_and_its_coarse_turning_point(
     assert not misfit_image_mask(phantom.images, heart).any()
 
 
+def test_a_block_lost_inside_the_heart_is_flagged_as_damage(shared_data):
+    """Part of an image lost inside the heart, which the misfit check leaves out: a 30-pixel
+    block of zeros on the LV of a Sunnybrook ES image read EF 38.3 % (36.8 % on another slice)
+    for 27.9 % with QC pass (probe 45). A block of one value where the slice's other frames hold
+    tissue is flagged IMAGE_DAMAGED and measured as a lost image; none is found in the intact
+    cine, with noise, or in a cine whose dark tissue was clipped to black (a windowed export)."""
+    from CardiacAISegLib.labels import LV
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+    from CardiacAISegLib.readers.geometry_check import blanked_patch_mask
+
+    study = load_study(shared_data / "sunnybrook" / "SC-HF-I-1_dicom")
+    images = study.images.astype(np.float32)
+    rng = np.random.default_rng(0)
+    sigma = 0.045 * float(np.percentile(images, 99))
+    noisy = np.hypot(images + rng.normal(0, sigma, images.shape), rng.normal(0, sigma, images.shape)).astype(np.float32)
+    clipped = np.maximum(images, np.percentile(images, 30)).astype(np.float32)   # black below the 30th percentile
+    for clean in (images, noisy, clipped, images[::4]):
+        assert not blanked_patch_mask(clean).any()
+    rows, cols = images.shape[2:]
+    for side in (10, 15, 30):
+        for t, k in ((0, 4), (8, 6), (12, 8)):
+            damaged = noisy.copy()
+            damaged[t, k, rows // 2 - side // 2: rows // 2 + side // 2, cols // 2 - side // 2: cols // 2 + side // 2] = 0
+            assert np.argwhere(blanked_patch_mask(damaged)).tolist() == [[t, k]], (side, t, k)
+
+    es = 8   # Sunnybrook's ES (EF 27.9 %); the LV centre of slice 5 there as the network finds it
+    damaged = study.images.copy()
+    lv = np.argwhere(compute_analysis(study).labels[es][5] == LV).mean(0).astype(int)
+    damaged[es, 5, lv[0] - 15: lv[0] + 15, lv[1] - 15: lv[1] + 15] = 0
+    study.images = damaged
+    a = compute_analysis(study)
+    flag = next(f for f in a.qc["flags"] if f["code"] == "IMAGE_DAMAGED")
+    assert f"slice(s) [5] at frame(s) [{es + 1}]" in flag["message"] and a.cine["es_frame"] != es
+    assert a.cine["lv_ef_pct"] == pytest.approx(27.9, abs=3)
+
+
+def test_frames_of_one_phase_flag_no_cycle(cine):
+    """A 4D file holding the ED phase twice: EF 0.0 with ESV = EDV and QC pass on 7 ACDC
+    patients (probe 46). Now NO_CYCLE asks for review; a real cycle raises none."""
+    study, truth = cine
+    ed = truth["ed_frame"]
+    images = np.stack([study.images[ed], study.images[ed]])
+    twice = _cine_analysis(study, {0: study.labels[ed], 1: study.labels[ed].copy()}, images=images,
+                           frame_times_s=np.array([0.0, 0.04]))
+    assert twice.cine["ed_frame"] == twice.cine["es_frame"] and twice.cine["lv_ef_pct"] == 0
+    assert "NO_CYCLE" in codes(twice)
+    assert "NO_CYCLE" not in codes(_cine_analysis(study))
+
+
+def test_a_heart_the_field_of_view_cuts_is_flagged(cine):
+    """Images cropped through the LV (a third of it on the side away from the RV): EDV 15-25 %
+    low, mass 30-41 % low, EF 6-16 points off with QC pass on ACDC (probe 46). Labels on the
+    image's outermost rows or columns flag HEART_AT_IMAGE_EDGE, naming the structure; the intact
+    phantom, whose heart lies inside the image, raises none."""
+    from CardiacAISegLib.qc import structures_at_edge
+
+    study, truth = cine
+    assert "HEART_AT_IMAGE_EDGE" not in codes(_cine_analysis(study))
+    ed = truth["ed_frame"]
+    cols = np.flatnonzero((study.labels[ed] == LV).any(axis=(0, 1)))
+    cut = int(cols[0] + (cols[-1] - cols[0]) // 3)   # a third of the LV pool off its left side
+    labels = {t: lab[..., cut:].copy() for t, lab in study.labels.items()}
+    a = _cine_analysis(study, labels, images=study.images[..., cut:].copy())
+    flag = next(f for f in a.qc["flags"] if f["code"] == "HEART_AT_IMAGE_EDGE")
+    assert "LV at ED slice(s)" in flag["message"] and "LV mass" in flag["message"]
+    assert set(structures_at_edge(labels[ed])) >= {"LV"}
+    lab = np.zeros((2, 10, 10), int)
+    lab[1, 0, 4] = RV
+    lab[0, 4:6, 4:6] = MYO
+    assert structures_at_edge(lab) == {"RV": [1]}
+
+
+def test_pixels_of_exactly_one_millimetre_in_a_volume_file_are_flagged(tmp_path, cine):
+    """A NIfTI whose header lost the scanner's spacing (written 1 x 1 mm): EDV 46-65 % low with
+    QC pass on 5 of 7 ACDC patients (probe 46), the numbers still physiological. A volume file
+    with 1.0 x 1.0 mm pixels is flagged PIXEL_SPACING_DEFAULT; with its true spacing it is not."""
+    import nibabel as nib
+
+    from CardiacAISegLib.readers import load_study
+
+    study, _ = cine
+    data = np.transpose(study.images, (3, 2, 1, 0)).astype(np.float32)   # (x, y, slices, time)
+    for pixel_mm, flagged in ((1.0, True), (1.5, False)):
+        path = tmp_path / f"cine_{pixel_mm}.nii.gz"
+        image = nib.Nifti1Image(data, np.diag([pixel_mm, pixel_mm, 8.0, 1.0]))
+        image.header.set_xyzt_units("mm", "sec")
+        image.header["pixdim"][4] = 0.04
+        nib.save(image, path)
+        loaded = load_study(path)
+        a = Analysis(loaded, {t: np.asarray(lab) for t, lab in study.labels.items()}).run()
+        assert ("PIXEL_SPACING_DEFAULT" in codes(a)) is flagged, pixel_mm
+
+
 def test_a_structure_is_kept_across_a_slice_or_two_without_it_and_not_across_three():
     from CardiacAISegLib.models.postprocess import largest_component_across_gaps
 
