@@ -361,7 +361,8 @@ def test_a_block_lost_inside_the_heart_is_flagged_as_damage(shared_data):
     block of zeros on the LV of a Sunnybrook ES image read EF 38.3 % (36.8 % on another slice)
     for 27.9 % with QC pass (probe 45). A block of one value where the slice's other frames hold
     tissue is flagged IMAGE_DAMAGED and measured as a lost image; none is found in the intact
-    cine, with noise, or in a cine whose dark tissue was clipped to black (a windowed export)."""
+    cine, with noise, or in a cine whose dark tissue was clipped to black (windowed exports), on
+    all 20 frames or on ED and ES alone."""
     from CardiacAISegLib.labels import LV
     from CardiacAISegLib.pipeline import compute_analysis
     from CardiacAISegLib.readers import load_study
@@ -375,12 +376,21 @@ def test_a_block_lost_inside_the_heart_is_flagged_as_damage(shared_data):
     clipped = np.maximum(images, np.percentile(images, 30)).astype(np.float32)   # black below the 30th percentile
     for clean in (images, noisy, clipped, images[::4]):
         assert not blanked_patch_mask(clean).any()
+    lo, hi = np.percentile(images, (50, 98))   # an 8-bit export windowed hard: half the values black
+    windowed = np.round(255 * np.clip((images - lo) / (hi - lo), 0, 1)).astype(np.uint8)
+    assert not blanked_patch_mask(windowed).any() and not blanked_patch_mask(windowed[[0, 8]]).any()
     rows, cols = images.shape[2:]
+    r, c = rows // 2, cols // 2
     for side in (10, 15, 30):
         for t, k in ((0, 4), (8, 6), (12, 8)):
             damaged = noisy.copy()
-            damaged[t, k, rows // 2 - side // 2: rows // 2 + side // 2, cols // 2 - side // 2: cols // 2 + side // 2] = 0
+            damaged[t, k, r - side // 2: r + side // 2, c - side // 2: c + side // 2] = 0
             assert np.argwhere(blanked_patch_mask(damaged)).tolist() == [[t, k]], (side, t, k)
+    # a filler of another value, and a band of 5 rows across the image (probe 47: ESV -48 %)
+    damaged = noisy.copy()
+    damaged[8, 6, r - 15: r + 15, c - 15: c + 15] = float(noisy[8, 6].mean())
+    damaged[3, 5, r - 2: r + 3, :] = 0
+    assert np.argwhere(blanked_patch_mask(damaged)).tolist() == [[3, 5], [8, 6]]
 
     es = 8   # Sunnybrook's ES (EF 27.9 %); the LV centre of slice 5 there as the network finds it
     damaged = study.images.copy()

@@ -722,8 +722,11 @@ def _aif_partner(uid, items, series, role=None):
     partners = [other for other, its in series.items()
                 if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
     # an AIF series is read out in the same heartbeats as its main series, so its clock runs
-    # within theirs: that decides before any name does (a stress AIF series named 'Perf_REST_AIF')
-    together = [other for other in partners if _acquired_together(items, series[other])]
+    # within theirs: that decides before any name does (a stress AIF series named 'Perf_REST_AIF'),
+    # unless another main series' clock holds it too (stress and rest stamped with one start time
+    # by an anonymiser: the rest took the stress's AIF series, -12 %, MPR 2.63 for 2.31; probe 47)
+    together = [other for other in partners if _acquired_together(items, series[other])
+                and not _also_within_another(uid, other, series)]
     if len(together) == 1:
         return together[0]
     if together:
@@ -748,6 +751,12 @@ def _aif_partner(uid, items, series, role=None):
         # names the main series' role
         partners = [other for other in partners if roles and roles <= named[other]]
     return partners[0] if len(partners) == 1 else None
+
+
+def _also_within_another(uid, aif, series):
+    """True when a series other than ``uid`` pairs with ``aif`` as its AIF series by clock too."""
+    return any(pick_main_and_aif({other: its, aif: series[aif]}) == (other, aif) and _acquired_together(its, series[aif])
+               for other, its in series.items() if other not in (uid, aif))
 
 
 def _is_aif_of_another(uid, series):
@@ -1045,8 +1054,8 @@ def _unused_aif_notes(uid, items, series):
         return []
     return [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
             f"but nothing here ties {'it' if len(candidates) == 1 else 'one of them'} to this acquisition (no acquisition "
-            "clock puts it within this series, and the description names another role, or none while another series "
-            "could take it): the AIF is taken from the LV blood pool instead. If it is this series' AIF, put it in a "
+            "clock puts it within this series and no other, and the description names another role, or none while "
+            "another series could take it): the AIF is taken from the LV blood pool instead. If it is this series' AIF, put it in a "
             "folder of its own and give --aif FOLDER"]
 
 
