@@ -387,13 +387,13 @@ def cine_flags(analysis):
                                                "undefined and the EF of 0 % and the ESV are no measurement; check that "
                                                "the file holds the ED and ES phases", len(labels)))
     at_edge = {}
-    for name, t in (("ED", ed), ("ES", es)):
+    for name, t in (("ED", ed), ("ES", es if es != ed else None)):
         if t is not None and t in labels:
             for structure, slices in structures_at_edge(labels[t]).items():
                 at_edge.setdefault(structure, {})[name] = slices
     if at_edge:
         # a field of view that cuts the heart: a third of the LV cut away read EDV 15-25 % low,
-        # mass 30-41 % low, EF 9-16 points off with QC pass (probe 46)
+        # mass 30-41 % low, EF 6-16 points off with QC pass (probe 46)
         where = "; ".join(f"{structure} at {', '.join(f'{n} slice(s) {v}' for n, v in phases.items())}"
                           for structure, phases in at_edge.items())
         flags.append(_flag("HEART_AT_IMAGE_EDGE", REVIEW, f"the heart reaches the edge of the image ({where}): the field of "

@@ -514,6 +514,13 @@ def test_a_flow_map_stored_as_original_beside_the_series_is_left_out(tmp_path, p
     assert any("#43 'Perf_Flow_Map'" in w and "one image per slice position" in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
+    # a map named for the role is no second stress series (probe 47: "2 series ... 'stress'")
+    for k in range(len(first)):
+        ds = pydicom.dcmread(tmp_path / f"map{k}.dcm")
+        ds.SeriesDescription = "Perfusion_stress_FlowMap"
+        ds.save_as(tmp_path / f"map{k}.dcm")
+    s = load_study(tmp_path, series="stress", dt=0.5)
+    assert s.images.shape == study.images.shape and s.provenance["aif_source"].startswith("dual-sequence")
 
 
 def test_an_original_copy_of_the_same_acquisition_is_named_as_a_copy(tmp_path, phantom):
@@ -613,8 +620,10 @@ def _aif_series_number(folder, role):
 @pytest.mark.parametrize("names, clocks, stress_aif, rest_aif", [
     # CamelCase names the role as a word does ('PerfStressAIF' went unread: neither series was found by role)
     (("PerfStress", "PerfStressAIF", "PerfRest", None), False, "42", ""),
-    # the stress agent names the stress series
+    # the stress agent names the stress series; 'stress' joined to a word too (probe 47)
     (("Adenosine perfusion", "Adenosine perfusion AIF", "Rest perfusion", None), False, "42", ""),
+    (("Perf_ATP", "Perf_ATP_AIF", "Perf_rest", None), False, "42", ""),
+    (("PERFSTRESS", "PERFSTRESS_AIF", "Perf_rest", None), False, "42", ""),
     # an AIF series naming both roles says whose it is no more than one naming none: the rest took it
     (("Perf_stress", "AIF_stress_rest_protocol", "Perf_rest", None), False, "", ""),
     # a rest named 'after stress' is still no stress series, and takes no stress AIF series

@@ -691,19 +691,21 @@ def _has_clock(items):
 PERFUSION_ROLES = ("stress", "rest")
 
 
-# Words that name a role besides the role itself: the stress agent ('Adenosine perfusion',
-# 'Regadenoson_perf' name no 'stress' but are the stress series)
-_ROLE_WORDS = {"stress": r"stress|adenosin|regadenoson|lexiscan|dipyridamol|persantin",
-               "rest": r"rest(?!art|or|ric)"}
+# What names a role: 'stress' anywhere ('PERFSTRESS' joins it to a word; no other word holds it),
+# the stress agent as a word start ('Adenosine perfusion', 'Regadenoson_perf', 'Perf_ATP' name no
+# 'stress' but are the stress series), 'rest' as a word start only ('interest', 'forest')
+_ROLE_WORDS = {"stress": r"stress|(?<![a-z])(?:adenosin|regadenoson|lexiscan|dipyridamol|persantin|atp(?![a-z]))",
+               "rest": r"(?<![a-z])rest(?!art|or|ric)"}
 
 
 def _names_role(items, role):
-    """True when the series' description names ``role`` as a word start ('Perfusion_REST',
-    'Resting', 'PerfStress' in CamelCase, 'Adenosine perfusion' for stress; not 'forest', nor
-    'restart' or 'restore': an AIF series 'Perf_AIF_restart' was taken for the rest's, probe 45)."""
+    """True when the series' description names ``role`` (``_ROLE_WORDS``: 'Perfusion_REST',
+    'Resting', 'PerfStress' in CamelCase, 'PERFSTRESS', 'Adenosine perfusion' for stress; not
+    'forest', nor 'restart' or 'restore': an AIF series 'Perf_AIF_restart' was taken for the
+    rest's, probe 45)."""
     description = str(items[0][1].get("SeriesDescription", ""))
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()   # 'PerfStressAIF' -> 'perf stress aif'
-    return re.search(rf"(?<![a-z])(?:{_ROLE_WORDS[role]})", words) is not None
+    return re.search(_ROLE_WORDS[role], words) is not None
 
 
 def _roles_named(items):
@@ -714,13 +716,24 @@ def _roles_named(items):
     return roles if len(roles) == 1 else set()
 
 
+def _aif_candidates(uid, items, series):
+    """The series here that pair with ``uid`` (``items``) as its dual-sequence AIF series."""
+    return [other for other, its in series.items()
+            if other not in uid.split("+") and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+
+
+def _mains_of(aif, series, but=()):
+    """The series here, but ``but``, that ``aif`` pairs with as their dual-sequence AIF series."""
+    return [other for other, its in series.items()
+            if other != aif and other not in but and pick_main_and_aif({other: its, aif: series[aif]}) == (other, aif)]
+
+
 def _aif_partner(uid, items, series, role=None):
     """The dual-sequence AIF series of the chosen ``uid`` among the folder's others (a folder
     with the motion-corrected copy or the rest series beside them needs --series, and the
     chosen series keeps its AIF): the one other series that pairs with it as its AIF, else None.
     ``role``: the role ('stress', 'rest') it was chosen for, else the one its description names."""
-    partners = [other for other, its in series.items()
-                if other != uid and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    partners = _aif_candidates(uid, items, series)
     # an AIF series is read out in the same heartbeats as its main series, so its clock runs
     # within theirs: that decides before any name does (a stress AIF series named 'Perf_REST_AIF'),
     # unless another main series' clock holds it too (stress and rest stamped with one start time
@@ -755,13 +768,7 @@ def _aif_partner(uid, items, series, role=None):
 
 def _also_within_another(uid, aif, series):
     """True when a series other than ``uid`` pairs with ``aif`` as its AIF series by clock too."""
-    return any(pick_main_and_aif({other: its, aif: series[aif]}) == (other, aif) and _acquired_together(its, series[aif])
-               for other, its in series.items() if other not in (uid, aif))
-
-
-def _is_aif_of_another(uid, series):
-    """True when ``uid`` pairs as the dual-sequence AIF series of another series here."""
-    return any(pick_main_and_aif({other: its, uid: series[uid]}) == (other, uid) for other, its in series.items() if other != uid)
+    return any(_acquired_together(series[other], series[aif]) for other in _mains_of(aif, series, but=(uid,)))
 
 
 def _other_role_claims(uid, items, aif, series, roles):
@@ -770,9 +777,7 @@ def _other_role_claims(uid, items, aif, series, roles):
     its_roles = _roles_named(items)
     if not its_roles or its_roles & roles or pick_main_and_aif({uid: items, aif: series[aif]}) != (uid, aif):
         return False
-    own = [other for other, its in series.items() if other not in (uid, aif) and _roles_named(its) == its_roles
-           and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
-    return not own
+    return not any(_roles_named(series[other]) == its_roles for other in _aif_candidates(uid, items, series) if other != aif)
 
 
 def _acquired_together(items, other_items):
@@ -1048,8 +1053,7 @@ def _pick_series(folder, series, choice, notes=None, kind=None):
 def _unused_aif_notes(uid, items, series):
     """Why the series here that would pair with ``uid`` as its dual-sequence AIF series are not
     used: without a note the reader says "no separate AIF" while the folder holds one, or two."""
-    candidates = [other for other, its in series.items()
-                  if other not in uid.split("+") and pick_main_and_aif({uid: items, other: its}) == (uid, other)]
+    candidates = _aif_candidates(uid, items, series)
     if not candidates:
         return []
     return [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
@@ -1151,12 +1155,12 @@ def _choose_series(folder, series, choice, notes=None):
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
-        series = _drop_derived_copies(series, notes)
+        series = _without_maps(_drop_derived_copies(series, notes), notes)
         partner = {uid: _aif_partner(uid, items, series, c.lower()) for uid, items in series.items()
                    if _names_role(items, c.lower())}
         # not the AIF series of another one (named or not: a stress AIF series named 'Perf_REST_AIF'
         # is no rest series)
-        named = [u for u in partner if u not in partner.values() and not _is_aif_of_another(u, series)]
+        named = [u for u in partner if u not in partner.values() and not _mains_of(u, series)]
         if len(named) > 1 and sum(_roles_named(series[u]) == {c.lower()} for u in named) == 1:
             # 'Perf_rest_after_stress' names stress too; 'Perf_stress' beside it names only stress
             named = [u for u in named if _roles_named(series[u]) == {c.lower()}]
