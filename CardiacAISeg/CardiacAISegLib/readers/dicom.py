@@ -289,12 +289,17 @@ def _without_screen_saves(series, notes=None):
         return (int(ds.get("SamplesPerPixel", 1) or 1) > 1
                 or ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None)
 
-    dropped = [u for u, items in series.items() if screen_save(items)]
+    return _leave_out(series, [u for u, items in series.items() if screen_save(items)],
+                      "a screen save (colour, or no position in the patient)", notes)
+
+
+def _leave_out(series, dropped, what, notes=None):
+    """``series`` less ``dropped``, each named in ``notes`` as ``what``; all of ``series`` when
+    nothing, or nothing else, would remain."""
     if not dropped or len(dropped) == len(series):
         return series
     if notes is not None:
-        for u in dropped:
-            notes.append(f"{_describe(u, series[u])}: a screen save (colour, or no position in the patient), left out")
+        notes.extend(f"{_describe(u, series[u])}: {what}, left out" for u in dropped)
     return {u: items for u, items in series.items() if u not in dropped}
 
 
@@ -305,18 +310,18 @@ def _without_maps(series, notes=None):
     perfusion and AIF series asked for --series, probe 44). They cannot be analysed (no cycle, no
     first pass). A stack exported one series per dynamic is not dropped: its series are many
     and named alike."""
-    stacks = [(_series_positions(items), str(items[0][1].get("SeriesDescription", "")), _frames_per_position(items))
-              for items in series.values() if _frames_per_position(items) >= 4]
-    single = [u for u, items in series.items() if _frames_per_position(items) == 1 and _series_positions(items)
-              and any(_series_positions(items) <= where and str(items[0][1].get("SeriesDescription", "")) != desc
-                      for where, desc, _ in stacks)]
-    if not single or len(single) > 0.5 * min(n for _, _, n in stacks):
+    if len(series) < 2:
         return series
-    if notes is not None:
-        for u in single:
-            notes.append(f"{_describe(u, series[u])}: one image per slice position of another series (a map or a "
-                         "derived image, not a cine or a first pass), left out")
-    return {u: items for u, items in series.items() if u not in single}
+    # (positions, description, frames per position) of each series, read once
+    shape = {u: (where, str(items[0][1].get("SeriesDescription", "")), _frames_per_position(items, where))
+             for u, items in series.items() for where in (_series_positions(items),)}
+    stacks = [(where, desc, n) for where, desc, n in shape.values() if n >= 4]
+    single = [u for u, (where, desc, n) in shape.items() if n == 1 and where
+              and any(where <= stack and desc != stack_desc for stack, stack_desc, _ in stacks)]
+    if single and len(single) > 0.5 * min(n for _, _, n in stacks):
+        return series
+    return _leave_out(series, single, "one image per slice position of another series (a map or a derived image, not a "
+                                      "cine or a first pass)", notes)
 
 
 def _without_localisers(series, notes=None):
@@ -332,13 +337,9 @@ def _without_localisers(series, notes=None):
                                                       re.search(r"loc|scout|survey|tripilot|3.?plane", desc) is not None)
 
     dropped = [u for u, items in series.items() if localiser(items)]
-    kept = {u: items for u, items in series.items() if u not in dropped}
-    if not dropped or not kept or any(len(items) <= MAX_LOCALISER_IMAGES for items in kept.values()):
+    if any(len(items) <= MAX_LOCALISER_IMAGES for u, items in series.items() if u not in dropped):
         return series
-    if notes is not None:
-        for u in dropped:
-            notes.append(f"{_describe(u, series[u])}: a localiser (a few images in several planes), left out")
-    return kept
+    return _leave_out(series, dropped, "a localiser (a few images in several planes)", notes)
 
 
 def _clock_spans(series, uids):
@@ -580,10 +581,11 @@ def _similar_frame_counts(a, b):
     return hi <= 1.25 * lo and (lo > 1 or hi == 1)
 
 
-def _frames_per_position(items):
+def _frames_per_position(items, positions=None):
     """Images per slice position of a series (rounded): the phases of a cine, the dynamics of
-    a perfusion series, 1 for LGE."""
-    return int(round(len(items) / max(len(_series_positions(items)), 1)))
+    a perfusion series, 1 for LGE. ``positions``: its ``_series_positions``, when read already."""
+    positions = _series_positions(items) if positions is None else positions
+    return int(round(len(items) / max(len(positions), 1)))
 
 
 def _short_stack_hint(series):

@@ -312,14 +312,22 @@ MISFIT_MIN_FRAMES = 4
 MISFIT_SHIFT_PX = 2
 
 
-def misfit_image_mask(images, heart=None):
+def slice_medians(images):
+    """(S, R, C) float32: each slice's pixelwise median over the frames of a (T, S, R, C) cine,
+    what the misfit and blanked-block checks compare each image with."""
+    images = np.asarray(images)
+    return np.stack([np.median(images[:, k].astype(np.float32), axis=0) for k in range(images.shape[1])])
+
+
+def misfit_image_mask(images, heart=None, medians=None):
     """(T, S) bool of a (T, S, R, C) cine: True where an image differs from its slice's other
     frames outside the heart (part of it lost, or another slice's image). ``heart``: (S, R, C)
     bool of the pixels to leave out besides those that move (the segmented heart over all
     frames): where the heart fills most of the body, as in a synthetic phantom, a basal slice it
     leaves at ES otherwise looks misfit. Nothing with under MISFIT_MIN_FRAMES frames, and nothing
     in a frame where over half the slices differ: that is the frame (the cycle's coarse turning
-    point, a steady state not yet reached), not an image."""
+    point, a steady state not yet reached), not an image. ``medians``: the cine's
+    ``slice_medians``, when taken already."""
     from scipy import ndimage
 
     images = np.asarray(images)
@@ -327,10 +335,11 @@ def misfit_image_mask(images, heart=None):
     if images.ndim != 4 or images.shape[0] < MISFIT_MIN_FRAMES or min(images.shape[2:]) < 16:
         return out
     n_frames, n_slices = images.shape[:2]
+    medians = slice_medians(images) if medians is None else medians
     misfit = np.full((n_frames, n_slices), np.nan)
     for k in range(n_slices):
         stack = images[:, k].astype(np.float32)
-        median = np.median(stack, axis=0)
+        median = medians[k]
         body = ndimage.uniform_filter(median, 5) > MISFIT_BODY_FRACTION * float(np.percentile(median, 99))
         # a pixel's change: its second largest departure from the median over the frames, which
         # one damaged image does not raise but a heart that fills the slice in two frames or more
@@ -402,11 +411,12 @@ def _flat(image):
     return (down | up) & (right | left)
 
 
-def blanked_patch_mask(images, side_px=BLANK_PATCH_SIDE_PX):
+def blanked_patch_mask(images, side_px=BLANK_PATCH_SIDE_PX, medians=None):
     """(T, S) bool of a (T, S, R, C) cine: True where an image holds a square block of
     ``side_px`` pixels or more, or a band of BLANK_BAND_PX by BLANK_BAND_LENGTH_PX, at one value
     (not the image's highest) where its slice's median over the frames holds tissue that varies
-    (acquired, not a synthetic flat region). Nothing with under 2 frames."""
+    (acquired, not a synthetic flat region). Nothing with under 2 frames. ``medians``: the
+    cine's ``slice_medians``, when taken already."""
     from scipy import ndimage
 
     images = np.asarray(images)
@@ -414,19 +424,19 @@ def blanked_patch_mask(images, side_px=BLANK_PATCH_SIDE_PX):
     if images.ndim != 4 or images.shape[0] < 2 or min(images.shape[2:]) < side_px:
         return out
     # a square, or a band BLANK_BAND_PX wide and BLANK_BAND_LENGTH_PX long either way (a few
-    # rows zeroed across the LV: ESV -48 % with QC pass, probe 47)
     # rows zeroed across the LV: ESV -48 % with QC pass, probe 47). Bands need 3 frames: with two,
     # the "median" is their mean, and a wall clipped to black in a windowed export at ES where
-    # the ED cavity was bright made bands in 4 of 320 aggressively windowed ACDC pairs
-    # ED and ES alone: a square BLANK_TWO_FRAME_MARGIN_PX wider, for the same reason (3 of those
+    # the ED cavity was bright made bands in 4 of 320 aggressively windowed ACDC pairs. With ED
+    # and ES alone the square is BLANK_TWO_FRAME_MARGIN_PX wider, for the same reason (3 of those
     # pairs at 9 pixels)
+    medians = slice_medians(images) if medians is None else medians
     side = side_px if images.shape[0] >= 3 else side_px + BLANK_TWO_FRAME_MARGIN_PX
     shapes = [np.ones((side, side), bool)]
     if images.shape[0] >= 3:
         shapes += [np.ones((BLANK_BAND_PX, BLANK_BAND_LENGTH_PX), bool), np.ones((BLANK_BAND_LENGTH_PX, BLANK_BAND_PX), bool)]
     for k in range(images.shape[1]):
         stack = images[:, k]
-        median = np.median(stack.astype(np.float32), axis=0)
+        median = medians[k]
         tissue = ndimage.uniform_filter(median, 5) > BLANK_TISSUE_FRACTION * float(np.percentile(median, 99))
         tissue &= ~_flat(median)
         if tissue.sum() < side_px * side_px:
