@@ -313,6 +313,27 @@ def acquisition_flags(analysis):
     return flags
 
 
+def padding_slices(study, lost, labels):
+    """The slices of ``lost`` ({frame: [slices]}) that are padding: lost in every frame given,
+    one value throughout, in runs that reach an end of the stack, beside a slice whose labels
+    hold no heart in any frame. A conversion that pads a stack to a fixed size writes such
+    slices; they were flagged IMAGE_LOST with the volumes unchanged (a false alarm: probe 46),
+    and the heart they border on none of cannot have reached into them."""
+    n = study.n_slices
+    if not lost or not labels or len(lost) < len(labels):
+        return set()
+    common = set.intersection(*(set(v) for v in lost.values()))
+    run = set()
+    for end, step in ((0, 1), (n - 1, -1)):
+        k = end
+        while k in common and 0 <= k < n:
+            k += step
+        beside = k
+        if k != end and 0 <= beside < n and not any(np.any(np.asarray(lab)[beside] > 0) for lab in labels.values()):
+            run |= set(range(min(end, beside - step), max(end, beside - step) + 1))
+    return {k for k in run if all(np.ptp(study.images[t, k]) == 0 for t in lost)}
+
+
 def lost_image_flags(analysis, lost, ed, es, damaged=None):
     """IMAGE_LOST (cine) where labelled frames hold an image without anatomy on a slice (one value
     throughout, or noise only: a lost or failed image, ``cine.lost_images``). The network finds
@@ -325,6 +346,12 @@ def lost_image_flags(analysis, lost, ed, es, damaged=None):
     damaged = damaged or {}
     flags = []
     empty = {t: [k for k in slices if k not in damaged.get(t, [])] for t, slices in lost.items()}
+    padding = padding_slices(analysis.study, empty, analysis.labels)
+    if padding:
+        empty = {t: [k for k in slices if k not in padding] for t, slices in empty.items()}
+        flags.append(_flag("BLANK_END_SLICES", INFO, f"slice(s) {sorted(padding)} at the end of the stack are one value in "
+                                                     "every frame (padding written by a conversion), beyond a slice "
+                                                     "without heart: they hold nothing to measure", len(padding)))
     for code, images, what in (
             ("IMAGE_LOST", {t: v for t, v in empty.items() if v},
              "hold no anatomy (one value throughout, or noise only: a lost or failed image)"),
@@ -359,6 +386,22 @@ def _image_flag(study, code, images, what, ed, es):
                                "re-acquire them", n)
 
 
+def _one_frame_phase_flags(study, cine):
+    """One frame's volumes are reported as ED's: said for review unless the file shows it is ED
+    (an ACDC ES file given alone read its end-systolic 225 mL as "LV EDV", true 295, QC pass)."""
+    known = study.provenance.get("frame_phase") or {}
+    phase, how = known.get("phase"), known.get("how", "nothing in the file says which cardiac phase it shows")
+    if phase == "ED":
+        return []
+    shown = f"LV {cine['lv_edv_ml']:.1f} mL" + (f", RV {cine['rv_edv_ml']:.1f} mL" if cine.get("rv_edv_ml") is not None else "")
+    what = (f"is the {phase} frame ({how})" if phase == "ES" else f"is {phase}, neither ED nor ES ({how})" if phase
+            else f"is of unknown cardiac phase ({how})")
+    return [_flag("FRAME_NOT_ED" if phase else "FRAME_PHASE_UNKNOWN", REVIEW,
+                  f"the one frame given {what}: the volumes reported as EDV ({shown}) are that frame's, and are EDV "
+                  "only if it shows end-diastole; give the whole cine (or the ACDC patient folder) for EDV, ESV and EF",
+                  cine["lv_edv_ml"])]
+
+
 def cine_flags(analysis):
     from .cine import damaged_images, lost_images
 
@@ -386,6 +429,8 @@ def cine_flags(analysis):
                                                "no cardiac cycle (one phase saved more than once?), so ED and ES are "
                                                "undefined and the EF of 0 % and the ESV are no measurement; check that "
                                                "the file holds the ED and ES phases", len(labels)))
+    if analysis.study.n_frames == 1 and edv is not None:
+        flags += _one_frame_phase_flags(analysis.study, c)
     at_edge = {}
     for name, t in (("ED", ed), ("ES", es if es != ed else None)):
         if t is not None and t in labels:

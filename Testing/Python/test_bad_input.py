@@ -163,6 +163,45 @@ def test_single_frame_cine(tmp_path, capsys):
     assert es_row["value"] == ""
     assert any("one frame only" in w for w in doc["warnings"])
     assert "one frame only" in capsys.readouterr().err
+    # nothing in a bare volume says it is ED: its "EDV" is said for review
+    assert doc["qc"]["status"] == "review" and "FRAME_PHASE_UNKNOWN" in {f["code"] for f in doc["qc"]["flags"]}
+
+
+@pytest.mark.parametrize("number, code", [(1, None), (12, "FRAME_NOT_ED"), (5, "FRAME_NOT_ED")])
+def test_one_acdc_frame_file_is_measured_as_ed_only_if_info_cfg_says_it_is(tmp_path, number, code):
+    """An ACDC frame file given alone, Info.cfg beside it (ED 1, ES 12). The ES file read its
+    end-systolic volume as "LV EDV" with QC pass (patient001: 225 mL for 295; probe 46); now the
+    ES file, or a frame that is neither, is flagged, naming the frame and Info.cfg; the ED file is not."""
+    folder = tmp_path / "patient001"
+    folder.mkdir()
+    (folder / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nNbFrame: 30\n")
+    img = _nifti(folder / f"patient001_frame{number:02d}.nii.gz", np.random.default_rng(2).uniform(0, 1, (24, 24, 3)))
+    labels = _nifti(tmp_path / "labels.nii.gz", _cine_labels(), dtype=np.uint8)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(img), "--labels", str(labels), "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    flags = [f for f in doc["qc"]["flags"] if f["code"].startswith("FRAME_")]
+    if code is None:
+        assert not flags
+    else:
+        assert [f["code"] for f in flags] == [code] and doc["qc"]["status"] == "review"
+        assert f"frame {number} of the cycle; Info.cfg beside it: ED 1, ES 12" in flags[0]["message"]
+        assert ("is the ES frame" in flags[0]["message"]) == (number == 12)
+
+
+def test_one_dicom_phase_is_ed_when_triggered_at_the_r_wave():
+    """A one-phase DICOM stack: its trigger delay tells whether it is the first phase (ED)."""
+    from CardiacAISegLib.readers import one_frame_phase
+    from CardiacAISegLib.study import Study
+
+    def phase(delays_ms):
+        study = Study(images=np.zeros((1, 2, 8, 8), np.float32), ijk_to_ras=np.eye(4), kind="cine",
+                      provenance={"trigger_times_ms": delays_ms})
+        return one_frame_phase(study)["phase"]
+
+    assert phase([[32.5], [35.0]]) == "ED"
+    assert phase([[420.0], [422.5]]) is None    # mid-diastole, or any other phase: unknown
+    assert phase(None) is None
 
 
 # ------------------------------------------------------------------------------ label maps

@@ -624,6 +624,10 @@ def _aif_series_number(folder, role):
     (("Adenosine perfusion", "Adenosine perfusion AIF", "Rest perfusion", None), False, "42", ""),
     (("Perf_ATP", "Perf_ATP_AIF", "Perf_rest", None), False, "42", ""),
     (("PERFSTRESS", "PERFSTRESS_AIF", "Perf_rest", None), False, "42", ""),
+    # 'rest' joined to 'perf', the abbreviations and the German words asked for --series (probe 47)
+    (("PERFSTRESS", "PERFSTRESS_AIF", "PERFREST", "PERFREST_AIF"), False, "42", "62"),
+    (("Perf_STR", "Perf_STR_AIF", "Perf_RST", "Perf_RST_AIF"), False, "42", "62"),
+    (("Perfusion Belastung", "AIF Belastung", "Perfusion Ruhe", "AIF Ruhe"), False, "42", "62"),
     # an AIF series naming both roles says whose it is no more than one naming none: the rest took it
     (("Perf_stress", "AIF_stress_rest_protocol", "Perf_rest", None), False, "", ""),
     # a rest named 'after stress' is still no stress series, and takes no stress AIF series
@@ -874,13 +878,16 @@ def test_acquisition_times_in_whole_seconds(tmp_path, heartbeat_s, every):
 
 
 @pytest.mark.parametrize("split,said", [("per_file", "each carry a SeriesInstanceUID of their own"),
-                                         ("per_dynamic", "one series per dynamic")])
+                                         ("per_dynamic", "one series per dynamic"),
+                                         ("per_dynamic_anonymised", "in the order of their SeriesNumber")])
 def test_one_series_split_under_many_uids_is_read_as_one_series(tmp_path, phantom, split, said):
     """``per_file``: a faulty anonymiser gave every file its own SeriesInstanceUID; each image
     looked like a repeat of the slice before it and the 60-frame series was read as a one-frame
     cine (exit 0). ``per_dynamic``: each dynamic exported as a series of its own (its slices at
-    one time, a number of its own), refused as "60 image series, choose one". Both are one
-    series again, with a warning."""
+    one time, a number of its own), refused as "60 image series, choose one". All are one
+    series again, with a warning. ``per_dynamic_anonymised``: the same with the acquisition
+    times removed and InstanceNumber restarting in every series; the SeriesNumbers order the
+    dynamics (before: not merged, an exam "60 series described as 'stress'"; probe 47)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -893,9 +900,15 @@ def test_one_series_split_under_many_uids_is_read_as_one_series(tmp_path, phanto
             ds.SeriesInstanceUID = generate_uid()
         else:
             ds.SeriesInstanceUID, ds.SeriesNumber = f"1.2.826.0.1.3680043.10.77.{n % n_t + 1}", 100 + n % n_t
+        if split == "per_dynamic_anonymised":
+            ds.InstanceNumber = n // n_t + 1
+            del ds.AcquisitionTime   # the Siemens-style series' only clock
         ds.save_as(p)
-    s = load_study(tmp_path / "s")
+    dt = float(np.median(np.diff(study.frame_times_s))) if split == "per_dynamic_anonymised" else None
+    s = load_study(tmp_path / "s", dt=dt)
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    lv = study.labels[0][1] == LV   # frames in the order acquired: the LV curve is the phantom's
+    np.testing.assert_allclose(s.images[:, 1][:, lv].mean(1), 100 + 400 * np.maximum(study.images[:, 1], 0)[:, lv].mean(1), rtol=0.01)
     assert any(said in w for w in s.provenance["warnings"])
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06

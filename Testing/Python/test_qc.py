@@ -79,6 +79,35 @@ def test_rv_missing_at_es(cine):
     assert "RV_EF_RANGE" in codes(a)          # RV EF near 100 % is the consequence
 
 
+def test_blank_padding_beyond_a_slice_without_heart_is_no_lost_image(cine):
+    """A conversion that pads a stack to a fixed size writes slices of one value in every frame at
+    its ends. They were flagged IMAGE_LOST (review) with the volumes unchanged (probe 46). Beyond a
+    slice without heart they now get an info note; beside a slice that holds heart they may be a
+    lost slice of the heart, and IMAGE_LOST stays."""
+    study, _ = cine
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    for m in labels.values():
+        m[-1] = 0                                       # the last slice lies beyond the heart
+    plain = _cine_analysis(study, labels)
+    pad = 2
+    images = np.pad(study.images, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+    m = study.ijk_to_ras.copy()
+    m[:3, 3] -= pad * m[:3, 2]
+    padded_labels = {t: np.pad(v, ((pad, pad), (0, 0), (0, 0))) for t, v in labels.items()}
+    a = _cine_analysis(study, padded_labels, images=images, ijk_to_ras=m)
+    n = images.shape[1]
+    info = next(f for f in a.qc["flags"] if f["code"] == "BLANK_END_SLICES")
+    assert info["severity"] == "info" and f"slice(s) {[n - 2, n - 1]}" in info["message"]
+    lost = next(f for f in a.qc["flags"] if f["code"] == "IMAGE_LOST")
+    assert "slice(s) [0, 1]" in lost["message"] and str(n - 1) not in lost["message"].split("(frames")[0]
+    for key in ("lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_edv_ml"):
+        assert a.cine[key] == pytest.approx(plain.cine[key], rel=1e-6), key
+    # padded at the far end only: nothing left for review
+    images = np.pad(study.images, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    a = _cine_analysis(study, {t: np.pad(v, ((0, pad), (0, 0), (0, 0))) for t, v in labels.items()}, images=images)
+    assert "BLANK_END_SLICES" in codes(a, "info") and "IMAGE_LOST" not in codes(a)
+
+
 def test_single_slice_is_not_a_volume(cine):
     study, truth = cine
     k = int(np.argmax((study.labels[truth["ed_frame"]] == LV).sum(axis=(1, 2))))

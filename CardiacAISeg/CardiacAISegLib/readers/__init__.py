@@ -92,9 +92,46 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
                 finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units,
                                  progress=progress)
 
+    if study.kind == CINE and study.n_frames == 1:
+        study.provenance["frame_phase"] = one_frame_phase(study)
     if labels is not None:
         _attach_labels(study, labels, label_convention, frame)
     return study
+
+
+# A first cine phase is triggered at the R wave (trigger delays of 0-50 ms as scanners write them):
+# a one-phase stack within this of it shows end-diastole.
+ED_TRIGGER_DELAY_MS = 100.0
+
+
+def one_frame_phase(study):
+    """{"phase": 'ED', 'ES', 'frame N' or None (unknown), "how": what says so} of a one-frame
+    cine. The volumes of one frame are reported as ED's; an ACDC ES file given alone read its
+    end-systolic volume as "LV EDV" with QC pass (probe 46). An ACDC frame file names its frame
+    and the Info.cfg beside it names ED and ES; a DICOM phase triggered at the R wave is ED."""
+    import re
+
+    from .acdc import read_info_cfg
+
+    source = Path(study.source) if study.source else None
+    if source is not None and source.is_file() and (source.parent / "Info.cfg").is_file():
+        match = re.search(r"_frame0*(\d+)(?:\.|$)", source.name)
+        try:
+            info = read_info_cfg(source.parent / "Info.cfg")
+        except CardiacInputError:
+            info = {}
+        if match and "ED" in info and "ES" in info:
+            number = int(match.group(1))
+            how = f"frame {number} of the cycle; Info.cfg beside it: ED {info['ED']}, ES {info['ES']}"
+            phase = "ED" if number == info["ED"] else "ES" if number == info["ES"] else f"frame {number}"
+            return {"phase": phase, "how": how}
+    delays = study.provenance.get("trigger_times_ms")
+    if delays:
+        values = np.asarray(delays, float).ravel()
+        if values.size and np.all(np.isfinite(values)):
+            how = f"trigger delay {values.min():.0f}-{values.max():.0f} ms"
+            return {"phase": "ED" if values.max() <= ED_TRIGGER_DELAY_MS else None, "how": how}
+    return {"phase": None, "how": "nothing in the file says which cardiac phase it shows"}
 
 
 def _series_not_applicable(path, series, what):

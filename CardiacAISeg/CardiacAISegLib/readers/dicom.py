@@ -695,9 +695,13 @@ PERFUSION_ROLES = ("stress", "rest")
 
 # What names a role: 'stress' anywhere ('PERFSTRESS' joins it to a word; no other word holds it),
 # the stress agent as a word start ('Adenosine perfusion', 'Regadenoson_perf', 'Perf_ATP' name no
-# 'stress' but are the stress series), 'rest' as a word start only ('interest', 'forest')
-_ROLE_WORDS = {"stress": r"stress|(?<![a-z])(?:adenosin|regadenoson|lexiscan|dipyridamol|persantin|atp(?![a-z]))",
-               "rest": r"(?<![a-z])rest(?!art|or|ric)"}
+# 'stress' but are the stress series), 'rest' as a word start only ('interest', 'forest') or
+# joined to 'perf' ('PERFREST'), the abbreviations STR and RST as words, and the German, French,
+# Spanish and Italian words (Belastung / Ruhe, repos, reposo, riposo). Each of these asked for
+# --series (probe 47).
+_ROLE_WORDS = {"stress": r"stress|belastung|(?<![a-z])(?:adenosin|regadenoson|lexiscan|dipyridamol|persantin"
+                         r"|(?:atp|str)(?![a-z]))",
+               "rest": r"(?:(?<![a-z])|(?<=perf))rest(?!art|or|ric)|(?<![a-z])(?:rst(?![a-z])|ruhe|repos|riposo)"}
 
 
 def _names_role(items, role):
@@ -980,10 +984,18 @@ def _merge_series_per_dynamic(series):
     same stack (same description, geometry and slice positions), acquired at distinct times, are
     the dynamics of one series exported one series per dynamic (some Siemens and PACS exports):
     merged under the earliest one's UID. Left apart, the folder was refused as "60 image series,
-    choose one", and any one chosen was one frame."""
+    choose one", and any one chosen was one frame. Without distinct acquisition times (an
+    anonymiser removed or blanked them) the SeriesNumbers, all distinct, give the order: the
+    anonymised exam was refused as "60 series described as 'stress'" (probe 47)."""
     def start(items):
         times = [_clock_s(ds) for _, ds in items]
         return min(times) if times and all(t is not None for t in times) else None
+
+    def number(items):
+        try:
+            return int(items[0][1].get("SeriesNumber"))
+        except (TypeError, ValueError):
+            return None
 
     groups = {}
     for uid, items in series.items():
@@ -995,24 +1007,46 @@ def _merge_series_per_dynamic(series):
     merged, notes = dict(series), {}
     runs = []
     for (desc, _, _), uids in groups.items():
-        starts = [start(series[u]) for u in uids]
-        if len(uids) < MIN_SERIES_PER_DYNAMIC or any(t is None for t in starts) or len(set(np.round(starts, 3))) < len(uids):
+        if len(uids) < MIN_SERIES_PER_DYNAMIC:
             continue
-        order = sorted(zip(starts, uids))
-        steps = np.diff([t for t, _ in order])
-        # a pause of many dynamics is another acquisition (stress, then rest 15 minutes later,
-        # both exported one series per dynamic under one description): each is its own series
+        by = "time"
+        keys = [start(series[u]) for u in uids]
+        if any(t is None for t in keys) or len(set(np.round(keys, 3))) < len(uids):
+            by, keys = "number", [number(series[u]) for u in uids]
+            if any(n is None for n in keys) or len(set(keys)) < len(uids):
+                continue
+        order = sorted(zip(keys, uids))
+        steps = np.diff([k for k, _ in order])
+        # a pause of many dynamics (or a jump in the numbering) is another acquisition (stress,
+        # then rest 15 minutes later, both exported one series per dynamic under one
+        # description): each is its own series
         cuts = [0] + [i + 1 for i, d in enumerate(steps) if d > 10 * np.median(steps)] + [len(order)]
-        runs += [(desc, [u for _, u in order[a:b]]) for a, b in zip(cuts[:-1], cuts[1:]) if b - a >= MIN_SERIES_PER_DYNAMIC]
-    for desc, uids in runs:
+        runs += [(desc, by, [u for _, u in order[a:b]]) for a, b in zip(cuts[:-1], cuts[1:])
+                 if b - a >= MIN_SERIES_PER_DYNAMIC]
+    for desc, by, uids in runs:
+        if by == "number":
+            _number_the_dynamics(series, uids)
         merged[uids[0]] = [it for uid in uids for it in series[uid]]
         for uid in uids[1:]:
             del merged[uid]
         numbers = [str(series[u][0][1].get("SeriesNumber", "?")) for u in (uids[0], uids[-1])]
         notes[uids[0]] = (f"{len(uids)} series #{numbers[0]}-#{numbers[1]} {desc!r} each hold one image per slice of the "
                           "same stack at successive times (exported one series per dynamic): read as one series of "
-                          f"{len(uids)} frames")
+                          f"{len(uids)} frames" + ("" if by == "time" else ", in the order of their SeriesNumber (the "
+                                                   "images carry no distinct acquisition times)"))
     return merged, notes
+
+
+def _number_the_dynamics(series, uids):
+    """Series merged in the order of their numbers, with no clock to order the frames of one
+    slice: where the images carry no TemporalPositionIdentifier, each is given its series' place
+    (1, 2, ...) as one, so the frames follow the series order. InstanceNumber cannot: exports
+    restart it in every series, and the slice's frames were then "nothing orders them in time"."""
+    if any(_temporal_position(ds) is not None for uid in uids for _, ds in series[uid]):
+        return
+    for place, uid in enumerate(uids, start=1):
+        for _, ds in series[uid]:
+            ds.TemporalPositionIdentifier = place
 
 
 def _patient_id(ds):
