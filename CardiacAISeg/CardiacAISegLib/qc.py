@@ -288,6 +288,10 @@ def acquisition_flags(analysis):
                                                    "volumes and mass are less certain (pairs of slices averaged to 20 mm moved "
                                                    "ESV by 10-27 % in tests); check the basal and apical slices", spacing))
     reader = str((st.provenance or {}).get("reader") or "")
+    disagree = (st.provenance or {}).get("pixel_spacing_check")
+    if disagree:
+        flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, disagree["message"] + "; check the spacing against the "
+                                                                                    "scanner's", disagree["diameter_mm"]))
     if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
         # 1 x 1 mm is what a tool writes when the scanner's spacing was lost on the way to the
         # file; cine pixels are 1.2-2 mm, so volumes and mass shrink with its square and still

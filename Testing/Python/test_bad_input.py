@@ -189,19 +189,17 @@ def test_one_acdc_frame_file_is_measured_as_ed_only_if_info_cfg_says_it_is(tmp_p
         assert ("is the ES frame" in flags[0]["message"]) == (number == 12)
 
 
-def test_one_dicom_phase_is_ed_when_triggered_at_the_r_wave():
-    """A one-phase DICOM stack: its trigger delay tells whether it is the first phase (ED)."""
-    from CardiacAISegLib.readers import one_frame_phase
-    from CardiacAISegLib.study import Study
+@pytest.mark.parametrize("trigger_ms, phase", [(32.5, "ED"), (420.0, None)])
+def test_one_dicom_phase_is_ed_when_triggered_at_the_r_wave(tmp_path, trigger_ms, phase):
+    """A one-phase DICOM stack: its trigger delay tells whether it is the first phase (ED); at
+    420 ms it may be any other (FRAME_PHASE_UNKNOWN follows)."""
+    from CardiacAISegLib.readers import load_study
 
-    def phase(delays_ms):
-        study = Study(images=np.zeros((1, 2, 8, 8), np.float32), ijk_to_ras=np.eye(4), kind="cine",
-                      provenance={"trigger_times_ms": delays_ms})
-        return one_frame_phase(study)["phase"]
-
-    assert phase([[32.5], [35.0]]) == "ED"
-    assert phase([[420.0], [422.5]]) is None    # mid-diastole, or any other phase: unknown
-    assert phase(None) is None
+    for k in range(3):
+        write_dicom(tmp_path / f"s{k}.dcm", ipp=(0, 0, 8.0 * k), trigger=trigger_ms, instance=k + 1, value=100 + k,
+                    shape=(16, 16))
+    known = load_study(tmp_path).provenance["frame_phase"]
+    assert known["phase"] == phase and f"trigger delay {trigger_ms:g} ms" in known["how"]
 
 
 # ------------------------------------------------------------------------------ label maps

@@ -129,7 +129,7 @@ def one_frame_phase(study):
     if delays:
         values = np.asarray(delays, float).ravel()
         if values.size and np.all(np.isfinite(values)):
-            how = f"trigger delay {values.min():.0f}-{values.max():.0f} ms"
+            how = f"trigger delay {values.min():g}" + (f"-{values.max():g}" if values.max() > values.min() else "") + " ms"
             return {"phase": "ED" if values.max() <= ED_TRIGGER_DELAY_MS else None, "how": how}
     return {"phase": None, "how": "nothing in the file says which cardiac phase it shows"}
 
