@@ -1096,3 +1096,30 @@ def test_only_echoes_of_the_same_images_are_left_out():
     wobble = [image(z, 1.234 if t % 2 else 1.236, t) for z in (0, 8) for t in range(6)]
     kept, notes = _first_echo_only({"wobble": wobble})
     assert len(kept["wobble"]) == len(wobble) and not notes
+
+
+def test_anonymised_cine_without_instance_numbers_and_files_named_by_uid(tmp_path, shared_data):
+    """A CTP/DicomCleaner-style export of the Sunnybrook cine: times and InstanceNumber removed
+    and each file named by its new SOPInstanceUID, so the files' order is no order: here every
+    third phase in turn, as new UIDs happened to sort in probe 48. Read in that order the trigger
+    delays "run through the cardiac cycle 3 times", and the cine was refused; without an
+    InstanceNumber there is no stored order to judge, and the stack reads as the untouched one."""
+    import pydicom
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True)) for f in sorted(src.rglob("*")) if f.is_file()]
+    by_slice = {}
+    for f, ds in headers:
+        by_slice.setdefault(round(float(ds.ImagePositionPatient[2]), 2), []).append((float(ds.TriggerTime), f))
+    for k, phases in enumerate(sorted(by_slice.values())):
+        for n, (_, f) in enumerate(sorted(phases)):
+            ds = pydicom.dcmread(f)
+            del ds.InstanceNumber
+            for tag in ("AcquisitionTime", "ContentTime", "AcquisitionDateTime", "SeriesTime", "StudyTime"):
+                if tag in ds:
+                    delattr(ds, tag)   # as the basic confidentiality profile removes them
+            ds.SOPInstanceUID = f"2.25.{1000 * (k + 1) + 100 * (n % 3) + n // 3}"
+            ds.save_as(tmp_path / f"{ds.SOPInstanceUID}.dcm")
+    plain, anonymised = load_study(src), load_study(tmp_path)
+    np.testing.assert_array_equal(anonymised.images, plain.images)
+    np.testing.assert_allclose(anonymised.ijk_to_ras, plain.ijk_to_ras)

@@ -170,6 +170,17 @@ def _records(path, ds):
     return [(path, ds)]
 
 
+def _same_pixels(ds, other):
+    """True when two images whose headers say they are one (``_copy_key``) also hold the same
+    pixels. An anonymiser that gives every file one SOPInstanceUID, with InstanceNumber removed
+    and times cut to the second, made different frames of one second "copies": half a perfusion
+    series was dropped and MBF read +105 % with QC pass (probe 48). Read only for such pairs."""
+    try:
+        return ds.PixelData == other.PixelData
+    except Exception:   # no pixel data to compare: the headers decide, as before
+        return True
+
+
 def _copy_key(ds):
     """Two files with this key equal are copies of one image (a PACS export that also puts the
     series in a subfolder): same SOPInstanceUID, position, instance and times. Anonymisers
@@ -208,11 +219,11 @@ def scan_dicom_folder(folder, progress=None, notes=None):
             skipped.append(str(f))
             continue
         key = _copy_key(ds)
-        if key is not None and key in seen:
-            duplicates.setdefault(_series_key(ds), []).append((f, seen[key]))
+        if key is not None and key in seen and _same_pixels(ds, seen[key][1]):
+            duplicates.setdefault(_series_key(ds), []).append((f, seen[key][0]))
             continue
-        if key is not None:
-            seen[key] = f
+        if key is not None and key not in seen:
+            seen[key] = (f, ds)
         series.setdefault(_series_key(ds), []).extend(_records(f, ds))
     progress(len(files), len(files), "read DICOM headers")
     series, merged = _merge_series_split_per_image(series)
@@ -640,6 +651,19 @@ def pick_main_and_aif(series):
     of the other and about as many images (one per heartbeat, like the main series, times its
     slice count); descriptions with 'aif' support it. None when the folder is not such a pair.
     """
+    pair = _pair_but_for_the_clocks(series)
+    if pair is None:
+        return None
+    i2, i1 = series[pair[0]], series[pair[1]]
+    if _has_clock(i1) and _has_clock(i2) and not _acquired_together(i2, i1):
+        # another acquisition (a rest AIF series 15 min later beside the stress images: MBF -18 %)
+        return None
+    return pair
+
+
+def _pair_but_for_the_clocks(series):
+    """(main uid, AIF uid) of two series that pair as images and their dual-sequence AIF series
+    by size, image count and slice positions (``pick_main_and_aif`` without the clocks)."""
     if len(series) != 2:
         return None
     (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
@@ -661,23 +685,22 @@ def pick_main_and_aif(series):
         ratio = len(i2) / len(i1)
         if abs(ratio - round(ratio)) > 0.1 or not 1 <= round(ratio) <= 6:
             return None
-    if _has_clock(i1) and _has_clock(i2) and not _acquired_together(i2, i1):
-        # another acquisition (a rest AIF series 15 min later beside the stress images: MBF -18 %)
-        return None
     return u2, u1
 
 
 def _unpaired_aif_hint(series):
     """'; #2 ... was acquired apart from #1' when two series would pair as images and their AIF
-    series but for their acquisition clocks, else ""."""
-    if len(series) != 2:
+    series but for their acquisition clocks, else "" (also without descriptions: an anonymiser
+    that shifted each series' times by its own offset left "2 series, choose one" unexplained,
+    probe 48)."""
+    pair = _pair_but_for_the_clocks(series)
+    if pair is None:
         return ""
-    (u1, i1), (u2, i2) = sorted(series.items(), key=lambda kv: int(kv[1][0][1].Rows) * int(kv[1][0][1].Columns))
-    if "aif" not in str(i1[0][1].get("SeriesDescription", "")).lower() or not (_has_clock(i1) and _has_clock(i2)):
+    (u2, i2), (u1, i1) = ((u, series[u]) for u in pair)
+    if not (_has_clock(i1) and _has_clock(i2)) or _acquired_together(i2, i1):
         return ""
-    if _acquired_together(i2, i1):
-        return ""
-    return (f"; {_describe(u1, i1)} is named like a dual-sequence AIF series but was not acquired during "
+    named = "aif" in str(i1[0][1].get("SeriesDescription", "")).lower()
+    return (f"; {_describe(u1, i1)} {'is named like' if named else 'pairs as'} a dual-sequence AIF series but was not acquired during "
             f"#{i2[0][1].get('SeriesNumber', '?')} (its acquisition times lie outside that series'), so it is not used "
             "as its AIF: give --series for the images (AIF then from their LV blood pool) and the AIF series of the same "
             "acquisition with --aif FOLDER")
@@ -687,6 +710,11 @@ MAX_AIF_FRAME_DIFFERENCE = 4   # PD frames of one series only (1-3) and a lost f
 
 
 def _has_clock(items):
+    # on the series' one clock tag, as the pairing reads it: a ContentTime that is one value for
+    # all (anonymised to 000000) is no clock, yet read unsettled it made a Philips AIF series
+    # "not acquired during" its images (probe 48)
+    if items and getattr(items[0][1], _CLOCK_TAG, None) is None:
+        _settle_clock_tag(items)
     return any(_clock_s(ds) is not None for _, ds in items)
 
 
@@ -2059,6 +2087,12 @@ def _cycles_in_stored_order(grp, delays):
     def stored(i):
         ds = grp[i][1]
         return int(ds.get("InstanceNumber", 0) or 0), ds.index if isinstance(ds, EnhancedFrame) else 0
+    keys = [stored(i) for i in range(len(grp))]
+    if len(set(keys)) < len(keys):
+        # no stored order to read (InstanceNumber removed by an anonymiser, the files renamed to
+        # their UIDs): file order is no cycle order, and a valid cine was refused as "the trigger
+        # delays run through the cardiac cycle 3 times" (probe 48)
+        return []
     order = sorted(range(len(grp)), key=stored)
     d = np.asarray([delays[i] for i in order], float)
     full = float(d.max() - d.min()) if d.size else 0.0
@@ -2136,10 +2170,11 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
     A time shared by every image of a position tells nothing (a constant trigger delay and no
     acquisition time: frames then follow InstanceNumber), so only collisions among otherwise
     distinct times are refused. With a ``coarse`` clock (whole seconds) two frames may share a
-    second: their InstanceNumber must then differ."""
+    second: their InstanceNumber must then differ, and follow the clock."""
     for pos, grp in zip(positions, groups):
         keys = [_same_time_key(g[1]) for g in grp]
         if coarse:
+            _refuse_numbers_against_the_clock(folder, grp, pos)
             keys = [None if key is None else key + (g[1].get("InstanceNumber"),) for key, g in zip(keys, grp)]
         if len({k for k in keys if k is not None}) <= 1:
             continue
@@ -2148,6 +2183,12 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
             if key is None:
                 continue
             if key in first:
+                if coarse and g[1].get("InstanceNumber") in (None, ""):
+                    raise CardiacInputError(g[0], f"acquisition times are in whole seconds and the images carry no "
+                                                  f"InstanceNumber: this image and {_names([first[key][0]], folder)} at "
+                                                  f"slice position {pos:.2f} mm were acquired in the same second and nothing "
+                                                  "orders them; re-export the series with its full acquisition times (or "
+                                                  "its InstanceNumbers)")
                 hint = ""
                 if len(groups) == 1:
                     hint = (f"; all {len(grp)} images lie at one slice position: if this is meant to be a stack, "
@@ -2157,6 +2198,27 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
                                               f"series mixes two acquisitions or holds a duplicate under a new UID; "
                                               f"remove one of the two files{hint}")
             first[key] = g
+
+
+def _refuse_numbers_against_the_clock(folder, grp, pos):
+    """With times in whole seconds, InstanceNumber orders the frames of one second: it must rise
+    with the clock. An anonymiser that renumbered the images and cut the times to the second put
+    a quarter of a perfusion series' frames out of order: MBF +33 % with QC pass (probe 48)."""
+    timed = []
+    for g in grp:
+        t, number = _clock_s(g[1]), g[1].get("InstanceNumber")
+        if t is not None and number not in (None, ""):
+            timed.append((t, int(number), g[0]))
+    timed.sort(key=lambda x: x[:2])   # by second, then number: only a fall between seconds is left
+    falls = [i for i in range(1, len(timed)) if timed[i][1] < timed[i - 1][1]]
+    if falls:
+        later, earlier = timed[falls[0]], timed[falls[0] - 1]
+        raise CardiacInputError(later[2], f"acquisition times are in whole seconds and InstanceNumber does not follow them "
+                                          f"(at slice position {pos:.2f} mm, #{later[1]} was acquired after "
+                                          f"{_names([earlier[2]], folder)}, #{earlier[1]}; {len(falls)} such fall(s)): the "
+                                          "images were renumbered (an anonymiser?), so the frames within a second cannot be "
+                                          "ordered; re-export the series with its full acquisition times or its original "
+                                          "InstanceNumbers")
 
 
 def _check_memory(folder, items):
