@@ -7,6 +7,7 @@ import pytest
 from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, cine_dicom, make_base
 from dicom_factory import write_aif_series, write_dicom, write_perfusion_series
 
+from CardiacAISegLib.errors import CardiacInputError
 from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 from CardiacAISegLib.readers import load_study
 
@@ -51,7 +52,7 @@ def test_lge_at_the_cine_positions_does_not_replace_the_cine_slices(base, tmp_pa
     assert study.provenance["series_description"] == "cine_retro_sax"
     warnings = study.provenance["warnings"]
     assert not any("acquired in two series" in w for w in warnings), warnings
-    assert any(f"{N_SLICES} series at the stack's slice positions with another number of images" in w and "LGE_PSIR" in w
+    assert any(f"{N_SLICES} series (#50/#51" in w and "LGE_PSIR" in w and "one image per slice position" in w
                for w in warnings), warnings
     # the InstanceNumbers restart in every slice series: harmless here, no note (contours that
     # name one are refused by their reader)
@@ -78,6 +79,34 @@ def test_a_description_shared_by_a_stack_stored_per_slice_reads_the_stack(base, 
     study = load_study(exam, series="cine_retro_sax")
     note = next(w for w in study.provenance["warnings"] if "acquired in two series" in w)
     assert "#40" in note and "leave the later series out of the folder" in note and "--series" not in note
+
+
+@pytest.mark.parametrize("view_iop, read", [((1, 0, 0, 0, 0, -1), True), ((1, 0, 0, 0, 0.996, -0.087), False)])
+def test_long_axis_cines_beside_the_short_axis_stack(base, tmp_path, view_iop, read):
+    """An exam export: the short-axis cine (one series) beside a 4-chamber cine (one slice, its
+    own series, at 90 degrees) and an LGE stored one series per slice. The folder asked for
+    --series; the long-axis view is now left out with a warning, and the stack is read. The LGE
+    is left out too: beside a one-series cine its slice series had been merged into a stack of
+    their own and read in the cine's place (a one-frame "cine", exit 0). A one-slice series only
+    5 degrees off the stack (a repeated slice) is no long-axis view: the user still chooses."""
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam, series=CINE_UID, desc="cine_retro_sax", number=20)
+
+    def four_chamber(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.400", 400, "cine_retro_4ch"
+        ds.ImageOrientationPatient = list(view_iop)
+        ds.SOPInstanceUID = f"{CINE_UID}.400.{t + 1}"
+    cine_dicom(base, tmp_path / "lax", slices=[N_SLICES // 2], per_image=four_chamber)
+    for f in (tmp_path / "lax").iterdir():
+        f.rename(exam / f"LAX{f.name}")
+    _per_slice_lge(exam)
+    if read:
+        study = load_study(exam)
+        assert study.images.shape[:2] == (N_FRAMES, N_SLICES) and study.provenance["series_number"] == 20
+        assert any("#400 'cine_retro_4ch'" in w and "a long-axis view" in w for w in study.provenance["warnings"])
+    else:
+        with pytest.raises(CardiacInputError, match=r"2 image series in this folder, choose one with --series"):
+            load_study(exam)
 
 
 def test_cine_breath_holds_of_two_slices_with_one_pair_acquired_again_stay_one_stack(base, tmp_path):

@@ -309,7 +309,10 @@ def _leave_out(series, dropped, what, notes=None):
     nothing, or nothing else, would remain."""
     if not dropped or len(dropped) == len(series):
         return series
-    if notes is not None:
+    if notes is not None and len(dropped) > 3:   # an LGE or map stored one series per slice: one note
+        notes.append(f"{len(dropped)} series ({_numbers_text(series, dropped)}, e.g. {_describe(dropped[0], series[dropped[0]])}): "
+                     f"{what}, left out")
+    elif notes is not None:
         notes.extend(f"{_describe(u, series[u])}: {what}, left out" for u in dropped)
     return {u: items for u, items in series.items() if u not in dropped}
 
@@ -351,6 +354,59 @@ def _without_localisers(series, notes=None):
     if any(len(items) <= MAX_LOCALISER_IMAGES for u, items in series.items() if u not in dropped):
         return series
     return _leave_out(series, dropped, "a localiser (a few images in several planes)", notes)
+
+
+def _without_single_images(series, notes=None):
+    """``series`` without those of one image per slice position when another series holds two
+    or more per position (a cine's phases, a first pass's dynamics): an LGE, a map or a
+    black-blood stack beside the cine has no cycle or first pass to analyse. An LGE stored one
+    series per slice beside a one-series cine was merged into a stack of its own and read in
+    the cine's place (a one-frame "cine", exit 0; LGE slices planned apart from the cine's are
+    no map either)."""
+    per_position = {u: _frames_per_position(items) for u, items in series.items()}
+    if not any(n >= 2 for n in per_position.values()):
+        return series
+    single = [u for u, n in per_position.items() if n == 1]
+    return _leave_out(series, single, "one image per slice position (an LGE, a map or another single-phase image: no "
+                                      "cycle or first pass to analyse)", notes)
+
+
+# Long-axis views (2-, 3-, 4-chamber) lie at 60-90 degrees to the short axis; slices re-planned
+# within a stack turn by a few degrees.
+LONG_AXIS_MIN_ANGLE_DEG = 30.0
+
+
+def _without_long_axis_views(series, notes=None):
+    """``series`` without the one- or two-slice series at a steep angle to the one stack of
+    three or more slice positions: an exam export holds the short-axis cine beside its 2-, 3- and
+    4-chamber cines, and a folder of a SAX stack with a 4-chamber cine asked for --series. Left
+    as they are unless exactly one series is a stack."""
+    def normal(items):
+        try:
+            iop = np.array([float(v) for v in items[0][1].ImageOrientationPatient])
+            n = np.cross(iop[:3], iop[3:])
+            return n / np.linalg.norm(n)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+    counts = {u: len(_series_positions(items)) for u, items in series.items()}
+    stacks = [u for u, k in counts.items() if k >= 3]
+    if len(stacks) != 1 or normal(series[stacks[0]]) is None:
+        return series
+    axis = normal(series[stacks[0]])
+    dropped = []
+    for u, items in series.items():
+        if u == stacks[0]:
+            continue
+        n = normal(items)
+        if counts[u] > 2 or n is None:
+            return series
+        angle = float(np.degrees(np.arccos(min(1.0, abs(float(n @ axis))))))
+        if angle < LONG_AXIS_MIN_ANGLE_DEG:
+            return series   # a slice parallel to the stack (a repeat, a missing part): the user chooses
+        dropped.append(u)
+    return _leave_out(series, dropped, "a long-axis view (one or two slices at a steep angle to the short-axis stack)",
+                      notes)
 
 
 def _clock_spans(series, uids):
@@ -1159,7 +1215,8 @@ def _choose_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         every = series
-        series = _without_maps(_without_screen_saves(_drop_derived_copies(series, notes), notes), notes)
+        series = _without_single_images(_without_maps(_without_screen_saves(_drop_derived_copies(series, notes), notes),
+                                                      notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
@@ -1170,8 +1227,8 @@ def _choose_series(folder, series, choice, notes=None):
         pair = pick_main_and_aif(series)
         if pair is not None:   # a perfusion series and its dual-sequence AIF series
             return pair[0], series[pair[0]], pair[1]
-        rest = _without_localisers(series, notes)
-        if len(rest) == 1:   # one stack beside a 3-plane localiser (read as it is in per-slice layouts)
+        rest = _without_long_axis_views(_without_localisers(series, notes), notes)
+        if len(rest) == 1:   # one stack beside a 3-plane localiser or long-axis cines (read as in per-slice layouts)
             return (*next(iter(rest.items())), None)
         hint = ""
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
