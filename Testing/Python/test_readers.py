@@ -1123,3 +1123,31 @@ def test_anonymised_cine_without_instance_numbers_and_files_named_by_uid(tmp_pat
     plain, anonymised = load_study(src), load_study(tmp_path)
     np.testing.assert_array_equal(anonymised.images, plain.images)
     np.testing.assert_allclose(anonymised.ijk_to_ras, plain.ijk_to_ras)
+
+
+def test_enhanced_cine_frames_in_any_order_and_its_localiser_frames_named(tmp_path):
+    """Frame order in an Enhanced MR file carries no meaning (each frame's phase number and
+    trigger delay place it). Shuffled frames were refused as "the trigger delays run through the
+    cardiac cycle 2 times ... several slices stored with one position" (23 of 40 orders, probe
+    49); they are read in phase order. Localiser frames filed in the file are named by frame
+    number ("cine.dcm, cine.dcm, cine.dcm" named none)."""
+    import random
+
+    frames = [dict(pixels=np.full((4, 5), 100 * k + t, np.uint16), ipp=[0, 0, 8.0 * k], iop=[1, 0, 0, 0, 1, 0],
+                   ps=[1.5, 1.5], trigger_ms=40.0 * t, tpi=t + 1) for k in range(6) for t in range(12)]
+    for seed in range(6):
+        folder = tmp_path / f"shuffled{seed}"
+        folder.mkdir()
+        write_enhanced_dicom(folder / "cine.dcm", random.Random(seed).sample(frames, len(frames)))
+        study = load_study(folder)
+        assert study.images.shape[:2] == (12, 6), seed
+        assert [int(study.images[t, k, 0, 0]) for k in (0, 5) for t in range(12)] == \
+            [100 * k + t for k in (0, 5) for t in range(12)], seed
+    localisers = [dict(pixels=np.zeros((4, 5), np.uint16), ipp=[0, 0, 0], iop=iop, ps=[1.5, 1.5], trigger_ms=0.0, tpi=1)
+                  for iop in ([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1])]
+    folder = tmp_path / "with_localisers"
+    folder.mkdir()
+    write_enhanced_dicom(folder / "cine.dcm", frames + localisers)
+    study = load_study(folder)
+    assert any("left out: cine.dcm frame 73, cine.dcm frame 74" in w for w in study.provenance["warnings"]), \
+        study.provenance["warnings"]

@@ -2078,7 +2078,9 @@ def _drop_stray_orientations(geo, items, notes=None):
     if counts[main] < 2 or (stray > max(3, 0.2 * counts[main]) and not a_stack_beside_views):
         return geo, items, []
     keep = [k == main for k in keys]
-    dropped = [g[0] for g, ok in zip(geo, keep) if not ok]
+    # an enhanced file's frames are named by number: "cine.dcm, cine.dcm, cine.dcm" named none (probe 49)
+    dropped = [f"{g[0]} frame {it[1].frame_number}" if isinstance(it[1], EnhancedFrame) else g[0]
+               for g, it, ok in zip(geo, items, keep) if not ok]
     return [g for g, ok in zip(geo, keep) if ok], [it for it, ok in zip(items, keep) if ok], dropped
 
 
@@ -2144,6 +2146,12 @@ def _cycles_in_stored_order(grp, delays):
     def stored(i):
         ds = grp[i][1]
         return int(ds.get("InstanceNumber", 0) or 0), ds.index if isinstance(ds, EnhancedFrame) else 0
+    indices = [g[1].temporal_index for g in grp if isinstance(g[1], EnhancedFrame)]
+    if len(indices) == len(grp) and None not in indices and len(set(indices)) == len(indices):
+        # enhanced frames each numbered in time: their order in the file means nothing (a valid
+        # file with its frames shuffled was refused, probe 49), and slices filed with one
+        # position would repeat the numbers
+        return []
     keys = [stored(i) for i in range(len(grp))]
     if len(set(keys)) < len(keys):
         # no stored order to read (InstanceNumber removed by an anonymiser, the files renamed to
