@@ -184,7 +184,7 @@ _FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequen
 def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
                          instance=1):
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
-    ps, thickness, trigger_ms, acq_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
+    ps, thickness, trigger_ms, acq_dt, ref_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
     where Siemens XA writes it), rwv_slope, rwv_intercept (Philips' real-world value mapping),
     drop (groups left out of that frame).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
@@ -196,7 +196,8 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
                    "PlaneOrientationSequence": {"ImageOrientationPatient": fr.get("iop")},
                    "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
                    "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
-                   "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"), "TemporalPositionIndex": fr.get("tpi")},
+                   "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"),
+                                            "FrameReferenceDateTime": fr.get("ref_dt"), "TemporalPositionIndex": fr.get("tpi")},
                    "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")},
                    "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")},
                    "RealWorldValueMappingSequence": {"RealWorldValueSlope": fr.get("rwv_slope"),

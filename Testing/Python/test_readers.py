@@ -1151,3 +1151,29 @@ def test_enhanced_cine_frames_in_any_order_and_its_localiser_frames_named(tmp_pa
     study = load_study(folder)
     assert any("left out: cine.dcm frame 73, cine.dcm frame 74" in w for w in study.provenance["warnings"]), \
         study.provenance["warnings"]
+
+
+@pytest.mark.parametrize("anonymised", ["acquisition_one_value", "time_without_date"])
+def test_enhanced_frame_times_an_anonymiser_left_behind(tmp_path, anonymised):
+    """FrameAcquisitionDateTime anonymised to one value while FrameReferenceDateTime keeps each
+    frame's time, or written as a time of day without its date ('100000.5'): both read as "no
+    frame times; give --dt" (the second parsed as the year 1000 and timed by its fraction alone;
+    probe 49). The frames are timed by what is left."""
+    import pydicom
+
+    from CardiacAISegLib.readers.dicom_enhanced import expand_enhanced
+
+    times = 36000.0 + 0.8 * np.arange(6)
+    stamp = [f"{int(t // 3600):02d}{int(t % 3600 // 60):02d}{t % 60:09.6f}" for t in times]   # HHMMSS.FFFFFF
+    frames = []
+    for n, hms in enumerate(stamp):
+        fr = dict(pixels=np.full((4, 5), n, np.uint16), ipp=[0, 0, 0], iop=[1, 0, 0, 0, 1, 0], ps=[1.5, 1.5], tpi=n + 1)
+        if anonymised == "acquisition_one_value":
+            fr.update(acq_dt="20000101000000", ref_dt=f"20240101{hms}")
+        else:
+            fr.update(acq_dt=hms)
+        frames.append(fr)
+    path = write_enhanced_dicom(tmp_path / "perf.dcm", frames)
+    expanded = expand_enhanced(path, pydicom.dcmread(path))
+    got = np.array([f.acquisition_s for f in expanded])
+    np.testing.assert_allclose(got - got[0], times - times[0], atol=1e-6)

@@ -39,6 +39,7 @@ _MASKED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "T
            "AcquisitionTime", "ContentTime", "AcquisitionDateTime")
 _EPOCH_DAY = datetime.date(2000, 1, 1).toordinal()
 _DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
+_TIME_ONLY = re.compile(r"^\d{6}\.\d{1,6}$")
 
 
 def is_enhanced(ds):
@@ -58,8 +59,13 @@ def is_enhanced(ds):
 def datetime_seconds(value):
     """DICOM DT 'YYYYMMDDHHMMSS.FFFFFF&ZZXX' -> seconds since 2000-01-01 (None if unreadable).
 
-    Anonymised dates ('20120000') keep the time of day, so frames within one day still order."""
-    m = _DT.match(str(value or "").strip())
+    Anonymised dates ('20120000') keep the time of day, so frames within one day still order. A
+    time of day written without its date ('100000.5', 'HHMMSS.FFFFFF': some exports) is read
+    as one, not as the year 1000 with the fraction alone left to time the frames (probe 49)."""
+    text = str(value or "").strip()
+    if _TIME_ONLY.match(text):
+        return int(text[:2]) * 3600 + int(text[2:4]) * 60 + float(text[4:])
+    m = _DT.match(text)
     if not m:
         return None
     y, mo, d, h, mi, s, frac, tz = m.groups()
@@ -168,7 +174,7 @@ def expand_enhanced(path, ds):
     shared = ds.get(SHARED)
     shared = shared[0] if shared else None
     source = _EnhancedFile(path, ds, n)
-    frames = []
+    frames, references = [], []
     for i, groups in enumerate(per_frame):
         def group(name):  # a functional group sits per frame or, when common to all, in the shared item
             it = _item(groups, name)
@@ -196,13 +202,19 @@ def expand_enhanced(path, ds):
         fc = group("FrameContentSequence")
         acq_s, tpi = None, None
         if fc is not None:
-            for tag in ("FrameAcquisitionDateTime", "FrameReferenceDateTime"):
-                acq_s = datetime_seconds(fc.get(tag))
-                if acq_s is not None:
-                    break
+            acq_s = datetime_seconds(fc.get("FrameAcquisitionDateTime"))
+            references.append(datetime_seconds(fc.get("FrameReferenceDateTime")))
+            if acq_s is None:
+                acq_s = references[-1]
             try:
                 tpi = int(fc.get("TemporalPositionIndex")) if fc.get("TemporalPositionIndex") not in (None, "") else None
             except (TypeError, ValueError):
                 tpi = None
         frames.append(EnhancedFrame(source, i, values, missing, acq_s, tpi))
+    if (len(frames) > 1 and len(references) == len(frames) and None not in references and len(set(references)) > 1
+            and len({f.acquisition_s for f in frames}) == 1):
+        # acquisition date-times anonymised to one value, the reference date-times still per
+        # frame: those time the frames (read as "no frame times; give --dt", probe 49)
+        for f, t in zip(frames, references):
+            f.acquisition_s = t
     return frames
