@@ -11,6 +11,7 @@ and frame number.
 import functools
 import re
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -317,27 +318,6 @@ def _leave_out(series, dropped, what, notes=None):
     return {u: items for u, items in series.items() if u not in dropped}
 
 
-def _without_maps(series, notes=None):
-    """``series`` without single-time images of another series' slices: one image per slice
-    position, at positions a series of many frames per position holds (an MBF or T1 map, a
-    subtraction, filed by a scanner as ORIGINAL; a Siemens flow map 'Perf_Flow_Map' beside its
-    perfusion and AIF series asked for --series, probe 44). They cannot be analysed (no cycle, no
-    first pass). A stack exported one series per dynamic is not dropped: its series are many
-    and named alike."""
-    if len(series) < 2:
-        return series
-    # (positions, description, frames per position) of each series, read once
-    shape = {u: (where, str(items[0][1].get("SeriesDescription", "")), _frames_per_position(items, where))
-             for u, items in series.items() for where in (_series_positions(items),)}
-    stacks = [(where, desc, n) for where, desc, n in shape.values() if n >= 4]
-    single = [u for u, (where, desc, n) in shape.items() if n == 1 and where
-              and any(where <= stack and desc != stack_desc for stack, stack_desc, _ in stacks)]
-    if single and len(single) > 0.5 * min(n for _, _, n in stacks):
-        return series
-    return _leave_out(series, single, "one image per slice position of another series (a map or a derived image, not a "
-                                      "cine or a first pass)", notes)
-
-
 def _without_localisers(series, notes=None):
     """``series`` without localiser/scout series (at most MAX_LOCALISER_IMAGES images in two or
     more orientations, or named so) when a series of many images remains: a SAX cine beside its
@@ -358,15 +338,23 @@ def _without_localisers(series, notes=None):
 
 def _without_single_images(series, notes=None):
     """``series`` without those of one image per slice position when another series holds two
-    or more per position (a cine's phases, a first pass's dynamics): an LGE, a map or a
-    black-blood stack beside the cine has no cycle or first pass to analyse. An LGE stored one
-    series per slice beside a one-series cine was merged into a stack of its own and read in
-    the cine's place (a one-frame "cine", exit 0; LGE slices planned apart from the cine's are
-    no map either)."""
-    per_position = {u: _frames_per_position(items) for u, items in series.items()}
-    if not any(n >= 2 for n in per_position.values()):
+    or more per position (a cine's phases, a first pass's dynamics): an LGE, a map (an MBF or T1
+    map, a subtraction, filed by a scanner as ORIGINAL: a Siemens 'Perf_Flow_Map' beside its
+    perfusion and AIF series asked for --series, probe 44) or a black-blood stack has no cycle or
+    first pass to analyse. An LGE stored one series per slice beside a one-series cine was merged
+    into a stack of its own and read in the cine's place (a one-frame "cine", exit 0). Five or
+    more at one set of positions are dynamics of a stack exported one series per dynamic that
+    could not be merged (no clock, no numbers): kept, to be chosen from."""
+    if len(series) < 2:
         return series
-    single = [u for u, n in per_position.items() if n == 1]
+    shape = {u: (where, _frames_per_position(items, where)) for u, items in series.items()
+             for where in (_series_positions(items),)}
+    if not any(n >= 2 for _, n in shape.values()):
+        return series
+    single = [u for u, (_, n) in shape.items() if n == 1]
+    at_one_place = Counter(shape[u][0] for u in single)
+    if at_one_place and max(at_one_place.values()) >= MIN_SERIES_PER_DYNAMIC:
+        return series
     return _leave_out(series, single, "one image per slice position (an LGE, a map or another single-phase image: no "
                                       "cycle or first pass to analyse)", notes)
 
@@ -1215,8 +1203,7 @@ def _choose_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         every = series
-        series = _without_single_images(_without_maps(_without_screen_saves(_drop_derived_copies(series, notes), notes),
-                                                      notes), notes)
+        series = _without_single_images(_without_screen_saves(_drop_derived_copies(series, notes), notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
         stack = _parallel_stack(series, notes)
@@ -1276,7 +1263,7 @@ def _choose_series(folder, series, choice, notes=None):
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
-        series = _without_maps(_drop_derived_copies(series, notes), notes)
+        series = _without_single_images(_drop_derived_copies(series, notes), notes)
         partner = {uid: _aif_partner(uid, items, series, c.lower()) for uid, items in series.items()
                    if _names_role(items, c.lower())}
         # not the AIF series of another one (named or not: a stress AIF series named 'Perf_REST_AIF'
