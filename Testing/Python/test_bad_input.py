@@ -192,14 +192,16 @@ def test_one_acdc_frame_file_is_measured_as_ed_only_if_info_cfg_says_it_is(tmp_p
 @pytest.mark.parametrize("trigger_ms, phase", [(32.5, "ED"), (420.0, None)])
 def test_one_dicom_phase_is_ed_when_triggered_at_the_r_wave(tmp_path, trigger_ms, phase):
     """A one-phase DICOM stack: its trigger delay tells whether it is the first phase (ED); at
-    420 ms it may be any other (FRAME_PHASE_UNKNOWN follows)."""
+    420 ms it may be any other (FRAME_PHASE_UNKNOWN follows). Each slice triggered a quarter of
+    a millisecond apart, as Sunnybrook's phase 1 (18.29-20 ms): those delays were taken for
+    seconds (a series with no step between frames), and ED for "18292-20000 ms" (probe 50)."""
     from CardiacAISegLib.readers import load_study
 
-    for k in range(3):
-        write_dicom(tmp_path / f"s{k}.dcm", ipp=(0, 0, 8.0 * k), trigger=trigger_ms, instance=k + 1, value=100 + k,
-                    shape=(16, 16))
+    for k in range(6):
+        write_dicom(tmp_path / f"s{k}.dcm", ipp=(0, 0, 8.0 * k), trigger=trigger_ms + 0.25 * k, instance=k + 1,
+                    value=100 + k, shape=(16, 16))
     known = load_study(tmp_path).provenance["frame_phase"]
-    assert known["phase"] == phase and f"trigger delay {trigger_ms:g} ms" in known["how"]
+    assert known["phase"] == phase and known["how"] == f"trigger delay {trigger_ms:g}-{trigger_ms + 1.25:g} ms"
 
 
 # ------------------------------------------------------------------------------ label maps

@@ -109,6 +109,71 @@ def test_long_axis_cines_beside_the_short_axis_stack(base, tmp_path, view_iop, r
             load_study(exam)
 
 
+@pytest.mark.parametrize("beside", ["lge_per_slice", "one_phase_stack", "two_slice_sax"])
+def test_no_series_is_picked_where_the_folder_does_not_say_which(base, tmp_path, beside):
+    """Folders where today's exam rules picked a series the user may not mean (probe 50): an LGE
+    stored one series per slice, or a one-phase stack, beside a lone 4-chamber cine (the 4-chamber
+    cine was read as "the cine", LV EDV 26 mL; or the LGE as a one-phase cine); a 2-slice
+    short-axis cine beside a 3-slice 4-chamber stack (the short axis was left out as "a long-axis
+    view"). Each asks for --series, naming both."""
+    exam = tmp_path / "exam"
+
+    def four_chamber(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.400", 400, "cine_4ch"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = f"{CINE_UID}.400.{k + 1}.{t + 1}"
+    lax_slices = [2, 3, 4] if beside == "two_slice_sax" else [N_SLICES // 2]
+    cine_dicom(base, tmp_path / "lax", slices=lax_slices, per_image=four_chamber)
+    exam.mkdir()
+    for f in (tmp_path / "lax").iterdir():
+        f.rename(exam / f"LAX{f.name}")
+    if beside == "lge_per_slice":
+        _per_slice_lge(exam)
+        names = ("#400 'cine_4ch'", "'LGE_PSIR'")
+    elif beside == "one_phase_stack":
+        cine_dicom(base, exam, series=f"{CINE_UID}.7", desc="sax_one_phase", number=7, frames=[0])
+        names = ("#400 'cine_4ch'", "#7 'sax_one_phase'")
+    else:
+        cine_dicom(base, exam, series=CINE_UID, desc="cine_sax", number=20, slices=[3, 4])
+        names = ("#400 'cine_4ch'", "#20 'cine_sax'")
+    with pytest.raises(CardiacInputError, match="image series in this folder, choose one with --series") as refused:
+        load_study(exam)
+    assert all(name in str(refused.value) for name in names), str(refused.value)
+
+
+def test_lge_per_slice_with_more_slices_than_the_cine_per_slice_is_not_read(base, tmp_path):
+    """Both stored one series per slice, the LGE planned apart (4 mm off the cine's positions)
+    and with two slices more: its stack won on its slice count. The cine's stack is read."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+    for k in range(N_SLICES + 2):
+        write_dicom(exam / f"LGE{k:02d}.dcm", series=f"1.2.826.0.1.3680043.10.98.{k + 1}", number=50 + k,
+                    desc="LGE_PSIR", ipp=(0.0, 0.0, SLICE_MM * k - 4.0), shape=(SIZE, SIZE), spacing=(PIXEL_MM, PIXEL_MM),
+                    value=300)
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES) and study.provenance["series_description"] == "cine_retro_sax"
+
+
+def test_a_compressed_copy_of_the_series_is_still_a_copy(base, tmp_path):
+    """A PACS export that also holds the series in a subfolder, saved JPEG-lossless (same SOP
+    UIDs, same pixels, other bytes): both were read and the series refused as "2 acquisitions"
+    (probe 50). The copies are read once, as uncompressed copies are."""
+    from dicom_factory import compress_files
+
+    import shutil
+
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam)
+    copies = exam / "copy"
+    copies.mkdir()
+    for f in sorted(exam.glob("*.dcm")):
+        shutil.copy(f, copies / f.name)
+    compress_files(sorted(copies.iterdir()))
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert any(f"{N_FRAMES * N_SLICES} file(s) are copies of other images" in w for w in study.provenance["warnings"])
+
+
 def test_cine_breath_holds_of_two_slices_with_one_pair_acquired_again_stay_one_stack(base, tmp_path):
     """The cine stored one series per slice, two slices per breath-hold (their clocks overlap),
     one pair acquired again later: the rule that tells stress from rest (two acquisitions that

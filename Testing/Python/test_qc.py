@@ -489,12 +489,14 @@ def test_pixels_of_exactly_one_millimetre_in_a_volume_file_are_flagged(tmp_path,
         assert ("PIXEL_SPACING_DEFAULT" in codes(a)) is flagged, pixel_mm
 
 
-@pytest.mark.parametrize("diameter_mm, flagged", [(44.8, True), (32.0, False), (None, False)])
+@pytest.mark.parametrize("diameter_mm, flagged", [(44.8, True), (32.0, False), (None, False), (64.0, False)])
 def test_pixel_spacing_that_disagrees_with_the_reconstruction_diameter_is_flagged(tmp_path, diameter_mm, flagged):
     """PixelSpacing 1\\1 written into a GE cine of 1.37 mm pixels read EDV 47 % low with QC pass
     (probe 47); GE's ReconstructionDiameter still gave the field of view (350 mm for 256 x 1.37).
     32 pixels of 1 mm against a diameter of 44.8 mm (1.4 mm pixels) are flagged; a diameter that
-    agrees, or none, is not."""
+    agrees, or none, is not; nor one of 64 mm: a reconstruction matrix of 64 such pixels, of
+    which the export kept 32 (cropped around the heart, the volumes right: "4.00 times as large"
+    was said of a 128-px crop of Sunnybrook, probe 50)."""
     import pydicom
     from dicom_factory import write_dicom
 

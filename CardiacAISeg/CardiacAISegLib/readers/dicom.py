@@ -177,8 +177,13 @@ def _same_pixels(ds, other):
     and times cut to the second, made different frames of one second "copies": half a perfusion
     series was dropped and MBF read +105 % with QC pass (probe 48). Read only for such pairs."""
     try:
-        return ds.PixelData == other.PixelData
-    except Exception:   # no pixel data to compare: the headers decide, as before
+        syntaxes = {str(d.file_meta.TransferSyntaxUID) for d in (ds, other)}
+        if len(syntaxes) == 1:
+            return ds.PixelData == other.PixelData
+        # a copy saved compressed (JPEG lossless) differs in bytes, not in pixels: both were read
+        # and the series refused as "2 acquisitions" (probe 50)
+        return bool(np.array_equal(ds.pixel_array, other.pixel_array))
+    except Exception:   # no pixel data to compare or decode: the headers decide, as before
         return True
 
 
@@ -189,8 +194,18 @@ def _copy_key(ds):
     sop = ds.get("SOPInstanceUID")
     if sop in (None, ""):
         return None
-    return tuple(str(ds.get(t, "")) for t in ("ImagePositionPatient", "InstanceNumber", "TriggerTime", "AcquisitionTime",
-                                             "NumberOfFrames")) + (str(sop),)
+    return tuple(_as_numbers(ds.get(t, "")) for t in ("ImagePositionPatient", "InstanceNumber", "TriggerTime",
+                                                       "AcquisitionTime", "NumberOfFrames")) + (str(sop),)
+
+
+def _as_numbers(value):
+    """A tag's value as numbers (to 1e-4) where it is numeric, else as written: a copy saved by
+    another tool writes '[0, 0, 0]' for '[0.0, 0.0, 0.0]' (a JPEG-lossless copy was no copy)."""
+    values = value if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str) else [value]
+    try:
+        return tuple(round(float(v), 4) for v in values)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def scan_dicom_folder(folder, progress=None, notes=None):
@@ -344,14 +359,25 @@ def _without_single_images(series, notes=None):
     first pass to analyse. An LGE stored one series per slice beside a one-series cine was merged
     into a stack of its own and read in the cine's place (a one-frame "cine", exit 0). Five or
     more at one set of positions are dynamics of a stack exported one series per dynamic that
-    could not be merged (no clock, no numbers): kept, to be chosen from."""
+    could not be merged (no clock, no numbers): kept, to be chosen from. Only beside three or
+    more slice positions of time series, or at their positions."""
     if len(series) < 2:
         return series
     shape = {u: (where, _frames_per_position(items, where)) for u, items in series.items()
              for where in (_series_positions(items),)}
-    if not any(n >= 2 for _, n in shape.values()):
-        return series
-    single = [u for u, (_, n) in shape.items() if n == 1]
+    # the slice positions time series cover, per image geometry (orientation, matrix, pixel size)
+    covered = {}
+    for u, (where, n) in shape.items():
+        if n >= 2:
+            key = _stack_key(series[u][0][1])
+            covered[key] = covered.get(key, frozenset()) | where
+    stack = any(len(where) >= 3 for where in covered.values())
+    # beside a stack of them (three or more slice positions, in one series or one per slice), or
+    # at a time series' own positions in its geometry (a map of its slices); a single 4-chamber
+    # cine beside an LGE stack is no reason to leave the stack out: it was read as "the cine"
+    # (EDV 26 mL; probe 50)
+    single = [u for u, (where, n) in shape.items() if n == 1 and where
+              and (stack or where <= covered.get(_stack_key(series[u][0][1]), frozenset()))]
     at_one_place = Counter(shape[u][0] for u in single)
     if at_one_place and max(at_one_place.values()) >= MIN_SERIES_PER_DYNAMIC:
         return series
@@ -365,10 +391,13 @@ LONG_AXIS_MIN_ANGLE_DEG = 30.0
 
 
 def _without_long_axis_views(series, notes=None):
-    """``series`` without the one- or two-slice series at a steep angle to the one stack of
-    three or more slice positions: an exam export holds the short-axis cine beside its 2-, 3- and
-    4-chamber cines, and a folder of a SAX stack with a 4-chamber cine asked for --series. Left
-    as they are unless exactly one series is a stack."""
+    """``series`` without the one-slice series (or two slices in two orientations) at a steep
+    angle to the one stack of three or more slice positions: an exam export holds the short-axis
+    cine beside its 2-, 3- and 4-chamber cines, and a folder of a SAX stack with a 4-chamber cine
+    asked for --series. Left as they are unless exactly one series is a stack, and a time series
+    (two or more images per slice position); two parallel
+    slices are a short stack (a 2-slice short axis beside a 3-slice 4-chamber stack was left out
+    as "a long-axis view", probe 50)."""
     def normal(items):
         try:
             iop = np.array([float(v) for v in items[0][1].ImageOrientationPatient])
@@ -379,7 +408,9 @@ def _without_long_axis_views(series, notes=None):
 
     counts = {u: len(_series_positions(items)) for u, items in series.items()}
     stacks = [u for u, k in counts.items() if k >= 3]
-    if len(stacks) != 1 or normal(series[stacks[0]]) is None:
+    if len(stacks) != 1 or normal(series[stacks[0]]) is None or _frames_per_position(series[stacks[0]]) < 2:
+        # a stack of one image per slice (an LGE, or one phase) beside a 4-chamber cine: which
+        # one is meant is the user's to say (the LGE was read as a one-phase cine; probe 50)
         return series
     axis = normal(series[stacks[0]])
     dropped = []
@@ -389,6 +420,8 @@ def _without_long_axis_views(series, notes=None):
         n = normal(items)
         if counts[u] > 2 or n is None:
             return series
+        if counts[u] == 2 and len({_stack_key(ds)[0] for _, ds in items if _stack_key(ds) is not None}) < 2:
+            return series   # two parallel slices: a short stack, perhaps the short axis itself (probe 50)
         angle = float(np.degrees(np.arccos(min(1.0, abs(float(n @ axis))))))
         if angle < LONG_AXIS_MIN_ANGLE_DEG:
             return series   # a slice parallel to the stack (a repeat, a missing part): the user chooses
@@ -576,17 +609,18 @@ def _parallel_stack(series, notes=None):
     def n_positions(uids):
         return len(set().union(*(_series_positions(series[uid]) for uid in uids)))
 
-    # most positions first; at equal positions a stack of several images per position (cine,
-    # perfusion) before one of single images (LGE at the cine's positions): neither a single
-    # image per slice is analysed here as a cycle
+    # a stack of several images per position (cine, perfusion) before one of single images (an
+    # LGE per slice, with more slices than the cine: it had won on its count), then most positions
     def rank(uids):
-        return n_positions(uids), _frames_per_position(series[uids[0]]) > 1
+        return _frames_per_position(series[uids[0]]) > 1, n_positions(uids)
 
     ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: rank(x[1]), reverse=True)
     if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and rank(ranked[1][1]) == rank(ranked[0][1])):
         return None
     if max(len(_series_positions(series[u])) for u in ranked[0][1]) == ranked[0][0]:
         return None   # one series alone covers the stack: the others are other acquisitions (rest/stress), not parts
+    if not rank(ranked[0][1])[0] and any(_frames_per_position(items) > 1 for items in series.values()):
+        return None   # an LGE stored per slice beside a lone 4-chamber cine: which to read is the user's to say
     if sum(any(_names_role(series[u], role) for u in ranked[0][1]) for role in PERFUSION_ROLES) > 1:
         # stress and rest, each stored one series per slice: two stacks, not one with every
         # slice "repeated" (the rest series, being later, replaced the stress slices)
@@ -660,14 +694,16 @@ def _short_stack_hint(series):
     return ""
 
 
+def _position_key(ds):
+    """The image's ImagePositionPatient to 0.1 mm, or None when it has none readable."""
+    try:
+        return tuple(np.round([float(v) for v in ds.ImagePositionPatient], 1))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def _series_positions(items):
-    pos = set()
-    for _, ds in items:
-        try:
-            pos.add(tuple(np.round([float(v) for v in ds.ImagePositionPatient], 1)))
-        except (AttributeError, TypeError, ValueError):
-            pass
-    return frozenset(pos)
+    return frozenset(p for p in (_position_key(ds) for _, ds in items) if p is not None)
 
 
 def _drop_repeated_positions(series, uids, notes=None):
@@ -769,11 +805,11 @@ PERFUSION_ROLES = ("stress", "rest")
 # the stress agent as a word start ('Adenosine perfusion', 'Regadenoson_perf', 'Perf_ATP' name no
 # 'stress' but are the stress series), 'rest' as a word start only ('interest', 'forest') or
 # joined to 'perf' ('PERFREST'), the abbreviations STR and RST as words, and the German, French,
-# Spanish and Italian words (Belastung / Ruhe, repos, reposo, riposo). Each of these asked for
-# --series (probe 47).
+# Spanish and Italian words (Belastung / Ruhe, repos, reposo, riposo; 'repos' as a whole word:
+# 'Perf after repositioning' is no rest, probe 50). Each of these asked for --series (probe 47).
 _ROLE_WORDS = {"stress": r"stress|belastung|(?<![a-z])(?:adenosin|regadenoson|lexiscan|dipyridamol|persantin"
                          r"|(?:atp|str)(?![a-z]))",
-               "rest": r"(?:(?<![a-z])|(?<=perf))rest(?!art|or|ric)|(?<![a-z])(?:rst(?![a-z])|ruhe|repos|riposo)"}
+               "rest": r"(?:(?<![a-z])|(?<=perf))rest(?!art|or|ric)|(?<![a-z])(?:rst(?![a-z])|ruhe|reposo?(?![a-z])|riposo)"}
 
 
 def _names_role(items, role):
@@ -1328,7 +1364,16 @@ def _mark_trigger_times_in_seconds(items):
     distinct = np.unique(np.round(values, 6))
     if len(raw) != len(items) or values.size != len(raw) or distinct.size < 5 or values.min() < 0 or distinct.max() >= 120:
         return None
-    step = float(np.median(np.diff(distinct)))
+    # the step between one slice's frames: a one-phase stack whose slices were triggered 18.29-20 ms
+    # after the R wave has none, and its slices' delays 0.25 ms apart read as seconds (ED then
+    # "18292-20000 ms", FRAME_PHASE_UNKNOWN; probe 50)
+    by_position = {}
+    for v, ds in raw:
+        by_position.setdefault(_position_key(ds), set()).add(round(v, 6))
+    steps = [d for delays in by_position.values() if len(delays) > 1 for d in np.diff(sorted(delays))]
+    if not steps:
+        return None
+    step = float(np.median(steps))
     if not 0.005 <= step < 1.0:
         return None
     for _, ds in raw:
@@ -2326,6 +2371,12 @@ def pixel_spacing_against_diameter(ds, ps):
     except (TypeError, ValueError, AttributeError):
         return None
     if not (diameter > 0 and fov > 0) or abs(fov / diameter - 1) <= MAX_FIELD_OF_VIEW_MISMATCH:
+        return None
+    matrix = diameter / max(float(ps[0]), float(ps[1]))
+    if fov < diameter and matrix >= max(int(ds.Rows), int(ds.Columns)) and abs(matrix / (16 * round(matrix / 16)) - 1) < 0.005:
+        # the diameter holds a reconstruction matrix (a multiple of 16) of these pixels, of which
+        # the image keeps a part: an export cropped around the heart, its volumes right (a
+        # 128-px crop of Sunnybrook's 256 read "4.00 times as large", probe 50)
         return None
     pixel = diameter / max(int(ds.Rows), int(ds.Columns))
     return {"diameter_mm": diameter, "field_of_view_mm": round(fov, 2), "pixel_mm_by_diameter": round(pixel, 4),
