@@ -201,7 +201,7 @@ def _copy_key(ds):
 def _as_numbers(value):
     """A tag's value as numbers (to 1e-4) where it is numeric, else as written: a copy saved by
     another tool writes '[0, 0, 0]' for '[0.0, 0.0, 0.0]' (a JPEG-lossless copy was no copy)."""
-    values = value if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str) else [value]
+    values = [value] if isinstance(value, str) or not hasattr(value, "__len__") else value   # one value, or a MultiValue
     try:
         return tuple(round(float(v), 4) for v in values)
     except (TypeError, ValueError):
@@ -395,9 +395,8 @@ def _without_long_axis_views(series, notes=None):
     angle to the one stack of three or more slice positions: an exam export holds the short-axis
     cine beside its 2-, 3- and 4-chamber cines, and a folder of a SAX stack with a 4-chamber cine
     asked for --series. Left as they are unless exactly one series is a stack, and a time series
-    (two or more images per slice position); two parallel
-    slices are a short stack (a 2-slice short axis beside a 3-slice 4-chamber stack was left out
-    as "a long-axis view", probe 50)."""
+    (two or more images per slice position); two parallel slices are a short stack (a 2-slice
+    short axis beside a 3-slice 4-chamber stack was left out as "a long-axis view", probe 50)."""
     def normal(items):
         try:
             iop = np.array([float(v) for v in items[0][1].ImageOrientationPatient])
