@@ -878,6 +878,22 @@ def test_aif_series_with_anonymised_clocks(tmp_path, phantom, clock):
             load_study(tmp_path)
 
 
+def test_acquisition_times_anonymised_to_one_value_ask_for_dt_saying_so(tmp_path, phantom):
+    """Every AcquisitionTime of a Siemens-style series set to 000000 by an anonymiser: the error
+    said "the file has no frame times", though every image carries one (probe 49). It now says
+    that the times do not tell the frames apart, and asks for --dt as before."""
+    import pydicom
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.AcquisitionTime = "000000"
+        ds.save_as(p)
+    with pytest.raises(CardiacInputError, match=r"acquisition times do not tell one slice's frames apart .*give dt"):
+        load_study(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["renumbered", "one_sop_uid_no_numbers", "one_sop_uid"])
 def test_anonymised_whole_second_clocks_that_cannot_order_the_frames_are_refused(tmp_path, damage):
     """Anonymisers that cut AcquisitionTime to the second (two heartbeats of 0.5 s per second)

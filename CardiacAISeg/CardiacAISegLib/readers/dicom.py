@@ -1298,7 +1298,9 @@ def _choose_series(folder, series, choice, notes=None):
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description
         # says it (its AIF series may say it too), else the folder's one series or pair
-        series = _without_single_images(_drop_derived_copies(series, notes), notes)
+        # the single images left out go unsaid: the role chose the series, and the stress's and the
+        # rest's reads of one exam folder each named the same LGE series (probe 50)
+        series = _without_single_images(_drop_derived_copies(series, notes))
         partner = {uid: _aif_partner(uid, items, series, c.lower()) for uid, items in series.items()
                    if _names_role(items, c.lower())}
         # not the AIF series of another one (named or not: a stress AIF series named 'Perf_REST_AIF'
@@ -1602,6 +1604,10 @@ def choose_frame_clock(groups):
         return {"clock": "AcquisitionTime", "kind": k, "span_s": span(clock),
                 "reason": f"frames ordered by acquisition time ({span(clock):.1f} s); no distinct trigger delays"}
     untimed = _frames_without_clock(groups)
+    if not untimed and clock is not None and any(len(g) > 1 for g in groups):
+        # "the file has no frame times" said of times that are there but alike (probe 49)
+        untimed = ("the images' acquisition times do not tell one slice's frames apart (one value for several of "
+                   "them: the series' start, or times an anonymiser replaced or cut short)")
     return {"clock": None, "kind": None, "span_s": None, "untimed_images": untimed or None,
             "reason": "no distinct frame times in TriggerTime or AcquisitionTime" + (f"; {untimed}" if untimed else "")}
 
