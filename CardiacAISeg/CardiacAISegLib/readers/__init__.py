@@ -109,22 +109,12 @@ def one_frame_phase(study):
     cine. The volumes of one frame are reported as ED's; an ACDC ES file given alone read its
     end-systolic volume as "LV EDV" with QC pass (probe 46). An ACDC frame file names its frame
     and the Info.cfg beside it names ED and ES; a DICOM phase triggered at the R wave is ED."""
-    import re
-
-    from .acdc import read_info_cfg
+    from .acdc import frame_phase_from_info_cfg
 
     source = Path(study.source) if study.source else None
-    if source is not None and source.is_file() and (source.parent / "Info.cfg").is_file():
-        match = re.search(r"_frame0*(\d+)(?:\.|$)", source.name)
-        try:
-            info = read_info_cfg(source.parent / "Info.cfg")
-        except CardiacInputError:
-            info = {}
-        if match and "ED" in info and "ES" in info:
-            number = int(match.group(1))
-            how = f"frame {number} of the cycle; Info.cfg beside it: ED {info['ED']}, ES {info['ES']}"
-            phase = "ED" if number == info["ED"] else "ES" if number == info["ES"] else f"frame {number}"
-            return {"phase": phase, "how": how}
+    known = frame_phase_from_info_cfg(source) if source is not None and source.is_file() else None
+    if known is not None:
+        return known
     delays = study.provenance.get("trigger_times_ms")
     if delays:
         values = np.asarray(delays, float).ravel()

@@ -216,3 +216,22 @@ def _same_geometry_as_first(path, affine, first_path, first_affine, warnings):
     difference = grid_difference(affine, first_affine)
     if difference:
         warnings.append(f"{Path(path).name}: geometry differs from {first_path.name} ({difference}); frames used voxel by voxel")
+
+
+def frame_phase_from_info_cfg(path):
+    """{"phase": 'ED', 'ES' or 'frame N', "how"} of an ACDC frame file (``_FRAME_RE``) given alone,
+    from the Info.cfg beside it; None when the file is no ACDC frame or Info.cfg cannot say."""
+    path = Path(path)
+    match = _FRAME_RE.match(path.name)
+    info_path = path.parent / "Info.cfg"
+    if not match or not info_path.is_file():
+        return None
+    try:
+        info = read_info_cfg(info_path)
+    except CardiacInputError:
+        return None
+    if "ED" not in info or "ES" not in info:
+        return None
+    number = int(match.group("n"))
+    phase = "ED" if number == info["ED"] else "ES" if number == info["ES"] else f"frame {number}"
+    return {"phase": phase, "how": f"frame {number} of the cycle; Info.cfg beside it: ED {info['ED']}, ES {info['ES']}"}

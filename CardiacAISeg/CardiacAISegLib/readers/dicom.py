@@ -363,21 +363,21 @@ def _without_single_images(series, notes=None):
     more slice positions of time series, or at their positions."""
     if len(series) < 2:
         return series
-    shape = {u: (where, _frames_per_position(items, where)) for u, items in series.items()
+    # (positions, images per position, geometry) of each series, read once
+    shape = {u: (where, _frames_per_position(items, where), _stack_key(items[0][1])) for u, items in series.items()
              for where in (_series_positions(items),)}
     # the slice positions time series cover, per image geometry (orientation, matrix, pixel size)
     covered = {}
-    for u, (where, n) in shape.items():
+    for where, n, key in shape.values():
         if n >= 2:
-            key = _stack_key(series[u][0][1])
             covered[key] = covered.get(key, frozenset()) | where
     stack = any(len(where) >= 3 for where in covered.values())
     # beside a stack of them (three or more slice positions, in one series or one per slice), or
     # at a time series' own positions in its geometry (a map of its slices); a single 4-chamber
     # cine beside an LGE stack is no reason to leave the stack out: it was read as "the cine"
     # (EDV 26 mL; probe 50)
-    single = [u for u, (where, n) in shape.items() if n == 1 and where
-              and (stack or where <= covered.get(_stack_key(series[u][0][1]), frozenset()))]
+    single = [u for u, (where, n, key) in shape.items() if n == 1 and where
+              and (stack or where <= covered.get(key, frozenset()))]
     at_one_place = Counter(shape[u][0] for u in single)
     if at_one_place and max(at_one_place.values()) >= MIN_SERIES_PER_DYNAMIC:
         return series
@@ -435,10 +435,7 @@ def _clock_spans(series, uids):
     counted on from the evening: a stack read out from 23:59:50 to 00:00:20 is one span, not one
     from 00:00 to 23:59 that every other series overlaps (probe 34)."""
     for u in uids:
-        # each series read on its one clock tag, as its frames will be (a reconstruction time
-        # that is one value for all is no clock); settled once, as every pairing asks again
-        if getattr(series[u][0][1], _CLOCK_TAG, None) is None:
-            _settle_clock_tag(series[u])
+        _settle_once(series[u])
     times = {u: [t for t in (_clock_s(ds) for _, ds in series[u]) if t is not None] for u in uids}
     if any(not t for t in times.values()):
         return None
@@ -792,9 +789,15 @@ def _has_clock(items):
     # on the series' one clock tag, as the pairing reads it: a ContentTime that is one value for
     # all (anonymised to 000000) is no clock, yet read unsettled it made a Philips AIF series
     # "not acquired during" its images (probe 48)
+    _settle_once(items)
+    return any(_clock_s(ds) is not None for _, ds in items)
+
+
+def _settle_once(items):
+    """``_settle_clock_tag`` unless done: each series is read on its one clock tag, as its frames
+    will be (a reconstruction time that is one value for all is no clock); every pairing asks again."""
     if items and getattr(items[0][1], _CLOCK_TAG, None) is None:
         _settle_clock_tag(items)
-    return any(_clock_s(ds) is not None for _, ds in items)
 
 
 PERFUSION_ROLES = ("stress", "rest")
