@@ -944,6 +944,26 @@ def test_coverage_rule_on_expert_acdc_labels(shared_data):
     assert intact == 0 and cut >= 3, (intact, cut)
 
 
+def test_a_basal_cut_is_told_by_its_end_slice_at_es(shared_data):
+    """With the 2 basal slices removed, ACDC stacks read EDV about 30 % low and most passed (19 of
+    80 flagged): the end slice then still holds the whole heart at ES, where a true basal slice
+    loses it as the base descends. Every third patient: none intact flagged, more cut ones."""
+    from CardiacAISegLib.qc import incomplete_coverage
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    intact, ed_only, with_es = 0, 0, 0
+    for folder in sorted((shared_data / "acdc").glob("patient*"))[::3]:
+        st = load_acdc_patient(folder)
+        ed, es = st.labels[st.ed_frame], st.labels[st.es_frame]
+        base = int(np.nonzero(np.isin(ed, (LV, MYO)).any(axis=(1, 2)))[0][0])   # ACDC: the base at slice 0
+        intact += incomplete_coverage(ed, st.spacing, es) is not None
+        ed_only += incomplete_coverage(ed[base + 2:], st.spacing) is not None
+        cut = incomplete_coverage(ed[base + 2:], st.spacing, es[base + 2:])
+        with_es += cut is not None
+        assert cut is None or "may not cover the whole ventricle" in cut[0]
+    assert intact == 0 and with_es >= ed_only + 3, (intact, ed_only, with_es)
+
+
 def test_noisy_cine_is_sent_to_review(cine, shared_data):
     """Rician noise of 15 % of the 99th-percentile signal: the network's ES cavity shrank (ESV
     -30 %, EF +12 points) with QC "pass" (probe 23). The blood-pool SNR says so; no clean ACDC
