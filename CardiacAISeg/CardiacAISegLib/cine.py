@@ -33,10 +33,18 @@ ED_ES_MIN_FRAMES = 6
 # 98 % and 1 % of the range).
 ED_ES_EF_POINTS = 5.0
 ED_ES_MIN_RANGE = 0.10
+# A few phases exported with their DICOM trigger delays (under ED_ES_MIN_FRAMES frames): the
+# delays place ED and ES in the cycle. End-systole falls ES_DELAY_MS after the R wave at heart
+# rates of about 45-150/min; end-diastole is the R wave itself (readers.ED_TRIGGER_DELAY_MS) or
+# the cycle's end, at least ED_AFTER_ES_MS after ES (the shipped Sunnybrook sample: ES 300 ms,
+# ED 740 ms). Two early-systolic phases (0 and 100 ms) read as ED and ES give an EF of the
+# first 100 ms of systole with every range passed.
+ES_DELAY_MS = (150.0, 550.0)
+ED_AFTER_ES_MS = 250.0
 
 MEASURE_KEYS = ("ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
                 "lv_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
-                "lv_volume_curve_ml", "ed_es_certainty", "ed_es_check")
+                "lv_volume_curve_ml", "ed_es_certainty", "ed_es_check", "ed_es_timing")
 
 
 def _where(source):
@@ -340,6 +348,32 @@ def _ed_es_check(study, labels, curve, ed, es):
     return check
 
 
+def ed_es_timing(study, ed, es):
+    """{"ed_ms", "es_ms", "problems": [...]} for a cine of under ED_ES_MIN_FRAMES frames with DICOM
+    trigger delays (medians over the slices), else None; ``problems`` says where ED or ES lies
+    outside the cycle's place for it (ES_DELAY_MS, ED_AFTER_ES_MS)."""
+    from .readers import ED_TRIGGER_DELAY_MS
+
+    delays = (study.provenance or {}).get("trigger_times_ms")
+    if not delays or study.n_frames >= ED_ES_MIN_FRAMES or ed == es:
+        return None
+    try:
+        d = np.asarray(delays, float)   # (slice, frame)
+    except ValueError:   # slices with different numbers of phases
+        return None
+    if d.ndim != 2 or d.shape[1] != study.n_frames or not np.isfinite(d).all():
+        return None
+    ed_ms, es_ms = float(np.median(d[:, ed])), float(np.median(d[:, es]))
+    problems = []
+    if not ES_DELAY_MS[0] <= es_ms <= ES_DELAY_MS[1]:
+        problems.append(f"ES (frame {es + 1}) is {es_ms:.0f} ms after the R wave, where end-systole falls "
+                        f"{ES_DELAY_MS[0]:.0f}-{ES_DELAY_MS[1]:.0f} ms after it")
+    if ED_TRIGGER_DELAY_MS < ed_ms < es_ms + ED_AFTER_ES_MS:
+        problems.append(f"ED (frame {ed + 1}) is {ed_ms:.0f} ms after the R wave: neither at it (0-{ED_TRIGGER_DELAY_MS:.0f} ms) "
+                        f"nor {ED_AFTER_ES_MS:.0f} ms or more after ES")
+    return {"ed_ms": ed_ms, "es_ms": es_ms, "problems": problems}
+
+
 def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_es=None):
     """EDV/ESV/SV/EF, LV mass (``density``, 1.05 g/mL, x myocardium at ED) and RV volumes of a cine study.
 
@@ -441,6 +475,10 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         warnings.append(f"no RV labelled at ED (frame {ed}): RV measures are undefined")
     if lv_esv > lv_edv:
         warnings.append("LV ESV exceeds EDV: ED and ES frames may be swapped")
+    timing = ed_es_timing(study, ed, es)
+    if timing and timing["problems"]:
+        warnings.append("the trigger delays place the frames taken as ED and ES elsewhere in the cycle: "
+                        + "; ".join(timing["problems"]) + ": EF and SV are not the cycle's; give its ED and ES phases")
     certainty = None
     if full and study.n_frames >= ED_ES_MIN_FRAMES:
         certainty = ed_es_certainty([curve[t]["lv"] for t in range(study.n_frames)])
@@ -459,6 +497,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         "lv_volume_curve_ml": [curve[t]["lv"] for t in range(study.n_frames)] if full else None,
         "ed_es_certainty": certainty,
         "ed_es_check": ed_es_check,
+        "ed_es_timing": timing,
         "warnings": warnings,
     }
     return out

@@ -571,6 +571,11 @@ def cine_flags(analysis):
         if n_lv < MIN_SLICES_FOR_VOLUME:
             flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
                                                          f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not whole-heart values", n_lv))
+    timing = c.get("ed_es_timing") or {}
+    if timing.get("problems"):
+        flags.append(_flag("ED_ES_TIMING", REVIEW, "the trigger delays place the frames taken as ED and ES elsewhere in the "
+                                                   f"cycle: {'; '.join(timing['problems'])}; EF and SV are not the cycle's",
+                           timing["es_ms"]))
     certainty = c.get("ed_es_certainty") or {}
     for phase in ("ed", "es"):
         if certainty and not certainty.get(f"{phase}_sure", True):

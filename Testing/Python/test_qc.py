@@ -2,6 +2,7 @@
 never raised by the clean phantom; the flags reach results.json, results.csv and --strict."""
 import json
 from copy import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -962,6 +963,33 @@ def test_a_basal_cut_is_told_by_its_end_slice_at_es(shared_data):
         with_es += cut is not None
         assert cut is None or "may not cover the whole ventricle" in cut[0]
     assert intact == 0 and with_es >= ed_only + 3, (intact, ed_only, with_es)
+
+
+def test_two_phases_the_trigger_delays_place_outside_ed_and_es_are_flagged(tmp_path):
+    """A DICOM export of two phases is measured as ED (the larger LV) and ES: with phases at 0
+    and 100 ms it read the first 100 ms of systole as the cycle's EF with every range passed.
+    The shipped sample's ES at 300 ms and ED at 740 ms (the cycle's end) pass."""
+    import shutil
+
+    import pydicom
+
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    sample = Path(__file__).resolve().parents[2] / "CardiacAISeg" / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es" / "dicom"
+    a = compute_analysis(load_study(sample))
+    assert a.cine["ed_es_timing"]["problems"] == [] and "ED_ES_TIMING" not in codes(a)
+    early = tmp_path / "early"
+    shutil.copytree(sample, early)
+    for f in early.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = 0 if float(ds.TriggerTime) > 500 else 100   # ED at the R wave, "ES" 100 ms later
+        ds.save_as(f)
+    b = compute_analysis(load_study(early))
+    assert "ED_ES_TIMING" in codes(b) and b.qc["status"] == "review", b.qc["flags"]
+    flag = next(f for f in b.qc["flags"] if f["code"] == "ED_ES_TIMING")
+    assert "ES (frame 2) is 100 ms after the R wave" in flag["message"]
+    assert any("trigger delays place the frames" in w for w in b.warnings)
 
 
 def test_noisy_cine_is_sent_to_review(cine, shared_data):
