@@ -179,16 +179,43 @@ def _out_of(key, value, what, unit):
     return None
 
 
-def structures_at_edge(label_volume):
-    """{structure name: [slices]} of the LV (pool or myocardium) and the RV labelled on the image's
-    outermost rows or columns: a heart the field of view cuts. None of the 160 ACDC expert
-    label maps touches the edge."""
-    lab = np.asarray(label_volume)
-    edge = np.zeros(lab.shape[1:], bool)
+def image_edge(image):
+    """The edge of a 2D image's data: its outermost rows and columns, and where rows or columns of
+    one value (a crop padded back to the matrix, zero-fill to a square) reach in from the
+    border, those and the first row or column of data beside them."""
+    image = np.asarray(image)
+    edge = np.zeros(image.shape, bool)
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if image.size == 0 or image.min() == image.max():
+        return edge
+    data = [slice(None), slice(None)]   # the rows and columns inside the padding found so far
+    for axis in (0, 1, 0):   # rows, then columns within those rows, then rows again (padding on both)
+        inner = image[data[0], data[1]]
+        flat = inner.min(axis=1 - axis) == inner.max(axis=1 - axis)
+        if flat.all():
+            return edge
+        lead, trail = int(np.argmin(flat)), int(np.argmin(flat[::-1]))   # one-value lines from each end
+        start = (data[axis].start or 0) + lead
+        stop = (data[axis].start or 0) + flat.size - trail
+        data[axis] = slice(start, stop)
+    for axis in (0, 1):
+        band = np.ones(image.shape[axis], bool)
+        band[data[axis].start + 1: data[axis].stop - 1] = False   # the data's own outermost lines stay edge
+        edge |= band[:, None] if axis == 0 else band[None, :]
+    return edge
+
+
+def structures_at_edge(label_volume, images=None):
+    """{structure name: [slices]} of the LV (pool or myocardium) and the RV labelled on the edge
+    of the image's data (``image_edge`` of each slice of ``images``, the same frame's (S, R, C);
+    without them the outermost rows and columns): a heart the field of view cuts. None of the
+    160 ACDC expert label maps touches the edge."""
+    lab = np.asarray(label_volume)
+    border = image_edge(np.zeros(lab.shape[1:]))
     out = {}
     for name, values in (("LV", (LV, MYO)), ("RV", (RV,))):
-        slices = [int(k) for k in range(lab.shape[0]) if np.isin(lab[k][edge], values).any()]
+        slices = [int(k) for k in range(lab.shape[0])
+                  if np.isin(lab[k][border if images is None else image_edge(images[k])], values).any()]
         if slices:
             out[name] = slices
     return out
@@ -457,7 +484,8 @@ def cine_flags(analysis):
     at_edge = {}
     for name, t in (("ED", ed), ("ES", es if es != ed else None)):
         if t is not None and t in labels:
-            for structure, slices in structures_at_edge(labels[t]).items():
+            images = analysis.study.images[t] if analysis.study.images.shape[0] > t else None
+            for structure, slices in structures_at_edge(labels[t], images).items():
                 at_edge.setdefault(structure, {})[name] = slices
     if at_edge:
         # a field of view that cuts the heart: a third of the LV cut away read EDV 15-25 % low,

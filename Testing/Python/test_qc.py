@@ -449,7 +449,8 @@ def test_frames_of_one_phase_flag_no_cycle(cine):
 def test_a_heart_the_field_of_view_cuts_is_flagged(cine):
     """Images cropped through the LV (a third of it on the side away from the RV): EDV 15-25 %
     low, mass 30-41 % low, EF 6-16 points off with QC pass on ACDC (probe 46). Labels on the
-    image's outermost rows or columns flag HEART_AT_IMAGE_EDGE, naming the structure; the intact
+    image's outermost rows or columns, or beside rows or columns of one value that reach in from
+    them (a crop padded back), flag HEART_AT_IMAGE_EDGE, naming the structure; the intact
     phantom, whose heart lies inside the image, raises none."""
     from CardiacAISegLib.qc import structures_at_edge
 
@@ -463,6 +464,14 @@ def test_a_heart_the_field_of_view_cuts_is_flagged(cine):
     flag = next(f for f in a.qc["flags"] if f["code"] == "HEART_AT_IMAGE_EDGE")
     assert "LV at ED slice(s)" in flag["message"] and "LV mass" in flag["message"]
     assert set(structures_at_edge(labels[ed])) >= {"LV"}
+    # the same cut padded back to the matrix with zeros (probe 51: EDV 24-28 %, mass 32-41 % low,
+    # QC pass): the heart meets the edge of the data, not of the matrix
+    padded = study.images.copy()
+    padded[..., :cut] = 0
+    labels = {t: np.where(np.arange(lab.shape[-1]) < cut, 0, lab) for t, lab in study.labels.items()}
+    flag = next(f for f in _cine_analysis(study, labels, images=padded).qc["flags"] if f["code"] == "HEART_AT_IMAGE_EDGE")
+    assert "LV at ED slice(s)" in flag["message"]
+    assert structures_at_edge(labels[ed]) == {} and set(structures_at_edge(labels[ed], padded[ed])) >= {"LV"}
     lab = np.zeros((2, 10, 10), int)
     lab[1, 0, 4] = RV
     lab[0, 4:6, 4:6] = MYO
