@@ -906,6 +906,9 @@ def test_labels_against_the_anatomy_whatever_made_them(cine):
     assert {"LV_RV_SWAPPED", "LABELS_OFF_THE_IMAGE"} & codes(as_network(study.labels)) == set()
     mirrored = {t: np.ascontiguousarray(m[:, ::-1, :]) for t, m in study.labels.items()}
     assert "LABELS_OFF_THE_IMAGE" in codes(as_network(mirrored))
+    # labels given (another patient's _gt over these images read mass +51 % with QC pass, probe 51)
+    flag = next(f for f in _cine_analysis(study, mirrored).qc["flags"] if f["code"] == "LABELS_OFF_THE_IMAGE")
+    assert flag["message"].startswith("labels given: the labels do not seem to overlay this image")
 
 
 def test_a_value_just_outside_a_range_is_not_shown_as_its_bound():
@@ -1108,6 +1111,50 @@ def test_thick_slices_and_clipped_blood_are_sent_to_review(cine, shared_data):
         a = Analysis(st, st.labels)
         a.model_info = {"name": "unet-light"}
         assert not {"SLICES_THICK", "IMAGE_CLIPPED"} & codes(a.run()), p
+
+
+def test_a_slice_written_twice_and_images_cast_to_few_grey_levels_are_flagged(cine, shared_data):
+    """Probe 51, both QC pass before: a stack with its mid slice written twice read EDV, ESV and
+    mass 11-15 % high; 0..1 images cast to integers without scaling (4 grey levels) put the
+    network's ESV 30 % low, EF +11 points. Said as SLICES_REPEATED (whatever made the labels)
+    and IMAGE_QUANTISED (the network's contours only); no ACDC study raises either."""
+    from CardiacAISegLib.qc import MIN_GREY_LEVELS, grey_levels, repeated_slices
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study, _ = cine
+    mid = study.n_slices // 2
+    order = list(range(mid + 1)) + list(range(mid, study.n_slices))   # slice mid twice
+    twice = {t: lab[order] for t, lab in study.labels.items()}
+    a = _cine_analysis(study, twice, images=study.images[:, order])
+    flag = next(f for f in a.qc["flags"] if f["code"] == "SLICES_REPEATED")
+    assert f"slice(s) {mid + 1} and {mid + 2} (counted from 1)" in flag["message"]
+    assert "SLICES_REPEATED" not in codes(_cine_analysis(study))
+    lo, hi = study.images.min(), study.images.max()
+    cast = np.floor(3 * (study.images - lo) / (hi - lo)).astype(np.float32)   # 0..1 times 3, truncated
+    for model_info, flagged in ((None, False), ({"name": "unet-light"}, True)):
+        a = Analysis(copy(study), study.labels)
+        a.study.images, a.model_info = cast, model_info
+        assert ("IMAGE_QUANTISED" in codes(a.run())) == flagged
+    for p in ("patient001", "patient021", "patient041", "patient061", "patient081"):
+        st = load_acdc_patient(shared_data / "acdc" / p)
+        assert grey_levels(st.images[st.ed_frame]) >= 4 * MIN_GREY_LEVELS and repeated_slices(st.images) == [], p
+
+
+def test_a_stack_whose_file_doubles_its_slice_spacing_is_flagged(shared_data):
+    """ACDC patient092's 5 mm stack written as 10 mm read volumes and mass twice over with QC
+    pass (probe 51). Patient084's so written spans 120 mm, 2.29 times its width (expert labels),
+    where the network's ED labels of the 80 ACDC patients span 0.84-1.51. Of the 8 5-mm ACDC
+    stacks so doubled, 4 are over 2.0 within 160 mm, 2 are LV_LENGTH_RANGE (over 160 mm), and
+    092 and 094 (1.98, 1.92) pass. With its own spacing it is not flagged."""
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    st = load_acdc_patient(shared_data / "acdc" / "patient084")
+    assert "LV_LONG_FOR_ITS_WIDTH" not in codes(Analysis(copy(st), st.labels).run())
+    m = st.ijk_to_ras.copy()
+    m[:3, 2] *= 2.0
+    a = _cine_analysis(st, ijk_to_ras=m)
+    flag = next(f for f in a.qc["flags"] if f["code"] == "LV_LONG_FOR_ITS_WIDTH")
+    assert "(10 mm)" in flag["message"] and flag["value"] > 2.0
 
 
 def test_a_basal_es_ring_without_a_cavity_is_flagged(cine, shared_data):
