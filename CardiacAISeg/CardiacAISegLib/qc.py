@@ -367,18 +367,23 @@ def repeated_slices(images):
     return pairs
 
 
+def _repeated_slice_flags(study):
+    repeated = repeated_slices(study.images)
+    if not repeated:
+        return []
+    return [_flag("SLICES_REPEATED", REVIEW, "slice(s) " + ", ".join(f"{k + 1} and {j + 1}" for k, j in repeated)
+                  + " (counted from 1) hold the same images in every frame: a slice written twice by the export is "
+                    "measured twice (a cine's mid slice repeated read its volumes and mass 11-15 % high in tests; a "
+                    "perfusion slice repeated moves the slices after it to other AHA levels); check the stack",
+                  len(repeated))]
+
+
 def acquisition_flags(analysis):
     """SLICES_THICK, SLICES_REPEATED, PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
     cine acquired or exported outside what the segmentation was trained and checked on, or with
     its spacing lost."""
-    flags = []
+    flags = _repeated_slice_flags(analysis.study)
     st = analysis.study
-    repeated = repeated_slices(st.images)
-    if repeated:
-        flags.append(_flag("SLICES_REPEATED", REVIEW, "slice(s) " + ", ".join(f"{k + 1} and {j + 1}" for k, j in repeated)
-                           + " (counted from 1) hold the same images in every frame: a slice written twice by the export "
-                             "counts twice in the volumes and the mass (a mid slice repeated read them 11-15 % high in "
-                             "tests); check the stack", len(repeated)))
     spacing = float(st.spacing[2]) if st.n_slices > 1 else 0.0
     if spacing > MAX_CINE_SLICE_SPACING_MM:
         flags.append(_flag("SLICES_THICK", REVIEW, f"slices {spacing:.0f} mm apart, where the networks were trained and "
@@ -808,7 +813,7 @@ def _breathing_note(study):
 
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
-    flags = []
+    flags = _repeated_slice_flags(analysis.study)
     st = analysis.study
     flags += perfusion_mask_flags(analysis)
     g = p.get("global_mbf_ml_min_g")

@@ -1113,7 +1113,7 @@ def test_thick_slices_and_clipped_blood_are_sent_to_review(cine, shared_data):
         assert not {"SLICES_THICK", "IMAGE_CLIPPED"} & codes(a.run()), p
 
 
-def test_a_slice_written_twice_and_images_cast_to_few_grey_levels_are_flagged(cine, shared_data):
+def test_a_slice_written_twice_and_images_cast_to_few_grey_levels_are_flagged(cine, perfusion, shared_data):
     """Probe 51, both QC pass before: a stack with its mid slice written twice read EDV, ESV and
     mass 11-15 % high; 0..1 images cast to integers without scaling (4 grey levels) put the
     network's ESV 30 % low, EF +11 points. Said as SLICES_REPEATED (whatever made the labels)
@@ -1129,6 +1129,12 @@ def test_a_slice_written_twice_and_images_cast_to_few_grey_levels_are_flagged(ci
     flag = next(f for f in a.qc["flags"] if f["code"] == "SLICES_REPEATED")
     assert f"slice(s) {mid + 1} and {mid + 2} (counted from 1)" in flag["message"]
     assert "SLICES_REPEATED" not in codes(_cine_analysis(study))
+    perf = perfusion[0]
+    again = copy(perf)
+    again.provenance = dict(perf.provenance)
+    again.images = perf.images[:, [0, 1, 1, 2]]   # a perfusion slice written twice: AHA levels move
+    again.labels = {t: lab[[0, 1, 1, 2]] for t, lab in perf.labels.items()}
+    assert "SLICES_REPEATED" in codes(Analysis(again, again.labels).run())
     lo, hi = study.images.min(), study.images.max()
     cast = np.floor(3 * (study.images - lo) / (hi - lo)).astype(np.float32)   # 0..1 times 3, truncated
     for model_info, flagged in ((None, False), ({"name": "unet-light"}, True)):
