@@ -343,6 +343,11 @@ MAX_POOL_SHARE_AT_IMAGE_MAXIMUM = 0.25
 # 1000 in Sunnybrook and the MetaImage cine. 0..1 images cast to integers without scaling keep
 # 2-4 levels; the network's ESV read 30 % low, EF +11 points, QC pass (probe 51).
 MIN_GREY_LEVELS = 32
+# The wider side of the field of view of the 80 ACDC studies spans 320-480 mm, Sunnybrook's
+# 350 mm; MR scanners reach 500-550 mm at most. A wider image has pixels larger in the file than
+# the scanner's: an image resized with its old header (ACDC upsampled 1.5 times, 555 mm, read
+# EDV +132 %, mass +114 %, QC pass; probe 51).
+MAX_FIELD_OF_VIEW_MM = 550.0
 
 
 def grey_levels(image, most=200_000):
@@ -379,11 +384,18 @@ def _repeated_slice_flags(study):
 
 
 def acquisition_flags(analysis):
-    """SLICES_THICK, SLICES_REPEATED, PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
+    """SLICES_THICK, SLICES_REPEATED, FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
     cine acquired or exported outside what the segmentation was trained and checked on, or with
     its spacing lost."""
     flags = _repeated_slice_flags(analysis.study)
     st = analysis.study
+    fov = (st.images.shape[2] * float(st.spacing[1]), st.images.shape[3] * float(st.spacing[0]))
+    if max(fov) > MAX_FIELD_OF_VIEW_MM:
+        flags.append(_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR "
+                                                          f"scanner's field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): "
+                                                          "the pixel size in the file is larger than the scanner's (an image "
+                                                          "resized and saved with its old header?), and volumes and mass grow "
+                                                          "with its square; check the spacing", max(fov)))
     spacing = float(st.spacing[2]) if st.n_slices > 1 else 0.0
     if spacing > MAX_CINE_SLICE_SPACING_MM:
         flags.append(_flag("SLICES_THICK", REVIEW, f"slices {spacing:.0f} mm apart, where the networks were trained and "
@@ -500,6 +512,31 @@ def _image_flag(study, code, images, what, ed, es):
                                "re-acquire them", n)
 
 
+def _es_slice_offset_flags(study, ed, es):
+    """ES_SLICES_OFFSET: most slices of the ES images look like the ED images of the slice beside
+    them rather than their own (``geometry_check.slice_offset_between``). An ES volume written one
+    slice off ED's (ACDC ES files shifted by one slice, images and labels alike) read ESV about
+    20 % low and EF 6-11 points high with QC pass in 8 of 12 patients (probe 51); so shifted
+    either way, all 80 ACDC studies are flagged, unshifted none. Judged on fields of view of
+    SWAPPED_AXES_MIN_FOV_MM or more: on a crop the beating heart fills the image."""
+    from .readers.geometry_check import SWAPPED_AXES_MIN_FOV_MM, slice_offset_between
+
+    if ed is None or es is None or ed == es or study.n_slices < 3 or study.images.shape[0] <= max(ed, es):
+        return []
+    rows, cols = study.images.shape[2:]
+    if min(rows * float(study.spacing[1]), cols * float(study.spacing[0])) < SWAPPED_AXES_MIN_FOV_MM:
+        return []
+    offset, votes, judged = slice_offset_between(study.images[ed], study.images[es])
+    if offset == 0 or votes < max(2, judged / 2):
+        return []
+    return [_flag("ES_SLICES_OFFSET", REVIEW, f"at ES {votes} of {judged} slices look like the ED image of the slice "
+                                              # ED slice k best matches ES slice k + offset
+                                              f"{'after' if offset < 0 else 'before'} them (ES slice k like ED slice k "
+                                              f"{'+' if offset < 0 else '-'} 1) rather than their own: the ES volume looks "
+                                              "written one slice off the ED volume (frames from files written apart?), so "
+                                              "ESV and EF compare different levels; check the ES frame's slices", votes)]
+
+
 def _one_frame_phase_flags(study, cine):
     """One frame's volumes are reported as ED's: said for review unless the file shows it is ED
     (an ACDC ES file given alone read its end-systolic 225 mL as "LV EDV", true 295, QC pass)."""
@@ -545,6 +582,7 @@ def cine_flags(analysis):
                                                "the file holds the ED and ES phases", len(labels)))
     if analysis.study.n_frames == 1 and edv is not None:
         flags += _one_frame_phase_flags(analysis.study, c)
+    flags += _es_slice_offset_flags(analysis.study, ed, es)
     at_edge = {}
     for name, t in (("ED", ed), ("ES", es if es != ed else None)):
         if t is not None and t in labels:

@@ -501,6 +501,38 @@ def swapped_axes_problem(images, most_pairs=48):
             "slices as frames? Write it as (x, y, slices, time)")
 
 
+# Within one breath-held cine a slice keeps its anatomy from ED to ES: normalised cross-
+# correlation 0.92-0.99 with itself against 0.49-0.72 with its neighbours (ACDC patient064), and
+# every slice of the 80 ACDC studies, Sunnybrook and the MetaImage cine matches its own best. A
+# neighbour counts only when it matches by OFFSET_MARGIN more than the slice's own image: the
+# cine phantom, whose synthetic body changes from ED to ES (0.58-0.84 with itself), has
+# neighbours a few hundredths ahead.
+OFFSET_MARGIN = 0.1
+
+
+def slice_offset_between(frame_a, frame_b):
+    """(offset, slices voting for it, slices judged) between two frames' (S, R, C) images: the
+    slice step d (-1, 0 or +1) at which frame b's slice k + d looks most like frame a's slice k
+    (a neighbour by OFFSET_MARGIN), by most of the slices. An offset says that one frame's volume
+    was written one slice off the other's."""
+    a = np.asarray(frame_a, np.float64)[:, ::2, ::2]
+    b = np.asarray(frame_b, np.float64)[:, ::2, ::2]
+    n = a.shape[0]
+    votes = []
+    for k in range(n):
+        if a[k].min() == a[k].max():   # a blank slice matches nothing
+            continue
+        scores = {d: _ncc(a[k], b[k + d]) for d in (-1, 0, 1) if 0 <= k + d < n and b[k + d].min() < b[k + d].max()}
+        if len(scores) > 1:
+            best = max(scores, key=scores.get)
+            votes.append(best if best == 0 or scores[best] - scores.get(0, -1.0) >= OFFSET_MARGIN else 0)
+    if not votes:
+        return 0, 0, 0
+    values, counts = np.unique(votes, return_counts=True)
+    best = int(np.argmax(counts))
+    return int(values[best]), int(counts[best]), len(votes)
+
+
 def refuse_swapped_axes(path, images, ijk_to_ras):
     """CardiacInputError naming ``path`` for a 4D file whose slice and time axes look swapped
     (``swapped_axes_problem``): every volume, EF and MBF from it would be of the wrong images.
