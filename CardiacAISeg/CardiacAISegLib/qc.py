@@ -384,7 +384,8 @@ def _repeated_slice_flags(study):
 
 
 def acquisition_flags(analysis):
-    """SLICES_THICK, SLICES_REPEATED, FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
+    """SLICES_THICK, SLICES_REPEATED, FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DISAGREES, VOXEL_SIZE_DISAGREES,
+    PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
     cine acquired or exported outside what the segmentation was trained and checked on, or with
     its spacing lost."""
     flags = _repeated_slice_flags(analysis.study)
@@ -407,6 +408,9 @@ def acquisition_flags(analysis):
     if disagree:
         flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, disagree["message"] + "; check the spacing against the "
                                                                                     "scanner's", disagree["diameter_mm"]))
+    stale = (st.provenance or {}).get("voxel_size_check")
+    if stale:   # readers.volume.unused_form_disagrees
+        flags.append(_flag("VOXEL_SIZE_DISAGREES", REVIEW, stale, None))
     if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
         # 1 x 1 mm is what a tool writes when the scanner's spacing was lost on the way to the
         # file; cine pixels are 1.2-2 mm, so volumes and mass shrink with its square and still
