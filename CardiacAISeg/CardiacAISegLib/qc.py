@@ -339,8 +339,8 @@ MAX_CINE_SLICE_SPACING_MM = 12.0
 # at most 9.6 % of the ED LV pool in 80 ACDC studies (3 over 1 %); clipped at the pool's median,
 # ESV rose 15-32 % with QC "pass" (probe 31).
 MAX_POOL_SHARE_AT_IMAGE_MAXIMUM = 0.25
-# Grey levels in the ED volume: 194-2169 in the 80 ACDC studies (8-bit at their source), about
-# 1000 in Sunnybrook and the MetaImage cine. 0..1 images cast to integers without scaling keep
+# Grey levels in the ED volume: 175 or more in the 80 ACDC studies (8-bit at their source), and 814-958
+# in the MetaImage cine and Sunnybrook (as grey_levels counts). 0..1 images cast to integers without scaling keep
 # 2-4 levels; the network's ESV read 30 % low, EF +11 points, QC pass (probe 51).
 MIN_GREY_LEVELS = 32
 # The wider side of the field of view of the 80 ACDC studies spans 320-480 mm, Sunnybrook's
