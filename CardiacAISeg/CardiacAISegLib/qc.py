@@ -372,6 +372,11 @@ def repeated_slices(images):
     return pairs
 
 
+def _field_of_view_mm(study):
+    """(rows, columns) extent of the study's images in mm."""
+    return study.images.shape[2] * float(study.spacing[1]), study.images.shape[3] * float(study.spacing[0])
+
+
 def _repeated_slice_flags(study):
     repeated = repeated_slices(study.images)
     if not repeated:
@@ -390,7 +395,7 @@ def acquisition_flags(analysis):
     its spacing lost."""
     flags = _repeated_slice_flags(analysis.study)
     st = analysis.study
-    fov = (st.images.shape[2] * float(st.spacing[1]), st.images.shape[3] * float(st.spacing[0]))
+    fov = _field_of_view_mm(st)
     if max(fov) > MAX_FIELD_OF_VIEW_MM:
         flags.append(_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR "
                                                           f"scanner's field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): "
@@ -409,7 +414,7 @@ def acquisition_flags(analysis):
         flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, disagree["message"] + "; check the spacing against the "
                                                                                     "scanner's", disagree["diameter_mm"]))
     stale = (st.provenance or {}).get("voxel_size_check")
-    if stale:   # readers.volume.unused_form_disagrees
+    if stale:   # readers.nifti.unused_form_disagrees
         flags.append(_flag("VOXEL_SIZE_DISAGREES", REVIEW, stale, None))
     if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
         # 1 x 1 mm is what a tool writes when the scanner's spacing was lost on the way to the
@@ -527,8 +532,7 @@ def _es_slice_offset_flags(study, ed, es):
 
     if ed is None or es is None or ed == es or study.n_slices < 3 or study.images.shape[0] <= max(ed, es):
         return []
-    rows, cols = study.images.shape[2:]
-    if min(rows * float(study.spacing[1]), cols * float(study.spacing[0])) < SWAPPED_AXES_MIN_FOV_MM:
+    if min(_field_of_view_mm(study)) < SWAPPED_AXES_MIN_FOV_MM:
         return []
     offset, votes, judged = slice_offset_between(study.images[ed], study.images[es])
     if offset == 0 or votes < max(2, judged / 2):

@@ -333,16 +333,18 @@ def _leave_out(series, dropped, what, notes=None):
     return {u: items for u, items in series.items() if u not in dropped}
 
 
+def _orientations(items):
+    """The image orientations (``_stack_key``'s, to 0.01) of a series' images."""
+    return {key[0] for key in (_stack_key(ds) for _, ds in items) if key is not None}
+
+
 def _without_localisers(series, notes=None):
     """``series`` without localiser/scout series (at most MAX_LOCALISER_IMAGES images in two or
     more orientations, or named so) when a series of many images remains: a SAX cine beside its
     3-plane localiser asked for --series (probe 26), as it did not in per-slice layouts."""
-    def orientations(items):
-        return {_stack_key(ds)[0] for _, ds in items if _stack_key(ds) is not None}
-
     def localiser(items):
         desc = str(items[0][1].get("SeriesDescription", "")).lower()
-        return len(items) <= MAX_LOCALISER_IMAGES and (len(orientations(items)) >= 2 or
+        return len(items) <= MAX_LOCALISER_IMAGES and (len(_orientations(items)) >= 2 or
                                                       re.search(r"loc|scout|survey|tripilot|3.?plane", desc) is not None)
 
     dropped = [u for u, items in series.items() if localiser(items)]
@@ -419,7 +421,7 @@ def _without_long_axis_views(series, notes=None):
         n = normal(items)
         if counts[u] > 2 or n is None:
             return series
-        if counts[u] == 2 and len({_stack_key(ds)[0] for _, ds in items if _stack_key(ds) is not None}) < 2:
+        if counts[u] == 2 and len(_orientations(items)) < 2:
             return series   # two parallel slices: a short stack, perhaps the short axis itself (probe 50)
         angle = float(np.degrees(np.arccos(min(1.0, abs(float(n @ axis))))))
         if angle < LONG_AXIS_MIN_ANGLE_DEG:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, Study
-from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji
+from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji, unused_form_disagrees
 from .geometry_check import check_geometry, check_spacing_values, refuse_swapped_axes
 from .sniff import VOLUME_SUFFIXES, metaimage_fields, volume_suffix
 
@@ -292,31 +292,6 @@ def forms_orient_differently(header):
         return None
     worst = float(np.degrees(np.arccos(np.clip(cosines.min(), -1, 1))))
     return f"axis {', '.join(axes)} {'reversed' if worst > 179 else f'{worst:.0f} degrees apart'}"
-
-
-def unused_form_disagrees(header):
-    """A sentence when a NIfTI header carries a form it marks unused (code 0) whose voxel sizes
-    differ from the form in use by over 1 %, else None. A tool that rewrote one form and zeroed
-    the other's code leaves the old one behind: a 4D cine whose qform and pixdim said 4 mm slices,
-    beside an unused sform of the scanner's 8 mm, read EDV and mass 50 % low with QC pass (probe
-    51). All-zero and identity forms are what writers leave by default, not a geometry."""
-    try:
-        codes = int(header["sform_code"]), int(header["qform_code"])
-        forms = {"sform": np.asarray(header.get_sform(), float), "qform": np.asarray(header.get_qform(), float)}
-    except Exception:
-        return None
-    if (codes[0] > 0) == (codes[1] > 0):   # both used (refused if their sizes differ) or neither
-        return None
-    used, unused = ("sform", "qform") if codes[0] > 0 else ("qform", "sform")
-    a, b = forms[used], forms[unused]
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or not b[:3].any() or np.allclose(b, np.eye(4)):
-        return None
-    size_used, size_unused = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
-    if np.allclose(size_used, size_unused, rtol=0.01):
-        return None
-    return (f"the header's {used} gives voxels of {np.round(size_used, 3).tolist()} mm and its unused {unused} (code 0) "
-            f"{np.round(size_unused, 3).tolist()} mm: one of them was left behind by a tool that rewrote the other; the "
-            f"numbers here use the {used}, and volumes and mass scale with the voxel size; check it against the scanner's")
 
 
 # --- NRRD -----------------------------------------------------------------------------------
