@@ -913,7 +913,7 @@ def perfusion_flags(analysis):
     myo = analysis.labels[analysis.reference_frame] == MYO
     curves = analysis._curves
     images = curves[0] if curves is not None and st.aif is not None and curves[0].shape[0] == len(st.aif) else st.images
-    flags += aif_flags(st, myo, images)
+    flags += aif_flags(st, myo, images, lv=analysis.labels[analysis.reference_frame] == LV)
     return flags
 
 
@@ -968,6 +968,86 @@ AIF_MAX_FRAME_INTERVAL_S = 1.9
 # stress; the phantom's 5-6 s). Under this the clock is too fast: a frame interval read from a
 # per-slice time or given too short, which scales MBF up by the same factor.
 AIF_MIN_FWHM_S = 2.0
+
+# A given AIF (a file, a QPerf entry) is the blood the images show in their own LV: once the first
+# pass is over the two hold the same concentration (blood mixed, neither sequence saturating), so
+# the images' eroded LV pool over the AIF, both above their pre-contrast level, in the last frames
+# after the AIF's first pass is about 1. Intact: phantoms seeds 0-5 stress and rest, the real QPerf
+# stress and rest 0.75-1.0 (the mask's edge mixes in myocardium). An AIF file scaled x2 or x0.5,
+# images rescaled x1.5 or x2 (a scl_slope), another patient's AIF: 0.48-0.59 or 1.45-2.0, and MBF
+# 31-102 % off with QC "pass" (probe 52); an AIF file zeroed after its first pass: MBF -26 %.
+AIF_LATE_RATIO_RANGE = (0.6, 1.35)
+# ... and at the bolus peak the images' blood cannot enhance much more than the AIF (their own
+# sequence saturates as much or more): intact 0.66-1.0; QPerf's AIF read as if from a saturated
+# LV: 1.63, MBF +71 % with QC "pass" (probe 52)
+AIF_PEAK_RATIO_MAX = 1.15
+# The last frames compared, and the share of its peak an AIF's tail must keep to be compared
+AIF_LATE_FRAMES = 10
+AIF_TAIL_MIN_FRACTION = 0.02
+
+# Noise of an AIF, from its second differences (robust: the bolus' own curvature is a few frames
+# out of many), as a share of its peak rise. Intact: QPerf 0.5 %, the three real low-resolution
+# AIF series' eroded pools (8-40 pixels) 0.2-1.1 %, phantoms 0.1-0.6 %. Noise added to the phantom's
+# AIF at 2 % of its peak read MBF up to 13 % off, at 3-5 % up to 23 % (/tmp/s28/aif_noise.py); an
+# AIF file with 7.5 % read -37 % with QC "pass" (probe 52).
+AIF_NOISE_MAX = 0.02
+# A bolus only rises from its foot to its peak: intact AIFs (QPerf, the real AIF series, phantoms
+# with noise) never fall on the way; two upslope frames swapped fell 18 % of the peak and read MBF
+# +29 % with QC "pass" (probe 52)
+AIF_UPSLOPE_DIP_MAX = 0.1
+
+
+def aif_noise_fraction(aif, foot):
+    """Frame-to-frame noise of the AIF (the MAD of its second differences, as a standard deviation)
+    over its rise above the pre-contrast level."""
+    aif = np.asarray(aif, float)
+    rise = float(aif.max() - np.median(aif[:max(1, foot)]))
+    if aif.size < 8 or rise <= 0:
+        return 0.0
+    second = np.diff(aif, 2)
+    return float(1.4826 * np.median(np.abs(second - np.median(second))) / np.sqrt(6.0) / rise)
+
+
+def upslope_dip(aif, foot):
+    """``(drop, frame)``: the largest fall between two frames from the AIF's foot to its peak, as
+    a share of its rise, and the frame it falls from; None without an upslope."""
+    aif = np.asarray(aif, float)
+    peak = int(np.argmax(aif))
+    rise = float(aif[peak] - np.median(aif[:max(1, foot)]))
+    steps = np.diff(aif[foot:peak + 1])
+    if not steps.size or rise <= 0:
+        return None
+    i = int(np.argmin(steps))
+    return max(0.0, -float(steps[i])) / rise, foot + i
+
+
+def aif_against_lv_blood(aif, images, lv):
+    """The images' own LV blood pool against a given AIF: ``(late, peak)``, the pool's enhancement
+    over the AIF's in the last frames after the AIF's first pass (up to ``AIF_LATE_FRAMES``; None
+    with fewer than 3 such frames or neither curve enhanced there; inf where only the pool is) and
+    at the peaks. ``images`` (T, S, R, C) as analysed, ``lv`` (S, R, C) the LV blood pool label."""
+    from .perfusion.bolus import aif_from_lv
+    from .perfusion.mbf import find_foot
+
+    aif = np.asarray(aif, float)
+    foot = find_foot(aif)
+    if foot < 1:
+        return None, None
+    blood = aif_from_lv(images, lv)
+    aif_rise = aif - float(np.median(aif[:foot]))
+    blood_rise = blood - float(np.median(blood[:foot]))
+    peak = int(np.argmax(aif_rise))
+    peak_ratio = float(blood_rise.max() / aif_rise[peak]) if aif_rise[peak] > 0 else None
+    below_half = np.flatnonzero(aif_rise[peak:] < 0.5 * aif_rise[peak])
+    if not below_half.size:
+        return None, peak_ratio
+    late = slice(max(peak + int(below_half[0]), aif.size - AIF_LATE_FRAMES), aif.size)
+    if late.stop - late.start < 3:
+        return None, peak_ratio
+    aif_late, blood_late = float(aif_rise[late].mean()), float(blood_rise[late].mean())
+    if aif_late <= AIF_TAIL_MIN_FRACTION * aif_rise[peak]:
+        return (np.inf if blood_late > 2 * AIF_TAIL_MIN_FRACTION * blood_rise.max() else None), peak_ratio
+    return blood_late / aif_late, peak_ratio
 
 
 def first_pass_fwhm_s(rise, times):
@@ -1045,9 +1125,10 @@ def frame_gap_in_first_pass(rise, times, foot):
     return None
 
 
-def aif_flags(study, myo=None, images=None):
+def aif_flags(study, myo=None, images=None, lv=None):
     """Units, shape and timing of the AIF: a scaled, spiky or late AIF gives a confident wrong MBF.
-    ``myo``/``images``: the analysed myocardium and frames (default: the study's own labels and images)."""
+    ``myo``/``lv``/``images``: the analysed myocardium, LV blood pool and frames (default: the
+    study's own labels and images)."""
     flags = []
     aif = study.aif
     if aif is None:
@@ -1074,6 +1155,18 @@ def aif_flags(study, myo=None, images=None):
     except CardiacInputError:
         flags.append(_flag("AIF_FLAT", REVIEW, "the AIF shows no bolus"))
         return flags
+    noise = aif_noise_fraction(aif, foot)
+    if noise > AIF_NOISE_MAX:
+        flags.append(_flag("AIF_NOISY", REVIEW, f"the AIF's frame-to-frame noise is {noise:.1%} of its peak (intact AIFs "
+                                                f"{AIF_NOISE_MAX:.0%} or less): the Fermi fit follows the noise, so MBF is "
+                                                "uncertain (phantom: 2 % noise read up to 13 % off, 3-5 % noise up to 23 %); "
+                                                "a smaller or noisier blood pool than an AIF needs?", noise))
+    dip = upslope_dip(aif, foot)
+    if dip is not None and dip[0] > AIF_UPSLOPE_DIP_MAX:
+        flags.append(_flag("AIF_UPSLOPE_DIP", REVIEW, f"the AIF falls by {dip[0]:.0%} of its peak between frames {dip[1]} and "
+                                                      f"{dip[1] + 1} on its upslope, where a bolus only rises: frames out of "
+                                                      "order, or one from another time? MBF is then wrong (probe: two "
+                                                      "upslope frames swapped read +29 %)", dip[0]))
     times = np.asarray(study.frame_times_s, float) if study.frame_times_s is not None and len(study.frame_times_s) == aif.size \
         else np.arange(aif.size) * (study.median_frame_interval_s or 1.0)
     dt = float(np.median(np.diff(times))) if aif.size > 1 else 0.0
@@ -1171,7 +1264,33 @@ def aif_flags(study, myo=None, images=None):
                                                                f"({rise[peak]:.3g}), which no tissue can: are the AIF and the "
                                                                "images in the same units (mmol/L or signal) and scale?",
                                    t_rise / rise[peak]))
-    if (study.provenance or {}).get("aif_source") == "lv_blood_pool":
+    source = str((study.provenance or {}).get("aif_source") or "")
+    if lv is None and study.labels:
+        lv = next(iter(study.labels.values())) == LV
+    # the images' LV is the AIF when no separate one was given, and a dual-sequence AIF series is
+    # scaled onto it: only an AIF given as numbers can be on another scale than the images
+    given = source != "lv_blood_pool" and not source.startswith("dual-sequence")
+    if given and lv is not None and lv.any() and images.shape[0] == aif.size and foot > 0:
+        late, peak_ratio = aif_against_lv_blood(aif, images, lv)
+        low, high = AIF_LATE_RATIO_RANGE
+        problems = []
+        if late is not None and np.isinf(late):
+            problems.append("the AIF is back at its baseline after its first pass while the images' LV blood is still "
+                            "enhanced (an AIF cut short and padded, or another series')")
+        elif late is not None and not low <= late <= high:
+            problems.append(f"after its first pass the images' LV blood is {late:.2f} times the AIF (expected "
+                            f"{low:g}-{high:g}: the same blood)")
+        if peak_ratio is not None and peak_ratio > AIF_PEAK_RATIO_MAX:
+            problems.append(f"at the bolus peak the images' LV blood enhances {peak_ratio:.2f} times as much as the AIF "
+                            f"(at most {AIF_PEAK_RATIO_MAX:g}: a saturated or scaled AIF)")
+        if problems:
+            flags.append(_flag("AIF_DISAGREES_WITH_LV", REVIEW, "; ".join(problems) + ". The AIF given and the images "
+                                                                "should measure the same blood: other units or scale, "
+                                                                "images rescaled, or another series' or patient's AIF? "
+                                                                "MBF scales inversely with the AIF's level (probe: x2 "
+                                                                "read -50 %, x0.5 +102 %)",
+                               late if late is not None and np.isfinite(late) else peak_ratio))
+    if source == "lv_blood_pool":
         if study.units == "gd_mmol_l":
             flags.append(_flag("AIF_FROM_LV", INFO, "the AIF is the LV blood pool of this series (no separate AIF), "
                                                     "already in Gd concentration"))

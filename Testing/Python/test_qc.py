@@ -545,6 +545,90 @@ def test_a_structure_is_kept_across_a_slice_or_two_without_it_and_not_across_thr
     assert not largest_component_across_gaps(far)[8:10].any()
 
 
+@pytest.mark.parametrize("change", ["aif x2", "aif x0.5", "images x1.5", "aif tail zeroed", "aif saturated"])
+def test_an_aif_that_does_not_measure_the_images_blood_is_flagged(perfusion, change):
+    """A given AIF and the images' own LV blood pool hold the same blood: after the first pass
+    their enhancements match, and at the peak the images' cannot be well above the AIF's. An AIF
+    file on another scale, images rescaled (a scl_slope the AIF never had), an AIF zeroed after its
+    first pass or read from a saturated pool read MBF 26-102 % off with QC "pass" (probe 52)."""
+    study, _ = perfusion
+    st = copy(study)
+    st.provenance = dict(study.provenance)
+    base = float(np.median(study.aif[:5]))
+    rise = study.aif - base
+    peak = int(np.argmax(rise))
+    if change == "aif x2":
+        st.aif = base + 2 * rise
+    elif change == "aif x0.5":
+        st.aif = base + 0.5 * rise
+    elif change == "images x1.5":
+        st.images = study.images * 1.5
+        st.aif = study.aif * 1.0
+    elif change == "aif tail zeroed":
+        st.aif = study.aif.copy()
+        st.aif[peak + 8:] = base
+    else:   # a pool whose signal saturates at 40 % of this peak
+        st.aif = base + rise / (1 + rise / (0.4 * rise.max()))
+    a = Analysis(st, study.labels).run()
+    assert "AIF_DISAGREES_WITH_LV" in codes(a), change
+    intact = Analysis(copy(study), study.labels).run()
+    assert "AIF_DISAGREES_WITH_LV" not in codes(intact)
+    # what the flag stands for: the number moved
+    assert abs(a.perfusion["global_mbf_ml_min_g"] / intact.perfusion["global_mbf_ml_min_g"] - 1) > 0.15, change
+
+
+def test_an_aif_from_the_lv_pool_or_its_series_is_not_compared_with_it(perfusion):
+    """Only an AIF given as numbers can be on another scale than the images: the LV pool's own
+    curve, or a dual-sequence series scaled onto it, is not judged against the pool."""
+    study, _ = perfusion
+    st = copy(study)
+    st.provenance = dict(study.provenance, aif_source="dual-sequence AIF series 1.2.3 (LV blood pool found from the bolus)")
+    base = float(np.median(study.aif[:5]))
+    st.aif = base + 2 * (study.aif - base)
+    assert "AIF_DISAGREES_WITH_LV" not in codes(Analysis(st, study.labels).run())
+
+
+def test_a_noisy_aif_is_flagged_and_real_ones_are_not(perfusion, shared_data):
+    """AIF noise at 2 % of its peak read the phantom's MBF up to 13 % off, 7.5 % read -37 % with QC
+    "pass" (probe 52); the real AIFs (QPerf, the three low-resolution AIF series' eroded pools)
+    hold 0.2-1.1 %."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    from CardiacAISegLib.perfusion.mbf import find_foot
+    from CardiacAISegLib.qc import AIF_NOISE_MAX, aif_noise_fraction
+
+    study, _ = perfusion
+    st = copy(study)
+    rise = study.aif.max() - float(np.median(study.aif[:5]))
+    st.aif = study.aif + np.random.default_rng(1).normal(0, 0.05 * rise, study.aif.size)
+    assert "AIF_NOISY" in codes(Analysis(st, study.labels).run())
+    assert "AIF_NOISY" not in codes(Analysis(copy(study), study.labels).run())
+    real = [np.asarray(nib.load(str(shared_data / "qperf" / name)).dataobj, float).reshape(-1)
+            for name in ("aif.hdr", "aif_stress.hdr")]
+    for n in (1, 2, 3):
+        images = np.load(shared_data / "qperf" / "aif_detection" / f"example{n}_images.npy").astype(float)
+        pool = np.load(shared_data / "qperf" / "aif_detection" / f"example{n}_mask.npy") == 1
+        inner = ndimage.binary_erosion(pool)
+        real.append(images[inner if inner.sum() >= 4 else pool].mean(0))
+    for curve in real:
+        assert aif_noise_fraction(curve, find_foot(curve)) < AIF_NOISE_MAX / 1.5
+
+
+def test_an_aif_that_falls_on_its_upslope_is_flagged(perfusion):
+    """Two frames on the upslope swapped (images and AIF alike, as a file written out of order):
+    the phantom read MBF +29 % with QC "pass" (probe 52). A bolus only rises to its peak."""
+    from CardiacAISegLib.perfusion.mbf import find_foot
+
+    study, _ = perfusion
+    foot = find_foot(study.aif)
+    order = np.arange(study.aif.size)
+    order[[foot + 2, foot + 3]] = order[[foot + 3, foot + 2]]
+    st = copy(study)
+    st.aif, st.images = study.aif[order], study.images[order]
+    assert "AIF_UPSLOPE_DIP" in codes(Analysis(st, study.labels).run())
+    assert "AIF_UPSLOPE_DIP" not in codes(Analysis(copy(study), study.labels).run())
+
 def test_aif_late(perfusion):
     study, _ = perfusion
     from copy import copy
