@@ -1552,6 +1552,29 @@ def _(base, f):
     return perfusion_args(base, **{"--aif": f / "aif.csv"})
 
 
+@case("aif_csv_on_another_scale_than_the_images", "warn", ("AIF_DISAGREES_WITH_LV", "same blood"), category="perfusion",
+      check=lambda doc, base: _assert_qc_review(doc))
+def _(base, f):
+    """An AIF file at twice the images' blood level (another tool's units, or images rescaled
+    without it): MBF -50 % with QC "pass" (probe 52)."""
+    f.mkdir(parents=True, exist_ok=True)
+    values = np.asarray(_aif_values(base), float)
+    base_level = float(np.median(values[:3]))
+    (f / "aif.csv").write_text("aif\n" + "".join(f"{base_level + 2 * (v - base_level):.5f}\n" for v in values))
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
+@case("aif_csv_noisy", "warn", ("AIF_NOISY",), category="perfusion", check=lambda doc, base: _assert_qc_review(doc))
+def _(base, f):
+    """An AIF file read from a few noisy pixels (noise at 6 % of its peak): MBF 20-40 % off with
+    QC "pass" (probe 52)."""
+    f.mkdir(parents=True, exist_ok=True)
+    values = np.asarray(_aif_values(base), float)
+    noisy = values + np.random.default_rng(5).normal(0, 0.06 * (values.max() - np.median(values[:3])), values.size)
+    (f / "aif.csv").write_text("aif\n" + "".join(f"{v:.5f}\n" for v in noisy))
+    return perfusion_args(base, **{"--aif": f / "aif.csv"})
+
+
 @case("perfusion_stress_and_rest_stacked_in_one_file", "error", ("two contrast boluses", "near frame 31", "--rest"),
       named=lambda f: f / "stress_rest.nii.gz", category="perfusion")
 def _(base, f):
