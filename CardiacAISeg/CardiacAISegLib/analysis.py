@@ -204,27 +204,36 @@ class Analysis:
         return self
 
     def _align_rest_levels(self):
-        """The rest series takes the levels of the stress slices at its slice positions (both are
-        in the scanner's patient coordinates), where each of its slices lies within half a slice
-        spacing of one; else it keeps its own. By count alone, two rest slices at the stress mid
-        and apical positions were called basal and mid: rest segments 1-12 came from the wrong
-        slices (MPR 2.21 for 2.92, QC pass; probe round 17)."""
+        """Stress and rest take the AHA levels of their slice positions read together (both are
+        in the scanner's patient coordinates; ``geometry.levels_at_shared_positions``), where
+        they can be; else each keeps the levels of its own count and anatomy. By count alone,
+        two rest slices at the stress mid and apical positions were called basal and mid (MPR
+        2.21 for 2.92, QC pass; probe round 17), and so were two stress slices at the rest's
+        (probe 53: MPR 35-84 % off)."""
         rest = self.rest
-        levels = geometry.levels_at_positions(rest.study, self.study, self.acquired_levels)
-        if levels is None:
+        shared = geometry.levels_at_shared_positions(
+            [self.study, rest.study], [self.labels[self.reference_frame], rest.labels[rest.reference_frame]])
+        if shared is None:
             return
-        if tuple(levels) != tuple(rest.acquired_levels.get(k) for k in range(rest.study.n_slices)):
-            rest.level_override = tuple(levels)
-            rest.run()
-            # measured again: each of its warnings once (those the pipeline added after its first run kept)
-            rest.warnings = list(dict.fromkeys(rest.warnings))
-        if rest.level_override is None:
-            return
-        # the rest's own note, so that it stays through edits of either series
-        note = (f"its {rest.study.n_slices} slice(s) take the levels of the stress slices at their positions "
-                f"({', '.join(rest.level_override)}), not the levels their own count and anatomy would give")
-        if note not in rest.warnings:
-            rest.warnings.append(note)
+        for analysis, levels, others in ((self, shared[0], "rest"), (rest, shared[1], "stress")):
+            if tuple(levels) == tuple(analysis.acquired_levels.get(k) for k in range(analysis.study.n_slices)):
+                continue
+            analysis.level_override = tuple(levels)
+            if analysis is rest:
+                rest.run()
+                # measured again: each of its warnings once (those the pipeline added after its first run kept)
+                rest.warnings = list(dict.fromkeys(rest.warnings))
+            else:
+                self._compute_geometry()
+        for analysis, others in ((self, "rest"), (rest, "stress")):
+            if analysis.level_override is None:
+                continue
+            # the series' own note, so that it stays through edits of either series
+            note = (f"its {analysis.study.n_slices} slice(s) take the levels of their positions among the {others} "
+                    f"series' slices ({', '.join(analysis.level_override)}), not the levels their own count and "
+                    "anatomy would give")
+            if note not in analysis.warnings:
+                analysis.warnings.append(note)
         self.warnings = [w for w in self.warnings if not w.startswith(REST_WARNING_PREFIX)]
         self.warnings += [REST_WARNING_PREFIX + w for w in rest.warnings]
 

@@ -536,38 +536,61 @@ def perfusion_slice_levels(study, label_map3d):
     if n == 1:
         return ("mid",)
     low, _ = base_at_low_k(study, label_map3d)
-    if n == 2:
-        names = ("basal", "mid")
-    else:
-        names = tuple(name for name, chunk in zip(("basal", "mid", "apical"), np.array_split(np.arange(n), 3))
-                      for _ in chunk)
+    names = _levels_by_count(n)
     return names if low else names[::-1]
 
 
-def levels_at_positions(study, reference, reference_levels):
-    """The AHA level of each slice of ``study`` read from the ``reference`` series' slice at the
-    same place (``reference_levels``: {slice: level}), or None when the two series are not
-    parallel, either has no known patient orientation, or a slice of ``study`` lies over half a
-    slice spacing from every reference slice.
-    Stress and rest of one examination share the scanner's patient coordinates."""
-    if not (study.orientation_known and reference.orientation_known):
-        return None   # an Analyze file's or ACDC NIfTI's grid is no place in the patient
-    a, b = np.asarray(study.ijk_to_ras, float), np.asarray(reference.ijk_to_ras, float)
-    normal = b[:3, 2] / np.linalg.norm(b[:3, 2])
-    other = a[:3, 2] / np.linalg.norm(a[:3, 2])
-    if abs(float(normal @ other)) < np.cos(np.radians(10)) or reference.n_slices < 2:
+def _levels_by_count(n):
+    """AHA levels of ``n`` perfusion slices from the base: one is mid, two are basal and mid,
+    three or more are split in thirds."""
+    if n == 1:
+        return ("mid",)
+    if n == 2:
+        return ("basal", "mid")
+    return tuple(name for name, chunk in zip(("basal", "mid", "apical"), np.array_split(np.arange(n), 3))
+                 for _ in chunk)
+
+
+def levels_at_shared_positions(studies, label_maps):
+    """The AHA level of every slice of the series of one examination (stress and rest), read
+    together from their places in the patient: all their slices grouped by position along the
+    base-apex direction (a group's slices within half a slice spacing of each other), the groups
+    named base first as one series of that many slices would be (``_levels_by_count``), and each
+    slice given its group's level. So two stress slices at the rest's mid and apical positions
+    are mid and apical, not basal and mid by their count (probe 53: stress segments 7-12 read the
+    apical defect, MPR 35-84 % off with QC "pass"), and a stress at the basal and mid positions
+    with a rest at the mid and apical ones read as three levels.
+    Returns one tuple of levels per series, or None where a series has no patient orientation
+    (an Analyze file's or ACDC NIfTI's grid is no place in the patient), the series are not
+    parallel, none has two slices, or the groups are more than three and more than any one
+    series has (a stack shifted against the other: no shared reading)."""
+    if not all(st.orientation_known for st in studies):
         return None
-    spacing = float(np.linalg.norm(b[:3, 2]))
-    # every point of a slice plane lies at one place along the shared normal: its origin will do
-    ref_along = np.array([normal @ (b[:3, :3] @ (0.0, 0.0, k) + b[:3, 3]) for k in range(reference.n_slices)])
-    levels = []
-    for k in range(study.n_slices):
-        along = normal @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])
-        nearest = int(np.argmin(np.abs(ref_along - along)))
-        if abs(ref_along[nearest] - along) > 0.5 * spacing or nearest not in reference_levels:
+    widest = max(range(len(studies)), key=lambda i: studies[i].n_slices)
+    reference = studies[widest]
+    if reference.n_slices < 2:
+        return None
+    to_base = apex_to_base_direction(reference, label_maps[widest])
+    for st in studies:
+        if abs(float(np.dot(st.slice_normal, reference.slice_normal))) < np.cos(np.radians(10)):
             return None
-        levels.append(reference_levels[nearest])
-    return levels
+    spacing = float(np.linalg.norm(np.asarray(reference.ijk_to_ras, float)[:3, 2]))
+    places = []
+    for st in studies:
+        a = np.asarray(st.ijk_to_ras, float)
+        # every point of a slice plane lies at one place along the shared normal: its origin will do
+        places.append([float(to_base @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(st.n_slices)])
+    ordered = sorted({p for series in places for p in series}, reverse=True)   # base first
+    group_of, groups = {}, 0
+    for i, place in enumerate(ordered):
+        if i and ordered[i - 1] - place > 0.5 * spacing:
+            groups += 1
+        group_of[place] = groups
+    groups += 1
+    if groups > 3 and groups > max(st.n_slices for st in studies):
+        return None
+    names = _levels_by_count(groups)
+    return [tuple(names[group_of[p]] for p in series) for series in places]
 
 
 def slice_levels(label_map3d, study, min_fraction=0.1, perfusion_levels=("basal", "mid", "apical")):
