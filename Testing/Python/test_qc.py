@@ -629,6 +629,36 @@ def test_an_aif_that_falls_on_its_upslope_is_flagged(perfusion):
     assert "AIF_UPSLOPE_DIP" in codes(Analysis(st, study.labels).run())
     assert "AIF_UPSLOPE_DIP" not in codes(Analysis(copy(study), study.labels).run())
 
+
+@pytest.mark.parametrize("seed, axis", [(0, -1), (1, -2), (3, -1)])
+def test_images_mirrored_against_their_header_are_flagged(seed, axis):
+    """Pixels mirrored with the header kept: the insertion points are read in a frame turned by
+    twice the mirror's angle, so the anterior point lands on the inferior wall and the anterior
+    and inferior segments swap (probe 53: an LAD defect read in the RCA territory, segments +157 %
+    and -66 %, QC "pass"). Mirrored along these axes the septum points posterior-inferior."""
+    study, _ = make_perfusion_phantom(seed=seed, n_frames=50, noise=0.005)
+    intact = Analysis(study, study.labels).run()
+    assert "IMAGES_MIRRORED" not in codes(intact)
+    mirrored = copy(study)
+    mirrored.images = np.flip(study.images, axis).copy()
+    mirrored.labels = {t: np.flip(m, axis).copy() for t, m in study.labels.items()}
+    assert "IMAGES_MIRRORED" in codes(Analysis(mirrored, mirrored.labels).run())
+
+
+def test_a_real_cine_mirrored_against_its_header_is_flagged():
+    """The shipped Sunnybrook sample (GE DICOM, its real orientation) with its rows reversed and
+    the header kept; as written it passes."""
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    study = load_study(Path(__file__).resolve().parents[2] / "CardiacAISeg" / "Resources" / "SampleData"
+                       / "sunnybrook-SC-HF-I-1-ed-es" / "dicom")
+    assert "IMAGES_MIRRORED" not in codes(compute_analysis(study))
+    mirrored = copy(study)
+    mirrored.images = np.flip(study.images, -2).copy()
+    mirrored.provenance = dict(study.provenance)
+    assert "IMAGES_MIRRORED" in codes(compute_analysis(mirrored))
+
 def test_aif_late(perfusion):
     study, _ = perfusion
     from copy import copy
