@@ -215,7 +215,7 @@ class Analysis:
             [self.study, rest.study], [self.labels[self.reference_frame], rest.labels[rest.reference_frame]])
         if shared is None:
             return
-        for analysis, levels, others in ((self, shared[0], "rest"), (rest, shared[1], "stress")):
+        for analysis, levels in ((self, shared[0]), (rest, shared[1])):
             if tuple(levels) == tuple(analysis.acquired_levels.get(k) for k in range(analysis.study.n_slices)):
                 continue
             analysis.level_override = tuple(levels)

@@ -972,14 +972,15 @@ AIF_MIN_FWHM_S = 2.0
 # A given AIF (a file, a QPerf entry) is the blood the images show in their own LV: once the first
 # pass is over the two hold the same concentration (blood mixed, neither sequence saturating), so
 # the images' eroded LV pool over the AIF, both above their pre-contrast level, in the last frames
-# after the AIF's first pass is about 1. Intact: phantoms seeds 0-5 stress and rest, the real QPerf
-# stress and rest 0.75-1.0 (the mask's edge mixes in myocardium). An AIF file scaled x2 or x0.5,
-# images rescaled x1.5 or x2 (a scl_slope), another patient's AIF: 0.48-0.59 or 1.45-2.0, and MBF
-# 31-102 % off with QC "pass" (probe 52); an AIF file zeroed after its first pass: MBF -26 %.
+# after the AIF's first pass is about 1. Intact: phantoms seeds 0-5 stress and rest 1.00-1.01, the
+# real QPerf rest 0.80 (the mask's edge mixes in myocardium) and stress 1.02. An AIF file scaled x2
+# or x0.5, images rescaled x1.5 or x2 (a scl_slope), another patient's AIF: 0.50-0.59 or 1.53-2.0,
+# and MBF 31-102 % off with QC "pass" (probe 52, /tmp/s28/aif_ratio*.py); an AIF file zeroed after
+# its first pass: MBF -26 %.
 AIF_LATE_RATIO_RANGE = (0.6, 1.35)
 # ... and at the bolus peak the images' blood cannot enhance much more than the AIF (their own
-# sequence saturates as much or more): intact 0.66-1.0; QPerf's AIF read as if from a saturated
-# LV: 1.63, MBF +71 % with QC "pass" (probe 52)
+# sequence saturates as much or more): intact 0.74-1.0; QPerf's AIF read as if from a saturated
+# LV: 1.86, MBF +71 % with QC "pass" (probe 52)
 AIF_PEAK_RATIO_MAX = 1.15
 # The last frames compared, and the share of its peak an AIF's tail must keep to be compared
 AIF_LATE_FRAMES = 10
@@ -1021,16 +1022,15 @@ def upslope_dip(aif, foot):
     return max(0.0, -float(steps[i])) / rise, foot + i
 
 
-def aif_against_lv_blood(aif, images, lv):
+def aif_against_lv_blood(aif, images, lv, foot):
     """The images' own LV blood pool against a given AIF: ``(late, peak)``, the pool's enhancement
     over the AIF's in the last frames after the AIF's first pass (up to ``AIF_LATE_FRAMES``; None
     with fewer than 3 such frames or neither curve enhanced there; inf where only the pool is) and
-    at the peaks. ``images`` (T, S, R, C) as analysed, ``lv`` (S, R, C) the LV blood pool label."""
+    at the peaks. ``images`` (T, S, R, C) as analysed, ``lv`` (S, R, C) the LV blood pool label,
+    ``foot`` the AIF's (``mbf.find_foot``): the frames before it are both curves' baseline."""
     from .perfusion.bolus import aif_from_lv
-    from .perfusion.mbf import find_foot
 
     aif = np.asarray(aif, float)
-    foot = find_foot(aif)
     if foot < 1:
         return None, None
     blood = aif_from_lv(images, lv)
@@ -1271,7 +1271,7 @@ def aif_flags(study, myo=None, images=None, lv=None):
     # scaled onto it: only an AIF given as numbers can be on another scale than the images
     given = source != "lv_blood_pool" and not source.startswith("dual-sequence")
     if given and lv is not None and lv.any() and images.shape[0] == aif.size and foot > 0:
-        late, peak_ratio = aif_against_lv_blood(aif, images, lv)
+        late, peak_ratio = aif_against_lv_blood(aif, images, lv, foot)
         low, high = AIF_LATE_RATIO_RANGE
         problems = []
         if late is not None and np.isinf(late):
@@ -1342,6 +1342,22 @@ def mirrored_against_header(analysis):
     return (float(np.median(cosines)), len(cosines)) if cosines else None
 
 
+def mirrored_flags(analysis):
+    """IMAGES_MIRRORED where the septum's anterior end lies posterior or inferior of its inferior
+    end in the patient's coordinates (``mirrored_against_header``)."""
+    mirrored = mirrored_against_header(analysis)
+    if mirrored is None or mirrored[0] >= MIRRORED_MAX_COS:
+        return []
+    cosine, slices = mirrored
+    off = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+    return [_flag("IMAGES_MIRRORED", REVIEW, f"on {slices} slice(s) the anterior RV insertion point lies posterior or "
+                                             "inferior of the inferior one in the patient's coordinates (median "
+                                             f"direction {off:.0f}° from anterior-superior): the images look mirrored "
+                                             "against their header (or the heart lies on the right), so anterior and "
+                                             "inferior AHA segments are swapped; check the image orientation and the "
+                                             "insertion points", cosine)]
+
+
 def insertion_flags(analysis):
     """INSERTION_POINTS_IMPLAUSIBLE where the RV insertion points (found, or dragged by a user)
     are not where any reader would put them (``SectorState.point_problems``): the AHA segment
@@ -1359,17 +1375,7 @@ def insertion_flags(analysis):
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
-    flags += insertion_flags(analysis)
-    mirrored = mirrored_against_header(analysis)
-    if mirrored is not None and mirrored[0] < MIRRORED_MAX_COS:
-        flags.append(_flag("IMAGES_MIRRORED", REVIEW, f"on {mirrored[1]} slice(s) the anterior RV insertion point lies "
-                                                      "posterior or inferior of the inferior one in the patient's "
-                                                      "coordinates (median direction "
-                                                      f"{np.degrees(np.arccos(np.clip(mirrored[0], -1, 1))):.0f}° from "
-                                                      "anterior-superior): the images look mirrored against their "
-                                                      "header (or the heart lies on the right), so anterior and "
-                                                      "inferior AHA segments are swapped; check the image orientation "
-                                                      "and the insertion points", mirrored[0]))
+    flags += insertion_flags(analysis) + mirrored_flags(analysis)
     flags += getattr(analysis, "extra_qc", [])
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours
