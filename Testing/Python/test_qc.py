@@ -926,6 +926,25 @@ def test_a_real_series_cut_soon_after_the_aif_peak_is_flagged(shared_data):
     assert "AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}
 
 
+
+@pytest.mark.parametrize("series", ["stress", "rest"])
+def test_the_real_qperf_aifs_agree_with_their_images_blood_and_a_scaled_one_does_not(shared_data, series):
+    """QPerf's AIF files against the network's LV pool of their own images: 1.02 (stress) and
+    0.80 (rest) after the first pass, inside 0.6-1.35, and neither noisy nor dipping; the same
+    AIF x2 (other units) is flagged, as MBF halves (probe 52: -50 %)."""
+    from CardiacAISegLib.pipeline import segment
+    from CardiacAISegLib.readers import load_study
+
+    study = load_study(shared_data / "qperf", series=series)
+    labels, _ = segment(study)
+    new = {"AIF_DISAGREES_WITH_LV", "AIF_NOISY", "AIF_UPSLOPE_DIP"}
+    assert not new & codes(Analysis(study, labels).run())
+    scaled = copy(study)
+    scaled.provenance = dict(study.provenance)
+    base = float(np.median(study.aif[:5]))
+    scaled.aif = base + 2 * (study.aif - base)
+    assert "AIF_DISAGREES_WITH_LV" in codes(Analysis(scaled, labels).run())
+
 @pytest.mark.parametrize("dt,flagged", [(0.5, False), (1.0, False), (2.0, True), (2.3, True)])
 def test_coarsely_sampled_bolus_is_flagged(dt, flagged):
     """One frame every 2-2.3 s (a Siemens series of 32 dynamics over 70 s, or acquisition every
