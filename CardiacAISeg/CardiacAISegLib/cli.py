@@ -3,6 +3,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from .errors import CancelledError, CardiacInputError, OutputExistsError
 from .outputs import Terminated, output_lock, stop_signals_raise
@@ -65,9 +66,10 @@ def _batch(args):
         raise CardiacInputError("--workers", f"{args.workers}: give at least 1 worker")
     defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind), ("scene", args.scene)) if v}
     specs = load_cohort(args.input, defaults, exclude=[args.out])
-    run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
-                     frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet,
-                     reports=args.reports)
+    with output_lock(args.out):   # one batch per output folder: two at once overwrote each other's table
+        run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
+                         frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet,
+                         reports=args.reports)
     for r in run.rows:
         if r["status"] == STATUS_ERROR:
             print(f"warning: study {r['study']}: {r['error']}", file=sys.stderr)
@@ -134,6 +136,8 @@ def _train(args):
     from .models.training import TrainConfig, train
     from .progress import tqdm_progress
 
+    _refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
+
     if args.architecture == "perfusion-resunet":
         from .models.perfusion_training import PerfusionTrainConfig, train_perfusion
 
@@ -165,6 +169,28 @@ def _train(args):
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
+
+
+# what a training run leaves in its folder (models/training.py, models/perfusion_training.py)
+TRAINING_RUN_FILES = ("last.pt", "best.pt", "history.json", "split.json")
+
+
+def _refuse_or_clear_earlier_run(out, resume, force):
+    """A training run already in ``out`` is continued (--resume), replaced whole (--force: its
+    checkpoints, snapshots and history removed first, so that none of it mixes with the new run's)
+    or refused: a second run had replaced the first's checkpoints and left its snapshots beside
+    its own, exit 0 (probe 54)."""
+    if resume or not out.is_dir():
+        return
+    earlier = [p for p in out.iterdir() if p.name in TRAINING_RUN_FILES or (p.name.startswith("snapshot-") and p.suffix == ".pt")]
+    if not earlier:
+        return
+    if not force:
+        names = ", ".join(sorted(p.name for p in earlier)[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise CardiacInputError(out, f"already holds a training run ({names}); pass --resume to continue it, --force to "
+                                     "replace it, or choose another --out")
+    for p in earlier:
+        p.unlink()
 
 
 def _gui(args):
@@ -292,7 +318,9 @@ def build_parser():
                    help="share of each batch drawn from synthetic first-pass perfusion key images built on the training "
                         "patients (a cine network the perfusion ensemble uses; 0 = cine slices only)")
     t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the training run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="replace a training run already in --out (its checkpoints, "
+                                                        "snapshots and history are removed first)")
     t.add_argument("--finetune", help="start from this registry model or checkpoint")
     t.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the encoder frozen (fine-tune)")
     t.add_argument("--partial-labels", default="auto", choices=["auto", "lv_myo", "none"],

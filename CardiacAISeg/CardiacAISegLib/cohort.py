@@ -755,6 +755,16 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     out_root = Path(out_root).resolve()   # the workers may run in another folder
     if out_root.exists() and not out_root.is_dir():
         raise CardiacInputError(out_root, "--out exists and is not a folder; give a folder for the cohort's outputs")
+    for name in (TABLE_CSV, TABLE_PARQUET, REPORT_PNG):
+        if (out_root / name).exists() and not (out_root / name).is_file():
+            # found before any study runs, not after all of them (probe 54)
+            raise CardiacInputError(out_root / name, "is in the way of the cohort's own file of that name (not a file); "
+                                                     "move it or choose another --out")
+    if not resume and not force and (out_root / TABLE_CSV).is_file():
+        # another manifest's table would be replaced, its studies left unlisted (probe 54)
+        raise CardiacInputError(out_root, f"already holds a cohort table ({TABLE_CSV}) from an earlier batch; pass --resume "
+                                          "to keep its complete studies and run the rest, --force to run all again, or "
+                                          "choose another --out")
     out_root.mkdir(parents=True, exist_ok=True)
     skipped = [s for s in specs if resume and study_complete(out_root / s.study, s, model, frames)]
     todo = [s for s in specs if s not in skipped]

@@ -155,6 +155,9 @@ def write_cohort_report(rows, path):
                  fontsize=8, color="#aa3377", wrap=True)
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)   # a full disk left an empty temporary file (probe 54)
     return path

@@ -177,3 +177,35 @@ def test_disk_full_names_the_output_folder_and_empty_out_is_refused(phantom, tmp
     with pytest.raises(SystemExit) as e:
         cli.main(["analyze", str(phantom), "--out", ""])
     assert e.value.code == 2 and "argument --out: an empty output folder name" in capsys.readouterr().err
+
+
+def test_train_refuses_a_folder_holding_an_earlier_run_and_force_clears_it(tmp_path, capsys):
+    """A second `train` into the first's folder replaced its checkpoints and left its snapshots
+    beside its own, exit 0 (probe 54). Refused unless --resume (continue) or --force (replace:
+    the earlier run's files removed before training)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("last.pt", "history.json", "snapshot-001.pt"):
+        (out / name).write_bytes(b"earlier")
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["train", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert "already holds a training run (history.json, last.pt, snapshot-001.pt)" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == b"earlier"
+    cli._refuse_or_clear_earlier_run(out, resume=False, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_the_cohort_report_leaves_no_temporary_file_when_it_cannot_be_written(tmp_path, monkeypatch):
+    """A full disk left an empty .cohort_report.png.tmp.png behind (probe 54)."""
+    import matplotlib.figure
+
+    from CardiacAISegLib.cohort_report import write_cohort_report
+
+    def full_disk(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    with pytest.raises(OSError):
+        write_cohort_report([{"study": "a", "status": "ok", "lv_edv_ml": 100.0, "lv_ef_pct": 50.0}], tmp_path / "cohort_report.png")
+    assert list(tmp_path.iterdir()) == []

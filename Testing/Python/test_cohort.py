@@ -139,7 +139,7 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     good = tmp_path / "good.csv"
     good.write_text("path\na.nii.gz\n")
     assert cli.main(["batch", str(good), "--out", str(tmp_path / "a_file")]) == 2
-    assert "a_file: --out exists and is not a folder" in capsys.readouterr().err
+    assert "a_file: output path exists and is not a folder" in capsys.readouterr().err   # the lock, as for analyze
     assert cli.main(["batch", str(good), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "--workers: 0: give at least 1 worker" in capsys.readouterr().err
     bad.write_text("study,path\nx,a.nii.gz\nx,b.nii.gz\n")
@@ -582,3 +582,61 @@ def test_manifest_skips_empty_rows_and_counts_the_files_lines(tmp_path):
         read_manifest(m)
     m.write_text("study,path\nx,a.nii.gz\n,\n,\n")
     assert [s.study for s in read_manifest(m)] == ["x"]
+
+
+def _one_study_manifest(root, name, phantom):
+    _write_manifest(root / name, [{"study": f"s_{phantom[-1]}", "path": f"{phantom}/cine.nii.gz",
+                                   "labels": f"{phantom}/cine_labels.nii.gz"}])
+    return root / name
+
+
+def test_a_batch_does_not_replace_another_batchs_table_unasked(cohort, tmp_path):
+    """A second manifest run into the first's folder replaced its table (cohort.csv listed only
+    the new study, the first's left unlisted beside it), exit 0 (probe 54). Now refused; --force
+    replaces it, --resume keeps what is complete."""
+    from CardiacAISegLib.cohort import load_cohort, run_cohort
+
+    root, out = cohort["root"], tmp_path / "out"
+
+    def run(manifest, **kw):
+        return run_cohort(load_cohort(manifest), out, workers=1, processes=False, show_progress=False,
+                          log=lambda *a: None, report=False, reports="none", **kw)
+
+    run(_one_study_manifest(root, "one.csv", "phantom_a"))
+    table = (out / "cohort.csv").read_text()
+    second = _one_study_manifest(root, "two.csv", "phantom_b")
+    with pytest.raises(CardiacInputError, match="already holds a cohort table"):
+        run(second)
+    assert (out / "cohort.csv").read_text() == table
+    assert [r["study"] for r in run(second, force=True).rows] == ["s_b"]
+
+
+def test_something_in_the_way_of_the_cohort_table_is_refused_before_any_study_runs(cohort, tmp_path):
+    """A folder named cohort.csv in --out was found only after every study had run and been
+    replaced (probe 54)."""
+    from CardiacAISegLib.cohort import load_cohort, run_cohort
+
+    out = tmp_path / "out"
+    (out / "cohort.csv").mkdir(parents=True)
+    with pytest.raises(CardiacInputError, match="in the way of the cohort's own file"):
+        run_cohort(load_cohort(_one_study_manifest(cohort["root"], "one.csv", "phantom_a")), out, workers=1,
+                   processes=False, show_progress=False, log=lambda *a: None, report=False, reports="none", force=True)
+    assert not (out / "s_a").exists()
+
+
+def test_a_batch_refuses_an_output_folder_another_run_is_writing(cohort, tmp_path, capsys):
+    """Two batches into one folder both ran and the last table to finish won (probe 54); a
+    batch now takes the folder's lock, as analyze does."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom CardiacAISegLib.outputs import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        manifest = _one_study_manifest(cohort["root"], "one.csv", "phantom_a")
+        assert cli.main(["batch", str(manifest), "--out", str(out), "--workers", "1", "--quiet"]) != 0
+        assert "another cardiacaiseg run" in capsys.readouterr().err
+        assert not (out / "s_a").exists()
+    finally:
+        holder.kill()
+        holder.wait()
