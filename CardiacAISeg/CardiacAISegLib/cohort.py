@@ -760,6 +760,11 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             # found before any study runs, not after all of them (probe 54)
             raise CardiacInputError(out_root / name, "is in the way of the cohort's own file of that name (not a file); "
                                                      "move it or choose another --out")
+    in_the_way = [s.study for s in specs if (out_root / s.study).exists() and not (out_root / s.study).is_dir()]
+    if in_the_way:
+        # a file where a study's folder goes ended the batch with a worker's traceback and no table
+        raise CardiacInputError(out_root / in_the_way[0], f"is in the way of study {in_the_way[0]!r}'s output folder (not a "
+                                                          "folder); move it or choose another --out")
     if not resume and not force and (out_root / TABLE_CSV).is_file():
         # another manifest's table would be replaced, its studies left unlisted (probe 54)
         raise CardiacInputError(out_root, f"already holds a cohort table ({TABLE_CSV}) from an earlier batch; pass --resume "

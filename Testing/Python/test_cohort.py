@@ -618,10 +618,20 @@ def test_something_in_the_way_of_the_cohort_table_is_refused_before_any_study_ru
 
     out = tmp_path / "out"
     (out / "cohort.csv").mkdir(parents=True)
+    specs = load_cohort(_one_study_manifest(cohort["root"], "one.csv", "phantom_a"))
+
+    def run():
+        return run_cohort(specs, out, workers=1, processes=False, show_progress=False, log=lambda *a: None, report=False,
+                          reports="none", force=True)
+
     with pytest.raises(CardiacInputError, match="in the way of the cohort's own file"):
-        run_cohort(load_cohort(_one_study_manifest(cohort["root"], "one.csv", "phantom_a")), out, workers=1,
-                   processes=False, show_progress=False, log=lambda *a: None, report=False, reports="none", force=True)
+        run()
     assert not (out / "s_a").exists()
+    # a file where a study's folder goes: a worker's traceback and no table at all
+    (out / "cohort.csv").rmdir()
+    (out / "s_a").write_text("x")
+    with pytest.raises(CardiacInputError, match="in the way of study 's_a'"):
+        run()
 
 
 def test_a_batch_refuses_an_output_folder_another_run_is_writing(cohort, tmp_path, capsys):
