@@ -136,7 +136,9 @@ def _train(args):
     from .models.training import TrainConfig, train
     from .progress import tqdm_progress
 
-    _refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
+    from .models.checkpoints import refuse_or_clear_earlier_run
+
+    refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
 
     if args.architecture == "perfusion-resunet":
         from .models.perfusion_training import PerfusionTrainConfig, train_perfusion
@@ -169,28 +171,6 @@ def _train(args):
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
-
-
-# what a training run leaves in its folder (models/training.py, models/perfusion_training.py)
-TRAINING_RUN_FILES = ("last.pt", "best.pt", "history.json", "split.json")
-
-
-def _refuse_or_clear_earlier_run(out, resume, force):
-    """A training run already in ``out`` is continued (--resume), replaced whole (--force: its
-    checkpoints, snapshots and history removed first, so that none of it mixes with the new run's)
-    or refused: a second run had replaced the first's checkpoints and left its snapshots beside
-    its own, exit 0 (probe 54)."""
-    if resume or not out.is_dir():
-        return
-    earlier = [p for p in out.iterdir() if p.name in TRAINING_RUN_FILES or (p.name.startswith("snapshot-") and p.suffix == ".pt")]
-    if not earlier:
-        return
-    if not force:
-        names = ", ".join(sorted(p.name for p in earlier)[:4]) + (", ..." if len(earlier) > 4 else "")
-        raise CardiacInputError(out, f"already holds a training run ({names}); pass --resume to continue it, --force to "
-                                     "replace it, or choose another --out")
-    for p in earlier:
-        p.unlink()
 
 
 def _gui(args):

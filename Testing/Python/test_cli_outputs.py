@@ -191,7 +191,9 @@ def test_train_refuses_a_folder_holding_an_earlier_run_and_force_clears_it(tmp_p
     assert cli.main(["train", str(tmp_path / "data"), "--out", str(out)]) == 2
     assert "already holds a training run (history.json, last.pt, snapshot-001.pt)" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == b"earlier"
-    cli._refuse_or_clear_earlier_run(out, resume=False, force=True)
+    from CardiacAISegLib.models.checkpoints import refuse_or_clear_earlier_run
+
+    refuse_or_clear_earlier_run(out, resume=False, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 

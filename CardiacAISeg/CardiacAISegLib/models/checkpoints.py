@@ -6,6 +6,29 @@ from pathlib import Path
 import numpy as np
 
 LAST, BEST = "last.pt", "best.pt"
+# what a run leaves in its folder besides its snapshot-NNN.pt (training.snapshot_name)
+RUN_FILES = (LAST, BEST, "history.json", "split.json")
+
+
+def refuse_or_clear_earlier_run(out, resume, force):
+    """A training run already in ``out`` is continued (``resume``), replaced whole (``force``: its
+    checkpoints, snapshots and history removed first, so that none of it mixes with the new run's)
+    or refused: a second `train` into the first's folder had replaced its checkpoints and left its
+    snapshots beside its own, exit 0 (probe 54)."""
+    from ..errors import CardiacInputError
+
+    out = Path(out)
+    if resume or not out.is_dir():
+        return
+    earlier = [p for p in out.iterdir() if p.name in RUN_FILES or (p.name.startswith("snapshot-") and p.suffix == ".pt")]
+    if not earlier:
+        return
+    if not force:
+        names = ", ".join(sorted(p.name for p in earlier)[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise CardiacInputError(out, f"already holds a training run ({names}); pass --resume to continue it, --force to "
+                                     "replace it, or choose another --out")
+    for p in earlier:
+        p.unlink()
 
 
 def start_run(config):
