@@ -998,11 +998,16 @@ AIF_NOISE_MAX = 0.02
 AIF_UPSLOPE_DIP_MAX = 0.1
 
 
+def _pre_contrast_level(curve, foot):
+    """A curve's level before the AIF's foot (its first frame when the foot is at 0)."""
+    return float(np.median(np.asarray(curve, float)[:max(1, foot)]))
+
+
 def aif_noise_fraction(aif, foot):
     """Frame-to-frame noise of the AIF (the MAD of its second differences, as a standard deviation)
     over its rise above the pre-contrast level."""
     aif = np.asarray(aif, float)
-    rise = float(aif.max() - np.median(aif[:max(1, foot)]))
+    rise = float(aif.max()) - _pre_contrast_level(aif, foot)
     if aif.size < 8 or rise <= 0:
         return 0.0
     second = np.diff(aif, 2)
@@ -1014,7 +1019,7 @@ def upslope_dip(aif, foot):
     a share of its rise, and the frame it falls from; None without an upslope."""
     aif = np.asarray(aif, float)
     peak = int(np.argmax(aif))
-    rise = float(aif[peak] - np.median(aif[:max(1, foot)]))
+    rise = float(aif[peak]) - _pre_contrast_level(aif, foot)
     steps = np.diff(aif[foot:peak + 1])
     if not steps.size or rise <= 0:
         return None
@@ -1034,8 +1039,8 @@ def aif_against_lv_blood(aif, images, lv, foot):
     if foot < 1:
         return None, None
     blood = aif_from_lv(images, lv)
-    aif_rise = aif - float(np.median(aif[:foot]))
-    blood_rise = blood - float(np.median(blood[:foot]))
+    aif_rise = aif - _pre_contrast_level(aif, foot)
+    blood_rise = blood - _pre_contrast_level(blood, foot)
     peak = int(np.argmax(aif_rise))
     peak_ratio = float(blood_rise.max() / aif_rise[peak]) if aif_rise[peak] > 0 else None
     below_half = np.flatnonzero(aif_rise[peak:] < 0.5 * aif_rise[peak])
