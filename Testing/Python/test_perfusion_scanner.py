@@ -1453,6 +1453,38 @@ def test_aif_series_of_another_acquisition_is_not_paired(tmp_path, phantom):
     assert "is named like a dual-sequence AIF series but was not acquired during #1" in e.value.problem
 
 
+def test_aif_series_of_another_study_is_not_paired(tmp_path, phantom):
+    """Another exam's AIF series in the folder (another patient's under one anonymised ID),
+    acquired at the same clock time of its day: it paired by size and frame count alone, and
+    the MBF came from someone else's blood: segments +20 % (median) with QC pass here, probe 52.
+    Its StudyInstanceUID says it is not of these images' study; of the same study it pairs as
+    before."""
+    import pydicom
+
+    study, truth = phantom
+    other, _ = make_perfusion_phantom(seed=5, n_frames=60, noise=0.005)
+
+    def stamp(paths, study_uid):
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID = study_uid
+            ds.save_as(path)
+
+    for folder, aif_study_uid in (("other", "1.2.826.0.1.3680043.10.99"), ("same", "1.2.826.0.1.3680043.10.5")):
+        _, paths = write_perfusion_series(tmp_path / folder, study, vendor="siemens")
+        stamp(paths, "1.2.826.0.1.3680043.10.5")
+        stamp(write_aif_series(tmp_path / folder, other if folder == "other" else study)[1], aif_study_uid)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(tmp_path / "other")
+    assert "belongs to another study (StudyInstanceUID 1.2.826.0.1.3680043.10.99" in e.value.problem
+    chosen = load_study(tmp_path / "other", series="1")
+    assert chosen.provenance["aif_source"] == "lv_blood_pool"
+    assert any("belongs to another study" in w for w in chosen.provenance["warnings"])
+    same = load_study(tmp_path / "same")
+    assert "dual-sequence" in same.provenance["aif_source"]
+    assert np.max(np.abs(segment_errors(Analysis(same, study.labels).run(), truth))) < 0.08
+
+
 @pytest.mark.parametrize("pd_frames,lost", [(2, 0), (0, 2)])
 def test_aif_series_pairs_despite_pd_frames_or_lost_files(tmp_path, phantom, pd_frames, lost):
     """Two PD frames in the images only, or two AIF files lost: an exact count ratio refused

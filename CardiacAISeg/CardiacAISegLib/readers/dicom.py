@@ -736,7 +736,23 @@ def pick_main_and_aif(series):
     if _has_clock(i1) and _has_clock(i2) and not _acquired_together(i2, i1):
         # another acquisition (a rest AIF series 15 min later beside the stress images: MBF -18 %)
         return None
+    if _other_study(i2, i1):
+        return None
     return pair
+
+
+def _study_uids(items):
+    return {str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in items} - {""}
+
+
+def _other_study(items, other_items):
+    """The StudyInstanceUID(s) of ``other_items`` when both series name their study and none is
+    ``items``' own, else None. A dual-sequence AIF series is acquired in the same heartbeats as its
+    images, so it is always of their study; another exam's (another patient's under one anonymised
+    ID, or another day's) paired by size and frame count alone gave MBF from someone else's blood
+    with QC pass (probe 52)."""
+    own, other = _study_uids(items), _study_uids(other_items)
+    return sorted(other) if own and other and not own & other else None
 
 
 def _pair_but_for_the_clocks(series):
@@ -775,9 +791,15 @@ def _unpaired_aif_hint(series):
     if pair is None:
         return ""
     (u2, i2), (u1, i1) = ((u, series[u]) for u in pair)
+    named = "aif" in str(i1[0][1].get("SeriesDescription", "")).lower()
+    other_study = _other_study(i2, i1)
+    if other_study:
+        return (f"; {_describe(u1, i1)} {'is named like' if named else 'pairs as'} a dual-sequence AIF series but belongs to "
+                f"another study (StudyInstanceUID {other_study[0]}, not #{i2[0][1].get('SeriesNumber', '?')}'s "
+                f"{sorted(_study_uids(i2))[0]}), so it is not used as its AIF: give --series for the images (AIF then from "
+                "their LV blood pool), and keep one exam per folder")
     if not (_has_clock(i1) and _has_clock(i2)) or _acquired_together(i2, i1):
         return ""
-    named = "aif" in str(i1[0][1].get("SeriesDescription", "")).lower()
     return (f"; {_describe(u1, i1)} {'is named like' if named else 'pairs as'} a dual-sequence AIF series but was not acquired during "
             f"#{i2[0][1].get('SeriesNumber', '?')} (its acquisition times lie outside that series'), so it is not used "
             "as its AIF: give --series for the images (AIF then from their LV blood pool) and the AIF series of the same "
@@ -1201,10 +1223,14 @@ def _pick_series(folder, series, choice, notes=None, kind=None):
 def _unused_aif_notes(uid, items, series):
     """Why the series here that would pair with ``uid`` as its dual-sequence AIF series are not
     used: without a note the reader says "no separate AIF" while the folder holds one, or two."""
+    notes = [f"{_describe(u, its)} pairs as this series' dual-sequence AIF series but belongs to another study "
+             f"(StudyInstanceUID {_other_study(items, its)[0]}): not used, the AIF is taken from the LV blood pool"
+             for u, its in series.items() if u not in uid.split("+") and _other_study(items, its)
+             and _pair_but_for_the_clocks({uid: items, u: its}) == (uid, u)]
     candidates = _aif_candidates(uid, items, series)
     if not candidates:
-        return []
-    return [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
+        return notes
+    return notes + [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
             f"but nothing here ties {'it' if len(candidates) == 1 else 'one of them'} to this acquisition (no acquisition "
             "clock puts it within this series and no other, and the description names another role, or none while "
             "another series could take it): the AIF is taken from the LV blood pool instead. If it is this series' AIF, put it in a "
