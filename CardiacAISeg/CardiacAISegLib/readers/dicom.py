@@ -613,7 +613,9 @@ def _parallel_stack(series, notes=None):
         return _frames_per_position(series[uids[0]]) > 1, n_positions(uids)
 
     ranked = sorted(((n_positions(u), u) for u in groups.values() if len(u) > 1), key=lambda x: rank(x[1]), reverse=True)
-    if not ranked or ranked[0][0] < 3 or (len(ranked) > 1 and rank(ranked[1][1]) == rank(ranked[0][1])):
+    if not ranked or (len(ranked) > 1 and rank(ranked[1][1]) == rank(ranked[0][1])):
+        return None
+    if ranked[0][0] < 3 and not _two_slices_read_together(series, ranked[0][1]):
         return None
     if max(len(_series_positions(series[u])) for u in ranked[0][1]) == ranked[0][0]:
         return None   # one series alone covers the stack: the others are other acquisitions (rest/stress), not parts
@@ -628,6 +630,10 @@ def _parallel_stack(series, notes=None):
         return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
+    if notes is not None and len(uids) == 2:
+        notes.append(f"{_numbers_text(series, uids)}, one slice each and acquired in the same heartbeats, are read as one "
+                     "stack of 2 slices, whose AHA levels are taken as basal and mid; a perfusion exam usually has 3-4: if "
+                     "a slice's series is missing from the export, check which levels these two are")
     if notes is not None:
         # series at the stack's positions with another number of images (LGE, T1 mapping): left
         # out, and said, since a slice re-acquired with another phase count is left out too
@@ -642,6 +648,19 @@ def _parallel_stack(series, notes=None):
                 f"{_frames_per_position(series[ranked[0][1][0]])}) are other acquisitions and were left out",
                 related=set(uids)))
     return "+".join(uids), items
+
+
+def _two_slices_read_together(series, uids):
+    """True when ``uids`` are two series of one slice position each, several images per position,
+    whose clocks put them in the same heartbeats: a two-slice perfusion stored one series per slice
+    (Siemens, GE). It asked to choose one series, and read that one slice; two cine slices are two
+    breath-holds, and without clocks nothing shows they were read together (``_short_stack_hint``)."""
+    if len(uids) != 2 or any(len(_series_positions(series[u])) != 1 for u in uids):
+        return False
+    if _frames_per_position(series[uids[0]]) < 2:
+        return False
+    groups = _acquisitions(series, uids)
+    return groups is not None and len(groups) == 1
 
 
 class _RelatedNote(str):
