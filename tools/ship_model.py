@@ -95,6 +95,9 @@ def main():
             training["epochs"] = "see averaged_from (each fine-tune continues the run it starts from)"
         if cfg.get("finetune_from"):
             training.update(fine_tune_section(args, cfg, run, history, best_epoch, evaluation, p, ck.get("epoch")))
+            if ck.get("averaged_from"):   # the card said "fine-tune of" for gammanet v4, a mix
+                training["weights"] = ("average of the weights in averaged_from (WiSE-FT, Wortsman et al. 2022); the fine-tuned "
+                                       "one's run: fine_tune; the weights the chain began with: starts_from")
         licence = ACDC_LICENCE
     else:
         inp = {"pixel_mm": None, "channels": cfg["arch_params"]["in_frames"], "frames": cfg["arch_params"]["in_frames"],
@@ -130,6 +133,12 @@ def check_base_weights(base, finetune_from, parser):
 
     start = Path(str(finetune_from))
     shipped = SHIPPED_DIR / base["name"]
+    made_from = {entry.get("run") for entry in base["training"].get("averaged_from", [])} | {base["training"].get("fine_tune", {}).get("run")}
+    if start.is_file() and start.parent.name in made_from - {None}:
+        # gammanet v5: a distillation that went on from the crop fine-tune v4 was mixed from
+        print(f"note: the run started from {start}, a checkpoint of {start.parent.name}, one of the runs "
+              f"{base['name']} v{base.get('version')} was made from (its card's training names it)")
+        return
     if not start.is_file():
         print(f"note: the run started from the model named {finetune_from!r}; {base['name']} v{base.get('version')} "
               "is taken as that model's card (not checkable: give the card it had when the run started)")
@@ -168,7 +177,10 @@ def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser, e
                                   f"augmented, then {cfg['patch']}-px ({cfg['patch'] * cfg['pixel_mm']:g} mm) patches",
                           "augment": cfg.get("augment", "basic"), "freeze_epochs": cfg.get("freeze_epochs", 0),
                           "optimizer": f"Adam lr {cfg['lr']} cosine to 2%",
-                          "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None},
+                          "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None,
+                          **({"distilled_from": {"model": cfg["distill_from"], "weight": cfg.get("distill_weight"),
+                                                 "temperature": cfg.get("distill_temperature")}}
+                             if cfg.get("distill_from") else {})},
             "starts_from": starts_from,
             "epochs": f"{epochs_done or cfg['epochs']} fine-tune epochs of {cfg['slices_per_epoch'] or 'all'} slices after the base model's training",
             "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None,
