@@ -270,10 +270,12 @@ def read_results(study_dir):
 
 def study_complete(study_dir, spec, model=None, frames="ed_es"):
     """Outputs of a study are complete and this manifest row's: results.json present and
-    readable (analyze moves all outputs in at once), its row on disk not an error and made from
-    the same input and options (a row edited to point at another input was kept from the old
-    one on --resume, and a study that had failed was never run again)."""
-    if read_results(study_dir) is None:
+    readable (analyze moves all outputs in at once), made with the weights installed now
+    (``weights_since_changed``), its row on disk not an error and made from the same input and
+    options (a row edited to point at another input was kept from the old one on --resume, and
+    a study that had failed was never run again)."""
+    results = read_results(study_dir)
+    if results is None or weights_since_changed(results):
         return False
     try:
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
@@ -283,6 +285,28 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
         return False
     made_from = row.get("spec")
     return made_from == spec_signature(spec, model, frames) if made_from is not None else row.get("input") == spec.input
+
+
+def weights_since_changed(results):
+    """'NAME vX -> vY' for each network a study's results.json was made with whose installed
+    weights are other ones now (the main network by sha256, a perfusion ensemble's cine members
+    by version), else []. A cohort resumed after an update of the extension kept the studies
+    made with the old weights beside those of the new in one table, unsaid. A network no longer
+    installed is not judged here: running the study again would only fail on it."""
+    from .models.registry import list_models
+
+    installed = {c["name"]: c for c in list_models()}
+    used = results.get("model") or {}
+    changed = []
+    card = installed.get(used.get("name"))
+    if card and used.get("sha256") and card["weights"].get("sha256") != used["sha256"]:
+        changed.append(f"{card['name']} v{used.get('version', '?')} -> v{card.get('version', '?')}")
+    members = (used.get("perfusion_segmentation") or {})
+    for name, version in zip(members.get("cine_model") or [], members.get("cine_model_version") or []):
+        card = installed.get(name)
+        if card and str(card.get("version")) != str(version):
+            changed.append(f"{name} v{version} -> v{card.get('version', '?')}")
+    return changed
 
 
 def spec_signature(spec, model=None, frames="ed_es"):
@@ -773,6 +797,14 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     out_root.mkdir(parents=True, exist_ok=True)
     skipped = [s for s in specs if resume and study_complete(out_root / s.study, s, model, frames)]
     todo = [s for s in specs if s not in skipped]
+    if resume:
+        outdated = {s.study: weights_since_changed(read_results(out_root / s.study) or {}) for s in todo}
+        outdated = {k: v for k, v in outdated.items() if v}
+        if outdated:
+            first = next(iter(outdated))
+            log(f"resume: {len(outdated)} stud{'y was' if len(outdated) == 1 else 'ies were'} made with networks whose weights "
+                f"have changed since ({first}: {', '.join(outdated[first])}): run again, so that one table holds one "
+                "network's numbers")
     if not resume and not force:
         done_before = [s.study for s in todo if (out_root / s.study / "results.json").exists()]
         if done_before:

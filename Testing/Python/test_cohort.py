@@ -650,3 +650,39 @@ def test_a_batch_refuses_an_output_folder_another_run_is_writing(cohort, tmp_pat
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_runs_again_the_studies_made_with_weights_since_replaced(tmp_path):
+    """A cohort resumed after the extension's networks were updated (gammanet v4 -> v5 in
+    session 29) kept the studies made with the old weights as complete: one table held two
+    networks' numbers, unsaid. Now those studies run again and the log says why; a study made
+    with the installed weights is kept."""
+    from CardiacAISegLib.cohort import load_cohort, run_cohort, weights_since_changed
+    from CardiacAISegLib.models.registry import get_card
+
+    for name, seed in (("old", 1), ("new", 2)):
+        write_phantom("cine", tmp_path / name, seed=seed)
+    _write_manifest(tmp_path / "m.csv", [{"study": n, "path": f"{n}/cine.nii.gz"} for n in ("old", "new")])
+    specs = load_cohort(tmp_path / "m.csv")
+    logged = []
+
+    def run(**kw):
+        return run_cohort(specs, tmp_path / "out", workers=1, processes=False, show_progress=False, log=logged.append,
+                          report=False, reports="none", **kw)
+
+    assert run().counts["error"] == 0
+    card = get_card("unet-light")
+    results_path = tmp_path / "out" / "old" / "results.json"
+    results = json.loads(results_path.read_text())
+    assert results["model"]["name"] == "unet-light" and weights_since_changed(results) == []
+    results["model"].update(version="3", sha256="0" * 64)   # as the previous release's network wrote it
+    results_path.write_text(json.dumps(results))
+    assert weights_since_changed(results) == [f"unet-light v3 -> v{card['version']}"]
+    again = run(resume=True)
+    assert again.ran == ["old"] and again.skipped == ["new"]
+    assert any("1 study was made with networks whose weights have changed since (old: unet-light v3 -> v" in line
+               for line in logged)
+    assert json.loads(results_path.read_text())["model"]["sha256"] == card["weights"]["sha256"]
+    # a perfusion ensemble's cine members are judged by their versions
+    assert weights_since_changed({"model": {"name": "perfusion-resunet", "perfusion_segmentation": {
+        "cine_model": ["unet-light"], "cine_model_version": ["3"]}}}) == [f"unet-light v3 -> v{card['version']}"]
