@@ -1346,6 +1346,19 @@ def aif_flags(study, myo=None, images=None, lv=None):
 # defect read in the RCA territory, segments 157 % and 66 % off, QC "pass"). Under this median
 # cosine (over 100 degrees off) the points are the wrong way round.
 MIRRORED_MAX_COS = -0.2
+# Where the RV lies from the LV in the patient: to the right and in front (RAS +x, +y). In the slice
+# plane the LV-to-RV direction lies within 15° of it on the Sunnybrook study (cosine 0.98) and the
+# perfusion phantoms (0.95-0.97); mirrored images put it more than 100° away for many mirror axes
+# that leave the insertion points' order looking right (probe 53's leftover, session 29)
+RV_SIDE = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
+
+
+def _in_plane(direction, normal):
+    """``direction`` projected into the plane of ``normal``, unit length; None where the plane is
+    nearly across it (no direction to read)."""
+    d = np.asarray(direction, float) - (np.asarray(direction, float) @ normal) * normal
+    n = np.linalg.norm(d)
+    return d / n if n >= 0.3 else None
 
 
 def mirrored_against_header(analysis):
@@ -1356,11 +1369,9 @@ def mirrored_against_header(analysis):
     if not st.orientation_known or not analysis.insertion:
         return None
     normal = st.slice_normal
-    up = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
-    up = up - (up @ normal) * normal
-    if np.linalg.norm(up) < 0.3:   # a plane nearly across anterior-superior: no direction to read
+    up = _in_plane([0.0, 1.0, 1.0], normal)
+    if up is None:
         return None
-    up /= np.linalg.norm(up)
     cosines = []
     for p in analysis.insertion:
         if "anterior_ras" in p and "inferior_ras" in p:
@@ -1371,20 +1382,50 @@ def mirrored_against_header(analysis):
     return (float(np.median(cosines)), len(cosines)) if cosines else None
 
 
+def rv_side_against_header(analysis, min_pixels=10):
+    """``(median cosine, slices)`` of the LV-to-RV centroid direction against right-anterior
+    (``RV_SIDE``) in each slice's plane, on the slices that hold both, or None where the study has
+    no real orientation or no slice holds both."""
+    st = analysis.study
+    if not st.orientation_known or not analysis.labels:
+        return None
+    side = _in_plane(RV_SIDE, st.slice_normal)
+    if side is None:
+        return None
+    lab = np.asarray(analysis.labels[analysis.reference_frame])
+    cosines = []
+    for k in range(lab.shape[0]):
+        lv, rv = np.argwhere(lab[k] == LV), np.argwhere(lab[k] == RV)
+        if len(lv) < min_pixels or len(rv) < min_pixels:
+            continue
+        (r0, c0), (r1, c1) = lv.mean(axis=0), rv.mean(axis=0)
+        direction = np.diff(st.ijk_to_ras_points([[c0, r0, k], [c1, r1, k]]), axis=0)[0]
+        cosines.append(float(direction @ side / max(np.linalg.norm(direction), 1e-9)))
+    return (float(np.median(cosines)), len(cosines)) if cosines else None
+
+
 def mirrored_flags(analysis):
     """IMAGES_MIRRORED where the septum's anterior end lies posterior or inferior of its inferior
-    end in the patient's coordinates (``mirrored_against_header``)."""
-    mirrored = mirrored_against_header(analysis)
-    if mirrored is None or mirrored[0] >= MIRRORED_MAX_COS:
+    end in the patient's coordinates (``mirrored_against_header``), or the RV lies left or
+    behind the LV (``rv_side_against_header``)."""
+    said = []
+    septum = mirrored_against_header(analysis)
+    if septum is not None and septum[0] < MIRRORED_MAX_COS:
+        off = np.degrees(np.arccos(np.clip(septum[0], -1.0, 1.0)))
+        said.append((septum[0], f"on {septum[1]} slice(s) the anterior RV insertion point lies posterior or inferior of the "
+                                f"inferior one in the patient's coordinates (median direction {off:.0f}° from "
+                                "anterior-superior)"))
+    side = rv_side_against_header(analysis)
+    if side is not None and side[0] < MIRRORED_MAX_COS:
+        off = np.degrees(np.arccos(np.clip(side[0], -1.0, 1.0)))
+        said.append((side[0], f"on {side[1]} slice(s) the RV lies {off:.0f}° from the LV's right-anterior side (median), "
+                              "left of or behind it in the patient's coordinates"))
+    if not said:
         return []
-    cosine, slices = mirrored
-    off = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
-    return [_flag("IMAGES_MIRRORED", REVIEW, f"on {slices} slice(s) the anterior RV insertion point lies posterior or "
-                                             "inferior of the inferior one in the patient's coordinates (median "
-                                             f"direction {off:.0f}° from anterior-superior): the images look mirrored "
-                                             "against their header (or the heart lies on the right), so anterior and "
-                                             "inferior AHA segments are swapped; check the image orientation and the "
-                                             "insertion points", cosine)]
+    return [_flag("IMAGES_MIRRORED", REVIEW, "; ".join(text for _, text in said) + ": the images look mirrored against "
+                                             "their header (or the heart lies on the right), so anterior and inferior AHA "
+                                             "segments are swapped; check the image orientation and the insertion points",
+                  min(c for c, _ in said))]
 
 
 def insertion_flags(analysis):
