@@ -281,10 +281,27 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
         return True   # outputs without a row: the worker stopped after writing them (_read_row rebuilds it)
-    if row.get("status") == STATUS_ERROR:
+    if row.get("status") == STATUS_ERROR or row.get("superseded"):
         return False
     made_from = row.get("spec")
     return made_from == spec_signature(spec, model, frames) if made_from is not None else row.get("input") == spec.input
+
+
+def _supersede_rows(specs, out_root):
+    """Mark the rows on disk of the studies a --force batch runs again as superseded: stopped
+    before it got to them, the batch's table lists them as not run, and a later --resume must run
+    them (it kept their earlier outputs as complete, and one table mixed the two runs)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    for spec in specs:
+        path = Path(out_root) / spec.study / ROW_FILE
+        if not path.parent.is_dir():
+            continue
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, ValueError):
+            row = {"study": spec.study}   # outputs without a row would pass for complete too
+        row["superseded"] = f"a --force batch started {when} runs this study again"
+        _write_json_atomic(path, row)
 
 
 def weights_since_changed(results):
@@ -468,6 +485,8 @@ def _read_row(spec, out_root):
         row = json.loads((study_dir / ROW_FILE).read_text())
     except (OSError, ValueError):
         row = None
+    if row is not None and row.get("superseded"):
+        return None   # a --force batch was stopped before it ran the study again: not this run's
     if results is not None and row is None:
         # the worker died between moving the outputs in and writing the row: results.csv has the
         # same keys (values to 6 significant digits)
@@ -813,6 +832,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                                               "pass --resume to keep them and run the rest, or --force to run all again")
     if skipped:
         log(f"resume: {len(skipped)} of {len(specs)} studies already complete, {len(todo)} to run")
+    if force and not resume:
+        _supersede_rows(todo, out_root)
     dashboard = ""
     if todo:
         n_workers = workers or max(1, min(len(todo), _usable_cores()))
@@ -856,6 +877,9 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                     cluster.close()
                     cluster = None
                 _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
+                if _written_before(out_root / REPORT_PNG, started_at) and (out_root / REPORT_PNG).is_file():
+                    # an earlier batch's figure beside this table showed studies it calls not run
+                    (out_root / REPORT_PNG).unlink()
                 raise
             bar.close()
         finally:

@@ -686,3 +686,48 @@ def test_resume_runs_again_the_studies_made_with_weights_since_replaced(tmp_path
     # a perfusion ensemble's cine members are judged by their versions
     assert weights_since_changed({"model": {"name": "perfusion-resunet", "perfusion_segmentation": {
         "cine_model": ["unet-light"], "cine_model_version": ["3"]}}}) == [f"unet-light v3 -> v{card['version']}"]
+
+
+def test_a_stopped_force_batch_leaves_its_studies_to_resume(cohort, tmp_path):
+    """`batch --force` stopped after its first study: its table listed the others as "not run ...
+    rerun with --resume", but --resume kept their earlier outputs as complete, so the table then
+    mixed the two runs (probe 54). Now the rows a --force batch will redo are marked superseded
+    at its start: the stopped table lists them as not run, and --resume runs every one of them;
+    the first batch's cohort_report.png, left beside the stopped table, is removed."""
+    root = cohort["root"]
+    rows = [dict(r) for r in cohort["rows"] if r["study"] != "corrupt"]
+    for name in ("phantom_a", "phantom_b"):   # more studies, so that the stop lands mid-run
+        rows.append({**rows[0 if name == "phantom_a" else 1], "study": f"{name}_more"})
+    manifest = root / "cohort_force.csv"
+    _write_manifest(manifest, rows)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "CardiacAISegLib.cli", "batch", str(manifest), "--out", str(out), "--workers", "1",
+           "--quiet", "--reports", "none"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode in (0, 1), first.stdout + first.stderr
+    forced_at = time.time()
+    time.sleep(1.1)   # file times in whole seconds on some file systems
+    forced = subprocess.Popen(cmd + ["--force"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        rerun = lambda: [r["study"] for r in rows if (out / r["study"] / ROW_FILE).stat().st_mtime > forced_at  # noqa: E731
+                         and "superseded" not in json.loads((out / r["study"] / ROW_FILE).read_text())]
+        _wait_for(lambda: rerun() or forced.poll() is not None, 300, "the --force batch's first study")
+        forced.send_signal(signal.SIGTERM)
+        forced.communicate(timeout=120)
+    finally:
+        _stop(forced)
+    done = rerun()
+    assert 1 <= len(done) < len(rows), done
+    assert not (out / "cohort_report.png").exists()   # the first batch's figure, of numbers the table no longer lists
+    stopped = {r["study"]: r for r in _read_csv(out / "cohort.csv")}
+    for r in rows:
+        if r["study"] not in done:
+            assert stopped[r["study"]]["status"] == "error" and "rerun with --resume" in stopped[r["study"]]["error"]
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stdout + resumed.stderr
+    assert f"{len(done)} of {len(rows)} studies already complete, {len(rows) - len(done)} to run" in resumed.stdout
+    table = {r["study"]: r for r in _read_csv(out / "cohort.csv")}
+    for r in rows:
+        row = json.loads((out / r["study"] / ROW_FILE).read_text())
+        assert "superseded" not in row and (out / r["study"] / ROW_FILE).stat().st_mtime > forced_at, r["study"]
+        assert table[r["study"]]["status"] in ("ok", "qc-review"), table[r["study"]]
