@@ -318,7 +318,7 @@ def weights_since_changed(results):
     card = installed.get(used.get("name"))
     if card and used.get("sha256") and card["weights"].get("sha256") != used["sha256"]:
         changed.append(f"{card['name']} v{used.get('version', '?')} -> v{card.get('version', '?')}")
-    members = (used.get("perfusion_segmentation") or {})
+    members = used.get("perfusion_segmentation") or {}
     for name, version in zip(members.get("cine_model") or [], members.get("cine_model_version") or []):
         card = installed.get(name)
         if card and str(card.get("version")) != str(version):

@@ -1355,8 +1355,9 @@ RV_SIDE = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
 
 def _in_plane(direction, normal):
     """``direction`` projected into the plane of ``normal``, unit length; None where the plane is
-    nearly across it (no direction to read)."""
-    d = np.asarray(direction, float) - (np.asarray(direction, float) @ normal) * normal
+    nearly across it (under 0.3 of the direction in the plane: no direction to read)."""
+    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    d = d - (d @ normal) * normal
     n = np.linalg.norm(d)
     return d / n if n >= 0.3 else None
 
