@@ -881,9 +881,22 @@ def _repeated_frame_flags(study):
                     "and their times", len(repeated))]
 
 
+def _scale_step_flags(study):
+    steps = (study.provenance or {}).get("scale_steps") or []
+    if not steps:
+        return []
+    said = "; ".join(f"frames {s['frames'][0] + 1}-{s['frames'][1] + 1} read x{s['factor']:.2f}" for s in steps)
+    return [_flag("FRAMES_SCALE_STEP", REVIEW, f"{said} (counted from 1) against the frames before them, every tissue "
+                                               "alike: a gain or scaling that changed part-way through the series (or a "
+                                               "series joined from two exports), scaled back to the series' scale. The "
+                                               "factor is estimated from the body's signal and MBF moves with it (on a "
+                                               "phantom, 1 % in it moved MBF up to 8 %); check the series' scaling",
+                  len(steps))]
+
+
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
-    flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study)
+    flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study) + _scale_step_flags(analysis.study)
     st = analysis.study
     flags += perfusion_mask_flags(analysis)
     g = p.get("global_mbf_ml_min_g")

@@ -306,7 +306,6 @@ def test_dynamics_lost_at_the_end_of_a_series_are_left_out(tmp_path):
 
     from CardiacAISegLib.phantoms.phantom import write_phantom
     from CardiacAISegLib.pipeline import compute_analysis
-    from CardiacAISegLib.readers import load_study
     from CardiacAISegLib.readers.pd_frames import blank_frames
 
     t = np.arange(40)
@@ -331,3 +330,35 @@ def test_dynamics_lost_at_the_end_of_a_series_are_left_out(tmp_path):
     assert any("left out: blank on every slice" in w for w in study.provenance["warnings"])
     lost = compute_analysis(study)
     assert lost.perfusion["global_mbf_ml_min_g"] == pytest.approx(intact.perfusion["global_mbf_ml_min_g"], rel=0.03)
+
+
+@pytest.mark.parametrize("first, factor", [(14, 1.25), (30, 1.25), (40, 0.8)])
+def test_a_scale_that_changes_part_way_through_a_series_is_undone_and_flagged(tmp_path, first, factor):
+    """Every dynamic from one on written with another RescaleSlope (a gain changed part-way, a
+    series joined from two exports): no frame differs from its neighbours, so the single-frame
+    check passed it, and the step read as contrast: the phantom's MBF -4.5, -22 and -28 % with
+    only AIF_FROM_LV said (probe 52's "scale inside the window"). The step is found in the
+    body's signal, scaled back (MBF within 8 % of the intact series') and said as
+    FRAMES_SCALE_STEP, since the factor is an estimate."""
+    import pydicom
+
+    study, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
+    for name in ("intact", "step"):
+        _, paths = write_perfusion_series(tmp_path / name, study, vendor="siemens")
+        by_slice = {}
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            by_slice.setdefault(round(float(ds.ImagePositionPatient[2]), 1), []).append((float(ds.AcquisitionTime), path, ds))
+        for items in by_slice.values():
+            for frame, (_, path, ds) in enumerate(sorted(items, key=lambda item: item[0])):
+                if name == "step" and frame >= first:
+                    ds.RescaleSlope = factor
+                    ds.save_as(path)
+    intact = Analysis(load_study(tmp_path / "intact"), study.labels).run()
+    stepped = load_study(tmp_path / "step")
+    assert stepped.provenance["scale_steps"][0]["frames"] == [first, study.n_frames - 1]
+    assert stepped.provenance["scale_steps"][0]["factor"] == pytest.approx(factor, rel=0.015)
+    a = Analysis(stepped, study.labels).run()
+    assert "FRAMES_SCALE_STEP" in {f["code"] for f in a.qc["flags"]}
+    assert "FRAMES_SCALE_STEP" not in {f["code"] for f in intact.qc["flags"]}
+    assert a.perfusion["global_mbf_ml_min_g"] == pytest.approx(intact.perfusion["global_mbf_ml_min_g"], rel=0.08)
