@@ -1460,3 +1460,25 @@ def test_a_perfusion_frame_written_twice_is_flagged(perfusion, shared_data):
     for example in sorted((shared_data / "qperf" / "aif_detection").glob("example*_images.npy")):
         frames = np.moveaxis(np.load(example), -1, 0)   # stored (rows, columns, frames)
         assert frames.shape[0] > 80 and repeated_frames(frames[:, None]) == [], example.name
+
+
+def test_a_slice_whose_myocardium_was_erased_is_flagged(shared_data):
+    """Probe 55: ACDC ground truth with the myocardium of one mid slice erased (an annotator's
+    edit, or another label there) read LV mass 12.7-12.9 % low with QC pass: the volumes do not
+    change, and LV_CAVITY_GAP looks only for the converse. Said as MYO_GAP at ED and ES; no
+    ACDC expert label map has an LV pool without myocardium."""
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study = load_acdc_patient(shared_data / "acdc" / "patient061")
+    intact = Analysis(copy(study), dict(study.labels)).run()
+    assert not {"MYO_GAP_ED", "MYO_GAP_ES"} & codes(intact)
+    mid = int(np.median(np.flatnonzero((study.labels[study.ed_frame] == MYO).any(axis=(1, 2)))))
+    erased = {}
+    for t, lab in study.labels.items():
+        lab = lab.copy()
+        lab[mid][lab[mid] == MYO] = 0
+        erased[t] = lab
+    a = Analysis(copy(study), erased).run()
+    assert {"MYO_GAP_ED", "MYO_GAP_ES"} <= codes(a)
+    assert a.cine["lv_mass_g"] < 0.95 * intact.cine["lv_mass_g"]
+    assert f"slice(s) [{mid}]" in next(f["message"] for f in a.qc["flags"] if f["code"] == "MYO_GAP_ED")

@@ -1125,6 +1125,34 @@ def test_anonymised_cine_without_instance_numbers_and_files_named_by_uid(tmp_pat
     np.testing.assert_allclose(anonymised.ijk_to_ras, plain.ijk_to_ras)
 
 
+def test_cine_whose_instance_numbers_a_pacs_renumbered_reads_by_its_trigger_delays(tmp_path, shared_data):
+    """The Sunnybrook cine with its InstanceNumbers renumbered (a PACS; the trigger delays kept),
+    here each slice's even phases numbered before its odd ones: in stored order the delays "ran
+    through the cardiac cycle 2 times", taken for several slices filed under one position, and
+    the valid cine was refused (probe 55, with the numbers permuted at random). One cycle's delays
+    are evenly spaced whatever their stored order, so it reads as the untouched series; two
+    slices' cycles under one position still put the same phase's delays side by side and are
+    still refused (test_bad_enhanced_dicom_stack_with_its_position_only_in_the_shared_group)."""
+    import pydicom
+
+    src = shared_data / "sunnybrook" / "SC-HF-I-1_dicom"
+    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True)) for f in sorted(src.rglob("*")) if f.is_file()]
+    by_slice = {}
+    for f, ds in headers:
+        by_slice.setdefault(round(float(ds.ImagePositionPatient[2]), 2), []).append((float(ds.TriggerTime), f))
+    number = 0
+    for phases in by_slice.values():
+        phases = sorted(phases)
+        for _, f in phases[0::2] + phases[1::2]:
+            number += 1
+            ds = pydicom.dcmread(f)
+            ds.InstanceNumber = number
+            ds.save_as(tmp_path / f"{number}.dcm")
+    plain, renumbered = load_study(src), load_study(tmp_path)
+    np.testing.assert_array_equal(renumbered.images, plain.images)
+    np.testing.assert_allclose(renumbered.ijk_to_ras, plain.ijk_to_ras)
+
+
 def test_enhanced_cine_frames_in_any_order_and_its_localiser_frames_named(tmp_path):
     """Frame order in an Enhanced MR file carries no meaning (each frame's phase number and
     trigger delay place it). Shuffled frames were refused as "the trigger delays run through the

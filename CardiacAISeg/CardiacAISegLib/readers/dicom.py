@@ -2254,6 +2254,12 @@ def _cycles_in_stored_order(grp, delays):
     runs = [d[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
     if len(runs) < 2 or any(r.size < 5 or float(r.max() - r.min()) < 0.7 * full for r in runs):
         return []
+    gaps = np.diff(np.sort(d))
+    if gaps.min() > 0.5 * np.median(gaps):
+        # the delays of one cycle, evenly spaced, in another stored order (a PACS that renumbered
+        # the instances: a valid Sunnybrook cine was refused, probe 55); cycles of several slices
+        # or acquisitions put delays of the same phase next to each other
+        return []
     return [int(r.size) for r in runs]
 
 
