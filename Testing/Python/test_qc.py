@@ -1482,3 +1482,30 @@ def test_a_slice_whose_myocardium_was_erased_is_flagged(shared_data):
     assert {"MYO_GAP_ED", "MYO_GAP_ES"} <= codes(a)
     assert a.cine["lv_mass_g"] < 0.95 * intact.cine["lv_mass_g"]
     assert f"slice(s) [{mid}]" in next(f["message"] for f in a.qc["flags"] if f["code"] == "MYO_GAP_ED")
+
+
+@pytest.mark.parametrize("block, shift, named", [((2, 3), 5, {2, 3}), ((5, 6), 10, {5, 6}),
+                                                  ((4, 5, 6, 7), -6, {2, 3, 8, 9})])
+def test_slices_whose_frames_are_out_of_step_with_the_stack_are_flagged(shared_data, block, shift, named):
+    """Probe 55: a DICOM cine whose slices' pixels belonged to other phases than their trigger
+    delays (moved 4 or 6 phases) read EF 6-10 points low with QC pass: ED and ES mix phases
+    across slices. Said as SLICES_OUT_OF_STEP where a break between neighbouring slices puts some
+    a fifth of the cycle or more off most of the stack; the untouched Sunnybrook study, whose base
+    runs up to 3 of 20 frames late in steps of a frame, is not flagged. Where the block moved is
+    nearly half the stack, the slices named are the others (the larger group that agrees is
+    taken for the stack's cycle)."""
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.qc import slices_out_of_step
+    from CardiacAISegLib.readers import load_study
+
+    study = load_study(shared_data / "sunnybrook" / "SC-HF-I-1_dicom")
+    intact = compute_analysis(copy(study))
+    assert "SLICES_OUT_OF_STEP" not in codes(intact)
+    moved = copy(study)
+    moved.provenance = dict(study.provenance)
+    moved.images = study.images.copy()
+    for k in block:
+        moved.images[:, k] = np.roll(study.images[:, k], shift, axis=0)
+    a = compute_analysis(moved)
+    assert {k for k, _ in slices_out_of_step(a.labels, moved.n_frames, a.cine["ed_frame"])} == named
+    assert "SLICES_OUT_OF_STEP" in codes(a)
