@@ -285,6 +285,14 @@ def basal_es_cavity_missing(label_ed, label_es, spacing, study=None):
             if share[k] >= ES_CAVITY_SLICE_SHARE and lv_es[k] == 0 and myo_es_mm2[k] >= MIN_MYO_WITHOUT_CAVITY_MM2]
 
 
+# Pixels of LV blood pool (or of pool and myocardium) that make a slice's pool a pool: a few
+# stray pixels from the base's outflow tract, or an apical speck of 1-14 pixels beyond an ES
+# cavity that closed (HCM patient023, patient092 in the shipped network's contours; volumes
+# within 1-6 % of the experts'), are not one, and put the slices before them "between slices
+# that have one" (LV_CAVITY_GAP_ES, LV_GAP_ES on valid results; probe 55's sweep)
+MIN_POOL_PIXELS = 20
+
+
 def cavity_gaps(label_volume, spacing, study=None):
     """Slices of a (S, R, C) label volume with myocardium (at least ``MIN_MYO_WITHOUT_CAVITY_MM2``) but no LV
     blood pool between slices that have one; with ``study`` (for ED, where the base has its
@@ -297,7 +305,7 @@ def cavity_gaps(label_volume, spacing, study=None):
     lab = np.asarray(label_volume)
     lv = (lab == LV).sum(axis=(1, 2))
     myo_mm2 = (lab == MYO).sum(axis=(1, 2)) * float(spacing[0]) * float(spacing[1])
-    on = np.flatnonzero(lv > 0)
+    on = np.flatnonzero(lv >= MIN_POOL_PIXELS)
     if on.size == 0:
         return []
     judged = set(range(on[0] + 1, on[-1]))
@@ -307,18 +315,13 @@ def cavity_gaps(label_volume, spacing, study=None):
     return sorted(int(k) for k in judged if lv[k] == 0 and myo_mm2[k] >= MIN_MYO_WITHOUT_CAVITY_MM2)
 
 
-# Pixels of LV blood pool that make a slice's pool a pool (a few stray pixels from the base's
-# outflow tract are not one)
-MIN_POOL_PIXELS = 20
-
-
 def myocardium_gaps(label_volume):
     """Slices of an (S, R, C) label map with an LV blood pool of MIN_POOL_PIXELS or more and no
     myocardium at all, strictly between slices that have myocardium: the ring was erased (an
     edit) or given another label there (probe 55: ground truth with one mid slice's myocardium
     removed read LV mass 13 % low with QC pass)."""
     lab = np.asarray(label_volume)
-    with_myo = np.flatnonzero((lab == MYO).any(axis=(1, 2)))
+    with_myo = np.flatnonzero((lab == MYO).sum(axis=(1, 2)) >= MIN_POOL_PIXELS)
     if with_myo.size < 2:
         return []
     return [int(k) for k in range(int(with_myo[0]) + 1, int(with_myo[-1]))
@@ -754,7 +757,7 @@ def cine_flags(analysis):
         if t is None or t not in labels:
             continue
         lab = labels[t]
-        lv_slices = np.nonzero((lab == LV).any(axis=(1, 2)) | (lab == MYO).any(axis=(1, 2)))[0]
+        lv_slices = np.flatnonzero(((lab == LV) | (lab == MYO)).sum(axis=(1, 2)) >= MIN_POOL_PIXELS)
         if lv_slices.size == 0:
             flags.append(_flag(f"LV_MISSING_{name}", REVIEW, f"no LV in any slice at {name}"))
             continue

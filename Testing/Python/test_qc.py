@@ -1509,3 +1509,29 @@ def test_slices_whose_frames_are_out_of_step_with_the_stack_are_flagged(shared_d
     a = compute_analysis(moved)
     assert {k for k, _ in slices_out_of_step(a.labels, moved.n_frames, a.cine["ed_frame"])} == named
     assert "SLICES_OUT_OF_STEP" in codes(a)
+
+
+def test_an_apical_speck_beyond_a_closed_es_cavity_is_no_gap(shared_data):
+    """Probe 55's sweep of the shipped network on the 80 ACDC patients: patient023 (HCM) at ES
+    has its cavity closed on the two apical slices and a 14-pixel speck of pool on the last one,
+    patient092 a 1-pixel pool with 9 of myocardium past an empty apical slice: flagged
+    LV_CAVITY_GAP_ES and LV_GAP_ES, with volumes within 1-6 % of the experts'. A speck under
+    MIN_POOL_PIXELS makes no slice "between slices that have one"; a closed cavity between real
+    pools still does."""
+    from CardiacAISegLib.readers.acdc import load_acdc_patient
+
+    study = load_acdc_patient(shared_data / "acdc" / "patient023")
+    es = study.es_frame
+    lab = study.labels[es].copy()
+    pool = np.flatnonzero((lab == LV).sum(axis=(1, 2)) > 0)
+    apex, before = int(pool[-1]), int(pool[-2])
+    lab[apex][lab[apex] == LV] = MYO        # the apical cavity closed at ES, as HCM's does
+    lab[before][lab[before] == LV] = MYO
+    rows, cols = np.nonzero(lab[apex] == MYO)
+    lab[apex, rows[:14], cols[:14]] = LV    # and a speck of pool left on the last slice
+    speck = {**study.labels, es: lab}
+    assert not {"LV_CAVITY_GAP_ES", "LV_GAP_ES"} & codes(Analysis(copy(study), speck).run())
+    closed = lab.copy()
+    closed[apex] = study.labels[es][apex]   # a real pool beyond the closed slice: a gap
+    gap = Analysis(copy(study), {**study.labels, es: closed}).run()
+    assert "LV_CAVITY_GAP_ES" in codes(gap)
