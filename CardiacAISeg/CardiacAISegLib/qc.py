@@ -622,8 +622,7 @@ def slices_out_of_step(labels, n_frames, ed):
         return []
 
     def wrapped(lag):
-        lag = lag % n_frames
-        return lag if lag <= n_frames // 2 else lag - n_frames
+        return _circular(lag, n_frames)
 
     offsets, breaks = [0], []
     for a, b in zip(slices, slices[1:]):
@@ -648,8 +647,13 @@ def _cycle_shift(curve, reference):
     c = (curve - curve.mean()) / (curve.std() or 1.0)
     r = (reference - reference.mean()) / (reference.std() or 1.0)
     match = np.array([np.mean(np.roll(c, -lag) * r) for lag in range(len(c))])
-    lag = int(np.argmax(match))
-    return (lag if lag <= len(c) // 2 else lag - len(c)), float(match.max())
+    return _circular(int(np.argmax(match)), len(c)), float(match.max())
+
+
+def _circular(lag, n):
+    """``lag`` frames of an ``n``-frame cycle as the shortest way round (-n/2, n/2]."""
+    lag = lag % n
+    return lag if lag <= n // 2 else lag - n
 
 
 def _out_of_step_flags(analysis):

@@ -225,8 +225,10 @@ def rescaled_frames(images):
         factors[worst] *= found[worst]
     # a change that persists: every frame from one on scaled alike against those before it (a
     # series joined from two exports, a gain changed part-way), which no frame shows against its
-    # neighbours. x1.25 from the 31st of 60 frames read the phantom's MBF 38 % low with an AIF
-    # given apart and QC "pass" (probe 52's "scale inside the window")
+    # neighbours. A phantom's DICOM series x1.25 from its 31st of 60 dynamics read MBF 22 % low,
+    # x0.8 from its 41st 28 % low, with QC saying only that its AIF came from the LV (probe 52's
+    # "scale inside the window"). Found in the body's signal: a series without one (Gd units, or
+    # a phantom of concentration plus noise) shows no step to find
     for _ in range(3):
         r, f = _largest_scale_step(x)
         if f is None:
