@@ -412,14 +412,18 @@ def _field_of_view_mm(study):
 
 
 def _repeated_slice_flags(study):
-    repeated = repeated_slices(study.images)
-    if not repeated:
+    return _repeated_flags("SLICES_REPEATED", "slice(s)", repeated_slices(study.images),
+                           "hold the same images in every frame: a slice written twice by the export is measured twice (a "
+                           "cine's mid slice repeated read its volumes and mass 11-15 % high in tests; a perfusion slice "
+                           "repeated moves the slices after it to other AHA levels); check the stack")
+
+
+def _repeated_flags(code, what, pairs, consequence):
+    """``code`` naming the ``pairs`` (j, k) of ``what`` (slices, frames), counted from 1."""
+    if not pairs:
         return []
-    return [_flag("SLICES_REPEATED", REVIEW, "slice(s) " + ", ".join(f"{k + 1} and {j + 1}" for k, j in repeated)
-                  + " (counted from 1) hold the same images in every frame: a slice written twice by the export is "
-                    "measured twice (a cine's mid slice repeated read its volumes and mass 11-15 % high in tests; a "
-                    "perfusion slice repeated moves the slices after it to other AHA levels); check the stack",
-                  len(repeated))]
+    return [_flag(code, REVIEW, f"{what} " + ", ".join(f"{j + 1} and {k + 1}" for j, k in pairs) + f" (counted from 1) "
+                  + consequence, len(pairs))]
 
 
 def acquisition_flags(analysis):
@@ -975,14 +979,11 @@ def _breathing_note(study):
 
 
 def _repeated_frame_flags(study):
-    repeated = repeated_frames(study.images)
-    if not repeated:
-        return []
-    return [_flag("FRAMES_REPEATED", REVIEW, "frame(s) " + ", ".join(f"{j + 1} and {k + 1}" for j, k in repeated)
-                  + " (counted from 1) hold the same images in every slice: a frame written twice by the export or a "
-                    "conversion. The scanner never acquires the same image twice (noise alone differs), so every frame "
-                    "after the copy is read one frame interval late (MBF 17-39 % off in tests); check the series' frames "
-                    "and their times", len(repeated))]
+    return _repeated_flags("FRAMES_REPEATED", "frame(s)", repeated_frames(study.images),
+                           "hold the same images in every slice: a frame written twice by the export or a conversion. The "
+                           "scanner never acquires the same image twice (noise alone differs), so every frame after the "
+                           "copy is read one frame interval late (MBF 17-39 % off in tests); check the series' frames and "
+                           "their times")
 
 
 def _scale_step_flags(study):
