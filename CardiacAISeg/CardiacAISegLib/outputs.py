@@ -274,6 +274,32 @@ def deferred_signals():
 
 
 # --- all-or-nothing replacement -----------------------------------------------------------------
+def keep_outputs_of_killed_runs(out_dir):
+    """Staging folders an earlier run left in ``out_dir`` (it was killed: SIGKILL, a power cut),
+    found under the folder's lock, so no live run owns them: the outputs such a run had moved aside
+    while swapping in its own (``stage/.old``) go to a visible ``cardiacaiseg-previous-outputs-*``
+    folder instead of staying hidden, and the rest of the staging folder goes. Returns a warning
+    naming what was kept, or "" (probe 54: a run killed mid-write left its hidden folder behind)."""
+    out = Path(out_dir)
+    kept = []
+    for stage in sorted(out.glob(STAGE_PREFIX + "*")):
+        if not stage.is_dir():
+            continue
+        aside = stage / ".old"
+        if aside.is_dir() and any(aside.iterdir()):
+            target = out / f"cardiacaiseg-previous-outputs-{stage.name[len(STAGE_PREFIX):]}"
+            try:
+                os.replace(aside, target)
+                kept.append(target.name)
+            except OSError:
+                continue   # never delete what could not be kept
+        shutil.rmtree(stage, ignore_errors=True)
+    if not kept:
+        return ""
+    return (f"an earlier run into {out} was stopped while it replaced its outputs (killed?): the outputs it had moved "
+            f"aside are kept in {', '.join(kept)}")
+
+
 def replace_outputs(stage, out_dir, names):
     """Move every file of ``stage`` into ``out_dir``; old files called ``names`` go in any case.
 
@@ -375,6 +401,9 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
         created = make_output_folder(out_dir)
         try:
             with output_lock(out_dir):
+                kept = keep_outputs_of_killed_runs(out_dir)
+                if kept and hasattr(analysis, "warnings"):
+                    analysis.warnings.append(kept)
                 check_outputs(out_dir, force, replace_hint)  # again under the lock: another run may have written meanwhile
                 stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
                 try:

@@ -211,3 +211,25 @@ def test_the_cohort_report_leaves_no_temporary_file_when_it_cannot_be_written(tm
     with pytest.raises(OSError):
         write_cohort_report([{"study": "a", "status": "ok", "lv_edv_ml": 100.0, "lv_ef_pct": 50.0}], tmp_path / "cohort_report.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_a_killed_run_had_moved_aside_are_kept_where_they_can_be_seen(phantom, tmp_path):
+    """A run killed (SIGKILL) while it swapped its outputs in left its hidden staging folder, with
+    the previous run's outputs moved aside in it (probe 54): the next run wrote beside them unasked,
+    and they stayed hidden. The next run now keeps them in a visible folder, removes the rest of
+    the staging folder and says so in its warnings."""
+    out = tmp_path / "out"
+    assert _analyze(phantom, out) == 0
+    before = json.loads((out / "results.json").read_text())
+    stage = out / f"{outputs.STAGE_PREFIX}k1ll3d"   # as replace_outputs leaves it when killed mid-swap
+    (stage / ".old").mkdir(parents=True)
+    for name in os.listdir(out):
+        if name in outputs.REPLACED_FILES:
+            os.replace(out / name, stage / ".old" / name)
+    (stage / "report.png").write_bytes(b"the killed run's own, not yet moved in")
+    assert _analyze(phantom, out) == 0
+    kept = out / "cardiacaiseg-previous-outputs-k1ll3d"
+    assert json.loads((kept / "results.json").read_text()) == before
+    assert not stage.exists() and not [n for n in os.listdir(out) if n.startswith(outputs.STAGE_PREFIX)]
+    warnings = json.loads((out / "results.json").read_text())["warnings"]
+    assert any("was stopped while it replaced its outputs" in w and kept.name in w for w in warnings)
