@@ -255,7 +255,13 @@ class Analysis:
             raise CardiacInputError(st.source or st.name, "frame times are needed (give --dt)")
         mask = self.labels[self.reference_frame] == MYO
         if not mask.any():
-            raise CardiacInputError(st.source or st.name, "the myocardial mask is empty: nothing to quantify")
+            # from the network, nothing says why unless the reading of the series is named: a
+            # series with its frames in reverse time order, or without contrast, stopped here with no reason
+            # given (session 29)
+            why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
+                   "reverse time order) or no short-axis heart in it?" if self.model_info
+                   else f"the label map has no myocardium at frame {self.reference_frame}")
+            raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why})")
         # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)
         from .readers.geometry_check import check_not_blank
         from .readers.series_kind import check_perfusion_frames

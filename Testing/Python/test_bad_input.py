@@ -265,7 +265,20 @@ def test_perfusion_empty_myocardium(tmp_path, capsys, perfusion_dir):
     bad = _nifti(tmp_path / "no_myo.nii.gz", lab, affine=nib.load(str(d / "perfusion_labels.nii.gz")).affine, dtype=np.uint8)
     img = d / "perfusion.nii.gz"
     expect_failure(capsys, [img, "--kind", "perfusion", "--labels", bad, "--aif", d / "aif.csv", "--dt", dt],
-                   tmp_path / "out", img, "myocardial mask is empty")
+                   tmp_path / "out", img, "myocardial mask is empty", "the label map has no myocardium at frame 0")
+
+
+def test_perfusion_series_in_reverse_time_order_says_what_the_network_missed(tmp_path, capsys, perfusion_dir):
+    """A perfusion series written with its frames in reverse time order: the network found no
+    myocardium and the run stopped with "the myocardial mask is empty", which named no cause."""
+    import nibabel as nib
+
+    d, _ = perfusion_dir
+    source = nib.load(str(d / "perfusion.nii.gz"))
+    reversed_series = tmp_path / "reversed.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[..., ::-1].copy(), source.affine, source.header), str(reversed_series))
+    expect_failure(capsys, [reversed_series], tmp_path / "out", reversed_series, "myocardial mask is empty",
+                   "the network found no myocardium", "frames in reverse time order")
 
 
 # ------------------------------------------------------------------------------ perfusion
