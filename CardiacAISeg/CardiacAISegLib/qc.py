@@ -625,23 +625,20 @@ def slices_out_of_step(labels, n_frames, ed):
     if len(slices) < 3:
         return []
 
-    def wrapped(lag):
-        return _circular(lag, n_frames)
-
     offsets, breaks = [0], []
     for a, b in zip(slices, slices[1:]):
         lag, match = _cycle_shift(area[:, b], area[:, a])
         step = lag if match >= 0.6 else 0   # a curve too unlike its neighbour's says nothing of its phase
         breaks.append(abs(step))
-        offsets.append(wrapped(offsets[-1] + step))
+        offsets.append(_circular(offsets[-1] + step, n_frames))
     if max(breaks) < max(3, OUT_OF_STEP_BREAK_SHARE * n_frames):
         return []
     # the offset most slices share (within 2 frames) is the stack's; ties go to the middle slice's
-    share = [sum(abs(wrapped(o - c)) <= 2 for o in offsets) for c in offsets]
+    share = [sum(abs(_circular(o - c, n_frames)) <= 2 for o in offsets) for c in offsets]
     middle = len(slices) // 2
     reference = offsets[max(range(len(slices)), key=lambda i: (share[i], i == middle))]
-    off = [(k, wrapped(o - reference)) for k, o in zip(slices, offsets)
-           if abs(wrapped(o - reference)) >= max(3, OUT_OF_STEP_SHARE * n_frames)]
+    off = [(k, _circular(o - reference, n_frames)) for k, o in zip(slices, offsets)]
+    off = [(k, lag) for k, lag in off if abs(lag) >= max(3, OUT_OF_STEP_SHARE * n_frames)]
     return off if len(off) >= OUT_OF_STEP_MIN_SLICES else []
 
 
@@ -1528,17 +1525,13 @@ def mirrored_flags(analysis):
     end in the patient's coordinates (``mirrored_against_header``), or the RV lies left or
     behind the LV (``rv_side_against_header``)."""
     said = []
-    septum = mirrored_against_header(analysis)
-    if septum is not None and septum[0] < MIRRORED_MAX_COS:
-        off = np.degrees(np.arccos(np.clip(septum[0], -1.0, 1.0)))
-        said.append((septum[0], f"on {septum[1]} slice(s) the anterior RV insertion point lies posterior or inferior of the "
-                                f"inferior one in the patient's coordinates (median direction {off:.0f}° from "
-                                "anterior-superior)"))
-    side = rv_side_against_header(analysis)
-    if side is not None and side[0] < MIRRORED_MAX_COS:
-        off = np.degrees(np.arccos(np.clip(side[0], -1.0, 1.0)))
-        said.append((side[0], f"on {side[1]} slice(s) the RV lies {off:.0f}° from the LV's right-anterior side (median), "
-                              "left of or behind it in the patient's coordinates"))
+    for cue, text in ((mirrored_against_header(analysis), "on {} slice(s) the anterior RV insertion point lies posterior "
+                       "or inferior of the inferior one in the patient's coordinates (median direction {:.0f}° from "
+                       "anterior-superior)"),
+                      (rv_side_against_header(analysis), "on {} slice(s) the RV lies {:.0f}° from the LV's right-anterior "
+                       "side (median), left of or behind it in the patient's coordinates")):
+        if cue is not None and cue[0] < MIRRORED_MAX_COS:
+            said.append((cue[0], text.format(cue[1], np.degrees(np.arccos(np.clip(cue[0], -1.0, 1.0))))))
     if not said:
         return []
     return [_flag("IMAGES_MIRRORED", REVIEW, "; ".join(text for _, text in said) + ": the images look mirrored against "

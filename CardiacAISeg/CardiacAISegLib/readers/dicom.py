@@ -1242,18 +1242,18 @@ def _pick_series(folder, series, choice, notes=None, kind=None):
 def _unused_aif_notes(uid, items, series):
     """Why the series here that would pair with ``uid`` as its dual-sequence AIF series are not
     used: without a note the reader says "no separate AIF" while the folder holds one, or two."""
-    notes = [f"{_describe(u, its)} pairs as this series' dual-sequence AIF series but belongs to another study "
-             f"(StudyInstanceUID {_other_study(items, its)[0]}): not used, the AIF is taken from the LV blood pool"
-             for u, its in series.items() if u not in uid.split("+") and _other_study(items, its)
-             and _pair_but_for_the_clocks({uid: items, u: its}) == (uid, u)]
+    others = {u: _other_study(items, its) for u, its in series.items() if u not in uid.split("+")}
+    notes = [f"{_describe(u, series[u])} pairs as this series' dual-sequence AIF series but belongs to another study "
+             f"(StudyInstanceUID {study[0]}): not used, the AIF is taken from the LV blood pool"
+             for u, study in others.items() if study and _pair_but_for_the_clocks({uid: items, u: series[u]}) == (uid, u)]
     candidates = _aif_candidates(uid, items, series)
-    if not candidates:
-        return notes
-    return notes + [f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF series, "
-            f"but nothing here ties {'it' if len(candidates) == 1 else 'one of them'} to this acquisition (no acquisition "
-            "clock puts it within this series and no other, and the description names another role, or none while "
-            "another series could take it): the AIF is taken from the LV blood pool instead. If it is this series' AIF, put it in a "
-            "folder of its own and give --aif FOLDER"]
+    if candidates:
+        notes.append(f"{'; '.join(_describe(u, series[u]) for u in candidates)} could be this series' dual-sequence AIF "
+                     f"series, but nothing here ties {'it' if len(candidates) == 1 else 'one of them'} to this acquisition "
+                     "(no acquisition clock puts it within this series and no other, and the description names another "
+                     "role, or none while another series could take it): the AIF is taken from the LV blood pool instead. "
+                     "If it is this series' AIF, put it in a folder of its own and give --aif FOLDER")
+    return notes
 
 
 def _series_of_kind(series, kind, notes=None):

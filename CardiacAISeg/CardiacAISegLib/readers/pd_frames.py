@@ -188,6 +188,14 @@ SCALE_STEP = 0.10
 SCALE_AGREEMENT = 0.6
 SCALE_TOLERANCE = 0.05
 
+# Of the body's pixels, at least this share steady on both sides of a step: a scale change moves
+# the whole body (55-84 % of it steady on the phantom series stepped part-way), while at the bolus
+# arrival 55 pixels of a phantom's 2,304 rising together had passed for a x1.11 step
+STEP_STEADY_SHARE = 0.2
+# Frames scaled back alike, this many or more in a row: a step in the scale (``_largest_scale_step``),
+# not single frames rescaled against both neighbours
+MIN_STEP_FRAMES = 3
+
 
 def rescaled_frames(images):
     """(T,) factor per frame of a (T, S, R, C) signal-intensity series: the common ratio of its
@@ -261,12 +269,6 @@ def _largest_scale_step(x, width=3):
     return best
 
 
-# Of the body's pixels, at least this share steady on both sides of a step: a scale change moves
-# the whole body (55-84 % of it steady on the phantom series stepped part-way), while at the bolus
-# arrival 55 pixels of a phantom's 2,304 rising together had passed for a x1.11 step
-STEP_STEADY_SHARE = 0.2
-
-
 def _level_at(window, t):
     """Each pixel's straight-line trend over the frames of ``window`` ((n, pixels)) at frame ``t``
     of it (counted from its first)."""
@@ -303,11 +305,6 @@ def undo_rescaled_frames(study, where, warnings=None):
     if steps:   # QC's FRAMES_SCALE_STEP: the factor is estimated, and MBF is sensitive to it
         study.provenance["scale_steps"] = steps
     return odd
-
-
-# Frames scaled back alike, this many or more in a row: a step in the scale (``_largest_scale_step``),
-# not single frames rescaled against both neighbours
-MIN_STEP_FRAMES = 3
 
 
 def frames_differ_from_file(provenance):
