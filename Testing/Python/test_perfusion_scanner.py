@@ -898,6 +898,33 @@ def test_aif_series_with_anonymised_clocks(tmp_path, phantom, clock):
             load_study(tmp_path)
 
 
+@pytest.mark.parametrize("images_keep_time_of_day", [True, False])
+def test_aif_series_timed_by_time_of_day_beside_images_timed_by_date_time(tmp_path, phantom, images_keep_time_of_day):
+    """Siemens XA writes AcquisitionDateTime on the images (with or without AcquisitionTime) and
+    AcquisitionTime alone on its dual-sequence AIF series. Seconds since 2000 were compared with
+    seconds since midnight, so the AIF series "was not acquired during" its own images and the
+    folder was refused (probe 56). Both are now compared by time of day: paired, MBF as read from
+    the series with one clock."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path / "one_clock", study, vendor="siemens")
+    write_aif_series(tmp_path / "one_clock", study)
+    _, paths = write_perfusion_series(tmp_path / "two_clocks", study, vendor="siemens")
+    write_aif_series(tmp_path / "two_clocks", study)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.AcquisitionDateTime = "20240101" + str(ds.AcquisitionTime)
+        if not images_keep_time_of_day:
+            del ds.AcquisitionTime
+        ds.save_as(p)
+    mixed = load_study(tmp_path / "two_clocks")
+    assert mixed.provenance["aif_source"].startswith("dual-sequence AIF series")
+    plain = load_study(tmp_path / "one_clock")
+    np.testing.assert_allclose(mixed.aif, plain.aif, rtol=1e-6)
+    np.testing.assert_allclose(mixed.frame_times_s, plain.frame_times_s, atol=1e-6)
+
+
 def test_acquisition_times_anonymised_to_one_value_ask_for_dt_saying_so(tmp_path, phantom):
     """Every AcquisitionTime of a Siemens-style series set to 000000 by an anonymiser: the error
     said "the file has no frame times", though every image carries one (probe 49). It now says

@@ -441,10 +441,21 @@ def _clock_spans(series, uids):
     times = {u: [t for t in (_clock_s(ds) for _, ds in series[u]) if t is not None] for u in uids}
     if any(not t for t in times.values()):
         return None
+    dated = {u for u, ts in times.items() if min(ts) > _DATED_CLOCK_S}
+    if dated and len(dated) < len(times):
+        # one series timed by date-time (seconds since 2000), another by time of day: compare
+        # them by time of day (Siemens writes AcquisitionDateTime on the images and only
+        # AcquisitionTime on its AIF series; Enhanced frames carry date-times). Compared as they
+        # were, the AIF series "was not acquired during" its own images (probe 56)
+        times = {u: [t % 86400.0 for t in ts] if u in dated else ts for u, ts in times.items()}
     every = [t for ts in times.values() for t in ts]
     if max(every) - min(every) > 43200:
         times = {u: [t + 86400 if t < 43200 else t for t in ts] for u, ts in times.items()}
     return {u: (min(ts), max(ts)) for u, ts in times.items()}
+
+
+# A clock this far past zero counts seconds since 2000 (a DICOM date-time), not since midnight.
+_DATED_CLOCK_S = 10 * 86400.0
 
 
 # Slice series of one acquisition read out interleaved overlap in time; a scanner that stamps each
