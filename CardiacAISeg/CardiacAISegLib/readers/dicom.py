@@ -502,10 +502,52 @@ def _repeated_stacks(series, uids):
     complete = [g for g in groups or [] if len(g) > 1 and _positions_of(series, g) == everywhere]
     if len(complete) >= 2:
         return complete
+    overlapping = _overlapping_stacks(series, groups or [])
+    if len(overlapping) >= 2:
+        return overlapping
     if (groups is None or len(groups) == 1) and all(
             sum(p in _series_positions(series[u]) for u in uids) >= 2 for p in everywhere):
         return None
     return []
+
+
+def _overlapping_stacks(series, groups):
+    """The acquisitions among ``groups`` (``_acquisitions``) that are each a stack of two or more
+    slice series spanning half or more of all of them along the slice normal, and overlapping
+    another such: stress and rest stored one series per slice and described alike, the rest
+    planned a few millimetres off the stress (not at exactly its positions). They had been merged
+    into one stack of both, rest slices between stress slices or in their place (MBF -25 to -62 %,
+    QC pass; probe 56). A cine read two slices per breath-hold gives short stacks side by side
+    along the normal, and a pair of them acquired again one short stack over another."""
+    spans = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        positions = [_series_positions(series[u]) for u in g]
+        if any(len(p) != 1 for p in positions):
+            continue   # a series of several positions, or a position read twice: not slice series
+        normal = _stack_normal(series[g[0]][0][1])
+        if normal is None:
+            return []
+        along = [float(np.dot(next(iter(p)), normal)) for p in positions]
+        spans.append((g, min(along), max(along)))
+    if len(spans) < 2:
+        return []
+    whole = max(hi for _, _, hi in spans) - min(lo for _, lo, _ in spans)
+    spans = [(g, lo, hi) for g, lo, hi in spans if hi - lo >= 0.5 * whole]
+    return [g for g, lo, hi in spans
+            if any(other is not g and lo <= other_hi and other_lo <= hi for other, other_lo, other_hi in spans)]
+
+
+def _stack_normal(ds):
+    """The unit slice normal of an image's ImageOrientationPatient, or None when unreadable."""
+    try:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    normal = np.cross(iop[:3], iop[3:6])
+    size = np.linalg.norm(normal)
+    return normal / size if size > 0.5 else None
 
 
 def _series_number(items):
@@ -543,7 +585,8 @@ def _repeated_stacks_hint(series, folder):
         parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
                  f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
         first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
-        return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions "
+        return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions"
+                f"{'' if all(_positions_of(series, g) == _positions_of(series, stacks[0]) for g in stacks) else ' (or nearly)'} "
                 f"{(max(starts) - min(starts)) / 60:.0f} min apart, each stored one series per slice: --series "
                 f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
                 f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
