@@ -216,6 +216,13 @@ def _in_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
+def _not_ignored(signals):
+    """The signals of ``signals`` the process does not ignore. One started under ``nohup`` ignores
+    SIGHUP, and a background job of a shell script SIGINT: handlers of our own had turned them
+    back on, and closing the terminal cancelled the run (probe 57)."""
+    return [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 @contextmanager
 def stop_signals_raise():
     """SIGTERM/SIGHUP raise ``Terminated`` in the main thread for the block (no-op elsewhere)."""
@@ -226,7 +233,7 @@ def stop_signals_raise():
     def stop(signum, frame):
         raise Terminated(signum)
 
-    previous = {s: signal.signal(s, stop) for s in _STOP_SIGNALS}
+    previous = {s: signal.signal(s, stop) for s in _not_ignored(_STOP_SIGNALS)}
     try:
         yield
     finally:
@@ -263,8 +270,7 @@ def deferred_signals():
         if deferred.pending is None:
             deferred.pending = signum
 
-    signals = (signal.SIGINT,) + _STOP_SIGNALS
-    previous = {s: signal.signal(s, hold) for s in signals}
+    previous = {s: signal.signal(s, hold) for s in _not_ignored((signal.SIGINT,) + _STOP_SIGNALS)}
     try:
         yield deferred
     finally:

@@ -168,6 +168,30 @@ def test_signals_are_held_while_writers_run():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
+def test_a_run_started_with_a_signal_ignored_keeps_ignoring_it(phantom, tmp_path, ignored):
+    """A run under ``nohup`` ignores SIGHUP, a shell script's background job SIGINT. The handlers
+    that hold signals while outputs are written turned them back on: closing the terminal
+    cancelled a nohup run (exit 129, probe 57). Sent that signal all through the run, it now
+    finishes and writes its results."""
+    if not hasattr(signal, ignored):
+        pytest.skip(f"no {ignored} on this platform")
+    sig = getattr(signal, ignored)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "CardiacAISegLib.cli", "analyze", str(phantom[0]), "--labels",
+                             str(phantom[1]), "--out", str(out), "--quiet"],
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+    while proc.poll() is None:
+        proc.send_signal(sig)
+        sent += 1
+        time.sleep(0.05)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()[-500:]
+    assert sent > 10 and (out / "results.json").is_file()
+
+
 # ------------------------------------------------------------------------------ output folders
 def _run(capsys, argv):
     rc = cli.main([str(a) for a in argv])
