@@ -97,6 +97,15 @@ def test_missing_input(tmp_path, capsys):
     expect_failure(capsys, [missing], tmp_path / "out", missing, "not found")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_named_pipe_as_input_is_refused_not_waited_on(tmp_path, capsys):
+    """A named pipe called cine.nii: reading it waited for a writer, with no output, for ever
+    (probe 57). It is refused as not a regular file."""
+    fifo = tmp_path / "cine.nii"
+    os.mkfifo(fifo)
+    expect_failure(capsys, [fifo], tmp_path / "out", fifo, "not a regular file or folder", "named pipe")
+
+
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     expect_failure(capsys, [tmp_path / "empty"], tmp_path / "out", tmp_path / "empty", "empty folder")

@@ -71,6 +71,10 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
         raise CardiacInputError(path, f"unknown kind {kind!r}; use 'cine' or 'perfusion'")
     if not path.exists():
         raise CardiacInputError(path, f"file or folder not found; accepted: {ACCEPTED}")
+    if not path.is_dir() and not path.is_file():
+        # a named pipe waits for a writer: the run hung with no output (probe 57)
+        raise CardiacInputError(path, "is not a regular file or folder (a named pipe, device or socket); give the image "
+                                      f"file or folder itself; accepted: {ACCEPTED}")
     # refuse inputs whose headers describe more than fits, before any pixels are read (DICOM
     # series are checked by the DICOM reader, from the headers it parses anyway)
     from ..memory_check import check_input_size
