@@ -1048,12 +1048,34 @@ def perfusion_flags(analysis):
         msg = _out_of("mpr", m, "global MPR", "")
         if msg:
             flags.append(_flag("MPR_RANGE", REVIEW, msg, m))
+    flags += roles_swapped_flags(analysis)
     # the myocardium the analysis measured (network or given labels), on the frames it fitted
     myo = analysis.labels[analysis.reference_frame] == MYO
     curves = analysis._curves
     images = curves[0] if curves is not None and st.aif is not None and curves[0].shape[0] == len(st.aif) else st.images
     flags += aif_flags(st, myo, images, lv=analysis.labels[analysis.reference_frame] == LV)
     return flags
+
+
+def roles_swapped_flags(analysis):
+    """STRESS_REST_SWAPPED where the series read as the stress is described as a rest series, or
+    the one given with --rest as a stress series: the two given the wrong way round read the
+    reserve inverted (MPR 0.87 for 1.15, QC pass; probe 56), and an inverted MPR within the
+    plausible range says nothing of itself."""
+    from .readers.dicom import role_named
+
+    rest = getattr(analysis, "rest", None)
+    if rest is None:
+        return []
+    said = {name: (s.provenance or {}).get("series_description") or ""
+            for name, s in (("stress", analysis.study), ("rest", rest.study))}
+    wrong = [f"the {name} series is described {text!r}" for name, text in said.items()
+             if role_named(text) not in (None, name)]
+    if not wrong:
+        return []
+    return [_flag("STRESS_REST_SWAPPED", REVIEW, f"{' and '.join(wrong)}: stress and rest given the wrong way round? "
+                                                 "MBF reserve (MPR, MPRI) is then inverted; give the stress series as "
+                                                 "the input and the rest with --rest", len(wrong))]
 
 
 def unmeasured_segment_flags(analysis):

@@ -1714,3 +1714,25 @@ def test_a_noisy_aif_series_beside_a_linear_series_is_scaled_as_a_line(tmp_path,
     a = Analysis(s, study.labels).run()
     true_global = np.median(list(truth["mbf_per_segment"].values()))
     assert abs(a.perfusion["global_mbf_ml_min_g"] / true_global - 1) < 0.08
+
+
+def test_stress_and_rest_given_the_wrong_way_round_are_flagged(tmp_path, phantom):
+    """Stress and rest in folders of their own, described 'Perfusion_stress' and 'Perfusion_rest',
+    given the wrong way round (the rest as the input, the stress with --rest): the reserve read
+    inverted (MPR 0.87 for 1.15 with a low-reserve pair, QC pass; probe 56). It is now flagged
+    STRESS_REST_SWAPPED, naming both descriptions; the right way round raises no such flag."""
+    study, _ = phantom
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    write_perfusion_series(tmp_path / "stress", study, vendor="siemens", description="Perfusion_stress")
+    write_perfusion_series(tmp_path / "rest", rest, vendor="siemens", description="Perfusion_rest", start_s=37200.0,
+                           series="1.2.826.0.1.3680043.10.30")
+    codes = {}
+    for first, second in (("stress", "rest"), ("rest", "stress")):
+        out = tmp_path / f"out_{first}"
+        assert cli.main(["analyze", str(tmp_path / first), "--rest", str(tmp_path / second), "--labels", "ring",
+                         "--rest-labels", "ring", "--out", str(out), "--quiet"]) == 0
+        flags = json.loads((out / "results.json").read_text())["qc"]["flags"]
+        codes[first] = {f["code"]: f["message"] for f in flags}
+    assert "STRESS_REST_SWAPPED" not in codes["stress"]
+    message = codes["rest"]["STRESS_REST_SWAPPED"]
+    assert "stress series is described 'Perfusion_rest'" in message and "rest series is described 'Perfusion_stress'" in message

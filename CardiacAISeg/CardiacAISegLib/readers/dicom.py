@@ -916,17 +916,26 @@ def _names_role(items, role):
     'Resting', 'PerfStress' in CamelCase, 'PERFSTRESS', 'Adenosine perfusion' for stress; not
     'forest', nor 'restart' or 'restore': an AIF series 'Perf_AIF_restart' was taken for the
     rest's, probe 45)."""
-    description = str(items[0][1].get("SeriesDescription", ""))
+    return _description_names(str(items[0][1].get("SeriesDescription", "")), role)
+
+
+def _description_names(description, role):
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()   # 'PerfStressAIF' -> 'perf stress aif'
     return re.search(_ROLE_WORDS[role], words) is not None
 
 
-def _roles_named(items):
-    """The perfusion role (stress or rest) the series' description names; empty when it names
-    none or both ('AIF_stress_rest_protocol', 'Perf_rest_after_stress' say whose they are no
+def role_named(description):
+    """'stress' or 'rest' when a series description names that role alone, else None (it names
+    none or both: 'AIF_stress_rest_protocol', 'Perf_rest_after_stress' say whose they are no
     more than 'AIF_perfusion' does)."""
-    roles = {role for role in PERFUSION_ROLES if _names_role(items, role)}
-    return roles if len(roles) == 1 else set()
+    roles = [role for role in PERFUSION_ROLES if _description_names(str(description or ""), role)]
+    return roles[0] if len(roles) == 1 else None
+
+
+def _roles_named(items):
+    """{the perfusion role} the series' description names alone (``role_named``), else empty."""
+    role = role_named(items[0][1].get("SeriesDescription", ""))
+    return {role} if role else set()
 
 
 def _aif_candidates(uid, items, series):
