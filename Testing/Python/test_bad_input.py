@@ -138,6 +138,28 @@ def test_truncated_nifti(tmp_path, capsys):
     assert "truncated" in line or "bytes" in line
 
 
+def test_nifti_whose_gzip_checksum_fails_is_refused(tmp_path, capsys):
+    """One bit flipped in a .nii.gz's compressed data decodes to changed voxels; only the gzip
+    trailer's CRC says so, which nibabel's reader does not check: exit 0 with those voxels
+    (probe 57). The image is refused as damaged."""
+    good, labels = _cine(tmp_path)
+    whole = good.read_bytes()
+    outcomes = {}
+    for at in range(len(whole) // 3, len(whole) - 8, 97):   # a flip that still decodes, and one that does not
+        raw = bytearray(whole)
+        raw[at] ^= 0x01
+        try:
+            gzip.decompress(bytes(raw))
+        except Exception as e:  # noqa: BLE001 - which error is what is looked for
+            outcomes.setdefault("CRC" if "CRC check failed" in str(e) else "broken", bytes(raw))
+        if len(outcomes) == 2:
+            break
+    for kind, words in (("CRC", ("damaged", "CRC check failed")), ("broken", ("damaged", "do not decode"))):
+        f = tmp_path / f"flipped_{kind}.nii.gz"
+        f.write_bytes(outcomes[kind])
+        expect_failure(capsys, [f, "--labels", labels], tmp_path / "out", f, *words)
+
+
 def test_nan_image(tmp_path, capsys):
     data = np.random.default_rng(1).uniform(0, 100, (24, 24, 3, 4))
     data[3, 4, 1, 2] = np.nan

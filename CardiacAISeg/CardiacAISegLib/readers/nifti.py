@@ -204,7 +204,14 @@ def diagnose_nifti(path):
             raw = gzip.decompress(raw)
     except EOFError:
         return "truncated: the gzip stream ends early (incomplete download or copy?)"
-    except (OSError, zlib.error):
+    except gzip.BadGzipFile as e:
+        if str(e).startswith("Not a gzipped file"):
+            return "not gzip-compressed data, although the name ends in .gz"
+        return f"damaged: its gzip data do not decode ({e}; bytes changed in a copy or download?)"
+    except zlib.error as e:
+        # the gzip header was read: the compressed data after it are broken
+        return f"damaged: its gzip data do not decode ({e}; bytes changed in a copy or download?)"
+    except OSError:
         return "not gzip-compressed data, although the name ends in .gz"
     if len(raw) < 348 or not ({int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")} & {348, 540}):
         return "not a NIfTI file (no NIfTI header)"
@@ -403,6 +410,14 @@ def _read_fast(path):
     """(data float32, affine, header) as load_nifti's nibabel path gives them, or None to use nibabel."""
     try:
         parsed = _parse(path)
+    except gzip.BadGzipFile as e:
+        if str(e).startswith(("CRC check failed", "Incorrect length")):
+            # nibabel's reader does not check the gzip trailer: a bit flipped in a copy read
+            # as changed voxels with exit 0 (probe 57)
+            raise CardiacInputError(path, "damaged: the gzip checksum does not match the data it holds (bytes changed in "
+                                          "a copy or download, or the file was cut and mended); copy it again from its "
+                                          "source") from None
+        return None   # not gzip data at all, or trailing bytes: nibabel's path reads or words it
     except (OSError, EOFError, ValueError, IndexError, OverflowError, zlib.error):
         return None   # unreadable or truncated: nibabel's path words the error
     if parsed is None:
