@@ -160,6 +160,22 @@ def test_nifti_whose_gzip_checksum_fails_is_refused(tmp_path, capsys):
         expect_failure(capsys, [f, "--labels", labels], tmp_path / "out", f, *words)
 
 
+def test_impossible_pixel_size_is_named_not_taken_for_swapped_axes(tmp_path, capsys):
+    """A cine whose header gives 60 mm pixels: the field of view, metres wide, was judged for
+    swapped slice and time axes, and the error told the user to rewrite the axes (probe 57). The
+    pixel size is named as outside the accepted range."""
+    import nibabel as nib
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    write_phantom("cine", tmp_path / "small", seed=3, n_frames=6, n_slices=8, size=64, pixel_mm=1.6, slice_mm=8.0)
+    loaded, labels = nib.load(str(tmp_path / "small" / "cine.nii.gz")), tmp_path / "small" / "cine_labels.nii.gz"
+    big = tmp_path / "big_pixels.nii.gz"
+    _nifti(big, np.asarray(loaded.dataobj), np.diag([60.0, 60.0, 8.0, 1.0]))
+    line = expect_failure(capsys, [big, "--labels", labels], tmp_path / "out", big, "spacing 60 mm", "outside the accepted")
+    assert "swapped" not in line
+
+
 def test_nan_image(tmp_path, capsys):
     data = np.random.default_rng(1).uniform(0, 100, (24, 24, 3, 4))
     data[3, 4, 1, 2] = np.nan

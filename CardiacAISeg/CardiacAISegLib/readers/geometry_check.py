@@ -537,6 +537,9 @@ def refuse_swapped_axes(path, images, ijk_to_ras):
     """CardiacInputError naming ``path`` for a 4D file whose slice and time axes look swapped
     (``swapped_axes_problem``): every volume, EF and MBF from it would be of the wrong images.
     Fields of view under SWAPPED_AXES_MIN_FOV_MM (crops around the heart) are not judged."""
+    # a header's impossible voxel size is what is wrong, not the axes: 60 mm pixels read as a
+    # field of view some metres wide were called "axes swapped" (probe 57)
+    validate_affine(path, ijk_to_ras)
     m = np.asarray(ijk_to_ras, float)
     rows, cols = np.asarray(images).shape[2:]
     fov_mm = min(rows * float(np.linalg.norm(m[:3, 1])), cols * float(np.linalg.norm(m[:3, 0])))
