@@ -1150,6 +1150,24 @@ def test_aif_series_exported_to_its_own_folder_is_given_with_aif(tmp_path, phant
     assert str(tmp_path / "aif") in str(e.value)
 
 
+def test_a_cine_folder_given_as_the_aif_series_is_named_as_such(tmp_path, phantom):
+    """A folder of a 6-phase cine series given with --aif was refused as "perfusion series: need
+    (frames >= 8, rows, cols)", naming neither the folder nor --aif (probe 57)."""
+    from dicom_factory import write_dicom
+
+    study, _ = phantom
+    write_perfusion_series(tmp_path / "perf", study, vendor="siemens", description="Perfusion_stress")
+    (tmp_path / "cine").mkdir()
+    for t in range(6):
+        for k in range(3):
+            write_dicom(tmp_path / "cine" / f"{k}_{t}.dcm", desc="cine_retro_sax", ipp=(0, 0, 10.0 * k),
+                        trigger=40.0 * t, instance=1 + t + 6 * k, value=t + k, shape=(32, 32))
+    with pytest.raises(CardiacInputError, match=r"given with --aif, its series \('cine_retro_sax'\) has 6 frame\(s\): a "
+                                                r"dual-sequence AIF series follows the first pass over 8 or more") as e:
+        load_study(tmp_path / "perf", aif=tmp_path / "cine")
+    assert str(tmp_path / "cine") in str(e.value)
+
+
 def _untimed_nifti(path, frames_tsrc):
     """A 4D NIfTI of (T, S, R, C) frames with no time unit or step: what many research
     exports and conversions of perfusion series hold."""

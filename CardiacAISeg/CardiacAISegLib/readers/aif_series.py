@@ -33,7 +33,19 @@ def aif_from_series_folder(study, folder, progress=None):
 
     aif_study = load_dicom_series(folder, progress=progress)
     check_same_patient(study, aif_study, folder, "the AIF series")
+    if aif_study.n_frames < MIN_AIF_SERIES_FRAMES:
+        # a cine folder given as --aif was refused as "perfusion series: need (frames >= 8, ...)",
+        # naming neither the folder nor --aif (probe 57)
+        described = aif_study.provenance.get("series_description") or "no description"
+        raise CardiacInputError(folder, f"given with --aif, its series ({described!r}) has {aif_study.n_frames} frame(s): a "
+                                        f"dual-sequence AIF series follows the first pass over {MIN_AIF_SERIES_FRAMES} or more "
+                                        f"(the images have {study.n_frames}); a cine or another series? Give the AIF "
+                                        "series' folder, or leave --aif out to take the AIF from the LV")
     return _aif_from_series_study(study, aif_study, aif_study.provenance.get("series_uid", str(folder)), folder)
+
+
+# A first pass over fewer frames is no AIF series (bolus.enhancement needs as many).
+MIN_AIF_SERIES_FRAMES = 8
 
 
 # Frame times of an AIF series matched frame for frame that part from the images' by more than
