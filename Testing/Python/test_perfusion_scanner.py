@@ -1754,3 +1754,20 @@ def test_stress_and_rest_given_the_wrong_way_round_are_flagged(tmp_path, phantom
     assert "STRESS_REST_SWAPPED" not in codes["stress"]
     message = codes["rest"]["STRESS_REST_SWAPPED"]
     assert "stress series is described 'Perfusion_rest'" in message and "rest series is described 'Perfusion_stress'" in message
+
+
+def test_a_slice_acquired_every_other_beat_beside_its_aif_series_is_named(tmp_path, phantom):
+    """The apical slice acquired every other heartbeat (60/60/30 images), its dual-sequence AIF
+    series beside: the two no longer paired (50 images per position against 60) and the folder
+    was refused as "2 image series, choose one with --series" with no reason (probe 56). Paired
+    by the most images at a position, the reader names the short slice."""
+    study, _ = phantom
+    n_frames = study.images.shape[0]
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens", description="Perfusion_stress")
+    write_aif_series(tmp_path, study, description="Perfusion_stress_AIF")
+    for i, path in enumerate(paths):
+        k, t = divmod(i, n_frames)
+        if k == 2 and t % 2 == 1:
+            path.unlink()
+    with pytest.raises(CardiacInputError, match=rf"slice 2 .* has {n_frames // 2} of {n_frames}"):
+        load_study(tmp_path)

@@ -748,6 +748,12 @@ def _frames_per_position(items, positions=None):
     return int(round(len(items) / max(len(positions), 1)))
 
 
+def _most_frames_at_a_position(items):
+    """The most images any one slice position of a series holds (0 without positions)."""
+    counts = Counter(p for p in (_position_key(ds) for _, ds in items) if p is not None)
+    return max(counts.values(), default=0)
+
+
 def _short_stack_hint(series):
     """'; ... a slice series missing?' when two series of one slice each share geometry and
     description (a stack stored one series per slice, ``_parallel_stack`` needs 3 positions to
@@ -844,7 +850,10 @@ def _pair_but_for_the_clocks(series):
     # one image per slice per heartbeat in both: as many dynamics per slice position, give or
     # take the main series' proton-density frames and a file or two lost in an export (an exact
     # count ratio left a 2-file-short AIF series out, unsaid, or asked to choose a series)
-    n_small, n_large = _frames_per_position(i1), _frames_per_position(i2)
+    # the most at any one position: a slice acquired every other beat (60/60/30) left the images
+    # at 50 per position, no pair, and the folder was refused as "2 series, choose one" with no
+    # reason; paired, the images' reader names the short slice (probe 56)
+    n_small, n_large = _most_frames_at_a_position(i1), _most_frames_at_a_position(i2)
     if _series_positions(i1) and _series_positions(i2):
         if abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) or not 1 <= len(_series_positions(i2)) <= 6:
             return None
