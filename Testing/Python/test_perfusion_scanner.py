@@ -1771,3 +1771,21 @@ def test_a_slice_acquired_every_other_beat_beside_its_aif_series_is_named(tmp_pa
             path.unlink()
     with pytest.raises(CardiacInputError, match=rf"slice 2 .* has {n_frames // 2} of {n_frames}"):
         load_study(tmp_path)
+
+
+def test_images_with_an_empty_trigger_time_are_named_for_it(tmp_path, phantom):
+    """GE times a perfusion series by TriggerTime (its AcquisitionTime is the series start). Five
+    images of the mid slice with TriggerTime empty read as duplicates of each other, and the error
+    advised removing one of two files (probe 56); it now names the empty tag and how many lack it."""
+    import pydicom
+
+    study, _ = phantom
+    n_frames = study.images.shape[0]
+    _, paths = write_perfusion_series(tmp_path, study, vendor="ge")
+    for path in paths[n_frames + 10:n_frames + 15]:
+        ds = pydicom.dcmread(path)
+        ds.TriggerTime = None
+        ds.save_as(path)
+    with pytest.raises(CardiacInputError, match=rf"5 image\(s\) at slice position .* have no TriggerTime \(empty or absent; .*"
+                                                rf"while the other {n_frames - 5} there have one"):
+        load_study(tmp_path)

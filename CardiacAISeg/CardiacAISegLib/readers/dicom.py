@@ -2419,6 +2419,14 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
                                                   f"slice position {pos:.2f} mm were acquired in the same second and nothing "
                                                   "orders them; re-export the series with its full acquisition times (or "
                                                   "its InstanceNumbers)")
+                lacking = _time_tag_lacking(grp, keys, key)
+                if lacking:
+                    tag, without = lacking
+                    raise CardiacInputError(g[0], f"{len(without)} image(s) at slice position {pos:.2f} mm have no {tag} "
+                                                  f"(empty or absent; e.g. this one and {_names([first[key][0]], folder)}) "
+                                                  f"while the other {len(grp) - len(without)} there have one: their place in "
+                                                  "the time series is unknown; re-export the series with its timing tags, "
+                                                  "or leave those files out")
                 hint = ""
                 if len(groups) == 1:
                     hint = (f"; all {len(grp)} images lie at one slice position: if this is meant to be a stack, "
@@ -2428,6 +2436,23 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
                                               f"series mixes two acquisitions or holds a duplicate under a new UID; "
                                               f"remove one of the two files{hint}")
             first[key] = g
+
+
+_TIME_KEY_TAGS = ("TriggerTime", "acquisition time", "TemporalPositionIdentifier")   # _same_time_key's parts
+
+
+def _time_tag_lacking(grp, keys, key):
+    """(tag, [images]) when the images of one position whose frame time is ``key`` collide
+    because a part of it most of the others have is empty on them (GE: TriggerTime empty on a
+    few images, the series' one AcquisitionTime left: they read as duplicates of each other and
+    the error advised removing one; probe 56), else None."""
+    for part, tag in enumerate(_TIME_KEY_TAGS[:len(key)]):
+        if key[part] is not None:
+            continue
+        have = sum(k is not None and k[part] is not None for k in keys)
+        if have >= len(grp) / 2:
+            return tag, [g for g, k in zip(grp, keys) if k is None or k[part] is None]
+    return None
 
 
 def _refuse_numbers_against_the_clock(folder, grp, pos):
