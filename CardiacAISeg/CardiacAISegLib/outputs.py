@@ -52,6 +52,16 @@ def first_non_folder_parent(path):
     return None
 
 
+def _exists(out):
+    """``out.exists()``, with the errors a path itself causes (a name over the file system's
+    limit, a loop of links) as a CardiacInputError naming it: a traceback-free exit 1 before
+    (probe 57)."""
+    try:
+        return out.exists()
+    except OSError as e:
+        raise CardiacInputError(out, f"cannot be an output folder: {e.strerror or e}") from None
+
+
 def make_output_folder(out_dir):
     """Create ``out_dir`` and missing parents; returns the folders this call created, deepest first.
 
@@ -59,7 +69,7 @@ def make_output_folder(out_dir):
     same moment is never counted (and later removed) as ours.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if _exists(out) and not out.is_dir():
         raise CardiacInputError(out, "output path exists and is not a folder")
     missing = []
     p = out
@@ -79,6 +89,10 @@ def make_output_folder(out_dir):
         remove_if_empty(created[::-1])
         blocker = first_non_folder_parent(out)
         reason = f"{blocker} is not a folder" if blocker is not None else (e.strerror or str(e))
+        dangling = next((d for d in missing if d.is_symlink()), None)
+        if dangling is not None:
+            # "File exists" for a link whose target is gone (probe 57)
+            reason = f"{dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist"
         raise CardiacInputError(out, f"cannot create output folder: {reason}") from None
     return created[::-1]
 
@@ -359,7 +373,7 @@ def check_outputs(out_dir, force=False, replace_hint=CLI_REPLACE_HINT):
     """Fail before any work if outputs exist and ``force`` is not given (the error ends with
     ``replace_hint``: how the caller's front end replaces them), or cannot be replaced."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    if _exists(out_dir) and not out_dir.is_dir():
         raise CardiacInputError(out_dir, "output path exists and is not a folder")
     blocker = first_non_folder_parent(out_dir)
     if not out_dir.exists() and blocker is not None:

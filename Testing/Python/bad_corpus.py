@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -924,6 +925,18 @@ def _(base, f):
     return [f / "cine.mhd"]
 
 
+@case("metaimage_data_file_is_a_folder", "error", ("ElementDataFile", "not a regular file"), named=lambda f: f / "cine.mhd",
+      category="volume")
+def _(base, f):
+    """ElementDataFile = . (the header's own folder): "its data file ... is missing" sent the user
+    looking for a file whose name is there (probe 57)."""
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_SHORT\n"
+                                f"ElementDataFile = .\n")
+    return [f / "cine.mhd"]
+
+
 @case("metaimage_phases_as_channels", "error", ("multi-channel", "4D image"), named=lambda f: f / "cine.mhd",
       category="volume")
 def _(base, f):
@@ -1164,6 +1177,51 @@ def _(base, f):
 def _(base, f):
     img, lab = cine_nifti(base, f)
     return [img, "--labels", lab, "--density", 10.5]
+
+
+def _seq_nrrd(base, f, encoding):
+    import nrrd
+
+    f.mkdir(parents=True, exist_ok=True)
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [-PIXEL_MM, 0, 0], [0, -PIXEL_MM, 0], [0, 0, SLICE_MM]]),
+              "space origin": [0.0, 0.0, 0.0], "encoding": encoding}
+    path = f / "cine.seq.nrrd"
+    nrrd.write(str(path), (base.cine_images * 1000).transpose(0, 3, 2, 1).astype(np.float32), header)
+    return path
+
+
+@case("seq_nrrd_raw_data_cut", "error", ("truncated", "bytes of image data its header describes"),
+      named=lambda f: f / "cine.seq.nrrd", category="volume")
+def _(base, f):
+    """A .seq.nrrd cut a third short: "Size of the data does not equal the product of all the
+    dimensions: 196608-131022=65586" (probe 57)."""
+    path = _seq_nrrd(base, f, "raw")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:2 * len(raw) // 3])
+    return [path]
+
+
+@case("seq_nrrd_gzip_data_cut", "error", ("truncated", "gzip-compressed image data end early"),
+      named=lambda f: f / "cine.seq.nrrd", category="volume")
+def _(base, f):
+    """Gzip-encoded data cut in half: "buffer size must be a multiple of element size" (probe 57)."""
+    path = _seq_nrrd(base, f, "gzip")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:len(raw) // 2])
+    return [path]
+
+
+@case("seq_nrrd_sizes_not_numbers", "error", ("header field 'sizes' holds 'six', not a number",),
+      named=lambda f: f / "cine.seq.nrrd", category="volume")
+def _(base, f):
+    """'sizes: six ...': "could not convert string to float: 'six'", naming no field (probe 57)."""
+    path = _seq_nrrd(base, f, "raw")
+    raw = path.read_bytes()
+    end = raw.index(b"\n\n")
+    head = re.sub(rb"sizes: \d+", b"sizes: six", raw[:end])
+    path.write_bytes(head + raw[end:])
+    return [path]
 
 
 @case("seq_nrrd_time_axis_first", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))

@@ -258,6 +258,18 @@ def test_label_file_missing(tmp_path, capsys):
     expect_failure(capsys, [img, "--labels", missing], tmp_path / "out", missing, "not found")
 
 
+def test_label_folder_that_holds_no_contours_is_not_called_missing(tmp_path, capsys):
+    """--labels given a folder (a DICOM export, not Sunnybrook contour files): "label file not
+    found" for a folder that is there (probe 57). It says what the folder lacks."""
+    img, _ = _cine(tmp_path)
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    (folder / "IM0001.dcm").write_bytes(b"\0" * 200)
+    line = expect_failure(capsys, [img, "--labels", folder], tmp_path / "out", folder, "is a folder",
+                          "not one of Sunnybrook contour files")
+    assert "not found" not in line
+
+
 def test_label_map_wrong_shape(tmp_path, capsys):
     img, _ = _cine(tmp_path)
     bad = _nifti(tmp_path / "small_labels.nii.gz", np.zeros((20, 24, 3, 4)), dtype=np.uint8)

@@ -206,6 +206,20 @@ def test_output_under_dev_null(phantom, capsys):
     assert "Errno" not in line
 
 
+def test_output_folder_name_too_long_or_a_dangling_link(phantom, tmp_path, capsys):
+    """--out with a 300-character name ended with exit 1 (an OSError from Path.exists), and --out
+    a symbolic link whose target is gone read "File exists" (probe 57). Both exit 2 naming the
+    path and why."""
+    long = tmp_path / ("x" * 300)
+    rc, err = _run(capsys, ["analyze", phantom[0], "--labels", phantom[1], "--out", long, "--quiet"])
+    assert rc == 2 and "cannot be an output folder: File name too long" in _error_lines(err)
+    link = tmp_path / "results"
+    link.symlink_to(tmp_path / "gone")
+    rc, err = _run(capsys, ["analyze", phantom[0], "--labels", phantom[1], "--out", link, "--quiet"])
+    line = _error_lines(err)
+    assert rc == 2 and f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in line, line
+
+
 def test_os_errors_of_other_commands_read_as_file_and_reason(capsys):
     """phantom --out /dev/null/x: "<path>: <reason>", not "[Errno 20] ...", and no traceback."""
     rc, err = _run(capsys, ["phantom", "--out", "/dev/null/x"])

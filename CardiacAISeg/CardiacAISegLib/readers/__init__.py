@@ -44,8 +44,14 @@ def _attach_labels(study, labels, label_convention, frame):
 
     if Path(labels).is_dir() and is_contour_folder(labels):
         return attach_sunnybrook_contours(study, labels)
+    if Path(labels).is_dir():
+        # a folder that exists was called "not found" (probe 57)
+        raise CardiacInputError(labels, "--labels is a folder, but not one of Sunnybrook contour files (*-icontour-manual.txt, "
+                                        "*-ocontour-manual.txt): give a label map file (NIfTI, NRRD, MetaImage, .seg.nrrd) "
+                                        "or a contour folder")
     if not Path(labels).is_file():
-        raise CardiacInputError(labels, "label file not found (expected a label map file or a Sunnybrook contour folder)")
+        what = "not a regular file" if Path(labels).exists() else "label file not found"
+        raise CardiacInputError(labels, f"{what} (expected a label map file or a Sunnybrook contour folder)")
     return attach_labelmap(study, labels, label_convention, frame)
 
 

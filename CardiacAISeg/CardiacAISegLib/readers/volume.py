@@ -354,6 +354,70 @@ def time_unit_seconds(unit):
     return _TIME_UNITS.get(str(unit).strip().lower())
 
 
+# Numeric NRRD header fields, each of whose values must parse (pynrrd's error names the value
+# only: "could not convert string to float: 'six'", probe 57).
+_NRRD_NUMERIC_FIELDS = ("dimension", "sizes", "spacings", "thicknesses", "axis mins", "axis maxs", "byte skip",
+                        "line skip", "space dimension")
+
+
+_NRRD_TYPE_BYTES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+                    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
+                                     "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+                    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
+                                     "float"), 4),
+                    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
+                                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int",
+                                     "uint64", "uint64_t", "double"), 8)}
+
+
+def _nrrd_problem(path):
+    """A plain reason why a NRRD file does not read (a malformed numeric header field, image data
+    shorter than the header describes, compressed data that do not decode), or None. pynrrd's
+    own words ("buffer size must be a multiple of element size", "Size of the data does not equal
+    the product of all the dimensions") left the user to guess (probe 57)."""
+    import gzip
+
+    import nrrd
+
+    raw = Path(path).read_bytes()
+    end = raw.find(b"\n\n")
+    lines = raw[:end if end >= 0 else len(raw)].decode("latin-1").splitlines()
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in _NRRD_NUMERIC_FIELDS and not value.startswith("="):
+            for word in value.split():
+                try:
+                    float(word)
+                except ValueError:
+                    return f"header field '{key.strip()}' holds {word!r}, not a number"
+    try:
+        with open(path, "rb") as f:
+            header = nrrd.read_header(f)
+    except Exception as e:  # noqa: BLE001 - pynrrd's header errors are of many types
+        return f"its header does not parse ({e})"
+    if "data file" in header or "datafile" in header or end < 0:
+        return None   # detached data: pynrrd names the missing file itself
+    size = _NRRD_TYPE_BYTES.get(" ".join(str(header.get("type", "")).lower().split()))
+    if size is None or "sizes" not in header:
+        return None   # a type pynrrd does not know: its own error says so
+    n_bytes = int(np.prod(header["sizes"])) * size
+    payload = raw[end + 2:]
+    encoding = str(header.get("encoding", "raw")).lower()
+    if encoding in ("gzip", "gz"):
+        try:
+            payload = gzip.decompress(payload)
+        except EOFError:
+            return "truncated: its gzip-compressed image data end early (an incomplete copy or download?)"
+        except (OSError, zlib.error) as e:
+            return f"damaged: its gzip-compressed image data do not decode ({e})"
+    elif encoding != "raw":
+        return None
+    if len(payload) < n_bytes:
+        return (f"truncated: {len(payload)} of the {n_bytes} bytes of image data its header describes (sizes "
+                f"{' '.join(str(v) for v in header['sizes'])}, type {header.get('type')})")
+    return None
+
+
 def read_nrrd(path):
     """(images (T, S, R, C), ijk_to_ras, meta) from a 3D .nrrd or a 4D (.seq).nrrd."""
     import nrrd
@@ -364,7 +428,7 @@ def read_nrrd(path):
     try:
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
-        raise CardiacInputError(path, f"not a readable NRRD file ({type(e).__name__}: {e})")
+        raise CardiacInputError(path, f"not a readable NRRD file: {_nrrd_problem(path) or f'{type(e).__name__}: {e}'}")
     itk_time_step = _4d_space_as_3d_space_and_time(header, data.shape)
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
@@ -579,7 +643,9 @@ def read_metaimage(path):
     else:
         data_path = path.parent / data_file
         if not data_path.is_file():
-            raise CardiacInputError(path, f"its data file {data_path.name} (ElementDataFile) is missing")
+            # /dev/zero or '.' exist: "missing" sent the user looking for a file that is there (probe 57)
+            what = "is missing" if not data_path.exists() else "is not a regular file (a folder, device or pipe)"
+            raise CardiacInputError(path, f"its data file {data_path} (ElementDataFile {data_file!r}) {what}")
         payload = data_path.read_bytes()
     header_size = int(fields.get("HeaderSize", "0"))
     if header_size > 0:
