@@ -1767,6 +1767,16 @@ def _(base, f):
     return perfusion_args(base, **{"--aif": f / "aif.csv"})
 
 
+@case("aif_utf16_tab_separated", "ok", category="perfusion", check=lambda doc, base: _assert_mbf_plausible(doc))
+def _(base, f):
+    """Excel's "Unicode Text" export: UTF-16 with a byte-order mark, tab-separated. Its zero bytes
+    read as "not a text file (binary data)" (probe 57)."""
+    f.mkdir(parents=True, exist_ok=True)
+    rows = [f"{t * base.perf_dt:.2f}\t{v:.4f}" for t, v in enumerate(base.perf_study.aif)]
+    (f / "aif.txt").write_bytes(("time\taif\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-16"))
+    return perfusion_args(base, **{"--aif": f / "aif.txt"})
+
+
 @case("aif_negative", "error", ("AIF", "negative"), named=lambda f: f / "aif.csv", category="perfusion")
 def _(base, f):
     f.mkdir(parents=True, exist_ok=True)

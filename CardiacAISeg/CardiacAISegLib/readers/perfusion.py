@@ -41,6 +41,14 @@ _DECIMAL_COMMA = re.compile(r"^([-+]?\d+),(\d+(?:[eE][-+]?\d+)?)$")
 
 def _read_aif_text(path):
     raw = Path(path).read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # UTF-16 with its byte-order mark: Excel's "Unicode Text" export; its zero bytes made it
+        # "not a text file (binary data)" (probe 57)
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            raise CardiacInputError(path, "starts as UTF-16 text but does not decode as it; save the AIF as UTF-8 or "
+                                          "ASCII text") from None
     if b"\x00" in raw:
         raise CardiacInputError(path, "not a text file (binary data); accepted: a text/CSV column of AIF values, one per "
                                       "frame, or an Analyze/NIfTI column image")
