@@ -1495,6 +1495,17 @@ def _(base, f):
     return [folder]
 
 
+@case("acdc_folder_whose_info_cfg_is_a_folder", "error", ("label maps", "Info.cfg that is not a file",
+                                                           "make its Info.cfg a text file"),
+      named=lambda f: f / "patient809", category="acdc")
+def _(base, f):
+    """An Info.cfg that is a folder: told to "add its Info.cfg", which is there (probe 57)."""
+    folder = acdc_folder(base, f / "patient809", "", frames=(base_ed(base), base_es(base)))
+    (folder / "Info.cfg").unlink()
+    (folder / "Info.cfg").mkdir()
+    return [folder]
+
+
 @case("cine_two_frames_not_named", "warn", ("2 frames and nothing names them ED and ES",), category="volume")
 def _(base, f):
     """A 4D NIfTI of 2 frames that are not the cycle's ED and ES: ES was simply the other frame

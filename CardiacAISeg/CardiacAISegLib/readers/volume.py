@@ -811,10 +811,15 @@ def check_frame_numbers(folder, files, others=()):
     if labels:
         # an ACDC patient folder without its Info.cfg: the _gt maps were counted as frames
         # ("frame number 1 twice ... keep one", which invited deleting the ground truth)
-        info = " and no Info.cfg (an ACDC patient folder's ED and ES frames)" if not (Path(folder) / "Info.cfg").exists() else ""
+        cfg = Path(folder) / "Info.cfg"
+        # an Info.cfg that is a folder was told to "add its Info.cfg" (probe 57)
+        info = (" and no Info.cfg (an ACDC patient folder's ED and ES frames)" if not cfg.exists()
+                else " and an Info.cfg that is not a file (a folder?)" if not cfg.is_file() else "")
         raise CardiacInputError(folder, f"holds label maps ({', '.join(f.name for f in labels[:2])}"
                                         f"{', ...' if len(labels) > 2 else ''}) beside the image frames{info}: they are "
-                                        "not frames. For an ACDC patient folder add its Info.cfg (ED: n, ES: n, NbFrame: n); "
+                                        f"not frames. For an ACDC patient folder "
+                                        f"{'add its Info.cfg' if not cfg.exists() else 'make its Info.cfg a text file'} "
+                                        "(ED: n, ES: n, NbFrame: n); "
                                         "else give the image files without the label maps and the labels with --labels")
     numbers = [_frame_number(f) for f in files]
     if len(files) < 3 or any(n is None for n in numbers):
