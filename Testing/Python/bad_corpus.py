@@ -913,6 +913,19 @@ def _(base, f):
     return [img, "--labels", f / "labels.nrrd"]
 
 
+@case("metaimage_float_data_under_met_int", "error", ("ElementType MET_INT", "200 million or more", "MET_FLOAT"),
+      named=lambda f: f / "cine.mhd", category="volume")
+def _(base, f):
+    """Float32 data under ElementType MET_INT: the same byte count, each value read as its bits
+    (0.5-5000 as 1.0e9-1.2e9, squashed like a logarithm): exit 0, RV EDV 16 % off (probe 57)."""
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "cine.raw").write_bytes((base.cine_images[0] * 1000).astype(np.float32).tobytes())
+    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_INT\n"
+                                f"ElementDataFile = cine.raw\n")
+    return [f / "cine.mhd"]
+
+
 @case("metaimage_int64_with_nan_spacing_text", "error", ("ElementSpacing",), named=lambda f: f / "cine.mhd",
       category="volume")
 def _(base, f):

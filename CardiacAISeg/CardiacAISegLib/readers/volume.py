@@ -666,7 +666,12 @@ def read_metaimage(path):
         raise CardiacInputError(data_path, f"holds {len(payload)} bytes where the header ({path.name}: DimSize "
                                            f"{' '.join(map(str, dims))}, ElementType {fields.get('ElementType')}) describes "
                                            f"{n_bytes}: a wrong ElementType or DimSize in the header, or another image's data")
-    arr = np.frombuffer(payload[:n_bytes], dtype=dtype).reshape(dims[::-1]).astype(np.float32)
+    stored = np.frombuffer(payload[:n_bytes], dtype=dtype)
+    if _float_bits_as_integers(stored):
+        raise CardiacInputError(path, f"ElementType {fields.get('ElementType')} reads every non-zero value as "
+                                      f"{FLOAT_BITS_MIN / 1e6:.0f} million or more, as 32-bit float data read as integers do (the bits of 0.5-5000 read as "
+                                      "1.0e9-1.2e9): is the data MET_FLOAT? Correct the header's ElementType")
+    arr = stored.reshape(dims[::-1]).astype(np.float32)
     check_finite(data_path, arr)
 
     spacing_field = fields.get("ElementSpacing", fields.get("ElementSize"))
@@ -800,6 +805,26 @@ def _frame_number(f):
     """The number that ends a frame file's name (``time_12.mhd`` -> 12), or None."""
     m = re.search(r"(\d+)\D*$", f.name[: len(f.name) - len(volume_suffix(f))])
     return int(m.group(1)) if m else None
+
+
+# The bits of a 32-bit float from 1e-30 up read as an integer of 2e8 or more: no integer image
+# holds only such values (MR magnitudes stay under 65536). Float32 data under ElementType MET_INT
+# had been read so, squashed like a logarithm: RV EDV 16 % off with no flag about it (probe 57).
+FLOAT_BITS_MIN = 2.0e8
+
+
+def _float_bits_as_integers(values):
+    """True when 32-bit integer ``values`` are float32 data read as integers: every non-zero value
+    (there are some) at FLOAT_BITS_MIN or more, and the same bits finite as floats."""
+    if values.dtype.kind not in "iu" or values.dtype.itemsize != 4:
+        return False
+    nonzero = values[values != 0]
+    if nonzero.size < 0.01 * values.size or nonzero.size == 0:
+        return False
+    if np.abs(nonzero.astype(np.int64)).min() < FLOAT_BITS_MIN:
+        return False
+    return bool(np.all(np.isfinite(nonzero.view(np.dtype(values.dtype.byteorder + "f4") if values.dtype.byteorder != "|"
+                                                 else np.float32))))
 
 
 def check_frame_numbers(folder, files, others=()):
