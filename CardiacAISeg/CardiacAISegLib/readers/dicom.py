@@ -400,12 +400,7 @@ def _without_long_axis_views(series, notes=None):
     (two or more images per slice position); two parallel slices are a short stack (a 2-slice
     short axis beside a 3-slice 4-chamber stack was left out as "a long-axis view", probe 50)."""
     def normal(items):
-        try:
-            iop = np.array([float(v) for v in items[0][1].ImageOrientationPatient])
-            n = np.cross(iop[:3], iop[3:])
-            return n / np.linalg.norm(n)
-        except (AttributeError, TypeError, ValueError):
-            return None
+        return _stack_normal(items[0][1])
 
     counts = {u: len(_series_positions(items)) for u, items in series.items()}
     stacks = [u for u, k in counts.items() if k >= 3]

@@ -204,12 +204,10 @@ def diagnose_nifti(path):
             raw = gzip.decompress(raw)
     except EOFError:
         return "truncated: the gzip stream ends early (incomplete download or copy?)"
-    except gzip.BadGzipFile as e:
+    except (gzip.BadGzipFile, zlib.error) as e:
         if str(e).startswith("Not a gzipped file"):
             return "not gzip-compressed data, although the name ends in .gz"
-        return f"damaged: its gzip data do not decode ({e}; bytes changed in a copy or download?)"
-    except zlib.error as e:
-        # the gzip header was read: the compressed data after it are broken
+        # the gzip header was read: the compressed data after it, or their checksum, are broken
         return f"damaged: its gzip data do not decode ({e}; bytes changed in a copy or download?)"
     except OSError:
         return "not gzip-compressed data, although the name ends in .gz"

@@ -669,8 +669,9 @@ def read_metaimage(path):
     stored = np.frombuffer(payload[:n_bytes], dtype=dtype)
     if _float_bits_as_integers(stored):
         raise CardiacInputError(path, f"ElementType {fields.get('ElementType')} reads every non-zero value as "
-                                      f"{FLOAT_BITS_MIN / 1e6:.0f} million or more, as 32-bit float data read as integers do (the bits of 0.5-5000 read as "
-                                      "1.0e9-1.2e9): is the data MET_FLOAT? Correct the header's ElementType")
+                                      f"{FLOAT_BITS_MIN / 1e6:.0f} million or more, as 32-bit float data read as "
+                                      "integers do (the bits of 0.5-5000 read as 1.0e9-1.2e9): is the data MET_FLOAT? "
+                                      "Correct the header's ElementType")
     arr = stored.reshape(dims[::-1]).astype(np.float32)
     check_finite(data_path, arr)
 
@@ -823,8 +824,8 @@ def _float_bits_as_integers(values):
         return False
     if np.abs(nonzero.astype(np.int64)).min() < FLOAT_BITS_MIN:
         return False
-    return bool(np.all(np.isfinite(nonzero.view(np.dtype(values.dtype.byteorder + "f4") if values.dtype.byteorder != "|"
-                                                 else np.float32))))
+    as_floats = nonzero.astype(nonzero.dtype.newbyteorder("="), copy=False).view(np.float32)
+    return bool(np.all(np.isfinite(as_floats)))
 
 
 def check_frame_numbers(folder, files, others=()):
