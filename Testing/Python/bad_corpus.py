@@ -289,6 +289,25 @@ def _(base, f):
     return [d, "--labels", lab]
 
 
+@case("dicom_cine_with_phase_images_in_its_series", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Magnitude and phase images reconstructed into one series (Siemens ImageType ...\\M\\... and
+    ...\\P\\...): every trigger delay occurred twice and the series was refused as "2 acquisitions
+    of the cardiac cycle (a repeated breath-hold?)" (probe 58). The phase images are left out."""
+    def magnitude(ds, k, t):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+
+    def phase(ds, k, t):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "P", "ND"]
+        ds.InstanceNumber = 1000 + int(ds.InstanceNumber)
+        ds.PixelData = np.random.default_rng(int(ds.InstanceNumber)).integers(0, 4096, (SIZE, SIZE), np.uint16).tobytes()
+    d, lab = cine_dicom(base, f / "dicom", per_image=magnitude)
+    cine_dicom(base, f / "phase", per_image=phase)
+    for p in sorted((f / "phase").iterdir()):
+        p.rename(d / f"P{p.name}")
+    return [d, "--labels", lab]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

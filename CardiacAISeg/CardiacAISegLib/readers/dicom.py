@@ -1030,6 +1030,38 @@ def _image_type(ds):
     return [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
 
 
+# What an image is of a complex reconstruction other than its magnitude: DICOM's
+# ComplexImageComponent (Enhanced MR), or a value of ImageType / FrameType (Siemens 'P', 'R', 'I'
+# third; Philips 'P' fourth or 'P_FFE'-like third; 'PHASE MAP').
+_NOT_MAGNITUDE_COMPONENTS = {"PHASE", "REAL", "IMAGINARY"}
+_NOT_MAGNITUDE_TYPES = {"P", "R", "I", "PHASE", "REAL", "IMAGINARY", "PHASE MAP"}
+
+
+def _not_magnitude(ds):
+    """True for an image that is the phase, real or imaginary part of a complex reconstruction."""
+    if str(ds.get("ComplexImageComponent", "") or "").strip().upper() in _NOT_MAGNITUDE_COMPONENTS:
+        return True
+    types = _image_type(ds)
+    frame_type = ds.get("FrameType")
+    if frame_type:
+        types = [str(v).strip().upper() for v in ([frame_type] if isinstance(frame_type, str) else frame_type)]
+    return any(v in _NOT_MAGNITUDE_TYPES or v[:2] in ("P_", "R_", "I_") for v in types[2:])
+
+
+def _drop_phase_images(folder, items):
+    """(items, notes): the phase (real, imaginary) images a series holds beside its magnitude
+    images left out. A scanner set to reconstruct both files them in one series, or one Enhanced
+    file: every trigger delay then occurred twice and the series was refused as "2 acquisitions
+    of the cardiac cycle (a repeated breath-hold?)", advice no one could follow (probe 58)."""
+    other = [_not_magnitude(ds) for _, ds in items]
+    if not any(other) or all(other):
+        return items, []
+    left = [f for (f, _), o in zip(items, other) if o]
+    note = (f"{len(left)} phase (or real/imaginary) image(s) beside the magnitude images were left out: "
+            f"{_names(sorted(set(left)), folder)}")
+    return [it for it, o in zip(items, other) if not o], [note]
+
+
 def _drop_derived_images(folder, uid, items):
     """(items, notes): a few derived images filed in a series of acquired ones left out. Scanners
     file a T1 map, a subtraction or a MIP under the series it was computed from (ImageType
@@ -2544,8 +2576,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     picked_notes = []
     uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes, kind=kind_asked or kind)
     picked_notes = notes_for(picked_notes, uid)   # not the notes about other series' copies and maps
+    items, phase_note = _drop_phase_images(folder, items)
     items, derived_note = _drop_derived_images(folder, uid, items)
-    picked_notes += derived_note
+    picked_notes += phase_note + derived_note
     _check_memory(folder, items)
 
     fixes = []

@@ -30,6 +30,8 @@ _GROUPS = {
     "MRTimingAndRelatedParametersSequence": ("FlipAngle",),
     # Philips: the scanner's own units; varying per frame, they are the one comparable scale
     "RealWorldValueMappingSequence": ("RealWorldValueSlope", "RealWorldValueIntercept"),
+    # magnitude or phase: a file holding both read every trigger delay twice (probe 58)
+    "MRImageFrameTypeSequence": ("FrameType", "ComplexImageComponent"),
 }
 _GEOMETRY_GROUP = {"ImagePositionPatient": "PlanePositionSequence",
                    "ImageOrientationPatient": "PlaneOrientationSequence",
