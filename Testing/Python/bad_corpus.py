@@ -308,6 +308,25 @@ def _(base, f):
     return [d, "--labels", lab]
 
 
+@case("dicom_dicomdir_file_given", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """The DICOMDIR of an export given as the input: "unknown file format '(no extension)'" (probe
+    58). It reads the export it indexes, its folder, as a .dcm file given reads its series."""
+    d, lab = cine_dicom(base, f / "export")
+    (d / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")   # the index's preamble; its records are not read
+    return [d / "DICOMDIR", "--labels", lab]
+
+
+@case("dicom_one_file_without_extension_given", "ok", category="dicom", check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """One image file of a PACS export named without an extension given as the input: "unknown
+    file format" where a .dcm file reads its series from its folder. It now does the same."""
+    d, lab = cine_dicom(base, f / "export")
+    for p in sorted(d.glob("*.dcm")):
+        p.rename(p.with_suffix(""))
+    return [d / "IM0001", "--labels", lab]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION, Study
-from .sniff import archive_kind
+from .sniff import archive_kind, looks_like_dicom
 
 ACCEPTED = ("an ACDC patient folder (Info.cfg), a DICOM folder, a folder of per-frame .mhd/.nii.gz/.nrrd files, "
             ".nii/.nii.gz (3D or 4D), .seq.nrrd/.nrrd, .mhd/.mha, Analyze .hdr/.img or a QPerf folder (params.json) "
@@ -21,7 +21,6 @@ def _folder_kind(folder):
     from itertools import islice
 
     from .acdc import is_acdc_folder
-    from .sniff import looks_like_dicom
     from .volume import frame_files
 
     if is_acdc_folder(folder):
@@ -203,7 +202,13 @@ def _read(path, kind, series, aif, dt, progress, units):
         from .volume import load_volume
 
         return load_volume(path, kind=kind or CINE)
-    if suffix in (".dcm", ".ima"):
+    if path.name.upper() == "DICOMDIR" and path.is_file():
+        # the index of an export, given as the input: the export is its folder (it was an
+        # "unknown file format '(no extension)'"; probe 58)
+        from .dicom import load_dicom_series
+
+        return load_dicom_series(path.parent, series=series, progress=progress)
+    if suffix in (".dcm", ".ima") or (not suffix and path.is_file() and looks_like_dicom(path)):
         from .dicom import load_dicom_series, series_uid_of
 
         uid = series or series_uid_of(path)  # the series of the file the user picked
