@@ -708,7 +708,8 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz"]
 
 
-@case("dicom_cine_two_breath_holds_in_one_series", "error", ("every trigger delay occurs 2 times", "acquisitions"),
+@case("dicom_cine_two_breath_holds_in_one_series", "error", ("every trigger delay occurs 2 times", "acquisitions",
+                                                              "first/IM0001.dcm, repeat/IM0001.dcm"),
       named=lambda f: f / "dicom", category="dicom")
 def _(base, f):
     """The same cine stack acquired twice (a repeated breath-hold) under one series UID, the

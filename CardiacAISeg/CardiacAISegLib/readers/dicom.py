@@ -2308,10 +2308,16 @@ def _refuse_repeated_cycles(folder, groups, positions):
             continue
         values, counts = np.unique(np.round(delays, 4), return_counts=True)
         if values.size >= 5 and counts.min() >= 2 and counts.min() == counts.max():
+            # the files of one delay named: an export sent twice under new UIDs is told apart from
+            # a repeated breath-hold by comparing them, and only the files say which to remove (probe 58)
+            first = np.round(delays, 4) == values[0]
+            same_delay = [g[0] for g, here in zip(grp, first) if here]
             raise CardiacInputError(folder, f"at slice position {pos:.2f} mm every trigger delay occurs {counts[0]} times "
-                                            f"({values.size} delays, {len(grp)} images): the series holds {counts[0]} "
-                                            "acquisitions of the cardiac cycle (a repeated breath-hold?), which cannot be "
-                                            "read as one; export one of them (or give its series alone)")
+                                            f"({values.size} delays, {len(grp)} images; at {values[0] * 1000:g} ms: "
+                                            f"{_names(same_delay, folder)}): the series holds {counts[0]} acquisitions of "
+                                            "the cardiac cycle (a repeated breath-hold?) or the same images exported "
+                                            f"{counts[0]} times under new UIDs; neither can be read as one: export one of "
+                                            "them (or give its series alone), or remove the copies")
         runs = _cycles_in_stored_order(grp, delays)
         if runs:
             one_place = (" several slices stored with one position (every frame of the Enhanced MR file takes its "
