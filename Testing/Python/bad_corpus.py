@@ -327,6 +327,22 @@ def _(base, f):
     return [d / "IM0001", "--labels", lab]
 
 
+@case("dicom_cine_one_slice_tilted_with_labels", "error", ("does not match the image", "left images out",
+                                                            "in other orientations than its stack"),
+      named=lambda f: f / "dicom_labels.nii.gz", category="dicom")
+def _(base, f):
+    """One slice re-planned 12 degrees off the stack, measured with labels of the whole stack:
+    the reader leaves the slice out (as a long-axis view) and the error blamed the label map's
+    size alone (probe 58). It now names the images the reader left out."""
+    tilt = np.radians(12.0)
+
+    def tilted(ds, k, t):
+        if k == N_SLICES // 2:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+    d, lab = cine_dicom(base, f / "dicom", per_image=tilted)
+    return [d, "--labels", lab]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

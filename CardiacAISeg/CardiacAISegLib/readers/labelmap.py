@@ -285,8 +285,12 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         if note:
             info["warnings"].append(note)
     if labels.shape[1:] != study.images.shape[1:]:
+        # images the reader left out (a slice tilted off the stack, read as a long-axis view)
+        # are the likelier cause than the label map: the error blamed the map alone (probe 58)
+        left_out = [w for w in (study.provenance or {}).get("warnings") or [] if "left out" in w]
+        why = f"; the image's reader left images out, which may be why: {left_out[0]}" if left_out else ""
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
-                                      f"the image {study.images.shape[1:][::-1]}")
+                                      f"the image {study.images.shape[1:][::-1]}{why}")
     if info.get("nothing_labelled"):
         raise CardiacInputError(path, info.pop("nothing_labelled"))
     if info["convention"] == convention:     # a .seg.nrrd's segment names are not a convention to doubt
