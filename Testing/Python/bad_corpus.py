@@ -343,6 +343,26 @@ def _(base, f):
     return [d, "--labels", lab]
 
 
+@case("dicom_cine_slice_retaken_with_another_field_of_view", "warn", ("another matrix or pixel size", "#77",
+                                                                       "were left out"), category="dicom")
+def _(base, f):
+    """One slice per series; the mid slice's series replaced by a retake with a larger field of
+    view (another PixelSpacing, same matrix): left out with no word but a "slice gap" (probe 58)."""
+    mid = N_SLICES // 2
+
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"1.2.826.0.1.3680043.10.99.{k + 1}", 10 + k
+
+    def retake(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = "1.2.826.0.1.3680043.10.99.77", 77
+        ds.PixelSpacing = [PIXEL_MM * 1.1, PIXEL_MM * 1.1]
+    d, lab = cine_dicom(base, f / "dicom", slices=[k for k in range(N_SLICES) if k != mid], per_image=per_slice)
+    cine_dicom(base, f / "retake", slices=[mid], per_image=retake)
+    for p in sorted((f / "retake").glob("*.dcm")):
+        p.rename(d / f"R{p.name}")
+    return [d]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

@@ -696,7 +696,41 @@ def _parallel_stack(series, notes=None):
                 f"(e.g. {_describe(others[0], series[others[0]])}: {_frames_per_position(series[others[0]])}, the stack "
                 f"{_frames_per_position(series[ranked[0][1][0]])}) are other acquisitions and were left out",
                 related=set(uids)))
+        resized = _parallel_series_of_another_size(series, ranked[0][1], stack_key)
+        if resized:
+            notes.append(_RelatedNote(
+                f"{len(resized)} series parallel to the stack and within its span, with another matrix or pixel size "
+                f"(e.g. {_describe(resized[0], series[resized[0]])}: {_size_text(series[resized[0]])}, the stack "
+                f"{_size_text(items)}), were left out: a slice re-acquired with another field of view? The stack is "
+                "read without it", related=set(uids)))
     return "+".join(uids), items
+
+
+def _size_text(items):
+    ds = items[0][1]
+    return f"{ds.Columns}x{ds.Rows} of {float(ds.PixelSpacing[1]):g} x {float(ds.PixelSpacing[0]):g} mm"
+
+
+def _parallel_series_of_another_size(series, stack_uids, stack_key):
+    """The series not in the stack that are slices parallel to it (same orientation), lying
+    within its span along the normal, with its images per position but another matrix or pixel
+    size: a slice re-acquired with a larger field of view was left out with no word but a
+    "slice gap" (probe 58)."""
+    normal = _stack_normal(series[stack_uids[0]][0][1])
+    if normal is None:
+        return []
+    along = [float(np.dot(p, normal)) for p in _positions_of(series, stack_uids)]
+    frames = _frames_per_position(series[stack_uids[0]])
+    found = []
+    for u, its in series.items():
+        key = _stack_key(its[0][1])
+        if u in stack_uids or key is None or key == stack_key or key[0] != stack_key[0]:
+            continue
+        if not _similar_frame_counts(_frames_per_position(its), frames):
+            continue
+        if all(min(along) <= float(np.dot(p, normal)) <= max(along) for p in _series_positions(its)):
+            found.append(u)
+    return found
 
 
 def _two_slices_read_together(series, uids):
