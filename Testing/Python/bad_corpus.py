@@ -363,6 +363,23 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_cine_one_slice_of_another_matrix", "error", ("mixes image sizes", "image(s) of 24x24", "RIM0001.dcm"),
+      named=lambda f: f / "dicom", category="dicom")
+def _(base, f):
+    """One slice written with a smaller matrix in the stack's series: "mixes image sizes" with no
+    file or slice named (probe 58)."""
+    mid = N_SLICES // 2
+    d, lab = cine_dicom(base, f / "dicom", slices=[k for k in range(N_SLICES) if k != mid])
+
+    def cropped(ds, k, t):
+        ds.Rows = ds.Columns = 24
+        ds.PixelData = np.rint(base.cine_images[t, k, :24, :24] * 1000).astype(np.uint16).tobytes()
+    cine_dicom(base, f / "crop", slices=[mid], per_image=cropped)
+    for p in sorted((f / "crop").glob("*.dcm")):
+        p.rename(d / f"R{p.name}")
+    return [d]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

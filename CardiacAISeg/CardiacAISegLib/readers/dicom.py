@@ -2653,7 +2653,15 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
                                           "pixel size; the series mixes resolutions or acquisitions")
     shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
     if len(shapes) > 1:
-        raise CardiacInputError(folder, f"series {uid} mixes image sizes {sorted(shapes)}")
+        # the files of the rarer size named, as the pixel-size check names its file (probe 58)
+        sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in items)
+        rare = min(sizes, key=sizes.get)
+        files = [f for f, ds in items if (int(ds.Rows), int(ds.Columns)) == rare]
+        raise CardiacInputError(folder, f"series {uid} mixes image sizes {sorted(shapes)} (rows, columns): "
+                                        f"{sizes[rare]} image(s) of {rare[0]}x{rare[1]}, e.g. "
+                                        f"{_names(sorted(set(files)), folder)}; one stack has one matrix: a slice "
+                                        "re-acquired or cropped? Leave those files out or export them as a series of "
+                                        "their own")
     iop, ps = geo[0][2], geo[0][4]
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
