@@ -1005,6 +1005,13 @@ def _(base, f):
     return [img, "--labels", f / "labels.nrrd"]
 
 
+def _mhd_header(element_type, data_file="cine.raw", spacing="1.6 1.6 8"):
+    """The text of a 3D MetaImage header over the cine phantom's grid."""
+    return (f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = {spacing}\nElementType = {element_type}\n"
+            f"ElementDataFile = {data_file}\n")
+
+
 @case("metaimage_float_data_under_met_int", "error", ("ElementType MET_INT", "200 million or more", "MET_FLOAT"),
       named=lambda f: f / "cine.mhd", category="volume")
 def _(base, f):
@@ -1012,9 +1019,7 @@ def _(base, f):
     (0.5-5000 as 1.0e9-1.2e9, squashed like a logarithm): exit 0, RV EDV 16 % off (probe 57)."""
     f.mkdir(parents=True, exist_ok=True)
     (f / "cine.raw").write_bytes((base.cine_images[0] * 1000).astype(np.float32).tobytes())
-    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_INT\n"
-                                f"ElementDataFile = cine.raw\n")
+    (f / "cine.mhd").write_text(_mhd_header("MET_INT"))
     return [f / "cine.mhd"]
 
 
@@ -1024,9 +1029,7 @@ def _(base, f):
     f.mkdir(parents=True, exist_ok=True)
     arr = (base.cine_images[0] * 1000).astype(np.int16)
     (f / "cine.raw").write_bytes(arr.tobytes())
-    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1,6 1,6 8\nElementType = MET_SHORT\n"
-                                f"ElementDataFile = cine.raw\n")
+    (f / "cine.mhd").write_text(_mhd_header("MET_SHORT", spacing="1,6 1,6 8"))
     return [f / "cine.mhd"]
 
 
@@ -1036,9 +1039,7 @@ def _(base, f):
     """ElementDataFile = . (the header's own folder): "its data file ... is missing" sent the user
     looking for a file whose name is there (probe 57)."""
     f.mkdir(parents=True, exist_ok=True)
-    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_SHORT\n"
-                                f"ElementDataFile = .\n")
+    (f / "cine.mhd").write_text(_mhd_header("MET_SHORT", data_file="."))
     return [f / "cine.mhd"]
 
 
@@ -1093,9 +1094,7 @@ def _(base, f):
     """MET_INT data under a MET_SHORT header: the first half of the bytes read silently (probe 21)."""
     f.mkdir(parents=True, exist_ok=True)
     (f / "cine.raw").write_bytes((base.cine_images[0] * 1000).astype(np.int32).tobytes())
-    (f / "cine.mhd").write_text(f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                                f"DimSize = {SIZE} {SIZE} {N_SLICES}\nElementSpacing = 1.6 1.6 8\nElementType = MET_SHORT\n"
-                                f"ElementDataFile = cine.raw\n")
+    (f / "cine.mhd").write_text(_mhd_header("MET_SHORT"))
     return [f / "cine.mhd"]
 
 
