@@ -380,6 +380,17 @@ def _(base, f):
     return [d]
 
 
+@case("dicom_cine_negative_trigger_times", "warn", ("TriggerTime is negative", "IM0001.dcm"), category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Every TriggerTime written 1000 ms lower (negative): accepted unsaid (probe 57). The frames
+    still order by it; the warning says the delays are no times within the cycle."""
+    def shifted(ds, k, t):
+        ds.TriggerTime = float(ds.TriggerTime) - 1000.0
+    d, lab = cine_dicom(base, f / "dicom", per_image=shifted)
+    return [d, "--labels", lab]
+
+
 @case("dicom_compressed_damaged", "error", ("transfer syntax", "damaged"), category="dicom")
 def _(base, f):
     from pydicom.encaps import encapsulate

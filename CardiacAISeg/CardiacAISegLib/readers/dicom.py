@@ -2867,6 +2867,14 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         prov["acquisition_times_s"] = None if frame_times is None else (times[:, 0] - times[0, 0]).tolist()
     else:
         prov["trigger_times_ms"] = None if frame_times is None else np.round(times.T * 1000, 3).tolist()
+    negative = [g[0] for grp in groups for g in grp if (_trigger_s(g[1]) or 0.0) < 0]
+    if negative and timing["kind"] != PERFUSION:
+        # a delay counts from the R wave: a negative one is no delay (the files' timing was
+        # rewritten, or another offset stored), accepted unsaid before (probe 57)
+        prov.setdefault("warnings", []).append(
+            f"TriggerTime is negative on {len(negative)} image(s), e.g. {_names(negative[:1], folder)}: a trigger delay "
+            "counts from the R wave; the frames are ordered by it, but the delays are no times within the cycle "
+            "(check the export)")
     if all(len(grp) == 1 for grp in groups):
         # one phase: its trigger delay says whether it is ED (readers.one_frame_phase)
         delays = [_trigger_s(grp[0][1]) for grp in groups]
