@@ -760,6 +760,34 @@ def test_stress_and_rest_described_alike_as_scanners_and_exports_time_them(tmp_p
         assert not s.provenance["series_uid"].endswith(".99")   # not the MOCO copy
 
 
+def test_stress_and_rest_with_one_time_for_all_and_one_slice_moved_are_refused(tmp_path, phantom):
+    """GE-like stress and rest, one series per slice, described alike, every image stamped with
+    one AcquisitionTime (nothing in the clocks tells the two apart), the rest's basal slice planned
+    6 mm off the stress's: the two positions acquired once each let the six series merge into a
+    4-slice stack, three rest slices and a stress one (MBF -62 %, QC pass; probe 56). Most slice
+    positions acquired twice with no clock to part them: refused as two stacks."""
+    import dataclasses
+
+    import pydicom
+
+    study, _ = phantom
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    exam = tmp_path / "exam"
+    for s, uid, number in ((study, "1.2.826.0.1.3680043.10.70", 701), (rest, "1.2.826.0.1.3680043.10.110", 1101)):
+        write_perfusion_series(exam, dataclasses.replace(s, labels={}), vendor="ge", series_per_slice=True, series=uid,
+                               start_number=number, description="PERF SA")
+    normal = study.ijk_to_ras[:3, 2] / np.linalg.norm(study.ijk_to_ras[:3, 2])
+    lps = np.array([-1.0, -1.0, 1.0]) * normal
+    for path in sorted(exam.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionTime = "100000.000000"
+        if int(ds.SeriesNumber) == 1101:
+            ds.ImagePositionPatient = [round(float(v) - 6.0 * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
+        ds.save_as(path)
+    with pytest.raises(CardiacInputError, match="acquisition clocks do not tell the acquisitions apart"):
+        load_study(exam)
+
+
 def _tm_seconds(text):
     text = str(text)
     return int(text[:2]) * 3600 + int(text[2:4]) * 60 + float(text[4:])
