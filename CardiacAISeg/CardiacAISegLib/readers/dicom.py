@@ -500,7 +500,8 @@ def _repeated_stacks(series, uids):
     overlapping = _overlapping_stacks(series, groups or [])
     if len(overlapping) >= 2:
         return overlapping
-    twice = sum(sum(p in _series_positions(series[u]) for u in uids) >= 2 for p in everywhere)
+    where = [_series_positions(series[u]) for u in uids]
+    twice = sum(sum(p in w for w in where) >= 2 for p in everywhere)
     if (groups is None or len(groups) == 1) and twice >= max(2, 0.5 * len(everywhere)):
         # most positions acquired twice, nothing in the clocks to part them: two stacks. With
         # every one required, a rest slice planned a few mm off the stress's let the two merge
