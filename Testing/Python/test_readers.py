@@ -753,6 +753,27 @@ def test_slices_with_fewer_phases_are_matched_by_trigger_time(tmp_path, short_st
     assert any(("matched by trigger delay" in w) == matched and "phases" in w for w in st.provenance["warnings"])
 
 
+def test_slices_of_more_phases_over_a_shorter_cycle_are_matched_by_cycle_share(tmp_path):
+    """Two slices at 20 phases over 800 ms, two from another breath-hold with a faster heart at 25
+    phases over 750 ms: no delay of theirs lies near the others' last phases in milliseconds, and
+    they were kept by number, their first 20 phases (0-76 % of their cycle; ED and ES moved,
+    volumes 3 % low; probe 58). Their phases are now matched by their place in each cycle."""
+    n = 0
+    for k in range(4):
+        phases, step = (25, 30.0) if k >= 2 else (20, 40.0)
+        for j in range(phases):
+            n += 1
+            # each image's value: its place in its own cycle, in thousandths
+            write_dicom(tmp_path / f"IM{n:04d}.dcm", desc="SA cine", ipp=(0, 0, 8.0 * k), trigger=j * step, instance=n,
+                        value=int(round(1000 * j / phases)))
+    st = load_study(tmp_path)
+    assert st.images.shape[:2] == (20, 4)
+    ref = np.round(1000 * np.arange(20) / 20)
+    for k in range(4):   # every slice's frame t shows (about) the same share of the cycle
+        assert np.max(np.abs(st.images[:, k, 0, 0] - ref)) <= 25, (k, st.images[:, k, 0, 0])
+    assert any("by their place in its own cycle" in w for w in st.provenance["warnings"])
+
+
 def test_a_description_shared_by_two_series_is_not_a_choice(tmp_path):
     """Two series described "SA cine" (the stack and a one-slice repeat): `--series "SA cine"`
     took the first found, a one-slice study (EDV 16 mL). Now it names both and asks for the
