@@ -700,7 +700,7 @@ def _parallel_stack(series, notes=None):
                 f"(e.g. {_describe(others[0], series[others[0]])}: {_frames_per_position(series[others[0]])}, the stack "
                 f"{_frames_per_position(series[ranked[0][1][0]])}) are other acquisitions and were left out",
                 related=set(uids)))
-        resized = _parallel_series_of_another_size(series, ranked[0][1], stack_key)
+        resized = _parallel_series_of_another_size(series, ranked[0][1], stack_key, positions)
         if resized:
             notes.append(_RelatedNote(
                 f"{len(resized)} series parallel to the stack and within its span, with another matrix or pixel size "
@@ -715,7 +715,7 @@ def _size_text(items):
     return f"{ds.Columns}x{ds.Rows} of {float(ds.PixelSpacing[1]):g} x {float(ds.PixelSpacing[0]):g} mm"
 
 
-def _parallel_series_of_another_size(series, stack_uids, stack_key):
+def _parallel_series_of_another_size(series, stack_uids, stack_key, stack_positions):
     """The series not in the stack that are slices parallel to it (same orientation), lying
     within its span along the normal, with its images per position but another matrix or pixel
     size: a slice re-acquired with a larger field of view was left out with no word but a
@@ -723,7 +723,7 @@ def _parallel_series_of_another_size(series, stack_uids, stack_key):
     normal = _stack_normal(series[stack_uids[0]][0][1])
     if normal is None:
         return []
-    along = [float(np.dot(p, normal)) for p in _positions_of(series, stack_uids)]
+    along = [float(np.dot(p, normal)) for p in stack_positions]
     frames = _frames_per_position(series[stack_uids[0]])
     found = []
     for u, its in series.items():
