@@ -634,6 +634,21 @@ def _(base, f):
     return [d, "--labels", labels]
 
 
+@case("dicom_cine_per_slice_numbered_in_two_runs", "ok", category="dicom",
+      check=lambda doc, base: _assert_cine_truth(doc, base))
+def _(base, f):
+    """Per-slice cine series with no clock, the basal five numbered 5-9 and the rest of the stack
+    30-32 (acquired after other scans): two runs of series numbers that lie beside each other
+    along the normal, one stack, not two acquisitions of it planned apart (the rule that refuses
+    stress and rest described alike, probe 56)."""
+    def two_runs(ds, k, t):
+        _one_series_per_slice(ds, k, t)
+        ds.SeriesNumber = 5 + k if k < 5 else 25 + k
+
+    d, labels = cine_dicom(base, f / "dicom", per_image=two_runs)
+    return [d, "--labels", labels]
+
+
 @case("dicom_cine_per_slice_with_a_small_series_beside", "ok", category="dicom",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

@@ -760,12 +760,15 @@ def test_stress_and_rest_described_alike_as_scanners_and_exports_time_them(tmp_p
         assert not s.provenance["series_uid"].endswith(".99")   # not the MOCO copy
 
 
-def test_stress_and_rest_with_one_time_for_all_and_one_slice_moved_are_refused(tmp_path, phantom):
+@pytest.mark.parametrize("moved,clock", [("basal 6 mm", "one time"), ("all 3 mm", "one time"), ("all 3 mm", "none")])
+def test_stress_and_rest_with_no_clock_to_part_them_and_slices_moved_are_refused(tmp_path, phantom, moved, clock):
     """GE-like stress and rest, one series per slice, described alike, every image stamped with
-    one AcquisitionTime (nothing in the clocks tells the two apart), the rest's basal slice planned
-    6 mm off the stress's: the two positions acquired once each let the six series merge into a
-    4-slice stack, three rest slices and a stress one (MBF -62 %, QC pass; probe 56). Most slice
-    positions acquired twice with no clock to part them: refused as two stacks."""
+    one AcquisitionTime or with no clock at all (an anonymiser): nothing in the clocks tells the two
+    apart. With the rest's basal slice planned 6 mm off the stress's, the two positions acquired
+    once each let the six series merge into a 4-slice stack, three rest slices and a stress one
+    (MBF -62 %, QC pass); with every rest slice 3 mm off, into a 6-slice stack of both (MBF -25 %,
+    review only from the LV's AIF; probe 56). Refused as two stacks: most positions acquired twice,
+    or two runs of series numbers (#701-703, #1101-1103) whose positions lie among each other."""
     import dataclasses
 
     import pydicom
@@ -778,14 +781,20 @@ def test_stress_and_rest_with_one_time_for_all_and_one_slice_moved_are_refused(t
                                start_number=number, description="PERF SA")
     normal = study.ijk_to_ras[:3, 2] / np.linalg.norm(study.ijk_to_ras[:3, 2])
     lps = np.array([-1.0, -1.0, 1.0]) * normal
+    shift, rest_numbers = (6.0, {1101}) if moved == "basal 6 mm" else (3.0, {1101, 1102, 1103})
     for path in sorted(exam.iterdir()):
         ds = pydicom.dcmread(path)
         ds.AcquisitionTime = "100000.000000"
-        if int(ds.SeriesNumber) == 1101:
-            ds.ImagePositionPatient = [round(float(v) - 6.0 * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
+        if clock == "none":
+            del ds.AcquisitionTime
+        if int(ds.SeriesNumber) in rest_numbers:
+            ds.ImagePositionPatient = [round(float(v) - shift * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
         ds.save_as(path)
-    with pytest.raises(CardiacInputError, match="acquisition clocks do not tell the acquisitions apart"):
-        load_study(exam)
+    expected = ("#701/#702/#703 and #1101/#1102/#1103, numbered as two acquisitions, lie among each other"
+                if moved == "all 3 mm" else "most slice positions")
+    with pytest.raises(CardiacInputError, match="acquisition clocks do not tell the acquisitions apart") as refused:
+        load_study(exam, dt=0.5 if clock == "none" else None)
+    assert expected in str(refused.value)
 
 
 def _tm_seconds(text):

@@ -489,7 +489,8 @@ def _repeated_stacks(series, uids):
     acquisition had replaced the earlier one's slices, exit 0). A breath-hold of a few cine
     slices acquired again covers part of the stack and stays a repeat. [] else; None when the
     series cannot be told apart (a series without a clock, or one start time for all) although
-    every slice position was acquired in two or more of them."""
+    most slice positions were acquired in two or more of them, or two runs of their series
+    numbers lie among each other (``_interleaved_number_runs``)."""
     everywhere = _positions_of(series, uids)
     if len(everywhere) < 3:
         return []
@@ -500,14 +501,49 @@ def _repeated_stacks(series, uids):
     overlapping = _overlapping_stacks(series, groups or [])
     if len(overlapping) >= 2:
         return overlapping
-    where = [_series_positions(series[u]) for u in uids]
-    twice = sum(sum(p in w for w in where) >= 2 for p in everywhere)
-    if (groups is None or len(groups) == 1) and twice >= max(2, 0.5 * len(everywhere)):
+    if (groups is None or len(groups) == 1) and _most_positions_twice(series, uids):
         # most positions acquired twice, nothing in the clocks to part them: two stacks. With
         # every one required, a rest slice planned a few mm off the stress's let the two merge
         # into one stack, the rest's slices in the stress's place (MBF -62 %, QC pass; probe 56)
         return None
+    if (groups is None or len(groups) == 1) and _interleaved_number_runs(series, uids):
+        return None
     return []
+
+
+def _most_positions_twice(series, uids):
+    everywhere = _positions_of(series, uids)
+    where = [_series_positions(series[u]) for u in uids]
+    twice = sum(sum(p in w for w in where) >= 2 for p in everywhere)
+    return twice >= max(2, 0.5 * len(everywhere))
+
+
+# Series numbers of one acquisition's slice series follow each other (1, 2, 3 or 701, 801, 901);
+# a later acquisition of the same stack (the rest, 10-20 min after stress, other scans between)
+# starts a run this many times the widest step within either run further on.
+NUMBER_RUN_BREAK_FACTOR = 3
+
+
+def _interleaved_number_runs(series, uids):
+    """Two runs of slice series (one position each) parted by a break in their series numbers
+    (``NUMBER_RUN_BREAK_FACTOR``) whose positions lie among each other along the slice normal,
+    each run spanning half or more of the stack: stress and rest stored one series per slice,
+    described alike and with no clock to part them, the rest planned a few millimetres off the
+    stress's positions (read as one stack of both: MBF -25 %, review only from the LV's AIF;
+    probe 56). A stack continued in a later breath-hold lies beside the first part, not among
+    it. [] when there are no such runs, else the two runs (lists of uids by number)."""
+    slice_series = [u for u in uids if len(_series_positions(series[u])) == 1]
+    if len(slice_series) < 4 or len(slice_series) != len(uids):
+        return []
+    by_number = sorted(slice_series, key=lambda u: _series_number(series[u]))
+    numbers = [_series_number(series[u]) for u in by_number]
+    steps = np.diff(numbers)
+    cut = int(np.argmax(steps)) + 1
+    runs = [by_number[:cut], by_number[cut:]]
+    within = [step for k, step in enumerate(steps) if k != cut - 1]
+    if min(len(r) for r in runs) < 2 or steps[cut - 1] <= NUMBER_RUN_BREAK_FACTOR * max(max(within), 1):
+        return []
+    return runs if len(_overlapping_stacks(series, runs)) == 2 else []
 
 
 def _overlapping_stacks(series, groups):
@@ -573,6 +609,12 @@ def _repeated_stacks_hint(series, folder):
             return (f"; {_numbers_text(series, group)} hold the same slice positions over the same acquisition times: "
                     "copies of one acquisition (an intensity-normalised or otherwise reconstructed copy, each stored as "
                     f"ORIGINAL?); give --series with the one to read (--series {numbers[0]})")
+        runs = _interleaved_number_runs(series, group) if stacks is None and not _most_positions_twice(series, group) else []
+        if runs:
+            return (f"; the slice positions of {' and '.join(_numbers_text(series, r) for r in runs)}, numbered as two "
+                    "acquisitions, lie among each other, and their acquisition clocks do not tell the acquisitions apart "
+                    "(no clock, or one time for all): two stacks (stress and rest?) planned a few millimetres apart; put "
+                    "each acquisition's series in a folder of its own")
         if stacks is None:
             return (f"; most slice positions of {_numbers_text(series, group)} were acquired in two or more of these "
                     "series, whose acquisition clocks do not tell the acquisitions apart (no clock, or one time for all): "
