@@ -1290,6 +1290,29 @@ def _(base, f):
     return [img, "--labels", lab]
 
 
+def _cine_with_time_step(base, f, step):
+    f.mkdir(parents=True, exist_ok=True)
+    img = nifti(f / "cine.nii.gz", to_xyzt(base.cine_images * 1000), _axial_affine(), np.float32,
+                pixdim=[1, PIXEL_MM, PIXEL_MM, SLICE_MM, step, 1, 1, 1], xyzt_units=2 | 8)   # mm, s
+    lab = nifti(f / "labels.nii.gz", to_xyzt(acdc_convention(base.cine_labels)), _axial_affine(), np.uint8)
+    return [img, "--labels", lab]
+
+
+@case("nifti_time_step_negative", "warn", ("time step is -0.045", "not used as frame times"), category="volume",
+      check=lambda doc, base: _assert_no_frame_times_and_cine_truth(doc, base))
+def _(base, f):
+    """pixdim[4] -45 ms (a writer that negated it): the cine was read without frame times and
+    nothing said so."""
+    return _cine_with_time_step(base, f, -0.045)
+
+
+@case("nifti_time_step_not_a_number", "warn", ("time step is nan", "not used as frame times"), category="volume",
+      check=lambda doc, base: _assert_no_frame_times_and_cine_truth(doc, base))
+def _(base, f):
+    """pixdim[4] NaN: read without frame times, unsaid."""
+    return _cine_with_time_step(base, f, float("nan"))
+
+
 @case("nifti_sizes_in_metres_as_its_header_says", "warn", ("in meters", "converted to mm"), category="volume",
       check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):

@@ -187,6 +187,10 @@ def read_nifti(path):
             # said where --dt is asked for: the file has a step, only not one in a known unit
             meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
                                            f"{unit!r}), so seconds and milliseconds cannot be told apart")
+        if not np.isfinite(dt) or dt < 0:
+            # a writer's fault (a negated or undefined pixdim[4]): the cine was read without frame
+            # times and nothing said so
+            frame_times_not_used(meta, f"the NIfTI header's time step is {dt:g}")
         side = read_sidecar(path)
         sidecar = bids_volume_times(side, path, data.shape[3])
         header_step = float(np.median(np.diff(meta["frame_times_s"]))) if meta["frame_times_s"] is not None else None
