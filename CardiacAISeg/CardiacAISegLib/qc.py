@@ -413,9 +413,10 @@ def _field_of_view_mm(study):
 
 def _repeated_slice_flags(study):
     return _repeated_flags("SLICES_REPEATED", "slice(s)", repeated_slices(study.images),
-                           "hold the same images in every frame: a slice written twice by the export is measured twice (a "
-                           "cine's mid slice repeated read its volumes and mass 11-15 % high in tests; a perfusion slice "
-                           "repeated moves the slices after it to other AHA levels); check the stack")
+                           "hold the same images in every frame: one slice stored twice (by the export, or as a retake at "
+                           "a moved position with the same pixels) is measured twice (a cine's mid slice repeated read its "
+                           "volumes and mass 11-15 % high in tests; a perfusion slice repeated moves the slices after it to "
+                           "other AHA levels); check the stack")
 
 
 def _repeated_flags(code, what, pairs, consequence):
