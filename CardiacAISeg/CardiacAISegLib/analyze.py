@@ -134,6 +134,12 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
             # the rest folder is often the stress's own (a whole exam): say which series failed, and
             # its series is chosen with --rest-series (--series chooses the stress's)
             problem = as_rest_flags(e.problem).replace("choose one with --series", "choose the rest series with --rest-series")
+            if problem.startswith(f"--kind {PERFUSION} contradicts the data: "):
+                # the rest is read as perfusion by its role, not by a --kind the user gave (the
+                # message asked to drop a flag never given; probe 60)
+                problem = (problem.split("; drop --kind")[0].replace(f"--kind {PERFUSION} contradicts the data: ",
+                                                                    "it is no first-pass perfusion series: ")
+                           + "; give the rest perfusion acquisition")
             raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
         warnings[:] = [as_rest_flags(w) for w in warnings]

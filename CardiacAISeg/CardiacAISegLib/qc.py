@@ -1012,13 +1012,13 @@ def perfusion_flags(analysis):
                                                         f"mL/min/g in segment(s) {bad}", len(bad)))
     unreliable = [s for s in p.get("segments", []) if s.get("fit_unreliable")]
     if unreliable:
-        from .perfusion.mbf import MAX_UNRELIABLE_FRACTION
+        from .perfusion.mbf import MAX_UNRELIABLE_FRACTION, R2_MIN
 
         shown = ", ".join(f"{s['id']} ({100 * s['unreliable_fraction']:.0f} %)" for s in unreliable)
         flags.append(_flag("MBF_SEGMENT_UNRELIABLE", REVIEW,
                            f"segment(s) {shown}: more than {100 * MAX_UNRELIABLE_FRACTION:.0f} % of their pixels fit the "
                            "model unreliably (delay at the search range's end, flow or shape on a bound, or r² under "
-                           "R2_MIN): their MBF rests on fits that are not measurements; check the AIF and the mask there"
+                           f"{R2_MIN:g}): their MBF rests on fits that are not measurements; check the AIF and the mask there"
                            + _breathing_note(st), len(unreliable)))
     fit = analysis.mbf_fit or {}
     from .perfusion.mbf import R2_MIN

@@ -2497,6 +2497,15 @@ def _(base, f):
     return [img, "--labels", lab, "--rest", img]
 
 
+@case("rest_is_a_cine_dicom", "error", ("reading the rest series (--rest)", "no first-pass perfusion series",
+                                        "give the rest perfusion acquisition"), named=lambda f: f / "cine", category="cli")
+def _(base, f):
+    """A perfusion study with a cine DICOM folder as its rest series: the error asked to 'drop
+    --kind', a flag the user never gave (the rest is read as perfusion by its role; probe 60)."""
+    d, _ = cine_dicom(base, f / "cine")
+    return perfusion_args(base, **{"--rest": d})
+
+
 @case("aif_flag_for_a_cine_acdc", "error", ("--aif",), named=lambda f: "--aif", category="cli")
 def _(base, f):
     d = acdc_folder(base, f / "patient806", "ED: 1\nES: 2\n", frames=(base_ed(base), base_es(base)))

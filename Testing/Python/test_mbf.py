@@ -613,5 +613,6 @@ def test_segments_fitted_mostly_unreliably_are_flagged_and_say_their_share():
     a = Analysis(study, study.labels).run()
     flag = {f["code"]: f for f in a.qc["flags"]}["MBF_SEGMENT_UNRELIABLE"]
     assert flag["severity"] == "review" and "3 (" in flag["message"] and "9 (" in flag["message"]
+    assert "r² under 0.5)" in flag["message"]   # the threshold, not its constant's name (probe 60)
     shares = {s["id"]: s["unreliable_fraction"] for s in a.perfusion["segments"]}
     assert shares[3] > 0.3 and shares[9] > 0.3 and shares[1] <= 0.3, shares
