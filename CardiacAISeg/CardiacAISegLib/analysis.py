@@ -25,6 +25,12 @@ DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typ
 REST_WARNING_PREFIX = "rest series: "   # the rest analysis' warnings among the stress analysis' (the MPR needs both)
 
 
+def _rest_warnings(rest):
+    """The rest analysis' warnings for the stress analysis' list, without its QC lines: its flags
+    come back as the stress's REST_ flags (qc.assess) and their QC lines (each was said twice)."""
+    return [REST_WARNING_PREFIX + w for w in rest.warnings if not w.startswith("QC ")]
+
+
 def check_density(density, name="density"):
     """Refuse a myocardial density outside DENSITY_RANGE_G_ML, naming the setting (``name``):
     it scales LV mass and MBF per gram, so 10.5 for 1.05 is a factor of ten nobody would see."""
@@ -178,7 +184,7 @@ class Analysis:
         if self.kind == PERFUSION:
             self._compute_mbf_map()
             if self.rest is not None:  # the MPR depends on the rest series: its caveats are ours
-                self.warnings += [REST_WARNING_PREFIX + w for w in self.rest.warnings]
+                self.warnings += _rest_warnings(self.rest)
             # the AIF and the fit; the motion correction inside is timed on its own
             self.timing_s["mbf_map"] = time.perf_counter() - t0 - self.timing_s.get("motion", 0.0)
             t0 = time.perf_counter()
@@ -235,7 +241,7 @@ class Analysis:
             if note not in analysis.warnings:
                 analysis.warnings.append(note)
         self.warnings = [w for w in self.warnings if not w.startswith(REST_WARNING_PREFIX)]
-        self.warnings += [REST_WARNING_PREFIX + w for w in rest.warnings]
+        self.warnings += _rest_warnings(rest)
 
     def _assess(self):
         from .qc import REVIEW, assess

@@ -712,6 +712,9 @@ def test_rest_flags_carry_into_stress(perfusion):
     rest_a = Analysis(rest, study.labels).run()
     stress_a = Analysis(study, study.labels, rest=rest_a).run()
     assert "REST_MBF_RANGE" in codes(stress_a) and stress_a.qc["status"] == "review"
+    # each rest flag said once among the warnings (also as 'rest series: QC MBF_RANGE: ...'; probe 60)
+    rest_range = next(f for f in rest_a.qc["flags"] if f["code"] == "MBF_RANGE")["message"]
+    assert sum(rest_range in w for w in stress_a.warnings) == 1, stress_a.warnings
 
 
 def test_flags_in_outputs_and_strict_exit(tmp_path, capsys):
