@@ -798,8 +798,15 @@ def cine_flags(analysis):
                                                          "volumes and mass miss those slices; check the segmentation", len(gaps)))
         mid = lv_slices[len(lv_slices) // 4: len(lv_slices) - len(lv_slices) // 4] if lv_slices.size >= 3 else lv_slices
         # A structure is "missing" when no mid-ventricular slice has it: the RV thins out towards
-        # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error
+        # the apex and basal slices at ES may hold atria, so one empty slice is anatomy, not error.
+        # Hand-drawn labels may leave a structure out by their convention (LV contours only, the
+        # epicardium at ED only, where the mass is measured: Sunnybrook's experts): the sample's own
+        # contours were "review" for an RV never drawn (probe 60). A network labels all three.
+        given = analysis.model_info is None
         for value, struct in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV")):
+            never = not any((m == value).any() for m in labels.values())
+            if given and not (lab == value).any() and ((value == MYO and name == "ES") or (value == RV and never)):
+                continue
             if not any((lab[k] == value).any() for k in mid):
                 code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
                 flags.append(_flag(code, REVIEW, f"{struct} missing at {name} on every mid-ventricular slice "
