@@ -121,6 +121,10 @@ def test_qperf(which, frames, ro, e1, foot, peak):
 
 def test_qperf_default_is_stress_and_single_file():
     assert load_perfusion(need(QPERF)).n_frames == 59
+    # the folder without --series: the stress, and said so since the rest is there too (probe 60)
+    folder = load_study(QPERF)
+    assert folder.n_frames == 59 and any("the stress series was read; --series rest" in w for w in folder.provenance["warnings"])
+    assert not any("stress series was read" in w for w in load_study(QPERF, series="stress").provenance.get("warnings", []))
     s = load_study(QPERF / "data.hdr")  # params.json next to it supplies dt and the AIF
     assert s.n_frames == 68 and s.aif.shape == (68,) and s.provenance["dt_s"] == 0.5
 
