@@ -1280,7 +1280,9 @@ def frame_gap_in_first_pass(rise, times, foot):
     the AIF changes fastest: the phantom with one 2 s gap among 1 s frames on the upslope read
     MBF 27 % low with QC "pass" (on the baseline: within 2 %). At 0.8 s frames (seeds 0 and 3,
     one or two frames lost; probe 42) a gap from the peak read 9-42 % low, one from the downslope
-    above half the peak -34 to +16 %, and one from under half the peak on -9 to +5 %."""
+    above half the peak -34 to +16 %, and one from under half the peak on -9 to +5 %. Among 0.5 s
+    frames (three phantoms, stress and rest; session 31) one beat skipped on the upslope read -3 to
+    -10 %, at the peak -3 to +2 %, two on the upslope -10 to -20 %: still flagged."""
     from .readers.perfusion import FRAME_GAP_FACTOR
 
     times = np.asarray(times, float)
@@ -1353,9 +1355,15 @@ def aif_flags(study, myo=None, images=None, lv=None):
     if rise[peak] > 0 and (rise[-1] > AIF_END_FRACTION_MAX * rise[peak] or short):
         # the Fermi fit needs the first pass whole: a phantom series cut 2-4 frames after the AIF
         # peak (AIF still at 84-99 % of it) gave MBF 10-13 % low with every fit good
+        saturated = (not short and (study.provenance or {}).get("aif_source") == "lv_blood_pool"
+                     and study.units != "gd_mmol_l")
+        # an LV blood signal saturated at the bolus keeps a high share of its flattened peak long
+        # after it: a 30 s series "cut short" with the AIF at 46 % of its peak (probe 59)
+        cause = ("the LV's blood signal, the AIF here, saturated at the bolus peak (AIF_FROM_LV), which flattens the "
+                 "peak, or the first pass is cut short" if saturated else "the first pass is cut short")
         flags.append(_flag("AIF_TRUNCATED", REVIEW, f"the series ends {aif.size - 1 - peak} frame(s) ({after_peak_s:.1f} s) after "
-                                                    f"the AIF peak, with the AIF still at {rise[-1] / rise[peak]:.0%} of it: the "
-                                                    "first pass is cut short, so MBF may be biased (phantoms: +5 to +8 % with "
+                                                    f"the AIF peak, with the AIF still at {rise[-1] / rise[peak]:.0%} of it: "
+                                                    f"{cause}, so MBF may be biased (phantoms: +5 to +8 % with "
                                                     "the AIF at 40-56 % of its peak at the end, 10-13 % low when cut just after "
                                                     "it; a real series cut 4 s after its AIF peak: -9 %)",
                                                     rise[-1] / rise[peak]))
@@ -1396,9 +1404,10 @@ def aif_flags(study, myo=None, images=None, lv=None):
         flags.append(_flag("FRAME_GAP_IN_BOLUS", REVIEW, f"frames {gap} and {gap + 1} are {real_times[gap + 1] - real_times[gap]:.2f} s "
                                                          f"apart ({dt:.2f} s typical) on the AIF's first pass (a skipped "
                                                          "beat, or a dynamic left out): where the AIF changes fastest its "
-                                                         "shape between them is unknown, so MBF is uncertain (on a phantom a "
-                                                         "beat skipped on the upslope read 27 % low, two lost just "
-                                                         "after the peak 38-42 % low)",
+                                                         "shape between them is unknown, so MBF is uncertain (on phantoms a "
+                                                         "beat skipped on the upslope read 3-10 % low among 0.5 s frames, "
+                                                         "27 % among 1 s frames; two lost just after the peak 38-42 % low "
+                                                         "among 0.8 s frames)",
                            round(float(real_times[gap + 1] - real_times[gap]), 3)))
     elif len(real_times) > 2:
         steps = np.diff(np.asarray(real_times, float))
@@ -1470,13 +1479,17 @@ def aif_flags(study, myo=None, images=None, lv=None):
                                                     "already in Gd concentration"))
         else:
             # in signal, the blood saturates at the bolus peak while the myocardium hardly does:
-            # MBF from that AIF is over-estimated, by how much the series cannot tell (a
-            # saturation-recovery phantom: stress +3 to +15 %, rest +49 % to 4.7x, segments up to
-            # 2x; rest more than stress, so MPR reads low: 2.23 for 2.89), with QC pass (probe 37)
+            # MBF from that AIF is over-estimated, by how much the series cannot tell. On
+            # saturation-recovery phantoms: stress +3 to +15 % (probe 37), +44 % at a 100 ms
+            # saturation time and 2-3x at 150-200 ms or a double dose, +6.5 % at half dose (blood
+            # T1 1.6 s, r1 4.5 /mM/s; probe 59); rest +49 % to 4.7x, more than stress, so MPR reads
+            # low (2.23 for 2.89). With the dual-sequence AIF the same series read -4 to -10 %
             flags.append(_flag("AIF_FROM_LV", REVIEW, "the AIF is the LV blood pool of this series in signal units (no "
                                                       "separate AIF): blood saturates at the bolus peak, so MBF is "
                                                       "over-estimated, at rest more than at stress (MPR then reads low), "
-                                                      "by an amount the series cannot tell; read the semi-quantitative "
+                                                      "by an amount the series cannot tell (a few per cent at a low dose, "
+                                                      "up to 2-3 fold at a full dose or a long saturation time on "
+                                                      "saturation-recovery phantoms); read the semi-quantitative "
                                                       "indices (upslope, MPRI), which need no AIF, or give the "
                                                       "dual-sequence AIF series"))
     return flags

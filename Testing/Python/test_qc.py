@@ -960,6 +960,22 @@ def test_series_cut_short_after_the_aif_peak_is_flagged():
         assert ("AIF_TRUNCATED" in {f["code"] for f in a.qc["flags"]}) == flagged, keep
 
 
+def test_a_saturated_lv_aif_is_not_only_called_cut_short():
+    """An LV blood-pool AIF in saturation-recovery signal keeps a high share of its flattened peak
+    to the end of a whole 30 s series: AIF_TRUNCATED said only "the first pass is cut short"
+    (probe 59); it now names the saturated peak as the likelier cause."""
+    from CardiacAISegLib.qc import aif_flags
+
+    study, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005)
+    s = copy(study)
+    s.aif = 1000 * (1 - np.exp(-0.2 * (1 / 1.6 + 4.5 * 2.0 * study.aif)))   # TD 200 ms, double dose
+    s.units, s.provenance = "signal", {"aif_source": "lv_blood_pool"}
+    flag = {f["code"]: f for f in aif_flags(s)}["AIF_TRUNCATED"]
+    assert "saturated at the bolus peak" in flag["message"]
+    s.provenance = {"aif_source": "file"}   # a given AIF in signal: no saturation to blame
+    assert "saturated" not in {f["code"]: f for f in aif_flags(s)}["AIF_TRUNCATED"]["message"]
+
+
 def test_a_real_series_cut_soon_after_the_aif_peak_is_flagged(shared_data):
     """The real QPerf stress series cut 4 s after its AIF peak (the AIF back at 10-17 % of it):
     MBF 3.10 for 3.39 (-9 %), QC pass (probe round 19); the whole series passes."""
