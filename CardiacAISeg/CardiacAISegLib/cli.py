@@ -83,7 +83,9 @@ def _batch(args):
     for name, path in sorted(run.paths.items()):
         print(f"wrote {path}")
     if args.strict and any(r["status"] != STATUS_OK for r in run.rows):
-        print(f"error: {len(run.rows) - c['ok']} studies are not ok (QC review or error) and --strict was given", file=sys.stderr)
+        bad = len(run.rows) - c['ok']
+        print(f"error: {bad} {'study is' if bad == 1 else 'studies are'} not ok (QC review or error) and --strict was given",
+              file=sys.stderr)
         return QC_REVIEW_EXIT
     if c["error"]:
         # the other studies' outputs and the table are complete; a script that checks only the
@@ -192,11 +194,15 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="segment and measure a cine or perfusion study")
-    a.add_argument("input", help="ACDC folder, DICOM folder, .nii/.nii.gz, .seq.nrrd, .mhd (or a folder of them), Analyze .hdr")
+    a.add_argument("input", help="ACDC patient folder, DICOM folder (or one DICOM file, or a DICOMDIR), QPerf folder "
+                                  "(params.json), .nii/.nii.gz, .seq.nrrd/.nrrd, .mhd/.mha (or a folder of per-frame files), "
+                                  "Analyze .hdr")
     a.add_argument("--out", required=True, type=_out_folder, help="output folder")
     a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
     a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt); 'ring' = automatic myocardial ring ROI (perfusion)")
-    a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"])
+    a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"],
+                   help="label values of --labels: acdc = 1 RV, 2 myocardium, 3 LV blood pool (default); ukbb and "
+                        "internal = 1 LV blood pool, 2 myocardium, 3 RV")
     a.add_argument("--aif", help="arterial input function: a text/CSV column, an Analyze/NIfTI column, or a DICOM folder "
                                   "holding the dual-sequence AIF series (found by itself when it lies beside the series)")
     a.add_argument("--dt", type=float, help="frame interval in seconds (perfusion), when the file has none; of the stress "
@@ -208,13 +214,15 @@ def build_parser():
                                          "(a whole exam: --series stress --rest EXAM)")
     a.add_argument("--frames", default="ed_es", choices=["ed_es", "all"], help="frames to segment (cine)")
     a.add_argument("--rest", help="rest perfusion series for MPR (with --rest-labels / --rest-aif / --rest-dt)")
-    a.add_argument("--rest-labels")
-    a.add_argument("--rest-aif")
+    a.add_argument("--rest-labels", help="label map of the rest series, as --labels for the stress (default: the network)")
+    a.add_argument("--rest-aif", help="AIF of the rest series, as --aif for the stress (default: its own dual-sequence "
+                                      "AIF series, else its LV blood pool)")
     a.add_argument("--rest-dt", type=float, help="frame interval of the rest series in seconds, when its file has none")
     a.add_argument("--rest-series", help="the rest series in the --rest folder, as --series chooses the stress's (default: "
                                          "the series whose description names rest)")
     a.add_argument("--density", type=float, default=1.05, help="myocardial tissue density g/mL")
-    a.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    a.add_argument("--device", help="where the networks run: cpu (default without a GPU: ONNX Runtime) or a torch device "
+                                    "such as cuda or cuda:1 (default when an NVIDIA GPU is usable; runs them in torch)")
     a.add_argument("--force", action="store_true", help="replace existing outputs")
     a.add_argument("--scene", action="store_true",
                    help="also write scene.mrb (the analysis as a Slicer scene; needs slicer-core, about 1 s more)")
@@ -248,15 +256,15 @@ def build_parser():
     b.set_defaults(func=_batch)
 
     ph = sub.add_parser("phantom", help="write a synthetic study with exact truth")
-    ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine")
-    ph.add_argument("--out", required=True, type=_out_folder)
-    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine", help="cine (default) or first-pass perfusion")
+    ph.add_argument("--out", required=True, type=_out_folder, help="output folder: images, labels, truth.json")
+    ph.add_argument("--seed", type=int, default=0, help="random seed of the heart's shape, values and noise")
     ph.add_argument("--noise", type=float, help="image noise SD (cine: fraction of blood signal; perfusion: mmol/L); default: the phantom's")
-    ph.add_argument("--force", action="store_true")
+    ph.add_argument("--force", action="store_true", help="replace an existing phantom in --out")
     ph.set_defaults(func=_phantom)
 
     m = sub.add_parser("models", help="list installed models and where each comes from (shipped/user)")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the model cards as JSON")
     m.set_defaults(func=_models)
 
     im = sub.add_parser("import-model", help="install a TorchScript/ONNX model with its model card into the user models folder",

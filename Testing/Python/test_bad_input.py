@@ -399,11 +399,11 @@ def test_perfusion_without_aif_and_without_a_bolus(tmp_path, capsys, perfusion_d
     expect_failure(capsys, args, tmp_path / "out", img, "AIF", "flat")
 
 
-@pytest.mark.parametrize("dt", ["50", "0.001", "0.2"])
-def test_perfusion_implausible_dt(tmp_path, capsys, perfusion_dir, dt):
+@pytest.mark.parametrize("dt,said", [("50", "is over 5 s"), ("0.001", "is under 0.3 s"), ("0.2", "is under 0.3 s")])
+def test_perfusion_implausible_dt(tmp_path, capsys, perfusion_dir, dt, said):
     d, _ = perfusion_dir
     expect_failure(capsys, _perfusion_args(d, None, **{"--dt": dt}), tmp_path / "out",
-                   d / "perfusion.nii.gz", "--dt", "outside 0.3-5 s", "heartbeat")
+                   d / "perfusion.nii.gz", f"(--dt) {said}", "heartbeat", "give the real frame interval")
 
 
 def test_perfusion_without_dt(tmp_path, capsys, perfusion_dir):

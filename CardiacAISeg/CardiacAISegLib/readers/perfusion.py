@@ -399,10 +399,14 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
     if not MIN_FRAME_INTERVAL_S <= dt <= MAX_FRAME_INTERVAL_S:
-        raise CardiacInputError(where, f"frame interval dt {dt:g} s ({frame_interval_source(dt_source)}) is outside {MIN_FRAME_INTERVAL_S:g}-"
-                                       f"{MAX_FRAME_INTERVAL_S:g} s: a first-pass series is ECG-triggered, one frame per "
-                                       "heartbeat or two (0.3-2 s; under 0.3 s would be a heart rate over 200/min, and MBF "
-                                       "scales with the interval); give the frame interval with --dt in seconds")
+        given = dt_source == "argument"
+        side = "under" if dt < MIN_FRAME_INTERVAL_S else "over"
+        limit = MIN_FRAME_INTERVAL_S if dt < MIN_FRAME_INTERVAL_S else MAX_FRAME_INTERVAL_S
+        raise CardiacInputError(where, f"frame interval {dt:g} s ({frame_interval_source(dt_source)}) is {side} {limit:g} s: a "
+                                       "first-pass series is ECG-triggered, one frame per heartbeat or two (usually 0.3-2 s; "
+                                       "under 0.3 s would be a heart rate over 200/min, and MBF scales with the interval); "
+                                       + ("give the real frame interval with --dt in seconds" if given else
+                                          "give the frame interval with --dt in seconds"))
 
     aif_source = aif if aif is not None else (params_file.parent / entry["aif"] if entry and entry.get("aif") else None)
     if isinstance(aif_source, (str, Path)) and Path(aif_source).is_dir():
