@@ -236,8 +236,9 @@ def build_parser():
     b = sub.add_parser("batch", help="analyze a cohort (CSV manifest or folder of studies) on Dask; one cohort table",
                        description="Each study writes the same outputs as `analyze` into OUT/<study>/; the cohort table "
                                    "(cohort.csv, cohort.parquet) and cohort_report.png go into OUT. See docs/cohorts.md.")
-    b.add_argument("input", help="CSV manifest (path, study, kind, series, labels, aif, dt, model, frames, ref_<measure> columns) "
-                                 "or a folder with one study per subfolder or image file")
+    b.add_argument("input", help="CSV manifest (a path column and any of: study, kind, series, labels, label_convention, aif, "
+                                 "dt, units, density, model, frames, rest, rest_series, rest_labels, rest_aif, rest_dt, "
+                                 "ref_<measure>; as analyze's flags) or a folder with one study per subfolder or image file")
     b.add_argument("--out", required=True, type=_out_folder, help="output folder of the cohort")
     b.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
     b.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core, at most one per study)")

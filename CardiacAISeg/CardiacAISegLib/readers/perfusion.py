@@ -128,7 +128,8 @@ def load_aif_with_times(source):
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise CardiacInputError(path, "AIF file not found")
+            raise CardiacInputError(path, "AIF file not found: give an existing file (a text/CSV column, .hdr/.img or "
+                                          ".nii) or the folder of the dual-sequence AIF series (--aif)")
         suffix = volume_suffix(path)
         if suffix in (".hdr", ".img", ".nii", ".nii.gz"):
             data, _ = _read_image_array(path)
@@ -136,7 +137,8 @@ def load_aif_with_times(source):
         elif suffix in _TEXT_SUFFIXES or suffix == "":
             aif, times = _read_aif_text(path)
         else:
-            raise CardiacInputError(path, f"unknown AIF format {suffix!r}; use a text/CSV column, .hdr/.img or .nii")
+            raise CardiacInputError(path, f"unknown AIF format {suffix!r}; use a text/CSV column, .hdr/.img or .nii, or "
+                                          "give the folder of the dual-sequence AIF series")
     else:
         path, aif = "<aif>", np.asarray(source, dtype=float).squeeze()
     aif = np.asarray(aif, dtype=float)
