@@ -119,10 +119,25 @@ def _models(args):
     for c in cards:
         m = c.get("metrics", {})
         dice = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("dice_") and k.count("_") == 1)
-        timing = c.get("timing", {}).get("cpu_ms_per_slice")
         print(f"{c['name']:20s} {c['task']:9s} {c['_source']:7s} {c['title']}" + (" [default]" if c.get("default") else ""))
-        print(f"{'':20s} {dice}  {'%.0f ms/slice CPU' % timing if timing else ''}  licence: {c['licence']}")
+        print(f"{'':20s} {dice}  {_timing_text(c)}  licence: {c['licence']}")
     print(f"user models: {user_models_dir()} ($CARDIACAISEG_MODELS); names: {NAME_CLASH_RULE}")
+
+
+def _timing_text(card):
+    """'125 ms/slice CPU (4 readings, 2 threads)': a card's timing with what it counted, since
+    cards timed with other readings or threads are not comparable (probe 60)."""
+    from .models.inference import ORIENTED, ORIENTED4, TTA_VARIANTS
+
+    timing = card.get("timing", {})
+    if not timing.get("cpu_ms_per_slice"):
+        return ""
+    tta = card.get("input", {}).get("tta", "none")
+    readings = {ORIENTED: 2, ORIENTED4: 4}.get(tta) or len(TTA_VARIANTS.get(tta, ((),)))
+    threads = timing.get("threads")
+    said = [f"{readings} reading{'s' if readings != 1 else ''} per slice"] + ([f"{threads} thread{'s' if threads != 1 else ''}"]
+                                                                               if threads else [])
+    return f"{timing['cpu_ms_per_slice']:.0f} ms/slice CPU ({', '.join(said)})"
 
 
 def _import_model(args):

@@ -175,6 +175,8 @@ def test_shipped_name_is_refused_and_models_lists_sources(tmp_path, capsys, user
     rows = {line.split()[0]: line.split()[2] for line in out.splitlines() if line and not line.startswith((" ", "user models"))}
     assert rows[shipped[0]] == "shipped" and rows["user-net"] == "user"
     assert "a shipped model's name cannot be reused" in out
+    # timings say what they counted (the key-image card reads once, the cine default in 4; probe 60)
+    assert "ms/slice CPU (4 readings per slice, 2 threads)" in out and "ms/slice CPU (1 reading per slice" in out
     assert f"{hand}: not used: name {shipped[0]!r} is taken by the shipped model" in err
     assert registry.get_card(shipped[0])["_source"] == "shipped"
 
