@@ -3,9 +3,9 @@
 its 6 re-stored copies, with test-time augmentation TTA.
 
 Usage:
-  python tools/storage_invariance.py none|flip|flip2|dihedral patientNNN
+  python tools/storage_invariance.py none|flip|flip2|dihedral|oriented|oriented4 patientNNN
       the cine default (its card's input.tta) on an ACDC patient: EF and ESV per copy
-  python tools/storage_invariance.py none|flip|flip2|dihedral qperf-stress|qperf-rest [PERFUSION_TTA]
+  python tools/storage_invariance.py none|flip|flip2|dihedral|oriented|oriented4 qperf-stress|qperf-rest [PERFUSION_TTA]
       the perfusion ensemble on a QPerf series, TTA as its cine members' reading (input.segmentation.cine_tta)
       and PERFUSION_TTA as the perfusion network's own (default: its card's): myocardium Dice of each
       copy's labels put back on the given grid, global MBF and the largest segment change
@@ -105,6 +105,8 @@ def perfusion(cine_tta, series, perfusion_tta=None):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
     if sys.argv[2].startswith("qperf-"):
         perfusion(*sys.argv[1:4])
     else:
