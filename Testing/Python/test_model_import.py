@@ -4,6 +4,7 @@ kept, cards and networks checked by a test run before install, ONNX run by onnxr
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,15 @@ def test_shipped_name_is_refused_and_models_lists_sources(tmp_path, capsys, user
     assert cli.main(["models", "--json"]) == 0
     listed = {c["name"]: c["source"] for c in json.loads(capsys.readouterr().out)}
     assert listed[shipped[0]] == "shipped" and listed["user-net"] == "user"
+
+
+def test_missing_weights_are_named_before_the_cards_faults(tmp_path, capsys, user_models):
+    """A shipped card given with a weights path that does not exist: the error was about the
+    card's 'default' field, not the missing file (probe 60)."""
+    shipped_card = Path(registry.__file__).resolve().parents[2] / "Resources" / "Models" / "unet-light" / "model.json"
+    expect_refusal(capsys, tmp_path / "none.onnx", shipped_card, tmp_path / "none.onnx", "weights file not found")
+    expect_refusal(capsys, tmp_path, shipped_card, tmp_path, "a folder, not a weights file")
+    assert not user_models.exists()
 
 
 def test_corrupt_torchscript_is_refused_naming_the_file(tmp_path, capsys, user_models):

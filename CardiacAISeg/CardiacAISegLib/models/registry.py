@@ -602,6 +602,9 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     the same name, never a folder holding anything else.
     """
     weights, card_path = Path(weights), Path(card_path)
+    if not weights.is_file():   # first: a card's faults are beside the point while its weights are missing
+        raise CardiacInputError(weights, "weights file not found" if not weights.is_dir() else
+                                "a folder, not a weights file (give the TorchScript/ONNX/state_dict file)")
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -613,8 +616,6 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     if name in shipped_names():
         raise CardiacInputError(card_path, f"name {name!r} is a shipped model; choose another name in the card "
                                 f"({NAME_CLASH_RULE})")
-    if not weights.is_file():
-        raise CardiacInputError(weights, "weights file not found")
     if sha256_of(weights) != card["weights"]["sha256"]:
         raise CardiacInputError(weights, "sha256 of the weights does not match the model card")
     root = Path(dest) if dest else user_models_dir()
