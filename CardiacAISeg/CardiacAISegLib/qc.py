@@ -1017,10 +1017,10 @@ def perfusion_flags(analysis):
     if bad:
         flags.append(_flag("MBF_SEGMENT_RANGE", REVIEW, f"MBF outside {RANGES['mbf_ml_min_g'][0]:g}-{RANGES['mbf_ml_min_g'][1]:g} "
                                                         f"mL/min/g in segment(s) {bad}", len(bad)))
+    from .perfusion.mbf import MAX_UNRELIABLE_FRACTION, R2_MIN
+
     unreliable = [s for s in p.get("segments", []) if s.get("fit_unreliable")]
     if unreliable:
-        from .perfusion.mbf import MAX_UNRELIABLE_FRACTION, R2_MIN
-
         shown = ", ".join(f"{s['id']} ({100 * s['unreliable_fraction']:.0f} %)" for s in unreliable)
         flags.append(_flag("MBF_SEGMENT_UNRELIABLE", REVIEW,
                            f"segment(s) {shown}: more than {100 * MAX_UNRELIABLE_FRACTION:.0f} % of their pixels fit the "
@@ -1028,8 +1028,6 @@ def perfusion_flags(analysis):
                            f"{R2_MIN:g}): their MBF rests on fits that are not measurements; check the AIF and the mask there"
                            + _breathing_note(st), len(unreliable)))
     fit = analysis.mbf_fit or {}
-    from .perfusion.mbf import R2_MIN
-
     if "r2" in fit and np.size(fit["r2"]):
         r2 = np.asarray(fit["r2"], float)
         poor = float(np.mean(~(r2 >= R2_MIN)))

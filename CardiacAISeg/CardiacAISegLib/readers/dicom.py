@@ -512,6 +512,7 @@ def _repeated_stacks(series, uids):
 
 
 def _most_positions_twice(series, uids):
+    """Half or more of the slice positions of ``uids`` (two at least) lie in two or more series."""
     everywhere = _positions_of(series, uids)
     where = [_series_positions(series[u]) for u in uids]
     twice = sum(sum(p in w for w in where) >= 2 for p in everywhere)
