@@ -264,10 +264,21 @@ class Analysis:
             # from the network, nothing says why unless the reading of the series is named: a
             # series with its frames in reverse time order, or without contrast, stopped here with no reason
             # given (session 29)
-            why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
-                   "reverse time order) or no short-axis heart in it?" if self.model_info
-                   else f"the label map has no myocardium at frame {self.reference_frame}")
-            raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why})")
+            found = (st.provenance or {}).get("aif_detection") or {}
+            if not self.model_info:
+                why = f"the label map has no myocardium at frame {self.reference_frame}"
+            elif found.get("confidence") == "high":
+                # the bolus showed the RV, then the LV beside it: the heart is there and the network
+                # missed its wall; the possible causes below do not apply (probe 61)
+                why = ("the network found no myocardium, though the bolus shows a heart (the RV lights up at frame "
+                       f"{found.get('rv_peak_frame')}, the LV at frame {found.get('lv_peak_frame')}): the segmentation "
+                       "failed on this series, or its frames are not what they seem (in reverse time order?)")
+            else:
+                why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
+                       "reverse time order) or no short-axis heart in it?")
+            way = ("; give the masks with --labels FILE, or --labels ring for an automatic ring around the LV blood pool"
+                   if self.model_info else "")
+            raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why}){way}")
         # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)
         from .readers.geometry_check import check_not_blank
         from .readers.series_kind import check_perfusion_frames
