@@ -52,7 +52,9 @@ def synthetic_fullfov_cases(cases, size=160, seed=0, vessels=0.0, lead_s=None):
         name = patients[n % len(patients)]
         st = load_acdc_patient(SHARED / "acdc" / name)
         lab3 = st.labels[st.ed_frame]
-        k = int(np.argmax((lab3 == LV).sum(axis=(1, 2))) + rng.integers(-1, 2))
+        # a slice beside the largest LV; clipped, since -1 from slice 0 took the apex (numpy's
+        # wrap-around) for a case still named as the base's neighbour (probe 61)
+        k = int(np.clip(np.argmax((lab3 == LV).sum(axis=(1, 2))) + rng.integers(-1, 2), 0, lab3.shape[0] - 1))
         img = st.images[st.ed_frame, k]
         img = img / max(float(np.percentile(img, 99.5)), 1e-6)
         sp = st.spacing
