@@ -267,7 +267,8 @@ class Analysis:
             found = (st.provenance or {}).get("aif_detection") or {}
             if not self.model_info:
                 why = f"the label map has no myocardium at frame {self.reference_frame}"
-            elif found.get("confidence") == "high":
+            elif found.get("confidence") == "high" and found.get("rv_peak_frame") is not None:
+                # (an AIF series beside the images is "high" too, with no pools in these images)
                 # the bolus showed the RV, then the LV beside it: the heart is there and the network
                 # missed its wall; the possible causes below do not apply (probe 61)
                 why = ("the network found no myocardium, though the bolus shows a heart (the RV lights up at frame "
@@ -276,8 +277,7 @@ class Analysis:
             else:
                 why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
                        "reverse time order) or no short-axis heart in it?")
-            way = ("; give the masks with --labels FILE, or --labels ring for an automatic ring around the LV blood pool"
-                   if self.model_info else "")
+            way = "; give the masks yourself (--labels)" if self.model_info else ""
             raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why}){way}")
         # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)
         from .readers.geometry_check import check_not_blank

@@ -111,6 +111,12 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     if rest is not None:
         check_rest_pairing(study, "--rest")
     unused = []
+    if series is None and rest is None:
+        from .readers.perfusion import qperf_default_series_note
+
+        note = qperf_default_series_note(input_path)
+        if note:
+            unused.append(note)
     if labels is not None and model is not None:
         unused.append(f"--model {model} not used: the label maps given with --labels are measured, no network runs")
     if labels in SPECIAL_LABELS and label_convention != "acdc":
@@ -142,9 +148,15 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                            + "; give the rest perfusion acquisition")
             raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
-        warnings[:] = [as_rest_flags(w) for w in warnings]
+        # read as perfusion by its role, not by a --kind the user gave
+        warnings[:] = [as_rest_flags(w).replace(f"as {PERFUSION} as requested (--kind)", f"as {PERFUSION} (the rest series)")
+                       for w in warnings]
         check_rest_pairing(study, rest, rest_study)
-        rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density, device=device)
+        try:
+            rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density,
+                                                device=device)
+        except CardiacInputError as e:   # its advice in the rest's flags (--rest-labels, not --labels)
+            raise CardiacInputError(e.path, f"analysing the rest series (--rest): {as_rest_flags(e.problem)}") from None
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,
                                             rest=rest_analysis, device=device, progress=progress, bullseye=bullseye)
     if labels == RING_LABELS:

@@ -465,6 +465,10 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
                         f"{100 * ed_es_check['es_position']:.0f} % of its range); check the ED/ES frames (Info.cfg)")
     if curve[ed]["myo"] <= 0:
         warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
+    elif es != ed and es in curve and curve[es]["myo"] <= 0:
+        # the epicardium drawn at ED only (Sunnybrook's experts): the mass is measured at ED, and
+        # QC leaves such labels unflagged, so it is said here
+        warnings.append(f"no LV myocardium labelled at ES (frame {es}): the ES wall is not measured (the mass is ED's)")
     rv_measured = any((np.asarray(m) == RV).any() for m in labels.values())
     if not rv_measured:
         # no RV on any labelled frame (LV-only contours, Sunnybrook's): the RV was not measured,

@@ -129,12 +129,12 @@ def _timing_text(card):
     cards timed with other readings or threads are not comparable (probe 60)."""
     from .models.inference import ORIENTED, ORIENTED4, TTA_VARIANTS
 
-    timing = card.get("timing", {})
-    if not timing.get("cpu_ms_per_slice"):
-        return ""
+    timing = card.get("timing") if isinstance(card.get("timing"), dict) else {}
+    if not isinstance(timing.get("cpu_ms_per_slice"), (int, float)) or not timing["cpu_ms_per_slice"] > 0:
+        return ""   # a user card without a number here lists without one
     tta = card.get("input", {}).get("tta", "none")
     readings = {ORIENTED: 2, ORIENTED4: 4}.get(tta) or len(TTA_VARIANTS.get(tta, ((),)))
-    threads = timing.get("threads")
+    threads = timing.get("threads") if isinstance(timing.get("threads"), int) else None
     said = [f"{readings} reading{'s' if readings != 1 else ''} per slice"] + ([f"{threads} thread{'s' if threads != 1 else ''}"]
                                                                                if threads else [])
     return f"{timing['cpu_ms_per_slice']:.0f} ms/slice CPU ({', '.join(said)})"

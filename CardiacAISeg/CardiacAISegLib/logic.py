@@ -451,9 +451,13 @@ class CardiacAISegLogic(_LogicBase):
         modelName = modelName or self.getParameter("modelName") or None
         if density is None:
             density = self.densityParameter()
-        labels = None
+        labels, madeBy = None, None
         if useExistingLabels:
-            labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()} or self._labelsFromOutputSegmentations()
+            labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()}
+            if not labels:
+                # the output segmentations: the network's (edited or not), judged by QC as its own
+                # (as hand-drawn labels a frame without RV passed QC; helper-85's review)
+                labels, madeBy = self._labelsFromOutputSegmentations(), self.modelInfo
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
         rest = self._restStudy() if study.kind == PERFUSION else None
@@ -461,7 +465,7 @@ class CardiacAISegLogic(_LogicBase):
             check_rest_pairing(study, rest.source or rest.name, rest)
         restLabels = rest.labels if rest is not None and useExistingLabels and rest.labels else None
         arguments = {"model_name": modelName, "labels": labels, "frames": frames, "density": density, "device": device,
-                     "bullseye": self.getParameter("bullseyeMeasure") or "mbf"}
+                     "bullseye": self.getParameter("bullseyeMeasure") or "mbf", "labels_made_by": madeBy}
         return study, rest, restLabels, arguments
 
     def applyAnalysis(self, analysis, forInput=None):

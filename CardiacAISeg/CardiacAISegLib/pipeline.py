@@ -82,18 +82,22 @@ def refinement_warnings(reports: Sequence[dict] | None, sectors: int = 36) -> li
 
 def compute_analysis(study: Study, model_name: str | None = None, labels: Labels | None = None, frames: Frames = "ed_es",
                      density: float = 1.05, rest: Analysis | None = None, device: str | None = None,
-                     progress: ProgressLike = None, bullseye: str = "mbf") -> Analysis:
+                     progress: ProgressLike = None, bullseye: str = "mbf", labels_made_by: dict | None = None) -> Analysis:
     """A measured Analysis of ``study``.
 
     labels: None runs the registry network ``model_name`` (the task's default when None); a
     ``{frame: (S, R, C)}`` dict measures those labels as they are (a single 3D volume is
-    measured at ED only, with a warning: ``Analysis``). ``rest``: the rest
-    perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf' or 'relative_upslope' (perfusion).
+    measured at ED only, with a warning: ``Analysis``). ``labels_made_by``: the model info of
+    the network that made ``labels`` (the Slicer module's output segmentations, edited or not),
+    so that QC judges them as a network's, not as hand-drawn labels that may leave a structure
+    out by convention. ``rest``: the rest perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf'
+    or 'relative_upslope' (perfusion).
     """
     from .blas import single_blas_thread
 
     with single_blas_thread():
-        return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye)
+        return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye,
+                                 labels_made_by)
 
 
 @contextmanager
@@ -119,7 +123,7 @@ def _network_named_on_errors(model_info):
                                         f"found none there; {advice}") from None
 
 
-def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye):
+def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye, labels_made_by=None):
     from .analysis import Analysis
     from .readers.series_kind import kind_said_on_errors
 
@@ -136,7 +140,7 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
                                 + (f" ({'; '.join(why)})" if why else ""))
     analysis = Analysis(study, labels, density=density, rest=rest)
     analysis.bullseye_measure = bullseye
-    analysis.model_info = model_info   # before the run: QC judges a network's output as such
+    analysis.model_info = model_info or labels_made_by   # before the run: QC judges a network's output as such
     with kind_said_on_errors(study), _network_named_on_errors(model_info):
         analysis.run(progress)
     if model_info:

@@ -337,7 +337,7 @@ def test_perfusion_series_in_reverse_time_order_says_what_the_network_missed(tmp
     reversed_series = tmp_path / "reversed.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[..., ::-1].copy(), source.affine, source.header), str(reversed_series))
     expect_failure(capsys, [reversed_series], tmp_path / "out", reversed_series, "myocardial mask is empty",
-                   "the network found no myocardium", "reverse time order", "--labels ring")
+                   "the network found no myocardium", "reverse time order", "give the masks yourself (--labels)")
 
 
 def test_a_network_that_misses_the_wall_of_a_heart_the_bolus_shows_is_named():
@@ -350,16 +350,23 @@ def test_a_network_that_misses_the_wall_of_a_heart_the_bolus_shows_is_named():
     from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 
     study, _ = make_perfusion_phantom(seed=3, noise=0.005)
-    study.provenance = {"aif_detection": {"confidence": "high", "rv_peak_frame": 19, "lv_peak_frame": 25}}
     labels = {t: np.where(m == MYO, 0, m).astype(np.uint8) for t, m in study.labels.items()}
-    a = Analysis(study, labels)
-    a.model_info = {"name": "perfusion-resunet"}
-    with pytest.raises(CardiacInputError) as refused:
-        a.run()
-    said = str(refused.value)
+
+    def refusal(found):
+        study.provenance = {"aif_detection": found}
+        a = Analysis(study, labels)
+        a.model_info = {"name": "perfusion-resunet"}
+        with pytest.raises(CardiacInputError) as refused:
+            a.run()
+        return str(refused.value)
+
+    said = refusal({"confidence": "high", "rv_peak_frame": 19, "lv_peak_frame": 25})
     assert "though the bolus shows a heart" in said and "frame 19" in said and "frame 25" in said
-    assert "the segmentation failed on this series" in said and "--labels ring" in said
+    assert "the segmentation failed on this series" in said and "give the masks yourself (--labels)" in said
     assert "no first pass" not in said
+    # a dual-sequence AIF series beside the images is found "high" too, with no pools in them
+    said = refusal({"confidence": "high", "series": "1.2.3"})
+    assert "no first pass" in said and "frame None" not in said
 
 
 # ------------------------------------------------------------------------------ perfusion

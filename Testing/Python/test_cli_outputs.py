@@ -233,3 +233,13 @@ def test_outputs_a_killed_run_had_moved_aside_are_kept_where_they_can_be_seen(ph
     assert not stage.exists() and not [n for n in os.listdir(out) if n.startswith(outputs.STAGE_PREFIX)]
     warnings = json.loads((out / "results.json").read_text())["warnings"]
     assert any("was stopped while it replaced its outputs" in w and kept.name in w for w in warnings)
+
+
+def test_a_qperf_folder_read_without_series_says_its_stress_was_read(shared_data, tmp_path, capsys):
+    """A QPerf folder holds a stress and a rest series; without --series the stress is read (a
+    DICOM folder of both asks which). It was read with no word (probe 60); now said, with how to
+    read the rest or both."""
+    assert cli.main(["analyze", str(shared_data / "qperf"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert any("the stress series was read; --series rest reads the rest" in w for w in doc["warnings"])
+    assert "the stress series was read" in capsys.readouterr().err

@@ -852,3 +852,19 @@ def test_a_reopened_scene_keeps_the_model_and_the_hand_edits(phantom, tmp_path):
     assert reopened.analysis.edited_frames == {ed}
     model = json.loads((Path(reopened.exportResults(tmp_path / "out")["results.json"])).read_text())["model"]
     assert model["name"] == logic.modelInfo["name"] and model["edited_frames"] == [ed]
+
+
+def test_output_segmentations_measured_again_are_judged_as_the_networks(phantom):
+    """'Measure the labels that came with the study' without any: the output segmentations are
+    measured, and they are the network's (edited or not). They were measured as hand-drawn labels
+    (no model info), so QC let a structure the network left out pass as a drawing convention
+    (helper-85's review); the model info goes with them now, into QC and results.json."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(fresh(phantom[0]))
+    logic.runSegmentation(useExistingLabels=True)   # output segmentations from the phantom's labels
+    assert logic.modelInfo is None
+    made_by = {"name": "unet-light", "version": "4"}
+    logic.modelInfo = made_by   # as after a network run whose segmentations are now on screen
+    logic.study.labels = {}
+    a = logic.runSegmentation(useExistingLabels=True)
+    assert a.model_info == made_by and logic.modelInfo == made_by

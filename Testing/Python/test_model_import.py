@@ -376,3 +376,12 @@ def test_a_network_that_finds_no_lv_is_named(tmp_path, capsys, user_models):
                      "--model", "blind-net", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "the network 'blind-net' (version 1) found none there" in err and "input.pixel_mm" in err, err
+
+
+def test_models_lists_a_card_whose_timing_is_no_number():
+    """A user card with "timing": null or a text for its time listed with a traceback (helper-85's
+    review); such a card lists without a time."""
+    assert cli._timing_text({"timing": None}) == ""
+    assert cli._timing_text({"timing": {"cpu_ms_per_slice": "fast", "threads": "2"}}) == ""
+    assert cli._timing_text({"timing": {"cpu_ms_per_slice": 20.4, "threads": "2"}, "input": {"tta": "oriented4"}}) \
+        == "20 ms/slice CPU (4 readings per slice)"

@@ -133,23 +133,6 @@ def one_frame_phase(study):
     return {"phase": None, "how": "nothing in the file says which cardiac phase it shows"}
 
 
-def _say_which_qperf_series(folder, study):
-    """A QPerf folder read without --series gives its stress series; said when it also holds a
-    rest series (a DICOM folder of both asks which; this read the stress with no word; probe 60)."""
-    import json
-
-    from .perfusion import QPERF_PARAMS
-
-    try:
-        entries = json.loads((Path(folder) / QPERF_PARAMS).read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(entries, dict) and isinstance(entries.get("rest"), dict):
-        study.provenance.setdefault("warnings", []).append(
-            f"{folder} holds a stress and a rest series ({QPERF_PARAMS}): the stress series was read; --series rest reads "
-            f"the rest, and --series stress --rest {folder} gives both (MPR)")
-
-
 def _series_not_applicable(path, series, what):
     """--series picks a DICOM series (or 'rest'/'stress' of a QPerf folder): given for an input
     that holds one series it would be ignored, so the user may believe another one was read."""
@@ -169,10 +152,7 @@ def _read(path, kind, series, aif, dt, progress, units):
         if what == "qperf":
             from .perfusion import load_perfusion
 
-            study = load_perfusion(path, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
-            if series is None:
-                _say_which_qperf_series(path, study)
-            return study
+            return load_perfusion(path, aif=aif, dt=dt, stress_or_rest=series or "stress", progress=progress, units=units)
         if what == "acdc":
             from .acdc import load_acdc_patient
 

@@ -534,8 +534,8 @@ def _interleaved_number_runs(series, uids):
     probe 56). A stack continued in a later breath-hold lies beside the first part, not among
     it. [] when there are no such runs, else the two runs (lists of uids by number)."""
     slice_series = [u for u in uids if len(_series_positions(series[u])) == 1]
-    if len(slice_series) < 4 or len(slice_series) != len(uids):
-        return []
+    if len(slice_series) < 4 or len(slice_series) != len(uids) or any(_series_number(series[u]) <= 0 for u in uids):
+        return []   # numbers missing (read as 0): nothing to part the series by
     by_number = sorted(slice_series, key=lambda u: _series_number(series[u]))
     numbers = [_series_number(series[u]) for u in by_number]
     steps = np.diff(numbers)
@@ -543,6 +543,11 @@ def _interleaved_number_runs(series, uids):
     runs = [by_number[:cut], by_number[cut:]]
     within = [step for k, step in enumerate(steps) if k != cut - 1]
     if min(len(r) for r in runs) < 2 or steps[cut - 1] <= NUMBER_RUN_BREAK_FACTOR * max(max(within), 1):
+        return []
+    if _positions_of(series, runs[0]) & _positions_of(series, runs[1]):
+        # a retake repeats its slice's exact position: cine slices acquired again after other
+        # scans (a clockless 6-slice cine with two retakes was refused as "stress and rest?"),
+        # where the rest planned apart shares none (helper-85's review)
         return []
     return runs if len(_overlapping_stacks(series, runs)) == 2 else []
 

@@ -278,6 +278,24 @@ def read_perfusion_image(path):
     return study
 
 
+def qperf_default_series_note(path):
+    """'the stress series was read ...' for a QPerf folder that also holds a rest series, else
+    None: read without --series it gives its stress series, where a DICOM folder of both asks
+    which (it read the stress with no word; probe 60). Said by the CLI when no --rest is given
+    (with --rest the folder's rest is read as well)."""
+    params_file = Path(path) / QPERF_PARAMS
+    if not Path(path).is_dir() or not params_file.is_file():
+        return None
+    try:
+        entries = json.loads(params_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(entries, dict) and isinstance(entries.get("stress"), dict) and isinstance(entries.get("rest"), dict)):
+        return None
+    return (f"{path} holds a stress and a rest series ({QPERF_PARAMS}): the stress series was read; --series rest reads the "
+            f"rest, and --series stress --rest {path} gives both (MPR)")
+
+
 def load_perfusion(path, aif=None, dt=None, series=None, stress_or_rest="stress", hematocrit=None,
                    units=None, progress=None):
     """Read a perfusion series into a Study with kind='perfusion', AIF, frame times and units."""

@@ -181,9 +181,9 @@ def read_nifti(path):
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
             unit = "unknown"
         scale = time_unit_seconds(unit)
-        if scale and dt > 0:
+        if scale and np.isfinite(dt) and dt > 0:
             meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
-        elif dt > 0 and dt != 1.0:
+        elif np.isfinite(dt) and dt > 0 and dt != 1.0:
             # said where --dt is asked for: the file has a step, only not one in a known unit
             meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
                                            f"{unit!r}), so seconds and milliseconds cannot be told apart")
