@@ -2351,18 +2351,25 @@ def _(base, f):
     return [f / "dicom", "--labels", base.perf_dir / "perfusion_labels.nii.gz", "--aif", f / "aif.csv"]
 
 
+def _stress_and_rest_exam(base, f):
+    """f/dicom: the perfusion phantom as a GE stress series and again as its rest (another
+    baseline signal: identical images are refused as one series read twice), f/aif.csv in signal;
+    returns the phantom's label map."""
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
+                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
+    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
+                           series="1.2.826.0.1.3680043.10.7.2", start_number=20, baseline=110.0)
+    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
+    return base.perf_dir / "perfusion_labels.nii.gz"
+
+
 @case("perfusion_dicom_stress_and_rest_chosen_by_role", "ok", category="perfusion",
       check=lambda doc, base: _assert_mbf_plausible(doc) or _assert_mpr_one(doc))
 def _(base, f):
     """The same exam folder with `--series stress --rest FOLDER`: each series found by the word
     in its description (both are the same phantom here, the rest on another baseline signal
     since identical images are refused as one series read twice, so the reserve is 1)."""
-    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
-                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
-    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
-                           series="1.2.826.0.1.3680043.10.7.2", start_number=20, baseline=110.0)
-    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
-    labels = base.perf_dir / "perfusion_labels.nii.gz"
+    labels = _stress_and_rest_exam(base, f)
     return [f / "dicom", "--series", "stress", "--labels", labels, "--aif", f / "aif.csv",
             "--rest", f / "dicom", "--rest-labels", labels, "--rest-aif", f / "aif.csv"]
 
@@ -2376,12 +2383,7 @@ def _(base, f):
     --rest-labels; helper-85's review)."""
     import nibabel as nib
 
-    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion stress",
-                           series="1.2.826.0.1.3680043.10.7.1", start_number=10)
-    write_perfusion_series(f / "dicom", base.perf_study, vendor="ge", description="Perfusion rest",
-                           series="1.2.826.0.1.3680043.10.7.2", start_number=20, baseline=110.0)
-    (f / "aif.csv").write_text("aif\n" + "\n".join(f"{100 + 400 * v:.3f}" for v in base.perf_study.aif) + "\n")
-    labels = base.perf_dir / "perfusion_labels.nii.gz"
+    labels = _stress_and_rest_exam(base, f)
     img = nib.load(str(labels))
     no_myo = np.where(np.asarray(img.dataobj) == 2, 0, np.asarray(img.dataobj)).astype(np.uint8)
     nib.save(nib.Nifti1Image(no_myo, img.affine), str(f / "rest_labels.nii.gz"))
