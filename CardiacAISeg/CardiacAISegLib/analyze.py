@@ -10,7 +10,7 @@ from pathlib import Path
 from .outputs import check_outputs
 from .outputs import write_outputs as _write_outputs
 from .errors import CardiacInputError
-from .study import PERFUSION, check_rest_pairing
+from .study import PERFUSION, as_read_for_its_role, check_rest_pairing
 
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
@@ -139,18 +139,11 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
         except CardiacInputError as e:
             # the rest folder is often the stress's own (a whole exam): say which series failed, and
             # its series is chosen with --rest-series (--series chooses the stress's)
-            problem = as_rest_flags(e.problem).replace("choose one with --series", "choose the rest series with --rest-series")
-            if problem.startswith(f"--kind {PERFUSION} contradicts the data: "):
-                # the rest is read as perfusion by its role, not by a --kind the user gave (the
-                # message asked to drop a flag never given; probe 60)
-                problem = (problem.split("; drop --kind")[0].replace(f"--kind {PERFUSION} contradicts the data: ",
-                                                                    "it is no first-pass perfusion series: ")
-                           + "; give the rest perfusion acquisition")
+            problem = as_read_for_its_role(as_rest_flags(e.problem)).replace("choose one with --series",
+                                                                             "choose the rest series with --rest-series")
             raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
-        # read as perfusion by its role, not by a --kind the user gave
-        warnings[:] = [as_rest_flags(w).replace(f"as {PERFUSION} as requested (--kind)", f"as {PERFUSION} (the rest series)")
-                       for w in warnings]
+        warnings[:] = [as_read_for_its_role(as_rest_flags(w)) for w in warnings]
         check_rest_pairing(study, rest, rest_study)
         try:
             rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density,

@@ -868,3 +868,23 @@ def test_output_segmentations_measured_again_are_judged_as_the_networks(phantom)
     logic.study.labels = {}
     a = logic.runSegmentation(useExistingLabels=True)
     assert a.model_info == made_by and logic.modelInfo == made_by
+
+
+def test_a_cine_loaded_as_the_rest_is_said_to_be_no_perfusion(tmp_path):
+    """A cine DICOM series picked as the rest: the Logic's error asked to "drop --kind", a flag
+    the module does not have (the rest is read as perfusion by its role; the CLI's was mended in
+    probe 60, this and the web GUI's by helper-85's review)."""
+    from dicom_factory import write_dicom
+
+    cine = tmp_path / "cine"
+    cine.mkdir()
+    for k in range(3):
+        for t in range(10):
+            write_dicom(cine / f"IM{k}_{t}.dcm", ipp=(0.0, 0.0, 8.0 * k), trigger=40.0 * t, instance=10 * k + t + 1,
+                        shape=(32, 32), value=100 + 10 * t, spacing=(1.5, 1.5))
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
+    with pytest.raises(CardiacInputError) as refused:
+        logic.loadRestStudy(cine)
+    said = str(refused.value)
+    assert "no first-pass perfusion series" in said and "--kind" not in said, said

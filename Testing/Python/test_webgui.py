@@ -1493,3 +1493,25 @@ def test_page_warnings_name_the_page_fields_and_the_rest_fields():
     assert page == ["no separate AIF: give the 'AIF file' field",
                     "rest series: leave out the 'Rest frame interval (s)' field to fit on the real times",
                     "LV blood pool found with low confidence: check it"]
+
+
+def test_session_cine_given_as_the_rest_is_said_to_be_no_perfusion(tmp_path):
+    """A cine DICOM folder in the 'Rest series' field: the page said to "drop the study's kind",
+    which the page never set (the rest is read as perfusion by its role; helper-85's review)."""
+    from dicom_factory import write_dicom
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import Session
+
+    data = tmp_path / "data"
+    write_phantom("perfusion", data / "stress", seed=2, size=64, n_frames=50)
+    (data / "cine").mkdir()
+    for k in range(3):
+        for t in range(10):
+            write_dicom(data / "cine" / f"IM{k}_{t}.dcm", ipp=(0.0, 0.0, 8.0 * k), trigger=40.0 * t,
+                        instance=10 * k + t + 1, shape=(32, 32), value=100 + 10 * t, spacing=(1.5, 1.5))
+    s = Session(data, sample_folder=tmp_path / "samples")
+    with pytest.raises(CardiacInputError) as refused:
+        s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", rest="cine")
+    said = str(refused.value)
+    assert "the rest series: it is no first-pass perfusion series" in said and "kind" not in said, said

@@ -22,7 +22,7 @@ from .. import scene as sc
 from ..errors import CardiacInputError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
-from ..study import CINE, PERFUSION, check_rest_pairing
+from ..study import CINE, PERFUSION, as_read_for_its_role, check_rest_pairing
 from .sandbox import DataFolder
 
 LABELS_CHOICE = "study-labels"
@@ -149,7 +149,10 @@ class Session:
             try:
                 rest_study = load_study(rest_path, **rest_options)
             except CardiacInputError as e:
-                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(e.problem, rest=True)) from None
+                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(as_read_for_its_role(e.problem),
+                                                                                    rest=True)) from None
+            warnings = rest_study.provenance.get("warnings") or []
+            warnings[:] = [as_read_for_its_role(w) for w in warnings]
             # another patient's, or the stress series itself: refused here, while the open study
             # and its results still stand (adopt closed it first, then refused the rest)
             check_rest_pairing(study, rest, rest_study)
