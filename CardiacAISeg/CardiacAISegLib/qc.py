@@ -804,8 +804,10 @@ def cine_flags(analysis):
         # contours were "review" for an RV never drawn (probe 60). A network labels all three.
         given = analysis.model_info is None
         for value, struct in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV")):
-            never = not any((m == value).any() for m in labels.values())
-            if given and not (lab == value).any() and ((value == MYO and name == "ES") or (value == RV and never)):
+            # QC reruns on every edit: the labels of every frame are scanned only for a hand-drawn
+            # frame that lacks the structure
+            if given and not (lab == value).any() and (
+                    (value == MYO and name == "ES") or (value == RV and not any((m == RV).any() for m in labels.values()))):
                 continue
             if not any((lab[k] == value).any() for k in mid):
                 code = {LV: "LV", MYO: "MYO", RV: "RV"}[value] + f"_MISSING_MID_{name}"
