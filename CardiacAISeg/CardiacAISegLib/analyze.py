@@ -10,7 +10,7 @@ from pathlib import Path
 from .outputs import check_outputs
 from .outputs import write_outputs as _write_outputs
 from .errors import CardiacInputError
-from .study import PERFUSION, as_read_for_its_role, check_rest_pairing
+from .study import PERFUSION, check_rest_pairing
 
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
@@ -49,10 +49,12 @@ def write_outputs(analysis, out_dir, input_path, model_info=None, timing=None, f
                           scene_builder=scene_builder, report=report, report_process=report_process)
 
 
-def _load_with_labels(path, labels, **options):
+def _load_with_labels(path, labels, read=None, **options):
+    """``read`` (default ``readers.load_study``; the rest's ``readers.load_rest_series``) with
+    ``labels`` a file or one of ``SPECIAL_LABELS``."""
     from .readers import load_study
 
-    study = load_study(path, labels=None if labels in SPECIAL_LABELS else labels, **options)
+    study = (read or load_study)(path, labels=None if labels in SPECIAL_LABELS else labels, **options)
     if labels == RING_LABELS:
         if study.kind != PERFUSION:
             raise CardiacInputError(path, "--labels ring is for perfusion series (give --kind perfusion)")
@@ -132,18 +134,19 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     # --- end of flags check
     rest_analysis = None
     if rest is not None:
+        from .readers import load_rest_series
+
         try:
-            rest_study = _load_with_labels(rest, rest_labels, kind=PERFUSION, label_convention=label_convention,
-                                           aif=rest_aif, dt=rest_dt, units=units,
-                                           series=rest_series or ("rest" if Path(rest).is_dir() else None))
+            rest_study = _load_with_labels(rest, rest_labels, read=load_rest_series, label_convention=label_convention,
+                                           aif=rest_aif, dt=rest_dt, units=units, series=rest_series)
         except CardiacInputError as e:
             # the rest folder is often the stress's own (a whole exam): say which series failed, and
             # its series is chosen with --rest-series (--series chooses the stress's)
-            problem = as_read_for_its_role(as_rest_flags(e.problem)).replace("choose one with --series",
-                                                                             "choose the rest series with --rest-series")
+            problem = as_rest_flags(e.problem).replace("choose one with --series",
+                                                       "choose the rest series with --rest-series")
             raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
-        warnings[:] = [as_read_for_its_role(as_rest_flags(w)) for w in warnings]
+        warnings[:] = [as_rest_flags(w) for w in warnings]
         check_rest_pairing(study, rest, rest_study)
         try:
             rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density,

@@ -26,7 +26,7 @@ from .errors import CardiacInputError, OutputExistsError
 from .labels import MYO, to_convention
 from .progress import as_progress
 from .readers.volume import axis_aligned
-from .study import CINE, PERFUSION, Study, as_read_for_its_role, check_rest_pairing
+from .study import CINE, PERFUSION, Study, check_rest_pairing
 
 try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -335,22 +335,11 @@ class CardiacAISegLogic(_LogicBase):
         return study.kind, study.provenance["kind"]["decided_by"]
 
     def loadRestStudy(self, path, **options):
-        """The rest perfusion series (with its labels/AIF options) paired for MPR."""
-        from .readers import load_study
+        """The rest perfusion series (with its labels/AIF options) paired for MPR; from a folder (an
+        exam holding stress and rest) its rest series, as ``readers.load_rest_series`` reads it."""
+        from .readers import load_rest_series
 
-        byRole = options.get("kind") is None   # read as perfusion by its role: its messages say so
-        if byRole:
-            options["kind"] = PERFUSION
-        try:
-            study = load_study(path, **options)
-        except CardiacInputError as e:
-            if not byRole:
-                raise
-            raise CardiacInputError(e.path, as_read_for_its_role(e.problem)) from None
-        if byRole:
-            warnings = study.provenance.get("warnings") or []
-            warnings[:] = [as_read_for_its_role(w) for w in warnings]
-        return self.setRestStudy(study)
+        return self.setRestStudy(load_rest_series(path, **options))
 
     def setRestStudy(self, study):
         """Pair a rest perfusion series (already read) with the current stress series for MPR and

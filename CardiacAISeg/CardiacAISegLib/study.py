@@ -112,18 +112,6 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), directions=None):
     return m
 
 
-def as_read_for_its_role(text):
-    """A reader's message about a rest series read as perfusion by its role (``kind`` given by the
-    caller, not by the user): "--kind perfusion contradicts the data: ..., drop --kind" asked to
-    drop a flag never given (probe 60), and "as requested (--kind)" named one. Every front end
-    words its rest series' reading through this."""
-    prefix = "--kind perfusion contradicts the data: "
-    if text.startswith(prefix):
-        return ("it is no first-pass perfusion series: " + text[len(prefix):].split("; drop --kind")[0]
-                + "; give the rest perfusion acquisition")
-    return text.replace("as perfusion as requested (--kind)", "as perfusion (the rest series)")
-
-
 def check_rest_pairing(study, rest_name, rest_study=None):
     """A rest series pairs only with a perfusion (stress) study: refuse it beside a cine, naming
     the rest series (before it is read, where the caller can). Once read (``rest_study``), it

@@ -234,6 +234,31 @@ def test_kind_perfusion_reads_the_perfusion_series_of_a_whole_exam(base, perfusi
     assert "--series stress --rest" in str(e.value), str(e.value)
 
 
+def test_the_rest_picked_as_a_whole_exam_is_its_rest_series_in_every_front_end(perfusion, tmp_path):
+    """An exam folder holding stress and rest, picked as the rest: the CLI read its rest series,
+    the Slicer Logic asked for "--series stress --rest" (a flag it does not have) because it read
+    the rest without the folder's role (session 31's review). ``load_rest_series`` is the one
+    reading all front ends call."""
+    from CardiacAISegLib.readers import load_rest_series
+
+    exam = tmp_path / "exam"
+    write_perfusion_series(exam / "stress", perfusion, vendor="siemens", description="Perfusion_stress", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_perfusion_series(exam / "rest", perfusion, vendor="siemens", description="Perfusion_rest", start_number=60,
+                           series="1.2.826.0.1.3680043.10.7.3", start_s=37000.0, scale=300.0)   # not the same images
+    rest = load_rest_series(exam)
+    assert rest.kind == "perfusion" and rest.provenance["series_description"] == "Perfusion_rest"
+    assert load_rest_series(exam, series="stress").provenance["series_description"] == "Perfusion_stress"
+    pytest.importorskip("slicer")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadStudy(exam, series="stress")
+    assert logic.loadRestStudy(exam).provenance["series_description"] == "Perfusion_rest"
+    assert logic.restStudy.provenance["series_description"] == "Perfusion_rest"
+
+
 def test_a_cine_run_is_not_told_about_perfusion_copies(base, perfusion, tmp_path):
     """A cine read from a whole exam was warned four times that perfusion MOCO copies and maps
     'were left out: the original is read and its frames aligned here' - of another series."""

@@ -113,6 +113,39 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
 ED_TRIGGER_DELAY_MS = 100.0
 
 
+def load_rest_series(path: str | Path, kind: str | None = None, series: str | None = None, **options) -> Study:
+    """The rest series of a stress/rest pair, read as the CLI, the Slicer Logic and the web GUI
+    all read it: as perfusion by its role (``kind`` None), and from a folder its rest series
+    (``series`` None: the one whose description says rest; an exam's or a QPerf folder's stress
+    was read as the rest and refused as the stress itself). Other options as ``load_study``.
+
+    Read by its role, the reader's words say so: "--kind perfusion contradicts the data ...;
+    drop --kind" asked to drop a flag never given (probe 60), "as requested (--kind)" named one.
+    """
+    by_role = kind is None
+    if series is None and path is not None and str(path).strip() and Path(path).is_dir():
+        series = "rest"
+    try:
+        study = load_study(path, kind=kind or PERFUSION, series=series, **options)
+    except CardiacInputError as e:
+        if not by_role:
+            raise
+        raise CardiacInputError(e.path, _as_read_for_its_role(e.problem)) from None
+    if by_role:
+        warnings = study.provenance.get("warnings") or []
+        warnings[:] = [_as_read_for_its_role(w) for w in warnings]
+    return study
+
+
+def _as_read_for_its_role(text):
+    """A reader's message about a series read as perfusion by its role, not by a user's --kind."""
+    prefix = "--kind perfusion contradicts the data: "
+    if text.startswith(prefix):
+        return ("it is no first-pass perfusion series: " + text[len(prefix):].split("; drop --kind")[0]
+                + "; give the rest perfusion acquisition")
+    return text.replace("as perfusion as requested (--kind)", "as perfusion (the rest series)")
+
+
 def one_frame_phase(study):
     """{"phase": 'ED', 'ES', 'frame N' or None (unknown), "how": what says so} of a one-frame
     cine. The volumes of one frame are reported as ED's; an ACDC ES file given alone read its

@@ -22,7 +22,7 @@ from .. import scene as sc
 from ..errors import CardiacInputError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
-from ..study import CINE, PERFUSION, as_read_for_its_role, check_rest_pairing
+from ..study import CINE, PERFUSION, check_rest_pairing
 from .sandbox import DataFolder
 
 LABELS_CHOICE = "study-labels"
@@ -128,7 +128,7 @@ class Session:
             options["dt"] = _frame_interval(dt, "the frame interval")
         if kind in (CINE, PERFUSION):
             options["kind"] = kind
-        from ..readers import load_study
+        from ..readers import load_rest_series, load_study
 
         try:
             study = load_study(path, **options)       # read before the old study is dropped
@@ -138,21 +138,17 @@ class Session:
         if rest:
             check_rest_pairing(study, rest)   # before reading it, and before the open study is dropped
             rest_path = self.data.resolve_input(rest)
-            # a folder holding stress and rest (QPerf, one exam's export) gives its rest series,
-            # as `analyze --rest FOLDER` does (its stress series was read as the rest and refused)
-            rest_options = {"kind": PERFUSION, "series": "rest" if Path(rest_path).is_dir() else None}
+            # read as the CLI and the Logic read it (a folder's rest series, by its role)
+            rest_options = {}
             if rest_aif:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
             if rest_dt not in (None, ""):
                 # its own: stress and rest are two acquisitions at two heart rates
                 rest_options["dt"] = _frame_interval(rest_dt, "the rest frame interval")
             try:
-                rest_study = load_study(rest_path, **rest_options)
+                rest_study = load_rest_series(rest_path, **rest_options)
             except CardiacInputError as e:
-                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(as_read_for_its_role(e.problem),
-                                                                                    rest=True)) from None
-            warnings = rest_study.provenance.get("warnings") or []
-            warnings[:] = [as_read_for_its_role(w) for w in warnings]
+                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(e.problem, rest=True)) from None
             # another patient's, or the stress series itself: refused here, while the open study
             # and its results still stand (adopt closed it first, then refused the rest)
             check_rest_pairing(study, rest, rest_study)
