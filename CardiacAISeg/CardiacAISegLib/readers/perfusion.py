@@ -355,6 +355,66 @@ def _first_pass_over(aif, fraction=0.4):
     return peak + int(below[0]) if below.size else None
 
 
+# A bolus reaches every slice of one acquisition in the same heartbeat (all slices are read out
+# in each beat): arrivals apart by this many frames, in two groups, are two injections.
+TWO_BOLUSES_MIN_FRAMES = 3
+
+
+def bolus_arrival_frames(images):
+    """(S,) the frame at which each slice's brightest enhancement (the largest rise over its
+    first three frames of the 3x3-pixel mean: the blood pool the bolus reaches first) first
+    reaches a quarter of its peak. A high percentile instead spread one full-field acquisition's
+    slices over 3-4 frames: with the chest in view, 1 % of the pixels is more than the pools."""
+    from scipy.ndimage import uniform_filter
+
+    t = images.shape[0]
+    arrivals = []
+    for k in range(images.shape[1]):
+        x = uniform_filter(images[:, k].astype(np.float32), size=(1, 3, 3))
+        rise = (x - np.median(x[:3], axis=0)).reshape(t, -1).max(axis=1)
+        arrivals.append(int(np.argmax(rise >= 0.25 * rise.max())) if rise.max() > 0 else -1)
+    return np.asarray(arrivals)
+
+
+def refuse_two_boluses(study, where):
+    """Refuse a stack merged from slice series of two acquisitions: stress and rest stored one
+    series per slice, described alike, with no clock to part them and series numbers in one
+    run, the rest planned a few millimetres off (read as one 6-slice stack of both, MBF -25 %,
+    review only from the LV's AIF; probe 56, the case the headers cannot tell). Two groups of
+    two or more slices whose bolus arrivals lie ``TWO_BOLUSES_MIN_FRAMES`` or more apart, each
+    group arriving within a frame, and whose positions lie among each other: one acquisition's
+    slices never do that (a late apical slice without RV is one slice, at the stack's end)."""
+    prov = study.provenance
+    positions = prov.get("slice_positions_mm")
+    if study.n_slices < 4 or "+" not in str(prov.get("series_uid", "")) or positions is None \
+            or len(positions) != study.n_slices:
+        return
+    arrival = bolus_arrival_frames(study.images)
+    if np.any(arrival < 0):
+        return
+    order = np.argsort(arrival, kind="stable")
+    steps = np.diff(arrival[order])
+    cut = int(np.argmax(steps)) + 1
+    early, late = order[:cut], order[cut:]
+    if min(len(early), len(late)) < 2 or steps[cut - 1] < TWO_BOLUSES_MIN_FRAMES:
+        return
+    if np.ptp(arrival[early]) > 1 or np.ptp(arrival[late]) > 1:
+        return
+    pos = np.asarray(positions, float)
+    if pos[early].max() < pos[late].min() or pos[late].max() < pos[early].min():
+        return   # side by side along the normal, not among each other
+
+    def at(group):
+        return ", ".join(f"{pos[k]:.1f}" for k in sorted(group, key=lambda k: pos[k]))
+
+    raise CardiacInputError(where, f"the {study.n_slices} slices read as one stack show two boluses: the slices at "
+                                   f"{at(early)} mm reach it at frame {int(np.median(arrival[early])) + 1}, those at "
+                                   f"{at(late)} mm at frame {int(np.median(arrival[late])) + 1}: two acquisitions (stress "
+                                   "and rest?) planned a few millimetres apart, whose series nothing in the headers parts "
+                                   "(no clock to tell them apart, series numbers in one run); put each acquisition's "
+                                   "series in a folder of its own")
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -378,6 +438,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         blank = drop_blank_frames(study, where)
         dropped = drop_leading_pd_frames(study, where)
         undo_rescaled_frames(study, where)
+        refuse_two_boluses(study, where)
     measured = study.frame_times_s
     n = study.n_frames
     prov = study.provenance
