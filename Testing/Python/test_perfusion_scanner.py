@@ -801,8 +801,9 @@ def test_stress_and_rest_with_no_clock_to_part_them_and_slices_moved_are_refused
 def test_stress_and_rest_in_one_run_of_series_numbers_with_no_clock_show_two_boluses(tmp_path, phantom, rest_later_frames):
     """The case the headers cannot tell (left open from probe 56): stress and rest one series per
     slice, described alike, no clock, the series numbers one run (#701-706), every rest slice
-    3 mm off the stress's. Read as one 6-slice stack of both (MBF -25 %, review only from the
-    LV's AIF). The pixels tell: one acquisition's slices see the bolus in the same heartbeat;
+    3 mm off the stress's. Read as one 6-slice stack of both (with the rest's bolus 6 frames
+    later: segment MBF -12 to +2 %, the stress alone -4 to +2 %, review only for the LV's AIF;
+    probe 56's stack of both read -25 %). The pixels tell: one acquisition's slices see the bolus in the same heartbeat;
     here three reach it 6 frames after the other three. A stack whose slices all see one bolus
     reads as one stack."""
     import dataclasses

@@ -379,8 +379,8 @@ def bolus_arrival_frames(images):
 def refuse_two_boluses(study, where):
     """Refuse a stack merged from slice series of two acquisitions: stress and rest stored one
     series per slice, described alike, with no clock to part them and series numbers in one
-    run, the rest planned a few millimetres off (read as one 6-slice stack of both, MBF -25 %,
-    review only from the LV's AIF; probe 56, the case the headers cannot tell). Two groups of
+    run, the rest planned a few millimetres off (read as one 6-slice stack of both, review only
+    for the LV's AIF; probe 56, the case the headers cannot tell). Two groups of
     two or more slices whose bolus arrivals lie ``TWO_BOLUSES_MIN_FRAMES`` or more apart, each
     group arriving within a frame, and whose positions lie among each other: one acquisition's
     slices never do that (a late apical slice without RV is one slice, at the stack's end)."""
