@@ -500,17 +500,31 @@ class Analysis:
         label_map = np.asarray(label_map, np.uint8)
         if label_map.shape != self.study.images.shape[1:]:
             raise CardiacInputError("segmentation", f"edited label map has shape {label_map.shape}, images are {self.study.images.shape[1:]}")
-        self.labels[int(frame)] = label_map
-        self._snr_cache = None               # qc._snr_of: the map may be the same array, edited in place
-        self.edited_frames.add(int(frame))
-        self._thickness = None
-        self.warnings = []
-        self.run()
-        # labels with no RV find no insertion points of their own: the ones placed by hand (and
-        # the handles dragged since) stay, in every front end (the web GUI alone put them back)
-        if self.sectors is None and self._placed is not None and self._placed[0] in self.levels:
-            self.place_insertion_points(*self._placed, keep_moved=True)
+        # A map that cannot be measured (the ED blood pool erased) is refused whole: half taken,
+        # the next export wrote the old volumes beside the erased map (EDV 108.7 mL, QC pass)
+        # and the next handle drag raised an IndexError (probe 62)
+        before = dict(self.__dict__, labels=dict(self.labels), edited_frames=set(self.edited_frames))
+        try:
+            self.labels[int(frame)] = label_map
+            self._snr_cache = None               # qc._snr_of: the map may be the same array, edited in place
+            self.edited_frames.add(int(frame))
+            self._thickness = None
+            self.warnings = []
+            self.run()
+            # labels with no RV find no insertion points of their own: the ones placed by hand (and
+            # the handles dragged since) stay, in every front end (the web GUI alone put them back)
+            if self.sectors is None and self._placed is not None and self._placed[0] in self.levels:
+                self.place_insertion_points(*self._placed, keep_moved=True)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         return self
+
+    @property
+    def hand_placed_slice(self):
+        """The slice insertion points were placed on by hand (labels with no RV), else None."""
+        return None if self._placed is None else int(self._placed[0])
 
     # --- outputs -------------------------------------------------------------------------
     def insertion_summary(self) -> list[dict]:

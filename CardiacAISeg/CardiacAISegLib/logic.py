@@ -11,6 +11,7 @@ observers the module attached stay valid.
 State that must survive a scene save lives in the parameter node (strings, and node references
 for the ``...ID`` parameters, so IDs renamed on scene import still resolve).
 """
+import contextlib
 import json
 import os
 import re
@@ -61,6 +62,9 @@ PARAMETERS = {
     # what a reopened scene cannot read off its nodes: the network that drew the contours (JSON)
     # and the frames corrected by hand since, of the series and of its rest series
     "modelInfo": "", "editedFrames": "", "restEditedFrames": "",
+    # the density the shown results were measured with (the "density" box applies at the next
+    # run; a reopened scene measured with the box's value, not the results': probe 62)
+    "measuredDensity": "",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
                    "restSegmentationID")
@@ -88,6 +92,9 @@ class CardiacAISegLogic(_LogicBase):
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
         self.restStudy = None
         self.studyAifPath = None            # the aifPath parameter the current study was read with
+        # {segmentation node name: why} for edits that could not be measured: the results still
+        # stand for the segmentation before them, so nothing is saved until they are fixed
+        self.unmeasuredEdits = {}
 
     @property
     def scene(self):
@@ -97,6 +104,7 @@ class CardiacAISegLogic(_LogicBase):
         """Forget the study and results (the scene is closing); the parameter node stays."""
         self.study = self.studyNodes = self.analysis = self.networkLabels = None
         self.modelInfo, self.timing, self.lastUpdateTimeS, self.restStudy = None, {}, None, None
+        self.unmeasuredEdits = {}
 
     # ------------------------------------------------------------------ parameter node
     def parameterNode(self):
@@ -149,6 +157,16 @@ class CardiacAISegLogic(_LogicBase):
         text = self.getParameter("density").strip()
         density = self._floatParameter("density") if text else 1.05
         check_density(density, "density")
+        return density
+
+    def _measuredDensity(self):
+        """The density the saved results were measured with (a reopened scene), else the box's."""
+        from .analysis import check_density
+
+        if not self.getParameter("measuredDensity").strip():
+            return self.densityParameter()
+        density = self._floatParameter("measuredDensity")
+        check_density(density, "measuredDensity")
         return density
 
     def _floatParameter(self, name):
@@ -481,10 +499,29 @@ class CardiacAISegLogic(_LogicBase):
                                     "the input was changed (or the scene closed) while its analysis ran: that result "
                                     "is not shown on the new input; run again")
         self.timing = dict(analysis.timing_s)
-        self.setParameter("keptEdEs", "")   # a new analysis takes ED and ES from its own volume curve
+        previous = self.analysis
+        if previous is not None and previous is not analysis and previous.edited_frames and previous.study is analysis.study:
+            # a run over corrected contours replaces them (with the study's own labels or the
+            # network's): said, not done without a word (probe 62)
+            frames = ", ".join(str(t + 1) for t in sorted(previous.edited_frames))
+            source = "the network's segmentation" if analysis.model_info else "the labels that came with the study"
+            analysis.warnings.append(f"this run replaced the corrections made by hand on frame(s) {frames} (counted from "
+                                     f"1) with {source}; save corrected contours (ground truth, or the segmentation "
+                                     "files) before running again to keep them")
+        # a new analysis takes ED and ES from its own volume curve; one computed elsewhere from an
+        # edited whole cycle (the exported scene) keeps the frames the edit kept (its scene lost them)
+        self.setParameter("keptEdEs", "%d %d" % analysis.kept_ed_es if analysis.kept_ed_es else "")
+        self.setParameter("measuredDensity", repr(float(analysis.density)))
         self.analysis, self.modelInfo = analysis, analysis.model_info
+        self.unmeasuredEdits = {}
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
         self.updateNodes()
+        markups = self.getNodeParameter("markupsID")
+        if markups is not None:
+            # points placed by hand (labels with no RV) are placed again from here on reopening
+            # (the exported scene.mrb lost them: no AHA rows, QC pass for review; probe 62)
+            placed = analysis.hand_placed_slice
+            markups.SetAttribute(PLACED_ON_SLICE_ATTRIBUTE, "" if placed is None else str(placed))
         return analysis
 
     def _restStudy(self):
@@ -648,7 +685,7 @@ class CardiacAISegLogic(_LogicBase):
         t0 = time.perf_counter()
         current = {(p["slice"], side): p.get(f"{side}_ras") for p in a.insertion for side in sc.SIDES}
         indices = range(node.GetNumberOfControlPoints()) if pointIndex is None else [int(pointIndex)]
-        changed, pos = [], [0.0, 0.0, 0.0]
+        changed, pos, refused = [], [0.0, 0.0, 0.0], []
         try:
             for n in indices:
                 match = sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "")
@@ -665,12 +702,17 @@ class CardiacAISegLogic(_LogicBase):
                     continue
                 try:
                     changed += a.move_insertion_point(k, side, list(pos))
-                except CardiacInputError:
+                except CardiacInputError as e:
                     # the handle goes back to the point the analysis still uses, so what is shown
                     # is what is measured (and the next drag or a saved scene does not fail again)
                     self._placeHandle(node, n, k, side)
-                    raise
+                    if pointIndex is not None:
+                        raise
+                    refused.append(e)   # a whole scan moves the other points, then says it
+                    continue
                 self._placeHandle(node, n, k, side, onlyIfOffPlane=True)
+            if refused:
+                raise refused[0]
         finally:
             if changed:
                 self._refreshTable()
@@ -747,9 +789,10 @@ class CardiacAISegLogic(_LogicBase):
             text = node.GetAttribute(FRAME_ATTRIBUTE)
             frame = int(text) if text else a.reference_frame
         t0 = time.perf_counter()
-        labels = self._labelsOf(node)
-        self._keepEdAndEsAtTheirFrames(a)
-        a.set_labels(int(frame), labels)
+        with self._measuringEditOf(node):
+            labels = self._labelsOf(node)
+            self._keepEdAndEsAtTheirFrames(a)
+            a.set_labels(int(frame), labels)
         unused = sc.unused_segment_names(node)
         if unused:
             a.warnings.append(f"segment(s) {', '.join(repr(n) for n in unused)} of '{node.GetName()}' are not measured: "
@@ -773,12 +816,32 @@ class CardiacAISegLogic(_LogicBase):
             raise CardiacInputError(node.GetName(), "no rest series is paired with this analysis")
         t0 = time.perf_counter()
         text = node.GetAttribute(FRAME_ATTRIBUTE)
-        a.rest.set_labels(int(text) if text else a.rest.reference_frame, self._labelsOf(node, a.rest.study))
+        with self._measuringEditOf(node):
+            a.rest.set_labels(int(text) if text else a.rest.reference_frame, self._labelsOf(node, a.rest.study))
         a.warnings = []   # measured again, as set_labels does: its warnings (the rest's among them) come again
         a.run()           # MPR and MPRI follow
         self._refreshTable()
         self.lastUpdateTimeS = time.perf_counter() - t0
         return a
+
+    @contextlib.contextmanager
+    def _measuringEditOf(self, node):
+        """An edit of ``node`` measured (its earlier refusal forgotten) or refused: the analysis
+        keeps the segmentation before it (``Analysis.set_labels``) and ``unmeasuredEdits`` says
+        why until the node is fixed, so exports do not write the old results as the new ones."""
+        try:
+            yield
+        except CardiacInputError as e:
+            self.unmeasuredEdits[node.GetName()] = e.problem
+            raise
+        self.unmeasuredEdits.pop(node.GetName(), None)
+
+    def _refuseUnmeasuredEdits(self, what):
+        if self.unmeasuredEdits:
+            name, problem = next(iter(self.unmeasuredEdits.items()))
+            raise CardiacInputError(name, f"its last edit could not be measured ({problem}): the results are still those "
+                                          f"of the segmentation before it, so {what} would not match it; correct the "
+                                          "segmentation (or undo the edit) first")
 
     def _keepEdAndEsAtTheirFrames(self, a):
         """With three or more frames labelled (a whole cycle), an edit corrects the frame it is
@@ -829,7 +892,7 @@ class CardiacAISegLogic(_LogicBase):
             return None
         text = restSegmentation.GetAttribute(FRAME_ATTRIBUTE)
         labels = {int(text) if text else 0: self._labelsOf(restSegmentation, study)}
-        return Analysis(study, labels, density=self.densityParameter()).run()
+        return Analysis(study, labels, density=self._measuredDensity()).run()
 
     def restoreFromParameterNode(self):
         """After a scene reload: rebuild study, labels and analysis from the nodes the
@@ -844,7 +907,7 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
-        self.analysis = Analysis(self.study, labels, density=self.densityParameter(), rest=self._restoredRest())
+        self.analysis = Analysis(self.study, labels, density=self._measuredDensity(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
         saved = self.getParameter("modelInfo")
         self.modelInfo = self.analysis.model_info = json.loads(saved) if saved else None
@@ -859,7 +922,12 @@ class CardiacAISegLogic(_LogicBase):
         if markups is not None and self.analysis.sectors is None:
             self._placeAgainFrom(markups)
         if markups is not None and self.analysis.sectors is not None:
-            self.onInsertionPointMoved()
+            try:
+                self.onInsertionPointMoved()
+            except CardiacInputError as e:
+                # one saved handle that no longer applies (its slice has no sectors) made the whole
+                # scene fail to reopen (probe 62); the others are applied, it goes back, it is said
+                self.analysis.warnings.append(f"a saved RV insertion handle was not applied: {e.problem}")
         self._refreshTable()
         self._stampOutputs()
         return self.analysis
@@ -872,6 +940,7 @@ class CardiacAISegLogic(_LogicBase):
         from .outputs import write_outputs
 
         a = self._requireAnalysis()
+        self._refuseUnmeasuredEdits("the saved results")
         return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
                              scene_builder=build_output_scene, replace_hint=REPLACE_HINT)
 
@@ -925,6 +994,7 @@ class CardiacAISegLogic(_LogicBase):
         from .readers.acdc import slice_positions_lines
 
         a = self._requireAnalysis()
+        self._refuseUnmeasuredEdits("the ground truth")
         st = a.study
         patientName = self.groundTruthName(patientName)
         if a.kind != CINE:

@@ -888,3 +888,93 @@ def test_a_cine_loaded_as_the_rest_is_said_to_be_no_perfusion(tmp_path):
         logic.loadRestStudy(cine)
     said = str(refused.value)
     assert "no first-pass perfusion series" in said and "--kind" not in said, said
+
+
+def test_an_edit_that_cannot_be_measured_is_refused_whole_and_nothing_is_saved_until_fixed(measured, tmp_path):
+    """The ED blood pool erased (a redraw half done): the edit was refused, but half taken. The
+    next export wrote the old EDV and QC pass beside a segmentation without LV, and the next
+    handle drag raised an IndexError (probe 62). The analysis now keeps the segmentation before
+    the edit, saving is refused with the reason, and the redrawn pool is measured again."""
+    logic = measured
+    a = logic.analysis
+    ed = a.reference_frame
+    seg = logic.getNodeParameter("outputSegmentationID")
+    before, original = a.cine["lv_edv_ml"], a.labels[ed].copy()
+    pool = [tuple(v) for v in np.argwhere(original == LV)]
+    edit_segmentation(seg, pool, 0)
+    with pytest.raises(CardiacInputError, match="no LV blood pool"):
+        logic.onSegmentationEdited(seg)
+    assert np.array_equal(a.labels[ed], original) and a.cine["lv_edv_ml"] == before and ed not in a.edited_frames
+    for save in (lambda: logic.exportResults(tmp_path / "out"), lambda: logic.saveGroundTruth(tmp_path / "gt")):
+        with pytest.raises(CardiacInputError, match="its last edit could not be measured") as refused:
+            save()
+        assert "no LV blood pool" in str(refused.value) and seg.GetName() in str(refused.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "gt").exists()
+    # a handle still turns (the sectors of the measured segmentation)
+    markups = logic.getNodeParameter("markupsID")
+    p, k = np.zeros(3), a.insertion[len(a.insertion) // 2]["slice"]
+    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
+    markups.GetNthControlPointPosition(n, p)
+    centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
+    markups.SetNthControlPointPosition(n, *(centre + 0.9 * (p - centre)))
+    assert logic.onInsertionPointMoved(markups, n) == [k]
+    # redrawn, it is measured and saved
+    edit_segmentation(seg, pool, LV)
+    logic.onSegmentationEdited(seg)
+    assert a.cine["lv_edv_ml"] == pytest.approx(before) and not logic.unmeasuredEdits
+    assert Path(logic.exportResults(tmp_path / "out")["results.json"]).is_file()
+
+
+def test_the_exported_scene_keeps_an_edited_cycles_ed_and_es(phantom, tmp_path):
+    """A whole cycle labelled, the ED blood pool trimmed until ED holds less than ES: the live
+    scene keeps ED and ES where they were, but the exported scene.mrb lost them (keptEdEs "") and
+    did not reopen, or reopened with ED and ES swapped: EF +4.8 for -5.1 % (probe 62)."""
+    study = fresh(phantom[0])
+    study.ed_frame = study.es_frame = None
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(study)
+    a = logic.runSegmentation(useExistingLabels=True)
+    ed0, es0 = a.cine["ed_frame"], a.cine["es_frame"]
+    lab = a.labels[ed0]
+    rows = np.nonzero((lab == LV).any(axis=(0, 2)))[0]
+    cut = (lab == LV) & (np.arange(lab.shape[1])[None, :, None] < rows[0] + 2 * len(rows) // 3)
+    edit_segmentation(logic.getNodeParameter("outputSegmentationID"), [tuple(v) for v in np.argwhere(cut)], 0)
+    logic.onSegmentationEdited(logic.getNodeParameter("outputSegmentationID"))
+    assert (a.cine["ed_frame"], a.cine["es_frame"]) == (ed0, es0) and a.cine["lv_ef_pct"] < 0
+    reopened = CardiacAISegLogic(sc.read_mrb(Path(logic.exportResults(tmp_path / "out")["scene.mrb"])))
+    r = reopened.restoreFromParameterNode()
+    assert (r.cine["ed_frame"], r.cine["es_frame"]) == (ed0, es0)
+    assert r.cine["lv_ef_pct"] == pytest.approx(a.cine["lv_ef_pct"], abs=1e-6)
+
+
+def test_a_reopened_scene_measures_with_the_density_its_results_were_measured_with(measured, tmp_path):
+    """The density box changed after the run (it applies at the next run), then an edit: the live
+    results stay at 1.05 g/mL, but the saved scene reopened at the box's 1.10 (mass 145.5 g for
+    138.9 g; perfusion MBF 2.38 for 2.73; probe 62)."""
+    logic = measured
+    a = logic.analysis
+    logic.setParameter("density", "1.10")
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)[::7]], 0)
+    logic.onSegmentationEdited(seg)
+    assert a.density == 1.05
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    r = reopened.restoreFromParameterNode()
+    assert r.density == 1.05 and r.cine["lv_mass_g"] == pytest.approx(a.cine["lv_mass_g"], rel=1e-9)
+    assert reopened.getParameter("density") == "1.10"          # the box keeps what was typed
+    assert reopened.runSegmentation(useExistingLabels=True).density == pytest.approx(1.10)
+
+
+def test_a_run_over_hand_corrections_says_it_replaced_them(measured):
+    """Apply again (the study's labels, or the network) replaced corrected contours with no word
+    (probe 62: a corrected mass 121.7 g became 137.1 g)."""
+    logic = measured
+    a = logic.analysis
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)[::5]], 0)
+    logic.onSegmentationEdited(seg)
+    b = logic.runSegmentation(useExistingLabels=True)
+    said = [w for w in b.warnings if "replaced the corrections made by hand" in w]
+    assert said and f"frame(s) {a.reference_frame + 1} " in said[0] and "labels that came with the study" in said[0]
+    assert not any("replaced the corrections" in w for w in logic.runSegmentation(useExistingLabels=True).warnings)

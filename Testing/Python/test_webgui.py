@@ -135,6 +135,28 @@ def _sectors(rows):
     return {k: v for k, v in rows.items() if k.startswith("Wall thickness")}
 
 
+def test_a_stroke_that_cannot_be_measured_is_undone(phantom_data, tmp_path):
+    """The page's last stroke of the ED blood pool erased: the edit is refused, and undone at
+    once, so the page shows the segmentation its numbers are measured from and saving works (a
+    refused edit was half taken: the save wrote the old EDV beside an empty pool; probe 62)."""
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    ed, edv = s.edit_frame(), _rows(s)["LV EDV"]
+    measured = s.analysis.labels[ed].copy()
+    erased = np.where(measured == LV, 0, measured).astype(np.uint8)
+    with pytest.raises(CardiacInputError, match="no LV blood pool.*the stroke was undone"):
+        s.set_labels(ed, erased)
+    node = s.segmentation_for_frame(ed)
+    assert np.array_equal(s.logic._labelsOf(node), measured) and _rows(s)["LV EDV"] == edv
+    s.save("out")
+    assert (data / "out" / "results.json").is_file()
+
+
 def test_session_run_edit_save_load_back(phantom_data, tmp_path):
     from CardiacAISegLib import scene as sc
     from CardiacAISegLib.readers import load_study
@@ -393,6 +415,14 @@ def test_hand_placed_handles_come_back_with_a_reopened_scene(tmp_path):
     after = {r["key"]: r["value"] for r in reopened.analysis.table_rows() if r["key"].startswith("wall_thickness")}
     assert after.keys() == before.keys()
     assert all(after[key] == pytest.approx(before[key], rel=1e-6) for key in before), (before, after)
+    # the exported scene.mrb too: its markups lacked the slice they were placed on, so it
+    # reopened with no AHA segments and QC pass for review (probe 62)
+    exported = CardiacAISegLogic(sc.read_mrb(Path(s.logic.exportResults(tmp_path / "out")["scene.mrb"])))
+    exported.restoreFromParameterNode()
+    after = {r["key"]: r["value"] for r in exported.analysis.table_rows() if r["key"].startswith("wall_thickness")}
+    assert after.keys() == before.keys()
+    assert all(after[key] == pytest.approx(before[key], rel=1e-6) for key in before), (before, after)
+    assert exported.analysis.qc["status"] == s.analysis.qc["status"]
 
 
 def test_default_orientation_rv_left_anterior_up(tmp_path):

@@ -456,7 +456,14 @@ class Session:
             self.logic._refreshTable()
         else:
             fill_segmentation(node, np.asarray(label_map, np.uint8), a.study.ijk_to_ras)
-            self.logic.onSegmentationEdited(node, int(frame))
+            try:
+                self.logic.onSegmentationEdited(node, int(frame))
+            except CardiacInputError as e:
+                # the page's strokes are single edits: one that cannot be measured (the last of the
+                # ED blood pool erased) is undone at once, so the page shows what is measured
+                fill_segmentation(node, a.labels[int(frame)], a.study.ijk_to_ras)
+                self.logic.unmeasuredEdits.pop(node.GetName(), None)
+                raise CardiacInputError(e.path, f"{e.problem}; the stroke was undone") from None
         self.last_update_s = time.perf_counter() - t0
         return a
 
