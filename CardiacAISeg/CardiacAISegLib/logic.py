@@ -793,10 +793,19 @@ class CardiacAISegLogic(_LogicBase):
             labels = self._labelsOf(node)
             self._keepEdAndEsAtTheirFrames(a)
             a.set_labels(int(frame), labels)
+        original = (self.networkLabels or {}).get(int(frame))
+        if original is not None and np.array_equal(original, labels):
+            # edited back to what the run gave (undone): no longer said to be corrected by hand
+            a.edited_frames.discard(int(frame))
         unused = sc.unused_segment_names(node)
         if unused:
             a.warnings.append(f"segment(s) {', '.join(repr(n) for n in unused)} of '{node.GetName()}' are not measured: "
                               "not a name of the LV blood pool, myocardium or RV")
+        shared = sc.overlapping_voxels(node, a.study.ijk_to_ras, a.study.images.shape[1:])
+        if shared:
+            a.warnings.append(f"{shared} voxel(s) of '{node.GetName()}' lie in two structures (overlapping segments: the "
+                              "Segment Editor's masking allows overlap): each is measured once, as the RV over the "
+                              "myocardium over the LV blood pool; paint with 'overwrite other segments' to decide")
         self._followEdAndEs()
         markups = self.getNodeParameter("markupsID")
         if markups is not None or a.insertion:

@@ -333,6 +333,36 @@ def _unknown_segment_names(seg):
             and label_of_segment_name(seg.GetNthSegmentID(n)) is None]
 
 
+def overlapping_voxels(seg_node, ijk_to_ras, shape):
+    """How many voxels of the grid two or more structure segments of ``seg_node`` share. The
+    Segment Editor keeps one labelmap layer (each voxel one segment) unless its masking allows
+    overlap, or a script sets a segment with the API: ``labelmap_from_segmentation`` then counts
+    each shared voxel once (RV over myocardium over blood pool), and an LV painted over the wall
+    was not counted with no word (probe 62)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    seg = seg_node.GetSegmentation()
+    if seg.GetNumberOfLayers() < 2:
+        return 0
+    shape = tuple(int(n) for n in shape)
+    reference = _geometry_image(ijk_to_ras, shape)
+    claims = np.zeros(shape, np.uint8)
+    for name in SEGMENTS:
+        sid = _segment_id(seg, name)
+        if sid is None:
+            continue
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(sid)
+        one = slicer.vtkOrientedImageData()
+        if not seg_node.GenerateMergedLabelmapForAllSegments(one, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+                                                             reference, ids):
+            continue
+        claims += numpy_support.vtk_to_numpy(one.GetPointData().GetScalars()).reshape(shape) != 0
+    return int((claims > 1).sum())
+
+
 def labelmap_from_segmentation(seg_node, ijk_to_ras=None, shape=None, reference_volume=None):
     """(S, R, C) uint8 internal label map of ``seg_node`` on a reference grid.
 

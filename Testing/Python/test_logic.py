@@ -978,3 +978,41 @@ def test_a_run_over_hand_corrections_says_it_replaced_them(measured):
     said = [w for w in b.warnings if "replaced the corrections made by hand" in w]
     assert said and f"frame(s) {a.reference_frame + 1} " in said[0] and "labels that came with the study" in said[0]
     assert not any("replaced the corrections" in w for w in logic.runSegmentation(useExistingLabels=True).warnings)
+
+
+def test_segments_painted_over_each_other_are_said(measured):
+    """An LV segment set over part of the myocardium with overlap allowed (a second labelmap
+    layer: the Segment Editor's masking, or a script): the shared voxels count once, as
+    myocardium, and nothing said so (probe 62: 1.3 mL painted, ESV unchanged)."""
+    import slicer
+
+    logic = measured
+    a = logic.analysis
+    ed = a.reference_frame
+    node = logic.getNodeParameter("outputSegmentationID")
+    lab = a.labels[ed]
+    wall = np.argwhere(lab == MYO)[::9]
+    mask = (lab == LV).astype(np.uint8)
+    mask[tuple(wall.T)] = 1
+    L = slicer.vtkSlicerSegmentationsModuleLogic
+    L.SetBinaryLabelmapToSegment(sc._oriented_image(mask, a.study.ijk_to_ras), node, "lv", L.MODE_REPLACE)
+    logic.onSegmentationEdited(node)
+    said = [w for w in a.warnings if "lie in two structures" in w]
+    assert said and said[0].startswith(f"{len(wall)} voxel(s)"), a.warnings
+    assert np.array_equal(a.labels[ed], lab)          # counted as myocardium, as said
+
+
+def test_an_edit_undone_is_no_longer_a_correction(measured):
+    """Edited, then put back as the run gave it: every number came back, but results.json
+    still said the frame was corrected by hand (probe 62)."""
+    logic = measured
+    a = logic.analysis
+    ed = a.reference_frame
+    node = logic.getNodeParameter("outputSegmentationID")
+    voxels = [tuple(v) for v in np.argwhere(a.labels[ed] == MYO)[:40]]
+    edit_segmentation(node, voxels, 0)
+    logic.onSegmentationEdited(node)
+    assert a.edited_frames == {ed}
+    edit_segmentation(node, voxels, MYO)
+    logic.onSegmentationEdited(node)
+    assert a.edited_frames == set() and np.array_equal(a.labels[ed], logic.networkLabels[ed])
