@@ -605,16 +605,23 @@ def test_an_edit_that_makes_es_the_larger_frame_swaps_the_segmentations(phantom)
     assert any("it is ED now" in w for w in a.warnings)
 
 
+def _whole_cycle_measured(phantom):
+    """(Logic, study): the phantom with every frame labelled and no fixed ED/ES, measured."""
+    study = fresh(phantom[0])
+    study.ed_frame = study.es_frame = None
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(study)
+    logic.runSegmentation(useExistingLabels=True)
+    return logic, study
+
+
 def test_an_edit_corrects_its_frame_and_does_not_move_ed_to_another(phantom, tmp_path):
     """With every frame labelled, trimming the ED blood pool made a neighbouring frame (its
     contours uncorrected) ED, one no segmentation node showed: later edits of the node named ED
     changed nothing, exports left the correction out, the saved scene did not reopen (probe
     round 18). ED and ES stay at the frames shown; the volume curve's disagreement is said."""
-    study = fresh(phantom[0])
-    study.ed_frame = study.es_frame = None
-    logic = CardiacAISegLogic(sc.new_scene())
-    logic.setStudy(study)
-    a = logic.runSegmentation(useExistingLabels=True)
+    logic, study = _whole_cycle_measured(phantom)
+    a = logic.analysis
     ed0, es0 = a.cine["ed_frame"], a.cine["es_frame"]
     assert len(a.labels) == study.n_frames and a.cine["lv_volume_curve_ml"] is not None
     ed_node = logic.getNodeParameter("outputSegmentationID")
@@ -929,11 +936,8 @@ def test_the_exported_scene_keeps_an_edited_cycles_ed_and_es(phantom, tmp_path):
     """A whole cycle labelled, the ED blood pool trimmed until ED holds less than ES: the live
     scene keeps ED and ES where they were, but the exported scene.mrb lost them (keptEdEs "") and
     did not reopen, or reopened with ED and ES swapped: EF +4.8 for -5.1 % (probe 62)."""
-    study = fresh(phantom[0])
-    study.ed_frame = study.es_frame = None
-    logic = CardiacAISegLogic(sc.new_scene())
-    logic.setStudy(study)
-    a = logic.runSegmentation(useExistingLabels=True)
+    logic, _ = _whole_cycle_measured(phantom)
+    a = logic.analysis
     ed0, es0 = a.cine["ed_frame"], a.cine["es_frame"]
     lab = a.labels[ed0]
     rows = np.nonzero((lab == LV).any(axis=(0, 2)))[0]

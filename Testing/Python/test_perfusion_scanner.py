@@ -760,6 +760,29 @@ def test_stress_and_rest_described_alike_as_scanners_and_exports_time_them(tmp_p
         assert not s.provenance["series_uid"].endswith(".99")   # not the MOCO copy
 
 
+def _stress_and_rest_per_slice_unclocked(exam, study, rest, rest_number, shift_mm, moved_numbers, one_time):
+    """Stress (#701...) and rest (from ``rest_number``) written GE-like one series per slice,
+    described alike, with one AcquisitionTime for every image (``one_time``) or none; the series
+    numbered ``moved_numbers`` planned ``shift_mm`` off along the slice normal."""
+    import dataclasses
+
+    import pydicom
+
+    for s, uid, number in ((study, "1.2.826.0.1.3680043.10.70", 701), (rest, "1.2.826.0.1.3680043.10.110", rest_number)):
+        write_perfusion_series(exam, dataclasses.replace(s, labels={}), vendor="ge", series_per_slice=True, series=uid,
+                               start_number=number, description="PERF SA")
+    normal = study.ijk_to_ras[:3, 2] / np.linalg.norm(study.ijk_to_ras[:3, 2])
+    lps = np.array([-1.0, -1.0, 1.0]) * normal
+    for path in sorted(exam.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionTime = "100000.000000"
+        if not one_time:
+            del ds.AcquisitionTime
+        if int(ds.SeriesNumber) in moved_numbers:
+            ds.ImagePositionPatient = [round(float(v) - shift_mm * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
+        ds.save_as(path)
+
+
 @pytest.mark.parametrize("moved,clock", [("basal 6 mm", "one time"), ("all 3 mm", "one time"), ("all 3 mm", "none")])
 def test_stress_and_rest_with_no_clock_to_part_them_and_slices_moved_are_refused(tmp_path, phantom, moved, clock):
     """GE-like stress and rest, one series per slice, described alike, every image stamped with
@@ -769,27 +792,11 @@ def test_stress_and_rest_with_no_clock_to_part_them_and_slices_moved_are_refused
     (MBF -62 %, QC pass); with every rest slice 3 mm off, into a 6-slice stack of both (MBF -25 %,
     review only from the LV's AIF; probe 56). Refused as two stacks: most positions acquired twice,
     or two runs of series numbers (#701-703, #1101-1103) whose positions lie among each other."""
-    import dataclasses
-
-    import pydicom
-
     study, _ = phantom
     rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
     exam = tmp_path / "exam"
-    for s, uid, number in ((study, "1.2.826.0.1.3680043.10.70", 701), (rest, "1.2.826.0.1.3680043.10.110", 1101)):
-        write_perfusion_series(exam, dataclasses.replace(s, labels={}), vendor="ge", series_per_slice=True, series=uid,
-                               start_number=number, description="PERF SA")
-    normal = study.ijk_to_ras[:3, 2] / np.linalg.norm(study.ijk_to_ras[:3, 2])
-    lps = np.array([-1.0, -1.0, 1.0]) * normal
     shift, rest_numbers = (6.0, {1101}) if moved == "basal 6 mm" else (3.0, {1101, 1102, 1103})
-    for path in sorted(exam.iterdir()):
-        ds = pydicom.dcmread(path)
-        ds.AcquisitionTime = "100000.000000"
-        if clock == "none":
-            del ds.AcquisitionTime
-        if int(ds.SeriesNumber) in rest_numbers:
-            ds.ImagePositionPatient = [round(float(v) - shift * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
-        ds.save_as(path)
+    _stress_and_rest_per_slice_unclocked(exam, study, rest, 1101, shift, rest_numbers, one_time=clock == "one time")
     expected = ("#701/#702/#703 and #1101/#1102/#1103, numbered as two acquisitions, lie among each other"
                 if moved == "all 3 mm" else "most slice positions")
     with pytest.raises(CardiacInputError, match="acquisition clocks do not tell the acquisitions apart") as refused:
@@ -808,25 +815,13 @@ def test_stress_and_rest_in_one_run_of_series_numbers_with_no_clock_show_two_bol
     reads as one stack."""
     import dataclasses
 
-    import pydicom
-
     study, _ = phantom
     rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
     if rest_later_frames:   # the rest's bolus arrives later in its series, as it does in most exams
         rest = dataclasses.replace(rest, images=np.concatenate([np.repeat(rest.images[:1], rest_later_frames, 0),
                                                                 rest.images[:-rest_later_frames]]))
     exam = tmp_path / "exam"
-    for s, uid, number in ((study, "1.2.826.0.1.3680043.10.70", 701), (rest, "1.2.826.0.1.3680043.10.110", 704)):
-        write_perfusion_series(exam, dataclasses.replace(s, labels={}), vendor="ge", series_per_slice=True, series=uid,
-                               start_number=number, description="PERF SA")
-    normal = study.ijk_to_ras[:3, 2] / np.linalg.norm(study.ijk_to_ras[:3, 2])
-    lps = np.array([-1.0, -1.0, 1.0]) * normal
-    for path in sorted(exam.iterdir()):
-        ds = pydicom.dcmread(path)
-        del ds.AcquisitionTime
-        if int(ds.SeriesNumber) >= 704:
-            ds.ImagePositionPatient = [round(float(v) - 3.0 * d, 4) for v, d in zip(ds.ImagePositionPatient, lps)]
-        ds.save_as(path)
+    _stress_and_rest_per_slice_unclocked(exam, study, rest, 704, 3.0, {704, 705, 706}, one_time=False)
     if not rest_later_frames:
         assert load_study(exam, dt=0.5).n_slices == 6
         return
