@@ -1571,3 +1571,18 @@ def test_an_apical_speck_beyond_a_closed_es_cavity_is_no_gap(shared_data):
     closed[apex] = study.labels[es][apex]   # a real pool beyond the closed slice: a gap
     gap = Analysis(copy(study), {**study.labels, es: closed}).run()
     assert "LV_CAVITY_GAP_ES" in codes(gap)
+
+
+def test_a_segment_measured_from_a_sliver_of_wall_is_flagged(perfusion):
+    """A segment's wall erased but for a few pixels (an edit, or a network that missed most of
+    it): its MBF came from 4 pixels with no flag (probe 62)."""
+    study, truth = perfusion
+    labels = {t: m.copy() for t, m in study.labels.items()}
+    a = Analysis(study, labels).run()
+    assert "SEGMENTS_FEW_PIXELS" not in {f["code"] for f in a.qc["flags"]}
+    frame = next(iter(labels))
+    wall = np.argwhere(truth["segment_map"] == 10)
+    labels[frame][tuple(wall[4:].T)] = 0                     # 4 of its pixels left
+    a = Analysis(study, labels).run()
+    flag = next(f for f in a.qc["flags"] if f["code"] == "SEGMENTS_FEW_PIXELS")
+    assert flag["severity"] == "review" and "10 (" in flag["message"] and flag["value"] == 1
