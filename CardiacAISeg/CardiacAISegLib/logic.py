@@ -92,7 +92,7 @@ class CardiacAISegLogic(_LogicBase):
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
         self.restStudy = None
         self.studyAifPath = None            # the aifPath parameter the current study was read with
-        # {segmentation node name: why} for edits that could not be measured: the results still
+        # {segmentation node ID: why} for edits that could not be measured: the results still
         # stand for the segmentation before them, so nothing is saved until they are fixed
         self.unmeasuredEdits = {}
 
@@ -841,13 +841,15 @@ class CardiacAISegLogic(_LogicBase):
         try:
             yield
         except CardiacInputError as e:
-            self.unmeasuredEdits[node.GetName()] = e.problem
+            self.unmeasuredEdits[node.GetID()] = e.problem   # by ID: an ED/ES swap renames the nodes
             raise
-        self.unmeasuredEdits.pop(node.GetName(), None)
+        self.unmeasuredEdits.pop(node.GetID(), None)
 
     def _refuseUnmeasuredEdits(self, what):
         if self.unmeasuredEdits:
-            name, problem = next(iter(self.unmeasuredEdits.items()))
+            nodeID, problem = next(iter(self.unmeasuredEdits.items()))
+            node = self.scene.GetNodeByID(nodeID)
+            name = node.GetName() if node is not None else "segmentation"
             raise CardiacInputError(name, f"its last edit could not be measured ({problem}): the results are still those "
                                           f"of the segmentation before it, so {what} would not match it; correct the "
                                           "segmentation (or undo the edit) first")

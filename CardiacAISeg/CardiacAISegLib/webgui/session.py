@@ -462,7 +462,7 @@ class Session:
                 # the page's strokes are single edits: one that cannot be measured (the last of the
                 # ED blood pool erased) is undone at once, so the page shows what is measured
                 fill_segmentation(node, a.labels[int(frame)], a.study.ijk_to_ras)
-                self.logic.unmeasuredEdits.pop(node.GetName(), None)
+                self.logic.unmeasuredEdits.pop(node.GetID(), None)
                 raise CardiacInputError(e.path, f"{e.problem}; the stroke was undone") from None
         self.last_update_s = time.perf_counter() - t0
         return a
