@@ -72,6 +72,8 @@ NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputS
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
+# the rest series' own steps (its network's frames) in a run's progress messages
+REST_PROGRESS_PREFIX = "rest series: "
 # how a Logic caller replaces existing outputs: the module's check box, or force=True from Python
 REPLACE_HINT = "tick 'Replace existing files' (force=True from Python) to replace them"
 
@@ -433,10 +435,12 @@ class CardiacAISegLogic(_LogicBase):
         if rest is not None:
             # its own cancel points: a cancel during the rest's segmentation waited for all of it
             # (Run came back 1.7 s after Cancel in the web GUI)
-            restProgress = as_progress(lambda done, total, message="": progress(0, 3, f"rest series: {message}"))
+            restProgress = as_progress(lambda done, total, message="": progress(done, total, REST_PROGRESS_PREFIX + message))
             rest = compute_analysis(rest, arguments["model_name"], labels=restLabels, density=arguments["density"],
                                     device=device, progress=restProgress)
-        progress(1, 3, "measuring")
+        # the network (when no labels are measured) reports its own frames next: "measuring"
+        # here held the web GUI's bar at the measures' 85 % through the whole network (probe 63)
+        progress(1, 3, "segmenting" if arguments["labels"] is None else "measuring")
         return compute_analysis(study, rest=rest, progress=progress, **arguments)
 
     def startAnalysis(self, modelName=None, frames=None, useExistingLabels=None, device=None, density=None):

@@ -469,6 +469,23 @@ def test_progress_bar_is_one_monotonic_run():
     assert 0 < bar[2] < bar[3] <= CardiacWebApp.SEGMENTING_SHARE
 
 
+def test_progress_bar_moves_with_the_network_of_a_real_run(tmp_path):
+    """The Logic said "measuring" (the measures' 85 %) before the network ran, so the page's bar
+    sat at 85 % through the whole network (12 s with the γ-Net; probe 63)."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("cine", tmp_path / "phantom")
+    steps = []
+    logic.computeAnalysis(useExistingLabels=False, progress=lambda done, total, message="": steps.append((done, total, message)))
+    bar = np.maximum.accumulate([CardiacWebApp.overall_percent(*step) for step in steps])
+    frames = [i for i, (_, _, message) in enumerate(steps) if message.startswith("segmenting frame")]
+    assert len(frames) >= 2 and bar[frames[0]] < bar[frames[-1]] < CardiacWebApp.SEGMENTING_SHARE, list(zip(steps, bar))
+
+
 # ---------------------------------------------------------------------------- end to end
 def _e2e_missing():
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
