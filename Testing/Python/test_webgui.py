@@ -1147,8 +1147,19 @@ def test_e2e_save_writes_files_that_load_back(page, gui_server):
 
     shown = page.values()
     page.type("out-path", "saved/run1")
+    page.d.execute_script("""
+        window.__saving = null; window.__saved = null; window.__click = null;
+        document.getElementById('save-btn').addEventListener('click', () => { window.__click = performance.now(); }, true);
+        new MutationObserver(() => { const a = document.getElementById('info-alert');
+            if (a && a.textContent.includes('Saving') && window.__saving === null) window.__saving = performance.now();
+            if (a && a.textContent.includes('Saved') && window.__saved === null) window.__saved = performance.now(); })
+          .observe(document.body, {childList: true, subtree: true, characterData: true});""")
     page.click("save-btn")
     page.wait(lambda: len(page.all("#saved-files li")) >= 6, message="saved files listed")
+    # said while the files are written: it came 2-12 ms before "Saved ..." (probe 63)
+    click, saving, saved = page.wait(lambda: page.d.execute_script(
+        "return window.__saved && [window.__click, window.__saving, window.__saved]"), message="save timings")
+    assert saving is not None and saving - click < 0.5 * (saved - click), (click, saving, saved)
     out = gui_server["data"] / "saved" / "run1"
     doc = json.loads((out / "results.json").read_text())
     assert doc["cine"]["lv_edv_ml"] == pytest.approx(shown["LV EDV"])

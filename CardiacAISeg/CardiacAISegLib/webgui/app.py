@@ -26,6 +26,10 @@ PAINT_SETTLE_S = 0.02
 EXPECTED = (CardiacInputError, OutputExistsError, CancelledError, FileNotFoundError, PermissionError)
 
 
+# how long "Saving ..." has to reach the page before the save holds the server's loop
+SAVE_MESSAGE_LEAD_S = 0.1
+
+
 class CardiacWebApp:
     """One server, one study, one data folder."""
 
@@ -93,7 +97,7 @@ class CardiacWebApp:
         c.rotate = lambda side, deg: self._guard(self._rotate, side, deg)
         c.morph = lambda step: self._guard(self._morph, step)
         c.revert = lambda: self._guard(self._revert)
-        c.save = lambda: self._guard(self._save)
+        c.save = self._start_save
         c.dismiss = self._dismiss
         c.zoom_heart = lambda: self._guard(self._zoom_heart)
         c.toggle_play = lambda: self._guard(self._toggle_play)
@@ -119,13 +123,18 @@ class CardiacWebApp:
         self._markups_event = slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent
 
     # ---------------------------------------------------------------------- guarding
+    def _busy_message(self, fn=None):
+        if self.state.running and fn not in (self._on_frame, self._on_slice, self._step, self._goto_frame_tag):
+            return "Busy: the segmentation is running (Cancel stops it)."
+        if self.state.opening:
+            return "Busy: a study is being opened."
+        return ""
+
     def _guard(self, fn, *args):
         """Run a page action; errors become the page's message, never only a log line."""
-        if self.state.running and fn not in (self._on_frame, self._on_slice, self._step, self._goto_frame_tag):
-            self.state.error_message = "Busy: the segmentation is running (Cancel stops it)."
-            return None
-        if self.state.opening:
-            self.state.error_message = "Busy: a study is being opened."
+        busy = self._busy_message(fn)
+        if busy:
+            self.state.error_message = busy
             return None
         self._updating = True
         try:
@@ -622,11 +631,36 @@ class CardiacWebApp:
         self.state.info_message = text + ("" if t is None else f" (update {1000 * t:.0f} ms)")
 
     # ------------------------------------------------------------------------ outputs
+    def _start_save(self, out_path=None, patient=None, overwrite=None):
+        """Save with the fields as the page showed them at the click. A save takes seconds
+        (report, scene) on the server's loop: "Saving ..." is sent first and the writing starts
+        a moment later, or the page saw it only as the files were done (probe 63)."""
+        from trame_server.utils.asynchronous import create_task
+
+        s = self.state
+        if self._busy_message() or getattr(self, "_saving", False):
+            s.error_message = self._busy_message() or "Busy: saving."
+            return
+        if out_path is not None:
+            s.out_path = out_path
+        if patient is not None:
+            s.patient = patient
+        if overwrite is not None:
+            s.overwrite = bool(overwrite)
+        s.error_message, s.info_message = "", "Saving ..."
+        self._saving = True
+        create_task(self._save_after_the_message())
+
+    async def _save_after_the_message(self):
+        try:
+            await asyncio.sleep(SAVE_MESSAGE_LEAD_S)
+            with self.state:
+                self._guard(self._save)
+        finally:
+            self._saving = False
+
     def _save(self):
         s = self.state
-        # a save takes seconds (report, scene): the page says so now, not the previous error
-        s.error_message, s.info_message = "", "Saving ..."
-        s.flush()
         files = self.session.save(s.out_path, force=bool(s.overwrite), patient=(s.patient or "").strip() or None)
         s.saved_files = files
         s.info_message = f"Saved {len(files)} files into {self.data.relative(self.data.resolve(s.out_path or self.session.default_output(), must_exist=False))}"

@@ -229,6 +229,9 @@ def _save_card(v, html, ctrl):
                          hide_details=True, classes="mt-1")
             v.VCheckbox(id="overwrite", label="Overwrite existing files", v_model=("overwrite",), density="compact",
                         hide_details=True)
-            v.VBtn("Save", id="save-btn", click=ctrl.save, color="primary", size="small")
+            # the fields' values go with the click: read from the server's copy, a folder typed
+            # just before the click could be saved under its first letters (probe 63)
+            v.VBtn("Save", id="save-btn", click=(ctrl.save, "[out_path, patient, overwrite]"), color="primary",
+                   size="small")
             with html.Ul(id="saved-files", v_if="saved_files.length", classes="text-caption mt-1"):
                 html.Li("{{ f }}", v_for="f in saved_files", key="f")
