@@ -125,6 +125,10 @@ def check_rest_pairing(study, rest_name, rest_study=None):
         check_not_the_same_series(study, rest_study, rest_name)
 
 
+# what every front end says of a rest series that is the stress's; the CLI adds its flags
+SAME_SERIES_ADVICE = "give the rest acquisition"
+
+
 def check_not_the_same_series(study, rest_study, rest_name):
     """Refuse a rest series that is the stress series itself (the same DICOM series read twice,
     one file given as both): MPR and MPRI came out exactly 1.00 with QC pass."""
@@ -135,8 +139,7 @@ def check_not_the_same_series(study, rest_study, rest_name):
     if same_series or same_files or same_images:
         what = (f"series {a['series_uid']}" if same_series else "the same file(s)" if same_files else "the same images")
         raise CardiacInputError(str(rest_name), f"the rest series is the stress series itself ({what}): MPR would be 1; "
-                                                "give the rest acquisition (e.g. --series stress --rest FOLDER picks each "
-                                                "by its description)")
+                                                f"{SAME_SERIES_ADVICE}")
 
 
 def check_same_patient(study, other, other_name, what, study_role="perfusion"):

@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("slicer")
 
 from CardiacAISegLib.errors import CancelledError, CardiacInputError, OutputExistsError  # noqa: E402
-from CardiacAISegLib.labels import LV, MYO  # noqa: E402
+from CardiacAISegLib.labels import LV, MYO, RV  # noqa: E402
 from CardiacAISegLib.webgui.sandbox import DataFolder, detached_data_files  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -155,6 +155,26 @@ def test_a_stroke_that_cannot_be_measured_is_undone(phantom_data, tmp_path):
     assert np.array_equal(s.logic._labelsOf(node), measured) and _rows(s)["LV EDV"] == edv
     s.save("out")
     assert (data / "out" / "results.json").is_file()
+
+
+def test_an_edit_refused_names_the_frame_as_the_page_counts_it(phantom_data, tmp_path):
+    """'Frame 8 / 20 ES' on the page, and the refusal said 'slice 0 of frame 7' (probe 63)."""
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    frame = s.edit_frame()
+    s.set_slice(0)
+    lab = s.analysis.labels[frame]
+    if (lab[0] == RV).any():
+        lab = lab.copy()
+        lab[0][lab[0] == RV] = 0
+        s.set_labels(frame, lab)
+    with pytest.raises(CardiacInputError, match=f"slice 0 of frame {frame + 1} has no"):
+        s.morph("rv", 1)
 
 
 def test_session_run_edit_save_load_back(phantom_data, tmp_path):
@@ -308,8 +328,10 @@ def test_session_rest_series_gives_mpr_and_mpri(tmp_path):
     truth = np.median(list(stress_truth["mbf_per_segment"].values())) / np.median(list(rest_truth["mbf_per_segment"].values()))
     assert abs(mpr - truth) < 0.15 * truth, (mpr, truth)
     assert rows["Global MPRI (stress/rest relative upslope)"] > 1
-    with pytest.raises(CardiacInputError, match="pairs with a perfusion"):
+    with pytest.raises(CardiacInputError, match="pairs with a perfusion") as refused:
         s.open_path("cine/cine.nii.gz", rest="rest/perfusion.nii.gz")
+    # the field may be folded away with the perfusion panel: it is named, and what to do (probe 63)
+    assert "the 'Rest series' field" in str(refused.value) and "empty that field" in str(refused.value)
     s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt)
     s.run(LABELS_CHOICE)
     assert not any("MPR" in k for k in _rows(s))
@@ -1532,8 +1554,9 @@ def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(t
     before = _rows(s)
     assert "Global MPR" in before
     study_before = s.study
-    with pytest.raises(CardiacInputError, match="the rest series is the stress series itself"):
+    with pytest.raises(CardiacInputError, match="the rest series is the stress series itself") as refused:
         s.open_path("qperf/data_stress.hdr", rest="qperf/data_stress.hdr")
+    assert "--" not in str(refused.value), str(refused.value)    # no CLI flags in the page (probe 63)
     assert s.study is study_before and _rows(s) == before   # the open study and its results stand
     assert in_page_terms("give --dt or --aif", rest=True) == "give the 'Rest frame interval (s)' field or the 'Rest AIF file' field"
     # the reader's hint for stress and rest described alike (probe 33) names the rest's flag too

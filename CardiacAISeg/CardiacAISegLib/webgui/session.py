@@ -136,7 +136,12 @@ class Session:
             raise CardiacInputError(e.path, in_page_terms(e.problem)) from None
         rest_study = None
         if rest:
-            check_rest_pairing(study, rest)   # before reading it, and before the open study is dropped
+            try:   # before reading it, and before the open study is dropped
+                check_rest_pairing(study, rest)
+            except CardiacInputError as e:
+                # the field may be folded away with the perfusion panel: name it, say to empty it
+                raise CardiacInputError(e.path, f"the 'Rest series' field: {e.problem}; empty that field to open a "
+                                                f"{study.kind} study") from None
             rest_path = self.data.resolve_input(rest)
             # read as the CLI and the Logic read it (a folder's rest series, by its role)
             rest_options = {}
@@ -409,7 +414,9 @@ class Session:
         else:
             region = sl == value
         if not region.any():
-            raise CardiacInputError("edit", f"slice {k} of frame {frame} has no {SEGMENT_TITLES[segment]} to {'grow' if step > 0 else 'shrink'}")
+            # frames counted from 1, as the page shows them ("Frame 8 / 20" was refused as frame 7)
+            raise CardiacInputError("edit", f"slice {k} of frame {frame + 1} has no {SEGMENT_TITLES[segment]} to "
+                                            f"{'grow' if step > 0 else 'shrink'}")
         if step > 0:
             grown = ndimage.binary_dilation(region, iterations=n)
             into = (sl == MYO) if segment == "lv" else (sl == 0)
