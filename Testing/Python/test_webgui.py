@@ -157,6 +157,18 @@ def test_a_stroke_that_cannot_be_measured_is_undone(phantom_data, tmp_path):
     assert (data / "out" / "results.json").is_file()
 
 
+def test_read_errors_name_the_file_as_the_page_does(tmp_path):
+    """An empty folder was refused as '/srv/.../data/bad/empty: ...' beside typed paths the page
+    shows relative to its data folder (probe 63)."""
+    from CardiacAISegLib.webgui.session import Session
+
+    (tmp_path / "data" / "bad" / "empty").mkdir(parents=True)
+    s = Session(tmp_path / "data", sample_folder=tmp_path / "samples")
+    with pytest.raises(CardiacInputError) as refused:
+        s.open_path("bad/empty")
+    assert str(refused.value).startswith("bad/empty: empty folder"), str(refused.value)
+
+
 def test_an_edit_refused_names_the_frame_as_the_page_counts_it(phantom_data, tmp_path):
     """'Frame 8 / 20 ES' on the page, and the refusal said 'slice 0 of frame 7' (probe 63)."""
     from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session

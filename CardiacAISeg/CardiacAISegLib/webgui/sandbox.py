@@ -99,6 +99,15 @@ class DataFolder:
         elif path.name.lower().endswith(_DETACHED):
             self._check_header(path, text)
 
+    def shown(self, path):
+        """A path an error names, as the page names its files (relative to the data folder; the
+        readers' absolute server paths beside the typed ones confused, probe 63); anything
+        else (a field, a path outside) as it is."""
+        try:
+            return self.relative(path) if path is not None and Path(str(path)).is_absolute() else path
+        except (ValueError, OSError):
+            return path
+
     def relative_text(self, entry):
         try:
             return entry.relative_to(self.root).as_posix()

@@ -133,7 +133,7 @@ class Session:
         try:
             study = load_study(path, **options)       # read before the old study is dropped
         except CardiacInputError as e:
-            raise CardiacInputError(e.path, in_page_terms(e.problem)) from None
+            raise CardiacInputError(self.data.shown(e.path), in_page_terms(e.problem)) from None
         rest_study = None
         if rest:
             try:   # before reading it, and before the open study is dropped
@@ -153,7 +153,7 @@ class Session:
             try:
                 rest_study = load_rest_series(rest_path, **rest_options)
             except CardiacInputError as e:
-                raise CardiacInputError(e.path, "the rest series: " + in_page_terms(e.problem, rest=True)) from None
+                raise CardiacInputError(self.data.shown(e.path), "the rest series: " + in_page_terms(e.problem, rest=True)) from None
             # another patient's, or the stress series itself: refused here, while the open study
             # and its results still stand (adopt closed it first, then refused the rest)
             check_rest_pairing(study, rest, rest_study)
