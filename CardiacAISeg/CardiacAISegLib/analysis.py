@@ -503,7 +503,13 @@ class Analysis:
         # A map that cannot be measured (the ED blood pool erased) is refused whole: half taken,
         # the next export wrote the old volumes beside the erased map (EDV 108.7 mL, QC pass)
         # and the next handle drag raised an IndexError (probe 62)
-        before = dict(self.__dict__, labels=dict(self.labels), edited_frames=set(self.edited_frames))
+        before = dict(self.__dict__, labels=dict(self.labels), edited_frames=set(self.edited_frames),
+                      _user_points=dict(self._user_points))
+        # what a run writes onto the study (the LV's AIF, its detection, motion) and the rest's
+        # levels, as they were (helper-88's review)
+        st = self.study
+        study_before = (st.aif, dict(st.provenance or {}), st.ed_frame, st.es_frame)
+        rest_before = dict(self.rest.__dict__) if self.rest is not None else None
         try:
             self.labels[int(frame)] = label_map
             self._snr_cache = None               # qc._snr_of: the map may be the same array, edited in place
@@ -518,6 +524,10 @@ class Analysis:
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
+            st.aif, st.provenance, st.ed_frame, st.es_frame = study_before
+            if rest_before is not None:
+                self.rest.__dict__.clear()
+                self.rest.__dict__.update(rest_before)
             raise
         return self
 

@@ -74,6 +74,7 @@ PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all
 _ACDC_NAME = re.compile(r"^patient\d+$")
 # the rest series' own steps (its network's frames) in a run's progress messages
 REST_PROGRESS_PREFIX = "rest series: "
+STRESS_PROGRESS_PREFIX = "stress series: "   # ... and the stress series' after them
 # how a Logic caller replaces existing outputs: the module's check box, or force=True from Python
 REPLACE_HINT = "tick 'Replace existing files' (force=True from Python) to replace them"
 
@@ -216,6 +217,7 @@ class CardiacAISegLogic(_LogicBase):
         self.study = study
         self.analysis = None
         self.networkLabels = None
+        self.unmeasuredEdits = {}
         self.studyNodes = sc.add_study(self.context, study)
         _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, study)
         self._setInput(self.studyNodes.sequence or self.studyNodes.volume)
@@ -441,6 +443,9 @@ class CardiacAISegLogic(_LogicBase):
         # the network (when no labels are measured) reports its own frames next: "measuring"
         # here held the web GUI's bar at the measures' 85 % through the whole network (probe 63)
         progress(1, 3, "segmenting" if arguments["labels"] is None else "measuring")
+        if rest is not None:   # the stress's own steps, after the rest's (a cancel still stops them)
+            stressProgress = progress
+            progress = as_progress(lambda done, total, message="": stressProgress(done, total, STRESS_PROGRESS_PREFIX + message))
         return compute_analysis(study, rest=rest, progress=progress, **arguments)
 
     def startAnalysis(self, modelName=None, frames=None, useExistingLabels=None, device=None, density=None):
@@ -490,24 +495,26 @@ class CardiacAISegLogic(_LogicBase):
                      "bullseye": self.getParameter("bullseyeMeasure") or "mbf", "labels_made_by": madeBy}
         return study, rest, restLabels, arguments
 
-    def applyAnalysis(self, analysis, forInput=None):
+    def applyAnalysis(self, analysis, forInput=None, revert=False):
         """Make a computed Analysis the current one: segmentations, handles and table nodes.
         Only a finished analysis replaces the previous one, so a cancel leaves the old results.
 
         ``forInput``: the ``inputNodeID`` the analysis was started for. When another input was
         picked (or the scene closed) while it ran, it is refused: shown, the first input's
-        results would be stamped on the second one's nodes."""
+        results would be stamped on the second one's nodes. ``revert``: the user asked to go back
+        to the run's segmentation (the hand corrections it replaces are not warned about)."""
         if forInput is not None and (self.study is None or forInput != self.getParameter("inputNodeID")):
             inputNode = self.scene.GetNodeByID(forInput) if forInput else None
             raise CardiacInputError(inputNode.GetName() if inputNode is not None else "input",
                                     "the input was changed (or the scene closed) while its analysis ran: that result "
                                     "is not shown on the new input; run again")
         self.timing = dict(analysis.timing_s)
-        previous = self.analysis
-        if previous is not None and previous is not analysis and previous.edited_frames and previous.study is analysis.study:
+        replaced = [] if revert else _corrections_replaced(self.analysis, analysis)
+        if replaced:
             # a run over corrected contours replaces them (with the study's own labels or the
-            # network's): said, not done without a word (probe 62)
-            frames = ", ".join(str(t + 1) for t in sorted(previous.edited_frames))
+            # network's): said, not done without a word (probe 62). The previous analysis is of
+            # this study (setStudy drops it); a background run's result holds a copy of the study
+            frames = ", ".join(str(t + 1) for t in replaced)
             source = "the network's segmentation" if analysis.model_info else "the labels that came with the study"
             analysis.warnings.append(f"this run replaced the corrections made by hand on frame(s) {frames} (counted from "
                                      f"1) with {source}; save corrected contours (ground truth, or the segmentation "
@@ -829,10 +836,18 @@ class CardiacAISegLogic(_LogicBase):
             raise CardiacInputError(node.GetName(), "no rest series is paired with this analysis")
         t0 = time.perf_counter()
         text = node.GetAttribute(FRAME_ATTRIBUTE)
+        frame = int(text) if text else a.rest.reference_frame
         with self._measuringEditOf(node):
-            a.rest.set_labels(int(text) if text else a.rest.reference_frame, self._labelsOf(node, a.rest.study))
-        a.warnings = []   # measured again, as set_labels does: its warnings (the rest's among them) come again
-        a.run()           # MPR and MPRI follow
+            before = a.rest.labels.get(frame)
+            a.rest.set_labels(frame, self._labelsOf(node, a.rest.study))
+            try:
+                a.warnings = []   # measured again, as set_labels does: its warnings (the rest's among them) come again
+                a.run()           # MPR and MPRI follow
+            except Exception:
+                if before is not None:   # the pair as it was: the rest's mask before the edit
+                    a.rest.set_labels(frame, before)
+                    a.run()
+                raise
         self._refreshTable()
         self.lastUpdateTimeS = time.perf_counter() - t0
         return a
@@ -844,8 +859,9 @@ class CardiacAISegLogic(_LogicBase):
         why until the node is fixed, so exports do not write the old results as the new ones."""
         try:
             yield
-        except CardiacInputError as e:
-            self.unmeasuredEdits[node.GetID()] = e.problem   # by ID: an ED/ES swap renames the nodes
+        except Exception as e:
+            # by ID: an ED/ES swap renames the nodes
+            self.unmeasuredEdits[node.GetID()] = e.problem if isinstance(e, CardiacInputError) else f"{type(e).__name__}: {e}"
             raise
         self.unmeasuredEdits.pop(node.GetID(), None)
 
@@ -864,8 +880,8 @@ class CardiacAISegLogic(_LogicBase):
         the ED blood pool made a neighbouring frame (its network contours uncorrected) ED, one
         that no output segmentation showed: later edits of the node named ED changed nothing,
         the exports and ground truth left the correction out, and the saved scene did not
-        reopen (probe round 18). ED and ES are kept where they are, as fixed frames (stamped on
-        the input node, so a reopened scene keeps them), and where the curve now disagrees the
+        reopen (probe round 18). ED and ES are kept where they are, as fixed frames (kept in
+        the parameter node, so a reopened scene keeps them), and where the curve now disagrees the
         measures say so. Two labelled frames keep the swap rule (``_followEdAndEs``). Kept by the
         Analysis, not the study (a new run of the study finds ED and ES from its own curve), and
         in the parameter node, so a reopened scene keeps them."""
@@ -922,6 +938,7 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
+        self.unmeasuredEdits = {}
         self.analysis = Analysis(self.study, labels, density=self._measuredDensity(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
         saved = self.getParameter("modelInfo")
@@ -963,6 +980,7 @@ class CardiacAISegLogic(_LogicBase):
         """report.png of the current state: the same renderer as `cardiacaiseg analyze`."""
         from .report import write_analysis_report
 
+        self._refuseUnmeasuredEdits("the report")
         return write_analysis_report(path, self._requireAnalysis(), overwrite=overwrite)
 
     def renderBullseye(self, path, sizePx=320):
@@ -1068,6 +1086,16 @@ def _default_context():
 def _check_parameter(name):
     if name not in PARAMETERS:
         raise KeyError(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+
+
+def _corrections_replaced(previous, analysis):
+    """The frames corrected by hand in ``previous`` whose labels ``analysis`` does not keep
+    (a run with the study's labels or the network's); none where the run measured the edited
+    segmentations themselves."""
+    if previous is None or previous is analysis:
+        return []
+    return [t for t in sorted(previous.edited_frames)
+            if t not in analysis.labels or not np.array_equal(previous.labels[t], analysis.labels[t])]
 
 
 def build_output_scene(analysis):

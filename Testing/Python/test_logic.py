@@ -982,6 +982,31 @@ def test_a_run_over_hand_corrections_says_it_replaced_them(measured):
     said = [w for w in b.warnings if "replaced the corrections made by hand" in w]
     assert said and f"frame(s) {a.reference_frame + 1} " in said[0] and "labels that came with the study" in said[0]
     assert not any("replaced the corrections" in w for w in logic.runSegmentation(useExistingLabels=True).warnings)
+    # a run in the background process gives back a copy of the study: said too (helper-88's review)
+    import copy
+
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(b.labels[b.reference_frame] == MYO)[::5]], 0)
+    logic.onSegmentationEdited(seg)
+    result = logic.computeAnalysis(useExistingLabels=True)
+    result.study = copy.deepcopy(result.study)
+    assert any("replaced the corrections" in w for w in logic.applyAnalysis(result).warnings)
+
+
+def test_a_run_that_measures_the_corrected_segmentations_replaces_nothing(phantom):
+    """A study without labels of its own, its network contours corrected, then measured again
+    ("labels that came with the study" measures the output segmentations): the corrections
+    stay, and nothing may say they were replaced (helper-88's review)."""
+    study = fresh(phantom[0])
+    study.labels = {}
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(study)
+    a = logic.runSegmentation()
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)[::5]], 0)
+    logic.onSegmentationEdited(seg)
+    mass = a.cine["lv_mass_g"]
+    b = logic.runSegmentation(useExistingLabels=True)
+    assert b.cine["lv_mass_g"] == pytest.approx(mass) and not any("replaced the corrections" in w for w in b.warnings)
 
 
 def test_segments_painted_over_each_other_are_said(measured):

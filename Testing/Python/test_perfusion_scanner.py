@@ -838,6 +838,39 @@ def test_stress_and_rest_in_one_run_of_series_numbers_with_no_clock_show_two_bol
         assert load_study(folder, dt=0.5).n_slices == 3
 
 
+@pytest.mark.parametrize("protocol", ["dual bolus, one acquisition", "two acquisitions"])
+def test_a_dual_bolus_series_is_one_acquisition(protocol):
+    """A dual-bolus protocol's diluted pre-bolus reaches every slice, at 20-30 % of the main
+    bolus' saturated rise: slices whose pre-bolus passed a quarter of their peak 'arrived' 14
+    frames before the others, and one acquisition was refused as two (helper-88's review). Two
+    injections leave the later group at baseline while the earlier one rises."""
+    from CardiacAISegLib.readers.perfusion import refuse_two_boluses
+    from CardiacAISegLib.study import Study
+
+    t = np.arange(50)
+
+    def bolus(t0, amplitude):
+        x = np.clip(t - t0, 0, None)
+        g = x ** 2 * np.exp(-x / 2.0)
+        return amplitude * g / g.max()
+    images = np.full((50, 4, 48, 48), 100.0, np.float32)
+    yy, xx = np.mgrid[:48, :48]
+    pool = (yy - 24) ** 2 + (xx - 24) ** 2 < 36
+    for k, share in enumerate([0.30, 0.22, 0.27, 0.20]):
+        if protocol == "two acquisitions":
+            curve = bolus(6 if k % 2 == 0 else 20, 1000)
+        else:
+            curve = bolus(6, share * 1000) + bolus(20, 1000)
+        images[:, k][:, pool] += curve[:, None]
+    study = Study(images, np.diag([1.5, 1.5, 8.0, 1.0]), kind="perfusion", name="exam")
+    study.provenance.update(series_uid="1.2.3.1+1.2.3.2+1.2.3.3+1.2.3.4", slice_positions_mm=[0.0, 8.0, 16.0, 24.0])
+    if protocol == "two acquisitions":
+        with pytest.raises(CardiacInputError, match="show two boluses"):
+            refuse_two_boluses(study, "exam")
+    else:
+        refuse_two_boluses(study, "exam")
+
+
 def _tm_seconds(text):
     text = str(text)
     return int(text[:2]) * 3600 + int(text[2:4]) * 60 + float(text[4:])

@@ -271,6 +271,8 @@ def test_session_run_edit_save_load_back(phantom_data, tmp_path):
 
     s.revert()
     assert _rows(s)["LV EDV"] == pytest.approx(r0["LV EDV"]) and _sectors(_rows(s)) == _sectors(r0)
+    # asked for: the corrections it drops are not warned about as a run's (helper-88's review)
+    assert not any("replaced the corrections" in w for w in s.analysis.warnings), s.analysis.warnings
 
 
 def test_session_errors_and_cancel(phantom_data, tmp_path, monkeypatch):
@@ -518,6 +520,16 @@ def test_progress_bar_moves_with_the_network_of_a_real_run(tmp_path):
     bar = np.maximum.accumulate([CardiacWebApp.overall_percent(*step) for step in steps])
     frames = [i for i, (_, _, message) in enumerate(steps) if message.startswith("segmenting frame")]
     assert len(frames) >= 2 and bar[frames[0]] < bar[frames[-1]] < CardiacWebApp.SEGMENTING_SHARE, list(zip(steps, bar))
+    # with a rest series: its network the first half, the stress's the second, each moving it
+    # (the stress's first half of frames held the bar at 42.5 %; helper-88's review)
+    from CardiacAISegLib.logic import REST_PROGRESS_PREFIX as REST, STRESS_PROGRESS_PREFIX as STRESS
+
+    paired = [(0, 3, "segmenting"), (0, 2, REST + "segmenting frame 1/2"), (2, 2, REST + "segmentation done"),
+              (1, 3, "segmenting"), (0, 4, STRESS + "segmenting frame 1/4"), (1, 4, STRESS + "segmenting frame 2/4"),
+              (3, 4, STRESS + "segmenting frame 4/4"), (4, 4, STRESS + "segmentation done"), (3, 3, STRESS + "done")]
+    shown = np.maximum.accumulate([CardiacWebApp.overall_percent(*step) for step in paired])
+    half = CardiacWebApp.SEGMENTING_SHARE / 2
+    assert shown[2] == half and shown[4] == half < shown[5] < shown[6] < shown[7] < shown[8] == 100, shown
 
 
 # ---------------------------------------------------------------------------- end to end

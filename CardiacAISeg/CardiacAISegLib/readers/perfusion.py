@@ -358,22 +358,30 @@ def _first_pass_over(aif, fraction=0.4):
 # A bolus reaches every slice of one acquisition in the same heartbeat (all slices are read out
 # in each beat): arrivals apart by this many frames, in two groups, are two injections.
 TWO_BOLUSES_MIN_FRAMES = 3
+# ... and the later group must still be at baseline (under this share of its peak) when the
+# earlier group's bolus arrives
+LATE_GROUP_QUIET = 0.1
 
 
-def bolus_arrival_frames(images):
-    """(S,) the frame at which each slice's brightest enhancement (the largest rise over its
-    first three frames of the 3x3-pixel mean: the blood pool the bolus reaches first) first
-    reaches a quarter of its peak. A high percentile instead spread one full-field acquisition's
-    slices over 3-4 frames: with the chest in view, 1 % of the pixels is more than the pools."""
+def slice_rise_curves(images):
+    """(S, T) each slice's brightest enhancement per frame: the largest rise over its first three
+    frames of the 3x3-pixel mean (the blood pool the bolus reaches first). A high percentile
+    instead spread one full-field acquisition's slices over 3-4 frames: with the chest in view,
+    1 % of the pixels is more than the pools."""
     from scipy.ndimage import uniform_filter
 
     t = images.shape[0]
-    arrivals = []
+    curves = []
     for k in range(images.shape[1]):
         x = uniform_filter(images[:, k].astype(np.float32), size=(1, 3, 3))
-        rise = (x - np.median(x[:3], axis=0)).reshape(t, -1).max(axis=1)
-        arrivals.append(int(np.argmax(rise >= 0.25 * rise.max())) if rise.max() > 0 else -1)
-    return np.asarray(arrivals)
+        curves.append((x - np.median(x[:3], axis=0)).reshape(t, -1).max(axis=1))
+    return np.asarray(curves)
+
+
+def bolus_arrival_frames(rises):
+    """(S,) the first frame at which each slice's rise (``slice_rise_curves``) reaches a quarter
+    of its peak; -1 for a slice that never rises."""
+    return np.asarray([int(np.argmax(r >= 0.25 * r.max())) if r.max() > 0 else -1 for r in rises])
 
 
 def refuse_two_boluses(study, where):
@@ -389,7 +397,8 @@ def refuse_two_boluses(study, where):
     if study.n_slices < 4 or "+" not in str(prov.get("series_uid", "")) or positions is None \
             or len(positions) != study.n_slices:
         return
-    arrival = bolus_arrival_frames(study.images)
+    rises = slice_rise_curves(study.images)
+    arrival = bolus_arrival_frames(rises)
     if np.any(arrival < 0):
         return
     order = np.argsort(arrival, kind="stable")
@@ -403,6 +412,12 @@ def refuse_two_boluses(study, where):
     pos = np.asarray(positions, float)
     if pos[early].max() < pos[late].min() or pos[late].max() < pos[early].min():
         return   # side by side along the normal, not among each other
+    first = int(arrival[early].max())
+    if any(rises[k, first] >= LATE_GROUP_QUIET * rises[k].max() for k in late):
+        # the late slices rise already when the early ones do: one bolus seen at two strengths
+        # (a dual-bolus protocol's diluted pre-bolus near a quarter of the main peak in some
+        # slices; helper-88's review), not a second injection
+        return
 
     def at(group):
         return ", ".join(f"{pos[k]:.1f}" for k in sorted(group, key=lambda k: pos[k]))

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from ..errors import CancelledError, CardiacInputError, OutputExistsError
-from ..logic import REST_PROGRESS_PREFIX
+from ..logic import REST_PROGRESS_PREFIX, STRESS_PROGRESS_PREFIX
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
@@ -325,8 +325,12 @@ class CardiacWebApp:
         text = (message or "").lower()
         if text.startswith(REST_PROGRESS_PREFIX):
             # the rest series is segmented first: the first half of the network's share (its
-            # messages went to the measures' 85 %, and the bar stayed there; probe 63)
+            # messages went to the measures' 85 %, and the bar stayed there; probe 63) ...
             return 0.5 * min(cls.overall_percent(done, total, message[len(REST_PROGRESS_PREFIX):]), cls.SEGMENTING_SHARE)
+        if text.startswith(STRESS_PROGRESS_PREFIX):
+            # ... the stress series' network the second half, then the measures as without a rest
+            inner = cls.overall_percent(done, total, message[len(STRESS_PROGRESS_PREFIX):])
+            return inner if inner >= cls.SEGMENTING_SHARE else 0.5 * (cls.SEGMENTING_SHARE + inner)
         if text.startswith(("segmenting frame", "segmenting slice", "segmentation done")):
             return cls.SEGMENTING_SHARE * frac
         if text.startswith("segmenting"):
@@ -656,6 +660,8 @@ class CardiacWebApp:
             await asyncio.sleep(SAVE_MESSAGE_LEAD_S)
             with self.state:
                 self._guard(self._save)
+                if self.state.error_message:   # refused, failed or busy: "Saving ..." is over
+                    self.state.info_message = ""
         finally:
             self._saving = False
 

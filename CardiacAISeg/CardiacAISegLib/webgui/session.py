@@ -264,9 +264,10 @@ class Session:
                                               density=density or self.density())
         return RunResult(analysis, analysis.model_info, dict(analysis.timing_s))
 
-    def apply(self, result):
-        """Make a computed result the current one: segmentations, handles and table nodes."""
-        a = self.logic.applyAnalysis(result.analysis)
+    def apply(self, result, revert=False):
+        """Make a computed result the current one: segmentations, handles and table nodes
+        (``revert``: the run's own segmentation back, as asked)."""
+        a = self.logic.applyAnalysis(result.analysis, revert=revert)
         if a.kind == CINE and a.cine:
             self.frame = int(a.cine["ed_frame"])
         self._restore_placed(keep_moved=False)
@@ -495,7 +496,7 @@ class Session:
             return a
         result = RunResult(_fresh_analysis(a, self.logic.networkLabels), self.logic.modelInfo, self.logic.timing)
         net = self.logic.networkLabels
-        self.apply(result)
+        self.apply(result, revert=True)
         self.logic.networkLabels = net
         return self.analysis
 
