@@ -151,26 +151,20 @@ class CardiacAISegLogic(_LogicBase):
         _check_parameter(name)
         return self.parameterNode().GetNodeReference(name)
 
-    def densityParameter(self):
+    def densityParameter(self, name="density"):
         """The ``density`` parameter (g/mL; 1.05 when empty), checked as the CLI's --density is:
         a value outside the tissue range is refused, never replaced (0 used to become 1.05 and
-        2.0 to double LV mass with QC "pass")."""
+        2.0 to double LV mass with QC "pass"). ``name``: another density parameter."""
         from .analysis import check_density
 
-        text = self.getParameter("density").strip()
-        density = self._floatParameter("density") if text else 1.05
-        check_density(density, "density")
+        text = self.getParameter(name).strip()
+        density = self._floatParameter(name) if text else 1.05
+        check_density(density, name)
         return density
 
     def _measuredDensity(self):
         """The density the saved results were measured with (a reopened scene), else the box's."""
-        from .analysis import check_density
-
-        if not self.getParameter("measuredDensity").strip():
-            return self.densityParameter()
-        density = self._floatParameter("measuredDensity")
-        check_density(density, "measuredDensity")
-        return density
+        return self.densityParameter("measuredDensity" if self.getParameter("measuredDensity").strip() else "density")
 
     def _floatParameter(self, name):
         text = self.getParameter(name).strip()
