@@ -102,6 +102,20 @@ def test_sandbox_refuses_links_and_headers_that_leave(sandbox):
     assert len(entries) == 2 and truncated
 
 
+def test_the_launcher_request_is_answered_with_the_pages_own_websocket():
+    from CardiacAISegLib.webgui.app import page_session_url
+
+    # what trame's page computes itself when no launcher answers: the page's folder + /ws
+    assert page_session_url("http://127.0.0.1:8080/index.html") == "ws://127.0.0.1:8080/ws"
+    assert page_session_url("http://127.0.0.1:8080/") == "ws://127.0.0.1:8080/ws"
+    assert page_session_url("https://gui.lan/cardiac/index.html") == "wss://gui.lan/cardiac/ws"
+    assert page_session_url("https://gui.lan/cardiac/") == "wss://gui.lan/cardiac/ws"
+    # nothing said where the page cannot be known, or the page would lower-case the answer
+    assert page_session_url(None) is None
+    assert page_session_url("file:///tmp/index.html") is None
+    assert page_session_url("http://gui.lan/Cardiac/index.html") is None
+
+
 def test_request_guard_rules():
     pytest.importorskip("trame")
     from CardiacAISegLib.webgui.app import request_allowed
@@ -640,6 +654,7 @@ def page(gui_server):
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1500,1000", "--force-device-scale-factor=1"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})   # the page's console, for the load check
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     driver.get(gui_server["url"])
@@ -890,6 +905,15 @@ def test_e2e_server_binds_loopback_only(gui_server):
     assert status("/ws", dict(ws, Origin="http://evil.example")) == 403
     assert status("/", {"Host": f"evil.example:{port}"}) == 403
     assert status("/ws", dict(ws, Origin=f"http://127.0.0.1:{port}")) == 101
+    # trame's launcher request is answered with this server's own WebSocket, not a 405
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("POST", "/paraview/", body='{"application": "trame"}',
+                  headers={"Origin": f"http://127.0.0.1:{port}", "Referer": f"http://127.0.0.1:{port}/index.html"})
+        answer = c.getresponse()
+        assert answer.status == 200 and json.loads(answer.read()) == {"sessionURL": f"ws://127.0.0.1:{port}/ws"}
+    finally:
+        c.close()
     # The web server serves its own files only: no path climbs out of its content folder.
     import urllib.error
     import urllib.request
@@ -908,6 +932,9 @@ def test_e2e_page_loads_and_views_render(page):
     page.wait(lambda: len(page.all("#views .remote-controlled-area img")) >= 2, message="two views")
     assert "no study open" in page.el("study-line").text
     page.shot("loaded")
+    # a page load logs no error in the browser's console (trame's launcher request gave a 405)
+    errors = [e["message"] for e in page.d.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
 
 
 @e2e

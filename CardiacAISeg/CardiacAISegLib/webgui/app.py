@@ -891,8 +891,35 @@ def request_allowed(host_header, origin, loopback_only=True):
     return True, ""
 
 
+# trame's page asks a session launcher at <page folder>/paraview/ where to connect before it falls
+# back to the server's own WebSocket; a single-user server has no launcher, so every page load
+# logged "405 (Method Not Allowed)" in the browser console (probe 63)
+LAUNCHER_PATH = "/paraview/"
+
+
+def page_session_url(referer):
+    """The WebSocket address trame's page falls back to when no launcher answers, for the page at
+    ``referer`` (its URL): ws(s)://host[:port]/<page folder>/ws. None when it cannot be said
+    exactly: no page URL, not http(s), or letters in upper case (the page lower-cases a launcher's
+    answer before it connects)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(referer or "")
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    folder = parts.path
+    if folder.endswith((".html", ".htm")):
+        folder = folder.rsplit("/", 1)[0]
+    url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{folder.rstrip('/')}/ws"
+    return url if url == url.lower() else None
+
+
 def install_request_guard(server, loopback_only=True):
-    """Refuse requests that fail ``request_allowed`` (403) before trame or wslink see them."""
+    """Refuse requests that fail ``request_allowed`` (403) before trame or wslink see them, and
+    answer the page's launcher request with the server's own WebSocket (``page_session_url``)."""
     from aiohttp import web
 
     @web.middleware
@@ -901,6 +928,10 @@ def install_request_guard(server, loopback_only=True):
         if not ok:
             log.warning("refused %s %s: %s", request.method, request.path, reason)
             return web.Response(status=403, text=f"CardiacAISeg web GUI: refused ({reason})\n")
+        if request.method == "POST" and request.path.endswith(LAUNCHER_PATH):
+            url = page_session_url(request.headers.get("Referer"))
+            if url:
+                return web.json_response({"sessionURL": url})
         return await handler(request)
 
     def bind(wslink_server, **_):
