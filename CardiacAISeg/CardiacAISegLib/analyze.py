@@ -10,7 +10,7 @@ from pathlib import Path
 from .outputs import check_outputs
 from .outputs import write_outputs as _write_outputs
 from .errors import CardiacInputError
-from .study import PERFUSION, SAME_SERIES_ADVICE, check_rest_pairing
+from .study import PERFUSION, check_rest_pairing
 
 STUDY_LABELS = "study"        # --labels study: the label maps that come with the input (ACDC _gt)
 RING_LABELS = "ring"          # --labels ring: automatic myocardial ring ROI (perfusion, no network)
@@ -147,11 +147,9 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
             raise CardiacInputError(e.path, f"reading the rest series (--rest): {problem}") from None
         warnings = rest_study.provenance.get("warnings") or []
         warnings[:] = [as_rest_flags(w) for w in warnings]
-        try:
-            check_rest_pairing(study, rest, rest_study)
-        except CardiacInputError as e:   # the flags that read each series of one folder
-            raise CardiacInputError(e.path, e.problem.replace(
-                SAME_SERIES_ADVICE, SAME_SERIES_ADVICE + " (e.g. --series stress --rest FOLDER picks each by its description)")) from None
+        # the flags that read each series of one folder
+        check_rest_pairing(study, rest, rest_study,
+                           same_series_advice="e.g. --series stress --rest FOLDER picks each by its description")
         try:
             rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density,
                                                 device=device)

@@ -112,26 +112,25 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), directions=None):
     return m
 
 
-def check_rest_pairing(study, rest_name, rest_study=None):
+def check_rest_pairing(study, rest_name, rest_study=None, same_series_advice=None):
     """A rest series pairs only with a perfusion (stress) study: refuse it beside a cine, naming
     the rest series (before it is read, where the caller can). Once read (``rest_study``), it
     must be the same patient's: MPR divides one patient's stress by another's rest otherwise.
-    Files without a PatientID (NIfTI, anonymised DICOM) cannot be compared and pass."""
+    Files without a PatientID (NIfTI, anonymised DICOM) cannot be compared and pass.
+    ``same_series_advice`` adds a front end's own words (the CLI's flags) to the refusal of a
+    rest series that is the stress series itself."""
     if study.kind != PERFUSION:
         raise CardiacInputError(str(rest_name), f"a rest series pairs with a perfusion (stress) study (for the MPR); "
                                                 f"{study.source or study.name} is read as {study.kind}")
     if rest_study is not None:
         check_same_patient(study, rest_study, rest_name, "the rest series", study_role="stress")
-        check_not_the_same_series(study, rest_study, rest_name)
+        check_not_the_same_series(study, rest_study, rest_name, advice=same_series_advice)
 
 
-# what every front end says of a rest series that is the stress's; the CLI adds its flags
-SAME_SERIES_ADVICE = "give the rest acquisition"
-
-
-def check_not_the_same_series(study, rest_study, rest_name):
+def check_not_the_same_series(study, rest_study, rest_name, advice=None):
     """Refuse a rest series that is the stress series itself (the same DICOM series read twice,
-    one file given as both): MPR and MPRI came out exactly 1.00 with QC pass."""
+    one file given as both): MPR and MPRI came out exactly 1.00 with QC pass. ``advice`` follows
+    "give the rest acquisition" in the message (how the front end's user does that)."""
     a, b = study.provenance or {}, rest_study.provenance or {}
     same_series = bool(a.get("series_uid")) and a.get("series_uid") == b.get("series_uid")
     same_files = bool(a.get("files")) and sorted(map(str, a["files"])) == sorted(map(str, b.get("files") or []))
@@ -139,7 +138,7 @@ def check_not_the_same_series(study, rest_study, rest_name):
     if same_series or same_files or same_images:
         what = (f"series {a['series_uid']}" if same_series else "the same file(s)" if same_files else "the same images")
         raise CardiacInputError(str(rest_name), f"the rest series is the stress series itself ({what}): MPR would be 1; "
-                                                f"{SAME_SERIES_ADVICE}")
+                                                f"give the rest acquisition{f' ({advice})' if advice else ''}")
 
 
 def check_same_patient(study, other, other_name, what, study_role="perfusion"):

@@ -2407,7 +2407,8 @@ def _(base, f):
                                    "--rest-aif": base.perf_dir / "aif.csv", "--rest-dt": base.perf_dt})
 
 
-@case("perfusion_rest_is_the_stress_series", "error", ("the rest series is the stress series itself", "MPR would be 1"),
+@case("perfusion_rest_is_the_stress_series", "error", ("the rest series is the stress series itself", "MPR would be 1",
+                                                     "give the rest acquisition (e.g. --series stress --rest FOLDER"),
       named=lambda f: f / "dicom", category="perfusion")
 def _(base, f):
     """One series given as stress and rest (`--series stress --rest` on a folder whose one

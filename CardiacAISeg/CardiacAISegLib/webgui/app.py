@@ -43,6 +43,7 @@ class CardiacWebApp:
         self.session = Session(self.data, context=self.views.context)
         self._updating = False       # our own node updates must not look like user edits
         self._progress = None
+        self._saving = False          # a save in progress: a second click meanwhile is refused (busy)
         self._paint_timer = None
         self._xy_timer = None
         self._slice_sync_pending = False
@@ -642,7 +643,7 @@ class CardiacWebApp:
         from trame_server.utils.asynchronous import create_task
 
         s = self.state
-        if self._busy_message() or getattr(self, "_saving", False):
+        if self._busy_message() or self._saving:
             s.error_message = self._busy_message() or "Busy: saving."
             return
         if out_path is not None:
