@@ -591,6 +591,16 @@ def _stack_normal(ds):
     return normal / size if size > 0.5 else None
 
 
+def _positive_mm(value):
+    """A header length in millimetres as a float, or None when it is missing, unreadable or not
+    positive."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
 def _series_number(items):
     try:
         return int(items[0][1].get("SeriesNumber", 0) or 0)
@@ -2928,6 +2938,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         "slice_positions_mm": [round(p, 4) for p in positions],
         "instance_map": instance_map, "ambiguous_instances": sorted(ambiguous), "sop_map": sop_map, "warnings": warn,
         "multi_frame": bool(frame_map),
+        "slice_thickness_mm": _positive_mm(ds0.get("SliceThickness")),
     }
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map

@@ -384,6 +384,38 @@ def bolus_arrival_frames(rises):
     return np.asarray([int(np.argmax(r >= 0.25 * r.max())) if r.max() > 0 else -1 for r in rises])
 
 
+# Slices of one perfusion acquisition are planned apart (their saturation and readout would
+# overlap otherwise): two slices read as one stack closer than this share of their thickness
+# come from two acquisitions
+OVERLAPPING_SLICE_SHARE = 0.5
+
+
+def refuse_overlapping_slices(study, where):
+    """Refuse a stack merged from slice series in which two slices lie closer than
+    ``OVERLAPPING_SLICE_SHARE`` of their thickness (the header's SliceThickness): stress and rest
+    stored one series per slice, described alike, no clock and series numbers in one run, the
+    rest planned a few millimetres off the stress. When both boluses arrive in the same frame of
+    their series, ``refuse_two_boluses`` cannot see them, and the two were read as one 6-slice
+    stack (segment MBF from a mix of stress and rest slices; session 32's note)."""
+    prov = study.provenance
+    positions, thickness = prov.get("slice_positions_mm"), prov.get("slice_thickness_mm")
+    if study.n_slices < 2 or "+" not in str(prov.get("series_uid", "")) or positions is None \
+            or len(positions) != study.n_slices or not thickness:
+        return
+    pos = np.sort(np.asarray(positions, float))
+    gaps = np.diff(pos)
+    close = [k for k, gap in enumerate(gaps) if gap < OVERLAPPING_SLICE_SHARE * thickness]
+    if not close:
+        return
+    pairs = ", ".join(f"{pos[k]:.1f} and {pos[k + 1]:.1f} mm" for k in close)
+    raise CardiacInputError(where, f"the {study.n_slices} slice series read as one stack overlap: slices at {pairs} lie "
+                                   f"{'under' if len(close) > 1 else f'{gaps[close[0]]:.1f} mm apart, under'} half their "
+                                   f"{thickness:g} mm thickness, which one perfusion acquisition never plans: two "
+                                   "acquisitions (stress and rest?) planned a few millimetres apart, whose series "
+                                   "nothing in the headers parts (no clock to tell them apart, series numbers in one "
+                                   "run); put each acquisition's series in a folder of its own")
+
+
 def refuse_two_boluses(study, where):
     """Refuse a stack merged from slice series of two acquisitions: stress and rest stored one
     series per slice, described alike, with no clock to part them and series numbers in one
@@ -454,6 +486,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         dropped = drop_leading_pd_frames(study, where)
         undo_rescaled_frames(study, where)
         refuse_two_boluses(study, where)
+        refuse_overlapping_slices(study, where)   # the same case when both boluses arrive in one frame
     measured = study.frame_times_s
     n = study.n_frames
     prov = study.provenance
