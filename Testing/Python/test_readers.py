@@ -781,6 +781,36 @@ def test_slices_of_more_phases_over_a_shorter_cycle_are_matched_by_cycle_share(t
     assert any("by their place in its own cycle" in w for w in st.provenance["warnings"])
 
 
+def test_a_slice_that_lost_its_last_phase_keeps_its_own_cycle(tmp_path):
+    """Sunnybrook-like: every slice its own breath-hold (36.6-40 ms between phases), 20 phases
+    each (CardiacNumberOfImages 20), and one file of one slice lost, its last phase. Matched by
+    their place in a cycle, that slice's 19 phases were spread over 19 steps as if its heart had
+    beaten faster (each a little later in the cycle than the others' phase of that number;
+    probe 57's rerun: EDV 191.3 -> 190.8, "the heart rate changed"). Its cycle is 20 steps, as
+    its header says: its phases line up with the others', and the warning names the lost image."""
+    import pydicom
+
+    n = 0
+    for k in range(4):
+        step = (40.0, 36.6, 38.0, 38.0)[k]   # as SC-HF-I-1's slices: too far apart to match in milliseconds
+        for j in range(19 if k == 3 else 20):
+            n += 1
+            path = tmp_path / f"IM{n:04d}.dcm"
+            # each image's value: its place in its own cycle, in thousandths
+            write_dicom(path, desc="SA cine", ipp=(0, 0, 8.0 * k), trigger=10.0 + j * step, instance=n,
+                        value=int(round(1000 * j / 20)))
+            ds = pydicom.dcmread(path)
+            ds.CardiacNumberOfImages = 20
+            ds.save_as(path)
+    st = load_study(tmp_path)
+    assert st.images.shape[:2] == (19, 4)
+    ref = np.round(1000 * np.arange(19) / 20)
+    for k in range(4):   # every slice's frame t shows the same share of the cycle
+        assert np.max(np.abs(st.images[:, k, 0, 0] - ref)) <= 1, (k, st.images[:, k, 0, 0])
+    said = " ".join(st.provenance["warnings"])
+    assert "slice 3 at 24.0 mm holds 19 of the 20 phases" in said and "heart rate changed" not in said, said
+
+
 def test_a_description_shared_by_two_series_is_not_a_choice(tmp_path):
     """Two series described "SA cine" (the stack and a one-slice repeat): `--series "SA cine"`
     took the first found, a one-slice study (EDV 16 mL). Now it names both and asks for the

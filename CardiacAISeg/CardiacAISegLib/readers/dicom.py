@@ -2464,7 +2464,7 @@ def _cycles_in_stored_order(grp, delays):
     return [int(r.size) for r in runs]
 
 
-def _phases_matched_by_trigger_time(folder, groups, clock):
+def _phases_matched_by_trigger_time(folder, groups, clock, positions=None):
     """None when the first phases of every slice share their trigger delays (a slice whose
     cycle is only shorter: the common phases are kept by number); else (groups, note) with
     each slice's phase nearest in time to each phase of the slice with the fewest. Arrhythmia
@@ -2485,7 +2485,7 @@ def _phases_matched_by_trigger_time(folder, groups, clock):
         idx = np.abs(d[:, None] - ref[None, :]).argmin(0)
         worst = max(worst, float(np.max(np.abs(d[idx] - ref))))
         if len(set(idx.tolist())) < n:
-            return _phases_matched_by_cycle_share(groups, delays)
+            return _phases_matched_by_cycle_share(groups, delays, positions)
         picked.append([grp[i] for i in idx])
     if worst > 0.5 * step:
         raise CardiacInputError(folder, f"slices have {n}-{max(len(d) for d in delays)} phases whose trigger delays "
@@ -2498,20 +2498,38 @@ def _phases_matched_by_trigger_time(folder, groups, clock):
     return picked, note
 
 
-def _phases_matched_by_cycle_share(groups, delays):
+def _phases_per_cycle(grp):
+    """The phases a slice's header says its cycle was acquired in (CardiacNumberOfImages, one
+    value for all its images), or None."""
+    values = set()
+    for item in grp:
+        try:
+            values.add(int(item[1].get("CardiacNumberOfImages")))
+        except (AttributeError, TypeError, ValueError):
+            return None
+    return values.pop() if len(values) == 1 and min(values) > 0 else None
+
+
+def _phases_matched_by_cycle_share(groups, delays, positions=None):
     """(groups, note) with each slice's phase nearest, as a share of its own cycle, to each phase
     of the slice with the fewest; None when two would take one phase, or one lies over half a
     phase off. Slices of 25 phases over a shorter cycle (a faster heart in their breath-hold)
     beside slices of 20 match no delay in milliseconds near the cycle's end: they had been cut
-    to their first 20 phases, 0-76 % of their cycle (ED and ES moved, volumes 3 % low; probe 58)."""
-    def shares(d):
+    to their first 20 phases, 0-76 % of their cycle (ED and ES moved, volumes 3 % low; probe 58).
+    A slice's cycle is its phase step times the phases its header says it was acquired in
+    (``_phases_per_cycle``) where it holds fewer: one file lost (its last phase) had made a
+    cycle of 19 steps of 20, each phase matched a little late (probe 57's rerun)."""
+    acquired = [max(len(d), _phases_per_cycle(grp) or 0) for grp, d in zip(groups, delays)]
+
+    def shares(d, phases):
         step = float(np.median(np.diff(d)))
-        return (d - d[0]) / (step * len(d))
+        return (d - d[0]) / (step * phases)
     n = min(len(d) for d in delays)
-    ref = shares(delays[int(np.argmin([len(d) for d in delays]))])
+    fewest = int(np.argmin([len(d) for d in delays]))
+    ref = shares(delays[fewest], acquired[fewest])
     picked, worst = [], 0.0
-    for grp, d in zip(groups, delays):
-        own = shares(d)
+    for grp, d, phases in zip(groups, delays, acquired):
+        own = shares(d, phases)
         idx = np.abs(own[:, None] - ref[None, :]).argmin(0)
         worst = max(worst, float(np.max(np.abs(own[idx] - ref))))
         if len(set(idx.tolist())) < n:
@@ -2519,10 +2537,14 @@ def _phases_matched_by_cycle_share(groups, delays):
         picked.append([grp[i] for i in idx])
     if worst > 0.5 / n:
         return None
-    cycles = [1000 * float(np.median(np.diff(d))) * len(d) for d in delays]
-    note = (f"slices have {n}-{max(len(d) for d in delays)} phases over cycles of {min(cycles):.0f}-{max(cycles):.0f} ms (the "
-            f"heart rate changed between breath-holds): each slice's phases matched to the {n} of the slice with the "
-            f"fewest by their place in its own cycle (within {100 * worst:.0f} % of a cycle)")
+    cycles = [1000 * float(np.median(np.diff(d))) * phases for d, phases in zip(delays, acquired)]
+    lost = [k for k, (d, phases) in enumerate(zip(delays, acquired)) if len(d) < phases]
+    said = "; ".join(f"slice {k}{f' at {positions[k]:.1f} mm' if positions is not None else ''} holds {len(delays[k])} of "
+                     f"the {acquired[k]} phases its header gives (CardiacNumberOfImages)" for k in lost[:3])
+    why = (f"{said}: an image lost in a copy or transfer?" if lost else "the heart rate changed between breath-holds")
+    note = (f"slices have {n}-{max(len(d) for d in delays)} phases over cycles of {min(cycles):.0f}-{max(cycles):.0f} ms "
+            f"({why}): each slice's phases matched to the {n} of the slice with the fewest by their place in its own "
+            f"cycle (within {100 * worst:.0f} % of a cycle)")
     return picked, note
 
 
@@ -2814,7 +2836,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
             raise CardiacInputError(folder, f"slice positions have different numbers of frames {counts}; the series is incomplete or "
                                             f"mixes acquisitions{lost}"
                                             f"{_where_frames_are_missing(groups, positions, clock, timing.get('tag'))}{other_slices}")
-        matched = _phases_matched_by_trigger_time(folder, groups, clock)
+        matched = _phases_matched_by_trigger_time(folder, groups, clock, positions)
         if matched is None:
             longer = [k for k, n in enumerate(counts) if n > min(counts)]
             if len(longer) < len(counts) - len(longer):
