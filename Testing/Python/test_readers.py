@@ -760,7 +760,8 @@ def test_slices_with_fewer_phases_are_matched_by_trigger_time(tmp_path, short_st
     assert any(("matched by trigger delay" in w) == matched and "phases" in w for w in st.provenance["warnings"])
 
 
-def test_slices_of_more_phases_over_a_shorter_cycle_are_matched_by_cycle_share(tmp_path):
+@pytest.mark.parametrize("header", [None, 25, 90])
+def test_slices_of_more_phases_over_a_shorter_cycle_are_matched_by_cycle_share(tmp_path, header):
     """Two slices at 20 phases over 800 ms, two from another breath-hold with a faster heart at 25
     phases over 750 ms: no delay of theirs lies near the others' last phases in milliseconds, and
     they were kept by number, their first 20 phases (0-76 % of their cycle; ED and ES moved,
@@ -771,14 +772,21 @@ def test_slices_of_more_phases_over_a_shorter_cycle_are_matched_by_cycle_share(t
         for j in range(phases):
             n += 1
             # each image's value: its place in its own cycle, in thousandths
-            write_dicom(tmp_path / f"IM{n:04d}.dcm", desc="SA cine", ipp=(0, 0, 8.0 * k), trigger=j * step, instance=n,
+            path = tmp_path / f"IM{n:04d}.dcm"
+            write_dicom(path, desc="SA cine", ipp=(0, 0, 8.0 * k), trigger=j * step, instance=n,
                         value=int(round(1000 * j / phases)))
+            if header:   # one CardiacNumberOfImages for the whole series (or a wrong one): no file was lost
+                import pydicom
+
+                ds = pydicom.dcmread(path)
+                ds.CardiacNumberOfImages = header
+                ds.save_as(path)
     st = load_study(tmp_path)
     assert st.images.shape[:2] == (20, 4)
     ref = np.round(1000 * np.arange(20) / 20)
     for k in range(4):   # every slice's frame t shows (about) the same share of the cycle
         assert np.max(np.abs(st.images[:, k, 0, 0] - ref)) <= 25, (k, st.images[:, k, 0, 0])
-    assert any("by their place in its own cycle" in w for w in st.provenance["warnings"])
+    assert any("by their place in its own cycle" in w and "heart rate changed" in w for w in st.provenance["warnings"])
 
 
 def test_a_slice_that_lost_its_last_phase_keeps_its_own_cycle(tmp_path):

@@ -106,14 +106,18 @@ def test_the_launcher_request_is_answered_with_the_pages_own_websocket():
     from CardiacAISegLib.webgui.app import page_session_url
 
     # what trame's page computes itself when no launcher answers: the page's folder + /ws
-    assert page_session_url("http://127.0.0.1:8080/index.html") == "ws://127.0.0.1:8080/ws"
-    assert page_session_url("http://127.0.0.1:8080/") == "ws://127.0.0.1:8080/ws"
-    assert page_session_url("https://gui.lan/cardiac/index.html") == "wss://gui.lan/cardiac/ws"
-    assert page_session_url("https://gui.lan/cardiac/") == "wss://gui.lan/cardiac/ws"
+    assert page_session_url("http://127.0.0.1:8080/index.html", "/paraview/") == "ws://127.0.0.1:8080/ws"
+    assert page_session_url("http://127.0.0.1:8080/", "/paraview/") == "ws://127.0.0.1:8080/ws"
+    assert page_session_url("https://gui.lan/cardiac/index.html", "/cardiac/paraview/") == "wss://gui.lan/cardiac/ws"
+    assert page_session_url("https://gui.lan/cardiac/", "/cardiac/paraview/") == "wss://gui.lan/cardiac/ws"
     # nothing said where the page cannot be known, or the page would lower-case the answer
-    assert page_session_url(None) is None
-    assert page_session_url("file:///tmp/index.html") is None
-    assert page_session_url("http://gui.lan/Cardiac/index.html") is None
+    assert page_session_url(None, "/paraview/") is None
+    assert page_session_url("file:///tmp/index.html", "/paraview/") is None
+    assert page_session_url("http://gui.lan/Cardiac/index.html", "/Cardiac/paraview/") is None
+    # ... or the page's folder is not the one the request came to: a Referer cut to the site's
+    # root (Referrer-Policy: origin) for a page under /cardiac/ would send it to /ws
+    assert page_session_url("https://gui.lan/", "/cardiac/paraview/") is None
+    assert page_session_url("https://gui.lan/cardiac/index.html", "/paraview/") is None   # a proxy that strips it
 
 
 def test_request_guard_rules():

@@ -2510,6 +2510,24 @@ def _phases_per_cycle(grp):
     return values.pop() if len(values) == 1 and min(values) > 0 else None
 
 
+# A slice short of its header's phase count by at most this share (one file at least) lost it
+LOST_PHASES_SHARE = 0.1
+
+
+def _acquired_phases(groups, delays):
+    """Each slice's phases per cycle: what it holds, or its header's CardiacNumberOfImages where
+    it holds a few fewer (``LOST_PHASES_SHARE``) and another slice holds that many: a file lost.
+    A series-wide or wrong header count is not taken (slices of 20 beside slices of 25, all
+    headed 25, would have had their cycles stretched: helper-90's review)."""
+    held = [len(d) for d in delays]
+    acquired = []
+    for grp, n in zip(groups, held):
+        header = _phases_per_cycle(grp) or 0
+        lost = header - n
+        acquired.append(header if 0 < lost <= max(1, round(LOST_PHASES_SHARE * header)) and header in held else n)
+    return acquired
+
+
 def _phases_matched_by_cycle_share(groups, delays, positions=None):
     """(groups, note) with each slice's phase nearest, as a share of its own cycle, to each phase
     of the slice with the fewest; None when two would take one phase, or one lies over half a
@@ -2519,7 +2537,7 @@ def _phases_matched_by_cycle_share(groups, delays, positions=None):
     A slice's cycle is its phase step times the phases its header says it was acquired in
     (``_phases_per_cycle``) where it holds fewer: one file lost (its last phase) had made a
     cycle of 19 steps of 20, each phase matched a little late (probe 57's rerun)."""
-    acquired = [max(len(d), _phases_per_cycle(grp) or 0) for grp, d in zip(groups, delays)]
+    acquired = _acquired_phases(groups, delays)
 
     def shares(d, phases):
         step = float(np.median(np.diff(d)))

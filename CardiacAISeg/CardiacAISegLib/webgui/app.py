@@ -898,11 +898,13 @@ def request_allowed(host_header, origin, loopback_only=True):
 LAUNCHER_PATH = "/paraview/"
 
 
-def page_session_url(referer):
+def page_session_url(referer, request_path=LAUNCHER_PATH):
     """The WebSocket address trame's page falls back to when no launcher answers, for the page at
-    ``referer`` (its URL): ws(s)://host[:port]/<page folder>/ws. None when it cannot be said
-    exactly: no page URL, not http(s), or letters in upper case (the page lower-cases a launcher's
-    answer before it connects)."""
+    ``referer`` (its URL) that asked ``request_path``: ws(s)://host[:port]/<page folder>/ws. None
+    when it cannot be said exactly: no page URL, not http(s), letters in upper case (the page
+    lower-cases a launcher's answer before it connects), or a page folder other than the one
+    the request came to (a Referer cut to the site's root by a Referrer-Policy, a proxy that
+    strips a path prefix: the page's own fallback knows its folder; helper-90's review)."""
     from urllib.parse import urlsplit
 
     try:
@@ -914,7 +916,10 @@ def page_session_url(referer):
     folder = parts.path
     if folder.endswith((".html", ".htm")):
         folder = folder.rsplit("/", 1)[0]
-    url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{folder.rstrip('/')}/ws"
+    folder = folder.rstrip("/")
+    if not request_path.endswith(LAUNCHER_PATH) or request_path[:-len(LAUNCHER_PATH)].rstrip("/") != folder:
+        return None
+    url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{folder}/ws"
     return url if url == url.lower() else None
 
 
@@ -930,7 +935,7 @@ def install_request_guard(server, loopback_only=True):
             log.warning("refused %s %s: %s", request.method, request.path, reason)
             return web.Response(status=403, text=f"CardiacAISeg web GUI: refused ({reason})\n")
         if request.method == "POST" and request.path.endswith(LAUNCHER_PATH):
-            url = page_session_url(request.headers.get("Referer"))
+            url = page_session_url(request.headers.get("Referer"), request.path)
             if url:
                 return web.json_response({"sessionURL": url})
         return await handler(request)
