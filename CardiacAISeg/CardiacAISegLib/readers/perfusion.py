@@ -384,6 +384,23 @@ def bolus_arrival_frames(rises):
     return np.asarray([int(np.argmax(r >= 0.25 * r.max())) if r.max() > 0 else -1 for r in rises])
 
 
+# What both refusals of a stack merged from two acquisitions' slice series say
+TWO_ACQUISITIONS_ADVICE = ("two acquisitions (stress and rest?) planned a few millimetres apart, whose series nothing "
+                           "in the headers parts (no clock to tell them apart, series numbers in one run); put each "
+                           "acquisition's series in a folder of its own")
+
+
+def _merged_slice_positions(study):
+    """(S,) the slice positions (mm) of a stack merged from several slice series (the DICOM
+    reader joins their UIDs with '+'), or None for any other stack: the only stacks that can
+    hold two acquisitions the headers did not part."""
+    prov = study.provenance
+    positions = prov.get("slice_positions_mm")
+    if "+" not in str(prov.get("series_uid", "")) or positions is None or len(positions) != study.n_slices:
+        return None
+    return np.asarray(positions, float)
+
+
 # Slices of one perfusion acquisition are planned apart (their saturation and readout would
 # overlap otherwise): two slices read as one stack closer than this share of their thickness
 # come from two acquisitions
@@ -397,12 +414,10 @@ def refuse_overlapping_slices(study, where):
     rest planned a few millimetres off the stress. When both boluses arrive in the same frame of
     their series, ``refuse_two_boluses`` cannot see them, and the two were read as one 6-slice
     stack (segment MBF from a mix of stress and rest slices; session 32's note)."""
-    prov = study.provenance
-    positions, thickness = prov.get("slice_positions_mm"), prov.get("slice_thickness_mm")
-    if study.n_slices < 2 or "+" not in str(prov.get("series_uid", "")) or positions is None \
-            or len(positions) != study.n_slices or not thickness:
+    positions, thickness = _merged_slice_positions(study), study.provenance.get("slice_thickness_mm")
+    if positions is None or study.n_slices < 2 or not thickness:
         return
-    pos = np.sort(np.asarray(positions, float))
+    pos = np.sort(positions)
     gaps = np.diff(pos)
     close = [k for k, gap in enumerate(gaps) if gap < OVERLAPPING_SLICE_SHARE * thickness]
     if not close:
@@ -410,10 +425,8 @@ def refuse_overlapping_slices(study, where):
     pairs = ", ".join(f"{pos[k]:.1f} and {pos[k + 1]:.1f} mm" for k in close)
     raise CardiacInputError(where, f"the {study.n_slices} slice series read as one stack overlap: slices at {pairs} lie "
                                    f"{'under' if len(close) > 1 else f'{gaps[close[0]]:.1f} mm apart, under'} half their "
-                                   f"{thickness:g} mm thickness, which one perfusion acquisition never plans: two "
-                                   "acquisitions (stress and rest?) planned a few millimetres apart, whose series "
-                                   "nothing in the headers parts (no clock to tell them apart, series numbers in one "
-                                   "run); put each acquisition's series in a folder of its own")
+                                   f"{thickness:g} mm thickness, which one perfusion acquisition never plans: "
+                                   f"{TWO_ACQUISITIONS_ADVICE}")
 
 
 def refuse_two_boluses(study, where):
@@ -424,10 +437,8 @@ def refuse_two_boluses(study, where):
     two or more slices whose bolus arrivals lie ``TWO_BOLUSES_MIN_FRAMES`` or more apart, each
     group arriving within a frame, and whose positions lie among each other: one acquisition's
     slices never do that (a late apical slice without RV is one slice, at the stack's end)."""
-    prov = study.provenance
-    positions = prov.get("slice_positions_mm")
-    if study.n_slices < 4 or "+" not in str(prov.get("series_uid", "")) or positions is None \
-            or len(positions) != study.n_slices:
+    positions = _merged_slice_positions(study)
+    if positions is None or study.n_slices < 4:
         return
     rises = slice_rise_curves(study.images)
     arrival = bolus_arrival_frames(rises)
@@ -441,7 +452,7 @@ def refuse_two_boluses(study, where):
         return
     if np.ptp(arrival[early]) > 1 or np.ptp(arrival[late]) > 1:
         return
-    pos = np.asarray(positions, float)
+    pos = positions
     if pos[early].max() < pos[late].min() or pos[late].max() < pos[early].min():
         return   # side by side along the normal, not among each other
     first = int(arrival[early].max())
@@ -456,10 +467,7 @@ def refuse_two_boluses(study, where):
 
     raise CardiacInputError(where, f"the {study.n_slices} slices read as one stack show two boluses: the slices at "
                                    f"{at(early)} mm reach it at frame {int(np.median(arrival[early])) + 1}, those at "
-                                   f"{at(late)} mm at frame {int(np.median(arrival[late])) + 1}: two acquisitions (stress "
-                                   "and rest?) planned a few millimetres apart, whose series nothing in the headers parts "
-                                   "(no clock to tell them apart, series numbers in one run); put each acquisition's "
-                                   "series in a folder of its own")
+                                   f"{at(late)} mm at frame {int(np.median(arrival[late])) + 1}: {TWO_ACQUISITIONS_ADVICE}")
 
 
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
