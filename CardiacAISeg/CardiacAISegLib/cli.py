@@ -64,8 +64,17 @@ def _batch(args):
 
     if args.workers is not None and args.workers < 1:
         raise CardiacInputError("--workers", f"{args.workers}: give at least 1 worker")
+    if args.resume and args.force:
+        # together, --force was silently ignored (probe 64)
+        raise CardiacInputError("--resume --force", "give one: --resume keeps the complete studies and runs the rest, "
+                                                    "--force runs every study again")
     defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind), ("scene", args.scene)) if v}
     specs = load_cohort(args.input, defaults, exclude=[args.out])
+    renamed = [s for s in specs if s.id != s.study]
+    if renamed:
+        shown = ", ".join(f"{s.id!r} -> {s.study}" for s in renamed[:3])
+        print(f"note: {len(renamed)} study id{'s are' if len(renamed) > 1 else ' is'} not a folder name as written: "
+              f"{shown}{', ...' if len(renamed) > 3 else ''} (cohort.csv: study = the id, folder = its output folder)")
     with output_lock(args.out):   # one batch per output folder: two at once overwrote each other's table
         run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
                          frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet,

@@ -24,6 +24,7 @@ import os
 import re
 import time
 import traceback
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ FILE_OPTIONS = ("labels", "aif", "rest", "rest_labels", "rest_aif")   # relative
 NUMBER_OPTIONS = ("dt", "density", "rest_dt")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
 
-META_COLUMNS = ("study", "status", "kind", "input", "series", "rest_series", "image_units", "error", "qc_status", "qc_codes",
+META_COLUMNS = ("study", "folder", "status", "kind", "input", "series", "rest_series", "image_units", "error", "qc_status", "qc_codes",
                 "warnings", "segmentation", "model_name", "model_version", "model_sha256", "worker", "time_total_s",
                 "time_cpu_s", "time_load_s", "time_segmentation_s", "time_measures_s", "time_writing_s")
 FLOAT_META = {c for c in META_COLUMNS if c.startswith("time_")}
@@ -55,17 +56,28 @@ FLOAT_META = {c for c in META_COLUMNS if c.startswith("time_")}
 
 @dataclass
 class StudySpec:
-    """One study of the cohort: its name (the output folder), input and analyze options."""
+    """One study of the cohort: its output folder's name, input and analyze options."""
     study: str
     input: str
     options: dict = field(default_factory=dict)   # analyze.run keyword arguments (kind, labels, aif, dt, ...)
     extra: dict = field(default_factory=dict)     # other manifest columns (reference values, site, ...)
+    # the study's id as the manifest (or the file or folder name) writes it: the table's study
+    # column. The folder name is rewritten where the id is no safe folder name ('UKB 1000123' ->
+    # UKB_1000123), and a table that held only the folder name lost rows joined back on the id
+    # (probe 64).
+    name: str = ""
+
+    @property
+    def id(self):
+        return self.name or self.study
 
 
 # --- the cohort: manifest or folder -------------------------------------------------------------
 def _safe_name(text):
-    """A folder name from a study name: letters, digits, '.', '_' and '-' only."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    """A folder name from a study name: letters and digits of any script, '.', '_' and '-' only
+    (NFC: macOS writes names decomposed). ASCII only had made Müller_1 and Mäller_1 one folder
+    and refused them as duplicates (probe 64)."""
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._")
     return name or "study"
 
 
@@ -117,6 +129,15 @@ def read_manifest(path, defaults=None):
     except UnicodeDecodeError:
         raise CardiacInputError(path, "is not a text CSV manifest") from None
     _refuse_near_miss_columns(path, header)
+    twice = sorted({c for c in header if c and header.count(c) > 1})
+    if twice:
+        # the CSV reader keeps a repeated column's last cell: the network ran instead of the
+        # given labels, a second path or reference value replaced the first, unsaid (probe 64)
+        raise CardiacInputError(path, f"column{'s' if len(twice) > 1 else ''} {', '.join(repr(c) for c in twice)} "
+                                      "appear more than once in the header; keep one of each")
+    if all(c in header for c in PATH_COLUMNS):
+        raise CardiacInputError(path, "has both a 'path' and an 'input' column (two names of one column): keep one; "
+                                      "the other's paths would be ignored")
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
     if path_column is None:
         raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
@@ -155,8 +176,8 @@ def read_manifest(path, defaults=None):
                 extra[column] = _number(value, column, where) if value else None
             else:
                 extra[column] = value
-        name = _safe_name(r.get("study") or _stem(study_input))
-        specs.append(StudySpec(name, str(study_input), options, extra))
+        given = r.get("study") or _stem(study_input)
+        specs.append(StudySpec(_safe_name(given), str(study_input), options, extra, name=given))
     _check_unique(specs, path)
     return specs
 
@@ -200,15 +221,33 @@ def _one_typo_apart(a, b):
 
 
 def discover_folder(folder, defaults=None, exclude=()):
-    """One study per subfolder or image file of ``folder`` (hidden entries and ``exclude`` skipped)."""
+    """One study per subfolder or image file of ``folder`` (hidden entries and ``exclude`` skipped).
+
+    An archive is a study too (its row says how to unpack it: dropped, it left the table a study
+    short, unsaid). A folder that holds DICOM files itself is refused: a series is one study
+    whatever its number of files, and each file read as a study gave the same series 24 times,
+    24 rows "ok" (probe 64).
+    """
+    from .readers.sniff import archive_kind, looks_like_dicom
+
     folder = Path(folder).resolve()
     skip = {os.path.realpath(p) for p in exclude}
-    specs = []
+    if os.path.realpath(folder) in skip:
+        raise CardiacInputError(folder, "is both the folder of studies and --out: the outputs would be read as studies "
+                                        "the next time (a study 'a/' beside 'a.nii.gz'); give another --out")
+    specs, dicom = [], []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or os.path.realpath(entry) in skip:
             continue
-        if entry.is_dir() or entry.name.lower().endswith(IMAGE_SUFFIXES):
-            specs.append(StudySpec(_safe_name(_stem(entry)), str(entry), dict(defaults or {})))
+        if entry.is_file() and entry.name.upper() != "DICOMDIR" and looks_like_dicom(entry):
+            dicom.append(entry.name)
+        elif entry.is_dir() or entry.name.lower().endswith(IMAGE_SUFFIXES) or (entry.is_file() and archive_kind(entry)):
+            specs.append(StudySpec(_safe_name(_stem(entry)), str(entry), dict(defaults or {}), name=_stem(entry)))
+    if dicom:
+        raise CardiacInputError(folder, f"holds {len(dicom)} DICOM file{'s' if len(dicom) > 1 else ''} itself "
+                                        f"({', '.join(dicom[:3])}{', ...' if len(dicom) > 3 else ''}): a DICOM series is one "
+                                        "study, not one per file. Give a folder with one subfolder per study, a CSV "
+                                        f"manifest, or `cardiacaiseg analyze {folder}` for this series")
     if not specs:
         raise CardiacInputError(folder, "holds no studies: give a folder with one study per subfolder or image file "
                                         f"({', '.join(IMAGE_SUFFIXES)}), or a CSV manifest")
@@ -231,11 +270,14 @@ def _check_unique(specs, where):
         # by the lower-case name: on macOS, Windows and most network shares P001 and p001 are
         # one folder
         if s.study.lower() in seen:
-            other, first = seen[s.study.lower()]
+            other = seen[s.study.lower()]
+            same_case = other.study == s.study
+            ids = "" if other.id == other.study and s.id == s.study else \
+                f" (ids {other.id!r} and {s.id!r} as folder names: letters, digits, '.', '_' and '-')"
             raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}"
-                                           f"{'' if first == s.study else f' (and {first!r}: one folder where case does not count)'}: "
-                                           f"{other} and {s.input}; give them distinct names (manifest column 'study')")
-        seen[s.study.lower()] = (s.input, s.study)
+                                           f"{'' if same_case else f' (and {other.study!r}: one folder where case does not count)'}"
+                                           f"{ids}: {other.input} and {s.input}; give them distinct names (manifest column 'study')")
+        seen[s.study.lower()] = s
 
 
 def load_cohort(source, defaults=None, exclude=()):
@@ -280,7 +322,10 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
     try:
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
-        return True   # outputs without a row: the worker stopped after writing them (_read_row rebuilds it)
+        # outputs without a row (a worker that died after moving them in): what they were made
+        # from is unknown, and kept as complete they passed another input's or model's results
+        # off as this row's (probe 64); the study runs again
+        return False
     if row.get("status") == STATUS_ERROR or row.get("superseded"):
         return False
     made_from = row.get("spec")
@@ -362,7 +407,7 @@ def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None, 
     timing = results.get("timing_s") or {}
     labels = spec.options.get("labels")
     source = results.get("source") or {}
-    row = {"study": spec.study, "status": STATUS_OK if qc.get("status", "pass") == "pass" else STATUS_REVIEW,
+    row = {"study": spec.id, "folder": spec.study, "status": STATUS_OK if qc.get("status", "pass") == "pass" else STATUS_REVIEW,
            "kind": results.get("kind"), "input": spec.input, "series": series_text(source),
            "rest_series": series_text(source.get("rest") or {}),
            # perfusion upslope and peak enhancement are in these units (mmol/L or the scanner's signal)
@@ -394,7 +439,7 @@ def series_text(source):
 
 def error_row(spec, message, total_s=None, worker=None, tb=None):
     row = {c: "" for c in META_COLUMNS}
-    row.update({"study": spec.study, "status": STATUS_ERROR, "kind": spec.options.get("kind", ""), "input": spec.input,
+    row.update({"study": spec.id, "folder": spec.study, "status": STATUS_ERROR, "kind": spec.options.get("kind", ""), "input": spec.input,
                 "error": message, "worker": worker or "", "time_total_s": total_s, "measures": {}})
     for c in FLOAT_META - {"time_total_s"}:
         row[c] = None
@@ -432,11 +477,31 @@ def _worker_name():
         return f"pid {os.getpid()}"
 
 
-def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged"):
+def _this_batchs_row(study_dir, spec, model, frames, since):
+    """The row this batch already wrote for the study (at or after ``since``, from this manifest
+    row, not an error), else None."""
+    path = Path(study_dir) / ROW_FILE
+    if _written_before(path, since) or read_results(study_dir) is None:
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if row.get("status") == STATUS_ERROR or row.get("superseded") or row.get("spec") != spec_signature(spec, model, frames):
+        return None
+    return row
+
+
+def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", since=None):
     """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
 
     ``reports``: which studies get a report.png (``analyze.run``): ``flagged`` (QC review) by
     default, since drawing it is most of a warm worker's CPU time per study.
+
+    ``since``: when the batch started (time.time()). Dask runs a task again when the worker that
+    held its result dies, even after the study finished: its row is then returned as it is, and
+    outputs this batch wrote before the row are replaced. Without that, the second run refused
+    to overwrite the first's outputs and a finished study became an error row (probe 64).
 
     Never raises for a bad study: the failure becomes an error row (with the message and the
     traceback), so one study cannot stop the cohort.
@@ -444,6 +509,13 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
     from . import analyze
 
     study_dir = Path(out_root) / spec.study
+    if since is not None:
+        done = _this_batchs_row(study_dir, spec, model, frames, since)
+        if done is not None:
+            return done
+        # without --force or --resume the batch refused to start over earlier outputs: newer
+        # ones are this batch's own
+        force = force or not _written_before(study_dir / "results.json", since)
     t0, cpu0 = time.perf_counter(), time.process_time()
     worker = _worker_name()
     options = dict(spec.options)
@@ -519,6 +591,13 @@ def _write_table_of(specs, out_root, interrupted_by=(), since=None):
     return columns, rows, write_table(columns, rows, groups, out_root)
 
 
+def _remove_earlier_report(out_root, since):
+    """Remove a cohort_report.png an earlier batch drew: it shows numbers this run's table does not hold."""
+    path = Path(out_root) / REPORT_PNG
+    if path.is_file() and _written_before(path, since):
+        path.unlink()
+
+
 def _written_before(path, since):
     try:
         return since is not None and path.stat().st_mtime < since
@@ -538,6 +617,7 @@ def assemble_table(specs, out_root, stale=(), since=None):
             missing += 1
             row = error_row(spec, "not run: no outputs and no row (the run was stopped before this study finished); "
                                   "rerun with --resume")
+        row["study"], row["folder"] = spec.id, spec.study   # rows written before the folder column had none
         row["_spec_extra"] = spec.extra
         rows.append(row)
     meta, measures, extra = _column_order(rows, specs)
@@ -763,10 +843,12 @@ def _open_client(scheduler, n_workers, specs, processes):
 
     # one thread per worker process: the pipeline's native libraries (ONNX, torch, VTK) are not
     # meant to share a process between concurrent studies, and processes use every core anyway.
-    # silence_logs: Dask's shutdown warnings (a worker slow to exit on a busy machine) are noise here.
+    # silence_logs: Dask's shutdown warnings (a worker slow to exit on a busy machine) and errors
+    # (a worker's last heartbeat to a scheduler already closed, printed as a traceback after a
+    # run that ended well: probe 64) are noise here; a study's own failure is its error row.
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
                            memory_limit=worker_memory_limit(specs, n_workers) if processes else 0,
-                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
                            **({"host": "127.0.0.1"} if processes else {}))   # threads talk in-process, not over TCP
     return Client(cluster), cluster
 
@@ -832,15 +914,15 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                                               "pass --resume to keep them and run the rest, or --force to run all again")
     if skipped:
         log(f"resume: {len(skipped)} of {len(specs)} studies already complete, {len(todo)} to run")
-    if force and not resume:
-        _supersede_rows(todo, out_root)
-    dashboard = ""
-    if todo:
-        n_workers = workers or max(1, min(len(todo), _usable_cores()))
-        local = {**QUIET_LOCAL_CLUSTER, **(_forkserver_config() if processes else {})} if not scheduler else {}
-        with dask.config.set(local):   # the workers take it when they start
-            client, cluster = _open_client(scheduler, n_workers, todo, processes)
-        try:
+    dashboard, client, cluster, futures, bar = "", None, None, {}, None
+    try:
+        if force and not resume:
+            _supersede_rows(todo, out_root)
+        if todo:
+            n_workers = workers or max(1, min(len(todo), _usable_cores()))
+            local = {**QUIET_LOCAL_CLUSTER, **(_forkserver_config() if processes else {})} if not scheduler else {}
+            with dask.config.set(local):   # the workers take it when they start
+                client, cluster = _open_client(scheduler, n_workers, todo, processes)
             dashboard = _dashboard(client)
             if dashboard:
                 log(f"Dask dashboard: {dashboard}")
@@ -849,48 +931,57 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers)))
-            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports,
+            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, started_at,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
-            try:
-                for future in as_completed(futures):
-                    spec = futures[future]
-                    try:
-                        row = future.result()
-                    except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
-                        row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
-                        row["spec"] = spec_signature(spec, model, frames)
-                        (out_root / spec.study).mkdir(parents=True, exist_ok=True)
-                        _write_json_atomic(out_root / spec.study / ROW_FILE, row)
-                    bar.set_postfix_str(f"{spec.study}: {row['status']}"[:40])
-                    bar.update(1)
-            except (KeyboardInterrupt, Terminated):
-                # stopped (Ctrl-C, SIGTERM): the table still lists every study, those not finished as
-                # "not run ... rerun with --resume", rather than a missing or an earlier table
-                bar.close()
-                client.cancel(list(futures))   # the scheduler drops the studies not started
-                client.close()
-                if cluster is not None:
-                    # this batch's own workers stop before the table is written: a study they were
-                    # running finished 2-3 s after a table that called it "not run" (on a shared
-                    # scheduler a running study goes on; --resume keeps it)
-                    cluster.close()
-                    cluster = None
-                _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
-                if _written_before(out_root / REPORT_PNG, started_at) and (out_root / REPORT_PNG).is_file():
-                    # an earlier batch's figure beside this table showed studies it calls not run
-                    (out_root / REPORT_PNG).unlink()
-                raise
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    row = future.result()
+                except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
+                    row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
+                    row["spec"] = spec_signature(spec, model, frames)
+                    (out_root / spec.study).mkdir(parents=True, exist_ok=True)
+                    _write_json_atomic(out_root / spec.study / ROW_FILE, row)
+                bar.set_postfix_str(f"{spec.id}: {row['status']}"[:40])
+                bar.update(1)
             bar.close()
-        finally:
+    except (KeyboardInterrupt, Terminated):
+        # stopped (Ctrl-C, SIGTERM), also while the cluster starts: the table still lists every
+        # study, those not finished as "not run ... rerun with --resume", rather than a missing
+        # or an earlier table (stopped while Dask started, a --force batch left the earlier
+        # table's "6 ok" beside 6 superseded rows: probe 64)
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            if futures:
+                client.cancel(list(futures))   # the scheduler drops the studies not started
             client.close()
-            if cluster is not None:
-                cluster.close()
+            client = None
+        if cluster is not None:
+            # this batch's own workers stop before the table is written: a study they were
+            # running finished 2-3 s after a table that called it "not run" (on a shared
+            # scheduler a running study goes on; --resume keeps it)
+            cluster.close()
+            cluster = None
+        _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
+        _remove_earlier_report(out_root, started_at)
+        raise
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     columns, rows, paths = _write_table_of(specs, out_root)
     if report:
         from .cohort_report import write_cohort_report
 
-        paths["report"] = write_cohort_report(rows, out_root / REPORT_PNG)
+        try:
+            paths["report"] = write_cohort_report(rows, out_root / REPORT_PNG)
+        except Exception as e:   # noqa: BLE001 - the figure is a view of the table, which is written
+            # an earlier batch's figure must not stand beside this table as its picture
+            _remove_earlier_report(out_root, started_at)
+            log(f"warning: {REPORT_PNG} was not drawn ({type(e).__name__}: {e}); the table is complete")
     counts = {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_REVIEW, STATUS_ERROR)}
     return CohortRun(columns, rows, paths, counts, [s.study for s in skipped], [s.study for s in todo], dashboard,
                      time.perf_counter() - t_start)

@@ -91,6 +91,18 @@ def uncompared_references(rows):
     return out
 
 
+def _hist_range(values, decimals):
+    """The histogram's range: the values' own, widened to the table's precision either side
+    when they span less (one study, or studies equal to the last bits: matplotlib could not
+    cut 5 bins of 1e-14 and the batch ended without its summary, probe 64)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    step = 10.0 ** -decimals
+    if hi - lo < step:
+        mid = (lo + hi) / 2
+        return mid - step, mid + step
+    return lo, hi
+
+
 def write_cohort_report(rows, path):
     """Write the PNG (matplotlib Agg); rows are the cohort table's flat rows. Returns the path.
 
@@ -116,8 +128,9 @@ def write_cohort_report(rows, path):
         v = _values(measured, key)
         v = v[np.isfinite(v)]
         if v.size:
-            ax.hist(v, bins=min(30, max(5, v.size // 2)), color="#4477aa", edgecolor="white")
             decimals = MEASURES[key][2] if key in MEASURES else 2   # MBF 2 decimals, as the table
+            ax.hist(v, bins=min(30, max(5, v.size // 2)), range=_hist_range(v, decimals), color="#4477aa",
+                    edgecolor="white")
             ax.set_title(f"{label}: median {np.median(v):.{decimals}f} (n={v.size})", fontsize=10)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)

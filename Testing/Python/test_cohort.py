@@ -731,3 +731,136 @@ def test_a_stopped_force_batch_leaves_its_studies_to_resume(cohort, tmp_path):
         row = json.loads((out / r["study"] / ROW_FILE).read_text())
         assert "superseded" not in row and (out / r["study"] / ROW_FILE).stat().st_mtime > forced_at, r["study"]
         assert table[r["study"]]["status"] in ("ok", "qc-review"), table[r["study"]]
+
+
+# --- probe 64: what a cohort must not do silently ---------------------------------------------------
+def test_a_folder_of_dicom_files_is_one_series_not_a_cohort(tmp_path, capsys):
+    """`batch` on a DICOM series folder made every file a study, each reading the whole series:
+    24 identical "ok" rows. A folder holding DICOM files itself is refused, with or without the
+    .dcm suffix; an archive among the studies is a study (its row says how to unpack it), and
+    --out may not be the folder of studies (its outputs would be studies the next time)."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"IM{i:04d}").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)   # no suffix: found by the preamble
+    (series / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    with pytest.raises(CardiacInputError, match=r"holds 3 DICOM files itself \(IM0000, IM0001, IM0002\): a DICOM series "
+                                                r"is one study.*cardiacaiseg analyze"):
+        load_cohort(series)
+    assert cli.main(["batch", str(series), "--out", str(tmp_path / "o")]) == 2
+    assert "a DICOM series is one study" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "p1").mkdir()
+    (studies / "p2.zip").write_bytes(b"PK\x03\x04" + b"\0" * 32)
+    (studies / "notes.txt").write_text("x")
+    assert [(s.study, Path(s.input).name) for s in load_cohort(studies)] == [("p1", "p1"), ("p2.zip", "p2.zip")]
+    (studies / "p3.dcm").write_bytes(b"")
+    with pytest.raises(CardiacInputError, match="holds 1 DICOM file itself"):
+        load_cohort(studies)
+    (studies / "p3.dcm").unlink()
+    with pytest.raises(CardiacInputError, match="is both the folder of studies and --out"):
+        load_cohort(studies, exclude=[studies])
+
+
+def test_manifest_with_a_column_twice_is_refused(tmp_path):
+    """A repeated column kept its last cell (the network ran instead of the given labels; the
+    second of two paths was measured), and an `input` column beside `path` was ignored."""
+    for header, said in (("study,path,labels,labels", "column 'labels' appear"), ("study,path,path", "column 'path' appear"),
+                         ("study,path,ref_lv_edv_ml,ref_lv_edv_ml", "column 'ref_lv_edv_ml' appear"),
+                         ("study,path,input", "both a 'path' and an 'input' column")):
+        m = tmp_path / "m.csv"
+        m.write_text(header + "\n" + ",".join(["x"] + ["a.nii.gz"] * (header.count(",") - 1) + ["1"]) + "\n")
+        with pytest.raises(CardiacInputError, match=said):
+            read_manifest(m)
+
+
+def test_study_ids_are_kept_as_written(cohort, tmp_path):
+    """The table's study column held the folder name: 'UKB 1000123' became UKB_1000123 and a join
+    back to the manifest lost the row; Müller_1 and Mäller_1 were one folder (M_ller_1) and refused.
+    The id now stays as written, its folder in its own column; letters of any script stay."""
+    from CardiacAISegLib.cohort import assemble_table, run_study
+
+    rows = [{"study": "UKB 1000123", "path": "phantom_a/cine.nii.gz", "labels": "phantom_a/cine_labels.nii.gz"},
+            {"study": "Müller_1", "path": "phantom_b/cine.nii.gz", "labels": "phantom_b/cine_labels.nii.gz"},
+            {"study": "Mäller_1", "path": "corrupt.nii.gz", "labels": "phantom_a/cine_labels.nii.gz"}]
+    _write_manifest(cohort["root"] / "ids.csv", rows)
+    specs = read_manifest(cohort["root"] / "ids.csv")
+    assert [(s.id, s.study) for s in specs] == [("UKB 1000123", "UKB_1000123"), ("Müller_1", "Müller_1"),
+                                                ("Mäller_1", "Mäller_1")]
+    for s in specs:
+        run_study(s, tmp_path, reports="none")
+    columns, table, missing, _ = assemble_table(specs, tmp_path)
+    assert columns[:3] == ["study", "folder", "status"] and missing == 0
+    assert [(r["study"], r["folder"], r["status"]) for r in table] == [
+        ("UKB 1000123", "UKB_1000123", "ok"), ("Müller_1", "Müller_1", "ok"), ("Mäller_1", "Mäller_1", "error")]
+    assert (tmp_path / "UKB_1000123" / "results.json").is_file()
+
+
+def test_a_task_dask_runs_again_keeps_this_batchs_outputs(cohort, tmp_path):
+    """Dask runs a finished task again when the worker holding its result dies: the second run
+    refused to overwrite the first's outputs ("pass --force") and the study became an error row.
+    Now this batch's row is returned as it is, outputs of this batch without a row are replaced,
+    and an earlier run's outputs are still not overwritten unasked."""
+    from CardiacAISegLib.cohort import run_study, study_complete
+
+    spec = read_manifest(cohort["manifest"])[1]   # phantom_b with its labels
+    since = time.time() - 1
+    first = run_study(spec, tmp_path, reports="none", since=since)
+    assert first["status"] == "ok"
+    row_file = tmp_path / spec.study / ROW_FILE
+    before = row_file.stat().st_mtime_ns
+    again = run_study(spec, tmp_path, reports="none", since=since)
+    assert again == json.loads(row_file.read_text()) and row_file.stat().st_mtime_ns == before
+    row_file.unlink()   # died after moving the outputs in, before the row
+    assert not study_complete(tmp_path / spec.study, spec)   # what they were made from is unknown: run again
+    rerun = run_study(spec, tmp_path, reports="none", since=since)
+    assert rerun["status"] == "ok" and rerun["measures"]["lv_edv_ml"] == first["measures"]["lv_edv_ml"]
+    # outputs older than the batch: still refused without --force
+    old = time.time() - 3600
+    for f in (tmp_path / spec.study).iterdir():
+        os.utime(f, (old, old))
+    row_file.unlink()
+    refused = run_study(spec, tmp_path, reports="none", since=since)
+    assert refused["status"] == "error" and "would overwrite" in refused["error"]
+
+
+def test_a_force_batch_stopped_while_dask_starts_lists_its_studies_as_not_run(cohort, tmp_path, monkeypatch):
+    """Ctrl-C while the cluster started (after the rows were marked superseded) left the earlier
+    table's "ok" rows and figure in place, beside rows it had superseded."""
+    from CardiacAISegLib import cohort as cohort_module
+    from CardiacAISegLib.cohort import run_cohort
+
+    specs = [s for s in read_manifest(cohort["manifest"]) if s.study in ("phantom_a", "phantom_b")]
+    kw = dict(workers=1, processes=False, show_progress=False, log=lambda *a: None, reports="none")
+    first = run_cohort(specs, tmp_path, **kw)
+    assert first.counts["ok"] == 2 and (tmp_path / "cohort_report.png").is_file()
+    time.sleep(1.1)   # file times in whole seconds on some file systems
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cohort_module, "_open_client", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(specs, tmp_path, force=True, **kw)
+    table = _read_csv(tmp_path / "cohort.csv")
+    assert [(r["study"], r["status"]) for r in table] == [("phantom_a", "error"), ("phantom_b", "error")]
+    assert all("rerun with --resume" in r["error"] for r in table)
+    assert not (tmp_path / "cohort_report.png").exists()
+
+
+def test_resume_and_force_together_are_refused(cohort, tmp_path, capsys):
+    assert cli.main(["batch", str(cohort["manifest"]), "--out", str(tmp_path / "o"), "--resume", "--force"]) == 2
+    assert "give one: --resume keeps the complete studies" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cohort_report_draws_values_equal_to_the_last_bits(tmp_path):
+    """EF values equal but for float rounding (23.653337739590214 and ...21) ended the batch with
+    "Too many bins for data range" and no summary."""
+    from CardiacAISegLib.cohort_report import write_cohort_report
+
+    rows = [{"study": f"s{i}", "status": "ok", "lv_ef_pct": 23.653337739590214 + i * 1e-15, "lv_edv_ml": 150.0,
+             "lv_mass_g": 120.0 + i} for i in range(3)]
+    assert write_cohort_report(rows, tmp_path / "cohort_report.png").is_file()
