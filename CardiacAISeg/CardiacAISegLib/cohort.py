@@ -872,7 +872,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     from tqdm import tqdm
 
     from .analyze import REPORT_CHOICES
-    from .outputs import Terminated
+    from .outputs import Terminated, remembered_stop_signals
 
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
@@ -915,6 +915,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     if skipped:
         log(f"resume: {len(skipped)} of {len(specs)} studies already complete, {len(todo)} to run")
     dashboard, client, cluster, futures, bar = "", None, None, {}, None
+    signals = remembered_stop_signals()
+    stop = signals.__enter__()
     try:
         if force and not resume:
             _supersede_rows(todo, out_root)
@@ -923,6 +925,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             local = {**QUIET_LOCAL_CLUSTER, **(_forkserver_config() if processes else {})} if not scheduler else {}
             with dask.config.set(local):   # the workers take it when they start
                 client, cluster = _open_client(scheduler, n_workers, todo, processes)
+            stop.check()
             dashboard = _dashboard(client)
             if dashboard:
                 log(f"Dask dashboard: {dashboard}")
@@ -935,6 +938,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
             for future in as_completed(futures):
+                stop.check()
                 spec = futures[future]
                 try:
                     row = future.result()
@@ -946,6 +950,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 bar.set_postfix_str(f"{spec.id}: {row['status']}"[:40])
                 bar.update(1)
             bar.close()
+        stop.check()
     except (KeyboardInterrupt, Terminated):
         # stopped (Ctrl-C, SIGTERM), also while the cluster starts: the table still lists every
         # study, those not finished as "not run ... rerun with --resume", rather than a missing
@@ -972,6 +977,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             client.close()
         if cluster is not None:
             cluster.close()
+        signals.__exit__(None, None, None)
     columns, rows, paths = _write_table_of(specs, out_root)
     if report:
         from .cohort_report import write_cohort_report

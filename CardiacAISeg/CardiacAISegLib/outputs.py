@@ -255,6 +255,44 @@ def stop_signals_raise():
             signal.signal(s, h)
 
 
+class _Remembered:
+    def __init__(self):
+        self.signum = None
+
+    def check(self):
+        """Raise again a stop signal whose exception was lost (see remembered_stop_signals)."""
+        if self.signum is None:
+            return
+        raise KeyboardInterrupt if self.signum == signal.SIGINT else Terminated(self.signum)
+
+
+@contextmanager
+def remembered_stop_signals():
+    """SIGINT, SIGTERM and SIGHUP raise at once, as without it, and are remembered: the yielded
+    ``check()`` raises one again whose exception Python swallowed. A signal handled while a
+    weakref callback or ``__del__`` runs (an import's module lock, during Dask's start) raises
+    there, is printed as "Exception ignored in ... KeyboardInterrupt" and lost: a batch stopped
+    at that moment ran to its end (probe 64). No-op outside the main thread; an ignored signal
+    stays ignored."""
+    remembered = _Remembered()
+    if not _in_main_thread():
+        yield remembered
+        return
+
+    def stop(signum, frame):
+        remembered.signum = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, stop) for s in _not_ignored((signal.SIGINT,) + _STOP_SIGNALS)}
+    try:
+        yield remembered
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class _Deferred:
     def __init__(self):
         self.pending = None
