@@ -179,7 +179,9 @@ def fine_tune_section(args, cfg, run, history, best_epoch, evaluation, parser, e
                           "optimizer": f"Adam lr {cfg['lr']} cosine to 2%",
                           "seconds_per_epoch_median": seconds[len(seconds) // 2] if seconds else None,
                           **({"distilled_from": {"model": cfg["distill_from"], "weight": cfg.get("distill_weight"),
-                                                 "temperature": cfg.get("distill_temperature")}}
+                                                 "temperature": cfg.get("distill_temperature"),
+                                                 **({"teacher_read": "4 ways (as is, mirrored either way, turned a half turn), "
+                                                                     "probabilities averaged"} if cfg.get("distill_flips") else {})}}
                              if cfg.get("distill_from") else {})},
             "starts_from": starts_from,
             "epochs": f"{epochs_done or cfg['epochs']} fine-tune epochs of {cfg['slices_per_epoch'] or 'all'} slices after the base model's training",

@@ -193,7 +193,7 @@ def _train(args):
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
                       augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
                       edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
-                      distill_weight=args.distill_weight, lr_cycle_epochs=args.lr_cycle_epochs,
+                      distill_weight=args.distill_weight, distill_flips=args.distill_flips, lr_cycle_epochs=args.lr_cycle_epochs,
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
@@ -331,6 +331,8 @@ def build_parser():
                    help="share of each batch drawn from synthetic first-pass perfusion key images built on the training "
                         "patients (a cine network the perfusion ensemble uses; 0 = cine slices only)")
     t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
+    t.add_argument("--distill-flips", action="store_true", help="the teacher reads each batch 4 ways (mirrored, turned a "
+                                                                "half turn) and its probabilities are averaged")
     t.add_argument("--resume", action="store_true", help="continue the training run in --out from its last checkpoint")
     t.add_argument("--force", action="store_true", help="replace a training run already in --out (its checkpoints, "
                                                         "snapshots and history are removed first)")

@@ -396,6 +396,32 @@ def test_distillation_loss_is_zero_only_at_the_teachers_output():
     assert distillation_loss(closer, teacher).item() < loss.item()
 
 
+def test_teacher_read_four_ways_gives_the_mean_of_its_readings():
+    """--distill-flips: the softened probabilities of the teacher's logits are the mean of its
+    readings of the batch as is, mirrored either way and turned a half turn, each mapped back;
+    a teacher that sees where it is (here: a left-right ramp) is not the same read mirrored."""
+    import torch
+
+    from CardiacAISegLib.models.training import teacher_logits
+
+    def teacher(x):   # class 1 grows to the right of the image, class 2 downwards, class 0 with the signal
+        rows = torch.linspace(0, 1, x.shape[-2])[:, None].expand(x.shape[-2], x.shape[-1])
+        cols = torch.linspace(0, 1, x.shape[-1])[None, :].expand(x.shape[-2], x.shape[-1])
+        return torch.stack([x[:, 0], 3 * cols.expand_as(x[:, 0]), 2 * rows.expand_as(x[:, 0])], 1)
+
+    x = torch.rand(2, 1, 6, 8)
+    t = 2.0
+    p = torch.softmax(teacher_logits(teacher, x, t, flips=True) / t, 1)
+    readings = []
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        out = teacher(x.flip(dims) if dims else x)
+        readings.append(torch.softmax((out.flip(dims) if dims else out) / t, 1))
+    assert torch.allclose(p, sum(readings) / 4, atol=1e-6)
+    assert torch.allclose(p.sum(1), torch.ones(2, 6, 8), atol=1e-6)
+    assert not torch.allclose(p, readings[0], atol=1e-3)   # the ramps average out mirrored
+    assert torch.equal(teacher_logits(teacher, x, t), teacher(x))   # one reading unless asked
+
+
 def test_distillation_run_uses_the_teacher(short_run, tmp_path):
     """Distilling from the checkpoint a run starts from: the loss begins near zero (the student is
     the teacher), where the same run without distillation begins at the task loss."""

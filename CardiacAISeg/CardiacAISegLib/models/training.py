@@ -45,6 +45,10 @@ class TrainConfig:
     distill_from: str = ""             # registry model (or checkpoint of this architecture) whose soft labels the network also learns
     distill_weight: float = 0.5        # share of the distillation term in the loss
     distill_temperature: float = 2.0
+    # the teacher read 4 ways (as is, mirrored either way, turned a half turn) and its softened
+    # probabilities averaged: a better teacher for the price of 4 of its readings, a few % of
+    # a γ-Net step
+    distill_flips: bool = False
     lr_cycle_epochs: int = 0           # > 0: cosine restarts every N epochs, weights kept at each cycle's end (snapshots to average)
     perfusion_key_share: float = 0.0   # share of each batch that is synthetic perfusion key images (KeyImagePool)
     perfusion_key_pool: int = 800      # key images kept in memory; an eighth renewed every epoch
@@ -91,6 +95,22 @@ def distillation_loss(student_logits, teacher_logits, temperature=2.0):
     p_teacher = F.softmax(teacher_logits / t, 1)
     kl = (p_teacher * (p_teacher.clamp_min(1e-8).log() - log_p_student)).sum(1).mean()
     return kl * t * t
+
+
+def teacher_logits(teacher, x, temperature=2.0, flips=False):
+    """The teacher's logits for ``x``; with ``flips``, logits whose softened probabilities
+    (softmax(logits / temperature)) are the mean of the teacher's on ``x`` as is, mirrored
+    either way and turned a half turn, each mapped back."""
+    import torch
+
+    if not flips:
+        return teacher(x)
+    t = temperature
+    mean = 0
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        logits = teacher(x.flip(dims) if dims else x)
+        mean = mean + torch.softmax((logits.flip(dims) if dims else logits) / t, 1) / 4
+    return t * mean.clamp_min(1e-12).log()
 
 
 def load_teacher(source, architecture="unet-light", arch_params=None):
@@ -202,7 +222,8 @@ def train(config: TrainConfig, progress=None, log=print):
         log(f"fine-tuning from {config.finetune_from}")
     teacher = load_teacher(config.distill_from, config.architecture, config.arch_params) if config.distill_from else None
     if teacher is not None:
-        log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g})")
+        log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g}"
+            f"{', read 4 ways' if config.distill_flips else ''})")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = lr_schedule(torch, opt, config)
     start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
@@ -260,9 +281,9 @@ def train(config: TrainConfig, progress=None, log=print):
                 loss = deep_supervision_loss(outputs, y, lambda lg, t: partial_label_loss(lg, t, has_rv, n_classes))
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
+                    soft = teacher_logits(teacher, x, config.distill_temperature, config.distill_flips)
                 loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
-                    logits, teacher_logits, config.distill_temperature)
+                    logits, soft, config.distill_temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
