@@ -154,6 +154,11 @@ def _import_model(args):
 
     card = import_model(args.weights, args.card, overwrite=args.force)
     print(f"imported {card['name']} ({card['task']}, {card['weights']['format']}; test run passed) into {card['_folder']}")
+    check = card.get("import_check")
+    if check and check.get("agrees"):
+        from .models.registry import sample_agreement_text
+
+        print(sample_agreement_text(check)[0].upper() + sample_agreement_text(check)[1:])
     for note in import_notes(card):
         print(f"warning: {note}", file=sys.stderr)
 

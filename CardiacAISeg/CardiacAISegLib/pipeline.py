@@ -48,16 +48,27 @@ def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es
     # an explicit --device cuda wants torch even where ONNX Runtime was chosen for the CPU
     device = pick_device(device)
     loaded = registry.for_device(registry.load_model(name), device)
-    if task == PERFUSION:
-        from .models.perfusion_segmentation import segment_perfusion_study
+    from .models.inference import NetworkFailed
 
-        labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
-    else:
-        from .models.inference import segment_cine_study
+    try:
+        if task == PERFUSION:
+            from .models.perfusion_segmentation import segment_perfusion_study
 
-        labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
+            labels = segment_perfusion_study(study, loaded, device=device, progress=progress)
+        else:
+            from .models.inference import segment_cine_study
+
+            labels = segment_cine_study(study, loaded, frames=frames, device=device, progress=progress)
+    except NetworkFailed as e:
+        imported = card.get("_source") == "user"
+        raise CardiacInputError(f"model {name!r}", f"the network {e}" + (
+            "; an imported network must take any size that is a multiple of its card's input.size_multiple "
+            "(exported with dynamic axes, no sizes fixed in it) and give finite scores for images normalised as "
+            "its card says" if imported else "")) from None
     info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"],
             "runtime": loaded.runtime, "source": card.get("_source", "shipped")}
+    if card.get("import_check"):
+        info["import_check"] = card["import_check"]   # an imported network's agreement on the shipped sample (QC)
     if loaded.runtime == "onnxruntime" and card.get("onnx"):
         info["onnx_sha256"] = card["onnx"]["sha256"]   # the file that actually ran
     for key in ("perfusion_segmentation", "mask_refinement", "cine_heart_box"):   # what ran, for results.json

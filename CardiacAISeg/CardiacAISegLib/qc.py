@@ -1621,11 +1621,25 @@ def insertion_flags(analysis):
                   len(problems))]
 
 
+def imported_model_flags(analysis):
+    """MODEL_DISAGREES_ON_SAMPLE for an imported network that did not agree with the shipped
+    default on the shipped sample at import (``registry.sample_agreement``)."""
+    check = (analysis.model_info or {}).get("import_check")
+    if not check or check.get("agrees", True):
+        return []
+    from .models.registry import sample_agreement_text
+
+    return [_flag("MODEL_DISAGREES_ON_SAMPLE", REVIEW, f"the imported network '{analysis.model_info.get('name')}' "
+                                                       f"{sample_agreement_text(check).replace('it agrees', 'agreed', 1)} "
+                                                       "when it was imported: check its card (input.pixel_mm, the "
+                                                       "normalisation, the class order) and the contours", check["dice_myo"])]
+
+
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
     flags += insertion_flags(analysis) + mirrored_flags(analysis)
-    flags += getattr(analysis, "extra_qc", [])
+    flags += getattr(analysis, "extra_qc", []) + imported_model_flags(analysis)
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours
         flags += [dict(f, code=f"REST_{f['code']}", message=f"rest series: {f['message']}") for f in rest.qc["flags"]]

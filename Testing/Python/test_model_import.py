@@ -385,3 +385,154 @@ def test_models_lists_a_card_whose_timing_is_no_number():
     assert cli._timing_text({"timing": {"cpu_ms_per_slice": "fast", "threads": "2"}}) == ""
     assert cli._timing_text({"timing": {"cpu_ms_per_slice": 20.4, "threads": "2"}, "input": {"tta": "oriented4"}}) \
         == "20 ms/slice CPU (4 readings per slice)"
+
+
+# --- probe 65: a user's network that fails or gives NaN only on some inputs -------------------------
+class NaNWhereSaturated(torch.nn.Module):
+    """Finite on noise, NaN where the normalised image is clipped to 1 (a log of 1 - x, say)."""
+
+    def forward(self, x):
+        return -100.0 * (x - torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1)) ** 2 / (1.0 - x).clamp_min(0.0).sign()
+
+
+class NaNOnLargeImages(torch.nn.Module):
+    """Passes the import's small test inputs, gives NaN on an analysis-sized slice."""
+
+    def forward(self, x):
+        scores = -100.0 * (x - torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1)) ** 2
+        if x.shape[-1] > 128:
+            scores = scores * float("nan")
+        return scores
+
+
+class FailsOnLargeImages(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[-1] > 128:
+            raise RuntimeError("this export only takes images up to 128 columns")
+        return -100.0 * (x - torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1)) ** 2
+
+
+class ThreeChannelReader(torch.nn.Module):
+    """A 2.5D network: reads the slice between its neighbours (3 channels), refuses 1."""
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise RuntimeError("expected 3 channels")
+        return -100.0 * (x[:, 1:2] - torch.tensor([0.0, 1.0, 0.5, 0.25]).view(1, 4, 1, 1)) ** 2
+
+
+def test_a_network_fixed_at_one_input_size_is_refused_at_import(tmp_path, capsys, user_models):
+    """An export fixed at the test run's one shape (batch 2, 64 x 80) was imported ("test run
+    passed"), to fail at the analysis's first slice with ONNX Runtime's own message, exit 1."""
+    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (test extra)")
+    folder = tmp_path / "static"
+    folder.mkdir()
+    weights = folder / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(IntensityClassifier().eval(), torch.zeros(2, 1, 64, 80), str(weights), input_names=["image"],
+                          output_names=["scores"], dynamo=False)   # no dynamic axes: 2 x 1 x 64 x 80 only
+    card = write_card(folder / "card.json", weights, name="static-net", fmt="onnx")
+    line = expect_refusal(capsys, weights, card, weights, "the network fails on a (1, 1, 112, 96) test input")
+    assert "the analysis feeds it other sizes and batches" in line and not user_models.exists()
+
+
+def test_a_network_that_gives_nan_on_a_saturated_image_is_refused_at_import(tmp_path, capsys, user_models):
+    weights, card = torchscript_model(tmp_path / "src", module=NaNWhereSaturated(), name="nan-net")
+    expect_refusal(capsys, weights, card, weights, "NaN/inf", )
+    assert not user_models.exists()
+
+
+@pytest.mark.parametrize("module, said", [(NaNOnLargeImages(), "gives non-finite class scores (NaN or inf) for "),
+                                          (FailsOnLargeImages(), "this export only takes images up to 128 columns")])
+def test_a_network_that_fails_in_the_analysis_is_named_in_one_line(tmp_path, capsys, user_models, monkeypatch, module, said):
+    """NaN scores became background and the analysis passed QC; a network that raised ended it with
+    a 20-line TorchScript traceback and exit 1. The import now segments the shipped sample, whose
+    slices are analysis-sized, and refuses such a network; where the sample is not installed the
+    analysis says it in one error line naming the model, exit 2."""
+    weights, card = torchscript_model(tmp_path / "src", module=module, name="late-net")
+    line = expect_refusal(capsys, weights, card, weights, said)
+    assert "(the shipped sample's slices)" in line and not user_models.exists()
+    monkeypatch.setattr(registry, "IMPORT_SAMPLE", tmp_path / "no-sample")
+    assert import_cli(capsys, weights, card)[0] == 0
+    assert cli.main(["phantom", "--kind", "cine", "--out", str(tmp_path / "phantom")]) == 0
+    capsys.readouterr()
+    code = cli.main(["analyze", str(tmp_path / "phantom" / "cine.nii.gz"), "--out", str(tmp_path / "out"),
+                     "--model", "late-net", "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: model 'late-net': the network ") and said in lines[0], lines[0]
+    assert "input.size_multiple" in lines[0] and not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_2_5d_torchscript_network_takes_its_neighbours_from_its_card(tmp_path, capsys, user_models):
+    """A TorchScript file does not say what its channels mean: a 2.5D network whose card says
+    input.context_slices 1 was fed one channel and refused."""
+    weights, card = torchscript_model(tmp_path / "src", module=ThreeChannelReader(), name="ctx-ts",
+                                      input={"pixel_mm": 1.25, "size_multiple": 1, "context_slices": 1})
+    code, out, err = import_cli(capsys, weights, card)
+    assert code == 0, err
+    from CardiacAISegLib.models.inference import context_slices
+
+    assert context_slices(registry.load_model("ctx-ts").module) == 1
+
+
+def test_an_error_said_in_one_line_keeps_its_last_line():
+    """Cut at 200 characters, TorchScript's errors lost the failed operation, written last."""
+    from CardiacAISegLib.models.inference import last_lines
+
+    error = RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript:\n"
+                         + "  File \"code/__torch__.py\", line 12\n" * 30 + "RuntimeError: expected scalar type Float but found Double")
+    text = last_lines(error)
+    assert text.startswith("The following operation failed") and text.endswith("expected scalar type Float but found Double")
+    assert len(text) <= 300 and "\n" not in text
+
+
+def test_a_float64_onnx_export_is_refused_saying_float32(tmp_path, capsys, user_models):
+    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (test extra)")
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "f64"
+    folder.mkdir()
+    weights = folder / "f64.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Conv2d(1, 4, 3, padding=1).double().eval(), torch.zeros(1, 1, 32, 32, dtype=torch.float64),
+                          str(weights), input_names=["image"], output_names=["scores"],
+                          dynamic_axes={"image": {0: "n", 2: "rows", 3: "cols"}}, dynamo=False)
+    card = write_card(folder / "card.json", weights, name="f64-net", fmt="onnx")
+    expect_refusal(capsys, weights, card, weights, "export the model in float32")
+
+
+@pytest.mark.parametrize("pixel_mm, agrees", [(1.25, True), (2.5, False)])
+def test_an_imported_network_is_compared_with_the_default_on_the_shipped_sample(tmp_path, capsys, user_models, pixel_mm,
+                                                                                   agrees):
+    """The shipped unet-light weights imported under a card that says 2.5 mm (they were trained at
+    1.25): "test run passed", then EF up to 10 points and mass 15-35 g off with QC pass (probe 65).
+    The import now segments the shipped sample and compares it with the shipped default: it says
+    the disagreement, and every analysis with the network is flagged for review."""
+    import shutil
+
+    shipped = registry.get_card("unet-light")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    weights = folder / "weights.pt"
+    shutil.copyfile(registry.weights_path(shipped), weights)
+    card = write_card(folder / "card.json", weights, name="my-unet", fmt="state_dict",
+                      architecture={"name": "unet-light", "params": shipped["architecture"]["params"]},
+                      input={"pixel_mm": pixel_mm, "size_multiple": 16, "heart_crop_mm": 160.0})
+    code, out, err = import_cli(capsys, weights, card)
+    assert code == 0, err
+    check = registry.get_card("my-unet")["import_check"]
+    assert check["agrees"] is agrees and check["compared_with"].startswith("unet-light v")
+    if agrees:   # the default's own weights: the same masks
+        assert check["dice_lv"] > 0.95 and "agrees with unet-light" in out and not err   # one reading vs its 4
+    else:
+        assert check["dice_myo"] < 0.8 and check["lv_mass_g"][0] < 0.85 * check["lv_mass_g"][1], check   # 0.755, -20 % measured
+        assert "warning: on the shipped sample" in err and "input.pixel_mm (2.5 mm)" in err, err
+    assert cli.main(["phantom", "--kind", "cine", "--out", str(tmp_path / "phantom")]) == 0
+    capsys.readouterr()
+    cli.main(["analyze", str(tmp_path / "phantom" / "cine.nii.gz"), "--out", str(tmp_path / "out"), "--model", "my-unet",
+              "--quiet"])
+    codes = [f["code"] for f in json.loads((tmp_path / "out" / "results.json").read_text())["qc"]["flags"]]
+    assert ("MODEL_DISAGREES_ON_SAMPLE" in codes) is not agrees, codes

@@ -57,7 +57,15 @@ class OnnxModule:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = options.intra_op_num_threads
-        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as e:   # noqa: BLE001 - onnxruntime's own kinds
+            if "NOT_IMPLEMENTED" in str(e):
+                # a float64 export fails here, before its input type can be read (probe 65)
+                raise CardiacInputError(path, f"ONNX Runtime has no CPU kernel for an operator of this model "
+                                        f"({last_lines(e)}): CardiacAISeg runs float32 networks; export the model "
+                                        "in float32 (model.float() before torch.onnx.export)") from None
+            raise
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise CardiacInputError(path, f"an ONNX model must take one input (the image batch); this one takes {len(inputs)}: "
@@ -85,17 +93,51 @@ class OnnxModule:
         return torch.from_numpy(np.ascontiguousarray(scores)).to(x.device)
 
 
+class NetworkFailed(Exception):
+    """The network raised on an input, or gave class scores that are not finite numbers. The
+    caller that knows the model's name says it (``pipeline.segment``): an imported model fixed at
+    one input size, or one that gives NaN where an image is saturated, ended the analysis with
+    ONNX Runtime's or TorchScript's own 20-line message, or passed its NaN pixels off as
+    background with QC pass (probe 65)."""
+
+
+def last_lines(error, limit=300):
+    """An error as one line: its first line, and its last where it has more (TorchScript puts
+    the operation that failed last, after its own traceback)."""
+    import re
+
+    lines = [" ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", ln).split()) for ln in str(error).splitlines()]
+    lines = [ln for ln in lines if ln] or [type(error).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else f"{text[:limit // 3]} ... {text[-(2 * limit // 3):]}"
+
+
+def checked_network(model, x):
+    """``model(x)`` (a tensor, or with ``run_numpy`` an array), its scores checked finite;
+    raises ``NetworkFailed``."""
+    try:
+        scores = model.run_numpy(x) if hasattr(model, "run_numpy") and isinstance(x, np.ndarray) else model(x)
+    except Exception as e:   # noqa: BLE001 - whatever the runtime raises, said with the input's shape
+        raise NetworkFailed(f"fails on a {tuple(x.shape)} input (batch, channels, rows, cols): {last_lines(e)}") from e
+    finite = np.isfinite(scores) if isinstance(scores, np.ndarray) else __import__("torch").isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NetworkFailed(f"gives non-finite class scores (NaN or inf) for {bad} of {finite.numel() if hasattr(finite, 'numel') else finite.size} "
+                            f"values of a {tuple(x.shape)} input: its segmentation cannot be trusted")
+    return scores
+
+
 def network_scores(model, x, device="cpu"):
     """Class scores (N, K, rows, cols) as a float32 numpy array for a float32 numpy input
     (N, C, rows, cols), by either runtime: an ONNX Runtime module never touches torch (so a
     caller that uses this instead of tensors keeps torch out of the process), a torch module
-    runs under ``inference_mode`` on ``device``."""
+    runs under ``inference_mode`` on ``device``. Raises ``NetworkFailed``."""
     if hasattr(model, "run_numpy"):
-        return model.run_numpy(x)
+        return checked_network(model, np.ascontiguousarray(x, np.float32))
     import torch
 
     with torch.inference_mode():
-        return model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
+        return checked_network(model, torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
 
 
 def cuda_may_be_present():
@@ -237,7 +279,7 @@ def _run_with_flips(model, x, tta):
     variants = variants_for(tta)
     probs = None
     for ops, weight in zip(variants, _weighted(variants)):
-        p = weight * _apply(ops, torch.softmax(model(_apply(ops, x).contiguous()), 1), inverse=True)
+        p = weight * _apply(ops, torch.softmax(checked_network(model, _apply(ops, x).contiguous()), 1), inverse=True)
         probs = p if probs is None else probs + p
     return probs
 
