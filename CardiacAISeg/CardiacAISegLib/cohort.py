@@ -74,11 +74,19 @@ class StudySpec:
 
 # --- the cohort: manifest or folder -------------------------------------------------------------
 def _safe_name(text):
-    """A folder name from a study name: letters and digits of any script, '.', '_' and '-' only
-    (NFC: macOS writes names decomposed). ASCII only had made Müller_1 and Mäller_1 one folder
-    and refused them as duplicates (probe 64)."""
-    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._")
+    """A folder name from a study name: letters (with their combining marks: हिन्दी) and digits
+    of any script, '.', '_' and '-'; runs of anything else become one '_' (NFC: macOS writes
+    names decomposed). ASCII only had made Müller_1 and Mäller_1 one folder and refused them as
+    duplicates (probe 64)."""
+    kept = "".join(ch if ch in "._-" or unicodedata.category(ch)[0] in "LMN" else "\0"
+                   for ch in unicodedata.normalize("NFC", text))
+    name = re.sub("\0+", "_", kept).strip("._")
     return name or "study"
+
+
+# archives among the studies, by name: a .docx, .xlsx or .npz is a ZIP inside but no study (a
+# protocol spreadsheet beside the studies had become a failed one)
+ARCHIVE_SUFFIXES = (".zip", ".7z", ".rar", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
 def _stem(path):
@@ -223,31 +231,48 @@ def _one_typo_apart(a, b):
 def discover_folder(folder, defaults=None, exclude=()):
     """One study per subfolder or image file of ``folder`` (hidden entries and ``exclude`` skipped).
 
-    An archive is a study too (its row says how to unpack it: dropped, it left the table a study
-    short, unsaid). A folder that holds DICOM files itself is refused: a series is one study
-    whatever its number of files, and each file read as a study gave the same series 24 times,
-    24 rows "ok" (probe 64).
+    An archive (by its name) is a study too, its row saying how to unpack it (dropped, it left the
+    table a study short, unsaid), unless its unpacked folder lies beside it. DICOM files in the
+    folder itself are a study each only when each holds a series of its own (enhanced
+    multi-frame); files of one series are refused: each read as a study gave the same series 24
+    times, 24 rows "ok" (probe 64).
     """
-    from .readers.sniff import archive_kind, looks_like_dicom
+    from .readers.dicom import series_uid_of
+    from .readers.sniff import looks_like_dicom
 
     folder = Path(folder).resolve()
     skip = {os.path.realpath(p) for p in exclude}
     if os.path.realpath(folder) in skip:
         raise CardiacInputError(folder, "is both the folder of studies and --out: the outputs would be read as studies "
                                         "the next time (a study 'a/' beside 'a.nii.gz'); give another --out")
-    specs, dicom = [], []
-    for entry in sorted(folder.iterdir()):
+    specs, series = [], {}
+    entries = sorted(folder.iterdir())
+    folders = {e.name for e in entries if e.is_dir()}
+    for entry in entries:
         if entry.name.startswith(".") or os.path.realpath(entry) in skip:
             continue
+        lower = entry.name.lower()
+        archive = next((a for a in ARCHIVE_SUFFIXES if lower.endswith(a)), None)
         if entry.is_file() and entry.name.upper() != "DICOMDIR" and looks_like_dicom(entry):
-            dicom.append(entry.name)
-        elif entry.is_dir() or entry.name.lower().endswith(IMAGE_SUFFIXES) or (entry.is_file() and archive_kind(entry)):
+            try:
+                series.setdefault(series_uid_of(entry), []).append(entry)
+            except CardiacInputError:
+                series.setdefault(f"<unreadable {entry.name}>", []).append(entry)   # its row says why
+        elif archive and entry.is_file():
+            if entry.name[: -len(archive)] not in folders:   # not unpacked beside it yet
+                specs.append(StudySpec(_safe_name(entry.name), str(entry), dict(defaults or {}), name=entry.name))
+        elif entry.is_dir() or lower.endswith(IMAGE_SUFFIXES):
             specs.append(StudySpec(_safe_name(_stem(entry)), str(entry), dict(defaults or {}), name=_stem(entry)))
-    if dicom:
-        raise CardiacInputError(folder, f"holds {len(dicom)} DICOM file{'s' if len(dicom) > 1 else ''} itself "
-                                        f"({', '.join(dicom[:3])}{', ...' if len(dicom) > 3 else ''}): a DICOM series is one "
-                                        "study, not one per file. Give a folder with one subfolder per study, a CSV "
-                                        f"manifest, or `cardiacaiseg analyze {folder}` for this series")
+    shared = next((files for files in series.values() if len(files) > 1), None)
+    if shared:
+        names = [f.name for f in shared]
+        raise CardiacInputError(folder, f"holds {len(names)} DICOM files of one series itself ({', '.join(names[:3])}"
+                                        f"{', ...' if len(names) > 3 else ''}): a DICOM series is one study, not one per "
+                                        "file. Give a folder with one subfolder per study, a CSV manifest, or `cardiacaiseg "
+                                        f"analyze {folder}` for this series")
+    for files in series.values():   # a series in one file (enhanced multi-frame): a study
+        specs.append(StudySpec(_safe_name(_stem(files[0])), str(files[0]), dict(defaults or {}), name=_stem(files[0])))
+    specs.sort(key=lambda s: s.input)
     if not specs:
         raise CardiacInputError(folder, "holds no studies: give a folder with one study per subfolder or image file "
                                         f"({', '.join(IMAGE_SUFFIXES)}), or a CSV manifest")
@@ -477,31 +502,32 @@ def _worker_name():
         return f"pid {os.getpid()}"
 
 
-def _this_batchs_row(study_dir, spec, model, frames, since):
-    """The row this batch already wrote for the study (at or after ``since``, from this manifest
-    row, not an error), else None."""
-    path = Path(study_dir) / ROW_FILE
-    if _written_before(path, since) or read_results(study_dir) is None:
+def _this_batchs_row(study_dir, spec, model, frames, batch):
+    """The row this batch (its id ``batch``) already wrote for the study from this manifest row,
+    with its outputs, not an error; else None. By id, not by file times: a file server's clock
+    or a 2-second file time would misdate them."""
+    if read_results(study_dir) is None:
         return None
     try:
-        row = json.loads(path.read_text())
+        row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if row.get("status") == STATUS_ERROR or row.get("superseded") or row.get("spec") != spec_signature(spec, model, frames):
+    if row.get("batch") != batch or row.get("status") == STATUS_ERROR or row.get("superseded") \
+            or row.get("spec") != spec_signature(spec, model, frames):
         return None
     return row
 
 
-def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", since=None):
+def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", batch=None):
     """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
 
     ``reports``: which studies get a report.png (``analyze.run``): ``flagged`` (QC review) by
     default, since drawing it is most of a warm worker's CPU time per study.
 
-    ``since``: when the batch started (time.time()). Dask runs a task again when the worker that
-    held its result dies, even after the study finished: its row is then returned as it is, and
-    outputs this batch wrote before the row are replaced. Without that, the second run refused
-    to overwrite the first's outputs and a finished study became an error row (probe 64).
+    ``batch``: the batch's id, written into the row. Dask runs a task again when the worker that
+    held its result dies, even after the study finished: the row this batch wrote is then
+    returned as it is, and outputs it wrote before the row are replaced. Without that, the second
+    run refused to overwrite the first's outputs and a finished study became an error row (probe 64).
 
     Never raises for a bad study: the failure becomes an error row (with the message and the
     traceback), so one study cannot stop the cohort.
@@ -509,13 +535,13 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
     from . import analyze
 
     study_dir = Path(out_root) / spec.study
-    if since is not None:
-        done = _this_batchs_row(study_dir, spec, model, frames, since)
+    if batch is not None:
+        done = _this_batchs_row(study_dir, spec, model, frames, batch)
         if done is not None:
             return done
-        # without --force or --resume the batch refused to start over earlier outputs: newer
-        # ones are this batch's own
-        force = force or not _written_before(study_dir / "results.json", since)
+        # without --force or --resume the batch refused to start over any results.json of its
+        # studies, and it holds the folder's lock: one there now is this batch's own
+        force = force or (study_dir / "results.json").exists()
     t0, cpu0 = time.perf_counter(), time.process_time()
     worker = _worker_name()
     options = dict(spec.options)
@@ -543,6 +569,8 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
             for name in REPLACED_FILES:
                 (study_dir / name).unlink(missing_ok=True)
     row["spec"] = spec_signature(spec, model, frames)
+    if batch is not None:
+        row["batch"] = batch
     study_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(study_dir / ROW_FILE, row)
     return row
@@ -850,7 +878,11 @@ def _open_client(scheduler, n_workers, specs, processes):
                            memory_limit=worker_memory_limit(specs, n_workers) if processes else 0,
                            dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
                            **({"host": "127.0.0.1"} if processes else {}))   # threads talk in-process, not over TCP
-    return Client(cluster), cluster
+    try:
+        return Client(cluster), cluster
+    except BaseException:   # Ctrl-C while the client connects: the caller never sees the cluster to close it
+        cluster.close()
+        raise
 
 
 def _dashboard(client):
@@ -934,7 +966,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers)))
-            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, started_at,
+            batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.time_ns() % 10 ** 9}"
+            futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, batch_id,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
             for future in as_completed(futures):

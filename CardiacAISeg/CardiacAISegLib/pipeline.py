@@ -64,7 +64,7 @@ def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es
         raise CardiacInputError(f"model {name!r}", f"the network {e}" + (
             "; an imported network must take any size that is a multiple of its card's input.size_multiple "
             "(exported with dynamic axes, no sizes fixed in it) and give finite scores for images normalised as "
-            "its card says" if imported else "")) from None
+            "its card says" if imported else "")) from e
     info = {"name": card["name"], "version": card.get("version", "1"), "sha256": card["weights"]["sha256"],
             "runtime": loaded.runtime, "source": card.get("_source", "shipped")}
     if card.get("import_check"):

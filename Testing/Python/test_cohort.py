@@ -736,30 +736,39 @@ def test_a_stopped_force_batch_leaves_its_studies_to_resume(cohort, tmp_path):
 # --- probe 64: what a cohort must not do silently ---------------------------------------------------
 def test_a_folder_of_dicom_files_is_one_series_not_a_cohort(tmp_path, capsys):
     """`batch` on a DICOM series folder made every file a study, each reading the whole series:
-    24 identical "ok" rows. A folder holding DICOM files itself is refused, with or without the
-    .dcm suffix; an archive among the studies is a study (its row says how to unpack it), and
-    --out may not be the folder of studies (its outputs would be studies the next time)."""
+    24 identical "ok" rows (the shipped sample). Files of one series in the folder itself are
+    refused; files that each hold a series of their own (enhanced multi-frame) stay a study each.
+    An archive, by its name, is a study (its row says how to unpack it) unless unpacked beside
+    it; a .docx (a ZIP inside) is no study; --out may not be the folder of studies."""
+    import shutil
+
+    import pydicom
+
+    sample = Path(cli.__file__).resolve().parents[1] / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es" / "dicom"
     series = tmp_path / "series"
-    series.mkdir()
-    for i in range(3):
-        (series / f"IM{i:04d}").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)   # no suffix: found by the preamble
-    (series / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
-    with pytest.raises(CardiacInputError, match=r"holds 3 DICOM files itself \(IM0000, IM0001, IM0002\): a DICOM series "
-                                                r"is one study.*cardiacaiseg analyze"):
+    shutil.copytree(sample, series)
+    with pytest.raises(CardiacInputError, match=r"holds 24 DICOM files of one series itself \(.*\): a DICOM series is one "
+                                                r"study.*cardiacaiseg analyze"):
         load_cohort(series)
     assert cli.main(["batch", str(series), "--out", str(tmp_path / "o")]) == 2
     assert "a DICOM series is one study" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
+    one_file_series = tmp_path / "enhanced"
+    one_file_series.mkdir()
+    for i, f in enumerate(sorted(sample.glob("*.dcm"))[:2]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.9.7777.{i + 1}"
+        ds.save_as(one_file_series / f"series{i + 1}.dcm")
+    assert [s.study for s in load_cohort(one_file_series)] == ["series1", "series2"]
+
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / "p1").mkdir()
+    (studies / "p1.zip").write_bytes(b"PK\x03\x04" + b"\0" * 32)     # unpacked beside it: p1/ is the study
     (studies / "p2.zip").write_bytes(b"PK\x03\x04" + b"\0" * 32)
+    (studies / "protocol.docx").write_bytes(b"PK\x03\x04" + b"\0" * 32)   # a ZIP inside, no study
     (studies / "notes.txt").write_text("x")
     assert [(s.study, Path(s.input).name) for s in load_cohort(studies)] == [("p1", "p1"), ("p2.zip", "p2.zip")]
-    (studies / "p3.dcm").write_bytes(b"")
-    with pytest.raises(CardiacInputError, match="holds 1 DICOM file itself"):
-        load_cohort(studies)
-    (studies / "p3.dcm").unlink()
     with pytest.raises(CardiacInputError, match="is both the folder of studies and --out"):
         load_cohort(studies, exclude=[studies])
 
@@ -806,23 +815,21 @@ def test_a_task_dask_runs_again_keeps_this_batchs_outputs(cohort, tmp_path):
     from CardiacAISegLib.cohort import run_study, study_complete
 
     spec = read_manifest(cohort["manifest"])[1]   # phantom_b with its labels
-    since = time.time() - 1
-    first = run_study(spec, tmp_path, reports="none", since=since)
-    assert first["status"] == "ok"
+    first = run_study(spec, tmp_path, reports="none", batch="batch-1")
+    assert first["status"] == "ok" and first["batch"] == "batch-1"
     row_file = tmp_path / spec.study / ROW_FILE
     before = row_file.stat().st_mtime_ns
-    again = run_study(spec, tmp_path, reports="none", since=since)
+    again = run_study(spec, tmp_path, reports="none", batch="batch-1")
     assert again == json.loads(row_file.read_text()) and row_file.stat().st_mtime_ns == before
     row_file.unlink()   # died after moving the outputs in, before the row
     assert not study_complete(tmp_path / spec.study, spec)   # what they were made from is unknown: run again
-    rerun = run_study(spec, tmp_path, reports="none", since=since)
+    rerun = run_study(spec, tmp_path, reports="none", batch="batch-1")
     assert rerun["status"] == "ok" and rerun["measures"]["lv_edv_ml"] == first["measures"]["lv_edv_ml"]
-    # outputs older than the batch: still refused without --force
-    old = time.time() - 3600
-    for f in (tmp_path / spec.study).iterdir():
-        os.utime(f, (old, old))
+    # another batch's row is not this batch's, whatever the file times say
+    assert run_study(spec, tmp_path, reports="none", batch="batch-2", force=True)["batch"] == "batch-2"
+    # outside a batch (analyze's rule), outputs are still not overwritten unasked
     row_file.unlink()
-    refused = run_study(spec, tmp_path, reports="none", since=since)
+    refused = run_study(spec, tmp_path, reports="none")
     assert refused["status"] == "error" and "would overwrite" in refused["error"]
 
 

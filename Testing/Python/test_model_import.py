@@ -501,7 +501,7 @@ def test_a_float64_onnx_export_is_refused_saying_float32(tmp_path, capsys, user_
                           str(weights), input_names=["image"], output_names=["scores"],
                           dynamic_axes={"image": {0: "n", 2: "rows", 3: "cols"}}, dynamo=False)
     card = write_card(folder / "card.json", weights, name="f64-net", fmt="onnx")
-    expect_refusal(capsys, weights, card, weights, "export the model in float32")
+    expect_refusal(capsys, weights, card, weights, "e.g. a float64 export (CardiacAISeg runs float32")
 
 
 @pytest.mark.parametrize("pixel_mm, agrees", [(1.25, True), (2.5, False)])

@@ -63,8 +63,9 @@ class OnnxModule:
             if "NOT_IMPLEMENTED" in str(e):
                 # a float64 export fails here, before its input type can be read (probe 65)
                 raise CardiacInputError(path, f"ONNX Runtime has no CPU kernel for an operator of this model "
-                                        f"({last_lines(e)}): CardiacAISeg runs float32 networks; export the model "
-                                        "in float32 (model.float() before torch.onnx.export)") from None
+                                        f"({last_lines(e)}): e.g. a float64 export (CardiacAISeg runs float32 "
+                                        "networks: model.float() before torch.onnx.export), or an operator this "
+                                        "onnxruntime lacks (export with an older opset)") from None
             raise
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -109,7 +110,8 @@ def last_lines(error, limit=300):
     lines = [" ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", ln).split()) for ln in str(error).splitlines()]
     lines = [ln for ln in lines if ln] or [type(error).__name__]
     text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-    return text if len(text) <= limit else f"{text[:limit // 3]} ... {text[-(2 * limit // 3):]}"
+    head = limit // 3
+    return text if len(text) <= limit else f"{text[:head]} ... {text[-(limit - head - 5):]}"
 
 
 def checked_network(model, x):
@@ -117,7 +119,11 @@ def checked_network(model, x):
     raises ``NetworkFailed``."""
     try:
         scores = model.run_numpy(x) if hasattr(model, "run_numpy") and isinstance(x, np.ndarray) else model(x)
+    except MemoryError:
+        raise   # the machine's fault, not the network's: the CLI says so
     except Exception as e:   # noqa: BLE001 - whatever the runtime raises, said with the input's shape
+        if type(e).__name__ == "OutOfMemoryError" or "Failed to allocate memory" in str(e):
+            raise   # torch.cuda.OutOfMemoryError, ONNX Runtime's allocator: as MemoryError
         raise NetworkFailed(f"fails on a {tuple(x.shape)} input (batch, channels, rows, cols): {last_lines(e)}") from e
     finite = np.isfinite(scores) if isinstance(scores, np.ndarray) else __import__("torch").isfinite(scores)
     if not bool(finite.all()):

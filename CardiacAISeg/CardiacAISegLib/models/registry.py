@@ -435,10 +435,15 @@ def _build_module(card, path):
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
         module = torch.jit.load(str(path), map_location="cpu")
-        if card.get("task") == "cine" and "context_slices" in card["input"]:
+        declared = int(card["input"].get("context_slices") or 0) if card.get("task") == "cine" else None
+        if declared is not None and "context_slices" in card["input"] and getattr(module, "context_slices", None) != declared:
             # a TorchScript file does not say what its input channels mean either: a 2.5D network
             # was fed one channel and refused, against its card (probe 65)
-            module.context_slices = int(card["input"]["context_slices"] or 0)
+            try:
+                module.context_slices = declared
+            except RuntimeError as e:   # a scripted Final constant of another value
+                raise CardiacInputError(path, f"the network fixes context_slices itself, otherwise than its card's "
+                                        f"input.context_slices {declared} ({_one_line(e)}); make them agree") from None
     module.eval()
     return module
 
@@ -716,6 +721,9 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     validate_card_for_import(card, card_path)
     # only the weights file is copied in: an ONNX export the card may list would be missing
     card.pop("onnx", None)
+    # the sample check is the import's own, made below: one copied from another card would keep
+    # or hide the QC flag of a network it never measured
+    card.pop("import_check", None)
     name = card["name"]
     if name in shipped_names():
         raise CardiacInputError(card_path, f"name {name!r} is a shipped model; choose another name in the card "
