@@ -1627,10 +1627,9 @@ def imported_model_flags(analysis):
     check = (analysis.model_info or {}).get("import_check")
     if not check or check.get("agrees", True):
         return []
-    from .models.registry import sample_agreement_text
-
+    said = check.get("summary") or "did not agree with the shipped default on the shipped sample"
     return [_flag("MODEL_DISAGREES_ON_SAMPLE", REVIEW, f"the imported network '{analysis.model_info.get('name')}' "
-                                                       f"{sample_agreement_text(check).replace('it agrees', 'agreed', 1)} "
+                                                       f"{said.replace('it agrees', 'agreed', 1)} "
                                                        "when it was imported: check its card (input.pixel_mm, the "
                                                        "normalisation, the class order) and the contours", check["dice_myo"])]
 

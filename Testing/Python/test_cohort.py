@@ -894,8 +894,14 @@ def test_a_stop_signal_python_swallowed_still_stops_the_batch(cohort, tmp_path, 
         return real_open(*args, **kwargs)
 
     monkeypatch.setattr(cohort_module, "_open_client", open_client)
-    with pytest.raises(KeyboardInterrupt):
-        run_cohort(specs, tmp_path, workers=1, processes=False, show_progress=False, log=lambda *a: None, reports="none")
+    # as in a terminal, whatever launched pytest (a shell script's background job ignores SIGINT,
+    # and an ignored signal is left ignored)
+    before = signals.signal(signals.SIGINT, signals.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_cohort(specs, tmp_path, workers=1, processes=False, show_progress=False, log=lambda *a: None, reports="none")
+        assert signals.getsignal(signals.SIGINT) is signals.default_int_handler   # the handler is put back
+    finally:
+        signals.signal(signals.SIGINT, before)
     table = _read_csv(tmp_path / "cohort.csv")
     assert [(r["study"], r["status"]) for r in table] == [("phantom_a", "error"), ("phantom_b", "error")]
-    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler   # the handler is put back

@@ -639,12 +639,13 @@ def sample_agreement(card, path):
     import numpy as np
 
     from ..labels import LV, MYO, RV
-    from ..pipeline import segment
     from ..readers import load_study
     from .inference import NetworkFailed, segment_cine_study
 
     study = load_study(IMPORT_SAMPLE)
-    reference, info = segment(study)
+    default = load_model(default_model("cine"))   # as pipeline.segment runs it (not imported here: a cycle)
+    reference = segment_cine_study(study, default, frames="ed_es")
+    info = {"name": default.card["name"], "version": default.card.get("version", "1")}
     try:
         mine = segment_cine_study(study, LoadedModel(card, _build_module(card, path), "torch" if card["weights"]["format"] != "onnx"
                                                      else "onnxruntime"), frames="ed_es")
@@ -671,6 +672,7 @@ def sample_agreement(card, path):
 
     check["agrees"] = bool(check["dice_lv"] >= limits["dice_lv"] and check["dice_myo"] >= limits["dice_myo"]
                            and off(edv) <= limits["lv_edv"] and off(mass) <= limits["lv_mass"])
+    check["summary"] = sample_agreement_text(check)   # QC says it without importing the registry
     return check
 
 
