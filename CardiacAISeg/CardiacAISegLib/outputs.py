@@ -238,21 +238,33 @@ def _not_ignored(signals):
 
 
 @contextmanager
-def stop_signals_raise():
-    """SIGTERM/SIGHUP raise ``Terminated`` in the main thread for the block (no-op elsewhere)."""
+def _handling(signals, handler):
+    """``handler`` for the not-ignored ``signals`` during the block, the previous ones put back
+    after; nothing outside the main thread (signals cannot be handled there)."""
     if not _in_main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise Terminated(signum)
-
-    previous = {s: signal.signal(s, stop) for s in _not_ignored(_STOP_SIGNALS)}
+    previous = {s: signal.signal(s, handler) for s in _not_ignored(signals)}
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _stop_exception(signum):
+    """What a stop signal raises: KeyboardInterrupt for SIGINT, else Terminated."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+@contextmanager
+def stop_signals_raise():
+    """SIGTERM/SIGHUP raise ``Terminated`` in the main thread for the block (no-op elsewhere)."""
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    with _handling(_STOP_SIGNALS, stop):
+        yield
 
 
 class _Remembered:
@@ -261,9 +273,8 @@ class _Remembered:
 
     def check(self):
         """Raise again a stop signal whose exception was lost (see remembered_stop_signals)."""
-        if self.signum is None:
-            return
-        raise KeyboardInterrupt if self.signum == signal.SIGINT else Terminated(self.signum)
+        if self.signum is not None:
+            raise _stop_exception(self.signum)
 
 
 @contextmanager
@@ -275,22 +286,13 @@ def remembered_stop_signals():
     at that moment ran to its end (probe 64). No-op outside the main thread; an ignored signal
     stays ignored."""
     remembered = _Remembered()
-    if not _in_main_thread():
-        yield remembered
-        return
 
     def stop(signum, frame):
         remembered.signum = signum
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(signum)
+        raise _stop_exception(signum)
 
-    previous = {s: signal.signal(s, stop) for s in _not_ignored((signal.SIGINT,) + _STOP_SIGNALS)}
-    try:
+    with _handling((signal.SIGINT,) + _STOP_SIGNALS, stop):
         yield remembered
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class _Deferred:
@@ -300,11 +302,8 @@ class _Deferred:
     def __call__(self):
         """Raise the signal that arrived while held (the checkpoint between two writers)."""
         signum, self.pending = self.pending, None
-        if signum is None:
-            return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(signum)
+        if signum is not None:
+            raise _stop_exception(signum)
 
 
 @contextmanager
@@ -314,20 +313,13 @@ def deferred_signals():
     Outside the main thread signals cannot be handled; the checkpoint then does nothing.
     """
     deferred = _Deferred()
-    if not _in_main_thread():
-        yield deferred
-        return
 
     def hold(signum, frame):
         if deferred.pending is None:
             deferred.pending = signum
 
-    previous = {s: signal.signal(s, hold) for s in _not_ignored((signal.SIGINT,) + _STOP_SIGNALS)}
-    try:
+    with _handling((signal.SIGINT,) + _STOP_SIGNALS, hold):
         yield deferred
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     deferred()  # only reached without an exception: a held signal still stops the run
 
 

@@ -520,9 +520,6 @@ def for_device(loaded, device):
     return loaded
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
 def _one_line(error, limit=300):
     """An error as one line for a message box or a log (torch's unpickling errors carry terminal
     colour codes): its first and last lines. Cut at 200 characters, TorchScript's errors lost
@@ -638,6 +635,7 @@ def sample_agreement(card, path):
         return None
     import numpy as np
 
+    from ..cine import MYOCARDIAL_DENSITY_G_ML
     from ..labels import LV, MYO, RV
     from ..readers import load_study
     from .inference import NetworkFailed, segment_cine_study
@@ -662,7 +660,7 @@ def sample_agreement(card, path):
 
     ed = max(frames, key=lambda t: int((reference[t] == LV).sum()))   # the default's larger LV: ED (analysis decides later)
     edv = [round(float((m[ed] == LV).sum()) * voxel_ml, 1) for m in (mine, reference)]
-    mass = [round(float((m[ed] == MYO).sum()) * voxel_ml * 1.05, 1) for m in (mine, reference)]
+    mass = [round(float((m[ed] == MYO).sum()) * voxel_ml * MYOCARDIAL_DENSITY_G_ML, 1) for m in (mine, reference)]
     check = {"sample": IMPORT_SAMPLE.parent.name + " (ED and ES)", "compared_with": f"{info['name']} v{info['version']}",
              "dice_lv": dice(LV), "dice_myo": dice(MYO), "dice_rv": dice(RV), "lv_edv_ml": edv, "lv_mass_g": mass}
     limits = SAMPLE_AGREEMENT
