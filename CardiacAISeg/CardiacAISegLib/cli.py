@@ -163,19 +163,35 @@ def _import_model(args):
         print(f"warning: {note}", file=sys.stderr)
 
 
+# flags the perfusion network's training does not read (it trains on 64-px synthetic series of
+# its own): given, they were ignored without a word (probe 66)
+PERFUSION_TRAIN_IGNORES = ("params", "pixel_mm", "slices_per_epoch", "crop", "patch", "augment", "val_every",
+                           "val_heart_crop_mm", "edge_slice_weight", "distill_from", "distill_weight", "distill_flips",
+                           "lr_cycle_epochs", "perfusion_key_share", "freeze_epochs", "partial_labels")
+
+
 def _train(args):
     from .models.training import TrainConfig, train
     from .progress import tqdm_progress
 
-    from .models.checkpoints import refuse_or_clear_earlier_run
-
-    refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
-
+    _check_train_numbers(args)
+    if not Path(args.data).is_dir():
+        raise CardiacInputError(args.data, "no such folder (the data: a folder of ACDC-layout patient folders)"
+                                if not Path(args.data).exists() else "not a folder of ACDC-layout patient folders")
     if args.architecture == "perfusion-resunet":
+        from .models.checkpoints import refuse_or_clear_earlier_run
         from .models.perfusion_training import PerfusionTrainConfig, train_perfusion
 
+        defaults = vars(build_parser().parse_args(["train", args.data, "--out", str(args.out)]))
+        given = [f"--{k.replace('_', '-')}" for k in PERFUSION_TRAIN_IGNORES if getattr(args, k) != defaults[k]]
+        if given:
+            raise CardiacInputError(given[0], f"{', '.join(given)} not read by --architecture perfusion-resunet (it trains on "
+                                              "64-pixel synthetic first-pass series built on the patients); leave "
+                                              f"{'them' if len(given) > 1 else 'it'} out")
+        refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
         cfg = PerfusionTrainConfig(data=args.data, out_dir=args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                                   seed=args.seed, resume=args.resume, finetune_from=args.finetune or "")
+                                   seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
+                                   threads=args.threads, val_per_group=args.val_per_group)
         train_perfusion(cfg, progress=tqdm_progress("train", disable=args.quiet))
         return
     try:
@@ -192,9 +208,13 @@ def _train(args):
                                                      f"--epochs {args.epochs}, so that the run ends at a cycle's end")
     if not 0 <= args.distill_weight <= 1:
         raise CardiacInputError("--distill-weight", f"{args.distill_weight} is not a share of the loss; give 0-1")
+    if args.freeze_epochs and not args.finetune:
+        raise CardiacInputError("--freeze-epochs", "freezes the encoder of the network fine-tuned from; without --finetune "
+                                                   "it would freeze random weights")
     cfg = TrainConfig(data=args.data, out_dir=args.out, architecture=args.architecture, arch_params=arch_params,
                       epochs=args.epochs,
-                      batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
+                      batch=args.batch, lr=args.lr, seed=args.seed, resume=args.resume, force=args.force,
+                      finetune_from=args.finetune or "",
                       freeze_epochs=args.freeze_epochs, slices_per_epoch=args.slices_per_epoch, pixel_mm=args.pixel_mm,
                       augment=args.augment, val_every=args.val_every, val_heart_crop_mm=args.val_heart_crop_mm,
                       edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
@@ -202,6 +222,32 @@ def _train(args):
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
+
+
+def _check_train_numbers(args):
+    """Numbers `train` cannot run with, refused before anything is read or written (--batch 0,
+    --pixel-mm 0 and --crop 0 ended in ZeroDivisionError, --epochs 0 wrote an untrained best.pt
+    with exit 0, --val-heart-crop-mm -160 was accepted; probe 66)."""
+    import math
+
+    checks = [("--epochs", args.epochs, args.epochs >= 1, "give 1 or more"),
+              ("--batch", args.batch, args.batch >= 1, "give 1 or more"),
+              ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "give a learning rate > 0, e.g. 1e-3"),
+              ("--pixel-mm", args.pixel_mm, math.isfinite(args.pixel_mm) and 0.2 <= args.pixel_mm <= 5,
+               "give the training grid's pixel size in mm, 0.2-5 (the shipped networks: 1.25)"),
+              ("--crop", args.crop, args.crop >= 32, "give the crop's side in pixels, 32 or more"),
+              ("--patch", args.patch, args.patch >= 32, "give the patch's side in pixels, 32 or more"),
+              ("--slices-per-epoch", args.slices_per_epoch, args.slices_per_epoch >= 0,
+               "give 0 (every training slice once) or more"),
+              ("--val-every", args.val_every, args.val_every >= 0, "give 0 (after the last epoch only) or more"),
+              ("--val-heart-crop-mm", args.val_heart_crop_mm,
+               math.isfinite(args.val_heart_crop_mm) and args.val_heart_crop_mm >= 0, "give 0 (whole field) or a side in mm"),
+              ("--val-per-group", args.val_per_group, args.val_per_group >= 0, "give 0 (no validation) or more"),
+              ("--freeze-epochs", args.freeze_epochs, args.freeze_epochs >= 0, "give 0 or more"),
+              ("--threads", args.threads, args.threads >= 0, "give 0 (torch's default) or more")]
+    for flag, value, ok, hint in checks:
+        if not ok:
+            raise CardiacInputError(flag, f"{value} cannot be used; {hint}")
 
 
 def _gui(args):

@@ -64,6 +64,12 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     progress = as_progress(progress)
     out, rng = start_run(config)
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
+    if not train_f:
+        from ..errors import CardiacInputError
+
+        raise CardiacInputError(config.data, f"no training patient is left: the {len(val_f)} patients all go to validation "
+                                             f"(--val-per-group {config.val_per_group} per Info.cfg Group); lower "
+                                             "--val-per-group or add patients")
     write_split(out, train_f, val_f)
     train_slices, val_slices = anatomy_slices(train_f), anatomy_slices(val_f)
     val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345), config.vessels)

@@ -6,7 +6,9 @@ first epochs, the 7T transfer-learning recipe of Ankenbrand et al. 2021 (ED/ES f
 Label maps with the LV and myocardium only (``partial_labels``) train with the marginal loss of
 ``partial_labels.py``, which does not teach the network that the undrawn RV is background.
 """
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ class TrainConfig:
     finetune_from: str = ""            # registry model name or checkpoint path
     freeze_epochs: int = 0             # encoder frozen for these first epochs (fine-tune)
     resume: bool = False
+    force: bool = False                # replace a run already in out_dir (checked before it is removed)
     val_every: int = 1                 # validate every N epochs (and after the last); 0 = last only
     val_heart_crop_mm: float = 0.0     # validate two-stage (as a card with input.heart_crop_mm runs); 0 = whole field
     val_patients: list = field(default_factory=list)   # explicit split (e.g. a new site)
@@ -120,8 +123,10 @@ def load_teacher(source, architecture="unet-light", arch_params=None):
     from .registry import load_model
 
     if Path(source).is_file():
+        from .checkpoints import load_weights_into
+
         teacher = build(architecture, **(arch_params or {}))
-        teacher.load_state_dict(load_start_weights(source))
+        load_weights_into(teacher, load_start_weights(source), source, architecture)
     else:
         teacher = load_model(source, runtime="torch").module
     teacher.eval()
@@ -131,9 +136,11 @@ def load_teacher(source, architecture="unet-light", arch_params=None):
 
 
 def dice(a, b):
+    """Dice of two masks; NaN when both are empty (nothing to score: 1.0 there ranked a network
+    that found no LV on maps whose LV had been dropped as perfect; probe 66)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
+    return float(2 * (a & b).sum() / s) if s else float("nan")
 
 
 def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none", heart_crop_mm=None):
@@ -172,16 +179,22 @@ def evaluate(model, folders, pixel_mm, size_multiple=16, tta="none", heart_crop_
             row[f"rvef_{src}"] = 100 * (redv - resv) / redv if redv else float("nan")
         rows.append(row)
     summary = {}
+    with warnings.catch_warnings():   # a measure no patient has (the RV of LV/MYO-only maps) is NaN, said as null
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _summarise(rows, summary)
+    return summary, rows
+
+
+def _summarise(rows, summary):
     for key in rows[0]:
         if key.startswith("dice_"):
-            summary[key] = float(np.mean([r[key] for r in rows]))
+            summary[key] = float(np.nanmean([r[key] for r in rows]))
     summary["ef_abs_err_pct"] = float(np.nanmean([abs(r["ef_pred"] - r["ef_gt"]) for r in rows]))
     summary["mass_abs_err_g"] = float(np.nanmean([abs(r["mass_pred"] - r["mass_gt"]) for r in rows]))
     summary["rvef_abs_err_pct"] = float(np.nanmean([abs(r["rvef_pred"] - r["rvef_gt"]) for r in rows]))
     for s in ("lv", "myo", "rv"):
         summary[f"dice_{s}"] = (summary[f"dice_{s}_ed"] + summary[f"dice_{s}_es"]) / 2
     summary["dice_mean"] = float(np.mean([summary["dice_lv"], summary["dice_myo"], summary["dice_rv"]]))
-    return summary, rows
 
 
 def _encoder_parameters(model):
@@ -192,19 +205,32 @@ def _encoder_parameters(model):
 def train(config: TrainConfig, progress=None, log=print):
     import torch
 
-    from .architectures import build
+    from ..errors import CardiacInputError
+    from .checkpoints import LAST, load_weights_into, refuse_changed_run, refuse_changed_split, refuse_or_clear_earlier_run
     from .partial_labels import FULL, label_set_of, partial_label_loss
-    from .training_data import (KeyImagePool, acdc_folders, augment_batch, augment_context, labelled_slices_with_sets,
-                                random_crop, split_patients)
+    from .training_data import (KeyImagePool, acdc_folders, augment_batch, augment_context, checked_training_patient,
+                                labelled_slices_with_sets, random_crop, split_patients)
 
     progress = as_progress(progress)
     if not 0 <= config.perfusion_key_share < 1:   # before anything is loaded or written
-        from ..errors import CardiacInputError
-
         raise CardiacInputError("--perfusion-key-share", f"{config.perfusion_key_share} is not a share of a batch; give 0 "
                                                          "(cine slices only) up to below 1")
     config = with_start_architecture(config)
-    out, rng = start_run(config)
+    out_dir = Path(config.out_dir)
+    # everything that can be refused is checked before anything in --out is written or removed
+    # (a refused run left split.json, which blocked the rerun; --force removed the earlier run
+    # before a bad --params was found; probe 66)
+    if config.resume:
+        refuse_changed_run(out_dir, config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = build_network(config)
+    context = getattr(model, "context_slices", 0)
+    if config.finetune_from:
+        load_weights_into(model, widen_input_channels(load_start_weights(config.finetune_from), model), config.finetune_from,
+                          _described(config))
+    teacher = load_teacher(config.distill_from, config.architecture, config.arch_params) if config.distill_from else None
 
     if config.train_patients or config.val_patients:
         root = Path(config.data)
@@ -212,15 +238,26 @@ def train(config: TrainConfig, progress=None, log=print):
         val_f = [root / p for p in config.val_patients]
     else:
         train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
-    write_split(out, train_f, val_f)
+    if not train_f:
+        raise CardiacInputError(config.data, f"no training patient is left: the {len(val_f)} patients all go to validation "
+                                             f"(--val-per-group {config.val_per_group} per Info.cfg Group); lower "
+                                             "--val-per-group or add patients")
+    if config.resume:
+        refuse_changed_split(out_dir, train_f, val_f)
+    notes = []
+    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels, context=context,
+                                                          notes=notes)
+    for f in val_f:
+        checked_training_patient(f, label_set_of(f, config.partial_labels), "validation")
+    val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
 
-    model = build(config.architecture, **config.arch_params)
-    context = getattr(model, "context_slices", 0)
+    refuse_or_clear_earlier_run(out_dir, config.resume, config.force)
+    if config.resume and not (out_dir / LAST).is_file():
+        log(f"nothing to resume in {out_dir} (no {LAST}): starting the run")
+    out, rng = start_run(config)
+    write_split(out, train_f, val_f)
     if config.finetune_from:
-        state = load_start_weights(config.finetune_from)
-        model.load_state_dict(widen_input_channels(state, model))
         log(f"fine-tuning from {config.finetune_from}")
-    teacher = load_teacher(config.distill_from, config.architecture, config.arch_params) if config.distill_from else None
     if teacher is not None:
         log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g}"
             f"{', read 4 ways' if config.distill_flips else ''})")
@@ -229,9 +266,10 @@ def train(config: TrainConfig, progress=None, log=print):
     start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
     if start_epoch:
         log(f"resumed at epoch {start_epoch}")
+        replan_decay(opt, sched, config, start_epoch, log)
 
-    val_full = all(label_set_of(f, config.partial_labels) == FULL for f in val_f)
-    slices, label_sets, edges = labelled_slices_with_sets(train_f, config.pixel_mm, config.partial_labels, context=context)
+    for note in notes:
+        log(note)
     has_rv_all = np.array([s == FULL for s in label_sets])
     partial_note = f" ({int((~has_rv_all).sum())} with LV/MYO labels only)" if not has_rv_all.all() else ""
     log(f"{len(train_f)} training patients, {len(slices)} slices{partial_note}; {len(val_f)} validation patients")
@@ -312,12 +350,51 @@ def train(config: TrainConfig, progress=None, log=print):
     return history
 
 
+def build_network(config):
+    """The network of ``config``, or a CardiacInputError naming --params when the architecture
+    takes no such parameter (a TypeError of the class's __init__ before)."""
+    from ..errors import CardiacInputError
+    from .architectures import build
+
+    try:
+        return build(config.architecture, **config.arch_params)
+    except TypeError as e:
+        raise CardiacInputError("--params", f"{json.dumps(config.arch_params)} does not fit {config.architecture} ({e}); "
+                                            "see the parameters in its model card (cardiacaiseg models --json)")
+
+
+def _described(config):
+    return f"{config.architecture} {json.dumps(config.arch_params)}" if config.arch_params else config.architecture
+
+
 def lr_schedule(torch, opt, config):
     """Cosine decay to 2 % of the rate over the run, or over each cycle of ``lr_cycle_epochs``."""
     eta_min = config.lr * 0.02
     if config.lr_cycle_epochs:
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.lr_cycle_epochs, eta_min=eta_min)
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=eta_min)
+
+
+def replan_decay(opt, sched, config, start_epoch, log=print):
+    """A run resumed with another --epochs: its one cosine decay stretched over the new length,
+    the learning rate set where the new plan has it at ``start_epoch``. The scheduler restored
+    from last.pt kept the first plan's length, so past its end the rate climbed back up the
+    cosine (a 2-epoch run resumed to 4 ended at 1e-3, not 2e-5; probe 66)."""
+    import math
+
+    import torch
+
+    if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) or sched.T_max == max(config.epochs, 1):
+        return
+    if config.epochs <= start_epoch:
+        log(f"the run has {start_epoch} epochs already (--epochs {config.epochs}): nothing to train")
+        return
+    sched.T_max = config.epochs
+    lr = sched.eta_min + (config.lr - sched.eta_min) * (1 + math.cos(math.pi * start_epoch / sched.T_max)) / 2
+    for group in opt.param_groups:
+        group["lr"] = lr
+    sched._last_lr = [lr for _ in opt.param_groups]
+    log(f"learning-rate decay re-planned over {config.epochs} epochs: {lr:.3g} at epoch {start_epoch + 1}")
 
 
 def snapshot_name(epoch):
@@ -330,7 +407,7 @@ def with_start_architecture(config):
     starts from, and its checkpoint records them for shipping."""
     from dataclasses import replace
 
-    if not config.finetune_from or config.arch_params or Path(config.finetune_from).is_file():
+    if not config.finetune_from or config.arch_params or _names_a_file(config.finetune_from):
         return config
     from .registry import get_card
 
@@ -359,13 +436,23 @@ def widen_input_channels(state, model):
     return out
 
 
+def _names_a_file(source):
+    """``source`` (--finetune, --distill-from) is a path rather than a registry model name."""
+    p = Path(source)
+    return p.exists() or p.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") or len(p.parts) > 1
+
+
 def load_start_weights(source):
-    import torch
+    from ..errors import CardiacInputError
+    from .checkpoints import read_checkpoint
 
     p = Path(source)
     if p.is_file():
-        ck = torch.load(p, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(p)
         return ck["model"] if isinstance(ck, dict) and "model" in ck else ck
+    if _names_a_file(source):
+        # a path, not a model name: "no such model; installed models: ..." hid a mistyped file name
+        raise CardiacInputError(p, "no such checkpoint file" if not p.exists() else "is a folder, not a checkpoint file")
     from .registry import load_model
 
     return load_model(source, runtime="torch").module.state_dict()  # the torch weights, not the ONNX export

@@ -38,23 +38,82 @@ def labelled_slices(folders, pixel_mm, progress=None, with_edges=False, context=
     ``with_edges``: also a bool per slice, ``edge_slices`` of its frame's stack. ``context`` > 0:
     each image is (2 context + 1, rows, cols), the slice between its neighbours in the stack
     (``preprocess.with_context_slices``, as a 2.5D network reads it at inference)."""
-    import torch
-
     items, edges = [], []
     for n, folder in enumerate(folders):
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
-        study = load_acdc_patient(folder)
-        spacing_rc = study.spacing_rc
-        for t, lab in study.labels.items():
-            vol = normalise_volume(study.images[t])
-            grid = model_grid_shape(vol.shape[1:], spacing_rc, pixel_mm)
-            img = resample_slices(torch.from_numpy(with_context_slices(vol, context)), grid).numpy()
-            lbl = resample_slices(torch.from_numpy(lab.astype(np.float32))[:, None], grid, mode="nearest")[:, 0].numpy().astype(np.uint8)
-            for k in range(img.shape[0]):
-                items.append((img[k] if context else img[k, 0], lbl[k]))
-            edges.extend(edge_slices(lbl))
+        study_items, study_edges = study_slices(load_acdc_patient(folder), pixel_mm, context)
+        items += study_items
+        edges += study_edges
     return (items, edges) if with_edges else items
+
+
+def study_slices(study, pixel_mm, context=0):
+    """(items, edges) of one loaded patient: ``labelled_slices`` of its labelled frames."""
+    import torch
+
+    items, edges = [], []
+    spacing_rc = study.spacing_rc
+    for t, lab in study.labels.items():
+        vol = normalise_volume(study.images[t])
+        grid = model_grid_shape(vol.shape[1:], spacing_rc, pixel_mm)
+        img = resample_slices(torch.from_numpy(with_context_slices(vol, context)), grid).numpy()
+        lbl = resample_slices(torch.from_numpy(lab.astype(np.float32))[:, None], grid, mode="nearest")[:, 0].numpy().astype(np.uint8)
+        for k in range(img.shape[0]):
+            items.append((img[k] if context else img[k, 0], lbl[k]))
+        edges.extend(edge_slices(lbl))
+    return items, edges
+
+
+ACDC_VALUES = "0 background, 1 RV, 2 myocardium, 3 LV blood pool"
+
+
+def checked_training_patient(folder, label_set, role="training"):
+    """The loaded patient of a training run, or a CardiacInputError naming the folder and file:
+    label maps a network must not learn from (values ACDC does not use, set to background by the
+    reader: an LV coded 4 or 0/255 masks trained as background with Dice 1.0 on empty maps, exit
+    0; probe 66), a patient with no usable map (skipped without a word), a validation patient
+    without ED and ES maps (a KeyError after the first epoch), an LV/MYO-only map with RV (1) but
+    no LV pool (3) voxels (1 = LV coding: the LV was trained as "background or RV"). Returns (study, note):
+    the note names a training patient's frames without labels, which are left out."""
+    from ..errors import CardiacInputError
+    from .partial_labels import FULL, LV, LV_MYO, RV
+
+    folder = Path(folder)
+    study = load_acdc_patient(folder)
+    problems = study.provenance.get("label_problems", {})
+    missing = study.provenance.get("missing_label_files", {})
+    if problems:
+        first = problems[min(problems)]
+        raise CardiacInputError(folder, f"{role} patient's label map cannot be trained on: {first} (ACDC's values: "
+                                        f"{ACDC_VALUES}); recode the map, or move the patient out of the data folder")
+    if role == "validation":
+        for phase, t in (("ED", study.ed_frame), ("ES", study.es_frame)):
+            if t not in study.labels:
+                raise CardiacInputError(folder, f"validation patient without a usable {phase} label map "
+                                                f"({missing.get(t, 'none found')}); validation scores ED and ES: label both, or "
+                                                "move the patient out of the data folder")
+    if not study.labels:
+        reasons = "; ".join(missing.values()) or "no _gt label maps"
+        raise CardiacInputError(folder, f"{role} patient without a usable label map ({reasons}); label it, or move it out of "
+                                        "the data folder")
+    if label_set == LV_MYO:
+        for t, lab in study.labels.items():
+            n_rv = int((lab == RV).sum())
+            if n_rv and not (lab == LV).any():
+                number = study.provenance["frame_numbers"][t]
+                raise CardiacInputError(folder, f"LV/MYO-only labels (--partial-labels lv_myo or LabelSet lv_myo in Info.cfg), "
+                                                f"but the frame {number} map holds {n_rv} voxels of value 1, the RV in ACDC's "
+                                                f"convention ({ACDC_VALUES}), and no LV blood pool (3); if 1 is your LV, "
+                                                "recode it to 3 and the myocardium to 2")
+    notes = []
+    unlabelled = [missing[t] for t in sorted(missing) if t in (study.ed_frame, study.es_frame)]
+    if unlabelled:
+        notes.append(f"frames without labels left out ({'; '.join(unlabelled)})")
+    if label_set == FULL and not any((lab == RV).any() for lab in study.labels.values()):
+        notes.append("no RV labelled in any map, so the RV is taught as background; if the maps draw the LV and "
+                     "myocardium only, give --partial-labels lv_myo (or 'LabelSet: lv_myo' in its Info.cfg)")
+    return study, (f"{folder.name}: " + "; ".join(notes) if notes else "")
 
 
 def anatomy_slices(folders):
@@ -126,11 +185,12 @@ def edge_slices(label_stack):
     return edge
 
 
-def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None, context=0):
+def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress=None, context=0, notes=None):
     """(slices, label sets, edges): ``labelled_slices``; per slice, its patient's label set
     (``partial_labels.label_set_of``), "full" or "lv_myo" (the maps of lv_myo patients hold no RV:
-    any RV pixel is dropped, so the loss reads their background as "background or RV"); and the
-    (N,) bool array of ``edge_slices``."""
+    any RV pixel is dropped, so the loss reads their background as "background or RV"); and the (N,) bool array of ``edge_slices``. Every
+    patient is checked first (``checked_training_patient``); ``notes`` (a list) receives what
+    is left out."""
     from .partial_labels import label_set_of, restrict_to_label_set
 
     items, sets, edges = [], [], []
@@ -138,10 +198,12 @@ def labelled_slices_with_sets(folders, pixel_mm, partial_labels="auto", progress
         if progress:
             progress(n, len(folders), f"loading {Path(folder).name}")
         label_set = label_set_of(folder, partial_labels)
-        slices, edge = labelled_slices([folder], pixel_mm, with_edges=True, context=context)
-        for img, lbl in slices:
-            items.append((img, restrict_to_label_set(lbl, label_set)))
-            sets.append(label_set)
+        study, note = checked_training_patient(folder, label_set)
+        if note and notes is not None:
+            notes.append(note)
+        slices, edge = study_slices(study, pixel_mm, context)
+        items += [(img, restrict_to_label_set(lbl, label_set)) for img, lbl in slices]
+        sets += [label_set] * len(slices)
         edges.extend(edge)
     return items, sets, np.array(edges, bool)
 

@@ -153,7 +153,7 @@ def load_acdc_patient(folder, frames="all"):
         if info[key] not in index:
             raise CardiacInputError(folder / "Info.cfg", f"{key} frame {info[key]} has no image in the folder (frames: {frame_numbers})")
 
-    labels, missing_gt = {}, {}
+    labels, missing_gt, label_problems = {}, {}, {}
     for n, i in index.items():
         # ACDC pads frame numbers to 2 digits; hand-made folders often do not (frame1_gt)
         candidates = [folder / f"{folder.name}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
@@ -181,6 +181,13 @@ def load_acdc_patient(folder, frames="all"):
             warnings.extend(f"{gt.name}: {w}" for w in label_info["warnings"])
             if label_info.get("nothing_labelled"):
                 warnings.append(f"{gt.name}: {label_info['nothing_labelled']}")
+            # what a measurement may say and go on with, but a network must not learn from (the
+            # LV coded 4 became background and training went on, exit 0; probe 66)
+            problems = [w for w in label_info["warnings"] if w.endswith("set to background")]
+            if label_info.get("nothing_labelled"):
+                problems.append(label_info["nothing_labelled"])
+            if problems:
+                label_problems[i] = f"{gt.name}: " + "; ".join(problems)
 
     positions = _slice_positions(info, folder / "Info.cfg", images.shape[1])
     study = Study(
@@ -190,7 +197,7 @@ def load_acdc_patient(folder, frames="all"):
         name=folder.name,
         source=str(folder),
         provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers, "warnings": warnings,
-                    "missing_label_files": missing_gt,
+                    "missing_label_files": missing_gt, "label_problems": label_problems,
                     **({"slice_positions_mm": positions} if positions is not None else {})},
         ed_frame=index[info["ED"]],
         es_frame=index[info["ES"]],
