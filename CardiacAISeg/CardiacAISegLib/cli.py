@@ -174,12 +174,14 @@ def _train(args):
     from .models.training import TrainConfig, train
     from .progress import tqdm_progress
 
+    from .models.checkpoints import refuse_or_clear_earlier_run
+
     _check_train_numbers(args)
+    refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force, clear=False)   # said first; cleared last
     if not Path(args.data).is_dir():
         raise CardiacInputError(args.data, "no such folder (the data: a folder of ACDC-layout patient folders)"
                                 if not Path(args.data).exists() else "not a folder of ACDC-layout patient folders")
     if args.architecture == "perfusion-resunet":
-        from .models.checkpoints import refuse_or_clear_earlier_run
         from .models.perfusion_training import PerfusionTrainConfig, train_perfusion
 
         defaults = vars(build_parser().parse_args(["train", args.data, "--out", str(args.out)]))

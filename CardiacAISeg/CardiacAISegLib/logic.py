@@ -49,13 +49,22 @@ PLACED_ON_SLICE_ATTRIBUTE = "CardiacAISeg.PlacedOnSlice"   # on the markups: ins
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
                     "hematocrit": "CardiacAISeg.Hematocrit", "ed_es": "CardiacAISeg.EDES",
-                    "orientation_known": "CardiacAISeg.OrientationKnown"}
-OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID")
+                    "orientation_known": "CardiacAISeg.OrientationKnown", "provenance": "CardiacAISeg.Provenance"}
+# What a reader found in the files that measures and QC read again (JSON on the input node): the
+# DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
+# scene lost them, passed QC and warned that nothing named the frames (probe 67).
+STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm")
+OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID",
+                     "frameLabelsID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
     "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
     "aifPath": "", "frameTimeS": "0", "restNodeID": "", "restAifPath": "", "restFrameTimeS": "0", "density": "1.05",
     "outputSegmentationID": "", "outputSegmentationESID": "", "tableID": "", "markupsID": "", "restSegmentationID": "",
+    # a sequence of every labelled frame's label map (a whole cycle segmented): the ED and ES
+    # segmentations alone reopened without the volume curve, its ED/ES certainty and the frames
+    # an edit keeps (the same ES edit read EF -24 % live, 20 % reopened; probe 67)
+    "frameLabelsID": "",
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
     # "ED ES" frames an edit kept where they were (a whole cycle labelled); "" = from the volume curve
     "keptEdEs": "",
@@ -67,7 +76,7 @@ PARAMETERS = {
     "measuredDensity": "",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
-                   "restSegmentationID")
+                   "restSegmentationID", "frameLabelsID")
 # Combo boxes show these values in this order (the .ui lists one item per value).
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
@@ -306,6 +315,7 @@ class CardiacAISegLogic(_LogicBase):
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
         stamped = _read_study_attributes(sequence or node)
+        study.provenance.update(stamped.get("provenance", {}))
         # as the file readers judge it: a direction without obliquity is a writer's default (an
         # ACDC NIfTI added through Add Data), not the patient's
         study.orientation_known = stamped.get("orientation_known", not axis_aligned(study.ijk_to_ras[:3, :3]))
@@ -513,6 +523,13 @@ class CardiacAISegLogic(_LogicBase):
             analysis.warnings.append(f"this run replaced the corrections made by hand on frame(s) {frames} (counted from "
                                      f"1) with {source}; save corrected contours (ground truth, or the segmentation "
                                      "files) before running again to keep them")
+        handles = [] if revert else _handles_replaced(self.analysis, analysis)
+        if handles:
+            # dragged handles are corrections too: a rerun put them back at their automatic
+            # places (26.9 mm, 6 wall-thickness rows changed) or removed hand-placed points
+            # (16 AHA rows to none) with no word (probe 67)
+            analysis.warnings.append(f"this run placed the RV insertion points again: {' and '.join(handles)} "
+                                     "replaced; drag or place them again where they were")
         # a new analysis takes ED and ES from its own volume curve; one computed elsewhere from an
         # edited whole cycle (the exported scene) keeps the frames the edit kept (its scene lost them)
         self.setParameter("keptEdEs", "%d %d" % analysis.kept_ed_es if analysis.kept_ed_es else "")
@@ -520,6 +537,7 @@ class CardiacAISegLogic(_LogicBase):
         self.analysis, self.modelInfo = analysis, analysis.model_info
         self.unmeasuredEdits = {}
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
+        self._storeFrameLabels(analysis)
         self.updateNodes()
         markups = self.getNodeParameter("markupsID")
         if markups is not None:
@@ -528,6 +546,20 @@ class CardiacAISegLogic(_LogicBase):
             placed = analysis.hand_placed_slice
             markups.SetAttribute(PLACED_ON_SLICE_ATTRIBUTE, "" if placed is None else str(placed))
         return analysis
+
+    def _storeFrameLabels(self, analysis):
+        """Every labelled frame's label map in the ``frameLabelsID`` sequence (hidden: the ED and ES
+        segmentations are what is shown and edited) when a cine has more labelled frames than
+        those two; no such node otherwise."""
+        node = self.getNodeParameter("frameLabelsID")
+        if analysis.kind != CINE or len(analysis.labels) <= 2:
+            if node is not None:
+                self.scene.RemoveNode(node)
+                self.setParameter("frameLabelsID", "")
+            return
+        node = sc.store_frame_labels(self.context, analysis.labels, analysis.study.ijk_to_ras,
+                                     f"{analysis.study.name} {sc.FRAME_LABELS_NAME}", node=node)
+        self.setParameter("frameLabelsID", node)
 
     def _restStudy(self):
         """The rest perfusion study to pair with a stress one, or None."""
@@ -806,6 +838,9 @@ class CardiacAISegLogic(_LogicBase):
         if unused:
             a.warnings.append(f"segment(s) {', '.join(repr(n) for n in unused)} of '{node.GetName()}' are not measured: "
                               "not a name of the LV blood pool, myocardium or RV")
+        for structure, names in sc.structures_in_several_segments(node).items():
+            a.warnings.append(f"segments {', '.join(repr(n) for n in names)} of '{node.GetName()}' all name the {structure}: "
+                              "measured together, as the saved segmentation file is read")
         shared = sc.overlapping_voxels(node, a.study.ijk_to_ras, a.study.images.shape[1:])
         if shared:
             a.warnings.append(f"{shared} voxel(s) of '{node.GetName()}' lie in two structures (overlapping segments: the "
@@ -932,6 +967,12 @@ class CardiacAISegLogic(_LogicBase):
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None
+        frameLabels = self.getNodeParameter("frameLabelsID")
+        if frameLabels is not None:
+            # the other frames of a whole cycle; ED and ES from their segmentations (edited there)
+            for t, lab in sc.frame_labels_of(frameLabels).items():
+                if t not in labels and 0 <= t < self.study.n_frames and lab.shape == self.study.images.shape[1:]:
+                    labels[t] = lab
         self.unmeasuredEdits = {}
         self.analysis = Analysis(self.study, labels, density=self._measuredDensity(), rest=self._restoredRest())
         self.analysis.bullseye_measure = self.getParameter("bullseyeMeasure") or "mbf"
@@ -1092,6 +1133,21 @@ def _corrections_replaced(previous, analysis):
             if t not in analysis.labels or not np.array_equal(previous.labels[t], analysis.labels[t])]
 
 
+def _handles_replaced(previous, analysis):
+    """What a new analysis drops of the RV insertion points set by hand in ``previous``: handles
+    dragged on slices the new one has not, points placed by hand that it has not."""
+    if previous is None or previous is analysis:
+        return []
+    out = []
+    # named as the handles are labelled (scene.point_label: S<slice index>)
+    moved = sorted({k for k, _ in previous._user_points} - {k for k, _ in analysis._user_points})
+    if moved:
+        out.append(f"the handles moved by hand ({', '.join(f'S{k}' for k in moved)})")
+    if previous._placed is not None and analysis._placed is None:
+        out.append(f"the points placed by hand (S{previous._placed[0]})")
+    return out
+
+
 def build_output_scene(analysis):
     """(scene context, {output file name: node}) of a finished analysis, built by the Logic in a
     fresh scene exactly as a run in Slicer shows it, parameter node included: what scene.mrb and
@@ -1119,6 +1175,23 @@ def _write_study_attributes(node, study):
     # an ACDC NIfTI's scaled identity is no patient direction: base and apex then come from the
     # anatomy; read back as known, a reopened scene put every AHA level upside down
     node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
+    kept = {k: _plain(v) for k, v in (study.provenance or {}).items() if k in STAMPED_PROVENANCE and v is not None}
+    if kept:
+        node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept))
+
+
+def _plain(value):
+    """``value`` (numpy arrays, nested lists) as JSON-ready lists and floats."""
+    return np.asarray(value, float).tolist() if not isinstance(value, (list, tuple)) or _rectangular(value) else \
+        [_plain(v) for v in value]
+
+
+def _rectangular(value):
+    try:
+        np.asarray(value, float)
+        return True
+    except ValueError:
+        return False
 
 
 def _read_study_attributes(node):
@@ -1142,6 +1215,12 @@ def _read_study_attributes(node):
         out["units"] = get(STUDY_ATTRIBUTES["units"])
     if get(STUDY_ATTRIBUTES["orientation_known"]) in ("true", "false"):
         out["orientation_known"] = get(STUDY_ATTRIBUTES["orientation_known"]) == "true"
+    if get(STUDY_ATTRIBUTES["provenance"]):
+        try:
+            stamped = json.loads(get(STUDY_ATTRIBUTES["provenance"]))
+        except ValueError as e:
+            raise CardiacInputError(node.GetName(), f"unreadable CardiacAISeg attribute on the input node ({e})")
+        out["provenance"] = {k: v for k, v in stamped.items() if k in STAMPED_PROVENANCE}
     return out
 
 
@@ -1230,7 +1309,10 @@ def fill_segmentation(node, label_map, ijk_to_ras):
     seg = node.GetSegmentation()
     binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     for name, (value, colour) in SEGMENTS.items():
-        sid = sc._segment_id(seg, name)
+        sids = sc._segment_ids(seg, name)
+        for extra in sids[1:]:   # a second segment of the structure would keep its old voxels beside the new map
+            seg.RemoveSegment(extra)
+        sid = sids[0] if sids else None
         segment = seg.GetSegment(sid) if sid else None
         if segment is None:
             segment = slicer.vtkSegment()

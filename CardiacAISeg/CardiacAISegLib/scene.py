@@ -163,6 +163,36 @@ def _new_volume(name, array, ijk_to_ras):
     return node
 
 
+FRAME_LABELS_NAME = "frame labels"
+
+
+def store_frame_labels(ctx, labels, ijk_to_ras, name, node=None):
+    """A sequence node (``node`` refilled, else a new one) of the label maps ``labels`` ({frame
+    index: (S, R, C) internal labels}) as uint8 volumes indexed by frame index: saved in a scene
+    as a .seq.nrrd, read back by ``frame_labels_of``."""
+    if node is None:
+        node = ctx.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        node.SetIndexName("frame")
+        node.SetIndexUnit("")
+        node.SetIndexType(node.NumericIndex)
+    node.RemoveAllDataNodes()
+    for t in sorted(labels):
+        node.SetDataNodeAtValue(_new_volume(f"{name} {t}", np.asarray(labels[t], np.uint8), ijk_to_ras), str(int(t)))
+    return node
+
+
+def frame_labels_of(node):
+    """{frame index: (S, R, C) uint8 labels} of a ``store_frame_labels`` sequence."""
+    import slicer.util
+
+    out = {}
+    for n in range(node.GetNumberOfDataNodes()):
+        volume = node.GetNthDataNode(n)
+        if volume is not None and volume.GetImageData() is not None:
+            out[int(float(node.GetNthIndexValue(n)))] = np.asarray(slicer.util.arrayFromVolume(volume), np.uint8)
+    return out
+
+
 def _index_values(study):
     if study.frame_times_s is None:
         return "frame", "", [str(t) for t in range(study.n_frames)]
@@ -303,21 +333,41 @@ def segmentation_geometry(seg_node):
     return m, shape
 
 
-def _segment_id(seg, name):
-    """The segment of structure ``name``: by its name first ("LV", "Myocardium", "RV", ...:
-    ``labels.label_of_segment_name``, the file reader's rule), then by our id unless that
-    segment's name says another structure. Matched by id first, segments the user renamed
-    (LV and myocardium names swapped) were measured by their old roles here and by their
-    names from the saved file (MBF 2.78 vs 17.1; probe round 18)."""
+def _segment_ids(seg, name):
+    """The segments of structure ``name``: every segment whose name says it ("LV", "Myocardium",
+    "RV", ...: ``labels.label_of_segment_name``, the file reader's rule, which maps every such
+    segment: a second "LV cavity" segment painted beside "LV" was left out here and counted from
+    the saved file, EDV 295.5 vs 304.8 mL with no word; probe 67), else our id unless that
+    segment's name says another structure. Matched by id first, segments the user renamed (LV
+    and myocardium names swapped) were measured by their old roles here and by their names from
+    the saved file (MBF 2.78 vs 17.1; probe round 18)."""
     wanted = SEGMENTS[name][0]
-    for n in range(seg.GetNumberOfSegments()):
-        if label_of_segment_name(seg.GetNthSegment(n).GetName()) == wanted:
-            return seg.GetNthSegmentID(n)
+    named = [seg.GetNthSegmentID(n) for n in range(seg.GetNumberOfSegments())
+             if label_of_segment_name(seg.GetNthSegment(n).GetName()) == wanted]
+    if named:
+        return named
     sid = SEGMENT_IDS[name]
     segment = seg.GetSegment(sid)
     if segment is not None and label_of_segment_name(segment.GetName()) in (None, wanted):
-        return sid
-    return None
+        return [sid]
+    return []
+
+
+def _segment_id(seg, name):
+    """The first segment of structure ``name`` (``_segment_ids``), or None."""
+    ids = _segment_ids(seg, name)
+    return ids[0] if ids else None
+
+
+def structures_in_several_segments(seg_node):
+    """{structure: [segment names]} of the structures two or more segments of ``seg_node`` name."""
+    seg = seg_node.GetSegmentation()
+    out = {}
+    for name in SEGMENTS:
+        ids = _segment_ids(seg, name)
+        if len(ids) > 1:
+            out[name] = [seg.GetSegment(i).GetName() for i in ids]
+    return out
 
 
 def unused_segment_names(seg_node):
@@ -350,11 +400,12 @@ def overlapping_voxels(seg_node, ijk_to_ras, shape):
     reference = _geometry_image(ijk_to_ras, shape)
     claims = np.zeros(shape, np.uint8)
     for name in SEGMENTS:
-        sid = _segment_id(seg, name)
-        if sid is None:
+        sids = _segment_ids(seg, name)
+        if not sids:
             continue
         ids = vtk.vtkStringArray()
-        ids.InsertNextValue(sid)
+        for sid in sids:   # two segments of one structure overlapping is no double count
+            ids.InsertNextValue(sid)
         one = slicer.vtkOrientedImageData()
         if not seg_node.GenerateMergedLabelmapForAllSegments(one, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
                                                              reference, ids):
@@ -388,8 +439,7 @@ def labelmap_from_segmentation(seg_node, ijk_to_ras=None, shape=None, reference_
     seg = seg_node.GetSegmentation()
     ids, values, found = vtk.vtkStringArray(), vtk.vtkIntArray(), []
     for name, (value, _) in SEGMENTS.items():
-        sid = _segment_id(seg, name)
-        if sid is not None:
+        for sid in _segment_ids(seg, name):
             ids.InsertNextValue(sid)
             values.InsertNextValue(value)
             found.append(value)

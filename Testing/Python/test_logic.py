@@ -1045,3 +1045,105 @@ def test_an_edit_undone_is_no_longer_a_correction(measured):
     edit_segmentation(node, voxels, MYO)
     logic.onSegmentationEdited(node)
     assert a.edited_frames == set() and np.array_equal(a.labels[ed], logic.networkLabels[ed])
+
+
+def test_a_whole_cycle_reopens_with_every_frame_and_reads_an_edit_as_live(phantom, tmp_path):
+    """A scene saved from a whole labelled cycle kept the ED and ES segmentations only: it reopened
+    without the volume curve, and the same ES edit then swapped ED and ES (EF 19.6 % reopened,
+    -24.4 % live) (probe 67)."""
+    from scipy import ndimage
+
+    logic, study = _whole_cycle_measured(phantom)
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    b = reopened.restoreFromParameterNode()
+    assert sorted(b.labels) == list(range(study.n_frames))
+    assert b.cine["lv_volume_curve_ml"] == pytest.approx(logic.analysis.cine["lv_volume_curve_ml"])
+    a = logic.analysis
+    es = a.cine["es_frame"]
+    grown = np.stack([ndimage.binary_dilation(s == LV, iterations=10) for s in a.labels[es]])
+    # within both labelmap layers' extents (a reopened .seg.nrrd keeps the labels' bounding box)
+    voxels = np.argwhere(grown & (a.labels[es] != LV))
+    for lg in (logic, reopened):
+        _, layer, origin = shared_layer(lg.getNodeParameter("outputSegmentationESID"))
+        voxels = [v for v in voxels if all(0 <= v[d] - origin[d] < layer.shape[d] for d in range(3))]
+    results = []
+    for lg in (logic, reopened):
+        es_node = lg.getNodeParameter("outputSegmentationESID")
+        edit_segmentation(es_node, [tuple(v) for v in voxels], LV)
+        lg.onSegmentationEdited(es_node)
+        c = lg.analysis.cine
+        results.append((c["ed_frame"], c["es_frame"], round(c["lv_ef_pct"], 6)))
+    assert results[0] == results[1]
+
+
+def test_a_two_frame_dicom_cine_keeps_its_trigger_times_in_a_saved_scene(tmp_path):
+    """The trigger delays that place a 2-frame cine's ED and ES in the cycle (QC ED_ES_TIMING) were
+    not stamped on the input node: the reopened scene passed QC and warned that nothing named the
+    two frames (probe 67)."""
+    from CardiacAISegLib.phantoms.phantom import make_cine_phantom as make
+
+    study, truth = make(seed=4, n_frames=8, n_slices=6, size=80)
+    ed, es = truth["ed_frame"], truth["es_frame"]
+    two = fresh(study, [ed, es])
+    two.provenance = {"trigger_times_ms": [[20.0, 900.0]] * two.n_slices}   # ES 900 ms after the R wave: late
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(two)
+    a = logic.runSegmentation(useExistingLabels=True)
+    assert "ED_ES_TIMING" in [f["code"] for f in a.qc["flags"]]
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    b = reopened.restoreFromParameterNode()
+    assert [f["code"] for f in b.qc["flags"]] == [f["code"] for f in a.qc["flags"]]
+    assert not any("nothing names them" in w for w in b.warnings)
+
+
+def test_two_segments_of_one_structure_are_measured_together_as_the_file_reader_does(measured, tmp_path):
+    """A second segment named for the LV blood pool was left out by the Logic and counted by the
+    CLI's reader of the saved file (EDV 295.5 vs 304.8 mL; probe 67)."""
+    import slicer
+
+    from CardiacAISegLib.readers.labelmap import read_labels
+
+    logic = measured
+    a = logic.analysis
+    node = logic.getNodeParameter("outputSegmentationID")
+    lab = a.labels[a.reference_frame]
+    extra = np.zeros(lab.shape, np.uint8)
+    k = int(np.median(np.nonzero((lab == LV).any(axis=(1, 2)))[0]))
+    rows, cols = np.nonzero(lab[k] == 0)
+    extra[k, rows[:40], cols[:40]] = 1
+    sid = node.GetSegmentation().AddEmptySegment("lv2", "LV cavity")
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        sc._oriented_image(extra, a.study.ijk_to_ras), node, sid,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    edv = a.cine["lv_edv_ml"]
+    logic.onSegmentationEdited(node)
+    assert a.cine["lv_edv_ml"] == pytest.approx(edv + 40 * a.study.voxel_volume_ml)
+    assert any("'LV cavity'" in w and "measured together" in w for w in a.warnings), a.warnings
+    sc.write_node(node, tmp_path / "ed.seg.nrrd")
+    from_file = read_labels(tmp_path / "ed.seg.nrrd")[0]
+    assert np.count_nonzero(from_file == LV) == np.count_nonzero(a.labels[a.reference_frame] == LV)
+    # a new run fills the structure's first segment and removes the second (its old voxels went on counting)
+    b = logic.runSegmentation(useExistingLabels=True)
+    assert b.cine["lv_edv_ml"] == pytest.approx(edv)
+    assert len(sc._segment_ids(node.GetSegmentation(), "LV blood pool")) == 1
+
+
+def test_a_run_over_dragged_handles_says_it_placed_them_again(measured):
+    """Apply again put dragged RV-insertion handles back at their automatic places (6 wall
+    thickness rows changed) with no word, where replaced contours are said (probe 67)."""
+    logic = measured
+    a = logic.analysis
+    markups = logic.getNodeParameter("markupsID")
+    k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
+    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
+    p = np.zeros(3)
+    markups.GetNthControlPointPosition(n, p)
+    markups.SetNthControlPointPosition(n, *(p + 5 * a.study.ijk_to_ras[:3, 0] / np.linalg.norm(a.study.ijk_to_ras[:3, 0])))
+    logic.onInsertionPointMoved(markups, n)
+    b = logic.runSegmentation(useExistingLabels=True)
+    said = [w for w in b.warnings if "placed the RV insertion points again" in w]
+    assert said and f"(S{k})" in said[0]
+    assert not any("placed the RV insertion points again" in w for w in logic.runSegmentation(useExistingLabels=True).warnings)

@@ -10,11 +10,12 @@ LAST, BEST = "last.pt", "best.pt"
 RUN_FILES = (LAST, BEST, "history.json", "split.json")
 
 
-def refuse_or_clear_earlier_run(out, resume, force):
+def refuse_or_clear_earlier_run(out, resume, force, clear=True):
     """A training run already in ``out`` is continued (``resume``), replaced whole (``force``: its
     checkpoints, snapshots and history removed first, so that none of it mixes with the new run's)
     or refused: a second `train` into the first's folder had replaced its checkpoints and left its
-    snapshots beside its own, exit 0 (probe 54)."""
+    snapshots beside its own, exit 0 (probe 54). ``clear=False``: refuse only (the CLI's first
+    check, before the data are read; the run clears after every other check)."""
     from ..errors import CardiacInputError
 
     out = Path(out)
@@ -30,8 +31,9 @@ def refuse_or_clear_earlier_run(out, resume, force):
         names = ", ".join(sorted(p.name for p in earlier)[:4]) + (", ..." if len(earlier) > 4 else "")
         raise CardiacInputError(out, f"already holds a training run ({names}); pass --resume to continue it, --force to "
                                      "replace it, or choose another --out")
-    for p in earlier:
-        p.unlink()
+    if clear:
+        for p in earlier:
+            p.unlink()
 
 
 def start_run(config):
