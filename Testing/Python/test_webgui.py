@@ -1615,8 +1615,48 @@ def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(t
     assert s.study is study_before and _rows(s) == before   # the open study and its results stand
     assert in_page_terms("give --dt or --aif", rest=True) == "give the 'Rest frame interval (s)' field or the 'Rest AIF file' field"
     # the reader's hint for stress and rest described alike (probe 33) names the rest's flag too
-    assert in_page_terms("--series 701 --rest X --rest-series 1101") == ("a file of that series in the 'Study' field 701 "
-                                                                         "--rest X a file of that series in the 'Rest series' field 1101")
+    assert in_page_terms("--series 701 --rest X --rest-series 1101") == ("a file of series 701 in the 'Study' field and a "
+                                                                         "file of series 1101 in the 'Rest series' field")
+
+
+def test_session_perfusion_texts_speak_of_the_page(tmp_path, shared_data):
+    """Probe 68: rest fields filled without a rest series were ignored (a stress-only study, no
+    word; the CLI refuses --rest-aif without --rest); a QPerf folder opened alone did not say it
+    holds a rest series (the CLI does); a whole exam's hint and STRESS_REST_SWAPPED named
+    --rest, Python and the server's absolute paths; the overwrite refusal its absolute path."""
+    import shutil as _shutil
+
+    from CardiacAISegLib.errors import OutputExistsError
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session, in_page_terms, warnings_in_page_terms
+
+    data = tmp_path / "data"
+    write_phantom("perfusion", data / "stress", seed=2, size=64, n_frames=50)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    s = Session(data, sample_folder=tmp_path / "samples")
+    for field, value in (("rest_aif", "stress/aif.csv"), ("rest_dt", "0.7")):
+        with pytest.raises(CardiacInputError, match="'Rest series' field is empty"):
+            s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                        **{field: value})
+    s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt)
+    s.run(LABELS_CHOICE)
+    s.save("out")
+    with pytest.raises(OutputExistsError) as refused:
+        s.save("out")
+    assert str(data) not in str(refused.value) and "out: would overwrite" in str(refused.value)
+    hint = in_page_terms(f"2 image series in this folder, choose one with --series (series= in Python: UID, number or "
+                         f"description): ...; for the stress series with its rest series (MPR): --series stress --rest exam")
+    assert "--" not in hint and "Python" not in hint and "a file of the stress series in the 'Study' field and exam in the " \
+        "'Rest series' field" in hint
+    assert in_page_terms("give the stress series as the input and the rest with --rest") == \
+        "give the stress series as the input and the rest in the 'Rest series' field"
+    qperf = shared_data / "qperf"
+    if (qperf / "params.json").is_file():
+        _shutil.copytree(qperf, data / "qperf", ignore=_shutil.ignore_patterns("aif_detection"))
+        s.open_path("qperf")
+        s.run()
+        assert any("qperf holds a stress and a rest series" in w and "'Rest series' field" in w
+                   for w in warnings_in_page_terms(s.analysis.warnings)), s.analysis.warnings
 
 
 def test_page_warnings_name_the_page_fields_and_the_rest_fields():

@@ -18,7 +18,7 @@ from ..logic import REST_PROGRESS_PREFIX, STRESS_PROGRESS_PREFIX
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
-from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session, warnings_in_page_terms
+from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session, in_page_terms, warnings_in_page_terms
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -496,6 +496,9 @@ class CardiacWebApp:
         sess = self.session
         st = sess.require_study()
         a = sess.analysis
+        if st.kind != CINE:   # "run the segmentation first" after a finished run (probe 68)
+            raise CardiacInputError(tag.upper(), "a first-pass perfusion series has no ED or ES frame (each dynamic is "
+                                                 "another heartbeat): step through the dynamics with < > or the slider")
         t = (a.cine or {}).get(f"{tag}_frame") if a is not None and a.cine else getattr(st, f"{tag}_frame", None)
         if t is None:
             raise CardiacInputError(tag.upper(), "not known yet: run the segmentation first")
@@ -691,7 +694,9 @@ class CardiacWebApp:
         s.results_rows = [r for r in rows if not r["key"].startswith("qc_")]
         qc = (a.qc if a is not None else None) or {}
         s.qc_status = qc.get("status", "")
-        s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""), "message": f.get("message", "")}
+        # in the page's fields, as the warnings (STRESS_REST_SWAPPED named --rest; probe 68)
+        s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""),
+                       "message": in_page_terms(f.get("message", ""), rest=f.get("code", "").startswith("REST_"))}
                       for f in qc.get("flags", [])]
         s.warnings = warnings_in_page_terms(a.warnings) if a is not None else []
         s.bullseye_choice = a is not None and a.kind != CINE

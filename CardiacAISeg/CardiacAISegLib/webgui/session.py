@@ -11,6 +11,7 @@ own thread, where the views render).
 """
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import scene as sc
-from ..errors import CardiacInputError
+from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
 from ..study import CINE, PERFUSION, check_rest_pairing
@@ -130,10 +131,24 @@ class Session:
             options["kind"] = kind
         from ..readers import load_rest_series, load_study
 
+        if not rest:
+            # the rest fields go with a rest series: filled alone they were ignored, a stress-only
+            # study opened as if its rest were there (the CLI refuses --rest-aif without --rest; probe 68)
+            for value, field_name in ((rest_aif, "Rest AIF file"), (rest_dt, "Rest frame interval (s)")):
+                if value not in (None, ""):
+                    raise CardiacInputError(f"the '{field_name}' field", "goes with a rest series, but the 'Rest series' "
+                                                                         "field is empty: fill it, or empty this field")
         try:
             study = load_study(path, **options)       # read before the old study is dropped
         except CardiacInputError as e:
-            raise CardiacInputError(self.data.shown(e.path), in_page_terms(e.problem)) from None
+            raise CardiacInputError(self.data.shown(e.path), self.page_text(e.problem)) from None
+        if not rest:
+            from ..readers.perfusion import qperf_default_series_note
+
+            if qperf_default_series_note(path):   # the CLI's note, in the page's fields (probe 68)
+                study.provenance.setdefault("warnings", []).append(
+                    f"{self.data.shown(path)} holds a stress and a rest series (params.json): the stress series was read; "
+                    "put the same folder in the 'Rest series' field for both (MPR)")
         rest_study = None
         if rest:
             try:   # before reading it, and before the open study is dropped
@@ -153,11 +168,18 @@ class Session:
             try:
                 rest_study = load_rest_series(rest_path, **rest_options)
             except CardiacInputError as e:
-                raise CardiacInputError(self.data.shown(e.path), "the rest series: " + in_page_terms(e.problem, rest=True)) from None
+                raise CardiacInputError(self.data.shown(e.path), "the rest series: " + self.page_text(e.problem, rest=True)) from None
             # another patient's, or the stress series itself: refused here, while the open study
             # and its results still stand (adopt closed it first, then refused the rest)
             check_rest_pairing(study, rest, rest_study)
         return study, self.data.relative(path), options.get("aif"), rest_study
+
+    def page_text(self, text, rest=False):
+        """A reader's message in the page's terms (``in_page_terms``) with the data folder's
+        absolute paths shown relative to it, as the page names files (probe 68)."""
+        text = in_page_terms(text, rest)
+        root = str(self.data.root)
+        return text.replace(root + os.sep, "").replace(root, ".")
 
     def open_sample(self, sample_id):
         """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
@@ -557,7 +579,9 @@ class Session:
         try:
             check_outputs(out, force, replace_hint="tick Overwrite to replace them")   # the page's checkbox
         except CardiacInputError as e:   # the engine speaks to the command line (--out); the page has a folder field
-            raise CardiacInputError(e.path, e.problem.replace("another --out", "another output folder")) from None
+            raise CardiacInputError(self.data.shown(e.path), e.problem.replace("another --out", "another output folder")) from None
+        except OutputExistsError as e:   # named with the server's absolute path (probe 68)
+            raise OutputExistsError(self.page_text(str(e))) from None
         gt_root = out / "ground_truth"
         if a.kind == CINE:
             patient = self.logic.groundTruthName(patient)   # a bad name refused before any output is written
@@ -636,6 +660,14 @@ def env_rendering():
 _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
                 "--kind": "the study's kind", "--series": "a file of that series in the 'Study' field",
                 "--rest-series": "a file of that series in the 'Rest series' field"}
+# a reader's hint for a whole exam, as the page reads stress and rest ("--series stress --rest
+# EXAM" gave "a file of that series in the 'Study' field stress --rest /abs/path"; probe 68)
+_PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest \S+ --rest-series (\S+)"),
+                  r"a file of series \1 in the 'Study' field and a file of series \2 in the 'Rest series' field"),
+                 (re.compile(r"--series (\S+) --rest (\S+)"), r"a file of the \1 series in the 'Study' field and \2 in the "
+                  "'Rest series' field"),
+                 (re.compile(r" \(series= in Python: [^)]*\)"), ""),
+                 (re.compile(r"\bwith --rest\b"), "in the 'Rest series' field"))
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--series": "a file of that series in the 'Rest series' field"}
 
@@ -645,6 +677,8 @@ def in_page_terms(text, rest=False):
     "give the 'Frame interval (s)' field"; for the rest series its own fields)."""
     from ..errors import with_flags_renamed
 
+    for pattern, phrase in _PAGE_PHRASES:
+        text = pattern.sub(phrase, text)
     return with_flags_renamed(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})})
 
 
