@@ -333,6 +333,19 @@ class Analysis:
                                                           f"taken from the LV ({why}): give --aif")
         return st.aif
 
+    def _lv_reference_curve(self, images):
+        """The LV blood pool curve of ``images`` as an AIF from the LV is read (the largest labelled
+        pool's slice, eroded), or None without an LV pool."""
+        from .perfusion.bolus import aif_from_lv
+
+        if (self.study.provenance or {}).get("aif_source") == "lv_blood_pool":
+            return self.study.aif
+        lv = self.labels[self.reference_frame] == LV
+        if not lv.any():
+            return None
+        k = int(np.argmax(lv.sum(axis=(1, 2))))
+        return aif_from_lv(images[:, k], lv[k])
+
     def _compute_geometry(self):
         ref = self.labels[self.reference_frame]
         st = self.study
@@ -421,8 +434,16 @@ class Analysis:
 
             images, aif, times = self._curves
             myo = self.labels[self.reference_frame] == MYO
-            self.perfusion["semiquantitative"] = semiquant_indices(images, myo, self.segment_map if self.sectors else None,
-                                                                   aif, times)
+            # relative upslope is the wall's upslope over the LV blood's in the same images (what
+            # cancels coil sensitivity and injection); over a given AIF it followed that file's
+            # scale one for one: an AIF 1.3x the LV blood read relative upslope -23 % and stress
+            # MPRI -23 % with QC pass (probe 69). Only where no LV pool is labelled the AIF serves.
+            reference, reference_name = self._lv_reference_curve(images), "LV blood pool of the images"
+            if reference is None:
+                reference, reference_name = aif, "the AIF (no LV blood pool labelled)"
+            sq = semiquant_indices(images, myo, self.segment_map if self.sectors else None, reference, times)
+            sq["reference"] = reference_name
+            self.perfusion["semiquantitative"] = sq
             if self.bullseye_measure == "relative_upslope":
                 self.segment_values = {s["id"]: s["relative_upslope"] for s in self.perfusion["semiquantitative"]["segments"]}
         if self.rest is not None and self.rest.perfusion is not None:
@@ -584,6 +605,13 @@ class Analysis:
                              row("rest_relative_upslope_global", rest_sq["relative_upslope"]),
                              row("rest_peak_enhancement_global", rest_sq["peak_enhancement"], units=units),
                              row("rest_time_to_peak_s_global", rest_sq["time_to_peak_s"])]
+                    # and per segment, as the stress's: the CSV held the MPRI per segment but not the
+                    # rest values it is made from (results.json did; probe 69)
+                    for s in rest["semiquantitative"].get("segments", []):
+                        rows += [row("rest_upslope_seg{id}", s["upslope"], segment=s["id"], units=units),
+                                 row("rest_relative_upslope_seg{id}", s["relative_upslope"], segment=s["id"]),
+                                 row("rest_peak_enhancement_seg{id}", s["peak_enhancement"], segment=s["id"], units=units),
+                                 row("rest_time_to_peak_s_seg{id}", s["time_to_peak_s"], segment=s["id"])]
             if "mpr" in p:
                 rows.append(row("mpr_global", p["mpr"]["global"]))
                 rows += [row("mpr_seg{id}", s["mpr"], segment=s["id"]) for s in p["mpr"]["segments"]]

@@ -342,6 +342,9 @@ def test_rest_values_and_reserve_in_every_output(perfusion, tmp_path):
         assert float(rows[f"mpri_seg{sid}"]["value"]) == pytest.approx(v, rel=1e-5)
     for key in ("upslope", "relative_upslope", "peak_enhancement", "time_to_peak_s"):
         assert float(rows[f"rest_{key}_global"]["value"]) == pytest.approx(rest["semiquantitative"]["global"][key], rel=1e-5)
+        # per segment too: the CSV held the MPRI per segment, not the rest values it is made from (probe 69)
+        for s in rest["semiquantitative"]["segments"]:
+            assert float(rows[f"rest_{key}_seg{s['id']}"]["value"]) == pytest.approx(s[key], rel=1e-5, abs=1e-9)
 
     # the same run in-process, its bullseye on relative upslope: the choice is recorded
     st, rs = perfusion["stress"], perfusion["stress"].parent / "rest"
@@ -354,6 +357,29 @@ def test_rest_values_and_reserve_in_every_output(perfusion, tmp_path):
     lines = summary_lines(a)
     assert lines[0].startswith(f"stress MBF {p['global_mbf_ml_min_g']:.2f} mL/min/g (LAD "), lines
     assert f"rest MBF {rest['global_mbf_ml_min_g']:.2f} mL/min/g" in lines[1] and f"MPR {p['mpr']['global']:.2f}" in lines[1]
+
+
+def test_relative_upslope_is_read_against_the_images_lv_blood_not_the_given_aifs_scale(perfusion, tmp_path):
+    """Relative upslope (and MPRI) divided the wall's upslope by the given AIF's: an AIF file 1.3
+    times the LV blood read them 23 % low with QC pass (probe 69). They are read against the LV
+    blood pool of the same images, whatever AIF the MBF fit is given."""
+    from CardiacAISegLib import analyze
+
+    st = perfusion["stress"]
+    aif = np.loadtxt(st / "aif.csv", delimiter=",", skiprows=1, ndmin=2)
+    scaled = tmp_path / "aif_x1.3.csv"
+    header = (st / "aif.csv").read_text().splitlines()[0]
+    np.savetxt(scaled, np.column_stack([aif[:, 0], 1.3 * aif[:, 1]]) if aif.shape[1] > 1 else 1.3 * aif,
+               delimiter=",", header=header, comments="")
+    sq = {}
+    for name, given in (("as given", st / "aif.csv"), ("x1.3", scaled)):
+        a, _ = analyze.run(st / "perfusion.nii.gz", tmp_path / name, kind="perfusion", labels=st / "perfusion_labels.nii.gz",
+                           aif=given, dt=perfusion["truth_dt_s"], reports="none")
+        sq[name] = a.perfusion["semiquantitative"]
+    assert sq["x1.3"]["reference"] == "LV blood pool of the images"
+    assert sq["x1.3"]["global"]["relative_upslope"] == pytest.approx(sq["as given"]["global"]["relative_upslope"], rel=1e-9)
+    assert [s["relative_upslope"] for s in sq["x1.3"]["segments"]] == \
+        pytest.approx([s["relative_upslope"] for s in sq["as given"]["segments"]], rel=1e-9)
 
 
 @pytest.fixture(scope="module")
