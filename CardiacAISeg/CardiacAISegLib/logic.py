@@ -53,7 +53,10 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # What a reader found in the files that measures and QC read again (JSON on the input node): the
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
-STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm")
+STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_detection", "aif_warnings")
+# where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
+# 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
+AIF_WARNING_START = "AIF from the dual-sequence AIF series"
 OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID",
                      "frameLabelsID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
@@ -103,6 +106,7 @@ class CardiacAISegLogic(_LogicBase):
         self.timing = {}
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
         self.restStudy = None
+        self._restShownAs = None            # the rest node _showRest added for restStudy (read from a file)
         self.studyAifPath = None            # the aifPath parameter the current study was read with
         # {segmentation node ID: why} for edits that could not be measured: the results still
         # stand for the segmentation before them, so nothing is saved until they are fixed
@@ -315,13 +319,20 @@ class CardiacAISegLogic(_LogicBase):
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
         stamped = _read_study_attributes(sequence or node)
-        study.provenance.update(stamped.get("provenance", {}))
+        stampedProvenance = stamped.get("provenance", {})
+        study.provenance.update({k: v for k, v in stampedProvenance.items() if k not in ("aif_source", "aif_detection",
+                                                                                           "aif_warnings")})
         # as the file readers judge it: a direction without obliquity is a writer's default (an
         # ACDC NIfTI added through Add Data), not the patient's
         study.orientation_known = stamped.get("orientation_known", not axis_aligned(study.ijk_to_ras[:3, :3]))
         if kind not in (CINE, PERFUSION):
             kind = stamped.get("kind")
         aif = aifPath or stamped.get("aif")
+        aifFrom = str(stampedProvenance.get("aif_source") or "")
+        if stamped.get("aif") is not None and aifPath and aifFrom and str(aifPath) in aifFrom:
+            # the curve stamped when this file was read: a saved scene reopens without the file
+            # (moved, or sent to a colleague: refused as 'AIF file not found'; probe 70)
+            aif = stamped["aif"]
         # the kind is decided where every reader decides it (readers.series_kind), from the
         # same evidence; a perfusion series is then finished like a file read from disk
         from .readers.series_kind import decide_kind
@@ -333,6 +344,13 @@ class CardiacAISegLogic(_LogicBase):
             dt = None if study.frame_times_s is not None else self._floatParameter(frameTimeParameter)
             finish_perfusion(study, node.GetName(), aif=aif if aif is not None and len(aif) else None, dt=dt,
                              units=stamped.get("units"), hematocrit=stamped.get("hematocrit"))
+            if isinstance(aif, np.ndarray) and aif is stamped.get("aif") and aifFrom:
+                # the stamped curve is the AIF read before: its source and caveats as then
+                study.provenance["aif_source"] = stampedProvenance["aif_source"]
+                if stampedProvenance.get("aif_detection"):
+                    study.provenance["aif_detection"] = stampedProvenance["aif_detection"]
+                warnings = study.provenance.setdefault("warnings", [])
+                warnings += [w for w in stampedProvenance.get("aif_warnings", []) if w not in warnings]
         elif "ed_es" in stamped:
             study.ed_frame, study.es_frame = stamped["ed_es"]
         return study, sequence
@@ -377,6 +395,7 @@ class CardiacAISegLogic(_LogicBase):
             if self.study is not None:
                 check_rest_pairing(self.study, study.source or study.name, study)
         self.restStudy = study
+        self._restShownAs = None   # the node _showRest adds for it (the selector then names it)
         # a rest node picked or added for an earlier pairing is let go (the next run adds this one)
         self.setParameter("restNodeID", "")
         self.setParameter("restSegmentationID", "")
@@ -523,6 +542,12 @@ class CardiacAISegLogic(_LogicBase):
             analysis.warnings.append(f"this run replaced the corrections made by hand on frame(s) {frames} (counted from "
                                      f"1) with {source}; save corrected contours (ground truth, or the segmentation "
                                      "files) before running again to keep them")
+        restReplaced = not revert and _rest_corrections_replaced(self.analysis, analysis)
+        if restReplaced:
+            # the rest mask corrected by hand went without a word where the stress's is said (probe 70)
+            analysis.warnings.append("this run replaced the corrections made by hand on the rest series' mask with "
+                                     + ("the network's segmentation" if analysis.model_info else "the labels that came "
+                                        "with the rest series") + "; save them before running again to keep them")
         handles = [] if revert else _handles_replaced(self.analysis, analysis)
         if handles:
             # dragged handles are corrections too: a rerun put them back at their automatic
@@ -564,7 +589,23 @@ class CardiacAISegLogic(_LogicBase):
     def _restStudy(self):
         """The rest perfusion study to pair with a stress one, or None."""
         rest = self.restStudy
-        if rest is None and self.getNodeParameter("restNodeID") is not None:
+        node = self.getNodeParameter("restNodeID")
+        shownAs = getattr(self, "_restShownAs", None)
+        if rest is not None and shownAs is not None and (node is None or node.GetID() != shownAs):
+            # the selector was emptied, or another rest series picked, since this one was shown:
+            # the selector decides (the series read from a file went on being measured: MPR kept
+            # after 'None', the old rest's mask put on the new series' images; probe 70)
+            readWith = str((rest.provenance or {}).get("aif_source") or "")
+            restAif = self.getParameter("restAifPath")
+            if restAif and restAif in readWith:
+                # that AIF file was the dropped series' own: not the newly picked one's
+                self.setParameter("restAifPath", "")
+            self.restStudy = rest = None
+            self._restShownAs = None
+            # its mask was drawn on the dropped series' grid: not the picked one's (written over
+            # the old grid, it reopened with other voxels: MPR 2.707 for 2.716)
+            self.setParameter("restSegmentationID", "")
+        if rest is None and node is not None:
             # its own frame interval: stress and rest are two acquisitions at two heart rates
             rest, _ = self._studyFromNode(self.getNodeParameter("restNodeID"), PERFUSION, self.getParameter("restAifPath"),
                                           frameTimeParameter="restFrameTimeS")
@@ -658,6 +699,8 @@ class CardiacAISegLogic(_LogicBase):
             _write_study_attributes(restNode, rest.study)
             restNode.SetAttribute(REST_OF_ATTRIBUTE, self.getParameter("inputNodeID"))
             self.setParameter("restNodeID", restNode)
+            if self.restStudy is not None:   # read from a file (a background run's copy of it too)
+                self._restShownAs = restNode.GetID()
         volume = _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode
         node = self._showSegmentation("restSegmentationID", rest.reference_frame, " rest", analysis=rest, volume=volume)
         if node.GetDisplayNode() is not None:
@@ -1133,6 +1176,16 @@ def _corrections_replaced(previous, analysis):
             if t not in analysis.labels or not np.array_equal(previous.labels[t], analysis.labels[t])]
 
 
+def _rest_corrections_replaced(previous, analysis):
+    """True when ``previous`` had a rest mask corrected by hand that ``analysis`` does not keep."""
+    before = getattr(previous, "rest", None) if previous is not None and previous is not analysis else None
+    if before is None or not before.edited_frames:
+        return False
+    after = analysis.rest
+    return after is None or any(t not in after.labels or not np.array_equal(before.labels[t], after.labels[t])
+                                for t in before.edited_frames)
+
+
 def _handles_replaced(previous, analysis):
     """What a new analysis drops of the RV insertion points set by hand in ``previous``: handles
     dragged on slices the new one has not, points placed by hand that it has not."""
@@ -1175,7 +1228,10 @@ def _write_study_attributes(node, study):
     # an ACDC NIfTI's scaled identity is no patient direction: base and apex then come from the
     # anatomy; read back as known, a reopened scene put every AHA level upside down
     node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
-    kept = {k: _plain(v) for k, v in (study.provenance or {}).items() if k in STAMPED_PROVENANCE and v is not None}
+    provenance = dict(study.provenance or {})
+    provenance["aif_warnings"] = [w for w in provenance.get("warnings", []) if w.startswith(AIF_WARNING_START)]
+    kept = {k: (v if k in ("aif_source", "aif_detection", "aif_warnings") else _plain(v))
+            for k, v in provenance.items() if k in STAMPED_PROVENANCE and v not in (None, [], {})}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept))
 

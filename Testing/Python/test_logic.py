@@ -1147,3 +1147,69 @@ def test_a_run_over_dragged_handles_says_it_placed_them_again(measured):
     said = [w for w in b.warnings if "placed the RV insertion points again" in w]
     assert said and f"(S{k})" in said[0]
     assert not any("placed the RV insertion points again" in w for w in logic.runSegmentation(useExistingLabels=True).warnings)
+
+
+def test_the_rest_selector_decides_which_rest_series_is_measured(tmp_path):
+    """Probe 70: after a rest series read from a file, emptying the rest selector kept its MPR, and
+    picking another rest series there measured the first one (its mask then reopened on the other
+    series' images with another MPR)."""
+    import json
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_rest_series
+
+    logic, dt = _stress_with_rest(tmp_path)
+    first = logic.runSegmentation(useExistingLabels=True).perfusion["mpr"]["global"]
+    logic.setParameter("restNodeID", "")          # the selector set to None
+    assert "mpr" not in logic.runSegmentation(useExistingLabels=True).perfusion
+    # the first rest again from its file, then another rest series picked in the selector
+    rest = tmp_path / "rest"
+    logic.loadRestStudy(rest / "perfusion.nii.gz", labels=rest / "perfusion_labels.nii.gz", aif=rest / "aif.csv", dt=dt)
+    logic.setParameter("restAifPath", str(rest / "aif.csv"))
+    assert logic.runSegmentation(useExistingLabels=True).perfusion["mpr"]["global"] == pytest.approx(first, rel=1e-9)
+    write_phantom("perfusion", tmp_path / "rest8", seed=8, force=True, stress=False)
+    other = load_rest_series(tmp_path / "rest8" / "perfusion.nii.gz", labels=tmp_path / "rest8" / "perfusion_labels.nii.gz",
+                             aif=tmp_path / "rest8" / "aif.csv",
+                             dt=json.loads((tmp_path / "rest8" / "truth.json").read_text())["dt_s"])
+    from CardiacAISegLib.logic import _write_study_attributes
+
+    nodes = sc.add_study(logic.context, other)
+    _write_study_attributes(nodes.sequence, other)
+    logic.setParameter("restNodeID", nodes.sequence)
+    a = logic.runSegmentation(useExistingLabels=True)
+    assert a.rest.study.provenance.get("aif_source", "").endswith("rest8/aif.csv")
+    live = rows_by_measure(logic)["Global MPR"]
+    assert live != pytest.approx(first, rel=1e-3)
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    assert rows_by_measure(reopened)["Global MPR"] == pytest.approx(live, rel=1e-6)
+
+
+def test_a_run_over_a_corrected_rest_mask_says_it_replaced_it(tmp_path):
+    """Probe 70: a corrected rest mask was replaced by Apply with no word (the stress's is said)."""
+    logic, dt = _stress_with_rest(tmp_path)
+    a = logic.runSegmentation(useExistingLabels=True)
+    restSegmentation = logic.getNodeParameter("restSegmentationID")
+    rest = a.rest
+    edit_segmentation(restSegmentation, [tuple(v) for v in np.argwhere(rest.labels[rest.reference_frame] == MYO)[::4]], 0)
+    logic.onSegmentationEdited(restSegmentation)
+    b = logic.runSegmentation(useExistingLabels=True)
+    assert any("corrections made by hand on the rest series' mask" in w for w in b.warnings), b.warnings
+
+
+def test_a_saved_perfusion_scene_reopens_without_its_aif_file_and_says_where_the_aif_came_from(tmp_path):
+    """Probe 70: a saved scene whose AIF file had moved was refused ('AIF file not found') though
+    the curve is stamped on its input node; and the reopened AIF was called an 'array'."""
+    logic, dt = _stress_with_rest(tmp_path)
+    logic.runSegmentation(useExistingLabels=True)
+    expected = rows_by_measure(logic)
+    source = logic.study.provenance["aif_source"]
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    for f in (tmp_path / "stress").glob("aif*"):
+        f.rename(f.with_name("moved-" + f.name))
+    (tmp_path / "rest" / "aif.csv").rename(tmp_path / "rest" / "moved.csv")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    b = reopened.restoreFromParameterNode()
+    assert rows_by_measure(reopened)["Global MPR"] == pytest.approx(expected["Global MPR"], rel=1e-6)
+    assert b.study.provenance["aif_source"] == source and b.rest.study.provenance["aif_source"].endswith("aif.csv")
