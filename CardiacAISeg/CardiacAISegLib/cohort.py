@@ -174,11 +174,20 @@ def read_manifest(path, defaults=None):
             raise CardiacInputError(where, f"kind {options['kind']!r}: accepted kinds are cine and perfusion")
         if options.get("frames") not in (None, "ed_es", "all"):
             raise CardiacInputError(where, f"frames {options['frames']!r}: accepted are ed_es and all")
+        # as analyze's --units and --label-convention choices (units 'Gd' was taken as signal intensity,
+        # status ok, and skipped the checks signal images get; probe 71)
+        if options.get("units") not in (None, "signal", "gd_mmol_l"):
+            raise CardiacInputError(where, f"units {options['units']!r}: accepted are signal and gd_mmol_l")
+        if options.get("label_convention") not in (None, "acdc", "ukbb", "internal"):
+            raise CardiacInputError(where, f"label_convention {options['label_convention']!r}: accepted are acdc, ukbb "
+                                           "and internal")
         extra = {}
         for column, value in r.items():
             if column in PATH_COLUMNS or column in OPTION_COLUMNS or not column:
                 continue
-            if column in META_COLUMNS:   # a manifest column must not hide the table's own (status, error, ...)
+            if column in META_COLUMNS or is_measure_key(column):
+                # a manifest column must not hide the table's own (status, error, ...) nor a measured
+                # value (an 'mpr_global' column of earlier values replaced the measured MPR; probe 71)
                 extra[f"manifest_{column}"] = value
             elif column.startswith(REF_PREFIX):
                 extra[column] = _number(value, column, where) if value else None
@@ -335,6 +344,18 @@ def read_results(study_dir):
     return doc if isinstance(doc, dict) and "schema_version" in doc else None
 
 
+def is_measure_key(column):
+    """``column`` is a key of the cohort table's measures (``measures.MEASURES``, per segment and
+    territory keys included)."""
+    from .measures import MEASURES
+
+    for template in MEASURES:
+        pattern = re.escape(template).replace(r"\{id\}", r"\d+").replace(r"\{territory\}", r"[A-Za-z]+")
+        if re.fullmatch(pattern, column):
+            return True
+    return False
+
+
 def study_complete(study_dir, spec, model=None, frames="ed_es"):
     """Outputs of a study are complete and this manifest row's: results.json present and
     readable (analyze moves all outputs in at once), made with the weights installed now
@@ -353,8 +374,9 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
         return False
     if row.get("status") == STATUS_ERROR or row.get("superseded"):
         return False
-    made_from = row.get("spec")
-    return made_from == spec_signature(spec, model, frames) if made_from is not None else row.get("input") == spec.input
+    # a row without the options it was made from (written before rows carried them) runs again:
+    # its input alone matched while its rest or AIF had changed (probe 71)
+    return row.get("spec") == spec_signature(spec, model, frames)
 
 
 def _supersede_rows(specs, out_root):

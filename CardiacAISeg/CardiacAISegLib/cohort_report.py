@@ -39,13 +39,35 @@ def distributions(rows):
     present = [k for k in CINE_DISTRIBUTIONS + PERFUSION_DISTRIBUTIONS if np.isfinite(_values(rows, k)).any()]
     cine = [k for k in present if k in CINE_DISTRIBUTIONS]
     perfusion = [k for k in present if k in PERFUSION_DISTRIBUTIONS]
+    if perfusion and all(_lv_aif_share(rows, k)[0] == _lv_aif_share(rows, k)[1] for k in perfusion if k in LV_AIF_MEASURES):
+        # every MBF from an AIF taken from the LV (approximate): the indices that need no AIF first
+        perfusion = [k for k in perfusion if k not in LV_AIF_MEASURES] + [k for k in perfusion if k in LV_AIF_MEASURES]
     if cine and perfusion:   # both kinds: EF and mass, then the perfusion measures in the order above
         cine = [k for k in cine if k != "lv_edv_ml"][:2]
         perfusion = perfusion[:MAX_DISTRIBUTIONS - len(cine)]
     else:
         perfusion = perfusion[:3]
     keys = cine + perfusion or list(CINE_DISTRIBUTIONS)
-    return [(k, _axis_label(k)) for k in keys]
+    return [(k, _axis_label(k) + _lv_aif_note(rows, k)) for k in keys]
+
+
+# measures an AIF from the LV blood pool makes approximate (MBF over-estimated, MPR low: AIF_FROM_LV);
+# the cohort figure drew them as any other (probe 71)
+LV_AIF_MEASURES = ("global_mbf_ml_min_g", "rest_global_mbf_ml_min_g", "mpr_global")
+
+
+def _lv_aif_share(rows, key):
+    """(studies whose ``key`` rests on an AIF from the LV, studies with a value of ``key``)."""
+    codes = {"global_mbf_ml_min_g": ("AIF_FROM_LV",), "rest_global_mbf_ml_min_g": ("REST_AIF_FROM_LV",),
+             "mpr_global": ("AIF_FROM_LV", "REST_AIF_FROM_LV")}.get(key, ())
+    valued = [r for r, v in zip(rows, _values(rows, key)) if math.isfinite(v)]
+    lv = sum(any(c in str(r.get("qc_codes") or "").split(";") for c in codes) for r in valued)
+    return lv, len(valued)
+
+
+def _lv_aif_note(rows, key):
+    lv, n = _lv_aif_share(rows, key) if key in LV_AIF_MEASURES else (0, 0)
+    return f"\nAIF from the LV in {lv} of {n}: approximate" if lv else ""
 
 
 def _values(rows, key):

@@ -905,3 +905,35 @@ def test_a_stop_signal_python_swallowed_still_stops_the_batch(cohort, tmp_path, 
         signals.signal(signals.SIGINT, before)
     table = _read_csv(tmp_path / "cohort.csv")
     assert [(r["study"], r["status"]) for r in table] == [("phantom_a", "error"), ("phantom_b", "error")]
+
+
+def test_perfusion_cohort_manifest_and_report_faults_of_probe_71(tmp_path):
+    """A manifest column named like a measure ('mpr_global' of earlier values) replaced the
+    measured value in the table; units 'Gd' was taken as signal intensity (analyze refuses it); a
+    row written without the options it was made from was kept by --resume though its rest had
+    changed; the cohort figure drew MBF from AIFs taken from the LV as any other."""
+    from CardiacAISegLib.cohort import StudySpec, is_measure_key, study_complete
+    from CardiacAISegLib.cohort_report import distributions
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,kind,mpr_global,age\na.nii.gz,perfusion,9.99,61\n")
+    spec = read_manifest(manifest)[0]
+    assert spec.extra == {"manifest_mpr_global": "9.99", "age": "61"}
+    assert is_measure_key("mbf_ml_min_g_seg12") and is_measure_key("mpr_LAD") and not is_measure_key("ref_mpr_global")
+    manifest.write_text("path,kind,units\na.nii.gz,perfusion,Gd\n")
+    with pytest.raises(CardiacInputError, match="units 'Gd': accepted are signal and gd_mmol_l"):
+        read_manifest(manifest)
+    study = tmp_path / "out" / "a"
+    study.mkdir(parents=True)
+    (study / "results.json").write_text(json.dumps({"kind": "perfusion"}))
+    (study / ROW_FILE).write_text(json.dumps({"study": "a", "status": "ok", "input": str(tmp_path / "a.nii.gz")}))
+    legacy = StudySpec("a", str(tmp_path / "a.nii.gz"), {"kind": "perfusion", "rest": str(tmp_path / "r2.nii.gz")}, {})
+    assert not study_complete(study, legacy)
+    rows = [{"study": f"p{i}", "status": "ok", "global_mbf_ml_min_g": 2.0 + i, "rest_global_mbf_ml_min_g": 1.0,
+             "mpr_global": 2.0 + i, "relative_upslope_global": 0.1, "mpri_global": 2.0,
+             "qc_codes": "AIF_FROM_LV;REST_AIF_FROM_LV"} for i in range(3)]
+    panels = distributions(rows)
+    assert [k for k, _ in panels][:2] == ["relative_upslope_global", "mpri_global"]
+    rows[0]["qc_codes"] = ""
+    labels = dict(distributions(rows))
+    assert labels["global_mbf_ml_min_g"].endswith("AIF from the LV in 2 of 3: approximate")
