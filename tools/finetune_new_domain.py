@@ -192,7 +192,8 @@ def main(argv=None):
                           arch_params=card["architecture"].get("params", {}), pixel_mm=card["input"]["pixel_mm"],
                           crop=160, patch=128, augment=args.augment, epochs=args.epochs, batch=args.batch, lr=args.lr,
                           seed=args.seed, slices_per_epoch=args.slices_per_epoch, threads=args.threads,
-                          finetune_from=args.model, train_patients=folders, val_patients=[], partial_labels=partial)
+                          finetune_from=args.model, train_patients=folders, val_patients=[], partial_labels=partial,
+                          force=True)   # a rerun with the same --work replaces its runs
         t = time.time()
         history = train(cfg, log=lambda *_: None)
         seconds = time.time() - t

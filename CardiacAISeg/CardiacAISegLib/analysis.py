@@ -317,14 +317,12 @@ class Analysis:
         """The study's AIF; when it came from the LV blood pool (no separate AIF), the labelled LV
         pool of the slice with the largest one, eroded, read on ``images`` (the motion-corrected
         frames), replaces the bolus-detected one."""
-        from .perfusion.bolus import aif_from_lv
-
         st = self.study
         source = (st.provenance or {}).get("aif_source")
         lv = self.labels[self.reference_frame] == LV
         if (st.aif is None or source == "lv_blood_pool") and lv.any():
             k = int(np.argmax(lv.sum(axis=(1, 2))))
-            st.aif = aif_from_lv(images[:, k], lv[k])
+            st.aif = self._lv_pool_curve(images)
             st.provenance["aif_source"] = "lv_blood_pool"
             st.provenance.setdefault("aif_detection", {})["from_labels_slice"] = k
         if st.aif is None:
@@ -336,10 +334,15 @@ class Analysis:
     def _lv_reference_curve(self, images):
         """The LV blood pool curve of ``images`` as an AIF from the LV is read (the largest labelled
         pool's slice, eroded), or None without an LV pool."""
-        from .perfusion.bolus import aif_from_lv
-
         if (self.study.provenance or {}).get("aif_source") == "lv_blood_pool":
             return self.study.aif
+        return self._lv_pool_curve(images)
+
+    def _lv_pool_curve(self, images):
+        """The mean curve of the labelled LV blood pool of the slice where it is largest, eroded
+        (``bolus.aif_from_lv``), on ``images``; None without an LV pool."""
+        from .perfusion.bolus import aif_from_lv
+
         lv = self.labels[self.reference_frame] == LV
         if not lv.any():
             return None
@@ -454,7 +457,14 @@ class Analysis:
             self.perfusion["rest"] = {k: v for k, v in self.rest.perfusion.items() if k not in ("mpr", "mpri", "rest")}
             self.perfusion["mpr"] = mpr(_for_mpr(self.perfusion), _for_mpr(self.rest.perfusion))
             sq, rest_sq = self.perfusion.get("semiquantitative"), self.rest.perfusion.get("semiquantitative")
-            if sq and rest_sq:
+            if sq and rest_sq and sq.get("reference") != rest_sq.get("reference"):
+                # one against the LV blood, the other against an AIF: their ratio carries the AIF's
+                # scale (the fault the LV reference removes; the review of probe 69's change)
+                note = (f"MPRI not given: the stress relative upslope is read against {sq.get('reference')}, the rest's "
+                        f"against {rest_sq.get('reference')}; label the LV blood pool on both")
+                if note not in self.warnings:
+                    self.warnings.append(note)
+            elif sq and rest_sq:
                 from .perfusion.semiquant import mpri
 
                 self.perfusion["mpri"] = mpri(sq, rest_sq)

@@ -190,9 +190,8 @@ def _train(args):
             raise CardiacInputError(given[0], f"{', '.join(given)} not read by --architecture perfusion-resunet (it trains on "
                                               "64-pixel synthetic first-pass series built on the patients); leave "
                                               f"{'them' if len(given) > 1 else 'it'} out")
-        refuse_or_clear_earlier_run(Path(args.out), args.resume, args.force)
         cfg = PerfusionTrainConfig(data=args.data, out_dir=args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                                   seed=args.seed, resume=args.resume, finetune_from=args.finetune or "",
+                                   seed=args.seed, resume=args.resume, force=args.force, finetune_from=args.finetune or "",
                                    threads=args.threads, val_per_group=args.val_per_group)
         train_perfusion(cfg, progress=tqdm_progress("train", disable=args.quiet))
         return

@@ -350,7 +350,7 @@ def is_measure_key(column):
     from .measures import MEASURES
 
     for template in MEASURES:
-        pattern = re.escape(template).replace(r"\{id\}", r"\d+").replace(r"\{territory\}", r"[A-Za-z]+")
+        pattern = re.escape(template).replace(r"\{id\}", r"\d+").replace(r"\{territory\}", r"(LAD|RCA|LCx)")
         if re.fullmatch(pattern, column):
             return True
     return False

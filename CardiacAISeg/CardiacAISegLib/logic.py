@@ -301,6 +301,8 @@ class CardiacAISegLogic(_LogicBase):
         else:
             self._setInput(sequence or node)
         self.studyAifPath = aifPath
+        # what this reading found (an AIF chosen since, its source) is what a saved scene reopens with
+        _write_study_attributes(sequence or node, study)
         return study
 
     def _studyFromNode(self, node, kind, aifPath, frameTimeParameter="frameTimeS"):
@@ -329,9 +331,11 @@ class CardiacAISegLogic(_LogicBase):
             kind = stamped.get("kind")
         aif = aifPath or stamped.get("aif")
         aifFrom = str(stampedProvenance.get("aif_source") or "")
-        if stamped.get("aif") is not None and aifPath and aifFrom and str(aifPath) in aifFrom:
-            # the curve stamped when this file was read: a saved scene reopens without the file
-            # (moved, or sent to a colleague: refused as 'AIF file not found'; probe 70)
+        if stamped.get("aif") is not None and aifPath and not Path(aifPath).exists() and \
+                _same_path(aifPath, _aif_file_of(aifFrom)):
+            # the file the stamped curve was read from is gone (moved, or the scene sent to a
+            # colleague): the curve, not 'AIF file not found' (probe 70). A file that is there is
+            # read: it may have been changed or chosen since
             aif = stamped["aif"]
         # the kind is decided where every reader decides it (readers.series_kind), from the
         # same evidence; a perfusion series is then finished like a file read from disk
@@ -590,14 +594,14 @@ class CardiacAISegLogic(_LogicBase):
         """The rest perfusion study to pair with a stress one, or None."""
         rest = self.restStudy
         node = self.getNodeParameter("restNodeID")
-        shownAs = getattr(self, "_restShownAs", None)
+        shownAs = self._restShownAs
         if rest is not None and shownAs is not None and (node is None or node.GetID() != shownAs):
             # the selector was emptied, or another rest series picked, since this one was shown:
             # the selector decides (the series read from a file went on being measured: MPR kept
             # after 'None', the old rest's mask put on the new series' images; probe 70)
             readWith = str((rest.provenance or {}).get("aif_source") or "")
             restAif = self.getParameter("restAifPath")
-            if restAif and restAif in readWith:
+            if restAif and _same_path(restAif, _aif_file_of(readWith)):
                 # that AIF file was the dropped series' own: not the newly picked one's
                 self.setParameter("restAifPath", "")
             self.restStudy = rest = None
@@ -1234,6 +1238,28 @@ def _write_study_attributes(node, study):
             for k, v in provenance.items() if k in STAMPED_PROVENANCE and v not in (None, [], {})}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept))
+
+
+_DUAL_SEQUENCE_FOLDER = re.compile(r"^dual-sequence AIF series in (.+) \(")
+
+
+def _aif_file_of(source):
+    """The file or folder an ``aif_source`` names (a file AIF's path, a dual-sequence AIF series'
+    folder), or None (an array, the LV pool, a series by UID)."""
+    source = str(source or "")
+    match = _DUAL_SEQUENCE_FOLDER.match(source)
+    if match:
+        return match.group(1)
+    return source if source and source not in ("array", "lv_blood_pool") and not source.startswith("dual-sequence") else None
+
+
+def _same_path(a, b):
+    if not a or not b:
+        return False
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
 
 
 def _plain(value):

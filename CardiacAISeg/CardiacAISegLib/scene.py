@@ -175,6 +175,7 @@ def store_frame_labels(ctx, labels, ijk_to_ras, name, node=None):
         node.SetIndexName("frame")
         node.SetIndexUnit("")
         node.SetIndexType(node.NumericIndex)
+        node.SetHideFromEditors(True)   # kept for the saved scene; the ED and ES segmentations are what is edited
     node.RemoveAllDataNodes()
     for t in sorted(labels):
         node.SetDataNodeAtValue(_new_volume(f"{name} {t}", np.asarray(labels[t], np.uint8), ijk_to_ras), str(int(t)))

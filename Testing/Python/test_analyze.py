@@ -152,8 +152,12 @@ def test_scene_mrb_round_trip(cine):
     ctx = scene.read_mrb(str(cine["out"] / "scene.mrb"))
     labels, affine = _read_nifti_labels(cine["phantom"] / "cine_labels.nii.gz")
 
-    (seq,) = scene.nodes_by_class(ctx, "vtkMRMLSequenceNode")
+    sequences = scene.nodes_by_class(ctx, "vtkMRMLSequenceNode")
+    (seq,) = [s for s in sequences if scene.FRAME_LABELS_NAME not in s.GetName()]
     assert seq.GetNumberOfDataNodes() == n_frames == 20
+    # every frame's labels too (the whole cycle was segmented), kept out of the editors' lists
+    (frame_labels,) = [s for s in sequences if scene.FRAME_LABELS_NAME in s.GetName()]
+    assert frame_labels.GetNumberOfDataNodes() == 20 and frame_labels.GetHideFromEditors()
     np.testing.assert_allclose(scene.volume_ijk_to_ras(seq.GetNthDataNode(0)), affine, atol=1e-4)
     import nibabel as nib
 
@@ -380,6 +384,26 @@ def test_relative_upslope_is_read_against_the_images_lv_blood_not_the_given_aifs
     assert sq["x1.3"]["global"]["relative_upslope"] == pytest.approx(sq["as given"]["global"]["relative_upslope"], rel=1e-9)
     assert [s["relative_upslope"] for s in sq["x1.3"]["segments"]] == \
         pytest.approx([s["relative_upslope"] for s in sq["as given"]["segments"]], rel=1e-9)
+
+
+def test_no_mpri_from_relative_upslopes_read_against_two_references(perfusion, tmp_path):
+    """Stress with its LV pool labelled, rest without one: the rest's relative upslope is read
+    against its AIF, the stress's against its LV blood, and their ratio carried the AIF's scale;
+    MPRI is left out and said (the review of probe 69's change)."""
+    import nibabel as nib
+
+    from CardiacAISegLib import analyze
+
+    st, rs = perfusion["stress"], perfusion["stress"].parent / "rest"
+    img = nib.load(str(rs / "perfusion_labels.nii.gz"))
+    data = np.asarray(img.dataobj).copy()
+    data[data == 3] = 0   # ACDC's LV blood pool gone: myocardium (and RV) only
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), str(tmp_path / "rest_no_lv.nii.gz"))
+    a, _ = analyze.run(st / "perfusion.nii.gz", tmp_path / "out", kind="perfusion", labels=st / "perfusion_labels.nii.gz",
+                       aif=st / "aif.csv", dt=perfusion["truth_dt_s"], rest=rs / "perfusion.nii.gz",
+                       rest_labels=tmp_path / "rest_no_lv.nii.gz", rest_aif=rs / "aif.csv", reports="none")
+    assert a.rest.perfusion["semiquantitative"]["reference"].startswith("the AIF")
+    assert "mpri" not in a.perfusion and any("MPRI not given" in w for w in a.warnings), a.warnings
 
 
 @pytest.fixture(scope="module")

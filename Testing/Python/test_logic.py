@@ -1213,3 +1213,19 @@ def test_a_saved_perfusion_scene_reopens_without_its_aif_file_and_says_where_the
     b = reopened.restoreFromParameterNode()
     assert rows_by_measure(reopened)["Global MPR"] == pytest.approx(expected["Global MPR"], rel=1e-6)
     assert b.study.provenance["aif_source"] == source and b.rest.study.provenance["aif_source"].endswith("aif.csv")
+    # a file that is there is read again (changed since, or another chosen), and what a saved scene reopens with
+    logic2, _ = _stress_with_rest(tmp_path / "again")
+    first = logic2.runSegmentation(useExistingLabels=True).perfusion["global_mbf_ml_min_g"]
+    aif_file = Path(logic2.getParameter("aifPath"))
+    other = aif_file.with_name("aif_other.csv")
+    lines = aif_file.read_text().splitlines()
+    timed = [name.strip().lower().startswith("t") for name in lines[0].split(",")]   # a time column stays
+    other.write_text("\n".join([lines[0]] + [",".join(c if timed[i] else repr(1.5 * float(c)) for i, c in enumerate(l.split(",")))
+                                            for l in lines[1:] if l.strip()]) + "\n")
+    logic2.setParameter("aifPath", str(other))
+    scaled = logic2.runSegmentation(useExistingLabels=True).perfusion["global_mbf_ml_min_g"]
+    assert scaled == pytest.approx(first / 1.5, rel=0.02)
+    sc.write_mrb(logic2.context, tmp_path / "again.mrb")
+    other.rename(other.with_name("gone.csv"))
+    c = CardiacAISegLogic(sc.read_mrb(tmp_path / "again.mrb")).restoreFromParameterNode()
+    assert c.perfusion["global_mbf_ml_min_g"] == pytest.approx(scaled, rel=1e-6)

@@ -120,6 +120,16 @@ def test_resume_refuses_other_settings_and_replans_a_longer_decay(site, tmp_path
     assert "re-planned over 3 epochs" in capsys.readouterr().out
 
 
+def test_resume_from_another_working_directory_with_a_relative_data_path(site, tmp_path, monkeypatch):
+    """The docs resume runs across sessions with relative paths (../shared/data/acdc): the saved
+    data path, resolved against another working directory, refused the run (review)."""
+    monkeypatch.chdir(site.parent)
+    assert _train("site", tmp_path / "run", "--val-heart-crop-mm", "0") == 0
+    monkeypatch.chdir(tmp_path)
+    # --val-heart-crop-mm only chooses the best checkpoint: it may change on a resume
+    assert _train(site, tmp_path / "run", "--resume", "--epochs", "2", "--val-heart-crop-mm", "160") == 0
+
+
 def test_start_weights_that_cannot_be_used_are_named(site, tmp_path, capsys):
     wide = tmp_path / "wide"
     assert _train(site, wide) == 0

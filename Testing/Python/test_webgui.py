@@ -1650,6 +1650,9 @@ def test_session_perfusion_texts_speak_of_the_page(tmp_path, shared_data):
         "'Rest series' field" in hint
     assert in_page_terms("give the stress series as the input and the rest with --rest") == \
         "give the stress series as the input and the rest in the 'Rest series' field"
+    assert in_page_terms("choose it with --rest-series") == "choose it with a file of that series in the 'Rest series' field"
+    assert in_page_terms("(MPR): --series stress --rest /data/Exam 1") == \
+        "(MPR): a file of the stress series in the 'Study' field and /data/Exam 1 in the 'Rest series' field"
     qperf = shared_data / "qperf"
     if (qperf / "params.json").is_file():
         _shutil.copytree(qperf, data / "qperf", ignore=_shutil.ignore_patterns("aif_detection"))

@@ -98,8 +98,9 @@ def load_weights_into(model, state, source, described=""):
 RUN_DEFINING = ("architecture", "arch_params", "pixel_mm", "crop", "patch", "augment", "batch", "lr", "seed",
                 "val_per_group", "slices_per_epoch", "finetune_from", "freeze_epochs", "partial_labels",
                 "edge_slice_weight", "distill_from", "distill_weight", "distill_temperature", "distill_flips",
-                "lr_cycle_epochs", "perfusion_key_share", "val_every", "val_heart_crop_mm", "train_patients",
-                "val_patients", "size", "pool", "renew", "val_samples", "vessels")
+                "lr_cycle_epochs", "perfusion_key_share", "train_patients", "val_patients",
+                "size", "pool", "renew", "val_samples", "vessels")   # the last five: the perfusion network's runs
+# (--val-every and --val-heart-crop-mm only choose which checkpoint is kept best: they may change)
 FLAG_OF = {"arch_params": "--params", "finetune_from": "--finetune", "distill_temperature": "distillation temperature",
            "train_patients": "training patients", "val_patients": "validation patients"}
 
@@ -119,8 +120,8 @@ def refuse_changed_run(out, config):
     for key in RUN_DEFINING:
         if key in saved and key in now and _comparable(saved[key]) != _comparable(now[key]):
             changed.append(f"{FLAG_OF.get(key, '--' + key.replace('_', '-'))} {_shown(saved[key])} (now {_shown(now[key])})")
-    if "data" in saved and Path(saved["data"]).resolve() != Path(now["data"]).resolve():
-        changed.append(f"data {saved['data']} (now {now['data']})")
+    # the data folder is not compared: a relative path (the docs' own commands) reads another
+    # folder from another working directory; refuse_changed_split compares the patients
     if changed:
         raise CardiacInputError(path, "was trained with other settings: " + "; ".join(changed) + ". --resume continues a "
                                       "run as it was started: repeat them, or start a new run from its weights (--finetune "

@@ -28,6 +28,7 @@ class PerfusionTrainConfig:
     val_samples: int = 160
     threads: int = 0
     resume: bool = False
+    force: bool = False                # replace a run already in out_dir (checked before it is removed)
     finetune_from: str = ""            # registry model name or checkpoint path to start from
     vessels: float = 0.0               # chance per series of great vessels outside the heart (perfusion_synth._paint_vessels)
 
@@ -62,23 +63,35 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     from .training_data import acdc_folders, anatomy_slices, split_patients
 
     progress = as_progress(progress)
-    out, rng = start_run(config)
+    from pathlib import Path
+
+    from ..errors import CardiacInputError
+    from .checkpoints import load_weights_into, refuse_changed_run, refuse_changed_split, refuse_or_clear_earlier_run
+
+    # as the cine runs: everything refused before --out is written or an earlier run removed
+    out_dir = Path(config.out_dir)
+    if config.resume:
+        refuse_changed_run(out_dir, config)
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
     if not train_f:
-        from ..errors import CardiacInputError
-
         raise CardiacInputError(config.data, f"no training patient is left: the {len(val_f)} patients all go to validation "
                                              f"(--val-per-group {config.val_per_group} per Info.cfg Group); lower "
                                              "--val-per-group or add patients")
+    if config.resume:
+        refuse_changed_split(out_dir, train_f, val_f)
+    torch.manual_seed(config.seed)   # start_run seeds again for training; the network's start is seeded here
+    model = build("perfusion-resunet", **config.arch_params)
+    if config.finetune_from:
+        load_weights_into(model, load_start_weights(config.finetune_from), config.finetune_from, "perfusion-resunet")
+    refuse_or_clear_earlier_run(out_dir, config.resume, config.force)
+    out, rng = start_run(config)
     write_split(out, train_f, val_f)
     train_slices, val_slices = anatomy_slices(train_f), anatomy_slices(val_f)
     val_x, val_y = make_pool(val_slices, config.val_samples, config.size, np.random.default_rng(12345), config.vessels)
     log(f"{len(train_slices)} training anatomy slices, {len(val_slices)} validation; generating pool of {config.pool}")
     pool_x, pool_y = make_pool(train_slices, config.pool, config.size, rng, config.vessels)
 
-    model = build("perfusion-resunet", **config.arch_params)
     if config.finetune_from:
-        model.load_state_dict(load_start_weights(config.finetune_from))
         log(f"starting from {config.finetune_from}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.lr * 0.02)

@@ -194,7 +194,8 @@ def _summarise(rows, summary):
     summary["rvef_abs_err_pct"] = float(np.nanmean([abs(r["rvef_pred"] - r["rvef_gt"]) for r in rows]))
     for s in ("lv", "myo", "rv"):
         summary[f"dice_{s}"] = (summary[f"dice_{s}_ed"] + summary[f"dice_{s}_es"]) / 2
-    summary["dice_mean"] = float(np.mean([summary["dice_lv"], summary["dice_myo"], summary["dice_rv"]]))
+    # over the structures the maps hold (no RV in any: LV and MYO, not NaN, so a best epoch is still kept)
+    summary["dice_mean"] = float(np.nanmean([summary["dice_lv"], summary["dice_myo"], summary["dice_rv"]]))
 
 
 def _encoder_parameters(model):

@@ -178,8 +178,9 @@ class Session:
         """A reader's message in the page's terms (``in_page_terms``) with the data folder's
         absolute paths shown relative to it, as the page names files (probe 68)."""
         text = in_page_terms(text, rest)
-        root = str(self.data.root)
-        return text.replace(root + os.sep, "").replace(root, ".")
+        root = re.escape(str(self.data.root))
+        # the root itself, not a sibling that starts alike (/data2)
+        return re.sub(root + r"(?![\w.-])", ".", re.sub(root + re.escape(os.sep), "", text))
 
     def open_sample(self, sample_id):
         """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
@@ -662,12 +663,13 @@ _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF fil
                 "--rest-series": "a file of that series in the 'Rest series' field"}
 # a reader's hint for a whole exam, as the page reads stress and rest ("--series stress --rest
 # EXAM" gave "a file of that series in the 'Study' field stress --rest /abs/path"; probe 68)
-_PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest \S+ --rest-series (\S+)"),
+# (a folder name may hold spaces: the rest's folder runs to the next flag or the end of the hint)
+_PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)"),
                   r"a file of series \1 in the 'Study' field and a file of series \2 in the 'Rest series' field"),
-                 (re.compile(r"--series (\S+) --rest (\S+)"), r"a file of the \1 series in the 'Study' field and \2 in the "
-                  "'Rest series' field"),
+                 (re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)"),
+                  r"a file of the \1 series in the 'Study' field and \2 in the 'Rest series' field"),
                  (re.compile(r" \(series= in Python: [^)]*\)"), ""),
-                 (re.compile(r"\bwith --rest\b"), "in the 'Rest series' field"))
+                 (re.compile(r"\bwith --rest(?![\w-])"), "in the 'Rest series' field"))
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--series": "a file of that series in the 'Rest series' field"}
 
