@@ -96,9 +96,10 @@ def test_parameter_names_map_to_logic_parameters(form):
     # The ES segmentation is made by the Logic and edited in the Segment Editor, not chosen; the
     # rest series' mask is made by the Logic and kept for the saved scene; the ED/ES frames an
     # edit kept, the model, the hand-edited frames and the density the results were measured
-    # with are the Logic's record for the saved scene, not choices.
+    # with are the Logic's record for the saved scene, not choices; so is every frame's labels
+    # sequence of a whole cycle (frameLabelsID).
     assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID", "keptEdEs", "modelInfo",
-                                            "editedFrames", "restEditedFrames", "measuredDensity"}
+                                            "editedFrames", "restEditedFrames", "measuredDensity", "frameLabelsID"}
     _, _, classes = _ui_tree()
     for name, widget_name in bound.items():
         cls = classes[widget_name]

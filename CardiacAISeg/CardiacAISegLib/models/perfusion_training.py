@@ -60,12 +60,11 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     from .architectures import build
     from .postprocess import keep_one_component_per_structure
     from .training import load_start_weights, soft_dice_ce_loss
-    from .training_data import acdc_folders, anatomy_slices, split_patients
+    from .training_data import acdc_folders, anatomy_slices, refuse_empty_training_split, split_patients
 
     progress = as_progress(progress)
     from pathlib import Path
 
-    from ..errors import CardiacInputError
     from .checkpoints import load_weights_into, refuse_changed_run, refuse_changed_split, refuse_or_clear_earlier_run
 
     # as the cine runs: everything refused before --out is written or an earlier run removed
@@ -73,10 +72,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     if config.resume:
         refuse_changed_run(out_dir, config)
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
-    if not train_f:
-        raise CardiacInputError(config.data, f"no training patient is left: the {len(val_f)} patients all go to validation "
-                                             f"(--val-per-group {config.val_per_group} per Info.cfg Group); lower "
-                                             "--val-per-group or add patients")
+    refuse_empty_training_split(config.data, train_f, val_f, config.val_per_group)
     if config.resume:
         refuse_changed_split(out_dir, train_f, val_f)
     torch.manual_seed(config.seed)   # start_run seeds again for training; the network's start is seeded here

@@ -210,7 +210,7 @@ def train(config: TrainConfig, progress=None, log=print):
     from .checkpoints import LAST, load_weights_into, refuse_changed_run, refuse_changed_split, refuse_or_clear_earlier_run
     from .partial_labels import FULL, label_set_of, partial_label_loss
     from .training_data import (KeyImagePool, acdc_folders, augment_batch, augment_context, checked_training_patient,
-                                labelled_slices_with_sets, random_crop, split_patients)
+                                labelled_slices_with_sets, random_crop, refuse_empty_training_split, split_patients)
 
     progress = as_progress(progress)
     if not 0 <= config.perfusion_key_share < 1:   # before anything is loaded or written
@@ -239,10 +239,7 @@ def train(config: TrainConfig, progress=None, log=print):
         val_f = [root / p for p in config.val_patients]
     else:
         train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
-    if not train_f:
-        raise CardiacInputError(config.data, f"no training patient is left: the {len(val_f)} patients all go to validation "
-                                             f"(--val-per-group {config.val_per_group} per Info.cfg Group); lower "
-                                             "--val-per-group or add patients")
+    refuse_empty_training_split(config.data, train_f, val_f, config.val_per_group)
     if config.resume:
         refuse_changed_split(out_dir, train_f, val_f)
     notes = []

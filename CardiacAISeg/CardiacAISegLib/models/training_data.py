@@ -48,6 +48,17 @@ def labelled_slices(folders, pixel_mm, progress=None, with_edges=False, context=
     return (items, edges) if with_edges else items
 
 
+def refuse_empty_training_split(data, train_folders, val_folders, val_per_group):
+    """A CardiacInputError when the split leaves no training patient (every patient of a small
+    data folder went to validation: a bare ZeroDivisionError before; probe 66)."""
+    if not train_folders:
+        from ..errors import CardiacInputError
+
+        raise CardiacInputError(data, f"no training patient is left: the {len(val_folders)} patients all go to validation "
+                                      f"(--val-per-group {val_per_group} per Info.cfg Group); lower --val-per-group or "
+                                      "add patients")
+
+
 def study_slices(study, pixel_mm, context=0):
     """(items, edges) of one loaded patient: ``labelled_slices`` of its labelled frames."""
     import torch
