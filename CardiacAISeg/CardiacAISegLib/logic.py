@@ -1234,10 +1234,9 @@ def _write_study_attributes(node, study):
     node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
     provenance = dict(study.provenance or {})
     provenance["aif_warnings"] = [w for w in provenance.get("warnings", []) if w.startswith(AIF_WARNING_START)]
-    kept = {k: (v if k in ("aif_source", "aif_detection", "aif_warnings") else _plain(v))
-            for k, v in provenance.items() if k in STAMPED_PROVENANCE and v not in (None, [], {})}
+    kept = {k: v for k, v in provenance.items() if k in STAMPED_PROVENANCE and v is not None and len(v)}
     if kept:
-        node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept))
+        node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept, default=_json_ready))
 
 
 _DUAL_SEQUENCE_FOLDER = re.compile(r"^dual-sequence AIF series in (.+) \(")
@@ -1262,18 +1261,9 @@ def _same_path(a, b):
         return False
 
 
-def _plain(value):
-    """``value`` (numpy arrays, nested lists) as JSON-ready lists and floats."""
-    return np.asarray(value, float).tolist() if not isinstance(value, (list, tuple)) or _rectangular(value) else \
-        [_plain(v) for v in value]
-
-
-def _rectangular(value):
-    try:
-        np.asarray(value, float)
-        return True
-    except ValueError:
-        return False
+def _json_ready(value):
+    """json.dumps' fallback for the readers' numpy arrays and scalars."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
 
 
 def _read_study_attributes(node):

@@ -107,14 +107,15 @@ FLAG_OF = {"arch_params": "--params", "finetune_from": "--finetune", "distill_te
 
 def refuse_changed_run(out, config):
     """A CardiacInputError when ``out/last.pt`` was trained with other run-defining settings than
-    ``config`` (or other data), naming each flag with the run's value; nothing when there is no
-    last.pt (``resume`` then starts the run)."""
+    ``config`` (or other data), naming each flag with the run's value. Returns the checkpoint read
+    (for ``resume``, so a 13 MB last.pt is read once), None when there is none."""
     from ..errors import CardiacInputError
 
     path = Path(out) / LAST
     if not path.is_file():
-        return
-    saved = read_checkpoint(path).get("config") or {}
+        return None
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("config") or {}
     now = asdict(config)
     changed = []
     for key in RUN_DEFINING:
@@ -126,6 +127,7 @@ def refuse_changed_run(out, config):
         raise CardiacInputError(path, "was trained with other settings: " + "; ".join(changed) + ". --resume continues a "
                                       "run as it was started: repeat them, or start a new run from its weights (--finetune "
                                       f"{path} --out ANOTHER_FOLDER)")
+    return checkpoint
 
 
 def _comparable(value):
@@ -152,11 +154,12 @@ def refuse_changed_split(out, train_folders, val_folders):
                                          "between training and validation") + "); resume on the data it was started on")
 
 
-def resume(out, model, opt, sched):
-    """(start epoch, best score, history) from ``out/last.pt``; a fresh run when there is none."""
-    if not (out / LAST).is_file():
+def resume(out, model, opt, sched, checkpoint=None):
+    """(start epoch, best score, history) from ``out/last.pt`` (``checkpoint``: it, read already);
+    a fresh run when there is none."""
+    if checkpoint is None and not (out / LAST).is_file():
         return 0, -1.0, []
-    ck = read_checkpoint(out / LAST)
+    ck = checkpoint if checkpoint is not None else read_checkpoint(out / LAST)
     load_weights_into(model, ck["model"], out / LAST)
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])

@@ -69,8 +69,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
 
     # as the cine runs: everything refused before --out is written or an earlier run removed
     out_dir = Path(config.out_dir)
-    if config.resume:
-        refuse_changed_run(out_dir, config)
+    saved_run = refuse_changed_run(out_dir, config) if config.resume else None
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
     refuse_empty_training_split(config.data, train_f, val_f, config.val_per_group)
     if config.resume:
@@ -91,7 +90,7 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
         log(f"starting from {config.finetune_from}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.lr * 0.02)
-    start, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
+    start, best, history = resume(out, model, opt, sched, saved_run) if config.resume else (0, -1.0, [])
     steps = config.pool // config.batch
     for epoch in range(start, config.epochs):
         t0 = time.time()

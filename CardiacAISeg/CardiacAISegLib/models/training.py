@@ -221,8 +221,7 @@ def train(config: TrainConfig, progress=None, log=print):
     # everything that can be refused is checked before anything in --out is written or removed
     # (a refused run left split.json, which blocked the rerun; --force removed the earlier run
     # before a bad --params was found; probe 66)
-    if config.resume:
-        refuse_changed_run(out_dir, config)
+    saved_run = refuse_changed_run(out_dir, config) if config.resume else None
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -261,7 +260,7 @@ def train(config: TrainConfig, progress=None, log=print):
             f"{', read 4 ways' if config.distill_flips else ''})")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = lr_schedule(torch, opt, config)
-    start_epoch, best, history = resume(out, model, opt, sched) if config.resume else (0, -1.0, [])
+    start_epoch, best, history = resume(out, model, opt, sched, saved_run) if config.resume else (0, -1.0, [])
     if start_epoch:
         log(f"resumed at epoch {start_epoch}")
         replan_decay(opt, sched, config, start_epoch, log)

@@ -183,7 +183,8 @@ def load_acdc_patient(folder, frames="all"):
                 warnings.append(f"{gt.name}: {label_info['nothing_labelled']}")
             # what a measurement may say and go on with, but a network must not learn from (the
             # LV coded 4 became background and training went on, exit 0; probe 66)
-            problems = [w for w in label_info["warnings"] if w.endswith("set to background")]
+            problems = [f"label values {label_info['set_to_background']} are not labels in ACDC's convention"] \
+                if label_info.get("set_to_background") else []
             if label_info.get("nothing_labelled"):
                 problems.append(label_info["nothing_labelled"])
             if problems:

@@ -109,6 +109,7 @@ def label_values(path, data, convention, info, mapping=None):
                                         "ventricle segmentation, choose --label-convention or convert the map")
     if unknown:
         info["warnings"].append(f"label values {_few(unknown)} are not LV/myocardium/RV in the {info['convention']} convention; set to background")
+        info["set_to_background"] = unknown   # said above; what a training run refuses (models/training_data.py)
     return out
 
 
