@@ -167,7 +167,7 @@ def _import_model(args):
 # its own): given, they were ignored without a word (probe 66)
 PERFUSION_TRAIN_IGNORES = ("params", "pixel_mm", "slices_per_epoch", "crop", "patch", "augment", "val_every",
                            "val_heart_crop_mm", "edge_slice_weight", "distill_from", "distill_weight", "distill_flips",
-                           "lr_cycle_epochs", "perfusion_key_share", "freeze_epochs", "partial_labels")
+                           "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "freeze_epochs", "partial_labels")
 
 
 def _train(args):
@@ -209,6 +209,8 @@ def _train(args):
                                                      f"--epochs {args.epochs}, so that the run ends at a cycle's end")
     if not 0 <= args.distill_weight <= 1:
         raise CardiacInputError("--distill-weight", f"{args.distill_weight} is not a share of the loss; give 0-1")
+    if not 0 <= args.oriented_share <= 1:
+        raise CardiacInputError("--oriented-share", f"{args.oriented_share} is not a share of the samples; give 0-1")
     if args.freeze_epochs and not args.finetune:
         raise CardiacInputError("--freeze-epochs", "freezes the encoder of the network fine-tuned from; without --finetune "
                                                    "it would freeze random weights")
@@ -221,6 +223,7 @@ def _train(args):
                       edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
                       distill_weight=args.distill_weight, distill_flips=args.distill_flips, lr_cycle_epochs=args.lr_cycle_epochs,
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
+                      oriented_share=args.oriented_share,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
@@ -382,6 +385,9 @@ def build_parser():
     t.add_argument("--perfusion-key-share", type=float, default=0.0,
                    help="share of each batch drawn from synthetic first-pass perfusion key images built on the training "
                         "patients (a cine network the perfusion ensemble uses; 0 = cine slices only)")
+    t.add_argument("--oriented-share", type=float, default=0.0,
+                   help="share of training samples turned as the shipped oriented readings see the heart (its LV -> RV "
+                        "axis within 55 degrees of the columns); the rest at any angle (0 = any angle for all)")
     t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
     t.add_argument("--distill-flips", action="store_true", help="the teacher reads each batch 4 ways (mirrored, turned a "
                                                                 "half turn) and its probabilities are averaged")

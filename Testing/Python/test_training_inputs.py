@@ -145,7 +145,8 @@ def test_start_weights_that_cannot_be_used_are_named(site, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch", "0"), ("--pixel-mm", "0"), ("--crop", "0"),
-                                         ("--lr", "-1e-3"), ("--val-heart-crop-mm", "-160"), ("--slices-per-epoch", "-8")])
+                                         ("--lr", "-1e-3"), ("--val-heart-crop-mm", "-160"), ("--slices-per-epoch", "-8"),
+                                         ("--oriented-share", "1.5")])
 def test_numbers_train_cannot_use_are_refused(site, tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     assert _train(site, out, f"{flag}={value}") == 2
@@ -166,3 +167,37 @@ def test_dice_of_two_empty_masks_scores_nothing():
 
     assert np.isnan(dice(np.zeros(4), np.zeros(4)))
     assert dice([1, 0], [1, 0]) == 1.0
+
+
+def _off_columns_deg(labels):
+    """How far the LV -> RV axis of an ACDC-coded map lies from the columns, either way along them."""
+    from CardiacAISegLib.models.training_data import _heart_axis_angle
+
+    a = _heart_axis_angle(labels)
+    return float(np.degrees(min(abs(np.angle(np.exp(1j * (a - np.pi)))), abs(np.angle(np.exp(1j * a))))))
+
+
+def test_oriented_share_turns_hearts_as_the_oriented_readings_see_them():
+    """--oriented-share draws samples as the shipped "oriented4" readings present the heart (the
+    RV within 55 degrees of the columns, either side); the rest, and maps without an RV, at any angle."""
+    from CardiacAISegLib.models.training_data import ORIENTED_SPREAD_DEG, augment_batch
+
+    rng = np.random.default_rng(3)
+    n, size = 48, 96
+    rr, cc = np.mgrid[:size, :size]
+    y = np.zeros((n, size, size), np.int64)
+    for i, a in enumerate(rng.uniform(-np.pi, np.pi, n)):   # an LV disc and an RV disc at any angle from it
+        y[i][(rr - 48) ** 2 + (cc - 48) ** 2 < 10 ** 2] = 3
+        y[i][(rr - 48 - 24 * np.sin(a)) ** 2 + (cc - 48 - 24 * np.cos(a)) ** 2 < 8 ** 2] = 1
+    x = torch.from_numpy((y > 0)[:, None].astype(np.float32))
+    _, oriented = augment_batch(x, torch.from_numpy(y), np.random.default_rng(1), 80, "basic", oriented_share=1.0)
+    off = [_off_columns_deg(m.numpy()) for m in oriented]
+    assert max(off) <= ORIENTED_SPREAD_DEG + 3   # nearest-neighbour labels move the centroids a little
+    rv_left = [np.nonzero(m.numpy() == 1)[1].mean() < np.nonzero(m.numpy() == 3)[1].mean() for m in oriented]
+    assert 0.2 < np.mean(rv_left) < 0.8   # both ways along the columns, as the mirrored readings are
+    _, anyway = augment_batch(x, torch.from_numpy(y), np.random.default_rng(1), 80, "basic", oriented_share=0.0)
+    assert np.mean([_off_columns_deg(m.numpy()) > 60 for m in anyway]) > 0.2
+    no_rv = torch.from_numpy(np.where(y == 1, 0, y))   # LV/MYO-only maps: no axis, any angle
+    lv = [np.argwhere(m.numpy() == 3).mean(0) for m in augment_batch(x, no_rv, np.random.default_rng(1), 80, "basic",
+                                                                     oriented_share=1.0)[1]]
+    assert np.isfinite(np.array(lv)).all()

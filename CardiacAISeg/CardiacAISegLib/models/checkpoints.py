@@ -98,7 +98,7 @@ def load_weights_into(model, state, source, described=""):
 RUN_DEFINING = ("architecture", "arch_params", "pixel_mm", "crop", "patch", "augment", "batch", "lr", "seed",
                 "val_per_group", "slices_per_epoch", "finetune_from", "freeze_epochs", "partial_labels",
                 "edge_slice_weight", "distill_from", "distill_weight", "distill_temperature", "distill_flips",
-                "lr_cycle_epochs", "perfusion_key_share", "train_patients", "val_patients",
+                "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "train_patients", "val_patients",
                 "size", "pool", "renew", "val_samples", "vessels")   # the last five: the perfusion network's runs
 # (--val-every and --val-heart-crop-mm only choose which checkpoint is kept best: they may change)
 FLAG_OF = {"arch_params": "--params", "finetune_from": "--finetune", "distill_temperature": "distillation temperature",

@@ -55,6 +55,7 @@ class TrainConfig:
     lr_cycle_epochs: int = 0           # > 0: cosine restarts every N epochs, weights kept at each cycle's end (snapshots to average)
     perfusion_key_share: float = 0.0   # share of each batch that is synthetic perfusion key images (KeyImagePool)
     perfusion_key_pool: int = 800      # key images kept in memory; an eighth renewed every epoch
+    oriented_share: float = 0.0        # share of samples turned as the oriented readings see the heart (else any angle)
 
 
 def soft_dice_ce_loss(logits, target, n_classes):
@@ -305,7 +306,7 @@ def train(config: TrainConfig, progress=None, log=print):
             x = np.stack([c[0] for c in crops])
             x = torch.from_numpy(augment_context(x, rng) if context else x[:, None])
             y = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
-            x, y = augment_batch(x, y, rng, config.patch, config.augment)
+            x, y = augment_batch(x, y, rng, config.patch, config.augment, config.oriented_share)
             outputs = model(x)
             logits = outputs[0] if isinstance(outputs, list) else outputs
             batch_has_rv = np.concatenate([has_rv_all[idx], np.ones(n_keys, bool)])   # key images are fully labelled

@@ -255,20 +255,57 @@ def augment_context(x, rng, drop_p=0.2):
     return x
 
 
-def augment_batch(x, y, rng, out_size, strength="basic"):
-    """Rotation (any angle), scale, flips, gamma, coil shading, blur/noise, on a (B,C,H,W) batch
+# The shipped cine cards read each heart square turned by quarter turns until the RV lies
+# towards column 0 (``inference.variants_for``, "oriented4"), so once turned the LV -> RV axis
+# lies within 45 degrees of the columns (55 where two turns are blended near a diagonal), either
+# way along them (the readings mirror it). ``oriented_share`` of a batch is drawn that way.
+ORIENTED_SPREAD_DEG = 55.0
+
+
+def _heart_axis_angle(labels):
+    """The LV -> RV direction of an ACDC-coded (H, W) map as atan2(rows, columns), or None
+    without both an LV blood pool (3) and an RV (1)."""
+    lv, rv = np.nonzero(labels == 3), np.nonzero(labels == 1)
+    if not len(lv[0]) or not len(rv[0]):
+        return None
+    return float(np.arctan2(rv[0].mean() - lv[0].mean(), rv[1].mean() - lv[1].mean()))
+
+
+def training_angles(y, rng, oriented_share=0.0):
+    """In-plane rotation of each sample of the (B, H, W) label batch ``y`` for `augment_batch`:
+    any angle, or for ``oriented_share`` of the samples (those with an LV and an RV) an angle
+    that leaves the heart's axis as the oriented readings see it (ORIENTED_SPREAD_DEG either
+    side of the columns, either way along them)."""
+    b = y.shape[0]
+    ang = rng.uniform(-np.pi, np.pi, b)
+    if oriented_share <= 0:   # the random stream of runs made before the option
+        return ang
+    spread = np.radians(ORIENTED_SPREAD_DEG)
+    for i in np.nonzero(rng.random(b) < oriented_share)[0]:
+        axis = _heart_axis_angle(np.asarray(y[i]))
+        if axis is not None:
+            # affine_grid samples the input at R(ang) @ output, so an input direction at angle a
+            # comes out at a - ang: here pi (towards column 0) + u, or the half turn of it
+            ang[i] = axis - np.pi - rng.uniform(-spread, spread) + np.pi * rng.integers(0, 2)
+    return ang
+
+
+def augment_batch(x, y, rng, out_size, strength="basic", oriented_share=0.0):
+    """Rotation, scale, flips, gamma, coil shading, blur/noise, on a (B,C,H,W) batch
     (C > 1: a slice with its neighbours, all channels moved and shaded alike).
 
     Orientation conventions differ between vendors and readers, so the network is trained
-    to be indifferent to in-plane rotation and mirroring. ``strength="strong"`` widens the
-    scale range and adds the appearance changes of `appearance_shift` (other vendors/centres).
+    to be indifferent to in-plane rotation and mirroring: any angle, except for
+    ``oriented_share`` of the batch, turned as the oriented readings present the heart
+    (`training_angles`). ``strength="strong"`` widens the scale range and adds the appearance
+    changes of `appearance_shift` (other vendors/centres).
     """
     import torch
     import torch.nn.functional as F
 
     b = x.shape[0]
     lo_s, hi_s = (0.7, 1.4) if strength == "strong" else (0.8, 1.25)
-    ang = torch.from_numpy(rng.uniform(-np.pi, np.pi, b)).float()
+    ang = torch.from_numpy(training_angles(y, rng, oriented_share)).float()
     scale = torch.from_numpy(np.exp(rng.uniform(np.log(lo_s), np.log(hi_s), b))).float()
     flip = torch.from_numpy(np.where(rng.random(b) < 0.5, -1.0, 1.0)).float()
     ratio = out_size / x.shape[-1]
