@@ -1271,3 +1271,94 @@ def test_enhanced_frame_times_an_anonymiser_left_behind(tmp_path, anonymised):
     expanded = expand_enhanced(path, pydicom.dcmread(path))
     got = np.array([f.acquisition_s for f in expanded])
     np.testing.assert_allclose(got - got[0], times - times[0], atol=1e-6)
+
+
+def _af_perfusion_nifti(tmp_path, unit="sec", step=None):
+    """A perfusion phantom sampled at AF-like beats (0.6-1.2 s), saved as a 4D NIfTI whose header
+    holds one step (the median, or ``step``) in ``unit``; returns (study, times, phantom labels)."""
+    import nibabel as nib
+
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    fine = 0.05
+    study, _ = make_perfusion_phantom(seed=3, dt=fine, n_frames=1300, noise=0.0)
+    beats = np.random.default_rng(7).uniform(0.6, 1.2, 44)
+    times = np.r_[0.0, np.cumsum(np.rint(beats / fine) * fine)]
+    idx = np.rint(times / fine).astype(int)
+    img = nib.Nifti1Image(np.transpose(study.images[idx], (3, 2, 1, 0)).astype(np.float32), study.ijk_to_ras)
+    img.header.set_xyzt_units("mm", unit)
+    img.header["pixdim"][4] = float(np.median(np.diff(times))) if step is None else step
+    nib.save(img, str(tmp_path / "perf.nii.gz"))
+    return study, times, idx
+
+
+def test_the_files_own_uneven_times_are_not_made_even_by_dt_without_a_word(tmp_path):
+    """Probe 72: AF-like beats in a sidecar's VolumeTiming, with --dt: the frames were made even
+    (MBF 20 % low), QC pass, and the only word was the sidecar's "frame times from", untrue."""
+    from CardiacAISegLib.analysis import Analysis
+
+    study, times, idx = _af_perfusion_nifti(tmp_path)
+    (tmp_path / "perf.json").write_text(json.dumps({"VolumeTiming": times.tolist()}))
+    s = load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx], dt=0.9)
+    np.testing.assert_allclose(np.diff(s.frame_times_s), 0.9)   # as asked
+    warnings = s.provenance["warnings"]
+    assert any(w.startswith("--dt replaces the file's frame times (the sidecar perf.json (VolumeTiming)), which are uneven")
+               for w in warnings), warnings
+    assert not any(w.startswith("frame times from") for w in warnings)
+    assert "IRREGULAR_HEARTBEATS" in {f["code"] for f in Analysis(s, study.labels).run().qc["flags"]}
+    # without --dt the sidecar's times are fitted on, as before
+    np.testing.assert_allclose(load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]).frame_times_s,
+                               times, atol=1e-6)
+
+
+def test_sidecar_clock_times_per_frame_are_the_frame_times_and_numbers_are_not_guessed(tmp_path):
+    """Probe 72: a sidecar's per-frame AcquisitionTime list was ignored unsaid and the header's
+    median step fitted (MBF 20 % low). Clock strings are read; a list of numbers (seconds of
+    the day? HHMMSS? ms?) makes the frame times unknown, so --dt is asked for."""
+    study, times, idx = _af_perfusion_nifti(tmp_path)
+    clocks = [f"23:59:{50 + t:06.3f}" if t < 10 else f"00:00:{t - 10:06.3f}" for t in times]   # across midnight
+    (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": clocks}))
+    s = load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx])
+    np.testing.assert_allclose(s.frame_times_s, times, atol=1e-6)
+    assert "frame times from the sidecar perf.json (AcquisitionTime)" in s.provenance["warnings"]
+    (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": (36000 + times).tolist()}))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]),
+                 "lists one AcquisitionTime per frame, but not as clock times", "--dt")
+    # dcm2niix's single AcquisitionTime (the first volume's) is no frame time: the header's step stands
+    (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": "10:00:00.000000"}))
+    assert load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]).frame_times_s is not None
+
+
+@pytest.mark.parametrize("step, dt, said", [(0.5, 1.0, True), (0.5, 0.5, False), (500.0, 0.5, False)])
+def test_dt_that_is_not_the_files_unitless_step_in_seconds_or_ms_is_said(tmp_path, step, dt, said):
+    """Probe 72: a NIfTI (and ITK NRRD, MetaImage) step of 0.5 without a unit, read with --dt 1.0:
+    MBF -50 %, nothing said, though the same file without --dt is refused naming its 0.5."""
+    study, _, idx = _af_perfusion_nifti(tmp_path, unit="unknown", step=step)
+    s = load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx], dt=dt)
+    assert any(f"is neither the file's time step ({step:g}, no unit)" in w for w in s.provenance["warnings"]) == said
+
+
+def test_a_nifti_step_of_1000_ms_is_a_measured_interval_not_the_itk_placeholder(tmp_path):
+    """Probe 72: 1000 in milliseconds was refused as ITK's 1-s placeholder, which is written in seconds."""
+    study, _, idx = _af_perfusion_nifti(tmp_path, unit="msec", step=1000.0)
+    assert np.allclose(np.diff(load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]).frame_times_s), 1.0)
+    _af_perfusion_nifti(tmp_path, unit="sec", step=1.0)
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]), "--dt")
+
+
+def test_frame_files_named_by_uneven_numbers_are_said_not_to_be_times(tmp_path):
+    """Probe 72: per-frame files named by acquisition time in ms (0, 610, 1830, ...) were taken in
+    order with --dt and nothing said of the numbers."""
+    import nibabel as nib
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for t in np.r_[0, np.cumsum(rng.integers(600, 1200, 11))]:
+        nib.save(nib.Nifti1Image(rng.random((16, 16, 2)).astype(np.float32), np.eye(4)), str(folder / f"perf_{t}.nii.gz"))
+    s = load_study(folder, kind="perfusion", dt=0.9, units="gd_mmol_l", aif=np.r_[np.zeros(3), np.ones(9)])
+    assert any("frame files' numbers (0, " in w and "step unevenly" in w for w in s.provenance["warnings"])
+    for n, f in enumerate(sorted(folder.iterdir())):   # 0, 33, 67, ...: times in ms, rounded, even
+        f.rename(folder / f"perf_{round(n * 33.3)}.nii.gz")
+    s = load_study(folder, kind="perfusion", dt=0.9, units="gd_mmol_l", aif=np.r_[np.zeros(3), np.ones(9)])
+    assert not any("step unevenly" in w for w in s.provenance["warnings"])

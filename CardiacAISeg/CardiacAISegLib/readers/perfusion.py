@@ -266,7 +266,8 @@ def _image_study(path):
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
                   provenance={"reader": meta["format"], "files": [str(path)],
-                              **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "frame_times_from", "warnings")
+                              **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "frame_times_from", "unitless_time_step",
+                                                      "warnings")
                                  if meta.get(k)}})
     return study, meta.get("frame_times_s")
 
@@ -513,14 +514,33 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             if abs(file_dt - dt) > 0.1 * file_dt:
                 warnings.append(f"--dt {dt:g} s differs from the frame interval in the file ({file_dt:.3g} s); using --dt")
             steps = np.diff(measured)
+            source = prov.get("frame_times_from")
+            if source:   # the reader's "frame times from <sidecar>" no longer holds
+                warnings[:] = [w for w in warnings if not (w.startswith(f"frame times from {source}")
+                                                           or w.startswith(f"{source} steps "))]
+            theirs = f"the file's frame times ({source})" if source else "the file's frame times"
             if steps.max() > FRAME_GAP_FACTOR * file_dt:
                 # an even grid over a skipped beat moves every later frame a beat early
                 gap = int(np.argmax(steps))
-                warnings.append(f"--dt replaces the file's frame times, which are uneven ({steps[gap]:.2f} s between frames "
+                warnings.append(f"--dt replaces {theirs}, which are uneven ({steps[gap]:.2f} s between frames "
                                 f"{gap + 1} and {gap + 2}, {file_dt:.2f} s typical: a skipped beat or a lost dynamic): the frames "
                                 "are taken as evenly spaced; leave out --dt to fit on the real times")
                 prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap
+            elif np.max(np.abs(steps - file_dt)) > UNEVEN_FRAME_TIMES * file_dt:
+                # irregular heartbeats without one long gap: an even grid read AF-like beats 20 %
+                # low with QC pass and nothing said (probe 72)
+                warnings.append(f"--dt replaces {theirs}, which are uneven ({steps.min():.2f}-{steps.max():.2f} s between "
+                                "frames, irregular heartbeats): the frames are taken as evenly spaced; leave out --dt to "
+                                "fit on the real times")
+                prov["file_frame_times_s"] = [float(v) for v in measured]   # QC flags the irregular beats
             measured = None   # the user's interval wins
+        elif prov.get("unitless_time_step"):
+            # the file's step without a unit: --dt that is it neither in seconds nor in
+            # milliseconds contradicts the file (0.5 read with --dt 1.0: MBF -50 %, nothing said; probe 72)
+            step = float(prov["unitless_time_step"])
+            if all(abs(step * scale - dt) > 0.1 * dt for scale in (1.0, 1e-3)):
+                warnings.append(f"--dt {dt:g} s is neither the file's time step ({step:g}, no unit) in seconds nor in "
+                                f"milliseconds; using --dt (MBF scales with the frame interval: check it)")
     elif measured is not None and len(measured) > 1 and np.median(np.diff(measured)) > 0:
         # the file's own header, or where the reader found its times (a BIDS sidecar)
         dt, dt_source, where = float(np.median(np.diff(measured))), prov.get("frame_times_from") or "file", path

@@ -182,11 +182,15 @@ def read_nifti(path):
             unit = "unknown"
         scale = time_unit_seconds(unit)
         if scale and np.isfinite(dt) and dt > 0:
-            meta["frame_times_s"] = ignore_placeholder_times(np.arange(data.shape[3]) * dt * scale, meta)
+            times = np.arange(data.shape[3]) * dt * scale
+            # ITK writes a step of 1 in seconds where an image had none; 1000 written as
+            # milliseconds is a measured 1-s interval (it was refused as the placeholder, probe 72)
+            meta["frame_times_s"] = ignore_placeholder_times(times, meta) if scale == 1.0 else times
         elif np.isfinite(dt) and dt > 0 and dt != 1.0:
             # said where --dt is asked for: the file has a step, only not one in a known unit
             meta["frame_times_ignored"] = (f"the NIfTI header's time step {dt:g} has no time unit (xyzt_units "
                                            f"{unit!r}), so seconds and milliseconds cannot be told apart")
+            meta["unitless_time_step"] = dt
         if not np.isfinite(dt) or dt < 0:
             # a writer's fault (a negated or undefined pixdim[4]): the cine was read without frame
             # times and nothing said so
@@ -208,6 +212,8 @@ def read_nifti(path):
                 meta["warnings"].append(f"{where} steps {step:.3g} s between frames where the NIfTI header's time "
                                         f"step is {header_step:.3g} s: the sidecar's times are used (give --dt if the "
                                         "header is right)")
+        elif unread_sidecar_times(side, data.shape[3]):
+            meta["frame_times_s"] = frame_times_not_used(meta, unread_sidecar_times(side, data.shape[3]))
         elif header_step:
             tr = sidecar_repetition_time_s(side)
             if tr is not None and abs(tr - header_step) <= 0.01 * header_step:
@@ -274,6 +280,58 @@ def bids_volume_times(sidecar, path, n_frames):
         if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
             raise CardiacInputError(side, f"{field} must rise from frame to frame (seconds)")
         return t - t[0], f"the sidecar {side.name} ({field})"
+    return _clock_times(side, doc, n_frames)
+
+
+def _clock_of_day_s(text):
+    """Seconds since midnight of a DICOM TM ('HHMMSS.ffffff') or 'HH:MM:SS.ffffff' string, else None."""
+    m = re.fullmatch(r"\s*(\d{2}):?(\d{2}):?(\d{2}(?:\.\d*)?)\s*", str(text))
+    if not m:
+        return None
+    h, mi, sec = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    return h * 3600 + mi * 60 + sec if h < 24 and mi < 60 and sec < 61 else None
+
+
+def _clock_times(side, doc, n_frames):
+    """Frame times from a sidecar's per-frame AcquisitionTime / ContentTime list of clock times
+    (as a DICOM export keeps each dynamic's: 'HH:MM:SS.ffffff' or DICOM TM), as
+    ``bids_volume_times`` returns them; None otherwise (``unread_sidecar_times`` says why a
+    per-frame list of numbers is not read)."""
+    for field in CLOCK_TIME_FIELDS:
+        values = doc.get(field)
+        if not isinstance(values, list) or len(values) < 2:
+            continue   # dcm2niix writes one AcquisitionTime string: the first volume's, no frame times
+        if len(values) != n_frames:
+            raise CardiacInputError(side, f"{field} lists {len(values)} times where the image has {n_frames} frames")
+        clocks = [_clock_of_day_s(v) if isinstance(v, str) else None for v in values]
+        if any(c is None for c in clocks):
+            continue
+        t = np.asarray(clocks, float)
+        t = np.where(t < t[0] - 43200, t + 86400, t)   # a series across midnight
+        if np.any(np.diff(t) <= 0):
+            raise CardiacInputError(side, f"{field} must rise from frame to frame")
+        return t - t[0], f"the sidecar {side.name} ({field})"
+    return None
+
+
+# per-frame clock times a DICOM export may keep in a sidecar (not BIDS fields)
+CLOCK_TIME_FIELDS = ("AcquisitionTime", "ContentTime")
+
+
+def unread_sidecar_times(sidecar, n_frames):
+    """Why a sidecar's per-frame time list is not read as frame times (a list of numbers in
+    AcquisitionTime / ContentTime: seconds of the day, HHMMSS or milliseconds cannot be told
+    apart), or None. The header's single step is then not used either: fitted on uneven beats
+    it read MBF 20 % low with nothing said (probe 72)."""
+    if sidecar is None:
+        return None
+    side, doc = sidecar
+    for field in CLOCK_TIME_FIELDS:
+        values = doc.get(field)
+        if isinstance(values, list) and len(values) == n_frames > 1:
+            return (f"the sidecar {side.name} lists one {field} per frame, but not as clock times ('HH:MM:SS.ffffff'; "
+                    f"e.g. {values[0]!r}: seconds, HHMMSS or milliseconds?), so the frames' times are unknown; "
+                    "give them as VolumeTiming (seconds)")
     return None
 
 
@@ -542,6 +600,7 @@ def read_nrrd(path):
         meta["frame_times_ignored"] = (f"the time axis of this 4D NRRD (written by ITK/SimpleITK: 'space dimension: 4') "
                                        f"steps {itk_time_step:g} with no time unit, so seconds and milliseconds cannot be "
                                        "told apart")
+        meta["unitless_time_step"] = float(itk_time_step)
     return images, m, meta
 
 
@@ -717,6 +776,8 @@ def read_metaimage(path):
         fourth = f" ({sp[3]:g})" if len(sp) > 3 else ""
         meta["frame_times_ignored"] = (f"MetaImage stores the 4th ElementSpacing{fourth} without a unit (seconds, "
                                        "milliseconds or a placeholder?), so it is not taken as the frame interval")
+        if len(sp) > 3 and np.isfinite(sp[3]) and sp[3] > 0 and sp[3] != 1.0:
+            meta["unitless_time_step"] = float(sp[3])
     return arr, m, meta
 
 
@@ -836,7 +897,8 @@ def check_frame_numbers(folder, files, others=()):
     """Refuse a frame folder whose numbered files skip a number or repeat one: every frame after
     a lost file would be read a frame early (a perfusion series' MBF then read 24 % low, a
     cine's ES moved), and two files of one number are two versions of a frame. Numbers that
-    are not a frame index (no step that most of them keep, e.g. times in ms) are not judged."""
+    are not a frame index (no step that most of them keep, e.g. times in ms) are not judged: the
+    note returned says so (numbers that looked like uneven acquisition times went unsaid, probe 72)."""
     labels = [f for f in files if re.search(r"(_gt|_seg|_label|_labels|_mask)$", f.name[: len(f.name) - len(volume_suffix(f))], re.I)]
     if labels:
         # an ACDC patient folder without its Info.cfg: the _gt maps were counted as frames
@@ -865,8 +927,16 @@ def check_frame_numbers(folder, files, others=()):
     values, counts = np.unique(steps, return_counts=True)
     step = int(values[counts.argmax()])
     irregular = steps != step
-    if 2 * counts.max() <= steps.size or not irregular.any() or np.any(steps[irregular] % step):
-        return
+    if 2 * counts.max() <= steps.size:
+        typical = float(np.median(steps))
+        if typical > 0 and np.max(np.abs(steps - typical)) <= 0.1 * typical:
+            return None   # times in ms rounded to whole numbers (0, 33, 67, ...): even
+        shown = ", ".join(map(str, order[:4])) + (", ..." if order.size > 4 else "")
+        return (f"the frame files' numbers ({shown}) step unevenly: they are not read as frame numbers or as times "
+                "(if they are acquisition times, the frames are not evenly spaced); the frames are taken in the "
+                "names' order")
+    if not irregular.any() or np.any(steps[irregular] % step):
+        return None
     missing = [int(n) for a, b in zip(order[:-1][irregular], order[1:][irregular]) for n in range(a + step, b, step)]
     shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     elsewhere = f"; {', '.join(f.name for f in others[:3])} in another format lie(s) beside them" if others else ""
@@ -882,7 +952,7 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     files, others = _frame_files_and_others(folder)
     if not files:
         raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
-    check_frame_numbers(folder, files, others)
+    numbering = check_frame_numbers(folder, files, others)
     progress = as_progress(progress)
     frames, m0 = [], None
     for n, f in enumerate(files):
@@ -913,7 +983,8 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     progress(len(files), len(files), "read")
     study = Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
                   orientation_known=meta0["orientation_known"],
-                  provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files], "warnings": []})
+                  provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files],
+                              "warnings": [numbering] if numbering else []})
     if others:
         study.provenance["warnings"].append(
             f"{len(others)} volume file(s) of another format than the {len(files)} frames left out: "
