@@ -661,7 +661,7 @@ def test_resume_runs_again_the_studies_made_with_weights_since_replaced(tmp_path
     from CardiacAISegLib.models.registry import get_card
 
     for name, seed in (("old", 1), ("new", 2)):
-        write_phantom("cine", tmp_path / name, seed=seed)
+        write_phantom("cine", tmp_path / name, seed=seed, n_frames=6, n_slices=6)   # small: the networks run 3 times
     _write_manifest(tmp_path / "m.csv", [{"study": n, "path": f"{n}/cine.nii.gz"} for n in ("old", "new")])
     specs = load_cohort(tmp_path / "m.csv")
     logged = []

@@ -1520,9 +1520,19 @@ def test_a_slice_whose_myocardium_was_erased_is_flagged(shared_data):
     assert f"slice(s) [{mid}]" in next(f["message"] for f in a.qc["flags"] if f["code"] == "MYO_GAP_ED")
 
 
+@pytest.fixture(scope="module")
+def sunnybrook_analysed(shared_data):
+    """The Sunnybrook cine and the network's analysis of it, once for the cases that move its slices."""
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    study = load_study(shared_data / "sunnybrook" / "SC-HF-I-1_dicom")
+    return study, compute_analysis(copy(study))
+
+
 @pytest.mark.parametrize("block, shift, named", [((2, 3), 5, {2, 3}), ((5, 6), 10, {5, 6}),
                                                   ((4, 5, 6, 7), -6, {2, 3, 8, 9})])
-def test_slices_whose_frames_are_out_of_step_with_the_stack_are_flagged(shared_data, block, shift, named):
+def test_slices_whose_frames_are_out_of_step_with_the_stack_are_flagged(sunnybrook_analysed, block, shift, named):
     """Probe 55: a DICOM cine whose slices' pixels belonged to other phases than their trigger
     delays (moved 4 or 6 phases) read EF 6-10 points low with QC pass: ED and ES mix phases
     across slices. Said as SLICES_OUT_OF_STEP where a break between neighbouring slices puts some
@@ -1532,10 +1542,8 @@ def test_slices_whose_frames_are_out_of_step_with_the_stack_are_flagged(shared_d
     taken for the stack's cycle)."""
     from CardiacAISegLib.pipeline import compute_analysis
     from CardiacAISegLib.qc import slices_out_of_step
-    from CardiacAISegLib.readers import load_study
 
-    study = load_study(shared_data / "sunnybrook" / "SC-HF-I-1_dicom")
-    intact = compute_analysis(copy(study))
+    study, intact = sunnybrook_analysed
     assert "SLICES_OUT_OF_STEP" not in codes(intact)
     moved = copy(study)
     moved.provenance = dict(study.provenance)
