@@ -1362,3 +1362,21 @@ def test_frame_files_named_by_uneven_numbers_are_said_not_to_be_times(tmp_path):
         f.rename(folder / f"perf_{round(n * 33.3)}.nii.gz")
     s = load_study(folder, kind="perfusion", dt=0.9, units="gd_mmol_l", aif=np.r_[np.zeros(3), np.ones(9)])
     assert not any("step unevenly" in w for w in s.provenance["warnings"])
+
+
+def test_an_aif_without_a_bolus_is_not_called_upside_down(tmp_path):
+    """Probe 72: 8 frames before the contrast (flat noise) were refused as "the AIF falls instead of
+    rising (is the sign flipped?)"; that is said of a bolus upside down only."""
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+    from CardiacAISegLib.readers.perfusion import _refuse_inverted_aif
+
+    rng = np.random.default_rng(4)
+    for seed in range(20):   # noise dips below its baseline by chance in some draws
+        flat = 0.002 + 0.001 * np.random.default_rng(seed).normal(size=8)
+        try:
+            _refuse_inverted_aif(tmp_path / "aif.csv", flat)
+        except CardiacInputError as e:
+            assert "shows no bolus" in str(e) and "sign" not in str(e)
+    study, _ = make_perfusion_phantom(seed=3, noise=0.0)
+    upside_down = -study.aif + 0.002 * rng.normal(size=study.aif.size)
+    expect_error(lambda: _refuse_inverted_aif(tmp_path / "aif.csv", upside_down), "falls instead of rising", "sign flipped")

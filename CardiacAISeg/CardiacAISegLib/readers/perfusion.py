@@ -215,6 +215,13 @@ def _refuse_inverted_aif(path, aif):
             # bolus upside down (which dips and recovers) but a series that started as the bolus
             # passed; QC flags that (AIF_NO_BASELINE), as when the AIF comes from the series itself
             return
+        noise = 1.4826 * float(np.median(np.abs(np.diff(aif)))) / np.sqrt(2)
+        if dip < 6 * noise:
+            # flat noise dips below its baseline as often as above: no bolus upside down but none
+            # at all (8 frames before the contrast were told "is the sign flipped?", probe 72)
+            raise CardiacInputError(path, f"the AIF shows no bolus: its {aif.size} values stay within noise of their "
+                                          f"baseline ({base:.3g}, varying by about {noise:.2g}); a first-pass series holds "
+                                          "the contrast's arrival and washout: were the frames cut before it?")
         raise CardiacInputError(path, f"the AIF falls instead of rising: {dip:.3g} below its baseline at frame {k} "
                                       f"(lowest value {aif.min():.3g}{', negative' if aif.min() < 0 else ''}), at most "
                                       f"{rise:.3g} above it; accepted: a contrast bolus that rises above the baseline "
