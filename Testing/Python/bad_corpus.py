@@ -940,6 +940,18 @@ def _(base, f):
     return [img, "--labels", lab]
 
 
+@case("nifti_stack_on_the_time_axis", "warn", ("COVERAGE_SHORT", "saved along the 4th (time) axis"), category="volume")
+def _(base, f):
+    """An ED stack saved as (x, y, 1, slices), read as a cine as told: one slice over "frames",
+    EDV 1.8 mL; the flag names the likely cause (probe 72)."""
+    f.mkdir(parents=True, exist_ok=True)
+    ed = base_ed(base)
+    img = nifti(f / "stack.nii.gz", (base.cine_images[ed] * 1000).T[:, :, None, :], _axial_affine())
+    lab = nifti(f / "stack_labels.nii.gz", acdc_convention(base.cine_labels[ed:ed + 1])[0].T[:, :, None, :],
+                _axial_affine(), np.uint8)
+    return [img, "--labels", lab, "--kind", "cine"]
+
+
 @case("nifti_scl_slope_zero", "ok", category="volume", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     """NIfTI-1: scl_slope 0 means 'no scaling', not 'all zero'."""
