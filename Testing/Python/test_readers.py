@@ -872,6 +872,29 @@ def test_nrrd_frames_one_second_apart_written_in_milliseconds_are_real_times(tmp
     assert "frame_times_ignored" not in meta
 
 
+@pytest.mark.parametrize("header", [
+    {"MultiVolume.FrameLabels": "0,0.5,1,1.5,2,2.5", "MultiVolume.FrameIdentifyingDICOMTagUnits": "s"},   # its units named
+    {"labels": ["t", "", "", ""], "units": ["s", "", "", ""], "axis 0 index type": "numeric",           # a label "t"
+     "axis 0 index values": "0 0.5 1 1.5 2 2.5"},
+    {"labels": ["time", "", "", ""], "units": ["s", "", "", ""], "axis 3 index type": "numeric",        # keys on another axis
+     "axis 3 index values": "0 0.5 1 1.5 2 2.5"}])
+def test_nrrd_frame_times_other_writers_label_differently_are_read(tmp_path, header):
+    """Probe 72: index values labelled "t", keyed to another axis than the list one, or a
+    MultiVolume whose units field says seconds were refused as "no frame times" (or as 0.5 ms)."""
+    import nrrd
+
+    from CardiacAISegLib.readers.volume import read_nrrd
+
+    data = np.random.default_rng(0).random((6, 5, 4, 3)).astype(np.float32)
+    full = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+            "space directions": np.vstack([np.full(3, np.nan), np.diag([1.5, 1.5, 8.0])]), "space origin": np.zeros(3),
+            **header}
+    strings = {k: "string" for k in header if k.startswith(("axis ", "MultiVolume"))}
+    nrrd.write(str(tmp_path / "s.seq.nrrd"), data, full, custom_field_map=strings)
+    _, _, meta = read_nrrd(tmp_path / "s.seq.nrrd")
+    np.testing.assert_allclose(meta["frame_times_s"], 0.5 * np.arange(6.0))
+
+
 def test_nifti_frame_times_from_a_bids_sidecar(tmp_path):
     """dcm2niix-style NIfTI with a BIDS sidecar listing each volume's time (VolumeTiming): the
     real, irregular times are used (an even pixdim[4] step read them as regular: MBF 18 %

@@ -365,10 +365,13 @@ def _nrrd_frame_times(header, list_axis, n, meta):
     times" (probe 36)."""
     values = header.get(f"axis {list_axis} index values")
     index_type = str(header.get(f"axis {list_axis} index type", ""))
-    if values is None and list_axis != 0 and "axis 0 index values" in header:
+    if values is None:
         # Slicer's sequence reader takes the index from the 'axis 0' keys whichever axis is the
-        # list one (a spatial axis has no index values)
-        values, index_type = header["axis 0 index values"], str(header.get("axis 0 index type", ""))
+        # list one (a spatial axis has no index values); other writers put them on another axis
+        # than the list one (refused as "no frame times", probe 72)
+        keyed = [a for a in range(4) if f"axis {a} index values" in header]
+        if keyed:
+            values, index_type = header[f"axis {keyed[0]} index values"], str(header.get(f"axis {keyed[0]} index type", ""))
     label = ""
     if header.get("labels"):
         label = str(header["labels"][list_axis]).lower()
@@ -376,8 +379,13 @@ def _nrrd_frame_times(header, list_axis, n, meta):
     if header.get("units"):
         unit = str(header["units"][list_axis]).lower()
     if values is None and "MultiVolume.FrameLabels" in header:
-        values, unit, label = header["MultiVolume.FrameLabels"].replace(",", " "), "ms", "time"
-    if values is None or "time" not in label + " " + index_type.lower():
+        # a MultiVolume's labels are trigger times in ms unless its units field names another
+        multi_unit = str(header.get("MultiVolume.FrameIdentifyingDICOMTagUnits", "")).strip().lower()
+        values, unit, label = (header["MultiVolume.FrameLabels"].replace(",", " "),
+                               multi_unit if time_unit_seconds(multi_unit) else "ms", "time")
+    # an axis labelled for time, or index values in a unit of time (a label "t" with "s" was
+    # refused as "no frame times", probe 72)
+    if values is None or not ("time" in label + " " + index_type.lower() or label == "t" or time_unit_seconds(unit)):
         return None
 
     def unusable(problem):
