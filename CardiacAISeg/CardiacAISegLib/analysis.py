@@ -22,6 +22,7 @@ from .study import PERFUSION, Study
 Ras = Sequence[float]   # a point in RAS mm
 
 DENSITY_RANGE_G_ML = (0.8, 1.3)   # myocardium is 1.05 g/mL; outside this, a typo or another unit
+STRESS_PREFIX = "Stress "   # the bullseye's title where a rest series is measured beside it
 REST_WARNING_PREFIX = "rest series: "   # the rest analysis' warnings among the stress analysis' (the MPR needs both)
 
 
@@ -99,7 +100,11 @@ class Analysis:
         """What the bullseye shows, with its unit (every renderer uses this)."""
         if self.kind != PERFUSION:
             return "Wall thickness at ED (mm)"
-        return "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
+        # with a rest series beside it the bullseye is the stress's (its title said "MBF"; probe 73)
+        measure = "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
+        if self.rest is None:
+            return measure
+        return STRESS_PREFIX + (measure if measure.startswith("MBF") else measure[0].lower() + measure[1:])
 
     @property
     def bullseye_format(self):

@@ -1520,6 +1520,18 @@ def aif_flags(study, myo=None, images=None, lv=None):
                                                       "saturation-recovery phantoms); read the semi-quantitative "
                                                       "indices (upslope, MPRI), which need no AIF, or give the "
                                                       "dual-sequence AIF series"))
+    else:
+        # what MBF rests on, as notes the report and the tables show by name (the reader's
+        # warnings reached results.json only; probe 73)
+        if source.startswith("dual-sequence AIF series"):
+            flags.append(_flag("AIF_DUAL_SEQUENCE", INFO, "the AIF is the dual-sequence AIF series' LV blood pool, scaled "
+                                                          "onto this series' LV signal without proton-density calibration: "
+                                                          "MBF is approximate (the AIF series' saturation at the bolus peak "
+                                                          "over-estimates it, the tissue's under-estimates it)"))
+        if study.units != "gd_mmol_l":
+            flags.append(_flag("SIGNAL_UNITS", INFO, "the images are in signal intensity, not Gd concentration: MBF "
+                                                     "assumes the signal rises linearly with Gd, which saturation at high "
+                                                     "concentrations breaks (MBF then reads low)"))
     return flags
 
 

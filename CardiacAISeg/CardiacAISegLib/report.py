@@ -149,7 +149,9 @@ def _draw_slice(ax, image, label_map, view, k, level, points, frame, ras_to_ijk,
             ax.plot([x], [y], marker=marker, ms=7, mfc="yellow", mec="black", ls="none")
             ax.annotate(side[0].upper(), (x, y), xytext=(5, 5), textcoords="offset points",
                         color="yellow", fontsize=9, weight="bold")
-    ax.set_title(f"{frame_name + ' · ' if frame_name else ''}frame {frame} · slice {k} · {level}", fontsize=10)
+    # frames counted from 1, as Info.cfg, the scanner, the web GUI and the QC messages count them
+    # (the report's "frame 0" was ACDC's frame 1; probe 73)
+    ax.set_title(f"{frame_name + ' · ' if frame_name else ''}frame {frame + 1} · slice {k} · {level}", fontsize=10)
     _no_ticks(ax)
 
 
@@ -211,8 +213,15 @@ BULLSEYE_SCALES = {
 
 
 def bullseye_scale(value_label):
-    """(vmin, vmax) of the fixed scale for a bullseye label, or (None, None) when it has none."""
-    return BULLSEYE_SCALES.get(value_label, (None, None))
+    """(vmin, vmax) of the fixed scale for a bullseye label, or (None, None) when it has none
+    ("Stress MBF ..." takes the scale of "MBF ...")."""
+    from .analysis import STRESS_PREFIX
+
+    label = str(value_label or "")
+    if label.startswith(STRESS_PREFIX):
+        measure = label[len(STRESS_PREFIX):]
+        label = measure if measure.startswith("MBF") else measure[:1].upper() + measure[1:]
+    return BULLSEYE_SCALES.get(label, (None, None))
 
 
 def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None, fmt="{:.2f}",
@@ -330,7 +339,7 @@ def _curve_parts(study, volume_curve):
 def draw_volume_curve(ax, study, volume_curve):
     """LV volume against time (ms) or frame, with ED and ES marked."""
     vols, times, ed, es = _curve_parts(study, volume_curve)
-    x = times * 1000.0 if times is not None else np.arange(len(vols))
+    x = times * 1000.0 if times is not None else np.arange(len(vols)) + 1.0   # frames counted from 1
     ax.plot(x, vols, "-o", color=SEGMENTS["LV blood pool"][1], ms=3, lw=1.5)
     for frame, name, colour in ((ed, "ED", "tab:blue"), (es, "ES", "tab:orange")):
         if name == "ES" and frame == ed:
@@ -340,10 +349,10 @@ def draw_volume_curve(ax, study, volume_curve):
             ax.plot([x[frame]], [vols[frame]], "o", color=colour, ms=8)
             # written towards the middle: a point at the right end had its text cut off
             right_half = len(x) > 1 and x[frame] > (x.min() + x.max()) / 2
-            ax.annotate(f"{name} {vols[frame]:.0f} mL (frame {frame})", (x[frame], vols[frame]),
+            ax.annotate(f"{name} {vols[frame]:.0f} mL (frame {frame + 1})", (x[frame], vols[frame]),
                         xytext=(-8 if right_half else 8, 6 if name == "ES" else -14), textcoords="offset points",
                         ha="right" if right_half else "left", color=colour, fontsize=9)
-    ax.set_xlabel("time (ms)" if times is not None else "frame")
+    ax.set_xlabel("time (ms)" if times is not None else "frame (from 1)")
     ax.set_ylabel("LV volume (mL)")
     ax.set_title("LV volume curve", fontsize=11)
     ax.grid(alpha=0.3)
@@ -449,6 +458,8 @@ def summary_lines(analysis):
         territories = line(*(text(f"mbf_ml_min_g_{t}", t, unit=False) for t in ("LAD", "RCA", "LCx")))
         first = line(text("global_mbf_ml_min_g", "stress MBF" if "rest_global_mbf_ml_min_g" in rows else "Global MBF"))
         first = f"{first} ({territories})" if first and territories else first
+        caveat = mbf_caveat(analysis.qc)
+        first = f"{first} · {caveat}" if first and caveat else first
         second = line(text("rest_global_mbf_ml_min_g", "rest MBF"), text("mpr_global", "MPR"), text("mpri_global", "MPRI"),
                       None if "mpr_global" in rows else text("relative_upslope_global", "relative upslope"),
                       None if "mpr_global" in rows else text("time_to_peak_s_global", "time to peak"))
@@ -457,6 +468,23 @@ def summary_lines(analysis):
                      text("lv_mass_g", "mass"))
         second = line(text("rv_edv_ml", "RV EDV"), text("rv_esv_ml", "ESV"), text("rv_sv_ml", "SV"), text("rv_ef_pct", "EF"))
     return [t for t in (first, second) if t]
+
+
+# QC codes under which the MBF the report leads with is approximate, and what to say of it
+MBF_CAVEATS = (("AIF_FROM_LV", "AIF from the LV blood pool"), ("REST_AIF_FROM_LV", "rest AIF from the LV blood pool"),
+               ("AIF_DUAL_SEQUENCE", "AIF from the dual-sequence series, not calibrated"),
+               ("SIGNAL_UNITS", "signal intensity read as linear in Gd"))
+
+
+def mbf_caveat(qc):
+    """'MBF approximate: ...' naming what the QC flags say the MBF rests on, or None: the report
+    said "QC: pass (1 note)" over an MBF from the LV's own blood signal (probe 73)."""
+    codes = {f["code"]: f["severity"] for f in (qc or {}).get("flags", [])}
+    said = [text for code, text in MBF_CAVEATS if code in codes]
+    if not said:
+        return None
+    review = any(codes[c] == "review" for c, _ in MBF_CAVEATS if c in codes)
+    return ("MBF approximate: " if review else "MBF assumes: ") + ", ".join(said)
 
 
 def write_analysis_report(path, analysis, overwrite=False):
@@ -497,7 +525,10 @@ def qc_line(qc, max_codes=6):
     """'QC: REVIEW - CODE, CODE, ...' or 'QC: pass' for the report's title line."""
     review = [f["code"] for f in qc["flags"] if f["severity"] == "review"]
     if not review:
-        return "QC: pass" + (f" ({len(qc['flags'])} note(s) in results.json)" if qc["flags"] else "")
+        # the notes by name: "1 note(s) in results.json" hid that MBF rests on the LV's AIF (probe 73)
+        notes = [f["code"] for f in qc["flags"]]
+        shown = ", ".join(notes[:max_codes]) + (f" +{len(notes) - max_codes} more" if len(notes) > max_codes else "")
+        return "QC: pass" + (f" (notes: {shown}; see results.json)" if notes else "")
     more = f" +{len(review) - max_codes} more" if len(review) > max_codes else ""
     return "QC: REVIEW - " + ", ".join(review[:max_codes]) + more + " (see results.json)"
 

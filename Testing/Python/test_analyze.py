@@ -327,7 +327,8 @@ def test_rest_values_and_reserve_in_every_output(perfusion, tmp_path):
     errors = {s["id"]: s["mbf_ml_min_g"] / tr[str(s["id"])] - 1 for s in rest["segments"]}
     assert max(abs(e) for e in errors.values()) < 0.05, errors     # issue 9's per-segment bound
     assert p["mpr"]["global"] == pytest.approx(p["global_mbf_ml_min_g"] / rest["global_mbf_ml_min_g"], rel=1e-6)
-    assert perfusion["results"]["bullseye"] == {"measure": "mbf", "label": "MBF (mL/min/g)"}
+    # the bullseye is the stress series' (its title said "MBF" beside stress and rest values; probe 73)
+    assert perfusion["results"]["bullseye"] == {"measure": "mbf", "label": "Stress MBF (mL/min/g)"}
 
     rows = {r["key"]: r for r in _csv_rows(perfusion["out"] / "results.csv")}
     assert float(rows["rest_global_mbf_ml_min_g"]["value"]) == pytest.approx(rest["global_mbf_ml_min_g"], rel=1e-5)

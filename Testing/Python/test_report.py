@@ -315,3 +315,50 @@ def test_report_names_ed_es_rows_and_states_the_key_measures():
     arguments = report.report_arguments("unused.png", one)
     assert arguments["frame_names"] == {0: "ED"} and arguments["frames_to_show"] == [0]
     assert "LV EDV" in arguments["summary"][0] and "ESV" not in arguments["summary"][0] and "EF" not in arguments["summary"][0]
+
+
+def test_report_counts_frames_from_1_as_the_input_does(tmp_path, monkeypatch):
+    """Probe 73: an ACDC patient's ED (Info.cfg frame 1) was "ED · frame 0" in the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    report.draw_volume_curve(ax, Study(np.zeros((3, 2, 4, 4), np.float32), affine_from_spacing((1.0, 1.0, 8.0)),
+                                       kind="cine", ed_frame=0, es_frame=2), [120.0, 80.0, 50.0])
+    texts = [t.get_text() for t in ax.texts]
+    assert "ED 120 mL (frame 1)" in texts and "ES 50 mL (frame 3)" in texts, texts
+    titles, set_title = [], Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text), set_title(ax, text, *a, **k))[1])
+    analysis = _cine_analysis()
+    report.write_analysis_report(tmp_path / "report.png", analysis)
+    ed, es = analysis.cine["ed_frame"], analysis.cine["es_frame"]
+    assert any(t.startswith(f"ED · frame {ed + 1} · ") for t in titles), titles
+    assert any(t.startswith(f"ES · frame {es + 1} · ") for t in titles), titles
+
+
+def test_what_mbf_rests_on_is_in_the_report_and_the_table():
+    """Probe 73: MBF from the LV's own blood signal and from signal read as linear in Gd was
+    called approximate in results.json's warnings only; the report said "QC: pass (1 note(s) in
+    results.json)" and results.csv nothing. A stress+rest bullseye was titled "MBF"."""
+    from CardiacAISegLib.analysis import Analysis
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    study, _ = make_perfusion_phantom(seed=3, noise=0.005)
+    study.units = "signal"
+    with_aif = Analysis(study, study.labels).run()
+    summary = report.summary_lines(with_aif)[0]
+    assert "MBF assumes: signal intensity read as linear in Gd" in summary, summary
+    assert "SIGNAL_UNITS" in report.qc_line(with_aif.qc)
+    assert any(r.get("key") == "qc_SIGNAL_UNITS" for r in with_aif.table_rows())
+    study.provenance = {**(study.provenance or {}), "aif_source": "lv_blood_pool"}
+    from_lv = Analysis(study, study.labels).run()
+    summary = report.summary_lines(from_lv)[0]
+    assert "MBF approximate: AIF from the LV blood pool" in summary, summary
+    rest, _ = make_perfusion_phantom(seed=4, noise=0.005)
+    paired = Analysis(make_perfusion_phantom(seed=3, noise=0.005)[0], study.labels,
+                      rest=Analysis(rest, rest.labels)).run()
+    assert paired.bullseye_label == "Stress MBF (mL/min/g)"
+    assert report.bullseye_scale(paired.bullseye_label) == report.bullseye_scale("MBF (mL/min/g)")
