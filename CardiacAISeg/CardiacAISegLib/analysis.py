@@ -26,6 +26,25 @@ STRESS_PREFIX = "Stress "   # the bullseye's title where a rest series is measur
 REST_WARNING_PREFIX = "rest series: "   # the rest analysis' warnings among the stress analysis' (the MPR needs both)
 
 
+def pixel_spread(mbf, segment_map, min_pixels=5):
+    """{segment id: robust spread of its pixels' MBF relative to their median} (the interquartile
+    range / 1.349, as a standard deviation, over the median; rounded to 3 places), for segments of
+    at least ``min_pixels`` finite pixels. What a segment's median rests on: noisy fits spread
+    widely (QC MBF_SEGMENT_SPREAD)."""
+    values = np.asarray(mbf, float)
+    seg = np.asarray(segment_map)
+    out = {}
+    for sid in range(1, 17):
+        v = values[(seg == sid) & np.isfinite(values)]
+        if v.size < min_pixels:
+            continue
+        median = float(np.median(v))
+        if median > 0:
+            q1, q3 = np.percentile(v, (25, 75))
+            out[sid] = round(float((q3 - q1) / 1.349 / median), 3)
+    return out
+
+
 def _rest_warnings(rest):
     """The rest analysis' warnings for the stress analysis' list, without its QC lines: its flags
     come back as the stress's REST_ flags (qc.assess) and their QC lines (each was said twice)."""
@@ -428,8 +447,9 @@ class Analysis:
         summary = segment_mbf(self.mbf, seg, reliable=reliable)
         finite = self.mbf[np.isfinite(self.mbf)]
         glob = float(np.median(finite)) if finite.size else float("nan")
+        spread = pixel_spread(self.mbf, seg)
         segments = [{"id": s["id"], "name": s["name"], "territory": s["territory"],
-                     "mbf_ml_min_g": s["mbf_ml_min_g"], "n_pixels": s["n_pixels"],
+                     "mbf_ml_min_g": s["mbf_ml_min_g"], "n_pixels": s["n_pixels"], "pixel_spread": spread.get(s["id"]),
                      **({"unreliable_fraction": None if not s["n_pixels"] else round(s["unreliable_fraction"], 3),
                          "fit_unreliable": s["flagged"]} if reliable is not None else {})}
                     for s in summary["segments"]]

@@ -1010,6 +1010,12 @@ def _scale_step_flags(study):
                   len(steps))]
 
 
+# a segment whose pixels' MBF spreads more than this about its median (robust, relative) is
+# flagged MBF_SEGMENT_SPREAD: noisy-phantom segments read over 15 % off spread 0.40-2.6 (every such study flagged at 0.45), the
+# real QPerf segments 0.20-0.36 (probe 73)
+MAX_PIXEL_SPREAD = 0.45
+
+
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
     flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study) + _scale_step_flags(analysis.study)
@@ -1033,6 +1039,18 @@ def perfusion_flags(analysis):
                            "model unreliably (delay at the search range's end, flow or shape on a bound, or r² under "
                            f"{R2_MIN:g}): their MBF rests on fits that are not measurements; check the AIF and the mask there"
                            + _breathing_note(st), len(unreliable)))
+    spread = [s for s in p.get("segments", []) if (s.get("pixel_spread") or 0) > MAX_PIXEL_SPREAD
+              and not s.get("fit_unreliable")]
+    if spread:
+        # noisy pixel fits spread widely and their median strays: perfusion phantoms at 0.01-0.02
+        # mmol/L noise read low-flow segments 15-25 % off with QC pass (probe 73); real QPerf
+        # segments spread 0.20-0.36
+        shown = ", ".join(f"{s['id']} (±{100 * s['pixel_spread']:.0f} %)" for s in spread)
+        flags.append(_flag("MBF_SEGMENT_SPREAD", REVIEW,
+                           f"segment(s) {shown}: their pixels' MBF spreads more than ±{100 * MAX_PIXEL_SPREAD:.0f} % about "
+                           "its median (interquartile range as a standard deviation), from noise or a defect covering "
+                           "part of the segment; the median is then uncertain (noisy phantoms: 15-25 % off); read the "
+                           "MBF map there", len(spread)))
     fit = analysis.mbf_fit or {}
     if "r2" in fit and np.size(fit["r2"]):
         r2 = np.asarray(fit["r2"], float)

@@ -29,7 +29,8 @@ CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_e
              "density_g_ml",      # the density the mass was computed with
              "segments"}          # [{id, name, wall_thickness_ed_mm}] per AHA segment
 # each segment's share of unreliable fits, and whether over 30 % (qc MBF_SEGMENT_UNRELIABLE)
-SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels", "unreliable_fraction", "fit_unreliable"}
+SEGMENT_KEYS = {"id", "name", "territory", "mbf_ml_min_g", "n_pixels", "unreliable_fraction", "fit_unreliable",
+                "pixel_spread"}
 SEGMENT_NAMES = list(SEGMENTS)          # "LV blood pool", "LV myocardium", "RV"
 MYOCARDIAL_DENSITY = 1.05
 
