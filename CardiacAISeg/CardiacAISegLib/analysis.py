@@ -120,7 +120,7 @@ class Analysis:
         if self.kind != PERFUSION:
             return "Wall thickness at ED (mm)"
         # with a rest series beside it the bullseye is the stress's (its title said "MBF"; probe 73)
-        measure = "Relative upslope (myocardium/LV)" if self.bullseye_measure == "relative_upslope" else "MBF (mL/min/g)"
+        measure = BULLSEYE_TITLES[self.bullseye_measure]
         if self.rest is None:
             return measure
         return STRESS_PREFIX + (measure if measure.startswith("MBF") else measure[0].lower() + measure[1:])
@@ -678,7 +678,9 @@ class Analysis:
         return rows
 
 
-BULLSEYE_MEASURES = ("mbf", "relative_upslope")
+# what a perfusion bullseye can show, and its title (the report's fixed scales are keyed by it)
+BULLSEYE_TITLES = {"mbf": "MBF (mL/min/g)", "relative_upslope": "Relative upslope (myocardium/LV)"}
+BULLSEYE_MEASURES = tuple(BULLSEYE_TITLES)
 # Measures a single 3D volume cannot give: it has no ES.
 ES_MEASURES = ("lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct")
 

@@ -252,8 +252,8 @@ def ed_es_from_curve(curve, n_frames=None):
     n = int(n_frames) if n_frames else int(frames.max()) + 1
     dist = min(ed, n - ed)
     if n >= 5 and dist > max(1, int(round(_ED_WARN_FRACTION * n))):
-        warnings.append(f"ED (largest LV volume) is frame {ed}, {dist} frames from the start of the "
-                        f"cycle: expected near frame 0 for an ECG-triggered series; check the trigger or labels")
+        warnings.append(f"ED (largest LV volume) is frame {ed + 1}, {dist} frames from the start of the "
+                        f"cycle: expected near the first frame for an ECG-triggered series; check the trigger or labels")
     return ed, es, warnings
 
 
@@ -410,7 +410,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         if len(curve) < 2:
             missing = "ED" if ed is None else "ES"
             raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s) "
-                                           f"(frame {sorted(curve)} of {study.n_frames}): label ED and ES, or the whole "
+                                           f"(frame {[t + 1 for t in sorted(curve)]} of {study.n_frames}, counted from 1): label ED and ES, or the whole "
                                            "cycle (a 3D label map labels one frame; give a 4D one)")
         # a frame with a lost image: its dip made it ES (EF 59 % for 24 %, QC pass; probe 41), so
         # it is no candidate while at least half the frames are without one; where most frames
@@ -446,7 +446,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     lv_edv, lv_esv = curve[ed]["lv"], curve[es]["lv"]
     rv_edv, rv_esv = curve[ed]["rv"], curve[es]["rv"]
     if lv_edv <= 0:
-        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed})" + _unknown_label_note(study))
+        raise CardiacInputError(where, f"no LV blood pool labelled at ED (frame {ed + 1})" + _unknown_label_note(study))
     full = len(curve) == study.n_frames
     fixed = kept_ed_es is not None or (study.ed_frame is not None and study.es_frame is not None)
     if full and len(curve) > 1 and fixed:
@@ -464,11 +464,11 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
                         f"{ed_es_check['smallest'] + 1} (the given ones at {100 * ed_es_check['ed_position']:.0f} % and "
                         f"{100 * ed_es_check['es_position']:.0f} % of its range); check the ED/ES frames (Info.cfg)")
     if curve[ed]["myo"] <= 0:
-        warnings.append(f"no LV myocardium labelled at ED (frame {ed}): LV mass is 0")
+        warnings.append(f"no LV myocardium labelled at ED (frame {ed + 1}): LV mass is 0")
     elif es != ed and es in curve and curve[es]["myo"] <= 0:
         # the epicardium drawn at ED only (Sunnybrook's experts): the mass is measured at ED, and
         # QC leaves such labels unflagged, so it is said here
-        warnings.append(f"no LV myocardium labelled at ES (frame {es}): the ES wall is not measured (the mass is ED's)")
+        warnings.append(f"no LV myocardium labelled at ES (frame {es + 1}): the ES wall is not measured (the mass is ED's)")
     rv_measured = any((np.asarray(m) == RV).any() for m in labels.values())
     if not rv_measured:
         # no RV on any labelled frame (LV-only contours, Sunnybrook's): the RV was not measured,
@@ -476,7 +476,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         rv_edv = rv_esv = None
         warnings.append("no RV labelled on any frame: RV measures are not given")
     elif rv_edv <= 0:
-        warnings.append(f"no RV labelled at ED (frame {ed}): RV measures are undefined")
+        warnings.append(f"no RV labelled at ED (frame {ed + 1}): RV measures are undefined")
     if lv_esv > lv_edv:
         warnings.append("LV ESV exceeds EDV: ED and ES frames may be swapped")
     timing = ed_es_timing(study, ed, es)
@@ -489,7 +489,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
         for phase, word in (("ed", "largest"), ("es", "smallest")):
             if not certainty[f"{phase}_sure"]:
                 warnings.append(f"{phase.upper()} is uncertain: separate parts of the cycle (frames "
-                                f"{certainty[phase + '_candidates']}) come within {certainty['tolerance_pct']:g} % of EDV of the "
+                                f"{[f + 1 for f in certainty[phase + '_candidates']]}, counted from 1) come within {certainty['tolerance_pct']:g} % of EDV of the "
                                 f"{word} LV volume; check the basal slices of those frames")
 
     out = {

@@ -858,7 +858,7 @@ def cine_flags(analysis):
         if certainty and not certainty.get(f"{phase}_sure", True):
             frames = certainty[f"{phase}_candidates"]
             flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW,
-                               f"{phase.upper()} frame {c.get(phase + '_frame')} is uncertain: frames {frames} in separate parts of the "
+                               f"{phase.upper()} frame {c.get(phase + '_frame') + 1} is uncertain: frames {[f + 1 for f in frames]} in separate parts of the "
                                f"cycle are within {certainty['tolerance_pct']:g} % of EDV of it", len(frames)))
     curve = c.get("lv_volume_curve_ml")
     if curve is not None and len(curve) >= 8:
@@ -869,7 +869,7 @@ def cine_flags(analysis):
                   and (v.max() - smooth[i]) > depth * 5]
         if len(minima) > 1:
             flags.append(_flag("VOLUME_CURVE_MINIMA", REVIEW, f"the LV volume curve has {len(minima)} deep minima "
-                                                              f"(frames {minima}): one is expected per cycle", len(minima)))
+                                                              f"(frames {[m + 1 for m in minima]}): one is expected per cycle", len(minima)))
     return flags
 
 
@@ -960,11 +960,11 @@ def blood_in_the_myocardium_flags(analysis):
     # leaves the pool's edge a pixel off at the peak, the ring's curves hold blood all the same,
     # so the flag stands and the message names both causes and the frame to look at.
     return [_flag("MYO_BLOOD_LIKE", REVIEW, f"on slice {k}, {blood} of the {total} myocardial pixels ({100 * share:.0f} %) "
-                                            f"enhance like blood (at the LV pool's peak, frame {frame}, {peak_s:.1f} s "
+                                            f"enhance like blood (at the LV pool's peak, frame {frame + 1}, {peak_s:.1f} s "
                                             f"after the first, {100 * rise:.0f} % of its rise or more): blood inside the "
                                             "myocardial contour, drawn there or moved there by breathing the motion "
                                             "correction did not remove, raises MBF; check the endocardial contour and "
-                                            f"the registration around frame {frame}",
+                                            f"the registration around frame {frame + 1}",
                   round(share, 3))]
 
 
@@ -1370,7 +1370,7 @@ def aif_flags(study, myo=None, images=None, lv=None):
     if 0 < peak < aif.size - 1:
         neighbours = max(rise[peak - 1], rise[peak + 1])
         if rise[peak] > 0 and neighbours < 0.4 * rise[peak]:
-            flags.append(_flag("AIF_SPIKE", REVIEW, f"the AIF peak at frame {peak} is a single-frame spike "
+            flags.append(_flag("AIF_SPIKE", REVIEW, f"the AIF peak at frame {peak + 1} is a single-frame spike "
                                                     f"({neighbours / rise[peak]:.0%} of it on either side): not a bolus"))
     try:
         foot = find_foot(aif)
@@ -1385,8 +1385,8 @@ def aif_flags(study, myo=None, images=None, lv=None):
                                                 "a smaller or noisier blood pool than an AIF needs?", noise))
     dip = upslope_dip(aif, foot)
     if dip is not None and dip[0] > AIF_UPSLOPE_DIP_MAX:
-        flags.append(_flag("AIF_UPSLOPE_DIP", REVIEW, f"the AIF falls by {dip[0]:.0%} of its peak between frames {dip[1]} and "
-                                                      f"{dip[1] + 1} on its upslope, where a bolus only rises: frames out of "
+        flags.append(_flag("AIF_UPSLOPE_DIP", REVIEW, f"the AIF falls by {dip[0]:.0%} of its peak between frames {dip[1] + 1} and "
+                                                      f"{dip[1] + 2} on its upslope, where a bolus only rises: frames out of "
                                                       "order, or one from another time? MBF is then wrong (probe: two "
                                                       "upslope frames swapped read +29 %)", dip[0]))
     times = np.asarray(study.frame_times_s, float) if study.frame_times_s is not None and len(study.frame_times_s) == aif.size \
@@ -1415,7 +1415,7 @@ def aif_flags(study, myo=None, images=None, lv=None):
                                                     rise[-1] / rise[peak]))
     top = clipped_peak(rise, times)
     if top is not None:
-        flags.append(_flag("AIF_CLIPPED", REVIEW, f"the AIF's peak is flat: frames {top[0]}-{top[1]} lie within "
+        flags.append(_flag("AIF_CLIPPED", REVIEW, f"the AIF's peak is flat: frames {top[0] + 1}-{top[1] + 1} lie within "
                                                   f"{AIF_PLATEAU_FRACTION:.1%} of its maximum, as a clipped signal does (a "
                                                   "saturated read-out, or a ceiling in the stored values), not a bolus "
                                                   "peak; the AIF's area is then too small and MBF over-estimated",
@@ -1447,7 +1447,7 @@ def aif_flags(study, myo=None, images=None, lv=None):
     gap = frame_gap_in_first_pass(rise, real_times, foot)
     if gap is not None:
         real_times = np.asarray(real_times, float)
-        flags.append(_flag("FRAME_GAP_IN_BOLUS", REVIEW, f"frames {gap} and {gap + 1} are {real_times[gap + 1] - real_times[gap]:.2f} s "
+        flags.append(_flag("FRAME_GAP_IN_BOLUS", REVIEW, f"frames {gap + 1} and {gap + 2} are {real_times[gap + 1] - real_times[gap]:.2f} s "
                                                          f"apart ({dt:.2f} s typical) on the AIF's first pass (a skipped "
                                                          "beat, or a dynamic left out): where the AIF changes fastest its "
                                                          "shape between them is unknown, so MBF is uncertain (on phantoms a "
@@ -1485,7 +1485,7 @@ def aif_flags(study, myo=None, images=None, lv=None):
             t_foot = bolus_foot(tissue, fraction=0.2)
             if t_rise > 0 and (foot - t_foot) * dt > 2.0:
                 flags.append(_flag("AIF_LATE", REVIEW, f"the AIF rises {(foot - t_foot) * dt:.1f} s after the myocardium "
-                                                       f"(frame {foot} vs {t_foot}): AIF and images are out of step", (foot - t_foot) * dt))
+                                                       f"(frame {foot + 1} vs {t_foot + 1}): AIF and images are out of step", (foot - t_foot) * dt))
             # myocardium holds at most its extracellular share of the blood's contrast: a tissue
             # rise above the AIF's is an AIF in other units (mmol/L beside signal) or scale
             if rise[peak] > 0 and t_rise > rise[peak]:

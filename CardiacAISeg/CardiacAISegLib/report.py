@@ -215,13 +215,8 @@ BULLSEYE_SCALES = {
 def bullseye_scale(value_label):
     """(vmin, vmax) of the fixed scale for a bullseye label, or (None, None) when it has none
     ("Stress MBF ..." takes the scale of "MBF ...")."""
-    from .analysis import STRESS_PREFIX
-
-    label = str(value_label or "")
-    if label.startswith(STRESS_PREFIX):
-        measure = label[len(STRESS_PREFIX):]
-        label = measure if measure.startswith("MBF") else measure[:1].upper() + measure[1:]
-    return BULLSEYE_SCALES.get(label, (None, None))
+    label = str(value_label or "").lower()
+    return next((scale for measure, scale in BULLSEYE_SCALES.items() if label.endswith(measure.lower())), (None, None))
 
 
 def bullseye(ax, values, value_label=None, cmap="viridis", vmin=None, vmax=None, fmt="{:.2f}",
@@ -471,9 +466,11 @@ def summary_lines(analysis):
 
 
 # QC codes under which the MBF the report leads with is approximate, and what to say of it
-MBF_CAVEATS = (("AIF_FROM_LV", "AIF from the LV blood pool"), ("REST_AIF_FROM_LV", "rest AIF from the LV blood pool"),
-               ("AIF_DUAL_SEQUENCE", "AIF from the dual-sequence series, not calibrated"),
-               ("SIGNAL_UNITS", "signal intensity read as linear in Gd"))
+_STRESS_CAVEATS = (("AIF_FROM_LV", "AIF from the LV blood pool"),
+                   ("AIF_DUAL_SEQUENCE", "AIF from the dual-sequence series, not calibrated"),
+                   ("SIGNAL_UNITS", "signal intensity read as linear in Gd"))
+# the rest series' own (REST_ flags): its MBF and the MPR rest on them
+MBF_CAVEATS = _STRESS_CAVEATS + tuple((f"REST_{code}", f"rest {text}") for code, text in _STRESS_CAVEATS)
 
 
 def mbf_caveat(qc):

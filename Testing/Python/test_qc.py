@@ -155,7 +155,7 @@ def test_no_rv_at_all_still_gives_volumes(cine):
     labels[es] = np.where(labels[es] == MYO, 0, labels[es]).astype(np.uint8)
     epi_at_ed_only = _cine_analysis(study, labels)
     assert "MYO_MISSING_MID_ES" not in codes(epi_at_ed_only)
-    assert any(f"no LV myocardium labelled at ES (frame {es})" in w for w in epi_at_ed_only.warnings)
+    assert any(f"no LV myocardium labelled at ES (frame {es + 1})" in w for w in epi_at_ed_only.warnings)
     # a network that finds no RV (or no ES myocardium) has failed: review
     from copy import copy
 

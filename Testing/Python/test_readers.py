@@ -1346,7 +1346,17 @@ def test_sidecar_clock_times_per_frame_are_the_frame_times_and_numbers_are_not_g
     assert "frame times from the sidecar perf.json (AcquisitionTime)" in s.provenance["warnings"]
     (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": (36000 + times).tolist()}))
     expect_error(lambda: load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]),
-                 "lists one AcquisitionTime per frame, but not as clock times", "--dt")
+                 "lists one AcquisitionTime per frame, but as numbers, not clock times", "--dt")
+    # ... as --dt answers it
+    assert np.allclose(np.diff(load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx],
+                                          dt=0.9).frame_times_s), 0.9)
+    # whole-second clocks at sub-second beats repeat: unknown times, not a refusal of the file
+    (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": [f"10:00:{int(t):02d}" for t in times]}))
+    expect_error(lambda: load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]), "repeat or fall")
+    # one time per slice, or one for all frames (a cine's): not frame times, the header's step stands
+    for listed in ([f"10:00:0{k}" for k in range(3)], ["10:00:00.100"] * times.size):
+        (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": listed}))
+        assert load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]).frame_times_s is not None
     # dcm2niix's single AcquisitionTime (the first volume's) is no frame time: the header's step stands
     (tmp_path / "perf.json").write_text(json.dumps({"AcquisitionTime": "10:00:00.000000"}))
     assert load_study(tmp_path / "perf.nii.gz", units="gd_mmol_l", aif=study.aif[idx]).frame_times_s is not None
@@ -1394,12 +1404,19 @@ def test_an_aif_without_a_bolus_is_not_called_upside_down(tmp_path):
     from CardiacAISegLib.readers.perfusion import _refuse_inverted_aif
 
     rng = np.random.default_rng(4)
+    refused = 0
     for seed in range(20):   # noise dips below its baseline by chance in some draws
         flat = 0.002 + 0.001 * np.random.default_rng(seed).normal(size=8)
         try:
             _refuse_inverted_aif(tmp_path / "aif.csv", flat)
         except CardiacInputError as e:
+            refused += 1
             assert "shows no bolus" in str(e) and "sign" not in str(e)
+    assert refused >= 3   # 6 of these 20 draws dip like a bolus upside down
     study, _ = make_perfusion_phantom(seed=3, noise=0.0)
     upside_down = -study.aif + 0.002 * rng.normal(size=study.aif.size)
     expect_error(lambda: _refuse_inverted_aif(tmp_path / "aif.csv", upside_down), "falls instead of rising", "sign flipped")
+    # a short clean bolus upside down: its large steps are no noise
+    t = np.clip(np.arange(12) * 1.5 - 4.5, 0, None)   # three baseline frames, then the bolus
+    short = -5 * (t / 6) ** 2 * np.exp(2 * (1 - t / 6))
+    expect_error(lambda: _refuse_inverted_aif(tmp_path / "aif.csv", short), "falls instead of rising")

@@ -82,7 +82,7 @@ def test_an_uncertain_ed_is_flagged_and_a_clean_cycle_is_not():
     a = Analysis(study, labels).run()
     assert a.cine["ed_es_certainty"]["ed_sure"] is False
     flag = next(f for f in a.qc["flags"] if f["code"] == "ED_UNCERTAIN")
-    assert str(far) in flag["message"] and a.qc["status"] == "review"
+    assert str(far + 1) in flag["message"] and a.qc["status"] == "review"   # frames counted from 1
     assert any(w.startswith("ED is uncertain") for w in a.warnings)
 
 

@@ -170,7 +170,7 @@ def test_dice_of_two_empty_masks_scores_nothing():
 
 
 def _off_columns_deg(labels):
-    """How far the LV -> RV axis of an ACDC-coded map lies from the columns, either way along them."""
+    """How far the LV -> RV axis of a map (engine coding) lies from the columns, either way along them."""
     from CardiacAISegLib.models.training_data import _heart_axis_angle
 
     a = _heart_axis_angle(labels)
@@ -180,24 +180,34 @@ def _off_columns_deg(labels):
 def test_oriented_share_turns_hearts_as_the_oriented_readings_see_them():
     """--oriented-share draws samples as the shipped "oriented4" readings present the heart (the
     RV within 55 degrees of the columns, either side); the rest, and maps without an RV, at any angle."""
+    from CardiacAISegLib.labels import LV, MYO, RV
     from CardiacAISegLib.models.training_data import ORIENTED_SPREAD_DEG, augment_batch
 
     rng = np.random.default_rng(3)
     n, size = 48, 96
     rr, cc = np.mgrid[:size, :size]
     y = np.zeros((n, size, size), np.int64)
-    for i, a in enumerate(rng.uniform(-np.pi, np.pi, n)):   # an LV disc and an RV disc at any angle from it
-        y[i][(rr - 48) ** 2 + (cc - 48) ** 2 < 10 ** 2] = 3
-        y[i][(rr - 48 - 24 * np.sin(a)) ** 2 + (cc - 48 - 24 * np.cos(a)) ** 2 < 8 ** 2] = 1
+    for i, a in enumerate(rng.uniform(-np.pi, np.pi, n)):   # an LV disc in a wall, an RV disc at any angle from it
+        y[i][(rr - 48) ** 2 + (cc - 48) ** 2 < 14 ** 2] = MYO
+        y[i][(rr - 48) ** 2 + (cc - 48) ** 2 < 10 ** 2] = LV
+        y[i][(rr - 48 - 26 * np.sin(a)) ** 2 + (cc - 48 - 26 * np.cos(a)) ** 2 < 8 ** 2] = RV
     x = torch.from_numpy((y > 0)[:, None].astype(np.float32))
     _, oriented = augment_batch(x, torch.from_numpy(y), np.random.default_rng(1), 80, "basic", oriented_share=1.0)
     off = [_off_columns_deg(m.numpy()) for m in oriented]
     assert max(off) <= ORIENTED_SPREAD_DEG + 3   # nearest-neighbour labels move the centroids a little
-    rv_left = [np.nonzero(m.numpy() == 1)[1].mean() < np.nonzero(m.numpy() == 3)[1].mean() for m in oriented]
+    rv_left = [np.nonzero(m.numpy() == RV)[1].mean() < np.nonzero(m.numpy() == LV)[1].mean() for m in oriented]
     assert 0.2 < np.mean(rv_left) < 0.8   # both ways along the columns, as the mirrored readings are
     _, anyway = augment_batch(x, torch.from_numpy(y), np.random.default_rng(1), 80, "basic", oriented_share=0.0)
     assert np.mean([_off_columns_deg(m.numpy()) > 60 for m in anyway]) > 0.2
-    no_rv = torch.from_numpy(np.where(y == 1, 0, y))   # LV/MYO-only maps: no axis, any angle
-    lv = [np.argwhere(m.numpy() == 3).mean(0) for m in augment_batch(x, no_rv, np.random.default_rng(1), 80, "basic",
-                                                                     oriented_share=1.0)[1]]
-    assert np.isfinite(np.array(lv)).all()
+    # LV/MYO-only maps have no axis: any angle (the RV kept in the image, dropped from the map)
+    _, no_rv = augment_batch(x, torch.from_numpy(np.where(y == RV, 0, y)), np.random.default_rng(1), 80, "basic",
+                             oriented_share=1.0)
+    # the same draws on an image of the RV alone (the map holds none) show where it went
+    rv_of = np.where(y == RV, 1.0, 0.0)[:, None].astype(np.float32)   # where the RV went, read from the image
+    moved, _ = augment_batch(torch.from_numpy(rv_of), torch.from_numpy(np.where(y == RV, 0, y)), np.random.default_rng(1),
+                             80, "basic", oriented_share=1.0)
+    lv_c = [np.argwhere(m.numpy() == LV).mean(0) for m in no_rv]
+    rv_c = [np.argwhere(img[0].numpy() > 0.5).mean(0) for img in moved]
+    angles = np.degrees([np.arctan2(r[0] - l[0], r[1] - l[1]) for l, r in zip(lv_c, rv_c)])
+    off_no_rv = np.minimum(np.abs((angles - 180 + 180) % 360 - 180), np.abs((angles + 180) % 360 - 180))
+    assert np.mean(off_no_rv > 60) > 0.2   # not turned to the columns

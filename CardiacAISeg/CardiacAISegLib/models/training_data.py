@@ -263,9 +263,11 @@ ORIENTED_SPREAD_DEG = 55.0
 
 
 def _heart_axis_angle(labels):
-    """The LV -> RV direction of an ACDC-coded (H, W) map as atan2(rows, columns), or None
-    without both an LV blood pool (3) and an RV (1)."""
-    lv, rv = np.nonzero(labels == 3), np.nonzero(labels == 1)
+    """The LV -> RV direction of an (H, W) map in the engine's coding (``labels.LV``, ``labels.RV``,
+    as the readers give training maps) as atan2(rows, columns), or None without both."""
+    from ..labels import LV, RV
+
+    lv, rv = np.nonzero(labels == LV), np.nonzero(labels == RV)
     if not len(lv[0]) or not len(rv[0]):
         return None
     return float(np.arctan2(rv[0].mean() - lv[0].mean(), rv[1].mean() - lv[1].mean()))

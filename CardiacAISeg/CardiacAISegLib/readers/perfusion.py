@@ -216,7 +216,11 @@ def _refuse_inverted_aif(path, aif):
             # passed; QC flags that (AIF_NO_BASELINE), as when the AIF comes from the series itself
             return
         noise = 1.4826 * float(np.median(np.abs(np.diff(aif)))) / np.sqrt(2)
-        if dip < 6 * noise:
+        # a bolus upside down stays down for frames on end; noise dips for a frame or two (a short
+        # clean bolus, all of whose steps are large, read as noise; review of probe 72's change)
+        low = (aif < base - 0.5 * dip).astype(int)
+        sustained = low.size >= 4 and np.convolve(low, np.ones(4, int), mode="valid").max(initial=0) >= 4
+        if dip < 6 * noise and not sustained:
             # flat noise dips below its baseline as often as above: no bolus upside down but none
             # at all (8 frames before the contrast were told "is the sign flipped?", probe 72)
             raise CardiacInputError(path, f"the AIF shows no bolus: its {aif.size} values stay within noise of their "

@@ -293,45 +293,61 @@ def _clock_of_day_s(text):
 
 
 def _clock_times(side, doc, n_frames):
-    """Frame times from a sidecar's per-frame AcquisitionTime / ContentTime list of clock times
-    (as a DICOM export keeps each dynamic's: 'HH:MM:SS.ffffff' or DICOM TM), as
-    ``bids_volume_times`` returns them; None otherwise (``unread_sidecar_times`` says why a
-    per-frame list of numbers is not read)."""
-    for field in CLOCK_TIME_FIELDS:
-        values = doc.get(field)
-        if not isinstance(values, list) or len(values) < 2:
-            continue   # dcm2niix writes one AcquisitionTime string: the first volume's, no frame times
-        if len(values) != n_frames:
-            raise CardiacInputError(side, f"{field} lists {len(values)} times where the image has {n_frames} frames")
-        clocks = [_clock_of_day_s(v) if isinstance(v, str) else None for v in values]
-        if any(c is None for c in clocks):
-            continue
-        t = np.asarray(clocks, float)
-        t = np.where(t < t[0] - 43200, t + 86400, t)   # a series across midnight
-        if np.any(np.diff(t) <= 0):
-            raise CardiacInputError(side, f"{field} must rise from frame to frame")
-        return t - t[0], f"the sidecar {side.name} ({field})"
-    return None
+    """Frame times from a sidecar's per-frame AcquisitionTime list of clock times (as a DICOM
+    export keeps each dynamic's: 'HH:MM:SS.ffffff' or DICOM TM), as ``bids_volume_times``
+    returns them; None otherwise (``unread_sidecar_times`` says why a per-frame list is not read)."""
+    t = _rising_clocks(doc, n_frames)
+    return None if t is None else (t - t[0], f"the sidecar {side.name} ({CLOCK_TIME_FIELD})")
 
 
-# per-frame clock times a DICOM export may keep in a sidecar (not BIDS fields)
-CLOCK_TIME_FIELDS = ("AcquisitionTime", "ContentTime")
+# each dynamic's clock time, as a DICOM export may keep it in a sidecar (not a BIDS field;
+# ContentTime is left alone: it stamps the reconstruction, which runs behind the acquisition)
+CLOCK_TIME_FIELD = "AcquisitionTime"
+
+
+def _clocks(doc, n_frames):
+    """Seconds since midnight of each frame from the sidecar's per-frame AcquisitionTime list
+    (the day's wrap undone), or None where it is no list of ``n_frames`` clock strings (a single
+    string is dcm2niix's first volume's; another length is another thing's, e.g. slices')."""
+    values = doc.get(CLOCK_TIME_FIELD)
+    if not isinstance(values, list) or len(values) != n_frames or n_frames < 2:
+        return None
+    clocks = [_clock_of_day_s(v) if isinstance(v, str) else None for v in values]
+    if any(c is None for c in clocks):
+        return None
+    t = np.asarray(clocks, float)
+    return np.where(t < t[0] - 43200, t + 86400, t)   # a series across midnight
+
+
+def _rising_clocks(doc, n_frames):
+    t = _clocks(doc, n_frames)
+    return t if t is not None and np.all(np.diff(t) > 0) else None
 
 
 def unread_sidecar_times(sidecar, n_frames):
-    """Why a sidecar's per-frame time list is not read as frame times (a list of numbers in
-    AcquisitionTime / ContentTime: seconds of the day, HHMMSS or milliseconds cannot be told
-    apart), or None. The header's single step is then not used either: fitted on uneven beats
-    it read MBF 20 % low with nothing said (probe 72)."""
+    """Why a sidecar's per-frame AcquisitionTime list is not read as frame times, or None: a list
+    of numbers (seconds of the day, HHMMSS or milliseconds cannot be told apart), or clock times
+    that repeat or fall (whole seconds at sub-second beats; one time for every frame is a
+    cine's single acquisition, not read at all). The
+    header's single step is then not used either: fitted on uneven beats it read MBF 20 % low
+    with nothing said (probe 72). The reader does not refuse: --dt answers it."""
     if sidecar is None:
         return None
     side, doc = sidecar
-    for field in CLOCK_TIME_FIELDS:
-        values = doc.get(field)
-        if isinstance(values, list) and len(values) == n_frames > 1:
-            return (f"the sidecar {side.name} lists one {field} per frame, but not as clock times ('HH:MM:SS.ffffff'; "
-                    f"e.g. {values[0]!r}: seconds, HHMMSS or milliseconds?), so the frames' times are unknown; "
-                    "give them as VolumeTiming (seconds)")
+    values = doc.get(CLOCK_TIME_FIELD)
+    if not isinstance(values, list) or len(values) != n_frames or n_frames < 2:
+        return None
+    if _clocks(doc, n_frames) is None:
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return (f"the sidecar {side.name} lists one {CLOCK_TIME_FIELD} per frame, but as numbers, not clock times "
+                    f"('HH:MM:SS.ffffff'; e.g. {values[0]!r}: seconds, HHMMSS or milliseconds?), so the frames' times are "
+                    "unknown; give them as VolumeTiming (seconds)")
+        return None
+    t = _clocks(doc, n_frames)
+    if np.ptp(t) > 0 and _rising_clocks(doc, n_frames) is None:   # one time for all frames: a cine's, no frame times
+        return (f"the sidecar {side.name} lists one {CLOCK_TIME_FIELD} per frame, but they repeat or fall (e.g. "
+                f"{values[0]!r}, {values[1]!r}: a clock of whole seconds?), so the frames' times are unknown; give them "
+                "as VolumeTiming (seconds)")
     return None
 
 
@@ -586,6 +602,7 @@ def read_nrrd(path):
         if step > MAX_FRAME_INTERVAL_S:
             # no unit is Slicer's seconds, but no series steps this far: milliseconds with the
             # unit lost (read as 45 s frames, so perfusion, and refused as "give --kind cine"; probe 36)
+            meta["unitless_time_step"] = step   # a --dt that is it neither in s nor in ms is said
             times = frame_times_not_used(meta, (
                 f"the sequence's time index values step {step:g} with no unit: as seconds (what Slicer writes "
                 f"without one) that is no frame interval (a cine's frames lie 15-60 ms apart, a first pass's "
@@ -939,6 +956,8 @@ def check_frame_numbers(folder, files, others=()):
         typical = float(np.median(steps))
         if typical > 0 and np.max(np.abs(steps - typical)) <= 0.1 * typical:
             return None   # times in ms rounded to whole numbers (0, 33, 67, ...): even
+        if len(files) < 4 or (steps.min() > 0 and not np.any(steps % steps.min())):
+            return None   # too few to judge, or an index with numbers left out (1, 2, 4): not times
         shown = ", ".join(map(str, order[:4])) + (", ..." if order.size > 4 else "")
         return (f"the frame files' numbers ({shown}) step unevenly: they are not read as frame numbers or as times "
                 "(if they are acquisition times, the frames are not evenly spaced); the frames are taken in the "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import scene as sc
+from ..analysis import BULLSEYE_TITLES as BULLSEYE_MEASURES   # measure -> title: one table
 from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
@@ -38,7 +39,6 @@ EDIT_SEGMENTS = {"lv": LV, "myo": MYO, "rv": RV}
 SEGMENT_TITLES = {"lv": "LV blood pool", "myo": "LV myocardium", "rv": "RV"}
 ROTATE_STEP_DEG = 10.0   # one click of the page's rotate buttons turns a handle this far
 SIDES = ("anterior", "inferior")
-BULLSEYE_MEASURES = {"mbf": "MBF (mL/min/g)", "relative_upslope": "Relative upslope (myocardium/LV)"}
 
 
 @dataclass
