@@ -1420,3 +1420,15 @@ def test_an_aif_without_a_bolus_is_not_called_upside_down(tmp_path):
     t = np.clip(np.arange(12) * 1.5 - 4.5, 0, None)   # three baseline frames, then the bolus
     short = -5 * (t / 6) ** 2 * np.exp(2 * (1 - t / 6))
     expect_error(lambda: _refuse_inverted_aif(tmp_path / "aif.csv", short), "falls instead of rising")
+
+
+def test_the_lv_aif_warning_speaks_of_saturation_only_for_signal(tmp_path):
+    """Probe 73: a Gd series without an AIF was warned that "blood signal saturates at the bolus
+    peak, so MBF is approximate" beside QC's note that it is "already in Gd concentration"."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    paths, _, _ = write_phantom("perfusion", tmp_path / "ph", seed=3)
+    for units, saturates in (("gd_mmol_l", False), ("signal", True)):
+        s = load_study(paths["perfusion.nii.gz"], kind="perfusion", units=units)
+        said = [w for w in s.provenance["warnings"] if w.startswith("no separate AIF")]
+        assert len(said) == 1 and ("saturates at the bolus peak" in said[0]) == saturates, said

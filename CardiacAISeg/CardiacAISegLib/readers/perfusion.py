@@ -633,9 +633,15 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                      "rv_peak_frame": pools["rv_peak_frame"]}
             if pools["confidence"] != "high":
                 warnings.append(f"LV blood pool for the AIF found with low confidence ({pools['reason']}): check it")
-        warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series; blood signal saturates "
-                        "at the bolus peak, so MBF is approximate (over-estimated, at rest more than at stress, so MPR "
-                        "reads low); semi-quantitative indices need no AIF")
+        if (units or ("gd_mmol_l" if entry is not None else "signal")) == "gd_mmol_l":
+            # in Gd concentration the blood's saturation is already undone: said as QC's note says
+            # it (the signal's caveat stood beside an info flag "already in Gd concentration"; probe 73)
+            warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series, already in Gd "
+                            "concentration; semi-quantitative indices need no AIF")
+        else:
+            warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series; blood signal "
+                            "saturates at the bolus peak, so MBF is approximate (over-estimated, at rest more than at "
+                            "stress, so MPR reads low); semi-quantitative indices need no AIF")
 
     prov.update({"dt_s": dt, "dt_source": dt_source})
     prov.setdefault("aif_source", None)
