@@ -278,8 +278,7 @@ class Analysis:
         from .perfusion.mbf import fit_map, mbf_map
 
         st = self.study
-        if st.units != "gd_mmol_l":
-            self.warnings.append("images are in signal intensity, not Gd concentration: MBF assumes a linear signal-Gd relation")
+        # signal read as linear in Gd is QC's SIGNAL_UNITS note (or, for an AIF from the LV, AIF_FROM_LV's)
         times = st.frame_times_s
         if times is None or len(times) < 2:
             raise CardiacInputError(st.source or st.name, "frame times are needed (give --dt)")

@@ -27,6 +27,14 @@ FRAME_GAP_FACTOR = 1.5
 # Frame times whose intervals stray this far from their median are irregular heartbeats: said,
 # and the fit resamples on them (perfusion.mbf.fit_interval)
 UNEVEN_FRAME_TIMES = 0.1
+
+
+def steps_uneven(steps, typical=None):
+    """True where a series' steps between frames stray over UNEVEN_FRAME_TIMES of the typical
+    step (its median unless given): irregular heartbeats, which an even grid misreads."""
+    steps = np.asarray(steps, float)
+    typical = float(np.median(steps)) if typical is None else float(typical)
+    return typical > 0 and bool(np.max(np.abs(steps - typical)) > UNEVEN_FRAME_TIMES * typical)
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 
@@ -173,7 +181,7 @@ def _frame_times_from_aif(path, aif_times, measured, dt, dt_source, prov):
     aif_times = np.asarray(aif_times, float)
     steps = np.diff(aif_times)
     typical = float(np.median(steps))
-    if typical <= 0 or np.max(np.abs(steps - typical)) <= UNEVEN_FRAME_TIMES * typical:
+    if not steps_uneven(steps, typical):
         return measured, dt, dt_source   # even: the AIF's times say nothing the interval does not
     warnings = prov.setdefault("warnings", [])
     where = Path(path).name if isinstance(path, (str, Path)) else "the AIF"
@@ -494,8 +502,10 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     """
     path = Path(path)
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
+    # QPerf's examples are stored in Gd concentration; any other series is read as signal unless told
+    units = units or ("gd_mmol_l" if entry is not None else "signal")
     dropped, blank = 0, []
-    if entry is None and units in (None, "signal"):
+    if entry is None and units == "signal":
         # before anything reads a baseline, a bolus or a frame interval from the series; blank
         # dynamics first, as a frame of no signal would hide the PD frames' brightness
         # a DICOM folder may hold stress and rest: name the series, not only the folder
@@ -530,20 +540,21 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                 warnings[:] = [w for w in warnings if not (w.startswith(f"frame times from {source}")
                                                            or w.startswith(f"{source} steps "))]
             theirs = f"the file's frame times ({source})" if source else "the file's frame times"
-            if steps.max() > FRAME_GAP_FACTOR * file_dt:
+            gap = int(np.argmax(steps))
+            if steps[gap] > FRAME_GAP_FACTOR * file_dt:
                 # an even grid over a skipped beat moves every later frame a beat early
-                gap = int(np.argmax(steps))
-                warnings.append(f"--dt replaces {theirs}, which are uneven ({steps[gap]:.2f} s between frames "
-                                f"{gap + 1} and {gap + 2}, {file_dt:.2f} s typical: a skipped beat or a lost dynamic): the frames "
-                                "are taken as evenly spaced; leave out --dt to fit on the real times")
-                prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap
-            elif np.max(np.abs(steps - file_dt)) > UNEVEN_FRAME_TIMES * file_dt:
+                uneven = (f"{steps[gap]:.2f} s between frames {gap + 1} and {gap + 2}, {file_dt:.2f} s typical: a skipped "
+                          "beat or a lost dynamic")
+            elif steps_uneven(steps, file_dt):
                 # irregular heartbeats without one long gap: an even grid read AF-like beats 20 %
                 # low with QC pass and nothing said (probe 72)
-                warnings.append(f"--dt replaces {theirs}, which are uneven ({steps.min():.2f}-{steps.max():.2f} s between "
-                                "frames, irregular heartbeats): the frames are taken as evenly spaced; leave out --dt to "
-                                "fit on the real times")
-                prov["file_frame_times_s"] = [float(v) for v in measured]   # QC flags the irregular beats
+                uneven = f"{steps.min():.2f}-{steps.max():.2f} s between frames, irregular heartbeats"
+            else:
+                uneven = None
+            if uneven:
+                warnings.append(f"--dt replaces {theirs}, which are uneven ({uneven}): the frames are taken as evenly "
+                                "spaced; leave out --dt to fit on the real times")
+                prov["file_frame_times_s"] = [float(v) for v in measured]   # QC still sees the gap or the irregular beats
             measured = None   # the user's interval wins
         elif prov.get("unitless_time_step"):
             # the file's step without a unit: --dt that is it neither in seconds nor in
@@ -633,7 +644,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                      "rv_peak_frame": pools["rv_peak_frame"]}
             if pools["confidence"] != "high":
                 warnings.append(f"LV blood pool for the AIF found with low confidence ({pools['reason']}): check it")
-        if (units or ("gd_mmol_l" if entry is not None else "signal")) == "gd_mmol_l":
+        if units == "gd_mmol_l":
             # in Gd concentration the blood's saturation is already undone: said as QC's note says
             # it (the signal's caveat stood beside an info flag "already in Gd concentration"; probe 73)
             warnings.append("no separate AIF: the AIF is taken from the LV blood pool of this series, already in Gd "
@@ -684,7 +695,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                           f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat), a pause before the "
                                           "contrast arrives, or one after the first pass is over (the frames after it are "
                                           "left out). If the times are wrong and the frames evenly spaced, give --dt")
-        if np.max(np.abs(steps - np.median(steps))) > UNEVEN_FRAME_TIMES * np.median(steps):
+        if steps_uneven(steps):
             from ..perfusion.mbf import fit_interval
 
             warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
@@ -700,7 +711,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     # Real (possibly irregular) times are kept; the fit resamples onto a regular grid.
     study.frame_times_s = np.asarray(measured, float) if measured is not None and len(measured) == n else np.arange(n) * dt
     study.hematocrit = hematocrit
-    study.units = units or ("gd_mmol_l" if entry is not None else "signal")
+    study.units = units
     if entry is not None and path.is_dir():
         study.name = f"{path.name}_{stress_or_rest}"
     return study

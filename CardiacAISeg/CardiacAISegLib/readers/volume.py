@@ -212,8 +212,8 @@ def read_nifti(path):
                 meta["warnings"].append(f"{where} steps {step:.3g} s between frames where the NIfTI header's time "
                                         f"step is {header_step:.3g} s: the sidecar's times are used (give --dt if the "
                                         "header is right)")
-        elif unread_sidecar_times(side, data.shape[3]):
-            meta["frame_times_s"] = frame_times_not_used(meta, unread_sidecar_times(side, data.shape[3]))
+        elif (unread := unread_sidecar_times(side, data.shape[3])):
+            meta["frame_times_s"] = frame_times_not_used(meta, unread)
         elif header_step:
             tr = sidecar_repetition_time_s(side)
             if tr is not None and abs(tr - header_step) <= 0.01 * header_step:
@@ -296,8 +296,10 @@ def _clock_times(side, doc, n_frames):
     """Frame times from a sidecar's per-frame AcquisitionTime list of clock times (as a DICOM
     export keeps each dynamic's: 'HH:MM:SS.ffffff' or DICOM TM), as ``bids_volume_times``
     returns them; None otherwise (``unread_sidecar_times`` says why a per-frame list is not read)."""
-    t = _rising_clocks(doc, n_frames)
-    return None if t is None else (t - t[0], f"the sidecar {side.name} ({CLOCK_TIME_FIELD})")
+    t = _clocks(doc, n_frames)
+    if t is None or not np.all(np.diff(t) > 0):
+        return None
+    return t - t[0], f"the sidecar {side.name} ({CLOCK_TIME_FIELD})"
 
 
 # each dynamic's clock time, as a DICOM export may keep it in a sidecar (not a BIDS field;
@@ -319,11 +321,6 @@ def _clocks(doc, n_frames):
     return np.where(t < t[0] - 43200, t + 86400, t)   # a series across midnight
 
 
-def _rising_clocks(doc, n_frames):
-    t = _clocks(doc, n_frames)
-    return t if t is not None and np.all(np.diff(t) > 0) else None
-
-
 def unread_sidecar_times(sidecar, n_frames):
     """Why a sidecar's per-frame AcquisitionTime list is not read as frame times, or None: a list
     of numbers (seconds of the day, HHMMSS or milliseconds cannot be told apart), or clock times
@@ -337,14 +334,14 @@ def unread_sidecar_times(sidecar, n_frames):
     values = doc.get(CLOCK_TIME_FIELD)
     if not isinstance(values, list) or len(values) != n_frames or n_frames < 2:
         return None
-    if _clocks(doc, n_frames) is None:
+    t = _clocks(doc, n_frames)
+    if t is None:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             return (f"the sidecar {side.name} lists one {CLOCK_TIME_FIELD} per frame, but as numbers, not clock times "
                     f"('HH:MM:SS.ffffff'; e.g. {values[0]!r}: seconds, HHMMSS or milliseconds?), so the frames' times are "
                     "unknown; give them as VolumeTiming (seconds)")
         return None
-    t = _clocks(doc, n_frames)
-    if np.ptp(t) > 0 and _rising_clocks(doc, n_frames) is None:   # one time for all frames: a cine's, no frame times
+    if np.ptp(t) > 0 and not np.all(np.diff(t) > 0):   # one time for all frames: a cine's, no frame times
         return (f"the sidecar {side.name} lists one {CLOCK_TIME_FIELD} per frame, but they repeat or fall (e.g. "
                 f"{values[0]!r}, {values[1]!r}: a clock of whole seconds?), so the frames' times are unknown; give them "
                 "as VolumeTiming (seconds)")
