@@ -53,7 +53,7 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # What a reader found in the files that measures and QC read again (JSON on the input node): the
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
-STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_detection", "aif_warnings")
+STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
@@ -332,7 +332,7 @@ class CardiacAISegLogic(_LogicBase):
         aif = aifPath or stamped.get("aif")
         aifFrom = str(stampedProvenance.get("aif_source") or "")
         if stamped.get("aif") is not None and aifPath and not Path(aifPath).exists() and \
-                _same_path(aifPath, _aif_file_of(aifFrom)):
+                _same_path(aifPath, stampedProvenance.get("aif_path")):
             # the file the stamped curve was read from is gone (moved, or the scene sent to a
             # colleague): the curve, not 'AIF file not found' (probe 70). A file that is there is
             # read: it may have been changed or chosen since
@@ -351,6 +351,8 @@ class CardiacAISegLogic(_LogicBase):
             if isinstance(aif, np.ndarray) and aif is stamped.get("aif") and aifFrom:
                 # the stamped curve is the AIF read before: its source and caveats as then
                 study.provenance["aif_source"] = stampedProvenance["aif_source"]
+                if stampedProvenance.get("aif_path"):
+                    study.provenance["aif_path"] = stampedProvenance["aif_path"]
                 if stampedProvenance.get("aif_detection"):
                     study.provenance["aif_detection"] = stampedProvenance["aif_detection"]
                 warnings = study.provenance.setdefault("warnings", [])
@@ -599,9 +601,8 @@ class CardiacAISegLogic(_LogicBase):
             # the selector was emptied, or another rest series picked, since this one was shown:
             # the selector decides (the series read from a file went on being measured: MPR kept
             # after 'None', the old rest's mask put on the new series' images; probe 70)
-            readWith = str((rest.provenance or {}).get("aif_source") or "")
             restAif = self.getParameter("restAifPath")
-            if restAif and _same_path(restAif, _aif_file_of(readWith)):
+            if restAif and _same_path(restAif, (rest.provenance or {}).get("aif_path")):
                 # that AIF file was the dropped series' own: not the newly picked one's
                 self.setParameter("restAifPath", "")
             self.restStudy = rest = None
@@ -1237,19 +1238,6 @@ def _write_study_attributes(node, study):
     kept = {k: v for k, v in provenance.items() if k in STAMPED_PROVENANCE and v is not None and len(v)}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept, default=_json_ready))
-
-
-_DUAL_SEQUENCE_FOLDER = re.compile(r"^dual-sequence AIF series in (.+) \(")
-
-
-def _aif_file_of(source):
-    """The file or folder an ``aif_source`` names (a file AIF's path, a dual-sequence AIF series'
-    folder), or None (an array, the LV pool, a series by UID)."""
-    source = str(source or "")
-    match = _DUAL_SEQUENCE_FOLDER.match(source)
-    if match:
-        return match.group(1)
-    return source if source and source not in ("array", "lv_blood_pool") and not source.startswith("dual-sequence") else None
 
 
 def _same_path(a, b):

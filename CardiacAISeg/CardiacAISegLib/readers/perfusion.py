@@ -595,6 +595,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         study.companion_series.clear()
         study.aif = aif_from_series_folder(study, Path(aif_source), progress=progress)   # on the series' own frames
         prov["aif_source"] = f"dual-sequence AIF series in {aif_source} (LV blood pool found from the bolus)"
+        prov["aif_path"] = str(aif_source)   # the folder itself (a scene that reopens finds it, or its stamped curve)
     elif aif_source is not None:
         curve, aif_times = load_aif_with_times(aif_source)
         if aif_times is not None:
@@ -611,6 +612,8 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                     f"AIF has {len(curve)} values but the image series {Path(study.source).name} has {n} frames")
         study.aif = curve
         prov["aif_source"] = str(aif_source) if isinstance(aif_source, (str, Path)) else "array"
+        if isinstance(aif_source, (str, Path)):
+            prov["aif_path"] = str(aif_source)
         study.companion_series.clear()   # a given AIF wins: a dual-sequence AIF series read with the images is not kept
     elif prov.get("aif_series_uid"):
         from .aif_series import aif_from_dual_sequence
