@@ -59,6 +59,24 @@ def _out_folder(value):
     return value
 
 
+def _non_negative(convert, what):
+    """An argparse type: ``convert`` of the text, finite and >= 0 (--noise nan wrote an image all
+    NaN beside a truth.json claiming exact truth; -0.1 ended in numpy's 'scale < 0'; probe 74)."""
+    import argparse
+    import math
+
+    def parse(value):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if not math.isfinite(number) or number < 0:
+            raise argparse.ArgumentTypeError(f"{value}: must be {what} >= 0")
+        return number
+
+    return parse
+
+
 def _batch(args):
     from .cohort import STATUS_ERROR, STATUS_OK, load_cohort, run_cohort
 
@@ -69,7 +87,10 @@ def _batch(args):
         raise CardiacInputError("--resume --force", "give one: --resume keeps the complete studies and runs the rest, "
                                                     "--force runs every study again")
     defaults = {k: v for k, v in (("labels", args.labels), ("kind", args.kind), ("scene", args.scene)) if v}
-    specs = load_cohort(args.input, defaults, exclude=[args.out])
+    notes = []
+    specs = load_cohort(args.input, defaults, exclude=[args.out], notes=notes)
+    for note in notes:
+        print(f"note: {note}")
     renamed = [s for s in specs if s.id != s.study]
     if renamed:
         shown = ", ".join(f"{s.id!r} -> {s.study}" for s in renamed[:3])
@@ -338,8 +359,9 @@ def build_parser():
     ph = sub.add_parser("phantom", help="write a synthetic study with exact truth")
     ph.add_argument("--kind", choices=["cine", "perfusion"], default="cine", help="cine (default) or first-pass perfusion")
     ph.add_argument("--out", required=True, type=_out_folder, help="output folder: images, labels, truth.json")
-    ph.add_argument("--seed", type=int, default=0, help="random seed of the heart's shape, values and noise")
-    ph.add_argument("--noise", type=float, help="image noise SD (cine: fraction of blood signal; perfusion: mmol/L); default: the phantom's")
+    ph.add_argument("--seed", type=_non_negative(int, "a whole number"), default=0,
+                    help="random seed of the heart's shape, values and noise")
+    ph.add_argument("--noise", type=_non_negative(float, "a finite number"), help="image noise SD (cine: fraction of blood signal; perfusion: mmol/L); default: the phantom's")
     ph.add_argument("--force", action="store_true", help="replace an existing phantom in --out")
     ph.set_defaults(func=_phantom)
 

@@ -237,14 +237,16 @@ def _one_typo_apart(a, b):
     return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
 
 
-def discover_folder(folder, defaults=None, exclude=()):
+def discover_folder(folder, defaults=None, exclude=(), notes=None):
     """One study per subfolder or image file of ``folder`` (hidden entries and ``exclude`` skipped).
 
     An archive (by its name) is a study too, its row saying how to unpack it (dropped, it left the
     table a study short, unsaid), unless its unpacked folder lies beside it. DICOM files in the
     folder itself are a study each only when each holds a series of its own (enhanced
     multi-frame); files of one series are refused: each read as a study gave the same series 24
-    times, 24 rows "ok" (probe 64).
+    times, 24 rows "ok" (probe 64). A subfolder holding a cohort table is an earlier batch's
+    output, not a study: skipped, and said in ``notes`` (it was an error row 'no readable images'
+    and the batch's exit 1; probe 74).
     """
     from .readers.dicom import series_uid_of
     from .readers.sniff import looks_like_dicom
@@ -259,6 +261,10 @@ def discover_folder(folder, defaults=None, exclude=()):
     folders = {e.name for e in entries if e.is_dir()}
     for entry in entries:
         if entry.name.startswith(".") or os.path.realpath(entry) in skip:
+            continue
+        if entry.is_dir() and (entry / TABLE_CSV).is_file():
+            if notes is not None:
+                notes.append(f"{entry} is skipped: it holds {TABLE_CSV}, the output of an earlier batch, not a study")
             continue
         lower = entry.name.lower()
         archive = next((a for a in ARCHIVE_SUFFIXES if lower.endswith(a)), None)
@@ -314,13 +320,14 @@ def _check_unique(specs, where):
         seen[s.study.lower()] = s
 
 
-def load_cohort(source, defaults=None, exclude=()):
-    """StudySpecs from a CSV manifest or a folder of studies."""
+def load_cohort(source, defaults=None, exclude=(), notes=None):
+    """StudySpecs from a CSV manifest or a folder of studies (``notes``: a list that gets what the
+    user should hear of the folder's entries left out)."""
     source = Path(source)
     if not source.exists():
         raise CardiacInputError(source, "not found: give a CSV manifest or a folder of studies")
     if source.is_dir():
-        return discover_folder(source, defaults, exclude)
+        return discover_folder(source, defaults, exclude, notes)
     if source.suffix.lower() != ".csv":
         raise CardiacInputError(source, "is neither a folder of studies nor a CSV manifest (.csv)")
     return read_manifest(source, defaults)
@@ -791,6 +798,23 @@ class ModelPreload(WorkerPlugin):
         pass
 
 
+def _refuse_what_every_study_would_fail_on(specs, model):
+    """A --model that is no installed model, or one label file for every study that is not there,
+    refused before the cluster starts and before --out is written (each study became an error row,
+    exit 1, and the folder then needed --resume or --force to run again; probe 74). A single
+    row's own model or labels stay that row's error: the other studies run."""
+    from .analyze import SPECIAL_LABELS
+    from .models import registry
+
+    if model and any(not s.options.get("labels") and not s.options.get("model") for s in specs):
+        registry.get_card(model)
+    shared = {s.options.get("labels") for s in specs}
+    if len(shared) == 1:
+        labels = next(iter(shared))
+        if labels and labels not in SPECIAL_LABELS and not Path(labels).expanduser().exists():
+            raise CardiacInputError(labels, "label file not found (the labels of every study of the cohort)")
+
+
 def models_needed(specs, model=None):
     """Registry model names the studies will segment with (studies with labels need none)."""
     names = set()
@@ -944,6 +968,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
         # a file where a study's folder goes ended the batch with a worker's traceback and no table
         raise CardiacInputError(out_root / in_the_way[0], f"is in the way of study {in_the_way[0]!r}'s output folder (not a "
                                                           "folder); move it or choose another --out")
+    _refuse_what_every_study_would_fail_on(specs, model)
     if not resume and not force and (out_root / TABLE_CSV).is_file():
         # another manifest's table would be replaced, its studies left unlisted (probe 54)
         raise CardiacInputError(out_root, f"already holds a cohort table ({TABLE_CSV}) from an earlier batch; pass --resume "

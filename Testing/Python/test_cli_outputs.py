@@ -243,3 +243,29 @@ def test_a_qperf_folder_read_without_series_says_its_stress_was_read(shared_data
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert any("the stress series was read; --series rest reads the rest" in w for w in doc["warnings"])
     assert "the stress series was read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, said", [("--noise", "nan", "must be a finite number >= 0"),
+                                                  ("--noise", "-0.1", "must be a finite number >= 0"),
+                                                  ("--seed", "-1", "must be a whole number >= 0")])
+def test_phantom_refuses_values_it_cannot_make_a_truth_of(tmp_path, capsys, option, value, said):
+    """Probe 74: `phantom --noise nan` wrote an image all NaN beside a truth.json of exact truth,
+    exit 0; a negative noise or seed ended in numpy's 'scale < 0', exit 1."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["phantom", "--out", str(tmp_path / "ph"), option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: {value}: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "ph").exists()
+
+
+def test_phantom_force_replaces_a_phantom_of_the_other_kind_whole(tmp_path):
+    """Probe 74: a perfusion phantom written with --force over a cine one kept cine.nii.gz and its
+    labels beside a truth.json of the perfusion phantom; the folder then read as no study."""
+    from CardiacAISegLib.errors import OutputExistsError
+
+    write_phantom("cine", tmp_path, seed=1, n_frames=4, n_slices=4, size=48)
+    with pytest.raises(OutputExistsError, match="cine.nii.gz"):
+        write_phantom("perfusion", tmp_path, seed=1)
+    write_phantom("perfusion", tmp_path, seed=1, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aif.csv", "perfusion.nii.gz", "perfusion_labels.nii.gz",
+                                                          "truth.json"]

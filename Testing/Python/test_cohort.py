@@ -937,3 +937,35 @@ def test_perfusion_cohort_manifest_and_report_faults_of_probe_71(tmp_path):
     rows[0]["qc_codes"] = ""
     labels = dict(distributions(rows))
     assert labels["global_mbf_ml_min_g"].endswith("AIF from the LV in 2 of 3: approximate")
+
+
+def test_what_every_study_would_fail_on_is_refused_before_the_cohort_starts(cohort, tmp_path, capsys):
+    """Probe 74: `batch --model unet-lite` (a typo) or a --labels file that is not there made every
+    study an error row, exit 1, and left --out holding a table (a rerun then needed --resume or
+    --force). Both are refused before the cluster starts, nothing written; a row's own model stays
+    that row's error."""
+    manifest = _one_study_manifest(cohort["root"], "typo.csv", "phantom_a")
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("study,path\ns_a," + str(cohort["root"] / "phantom_a" / "cine.nii.gz") + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(unlabelled), "--out", str(out), "--model", "unet-lite", "--quiet"]) == 2
+    assert "unet-lite: no such model" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["batch", str(unlabelled), "--out", str(out), "--labels", str(tmp_path / "nope.nii.gz"), "--quiet"]) == 2
+    assert "nope.nii.gz: label file not found" in capsys.readouterr().err and not out.exists()
+    # studies with labels of their own need no model: a --model for the others is not checked for them
+    from CardiacAISegLib.cohort import _refuse_what_every_study_would_fail_on
+
+    _refuse_what_every_study_would_fail_on(load_cohort(manifest), "unet-lite")
+
+
+def test_an_earlier_cohorts_output_in_the_folder_of_studies_is_no_study(tmp_path, capsys):
+    """Probe 74: `batch studies --out studies/resB` after `--out studies/resA` read resA (cohort.csv,
+    study folders) as a study: an error row 'no readable images' and exit 1 though every study was ok."""
+    studies = tmp_path / "studies"
+    write_phantom("cine", studies / "a", seed=1, n_frames=4, n_slices=4, size=48)
+    (studies / "resA" / "a").mkdir(parents=True)
+    (studies / "resA" / "cohort.csv").write_text("study,status\na,ok\n")
+    notes = []
+    specs = load_cohort(studies, exclude=[studies / "resB"], notes=notes)
+    assert [s.study for s in specs] == ["a"]
+    assert notes and "resA is skipped: it holds cohort.csv" in notes[0]

@@ -536,3 +536,18 @@ def test_an_imported_network_is_compared_with_the_default_on_the_shipped_sample(
               "--quiet"])
     codes = [f["code"] for f in json.loads((tmp_path / "out" / "results.json").read_text())["qc"]["flags"]]
     assert ("MODEL_DISAGREES_ON_SAMPLE" in codes) is not agrees, codes
+
+
+def test_a_model_whose_folder_is_not_used_is_refused_with_the_reason(user_models):
+    """Probe 74: `analyze --model NAME` where NAME's user folder holds a card that is not valid
+    JSON said 'no such model' (`cardiacaiseg models` said why)."""
+    (user_models / "broken").mkdir(parents=True)
+    (user_models / "broken" / registry.CARD_NAME).write_text("{not json")
+    from CardiacAISegLib.errors import CardiacInputError
+
+    with pytest.raises(CardiacInputError) as e:
+        registry.get_card("broken")
+    assert Path(e.value.path) == user_models / "broken" / registry.CARD_NAME
+    assert "is not used" in e.value.problem and "JSON" in e.value.problem
+    with pytest.raises(CardiacInputError, match="no such model"):
+        registry.get_card("absent")

@@ -289,10 +289,16 @@ def shipped_names():
 
 
 def get_card(name):
-    for card in list_models():
+    cards, skipped = scan_models()
+    for card in cards:
         if card["name"] == name:
             return card
-    known = ", ".join(c["name"] for c in list_models()) or "none"
+    for folder, reason in skipped:
+        if folder.name == name:
+            # a user folder of that name that is not used: why (its card not valid JSON was "no such
+            # model", though `cardiacaiseg models` said why; probe 74)
+            raise CardiacInputError(folder / CARD_NAME, f"model {name!r} is not used: {reason}")
+    known = ", ".join(c["name"] for c in cards) or "none"
     raise CardiacInputError(name, f"no such model; installed models: {known}")
 
 

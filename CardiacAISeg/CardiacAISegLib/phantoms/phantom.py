@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OutputExistsError
+from ..errors import CardiacInputError, OutputExistsError
 from ..labels import to_convention
 from ..results import json_safe
 from .phantom_cine import make_cine_phantom  # noqa: F401  (re-exported)
@@ -42,10 +42,14 @@ def _nifti(array_tkji, ijk_to_ras, path, dtype, time_step=None):
 def write_phantom(kind, out_dir, seed=0, force=False, **options):
     """Write a phantom study into ``out_dir``; returns (paths, study, truth)."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CardiacInputError(out_dir, "exists and is not a folder: give a folder to write the phantom into")
     names = PHANTOM_FILES[kind]
-    existing = [n for n in names if (out_dir / n).exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(existing)}; pass --force to replace them")
+    # a phantom of the other kind in the folder is replaced whole: its images kept beside this
+    # one's truth.json had lost their truth, and the folder no longer read as one study (probe 74)
+    earlier = [n for n in dict.fromkeys(n for files in PHANTOM_FILES.values() for n in files) if (out_dir / n).exists()]
+    if earlier and not force:
+        raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(earlier)}; pass --force to replace them")
     if kind == "cine":
         study, truth = make_cine_phantom(seed=seed, **options)
         frames = sorted(study.labels)
@@ -69,6 +73,9 @@ def write_phantom(kind, out_dir, seed=0, force=False, **options):
         for f in stage.iterdir():
             os.replace(f, out_dir / f.name)
             paths[f.name] = out_dir / f.name
+        for name in earlier:
+            if name not in paths:
+                (out_dir / name).unlink(missing_ok=True)
         return paths, study, truth
     finally:
         shutil.rmtree(stage, ignore_errors=True)
