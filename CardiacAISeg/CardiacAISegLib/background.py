@@ -9,7 +9,7 @@ honoured between steps (48 s with gamma-Net).
 Protocol (one job = one temporary folder):
 
 - ``job.pkl``: the pickled study (and rest study) with the keyword arguments of
-  ``pipeline.compute_analysis``, written by ``BackgroundAnalysis.start``;
+  ``pipeline.compute_paired_analysis`` (the Logic's in-process path), written by ``BackgroundAnalysis.start``;
 - the worker (``python -m CardiacAISegLib.background JOBDIR``) writes one JSON line per event
   on its standard output: ``{"event": "progress", "done", "total", "message"}``, then
   ``{"event": "done"}`` after pickling the ``Analysis`` to ``analysis.pkl``, or
@@ -193,7 +193,7 @@ def _run_job(folder):
         protocol.flush()
 
     try:
-        from .pipeline import compute_analysis
+        from .pipeline import compute_paired_analysis
 
         with open(folder / JOB_FILE, "rb") as f:
             job = pickle.load(f)
@@ -206,10 +206,7 @@ def _run_job(folder):
                 last[0] = now
                 emit(event="progress", done=int(done), total=int(total), message=str(message))
 
-        if job["rest"] is not None:
-            kwargs["rest"] = compute_analysis(job["rest"], kwargs.get("model_name"), labels=job["rest_labels"],
-                                              density=kwargs.get("density", 1.05), device=kwargs.get("device"))
-        analysis = compute_analysis(job["study"], progress=progress, **kwargs)
+        analysis = compute_paired_analysis(job["study"], job["rest"], job["rest_labels"], progress=progress, **kwargs)
         staging = folder / (RESULT_FILE + ".part")
         with open(staging, "wb") as f:
             pickle.dump(analysis, f, protocol=pickle.HIGHEST_PROTOCOL)

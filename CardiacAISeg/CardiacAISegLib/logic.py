@@ -84,9 +84,6 @@ NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputS
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
 _ACDC_NAME = re.compile(r"^patient\d+$")
-# the rest series' own steps (its network's frames) in a run's progress messages
-REST_PROGRESS_PREFIX = "rest series: "
-STRESS_PROGRESS_PREFIX = "stress series: "   # ... and the stress series' after them
 # how a Logic caller replaces existing outputs: the module's check box, or force=True from Python
 REPLACE_HINT = "tick 'Replace existing files' (force=True from Python) to replace them"
 
@@ -456,26 +453,12 @@ class CardiacAISegLogic(_LogicBase):
     def computeAnalysis(self, modelName=None, frames=None, useExistingLabels=None, progress=None, device=None,
                         density=None):
         """The measured ``Analysis`` of the current study, touching no MRML node (safe in a
-        worker thread when ``density`` is given): ``pipeline.compute_analysis``, the CLI's and
+        worker thread when ``density`` is given): ``pipeline.compute_paired_analysis``, the CLI's and
         the web GUI's compute path too. Parameters default to the parameter node's."""
-        from .pipeline import compute_analysis
+        from .pipeline import compute_paired_analysis
 
-        progress = as_progress(progress)
-        progress(0, 3, "segmenting")
         study, rest, restLabels, arguments = self._analysisArguments(modelName, frames, useExistingLabels, device, density)
-        if rest is not None:
-            # its own cancel points: a cancel during the rest's segmentation waited for all of it
-            # (Run came back 1.7 s after Cancel in the web GUI)
-            restProgress = as_progress(lambda done, total, message="": progress(done, total, REST_PROGRESS_PREFIX + message))
-            rest = compute_analysis(rest, arguments["model_name"], labels=restLabels, density=arguments["density"],
-                                    device=device, progress=restProgress)
-        # the network (when no labels are measured) reports its own frames next: "measuring"
-        # here held the web GUI's bar at the measures' 85 % through the whole network (probe 63)
-        progress(1, 3, "segmenting" if arguments["labels"] is None else "measuring")
-        if rest is not None:   # the stress's own steps, after the rest's (a cancel still stops them)
-            stressProgress = progress
-            progress = as_progress(lambda done, total, message="": stressProgress(done, total, STRESS_PROGRESS_PREFIX + message))
-        return compute_analysis(study, rest=rest, progress=progress, **arguments)
+        return compute_paired_analysis(study, rest, restLabels, progress=progress, **arguments)
 
     def startAnalysis(self, modelName=None, frames=None, useExistingLabels=None, device=None, density=None):
         """``computeAnalysis`` in a background process (``background.BackgroundAnalysis``, as

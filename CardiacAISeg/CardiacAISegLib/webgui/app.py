@@ -3,8 +3,10 @@
 Every control goes through ``_guard``: an error from the engine (bad file, no model, a path
 outside the data folder, outputs that exist) becomes the text of the page's error alert
 (``#error-alert``), and an unexpected one too (with its type), besides the server log. Long work
-(segmentation) runs in a worker thread with progress and cancel; MRML and the views are only
-touched on the server's own thread.
+(segmentation) shows progress and can be cancelled: a network runs in a background process
+(``Session.start``, the Slicer module's way), which Cancel stops at once; measuring the study's own
+labels (about a second) in a worker thread. MRML and the views are only touched on the server's
+own thread.
 """
 import asyncio
 import base64
@@ -14,11 +16,12 @@ import logging
 import numpy as np
 
 from ..errors import CancelledError, CardiacInputError, OutputExistsError
-from ..logic import REST_PROGRESS_PREFIX, STRESS_PROGRESS_PREFIX
+from ..pipeline import REST_PROGRESS_PREFIX, STRESS_PROGRESS_PREFIX
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
-from .session import BULLSEYE_MEASURES, SAMPLES, SEGMENT_TITLES, Session, in_page_terms, warnings_in_page_terms
+from .session import (BULLSEYE_MEASURES, LABELS_CHOICE, SAMPLES, SEGMENT_TITLES, Session, in_page_terms,
+                      warnings_in_page_terms)
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -28,6 +31,8 @@ EXPECTED = (CardiacInputError, OutputExistsError, CancelledError, FileNotFoundEr
 
 # how long "Saving ..." has to reach the page before the save holds the server's loop
 SAVE_MESSAGE_LEAD_S = 0.1
+# how often the page asks a background network run for its progress
+JOB_POLL_S = 0.1
 
 
 class CardiacWebApp:
@@ -43,6 +48,7 @@ class CardiacWebApp:
         self.session = Session(self.data, context=self.views.context)
         self._updating = False       # our own node updates must not look like user edits
         self._progress = None
+        self._job = None   # a network run in its background process
         self._saving = False          # a save in progress: a second click meanwhile is refused (busy)
         self._paint_timer = None
         self._xy_timer = None
@@ -258,13 +264,52 @@ class CardiacWebApp:
             # Nothing to run: the engine's own "no <kind> model is installed" error (raised
             # before any work, since the registry has no model for this kind).
             sess.compute(None)
+        from trame_server.utils.asynchronous import create_task
+
+        if s.model != LABELS_CHOICE:
+            job = sess.start(s.model, sess.density())   # (a refusal before it starts is the page's error)
+            self._job = job
+            s.running, s.progress, s.progress_text = True, 0, "starting"
+            s.info_message = ""
+            create_task(self._run_job(job))
+            return
         progress = Progress(lambda done, total, message: self._progress_from_thread(progress, done, total, message))
         self._progress = progress
         s.running, s.progress, s.progress_text = True, 0, "starting"
         s.info_message = ""
-        from trame_server.utils.asynchronous import create_task
-
         create_task(self._run(s.model, self._progress, sess.density()))
+
+    async def _run_job(self, job):
+        """Follow a background network run: its progress onto the page, its analysis applied when
+        done; a cancelled job (killed) leaves the page as Cancel left it."""
+        from ..background import CANCELLED, RUNNING
+
+        try:
+            while job.state == RUNNING:
+                for event in job.poll():
+                    if event.get("event") == "progress" and job is self._job:
+                        self._show_progress(self.overall_percent(event["done"], event["total"], event.get("message", "")),
+                                            event.get("message", ""))
+                if job.state == RUNNING:
+                    await asyncio.sleep(JOB_POLL_S)
+            if job.state == CANCELLED or job is not self._job:
+                return
+            with self.state:
+                self.state.running = False
+                self._guard(self._apply_result, self.session.result_of(job))
+        except Exception as e:  # noqa: BLE001
+            with self.state:
+                if isinstance(e, EXPECTED):
+                    self.state.error_message = str(e)
+                else:
+                    log.exception("segmentation failed")
+                    self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+        finally:
+            if job is self._job:
+                self._job = None
+                with self.state:
+                    self.state.running = False
+                    self.state.progress_text = ""
 
     async def _run(self, model, progress, density):
         loop = asyncio.get_running_loop()
@@ -349,20 +394,32 @@ class CardiacWebApp:
         def update():
             if progress is not self._progress or progress.cancelled:
                 return          # a cancelled run's late steps leave the page alone
-            with self.state:
-                # one bar for the whole run, never going back
-                self.state.progress = max(int(self.state.progress or 0), round(percent))
-                self.state.progress_text = message
+            self._show_progress(percent, message)
         loop.call_soon_threadsafe(update)
 
+    def _show_progress(self, percent, message):
+        with self.state:
+            # one bar for the whole run, never going back
+            self.state.progress = max(int(self.state.progress or 0), round(percent))
+            self.state.progress_text = message
+
     def cancel(self):
-        """Cancel answers at once: the page is free again with the previous results, and the
-        engine stops at its next step in the background (Run waits for that)."""
+        """Cancel answers at once: the page is free again with the previous results. A network's
+        background process is killed at once; measuring the labels in the worker thread stops at
+        its next step (Run waits for that)."""
+        job, s = self._job, self.state
+        if job is not None:
+            # the background process is killed now: nothing of it reaches the page, Run is free
+            self._job = None
+            job.cancel()
+            s.running, s.progress, s.progress_text = False, 0, ""
+            s.info_message = ""
+            s.error_message = "Cancelled: the previous results are kept"
+            return
         progress = self._progress
         if progress is None or progress.cancelled:
             return
         progress.cancel()
-        s = self.state
         s.running, s.stopping = False, True
         s.progress, s.progress_text = 0, "stopping the cancelled run at its next step..."
         s.info_message = ""

@@ -287,6 +287,22 @@ class Session:
                                               density=density or self.density())
         return RunResult(analysis, analysis.model_info, dict(analysis.timing_s))
 
+    def start(self, model=None, density=None):
+        """A network run in a background process (the Logic's ``startAnalysis``, as the Slicer
+        module runs it): Cancel kills it at once. In a worker thread a cancel was heard only
+        between frames: a γ-Net frame computed on for 30-45 s after Cancel, Run disabled all that
+        time (probe 75). Call on the server's thread (it reads the parameter node); poll the job,
+        then ``result_of`` its finished analysis."""
+        self.require_study()
+        return self.logic.startAnalysis(model or None, frames="ed_es", useExistingLabels=False,
+                                        density=density or self.density())
+
+    @staticmethod
+    def result_of(job):
+        """The RunResult of a finished background job (raises its error if it failed)."""
+        analysis = job.result()
+        return RunResult(analysis, analysis.model_info, dict(analysis.timing_s))
+
     def apply(self, result, revert=False):
         """Make a computed result the current one: segmentations, handles and table nodes
         (``revert``: the run's own segmentation back, as asked)."""
