@@ -130,4 +130,6 @@ def attach_sunnybrook_contours(study, folder):
         study.ed_frame = info["ed_frame"]
     if info["es_frame"] is not None:
         study.es_frame = info["es_frame"]
+    if info["ed_frame"] is not None or info["es_frame"] is not None:
+        study.provenance["ed_es_from"] = f"the contours in {Path(folder).name}"   # said when a network measures
     return study
