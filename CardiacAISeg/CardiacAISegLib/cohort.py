@@ -134,8 +134,9 @@ def read_manifest(path, defaults=None):
                     continue
                 rows.append(row)
                 lines.append(reader.line_num)   # blank lines skipped: the file's own line numbers
-    except UnicodeDecodeError:
-        raise CardiacInputError(path, "is not a text CSV manifest") from None
+    except UnicodeDecodeError as e:
+        raise CardiacInputError(path, f"is not UTF-8 text (byte {e.start + 1}: {e.object[e.start:e.start + 1]!r}; a "
+                                      "spreadsheet's Latin-1 or Windows-1252?): save the manifest as CSV UTF-8") from None
     _refuse_near_miss_columns(path, header)
     twice = sorted({c for c in header if c and header.count(c) > 1})
     if twice:
@@ -147,6 +148,10 @@ def read_manifest(path, defaults=None):
         raise CardiacInputError(path, "has both a 'path' and an 'input' column (two names of one column): keep one; "
                                       "the other's paths would be ignored")
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
+    if path_column is None and len(header) == 1 and ";" in header[0]:
+        # a spreadsheet set to a decimal comma writes ';' between cells: one column named "study;path"
+        raise CardiacInputError(path, f"its cells are separated by ';' ({header[0]!r}), not commas: save it as a "
+                                      "comma-separated CSV")
     if path_column is None:
         raise CardiacInputError(path, f"manifest has no 'path' column (columns: {', '.join(header) or 'none'}); "
                                       "accepted: path (or input), study, kind, labels, aif, dt, model, frames, series, units, "
@@ -167,6 +172,10 @@ def read_manifest(path, defaults=None):
                 continue
             if column in NUMBER_OPTIONS:
                 value = _number(value, column, where)
+                if value <= 0:
+                    # found here, as 'nan' is, not as one study's error row after the cluster has
+                    # started (a dt of -1; probe 74)
+                    raise CardiacInputError(where, f"column {column!r}: {value:g} must be above 0")
             elif column in FILE_OPTIONS and not (column in ("labels", "rest_labels") and value in SPECIAL_LABELS):
                 value = str(Path(value) if Path(value).is_absolute() else base / value)
             options[column] = value
@@ -969,6 +978,12 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
         raise CardiacInputError(out_root / in_the_way[0], f"is in the way of study {in_the_way[0]!r}'s output folder (not a "
                                                           "folder); move it or choose another --out")
     _refuse_what_every_study_would_fail_on(specs, model)
+    inside = next((s for s in specs if Path(s.input).is_dir() and out_root.is_relative_to(Path(s.input).resolve())), None)
+    if inside is not None:
+        # the cohort's outputs written into a study's own input folder (probe 74): the next read
+        # of that study (a DICOM folder, an ACDC patient) finds them among its files
+        raise CardiacInputError(out_root, f"--out lies inside study {inside.study!r}'s input folder {inside.input}; "
+                                          "choose an output folder outside the studies")
     if not resume and not force and (out_root / TABLE_CSV).is_file():
         # another manifest's table would be replaced, its studies left unlisted (probe 54)
         raise CardiacInputError(out_root, f"already holds a cohort table ({TABLE_CSV}) from an earlier batch; pass --resume "

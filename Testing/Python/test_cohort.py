@@ -969,3 +969,33 @@ def test_an_earlier_cohorts_output_in_the_folder_of_studies_is_no_study(tmp_path
     specs = load_cohort(studies, exclude=[studies / "resB"], notes=notes)
     assert [s.study for s in specs] == ["a"]
     assert notes and "resA is skipped: it holds cohort.csv" in notes[0]
+
+
+def test_manifest_faults_a_spreadsheet_makes_are_named(tmp_path):
+    """Probe 74: a manifest saved with ';' between cells was 'no path column (columns: study;path)',
+    one saved as Latin-1 'is not a text CSV manifest', and a dt of -1 became one study's error row
+    after the cluster had started (a dt of nan was refused at once)."""
+    semicolons = tmp_path / "semicolons.csv"
+    semicolons.write_text("study;path\na;a.nii.gz\n")
+    with pytest.raises(CardiacInputError, match="separated by ';'"):
+        read_manifest(semicolons)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("study,path\nM\xfcller,a.nii.gz\n".encode("latin-1"))
+    with pytest.raises(CardiacInputError, match="is not UTF-8 text .* save the manifest as CSV UTF-8"):
+        read_manifest(latin)
+    negative = tmp_path / "negative.csv"
+    negative.write_text("study,path,dt\na,a.nii.gz,-1\n")
+    with pytest.raises(CardiacInputError, match=r"line 2: column 'dt': -1 must be above 0"):
+        read_manifest(negative)
+
+
+def test_an_output_folder_inside_a_studys_input_folder_is_refused(tmp_path):
+    """Probe 74: `batch studies --out studies/a/res` wrote the cohort into study a's own folder."""
+    from CardiacAISegLib.cohort import run_cohort
+
+    studies = tmp_path / "studies"
+    write_phantom("cine", studies / "a", seed=1, n_frames=4, n_slices=4, size=48)
+    with pytest.raises(CardiacInputError, match="--out lies inside study 'a'"):
+        run_cohort(load_cohort(studies, {"labels": "study"}), studies / "a" / "res", workers=1, processes=False,
+                   show_progress=False, log=lambda *a: None, report=False, reports="none")
+    assert not (studies / "a" / "res").exists()

@@ -746,7 +746,7 @@ def import_model(weights, card_path, dest=None, overwrite=False):
         raise CardiacInputError(target, "is a symbolic link; it is not replaced (remove it first)")
     if target.exists():
         if not overwrite:
-            raise CardiacInputError(target, "a model with this name is already installed; pass --force (overwrite=True) to replace it")
+            raise CardiacInputError(target, "a model with this name is already installed; import it with --force to replace it")
         if not _is_model_folder(target):
             raise CardiacInputError(target, "exists and holds more than a model card and its weights; it is not replaced, "
                                     "even with --force (move it away first)")
