@@ -968,6 +968,19 @@ def test_e2e_errors_shown_in_page(page, gui_server):
         page.click("run-btn")
         assert "no cine model is installed" in page.wait(page.alert, message="no-model error")
         page.shot("no-model")
+        return
+    # A refusal at Run names the file as Open does, relative to the data folder (probe 75: the
+    # server's absolute path): one 2D image opens, and the network finds no heart in it.
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((64, 64)).astype(np.float32), np.eye(4)),
+             str(gui_server["data"] / "flat2d.nii.gz"))
+    page.type("study-path", "flat2d.nii.gz")
+    page.click("open-btn")
+    page.wait(lambda: "flat2d" in page.el("study-line").text, message="2D image opened")
+    page.click("run-btn")
+    said = page.wait(lambda: "no LV blood pool" in page.alert() and page.alert(), timeout=120, message="refusal at Run")
+    assert said.startswith("flat2d.nii.gz:") and str(gui_server["data"]) not in said, said
 
 
 @e2e

@@ -137,6 +137,11 @@ class CardiacWebApp:
             return "Busy: a study is being opened."
         return ""
 
+    def _said(self, error):
+        """An engine error as the page words it: the data folder's paths relative to it and the
+        CLI's flags as the page's fields (a refusal at Run showed the server's absolute path; probe 75)."""
+        return self.session.page_text(str(error))
+
     def _guard(self, fn, *args):
         """Run a page action; errors become the page's message, never only a log line."""
         busy = self._busy_message(fn)
@@ -149,7 +154,7 @@ class CardiacWebApp:
             self.state.error_message = ""
             return result
         except EXPECTED as e:
-            self.state.error_message = f"Cancelled: {e}" if isinstance(e, CancelledError) else str(e)
+            self.state.error_message = f"Cancelled: {e}" if isinstance(e, CancelledError) else self._said(e)
         except Exception as e:  # noqa: BLE001 - the page must say what happened
             log.exception("web GUI action %s failed", getattr(fn, "__name__", fn))
             self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
@@ -209,7 +214,7 @@ class CardiacWebApp:
                 self.state.opening = False
                 self.state.info_message = ""
                 if isinstance(e, EXPECTED):
-                    self.state.error_message = str(e)
+                    self.state.error_message = self._said(e)
                 else:
                     log.exception("opening failed")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
@@ -300,7 +305,7 @@ class CardiacWebApp:
         except Exception as e:  # noqa: BLE001
             with self.state:
                 if isinstance(e, EXPECTED):
-                    self.state.error_message = str(e)
+                    self.state.error_message = self._said(e)
                 else:
                     log.exception("segmentation failed")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
@@ -328,7 +333,7 @@ class CardiacWebApp:
                     if not progress.cancelled:      # (the engine cancelled by itself)
                         self.state.error_message = f"Cancelled: {e} - the previous results are kept"
                 elif isinstance(e, EXPECTED):
-                    self.state.error_message = str(e)
+                    self.state.error_message = self._said(e)
                 else:
                     log.exception("segmentation failed")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"

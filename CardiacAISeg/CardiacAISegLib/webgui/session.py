@@ -126,7 +126,7 @@ class Session:
         if aif:
             options["aif"] = self.data.resolve_input(aif)
         if dt not in (None, ""):
-            options["dt"] = _frame_interval(dt, "the frame interval")
+            options["dt"] = _frame_interval(dt, "the 'Frame interval (s)' field")
         if kind in (CINE, PERFUSION):
             options["kind"] = kind
         from ..readers import load_rest_series, load_study
@@ -164,7 +164,7 @@ class Session:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
             if rest_dt not in (None, ""):
                 # its own: stress and rest are two acquisitions at two heart rates
-                rest_options["dt"] = _frame_interval(rest_dt, "the rest frame interval")
+                rest_options["dt"] = _frame_interval(rest_dt, "the 'Rest frame interval (s)' field")
             try:
                 rest_study = load_rest_series(rest_path, **rest_options)
             except CardiacInputError as e:
@@ -685,7 +685,8 @@ _PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)"),
                  (re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)"),
                   r"a file of the \1 series in the 'Study' field and \2 in the 'Rest series' field"),
                  (re.compile(r" \(series= in Python: [^)]*\)"), ""),
-                 (re.compile(r"\bwith --rest(?![\w-])"), "in the 'Rest series' field"))
+                 (re.compile(r"\bwith --rest(?![\w-])"), "in the 'Rest series' field"),
+                 (re.compile(r"\bthe files and flags\b"), "the files and fields"))
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--series": "a file of that series in the 'Rest series' field"}
 
