@@ -849,8 +849,11 @@ def test_a_force_batch_stopped_while_dask_starts_lists_its_studies_as_not_run(co
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cohort_module, "_open_client", stopped)
+    said = []
     with pytest.raises(KeyboardInterrupt):
-        run_cohort(specs, tmp_path, force=True, **kw)
+        run_cohort(specs, tmp_path, force=True, **{**kw, "log": said.append})
+    # what to do next, before the CLI's one word "cancelled" (probe 74)
+    assert any("cohort.csv lists the studies not finished as not run" in m and "--resume" in m for m in said), said
     table = _read_csv(tmp_path / "cohort.csv")
     assert [(r["study"], r["status"]) for r in table] == [("phantom_a", "error"), ("phantom_b", "error")]
     assert all("rerun with --resume" in r["error"] for r in table)
@@ -999,3 +1002,27 @@ def test_an_output_folder_inside_a_studys_input_folder_is_refused(tmp_path):
         run_cohort(load_cohort(studies, {"labels": "study"}), studies / "a" / "res", workers=1, processes=False,
                    show_progress=False, log=lambda *a: None, report=False, reports="none")
     assert not (studies / "a" / "res").exists()
+
+
+def _interrupt_disposition(queue):
+    import signal
+
+    ModelPreload([]).setup()
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_a_worker_process_leaves_ctrl_c_to_the_batch():
+    """Probe 74: Ctrl-C reaches every process of the terminal's group; each Dask worker process
+    printed a KeyboardInterrupt traceback before the batch's own 'cancelled'. A worker process
+    ignores it (the batch stops the cluster); the batch's own process keeps it."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_interrupt_disposition, args=(queue,))
+    child.start()
+    assert queue.get(timeout=60) is True
+    child.join(30)
+    ModelPreload([]).setup()   # here, in the batch's own process
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
