@@ -140,8 +140,10 @@ def _models(args):
     cards, skipped = scan_models()
     for folder, reason in skipped:   # on stderr, so --json output stays one JSON document
         print(f"warning: {folder}: not used: {reason}", file=sys.stderr)
+    problems = {c["name"]: _weights_problem(c) for c in cards}
     if args.json:
-        print(json.dumps([{**{k: v for k, v in c.items() if not k.startswith("_")}, "source": c["_source"]} for c in cards],
+        print(json.dumps([{**{k: v for k, v in c.items() if not k.startswith("_")}, "source": c["_source"],
+                           "usable": problems[c["name"]] is None, "problem": problems[c["name"]]} for c in cards],
                          indent=1))
         return
     if not cards:
@@ -151,7 +153,23 @@ def _models(args):
         dice = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("dice_") and k.count("_") == 1)
         print(f"{c['name']:20s} {c['task']:9s} {c['_source']:7s} {c['title']}" + (" [default]" if c.get("default") else ""))
         print(f"{'':20s} {dice}  {_timing_text(c)}  licence: {c['licence']}")
+        if problems[c["name"]]:
+            print(f"{'':20s} NOT USABLE: {problems[c['name']]}")
     print(f"user models: {user_models_dir()} ($CARDIACAISEG_MODELS); names: {NAME_CLASH_RULE}")
+
+
+def _weights_problem(card):
+    """Why the model cannot run (its weights or ONNX export missing or not the card's by sha256),
+    or None: `models` listed such a model as usable, which `analyze` then refused (probe 74)."""
+    from .models.registry import verify_onnx, verify_weights
+
+    try:
+        verify_weights(card)
+        if card.get("onnx"):
+            verify_onnx(card)
+    except CardiacInputError as e:
+        return str(e)
+    return None
 
 
 def _timing_text(card):

@@ -551,3 +551,19 @@ def test_a_model_whose_folder_is_not_used_is_refused_with_the_reason(user_models
     assert "is not used" in e.value.problem and "JSON" in e.value.problem
     with pytest.raises(CardiacInputError, match="no such model"):
         registry.get_card("absent")
+
+
+def test_models_says_which_installed_model_cannot_run(tmp_path, capsys, user_models):
+    """Probe 74: `cardiacaiseg models` listed a model whose weights were changed after import
+    (or deleted) as any other; `analyze` then refused it."""
+    weights, card = torchscript_model(tmp_path / "v1")
+    assert import_cli(capsys, weights, card)[0] == 0
+    installed = user_models / "user-net" / "model.ts"
+    installed.write_bytes(installed.read_bytes() + b"\0")
+    cli.main(["models"])
+    out = capsys.readouterr().out
+    assert "NOT USABLE" in out and "sha256 mismatch for model 'user-net'" in out
+    assert out.count("NOT USABLE") == 1   # the shipped models run
+    cli.main(["models", "--json"])
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["user-net"]["usable"] is False and listed["unet-light"]["usable"] is True
