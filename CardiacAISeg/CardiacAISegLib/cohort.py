@@ -681,8 +681,11 @@ def assemble_table(specs, out_root, stale=(), since=None):
             row = None   # an earlier run's row: this run did not get to the study
         if row is None:
             missing += 1
-            row = error_row(spec, "not run: no outputs and no row (the run was stopped before this study finished); "
-                                  "rerun with --resume")
+            # an earlier run's outputs may still lie in its folder: superseded, not this run's (probe 74)
+            earlier = (Path(out_root) / spec.study / "results.json").is_file()
+            row = error_row(spec, "not run: " + ("its outputs are an earlier run's, superseded by this one"
+                                                 if earlier else "no outputs and no row")
+                            + " (the run was stopped before this study finished); rerun with --resume")
         row["study"], row["folder"] = spec.id, spec.study   # rows written before the folder column had none
         row["_spec_extra"] = spec.extra
         rows.append(row)

@@ -723,6 +723,9 @@ def test_a_stopped_force_batch_leaves_its_studies_to_resume(cohort, tmp_path):
     for r in rows:
         if r["study"] not in done:
             assert stopped[r["study"]]["status"] == "error" and "rerun with --resume" in stopped[r["study"]]["error"]
+            # their folders still hold the first batch's outputs: said so, not "no outputs" (probe 74)
+            if (out / r["study"] / "results.json").is_file():
+                assert "its outputs are an earlier run's, superseded" in stopped[r["study"]]["error"]
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode in (0, 1), resumed.stdout + resumed.stderr
     assert f"{len(done)} of {len(rows)} studies already complete, {len(rows) - len(done)} to run" in resumed.stdout
