@@ -339,7 +339,25 @@ def load_cohort(source, defaults=None, exclude=(), notes=None):
         return discover_folder(source, defaults, exclude, notes)
     if source.suffix.lower() != ".csv":
         raise CardiacInputError(source, "is neither a folder of studies nor a CSV manifest (.csv)")
-    return read_manifest(source, defaults)
+    specs = read_manifest(source, defaults)
+    if notes is not None:
+        notes += _read_twice(specs)
+    return specs
+
+
+def _read_twice(specs):
+    """Notes on manifest rows that read one input (and series) under two study ids: run twice, they
+    count twice in the cohort's statistics (unsaid before; probe 74). A note, not a refusal: two
+    readings of one study (labels and a network) may be what the manifest asks for."""
+    first, notes = {}, []
+    for spec in specs:
+        key = (os.path.realpath(spec.input), spec.options.get("series"))
+        if key in first:
+            notes.append(f"studies {first[key].id!r} and {spec.id!r} read the same input {spec.input}"
+                         + (f" (series {key[1]})" if key[1] else "") + ": the cohort's statistics count it twice")
+        else:
+            first[key] = spec
+    return notes
 
 
 # --- one study (runs on a worker) ----------------------------------------------------------------
@@ -1025,6 +1043,13 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                                               "pass --resume to keep them and run the rest, or --force to run all again")
     if skipped:
         log(f"resume: {len(skipped)} of {len(specs)} studies already complete, {len(todo)} to run")
+    listed = {s.study for s in specs}
+    others = sorted(d.name for d in out_root.iterdir() if d.is_dir() and d.name not in listed and (d / ROW_FILE).is_file())
+    if others:
+        # a --force or --resume run of a shorter manifest left them unsaid (probe 74)
+        log(f"note: {len(others)} study folder{'s' if len(others) > 1 else ''} in {out_root} {'are' if len(others) > 1 else 'is'} "
+            f"no study of this cohort ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): left as "
+            f"{'they are' if len(others) > 1 else 'it is'}, not in its table")
     dashboard, client, cluster, futures, bar = "", None, None, {}, None
     signals = remembered_stop_signals()
     stop = signals.__enter__()

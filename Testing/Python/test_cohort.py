@@ -598,9 +598,11 @@ def test_a_batch_does_not_replace_another_batchs_table_unasked(cohort, tmp_path)
 
     root, out = cohort["root"], tmp_path / "out"
 
+    said = []
+
     def run(manifest, **kw):
         return run_cohort(load_cohort(manifest), out, workers=1, processes=False, show_progress=False,
-                          log=lambda *a: None, report=False, reports="none", **kw)
+                          log=said.append, report=False, reports="none", **kw)
 
     run(_one_study_manifest(root, "one.csv", "phantom_a"))
     table = (out / "cohort.csv").read_text()
@@ -609,6 +611,8 @@ def test_a_batch_does_not_replace_another_batchs_table_unasked(cohort, tmp_path)
         run(second)
     assert (out / "cohort.csv").read_text() == table
     assert [r["study"] for r in run(second, force=True).rows] == ["s_b"]
+    # the first manifest's study folder stays, said (probe 74: unsaid)
+    assert any("1 study folder in" in m and "(s_a): left as it is, not in its table" in m for m in said), said
 
 
 def test_something_in_the_way_of_the_cohort_table_is_refused_before_any_study_runs(cohort, tmp_path):
@@ -1029,3 +1033,14 @@ def test_a_worker_process_leaves_ctrl_c_to_the_batch():
     child.join(30)
     ModelPreload([]).setup()   # here, in the batch's own process
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+def test_one_input_under_two_study_ids_is_said(cohort, tmp_path):
+    """Probe 74: a manifest that lists one input under two ids ran it twice, counted twice in the
+    cohort's statistics, unsaid."""
+    path = str(cohort["root"] / "phantom_a" / "cine.nii.gz")
+    manifest = tmp_path / "twice.csv"
+    manifest.write_text(f"study,path\nfirst,{path}\nagain,{path}\n")
+    notes = []
+    assert [s.id for s in load_cohort(manifest, notes=notes)] == ["first", "again"]
+    assert notes == [f"studies 'first' and 'again' read the same input {path}: the cohort's statistics count it twice"]
