@@ -1449,3 +1449,11 @@ def test_the_lv_aif_warning_speaks_of_saturation_only_for_signal(tmp_path):
         s = load_study(paths["perfusion.nii.gz"], kind="perfusion", units=units)
         said = [w for w in s.provenance["warnings"] if w.startswith("no separate AIF")]
         assert len(said) == 1 and ("saturates at the bolus peak" in said[0]) == saturates, said
+
+
+def test_a_folder_of_folders_is_said_to_hold_only_folders(tmp_path):
+    """Probe 74: a folder of study folders given as one study (a batch folder one level too high)
+    was only 'no readable images found'."""
+    for name in ("site1", "site2"):
+        (tmp_path / name / "p1").mkdir(parents=True)
+    expect_error(lambda: load_study(tmp_path), "it holds only folders (site1, site2)", "cardiacaiseg batch")

@@ -212,6 +212,11 @@ def _read(path, kind, series, aif, dt, progress, units):
                 if studies else "")
         if not hint:
             hint = _archives_hint(path)
+        entries = [e for e in sorted(Path(path).iterdir()) if not e.name.startswith(".")]
+        if not hint and entries and all(e.is_dir() for e in entries):
+            # a folder of folders (a batch's folder of studies one level too high; probe 74)
+            hint = (f"; it holds only folders ({', '.join(e.name for e in entries[:3])}{', ...' if len(entries) > 3 else ''}): "
+                    "give the folder of one study, or a folder of studies to `cardiacaiseg batch`")
         raise CardiacInputError(path, f"no readable images found in this folder; accepted: {ACCEPTED}{hint}")
     suffix = volume_suffix(path)
     if suffix in (".hdr", ".img") and kind == CINE:
