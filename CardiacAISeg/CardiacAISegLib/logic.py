@@ -99,6 +99,8 @@ class CardiacAISegLogic(_LogicBase):
         self.studyNodes = None
         self.analysis = None
         self.networkLabels = None          # {frame: labels} as the network (or loader) gave them
+        self.restNetworkLabels = None      # the same for the rest series' mask
+        self._showingRest = False          # setting restNodeID to the rest just measured (not an unpairing)
         self.modelInfo = None
         self.timing = {}
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
@@ -115,7 +117,7 @@ class CardiacAISegLogic(_LogicBase):
 
     def reset(self):
         """Forget the study and results (the scene is closing); the parameter node stays."""
-        self.study = self.studyNodes = self.analysis = self.networkLabels = None
+        self.study = self.studyNodes = self.analysis = self.networkLabels = self.restNetworkLabels = None
         self.modelInfo, self.timing, self.lastUpdateTimeS, self.restStudy = None, {}, None, None
         self.unmeasuredEdits = {}
 
@@ -151,6 +153,8 @@ class CardiacAISegLogic(_LogicBase):
         node = self.parameterNode()
         if name in NODE_PARAMETERS:
             value = value.GetID() if hasattr(value, "GetID") else value
+            if name == "restNodeID" and (value or None) != node.GetNodeReferenceID(name) and not self._showingRest:
+                self._dropMeasuredRest()   # the rest selector emptied or set to another series
             node.SetNodeReferenceID(name, value or None)
         else:
             if name in PARAMETER_CHOICES and str(value) not in PARAMETER_CHOICES[name]:
@@ -391,6 +395,8 @@ class CardiacAISegLogic(_LogicBase):
     def setRestStudy(self, study):
         """Pair a rest perfusion series (already read) with the current stress series for MPR and
         MPRI; None unpairs. A cine, or a rest series for a cine study, is refused with the reason."""
+        if self.analysis is not None and self.analysis.rest is not None and study is not self.analysis.rest.study:
+            self._dropMeasuredRest()
         if study is not None:
             if study.kind != PERFUSION:
                 raise CardiacInputError(study.source or study.name, f"the rest series is read as {study.kind}, not perfusion: "
@@ -403,6 +409,22 @@ class CardiacAISegLogic(_LogicBase):
         self.setParameter("restNodeID", "")
         self.setParameter("restSegmentationID", "")
         return study
+
+    def _dropMeasuredRest(self):
+        """The rest series is unpaired (``setRestStudy(None)``, the rest selector emptied or set to
+        another series): the MPR, MPRI and rest rows measured with it go now and the stress is
+        measured alone; the next run measures a newly paired rest. Kept until then, the table and
+        results.json showed the old MPR, a stress edit re-measured it against the unpaired rest, and
+        the saved scene reopened without it (probe 76)."""
+        a = self.analysis
+        if a is None or a.rest is None:
+            return
+        a.rest = None
+        self.restNetworkLabels = None
+        a.warnings = []   # measured again, as an edit does: the rest's caveats go with it
+        a.run()
+        self.parameterNode().SetNodeReferenceID("restSegmentationID", None)   # its mask is measured no more
+        self._refreshTable()
 
     # ----------------------------------------------------------------------- models
     def availableModels(self, task=None):
@@ -551,6 +573,7 @@ class CardiacAISegLogic(_LogicBase):
         self.analysis, self.modelInfo = analysis, analysis.model_info
         self.unmeasuredEdits = {}
         self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
+        self.restNetworkLabels = {t: m.copy() for t, m in analysis.rest.labels.items()} if analysis.rest is not None else None
         self._storeFrameLabels(analysis)
         self.updateNodes()
         markups = self.getNodeParameter("markupsID")
@@ -686,7 +709,11 @@ class CardiacAISegLogic(_LogicBase):
             restNode = nodes.sequence or nodes.volume
             _write_study_attributes(restNode, rest.study)
             restNode.SetAttribute(REST_OF_ATTRIBUTE, self.getParameter("inputNodeID"))
-            self.setParameter("restNodeID", restNode)
+            self._showingRest = True   # the node of the rest just measured: no unpairing
+            try:
+                self.setParameter("restNodeID", restNode)
+            finally:
+                self._showingRest = False
             if self.restStudy is not None:   # read from a file (a background run's copy of it too)
                 self._restShownAs = restNode.GetID()
         volume = _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode
@@ -899,7 +926,13 @@ class CardiacAISegLogic(_LogicBase):
         frame = int(text) if text else a.rest.reference_frame
         with self._measuringEditOf(node):
             before = a.rest.labels.get(frame)
-            a.rest.set_labels(frame, self._labelsOf(node, a.rest.study))
+            labels = self._labelsOf(node, a.rest.study)
+            a.rest.set_labels(frame, labels)
+            original = (self.restNetworkLabels or {}).get(frame)
+            if original is not None and np.array_equal(original, labels):
+                # edited back to the run's mask (undone): no longer said to be corrected by hand,
+                # as for the stress's (probe 76)
+                a.rest.edited_frames.discard(frame)
             try:
                 a.warnings = []   # measured again, as set_labels does: its warnings (the rest's among them) come again
                 a.run()           # MPR and MPRI follow
@@ -1063,7 +1096,9 @@ class CardiacAISegLogic(_LogicBase):
         self.setParameter("bullseyeMeasure", measure)
         if self.analysis is not None:
             self.analysis.set_bullseye_measure(measure)
-            self.updateNodes()
+            # the table and bullseye only: the segmentations are unchanged, and refilled from the
+            # analysis they wiped an edit it had refused, which then still blocked the export (probe 76)
+            self._refreshTable()
 
     def agreementWithNetwork(self):
         """{frame: agreement.segmentation_agreement(network, corrected)} for every frame the

@@ -1229,3 +1229,71 @@ def test_a_saved_perfusion_scene_reopens_without_its_aif_file_and_says_where_the
     other.rename(other.with_name("gone.csv"))
     c = CardiacAISegLogic(sc.read_mrb(tmp_path / "again.mrb")).restoreFromParameterNode()
     assert c.perfusion["global_mbf_ml_min_g"] == pytest.approx(scaled, rel=1e-6)
+
+
+@pytest.mark.parametrize("unpair", ["setRestStudy", "selector"])
+def test_unpairing_the_rest_takes_its_mpr_out_of_every_output_at_once(tmp_path, unpair):
+    """Probe 76: after setRestStudy(None), or the rest selector emptied, the table and results.json
+    kept the MPR, MPRI and rest rows, a stress edit re-measured the MPR against the unpaired rest,
+    and the saved scene reopened without them (live and reopened disagreed)."""
+    import json
+
+    logic, dt = _stress_with_rest(tmp_path)
+    a = logic.runSegmentation(useExistingLabels=True)
+    stress_alone = {k: v for k, v in rows_by_measure(logic).items() if "MPR" not in k and not k.startswith("Rest")}
+    assert "Global MPR" in rows_by_measure(logic) and a.rest is not None
+    if unpair == "setRestStudy":
+        logic.setRestStudy(None)
+    else:
+        logic.setParameter("restNodeID", "")
+    rows = rows_by_measure(logic)
+    assert not any("MPR" in k or k.startswith("Rest") for k in rows), sorted(rows)
+    assert rows["Global MBF"] == pytest.approx(stress_alone["Global MBF"], rel=1e-9)
+    logic.exportResults(tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "mpr" not in results["perfusion"] and "rest" not in results["perfusion"]
+    segmentation = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(segmentation, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)[::5]], 0)
+    logic.onSegmentationEdited(segmentation)
+    assert not any("MPR" in k for k in rows_by_measure(logic))
+    live = rows_by_measure(logic)
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    assert rows_by_measure(reopened) == pytest.approx(live, rel=1e-6, nan_ok=True)
+
+
+def test_a_rest_mask_edited_back_is_no_longer_said_to_be_corrected(tmp_path):
+    """Probe 76: the rest mask edited and then restored to the run's kept 'corrected by hand'
+    (rest_edited_frames in results.json), where the stress's is cleared."""
+    logic, dt = _stress_with_rest(tmp_path)
+    a = logic.runSegmentation(useExistingLabels=True)
+    restSegmentation = logic.getNodeParameter("restSegmentationID")
+    rest = a.rest
+    original = rest.labels[rest.reference_frame].copy()
+    mpr = rows_by_measure(logic)["Global MPR"]
+    edit_segmentation(restSegmentation, [tuple(v) for v in np.argwhere(original == MYO)[::4]], 0)
+    logic.onSegmentationEdited(restSegmentation)
+    assert logic.analysis.rest.edited_frames and rows_by_measure(logic)["Global MPR"] != pytest.approx(mpr, rel=1e-6)
+    edit_segmentation(restSegmentation, [tuple(v) for v in np.argwhere(original == MYO)[::4]], MYO)
+    logic.onSegmentationEdited(restSegmentation)
+    assert rows_by_measure(logic)["Global MPR"] == pytest.approx(mpr, rel=1e-9)
+    assert not logic.analysis.rest.edited_frames and logic.getParameter("restEditedFrames") == ""
+
+
+def test_switching_the_bullseye_measure_keeps_an_edit_that_was_refused(tmp_path):
+    """Probe 76: after an edit the analysis refused (all myocardium erased), switching the bullseye
+    measure refilled the segmentation from the analysis: the edit vanished from the view while the
+    export was still refused for it."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
+    a = logic.runSegmentation(useExistingLabels=True)
+    segmentation = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(segmentation, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)], 0)
+    with pytest.raises(CardiacInputError):
+        logic.onSegmentationEdited(segmentation)
+    logic.setBullseyeMeasure("relative_upslope")
+    # the view still shows the edit (no myocardium), not the measured mask
+    assert not (sc.labelmap_from_segmentation(segmentation, a.study.ijk_to_ras, a.study.images.shape[1:]) == MYO).any()
+    with pytest.raises(CardiacInputError, match="correct the segmentation"):
+        logic.exportResults(tmp_path / "out")
