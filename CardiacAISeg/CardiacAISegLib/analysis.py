@@ -288,8 +288,12 @@ class Analysis:
             # series with its frames in reverse time order, or without contrast, stopped here with no reason
             # given (session 29)
             found = (st.provenance or {}).get("aif_detection") or {}
-            if not self.model_info:
-                why = f"the label map has no myocardium at frame {self.reference_frame}"
+            edited = self.reference_frame in self.edited_frames
+            if edited or not self.model_info:
+                # an edit that erased it is the user's, not the network's (its causes and the CLI's
+                # --labels were given for a mask erased by hand; probe 76)
+                why = (f"the {'edited mask' if edited else 'label map'} has no myocardium at frame "
+                       f"{self.reference_frame + 1} (counted from 1)")
             elif found.get("confidence") == "high" and found.get("rv_peak_frame") is not None:
                 # (an AIF series beside the images is "high" too, with no pools in these images)
                 # the bolus showed the RV, then the LV beside it: the heart is there and the network
@@ -300,7 +304,7 @@ class Analysis:
             else:
                 why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
                        "reverse time order) or no short-axis heart in it?")
-            way = "; give the masks yourself (--labels)" if self.model_info else ""
+            way = "; give the masks yourself (--labels)" if self.model_info and not edited else ""
             raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why}){way}")
         # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)
         from .readers.geometry_check import check_not_blank

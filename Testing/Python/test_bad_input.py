@@ -324,7 +324,7 @@ def test_perfusion_empty_myocardium(tmp_path, capsys, perfusion_dir):
     bad = _nifti(tmp_path / "no_myo.nii.gz", lab, affine=nib.load(str(d / "perfusion_labels.nii.gz")).affine, dtype=np.uint8)
     img = d / "perfusion.nii.gz"
     expect_failure(capsys, [img, "--kind", "perfusion", "--labels", bad, "--aif", d / "aif.csv", "--dt", dt],
-                   tmp_path / "out", img, "myocardial mask is empty", "the label map has no myocardium at frame 0")
+                   tmp_path / "out", img, "myocardial mask is empty", "the label map has no myocardium at frame 1 (counted from 1)")
 
 
 def test_perfusion_series_in_reverse_time_order_says_what_the_network_missed(tmp_path, capsys, perfusion_dir):

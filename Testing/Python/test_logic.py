@@ -1290,8 +1290,8 @@ def test_switching_the_bullseye_measure_keeps_an_edit_that_was_refused(tmp_path)
     a = logic.runSegmentation(useExistingLabels=True)
     segmentation = logic.getNodeParameter("outputSegmentationID")
     edit_segmentation(segmentation, [tuple(v) for v in np.argwhere(a.labels[a.reference_frame] == MYO)], 0)
-    with pytest.raises(CardiacInputError):
-        logic.onSegmentationEdited(segmentation)
+    with pytest.raises(CardiacInputError, match=r"the edited mask has no myocardium at frame 1 \(counted from 1\)\)$"):
+        logic.onSegmentationEdited(segmentation)   # the user's edit, said as such (not the network's, not --labels)
     logic.setBullseyeMeasure("relative_upslope")
     # the view still shows the edit (no myocardium), not the measured mask
     assert not (sc.labelmap_from_segmentation(segmentation, a.study.ijk_to_ras, a.study.images.shape[1:]) == MYO).any()
