@@ -496,9 +496,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job = self._job
         if job is None:
             return
+        from CardiacAISegLib.pipeline import run_percent
+
         job.poll()
-        self.ui.progressBar.maximum = job.total
-        self.ui.progressBar.value = min(job.done, job.total)
+        # one bar for the whole run, never going back (a stress+rest run went 0-100 % twice)
+        self.ui.progressBar.maximum = 100
+        self.ui.progressBar.value = max(self.ui.progressBar.value, round(run_percent(job.done, job.total, job.message)))
         self.ui.statusLabel.text = job.message
         if job.state == "running":
             return
@@ -533,11 +536,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pendingEdits.clear()
 
     def _newProgress(self):
+        from CardiacAISegLib.pipeline import run_percent
         from CardiacAISegLib.progress import Progress
 
         def onProgress(done, total, message):
-            self.ui.progressBar.maximum = max(1, total)
-            self.ui.progressBar.value = done
+            self.ui.progressBar.maximum = 100
+            self.ui.progressBar.value = max(self.ui.progressBar.value, round(run_percent(done, total, message)))
             self.ui.statusLabel.text = message
             slicer.app.processEvents()   # repaint and let Cancel be clicked between steps
         return Progress(onProgress)

@@ -220,6 +220,7 @@ class Analysis:
                                       kept_ed_es=self.kept_ed_es)
             self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
             self.warnings += self.cine.pop("warnings", [])
+            self._say_contours_phases()
             if single:
                 # no ES: every file, table and view says "none", not frame 0 (the ED frame)
                 for key in ("es_frame",) + ES_MEASURES:
@@ -273,6 +274,19 @@ class Analysis:
         self.qc = assess(self)
         self.warnings = [w for w in self.warnings if not w.startswith("QC ")]
         self.warnings += [f"QC {f['code']}: {f['message']}" for f in self.qc["flags"] if f["severity"] == REVIEW]
+
+    def _say_contours_phases(self):
+        """A network's labels measured at the ED/ES the study's contours gave (the experts'
+        phases, which the same network without the contours put elsewhere: EF 26.3 against
+        27.9 % in the web GUI, unsaid; probe 75). Not for the contours themselves, edited or not."""
+        given = (self.study.provenance or {}).get("ed_es_from")
+        if not given or not self.model_info or self.kept_ed_es is not None:
+            return
+        frames = [f"{name} frame {self.cine[key] + 1}" for name, key in (("ED", "ed_frame"), ("ES", "es_frame"))
+                  if given.get(name.lower()) and self.cine.get(key) is not None]
+        if frames:
+            self.warnings.append(f"{' and '.join(frames)} (counted from 1): as {given['by']} give "
+                                 f"{'them' if len(frames) > 1 else 'it'}, not this segmentation's volume curve")
 
     def _compute_mbf_map(self):
         from .perfusion.mbf import fit_map, mbf_map

@@ -66,6 +66,7 @@ class BackgroundAnalysis:
         self.state = None
         self.done, self.total, self.message = 0, 1, ""
         self.error, self.input_error = None, None   # input_error: (path, problem) of a CardiacInputError
+        self.log_tail = None   # a failed worker's last stderr lines (its traceback)
         self._process, self._folder, self._lines, self._reader = None, None, None, None
         self._analysis = None   # the result, once read
 
@@ -131,6 +132,10 @@ class BackgroundAnalysis:
             self.error = f"the background analysis stopped (exit code {code})" + (f": {stderr[-1]}" if stderr else "")
         if self.state != RUNNING:
             self._process.wait()
+            if self.state == FAILED and self.log_tail is None:
+                # the worker's traceback (it prints it on stderr) for the caller's log: the message
+                # alone lost where an engine bug sat (review)
+                self.log_tail = "\n".join(self._process.stderr.read().strip().splitlines()[-40:])
         return events
 
     def wait(self, timeout=None, interval=0.05):
@@ -197,6 +202,9 @@ def _run_job(folder):
 
         with open(folder / JOB_FILE, "rb") as f:
             job = pickle.load(f)
+        # the patient's images leave the disk once read: a worker whose parent died (the server
+        # stopped mid-run) left them in the job folder (review)
+        (folder / JOB_FILE).unlink(missing_ok=True)
         kwargs = dict(job["kwargs"])
         last = [-1.0]
 

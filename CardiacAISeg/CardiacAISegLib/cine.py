@@ -374,11 +374,6 @@ def ed_es_timing(study, ed, es):
     return {"ed_ms": ed_ms, "es_ms": es_ms, "problems": problems}
 
 
-def _same_labels(a, b):
-    """True when two {frame: label map} dicts hold the same maps."""
-    return bool(a) and bool(b) and set(a) == set(b) and all(np.array_equal(a[t], b[t]) for t in a)
-
-
 def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_es=None):
     """EDV/ESV/SV/EF, LV mass (``density``, 1.05 g/mL, x myocardium at ED) and RV volumes of a cine study.
 
@@ -461,12 +456,7 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
                      if kept_ed_es is not None else "given ED/ES frames ({}, {})").format(ed + 1, es + 1)
             warnings.append(f"{given} differ from the volume curve's largest/smallest LV volume ({c_ed + 1}, {c_es + 1}; "
                             "frames counted from 1)")
-    given_by = (study.provenance or {}).get("ed_es_from")
-    if kept_ed_es is None and given_by and not _same_labels(labels, study.labels):
-        # a network run on a study opened with its experts' contours: ED and ES are the phases the
-        # contours label, which the same run without them put elsewhere (EF 26.3 against 27.9 %
-        # in the web GUI, unsaid; probe 75)
-        warnings.append(f"ED and ES are frames {ed + 1} and {es + 1} (counted from 1), the phases {given_by} label")
+
     ed_es_check = _ed_es_check(study, labels, curve, ed, es)
     if ed_es_check and ed_es_check["disagree"] and not full:
         # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted

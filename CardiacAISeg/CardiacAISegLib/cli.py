@@ -159,14 +159,17 @@ def _models(args):
 
 
 def _weights_problem(card):
-    """Why the model cannot run (its weights or ONNX export missing or not the card's by sha256),
-    or None: `models` listed such a model as usable, which `analyze` then refused (probe 74)."""
-    from .models.registry import verify_onnx, verify_weights
+    """Why the model cannot run here (the file its runtime loads missing or not the card's by
+    sha256, or no runtime for it), or None: `models` listed such a model as usable, which
+    `analyze` then refused (probe 74). Only the file this machine's runtime loads is checked, as
+    `analyze` checks it (review: a damaged weights.pt beside a sound ONNX export still runs)."""
+    from .models.registry import choose_runtime, verify_onnx, verify_weights
 
     try:
-        verify_weights(card)
-        if card.get("onnx"):
+        if choose_runtime(card) == "onnxruntime" and card["weights"]["format"] != "onnx":
             verify_onnx(card)
+        else:
+            verify_weights(card)
     except CardiacInputError as e:
         return str(e)
     return None

@@ -134,9 +134,17 @@ def read_manifest(path, defaults=None):
                     continue
                 rows.append(row)
                 lines.append(reader.line_num)   # blank lines skipped: the file's own line numbers
-    except UnicodeDecodeError as e:
-        raise CardiacInputError(path, f"is not UTF-8 text (byte {e.start + 1}: {e.object[e.start:e.start + 1]!r}; a "
-                                      "spreadsheet's Latin-1 or Windows-1252?): save the manifest as CSV UTF-8") from None
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8-sig")
+            at = None
+        except UnicodeDecodeError as e:   # the offset in the whole file (the reader's was in its chunk)
+            at = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, at) + 1 if at is not None else None
+        where = f"line {line}: {raw[at:at + 1]!r}" if at is not None else "a byte"
+        raise CardiacInputError(path, f"is not UTF-8 text ({where}; a spreadsheet's Latin-1 or Windows-1252?): save the "
+                                      "manifest as CSV UTF-8") from None
     _refuse_near_miss_columns(path, header)
     twice = sorted({c for c in header if c and header.count(c) > 1})
     if twice:
@@ -700,7 +708,8 @@ def assemble_table(specs, out_root, stale=(), since=None):
         if row is None:
             missing += 1
             # an earlier run's outputs may still lie in its folder: superseded, not this run's (probe 74)
-            earlier = (Path(out_root) / spec.study / "results.json").is_file()
+            results = Path(out_root) / spec.study / "results.json"
+            earlier = results.is_file() and (since is None or _written_before(results, since))
             row = error_row(spec, "not run: " + ("its outputs are an earlier run's, superseded by this one"
                                                  if earlier else "no outputs and no row")
                             + " (the run was stopped before this study finished); rerun with --resume")
@@ -816,13 +825,15 @@ class ModelPreload(WorkerPlugin):
     """
     name = "cardiacaiseg-model-preload"
 
-    def __init__(self, models, threads=None):
+    def __init__(self, models, threads=None, local=True):
         self.models = list(models)
         self.threads = threads
+        self.local = local   # this batch's own workers (a shared cluster's keep their Ctrl-C)
 
     def setup(self, worker=None):
         relax_malloc_trim()
-        ignore_terminal_interrupt()
+        if getattr(self, "local", True):
+            ignore_terminal_interrupt()
         if not self.models:   # labels only: no network, so no torch import either
             return
         if self.threads:
@@ -842,7 +853,7 @@ class ModelPreload(WorkerPlugin):
         pass
 
 
-def _refuse_what_every_study_would_fail_on(specs, model):
+def _refuse_what_every_study_would_fail_on(specs, model, scheduler=None):
     """A --model that is no installed model, or one label file for every study that is not there,
     refused before the cluster starts and before --out is written (each study became an error row,
     exit 1, and the folder then needed --resume or --force to run again; probe 74). A single
@@ -850,7 +861,8 @@ def _refuse_what_every_study_would_fail_on(specs, model):
     from .analyze import SPECIAL_LABELS
     from .models import registry
 
-    if model and any(not s.options.get("labels") and not s.options.get("model") for s in specs):
+    if model and not scheduler and any(not s.options.get("labels") and not s.options.get("model") for s in specs):
+        # (a remote cluster's workers have models of their own: not checked against this machine's)
         registry.get_card(model)
     shared = {s.options.get("labels") for s in specs}
     if len(shared) == 1:
@@ -1012,7 +1024,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
         # a file where a study's folder goes ended the batch with a worker's traceback and no table
         raise CardiacInputError(out_root / in_the_way[0], f"is in the way of study {in_the_way[0]!r}'s output folder (not a "
                                                           "folder); move it or choose another --out")
-    _refuse_what_every_study_would_fail_on(specs, model)
+    _refuse_what_every_study_would_fail_on(specs, model, scheduler)
     inside = next((s for s in specs if Path(s.input).is_dir() and out_root.is_relative_to(Path(s.input).resolve())), None)
     if inside is not None:
         # the cohort's outputs written into a study's own input folder (probe 74): the next read
@@ -1069,7 +1081,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 log(f"the scheduler at {scheduler} has no workers yet: the studies wait for `dask worker {scheduler}`")
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
-            client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers)))
+            client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers),
+                                                local=not scheduler))
             batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.time_ns() % 10 ** 9}"
             futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, batch_id,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}

@@ -53,7 +53,8 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # What a reader found in the files that measures and QC read again (JSON on the input node): the
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
-STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings")
+STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings",
+                      "ed_es_from")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
@@ -323,8 +324,8 @@ class CardiacAISegLogic(_LogicBase):
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
         stamped = _read_study_attributes(sequence or node)
         stampedProvenance = stamped.get("provenance", {})
-        study.provenance.update({k: v for k, v in stampedProvenance.items() if k not in ("aif_source", "aif_detection",
-                                                                                           "aif_warnings")})
+        study.provenance.update({k: v for k, v in stampedProvenance.items() if k not in ("aif_source", "aif_path",
+                                                                                           "aif_detection", "aif_warnings")})
         # as the file readers judge it: a direction without obliquity is a writer's default (an
         # ACDC NIfTI added through Add Data), not the patient's
         study.orientation_known = stamped.get("orientation_known", not axis_aligned(study.ijk_to_ras[:3, :3]))
@@ -333,7 +334,7 @@ class CardiacAISegLogic(_LogicBase):
         aif = aifPath or stamped.get("aif")
         aifFrom = str(stampedProvenance.get("aif_source") or "")
         if stamped.get("aif") is not None and aifPath and not Path(aifPath).exists() and \
-                _same_path(aifPath, stampedProvenance.get("aif_path")):
+                _same_path(aifPath, _stamped_aif_path(stampedProvenance)):
             # the file the stamped curve was read from is gone (moved, or the scene sent to a
             # colleague): the curve, not 'AIF file not found' (probe 70). A file that is there is
             # read: it may have been changed or chosen since
@@ -352,8 +353,8 @@ class CardiacAISegLogic(_LogicBase):
             if isinstance(aif, np.ndarray) and aif is stamped.get("aif") and aifFrom:
                 # the stamped curve is the AIF read before: its source and caveats as then
                 study.provenance["aif_source"] = stampedProvenance["aif_source"]
-                if stampedProvenance.get("aif_path"):
-                    study.provenance["aif_path"] = stampedProvenance["aif_path"]
+                if _stamped_aif_path(stampedProvenance):
+                    study.provenance["aif_path"] = _stamped_aif_path(stampedProvenance)
                 if stampedProvenance.get("aif_detection"):
                     study.provenance["aif_detection"] = stampedProvenance["aif_detection"]
                 warnings = study.provenance.setdefault("warnings", [])
@@ -395,8 +396,9 @@ class CardiacAISegLogic(_LogicBase):
     def setRestStudy(self, study):
         """Pair a rest perfusion series (already read) with the current stress series for MPR and
         MPRI; None unpairs. A cine, or a rest series for a cine study, is refused with the reason."""
-        if self.analysis is not None and self.analysis.rest is not None and study is not self.analysis.rest.study:
-            self._dropMeasuredRest()
+        if study is not None and study is self.restStudy:
+            return study   # paired already: nothing changes (the node it was shown as stays, with its MPR)
+        self._dropMeasuredRest()
         if study is not None:
             if study.kind != PERFUSION:
                 raise CardiacInputError(study.source or study.name, f"the rest series is read as {study.kind}, not perfusion: "
@@ -608,7 +610,7 @@ class CardiacAISegLogic(_LogicBase):
             # the selector decides (the series read from a file went on being measured: MPR kept
             # after 'None', the old rest's mask put on the new series' images; probe 70)
             restAif = self.getParameter("restAifPath")
-            if restAif and _same_path(restAif, (rest.provenance or {}).get("aif_path")):
+            if restAif and _same_path(restAif, _stamped_aif_path(rest.provenance or {})):
                 # that AIF file was the dropped series' own: not the newly picked one's
                 self.setParameter("restAifPath", "")
             self.restStudy = rest = None
@@ -1256,6 +1258,22 @@ def _write_study_attributes(node, study):
     kept = {k: v for k, v in provenance.items() if k in STAMPED_PROVENANCE and v is not None and len(v)}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept, default=_json_ready))
+
+
+_DUAL_SEQUENCE_FOLDER = re.compile(r"^dual-sequence AIF series in (.+) \(")
+
+
+def _stamped_aif_path(provenance):
+    """The AIF file (or dual-sequence AIF folder) a study was read with: its ``aif_path``, or for a
+    scene saved before that was stamped (session 37) the path its ``aif_source`` text names, so
+    such a scene still reopens with its stamped curve when the file has moved (review)."""
+    if provenance.get("aif_path"):
+        return provenance["aif_path"]
+    source = str(provenance.get("aif_source") or "")
+    match = _DUAL_SEQUENCE_FOLDER.match(source)
+    if match:
+        return match.group(1)
+    return source if source and source not in ("array", "lv_blood_pool") and not source.startswith("dual-sequence") else None
 
 
 def _same_path(a, b):

@@ -116,6 +116,34 @@ REST_PROGRESS_PREFIX = "rest series: "
 STRESS_PROGRESS_PREFIX = "stress series: "   # ... and the stress series' after them
 
 
+# The run's steps as parts of one progress bar: the network's frames/slices, then the measures.
+SEGMENTING_SHARE = 85.0
+
+
+def run_percent(done, total, message):
+    """Percent of a whole run for one of its progress reports (``done/total`` of its stage: the
+    0..3 steps of ``compute_paired_analysis``, the network per frame or slice, the measures), so a
+    front end shows one bar that never goes back: the web GUI, and the Slicer module's bar, which
+    ran 0-100 % for the rest series and again for the stress (review)."""
+    frac = min(max(float(done) / max(float(total), 1.0), 0.0), 1.0)
+    text = (message or "").lower()
+    if text.startswith(REST_PROGRESS_PREFIX):
+        # the rest series is segmented first: the first half of the network's share (its
+        # messages went to the measures' 85 %, and the bar stayed there; probe 63) ...
+        return 0.5 * min(run_percent(done, total, message[len(REST_PROGRESS_PREFIX):]), SEGMENTING_SHARE)
+    if text.startswith(STRESS_PROGRESS_PREFIX):
+        # ... the stress series' network the second half, then the measures as without a rest
+        inner = run_percent(done, total, message[len(STRESS_PROGRESS_PREFIX):])
+        return inner if inner >= SEGMENTING_SHARE else 0.5 * (SEGMENTING_SHARE + inner)
+    if text.startswith(("segmenting frame", "segmenting slice", "segmentation done")):
+        return SEGMENTING_SHARE * frac
+    if text.startswith("segmenting"):
+        return 0.0
+    if text.startswith("measuring"):
+        return SEGMENTING_SHARE
+    return SEGMENTING_SHARE + (100.0 - SEGMENTING_SHARE) * frac
+
+
 def compute_paired_analysis(study: Study, rest_study: Study | None = None, rest_labels: Labels | None = None,
                             progress: ProgressLike = None, **arguments) -> Analysis:
     """``compute_analysis`` of ``study`` (keyword ``arguments`` as there), with a rest perfusion

@@ -140,3 +140,17 @@ def test_a_finished_job_cancelled_before_its_result_is_taken_says_so(cine_phanto
     analysis = taken.result()
     taken.cancel()
     assert taken.state == DONE and taken.result() is analysis   # asked again: the same analysis
+
+
+def test_a_bug_in_the_worker_leaves_its_traceback_for_the_log_and_no_images_on_disk(cine_phantom):
+    """Review of session 37: a failed worker's traceback (printed on its stderr) was never read, so
+    the web GUI's log had only the message; and the pickled study stayed in the job folder until
+    the job was ended (left behind when the server stopped mid-run)."""
+    logic = _logic_with(cine_phantom)
+    study = logic._requireStudy()
+    job = BackgroundAnalysis().start(study, labels=None, frames="bogus")   # no such frames choice: a ValueError
+    assert job.wait(timeout=120) == FAILED
+    assert "Traceback" in job.log_tail and "ValueError" in job.log_tail and "bogus" in job.log_tail
+    assert not (job.folder / "job.pkl").exists()   # read by the worker, then removed
+    with pytest.raises(RuntimeError, match="ValueError"):
+        job.result()

@@ -1242,6 +1242,8 @@ def test_unpairing_the_rest_takes_its_mpr_out_of_every_output_at_once(tmp_path, 
     a = logic.runSegmentation(useExistingLabels=True)
     stress_alone = {k: v for k, v in rows_by_measure(logic).items() if "MPR" not in k and not k.startswith("Rest")}
     assert "Global MPR" in rows_by_measure(logic) and a.rest is not None
+    logic.setRestStudy(logic.restStudy)   # paired again with the same series: nothing changes
+    assert "Global MPR" in rows_by_measure(logic)
     if unpair == "setRestStudy":
         logic.setRestStudy(None)
     else:
@@ -1297,3 +1299,25 @@ def test_switching_the_bullseye_measure_keeps_an_edit_that_was_refused(tmp_path)
     assert not (sc.labelmap_from_segmentation(segmentation, a.study.ijk_to_ras, a.study.images.shape[1:]) == MYO).any()
     with pytest.raises(CardiacInputError, match="correct the segmentation"):
         logic.exportResults(tmp_path / "out")
+
+
+def test_a_scene_saved_before_aif_path_was_stamped_still_reopens_without_its_aif_file(tmp_path):
+    """Review of session 37: the AIF's file is now stamped as 'aif_path'; a scene saved before
+    (its stamp names the file only in 'aif_source') no longer reopened once its AIF file had
+    moved ('AIF file not found')."""
+    from CardiacAISegLib.logic import STUDY_ATTRIBUTES
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "stress")
+    logic.runSegmentation(useExistingLabels=True)
+    expected = rows_by_measure(logic)["Global MBF"]
+    node = logic.getNodeParameter("inputNodeID")
+    stamp = json.loads(node.GetAttribute(STUDY_ATTRIBUTES["provenance"]))
+    assert stamp.pop("aif_path") and stamp["aif_source"].endswith("aif.csv")
+    node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(stamp))   # as an older build stamped it
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    for f in (tmp_path / "stress").glob("aif*"):
+        f.rename(f.with_name("moved-" + f.name))
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    assert rows_by_measure(reopened)["Global MBF"] == pytest.approx(expected, rel=1e-6)

@@ -131,5 +131,7 @@ def attach_sunnybrook_contours(study, folder):
     if info["es_frame"] is not None:
         study.es_frame = info["es_frame"]
     if info["ed_frame"] is not None or info["es_frame"] is not None:
-        study.provenance["ed_es_from"] = f"the contours in {Path(folder).name}"   # said when a network measures
+        # which phases the contours give: said when a network's labels are measured at them
+        study.provenance["ed_es_from"] = {"by": f"the contours in {Path(folder).name}", "ed": info["ed_frame"] is not None,
+                                          "es": info["es_frame"] is not None}
     return study

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from ..errors import CancelledError, CardiacInputError, OutputExistsError
-from ..pipeline import REST_PROGRESS_PREFIX, STRESS_PROGRESS_PREFIX
+from ..pipeline import SEGMENTING_SHARE, run_percent
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
@@ -307,7 +307,7 @@ class CardiacWebApp:
                 if isinstance(e, EXPECTED):
                     self.state.error_message = self._said(e)
                 else:
-                    log.exception("segmentation failed")
+                    log.error("segmentation failed in its background process: %s\n%s", e, job.log_tail or "")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
         finally:
             if job is self._job:
@@ -365,30 +365,9 @@ class CardiacWebApp:
         if a.warnings:
             self.state.info_message += f" ({len(a.warnings)} warning(s) below the table)"
 
-    # The run's steps as parts of one bar: the network's frames/slices, then the measures.
-    SEGMENTING_SHARE = 85.0
-
-    @classmethod
-    def overall_percent(cls, done, total, message):
-        """Percent of the whole run for one engine step: its stages report their own
-        ``done/total`` (the Logic 0..3, the network per frame or slice, the measures)."""
-        frac = min(max(float(done) / max(float(total), 1.0), 0.0), 1.0)
-        text = (message or "").lower()
-        if text.startswith(REST_PROGRESS_PREFIX):
-            # the rest series is segmented first: the first half of the network's share (its
-            # messages went to the measures' 85 %, and the bar stayed there; probe 63) ...
-            return 0.5 * min(cls.overall_percent(done, total, message[len(REST_PROGRESS_PREFIX):]), cls.SEGMENTING_SHARE)
-        if text.startswith(STRESS_PROGRESS_PREFIX):
-            # ... the stress series' network the second half, then the measures as without a rest
-            inner = cls.overall_percent(done, total, message[len(STRESS_PROGRESS_PREFIX):])
-            return inner if inner >= cls.SEGMENTING_SHARE else 0.5 * (cls.SEGMENTING_SHARE + inner)
-        if text.startswith(("segmenting frame", "segmenting slice", "segmentation done")):
-            return cls.SEGMENTING_SHARE * frac
-        if text.startswith("segmenting"):
-            return 0.0
-        if text.startswith("measuring"):
-            return cls.SEGMENTING_SHARE
-        return cls.SEGMENTING_SHARE + (100.0 - cls.SEGMENTING_SHARE) * frac
+    # one bar for the whole run (pipeline.run_percent), in the Slicer module too
+    SEGMENTING_SHARE = SEGMENTING_SHARE
+    overall_percent = staticmethod(run_percent)
 
     def _progress_from_thread(self, progress, done, total, message):
         loop = getattr(self, "_loop", None)
