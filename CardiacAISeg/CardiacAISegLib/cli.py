@@ -163,13 +163,10 @@ def _weights_problem(card):
     sha256, or no runtime for it), or None: `models` listed such a model as usable, which
     `analyze` then refused (probe 74). Only the file this machine's runtime loads is checked, as
     `analyze` checks it (review: a damaged weights.pt beside a sound ONNX export still runs)."""
-    from .models.registry import choose_runtime, verify_onnx, verify_weights
+    from .models.registry import verify_runnable
 
     try:
-        if choose_runtime(card) == "onnxruntime" and card["weights"]["format"] != "onnx":
-            verify_onnx(card)
-        else:
-            verify_weights(card)
+        verify_runnable(card)
     except CardiacInputError as e:
         return str(e)
     return None

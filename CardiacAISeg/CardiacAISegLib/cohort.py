@@ -832,7 +832,7 @@ class ModelPreload(WorkerPlugin):
 
     def setup(self, worker=None):
         relax_malloc_trim()
-        if getattr(self, "local", True):
+        if self.local:
             ignore_terminal_interrupt()
         if not self.models:   # labels only: no network, so no torch import either
             return

@@ -101,7 +101,6 @@ class CardiacAISegLogic(_LogicBase):
         self.analysis = None
         self.networkLabels = None          # {frame: labels} as the network (or loader) gave them
         self.restNetworkLabels = None      # the same for the rest series' mask
-        self._showingRest = False          # setting restNodeID to the rest just measured (not an unpairing)
         self.modelInfo = None
         self.timing = {}
         self.lastUpdateTimeS = None         # duration of the last point move / edit update
@@ -154,7 +153,7 @@ class CardiacAISegLogic(_LogicBase):
         node = self.parameterNode()
         if name in NODE_PARAMETERS:
             value = value.GetID() if hasattr(value, "GetID") else value
-            if name == "restNodeID" and (value or None) != node.GetNodeReferenceID(name) and not self._showingRest:
+            if name == "restNodeID" and (value or None) != node.GetNodeReferenceID(name):
                 self._dropMeasuredRest()   # the rest selector emptied or set to another series
             node.SetNodeReferenceID(name, value or None)
         else:
@@ -711,11 +710,8 @@ class CardiacAISegLogic(_LogicBase):
             restNode = nodes.sequence or nodes.volume
             _write_study_attributes(restNode, rest.study)
             restNode.SetAttribute(REST_OF_ATTRIBUTE, self.getParameter("inputNodeID"))
-            self._showingRest = True   # the node of the rest just measured: no unpairing
-            try:
-                self.setParameter("restNodeID", restNode)
-            finally:
-                self._showingRest = False
+            # the node of the rest just measured: set directly, as setParameter would read it as an unpairing
+            self.parameterNode().SetNodeReferenceID("restNodeID", restNode.GetID())
             if self.restStudy is not None:   # read from a file (a background run's copy of it too)
                 self._restShownAs = restNode.GetID()
         volume = _proxy_of(self.context, restNode) if restNode.IsA("vtkMRMLSequenceNode") else restNode

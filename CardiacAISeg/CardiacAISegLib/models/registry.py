@@ -466,17 +466,29 @@ def load_model(name, verify=True, runtime=None, device=None):
     """
     card = get_card(name)
     chosen = choose_runtime(card, runtime, device)
-    if chosen == "onnxruntime" and card["weights"]["format"] != "onnx":
+    if runs_export(card, chosen):
         key = (card["_folder"], card["onnx"]["sha256"], chosen)
         if key not in _CACHE:
-            path = verify_onnx(card) if verify else onnx_path(card)
+            path = verify_runnable(card, chosen) if verify else onnx_path(card)
             _CACHE[key] = LoadedModel(card, _onnx_module(card, path), chosen, _companions(card, device))
         return _CACHE[key]
     key = (card["_folder"], card["weights"]["sha256"], chosen)
     if key not in _CACHE:
-        path = verify_weights(card) if verify else weights_path(card)
+        path = verify_runnable(card, chosen) if verify else weights_path(card)
         _CACHE[key] = LoadedModel(card, _build_module(card, path), chosen, _companions(card, device))
     return _CACHE[key]
+
+
+def runs_export(card, runtime):
+    """True when ``runtime`` runs the card's ONNX export rather than its weights file."""
+    return runtime == "onnxruntime" and card["weights"]["format"] != "onnx"
+
+
+def verify_runnable(card, runtime=None):
+    """The file ``runtime`` (default: ``choose_runtime``'s) loads for ``card``, checked by sha256:
+    what ``load_model`` runs, and what `cardiacaiseg models` reports on."""
+    runtime = runtime or choose_runtime(card)
+    return verify_onnx(card) if runs_export(card, runtime) else verify_weights(card)
 
 
 # perfusion segmentation modes that run the cine network on key images of the first pass

@@ -272,17 +272,15 @@ class CardiacWebApp:
         from trame_server.utils.asynchronous import create_task
 
         if s.model != LABELS_CHOICE:
-            job = sess.start(s.model, sess.density())   # (a refusal before it starts is the page's error)
-            self._job = job
-            s.running, s.progress, s.progress_text = True, 0, "starting"
-            s.info_message = ""
-            create_task(self._run_job(job))
-            return
-        progress = Progress(lambda done, total, message: self._progress_from_thread(progress, done, total, message))
-        self._progress = progress
+            self._job = sess.start(s.model, sess.density())   # (a refusal before it starts is the page's error)
+            task = self._run_job(self._job)
+        else:
+            progress = Progress(lambda done, total, message: self._progress_from_thread(progress, done, total, message))
+            self._progress = progress
+            task = self._run(s.model, progress, sess.density())
         s.running, s.progress, s.progress_text = True, 0, "starting"
         s.info_message = ""
-        create_task(self._run(s.model, self._progress, sess.density()))
+        create_task(task)
 
     async def _run_job(self, job):
         """Follow a background network run: its progress onto the page, its analysis applied when
