@@ -126,9 +126,12 @@ def _batch(args):
 
 
 def _phantom(args):
-    from .phantoms.phantom import write_phantom
+    from .phantoms.phantom import mostly_noise_warning, write_phantom
 
     options = {} if args.noise is None else {"noise": args.noise}
+    warning = mostly_noise_warning(args.kind, args.noise)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     paths, _, _ = write_phantom(args.kind, args.out, seed=args.seed, force=args.force, **options)
     for name, path in sorted(paths.items()):
         print(f"wrote {path}")

@@ -269,3 +269,23 @@ def test_phantom_force_replaces_a_phantom_of_the_other_kind_whole(tmp_path):
     write_phantom("perfusion", tmp_path, seed=1, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aif.csv", "perfusion.nii.gz", "perfusion_labels.nii.gz",
                                                           "truth.json"]
+
+
+def test_phantom_force_replaces_only_a_phantom(tmp_path, capsys):
+    """Probe 74: --force removed a truth.json or aif.csv of any origin (a study's own AIF,
+    someone's ground truth) along with an earlier phantom's files."""
+    from CardiacAISegLib.errors import OutputExistsError
+
+    (tmp_path / "truth.json").write_text('{"patient": "P7", "expert EF": 61}')
+    with pytest.raises(OutputExistsError, match="no phantom wrote"):
+        write_phantom("perfusion", tmp_path, seed=1, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truth.json"]
+    assert "P7" in (tmp_path / "truth.json").read_text()
+
+
+def test_phantom_says_when_the_noise_drowns_the_signal(tmp_path, capsys):
+    """Probe 74: `phantom --noise 1e6` wrote images of noise beside an exact truth without a word."""
+    assert cli.main(["phantom", "--kind", "perfusion", "--out", str(tmp_path / "loud"), "--noise", "1e6"]) in (0, None)
+    assert "the images are mostly noise" in capsys.readouterr().err
+    assert cli.main(["phantom", "--kind", "perfusion", "--out", str(tmp_path / "quiet"), "--noise", "0.02"]) in (0, None)
+    assert "mostly noise" not in capsys.readouterr().err

@@ -39,6 +39,29 @@ def _nifti(array_tkji, ijk_to_ras, path, dtype, time_step=None):
     nib.save(img, str(path))
 
 
+# noise SDs past these give images that are mostly noise (cine: the blood signal is about 1; perfusion:
+# myocardial enhancement peaks near 0.5 mmol/L): written as asked, with a word
+MOSTLY_NOISE = {"cine": 0.5, "perfusion": 0.5}
+
+
+def _written_by_a_phantom(out_dir):
+    """Whether the phantom files in ``out_dir`` are a phantom's: its truth.json says which kind and seed."""
+    try:
+        meta = json.loads((Path(out_dir) / "truth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") in PHANTOM_FILES and "seed" in meta and "truth" in meta
+
+
+def mostly_noise_warning(kind, noise):
+    """A sentence when ``noise`` drowns the phantom's signal, else None."""
+    if noise is None or noise <= MOSTLY_NOISE[kind]:
+        return None
+    what = "the blood signal (about 1)" if kind == "cine" else "the myocardium's peak enhancement (about 0.5 mmol/L)"
+    return (f"noise SD {noise:g} is larger than half of {what}: the images are mostly noise; analyze will find "
+            "no heart (or no bolus) in them, or flag them, rather than measure what truth.json says")
+
+
 def write_phantom(kind, out_dir, seed=0, force=False, **options):
     """Write a phantom study into ``out_dir``; returns (paths, study, truth)."""
     out_dir = Path(out_dir)
@@ -50,6 +73,11 @@ def write_phantom(kind, out_dir, seed=0, force=False, **options):
     earlier = [n for n in dict.fromkeys(n for files in PHANTOM_FILES.values() for n in files) if (out_dir / n).exists()]
     if earlier and not force:
         raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(earlier)}; pass --force to replace them")
+    if earlier and not _written_by_a_phantom(out_dir):
+        # --force replaces an earlier phantom; a truth.json or aif.csv of another origin (a study's
+        # own AIF, someone's ground truth) is data no phantom can write back (probe 74)
+        raise OutputExistsError(f"{out_dir}: holds {', '.join(earlier)} that no phantom wrote (its truth.json is not a "
+                                "phantom's); --force replaces only a phantom: give an empty folder")
     if kind == "cine":
         study, truth = make_cine_phantom(seed=seed, **options)
         frames = sorted(study.labels)
