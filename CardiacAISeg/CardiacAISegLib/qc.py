@@ -334,7 +334,7 @@ def label_anatomy_flags(analysis):
     whose card lists its classes in another order gave LV and RV swapped (EF 40 % for 24 %), and
     one whose output is mirrored put every contour off the heart, both with QC "pass" (probe
     round 15)."""
-    from .readers.labelmap import labels_off_the_image, lv_and_rv_look_swapped, lv_rv_ring_shares
+    from .readers.labelmap import labels_off_the_image, lv_and_rv_look_swapped, lv_rv_ring_shares, ventricle_inside_the_other
 
     flags = []
     shares = lv_rv_ring_shares(analysis.labels.values())
@@ -349,6 +349,9 @@ def label_anatomy_flags(analysis):
     if off:
         flags.append(_flag("LABELS_OFF_THE_IMAGE", REVIEW, f"{'network output' if analysis.model_info else 'labels given'}: "
                                                            f"{off}", None))
+    nested = ventricle_inside_the_other(analysis.labels, analysis.study.voxel_volume_ml)
+    if nested:
+        flags.append(_flag("VENTRICLE_INSIDE_OTHER", REVIEW, nested, None))
     return flags
 
 

@@ -1115,6 +1115,31 @@ def test_labels_against_the_anatomy_whatever_made_them(cine):
     assert flag["message"].startswith("labels given: the labels do not seem to overlay this image")
 
 
+def test_one_ventricle_painted_inside_the_other_is_flagged(cine):
+    """Probe 78: 60 RV voxels painted inside the ED LV blood pool moved 1.3 mL from LV to RV and
+    changed the wall thickness beside it, with QC "pass"."""
+    from scipy import ndimage
+
+    study, _ = cine
+    assert "VENTRICLE_INSIDE_OTHER" not in codes(_cine_analysis(study))
+    ed = min(study.labels)
+    lab = study.labels[ed].copy()
+    k = int(np.argmax((lab == LV).sum(axis=(1, 2))))
+    core = ndimage.binary_erosion(lab[k] == LV, iterations=4)
+    rows, cols = np.nonzero(core)
+    r, c = int(np.median(rows)), int(np.median(cols))
+    island = np.zeros_like(core)
+    island[r - 4:r + 4, c - 4:c + 4] = True
+    assert (island <= core).all()
+    painted = lab.copy()
+    painted[k][island] = RV
+    a = _cine_analysis(study, {**study.labels, ed: painted})
+    flag = next(f for f in a.qc["flags"] if f["code"] == "VENTRICLE_INSIDE_OTHER")
+    assert f"RV label inside the LV blood pool ({64 * study.voxel_volume_ml:.1f} mL at frame {ed + 1}" in flag["message"]
+    # the LV pool under the island given back as LV: nothing nested
+    assert "VENTRICLE_INSIDE_OTHER" not in codes(_cine_analysis(study, {**study.labels, ed: lab}))
+
+
 def test_a_value_just_outside_a_range_is_not_shown_as_its_bound():
     """"RV/LV EDV ratio 0.20 is outside 0.2-4" read as a contradiction: it was 0.196 (probe round 15)."""
     from CardiacAISegLib.qc import _shown_outside
