@@ -616,6 +616,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._observedMarkups is not None:
             self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onMarkupsPointModified)
             self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onMarkupsInteractionEnded)
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.onMarkupsPointRemoved)
             self._observedMarkups = None
         if clear:
             return
@@ -629,6 +630,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if markups is not None:
             self.addObserver(markups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onMarkupsPointModified)
             self.addObserver(markups, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onMarkupsInteractionEnded)
+            self.addObserver(markups, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.onMarkupsPointRemoved)
             self._observedMarkups = markups
 
     @vtk.calldata_type(vtk.VTK_INT)
@@ -642,6 +644,17 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.updateTimeLabel.text = f"Sectors and table updated in {1000 * self.logic.lastUpdateTimeS:.1f} ms"
         except Exception as e:   # e.g. a point dragged onto the LV centre: say so, keep going
             self.ui.updateTimeLabel.text = f"Insertion point not applied: {e}"
+        finally:
+            self._updatingNodes = False
+
+    def onMarkupsPointRemoved(self, caller, event):
+        """A handle deleted: the Logic shows it again where the sectors are measured from, and says so."""
+        if self._updatingNodes or self.logic.analysis is None:
+            return
+        self._updatingNodes = True
+        try:
+            if self.logic.onInsertionPointRemoved(caller):
+                self.ui.statusLabel.text = self.logic.analysis.warnings[-1]
         finally:
             self._updatingNodes = False
 

@@ -812,6 +812,29 @@ class CardiacAISegLogic(_LogicBase):
             self.lastUpdateTimeS = time.perf_counter() - t0
         return sorted(set(changed))
 
+    def onInsertionPointRemoved(self, markupsNode=None):
+        """A handle deleted (possible once the node's fixed number of points is unlocked in the
+        Markups module): the AHA sectors still use its point, so the handle is shown again where
+        it is measured, and that is said (the table kept the deleted point's sectors with no
+        word, and so did a saved scene; probe 78). Returns the (slice, side) put back."""
+        a = self._requireAnalysis()
+        node = markupsNode or self.getNodeParameter("markupsID")
+        labels = (sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "") for n in range(node.GetNumberOfControlPoints()))
+        shown = {(int(m.group(1)), m.group(2).lower()) for m in labels if m}
+        missing = [(p["slice"], side, p[f"{side}_ras"]) for p in a.insertion_summary() for side in sc.SIDES
+                   if p.get(f"{side}_ras") is not None and (p["slice"], side) not in shown]
+        if not missing:
+            return []
+        fixed = node.GetFixedNumberOfControlPoints()
+        node.SetFixedNumberOfControlPoints(False)
+        for k, side, ras in missing:
+            node.AddControlPoint([float(x) for x in ras], sc.point_label(k, side))
+        node.SetFixedNumberOfControlPoints(fixed)
+        names = " and ".join(f"'{sc.point_label(k, side)}'" for k, side, _ in missing)
+        a.warnings.append(f"RV insertion handle {names} deleted: the AHA segments are measured from it still, so it is "
+                          "shown again there; drag it to move it")
+        return [(k, side) for k, side, _ in missing]
+
     def _placeHandle(self, node, n, k, side, onlyIfOffPlane=False):
         """Put handle ``n`` where the analysis has slice k's ``side`` point (on slice k's plane:
         a point dragged off it is measured by its projection, so it is shown there too)."""

@@ -304,6 +304,38 @@ def test_moving_an_insertion_point_changes_only_that_slice(measured):
     assert logic.onInsertionPointMoved(markups) == []
 
 
+def test_a_deleted_insertion_handle_is_shown_again_where_it_is_measured(measured):
+    """Probe 78: a handle deleted (the node's fixed number of points unlocked) left the table on
+    the deleted point's sectors with no word, in the scene and in a saved one."""
+    logic = measured
+    a = logic.analysis
+    markups = logic.getNodeParameter("markupsID")
+    labels = [markups.GetNthControlPointLabel(n) for n in range(markups.GetNumberOfControlPoints())]
+    k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
+    n = labels.index(f"S{k} anterior")
+    p = np.zeros(3)
+    markups.GetNthControlPointPosition(n, p)
+    centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
+    normal, r = a.study.slice_normal, p - centre
+    moved = centre + r * np.cos(0.3) + np.cross(normal, r) * np.sin(0.3)   # a drag first: the dragged point comes back
+    markups.SetNthControlPointPosition(n, *moved)
+    logic.onInsertionPointMoved(markups, n)
+    markups.GetNthControlPointPosition(n, p)
+    rows = rows_by_measure(logic)
+    assert logic.onInsertionPointRemoved(markups) == []
+    markups.SetFixedNumberOfControlPoints(False)
+    markups.RemoveNthControlPoint(n)
+    assert logic.onInsertionPointRemoved(markups) == [(k, "anterior")]
+    back = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())]
+    assert sorted(back) == sorted(labels)
+    q = np.zeros(3)
+    markups.GetNthControlPointPosition(back.index(f"S{k} anterior"), q)
+    np.testing.assert_allclose(q, p, atol=1e-6)
+    assert rows_by_measure(logic) == pytest.approx(rows, nan_ok=True)
+    assert any(f"RV insertion handle 'S{k} anterior' deleted" in w for w in a.warnings)
+    assert logic.onInsertionPointMoved(markups) == []   # what is shown is what is measured
+
+
 def test_painting_and_erasing_myocardium_changes_mass_exactly(phantom, measured):
     from scipy import ndimage
     logic = measured
