@@ -59,7 +59,7 @@ STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "a
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
 OUTPUT_PARAMETERS = ("outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID", "restSegmentationID",
-                     "frameLabelsID")
+                     "frameLabelsID", "runLabelsID", "restRunLabelsID")
 # Parameter name -> default (all strings: a scripted module node stores strings).
 PARAMETERS = {
     "inputNodeID": "", "kind": "auto", "modelName": "", "frames": "ed_es", "useExistingLabels": "false",
@@ -69,6 +69,10 @@ PARAMETERS = {
     # segmentations alone reopened without the volume curve, its ED/ES certainty and the frames
     # an edit keeps (the same ES edit read EF -24 % live, 20 % reopened; probe 67)
     "frameLabelsID": "",
+    # the run's own label maps of the frames shown for editing (ED and ES, the perfusion mask) and
+    # of the rest mask: a reopened scene compared edits with nothing (an edit undone stayed
+    # "corrected by hand", the agreement with the network was refused; probe 78)
+    "runLabelsID": "", "restRunLabelsID": "",
     "outputDirectory": "", "groundTruthName": "patient101", "bullseyeMeasure": "mbf",
     # "ED ES" frames an edit kept where they were (a whole cycle labelled); "" = from the volume curve
     "keptEdEs": "",
@@ -80,7 +84,7 @@ PARAMETERS = {
     "measuredDensity": "",
 }
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
-                   "restSegmentationID", "frameLabelsID")
+                   "restSegmentationID", "frameLabelsID", "runLabelsID", "restRunLabelsID")
 # Combo boxes show these values in this order (the .ui lists one item per value).
 PARAMETER_CHOICES = {"kind": ("auto", CINE, PERFUSION), "frames": ("ed_es", "all"),
                      "bullseyeMeasure": ("mbf", "relative_upslope")}
@@ -422,6 +426,10 @@ class CardiacAISegLogic(_LogicBase):
             return
         a.rest = None
         self.restNetworkLabels = None
+        restRun = self.getNodeParameter("restRunLabelsID")
+        if restRun is not None:
+            self.scene.RemoveNode(restRun)
+            self.setParameter("restRunLabelsID", "")
         a.warnings = []   # measured again, as an edit does: the rest's caveats go with it
         a.run()
         self.parameterNode().SetNodeReferenceID("restSegmentationID", None)   # its mask is measured no more
@@ -577,6 +585,7 @@ class CardiacAISegLogic(_LogicBase):
         self.restNetworkLabels = {t: m.copy() for t, m in analysis.rest.labels.items()} if analysis.rest is not None else None
         self._storeFrameLabels(analysis)
         self.updateNodes()
+        self._storeRunLabels()
         markups = self.getNodeParameter("markupsID")
         if markups is not None:
             # points placed by hand (labels with no RV) are placed again from here on reopening
@@ -598,6 +607,36 @@ class CardiacAISegLogic(_LogicBase):
         node = sc.store_frame_labels(self.context, analysis.labels, analysis.study.ijk_to_ras,
                                      f"{analysis.study.name} {sc.FRAME_LABELS_NAME}", node=node)
         self.setParameter("frameLabelsID", node)
+
+    def _storeRunLabels(self):
+        """The run's label maps of the frames the output segmentations show (``networkLabels``)
+        and of the rest mask (``restNetworkLabels``) in hidden sequences, so that a reopened scene
+        still knows what an edit changed."""
+        shown = {int(node.GetAttribute(FRAME_ATTRIBUTE)) for node in
+                 (self.getNodeParameter("outputSegmentationID"), self.getNodeParameter("outputSegmentationESID"))
+                 if node is not None and (node.GetAttribute(FRAME_ATTRIBUTE) or "").isdigit()}
+        a = self.analysis
+        for parameter, labels, study, suffix in (
+                ("runLabelsID", {t: m for t, m in (self.networkLabels or {}).items() if t in shown}, a.study, "run labels"),
+                ("restRunLabelsID", self.restNetworkLabels or {}, a.rest.study if a.rest is not None else None, "rest run labels")):
+            node = self.getNodeParameter(parameter)
+            if not labels or study is None:
+                if node is not None:
+                    self.scene.RemoveNode(node)
+                    self.setParameter(parameter, "")
+                continue
+            node = sc.store_frame_labels(self.context, labels, study.ijk_to_ras, f"{study.name} {suffix}", node=node)
+            node.SetAttribute(INPUT_ATTRIBUTE, self.getParameter("inputNodeID"))
+            self.setParameter(parameter, node)
+
+    def _runLabelsOf(self, parameter, study):
+        """{frame: labels} stored by ``_storeRunLabels`` that fit ``study``'s grid, else None."""
+        node = self.getNodeParameter(parameter)
+        if node is None or study is None:
+            return None
+        shape = study.images.shape[1:]
+        labels = {t: m for t, m in sc.frame_labels_of(node).items() if m.shape == shape}
+        return labels or None
 
     def _restStudy(self):
         """The rest perfusion study to pair with a stress one, or None."""
@@ -1066,6 +1105,8 @@ class CardiacAISegLogic(_LogicBase):
         self.analysis.edited_frames = {int(f) for f in self.getParameter("editedFrames").split()}
         if self.analysis.rest is not None:
             self.analysis.rest.edited_frames = {int(f) for f in self.getParameter("restEditedFrames").split()}
+        self.networkLabels = self._runLabelsOf("runLabelsID", self.study)
+        self.restNetworkLabels = self._runLabelsOf("restRunLabelsID", self.analysis.rest.study if self.analysis.rest else None)
         kept = self.getParameter("keptEdEs").split()
         if len(kept) == 2:
             self.analysis.kept_ed_es = (int(kept[0]), int(kept[1]))

@@ -154,7 +154,10 @@ def test_scene_mrb_round_trip(cine):
     labels, affine = _read_nifti_labels(cine["phantom"] / "cine_labels.nii.gz")
 
     sequences = scene.nodes_by_class(ctx, "vtkMRMLSequenceNode")
-    (seq,) = [s for s in sequences if scene.FRAME_LABELS_NAME not in s.GetName()]
+    (seq,) = [s for s in sequences if not s.GetHideFromEditors()]
+    # the run's own labels of the frames shown for editing, kept to tell an edit from the run
+    (run,) = [s for s in sequences if s.GetName().endswith(" run labels")]
+    assert run.GetHideFromEditors() and run.GetNumberOfDataNodes() == 2
     assert seq.GetNumberOfDataNodes() == n_frames == 20
     # every frame's labels too (the whole cycle was segmented), kept out of the editors' lists
     (frame_labels,) = [s for s in sequences if scene.FRAME_LABELS_NAME in s.GetName()]

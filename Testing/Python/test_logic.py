@@ -491,7 +491,8 @@ def test_a_perfusion_sequence_with_a_blank_dynamic_shows_and_measures_the_frames
     # the segmentation made for it are kept, not rebuilt and let go each time
     for _ in range(2):
         logic.studyFromNode(nodes.sequence, kind="perfusion")
-    assert logic.studyNodes.sequence is shown and logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 2
+    sequences = logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") - (logic.getNodeParameter("runLabelsID") is not None)
+    assert logic.studyNodes.sequence is shown and sequences == 2   # the run's own labels aside
     assert logic.getNodeParameter("outputSegmentationID") is not None
     again = logic.runSegmentation(useExistingLabels=True)
     assert again.perfusion["global_mbf_ml_min_g"] == pytest.approx(a.perfusion["global_mbf_ml_min_g"], rel=1e-6)
@@ -1077,6 +1078,30 @@ def test_an_edit_undone_is_no_longer_a_correction(measured):
     edit_segmentation(node, voxels, MYO)
     logic.onSegmentationEdited(node)
     assert a.edited_frames == set() and np.array_equal(a.labels[ed], logic.networkLabels[ed])
+
+
+def test_an_edit_undone_in_a_reopened_scene_is_no_longer_a_correction(measured, tmp_path):
+    """Probe 78: the run's labels were not saved with the scene, so an edit undone after reopening
+    stayed "corrected by hand" and the agreement with the network was refused."""
+    logic = measured
+    a = logic.analysis
+    ed, es = a.cine["ed_frame"], a.cine["es_frame"]
+    node = logic.getNodeParameter("outputSegmentationID")
+    voxels = [tuple(v) for v in np.argwhere(a.labels[ed] == MYO)[:40]]
+    edit_segmentation(node, voxels, 0)
+    logic.onSegmentationEdited(node)
+    assert a.edited_frames == {ed}
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    assert sorted(reopened.networkLabels) == sorted({ed, es})
+    agreement = reopened.agreementWithNetwork()
+    assert agreement[ed]["myo"]["dice"] < 1.0 == agreement[es]["myo"]["dice"]
+    node = reopened.getNodeParameter("outputSegmentationID")
+    edit_segmentation(node, voxels, MYO)
+    reopened.onSegmentationEdited(node)
+    assert reopened.analysis.edited_frames == set()
+    assert reopened.getParameter("editedFrames") == ""
 
 
 def test_a_whole_cycle_reopens_with_every_frame_and_reads_an_edit_as_live(phantom, tmp_path):

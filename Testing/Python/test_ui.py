@@ -99,7 +99,8 @@ def test_parameter_names_map_to_logic_parameters(form):
     # with are the Logic's record for the saved scene, not choices; so is every frame's labels
     # sequence of a whole cycle (frameLabelsID).
     assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID", "keptEdEs", "modelInfo",
-                                            "editedFrames", "restEditedFrames", "measuredDensity", "frameLabelsID"}
+                                            "editedFrames", "restEditedFrames", "measuredDensity", "frameLabelsID",
+                                            "runLabelsID", "restRunLabelsID"}
     _, _, classes = _ui_tree()
     for name, widget_name in bound.items():
         cls = classes[widget_name]
