@@ -178,15 +178,19 @@ def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 _FG = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
        "CardiacSynchronizationSequence", "FrameContentSequence", "PixelValueTransformationSequence",
-       "MRTimingAndRelatedParametersSequence", "RealWorldValueMappingSequence")
+       "MRTimingAndRelatedParametersSequence", "RealWorldValueMappingSequence",
+       "UnassignedPerFrameConvertedAttributesSequence")
+LEGACY_CONVERTED_MR = "1.2.840.10008.5.1.4.1.1.4.4"
 
 
 def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
-                         instance=1):
+                         instance=1, sop_class=ENHANCED_MR):
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
     ps, thickness, trigger_ms, acq_dt, ref_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
     where Siemens XA writes it), rwv_slope, rwv_intercept (Philips' real-world value mapping),
-    drop (groups left out of that frame).
+    drop (groups left out of that frame); legacy_trigger_ms, legacy_acq_time (a Legacy Converted
+    file's per-frame copies of the source images' TriggerTime / AcquisitionTime: pass
+    sop_class=LEGACY_CONVERTED_MR).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -201,7 +205,9 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
                    "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")},
                    "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")},
                    "RealWorldValueMappingSequence": {"RealWorldValueSlope": fr.get("rwv_slope"),
-                                                     "RealWorldValueIntercept": fr.get("rwv_intercept")}}
+                                                     "RealWorldValueIntercept": fr.get("rwv_intercept")},
+                   "UnassignedPerFrameConvertedAttributesSequence": {"TriggerTime": fr.get("legacy_trigger_ms"),
+                                                                     "AcquisitionTime": fr.get("legacy_acq_time")}}
         g = Dataset()
         for name in names:
             attrs = {k: v for k, v in content[name].items() if v is not None}
@@ -213,7 +219,7 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
         return g
 
     pixels = np.stack([fr["pixels"] for fr in frames])
-    ds = new_dataset(ENHANCED_MR, series, number, desc)
+    ds = new_dataset(sop_class, series, number, desc)
     ds.Manufacturer, ds.InstanceNumber = "Philips", instance
     ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), pixels.shape[1:]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15

@@ -314,3 +314,42 @@ def test_kind_cine_does_not_narrow_to_series_named_cine(base, tmp_path):
                     instance=t + 1, value=200)
     study = load_study(exam, kind="cine")
     assert study.n_slices == N_SLICES and len(study.provenance["series_uid"].split("+")) == N_SLICES
+
+
+def test_a_prior_exam_stored_beside_the_current_one_is_not_merged_into_its_stack(base, tmp_path):
+    """Probe 77: a patient's current and prior exam in one folder, both per-slice cines numbered and
+    described alike (the prior 4 mm along the normal): all 20 series were read as one stack of 20
+    slices, EDV and mass 10 % low (or EF 26 for 51 %), exit 0."""
+    exam = tmp_path / "exam"
+
+    def study(uid, date, shift_mm):
+        def per_slice(ds, k, t):
+            ds.SeriesInstanceUID, ds.SeriesNumber = f"{uid}.{k + 1}", 20 + k
+            ds.SeriesDescription, ds.InstanceNumber = "cine_retro_sax", t + 1
+            ds.StudyInstanceUID, ds.StudyDate = uid, date
+            ds.ImagePositionPatient = [0.0, 0.0, SLICE_MM * k + shift_mm]
+        return per_slice
+
+    import shutil
+
+    for name, uid, date, shift in (("current", "1.2.826.0.1.3680043.10.120", "20260105", 0.0),
+                                   ("prior", "1.2.826.0.1.3680043.10.121", "20250301", 4.0)):
+        cine_dicom(base, tmp_path / name, per_image=study(uid, date, shift))   # (its labels file beside it)
+        shutil.copytree(tmp_path / name, exam / name)
+    with pytest.raises(CardiacInputError, match=r"they belong to 2 studies \(exams\) of this patient: 2025-03-01 "
+                                                r"\(8 series, StudyInstanceUID 1\.2\.826\.0\.1\.3680043\.10\.121\); 2026-01-05"):
+        load_study(exam)
+    study_alone = load_study(exam / "current")
+    assert study_alone.images.shape[:2] == (N_FRAMES, N_SLICES)
+
+
+def test_orientations_a_float_rounding_apart_are_one_plane_and_not_said_to_be_tilted(base, tmp_path):
+    """Probe 77: slices whose orientation cosines differ by 2e-7 across a 0.0005 rounding step
+    were said to be "tilted up to 0.0° against the rest of the stack (a re-planned slice?)"."""
+    def noisy(ds, k, t):
+        ds.ImageOrientationPatient = [1, 0.0004999 if k % 2 else 0.0005001, 0, 0, 1, 0]
+
+    cine_dicom(base, tmp_path / "cine", per_image=noisy)
+    study = load_study(tmp_path / "cine")
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert not any("tilted" in w for w in study.provenance["warnings"]), study.provenance["warnings"]

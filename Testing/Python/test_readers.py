@@ -603,6 +603,21 @@ def test_enhanced_dicom_one_file_with_all_frames_matches_classic(sunnybrook_refe
     expect_error(lambda: load_study(path, kind="perfusion", dt=1.0), tmp_path, "--kind perfusion contradicts", "one cardiac cycle")
 
 
+def test_legacy_converted_frames_out_of_time_order_are_timed_by_their_converted_attributes(sunnybrook_reference, tmp_path):
+    """Probe 77: a Legacy Converted Enhanced MR file keeps each source image's TriggerTime in its
+    UnassignedPerFrameConvertedAttributesSequence only; frames stored out of time order were read
+    in file order with no frame times (EF 18 for 51 %, nothing said)."""
+    from dicom_factory import LEGACY_CONVERTED_MR
+
+    by_slice = _sunnybrook_frames(SUNNYBROOK)
+    frames = [dict(fr, legacy_trigger_ms=fr["trigger_ms"], trigger_ms=None, tpi=None, acq_dt=None, ref_dt=None)
+              for z in sorted(by_slice, reverse=True) for fr in reversed(by_slice[z])]
+    order = np.random.default_rng(0).permutation(len(frames))
+    path = write_enhanced_dicom(tmp_path / "legacy.dcm", [frames[i] for i in order], sop_class=LEGACY_CONVERTED_MR)
+    st = load_study(path)
+    _same_study(st, sunnybrook_reference)
+
+
 @pytest.mark.parametrize("series_per_slice", [False, True])
 def test_enhanced_dicom_one_file_per_slice_with_shared_groups_matches_classic(sunnybrook_reference, tmp_path, series_per_slice):
     by_slice = _sunnybrook_frames(SUNNYBROOK)

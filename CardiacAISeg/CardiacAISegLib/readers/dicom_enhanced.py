@@ -157,6 +157,20 @@ def _item(seq_owner, name):
     return seq[0] if seq else None
 
 
+UNASSIGNED_PER_FRAME = "UnassignedPerFrameConvertedAttributesSequence"
+
+
+def _legacy_acquisition_seconds(item):
+    """The acquisition clock of one converted source image (its AcquisitionDateTime, else its
+    AcquisitionDate + AcquisitionTime or the time alone), in seconds, else None."""
+    when = datetime_seconds(item.get("AcquisitionDateTime"))
+    if when is None and item.get("AcquisitionTime") not in (None, ""):
+        time = str(item.get("AcquisitionTime")).strip()
+        date = str(item.get("AcquisitionDate") or "").strip()
+        when = datetime_seconds(date + time) if date else datetime_seconds(time if "." in time else time + ".0")
+    return when
+
+
 def expand_enhanced(path, ds):
     """[EnhancedFrame] for every frame of an enhanced file (CardiacInputError if its functional
     groups are malformed; a missing geometry group is reported when the series is loaded)."""
@@ -212,6 +226,15 @@ def expand_enhanced(path, ds):
                 tpi = int(fc.get("TemporalPositionIndex")) if fc.get("TemporalPositionIndex") not in (None, "") else None
             except (TypeError, ValueError):
                 tpi = None
+        legacy = _item(groups, UNASSIGNED_PER_FRAME)
+        if legacy is not None:
+            # a Legacy Converted Enhanced MR file keeps each source image's own attributes here: its
+            # frames, stored in any order, were read in file order with no clock (EF 18 for 51 %,
+            # nothing said; probe 77)
+            if values["TriggerTime"] is None and legacy.get("TriggerTime") not in (None, ""):
+                values["TriggerTime"] = float(legacy.get("TriggerTime"))
+            if acq_s is None:
+                acq_s = _legacy_acquisition_seconds(legacy)
         frames.append(EnhancedFrame(source, i, values, missing, acq_s, tpi))
     if (len(frames) > 1 and len(references) == len(frames) and None not in references and len(set(references)) > 1
             and len({f.acquisition_s for f in frames}) == 1):
