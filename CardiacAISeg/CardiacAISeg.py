@@ -229,6 +229,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for pathEdit in (self.ui.outputDirectoryLineEdit,):
             pathEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
+        # the results table and the insertion handles are the module's own nodes, shown, not
+        # chosen: a point list or table picked there was overwritten or refused (probe 79)
+        for selector in (self.ui.markupsSelector, self.ui.tableSelector):
+            selector.enabled = False
+            selector.toolTip = "Made by the module when it measures; shown here, not chosen."
         self.ui.progressBar.setVisible(False)
         self.ui.reportScrollArea.setVisible(False)
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self._segmentEditorNode())
@@ -259,8 +264,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
-        if self.logic.analysis is None and self.logic.getNodeParameter("inputNodeID") is not None:
-            self._restoreAnalysis()   # a scene loaded before this module was first opened
+        inputNode = self.logic.getNodeParameter("inputNodeID")
+        if self.logic.analysis is None and inputNode is not None and not self.logic.isCurrentStudyNode(inputNode) \
+                and not self._isRunning():
+            # a scene loaded before this module was first opened (a study read here, by Load or
+            # the input box, is not read again: that lost the labels that came with it; probe 79)
+            self._restoreAnalysis()
         # as Slicer's Segment Editor module: shortcuts and view observations only while shown
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.ui.segmentEditorWidget.setupViewObservations()
@@ -296,9 +305,15 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         network's own output, the labelled frames and the volume curve."""
         if self.logic.analysis is not None and self.logic.isCurrentStudyNode(self.logic.getNodeParameter("inputNodeID")):
             return
-        self._stopJob()          # a job started for the scene before the import is not its result
-        if self._progress is not None:
-            self._progress.cancel()
+        if self._isRunning() and self._jobInput and slicer.mrmlScene.GetNodeByID(self._jobInput) is not None:
+            return   # data added during a first run: the run goes on for its input, which is still there
+        if self._isRunning():
+            # its input went with the import: the panel was left half "running" (Cancel doing nothing)
+            self._stopJob()
+            if self._progress is not None:
+                self._progress.cancel()
+            self._setRunning(False)
+            self.ui.statusLabel.text = "Stopped: the scene the run was started for was replaced."
         self.logic = moduleLogic()
         self.initializeParameterNode()
         self._restoreAnalysis()
@@ -335,7 +350,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for w in self._bound:
                 name = w.property("SlicerParameterName")
                 _setWidgetValue(w, self.logic.getParameter(name), self._choices.get(name))
-            ready = self.logic.study is not None or self.ui.inputSelector.currentNode() is not None
+            # the view shows the table the module writes (after a run, an edit, or a table made anew)
+            if self.ui.tableView.mrmlTableNode() is not self.logic.getNodeParameter("tableID"):
+                self.ui.tableView.setMRMLTableNode(self.logic.getNodeParameter("tableID"))
+            # an input in the scene: a study whose node was deleted ran and said "Done." on nodes
+            # no saved scene could reopen (probe 79)
+            ready = self.ui.inputSelector.currentNode() is not None or self.logic.getNodeParameter("inputNodeID") is not None
             self.ui.applyButton.enabled = ready and not self._isRunning()
             hasResults = self.logic.analysis is not None
             for button in (self.ui.showReportButton, self.ui.exportButton, self.ui.saveGroundTruthButton):
@@ -347,6 +367,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateParameterNodeFromGUI(self, *args):
         if self._parameterNode is None or self._updatingGUI:
             return
+        edited = self.logic.getParameter("outputSegmentationID")
         wasModifying = self._parameterNode.StartModify()
         try:
             for w in self._bound:
@@ -354,6 +375,9 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.setParameter(name, _widgetValue(w, self._choices.get(name)))
         finally:
             self._parameterNode.EndModify(wasModifying)
+        if self.logic.getParameter("outputSegmentationID") != edited and self.logic.analysis is not None:
+            # strokes in another segmentation picked there went unmeasured: its edits are watched now
+            self._observeOutputs()
 
     # ------------------------------------------------------------------------- input
     def onInputChanged(self, node):
@@ -679,6 +703,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._editTimer.start()
 
     def _applyEdits(self):
+        if self._progress is not None:
+            # a labels run in this process is writing the segmentations (its progress pumps the
+            # event loop): its writes are no edits, and resetting _updatingNodes here made them so
+            self._editTimer.start()
+            return
         pending, self._pendingEdits = self._pendingEdits, set()
         if not pending or self.logic.analysis is None:
             return
@@ -797,17 +826,21 @@ def _widgetValue(w, choices=None):
 
 
 def _setWidgetValue(w, value, choices=None):
+    # a value the widget holds already is not set again: setting a line edit's text moves its
+    # cursor to the end, so every keystroke (parameter node -> GUI) sent typing there (probe 79)
     if isinstance(w, slicer.qMRMLNodeComboBox):
         w.setCurrentNodeID(value or None)
     elif isinstance(w, ctk.ctkPathLineEdit):
-        w.currentPath = value
+        if w.currentPath != value:
+            w.currentPath = value
     elif isinstance(w, qt.QComboBox):
         w.setCurrentIndex(choices.index(value) if choices and value in choices else max(0, w.findText(value)))
     elif isinstance(w, qt.QCheckBox):
         w.checked = value.lower() == "true"
     elif isinstance(w, qt.QDoubleSpinBox):
-        w.value = float(value or 0)
-    else:
+        if w.value != float(value or 0):
+            w.value = float(value or 0)
+    elif w.text != value:
         w.text = value
 
 

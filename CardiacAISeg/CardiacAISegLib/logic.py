@@ -244,12 +244,21 @@ class CardiacAISegLogic(_LogicBase):
             return False
         return node is current or _sequence_of(self.context, node) is current
 
-    def _setInput(self, node):
+    def _isNewInput(self, node):
+        """True when ``node`` is not the input the AIF file, rest pairing and outputs were chosen
+        for: not the input parameter's node, or not the current study's while one is read. The
+        input selector writes the parameter before the module reads the node it picked, so the
+        parameter alone took a newly picked series for the previous one (its AIF file and rest
+        series kept: MBF from the other series' AIF, no flag; probe 79)."""
+        return not self._isInputNode(node) or (self.study is not None and not self.isCurrentStudyNode(node))
+
+    def _setInput(self, node, new=None):
         """Point the input parameter at ``node``; outputs made for another input are let go
         (kept in the scene, not overwritten), outputs the user made by hand stay selected. An
         AIF file chosen for another input is let go too: it belongs to the series it was given
-        with (a stale one gave the next series picked a wrong MBF with no flag)."""
-        if not self._isInputNode(node):
+        with (a stale one gave the next series picked a wrong MBF with no flag). ``new``: whether
+        ``node`` is another input than the one read (``_isNewInput``, asked before it was read)."""
+        if new if new is not None else not self._isInputNode(node):
             self.setParameter("aifPath", "")
             # a rest series read for the previous input goes with it too (one the user picked in
             # the scene stays picked; the pairing is checked again at the next run)
@@ -279,7 +288,8 @@ class CardiacAISegLogic(_LogicBase):
         """
         # the aifPath parameter is the AIF of the current input: another node picked brings its own
         # (stamped on it when it was loaded), or none
-        aifPath = self.getParameter("aifPath") if self._isInputNode(node) else ""
+        newInput = self._isNewInput(node)
+        aifPath = "" if newInput else self.getParameter("aifPath")
         study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), aifPath)
         from .readers.pd_frames import frames_differ_from_file
 
@@ -304,7 +314,7 @@ class CardiacAISegLogic(_LogicBase):
         if keepOutputs:
             self.setParameter("inputNodeID", sequence or node)
         else:
-            self._setInput(sequence or node)
+            self._setInput(sequence or node, new=newInput)
         self.studyAifPath = aifPath
         # what this reading found (an AIF chosen since, its source) is what a saved scene reopens with
         _write_study_attributes(sequence or node, study)
@@ -1085,6 +1095,10 @@ class CardiacAISegLogic(_LogicBase):
 
         node = self.getNodeParameter("inputNodeID")
         if node is None:
+            return None
+        if self.getNodeParameter("outputSegmentationID") is None and self.getNodeParameter("outputSegmentationESID") is None:
+            # nothing measured to make live again; reading the input here replaced the study a
+            # file was loaded as, and the labels that came with it (Run then found none; probe 79)
             return None
         # Node IDs may have been renamed on import: the parameter node's references are right.
         self.studyFromNode(node, keepOutputs=True)

@@ -1255,6 +1255,27 @@ def test_a_run_over_a_corrected_rest_mask_says_it_replaced_it(tmp_path):
     assert any("corrections made by hand on the rest series' mask" in w for w in b.warnings), b.warnings
 
 
+def test_another_series_picked_in_the_input_box_does_not_take_the_previous_ones_aif(tmp_path):
+    """Probe 79: the input box writes the input parameter before the module reads the node it
+    picked, so the newly picked series was taken for the current one and measured with the
+    previous series' AIF file (peak 6.85 for its own 3.28)."""
+    import json
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_study
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "a")
+    assert logic.getParameter("aifPath").endswith("aif.csv")
+    write_phantom("perfusion", tmp_path / "b", seed=5, force=True)
+    dt = json.loads((tmp_path / "b" / "truth.json").read_text())["dt_s"]
+    other = sc.add_study(logic.context, load_study(tmp_path / "b" / "perfusion.nii.gz", kind="perfusion", dt=dt))
+    logic.setParameter("inputNodeID", other.sequence)   # the selector's binding, first
+    logic.studyFromNode(other.sequence)                 # then the module reads what was picked
+    assert logic.getParameter("aifPath") == ""
+    assert logic.study.provenance["aif_source"] == "lv_blood_pool"
+
+
 def test_a_saved_perfusion_scene_reopens_without_its_aif_file_and_says_where_the_aif_came_from(tmp_path):
     """Probe 70: a saved scene whose AIF file had moved was refused ('AIF file not found') though
     the curve is stamped on its input node; and the reopened AIF was called an 'array'."""

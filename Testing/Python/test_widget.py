@@ -87,6 +87,9 @@ class _PanelWidget:
     def setMRMLTableNode(self, node):
         self.table = node
 
+    def mrmlTableNode(self):
+        return self.table
+
     def setSegmentationNode(self, node):
         self.segmentation = node
 
@@ -323,3 +326,40 @@ def test_a_node_still_being_filled_is_not_read(widget_module, cine_files):
     w.ui.loadPathLineEdit.currentPath = ""
     w.onLoadButton()
     assert "Choose a file or folder" in w.ui.statusLabel.text
+
+
+def test_entering_the_module_again_keeps_the_labels_a_study_came_with(widget_module, cine_files):
+    """Probe 79: every enter() with no analysis yet read the input node again, without the labels
+    that came with the file: Load, another module, back, Run -> "no label maps came with the
+    study"."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    assert logic.study.labels
+    w.exit()
+    w.enter()
+    assert logic.study.labels
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    assert w.ui.statusLabel.text.startswith("Done."), w.ui.statusLabel.text
+    assert logic.analysis is not None and widget_module.errors == []
+
+
+def test_data_added_during_a_first_run_leaves_the_run_going_and_the_panel_consistent(widget_module, cine_files, tmp_path):
+    """Probe 79: File > Add Data of a scene during a first network run killed the job silently and
+    left the panel half 'running' (progress bar shown, Cancel doing nothing, input box locked)."""
+    from CardiacAISegLib import scene as sc
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    logic.setParameter("useExistingLabels", "true")   # the worker measures the labels: no network
+    w.onApplyButton()
+    job = w._job
+    other = sc.new_scene()
+    other.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    other.scene.SetRootDirectory(str(tmp_path))
+    other.scene.SetURL(str(tmp_path / "landmarks.mrml"))
+    other.scene.Commit()
+    logic.scene.SetURL(str(tmp_path / "landmarks.mrml"))
+    logic.scene.Import()
+    assert w._job is job and job.state == "running"      # its input is still there: it goes on
+    _wait_for_job(w)
+    assert w.ui.statusLabel.text.startswith("Done."), w.ui.statusLabel.text
+    assert w.ui.inputSelector.enabled and w.ui.applyButton.enabled and not w.ui.cancelButton.enabled
