@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .errors import CardiacInputError
 
-JOB_FILE, RESULT_FILE = "job.pkl", "analysis.pkl"
+JOB_FILE, RESULT_FILE, WORKER_LOG = "job.pkl", "analysis.pkl", "worker.log"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
 
@@ -85,8 +85,12 @@ class BackgroundAnalysis:
         package_root = str(Path(__file__).resolve().parents[1])   # CardiacAISegLib's parent: importable in the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        self._process = subprocess.Popen([python_executable(), "-m", "CardiacAISegLib.background", str(self._folder)],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        # the worker's stderr (its prints, warnings, a traceback) goes to a file in its folder: a
+        # pipe nobody reads while it runs fills (64 kB, less on Windows) and the worker then
+        # blocks for ever, the job "running" (probe 79)
+        with open(self._folder / WORKER_LOG, "wb") as log:
+            self._process = subprocess.Popen([python_executable(), "-m", "CardiacAISegLib.background", str(self._folder)],
+                                             stdout=subprocess.PIPE, stderr=log, env=env, text=True)
         self._lines = queue.Queue()
         self._reader = threading.Thread(target=self._read, args=(self._process.stdout,), daemon=True)
         self._reader.start()
@@ -127,7 +131,7 @@ class BackgroundAnalysis:
                 self.input_error = event.get("input_error")
         if ended and self.state == RUNNING:   # the process died without saying why (killed, crashed)
             code = self._process.wait()
-            stderr = self._process.stderr.read().strip().splitlines()
+            stderr = self._worker_log()
             self.state = FAILED
             self.error = f"the background analysis stopped (exit code {code})" + (f": {stderr[-1]}" if stderr else "")
         if self.state != RUNNING:
@@ -135,8 +139,15 @@ class BackgroundAnalysis:
             if self.state == FAILED and self.log_tail is None:
                 # the worker's traceback (it prints it on stderr) for the caller's log: the message
                 # alone lost where an engine bug sat (review)
-                self.log_tail = "\n".join(self._process.stderr.read().strip().splitlines()[-40:])
+                self.log_tail = "\n".join(self._worker_log()[-40:])
         return events
+
+    def _worker_log(self):
+        """The worker's stderr lines so far ([] when its folder is gone)."""
+        try:
+            return (self._folder / WORKER_LOG).read_text(errors="replace").strip().splitlines()
+        except (OSError, TypeError):
+            return []
 
     def wait(self, timeout=None, interval=0.05):
         """Poll until the job ends (for scripts and tests); returns ``state``."""

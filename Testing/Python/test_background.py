@@ -154,3 +154,17 @@ def test_a_bug_in_the_worker_leaves_its_traceback_for_the_log_and_no_images_on_d
     assert not (job.folder / "job.pkl").exists()   # read by the worker, then removed
     with pytest.raises(RuntimeError, match="ValueError"):
         job.result()
+
+
+def test_a_worker_that_writes_much_on_stderr_still_finishes(cine_phantom, tmp_path, monkeypatch):
+    """Probe 79: the worker's stderr was a pipe nobody read while it ran; past the pipe's buffer
+    (64 kB here, less on Windows) the worker blocked for ever and the job stayed "running"."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.stderr.write('warning: noisy library\\n' * 12000)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))   # the worker inherits it: 280 kB on its stderr at start
+    logic = _logic_with(cine_phantom)
+    job = BackgroundAnalysis().start(logic._requireStudy(), labels=logic.study.labels)
+    try:
+        assert job.wait(timeout=120) == DONE, (job.state, job.error)
+        assert job.result().cine["lv_edv_ml"] > 0
+    finally:
+        job.cancel()
