@@ -282,6 +282,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.removeViewObservations()
         if self._parameterNode is not None:
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            # observed again by the next enter(); removed twice, VTKObservationMixin warns (probe 79)
+            self._parameterNode = None
 
     def onSceneStartClose(self, caller, event):
         self._stopJob()          # a result must never be written into the next scene
@@ -628,9 +630,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showBullseye()
 
     def _showBullseye(self):
-        path = os.path.join(slicer.app.temporaryPath, "CardiacAISeg-bullseye.png")
-        self.logic.renderBullseye(path)
-        self.ui.bullseyeLabel.setPixmap(qt.QPixmap(path))
+        # called from drag and edit callbacks too: a drawing error is shown, not left to a VTK
+        # callback's traceback in the console (probe 79)
+        with _showErrors("Could not draw the bullseye."):
+            path = os.path.join(slicer.app.temporaryPath, "CardiacAISeg-bullseye.png")
+            self.logic.renderBullseye(path)
+            self.ui.bullseyeLabel.setPixmap(qt.QPixmap(path))
 
     # ------------------------------------------------------------------------- edits
     def _observeOutputs(self, clear=False):

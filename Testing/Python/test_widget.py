@@ -363,3 +363,19 @@ def test_data_added_during_a_first_run_leaves_the_run_going_and_the_panel_consis
     _wait_for_job(w)
     assert w.ui.statusLabel.text.startswith("Done."), w.ui.statusLabel.text
     assert w.ui.inputSelector.enabled and w.ui.applyButton.enabled and not w.ui.cancelButton.enabled
+
+
+def test_leaving_and_entering_the_module_does_not_remove_an_observer_twice(widget_module, cine_files):
+    """Probe 79: exit() removed the parameter node's observer and enter() removed it again:
+    VTKObservationMixin warned 'does not have observer' on every return to the module."""
+    import warnings
+
+    import vtk
+
+    _, w, _ = _loaded(widget_module, cine_files)
+    w.exit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w.enter()
+    assert not [c for c in caught if "observer" in str(c.message)], [str(c.message) for c in caught]
+    assert w._parameterNode is not None and w.hasObserver(w._parameterNode, vtk.vtkCommand.ModifiedEvent, w.updateGUIFromParameterNode)
