@@ -383,7 +383,10 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------- input
     def onInputChanged(self, node):
-        if node is None or self._updatingNodes:
+        if node is None or self._updatingNodes or self._updatingGUI:
+            # _updatingGUI: the box set from the parameter node (a scene loaded or imported), not
+            # a pick: read as a new input, an imported scene's outputs, stamped with node IDs the
+            # import had renamed, were let go and its analysis not restored (probe 79)
             return
         if (node.IsA("vtkMRMLSequenceNode") and node.GetNumberOfDataNodes() == 0) or \
                 (node.IsA("vtkMRMLScalarVolumeNode") and node.GetImageData() is None):

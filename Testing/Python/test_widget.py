@@ -379,3 +379,23 @@ def test_leaving_and_entering_the_module_does_not_remove_an_observer_twice(widge
         w.enter()
     assert not [c for c in caught if "observer" in str(c.message)], [str(c.message) for c in caught]
     assert w._parameterNode is not None and w.hasObserver(w._parameterNode, vtk.vtkCommand.ModifiedEvent, w.updateGUIFromParameterNode)
+
+
+def test_the_input_box_set_from_the_parameter_node_is_not_read_as_a_pick(widget_module, cine_files):
+    """Probe 79: the input box set by the module itself (a scene loaded or imported: parameter
+    node -> GUI) ran the "user picked a new input" path: the study read again and, after an import
+    had renamed node IDs, the restored scene's outputs let go."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.readers import load_study
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    study = logic.study
+    other = sc.add_study(logic.context, load_study(cine_files / "b" / "cine.nii.gz"))
+    w._updatingGUI = True
+    try:
+        w.onInputChanged(other.sequence)
+    finally:
+        w._updatingGUI = False
+    assert logic.study is study
+    w.onInputChanged(other.sequence)   # picked by the user: read
+    assert logic.study is not study and logic.isCurrentStudyNode(other.sequence)
