@@ -643,7 +643,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------- edits
     def _observeOutputs(self, clear=False):
         for segmentation in self._observedSegmentations:
-            self.removeObserver(segmentation, _sourceModifiedEvent(), self.onSegmentationModified)
+            for event in _segmentationEditEvents():
+                self.removeObserver(segmentation, event, self.onSegmentationModified)
         self._observedSegmentations = []
         if self._observedMarkups is not None:
             self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onMarkupsPointModified)
@@ -656,7 +657,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.getNodeParameter(name)
             if node is not None:
                 segmentation = node.GetSegmentation()
-                self.addObserver(segmentation, _sourceModifiedEvent(), self.onSegmentationModified)
+                for event in _segmentationEditEvents():
+                    self.addObserver(segmentation, event, self.onSegmentationModified)
                 self._observedSegmentations.append(segmentation)
         markups = self.logic.getNodeParameter("markupsID")
         if markups is not None:
@@ -795,6 +797,13 @@ def _showErrors(message, waitCursor=False):
             yield
     except Exception:
         logging.exception(message)
+
+
+def _segmentationEditEvents():
+    """What a user's edit of a segmentation fires: a stroke changes its source representation; a
+    segment renamed fires SegmentModified only (a segment renamed away from 'LV' was measured
+    still until the next stroke; probe 79)."""
+    return _sourceModifiedEvent(), slicer.vtkSegmentation.SegmentModified
 
 
 def _sourceModifiedEvent():

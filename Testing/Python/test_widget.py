@@ -399,3 +399,18 @@ def test_the_input_box_set_from_the_parameter_node_is_not_read_as_a_pick(widget_
     assert logic.study is study
     w.onInputChanged(other.sequence)   # picked by the user: read
     assert logic.study is not study and logic.isCurrentStudyNode(other.sequence)
+
+
+def test_a_segment_renamed_in_the_editor_is_measured_again(widget_module, cine_files):
+    """Probe 79: renaming a segment fires SegmentModified only, which was not observed: the LV
+    blood pool renamed 'RV cavity' was measured as the LV until the next stroke."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    assert widget_module.errors == []
+    segmentation = logic.getNodeParameter("outputSegmentationID").GetSegmentation()
+    pool = next(segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())
+                if segmentation.GetNthSegment(i).GetName() == "LV blood pool")
+    pool.SetName("RV cavity")
+    next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits and t.active).fire()
+    assert logic.unmeasuredEdits and widget_module.errors, (logic.unmeasuredEdits, widget_module.errors)
