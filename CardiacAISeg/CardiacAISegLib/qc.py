@@ -863,7 +863,33 @@ def cine_flags(analysis):
             flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW,
                                f"{phase.upper()} frame {c.get(phase + '_frame') + 1} is uncertain: frames {[f + 1 for f in frames]} in separate parts of the "
                                f"cycle are within {certainty['tolerance_pct']:g} % of EDV of it", len(frames)))
+    from .cine import ED_ES_MIN_FRAMES, SPIKE_MIN_FRAMES, SPIKE_SHARE
+
     curve = c.get("lv_volume_curve_ml")
+    study = analysis.study
+    if curve is not None and 2 < len(curve) < ED_ES_MIN_FRAMES and not timing and \
+            (study.ed_frame is None or study.es_frame is None):
+        # a few frames over the cycle with nothing to place them (trigger delays): the largest
+        # and smallest may miss ED or ES (5 of 20 phases: EF 36.7 for 52.1, nothing said of the
+        # LV; probe 81)
+        flags.append(_flag("ED_ES_SPARSE", REVIEW, f"only {len(curve)} frames over the cycle: ED and ES are the frames with the "
+                                                   "largest and smallest LV volume among them, and the true ES (or ED) may fall "
+                                                   "between frames, which makes EF and SV low; read a cine of the whole cycle "
+                                                   "(20 or more phases) or give its ED and ES phases", len(curve)))
+    if certainty and curve is not None and len(curve) >= SPIKE_MIN_FRAMES:
+        v = np.asarray(curve, float)
+        for phase, word in (("ed", "above"), ("es", "below")):
+            spike = certainty.get(f"{phase}_spike_pct")
+            if spike is not None and spike >= 100 * SPIKE_SHARE:
+                t = c[f"{phase}_frame"]
+                rest = np.delete(v, t)
+                other = int(np.argmax(rest) if phase == "ed" else np.argmin(rest))
+                other += other >= t
+                flags.append(_flag(f"{phase.upper()}_SPIKE", REVIEW,
+                                   f"{phase.upper()} frame {t + 1} (counted from 1) stands {spike:.0f} % of the volume curve's range "
+                                   f"{word} the mean of its two neighbouring frames: one frame's segmentation error, not the "
+                                   f"cycle's {'end-diastole' if phase == 'ed' else 'end-systole'}? Check that frame's contours; "
+                                   f"without it {phase.upper()} would be frame {other + 1} ({v[other]:.1f} mL)", spike))
     if curve is not None and len(curve) >= 8:
         v = np.asarray(curve, float)
         smooth = np.convolve(np.r_[v[-1], v, v[0]], np.ones(3) / 3, mode="valid")

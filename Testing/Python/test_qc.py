@@ -1140,6 +1140,39 @@ def test_one_ventricle_painted_inside_the_other_is_flagged(cine):
     assert "VENTRICLE_INSIDE_OTHER" not in codes(_cine_analysis(study, {**study.labels, ed: lab}))
 
 
+def test_one_frame_standing_out_of_the_volume_curve_is_not_taken_silently_for_ed(cine):
+    """Probe 81: one frame's LV pool grown by 3 pixels (a one-frame segmentation error) was taken
+    as ED: EDV +31 %, EF 68.6 for 59.0, its certainty "sure", QC pass."""
+    from scipy import ndimage
+
+    study, _ = cine
+    a = _cine_analysis(study)
+    assert a.cine["ed_frame"] == 0 and not {"ED_SPIKE", "ES_SPIKE"} & codes(a)
+    grown = {t: m.copy() for t, m in study.labels.items()}
+    lab = grown[1]
+    for k in range(lab.shape[0]):
+        pool = ndimage.binary_dilation(lab[k] == LV, iterations=3) & (lab[k] == MYO)
+        lab[k][pool] = LV
+    spiked = _cine_analysis(study, grown)
+    assert spiked.cine["ed_frame"] == 1
+    flag = next(f for f in spiked.qc["flags"] if f["code"] == "ED_SPIKE")
+    assert "ED frame 2 (counted from 1)" in flag["message"] and "without it ED would be frame 1" in flag["message"]
+
+
+def test_a_few_frames_over_the_cycle_are_said_to_miss_es_perhaps(cine):
+    """Probe 81: 5 of 20 phases, ES not among them: EF 36.7 for 52.1, nothing said of the LV."""
+    study, _ = cine
+    frames = [0, 3, 6, 9]
+    images = study.images[frames]
+    labels = {i: study.labels[t] for i, t in enumerate(frames)}
+    sparse = _cine_analysis(study, labels, images=images, frame_times_s=None, ed_frame=None, es_frame=None)
+    assert "ED_ES_SPARSE" in codes(sparse)
+    assert "ED_ES_SPARSE" not in codes(_cine_analysis(study))
+    # ED and ES named by the file: nothing to miss
+    named = _cine_analysis(study, labels, images=images, frame_times_s=None, ed_frame=0, es_frame=1)
+    assert "ED_ES_SPARSE" not in codes(named)
+
+
 def test_a_value_just_outside_a_range_is_not_shown_as_its_bound():
     """"RV/LV EDV ratio 0.20 is outside 0.2-4" read as a contradiction: it was 0.196 (probe round 15)."""
     from CardiacAISegLib.qc import _shown_outside
