@@ -200,7 +200,7 @@ def _import_model(args):
     if check and check.get("agrees"):
         from .models.registry import sample_agreement_text
 
-        print(sample_agreement_text(check)[0].upper() + sample_agreement_text(check)[1:])
+        print(f"It agrees with the shipped default {sample_agreement_text(check)}")
     for note in import_notes(card):
         print(f"warning: {note}", file=sys.stderr)
 

@@ -1692,8 +1692,8 @@ def imported_model_flags(analysis):
         return []
     said = check.get("summary") or "did not agree with the shipped default on the shipped sample"
     return [_flag("MODEL_DISAGREES_ON_SAMPLE", REVIEW, f"the imported network '{analysis.model_info.get('name')}' "
-                                                       f"{said.replace('it agrees', 'agreed', 1)} "
-                                                       "when it was imported: check its card (input.pixel_mm, the "
+                                                       f"disagreed with the shipped default when it was imported ({said}): "
+                                                       "check its card (input.pixel_mm, the "
                                                        "normalisation, the class order) and the contours", check["dice_myo"])]
 
 
