@@ -626,9 +626,15 @@ class CardiacAISegLogic(_LogicBase):
                  (self.getNodeParameter("outputSegmentationID"), self.getNodeParameter("outputSegmentationESID"))
                  if node is not None and (node.GetAttribute(FRAME_ATTRIBUTE) or "").isdigit()}
         a = self.analysis
+        # an analysis adopted after hand corrections (the exported scene) holds them as its
+        # labels: those frames are not the run's, and a reopened export compared the corrections
+        # with themselves (Dice 1.0; review)
+        rest = a.rest
         for parameter, labels, study, suffix in (
-                ("runLabelsID", {t: m for t, m in (self.networkLabels or {}).items() if t in shown}, a.study, "run labels"),
-                ("restRunLabelsID", self.restNetworkLabels or {}, a.rest.study if a.rest is not None else None, "rest run labels")):
+                ("runLabelsID", {t: m for t, m in (self.networkLabels or {}).items() if t in shown and t not in a.edited_frames},
+                 a.study, "run labels"),
+                ("restRunLabelsID", {t: m for t, m in (self.restNetworkLabels or {}).items() if rest is not None
+                                     and t not in rest.edited_frames}, rest.study if rest is not None else None, "rest run labels")):
             node = self.getNodeParameter(parameter)
             if not labels or study is None:
                 if node is not None:
@@ -1096,9 +1102,11 @@ class CardiacAISegLogic(_LogicBase):
         node = self.getNodeParameter("inputNodeID")
         if node is None:
             return None
-        if self.getNodeParameter("outputSegmentationID") is None and self.getNodeParameter("outputSegmentationESID") is None:
+        if self.study is not None and self.getNodeParameter("outputSegmentationID") is None and \
+                self.getNodeParameter("outputSegmentationESID") is None:
             # nothing measured to make live again; reading the input here replaced the study a
-            # file was loaded as, and the labels that came with it (Run then found none; probe 79)
+            # file was loaded as, and the labels that came with it (Run then found none; probe 79).
+            # With no study held it is read: the next pick is then told from it (_isNewInput; review)
             return None
         # Node IDs may have been renamed on import: the parameter node's references are right.
         self.studyFromNode(node, keepOutputs=True)

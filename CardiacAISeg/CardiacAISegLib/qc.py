@@ -863,7 +863,7 @@ def cine_flags(analysis):
             flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW,
                                f"{phase.upper()} frame {c.get(phase + '_frame') + 1} is uncertain: frames {[f + 1 for f in frames]} in separate parts of the "
                                f"cycle are within {certainty['tolerance_pct']:g} % of EDV of it", len(frames)))
-    from .cine import ED_ES_MIN_FRAMES, SPIKE_MIN_FRAMES, SPIKE_SHARE
+    from .cine import ED_ES_MIN_FRAMES, SPIKE_MIN_FRAMES, SPIKE_SHARE, stands_out_pct
 
     curve = c.get("lv_volume_curve_ml")
     study = analysis.study
@@ -879,9 +879,13 @@ def cine_flags(analysis):
     if certainty and curve is not None and len(curve) >= SPIKE_MIN_FRAMES:
         v = np.asarray(curve, float)
         for phase, word in (("ed", "above"), ("es", "below")):
-            spike = certainty.get(f"{phase}_spike_pct")
-            if spike is not None and spike >= 100 * SPIKE_SHARE:
-                t = c[f"{phase}_frame"]
+            # at the frame taken as ED (ES), which a file or a kept edit may fix elsewhere than the
+            # curve's extreme (review)
+            t = c[f"{phase}_frame"]
+            sign = 1 if phase == "ed" else -1
+            neighbours = (v[(t - 1) % len(v)] + v[(t + 1) % len(v)]) / 2
+            spike = stands_out_pct(v, t) if sign * (v[t] - neighbours) > 0 else 0.0
+            if spike >= 100 * SPIKE_SHARE:
                 rest = np.delete(v, t)
                 other = int(np.argmax(rest) if phase == "ed" else np.argmin(rest))
                 other += other >= t
@@ -1692,7 +1696,8 @@ def imported_model_flags(analysis):
         return []
     said = check.get("summary") or "did not agree with the shipped default on the shipped sample"
     return [_flag("MODEL_DISAGREES_ON_SAMPLE", REVIEW, f"the imported network '{analysis.model_info.get('name')}' "
-                                                       f"disagreed with the shipped default when it was imported ({said}): "
+                                                       f"disagreed with the shipped default when it was imported "
+                                                       f"({said.replace('it agrees with', 'against', 1)}): "
                                                        "check its card (input.pixel_mm, the "
                                                        "normalisation, the class order) and the contours", check["dice_myo"])]
 

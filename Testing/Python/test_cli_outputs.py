@@ -289,3 +289,12 @@ def test_phantom_says_when_the_noise_drowns_the_signal(tmp_path, capsys):
     assert "the images are mostly noise" in capsys.readouterr().err
     assert cli.main(["phantom", "--kind", "perfusion", "--out", str(tmp_path / "quiet"), "--noise", "0.02"]) in (0, None)
     assert "mostly noise" not in capsys.readouterr().err
+
+
+def test_phantom_force_replaces_a_phantom_whose_truth_json_was_lost(tmp_path):
+    """Review: a phantom folder whose truth.json was deleted could never be written again (refused
+    as 'its truth.json is not a phantom's'), which blocked the module's own sample folder."""
+    write_phantom("cine", tmp_path, seed=1, n_frames=4, n_slices=4, size=48)
+    (tmp_path / "truth.json").unlink()
+    write_phantom("cine", tmp_path, seed=1, n_frames=4, n_slices=4, size=48, force=True)
+    assert (tmp_path / "truth.json").exists()

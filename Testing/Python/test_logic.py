@@ -1104,6 +1104,21 @@ def test_an_edit_undone_in_a_reopened_scene_is_no_longer_a_correction(measured, 
     assert reopened.getParameter("editedFrames") == ""
 
 
+def test_an_exported_scene_does_not_take_the_corrections_for_the_runs_labels(measured, tmp_path):
+    """Review: the exported scene.mrb is built from the edited analysis, whose labels were stored
+    as the run's: reopened, the corrections were compared with themselves (Dice 1.0)."""
+    logic = measured
+    a = logic.analysis
+    ed, es = a.cine["ed_frame"], a.cine["es_frame"]
+    node = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(node, [tuple(v) for v in np.argwhere(a.labels[ed] == MYO)[:40]], 0)
+    logic.onSegmentationEdited(node)
+    reopened = CardiacAISegLogic(sc.read_mrb(Path(logic.exportResults(tmp_path / "out")["scene.mrb"])))
+    reopened.restoreFromParameterNode()
+    assert reopened.analysis.edited_frames == {ed}
+    assert sorted(reopened.agreementWithNetwork()) == [es]   # the corrected frame has no run labels to compare with
+
+
 def test_a_whole_cycle_reopens_with_every_frame_and_reads_an_edit_as_live(phantom, tmp_path):
     """A scene saved from a whole labelled cycle kept the ED and ES segmentations only: it reopened
     without the volume curve, and the same ES edit then swapped ED and ES (EF 19.6 % reopened,

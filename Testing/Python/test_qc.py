@@ -1157,6 +1157,9 @@ def test_one_frame_standing_out_of_the_volume_curve_is_not_taken_silently_for_ed
     assert spiked.cine["ed_frame"] == 1
     flag = next(f for f in spiked.qc["flags"] if f["code"] == "ED_SPIKE")
     assert "ED frame 2 (counted from 1)" in flag["message"] and "without it ED would be frame 1" in flag["message"]
+    # ED fixed by the file at frame 1 (counted from 1): the spike at frame 2 is not ED, and ED is none
+    fixed = _cine_analysis(study, grown, ed_frame=0, es_frame=spiked.cine["es_frame"])
+    assert fixed.cine["ed_frame"] == 0 and "ED_SPIKE" not in codes(fixed), fixed.qc["flags"]
 
 
 def test_a_few_frames_over_the_cycle_are_said_to_miss_es_perhaps(cine):

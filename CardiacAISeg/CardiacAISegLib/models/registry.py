@@ -139,7 +139,7 @@ def validate_card_for_import(card, path):
         # PowerShell's Get-FileHash prints it in capitals: the same digest (probe 80)
         sha = card["weights"]["sha256"] = sha.strip().lower()
     if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
-        raise CardiacInputError(path, "weights.sha256 must be 64 lower-case hex digits (sha256sum of the weights file)")
+        raise CardiacInputError(path, "weights.sha256 must be 64 hex digits (sha256sum of the weights file)")
     spec = card["input"]
     if "size_multiple" in spec and not _positive_int(spec["size_multiple"]):
         raise CardiacInputError(path, f"input.size_multiple must be a positive whole number, not {spec['size_multiple']!r}")
@@ -685,7 +685,7 @@ def sample_agreement(card, path):
     voxel_ml = float(np.prod(study.spacing)) / 1000.0
 
     def dice(v, labels=None):
-        a = np.stack([(labels or mine)[t] == v for t in frames])
+        a = np.stack([(labels if labels is not None else mine)[t] == v for t in frames])
         b = np.stack([reference[t] == v for t in frames])
         total = a.sum() + b.sum()
         return round(float(2 * (a & b).sum() / total), 3) if total else 1.0

@@ -73,11 +73,14 @@ def write_phantom(kind, out_dir, seed=0, force=False, **options):
     earlier = [n for n in dict.fromkeys(n for files in PHANTOM_FILES.values() for n in files) if (out_dir / n).exists()]
     if earlier and not force:
         raise OutputExistsError(f"{out_dir}: would overwrite {', '.join(earlier)}; pass --force to replace them")
-    if earlier and not _written_by_a_phantom(out_dir):
-        # --force replaces an earlier phantom; a truth.json or aif.csv of another origin (a study's
-        # own AIF, someone's ground truth) is data no phantom can write back (probe 74)
-        raise OutputExistsError(f"{out_dir}: holds {', '.join(earlier)} that no phantom wrote (its truth.json is not a "
-                                "phantom's); --force replaces only a phantom: give an empty folder")
+    truth = out_dir / "truth.json"
+    if earlier and (truth.exists() or (out_dir / "aif.csv").exists()) and not _written_by_a_phantom(out_dir):
+        # --force replaces an earlier phantom (its images alone, truth.json lost, too); a truth.json
+        # or aif.csv of another origin (someone's ground truth, a study's own AIF) is data no
+        # phantom can write back (probe 74)
+        why = "its truth.json is not a phantom's" if truth.exists() else "an aif.csv with no phantom's truth.json"
+        raise OutputExistsError(f"{out_dir}: holds {', '.join(earlier)} that no phantom wrote ({why}); --force replaces "
+                                "only a phantom: give an empty folder")
     if kind == "cine":
         study, truth = make_cine_phantom(seed=seed, **options)
         frames = sorted(study.labels)

@@ -100,7 +100,10 @@ class Session:
         doomed = []
         if logic.studyNodes is not None:
             doomed += [logic.studyNodes.browser, logic.studyNodes.sequence, logic.studyNodes.volume]
-        for name in ("outputSegmentationID", "outputSegmentationESID", "markupsID", "tableID", "inputNodeID"):
+        from ..logic import OUTPUT_PARAMETERS
+
+        # every output, the hidden label sequences too (two were left per study opened; review)
+        for name in (*OUTPUT_PARAMETERS, "inputNodeID"):
             doomed.append(logic.getNodeParameter(name))
             logic.setParameter(name, "")
         for node in doomed:
