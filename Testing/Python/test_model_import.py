@@ -73,13 +73,13 @@ def torchscript_model(folder, module=None, name="user-net", file="model.ts", **c
     return weights, write_card(folder / f"{name}.card.json", weights, name=name, **changes)
 
 
-def onnx_model(folder, name="user-onnx"):
+def onnx_model(folder, name="user-onnx", module=None):
     pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (test extra)")
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still the one without onnxscript
-        torch.onnx.export(IntensityClassifier().eval(), torch.zeros(1, 1, 32, 32), str(weights), input_names=["image"],
+        torch.onnx.export((module or IntensityClassifier()).eval(), torch.zeros(1, 1, 32, 32), str(weights), input_names=["image"],
                           output_names=["scores"], dynamic_axes={"image": {0: "n", 2: "rows", 3: "cols"}}, dynamo=False)
     return weights, write_card(folder / "onnx.card.json", weights, name=name, fmt="onnx")
 
@@ -511,13 +511,8 @@ def test_a_float64_onnx_export_is_refused_saying_float32(tmp_path, capsys, user_
     expect_refusal(capsys, weights, card, weights, "e.g. a float64 export (CardiacAISeg runs float32")
 
 
-@pytest.mark.parametrize("pixel_mm, agrees", [(1.25, True), (2.5, False)])
-def test_an_imported_network_is_compared_with_the_default_on_the_shipped_sample(tmp_path, capsys, user_models, pixel_mm,
-                                                                                   agrees):
-    """The shipped unet-light weights imported under a card that says 2.5 mm (they were trained at
-    1.25): "test run passed", then EF up to 10 points and mass 15-35 g off with QC pass (probe 65).
-    The import now segments the shipped sample and compares it with the shipped default: it says
-    the disagreement, and every analysis with the network is flagged for review."""
+def _shipped_unet_light_under_a_card(tmp_path, name, pixel_mm):
+    """(weights, card) of the shipped unet-light's weights under a user card naming ``pixel_mm``."""
     import shutil
 
     shipped = registry.get_card("unet-light")
@@ -525,9 +520,20 @@ def test_an_imported_network_is_compared_with_the_default_on_the_shipped_sample(
     folder.mkdir()
     weights = folder / "weights.pt"
     shutil.copyfile(registry.weights_path(shipped), weights)
-    card = write_card(folder / "card.json", weights, name="my-unet", fmt="state_dict",
+    card = write_card(folder / "card.json", weights, name=name, fmt="state_dict",
                       architecture={"name": "unet-light", "params": shipped["architecture"]["params"]},
                       input={"pixel_mm": pixel_mm, "size_multiple": 16, "heart_crop_mm": 160.0})
+    return weights, card
+
+
+@pytest.mark.parametrize("pixel_mm, agrees", [(1.25, True), (2.5, False)])
+def test_an_imported_network_is_compared_with_the_default_on_the_shipped_sample(tmp_path, capsys, user_models, pixel_mm,
+                                                                                   agrees):
+    """The shipped unet-light weights imported under a card that says 2.5 mm (they were trained at
+    1.25): "test run passed", then EF up to 10 points and mass 15-35 g off with QC pass (probe 65).
+    The import now segments the shipped sample and compares it with the shipped default: it says
+    the disagreement, and every analysis with the network is flagged for review."""
+    weights, card = _shipped_unet_light_under_a_card(tmp_path, "my-unet", pixel_mm)
     code, out, err = import_cli(capsys, weights, card)
     assert code == 0, err
     check = registry.get_card("my-unet")["import_check"]
@@ -550,16 +556,7 @@ def test_a_card_with_another_pixel_size_than_the_network_was_trained_at_is_said(
     the default on the sample (Dice MYO 0.87-0.92) and imported silently; a failing heart then read
     EF 15-20 % for 10.5, QC pass. Read at 0.8x the card's size it agrees clearly better: said, and
     its analyses flagged."""
-    import shutil
-
-    shipped = registry.get_card("unet-light")
-    folder = tmp_path / "src"
-    folder.mkdir()
-    weights = folder / "weights.pt"
-    shutil.copyfile(registry.weights_path(shipped), weights)
-    card = write_card(folder / "card.json", weights, name="my-unet-18", fmt="state_dict",
-                      architecture={"name": "unet-light", "params": shipped["architecture"]["params"]},
-                      input={"pixel_mm": 1.8, "size_multiple": 16, "heart_crop_mm": 160.0})
+    weights, card = _shipped_unet_light_under_a_card(tmp_path, "my-unet-18", 1.8)
     code, out, err = import_cli(capsys, weights, card)
     assert code == 0, err
     check = registry.get_card("my-unet-18")["import_check"]
@@ -570,23 +567,12 @@ def test_a_card_with_another_pixel_size_than_the_network_was_trained_at_is_said(
 def test_a_network_that_labels_nothing_on_the_sample_is_refused(tmp_path, capsys, user_models):
     """Probe 80: a network that labels everything background imported with a warning (Dice 0, LV
     EDV 0 mL), was listed and offered, and every analysis with it ended in "no LV"."""
-    import warnings
-
-    import torch
-
     class Background(torch.nn.Module):
         def forward(self, x):
             zero = x * 0
             return torch.cat([zero + 1, zero, zero, zero], 1)
 
-    folder = tmp_path / "bg"
-    folder.mkdir()
-    weights = folder / "bg.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Background().eval(), torch.zeros(1, 1, 32, 32), str(weights), input_names=["image"],
-                          output_names=["scores"], dynamic_axes={"image": {0: "n", 2: "rows", 3: "cols"}}, dynamo=False)
-    card = write_card(folder / "card.json", weights, name="all-background", fmt="onnx")
+    weights, card = onnx_model(tmp_path / "bg", name="all-background", module=Background())
     expect_refusal(capsys, weights, card, weights, "labels no LV blood pool on the shipped sample")
     assert not (user_models / "all-background").exists()
 

@@ -269,16 +269,10 @@ def test_scene_closed_during_a_labels_run_gets_nothing_of_it(widget_module, cine
     assert not w.ui.progressBar.visible and not w.ui.cancelButton.enabled
 
 
-def test_added_data_keeps_the_live_analysis(widget_module, cine_files, tmp_path):
-    """Add Data of an unrelated scene rebuilt the analysis from the nodes: the volume curve,
-    the labelled frames and the network comparison were lost."""
+def _add_data_of_another_scene(logic, tmp_path):
+    """File > Add Data of a small unrelated scene (one point list) into ``logic``'s scene."""
     from CardiacAISegLib import scene as sc
 
-    logic, w, _ = _loaded(widget_module, cine_files)
-    w.ui.useLabelsCheckBox.checked = True
-    w.onApplyButton()
-    live = logic.analysis
-    assert live is not None and len(live.labels) == 20
     other = sc.new_scene()
     other.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
     other.scene.SetRootDirectory(str(tmp_path))
@@ -286,6 +280,17 @@ def test_added_data_keeps_the_live_analysis(widget_module, cine_files, tmp_path)
     other.scene.Commit()
     logic.scene.SetURL(str(tmp_path / "landmarks.mrml"))
     logic.scene.Import()
+
+
+def test_added_data_keeps_the_live_analysis(widget_module, cine_files, tmp_path):
+    """Add Data of an unrelated scene rebuilt the analysis from the nodes: the volume curve,
+    the labelled frames and the network comparison were lost."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    live = logic.analysis
+    assert live is not None and len(live.labels) == 20
+    _add_data_of_another_scene(logic, tmp_path)
     assert w.logic.analysis is live and len(live.labels) == 20
 
 
@@ -346,19 +351,11 @@ def test_entering_the_module_again_keeps_the_labels_a_study_came_with(widget_mod
 def test_data_added_during_a_first_run_leaves_the_run_going_and_the_panel_consistent(widget_module, cine_files, tmp_path):
     """Probe 79: File > Add Data of a scene during a first network run killed the job silently and
     left the panel half 'running' (progress bar shown, Cancel doing nothing, input box locked)."""
-    from CardiacAISegLib import scene as sc
-
     logic, w, _ = _loaded(widget_module, cine_files)
     logic.setParameter("useExistingLabels", "true")   # the worker measures the labels: no network
     w.onApplyButton()
     job = w._job
-    other = sc.new_scene()
-    other.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
-    other.scene.SetRootDirectory(str(tmp_path))
-    other.scene.SetURL(str(tmp_path / "landmarks.mrml"))
-    other.scene.Commit()
-    logic.scene.SetURL(str(tmp_path / "landmarks.mrml"))
-    logic.scene.Import()
+    _add_data_of_another_scene(logic, tmp_path)
     assert w._job is job and job.state == "running"      # its input is still there: it goes on
     _wait_for_job(w)
     assert w.ui.statusLabel.text.startswith("Done."), w.ui.statusLabel.text
