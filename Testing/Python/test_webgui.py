@@ -1295,7 +1295,8 @@ def _slow_cine_model(folder):
             y = torch.relu(self.inp(x))
             for _ in range(40):
                 y = torch.relu(self.mid(y))
-            return self.out(y)
+            # untrained: the bright pixels are its LV, so the import's sample check has an LV to compare
+            return 1e-3 * self.out(y) + torch.cat([0.5 - x, x - 0.5, 0 * x, 0 * x], 1)
 
     work = folder.parent / "slow-model-src"
     work.mkdir(exist_ok=True)
