@@ -293,7 +293,7 @@ def ed_es_certainty(lv_curve, tolerance=ED_ES_TOLERANCE):
     far_ed, far_es = others(ed), others(es)
     return {
         "ed_candidates": ed_c, "es_candidates": es_c,
-        "ed_spike_pct": stands_out_pct(v, ed), "es_spike_pct": stands_out_pct(v, es),
+        "ed_spike_pct": stands_out_pct(v, ed), "es_spike_pct": -stands_out_pct(v, es),
         "ed_sure": _cyclic_runs(ed_c, n) == 1, "es_sure": _cyclic_runs(es_c, n) == 1,
         "ed_margin_pct": round(100 * (vmax - v[far_ed].max()) / vmax, 2) if far_ed else None,
         "es_margin_pct": round(100 * (v[far_es].min() - vmin) / vmax, 2) if far_es else None,
@@ -302,11 +302,11 @@ def ed_es_certainty(lv_curve, tolerance=ED_ES_TOLERANCE):
 
 
 def stands_out_pct(curve, t):
-    """How far frame ``t`` of a whole cycle's volume curve stands out of the mean of its two
-    neighbouring frames (the cycle wraps), in % of the curve's range."""
+    """How far frame ``t`` of a whole cycle's volume curve stands above (positive) or below the
+    mean of its two neighbouring frames (the cycle wraps), in % of the curve's range."""
     v = np.asarray(curve, float)
     n, spread = len(v), float(v.max() - v.min())
-    return round(float(100 * abs(v[t] - (v[(t - 1) % n] + v[(t + 1) % n]) / 2) / spread), 1) if spread > 0 else 0.0
+    return round(float(100 * (v[t] - (v[(t - 1) % n] + v[(t + 1) % n]) / 2) / spread), 1) if spread > 0 else 0.0
 
 
 def _ef(edv, esv):

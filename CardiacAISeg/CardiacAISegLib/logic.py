@@ -874,8 +874,8 @@ class CardiacAISegLogic(_LogicBase):
         word, and so did a saved scene; probe 78). Returns the (slice, side) put back."""
         a = self._requireAnalysis()
         node = markupsNode or self.getNodeParameter("markupsID")
-        labels = (sc._POINT_LABEL.match(node.GetNthControlPointLabel(n) or "") for n in range(node.GetNumberOfControlPoints()))
-        shown = {(int(m.group(1)), m.group(2).lower()) for m in labels if m}
+        shown = {(p["slice"], side) for p in sc.insertion_points_from_markups(node) for side in sc.SIDES
+                 if p[f"{side}_ras"] is not None}
         missing = [(p["slice"], side, p[f"{side}_ras"]) for p in a.insertion_summary() for side in sc.SIDES
                    if p.get(f"{side}_ras") is not None and (p["slice"], side) not in shown]
         if not missing:

@@ -882,9 +882,7 @@ def cine_flags(analysis):
             # at the frame taken as ED (ES), which a file or a kept edit may fix elsewhere than the
             # curve's extreme (review)
             t = c[f"{phase}_frame"]
-            sign = 1 if phase == "ed" else -1
-            neighbours = (v[(t - 1) % len(v)] + v[(t + 1) % len(v)]) / 2
-            spike = stands_out_pct(v, t) if sign * (v[t] - neighbours) > 0 else 0.0
+            spike = stands_out_pct(v, t) * (1 if phase == "ed" else -1)   # ED above its neighbours, ES below
             if spike >= 100 * SPIKE_SHARE:
                 rest = np.delete(v, t)
                 other = int(np.argmax(rest) if phase == "ed" else np.argmin(rest))
