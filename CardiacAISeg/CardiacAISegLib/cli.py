@@ -138,7 +138,7 @@ def _phantom(args):
 
 
 def _models(args):
-    from .models.registry import NAME_CLASH_RULE, scan_models, user_models_dir
+    from .models.registry import NAME_CLASH_RULE, disagreement_at_import, scan_models, user_models_dir
 
     cards, skipped = scan_models()
     for folder, reason in skipped:   # on stderr, so --json output stays one JSON document
@@ -158,6 +158,9 @@ def _models(args):
         print(f"{'':20s} {dice}  {_timing_text(c)}  licence: {c['licence']}")
         if problems[c["name"]]:
             print(f"{'':20s} NOT USABLE: {problems[c['name']]}")
+        disagreed = disagreement_at_import(c)
+        if disagreed:   # said per analysis only, such a model was listed like any other (probe 80)
+            print(f"{'':20s} DISAGREED AT IMPORT: {disagreed}")
     print(f"user models: {user_models_dir()} ($CARDIACAISEG_MODELS); names: {NAME_CLASH_RULE}")
 
 

@@ -1520,4 +1520,9 @@ def model_summary(card):
         parts.append("Dice " + " ".join(dice))
     if card.get("licence"):
         parts.append(f"licence {card['licence']}")
+    from .models.registry import disagreement_at_import
+
+    disagreed = disagreement_at_import(card)
+    if disagreed:   # the selector offered such a model like any other (probe 80)
+        parts.append(f"disagreed at import: {disagreed}")
     return " · ".join(parts)

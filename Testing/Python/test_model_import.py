@@ -564,6 +564,40 @@ def test_a_card_with_another_pixel_size_than_the_network_was_trained_at_is_said(
     check = registry.get_card("my-unet-18")["import_check"]
     assert check["dice_myo"] >= 0.8 and check["better_at_pixel_mm"] == 1.44 and check["agrees"] is False, check
     assert "read as if its pixels were 1.44 mm it agrees clearly better" in err, err
+    # the listing and the Logic's selector say it too (probe 80: listed like any other model)
+    assert cli.main(["models"]) == 0
+    listing = capsys.readouterr().out
+    block = listing[listing.index("my-unet-18"):]
+    assert "DISAGREED AT IMPORT: Dice LV" in block.split("\nuser models:")[0], listing
+    assert "unet-light" not in listing.split("DISAGREED AT IMPORT")[0].rsplit("my-unet-18", 1)[0].split("\n")[-1]
+    from CardiacAISegLib.logic import model_summary
+
+    assert "disagreed at import: Dice LV" in model_summary(registry.get_card("my-unet-18"))
+    assert "disagreed" not in model_summary(registry.get_card("unet-light"))
+
+
+@pytest.mark.parametrize("written, card_says", [("onnx", "torchscript"), ("torchscript", "onnx"),
+                                                ("torchscript", "state_dict"), ("state_dict", "torchscript")])
+def test_weights_under_another_format_than_the_card_says_are_named_as_such(tmp_path, capsys, user_models, written,
+                                                                           card_says):
+    """Probe 80: an ONNX file under a card saying "torchscript" was refused as "your checkpoint file
+    is corrupted", cut mid-word: the user was sent after a sound file. The refusal now says what
+    the file is and which card field to set."""
+    if written == "onnx":
+        weights, _ = onnx_model(tmp_path / "src")
+    elif written == "torchscript":
+        weights, _ = torchscript_model(tmp_path / "src")
+    else:
+        (tmp_path / "src").mkdir()
+        weights = tmp_path / "src" / "weights.pt"
+        torch.save(ThreeClasses().state_dict() or {"w": torch.zeros(2)}, weights)
+    assert registry.weights_format_of(weights) == written
+    card = write_card(tmp_path / "card.json", weights, fmt=card_says,
+                      **({"architecture": {"name": "unet-light"}} if card_says == "state_dict" else {}))
+    names = {"onnx": "ONNX", "torchscript": "TorchScript", "state_dict": "a PyTorch state_dict"}
+    expect_refusal(capsys, weights, card, weights, f'the file is written as {names[written]}, but the card\'s '
+                   f'weights.format says "{card_says}": set it to "{written}"')
+    assert tree(user_models) == []
 
 
 def test_a_network_that_labels_nothing_on_the_sample_is_refused(tmp_path, capsys, user_models):

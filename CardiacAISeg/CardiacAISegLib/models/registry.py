@@ -575,6 +575,29 @@ def dry_run_shape(card, context=None, size=(64, 80), batch=2):
 SECOND_DRY_RUN = {"size": (112, 96), "batch": 1}
 
 
+def weights_format_of(path):
+    """"torchscript", "state_dict" or "onnx" as the file at ``path`` is written, or None when it is
+    none of them. torch.save and torch.jit.save both write a zip archive; only TorchScript's holds
+    a ``code/`` folder. ONNX is a protobuf, told by ONNX Runtime reading it."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if any("/code/" in n or n.startswith("code/") for n in names):
+                return "torchscript"
+            return "state_dict" if any(n.endswith("data.pkl") for n in names) else None
+        if not _onnxruntime_available():
+            return None
+        import onnxruntime
+
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return "onnx"
+    except Exception:  # noqa: BLE001 - a file none of the runtimes reads is "none of them"
+        return None
+
+
 def dry_run(card, path):
     """Load the weights at ``path`` and run them on a small input; refuse, naming ``path``, a file
     that does not load, a network that raises, or an output that is not (batch, 4, rows, cols)
@@ -587,6 +610,12 @@ def dry_run(card, path):
     except CardiacInputError:
         raise
     except Exception as e:  # torch/onnxruntime raise many kinds for a damaged or foreign file
+        found = weights_format_of(path)
+        if found is not None and found != fmt:
+            # a sound file under the wrong format: torch's reason ("your checkpoint file is
+            # corrupted") sent the user after a good file (probe 80)
+            raise CardiacInputError(path, f"the file is written as {FORMAT_NAMES[found]}, but the card's weights.format says "
+                                    f"\"{fmt}\": set it to \"{found}\"") from None
         raise CardiacInputError(path, f"cannot load as {FORMAT_NAMES[fmt]} weights: {_one_line(e)}")
     from .inference import context_slices
 
@@ -740,6 +769,16 @@ def sample_agreement_text(check):
         text += (f"; read as if its pixels were {check['better_at_pixel_mm']:g} mm it agrees clearly better (mean Dice "
                  f"LV/MYO {check['better_at_dice']:.2f}): is the card's input.pixel_mm the size it was trained at?")
     return text
+
+
+def disagreement_at_import(card):
+    """One line on an imported model that disagreed with the shipped default on the shipped
+    sample when it was imported (every analysis with it is flagged), or None."""
+    check = card.get("import_check")
+    if not check or check.get("agrees", True):
+        return None
+    return (f"Dice LV {check['dice_lv']:.2f} / MYO {check['dice_myo']:.2f} / RV {check['dice_rv']:.2f} against "
+            f"{check['compared_with']} on the shipped sample; its analyses are flagged for review")
 
 
 def _is_model_folder(folder):
