@@ -32,6 +32,14 @@ ED_ES_MIN_FRAMES = 6
 # (EF 68.6 for 59.0, "sure", QC pass; probe 81). Judged on cycles of SPIKE_MIN_FRAMES or more.
 SPIKE_SHARE = 0.35
 SPIKE_MIN_FRAMES = 10
+# A curve whose frames stand, at the median, this share of its range or more out of their two
+# neighbours is ragged: the frames' segmentations disagree, and no frame is surely ED or ES. Real
+# whole cycles (Sunnybrook, the MetaImage cine, the phantom): 0.011-0.023; a curve of noise
+# (phantom at noise 0.3, EF 98.7) 0.136 was called "sure" at both ends; a basal slice flipping
+# every other frame 0.178 (probe 81). Judged on cycles of SPIKE_MIN_FRAMES or more, above what a
+# smooth cycle sampled at n frames stands out by itself ((1 - cos 2pi/n) / 2 of its range at a
+# peak: 0.024 at 20 frames, 0.067 at 12; the 12-frame phantom cycle reads 0.05-0.08).
+RAGGED_SHARE = 0.08
 # ED and ES given by the file (ACDC Info.cfg) that the cycle contradicts: EF between them more
 # than this many points from EF between the largest and smallest LV volume (every frame
 # labelled), or, with ED and ES labelled only, a given frame on the wrong half of the range of
@@ -278,7 +286,8 @@ def ed_es_certainty(lv_curve, tolerance=ED_ES_TOLERANCE):
     ``ed_candidates``/``es_candidates``: frames within ``tolerance`` x EDV of the extreme.
     ``ed_sure``/``es_sure``: those frames are one run on the cycle (frame 0 follows the last):
     a plateau around one phase, not two separate parts of the cycle that a flipping basal slice
-    or an arrhythmic beat made look alike. ``ed_margin_pct``/``es_margin_pct``: how far (in % of
+    or an arrhythmic beat made look alike; and the curve is not ``ragged`` (``ragged_pct``: the
+    median share of its range by which a frame stands out of its two neighbours, RAGGED_SHARE). ``ed_margin_pct``/``es_margin_pct``: how far (in % of
     EDV) the extreme stands out from every frame more than one frame away from it."""
     v = np.asarray(lv_curve, float)
     n = len(v)
@@ -291,14 +300,25 @@ def ed_es_certainty(lv_curve, tolerance=ED_ES_TOLERANCE):
         return [i for i in range(n) if min(abs(i - center), n - abs(i - center)) > 1]
 
     far_ed, far_es = others(ed), others(es)
+    ragged = (float(np.median([abs(stands_out_pct(v, t)) for t in range(n)])) if n >= SPIKE_MIN_FRAMES else None)
+    smooth = ragged is None or ragged < 100 * (RAGGED_SHARE + (1 - np.cos(2 * np.pi / n)) / 2)
     return {
         "ed_candidates": ed_c, "es_candidates": es_c,
         "ed_spike_pct": stands_out_pct(v, ed), "es_spike_pct": -stands_out_pct(v, es),
-        "ed_sure": _cyclic_runs(ed_c, n) == 1, "es_sure": _cyclic_runs(es_c, n) == 1,
+        "ragged_pct": ragged, "ragged": not smooth,
+        "ed_sure": _cyclic_runs(ed_c, n) == 1 and smooth, "es_sure": _cyclic_runs(es_c, n) == 1 and smooth,
         "ed_margin_pct": round(100 * (vmax - v[far_ed].max()) / vmax, 2) if far_ed else None,
         "es_margin_pct": round(100 * (v[far_es].min() - vmin) / vmax, 2) if far_es else None,
         "tolerance_pct": 100 * tolerance,
     }
+
+
+def ragged_text(certainty):
+    """The warning for a ragged volume curve (``ed_es_certainty``), said once for ED and ES."""
+    return (f"ED and ES are uncertain: the LV volume curve jumps from frame to frame (a frame stands "
+            f"{certainty['ragged_pct']:.0f} % of the curve's range out of its two neighbours at the median; whole real "
+            "cycles 1-2 %): the frames' segmentations disagree (noise, a slice flipping in and out); check the contours "
+            "across the cycle")
 
 
 def stands_out_pct(curve, t):
@@ -504,8 +524,10 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     certainty = None
     if full and study.n_frames >= ED_ES_MIN_FRAMES:
         certainty = ed_es_certainty([curve[t]["lv"] for t in range(study.n_frames)])
+        if certainty["ragged"]:
+            warnings.append(ragged_text(certainty))
         for phase, word in (("ed", "largest"), ("es", "smallest")):
-            if not certainty[f"{phase}_sure"]:
+            if not certainty[f"{phase}_sure"] and not certainty["ragged"]:
                 warnings.append(f"{phase.upper()} is uncertain: separate parts of the cycle (frames "
                                 f"{[f + 1 for f in certainty[phase + '_candidates']]}, counted from 1) come within {certainty['tolerance_pct']:g} % of EDV of the "
                                 f"{word} LV volume; check the basal slices of those frames")

@@ -858,7 +858,13 @@ def cine_flags(analysis):
                            timing["es_ms"]))
     certainty = c.get("ed_es_certainty") or {}
     for phase in ("ed", "es"):
-        if certainty and not certainty.get(f"{phase}_sure", True):
+        if certainty and certainty.get("ragged"):
+            from .cine import ragged_text
+
+            said = ragged_text(certainty) if phase == "ed" else "as ED: the LV volume curve is ragged"
+            flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW, f"{phase.upper()} frame {c.get(phase + '_frame') + 1}: "
+                               f"{said}", certainty["ragged_pct"]))
+        elif certainty and not certainty.get(f"{phase}_sure", True):
             frames = certainty[f"{phase}_candidates"]
             flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW,
                                f"{phase.upper()} frame {c.get(phase + '_frame') + 1} is uncertain: frames {[f + 1 for f in frames]} in separate parts of the "

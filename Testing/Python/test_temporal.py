@@ -68,6 +68,38 @@ def test_certainty_of_a_clean_curve_and_of_a_curve_with_two_peaks():
     assert c["es_sure"]
 
 
+def test_a_ragged_curve_is_sure_of_neither_ed_nor_es():
+    """Probe 81: a curve of noise (EF 98.7) was "sure" of ED and ES with margins of 13-16 %: one
+    run of candidates says nothing where every frame jumps. Real whole cycles stand 1-2 % of their
+    range out of their neighbours at the median; a slightly noisy clean cycle stays sure."""
+    t = np.arange(20)
+    clean = 150 - 50 * np.sin(np.pi * t / 20) ** 2
+    wobbly = clean + np.random.default_rng(0).normal(0, 1.0, 20)   # 2 % of the range
+    c = ed_es_certainty(wobbly)
+    assert c["ed_sure"] and c["es_sure"] and not c["ragged"] and c["ragged_pct"] < 8, c
+    noise = np.random.default_rng(1).uniform(60, 150, 20)
+    c = ed_es_certainty(noise)
+    assert c["ragged"] and c["ragged_pct"] >= 8 and not c["ed_sure"] and not c["es_sure"], c
+    assert ed_es_certainty(noise[:8])["ragged_pct"] is None   # too few frames to judge
+
+
+def test_a_ragged_cycle_is_flagged_once_per_phase_with_the_reason():
+    study, truth = make_cine_phantom(seed=2, n_frames=20, n_slices=10, size=96)
+    study.ed_frame = study.es_frame = None
+    ed = truth["ed_frame"]
+    labels = {t: (study.labels[ed].copy() if t % 2 else study.labels[t]) for t in range(20)}   # every other frame ED's
+    a = Analysis(study, labels).run()
+    assert a.cine["ed_es_certainty"]["ragged"]
+    flags = [f for f in a.qc["flags"] if f["code"] in ("ED_UNCERTAIN", "ES_UNCERTAIN")]
+    assert sorted(f["code"] for f in flags) == ["ED_UNCERTAIN", "ES_UNCERTAIN"], a.qc["flags"]
+    assert "jumps from frame to frame" in flags[0]["message"] and "ragged" in flags[1]["message"], flags
+    assert flags[1]["message"].startswith(f"ES frame {a.cine['es_frame'] + 1}:")
+    # the cine's own warning once, not once per phase (and no "separate parts of the cycle")
+    cine_warnings = [w for w in a.warnings if not w.startswith("QC ")]
+    assert sum("jumps from frame to frame" in w for w in cine_warnings) == 1, a.warnings
+    assert not any("separate parts" in w for w in a.warnings), a.warnings
+
+
 def test_an_uncertain_ed_is_flagged_and_a_clean_cycle_is_not():
     study, truth = make_cine_phantom(seed=2, n_frames=12, n_slices=10, size=96)
     study.ed_frame = study.es_frame = None   # from the curve, as for DICOM without ED/ES
