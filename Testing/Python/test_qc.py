@@ -647,6 +647,27 @@ def test_an_aif_that_falls_on_its_upslope_is_flagged(perfusion):
     assert "AIF_UPSLOPE_DIP" not in codes(Analysis(copy(study), study.labels).run())
 
 
+def test_a_baseline_frame_moved_onto_the_upslope_is_not_the_foot_and_is_flagged(perfusion):
+    """Probe 82: one dynamic whose clock was 3.5 beats late sorted a pre-contrast image between
+    two upslope frames. find_foot took it for the foot (the last frame near baseline before the
+    peak), the dip check starts at the foot and saw no dip, and MBF read 7-15 % low with no
+    timing flag."""
+    from CardiacAISegLib.perfusion.mbf import find_foot
+
+    study, _ = perfusion
+    foot = find_foot(study.aif)
+    aif = np.asarray(study.aif, float)
+    rise = aif.max() - aif[:foot].mean()
+    up = foot + int(np.argmax(aif[foot:] > aif[:foot].mean() + 0.5 * rise))   # half-way up
+    order = list(range(aif.size))
+    moved = order.pop(2)                    # a baseline frame ...
+    order.insert(up, moved)                 # ... read half-way up the upslope
+    st = copy(study)
+    st.aif, st.images = aif[order], study.images[order]
+    assert find_foot(st.aif) == foot - 1    # the same foot, one frame earlier in the new order
+    assert "AIF_UPSLOPE_DIP" in codes(Analysis(st, study.labels).run())
+
+
 @pytest.mark.parametrize("seed, axis", [(0, -1), (1, -2), (3, -1)])
 def test_images_mirrored_against_their_header_are_flagged(seed, axis):
     """Pixels mirrored with the header kept: the insertion points are read in a frame turned by

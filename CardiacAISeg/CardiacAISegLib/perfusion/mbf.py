@@ -180,7 +180,8 @@ def check_single_bolus(curve, label="AIF"):
 
 
 def find_foot(aif, label="AIF"):
-    """0-based foot of the AIF: last frame before the peak at or under baseline + 5% of the rise.
+    """0-based foot of the AIF: last frame before the upslope (the first two frames running above
+    baseline + 20 % of the rise) at or under baseline + 5% of the rise.
 
     Raises CardiacInputError for a flat AIF (no bolus rising clearly above baseline noise), and
     for one with two first passes (``check_single_bolus``).
@@ -204,7 +205,13 @@ def find_foot(aif, label="AIF"):
                                            "the series starts after the bolus peak, with no pre-contrast frames and no "
                                            "upslope; MBF needs the first pass from before the bolus arrives")
         raise CardiacInputError(label, f"AIF is flat (rise {rise:.3g} over baseline noise {noise:.3g}): no contrast bolus found")
-    under = np.nonzero(aif[:peak] <= level + 0.05 * rise)[0]
+    # the foot is before the upslope: a frame back at baseline after the AIF has risen clearly
+    # (a fifth of the rise, two frames running) is out of order, not the foot. One dynamic whose
+    # clock put it 3.5 beats late sat at baseline on the upslope, was taken as the foot (frame 17
+    # for 13), its dip went unseen by the upslope check and MBF read 7-15 % low (probe 82)
+    high = (aif[:peak] > level + 0.2 * rise) & (aif[1:peak + 1] > level + 0.2 * rise)
+    onset = int(np.argmax(high)) if high.any() else peak
+    under = np.nonzero(aif[:onset] <= level + 0.05 * rise)[0]
     return int(under[-1]) if under.size else 0
 
 
