@@ -87,15 +87,50 @@ def _reference_columns(rows):
     return keys
 
 
+# Fewer pairs than this give no limits of agreement or correlation worth drawing (two pairs drew
+# a Bland-Altman plot and "r = nan (n=2)", probe 83)
+MIN_PAIRS = 3
+# The status of a study whose QC passed; the report's statistics are over these (below)
+QC_PASS = "ok"
+
+
+def _passed(rows):
+    """A boolean per row: its QC passed (table status ``ok``). The report's medians, limits of
+    agreement and r are over these studies: they had counted a study flagged for review (a wrong
+    slice spacing, mass 320 g) and moved the cohort's median mass 13 g and the Bland-Altman bias
+    from 14 to 39 g without a word (probe 83). Flagged studies are drawn, told apart, and counted."""
+    return np.array([r.get("status") == QC_PASS for r in rows], bool)
+
+
 def comparisons(rows):
-    """[(measure key, label, automatic values, reference values)] for each ref_ column with >= 2 complete pairs."""
+    """[(measure key, label, automatic values, reference values)] for each ref_ column with at least
+    MIN_PAIRS complete pairs."""
     out = []
     for ref in _reference_columns(rows):
         key = ref[len(REF_PREFIX):]
         auto, manual = _values(rows, key), _values(rows, ref)
-        if (np.isfinite(auto) & np.isfinite(manual)).sum() >= 2:
+        if (np.isfinite(auto) & np.isfinite(manual)).sum() >= MIN_PAIRS:
             out.append((key, _axis_label(key), auto, manual))
     return out
+
+
+def _over(passed, n_review, what="n"):
+    """'n=6' or 'n=6 QC pass; 1 QC review left out' or 'n=2, all QC review': which studies a
+    statistic is over."""
+    if not n_review:
+        return f"{what}={passed}"
+    if passed:
+        return f"{what}={passed} QC pass; {n_review} QC review left out"
+    return f"{what}={n_review}, all QC review"
+
+
+def panel_statistic(values, passed):
+    """(median, 'n=...' text) of one distribution panel: over the QC-pass studies, or over the
+    flagged ones when no study passed (said so); (None, text) without values."""
+    ok = np.isfinite(values)
+    good, review = values[ok & passed], values[ok & ~passed]
+    over = good if good.size else review
+    return (float(np.median(over)) if over.size else None), _over(good.size, review.size)
 
 
 def uncompared_references(rows):
@@ -108,8 +143,8 @@ def uncompared_references(rows):
         auto, manual = _values(rows, key), _values(rows, ref)
         if not any(key in r for r in rows):
             out.append((ref, f"{key!r} is no column of the cohort table (e.g. lv_mass_g, global_mbf_ml_min_g)"))
-        elif (np.isfinite(auto) & np.isfinite(manual)).sum() < 2:
-            out.append((ref, f"fewer than 2 studies have both {key} and {ref}"))
+        elif (np.isfinite(auto) & np.isfinite(manual)).sum() < MIN_PAIRS:
+            out.append((ref, f"fewer than {MIN_PAIRS} studies have both {key} and {ref}"))
     return out
 
 
@@ -146,14 +181,20 @@ def write_cohort_report(rows, path):
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "qc-review", "error")}
     fig.suptitle(f"Cohort: {len(rows)} studies — {counts['ok']} ok, {counts['qc-review']} QC review, {counts['error']} error")
+    passed = _passed(measured)
     for ax, (key, label) in zip(axes[0], panels):
-        v = _values(measured, key)
-        v = v[np.isfinite(v)]
+        values = _values(measured, key)
+        finite = np.isfinite(values)
+        v = values[finite]
         if v.size:
             decimals = MEASURES[key][2] if key in MEASURES else 2   # MBF 2 decimals, as the table
-            ax.hist(v, bins=min(30, max(5, v.size // 2)), range=_hist_range(v, decimals), color="#4477aa",
-                    edgecolor="white")
-            ax.set_title(f"{label}: median {np.median(v):.{decimals}f} (n={v.size})", fontsize=10)
+            median, over = panel_statistic(values, passed)
+            groups = [values[finite & passed], values[finite & ~passed]]
+            ax.hist(groups, bins=min(30, max(5, v.size // 2)), range=_hist_range(v, decimals), color=["#4477aa", "#ee7733"],
+                    edgecolor="white", stacked=True, label=["QC pass", "QC review"])
+            if groups[1].size:
+                ax.legend(fontsize=7)
+            ax.set_title(f"{label}: median {median:.{decimals}f} ({over})", fontsize=10)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(label, fontsize=10)
@@ -163,22 +204,33 @@ def write_cohort_report(rows, path):
         ax.axis("off")
     for i, (key, label, auto, manual) in enumerate(comps):
         ok = np.isfinite(auto) & np.isfinite(manual)
-        a, m = auto[ok], manual[ok]
+        # over the QC-pass pairs when there are enough of them, else over all (said)
+        n_pass, n_review = int((ok & passed).sum()), int((ok & ~passed).sum())
+        if n_pass >= MIN_PAIRS:
+            use, over = ok & passed, _over(n_pass, n_review)
+        else:
+            use, over = ok, f"n={n_pass + n_review}" + (f", {n_review} of them QC review" if n_review else "")
+        a, m = auto[use], manual[use]
         ba = bland_altman(a, m)
         ax = axes[1][i]
-        mean = (a + m) / 2
-        ax.scatter(mean, a - m, s=14, color="#4477aa")
+        for sel, color, name in ((ok & passed, "#4477aa", "QC pass"), (ok & ~passed, "#ee7733", "QC review")):
+            if sel.any():
+                ax.scatter((auto[sel] + manual[sel]) / 2, auto[sel] - manual[sel], s=14, color=color, label=name)
+        if n_review:
+            ax.legend(fontsize=7)
         for y, style in ((ba["bias"], "-"), (ba["lower"], "--"), (ba["upper"], "--")):
             ax.axhline(y, color="#aa3377", linestyle=style, linewidth=1)
-        ax.set_title(f"{label}: bias {ba['bias']:.2f}, LoA {ba['lower']:.2f} to {ba['upper']:.2f}", fontsize=9)
+        ax.set_title(f"{label}: bias {ba['bias']:.2f}, LoA {ba['lower']:.2f} to {ba['upper']:.2f}\n({over})", fontsize=9)
         ax.set_xlabel("mean of batch and reference")
         ax.set_ylabel("batch − reference")
         ax = axes[2][i]
-        r = float(np.corrcoef(a, m)[0, 1]) if a.size > 2 and np.std(a) > 0 and np.std(m) > 0 else math.nan
-        ax.scatter(m, a, s=14, color="#228833")
-        lo, hi = float(min(a.min(), m.min())), float(max(a.max(), m.max()))
+        r = float(np.corrcoef(a, m)[0, 1]) if np.std(a) > 0 and np.std(m) > 0 else math.nan
+        for sel, color in ((ok & passed, "#228833"), (ok & ~passed, "#ee7733")):
+            if sel.any():
+                ax.scatter(manual[sel], auto[sel], s=14, color=color)
+        lo, hi = float(min(auto[ok].min(), manual[ok].min())), float(max(auto[ok].max(), manual[ok].max()))
         ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
-        ax.set_title(f"{label}: r = {r:.3f} (n={a.size})", fontsize=9)
+        ax.set_title(f"{label}: r = {r:.3f} ({over})", fontsize=9)
         ax.set_xlabel(f"reference ({REF_PREFIX}{key})")
         ax.set_ylabel("batch")
     for row in axes[1:]:

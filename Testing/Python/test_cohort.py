@@ -74,7 +74,7 @@ def cohort(tmp_path_factory):
     no_myo[no_myo == 2] = 0   # ACDC convention: 2 = myocardium
     nib.save(nib.Nifti1Image(no_myo, labels.affine, labels.header), str(root / "phantom_a" / "labels_no_myo.nii.gz"))
     rows.append({"study": "phantom_review", "path": "phantom_a/cine.nii.gz", "labels": "phantom_a/labels_no_myo.nii.gz",
-                 "site": "synthetic"})
+                 "ref_lv_edv_ml": rows[0]["ref_lv_edv_ml"], "site": "synthetic"})   # a third EDV pair, flagged
     shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "acdc"
     acdc = [p for p in ACDC if (shared / p).is_dir()]
     for p in acdc:
@@ -528,10 +528,50 @@ def test_cohort_report_draws_what_the_cohort_measured(tmp_path):
     assert [k for k, _ in distributions([{"study": "e", "status": "ok"}])] == ["lv_ef_pct", "lv_edv_ml", "lv_mass_g"]
     skipped = dict(uncompared_references(cine + perfusion))
     assert set(skipped) == {"ref_lvmass", "ref_lv_mass_g"}
-    assert "no column of the cohort table" in skipped["ref_lvmass"] and "fewer than 2 studies" in skipped["ref_lv_mass_g"]
+    assert "no column of the cohort table" in skipped["ref_lvmass"] and "fewer than 3 studies" in skipped["ref_lv_mass_g"]
     path = write_cohort_report(perfusion, tmp_path / "cohort_report.png")
     img = mpimg.imread(path)
     assert img.shape[0] > 700   # distributions, Bland-Altman and correlation for ref_global_mbf_ml_min_g
+
+
+def _report_titles(rows, path, monkeypatch):
+    """The panel titles cohort_report.png is drawn with."""
+    from matplotlib.figure import Figure
+
+    from CardiacAISegLib.cohort_report import write_cohort_report
+
+    titles, save = [], Figure.savefig
+
+    def recording(fig, *args, **kwargs):
+        titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    write_cohort_report(rows, path)
+    return titles
+
+
+def test_cohort_statistics_are_over_the_studies_whose_qc_passed(tmp_path, monkeypatch):
+    """Probe 83: the cohort report's medians, n and Bland-Altman counted a study flagged for review
+    (a wrong slice spacing: mass 319.6 g): median mass 168.5 for 155.7 over the six that passed,
+    bias 39.0 g for 13.6, and nothing said. They are now over the QC-pass studies, and the panel
+    says how many flagged studies it left out; a panel with only flagged studies says so."""
+    masses = [150.0, 155.0, 156.4, 160.0, 170.0, 140.0]
+    rows = [{"study": f"s{i}", "status": "ok", "lv_mass_g": m, "lv_ef_pct": 55.0, "lv_edv_ml": 150.0,
+             "ref_lv_mass_g": m - 10 + i} for i, m in enumerate(masses)]
+    rows.append({"study": "bad", "status": "qc-review", "lv_mass_g": 319.6, "lv_ef_pct": 50.0, "lv_edv_ml": 300.0,
+                 "ref_lv_mass_g": 160.0})
+    rows.append({"study": "p", "status": "qc-review", "global_mbf_ml_min_g": 2.45})   # only flagged studies have MBF
+    titles = _report_titles(rows, tmp_path / "cohort_report.png", monkeypatch)
+    mass = next(t for t in titles if t.startswith("LV mass") and "median" in t)
+    assert f"median {np.median(masses):.1f} (n=6 QC pass; 1 QC review left out)" in mass, titles
+    ba = next(t for t in titles if "bias" in t)
+    diffs = np.array(masses) - np.array([m - 10 + i for i, m in enumerate(masses)])
+    assert f"bias {diffs.mean():.2f}" in ba and "n=6 QC pass; 1 QC review left out" in ba, ba
+    mbf = next(t for t in titles if t.startswith("Global MBF"))
+    assert "median 2.45 (n=1, all QC review)" in mbf, titles
+    corr = next(t for t in titles if "r = " in t)
+    assert "nan" not in corr and "n=6 QC pass" in corr, corr
 
 
 def test_batch_says_which_reference_columns_it_cannot_compare(tmp_path, capsys):
