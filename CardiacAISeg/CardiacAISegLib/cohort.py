@@ -172,7 +172,8 @@ def read_manifest(path, defaults=None):
         if not r.get(path_column):
             raise CardiacInputError(where, f"empty {path_column!r}")
         study_input = Path(r[path_column])
-        study_input = study_input if study_input.is_absolute() else base / study_input
+        # normalised: error rows and the table showed ".../in/../../../data/x.nii.gz" (probe 83)
+        study_input = study_input if study_input.is_absolute() else Path(os.path.normpath(base / study_input))
         options = dict(defaults or {})
         for column in OPTION_COLUMNS[1:]:
             value = r.get(column, "")
@@ -185,7 +186,7 @@ def read_manifest(path, defaults=None):
                     # started (a dt of -1; probe 74)
                     raise CardiacInputError(where, f"column {column!r}: {value:g} must be above 0")
             elif column in FILE_OPTIONS and not (column in ("labels", "rest_labels") and value in SPECIAL_LABELS):
-                value = str(Path(value) if Path(value).is_absolute() else base / value)
+                value = str(Path(value) if Path(value).is_absolute() else os.path.normpath(base / value))
             options[column] = value
         if options.get("kind") not in (None, "cine", "perfusion"):
             raise CardiacInputError(where, f"kind {options['kind']!r}: accepted kinds are cine and perfusion")
@@ -308,11 +309,12 @@ def discover_folder(folder, defaults=None, exclude=(), notes=None):
     if not specs:
         raise CardiacInputError(folder, "holds no studies: give a folder with one study per subfolder or image file "
                                         f"({', '.join(IMAGE_SUFFIXES)}), or a CSV manifest")
-    _check_unique(specs, folder)
+    _check_unique(specs, folder, rename="rename one of the two in the folder, or list the studies in a CSV manifest "
+                                        "with a 'study' column")
     return specs
 
 
-def _check_unique(specs, where):
+def _check_unique(specs, where, rename="manifest column 'study'"):
     """Every study writes into a folder of its own name under the output folder: two of one name,
     or one named like a file the cohort writes there (its table, its report), would overwrite
     each other once every study has run (a study named 'cohort.csv' ended the cohort with a
@@ -322,8 +324,7 @@ def _check_unique(specs, where):
     for s in specs:
         if s.study.lower() in reserved:
             raise CardiacInputError(where, f"study {s.study!r} ({s.input}) is named like the cohort's own "
-                                           f"{s.study.lower()} in the output folder; give it another name (manifest "
-                                           "column 'study')")
+                                           f"{s.study.lower()} in the output folder; give it another name ({rename})")
         # by the lower-case name: on macOS, Windows and most network shares P001 and p001 are
         # one folder
         if s.study.lower() in seen:
@@ -333,7 +334,7 @@ def _check_unique(specs, where):
                 f" (ids {other.id!r} and {s.id!r} as folder names: letters, digits, '.', '_' and '-')"
             raise CardiacInputError(where, f"two studies would write into the same folder {s.study!r}"
                                            f"{'' if same_case else f' (and {other.study!r}: one folder where case does not count)'}"
-                                           f"{ids}: {other.input} and {s.input}; give them distinct names (manifest column 'study')")
+                                           f"{ids}: {other.input} and {s.input}; give them distinct names ({rename})")
         seen[s.study.lower()] = s
 
 
@@ -467,7 +468,28 @@ def spec_signature(spec, model=None, frames="ed_es"):
     options = dict(spec.options)
     options.setdefault("model", model)
     options.setdefault("frames", frames)
-    return {"input": str(spec.input), "options": {k: str(v) for k, v in sorted(options.items())}}
+    return {"input": str(spec.input), "options": {k: str(v) for k, v in sorted(options.items())},
+            "files": {str(p): file_stamp(p) for p in [spec.input, *options.values()]
+                      if isinstance(p, (str, os.PathLike)) and os.path.isabs(p) and os.path.exists(p)}}
+
+
+def file_stamp(path):
+    """[size, mtime in ns] of a file, [files, total size, latest mtime] of a folder (a DICOM
+    series, an ACDC patient): what --resume compares to tell an input replaced in place. Only the
+    paths were compared: an image and its labels replaced by another heart's kept the old heart's
+    numbers, unsaid (probe 83). A stamp, not a checksum: a cohort's images are read once."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    count = size = latest = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            count, size, latest = count + 1, size + st.st_size, max(latest, st.st_mtime_ns)
+    return [count, size, latest]
 
 
 def measures_of(rows):
@@ -524,6 +546,17 @@ def series_text(source):
         return " ".join(p for p in (f"#{number}" if number is not None else "", source.get("series_description") or "") if p) \
             or str(source["series_uid"])
     return str(source.get("name") or "")
+
+
+def _task_failure_message(spec, error):
+    """An error row's text for a study whose Dask task failed rather than the study: a worker
+    that died while running it alone is said in terms of the study's input, not of Dask's task key
+    and worker address (probe 83)."""
+    if type(error).__name__ == "KilledWorker":
+        return (f"{spec.input}: the worker process died while analysing this study, again when it ran alone "
+                "(a crash in native code reading or segmenting it, or the machine's memory ran out); run "
+                f"`cardiacaiseg analyze` on it alone to see the error")
+    return f"the Dask task failed: {_error_message(error)}"
 
 
 def error_row(spec, message, total_s=None, worker=None, tb=None):
@@ -607,6 +640,7 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
         # studies, and it holds the folder's lock: one there now is this batch's own
         force = force or (study_dir / "results.json").exists()
     t0, cpu0 = time.perf_counter(), time.process_time()
+    signature = spec_signature(spec, model, frames)   # the inputs as they are read, not as they are after
     worker = _worker_name()
     options = dict(spec.options)
     options.setdefault("model", model)
@@ -632,7 +666,7 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
 
             for name in REPLACED_FILES:
                 (study_dir / name).unlink(missing_ok=True)
-    row["spec"] = spec_signature(spec, model, frames)
+    row["spec"] = signature
     if batch is not None:
         row["batch"] = batch
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -1087,18 +1121,41 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, batch_id,
                                      key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
+
+            def task_failed(spec, e):
+                row = error_row(spec, _task_failure_message(spec, e), worker="")
+                row["spec"] = spec_signature(spec, model, frames)
+                (out_root / spec.study).mkdir(parents=True, exist_ok=True)
+                _write_json_atomic(out_root / spec.study / ROW_FILE, row)
+                return row
+
+            def done(spec, row):
+                bar.set_postfix_str(f"{spec.id}: {row['status']}"[:40])
+                bar.update(1)
+
+            suspects = []
             for future in as_completed(futures):
                 stop.check()
                 spec = futures[future]
                 try:
-                    row = future.result()
+                    done(spec, future.result())
                 except Exception as e:   # noqa: BLE001 - the worker died (KilledWorker) or lost the task
-                    row = error_row(spec, f"the Dask task failed: {_error_message(e)}", worker="")
-                    row["spec"] = spec_signature(spec, model, frames)
-                    (out_root / spec.study).mkdir(parents=True, exist_ok=True)
-                    _write_json_atomic(out_root / spec.study / ROW_FILE, row)
-                bar.set_postfix_str(f"{spec.id}: {row['status']}"[:40])
-                bar.update(1)
+                    if type(e).__name__ == "KilledWorker":
+                        # Dask blames every task a dying worker held: a study queued behind the
+                        # one that crashed it got the crash as its error row without having run
+                        # (probe 83). Each is run again on its own once the others are done.
+                        suspects.append(spec)
+                    else:
+                        done(spec, task_failed(spec, e))
+            for spec in suspects:
+                stop.check()
+                future = client.submit(run_study, spec, str(out_root), model, frames, force or resume, reports, batch_id,
+                                       key=f"cardiacaiseg-{spec.study}-alone-{time.time_ns()}", pure=False)
+                futures[future] = spec
+                try:
+                    done(spec, future.result())
+                except Exception as e:   # noqa: BLE001 - run alone, the worker died again: this study's doing
+                    done(spec, task_failed(spec, e))
             bar.close()
         stop.check()
     except (KeyboardInterrupt, Terminated):

@@ -480,6 +480,71 @@ def test_resume_and_force_follow_the_manifest_rows(cohort, tmp_path):
     assert run(failing, resume=True, frames="all").ran == ["s_b"]
 
 
+def test_resume_runs_a_study_whose_input_was_replaced_in_place(cohort, tmp_path):
+    """Probe 83: --resume compared the manifest's paths and options only: an image and its labels
+    replaced in place by another heart's kept the old heart's numbers, unsaid."""
+    import shutil
+
+    from CardiacAISegLib.cohort import load_cohort, run_cohort
+
+    root, data = cohort["root"], tmp_path / "data"
+    data.mkdir()
+    for name in ("s_a", "s_b"):
+        shutil.copy(root / "phantom_a" / "cine.nii.gz", data / f"{name}.nii.gz")
+        shutil.copy(root / "phantom_a" / "cine_labels.nii.gz", data / f"{name}_labels.nii.gz")
+    _write_manifest(data / "m.csv", [{"study": n, "path": f"{n}.nii.gz", "labels": f"{n}_labels.nii.gz"}
+                                     for n in ("s_a", "s_b")])
+
+    def run(**kw):
+        return run_cohort(load_cohort(data / "m.csv"), tmp_path / "out", workers=1, processes=False, show_progress=False,
+                          log=lambda *a: None, report=False, reports="none", **kw)
+
+    first = run()
+    shutil.copy(root / "phantom_b" / "cine_labels.nii.gz", data / "s_b_labels.nii.gz")   # only the labels: another heart's
+    again = run(resume=True)
+    assert again.ran == ["s_b"] and again.skipped == ["s_a"]
+    edv = {r["study"]: r["lv_edv_ml"] for r in again.rows}
+    assert edv["s_a"] == first.rows[0]["lv_edv_ml"]
+    fresh = run_cohort(load_cohort(data / "m.csv"), tmp_path / "fresh", workers=1, processes=False, show_progress=False,
+                       log=lambda *a: None, report=False, reports="none")
+    assert edv["s_b"] == {r["study"]: r["lv_edv_ml"] for r in fresh.rows}["s_b"] != edv["s_a"]   # the new labels' numbers
+    assert run(resume=True).ran == []   # unchanged since: kept
+
+
+def test_a_study_blamed_for_a_dead_worker_runs_again_alone(cohort, tmp_path, monkeypatch):
+    """Probe 83: Dask blames every task a dying worker held. A study queued behind the one that
+    crashed its worker got "Attempted to run task ... on 4 different workers, but all those
+    workers died" as its error row without having run. Each blamed study now runs again alone;
+    the one that still kills its worker gets an error row naming its input."""
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    from CardiacAISegLib import cohort as cohort_module
+
+    root = cohort["root"]
+    _write_manifest(tmp_path / "m.csv", [{"study": n, "path": str(root / "phantom_a" / "cine.nii.gz"),
+                                          "labels": str(root / "phantom_a" / "cine_labels.nii.gz")}
+                                         for n in ("crashy", "bystander", "other")])
+    real, log = cohort_module.run_study, tmp_path / "calls.txt"   # a file: Dask runs a pickled copy of the function
+
+    def dying(spec, *args, **kwargs):   # crashy kills its worker each time; the bystander went down with it once
+        with open(log, "a") as f:
+            f.write(spec.study + "\n")
+        if spec.study == "crashy" or (spec.study == "bystander" and log.read_text().split().count("bystander") == 1):
+            raise KilledWorker(f"cardiacaiseg-{spec.study}", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(cohort_module, "run_study", dying)
+    run = cohort_module.run_cohort(cohort_module.load_cohort(tmp_path / "m.csv"), tmp_path / "out", workers=1, processes=False,
+                                   show_progress=False, log=lambda *a: None, report=False, reports="none")
+    rows, calls = {r["study"]: r for r in run.rows}, log.read_text().split()
+    assert rows["bystander"]["status"] == "ok" and rows["other"]["status"] == "ok", (calls, rows)
+    assert rows["crashy"]["status"] == "error" and calls.count("crashy") == 2 and calls.count("other") == 1
+    assert rows["crashy"]["error"].startswith(str(root / "phantom_a" / "cine.nii.gz") + ": the worker process died")
+    assert "different workers" not in rows["crashy"]["error"]
+
+
 def test_manifest_density_and_rest_columns_reach_the_analysis(tmp_path):
     """A row's density and rest series were carried into the table as text: "density 1.10" beside
     a mass at 1.05, a "rest" path beside no MPR (probe round 14)."""
