@@ -85,6 +85,7 @@ class Analysis:
         self.levels = {}                     # slice -> AHA level, slices the mask lets the analysis measure
         self.acquired_levels = {}            # perfusion: slice -> AHA level of every slice acquired
         self.level_override = None           # perfusion: levels in slice order given by a paired series' positions
+        self.levels_by_positions = False     # perfusion: levels read with a paired series' slice positions (confirmed)
         self.kept_ed_es = None               # cine: (ED, ES) an edit kept where they were (the Logic)
         self._user_points = {}               # (slice, which) -> RAS of handles the user moved
         self._placed = None                  # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
@@ -246,6 +247,11 @@ class Analysis:
             [self.study, rest.study], [self.labels[self.reference_frame], rest.labels[rest.reference_frame]])
         if shared is None:
             return
+        self.levels_by_positions = rest.levels_by_positions = True
+        from .qc import LEVEL_FLAGS
+
+        if any(f["code"] in LEVEL_FLAGS for f in (rest.qc or {}).get("flags", [])):
+            rest._assess()   # its levels by count, flagged on its own, are confirmed by the stress slices' positions
         for analysis, levels in ((self, shared[0]), (rest, shared[1])):
             if tuple(levels) == tuple(analysis.acquired_levels.get(k) for k in range(analysis.study.n_slices)):
                 continue

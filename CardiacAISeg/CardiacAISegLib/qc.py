@@ -1053,9 +1053,47 @@ def _scale_step_flags(study):
 MAX_PIXEL_SPREAD = 0.45
 
 
+LEVEL_FLAGS = ("PERFUSION_LEVELS_BY_COUNT", "PERFUSION_SLICE_GAP")
+
+
+def perfusion_level_flags(analysis):
+    """The AHA levels of a perfusion series come from its slice count (one is mid, two are basal
+    and mid, three are basal, mid and apical) unless a paired series' positions read them. Two
+    slices of an exam that had three, or three with a missing one between them, put the values in
+    another ring's segments: a series whose mid slice was lost reported the apex as segments 7-12,
+    one whose basal slice was lost shifted every level, with no word of slices or levels (probe 82)."""
+    st = analysis.study
+    if st.n_slices < 2 or analysis.levels_by_positions:
+        return []
+    positions = (st.provenance or {}).get("slice_positions_mm")
+    positions = np.sort(np.asarray(positions, float)) if positions is not None and len(positions) == st.n_slices else None
+    if st.n_slices == 2:
+        apart = abs(float(positions[1] - positions[0])) if positions is not None else float(st.spacing[2])
+        return [_flag("PERFUSION_LEVELS_BY_COUNT", REVIEW,
+                      f"2 slices ({apart:.0f} mm apart): their AHA levels are taken as basal and mid from their count, but "
+                      "a perfusion exam usually has 3 (base, mid, apex): if a slice is missing, their values are in another "
+                      "ring's segments (two slices 40 mm or more apart are more likely base and apex); check which levels "
+                      "they are", apart)]
+    if positions is None:
+        return []
+    from .readers.geometry_check import GAP_FACTOR
+
+    gaps = np.diff(positions)
+    step = float(np.min(gaps))   # the planned spacing: with 3 slices a median is half the missing slice's gap
+    wide = [k for k, g in enumerate(gaps) if step > 0 and g > GAP_FACTOR * step]
+    if not wide:
+        return []
+    said = ", ".join(f"{gaps[k]:.0f} mm between the slices at {positions[k]:.0f} and {positions[k + 1]:.0f} mm" for k in wide)
+    return [_flag("PERFUSION_SLICE_GAP", REVIEW,
+                  f"{said}, where the others are {step:.0f} mm apart: a slice missing? The AHA levels are given by the "
+                  f"slices' count ({st.n_slices} split base to apex in thirds), so a missing slice shifts the levels after it; "
+                  "check which levels the slices are", float(gaps[wide].max()))]
+
+
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
     flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study) + _scale_step_flags(analysis.study)
+    flags += perfusion_level_flags(analysis)
     st = analysis.study
     flags += perfusion_mask_flags(analysis)
     g = p.get("global_mbf_ml_min_g")
@@ -1115,13 +1153,50 @@ def perfusion_flags(analysis):
         msg = _out_of("mpr", m, "global MPR", "")
         if msg:
             flags.append(_flag("MPR_RANGE", REVIEW, msg, m))
-    flags += roles_swapped_flags(analysis)
+    flags += roles_swapped_flags(analysis) + rest_other_day_flags(analysis)
     # the myocardium the analysis measured (network or given labels), on the frames it fitted
     myo = analysis.labels[analysis.reference_frame] == MYO
     curves = analysis._curves
     images = curves[0] if curves is not None and st.aif is not None and curves[0].shape[0] == len(st.aif) else st.images
     flags += aif_flags(st, myo, images, lv=analysis.labels[analysis.reference_frame] == LV)
     return flags
+
+
+# A stress series whose frames (one per heartbeat or two) come this much slower than the rest's,
+# with a reserve under 1: the two given the wrong way round, neutral descriptions (MPR 0.80 for
+# 1.30 at the range's edge, unflagged; probe 82). Stress (adenosine, regadenoson) raises the heart
+# rate; alone a slower stress is no proof (a fast heart is read every other beat), so the
+# inverted reserve must come with it.
+SLOWER_STRESS_FACTOR = 1.15
+
+
+def slower_stress_text(analysis):
+    """Why stress and rest look swapped by their heart rates (the frame intervals), or None."""
+    rest = getattr(analysis, "rest", None)
+    mpr = ((analysis.perfusion or {}).get("mpr") or {}).get("global")
+    if rest is None or mpr is None or not np.isfinite(mpr) or mpr >= 1.0:
+        return None
+    stress_dt, rest_dt = analysis.study.median_frame_interval_s, rest.study.median_frame_interval_s
+    if not stress_dt or not rest_dt or stress_dt <= SLOWER_STRESS_FACTOR * rest_dt:
+        return None
+    return (f"the reserve is {mpr:.2f} (under 1) and the stress series' frames come {stress_dt:.2f} s apart, slower than "
+            f"the rest's {rest_dt:.2f} s, where stress raises the heart rate")
+
+
+def rest_other_day_flags(analysis):
+    """REST_OTHER_DAY where the rest series' StudyDate is another day than the stress's: a rest
+    from a prior exam of the same patient was paired without a word (probe 82). Stress and rest
+    are one session's; a two-day protocol is possible, so flagged for review, not refused."""
+    from .study import days_apart
+
+    rest = getattr(analysis, "rest", None)
+    days = days_apart(analysis.study, rest.study) if rest is not None else None
+    if not days:
+        return []
+    dates = [(s.provenance or {}).get("study_date") for s in (analysis.study, rest.study)]
+    return [_flag("REST_OTHER_DAY", REVIEW, f"the rest series was acquired on {dates[1]}, the stress on {dates[0]} ({days} days "
+                                            "apart): the reserve (MPR, MPRI) divides one day's stress by another day's rest; "
+                                            "check that this rest series belongs to this exam", days)]
 
 
 def roles_swapped_flags(analysis):
@@ -1138,6 +1213,9 @@ def roles_swapped_flags(analysis):
             for name, s in (("stress", analysis.study), ("rest", rest.study))}
     wrong = [f"the {name} series is described {text!r}" for name, text in said.items()
              if role_named(text) not in (None, name)]
+    slower = slower_stress_text(analysis)
+    if slower and not wrong:
+        wrong = [slower]
     if not wrong:
         return []
     return [_flag("STRESS_REST_SWAPPED", REVIEW, f"{' and '.join(wrong)}: stress and rest given the wrong way round? "

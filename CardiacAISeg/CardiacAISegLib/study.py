@@ -149,3 +149,34 @@ def check_same_patient(study, other, other_name, what, study_role="perfusion"):
     if all(ids) and ids[0] != ids[1]:
         raise CardiacInputError(str(other_name), f"{what} is of PatientID {ids[1]!r}, the {study_role} series of PatientID "
                                                  f"{ids[0]!r}: both must be one patient's")
+    # one PatientID for every patient (an anonymiser's "ANONYMOUS") with the names or birth dates
+    # kept: they tell two patients apart (probe 82: another patient's rest accepted)
+    for key, tag in (("patient_name", "PatientName"), ("patient_birth_date", "PatientBirthDate")):
+        values = [_same_person_text(s.provenance.get(key)) for s in (study, other)]
+        if all(values) and values[0] != values[1]:
+            raise CardiacInputError(str(other_name), f"{what} is of {tag} {other.provenance[key]!r}, the {study_role} series "
+                                                     f"of {study.provenance[key]!r}"
+                                                     f"{f' (PatientID {ids[0]!r} in both)' if all(ids) else ''}: both must "
+                                                     "be one patient's")
+
+
+def _same_person_text(value):
+    """A PatientName or birth date as compared: case, spaces and the DICOM name separators
+    (^, =) do not count, as exports write one name 'DOE^JOHN' or 'Doe^John^^^'."""
+    import re
+
+    return re.sub(r"[\s^=]+", " ", str(value or "")).strip().lower()
+
+
+def days_apart(study, other):
+    """Whole days between two series' StudyDate (YYYYMMDD), or None where either has none."""
+    from datetime import date
+
+    dates = []
+    for s in (study, other):
+        text = str((s.provenance or {}).get("study_date") or "").strip()
+        try:
+            dates.append(date(int(text[:4]), int(text[4:6]), int(text[6:8])))
+        except ValueError:
+            return None
+    return abs((dates[0] - dates[1]).days)

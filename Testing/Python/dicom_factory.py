@@ -43,7 +43,7 @@ def write_dicom(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 
 
 def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, scale=400.0, baseline=100.0,
                            heartbeat_jitter_s=0.0, seed=0, description=None, series="1.2.826.0.1.3680043.10.7",
-                           start_number=1, pd_frames=0, pd_factor=5.0, start_s=36000.0):
+                           start_number=1, pd_frames=0, pd_factor=5.0, start_s=36000.0, patient=None):
     """A perfusion ``study`` (T, S, R, C) written as classic MR DICOM the way each vendor times it.
 
     - ``ge``: TriggerTime rises with the time since the first dynamic (0.77 s ... 55 s), every
@@ -58,7 +58,8 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
     (Kellman; Xue et al. 2020): no saturation pulse and a low flip angle, so every tissue is
     ``pd_factor`` times its pre-contrast signal; FlipAngle 5 against the dynamics' own.
     The returned times are those of the dynamics only, from the first dynamic. ``start_s``: the
-    first image's time of day (s; rest is acquired some 10-20 minutes after stress).
+    first image's time of day (s; rest is acquired some 10-20 minutes after stress). ``patient``:
+    patient and study tags every image carries ({"PatientID": ..., "StudyDate": ...}).
     """
     from pathlib import Path
 
@@ -97,6 +98,8 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
             ds.SliceThickness = 8.0
             ds.InstanceNumber = instance
             ds.FlipAngle = 5.0 if t < pd_frames else flip
+            for tag, value in (patient or {}).items():
+                setattr(ds, tag, value)
             # slices of one dynamic are read out ~100 ms apart within the heartbeat
             clock = start_s + times[t] + 0.1 * k
             if vendor == "ge":

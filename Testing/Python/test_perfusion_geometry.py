@@ -179,6 +179,9 @@ def test_stress_and_rest_slices_take_the_levels_of_their_shared_positions(stress
     assert [a.acquired_levels[k] for k in range(len(stress_keep))] == [level_at[k] for k in stress_keep]
     assert [rest_a.acquired_levels[k] for k in range(len(rest_keep))] == [level_at[k] for k in rest_keep]
     both = {level_at[k] for k in stress_keep} & {level_at[k] for k in rest_keep}
+    # read by their positions, the 2-slice series' levels are no guess: not flagged as one
+    codes = {f["code"] for f in a.qc["flags"]} | {f["code"] for f in rest_a.qc["flags"]}
+    assert not codes & {"PERFUSION_LEVELS_BY_COUNT", "REST_PERFUSION_LEVELS_BY_COUNT"}, codes
     for seg in a.perfusion["segments"]:
         if AHA_BY_ID[seg["id"]]["level"] in {level_at[k] for k in stress_keep}:
             assert seg["mbf_ml_min_g"] == pytest.approx(truth_s["mbf_per_segment"][seg["id"]], rel=0.15), seg
@@ -186,6 +189,44 @@ def test_stress_and_rest_slices_take_the_levels_of_their_shared_positions(stress
         if AHA_BY_ID[seg["id"]]["level"] in both:
             expected = truth_s["mbf_per_segment"][seg["id"]] / truth_r["mbf_per_segment"][seg["id"]]
             assert seg["mpr"] == pytest.approx(expected, rel=0.15), seg
+
+def _without_slices(study, keep):
+    """The series with only the slices ``keep`` (evenly spaced), as a reader gives a series whose
+    other slices' files are missing: positions from the header, the slice step widened."""
+    from copy import copy
+
+    part = copy(study)
+    part.images = np.ascontiguousarray(study.images[:, keep])
+    part.labels = {t: np.ascontiguousarray(m[keep]) for t, m in study.labels.items()}
+    step = study.ijk_to_ras[:3, 2]
+    part.ijk_to_ras = study.ijk_to_ras.copy()
+    part.ijk_to_ras[:3, 3] += keep[0] * step
+    part.ijk_to_ras[:3, 2] = (keep[1] - keep[0]) * step
+    part.provenance = {"slice_positions_mm": [float(k * np.linalg.norm(step)) for k in keep]}
+    return part
+
+
+def test_levels_a_missing_slice_may_have_shifted_are_flagged():
+    """Probe 82: one series of 3 slices whose mid slice's files were missing reported the apex as
+    mid segments 7-12; one whose basal slice was missing shifted every level; QC said nothing of
+    slices or levels. Levels from the count of 2 slices, or after a gap of a missing slice, are
+    flagged for review; 3 evenly spaced slices are not."""
+    stress, _ = make_perfusion_phantom(seed=5, noise=0.005)
+
+    def codes(st):
+        a = Analysis(st, st.labels).run()
+        return {f["code"]: f for f in a.qc["flags"]}
+
+    assert not {"PERFUSION_LEVELS_BY_COUNT", "PERFUSION_SLICE_GAP"} & set(codes(stress))
+    two = codes(_without_slices(stress, [0, 2]))
+    assert "PERFUSION_LEVELS_BY_COUNT" in two and "2 slices (40 mm apart)" in two["PERFUSION_LEVELS_BY_COUNT"]["message"]
+    # four slices planned, one lost: 3 left with a double gap
+    four, _ = make_perfusion_phantom(seed=5, noise=0.005, slice_mm=15.0)
+    gap = _without_slices(four, [0, 1, 2])
+    gap.provenance = {"slice_positions_mm": [0.0, 15.0, 45.0]}
+    flags = codes(gap)
+    assert "PERFUSION_SLICE_GAP" in flags and "30 mm between the slices at 15 and 45 mm" in flags["PERFUSION_SLICE_GAP"]["message"]
+
 
 def test_a_rest_series_of_fewer_slices_takes_the_levels_at_its_positions():
     """Two rest slices at the stress mid and apical positions were called basal and mid by their

@@ -1870,6 +1870,65 @@ def test_stress_and_rest_given_the_wrong_way_round_are_flagged(tmp_path, phantom
     assert "stress series is described 'Perfusion_rest'" in message and "rest series is described 'Perfusion_stress'" in message
 
 
+def test_a_rest_of_another_patient_or_day_under_one_patient_id_is_refused_or_flagged(tmp_path, phantom, capsys):
+    """Probe 82: the rest paired with a stress was checked by PatientID alone. One ID for every
+    patient ("ANONYMOUS") let another patient's rest through, and a rest from the same patient's
+    exam 6 months before was paired without a word. Another name or birth date under one ID is
+    refused; another day is flagged REST_OTHER_DAY; a name written otherwise ('Doe^John^^') is
+    one patient."""
+    study, _ = phantom
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, stress=False)
+    me = {"PatientID": "ANONYMOUS", "PatientName": "DOE^JOHN", "PatientBirthDate": "19600101",
+          "StudyInstanceUID": "1.2.826.0.1.3680043.10.99.1", "StudyDate": "20261201"}
+    write_perfusion_series(tmp_path / "stress", study, vendor="siemens", description="Perfusion_stress", patient=me)
+
+    def run(name, **tags):
+        write_perfusion_series(tmp_path / name, rest, vendor="siemens", description="Perfusion_rest", start_s=37200.0,
+                               series=f"1.2.826.0.1.3680043.10.{30 + len(name)}", patient={**me, **tags})
+        out = tmp_path / f"out_{name}"
+        code = cli.main(["analyze", str(tmp_path / "stress"), "--rest", str(tmp_path / name), "--labels", "ring",
+                         "--rest-labels", "ring", "--out", str(out), "--quiet"])
+        return code, (json.loads((out / "results.json").read_text()) if code == 0 else None)
+
+    capsys.readouterr()
+    code, _ = run("other", PatientName="ROE^JANE")
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "out_other").exists()
+    assert "the rest series is of PatientName 'ROE^JANE', the stress series of 'DOE^JOHN' (PatientID 'ANONYMOUS' in both)" in err
+    code, _ = run("otherbirth", PatientBirthDate="19710505")
+    assert code == 2 and "PatientBirthDate '19710505'" in capsys.readouterr().err
+    code, results = run("prior", StudyInstanceUID="1.2.826.0.1.3680043.10.99.0", StudyDate="20260601")
+    flags = {f["code"]: f["message"] for f in results["qc"]["flags"]}
+    assert code == 0 and "REST_OTHER_DAY" in flags and "183 days apart" in flags["REST_OTHER_DAY"], flags
+    code, results = run("same", PatientName="Doe^John^^")
+    assert code == 0 and "REST_OTHER_DAY" not in {f["code"] for f in results["qc"]["flags"]}
+
+
+def test_stress_and_rest_swapped_with_neutral_descriptions_are_told_by_their_heart_rates():
+    """Probe 82: stress and rest swapped, both described neutrally, a low-reserve patient: MPR 0.80
+    for 1.30, at the edge of the range, unflagged. The series read as the stress had the slower
+    heart (frames 0.9 s apart against 0.55): with a reserve under 1 that is flagged; the right way
+    round, or a slower stress with a reserve over 1 (a fast heart read every other beat), is not."""
+    from CardiacAISegLib.analysis import Analysis
+
+    stress, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, dt=0.55)
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=50, noise=0.005, stress=False, dt=0.9)
+
+    def flags(first, second):
+        paired = Analysis(second, second.labels).run()
+        a = Analysis(first, first.labels, rest=paired).run()
+        return a, {f["code"]: f["message"] for f in a.qc["flags"]}
+
+    swapped, codes = flags(rest, stress)
+    assert swapped.perfusion["mpr"]["global"] < 1
+    assert "STRESS_REST_SWAPPED" in codes and "0.90 s apart, slower than the rest's 0.55 s" in codes["STRESS_REST_SWAPPED"]
+    right, codes = flags(stress, rest)
+    assert right.perfusion["mpr"]["global"] > 1 and "STRESS_REST_SWAPPED" not in codes
+    every_other_beat, _ = make_perfusion_phantom(seed=3, n_frames=40, noise=0.005, dt=1.1)
+    a, codes = flags(every_other_beat, rest)
+    assert a.perfusion["mpr"]["global"] > 1 and "STRESS_REST_SWAPPED" not in codes
+
+
 def test_a_slice_acquired_every_other_beat_beside_its_aif_series_is_named(tmp_path, phantom):
     """The apical slice acquired every other heartbeat (60/60/30 images), its dual-sequence AIF
     series beside: the two no longer paired (50 images per position against 60) and the folder

@@ -3007,6 +3007,11 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         "manufacturer": str(ds0.get("Manufacturer", "")), "model": str(ds0.get("ManufacturerModelName", "")),
         "field_strength_t": float(ds0.get("MagneticFieldStrength", 0) or 0) or None,
         "patient_id": str(ds0.get("PatientID", "")),
+        # a rest series is checked against its stress by these too: one PatientID ("ANONYMOUS")
+        # let another patient's or another day's rest through (probe 82)
+        "patient_name": str(ds0.get("PatientName", "") or ""), "patient_birth_date": str(ds0.get("PatientBirthDate", "") or ""),
+        "study_uid": str(ds0.get("StudyInstanceUID", "") or ""),
+        "study_date": str(ds0.get("StudyDate", "") or ds0.get("SeriesDate", "") or ds0.get("AcquisitionDate", "") or ""),
         "slice_positions_mm": [round(p, 4) for p in positions],
         "instance_map": instance_map, "ambiguous_instances": sorted(ambiguous), "sop_map": sop_map, "warnings": warn,
         "multi_frame": bool(frame_map),
