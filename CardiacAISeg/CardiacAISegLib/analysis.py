@@ -59,6 +59,25 @@ def check_density(density, name="density"):
                                       f"{DENSITY_RANGE_G_ML[0]:g}-{DENSITY_RANGE_G_ML[1]:g} g/mL (default 1.05)")
 
 
+def _still_rising_at_the_end(images):
+    """Why a series looks cut before its bolus peak, or None: the whole image's mean enhancement
+    over its first frames is highest at the end and still climbing steeply there (a fifth of its
+    value over the last three frames). The brightest pixels will not do: the RV peaks first and
+    brightest, so a series cut on the LV upslope has passed their peak. ``images`` (T, S, R, C)."""
+    images = np.asarray(images, float)
+    t = images.shape[0]
+    if t < 6:
+        return None
+    flat = images.reshape(t, -1)
+    enhancement = (flat - np.median(flat[:3], axis=0)).mean(axis=1)
+    last = float(enhancement[-1])
+    if int(np.argmax(enhancement)) < t - 1 or not last > 0 or last - float(enhancement[-4]) < 0.2 * last:
+        return None
+    return (f"the series ends while the images still brighten steeply (their mean enhancement is highest at the last "
+            f"frame, {t}): the bolus peak, which the segmentation and the AIF need, was not acquired; a series stopped "
+            "early or cut on export? Give the whole first pass")
+
+
 class Analysis:
     def __init__(self, study: Study, labels: Mapping[int, np.ndarray], model_card: dict | None = None, density: float = 1.05,
                  rest: Analysis | None = None, sector_method: str = "bai"):
@@ -228,12 +247,23 @@ class Analysis:
                     self.cine[key] = None
                 self.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
         self._compute_geometry()
+        self.levels_by_positions = False   # a stress measured again alone (its rest unpaired) reads by count again
         if self.kind == PERFUSION and self.rest is not None:
             self._align_rest_levels()
         self._compute_segment_values()
         self._assess()
         self.timing_s["measures"] = time.perf_counter() - t0
         return self
+
+    def _set_rest_levels_read(self, read):
+        """The rest's levels read with the stress slices' positions (``read``) or not: its level
+        flags, judged when it ran alone, follow, and so do the stress's copies of its warnings."""
+        rest = self.rest
+        if rest.levels_by_positions == read:
+            return
+        rest.levels_by_positions = read
+        rest._assess()
+        self.warnings = [w for w in self.warnings if not w.startswith(REST_WARNING_PREFIX)] + _rest_warnings(rest)
 
     def _align_rest_levels(self):
         """Stress and rest take the AHA levels of their slice positions read together (both are
@@ -245,13 +275,17 @@ class Analysis:
         rest = self.rest
         shared = geometry.levels_at_shared_positions(
             [self.study, rest.study], [self.labels[self.reference_frame], rest.labels[rest.reference_frame]])
+        # a series' levels are read, not guessed from its count, only where the other series adds
+        # positions to its own: stress and rest at the same two positions are still two slices
+        # named by their count (review: the apex read as mid segments, unflagged)
+        confirmed = (False, False)
+        if shared is not None:
+            distinct = len(set(shared[0]) | set(shared[1]))
+            confirmed = tuple(distinct > len(set(levels)) for levels in shared)
+        self.levels_by_positions = confirmed[0]
+        self._set_rest_levels_read(confirmed[1])
         if shared is None:
             return
-        self.levels_by_positions = rest.levels_by_positions = True
-        from .qc import LEVEL_FLAGS
-
-        if any(f["code"] in LEVEL_FLAGS for f in (rest.qc or {}).get("flags", [])):
-            rest._assess()   # its levels by count, flagged on its own, are confirmed by the stress slices' positions
         for analysis, levels in ((self, shared[0]), (rest, shared[1])):
             if tuple(levels) == tuple(analysis.acquired_levels.get(k) for k in range(analysis.study.n_slices)):
                 continue
@@ -260,6 +294,7 @@ class Analysis:
                 rest.run()
                 # measured again: each of its warnings once (those the pipeline added after its first run kept)
                 rest.warnings = list(dict.fromkeys(rest.warnings))
+                self._set_rest_levels_read(confirmed[1])   # its run read them by count again
             else:
                 self._compute_geometry()
         for analysis, others in ((self, "rest"), (rest, "stress")):
@@ -324,6 +359,11 @@ class Analysis:
             else:
                 why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
                        "reverse time order) or no short-axis heart in it?")
+            cut = None if edited or not self.model_info else _still_rising_at_the_end(st.images)
+            if cut:
+                # the network's key image is the bolus peak: a series that ends on the upslope has
+                # none, and "give the masks yourself" led nowhere, since MBF needs the peak too (probe 82)
+                raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({cut})")
             way = "; give the masks yourself (--labels)" if self.model_info and not edited else ""
             raise CardiacInputError(st.source or st.name, f"the myocardial mask is empty: nothing to quantify ({why}){way}")
         # --- the series itself, named, before a fit whose errors would blame the AIF (readers/)

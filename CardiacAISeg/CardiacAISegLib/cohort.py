@@ -419,7 +419,18 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
         return False
     # a row without the options it was made from (written before rows carried them) runs again:
     # its input alone matched while its rest or AIF had changed (probe 71)
-    return row.get("spec") == spec_signature(spec, model, frames)
+    return same_spec(row.get("spec"), spec_signature(spec, model, frames))
+
+
+def same_spec(stored, now):
+    """A row's recorded spec is this manifest row's now: input, options and, where the row has
+    them, its files' stamps. A row written before stamps were recorded is judged on input and
+    options (review: the first --resume after the upgrade ran every study again, unsaid)."""
+    if not isinstance(stored, dict):
+        return False
+    if "files" not in stored:
+        now = {k: v for k, v in now.items() if k != "files"}
+    return stored == now
 
 
 def _supersede_rows(specs, out_root):
@@ -473,6 +484,9 @@ def spec_signature(spec, model=None, frames="ed_es"):
                       if isinstance(p, (str, os.PathLike)) and os.path.isabs(p) and os.path.exists(p)}}
 
 
+BROWSER_FILES = ("thumbs.db", "desktop.ini")
+
+
 def file_stamp(path):
     """[size, mtime in ns] of a file, [files, total size, latest mtime] of a folder (a DICOM
     series, an ACDC patient): what --resume compares to tell an input replaced in place. Only the
@@ -484,6 +498,8 @@ def file_stamp(path):
     count = size = latest = 0
     for folder, _, names in os.walk(path):
         for name in names:
+            if name.startswith(".") or name.lower() in BROWSER_FILES:
+                continue   # written by looking at the folder (Finder, Explorer), not by the scanner
             try:
                 st = os.stat(os.path.join(folder, name))
             except OSError:
@@ -548,10 +564,13 @@ def series_text(source):
     return str(source.get("name") or "")
 
 
-def _task_failure_message(spec, error):
+def _task_failure_message(spec, error, alone=True):
     """An error row's text for a study whose Dask task failed rather than the study: a worker
     that died while running it alone is said in terms of the study's input, not of Dask's task key
     and worker address (probe 83)."""
+    if type(error).__name__ == "KilledWorker" and not alone:
+        return (f"{spec.input}: a worker process died while it held this study, and no worker is left to run it "
+                "again alone; rerun the batch with --resume")
     if type(error).__name__ == "KilledWorker":
         return (f"{spec.input}: the worker process died while analysing this study, again when it ran alone "
                 "(a crash in native code reading or segmenting it, or the machine's memory ran out); run "
@@ -599,7 +618,7 @@ def _worker_name():
         return f"pid {os.getpid()}"
 
 
-def _this_batchs_row(study_dir, spec, model, frames, batch):
+def _this_batchs_row(study_dir, spec, model, frames, batch, signature=None):
     """The row this batch (its id ``batch``) already wrote for the study from this manifest row,
     with its outputs, not an error; else None. By id, not by file times: a file server's clock
     or a 2-second file time would misdate them."""
@@ -610,12 +629,12 @@ def _this_batchs_row(study_dir, spec, model, frames, batch):
     except (OSError, ValueError):
         return None
     if row.get("batch") != batch or row.get("status") == STATUS_ERROR or row.get("superseded") \
-            or row.get("spec") != spec_signature(spec, model, frames):
+            or not same_spec(row.get("spec"), signature or spec_signature(spec, model, frames)):
         return None
     return row
 
 
-def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", batch=None):
+def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", batch=None, signature=None):
     """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
 
     ``reports``: which studies get a report.png (``analyze.run``): ``flagged`` (QC review) by
@@ -633,14 +652,16 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
 
     study_dir = Path(out_root) / spec.study
     if batch is not None:
-        done = _this_batchs_row(study_dir, spec, model, frames, batch)
+        done = _this_batchs_row(study_dir, spec, model, frames, batch, signature)
         if done is not None:
             return done
         # without --force or --resume the batch refused to start over any results.json of its
         # studies, and it holds the folder's lock: one there now is this batch's own
         force = force or (study_dir / "results.json").exists()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    signature = spec_signature(spec, model, frames)   # the inputs as they are read, not as they are after
+    # the inputs as they are read, not as they are after; a batch's client gives it, as its
+    # --resume compares it there (a worker on another host sees other paths or file times)
+    signature = signature or spec_signature(spec, model, frames)
     worker = _worker_name()
     options = dict(spec.options)
     options.setdefault("model", model)
@@ -1118,12 +1139,14 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers),
                                                 local=not scheduler))
             batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.time_ns() % 10 ** 9}"
+            signatures = {s.study: spec_signature(s, model, frames) for s in todo}
             futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, batch_id,
-                                     key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s for s in todo}
+                                     signatures[s.study], key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s
+                       for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
 
-            def task_failed(spec, e):
-                row = error_row(spec, _task_failure_message(spec, e), worker="")
+            def task_failed(spec, e, alone=True):
+                row = error_row(spec, _task_failure_message(spec, e, alone), worker="")
                 row["spec"] = spec_signature(spec, model, frames)
                 (out_root / spec.study).mkdir(parents=True, exist_ok=True)
                 _write_json_atomic(out_root / spec.study / ROW_FILE, row)
@@ -1144,13 +1167,18 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                         # Dask blames every task a dying worker held: a study queued behind the
                         # one that crashed it got the crash as its error row without having run
                         # (probe 83). Each is run again on its own once the others are done.
-                        suspects.append(spec)
+                        suspects.append((spec, e))
                     else:
                         done(spec, task_failed(spec, e))
-            for spec in suspects:
+            for spec, killed in suspects:
                 stop.check()
+                if not client.scheduler_info().get("workers"):
+                    # no worker left to run it (a cluster without nannies): waiting would never end
+                    done(spec, task_failed(spec, killed, alone=False))
+                    continue
                 future = client.submit(run_study, spec, str(out_root), model, frames, force or resume, reports, batch_id,
-                                       key=f"cardiacaiseg-{spec.study}-alone-{time.time_ns()}", pure=False)
+                                       signatures[spec.study], key=f"cardiacaiseg-{spec.study}-alone-{time.time_ns()}",
+                                       pure=False)
                 futures[future] = spec
                 try:
                     done(spec, future.result())

@@ -135,7 +135,7 @@ def panel_statistic(values, passed):
 
 def uncompared_references(rows):
     """[(ref column, why)] for each reference column the report cannot compare: a measure no study
-    has (a misspelt key, an MBF reference in a cine cohort) or fewer than 2 studies with both values.
+    has (a misspelt key, an MBF reference in a cine cohort) or fewer than MIN_PAIRS studies with both values.
     A researcher's reference column must not vanish from the report without a word."""
     out = []
     for ref in _reference_columns(rows):

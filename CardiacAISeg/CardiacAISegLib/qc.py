@@ -861,7 +861,7 @@ def cine_flags(analysis):
         if certainty and certainty.get("ragged"):
             from .cine import ragged_text
 
-            said = ragged_text(certainty) if phase == "ed" else "as ED: the LV volume curve is ragged"
+            said = ragged_text(certainty) if phase == "ed" else "uncertain as ED is: the LV volume curve is ragged"
             flags.append(_flag(f"{phase.upper()}_UNCERTAIN", REVIEW, f"{phase.upper()} frame {c.get(phase + '_frame') + 1}: "
                                f"{said}", certainty["ragged_pct"]))
         elif certainty and not certainty.get(f"{phase}_sure", True):
@@ -1068,12 +1068,12 @@ def perfusion_level_flags(analysis):
     positions = (st.provenance or {}).get("slice_positions_mm")
     positions = np.sort(np.asarray(positions, float)) if positions is not None and len(positions) == st.n_slices else None
     if st.n_slices == 2:
-        apart = abs(float(positions[1] - positions[0])) if positions is not None else float(st.spacing[2])
+        apart = abs(float(positions[1] - positions[0])) if positions is not None else None
         return [_flag("PERFUSION_LEVELS_BY_COUNT", REVIEW,
-                      f"2 slices ({apart:.0f} mm apart): their AHA levels are taken as basal and mid from their count, but "
+                      f"2 slices{f' ({apart:.0f} mm apart)' if apart is not None else ''}: their AHA levels are taken as basal and mid from their count, but "
                       "a perfusion exam usually has 3 (base, mid, apex): if a slice is missing, their values are in another "
                       "ring's segments (two slices 40 mm or more apart are more likely base and apex); check which levels "
-                      "they are", apart)]
+                      "they are", apart if apart is not None else 2)]
     if positions is None:
         return []
     from .readers.geometry_check import GAP_FACTOR
@@ -1180,7 +1180,8 @@ def slower_stress_text(analysis):
     if not stress_dt or not rest_dt or stress_dt <= SLOWER_STRESS_FACTOR * rest_dt:
         return None
     return (f"the reserve is {mpr:.2f} (under 1) and the stress series' frames come {stress_dt:.2f} s apart, slower than "
-            f"the rest's {rest_dt:.2f} s, where stress raises the heart rate")
+            f"the rest's {rest_dt:.2f} s, where stress raises the heart rate (unless the stress heart was read every "
+            "other beat)")
 
 
 def rest_other_day_flags(analysis):
@@ -1193,8 +1194,10 @@ def rest_other_day_flags(analysis):
     days = days_apart(analysis.study, rest.study) if rest is not None else None
     if not days:
         return []
-    dates = [(s.provenance or {}).get("study_date") for s in (analysis.study, rest.study)]
-    return [_flag("REST_OTHER_DAY", REVIEW, f"the rest series was acquired on {dates[1]}, the stress on {dates[0]} ({days} days "
+    dates = [str((s.provenance or {}).get("study_date")) for s in (analysis.study, rest.study)]
+    dates = [f"{d[:4]}-{d[4:6]}-{d[6:8]}" for d in dates]
+    return [_flag("REST_OTHER_DAY", REVIEW, f"the rest series was acquired on {dates[1]}, the stress on {dates[0]} ({days} "
+                                            f"day{'s' if days > 1 else ''} "
                                             "apart): the reserve (MPR, MPRI) divides one day's stress by another day's rest; "
                                             "check that this rest series belongs to this exam", days)]
 
@@ -1213,8 +1216,8 @@ def roles_swapped_flags(analysis):
             for name, s in (("stress", analysis.study), ("rest", rest.study))}
     wrong = [f"the {name} series is described {text!r}" for name, text in said.items()
              if role_named(text) not in (None, name)]
-    slower = slower_stress_text(analysis)
-    if slower and not wrong:
+    slower = slower_stress_text(analysis) if not any(role_named(text) for text in said.values()) else None
+    if slower:   # described neutrally: the descriptions confirm or contradict the roles better than the heart
         wrong = [slower]
     if not wrong:
         return []

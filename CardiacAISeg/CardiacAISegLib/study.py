@@ -161,11 +161,11 @@ def check_same_patient(study, other, other_name, what, study_role="perfusion"):
 
 
 def _same_person_text(value):
-    """A PatientName or birth date as compared: case, spaces and the DICOM name separators
-    (^, =) do not count, as exports write one name 'DOE^JOHN' or 'Doe^John^^^'."""
-    import re
-
-    return re.sub(r"[\s^=]+", " ", str(value or "")).strip().lower()
+    """A PatientName or birth date as compared: a name by the family and given names of its
+    first (alphabetic) group, so 'Doe^John^^^', 'DOE^JOHN^A' and 'YAMADA^TARO=山田^太郎'
+    against 'Yamada^Taro' are one person; case and spaces do not count."""
+    parts = str(value or "").split("=")[0].split("^")[:2]
+    return " ".join(" ".join(p.split()).lower() for p in parts).strip()
 
 
 def days_apart(study, other):

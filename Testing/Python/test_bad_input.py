@@ -369,6 +369,36 @@ def test_a_network_that_misses_the_wall_of_a_heart_the_bolus_shows_is_named():
     assert "no first pass" in said and "frame None" not in said
 
 
+def test_a_series_cut_before_its_bolus_peak_is_named_as_such():
+    """Probe 82: a series that ends before the AIF peak was refused as "the network found no
+    myocardium ... no first pass ... give the masks yourself (--labels)": the wrong cause, and
+    advice that leads nowhere (MBF needs the peak too). It now says the peak was not acquired."""
+    from copy import copy
+
+    from CardiacAISegLib.analysis import Analysis
+    from CardiacAISegLib.errors import CardiacInputError
+    from CardiacAISegLib.labels import MYO
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    study, _ = make_perfusion_phantom(seed=3, noise=0.005)
+    labels = {t: np.where(m == MYO, 0, m).astype(np.uint8) for t, m in study.labels.items()}
+    peak = int(np.argmax(study.aif))
+
+    def refusal(st):
+        a = Analysis(st, labels)
+        a.model_info = {"name": "perfusion-resunet"}
+        with pytest.raises(CardiacInputError) as refused:
+            a.run()
+        return str(refused.value)
+
+    cut = copy(study)
+    cut.images, cut.aif, cut.frame_times_s = study.images[:peak - 2], study.aif[:peak - 2], study.frame_times_s[:peak - 2]
+    said = refusal(cut)
+    assert "ends while the images still brighten steeply" in said and "bolus peak" in said and "--labels" not in said
+    said = refusal(study)   # the whole first pass: the network's failure, as before
+    assert "bolus peak" not in said and "give the masks yourself (--labels)" in said
+
+
 # ------------------------------------------------------------------------------ perfusion
 def _perfusion_args(d, dt, **replace):
     args = {"--kind": "perfusion", "--labels": d / "perfusion_labels.nii.gz", "--aif": d / "aif.csv", "--dt": dt}

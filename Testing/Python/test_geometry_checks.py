@@ -297,7 +297,19 @@ def test_series_also_copied_into_a_subfolder_is_read_once(tmp_path):
 def test_two_different_images_at_one_position_and_time_are_refused_naming_both(tmp_path, capsys):
     d = _dicom_stack(tmp_path / "dicom", [0, 8, 16])
     _dcm(d / "extra.dcm", ipp=(0, 0, 8.0), trigger=40.0, instance=99, value=7)   # a new UID, same slot as 4.dcm
-    expect_failure(capsys, [d], tmp_path / "out", d / "extra.dcm", "4.dcm", "8.00 mm", "same frame time")
+    # two different images: removing one would drop a real frame (probe 82: "remove one of the two files")
+    said = expect_failure(capsys, [d], tmp_path / "out", d / "extra.dcm", "4.dcm", "8.00 mm", "same frame time",
+                          "different pixels", "clock is wrong")
+    assert "remove one" not in said
+    # the same pixels under a new UID: a duplicate, which is removed
+    shutil.copy(d / "4.dcm", tmp_path / "copy.dcm")
+    (d / "extra.dcm").unlink()
+    import pydicom
+
+    ds = pydicom.dcmread(str(tmp_path / "copy.dcm"))
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.save_as(str(d / "extra.dcm"))
+    expect_failure(capsys, [d], tmp_path / "out3", "same frame time", "the same pixels", "remove one of the two files")
 
 
 def test_all_images_at_one_position_is_a_single_slice_series_not_a_traceback(tmp_path, capsys):

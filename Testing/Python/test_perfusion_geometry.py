@@ -226,6 +226,20 @@ def test_levels_a_missing_slice_may_have_shifted_are_flagged():
     gap.provenance = {"slice_positions_mm": [0.0, 15.0, 45.0]}
     flags = codes(gap)
     assert "PERFUSION_SLICE_GAP" in flags and "30 mm between the slices at 15 and 45 mm" in flags["PERFUSION_SLICE_GAP"]["message"]
+    # a rest at the same two positions confirms nothing: both still named by their count (review)
+    rest, _ = make_perfusion_phantom(seed=5, stress=False, noise=0.005)
+    s_two, r_two = _slices_of(stress, [1, 2]), _slices_of(rest, [1, 2])
+    rest_a = Analysis(r_two, r_two.labels).run()
+    a = Analysis(s_two, s_two.labels, rest=rest_a).run()
+    paired = {f["code"] for f in a.qc["flags"]}
+    assert {"PERFUSION_LEVELS_BY_COUNT", "REST_PERFUSION_LEVELS_BY_COUNT"} <= paired, paired
+    # and a stress measured again alone after its rest is unpaired reads by its count again
+    three = Analysis(_slices_of(rest, [0, 1, 2]), _slices_of(rest, [0, 1, 2]).labels).run()
+    a = Analysis(s_two, s_two.labels, rest=three).run()
+    assert "PERFUSION_LEVELS_BY_COUNT" not in {f["code"] for f in a.qc["flags"]}
+    a.rest = None
+    a.run()
+    assert "PERFUSION_LEVELS_BY_COUNT" in {f["code"] for f in a.qc["flags"]}
 
 
 def test_a_rest_series_of_fewer_slices_takes_the_levels_at_its_positions():

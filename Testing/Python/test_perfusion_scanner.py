@@ -1902,6 +1902,32 @@ def test_a_rest_of_another_patient_or_day_under_one_patient_id_is_refused_or_fla
     assert code == 0 and "REST_OTHER_DAY" in flags and "183 days apart" in flags["REST_OTHER_DAY"], flags
     code, results = run("same", PatientName="Doe^John^^")
     assert code == 0 and "REST_OTHER_DAY" not in {f["code"] for f in results["qc"]["flags"]}
+    code, _ = run("middle", PatientName="DOE^JOHN^A")   # a middle name added by one export: one person
+    assert code == 0
+    code, results = run("nextday", StudyDate="20261202")
+    assert "(1 day apart)" in {f["code"]: f["message"] for f in results["qc"]["flags"]}["REST_OTHER_DAY"]
+
+
+def test_stress_and_rest_each_stored_per_slice_with_other_frame_counts_are_named_as_two_acquisitions(tmp_path, phantom):
+    """Probe 82: stress (60 dynamics) and rest (48) each stored one series per slice, all
+    described 'PERF SA' (Philips): the folder was refused listing 6 series and nothing of the two
+    acquisitions, as their different image counts put them in two stack groups. The refusal now
+    names both acquisitions, their start times and the flags that read them."""
+    study, _ = phantom
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=48, noise=0.005, stress=False)
+    write_perfusion_series(tmp_path, study, vendor="philips", series_per_slice=True, description="PERF SA",
+                           series="1.2.826.0.1.3680043.10.82.701", start_number=701)
+    write_perfusion_series(tmp_path, rest, vendor="philips", series_per_slice=True, description="PERF SA",
+                           series="1.2.826.0.1.3680043.10.82.1101", start_number=1101, start_s=37200.0)
+    with pytest.raises(CardiacInputError) as refused:
+        load_study(tmp_path)
+    said = refused.value.problem
+    assert "#701/#702/#703 'PERF SA' (started 10:00:00, 3 slice series) and #1101/#1102/#1103 'PERF SA' (started " \
+           "10:20:00, 3 slice series) are 2 acquisitions" in said, said
+    assert "20 min apart" in said and f"--series STRESS_NUMBER --rest {tmp_path} --rest-series REST_NUMBER" in said
+    a = analyze.run(tmp_path, tmp_path / "out", series="701", rest=str(tmp_path), rest_series="1101", labels="ring",
+                    rest_labels="ring")[0]
+    assert a.study.n_frames == 60 and a.rest.study.n_frames == 48
 
 
 def test_stress_and_rest_swapped_with_neutral_descriptions_are_told_by_their_heart_rates():
@@ -1927,6 +1953,11 @@ def test_stress_and_rest_swapped_with_neutral_descriptions_are_told_by_their_hea
     every_other_beat, _ = make_perfusion_phantom(seed=3, n_frames=40, noise=0.005, dt=1.1)
     a, codes = flags(every_other_beat, rest)
     assert a.perfusion["mpr"]["global"] > 1 and "STRESS_REST_SWAPPED" not in codes
+    # descriptions that name the roles as given outweigh the heart rates (review)
+    rest.provenance = {**rest.provenance, "series_description": "Perfusion_stress"}
+    stress.provenance = {**stress.provenance, "series_description": "Perfusion_rest"}
+    _, codes = flags(rest, stress)
+    assert "STRESS_REST_SWAPPED" not in codes
 
 
 def test_a_slice_acquired_every_other_beat_beside_its_aif_series_is_named(tmp_path, phantom):

@@ -615,7 +615,8 @@ def dry_run(card, path):
             # a sound file under the wrong format: torch's reason ("your checkpoint file is
             # corrupted") sent the user after a good file (probe 80)
             raise CardiacInputError(path, f"the file is written as {FORMAT_NAMES[found]}, but the card's weights.format says "
-                                    f"\"{fmt}\": set it to \"{found}\"") from None
+                                    f"\"{fmt}\": set it to \"{found}\""
+                                    + (" and name the network in the card's architecture" if found == "state_dict" else "")) from None
         raise CardiacInputError(path, f"cannot load as {FORMAT_NAMES[fmt]} weights: {_one_line(e)}")
     from .inference import context_slices
 
@@ -777,8 +778,11 @@ def disagreement_at_import(card):
     check = card.get("import_check")
     if not check or check.get("agrees", True):
         return None
-    return (f"Dice LV {check['dice_lv']:.2f} / MYO {check['dice_myo']:.2f} / RV {check['dice_rv']:.2f} against "
-            f"{check['compared_with']} on the shipped sample; its analyses are flagged for review")
+    better = (f", agrees clearly better read at {check['better_at_pixel_mm']:g} mm pixels"
+              if check.get("better_at_pixel_mm") else "")
+    return (f"Dice LV {check['dice_lv']:.2f} / MYO {check['dice_myo']:.2f} / RV {check['dice_rv']:.2f}, LV EDV "
+            f"{check['lv_edv_ml'][0]:.0f} mL for {check['lv_edv_ml'][1]:.0f} against {check['compared_with']} on the shipped "
+            f"sample{better}; its analyses are flagged for review")
 
 
 def _is_model_folder(folder):

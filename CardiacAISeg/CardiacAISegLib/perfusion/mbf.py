@@ -180,8 +180,8 @@ def check_single_bolus(curve, label="AIF"):
 
 
 def find_foot(aif, label="AIF"):
-    """0-based foot of the AIF: last frame before the upslope (the first two frames running above
-    baseline + 20 % of the rise) at or under baseline + 5% of the rise.
+    """0-based foot of the AIF: last frame before the upslope (the stretch above baseline + 20 %
+    of the rise that reaches the peak, one-frame gaps bridged) at or under baseline + 5% of the rise.
 
     Raises CardiacInputError for a flat AIF (no bolus rising clearly above baseline noise), and
     for one with two first passes (``check_single_bolus``).
@@ -209,8 +209,13 @@ def find_foot(aif, label="AIF"):
     # (a fifth of the rise, two frames running) is out of order, not the foot. One dynamic whose
     # clock put it 3.5 beats late sat at baseline on the upslope, was taken as the foot (frame 17
     # for 13), its dip went unseen by the upslope check and MBF read 7-15 % low (probe 82)
-    high = (aif[:peak] > level + 0.2 * rise) & (aif[1:peak + 1] > level + 0.2 * rise)
-    onset = int(np.argmax(high)) if high.any() else peak
+    # The onset is where the stretch above a fifth of the rise that reaches the peak begins, a
+    # one-frame gap bridged: a dual-bolus protocol's diluted pre-bolus, back at baseline before
+    # the main bolus, is not the onset (review: foot 8 for 46)
+    above = aif > level + 0.2 * rise
+    onset = peak
+    while onset > 0 and (above[onset - 1] or (onset >= 2 and above[onset - 2])):
+        onset -= 1
     under = np.nonzero(aif[:onset] <= level + 0.05 * rise)[0]
     return int(under[-1]) if under.size else 0
 

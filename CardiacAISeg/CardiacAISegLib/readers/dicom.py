@@ -640,17 +640,32 @@ def _repeated_stacks_hint(series, folder):
                     "two stacks (stress and rest?); put each acquisition's series in a folder of its own")
         if not stacks:
             continue
-        spans = _clock_spans(series, group)
-        starts = [min(spans[u][0] for u in g) for g in stacks]
-        parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
-                 f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
-        first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
-        return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions"
-                f"{'' if all(_positions_of(series, g) == _positions_of(series, stacks[0]) for g in stacks) else ' (or nearly)'} "
-                f"{(max(starts) - min(starts)) / 60:.0f} min apart, each stored one series per slice: --series "
-                f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
-                f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
+        return _acquisitions_text(series, stacks, _clock_spans(series, group), folder)
+    # stress and rest stored one series per slice with as many images per slice as each has
+    # dynamics (64 and 48): two stack groups of one acquisition each, listed as 6 series with no
+    # word of the two acquisitions (probe 82)
+    whole = [g for g in _stack_groups(series).values() if len(g) > 1 and len(_acquisitions(series, g) or []) == 1]
+    spans = [_clock_spans(series, g) for g in whole]
+    described = {str(series[u][0][1].get("SeriesDescription", "")).strip().lower() for g in whole for u in g}
+    if len(whole) >= 2 and all(spans) and len(described) == 1:   # described alike (a cine beside its LGE is not)
+        joined = {u: span for one in spans for u, span in one.items()}
+        if len(_acquisitions(series, [u for g in whole for u in g]) or []) == len(whole):   # minutes apart, not interleaved
+            return _acquisitions_text(series, sorted(whole, key=lambda g: min(joined[u][0] for u in g)), joined, folder)
     return ""
+
+
+def _acquisitions_text(series, stacks, spans, folder):
+    """'; #701/#702/#703 'PERF SA' (started 10:00:00, 3 slice series) and ... are 2 acquisitions
+    ... --series ...': the hint for acquisitions each stored one series per slice."""
+    starts = [min(spans[u][0] for u in g) for g in stacks]
+    parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
+             f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
+    first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
+    return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions"
+            f"{'' if all(_positions_of(series, g) == _positions_of(series, stacks[0]) for g in stacks) else ' (or nearly)'} "
+            f"{(max(starts) - min(starts)) / 60:.0f} min apart, each stored one series per slice: --series "
+            f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
+            f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
 
 
 def _numbers_text(series, uids):
@@ -2661,10 +2676,28 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
                     hint = (f"; all {len(grp)} images lie at one slice position: if this is meant to be a stack, "
                             "their ImagePositionPatient is wrong")
                 raise CardiacInputError(g[0], f"a second image at slice position {pos:.2f} mm with the same frame time "
-                                              f"(TriggerTime/AcquisitionTime) as {_names([first[key][0]], folder)}: the "
-                                              f"series mixes two acquisitions or holds a duplicate under a new UID; "
-                                              f"remove one of the two files{hint}")
+                                              f"(TriggerTime/AcquisitionTime) as {_names([first[key][0]], folder)}: "
+                                              f"{_same_time_advice(g[0], first[key][0])}{hint}")
             first[key] = g
+
+
+def _same_time_advice(path, other):
+    """What to do about two images at one position and one frame time: a duplicate (the same
+    pixels) is removed; two different images are two frames whose clock is wrong, or two
+    acquisitions mixed, and removing one drops a real frame (probe 82: "remove one of the two
+    files" was said of two real dynamics)."""
+    try:
+        import pydicom
+
+        same = np.array_equal(pydicom.dcmread(str(path)).pixel_array, pydicom.dcmread(str(other)).pixel_array)
+    except Exception:  # noqa: BLE001 - unreadable pixels: said both ways below
+        same = None
+    if same:
+        return "the same pixels: a duplicate stored under a new UID; remove one of the two files"
+    said = "different pixels: " if same is False else ""
+    return (f"{said}two frames whose clock is wrong, or two acquisitions mixed in one series; their order in time cannot "
+            "be read, and removing one would drop a real frame: re-export the series with its acquisition times, or "
+            "put each acquisition in a folder of its own")
 
 
 _TIME_KEY_TAGS = ("TriggerTime", "acquisition time", "TemporalPositionIdentifier")   # _same_time_key's parts
