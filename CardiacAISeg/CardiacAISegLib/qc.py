@@ -1053,9 +1053,6 @@ def _scale_step_flags(study):
 MAX_PIXEL_SPREAD = 0.45
 
 
-LEVEL_FLAGS = ("PERFUSION_LEVELS_BY_COUNT", "PERFUSION_SLICE_GAP")
-
-
 def perfusion_level_flags(analysis):
     """The AHA levels of a perfusion series come from its slice count (one is mid, two are basal
     and mid, three are basal, mid and apical) unless a paired series' positions read them. Two
