@@ -647,6 +647,21 @@ def test_an_aif_that_falls_on_its_upslope_is_flagged(perfusion):
     assert "AIF_UPSLOPE_DIP" not in codes(Analysis(copy(study), study.labels).run())
 
 
+def test_tissue_whose_shape_the_fermi_model_cannot_follow_is_flagged(perfusion):
+    """Probe 84: tissue made by a two-compartment exchange model read by the Fermi engine: every
+    pixel's τ0 at its bound 0, MBF 20-46 % low, r² 0.99, QC pass. The Fermi phantom (and the real
+    QPerf series, 49-51 %) stay under the limit."""
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    study, _ = perfusion
+    fermi = Analysis(copy(study), study.labels).run()
+    assert np.mean(fermi.mbf_fit["tau0_at_zero"]) < 0.5 and "MBF_SHAPE_UNFIT" not in codes(fermi)
+    exchange, truth = make_perfusion_phantom(seed=4, n_frames=50, noise=0.005, model="2cxm")
+    a = Analysis(exchange, exchange.labels).run()
+    flag = next(f for f in a.qc["flags"] if f["code"] == "MBF_SHAPE_UNFIT")
+    assert flag["severity"] == "review" and flag["value"] >= 0.9
+
+
 def test_a_baseline_frame_moved_onto_the_upslope_is_not_the_foot_and_is_flagged(perfusion):
     """Probe 82: one dynamic whose clock was 3.5 beats late sorted a pre-contrast image between
     two upslope frames. find_foot took it for the foot (the last frame near baseline before the
