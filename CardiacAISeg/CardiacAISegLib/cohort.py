@@ -1147,7 +1147,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
 
             def task_failed(spec, e, alone=True):
                 row = error_row(spec, _task_failure_message(spec, e, alone), worker="")
-                row["spec"] = spec_signature(spec, model, frames)
+                row["spec"] = signatures[spec.study]   # stamped once, before the run (a folder is walked once)
                 (out_root / spec.study).mkdir(parents=True, exist_ok=True)
                 _write_json_atomic(out_root / spec.study / ROW_FILE, row)
                 return row
