@@ -171,6 +171,10 @@ def estimate_bytes(path, dicom=True):
     if path.is_dir():
         voxels, largest = _folder_estimate(path, dicom)
         return voxels * FLOAT32_BYTES, largest or path
+    if not path.is_file():
+        # a named pipe (a hung network share) waits for a writer: a batch sizing its workers from
+        # the headers blocked every study behind it (probe 83); the reader refuses it by name
+        return 0, path
     if not dicom and volume_suffix(path) not in _VOLUME_SUFFIXES + (".img",):
         return 0, path
     return (file_voxels(path) or 0) * FLOAT32_BYTES, path

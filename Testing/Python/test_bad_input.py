@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 from dicom_factory import write_dicom
@@ -104,6 +105,33 @@ def test_named_pipe_as_input_is_refused_not_waited_on(tmp_path, capsys):
     fifo = tmp_path / "cine.nii"
     os.mkfifo(fifo)
     expect_failure(capsys, [fifo], tmp_path / "out", fifo, "not a regular file or folder", "named pipe")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_a_batch_sizing_its_workers_does_not_wait_on_a_named_pipe(tmp_path):
+    """A batch sizes its workers' memory from every input's header before the cluster starts; a
+    named pipe among them (a hung share) blocked the whole batch there, no study run (probe 83).
+    It counts as nothing; its own study is refused by the reader, naming it."""
+    import threading
+
+    from CardiacAISegLib.cohort import worker_memory_limit
+    from CardiacAISegLib.memory_check import estimate_bytes
+
+    fifo = tmp_path / "stalled.nii"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.nii"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 8, 20), np.float32), np.eye(4)), good)
+    spec = type("Spec", (), {})
+    a, b = spec(), spec()
+    a.input, b.input = str(fifo), str(good)
+    answers = {}
+    worker = threading.Thread(target=lambda: answers.update(fifo=estimate_bytes(fifo), limit=worker_memory_limit([a, b], 1)),
+                              daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "sizing the batch waited on the named pipe"
+    assert answers["fifo"] == (0, fifo)
+    assert answers["limit"] >= 64 * 64 * 8 * 20 * 4
 
 
 def test_empty_folder(tmp_path, capsys):
