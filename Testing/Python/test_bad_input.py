@@ -134,6 +134,51 @@ def test_a_batch_sizing_its_workers_does_not_wait_on_a_named_pipe(tmp_path):
     assert answers["limit"] >= 64 * 64 * 8 * 20 * 4
 
 
+def _wrapped(values, top, dtype=np.int16):
+    """``values`` scaled so that their ``top`` value lands at 1.6x the dtype's largest, stored
+    as a writer without clipping stores it: what does not fit wraps around."""
+    info = np.iinfo(dtype)
+    scaled = np.asarray(values, np.float64) / top * 1.6 * info.max
+    return scaled.astype(np.int64).astype(dtype)
+
+
+def test_an_image_whose_values_wrapped_around_in_16_bits_is_refused(tmp_path, capsys):
+    """A cine stored in int16 past 32767: bright blood comes back as the most negative values, the
+    cavity reads dark, and the network drew around it (ACDC 066: EF 70.8 for 63.4, mass +15 %,
+    QC pass; probe 85). Refused, naming the file and the overflow."""
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+
+    study, _ = make_cine_phantom(seed=2, n_frames=6, n_slices=6, size=96, noise=0.02)
+    images = study.images                                   # (T, S, R, C)
+    wrapped = _wrapped(images, np.percentile(images, 99.5))  # the brightest pixels (blood) past 32767
+    assert (wrapped < 0).any()
+    data = np.transpose(wrapped, (3, 2, 1, 0))              # (x, y, slices, frames)
+    path = _nifti(tmp_path / "cine_int16.nii.gz", data, affine=np.diag([1.5, 1.5, 8.0, 1.0]), dtype=np.int16)
+    expect_failure(capsys, [path], tmp_path / "out", path, "pixel values wrap around", "16-bit")
+
+
+def test_the_wrap_check_leaves_real_value_layouts_alone():
+    """No image as scanners and converters store it is taken for a wrapped one (200 ACDC images
+    so stored were checked when the limits were set, session 40); every wrap, signed or
+    unsigned, slight or heavy, is."""
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.readers.geometry_check import wrapped_values_problem
+
+    study, _ = make_cine_phantom(seed=3, n_frames=4, n_slices=5, size=96, noise=0.02)
+    x = study.images.astype(np.float64)
+    top = x.max()
+    for name, fine in (("as made", x), ("offset below zero", x - 0.5 * top), ("z-scored", (x - x.mean()) / x.std()),
+                       ("int16 that fits", (x / top * 30000).astype(np.int16)),
+                       ("uint16 that fits", (x / top * 65000).astype(np.uint16))):
+        assert wrapped_values_problem(fine) is None, name
+    for name, bad in (("int16, top 0.5 % over", _wrapped(x, np.percentile(x, 99.5))),
+                      ("int16, top 10 % over", _wrapped(x, np.percentile(x, 90))),
+                      ("int16, most over", _wrapped(x, np.percentile(x, 70))),
+                      ("uint16, top 3 % over", _wrapped(x, np.percentile(x, 97), np.uint16)),
+                      ("uint16, most over", _wrapped(x, np.percentile(x, 70), np.uint16))):
+        assert "wrap around" in (wrapped_values_problem(bad) or ""), name
+
+
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     expect_failure(capsys, [tmp_path / "empty"], tmp_path / "out", tmp_path / "empty", "empty folder")
