@@ -159,23 +159,25 @@ def test_an_image_whose_values_wrapped_around_in_16_bits_is_refused(tmp_path, ca
 
 def test_the_wrap_check_leaves_real_value_layouts_alone():
     """No image as scanners and converters store it is taken for a wrapped one (200 ACDC images
-    so stored were checked when the limits were set, session 40); every wrap, signed or
-    unsigned, slight or heavy, is."""
+    so stored were checked when the limits were set, session 40), nor a Gd phantom or a map
+    whose values jump from zero to their top; a signed wrap, slight or heavy, is."""
     from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
     from CardiacAISegLib.readers.geometry_check import wrapped_values_problem
 
     study, _ = make_cine_phantom(seed=3, n_frames=4, n_slices=5, size=96, noise=0.02)
     x = study.images.astype(np.float64)
     top = x.max()
+    perfusion, _ = make_perfusion_phantom(seed=3, n_frames=30, noise=0.005)
     for name, fine in (("as made", x), ("offset below zero", x - 0.5 * top), ("z-scored", (x - x.mean()) / x.std()),
                        ("int16 that fits", (x / top * 30000).astype(np.int16)),
-                       ("uint16 that fits", (x / top * 65000).astype(np.uint16))):
+                       ("uint16 over its whole range", (x / top * 65535).astype(np.uint16)),
+                       ("int16 over its whole range", (x / top * 65535 - 32768).astype(np.int16)),
+                       ("Gd perfusion", perfusion.images), ("a map of one value beside zero", (x > 0.5 * top) * 3.02)):
         assert wrapped_values_problem(fine) is None, name
-    for name, bad in (("int16, top 0.5 % over", _wrapped(x, np.percentile(x, 99.5))),
-                      ("int16, top 10 % over", _wrapped(x, np.percentile(x, 90))),
-                      ("int16, most over", _wrapped(x, np.percentile(x, 70))),
-                      ("uint16, top 3 % over", _wrapped(x, np.percentile(x, 97), np.uint16)),
-                      ("uint16, most over", _wrapped(x, np.percentile(x, 70), np.uint16))):
+    for name, bad in (("top 0.5 % over", _wrapped(x, np.percentile(x, 99.5))),
+                      ("top 10 % over", _wrapped(x, np.percentile(x, 90))),
+                      ("most over", _wrapped(x, np.percentile(x, 70)))):
         assert "wrap around" in (wrapped_values_problem(bad) or ""), name
 
 

@@ -532,3 +532,23 @@ def test_labels_that_do_not_overlay_their_image_are_named(tmp_path, shared_data)
     for labels, how in ((mirrored, "mirrored left-right"), (moved, "moved")):
         warnings = load_study(image, labels=labels).provenance["warnings"]
         assert any("do not seem to overlay this image" in w and how in w for w in warnings), warnings
+
+
+def test_another_patients_labels_that_no_moved_copy_fits_are_named(tmp_path, shared_data):
+    """ACDC 032's expert map over 066's images of the same size overlaps the heart, so no
+    mirrored or shifted copy fits clearly better: EDV 114 for 158 mL, EF 79.8 for 64.4, QC pass
+    (probe 85). Its contours cross blood and wall, which the expert's own map does not."""
+    import nibabel as nib
+
+    image, other = shared_data / "acdc" / "patient066", shared_data / "acdc" / "patient032"
+    if not image.is_dir() or not other.is_dir():
+        pytest.skip(f"{image} or {other} not found")
+    own = nib.load(str(image / "patient066_frame01_gt.nii.gz"))
+    theirs = np.asarray(nib.load(str(other / "patient032_frame01_gt.nii.gz")).dataobj)[:, :, :own.shape[2]]
+    assert theirs.shape == own.shape
+    labels = _nifti(tmp_path / "theirs.nii.gz", theirs, own.affine, np.uint8)
+    warnings = load_study(image / "patient066_frame01.nii.gz", labels=labels).provenance["warnings"]
+    assert any("do not seem to overlay this image" in w and "cross blood and wall" in w for w in warnings), warnings
+    as_given = _nifti(tmp_path / "own.nii.gz", np.asarray(own.dataobj), own.affine, np.uint8)
+    assert not any("overlay" in w for w in load_study(image / "patient066_frame01.nii.gz", labels=as_given)
+                   .provenance["warnings"])

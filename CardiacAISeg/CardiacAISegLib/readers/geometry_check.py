@@ -247,60 +247,61 @@ def slice_gap_warnings(positions):
 
 def blank_image_problem(images):
     """A sentence when every pixel has one value (an export that lost its pixel data), or when
-    its values wrap around (``wrapped_values_problem``), else None."""
+    its values wrapped around a signed 16-bit integer (``wrapped_values_problem``), else None."""
     images = np.asarray(images)
     if images.size and float(images.min()) == float(images.max()):
         return f"every pixel of the image is {float(images.min()):g}: it holds no image data (a blank or failed export?)"
     return wrapped_values_problem(images)
 
 
-# Values that did not fit a 16-bit integer wrap around: bright blood stored past 32767 comes back
-# as the most negative values (past 65535 unsigned: near 0), inside the bright region, so the
-# cavity reads as dark and the network draws around it (ACDC 066 scaled past int16: EDV +2.5 %,
-# EF 70.8 for 63.4, mass +15 % with QC pass, probe 85). Two signs, measured on 200 ACDC images
-# as stored, offset by -0.5, z-scored, cropped and cast to int16 without overflow
-# (/tmp/s40/wrap2.py, session 40):
-# - pixels side by side at the two ends of the range (a step over 90 % of it): at most 0.011 %
-#   of neighbouring pairs there (a bright edge beside zero padding); ACDC 066 wrapped at 120,000
-#   makes 0.4-0.7 %, at 300,000 1.6 %, the cine phantom (a larger bright pool) 0.09-7 %. Judged
-#   at 0.05 %;
-# - a few values far below the bulk: the darkest 5 % of pixels (air, background) sit within
-#   9 % of the range above the minimum there, while blood wrapped to the negative end leaves
-#   the background in the middle of the range (ACDC 50 %, phantom 14-23 %), with 29 or more
-#   such steps even when only the brightest 0.01 % wrapped. Judged at 20 %.
-WRAP_JUMP_SHARE = 5e-4
-WRAP_FLOOR_GAP = 0.2
+# Values that did not fit a signed 16-bit integer wrap around: bright blood stored past 32767
+# comes back as the most negative values, inside the bright region, so the cavity reads as dark
+# and the network draws around it (ACDC 066 scaled past int16: EDV +2.5 %, EF 70.8 for 63.4, mass
+# +15 % with QC pass, probe 85). Two signs together (/tmp/s40/wrap2.py, session 40):
+# - neighbouring pixels that differ by nearly the whole 16-bit range (over 90 % of 65,536): no
+#   image can show that unless its values span the whole int16 range; a wrap makes 29 or more
+#   even when only the brightest 0.01 % of ACDC 066 wrapped. A jump over most of the image's own
+#   range is no sign: a Gd phantom's blood beside its wall and a map's values beside zero do that;
+# - the negative values are few and far below the bulk: the darkest 5 % of pixels (air,
+#   background) lie 10-50 % of the range above the minimum after a wrap, within 9 % of it in 200
+#   ACDC images as stored, offset, z-scored or cropped, and at it in an image scaled to the whole
+#   int16 range (its background is the minimum).
+# Where most of the image wrapped (the darkest 5 % are wrapped values), the steps alone tell:
+# 0.1 % of neighbouring pairs or more, where an image scaled to the whole 16-bit range has at
+# most 0.011 % (ACDC's bright edges beside zero padding). A uint16 wrap (past 65,535, to near
+# 0) is not told from an image scaled to the whole uint16 range, so it is left to the QC of
+# the result.
+WRAP_STEP = 0.9 * 65536.0
 WRAP_MIN_JUMPS = 10
-WRAP_STEP_OF_RANGE = 0.9
+WRAP_FLOOR_GAP = 0.05
+WRAP_JUMP_SHARE = 1e-3
 
 
 def wrapped_values_problem(images):
-    """A sentence when an image's values wrap around (an integer overflow when it was stored),
-    else None."""
+    """A sentence when an image's values wrapped around a signed 16-bit integer when it was
+    stored, else None."""
     a = np.asarray(images)
     if a.ndim < 2 or a.size < 64 or a.shape[-1] < 2 or a.shape[-2] < 2:
         return None
     lo, hi = float(a.min()), float(a.max())
-    span = hi - lo
-    if not np.isfinite(span) or span <= 0:
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= 0 or hi - lo < WRAP_STEP:
         return None
-    step = WRAP_STEP_OF_RANGE * span
     jumps = 0
     for image in a.reshape(-1, *a.shape[-2:]):
         image = image.astype(np.float32, copy=False)
-        jumps += int((np.abs(np.diff(image, axis=0)) > step).sum() + (np.abs(np.diff(image, axis=1)) > step).sum())
+        jumps += int((np.abs(np.diff(image, axis=0)) > WRAP_STEP).sum() + (np.abs(np.diff(image, axis=1)) > WRAP_STEP).sum())
     if jumps < WRAP_MIN_JUMPS:
         return None
-    share = jumps / (2.0 * a.size)
     floor = float(np.percentile(a.ravel()[::7], 5))
-    gap = (floor - lo) / span
-    if share < WRAP_JUMP_SHARE and gap < WRAP_FLOOR_GAP:
+    gap = (floor - lo) / (hi - lo)
+    share = jumps / (2.0 * a.size)
+    if gap < WRAP_FLOOR_GAP and share < WRAP_JUMP_SHARE:
         return None
-    why = (f"{jumps} pairs of neighbouring pixels step between the two ends of the value range ({lo:g} to {hi:g})"
-           + (f", and the darkest 5 % of pixels lie {gap:.0%} of the range above the lowest value" if gap >= WRAP_FLOOR_GAP
-              else ""))
-    return (f"the pixel values wrap around: {why}, as when an image is stored in 16-bit integers it does not fit "
-            "(the brightest tissue, the blood, comes back as the darkest values): re-export it without the overflow "
+    why = (f"and the darkest 5 % of pixels lie {gap:.0%} of that range above the lowest value" if gap >= WRAP_FLOOR_GAP
+           else f"{share:.1%} of all neighbouring pairs")
+    return (f"the pixel values wrap around: {jumps} pairs of neighbouring pixels differ by nearly the whole 16-bit range "
+            f"({lo:g} to {hi:g}), {why}, as when an image is stored in 16-bit integers it does not fit (the "
+            "brightest tissue, the blood, comes back as the most negative values): re-export it without the overflow "
             "(scaled to fit, or as floating point)")
 
 
