@@ -352,7 +352,29 @@ def label_anatomy_flags(analysis):
     nested = ventricle_inside_the_other(analysis.labels, analysis.study.voxel_volume_ml)
     if nested:
         flags.append(_flag("VENTRICLE_INSIDE_OTHER", REVIEW, nested, None))
+    flags += _unknown_label_value_flags(analysis)
     return flags
+
+
+def _unknown_label_value_flags(analysis):
+    """A label file's values that are no label in its convention are read as background, which
+    is said as it is read; the structure they held is then missing from every measure with QC
+    "pass" (an RV labelled 4 and 5: no RV measures, exit 0; probe 85). Flagged while a structure
+    is still missing on every frame (an edit that adds it ends the flag)."""
+    files = (analysis.study.provenance or {}).get("label_files") or []
+    unknown = sorted({int(v) for info in files for v in info.get("unknown_values") or []})
+    if not unknown or analysis.model_info:
+        return []
+    missing = [name for value, name in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV"))
+               if not any((lab == value).any() for lab in analysis.labels.values())]
+    if not missing:
+        return []
+    return [_flag("LABEL_VALUES_UNKNOWN", REVIEW, f"the label map holds values {unknown}, which are no label in its "
+                                                   f"convention and were read as background, and no {' or '.join(missing)} "
+                                                   "is labelled on any frame: the missing structure may be under those "
+                                                   "values, and its measures are not given; check the map's values or "
+                                                   "--label-convention (acdc: 1 RV, 2 myocardium, 3 LV; ukbb: 1 LV, 2 "
+                                                   "myocardium, 3 RV)", len(unknown))]
 
 
 # Cine stacks the networks were trained and checked on lie 5-10 mm apart (80 ACDC studies,

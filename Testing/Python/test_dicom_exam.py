@@ -353,3 +353,92 @@ def test_orientations_a_float_rounding_apart_are_one_plane_and_not_said_to_be_ti
     study = load_study(tmp_path / "cine")
     assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
     assert not any("tilted" in w for w in study.provenance["warnings"]), study.provenance["warnings"]
+
+
+def _molli(folder, positions_mm, first_number=70, times_ms=(100, 180, 260, 1100, 1180, 1260, 2100, 2900)):
+    """MOLLI as Siemens files it: one series per slice, 8 images at one position, each at its own
+    inversion time (InversionTime, and TriggerTime with it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, z in enumerate(positions_mm):
+        for i, ti in enumerate(times_ms):
+            path = folder / f"MOLLI{k:02d}_{i:02d}.dcm"
+            write_dicom(path, series=f"1.2.826.0.1.3680043.10.97.{k + 1}", number=first_number + k,
+                        desc="MOLLI_5(3)3_SAX", ipp=(0.0, 0.0, z), shape=(SIZE, SIZE), spacing=(PIXEL_MM, PIXEL_MM),
+                        trigger=float(ti), instance=i + 1, value=200 + 10 * i)
+            ds = pydicom.dcmread(path)
+            ds.InversionTime = float(ti)
+            ds.save_as(path, enforce_file_format=True)
+
+
+def test_t1_mapping_and_lge_are_not_read_as_a_cine(base, tmp_path):
+    """An export with MOLLI series, an LGE stack and no cine: three MOLLI series were merged into a
+    3-slice "cine" with a 2.8 s cycle (EDV 181 mL, EF 0.7 %, mass 102 g; probe 86). Nothing here
+    is a cine: refused, each series named with why. Beside a cine, the cine is read and the MOLLI
+    series said to be left out; chosen by itself, a MOLLI series is refused as one."""
+    exam = tmp_path / "exam"
+    _molli(exam, (0.0, 24.0, 48.0))
+    _per_slice_lge(exam)
+    for path in exam.glob("LGE*.dcm"):          # an LGE is inversion-recovery: one inversion time
+        ds = pydicom.dcmread(path)
+        ds.InversionTime = 300.0
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(exam)
+    said = str(e.value)
+    assert "no cine or first-pass perfusion series in this folder" in said, said
+    assert "T1-mapping series" in said and "8 inversion times (100-2900 ms" in said, said
+    assert "late gadolinium enhancement" in said, said
+    with pytest.raises(CardiacInputError) as e:
+        load_study(exam, series="71")
+    assert "no cine or first-pass perfusion series" in str(e.value) and "T1-mapping" in str(e.value), str(e.value)
+    _per_slice_cine(base, exam)
+    study = load_study(exam)
+    assert study.provenance["series_description"] == "cine_retro_sax"
+    assert any("MOLLI_5(3)3_SAX" in w and "T1-mapping series" in w for w in study.provenance["warnings"])
+
+
+def test_an_aif_series_is_not_read_as_the_perfusion_images(perfusion, tmp_path):
+    """The dual-sequence AIF series chosen with --series, or alone in a folder beside the scanner's
+    MBF map, was analysed as the perfusion images: MBF 2.56 in 16 segments, only AIF_FROM_LV said
+    (probe 86). Chosen beside its perfusion series it is refused naming that series; alone, as an
+    AIF series. The map, chosen, is refused as a map though its ImageType does not say MAP."""
+    exam = tmp_path / "exam"
+    write_perfusion_series(exam, perfusion, vendor="siemens", description="Perfusion_stress", start_number=20,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_aif_series(exam, perfusion, description="Perfusion_stress_AIF", number=22)
+    assert load_study(exam, series="20").provenance.get("aif_series_uid")
+    with pytest.raises(CardiacInputError) as e:
+        load_study(exam, series="22")
+    assert "is the dual-sequence AIF series of series #20" in str(e.value) and "--series 20" in str(e.value), str(e.value)
+    alone = tmp_path / "alone"
+    write_aif_series(alone, perfusion, description="Perfusion_stress_AIF", number=22)
+    for k in range(perfusion.n_slices):           # the inline MBF map as Siemens types it
+        write_dicom(alone / f"MAP{k}.dcm", series="1.2.826.0.1.3680043.10.96", number=23, desc="Perfusion_stress_MBF",
+                    ipp=(0.0, 0.0, 8.0 * k), shape=(96, 96), spacing=(1.8, 1.8), value=250, rescale=(0.01, 0.0))
+        ds = pydicom.dcmread(alone / f"MAP{k}.dcm")
+        ds.ImageType = ["DERIVED", "PRIMARY", "PERFUSION", "MBF"]
+        ds.save_as(alone / f"MAP{k}.dcm", enforce_file_format=True)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(alone)
+    assert "described as an AIF series ('Perfusion_stress_AIF')" in str(e.value) and "48 x 48" in str(e.value), str(e.value)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(alone, series="23")
+    assert "is a map the scanner computed" in str(e.value), str(e.value)
+
+
+def test_the_rest_moco_copy_is_credited_to_the_rest(perfusion, tmp_path):
+    """Stress and rest with their motion-corrected copies: the rest's copy, acquired 20 minutes
+    later, was said to be "a derived copy of series #40 'Perfusion_stress'" with advice to read it
+    instead (probe 86). It is the rest's, by its acquisition times."""
+    exam = tmp_path / "exam"
+    _stress_with_moco(exam, perfusion)
+    for number, description, uid in ((60, "Perfusion_rest", "1.2.826.0.1.3680043.10.7.3"),
+                                      (61, "Perf_MOCO_late", "1.2.826.0.1.3680043.10.7.4")):
+        write_perfusion_series(exam, perfusion, vendor="siemens", description=description, start_number=number,
+                               series=uid, start_s=37200.0, scale=300.0)
+    stress = load_study(exam, series="stress")
+    assert not any("Perf_MOCO_late" in w for w in stress.provenance["warnings"]), stress.provenance["warnings"]
+    rest = load_study(exam, series="rest")
+    assert rest.provenance["series_description"] == "Perfusion_rest"
+    notes = [w for w in rest.provenance["warnings"] if "Perf_MOCO_late" in w]
+    assert notes and all("copy" in w and "#60 'Perfusion_rest'" in w for w in notes), rest.provenance["warnings"]

@@ -409,8 +409,14 @@ def test_chosen_series_keeps_its_dual_sequence_aif(tmp_path, phantom):
         assert "dual-sequence AIF series 1.2.826.0.1.3680043.10.8" in s.provenance["aif_source"], choice
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.08
-    # choosing the AIF series itself reads it alone
-    assert load_study(tmp_path / "d", series="AIF_perfusion").images.shape[2:] == low.shape[1:]
+    # choosing the AIF series itself as the images is refused (its MBF read the AIF read-out's
+    # coarse images as myocardium, probe 86); read as the AIF series, it is its own images
+    with pytest.raises(CardiacInputError, match="is the dual-sequence AIF series of series #1 'Perfusion_stress'"):
+        load_study(tmp_path / "d", series="AIF_perfusion")
+    from CardiacAISegLib.readers.dicom import load_dicom_series
+
+    as_aif = load_dicom_series(tmp_path / "d", series="AIF_perfusion", as_aif=True)
+    assert as_aif.images.shape[2:] == low.shape[1:]
 
 
 def _write_with_aif(folder, study, desc, uid, number, start_s=36000.0):

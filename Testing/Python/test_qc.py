@@ -1691,3 +1691,27 @@ def test_a_segment_measured_from_a_sliver_of_wall_is_flagged(perfusion):
     a = Analysis(study, labels).run()
     flag = next(f for f in a.qc["flags"] if f["code"] == "SEGMENTS_FEW_PIXELS")
     assert flag["severity"] == "review" and "10 (" in flag["message"] and flag["value"] == 1
+
+
+def test_a_label_file_whose_rv_values_are_unknown_is_flagged(tmp_path):
+    """An RV labelled 4 and 5 was read as background: no RV measures, QC pass, only a warning as
+    the file was read (probe 85). Flagged while no RV is labelled; an RV added by an edit ends it."""
+    import nibabel as nib
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_study
+
+    write_phantom("cine", tmp_path / "ph", seed=2, n_frames=6)
+    image, labels_file = tmp_path / "ph" / "cine.nii.gz", tmp_path / "ph" / "cine_labels.nii.gz"
+    lab = nib.load(str(labels_file))
+    values = np.asarray(lab.dataobj).copy()
+    values[values == 1] = 4                      # the RV (1 in the acdc convention) as 4
+    nib.save(nib.Nifti1Image(values, lab.affine, lab.header), str(tmp_path / "odd.nii.gz"))
+    study = load_study(image, labels=tmp_path / "odd.nii.gz")
+    a = Analysis(study, study.labels).run()
+    assert "LABEL_VALUES_UNKNOWN" in codes(a), a.qc["flags"]
+    assert a.qc["status"] == "review"
+    flag = next(f for f in a.qc["flags"] if f["code"] == "LABEL_VALUES_UNKNOWN")
+    assert "[4]" in flag["message"] and "no RV is labelled" in flag["message"], flag["message"]
+    as_written = load_study(image, labels=labels_file)
+    assert "LABEL_VALUES_UNKNOWN" not in codes(Analysis(as_written, as_written.labels).run())

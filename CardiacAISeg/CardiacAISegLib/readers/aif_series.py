@@ -21,7 +21,7 @@ def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
 
     aif_study = study.companion_series.pop(aif_uid, None)   # read with the main series, from one folder scan
     if aif_study is None:
-        aif_study = load_dicom_series(folder, series=aif_uid, progress=progress)
+        aif_study = load_dicom_series(folder, series=aif_uid, progress=progress, as_aif=True)
     return _aif_from_series_study(study, aif_study, aif_uid, folder)
 
 
@@ -31,7 +31,7 @@ def aif_from_series_folder(study, folder, progress=None):
     from ..study import check_same_patient
     from .dicom import load_dicom_series
 
-    aif_study = load_dicom_series(folder, progress=progress)
+    aif_study = load_dicom_series(folder, progress=progress, as_aif=True)
     check_same_patient(study, aif_study, folder, "the AIF series")
     if aif_study.n_frames < MIN_AIF_SERIES_FRAMES:
         # a cine folder given as --aif was refused as "perfusion series: need (frames >= 8, ...)",

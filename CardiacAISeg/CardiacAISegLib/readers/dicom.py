@@ -1231,18 +1231,28 @@ def _drop_derived_copies(series, notes=None):
 
     original_of = {}
     for uid, items in originals.items():
-        original_of.setdefault(shape(items), uid)
+        original_of.setdefault(shape(items), []).append(uid)
+
+    def whose(candidates, items):
+        # stress and rest share the stack's geometry and image count: the rest's MOCO copy was
+        # called a copy of the stress (and --series of the copy offered to read it; probe 86).
+        # A copy carries its original's acquisition times; else the role its description names
+        if len(candidates) > 1:
+            timed = [u for u in candidates if _acquired_together(originals[u], items)]
+            named = [u for u in candidates if _roles_named(originals[u]) & _roles_named(items)]
+            candidates = timed if len(timed) == 1 else named if len(named) == 1 else candidates
+        return candidates[0] if candidates else None
 
     def source_of(items):
         exact = original_of.get(shape(items))
         if exact is not None:
-            return exact
+            return whose(exact, items)
         # a motion-corrected copy holds the dynamics only: the proton-density frames the
         # original starts with (1-5 per slice) are not in it
         key, where, n = shape(items)
-        fewer = [u for (k, w, m), u in original_of.items()
-                 if k == key and w == where and 0 < m - n <= MAX_PD_FRAMES * len(where)]
-        return fewer[0] if len(fewer) == 1 else None
+        fewer = [u for (k, w, m), uids in original_of.items()
+                 if k == key and w == where and 0 < m - n <= MAX_PD_FRAMES * len(where) for u in uids]
+        return whose(fewer, items) if fewer else None
     # a derived series of one image per slice beside acquired series of many frames is a result
     # computed from them (an inline MBF or T1 map), not images to analyse
     dynamic = any(len(items) > len(_series_positions(items)) for items in originals.values())
@@ -1281,10 +1291,124 @@ def _refuse_derived_map(folder, uid, items):
     """A series chosen by the user that is a scanner's computed map (derived, one image per slice
     position, ImageType naming a MAP): segmenting it ended in 'no LV blood pool labelled'."""
     types = _image_type(items[0][1])
-    if _is_derived(items[0][1]) and any("MAP" in t for t in types) and _one_image_per_slice(items):
+    if _is_derived(items[0][1]) and any("MAP" in t or t in _MAP_TYPES for t in types) and _one_image_per_slice(items):
         raise CardiacInputError(folder, f"series {_describe(uid, items)} is a map the scanner computed (ImageType "
                                         f"{chr(92).join(types)}), one image per slice: not a cine or a first-pass series to "
                                         "segment; choose the acquired series")
+
+
+# What a scanner's computed map says of itself besides 'MAP' (Siemens inline perfusion writes
+# 'DERIVED\\PRIMARY\\PERFUSION\\MBF'): chosen with --series, such a map went to the network and
+# was refused for a reason that sent the user to re-export it (probe 86)
+_MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "PARAMETRIC"}
+
+# A T1-mapping series (MOLLI, ShMOLLI, SASHA) images one slice at 8-11 inversion or saturation
+# times in one breath-hold: its images at a slice position differ by contrast, not by the heart's
+# phase. An export holding MOLLI series and no cine merged three of them into a 3-slice "cine"
+# with a 2.8 s "cycle" (EDV 181 mL, EF 0.7 %, mass 102 g, QC naming only the ranges; probe 86).
+# An LGE stack is inversion-recovery too, one image per slice at one inversion time: no cycle.
+# Cine and perfusion sequences write no InversionTime, or one for every image (a saturation
+# delay), so the tag alone tells; the names of MOLLI and its kin support it where it is missing.
+T1_MAPPING_WORDS = re.compile(r"MOLLI|SASHA|SAPPHIRE|(?<![A-Z0-9])T1[ _-]?MAP", re.I)
+MIN_INVERSION_SPAN_MS = 200.0
+MIN_INVERSION_TIMES = 3
+
+
+def not_cine_or_first_pass(items):
+    """Why a series holds no cine or first-pass images to analyse (a clause), else None: a
+    T1-mapping series, an inversion-recovery single-phase stack (LGE), phase images."""
+    by_position = {}
+    for _, ds in items:
+        ti = _positive_mm(ds.get("InversionTime"))   # a positive number; milliseconds here
+        if ti is not None:
+            by_position.setdefault(_position_key(ds), set()).add(round(ti, 1))
+    times = sorted(set().union(*by_position.values())) if by_position else []
+    if any(len(v) >= MIN_INVERSION_TIMES and max(v) - min(v) >= MIN_INVERSION_SPAN_MS for v in by_position.values()):
+        return (f"its images at a slice position were acquired at {len(times)} inversion times ({times[0]:g}-"
+                f"{times[-1]:g} ms, InversionTime): a T1-mapping series (MOLLI, ShMOLLI, SASHA), whose images differ "
+                "by contrast, not by the heart's phase")
+    ds = items[0][1]
+    named = T1_MAPPING_WORDS.search(" ".join(str(ds.get(t, "") or "") for t in ("SeriesDescription", "ProtocolName",
+                                                                             "SequenceName")))
+    if named:
+        return f"its description names {named.group(0)!r}: a T1-mapping series or map, not a cine or a first pass"
+    if len(times) == 1 and _one_image_per_slice(items):
+        return (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
+                "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
+    if all(_not_magnitude(d) for _, d in items):
+        return (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
+                f"{chr(92).join(_image_type(ds))}): a flow or phase-contrast series, not magnitude images to segment")
+    return None
+
+
+def _kind_left_out(why):
+    """A few words for a ``not_cine_or_first_pass`` clause, to list many series in one line."""
+    for words, kind in (("T1-mapping", "T1 mapping"), ("late gadolinium", "late enhancement"), ("phase", "phase images")):
+        if words in why:
+            return kind
+    return "other"
+
+
+# Named late enhancement, a stack of one image per slice position: where InversionTime is not
+# written, the name tells what the stack is (an export of MOLLI, T1 maps and an LGE "PSIR_LGE_SAX"
+# without its InversionTime read the LGE as a one-phase cine, EDV 190 mL, mass 121 g; probe 86).
+# Only where it would be read: beside a cine, such a stack is left out with the other single images
+LATE_ENHANCEMENT_WORDS = re.compile(r"LGE|PSIR|(?<![A-Z])MDE(?![A-Z])|DELAYED|LATE[ _-]?ENH", re.I)
+
+
+def _late_enhancement_by_name(items):
+    """A clause when a series of one image per slice position is named late enhancement."""
+    named = LATE_ENHANCEMENT_WORDS.search(str(items[0][1].get("SeriesDescription", "") or ""))
+    if named is None or not _one_image_per_slice(items):
+        return None
+    return (f"one image per slice position and its description names {named.group(0)!r}: a late gadolinium "
+            "enhancement stack, with no cardiac cycle or first pass to measure")
+
+
+def _without_other_acquisitions(series, notes=None):
+    """(series, {uid: reason}): the series that hold a cine or a first pass, those that do not
+    (``not_cine_or_first_pass``) left out and said."""
+    reasons = {uid: why for uid, items in series.items() for why in [not_cine_or_first_pass(items)] if why}
+    if notes is not None:
+        notes.extend(f"series {_describe(uid, series[uid])} was left out: {why}" for uid, why in reasons.items())
+    return {uid: items for uid, items in series.items() if uid not in reasons}, reasons
+
+
+# A dual-sequence AIF series images the blood pool at low resolution for the AIF alone (48-64
+# pixels a side); read as the perfusion images (chosen, or alone in a folder beside a map), it
+# gave MBF 2.56 in 16 segments with only AIF_FROM_LV said (probe 86)
+AIF_SERIES_MAX_SIDE_PX = 80
+
+
+def _aif_series_by_itself(items):
+    """A clause when a series is described as an AIF series and has the small images of one."""
+    ds = items[0][1]
+    description = str(ds.get("SeriesDescription", "") or "")
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()
+    try:
+        side = max(int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if re.search(r"(?<![a-z])aif(?![a-z])", words) is None or side > AIF_SERIES_MAX_SIDE_PX:
+        return None
+    return (f"it is described as an AIF series ({description!r}) and its images are {int(ds.Rows)} x {int(ds.Columns)} "
+            "pixels: a dual-sequence AIF series, which images the blood pool for the arterial input only, too coarse "
+            "for the myocardium")
+
+
+def _refuse_aif_series(folder, uid, items, series, chosen):
+    """Refuse reading a dual-sequence AIF series as the perfusion images."""
+    mains = _mains_of(uid, series) if chosen and uid in series else []   # a stack merged from slice series is no AIF series
+    if mains:
+        main = series[mains[0]]
+        raise CardiacInputError(folder, f"series {_describe(uid, items)} is the dual-sequence AIF series of series "
+                                        f"{_describe(mains[0], main)}: its low-resolution images hold the blood pool for "
+                                        f"the AIF only; analyse the perfusion series (--series "
+                                        f"{main[0][1].get('SeriesNumber', mains[0])}), which takes this one as its AIF")
+    why = _aif_series_by_itself(items)
+    if why:
+        raise CardiacInputError(folder, f"series {_describe(uid, items)}: {why}; give the perfusion series it was acquired "
+                                        "with (the two in one folder, or this one with --aif FOLDER beside the images)")
 
 
 def _study_name(folder):
@@ -1460,15 +1584,21 @@ def refuse_mixed_patients(folder, items):
                                         "patient's images; give a folder (or --series) that holds one patient only")
 
 
-def _pick_series(folder, series, choice, notes=None, kind=None):
+def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
     """(uid, items, the uid of its dual-sequence AIF series or None): the one place that decides
     which series of a folder is read. A folder of several patients is refused unless a series
     is chosen (which must then be one patient's). ``kind`` (``--kind``) narrows a folder of
-    several series to those whose names say that kind."""
+    several series to those whose names say that kind. ``as_aif``: read as a dual-sequence AIF
+    series (by the AIF's reader), not as the images to analyse."""
     if choice is None:
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
         series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
+    why = not_cine_or_first_pass(items) or _late_enhancement_by_name(items)
+    if why:
+        raise CardiacInputError(folder, f"series {_describe(uid, items)} is no cine or first-pass perfusion series: {why}")
+    if aif_uid is None and not as_aif:
+        _refuse_aif_series(folder, uid, items, series, chosen=choice is not None)
     if aif_uid is None and notes is not None:
         notes.extend(_unused_aif_notes(uid, items, series))
     if choice is not None:
@@ -1525,6 +1655,10 @@ def _choose_series(folder, series, choice, notes=None):
     listing = "; ".join(_describe(uid, items) for uid, items in series.items())
     if choice is None:
         every = series
+        series, others = _without_other_acquisitions(series, notes)
+        if not series:
+            raise CardiacInputError(folder, "no cine or first-pass perfusion series in this folder: "
+                                            + "; ".join(f"series {_describe(u, every[u])}: {why}" for u, why in others.items()))
         series = _without_single_images(_without_screen_saves(_drop_derived_copies(series, notes), notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
@@ -1544,9 +1678,15 @@ def _choose_series(folder, series, choice, notes=None):
         else:
             hint = _repeated_stacks_hint(series, folder) or _short_stack_hint(series) or _unpaired_aif_hint(series)
         hint = hint or _several_studies_hint(series)
-        left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items() if uid not in series]
+        left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items()
+                    if uid not in series and uid not in others]
         if left_out:
             hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
+        if others:
+            kinds = {}
+            for u, why in others.items():
+                kinds.setdefault(_kind_left_out(why), []).append(f"#{every[u][0][1].get('SeriesNumber', '?')}")
+            hint += f" (left out as no cine or first pass: {'; '.join(f'{k} {chr(44).join(v)}' for k, v in kinds.items())})"
         listing = "; ".join(_describe(uid, items) for uid, items in series.items())
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")
@@ -2314,26 +2454,27 @@ def _apply_real_world_values(frames):
             "every frame is read as its real-world value so that all share one scale; a given AIF must be in those units")
 
 
-def load_dicom_series(folder, series=None, kind=None, progress=None, kind_asked=None):
+def load_dicom_series(folder, series=None, kind=None, progress=None, kind_asked=None, as_aif=False):
     """Read one series of a DICOM folder into a Study (see the module docstring for ordering).
 
     kind None: cine or perfusion as the frame times say (``choose_frame_clock``), recorded in
     ``provenance["timing"]``; the final word is ``readers.series_kind.decide_kind``'s.
     ``kind_asked`` (``--kind``) only narrows which series of a whole exam is read
-    (``_series_of_kind``); whether the data agree is ``decide_kind``'s to say.
+    (``_series_of_kind``); whether the data agree is ``decide_kind``'s to say. ``as_aif``: the
+    series is read as a dual-sequence AIF series (``aif_series``), which the images' reading refuses.
     """
     with _quiet():
-        return _load_series(Path(folder), series, kind, progress, kind_asked)
+        return _load_series(Path(folder), series, kind, progress, kind_asked, as_aif)
 
 
-def _load_series(folder, series, kind, progress, kind_asked=None):
+def _load_series(folder, series, kind, progress, kind_asked=None, as_aif=False):
     if not folder.is_dir():
         raise CardiacInputError(folder, "not a folder")
     progress = as_progress(progress)
     notes = {}
     all_series, skipped = scan_dicom_folder(folder, progress, notes=notes)
     try:
-        study = _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked)
+        study = _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked, as_aif)
     except CardiacInputError as e:
         broken = [b for b in notes["broken"] if str(b[0]) != e.path]
         if not broken:
@@ -2346,7 +2487,7 @@ def _load_series(folder, series, kind, progress, kind_asked=None):
         # read from this scan now: the AIF needs it, and a second load would parse every header again
         try:
             study.companion_series[aif_uid] = check_geometry(
-                _stack_from_series(folder, aif_uid, None, progress, all_series, skipped), folder)
+                _stack_from_series(folder, aif_uid, None, progress, all_series, skipped, as_aif=True), folder)
         except CardiacInputError as e:
             # the images are fine; without a readable AIF series the AIF comes from their LV pool
             del study.provenance["aif_series_uid"]
@@ -2807,9 +2948,9 @@ def pixel_spacing_against_diameter(ds, ps):
                        "pixels"}
 
 
-def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked=None):
+def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked=None, as_aif=False):
     picked_notes = []
-    uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes, kind=kind_asked or kind)
+    uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes, kind=kind_asked or kind, as_aif=as_aif)
     picked_notes = notes_for(picked_notes, uid)   # not the notes about other series' copies and maps
     items, phase_note = _drop_phase_images(folder, items)
     items, derived_note = _drop_derived_images(folder, uid, items)
