@@ -110,9 +110,13 @@ def incomplete_coverage(label_volume, spacing, label_es=None):
                f"slices for a {width:.0f} mm wide ventricle (ratio {ratio:.2f})")
     else:
         return None
+    # the ratio is short also where the header's slice spacing is smaller than the true one (5 mm
+    # for 10: EDV and mass halved, and only "base or apex cut off" was said; probe 85)
+    spacing_too = (f", or the file gives its slices as closer together ({float(spacing[2]):g} mm) than they were "
+                   "acquired" if ratio < MIN_LENGTH_TO_WIDTH else "")
     return (f"the LV blood pool is still {END_AREA_FRACTION:.0%} or more of its largest cross-section {why}: the stack "
-            "may not cover the whole ventricle (base or apex cut off), which makes EDV, ESV and mass low; check the "
-            "slice coverage", ratio)
+            f"may not cover the whole ventricle (base or apex cut off){spacing_too}, which makes EDV, ESV and mass low; "
+            "check the slice coverage" + (" and the slice spacing against the scanner's" if spacing_too else ""), ratio)
 
 
 # Blood-pool SNR of a cine (LV pool mean over the darkest 2 % of a square around the heart,

@@ -442,3 +442,17 @@ def test_the_rest_moco_copy_is_credited_to_the_rest(perfusion, tmp_path):
     assert rest.provenance["series_description"] == "Perfusion_rest"
     notes = [w for w in rest.provenance["warnings"] if "Perf_MOCO_late" in w]
     assert notes and all("copy" in w and "#60 'Perfusion_rest'" in w for w in notes), rest.provenance["warnings"]
+
+
+def test_the_rest_of_an_exam_given_as_its_dicomdir_is_its_rest_series(perfusion, tmp_path):
+    """`--rest EXAM/DICOMDIR` asked for --rest-series where `--rest EXAM` found the rest (probe 86):
+    the index file stands for its folder, as it does for the stress."""
+    from CardiacAISegLib.readers import load_rest_series
+
+    exam = tmp_path / "exam"
+    write_perfusion_series(exam, perfusion, vendor="siemens", description="Perfusion_stress", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_perfusion_series(exam, perfusion, vendor="siemens", description="Perfusion_rest", start_number=60,
+                           series="1.2.826.0.1.3680043.10.7.3", start_s=37000.0, scale=300.0)
+    (exam / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    assert load_rest_series(exam / "DICOMDIR").provenance["series_description"] == "Perfusion_rest"

@@ -1715,3 +1715,20 @@ def test_a_label_file_whose_rv_values_are_unknown_is_flagged(tmp_path):
     assert "[4]" in flag["message"] and "no RV is labelled" in flag["message"], flag["message"]
     as_written = load_study(image, labels=labels_file)
     assert "LABEL_VALUES_UNKNOWN" not in codes(Analysis(as_written, as_written.labels).run())
+
+
+def test_a_stack_short_for_its_width_names_the_slice_spacing_too():
+    """A 10 mm stack whose header says 5 mm read EDV and mass halved, and COVERAGE_INCOMPLETE said
+    only "base or apex cut off" (probe 85): a ventricle short for its width may be one whose
+    slices the file puts closer together than they were acquired."""
+    from CardiacAISegLib.qc import incomplete_coverage
+
+    lab = np.zeros((6, 64, 64), np.uint8)
+    rr, cc = np.mgrid[:64, :64]
+    r = np.hypot(rr - 32, cc - 32)
+    for k in range(6):
+        lab[k][r < 14 - k] = MYO
+        lab[k][r < 10 - k] = LV
+    said, ratio = incomplete_coverage(lab, (1.5, 1.5, 5.0))
+    assert "cut off), or the file gives its slices as closer together (5 mm) than they were acquired" in said, said
+    assert "slice spacing against the scanner's" in said

@@ -123,7 +123,9 @@ def load_rest_series(path: str | Path, kind: str | None = None, series: str | No
     drop --kind" asked to drop a flag never given (probe 60), "as requested (--kind)" named one.
     """
     by_role = kind is None
-    if series is None and path is not None and str(path).strip() and Path(path).is_dir():
+    if series is None and path is not None and str(path).strip() and (
+            Path(path).is_dir() or (Path(path).name.upper() == "DICOMDIR" and Path(path).is_file())):
+        # an exam's DICOMDIR is its folder, as for the stress (probe 86: it asked for --rest-series)
         series = "rest"
     try:
         study = load_study(path, kind=kind or PERFUSION, series=series, **options)
