@@ -365,8 +365,9 @@ def _unknown_label_value_flags(analysis):
     is said as it is read; the structure they held is then missing from every measure with QC
     "pass" (an RV labelled 4 and 5: no RV measures, exit 0; probe 85). Flagged while a structure
     is still missing on every frame (an edit that adds it ends the flag)."""
-    files = (analysis.study.provenance or {}).get("label_files") or []
-    unknown = sorted({int(v) for info in files for v in info.get("unknown_values") or []})
+    prov = analysis.study.provenance or {}
+    unknown = sorted({int(v) for info in prov.get("label_files") or [] for v in info.get("set_to_background") or []}
+                     | {int(v) for v in prov.get("labels_set_to_background") or []})   # an ACDC folder's _gt files
     if not unknown or analysis.model_info:
         return []
     missing = [name for value, name in ((LV, "LV blood pool"), (MYO, "myocardium"), (RV, "RV"))

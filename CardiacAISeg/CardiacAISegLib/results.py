@@ -79,6 +79,11 @@ def source_of(study) -> dict:
             out["series_description"] = p.get("series_description")
         else:   # a stack merged from one series per slice: the first slice's number and name are not the stack's
             out["merged_from_series"] = len(uids)
+            if p.get("series_numbers"):
+                out["series_numbers"] = p["series_numbers"]
+            names = p.get("series_descriptions") or []
+            if names:
+                out["series_description"] = names[0] if len(names) == 1 else names
     for key in ("manufacturer", "model", "field_strength_t", "aif_series_uid", "aif_source"):
         if p.get(key):
             out[key] = p[key]

@@ -456,3 +456,39 @@ def test_the_rest_of_an_exam_given_as_its_dicomdir_is_its_rest_series(perfusion,
                            series="1.2.826.0.1.3680043.10.7.3", start_s=37000.0, scale=300.0)
     (exam / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
     assert load_rest_series(exam / "DICOMDIR").provenance["series_description"] == "Perfusion_rest"
+
+
+def test_a_stack_read_from_one_series_per_slice_names_its_series_in_the_results(base, tmp_path):
+    """results.json named neither the numbers nor the description of a cine stored one series
+    per slice (only its UIDs; probe 86): which series a result came from must be readable."""
+    from CardiacAISegLib.results import source_of
+
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+    source = source_of(load_study(exam))
+    assert source["merged_from_series"] == N_SLICES
+    assert source["series_numbers"] == list(range(20, 20 + N_SLICES))
+    assert source["series_description"] == "cine_retro_sax"
+
+
+def test_a_ge_exam_protocol_naming_t1_mapping_does_not_refuse_its_cine(base, tmp_path):
+    """GE writes the exam's protocol as ProtocolName on every series: "CARDIAC FUNCTION T1 MAPPING"
+    refused the cine as a T1-mapping series (session 40's review). Only the series' own names
+    (SeriesDescription, SequenceName) count."""
+    def protocol(ds, k, t):
+        ds.ProtocolName, ds.Manufacturer = "CARDIAC FUNCTION T1 MAPPING", "GE MEDICAL SYSTEMS"
+    cine_dicom(base, tmp_path / "cine", per_image=protocol)
+    assert load_study(tmp_path / "cine").images.shape[:2] == (N_FRAMES, N_SLICES)
+
+
+def test_a_chosen_stress_beside_a_larger_rest_is_not_taken_for_an_aif_series(perfusion, tmp_path):
+    """GE stress at 96 px beside its rest at 192 px, as many frames: chosen, the stress was refused
+    as the rest's dual-sequence AIF series (session 40's review). Only a series that looks like one
+    (small, or named AIF) is."""
+    big = make_perfusion_phantom(seed=3, n_frames=40, noise=0.005, size=192)[0]
+    exam = tmp_path / "exam"
+    write_perfusion_series(exam, perfusion, vendor="ge", description="Perfusion_stress", start_number=20,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_perfusion_series(exam, big, vendor="ge", description="Perfusion_rest", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.3")
+    assert load_study(exam, series="20").provenance["series_description"] == "Perfusion_stress"

@@ -544,10 +544,12 @@ def test_another_patients_labels_that_no_moved_copy_fits_are_named(tmp_path, sha
     if not image.is_dir() or not other.is_dir():
         pytest.skip(f"{image} or {other} not found")
     own = nib.load(str(image / "patient066_frame01_gt.nii.gz"))
-    theirs = np.asarray(nib.load(str(other / "patient032_frame01_gt.nii.gz")).dataobj)[:, :, :own.shape[2]]
-    assert theirs.shape == own.shape
+    # their ED and ES maps over 066's ED and ES, as the probe gave them (one 4D file)
+    theirs = np.stack([np.asarray(nib.load(str(other / f"patient032_frame{n}_gt.nii.gz")).dataobj)[:, :, :own.shape[2]]
+                       for n in ("01", "02")], axis=-1)
+    assert theirs.shape[:3] == own.shape
     labels = _nifti(tmp_path / "theirs.nii.gz", theirs, own.affine, np.uint8)
-    warnings = load_study(image / "patient066_frame01.nii.gz", labels=labels).provenance["warnings"]
+    warnings = load_study(image, labels=labels).provenance["warnings"]
     assert any("do not seem to overlay this image" in w and "cross blood and wall" in w for w in warnings), warnings
     as_given = _nifti(tmp_path / "own.nii.gz", np.asarray(own.dataobj), own.affine, np.uint8)
     assert not any("overlay" in w for w in load_study(image / "patient066_frame01.nii.gz", labels=as_given)
@@ -568,3 +570,15 @@ def test_labels_one_slice_off_their_stack_are_named(tmp_path, shared_data):
     labels = _nifti(tmp_path / "shifted.nii.gz", shifted, gt.affine, np.uint8)
     warnings = load_study(source / "patient066_frame01.nii.gz", labels=labels).provenance["warnings"]
     assert any("do not seem to overlay this image" in w and "one slice along the stack" in w for w in warnings), warnings
+
+
+def test_an_expert_es_map_alone_is_not_taken_for_another_patients(tmp_path, shared_data):
+    """ACDC 073's expert ES map alone (thin ES wall: 28 % of pool and wall pixels look like the
+    other) was called "another patient's or another series' labels" (session 40's review): a lone
+    labelled frame, which may be ES, is held to the ES maps' bound."""
+    source = shared_data / "acdc" / "patient073"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    warnings = load_study(source / "patient073_frame02.nii.gz",
+                          labels=source / "patient073_frame02_gt.nii.gz").provenance["warnings"]
+    assert not any("overlay" in w for w in warnings), warnings

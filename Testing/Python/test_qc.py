@@ -1732,3 +1732,27 @@ def test_a_stack_short_for_its_width_names_the_slice_spacing_too():
     said, ratio = incomplete_coverage(lab, (1.5, 1.5, 5.0))
     assert "cut off), or the file gives its slices as closer together (5 mm) than they were acquired" in said, said
     assert "slice spacing against the scanner's" in said
+
+
+def test_an_acdc_folder_whose_gt_rv_values_are_unknown_is_flagged(tmp_path, shared_data):
+    """The ACDC folder reader read an RV coded 4 in the _gt files as background, QC pass, every
+    RV measure missing (session 40's review): the same flag as for a --labels file."""
+    import shutil
+
+    import nibabel as nib
+
+    from CardiacAISegLib.readers import load_study
+
+    source = shared_data / "acdc" / "patient001"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    folder = tmp_path / "patient001"
+    shutil.copytree(source, folder)
+    for gt in folder.glob("*_gt.nii.gz"):
+        img = nib.load(str(gt))
+        values = np.asarray(img.dataobj).copy()
+        values[values == 1] = 4
+        nib.save(nib.Nifti1Image(values, img.affine, img.header), str(gt))
+    study = load_study(folder)
+    a = Analysis(study, study.labels).run()
+    assert "LABEL_VALUES_UNKNOWN" in codes(a), a.qc["flags"]

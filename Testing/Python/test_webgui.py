@@ -1646,6 +1646,9 @@ def test_session_refused_rest_keeps_the_open_study_and_a_folder_gives_its_rest(t
     # the reader's hint for stress and rest described alike (probe 33) names the rest's flag too
     assert in_page_terms("--series 701 --rest X --rest-series 1101") == ("a file of series 701 in the 'Study' field and a "
                                                                          "file of series 1101 in the 'Rest series' field")
+    # an AIF series chosen as the images names the perfusion series to read (session 40's review)
+    assert in_page_terms("analyse the perfusion series (--series 20), which") == \
+        "analyse the perfusion series (a file of series 20 in the 'Study' field), which"
 
 
 def test_session_perfusion_texts_speak_of_the_page(tmp_path, shared_data):

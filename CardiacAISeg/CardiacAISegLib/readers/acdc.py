@@ -154,6 +154,7 @@ def load_acdc_patient(folder, frames="all"):
             raise CardiacInputError(folder / "Info.cfg", f"{key} frame {info[key]} has no image in the folder (frames: {frame_numbers})")
 
     labels, missing_gt, label_problems = {}, {}, {}
+    set_to_background = set()   # label values of the _gt files that are no label (QC LABEL_VALUES_UNKNOWN)
     for n, i in index.items():
         # ACDC pads frame numbers to 2 digits; hand-made folders often do not (frame1_gt)
         candidates = [folder / f"{folder.name}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
@@ -185,6 +186,7 @@ def load_acdc_patient(folder, frames="all"):
             # LV coded 4 became background and training went on, exit 0; probe 66)
             problems = [f"label values {label_info['set_to_background']} are not labels in ACDC's convention"] \
                 if label_info.get("set_to_background") else []
+            set_to_background.update(label_info.get("set_to_background") or [])
             if label_info.get("nothing_labelled"):
                 problems.append(label_info["nothing_labelled"])
             if problems:
@@ -199,6 +201,7 @@ def load_acdc_patient(folder, frames="all"):
         source=str(folder),
         provenance={"reader": "acdc", "files": files, "info": info, "frame_numbers": frame_numbers, "warnings": warnings,
                     "missing_label_files": missing_gt, "label_problems": label_problems,
+                    **({"labels_set_to_background": sorted(set_to_background)} if set_to_background else {}),
                     **({"slice_positions_mm": positions} if positions is not None else {})},
         ed_frame=index[info["ED"]],
         es_frame=index[info["ES"]],

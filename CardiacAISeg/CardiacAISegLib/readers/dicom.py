@@ -1309,7 +1309,8 @@ _MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "P
 # An LGE stack is inversion-recovery too, one image per slice at one inversion time: no cycle.
 # Cine and perfusion sequences write no InversionTime, or one for every image (a saturation
 # delay), so the tag alone tells; the names of MOLLI and its kin support it where it is missing.
-T1_MAPPING_WORDS = re.compile(r"MOLLI|SASHA|SAPPHIRE|(?<![A-Z0-9])T1[ _-]?MAP", re.I)
+# (T2 mapping's T2-prepared images, 3-4 at a position, carry no InversionTime: their name tells)
+T1_MAPPING_WORDS = re.compile(r"MOLLI|SASHA|SAPPHIRE|(?<![A-Z0-9])T[12][ _-]?(?:MAP|PREP)", re.I)
 MIN_INVERSION_SPAN_MS = 200.0
 MIN_INVERSION_TIMES = 3
 
@@ -1328,10 +1329,12 @@ def not_cine_or_first_pass(items):
                 f"{times[-1]:g} ms, InversionTime): a T1-mapping series (MOLLI, ShMOLLI, SASHA), whose images differ "
                 "by contrast, not by the heart's phase")
     ds = items[0][1]
-    named = T1_MAPPING_WORDS.search(" ".join(str(ds.get(t, "") or "") for t in ("SeriesDescription", "ProtocolName",
-                                                                             "SequenceName")))
-    if named:
-        return f"its description names {named.group(0)!r}: a T1-mapping series or map, not a cine or a first pass"
+    # not ProtocolName: on GE it is the exam's protocol, on every series of it ("CARDIAC FUNCTION
+    # T1 MAPPING" refused the cine too; review of session 40)
+    for tag in ("SeriesDescription", "SequenceName"):
+        named = T1_MAPPING_WORDS.search(str(ds.get(tag, "") or ""))
+        if named:
+            return f"its {tag} names {named.group(0)!r}: a T1- or T2-mapping series or map, not a cine or a first pass"
     if len(times) == 1 and _one_image_per_slice(items):
         return (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
                 "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
@@ -1343,7 +1346,7 @@ def not_cine_or_first_pass(items):
 
 def _kind_left_out(why):
     """A few words for a ``not_cine_or_first_pass`` clause, to list many series in one line."""
-    for words, kind in (("T1-mapping", "T1 mapping"), ("late gadolinium", "late enhancement"), ("phase", "phase images")):
+    for words, kind in (("mapping", "T1/T2 mapping"), ("late gadolinium", "late enhancement"), ("phase", "phase images")):
         if words in why:
             return kind
     return "other"
@@ -1370,7 +1373,15 @@ def _without_other_acquisitions(series, notes=None):
     (``not_cine_or_first_pass``) left out and said."""
     reasons = {uid: why for uid, items in series.items() for why in [not_cine_or_first_pass(items)] if why}
     if notes is not None:
-        notes.extend(f"series {_describe(uid, series[uid])} was left out: {why}" for uid, why in reasons.items())
+        # one note per reason: an LGE stored one series per slice beside three MOLLI series gave 11
+        by_why = {}
+        for uid, why in reasons.items():
+            by_why.setdefault(why, []).append(uid)
+        for why, uids in by_why.items():
+            first = str(series[uids[0]][0][1].get("SeriesDescription", "")) or "no description"
+            named = (f"series {_describe(uids[0], series[uids[0]])} was" if len(uids) == 1 else
+                     f"{len(uids)} series ({_numbers_text(series, uids)} {first!r}) were")
+            notes.append(f"{named} left out: {why}")
     return {uid: items for uid, items in series.items() if uid not in reasons}, reasons
 
 
@@ -1378,6 +1389,17 @@ def _without_other_acquisitions(series, notes=None):
 # pixels a side); read as the perfusion images (chosen, or alone in a folder beside a map), it
 # gave MBF 2.56 in 16 segments with only AIF_FROM_LV said (probe 86)
 AIF_SERIES_MAX_SIDE_PX = 80
+
+
+def _looks_like_aif_series(items):
+    """Small images (``AIF_SERIES_MAX_SIDE_PX``) or a description that names AIF."""
+    ds = items[0][1]
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(ds.get("SeriesDescription", "") or "")).lower()
+    try:
+        small = max(int(ds.Rows), int(ds.Columns)) <= AIF_SERIES_MAX_SIDE_PX
+    except (AttributeError, TypeError, ValueError):
+        small = False
+    return small or re.search(r"(?<![a-z])aif(?![a-z])", words) is not None
 
 
 def _aif_series_by_itself(items):
@@ -1398,7 +1420,10 @@ def _aif_series_by_itself(items):
 
 def _refuse_aif_series(folder, uid, items, series, chosen):
     """Refuse reading a dual-sequence AIF series as the perfusion images."""
-    mains = _mains_of(uid, series) if chosen and uid in series else []   # a stack merged from slice series is no AIF series
+    # a stack merged from slice series is no AIF series; nor is a chosen series that only pairs
+    # by size and count with a larger one (GE stress at 96 px beside its rest at 192 was refused
+    # as the rest's AIF series; review of session 40): it must look like one, small or so named
+    mains = _mains_of(uid, series) if chosen and uid in series and _looks_like_aif_series(items) else []
     if mains:
         main = series[mains[0]]
         raise CardiacInputError(folder, f"series {_describe(uid, items)} is the dual-sequence AIF series of series "
@@ -1408,7 +1433,8 @@ def _refuse_aif_series(folder, uid, items, series, chosen):
     why = _aif_series_by_itself(items)
     if why:
         raise CardiacInputError(folder, f"series {_describe(uid, items)}: {why}; give the perfusion series it was acquired "
-                                        "with (the two in one folder, or this one with --aif FOLDER beside the images)")
+                                        "with (the two in one folder, or this series' folder as the AIF, --aif, beside the "
+                                        "images)")
 
 
 def _study_name(folder):
@@ -3191,6 +3217,12 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         "multi_frame": bool(frame_map),
         "slice_thickness_mm": _positive_mm(ds0.get("SliceThickness")),
     }
+    if "+" in str(uid):
+        # a stack merged from one series per slice: its numbers and names, not only the first
+        # slice's (results.json said neither, probe 86)
+        numbers = {g[1].get("SeriesNumber") for grp in groups for g in grp} - {None, ""}
+        prov["series_numbers"] = sorted(int(n) for n in numbers if str(n).strip().lstrip("-").isdigit())
+        prov["series_descriptions"] = sorted({str(g[1].get("SeriesDescription", "") or "") for grp in groups for g in grp})
     if frame_map:   # enhanced files: SOPInstanceUID -> {1-based frame number: (t, k)}
         prov["frame_map"] = frame_map
     if spacing_check:

@@ -688,6 +688,9 @@ _PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)"),
                  (re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)"),
                   r"a file of the \1 series in the 'Study' field and \2 in the 'Rest series' field"),
                  (re.compile(r" \(series= in Python: [^)]*\)"), ""),
+                 # "analyse the perfusion series (--series 20)" (session 40's review: "a file of that
+                 # series in the 'Study' field 20")
+                 (re.compile(r"--series (\d+)\b"), r"a file of series \1 in the 'Study' field"),
                  (re.compile(r"\bwith --rest(?![\w-])"), "in the 'Rest series' field"),
                  (re.compile(r"\bthe files and flags\b"), "the files and fields"))
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
