@@ -492,3 +492,24 @@ def test_a_chosen_stress_beside_a_larger_rest_is_not_taken_for_an_aif_series(per
     write_perfusion_series(exam, big, vendor="ge", description="Perfusion_rest", start_number=40,
                            series="1.2.826.0.1.3680043.10.7.3")
     assert load_study(exam, series="20").provenance["series_description"] == "Perfusion_stress"
+
+
+def test_a_first_pass_whose_positions_move_every_dynamic_is_not_taken_for_an_lge(perfusion, tmp_path):
+    """A first pass with slice tracking moves ImagePositionPatient a little every dynamic, so each
+    image sits at a position of its own, as in an LGE stack; with a saturation delay written as
+    InversionTime it would have been refused as late enhancement (session 40's review). An LGE
+    stack holds 8-20 images, a first pass hundreds."""
+    from CardiacAISegLib.readers.dicom import not_cine_or_first_pass
+
+    folder = tmp_path / "perf"
+    _, paths = write_perfusion_series(folder, perfusion, vendor="siemens", description="Perfusion_stress",
+                                      series="1.2.826.0.1.3680043.10.7.1")
+    items = []
+    for i, path in enumerate(sorted(paths)):
+        ds = pydicom.dcmread(path)
+        ds.InversionTime = 100.0
+        ds.ImagePositionPatient = [float(v) + 0.5 * i for v in ds.ImagePositionPatient]   # 0.5 mm a dynamic
+        items.append((path, ds))
+    assert not_cine_or_first_pass(items) is None
+    lge = items[:12]   # as many images as an LGE stack: one inversion time, one image per position
+    assert "late gadolinium enhancement" in (not_cine_or_first_pass(lge) or "")

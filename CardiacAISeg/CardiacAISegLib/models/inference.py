@@ -537,15 +537,10 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
                 break
             if widening == MAX_SQUARE_WIDENINGS:
                 box = None
-                heart.update({"whole_field": f"labels still reached the square's edge after {widening} widenings",
-                              "rows": [0, shape_rc[0]], "cols": [0, shape_rc[1]],
-                              "mm": [round(shape_rc[0] * spacing_rc[0], 1), round(shape_rc[1] * spacing_rc[1], 1)]})
+                _record_whole_field(heart, widening, shape_rc, spacing_rc)
                 break
             box = wider
-            heart.update({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop],
-                          "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1),
-                                 round((box[1].stop - box[1].start) * spacing_rc[1], 1)],
-                          "widened": "labels reached the square's edge" + ("" if widening == 0 else f" ({widening + 1} times)")})
+            _record_widening(heart, box, widening, spacing_rc)
     labels = segment_in(box if box is not None else (slice(None), slice(None)), known)
     for widening in range(used, MAX_SQUARE_WIDENINGS + 1):   # the other frames may reach past it still
         wider = None if box is None else _box_around_cut_labels(labels, box, shape_rc, spacing_rc)
@@ -559,16 +554,11 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
         if widening == MAX_SQUARE_WIDENINGS:   # still cut: the whole field, as for a heart not found
             box = None
             labels = segment_in((slice(None), slice(None)))
-            heart.update({"whole_field": f"labels still reached the square's edge after {widening} widenings",
-                          "rows": [0, shape_rc[0]], "cols": [0, shape_rc[1]],
-                          "mm": [round(shape_rc[0] * spacing_rc[0], 1), round(shape_rc[1] * spacing_rc[1], 1)]})
+            _record_whole_field(heart, widening, shape_rc, spacing_rc)
             break
         box = wider
         labels = segment_in(box)
-        heart.update({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop],
-                      "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1),
-                             round((box[1].stop - box[1].start) * spacing_rc[1], 1)],
-                      "widened": "labels reached the square's edge" + ("" if widening == 0 else f" ({widening + 1} times)")})
+        _record_widening(heart, box, widening, spacing_rc)
     if box is not None:   # back onto the full grid: background outside the square
         for t, m in labels.items():
             full = np.zeros(volumes[t].shape, np.uint8)
@@ -579,6 +569,21 @@ def segment_cine_volumes(model, volumes, spacing_rc, spec, device="cpu", referen
 
 # widenings of the heart square before the whole field is segmented instead
 MAX_SQUARE_WIDENINGS = 3
+
+
+def _record_widening(heart, box, widening, spacing_rc):
+    """Say in ``heart`` (results.json's cine_heart_box) that the square grew to ``box``."""
+    heart.update({"rows": [box[0].start, box[0].stop], "cols": [box[1].start, box[1].stop],
+                  "mm": [round((box[0].stop - box[0].start) * spacing_rc[0], 1),
+                         round((box[1].stop - box[1].start) * spacing_rc[1], 1)],
+                  "widened": "labels reached the square's edge" + ("" if widening == 0 else f" ({widening + 1} times)")})
+
+
+def _record_whole_field(heart, widening, shape_rc, spacing_rc):
+    """Say in ``heart`` that the whole field was segmented after ``widening`` widenings."""
+    heart.update({"whole_field": f"labels still reached the square's edge after {widening} widenings",
+                  "rows": [0, shape_rc[0]], "cols": [0, shape_rc[1]],
+                  "mm": [round(shape_rc[0] * spacing_rc[0], 1), round(shape_rc[1] * spacing_rc[1], 1)]})
 
 
 def _box_around_cut_labels(labels, box, shape_rc, spacing_rc):

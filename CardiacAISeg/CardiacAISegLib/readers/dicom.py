@@ -1313,6 +1313,10 @@ _MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "P
 T1_MAPPING_WORDS = re.compile(r"MOLLI|SASHA|SAPPHIRE|(?<![A-Z0-9])T[12][ _-]?(?:MAP|PREP)", re.I)
 MIN_INVERSION_SPAN_MS = 200.0
 MIN_INVERSION_TIMES = 3
+# An LGE stack holds a slice position per image, 8-20 of them: a first-pass series whose
+# positions move with every dynamic (slice tracking) has as many "positions" as images, hundreds
+# (session 40's review)
+MAX_LGE_IMAGES = 40
 
 
 def not_cine_or_first_pass(items):
@@ -1335,7 +1339,7 @@ def not_cine_or_first_pass(items):
         named = T1_MAPPING_WORDS.search(str(ds.get(tag, "") or ""))
         if named:
             return f"its {tag} names {named.group(0)!r}: a T1- or T2-mapping series or map, not a cine or a first pass"
-    if len(times) == 1 and _one_image_per_slice(items):
+    if len(times) == 1 and _one_image_per_slice(items) and len(items) <= MAX_LGE_IMAGES:
         return (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
                 "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
     if all(_not_magnitude(d) for _, d in items):
@@ -1362,7 +1366,7 @@ LATE_ENHANCEMENT_WORDS = re.compile(r"LGE|PSIR|(?<![A-Z])MDE(?![A-Z])|DELAYED|LA
 def _late_enhancement_by_name(items):
     """A clause when a series of one image per slice position is named late enhancement."""
     named = LATE_ENHANCEMENT_WORDS.search(str(items[0][1].get("SeriesDescription", "") or ""))
-    if named is None or not _one_image_per_slice(items):
+    if named is None or not _one_image_per_slice(items) or len(items) > MAX_LGE_IMAGES:
         return None
     return (f"one image per slice position and its description names {named.group(0)!r}: a late gadolinium "
             "enhancement stack, with no cardiac cycle or first pass to measure")
@@ -1391,28 +1395,30 @@ def _without_other_acquisitions(series, notes=None):
 AIF_SERIES_MAX_SIDE_PX = 80
 
 
+def _aif_signs(items):
+    """(the description names AIF, the larger image side in pixels or None) of a series."""
+    ds = items[0][1]
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(ds.get("SeriesDescription", "") or "")).lower()   # 'PerfAIF'
+    try:
+        side = max(int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        side = None
+    return re.search(r"(?<![a-z])aif(?![a-z])", words) is not None, side
+
+
 def _looks_like_aif_series(items):
     """Small images (``AIF_SERIES_MAX_SIDE_PX``) or a description that names AIF."""
-    ds = items[0][1]
-    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(ds.get("SeriesDescription", "") or "")).lower()
-    try:
-        small = max(int(ds.Rows), int(ds.Columns)) <= AIF_SERIES_MAX_SIDE_PX
-    except (AttributeError, TypeError, ValueError):
-        small = False
-    return small or re.search(r"(?<![a-z])aif(?![a-z])", words) is not None
+    named, side = _aif_signs(items)
+    return named or (side is not None and side <= AIF_SERIES_MAX_SIDE_PX)
 
 
 def _aif_series_by_itself(items):
     """A clause when a series is described as an AIF series and has the small images of one."""
+    named, side = _aif_signs(items)
+    if not named or side is None or side > AIF_SERIES_MAX_SIDE_PX:
+        return None
     ds = items[0][1]
     description = str(ds.get("SeriesDescription", "") or "")
-    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()
-    try:
-        side = max(int(ds.Rows), int(ds.Columns))
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if re.search(r"(?<![a-z])aif(?![a-z])", words) is None or side > AIF_SERIES_MAX_SIDE_PX:
-        return None
     return (f"it is described as an AIF series ({description!r}) and its images are {int(ds.Rows)} x {int(ds.Columns)} "
             "pixels: a dual-sequence AIF series, which images the blood pool for the arterial input only, too coarse "
             "for the myocardium")
