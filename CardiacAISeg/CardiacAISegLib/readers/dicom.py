@@ -1061,9 +1061,13 @@ def _names_role(items, role):
     return _description_names(str(items[0][1].get("SeriesDescription", "")), role)
 
 
+def _description_words(description):
+    """A description in lower-case words: 'PerfStressAIF' -> 'perf stress aif'."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(description or "")).lower()
+
+
 def _description_names(description, role):
-    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", description).lower()   # 'PerfStressAIF' -> 'perf stress aif'
-    return re.search(_ROLE_WORDS[role], words) is not None
+    return re.search(_ROLE_WORDS[role], _description_words(description)) is not None
 
 
 def role_named(description):
@@ -1322,6 +1326,12 @@ MAX_LGE_IMAGES = 40
 def not_cine_or_first_pass(items):
     """Why a series holds no cine or first-pass images to analyse (a clause), else None: a
     T1-mapping series, an inversion-recovery single-phase stack (LGE), phase images."""
+    found = _other_acquisition(items)
+    return found[1] if found else None
+
+
+def _other_acquisition(items):
+    """(a few words for listing, the clause) of ``not_cine_or_first_pass``, or None."""
     by_position = {}
     for _, ds in items:
         ti = _positive_mm(ds.get("InversionTime"))   # a positive number; milliseconds here
@@ -1329,7 +1339,7 @@ def not_cine_or_first_pass(items):
             by_position.setdefault(_position_key(ds), set()).add(round(ti, 1))
     times = sorted(set().union(*by_position.values())) if by_position else []
     if any(len(v) >= MIN_INVERSION_TIMES and max(v) - min(v) >= MIN_INVERSION_SPAN_MS for v in by_position.values()):
-        return (f"its images at a slice position were acquired at {len(times)} inversion times ({times[0]:g}-"
+        return "T1/T2 mapping", (f"its images at a slice position were acquired at {len(times)} inversion times ({times[0]:g}-"
                 f"{times[-1]:g} ms, InversionTime): a T1-mapping series (MOLLI, ShMOLLI, SASHA), whose images differ "
                 "by contrast, not by the heart's phase")
     ds = items[0][1]
@@ -1338,22 +1348,15 @@ def not_cine_or_first_pass(items):
     for tag in ("SeriesDescription", "SequenceName"):
         named = T1_MAPPING_WORDS.search(str(ds.get(tag, "") or ""))
         if named:
-            return f"its {tag} names {named.group(0)!r}: a T1- or T2-mapping series or map, not a cine or a first pass"
+            return "T1/T2 mapping", (f"its {tag} names {named.group(0)!r}: a T1- or T2-mapping series or map, not a cine "
+                                     "or a first pass")
     if len(times) == 1 and _one_image_per_slice(items) and len(items) <= MAX_LGE_IMAGES:
-        return (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
+        return "late enhancement", (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
                 "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
     if all(_not_magnitude(d) for _, d in items):
-        return (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
+        return "phase images", (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
                 f"{chr(92).join(_image_type(ds))}): a flow or phase-contrast series, not magnitude images to segment")
     return None
-
-
-def _kind_left_out(why):
-    """A few words for a ``not_cine_or_first_pass`` clause, to list many series in one line."""
-    for words, kind in (("mapping", "T1/T2 mapping"), ("late gadolinium", "late enhancement"), ("phase", "phase images")):
-        if words in why:
-            return kind
-    return "other"
 
 
 # Named late enhancement, a stack of one image per slice position: where InversionTime is not
@@ -1373,13 +1376,13 @@ def _late_enhancement_by_name(items):
 
 
 def _without_other_acquisitions(series, notes=None):
-    """(series, {uid: reason}): the series that hold a cine or a first pass, those that do not
-    (``not_cine_or_first_pass``) left out and said."""
-    reasons = {uid: why for uid, items in series.items() for why in [not_cine_or_first_pass(items)] if why}
+    """(series, {uid: (kind, reason)}): the series that hold a cine or a first pass, those that
+    do not (``not_cine_or_first_pass``) left out and said."""
+    reasons = {uid: found for uid, items in series.items() for found in [_other_acquisition(items)] if found}
     if notes is not None:
         # one note per reason: an LGE stored one series per slice beside three MOLLI series gave 11
         by_why = {}
-        for uid, why in reasons.items():
+        for uid, (_, why) in reasons.items():
             by_why.setdefault(why, []).append(uid)
         for why, uids in by_why.items():
             first = str(series[uids[0]][0][1].get("SeriesDescription", "")) or "no description"
@@ -1398,7 +1401,7 @@ AIF_SERIES_MAX_SIDE_PX = 80
 def _aif_signs(items):
     """(the description names AIF, the larger image side in pixels or None) of a series."""
     ds = items[0][1]
-    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(ds.get("SeriesDescription", "") or "")).lower()   # 'PerfAIF'
+    words = _description_words(ds.get("SeriesDescription", ""))
     try:
         side = max(int(ds.Rows), int(ds.Columns))
     except (AttributeError, TypeError, ValueError):
@@ -1690,7 +1693,7 @@ def _choose_series(folder, series, choice, notes=None):
         series, others = _without_other_acquisitions(series, notes)
         if not series:
             raise CardiacInputError(folder, "no cine or first-pass perfusion series in this folder: "
-                                            + "; ".join(f"series {_describe(u, every[u])}: {why}" for u, why in others.items()))
+                                            + "; ".join(f"series {_describe(u, every[u])}: {why}" for u, (_, why) in others.items()))
         series = _without_single_images(_without_screen_saves(_drop_derived_copies(series, notes), notes), notes)
         if len(series) == 1:
             return (*next(iter(series.items())), None)
@@ -1716,9 +1719,10 @@ def _choose_series(folder, series, choice, notes=None):
             hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
         if others:
             kinds = {}
-            for u, why in others.items():
-                kinds.setdefault(_kind_left_out(why), []).append(f"#{every[u][0][1].get('SeriesNumber', '?')}")
-            hint += f" (left out as no cine or first pass: {'; '.join(f'{k} {chr(44).join(v)}' for k, v in kinds.items())})"
+            for u, (kind, _) in others.items():
+                kinds.setdefault(kind, []).append(f"#{every[u][0][1].get('SeriesNumber', '?')}")
+            listed = "; ".join(f"{kind} {', '.join(numbers)}" for kind, numbers in kinds.items())
+            hint += f" (left out as no cine or first pass: {listed})"
         listing = "; ".join(_describe(uid, items) for uid, items in series.items())
         raise CardiacInputError(folder, f"{len(series)} image series in this folder, choose one with --series (series= in Python: "
                                         f"UID, number or description): {listing}{hint}")

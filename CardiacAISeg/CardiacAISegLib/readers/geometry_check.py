@@ -249,9 +249,12 @@ def blank_image_problem(images):
     """A sentence when every pixel has one value (an export that lost its pixel data), or when
     its values wrapped around a signed 16-bit integer (``wrapped_values_problem``), else None."""
     images = np.asarray(images)
-    if images.size and float(images.min()) == float(images.max()):
-        return f"every pixel of the image is {float(images.min()):g}: it holds no image data (a blank or failed export?)"
-    return wrapped_values_problem(images)
+    if not images.size:
+        return None
+    lo, hi = float(images.min()), float(images.max())   # one pass for both checks (run on every re-analysis)
+    if lo == hi:
+        return f"every pixel of the image is {lo:g}: it holds no image data (a blank or failed export?)"
+    return wrapped_values_problem(images, lo, hi)
 
 
 # Values that did not fit a signed 16-bit integer wrap around: bright blood stored past 32767
@@ -277,13 +280,13 @@ WRAP_FLOOR_GAP = 0.05
 WRAP_JUMP_SHARE = 1e-3
 
 
-def wrapped_values_problem(images):
+def wrapped_values_problem(images, lo=None, hi=None):
     """A sentence when an image's values wrapped around a signed 16-bit integer when it was
-    stored, else None."""
+    stored, else None. ``lo``, ``hi``: the images' extremes, when known already."""
     a = np.asarray(images)
     if a.ndim < 2 or a.size < 64 or a.shape[-1] < 2 or a.shape[-2] < 2:
         return None
-    lo, hi = float(a.min()), float(a.max())
+    lo, hi = (float(a.min()), float(a.max())) if lo is None or hi is None else (lo, hi)
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= 0 or hi - lo < WRAP_STEP:
         return None
     jumps = 0
