@@ -492,6 +492,11 @@ def test_a_chosen_stress_beside_a_larger_rest_is_not_taken_for_an_aif_series(per
     write_perfusion_series(exam, big, vendor="ge", description="Perfusion_rest", start_number=40,
                            series="1.2.826.0.1.3680043.10.7.3")
     assert load_study(exam, series="20").provenance["series_description"] == "Perfusion_stress"
+    # by its role too: `--series stress` read the rest with the stress as its AIF series
+    stress = load_study(exam, series="stress")
+    assert stress.provenance["series_description"] == "Perfusion_stress" and not stress.provenance.get("aif_series_uid")
+    rest = load_study(exam, series="rest")
+    assert rest.provenance["series_description"] == "Perfusion_rest" and not rest.provenance.get("aif_series_uid")
 
 
 def test_a_first_pass_whose_positions_move_every_dynamic_is_not_taken_for_an_lge(perfusion, tmp_path):
@@ -513,3 +518,19 @@ def test_a_first_pass_whose_positions_move_every_dynamic_is_not_taken_for_an_lge
     assert not_cine_or_first_pass(items) is None
     lge = items[:12]   # as many images as an LGE stack: one inversion time, one image per position
     assert "late gadolinium enhancement" in (not_cine_or_first_pass(lge) or "")
+
+
+def test_a_stress_export_with_its_localiser_needs_no_flags(perfusion, tmp_path):
+    """Stress perfusion with its motion-corrected copy, its dual-sequence AIF series and a 3-plane
+    localiser, as PACS exports it: the localiser made the reader ask for --series, while the same
+    export without it ran with no flags (probe 86, E10)."""
+    exam = tmp_path / "exam"
+    _stress_with_moco(exam, perfusion)
+    write_aif_series(exam, perfusion, description="Perfusion_stress_AIF", number=42)
+    for k, iop in enumerate(((1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1))):
+        write_dicom(exam / f"loc{k}.dcm", series="1.2.826.0.1.3680043.10.97", number=1, desc="localizer",
+                    shape=(SIZE, SIZE), iop=iop, spacing=(PIXEL_MM, PIXEL_MM), instance=k + 1)
+    study = load_study(exam)
+    assert study.kind == "perfusion" and study.provenance["series_description"] == "Perfusion_stress"
+    assert study.provenance.get("aif_series_uid")
+    assert any("localiser" in w for w in study.provenance["warnings"]), study.provenance["warnings"]

@@ -978,6 +978,11 @@ def _pair_but_for_the_clocks(series):
     desc = str(small.get("SeriesDescription", "")).lower()
     if px_small > 0.5 * px_large and "aif" not in desc:
         return None
+    if "aif" not in desc and _roles_named(i1) and _roles_named(i2) and _roles_named(i1) != _roles_named(i2):
+        # a stress and a rest are two acquisitions, whatever their sizes: a GE stress at 96 px
+        # beside its rest at 192 px paired as the rest's AIF series, and `--series stress` read the
+        # rest with the stress as its AIF (session 40's review)
+        return None
     if len(i1) < 8 or len(i2) < 8:
         return None
     # one image per slice per heartbeat in both: as many dynamics per slice position, give or
@@ -1708,6 +1713,11 @@ def _choose_series(folder, series, choice, notes=None):
         rest = _without_long_axis_views(_without_localisers(series, notes), notes)
         if len(rest) == 1:   # one stack beside a 3-plane localiser or long-axis cines (read as in per-slice layouts)
             return (*next(iter(rest.items())), None)
+        pair = pick_main_and_aif(rest) if len(rest) < len(series) else None
+        if pair is not None:
+            # a perfusion series and its AIF series beside a localiser: the export of a stress
+            # perfusion with its localiser asked for --series, the same without it ran (probe 86)
+            return pair[0], rest[pair[0]], pair[1]
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         else:
