@@ -534,3 +534,24 @@ def test_a_stress_export_with_its_localiser_needs_no_flags(perfusion, tmp_path):
     assert study.kind == "perfusion" and study.provenance["series_description"] == "Perfusion_stress"
     assert study.provenance.get("aif_series_uid")
     assert any("localiser" in w for w in study.provenance["warnings"]), study.provenance["warnings"]
+
+
+def test_stress_and_rest_under_one_name_are_said_to_be_two_acquisitions(perfusion, tmp_path):
+    """Stress and rest under one protocol name ('tfi_perf'), each with its AIF series: the reader
+    listed 4 series with no word that two of them are acquisitions 20 minutes apart, nor the flags
+    that read stress with rest (probe 86, E26)."""
+    exam = tmp_path / "exam"
+    for number, start in ((20, 36000.0), (30, 37200.0)):
+        write_perfusion_series(exam, perfusion, vendor="siemens", description="tfi_perf", start_number=number,
+                               series=f"1.2.826.0.1.3680043.10.7.{number}", start_s=start)
+        write_aif_series(exam, perfusion, description="tfi_perf_AIF", number=number + 2, start_s=start,
+                         series=f"1.2.826.0.1.3680043.10.8.{number}")
+    with pytest.raises(CardiacInputError) as e:
+        load_study(exam)
+    message = str(e.value)
+    assert "#20 'tfi_perf' (started 10:00:00) and #30 'tfi_perf' (started 10:20:00)" in message, message
+    assert "20 min apart" in message and f"--rest {exam} --rest-series REST_NUMBER" in message, message
+    # the hint's flags read them: stress #20 with rest #30, each with its own AIF series
+    from CardiacAISegLib.readers import load_rest_series
+    stress, rest = load_study(exam, series="20"), load_rest_series(exam, series="30")
+    assert stress.provenance["aif_series_uid"].endswith("10.8.20") and rest.provenance["aif_series_uid"].endswith("10.8.30")

@@ -654,6 +654,42 @@ def _repeated_stacks_hint(series, folder):
     return ""
 
 
+def _repeated_acquisitions_hint(series, folder):
+    """'; #20 ... and #30 ... hold the same slice positions, acquired 20 min apart ...' when two
+    or more time series (each in one series) image the same slice positions at times apart, else
+    "": stress and rest under one protocol name were listed as "5 series, choose one" with no word
+    that #20 and #30 are two acquisitions 20 minutes apart, nor the flags that read them (probe 86)."""
+    def key(u):
+        items = series[u]
+        return _stack_key(items[0][1]), tuple(sorted(_positions_of(series, [u])))
+
+    groups = {}
+    for u, items in series.items():
+        if _frames_per_position(items) >= 2 and _stack_key(items[0][1]) is not None and _positions_of(series, [u]):
+            groups.setdefault(key(u), []).append(u)
+    for group in groups.values():
+        spans = _clock_spans(series, group) if len(group) >= 2 else None
+        if not spans:
+            continue
+        ordered = sorted(group, key=lambda u: spans[u][0])
+        if any(spans[b][0] <= spans[a][1] + 60.0 for a, b in zip(ordered, ordered[1:])):
+            continue   # overlapping clocks or under a minute apart: copies, not acquisitions
+        parts = [f"{_describe_short(series, u)} (started {_clock_text(spans[u][0])})" for u in ordered]
+        numbers = [_series_number(series[u]) for u in ordered]
+        minutes = (spans[ordered[-1]][0] - spans[ordered[0]][0]) / 60
+        perfusion = any(description_hint(series[u][0][1]) == PERFUSION for u in ordered)
+        return (f"; {' and '.join(parts)} hold the same slice positions, acquired {minutes:.0f} min apart: "
+                f"{len(ordered)} acquisitions ({'stress and rest, or a repeat' if perfusion else 'a repeat?'}); --series "
+                f"{numbers[0]} reads the first, --series {numbers[-1]} the last"
+                + (f"; for stress with rest: --series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER"
+                   if perfusion else ""))
+    return ""
+
+
+def _describe_short(series, uid):
+    return f"#{series[uid][0][1].get('SeriesNumber', '?')} {str(series[uid][0][1].get('SeriesDescription', '')) or '(no description)'!r}"
+
+
 def _acquisitions_text(series, stacks, spans, folder):
     """'; #701/#702/#703 'PERF SA' (started 10:00:00, 3 slice series) and ... are 2 acquisitions
     ... --series ...': the hint for acquisitions each stored one series per slice."""
@@ -1721,7 +1757,8 @@ def _choose_series(folder, series, choice, notes=None):
         if all(any(_names_role(items, role) for items in series.values()) for role in PERFUSION_ROLES):
             hint = f"; for the stress series with its rest series (MPR): --series stress --rest {folder}"
         else:
-            hint = _repeated_stacks_hint(series, folder) or _short_stack_hint(series) or _unpaired_aif_hint(series)
+            hint = (_repeated_stacks_hint(series, folder) or _repeated_acquisitions_hint(series, folder)
+                    or _short_stack_hint(series) or _unpaired_aif_hint(series))
         hint = hint or _several_studies_hint(series)
         left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items()
                     if uid not in series and uid not in others]
