@@ -442,6 +442,23 @@ def test_the_rest_moco_copy_is_credited_to_the_rest(perfusion, tmp_path):
     assert rest.provenance["series_description"] == "Perfusion_rest"
     notes = [w for w in rest.provenance["warnings"] if "Perf_MOCO_late" in w]
     assert notes and all("copy" in w and "#60 'Perfusion_rest'" in w for w in notes), rest.provenance["warnings"]
+    # each role's inline map is said to the run that reads that role only (the rest's warnings
+    # named the stress's map; probe 86)
+    firsts = {}
+    for path in sorted(exam.iterdir()):
+        ds = pydicom.dcmread(path)
+        if ds.SeriesNumber == 40:
+            firsts.setdefault(tuple(float(v) for v in ds.ImagePositionPatient), ds)
+    for number, role in ((43, "stress"), (63, "rest")):
+        for k, ds in enumerate(firsts.values()):   # one image per slice at the stack's positions, as Siemens writes it
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.96.{number}", f"1.2.826.0.1.3680043.10.96.{number}.{k}"
+            ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, f"Perfusion_{role}_MBF_map", k + 1
+            ds.ImageType = ["DERIVED", "PRIMARY", "PERFUSION", "MBF"]
+            ds.save_as(exam / f"MAP{number}_{k}.dcm", enforce_file_format=True)
+    for role, other in (("stress", "rest"), ("rest", "stress")):
+        warnings = load_study(exam, series=role).provenance["warnings"]
+        assert any(f"Perfusion_{role}_MBF_map" in w for w in warnings), warnings
+        assert not any(f"Perfusion_{other}_MBF_map" in w for w in warnings), warnings
 
 
 def test_the_rest_of_an_exam_given_as_its_dicomdir_is_its_rest_series(perfusion, tmp_path):

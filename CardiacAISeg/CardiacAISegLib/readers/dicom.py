@@ -812,7 +812,11 @@ def _parallel_stack(series, notes=None):
                 f"(e.g. {_describe(others[0], series[others[0]])}: {_frames_per_position(series[others[0]])}, the stack "
                 f"{_frames_per_position(series[ranked[0][1][0]])}) are other acquisitions and were left out",
                 related=set(uids)))
-        resized = _parallel_series_of_another_size(series, ranked[0][1], stack_key, positions)
+        merged = "+".join(uids)
+        # not a dual-sequence AIF series that pairs with the stack: read as its AIF, it was also
+        # said to be "left out: a slice re-acquired with another field of view?" (probe 86)
+        resized = [u for u in _parallel_series_of_another_size(series, ranked[0][1], stack_key, positions)
+                   if _pair_but_for_the_clocks({merged: items, u: series[u]}) != (merged, u)]
         if resized:
             notes.append(_RelatedNote(
                 f"{len(resized)} series parallel to the stack and within its span, with another matrix or pixel size "
@@ -1319,6 +1323,8 @@ def _drop_derived_copies(series, notes=None):
                 # said when a series it may have been computed from is read (same stack, a shared position)
                 near = {u for u, its in originals.items() if _stack_key(its[0][1]) == _stack_key(items[0][1])
                         and _series_positions(its) & _series_positions(items)}
+                # the stress's map is not the rest's (both at one stack): the role its name shares
+                near = {u for u in near if _roles_named(originals[u]) & _roles_named(items)} or near
                 notes.append(_RelatedNote(
                     f"series {_describe(uid, items)} is a derived image, one per slice (ImageType "
                     f"{chr(92).join(_image_type(items[0][1]))}: a map computed by the scanner), and was left out",
