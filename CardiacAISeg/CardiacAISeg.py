@@ -510,7 +510,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 finally:
                     self._updatingNodes = False
                 self._showResults()
-                outcome = "Done. " + " ".join(self.logic.analysis.warnings)
+                outcome = "Done. " + " ".join(self.logic.warningsInModuleTerms(self.logic.analysis.warnings))
         finally:
             self._progress = None
             self._setRunning(False)
@@ -547,7 +547,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 finally:
                     self._updatingNodes = False
                 self._showResults()
-                outcome = "Done. " + " ".join(analysis.warnings)
+                outcome = "Done. " + " ".join(self.logic.warningsInModuleTerms(analysis.warnings))
         finally:
             self._setRunning(False)
             self.ui.statusLabel.text = outcome
@@ -688,7 +688,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingNodes = True
         try:
             if self.logic.onInsertionPointRemoved(caller):
-                self.ui.statusLabel.text = self.logic.analysis.warnings[-1]
+                self.ui.statusLabel.text = self.logic.warningsInModuleTerms(self.logic.analysis.warnings[-1:])[0]
         finally:
             self._updatingNodes = False
 
@@ -730,7 +730,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.updateTimeLabel.text = f"Volumes, mass and segments updated in {1000 * self.logic.lastUpdateTimeS:.0f} ms"
                 if self.logic.analysis is not None:
                     # what the edit changed is said here (e.g. ED and ES swapped), not left to the run's text
-                    self.ui.statusLabel.text = "Updated after the edit. " + " ".join(self.logic.analysis.warnings)
+                    self.ui.statusLabel.text = "Updated after the edit. " + " ".join(self.logic.warningsInModuleTerms(self.logic.analysis.warnings))
         finally:
             self._updatingNodes = False
         # an edit can create the handles (an RV painted on LV-only labels): their drags count too

@@ -16,6 +16,40 @@ def with_flags_renamed(text, names):
     return _FLAG.sub(lambda m: names.get(m.group(1), m.group(1)), text)
 
 
+# A reader's hint for a whole exam, as a GUI reads stress and rest ("--series stress --rest EXAM"
+# gave "a file of that series in the 'Study' field stress --rest /abs/path"; probe 68). A folder
+# name may hold spaces: the rest's folder runs to the next flag or the end of the hint.
+_STRESS_WITH_REST = re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)")
+_ROLE_WITH_REST = re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)")
+_PYTHON_SERIES = re.compile(r" \(series= in Python: [^)]*\)")
+# a series by its UID ("give --series 1.2.826... to read the copy") before one by its number: the
+# number's pattern took the UID's first digit, "a file of series 1" (the localiser; probe 87)
+_SERIES_UID = re.compile(r"--series (\d+(?:\.\d+)+)(?![\w.])")
+_SERIES_NUMBER = re.compile(r"--series (\d+)(?![\w.])")
+_WITH_REST = re.compile(r"\bwith --rest(?![\w-])")
+# "give --aif FOLDER": the placeholder after a flag reads wrong after a box's name
+_PLACEHOLDER = re.compile(r"(?<![\w-])(--[a-z][a-z-]*) (FILE|FOLDER|PATH)\b")
+
+
+def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False):
+    """A reader's message (it speaks to the CLI: "choose one with --series", "give --dt") put in
+    a GUI's own terms: ``fields`` {flag: what names that setting there}, ``study_place`` and
+    ``rest_place`` where a file of the study's / the rest's series goes ("the 'Study' field").
+    One list of phrases for the web page and the Slicer module, so that a hint the readers add
+    reads right in both. ``keep_python``: keep "(series= in Python: ...)" (Slicer's console)."""
+    text = _STRESS_WITH_REST.sub(lambda m: f"a file of series {m[1]} in {study_place} and a file of series {m[2]} in "
+                                           f"{rest_place}", text)
+    text = _ROLE_WITH_REST.sub(lambda m: f"a file of the {m[1]} series in {study_place} and {m[2]} in {rest_place}", text)
+    if not keep_python:
+        text = _PYTHON_SERIES.sub("", text)
+    text = _SERIES_UID.sub(lambda m: f"a file of the series with UID {m[1]} in {study_place}", text)
+    text = _SERIES_NUMBER.sub(lambda m: f"a file of series {m[1]} in {study_place}", text)
+    text = _WITH_REST.sub(f"in {rest_place}", text)
+    text = text.replace("the files and flags", "the files and fields")
+    text = _PLACEHOLDER.sub(lambda m: f"that {'folder' if m[2] == 'FOLDER' else 'file'} in {m[1]}", text)
+    return with_flags_renamed(text, fields)
+
+
 class CardiacInputError(ValueError):
     """Bad input: a file that cannot be read, wrong dimensions, missing tags, NaNs, ...
 

@@ -92,9 +92,58 @@ _ACDC_NAME = re.compile(r"^patient\d+$")
 # how a Logic caller replaces existing outputs: the module's check box, or force=True from Python
 REPLACE_HINT = "tick 'Replace existing files' (force=True from Python) to replace them"
 
+# What the module calls the settings the readers' messages name as `analyze` flags: a Slicer user
+# was told "choose one with --series", "give --aif", "--series 20 --rest EXAM --rest-series 30",
+# with no such box in the module (probe 87). Python callers keep the keyword (series= ...).
+MODULE_FIELDS = {
+    "--dt": "the 'Frame interval' box", "--aif": "the 'AIF file (perfusion)' box", "--kind": "the 'Series kind' box",
+    "--series": "a file of that series in the 'Or read a file or folder' box (then Load)",
+    "--rest-series": "a file of that series, loaded, in the 'Rest series (MPR)' box",
+    "--rest": "the 'Rest series (MPR)' box", "--rest-dt": "the 'Rest frame interval' box",
+    "--rest-aif": "the 'Rest AIF file' box", "--density": "the 'Myocardial density' box", "--model": "the 'Model' box",
+    "--labels": "a label map loaded as a segmentation and 'Measure the labels that came with the study' (labels= in Python)",
+    "--label-convention": "label_convention= in Python (logic.loadStudy)",
+    "--force": "'Replace existing files'"}
+REST_MODULE_FIELDS = {"--dt": "the 'Rest frame interval' box", "--aif": "the 'Rest AIF file' box",
+                      "--series": "a file of that series, loaded, in the 'Rest series (MPR)' box"}
+
+
+def inModuleTerms(text, rest=False):
+    """A reader's or the analysis' message in the module's terms (``errors.in_front_end_terms``,
+    the web page's wording of the same hints)."""
+    from .errors import in_front_end_terms
+
+    return in_front_end_terms(text, {**MODULE_FIELDS, **(REST_MODULE_FIELDS if rest else {})},
+                              "the 'Or read a file or folder' box (then Load)",
+                              "the 'Rest series (MPR)' box (load it first)", keep_python=True)
+
+
+def warningsInModuleTerms(warnings):
+    """An analysis' warnings as the module words them; the rest series' with its own boxes."""
+    from .analysis import REST_WARNING_PREFIX as rest
+
+    return [rest + inModuleTerms(w[len(rest):], rest=True) if w.startswith(rest) else inModuleTerms(w) for w in warnings]
+
+
+@contextlib.contextmanager
+def _errorsInModuleTerms(rest=False):
+    """Re-raise a CardiacInputError with its problem in the module's terms (same class and path)."""
+    try:
+        yield
+    except CardiacInputError as e:
+        worded = inModuleTerms(e.problem, rest)
+        if worded == e.problem:
+            raise
+        error = CardiacInputError.__new__(type(e))
+        CardiacInputError.__init__(error, e.path, worded)
+        raise error from None
+
 
 class CardiacAISegLogic(_LogicBase):
     """Load, segment, measure, correct and export one short-axis study inside an MRML scene."""
+
+    # the widget shows the analysis' warnings in the module's terms
+    warningsInModuleTerms = staticmethod(warningsInModuleTerms)
 
     def __init__(self, context=None):
         _LogicBase.__init__(self)
@@ -202,7 +251,8 @@ class CardiacAISegLogic(_LogicBase):
 
         if options.get("kind") is None and self.getParameter("kind") != "auto":
             options["kind"] = self.getParameter("kind")
-        study = load_study(path, **options)
+        with _errorsInModuleTerms():
+            study = load_study(path, **options)
         aif = options.get("aif")
         return self.setStudy(study, aifPath=os.fspath(aif) if isinstance(aif, (str, os.PathLike)) else "")
 
@@ -290,7 +340,8 @@ class CardiacAISegLogic(_LogicBase):
         # (stamped on it when it was loaded), or none
         newInput = self._isNewInput(node)
         aifPath = "" if newInput else self.getParameter("aifPath")
-        study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), aifPath)
+        with _errorsInModuleTerms():
+            study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), aifPath)
         from .readers.pd_frames import frames_differ_from_file
 
         if frames_differ_from_file(study.provenance):
@@ -404,7 +455,9 @@ class CardiacAISegLogic(_LogicBase):
         exam holding stress and rest) its rest series, as ``readers.load_rest_series`` reads it."""
         from .readers import load_rest_series
 
-        return self.setRestStudy(load_rest_series(path, **options))
+        with _errorsInModuleTerms(rest=True):
+            study = load_rest_series(path, **options)
+        return self.setRestStudy(study)
 
     def setRestStudy(self, study):
         """Pair a rest perfusion series (already read) with the current stress series for MPR and
@@ -499,7 +552,8 @@ class CardiacAISegLogic(_LogicBase):
         from .pipeline import compute_paired_analysis
 
         study, rest, restLabels, arguments = self._analysisArguments(modelName, frames, useExistingLabels, device, density)
-        return compute_paired_analysis(study, rest, restLabels, progress=progress, **arguments)
+        with _errorsInModuleTerms():
+            return compute_paired_analysis(study, rest, restLabels, progress=progress, **arguments)
 
     def startAnalysis(self, modelName=None, frames=None, useExistingLabels=None, device=None, density=None):
         """``computeAnalysis`` in a background process (``background.BackgroundAnalysis``, as

@@ -210,6 +210,17 @@ def _index_values(study):
 FRAME_TIMES_ATTRIBUTE = "CardiacAISeg.FrameTimes"
 
 
+def node_name(study):
+    """The name of a study's image nodes: its name, and the series' description where a DICOM
+    folder held it (stress and rest of one exam folder were both 'EXAM sequence', one not told
+    from the other in the module's input and rest boxes; probe 87)."""
+    description = str(study.provenance.get("series_description", "") or "").strip()
+    number = study.provenance.get("series_number")
+    if not description or description.lower() in study.name.lower():
+        return study.name
+    return f"{study.name} #{number} {description}" if number not in (None, "") else f"{study.name} {description}"
+
+
 def add_study(ctx, study):
     """Add the images of ``study``; returns ``StudyNodes``.
 
@@ -218,29 +229,30 @@ def add_study(ctx, study):
     invented seconds) and a browser whose proxy volume is what views show.
     """
     scene = ctx.scene
+    name = node_name(study)
     if study.n_frames == 1:
-        vol = _new_volume(study.name, study.images[0], study.ijk_to_ras)
+        vol = _new_volume(name, study.images[0], study.ijk_to_ras)
         scene.AddNode(vol)
         vol.CreateDefaultDisplayNodes()
         return StudyNodes(volume=vol)
 
     index_name, unit, values = _index_values(study)
-    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{study.name} sequence")
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
     seq.SetIndexName(index_name)
     seq.SetIndexUnit(unit)
     seq.SetIndexType(seq.NumericIndex)
     if unit == "s":   # times a reader vetted: 0, 1, 2 ... s here are real, not a writer's placeholder
         seq.SetAttribute(FRAME_TIMES_ATTRIBUTE, "read by CardiacAISeg")
     for t, value in enumerate(values):
-        seq.SetDataNodeAtValue(_new_volume(f"{study.name} {value}", study.images[t], study.ijk_to_ras), value)
+        seq.SetDataNodeAtValue(_new_volume(f"{name} {value}", study.images[t], study.ijk_to_ras), value)
 
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{study.name} browser")
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
     browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
     ctx.sequences_logic.UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(seq)
     # Otherwise every frame change renames the proxy after the sequence node.
     browser.SetOverwriteProxyName(seq, False)
-    proxy.SetName(study.name)
+    proxy.SetName(name)
     if proxy.GetDisplayNode() is None:
         proxy.CreateDefaultDisplayNodes()
     return StudyNodes(volume=proxy, sequence=seq, browser=browser)

@@ -391,6 +391,16 @@ def test_t1_mapping_and_lge_are_not_read_as_a_cine(base, tmp_path):
     with pytest.raises(CardiacInputError) as e:
         load_study(exam, series="71")
     assert "no cine or first-pass perfusion series" in str(e.value) and "T1-mapping" in str(e.value), str(e.value)
+    # the LGE without its InversionTime is picked, then refused by its name: the MOLLI series
+    # left out before are said too (the refusal named the LGE only; probe 87)
+    no_ti = tmp_path / "no_ti"
+    _molli(no_ti, (0.0, 24.0, 48.0))
+    _per_slice_lge(no_ti)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(no_ti)
+    said = str(e.value)
+    assert "late gadolinium enhancement" in said and "the folder's other series" in said, said
+    assert "MOLLI_5(3)3_SAX" in said and "T1-mapping series" in said, said
     _per_slice_cine(base, exam)
     study = load_study(exam)
     assert study.provenance["series_description"] == "cine_retro_sax"
@@ -572,3 +582,44 @@ def test_stress_and_rest_under_one_name_are_said_to_be_two_acquisitions(perfusio
     from CardiacAISegLib.readers import load_rest_series
     stress, rest = load_study(exam, series="20"), load_rest_series(exam, series="30")
     assert stress.provenance["aif_series_uid"].endswith("10.8.20") and rest.provenance["aif_series_uid"].endswith("10.8.30")
+
+
+def test_the_gui_is_told_which_file_to_open_in_its_own_terms(perfusion, tmp_path):
+    """A Slicer user was told "choose one with --series" and "--series 20 --rest EXAM --rest-series
+    30" (the module has no such box), and the page "a file of series 1" for a copy named by its
+    UID (the localiser's number; probe 87). Each series listed names one of its files, and both
+    GUIs word the same hint in their own boxes; the file named reads that series."""
+    import re
+
+    from CardiacAISegLib.logic import inModuleTerms
+    from CardiacAISegLib.webgui.session import in_page_terms
+
+    exam = tmp_path / "exam"
+    write_perfusion_series(exam, perfusion, vendor="siemens", description="tfi_perf", start_number=20,
+                           series="1.2.826.0.1.3680043.10.7.20")
+    write_perfusion_series(exam, perfusion, vendor="siemens", description="tfi_perf", start_number=30,
+                           series="1.2.826.0.1.3680043.10.7.30", start_s=37200.0)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(exam)
+    message = e.value.problem
+    rest_file = re.search(r"#30 'tfi_perf' \(\d+ images, UID [\d.]+, file exam/([^)]+)\)", message)
+    assert rest_file, message
+    assert load_study(exam / rest_file[1]).provenance["series_number"] == 30
+    for worded in (inModuleTerms(message), in_page_terms(message)):
+        assert "--" not in worded, worded
+    assert "a file of series 20 in the 'Or read a file or folder' box (then Load)" in inModuleTerms(message)
+    assert "(series= in Python" in inModuleTerms(message) and "(series= in Python" not in in_page_terms(message)
+    copy = in_page_terms("give --series 1.2.826.0.1.3680043.10.7.21 to read the copy instead")
+    assert copy == "give a file of the series with UID 1.2.826.0.1.3680043.10.7.21 in the 'Study' field to read the copy instead"
+    pytest.importorskip("slicer")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    with pytest.raises(CardiacInputError) as e:
+        logic.loadStudy(exam)
+    assert "--" not in str(e.value) and "'Rest series (MPR)' box" in str(e.value), str(e.value)
+    assert logic.study is None and logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 0
+    # each series' nodes say which series they hold (stress and rest were both 'exam sequence')
+    stress, rest = (logic.loadStudy(exam, series=n) for n in ("20", "30"))
+    assert stress.sequence.GetName() == "exam #20 tfi_perf sequence" and rest.volume.GetName() == "exam #30 tfi_perf"

@@ -962,6 +962,12 @@ def test_e2e_errors_shown_in_page(page, gui_server):
     page.click("open-btn")
     page.wait(lambda: "cine - cine" in page.el("study-line").text, message="study opened")
     page.wait(lambda: page.view_brightness() > 5, message="slice view shows the image")
+    # refused while a study is open: the page says the open one stays (its table stayed under the
+    # refused path, and Run measured it again as if it were the refused file; probe 87)
+    page.type("study-path", "truth.json")
+    page.click("open-btn")
+    said = page.wait(lambda: "truth.json" in page.alert() and page.alert(), message="refusal with a study open")
+    assert "nothing was opened: cine.nii.gz is still the open study" in said, said
     from CardiacAISegLib.models import registry
 
     if not any(registry.SHIPPED_DIR in Path(c["_folder"]).parents for c in registry.list_models("cine")):

@@ -160,8 +160,13 @@ def _series_key(ds):
 
 
 def _describe(uid, items):
+    """'#20 'Perfusion_stress' (180 images, UID ..., file exam/IM00023)': the file tells which one
+    to open in a GUI, where a series is chosen by one of its files (the exports name files
+    IM00001..., and nothing else tied a listed series to a file; probe 87)."""
     ds = items[0][1]
-    return f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r} ({len(items)} images, UID {uid})"
+    path = Path(items[0][0])
+    return (f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r} ({len(items)} "
+            f"images, UID {uid}, file {path.parent.name}/{path.name})")
 
 
 def _records(path, ds):
@@ -1678,7 +1683,11 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
     why = not_cine_or_first_pass(items) or _late_enhancement_by_name(items)
     if why:
-        raise CardiacInputError(folder, f"series {_describe(uid, items)} is no cine or first-pass perfusion series: {why}")
+        # the series left out before this one was picked are said too: an export of MOLLI series,
+        # T1 maps, an LGE and a localiser named the LGE only (probe 87)
+        others = f" (the folder's other series: {'; '.join(notes)})" if choice is None and notes else ""
+        raise CardiacInputError(folder, f"series {_describe(uid, items)} is no cine or first-pass perfusion series: {why}"
+                                        f"{others}")
     if aif_uid is None and not as_aif:
         _refuse_aif_series(folder, uid, items, series, chosen=choice is not None)
     if aif_uid is None and notes is not None:

@@ -218,6 +218,11 @@ class CardiacWebApp:
                 else:
                     log.exception("opening failed")
                     self.state.error_message = f"Unexpected error ({type(e).__name__}): {e}"
+                if self.session.study is not None and not isinstance(e, CancelledError):
+                    # the previous study's table stayed under the refused path, and Run measured it
+                    # again as if it were the file just refused (probe 87)
+                    self.state.error_message += (f" - nothing was opened: {self.session.source} is still the open study, "
+                                                 "with its results")
             return
         with self.state:
             self.state.opening = False

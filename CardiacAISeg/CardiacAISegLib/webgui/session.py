@@ -680,19 +680,6 @@ def env_rendering():
 _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
                 "--kind": "the study's kind", "--series": "a file of that series in the 'Study' field",
                 "--rest-series": "a file of that series in the 'Rest series' field"}
-# a reader's hint for a whole exam, as the page reads stress and rest ("--series stress --rest
-# EXAM" gave "a file of that series in the 'Study' field stress --rest /abs/path"; probe 68)
-# (a folder name may hold spaces: the rest's folder runs to the next flag or the end of the hint)
-_PAGE_PHRASES = ((re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)"),
-                  r"a file of series \1 in the 'Study' field and a file of series \2 in the 'Rest series' field"),
-                 (re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)"),
-                  r"a file of the \1 series in the 'Study' field and \2 in the 'Rest series' field"),
-                 (re.compile(r" \(series= in Python: [^)]*\)"), ""),
-                 # "analyse the perfusion series (--series 20)" (session 40's review: "a file of that
-                 # series in the 'Study' field 20")
-                 (re.compile(r"--series (\d+)\b"), r"a file of series \1 in the 'Study' field"),
-                 (re.compile(r"\bwith --rest(?![\w-])"), "in the 'Rest series' field"),
-                 (re.compile(r"\bthe files and flags\b"), "the files and fields"))
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--series": "a file of that series in the 'Rest series' field"}
 
@@ -700,11 +687,10 @@ _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "th
 def in_page_terms(text, rest=False):
     """A reader's message, with the CLI flags it names put as the page's fields ("give --dt" is
     "give the 'Frame interval (s)' field"; for the rest series its own fields)."""
-    from ..errors import with_flags_renamed
+    from ..errors import in_front_end_terms
 
-    for pattern, phrase in _PAGE_PHRASES:
-        text = pattern.sub(phrase, text)
-    return with_flags_renamed(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})})
+    return in_front_end_terms(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})}, "the 'Study' field",
+                              "the 'Rest series' field")
 
 
 def warnings_in_page_terms(warnings):
