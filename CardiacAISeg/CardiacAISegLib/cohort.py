@@ -33,6 +33,7 @@ from distributed import WorkerPlugin
 from .analyze import SPECIAL_LABELS   # 'study', 'ring': label choices, not files
 from .cohort_report import REF_PREFIX
 from .errors import CardiacInputError, flags_named
+from .results import series_text
 
 ROW_FILE = "cohort_row.json"
 TABLE_CSV, TABLE_PARQUET, REPORT_PNG = "cohort.csv", "cohort.parquet", "cohort_report.png"
@@ -548,20 +549,6 @@ def row_from_results(spec, results, measure_rows=(), total_s=None, worker=None, 
            "time_measures_s": timing.get("measures"), "time_writing_s": timing.get("writing")}
     row["measures"] = measures_of(measure_rows)
     return row
-
-
-def series_text(source):
-    """Which series of a folder a study read, for the table: '#12 Perfusion_stress', 'merged from
-    12 series (one per slice)', the file's name, or "" (results.json ``source``)."""
-    if not source:
-        return ""
-    if source.get("merged_from_series"):
-        return f"merged from {source['merged_from_series']} series (one per slice)"
-    if source.get("series_uid"):
-        number = source.get("series_number")
-        return " ".join(p for p in (f"#{number}" if number is not None else "", source.get("series_description") or "") if p) \
-            or str(source["series_uid"])
-    return str(source.get("name") or "")
 
 
 def _task_failure_message(spec, error, alone=True):

@@ -20,30 +20,39 @@ def with_flags_renamed(text, names):
 # gave "a file of that series in the 'Study' field stress --rest /abs/path"; probe 68). A folder
 # name may hold spaces: the rest's folder runs to the next flag or the end of the hint.
 _STRESS_WITH_REST = re.compile(r"--series (\S+) --rest .+? --rest-series (\S+)")
-_ROLE_WITH_REST = re.compile(r"--series (\S+) --rest (.+?)(?= \(left out|[;)]|$)")
+# the folder ends where the readers' sentence goes on (" (left out", " gives", ";") or at the end,
+# not at a ")" of its own ("Exam (2)" was cut to "Exam (2"; review of session 41)
+_ROLE_WITH_REST = re.compile(r"--series (\S+) --rest (.+?)(?= \(left out| gives |;|\)$|$)")
 _PYTHON_SERIES = re.compile(r" \(series= in Python: [^)]*\)")
 # a series by its UID ("give --series 1.2.826... to read the copy") before one by its number: the
 # number's pattern took the UID's first digit, "a file of series 1" (the localiser; probe 87)
-_SERIES_UID = re.compile(r"--series (\d+(?:\.\d+)+)(?![\w.])")
-_SERIES_NUMBER = re.compile(r"--series (\d+)(?![\w.])")
+_SERIES_UID = re.compile(r"--series (\d+(?:\.\d+)+)(?!\w|\.\d)")
+_SERIES_NUMBER = re.compile(r"--series (\d+)(?!\w|\.\d)")
+# "give the stress series as the input and the rest with --rest"
 _WITH_REST = re.compile(r"\bwith --rest(?![\w-])")
-# "give --aif FOLDER": the placeholder after a flag reads wrong after a box's name
+# "give --aif FOLDER" (an unpaired AIF series): the placeholder reads wrong after a box's name
 _PLACEHOLDER = re.compile(r"(?<![\w-])(--[a-z][a-z-]*) (FILE|FOLDER|PATH)\b")
 
 
-def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False):
+def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False, rest=False, rest_takes_folder=True):
     """A reader's message (it speaks to the CLI: "choose one with --series", "give --dt") put in
     a GUI's own terms: ``fields`` {flag: what names that setting there}, ``study_place`` and
     ``rest_place`` where a file of the study's / the rest's series goes ("the 'Study' field").
     One list of phrases for the web page and the Slicer module, so that a hint the readers add
-    reads right in both. ``keep_python``: keep "(series= in Python: ...)" (Slicer's console)."""
+    reads right in both. ``keep_python``: keep "(series= in Python: ...)" (Slicer's console).
+    ``rest``: the message is about the rest series, whose series go in ``rest_place`` (a rest
+    refusal said the rest's box, then "a file of series 30 in the 'Study' field"; review of
+    session 41). ``rest_takes_folder``: the rest's place reads an exam folder (the page's field
+    does; the module's rest box is a node selector, where a folder cannot go)."""
+    series_place = rest_place if rest else study_place
     text = _STRESS_WITH_REST.sub(lambda m: f"a file of series {m[1]} in {study_place} and a file of series {m[2]} in "
                                            f"{rest_place}", text)
-    text = _ROLE_WITH_REST.sub(lambda m: f"a file of the {m[1]} series in {study_place} and {m[2]} in {rest_place}", text)
+    text = _ROLE_WITH_REST.sub(lambda m: f"a file of the {m[1]} series in {study_place} and " + (
+        f"{m[2]} in {rest_place}" if rest_takes_folder else f"a file of the rest series (in {m[2]}) in {rest_place}"), text)
     if not keep_python:
         text = _PYTHON_SERIES.sub("", text)
-    text = _SERIES_UID.sub(lambda m: f"a file of the series with UID {m[1]} in {study_place}", text)
-    text = _SERIES_NUMBER.sub(lambda m: f"a file of series {m[1]} in {study_place}", text)
+    text = _SERIES_UID.sub(lambda m: f"a file of the series with UID {m[1]} in {series_place}", text)
+    text = _SERIES_NUMBER.sub(lambda m: f"a file of series {m[1]} in {series_place}", text)
     text = _WITH_REST.sub(f"in {rest_place}", text)
     text = text.replace("the files and flags", "the files and fields")
     text = _PLACEHOLDER.sub(lambda m: f"that {'folder' if m[2] == 'FOLDER' else 'file'} in {m[1]}", text)

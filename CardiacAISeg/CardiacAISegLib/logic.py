@@ -115,7 +115,8 @@ def inModuleTerms(text, rest=False):
 
     return in_front_end_terms(text, {**MODULE_FIELDS, **(REST_MODULE_FIELDS if rest else {})},
                               "the 'Or read a file or folder' box (then Load)",
-                              "the 'Rest series (MPR)' box (load it first)", keep_python=True)
+                              "the 'Rest series (MPR)' box (load it first)", keep_python=True, rest=rest,
+                              rest_takes_folder=False)
 
 
 def warningsInModuleTerms(warnings):
@@ -136,7 +137,7 @@ def _errorsInModuleTerms(rest=False):
             raise
         error = CardiacInputError.__new__(type(e))
         CardiacInputError.__init__(error, e.path, worded)
-        raise error from None
+        raise error.with_traceback(e.__traceback__) from None   # the reader's frames, for a bug report
 
 
 class CardiacAISegLogic(_LogicBase):

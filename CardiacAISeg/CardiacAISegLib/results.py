@@ -102,6 +102,20 @@ def source_of(study) -> dict:
     return out
 
 
+def series_text(source):
+    """Which series of a folder a study read, for the table: '#12 Perfusion_stress', 'merged from
+    12 series (one per slice)', the file's name, or "" (results.json ``source``)."""
+    if not source:
+        return ""
+    if source.get("merged_from_series"):
+        return f"merged from {source['merged_from_series']} series (one per slice)"
+    if source.get("series_uid"):
+        number = source.get("series_number")
+        return " ".join(p for p in (f"#{number}" if number is not None else "", source.get("series_description") or "") if p) \
+            or str(source["series_uid"])
+    return str(source.get("name") or "")
+
+
 def results_json_text(doc: dict) -> str:
     return json.dumps(doc, indent=2, allow_nan=False)
 

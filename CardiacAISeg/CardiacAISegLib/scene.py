@@ -211,14 +211,15 @@ FRAME_TIMES_ATTRIBUTE = "CardiacAISeg.FrameTimes"
 
 
 def node_name(study):
-    """The name of a study's image nodes: its name, and the series' description where a DICOM
-    folder held it (stress and rest of one exam folder were both 'EXAM sequence', one not told
-    from the other in the module's input and rest boxes; probe 87)."""
-    description = str(study.provenance.get("series_description", "") or "").strip()
-    number = study.provenance.get("series_number")
-    if not description or description.lower() in study.name.lower():
-        return study.name
-    return f"{study.name} #{number} {description}" if number not in (None, "") else f"{study.name} {description}"
+    """The name of a study's image nodes: its name, and which series of its folder it holds
+    (``results.series_text``, as the cohort table names it): stress and rest of one exam folder
+    were both 'EXAM sequence', one not told from the other in the module's input and rest boxes
+    (probe 87)."""
+    from .results import series_text, source_of
+
+    source = source_of(study)
+    text = series_text(source) if source.get("series_uid") else ""
+    return f"{study.name} {text}" if text and text not in study.name else study.name
 
 
 def add_study(ctx, study):

@@ -524,6 +524,19 @@ def test_a_chosen_stress_beside_a_larger_rest_is_not_taken_for_an_aif_series(per
     assert stress.provenance["series_description"] == "Perfusion_stress" and not stress.provenance.get("aif_series_uid")
     rest = load_study(exam, series="rest")
     assert rest.provenance["series_description"] == "Perfusion_rest" and not rest.provenance.get("aif_series_uid")
+    # the stress named without its role, beside a localiser: the rest was read with the stress as
+    # its AIF series (review of session 41); a series that does not look like an AIF series (small,
+    # or so named) does not pair with one that names another role
+    other = tmp_path / "unnamed"
+    write_perfusion_series(other, perfusion, vendor="ge", description="Perfusion", start_number=20,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_perfusion_series(other, big, vendor="ge", description="Perfusion_rest", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.3")
+    for k, iop in enumerate(((1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1))):
+        write_dicom(other / f"loc{k}.dcm", series="1.2.826.0.1.3680043.10.97", number=1, desc="localizer",
+                    shape=(SIZE, SIZE), iop=iop, spacing=(PIXEL_MM, PIXEL_MM), instance=k + 1)
+    with pytest.raises(CardiacInputError, match="choose one with --series"):
+        load_study(other)
 
 
 def test_a_first_pass_whose_positions_move_every_dynamic_is_not_taken_for_an_lge(perfusion, tmp_path):
@@ -578,6 +591,19 @@ def test_stress_and_rest_under_one_name_are_said_to_be_two_acquisitions(perfusio
     message = str(e.value)
     assert "#20 'tfi_perf' (started 10:00:00) and #30 'tfi_perf' (started 10:20:00)" in message, message
     assert "20 min apart" in message and f"--rest {exam} --rest-series REST_NUMBER" in message, message
+    # without SeriesNumber the hint gives the UIDs ("--series 0" twice matched nothing; review)
+    bare = tmp_path / "bare"
+    for number, start in ((20, 36000.0), (30, 37200.0)):
+        write_perfusion_series(bare, perfusion, vendor="siemens", description="tfi_perf", start_number=number,
+                               series=f"1.2.826.0.1.3680043.10.7.{number}", start_s=start)
+    for path in bare.iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.SeriesNumber
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(bare)
+    assert "--series 1.2.826.0.1.3680043.10.7.20 reads the first, --series 1.2.826.0.1.3680043.10.7.30 the last" \
+        in str(e.value), str(e.value)
     # the hint's flags read them: stress #20 with rest #30, each with its own AIF series
     from CardiacAISegLib.readers import load_rest_series
     stress, rest = load_study(exam, series="20"), load_rest_series(exam, series="30")
@@ -609,6 +635,14 @@ def test_the_gui_is_told_which_file_to_open_in_its_own_terms(perfusion, tmp_path
         assert "--" not in worded, worded
     assert "a file of series 20 in the 'Or read a file or folder' box (then Load)" in inModuleTerms(message)
     assert "(series= in Python" in inModuleTerms(message) and "(series= in Python" not in in_page_terms(message)
+    # read as the rest, its series go in the rest's box (the study's was named; review of session 41)
+    assert "a file of series 20 in the 'Rest series (MPR)' box (load it first)" in inModuleTerms(message, rest=True)
+    assert "a file of series 20 in the 'Rest series' field" in in_page_terms(message, rest=True)
+    # an exam folder whose name holds a ")" stays whole; the module's rest box takes a loaded file
+    mpr = "(MPR): --series stress --rest /data/Exam (2) (left out as derived copies or maps: #21)"
+    assert "and /data/Exam (2) in the 'Rest series' field (left out" in in_page_terms(mpr)
+    assert "a file of the rest series (in /data/Exam (2)) in the 'Rest series (MPR)' box (load it first) (left out" \
+        in inModuleTerms(mpr)
     copy = in_page_terms("give --series 1.2.826.0.1.3680043.10.7.21 to read the copy instead")
     assert copy == "give a file of the series with UID 1.2.826.0.1.3680043.10.7.21 in the 'Study' field to read the copy instead"
     pytest.importorskip("slicer")
@@ -619,6 +653,8 @@ def test_the_gui_is_told_which_file_to_open_in_its_own_terms(perfusion, tmp_path
     with pytest.raises(CardiacInputError) as e:
         logic.loadStudy(exam)
     assert "--" not in str(e.value) and "'Rest series (MPR)' box" in str(e.value), str(e.value)
+    import traceback   # reworded, the error keeps the reader's frames (for a bug report)
+    assert any("readers" in frame.filename for frame in traceback.extract_tb(e.value.__traceback__))
     assert logic.study is None and logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 0
     # each series' nodes say which series they hold (stress and rest were both 'exam sequence')
     stress, rest = (logic.loadStudy(exam, series=n) for n in ("20", "30"))

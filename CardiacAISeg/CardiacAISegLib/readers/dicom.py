@@ -163,10 +163,14 @@ def _describe(uid, items):
     """'#20 'Perfusion_stress' (180 images, UID ..., file exam/IM00023)': the file tells which one
     to open in a GUI, where a series is chosen by one of its files (the exports name files
     IM00001..., and nothing else tied a listed series to a file; probe 87)."""
-    ds = items[0][1]
     path = Path(items[0][0])
-    return (f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r} ({len(items)} "
-            f"images, UID {uid}, file {path.parent.name}/{path.name})")
+    return f"{_series_name(items)} ({len(items)} images, UID {uid}, file {path.parent.name}/{path.name})"
+
+
+def _series_name(items):
+    """"#20 'Perfusion_stress'": a series' number and description as the messages name it."""
+    ds = items[0][1]
+    return f"#{ds.get('SeriesNumber', '?')} {str(ds.get('SeriesDescription', '')) or '(no description)'!r}"
 
 
 def _records(path, ds):
@@ -673,14 +677,17 @@ def _repeated_acquisitions_hint(series, folder):
         if _frames_per_position(items) >= 2 and _stack_key(items[0][1]) is not None and _positions_of(series, [u]):
             groups.setdefault(key(u), []).append(u)
     for group in groups.values():
+        if any(not _similar_frame_counts(_frames_per_position(series[group[0]]), _frames_per_position(series[u]))
+               for u in group):
+            continue   # a cine and a first pass at one stack's positions are not two of one acquisition
         spans = _clock_spans(series, group) if len(group) >= 2 else None
         if not spans:
             continue
         ordered = sorted(group, key=lambda u: spans[u][0])
         if any(spans[b][0] <= spans[a][1] + 60.0 for a, b in zip(ordered, ordered[1:])):
             continue   # overlapping clocks or under a minute apart: copies, not acquisitions
-        parts = [f"{_describe_short(series, u)} (started {_clock_text(spans[u][0])})" for u in ordered]
-        numbers = [_series_number(series[u]) for u in ordered]
+        parts = [f"{_series_name(series[u])} (started {_clock_text(spans[u][0])})" for u in ordered]
+        numbers = [_series_choice(series, u) for u in ordered]
         minutes = (spans[ordered[-1]][0] - spans[ordered[0]][0]) / 60
         perfusion = any(description_hint(series[u][0][1]) == PERFUSION for u in ordered)
         return (f"; {' and '.join(parts)} hold the same slice positions, acquired {minutes:.0f} min apart: "
@@ -691,8 +698,14 @@ def _repeated_acquisitions_hint(series, folder):
     return ""
 
 
-def _describe_short(series, uid):
-    return f"#{series[uid][0][1].get('SeriesNumber', '?')} {str(series[uid][0][1].get('SeriesDescription', '')) or '(no description)'!r}"
+def _series_choice(series, uid):
+    """What --series takes to read ``uid``: its number where no other series here has it, else
+    its UID (a hint offered "--series 0" twice for series without SeriesNumber, and "--series 1"
+    twice where every series is numbered 1; review of session 41)."""
+    number = _series_number(series[uid])
+    if number > 0 and sum(_series_number(its) == number for its in series.values()) == 1:
+        return number
+    return uid
 
 
 def _acquisitions_text(series, stacks, spans, folder):
@@ -1023,10 +1036,13 @@ def _pair_but_for_the_clocks(series):
     desc = str(small.get("SeriesDescription", "")).lower()
     if px_small > 0.5 * px_large and "aif" not in desc:
         return None
-    if "aif" not in desc and _roles_named(i1) and _roles_named(i2) and _roles_named(i1) != _roles_named(i2):
+    if "aif" not in desc and _roles_named(i1) != _roles_named(i2) and (
+            (_roles_named(i1) and _roles_named(i2)) or not _looks_like_aif_series(i1)):
         # a stress and a rest are two acquisitions, whatever their sizes: a GE stress at 96 px
         # beside its rest at 192 px paired as the rest's AIF series, and `--series stress` read the
-        # rest with the stress as its AIF (session 40's review)
+        # rest with the stress as its AIF (session 40's review); so did a 'Perfusion' beside a
+        # 'Perfusion_rest' unless it looks like an AIF series (small, or so named; review of
+        # session 41). An unnamed 48-px AIF series beside 'Perfusion_stress' still pairs
         return None
     if len(i1) < 8 or len(i2) < 8:
         return None

@@ -221,8 +221,7 @@ class CardiacWebApp:
                 if self.session.study is not None and not isinstance(e, CancelledError):
                     # the previous study's table stayed under the refused path, and Run measured it
                     # again as if it were the file just refused (probe 87)
-                    self.state.error_message += (f" - nothing was opened: {self.session.source} is still the open study, "
-                                                 "with its results")
+                    self.state.error_message += f" - nothing was opened: {self.session.source} is still the open study"
             return
         with self.state:
             self.state.opening = False
