@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scene as sc
-from .errors import CardiacInputError, OutputExistsError
+from .errors import CardiacInputError, OutputExistsError, in_front_end_terms
 from .labels import MYO, to_convention
 from .progress import as_progress
 from .readers.volume import axis_aligned
@@ -111,8 +111,6 @@ REST_MODULE_FIELDS = {"--dt": "the 'Rest frame interval' box", "--aif": "the 'Re
 def inModuleTerms(text, rest=False):
     """A reader's or the analysis' message in the module's terms (``errors.in_front_end_terms``,
     the web page's wording of the same hints)."""
-    from .errors import in_front_end_terms
-
     return in_front_end_terms(text, {**MODULE_FIELDS, **(REST_MODULE_FIELDS if rest else {})},
                               "the 'Or read a file or folder' box (then Load)",
                               "the 'Rest series (MPR)' box (load it first)", keep_python=True, rest=rest,

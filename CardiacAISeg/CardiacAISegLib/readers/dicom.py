@@ -668,14 +668,11 @@ def _repeated_acquisitions_hint(series, folder):
     or more time series (each in one series) image the same slice positions at times apart, else
     "": stress and rest under one protocol name were listed as "5 series, choose one" with no word
     that #20 and #30 are two acquisitions 20 minutes apart, nor the flags that read them (probe 86)."""
-    def key(u):
-        items = series[u]
-        return _stack_key(items[0][1]), tuple(sorted(_positions_of(series, [u])))
-
-    groups = {}
+    groups = {}   # by stack geometry and slice positions
     for u, items in series.items():
-        if _frames_per_position(items) >= 2 and _stack_key(items[0][1]) is not None and _positions_of(series, [u]):
-            groups.setdefault(key(u), []).append(u)
+        positions = _positions_of(series, [u])
+        if _frames_per_position(items) >= 2 and _stack_key(items[0][1]) is not None and positions:
+            groups.setdefault((_stack_key(items[0][1]), tuple(sorted(positions))), []).append(u)
     for group in groups.values():
         if any(not _similar_frame_counts(_frames_per_position(series[group[0]]), _frames_per_position(series[u]))
                for u in group):
@@ -687,12 +684,12 @@ def _repeated_acquisitions_hint(series, folder):
         if any(spans[b][0] <= spans[a][1] + 60.0 for a, b in zip(ordered, ordered[1:])):
             continue   # overlapping clocks or under a minute apart: copies, not acquisitions
         parts = [f"{_series_name(series[u])} (started {_clock_text(spans[u][0])})" for u in ordered]
-        numbers = [_series_choice(series, u) for u in ordered]
+        choices = [_series_choice(series, u) for u in ordered]
         minutes = (spans[ordered[-1]][0] - spans[ordered[0]][0]) / 60
         perfusion = any(description_hint(series[u][0][1]) == PERFUSION for u in ordered)
         return (f"; {' and '.join(parts)} hold the same slice positions, acquired {minutes:.0f} min apart: "
                 f"{len(ordered)} acquisitions ({'stress and rest, or a repeat' if perfusion else 'a repeat?'}); --series "
-                f"{numbers[0]} reads the first, --series {numbers[-1]} the last"
+                f"{choices[0]} reads the first, --series {choices[-1]} the last"
                 + (f"; for stress with rest: --series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER"
                    if perfusion else ""))
     return ""
@@ -1036,8 +1033,8 @@ def _pair_but_for_the_clocks(series):
     desc = str(small.get("SeriesDescription", "")).lower()
     if px_small > 0.5 * px_large and "aif" not in desc:
         return None
-    if "aif" not in desc and _roles_named(i1) != _roles_named(i2) and (
-            (_roles_named(i1) and _roles_named(i2)) or not _looks_like_aif_series(i1)):
+    small_roles, large_roles = _roles_named(i1), _roles_named(i2)
+    if "aif" not in desc and small_roles != large_roles and ((small_roles and large_roles) or not _looks_like_aif_series(i1)):
         # a stress and a rest are two acquisitions, whatever their sizes: a GE stress at 96 px
         # beside its rest at 192 px paired as the rest's AIF series, and `--series stress` read the
         # rest with the stress as its AIF (session 40's review); so did a 'Perfusion' beside a
