@@ -113,6 +113,11 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
 ED_TRIGGER_DELAY_MS = 100.0
 
 
+def _is_dicomdir(path):
+    """An export's index file (DICOMDIR), which stands for the folder it is in."""
+    return path.name.upper() == "DICOMDIR" and path.is_file()
+
+
 def load_rest_series(path: str | Path, kind: str | None = None, series: str | None = None, **options) -> Study:
     """The rest series of a stress/rest pair, read as the CLI, the Slicer Logic and the web GUI
     all read it: as perfusion by its role (``kind`` None), and from a folder its rest series
@@ -123,8 +128,7 @@ def load_rest_series(path: str | Path, kind: str | None = None, series: str | No
     drop --kind" asked to drop a flag never given (probe 60), "as requested (--kind)" named one.
     """
     by_role = kind is None
-    if series is None and path is not None and str(path).strip() and (
-            Path(path).is_dir() or (Path(path).name.upper() == "DICOMDIR" and Path(path).is_file())):
+    if series is None and path is not None and str(path).strip() and (Path(path).is_dir() or _is_dicomdir(Path(path))):
         # an exam's DICOMDIR is its folder, as for the stress (probe 86: it asked for --rest-series)
         series = "rest"
     try:
@@ -242,7 +246,7 @@ def _read(path, kind, series, aif, dt, progress, units):
         from .volume import load_volume
 
         return load_volume(path, kind=kind or CINE)
-    if path.name.upper() == "DICOMDIR" and path.is_file():
+    if _is_dicomdir(path):
         # the index of an export, given as the input: the export is its folder (it was an
         # "unknown file format '(no extension)'"; probe 58)
         from .dicom import load_dicom_series

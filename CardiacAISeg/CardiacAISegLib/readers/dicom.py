@@ -664,34 +664,20 @@ def _repeated_stacks_hint(series, folder):
 
 
 def _repeated_acquisitions_hint(series, folder):
-    """'; #20 ... and #30 ... hold the same slice positions, acquired 20 min apart ...' when two
-    or more time series (each in one series) image the same slice positions at times apart, else
-    "": stress and rest under one protocol name were listed as "5 series, choose one" with no word
-    that #20 and #30 are two acquisitions 20 minutes apart, nor the flags that read them (probe 86)."""
-    groups = {}   # by stack geometry and slice positions
-    for u, items in series.items():
-        positions = _positions_of(series, [u])
-        if _frames_per_position(items) >= 2 and _stack_key(items[0][1]) is not None and positions:
-            groups.setdefault((_stack_key(items[0][1]), tuple(sorted(positions))), []).append(u)
-    for group in groups.values():
-        if any(not _similar_frame_counts(_frames_per_position(series[group[0]]), _frames_per_position(series[u]))
-               for u in group):
-            continue   # a cine and a first pass at one stack's positions are not two of one acquisition
-        spans = _clock_spans(series, group) if len(group) >= 2 else None
-        if not spans:
+    """'; #20 ... and #30 ... are 2 acquisitions of the same slice positions 20 min apart ...'
+    when two or more series (one whole stack each) of one stack group were acquired apart
+    (``_acquisitions``), else "": stress and rest under one protocol name were listed as "5
+    series, choose one" with no word that #20 and #30 are two acquisitions 20 minutes apart, nor
+    the flags that read them (probe 86). Stacks stored one series per slice are
+    ``_repeated_stacks_hint``'s."""
+    for group in _stack_groups(series).values():
+        acquisitions = _acquisitions(series, group) if len(group) >= 2 else None
+        everywhere = _positions_of(series, group)
+        if not acquisitions or len(acquisitions) < 2 or \
+                any(len(g) != 1 or _positions_of(series, g) != everywhere for g in acquisitions):
             continue
-        ordered = sorted(group, key=lambda u: spans[u][0])
-        if any(spans[b][0] <= spans[a][1] + 60.0 for a, b in zip(ordered, ordered[1:])):
-            continue   # overlapping clocks or under a minute apart: copies, not acquisitions
-        parts = [f"{_series_name(series[u])} (started {_clock_text(spans[u][0])})" for u in ordered]
-        choices = [_series_choice(series, u) for u in ordered]
-        minutes = (spans[ordered[-1]][0] - spans[ordered[0]][0]) / 60
-        perfusion = any(description_hint(series[u][0][1]) == PERFUSION for u in ordered)
-        return (f"; {' and '.join(parts)} hold the same slice positions, acquired {minutes:.0f} min apart: "
-                f"{len(ordered)} acquisitions ({'stress and rest, or a repeat' if perfusion else 'a repeat?'}); --series "
-                f"{choices[0]} reads the first, --series {choices[-1]} the last"
-                + (f"; for stress with rest: --series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER"
-                   if perfusion else ""))
+        perfusion = any(description_hint(series[u][0][1]) == PERFUSION for u in group)
+        return _acquisitions_text(series, acquisitions, _clock_spans(series, group), folder, with_rest=perfusion)
     return ""
 
 
@@ -705,18 +691,26 @@ def _series_choice(series, uid):
     return uid
 
 
-def _acquisitions_text(series, stacks, spans, folder):
+def _acquisitions_text(series, stacks, spans, folder, with_rest=True):
     """'; #701/#702/#703 'PERF SA' (started 10:00:00, 3 slice series) and ... are 2 acquisitions
-    ... --series ...': the hint for acquisitions each stored one series per slice."""
+    ... --series ...': the hint for acquisitions of one stack, each one series or one series per
+    slice (``stacks``: their uids, by start); ``with_rest``: add the flags for stress with rest."""
     starts = [min(spans[u][0] for u in g) for g in stacks]
     parts = [f"{_numbers_text(series, g)} {str(series[g[0]][0][1].get('SeriesDescription', '')) or '(no description)'!r} "
-             f"(started {_clock_text(t)}, {len(g)} slice series)" for g, t in zip(stacks, starts)]
-    first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
-    return (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions"
+             f"(started {_clock_text(t)}{f', {len(g)} slice series' if len(g) > 1 else ''})" for g, t in zip(stacks, starts)]
+    text = (f"; {' and '.join(parts)} are {len(stacks)} acquisitions of the same slice positions"
             f"{'' if all(_positions_of(series, g) == _positions_of(series, stacks[0]) for g in stacks) else ' (or nearly)'} "
-            f"{(max(starts) - min(starts)) / 60:.0f} min apart, each stored one series per slice: --series "
-            f"{first[0]} reads the first's whole stack (any of its series' numbers does); for stress with rest: "
-            f"--series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER")
+            f"{(max(starts) - min(starts)) / 60:.0f} min apart")
+    if all(len(g) > 1 for g in stacks):
+        first = [_series_number(series[sorted(g, key=lambda u: _series_number(series[u]))[0]]) for g in stacks]
+        text += (f", each stored one series per slice: --series {first[0]} reads the first's whole stack (any of its "
+                 "series' numbers does)")
+    else:
+        choices = [_series_choice(series, g[0]) for g in stacks]
+        text += f": --series {choices[0]} reads the first, --series {choices[-1]} the last"
+    if with_rest:
+        text += f"; for stress with rest: --series STRESS_NUMBER --rest {folder} --rest-series REST_NUMBER"
+    return text
 
 
 def _numbers_text(series, uids):
