@@ -95,11 +95,34 @@ def test_sandbox_refuses_links_and_headers_that_leave(sandbox):
             box.resolve_input(name)
     assert box.resolve_input("ok.mhd") == (data / "ok.mhd").resolve()
     # The chooser lists neither hidden files nor links that leave.
-    entries, truncated = box.listing()
-    assert "study/" in entries and "study/a.nii.gz" in entries and not truncated
+    entries, truncated, collapsed = box.listing()
+    assert "study/" in entries and "study/a.nii.gz" in entries and not truncated and not collapsed
     assert not any(e.startswith((".hidden", "link")) for e in entries)
-    entries, truncated = box.listing(limit=2)
+    entries, truncated, _ = box.listing(limit=2)
     assert len(entries) == 2 and truncated
+
+
+def test_the_file_list_shows_every_exam_folder_of_a_big_dicom_export(tmp_path):
+    """Probe 87: one exam export of 849-1264 files filled the 400-entry list, so the next
+    exam's folder (its rest, say) never appeared. A folder of many files is listed as the
+    folder; folders come before files when the list is cut."""
+    from CardiacAISegLib.webgui.sandbox import DataFolder
+
+    for exam in ("exam1", "exam2"):
+        (tmp_path / exam / "DICOM").mkdir(parents=True)
+        for n in range(500):
+            (tmp_path / exam / "DICOM" / f"IM{n:05d}").write_bytes(b"")
+        (tmp_path / exam / "notes.txt").write_text("x")
+    box = DataFolder(tmp_path)
+    entries, truncated, collapsed = box.listing()
+    assert "exam1/DICOM/" in entries and "exam2/DICOM/" in entries and "exam2/notes.txt" in entries
+    assert not any("IM0" in e for e in entries) and not truncated
+    assert collapsed == ["exam1/DICOM/", "exam2/DICOM/"]
+    # a small folder's files are still listed, and a short list keeps the folders before files
+    entries, truncated, _ = box.listing(limit=4)
+    assert truncated and entries == ["exam1/", "exam1/DICOM/", "exam2/", "exam2/DICOM/"]
+    entries, truncated, collapsed = box.listing(folder_files=1000)
+    assert "exam1/DICOM/IM00000" in entries and "exam2/DICOM/" in entries and truncated and not collapsed
 
 
 def test_the_launcher_request_is_answered_with_the_pages_own_websocket():

@@ -70,7 +70,7 @@ class CardiacWebApp:
         s.update({
             "error_message": "", "info_message": "",
             "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
-            "data_root": str(self.data.root), "data_files": [], "data_truncated": False,
+            "data_root": str(self.data.root), "data_files": [], "data_truncated": False, "data_collapsed": 0,
             "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "",
             "rest_dt_text": "",
             "study": None, "study_loaded": False,
@@ -168,9 +168,10 @@ class CardiacWebApp:
 
     # ---------------------------------------------------------------------- loading
     def refresh_files(self):
-        entries, truncated = self.data.listing()
+        entries, truncated, collapsed = self.data.listing()
         self.state.data_files = entries
         self.state.data_truncated = truncated
+        self.state.data_collapsed = len(collapsed)
 
     def _open_sample(self):
         sample = self.state.sample_id

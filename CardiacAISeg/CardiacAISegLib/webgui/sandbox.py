@@ -12,9 +12,11 @@ from pathlib import Path
 from ..errors import CardiacInputError
 
 # How far the file chooser looks, and how much it lists: enough for a study folder tree,
-# bounded so a huge data folder cannot stall the page.
+# bounded so a huge data folder cannot stall the page; a folder of more files than
+# FOLDER_FILES_MAX (a DICOM series or exam) is listed as the folder.
 LIST_DEPTH = 3
 LIST_MAX = 400
+FOLDER_FILES_MAX = 40
 CHECK_MAX = 20000
 _DETACHED = (".mhd", ".nhdr")
 
@@ -119,36 +121,44 @@ class DataFolder:
             if not self.contains(target.resolve()):
                 raise self._refuse(f"{text} (its header names the data file {target})")
 
-    def listing(self, depth=LIST_DEPTH, limit=LIST_MAX):
+    def listing(self, depth=LIST_DEPTH, limit=LIST_MAX, folder_files=FOLDER_FILES_MAX):
         """Relative paths of folders ('name/') and files under the root, sorted, hidden
-        entries and links that leave the folder left out. Returns (entries, truncated)."""
-        entries, truncated = [], False
+        entries and links that leave the folder left out. Returns (entries, truncated,
+        collapsed).
+
+        Folders come first: a DICOM export is opened as its folder, and one exam's 800-1300
+        files listed one by one filled the list before the next exam's folder appeared (probe
+        87). A folder of more than ``folder_files`` files is listed as the folder alone (its
+        files can still be typed); ``collapsed`` names those folders."""
+        folders, files, collapsed, truncated = [], [], [], False
+
+        def visible(entry):
+            if entry.name.startswith("."):
+                return False
+            return not (entry.is_symlink() and not self.contains(Path(entry.path).resolve()))
 
         def walk(folder, level):
-            nonlocal truncated
             try:
-                items = sorted(os.scandir(folder), key=lambda e: e.name.lower())
+                items = sorted((e for e in os.scandir(folder) if visible(e)), key=lambda e: e.name.lower())
             except OSError:
                 return
+            here = [e for e in items if e.is_file()]
+            if len(here) > folder_files and folder != self.root:
+                collapsed.append(Path(folder).relative_to(self.root).as_posix() + "/")
+            else:
+                files.extend(Path(e.path).relative_to(self.root).as_posix() for e in here)
             for e in items:
-                if e.name.startswith("."):
-                    continue
-                if len(entries) >= limit:
-                    truncated = True
-                    return
-                full = Path(e.path)
-                if e.is_symlink() and not self.contains(full.resolve()):
-                    continue
-                rel = full.relative_to(self.root).as_posix()
                 if e.is_dir():
-                    entries.append(rel + "/")
+                    folders.append(Path(e.path).relative_to(self.root).as_posix() + "/")
                     if level + 1 < depth and not e.is_symlink():
-                        walk(full, level + 1)
-                elif e.is_file():
-                    entries.append(rel)
+                        walk(e.path, level + 1)
 
         walk(self.root, 0)
-        return entries, truncated
+        entries = folders[:limit]
+        entries += files[:max(0, limit - len(entries))]
+        truncated = len(folders) + len(files) > limit
+        entries.sort(key=str.lower)
+        return entries, truncated, [c for c in collapsed if c in entries]
 
 
 def detached_data_files(header):

@@ -109,6 +109,8 @@ def _study_card(v, html, ctrl):
                        disabled=("running || opening",))
                 v.VBtn("Refresh list", id="refresh-files-btn", click=ctrl.refresh_files, size="small", variant="text")
             html.Div("list truncated: type the path", v_if="data_truncated", classes="text-caption")
+            html.Div("{{ data_collapsed }} folder(s) of many files listed as the folder: open the folder, or type a "
+                     "file of it", v_if="data_collapsed", id="data-collapsed", classes="text-caption")
             v.VProgressLinear(id="opening-progress", v_if="opening", indeterminate=True, height=4, classes="mt-1",
                               color="primary")
 
