@@ -1826,11 +1826,23 @@ def imported_model_flags(analysis):
                                                        "normalisation, the class order) and the contours", check["dice_myo"])]
 
 
+def kind_against_data_flags(analysis):
+    """The series was analysed as the kind --kind asked for, against what its frame clocks say
+    (readers.series_kind.decide_kind): a perfusion measured as a cine (or the reverse) gives
+    numbers of the wrong kind, so the user's word is taken and the result marked."""
+    against = ((analysis.study.provenance or {}).get("kind") or {}).get("against_data")
+    if not against:
+        return []
+    return [_flag("KIND_AGAINST_DATA", REVIEW, f"analysed as a {analysis.kind} because the series kind was given (--kind), "
+                                               f"though {against}: the measures are a {analysis.kind}'s only if the "
+                                               f"series is one")]
+
+
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
     flags += insertion_flags(analysis) + mirrored_flags(analysis)
-    flags += getattr(analysis, "extra_qc", []) + imported_model_flags(analysis)
+    flags += getattr(analysis, "extra_qc", []) + imported_model_flags(analysis) + kind_against_data_flags(analysis)
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours
         flags += [dict(f, code=f"REST_{f['code']}", message=f"rest series: {f['message']}") for f in rest.qc["flags"]]

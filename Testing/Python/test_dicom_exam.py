@@ -659,3 +659,34 @@ def test_the_gui_is_told_which_file_to_open_in_its_own_terms(perfusion, tmp_path
     # each series' nodes say which series they hold (stress and rest were both 'exam sequence')
     stress, rest = (logic.loadStudy(exam, series=n) for n in ("20", "30"))
     assert stress.sequence.GetName() == "exam #20 tfi_perf sequence" and rest.volume.GetName() == "exam #30 tfi_perf"
+
+
+def test_kind_cine_is_honoured_against_clocks_the_images_do_not_back(base, tmp_path, capsys):
+    """Probe 88 F1: a cine without TriggerTime whose AcquisitionTime advances a second per phase
+    was read as perfusion, and the error said "if it is a cine, give --kind cine"; --kind cine
+    was then refused ("contradicts the data ... drop --kind"): no way to read it. The clocks
+    alone no longer overrule the user: the cine is measured, said and flagged for review."""
+    import json
+
+    from dicom_factory import _tm
+
+    from CardiacAISegLib import cli
+
+    def clock(ds, k, t):
+        del ds.TriggerTime
+        ds.AcquisitionTime, ds.SeriesDescription = _tm(36000 + 15 * k + 1.0 * t), "SA"
+    folder, labels = cine_dicom(base, tmp_path / "cine", per_image=clock)
+    assert cli.main(["analyze", str(folder), "--labels", str(labels), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "give --kind cine" in capsys.readouterr().err
+    assert cli.main(["analyze", str(folder), "--labels", str(labels), "--kind", "cine", "--out", str(tmp_path / "b"),
+                     "--quiet"]) == 0
+    doc = json.loads((tmp_path / "b" / "results.json").read_text())
+    plain, _ = cine_dicom(base, tmp_path / "plain")
+    assert cli.main(["analyze", str(plain), "--labels", str(labels), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    truth = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert doc["kind"] == "cine"
+    for key in ("lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_edv_ml"):
+        assert doc["cine"][key] == pytest.approx(truth["cine"][key], rel=1e-6), key
+    flags = {f["code"]: f["message"] for f in doc["qc"]["flags"]}
+    assert doc["qc"]["status"] == "review" and "5 s at one slice position" in flags["KIND_AGAINST_DATA"]
+    assert any("against the data" in w for w in doc["warnings"])

@@ -177,6 +177,10 @@ def _check_time_saved_as_slices(study):
                                 "(seconds per frame), or save it as a 4D image (x, y, slice, time)")
 
 
+# How the DICOM frame clocks' evidence begins: the one strong evidence --kind may overrule
+CLOCK_EVIDENCE = "DICOM "
+
+
 def evidence(study, aif_given=False, dt=None):
     """[(kind, strength, reason)] from the data and the flags, strongest first."""
     prov = study.provenance or {}
@@ -185,7 +189,7 @@ def evidence(study, aif_given=False, dt=None):
         found.append((prov["format_kind"][0], STRONG, prov["format_kind"][1]))
     timing = prov.get("timing")
     if timing and timing.get("kind"):
-        found.append((timing["kind"], STRONG, f"DICOM {timing['reason']}"))
+        found.append((timing["kind"], STRONG, f"{CLOCK_EVIDENCE}{timing['reason']}"))
     elif not timing and study.frame_times_s is not None:
         # NIfTI/NRRD time axes: NIfTI writers often store the repetition time, not the frame
         # interval, so a file's time axis is weak evidence
@@ -254,6 +258,7 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     strong pieces of evidence, or between strong evidence and ``requested``, are errors that
     name the source and what each says.
     """
+    overruled = None
     if requested is None:
         _check_time_saved_as_slices(study)
     _drop_times_that_are_no_frame_interval(study)
@@ -269,11 +274,22 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
         if requested not in (CINE, PERFUSION):
             raise CardiacInputError(where, f"unknown kind {requested!r}; use 'cine' or 'perfusion'")
         against = [e for e in strong if e[0] != requested]
-        if against:
-            raise CardiacInputError(where, f"--kind {requested} contradicts the data: {against[0][2]}, which is a "
+        clocks_only = bool(against) and all(e[2].startswith(CLOCK_EVIDENCE) for e in against)
+        # the frame clocks alone against the user's word, the images not siding with them: a cine
+        # whose images carry acquisition times 0.5 s apart was read as perfusion, whose error said
+        # "give --kind cine", and --kind cine was then refused (probe 88 F1). Honoured, said, and
+        # flagged for review (qc KIND_AGAINST_DATA); a first pass the images show too is refused
+        images = _from_content(study) if clocks_only else None
+        if against and (not clocks_only or (images and images[0] == against[0][0])):
+            also = f", and {images[1]}" if images else ""
+            raise CardiacInputError(where, f"--kind {requested} contradicts the data: {against[0][2]}{also}, which is a "
                                            f"{against[0][0]} series; drop --kind to use the detected kind")
+        overruled = against[0] if against else None
+        if overruled:
+            warnings.append(f"analysed as {requested} as requested (--kind), against the data: {overruled[2]}, which is "
+                            f"a {overruled[0]} series; check that the series is a {requested}")
         weak_against = [e for e in found if e[0] != requested]
-        if weak_against:
+        if weak_against and overruled is None:
             warnings.append(f"analysed as {requested} as requested (--kind), though {weak_against[0][2]}")
         kind, decided_by = requested, "--kind"
     elif found:
@@ -290,6 +306,8 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
     study.kind = kind
     study.provenance["kind"] = {"kind": kind, "decided_by": decided_by,
                                 "evidence": [{"kind": k, "strength": s, "reason": r} for k, s, r in found]}
+    if requested is not None and overruled is not None:
+        study.provenance["kind"]["against_data"] = f"{overruled[2]}, which is a {overruled[0]} series"
     return kind
 
 
