@@ -187,11 +187,13 @@ LEGACY_CONVERTED_MR = "1.2.840.10008.5.1.4.1.1.4.4"
 
 
 def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.77", number=1, desc="enhanced cine",
-                         instance=1, sop_class=ENHANCED_MR):
+                         instance=1, sop_class=ENHANCED_MR, dimensions=()):
     """Write one Enhanced MR Image file. `frames`: dicts with 'pixels' (2D) and any of ipp, iop,
     ps, thickness, trigger_ms, acq_dt, ref_dt, tpi, slope, intercept, flip (degrees, in the MR timing group,
     where Siemens XA writes it), rwv_slope, rwv_intercept (Philips' real-world value mapping),
-    drop (groups left out of that frame); legacy_trigger_ms, legacy_acq_time (a Legacy Converted
+    drop (groups left out of that frame); div (the frame's DimensionIndexValues, one per tag of
+    `dimensions`: the DimensionIndexPointer of each, e.g. 0x00209057 InStackPositionNumber,
+    0x00209128 TemporalPositionIndex); legacy_trigger_ms, legacy_acq_time (a Legacy Converted
     file's per-frame copies of the source images' TriggerTime / AcquisitionTime: pass
     sop_class=LEGACY_CONVERTED_MR).
     The functional groups named in `shared` go, from frames[0], into SharedFunctionalGroupsSequence."""
@@ -204,7 +206,8 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
                    "PixelMeasuresSequence": {"PixelSpacing": fr.get("ps"), "SliceThickness": fr.get("thickness")},
                    "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": fr.get("trigger_ms")},
                    "FrameContentSequence": {"FrameAcquisitionDateTime": fr.get("acq_dt"),
-                                            "FrameReferenceDateTime": fr.get("ref_dt"), "TemporalPositionIndex": fr.get("tpi")},
+                                            "FrameReferenceDateTime": fr.get("ref_dt"), "TemporalPositionIndex": fr.get("tpi"),
+                                            "DimensionIndexValues": fr.get("div")},
                    "PixelValueTransformationSequence": {"RescaleSlope": fr.get("slope"), "RescaleIntercept": fr.get("intercept")},
                    "MRTimingAndRelatedParametersSequence": {"FlipAngle": fr.get("flip")},
                    "RealWorldValueMappingSequence": {"RealWorldValueSlope": fr.get("rwv_slope"),
@@ -228,6 +231,16 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    if dimensions:
+        ds.DimensionOrganizationSequence = Sequence([Dataset()])
+        ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = series + ".1"
+        items = []
+        for pointer in dimensions:
+            item = Dataset()
+            item.DimensionOrganizationUID, item.DimensionIndexPointer = series + ".1", pointer
+            item.FunctionalGroupPointer = 0x00209111   # FrameContentSequence
+            items.append(item)
+        ds.DimensionIndexSequence = Sequence(items)
     ds.SharedFunctionalGroupsSequence = Sequence([functional_groups(frames[0], shared)])
     ds.PerFrameFunctionalGroupsSequence = Sequence([functional_groups(fr, [n for n in _FG if n not in shared]) for fr in frames])
     ds.PixelData = pixels.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()

@@ -639,6 +639,28 @@ def _tiny_frames(n_slices=2, n_times=3, **kw):
     return frames
 
 
+@pytest.mark.parametrize("time_dimension", [0x00209128, None])
+def test_enhanced_frames_timed_only_by_their_dimension_index(tmp_path, time_dimension):
+    """Probe 88: an enhanced cine stored shuffled whose frames carry their phase only in
+    DimensionIndexValues (no trigger delay, no TemporalPositionIndex, one acquisition time per
+    slice) was read in stored order: EF 20 % for 51 %, QC review only. The time dimension's index
+    orders the frames; with none, nothing does, and the file is refused as a classic one is."""
+    frames = _tiny_frames(n_slices=2, n_times=4)
+    for fr in frames:
+        k, t = int(fr["pixels"][0, 0]) // 10, int(fr["pixels"][0, 0]) % 10
+        fr.update(tpi=None, trigger_ms=None, acq_dt=f"20240101{120000 + 15 * k}", div=[k + 1, t + 1])
+    order = np.random.default_rng(1).permutation(len(frames))
+    dims = (0x00209057, time_dimension) if time_dimension else (0x00209057, 0x00209056)   # stack position; time or stack id
+    write_enhanced_dicom(tmp_path / "cine.dcm", [frames[i] for i in order], dimensions=dims)
+    if time_dimension is None:
+        expect_error(lambda: load_study(tmp_path, kind="cine"), tmp_path / "cine.dcm", "nothing orders them in time",
+                     "DimensionIndexValues")
+        return
+    st = load_study(tmp_path, kind="cine")
+    assert st.images.shape == (4, 2, 4, 5)
+    assert [[int(st.images[t, k, 0, 0]) for k in range(2)] for t in range(4)] == [[t, 10 + t] for t in range(4)]
+
+
 def test_enhanced_dicom_perfusion_times_and_per_frame_rescale(tmp_path):
     frames = _tiny_frames(n_times=4)
     for fr in frames:  # clock times cross midnight; the trigger delay is constant in perfusion

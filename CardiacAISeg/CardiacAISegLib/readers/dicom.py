@@ -2872,6 +2872,15 @@ def _refuse_frames_without_place(folder, groups):
                                                    "time (FrameAcquisitionDateTime) nor a TemporalPositionIndex while the "
                                                    "other frames have an index: its place in the time series is unknown; "
                                                    "re-export the series")
+        if len(frames) > 1 and len({_same_time_key(g[1]) for g in frames}) == 1:
+            # one trigger delay, one clock and no index for all the frames of a position: what
+            # is left is their order in the file, which means nothing (the frames of a shuffled
+            # file were read so: EF 20 % for 51 %, QC review only; probe 88)
+            raise CardiacInputError(frames[0][0], f"{len(frames)} frames at one slice position and nothing orders them in "
+                                                  "time: no trigger delay (CardiacSynchronizationSequence), "
+                                                  "FrameAcquisitionDateTime, TemporalPositionIndex or time dimension index "
+                                                  "(DimensionIndexValues) that differs between them; re-export the series "
+                                                  "with its timing")
         classic = [g for g in grp if not isinstance(g[1], EnhancedFrame)]
         if len(classic) > 1 and all(_temporal_position(g[1]) is None for g in classic):
             numbers = [g[1].get("InstanceNumber") for g in classic]
