@@ -55,6 +55,35 @@ def test_kind_flag_that_contradicts_the_data_is_refused(tmp_path, phantom, capsy
     assert not out.exists()
 
 
+def test_a_perfusion_whose_only_clock_is_reconstruction_bursts_reads_with_kind_and_dt(tmp_path, phantom):
+    """Probe 88 F2: ContentTime written in bursts (five dynamics reconstructed 20 ms apart, then
+    5 s to the next five) was "a real-time cine: AcquisitionTime advances 20 ms" (the tag that
+    was one value) and --kind perfusion --dt were refused the same way: no way to read it."""
+    import pydicom
+    from dicom_factory import _tm
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path / "p", study, vendor="philips")
+    n_t = study.n_frames
+    for n, path in enumerate(paths):
+        k, t = divmod(n, n_t)
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionTime, ds.TriggerTime = _tm(36000.0), 150.0
+        ds.ContentTime = _tm(36000 + 5 * (t // 5 + 1) + 0.02 * (t % 5) + 0.01 * k)
+        ds.save_as(path)
+    expect = ("ContentTime advances 20 ms per frame", "give --kind perfusion and --dt")
+    with pytest.raises(CardiacInputError) as e:
+        load_study(tmp_path / "p")
+    assert all(x in str(e.value) for x in expect) and "AcquisitionTime advances" not in str(e.value)
+    dt = float(np.median(np.diff(study.frame_times_s)))
+    s = load_study(tmp_path / "p", kind="perfusion", dt=dt)
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    lv = study.labels[0][1] == LV
+    np.testing.assert_allclose(s.images[:, 1][:, lv].mean(1), 100 + 400 * np.maximum(study.images[:, 1], 0)[:, lv].mean(1),
+                               rtol=0.01)
+    assert "ContentTime advances" in s.provenance["kind"]["against_data"]
+
+
 def test_aif_flag_alone_means_perfusion(tmp_path, capsys):
     from CardiacAISegLib.phantoms.phantom import write_phantom
 

@@ -2084,8 +2084,11 @@ def choose_frame_clock(groups):
             continue
         frame_step = step(values)
         if frame_step < REALTIME_STEP_S:
+            # the tag the wall clock was read from, not the clock's family: "AcquisitionTime
+            # advances 20 ms" of a series whose AcquisitionTime was one value (probe 88)
+            tag = name if name == "TriggerTime" else (getattr(groups[0][0][1], _CLOCK_TAG, None) or name)
             return {"clock": name, "kind": CINE, "span_s": span(values), "realtime": True,
-                    "reason": f"{name} advances {1000 * frame_step:.0f} ms per frame through {span(values):.1f} s at one "
+                    "reason": f"{tag} advances {1000 * frame_step:.0f} ms per frame through {span(values):.1f} s at one "
                               "slice position (a real-time cine of many cardiac cycles)"}
     if trig is not None and distinct(trig) and span(trig) > MANY_HEARTBEATS_S:
         return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
@@ -3125,13 +3128,15 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     if clock == "AcquisitionTime":
         # the wall clock is read from the one tag settled on for the series (_settle_clock_tag)
         timing["tag"] = next((getattr(ds, _CLOCK_TAG, None) for _, ds, *_ in groups[0]), None) or "FrameAcquisitionDateTime"
-    if timing.get("realtime") and len(groups) > 1:
+    if timing.get("realtime") and len(groups) > 1 and kind_asked != PERFUSION:
         # untriggered frames: frame t of one slice is not the cardiac phase of frame t of the
         # next, so volumes summed over slices per frame would mix systole and diastole
         raise CardiacInputError(folder, f"a real-time (untriggered) cine: {timing['reason']}; its slices were acquired at "
                                         "different times, so one frame number is not one cardiac phase across slices and "
                                         "volumes and EF from it would mix phases. Give an ECG-triggered (segmented) cine "
-                                        "series")
+                                        "series; if it is a first-pass perfusion series whose clock is not the "
+                                        "acquisition's (a reconstruction time), give --kind perfusion and --dt (seconds "
+                                        "per frame)")
     _refuse_same_position_and_time(folder, groups, positions, coarse=timing.get("coarse", False))
 
     if clock is None:
