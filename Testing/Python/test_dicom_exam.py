@@ -690,3 +690,44 @@ def test_kind_cine_is_honoured_against_clocks_the_images_do_not_back(base, tmp_p
     flags = {f["code"]: f["message"] for f in doc["qc"]["flags"]}
     assert doc["qc"]["status"] == "review" and "5 s at one slice position" in flags["KIND_AGAINST_DATA"]
     assert any("against the data" in w for w in doc["warnings"])
+
+
+@pytest.mark.parametrize("vendor", ["siemens", "philips", "ge"])
+def test_flow_series_are_named_and_a_chosen_long_axis_view_is_said(base, tmp_path, vendor):
+    """Probe 88: a phase-contrast flow series (Siemens SequenceName '*fl2d1_v150in', Philips
+    ImageType 'PCA', GE named 'FLOW' with magnitude and phase in one series of one ImageType)
+    beside the short-axis cine was left out as "a long-axis view" or, chosen with --series,
+    measured as a one-slice cine (EDV 11 mL) or called "2 acquisitions of the cardiac cycle". A
+    4-chamber cine chosen with --series was measured with nothing said of its view."""
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam, series=CINE_UID, desc="cine_retro_sax", number=20)
+
+    def flow(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.40", 40
+        ds.ImageOrientationPatient = [0.94, 0.0, -0.342, 0.0, 1.0, 0.0]   # the ascending aorta's plane
+        ds.SOPInstanceUID = f"{CINE_UID}.40.{t + 1}"
+        if vendor == "siemens":
+            ds.SeriesDescription, ds.SequenceName, ds.ImageType = "flow_ao_v150", "*fl2d1_v150in", ["ORIGINAL", "PRIMARY", "M", "ND"]
+        elif vendor == "philips":
+            ds.SeriesDescription, ds.ImageType = "Q-flow AO", ["ORIGINAL", "PRIMARY", "M_PCA", "M", "PCA"]
+        else:
+            ds.SeriesDescription, ds.ImageType = "FLOW AO", ["ORIGINAL", "PRIMARY", "OTHER"]
+
+    def four_chamber(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.30", 30, "cine_4ch"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = f"{CINE_UID}.30.{t + 1}"
+    for name, hook in (("flow", flow), ("lax", four_chamber)):
+        cine_dicom(base, tmp_path / name, slices=[N_SLICES // 2], per_image=hook)
+        for f in (tmp_path / name).iterdir():
+            f.rename(exam / f"{name}{f.name}")
+    study = load_study(exam)
+    assert study.provenance["series_number"] == 20
+    said = " ".join(study.provenance["warnings"])
+    assert "#40" in said and "a phase-contrast flow series" in said and "#30 'cine_4ch'" in said, said
+    with pytest.raises(CardiacInputError, match="is no cine or first-pass perfusion series: .*a phase-contrast flow series"):
+        load_study(exam, series="40")
+    chosen = load_study(exam, series="30")
+    assert chosen.n_slices == 1
+    assert any("the series chosen, is a long-axis view (90 degrees to the short-axis stack #20 'cine_retro_sax')" in w
+               for w in chosen.provenance["warnings"]), chosen.provenance["warnings"]

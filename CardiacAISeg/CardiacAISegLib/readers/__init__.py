@@ -57,11 +57,13 @@ def _attach_labels(study, labels, label_convention, frame):
 def load_study(path: str | Path, kind: str | None = None, series: str | None = None, labels: str | Path | None = None,
                label_convention: str = "acdc", aif: str | Path | Sequence[float] | np.ndarray | None = None,
                dt: float | None = None, frame: int | None = None, progress: Callable | None = None,
-               units: str | None = None) -> Study:
+               units: str | None = None, kind_by_role: bool = False) -> Study:
     """Read any supported input into a Study.
 
     kind: None (decided from the data: ``series_kind.decide_kind``), or 'cine' / 'perfusion'
-    as the user asks - checked against the data, never silently ignored.
+    as the user asks - checked against the data, never silently ignored. kind_by_role: the kind
+    is the series' role's (a rest series is perfusion), not the user's word, so the frame clocks
+    that contradict it refuse it (the user's --kind is taken against the clocks alone).
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
     labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``; a 3D
     label map goes to ``frame``. aif, dt: perfusion AIF (file or array) and seconds per frame.
@@ -92,7 +94,7 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
         study = _read(path, kind, series, aif, dt, progress, units)
         # perfusion formats (QPerf, Analyze) come back finished; the flags must still agree
         finished = study.kind == PERFUSION and study.provenance.get("dt_source")
-        decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt)
+        decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt, user_asked=not kind_by_role)
         if study.kind == PERFUSION and not finished:
             from .perfusion import finish_perfusion
             from .series_kind import kind_said_on_errors
@@ -132,7 +134,7 @@ def load_rest_series(path: str | Path, kind: str | None = None, series: str | No
         # an exam's DICOMDIR is its folder, as for the stress (probe 86: it asked for --rest-series)
         series = "rest"
     try:
-        study = load_study(path, kind=kind or PERFUSION, series=series, **options)
+        study = load_study(path, kind=kind or PERFUSION, series=series, kind_by_role=by_role, **options)
     except CardiacInputError as e:
         if not by_role:
             raise

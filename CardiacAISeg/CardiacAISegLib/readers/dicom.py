@@ -404,6 +404,21 @@ def _without_single_images(series, notes=None):
 LONG_AXIS_MIN_ANGLE_DEG = 30.0
 
 
+def _long_axis_choice_notes(series, uid):
+    """A note when the series chosen by --series is one the folder's reading without it leaves
+    out as a long-axis view: measured as a one-slice cine (EDV 11 mL, QC review for coverage),
+    nothing said it was the 4-chamber view the reader itself had named (probe 88)."""
+    rest = _without_localisers(_without_single_images(_without_other_acquisitions(series)[0]))
+    if uid not in rest or uid in _without_long_axis_views(rest):
+        return []
+    stack = next(u for u in _without_long_axis_views(rest) if len(_series_positions(rest[u])) >= 3)
+    angle = float(np.degrees(np.arccos(min(1.0, abs(float(_stack_normal(series[uid][0][1]) @
+                                                            _stack_normal(series[stack][0][1])))))))
+    return [f"{_describe(uid, series[uid])}, the series chosen, is a long-axis view ({angle:.0f} degrees to the "
+            f"short-axis stack {_series_name(series[stack])}): the networks segment short-axis slices, and volumes, "
+            f"EF and mass need the short-axis stack; its numbers are not the heart's"]
+
+
 def _without_long_axis_views(series, notes=None):
     """``series`` without the one-slice series (or two slices in two orientations) at a steep
     angle to the one stack of three or more slice positions: an exam export holds the short-axis
@@ -1373,6 +1388,35 @@ _MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "P
 # Cine and perfusion sequences write no InversionTime, or one for every image (a saturation
 # delay), so the tag alone tells; the names of MOLLI and its kin support it where it is missing.
 # (T2 mapping's T2-prepared images, 3-4 at a position, carry no InversionTime: their name tells)
+# Phase-contrast flow: Siemens writes the velocity encoding into SequenceName ("*fl2d1_v150in":
+# VENC 150 cm/s through plane), Philips into ImageType ("PHASE CONTRAST M", "PCA"); GE and the
+# others name the series (FLOW, Q-flow, VENC). A flow magnitude series chosen by --series was
+# measured as a one-slice cine (EDV 11 mL), and GE's one series of magnitude and phase was called
+# "2 acquisitions of the cardiac cycle" (probe 88)
+FLOW_SEQUENCE = re.compile(r"_v\d+|_vel(?![a-z])", re.I)
+FLOW_IMAGE_TYPES = {"PCA", "M_PCA", "PHASE CONTRAST M", "VELOCITY", "FLOW", "VELOCITY MAP"}
+FLOW_WORDS = re.compile(r"(?<![A-Z])(?:Q[ _-]?FLOW|FLOW|VENC|VELOCITY|PC[ _-]?MRI)(?![A-Z])", re.I)
+
+
+def _phase_contrast_sign(items):
+    """What marks ``items`` as a phase-contrast flow series (a clause), else None. A name only
+    counts for a series of one slice position, as flow is acquired (a perfusion or cine stack
+    is never called flow by its description)."""
+    for _, ds in items:
+        named = FLOW_SEQUENCE.search(str(ds.get("SequenceName", "") or ""))
+        if named:
+            return f"its SequenceName {str(ds.get('SequenceName')).strip()!r} carries a velocity encoding ({named.group(0)!r})"
+    for _, ds in items:
+        kinds = {v.upper() for v in _image_type(ds)} & FLOW_IMAGE_TYPES
+        if kinds:
+            return f"its ImageType names {sorted(kinds)[0]!r} (phase-contrast images)"
+    if len(_series_positions(items)) == 1:
+        named = FLOW_WORDS.search(str(items[0][1].get("SeriesDescription", "") or ""))
+        if named:
+            return f"its SeriesDescription names {named.group(0)!r} and it holds one slice position"
+    return None
+
+
 T1_MAPPING_WORDS = re.compile(r"MOLLI|SASHA|SAPPHIRE|(?<![A-Z0-9])T[12][ _-]?(?:MAP|PREP)", re.I)
 MIN_INVERSION_SPAN_MS = 200.0
 MIN_INVERSION_TIMES = 3
@@ -1412,6 +1456,10 @@ def _other_acquisition(items):
     if len(times) == 1 and _one_image_per_slice(items) and len(items) <= MAX_LGE_IMAGES:
         return "late enhancement", (f"one image per slice position, all at inversion time {times[0]:g} ms (InversionTime): an inversion-"
                 "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
+    flow = _phase_contrast_sign(items)
+    if flow:
+        return "phase-contrast flow", (f"{flow}: a phase-contrast flow series, whose images show blood velocity through a "
+                                       "vessel's or valve's plane, not a short-axis cine or first pass to segment")
     if all(_not_magnitude(d) for _, d in items):
         return "phase images", (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
                 f"{chr(92).join(_image_type(ds))}): a flow or phase-contrast series, not magnitude images to segment")
@@ -1826,6 +1874,8 @@ def _choose_series(folder, series, choice, notes=None):
                              f"series acquired together ({_numbers_text(series, merged.split('+'))}): read as one stack")
             others = {u: its for u, its in series.items() if u not in merged.split("+")}
             return merged, items, _aif_partner(merged, items, {merged: items, **others})
+        if notes is not None:
+            notes.extend(_long_axis_choice_notes(series, uid))
         return uid, series[uid], _aif_partner(uid, series[uid], series)
     if c.lower() in PERFUSION_ROLES:
         # a role, not a name (`--rest FOLDER`, `--series stress`): the series whose description

@@ -251,12 +251,13 @@ def _drop_times_that_are_no_frame_interval(study):
     study.provenance = prov
 
 
-def decide_kind(study, requested=None, aif_given=False, dt=None):
+def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True):
     """Set ``study.kind`` from the evidence and the user's ``requested`` kind; return it.
 
     Records {"kind", "decided_by", "evidence"} in ``provenance["kind"]``; contradictions between
     strong pieces of evidence, or between strong evidence and ``requested``, are errors that
-    name the source and what each says.
+    name the source and what each says; except that a ``requested`` kind the user asked for
+    (``user_asked``, not a series' role) is taken against the DICOM frame clocks alone.
     """
     overruled = None
     if requested is None:
@@ -274,7 +275,7 @@ def decide_kind(study, requested=None, aif_given=False, dt=None):
         if requested not in (CINE, PERFUSION):
             raise CardiacInputError(where, f"unknown kind {requested!r}; use 'cine' or 'perfusion'")
         against = [e for e in strong if e[0] != requested]
-        clocks_only = bool(against) and all(e[2].startswith(CLOCK_EVIDENCE) for e in against)
+        clocks_only = user_asked and bool(against) and all(e[2].startswith(CLOCK_EVIDENCE) for e in against)
         # the frame clocks alone against the user's word, the images not siding with them: a cine
         # whose images carry acquisition times 0.5 s apart was read as perfusion, whose error said
         # "give --kind cine", and --kind cine was then refused (probe 88 F1). Honoured, said, and
