@@ -156,8 +156,15 @@ COMPRESSED_SYNTAXES = ("JPEGLosslessProcess14_1", "JPEGLSLossless", "JPEG2000Los
 
 def compress_files(paths, syntax="JPEGLosslessProcess14_1"):
     """Rewrite DICOM files in place with their pixel data losslessly compressed (GDCM transcodes,
-    as PACS and export tools do; ``syntax`` names a gdcm.TransferSyntax)."""
+    as PACS and export tools do; ``syntax`` names a gdcm.TransferSyntax). Classic images only:
+    gdcm's ImageWriter rewrites an enhanced file's per-frame positions onto a 1 mm grid with
+    1 mm pixels (probe 88), so an enhanced file is refused here rather than silently changed."""
     import gdcm
+    import pydicom
+
+    for path in paths:
+        if "PerFrameFunctionalGroupsSequence" in pydicom.dcmread(path, stop_before_pixels=True):
+            raise ValueError(f"{path}: compress_files rewrites an enhanced file's geometry; compress it with pydicom")
 
     for path in paths:
         reader = gdcm.ImageReader()
