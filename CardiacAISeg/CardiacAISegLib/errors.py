@@ -32,6 +32,9 @@ _SERIES_NUMBER = re.compile(r"--series (\d+)(?!\w|\.\d)")
 _WITH_REST = re.compile(r"\bwith --rest(?![\w-])")
 # "give --aif FOLDER" (an unpaired AIF series): the placeholder reads wrong after a box's name
 _PLACEHOLDER = re.compile(r"(?<![\w-])(--[a-z][a-z-]*) (FILE|FOLDER|PATH)\b")
+# "give --kind cine" / "--kind cine contradicts": a choice, not a file, in a GUI's kind field
+_GIVE_KIND = re.compile(r"\bgive --kind (cine|perfusion)\b")
+_KIND_VALUE = re.compile(r"(?<![\w-])--kind (cine|perfusion)\b")
 
 
 def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False, rest=False, rest_takes_folder=True):
@@ -56,6 +59,8 @@ def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False,
     text = _WITH_REST.sub(f"in {rest_place}", text)
     text = text.replace("the files and flags", "the files and fields")
     text = _PLACEHOLDER.sub(lambda m: f"that {'folder' if m[2] == 'FOLDER' else 'file'} in {m[1]}", text)
+    if "--kind" in fields:
+        text = _KIND_VALUE.sub(r"--kind set to \1", _GIVE_KIND.sub(r"set --kind to \1", text))
     return with_flags_renamed(text, fields)
 
 

@@ -958,6 +958,8 @@ def test_e2e_page_loads_and_views_render(page):
     assert page.wait(lambda: page.d.title == "CardiacAISeg", message="title")
     page.wait(lambda: len(page.all("#views .remote-controlled-area img")) >= 2, message="two views")
     assert "no study open" in page.el("study-line").text
+    kind_field = page.el("kind-select").find_element(page.By.XPATH, "./ancestor::div[contains(@class, 'v-field')]")
+    assert "from the data" in kind_field.text   # the kind, as the readers decide it
     page.shot("loaded")
     # a page load logs no error in the browser's console (trame's launcher request gave a 405)
     errors = [e["message"] for e in page.d.get_log("browser") if e["level"] == "SEVERE"]
@@ -985,6 +987,12 @@ def test_e2e_errors_shown_in_page(page, gui_server):
     page.click("open-btn")
     page.wait(lambda: "cine - cine" in page.el("study-line").text, message="study opened")
     page.wait(lambda: page.view_brightness() > 5, message="slice view shows the image")
+    # the page's 'Series kind' reaches the reader as --kind does, and its refusal names the field
+    page.choose("kind-select", "perfusion")
+    page.click("open-btn")
+    said = page.wait(lambda: "cine.nii.gz" in page.alert() and page.alert(), message="kind refused")
+    assert "'Series kind' field" in said and "--kind" not in said, said
+    page.choose("kind-select", "from the data")
     # refused while a study is open: the page says the open one stays (its table stayed under the
     # refused path, and Run measured it again as if it were the refused file; probe 87)
     page.type("study-path", "truth.json")
@@ -1755,3 +1763,30 @@ def test_session_cine_given_as_the_rest_is_said_to_be_no_perfusion(tmp_path):
         s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", rest="cine")
     said = str(refused.value)
     assert "the rest series: it is no first-pass perfusion series" in said and "kind" not in said, said
+
+
+def test_session_series_kind_field_reads_a_cine_the_clocks_call_perfusion(tmp_path):
+    """Probe 88: a cine stamped a second per phase is read as perfusion and the refusal said
+    "give --kind cine"; the page had no kind to give. Its 'Series kind' field reads it as a
+    cine, and the warning names the field; the refusal's hint names it too."""
+    from CardiacAISegLib.webgui.session import in_page_terms
+
+    assert in_page_terms("x: read as a first-pass perfusion series: DICOM acquisition times advance; if it is a cine, "
+                         "give --kind cine").endswith("set the 'Series kind' field to cine")
+    from bad_corpus import cine_dicom, make_base
+    from dicom_factory import _tm
+
+    from CardiacAISegLib.webgui.session import Session, warnings_in_page_terms
+
+    def clock(ds, k, t):
+        del ds.TriggerTime
+        ds.AcquisitionTime, ds.SeriesDescription = _tm(36000 + 15 * k + 1.0 * t), "SA"
+    data = tmp_path / "data"
+    cine_dicom(make_base(tmp_path / "base"), data / "cine", per_image=clock)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine")
+    assert s.study.kind == "perfusion"      # by its clocks: Run then refuses, saying to set the kind
+    s.open_path("cine", kind="cine")
+    assert s.study.kind == "cine"
+    said = warnings_in_page_terms(s.study.provenance["warnings"])
+    assert any("as requested (the 'Series kind' field), against the data" in w for w in said), said

@@ -72,7 +72,9 @@ class CardiacWebApp:
             "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
             "data_root": str(self.data.root), "data_files": [], "data_truncated": False, "data_collapsed": 0,
             "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "",
-            "rest_dt_text": "",
+            "rest_dt_text": "", "kind_choice": "auto",
+            "kinds": [{"title": "from the data", "value": "auto"}, {"title": "cine", "value": "cine"},
+                      {"title": "perfusion", "value": "perfusion"}],
             "study": None, "study_loaded": False,
             "models": [], "model": None, "model_summary": "",
             "running": False, "progress": 0, "progress_text": "",
@@ -181,7 +183,7 @@ class CardiacWebApp:
     def _open_study(self):
         s = self.state
         self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
-                                                          s.dt_text or None, None, s.rest_path or None,
+                                                          s.dt_text or None, s.kind_choice, s.rest_path or None,
                                                           s.rest_aif_path or None, s.rest_dt_text or None), None,
                                  f"Opening {s.study_path}...")
 

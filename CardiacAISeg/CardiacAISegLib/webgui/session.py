@@ -678,7 +678,7 @@ def env_rendering():
 
 
 _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
-                "--kind": "the study's kind", "--series": "a file of that series in the 'Study' field",
+                "--kind": "the 'Series kind' field", "--series": "a file of that series in the 'Study' field",
                 "--rest-series": "a file of that series in the 'Rest series' field"}
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--series": "a file of that series in the 'Rest series' field"}

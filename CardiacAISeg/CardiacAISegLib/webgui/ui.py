@@ -89,6 +89,11 @@ def _study_card(v, html, ctrl):
                         density="compact", hide_details=True, clearable=True)
             v.VCombobox(id="labels-path", label="Labels (optional: label map or contour folder)", items=("data_files",),
                         v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1")
+            # the readers decide the kind from the data; a user who knows better says so, as
+            # --kind does (a cine stamped a second per phase was told "give --kind cine", and the
+            # page had no such field; probe 88)
+            v.VSelect(id="kind-select", label="Series kind", items=("kinds",), v_model=("kind_choice",),
+                      density="compact", hide_details=True, classes="mt-1")
             with v.VExpansionPanels(classes="mt-1"):
                 with v.VExpansionPanel(title="Perfusion: AIF, frame interval, rest series"):
                     with v.VExpansionPanelText():
