@@ -54,7 +54,7 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
 STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings",
-                      "ed_es_from")
+                      "ed_es_from", "kind_against_data")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
@@ -407,6 +407,9 @@ class CardiacAISegLogic(_LogicBase):
         from .readers.series_kind import decide_kind
 
         decide_kind(study, requested=kind if kind in (CINE, PERFUSION) else None, aif_given=aif is not None and len(aif) > 0)
+        against = study.provenance.pop("kind_against_data", None)
+        if against and study.kind == kind:
+            study.provenance["kind"]["against_data"] = against
         if study.kind == PERFUSION:
             from .readers.perfusion import finish_perfusion
 
@@ -1390,6 +1393,9 @@ def _write_study_attributes(node, study):
     node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
     provenance = dict(study.provenance or {})
     provenance["aif_warnings"] = [w for w in provenance.get("warnings", []) if w.startswith(AIF_WARNING_START)]
+    # the kind given against the file's clocks: the clocks are not in the scene, so the flag
+    # (qc KIND_AGAINST_DATA) would be lost on reopening, and its QC read "pass" (review of session 42)
+    provenance["kind_against_data"] = ((provenance.get("kind") or {}).get("against_data") or "")
     kept = {k: v for k, v in provenance.items() if k in STAMPED_PROVENANCE and v is not None and len(v)}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept, default=_json_ready))

@@ -1414,3 +1414,26 @@ def test_a_scene_saved_before_aif_path_was_stamped_still_reopens_without_its_aif
     reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
     reopened.restoreFromParameterNode()
     assert rows_by_measure(reopened)["Global MBF"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_kind_given_against_the_clocks_stays_flagged_in_a_reopened_scene(tmp_path):
+    """A cine read with the 'Series kind' cine against its DICOM clocks (QC KIND_AGAINST_DATA):
+    the clocks are not in the scene, so on reopening the flag was lost and a series with no other
+    flag would have read "pass" (review of session 42)."""
+    from bad_corpus import cine_dicom, make_base
+    from dicom_factory import _tm
+
+    def clock(ds, k, t):
+        del ds.TriggerTime
+        ds.AcquisitionTime, ds.SeriesDescription = _tm(36000 + 15 * k + 1.0 * t), "SA"
+    folder, labels = cine_dicom(make_base(tmp_path / "base"), tmp_path / "cine", per_image=clock)
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setParameter("kind", "cine")
+    logic.loadStudy(folder, labels=labels)
+    live = logic.runSegmentation(useExistingLabels=True)
+    assert "KIND_AGAINST_DATA" in {f["code"] for f in live.qc["flags"]}
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    reopened.restoreFromParameterNode()
+    flags = {f["code"]: f["message"] for f in reopened.analysis.qc["flags"]}
+    assert "5 s at one slice position" in flags["KIND_AGAINST_DATA"]

@@ -98,6 +98,18 @@ def test_slices_that_disagree_on_the_intervals_say_the_clock_is_not_the_acquisit
     arrhythmic = load_study(tmp_path / "af")
     assert arrhythmic.provenance["timing"]["slice_interval_disagreement_s"] < 0.01
     assert _clock_not_the_acquisitions(arrhythmic) == ""
+    # atrial fibrillation with each dynamic over two beats (slices 1-2 in one, slice 3 in the next):
+    # slice 3's intervals differ from the others' by the beats', and the clock is still the acquisition's
+    rr = np.random.default_rng(0).uniform(0.6, 1.2, 2 * study.n_frames + 2)
+    onset = 36000 + np.r_[0.0, np.cumsum(rr)]
+    _, paths = write_perfusion_series(tmp_path / "af2", study, vendor="siemens")
+    for n, path in enumerate(paths):
+        k, t = divmod(n, study.n_frames)
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionTime = _tm(onset[2 * t + (k == 2)] + 0.15 + 0.1 * (k % 2))
+        ds.save_as(path)
+    two_beats = load_study(tmp_path / "af2")
+    assert two_beats.provenance["timing"]["slice_interval_disagreement_s"] < 0.01
     _, paths = write_perfusion_series(tmp_path / "lag", study, vendor="philips")
     rng = np.random.default_rng(4)
     for path in paths:

@@ -639,7 +639,7 @@ def _tiny_frames(n_slices=2, n_times=3, **kw):
     return frames
 
 
-@pytest.mark.parametrize("time_dimension", [0x00209128, None])
+@pytest.mark.parametrize("time_dimension", [0x00209128, 0x00209241, None])
 def test_enhanced_frames_timed_only_by_their_dimension_index(tmp_path, time_dimension):
     """Probe 88: an enhanced cine stored shuffled whose frames carry their phase only in
     DimensionIndexValues (no trigger delay, no TemporalPositionIndex, one acquisition time per

@@ -2912,6 +2912,42 @@ def _phases_matched_by_cycle_share(groups, delays, positions=None):
     return picked, note
 
 
+# Slices read in one heartbeat keep one offset from each other in every dynamic, to the clock's
+# resolution (1-2.5 ms)
+SAME_BEAT_OFFSET_SD_S = 0.02
+
+
+def slice_interval_disagreement(times):
+    """How far the slices' intervals for one dynamic differ (s, the median over dynamics of their
+    range), among slices read in the same heartbeat; None with under 3 dynamics or 2 slices.
+
+    The slices of one heartbeat share its intervals, so a clock on which they do not is no
+    acquisition clock (a reconstruction time written with a lag read as irregular heartbeats:
+    MBF -19 %, probe 88). Slices read in the next heartbeat (a dynamic over two beats) have
+    intervals of their own under arrhythmia: only slices that keep one offset from each other
+    are compared, or all when none do (every slice's time jitters)."""
+    times = np.asarray(times, float)
+    if times.ndim != 2 or times.shape[0] < 3 or times.shape[1] < 2:
+        return None
+    n = times.shape[1]
+    group = list(range(n))
+
+    def root(i):
+        while group[i] != i:
+            i = group[i]
+        return i
+    for i in range(n):
+        for j in range(i + 1, n):
+            if float(np.std(times[:, j] - times[:, i])) < SAME_BEAT_OFFSET_SD_S:
+                group[root(j)] = root(i)
+    members = {}
+    for i in range(n):
+        members.setdefault(root(i), []).append(i)
+    beats = [m for m in members.values() if len(m) >= 2] or [list(range(n))]
+    spread = np.concatenate([np.ptp(np.diff(times[:, m], axis=0), axis=1) for m in beats])
+    return round(float(np.median(spread)), 4)
+
+
 def _refuse_frames_without_place(folder, groups):
     """With no frame clock, enhanced frames follow their TemporalPositionIndex. A frame without
     one, among frames that have it, has no known place in time: sorted as index 0 it went to the
@@ -3338,12 +3374,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         # slice's own first frame, the median over slices
         rel = times - times[0:1, :]
         frame_times = np.median(rel, axis=1)
-        if rel.shape[0] >= 3 and rel.shape[1] >= 2:
-            # the slices of one dynamic are read out in one heartbeat, so they share its intervals
-            # (to the clock's resolution); where they do not, the clock is not the acquisition's
-            # (a reconstruction time written with a lag: MBF -19 % on a phantom, probe 88)
-            steps = np.diff(rel, axis=0)
-            timing["slice_interval_disagreement_s"] = round(float(np.median(steps.max(1) - steps.min(1))), 4)
+        disagreement = slice_interval_disagreement(times)
+        if disagreement is not None:
+            timing["slice_interval_disagreement_s"] = disagreement
         # where the first frame sits on the clock: a dual-sequence AIF series is matched to the
         # images on it (each series counted from its own first frame put the AIF a heartbeat
         # early when its first file was missing: MBF +66 %, QC pass)

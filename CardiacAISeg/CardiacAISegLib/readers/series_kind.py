@@ -177,8 +177,13 @@ def _check_time_saved_as_slices(study):
                                 "(seconds per frame), or save it as a 4D image (x, y, slice, time)")
 
 
-# How the DICOM frame clocks' evidence begins: the one strong evidence --kind may overrule
-CLOCK_EVIDENCE = "DICOM "
+def _wall_clock_reason(study):
+    """The reason ``evidence`` gives for a kind the DICOM wall clock (acquisition or content
+    time, not the trigger delay) decided, or None: the one strong evidence --kind may overrule."""
+    timing = (study.provenance or {}).get("timing") or {}
+    if not timing.get("kind") or timing.get("clock") in (None, "TriggerTime"):
+        return None
+    return f"DICOM {timing['reason']}"
 
 
 def evidence(study, aif_given=False, dt=None):
@@ -189,7 +194,7 @@ def evidence(study, aif_given=False, dt=None):
         found.append((prov["format_kind"][0], STRONG, prov["format_kind"][1]))
     timing = prov.get("timing")
     if timing and timing.get("kind"):
-        found.append((timing["kind"], STRONG, f"{CLOCK_EVIDENCE}{timing['reason']}"))
+        found.append((timing["kind"], STRONG, f"DICOM {timing['reason']}"))
     elif not timing and study.frame_times_s is not None:
         # NIfTI/NRRD time axes: NIfTI writers often store the repetition time, not the frame
         # interval, so a file's time axis is weak evidence
@@ -275,11 +280,14 @@ def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True
         if requested not in (CINE, PERFUSION):
             raise CardiacInputError(where, f"unknown kind {requested!r}; use 'cine' or 'perfusion'")
         against = [e for e in strong if e[0] != requested]
-        clocks_only = user_asked and bool(against) and all(e[2].startswith(CLOCK_EVIDENCE) for e in against)
-        # the frame clocks alone against the user's word, the images not siding with them: a cine
-        # whose images carry acquisition times 0.5 s apart was read as perfusion, whose error said
-        # "give --kind cine", and --kind cine was then refused (probe 88 F1). Honoured, said, and
-        # flagged for review (qc KIND_AGAINST_DATA); a first pass the images show too is refused
+        wall_clock = _wall_clock_reason(study)
+        clocks_only = user_asked and bool(against) and all(e[2] == wall_clock for e in against)
+        # the wall clock alone against the user's word, the images not siding with it: a cine whose
+        # images carry acquisition times 0.5 s apart was read as perfusion, whose error said "give
+        # --kind cine", and --kind cine was then refused (probe 88 F1). Honoured, said, and flagged
+        # for review (qc KIND_AGAINST_DATA); a first pass the images show too is refused, and so
+        # are trigger delays (a cycle's, or GE's time since the first dynamic), which are no clock
+        # a writer stamps at will
         images = _from_content(study) if clocks_only else None
         if against and (not clocks_only or (images and images[0] == against[0][0])):
             also = f", and {images[1]}" if images else ""
