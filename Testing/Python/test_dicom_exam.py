@@ -702,14 +702,19 @@ def test_flow_series_are_named_and_a_chosen_long_axis_view_is_said(base, tmp_pat
     exam = tmp_path / "exam"
     cine_dicom(base, exam, series=CINE_UID, desc="cine_retro_sax", number=20)
 
-    def flow(ds, k, t):
-        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.40", 40
+    def flow(ds, k, t, phase=False):
+        # neutral descriptions: each vendor's own mark must tell the flow series
+        number = 41 if phase else 40
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.{number}", number
         ds.ImageOrientationPatient = [0.94, 0.0, -0.342, 0.0, 1.0, 0.0]   # the ascending aorta's plane
-        ds.SOPInstanceUID = f"{CINE_UID}.40.{t + 1}"
+        ds.SOPInstanceUID = f"{CINE_UID}.{number}.{t + 1}"
         if vendor == "siemens":
-            ds.SeriesDescription, ds.SequenceName, ds.ImageType = "flow_ao_v150", "*fl2d1_v150in", ["ORIGINAL", "PRIMARY", "M", "ND"]
+            # the velocity encoding is in the phase series' SequenceName only
+            ds.SeriesDescription = "AorticPlane_P" if phase else "AorticPlane"
+            ds.SequenceName = "*fl2d1_v150in" if phase else "*fl2d1r3"
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "P" if phase else "M", "RETRO", "DIS2D"]
         elif vendor == "philips":
-            ds.SeriesDescription, ds.ImageType = "Q-flow AO", ["ORIGINAL", "PRIMARY", "M_PCA", "M", "PCA"]
+            ds.SeriesDescription, ds.ImageType = "AO plane", ["ORIGINAL", "PRIMARY", "M_PCA", "M", "PCA"]
         else:
             ds.SeriesDescription, ds.ImageType = "FLOW AO", ["ORIGINAL", "PRIMARY", "OTHER"]
 
@@ -717,7 +722,10 @@ def test_flow_series_are_named_and_a_chosen_long_axis_view_is_said(base, tmp_pat
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.30", 30, "cine_4ch"
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
         ds.SOPInstanceUID = f"{CINE_UID}.30.{t + 1}"
-    for name, hook in (("flow", flow), ("lax", four_chamber)):
+    hooks = [("flow", flow), ("lax", four_chamber)]
+    if vendor == "siemens":
+        hooks.append(("phase", lambda ds, k, t: flow(ds, k, t, phase=True)))
+    for name, hook in hooks:
         cine_dicom(base, tmp_path / name, slices=[N_SLICES // 2], per_image=hook)
         for f in (tmp_path / name).iterdir():
             f.rename(exam / f"{name}{f.name}")
@@ -727,7 +735,30 @@ def test_flow_series_are_named_and_a_chosen_long_axis_view_is_said(base, tmp_pat
     assert "#40" in said and "a phase-contrast flow series" in said and "#30 'cine_4ch'" in said, said
     with pytest.raises(CardiacInputError, match="is no cine or first-pass perfusion series: .*a phase-contrast flow series"):
         load_study(exam, series="40")
+    if vendor == "siemens":
+        assert "#41 'AorticPlane_P'" in said
+        with pytest.raises(CardiacInputError, match="its partner #41 'AorticPlane_P' .* these are its magnitude images"):
+            load_study(exam, series="40")
     chosen = load_study(exam, series="30")
     assert chosen.n_slices == 1
     assert any("the series chosen, is a long-axis view (90 degrees to the short-axis stack #20 'cine_retro_sax')" in w
+               for w in chosen.provenance["warnings"]), chosen.provenance["warnings"]
+
+
+def test_a_long_axis_view_chosen_beside_a_stack_stored_one_series_per_slice_is_said(base, tmp_path):
+    """The long-axis note judged the view against a stack of one series; a short axis stored one
+    series per slice (as Siemens exports it) had none, and the note was not given (review of
+    session 42)."""
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+
+    def four_chamber(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.30", 30, "cine_4ch"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = f"{CINE_UID}.30.{t + 1}"
+    cine_dicom(base, tmp_path / "lax", slices=[N_SLICES // 2], per_image=four_chamber)
+    for f in (tmp_path / "lax").iterdir():
+        f.rename(exam / f"lax{f.name}")
+    chosen = load_study(exam, series="30")
+    assert any("the series chosen, is a long-axis view (90 degrees to the short-axis stack #20" in w
                for w in chosen.provenance["warnings"]), chosen.provenance["warnings"]

@@ -123,6 +123,12 @@ def test_the_file_list_shows_every_exam_folder_of_a_big_dicom_export(tmp_path):
     assert truncated and entries == ["exam1/", "exam1/DICOM/", "exam2/", "exam2/DICOM/"]
     entries, truncated, collapsed = box.listing(folder_files=1000)
     assert "exam1/DICOM/IM00000" in entries and "exam2/DICOM/" in entries and truncated and not collapsed
+    # a folder of many NIfTI files (a cohort) is listed file by file: they are what one opens
+    (tmp_path / "cohort").mkdir()
+    for n in range(60):
+        (tmp_path / "cohort" / f"case{n:03d}.nii.gz").write_bytes(b"")
+    entries, _, collapsed = box.listing()
+    assert "cohort/case059.nii.gz" in entries and "cohort/" not in collapsed
 
 
 def test_the_launcher_request_is_answered_with_the_pages_own_websocket():

@@ -409,13 +409,17 @@ def _long_axis_choice_notes(series, uid):
     out as a long-axis view: measured as a one-slice cine (EDV 11 mL, QC review for coverage),
     nothing said it was the 4-chamber view the reader itself had named (probe 88)."""
     rest = _without_localisers(_without_single_images(_without_other_acquisitions(series)[0]))
+    stack = _parallel_stack(rest)
+    if stack is not None and uid not in stack[0].split("+"):
+        # the short axis stored one series per slice (Siemens): judged as the stack it is read as
+        rest = {stack[0]: stack[1], **{u: its for u, its in rest.items() if u not in stack[0].split("+")}}
     if uid not in rest or uid in _without_long_axis_views(rest):
         return []
     stack = next(u for u in _without_long_axis_views(rest) if len(_series_positions(rest[u])) >= 3)
     angle = float(np.degrees(np.arccos(min(1.0, abs(float(_stack_normal(series[uid][0][1]) @
-                                                            _stack_normal(series[stack][0][1])))))))
+                                                            _stack_normal(rest[stack][0][1])))))))
     return [f"{_describe(uid, series[uid])}, the series chosen, is a long-axis view ({angle:.0f} degrees to the "
-            f"short-axis stack {_series_name(series[stack])}): the networks segment short-axis slices, and volumes, "
+            f"short-axis stack {_series_name(rest[stack])}): the networks segment short-axis slices, and volumes, "
             f"EF and mass need the short-axis stack; its numbers are not the heart's"]
 
 
@@ -1393,9 +1397,30 @@ _MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "P
 # others name the series (FLOW, Q-flow, VENC). A flow magnitude series chosen by --series was
 # measured as a one-slice cine (EDV 11 mL), and GE's one series of magnitude and phase was called
 # "2 acquisitions of the cardiac cycle" (probe 88)
-FLOW_SEQUENCE = re.compile(r"_v\d+|_vel(?![a-z])", re.I)
-FLOW_IMAGE_TYPES = {"PCA", "M_PCA", "PHASE CONTRAST M", "VELOCITY", "FLOW", "VELOCITY MAP"}
+FLOW_SEQUENCE = re.compile(r"^\*?[a-z0-9]+_v\d{2,4}(?:in|ip|through|rl|lr|ap|pa|fh|hf)?$|_vel$", re.I)
+# not "FLOW": a derived perfusion map is typed so (_MAP_TYPES)
+FLOW_IMAGE_TYPES = {"PCA", "M_PCA", "PHASE CONTRAST M", "VELOCITY"}
+FLOW_WHAT = ("a phase-contrast flow series, whose images show blood velocity through a vessel's or valve's plane, not a "
+             "short-axis cine or first pass to segment")
 FLOW_WORDS = re.compile(r"(?<![A-Z])(?:Q[ _-]?FLOW|FLOW|VENC|VELOCITY|PC[ _-]?MRI)(?![A-Z])", re.I)
+
+
+def _flow_magnitude_sign(uid, items, series):
+    """A clause when ``items`` are the magnitude images of a phase-contrast series stored apart
+    from its phase images, else None. Siemens writes the velocity encoding only into the phase
+    series' SequenceName ('*fl2d1_v150in'); its magnitude series ('*fl2d1r3', ImageType M) is
+    known by that partner: the same slice position and orientation, as many images."""
+    if _phase_contrast_sign(items) or len(_series_positions(items)) != 1:
+        return None
+    for other, its in series.items():
+        if other == uid or len(its) != len(items):
+            continue
+        if _series_positions(its) == _series_positions(items) and _orientations(its) == _orientations(items):
+            sign = _phase_contrast_sign(its)
+            if sign:
+                return (f"its partner {_series_name(its)} at the same slice position, with as many images, is the phase of a "
+                        f"flow series ({sign}): these are its magnitude images")
+    return None
 
 
 def _phase_contrast_sign(items):
@@ -1458,8 +1483,7 @@ def _other_acquisition(items):
                 "recovery stack (late gadolinium enhancement?), with no cardiac cycle or first pass to measure")
     flow = _phase_contrast_sign(items)
     if flow:
-        return "phase-contrast flow", (f"{flow}: a phase-contrast flow series, whose images show blood velocity through a "
-                                       "vessel's or valve's plane, not a short-axis cine or first pass to segment")
+        return "phase-contrast flow", f"{flow}: {FLOW_WHAT}"
     if all(_not_magnitude(d) for _, d in items):
         return "phase images", (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
                 f"{chr(92).join(_image_type(ds))}): a flow or phase-contrast series, not magnitude images to segment")
@@ -1486,6 +1510,10 @@ def _without_other_acquisitions(series, notes=None):
     """(series, {uid: (kind, reason)}): the series that hold a cine or a first pass, those that
     do not (``not_cine_or_first_pass``) left out and said."""
     reasons = {uid: found for uid, items in series.items() for found in [_other_acquisition(items)] if found}
+    for uid, items in series.items():
+        partner = None if uid in reasons else _flow_magnitude_sign(uid, items, series)
+        if partner:
+            reasons[uid] = ("phase-contrast flow", f"{partner}: {FLOW_WHAT}")
     if notes is not None:
         # one note per reason: an LGE stored one series per slice beside three MOLLI series gave 11
         by_why = {}
@@ -1736,7 +1764,8 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
         series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
-    why = not_cine_or_first_pass(items) or _late_enhancement_by_name(items)
+    partner = _flow_magnitude_sign(uid, items, series)
+    why = not_cine_or_first_pass(items) or _late_enhancement_by_name(items) or (partner and f"{partner}: {FLOW_WHAT}")
     if why:
         # the series left out before this one was picked are said too: an export of MOLLI series,
         # T1 maps, an LGE and a localiser named the LGE only (probe 87)
@@ -2091,6 +2120,12 @@ MANY_HEARTBEATS_S = 4.0
 REALTIME_STEP_S = 0.15
 
 
+def settled_clock_tag(groups):
+    """The tag the wall clock of a series was read from (``_settle_clock_tag``); an enhanced
+    file's frames carry FrameAcquisitionDateTime, which no tag was settled for."""
+    return next((getattr(ds, _CLOCK_TAG, None) for _, ds, *_ in groups[0]), None) or "FrameAcquisitionDateTime"
+
+
 def choose_frame_clock(groups):
     """Which clock orders the frames of each slice position, and what it says of the series.
 
@@ -2136,7 +2171,7 @@ def choose_frame_clock(groups):
         if frame_step < REALTIME_STEP_S:
             # the tag the wall clock was read from, not the clock's family: "AcquisitionTime
             # advances 20 ms" of a series whose AcquisitionTime was one value (probe 88)
-            tag = name if name == "TriggerTime" else (getattr(groups[0][0][1], _CLOCK_TAG, None) or name)
+            tag = name if name == "TriggerTime" else settled_clock_tag(groups)
             return {"clock": name, "kind": CINE, "span_s": span(values), "realtime": True,
                     "reason": f"{tag} advances {1000 * frame_step:.0f} ms per frame through {span(values):.1f} s at one "
                               "slice position (a real-time cine of many cardiac cycles)"}
@@ -3213,7 +3248,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     clock = timing["clock"]
     if clock == "AcquisitionTime":
         # the wall clock is read from the one tag settled on for the series (_settle_clock_tag)
-        timing["tag"] = next((getattr(ds, _CLOCK_TAG, None) for _, ds, *_ in groups[0]), None) or "FrameAcquisitionDateTime"
+        timing["tag"] = settled_clock_tag(groups)
     if timing.get("realtime") and len(groups) > 1 and kind_asked != PERFUSION:
         # untriggered frames: frame t of one slice is not the cardiac phase of frame t of the
         # next, so volumes summed over slices per frame would mix systole and diastole

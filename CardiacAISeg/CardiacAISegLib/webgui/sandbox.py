@@ -128,9 +128,11 @@ class DataFolder:
 
         Folders come first: a DICOM export is opened as its folder, and one exam's 800-1300
         files listed one by one filled the list before the next exam's folder appeared (probe
-        87). A folder of more than ``folder_files`` files is listed as the folder alone (its
-        files can still be typed); ``collapsed`` names those folders."""
+        87). A folder of more than ``folder_files`` files, most of them named as DICOM files
+        are (no extension, .dcm, .ima), is listed as the folder alone (its files can still be
+        typed); ``collapsed`` names those folders. At most ``CHECK_MAX`` entries are looked at."""
         folders, files, collapsed, truncated = [], [], [], False
+        seen = 0
 
         def visible(entry):
             if entry.name.startswith("."):
@@ -138,12 +140,18 @@ class DataFolder:
             return not (entry.is_symlink() and not self.contains(Path(entry.path).resolve()))
 
         def walk(folder, level):
+            nonlocal seen, truncated
+            if seen > CHECK_MAX:
+                truncated = True
+                return
             try:
                 items = sorted((e for e in os.scandir(folder) if visible(e)), key=lambda e: e.name.lower())
             except OSError:
                 return
+            seen += len(items)
             here = [e for e in items if e.is_file()]
-            if len(here) > folder_files and folder != self.root:
+            if (len(here) > folder_files and folder != self.root
+                    and sum(_dicom_like(e.name) for e in here) >= 0.8 * len(here)):
                 collapsed.append(Path(folder).relative_to(self.root).as_posix() + "/")
             else:
                 files.extend(Path(e.path).relative_to(self.root).as_posix() for e in here)
@@ -156,9 +164,16 @@ class DataFolder:
         walk(self.root, 0)
         entries = folders[:limit]
         entries += files[:max(0, limit - len(entries))]
-        truncated = len(folders) + len(files) > limit
+        truncated = truncated or len(folders) + len(files) > limit
         entries.sort(key=str.lower)
         return entries, truncated, [c for c in collapsed if c in entries]
+
+
+def _dicom_like(name):
+    """A file name as DICOM exports write them: no extension (IM00001, a UID), .dcm, .ima, or a
+    number after the dot (a UID's last part)."""
+    suffix = Path(name).suffix.lower()
+    return suffix in ("", ".dcm", ".ima", ".dicom") or suffix[1:].isdigit()
 
 
 def detached_data_files(header):
