@@ -582,3 +582,30 @@ def test_an_expert_es_map_alone_is_not_taken_for_another_patients(tmp_path, shar
     warnings = load_study(source / "patient073_frame02.nii.gz",
                           labels=source / "patient073_frame02_gt.nii.gz").provenance["warnings"]
     assert not any("overlay" in w for w in warnings), warnings
+
+
+def test_labels_cropped_to_their_segments_are_placed_by_world_coordinates(tmp_path):
+    """Probe 89: a segmentation saved cropped to its segments (as Slicer saves a .seg.nrrd: a
+    54 x 55 x 10 box of a 128 x 128 x 10 image, its origin the box's corner) was refused for its
+    size. Every voxel of it is a voxel of the image: placed exactly, in any axis order."""
+    from CardiacAISegLib.readers.labelmap import load_labelmap
+
+    lab = np.stack([_lab2d()] * 3, axis=2)
+    image = _nifti(tmp_path / "image.nii.gz", lab.astype(float), AFFINE)
+    study = load_study(image)
+    truth, _ = load_labelmap(_nifti(tmp_path / "same.nii.gz", lab, AFFINE, np.uint8), study)
+    box = np.argwhere(lab > 0)
+    (x0, y0, z0), (x1, y1, z1) = box.min(0), box.max(0) + 1
+    cropped = lab[x0:x1, y0:y1, z0:z1]
+    corner = AFFINE.copy()
+    corner[:3, 3] = AFFINE[:3, :3] @ [x0, y0, z0] + AFFINE[:3, 3]
+    stored, a = _store_flipped(cropped, corner, flip_axes=(0,), swap_xy=True)
+    got, info = load_labelmap(_nifti(tmp_path / "cropped.nii.gz", stored, a, np.uint8), study)
+    np.testing.assert_array_equal(got[0], truth[0])
+    assert any("placed by its world coordinates" in w for w in info["warnings"]), info["warnings"]
+    # on another grid (resampled): refused, saying how to bring it onto the image's
+    fine = AFFINE.copy()
+    fine[:3, :3] /= 2
+    with pytest.raises(CardiacInputError, match="it lies on another grid .* resample it onto the image's grid"):
+        load_labelmap(_nifti(tmp_path / "fine.nii.gz", np.repeat(np.repeat(lab, 2, 0), 2, 1)[:, :, :2], fine, np.uint8),
+                      study)

@@ -267,6 +267,19 @@ def test_frame_folder_reads_nii_and_nii_gz_as_one_format(tmp_path):
     assert any("notes_seg.mhd" in w and "left out" in w for w in s.provenance["warnings"]), s.provenance["warnings"]
 
 
+@pytest.mark.parametrize("stray", ["mask", "time_peak", "perf_aif_99"])
+def test_frame_folder_leaves_out_a_file_not_named_as_its_frames(tmp_path, stray):
+    """Probe 89: a mask, a peak or mean image, or the AIF series' image saved beside frames
+    perf_0 ... perf_11 was read as a frame (the mask as frame 0, unsaid; a peak image as a
+    "second bolus"; the AIF image's number as "frames 12-98 missing"). Left out, and said."""
+    folder = _nifti_frames(tmp_path / "f", range(12))
+    _nifti_frames(folder, [99], name=stray if stray != "perf_aif_99" else "perf_aif_{}")
+    s = load_frame_folder(folder)
+    assert [int(s.images[t].max()) for t in range(s.n_frames)] == list(range(12))
+    assert any("not named as the 12 frames (perf_N.nii.gz) left out" in w for w in s.provenance["warnings"]), \
+        s.provenance["warnings"]
+
+
 def test_frame_folder_with_a_lost_frame_is_refused(tmp_path):
     """A lost frame file moved every later frame a frame early: refused, naming the number."""
     folder = _nifti_frames(tmp_path / "gap", [n for n in range(30) if n != 20])
@@ -1497,3 +1510,16 @@ def test_a_folder_of_folders_is_said_to_hold_only_folders(tmp_path):
     for name in ("site1", "site2"):
         (tmp_path / name / "p1").mkdir(parents=True)
     expect_error(lambda: load_study(tmp_path), "it holds only folders (site1, site2)", "cardiacaiseg batch")
+
+
+def test_an_aif_series_image_given_as_the_aif_curve_says_what_to_give(tmp_path):
+    """Probe 89: dcm2niix's NIfTI of the dual-sequence AIF series given as --aif: "the AIF must
+    be one curve, got shape (32, 24, 60)" said nothing of what is accepted."""
+    import nibabel as nib
+
+    from CardiacAISegLib.readers.perfusion import load_aif_with_times
+
+    path = tmp_path / "sub-01_Perf_AIF.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((32, 24, 60), np.float32), np.eye(4)), str(path))
+    expect_error(lambda: load_aif_with_times(path), path, "one curve", "a CSV column",
+                 "the DICOM folder of the AIF series")

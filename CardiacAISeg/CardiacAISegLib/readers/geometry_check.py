@@ -150,6 +150,37 @@ def grid_difference(affine, reference):
     return ", ".join(parts) or "sub-voxel differences"
 
 
+def onto_grid_by_placement(labels_srs, affine, reference, reference_shape_src):
+    """((T, S, R, C) labels on the ``reference`` grid, labelled voxels that fall outside it) when
+    every voxel of grid ``affine`` is a voxel of the reference grid (whole-voxel offsets, axes in
+    any order or direction), else None. A segmentation Slicer saved cropped to its segments
+    (54 x 55 x 10 of a 128 x 128 x 10 image) was refused for its size, though its origin placed
+    it exactly (probe 89)."""
+    a, b = np.asarray(affine, float), np.asarray(reference, float)
+    try:
+        m = np.linalg.inv(b) @ a            # this grid's voxel (i, j, k) -> reference voxel
+    except np.linalg.LinAlgError:
+        return None
+    perm, shift = np.rint(m[:3, :3]), np.rint(m[:3, 3])
+    if not (np.allclose(m[:3, :3], perm, atol=1e-3) and np.allclose(m[:3, 3], shift, atol=1e-2)):
+        return None
+    if sorted(np.abs(perm).sum(0).tolist()) != [1, 1, 1] or sorted(np.abs(perm).sum(1).tolist()) != [1, 1, 1]:
+        return None
+    labels = np.asarray(labels_srs)
+    if sorted(labels.shape[1:]) == sorted(reference_shape_src):
+        # a map of the image's own size whose origin is elsewhere: a header written wrong is the
+        # likelier story than a map that overhangs the image (used voxel by voxel, with a warning)
+        return None
+    t, k, j, i = np.nonzero(labels)
+    target = perm.astype(int) @ np.stack([i, j, k]) + shift.astype(int)[:, None]
+    n_s, n_r, n_c = reference_shape_src
+    inside = ((target[0] >= 0) & (target[0] < n_c) & (target[1] >= 0) & (target[1] < n_r)
+              & (target[2] >= 0) & (target[2] < n_s))
+    out = np.zeros((labels.shape[0], n_s, n_r, n_c), labels.dtype)
+    out[t[inside], target[2][inside], target[1][inside], target[0][inside]] = labels[t, k, j, i][inside]
+    return out, int((~inside).sum())
+
+
 def onto_grid_by_flips(volume_srs, affine, reference, reference_shape_src):
     """(T, S, R, C) ``volume_srs`` on grid ``affine`` rewritten on the ``reference`` grid when the
     two are one set of voxel centres in another axis order or direction (a label map stored
@@ -198,6 +229,12 @@ def onto_image_grid(labels_srs, affine, reference, reference_shape_src):
     if reordered is not None:
         return reordered, (f"label map stored in another axis order or direction ({difference}): reordered onto the "
                            "image's grid by its world coordinates (exact, no interpolation)")
+    placed = onto_grid_by_placement(labels_srs, affine, reference, reference_shape_src)
+    if placed is not None:
+        labels, lost = placed
+        outside = (f"; {lost} labelled voxel(s) lie outside the image and are dropped: check the overlay" if lost else "")
+        return labels, (f"label map on a part of the image's grid ({difference}; a segmentation cropped to its segments, "
+                        f"as Slicer saves one): placed by its world coordinates (exact, no interpolation){outside}")
     return labels_srs, (f"label map geometry differs from the image's ({difference}); used voxel by voxel on the "
                         "image's grid, so check that the labels overlay the image")
 

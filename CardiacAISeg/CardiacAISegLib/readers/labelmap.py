@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import CardiacInputError
 from ..labels import CONVENTIONS, LV, MYO, RV, label_of_segment_name, normalise_labels, unnamed_structures_problem
 from ..study import CINE
-from .geometry_check import add_warning, onto_image_grid
+from .geometry_check import add_warning, grid_difference, onto_image_grid
 from .volume import read_volume_file
 
 # Labels saved as floats (a converter's float32 export, a rigid resampling with nearest
@@ -388,7 +388,8 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
-    if info.pop("spacing_lost"):
+    spacing_lost = info.pop("spacing_lost")
+    if spacing_lost:
         info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
     else:
         labels, note = onto_image_grid(labels, m, study.ijk_to_ras, study.images.shape[1:])
@@ -399,6 +400,12 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         # are the likelier cause than the label map: the error blamed the map alone (probe 58)
         left_out = [w for w in (study.provenance or {}).get("warnings") or [] if "left out" in w]
         why = f"; the image's reader left images out, which may be why: {left_out[0]}" if left_out else ""
+        if not why and not spacing_lost and grid_difference(m, study.ijk_to_ras):
+            # resampled (1 mm isotropic, an atlas tool's output): no voxel of it is one of the
+            # image's, and the bare size mismatch left the user nowhere (probe 89)
+            why = (f"; it lies on another grid ({grid_difference(m, study.ijk_to_ras)}): resample it onto the image's "
+                   "grid with nearest-neighbour interpolation (in Slicer: export the segmentation as a labelmap with the "
+                   "image as reference geometry)")
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "
                                       f"the image {study.images.shape[1:][::-1]}{why}")
     if info.get("nothing_labelled"):

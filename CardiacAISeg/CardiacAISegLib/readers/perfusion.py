@@ -151,7 +151,9 @@ def load_aif_with_times(source):
         path, aif = "<aif>", np.asarray(source, dtype=float).squeeze()
     aif = np.asarray(aif, dtype=float)
     if aif.ndim != 1:
-        raise CardiacInputError(path, f"the AIF must be one curve, got shape {aif.shape}")
+        raise CardiacInputError(path, f"the AIF must be one curve, got shape {aif.shape}" + (
+            ": an image (the dual-sequence AIF series converted to NIfTI?); give the AIF as a curve (a CSV column, one "
+            "value per frame) or the DICOM folder of the AIF series" if aif.ndim >= 3 else ""))
     if not np.all(np.isfinite(aif)):
         raise CardiacInputError(path, "the AIF contains NaN or infinite values")
     _refuse_inverted_aif(path, aif)

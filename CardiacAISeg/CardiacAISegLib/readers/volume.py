@@ -884,6 +884,28 @@ def _frame_files_and_others(folder):
     return (sorted(by_format[main], key=lambda f: natural_key(f.name)), sorted(others, key=lambda f: natural_key(f.name)))
 
 
+def _frames_named_alike(files):
+    """(the files named as most of them are, the others, that name with N for its numbers).
+
+    A folder of frames time_1 ... time_60 with a time_peak, a mask or a mean image saved beside
+    them took that file in as a frame, unsaid (frame 0 of a cine: ED and ES a frame late), or
+    blamed the series (a "second bolus"; probe 89). A name is its stem with every number as N;
+    files named otherwise are left out when at least three share the frames' name and the others
+    are fewer than half as many (else the folder's files are all taken, as before)."""
+    def pattern(f):   # .nii and .nii.gz frames are one format (a frame saved uncompressed is a frame)
+        return re.sub(r"\d+", "N", f.name[: len(f.name) - len(volume_suffix(f))])
+
+    counts = {}
+    for f in files:
+        counts[pattern(f)] = counts.get(pattern(f), 0) + 1
+    main = max(counts, key=counts.get) if counts else None
+    named = [f for f in files if pattern(f) == main]
+    strays = [f for f in files if pattern(f) != main]
+    if not strays or len(named) < 3 or 2 * len(strays) >= len(named) or list(counts.values()).count(counts[main]) > 1:
+        return files, [], main
+    return named, strays, main + volume_suffix(named[0])
+
+
 def frame_files(folder):
     """Per-frame volume files of one format in a folder, in natural order (time_2 before time_10)."""
     return _frame_files_and_others(folder)[0]
@@ -976,6 +998,7 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     files, others = _frame_files_and_others(folder)
     if not files:
         raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
+    files, strays, pattern = _frames_named_alike(files)
     numbering = check_frame_numbers(folder, files, others)
     progress = as_progress(progress)
     frames, m0 = [], None
@@ -998,7 +1021,9 @@ def load_frame_folder(folder, kind=CINE, progress=None):
                                        f"volume per file: it is a whole time series (as dcm2niix writes one per series "
                                        f"or per slice); give that file as the input, not the folder of {len(files)} files")
         if frames and images.shape[1:] != frames[0].shape:
-            raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}")
+            raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}: "
+                                       "not a frame of the same series (another series saved beside the frames, such "
+                                       "as a dual-sequence AIF series?); move it out of the folder")
         if m0 is None:
             m0, meta0 = m, meta
         elif not np.allclose(m, m0, atol=1e-3):
@@ -1009,6 +1034,10 @@ def load_frame_folder(folder, kind=CINE, progress=None):
                   orientation_known=meta0["orientation_known"],
                   provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files],
                               "warnings": [numbering] if numbering else []})
+    if strays:
+        study.provenance["warnings"].append(
+            f"{len(strays)} file(s) not named as the {len(files)} frames ({pattern}) left out: "
+            + ", ".join(f.name for f in strays[:3]) + (" ..." if len(strays) > 3 else ""))
     if others:
         study.provenance["warnings"].append(
             f"{len(others)} volume file(s) of another format than the {len(files)} frames left out: "
