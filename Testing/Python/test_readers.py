@@ -1523,3 +1523,15 @@ def test_an_aif_series_image_given_as_the_aif_curve_says_what_to_give(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((32, 24, 60), np.float32), np.eye(4)), str(path))
     expect_error(lambda: load_aif_with_times(path), path, "one curve", "a CSV column",
                  "the DICOM folder of the AIF series")
+
+
+def test_a_folder_of_whole_stress_and_rest_series_names_them(tmp_path):
+    """Probe 89: a folder of dcm2niix's stress, rest and AIF series (one 4D file each) was
+    refused naming the rest file alone: the files and the stress-with-rest reading are named."""
+    import nibabel as nib
+
+    for name in ("sub-01_Perf_rest_40", "sub-01_Perf_stress_20", "sub-01_Perf_stress_AIF_21"):
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 3, 12), np.float32), np.diag([1.5, 1.5, 8, 1])),
+                 str(tmp_path / f"{name}.nii.gz"))
+    expect_error(lambda: load_frame_folder(tmp_path), tmp_path / "sub-01_Perf_rest_40.nii.gz", "sub-01_Perf_stress_20.nii.gz",
+                 "for a stress series with its rest (MPR): sub-01_Perf_stress_20.nii.gz --rest sub-01_Perf_rest_40.nii.gz")

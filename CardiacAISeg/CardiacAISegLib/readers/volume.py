@@ -1017,9 +1017,14 @@ def load_frame_folder(folder, kind=CINE, progress=None):
         if images.shape[0] != 1:
             # a folder of frames holds one 3D volume per file; a file with its own time axis
             # (dcm2niix writes one 4D file per series, or per slice) is a whole series
+            names = [g.name for g in files]
+            roles = {role: next((n for n in names if role in n.lower()), None) for role in ("stress", "rest")}
+            pair = (f"; for a stress series with its rest (MPR): {roles['stress']} --rest {roles['rest']}"
+                    if all(roles.values()) else "")
             raise CardiacInputError(f, f"has {images.shape[0]} frames of its own, where a folder of frames holds one 3D "
                                        f"volume per file: it is a whole time series (as dcm2niix writes one per series "
-                                       f"or per slice); give that file as the input, not the folder of {len(files)} files")
+                                       f"or per slice); give that file as the input, not the folder of {len(files)} files "
+                                       f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}){pair}")
         if frames and images.shape[1:] != frames[0].shape:
             raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}: "
                                        "not a frame of the same series (another series saved beside the frames, such "
