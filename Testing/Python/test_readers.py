@@ -1535,3 +1535,10 @@ def test_a_folder_of_whole_stress_and_rest_series_names_them(tmp_path):
                  str(tmp_path / f"{name}.nii.gz"))
     expect_error(lambda: load_frame_folder(tmp_path), tmp_path / "sub-01_Perf_rest_40.nii.gz", "sub-01_Perf_stress_20.nii.gz",
                  "for a stress series with its rest (MPR): sub-01_Perf_stress_20.nii.gz --rest sub-01_Perf_rest_40.nii.gz")
+
+
+def test_a_perfusion_frame_folder_without_times_says_the_frame_files_have_none(tmp_path):
+    """Probe 89: "the file has no frame times" of a folder of one file per frame, each with a
+    sidecar: the files are meant, and their sidecars are not read as times."""
+    folder = _nifti_frames(tmp_path / "f", range(12))
+    expect_error(lambda: load_study(folder, kind="perfusion"), folder, "the frame files have no frame times", "--dt")

@@ -571,7 +571,11 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     elif entry is not None and "dt_s" in entry:
         dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
     else:
-        why = (study.provenance or {}).get("frame_times_ignored") or "the file has no frame times"
+        frames_folder = str((study.provenance or {}).get("reader") or "").endswith("-frames")
+        why = (study.provenance or {}).get("frame_times_ignored") or (
+            # a folder of one file per frame: sidecars beside each file are not read as times (probe 89)
+            "the frame files have no frame times (one per file is not read, sidecars included)" if frames_folder
+            else "the file has no frame times")
         from .series_kind import inferred_perfusion_reason, read_as_perfusion_note
 
         reason = inferred_perfusion_reason(study)
