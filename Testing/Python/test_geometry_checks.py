@@ -603,6 +603,11 @@ def test_labels_cropped_to_their_segments_are_placed_by_world_coordinates(tmp_pa
     got, info = load_labelmap(_nifti(tmp_path / "cropped.nii.gz", stored, a, np.uint8), study)
     np.testing.assert_array_equal(got[0], truth[0])
     assert any("placed by its world coordinates" in w for w in info["warnings"]), info["warnings"]
+    # the same box with its origin 30 voxels off: most labels would fall off the image, no crop of it
+    off = corner.copy()
+    off[:3, 3] += AFFINE[:3, 0] * 30
+    with pytest.raises(CardiacInputError, match="its origin places it mostly off the image"):
+        load_labelmap(_nifti(tmp_path / "off.nii.gz", cropped, off, np.uint8), study)
     # on another grid (resampled): refused, saying how to bring it onto the image's
     fine = AFFINE.copy()
     fine[:3, :3] /= 2

@@ -280,6 +280,16 @@ def test_frame_folder_leaves_out_a_file_not_named_as_its_frames(tmp_path, stray)
         s.provenance["warnings"]
 
 
+def test_frame_folder_keeps_a_frame_named_apart_whose_number_continues_the_frames(tmp_path):
+    """A frame marked in its name (frame_01_ED beside frame_02 ... frame_12) is still a frame: its
+    number continues the frames' numbering (it was dropped as "named otherwise"; review)."""
+    folder = _nifti_frames(tmp_path / "f", range(2, 13), name="frame_{:02d}")
+    _nifti_frames(folder, [1], name="frame_{:02d}_ED")
+    s = load_frame_folder(folder)
+    assert [int(s.images[t].max()) for t in range(s.n_frames)] == list(range(1, 13))
+    assert not any("left out" in w for w in s.provenance["warnings"])
+
+
 def test_frame_folder_with_a_lost_frame_is_refused(tmp_path):
     """A lost frame file moved every later frame a frame early: refused, naming the number."""
     folder = _nifti_frames(tmp_path / "gap", [n for n in range(30) if n != 20])
@@ -652,7 +662,7 @@ def _tiny_frames(n_slices=2, n_times=3, **kw):
     return frames
 
 
-@pytest.mark.parametrize("time_dimension", [0x00209128, 0x00209241, None])
+@pytest.mark.parametrize("time_dimension", [0x00209128, 0x00209241, 0x00209156, 0x00189082])
 def test_enhanced_frames_timed_only_by_their_dimension_index(tmp_path, time_dimension):
     """Probe 88: an enhanced cine stored shuffled whose frames carry their phase only in
     DimensionIndexValues (no trigger delay, no TemporalPositionIndex, one acquisition time per
@@ -663,9 +673,10 @@ def test_enhanced_frames_timed_only_by_their_dimension_index(tmp_path, time_dime
         k, t = int(fr["pixels"][0, 0]) // 10, int(fr["pixels"][0, 0]) % 10
         fr.update(tpi=None, trigger_ms=None, acq_dt=f"20240101{120000 + 15 * k}", div=[k + 1, t + 1])
     order = np.random.default_rng(1).permutation(len(frames))
-    dims = (0x00209057, time_dimension) if time_dimension else (0x00209057, 0x00209056)   # stack position; time or stack id
-    write_enhanced_dicom(tmp_path / "cine.dcm", [frames[i] for i in order], dimensions=dims)
-    if time_dimension is None:
+    # stack position, then time; an echo-time dimension (0018,9082) is no time: two echoes of one
+    # time were read as two frames when any dimension but a spatial one was taken for time (review)
+    write_enhanced_dicom(tmp_path / "cine.dcm", [frames[i] for i in order], dimensions=(0x00209057, time_dimension))
+    if time_dimension == 0x00189082:
         expect_error(lambda: load_study(tmp_path, kind="cine"), tmp_path / "cine.dcm", "nothing orders them in time",
                      "DimensionIndexValues")
         return
@@ -1525,16 +1536,22 @@ def test_an_aif_series_image_given_as_the_aif_curve_says_what_to_give(tmp_path):
                  "the DICOM folder of the AIF series")
 
 
-def test_a_folder_of_whole_stress_and_rest_series_names_them(tmp_path):
+@pytest.mark.parametrize("numbers", [(40, 20, 21), (41, 21, 20)])
+def test_a_folder_of_whole_stress_and_rest_series_names_them(tmp_path, numbers):
     """Probe 89: a folder of dcm2niix's stress, rest and AIF series (one 4D file each) was
-    refused naming the rest file alone: the files and the stress-with-rest reading are named."""
+    refused naming the rest file alone: the files and the stress-with-rest reading are named
+    (never the AIF image as the stress), also where adjacent series numbers made them look like
+    frames with a gap (review)."""
     import nibabel as nib
 
-    for name in ("sub-01_Perf_rest_40", "sub-01_Perf_stress_20", "sub-01_Perf_stress_AIF_21"):
+    rest, stress, aif = numbers
+    for name in (f"sub-01_Perf_rest_{rest}", f"sub-01_Perf_stress_{stress}", f"sub-01_Perf_stress_AIF_{aif}"):
         nib.save(nib.Nifti1Image(np.ones((8, 8, 3, 12), np.float32), np.diag([1.5, 1.5, 8, 1])),
                  str(tmp_path / f"{name}.nii.gz"))
-    expect_error(lambda: load_frame_folder(tmp_path), tmp_path / "sub-01_Perf_rest_40.nii.gz", "sub-01_Perf_stress_20.nii.gz",
-                 "for a stress series with its rest (MPR): sub-01_Perf_stress_20.nii.gz --rest sub-01_Perf_rest_40.nii.gz")
+    with pytest.raises(CardiacInputError) as refused:
+        load_frame_folder(tmp_path)
+    assert (f"for a stress series with its rest (MPR): sub-01_Perf_stress_{stress}.nii.gz --rest "
+            f"sub-01_Perf_rest_{rest}.nii.gz") in str(refused.value) and "has 12 frames of its own" in str(refused.value)
 
 
 def test_a_perfusion_frame_folder_without_times_says_the_frame_files_have_none(tmp_path):

@@ -1397,7 +1397,7 @@ _MAP_TYPES = {"MBF", "FLOW", "PERFUSION", "T1", "T2", "T2*", "T2STAR", "ECV", "P
 # others name the series (FLOW, Q-flow, VENC). A flow magnitude series chosen by --series was
 # measured as a one-slice cine (EDV 11 mL), and GE's one series of magnitude and phase was called
 # "2 acquisitions of the cardiac cycle" (probe 88)
-FLOW_SEQUENCE = re.compile(r"^\*?[a-z0-9]+_v\d{2,4}(?:in|ip|through|rl|lr|ap|pa|fh|hf)?$|_vel$", re.I)
+FLOW_SEQUENCE = re.compile(r"^\*?[a-z0-9]+_v\d{2,4}[a-z]*$|_vel$", re.I)
 # not "FLOW": a derived perfusion map is typed so (_MAP_TYPES)
 FLOW_IMAGE_TYPES = {"PCA", "M_PCA", "PHASE CONTRAST M", "VELOCITY"}
 FLOW_WHAT = ("a phase-contrast flow series, whose images show blood velocity through a vessel's or valve's plane, not a "

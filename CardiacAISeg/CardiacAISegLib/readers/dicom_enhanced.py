@@ -154,32 +154,26 @@ class EnhancedFrame:
 
 # Dimension index pointers that place a frame in time: TemporalPositionIndex (0020,9128),
 # NominalCardiacTriggerDelayTime (0020,9153), FrameAcquisitionNumber (0020,9156),
-# NominalPercentageOfCardiacPhase (0020,9241)
+# NominalPercentageOfCardiacPhase (0020,9241). No other dimension is taken for time: an echo or
+# reconstruction dimension would make two images of one time two frames (review of session 42)
 _TIME_POINTERS = (0x00209128, 0x00209153, 0x00209156, 0x00209241)
-# ... and those that place it in space, never in time: StackID (0020,9056), InStackPositionNumber
-# (0020,9057), ImagePositionPatient (0020,0032)
-_SPACE_POINTERS = (0x00209056, 0x00209057, 0x00200032)
 
 
 def _time_dimension(ds):
-    """Which of a frame's DimensionIndexValues places it in time, or None: a time pointer, else
-    the first dimension that is not spatial (a vendor's own dimension still orders the frames
-    more surely than their place in the file). A file whose frames carry their time only as a
-    dimension index (the attribute it indexes left out) was read in stored order, shuffled frames
-    and all: EF 20 % for 51 %, nothing said by the reader (probe 88)."""
+    """Which of a frame's DimensionIndexValues places it in time (a time pointer's), or None. A
+    file whose frames carry their time only as a dimension index (the attribute it indexes left
+    out) was read in stored order, shuffled frames and all: EF 20 % for 51 %, nothing said by the
+    reader (probe 88)."""
     seq = ds.get("DimensionIndexSequence")
     if not seq:
         return None
-    pointers = []
-    for item in seq:
+    for n, item in enumerate(seq):
         try:
-            pointers.append(int(item.get("DimensionIndexPointer")))
+            if int(item.get("DimensionIndexPointer")) in _TIME_POINTERS:
+                return n
         except (TypeError, ValueError):
-            pointers.append(None)
-    for n, pointer in enumerate(pointers):
-        if pointer in _TIME_POINTERS:
-            return n
-    return next((n for n, pointer in enumerate(pointers) if pointer is not None and pointer not in _SPACE_POINTERS), None)
+            continue
+    return None
 
 
 def _dimension_index(frame_content, position):

@@ -155,7 +155,8 @@ def onto_grid_by_placement(labels_srs, affine, reference, reference_shape_src):
     every voxel of grid ``affine`` is a voxel of the reference grid (whole-voxel offsets, axes in
     any order or direction), else None. A segmentation Slicer saved cropped to its segments
     (54 x 55 x 10 of a 128 x 128 x 10 image) was refused for its size, though its origin placed
-    it exactly (probe 89)."""
+    it exactly (probe 89). None too when half its labelled voxels or more would fall outside the
+    image: that is no crop of it (a map kept with 0 of 756 voxels was accepted; review)."""
     a, b = np.asarray(affine, float), np.asarray(reference, float)
     try:
         m = np.linalg.inv(b) @ a            # this grid's voxel (i, j, k) -> reference voxel
@@ -176,6 +177,8 @@ def onto_grid_by_placement(labels_srs, affine, reference, reference_shape_src):
     n_s, n_r, n_c = reference_shape_src
     inside = ((target[0] >= 0) & (target[0] < n_c) & (target[1] >= 0) & (target[1] < n_r)
               & (target[2] >= 0) & (target[2] < n_s))
+    if 2 * int(inside.sum()) <= inside.size:
+        return None   # most of the labels would fall off the image: no crop of it (its origin is wrong)
     out = np.zeros((labels.shape[0], n_s, n_r, n_c), labels.dtype)
     out[t[inside], target[2][inside], target[1][inside], target[0][inside]] = labels[t, k, j, i][inside]
     return out, int((~inside).sum())

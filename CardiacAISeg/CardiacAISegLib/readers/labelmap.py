@@ -400,10 +400,15 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         # are the likelier cause than the label map: the error blamed the map alone (probe 58)
         left_out = [w for w in (study.provenance or {}).get("warnings") or [] if "left out" in w]
         why = f"; the image's reader left images out, which may be why: {left_out[0]}" if left_out else ""
-        if not why and not spacing_lost and grid_difference(m, study.ijk_to_ras):
+        other_grid = None if why or spacing_lost else grid_difference(m, study.ijk_to_ras)
+        if other_grid and other_grid.startswith("origin"):
+            # the image's voxels, but most of them off the image: no crop of it
+            why = (f"; its origin places it mostly off the image ({other_grid}): check that it is this image's "
+                   "label map and its header's origin")
+        elif other_grid:
             # resampled (1 mm isotropic, an atlas tool's output): no voxel of it is one of the
             # image's, and the bare size mismatch left the user nowhere (probe 89)
-            why = (f"; it lies on another grid ({grid_difference(m, study.ijk_to_ras)}): resample it onto the image's "
+            why = (f"; it lies on another grid ({other_grid}): resample it onto the image's "
                    "grid with nearest-neighbour interpolation (in Slicer: export the segmentation as a labelmap with the "
                    "image as reference geometry)")
         raise CardiacInputError(path, f"label map size {labels.shape[1:][::-1]} (columns, rows, slices) does not match "

@@ -183,6 +183,11 @@ def _wall_clock_reason(study):
     timing = (study.provenance or {}).get("timing") or {}
     if not timing.get("kind") or timing.get("clock") in (None, "TriggerTime"):
         return None
+    return _clock_evidence(timing)
+
+
+def _clock_evidence(timing):
+    """How ``evidence`` words what the DICOM frame clocks say of the kind."""
     return f"DICOM {timing['reason']}"
 
 
@@ -194,7 +199,7 @@ def evidence(study, aif_given=False, dt=None):
         found.append((prov["format_kind"][0], STRONG, prov["format_kind"][1]))
     timing = prov.get("timing")
     if timing and timing.get("kind"):
-        found.append((timing["kind"], STRONG, f"DICOM {timing['reason']}"))
+        found.append((timing["kind"], STRONG, _clock_evidence(timing)))
     elif not timing and study.frame_times_s is not None:
         # NIfTI/NRRD time axes: NIfTI writers often store the repetition time, not the frame
         # interval, so a file's time axis is weak evidence

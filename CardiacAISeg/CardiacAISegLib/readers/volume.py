@@ -885,13 +885,17 @@ def _frame_files_and_others(folder):
 
 
 def _frames_named_alike(files):
-    """(the files named as most of them are, the others, that name with N for its numbers).
+    """(the frame files, the files left out, the frames' name with N for its numbers).
 
     A folder of frames time_1 ... time_60 with a time_peak, a mask or a mean image saved beside
     them took that file in as a frame, unsaid (frame 0 of a cine: ED and ES a frame late), or
     blamed the series (a "second bolus"; probe 89). A name is its stem with every number as N;
-    files named otherwise are left out when at least three share the frames' name and the others
-    are fewer than half as many (else the folder's files are all taken, as before)."""
+    the frames' name is the one most files share (at least three, the others fewer than half as
+    many, and no other name as common: else every file is a frame, as before). A file named
+    otherwise is still a frame where its last number continues or fills the frames' numbering
+    (frame_01_ED beside frame_02 ... frame_25; review of session 42); it is left out where it has
+    no number or one beyond the frames' range by more than a step (perf_aif_99 beside perf_20 ...
+    perf_79)."""
     def pattern(f):   # .nii and .nii.gz frames are one format (a frame saved uncompressed is a frame)
         return re.sub(r"\d+", "N", f.name[: len(f.name) - len(volume_suffix(f))])
 
@@ -900,10 +904,21 @@ def _frames_named_alike(files):
         counts[pattern(f)] = counts.get(pattern(f), 0) + 1
     main = max(counts, key=counts.get) if counts else None
     named = [f for f in files if pattern(f) == main]
-    strays = [f for f in files if pattern(f) != main]
-    if not strays or len(named) < 3 or 2 * len(strays) >= len(named) or list(counts.values()).count(counts[main]) > 1:
+    others = [f for f in files if pattern(f) != main]
+    if not others or len(named) < 3 or 2 * len(others) >= len(named) or list(counts.values()).count(counts[main]) > 1:
         return files, [], main
-    return named, strays, main + volume_suffix(named[0])
+    numbers = sorted(n for n in (_frame_number(f) for f in named) if n is not None)
+    step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
+    lo, hi = (numbers[0] - step, numbers[-1] + step) if numbers else (None, None)
+
+    def continues(f):
+        n = _frame_number(f)
+        return n is not None and lo is not None and lo <= n <= hi
+
+    strays = [f for f in others if not continues(f)]
+    if not strays:
+        return files, [], main
+    return [f for f in files if f not in strays], strays, main + volume_suffix(named[0])
 
 
 def frame_files(folder):
@@ -992,6 +1007,31 @@ def check_frame_numbers(folder, files, others=()):
                                     "renumbering the files")
 
 
+def _refuse_series_files(folder, files, f, images):
+    """A folder of frames holds one 3D volume per file; a file with its own time axis (dcm2niix
+    writes one 4D file per series, or per slice) is a whole series: named, with the folder's
+    files and, where they name stress and rest, the stress-with-rest reading (probe 89)."""
+    if images.shape[0] == 1:
+        return
+    n_frames = images.shape[0]
+    if images.shape[1] == 1 and len(files) > 1:
+        # one slice with its own time axis per file: dcm2niix's output for a stack it could
+        # not join; given alone, the file was analysed as a one-slice study (probe 36)
+        raise CardiacInputError(folder, f"its {len(files)} files each hold one slice with a time axis of its own "
+                                        f"({f.name}: 1 slice, {n_frames} frames), as dcm2niix writes the "
+                                        "slices of a stack it could not join: they are one study's slices, not its "
+                                        "frames; give the DICOM series (its slices are stacked by position) or join "
+                                        "the files into one 4D image (x, y, slices, time)")
+    names = [g.name for g in files]
+    roles = {role: next((n for n in names if role in n.lower() and "aif" not in n.lower()), None)
+             for role in ("stress", "rest")}
+    pair = f"; for a stress series with its rest (MPR): {roles['stress']} --rest {roles['rest']}" if all(roles.values()) else ""
+    raise CardiacInputError(f, f"has {n_frames} frames of its own, where a folder of frames holds one 3D volume per file: "
+                               "it is a whole time series (as dcm2niix writes one per series or per slice); give that "
+                               f"file as the input, not the folder of {len(files)} files ({', '.join(names[:4])}"
+                               f"{', ...' if len(names) > 4 else ''}){pair}")
+
+
 def load_frame_folder(folder, kind=CINE, progress=None):
     """A folder of 3D files, one per frame (e.g. ``v4_cSAX_time_N.mhd``) -> one Study."""
     folder = Path(folder)
@@ -999,32 +1039,21 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     if not files:
         raise CardiacInputError(folder, "no per-frame volume files (.mhd, .nii.gz, .nrrd) in this folder")
     files, strays, pattern = _frames_named_alike(files)
-    numbering = check_frame_numbers(folder, files, others)
+    try:
+        numbering = check_frame_numbers(folder, files, others)
+    except CardiacInputError as gap:
+        # whole series (dcm2niix writes one 4D file per series) are no frames with a gap:
+        # stress 20/21 and rest 40/41 were "frames 22-39 missing" (review of session 42)
+        if "are missing" in gap.problem:
+            _refuse_series_files(folder, files, files[0], read_volume_file(files[0])[0])
+        raise
     progress = as_progress(progress)
     frames, m0 = [], None
     for n, f in enumerate(files):
         progress(n, len(files), f"reading {f.name}")
         images, m, meta = read_volume_file(f)
         _refuse_lost_spacing(f, meta)
-        if images.shape[0] != 1 and images.shape[1] == 1 and len(files) > 1:
-            # one slice with its own time axis per file: dcm2niix's output for a stack it could
-            # not join; given alone, the file was analysed as a one-slice study (probe 36)
-            raise CardiacInputError(folder, f"its {len(files)} files each hold one slice with a time axis of its own "
-                                            f"({f.name}: 1 slice, {images.shape[0]} frames), as dcm2niix writes the "
-                                            "slices of a stack it could not join: they are one study's slices, not its "
-                                            "frames; give the DICOM series (its slices are stacked by position) or join "
-                                            "the files into one 4D image (x, y, slices, time)")
-        if images.shape[0] != 1:
-            # a folder of frames holds one 3D volume per file; a file with its own time axis
-            # (dcm2niix writes one 4D file per series, or per slice) is a whole series
-            names = [g.name for g in files]
-            roles = {role: next((n for n in names if role in n.lower()), None) for role in ("stress", "rest")}
-            pair = (f"; for a stress series with its rest (MPR): {roles['stress']} --rest {roles['rest']}"
-                    if all(roles.values()) else "")
-            raise CardiacInputError(f, f"has {images.shape[0]} frames of its own, where a folder of frames holds one 3D "
-                                       f"volume per file: it is a whole time series (as dcm2niix writes one per series "
-                                       f"or per slice); give that file as the input, not the folder of {len(files)} files "
-                                       f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}){pair}")
+        _refuse_series_files(folder, files, f, images)
         if frames and images.shape[1:] != frames[0].shape:
             raise CardiacInputError(f, f"size {images.shape[1:][::-1]} differs from {files[0].name} {frames[0].shape[::-1]}: "
                                        "not a frame of the same series (another series saved beside the frames, such "
