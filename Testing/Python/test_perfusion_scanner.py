@@ -110,6 +110,18 @@ def test_slices_that_disagree_on_the_intervals_say_the_clock_is_not_the_acquisit
         ds.save_as(path)
     two_beats = load_study(tmp_path / "af2")
     assert two_beats.provenance["timing"]["slice_interval_disagreement_s"] < 0.01
+    # ... and with every slice in a heartbeat of its own: no two slices share intervals, but the
+    # intervals do not pull against each other as a lagging clock's do
+    rr = np.random.default_rng(1).uniform(0.6, 1.2, 3 * study.n_frames + 3)
+    onset = 36000 + np.r_[0.0, np.cumsum(rr)]
+    _, paths = write_perfusion_series(tmp_path / "af3", study, vendor="siemens")
+    for n, path in enumerate(paths):
+        k, t = divmod(n, study.n_frames)
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionTime = _tm(onset[3 * t + k] + 0.15)
+        ds.save_as(path)
+    own_beats = load_study(tmp_path / "af3")
+    assert own_beats.provenance["timing"].get("slice_interval_disagreement_s") is None
     _, paths = write_perfusion_series(tmp_path / "lag", study, vendor="philips")
     rng = np.random.default_rng(4)
     for path in paths:

@@ -2950,6 +2950,9 @@ def _phases_matched_by_cycle_share(groups, delays, positions=None):
 # Slices read in one heartbeat keep one offset from each other in every dynamic, to the clock's
 # resolution (1-2.5 ms)
 SAME_BEAT_OFFSET_SD_S = 0.02
+# Consecutive intervals of a clock with a random lag per image correlate at -0.5 (each lag
+# enters two intervals with opposite signs); a heartbeat's intervals, irregular or not, near 0
+LAG_PULL_CORRELATION = -0.25
 
 
 def slice_interval_disagreement(times):
@@ -2978,7 +2981,18 @@ def slice_interval_disagreement(times):
     members = {}
     for i in range(n):
         members.setdefault(root(i), []).append(i)
-    beats = [m for m in members.values() if len(m) >= 2] or [list(range(n))]
+    beats = [m for m in members.values() if len(m) >= 2]
+    if not beats:
+        # every slice in a heartbeat of its own: under arrhythmia their intervals differ too. A
+        # clock stamped with a random lag gives each interval the difference of two lags, so
+        # consecutive intervals pull against each other (lag-1 correlation near -0.5); heartbeats'
+        # do not (near 0)
+        steps = np.diff(times, axis=0)
+        steps = steps - np.median(steps, axis=0)
+        pulls = [float(np.corrcoef(d[:-1], d[1:])[0, 1]) for d in steps.T if d.size > 3 and np.std(d) > 0]
+        if not pulls or np.median(pulls) > LAG_PULL_CORRELATION:
+            return None
+        beats = [list(range(n))]
     spread = np.concatenate([np.ptp(np.diff(times[:, m], axis=0), axis=1) for m in beats])
     return round(float(np.median(spread)), 4)
 
