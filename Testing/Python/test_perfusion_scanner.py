@@ -55,22 +55,30 @@ def test_kind_flag_that_contradicts_the_data_is_refused(tmp_path, phantom, capsy
     assert not out.exists()
 
 
+def _retimed(folder, study, vendor, **tags):
+    """``study`` written as ``vendor`` writes it, then each image's ``tags`` set to
+    ``tags[name](slice, dynamic, dataset)`` (clocks as scanners or converters rewrite them)."""
+    import pydicom
+
+    _, paths = write_perfusion_series(folder, study, vendor=vendor)
+    for n, path in enumerate(paths):
+        k, t = divmod(n, study.n_frames)
+        ds = pydicom.dcmread(path)
+        for name, value in tags.items():
+            setattr(ds, name, value(k, t, ds))
+        ds.save_as(path)
+    return folder
+
+
 def test_a_perfusion_whose_only_clock_is_reconstruction_bursts_reads_with_kind_and_dt(tmp_path, phantom):
     """Probe 88 F2: ContentTime written in bursts (five dynamics reconstructed 20 ms apart, then
     5 s to the next five) was "a real-time cine: AcquisitionTime advances 20 ms" (the tag that
     was one value) and --kind perfusion --dt were refused the same way: no way to read it."""
-    import pydicom
     from dicom_factory import _tm
 
     study, _ = phantom
-    _, paths = write_perfusion_series(tmp_path / "p", study, vendor="philips")
-    n_t = study.n_frames
-    for n, path in enumerate(paths):
-        k, t = divmod(n, n_t)
-        ds = pydicom.dcmread(path)
-        ds.AcquisitionTime, ds.TriggerTime = _tm(36000.0), 150.0
-        ds.ContentTime = _tm(36000 + 5 * (t // 5 + 1) + 0.02 * (t % 5) + 0.01 * k)
-        ds.save_as(path)
+    _retimed(tmp_path / "p", study, "philips", AcquisitionTime=lambda k, t, ds: _tm(36000.0), TriggerTime=lambda k, t, ds: 150.0,
+             ContentTime=lambda k, t, ds: _tm(36000 + 5 * (t // 5 + 1) + 0.02 * (t % 5) + 0.01 * k))
     expect = ("ContentTime advances 20 ms per frame", "give --kind perfusion and --dt")
     with pytest.raises(CardiacInputError) as e:
         load_study(tmp_path / "p")
@@ -88,7 +96,6 @@ def test_slices_that_disagree_on_the_intervals_say_the_clock_is_not_the_acquisit
     """Probe 88 F4: a clock written with a reconstruction lag (ContentTime 2 s +- 0.3 s after each
     acquisition) read as irregular heartbeats: MBF -19 %, the flag quoting -8 %. The slices of one
     heartbeat share its intervals, real arrhythmia and all; a lagging clock's do not."""
-    import pydicom
     from dicom_factory import _tm
 
     from CardiacAISegLib.qc import _clock_not_the_acquisitions
@@ -100,35 +107,20 @@ def test_slices_that_disagree_on_the_intervals_say_the_clock_is_not_the_acquisit
     assert _clock_not_the_acquisitions(arrhythmic) == ""
     # atrial fibrillation with each dynamic over two beats (slices 1-2 in one, slice 3 in the next):
     # slice 3's intervals differ from the others' by the beats', and the clock is still the acquisition's
-    rr = np.random.default_rng(0).uniform(0.6, 1.2, 2 * study.n_frames + 2)
-    onset = 36000 + np.r_[0.0, np.cumsum(rr)]
-    _, paths = write_perfusion_series(tmp_path / "af2", study, vendor="siemens")
-    for n, path in enumerate(paths):
-        k, t = divmod(n, study.n_frames)
-        ds = pydicom.dcmread(path)
-        ds.AcquisitionTime = _tm(onset[2 * t + (k == 2)] + 0.15 + 0.1 * (k % 2))
-        ds.save_as(path)
+    onset = 36000 + np.r_[0.0, np.cumsum(np.random.default_rng(0).uniform(0.6, 1.2, 2 * study.n_frames + 2))]
+    _retimed(tmp_path / "af2", study, "siemens",
+             AcquisitionTime=lambda k, t, ds: _tm(onset[2 * t + (k == 2)] + 0.15 + 0.1 * (k % 2)))
     two_beats = load_study(tmp_path / "af2")
     assert two_beats.provenance["timing"]["slice_interval_disagreement_s"] < 0.01
     # ... and with every slice in a heartbeat of its own: no two slices share intervals, but the
     # intervals do not pull against each other as a lagging clock's do
-    rr = np.random.default_rng(1).uniform(0.6, 1.2, 3 * study.n_frames + 3)
-    onset = 36000 + np.r_[0.0, np.cumsum(rr)]
-    _, paths = write_perfusion_series(tmp_path / "af3", study, vendor="siemens")
-    for n, path in enumerate(paths):
-        k, t = divmod(n, study.n_frames)
-        ds = pydicom.dcmread(path)
-        ds.AcquisitionTime = _tm(onset[3 * t + k] + 0.15)
-        ds.save_as(path)
+    beats = 36000 + np.r_[0.0, np.cumsum(np.random.default_rng(1).uniform(0.6, 1.2, 3 * study.n_frames + 3))]
+    _retimed(tmp_path / "af3", study, "siemens", AcquisitionTime=lambda k, t, ds: _tm(beats[3 * t + k] + 0.15))
     own_beats = load_study(tmp_path / "af3")
     assert own_beats.provenance["timing"].get("slice_interval_disagreement_s") is None
-    _, paths = write_perfusion_series(tmp_path / "lag", study, vendor="philips")
     rng = np.random.default_rng(4)
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.ContentTime = _tm(float(ds.ContentTime[:2]) * 3600 + float(ds.ContentTime[2:4]) * 60 + float(ds.ContentTime[4:])
-                             + 2.0 + rng.uniform(-0.3, 0.3))
-        ds.save_as(path)
+    _retimed(tmp_path / "lag", study, "philips", ContentTime=lambda k, t, ds: _tm(
+        float(ds.ContentTime[:2]) * 3600 + float(ds.ContentTime[2:4]) * 60 + float(ds.ContentTime[4:]) + 2.0 + rng.uniform(-0.3, 0.3)))
     lagging = load_study(tmp_path / "lag")
     assert lagging.provenance["timing"]["slice_interval_disagreement_s"] > 0.15
     assert "the times (ContentTime) are probably not the acquisition's" in _clock_not_the_acquisitions(lagging)
