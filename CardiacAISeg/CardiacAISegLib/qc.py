@@ -875,8 +875,9 @@ def cine_flags(analysis):
             # a stack saved as (x, y, 1, slices) reads as one slice over "frames" (probe 72: EDV 1.8 mL)
             one = ("; the image holds a single slice: if its slices were saved along the 4th (time) axis, save it as "
                    "(x, y, slices) or (x, y, slices, time)" if analysis.study.n_slices == 1 and analysis.study.n_frames > 2
-                   # DICOM slices are placed by their positions: the hint is a volume file's
-                   and not str((analysis.study.provenance or {}).get("reader") or "").startswith("dicom") else "")
+                   # slices placed by their positions (DICOM, also reopened in Slicer) are not a
+                   # volume file's axes: the hint is for a file that has only its axes
+                   and not (analysis.study.provenance or {}).get("slice_positions_mm") else "")
             flags.append(_flag("COVERAGE_SHORT", REVIEW, f"the LV appears on {n_lv} slice(s) at ED: base-to-apex coverage "
                                                          f"needs at least {MIN_SLICES_FOR_VOLUME}; volumes and mass are not "
                                                          f"whole-heart values{one}", n_lv))

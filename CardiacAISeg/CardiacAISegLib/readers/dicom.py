@@ -413,9 +413,10 @@ def _long_axis_choice_notes(series, uid):
     if stack is not None and uid not in stack[0].split("+"):
         # the short axis stored one series per slice (Siemens): judged as the stack it is read as
         rest = {stack[0]: stack[1], **{u: its for u, its in rest.items() if u not in stack[0].split("+")}}
-    if uid not in rest or uid in _without_long_axis_views(rest):
+    kept = _without_long_axis_views(rest)
+    if uid not in rest or uid in kept:
         return []
-    stack = next(u for u in _without_long_axis_views(rest) if len(_series_positions(rest[u])) >= 3)
+    stack = next(u for u in kept if len(_series_positions(rest[u])) >= 3)
     angle = float(np.degrees(np.arccos(min(1.0, abs(float(_stack_normal(series[uid][0][1]) @
                                                             _stack_normal(rest[stack][0][1])))))))
     return [f"{_describe(uid, series[uid])}, the series chosen, is a long-axis view ({angle:.0f} degrees to the "
@@ -1405,15 +1406,16 @@ FLOW_WHAT = ("a phase-contrast flow series, whose images show blood velocity thr
 FLOW_WORDS = re.compile(r"(?<![A-Z])(?:Q[ _-]?FLOW|FLOW|VENC|VELOCITY|PC[ _-]?MRI)(?![A-Z])", re.I)
 
 
-def _flow_magnitude_sign(uid, items, series):
+def _flow_magnitude_sign(items, siblings):
     """A clause when ``items`` are the magnitude images of a phase-contrast series stored apart
-    from its phase images, else None. Siemens writes the velocity encoding only into the phase
-    series' SequenceName ('*fl2d1_v150in'); its magnitude series ('*fl2d1r3', ImageType M) is
-    known by that partner: the same slice position and orientation, as many images."""
+    from its phase images (one of ``siblings``, the folder's other series), else None. Siemens
+    writes the velocity encoding only into the phase series' SequenceName ('*fl2d1_v150in'); its
+    magnitude series ('*fl2d1r3', ImageType M) is known by that partner: the same slice position
+    and orientation, as many images."""
     if _phase_contrast_sign(items) or len(_series_positions(items)) != 1:
         return None
-    for other, its in series.items():
-        if other == uid or len(its) != len(items):
+    for its in siblings:
+        if len(its) != len(items):
             continue
         if _series_positions(its) == _series_positions(items) and _orientations(its) == _orientations(items):
             sign = _phase_contrast_sign(its)
@@ -1451,14 +1453,16 @@ MIN_INVERSION_TIMES = 3
 MAX_LGE_IMAGES = 40
 
 
-def not_cine_or_first_pass(items):
+def not_cine_or_first_pass(items, siblings=()):
     """Why a series holds no cine or first-pass images to analyse (a clause), else None: a
-    T1-mapping series, an inversion-recovery single-phase stack (LGE), phase images."""
-    found = _other_acquisition(items)
+    T1-mapping series, an inversion-recovery single-phase stack (LGE), phase images, a flow
+    series, or its magnitude images known by their phase partner among ``siblings`` (the
+    folder's other series, each a list of (path, dataset))."""
+    found = _other_acquisition(items, siblings)
     return found[1] if found else None
 
 
-def _other_acquisition(items):
+def _other_acquisition(items, siblings=()):
     """(a few words for listing, the clause) of ``not_cine_or_first_pass``, or None."""
     by_position = {}
     for _, ds in items:
@@ -1487,6 +1491,9 @@ def _other_acquisition(items):
     if all(_not_magnitude(d) for _, d in items):
         return "phase images", (f"its images are the phase (or real/imaginary part) of a complex reconstruction (ImageType "
                 f"{chr(92).join(_image_type(ds))}): a flow or phase-contrast series, not magnitude images to segment")
+    partner = _flow_magnitude_sign(items, siblings)
+    if partner:
+        return "phase-contrast flow", f"{partner}: {FLOW_WHAT}"
     return None
 
 
@@ -1509,11 +1516,8 @@ def _late_enhancement_by_name(items):
 def _without_other_acquisitions(series, notes=None):
     """(series, {uid: (kind, reason)}): the series that hold a cine or a first pass, those that
     do not (``not_cine_or_first_pass``) left out and said."""
-    reasons = {uid: found for uid, items in series.items() for found in [_other_acquisition(items)] if found}
-    for uid, items in series.items():
-        partner = None if uid in reasons else _flow_magnitude_sign(uid, items, series)
-        if partner:
-            reasons[uid] = ("phase-contrast flow", f"{partner}: {FLOW_WHAT}")
+    reasons = {uid: found for uid, items in series.items()
+               for found in [_other_acquisition(items, [its for u, its in series.items() if u != uid])] if found}
     if notes is not None:
         # one note per reason: an LGE stored one series per slice beside three MOLLI series gave 11
         by_why = {}
@@ -1764,8 +1768,8 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
         series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
-    partner = _flow_magnitude_sign(uid, items, series)
-    why = not_cine_or_first_pass(items) or _late_enhancement_by_name(items) or (partner and f"{partner}: {FLOW_WHAT}")
+    siblings = [its for u, its in series.items() if u not in uid.split("+")]
+    why = not_cine_or_first_pass(items, siblings) or _late_enhancement_by_name(items)
     if why:
         # the series left out before this one was picked are said too: an export of MOLLI series,
         # T1 maps, an LGE and a localiser named the LGE only (probe 87)

@@ -5,6 +5,7 @@ the engine. NIfTI is RAS already; NRRD says its space; MetaImage is LPS (ITK), a
 """
 import re
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -899,23 +900,17 @@ def _frames_named_alike(files):
     def pattern(f):   # .nii and .nii.gz frames are one format (a frame saved uncompressed is a frame)
         return re.sub(r"\d+", "N", f.name[: len(f.name) - len(volume_suffix(f))])
 
-    counts = {}
-    for f in files:
-        counts[pattern(f)] = counts.get(pattern(f), 0) + 1
+    names = {f: pattern(f) for f in files}
+    counts = Counter(names.values())
     main = max(counts, key=counts.get) if counts else None
-    named = [f for f in files if pattern(f) == main]
-    others = [f for f in files if pattern(f) != main]
+    named = [f for f in files if names[f] == main]
+    others = [f for f in files if names[f] != main]
     if not others or len(named) < 3 or 2 * len(others) >= len(named) or list(counts.values()).count(counts[main]) > 1:
         return files, [], main
     numbers = sorted(n for n in (_frame_number(f) for f in named) if n is not None)
     step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
     lo, hi = (numbers[0] - step, numbers[-1] + step) if numbers else (None, None)
-
-    def continues(f):
-        n = _frame_number(f)
-        return n is not None and lo is not None and lo <= n <= hi
-
-    strays = [f for f in others if not continues(f)]
+    strays = [f for f, n in ((f, _frame_number(f)) for f in others) if n is None or lo is None or not lo <= n <= hi]
     if not strays:
         return files, [], main
     return [f for f in files if f not in strays], strays, main + volume_suffix(named[0])
