@@ -397,8 +397,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._clearResults()   # the panel's table, bullseye and report were the previous input's
         with _showErrors("Could not read the selected input."):
             study = self.logic.study if self.logic.isCurrentStudyNode(node) else self.logic.studyFromNode(node)
-            kind, reason = self.logic.detectKind(study)
-            self.ui.detectedKindLabel.text = f"Detected: {kind} ({reason})"
+            self.ui.detectedKindLabel.text = self.logic.kindText(study)
             self.refreshModels()
 
     def onLoadButton(self):
@@ -409,8 +408,10 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ensureDependencies():
             return
         options = {}
-        if self.logic.getParameter("aifPath"):
-            options["aif"] = self.logic.getParameter("aifPath")
+        aif = self.logic.aifPathForLoad(path)
+        if aif:
+            options["aif"] = aif
+        dropped = self.logic.getParameter("aifPath") if not aif else ""
         if self.ui.frameTimeSpinBox.value > 0:
             options["dt"] = self.ui.frameTimeSpinBox.value
         with _showErrors(f"Could not read {path}.", waitCursor=True):
@@ -421,9 +422,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updatingNodes = False
             self.ui.inputSelector.setCurrentNode(nodes.sequence or nodes.volume)
             slicer.util.setSliceViewerLayers(background=nodes.volume, fit=True)
-            kind, reason = self.logic.detectKind()
-            self.ui.detectedKindLabel.text = f"Detected: {kind} ({reason})" + (" · labels found" if self.logic.study.labels else "")
+            self.ui.detectedKindLabel.text = self.logic.kindText() + (" · labels found" if self.logic.study.labels else "")
             self.refreshModels()
+            notes = ([f"The AIF file box held the previous study's AIF ({dropped}): not used for this file; choose it "
+                      "again to use it."] if dropped else []) + self.logic.loadNotes()
+            self.ui.statusLabel.text = " ".join(["Loaded."] + notes)
 
     def refreshModels(self):
         """Fill the model selector from the registry for the chosen or detected kind."""

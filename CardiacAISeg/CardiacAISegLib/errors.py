@@ -35,9 +35,12 @@ _PLACEHOLDER = re.compile(r"(?<![\w-])(--[a-z][a-z-]*) (FILE|FOLDER|PATH)\b")
 # "give --kind cine" / "--kind cine contradicts": a choice, not a file, in a GUI's kind field
 _GIVE_KIND = re.compile(r"\bgive --kind (cine|perfusion)\b")
 _KIND_VALUE = re.compile(r"(?<![\w-])--kind (cine|perfusion)\b")
+# "drop --kind to use the detected kind": a combo box is set, not dropped (probe 92)
+_DROP_KIND = re.compile(r"\bdrop --kind\b")
 
 
-def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False, rest=False, rest_takes_folder=True):
+def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False, rest=False, rest_takes_folder=True,
+                       kind_auto="its automatic choice"):
     """A reader's message (it speaks to the CLI: "choose one with --series", "give --dt") put in
     a GUI's own terms: ``fields`` {flag: what names that setting there}, ``study_place`` and
     ``rest_place`` where a file of the study's / the rest's series goes ("the 'Study' field").
@@ -46,7 +49,8 @@ def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False,
     ``rest``: the message is about the rest series, whose series go in ``rest_place`` (a rest
     refusal said the rest's box, then "a file of series 30 in the 'Study' field"; review of
     session 41). ``rest_takes_folder``: the rest's place reads an exam folder (the page's field
-    does; the module's rest box is a node selector, where a folder cannot go)."""
+    does; the module's rest box is a node selector, where a folder cannot go). ``kind_auto``:
+    the kind field's choice that leaves the kind to the data ("drop --kind" reads "set it to ...")."""
     series_place = rest_place if rest else study_place
     text = _STRESS_WITH_REST.sub(lambda m: f"a file of series {m[1]} in {study_place} and a file of series {m[2]} in "
                                            f"{rest_place}", text)
@@ -61,6 +65,7 @@ def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False,
     text = _PLACEHOLDER.sub(lambda m: f"that {'folder' if m[2] == 'FOLDER' else 'file'} in {m[1]}", text)
     if "--kind" in fields:
         text = _KIND_VALUE.sub(r"--kind set to \1", _GIVE_KIND.sub(r"set --kind to \1", text))
+        text = _DROP_KIND.sub(f"set --kind to {kind_auto}", text)
     return with_flags_renamed(text, fields)
 
 

@@ -648,6 +648,9 @@ class _SliceSectors:
 # flagged for review instead (qc.insertion_flags).
 SEPTAL_ARC_DEG = (12.0, 210.0)
 MAX_POINT_RADII = 2.0
+# A point within 0.4 epicardial radii of the LV centre lies in the blood pool (the endocardium is
+# at 0.6-0.75 of it): a handle dropped there turned the sectors by up to 60° with QC pass (probe 92)
+MIN_POINT_RADII = 0.4
 
 
 class SectorState:
@@ -734,8 +737,8 @@ class SectorState:
 
     def point_problems(self):
         """['slice k: what is wrong', ...] for insertion points no reader would have placed: a
-        septal arc outside ``SEPTAL_ARC_DEG`` or a point over ``MAX_POINT_RADII`` epicardial radii
-        from the LV centre."""
+        septal arc outside ``SEPTAL_ARC_DEG``, or a point over ``MAX_POINT_RADII`` or under
+        ``MIN_POINT_RADII`` epicardial radii from the LV centre."""
         problems = []
         for k, st in sorted(self.slices.items()):
             if st.borrowed_from is not None:
@@ -752,6 +755,10 @@ class SectorState:
                 if far > MAX_POINT_RADII * max(st.epi_radius_mm, 1e-6):
                     problems.append(f"slice {k}: the {name} point is {far:.0f} mm from the LV centre, "
                                     f"{far / st.epi_radius_mm:.1f} times the epicardial radius (off the heart)")
+                elif far < MIN_POINT_RADII * st.epi_radius_mm:
+                    problems.append(f"slice {k}: the {name} point is {far:.0f} mm from the LV centre, "
+                                    f"{far / st.epi_radius_mm:.2f} of the epicardial radius (inside the blood pool; "
+                                    "the insertion points lie on the epicardium)")
         return problems
 
     def points(self, k):

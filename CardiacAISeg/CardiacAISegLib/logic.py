@@ -114,7 +114,7 @@ def inModuleTerms(text, rest=False):
     return in_front_end_terms(text, {**MODULE_FIELDS, **(REST_MODULE_FIELDS if rest else {})},
                               "the 'Or read a file or folder' box (then Load)",
                               "the 'Rest series (MPR)' box (load it first)", keep_python=True, rest=rest,
-                              rest_takes_folder=False)
+                              rest_takes_folder=False, kind_auto="'Detect automatically'")
 
 
 def warningsInModuleTerms(warnings):
@@ -436,10 +436,42 @@ class CardiacAISegLogic(_LogicBase):
         from here reopens as the same live analysis (``restoreFromParameterNode``)."""
         st = analysis.study
         self.setStudy(st)
-        self.setParameter("kind", analysis.kind)
+        # the kind box as the user left it: --kind's value, else automatic. Set to the study's kind,
+        # a reopened CLI scene refused the next study loaded for "the 'Series kind' box set to
+        # perfusion", a box no one had set (probe 92); the input node is stamped with its kind
+        asked = ((st.provenance or {}).get("kind") or {}).get("decided_by") == "--kind"
+        self.setParameter("kind", analysis.kind if asked else "auto")
         self.setParameter("density", repr(float(analysis.density)))
         self.setParameter("bullseyeMeasure", analysis.bullseye_measure)
         return self.applyAnalysis(analysis)
+
+    def kindText(self, study=None):
+        """What the panel says of the series' kind: detected from the data, and, where the
+        'Series kind' box chose another, that the study is read as the box asks (the label said
+        "Detected: perfusion" of a cine read and measured as a cine; probe 92)."""
+        study = study or self._requireStudy()
+        kind, reason = self.detectKind(study)
+        text = f"Detected: {kind} ({reason})"
+        if study.kind in (CINE, PERFUSION) and study.kind != kind:
+            text += f"; read as {study.kind}, as the 'Series kind' box asks"
+        return text
+
+    def aifPathForLoad(self, path):
+        """The 'AIF file' box's path to read ``path`` with, or "". After a load the box shows the
+        open study's AIF (the sample's temporary aif.csv too): passed on to the next file loaded,
+        it made a cine perfusion, refused for reasons that never named the AIF (probe 92). Kept
+        when ``path`` is the open study's own file read again, or when another AIF was chosen since."""
+        aif = self.getParameter("aifPath")
+        if not aif or self.study is None or not self.studyAifPath or not _same_path(aif, self.studyAifPath):
+            return aif
+        return aif if self.study.source and _same_path(path, self.study.source) else ""
+
+    def loadNotes(self):
+        """The open study's reading notes (series left out, a long-axis view chosen, a kind
+        against the data) in the module's terms: shown at Load, not only after Run (probe 92)."""
+        if self.study is None:
+            return []
+        return warningsInModuleTerms(list((self.study.provenance or {}).get("warnings", [])))
 
     def detectKind(self, study=None):
         """('cine' | 'perfusion', reason), as ``readers.series_kind.decide_kind`` decides it."""
@@ -855,7 +887,10 @@ class CardiacAISegLogic(_LogicBase):
         return node
 
     def _refreshTable(self):
-        rows = self.analysis.table_rows()
+        # a QC flag's message in the module's terms, as its status line words it ("(--kind)" was
+        # "(the 'Series kind' box)" there and "(--kind)" in the table; probe 92)
+        rows = [dict(r, measure=inModuleTerms(r["measure"])) if r["key"].startswith("qc_") else r
+                for r in self.analysis.table_rows()]
         node = self.getNodeParameter("tableID")
         if node is None:
             node = sc.add_results_table(self.context, rows, name=f"{self.analysis.study.name} results")

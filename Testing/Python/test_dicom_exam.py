@@ -737,6 +737,8 @@ def test_flow_series_are_named_and_a_chosen_long_axis_view_is_said(base, tmp_pat
         load_study(exam, series="40")
     if vendor == "siemens":
         assert "#41 'AorticPlane_P'" in said
+        # the whole SequenceName is the mark: named once (it was repeated in brackets; probe 92)
+        assert "'*fl2d1_v150in' carries a velocity encoding:" in said, said
         with pytest.raises(CardiacInputError, match="its partner #41 'AorticPlane_P' .* these are its magnitude images"):
             load_study(exam, series="40")
     chosen = load_study(exam, series="30")

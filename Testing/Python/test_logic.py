@@ -576,6 +576,13 @@ def test_implausible_insertion_handles_are_flagged_and_impossible_ones_snap_back
     markups.SetNthControlPointPosition(n_ant, *home)
     logic.onInsertionPointMoved(markups, n_ant)
     assert "INSERTION_POINTS_IMPLAUSIBLE" not in flags()
+    # into the blood pool, a tenth of the way out from the centre: the sectors turned with QC pass (probe 92)
+    markups.SetNthControlPointPosition(n_ant, *(centre + 0.1 * (np.asarray(home) - centre)))
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert "inside the blood pool" in flags()["INSERTION_POINTS_IMPLAUSIBLE"]
+    markups.SetNthControlPointPosition(n_ant, *home)
+    logic.onInsertionPointMoved(markups, n_ant)
+    assert "INSERTION_POINTS_IMPLAUSIBLE" not in flags()
     # onto the LV centre: refused, and the handle is back where the analysis has it
     markups.SetNthControlPointPosition(n_ant, *centre)
     with pytest.raises(CardiacInputError, match="LV centre"):
@@ -1432,8 +1439,73 @@ def test_kind_given_against_the_clocks_stays_flagged_in_a_reopened_scene(tmp_pat
     logic.loadStudy(folder, labels=labels)
     live = logic.runSegmentation(useExistingLabels=True)
     assert "KIND_AGAINST_DATA" in {f["code"] for f in live.qc["flags"]}
+    # the table's flag row in the module's words, as its status line (it said "(--kind)"; probe 92)
+    row = next(r["measure"] for r in sc.table_rows(logic.getNodeParameter("tableID")) if "KIND_AGAINST_DATA" in r["measure"])
+    assert "the 'Series kind' box" in row and "--kind" not in row, row
+    # the panel's kind label: what the clocks say, and that the box read it otherwise (it said
+    # "Detected: perfusion" of a cine measured as a cine; probe 92)
+    assert logic.kindText().startswith("Detected: perfusion") and "read as cine, as the 'Series kind' box asks" in logic.kindText()
     sc.write_mrb(logic.context, tmp_path / "scene.mrb")
     reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
     reopened.restoreFromParameterNode()
     flags = {f["code"]: f["message"] for f in reopened.analysis.qc["flags"]}
     assert "5 s at one slice position" in flags["KIND_AGAINST_DATA"]
+
+
+def test_a_cli_scene_leaves_the_kind_box_as_the_user_did(tmp_path):
+    """``analyze --scene`` set the reopened scene's 'Series kind' box to the study's kind: the next
+    study loaded in that Slicer session was refused for "the 'Series kind' box set to perfusion",
+    a box the user never set (probe 92). --kind given stays given."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    perf = write_phantom("perfusion", tmp_path / "perf", seed=1, size=48, n_frames=30)[0]
+    cine = write_phantom("cine", tmp_path / "cine", seed=1, size=64, n_frames=8)[0]
+    for kind, expected in ((None, "auto"), ("perfusion", "perfusion")):
+        study = load_study(perf["perfusion.nii.gz"], labels=perf["perfusion_labels.nii.gz"], aif=perf["aif.csv"], kind=kind)
+        logic = CardiacAISegLogic(sc.new_scene())
+        logic.adoptAnalysis(compute_analysis(study, labels=study.labels))
+        assert logic.getParameter("kind") == expected
+        if kind is None:   # the next study loaded there is read by its own data
+            logic.loadStudy(cine["cine.nii.gz"])
+            assert logic.study.kind == "cine"
+
+
+def test_the_aif_box_of_the_open_study_is_not_read_with_the_next_file(tmp_path):
+    """After a load the AIF box shows the open study's AIF (the sample phantom's temporary
+    aif.csv too); the module passed it on to the next file loaded, a cine then read as perfusion
+    and refused for reasons that never named the AIF (probe 92)."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "sample")
+    aif = logic.getParameter("aifPath")
+    assert aif and logic.aifPathForLoad(logic.study.source) == aif      # the same file read again keeps it
+    cine = write_phantom("cine", tmp_path / "cine", seed=1, size=64, n_frames=8)[0]["cine.nii.gz"]
+    assert logic.aifPathForLoad(cine) == ""
+    chosen = tmp_path / "sample" / "chosen_aif.csv"
+    chosen.write_text(Path(aif).read_text())
+    logic.setParameter("aifPath", str(chosen))                          # chosen for the next file: kept
+    assert logic.aifPathForLoad(cine) == str(chosen)
+
+
+def test_a_study_read_as_perfusion_only_by_its_aif_says_so_in_module_terms(tmp_path):
+    """A cine given an AIF file (a GUI's field kept from a perfusion study) was refused for the
+    AIF's length, a frame interval or a "bolus peak", none naming the AIF that made it perfusion
+    (probe 92); "drop --kind" read "drop the 'Series kind' box"."""
+    from CardiacAISegLib.logic import inModuleTerms
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import in_page_terms
+
+    perf = write_phantom("perfusion", tmp_path / "perf", seed=1, size=48, n_frames=30)[0]
+    cine = write_phantom("cine", tmp_path / "cine", seed=1, size=64, n_frames=8)[0]
+    logic = CardiacAISegLogic(sc.new_scene())
+    with pytest.raises(CardiacInputError) as e:
+        logic.loadStudy(cine["cine.nii.gz"], aif=perf["aif.csv"])
+    said = str(e.value)
+    assert "only because an arterial input function was given (the 'AIF file (perfusion)' box)" in said, said
+    assert "if it is a cine, give no AIF" in said
+    text = "which is a cine series; drop --kind to use the detected kind"
+    assert "set the 'Series kind' box to 'Detect automatically'" in inModuleTerms(text)
+    assert "set the 'Series kind' field to 'from the data'" in in_page_terms(text)

@@ -998,7 +998,20 @@ def test_e2e_errors_shown_in_page(page, gui_server):
     page.click("open-btn")
     said = page.wait(lambda: "cine.nii.gz" in page.alert() and page.alert(), message="kind refused")
     assert "'Series kind' field" in said and "--kind" not in said, said
+    # the field's choice named as the page names it ("drop the 'Series kind' field"; probe 92)
+    assert "set the 'Series kind' field to 'from the data'" in said, said
     page.choose("kind-select", "from the data")
+    # the reading's notes show at Open, not only after Run (probe 92): a label map with another origin
+    import nibabel as nib
+
+    shifted = nib.load(str(gui_server["data"] / "cine_labels.nii.gz"))
+    moved = shifted.affine.copy()
+    moved[:3, 3] += 4.0
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), moved), str(gui_server["data"] / "shifted_labels.nii.gz"))
+    page.type("labels-path", "shifted_labels.nii.gz")
+    page.click("open-btn")
+    page.wait(lambda: "label map geometry differs" in page.el("warnings").text, message="reading note at Open")
+    page.type("labels-path", "")
     # refused while a study is open: the page says the open one stays (its table stayed under the
     # refused path, and Run measured it again as if it were the refused file; probe 87)
     page.type("study-path", "truth.json")

@@ -411,3 +411,35 @@ def test_a_segment_renamed_in_the_editor_is_measured_again(widget_module, cine_f
     pool.SetName("RV cavity")
     next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits and t.active).fire()
     assert logic.unmeasuredEdits and widget_module.errors, (logic.unmeasuredEdits, widget_module.errors)
+
+
+def test_load_shows_the_reading_notes_and_lets_the_previous_aif_go(widget_module, tmp_path):
+    """Probe 92: after the perfusion sample the AIF box held its temporary aif.csv, and Load passed
+    it on with the next file: a cine read as perfusion and refused for reasons that never named
+    the AIF. The reading's notes (a long-axis series left out) showed only after Run."""
+    from bad_corpus import N_SLICES, cine_dicom, make_base
+
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    base = make_base(tmp_path / "base")
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam, number=20)
+
+    def four_chamber(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = "1.2.826.0.1.3680043.10.99.30", 30, "cine_4ch"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.99.30.{t + 1}"
+    cine_dicom(base, tmp_path / "lax", slices=[N_SLICES // 2], per_image=four_chamber)
+    for f in (tmp_path / "lax").iterdir():
+        f.rename(exam / f"lax{f.name}")
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "sample")
+    w = _panel(widget_module, logic)
+    w.ui.loadPathLineEdit.currentPath = str(exam)
+    w.onLoadButton()
+    assert widget_module.errors == [] and logic.study.kind == "cine"
+    said = w.ui.statusLabel.text
+    assert said.startswith("Loaded.") and "held the previous study's AIF" in said and "not used for this file" in said, said
+    assert "#30 'cine_4ch'" in said and "a long-axis view" in said, said
+    assert logic.getParameter("aifPath") == ""

@@ -1430,9 +1430,11 @@ def _phase_contrast_sign(items):
     counts for a series of one slice position, as flow is acquired (a perfusion or cine stack
     is never called flow by its description)."""
     for _, ds in items:
-        named = FLOW_SEQUENCE.search(str(ds.get("SequenceName", "") or ""))
+        name = str(ds.get("SequenceName", "") or "").strip()
+        named = FLOW_SEQUENCE.search(name)
         if named:
-            return f"its SequenceName {str(ds.get('SequenceName')).strip()!r} carries a velocity encoding ({named.group(0)!r})"
+            part = "" if named.group(0) == name else f" ({named.group(0)!r})"
+            return f"its SequenceName {name!r} carries a velocity encoding{part}"
     for _, ds in items:
         kinds = {v.upper() for v in _image_type(ds)} & FLOW_IMAGE_TYPES
         if kinds:

@@ -576,10 +576,11 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             # a folder of one file per frame: sidecars beside each file are not read as times (probe 89)
             "the frame files have no frame times (one per file is not read, sidecars included)" if frames_folder
             else "the file has no frame times")
-        from .series_kind import inferred_perfusion_reason, read_as_perfusion_note
+        from .series_kind import aif_made_perfusion_note, inferred_perfusion_reason, read_as_perfusion_note
 
         reason = inferred_perfusion_reason(study)
-        read_as = f" ({read_as_perfusion_note(reason)})" if reason else ""
+        note = read_as_perfusion_note(reason) if reason else aif_made_perfusion_note(study)
+        read_as = f" ({note})" if note else ""
         raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")

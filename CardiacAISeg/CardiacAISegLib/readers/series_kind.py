@@ -344,6 +344,28 @@ def inferred_perfusion_reason(study):
     return decision["decided_by"]
 
 
+def aif_made_perfusion_note(study):
+    """When the AIF given with ``study`` alone made it perfusion (nothing in the data said
+    perfusion), a phrase saying so for an error that follows; else None. A cine opened with the
+    previous study's AIF file still in a GUI's field was refused for "AIF has 30 values but 8
+    frames", a frame interval, or a series "starting after the bolus peak", none naming the AIF
+    that had made it perfusion (probe 92)."""
+    decision = (study.provenance or {}).get("kind") or {}
+    if study.kind != PERFUSION or decision.get("decided_by") in (None, "--kind"):
+        return None
+    evidence = decision.get("evidence", [])
+    aif = [e for e in evidence if "(--aif)" in e.get("reason", "")]
+    # a frame interval given is the user's too (a GUI's field kept from the study before), not the data's
+    dt = [e for e in evidence if e.get("reason", "").startswith("--dt ")]
+    if not aif or any(e.get("kind") == PERFUSION for e in evidence if e not in aif + dt):
+        return None
+    if dt:
+        return ("read as a first-pass perfusion series only because an arterial input function (--aif) and a frame "
+                "interval (--dt) were given; if it is a cine, give neither")
+    return ("read as a first-pass perfusion series only because an arterial input function was given (--aif); "
+            "if it is a cine, give no AIF")
+
+
 def read_as_perfusion_note(reason):
     """How an error says that the data, not the user, made a series perfusion (``reason``)."""
     return f"read as a first-pass perfusion series: {reason}; if it is a cine, give --kind cine"
@@ -375,7 +397,8 @@ def kind_said_on_errors(study):
         yield
     except CardiacInputError as e:
         reason = inferred_perfusion_reason(study)
-        note = read_as_perfusion_note(reason) if reason is not None else requested_against_the_data_note(study)
+        note = (read_as_perfusion_note(reason) if reason is not None else
+                requested_against_the_data_note(study) or aif_made_perfusion_note(study))
         if note is None or (reason or note) in e.problem:
             raise
         raise CardiacInputError(e.path, f"{e.problem} [{note}]") from None

@@ -744,7 +744,10 @@ class CardiacWebApp:
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""),
                        "message": in_page_terms(f.get("message", ""), rest=f.get("code", "").startswith("REST_"))}
                       for f in qc.get("flags", [])]
-        s.warnings = warnings_in_page_terms(a.warnings) if a is not None else []
+        # before a run, the reading's notes (series left out, a long-axis view chosen, a kind
+        # against the data): they reached the page only after Run (probe 92)
+        s.warnings = warnings_in_page_terms(a.warnings if a is not None else
+                                            (sess.study.provenance or {}).get("warnings", []) if sess.study is not None else [])
         s.bullseye_choice = a is not None and a.kind != CINE
         if results_only:
             # After a drag or an edit the table goes to the page first; the bullseye picture

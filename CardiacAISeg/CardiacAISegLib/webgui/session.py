@@ -690,7 +690,7 @@ def in_page_terms(text, rest=False):
     from ..errors import in_front_end_terms
 
     return in_front_end_terms(text, {**_PAGE_FIELDS, **(_REST_PAGE_FIELDS if rest else {})}, "the 'Study' field",
-                              "the 'Rest series' field", rest=rest)
+                              "the 'Rest series' field", rest=rest, kind_auto="'from the data'")
 
 
 def warnings_in_page_terms(warnings):
