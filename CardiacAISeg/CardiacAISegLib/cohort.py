@@ -406,32 +406,65 @@ def study_complete(study_dir, spec, model=None, frames="ed_es"):
     (``weights_since_changed``), its row on disk not an error and made from the same input and
     options (a row edited to point at another input was kept from the old one on --resume, and
     a study that had failed was never run again)."""
+    return incomplete_reason(study_dir, spec, model, frames) is None
+
+
+def incomplete_reason(study_dir, spec, model=None, frames="ed_es"):
+    """Why --resume runs a study again (a few words), or None where its outputs are complete
+    (``study_complete``). Said for the studies that had outputs: a batch resumed without the
+    --scene of the first ran every study again with nothing said (probe 91)."""
     results = read_results(study_dir)
-    if results is None or weights_since_changed(results):
-        return False
+    if results is None:
+        return "no results yet"
+    if weights_since_changed(results):
+        return "made with other network weights"
     try:
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
         # outputs without a row (a worker that died after moving them in): what they were made
         # from is unknown, and kept as complete they passed another input's or model's results
         # off as this row's (probe 64); the study runs again
-        return False
-    if row.get("status") == STATUS_ERROR or row.get("superseded"):
-        return False
+        return "outputs without their row (what they were made from is unknown)"
+    if row.get("status") == STATUS_ERROR:
+        return "failed before"
+    if row.get("superseded"):
+        return "superseded by a --force batch"
     # a row without the options it was made from (written before rows carried them) runs again:
     # its input alone matched while its rest or AIF had changed (probe 71)
-    return same_spec(row.get("spec"), spec_signature(spec, model, frames))
+    changed = spec_changes(row.get("spec"), spec_signature(spec, model, frames))
+    return f"made from other {changed}" if changed else None
 
 
 def same_spec(stored, now):
     """A row's recorded spec is this manifest row's now: input, options and, where the row has
     them, its files' stamps. A row written before stamps were recorded is judged on input and
     options (review: the first --resume after the upgrade ran every study again, unsaid)."""
+    return not spec_changes(stored, now)
+
+
+# Options that only add outputs: a study made with them is complete for a batch without them
+# (its numbers are the same); one made without them is not complete for a batch that asks
+ADDED_OUTPUT_OPTIONS = ("scene",)
+
+
+def spec_changes(stored, now):
+    """What differs between a row's recorded spec and this manifest row's now ("input", "options
+    model, frames", "input files (replaced since)"), or "" where none."""
     if not isinstance(stored, dict):
-        return False
+        return "options (the row records none)"
     if "files" not in stored:
         now = {k: v for k, v in now.items() if k != "files"}
-    return stored == now
+    before, after = dict(stored.get("options") or {}), dict(now.get("options") or {})
+    for key in ADDED_OUTPUT_OPTIONS:
+        if before.get(key) and not after.get(key):
+            before.pop(key)
+    changed = ["input"] if stored.get("input") != now.get("input") else []
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if keys:
+        changed.append(f"options {', '.join(keys)}")
+    if "files" in now and stored.get("files") != now.get("files"):
+        changed.append("input files (replaced since)")
+    return "; ".join(changed)
 
 
 def _supersede_rows(specs, out_root):
@@ -1048,7 +1081,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
     from tqdm import tqdm
 
     from .analyze import REPORT_CHOICES
-    from .outputs import Terminated, remembered_stop_signals
+    from .outputs import Terminated, deferred_signals, remembered_stop_signals
 
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
@@ -1079,9 +1112,19 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                                           "to keep its complete studies and run the rest, --force to run all again, or "
                                           "choose another --out")
     out_root.mkdir(parents=True, exist_ok=True)
-    skipped = [s for s in specs if resume and study_complete(out_root / s.study, s, model, frames)]
+    reasons = {s.study: incomplete_reason(out_root / s.study, s, model, frames) for s in specs} if resume else {}
+    skipped = [s for s in specs if resume and reasons[s.study] is None]
     todo = [s for s in specs if s not in skipped]
     if resume:
+        # why studies with outputs run again (the weights' own note follows)
+        by_reason = {}
+        for s in todo:
+            why = reasons[s.study]
+            if why not in ("no results yet", "made with other network weights"):
+                by_reason.setdefault(why, []).append(s.study)
+        for why, studies in by_reason.items():
+            log(f"resume: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'} with outputs run again, "
+                f"{why} ({', '.join(studies[:3])}{', ...' if len(studies) > 3 else ''})")
         outdated = {s.study: weights_since_changed(read_results(out_root / s.study) or {}) for s in todo}
         outdated = {k: v for k, v in outdated.items() if v}
         if outdated:
@@ -1180,22 +1223,26 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
         # table's "6 ok" beside 6 superseded rows: probe 64)
         if bar is not None:
             bar.close()
-        if client is not None:
-            if futures:
-                client.cancel(list(futures))   # the scheduler drops the studies not started
-            client.close()
-            client = None
-        if cluster is not None:
-            # this batch's own workers stop before the table is written: a study they were
-            # running finished 2-3 s after a table that called it "not run" (on a shared
-            # scheduler a running study goes on; --resume keeps it)
-            cluster.close()
-            cluster = None
-        _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
-        _remove_earlier_report(out_root, started_at)
-        # said before the one word "cancelled" (probe 74)
-        log(f"stopped: {out_root / TABLE_CSV} lists the studies not finished as not run; the same command with "
-            "--resume runs them")
+        # a second Ctrl-C in the 2-3 s the workers take to stop broke off their close; the
+        # finally closed them again and hung, and no table was written (probe 91): the stop's own
+        # work is held from further stop signals, and each is closed once
+        with deferred_signals():
+            stopping, client = client, None
+            if stopping is not None:
+                if futures:
+                    stopping.cancel(list(futures))   # the scheduler drops the studies not started
+                stopping.close()
+            stopping, cluster = cluster, None
+            if stopping is not None:
+                # this batch's own workers stop before the table is written: a study they were
+                # running finished 2-3 s after a table that called it "not run" (on a shared
+                # scheduler a running study goes on; --resume keeps it)
+                stopping.close()
+            _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
+            _remove_earlier_report(out_root, started_at)
+            # said before the one word "cancelled" (probe 74)
+            log(f"stopped: {out_root / TABLE_CSV} lists the studies not finished as not run; the same command with "
+                "--resume runs them")
         raise
     finally:
         if client is not None:

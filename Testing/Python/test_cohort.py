@@ -1163,3 +1163,67 @@ def test_one_input_under_two_study_ids_is_said(cohort, tmp_path):
     notes = []
     assert [s.id for s in load_cohort(manifest, notes=notes)] == ["first", "again"]
     assert notes == [f"studies 'first' and 'again' read the same input {path}: the cohort's statistics count it twice"]
+
+
+def test_a_second_stop_while_the_workers_close_still_writes_the_table(cohort, tmp_path, monkeypatch):
+    """Probe 91: a second Ctrl-C in the 2-3 s the workers take to stop broke off their close; the
+    finally closed them again and hung, and no cohort.csv was written. The stop's own work is
+    held from further signals: the workers are closed once and the table is written."""
+    import signal as signals
+
+    from CardiacAISegLib import cohort as cohort_module
+    from CardiacAISegLib.cohort import run_cohort
+
+    specs = [s for s in read_manifest(cohort["manifest"]) if s.study in ("phantom_a", "phantom_b")]
+    real_open = cohort_module._open_client
+    closes = []
+
+    def open_client(*args, **kwargs):
+        client, cluster = real_open(*args, **kwargs)
+        real_close = cluster.close
+
+        def close(*a, **kw):
+            closes.append(1)
+            if len(closes) == 1:
+                os.kill(os.getpid(), signals.SIGINT)   # the user presses Ctrl-C again while it closes
+                time.sleep(0.2)
+            return real_close(*a, **kw)
+        cluster.close = close
+        return client, cluster
+
+    def first_stop(client):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cohort_module, "_open_client", open_client)
+    monkeypatch.setattr(cohort_module, "_dashboard", first_stop)
+    before = signals.signal(signals.SIGINT, signals.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_cohort(specs, tmp_path, workers=1, processes=False, show_progress=False, log=lambda *a: None, reports="none")
+    finally:
+        signals.signal(signals.SIGINT, before)
+    assert len(closes) == 1
+    table = _read_csv(tmp_path / "cohort.csv")
+    assert [(r["study"], r["status"]) for r in table] == [("phantom_a", "error"), ("phantom_b", "error")]
+    assert all("rerun with --resume" in r["error"] for r in table)
+
+
+def test_resume_keeps_a_study_made_with_more_outputs_and_says_why_it_runs_one_again(cohort, tmp_path):
+    """Probe 91: a batch run with --scene and resumed without it ran every study again with
+    nothing said, and its scene.mrb went. Outputs asked for before and not now keep the study
+    complete; a study run again for other options is said, with the options."""
+    from CardiacAISegLib.cohort import run_cohort
+
+    def specs(**defaults):
+        return [s for s in read_manifest(cohort["manifest"], defaults=defaults) if s.study == "phantom_b"]
+    kw = dict(workers=1, processes=False, show_progress=False, reports="none")
+    run_cohort(specs(scene=True), tmp_path / "a", log=lambda *a: None, **kw)
+    assert (tmp_path / "a" / "phantom_b" / "scene.mrb").is_file()
+    said = []
+    again = run_cohort(specs(), tmp_path / "a", resume=True, log=said.append, **kw)
+    assert again.skipped == ["phantom_b"] and (tmp_path / "a" / "phantom_b" / "scene.mrb").is_file(), said
+    run_cohort(specs(), tmp_path / "b", log=lambda *a: None, **kw)
+    said = []
+    again = run_cohort(specs(scene=True), tmp_path / "b", resume=True, log=said.append, **kw)
+    assert again.skipped == [] and (tmp_path / "b" / "phantom_b" / "scene.mrb").is_file()
+    assert any("1 study with outputs run again, made from other options scene (phantom_b)" in m for m in said), said

@@ -1559,3 +1559,36 @@ def test_a_perfusion_frame_folder_without_times_says_the_frame_files_have_none(t
     sidecar: the files are meant, and their sidecars are not read as times."""
     folder = _nifti_frames(tmp_path / "f", range(12))
     expect_error(lambda: load_study(folder, kind="perfusion"), folder, "the frame files have no frame times", "--dt")
+
+
+def test_another_patients_frame_file_in_an_acdc_folder_is_left_out(tmp_path):
+    """Probe 91: ACDC frame files were keyed by frame number alone, so another patient's file
+    copied into a folder replaced the patient's own frame of that number (EF 8.6 % for 26.9 %,
+    no word), or a folder of two patients' frames measured the other patient under this one's
+    name. A copied folder ("patient010 copy") looked for its labels under the folder's name."""
+    from bad_corpus import acdc_folder, make_base
+
+    from CardiacAISegLib.readers import load_study
+
+    base = make_base(tmp_path / "base")
+    own = acdc_folder(base, tmp_path / "patient010", "ED: 1\nES: 2\n")
+    other = acdc_folder(base, tmp_path / "patient011", "ED: 1\nES: 2\n", frames=(2, 5))
+    alone = load_study(own)
+    stray = own / "patient011_frame02.nii.gz"
+    stray.write_bytes((other / "patient011_frame02.nii.gz").read_bytes())
+    mixed = load_study(own)
+    assert np.array_equal(mixed.images, alone.images)
+    assert any("1 file(s) of another patient left out (patient011_frame02.nii.gz)" in w for w in mixed.provenance["warnings"])
+    # two patients, neither named by the folder: refused, naming both
+    both = tmp_path / "exported"
+    both.mkdir()
+    for f in [*own.iterdir(), *other.iterdir()]:
+        (both / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CardiacInputError, match="images of 2 patients in this ACDC folder .*patient010: .*patient011: "):
+        load_study(both)
+    # a copied folder: its images' patient names the label maps
+    stray.unlink()
+    copy = tmp_path / "patient010 copy"
+    own.rename(copy)
+    study = load_study(copy)
+    assert sorted(study.labels) == [0, 1] and np.array_equal(study.images, alone.images)

@@ -99,6 +99,44 @@ def read_info_cfg(path):
     return info
 
 
+_FOUR_D_RE = re.compile(r"^(?P<pid>.+)_4d\.nii(\.gz)?$")
+
+
+def _patient_files(folder, warnings):
+    """(the patient's name, {frame number: file}, [its _4d file]) of an ACDC folder. Files are
+    keyed by frame number, so another patient's frame file copied in (patient004_frame02 beside
+    patient002's frames) replaced the patient's own frame of that number, or added a frame:
+    EF 8.6 % for 26.9 % with no word, or a whole row of the other patient's numbers (probe 91).
+    The patient is the one the folder is named after, else the one patient whose files are
+    there; another patient's files are left out and said, several with none named by the folder
+    refused."""
+    by_patient = {}
+    for f in sorted(folder.iterdir()):
+        m = _FRAME_RE.match(f.name)
+        if m:
+            by_patient.setdefault(m.group("pid"), ({}, []))[0][int(m.group("n"))] = f
+            continue
+        m = _FOUR_D_RE.match(f.name)
+        if m:
+            by_patient.setdefault(m.group("pid"), ({}, []))[1].append(f)
+    if not by_patient:
+        return folder.name, {}, []
+    if folder.name in by_patient:
+        pid = folder.name
+    elif len(by_patient) == 1:
+        pid = next(iter(by_patient))   # a renamed or copied folder ("patient007 copy")
+    else:
+        listing = "; ".join(f"{p}: {', '.join(f.name for f in [*files.values(), *four][:3])}"
+                            for p, (files, four) in sorted(by_patient.items()))
+        raise CardiacInputError(folder, f"images of {len(by_patient)} patients in this ACDC folder ({listing}), none named "
+                                        "like the folder: one folder holds one patient's frames; move the others out")
+    others = sorted(f.name for p, (files, four) in by_patient.items() if p != pid for f in [*files.values(), *four])
+    if others:
+        warnings.append(f"{len(others)} file(s) of another patient left out ({', '.join(others[:4])}"
+                        f"{', ...' if len(others) > 4 else ''}): this folder is {pid}'s")
+    return pid, by_patient[pid][0], by_patient[pid][1]
+
+
 def load_acdc_patient(folder, frames="all"):
     """Read an ACDC patient folder into a cine Study.
 
@@ -110,16 +148,11 @@ def load_acdc_patient(folder, frames="all"):
     if not folder.is_dir():
         raise CardiacInputError(folder, "not a folder")
     info = read_info_cfg(folder / "Info.cfg")
-    four_d = sorted(folder.glob("*_4d.nii*"))
-    frame_files = {}
-    for f in folder.iterdir():
-        m = _FRAME_RE.match(f.name)
-        if m:
-            frame_files[int(m.group("n"))] = f
+    warnings = []
+    pid, frame_files, four_d = _patient_files(folder, warnings)
     if not four_d and not frame_files:
         raise CardiacInputError(folder, "no patientNNN_frameXX.nii.gz or _4d.nii.gz image in this ACDC folder")
 
-    warnings = []
     if four_d:
         data, affine, header = load_nifti(four_d[0])
         if nifti_spacing_lost(header, data.ndim):
@@ -157,10 +190,12 @@ def load_acdc_patient(folder, frames="all"):
     set_to_background = set()   # label values of the _gt files that are no label (QC LABEL_VALUES_UNKNOWN)
     for n, i in index.items():
         # ACDC pads frame numbers to 2 digits; hand-made folders often do not (frame1_gt)
-        candidates = [folder / f"{folder.name}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
+        # named by the images' patient, not the folder: a copied folder "patient007 copy" looked
+        # for "patient007 copy_frame01_gt.nii.gz" beside patient007_frame01_gt.nii.gz (probe 91)
+        candidates = [folder / f"{pid}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
         gt = next((c for c in candidates if c.is_file()), candidates[0])
         if not gt.is_file():
-            missing_gt[i] = f"{folder.name}_frame{n:02d}_gt.nii.gz not found"   # said if its labels are asked for
+            missing_gt[i] = f"{pid}_frame{n:02d}_gt.nii.gz not found"   # said if its labels are asked for
         if gt.is_file():
             lab, gt_affine, _ = load_nifti(gt)
             lab, note = onto_image_grid(nifti_to_kji(lab), gt_affine, affine, images.shape[1:])
