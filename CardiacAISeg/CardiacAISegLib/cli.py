@@ -108,7 +108,7 @@ def _batch(args):
     for ref, why in uncompared_references([r for r in run.rows if r["status"] != STATUS_ERROR]):
         print(f"warning: manifest column {ref} is not compared in the cohort report: {why}", file=sys.stderr)
     c = run.counts
-    print(f"{len(run.rows)} studies: {c['ok']} ok, {c['qc-review']} QC review, {c['error']} error "
+    print(f"{len(run.rows)} stud{'y' if len(run.rows) == 1 else 'ies'}: {c['ok']} ok, {c['qc-review']} QC review, {c['error']} error "
           f"({len(run.ran)} run, {len(run.skipped)} already complete) in {run.elapsed_s:.1f} s")
     for name, path in sorted(run.paths.items()):
         print(f"wrote {path}")
@@ -120,7 +120,7 @@ def _batch(args):
     if c["error"]:
         # the other studies' outputs and the table are complete; a script that checks only the
         # exit status must still learn that some studies have no result
-        print(f"error: {c['error']} of {len(run.rows)} studies failed (their rows in cohort.csv say why)", file=sys.stderr)
+        print(f"error: {c['error']} of {len(run.rows)} stud{'y' if len(run.rows) == 1 else 'ies'} failed (their rows in cohort.csv say why)", file=sys.stderr)
         return BATCH_ERROR_EXIT
     return 0
 

@@ -2674,6 +2674,13 @@ def _(base, f):
     return perfusion_args(base, **{"--labels": lab})
 
 
+@case("frames_all_on_perfusion_with_the_network", "warn", ("--frames all not used", "one mask from its key frames"),
+      category="cli")
+def _(base, f):
+    """A cohort row's frames=all on a perfusion study was ignored without a word (probe 91)."""
+    return perfusion_args(base, **{"--labels": None, "--frames": "all"})
+
+
 @case("dt_and_units_given_for_a_cine", "warn", ("--dt and --units not used",), category="cli")
 def _(base, f):
     img, lab = cine_nifti(base, f)

@@ -641,12 +641,12 @@ def test_cohort_statistics_are_over_the_studies_whose_qc_passed(tmp_path, monkey
     rows.append({"study": "p", "status": "qc-review", "global_mbf_ml_min_g": 2.45})   # only flagged studies have MBF
     titles = _report_titles(rows, tmp_path / "cohort_report.png", monkeypatch)
     mass = next(t for t in titles if t.startswith("LV mass") and "median" in t)
-    assert f"median {np.median(masses):.1f} (n=6 QC pass; 1 QC review left out)" in mass, titles
+    assert f"median {np.median(masses):.1f}\n(n=6 QC pass; 1 QC review left out)" in mass, titles
     ba = next(t for t in titles if "bias" in t)
     diffs = np.array(masses) - np.array([m - 10 + i for i, m in enumerate(masses)])
     assert f"bias {diffs.mean():.2f}" in ba and "n=6 QC pass; 1 QC review left out" in ba, ba
     mbf = next(t for t in titles if t.startswith("Global MBF"))
-    assert "median 2.45 (n=1, all QC review)" in mbf, titles
+    assert "median 2.45\n(n=1, all QC review)" in mbf, titles
     corr = next(t for t in titles if "r = " in t)
     assert "nan" not in corr and "n=6 QC pass" in corr, corr
 
