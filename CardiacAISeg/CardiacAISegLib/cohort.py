@@ -350,9 +350,21 @@ def load_cohort(source, defaults=None, exclude=(), notes=None):
     if source.suffix.lower() != ".csv":
         raise CardiacInputError(source, "is neither a folder of studies nor a CSV manifest (.csv)")
     specs = read_manifest(source, defaults)
+    _refuse_paths_all_missing(source, specs)
     if notes is not None:
         notes += _read_twice(specs)
     return specs
+
+
+def _refuse_paths_all_missing(manifest, specs):
+    """Paths written from another folder than the manifest's made one error row per study, an
+    empty figure and exit 1 after the cluster had started (probe 91): where none exists, the
+    manifest's fault is said as one, before the batch."""
+    if not specs or any(Path(s.input).exists() for s in specs):
+        return
+    raise CardiacInputError(manifest, f"none of its {len(specs)} study path{'s' if len(specs) > 1 else ''} exists (e.g. "
+                                      f"{specs[0].input}): relative paths are read from the manifest's own folder "
+                                      f"({Path(manifest).resolve().parent}), not from where the command runs")
 
 
 def _read_twice(specs):

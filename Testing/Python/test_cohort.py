@@ -138,6 +138,7 @@ def test_manifest_errors_name_the_file_and_problem(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     good = tmp_path / "good.csv"
     good.write_text("path\na.nii.gz\n")
+    (tmp_path / "a.nii.gz").write_bytes(b"x")   # a manifest whose paths all miss is refused first
     assert cli.main(["batch", str(good), "--out", str(tmp_path / "a_file")]) == 2
     assert "a_file: output path exists and is not a folder" in capsys.readouterr().err   # the lock, as for analyze
     assert cli.main(["batch", str(good), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
@@ -1227,3 +1228,22 @@ def test_resume_keeps_a_study_made_with_more_outputs_and_says_why_it_runs_one_ag
     again = run_cohort(specs(scene=True), tmp_path / "b", resume=True, log=said.append, **kw)
     assert again.skipped == [] and (tmp_path / "b" / "phantom_b" / "scene.mrb").is_file()
     assert any("1 study with outputs run again, made from other options scene (phantom_b)" in m for m in said), said
+
+
+def test_a_manifest_whose_paths_all_miss_is_refused_before_the_batch(tmp_path):
+    """Probe 91: relative paths written from another folder than the manifest's made one error row
+    per study, an empty figure and exit 1 after the cluster had started; the manifest is refused
+    at once, saying where relative paths are read from. One path found: the others are the
+    studies' own errors."""
+    from CardiacAISegLib.cohort import load_cohort
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "m.csv"
+    manifest.write_text("study,path\na,data/a.nii.gz\nb,data/b.nii.gz\n")
+    with pytest.raises(CardiacInputError, match=r"none of its 2 study paths exists \(e.g. .*lists/data/a.nii.gz\): relative "
+                                                r"paths are read from the manifest's own folder"):
+        load_cohort(manifest)
+    manifest.write_text("study,path\na,../data/a.nii.gz\nb,../data/b.nii.gz\n")
+    assert [s.study for s in load_cohort(manifest)] == ["a", "b"]
