@@ -2681,6 +2681,15 @@ def _(base, f):
     return perfusion_args(base, **{"--labels": None, "--frames": "all"})
 
 
+@case("folder_of_one_image_and_its_labels", "error", ("holds one image (cine.nii.gz)", "--labels cine_labels.nii.gz"),
+      named=lambda f: f / "study", category="cli")
+def _(base, f):
+    """The tool's own phantom folder (an image and its label map) given as the input: told to add an
+    ACDC Info.cfg (probe 91)."""
+    cine_nifti(base, f / "study")
+    return [f / "study"]
+
+
 @case("dt_and_units_given_for_a_cine", "warn", ("--dt and --units not used",), category="cli")
 def _(base, f):
     img, lab = cine_nifti(base, f)

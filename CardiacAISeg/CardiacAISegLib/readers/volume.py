@@ -961,6 +961,15 @@ def check_frame_numbers(folder, files, others=()):
         # an Info.cfg that is a folder was told to "add its Info.cfg" (probe 57)
         info = (" and no Info.cfg (an ACDC patient folder's ED and ES frames)" if not cfg.exists()
                 else " and an Info.cfg that is not a file (a folder?)" if not cfg.is_file() else "")
+        images = [f for f in files if f not in labels]
+        if len(images) == 1 and not cfg.exists():
+            # one image and its label map (this tool's own phantom folders, a converter's export):
+            # told to add an ACDC Info.cfg, which does not fit (probe 91)
+            raise CardiacInputError(folder, f"holds one image ({images[0].name}) and label maps ({', '.join(f.name for f in labels[:2])}"
+                                            f"{', ...' if len(labels) > 2 else ''}): a folder is read as an image only "
+                                            f"when it is a DICOM series, an ACDC patient or one file per frame; give the "
+                                            f"image file itself, with --labels {labels[0].name} for its labels (in a cohort "
+                                            "manifest, the path and labels columns)")
         raise CardiacInputError(folder, f"holds label maps ({', '.join(f.name for f in labels[:2])}"
                                         f"{', ...' if len(labels) > 2 else ''}) beside the image frames{info}: they are "
                                         f"not frames. For an ACDC patient folder "
