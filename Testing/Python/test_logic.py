@@ -576,6 +576,26 @@ def test_implausible_insertion_handles_are_flagged_and_impossible_ones_snap_back
     markups.SetNthControlPointPosition(n_ant, *home)
     logic.onInsertionPointMoved(markups, n_ant)
     assert "INSERTION_POINTS_IMPLAUSIBLE" not in flags()
+    # both handles turned 60 degrees about the centre: the arc stays plausible, one point leaves the
+    # RV, and a perfusion defect moved into the LCx segments with QC pass (probe 93)
+    turn = np.radians(60.0)
+
+    def turned(point):
+        d = np.asarray(point) - centre
+        u, v = np.asarray(a.study.ijk_to_ras)[:3, 0], np.asarray(a.study.ijk_to_ras)[:3, 1]
+        u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+        x, y = d @ u, d @ v
+        return centre + (x * np.cos(turn) - y * np.sin(turn)) * u + (x * np.sin(turn) + y * np.cos(turn)) * v + (d - x * u - y * v)
+    markups.SetNthControlPointPosition(n_ant, *turned(home))
+    markups.SetNthControlPointPosition(n_inf, *turned(inferior))
+    logic.onInsertionPointMoved(markups, n_ant)
+    logic.onInsertionPointMoved(markups, n_inf)
+    assert "mm from the RV" in flags()["INSERTION_POINTS_IMPLAUSIBLE"], flags()
+    markups.SetNthControlPointPosition(n_ant, *home)
+    markups.SetNthControlPointPosition(n_inf, *inferior)
+    logic.onInsertionPointMoved(markups, n_ant)
+    logic.onInsertionPointMoved(markups, n_inf)
+    assert "INSERTION_POINTS_IMPLAUSIBLE" not in flags()
     # into the blood pool, a tenth of the way out from the centre: the sectors turned with QC pass (probe 92)
     markups.SetNthControlPointPosition(n_ant, *(centre + 0.1 * (np.asarray(home) - centre)))
     logic.onInsertionPointMoved(markups, n_ant)
