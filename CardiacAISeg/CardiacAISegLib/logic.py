@@ -1299,7 +1299,8 @@ class CardiacAISegLogic(_LogicBase):
         """Save the corrected segmentation as ground truth in ACDC layout:
         ``outDir/patientNNN/`` with Info.cfg, patientNNN_frameXX.nii.gz (+ _gt) for ED and ES
         (frames 1-based, labels in the ACDC convention) and patientNNN_4d.nii.gz. Existing
-        files are never replaced without ``force``. Returns the folder."""
+        files are never replaced without ``force``; with it, the patient's frame files of an
+        earlier save that this one does not write are removed. Returns the folder."""
         from .readers.acdc import slice_positions_lines
 
         a = self._requireAnalysis()
@@ -1333,6 +1334,13 @@ class CardiacAISegLogic(_LogicBase):
                     _write_nifti(stage / name, spec[0], st.ijk_to_ras, spec[1], st.frame_times_s)
             for name in files:
                 os.replace(stage / name, folder / name)
+            # an earlier save's frames that this one does not write go: replaced with another ES,
+            # the folder kept the old ES frame's image and labels beside the new, and training
+            # learned from a label map laid over another frame (probe 94)
+            earlier = re.compile(rf"^{re.escape(patientName)}_(frame\d+(_gt)?|4d)\.nii(\.gz)?$")
+            for stale in folder.iterdir():
+                if stale.name not in files and earlier.match(stale.name) and stale.is_file():
+                    stale.unlink()
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return folder

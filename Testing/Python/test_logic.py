@@ -429,7 +429,14 @@ def test_export_and_ground_truth_in_acdc_layout(measured, tmp_path):
     np.testing.assert_allclose(back.images, a.study.images)
     with pytest.raises(OutputExistsError):
         logic.saveGroundTruth(tmp_path / "gt", "patient101")
+    # an earlier save's ES frame this one does not write (another ES, another study of one name)
+    # stayed beside the new ones, and read back as a labelled frame (probe 94)
+    for suffix in ("", "_gt"):
+        (folder / f"patient101_frame{es + 2:02d}{suffix}.nii.gz").write_bytes(
+            (folder / f"patient101_frame{es + 1:02d}{suffix}.nii.gz").read_bytes())
+    (folder / "notes.txt").write_text("mine")
     logic.saveGroundTruth(tmp_path / "gt", "patient101", force=True)
+    assert sorted(load_acdc_patient(folder).labels) == sorted({ed, es}) and (folder / "notes.txt").is_file()
     with pytest.raises(CardiacInputError, match="patientNNN"):
         logic.saveGroundTruth(tmp_path / "gt", "my case")
     assert logic.agreementWithNetwork()[ed]["rv"]["dice"] < 1.0
