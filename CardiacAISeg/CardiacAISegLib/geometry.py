@@ -593,6 +593,37 @@ def levels_at_shared_positions(studies, label_maps):
     return [tuple(names[group_of[p]] for p in series) for series in places]
 
 
+def stacks_apart(studies):
+    """Why the slices of the series of one examination (stress, rest) cannot be read at shared
+    places (a clause), or None where they can or nothing says where they lie: tilted more than
+    10 degrees against the widest series, or some series' slices further than half a slice
+    spacing from every slice of the widest. ``levels_at_shared_positions`` then gives no reading
+    and each series keeps the levels of its own slice count: a rest stack one slice (20 mm),
+    120 mm off, or tilted 30 degrees paired its levels by order with QC pass (probe 93)."""
+    if not all(st.orientation_known for st in studies):
+        return None
+    widest = max(range(len(studies)), key=lambda i: studies[i].n_slices)
+    reference = studies[widest]
+    for st in studies:
+        angle = float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(st.slice_normal, reference.slice_normal)))))))
+        if angle > 10.0:
+            return f"their slices are tilted {angle:.0f} degrees against each other"
+    normal = np.asarray(reference.slice_normal, float)
+    spacing = float(np.linalg.norm(np.asarray(reference.ijk_to_ras, float)[:3, 2]))
+
+    def places(st):
+        a = np.asarray(st.ijk_to_ras, float)
+        return np.array([float(normal @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(st.n_slices)])
+    ref = places(reference)
+    off = [float(np.min(np.abs(ref - p))) for i, st in enumerate(studies) if i != widest for p in places(st)]
+    apart = [d for d in off if d > 0.5 * spacing]
+    if not apart:
+        return None
+    span = f"{min(apart):.0f}" if round(min(apart)) == round(max(apart)) else f"{min(apart):.0f}-{max(apart):.0f}"
+    return (f"{len(apart)} of the {len(off)} slices of one series lie {span} mm from every slice of the other along "
+            "the long axis")
+
+
 def slice_levels(label_map3d, study, min_fraction=0.1, perfusion_levels=("basal", "mid", "apical")):
     """{k: 'basal'|'mid'|'apical'}.
 

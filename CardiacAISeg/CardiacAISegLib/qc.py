@@ -1195,7 +1195,7 @@ def perfusion_flags(analysis):
         msg = _out_of("mpr", m, "global MPR", "")
         if msg:
             flags.append(_flag("MPR_RANGE", REVIEW, msg, m))
-    flags += roles_swapped_flags(analysis) + rest_other_day_flags(analysis)
+    flags += roles_swapped_flags(analysis) + rest_other_day_flags(analysis) + rest_slices_elsewhere_flags(analysis)
     # the myocardium the analysis measured (network or given labels), on the frames it fitted
     myo = analysis.labels[analysis.reference_frame] == MYO
     curves = analysis._curves
@@ -1242,6 +1242,25 @@ def rest_other_day_flags(analysis):
                                             f"day{'s' if days > 1 else ''} "
                                             "apart): the reserve (MPR, MPRI) divides one day's stress by another day's rest; "
                                             "check that this rest series belongs to this exam", days)]
+
+
+def rest_slices_elsewhere_flags(analysis):
+    """REST_SLICES_ELSEWHERE where stress and rest slices cannot be read at shared places
+    (``geometry.stacks_apart``) and the AHA levels were not read from them: each series' levels
+    come from its own slice order, and the reserve of a segment may divide one level by another
+    (a rest stack one slice off read with QC pass; probe 93)."""
+    from .geometry import stacks_apart
+
+    rest = getattr(analysis, "rest", None)
+    if rest is None or getattr(analysis, "levels_by_positions", False) or getattr(rest, "levels_by_positions", False):
+        return []
+    why = stacks_apart([analysis.study, rest.study])
+    if why is None:
+        return []
+    return [_flag("REST_SLICES_ELSEWHERE", REVIEW, f"stress and rest slices do not lie at the same places: {why}. The AHA "
+                                                   "levels of each come from its own slice order, so a segment's reserve "
+                                                   "(MPR, MPRI) may divide one level's stress by another level's rest; "
+                                                   "check that both series are of one exam and cover the same levels")]
 
 
 def roles_swapped_flags(analysis):

@@ -2073,3 +2073,35 @@ def test_images_with_an_empty_trigger_time_are_named_for_it(tmp_path, phantom):
     with pytest.raises(CardiacInputError, match=rf"5 image\(s\) at slice position .* have no TriggerTime \(empty or absent; .*"
                                                 rf"while the other {n_frames - 5} there have one"):
         load_study(tmp_path)
+
+
+def test_a_rest_stack_whose_slices_lie_elsewhere_is_flagged():
+    """Probe 93: a rest stack moved one slice (20 mm) or tilted 30 degrees against the stress was
+    read with QC pass: no shared places, each series took its levels by slice order, and a
+    segment's MPR could divide one level's stress by another level's rest."""
+    from CardiacAISegLib.analysis import Analysis
+
+    stress, _ = make_perfusion_phantom(seed=3, n_frames=50, noise=0.005)
+    rest, _ = make_perfusion_phantom(seed=3, n_frames=50, noise=0.005, stress=False)
+
+    def codes(rest_study):
+        paired = Analysis(rest_study, rest_study.labels).run()
+        return {f["code"]: f["message"] for f in Analysis(stress, stress.labels, rest=paired).run().qc["flags"]}
+    assert "REST_SLICES_ELSEWHERE" not in codes(rest)
+    a = np.asarray(rest.ijk_to_ras, float)
+    shifted = copy(rest)
+    shifted.ijk_to_ras = a.copy()
+    shifted.ijk_to_ras[:3, 3] += a[:3, 2]          # one slice along the stack
+    assert "1 of the 3 slices of one series lie 20 mm" in codes(shifted).get("REST_SLICES_ELSEWHERE", ""), codes(shifted)
+    tilted = copy(rest)
+    tilted.ijk_to_ras = a.copy()
+    tilted.ijk_to_ras[:3, :3] = _rotation(a[:3, 0], 30.0) @ a[:3, :3]   # about the row direction
+    assert "tilted 30 degrees" in codes(tilted).get("REST_SLICES_ELSEWHERE", ""), codes(tilted)
+
+
+def _rotation(axis, degrees):
+    """The matrix turning about unit ``axis`` by ``degrees`` (Rodrigues)."""
+    k = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t = np.radians(degrees)
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
