@@ -27,10 +27,13 @@ from .errors import CardiacInputError, OutputExistsError, OutputLockedError
 # scene.mrb only when a scene builder is given (`analyze --scene`, the Slicer module, the web GUI)
 OUTPUT_FILES = ("results.json", "results.csv", "segmentation.seg.nrrd", "report.png")
 ES_SEGMENTATION = "segmentation_es.seg.nrrd"
+# the rest series' mask (stress and rest): without --scene it was written nowhere, so rest MBF,
+# MPR and MPRI could not be checked or measured again (probe 94)
+REST_SEGMENTATION = "rest_segmentation.seg.nrrd"
 SCENE_FILE = "scene.mrb"
 # what a run replaces: an old scene.mrb goes too when a run writes none, so no folder holds a scene
 # of one run beside the results of another
-REPLACED_FILES = OUTPUT_FILES + (ES_SEGMENTATION, SCENE_FILE)
+REPLACED_FILES = OUTPUT_FILES + (ES_SEGMENTATION, REST_SEGMENTATION, SCENE_FILE)
 LOCK_NAME = ".cardiacaiseg.lock"
 STAGE_PREFIX = ".cardiacaiseg-"
 
@@ -500,6 +503,9 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
     progress(0, steps, "writing segmentations")
     for name, frame in segmentation_frames(analysis).items():
         write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True)
+    rest = getattr(analysis, "rest", None)
+    if rest is not None:   # on the rest's own grid: given back with --rest-labels it measures the same
+        write_seg_nrrd(stage / REST_SEGMENTATION, rest.labels[rest.reference_frame], rest.study.ijk_to_ras, overwrite=True)
     checkpoint()
     t1 = time.perf_counter()
     if drawing:

@@ -54,6 +54,9 @@ def results_document(analysis: Analysis, input_path: str | Path, model: dict | N
     doc["source"] = source_of(analysis.study)
     if getattr(analysis, "rest", None) is not None:
         doc["source"]["rest"] = source_of(analysis.rest.study)
+        # the network that drew the rest's mask, where it was not given (stress labels given and the
+        # rest segmented by the network said "model": null and nothing more; probe 93)
+        doc["rest_model"] = getattr(analysis.rest, "model_info", None)
     r = analysis.results()
     doc["cine"] = r["cine"]
     doc["perfusion"] = r["perfusion"]

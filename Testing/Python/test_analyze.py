@@ -265,7 +265,8 @@ def perfusion(tmp_path_factory):
 
 def test_perfusion_schema(perfusion):
     r = perfusion["results"]
-    assert set(r) == TOP_KEYS
+    # with a rest series: the network that drew its mask (none here: given; probe 93)
+    assert set(r) == TOP_KEYS | {"rest_model"} and r["rest_model"] is None
     assert r["kind"] == "perfusion" and r["cine"] is None and r["model"] is None
     p = r["perfusion"]
     assert {"global_mbf_ml_min_g", "density_g_ml", "segments"} <= set(p)
@@ -278,7 +279,22 @@ def test_perfusion_schema(perfusion):
     assert [i["slice"] for i in r["rv_insertion"]] == [0, 1, 2]
     assert {"load", "mbf_map", "measures", "writing"} <= set(r["timing_s"])
     # no --scene: no scene.mrb (and no slicer-core in the run)
-    assert sorted(os.listdir(perfusion["out"])) == ["report.png", "results.csv", "results.json", "segmentation.seg.nrrd"]
+    assert sorted(os.listdir(perfusion["out"])) == ["report.png", "rest_segmentation.seg.nrrd", "results.csv", "results.json",
+                                                    "segmentation.seg.nrrd"]
+
+
+def test_the_rest_mask_is_written_and_measures_the_same_given_back(perfusion, tmp_path):
+    """Probe 94: without --scene the rest series' mask was written nowhere, so rest MBF, MPR and
+    MPRI could not be checked or measured again. Given back with --rest-labels it reproduces them."""
+    stress, rest, out = perfusion["stress"], perfusion["stress"].parent / "rest", tmp_path / "again"
+    _cli("analyze", stress / "perfusion.nii.gz", "--kind", "perfusion", "--labels", stress / "perfusion_labels.nii.gz",
+         "--aif", stress / "aif.csv", "--dt", perfusion["truth_dt_s"],
+         "--rest", rest / "perfusion.nii.gz", "--rest-labels", perfusion["out"] / "rest_segmentation.seg.nrrd",
+         "--rest-aif", rest / "aif.csv", "--out", out, "--quiet")
+    again = json.loads((out / "results.json").read_text())["perfusion"]
+    first = perfusion["results"]["perfusion"]
+    assert again["rest"]["global_mbf_ml_min_g"] == pytest.approx(first["rest"]["global_mbf_ml_min_g"], rel=1e-9)
+    assert again["mpr"]["global"] == pytest.approx(first["mpr"]["global"], rel=1e-9)
 
 
 def test_perfusion_segment_mbf_within_3_percent(perfusion):
