@@ -224,9 +224,17 @@ class Analysis:
         return CardiacInputError(where or st.source or st.name, f"{err.problem} ({err.path})")
 
     def _run(self, progress=None):
+        from .progress import as_progress
+
+        # a cancel point between the measuring stages: measured in one step, a GUI's Cancel waited
+        # 1.5 s for labels it was only measuring (probe 94). "measuring" keeps a run's bar where it is
+        progress = as_progress(progress)
+
+        def checkpoint(stage):   # not kept on the Analysis: it is pickled to and from a worker
+            progress(1, 3, f"measuring: {stage}")
         t0 = time.perf_counter()
         if self.kind == PERFUSION:
-            self._compute_mbf_map()
+            self._compute_mbf_map(checkpoint)
             if self.rest is not None:  # the MPR depends on the rest series: its caveats are ours
                 self.warnings += _rest_warnings(self.rest)
             # the AIF and the fit; the motion correction inside is timed on its own
@@ -236,6 +244,7 @@ class Analysis:
             single = self.study.n_frames == 1
             if single:   # one 3D volume: it is its own ED; there is no ES
                 self.study.ed_frame = self.study.es_frame = 0
+            checkpoint("volumes")
             self.cine = cine_measures(self.study, self.labels, density=self.density,   # --density is the mass's too
                                       kept_ed_es=self.kept_ed_es)
             self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
@@ -246,11 +255,13 @@ class Analysis:
                 for key in ("es_frame",) + ES_MEASURES:
                     self.cine[key] = None
                 self.warnings.append("one frame only: ED volumes and mass are measured; ESV, SV and EF need a cine series")
+        checkpoint("AHA segments")
         self._compute_geometry()
         self.levels_by_positions = False   # a stress measured again alone (its rest unpaired) reads by count again
         if self.kind == PERFUSION and self.rest is not None:
             self._align_rest_levels()
         self._compute_segment_values()
+        checkpoint("quality control")
         self._assess()
         self.timing_s["measures"] = time.perf_counter() - t0
         return self
@@ -329,7 +340,7 @@ class Analysis:
             self.warnings.append(f"{' and '.join(frames)} (counted from 1): as {given['by']} give "
                                  f"{'them' if len(frames) > 1 else 'it'}, not this segmentation's volume curve")
 
-    def _compute_mbf_map(self):
+    def _compute_mbf_map(self, checkpoint=lambda stage: None):
         from .perfusion.mbf import fit_map, mbf_map
 
         st = self.study
@@ -377,6 +388,7 @@ class Analysis:
         # bolus check estimated on them (provenance "frame_alignment") is reused, not redone
         from .perfusion.motion import correct as motion_correct
 
+        checkpoint("motion correction")
         t0 = time.perf_counter()
         images, st.provenance["motion"] = motion_correct(st.images, self.labels[self.reference_frame],
                                                          st.spacing_rc,
@@ -397,6 +409,7 @@ class Analysis:
         grid_images, dt = _regular_frames(images, times)
         if grid_images is not images:
             aif = np.interp(np.arange(grid_images.shape[0]) * dt, times, aif)
+        checkpoint("MBF fit")
         self.mbf, self.mbf_fit = mbf_map(grid_images, mask, aif, dt, density=self.density)
         self._mbf_reliable = fit_map(mask, self.mbf_fit, "reliable")   # per-segment fit quality (_perfusion_summary)
 

@@ -1536,3 +1536,23 @@ def test_a_study_read_as_perfusion_only_by_its_aif_says_so_in_module_terms(tmp_p
     text = "which is a cine series; drop --kind to use the detected kind"
     assert "set the 'Series kind' box to 'Detect automatically'" in inModuleTerms(text)
     assert "set the 'Series kind' field to 'from the data'" in in_page_terms(text)
+
+
+def test_cancel_while_measuring_stops_between_its_stages(tmp_path):
+    """Probe 94: labels measured in one step (motion correction, MBF fit, sectors, QC) left a
+    GUI's Cancel waiting 1.5 s. Each stage is a cancel point: cancelled at the MBF fit, the fit and
+    the stages after it do not run, and the previous results stay."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadSamplePhantom("perfusion", tmp_path / "sample")
+    before = logic.runSegmentation(useExistingLabels=True)
+    said = []
+
+    def report(done, total, message):
+        said.append(message)
+        if message == "measuring: MBF fit":
+            progress.cancel()
+    progress = Progress(report)
+    with pytest.raises(CancelledError):
+        logic.runSegmentation(useExistingLabels=True, progress=progress)
+    assert logic.analysis is before
+    assert "measuring: motion correction" in said and said[-1] == "measuring: MBF fit", said
