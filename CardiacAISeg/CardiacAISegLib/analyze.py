@@ -138,11 +138,18 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     # --- end of flags check
     rest_analysis = None
     if rest is not None:
+        from .pipeline import REST_PROGRESS_PREFIX
+        from .progress import as_progress
         from .readers import load_rest_series
 
+        # the rest's reading and network on the bar too, named as the rest's: nothing was shown for
+        # them (a large DICOM rest series sat without a bar; probe 94)
+        outer = as_progress(progress)
+        rest_progress = as_progress(lambda done, total, message="": outer(done, total, REST_PROGRESS_PREFIX + message))
         try:
             rest_study = _load_with_labels(rest, rest_labels, read=load_rest_series, label_convention=label_convention,
-                                           aif=rest_aif, dt=rest_dt, units=units, series=rest_series)
+                                           aif=rest_aif, dt=rest_dt, units=units, series=rest_series,
+                                           progress=rest_progress)
         except CardiacInputError as e:
             # the rest folder is often the stress's own (a whole exam): say which series failed, and
             # its series is chosen with --rest-series (--series chooses the stress's)
@@ -156,7 +163,7 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                            same_series_advice="e.g. --series stress --rest FOLDER picks each by its description")
         try:
             rest_analysis, _, _ = analyze_study(rest_study, model, use_labels=rest_labels is not None, density=density,
-                                                device=device)
+                                                device=device, progress=rest_progress)
         except CardiacInputError as e:   # its advice in the rest's flags (--rest-labels, not --labels)
             raise CardiacInputError(e.path, f"analysing the rest series (--rest): {as_rest_flags(e.problem)}") from None
     analysis, model_info, t = analyze_study(study, model, use_labels=labels is not None, frames=frames, density=density,

@@ -632,3 +632,19 @@ def test_reopened_scene_of_an_unoriented_study_keeps_its_aha_levels(tmp_path):
     assert len(thickness) >= 12
     for m in thickness:
         assert live[m] == pytest.approx(float(saved[m]), rel=1e-6, nan_ok=True), m
+
+
+def test_the_rest_series_reports_its_progress(perfusion, tmp_path):
+    """Probe 94: the rest series' reading and measuring reported nothing, so the bar appeared only
+    when the stress began (a large DICOM rest series sat without one)."""
+    from CardiacAISegLib import analyze
+
+    stress, rest = perfusion["stress"], perfusion["stress"].parent / "rest"
+    said = []
+    analyze.run(stress / "perfusion.nii.gz", tmp_path / "out", labels=stress / "perfusion_labels.nii.gz",
+                aif=stress / "aif.csv", dt=perfusion["truth_dt_s"], rest=rest / "perfusion.nii.gz",
+                rest_labels=rest / "perfusion_labels.nii.gz", rest_aif=rest / "aif.csv",
+                progress=lambda done, total, message="": said.append(message))
+    rest_said = [m for m in said if m.startswith("rest series: ")]
+    assert rest_said and said.index(rest_said[0]) < min(i for i, m in enumerate(said) if not m.startswith("rest series: ")
+                                                         and "measuring" in m), said
