@@ -424,8 +424,8 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=nodes.volume, fit=True)
             self.ui.detectedKindLabel.text = self.logic.kindText() + (" · labels found" if self.logic.study.labels else "")
             self.refreshModels()
-            notes = ([f"The AIF file box held the previous study's AIF ({dropped}): not used for this file; choose it "
-                      "again to use it."] if dropped else []) + self.logic.loadNotes()
+            notes = ([f"The AIF file box held the previous study's AIF ({dropped}): not used for this file; to use it, "
+                      "choose it in the box now (it is read at the next Apply)."] if dropped else []) + self.logic.loadNotes()
             self.ui.statusLabel.text = " ".join(["Loaded."] + notes)
 
     def refreshModels(self):

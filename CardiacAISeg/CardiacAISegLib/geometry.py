@@ -593,15 +593,15 @@ def levels_at_shared_positions(studies, label_maps):
     return [tuple(names[group_of[p]] for p in series) for series in places]
 
 
-def stacks_apart(studies):
+def stacks_apart(studies, names=None):
     """Why the slices of the series of one examination (stress, rest) cannot be read at shared
     places (a clause), or None where they can or nothing says where they lie: tilted more than
     10 degrees against the widest series, or some series' slices further than half a slice
     spacing from every slice of the widest. ``levels_at_shared_positions`` then gives no reading
     and each series keeps the levels of its own slice count: a rest stack one slice (20 mm),
     120 mm off, or tilted 30 degrees paired its levels by order with QC pass (probe 93)."""
-    if not all(st.orientation_known for st in studies):
-        return None
+    if not all(st.orientation_known for st in studies) or max(st.n_slices for st in studies) < 2:
+        return None   # one slice each: both are mid, whatever their places
     widest = max(range(len(studies)), key=lambda i: studies[i].n_slices)
     reference = studies[widest]
     for st in studies:
@@ -614,14 +614,18 @@ def stacks_apart(studies):
     def places(st):
         a = np.asarray(st.ijk_to_ras, float)
         return np.array([float(normal @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(st.n_slices)])
+    names = list(names or [f"series {i + 1}" for i in range(len(studies))])
     ref = places(reference)
-    off = [float(np.min(np.abs(ref - p))) for i, st in enumerate(studies) if i != widest for p in places(st)]
-    apart = [d for d in off if d > 0.5 * spacing]
-    if not apart:
-        return None
-    span = f"{min(apart):.0f}" if round(min(apart)) == round(max(apart)) else f"{min(apart):.0f}-{max(apart):.0f}"
-    return (f"{len(apart)} of the {len(off)} slices of one series lie {span} mm from every slice of the other along "
-            "the long axis")
+    for i, st in enumerate(studies):
+        if i == widest:
+            continue
+        off = [float(np.min(np.abs(ref - p))) for p in places(st)]
+        apart = [d for d in off if d > 0.5 * spacing]
+        if apart:
+            span = f"{min(apart):.0f}" if round(min(apart)) == round(max(apart)) else f"{min(apart):.0f}-{max(apart):.0f}"
+            return (f"{len(apart)} of the {names[i]}'s {len(off)} slice{'s' if len(off) > 1 else ''} "
+                    f"lie{'s' if len(apart) == 1 else ''} {span} mm from every slice of the {names[widest]} along the long axis")
+    return None
 
 
 def slice_levels(label_map3d, study, min_fraction=0.1, perfusion_levels=("basal", "mid", "apical")):
@@ -685,7 +689,8 @@ MIN_POINT_RADII = 0.4
 # Both points lie where the RV wall meets the septum: found on ACDC's expert labels (40 patients,
 # 614 points) within 2.1 mm of an RV pixel. Both handles turned 60 degrees together kept a
 # plausible arc and put a perfusion defect in the LCx segments with QC pass, the inferior
-# point 29-34 mm from the RV (probe 93): judged on slices whose RV is labelled (10 pixels or more)
+# point 29-34 mm from the RV (probe 93): a handle placed by hand is judged so, on slices whose
+# RV is labelled (10 pixels or more)
 MAX_POINT_TO_RV_MM = 8.0
 MAX_POINT_TO_RV_RADII = 0.3
 MIN_RV_PIXELS = 10
@@ -716,6 +721,7 @@ class SectorState:
         self.segment_map = np.zeros(lab.shape, np.int16)
         self._flat_map = self.segment_map.reshape(-1)
         self.warnings = []
+        self.moved = set()   # (slice, 'anterior'|'inferior') placed by hand: only these are judged against the RV label
         pts = {int(p["slice"]): p for p in insertion_points}
         if not pts:
             raise CardiacInputError("sectors", "no RV insertion points: the AHA map needs at least one slice with them")
@@ -778,8 +784,8 @@ class SectorState:
     def point_problems(self):
         """['slice k: what is wrong', ...] for insertion points no reader would have placed: a
         septal arc outside ``SEPTAL_ARC_DEG``, a point over ``MAX_POINT_RADII`` or under
-        ``MIN_POINT_RADII`` epicardial radii from the LV centre, or far from the labelled RV
-        (``MAX_POINT_TO_RV_MM``)."""
+        ``MIN_POINT_RADII`` epicardial radii from the LV centre, or, placed by hand, far from the
+        labelled RV (``MAX_POINT_TO_RV_MM``)."""
         problems = []
         for k, st in sorted(self.slices.items()):
             if st.borrowed_from is not None:
@@ -800,7 +806,10 @@ class SectorState:
                     problems.append(f"slice {k}: the {name} point is {far:.0f} mm from the LV centre, "
                                     f"{far / st.epi_radius_mm:.2f} of the epicardial radius (inside the blood pool; "
                                     "the insertion points lie on the epicardium)")
-                elif st.rv_rc is not None:
+                elif (k, name) in self.moved and st.rv_rc is not None:
+                    # the engine's own points are not judged so: a slice given its neighbour's points,
+                    # the textbook arc, or perfusion points found from the bolus where the network's
+                    # RV label is wrong lie far from that label by design (review of session 43)
                     to_rv = float(np.min(np.hypot((st.rv_rc[:, 0] - pt[1]) * self.sy, (st.rv_rc[:, 1] - pt[0]) * self.sx)))
                     if to_rv > max(MAX_POINT_TO_RV_MM, MAX_POINT_TO_RV_RADII * st.epi_radius_mm):
                         problems.append(f"slice {k}: the {name} point is {to_rv:.0f} mm from the RV (the insertion points "
@@ -852,6 +861,7 @@ class SectorState:
                 st.inf = old
             raise
         st.borrowed_from = None          # the user owns this slice's points now
+        self.moved.add((st.k, which))
         return [st.k]
 
 

@@ -1300,7 +1300,8 @@ class CardiacAISegLogic(_LogicBase):
         ``outDir/patientNNN/`` with Info.cfg, patientNNN_frameXX.nii.gz (+ _gt) for ED and ES
         (frames 1-based, labels in the ACDC convention) and patientNNN_4d.nii.gz. Existing
         files are never replaced without ``force``; with it, the patient's frame files of an
-        earlier save that this one does not write are removed. Returns the folder."""
+        earlier save (or the ACDC original) that this one does not write are moved into a
+        ``replaced-<time>`` folder inside it. Returns the folder."""
         from .readers.acdc import slice_positions_lines
 
         a = self._requireAnalysis()
@@ -1318,8 +1319,13 @@ class CardiacAISegLogic(_LogicBase):
         if st.n_frames > 1:
             files[f"{patientName}_4d.nii.gz"] = (st.images, np.float32)
         existing = [n for n in files if (folder / n).exists()]
-        if existing and not force:
-            raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing)}; {REPLACE_HINT}")
+        # an earlier save's (or the ACDC original's) frames that this one does not write: left beside
+        # the new ones they read back as labelled frames of this study (an old ES frame, probe 94)
+        earlier_frame = re.compile(rf"^{re.escape(patientName)}_(frame\d+(_gt)?|4d)\.nii(\.gz)?$")
+        earlier = sorted(f.name for f in folder.iterdir() if f.name not in files and earlier_frame.match(f.name)
+                         and f.is_file()) if folder.is_dir() else []
+        if (existing or earlier) and not force:
+            raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing + earlier)}; {REPLACE_HINT}")
         group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
@@ -1334,13 +1340,13 @@ class CardiacAISegLogic(_LogicBase):
                     _write_nifti(stage / name, spec[0], st.ijk_to_ras, spec[1], st.frame_times_s)
             for name in files:
                 os.replace(stage / name, folder / name)
-            # an earlier save's frames that this one does not write go: replaced with another ES,
-            # the folder kept the old ES frame's image and labels beside the new, and training
-            # learned from a label map laid over another frame (probe 94)
-            earlier = re.compile(rf"^{re.escape(patientName)}_(frame\d+(_gt)?|4d)\.nii(\.gz)?$")
-            for stale in folder.iterdir():
-                if stale.name not in files and earlier.match(stale.name) and stale.is_file():
-                    stale.unlink()
+            if earlier:
+                # replaced, not deleted: the ACDC original's ES image and expert labels are kept in a
+                # folder of their own, which no reader of the patient folder takes as frames
+                aside = folder / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.mkdir(exist_ok=True)
+                for name in earlier:
+                    os.replace(folder / name, aside / name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return folder

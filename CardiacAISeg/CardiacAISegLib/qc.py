@@ -1254,7 +1254,7 @@ def rest_slices_elsewhere_flags(analysis):
     rest = getattr(analysis, "rest", None)
     if rest is None or getattr(analysis, "levels_by_positions", False) or getattr(rest, "levels_by_positions", False):
         return []
-    why = stacks_apart([analysis.study, rest.study])
+    why = stacks_apart([analysis.study, rest.study], names=("stress", "rest"))
     if why is None:
         return []
     return [_flag("REST_SLICES_ELSEWHERE", REVIEW, f"stress and rest slices do not lie at the same places: {why}. The AHA "

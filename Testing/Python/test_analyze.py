@@ -648,3 +648,19 @@ def test_the_rest_series_reports_its_progress(perfusion, tmp_path):
     rest_said = [m for m in said if m.startswith("rest series: ")]
     assert rest_said and said.index(rest_said[0]) < min(i for i, m in enumerate(said) if not m.startswith("rest series: ")
                                                          and "measuring" in m), said
+
+
+def test_a_rest_mask_drawn_by_the_network_is_named_and_written(perfusion, tmp_path):
+    """Stress labels given, the rest segmented by the network: results.json said "model": null and
+    nothing named the network that drew the rest's mask (probe 93); the mask is written too."""
+    from CardiacAISegLib import analyze
+    from CardiacAISegLib.models import registry
+
+    if not registry.list_models("perfusion"):
+        pytest.skip("no perfusion network installed")
+    stress, rest = perfusion["stress"], perfusion["stress"].parent / "rest"
+    analyze.run(stress / "perfusion.nii.gz", tmp_path / "out", labels=stress / "perfusion_labels.nii.gz",
+                aif=stress / "aif.csv", dt=perfusion["truth_dt_s"], rest=rest / "perfusion.nii.gz", rest_aif=rest / "aif.csv")
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["model"] is None and doc["rest_model"]["name"] in {c["name"] for c in registry.list_models("perfusion")}
+    assert (tmp_path / "out" / "rest_segmentation.seg.nrrd").is_file()

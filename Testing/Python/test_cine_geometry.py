@@ -326,3 +326,28 @@ def test_points_of_a_touch_of_rv_are_the_neighbours(shared_data):
         assert min(arc, 360 - arc) >= 12, p
     a = Analysis(study, study.labels).run()
     assert "INSERTION_POINTS_IMPLAUSIBLE" not in {f["code"] for f in a.qc["flags"]}
+
+
+def test_only_handles_placed_by_hand_are_judged_against_the_rv_label():
+    """The engine's own points may lie far from the RV label by design: a slice given its
+    neighbour's points, the textbook arc, perfusion points found from the bolus where the
+    network's RV label is wrong (ACDC patient037 and QPerf were flagged; review of session 43).
+    A handle the user placed there is (probe 93)."""
+    from CardiacAISegLib.phantoms.phantom_cine import make_cine_phantom
+
+    study, _ = make_cine_phantom(seed=2)
+    lab = study.labels[sorted(study.labels)[0]]
+    points = study_insertion_points(study, lab)
+    levels = slice_levels(lab, study)
+    k = next(p["slice"] for p in points if levels.get(p["slice"]) == "mid")
+    p = next(q for q in points if q["slice"] == k)
+    cx, cy = p["centre_ijk"][:2]
+    ax, ay = p["anterior_ijk"][:2]
+    # the anterior point turned 90 degrees about the centre: on the epicardium, away from the RV
+    far = (cx - (ay - cy), cy + (ax - cx), float(k))
+    given = [dict(q, anterior_ijk=far) if q["slice"] == k else q for q in points]
+    state = SectorState(lab, given, levels, study.spacing, ijk_to_ras=study.ijk_to_ras)
+    assert not [m for m in state.point_problems() if "from the RV" in m]
+    state.move(k, "anterior", new_ijk=far)
+    assert any(f"slice {k}: the anterior point is" in m and "from the RV" in m for m in state.point_problems()), \
+        state.point_problems()

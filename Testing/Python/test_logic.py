@@ -435,8 +435,13 @@ def test_export_and_ground_truth_in_acdc_layout(measured, tmp_path):
         (folder / f"patient101_frame{es + 2:02d}{suffix}.nii.gz").write_bytes(
             (folder / f"patient101_frame{es + 1:02d}{suffix}.nii.gz").read_bytes())
     (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=f"patient101_frame{es + 2:02d}.nii.gz"):   # named, not left or deleted
+        logic.saveGroundTruth(tmp_path / "gt", "patient101")
     logic.saveGroundTruth(tmp_path / "gt", "patient101", force=True)
     assert sorted(load_acdc_patient(folder).labels) == sorted({ed, es}) and (folder / "notes.txt").is_file()
+    # replaced, not deleted: an ACDC original's ES image and expert labels are kept aside (review)
+    kept = sorted(f.name for f in folder.glob("replaced-*/*"))
+    assert kept == [f"patient101_frame{es + 2:02d}.nii.gz", f"patient101_frame{es + 2:02d}_gt.nii.gz"], kept
     with pytest.raises(CardiacInputError, match="patientNNN"):
         logic.saveGroundTruth(tmp_path / "gt", "my case")
     assert logic.agreementWithNetwork()[ed]["rv"]["dice"] < 1.0

@@ -1592,3 +1592,9 @@ def test_another_patients_frame_file_in_an_acdc_folder_is_left_out(tmp_path):
     own.rename(copy)
     study = load_study(copy)
     assert sorted(study.labels) == [0, 1] and np.array_equal(study.images, alone.images)
+    # a 4D file named otherwise than patientNNN names no patient: read with the folder's frames (review)
+    from CardiacAISegLib.readers.acdc import _patient_files
+
+    (copy / "scan_4d.nii.gz").write_bytes((copy / "patient010_frame01.nii.gz").read_bytes())
+    said = []
+    assert [f.name for f in _patient_files(copy, said)[2]] == ["scan_4d.nii.gz"] and not said

@@ -100,6 +100,7 @@ def read_info_cfg(path):
 
 
 _FOUR_D_RE = re.compile(r"^(?P<pid>.+)_4d\.nii(\.gz)?$")
+_PATIENT_RE = re.compile(r"^patient\d+$")
 
 
 def _patient_files(folder, warnings):
@@ -110,7 +111,7 @@ def _patient_files(folder, warnings):
     The patient is the one the folder is named after, else the one patient whose files are
     there; another patient's files are left out and said, several with none named by the folder
     refused."""
-    by_patient = {}
+    by_patient, unnamed = {}, []
     for f in sorted(folder.iterdir()):
         m = _FRAME_RE.match(f.name)
         if m:
@@ -118,9 +119,14 @@ def _patient_files(folder, warnings):
             continue
         m = _FOUR_D_RE.match(f.name)
         if m:
-            by_patient.setdefault(m.group("pid"), ({}, []))[1].append(f)
+            # a 4D file named otherwise than patientNNN (scan_4d, patient001_cine_4d) names no
+            # patient: it goes with the folder's (review of session 43)
+            if _PATIENT_RE.match(m.group("pid")):
+                by_patient.setdefault(m.group("pid"), ({}, []))[1].append(f)
+            else:
+                unnamed.append(f)
     if not by_patient:
-        return folder.name, {}, []
+        return folder.name, {}, unnamed
     if folder.name in by_patient:
         pid = folder.name
     elif len(by_patient) == 1:
@@ -134,7 +140,7 @@ def _patient_files(folder, warnings):
     if others:
         warnings.append(f"{len(others)} file(s) of another patient left out ({', '.join(others[:4])}"
                         f"{', ...' if len(others) > 4 else ''}): this folder is {pid}'s")
-    return pid, by_patient[pid][0], by_patient[pid][1]
+    return pid, by_patient[pid][0], by_patient[pid][1] or unnamed
 
 
 def load_acdc_patient(folder, frames="all"):
@@ -192,7 +198,8 @@ def load_acdc_patient(folder, frames="all"):
         # ACDC pads frame numbers to 2 digits; hand-made folders often do not (frame1_gt)
         # named by the images' patient, not the folder: a copied folder "patient007 copy" looked
         # for "patient007 copy_frame01_gt.nii.gz" beside patient007_frame01_gt.nii.gz (probe 91)
-        candidates = [folder / f"{pid}_frame{n:{width}}_gt.nii{gz}" for width in ("02d", "d") for gz in (".gz", "")]
+        candidates = [folder / f"{name}_frame{n:{width}}_gt.nii{gz}" for name in dict.fromkeys((pid, folder.name))
+                      for width in ("02d", "d") for gz in (".gz", "")]
         gt = next((c for c in candidates if c.is_file()), candidates[0])
         if not gt.is_file():
             missing_gt[i] = f"{pid}_frame{n:02d}_gt.nii.gz not found"   # said if its labels are asked for
