@@ -1809,3 +1809,29 @@ def test_session_series_kind_field_reads_a_cine_the_clocks_call_perfusion(tmp_pa
     assert s.study.kind == "cine"
     said = warnings_in_page_terms(s.study.provenance["warnings"])
     assert any("as requested (the 'Series kind' field), against the data" in w for w in said), said
+
+
+def test_session_rest_labels_field_measures_as_the_cli_does(tmp_path):
+    """Probe 93: the page had no field for the rest's label map, so a rest mask given in the CLI
+    or the Logic (or written by a run as rest_segmentation.seg.nrrd) could not be given here, and
+    the page's MPR differed from theirs. Its 'Rest labels' field gives the CLI's numbers; filled
+    without a rest series it is refused, naming it."""
+    from CardiacAISegLib import analyze
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    write_phantom("perfusion", data / "stress", seed=2, size=64, n_frames=50)
+    write_phantom("perfusion", data / "rest", seed=2, size=64, n_frames=50, stress=False)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    cli_run, _ = analyze.run(data / "stress" / "perfusion.nii.gz", tmp_path / "out", labels=data / "stress" / "perfusion_labels.nii.gz",
+                             aif=data / "stress" / "aif.csv", dt=dt, rest=data / "rest" / "perfusion.nii.gz",
+                             rest_aif=data / "rest" / "aif.csv", rest_labels=data / "rest" / "perfusion_labels.nii.gz")
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                rest="rest/perfusion.nii.gz", rest_aif="rest/aif.csv", rest_labels="rest/perfusion_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    assert _rows(s)["Global MPR"] == pytest.approx(cli_run.perfusion["mpr"]["global"], rel=1e-9)
+    with pytest.raises(CardiacInputError, match="the 'Rest labels' field"):
+        s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                    rest_labels="rest/perfusion_labels.nii.gz")

@@ -71,7 +71,7 @@ class CardiacWebApp:
             "error_message": "", "info_message": "",
             "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
             "data_root": str(self.data.root), "data_files": [], "data_truncated": False, "data_collapsed": 0,
-            "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "",
+            "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "", "rest_labels_path": "",
             "rest_dt_text": "", "kind_choice": "auto",
             "kinds": [{"title": "from the data", "value": "auto"}, {"title": "cine", "value": "cine"},
                       {"title": "perfusion", "value": "perfusion"}],
@@ -184,7 +184,8 @@ class CardiacWebApp:
         s = self.state
         self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
                                                           s.dt_text or None, s.kind_choice, s.rest_path or None,
-                                                          s.rest_aif_path or None, s.rest_dt_text or None), None,
+                                                          s.rest_aif_path or None, s.rest_dt_text or None,
+                                                          s.rest_labels_path or None), None,
                                  f"Opening {s.study_path}...")
 
     def open_initial(self, study, labels=None):

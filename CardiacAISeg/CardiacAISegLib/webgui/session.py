@@ -113,13 +113,16 @@ class Session:
         self.source, self.frame, self.slice = "", 0, 0
         self._placed = None
 
-    def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None):
+    def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
+                  rest_labels=None):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
-        file, frame interval in s; for perfusion an optional rest series, its AIF file and its own
-        frame interval, for MPR and MPRI). Everything named must lie inside the data folder."""
-        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif, rest_dt))
+        file, frame interval in s; for perfusion an optional rest series, its AIF file, its own
+        frame interval and its label map, for MPR and MPRI). Everything named must lie inside the
+        data folder."""
+        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif, rest_dt, rest_labels))
 
-    def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None):
+    def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
+                  rest_labels=None):
         """The reading half of ``open_path``: files only, no scene node (a worker thread may
         run it while the page stays live). Returns what ``adopt`` takes."""
         path = self.data.resolve_input(text)
@@ -137,7 +140,8 @@ class Session:
         if not rest:
             # the rest fields go with a rest series: filled alone they were ignored, a stress-only
             # study opened as if its rest were there (the CLI refuses --rest-aif without --rest; probe 68)
-            for value, field_name in ((rest_aif, "Rest AIF file"), (rest_dt, "Rest frame interval (s)")):
+            for value, field_name in ((rest_aif, "Rest AIF file"), (rest_dt, "Rest frame interval (s)"),
+                                      (rest_labels, "Rest labels")):
                 if value not in (None, ""):
                     raise CardiacInputError(f"the '{field_name}' field", "goes with a rest series, but the 'Rest series' "
                                                                          "field is empty: fill it, or empty this field")
@@ -165,6 +169,10 @@ class Session:
             rest_options = {}
             if rest_aif:
                 rest_options["aif"] = self.data.resolve_input(rest_aif)
+            if rest_labels:
+                # the CLI's --rest-labels: a rest mask given there (or saved by a run) could not be
+                # given here, and the page's MPR differed from theirs (probe 93)
+                rest_options["labels"] = self.data.resolve_input(rest_labels)
             if rest_dt not in (None, ""):
                 # its own: stress and rest are two acquisitions at two heart rates
                 rest_options["dt"] = _frame_interval(rest_dt, "the 'Rest frame interval (s)' field")
@@ -679,8 +687,9 @@ def env_rendering():
 
 _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
                 "--kind": "the 'Series kind' field", "--series": "a file of that series in the 'Study' field",
-                "--rest-series": "a file of that series in the 'Rest series' field"}
+                "--rest-series": "a file of that series in the 'Rest series' field", "--rest-labels": "the 'Rest labels' field"}
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
+                     "--labels": "the 'Rest labels' field",
                      "--series": "a file of that series in the 'Rest series' field"}
 
 

@@ -109,13 +109,17 @@ def _study_card(v, html, ctrl):
                                     classes="mt-1")
                         v.VTextField(id="rest-dt-text", label="Rest frame interval (s)", v_model=("rest_dt_text",),
                                      density="compact", hide_details=True, classes="mt-1")
+                        v.VCombobox(id="rest-labels-path", label="Rest labels", items=("data_files",),
+                                    v_model=("rest_labels_path",), density="compact", hide_details=True, clearable=True,
+                                    classes="mt-1")
             # the perfusion fields apply to the next Open though their panel is folded away: said
             # here (an AIF file kept from a perfusion study made the next cine perfusion; probe 92)
             html.Div("Perfusion fields filled: {{ [aif_path && 'AIF file ' + aif_path, dt_text && 'frame interval ' + "
                      "dt_text + ' s', rest_path && 'rest series ' + rest_path, rest_aif_path && 'rest AIF file ' + "
-                     "rest_aif_path, rest_dt_text && 'rest frame interval ' + rest_dt_text + ' s'].filter(Boolean)"
-                     ".join('; ') }}", id="perfusion-fields-filled",
-                     v_if="aif_path || dt_text || rest_path || rest_aif_path || rest_dt_text", classes="text-caption mt-1")
+                     "rest_aif_path, rest_dt_text && 'rest frame interval ' + rest_dt_text + ' s', rest_labels_path && "
+                     "'rest labels ' + rest_labels_path].filter(Boolean).join('; ') }}", id="perfusion-fields-filled",
+                     v_if="aif_path || dt_text || rest_path || rest_aif_path || rest_dt_text || rest_labels_path",
+                     classes="text-caption mt-1")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
                 v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary",
                        disabled=("running || opening",))
