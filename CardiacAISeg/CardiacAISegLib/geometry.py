@@ -551,6 +551,13 @@ def _levels_by_count(n):
                  for _ in chunk)
 
 
+def _slice_places(study, direction):
+    """Each slice's place along ``direction`` (mm): every point of a slice plane lies at one
+    place along a shared normal, so its origin will do."""
+    a = np.asarray(study.ijk_to_ras, float)
+    return [float(direction @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(study.n_slices)]
+
+
 def levels_at_shared_positions(studies, label_maps):
     """The AHA level of every slice of the series of one examination (stress and rest), read
     together from their places in the patient: all their slices grouped by position along the
@@ -575,11 +582,7 @@ def levels_at_shared_positions(studies, label_maps):
         if abs(float(np.dot(st.slice_normal, reference.slice_normal))) < np.cos(np.radians(10)):
             return None
     spacing = float(np.linalg.norm(np.asarray(reference.ijk_to_ras, float)[:3, 2]))
-    places = []
-    for st in studies:
-        a = np.asarray(st.ijk_to_ras, float)
-        # every point of a slice plane lies at one place along the shared normal: its origin will do
-        places.append([float(to_base @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(st.n_slices)])
+    places = [_slice_places(st, to_base) for st in studies]
     ordered = sorted({p for series in places for p in series}, reverse=True)   # base first
     group_of, groups = {}, 0
     for i, place in enumerate(ordered):
@@ -611,15 +614,12 @@ def stacks_apart(studies, names=None):
     normal = np.asarray(reference.slice_normal, float)
     spacing = float(np.linalg.norm(np.asarray(reference.ijk_to_ras, float)[:3, 2]))
 
-    def places(st):
-        a = np.asarray(st.ijk_to_ras, float)
-        return np.array([float(normal @ (a[:3, :3] @ (0.0, 0.0, k) + a[:3, 3])) for k in range(st.n_slices)])
     names = list(names or [f"series {i + 1}" for i in range(len(studies))])
-    ref = places(reference)
+    ref = np.array(_slice_places(reference, normal))
     for i, st in enumerate(studies):
         if i == widest:
             continue
-        off = [float(np.min(np.abs(ref - p))) for p in places(st)]
+        off = [float(np.min(np.abs(ref - p))) for p in _slice_places(st, normal)]
         apart = [d for d in off if d > 0.5 * spacing]
         if apart:
             span = f"{min(apart):.0f}" if round(min(apart)) == round(max(apart)) else f"{min(apart):.0f}-{max(apart):.0f}"

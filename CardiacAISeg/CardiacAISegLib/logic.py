@@ -1302,7 +1302,7 @@ class CardiacAISegLogic(_LogicBase):
         files are never replaced without ``force``; with it, the patient's frame files of an
         earlier save (or the ACDC original) that this one does not write are moved into a
         ``replaced-<time>`` folder inside it. Returns the folder."""
-        from .readers.acdc import slice_positions_lines
+        from .readers.acdc import patient_image_files, slice_positions_lines
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the ground truth")
@@ -1321,9 +1321,7 @@ class CardiacAISegLogic(_LogicBase):
         existing = [n for n in files if (folder / n).exists()]
         # an earlier save's (or the ACDC original's) frames that this one does not write: left beside
         # the new ones they read back as labelled frames of this study (an old ES frame, probe 94)
-        earlier_frame = re.compile(rf"^{re.escape(patientName)}_(frame\d+(_gt)?|4d)\.nii(\.gz)?$")
-        earlier = sorted(f.name for f in folder.iterdir() if f.name not in files and earlier_frame.match(f.name)
-                         and f.is_file()) if folder.is_dir() else []
+        earlier = [f.name for f in patient_image_files(folder, patientName) if f.name not in files] if folder.is_dir() else []
         if (existing or earlier) and not force:
             raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing + earlier)}; {REPLACE_HINT}")
         group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group

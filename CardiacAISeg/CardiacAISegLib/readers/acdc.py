@@ -103,6 +103,18 @@ _FOUR_D_RE = re.compile(r"^(?P<pid>.+)_4d\.nii(\.gz)?$")
 _PATIENT_RE = re.compile(r"^patient\d+$")
 
 
+def patient_image_files(folder, patient):
+    """The frame, ``_gt`` and ``_4d`` files of ``patient`` in an ACDC folder (the names
+    ``_FRAME_RE`` and ``_FOUR_D_RE`` read, and their label maps)."""
+    out = []
+    for f in sorted(Path(folder).iterdir()):
+        name = re.sub(r"_gt(?=\.nii)", "", f.name)
+        m = _FRAME_RE.match(name) or _FOUR_D_RE.match(name)
+        if m and m.group("pid") == patient and f.is_file():
+            out.append(f)
+    return out
+
+
 def _patient_files(folder, warnings):
     """(the patient's name, {frame number: file}, [its _4d file]) of an ACDC folder. Files are
     keyed by frame number, so another patient's frame file copied in (patient004_frame02 beside
