@@ -13,6 +13,21 @@ QC_REVIEW_EXIT = 3   # --strict: outputs written, but QC asks for review
 BATCH_ERROR_EXIT = 1  # batch: every study ran, but some failed (error rows)
 
 
+def _labels_argument(given):
+    """--labels as ``analyze.run`` takes it: None, one value, or a list of files (given twice)."""
+    from .analyze import SPECIAL_LABELS
+
+    if not given:
+        return None
+    if len(given) == 1:
+        return given[0]
+    special = [g for g in given if g in SPECIAL_LABELS]
+    if special:
+        raise CardiacInputError("--labels", f"--labels {special[0]} reads the study's own labels or makes a ring: give it "
+                                            "alone, not with label files")
+    return list(given)
+
+
 def _analyze(args):
     from .report_process import ReportProcess
 
@@ -23,7 +38,8 @@ def _analyze(args):
         from .analyze import run
         from .progress import tqdm_progress
 
-        analysis, paths = run(args.input, args.out, model=args.model, labels=args.labels, aif=args.aif, dt=args.dt,
+        analysis, paths = run(args.input, args.out, model=args.model, labels=_labels_argument(args.labels),
+                              aif=args.aif, dt=args.dt,
                               force=args.force, frames=args.frames, series=args.series,
                               label_convention=args.label_convention, rest=args.rest, rest_labels=args.rest_labels,
                               rest_aif=args.rest_aif, rest_dt=args.rest_dt, rest_series=args.rest_series, density=args.density, kind=args.kind, units=args.units,
@@ -323,7 +339,11 @@ def build_parser():
                                   "Analyze .hdr")
     a.add_argument("--out", required=True, type=_out_folder, help="output folder")
     a.add_argument("--model", help="registry model name (see `cardiacaiseg models`); default: the task's default")
-    a.add_argument("--labels", help="label map file to measure instead of running a network; 'study' = labels found with the input (ACDC _gt); 'ring' = automatic myocardial ring ROI (perfusion)")
+    a.add_argument("--labels", action="append",
+                   help="label map file to measure instead of running a network; given twice, one file per frame (the "
+                        "segmentation.seg.nrrd and segmentation_es.seg.nrrd a run wrote, corrected or not, each go to the "
+                        "frame they record); 'study' = labels found with the input (ACDC _gt); 'ring' = automatic "
+                        "myocardial ring ROI (perfusion)")
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"],
                    help="label values of --labels: acdc = 1 RV, 2 myocardium, 3 LV blood pool (default); ukbb and "
                         "internal = 1 LV blood pool, 2 myocardium, 3 RV")

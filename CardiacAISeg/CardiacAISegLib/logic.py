@@ -27,6 +27,7 @@ from .errors import CardiacInputError, OutputExistsError, in_front_end_terms
 from .labels import MYO, to_convention
 from .progress import as_progress
 from .readers.volume import axis_aligned
+from .seg_nrrd import FRAME_COUNT_TAG, FRAME_TAG
 from .study import CINE, PERFUSION, Study, check_rest_pairing
 
 try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).
@@ -39,8 +40,10 @@ except ImportError:
             self.moduleName = type(self).__name__[:-len("Logic")]
 
 MODULE_NAME = "CardiacAISeg"
-FRAME_ATTRIBUTE = "CardiacAISeg.Frame"
-FRAME_COUNT_ATTRIBUTE = "CardiacAISeg.FrameCount"   # on output segmentations: how many frames the series had
+# on output segmentations: the frame and how many frames the series had (the same names as the
+# segment tags that carry them into a saved .seg.nrrd)
+FRAME_ATTRIBUTE = FRAME_TAG
+FRAME_COUNT_ATTRIBUTE = FRAME_COUNT_TAG
 INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node they were made for
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic added: the stress input it was paired with
@@ -884,6 +887,8 @@ class CardiacAISegLogic(_LogicBase):
             fill_segmentation(node, a.labels[frame], a.study.ijk_to_ras)
         node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame)))
         node.SetAttribute(FRAME_COUNT_ATTRIBUTE, str(int(a.study.n_frames)))
+        if a.kind == CINE:   # saved with the node's .seg.nrrd: given back to --labels, it goes to its frame
+            sc.tag_frame(node, frame, a.study.n_frames)
         return node
 
     def _refreshTable(self):

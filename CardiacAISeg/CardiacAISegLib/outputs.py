@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CardiacInputError, OutputExistsError, OutputLockedError
+from .study import CINE
 
 # every run writes these; segmentation_es.seg.nrrd when the study has an ES frame of its own, and
 # scene.mrb only when a scene builder is given (`analyze --scene`, the Slicer module, the web GUI)
@@ -502,7 +503,10 @@ def _write_staged(analysis, stage, input_path, model_info, timing, progress, che
         drawing = report_process.draw(report_arguments(stage / "report.png", analysis, overwrite=True))
     progress(0, steps, "writing segmentations")
     for name, frame in segmentation_frames(analysis).items():
-        write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True)
+        # a cine file records its frame: given back to --labels it is measured there, not as ED
+        cine = analysis.kind == CINE
+        write_seg_nrrd(stage / name, analysis.labels[frame], analysis.study.ijk_to_ras, overwrite=True,
+                       frame=frame if cine else None, n_frames=analysis.study.n_frames if cine else None)
     rest = getattr(analysis, "rest", None)
     if rest is not None:   # on the rest's own grid: given back with --rest-labels it measures the same
         write_seg_nrrd(stage / REST_SEGMENTATION, rest.labels[rest.reference_frame], rest.study.ijk_to_ras, overwrite=True)

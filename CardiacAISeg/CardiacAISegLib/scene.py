@@ -277,8 +277,21 @@ def _oriented_image(array, ijk_to_ras):
     return img
 
 
-def add_segmentation(ctx, label_map, ijk_to_ras, reference_volume=None, name="Segmentation"):
-    """Segmentation node with "LV blood pool", "LV myocardium", "RV" (ids lv, myo, rv).
+def tag_frame(node, frame, n_frames):
+    """Record in every segment's tags the cine ``frame`` (of ``n_frames``) a segmentation node
+    belongs to (``seg_nrrd.frame_tags``): saved with its .seg.nrrd, by Slicer too."""
+    from .seg_nrrd import frame_tags
+
+    seg = node.GetSegmentation()
+    for sid in seg.GetSegmentIDs():
+        for key, value in frame_tags(frame, n_frames).items():
+            seg.GetSegment(sid).SetTag(key, value)
+
+
+def add_segmentation(ctx, label_map, ijk_to_ras, reference_volume=None, name="Segmentation", frame=None,
+                     n_frames=None):
+    """Segmentation node with "LV blood pool", "LV myocardium", "RV" (ids lv, myo, rv); ``frame``
+    of ``n_frames``: the cine frame it belongs to, in its segments' tags (``tag_frame``).
 
     The three segments share one binary labelmap layer holding the label map itself (label
     values = internal labels), so the source representation lies exactly on the input grid
@@ -312,6 +325,7 @@ def add_segmentation(ctx, label_map, ijk_to_ras, reference_volume=None, name="Se
         segment.AddRepresentation(binary, image)
         segment.SetLabelValue(value)
         seg.AddSegment(segment, SEGMENT_IDS[seg_name])
+    tag_frame(node, frame, n_frames)
     return node
 
 

@@ -80,7 +80,9 @@ def test_written_like_slicer_writes_the_logic_scene(analysis, tmp_path):
     assert set(frames) == set(storables) == {"segmentation.seg.nrrd", "segmentation_es.seg.nrrd"}
     for name, frame in frames.items():
         sc.write_node(storables[name], tmp_path / f"slicer-{name}")
-        seg_nrrd.write_seg_nrrd(tmp_path / name, analysis.labels[frame], analysis.study.ijk_to_ras)
+        seg_nrrd.write_seg_nrrd(tmp_path / name, analysis.labels[frame], analysis.study.ijk_to_ras, frame=frame,
+                                n_frames=analysis.study.n_frames)
+        assert seg_nrrd.frame_of_header(seg_nrrd.read_seg_nrrd(tmp_path / f"slicer-{name}")[2]) == (frame, 8)
         assert_same_seg_nrrd(tmp_path / name, tmp_path / f"slicer-{name}")
 
 

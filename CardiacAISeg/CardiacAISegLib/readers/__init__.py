@@ -38,6 +38,33 @@ def _folder_kind(folder):
 
 
 def _attach_labels(study, labels, label_convention, frame):
+    """``labels``: one file or contour folder, or a list of files each holding other frames (the
+    ED and the ES segmentation a run wrote, each saying its frame)."""
+    if isinstance(labels, (list, tuple)):
+        if len(labels) == 1:
+            return _attach_labels(study, labels[0], label_convention, frame)
+        if frame is not None:
+            raise CardiacInputError(labels[0], f"one frame ({frame}) for {len(labels)} label files: give one file, or "
+                                               "files that each say their frame (.seg.nrrd written by this tool or Slicer)")
+        came_with_study = set(study.labels)
+        placed = {}
+        for path in labels:
+            before = set(study.labels) - came_with_study
+            earlier = {t: placed[t] for t in before}
+            snapshot = {t: study.labels[t] for t in before}
+            _attach_one(study, path, label_convention, None, came_with_study)
+            clash = sorted(t for t in earlier if study.labels[t] is not snapshot[t])
+            if clash:
+                raise CardiacInputError(path, f"labels frame {clash[0] + 1} (counted from 1), as {Path(earlier[clash[0]]).name} "
+                                              "does: each label file must hold other frames (a 3D map without a "
+                                              "recorded frame goes to ED; give one of them, a 4D map, or the "
+                                              ".seg.nrrd files a run wrote, which say their frame)")
+            placed.update({t: path for t in set(study.labels) - came_with_study - before})
+        return study
+    return _attach_one(study, labels, label_convention, frame)
+
+
+def _attach_one(study, labels, label_convention, frame, came_with_study=None):
     from .contours import attach_sunnybrook_contours, is_contour_folder
     from .labelmap import attach_labelmap
 
@@ -51,7 +78,7 @@ def _attach_labels(study, labels, label_convention, frame):
     if not Path(labels).is_file():
         what = "not a regular file" if Path(labels).exists() else "label file not found"
         raise CardiacInputError(labels, f"{what} (expected a label map file or a Sunnybrook contour folder)")
-    return attach_labelmap(study, labels, label_convention, frame)
+    return attach_labelmap(study, labels, label_convention, frame, came_with_study)
 
 
 def load_study(path: str | Path, kind: str | None = None, series: str | None = None, labels: str | Path | None = None,
@@ -65,8 +92,9 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
     is the series' role's (a rest series is perfusion), not the user's word, so the frame clocks
     that contradict it refuse it (the user's --kind is taken against the clocks alone).
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
-    labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``; a 3D
-    label map goes to ``frame``. aif, dt: perfusion AIF (file or array) and seconds per frame.
+    labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``, or a list
+    of label-map files holding other frames; a 3D label map goes to ``frame``, else to the frame
+    its .seg.nrrd records (``seg_nrrd.FRAME_TAG``), else to ED. aif, dt: perfusion AIF (file or array) and seconds per frame.
     units: perfusion image units when the file cannot tell ('gd_mmol_l' or 'signal').
     """
     from .series_kind import decide_kind
@@ -86,7 +114,7 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
     # series are checked by the DICOM reader, from the headers it parses anyway)
     from ..memory_check import check_input_size
 
-    check_input_size(path, labels, dicom=False)
+    check_input_size(path, *(labels if isinstance(labels, (list, tuple)) else [labels]), dicom=False)
 
     from ..blas import single_blas_thread
 

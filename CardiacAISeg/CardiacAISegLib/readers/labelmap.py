@@ -53,6 +53,9 @@ def read_labels(path, convention="acdc"):
         if n_layers > 1 or data.shape[0] > 1:
             raise CardiacInputError(path, "segmentation with overlapping layers is not supported; export it as a labelmap volume")
         # A .seg.nrrd holds one frame: the list axis pynrrd finds would be a layer axis
+        from ..seg_nrrd import frame_of_header
+
+        info["recorded_frame"] = frame_of_header(header)
         if mapping:
             problem = unnamed_structures_problem(mapping.values(), unknown)
             if problem:   # "LV cavity" beside "Myocardium": read as background, then "no LV labelled" on the image
@@ -432,6 +435,16 @@ def load_labelmap(path, study, convention="acdc", frame=None):
         if frame is not None:
             return {int(frame): labels[int(frame)]}, info
         return {t: labels[t] for t in range(labels.shape[0]) if labels[t].any()}, info
+    recorded = info.pop("recorded_frame", None)
+    if frame is None and recorded is not None:
+        # a cine segmentation this tool wrote (or Slicer saved from its scene) says its frame: an
+        # ES file given back was measured as ED
+        frame, made_for = recorded
+        if made_for is not None and made_for != study.n_frames:
+            raise CardiacInputError(path, f"is the segmentation of frame {frame + 1} (counted from 1) of a series of "
+                                          f"{made_for} frames; this input has {study.n_frames}, so that frame number "
+                                          "names another image: give the series it was made on")
+        info["frame_from_file"] = True
     if frame is None:
         frame = study.ed_frame if study.ed_frame is not None else 0
     frame = int(frame)
@@ -441,13 +454,16 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     return {frame: labels[0]}, info
 
 
-def attach_labelmap(study, path, convention="acdc", frame=None):
-    """Add the label map's frames to study.labels and note it in provenance."""
+def attach_labelmap(study, path, convention="acdc", frame=None, came_with_study=None):
+    """Add the label map's frames to study.labels and note it in provenance. ``came_with_study``:
+    the frames whose labels came with the study (default: all it has; not those of other files
+    given with this one)."""
     labels, info = load_labelmap(path, study, convention, frame)
     off = labels_off_the_image(study, labels)
     if off:
         info["warnings"].append(off)
-    kept = sorted(set(study.labels) - set(labels))
+    own = set(study.labels) if came_with_study is None else set(came_with_study) & set(study.labels)
+    kept = sorted(own - set(labels))
     if kept:
         # the file's frames replace the study's own; the others stay, and the measures mix both
         def named(frames):
