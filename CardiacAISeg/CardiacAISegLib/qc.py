@@ -1626,14 +1626,20 @@ def aif_flags(study, myo=None, images=None, lv=None):
     gap = frame_gap_in_first_pass(rise, real_times, foot)
     if gap is not None:
         real_times = np.asarray(real_times, float)
-        flags.append(_flag("FRAME_GAP_IN_BOLUS", REVIEW, f"frames {gap + 1} and {gap + 2} are {real_times[gap + 1] - real_times[gap]:.2f} s "
-                                                         f"apart ({dt:.2f} s typical) on the AIF's first pass (a skipped "
-                                                         "beat, or a dynamic left out): where the AIF changes fastest its "
-                                                         "shape between them is unknown, so MBF is uncertain (on phantoms a "
-                                                         "beat skipped on the upslope read 3-10 % low among 0.5 s frames, "
-                                                         "27 % among 1 s frames; two lost just after the peak 38-42 % low "
-                                                         "among 0.8 s frames)",
-                           round(float(real_times[gap + 1] - real_times[gap]), 3)))
+        span = float(real_times[gap + 1] - real_times[gap])
+        typical = float(np.median(np.diff(real_times)))
+        lost = max(1, int(round(span / typical)) - 1) if typical > 0 else 1
+        # the phantoms' range for as many frames lost as this gap holds: two lost on the upslope
+        # read 11-21 % low among 0.5 s frames, where the message quoted one beat's 3-10 % (probe 97)
+        seen = ("a beat skipped on the upslope read 3-10 % low among 0.5 s frames, 27 % among 1 s frames" if lost == 1 else
+                f"{lost} frames lost on the upslope read 10-21 % low among 0.5 s frames, two just after the peak 38-42 % "
+                "low among 0.8 s frames")
+        flags.append(_flag("FRAME_GAP_IN_BOLUS", REVIEW, f"frames {gap + 1} and {gap + 2} are {span:.2f} s apart "
+                                                         f"({dt:.2f} s typical; about {lost} frame{'s' if lost > 1 else ''} "
+                                                         "missing) on the AIF's first pass (a skipped beat, or a dynamic "
+                                                         "left out): where the AIF changes fastest its shape between them "
+                                                         f"is unknown, so MBF is uncertain (on phantoms {seen})",
+                           round(span, 3)))
     elif len(real_times) > 2:
         steps = np.diff(np.asarray(real_times, float))
         typical = float(np.median(steps))

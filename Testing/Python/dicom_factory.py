@@ -43,7 +43,7 @@ def write_dicom(path, series="1.2.826.0.1.1", number=1, desc="cine", ipp=(0, 0, 
 
 def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, scale=400.0, baseline=100.0,
                            heartbeat_jitter_s=0.0, seed=0, description=None, series="1.2.826.0.1.3680043.10.7",
-                           start_number=1, pd_frames=0, pd_factor=5.0, start_s=36000.0, patient=None):
+                           start_number=1, pd_frames=0, pd_factor=5.0, start_s=36000.0, patient=None, pd_at_end=False):
     """A perfusion ``study`` (T, S, R, C) written as classic MR DICOM the way each vendor times it.
 
     - ``ge``: TriggerTime rises with the time since the first dynamic (0.77 s ... 55 s), every
@@ -57,6 +57,7 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
     ``pd_frames``: proton-density reference images first, as dual-sequence protocols write them
     (Kellman; Xue et al. 2020): no saturation pulse and a low flip angle, so every tissue is
     ``pd_factor`` times its pre-contrast signal; FlipAngle 5 against the dynamics' own.
+    ``pd_at_end``: the PD images written after the dynamics instead (some protocols acquire them last).
     The returned times are those of the dynamics only, from the first dynamic. ``start_s``: the
     first image's time of day (s; rest is acquired some 10-20 minutes after stress). ``patient``:
     patient and study tags every image carries ({"PatientID": ..., "StudyDate": ...}).
@@ -97,7 +98,8 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
             ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
             ds.SliceThickness = 8.0
             ds.InstanceNumber = instance
-            ds.FlipAngle = 5.0 if t < pd_frames else flip
+            is_pd = t >= n_dyn if pd_at_end else t < pd_frames
+            ds.FlipAngle = 5.0 if is_pd else flip
             for tag, value in (patient or {}).items():
                 setattr(ds, tag, value)
             # slices of one dynamic are read out ~100 ms apart within the heartbeat
@@ -111,16 +113,18 @@ def write_perfusion_series(folder, study, vendor="ge", series_per_slice=False, s
                 ds.AcquisitionTime = _tm(clock)
             else:
                 ds.ContentTime = _tm(clock)
-            if t < pd_frames:
+            if is_pd:
                 value = pd_factor * (baseline + scale * np.maximum(study.images[0, k], 0))
             else:
-                value = baseline + scale * np.maximum(study.images[t - pd_frames, k], 0)
+                value = baseline + scale * np.maximum(study.images[t - (0 if pd_at_end else pd_frames), k], 0)
             ds.PixelData = np.clip(np.rint(value), 0, 65535).astype(np.uint16).tobytes()
             # named by the series number too: stress and rest written one series per slice into
             # one folder share the UID tails .1, .2, ... and would overwrite each other
             path = folder / f"{start_number}_{uid.rsplit('.', 1)[-1]}_IM{instance:05d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
+    if pd_at_end:
+        return times[:n_dyn], paths
     return times[pd_frames:] - times[pd_frames], paths
 
 

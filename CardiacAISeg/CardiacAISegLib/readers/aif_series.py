@@ -12,7 +12,7 @@ warning.
 import numpy as np
 
 from ..errors import CardiacInputError
-from .pd_frames import drop_leading_pd_frames
+from .pd_frames import drop_leading_pd_frames, drop_trailing_pd_frames
 
 
 def aif_from_dual_sequence(study, folder, aif_uid, progress=None):
@@ -59,6 +59,7 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
 
     # its own PD frames (dual-sequence protocols write them in both series): the main series' warnings say so
     drop_leading_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
+    drop_trailing_pd_frames(aif_study, f"the AIF series {aif_uid}", study.provenance.setdefault("warnings", []))
     frames, pools, shifts = _pools_on_aligned_frames(aif_study, aif_study.n_slices // 2)
     moved_px = 0.0 if shifts is None else float(np.abs(shifts).max())
     curve = aif_from_lv(frames, pool_core(pools), erode_px=0)

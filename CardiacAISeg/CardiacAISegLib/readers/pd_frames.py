@@ -109,6 +109,44 @@ def drop_leading_pd_frames(study, where, warnings=None):
     return n
 
 
+def trailing_pd_frames(flip_angles, n_t):
+    """(n, reason): a run of up to MAX_PD_FRAMES last frames whose FlipAngle differs from the
+    dynamics' before them, all alike (n = 0: none). Some protocols write their PD reference images
+    after the dynamics; read as a change of receiver gain they were scaled back to the series and
+    kept (MBF 26 % low, QC pass; probe 97). Only the flip angle marks them: the frames after the
+    first pass are enhanced, so their signal alone is no sign of a reference image."""
+    if flip_angles is None or len(flip_angles) != n_t or n_t < MIN_DYNAMICS + 1:
+        return 0, ""
+    flips = np.asarray(flip_angles, float)
+    if not np.all(np.isfinite(flips)):
+        return 0, ""
+    limit = min(MAX_PD_FRAMES, n_t - MIN_DYNAMICS)
+    dynamic = float(np.median(flips[:n_t - limit]))
+    n = 0
+    while n < limit and abs(flips[n_t - 1 - n] - dynamic) > 0.5:
+        n += 1
+    if n == 0 or not np.all(np.abs(flips[:n_t - n] - dynamic) <= 0.5):
+        return 0, ""
+    return n, f"FlipAngle {flips[-1]:g}° against the dynamics' {dynamic:g}°"
+
+
+def drop_trailing_pd_frames(study, where, warnings=None):
+    """Drop trailing PD reference frames (``trailing_pd_frames``) from ``study`` in place, as
+    ``drop_leading_pd_frames`` drops leading ones; returns how many were dropped."""
+    prov = study.provenance
+    n, reason = trailing_pd_frames(prov.get("flip_angles_deg"), study.n_frames)
+    if n == 0:
+        return 0
+    total = study.n_frames
+    frames = f"frame {total}" if n == 1 else f"frames {total - n + 1}-{total}"
+    (prov.setdefault("warnings", []) if warnings is None else warnings).append(
+        f"{frames} of {where} left out as proton-density reference images written after the dynamics ({reason}): the "
+        f"curves use the {total - n} dynamics before them")
+    prov.setdefault("pd_frames", {}).update({"dropped_at_end": n, "reason_at_end": reason})
+    remove_frames(study, np.arange(total) < total - n)
+    return n
+
+
 # A dynamic the scanner or the export lost is written as an empty image (all zeros, or a noise
 # floor): left in a signal-intensity series it is a sudden drop of every curve, and where it falls
 # near the bolus peak MBF and the upslopes come out far off (a zeroed dynamic at the LV peak of
@@ -328,7 +366,7 @@ def remove_frames(study, keep):
         timing = prov.get("timing")
         if isinstance(timing, dict) and timing.get("origin_s") is not None:
             timing["origin_s"] = float(timing["origin_s"]) + float(times[0])   # the first frame kept, on the clock
-    for key in ("flip_angles_deg", "acquisition_times_s"):
+    for key in ("flip_angles_deg", "acquisition_times_s", "temporal_positions"):
         if isinstance(prov.get(key), list) and len(prov[key]) == n_before:
             values = [v for v, k in zip(prov[key], keep) if k]
             prov[key] = [v - values[0] for v in values] if key == "acquisition_times_s" else values

@@ -14,7 +14,8 @@ from ..errors import CardiacInputError
 from ..study import PERFUSION, Study
 from .nifti import load_nifti, nifti_to_kji
 from .geometry_check import refuse_swapped_axes
-from .pd_frames import MIN_DYNAMICS, drop_blank_frames, drop_leading_pd_frames, remove_frames, undo_rescaled_frames
+from .pd_frames import (MIN_DYNAMICS, drop_blank_frames, drop_leading_pd_frames, drop_trailing_pd_frames, remove_frames,
+                        undo_rescaled_frames)
 from .volume import (MAX_FRAME_INTERVAL_S, MIN_FRAME_INTERVAL_S, PLACEHOLDER_TIME_REASON, frame_files, load_frame_folder,
                      load_volume, read_nifti, volume_suffix)
 
@@ -492,6 +493,25 @@ def refuse_two_boluses(study, where):
                                    f"{at(late)} mm at frame {int(np.median(arrival[late])) + 1}: {TWO_ACQUISITIONS_ADVICE}")
 
 
+def _times_from_dynamic_numbers(prov, n, dt, warnings):
+    """Frame times (number - first number) x dt where a series without a clock numbers its
+    dynamics (``dicom._frame_numbers``) and the numbers skip some: the frames after a lost
+    dynamic stay at their own beat, not one earlier. None where the numbers run without a gap."""
+    numbers = prov.get("temporal_positions")
+    if not isinstance(numbers, list) or len(numbers) != n or n < 2:
+        return None
+    steps = np.diff(numbers)
+    if not np.any(steps > 1):
+        return None
+    lost = [int(v) for a, b in zip(numbers[:-1], numbers[1:]) for v in range(a + 1, b)]
+    shown = ", ".join(str(v) for v in lost[:6]) + (", ..." if len(lost) > 6 else "")
+    warnings.append(f"{len(lost)} dynamic{'s are' if len(lost) > 1 else ' is'} missing by the dynamics' numbers "
+                    f"(TemporalPositionIdentifier {shown} of {numbers[0]}-{numbers[-1]}): each frame is placed at its "
+                    f"number x --dt, so the frames after a gap keep their own time; the curves are resampled over it")
+    prov["frame_times_from"] = "dynamic numbers x --dt"
+    return (np.asarray(numbers, float) - numbers[0]) * dt
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -506,7 +526,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     params_file, entry = qperf if qperf is not None else _qperf_entry(path, stress_or_rest)
     # QPerf's examples are stored in Gd concentration; any other series is read as signal unless told
     units = units or ("gd_mmol_l" if entry is not None else "signal")
-    dropped, blank = 0, []
+    dropped, blank, dropped_at_end = 0, [], 0
     if entry is None and units == "signal":
         # before anything reads a baseline, a bolus or a frame interval from the series; blank
         # dynamics first, as a frame of no signal would hide the PD frames' brightness
@@ -516,6 +536,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                  if "series_uid" in study.provenance else path.name or str(path))
         blank = drop_blank_frames(study, where)
         dropped = drop_leading_pd_frames(study, where)
+        dropped_at_end = drop_trailing_pd_frames(study, where)   # before a gain change is looked for
         undo_rescaled_frames(study, where)
         refuse_two_boluses(study, where)
         refuse_overlapping_slices(study, where)   # the same case when both boluses arrive in one frame
@@ -584,6 +605,8 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         raise CardiacInputError(path, f"frame interval unknown{read_as}: {why}; give dt (seconds per frame, --dt)")
     if not np.isfinite(dt) or dt <= 0:
         raise CardiacInputError(where, f"frame interval dt (--dt) must be a positive number of seconds, got {dt}")
+    if dt_source == "argument" and measured is None:
+        measured = _times_from_dynamic_numbers(prov, n, dt, warnings)
     if not MIN_FRAME_INTERVAL_S <= dt <= MAX_FRAME_INTERVAL_S:
         given = dt_source == "argument"
         side = "under" if dt < MIN_FRAME_INTERVAL_S else "over"
@@ -607,11 +630,12 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         curve, aif_times = load_aif_with_times(aif_source)
         if aif_times is not None:
             _check_aif_times(aif_source, aif_times, measured, dt)
-        if (dropped or blank) and len(curve) == n + dropped + len(blank):
+        left_out = dropped + len(blank) + dropped_at_end
+        if left_out and len(curve) == n + left_out:
             # an AIF of the series as written: the frames left out of the images go from it too
-            curve = np.delete(curve, blank)[dropped:]
-            if aif_times is not None and len(aif_times) == len(curve) + dropped + len(blank):
-                aif_times = np.delete(aif_times, blank)[dropped:]
+            curve = np.delete(curve, blank)[dropped:dropped + n]
+            if aif_times is not None and len(aif_times) == n + left_out:
+                aif_times = np.delete(aif_times, blank)[dropped:dropped + n]
         if aif_times is not None and len(aif_times) == n:
             measured, dt, dt_source = _frame_times_from_aif(aif_source, aif_times, measured, dt, dt_source, prov)
         if len(curve) != n:
@@ -708,9 +732,18 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         if steps_uneven(steps):
             from ..perfusion.mbf import fit_interval
 
-            warnings.append(f"frame times are uneven ({steps.min():.2f}-{steps.max():.2f} s between frames, irregular "
-                            f"heartbeats): curves are resampled to {fit_interval(measured)[0]:.3g} s on the real times "
-                            "before the MBF fit")
+            typical = float(np.median(steps))
+            gaps = np.flatnonzero(steps > FRAME_GAP_FACTOR * typical)
+            if gaps.size == 1 and np.sum(np.abs(steps - typical) > 0.25 * typical) == 1:
+                # one long step among even ones is a skipped beat or a lost dynamic, not "irregular
+                # heartbeats" (a 1.5 s gap among 0.5 s frames was called so; probe 97)
+                g = int(gaps[0])
+                why = (f"{steps[g]:.2f} s between frames {g + 1} and {g + 2}, {typical:.2f} s elsewhere: a skipped beat or "
+                       "a lost dynamic")
+            else:
+                why = f"{steps.min():.2f}-{steps.max():.2f} s between frames, irregular heartbeats"
+            warnings.append(f"frame times are uneven ({why}): curves are resampled to {fit_interval(measured)[0]:.3g} s "
+                            "on the real times before the MBF fit")
     if entry is not None:
         for key in ("aif_foot", "aif_peak"):
             if aif is None and f"{key}_frame_1based" in entry:
