@@ -446,7 +446,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelComboBox.addItem(card["name"])
                 self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, card["summary"], qt.Qt.ToolTipRole)
             index = self.ui.modelComboBox.findText(wanted)
-            self.ui.modelComboBox.setCurrentIndex(index if index >= 0 else (0 if cards else -1))
+            if index < 0:
+                # none chosen (or one no longer installed): the task's default, as the CLI and the web
+                # page run it, not the first listed (gammanet, alphabetically; probe 95)
+                index = next((i for i, card in enumerate(cards) if card.get("default")), 0 if cards else -1)
+            self.ui.modelComboBox.setCurrentIndex(index)
         finally:
             self._updatingGUI = wasUpdating
         self._modelCards, self._modelKind = cards, kind

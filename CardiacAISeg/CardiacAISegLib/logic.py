@@ -541,7 +541,8 @@ class CardiacAISegLogic(_LogicBase):
         with a one-line ``summary`` of task, training data and metrics for the selector."""
         from .models import registry
 
-        cards = registry.list_models(task)
+        # the task's default first, as the selectors offer it first
+        cards = sorted(registry.list_models(task), key=lambda card: not card.get("default"))
         for card in cards:
             card["summary"] = model_summary(card)
         return cards

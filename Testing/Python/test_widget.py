@@ -443,3 +443,49 @@ def test_load_shows_the_reading_notes_and_lets_the_previous_aif_go(widget_module
     assert said.startswith("Loaded.") and "held the previous study's AIF" in said and "not used for this file" in said, said
     assert "#30 'cine_4ch'" in said and "a long-axis view" in said, said
     assert logic.getParameter("aifPath") == ""
+
+
+class _ModelBox:
+    """The model selector: a combo box's items and current index."""
+
+    def __init__(self):
+        self.items, self.currentIndex = [], -1
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def setItemData(self, *args):
+        pass
+
+    def findText(self, text):
+        return self.items.index(text) if text in self.items else -1
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex] if 0 <= self.currentIndex < len(self.items) else ""
+
+
+@pytest.mark.parametrize("asked", ["", "a-model-since-removed"])
+def test_the_model_selector_starts_on_the_tasks_default(widget_module, cine_files, asked):
+    """Probe 95: with no model chosen (or one no longer installed) the module took the first card
+    listed, gammanet (alphabetical), where the CLI and the web page run the task's default,
+    unet-light: patient001's RV EF 29.9 % there for 41.6 %, both QC pass."""
+    from CardiacAISegLib.models import registry
+
+    logic, w, _ = _loaded(widget_module, cine_files)
+    logic.setParameter("modelName", asked)
+    w.ui.modelComboBox = _ModelBox()
+    type(w).refreshModels(w)   # the module's own method, not the panel's stand-in
+    assert len(w.ui.modelComboBox.items) > 1   # a choice to make: more than one cine model
+    assert logic.getParameter("modelName") == registry.default_model("cine")
+    assert w.ui.modelComboBox.items[0] == registry.default_model("cine")   # listed first, as the web page lists it
