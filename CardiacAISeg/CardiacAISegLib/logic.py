@@ -57,7 +57,14 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
 STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings",
-                      "ed_es_from", "kind_against_data")
+                      "ed_es_from", "kind_against_data",
+                      # the reading's evidence QC judges and its warnings: the file is not read again on
+                      # reopening, so a spacing the scanner's field of view contradicts (PIXEL_SPACING_DISAGREES)
+                      # reopened as "pass", a lone ED frame as FRAME_PHASE_UNKNOWN, and images left out of
+                      # the stack unsaid (probe 96)
+                      "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase", "heart_not_found",
+                      "labels_set_to_background", "missing_label_files", "series_description", "series_number",
+                      "study_date", "reader_warnings")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
@@ -430,6 +437,10 @@ class CardiacAISegLogic(_LogicBase):
                 warnings += [w for w in stampedProvenance.get("aif_warnings", []) if w not in warnings]
         elif "ed_es" in stamped:
             study.ed_frame, study.es_frame = stamped["ed_es"]
+        # the reading's own warnings, after those this reading gives again (said once)
+        said = study.provenance.pop("reader_warnings", None) or []
+        warnings = study.provenance.setdefault("warnings", [])
+        warnings += [w for w in said if w not in warnings]
         return study, sequence
 
     def adoptAnalysis(self, analysis):
@@ -1446,10 +1457,12 @@ def _write_study_attributes(node, study):
     node.SetAttribute(STUDY_ATTRIBUTES["orientation_known"], "true" if study.orientation_known else "false")
     provenance = dict(study.provenance or {})
     provenance["aif_warnings"] = [w for w in provenance.get("warnings", []) if w.startswith(AIF_WARNING_START)]
+    provenance["reader_warnings"] = [w for w in provenance.get("warnings", []) if not w.startswith(AIF_WARNING_START)]
     # the kind given against the file's clocks: the clocks are not in the scene, so the flag
     # (qc KIND_AGAINST_DATA) would be lost on reopening, and its QC read "pass" (review of session 42)
     provenance["kind_against_data"] = ((provenance.get("kind") or {}).get("against_data") or "")
-    kept = {k: v for k, v in provenance.items() if k in STAMPED_PROVENANCE and v is not None and len(v)}
+    kept = {k: v for k, v in provenance.items()
+            if k in STAMPED_PROVENANCE and v is not None and (not hasattr(v, "__len__") or len(v))}
     if kept:
         node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(kept, default=_json_ready))
 

@@ -689,7 +689,16 @@ def read_mrb(path):
         raise CardiacInputError(path, "no such file")
     ctx = new_scene()
     messages = slicer.vtkMRMLMessageCollection()
-    if not ctx.scene.ReadFromMRB(os.fspath(path), False, messages):
+    # absolute: the bundle is unpacked into a temporary folder the reader moves into, where a
+    # relative path named nothing ("No URL specified"), and that folder, deleted, was left the
+    # process' working directory, so the next read failed too (probe 96)
+    here = os.getcwd()
+    try:
+        read = ctx.scene.ReadFromMRB(os.path.abspath(os.fspath(path)), False, messages)
+    finally:
+        if os.getcwd() != here:
+            os.chdir(here)
+    if not read:
         raise CardiacInputError(path, f"not a readable Slicer scene bundle: {messages.GetAllMessagesAsString()}")
     return ctx
 

@@ -1484,6 +1484,43 @@ def test_kind_given_against_the_clocks_stays_flagged_in_a_reopened_scene(tmp_pat
     assert "5 s at one slice position" in flags["KIND_AGAINST_DATA"]
 
 
+def test_a_reopened_scene_keeps_the_readings_qc_evidence_and_warnings(tmp_path):
+    """The file is not read again on reopening: a PixelSpacing its ReconstructionDiameter
+    contradicts (QC PIXEL_SPACING_DISAGREES, review) reopened as "pass" and exported so, and the
+    reading's warnings (images left out, a slice gap) were gone (probe 96). A relative path to
+    the bundle also failed ("No URL specified") and left the process in a deleted folder."""
+    import os
+
+    from bad_corpus import PIXEL_MM, SIZE, cine_dicom, make_base
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    def wrong_diameter(ds, k, t):
+        ds.ReconstructionDiameter = round(SIZE * PIXEL_MM * 1.3, 2)
+    folder, labels = cine_dicom(make_base(tmp_path / "base"), tmp_path / "cine", per_image=wrong_diameter)
+    study = load_study(folder, labels=labels)
+    study.provenance.setdefault("warnings", []).append("a reading's note")
+    live = compute_analysis(study, labels=study.labels)
+    assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in live.qc["flags"]}
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(live)
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        reopened = CardiacAISegLogic(sc.read_mrb("scene.mrb"))
+        assert os.getcwd() == str(tmp_path)
+    finally:
+        os.chdir(here)
+    again = reopened.restoreFromParameterNode()
+    assert {f["code"] for f in again.qc["flags"]} == {f["code"] for f in live.qc["flags"]}
+    assert again.qc["status"] == "review"
+    assert again.warnings.count("a reading's note") == 1
+    reopened.exportResults(tmp_path / "export")
+    exported = json.loads((tmp_path / "export" / "results.json").read_text())
+    assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in exported["qc"]["flags"]}
+
+
 def test_a_cli_scene_leaves_the_kind_box_as_the_user_did(tmp_path):
     """``analyze --scene`` set the reopened scene's 'Series kind' box to the study's kind: the next
     study loaded in that Slicer session was refused for "the 'Series kind' box set to perfusion",
