@@ -169,7 +169,9 @@ def _models(args):
         print("no models installed")
     for c in cards:
         m = c.get("metrics", {})
-        dice = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("dice_") and k.count("_") == 1)
+        # a number as a number; a card written before metrics were checked may hold text (probe 95)
+        dice = " ".join(f"{k}={v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                        for k, v in (m if isinstance(m, dict) else {}).items() if k.startswith("dice_") and k.count("_") == 1)
         print(f"{c['name']:20s} {c['task']:9s} {c['_source']:7s} {c['title']}" + (" [default]" if c.get("default") else ""))
         print(f"{'':20s} {dice}  {_timing_text(c)}  licence: {c['licence']}")
         if problems[c["name"]]:

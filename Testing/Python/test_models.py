@@ -625,3 +625,91 @@ def test_cli_refuses_cycles_that_do_not_end_with_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "--lr-cycle-epochs" in err and "divide --epochs 50" in err
     assert not (tmp_path / "o").exists(), "nothing written for a refused run"
+
+
+def _perfusion_card():
+    card = json.loads((registry.SHIPPED_DIR / "perfusion-resunet" / "model.json").read_text())
+    card.update(name="user-perf", title="test", licence="test")
+    card.pop("default", None)
+    return card
+
+
+def test_import_refuses_card_fields_the_engine_would_ignore_or_choke_on(tmp_path, user_models):
+    """Probe 95: a perfusion card's number pixel_mm was accepted and ignored (the network runs on
+    the native grid); pre_foot_frames "3" imported, then every analysis ended in a TypeError; a
+    text metric imported, then `cardiacaiseg models` stopped on it with a traceback's message."""
+    card = _perfusion_card()
+    registry.validate_card_for_import(card, "card.json")   # the shipped card itself passes
+    for field, value, said in (("pixel_mm", 2.5, "input.pixel_mm of a perfusion network must be null"),
+                               ("pre_foot_frames", "3", "input.pre_foot_frames must be a whole number"),
+                               ("pre_foot_frames", -2, "input.pre_foot_frames must be a whole number"),
+                               ("pre_foot_frames", 48, "input.pre_foot_frames must be a whole number")):
+        bad = json.loads(json.dumps(card))
+        bad["input"][field] = value
+        with pytest.raises(CardiacInputError, match=said):
+            registry.validate_card_for_import(bad, "card.json")
+    weights, card_path = write_user_model(tmp_path, "user-metrics")
+    data = json.loads(card_path.read_text())
+    data["metrics"] = {"dice_lv": "0.93"}
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(CardiacInputError, match=r"metrics\.dice_lv must be a number"):
+        registry.import_model(weights, card_path)
+    assert not (user_models / "user-metrics").exists()
+
+
+def test_a_card_saved_with_a_byte_order_mark_imports(tmp_path, user_models):
+    """Notepad and PowerShell 5 write UTF-8 with a BOM: refused as "Unexpected UTF-8 BOM"."""
+    weights, card_path = write_user_model(tmp_path, "user-bom")
+    card_path.write_bytes(b"\xef\xbb\xbf" + card_path.read_bytes())
+    assert registry.import_model(weights, card_path)["name"] == "user-bom"
+    registry._CACHE.clear()
+    assert "user-bom" in [c["name"] for c in registry.list_models("cine")]
+
+
+def test_models_lists_every_card_even_one_with_a_text_metric(tmp_path, user_models, capsys):
+    """A card installed before metrics were checked (or edited by hand) stopped the listing
+    half-way with exit 1."""
+    from CardiacAISegLib.cli import main
+
+    weights, card_path = write_user_model(tmp_path, "user-text-metric")
+    registry.import_model(weights, card_path)
+    installed = user_models / "user-text-metric" / "model.json"
+    data = json.loads(installed.read_text())
+    data["metrics"] = {"dice_lv": "0.93", "dice_myo": 0.81}
+    installed.write_text(json.dumps(data))
+    registry._CACHE.clear()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "user-text-metric" in out and "dice_lv=0.93" in out and "dice_myo=0.810" in out
+    assert "unet-light" in out
+
+
+def test_an_interrupted_replacement_keeps_the_installed_model(tmp_path, user_models, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into an exception) between moving the installed
+    model aside and moving the new one in removed both; a run killed there left the model under a
+    hidden name, gone from `models`. The earlier model is put back, now and on the next import."""
+    import os
+
+    weights, card_path = write_user_model(tmp_path, "user-keep")
+    registry.import_model(weights, card_path)
+    before = (user_models / "user-keep" / "model.json").read_text()
+    real_rename = os.rename
+    calls = []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:   # the new copy moving in
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+    monkeypatch.setattr(registry.os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        registry.import_model(weights, card_path, overwrite=True)
+    monkeypatch.setattr(registry.os, "rename", real_rename)
+    assert (user_models / "user-keep" / "model.json").read_text() == before
+    assert [p.name for p in user_models.iterdir()] == ["user-keep"]
+    # a run killed there (nothing could put it back): the next import does
+    os.rename(user_models / "user-keep", user_models / ".replaced-user-keep-0123abcd")
+    (tmp_path / "other").mkdir()
+    weights2, card2 = write_user_model(tmp_path / "other", "user-other")
+    registry.import_model(weights2, card2)
+    assert sorted(p.name for p in user_models.iterdir()) == ["user-keep", "user-other"]

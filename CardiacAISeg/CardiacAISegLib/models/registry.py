@@ -154,6 +154,29 @@ def validate_card_for_import(card, path):
     # or from the two-stage first pass, and read the 8 orientations without one)
     if spec.get("tta", "none") not in TTA_NAMES:
         raise CardiacInputError(path, f"input.tta must be one of {', '.join(repr(n) for n in TTA_NAMES)}, not {spec['tta']!r}")
+    if card["task"] == "perfusion" and spec["pixel_mm"] is not None:
+        # the engine runs perfusion networks on the series' own grid (cropped, not resampled): a
+        # number was accepted and ignored (probe 95)
+        raise CardiacInputError(path, f"input.pixel_mm of a perfusion network must be null, got {spec['pixel_mm']!r}: the "
+                                "engine feeds perfusion networks the series on its own grid (around the heart), not "
+                                "resampled; a network trained at one pixel size is not supported")
+    if card["task"] == "perfusion" and "pre_foot_frames" in spec:
+        frames = spec.get("frames", 48)
+        value = spec["pre_foot_frames"]
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < frames):
+            # "3" imported, then every analysis ended in a TypeError (probe 95)
+            raise CardiacInputError(path, f"input.pre_foot_frames must be a whole number from 0 to {frames - 1} (the frames "
+                                    f"before the AIF's foot the network's window starts), not {value!r}")
+    metrics = card.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise CardiacInputError(path, f"metrics must be an object of measured numbers, not {metrics!r}")
+        for key, value in metrics.items():
+            # Dice values are listed and compared as numbers ("0.93" imported, then `cardiacaiseg
+            # models` stopped on it; probe 95); other entries may annotate (a mode, a range)
+            if key.startswith("dice_") and value is not None and (isinstance(value, bool) or
+                                                                  not isinstance(value, (int, float))):
+                raise CardiacInputError(path, f"metrics.{key} must be a number (or null), not {value!r}")
     arch = card.get("architecture")
     if card["weights"]["format"] == "state_dict" and not isinstance(arch.get("params", {}), dict):
         raise CardiacInputError(path, "architecture.params must be an object of keyword arguments")
@@ -227,7 +250,7 @@ def _check_card_against_the_engine(card, path):
 def read_card(folder):
     path = Path(folder) / CARD_NAME
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise CardiacInputError(path, "model card not found")
     except (OSError, UnicodeDecodeError) as e:
@@ -804,6 +827,32 @@ def _weights_file_name(weights, fmt):
     return name if SAFE_FILE_NAME.match(name) and name != CARD_NAME else DEFAULT_WEIGHT_FILES[fmt]
 
 
+_REPLACED_FOLDER = re.compile(r"^\.replaced-(.+)-[0-9a-f]{8}$")
+STALE_STAGING_S = 3600.0   # an import's staging folder this old is a killed import's, not one in progress
+
+
+def _recover_interrupted_imports(root):
+    """What an import killed outright (SIGKILL, power) left in the user folder: an installed model
+    moved aside with no new one in its place goes back under its name (it had vanished from
+    `models`); aside beside a model that was installed, or an old staging folder, is removed."""
+    import time
+
+    for folder in root.iterdir():
+        match = _REPLACED_FOLDER.match(folder.name)
+        try:
+            if match and folder.is_dir() and not folder.is_symlink():
+                name = root / match.group(1)
+                if not name.exists() and _is_model_folder(folder):
+                    os.rename(folder, name)
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
+            elif folder.name.startswith(".import-") and folder.is_dir() and \
+                    time.time() - folder.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue   # another process may be importing: its folders are not ours to settle
+
+
 def import_model(weights, card_path, dest=None, overwrite=False):
     """Install a user's TorchScript/ONNX (or state_dict) model with its card into the user folder.
 
@@ -818,7 +867,8 @@ def import_model(weights, card_path, dest=None, overwrite=False):
         raise CardiacInputError(weights, "weights file not found" if not weights.is_dir() else
                                 "a folder, not a weights file (give the TorchScript/ONNX/state_dict file)")
     try:
-        card = json.loads(card_path.read_text())
+        # utf-8-sig: Notepad and PowerShell 5 save UTF-8 with a byte-order mark (probe 95)
+        card = json.loads(card_path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CardiacInputError(card_path, f"cannot read model card ({_one_line(e)})")
     validate_card_for_import(card, card_path)
@@ -854,6 +904,7 @@ def import_model(weights, card_path, dest=None, overwrite=False):
 
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_imports(root)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
     old = None
     try:
@@ -877,6 +928,11 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     except OSError as e:
         raise CardiacInputError(target, f"cannot install the model ({_one_line(e)}); nothing installed")
     finally:
+        if old is not None and not target.exists():
+            # interrupted (Ctrl-C, SIGTERM) between moving the installed model aside and moving the
+            # new one in: both were removed (probe 95); the installed one goes back
+            os.rename(old, target)
+            old = None
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if old is not None:
