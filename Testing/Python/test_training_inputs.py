@@ -211,3 +211,35 @@ def test_oriented_share_turns_hearts_as_the_oriented_readings_see_them():
     angles = np.degrees([np.arctan2(r[0] - l[0], r[1] - l[1]) for l, r in zip(lv_c, rv_c)])
     off_no_rv = np.minimum(np.abs((angles - 180 + 180) % 360 - 180), np.abs((angles + 180) % 360 - 180))
     assert np.mean(off_no_rv > 60) > 0.2   # not turned to the columns
+
+
+def test_models_a_run_cannot_start_from_or_learn_from_are_refused_before_out_is_touched(site, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Probe 95: --finetune of an imported TorchScript model ended in KeyError 'architecture';
+    --distill-from a perfusion model failed at the first batch (48 input channels), after --force
+    had removed the earlier run's best.pt and last.pt; perfusion training with --val-per-group 0
+    ended in "high <= 0" and left split.json behind."""
+    from test_models import write_user_model
+
+    from CardiacAISegLib.models import registry
+
+    monkeypatch.setenv("CARDIACAISEG_MODELS", str(tmp_path / "user-models"))
+    monkeypatch.setattr(registry, "_CACHE", type(registry._CACHE)())   # the user model is not listed after this test
+    weights, card = write_user_model(tmp_path, "user-scripted")
+    registry.import_model(weights, card)
+    out = tmp_path / "run"
+    assert _train(site, out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _train(site, out, "--force", "--finetune", "user-scripted") == 2
+    assert "user-scripted is an imported torchscript model" in capsys.readouterr().err
+    assert _train(site, out, "--force", "--distill-from", "perfusion-resunet") == 2
+    assert "perfusion-resunet is a perfusion model; a unet-light run learns from a cine model" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    perfusion = tmp_path / "perfusion-run"
+    try:
+        code = cli.main(["train", str(site), "--out", str(perfusion), "--architecture", "perfusion-resunet", "--epochs", "1",
+                         "--batch", "2", "--val-per-group", "0", "--threads", "1", "--quiet"]) or 0
+    except SystemExit as e:
+        code = e.code
+    assert code == 2 and "--val-per-group: 0: perfusion training keeps the epoch" in capsys.readouterr().err
+    assert not perfusion.exists()

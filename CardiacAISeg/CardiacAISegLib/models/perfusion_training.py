@@ -72,6 +72,13 @@ def train_perfusion(config: PerfusionTrainConfig, progress=None, log=print):
     saved_run = refuse_changed_run(out_dir, config) if config.resume else None
     train_f, val_f = split_patients(acdc_folders(config.data), config.val_per_group, config.seed)
     refuse_empty_training_split(config.data, train_f, val_f, config.val_per_group)
+    if not val_f:
+        # its best epoch is chosen on validation series: an empty set ended in "high <= 0" after
+        # split.json was written (probe 95)
+        from ..errors import CardiacInputError
+
+        raise CardiacInputError("--val-per-group", f"{config.val_per_group}: perfusion training keeps the epoch that "
+                                                   "segments its validation series best; give 1 or more")
     if config.resume:
         refuse_changed_split(out_dir, train_f, val_f)
     torch.manual_seed(config.seed)   # start_run seeds again for training; the network's start is seeded here

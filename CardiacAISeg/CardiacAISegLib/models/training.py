@@ -129,7 +129,23 @@ def load_teacher(source, architecture="unet-light", arch_params=None):
         teacher = build(architecture, **(arch_params or {}))
         load_weights_into(teacher, load_start_weights(source), source, architecture)
     else:
+        import torch
+
+        from ..errors import CardiacInputError
+        from .registry import get_card
+
+        card = get_card(source)
+        task = "perfusion" if architecture == "perfusion-resunet" else "cine"
+        # refused here, before --out is touched: a perfusion teacher of a cine run failed at the
+        # first batch (48 input channels) after --force had removed the earlier run (probe 95)
+        if card["task"] != task:
+            raise CardiacInputError("--distill-from", f"{source} is a {card['task']} model; a {architecture} run learns "
+                                                      f"from a {task} model")
         teacher = load_model(source, runtime="torch").module
+        if not isinstance(teacher, torch.nn.Module):
+            raise CardiacInputError("--distill-from", f"{source} runs on ONNX Runtime only (an ONNX import): distillation "
+                                                      "needs a PyTorch network (a shipped model, a TorchScript or state_dict "
+                                                      "import, or a run's best.pt)")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -410,9 +426,22 @@ def with_start_architecture(config):
     from .registry import get_card
 
     card = get_card(config.finetune_from)
+    refuse_unbuildable_start(card, "--finetune")
     if card["architecture"]["name"] != config.architecture:
         return config   # load_start_weights says what does not fit
     return replace(config, arch_params=dict(card["architecture"].get("params", {})))
+
+
+def refuse_unbuildable_start(card, flag):
+    """A registry model a run starts from (--finetune) must be weights of a network this tool
+    builds: an imported TorchScript or ONNX model has none to train (a KeyError 'architecture'
+    before; probe 95)."""
+    from ..errors import CardiacInputError
+
+    if card["weights"]["format"] != "state_dict" or not isinstance(card.get("architecture"), dict):
+        raise CardiacInputError(flag, f"{card['name']} is an imported {card['weights']['format']} model: its weights are no "
+                                      "network this tool builds and trains; fine-tune a shipped model, a run's best.pt, or a "
+                                      "state_dict model with an 'architecture' entry (or distil from it with --distill-from)")
 
 
 def widen_input_channels(state, model):
@@ -451,6 +480,7 @@ def load_start_weights(source):
     if _names_a_file(source):
         # a path, not a model name: "no such model; installed models: ..." hid a mistyped file name
         raise CardiacInputError(p, "no such checkpoint file" if not p.exists() else "is a folder, not a checkpoint file")
-    from .registry import load_model
+    from .registry import get_card, load_model
 
+    refuse_unbuildable_start(get_card(source), "--finetune")
     return load_model(source, runtime="torch").module.state_dict()  # the torch weights, not the ONNX export
