@@ -159,7 +159,9 @@ def _models(args):
     cards, skipped = scan_models()
     for folder, reason in skipped:   # on stderr, so --json output stays one JSON document
         print(f"warning: {folder}: not used: {reason}", file=sys.stderr)
-    problems = {c["name"]: _weights_problem(c) for c in cards}
+    from .models.registry import runnable_problem
+
+    problems = {c["name"]: runnable_problem(c) for c in cards}
     if args.json:
         print(json.dumps([{**{k: v for k, v in c.items() if not k.startswith("_")}, "source": c["_source"],
                            "usable": problems[c["name"]] is None, "problem": problems[c["name"]]} for c in cards],
@@ -180,20 +182,6 @@ def _models(args):
         if disagreed:   # said per analysis only, such a model was listed like any other (probe 80)
             print(f"{'':20s} DISAGREED AT IMPORT: {disagreed}")
     print(f"user models: {user_models_dir()} ($CARDIACAISEG_MODELS); names: {NAME_CLASH_RULE}")
-
-
-def _weights_problem(card):
-    """Why the model cannot run here (the file its runtime loads missing or not the card's by
-    sha256, or no runtime for it), or None: `models` listed such a model as usable, which
-    `analyze` then refused (probe 74). Only the file this machine's runtime loads is checked, as
-    `analyze` checks it (review: a damaged weights.pt beside a sound ONNX export still runs)."""
-    from .models.registry import verify_runnable
-
-    try:
-        verify_runnable(card)
-    except CardiacInputError as e:
-        return str(e)
-    return None
 
 
 def _timing_text(card):

@@ -951,6 +951,13 @@ def _refuse_what_every_study_would_fail_on(specs, model, scheduler=None):
     if model and not scheduler and any(not s.options.get("labels") and not s.options.get("model") for s in specs):
         # (a remote cluster's workers have models of their own: not checked against this machine's)
         registry.get_card(model)
+    if not scheduler:
+        # weights missing or damaged (or an ensemble's cine member gone): every study of it failed
+        # as an error row, exit 1 (probe 95); a row's own --model stays that row's error
+        for name in models_needed([s for s in specs if not s.options.get("model")], model):
+            problem = registry.runnable_problem(registry.get_card(name))
+            if problem:
+                raise CardiacInputError(name, f"the model every study without its own would run cannot run: {problem}")
     shared = {s.options.get("labels") for s in specs}
     if len(shared) == 1:
         labels = next(iter(shared))

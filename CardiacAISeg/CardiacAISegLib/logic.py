@@ -556,6 +556,10 @@ class CardiacAISegLogic(_LogicBase):
         cards = sorted(registry.list_models(task), key=lambda card: not card.get("default"))
         for card in cards:
             card["summary"] = model_summary(card)
+            # listed like any other, a model whose weights were gone failed only at Run (probe 95)
+            card["problem"] = registry.runnable_problem(card)
+            if card["problem"]:
+                card["summary"] = f"CANNOT RUN: {card['problem']} · {card['summary']}"
         return cards
 
     def modelNeedsTorch(self, modelName=None):

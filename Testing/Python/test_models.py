@@ -713,3 +713,48 @@ def test_an_interrupted_replacement_keeps_the_installed_model(tmp_path, user_mod
     weights2, card2 = write_user_model(tmp_path / "other", "user-other")
     registry.import_model(weights2, card2)
     assert sorted(p.name for p in user_models.iterdir()) == ["user-keep", "user-other"]
+
+
+def test_a_model_that_cannot_run_is_said_before_a_run(tmp_path, user_models, capsys):
+    """Probe 95: a perfusion ensemble whose cine member's weights were gone was listed as usable
+    (`models --json`), offered by the selectors like any other, and `batch --model` of a model
+    whose weights were gone ran every study into an error row (exit 1; the folder then needed
+    --resume or --force). Said in `models`, the Logic's list (the selectors' summary) and refused by
+    `batch` before --out is written."""
+    import shutil
+
+    from CardiacAISegLib.cli import main
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    weights, card_path = write_user_model(tmp_path, "user-member")
+    registry.import_model(weights, card_path)
+    shipped = registry.SHIPPED_DIR / "perfusion-resunet"
+    ensemble = user_models / "user-ensemble"
+    ensemble.mkdir()
+    card = json.loads((shipped / "model.json").read_text())
+    card.update(name="user-ensemble", default=False)
+    card.pop("onnx", None)
+    card["input"]["segmentation"]["cine_model"] = ["unet-light", "user-member"]
+    (ensemble / "model.json").write_text(json.dumps(card))
+    shutil.copyfile(shipped / card["weights"]["file"], ensemble / card["weights"]["file"])
+    registry._CACHE.clear()
+    assert registry.runnable_problem(registry.get_card("user-ensemble")) is None
+    (user_models / "user-member" / "model.ts").unlink()
+    registry._CACHE.clear()
+    problem = registry.runnable_problem(registry.get_card("user-ensemble"))
+    assert problem.startswith("its cine network 'user-member' cannot run:") and "missing" in problem
+    assert main(["models", "--json"]) == 0
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["user-ensemble"]["usable"] is False and listed["user-member"]["usable"] is False
+    assert listed["unet-light"]["usable"] is True
+    from CardiacAISegLib import scene as sc
+
+    offered = {c["name"]: c for c in CardiacAISegLogic(sc.new_scene()).availableModels()}
+    assert offered["user-member"]["summary"].startswith("CANNOT RUN: ") and offered["unet-light"]["problem"] is None
+    study = write_phantom("cine", tmp_path / "cohort" / "a", seed=1, size=48, n_frames=6)[0]["cine.nii.gz"]
+    assert study.exists()
+    out = tmp_path / "batch"
+    assert main(["batch", str(tmp_path / "cohort"), "--out", str(out), "--model", "user-member", "--workers", "1",
+                 "--quiet"]) == 2
+    assert "user-member" in capsys.readouterr().err and not out.exists()

@@ -517,6 +517,26 @@ def verify_runnable(card, runtime=None):
     return verify_onnx(card) if runs_export(card, runtime) else verify_weights(card)
 
 
+def runnable_problem(card):
+    """Why the model of ``card`` cannot run here, or None: the file its runtime loads missing or
+    not the card's (``verify_runnable``), or a cine network its card segments key images with
+    missing or broken. `models`, the selectors and `batch` say it before a run, not each study
+    after (probe 95: a perfusion ensemble whose cine member was gone was listed as usable)."""
+    try:
+        verify_runnable(card)
+        declared = (card.get("input") or {}).get("segmentation") or {}
+        if card.get("task") == "perfusion" and declared.get("mode") in CINE_KEY_IMAGE_MODES:
+            names = declared.get("cine_model")
+            for name in (names if isinstance(names, list) else [names]):
+                member = get_card(name) if name is not None else get_card(default_model("cine"))
+                problem = runnable_problem(member)
+                if problem:
+                    return f"its cine network {member['name']!r} cannot run: {problem}"
+    except CardiacInputError as e:
+        return str(e)
+    return None
+
+
 # perfusion segmentation modes that run the cine network on key images of the first pass
 CINE_KEY_IMAGE_MODES = ("cine-key-image", "ensemble")
 
