@@ -511,10 +511,20 @@ def weights_since_changed(results):
     if card and used.get("sha256") and card["weights"].get("sha256") != used["sha256"]:
         changed.append(f"{card['name']} v{used.get('version', '?')} -> v{card.get('version', '?')}")
     members = used.get("perfusion_segmentation") or {}
-    for name, version in zip(members.get("cine_model") or [], members.get("cine_model_version") or []):
+
+    def listed(key):   # one member is recorded as a value, several as a list (one name was read letter by letter)
+        value = members.get(key)
+        return [] if value is None else value if isinstance(value, list) else [value]
+    names, versions, digests = listed("cine_model"), listed("cine_model_version"), listed("cine_model_sha256")
+    for n, name in enumerate(names):
         card = installed.get(name)
-        if card and str(card.get("version")) != str(version):
-            changed.append(f"{name} v{version} -> v{card.get('version', '?')}")
+        version = versions[n] if n < len(versions) else "?"
+        digest = digests[n] if n < len(digests) else ""
+        # by sha256 where recorded: re-imported with --force under the same version, a member's
+        # new weights kept the old studies complete (MBF 3.40 for 3.44; probe 95)
+        if card and (str(card.get("version")) != str(version) or (digest and card["weights"].get("sha256") != digest)):
+            changed.append(f"{name} v{version} -> v{card.get('version', '?')}"
+                           + (" (other weights, same version)" if str(card.get("version")) == str(version) else ""))
     return changed
 
 

@@ -808,6 +808,16 @@ def test_resume_runs_again_the_studies_made_with_weights_since_replaced(tmp_path
     # a perfusion ensemble's cine members are judged by their versions
     assert weights_since_changed({"model": {"name": "perfusion-resunet", "perfusion_segmentation": {
         "cine_model": ["unet-light"], "cine_model_version": ["3"]}}}) == [f"unet-light v3 -> v{card['version']}"]
+    # ... and by the sha256 of their weights where recorded (a member re-imported with --force under
+    # its version kept the old studies complete: MBF 3.40 for 3.44; probe 95); one member is
+    # recorded as a value, not a list (its name was read letter by letter: no change ever found)
+    version = str(card["version"])
+    assert weights_since_changed({"model": {"name": "perfusion-resunet", "perfusion_segmentation": {
+        "cine_model": "unet-light", "cine_model_version": version, "cine_model_sha256": "0" * 64}}}) == \
+        [f"unet-light v{version} -> v{version} (other weights, same version)"]
+    assert weights_since_changed({"model": {"name": "perfusion-resunet", "perfusion_segmentation": {
+        "cine_model": "unet-light", "cine_model_version": version,
+        "cine_model_sha256": card["weights"]["sha256"]}}}) == []
 
 
 def test_a_stopped_force_batch_leaves_its_studies_to_resume(cohort, tmp_path):

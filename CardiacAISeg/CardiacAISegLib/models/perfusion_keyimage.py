@@ -174,6 +174,8 @@ def cine_key_image_probabilities(study, cine_model, mode=DEFAULT_KEY_IMAGE, timi
     side_mm = spec.get("heart_crop_mm") or DEFAULT_SQUARE_MM
     record = {"mode": mode, "frames": [int(f) for f in key_frames(timing, mode, study.n_frames)],
               "cine_model": cine_model.card["name"], "cine_model_version": str(cine_model.card.get("version", "1")),
+              # which weights ran: a member re-imported under its version was taken for the old (probe 95)
+              "cine_model_sha256": cine_model.card["weights"].get("sha256", ""),
               "cine_tta": tta, "pixel_mm": [round(v, 3) for v in spacing_rc], "pixel_mm_from": pixel_source,
               "heart_found_by": timing["reason"]}
     if timing["confidence"] == "high":

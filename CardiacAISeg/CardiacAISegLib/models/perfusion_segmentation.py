@@ -218,6 +218,7 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
         if len(key_records) > 1:
             record["cine_model"] = [r["cine_model"] for r in key_records]
             record["cine_model_version"] = [r["cine_model_version"] for r in key_records]
+            record["cine_model_sha256"] = [r.get("cine_model_sha256", "") for r in key_records]
         record["mode"] = mode
     study.provenance["perfusion_segmentation"] = record
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
