@@ -162,6 +162,7 @@ class CardiacAISegLogic(_LogicBase):
         self.studyNodes = None
         self.analysis = None
         self.networkLabels = None          # {frame: labels} as the network (or loader) gave them
+        self._outputsMeasured = None       # a run measuring the output segmentations again (_withTheCyclesOtherFrames)
         self.restNetworkLabels = None      # the same for the rest series' mask
         self.modelInfo = None
         self.timing = {}
@@ -639,12 +640,15 @@ class CardiacAISegLogic(_LogicBase):
         if density is None:
             density = self.densityParameter()
         labels, madeBy = None, None
+        self._outputsMeasured = None
         if useExistingLabels:
             labels = {int(t): np.array(m, np.uint8) for t, m in study.labels.items()}
             if not labels:
                 # the output segmentations: the network's (edited or not), judged by QC as its own
                 # (as hand-drawn labels a frame without RV passed QC; helper-85's review)
                 labels, madeBy = self._labelsFromOutputSegmentations(), self.modelInfo
+                if labels and madeBy and self.analysis is not None and self.analysis.study is study:
+                    labels = self._withTheCyclesOtherFrames(labels)
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
         rest = self._restStudy() if study.kind == PERFUSION else None
@@ -654,6 +658,19 @@ class CardiacAISegLogic(_LogicBase):
         arguments = {"model_name": modelName, "labels": labels, "frames": frames, "density": density, "device": device,
                      "bullseye": self.getParameter("bullseyeMeasure") or "mbf", "labels_made_by": madeBy}
         return study, rest, restLabels, arguments
+
+    def _withTheCyclesOtherFrames(self, labels):
+        """The output segmentations measured again after hand edits, with the current analysis'
+        other labelled frames, and what ``applyAnalysis`` keeps of the run: measured alone, the
+        ED and ES segmentations lost a whole cycle's volume curve and its ED/ES certainty, the
+        edits were recorded as the network's output (no edited frames, agreement Dice 1.0 with
+        the network) and the run's own labels were gone (probe 96)."""
+        a = self.analysis
+        labels = {**{int(t): np.array(m, np.uint8) for t, m in a.labels.items()}, **labels}
+        network = {int(t): m.copy() for t, m in (self.networkLabels or {}).items()}
+        edited = set(a.edited_frames) | {t for t, m in labels.items() if t in network and not np.array_equal(network[t], m)}
+        self._outputsMeasured = {"study": a.study.name, "model": self.modelInfo, "edited": edited, "network": network}
+        return labels
 
     def applyAnalysis(self, analysis, forInput=None, revert=False):
         """Make a computed Analysis the current one: segmentations, handles and table nodes.
@@ -696,9 +713,17 @@ class CardiacAISegLogic(_LogicBase):
         # edited whole cycle (the exported scene) keeps the frames the edit kept (its scene lost them)
         self.setParameter("keptEdEs", "%d %d" % analysis.kept_ed_es if analysis.kept_ed_es else "")
         self.setParameter("measuredDensity", repr(float(analysis.density)))
+        measured, self._outputsMeasured = getattr(self, "_outputsMeasured", None), None
+        network = None
+        if measured is not None and not revert and analysis.study.name == measured["study"] and \
+                analysis.model_info == measured["model"]:
+            # the output segmentations measured again: still the network's, with the hand edits
+            # recorded as such and the run's own labels kept to compare them with (probe 96)
+            analysis.edited_frames |= measured["edited"] & set(analysis.labels)
+            network = {t: m for t, m in measured["network"].items() if t in analysis.labels}
         self.analysis, self.modelInfo = analysis, analysis.model_info
         self.unmeasuredEdits = {}
-        self.networkLabels = {t: m.copy() for t, m in analysis.labels.items()}
+        self.networkLabels = network or {t: m.copy() for t, m in analysis.labels.items()}
         self.restNetworkLabels = {t: m.copy() for t, m in analysis.rest.labels.items()} if analysis.rest is not None else None
         self._storeFrameLabels(analysis)
         self.updateNodes()

@@ -949,6 +949,31 @@ def test_output_segmentations_measured_again_are_judged_as_the_networks(phantom)
     assert a.model_info == made_by and logic.modelInfo == made_by
 
 
+def test_corrected_outputs_measured_again_stay_corrections_of_the_whole_cycle(phantom):
+    """A clinician corrects the network's ED contours and presses Run with 'Measure the labels
+    that came with the study': the ED and ES segmentations alone were measured (a whole cycle's
+    volume curve and ED/ES certainty lost), recorded as the network's unedited output (no edited
+    frames) and compared with themselves (myocardium Dice 1.0 with the network; probe 96)."""
+    from CardiacAISegLib.results import results_document
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(fresh(phantom[0]))
+    first = logic.runSegmentation(frames="all")
+    ed = first.cine["ed_frame"]
+    assert len(first.labels) == 8 and first.cine.get("ed_es_certainty")
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(first.labels[ed] == MYO)[:40]], 0)
+    logic.onSegmentationEdited(seg)
+    edited_mass = logic.analysis.cine["lv_mass_g"]
+    logic.study.labels = {}
+    again = logic.runSegmentation(useExistingLabels=True)
+    assert sorted(again.labels) == sorted(first.labels) and again.cine.get("ed_es_certainty")
+    assert again.cine["lv_mass_g"] == pytest.approx(edited_mass, rel=1e-9)
+    assert again.edited_frames == {ed} and again.model_info == first.model_info
+    assert results_document(again, "x")["model"]["edited_frames"] == [ed]
+    assert logic.agreementWithNetwork()[ed]["myo"]["dice"] < 1.0
+
+
 def test_a_cine_loaded_as_the_rest_is_said_to_be_no_perfusion(tmp_path):
     """A cine DICOM series picked as the rest: the Logic's error asked to "drop --kind", a flag
     the module does not have (the rest is read as perfusion by its role; the CLI's was mended in
