@@ -999,6 +999,17 @@ def _(base, f):
     return [img, "--labels", labels]
 
 
+@case("labels_binary_mask_0_1", "error", ("one structure only", "read as the RV", "--label-convention ukbb"),
+      named=lambda f: f / "cine_labels.nii.gz", category="labels")
+def _(base, f):
+    """An LV pool mask saved as 0/1 (a thresholding tool's output): read as the RV in the ACDC
+    convention, it failed with "no LV blood pool labelled at ED" naming the study, not the label
+    file, and nothing said value 1 was read as the RV (probe 96)."""
+    lab = (base.cine_labels == 1).astype(np.uint8)     # internal 1 = LV blood pool
+    img, labels = cine_nifti(base, f, labels=lab)
+    return [img, "--labels", labels]
+
+
 @case("labels_doubled_by_a_slope", "error", ("no LV blood pool", "label values [4, 6]"),
       named=lambda f: f / "cine_labels.nii.gz", category="labels")
 def _(base, f):

@@ -241,6 +241,17 @@ def _refuse_swapped_convention(path, labels, convention):
     if convention not in ("acdc", "ukbb", "internal"):
         return
     if not any((lab == LV).any() for lab in labels):
+        present = set().union(*(np.unique(lab).tolist() for lab in labels)) - {0}
+        if present == {RV}:
+            # one structure, read as the RV: a binary mask (a thresholding tool's 0/1 LV pool)
+            # failed later with "no LV blood pool labelled at ED", naming the study (probe 96)
+            values = {t: v for v, t in CONVENTIONS[convention].items()}
+            other = "ukbb" if convention == "acdc" else "acdc"
+            raise CardiacInputError(path, f"the map holds one structure only, value {values[RV]}, read as the RV in the "
+                                          f"{convention} convention: no LV blood pool or myocardium to measure. A binary mask "
+                                          "is not a ventricle segmentation; if it is the LV blood pool, give --label-convention "
+                                          f"{other} ({other}: {values[RV]} is the LV pool; acdc: 1 RV, 2 myocardium, 3 LV; "
+                                          "ukbb: 1 LV, 2 myocardium, 3 RV)")
         # no LV pool at all, but an "RV" ringed by myocardium: an LV-only map (LV 1, myocardium
         # 2, as UK Biobank-style and many clinical maps are) read in a convention where 1 is the RV
         t = int(np.argmax([(lab == RV).sum() for lab in labels]))
