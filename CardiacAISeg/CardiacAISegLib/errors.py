@@ -37,6 +37,8 @@ _GIVE_KIND = re.compile(r"\bgive --kind (cine|perfusion)\b")
 _KIND_VALUE = re.compile(r"(?<![\w-])--kind (cine|perfusion)\b")
 # "drop --kind to use the detected kind": a combo box is set, not dropped (probe 92)
 _DROP_KIND = re.compile(r"\bdrop --kind\b")
+_GIVE_CONVENTION = re.compile(r"\b(?:give|choose) --label-convention (acdc|ukbb|internal)\b")
+_CONVENTION_VALUE = re.compile(r"(?<![\w-])--label-convention (acdc|ukbb|internal)\b")
 
 
 def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False, rest=False, rest_takes_folder=True,
@@ -66,6 +68,9 @@ def in_front_end_terms(text, fields, study_place, rest_place, keep_python=False,
     if "--kind" in fields:
         text = _KIND_VALUE.sub(r"--kind set to \1", _GIVE_KIND.sub(r"set --kind to \1", text))
         text = _DROP_KIND.sub(f"set --kind to {kind_auto}", text)
+    if "--label-convention" in fields:
+        # "give --label-convention ukbb" -> "set the 'Label values' box to ukbb" (probe 96)
+        text = _CONVENTION_VALUE.sub(r"--label-convention set to \1", _GIVE_CONVENTION.sub(r"set --label-convention to \1", text))
     return with_flags_renamed(text, fields)
 
 

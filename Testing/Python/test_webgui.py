@@ -1835,3 +1835,31 @@ def test_session_rest_labels_field_measures_as_the_cli_does(tmp_path):
     with pytest.raises(CardiacInputError, match="the 'Rest labels' field"):
         s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
                     rest_labels="rest/perfusion_labels.nii.gz")
+
+
+def test_session_reads_label_maps_in_the_label_values_chosen(tmp_path):
+    """Probe 96: a UK Biobank-style map (1 LV pool, 2 myocardium, 3 RV) was refused with "give
+    --label-convention ukbb", a flag the page had no field for: its 'Label values' box reads it
+    as the CLI does, and the refusal names the box."""
+    import nibabel as nib
+
+    from CardiacAISegLib import analyze
+    from CardiacAISegLib.labels import to_convention
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_study
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    paths = write_phantom("cine", data, seed=1, n_frames=8, n_slices=8, size=96)[0]
+    study = load_study(paths["cine.nii.gz"], labels=paths["cine_labels.nii.gz"])
+    frames = sorted(study.labels)
+    ukbb = np.stack([to_convention(study.labels[t], "ukbb") for t in frames]).transpose(3, 2, 1, 0)
+    nib.save(nib.Nifti1Image(ukbb, study.ijk_to_ras), str(data / "ukbb.nii.gz"))
+    cli_run, _ = analyze.run(paths["cine.nii.gz"], tmp_path / "out", labels=data / "ukbb.nii.gz", label_convention="ukbb")
+    s = Session(data, sample_folder=tmp_path / "samples")
+    with pytest.raises(CardiacInputError, match="set the 'Label values' box to ukbb"):
+        s.open_path("cine.nii.gz", labels="ukbb.nii.gz")
+    s.open_path("cine.nii.gz", labels="ukbb.nii.gz", label_convention="ukbb")
+    s.run(LABELS_CHOICE)
+    assert _rows(s)["LV EF"] == pytest.approx(cli_run.cine["lv_ef_pct"], rel=1e-9)
+    assert _rows(s)["RV EDV"] == pytest.approx(cli_run.cine["rv_edv_ml"], rel=1e-9)

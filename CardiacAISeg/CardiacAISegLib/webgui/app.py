@@ -72,7 +72,10 @@ class CardiacWebApp:
             "samples": [{"title": t, "value": k} for k, t in SAMPLES.items()], "sample_id": "phantom-cine",
             "data_root": str(self.data.root), "data_files": [], "data_truncated": False, "data_collapsed": 0,
             "study_path": "", "labels_path": "", "aif_path": "", "dt_text": "", "rest_path": "", "rest_aif_path": "", "rest_labels_path": "",
-            "rest_dt_text": "", "kind_choice": "auto",
+            "rest_dt_text": "", "kind_choice": "auto", "label_convention": "acdc",
+            "label_conventions": [{"title": "ACDC: 1 RV, 2 myocardium, 3 LV pool", "value": "acdc"},
+                                  {"title": "UK Biobank: 1 LV pool, 2 myocardium, 3 RV", "value": "ukbb"},
+                                  {"title": "internal: 1 LV pool, 2 myocardium, 3 RV", "value": "internal"}],
             "kinds": [{"title": "from the data", "value": "auto"}, {"title": "cine", "value": "cine"},
                       {"title": "perfusion", "value": "perfusion"}],
             "study": None, "study_loaded": False,
@@ -185,7 +188,7 @@ class CardiacWebApp:
         self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
                                                           s.dt_text or None, s.kind_choice, s.rest_path or None,
                                                           s.rest_aif_path or None, s.rest_dt_text or None,
-                                                          s.rest_labels_path or None), None,
+                                                          s.rest_labels_path or None, s.label_convention or "acdc"), None,
                                  f"Opening {s.study_path}...")
 
     def open_initial(self, study, labels=None):

@@ -114,21 +114,26 @@ class Session:
         self._placed = None
 
     def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
-                  rest_labels=None):
+                  rest_labels=None, label_convention="acdc"):
         """Open a file or folder of the data folder (optional label map / contour folder, AIF
         file, frame interval in s; for perfusion an optional rest series, its AIF file, its own
         frame interval and its label map, for MPR and MPRI). Everything named must lie inside the
-        data folder."""
-        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif, rest_dt, rest_labels))
+        data folder. ``label_convention``: the label values of the label maps (the CLI's
+        --label-convention)."""
+        return self.adopt(self.read_path(text, labels, aif, dt, kind, rest, rest_aif, rest_dt, rest_labels,
+                                         label_convention))
 
     def read_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
-                  rest_labels=None):
+                  rest_labels=None, label_convention="acdc"):
         """The reading half of ``open_path``: files only, no scene node (a worker thread may
         run it while the page stays live). Returns what ``adopt`` takes."""
         path = self.data.resolve_input(text)
         options = {}
         if labels:
             options["labels"] = self.data.resolve_input(labels)
+            # a UK Biobank-style map (1 LV, 2 myocardium, 3 RV) was refused with "give
+            # --label-convention ukbb", a flag the page did not have (probe 96)
+            options["label_convention"] = label_convention or "acdc"
         if aif:
             options["aif"] = self.data.resolve_input(aif)
         if dt not in (None, ""):
@@ -173,6 +178,7 @@ class Session:
                 # the CLI's --rest-labels: a rest mask given there (or saved by a run) could not be
                 # given here, and the page's MPR differed from theirs (probe 93)
                 rest_options["labels"] = self.data.resolve_input(rest_labels)
+                rest_options["label_convention"] = label_convention or "acdc"
             if rest_dt not in (None, ""):
                 # its own: stress and rest are two acquisitions at two heart rates
                 rest_options["dt"] = _frame_interval(rest_dt, "the 'Rest frame interval (s)' field")
@@ -686,6 +692,7 @@ def env_rendering():
 
 
 _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF file' field", "--labels": "the 'Labels' field",
+                "--label-convention": "the 'Label values' box",
                 "--kind": "the 'Series kind' field", "--series": "a file of that series in the 'Study' field",
                 "--rest-series": "a file of that series in the 'Rest series' field", "--rest-labels": "the 'Rest labels' field"}
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",

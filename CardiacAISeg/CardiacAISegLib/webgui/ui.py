@@ -89,6 +89,10 @@ def _study_card(v, html, ctrl):
                         density="compact", hide_details=True, clearable=True)
             v.VCombobox(id="labels-path", label="Labels (optional: label map or contour folder)", items=("data_files",),
                         v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1")
+            # the label values of the label maps (the CLI's --label-convention; probe 96)
+            v.VSelect(id="label-convention-select", label="Label values", items=("label_conventions",),
+                      v_model=("label_convention",), density="compact", hide_details=True, classes="mt-1",
+                      v_if="labels_path || rest_labels_path")
             # the readers decide the kind from the data; a user who knows better says so, as
             # --kind does (a cine stamped a second per phase was told "give --kind cine", and the
             # page had no such field; probe 88)
