@@ -360,6 +360,11 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ready = self.ui.inputSelector.currentNode() is not None or self.logic.getNodeParameter("inputNodeID") is not None
             self.ui.applyButton.enabled = ready and not self._isRunning()
             hasResults = self.logic.analysis is not None
+            if not hasResults and getattr(self, "_resultsShown", False):
+                # another study read over the one shown (the Load button, Sample Data): its editor
+                # kept editing the first study's segmentation, unmeasured, beside its bullseye and
+                # report (probe 99)
+                self._clearResultViews()
             for button in (self.ui.showReportButton, self.ui.exportButton, self.ui.saveGroundTruthButton):
                 button.enabled = hasResults
             self.ui.agreementButton.enabled = hasResults and bool(self.logic.networkLabels)
@@ -607,14 +612,22 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _clearResults(self):
         """The panel's views of results (table, editor, bullseye, report, agreement), emptied
         when they no longer belong to the input (another input picked, the scene closed)."""
+        self._clearResultViews()
+        self.ui.statusLabel.text = ""
+
+    def _clearResultViews(self):
+        """The views of an analysis the Logic no longer holds, the status line left as it is."""
         self.ui.tableView.setMRMLTableNode(None)
         self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.ui.bullseyeLabel.clear()
         self.ui.reportScrollArea.setVisible(False)
-        for label in (self.ui.agreementLabel, self.ui.updateTimeLabel, self.ui.statusLabel):
+        for label in (self.ui.agreementLabel, self.ui.updateTimeLabel):
             label.text = ""
+        self._observeOutputs(clear=True)
+        self._resultsShown = False
 
     def _showResults(self):
+        self._resultsShown = True
         seg = self.logic.getNodeParameter("outputSegmentationID")
         self.ui.segmentEditorWidget.setSegmentationNode(seg)
         if self.logic.studyNodes is not None:

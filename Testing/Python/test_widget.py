@@ -489,3 +489,37 @@ def test_the_model_selector_starts_on_the_tasks_default(widget_module, cine_file
     assert len(w.ui.modelComboBox.items) > 1   # a choice to make: more than one cine model
     assert logic.getParameter("modelName") == registry.default_model("cine")
     assert w.ui.modelComboBox.items[0] == registry.default_model("cine")   # listed first, as the web page lists it
+
+
+class _Bullseye(_PanelWidget):
+    """A QLabel that keeps its pixmap until cleared."""
+
+    def __init__(self):
+        super().__init__()
+        self.pixmap = None
+
+    def setPixmap(self, pixmap):
+        self.pixmap = pixmap
+
+    def clear(self):
+        self.pixmap, self.text = None, ""
+
+
+def test_a_study_loaded_over_a_measured_one_leaves_none_of_its_views(widget_module, cine_files):
+    """Probe 99: study B read with the Load button over study A's results: the table view was
+    emptied, but the Segment Editor went on editing A's segmentation over A's volume (strokes
+    there unmeasured) and A's bullseye and report stayed beside B."""
+    logic, w, _ = _loaded(widget_module, cine_files, "a")
+    w.ui.bullseyeLabel = _Bullseye()
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    a_segmentation = logic.getNodeParameter("outputSegmentationID")
+    assert w.ui.segmentEditorWidget.segmentation is a_segmentation and w.ui.bullseyeLabel.pixmap is not None
+    w.ui.reportScrollArea.visible = True
+    w.ui.loadPathLineEdit.currentPath = str(cine_files / "b" / "cine.nii.gz")
+    w.onLoadButton()
+    assert widget_module.errors == [], widget_module.errors
+    assert w.ui.statusLabel.text.startswith("Loaded.")
+    assert w.ui.segmentEditorWidget.segmentation is None
+    assert w.ui.bullseyeLabel.pixmap is None and not w.ui.reportScrollArea.visible
+    assert w.ui.tableView.table is None
