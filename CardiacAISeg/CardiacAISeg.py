@@ -745,7 +745,12 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with _showErrors("Could not measure the edited segmentation."):
                 for nodeID in pending:
-                    self.logic.onSegmentationEdited(slicer.mrmlScene.GetNodeByID(nodeID))
+                    node = slicer.mrmlScene.GetNodeByID(nodeID)
+                    if node is None:
+                        # deleted before the edit timer fired: no node to measure (None meant the ED
+                        # segmentation to the Logic, so the ES edit was measured there; probe 99)
+                        continue
+                    self.logic.onSegmentationEdited(node)
                 if self.logic.lastUpdateTimeS is not None:
                     self.ui.updateTimeLabel.text = f"Volumes, mass and segments updated in {1000 * self.logic.lastUpdateTimeS:.0f} ms"
                 if self.logic.analysis is not None:

@@ -523,3 +523,23 @@ def test_a_study_loaded_over_a_measured_one_leaves_none_of_its_views(widget_modu
     assert w.ui.segmentEditorWidget.segmentation is None
     assert w.ui.bullseyeLabel.pixmap is None and not w.ui.reportScrollArea.visible
     assert w.ui.tableView.table is None
+
+
+def test_an_edit_to_a_segmentation_deleted_before_it_is_measured_goes_nowhere(widget_module, cine_files):
+    """Probe 99: the ES segmentation edited, then deleted before the 300 ms edit timer fired: its
+    pending ID named no node, and the Logic took None for the ED segmentation ("Updated after the
+    edit.", the ES frame kept in the analysis)."""
+    logic, w, _ = _loaded(widget_module, cine_files)
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    es = logic.getNodeParameter("outputSegmentationESID")
+    before = {t: m.copy() for t, m in logic.analysis.labels.items()}
+    es.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SegmentModified)
+    logic.scene.RemoveNode(es)
+    measured = []
+    original = logic.onSegmentationEdited
+    logic.onSegmentationEdited = lambda node=None, frame=None: (measured.append(node), original(node, frame))[1]
+    timer = next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits and t.active)
+    timer.fire()
+    assert measured == [] and widget_module.errors == []
+    assert all(np.array_equal(before[t], m) for t, m in logic.analysis.labels.items())
