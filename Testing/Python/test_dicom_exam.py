@@ -234,6 +234,27 @@ def test_kind_perfusion_reads_the_perfusion_series_of_a_whole_exam(base, perfusi
     assert "--series stress --rest" in str(e.value), str(e.value)
 
 
+def test_kind_cine_leaves_out_the_series_named_perfusion(base, perfusion, tmp_path):
+    """A whole exam whose cine stack has no description, beside 'Perfusion_stress' and its AIF
+    series: --kind cine still asked for --series (probe 97); the series named perfusion are not
+    the cine asked for."""
+    import pydicom
+
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam / "cine")
+    for f in (exam / "cine").rglob("*"):
+        if f.is_file():
+            ds = pydicom.dcmread(f)
+            ds.SeriesDescription = ""
+            ds.save_as(f)
+    write_perfusion_series(exam / "perf", perfusion, vendor="siemens", description="Perfusion_stress", start_number=40,
+                           series="1.2.826.0.1.3680043.10.7.1")
+    write_aif_series(exam / "perf", perfusion, description="AIF_stress", number=42)
+    study = load_study(exam, kind="cine")
+    assert study.kind == "cine" and study.n_slices == N_SLICES
+    assert any("--kind cine" in w and "whose names say perfusion were left out" in w for w in study.provenance["warnings"])
+
+
 def test_the_rest_picked_as_a_whole_exam_is_its_rest_series_in_every_front_end(perfusion, tmp_path):
     """An exam folder holding stress and rest, picked as the rest: the CLI read its rest series,
     the Slicer Logic asked for "--series stress --rest" (a flag it does not have) because it read

@@ -1805,10 +1805,27 @@ def _unused_aif_notes(uid, items, series):
 
 
 def _series_of_kind(series, kind, notes=None):
-    """The series of a whole exam that --kind perfusion asks for: the exam's cine stack was
+    """The series of a whole exam that --kind asks for: for perfusion the exam's cine stack was
     picked and then refused as contradicting --kind. Narrowed by the names' hints
-    (``description_hint``) with each one's dual-sequence AIF series, only when that leaves some
-    series and leaves some out; the reader's timing still decides the kind."""
+    (``description_hint``) with each one's dual-sequence AIF series (for cine: those named
+    perfusion left out), only when that leaves some series and leaves some out; the reader's
+    timing still decides the kind."""
+    if kind == CINE and len(series) >= 2:
+        # the other way round: the series whose names say perfusion (with their AIF series) are
+        # not the cine asked for (a whole exam's cine, undescribed beside 'Perfusion_stress', was
+        # asked for with --series; probe 97)
+        perfusion = {u for u, its in series.items() if description_hint(its[0][1]) == PERFUSION}
+        for u in list(perfusion):
+            partner = _aif_partner(u, series[u], series)
+            if partner is not None:
+                perfusion.add(partner)
+        kept = {u: its for u, its in series.items() if u not in perfusion}
+        if not kept or not perfusion:
+            return series
+        if notes is not None:
+            notes.append(f"--kind cine: of the folder's {len(series)} image series, the {len(perfusion)} whose names say "
+                         "perfusion were left out")
+        return kept
     if kind != PERFUSION or len(series) < 2:
         # perfusion's names are distinctive (perf, first pass, tfiperf); a cine's are not: a
         # short-axis stack named SA_1..SA_12 beside CINE_2CH and CINE_4CH lost to the long axes
@@ -1868,7 +1885,8 @@ def _choose_series(folder, series, choice, notes=None):
         left_out = [f"#{items[0][1].get('SeriesNumber', '?')}" for uid, items in every.items()
                     if uid not in series and uid not in others]
         if left_out:
-            hint += f" (left out as derived copies or maps: {', '.join(left_out)})"
+            # a localiser's few images went here too: "derived copies or maps" named it wrongly (probe 97)
+            hint += f" (left out as derived copies, maps, screen saves or single images: {', '.join(left_out)})"
         if others:
             kinds = {}
             for u, (kind, _) in others.items():
