@@ -1568,6 +1568,25 @@ def test_dynamics_lost_from_a_numbered_series_keep_the_others_times(tmp_path, ph
     assert gap and "about 2 frames missing" in gap[0]["message"]
 
 
+def test_a_date_written_a_day_late_on_some_images_is_not_called_midnight(tmp_path, phantom):
+    """AcquisitionDateTime a day later on the second half of the dynamics, times of day running
+    on: read right, but said as "acquisition times cross midnight with the date unchanged", the
+    opposite of what the files show (probe 97)."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
+    for n, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        t = n % study.n_frames
+        ds.AcquisitionDateTime = ("20240102" if t >= study.n_frames // 2 else "20240101") + ds.AcquisitionTime
+        ds.save_as(p)
+    s = load_study(tmp_path / "s")
+    np.testing.assert_allclose(s.frame_times_s, study.frame_times_s - study.frame_times_s[0], atol=0.02)
+    said = " ".join(s.provenance["warnings"])
+    assert "dates differ by a day while their times of day run on" in said and "cross midnight" not in said
+
+
 def test_pixel_padding_outside_a_circular_field_is_not_signal(tmp_path, phantom):
     """uint16 images padded with PixelPaddingValue 65535 outside a circular reconstruction field:
     the corners were read as the brightest signal in the series (an apical segment lost)."""

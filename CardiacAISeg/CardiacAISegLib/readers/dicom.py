@@ -2132,6 +2132,12 @@ def _unwrap_midnight(items):
             else:
                 object.__setattr__(ds, _DAY_OFFSET, 86400.0)
     dated = isinstance(times[0][1], EnhancedFrame) or getattr(times[0][1], _CLOCK_TAG, None) == "AcquisitionDateTime"
+    of_day = values % 86400.0
+    if dated and of_day.max() - of_day.min() <= 43200:
+        # the times of day run on and the dates differ: a date written wrong on some images, not
+        # midnight crossed (it was said as "cross midnight with the date unchanged"; probe 97)
+        return ("the images' AcquisitionDateTime dates differ by a day while their times of day run on (a date written "
+                "wrong on some images?): the images are placed by their times of day")
     return ("acquisition times cross midnight" + (" with the date unchanged (an anonymiser's fixed date?)" if dated else "")
             + ": images after 00:00 are counted on the next day")
 
