@@ -370,6 +370,11 @@ class Analysis:
             else:
                 why = ("the network found no myocardium in the series: one with no first pass (no contrast, frames in "
                        "reverse time order) or no short-axis heart in it?")
+            if not edited and (self.model_info or {}).get("source") == "user":
+                # an imported network that labels the LV pool as the RV (or finds nothing) left the
+                # user checking the series alone (probe 95)
+                why += (f"; the network {self.model_info.get('name')!r} is an imported model: check its card (the order "
+                        "of its classes, input.pixel_mm, the normalisation it was trained with)")
             cut = None if edited or not self.model_info else _still_rising_at_the_end(st.images)
             if cut:
                 # the network's key image is the bolus peak: a series that ends on the upslope has

@@ -438,6 +438,14 @@ def test_a_network_that_misses_the_wall_of_a_heart_the_bolus_shows_is_named():
     said = refusal({"confidence": "high", "rv_peak_frame": 19, "lv_peak_frame": 25})
     assert "though the bolus shows a heart" in said and "frame 19" in said and "frame 25" in said
     assert "the segmentation failed on this series" in said and "give the masks yourself (--labels)" in said
+    assert "imported model" not in said
+    # an imported network (its classes in another order than its card says): its card is named
+    # too, where only the series was doubted (probe 95)
+    study.provenance = {"aif_detection": {"confidence": "high", "rv_peak_frame": 19, "lv_peak_frame": 25}}
+    imported = Analysis(study, labels)
+    imported.model_info = {"name": "my-perfusion", "source": "user"}
+    with pytest.raises(CardiacInputError, match=r"the network 'my-perfusion' is an imported model: check its card"):
+        imported.run()
     assert "no first pass" not in said
     # a dual-sequence AIF series beside the images is found "high" too, with no pools in them
     said = refusal({"confidence": "high", "series": "1.2.3"})

@@ -758,3 +758,21 @@ def test_a_model_that_cannot_run_is_said_before_a_run(tmp_path, user_models, cap
     assert main(["batch", str(tmp_path / "cohort"), "--out", str(out), "--model", "user-member", "--workers", "1",
                  "--quiet"]) == 2
     assert "user-member" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_folder_whose_card_is_not_used_is_said_so_and_replaced_with_force(tmp_path, user_models):
+    """Probe 95: a user folder holding a broken card (`models` says "not used") was refused as
+    "a model with this name is already installed", and with --force as "holds more than a model
+    card and its weights", though it held only that card."""
+    (user_models / "user-broken").mkdir(parents=True)
+    (user_models / "user-broken" / "model.json").write_text("{not json")
+    registry._CACHE.clear()
+    weights, card_path = write_user_model(tmp_path, "user-broken")
+    with pytest.raises(CardiacInputError, match=r"holds a model that is not used \(model card is not valid JSON"):
+        registry.import_model(weights, card_path)
+    assert registry.import_model(weights, card_path, overwrite=True)["name"] == "user-broken"
+    registry._CACHE.clear()
+    assert "user-broken" in [c["name"] for c in registry.list_models("cine")]
+    (user_models / "user-broken" / "notes.txt").write_text("mine")
+    with pytest.raises(CardiacInputError, match=r"holds more than a model card and its weights \(model.json, model.ts, notes.txt\)"):
+        registry.import_model(weights, card_path, overwrite=True)

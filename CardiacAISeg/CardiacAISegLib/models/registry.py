@@ -912,11 +912,21 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     if target.is_symlink():
         raise CardiacInputError(target, "is a symbolic link; it is not replaced (remove it first)")
     if target.exists():
+        unused = next((why for folder, why in scan_models()[1] if _same_folder(folder, target)), None)
         if not overwrite:
+            if unused:
+                # "already installed" of a folder `models` calls not used (probe 95)
+                raise CardiacInputError(target, f"a folder of this name holds a model that is not used ({unused}); import "
+                                                 "with --force to replace it")
             raise CardiacInputError(target, "a model with this name is already installed; import it with --force to replace it")
         if not _is_model_folder(target):
-            raise CardiacInputError(target, "exists and holds more than a model card and its weights; it is not replaced, "
-                                    "even with --force (move it away first)")
+            entries = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+            if entries == [CARD_NAME] and (target / CARD_NAME).is_file() and not (target / CARD_NAME).is_symlink():
+                pass   # a broken card alone (its weights gone): nothing else to lose
+            else:
+                raise CardiacInputError(target, "exists and holds more than a model card and its weights "
+                                        f"({', '.join(entries[:6])}{', ...' if len(entries) > 6 else ''}); it is not "
+                                        "replaced, even with --force (move it away first)")
     dry_run(card, weights)
     check = sample_agreement(card, weights)
     if check is not None:
