@@ -776,3 +776,30 @@ def test_a_folder_whose_card_is_not_used_is_said_so_and_replaced_with_force(tmp_
     (user_models / "user-broken" / "notes.txt").write_text("mine")
     with pytest.raises(CardiacInputError, match=r"holds more than a model card and its weights \(model.json, model.ts, notes.txt\)"):
         registry.import_model(weights, card_path, overwrite=True)
+
+
+def test_a_training_runs_files_imported_wrongly_are_named(tmp_path, user_models):
+    """Probe 95: a run's last.pt imported as weights gave torch's 'Unexpected key(s) "model",
+    "optimizer"', and best.pt under a card with other architecture.params a size-mismatch line,
+    neither saying what to do."""
+    from CardiacAISegLib.models.architectures import build
+
+    net = build("unet-light", filters=[4, 8, 16, 32, 64])
+    best = tmp_path / "best.pt"
+    torch.save(net.state_dict(), best)
+    last = tmp_path / "last.pt"
+    torch.save({"model": net.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 1}, last)
+    card = {"name": "user-run", "title": "a run", "task": "cine", "version": "1",
+            "classes": ["background", "LV blood pool", "LV myocardium", "RV"], "input": {"pixel_mm": 1.25},
+            "architecture": {"name": "unet-light", "params": {"filters": [8, 16, 32, 64, 128]}},
+            "weights": {"file": "w.pt", "format": "state_dict", "sha256": registry.sha256_of(last)}, "licence": "test"}
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CardiacInputError, match=r"last.pt: is a training run's resumable state .* import the run's best.pt"):
+        registry.import_model(last, card_path)
+    card["weights"]["sha256"] = registry.sha256_of(best)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CardiacInputError, match=r"best.pt: the weights do not fit the network the card builds \(unet-light "
+                                                r"with architecture.params \{'filters': \[8, 16, 32, 64, 128\]\}\)"):
+        registry.import_model(best, card_path)
+    assert not (user_models / "user-run").exists()

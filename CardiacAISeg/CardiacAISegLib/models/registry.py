@@ -464,7 +464,22 @@ def _build_module(card, path):
         from .architectures import build
 
         module = build(card["architecture"]["name"], **card["architecture"].get("params", {}))
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and {"model", "optimizer"} <= set(state):
+            # a training run's resumable state: torch's 'Unexpected key(s) "model", "optimizer"'
+            # left the user guessing (probe 95)
+            raise CardiacInputError(path, "is a training run's resumable state (last.pt: weights, optimiser, scheduler), "
+                                          "not the network's weights: import the run's best.pt")
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:
+            if "size mismatch" not in str(e) and "Missing key" not in str(e) and "Unexpected key" not in str(e):
+                raise
+            # weights of another width or depth than the card's architecture.params build (probe 95)
+            raise CardiacInputError(path, f"the weights do not fit the network the card builds ({card['architecture']['name']} "
+                                          f"with architecture.params {card['architecture'].get('params', {})}): give the "
+                                          "params it was trained with (a training run's --params) — "
+                                          f"{_one_line(e)[:300]}") from None
     else:
         module = torch.jit.load(str(path), map_location="cpu")
         declared = int(card["input"].get("context_slices") or 0) if card.get("task") == "cine" else None
