@@ -47,6 +47,28 @@ def test_clean_phantoms_pass(cine, perfusion):
     assert p.qc["status"] == "pass" and codes(p) == set()
 
 
+def test_an_es_given_in_diastole_is_flagged_when_the_network_segments_ed_and_es_only():
+    """Probe 96: an ES frame given (Info.cfg) in diastole, the network on ED and ES only: EF 7.9 %
+    for 28 % with QC pass; the images' blood pool doubted the frames, which was said as a warning
+    only. The network now segments the frames the pool points at too, and QC flags
+    ED_ES_DISAGREE with the EF between them; the right frames cost nothing more."""
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    study, truth = make_cine_phantom(seed=3, n_frames=16, n_slices=8, size=128)
+    study.labels = {}
+    ed, es = truth["ed_frame"], truth["es_frame"]
+    study.ed_frame, study.es_frame = ed, (es + study.n_frames // 2) % study.n_frames
+    wrong = compute_analysis(study)
+    flag = next(f for f in wrong.qc["flags"] if f["code"] == "ED_ES_DISAGREE")
+    assert wrong.cine["lv_ef_pct"] < 15 and wrong.qc["status"] == "review"
+    assert f"frames {ed + 1} and {es + 1}" in flag["message"] and "the network's LV volume" in flag["message"]
+    assert "ed_es_check" in wrong.timing_s and "cine_heart_box" in study.provenance
+    study.es_frame = es
+    right = compute_analysis(study)
+    assert "ED_ES_DISAGREE" not in codes(right) and "ed_es_check" not in right.timing_s
+    assert right.cine["lv_ef_pct"] == pytest.approx(wrong.cine["ed_es_check"]["ef_from_curve_pct"], abs=3)
+
+
 def test_ed_es_swapped(cine):
     study, truth = cine
     a = _cine_analysis(study, ed_frame=truth["es_frame"], es_frame=truth["ed_frame"])   # as a swapped Info.cfg says
