@@ -1863,3 +1863,57 @@ def test_session_reads_label_maps_in_the_label_values_chosen(tmp_path):
     s.run(LABELS_CHOICE)
     assert _rows(s)["LV EF"] == pytest.approx(cli_run.cine["lv_ef_pct"], rel=1e-9)
     assert _rows(s)["RV EDV"] == pytest.approx(cli_run.cine["rv_edv_ml"], rel=1e-9)
+
+
+def test_a_study_opened_after_another_gets_its_own_folder_and_overwrite_unticked(tmp_path):
+    """Probe 98: 'Overwrite existing files' stayed ticked for the next study, and two studies of
+    one name (visit1/patient001, visit2/patient001) had one default output folder: the second
+    save replaced the first one's results without a word."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    for visit, seed in (("visit1", 1), ("visit2", 2)):
+        write_phantom("cine", tmp_path / visit / "patient001", seed=seed, n_frames=6, n_slices=6, size=64)
+    app = CardiacWebApp(tmp_path, server="overwrite-test")
+    app.session.adopt(app.session.read_path("visit1/patient001/cine.nii.gz"))
+    app._study_opened("opened")
+    first = app.state.out_path
+    app.state.overwrite = True
+    app.session.adopt(app.session.read_path("visit2/patient001/cine.nii.gz"))
+    app._study_opened("opened")
+    assert app.state.overwrite is False
+    assert (first, app.state.out_path) == ("cardiacaiseg-results/visit1_patient001_cine",
+                                           "cardiacaiseg-results/visit2_patient001_cine")
+
+
+def test_page_warnings_name_files_as_the_page_does(tmp_path):
+    """Probe 98: a reader's warning (an unreadable file skipped) showed the server's absolute path
+    on the page, where its errors name files relative to the data folder."""
+    import shutil
+
+    from CardiacAISegLib.webgui.session import Session
+
+    data = tmp_path / "data"
+    sample = Path(__file__).resolve().parents[2] / "CardiacAISeg" / "Resources" / "SampleData" / "sunnybrook-SC-HF-I-1-ed-es"
+    shutil.copytree(sample / "dicom", data / "sb")
+    (data / "sb" / "999.dcm").write_bytes(b"DICM" + b"\0" * 200)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("sb")
+    said = s.page_warnings(s.study.provenance["warnings"])
+    skipped = [w for w in said if "999.dcm" in w]
+    assert skipped and all(str(data) not in w for w in said), said
+    assert "sb/999.dcm" in skipped[0]
+
+
+def test_a_frame_interval_typed_for_a_cine_is_said_unused(tmp_path):
+    """Probe 98: the CLI says "--dt not used: it is for perfusion series"; the page read the cine
+    and left the 'Frame interval (s)' field's number unsaid."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import Session
+
+    write_phantom("cine", tmp_path / "data", seed=1, n_frames=6, n_slices=6, size=64)
+    s = Session(tmp_path / "data", sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", dt="0.5")
+    assert s.study.kind == "cine"
+    assert any("the 'Frame interval (s)' field (0.5 s) is not used" in w for w in s.page_warnings(s.study.provenance["warnings"]))

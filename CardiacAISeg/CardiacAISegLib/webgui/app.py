@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 
 import numpy as np
 
@@ -20,8 +21,7 @@ from ..pipeline import SEGMENTING_SHARE, run_percent
 from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
-from .session import (BULLSEYE_MEASURES, LABELS_CHOICE, SAMPLES, SEGMENT_TITLES, Session, in_page_terms,
-                      warnings_in_page_terms)
+from .session import BULLSEYE_MEASURES, LABELS_CHOICE, SAMPLES, SEGMENT_TITLES, Session, in_page_terms
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -34,6 +34,9 @@ SAVE_MESSAGE_LEAD_S = 0.1
 # how often the page asks a background network run for its progress
 JOB_POLL_S = 0.1
 
+
+
+_ACDC_PATIENT = re.compile(r"^patient\d+$")
 
 class CardiacWebApp:
     """One server, one study, one data folder."""
@@ -252,6 +255,11 @@ class CardiacWebApp:
         s.model = sess.default_choice()
         self._on_model(s.model)
         s.out_path = sess.default_output()
+        # Overwrite goes with the study it was ticked for: left ticked, the next study's save
+        # replaced the first one's files without a word (probe 98)
+        s.overwrite = False
+        if sess.study is not None and _ACDC_PATIENT.match(sess.study.name or ""):
+            s.patient = sess.study.name   # its ground truth under its own name, not patient101 for every study
         self.views.show_study(sess)
         # A single slice is a line edge-on in 3D: the slice view alone, unless asked for.
         s.show_3d = sess.study is not None and sess.study.n_slices > 1
@@ -746,12 +754,13 @@ class CardiacWebApp:
         s.qc_status = qc.get("status", "")
         # in the page's fields, as the warnings (STRESS_REST_SWAPPED named --rest; probe 68)
         s.qc_flags = [{"code": f.get("code", ""), "severity": f.get("severity", ""),
-                       "message": in_page_terms(f.get("message", ""), rest=f.get("code", "").startswith("REST_"))}
+                       "message": sess.relative_paths(in_page_terms(f.get("message", ""),
+                                                                    rest=f.get("code", "").startswith("REST_")))}
                       for f in qc.get("flags", [])]
         # before a run, the reading's notes (series left out, a long-axis view chosen, a kind
         # against the data): they reached the page only after Run (probe 92)
-        s.warnings = warnings_in_page_terms(a.warnings if a is not None else
-                                            (sess.study.provenance or {}).get("warnings", []) if sess.study is not None else [])
+        s.warnings = sess.page_warnings(a.warnings if a is not None else
+                                        (sess.study.provenance or {}).get("warnings", []) if sess.study is not None else [])
         s.bullseye_choice = a is not None and a.kind != CINE
         if results_only:
             # After a drag or an edit the table goes to the page first; the bullseye picture

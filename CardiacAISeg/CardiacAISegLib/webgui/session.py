@@ -154,6 +154,11 @@ class Session:
             study = load_study(path, **options)       # read before the old study is dropped
         except CardiacInputError as e:
             raise CardiacInputError(self.data.shown(e.path), self.page_text(e.problem)) from None
+        if study.kind != PERFUSION and options.get("dt") is not None:
+            # the CLI says "--dt not used"; the page read the cine and kept the field's number unsaid (probe 98)
+            study.provenance.setdefault("warnings", []).append(
+                f"the 'Frame interval (s)' field ({options['dt']:g} s) is not used: it is for perfusion series, this is a "
+                f"{study.kind} series")
         if not rest:
             from ..readers.perfusion import qperf_default_series_note
 
@@ -194,10 +199,19 @@ class Session:
     def page_text(self, text, rest=False):
         """A reader's message in the page's terms (``in_page_terms``) with the data folder's
         absolute paths shown relative to it, as the page names files (probe 68)."""
-        text = in_page_terms(text, rest)
+        return self.relative_paths(in_page_terms(text, rest))
+
+    def relative_paths(self, text):
+        """``text`` with the data folder's absolute paths shown relative to it."""
         root = re.escape(str(self.data.root))
         # the root itself, not a sibling that starts alike (/data2)
         return re.sub(root + r"(?![\w.-])", ".", re.sub(root + re.escape(os.sep), "", text))
+
+    def page_warnings(self, warnings):
+        """Warnings as the page shows them: in its terms (``warnings_in_page_terms``) and with the
+        data folder's paths relative to it, as its errors name files (a reader's warning showed the
+        server's absolute path; probe 98)."""
+        return [self.relative_paths(w) for w in warnings_in_page_terms(warnings)]
 
     def open_sample(self, sample_id):
         """One of ``SAMPLES`` (shipped with the extension; read from the package, not the data folder)."""
@@ -596,8 +610,14 @@ class Session:
         return analysis_bullseye_png(self.require_analysis(), size_px=size_px, fit=fit)
 
     def default_output(self):
+        """cardiacaiseg-results/<the study's place in the data folder>: two studies of one name
+        (visit1/patient001, visit2/patient001) had one folder, the second's save replacing the
+        first's results (probe 98). A study from outside (a sample) takes its name."""
         st = self.study
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (st.name if st else "study")) or "study"
+        place = self.data.shown(st.source) if st is not None and st.source else None
+        label = str(place) if place and not Path(str(place)).is_absolute() else (st.name if st else "study")
+        label = _IMAGE_SUFFIX.sub("", label)
+        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label.strip("/").replace("/", "_")) or "study"
         return f"cardiacaiseg-results/{name}"
 
     def save(self, out_text, force=False, patient=None):
@@ -698,6 +718,9 @@ _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF fil
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--labels": "the 'Rest labels' field",
                      "--series": "a file of that series in the 'Rest series' field"}
+
+
+_IMAGE_SUFFIX = re.compile(r"(\.nii(\.gz)?|\.seq\.nrrd|\.nrrd|\.nhdr|\.mhd|\.mha|\.hdr|\.img|\.dcm)$", re.IGNORECASE)
 
 
 def in_page_terms(text, rest=False):
