@@ -66,7 +66,8 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
     t_aif = aif_study.frame_times_s
     t_main = study.frame_times_s
     offset = clock_offset_s(study, aif_study)
-    if t_aif is not None and t_main is not None and len(t_aif) == len(curve) and len(curve) == study.n_frames:
+    if t_aif is not None and t_main is not None and len(t_aif) == len(curve) and len(curve) == study.n_frames and \
+            not _first_frames_beats_apart(study, aif_study, offset):
         # as many frames as the images: frame for frame, as the scanner read them out in the same
         # heartbeats; the clock would only blur this: the AIF read out 0.2 s before the first
         # slice, at 120/min, sits nearer the previous beat's images than its own (MBF +66 %;
@@ -118,6 +119,31 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
                                          "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation,
                                          "breathing_shift_max_px": round(moved_px, 2)}
     return curve * scale
+
+
+# The AIF series is read out in the heartbeat of the images' first slices, a few hundred ms
+# before them: first frames this many frame intervals apart on the common clock are no longer
+# one heartbeat's.
+BEATS_APART = 0.75
+
+
+def _first_frames_beats_apart(study, aif_study, offset):
+    """True where the two series' first frames lie in different heartbeats on a common clock
+    (not whole seconds): each lost other dynamics, as many in all (the images their last two, the
+    AIF series its first two), and frame-for-frame pairing put the AIF two beats late (MBF
+    +6.5 %, QC pass; probe 97). Their heartbeats are then read off the clock."""
+    if offset is None or study.frame_times_s is None or len(study.frame_times_s) < 2:
+        return False
+    if any(((s.provenance or {}).get("timing") or {}).get("coarse") for s in (study, aif_study)):
+        return False   # whole seconds: the offset itself is uncertain by a beat or two
+    interval = float(np.median(np.diff(study.frame_times_s)))
+    if not interval > 0 or abs(offset) <= BEATS_APART * interval:
+        return False
+    study.provenance.setdefault("warnings", []).append(
+        f"the dual-sequence AIF series' first frame is {offset:+.2f} s from the images' on the common clock, "
+        f"{abs(offset) / interval:.1f} frame intervals: frames were lost from one series or both, so the AIF is matched "
+        "to the images by heartbeat on the clock, not frame for frame")
+    return True
 
 
 def _pools_on_aligned_frames(study, k):
