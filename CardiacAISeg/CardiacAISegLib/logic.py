@@ -64,7 +64,7 @@ STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "a
                       # the stack unsaid (probe 96)
                       "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase", "heart_not_found",
                       "labels_set_to_background", "missing_label_files", "series_description", "series_number",
-                      "study_date", "reader_warnings")
+                      "study_date", "reader_warnings", "bits_over_stored")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"

@@ -1885,10 +1885,25 @@ def kind_against_data_flags(analysis):
                                                f"series is one")]
 
 
+def bits_over_stored_flags(analysis):
+    """PIXEL_BITS_OVER_STORED where DICOM pixels had bits set above BitsStored (masked off, as
+    the standard says): junk or overlay bits are harmless, but values a converter wrote over a
+    12-bit header wrap the brightest pixels (the bolus peak) to the bottom, MBF +13.5 % with only
+    fit flags that named no cause (probe 97)."""
+    found = (analysis.study.provenance or {}).get("bits_over_stored")
+    if not found:
+        return []
+    return [_flag("PIXEL_BITS_OVER_STORED", REVIEW, f"pixels have bits set above BitsStored {found['bits']} (e.g. in "
+                                                    f"{found['file']}), masked off as the standard says: if they are the "
+                                                    "image's own values (a header that understates its bits), the "
+                                                    "brightest pixels wrapped to the bottom and the measures are wrong; "
+                                                    "check the export", found["bits"])]
+
+
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
-    flags += insertion_flags(analysis) + mirrored_flags(analysis)
+    flags += insertion_flags(analysis) + mirrored_flags(analysis) + bits_over_stored_flags(analysis)
     flags += getattr(analysis, "extra_qc", []) + imported_model_flags(analysis) + kind_against_data_flags(analysis)
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours

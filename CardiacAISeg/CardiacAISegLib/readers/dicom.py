@@ -2479,10 +2479,11 @@ def _check_pixel_format(f, ds):
 _NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 
 
-def _native_pixels(ds):
+def _native_pixels(ds, notes=None, f=None):
     """float32 (Rows, Columns) of an uncompressed little-endian 8- or 16-bit image as pydicom
     decodes it (unsigned values masked to BitsStored, signed ones sign-extended from it), or
-    None where pydicom must decode."""
+    None where pydicom must decode. Unsigned values with bits set above BitsStored are noted
+    (``notes``, ``f``: the reader's {what: first file})."""
     try:
         if str(ds.file_meta.TransferSyntaxUID) not in _NATIVE_LITTLE_ENDIAN:
             return None
@@ -2502,7 +2503,13 @@ def _native_pixels(ds):
             spare = allocated - stored
             a = (a << spare) >> spare
         else:
-            a = a & ((1 << stored) - 1)
+            masked = a & ((1 << stored) - 1)
+            if notes is not None and not np.array_equal(a, masked):
+                # masked as the standard says, but said: values written over BitsStored (a converter
+                # that keeps a 12-bit header over 16-bit values) wrap the brightest pixels to the
+                # bottom, the bolus peak with them (MBF +13.5 %, the cause unnamed; probe 97)
+                notes.setdefault("BitsStored", (f, stored))
+            a = masked
     return a.reshape(rows, cols).astype(np.float32)
 
 
@@ -2527,7 +2534,7 @@ def _pixels(f, ds, notes=None):
     _configure_decoders()
     try:
         with _quiet():
-            a = None if isinstance(ds, EnhancedFrame) else _native_pixels(ds)
+            a = None if isinstance(ds, EnhancedFrame) else _native_pixels(ds, notes, f)
             if a is None:
                 a = (ds.pixels() if isinstance(ds, EnhancedFrame) else ds.pixel_array).astype(np.float32)
     except CardiacInputError:
@@ -3413,6 +3420,10 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     if "MONOCHROME1" in pixel_notes:
         warn.append(f"PhotometricInterpretation MONOCHROME1 (inverted grey scale, e.g. {_names([pixel_notes['MONOCHROME1']], folder)}): "
                     "grey values inverted to MONOCHROME2 (bright = signal) before analysis")
+    bits_over = None
+    if "BitsStored" in pixel_notes:   # QC's PIXEL_BITS_OVER_STORED says it, with the outputs
+        bits_file, bits = pixel_notes["BitsStored"]
+        bits_over = {"bits": int(bits), "file": _names([bits_file], folder)}
     if "PixelPaddingValue" in pixel_notes:
         warn.append(f"PixelPaddingValue marks pixels outside the reconstructed field (e.g. in "
                     f"{_names([pixel_notes['PixelPaddingValue']], folder)}): set to each image's darkest value, not read as signal")
@@ -3503,6 +3514,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         prov["frame_map"] = frame_map
     if spacing_check:
         prov["pixel_spacing_check"] = spacing_check
+    if bits_over:
+        prov["bits_over_stored"] = bits_over
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
     if frame_times is None and timing.get("untimed_images"):
         prov["frame_times_ignored"] = timing["untimed_images"]   # the error asking for --dt names the frames
