@@ -249,6 +249,7 @@ class Analysis:
                                       kept_ed_es=self.kept_ed_es)
             self.cine["density_g_ml"] = float(self.density)   # stated beside the mass it made, as for perfusion
             self.warnings += self.cine.pop("warnings", [])
+            self._judge_given_ed_es_by_the_network()
             self._say_contours_phases()
             if single:
                 # no ES: every file, table and view says "none", not frame 0 (the ED frame)
@@ -326,6 +327,32 @@ class Analysis:
         self.qc = assess(self)
         self.warnings = [w for w in self.warnings if not w.startswith("QC ")]
         self.warnings += [f"QC {f['code']}: {f['message']}" for f in self.qc["flags"] if f["severity"] == REVIEW]
+
+    def _judge_given_ed_es_by_the_network(self):
+        """ED_ES_DISAGREE from ``ed_es_network_lv_ml`` (the network's LV volumes at the frames the
+        images' blood pool points at; ``pipeline.given_ed_es_checked_by_the_network``), judged
+        against this run's ED and ES volumes: kept through edits, which measure the cycle again
+        (a flag set once was lost at the first edit; review of session 44)."""
+        from .cine import ED_ES_EF_POINTS
+        from .qc import REVIEW, _flag
+
+        extra = getattr(self, "ed_es_network_lv_ml", None) or {}
+        c = self.cine or {}
+        ed, es = c.get("ed_frame"), c.get("es_frame")
+        if not extra or ed is None or es is None or c.get("lv_ef_pct") is None or not c.get("lv_edv_ml"):
+            return
+        lv = {**{int(t): float(v) for t, v in extra.items() if t not in (ed, es)}, ed: c["lv_edv_ml"], es: c["lv_esv_ml"]}
+        largest, smallest = max(lv, key=lv.get), min(lv, key=lv.get)
+        if not lv[largest] > 0:
+            return
+        ef = 100.0 * (lv[largest] - lv[smallest]) / lv[largest]
+        if ef - c["lv_ef_pct"] > ED_ES_EF_POINTS:
+            self.extra_qc.append(_flag(
+                "ED_ES_DISAGREE", REVIEW, f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) are not where the "
+                                          "network's LV volume (at the frames given and where the images' blood pool is "
+                                          f"largest and smallest) is largest and smallest (frames {largest + 1} and "
+                                          f"{smallest + 1}; EF between them {ef:.0f} %): EF and ESV are measured between "
+                                          "the frames given; check the ED/ES frames (Info.cfg)", c["lv_ef_pct"]))
 
     def _say_contours_phases(self):
         """A network's labels measured at the ED/ES the study's contours gave (the experts'

@@ -289,6 +289,7 @@ class CardiacAISegLogic(_LogicBase):
         self.study = study
         self.analysis = None
         self.networkLabels = None
+        self._outputsMeasured = None
         self.unmeasuredEdits = {}
         self.studyNodes = sc.add_study(self.context, study)
         _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, study)
@@ -647,7 +648,7 @@ class CardiacAISegLogic(_LogicBase):
                 # the output segmentations: the network's (edited or not), judged by QC as its own
                 # (as hand-drawn labels a frame without RV passed QC; helper-85's review)
                 labels, madeBy = self._labelsFromOutputSegmentations(), self.modelInfo
-                if labels and madeBy and self.analysis is not None and self.analysis.study is study:
+                if labels and madeBy and self._analysisIsOf(study):
                     labels = self._withTheCyclesOtherFrames(labels)
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")
@@ -657,6 +658,10 @@ class CardiacAISegLogic(_LogicBase):
         restLabels = rest.labels if rest is not None and useExistingLabels and rest.labels else None
         arguments = {"model_name": modelName, "labels": labels, "frames": frames, "density": density, "device": device,
                      "bullseye": self.getParameter("bullseyeMeasure") or "mbf", "labels_made_by": madeBy}
+        if self._outputsMeasured is not None and self._outputsMeasured.get("kept_ed_es"):
+            # the frames an edit kept as ED and ES stay so: taken again from the curve, ED moved to a
+            # frame still holding the network's uncorrected labels (review of session 44)
+            arguments["kept_ed_es"] = self._outputsMeasured["kept_ed_es"]
         return study, rest, restLabels, arguments
 
     def _withTheCyclesOtherFrames(self, labels):
@@ -669,8 +674,16 @@ class CardiacAISegLogic(_LogicBase):
         labels = {**{int(t): np.array(m, np.uint8) for t, m in a.labels.items()}, **labels}
         network = {int(t): m.copy() for t, m in (self.networkLabels or {}).items()}
         edited = set(a.edited_frames) | {t for t, m in labels.items() if t in network and not np.array_equal(network[t], m)}
-        self._outputsMeasured = {"study": a.study.name, "model": self.modelInfo, "edited": edited, "network": network}
+        self._outputsMeasured = {"study": a.study.name, "model": self.modelInfo, "edited": edited, "network": network,
+                                 "kept_ed_es": a.kept_ed_es}
         return labels
+
+    def _analysisIsOf(self, study):
+        """The current analysis is of ``study``: the same study, or the copy a background run
+        returned (pickled, so not the same object: the check by identity never held there)."""
+        a = self.analysis
+        return a is not None and (a.study is study or (a.study.name == study.name and
+                                                       a.study.images.shape == study.images.shape))
 
     def applyAnalysis(self, analysis, forInput=None, revert=False):
         """Make a computed Analysis the current one: segmentations, handles and table nodes.

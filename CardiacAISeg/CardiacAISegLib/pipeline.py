@@ -94,7 +94,8 @@ def refinement_warnings(reports: Sequence[dict] | None, sectors: int = 36) -> li
 
 def compute_analysis(study: Study, model_name: str | None = None, labels: Labels | None = None, frames: Frames = "ed_es",
                      density: float = 1.05, rest: Analysis | None = None, device: str | None = None,
-                     progress: ProgressLike = None, bullseye: str = "mbf", labels_made_by: dict | None = None) -> Analysis:
+                     progress: ProgressLike = None, bullseye: str = "mbf", labels_made_by: dict | None = None,
+                     kept_ed_es: tuple | None = None) -> Analysis:
     """A measured Analysis of ``study``.
 
     labels: None runs the registry network ``model_name`` (the task's default when None); a
@@ -103,13 +104,14 @@ def compute_analysis(study: Study, model_name: str | None = None, labels: Labels
     the network that made ``labels`` (the Slicer module's output segmentations, edited or not),
     so that QC judges them as a network's, not as hand-drawn labels that may leave a structure
     out by convention. ``rest``: the rest perfusion Analysis for MPR/MPRI. ``bullseye``: 'mbf'
-    or 'relative_upslope' (perfusion).
+    or 'relative_upslope' (perfusion). ``kept_ed_es``: (ED, ES) frames an edit kept, measured there
+    rather than taken again from the volume curve (a whole cycle measured again after a correction).
     """
     from .blas import single_blas_thread
 
     with single_blas_thread():
         return _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye,
-                                 labels_made_by)
+                                 labels_made_by, kept_ed_es)
 
 
 # the rest series' own steps (its network's frames) in a paired run's progress messages
@@ -203,9 +205,10 @@ def given_ed_es_checked_by_the_network(analysis, model_name, device=None):
     (``cine.ed_es_check`` disagrees; only said before): the network also segments the frames
     where the pool is largest and smallest, and where the LV volumes there give an EF more than
     ``ED_ES_EF_POINTS`` above the given frames', QC flags ED_ES_DISAGREE as it does for a whole
-    cycle. An ES a few frames off (EF 7.9 % for 28 %) passed QC unless every frame was segmented
-    (probe 96). Returns whether the network ran."""
-    from .cine import ED_ES_EF_POINTS, slice_voxel_volumes_ml, structure_volumes_ml
+    cycle (``Analysis._judge_given_ed_es_by_the_network``, again at every edit). An ES a few
+    frames off (EF 7.9 % for 28 %) passed QC unless every frame was segmented (probe 96).
+    Returns whether the network ran."""
+    from .cine import slice_voxel_volumes_ml, structure_volumes_ml
 
     c = analysis.cine or {}
     check = c.get("ed_es_check")
@@ -219,23 +222,28 @@ def given_ed_es_checked_by_the_network(analysis, model_name, device=None):
     kept["warnings"] = list(kept["warnings"] or [])
     try:
         labels, _ = segment(st, model_name, extra, device)
-    finally:   # the check's own run says nothing of the analysis' (its heart box, its notes)
-        st.provenance.update({k: v for k, v in kept.items() if v is not None})
-    vv = slice_voxel_volumes_ml(st)
-    lv = {t: structure_volumes_ml(m, vv)["lv"] for t, m in labels.items()}
-    lv[c["ed_frame"]], lv[c["es_frame"]] = c["lv_edv_ml"], c["lv_esv_ml"]
-    largest, smallest = max(lv, key=lv.get), min(lv, key=lv.get)
-    if not lv[largest] > 0:
+    except CardiacInputError as e:
+        # a check, not the analysis: its network failing on other frames is said, not fatal
+        analysis.warnings.append(f"the given ED/ES frames could not be checked with the network ({e.problem})")
         return True
-    ef = 100.0 * (lv[largest] - lv[smallest]) / lv[largest]
-    if ef - c["lv_ef_pct"] > ED_ES_EF_POINTS:
-        check.update(by="the network's LV volume (at the frames given and where the images' blood pool is largest and "
-                        "smallest)", largest=int(largest), smallest=int(smallest), ef_from_curve_pct=ef, disagree=True)
-        analysis._assess()
+    finally:   # the check's own run says nothing of the analysis' (its heart box, its notes)
+        for key, value in kept.items():
+            if value is None:
+                st.provenance.pop(key, None)
+            else:
+                st.provenance[key] = value
+    vv = slice_voxel_volumes_ml(st)
+    # a frame where the network found no LV says nothing of ED or ES (it read as EF 100 %)
+    analysis.ed_es_network_lv_ml = {t: v for t, v in ((t, structure_volumes_ml(m, vv)["lv"]) for t, m in labels.items())
+                                    if v > 0}
+    analysis.extra_qc = [f for f in analysis.extra_qc if f["code"] != "ED_ES_DISAGREE"]
+    analysis._judge_given_ed_es_by_the_network()
+    analysis._assess()
     return True
 
 
-def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye, labels_made_by=None):
+def _compute_analysis(study, model_name, labels, frames, density, rest, device, progress, bullseye, labels_made_by=None,
+                      kept_ed_es=None):
     from .analysis import Analysis
     from .readers.series_kind import kind_said_on_errors
 
@@ -252,6 +260,8 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
                                 + (f" ({'; '.join(why)})" if why else ""))
     analysis = Analysis(study, labels, density=density, rest=rest)
     analysis.bullseye_measure = bullseye
+    if kept_ed_es is not None:
+        analysis.kept_ed_es = tuple(int(t) for t in kept_ed_es)
     analysis.model_info = model_info or labels_made_by   # before the run: QC judges a network's output as such
     with kind_said_on_errors(study), _network_named_on_errors(model_info):
         analysis.run(progress)
