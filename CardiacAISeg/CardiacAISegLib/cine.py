@@ -447,8 +447,8 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
             missing = "ED" if ed is None else "ES"
             raise CardiacInputError(where, f"{missing} frame unknown and only {len(curve)} labelled frame(s) "
                                            f"(frame {[t + 1 for t in sorted(curve)]} of {study.n_frames}, counted from 1): label ED and ES, or the whole "
-                                           "cycle (a 3D label map labels one frame: give one per frame, e.g. --labels "
-                                           "segmentation.seg.nrrd --labels segmentation_es.seg.nrrd, or a 4D one)")
+                                           "cycle (a 3D label map labels one frame: give ED's and ES's, as the "
+                                           ".seg.nrrd files a run writes, which say their frame, or a 4D one)")
         # a frame with a lost image: its dip made it ES (EF 59 % for 24 %, QC pass; probe 41), so
         # it is no candidate while at least half the frames are without one; where most frames
         # hold one, the curve with their share given to the neighbours is the better guide (one

@@ -439,6 +439,10 @@ class CardiacAISegLogic(_LogicBase):
                 warnings += [w for w in stampedProvenance.get("aif_warnings", []) if w not in warnings]
         elif "ed_es" in stamped:
             study.ed_frame, study.es_frame = stamped["ed_es"]
+        # JSON made the frame keys of the missing _gt files text (their detail no longer found)
+        if isinstance(study.provenance.get("missing_label_files"), dict):
+            study.provenance["missing_label_files"] = {int(k) if str(k).isdigit() else k: v for k, v in
+                                                       study.provenance["missing_label_files"].items()}
         # the reading's own warnings, after those this reading gives again (said once)
         said = study.provenance.pop("reader_warnings", None) or []
         warnings = study.provenance.setdefault("warnings", [])

@@ -696,8 +696,7 @@ def read_mrb(path):
     try:
         read = ctx.scene.ReadFromMRB(os.path.abspath(os.fspath(path)), False, messages)
     finally:
-        if os.getcwd() != here:
-            os.chdir(here)
+        os.chdir(here)   # unconditionally: in a deleted folder os.getcwd() itself raises
     if not read:
         raise CardiacInputError(path, f"not a readable Slicer scene bundle: {messages.GetAllMessagesAsString()}")
     return ctx

@@ -63,8 +63,8 @@ def test_a_corrected_file_saved_by_slicer_keeps_its_frame(first_run, tmp_path):
 
 def test_the_es_file_alone_is_refused_with_the_way_to_give_both(first_run, tmp_path):
     image, out, _ = first_run
-    with pytest.raises(CardiacInputError, match=r"ED frame unknown.*--labels segmentation.seg.nrrd --labels "
-                                                r"segmentation_es.seg.nrrd"):
+    with pytest.raises(CardiacInputError, match=r"ED frame unknown.*give ED's and ES's, as the \.seg\.nrrd files a "
+                                                r"run writes, which say their frame"):
         run(image, tmp_path / "es-only", labels=out / "segmentation_es.seg.nrrd")
     assert not (tmp_path / "es-only").exists()
 
@@ -107,3 +107,23 @@ def test_cli_takes_labels_twice_and_refuses_study_with_a_file(first_run, tmp_pat
                  "--labels", str(out / "segmentation.seg.nrrd")])
     assert code == 2
     assert not (tmp_path / "cli2").exists()
+
+
+def test_two_maps_for_the_ed_of_an_acdc_folder_are_refused_and_contour_folders_go_alone(tmp_path):
+    """Review of session 44: on a study whose own labels (an ACDC folder's _gt) held ED, two 3D
+    maps without a recorded frame both went to ED, the second silently replacing the first; a
+    contour folder in the list ended in a KeyError."""
+    import nibabel as nib
+
+    from bad_corpus import acdc_folder, make_base
+
+    base = make_base(tmp_path / "base")
+    folder = acdc_folder(base, tmp_path / "patient901", "ED: 1\nES: 2\nGroup: NOR\n")
+    gt = nib.load(str(folder / "patient901_frame01_gt.nii.gz"))
+    for name in ("a.nii.gz", "b.nii.gz"):
+        nib.save(nib.Nifti1Image(np.asarray(gt.dataobj), gt.affine), str(tmp_path / name))
+    with pytest.raises(CardiacInputError, match=r"b.nii.gz: labels frame 1 \(counted from 1\), as a.nii.gz does"):
+        load_study(folder, labels=[tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"])
+    (tmp_path / "contours").mkdir()
+    with pytest.raises(CardiacInputError, match="a contour folder is given alone"):
+        load_study(folder, labels=[tmp_path / "a.nii.gz", tmp_path / "contours"])

@@ -713,6 +713,11 @@ def test_an_interrupted_replacement_keeps_the_installed_model(tmp_path, user_mod
     weights2, card2 = write_user_model(tmp_path / "other", "user-other")
     registry.import_model(weights2, card2)
     assert sorted(p.name for p in user_models.iterdir()) == ["user-keep", "user-other"]
+    # put back before the name is checked: the same name again still needs --force (review)
+    os.rename(user_models / "user-keep", user_models / ".replaced-user-keep-4567cdef")
+    with pytest.raises(CardiacInputError, match="already installed"):
+        registry.import_model(weights, card_path)
+    assert (user_models / "user-keep" / "model.json").read_text() == before
 
 
 def test_a_model_that_cannot_run_is_said_before_a_run(tmp_path, user_models, capsys):

@@ -1568,6 +1568,38 @@ def test_dynamics_lost_from_a_numbered_series_keep_the_others_times(tmp_path, ph
     assert gap and "about 2 frames missing" in gap[0]["message"]
 
 
+def test_dynamic_numbers_in_steps_of_two_and_too_many_lost(tmp_path, phantom):
+    """Review of session 44: dynamics numbered 1, 3, 5, ... (nothing lost) were read as every
+    other one missing and put 2 dt apart (MBF off about 2x); four lost on the upslope were refused
+    with "give --dt", which was given."""
+    import pydicom
+
+    study, truth = phantom
+    peak = int(np.argmax(study.aif))
+    dt = float(np.median(np.diff(study.frame_times_s)))
+
+    def numbered(name, lost=(), number=lambda t: t + 1):
+        _, paths = write_perfusion_series(tmp_path / name, study, vendor="siemens")
+        for n, p in enumerate(paths):
+            t, k = n % study.n_frames, n // study.n_frames
+            if t in lost:
+                p.unlink()
+                continue
+            ds = pydicom.dcmread(p)
+            ds.AcquisitionTime = ds.ContentTime = "100000.00"
+            ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = number(t), study.n_frames
+            ds.InstanceNumber = k + 1
+            ds.save_as(p)
+        return tmp_path / name
+
+    odd = load_study(numbered("odd", number=lambda t: 2 * t + 1), dt=dt)
+    np.testing.assert_allclose(odd.frame_times_s, np.arange(study.n_frames) * dt)
+    assert not any("missing by the dynamics' numbers" in w for w in odd.provenance["warnings"])
+    with pytest.raises(CardiacInputError) as refused:
+        load_study(numbered("four", lost=set(range(peak - 6, peak - 2))), dt=dt)
+    assert "placed by the dynamics' numbers" in refused.value.problem and "give --dt" not in refused.value.problem
+
+
 def test_a_date_written_a_day_late_on_some_images_is_not_called_midnight(tmp_path, phantom):
     """AcquisitionDateTime a day later on the second half of the dynamics, times of day running
     on: read right, but said as "acquisition times cross midnight with the date unchanged", the

@@ -1885,6 +1885,16 @@ def test_a_study_opened_after_another_gets_its_own_folder_and_overwrite_unticked
     assert app.state.overwrite is False
     assert (first, app.state.out_path) == ("cardiacaiseg-results/visit1_patient001_cine",
                                            "cardiacaiseg-results/visit2_patient001_cine")
+    # an ACDC patient's ground truth goes under its own name; the next study does not keep it
+    from bad_corpus import acdc_folder, make_base
+
+    acdc_folder(make_base(tmp_path / "base"), tmp_path / "patient901", "ED: 1\nES: 2\nGroup: NOR\n")
+    app.session.adopt(app.session.read_path("patient901"))
+    app._study_opened("opened")
+    assert app.state.patient == "patient901"
+    app.session.adopt(app.session.read_path("visit1/patient001/cine.nii.gz"))
+    app._study_opened("opened")
+    assert app.state.patient == "patient101"
 
 
 def test_page_warnings_name_files_as_the_page_does(tmp_path):

@@ -924,6 +924,10 @@ def import_model(weights, card_path, dest=None, overwrite=False):
     if _same_folder(root, SHIPPED_DIR) or SHIPPED_DIR.resolve() in root.resolve().parents:
         raise CardiacInputError(root, "the user models folder must not be the shipped models folder")
     target = root / name
+    if root.is_dir():
+        # before the checks: a model an import killed outright left aside is back under its name,
+        # so it is replaced only with --force (review of session 44)
+        _recover_interrupted_imports(root)
     if target.is_symlink():
         raise CardiacInputError(target, "is a symbolic link; it is not replaced (remove it first)")
     if target.exists():
@@ -949,7 +953,6 @@ def import_model(weights, card_path, dest=None, overwrite=False):
 
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_imports(root)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
     old = None
     try:

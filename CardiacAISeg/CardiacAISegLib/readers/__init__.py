@@ -47,19 +47,23 @@ def _attach_labels(study, labels, label_convention, frame):
             raise CardiacInputError(labels[0], f"one frame ({frame}) for {len(labels)} label files: give one file, or "
                                                "files that each say their frame (.seg.nrrd written by this tool or Slicer)")
         came_with_study = set(study.labels)
-        placed = {}
+        placed = {}   # frame -> the file of the list that labelled it
         for path in labels:
-            before = set(study.labels) - came_with_study
-            earlier = {t: placed[t] for t in before}
-            snapshot = {t: study.labels[t] for t in before}
+            if Path(path).is_dir():
+                # a contour folder replaces the study's labels whole: it goes alone (review of session 44)
+                raise CardiacInputError(path, "a contour folder is given alone with --labels, not beside label files")
+            before = dict(study.labels)
             _attach_one(study, path, label_convention, None, came_with_study)
-            clash = sorted(t for t in earlier if study.labels[t] is not snapshot[t])
+            # the frames this file labelled: by identity, the study's own labels (an ACDC folder's
+            # _gt) included, which the file replaces (two 3D maps both went to ED there, unrefused)
+            mine = sorted(t for t, m in study.labels.items() if before.get(t) is not m)
+            clash = [t for t in mine if t in placed]
             if clash:
-                raise CardiacInputError(path, f"labels frame {clash[0] + 1} (counted from 1), as {Path(earlier[clash[0]]).name} "
+                raise CardiacInputError(path, f"labels frame {clash[0] + 1} (counted from 1), as {Path(placed[clash[0]]).name} "
                                               "does: each label file must hold other frames (a 3D map without a "
                                               "recorded frame goes to ED; give one of them, a 4D map, or the "
                                               ".seg.nrrd files a run wrote, which say their frame)")
-            placed.update({t: path for t in set(study.labels) - came_with_study - before})
+            placed.update({t: path for t in mine})
         return study
     return _attach_one(study, labels, label_convention, frame)
 

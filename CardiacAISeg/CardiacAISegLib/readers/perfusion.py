@@ -493,6 +493,9 @@ def refuse_two_boluses(study, where):
                                    f"{at(late)} mm at frame {int(np.median(arrival[late])) + 1}: {TWO_ACQUISITIONS_ADVICE}")
 
 
+DYNAMIC_NUMBER_TIMES = "dynamic numbers x --dt"   # provenance frame_times_from of _times_from_dynamic_numbers
+
+
 def _times_from_dynamic_numbers(prov, n, dt, warnings):
     """Frame times (number - first number) x dt where a series without a clock numbers its
     dynamics (``dicom._frame_numbers``) and the numbers skip some: the frames after a lost
@@ -501,15 +504,18 @@ def _times_from_dynamic_numbers(prov, n, dt, warnings):
     if not isinstance(numbers, list) or len(numbers) != n or n < 2:
         return None
     steps = np.diff(numbers)
-    if not np.any(steps > 1):
+    # the numbers' own step is one dynamic (1, 3, 5, ... numbers every dynamic with a step of 2:
+    # read as every other one missing, every frame was put 2 dt apart; review of session 44)
+    unit = int(np.median(steps))
+    if unit < 1 or np.any(steps % unit) or not np.any(steps > unit):
         return None
-    lost = [int(v) for a, b in zip(numbers[:-1], numbers[1:]) for v in range(a + 1, b)]
+    lost = [int(v) for a, b in zip(numbers[:-1], numbers[1:]) for v in range(a + unit, b, unit)]
     shown = ", ".join(str(v) for v in lost[:6]) + (", ..." if len(lost) > 6 else "")
     warnings.append(f"{len(lost)} dynamic{'s are' if len(lost) > 1 else ' is'} missing by the dynamics' numbers "
                     f"(TemporalPositionIdentifier {shown} of {numbers[0]}-{numbers[-1]}): each frame is placed at its "
                     f"number x --dt, so the frames after a gap keep their own time; the curves are resampled over it")
-    prov["frame_times_from"] = "dynamic numbers x --dt"
-    return (np.asarray(numbers, float) - numbers[0]) * dt
+    prov["frame_times_from"] = DYNAMIC_NUMBER_TIMES
+    return (np.asarray(numbers, float) - numbers[0]) / unit * dt
 
 
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
@@ -728,7 +734,14 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
                                           "that left the first pass unsampled; accepted: gaps up to "
                                           f"{MAX_STEP_FACTOR:g} frame intervals (an irregular heartbeat), a pause before the "
                                           "contrast arrives, or one after the first pass is over (the frames after it are "
-                                          "left out). If the times are wrong and the frames evenly spaced, give --dt")
+                                          "left out). " + (
+                                              # placed by their numbers under --dt: the numbers say dynamics are
+                                              # missing, and --dt was given (review of session 44)
+                                              "The frames are placed by the dynamics' numbers (TemporalPositionIdentifier) "
+                                              "at --dt: the numbers say that many dynamics are missing there; re-export "
+                                              "the series with all its dynamics"
+                                              if prov.get("frame_times_from") == DYNAMIC_NUMBER_TIMES else
+                                              "If the times are wrong and the frames evenly spaced, give --dt"))
         if steps_uneven(steps):
             from ..perfusion.mbf import fit_interval
 

@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from ..errors import CancelledError, CardiacInputError, OutputExistsError
+from ..logic import PARAMETERS
 from ..pipeline import SEGMENTING_SHARE, run_percent
 from ..progress import Progress
 from ..study import CINE
@@ -93,7 +94,7 @@ class CardiacWebApp:
             "show_3d": True, "playing": False, "play_fps": 8, "wl_preset": "auto", "wl_range": [0.0, 1.0], "wl_bounds": [0.0, 1.0], "wl_step": 0.01,
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
-            "out_path": "", "patient": "patient101", "overwrite": False, "saved_files": [],
+            "out_path": "", "patient": PARAMETERS["groundTruthName"], "overwrite": False, "saved_files": [],
         })
         self.refresh_files()
 
@@ -258,8 +259,10 @@ class CardiacWebApp:
         # Overwrite goes with the study it was ticked for: left ticked, the next study's save
         # replaced the first one's files without a word (probe 98)
         s.overwrite = False
-        if sess.study is not None and _ACDC_PATIENT.match(sess.study.name or ""):
-            s.patient = sess.study.name   # its ground truth under its own name, not patient101 for every study
+        # its ground truth under its own name, not patient101 for every ACDC patient; another study
+        # does not keep the previous one's (review of session 44)
+        name = sess.study.name if sess.study is not None else ""
+        s.patient = name if _ACDC_PATIENT.match(name or "") else PARAMETERS["groundTruthName"]
         self.views.show_study(sess)
         # A single slice is a line edge-on in 3D: the slice view alone, unless asked for.
         s.show_3d = sess.study is not None and sess.study.n_slices > 1

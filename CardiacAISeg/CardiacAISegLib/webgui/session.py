@@ -617,6 +617,8 @@ class Session:
         place = self.data.shown(st.source) if st is not None and st.source else None
         label = str(place) if place and not Path(str(place)).is_absolute() else (st.name if st else "study")
         label = _IMAGE_SUFFIX.sub("", label)
+        if label.strip("./") == "":   # the data folder itself: "." was the shared results folder
+            label = st.name if st is not None and st.name else "study"
         name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label.strip("/").replace("/", "_")) or "study"
         return f"cardiacaiseg-results/{name}"
 
