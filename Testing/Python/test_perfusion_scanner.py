@@ -1536,17 +1536,12 @@ def test_dynamics_numbered_by_temporal_position_identifier(tmp_path, phantom):
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
-def test_dynamics_lost_from_a_numbered_series_keep_the_others_times(tmp_path, phantom):
-    """The same series with two dynamics lost on the AIF's upslope: with --dt the frames were put
-    side by side, every later one a frame interval or two early (time to peak a beat short, MBF
-    12 % low, nothing said; probe 97). Their numbers place them: the gap is said, the times are
-    number x dt, and QC flags the gap in the bolus."""
+def _numbered_series(folder, study, lost=(), number=lambda t: t + 1):
+    """``study`` as Canon-like classic images with no clock (one time for the series), the
+    dynamics numbered by TemporalPositionIdentifier (``number`` of frame t), ``lost`` left out."""
     import pydicom
 
-    study, truth = phantom
-    peak = int(np.argmax(study.aif))
-    lost = {peak - 3, peak - 2}
-    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens")
+    _, paths = write_perfusion_series(folder, study, vendor="siemens")
     for n, p in enumerate(paths):
         t, k = n % study.n_frames, n // study.n_frames
         if t in lost:
@@ -1554,11 +1549,22 @@ def test_dynamics_lost_from_a_numbered_series_keep_the_others_times(tmp_path, ph
             continue
         ds = pydicom.dcmread(p)
         ds.AcquisitionTime = ds.ContentTime = "100000.00"
-        ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = t + 1, study.n_frames
+        ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = number(t), study.n_frames
         ds.InstanceNumber = k + 1
         ds.save_as(p)
+    return folder
+
+
+def test_dynamics_lost_from_a_numbered_series_keep_the_others_times(tmp_path, phantom):
+    """The same series with two dynamics lost on the AIF's upslope: with --dt the frames were put
+    side by side, every later one a frame interval or two early (time to peak a beat short, MBF
+    12 % low, nothing said; probe 97). Their numbers place them: the gap is said, the times are
+    number x dt, and QC flags the gap in the bolus."""
+    study, truth = phantom
+    peak = int(np.argmax(study.aif))
+    lost = {peak - 3, peak - 2}
     dt = float(np.median(np.diff(study.frame_times_s)))
-    s = load_study(tmp_path / "s", dt=dt)
+    s = load_study(_numbered_series(tmp_path / "s", study, lost), dt=dt)
     kept = [t for t in range(study.n_frames) if t not in lost]
     np.testing.assert_allclose(s.frame_times_s, np.array(kept) * dt)
     said = [w for w in s.provenance["warnings"] if "missing by the dynamics' numbers" in w]
@@ -1572,31 +1578,14 @@ def test_dynamic_numbers_in_steps_of_two_and_too_many_lost(tmp_path, phantom):
     """Review of session 44: dynamics numbered 1, 3, 5, ... (nothing lost) were read as every
     other one missing and put 2 dt apart (MBF off about 2x); four lost on the upslope were refused
     with "give --dt", which was given."""
-    import pydicom
-
     study, truth = phantom
     peak = int(np.argmax(study.aif))
     dt = float(np.median(np.diff(study.frame_times_s)))
-
-    def numbered(name, lost=(), number=lambda t: t + 1):
-        _, paths = write_perfusion_series(tmp_path / name, study, vendor="siemens")
-        for n, p in enumerate(paths):
-            t, k = n % study.n_frames, n // study.n_frames
-            if t in lost:
-                p.unlink()
-                continue
-            ds = pydicom.dcmread(p)
-            ds.AcquisitionTime = ds.ContentTime = "100000.00"
-            ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = number(t), study.n_frames
-            ds.InstanceNumber = k + 1
-            ds.save_as(p)
-        return tmp_path / name
-
-    odd = load_study(numbered("odd", number=lambda t: 2 * t + 1), dt=dt)
+    odd = load_study(_numbered_series(tmp_path / "odd", study, number=lambda t: 2 * t + 1), dt=dt)
     np.testing.assert_allclose(odd.frame_times_s, np.arange(study.n_frames) * dt)
     assert not any("missing by the dynamics' numbers" in w for w in odd.provenance["warnings"])
     with pytest.raises(CardiacInputError) as refused:
-        load_study(numbered("four", lost=set(range(peak - 6, peak - 2))), dt=dt)
+        load_study(_numbered_series(tmp_path / "four", study, set(range(peak - 6, peak - 2))), dt=dt)
     assert "placed by the dynamics' numbers" in refused.value.problem and "give --dt" not in refused.value.problem
 
 
