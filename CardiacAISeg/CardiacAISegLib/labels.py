@@ -78,3 +78,32 @@ def to_convention(label_map, convention="acdc"):
     for internal, value in inverse.items():
         out[np.asarray(label_map) == internal] = value
     return out
+
+
+# The frame a cine segmentation belongs to, kept in every segment's tags: Slicer reads and writes
+# segment tags with the file (node attributes stay in the scene only), so a segmentation corrected
+# in Slicer and saved again still says which frame it is, and ``analyze --labels`` puts it there
+# rather than on ED (an ES file given back was measured as ED). The count says which series'
+# numbering it is: frame 1 of an ED/ES export is another image in the whole cycle.
+FRAME_TAG = "CardiacAISeg.Frame"
+FRAME_COUNT_TAG = "CardiacAISeg.FrameCount"
+
+
+def frame_tags(frame, n_frames):
+    """{tag: value} recording a cine segmentation's ``frame`` of ``n_frames`` (none for None)."""
+    if frame is None:
+        return {}
+    return {FRAME_TAG: str(int(frame)), FRAME_COUNT_TAG: str(int(n_frames))}
+
+
+def frame_of_header(header):
+    """(frame, number of frames) a seg.nrrd's segment tags record, or None; a frame without a
+    readable count gives (frame, None)."""
+    n = 0
+    while f"Segment{n}_Name" in header:
+        tags = dict(t.partition(":")[::2] for t in str(header.get(f"Segment{n}_Tags", "")).split("|") if ":" in t)
+        if tags.get(FRAME_TAG, "").strip().isdigit():
+            count = tags.get(FRAME_COUNT_TAG, "").strip()
+            return int(tags[FRAME_TAG]), (int(count) if count.isdigit() else None)
+        n += 1
+    return None

@@ -24,10 +24,9 @@ import numpy as np
 
 from . import scene as sc
 from .errors import CardiacInputError, OutputExistsError, in_front_end_terms
-from .labels import MYO, to_convention
+from .labels import FRAME_COUNT_TAG, FRAME_TAG, MYO, to_convention
 from .progress import as_progress
 from .readers.volume import axis_aligned
-from .seg_nrrd import FRAME_COUNT_TAG, FRAME_TAG
 from .study import CINE, PERFUSION, Study, check_rest_pairing
 
 try:  # Only the Slicer application has ScriptedLoadableModule (it needs Qt).

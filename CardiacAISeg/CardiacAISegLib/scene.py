@@ -279,8 +279,8 @@ def _oriented_image(array, ijk_to_ras):
 
 def tag_frame(node, frame, n_frames):
     """Record in every segment's tags the cine ``frame`` (of ``n_frames``) a segmentation node
-    belongs to (``seg_nrrd.frame_tags``): saved with its .seg.nrrd, by Slicer too."""
-    from .seg_nrrd import frame_tags
+    belongs to (``labels.frame_tags``): saved with its .seg.nrrd, by Slicer too."""
+    from .labels import frame_tags
 
     seg = node.GetSegmentation()
     for sid in seg.GetSegmentIDs():

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from .errors import CardiacInputError
-from .labels import SEGMENT_IDS, SEGMENTS
+from .labels import SEGMENT_IDS, SEGMENTS, frame_tags
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Slicer tags every segment without a terminology with this default entry; written as Slicer does
@@ -57,13 +57,6 @@ _CONVERSION_PARAMETERS = (
     "segments are oversampled with the same value (value of 1 means no oversampling).&"
     "Threshold fraction|0.5|Determines the threshold that the closed surface is created at as a fractional value "
     "between 0 and 1.&")
-# The frame a cine segmentation belongs to, kept in every segment's tags: Slicer reads and writes
-# segment tags with the file (node attributes stay in the scene only), so a segmentation corrected
-# in Slicer and saved again still says which frame it is, and ``analyze --labels`` puts it there
-# rather than on ED (an ES file given back was measured as ED). The count says which series'
-# numbering it is: frame 1 of an ED/ES export is another image in the whole cycle.
-FRAME_TAG = "CardiacAISeg.Frame"
-FRAME_COUNT_TAG = "CardiacAISeg.FrameCount"
 GZIP_LEVEL = 6   # zlib's default; level 1 saves ~1 ms on a 12-slice study and makes the file 1.5x larger
 
 
@@ -90,29 +83,9 @@ def reference_geometry(ijk_to_ras, shape):
     return ";".join(numbers) + ";" + ";".join(str(v) for v in (0, c - 1, 0, r - 1, 0, s - 1)) + ";"
 
 
-def frame_tags(frame, n_frames):
-    """{tag: value} recording a cine segmentation's ``frame`` of ``n_frames`` (none for None)."""
-    if frame is None:
-        return {}
-    return {FRAME_TAG: str(int(frame)), FRAME_COUNT_TAG: str(int(n_frames))}
-
-
 def tags_text(tags):
     """A segment's Tags field as Slicer writes it: 'key:value|' in key order."""
     return "".join(f"{k}:{tags[k]}|" for k in sorted(tags))
-
-
-def frame_of_header(header):
-    """(frame, number of frames) a seg.nrrd's segment tags record, or None; a frame without a
-    readable count gives (frame, None)."""
-    n = 0
-    while f"Segment{n}_Name" in header:
-        tags = dict(t.partition(":")[::2] for t in str(header.get(f"Segment{n}_Tags", "")).split("|") if ":" in t)
-        if tags.get(FRAME_TAG, "").strip().isdigit():
-            count = tags.get(FRAME_COUNT_TAG, "").strip()
-            return int(tags[FRAME_TAG]), (int(count) if count.isdigit() else None)
-        n += 1
-    return None
 
 
 def header_text(shape, ijk_to_ras, frame=None, n_frames=None):

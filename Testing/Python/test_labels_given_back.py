@@ -10,7 +10,7 @@ import pytest
 from CardiacAISegLib import seg_nrrd
 from CardiacAISegLib.analyze import run
 from CardiacAISegLib.errors import CardiacInputError
-from CardiacAISegLib.labels import MYO
+from CardiacAISegLib.labels import MYO, frame_of_header
 from CardiacAISegLib.phantoms.phantom import write_phantom
 from CardiacAISegLib.readers import load_study
 
@@ -55,7 +55,7 @@ def test_a_corrected_file_saved_by_slicer_keeps_its_frame(first_run, tmp_path):
 
     fill_segmentation(node, edited, first.study.ijk_to_ras)
     sc.write_node(node, tmp_path / "corrected_es.seg.nrrd")
-    assert seg_nrrd.frame_of_header(seg_nrrd.read_seg_nrrd(tmp_path / "corrected_es.seg.nrrd")[2]) == (es, 8)
+    assert frame_of_header(seg_nrrd.read_seg_nrrd(tmp_path / "corrected_es.seg.nrrd")[2]) == (es, 8)
     study = load_study(image, labels=[out / "segmentation.seg.nrrd", tmp_path / "corrected_es.seg.nrrd"])
     np.testing.assert_array_equal(study.labels[es], edited)
     np.testing.assert_array_equal(study.labels[first.cine["ed_frame"]], first.labels[first.cine["ed_frame"]])

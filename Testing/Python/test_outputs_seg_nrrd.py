@@ -9,7 +9,7 @@ import pytest
 from CardiacAISegLib import seg_nrrd
 from CardiacAISegLib.analysis import Analysis
 from CardiacAISegLib.errors import CardiacInputError
-from CardiacAISegLib.labels import RV, SEGMENT_IDS, SEGMENTS
+from CardiacAISegLib.labels import RV, SEGMENT_IDS, SEGMENTS, frame_of_header
 from CardiacAISegLib.outputs import segmentation_frames
 from CardiacAISegLib.phantoms.phantom import make_cine_phantom
 
@@ -82,7 +82,7 @@ def test_written_like_slicer_writes_the_logic_scene(analysis, tmp_path):
         sc.write_node(storables[name], tmp_path / f"slicer-{name}")
         seg_nrrd.write_seg_nrrd(tmp_path / name, analysis.labels[frame], analysis.study.ijk_to_ras, frame=frame,
                                 n_frames=analysis.study.n_frames)
-        assert seg_nrrd.frame_of_header(seg_nrrd.read_seg_nrrd(tmp_path / f"slicer-{name}")[2]) == (frame, 8)
+        assert frame_of_header(seg_nrrd.read_seg_nrrd(tmp_path / f"slicer-{name}")[2]) == (frame, 8)
         assert_same_seg_nrrd(tmp_path / name, tmp_path / f"slicer-{name}")
 
 

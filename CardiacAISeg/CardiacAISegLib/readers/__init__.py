@@ -98,7 +98,8 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
     labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``, or a list
     of label-map files holding other frames; a 3D label map goes to ``frame``, else to the frame
-    its .seg.nrrd records (``seg_nrrd.FRAME_TAG``), else to ED. aif, dt: perfusion AIF (file or array) and seconds per frame.
+    its .seg.nrrd records (``labels.FRAME_TAG``), else to ED.
+    aif, dt: perfusion AIF (file or array) and seconds per frame.
     units: perfusion image units when the file cannot tell ('gd_mmol_l' or 'signal').
     """
     from .series_kind import decide_kind

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CardiacInputError
-from ..labels import CONVENTIONS, LV, MYO, RV, label_of_segment_name, normalise_labels, unnamed_structures_problem
+from ..labels import (CONVENTIONS, LV, MYO, RV, frame_of_header, label_of_segment_name, normalise_labels,
+                      unnamed_structures_problem)
 from ..study import CINE
 from .geometry_check import add_warning, grid_difference, onto_image_grid
 from .volume import read_volume_file
@@ -53,8 +54,6 @@ def read_labels(path, convention="acdc"):
         if n_layers > 1 or data.shape[0] > 1:
             raise CardiacInputError(path, "segmentation with overlapping layers is not supported; export it as a labelmap volume")
         # A .seg.nrrd holds one frame: the list axis pynrrd finds would be a layer axis
-        from ..seg_nrrd import frame_of_header
-
         info["recorded_frame"] = frame_of_header(header)
         if mapping:
             problem = unnamed_structures_problem(mapping.values(), unknown)
