@@ -334,7 +334,7 @@ class Analysis:
         against this run's ED and ES volumes: kept through edits, which measure the cycle again
         (a flag set once was lost at the first edit; review of session 44)."""
         from .cine import ED_ES_EF_POINTS
-        from .qc import REVIEW, _flag
+        from .qc import ed_es_disagree_flag
 
         extra = getattr(self, "ed_es_network_lv_ml", None) or {}
         c = self.cine or {}
@@ -347,12 +347,9 @@ class Analysis:
             return
         ef = 100.0 * (lv[largest] - lv[smallest]) / lv[largest]
         if ef - c["lv_ef_pct"] > ED_ES_EF_POINTS:
-            self.extra_qc.append(_flag(
-                "ED_ES_DISAGREE", REVIEW, f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) are not where the "
-                                          "network's LV volume (at the frames given and where the images' blood pool is "
-                                          f"largest and smallest) is largest and smallest (frames {largest + 1} and "
-                                          f"{smallest + 1}; EF between them {ef:.0f} %): EF and ESV are measured between "
-                                          "the frames given; check the ED/ES frames (Info.cfg)", c["lv_ef_pct"]))
+            self.extra_qc.append(ed_es_disagree_flag(
+                ed, es, "the network's LV volume (at the frames given and where the images' blood pool is largest and "
+                        "smallest)", largest, smallest, ef, c["lv_ef_pct"]))
 
     def _say_contours_phases(self):
         """A network's labels measured at the ED/ES the study's contours gave (the experts'

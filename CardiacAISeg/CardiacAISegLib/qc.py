@@ -701,6 +701,17 @@ def _out_of_step_flags(analysis):
                                                 "frame order of those slices", len(off))]
 
 
+def ed_es_disagree_flag(ed, es, measured_by, largest, smallest, ef_between_pct, ef_given_pct):
+    """ED_ES_DISAGREE: the ED and ES frames a file fixed (ACDC Info.cfg) are not where the LV
+    volume ``measured_by`` says they are. One wording for the images' blood pool curve and for
+    the network's LV volumes at the frames that curve points at (``Analysis``)."""
+    return _flag("ED_ES_DISAGREE", REVIEW,
+                 f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) are not where {measured_by} "
+                 f"is largest and smallest (frames {largest + 1} and {smallest + 1}; EF between "
+                 f"them {ef_between_pct:.0f} %): EF and ESV are measured between the frames given; "
+                 "check the ED/ES frames (Info.cfg)", ef_given_pct)
+
+
 def cine_flags(analysis):
     from .cine import damaged_images, lost_images
 
@@ -716,11 +727,8 @@ def cine_flags(analysis):
     if check.get("disagree") and "ef_from_curve_pct" in check and not any(f["code"] == "ED_ES_SWAPPED" for f in flags):
         # ED/ES the file fixed (ACDC Info.cfg) that the cycle contradicts: EF between two
         # diastolic frames (16 % for 57 %) passed every range
-        flags.append(_flag("ED_ES_DISAGREE", REVIEW,
-                           f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) are not where {check['by']} "
-                           f"is largest and smallest (frames {check['largest'] + 1} and {check['smallest'] + 1}; EF between "
-                           f"them {check['ef_from_curve_pct']:.0f} %): EF and ESV are measured between the frames given; "
-                           "check the ED/ES frames (Info.cfg)", ef))
+        flags.append(ed_es_disagree_flag(ed, es, check["by"], check["largest"], check["smallest"],
+                                         check["ef_from_curve_pct"], ef))
     if ed is not None and ed == es and len(labels) > 1:
         # two frames saved from one phase (a 4D file of ED twice): EF 0.0 with every range
         # skipped, as for a single frame (probe 46)

@@ -56,16 +56,7 @@ def leading_pd_frames(images, flip_angles=None):
     if n_t < MIN_DYNAMICS + 1:
         return 0, ""
     limit = min(MAX_PD_FRAMES, n_t - MIN_DYNAMICS)
-    by_flip, flip_note = 0, ""
-    if flip_angles is not None and len(flip_angles) == n_t and np.all(np.isfinite(flip_angles)):
-        flips = np.asarray(flip_angles, float)
-        dynamic = float(np.median(flips[limit:]))
-        while by_flip < limit and abs(flips[by_flip] - dynamic) > 0.5:
-            by_flip += 1
-        if by_flip and np.all(np.abs(flips[by_flip:] - dynamic) <= 0.5):
-            flip_note = f"FlipAngle {flips[0]:g}° against the dynamics' {dynamic:g}°"
-        else:
-            by_flip = 0   # flip angles that vary along the series say nothing about the first frames
+    by_flip, flip_note = flip_angle_run(flip_angles, n_t, at_end=False)
 
     levels = frame_levels(images)
     # Reference images are a run of bright frames that drops at once to the pre-contrast level:
@@ -109,25 +100,35 @@ def drop_leading_pd_frames(study, where, warnings=None):
     return n
 
 
+def flip_angle_run(flip_angles, n_t, at_end):
+    """(n, reason): a run of up to MAX_PD_FRAMES frames at the series' start (or its end,
+    ``at_end``) whose FlipAngle differs from that of every other frame, the dynamics, which all
+    share one (n = 0: none, or flip angles that vary along the series and so say nothing).
+    ``flip_angles``: (T,) degrees per frame, or None where the format has none."""
+    if flip_angles is None or len(flip_angles) != n_t or n_t < MIN_DYNAMICS + 1:
+        return 0, ""
+    flips = np.asarray(flip_angles, float)
+    if not np.all(np.isfinite(flips)):
+        return 0, ""
+    if at_end:
+        flips = flips[::-1]
+    limit = min(MAX_PD_FRAMES, n_t - MIN_DYNAMICS)
+    dynamic = float(np.median(flips[limit:]))
+    n = 0
+    while n < limit and abs(flips[n] - dynamic) > 0.5:
+        n += 1
+    if n == 0 or not np.all(np.abs(flips[n:] - dynamic) <= 0.5):
+        return 0, ""
+    return n, f"FlipAngle {flips[0]:g}° against the dynamics' {dynamic:g}°"
+
+
 def trailing_pd_frames(flip_angles, n_t):
     """(n, reason): a run of up to MAX_PD_FRAMES last frames whose FlipAngle differs from the
     dynamics' before them, all alike (n = 0: none). Some protocols write their PD reference images
     after the dynamics; read as a change of receiver gain they were scaled back to the series and
     kept (MBF 26 % low, QC pass; probe 97). Only the flip angle marks them: the frames after the
     first pass are enhanced, so their signal alone is no sign of a reference image."""
-    if flip_angles is None or len(flip_angles) != n_t or n_t < MIN_DYNAMICS + 1:
-        return 0, ""
-    flips = np.asarray(flip_angles, float)
-    if not np.all(np.isfinite(flips)):
-        return 0, ""
-    limit = min(MAX_PD_FRAMES, n_t - MIN_DYNAMICS)
-    dynamic = float(np.median(flips[:n_t - limit]))
-    n = 0
-    while n < limit and abs(flips[n_t - 1 - n] - dynamic) > 0.5:
-        n += 1
-    if n == 0 or not np.all(np.abs(flips[:n_t - n] - dynamic) <= 0.5):
-        return 0, ""
-    return n, f"FlipAngle {flips[-1]:g}° against the dynamics' {dynamic:g}°"
+    return flip_angle_run(flip_angles, n_t, at_end=True)
 
 
 def drop_trailing_pd_frames(study, where, warnings=None):
