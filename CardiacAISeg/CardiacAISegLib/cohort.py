@@ -33,6 +33,7 @@ from distributed import WorkerPlugin
 from .analyze import SPECIAL_LABELS   # 'study', 'ring': label choices, not files
 from .cohort_report import REF_PREFIX
 from .errors import CardiacInputError, flags_named
+from .readers.sniff import VOLUME_SUFFIXES
 from .results import series_text
 
 ROW_FILE = "cohort_row.json"
@@ -47,7 +48,9 @@ OPTION_COLUMNS = ("study", "kind", "labels", "aif", "dt", "model", "frames", "se
                   "density", "rest", "rest_labels", "rest_aif", "rest_dt", "rest_series")
 FILE_OPTIONS = ("labels", "aif", "rest", "rest_labels", "rest_aif")   # relative paths: from the manifest's folder
 NUMBER_OPTIONS = ("dt", "density", "rest_dt")
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mhd", ".mha", ".hdr", ".dcm")
+# A study given as one file: the volume formats (".nhdr" was missing: a folder of NRRD detached
+# headers read "holds no studies") and Analyze by its header; DICOM files are found by their bytes
+IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".hdr", ".dcm")
 
 META_COLUMNS = ("study", "folder", "status", "kind", "input", "series", "rest_series", "image_units", "error", "qc_status", "qc_codes",
                 "warnings", "segmentation", "model_name", "model_version", "model_sha256", "worker", "time_total_s",
@@ -91,11 +94,9 @@ ARCHIVE_SUFFIXES = (".zip", ".7z", ".rar", ".tar", ".tar.gz", ".tgz", ".tar.bz2"
 
 
 def _stem(path):
-    name = Path(path).name
-    for suffix in (".seq.nrrd", ".nii.gz") + IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    from .readers.sniff import image_stem
+
+    return image_stem(Path(path).name)
 
 
 def _number(text, column, where):

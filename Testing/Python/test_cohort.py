@@ -113,11 +113,14 @@ def test_folder_of_studies(tmp_path):
     (tmp_path / "patient_a").mkdir()
     (tmp_path / "b.nii.gz").write_bytes(b"")
     (tmp_path / "c.seq.nrrd").write_bytes(b"")
+    (tmp_path / "d.nhdr").write_text("NRRD0004\n")   # a detached header is the study, its data file is not
+    (tmp_path / "d.raw").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / "out").mkdir()
     specs = load_cohort(tmp_path, {"labels": "study"}, exclude=[tmp_path / "out"])
-    assert [(s.study, Path(s.input).name) for s in specs] == [("b", "b.nii.gz"), ("c", "c.seq.nrrd"), ("patient_a", "patient_a")]
+    assert [(s.study, Path(s.input).name) for s in specs] == [("b", "b.nii.gz"), ("c", "c.seq.nrrd"), ("d", "d.nhdr"),
+                                                             ("patient_a", "patient_a")]
     assert all(s.options == {"labels": "study"} for s in specs)
     (tmp_path / "b").mkdir()   # b/ and b.nii.gz would share the output folder b/
     with pytest.raises(CardiacInputError, match="same folder 'b'"):

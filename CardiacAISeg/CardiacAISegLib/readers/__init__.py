@@ -8,12 +8,12 @@ import numpy as np
 
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION, Study
-from .sniff import archive_kind, looks_like_dicom
+from .sniff import VOLUME_SUFFIXES, archive_kind, looks_like_dicom
 
 ACCEPTED = ("an ACDC patient folder (Info.cfg), a DICOM folder, a folder of per-frame .mhd/.nii.gz/.nrrd files, "
             ".nii/.nii.gz (3D or 4D), .seq.nrrd/.nrrd, .mhd/.mha, Analyze .hdr/.img or a QPerf folder (params.json) "
             "for perfusion")
-_VOLUME = (".nii", ".nii.gz", ".nrrd", ".seq.nrrd", ".nhdr", ".mhd", ".mha")
+_VOLUME = (".seq.nrrd",) + VOLUME_SUFFIXES
 
 
 def _folder_kind(folder):

@@ -16,6 +16,22 @@ def volume_suffix(path):
     return Path(path).suffix.lower()
 
 
+# Suffixes an image file may end in, longest first so that ".seq.nrrd" and ".nii.gz" go whole:
+# the volume formats, Analyze's header and data, and DICOM files as scanners and PACS name them
+IMAGE_FILE_SUFFIXES = (".seq.nrrd", ".nii.gz") + VOLUME_SUFFIXES + (".hdr", ".img", ".dcm", ".ima")
+
+
+def image_stem(text):
+    """``text`` (a file name or a path written as text) without its image file suffix: the
+    study's name as the CLI, the batch and the web page give it. Text with no such suffix (a
+    folder) comes back as it is."""
+    lower = str(text).lower()
+    for suffix in IMAGE_FILE_SUFFIXES:
+        if lower.endswith(suffix):
+            return str(text)[: -len(suffix)]
+    return str(text)
+
+
 def metaimage_fields(head):
     """``key = value`` fields of a MetaImage header (bytes), up to ElementDataFile or the binary
     data of a .mha."""

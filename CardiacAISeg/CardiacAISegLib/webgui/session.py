@@ -24,6 +24,7 @@ from ..analysis import BULLSEYE_TITLES as BULLSEYE_MEASURES   # measure -> title
 from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
 from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
+from ..readers.sniff import image_stem
 from ..study import CINE, PERFUSION, check_rest_pairing
 from .sandbox import DataFolder
 
@@ -616,7 +617,7 @@ class Session:
         st = self.study
         place = self.data.shown(st.source) if st is not None and st.source else None
         label = str(place) if place and not Path(str(place)).is_absolute() else (st.name if st else "study")
-        label = _IMAGE_SUFFIX.sub("", label)
+        label = image_stem(label)
         if label.strip("./") == "":   # the data folder itself: "." was the shared results folder
             label = st.name if st is not None and st.name else "study"
         name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label.strip("/").replace("/", "_")) or "study"
@@ -720,9 +721,6 @@ _PAGE_FIELDS = {"--dt": "the 'Frame interval (s)' field", "--aif": "the 'AIF fil
 _REST_PAGE_FIELDS = {"--dt": "the 'Rest frame interval (s)' field", "--aif": "the 'Rest AIF file' field",
                      "--labels": "the 'Rest labels' field",
                      "--series": "a file of that series in the 'Rest series' field"}
-
-
-_IMAGE_SUFFIX = re.compile(r"(\.nii(\.gz)?|\.seq\.nrrd|\.nrrd|\.nhdr|\.mhd|\.mha|\.hdr|\.img|\.dcm)$", re.IGNORECASE)
 
 
 def in_page_terms(text, rest=False):
