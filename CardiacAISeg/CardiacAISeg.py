@@ -401,9 +401,14 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.logic.isCurrentStudyNode(node):
             self._clearResults()   # the panel's table, bullseye and report were the previous input's
         with _showErrors("Could not read the selected input."):
-            study = self.logic.study if self.logic.isCurrentStudyNode(node) else self.logic.studyFromNode(node)
+            picked = not self.logic.isCurrentStudyNode(node)
+            study = self.logic.studyFromNode(node) if picked else self.logic.study
             self.ui.detectedKindLabel.text = self.logic.kindText(study)
             self.refreshModels()
+            if picked and self.logic.analysis is not None:
+                # an input picked again whose outputs the Logic brought back: shown and observed as
+                # after a run, so an edit of them is measured (probe 99)
+                self._showResults()
 
     def onLoadButton(self):
         path = self.ui.loadPathLineEdit.currentPath

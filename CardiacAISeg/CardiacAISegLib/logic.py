@@ -47,6 +47,8 @@ INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node the
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic added: the stress input it was paired with
 PLACED_ON_SLICE_ATTRIBUTE = "CardiacAISeg.PlacedOnSlice"   # on the markups: insertion points placed by hand there
+# on a results table let go when another input was picked: its analysis' outputs and parameters (JSON)
+LEFT_ANALYSIS_ATTRIBUTE = "CardiacAISeg.LeftAnalysis"
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
 # reopens as the same analysis (kind, the AIF curve, image units, ED/ES from the reader).
 STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "units": "CardiacAISeg.Units",
@@ -92,6 +94,11 @@ PARAMETERS = {
     # run; a reopened scene measured with the box's value, not the results': probe 62)
     "measuredDensity": "",
 }
+# What an analysis was measured and shown with that lives once in the parameter node: kept with its
+# outputs when another input is picked, and put back when its input is picked again (picked again,
+# an input came back with the next study's model, edited frames, kept ED/ES and density; probe 99)
+ANALYSIS_PARAMETERS = ("modelInfo", "editedFrames", "restEditedFrames", "keptEdEs", "measuredDensity", "bullseyeMeasure",
+                       "restNodeID", "restAifPath", "restFrameTimeS")
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
                    "restSegmentationID", "frameLabelsID", "runLabelsID", "restRunLabelsID")
 # Combo boxes show these values in this order (the .ui lists one item per value).
@@ -317,7 +324,11 @@ class CardiacAISegLogic(_LogicBase):
         (kept in the scene, not overwritten), outputs the user made by hand stay selected. An
         AIF file chosen for another input is let go too: it belongs to the series it was given
         with (a stale one gave the next series picked a wrong MBF with no flag). ``new``: whether
-        ``node`` is another input than the one read (``_isNewInput``, asked before it was read)."""
+        ``node`` is another input than the one read (``_isNewInput``, asked before it was read).
+        The outputs let go keep what their analysis was measured with (``_keepLeftAnalysis``), so
+        picking their input again brings them back (``_bringBackAnalysisOf``)."""
+        # read before the rest selector is emptied for the new input: the analysis let go was measured with it
+        parameters = {name: self.getParameter(name) for name in ANALYSIS_PARAMETERS}
         if new if new is not None else not self._isInputNode(node):
             self.setParameter("aifPath", "")
             # a rest series read for the previous input goes with it too (one the user picked in
@@ -327,11 +338,94 @@ class CardiacAISegLogic(_LogicBase):
             if restNode is not None and restNode.GetAttribute(REST_OF_ATTRIBUTE) not in (None, node.GetID()):
                 self.setParameter("restNodeID", "")
         self.setParameter("inputNodeID", node)
+        left = {}
         for name in OUTPUT_PARAMETERS:
             output = self.getNodeParameter(name)
             made_for = output.GetAttribute(INPUT_ATTRIBUTE) if output is not None else None
             if made_for and made_for != node.GetID():
+                left[name] = output
                 self.setParameter(name, "")
+        self._keepLeftAnalysis(left, parameters)
+
+    def _keepLeftAnalysis(self, left, parameters):
+        """Outputs let go (``{parameter: node}``) keep on their results table which parameter each
+        filled and the ``ANALYSIS_PARAMETERS`` they were measured with (JSON): written at the moment
+        they are let go, so the roles an ED/ES swap exchanged and every later edit are the ones
+        kept. Earlier records for the same input go: a table of an older run of that input is not
+        taken for its analysis."""
+        inputs = {node.GetAttribute(INPUT_ATTRIBUTE) for node in left.values()}
+        for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
+            table = self.scene.GetNthNodeByClass(n, "vtkMRMLTableNode")
+            if table.GetAttribute(INPUT_ATTRIBUTE) in inputs and table.GetAttribute(LEFT_ANALYSIS_ATTRIBUTE) is not None:
+                table.RemoveAttribute(LEFT_ANALYSIS_ATTRIBUTE)
+        table = left.get("tableID")
+        if table is None:
+            return   # no table: an analysis without its results is not brought back
+        madeFor = table.GetAttribute(INPUT_ATTRIBUTE)
+        outputs = {name: node.GetID() for name, node in left.items() if node.GetAttribute(INPUT_ATTRIBUTE) == madeFor}
+        table.SetAttribute(LEFT_ANALYSIS_ATTRIBUTE, json.dumps({"outputs": outputs, "parameters": parameters}, sort_keys=True))
+
+    def _leftAnalysisOf(self, node):
+        """({parameter: output node}, {parameter: value}) of the analysis of input ``node`` let go
+        when another input was picked: its newest results table made for ``node`` and the outputs it
+        names, each still in the scene and made for ``node``; None when there is none or one was
+        deleted since (the analysis is not complete: nothing is brought back)."""
+        nodeID = node.GetID()
+        tables = [self.scene.GetNthNodeByClass(n, "vtkMRMLTableNode")
+                  for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"))]
+        tables = [t for t in tables if t.GetAttribute(INPUT_ATTRIBUTE) == nodeID]
+        text = tables[-1].GetAttribute(LEFT_ANALYSIS_ATTRIBUTE) if tables else None
+        try:
+            record = json.loads(text) if text else None
+            outputs, parameters = dict(record["outputs"]), dict(record["parameters"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        nodes = {}
+        for name, outputID in outputs.items():
+            output = self.scene.GetNodeByID(str(outputID)) if name in OUTPUT_PARAMETERS else None
+            if output is None or output.GetAttribute(INPUT_ATTRIBUTE) != nodeID:
+                return None
+            nodes[name] = output
+        rest = parameters.get("restNodeID")
+        if nodes.get("tableID") is not tables[-1] or "outputSegmentationID" not in nodes or \
+                (rest and self.scene.GetNodeByID(str(rest)) is None):
+            return None
+        return nodes, {name: str(value) for name, value in parameters.items() if name in ANALYSIS_PARAMETERS}
+
+    def _bringBackAnalysisOf(self, node):
+        """An input picked again whose outputs are still in the scene (``_leftAnalysisOf``): they are
+        selected again with the parameters they were measured with, and its analysis is made live as
+        a reopened scene's is (``_analysisFromOutputs``). Picked again, an input kept the other
+        study's table and handles in view, its own results were not live (an edit was not measured)
+        and the parameters its analysis was measured with were the other study's (probe 99). Not
+        when outputs are selected already (the same input, or ones the user made by hand), nor when
+        they cannot be measured again (a segmentation no longer fits the series, an edit that could
+        not be measured): the input is then read with no analysis, as before."""
+        if any(self.getParameter(name) for name in OUTPUT_PARAMETERS):
+            return None
+        found = self._leftAnalysisOf(node)
+        if found is None:
+            return None
+        outputs, parameters = found
+        before = {name: self.getParameter(name) for name in ANALYSIS_PARAMETERS}
+        for name, value in parameters.items():
+            self.setParameter(name, value)
+        for name, output in outputs.items():
+            self.setParameter(name, output)
+        # the timing of the run shown last is not this analysis' (a reopened scene has none)
+        self.timing, self.lastUpdateTimeS = {}, None
+        try:
+            analysis = self._analysisFromOutputs()
+        except CardiacInputError:
+            analysis = None
+        if analysis is None:
+            for name in OUTPUT_PARAMETERS:
+                self.setParameter(name, "")
+            self.analysis = self.networkLabels = self.restNetworkLabels = self.modelInfo = None
+            self.unmeasuredEdits = {}
+            for name, value in before.items():
+                self.setParameter(name, value)
+        return analysis
 
     def isCurrentStudyNode(self, node):
         """True when ``node`` (sequence, its proxy volume, or the volume) is the current study's."""
@@ -359,9 +453,19 @@ class CardiacAISegLogic(_LogicBase):
             # dynamics) or scales back: show (and make the input) the series it does analyse, so
             # frame numbers and values agree
             source = (sequence or node).GetID()
+
+            def showsIt(copy):
+                return copy is not None and copy.GetAttribute(SOURCE_ATTRIBUTE) == source and \
+                    copy.GetNumberOfDataNodes() == study.n_frames
+
             shown = self.studyNodes.sequence if self.studyNodes is not None else None
-            if shown is None or shown.GetAttribute(SOURCE_ATTRIBUTE) != source or \
-                    shown.GetNumberOfDataNodes() != study.n_frames:
+            if not showsIt(shown):
+                # picked again after another input: the copy shown when it was first picked, not a
+                # new one (a new input, with no outputs: its analysis was not brought back; probe 99)
+                copies = [self.scene.GetNthNodeByClass(n, "vtkMRMLSequenceNode")
+                          for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))]
+                shown = next((c for c in reversed(copies) if showsIt(c) and _proxy_of(self.context, c) is not None), None)
+            if shown is None:
                 self.setStudy(study, aifPath=aifPath)
                 if self.studyNodes.sequence is not None:
                     self.studyNodes.sequence.SetAttribute(SOURCE_ATTRIBUTE, source)
@@ -379,6 +483,8 @@ class CardiacAISegLogic(_LogicBase):
         self.studyAifPath = aifPath
         # what this reading found (an AIF chosen since, its source) is what a saved scene reopens with
         _write_study_attributes(sequence or node, study)
+        if not keepOutputs:
+            self._bringBackAnalysisOf(sequence or node)
         return study
 
     def _studyFromNode(self, node, kind, aifPath, frameTimeParameter="frameTimeS"):
@@ -1250,8 +1356,6 @@ class CardiacAISegLogic(_LogicBase):
     def restoreFromParameterNode(self):
         """After a scene reload: rebuild study, labels and analysis from the nodes the
         parameter node names, and re-apply insertion points the user had moved."""
-        from .analysis import Analysis
-
         node = self.getNodeParameter("inputNodeID")
         if node is None:
             return None
@@ -1263,6 +1367,14 @@ class CardiacAISegLogic(_LogicBase):
             return None
         # Node IDs may have been renamed on import: the parameter node's references are right.
         self.studyFromNode(node, keepOutputs=True)
+        return self._analysisFromOutputs()
+
+    def _analysisFromOutputs(self):
+        """The analysis of the current study rebuilt from the output nodes and parameters the
+        parameter node names (``restoreFromParameterNode`` after reading the input; an input picked
+        again, ``_bringBackAnalysisOf``), made live; None when no output segmentation is selected."""
+        from .analysis import Analysis
+
         labels = self._labelsFromOutputSegmentations()
         if not labels:
             return None

@@ -543,3 +543,39 @@ def test_an_edit_to_a_segmentation_deleted_before_it_is_measured_goes_nowhere(wi
     timer.fire()
     assert measured == [] and widget_module.errors == []
     assert all(np.array_equal(before[t], m) for t, m in logic.analysis.labels.items())
+
+
+def test_an_input_picked_again_shows_its_own_results_and_measures_their_edits(widget_module, cine_files):
+    """Probe 99 #5: study A analysed, B loaded and analysed, A picked again in the input box: the
+    Logic brings A's analysis back (``_bringBackAnalysisOf``), and the panel shows it as after a
+    run: the Segment Editor on A's segmentation, A's table in view, an edit of A measured."""
+    logic, w, _ = _loaded(widget_module, cine_files, "a")
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    _wait_for_job(w)
+    a_input = logic.getNodeParameter("inputNodeID")
+    a_segmentation, a_table = logic.getNodeParameter("outputSegmentationID"), logic.getNodeParameter("tableID")
+    a_edv = logic.analysis.cine["lv_edv_ml"]
+    b = logic.loadStudy(cine_files / "b" / "cine.nii.gz", labels=cine_files / "b" / "cine_labels.nii.gz")
+    w._clearResults()
+    w.ui.inputSelector.node = b.sequence
+    w.onApplyButton()
+    _wait_for_job(w)
+    assert logic.getNodeParameter("outputSegmentationID") is not a_segmentation
+    w.onInputChanged(a_input)
+    assert widget_module.errors == [], widget_module.errors
+    assert logic.analysis is not None and logic.analysis.cine["lv_edv_ml"] == pytest.approx(a_edv)
+    assert w.ui.segmentEditorWidget.segmentation is a_segmentation
+    assert logic.getNodeParameter("tableID") is a_table
+    # an edit of A's segmentation reaches the Logic through the panel's observers and is measured
+    from CardiacAISegLib.labels import LV, MYO
+    from CardiacAISegLib.logic import FRAME_ATTRIBUTE, fill_segmentation
+
+    frame = int(a_segmentation.GetAttribute(FRAME_ATTRIBUTE))
+    trimmed = logic.analysis.labels[frame].copy()
+    trimmed[:, : trimmed.shape[1] // 2][trimmed[:, : trimmed.shape[1] // 2] == LV] = MYO   # half the blood pool painted over
+    fill_segmentation(a_segmentation, trimmed, logic.study.ijk_to_ras)
+    next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits and t.active).fire()
+    assert widget_module.errors == [], widget_module.errors
+    assert frame == logic.analysis.cine["ed_frame"] or logic.analysis.kept_ed_es is not None
+    assert np.array_equal(logic.analysis.labels[frame], trimmed)
