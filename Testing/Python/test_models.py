@@ -808,3 +808,26 @@ def test_a_training_runs_files_imported_wrongly_are_named(tmp_path, user_models)
                                                 r"with architecture.params \{'filters': \[8, 16, 32, 64, 128\]\}\)"):
         registry.import_model(best, card_path)
     assert not (user_models / "user-run").exists()
+
+
+def test_weights_digest_is_read_once_until_the_file_changes(tmp_path, monkeypatch):
+    """The Slicer selectors ask at every refresh whether each model can run, which hashed every
+    weights file again (tens of MB; final read of session 44): a settled file is read once, and
+    a file changed since (another size, mtime or inode) is read again."""
+    import builtins
+    import os
+
+    from CardiacAISegLib.models import registry
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"a" * 1000)
+    old = weights.stat().st_mtime - 60
+    os.utime(weights, (old, old))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    first = registry.sha256_of(weights)
+    assert registry.sha256_of(weights) == first and opened.count(str(weights)) == 1
+    weights.write_bytes(b"b" * 1000)   # the same size, written now: read again, every time
+    second = registry.sha256_of(weights)
+    assert second != first and registry.sha256_of(weights) == second and opened.count(str(weights)) == 3

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,30 @@ def model_dirs():
     return [SHIPPED_DIR, user_models_dir()]
 
 
+# sha256 of weights files already read, by the file's identity and state: the Slicer selectors ask
+# whether every installed model can run each time they are refreshed, and read all the weights
+# (tens of MB) again each time (final read of session 44). A file written since has another
+# size, mtime or inode (a replaced file), so it is read again; a file written in the last
+# seconds is always read (rewritten within the clock's tick, its mtime need not change: git's
+# "racily clean" case).
+_DIGESTS = {}
+SETTLED_S = 2.0
+
+
 def sha256_of(path, chunk=1 << 20):
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    except OSError:
+        key = None   # open() below says what is wrong with the path
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
+    if key is not None and time.time() - st.st_mtime > SETTLED_S:
+        _DIGESTS[key] = h.hexdigest()
     return h.hexdigest()
 
 
