@@ -362,3 +362,50 @@ def test_a_scale_that_changes_part_way_through_a_series_is_undone_and_flagged(tm
     assert "FRAMES_SCALE_STEP" in {f["code"] for f in a.qc["flags"]}
     assert "FRAMES_SCALE_STEP" not in {f["code"] for f in intact.qc["flags"]}
     assert a.perfusion["global_mbf_ml_min_g"] == pytest.approx(intact.perfusion["global_mbf_ml_min_g"], rel=0.08)
+
+
+@pytest.mark.parametrize("at_end", [False, True])
+def test_reference_images_at_another_matrix_are_left_out_not_refused(tmp_path, phantom, at_end):
+    """PD reference images acquired at a coarser matrix than the dynamics (half the rows and
+    columns, twice the pixel size, FlipAngle 5°): the series was refused as one that "mixes pixel
+    sizes", unnamed as what they are (probe 97 F6). Now they are left out with a warning naming
+    them, and the dynamics are analysed."""
+    import pydicom
+
+    study, truth = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens", pd_frames=2, pd_at_end=at_end)
+    pd = [p for p in paths if float(pydicom.dcmread(p, stop_before_pixels=True).FlipAngle) == 5.0]
+    assert len(pd) == 2 * study.images.shape[1]
+    for p in pd:
+        ds = pydicom.dcmread(p)
+        a = ds.pixel_array[::2, ::2].copy()
+        ds.Rows, ds.Columns = a.shape
+        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
+        ds.PixelData = a.tobytes()
+        ds.save_as(p)
+    s = load_study(tmp_path)
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    warning = next(w for w in s.provenance["warnings"] if "proton-density" in w)
+    assert f"{len(pd)} image(s)" in warning and "FlipAngle 5°" in warning and "50°" in warning, warning
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+def test_images_of_another_matrix_at_the_dynamics_flip_angle_are_still_refused(tmp_path, phantom):
+    """Only a different flip angle marks reference images: a few images at another matrix and
+    the dynamics' flip angle (a slice re-acquired, a crop) are refused as before, named."""
+    import pydicom
+
+    from CardiacAISegLib.errors import CardiacInputError
+
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens")
+    for p in paths[:2]:
+        ds = pydicom.dcmread(p)
+        a = ds.pixel_array[::2, ::2].copy()
+        ds.Rows, ds.Columns = a.shape
+        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
+        ds.PixelData = a.tobytes()
+        ds.save_as(p)
+    with pytest.raises(CardiacInputError, match="PixelSpacing|image sizes"):
+        load_study(tmp_path)

@@ -2226,3 +2226,31 @@ def _rotation(axis, degrees):
     K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
     t = np.radians(degrees)
     return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+@pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])
+def test_an_image_sent_twice_under_a_new_uid_is_read_once_and_a_different_one_refused(tmp_path, phantom, vendor):
+    """A dynamic repeated pixel for pixel under a new SOPInstanceUID and InstanceNumber (a PACS
+    re-send into the same folder) was refused, "remove one of the two files" (probe 97 F9): it is
+    read once with a warning naming both files. An image with other pixels at that time is still
+    two frames that cannot both be one, refused with the file named."""
+    import pydicom
+
+    study, _ = phantom
+    times, paths = write_perfusion_series(tmp_path, study, vendor=vendor)
+    ds = pydicom.dcmread(paths[10])
+    ds.SOPInstanceUID += ".9"
+    ds.InstanceNumber = 9999
+    ds.save_as(tmp_path / "resent.dcm")
+    s = load_study(tmp_path)
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    np.testing.assert_allclose(s.frame_times_s, times, atol=1e-3)
+    warning = next(w for w in s.provenance["warnings"] if "resent.dcm" in w)
+    assert "read once" in warning and paths[10].name in warning, warning
+    a = np.asarray(ds.pixel_array).copy()
+    a[:8] += 7
+    ds.PixelData = a.astype(np.uint16).tobytes()
+    ds.save_as(tmp_path / "resent.dcm")
+    with pytest.raises(CardiacInputError, match="different pixels") as e:
+        load_study(tmp_path)
+    assert "resent.dcm" in str(e.value)

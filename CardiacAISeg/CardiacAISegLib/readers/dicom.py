@@ -2741,6 +2741,56 @@ def _load_series(folder, series, kind, progress, kind_asked=None, as_aif=False):
 MIN_TILT_NOTED_DEG = 0.1   # a re-planned slice is tilted by degrees; under this, the same plane written with float noise
 
 
+def _drop_reference_images_of_another_matrix(folder, uid, geo, items):
+    """(geo, items, notes) without proton-density reference images a protocol acquired at another
+    matrix or pixel size than its dynamics (a coarser PD scan filed in the perfusion series): the
+    series was refused as one that mixes pixel sizes, unnamed as what they are (probe 97). They
+    are told by their FlipAngle, which differs from that of every dynamic while the dynamics share
+    one, and are a few per slice position (at most MAX_PD_FRAMES) beside at least MIN_DYNAMICS
+    dynamics; anything else (a slice re-acquired at the dynamics' flip angle, a crop) is left to
+    the checks that refuse a stack of mixed sizes."""
+    from .pd_frames import MIN_DYNAMICS
+
+    def size(g):
+        return int(g[1].Rows), int(g[1].Columns), tuple(np.round(np.asarray(g[4], float), 3))
+
+    def flip(g):
+        try:
+            return float(g[1].get("FlipAngle"))
+        except (TypeError, ValueError):
+            return float("nan")
+
+    sizes = Counter(size(g) for g in geo)
+    if len(sizes) < 2:
+        return geo, items, []
+    main = max(sizes, key=sizes.get)
+    dynamics = [g for g in geo if size(g) == main]
+    others = [g for g in geo if size(g) != main]
+    dynamic_flips = np.array([flip(g) for g in dynamics])
+    other_flips = np.array([flip(g) for g in others])
+    if not (np.all(np.isfinite(dynamic_flips)) and np.all(np.isfinite(other_flips))):
+        return geo, items, []
+    dynamic = float(np.median(dynamic_flips))
+    if np.any(np.abs(dynamic_flips - dynamic) > 0.5) or np.any(np.abs(other_flips - dynamic) <= 0.5):
+        return geo, items, []
+
+    def at(g):
+        return tuple(np.round(np.asarray(g[3], float), 1))
+
+    per_position = Counter(at(g) for g in others)
+    dynamics_per_position = Counter(at(g) for g in dynamics)
+    if max(per_position.values()) > MAX_PD_FRAMES or min(dynamics_per_position.values()) < MIN_DYNAMICS:
+        return geo, items, []
+    left_out = {id(g[1]) for g in others}
+    rows, cols, ps = size(others[0])
+    flips = ", ".join(f"{v:g}°" for v in sorted(set(np.round(other_flips, 2))))
+    note = (f"{len(others)} image(s) of series {uid} at another matrix or pixel size ({cols}x{rows} of {ps[1]:g} x "
+            f"{ps[0]:g} mm against the dynamics' {main[1]}x{main[0]} of {main[2][1]:g} x {main[2][0]:g} mm) and FlipAngle "
+            f"{flips} against the dynamics' {dynamic:g}° left out as proton-density reference images, e.g. "
+            f"{_names(sorted(g[0] for g in others)[:1], folder)}: the curves use the dynamics only")
+    return dynamics, [it for it in items if id(it[1]) not in left_out], [note]
+
+
 def _drop_stray_orientations(geo, items, notes=None):
     """(geo, items, dropped files) without a few images in other orientations than the stack.
 
@@ -3126,17 +3176,52 @@ def _refuse_same_position_and_time(folder, groups, positions, coarse=False):
             first[key] = g
 
 
+def _files_hold_same_pixels(path, other):
+    """True when two DICOM files hold the same pixels, False when not, None when either cannot
+    be decoded."""
+    try:
+        import pydicom
+
+        return bool(np.array_equal(pydicom.dcmread(str(path)).pixel_array, pydicom.dcmread(str(other)).pixel_array))
+    except Exception:  # noqa: BLE001 - unreadable pixels: the caller says both ways
+        return None
+
+
+def _drop_copies_under_new_uids(folder, groups):
+    """(groups, notes) with each image that repeats another at its slice position and frame time
+    pixel for pixel, under another SOPInstanceUID (a PACS re-send, an export run twice into one
+    folder), read once. Such a series was refused ("remove one of the two files"; probe 97),
+    though nothing about it is in doubt; two different images at one time still are refused
+    (``_refuse_same_position_and_time``). A time every image of a position shares (a constant
+    trigger delay, no clock) says nothing, so no pixels are compared there."""
+    copies = []
+    for grp in groups:
+        keys = [None if isinstance(g[1], EnhancedFrame) else _same_time_key(g[1]) for g in grp]
+        if len({k for k in keys if k is not None}) <= 1:
+            continue
+        first, keep = {}, []
+        for g, key in zip(grp, keys):
+            if key is not None and key in first and _files_hold_same_pixels(g[0], first[key][0]):
+                copies.append((g[0], first[key][0]))
+                continue
+            if key is not None:
+                first.setdefault(key, g)
+            keep.append(g)
+        grp[:] = keep
+    if not copies:
+        return groups, []
+    pairs = "; ".join(f"{_names([c], folder)} = {_names([k], folder)}" for c, k in copies[:3])
+    more = f" and {len(copies) - 3} more" if len(copies) > 3 else ""
+    return groups, [f"{len(copies)} file(s) repeat another image pixel for pixel at its slice position and frame time "
+                    f"under a new SOPInstanceUID (sent or exported twice), read once: {pairs}{more}"]
+
+
 def _same_time_advice(path, other):
     """What to do about two images at one position and one frame time: a duplicate (the same
     pixels) is removed; two different images are two frames whose clock is wrong, or two
     acquisitions mixed, and removing one drops a real frame (probe 82: "remove one of the two
     files" was said of two real dynamics)."""
-    try:
-        import pydicom
-
-        same = np.array_equal(pydicom.dcmread(str(path)).pixel_array, pydicom.dcmread(str(other)).pixel_array)
-    except Exception:  # noqa: BLE001 - unreadable pixels: said both ways below
-        same = None
+    same = _files_hold_same_pixels(path, other)
     if same:
         return "the same pixels: a duplicate stored under a new UID; remove one of the two files"
     said = "different pixels: " if same is False else ""
@@ -3231,19 +3316,25 @@ def pixel_spacing_against_diameter(ds, ps):
     pixel area: PixelSpacing 1\\1 written into a GE cine of 1.37 mm pixels read EDV 47 % low with
     QC pass (probe 47), where ReconstructionDiameter still said 350 mm."""
     try:
-        diameter = float(ds.get("ReconstructionDiameter"))
-        fov = max(int(ds.Rows) * float(ps[0]), int(ds.Columns) * float(ps[1]))
+        return spacing_against_diameter(float(ds.get("ReconstructionDiameter")), int(ds.Rows), int(ds.Columns), ps)
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def spacing_against_diameter(diameter, rows, columns, ps):
+    """``pixel_spacing_against_diameter`` from the numbers: a ReconstructionDiameter (mm), the
+    matrix and the pixel spacing (row, column) mm. Also what a scene reopened in Slicer asks
+    again of the spacing its volume has now (changed there since the file was read)."""
+    fov = max(rows * float(ps[0]), columns * float(ps[1]))
     if not (diameter > 0 and fov > 0) or abs(fov / diameter - 1) <= MAX_FIELD_OF_VIEW_MISMATCH:
         return None
     matrix = diameter / max(float(ps[0]), float(ps[1]))
-    if fov < diameter and matrix >= max(int(ds.Rows), int(ds.Columns)) and abs(matrix / (16 * round(matrix / 16)) - 1) < 0.005:
+    if fov < diameter and matrix >= max(rows, columns) and abs(matrix / (16 * round(matrix / 16)) - 1) < 0.005:
         # the diameter holds a reconstruction matrix (a multiple of 16) of these pixels, of which
         # the image keeps a part: an export cropped around the heart, its volumes right (a
         # 128-px crop of Sunnybrook's 256 read "4.00 times as large", probe 50)
         return None
-    pixel = diameter / max(int(ds.Rows), int(ds.Columns))
+    pixel = diameter / max(rows, columns)
     return {"diameter_mm": diameter, "field_of_view_mm": round(fov, 2), "pixel_mm_by_diameter": round(pixel, 4),
             "message": f"PixelSpacing {float(ps[0]):g} x {float(ps[1]):g} mm gives a {fov:.0f} mm field of view, but "
                        f"ReconstructionDiameter says {diameter:g} mm ({pixel:.3g} mm pixels): one of the two is wrong "
@@ -3265,6 +3356,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
     tilt_notes = []
     geo, items, dropped = _drop_stray_orientations(geo, items, tilt_notes)
+    geo, items, reference_notes = _drop_reference_images_of_another_matrix(folder, uid, geo, items)
     _settle_clock_tag(items)
     midnight = _unwrap_midnight(items)
     trigger_note = _mark_trigger_times_in_seconds(items)
@@ -3307,6 +3399,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     normal = np.cross(row_dir, col_dir)
 
     groups, positions, origin, spread = _slices_along(geo, normal)
+    groups, copy_notes = _drop_copies_under_new_uids(folder, groups)
     counts = [len(g) for g in groups]
     # before the clock is judged: two cycles' acquisition times can look like a real-time series
     _refuse_repeated_cycles(folder, groups, positions)
@@ -3340,7 +3433,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
 
     for g in groups:
         g.sort(key=order)
-    early_warnings = picked_notes + list(early_localisers) + [note for note in (midnight, trigger_note, scale_note) if note]
+    early_warnings = picked_notes + list(early_localisers) + reference_notes + copy_notes + [note for note in (midnight, trigger_note, scale_note) if note]
     if spread > _POSITION_SPREAD_NOTE_MM:
         early_warnings.append(f"the images of one slice lie up to {spread:.2f} mm apart along the slice normal (slice "
                               "tracking, or rounding in an export): each slice is read at its median position")
