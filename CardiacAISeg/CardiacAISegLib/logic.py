@@ -65,7 +65,10 @@ STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "a
                       # the stack unsaid (probe 96)
                       "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase", "heart_not_found",
                       "labels_set_to_background", "missing_label_files", "series_description", "series_number",
-                      "study_date", "reader_warnings", "bits_over_stored")
+                      "study_date", "reader_warnings", "bits_over_stored",
+                      # the voxel size that evidence was judged on: changed in the scene since
+                      # (Volumes module), the flag the file raised is judged again (session 45)
+                      "voxel_mm_read", "reconstruction_diameter_mm")
 # where the AIF came from, said again by a reopened scene: the stamped curve was read back as an
 # 'array' and the dual-sequence AIF's "MBF is approximate" warning was lost (probe 70)
 AIF_WARNING_START = "AIF from the dual-sequence AIF series"
@@ -506,6 +509,7 @@ class CardiacAISegLogic(_LogicBase):
         stampedProvenance = stamped.get("provenance", {})
         study.provenance.update({k: v for k, v in stampedProvenance.items() if k not in ("aif_source", "aif_path",
                                                                                            "aif_detection", "aif_warnings")})
+        _judgeSpacingEvidenceAgain(study)
         # as the file readers judge it: a direction without obliquity is a writer's default (an
         # ACDC NIfTI added through Add Data), not the patient's
         study.orientation_known = stamped.get("orientation_known", not axis_aligned(study.ijk_to_ras[:3, :3]))
@@ -1618,6 +1622,7 @@ def _write_study_attributes(node, study):
     # the kind given against the file's clocks: the clocks are not in the scene, so the flag
     # (qc KIND_AGAINST_DATA) would be lost on reopening, and its QC read "pass" (review of session 42)
     provenance["kind_against_data"] = ((provenance.get("kind") or {}).get("against_data") or "")
+    provenance["voxel_mm_read"] = [round(float(v), 6) for v in study.spacing]
     kept = {k: v for k, v in provenance.items()
             if k in STAMPED_PROVENANCE and v is not None and (not hasattr(v, "__len__") or len(v))}
     if kept:
@@ -1652,6 +1657,37 @@ def _same_path(a, b):
 def _json_ready(value):
     """json.dumps' fallback for the readers' numpy arrays and scalars."""
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
+
+
+def _judgeSpacingEvidenceAgain(study):
+    """The file's evidence against its voxel size (PIXEL_SPACING_DISAGREES: a ReconstructionDiameter
+    that contradicts PixelSpacing; VOXEL_SIZE_DISAGREES: a NIfTI header form that did) is stamped
+    on the input node, since the file is not read again. Where the volume's spacing was changed in
+    the scene since (the Volumes module, as the flag asks), that evidence was about a spacing no
+    longer used: the flag stood after the spacing was put right, telling the user to check what
+    they had just corrected. The diameter is asked again with the spacing there is now, the header
+    forms no longer decide anything, and a warning says the numbers use the scene's spacing."""
+    prov = study.provenance
+    read = prov.pop("voxel_mm_read", None)
+    now = [float(v) for v in study.spacing]
+    if not read or len(read) != 3 or np.allclose(now, read, rtol=1e-4, atol=1e-6):
+        return
+    check = prov.pop("pixel_spacing_check", None)
+    # the diameter is kept where it agrees now, so that a later change is judged against it too
+    diameter = (check or {}).get("diameter_mm") or prov.get("reconstruction_diameter_mm")
+    if diameter:
+        from .readers.dicom import spacing_against_diameter
+
+        again = spacing_against_diameter(float(diameter), study.images.shape[2], study.images.shape[3], study.spacing_rc)
+        if again is not None:
+            prov["pixel_spacing_check"] = again
+            prov.pop("reconstruction_diameter_mm", None)
+        else:
+            prov["reconstruction_diameter_mm"] = float(diameter)
+    prov.pop("voxel_size_check", None)
+    said = " x ".join(f"{v:.4g}" for v in read), " x ".join(f"{v:.4g}" for v in now)
+    prov.setdefault("warnings", []).append(f"the voxel size was changed in the scene since the file was read ({said[0]} "
+                                           f"mm as read, {said[1]} mm now): the volumes and mass use the scene's")
 
 
 def _read_study_attributes(node):

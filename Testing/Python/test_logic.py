@@ -1559,6 +1559,49 @@ def test_a_reopened_scene_keeps_the_readings_qc_evidence_and_warnings(tmp_path):
     assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in exported["qc"]["flags"]}
 
 
+def test_a_spacing_put_right_in_the_scene_is_judged_again_not_flagged_from_the_file(tmp_path):
+    """A PixelSpacing its ReconstructionDiameter contradicts is flagged (PIXEL_SPACING_DISAGREES)
+    and the evidence stamped on the input node, since the file is not read again. The user puts
+    the spacing right in the scene as the flag asks: the stamped flag stood after the correction,
+    and the numbers measured with the corrected spacing were still sent for review for it. Now it
+    is judged again with the spacing there is now, and a warning says the scene's is used; a
+    spacing changed to another wrong value is flagged with its own numbers."""
+    from bad_corpus import PIXEL_MM, SIZE, cine_dicom, make_base
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    factor = 1.3
+
+    def wrong_spacing(ds, k, t):   # the diameter is the scanner's: PixelSpacing was rewritten smaller
+        ds.ReconstructionDiameter = round(SIZE * PIXEL_MM * factor, 2)
+    folder, labels = cine_dicom(make_base(tmp_path / "base"), tmp_path / "cine", per_image=wrong_spacing)
+    study = load_study(folder, labels=labels)
+    live = compute_analysis(study, labels=study.labels)
+    assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in live.qc["flags"]}
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(live)
+    node = logic.getNodeParameter("inputNodeID")
+
+    def set_pixel_mm(mm):
+        for n in range(node.GetNumberOfDataNodes()):
+            volume = node.GetNthDataNode(n)
+            spacing = volume.GetSpacing()
+            volume.SetSpacing(mm, mm, spacing[2])
+
+    set_pixel_mm(PIXEL_MM * factor)   # put right
+    again = logic.studyFromNode(node)
+    assert "pixel_spacing_check" not in again.provenance
+    assert any("voxel size was changed in the scene" in w for w in again.provenance["warnings"])
+    measured = compute_analysis(again, labels=study.labels)
+    assert "PIXEL_SPACING_DISAGREES" not in {f["code"] for f in measured.qc["flags"]}
+    assert measured.cine["lv_edv_ml"] == pytest.approx(live.cine["lv_edv_ml"] * factor ** 2, rel=0.01)
+    set_pixel_mm(PIXEL_MM * 0.5)      # changed again, now wrong the other way
+    wrong = logic.studyFromNode(node)
+    check = wrong.provenance["pixel_spacing_check"]
+    assert check["pixel_mm_by_diameter"] == pytest.approx(PIXEL_MM * factor, rel=0.01)
+    assert f"{PIXEL_MM * 0.5:g} x {PIXEL_MM * 0.5:g} mm" in check["message"], check["message"]
+
+
 def test_a_cli_scene_leaves_the_kind_box_as_the_user_did(tmp_path):
     """``analyze --scene`` set the reopened scene's 'Series kind' box to the study's kind: the next
     study loaded in that Slicer session was refused for "the 'Series kind' box set to perfusion",
