@@ -115,7 +115,7 @@ def _batch(args):
     with output_lock(args.out):   # one batch per output folder: two at once overwrote each other's table
         run = run_cohort(specs, args.out, scheduler=args.scheduler, workers=args.workers, model=args.model,
                          frames=args.frames, resume=args.resume, force=args.force, show_progress=not args.quiet,
-                         reports=args.reports)
+                         reports=args.reports, study_timeout_s=args.study_timeout)
     for r in run.rows:
         if r["status"] == STATUS_ERROR:
             print(f"warning: study {r['study']}: {r['error']}", file=sys.stderr)
@@ -386,6 +386,9 @@ def build_parser():
     b.add_argument("--reports", default="flagged", choices=["flagged", "all", "none"],
                    help="which studies get a report.png: flagged = those QC asks to review (default; drawing it is "
                         "most of a study's time in a batch), all, none. The cohort table and cohort_report.png always")
+    b.add_argument("--study-timeout", type=_non_negative(float, "seconds"), metavar="SECONDS",
+                   help="stop a study that runs longer than this: it becomes an error row saying so, its worker process "
+                        "is restarted and the other studies go on (default: no limit)")
     b.add_argument("--strict", action="store_true", help=f"exit with status {QC_REVIEW_EXIT} when any study is not ok (QC review or error)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_batch)

@@ -663,21 +663,72 @@ def _worker_name():
 
 def _this_batchs_row(study_dir, spec, model, frames, batch, signature=None):
     """The row this batch (its id ``batch``) already wrote for the study from this manifest row,
-    with its outputs, not an error; else None. By id, not by file times: a file server's clock
-    or a 2-second file time would misdate them."""
-    if read_results(study_dir) is None:
-        return None
+    with its outputs, not an error, or the row of its --study-timeout (Dask runs the task again
+    when its worker is restarted: the study is not run a second time); else None. By id, not by
+    file times: a file server's clock or a 2-second file time would misdate them."""
     try:
         row = json.loads((Path(study_dir) / ROW_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if row.get("batch") != batch or row.get("status") == STATUS_ERROR or row.get("superseded") \
+    if row.get("batch") != batch or row.get("superseded") \
             or not same_spec(row.get("spec"), signature or spec_signature(spec, model, frames)):
+        return None
+    if row.get("timed_out_s"):
+        return row
+    if row.get("status") == STATUS_ERROR or read_results(study_dir) is None:
         return None
     return row
 
 
-def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", batch=None, signature=None):
+# A worker process stopped by --study-timeout exits with this status (its nanny starts another)
+STUDY_TIMEOUT_EXIT = 75
+
+
+def _stop_after(timeout_s, spec, study_dir, signature, batch, force, t0):
+    """Arm --study-timeout for one study in this worker process; returns ``finished()``, to call
+    before the study writes its row. A study that runs longer (a reader or a fit that never ends
+    on some input: the whole cohort waited on it) gets an error row saying so, and the worker
+    process exits: a running analysis cannot be stopped from another thread, and its nanny
+    starts a fresh worker. Studies the worker held are run again by Dask; this one finds its row
+    (``_this_batchs_row``). Under the lock, either the study writes its own row or the timeout
+    does, never both."""
+    import threading
+
+    lock, state = threading.Lock(), {"finished": False}
+
+    def expire():
+        with lock:
+            if state["finished"]:
+                return
+            row = error_row(spec, f"did not finish within {timeout_s:g} s (--study-timeout): stopped, and its worker "
+                                  "process restarted; run it alone (`cardiacaiseg analyze`) to see where it spends its "
+                                  "time, or give a longer --study-timeout", time.perf_counter() - t0, _worker_name())
+            row.update({"spec": signature, "batch": batch, "timed_out_s": float(timeout_s)})
+            try:
+                if force:   # as a failed run asked to replace the outputs (run_study)
+                    from .outputs import REPLACED_FILES
+
+                    for name in REPLACED_FILES:
+                        (study_dir / name).unlink(missing_ok=True)
+                study_dir.mkdir(parents=True, exist_ok=True)
+                _write_json_atomic(study_dir / ROW_FILE, row)
+            finally:
+                os._exit(STUDY_TIMEOUT_EXIT)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+
+    def finished():
+        with lock:
+            state["finished"] = True
+            timer.cancel()
+
+    return finished
+
+
+def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="flagged", batch=None, signature=None,
+              timeout_s=None):
     """Analyse one study into ``out_root/<study>/`` and write its row; returns the row.
 
     ``reports``: which studies get a report.png (``analyze.run``): ``flagged`` (QC review) by
@@ -689,7 +740,8 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
     run refused to overwrite the first's outputs and a finished study became an error row (probe 64).
 
     Never raises for a bad study: the failure becomes an error row (with the message and the
-    traceback), so one study cannot stop the cohort.
+    traceback), so one study cannot stop the cohort. ``timeout_s`` (--study-timeout; only in a
+    worker process of its own): a study running longer ends as an error row (``_stop_after``).
     """
     from . import analyze
 
@@ -711,6 +763,7 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
     options.setdefault("frames", frames)
     options.setdefault("reports", reports)
     options.pop("study", None)
+    finished = _stop_after(timeout_s, spec, study_dir, signature, batch, force, t0) if timeout_s else (lambda: None)
     try:
         analysis, _ = analyze.run(spec.input, study_dir, force=force, **options)
         results = read_results(study_dir)
@@ -730,6 +783,7 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
 
             for name in REPLACED_FILES:
                 (study_dir / name).unlink(missing_ok=True)
+    finished()
     row["spec"] = signature
     if batch is not None:
         row["batch"] = batch
@@ -1101,11 +1155,13 @@ def _dashboard(client):
 
 
 def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames="ed_es", resume=False, force=False,
-               processes=True, show_progress=True, log=print, report=True, reports="flagged"):
+               processes=True, show_progress=True, log=print, report=True, reports="flagged", study_timeout_s=None):
     """Run every study as a Dask task and write the cohort table; returns a CohortRun.
 
     ``report``: cohort_report.png; ``reports``: which studies get their own report.png (all,
-    flagged = QC review, none)."""
+    flagged = QC review, none). ``study_timeout_s``: a study running longer becomes an error row
+    and its worker process is restarted (worker processes only: a thread of this process cannot
+    be stopped, so with ``processes=False`` it is refused)."""
     import dask
     from distributed import as_completed
     from tqdm import tqdm
@@ -1115,6 +1171,11 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
 
     if reports not in REPORT_CHOICES:
         raise CardiacInputError("--reports", f"{reports!r}: accepted are {', '.join(REPORT_CHOICES)}")
+    if study_timeout_s is not None and not (study_timeout_s > 0 and math.isfinite(study_timeout_s)):
+        raise CardiacInputError("--study-timeout", f"{study_timeout_s}: give the seconds a study may take, over 0")
+    if study_timeout_s and not processes and not scheduler:
+        raise CardiacInputError("--study-timeout", "needs worker processes: a study running in this process cannot be "
+                                                   "stopped")
     t_start, started_at = time.perf_counter(), time.time()
     out_root = Path(out_root).resolve()   # the workers may run in another folder
     if out_root.exists() and not out_root.is_dir():
@@ -1201,7 +1262,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.time_ns() % 10 ** 9}"
             signatures = {s.study: spec_signature(s, model, frames) for s in todo}
             futures = {client.submit(run_study, s, str(out_root), model, frames, force or resume, reports, batch_id,
-                                     signatures[s.study], key=f"cardiacaiseg-{s.study}-{time.time_ns()}", pure=False): s
+                                     signatures[s.study], study_timeout_s, key=f"cardiacaiseg-{s.study}-{time.time_ns()}",
+                                     pure=False): s
                        for s in todo}
             bar = tqdm(total=len(futures), desc="batch", unit="study", disable=not show_progress)
 
@@ -1237,8 +1299,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                     done(spec, task_failed(spec, killed, alone=False))
                     continue
                 future = client.submit(run_study, spec, str(out_root), model, frames, force or resume, reports, batch_id,
-                                       signatures[spec.study], key=f"cardiacaiseg-{spec.study}-alone-{time.time_ns()}",
-                                       pure=False)
+                                       signatures[spec.study], study_timeout_s,
+                                       key=f"cardiacaiseg-{spec.study}-alone-{time.time_ns()}", pure=False)
                 futures[future] = spec
                 try:
                     done(spec, future.result())
