@@ -709,7 +709,10 @@ def _stop_after(timeout_s, spec, study_dir, signature, batch, force, t0):
                     from .outputs import REPLACED_FILES
 
                     for name in REPLACED_FILES:
-                        (study_dir / name).unlink(missing_ok=True)
+                        try:
+                            (study_dir / name).unlink(missing_ok=True)
+                        except OSError:
+                            pass   # (a folder of that name) the row below still says why
                 study_dir.mkdir(parents=True, exist_ok=True)
                 _write_json_atomic(study_dir / ROW_FILE, row)
             finally:
@@ -765,25 +768,29 @@ def run_study(spec, out_root, model=None, frames="ed_es", force=False, reports="
     options.pop("study", None)
     finished = _stop_after(timeout_s, spec, study_dir, signature, batch, force, t0) if timeout_s else (lambda: None)
     try:
-        analysis, _ = analyze.run(spec.input, study_dir, force=force, **options)
-        results = read_results(study_dir)
-        if results is None:
-            raise CardiacInputError(study_dir / "results.json", "was not written")
-        # the measures at full precision, under the keys results.csv carries
-        # CPU seconds of the worker process for the study (one study at a time per process; the
-        # network's threads included): on a shared machine steadier than the wall clock
-        row = row_from_results(spec, results, analysis.table_rows(), time.perf_counter() - t0, worker,
-                               time.process_time() - cpu0)
-    except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
-        row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
-        if force:
-            # asked to replace this study's outputs, and this run made none: the old ones no
-            # longer belong to the manifest row, and left beside the error row they read as results
-            from .outputs import REPLACED_FILES
+        try:
+            analysis, _ = analyze.run(spec.input, study_dir, force=force, **options)
+            results = read_results(study_dir)
+            if results is None:
+                raise CardiacInputError(study_dir / "results.json", "was not written")
+            # the measures at full precision, under the keys results.csv carries
+            # CPU seconds of the worker process for the study (one study at a time per process; the
+            # network's threads included): on a shared machine steadier than the wall clock
+            row = row_from_results(spec, results, analysis.table_rows(), time.perf_counter() - t0, worker,
+                                   time.process_time() - cpu0)
+        except Exception as e:   # noqa: BLE001 - isolated: recorded as the study's error row
+            row = error_row(spec, _error_message(e), time.perf_counter() - t0, worker, traceback.format_exc())
+            if force:
+                # asked to replace this study's outputs, and this run made none: the old ones no
+                # longer belong to the manifest row, and left beside the error row they read as results
+                from .outputs import REPLACED_FILES
 
-            for name in REPLACED_FILES:
-                (study_dir / name).unlink(missing_ok=True)
-    finished()
+                for name in REPLACED_FILES:
+                    (study_dir / name).unlink(missing_ok=True)
+    finally:
+        # also when the error path itself raised: a timer left armed stopped the worker seconds
+        # later in the middle of the next study (review of session 45)
+        finished()
     row["spec"] = signature
     if batch is not None:
         row["batch"] = batch
@@ -1154,6 +1161,19 @@ def _dashboard(client):
     return client.dashboard_link if "dashboard" in services else ""
 
 
+def _refuse_timeout_without_nannies(client, scheduler):
+    """--study-timeout stops a study by ending its worker process, which a nanny starts again: a
+    worker without one (`dask worker --no-nanny`) was gone for good, and the batch waited for it
+    with no table (review of session 45)."""
+    bare = [address for address, info in (client.scheduler_info().get("workers") or {}).items() if not info.get("nanny")]
+    if bare:
+        raise CardiacInputError("--study-timeout", f"{len(bare)} worker(s) of the scheduler at {scheduler} run without a "
+                                                   f"nanny ({bare[0]}): a study stopped by the timeout ends its worker "
+                                                   "process, and without a nanny none starts again. Start the workers "
+                                                   "with `dask worker` (a nanny is its default), or leave out "
+                                                   "--study-timeout")
+
+
 def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames="ed_es", resume=False, force=False,
                processes=True, show_progress=True, log=print, report=True, reports="flagged", study_timeout_s=None):
     """Run every study as a Dask task and write the cohort table; returns a CohortRun.
@@ -1255,6 +1275,8 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 log(f"Dask dashboard: {dashboard}")
             if scheduler and not client.scheduler_info().get("workers"):
                 log(f"the scheduler at {scheduler} has no workers yet: the studies wait for `dask worker {scheduler}`")
+            if scheduler and study_timeout_s:
+                _refuse_timeout_without_nannies(client, scheduler)
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers),
