@@ -391,6 +391,52 @@ def test_reference_images_at_another_matrix_are_left_out_not_refused(tmp_path, p
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
 
 
+def _coarsen_pd_images(paths, step=2, wobble=0.0):
+    """The factory's PD images (FlipAngle 5) rewritten at 1/step of the matrix, step x the pixel
+    size; the dynamics' positions moved by up to ``wobble`` mm (an export's rounding)."""
+    import pydicom
+
+    rng = np.random.default_rng(1)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        if float(ds.FlipAngle) == 5.0:
+            a = ds.pixel_array[::step, ::step].copy()
+            ds.Rows, ds.Columns = a.shape
+            ds.PixelSpacing = [step * float(v) for v in ds.PixelSpacing]
+            ds.PixelData = a.tobytes()
+        elif wobble:
+            ds.ImagePositionPatient = [round(float(v) + rng.uniform(-wobble, wobble), 4) for v in ds.ImagePositionPatient]
+        ds.save_as(p)
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_reference_images_at_another_matrix_beside_a_dual_sequence_aif_series(tmp_path, phantom, step):
+    """Series are told apart by their first image: coarse PD images first in the perfusion series
+    made it look like a low-resolution AIF series beside the real one (1/2 matrix: refused as two
+    series to choose from; 1/3: the AIF series read as the perfusion, the perfusion as its AIF;
+    review of session 45). The perfusion is read, its PD images left out, the AIF series used."""
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens", pd_frames=2)
+    _coarsen_pd_images(paths, step)
+    write_aif_series(tmp_path, study)
+    s = load_study(tmp_path)
+    assert s.images.shape == study.images.shape
+    assert str(s.provenance["aif_source"]).startswith("dual-sequence AIF series")
+    assert any("proton-density reference images" in w for w in s.provenance["warnings"])
+
+
+def test_reference_images_at_another_matrix_beside_dynamics_whose_positions_wobble(tmp_path, phantom):
+    """Positions rounded to 0.1 mm split a slice whose dynamics wobble by hundredths of a mm into
+    groups too small to be dynamics: the series was refused as one that mixes pixel sizes
+    (review of session 45). Slices are found along the normal, as the stack reader finds them."""
+    study, _ = phantom
+    _, paths = write_perfusion_series(tmp_path, study, vendor="siemens", pd_frames=2)
+    _coarsen_pd_images(paths, 2, wobble=0.06)
+    s = load_study(tmp_path)
+    assert s.images.shape == study.images.shape
+    assert any("proton-density reference images" in w for w in s.provenance["warnings"])
+
+
 def test_images_of_another_matrix_at_the_dynamics_flip_angle_are_still_refused(tmp_path, phantom):
     """Only a different flip angle marks reference images: a few images at another matrix and
     the dynamics' flip angle (a slice re-acquired, a crop) are refused as before, named."""

@@ -9,6 +9,7 @@ FrameAcquisitionDateTime for enhanced frames), then by InstanceNumber, TemporalP
 and frame number.
 """
 import functools
+import math
 import re
 import warnings
 from collections import Counter
@@ -256,11 +257,31 @@ def scan_dicom_folder(folder, progress=None, notes=None):
     merged.update(per_dynamic)
     series, echoes = _first_echo_only(series)
     merged.update(echoes)
+    for items in series.values():
+        _most_common_size_first(items)
     if notes is not None:
         notes["broken"], notes["duplicates"], notes["merged"] = broken, duplicates, merged
     elif broken and not series:
         raise CardiacInputError(broken[0][0], broken[0][1])
     return series, skipped
+
+
+def _most_common_size_first(items):
+    """Order a series' images (in place) so that the first is of its most common matrix: the
+    series is described by its first image when series are paired and told apart (stress and
+    rest, images and a dual-sequence AIF series), and proton-density images acquired at a
+    coarser matrix, first in the series, made it look like a low-resolution AIF series (the
+    series refused as two to choose from, or the AIF series read as the perfusion; review of
+    session 45). They are left out when the stack is read (``_drop_reference_images_of_another_matrix``)."""
+    def size(item):
+        try:
+            return int(item[1].Rows), int(item[1].Columns)
+        except (AttributeError, TypeError, ValueError):
+            return None
+    sizes = Counter(size(it) for it in items)
+    if len(sizes) > 1:
+        common = max(sizes, key=sizes.get)
+        items.sort(key=lambda it: size(it) != common)   # stable: each size keeps its order
 
 
 def _names(paths, folder, most=3):
@@ -2774,8 +2795,16 @@ def _drop_reference_images_of_another_matrix(folder, uid, geo, items):
     if np.any(np.abs(dynamic_flips - dynamic) > 0.5) or np.any(np.abs(other_flips - dynamic) <= 0.5):
         return geo, items, []
 
+    # slice positions along the normal, a position's images within _POSITION_TOL_MM of each other
+    # (rounded coordinates split a slice whose positions wobble by hundredths of a mm into groups
+    # too small to be dynamics; review of session 45)
+    normal = np.cross(np.asarray(dynamics[0][2][:3], float), np.asarray(dynamics[0][2][3:], float))
+    along = sorted(float(normal @ np.asarray(g[3], float)) for g in geo)
+    starts = [d for k, d in enumerate(along) if k == 0 or d - along[k - 1] > _POSITION_TOL_MM]
+
     def at(g):
-        return tuple(np.round(np.asarray(g[3], float), 1))
+        d = float(normal @ np.asarray(g[3], float))
+        return max(k for k, start in enumerate(starts) if start <= d + 1e-9)
 
     per_position = Counter(at(g) for g in others)
     dynamics_per_position = Counter(at(g) for g in dynamics)
@@ -3607,6 +3636,13 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         prov["frame_map"] = frame_map
     if spacing_check:
         prov["pixel_spacing_check"] = spacing_check
+    else:
+        try:   # kept where it agrees too: a spacing changed in a Slicer scene later is judged against it
+            diameter = float(ds0.get("ReconstructionDiameter"))
+            if math.isfinite(diameter) and diameter > 0:
+                prov["reconstruction_diameter_mm"] = diameter
+        except (TypeError, ValueError):
+            pass
     if bits_over:
         prov["bits_over_stored"] = bits_over
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
