@@ -47,6 +47,8 @@ INPUT_ATTRIBUTE = "CardiacAISeg.Input"     # on output nodes: the input node the
 SOURCE_ATTRIBUTE = "CardiacAISeg.SourceNode"   # on a sequence of the analysed frames: the node it was made from
 REST_OF_ATTRIBUTE = "CardiacAISeg.RestOf"       # on a rest series the Logic added: the stress input it was paired with
 PLACED_ON_SLICE_ATTRIBUTE = "CardiacAISeg.PlacedOnSlice"   # on the markups: insertion points placed by hand there
+# on an input whose sequence has no times: the frame interval (s) it was last read with
+FRAME_TIME_ATTRIBUTE = "CardiacAISeg.FrameTimeS"
 # on a results table let go when another input was picked: its analysis' outputs and parameters (JSON)
 LEFT_ANALYSIS_ATTRIBUTE = "CardiacAISeg.LeftAnalysis"
 # On the input node of a saved scene: what the images alone cannot say again, so the scene
@@ -447,6 +449,13 @@ class CardiacAISegLogic(_LogicBase):
         # (stamped on it when it was loaded), or none
         newInput = self._isNewInput(node)
         aifPath = "" if newInput else self.getParameter("aifPath")
+        stampedInterval = (_sequence_of(self.context, node) or node).GetAttribute(FRAME_TIME_ATTRIBUTE) \
+            if newInput and node is not None else None
+        if stampedInterval:
+            # a series without times in its sequence is timed by the 'Frame interval' box: picked
+            # again, it is read with the interval it was read with, not the one set for the study
+            # picked since (its analysis brought back with MBF halved, unflagged; review of session 45)
+            self.setParameter("frameTimeS", stampedInterval)
         with _errorsInModuleTerms():
             study, sequence = self._studyFromNode(node, kind or self.getParameter("kind"), aifPath)
         from .readers.pd_frames import frames_differ_from_file
@@ -505,6 +514,8 @@ class CardiacAISegLogic(_LogicBase):
         study = Study(images, sc.volume_ijk_to_ras(volumes[0]), name=node.GetName(),
                       provenance={"reader": "slicer node", "node": node.GetID()})
         study.frame_times_s = _frame_times(sequence, len(volumes), self._floatParameter(frameTimeParameter), study.provenance)
+        if study.frame_times_s is not None and study.provenance.pop("frame_times_from_interval", False):
+            (sequence or node).SetAttribute(FRAME_TIME_ATTRIBUTE, repr(self._floatParameter(frameTimeParameter)))
         stamped = _read_study_attributes(sequence or node)
         stampedProvenance = stamped.get("provenance", {})
         study.provenance.update({k: v for k, v in stampedProvenance.items() if k not in ("aif_source", "aif_path",
@@ -1622,7 +1633,9 @@ def _write_study_attributes(node, study):
     # the kind given against the file's clocks: the clocks are not in the scene, so the flag
     # (qc KIND_AGAINST_DATA) would be lost on reopening, and its QC read "pass" (review of session 42)
     provenance["kind_against_data"] = ((provenance.get("kind") or {}).get("against_data") or "")
-    provenance["voxel_mm_read"] = [round(float(v), 6) for v in study.spacing]
+    # the file's own voxel size, kept through later picks (a spacing changed in the scene is
+    # judged against the file's, not against the last pick's)
+    provenance["voxel_mm_read"] = provenance.get("voxel_mm_read") or [round(float(v), 6) for v in study.spacing]
     kept = {k: v for k, v in provenance.items()
             if k in STAMPED_PROVENANCE and v is not None and (not hasattr(v, "__len__") or len(v))}
     if kept:
@@ -1659,35 +1672,42 @@ def _json_ready(value):
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
 
 
+SPACING_CHANGED_WARNING = "the voxel size was changed in the scene since the file was read"
+
+
 def _judgeSpacingEvidenceAgain(study):
     """The file's evidence against its voxel size (PIXEL_SPACING_DISAGREES: a ReconstructionDiameter
     that contradicts PixelSpacing; VOXEL_SIZE_DISAGREES: a NIfTI header form that did) is stamped
     on the input node, since the file is not read again. Where the volume's spacing was changed in
     the scene since (the Volumes module, as the flag asks), that evidence was about a spacing no
     longer used: the flag stood after the spacing was put right, telling the user to check what
-    they had just corrected. The diameter is asked again with the spacing there is now, the header
-    forms no longer decide anything, and a warning says the numbers use the scene's spacing."""
+    they had just corrected. The diameter (kept from the reading whether it agreed or not) is
+    asked again with the spacing there is now, at every reading, so a spacing changed wrongly is
+    flagged too; the header forms decide nothing once the spacing was changed, and a warning
+    says the numbers use the scene's spacing (one, for the spacing there is now)."""
     prov = study.provenance
-    read = prov.pop("voxel_mm_read", None)
-    now = [float(v) for v in study.spacing]
-    if not read or len(read) != 3 or np.allclose(now, read, rtol=1e-4, atol=1e-6):
-        return
+    for key in ("warnings", "reader_warnings"):
+        if prov.get(key):
+            prov[key] = [w for w in prov[key] if not w.startswith(SPACING_CHANGED_WARNING)]
     check = prov.pop("pixel_spacing_check", None)
-    # the diameter is kept where it agrees now, so that a later change is judged against it too
     diameter = (check or {}).get("diameter_mm") or prov.get("reconstruction_diameter_mm")
     if diameter:
         from .readers.dicom import spacing_against_diameter
 
+        prov["reconstruction_diameter_mm"] = float(diameter)
         again = spacing_against_diameter(float(diameter), study.images.shape[2], study.images.shape[3], study.spacing_rc)
         if again is not None:
             prov["pixel_spacing_check"] = again
-            prov.pop("reconstruction_diameter_mm", None)
-        else:
-            prov["reconstruction_diameter_mm"] = float(diameter)
+    elif check:
+        prov["pixel_spacing_check"] = check
+    read = prov.get("voxel_mm_read")
+    now = [float(v) for v in study.spacing]
+    if not read or len(read) != 3 or np.allclose(now, read, rtol=1e-4, atol=1e-6):
+        return
     prov.pop("voxel_size_check", None)
     said = " x ".join(f"{v:.4g}" for v in read), " x ".join(f"{v:.4g}" for v in now)
-    prov.setdefault("warnings", []).append(f"the voxel size was changed in the scene since the file was read ({said[0]} "
-                                           f"mm as read, {said[1]} mm now): the volumes and mass use the scene's")
+    prov.setdefault("warnings", []).append(f"{SPACING_CHANGED_WARNING} ({said[0]} mm as read, {said[1]} mm now): the "
+                                           "volumes and mass use the scene's")
 
 
 def _read_study_attributes(node):
@@ -1753,7 +1773,10 @@ def _frame_times(sequence, n_frames, frame_time_s, provenance):
                 times = ignore_placeholder_times(times, provenance)
             if times is not None:
                 return times - times[0]
-    return np.arange(n_frames) * frame_time_s if frame_time_s > 0 else None
+    if frame_time_s > 0:
+        provenance["frame_times_from_interval"] = True
+        return np.arange(n_frames) * frame_time_s
+    return None
 
 
 def _write_nifti(path, array_tkji, ijk_to_ras, dtype, frame_times=None):

@@ -1595,11 +1595,41 @@ def test_a_spacing_put_right_in_the_scene_is_judged_again_not_flagged_from_the_f
     measured = compute_analysis(again, labels=study.labels)
     assert "PIXEL_SPACING_DISAGREES" not in {f["code"] for f in measured.qc["flags"]}
     assert measured.cine["lv_edv_ml"] == pytest.approx(live.cine["lv_edv_ml"] * factor ** 2, rel=0.01)
-    set_pixel_mm(PIXEL_MM * 0.5)      # changed again, now wrong the other way
+    again = logic.studyFromNode(node)   # picked again: still right, one warning (review of session 45)
+    assert "pixel_spacing_check" not in again.provenance
+    assert sum("voxel size was changed in the scene" in w for w in again.provenance["warnings"]) == 1
+    assert f"{PIXEL_MM:g} x {PIXEL_MM:g} x" in next(w for w in again.provenance["warnings"] if "voxel size" in w)
+    set_pixel_mm(PIXEL_MM * 0.7)      # changed again, now wrong the other way
     wrong = logic.studyFromNode(node)
     check = wrong.provenance["pixel_spacing_check"]
     assert check["pixel_mm_by_diameter"] == pytest.approx(PIXEL_MM * factor, rel=0.01)
-    assert f"{PIXEL_MM * 0.5:g} x {PIXEL_MM * 0.5:g} mm" in check["message"], check["message"]
+    assert f"{PIXEL_MM * 0.7:g} x {PIXEL_MM * 0.7:g} mm" in check["message"], check["message"]
+    set_pixel_mm(PIXEL_MM)            # back to the file's own: flagged as the file was, no warning
+    back = logic.studyFromNode(node)
+    assert "pixel_spacing_check" in back.provenance
+    assert not any("voxel size was changed" in w for w in back.provenance["warnings"])
+
+
+def test_a_spacing_changed_wrongly_in_the_scene_is_flagged_against_the_files_diameter(tmp_path):
+    """A file whose PixelSpacing agrees with its ReconstructionDiameter kept no diameter, so a
+    spacing changed wrongly in the scene later was measured unflagged (review of session 45)."""
+    from bad_corpus import PIXEL_MM, SIZE, cine_dicom, make_base
+    from CardiacAISegLib.pipeline import compute_analysis
+    from CardiacAISegLib.readers import load_study
+
+    def agreeing(ds, k, t):
+        ds.ReconstructionDiameter = round(SIZE * PIXEL_MM, 2)
+    folder, labels = cine_dicom(make_base(tmp_path / "base"), tmp_path / "cine", per_image=agreeing)
+    study = load_study(folder, labels=labels)
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.adoptAnalysis(compute_analysis(study, labels=study.labels))
+    node = logic.getNodeParameter("inputNodeID")
+    for n in range(node.GetNumberOfDataNodes()):
+        volume = node.GetNthDataNode(n)
+        volume.SetSpacing(PIXEL_MM * 1.3, PIXEL_MM * 1.3, volume.GetSpacing()[2])
+    changed = logic.studyFromNode(node)
+    measured = compute_analysis(changed, labels=study.labels)
+    assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in measured.qc["flags"]}
 
 
 def test_a_cli_scene_leaves_the_kind_box_as_the_user_did(tmp_path):

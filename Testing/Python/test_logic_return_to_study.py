@@ -201,3 +201,39 @@ def test_a_series_shown_without_its_pd_frames_picked_again_brings_back_its_analy
     assert logic.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == sequences
     assert logic.analysis is not None and logic.getNodeParameter("tableID") is table
     assert rows_of(table) == pytest.approx(expected, rel=1e-6, nan_ok=True)
+
+
+def test_a_series_timed_by_the_frame_interval_box_comes_back_with_its_own_interval():
+    """A perfusion sequence without times is timed by the 'Frame interval' box: analysed at 0.5 s,
+    then another series picked and 1.0 s typed for it, then the first picked again: it was read
+    again at 1.0 s and its analysis brought back with MBF halved in its table, unflagged (review
+    of session 45). Its interval is stamped on its node and read back when it is picked again."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+    from CardiacAISegLib.study import Study
+
+    def untimed(seed):
+        st, _ = make_perfusion_phantom(seed=seed, n_frames=40, noise=0.005)
+        return Study(images=st.images, ijk_to_ras=st.ijk_to_ras, kind="perfusion", aif=st.aif, labels=st.labels), \
+            float(np.median(np.diff(st.frame_times_s)))
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setParameter("kind", "perfusion")
+    a, dt = untimed(3)
+    a_nodes = sc.add_study(logic.context, a)
+    logic.setParameter("frameTimeS", repr(dt))
+    logic.studyFromNode(a_nodes.sequence)
+    logic.study.labels = {int(t): m for t, m in a.labels.items()}
+    logic.runSegmentation(useExistingLabels=True)
+    mbf = logic.analysis.perfusion["global_mbf_ml_min_g"]
+    b, _ = untimed(4)
+    b_nodes = sc.add_study(logic.context, b)
+    logic.setParameter("frameTimeS", repr(2 * dt))   # typed for the next series, then it is picked
+    logic.studyFromNode(b_nodes.sequence)
+    logic.study.labels = {int(t): m for t, m in b.labels.items()}
+    logic.runSegmentation(useExistingLabels=True)
+    logic.studyFromNode(a_nodes.sequence)
+    assert float(logic.getParameter("frameTimeS")) == pytest.approx(dt)
+    assert logic.analysis is not None and logic.analysis.perfusion["global_mbf_ml_min_g"] == pytest.approx(mbf, rel=1e-6)
+    assert logic.study.frame_times_s[-1] == pytest.approx(39 * dt)
