@@ -207,6 +207,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._progress = None
         self._job = None                # the background analysis (CardiacAISegLib.background) while it runs
         self._jobInput = None           # the inputNodeID the job was started for
+        self._beforeImport = None       # the live analysis' outputs and parameters when a scene import began
         self._jobTimer = None
         self._observedSegmentations = []
         self._observedMarkups = None
@@ -253,6 +254,7 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartImportEvent, self.onSceneStartImport)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
         self.refreshModels()
@@ -300,15 +302,33 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneStartImport(self, caller, event):
+        # what the live analysis is, before an added scene's parameter node can replace it
+        self._beforeImport = self.logic.liveAnalysisState() if self.logic is not None else None
+
     def onSceneEndImport(self, caller, event):
         """A loaded scene brings its parameter node: rebuild the analysis it describes. Data
         added to a scene whose live analysis still has its input (File > Add Data of another
         scene or file) leaves that analysis as it is: rebuilt from the nodes, it would lose the
-        network's own output, the labelled frames and the volume curve."""
+        network's own output, the labelled frames and the volume curve.
+
+        A scene added with a parameter node of its own replaces the parameter node's input and
+        outputs: that study is then the one shown, rebuilt (its outputs stamped for their input
+        again, which the import renamed), and the analysis it displaced keeps its record, so
+        picking its input brings it back. Kept as "the run goes on" or "the live analysis
+        stays", the panel showed the added study's table beside the live study's segmentation,
+        a handle drag wrote one study's numbers into the other's table, and an edit was
+        measured nowhere (probe 100)."""
+        before, self._beforeImport = self._beforeImport, None
+        inputID = self.logic.getParameter("inputNodeID")
         if self.logic.analysis is not None and self.logic.isCurrentStudyNode(self.logic.getNodeParameter("inputNodeID")):
             return
-        if self._isRunning() and self._jobInput and slicer.mrmlScene.GetNodeByID(self._jobInput) is not None:
+        if self._isRunning() and self._jobInput and inputID == self._jobInput and \
+                slicer.mrmlScene.GetNodeByID(self._jobInput) is not None:
             return   # data added during a first run: the run goes on for its input, which is still there
+        displaced = before is not None and before["input"] != inputID
+        if displaced:
+            self.logic.keepLeftAnalysis(before)
         if self._isRunning():
             # its input went with the import: the panel was left half "running" (Cancel doing nothing)
             self._stopJob()
@@ -319,6 +339,10 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = moduleLogic()
         self.initializeParameterNode()
         self._restoreAnalysis()
+        if displaced:   # the status line spoke of the analysis the added scene displaced
+            stopped = self.ui.statusLabel.text if self.ui.statusLabel.text.startswith("Stopped") else ""
+            self.ui.statusLabel.text = " ".join(t for t in (stopped, "Showing the analysis of the scene added; the "
+                                                           "previous study's comes back when its input is picked.") if t)
 
     def _restoreAnalysis(self):
         """The analysis a scene's parameter node describes, made live (editable, handles) again;

@@ -352,6 +352,25 @@ class CardiacAISegLogic(_LogicBase):
                 self.setParameter(name, "")
         self._keepLeftAnalysis(left, parameters)
 
+    def liveAnalysisState(self):
+        """{"input": ID, "outputs": {parameter: node}, "parameters": {...}} of the analysis the
+        parameter node names now, or None without outputs: what ``keepLeftAnalysis`` keeps when
+        a scene added to this one replaces the parameter node (the module takes it as the import
+        begins)."""
+        outputs = {name: self.getNodeParameter(name) for name in OUTPUT_PARAMETERS}
+        outputs = {name: node for name, node in outputs.items() if node is not None}
+        if not outputs:
+            return None
+        return {"input": self.getParameter("inputNodeID"), "outputs": outputs,
+                "parameters": {name: self.getParameter(name) for name in ANALYSIS_PARAMETERS}}
+
+    def keepLeftAnalysis(self, state):
+        """Keep the record of an analysis (``liveAnalysisState``) that a scene added to this one
+        displaced from the parameter node, so that picking its input brings it back, as for an
+        input left by picking another (probe 100)."""
+        outputs = {name: node for name, node in state["outputs"].items() if self.scene.GetNodeByID(node.GetID()) is node}
+        self._keepLeftAnalysis(outputs, state["parameters"])
+
     def _keepLeftAnalysis(self, left, parameters):
         """Outputs let go (``{parameter: node}``) keep on their results table which parameter each
         filled and the ``ANALYSIS_PARAMETERS`` they were measured with (JSON): written at the moment
@@ -772,7 +791,9 @@ class CardiacAISegLogic(_LogicBase):
                 # the output segmentations: the network's (edited or not), judged by QC as its own
                 # (as hand-drawn labels a frame without RV passed QC; helper-85's review)
                 labels, madeBy = self._labelsFromOutputSegmentations(), self.modelInfo
-                if labels and madeBy and self._analysisIsOf(study):
+                if labels and self._analysisIsOf(study):
+                    # labels measured before (an input picked again reads no labels from its node)
+                    # keep their other frames too: measured alone, ED and ES lost the cycle (probe 100)
                     labels = self._withTheCyclesOtherFrames(labels)
             if not labels:
                 raise CardiacInputError(study.source or study.name, "no label maps came with the study and no output segmentation is selected")

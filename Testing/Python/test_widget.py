@@ -177,6 +177,7 @@ def _panel(widget_module, logic):
     scene = logic.scene
     w.addObserver(scene, scene.StartCloseEvent, w.onSceneStartClose)
     w.addObserver(scene, scene.EndCloseEvent, w.onSceneEndClose)
+    w.addObserver(scene, scene.StartImportEvent, w.onSceneStartImport)
     w.addObserver(scene, scene.EndImportEvent, w.onSceneEndImport)
     w.initializeParameterNode()
     widget_module.panels.append(w)
@@ -579,3 +580,123 @@ def test_an_input_picked_again_shows_its_own_results_and_measures_their_edits(wi
     assert widget_module.errors == [], widget_module.errors
     assert frame == logic.analysis.cine["ed_frame"] or logic.analysis.kept_ed_es is not None
     assert np.array_equal(logic.analysis.labels[frame], trimmed)
+
+
+def _saved_scene(cine_files, name, path):
+    """A .mrb of study ``name`` measured with its labels, as another Slicer session saved it."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.loadStudy(cine_files / name / "cine.nii.gz", labels=cine_files / name / "cine_labels.nii.gz")
+    edv = logic.runSegmentation(useExistingLabels=True).cine["lv_edv_ml"]
+    sc.write_mrb(logic.context, path)
+    return edv
+
+
+def _add_scene(scene, path):
+    """File > Add Data of a .mrb: imported into the live scene (not cleared)."""
+    import os
+
+    here = os.getcwd()
+    messages = slicer.vtkMRMLMessageCollection()
+    try:
+        assert scene.ReadFromMRB(str(path), False, messages), messages.GetAllMessagesAsString()
+    finally:
+        os.chdir(here)
+
+
+def _table_lv_edv(table):
+    from CardiacAISegLib import scene as sc
+
+    return next(r["value"] for r in sc.table_rows(table) if "LV" in r["measure"] and "EDV" in r["measure"])
+
+
+def test_a_scene_added_during_a_run_is_shown_whole_and_the_run_stopped(widget_module, cine_files, tmp_path):
+    """Probe 100: a saved scene of study B added (its own parameter node) while A ran again in the
+    background: the run went on as "data added", the parameter node named B's table and outputs
+    while the panel kept A's segmentation and handles, a drag of A's handle wrote A's numbers into
+    B's table, and B's outputs kept a stamp that named A's input after the import's renaming. Now
+    the run stops and B is shown whole: its table, segmentation and handles, stamped for B."""
+    from CardiacAISegLib.logic import INPUT_ATTRIBUTE
+
+    b_edv = _saved_scene(cine_files, "b", tmp_path / "b.mrb")
+    logic, w, _ = _loaded(widget_module, cine_files, "a")
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    _wait_for_job(w)
+    a_table = logic.getNodeParameter("tableID")
+    a_edv = _table_lv_edv(a_table)
+    w.ui.useLabelsCheckBox.checked = False
+    logic.setParameter("useExistingLabels", "true")
+    w.onApplyButton()                                  # A again, in the background
+    assert w._job is not None
+    _add_scene(logic.scene, tmp_path / "b.mrb")
+    assert not w._isRunning() and w.ui.statusLabel.text.startswith("Stopped")
+    b_input, b_table = logic.getNodeParameter("inputNodeID"), logic.getNodeParameter("tableID")
+    assert b_table is not a_table and _table_lv_edv(b_table) == pytest.approx(b_edv, abs=0.01)
+    assert logic.analysis is not None and logic.analysis.cine["lv_edv_ml"] == pytest.approx(b_edv)
+    assert w.ui.segmentEditorWidget.segmentation is logic.getNodeParameter("outputSegmentationID")
+    assert w._observedMarkups is logic.getNodeParameter("markupsID")
+    for name in ("outputSegmentationID", "tableID", "markupsID"):
+        assert logic.getNodeParameter(name).GetAttribute(INPUT_ATTRIBUTE) == b_input.GetID()
+    markups = w._observedMarkups
+    position = [0.0, 0.0, 0.0]
+    markups.GetNthControlPointPosition(0, position)
+    markups.SetNthControlPointPosition(0, position[0] + 6, position[1] + 6, position[2])
+    assert _table_lv_edv(a_table) == pytest.approx(a_edv, abs=0.01) and _table_lv_edv(b_table) == pytest.approx(b_edv, abs=0.01)
+
+
+def test_a_live_edited_analysis_displaced_by_an_added_scene_comes_back_when_picked(widget_module, cine_files, tmp_path):
+    """Probe 100: A measured and edited; a saved copy of A's analysis added (its parameter node
+    replaced the live one's): the copy was shown under the edit's status line, and picking the
+    live A again gave no analysis, its edited outputs in the scene with no record. Now the edit
+    comes back with its input."""
+    from CardiacAISegLib.labels import LV, MYO
+    from CardiacAISegLib.logic import FRAME_ATTRIBUTE, fill_segmentation
+
+    saved_edv = _saved_scene(cine_files, "a", tmp_path / "a_copy.mrb")
+    logic, w, nodes = _loaded(widget_module, cine_files, "a")
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    _wait_for_job(w)
+    segmentation = logic.getNodeParameter("outputSegmentationID")
+    frame = int(segmentation.GetAttribute(FRAME_ATTRIBUTE))
+    trimmed = logic.analysis.labels[frame].copy()
+    half = trimmed[:, : trimmed.shape[1] // 2]
+    half[half == LV] = MYO
+    fill_segmentation(segmentation, trimmed, logic.study.ijk_to_ras)
+    next(t for t in widget_module.qt.QTimer.instances if t.slot == w._applyEdits and t.active).fire()
+    edited_edv = logic.analysis.cine["lv_edv_ml"]
+    assert edited_edv < saved_edv - 1
+    _add_scene(logic.scene, tmp_path / "a_copy.mrb")
+    assert logic.analysis.cine["lv_edv_ml"] == pytest.approx(saved_edv)
+    assert not w.ui.statusLabel.text.startswith("Updated after the edit")
+    w.ui.inputSelector.node = nodes.sequence
+    w.onInputChanged(nodes.sequence)
+    assert logic.analysis is not None and logic.analysis.cine["lv_edv_ml"] == pytest.approx(edited_edv)
+    assert logic.getNodeParameter("outputSegmentationID") is segmentation
+
+
+def test_labels_measured_again_after_their_input_was_picked_again_keep_the_cycle(widget_module, cine_files):
+    """Probe 100: a study measured with labels on every frame, another study measured, the first
+    picked again (brought back with its 20 frames), Run: only ED and ES were measured (the node
+    read again holds no labels, and the cycle's other frames were kept for a network's run only)."""
+    logic, w, nodes = _loaded(widget_module, cine_files, "a")
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    _wait_for_job(w)
+    frames = len(logic.analysis.labels)
+    assert frames > 2
+    b = logic.loadStudy(cine_files / "b" / "cine.nii.gz", labels=cine_files / "b" / "cine_labels.nii.gz")
+    w._clearResults()
+    w.ui.inputSelector.node = b.sequence
+    w.onApplyButton()
+    _wait_for_job(w)
+    w.ui.inputSelector.node = nodes.sequence
+    w.onInputChanged(nodes.sequence)
+    assert len(logic.analysis.labels) == frames
+    w.onApplyButton()
+    _wait_for_job(w)
+    assert widget_module.errors == [], widget_module.errors
+    assert len(logic.analysis.labels) == frames
