@@ -1448,8 +1448,9 @@ def test_e2e_model_run_and_cancel(page, gui_server, monkeypatch):
 def _open_sample_and_run(page, title, study_text):
     page.choose("sample-select", title)
     page.press("open-sample-btn")
-    page.wait(lambda: study_text in page.el("study-line").text and "Opened the sample" in page.alert("info"),
-              timeout=60, message=f"{title} opened")
+    # the study before may hold corrections not saved (an earlier test's): the page asks first
+    _discarding_if_asked(page, lambda: study_text in page.el("study-line").text and "Opened the sample" in page.alert("info"),
+                         timeout=60, message=f"{title} opened")
     page.press("run-btn")
     # the run's own results (the previous study's table may still show until they arrive)
     page.wait(lambda: "Segmented and measured" in page.alert("info"), timeout=120, message=f"{title} measured")
@@ -1927,3 +1928,252 @@ def test_a_frame_interval_typed_for_a_cine_is_said_unused(tmp_path):
     s.open_path("cine.nii.gz", dt="0.5")
     assert s.study.kind == "cine"
     assert any("the 'Frame interval (s)' field (0.5 s) is not used" in w for w in s.page_warnings(s.study.provenance["warnings"]))
+
+
+# ------------------------------------------------- probe 98: suggestions over Open, edits dropped unsaid
+def _discard_dialog_shown(page):
+    found = page.all("#discard-dialog")
+    return bool(found) and found[0].is_displayed()
+
+
+def _discarding_if_asked(page, done, timeout=60, message=""):
+    """After an action that asks "Discard the edits of ...?" when the open study holds corrections
+    not saved (an earlier test's, on the shared page): Discard, then wait for ``done``."""
+    if page.wait(lambda: "asked" if _discard_dialog_shown(page) else done(), timeout=timeout, message=message) == "asked":
+        page.press("discard-confirm")
+        return page.wait(done, timeout=timeout, message=message)
+    return True
+
+
+def _empty_the_other_fields(page):
+    """The labels and perfusion fields as a new user finds them (an earlier test on the shared
+    page may have filled them)."""
+    page.type("labels-path", "")
+    panel = page.wait(lambda: page.all(".v-expansion-panel-title") and page.all(".v-expansion-panel-title")[0],
+                      message="perfusion panel")
+
+    def toggle():
+        page.d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", panel)
+    if not page.all(".v-expansion-panel--active"):
+        toggle()
+    page.wait(lambda: page.el("rest-path").rect["height"] > 0, message="perfusion panel open")
+    for element_id in ("aif-path", "dt-text", "rest-path", "rest-aif-path", "rest-dt-text", "rest-labels-path"):
+        page.type(element_id, "")
+    page.wait(lambda: not page.all("#perfusion-fields-filled"), message="perfusion fields empty")
+    toggle()                                   # folded, as a new user finds it
+    page.wait(lambda: not page.all(".v-expansion-panel--active"), message="perfusion panel folded")
+
+
+def _settle(app, timeout=120.0):
+    """Turn the server's loop until the page's background work (opening, a run, a save) is done."""
+    import asyncio
+
+    from trame_server.utils.asynchronous import get_event_loop
+
+    loop, t0 = get_event_loop(), time.time()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    while app.state.opening or app.state.running or app.state.stopping or app._saving or app._bullseye_pending:
+        assert time.time() - t0 < timeout, "the page's background work did not end"
+        loop.run_until_complete(asyncio.sleep(0.05))
+    loop.run_until_complete(asyncio.sleep(0.05))
+
+
+def test_session_says_which_edits_are_not_saved(tmp_path):
+    """Probe 98: what the page asks about before dropping edits. Nothing before an edit or once it
+    is saved (or reverted); an edit, a turned handle, again after a save."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    write_phantom("cine", tmp_path / "data", seed=1, n_frames=6, n_slices=6, size=64)
+    s = Session(tmp_path / "data", sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    assert s.unsaved_edits() == []
+    s.run(LABELS_CHOICE)
+    assert s.unsaved_edits() == []                     # the run's own segmentation: nothing to lose
+    assert s.morph("myo", 1)
+    assert s.unsaved_edits() == ["the contours of frame(s) 1 (ED)"]
+    s.save("out")
+    assert s.unsaved_edits() == []                     # written: going on loses nothing
+    k = next(iter(s.analysis.sectors.slices))
+    s.rotate_handle(k, "anterior", 20)
+    assert s.unsaved_edits() == ["the contours of frame(s) 1 (ED)", f"the RV insertion handles moved on slice(s) {k}"]
+    s.save("out", force=True)
+    assert s.unsaved_edits() == []
+    assert s.morph("myo", 1)
+    assert s.unsaved_edits()
+    s.revert()                                         # back to the run's: nothing corrected any more
+    assert s.unsaved_edits() == []
+    s.morph("lv", 1)
+    s.open_path("cine.nii.gz")                         # the session itself does not ask: the page does
+    assert s.unsaved_edits() == []
+
+
+def test_opening_another_study_asks_before_dropping_unsaved_edits(tmp_path):
+    """Probe 98: edits were dropped without a word when the page opened another study, a sample,
+    or ran again. With edits not saved each asks first ("Discard the edits of <study>?"): Cancel
+    leaves the study, its edits and their measures as they were, Discard goes on; after Save
+    nothing is asked."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE
+
+    for name, seed in (("a", 1), ("b", 2)):
+        write_phantom("cine", tmp_path / name, seed=seed, n_frames=6, n_slices=6, size=64)
+    app = CardiacWebApp(tmp_path, server="discard-edits-test")
+    sess, s = app.session, app.state
+    a_fields = {"study_path": "a/cine.nii.gz", "labels_path": "a/cine_labels.nii.gz"}
+    b_fields = {"study_path": "b/cine.nii.gz", "labels_path": ""}
+    app.ctrl.open_study(a_fields)
+    _settle(app)
+    assert sess.source == "a/cine.nii.gz" and not s.discard_dialog, s.error_message
+    assert s.model == LABELS_CHOICE
+    app.ctrl.run()
+    _settle(app)
+    assert sess.analysis is not None, s.error_message
+    app.ctrl.morph(1)
+    analysis, rows = sess.analysis, sess.table()
+    edited = {t: m.copy() for t, m in analysis.labels.items()}
+    assert analysis.edited_frames and s.error_message == ""
+
+    def unchanged():
+        assert sess.source == "a/cine.nii.gz" and sess.analysis is analysis and sess.table() == rows
+        assert all(np.array_equal(analysis.labels[t], m) for t, m in edited.items()) and analysis.edited_frames
+        assert not s.opening and not s.running and s.error_message == ""
+
+    # another study, a sample, a run: each asks first, and Cancel changes nothing
+    for ask in (lambda: app.ctrl.open_study(b_fields), lambda: app.ctrl.open_sample("phantom-cine"), app.ctrl.run):
+        ask()
+        _settle(app)
+        assert s.discard_dialog and s.discard_question == "Discard the edits of cine?"
+        assert "the contours of frame(s) 1 (ED)" in s.discard_detail
+        unchanged()
+        app.ctrl.keep_edits()
+        _settle(app)
+        assert not s.discard_dialog
+        unchanged()
+    # Discard: the study asked for opens
+    app.ctrl.open_study(b_fields)
+    assert s.discard_dialog
+    app.ctrl.discard_edits()
+    _settle(app)
+    assert not s.discard_dialog and sess.source == "b/cine.nii.gz" and sess.analysis is None, s.error_message
+    # edits saved: nothing is asked
+    app.ctrl.open_study(a_fields)
+    _settle(app)
+    assert sess.source == "a/cine.nii.gz" and not s.discard_dialog
+    app.ctrl.run()
+    _settle(app)
+    app.ctrl.morph(1)
+    app.ctrl.save("out/a", "patient001", False)
+    _settle(app)
+    assert s.saved_files and s.error_message == ""
+    app.ctrl.open_study(b_fields)
+    _settle(app)
+    assert not s.discard_dialog and sess.source == "b/cine.nii.gz", s.error_message
+
+
+@e2e
+def test_e2e_open_after_typing_a_path_opens_the_typed_path(page, gui_server):
+    """Probe 98: the suggestion list of a path field stayed open over the Open button after a path
+    was typed: a real click on Open picked a suggestion (another study) or was intercepted. Typed
+    without leaving the field, the path - and a label map typed so - is what Open opens."""
+    from selenium.webdriver.common.keys import Keys
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    data = gui_server["data"]
+    write_phantom("cine", data / "visit1", seed=2, n_frames=6, n_slices=6, size=64, force=True)
+    for n in (2, 3, 4):
+        shutil.copytree(data / "visit1", data / f"visit{n}", dirs_exist_ok=True)
+    page.click("refresh-files-btn")
+    _empty_the_other_fields(page)
+    page.type("study-path", "visit2/cine.nii.gz")
+    page.click("open-btn")
+    _discarding_if_asked(page, lambda: "Opened visit2/cine.nii.gz" in page.alert("info"), message="visit2 opened")
+    assert "6 frame(s)" in page.el("study-line").text
+
+    def typed(element_id, text, suggestions):
+        """Typed as a user types, staying in the field: its list of suggestions open."""
+        field = page.el(element_id)
+        page.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(text)
+        page.wait(lambda: len([i for i in page.all(".v-overlay-container .v-list-item") if i.is_displayed()]) >= suggestions,
+                  message=f"the suggestions for {text!r}")
+
+    typed("study-path", "cine.nii.gz", 5)          # cine.nii.gz and visit1-4/cine.nii.gz
+    page.shot("suggestions-open")
+    page.el("open-btn").click()                    # a real click (not a script's): where the list was
+    page.wait(lambda: "Opened cine.nii.gz" in page.alert("info") and "8 frame(s)" in page.el("study-line").text,
+              message="the typed study opened")
+    assert page.el("study-path").get_attribute("value") == "cine.nii.gz"
+    # the label map's list, the same
+    page.type("study-path", "visit2/cine.nii.gz")
+    page.click("open-btn")
+    page.wait(lambda: "Opened visit2/cine.nii.gz" in page.alert("info"), message="visit2 opened again")
+    page.type("study-path", "cine.nii.gz")
+    typed("labels-path", "cine_labels.nii.gz", 5)
+    page.el("open-btn").click()
+    page.wait(lambda: "Opened cine.nii.gz" in page.alert("info") and "8 frame(s)" in page.el("study-line").text,
+              message="the typed study opened with its labels")
+    assert page.el("labels-path").get_attribute("value") == "cine_labels.nii.gz"
+    model = page.el("model-select").find_element(page.By.XPATH, "./ancestor::div[contains(@class, 'v-field')]")
+    page.wait(lambda: "Labels that came with the study" in model.text, message="its labels read")
+    page.type("labels-path", "")
+
+
+@e2e
+def test_e2e_unsaved_edits_are_discarded_only_when_confirmed(page, gui_server):
+    """Probe 98: opening another study dropped the corrected contours, and the measures made from
+    them, without a word. With an edit not saved Open asks "Discard the edits of <study>?":
+    Cancel leaves everything as it was, Discard opens; after Save it does not ask."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    data = gui_server["data"]
+    if not (data / "visit1" / "cine.nii.gz").exists():
+        write_phantom("cine", data / "visit1", seed=2, n_frames=6, n_slices=6, size=64)
+    _empty_the_other_fields(page)
+    page.type("study-path", "cine.nii.gz")
+    page.type("labels-path", "cine_labels.nii.gz")
+    page.click("open-btn")
+    page.type("labels-path", "")
+    _discarding_if_asked(page, lambda: "Opened cine.nii.gz" in page.alert("info") and "8 frame(s)" in page.el("study-line").text,
+                         message="cine.nii.gz opened")
+    page.press("run-btn")
+    page.wait(lambda: "Segmented and measured" in page.alert("info"), timeout=120, message="measured")
+    page.press("seg-myo")
+    page.press("grow-btn")
+    page.wait(lambda: "grown" in page.alert("info"), message="grow measured")
+    edited = page.wait(lambda: page.values().get("LV mass") and page.values(), message="the edited measures")
+    page.type("study-path", "visit1/cine.nii.gz")
+    page.press("open-btn")
+    page.wait(lambda: _discard_dialog_shown(page), timeout=15, message="the question before the edits go")
+    assert page.el("discard-question").text == "Discard the edits of cine?"
+    assert "the contours of frame(s) 1 (ED)" in page.el("discard-detail").text
+    page.shot("discard-asked")
+    page.press("discard-cancel")
+    page.wait(lambda: not _discard_dialog_shown(page), message="the question answered")
+    time.sleep(1.0)
+    assert "8 frame(s)" in page.el("study-line").text and page.values() == edited and not page.all("#opening-progress")
+    # Discard: the other study opens
+    page.press("open-btn")
+    page.wait(lambda: _discard_dialog_shown(page), timeout=15, message="asked again")
+    page.press("discard-confirm")
+    page.wait(lambda: "Opened visit1/cine.nii.gz" in page.alert("info") and "6 frame(s)" in page.el("study-line").text,
+              message="the other study opened")
+    # saved edits: nothing asked
+    page.press("run-btn")
+    page.wait(lambda: "Segmented and measured" in page.alert("info"), timeout=120, message="measured")
+    page.press("grow-btn")
+    page.wait(lambda: "grown" in page.alert("info"), message="grow measured")
+    page.type("out-path", "saved/discard-test")
+    page.click("overwrite")
+    page.click("save-btn")
+    page.wait(lambda: "Saved" in page.alert("info"), message="saved")
+    page.type("study-path", "cine.nii.gz")
+    page.press("open-btn")
+    page.wait(lambda: _discard_dialog_shown(page) or "Opened cine.nii.gz" in page.alert("info"), message="opened")
+    assert not _discard_dialog_shown(page) and "8 frame(s)" in page.el("study-line").text

@@ -63,6 +63,7 @@ class CardiacWebApp:
         self._bullseye_key = None
         self._bullseye_pending = False
         self._bullseye_again = False
+        self._pending = None          # the action waiting for "Discard the edits of ...?" to be answered
         self._init_state()
         self._build_ui()
         self._bind()
@@ -95,6 +96,7 @@ class CardiacWebApp:
             "handle_text": "", "has_handles": False, "handle_xy": "[]",
             "edit_segment": "myo", "tool": "none", "brush_mm": 6, "edit_frame_text": "",
             "out_path": "", "patient": PARAMETERS["groundTruthName"], "overwrite": False, "saved_files": [],
+            "discard_dialog": False, "discard_question": "", "discard_detail": "",
         })
         self.refresh_files()
 
@@ -102,10 +104,12 @@ class CardiacWebApp:
         import slicer
 
         c = self.ctrl
-        c.open_sample = lambda: self._guard(self._open_sample)
-        c.open_study = lambda: self._guard(self._open_study)
+        c.open_sample = lambda sample_id=None: self._guard(self._open_sample, sample_id)
+        c.open_study = lambda fields=None: self._guard(self._open_study, fields)
         c.refresh_files = lambda: self._guard(self.refresh_files)
         c.run = lambda: self._guard(self._start_run)
+        c.discard_edits = lambda: self._guard(self._discard_edits)
+        c.keep_edits = self._keep_edits
         c.cancel = self.cancel
         c.goto_frame_tag = lambda tag: self._guard(self._goto_frame_tag, tag)
         c.step_frame = lambda d: self._guard(self._step, "frame", d)
@@ -182,18 +186,61 @@ class CardiacWebApp:
         self.state.data_truncated = truncated
         self.state.data_collapsed = len(collapsed)
 
-    def _open_sample(self):
-        sample = self.state.sample_id
-        self._open_in_background(self.session.read_sample, (sample,), f"Opened the sample: {SAMPLES.get(sample, sample)}",
-                                 f"Opening the sample {SAMPLES.get(sample, sample)}...")
+    # the fields Open reads, sent with its click: read from the server's copy, a path typed just
+    # before the click could be opened as its first letters (as Save's fields; probe 63)
+    OPEN_FIELDS = ("study_path", "labels_path", "aif_path", "dt_text", "kind_choice", "rest_path", "rest_aif_path",
+                   "rest_dt_text", "rest_labels_path", "label_convention")
 
-    def _open_study(self):
+    def _open_sample(self, sample_id=None):
+        if sample_id is not None:
+            self.state.sample_id = sample_id
+        sample = self.state.sample_id
+        title = SAMPLES.get(sample, sample)
+        self._unless_edits_would_go(f"opening the sample {title}", lambda: self._open_in_background(
+            self.session.read_sample, (sample,), f"Opened the sample: {title}", f"Opening the sample {title}..."))
+
+    def _open_study(self, fields=None):
         s = self.state
-        self._open_in_background(self.session.read_path, (s.study_path, s.labels_path or None, s.aif_path or None,
-                                                          s.dt_text or None, s.kind_choice, s.rest_path or None,
-                                                          s.rest_aif_path or None, s.rest_dt_text or None,
-                                                          s.rest_labels_path or None, s.label_convention or "acdc"), None,
-                                 f"Opening {s.study_path}...")
+        for name, value in (fields or {}).items():
+            if name in self.OPEN_FIELDS:
+                s[name] = value
+        args = (s.study_path, s.labels_path or None, s.aif_path or None, s.dt_text or None, s.kind_choice,
+                s.rest_path or None, s.rest_aif_path or None, s.rest_dt_text or None, s.rest_labels_path or None,
+                s.label_convention or "acdc")
+        busy_text = f"Opening {s.study_path}..."
+        self._unless_edits_would_go(f"opening {s.study_path or 'another study'}", lambda: self._open_in_background(
+            self.session.read_path, args, None, busy_text))
+
+    # ------------------------------------------------------------- unsaved edits
+    def _unless_edits_would_go(self, doing, go_on):
+        """``go_on()`` now when the open analysis holds no correction left unsaved, else ask first
+        ("Discard the edits of <study>?", Discard / Cancel), as Slicer and every editor do: opening
+        another study or running again dropped the corrected contours, and the measures made from
+        them, without a word (probe 98). The session says what is unsaved (``Session.unsaved_edits``);
+        the action waits, with the fields as they were at the click, for the answer."""
+        edits = self.session.unsaved_edits()
+        if not edits:
+            return go_on()
+        s = self.state
+        st = self.session.study
+        s.discard_question = f"Discard the edits of {st.name if st is not None else 'this study'}?"
+        s.discard_detail = (f"Not saved: {'; '.join(edits)}. {doing[:1].upper() + doing[1:]} drops them, and the measures "
+                            "made from them. Cancel keeps them (Save writes them).")
+        self._pending = go_on
+        s.discard_dialog = True
+        return None
+
+    def _discard_edits(self):
+        """The dialog's Discard: the action asked for goes on."""
+        go_on, self._pending = self._pending, None
+        self.state.discard_dialog = False
+        if go_on is not None:
+            go_on()
+
+    def _keep_edits(self):
+        """The dialog's Cancel: nothing happens, the study and its edits stay as they were."""
+        self._pending = None
+        self.state.discard_dialog = False
 
     def open_initial(self, study, labels=None):
         """The study named on the command line, before the server runs (errors go to the page
@@ -291,6 +338,15 @@ class CardiacWebApp:
             # Nothing to run: the engine's own "no <kind> model is installed" error (raised
             # before any work, since the registry has no model for this kind).
             sess.compute(None)
+        # a run replaces the segmentation, and the corrections made on it
+        model = s.model
+        self._unless_edits_would_go("running the segmentation again", lambda: self._run_now(model))
+
+    def _run_now(self, model):
+        sess, s = self.session, self.state
+        if s.stopping:
+            raise CardiacInputError("Run", "the cancelled run is still stopping (at its next step); try again in a moment")
+        s.model = model
         from trame_server.utils.asynchronous import create_task
 
         if s.model != LABELS_CHOICE:

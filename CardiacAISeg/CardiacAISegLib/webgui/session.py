@@ -9,6 +9,7 @@ Long work is split in two: ``compute`` (segmentation + measures, pure numpy/torc
 worker thread, cancellable through its progress) and ``apply`` (MRML nodes, on the server's
 own thread, where the views render).
 """
+import hashlib
 import math
 import os
 import re
@@ -62,6 +63,7 @@ class Session:
         self.last_update_s = None
         self.last_edit_pixels = None
         self._placed = None          # (slice, anterior RAS, inferior RAS) placed by hand (no RV labelled)
+        self._saved_corrections = None   # ``_corrections()`` as the last Save wrote them
 
     # ------------------------------------------------------------------------- state
     @property
@@ -113,6 +115,7 @@ class Session:
         logic.reset()
         self.source, self.frame, self.slice = "", 0, 0
         self._placed = None
+        self._saved_corrections = None
 
     def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
                   rest_labels=None, label_convention="acdc"):
@@ -571,6 +574,61 @@ class Session:
         self.logic.networkLabels = net
         return self.analysis
 
+    # ------------------------------------------------------------- unsaved corrections
+    def _corrections(self):
+        """What was corrected by hand in the current analysis, as a value to compare: the label
+        maps of the edited frames (by content), the rest series' edited mask, the handles dragged
+        and the points placed by hand, and an edit not measured; None when there is none."""
+        a = self.analysis
+        if a is None:
+            return None
+
+        def frames(an):
+            return tuple((int(t), hashlib.sha1(np.ascontiguousarray(an.labels[t]).tobytes()).hexdigest())
+                         for t in sorted(an.edited_frames) if t in an.labels)
+
+        def rounded(ras):
+            return tuple(round(float(v), 4) for v in ras)
+
+        # (Analysis keeps the handles the user moved and the points placed by hand as _user_points
+        # and _placed; the Logic reads them so too, to say what a run replaced)
+        handles = tuple(sorted((int(k), side, rounded(ras)) for (k, side), ras in a._user_points.items()))
+        placed = None if a._placed is None else (int(a._placed[0]), rounded(a._placed[1]), rounded(a._placed[2]))
+        rest = frames(a.rest) if a.rest is not None else ()
+        found = (frames(a), rest, handles, placed, tuple(sorted(self.logic.unmeasuredEdits)))
+        return found if any(found) else None
+
+    def unsaved_edits(self):
+        """The corrections made by hand since the last Save (or since the run when nothing was
+        saved), as the page names them; [] when there is none: opening another study (or a
+        sample) or running again drops them, so the page asks first. Edits undone back to what
+        was saved (or to the run's segmentation) are none."""
+        found = self._corrections()
+        if found is None or found == self._saved_corrections:
+            return []
+        a = self.analysis
+        stress, rest, handles, placed, unmeasured = found
+        said = []
+        if stress:
+            if a.kind == CINE:
+                tags = {t: n for t, n in (((a.cine or {}).get("ed_frame"), "ED"), ((a.cine or {}).get("es_frame"), "ES"))
+                        if t is not None}
+                # frames counted from 1, as the page shows them
+                said.append("the contours of frame(s) " + ", ".join(f"{t + 1}" + (f" ({tags[t]})" if t in tags else "")
+                                                                     for t, _ in stress))
+            else:
+                said.append("the myocardial mask")
+        if rest:
+            said.append("the rest series' mask")
+        dragged = sorted({k for k, side, _ in handles if placed is None or (k, side) != (placed[0], "anterior")})
+        if placed is not None:
+            said.append(f"the RV insertion points placed on slice {placed[0]}")
+        if dragged:
+            said.append(f"the RV insertion handles moved on slice(s) {', '.join(str(k) for k in dragged)}")
+        if unmeasured:
+            said.append("an edit that could not be measured")
+        return said
+
     # ------------------------------------------------------------------------- outputs
     def table(self):
         """[{'key', 'measure', 'value', 'unit', 'text'}]: the results table as the page shows it,
@@ -665,6 +723,7 @@ class Session:
             gt_root.mkdir(parents=True, exist_ok=True)
             _write_label_nifti(gt_target, a.labels[a.reference_frame], a.study.ijk_to_ras)
             paths[f"ground_truth/{gt_target.name}"] = gt_target
+        self._saved_corrections = self._corrections()   # written: nothing of them is lost by going on
         return [self.data.relative(p) for _, p in sorted(paths.items())]
 
 

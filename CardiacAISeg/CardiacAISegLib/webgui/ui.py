@@ -1,5 +1,13 @@
 """The page layout (Vuetify 3). Element ids are stable: the end-to-end tests use them."""
 
+# The path fields' suggestion lists open beside their field (over the edge of the views), not
+# under it. Under it a list covered the fields and buttons below - Open among them - and stayed
+# open after a path was typed (or Enter pressed): the click meant for Open picked a suggestion
+# instead, and another study than the one typed was chosen, or the click was lost (probe 98).
+# Beside the field the list still sits next to what is typed, and hides no control of the drawer,
+# so Open always opens the path the field shows.
+SUGGESTIONS_BESIDE = ("{location: 'end top'}",)
+
 
 def build(app):
     from trame.widgets import html, vuetify3 as v
@@ -57,7 +65,21 @@ def build(app):
                         html.Img(id="bullseye", v_if="bullseye_src", src=("bullseye_src",), style="width: 320px;")
                         v.VCheckbox(id="bullseye-fit", v_if="bullseye_src", label="Fit the colour scale to the data",
                                     v_model=("bullseye_fit",), density="compact", hide_details=True)
+            _discard_dialog(v, ctrl)
     return layout
+
+
+def _discard_dialog(v, ctrl):
+    """'Discard the edits of <study>?' before an action that would drop corrections not saved
+    (app.py ``_unless_edits_would_go``): Discard goes on, Cancel leaves everything as it was."""
+    with v.VDialog(v_model=("discard_dialog",), persistent=True, max_width=520):
+        with v.VCard(id="discard-dialog"):
+            v.VCardTitle("{{ discard_question }}", id="discard-question", classes="text-wrap")
+            v.VCardText("{{ discard_detail }}", id="discard-detail")
+            with v.VCardActions():
+                v.VSpacer()
+                v.VBtn("Cancel", id="discard-cancel", click=ctrl.keep_edits, variant="text")
+                v.VBtn("Discard", id="discard-confirm", click=ctrl.discard_edits, color="error", variant="flat")
 
 
 def _qc_panel(v, html):
@@ -77,18 +99,22 @@ def _qc_panel(v, html):
 
 
 def _study_card(v, html, ctrl):
+    from .app import CardiacWebApp
+
+    open_fields = "[{" + ", ".join(f"{f}: {f}" for f in CardiacWebApp.OPEN_FIELDS) + "}]"
     with v.VCard(title="Study", density="compact", classes="ma-2", variant="outlined"):
         with v.VCardText(classes="pt-0"):
             v.VSelect(id="sample-select", label="Shipped samples", items=("samples",), v_model=("sample_id",),
                       density="compact", hide_details=True)
-            v.VBtn("Open sample", id="open-sample-btn", click=ctrl.open_sample, size="small", classes="mt-1",
+            v.VBtn("Open sample", id="open-sample-btn", click=(ctrl.open_sample, "[sample_id]"), size="small", classes="mt-1",
                    disabled=("running || opening",))
             v.VDivider(classes="my-2")
             html.Div("Or a file or folder of the data folder:", classes="text-caption")
             v.VCombobox(id="study-path", label="Study (file or folder)", items=("data_files",), v_model=("study_path",),
-                        density="compact", hide_details=True, clearable=True)
+                        density="compact", hide_details=True, clearable=True, menu_props=SUGGESTIONS_BESIDE)
             v.VCombobox(id="labels-path", label="Labels (optional: label map or contour folder)", items=("data_files",),
-                        v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1")
+                        v_model=("labels_path",), density="compact", hide_details=True, clearable=True, classes="mt-1",
+                        menu_props=SUGGESTIONS_BESIDE)
             # the label values of the label maps (the CLI's --label-convention; probe 96)
             v.VSelect(id="label-convention-select", label="Label values", items=("label_conventions",),
                       v_model=("label_convention",), density="compact", hide_details=True, classes="mt-1",
@@ -102,20 +128,20 @@ def _study_card(v, html, ctrl):
                 with v.VExpansionPanel(title="Perfusion: AIF, frame interval, rest series"):
                     with v.VExpansionPanelText():
                         v.VCombobox(id="aif-path", label="AIF file", items=("data_files",), v_model=("aif_path",),
-                                    density="compact", hide_details=True, clearable=True)
+                                    density="compact", hide_details=True, clearable=True, menu_props=SUGGESTIONS_BESIDE)
                         v.VTextField(id="dt-text", label="Frame interval (s)", v_model=("dt_text",), density="compact",
                                      hide_details=True, classes="mt-1")
                         v.VCombobox(id="rest-path", label="Rest series (optional: MPR and MPRI)", items=("data_files",),
                                     v_model=("rest_path",), density="compact", hide_details=True, clearable=True,
-                                    classes="mt-1")
+                                    classes="mt-1", menu_props=SUGGESTIONS_BESIDE)
                         v.VCombobox(id="rest-aif-path", label="Rest AIF file", items=("data_files",),
                                     v_model=("rest_aif_path",), density="compact", hide_details=True, clearable=True,
-                                    classes="mt-1")
+                                    classes="mt-1", menu_props=SUGGESTIONS_BESIDE)
                         v.VTextField(id="rest-dt-text", label="Rest frame interval (s)", v_model=("rest_dt_text",),
                                      density="compact", hide_details=True, classes="mt-1")
                         v.VCombobox(id="rest-labels-path", label="Rest labels", items=("data_files",),
                                     v_model=("rest_labels_path",), density="compact", hide_details=True, clearable=True,
-                                    classes="mt-1")
+                                    classes="mt-1", menu_props=SUGGESTIONS_BESIDE)
             # the perfusion fields apply to the next Open though their panel is folded away: said
             # here (an AIF file kept from a perfusion study made the next cine perfusion; probe 92)
             html.Div("Perfusion fields filled: {{ [aif_path && 'AIF file ' + aif_path, dt_text && 'frame interval ' + "
@@ -125,7 +151,9 @@ def _study_card(v, html, ctrl):
                      v_if="aif_path || dt_text || rest_path || rest_aif_path || rest_dt_text || rest_labels_path",
                      classes="text-caption mt-1")
             with html.Div(classes="d-flex mt-1", style="gap: 6px;"):
-                v.VBtn("Open", id="open-btn", click=ctrl.open_study, size="small", color="primary",
+                # the fields' values go with the click, as Save's do (probe 63)
+                v.VBtn("Open", id="open-btn", click=(ctrl.open_study, open_fields),
+                       size="small", color="primary",
                        disabled=("running || opening",))
                 v.VBtn("Refresh list", id="refresh-files-btn", click=ctrl.refresh_files, size="small", variant="text")
             html.Div("list truncated: type the path", v_if="data_truncated", classes="text-caption")
