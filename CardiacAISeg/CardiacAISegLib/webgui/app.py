@@ -23,6 +23,7 @@ from ..progress import Progress
 from ..study import CINE
 from .sandbox import DataFolder
 from .session import BULLSEYE_MEASURES, LABELS_CHOICE, SAMPLES, SEGMENT_TITLES, Session, in_page_terms
+from .ui import OPEN_FIELDS
 from .views import StudyViews
 
 log = logging.getLogger("cardiacaiseg.webgui")
@@ -186,10 +187,7 @@ class CardiacWebApp:
         self.state.data_truncated = truncated
         self.state.data_collapsed = len(collapsed)
 
-    # the fields Open reads, sent with its click: read from the server's copy, a path typed just
-    # before the click could be opened as its first letters (as Save's fields; probe 63)
-    OPEN_FIELDS = ("study_path", "labels_path", "aif_path", "dt_text", "kind_choice", "rest_path", "rest_aif_path",
-                   "rest_dt_text", "rest_labels_path", "label_convention")
+    OPEN_FIELDS = OPEN_FIELDS   # the fields Open sends with its click (ui.OPEN_FIELDS)
 
     def _open_sample(self, sample_id=None):
         if sample_id is not None:

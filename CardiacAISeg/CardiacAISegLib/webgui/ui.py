@@ -7,6 +7,10 @@
 # Beside the field the list still sits next to what is typed, and hides no control of the drawer,
 # so Open always opens the path the field shows.
 SUGGESTIONS_BESIDE = ("{location: 'end top'}",)
+# the fields Open reads, sent with its click: read from the server's copy, a path typed just
+# before the click could be opened as its first letters (as Save's fields; probe 63)
+OPEN_FIELDS = ("study_path", "labels_path", "aif_path", "dt_text", "kind_choice", "rest_path", "rest_aif_path",
+               "rest_dt_text", "rest_labels_path", "label_convention")
 
 
 def build(app):
@@ -99,9 +103,7 @@ def _qc_panel(v, html):
 
 
 def _study_card(v, html, ctrl):
-    from .app import CardiacWebApp
-
-    open_fields = "[{" + ", ".join(f"{f}: {f}" for f in CardiacWebApp.OPEN_FIELDS) + "}]"
+    open_fields = "[{" + ", ".join(f"{f}: {f}" for f in OPEN_FIELDS) + "}]"
     with v.VCard(title="Study", density="compact", classes="ma-2", variant="outlined"):
         with v.VCardText(classes="pt-0"):
             v.VSelect(id="sample-select", label="Shipped samples", items=("samples",), v_model=("sample_id",),
