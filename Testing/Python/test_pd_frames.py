@@ -377,18 +377,25 @@ def test_reference_images_at_another_matrix_are_left_out_not_refused(tmp_path, p
     pd = [p for p in paths if float(pydicom.dcmread(p, stop_before_pixels=True).FlipAngle) == 5.0]
     assert len(pd) == 2 * study.images.shape[1]
     for p in pd:
-        ds = pydicom.dcmread(p)
-        a = ds.pixel_array[::2, ::2].copy()
-        ds.Rows, ds.Columns = a.shape
-        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
-        ds.PixelData = a.tobytes()
-        ds.save_as(p)
+        _coarsen_file(p)
     s = load_study(tmp_path)
     assert s.kind == "perfusion" and s.images.shape == study.images.shape
     warning = next(w for w in s.provenance["warnings"] if "proton-density" in w)
     assert f"{len(pd)} image(s)" in warning and "FlipAngle 5°" in warning and "50°" in warning, warning
     a = Analysis(s, study.labels).run()
     assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+
+
+def _coarsen_file(path, step=2):
+    """One DICOM image rewritten at 1/step of its matrix, step x its pixel size (another acquisition's)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    a = ds.pixel_array[::step, ::step].copy()
+    ds.Rows, ds.Columns = a.shape
+    ds.PixelSpacing = [step * float(v) for v in ds.PixelSpacing]
+    ds.PixelData = a.tobytes()
+    ds.save_as(path)
 
 
 def _coarsen_pd_images(paths, step=2, wobble=0.0):
@@ -400,13 +407,10 @@ def _coarsen_pd_images(paths, step=2, wobble=0.0):
     for p in paths:
         ds = pydicom.dcmread(p)
         if float(ds.FlipAngle) == 5.0:
-            a = ds.pixel_array[::step, ::step].copy()
-            ds.Rows, ds.Columns = a.shape
-            ds.PixelSpacing = [step * float(v) for v in ds.PixelSpacing]
-            ds.PixelData = a.tobytes()
+            _coarsen_file(p, step)
         elif wobble:
             ds.ImagePositionPatient = [round(float(v) + rng.uniform(-wobble, wobble), 4) for v in ds.ImagePositionPatient]
-        ds.save_as(p)
+            ds.save_as(p)
 
 
 @pytest.mark.parametrize("step", [2, 3])
@@ -440,18 +444,11 @@ def test_reference_images_at_another_matrix_beside_dynamics_whose_positions_wobb
 def test_images_of_another_matrix_at_the_dynamics_flip_angle_are_still_refused(tmp_path, phantom):
     """Only a different flip angle marks reference images: a few images at another matrix and
     the dynamics' flip angle (a slice re-acquired, a crop) are refused as before, named."""
-    import pydicom
-
     from CardiacAISegLib.errors import CardiacInputError
 
     study, _ = phantom
     _, paths = write_perfusion_series(tmp_path, study, vendor="siemens")
     for p in paths[:2]:
-        ds = pydicom.dcmread(p)
-        a = ds.pixel_array[::2, ::2].copy()
-        ds.Rows, ds.Columns = a.shape
-        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
-        ds.PixelData = a.tobytes()
-        ds.save_as(p)
+        _coarsen_file(p)
     with pytest.raises(CardiacInputError, match="PixelSpacing|image sizes"):
         load_study(tmp_path)
