@@ -550,10 +550,7 @@ def test_an_input_picked_again_shows_its_own_results_and_measures_their_edits(wi
     """Probe 99 #5: study A analysed, B loaded and analysed, A picked again in the input box: the
     Logic brings A's analysis back (``_bringBackAnalysisOf``), and the panel shows it as after a
     run: the Segment Editor on A's segmentation, A's table in view, an edit of A measured."""
-    logic, w, _ = _loaded(widget_module, cine_files, "a")
-    w.ui.useLabelsCheckBox.checked = True
-    w.onApplyButton()
-    _wait_for_job(w)
+    logic, w, _ = _measured(widget_module, cine_files, "a")
     a_input = logic.getNodeParameter("inputNodeID")
     a_segmentation, a_table = logic.getNodeParameter("outputSegmentationID"), logic.getNodeParameter("tableID")
     a_edv = logic.analysis.cine["lv_edv_ml"]
@@ -580,6 +577,15 @@ def test_an_input_picked_again_shows_its_own_results_and_measures_their_edits(wi
     assert widget_module.errors == [], widget_module.errors
     assert frame == logic.analysis.cine["ed_frame"] or logic.analysis.kept_ed_es is not None
     assert np.array_equal(logic.analysis.labels[frame], trimmed)
+
+
+def _measured(widget_module, cine_files, name):
+    """``_loaded`` and measured with its labels (Run with 'Measure the labels' ticked)."""
+    logic, w, nodes = _loaded(widget_module, cine_files, name)
+    w.ui.useLabelsCheckBox.checked = True
+    w.onApplyButton()
+    _wait_for_job(w)
+    return logic, w, nodes
 
 
 def _saved_scene(cine_files, name, path):
@@ -621,10 +627,7 @@ def test_a_scene_added_during_a_run_is_shown_whole_and_the_run_stopped(widget_mo
     from CardiacAISegLib.logic import INPUT_ATTRIBUTE
 
     b_edv = _saved_scene(cine_files, "b", tmp_path / "b.mrb")
-    logic, w, _ = _loaded(widget_module, cine_files, "a")
-    w.ui.useLabelsCheckBox.checked = True
-    w.onApplyButton()
-    _wait_for_job(w)
+    logic, w, _ = _measured(widget_module, cine_files, "a")
     a_table = logic.getNodeParameter("tableID")
     a_edv = _table_lv_edv(a_table)
     w.ui.useLabelsCheckBox.checked = False
@@ -656,10 +659,7 @@ def test_a_live_edited_analysis_displaced_by_an_added_scene_comes_back_when_pick
     from CardiacAISegLib.logic import FRAME_ATTRIBUTE, fill_segmentation
 
     saved_edv = _saved_scene(cine_files, "a", tmp_path / "a_copy.mrb")
-    logic, w, nodes = _loaded(widget_module, cine_files, "a")
-    w.ui.useLabelsCheckBox.checked = True
-    w.onApplyButton()
-    _wait_for_job(w)
+    logic, w, nodes = _measured(widget_module, cine_files, "a")
     segmentation = logic.getNodeParameter("outputSegmentationID")
     frame = int(segmentation.GetAttribute(FRAME_ATTRIBUTE))
     trimmed = logic.analysis.labels[frame].copy()
@@ -682,10 +682,7 @@ def test_labels_measured_again_after_their_input_was_picked_again_keep_the_cycle
     """Probe 100: a study measured with labels on every frame, another study measured, the first
     picked again (brought back with its 20 frames), Run: only ED and ES were measured (the node
     read again holds no labels, and the cycle's other frames were kept for a network's run only)."""
-    logic, w, nodes = _loaded(widget_module, cine_files, "a")
-    w.ui.useLabelsCheckBox.checked = True
-    w.onApplyButton()
-    _wait_for_job(w)
+    logic, w, nodes = _measured(widget_module, cine_files, "a")
     frames = len(logic.analysis.labels)
     assert frames > 2
     b = logic.loadStudy(cine_files / "b" / "cine.nii.gz", labels=cine_files / "b" / "cine_labels.nii.gz")
