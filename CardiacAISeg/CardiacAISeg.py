@@ -329,20 +329,31 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         displaced = before is not None and before["input"] != inputID
         if displaced:
             self.logic.keepLeftAnalysis(before)
+        said = []
         if self._isRunning():
             # its input went with the import: the panel was left half "running" (Cancel doing nothing)
+            runInputThere = bool(self._jobInput) and slicer.mrmlScene.GetNodeByID(self._jobInput) is not None
             self._stopJob()
             if self._progress is not None:
                 self._progress.cancel()
             self._setRunning(False)
-            self.ui.statusLabel.text = "Stopped: the scene the run was started for was replaced."
+            said.append("Stopped: a scene added with an analysis of its own replaced the input the run was for; pick "
+                        "it and run again." if runInputThere else "Stopped: the scene the run was started for was replaced.")
         self.logic = moduleLogic()
+        if self.logic.study is not None and not self.logic.isCurrentStudyNode(self.logic.getNodeParameter("inputNodeID")):
+            # the parameter node names another input now: the study held (and its views) is not
+            # what the panel shows any more; left live, an edit of its segmentation, still in the
+            # editor, was measured nowhere (review of session 45). Its record was kept above.
+            self.logic.reset()
+            self._clearResultViews()
         self.initializeParameterNode()
         self._restoreAnalysis()
-        if displaced:   # the status line spoke of the analysis the added scene displaced
-            stopped = self.ui.statusLabel.text if self.ui.statusLabel.text.startswith("Stopped") else ""
-            self.ui.statusLabel.text = " ".join(t for t in (stopped, "Showing the analysis of the scene added; the "
-                                                           "previous study's comes back when its input is picked.") if t)
+        if displaced:
+            said.append("Showing the analysis of the scene added;" if self.logic.analysis is not None else
+                        "The scene added names a study with no analysis yet;")
+            said.append("the previous study's comes back when its input is picked.")
+        if said:
+            self.ui.statusLabel.text = " ".join(said)
 
     def _restoreAnalysis(self):
         """The analysis a scene's parameter node describes, made live (editable, handles) again;
@@ -538,6 +549,9 @@ class CardiacAISegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Failed: see the error message."
             return
         self._progress = self._newProgress()
+        # the input this run measures: data added while it runs (Slicer handles events between
+        # its steps) is told from a scene that replaced it by this (review of session 45)
+        self._jobInput = self.logic.getParameter("inputNodeID")
         self._setRunning(True)
         outcome = "Failed: see the error message."
         try:

@@ -697,3 +697,40 @@ def test_labels_measured_again_after_their_input_was_picked_again_keep_the_cycle
     _wait_for_job(w)
     assert widget_module.errors == [], widget_module.errors
     assert len(logic.analysis.labels) == frames
+
+
+def test_a_scene_added_that_names_an_unmeasured_study_leaves_no_stale_analysis_live(widget_module, cine_files, tmp_path):
+    """Review of session 45: A measured; a scene added whose parameter node names study B, loaded
+    but never measured: A's analysis stayed live in the Logic, its segmentation in the editor,
+    under "Showing the analysis of the scene added", and an edit of it was measured nowhere. Now
+    the panel holds B (no analysis yet) and says so; A's record is kept for when it is picked."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+
+    other = CardiacAISegLogic(sc.new_scene())
+    other.loadStudy(cine_files / "b" / "cine.nii.gz", labels=cine_files / "b" / "cine_labels.nii.gz")
+    sc.write_mrb(other.context, tmp_path / "b_unmeasured.mrb")
+    logic, w, nodes = _measured(widget_module, cine_files, "a")
+    a_edv = logic.analysis.cine["lv_edv_ml"]
+    _add_scene(logic.scene, tmp_path / "b_unmeasured.mrb")
+    assert logic.analysis is None and w.ui.segmentEditorWidget.segmentation is None
+    assert w.ui.statusLabel.text.startswith("The scene added names a study with no analysis yet")
+    assert logic.getNodeParameter("inputNodeID") is not nodes.sequence
+    w.ui.inputSelector.node = nodes.sequence
+    w.onInputChanged(nodes.sequence)
+    assert logic.analysis is not None and logic.analysis.cine["lv_edv_ml"] == pytest.approx(a_edv)
+
+
+def test_the_stop_of_a_run_is_said_only_by_the_import_that_stopped_it(widget_module, cine_files, tmp_path):
+    """Review of session 45: a run stopped by an added scene, then another scene added with nothing
+    running: the second status line still began "Stopped: ..." (read back from the label)."""
+    _saved_scene(cine_files, "b", tmp_path / "b.mrb")
+    _saved_scene(cine_files, "a", tmp_path / "a.mrb")
+    logic, w, _ = _loaded(widget_module, cine_files, "a")
+    logic.setParameter("useExistingLabels", "true")
+    w.onApplyButton()
+    assert w._job is not None
+    _add_scene(logic.scene, tmp_path / "b.mrb")
+    assert w.ui.statusLabel.text.startswith("Stopped: a scene added with an analysis of its own replaced the input")
+    _add_scene(logic.scene, tmp_path / "a.mrb")
+    assert w.ui.statusLabel.text.startswith("Showing the analysis of the scene added")
