@@ -2052,6 +2052,14 @@ def test_opening_another_study_asks_before_dropping_unsaved_edits(tmp_path):
         _settle(app)
         assert not s.discard_dialog
         unchanged()
+    # an Open that cannot go on is refused before it asks (an empty path, a sample not shipped):
+    # the question came first, and the edits were confirmed away for an error (review of session 45)
+    for ask in (lambda: app.ctrl.open_study({"study_path": "  ", "labels_path": ""}), lambda: app.ctrl.open_sample("nope")):
+        ask()
+        _settle(app)
+        assert not s.discard_dialog and s.error_message, s.error_message
+        s.error_message = ""
+        unchanged()
     # Discard: the study asked for opens
     app.ctrl.open_study(b_fields)
     assert s.discard_dialog

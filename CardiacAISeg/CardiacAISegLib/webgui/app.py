@@ -193,6 +193,8 @@ class CardiacWebApp:
         if sample_id is not None:
             self.state.sample_id = sample_id
         sample = self.state.sample_id
+        if sample not in SAMPLES:   # refused before "Discard the edits?" is asked for it
+            raise CardiacInputError("sample", f"{sample!r} is no shipped sample: choose one of {', '.join(SAMPLES)}")
         title = SAMPLES.get(sample, sample)
         self._unless_edits_would_go(f"opening the sample {title}", lambda: self._open_in_background(
             self.session.read_sample, (sample,), f"Opened the sample: {title}", f"Opening the sample {title}..."))
@@ -205,6 +207,8 @@ class CardiacWebApp:
         args = (s.study_path, s.labels_path or None, s.aif_path or None, s.dt_text or None, s.kind_choice,
                 s.rest_path or None, s.rest_aif_path or None, s.rest_dt_text or None, s.rest_labels_path or None,
                 s.label_convention or "acdc")
+        if not str(s.study_path or "").strip():   # refused before "Discard the edits?" is asked for it
+            raise CardiacInputError("Study", "type or pick a file or folder of the data folder in the 'Study' field first")
         busy_text = f"Opening {s.study_path}..."
         self._unless_edits_would_go(f"opening {s.study_path or 'another study'}", lambda: self._open_in_background(
             self.session.read_path, args, None, busy_text))
