@@ -378,8 +378,7 @@ class CardiacAISegLogic(_LogicBase):
         kept. Earlier records for the same input go: a table of an older run of that input is not
         taken for its analysis."""
         inputs = {node.GetAttribute(INPUT_ATTRIBUTE) for node in left.values()}
-        for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
-            table = self.scene.GetNthNodeByClass(n, "vtkMRMLTableNode")
+        for table in sc.nodes_by_class(self.context, "vtkMRMLTableNode"):
             if table.GetAttribute(INPUT_ATTRIBUTE) in inputs and table.GetAttribute(LEFT_ANALYSIS_ATTRIBUTE) is not None:
                 table.RemoveAttribute(LEFT_ANALYSIS_ATTRIBUTE)
         table = left.get("tableID")
@@ -395,9 +394,7 @@ class CardiacAISegLogic(_LogicBase):
         names, each still in the scene and made for ``node``; None when there is none or one was
         deleted since (the analysis is not complete: nothing is brought back)."""
         nodeID = node.GetID()
-        tables = [self.scene.GetNthNodeByClass(n, "vtkMRMLTableNode")
-                  for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"))]
-        tables = [t for t in tables if t.GetAttribute(INPUT_ATTRIBUTE) == nodeID]
+        tables = [t for t in sc.nodes_by_class(self.context, "vtkMRMLTableNode") if t.GetAttribute(INPUT_ATTRIBUTE) == nodeID]
         text = tables[-1].GetAttribute(LEFT_ANALYSIS_ATTRIBUTE) if tables else None
         try:
             record = json.loads(text) if text else None
@@ -493,8 +490,7 @@ class CardiacAISegLogic(_LogicBase):
             if not showsIt(shown):
                 # picked again after another input: the copy shown when it was first picked, not a
                 # new one (a new input, with no outputs: its analysis was not brought back; probe 99)
-                copies = [self.scene.GetNthNodeByClass(n, "vtkMRMLSequenceNode")
-                          for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))]
+                copies = sc.nodes_by_class(self.context, "vtkMRMLSequenceNode")
                 shown = next((c for c in reversed(copies) if showsIt(c) and _proxy_of(self.context, c) is not None), None)
             if shown is None:
                 self.setStudy(study, aifPath=aifPath)
