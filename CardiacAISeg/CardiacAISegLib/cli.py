@@ -218,7 +218,8 @@ def _import_model(args):
 # its own): given, they were ignored without a word (probe 66)
 PERFUSION_TRAIN_IGNORES = ("params", "pixel_mm", "slices_per_epoch", "crop", "patch", "augment", "val_every",
                            "val_heart_crop_mm", "edge_slice_weight", "distill_from", "distill_weight", "distill_flips",
-                           "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "freeze_epochs", "partial_labels")
+                           "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "freeze_epochs", "partial_labels",
+                           "rv_weight")
 
 
 def _train(args):
@@ -274,7 +275,7 @@ def _train(args):
                       edge_slice_weight=args.edge_slice_weight, distill_from=args.distill_from,
                       distill_weight=args.distill_weight, distill_flips=args.distill_flips, lr_cycle_epochs=args.lr_cycle_epochs,
                       crop=args.crop, patch=args.patch, perfusion_key_share=args.perfusion_key_share,
-                      oriented_share=args.oriented_share,
+                      oriented_share=args.oriented_share, rv_weight=args.rv_weight,
                       partial_labels=args.partial_labels, threads=args.threads, val_per_group=args.val_per_group)
     train(cfg, progress=tqdm_progress("train", disable=args.quiet))
 
@@ -299,7 +300,9 @@ def _check_train_numbers(args):
                math.isfinite(args.val_heart_crop_mm) and args.val_heart_crop_mm >= 0, "give 0 (whole field) or a side in mm"),
               ("--val-per-group", args.val_per_group, args.val_per_group >= 0, "give 0 (no validation) or more"),
               ("--freeze-epochs", args.freeze_epochs, args.freeze_epochs >= 0, "give 0 or more"),
-              ("--threads", args.threads, args.threads >= 0, "give 0 (torch's default) or more")]
+              ("--threads", args.threads, args.threads >= 0, "give 0 (torch's default) or more"),
+              ("--rv-weight", args.rv_weight, math.isfinite(args.rv_weight) and args.rv_weight > 0,
+               "give a loss weight > 0 (1 = the RV counted as the LV and myocardium)")]
     for flag, value, ok, hint in checks:
         if not ok:
             raise CardiacInputError(flag, f"{value} cannot be used; {hint}")
@@ -448,6 +451,9 @@ def build_parser():
                    help="share of training samples turned as the shipped oriented readings see the heart (its LV -> RV "
                         "axis within 55 degrees of the columns); the rest at any angle (0 = any angle for all)")
     t.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the loss (0-1)")
+    t.add_argument("--rv-weight", type=float, default=1.0,
+                   help="weight of the RV in the loss: its Dice term and its labelled pixels in the cross-entropy and "
+                        "the distillation (1 = counted as the LV and myocardium)")
     t.add_argument("--distill-flips", action="store_true", help="the teacher reads each batch 4 ways (mirrored, turned a "
                                                                 "half turn) and its probabilities are averaged")
     t.add_argument("--resume", action="store_true", help="continue the training run in --out from its last checkpoint")

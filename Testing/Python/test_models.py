@@ -396,6 +396,62 @@ def test_distillation_loss_is_zero_only_at_the_teachers_output():
     assert distillation_loss(closer, teacher).item() < loss.item()
 
 
+def _one_class_missed(target, missed_class, to_class=0, scale=20.0):
+    """Logits that draw ``target`` exactly except ``missed_class``, drawn as ``to_class``."""
+    drawn = target.clone()
+    drawn[target == missed_class] = to_class
+    return scale * torch.nn.functional.one_hot(drawn, 4).permute(0, 3, 1, 2).float()
+
+
+def _ring_target():
+    """LV disc, myocardial ring and an RV of the same pixel count as the LV, on 64 x 64."""
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    r = ((yy - 32) ** 2 + (xx - 24) ** 2).float().sqrt()
+    target = torch.zeros(1, 64, 64, dtype=torch.long)
+    target[0][r < 14] = 2
+    target[0][r < 9] = 1
+    n_lv = int((target == 1).sum())
+    outside = (r.flatten() >= 16).nonzero()[:, 0]
+    target[0].view(-1)[outside[:n_lv]] = 3
+    assert int((target == 3).sum()) == n_lv
+    return target
+
+
+def test_rv_weight_counts_a_missed_rv_more_than_an_equal_missed_lv():
+    """train --rv-weight: with weight 1 the losses are the plain ones; above 1 an RV missed costs
+    more than an LV of the same size missed, in the supervised and the partial-label loss alike
+    (with every case full the two agree) and in the distillation."""
+    from CardiacAISegLib.models.partial_labels import partial_label_loss
+    from CardiacAISegLib.models.loss_weights import rv_pixel_weights
+    from CardiacAISegLib.models.training import distillation_loss, soft_dice_ce_loss
+
+    target = _ring_target()
+    no_lv, no_rv = _one_class_missed(target, 1), _one_class_missed(target, 3)
+    plain = soft_dice_ce_loss(no_rv, target, 4)
+    ce = torch.nn.functional.cross_entropy(no_rv, target)
+    p, onehot = torch.softmax(no_rv, 1), torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float()
+    dice = (2 * (p * onehot).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)
+    assert plain.item() == pytest.approx((ce + 1 - dice[1:].mean()).item(), rel=1e-6)
+    assert soft_dice_ce_loss(no_rv, target, 4, rv_weight=1.0).item() == plain.item()
+    assert soft_dice_ce_loss(no_lv, target, 4).item() == pytest.approx(plain.item(), rel=1e-3)
+
+    full = torch.ones(1, dtype=torch.bool)
+    for loss in (lambda lg, w: soft_dice_ce_loss(lg, target, 4, rv_weight=w),
+                 lambda lg, w: partial_label_loss(lg, target, full, 4, rv_weight=w)):
+        assert loss(no_rv, 3.0).item() > 1.3 * loss(no_lv, 3.0).item()
+        assert loss(no_rv, 3.0).item() > loss(no_rv, 1.0).item()
+    assert partial_label_loss(no_rv, target, full, 4, rv_weight=3.0).item() == \
+        pytest.approx(soft_dice_ce_loss(no_rv, target, 4, rv_weight=3.0).item(), rel=1e-5)
+
+    teacher = _one_class_missed(target, -1)   # the teacher draws the target
+    weights = rv_pixel_weights(target, 3.0)
+    assert rv_pixel_weights(target, 1.0) is None
+    assert distillation_loss(no_rv, teacher, pixel_weights=weights).item() > \
+        1.3 * distillation_loss(no_lv, teacher, pixel_weights=weights).item()
+    assert distillation_loss(no_rv, teacher, pixel_weights=None).item() == \
+        pytest.approx(distillation_loss(no_lv, teacher).item(), rel=1e-3)
+
+
 def test_teacher_read_four_ways_gives_the_mean_of_its_readings():
     """--distill-flips: the softened probabilities of the teacher's logits are the mean of its
     readings of the batch as is, mirrored either way and turned a half turn, each mapped back;

@@ -146,7 +146,7 @@ def test_start_weights_that_cannot_be_used_are_named(site, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch", "0"), ("--pixel-mm", "0"), ("--crop", "0"),
                                          ("--lr", "-1e-3"), ("--val-heart-crop-mm", "-160"), ("--slices-per-epoch", "-8"),
-                                         ("--oriented-share", "1.5")])
+                                         ("--oriented-share", "1.5"), ("--rv-weight", "0"), ("--rv-weight", "nan")])
 def test_numbers_train_cannot_use_are_refused(site, tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     assert _train(site, out, f"{flag}={value}") == 2

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CardiacInputError
+from .loss_weights import rv_pixel_weights, weighted_pixel_mean
 
 BACKGROUND, LV, MYO, RV = 0, 1, 2, 3
 FULL, LV_MYO = "full", "lv_myo"
@@ -55,14 +56,15 @@ def restrict_to_label_set(labels, label_set):
     return labels
 
 
-def partial_label_loss(logits, target, has_rv, n_classes=4):
+def partial_label_loss(logits, target, has_rv, n_classes=4, rv_weight=1.0):
     """Cross-entropy + soft Dice (LV, MYO, RV) for a batch that mixes full and LV/MYO-only maps.
 
     ``logits`` (B, C, H, W); ``target`` (B, H, W) int64; ``has_rv`` (B,) bool, False for an
     ``lv_myo`` case. With every case full it equals ``training.soft_dice_ce_loss``. For an lv_myo
     case a background pixel contributes -log(p_bg + p_rv): the loss does not change when
     probability moves between background and RV there, so the RV of such a case is never pushed
-    towards background; its Dice counts LV and MYO only.
+    towards background; its Dice counts LV and MYO only. ``rv_weight`` weighs the RV's Dice term
+    and its labelled pixels' cross-entropy (``loss_weights.rv_pixel_weights``).
     """
     import torch
     import torch.nn.functional as F
@@ -72,7 +74,7 @@ def partial_label_loss(logits, target, has_rv, n_classes=4):
     lp_target = logp.gather(1, target[:, None])[:, 0]
     lp_bg_or_rv = torch.logsumexp(logp[:, [BACKGROUND, RV]], 1)
     unsure = (~has_rv)[:, None, None] & (target == BACKGROUND)
-    ce = -torch.where(unsure, lp_bg_or_rv, lp_target).mean()
+    ce = weighted_pixel_mean(-torch.where(unsure, lp_bg_or_rv, lp_target), rv_pixel_weights(target, rv_weight))
 
     p = logp.exp()
     onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
@@ -84,8 +86,8 @@ def partial_label_loss(logits, target, has_rv, n_classes=4):
         w = known.float().view(-1, 1, 1)
         inter = (p[:, c] * onehot[:, c] * w).sum()
         denom = (p[:, c] * w).sum() + (onehot[:, c] * w).sum()
-        terms.append(1 - (2 * inter + 1) / (denom + 1))
-    return ce + torch.stack(terms).mean()
+        terms.append((1 - (2 * inter + 1) / (denom + 1), rv_weight if c == RV else 1.0))
+    return ce + sum(t * w for t, w in terms) / sum(w for _, w in terms)
 
 
 def write_acdc_patient(folder, images, labels, spacing_xyz, ed_frame, es_frame, group="", label_set=FULL, affine=None):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..progress import as_progress
 from .checkpoints import BEST, end_epoch, resume, start_run, write_split
+from .loss_weights import foreground_dice_mean, rv_pixel_weights, weighted_pixel_mean
 
 
 @dataclass
@@ -56,20 +57,23 @@ class TrainConfig:
     perfusion_key_share: float = 0.0   # share of each batch that is synthetic perfusion key images (KeyImagePool)
     perfusion_key_pool: int = 800      # key images kept in memory; an eighth renewed every epoch
     oriented_share: float = 0.0        # share of samples turned as the oriented readings see the heart (else any angle)
+    # weight of the RV in the loss (its Dice term, and its labelled pixels in the cross-entropy and
+    # the distillation): the γ-Net trails its U-Net teacher most on the RV (held-out 0.882 vs 0.904)
+    rv_weight: float = 1.0
 
 
-def soft_dice_ce_loss(logits, target, n_classes):
+def soft_dice_ce_loss(logits, target, n_classes, rv_weight=1.0):
     import torch
     import torch.nn.functional as F
 
-    ce = F.cross_entropy(logits, target)
+    ce = weighted_pixel_mean(F.cross_entropy(logits, target, reduction="none"), rv_pixel_weights(target, rv_weight))
     p = torch.softmax(logits, 1)
     onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
     dims = (0, 2, 3)
     inter = (p * onehot).sum(dims)
     denom = p.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1) / (denom + 1)
-    return ce + (1 - dice[1:].mean())
+    return ce + (1 - foreground_dice_mean(dice[1:], rv_weight))
 
 
 def deep_supervision_loss(outputs, target, loss_fn):
@@ -89,16 +93,17 @@ def deep_supervision_loss(outputs, target, loss_fn):
     return total / sum(weights)
 
 
-def distillation_loss(student_logits, teacher_logits, temperature=2.0):
+def distillation_loss(student_logits, teacher_logits, temperature=2.0, pixel_weights=None):
     """Hinton et al. 2015: KL(teacher || student) of the temperature-softened class
-    probabilities per pixel, times T^2 so its gradients keep their scale as T changes."""
+    probabilities per pixel (averaged with ``pixel_weights`` when given), times T^2 so its
+    gradients keep their scale as T changes."""
     import torch.nn.functional as F
 
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, 1)
     p_teacher = F.softmax(teacher_logits / t, 1)
-    kl = (p_teacher * (p_teacher.clamp_min(1e-8).log() - log_p_student)).sum(1).mean()
-    return kl * t * t
+    kl = (p_teacher * (p_teacher.clamp_min(1e-8).log() - log_p_student)).sum(1)
+    return weighted_pixel_mean(kl, pixel_weights) * t * t
 
 
 def teacher_logits(teacher, x, temperature=2.0, flips=False):
@@ -275,6 +280,9 @@ def train(config: TrainConfig, progress=None, log=print):
     if teacher is not None:
         log(f"distilling from {config.distill_from} (weight {config.distill_weight:g}, temperature {config.distill_temperature:g}"
             f"{', read 4 ways' if config.distill_flips else ''})")
+    if config.rv_weight != 1.0:
+        log(f"the RV weighted {config.rv_weight:g} in the loss (its Dice term, its pixels in the cross-entropy"
+            f"{' and the distillation' if teacher is not None else ''})")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = lr_schedule(torch, opt, config)
     start_epoch, best, history = resume(out, model, opt, sched, saved_run) if config.resume else (0, -1.0, [])
@@ -327,15 +335,16 @@ def train(config: TrainConfig, progress=None, log=print):
             logits = outputs[0] if isinstance(outputs, list) else outputs
             batch_has_rv = np.concatenate([has_rv_all[idx], np.ones(n_keys, bool)])   # key images are fully labelled
             if batch_has_rv.all():
-                loss = deep_supervision_loss(outputs, y, lambda lg, t: soft_dice_ce_loss(lg, t, n_classes))
+                loss = deep_supervision_loss(outputs, y, lambda lg, t: soft_dice_ce_loss(lg, t, n_classes, config.rv_weight))
             else:
                 has_rv = torch.from_numpy(batch_has_rv)
-                loss = deep_supervision_loss(outputs, y, lambda lg, t: partial_label_loss(lg, t, has_rv, n_classes))
+                loss = deep_supervision_loss(outputs, y, lambda lg, t: partial_label_loss(lg, t, has_rv, n_classes,
+                                                                                        config.rv_weight))
             if teacher is not None:
                 with torch.no_grad():
                     soft = teacher_logits(teacher, x, config.distill_temperature, config.distill_flips)
                 loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
-                    logits, soft, config.distill_temperature)
+                    logits, soft, config.distill_temperature, rv_pixel_weights(y, config.rv_weight))
             opt.zero_grad()
             loss.backward()
             opt.step()
