@@ -2,6 +2,8 @@
 others. Built as a Siemens exam stores it: the short-axis cine one series per slice, with LGE
 (one image per slice) at the same positions, perfusion series with their motion-corrected
 copies, and the dual-sequence AIF series (probe round 16)."""
+from pathlib import Path
+
 import pydicom
 import pytest
 from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, cine_dicom, make_base
@@ -785,3 +787,31 @@ def test_a_long_axis_view_chosen_beside_a_stack_stored_one_series_per_slice_is_s
     chosen = load_study(exam, series="30")
     assert any("the series chosen, is a long-axis view (90 degrees to the short-axis stack #20" in w
                for w in chosen.provenance["warnings"]), chosen.provenance["warnings"]
+
+
+def test_an_aif_series_a_few_frames_apart_says_why(perfusion, tmp_path):
+    """The AIF series' first frame some frames from the images' on the clock: proton-density
+    frames left out of one series only were reported as "frames were lost from one series or
+    both" (session 45's leftover); a file truly lost from the export still says so."""
+    pd_only = tmp_path / "pd"
+    write_perfusion_series(pd_only, perfusion, vendor="siemens", description="Perfusion_stress", pd_frames=2)
+    write_aif_series(pd_only, perfusion, description="AIF_stress", number=42)
+    study = load_study(pd_only)
+    said = [w for w in study.provenance["warnings"] if "on the common clock" in w]
+    assert study.provenance.get("aif_series_uid") and len(said) == 1, study.provenance["warnings"]
+    assert "proton-density reference frames left out before the dynamics differ (2 of the images, 0 of the AIF" in said[0]
+    assert "lost" not in said[0]
+
+    lost = tmp_path / "lost"
+    _, paths = write_perfusion_series(lost, perfusion, vendor="siemens", description="Perfusion_stress")
+    _, aif_paths, _ = write_aif_series(lost, perfusion, description="AIF_stress", number=42)
+    for p in aif_paths[-2:]:   # as many frames in both: the images lost their first two, the AIF series its last two
+        Path(p).unlink()
+    first_two = [p for n, p in enumerate(paths) if n % perfusion.n_frames < 2]   # written slice by slice
+    assert len({tuple(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient) for p in first_two}) == perfusion.n_slices
+    for p in first_two:
+        Path(p).unlink()
+    study = load_study(lost)
+    said = [w for w in study.provenance["warnings"] if "on the common clock" in w]
+    assert study.n_frames == perfusion.n_frames - 2 and len(said) == 1, study.provenance["warnings"]
+    assert "frames were lost from one series or both" in said[0]

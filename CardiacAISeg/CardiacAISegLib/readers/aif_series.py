@@ -139,10 +139,19 @@ def _first_frames_beats_apart(study, aif_study, offset):
     interval = float(np.median(np.diff(study.frame_times_s)))
     if not interval > 0 or abs(offset) <= BEATS_APART * interval:
         return False
+    apart = abs(offset) / interval
+    # proton-density frames left out of one series only start its dynamics that many frames
+    # later: the usual cause, not a file lost in the export (session 45's note said "lost")
+    pd_left_out = [((s.provenance or {}).get("pd_frames") or {}).get("dropped", 0) for s in (study, aif_study)]
+    if pd_left_out[0] != pd_left_out[1] and abs(apart - abs(pd_left_out[0] - pd_left_out[1])) < 0.5:
+        why = (f"the proton-density reference frames left out before the dynamics differ ({pd_left_out[0]} of the "
+               f"images, {pd_left_out[1]} of the AIF series)")
+    else:
+        why = "frames were lost from one series or both"
     study.provenance.setdefault("warnings", []).append(
         f"the dual-sequence AIF series' first frame is {offset:+.2f} s from the images' on the common clock, "
-        f"{abs(offset) / interval:.1f} frame intervals: frames were lost from one series or both, so the AIF is matched "
-        "to the images by heartbeat on the clock, not frame for frame")
+        f"{apart:.1f} frame intervals: {why}, so the AIF is matched to the images by heartbeat on the clock, not "
+        "frame for frame")
     return True
 
 
