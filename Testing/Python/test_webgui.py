@@ -2081,6 +2081,165 @@ def test_opening_another_study_asks_before_dropping_unsaved_edits(tmp_path):
     assert not s.discard_dialog and sess.source == "b/cine.nii.gz", s.error_message
 
 
+def test_revert_asks_before_dropping_unsaved_edits(tmp_path):
+    """Revert drops the corrections - that is what it is for - but a click by mistake lost them
+    unasked. With edits not saved it asks "Discard the edits of <study>?" as Open and Run do:
+    Cancel keeps the edits and their measures, Discard reverts; with none (or all saved) it
+    reverts at once; with no analysis it says so, without a question."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    write_phantom("cine", tmp_path / "a", seed=1, n_frames=6, n_slices=6, size=64)
+    app = CardiacWebApp(tmp_path, server="revert-asks-test")
+    sess, s = app.session, app.state
+    app.ctrl.open_study({"study_path": "a/cine.nii.gz", "labels_path": "a/cine_labels.nii.gz"})
+    _settle(app)
+    app.ctrl.revert()                              # nothing run yet: refused, nothing asked
+    assert not s.discard_dialog and "run the segmentation" in s.error_message, s.error_message
+    app.ctrl.run()
+    _settle(app)
+    computed = {t: m.copy() for t, m in sess.analysis.labels.items()}
+    app.ctrl.morph(1)
+    analysis, rows = sess.analysis, sess.table()
+    edited = {t: m.copy() for t, m in analysis.labels.items()}
+    assert analysis.edited_frames and rows != [] and s.error_message == ""
+
+    app.ctrl.revert()
+    assert s.discard_dialog and s.discard_question == "Discard the edits of cine?"
+    assert "the contours of frame(s) 1 (ED)" in s.discard_detail and "Reverting" in s.discard_detail, s.discard_detail
+    app.ctrl.keep_edits()                          # Cancel: the edits and their measures stay
+    assert not s.discard_dialog and sess.analysis is analysis and sess.table() == rows
+    assert all(np.array_equal(sess.analysis.labels[t], m) for t, m in edited.items())
+    app.ctrl.revert()
+    app.ctrl.discard_edits()                       # Discard: back to the computed segmentation
+    assert not s.discard_dialog and s.error_message == "" and "as it was computed" in s.info_message
+    assert all(np.array_equal(sess.analysis.labels[t], m) for t, m in computed.items())
+    assert sess.unsaved_edits() == []
+    s.info_message = ""
+    app.ctrl.revert()                              # nothing to lose: no question
+    assert not s.discard_dialog and "as it was computed" in s.info_message
+    app.ctrl.morph(1)
+    app.ctrl.save("out", "patient001", False)
+    _settle(app)
+    assert s.saved_files and s.error_message == ""
+    app.ctrl.revert()                              # the edits are in the saved files: no question
+    assert not s.discard_dialog and all(np.array_equal(sess.analysis.labels[t], m) for t, m in computed.items())
+
+
+def test_stopping_with_unsaved_edits_writes_them_beside_the_outputs(tmp_path):
+    """Stopping the server dropped the edits not saved without a word (no page is left to ask).
+    They are written as Save writes them into a new folder beside the output folder,
+    <folder>-unsaved-<time>: the saved results there are left as they were, a half-typed
+    ground-truth name gives the default one, and the user is told where. Nothing unsaved:
+    nothing written, nothing said."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    data = tmp_path / "data"
+    write_phantom("cine", data, seed=1, n_frames=6, n_slices=6, size=64)
+    app = CardiacWebApp(data, server="stop-keeps-edits-test")
+    sess, s = app.session, app.state
+    said = []
+    assert app.keep_unsaved_edits(said.append) is None and said == []     # no study
+    app.ctrl.open_study({"study_path": "cine.nii.gz", "labels_path": "cine_labels.nii.gz"})
+    _settle(app)
+    app.ctrl.run()
+    _settle(app)
+    assert app.keep_unsaved_edits(said.append) is None and said == []     # the run's own: nothing to lose
+    app.ctrl.morph(1)
+    app.ctrl.save("visit/out", "patient001", False)
+    _settle(app)
+    assert s.saved_files and s.error_message == ""
+    saved = {p: p.read_bytes() for p in (data / "visit" / "out").rglob("*") if p.is_file()}
+    assert app.keep_unsaved_edits(said.append) is None and said == []     # all saved
+    app.ctrl.morph(1)                                  # edited again, not saved
+    edited = sess.analysis.labels[sess.edit_frame()].copy()
+    s.patient = "patient0x"                            # half-typed when the server stopped
+    folder = app.keep_unsaved_edits(said.append)
+    assert re.fullmatch(r"visit/out-unsaved-\d{8}-\d{6}", folder), folder
+    assert len(said) == 2 and folder in said[0] and "the contours of frame(s) 1 (ED)" in said[0], said
+    assert said[1].startswith("The edits of cine not saved are in " + folder), said
+    out = data / folder
+    labels, _, _ = sc.read_segmentation(out / "segmentation.seg.nrrd")
+    assert np.array_equal(labels, edited)
+    assert (out / "results.json").is_file() and (out / "scene.mrb").is_file()
+    assert [p.name for p in (out / "ground_truth").iterdir()] == ["patient101"]    # the default name
+    assert {p: p.read_bytes() for p in (data / "visit" / "out").rglob("*") if p.is_file()} == saved
+    assert sess.unsaved_edits() == [] and app.keep_unsaved_edits(said.append) is None and len(said) == 2
+    # the next stop's folder is another one, never the one written (same second: -2)
+    assert sess.recovery_folder("visit/out", when=time.mktime(time.strptime(folder[-15:], "%Y%m%d-%H%M%S"))) == folder + "-2"
+    # a field naming no folder of the data folder: the default output folder's place
+    assert re.fullmatch(r"cardiacaiseg-results/cine-unsaved-\d{8}-\d{6}", sess.recovery_folder("../elsewhere"))
+    assert re.fullmatch(r"cardiacaiseg-results/cine-unsaved-\d{8}-\d{6}", sess.recovery_folder("."))
+
+
+_STOP_DRIVER = """
+import sys
+from CardiacAISegLib import webgui
+from CardiacAISegLib.webgui import app as app_module
+from CardiacAISegLib.webgui.session import LABELS_CHOICE
+
+opened = app_module.CardiacWebApp.open_initial
+
+def open_and_correct(self, study, labels=None):   # the user's run and correction before the stop
+    message = opened(self, study, labels)
+    self.session.run(LABELS_CHOICE)
+    self.session.morph("myo", 1)
+    return message
+
+app_module.CardiacWebApp.open_initial = open_and_correct
+sys.exit(webgui.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_server_stopped_by_a_signal_writes_the_unsaved_edits(tmp_path, stop):
+    """The real stop: `cardiacaiseg gui` holding a corrected study, not saved, gets SIGTERM (kill,
+    a service stop) or SIGINT (Ctrl+C): it exits 0 after writing the edits into
+    cardiacaiseg-results/<study>-unsaved-<time> and printing where."""
+    import signal
+
+    pytest.importorskip("trame_slicer")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui import READY_PREFIX
+
+    data = tmp_path / "data"
+    write_phantom("cine", data, seed=1, n_frames=6, n_slices=6, size=64)
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
+               TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_DRIVER, str(data / "cine.nii.gz"), "--labels",
+                             str(data / "cine_labels.nii.gz"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    try:
+        ready, t0 = "", time.time()
+        while not ready.startswith(READY_PREFIX) and time.time() - t0 < 180:
+            ready = proc.stdout.readline()
+            if not ready and proc.poll() is not None:
+                break
+        assert ready.startswith(READY_PREFIX), proc.stderr.read()[-3000:]
+        proc.send_signal(getattr(signal, stop))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    written = sorted((data / "cardiacaiseg-results").glob("cine-unsaved-*"))
+    assert len(written) == 1 and re.fullmatch(r"cine-unsaved-\d{8}-\d{6}", written[0].name), written
+    folder = f"cardiacaiseg-results/{written[0].name}"
+    assert f"writing them into {folder}" in out and f"The edits of cine not saved are in {folder}" in out, out + err
+    from CardiacAISegLib.readers import load_study
+
+    # the corrected segmentation: the ED myocardium grown, not the label file's
+    labels, _, _ = sc.read_segmentation(written[0] / "segmentation.seg.nrrd")
+    ed = json.loads((written[0] / "results.json").read_text())["cine"]["ed_frame"]
+    given = load_study(data / "cine.nii.gz", labels=data / "cine_labels.nii.gz").labels[ed]
+    assert (labels == MYO).sum() > (given == MYO).sum()
+
+
 @e2e
 def test_e2e_open_after_typing_a_path_opens_the_typed_path(page, gui_server):
     """Probe 98: the suggestion list of a path field stayed open over the Open button after a path

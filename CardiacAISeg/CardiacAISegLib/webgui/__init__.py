@@ -5,7 +5,9 @@
 Starts a local web app (trame + trame-slicer; loopback only unless ``--host`` says otherwise)
 and prints its address. The page reads and writes only inside the data folder (``--data``;
 default: the folder holding STUDY, else the current folder). Needs the ``gui`` extra
-(``pip install -e ".[gui]"`` and ``pip install --no-deps slicer-layer-dm==2.0.0``).
+(``pip install -e ".[gui]"`` and ``pip install --no-deps slicer-layer-dm==2.0.0``). Stopped (Ctrl+C,
+SIGTERM, ``--timeout``) with corrections not saved, it writes them into a new folder beside the
+output folder (``<output folder>-unsaved-<time>``) and prints where.
 
 Modules: ``sandbox`` (the data folder), ``session`` (page actions as plain calls), ``views``
 (trame-slicer views), ``app`` (state and controls), ``ui`` (layout).
@@ -90,11 +92,18 @@ def run(args):
     argv = sys.argv
     sys.argv = argv[:1]          # trame parses sys.argv itself; our options are already applied
     try:
+        # returns on Ctrl+C, SIGTERM (aiohttp's graceful exit) and --timeout
         server.start(port=args.port, host=args.host, open_browser=bool(args.browser), show_connection_info=False,
                      timeout=args.timeout, disable_logging=True)
     finally:
         sys.argv = argv
+        # the page's corrections not saved lived only in this process: written beside the outputs
+        app.keep_unsaved_edits(say=_say_at_stop)
     return 0
+
+
+def _say_at_stop(text):
+    print(text, file=sys.stderr if text.startswith("error:") else sys.stdout, flush=True)
 
 
 def main(argv=None):

@@ -244,6 +244,29 @@ class CardiacWebApp:
         self._pending = None
         self.state.discard_dialog = False
 
+    def keep_unsaved_edits(self, say=print):
+        """The server stops (Ctrl+C, SIGTERM, ``--timeout``): corrections not saved would go with
+        the process, unasked - no page is left to ask. They are written as Save writes them, into
+        a new folder beside the output folder (``Session.recovery_folder``; saved results are never
+        replaced), and ``say`` tells where, or why they could not be. Returns the folder, or None."""
+        s, sess = self.state, self.session
+        if not sess.unsaved_edits():
+            return None
+        st = sess.study
+        name = st.name if st is not None else "the study"
+        try:
+            folder = sess.recovery_folder(s.out_path)
+            say(f"Stopping with edits of {name} not saved ({'; '.join(sess.unsaved_edits())}): writing them into {folder} ...")
+            sess.save_unsaved_edits(s.out_path, (s.patient or "").strip() or None, folder=folder)
+        except Exception as e:  # noqa: BLE001 - the stop goes on; the user must learn the edits are lost
+            if not isinstance(e, EXPECTED):
+                log.exception("writing the unsaved edits at the stop failed")
+            say(f"error: the edits of {name} not saved could not be written ({self._said(e)}); they are lost")
+            return None
+        say(f"The edits of {name} not saved are in {folder} (data folder {self.data.root}); the output folder "
+            "was left as it was.")
+        return folder
+
     def open_initial(self, study, labels=None):
         """The study named on the command line, before the server runs (errors go to the page
         and are returned)."""
@@ -704,6 +727,12 @@ class CardiacWebApp:
         self._note_update(f"{SEGMENT_TITLES[self.state.edit_segment]} {verb} on slice {sess.slice}: {n} pixel(s) changed")
 
     def _revert(self):
+        """Back to the computed segmentation. Revert is there to drop the corrections, but a
+        click by mistake lost them unasked: with some not saved it asks first, as Open and Run do."""
+        self.session.require_analysis()   # "run first" is said at once, not after a question
+        self._unless_edits_would_go("reverting to the segmentation as it was computed", self._revert_now)
+
+    def _revert_now(self):
         self.session.revert()
         self.views.show_segmentation(self.session)
         self.refresh()

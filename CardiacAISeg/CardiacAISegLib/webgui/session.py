@@ -726,6 +726,46 @@ class Session:
         self._saved_corrections = self._corrections()   # written: nothing of them is lost by going on
         return [self.data.relative(p) for _, p in sorted(paths.items())]
 
+    def recovery_folder(self, out_text=None, when=None):
+        """Where ``save_unsaved_edits`` writes: a new folder beside the output folder (the page's
+        field, else ``default_output``), ``<output folder>-unsaved-<YYYYMMDD-HHMMSS>`` with
+        ``-2``, ``-3``... when that exists, so that no saved result is ever replaced. The
+        default output folder's name when the field names no folder inside the data folder
+        (empty, outside it, or the data folder itself). Relative to the data folder."""
+        base = None
+        if str(out_text or "").strip():
+            try:
+                base = self.data.resolve_output(out_text)
+            except CardiacInputError:
+                base = None   # a folder half-typed or refused must not cost the edits: the default place
+        if base is None or base == self.data.root:
+            base = self.data.resolve_output(self.default_output())
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+        folder = base.with_name(f"{base.name}-unsaved-{stamp}")
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = base.with_name(f"{base.name}-unsaved-{stamp}-{n}")
+        return self.data.relative(folder)
+
+    def save_unsaved_edits(self, out_text=None, patient=None, folder=None):
+        """The server is stopping (Ctrl+C, SIGTERM, ``--timeout``) with corrections not saved:
+        the outputs of Save, the ground truth with them, into ``recovery_folder`` - stopping had
+        dropped them without a word. Returns that folder (relative to the data folder), or None
+        when nothing was unsaved. A ground-truth name the page's field would refuse gives the
+        default one: a name typed half-way must not cost the edits. ``folder``: the
+        ``recovery_folder`` already named to the user."""
+        if not self.unsaved_edits():
+            return None
+        if self.analysis.kind == CINE and patient:
+            try:
+                self.logic.groundTruthName(patient)
+            except CardiacInputError:
+                patient = None
+        folder = folder or self.recovery_folder(out_text)
+        self.save(folder, force=False, patient=patient)
+        return folder
+
 
 PEOPLE_FRAME_ROWS = {"ed_frame": "ED frame", "es_frame": "ES frame"}
 
