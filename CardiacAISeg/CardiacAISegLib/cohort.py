@@ -35,6 +35,7 @@ from .cohort_report import REF_PREFIX
 from .errors import CardiacInputError, flags_named
 from .readers.sniff import VOLUME_SUFFIXES
 from .results import series_text
+from .study import CINE, PERFUSION
 
 ROW_FILE = "cohort_row.json"
 TABLE_CSV, TABLE_PARQUET, REPORT_PNG = "cohort.csv", "cohort.parquet", "cohort_report.png"
@@ -1012,29 +1013,81 @@ class ModelPreload(WorkerPlugin):
         pass
 
 
-def _refuse_what_every_study_would_fail_on(specs, model, scheduler=None):
+def _refuse_what_every_study_would_fail_on(specs, model, scheduler=None, log=None):
     """A --model that is no installed model, or one label file for every study that is not there,
     refused before the cluster starts and before --out is written (each study became an error row,
     exit 1, and the folder then needed --resume or --force to run again; probe 74). A single
-    row's own model or labels stay that row's error: the other studies run."""
+    row's own model or labels stay that row's error: the other studies run. ``log`` gets a note
+    on a model that only some of the studies need and that cannot run."""
     from .analyze import SPECIAL_LABELS
     from .models import registry
 
-    if model and not scheduler and any(not s.options.get("labels") and not s.options.get("model") for s in specs):
+    shared_model = [s for s in specs if not s.options.get("labels") and not s.options.get("model")]
+    if model and not scheduler and shared_model:
         # (a remote cluster's workers have models of their own: not checked against this machine's)
         registry.get_card(model)
     if not scheduler:
-        # weights missing or damaged (or an ensemble's cine member gone): every study of it failed
-        # as an error row, exit 1 (probe 95); a row's own --model stays that row's error
-        for name in models_needed([s for s in specs if not s.options.get("model")], model):
-            problem = registry.runnable_problem(registry.get_card(name))
-            if problem:
-                raise CardiacInputError(name, f"the model every study without its own would run cannot run: {problem}")
+        _refuse_models_no_study_can_run(shared_model, model, log)
     shared = {s.options.get("labels") for s in specs}
     if len(shared) == 1:
         labels = next(iter(shared))
         if labels and labels not in SPECIAL_LABELS and not Path(labels).expanduser().exists():
             raise CardiacInputError(labels, "label file not found (the labels of every study of the cohort)")
+
+
+def _kinds_it_may_be(spec):
+    """The kinds a study may be read as: its own 'kind', or either when the reader decides it from
+    the images (a DICOM folder, a 4D NIfTI: frame times, then the images themselves; no cheap look
+    at the files tells)."""
+    return (spec.options["kind"],) if spec.options.get("kind") else (CINE, PERFUSION)
+
+
+def _refuse_models_no_study_can_run(specs, model, log=None):
+    """Weights missing or damaged (or an ensemble's cine member gone, or no model of a kind
+    installed) made every study of that model an error row, exit 1 (probe 95): refused before the
+    batch when not one of ``specs`` (the studies that segment with --model or their kind's
+    default) could run. A study without a kind may be either kind, so it fails for certain only
+    when neither kind's model can run: counted as cine, a cohort of perfusion folders was refused
+    for a missing cine model it would never use. A model that only some studies may need is a
+    note in ``log``: the others run, and those that need it become error rows that say why."""
+    from .models import registry
+
+    if not specs:
+        return
+
+    def cannot_run(kind):
+        """(model name or None, why it cannot run), or None when it can."""
+        try:
+            name = model or registry.default_model(kind)
+        except CardiacInputError as e:   # no model of that kind is installed
+            return None, e.problem
+        why = registry.runnable_problem(registry.get_card(name))
+        return (name, why) if why else None
+
+    kinds_of = {s.study: (None,) if model else _kinds_it_may_be(s) for s in specs}
+    # kind (None: the batch's --model, whatever the kind) -> why its model cannot run, for every kind a study may be
+    cannot = {kind: cannot_run(kind) for kind in dict.fromkeys(kind for kinds in kinds_of.values() for kind in kinds)}
+    kindless = sum(len(kinds) > 1 for kinds in kinds_of.values())
+    if all(all(cannot[kind] for kind in kinds) for kinds in kinds_of.values()):
+        failing = {kind: cannot[kind] for kinds in kinds_of.values() for kind in kinds}
+        if len(failing) == 1:
+            kind, (name, why) = next(iter(failing.items()))
+            raise CardiacInputError(name or kind, f"the model every study without its own would run cannot run: {why}"
+                                    if name else f"{why}, and every study without labels or a model of its own is {kind}")
+        raise CardiacInputError(", ".join(name or kind for kind, (name, _) in failing.items()),
+                                "no study without labels or a model of its own could run: "
+                                + "; ".join(f"the {kind} model {name!r} cannot run: {why}" if name else why
+                                            for kind, (name, why) in failing.items())
+                                + (f" ({kindless} stud{'y has' if kindless == 1 else 'ies have'} no 'kind': the reader "
+                                   "decides it from the images, cine or perfusion)" if kindless else ""))
+    for kind in (CINE, PERFUSION):
+        if log is not None and cannot.get(kind):
+            name, why = cannot[kind]
+            sure = sum(kinds == (kind,) for kinds in kinds_of.values())
+            who = " and ".join(part for part in (
+                f"{sure} {kind} stud{'y' if sure == 1 else 'ies'}" if sure else "",
+                f"those of the {kindless} without a 'kind' the reader finds {kind}" if kindless else "") if part)
+            log(f"note: {f'the {kind} model {name!r} cannot run ({why})' if name else why}: {who} will be error rows")
 
 
 def models_needed(specs, model=None):
@@ -1210,7 +1263,7 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
         # a file where a study's folder goes ended the batch with a worker's traceback and no table
         raise CardiacInputError(out_root / in_the_way[0], f"is in the way of study {in_the_way[0]!r}'s output folder (not a "
                                                           "folder); move it or choose another --out")
-    _refuse_what_every_study_would_fail_on(specs, model, scheduler)
+    _refuse_what_every_study_would_fail_on(specs, model, scheduler, log)
     inside = next((s for s in specs if Path(s.input).is_dir() and out_root.is_relative_to(Path(s.input).resolve())), None)
     if inside is not None:
         # the cohort's outputs written into a study's own input folder (probe 74): the next read
@@ -1259,24 +1312,30 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
             f"no study of this cohort ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): left as "
             f"{'they are' if len(others) > 1 else 'it is'}, not in its table")
     dashboard, client, cluster, futures, bar = "", None, None, {}, None
+    superseding = force and not resume
     signals = remembered_stop_signals()
     stop = signals.__enter__()
     try:
-        if force and not resume:
-            _supersede_rows(todo, out_root)
         if todo:
             n_workers = workers or max(1, min(len(todo), _usable_cores()))
             local = {**QUIET_LOCAL_CLUSTER, **(_forkserver_config() if processes else {})} if not scheduler else {}
             with dask.config.set(local):   # the workers take it when they start
                 client, cluster = _open_client(scheduler, n_workers, todo, processes)
             stop.check()
+            if scheduler and study_timeout_s:
+                _refuse_timeout_without_nannies(client, scheduler)
+        # every refusal comes before this first write: a --force batch refused for workers without
+        # a nanny had already marked the earlier run's rows superseded, so a batch that never ran
+        # had changed the results on disk (a --resume then ran every study again)
+        if superseding:
+            _supersede_rows(todo, out_root)
+            superseding = False
+        if todo:
             dashboard = _dashboard(client)
             if dashboard:
                 log(f"Dask dashboard: {dashboard}")
             if scheduler and not client.scheduler_info().get("workers"):
                 log(f"the scheduler at {scheduler} has no workers yet: the studies wait for `dask worker {scheduler}`")
-            if scheduler and study_timeout_s:
-                _refuse_timeout_without_nannies(client, scheduler)
             # on a cluster the workers' hosts and core counts are their own: threads are left to
             # `dask worker --nthreads` and CARDIACAISEG_THREADS there
             client.register_plugin(ModelPreload(models_needed(todo, model), None if scheduler else _worker_threads(n_workers),
@@ -1352,6 +1411,9 @@ def run_cohort(specs, out_root, scheduler=None, workers=None, model=None, frames
                 # running finished 2-3 s after a table that called it "not run" (on a shared
                 # scheduler a running study goes on; --resume keeps it)
                 stopping.close()
+            if superseding:
+                # stopped while Dask started: the table lists the studies as not run, so --resume must run them
+                _supersede_rows(todo, out_root)
             _write_table_of(specs, out_root, interrupted_by=todo, since=started_at)
             _remove_earlier_report(out_root, started_at)
             # said before the one word "cancelled" (probe 74)

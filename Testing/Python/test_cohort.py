@@ -1317,3 +1317,151 @@ def test_the_study_timeout_is_disarmed_when_the_study_fails_on_its_error_path(tm
         cohort_module.run_study(spec, str(tmp_path / "out"), force=True, batch="b", timeout_s=0.3)
     time.sleep(0.8)
     assert exits == []
+
+
+def _models_that_cannot_run(monkeypatch, broken, cine_default=None):
+    """The registry's models named in ``broken`` have their weights missing (``verify_runnable``
+    fails for them, so a perfusion ensemble whose cine member is one cannot run either);
+    ``cine_default``: the cine model a user made the default (one the perfusion ensemble does not use)."""
+    from CardiacAISegLib.models import registry
+
+    verify = registry.verify_runnable
+    default = registry.default_model
+
+    def verify_runnable(card, runtime=None):
+        if card["name"] in broken:
+            raise CardiacInputError(f"{card['name']}/weights", f"weights of model {card['name']!r} are missing")
+        return verify(card, runtime)
+    monkeypatch.setattr(registry, "verify_runnable", verify_runnable)
+    if cine_default:
+        monkeypatch.setattr(registry, "default_model", lambda task="cine": cine_default if task == "cine" else default(task))
+
+
+class _DaskStarts(Exception):
+    """The batch got past its refusals to starting Dask."""
+
+
+def test_a_study_without_a_kind_is_checked_against_either_kinds_model(tmp_path, monkeypatch, capsys):
+    """The models check before a batch counted a study without a 'kind' (a DICOM folder, a 4D
+    NIfTI: the reader decides its kind from the images) as cine. A folder of perfusion exams was
+    refused because the cine model could not run, though none of them would use it; a perfusion
+    model that could not run was not said at all; and with neither runnable the refusal named the
+    cine model alone. Such a study fails for certain only when neither kind's model can run: then
+    the batch is refused naming both, nothing written; otherwise it runs, and a note names the
+    model that cannot run and the studies it leaves as error rows."""
+    from CardiacAISegLib import cohort as cohort_module
+    from CardiacAISegLib.cohort import StudySpec, _refuse_what_every_study_would_fail_on, run_cohort
+    from CardiacAISegLib.models import registry
+
+    cine, perfusion = registry.default_model("cine"), registry.default_model("perfusion")
+    studies = tmp_path / "exams"
+    for name in ("exam1", "exam2", "exam3"):
+        (studies / name).mkdir(parents=True)   # DICOM folders: their kind is known once they are read
+    out = tmp_path / "out"
+
+    def started(*args, **kwargs):
+        raise _DaskStarts
+    monkeypatch.setattr(cohort_module, "_open_client", started)
+    kindless = load_cohort(studies)
+    kw = dict(processes=False, show_progress=False, reports="none")
+
+    # the cine model a user made the default cannot run; the perfusion model (which segments key
+    # images with the shipped cine networks) can: perfusion exams run
+    with monkeypatch.context() as m:
+        _models_that_cannot_run(m, {"gammanet"}, cine_default="gammanet")
+        said = []
+        with pytest.raises(_DaskStarts):
+            run_cohort(kindless, tmp_path / "started", log=said.append, **kw)
+        assert ("note: the cine model 'gammanet' cannot run (gammanet/weights: weights of model 'gammanet' are missing): "
+                "those of the 3 without a 'kind' the reader finds cine will be error rows") in said, said
+        assert not any("perfusion" in s for s in said), said
+        # said to be perfusion, they need no cine model: no note
+        perfusion_said = [StudySpec(s.study, s.input, {"kind": "perfusion"}) for s in kindless]
+        said.clear()
+        _refuse_what_every_study_would_fail_on(perfusion_said, None, log=said.append)
+        assert said == []
+        # said to be cine, every one fails: refused, naming the cine model
+        with pytest.raises(CardiacInputError, match="^gammanet: the model every study without its own would run cannot run"):
+            _refuse_what_every_study_would_fail_on([StudySpec(s.study, s.input, {"kind": "cine"}) for s in kindless], None)
+
+    # the perfusion ensemble's own key-image member is gone: cine exams run, perfusion ones are said
+    with monkeypatch.context() as m:
+        _models_that_cannot_run(m, {"unet-light-keyimage"})
+        said = []
+        with pytest.raises(_DaskStarts):
+            run_cohort(kindless, tmp_path / "started", log=said.append, **kw)
+        assert said == [f"note: the perfusion model {perfusion!r} cannot run (its cine network 'unet-light-keyimage' cannot "
+                        "run: unet-light-keyimage/weights: weights of model 'unet-light-keyimage' are missing): those of the "
+                        "3 without a 'kind' the reader finds perfusion will be error rows"], said
+        # a cohort of both kinds by its manifest: the cine studies run, the perfusion ones are said
+        mixed = [StudySpec("c", "c.nii.gz", {"kind": "cine"}), StudySpec("p", "p.nii.gz", {"kind": "perfusion"}),
+                 StudySpec("x", "x.nii.gz")]
+        said.clear()
+        _refuse_what_every_study_would_fail_on(mixed, None, log=said.append)
+        assert len(said) == 1 and said[0].endswith(": 1 perfusion study and those of the 1 without a 'kind' the reader "
+                                                   "finds perfusion will be error rows"), said
+
+    # the shipped cine default is gone: the perfusion ensemble segments with it too, so no study
+    # can run. Refused before the batch, naming both models, and nothing written
+    with monkeypatch.context() as m:
+        _models_that_cannot_run(m, {cine})
+        assert cli.main(["batch", str(studies), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert (f"{cine}, {perfusion}: no study without labels or a model of its own could run: the cine model {cine!r} "
+                f"cannot run: {cine}/weights: weights of model {cine!r} are missing; the perfusion model {perfusion!r} "
+                f"cannot run: its cine network {cine!r} cannot run") in err, err
+        assert "3 studies have no 'kind': the reader decides it from the images, cine or perfusion" in err, err
+        assert not out.exists()
+        # the same with no perfusion model installed at all
+        m.setattr(registry, "list_models", lambda task=None, real=registry.list_models: [] if task == "perfusion" else real(task))
+        with pytest.raises(CardiacInputError, match=f"^{cine}, perfusion: .*; no perfusion model is installed \\(3 studies"):
+            _refuse_what_every_study_would_fail_on(kindless, None)
+    # studies with labels, or with a model of their own, need none of these: not refused
+    with monkeypatch.context() as m:
+        _models_that_cannot_run(m, {cine})
+        _refuse_what_every_study_would_fail_on([StudySpec("a", "a.nii.gz", {"labels": "study"}),
+                                                StudySpec("b", "b.nii.gz", {"model": "gammanet"})], None)
+
+
+def test_a_refused_force_batch_leaves_the_earlier_results_as_they_were(tmp_path, monkeypatch):
+    """`batch --study-timeout S --force` on a scheduler whose workers run without a nanny is
+    refused, but it had already marked the earlier run's rows superseded: a batch that never ran
+    changed the results on disk, and a --resume then ran every study again. Every refusal now
+    comes first. Stopped while Dask starts (no refusal), the rows are still superseded, as the
+    table it writes lists the studies as not run."""
+    from CardiacAISegLib import cohort as cohort_module
+    from CardiacAISegLib.cohort import StudySpec, run_cohort
+
+    out = tmp_path / "out"
+    specs = [StudySpec(name, str(tmp_path / f"{name}.nii.gz"), {"labels": "study"}) for name in ("a", "b")]
+    for s in specs:   # an earlier run's complete outputs
+        (out / s.study).mkdir(parents=True)
+        (out / s.study / "results.json").write_text("{}")
+        (out / s.study / ROW_FILE).write_text(json.dumps({"study": s.study, "status": "ok", "measures": {}}))
+    (out / "cohort.csv").write_text("study,status\na,ok\nb,ok\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    closed = []
+
+    class NoNannyClient:   # `dask worker --no-nanny` workers, as the scheduler lists them
+        def scheduler_info(self):
+            return {"workers": {"tcp://10.0.0.7:40123": {"nanny": None}, "tcp://10.0.0.8:40123": {"nanny": None}}}
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(cohort_module, "_open_client", lambda *args: (NoNannyClient(), None))
+    with pytest.raises(CardiacInputError, match=r"--study-timeout: 2 worker\(s\) .* run without a nanny"):
+        run_cohort(specs, out, scheduler="tcp://10.0.0.7:8786", force=True, study_timeout_s=600, show_progress=False,
+                   log=lambda *a: None)
+    assert closed == [True]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before   # nothing written
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cohort_module, "_open_client", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(specs, out, scheduler="tcp://10.0.0.7:8786", force=True, study_timeout_s=600, show_progress=False,
+                   log=lambda *a: None)
+    # the table lists them as not run, so --resume must run them: superseded on disk
+    assert all("runs this study again" in json.loads((out / s.study / ROW_FILE).read_text())["superseded"] for s in specs)
+    assert all("rerun with --resume" in r["error"] for r in _read_csv(out / "cohort.csv"))
