@@ -1708,16 +1708,21 @@ def _judgeSpacingEvidenceAgain(study):
             prov[key] = [w for w in prov[key] if not w.startswith(SPACING_CHANGED_WARNING)]
     check = prov.pop("pixel_spacing_check", None)
     diameter = (check or {}).get("diameter_mm") or prov.get("reconstruction_diameter_mm")
+    read = prov.get("voxel_mm_read")
     if diameter:
-        from .readers.dicom import spacing_against_diameter
+        from .readers.dicom import MAX_FIELD_OF_VIEW_MISMATCH, spacing_against_diameter
 
         prov["reconstruction_diameter_mm"] = float(diameter)
-        again = spacing_against_diameter(float(diameter), study.images.shape[2], study.images.shape[3], study.spacing_rc)
+        rows, columns = study.images.shape[2:4]
+        # an image whose file filled the diameter is no crop: a spacing halved in the scene made
+        # it look like one (a 2x matrix of 16s), and went unflagged (session 45's leftover)
+        crop_possible = not read or len(read) != 3 or \
+            max(rows * float(read[1]), columns * float(read[0])) < float(diameter) * (1 - MAX_FIELD_OF_VIEW_MISMATCH)
+        again = spacing_against_diameter(float(diameter), rows, columns, study.spacing_rc, crop_possible)
         if again is not None:
             prov["pixel_spacing_check"] = again
     elif check:
         prov["pixel_spacing_check"] = check
-    read = prov.get("voxel_mm_read")
     now = [float(v) for v in study.spacing]
     if not read or len(read) != 3 or np.allclose(now, read, rtol=1e-4, atol=1e-6):
         return

@@ -1630,6 +1630,14 @@ def test_a_spacing_changed_wrongly_in_the_scene_is_flagged_against_the_files_dia
     changed = logic.studyFromNode(node)
     measured = compute_analysis(changed, labels=study.labels)
     assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in measured.qc["flags"]}
+    # halved: the diameter then holds a matrix of 16s of the scene's pixels, which excuses a crop,
+    # but the file filled its diameter, so the image is no crop (session 45's leftover)
+    for n in range(node.GetNumberOfDataNodes()):
+        volume = node.GetNthDataNode(n)
+        volume.SetSpacing(PIXEL_MM / 2, PIXEL_MM / 2, volume.GetSpacing()[2])
+    halved = compute_analysis(logic.studyFromNode(node), labels=study.labels)
+    assert "PIXEL_SPACING_DISAGREES" in {f["code"] for f in halved.qc["flags"]}
+    assert halved.cine["lv_edv_ml"] == pytest.approx(measured.cine["lv_edv_ml"] / (2 * 1.3) ** 2, rel=0.01)
 
 
 def test_a_cli_scene_leaves_the_kind_box_as_the_user_did(tmp_path):

@@ -3350,15 +3350,17 @@ def pixel_spacing_against_diameter(ds, ps):
         return None
 
 
-def spacing_against_diameter(diameter, rows, columns, ps):
+def spacing_against_diameter(diameter, rows, columns, ps, crop_possible=True):
     """``pixel_spacing_against_diameter`` from the numbers: a ReconstructionDiameter (mm), the
     matrix and the pixel spacing (row, column) mm. Also what a scene reopened in Slicer asks
-    again of the spacing its volume has now (changed there since the file was read)."""
+    again of the spacing its volume has now (changed there since the file was read).
+    ``crop_possible``: False where the image is known to fill the diameter (in Slicer: the file
+    as read did), so a spacing that only makes it look like a crop is not excused as one."""
     fov = max(rows * float(ps[0]), columns * float(ps[1]))
     if not (diameter > 0 and fov > 0) or abs(fov / diameter - 1) <= MAX_FIELD_OF_VIEW_MISMATCH:
         return None
     matrix = diameter / max(float(ps[0]), float(ps[1]))
-    if fov < diameter and matrix >= max(rows, columns) and abs(matrix / (16 * round(matrix / 16)) - 1) < 0.005:
+    if crop_possible and fov < diameter and matrix >= max(rows, columns) and abs(matrix / (16 * round(matrix / 16)) - 1) < 0.005:
         # the diameter holds a reconstruction matrix (a multiple of 16) of these pixels, of which
         # the image keeps a part: an export cropped around the heart, its volumes right (a
         # 128-px crop of Sunnybrook's 256 read "4.00 times as large", probe 50)
