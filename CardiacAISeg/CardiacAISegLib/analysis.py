@@ -51,6 +51,21 @@ def _rest_warnings(rest):
     return [REST_WARNING_PREFIX + w for w in rest.warnings if not w.startswith("QC ")]
 
 
+def network_warnings(model_info):
+    """The notes of the network run that made the labels, from its model info
+    (``pipeline.segment``; saved with a Slicer scene): a heart square or bolus crop that fell back
+    to the whole field. They belong to the run and its outputs, so they are kept there and not
+    among the study's reading notes (``provenance["warnings"]``), which the Slicer module stamps
+    on the input node: a note stamped there outlived its run, said again after a run that found
+    the heart."""
+    from .models.inference import heart_box_warning
+    from .models.perfusion_segmentation import heart_not_found_warning
+
+    info = model_info or {}
+    notes = (heart_box_warning(info.get("cine_heart_box")), heart_not_found_warning(info.get("perfusion_segmentation")))
+    return [n for n in notes if n]
+
+
 def check_density(density, name="density"):
     """Refuse a myocardial density outside DENSITY_RANGE_G_ML, naming the setting (``name``):
     it scales LV mass and MBF per gram, so 10.5 for 1.05 is a factor of ten nobody would see."""
@@ -189,9 +204,10 @@ class Analysis:
 
     # --- computation ---------------------------------------------------------------------
     def run(self, progress: Callable | None = None) -> Analysis:
-        # every reader warning (geometry, timing, AIF) travels with the result to every output
-        reader = [w for w in (self.study.provenance or {}).get("warnings", []) if w not in self.warnings]
-        self.warnings = reader + self.warnings
+        # every reader warning (geometry, timing, AIF) travels with the result to every output, and
+        # so do the notes of the network run that made the labels, from its model info
+        said = list((self.study.provenance or {}).get("warnings") or []) + network_warnings(self.model_info)
+        self.warnings = [w for w in dict.fromkeys(said) if w not in self.warnings] + self.warnings
         self.extra_qc = []
         from .blas import single_blas_thread
 

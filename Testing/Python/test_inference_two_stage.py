@@ -178,7 +178,22 @@ def test_small_field_and_no_heart_fall_back_to_the_whole_field():
     labels = inference.segment_cine_study(empty, LoadedModel(card_with(160), IntensityClassifier()), device="cpu")
     assert not labels[0].any() and labels[0].shape == (4, 240, 200)
     assert "no heart found on the middle slices" in empty.provenance["cine_heart_box"]["whole_field"]
-    assert any("segmented the whole field" in w for w in empty.provenance["warnings"])
+    # the run's note, from its record: not among the study's reading notes (the Slicer module
+    # stamps those on the input node, where a run's note outlived the run)
+    assert "segmented the whole field" in inference.heart_box_warning(empty.provenance["cine_heart_box"])
+    assert not empty.provenance.get("warnings")
+    assert inference.heart_box_warning(small.provenance["cine_heart_box"]) is None
+
+
+def test_a_run_replaces_the_heart_square_record_of_the_run_before():
+    """The study's ``cine_heart_box`` is the last run's record (results.json's model
+    cine_heart_box, the note it gives): a whole-field card after a two-stage one writes none, so
+    the previous run's square and its "no heart found" note were reported as the new run's."""
+    empty = Study(images=np.zeros((1, 4, 240, 200), np.float32), ijk_to_ras=affine_from_spacing((1.25, 1.25, 8.0)), name="empty")
+    inference.segment_cine_study(empty, LoadedModel(card_with(160), IntensityClassifier()), device="cpu")
+    assert inference.heart_box_warning(empty.provenance["cine_heart_box"])
+    inference.segment_cine_study(empty, LoadedModel(card_with(None), IntensityClassifier()), device="cpu")
+    assert "cine_heart_box" not in empty.provenance
 
 
 @pytest.mark.parametrize("value,problem", [(10, "at least 64"), ("160", "side in mm"), (True, "side in mm"),

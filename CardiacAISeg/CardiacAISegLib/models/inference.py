@@ -639,8 +639,12 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
     for ``device``: ``registry.load_model(..., device=)`` / ``registry.for_device``).
 
     A card with ``input.heart_crop_mm`` is run two-stage (``segment_cine_volumes``): the square
-    goes to ``study.provenance["cine_heart_box"]``; when the heart was not found the whole field
-    is segmented and a warning says so (a small field of view needs no warning: nothing is lost)."""
+    goes to ``study.provenance["cine_heart_box"]``, this run's record (``pipeline.segment`` puts
+    it in the model info), replacing a previous run's; when the heart was not found the whole
+    field is segmented, which ``heart_box_warning`` of that record says with the analysis."""
+    # the record is this run's: a whole-field card writes none, and the square of a run before
+    # it (and the note it gave) was reported as this run's
+    study.provenance.pop("cine_heart_box", None)
     progress = as_progress(progress)
     device = pick_device(device)
     model = loaded_model.module.to(device)
@@ -656,9 +660,17 @@ def segment_cine_study(study, loaded_model, frames="ed_es", device=None, progres
                                          n_frames=study.n_frames)
     if heart is not None:
         study.provenance["cine_heart_box"] = heart
-        if "whole_field" in heart and heart["whole_field"].startswith("no heart"):
-            study.provenance.setdefault("warnings", []).append(
-                f"{heart['whole_field']}: the network segmented the whole field instead of a square around the heart; "
-                "check the contours")
     progress(len(todo), len(todo), "segmentation done")
     return result
+
+
+def heart_box_warning(heart):
+    """What a run's heart square record (``segment_cine_volumes``' heart, the model info's
+    ``cine_heart_box``) tells the user, or None: the whole field was segmented because no heart
+    was found (a small field of view needs no warning: nothing is lost). A note of that run, said
+    with its analysis (``Analysis.run``), not a note of the images: kept among the study's reading
+    notes, the Slicer module stamped it on the input node, where it outlived the run."""
+    reason = str((heart or {}).get("whole_field") or "")
+    if not reason.startswith("no heart"):
+        return None
+    return f"{reason}: the network segmented the whole field instead of a square around the heart; check the contours"

@@ -58,14 +58,24 @@ def heart_crop(study, pools=None):
     if pools["confidence"] != "high":
         # without an RV that peaked first next to it, the "LV" may be the aorta or a vessel: a
         # crop around it could cut the heart out, so the network sees the whole field instead
-        study.provenance["heart_not_found"] = pools["reason"]   # QC HEART_NOT_FOUND (the real Dice 0.00 went this way)
-        study.provenance.setdefault("warnings", []).append(
-            f"wide field of view, but the heart was not found with confidence from the bolus ({pools['reason']}): "
-            "the network segments the whole field; check the contours")
+        # QC HEART_NOT_FOUND (the real Dice 0.00 went this way); said by heart_not_found_warning
+        # from the run's record (perfusion_probabilities), not among the study's reading notes
+        study.provenance["heart_not_found"] = pools["reason"]
         return None
     rs, cs = perfusion_keyimage.square_around_heart((rows, cols), (sp_row, sp_col), pools, CROP_FOV_MM)
     target = np.clip((sp_row, sp_col), *CROP_PIXEL_RANGE_MM)
     return rs, cs, (sp_row / target[0], sp_col / target[1]), pools
+
+
+def heart_not_found_warning(record):
+    """What a perfusion run's record (``study.provenance["perfusion_segmentation"]``, the model
+    info's) tells the user of its bolus crop, or None: a wide field segmented whole because the
+    bolus did not show the heart. The run's note, said with its analysis (``Analysis.run``)."""
+    reason = (record or {}).get("heart_not_found")
+    if not reason:
+        return None
+    return (f"wide field of view, but the heart was not found with confidence from the bolus ({reason}): "
+            "the network segments the whole field; check the contours")
 
 
 # How a perfusion series is segmented; the model card declares it (``input.segmentation.mode``,
@@ -184,7 +194,12 @@ def _run_members(jobs):
 
 def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_model=None, key_image=None):
     """(S, K, R, C) class probabilities by ``mode`` (default: the card's declaration). The
-    cine-key-image record goes to ``study.provenance["perfusion_segmentation"]``."""
+    cine-key-image record, and the reason a wide field was segmented whole (``heart_not_found``),
+    go to ``study.provenance["perfusion_segmentation"]``, this run's record."""
+    # what a run before this one wrote of its crop is not this run's (a key-image run crops
+    # nothing): kept, QC flagged HEART_NOT_FOUND and its note was said for a run that found the heart
+    for key in ("heart_not_found", "heart_crop"):
+        study.provenance.pop(key, None)
     declared = perfusion_segmentation(loaded_model.card)
     mode = mode or declared["mode"]
     if mode not in PERFUSION_SEGMENTATION_MODES:
@@ -220,6 +235,8 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
             record["cine_model_version"] = [r["cine_model_version"] for r in key_records]
             record["cine_model_sha256"] = [r.get("cine_model_sha256", "") for r in key_records]
         record["mode"] = mode
+    if study.provenance.get("heart_not_found"):   # heart_crop, in a member's run
+        record["heart_not_found"] = study.provenance["heart_not_found"]
     study.provenance["perfusion_segmentation"] = record
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
 
@@ -239,6 +256,8 @@ def segment_perfusion_study(study, loaded_model, device=None, progress=None, ref
 
     progress = as_progress(progress)
     device = pick_device(device)
+    # a run without the bolus check writes no reports: an earlier run's were reported as this run's
+    study.provenance.pop("mask_refinement", None)
     progress(0, study.n_slices + 1, "segmenting the perfusion series")
     probs = perfusion_probabilities(study, loaded_model, mode, device, cine_model, key_image)
     if refine is None:
