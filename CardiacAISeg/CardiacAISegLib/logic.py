@@ -65,7 +65,7 @@ STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "a
                       # reopening, so a spacing the scanner's field of view contradicts (PIXEL_SPACING_DISAGREES)
                       # reopened as "pass", a lone ED frame as FRAME_PHASE_UNKNOWN, and images left out of
                       # the stack unsaid (probe 96)
-                      "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase", "heart_not_found",
+                      "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase",
                       "labels_set_to_background", "missing_label_files", "series_description", "series_number",
                       "study_date", "reader_warnings", "bits_over_stored",
                       # the voxel size that evidence was judged on: changed in the scene since

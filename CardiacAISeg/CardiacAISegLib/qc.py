@@ -972,7 +972,11 @@ def perfusion_mask_flags(analysis):
                                                            "and 500 mm² or more on their largest slice): the mask may lie on "
                                                            "a vessel or beside the heart; check the contours", myo))
     flags += blood_in_the_myocardium_flags(analysis)
-    reason = (st.provenance or {}).get("heart_not_found")
+    # the run's own record (the model info): the study's provenance, stamped on Slicer's input
+    # node, kept a run's "not found" for the runs after it; read there only for model infos
+    # saved without the record (scenes saved before session 46)
+    run = (analysis.model_info or {}).get("perfusion_segmentation")
+    reason = (run or {}).get("heart_not_found") if isinstance(run, dict) else (st.provenance or {}).get("heart_not_found")
     if reason and analysis.model_info:
         flags.append(_flag("HEART_NOT_FOUND", REVIEW, f"the heart was not found with confidence from the bolus ({reason}): "
                                                       "the network segmented the whole field, where a chest wall or a vessel "

@@ -1385,6 +1385,15 @@ def test_heart_not_found_from_the_bolus_is_a_review_flag(perfusion):
     assert "HEART_NOT_FOUND" in codes(a)
     b = Analysis(st, dict(study.labels)).run()   # labels given: not the network's whole-field guess
     assert "HEART_NOT_FOUND" not in codes(b)
+    # the run's own record decides: a "not found" of an earlier run, left in the study's provenance
+    # (stamped on Slicer's input node), flagged a run that found the heart
+    c = Analysis(st, dict(study.labels))
+    c.model_info = {"name": "perfusion-resunet", "perfusion_segmentation": {"mode": "frames"}}
+    assert "HEART_NOT_FOUND" not in codes(c.run())
+    d = Analysis(copy(study), dict(study.labels))
+    d.model_info = {"name": "perfusion-resunet",
+                    "perfusion_segmentation": {"mode": "frames", "heart_not_found": "no RV peaked before the LV"}}
+    assert "HEART_NOT_FOUND" in codes(d.run())
 
 
 @pytest.mark.parametrize("units", ["gd_mmol_l", "signal"])
