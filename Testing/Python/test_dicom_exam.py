@@ -801,6 +801,16 @@ def test_an_aif_series_a_few_frames_apart_says_why(perfusion, tmp_path):
     assert study.provenance.get("aif_series_uid") and len(said) == 1, study.provenance["warnings"]
     assert "proton-density reference frames left out before the dynamics differ (2 of the images, 0 of the AIF" in said[0]
     assert "lost" not in said[0]
+    # the AIF series lost its first 4 files and the images their last 4: its first frame is 2
+    # intervals later, which the images' PD frames (that make it earlier) cannot explain (review)
+    both = tmp_path / "both"
+    _, paths = write_perfusion_series(both, perfusion, vendor="siemens", description="Perfusion_stress", pd_frames=2)
+    _, aif_paths, _ = write_aif_series(both, perfusion, description="AIF_stress", number=42)
+    per_slice = len(paths) // perfusion.n_slices
+    for p in aif_paths[:4] + [p for n, p in enumerate(paths) if n % per_slice >= per_slice - 4]:
+        Path(p).unlink()
+    said = [w for w in load_study(both).provenance["warnings"] if "on the common clock" in w]
+    assert len(said) == 1 and "frames were lost from one series or both" in said[0], said
 
     lost = tmp_path / "lost"
     _, paths = write_perfusion_series(lost, perfusion, vendor="siemens", description="Perfusion_stress")

@@ -111,6 +111,15 @@ def test_resume_refuses_other_settings_and_replans_a_longer_decay(site, tmp_path
     assert "last.pt" in err and "--seed 0 (now 1)" in err
     assert len(err) < 600, "a short message, not torch's list of every weight"
     assert _train(site, out, "--lr", "1e-3", "--resume", "--force") == 2
+    # the RV's loss weight defines the run too (resumed with another, the loss changed unsaid);
+    # a checkpoint saved before the option trained with 1
+    assert _train(site, out, "--lr", "1e-3", "--resume", "--rv-weight", "2") == 2
+    assert "--rv-weight 1.0 (now 2.0)" in capsys.readouterr().err
+    ck = torch.load(out / "last.pt", weights_only=False)
+    del ck["config"]["rv_weight"]
+    torch.save(ck, out / "last.pt")
+    assert _train(site, out, "--lr", "1e-3", "--resume", "--rv-weight", "2") == 2
+    assert "--rv-weight 1.0 (now 2.0)" in capsys.readouterr().err
     # a longer run: the decay is stretched, so the rate ends at 2 % of --lr, not back up the cosine
     assert _train(site, out, "--lr", "1e-3", "--resume", "--epochs", "3") == 0
     ck = torch.load(out / "last.pt", weights_only=False)

@@ -98,8 +98,10 @@ def load_weights_into(model, state, source, described=""):
 RUN_DEFINING = ("architecture", "arch_params", "pixel_mm", "crop", "patch", "augment", "batch", "lr", "seed",
                 "val_per_group", "slices_per_epoch", "finetune_from", "freeze_epochs", "partial_labels",
                 "edge_slice_weight", "distill_from", "distill_weight", "distill_temperature", "distill_flips",
-                "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "train_patients", "val_patients",
+                "lr_cycle_epochs", "perfusion_key_share", "oriented_share", "rv_weight", "train_patients", "val_patients",
                 "size", "pool", "renew", "val_samples", "vessels")   # the last five: the perfusion network's runs
+# what a run saved before a setting existed trained with (its checkpoint has no such key)
+RUN_DEFINING_BEFORE_IT_EXISTED = {"rv_weight": 1.0}
 # (--val-every and --val-heart-crop-mm only choose which checkpoint is kept best: they may change)
 FLAG_OF = {"arch_params": "--params", "finetune_from": "--finetune", "distill_temperature": "distillation temperature",
            "train_patients": "training patients", "val_patients": "validation patients"}
@@ -118,6 +120,7 @@ def refuse_changed_run(out, config):
     saved = checkpoint.get("config") or {}
     now = asdict(config)
     changed = []
+    saved = {**{k: v for k, v in RUN_DEFINING_BEFORE_IT_EXISTED.items() if k in now}, **saved}
     for key in RUN_DEFINING:
         if key in saved and key in now and _comparable(saved[key]) != _comparable(now[key]):
             changed.append(f"{FLAG_OF.get(key, '--' + key.replace('_', '-'))} {_shown(saved[key])} (now {_shown(now[key])})")

@@ -141,9 +141,11 @@ def _first_frames_beats_apart(study, aif_study, offset):
         return False
     apart = abs(offset) / interval
     # proton-density frames left out of one series only start its dynamics that many frames
-    # later: the usual cause, not a file lost in the export (session 45's note said "lost")
+    # later: the usual cause, not a file lost in the export (session 45's note said "lost").
+    # Signed (the offset is the AIF series' first frame less the images'): PD frames left out of
+    # the images cannot explain an AIF series that starts later; frames lost from it can.
     pd_left_out = [((s.provenance or {}).get("pd_frames") or {}).get("dropped", 0) for s in (study, aif_study)]
-    if pd_left_out[0] != pd_left_out[1] and abs(apart - abs(pd_left_out[0] - pd_left_out[1])) < 0.5:
+    if pd_left_out[0] != pd_left_out[1] and abs(offset / interval - (pd_left_out[1] - pd_left_out[0])) < 0.5:
         why = (f"the proton-density reference frames left out before the dynamics differ ({pd_left_out[0]} of the "
                f"images, {pd_left_out[1]} of the AIF series)")
     else:
