@@ -66,6 +66,14 @@ def network_warnings(model_info):
     return [n for n in notes if n]
 
 
+def is_network_note(text):
+    """Whether ``text`` is a note ``network_warnings`` makes (a network run's, not the images')."""
+    from .models.inference import WHOLE_FIELD_NOTE_END
+    from .models.perfusion_segmentation import BOLUS_CROP_NOTE_START
+
+    return str(text).endswith(WHOLE_FIELD_NOTE_END) or str(text).startswith(BOLUS_CROP_NOTE_START)
+
+
 def check_density(density, name="density"):
     """Refuse a myocardial density outside DENSITY_RANGE_G_ML, naming the setting (``name``):
     it scales LV mass and MBF per gram, so 10.5 for 1.05 is a factor of ten nobody would see."""

@@ -66,6 +66,9 @@ STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "a
                       # reopened as "pass", a lone ED frame as FRAME_PHASE_UNKNOWN, and images left out of
                       # the stack unsaid (probe 96)
                       "reader", "pixel_spacing_check", "voxel_size_check", "frame_phase",
+                      # read back from scenes saved before session 46 (QC HEART_NOT_FOUND where their
+                      # model info has no record of it); a run now records it in its model info
+                      "heart_not_found",
                       "labels_set_to_background", "missing_label_files", "series_description", "series_number",
                       "study_date", "reader_warnings", "bits_over_stored",
                       # the voxel size that evidence was judged on: changed in the scene since
@@ -93,8 +96,9 @@ PARAMETERS = {
     # "ED ES" frames an edit kept where they were (a whole cycle labelled); "" = from the volume curve
     "keptEdEs": "",
     # what a reopened scene cannot read off its nodes: the network that drew the contours (JSON)
-    # and the frames corrected by hand since, of the series and of its rest series
-    "modelInfo": "", "editedFrames": "", "restEditedFrames": "",
+    # and the frames corrected by hand since, of the series and of its rest series (the rest's run
+    # has notes of its own, said with its analysis: a reopened pair lost them)
+    "modelInfo": "", "restModelInfo": "", "editedFrames": "", "restEditedFrames": "",
     # the density the shown results were measured with (the "density" box applies at the next
     # run; a reopened scene measured with the box's value, not the results': probe 62)
     "measuredDensity": "",
@@ -102,7 +106,7 @@ PARAMETERS = {
 # What an analysis was measured and shown with that lives once in the parameter node: kept with its
 # outputs when another input is picked, and put back when its input is picked again (picked again,
 # an input came back with the next study's model, edited frames, kept ED/ES and density; probe 99)
-ANALYSIS_PARAMETERS = ("modelInfo", "editedFrames", "restEditedFrames", "keptEdEs", "measuredDensity", "bullseyeMeasure",
+ANALYSIS_PARAMETERS = ("modelInfo", "restModelInfo", "editedFrames", "restEditedFrames", "keptEdEs", "measuredDensity", "bullseyeMeasure",
                        "restNodeID", "restAifPath", "restFrameTimeS")
 NODE_PARAMETERS = ("inputNodeID", "restNodeID", "outputSegmentationID", "outputSegmentationESID", "tableID", "markupsID",
                    "restSegmentationID", "frameLabelsID", "runLabelsID", "restRunLabelsID")
@@ -578,8 +582,12 @@ class CardiacAISegLogic(_LogicBase):
         if isinstance(study.provenance.get("missing_label_files"), dict):
             study.provenance["missing_label_files"] = {int(k) if str(k).isdigit() else k: v for k, v in
                                                        study.provenance["missing_label_files"].items()}
-        # the reading's own warnings, after those this reading gives again (said once)
-        said = study.provenance.pop("reader_warnings", None) or []
+        # the reading's own warnings, after those this reading gives again (said once); a network
+        # run's note that scenes saved before session 46 stamped among them is its run's, said
+        # from its model info, not the file's (it outlived the run, said after runs that found the heart)
+        from .analysis import is_network_note
+
+        said = [w for w in study.provenance.pop("reader_warnings", None) or [] if not is_network_note(w)]
         warnings = study.provenance.setdefault("warnings", [])
         warnings += [w for w in said if w not in warnings]
         return study, sequence
@@ -1105,7 +1113,9 @@ class CardiacAISegLogic(_LogicBase):
         scene): a reopened scene's export said "model": null and nothing of the edits."""
         a = self.analysis
         rest = getattr(a, "rest", None)
+        restInfo = getattr(rest, "model_info", None)
         values = {"modelInfo": json.dumps(self.modelInfo, sort_keys=True, default=str) if self.modelInfo else "",
+                  "restModelInfo": json.dumps(restInfo, sort_keys=True, default=str) if restInfo else "",
                   "editedFrames": " ".join(str(f) for f in sorted(a.edited_frames)),
                   "restEditedFrames": " ".join(str(f) for f in sorted(rest.edited_frames)) if rest is not None else ""}
         for name, value in values.items():
@@ -1383,7 +1393,10 @@ class CardiacAISegLogic(_LogicBase):
             return None
         text = restSegmentation.GetAttribute(FRAME_ATTRIBUTE)
         labels = {int(text) if text else 0: self._labelsOf(restSegmentation, study)}
-        return Analysis(study, labels, density=self._measuredDensity()).run()
+        rest = Analysis(study, labels, density=self._measuredDensity())
+        saved = self.getParameter("restModelInfo")
+        rest.model_info = json.loads(saved) if saved else None
+        return rest.run()
 
     def restoreFromParameterNode(self):
         """After a scene reload: rebuild study, labels and analysis from the nodes the

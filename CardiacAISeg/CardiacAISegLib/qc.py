@@ -974,9 +974,10 @@ def perfusion_mask_flags(analysis):
     flags += blood_in_the_myocardium_flags(analysis)
     # the run's own record (the model info): the study's provenance, stamped on Slicer's input
     # node, kept a run's "not found" for the runs after it; read there only for model infos
-    # saved without the record (scenes saved before session 46)
+    # whose record has no such key (scenes saved before session 46)
     run = (analysis.model_info or {}).get("perfusion_segmentation")
-    reason = (run or {}).get("heart_not_found") if isinstance(run, dict) else (st.provenance or {}).get("heart_not_found")
+    reason = run["heart_not_found"] if isinstance(run, dict) and "heart_not_found" in run \
+        else (st.provenance or {}).get("heart_not_found")
     if reason and analysis.model_info:
         flags.append(_flag("HEART_NOT_FOUND", REVIEW, f"the heart was not found with confidence from the bolus ({reason}): "
                                                       "the network segmented the whole field, where a chest wall or a vessel "

@@ -112,7 +112,76 @@ def test_a_perfusion_runs_crop_note_is_its_own_and_the_next_run_replaces_it(monk
     labels = perfusion_segmentation.segment_perfusion_study(study, model, mode="cine-key-image", refine=False)
     for key in ("heart_not_found", "heart_crop", "mask_refinement"):
         assert key not in study.provenance, key
-    assert "heart_not_found" not in study.provenance["perfusion_segmentation"]
+    assert study.provenance["perfusion_segmentation"]["heart_not_found"] is None
     second = analysed(labels, model.card["name"])
     assert not [w for w in second.warnings if reason in w]
     assert "HEART_NOT_FOUND" not in {f["code"] for f in second.qc["flags"]}
+
+
+def test_a_note_stamped_by_an_older_scene_is_not_said_as_the_files(tmp_path, monkeypatch):
+    """Scenes saved before session 46 stamped the run's note among the input's reading notes: read
+    back, it was said after every later run, one that found the heart included (review)."""
+    pytest.importorskip("slicer")
+    pytest.importorskip("torch")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import STUDY_ATTRIBUTES, CardiacAISegLogic
+    from CardiacAISegLib.models.inference import heart_box_warning
+    from CardiacAISegLib.models.perfusion_segmentation import heart_not_found_warning
+    from CardiacAISegLib.phantoms.phantom import make_cine_phantom
+    from CardiacAISegLib.study import Study
+
+    phantom, _ = make_cine_phantom(seed=3, n_frames=4, n_slices=8, size=96)
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(Study(phantom.images.copy(), phantom.ijk_to_ras.copy(), kind=phantom.kind, name="phantom"))
+    node = logic.getNodeParameter("inputNodeID")
+    stamped = json.loads(node.GetAttribute(STUDY_ATTRIBUTES["provenance"]) or "{}")
+    older = [heart_box_warning({"whole_field": NO_HEART}),
+             heart_not_found_warning({"heart_not_found": "no RV peaked before the LV next to it"}),
+             "a note of the file itself"]
+    stamped["reader_warnings"] = older
+    node.SetAttribute(STUDY_ATTRIBUTES["provenance"], json.dumps(stamped))
+    study = logic.studyFromNode(node)
+    assert study.provenance["warnings"].count("a note of the file itself") == 1
+    assert not [w for w in study.provenance["warnings"] if w in older[:2]], study.provenance["warnings"]
+    found = logic.runSegmentation(useExistingLabels=False)
+    assert not [w for w in found.warnings if w in older[:2]]
+
+
+def test_a_reopened_stress_rest_pair_says_the_rest_runs_note(tmp_path, monkeypatch):
+    """The rest series' run note came back only from the rest node's stamped reading notes; moved
+    to the run's model info, a reopened pair lost it (review): the rest's model info is saved with
+    the scene, and its note and QC flag come back."""
+    pytest.importorskip("slicer")
+    pytest.importorskip("torch")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.logic import CardiacAISegLogic
+    from CardiacAISegLib.models import perfusion_keyimage
+    from CardiacAISegLib.phantoms.phantom import make_perfusion_phantom
+    from CardiacAISegLib.study import Study
+
+    def wide(stress, name):
+        phantom, _ = make_perfusion_phantom(seed=5, stress=stress, noise=0.01)
+        t, s, r, c = phantom.images.shape
+        images = np.abs(np.random.default_rng(0).normal(0, 0.02, (t, s, 260, 230))).astype(np.float32)
+        images[:, :, 70:70 + r, 41:41 + c] = phantom.images
+        return Study(images=images, ijk_to_ras=phantom.ijk_to_ras.copy(), kind="perfusion",
+                     frame_times_s=phantom.frame_times_s, aif=phantom.aif, units=phantom.units, name=name)
+
+    reason = "no RV peaked before the LV next to it"
+    found = perfusion_keyimage.bolus_timing_or_curve_peak
+    monkeypatch.setattr(perfusion_keyimage, "bolus_timing_or_curve_peak", lambda st: dict(found(st), confidence="low",
+                                                                                           reason=reason))
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(wide(True, "stress"))
+    logic.setRestStudy(wide(False, "rest"))
+    live = logic.runSegmentation(useExistingLabels=False, modelName="perfusion-resunet")
+
+    def rest_said(a):
+        return ([w for w in a.warnings if w.startswith("rest series: ") and reason in w],
+                [f["code"] for f in a.rest.qc["flags"] if f["code"] == "HEART_NOT_FOUND"])
+
+    notes, flags = rest_said(live)
+    assert len(notes) == 1 and flags == ["HEART_NOT_FOUND"]
+    logic.exportResults(tmp_path / "out", force=True)
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "out" / "scene.mrb")).restoreFromParameterNode()
+    assert rest_said(reopened) == (notes, flags)

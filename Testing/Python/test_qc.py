@@ -1388,8 +1388,12 @@ def test_heart_not_found_from_the_bolus_is_a_review_flag(perfusion):
     # the run's own record decides: a "not found" of an earlier run, left in the study's provenance
     # (stamped on Slicer's input node), flagged a run that found the heart
     c = Analysis(st, dict(study.labels))
-    c.model_info = {"name": "perfusion-resunet", "perfusion_segmentation": {"mode": "frames"}}
+    c.model_info = {"name": "perfusion-resunet", "perfusion_segmentation": {"mode": "frames", "heart_not_found": None}}
     assert "HEART_NOT_FOUND" not in codes(c.run())
+    # a record without the key was saved before session 46: the provenance stamped with it decides
+    old = Analysis(st, dict(study.labels))
+    old.model_info = {"name": "perfusion-resunet", "perfusion_segmentation": {"mode": "frames"}}
+    assert "HEART_NOT_FOUND" in codes(old.run())
     d = Analysis(copy(study), dict(study.labels))
     d.model_info = {"name": "perfusion-resunet",
                     "perfusion_segmentation": {"mode": "frames", "heart_not_found": "no RV peaked before the LV"}}

@@ -673,4 +673,7 @@ def heart_box_warning(heart):
     reason = str((heart or {}).get("whole_field") or "")
     if not reason.startswith("no heart"):
         return None
-    return f"{reason}: the network segmented the whole field instead of a square around the heart; check the contours"
+    return f"{reason}{WHOLE_FIELD_NOTE_END}"
+
+
+WHOLE_FIELD_NOTE_END = ": the network segmented the whole field instead of a square around the heart; check the contours"

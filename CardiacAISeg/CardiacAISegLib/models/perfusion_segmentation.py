@@ -74,8 +74,10 @@ def heart_not_found_warning(record):
     reason = (record or {}).get("heart_not_found")
     if not reason:
         return None
-    return (f"wide field of view, but the heart was not found with confidence from the bolus ({reason}): "
-            "the network segments the whole field; check the contours")
+    return f"{BOLUS_CROP_NOTE_START}{reason}): the network segments the whole field; check the contours"
+
+
+BOLUS_CROP_NOTE_START = "wide field of view, but the heart was not found with confidence from the bolus ("
 
 
 # How a perfusion series is segmented; the model card declares it (``input.segmentation.mode``,
@@ -235,8 +237,9 @@ def perfusion_probabilities(study, loaded_model, mode=None, device="cpu", cine_m
             record["cine_model_version"] = [r["cine_model_version"] for r in key_records]
             record["cine_model_sha256"] = [r.get("cine_model_sha256", "") for r in key_records]
         record["mode"] = mode
-    if study.provenance.get("heart_not_found"):   # heart_crop, in a member's run
-        record["heart_not_found"] = study.provenance["heart_not_found"]
+    # heart_crop's, in a member's run; None when found, so that a record without the key is one
+    # saved before session 46 (QC then reads it from the provenance stamped with such scenes)
+    record["heart_not_found"] = study.provenance.get("heart_not_found")
     study.provenance["perfusion_segmentation"] = record
     return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
 
