@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -2174,6 +2175,20 @@ def test_stopping_with_unsaved_edits_writes_them_beside_the_outputs(tmp_path):
     # a field naming no folder of the data folder: the default output folder's place
     assert re.fullmatch(r"cardiacaiseg-results/cine-unsaved-\d{8}-\d{6}", sess.recovery_folder("../elsewhere"))
     assert re.fullmatch(r"cardiacaiseg-results/cine-unsaved-\d{8}-\d{6}", sess.recovery_folder("."))
+    # Ctrl+C again while they are written: the staged writer puts back what was there, and the
+    # user is told the edits are lost (a traceback said nothing of them; review)
+    from CardiacAISegLib.outputs import Terminated
+
+    app.ctrl.morph(1)
+    for stop, shown in ((KeyboardInterrupt(), "Ctrl+C"), (Terminated(signal.SIGTERM), "stopped by SIGTERM")):
+        said.clear()
+
+        def stopped_again(*args, stop=stop, **kwargs):
+            raise stop
+        sess.save_unsaved_edits = stopped_again
+        assert app.keep_unsaved_edits(said.append) is None
+        assert said[-1].startswith(f"error: stopped again while writing ({shown}): the edits of cine not saved were "
+                                   "not written; they are lost"), said
 
 
 _STOP_DRIVER = """

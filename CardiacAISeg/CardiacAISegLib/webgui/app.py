@@ -258,6 +258,12 @@ class CardiacWebApp:
             folder = sess.recovery_folder(s.out_path)
             say(f"Stopping with edits of {name} not saved ({'; '.join(sess.unsaved_edits())}): writing them into {folder} ...")
             sess.save_unsaved_edits(s.out_path, (s.patient or "").strip() or None, folder=folder)
+        except KeyboardInterrupt as e:   # Ctrl+C again (or SIGTERM, outputs.Terminated) while writing
+            # the staged writer put back what was there: nothing half-written, but nothing kept either
+            said = "Ctrl+C" if type(e) is KeyboardInterrupt else str(e)
+            say(f"error: stopped again while writing ({said}): the edits of {name} not saved were not written; "
+                "they are lost")
+            return None
         except Exception as e:  # noqa: BLE001 - the stop goes on; the user must learn the edits are lost
             if not isinstance(e, EXPECTED):
                 log.exception("writing the unsaved edits at the stop failed")
