@@ -38,6 +38,39 @@ def test_vendor_timing_makes_a_perfusion_series(tmp_path, phantom, vendor, clock
     assert "many heartbeats" in s.provenance["kind"]["decided_by"]
 
 
+def test_a_short_first_pass_is_not_read_as_one_cardiac_cycle(tmp_path, phantom, capsys):
+    """Frames 0.5 s apart over 2-3.5 s span no more than a cine's cycle, but no cine has 4+ phases
+    0.3 s or more apart: a GE first pass of 5 dynamics (trigger delays 0.77-2.77 s) was read as a
+    cine, EF 100 %, exit 0 (Siemens and Philips timing were refused), and a NIfTI of 8 dynamics
+    0.5 s apart too (probe 101). A cine's ED and ES alone, 0.35 s apart, stay a cine."""
+    import dataclasses
+
+    import nibabel as nib
+
+    study, _ = phantom
+    short = dataclasses.replace(study, images=study.images[14:19], frame_times_s=study.frame_times_s[14:19] - study.frame_times_s[14])
+    write_perfusion_series(tmp_path / "ge5", short, vendor="ge")
+    read = load_study(tmp_path / "ge5")
+    assert read.kind == "perfusion" and "TriggerTime rises 0.50 s per frame" in read.provenance["kind"]["decided_by"]
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(tmp_path / "ge5"), "--out", str(out), "--quiet"]) == 2
+    assert "needs at least 8" in capsys.readouterr().err and not out.exists()
+    nine = dataclasses.replace(study, images=study.images[12:21], frame_times_s=study.frame_times_s[12:21] - study.frame_times_s[12])
+    write_perfusion_series(tmp_path / "ge9", nine, vendor="ge")        # 4.0 s: not "many heartbeats" either
+    assert load_study(tmp_path / "ge9").kind == "perfusion"
+
+    def nifti(name, frames, dt_s):
+        volume = np.moveaxis(np.asarray(study.images[frames], np.float32), 0, -1).transpose(2, 1, 0, 3)  # (C, R, S, T)
+        img = nib.Nifti1Image(volume, np.diag([1.8, 1.8, 10.0, 1.0]))
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = dt_s
+        nib.save(img, str(tmp_path / name))
+        return load_study(tmp_path / name)
+    eight = nifti("perf8.nii.gz", slice(12, 20), 0.5)
+    assert eight.kind == "perfusion" and "one per heartbeat" in eight.provenance["kind"]["decided_by"]
+    assert nifti("ed_es.nii.gz", [0, 8], 0.35).kind == "cine"
+
+
 def test_one_series_per_slice_is_grouped_by_position(tmp_path, phantom):
     study, _ = phantom
     write_perfusion_series(tmp_path / "d", study, vendor="siemens", series_per_slice=True)

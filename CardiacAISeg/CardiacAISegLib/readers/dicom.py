@@ -2169,6 +2169,12 @@ MANY_HEARTBEATS_S = 4.0
 # A first pass takes one frame per heartbeat or two (0.3-2 s apart). Frames as long a series
 # spans but under REALTIME_STEP_S apart are a real-time (untriggered) cine of many cycles.
 REALTIME_STEP_S = 0.15
+# Frames this far apart, this many or more, are one per heartbeat however short the series: a
+# cine's 10-40 phases lie 15-60 ms apart. A GE first pass of 5 dynamics 0.5 s apart (trigger
+# delays 0.77-2.77 s) was read as a cine, EF 100 % (probe 101). Fewer frames may be a cine's ED
+# and ES alone (0.3-0.4 s apart).
+HEARTBEAT_STEP_S = 0.3
+MIN_FRAMES_FOR_STEP = 4
 
 
 def settled_clock_tag(groups):
@@ -2252,6 +2258,10 @@ def choose_frame_clock(groups):
                               "heartbeats), in whole seconds only"}
         return {"clock": "AcquisitionTime", "kind": PERFUSION, "span_s": span(clock),
                 "reason": f"acquisition times advance through {span(clock):.1f} s at one slice position (many heartbeats)"}
+    if trig is not None and distinct(trig) and n_frames >= MIN_FRAMES_FOR_STEP and step(trig) >= HEARTBEAT_STEP_S:
+        return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
+                "reason": f"TriggerTime rises {step(trig):.2f} s per frame at one slice position (one frame per "
+                          "heartbeat, not phases of one cycle)"}
     if trig is not None and distinct(trig):
         return {"clock": "TriggerTime", "kind": CINE, "span_s": span(trig),
                 "reason": f"trigger delays span {span(trig) * 1000:.0f} ms at one slice position (one cardiac cycle)"}

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from ..errors import CardiacInputError
 from ..study import CINE, PERFUSION
-from .dicom import MANY_HEARTBEATS_S, REALTIME_STEP_S
+from .dicom import HEARTBEAT_STEP_S, MANY_HEARTBEATS_S, MIN_FRAMES_FOR_STEP, REALTIME_STEP_S
 
 STRONG, WEAK = "strong", "weak"
 
@@ -38,10 +38,13 @@ def _from_times(times, source, n_frames=None):
     span = float(times[-1] - times[0])
     if span <= 0 or span / (count - 1) < MIN_FRAME_STEP_S:
         return None
+    step = span / (count - 1)
     # frames under REALTIME_STEP_S apart over many seconds: a real-time cine, not a first pass
-    kind = PERFUSION if span > MANY_HEARTBEATS_S and span / (count - 1) >= REALTIME_STEP_S else CINE
-    cycles = "many heartbeats" if kind == PERFUSION else "one cardiac cycle" if span <= MANY_HEARTBEATS_S else "a real-time cine"
-    return kind, f"{source}: {count} frames over {span:.1f} s ({cycles})"
+    if span > MANY_HEARTBEATS_S and step >= REALTIME_STEP_S:
+        return PERFUSION, f"{source}: {count} frames over {span:.1f} s (many heartbeats)"
+    if count >= MIN_FRAMES_FOR_STEP and step >= HEARTBEAT_STEP_S:
+        return PERFUSION, f"{source}: {count} frames {step:.2f} s apart (one per heartbeat, not phases of one cycle)"
+    return CINE, f"{source}: {count} frames over {span:.1f} s ({'one cardiac cycle' if span <= MANY_HEARTBEATS_S else 'a real-time cine'})"
 
 
 # A first pass lifts both blood pools several-fold over their pre-contrast signal (real
