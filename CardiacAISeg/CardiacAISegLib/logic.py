@@ -59,7 +59,7 @@ STUDY_ATTRIBUTES = {"kind": "CardiacAISeg.Kind", "aif": "CardiacAISeg.AIF", "uni
 # What a reader found in the files that measures and QC read again (JSON on the input node): the
 # DICOM trigger delays place a 2-frame cine's ED and ES in the cycle (ED_ES_TIMING); a reopened
 # scene lost them, passed QC and warned that nothing named the frames (probe 67).
-STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings",
+STAMPED_PROVENANCE = ("trigger_times_ms", "slice_positions_mm", "stack_shear_mm", "aif_source", "aif_path", "aif_detection", "aif_warnings",
                       "ed_es_from", "kind_against_data",
                       # the reading's evidence QC judges and its warnings: the file is not read again on
                       # reopening, so a spacing the scanner's field of view contradicts (PIXEL_SPACING_DISAGREES)

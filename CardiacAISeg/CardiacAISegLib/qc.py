@@ -457,8 +457,14 @@ def _repeated_flags(code, what, pairs, consequence):
                   + consequence, len(pairs))]
 
 
+# Slice origins this far off one line within the image plane: no short-axis stack is planned so
+# (a shear of a few mm is rounding or a small correction); the basal half of a stack 40 mm off
+# read EDV +36 % with QC pass (probe 101)
+MAX_STACK_SHEAR_MM = 10.0
+
+
 def acquisition_flags(analysis):
-    """SLICES_THICK, SLICES_REPEATED, FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DISAGREES, VOXEL_SIZE_DISAGREES,
+    """STACK_SHEARED, SLICES_THICK, SLICES_REPEATED, FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DISAGREES, VOXEL_SIZE_DISAGREES,
     PIXEL_SPACING_DEFAULT, IMAGE_CLIPPED and IMAGE_QUANTISED: a
     cine acquired or exported outside what the segmentation was trained and checked on, or with
     its spacing lost."""
@@ -477,6 +483,13 @@ def acquisition_flags(analysis):
                                                    "checked on 5-10 mm: the base and apex fall between slices and the "
                                                    "volumes and mass are less certain (pairs of slices averaged to 20 mm moved "
                                                    "ESV by 10-27 % in tests); check the basal and apical slices", spacing))
+    shear = (st.provenance or {}).get("stack_shear_mm")
+    if shear is not None and shear > MAX_STACK_SHEAR_MM:
+        flags.append(_flag("STACK_SHEARED", REVIEW, f"the slices' origins lie up to {shear:.0f} mm apart within the image "
+                                                    "plane, where a short-axis stack's lie on one line: the stack is read as "
+                                                    "straight, so the heart is not where each slice's position says (slices "
+                                                    "of two acquisitions, or a table moved between breath-holds?); check the "
+                                                    "slices line up", shear))
     reader = str((st.provenance or {}).get("reader") or "")
     disagree = (st.provenance or {}).get("pixel_spacing_check")
     if disagree:
@@ -1362,15 +1375,27 @@ AIF_MIN_WIDTHS_AFTER_PEAK = 1.75
 # median segment error 2-4 % at 1.0 s frames (5+ frames per FWHM), 2-7 % at 1.5 s, 3-10 % at
 # 1.8 s, 9-23 % at 2.0 s and 11-35 % at 2.3 s (2.2-2.5 frames per FWHM), every fit "good" and
 # no other flag; a sharper real AIF (QPerf: FWHM 3.1-3.7 s) crosses the same line at shorter
-# intervals, hence frames per FWHM as well as seconds.
-AIF_MIN_FRAMES_PER_FWHM = 3.0
+# intervals, hence frames per FWHM as well as seconds. The median hides single segments: with a
+# dual-sequence AIF at 1.4-1.6 s frames (3.3-3.95 frames per FWHM) the worst segment read 14-31 %
+# off with QC pass, at 1.2 s (4.3-4.6 frames) within 12 % (probe 102, 3 seeds each), so frames
+# over 1.3 s apart are flagged whatever the width. By frames alone that line would also flag the
+# real QPerf rest series taken at 1.0 s (every beat at 60/min: 3.7-3.9 frames, segments within
+# 5.5 % of the 0.5 s reading), while the stress one at 1.0 s (3.0-3.2 frames) is 12-22 % off
+# (review of session 46).
+AIF_MIN_FRAMES_PER_FWHM = 3.5
 # One frame interval in five or more off their median by over this share of it (atrial
 # fibrillation, 0.6-1.2 s: 0.27; +-10 % jitter: 0.08)
 IRREGULAR_HEARTBEATS_SPREAD = 0.2
 # ... with this many frames or more across the AIF's half-peak width; with fewer, the allowed
 # spread shrinks in proportion (coarse frames: each one carries more of the first pass' shape)
 IRREGULAR_FRAMES_PER_FWHM = 8.0
-AIF_MAX_FRAME_INTERVAL_S = 1.9
+AIF_MAX_FRAME_INTERVAL_S = 1.3
+# Whole-second acquisition times (``dicom.coarse_clock_drift_s``) that stray further than this
+# from evenly spaced frames (around a quadratic: a rate that changes steadily is no irregularity):
+# an even rhythm cut to the second strays up to 1.0 s, a steady rate change 0.9-1.3 s, RR jitter
+# of +-0.1 s up to 1.6 s; atrial fibrillation (RR 0.5-1.5 s, 40 draws of 60 beats) 1.4-3.6 s,
+# median 2.2, where MBF read 26-44 % low with QC pass (probe 102; review of session 46)
+COARSE_CLOCK_DRIFT_S = 1.75
 # An arterial first pass is seconds wide at half its peak (QPerf examples: 4.0 s at rest and
 # stress; the phantom's 5-6 s). Under this the clock is too fast: a frame interval read from a
 # per-slice time or given too short, which scales MBF up by the same factor.
@@ -1616,8 +1641,9 @@ def aif_flags(study, myo=None, images=None, lv=None):
         across = f"{width:.1f} s wide at half its peak, so {width / dt:.1f} frames sample it" if width is not None else ""
         flags.append(_flag("AIF_COARSE_SAMPLING", REVIEW, f"one frame every {dt:.2f} s is too coarse for the AIF's first pass"
                                                            + (f" ({across})" if across else "")
-                                                           + ": the Fermi fit cannot pin the flow down (10-35 % segment errors "
-                                                           "on a phantom at 2.0-2.3 s frames); read MBF as approximate and "
+                                                           + ": the Fermi fit cannot pin the flow down (phantoms: single "
+                                                           "segments 14-31 % off at 1.4-1.6 s frames, 10-35 % at 2.0-2.3 "
+                                                           "s); read MBF as approximate and "
                                                            "compare regions with the semi-quantitative indices",
                                  round(dt, 3)))
     if width is not None and width < AIF_MIN_FWHM_S:
@@ -1670,6 +1696,17 @@ def aif_flags(study, myo=None, images=None, lv=None):
                                f"frame intervals {steps.min():.2f}-{steps.max():.2f} s (median {typical:.2f} s): irregular "
                                "heartbeats sample the AIF unevenly across its first pass, so MBF is uncertain (noise-free "
                                f"phantom at 0.6-1.2 s intervals: -8 %){_clock_not_the_acquisitions(study)}", round(spread, 3)))
+    drift = ((study.provenance or {}).get("timing") or {}).get("coarse_drift_s")
+    if drift is not None and drift > COARSE_CLOCK_DRIFT_S:
+        # the frames were given even times (whole seconds cannot time each one), but the seconds
+        # themselves show the beats were not even
+        flags.append(_flag("IRREGULAR_HEARTBEATS", REVIEW,
+                           f"the acquisition times, in whole seconds only, stray up to {drift:.1f} s from evenly spaced "
+                           "frames (an even rhythm cut to the second strays up to 1 s, a steadily changing rate "
+                           "little more): the heartbeats were irregular, but the fit was given even frame times, as "
+                           "far off; MBF is uncertain "
+                           "(atrial fibrillation on phantoms: 26-44 % low); re-export the series with its times' "
+                           "fractions of a second", drift))
     # the myocardium cannot enhance before the blood that feeds it
     if myo is None and study.labels:
         myo = next(iter(study.labels.values())) == MYO

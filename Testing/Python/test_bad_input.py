@@ -734,3 +734,80 @@ def test_writer_failure_leaves_nothing_half_written(tmp_path, capsys, small_cine
     expect_failure(capsys, [small_cine / "cine.nii.gz", "--labels", small_cine / "cine_labels.nii.gz", "--scene"], out,
                    "scene.mrb", "No space left on device", code=1)
     assert (os.listdir(out) == ["keep.txt"]) if existing else not out.exists()
+
+
+def test_a_ct_series_is_refused_as_not_mr(tmp_path, capsys):
+    """A CT series (Modality CT, Hounsfield units) was analysed as a cine, exit 0, QC pass
+    (probe 101); a secondary capture or an image with no Modality is still read."""
+    from bad_corpus import cine_dicom, make_base
+    from CardiacAISegLib.readers import load_study
+
+    base = make_base(tmp_path / "base")
+
+    def as_ct(ds, k, t):
+        ds.Modality = "CT"
+    folder, _ = cine_dicom(base, tmp_path / "ct", per_image=as_ct)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(folder), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Modality CT (computed tomography), not MR" in err and str(folder) in err and not out.exists()
+
+    def no_modality(ds, k, t):
+        del ds.Modality
+    assert load_study(cine_dicom(base, tmp_path / "none", per_image=no_modality)[0]).kind == "cine"
+
+    # an exam folder with a larger CT series beside the MR cine: the CT was picked and refused
+    # (before: picked and analysed); the MR cine is read, and the CT said as left out (review)
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam / "mr", slices=[2, 3, 4, 5], series="1.2.826.0.1.3680043.10.99.2", desc="SA cine", number=3)
+
+    def ct_series(ds, k, t):
+        ds.Modality = "CT"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.99.77.{k}.{t}"
+    cine_dicom(base, exam / "ct", per_image=ct_series, series="1.2.826.0.1.3680043.10.99.77", desc="Cardiac CTA",
+               number=9)
+    for labels in exam.glob("*.nii.gz"):   # the factory's label maps: not part of the exam
+        labels.unlink()
+    study = load_study(exam)
+    assert study.n_slices == 4 and study.provenance["series_description"] == "SA cine"
+
+
+def test_slices_in_another_frame_of_reference_that_do_not_line_up_are_refused(tmp_path):
+    """The basal half of a stack re-landmarked between breath-holds (a FrameOfReferenceUID of its
+    own, positions 40 mm off in the image plane) was read as one sheared stack, EDV +36 % with QC
+    pass (probe 101). A straight stack whose slices carry UIDs of their own (Sunnybrook's GE
+    cine) is read as one."""
+    from bad_corpus import N_SLICES, cine_dicom, make_base
+    from CardiacAISegLib.errors import CardiacInputError
+    from CardiacAISegLib.readers import load_study
+
+    base = make_base(tmp_path / "base")
+
+    def own_uid_per_slice(ds, k, t):
+        ds.FrameOfReferenceUID = f"1.2.826.0.1.3680043.10.543.{k + 1}"
+    assert load_study(cine_dicom(base, tmp_path / "straight", per_image=own_uid_per_slice)[0]).n_slices == N_SLICES
+
+    def relandmarked(ds, k, t):
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.543.1"
+        if k >= N_SLICES // 2:
+            ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.543.99"
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x + 40, y, z]
+    with pytest.raises(CardiacInputError, match="FrameOfReferenceUID .* differs .* the patient coordinates changed"):
+        load_study(cine_dicom(base, tmp_path / "moved", per_image=relandmarked)[0])
+
+    from CardiacAISegLib.analysis import Analysis
+
+    def sheared_by(mm):
+        def shift(ds, k, t):   # a shift alone, UIDs that say nothing: read, said, and QC reviews a large one
+            ds.FrameOfReferenceUID = f"1.2.826.0.1.3680043.10.543.{k}.{t}"
+            if k >= N_SLICES // 2:
+                x, y, z = (float(v) for v in ds.ImagePositionPatient)
+                ds.ImagePositionPatient = [x + mm, y, z]
+        return shift
+    for mm, flagged in ((40, True), (2, False)):
+        folder, labels = cine_dicom(base, tmp_path / f"sheared{mm}", per_image=sheared_by(mm))
+        study = load_study(folder, labels=labels)
+        assert any("sheared stack" in w for w in study.provenance["warnings"])
+        codes = {f["code"] for f in Analysis(study, study.labels).run().qc["flags"]}
+        assert ("STACK_SHEARED" in codes) == flagged, codes

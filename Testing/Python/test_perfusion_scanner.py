@@ -70,6 +70,18 @@ def test_a_short_first_pass_is_not_read_as_one_cardiac_cycle(tmp_path, phantom, 
     assert eight.kind == "perfusion" and "one per heartbeat" in eight.provenance["kind"]["decided_by"]
     assert nifti("ed_es.nii.gz", [0, 8], 0.35).kind == "cine"
 
+    # a cine of 4 phases at 40/min steps its trigger delays as far: read as perfusion, and
+    # --kind cine, which the refusal advises, was refused too (review); it is honoured and flagged
+    from bad_corpus import cine_dicom, make_base
+
+    def sparse_phases(ds, k, t):
+        ds.TriggerTime = 375.0 * t
+    folder, labels = cine_dicom(make_base(tmp_path / "base"), tmp_path / "brady", frames=[0, 1, 2, 3],
+                                per_image=sparse_phases)
+    assert load_study(folder).kind == "perfusion"
+    asked = load_study(folder, kind="cine", labels=labels)
+    assert asked.kind == "cine" and any("as requested (--kind)" in w for w in asked.provenance["warnings"])
+
 
 def test_one_series_per_slice_is_grouped_by_position(tmp_path, phantom):
     study, _ = phantom
@@ -1239,6 +1251,47 @@ def test_acquisition_times_in_whole_seconds(tmp_path, heartbeat_s, every):
     a = Analysis(s, study.labels).run()
     # as close to the truth as the same series with its full times (0.9 s sampling: 8.9 % at most)
     assert np.max(np.abs(segment_errors(a, truth))) < np.max(np.abs(segment_errors(full, truth))) + 0.01
+    assert s.provenance["timing"]["coarse_drift_s"] < 1.01
+    assert "IRREGULAR_HEARTBEATS" not in {f["code"] for f in a.qc["flags"]}
+
+
+@pytest.mark.parametrize("jitter_s,flagged", [(0.1, False), (0.5, True)])
+def test_whole_seconds_that_show_irregular_heartbeats_are_flagged(tmp_path, jitter_s, flagged):
+    """Whole-second times give the frames even times; with atrial fibrillation (RR 0.5-1.5 s) the
+    fit was given times seconds off, MBF 26-44 % low with QC pass (probe 102). The seconds
+    themselves stray from even frames by 1.4-3.6 s there (median 2.2), up to 1 s for an even
+    rhythm: flagged. Jitter of RR 0.9-1.1 s is not, nor a rate that rises steadily (review)."""
+    import pydicom
+
+    study, _ = make_perfusion_phantom(seed=3, n_frames=60, noise=0.005, dt=1.0)
+    _, paths = write_perfusion_series(tmp_path / "s", study, vendor="siemens", heartbeat_jitter_s=jitter_s, seed=11)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.AcquisitionTime = str(ds.AcquisitionTime).split(".")[0]
+        ds.save_as(p)
+    s = load_study(tmp_path / "s")
+    a = Analysis(s, study.labels).run()
+    irregular = [f for f in a.qc["flags"] if f["code"] == "IRREGULAR_HEARTBEATS"]
+    assert bool(irregular) == flagged, (s.provenance["timing"], a.qc["flags"])
+    if flagged:
+        assert "whole seconds only" in irregular[0]["message"] and a.qc["status"] == "review"
+
+
+def test_whole_seconds_of_a_steadily_rising_rate_are_not_irregular():
+    """A heart rate that rises steadily (60 to 75/min through a stress series) cut to whole
+    seconds strayed 2.2 s from a straight line and was flagged as irregular (review of session
+    46); around a quadratic it strays about 1 s, as an even rhythm does. Atrial fibrillation
+    still strays further."""
+    from CardiacAISegLib.qc import COARSE_CLOCK_DRIFT_S
+    from CardiacAISegLib.readers.dicom import coarse_clock_drift_s
+
+    def drift(rr):
+        return coarse_clock_drift_s(np.floor(36000.37 + np.r_[0.0, np.cumsum(rr)])[:, None])
+    assert drift(np.linspace(1.0, 0.8, 59)) < COARSE_CLOCK_DRIFT_S
+    assert drift(np.r_[np.full(30, 1.0), np.full(29, 0.85)]) < COARSE_CLOCK_DRIFT_S
+    assert drift(np.full(59, 0.9)) <= 1.01
+    af = [drift(np.random.default_rng(seed).uniform(0.5, 1.5, 59)) for seed in range(20)]
+    assert np.median(af) > COARSE_CLOCK_DRIFT_S
 
 
 @pytest.mark.parametrize("split,said", [("per_file", "each carry a SeriesInstanceUID of their own"),

@@ -1099,6 +1099,22 @@ def test_coarsely_sampled_bolus_is_flagged(dt, flagged):
         assert np.median(errors) < 0.05
 
 
+@pytest.mark.parametrize("seed,dt,flagged", [(3, 1.4, True), (4, 1.4, True), (3, 1.2, False)])
+def test_frames_over_1_3_s_apart_are_flagged_as_coarse(seed, dt, flagged):
+    """Frames 1.4-1.6 s apart (every other beat at 75-86 bpm; 3.7-3.95 frames across the AIF's
+    half-peak width) passed QC with single segments 14-31 % off (probe 102): flagged now; 1.2 s
+    frames of the same phantoms read every segment within 10 % and pass."""
+    study, truth = make_perfusion_phantom(seed=seed, dt=dt, n_frames=int(64 / dt), noise=0.005)
+    a = Analysis(study, study.labels).run()
+    errors = np.array([abs(s["mbf_ml_min_g"] - truth["mbf_per_segment"][s["id"]]) / truth["mbf_per_segment"][s["id"]]
+                       for s in a.perfusion["segments"]])
+    assert ("AIF_COARSE_SAMPLING" in codes(a)) == flagged
+    if flagged:
+        assert errors.max() > 0.15   # the flag is there because single segments are off
+    else:
+        assert errors.max() < 0.10
+
+
 def test_first_pass_width_of_a_sampled_gaussian():
     from CardiacAISegLib.qc import first_pass_fwhm_s
 

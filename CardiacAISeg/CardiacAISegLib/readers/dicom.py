@@ -1788,6 +1788,7 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
     several series to those whose names say that kind. ``as_aif``: read as a dual-sequence AIF
     series (by the AIF's reader), not as the images to analyse."""
     if choice is None:
+        series = _without_other_modalities(series, notes)
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
         series = _series_of_kind(series, kind, notes)
     uid, items, aif_uid = _choose_series(folder, series, choice, notes)
@@ -2259,7 +2260,7 @@ def choose_frame_clock(groups):
         return {"clock": "AcquisitionTime", "kind": PERFUSION, "span_s": span(clock),
                 "reason": f"acquisition times advance through {span(clock):.1f} s at one slice position (many heartbeats)"}
     if trig is not None and distinct(trig) and n_frames >= MIN_FRAMES_FOR_STEP and step(trig) >= HEARTBEAT_STEP_S:
-        return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig),
+        return {"clock": "TriggerTime", "kind": PERFUSION, "span_s": span(trig), "by_step": True,
                 "reason": f"TriggerTime rises {step(trig):.2f} s per frame at one slice position (one frame per "
                           "heartbeat, not phases of one cycle)"}
     if trig is not None and distinct(trig):
@@ -2319,6 +2320,44 @@ def frame_times_from_coarse_clock(times):
         return np.zeros(n_t)
     dt = float(np.mean(times[-1] - times[0])) / (n_t - 1)
     return np.arange(n_t) * dt
+
+
+def coarse_clock_drift_s(times):
+    """How far (s) whole-second clock readings (T, S) stray from evenly spaced frames: per slice,
+    the range of each reading less its frame's place on a smooth curve fitted to all of them
+    (least squares, quadratic: a heart rate that rises or falls steadily through the series is
+    no irregularity, and its even times are off by 1-3 % across the bolus; review of session 46),
+    the largest over slices. Cutting to the second puts readings of an even rhythm within
+    one second of that line (range under 1 s, a little more with a few % of jitter); irregular
+    heartbeats (atrial fibrillation: RR 0.5-1.5 s) or a rate that changes through the series
+    wander seconds off it (1.4-3.6 s), where the even times the fit is given are as far off
+    (MBF 26-44 % low with QC pass; probe 102)."""
+    n_t = times.shape[0]
+    if n_t < 3:
+        return 0.0
+    k = np.arange(n_t, dtype=float)
+    fitted = np.polynomial.polynomial.polyval(k, np.polynomial.polynomial.polyfit(k, times, 2)).T   # (T, S)
+    off = times - fitted
+    return float(np.max(off.max(axis=0) - off.min(axis=0)))
+
+
+def _slices_of_another_frame_of_reference(groups, in_plane):
+    """The index of the slice furthest off a sheared stack when the stack's FrameOfReferenceUIDs
+    explain the shear: each slice one UID, at least two UIDs and fewer than slices (UIDs per
+    image or per slice, as some exports and anonymisers write them, say nothing: Sunnybrook's
+    GE cine), and the slices of each UID a straight stack of their own, so the shift lies
+    between frames of reference. Else None (a sheared stack, said as one)."""
+    per_slice = [{str(g[1].get("FrameOfReferenceUID", "") or "") for g in grp} for grp in groups]
+    if any(len(uids) != 1 for uids in per_slice):
+        return None
+    uids = [next(iter(u)) for u in per_slice]
+    if not 2 <= len(set(uids)) < len(uids):
+        return None
+    for uid in set(uids):
+        members = [k for k, u in enumerate(uids) if u == uid]
+        if np.max(np.linalg.norm(in_plane[members] - in_plane[members[0]], axis=1)) > 0.5:
+            return None   # sheared within one frame of reference too: the UIDs do not explain it
+    return int(np.argmax(np.linalg.norm(in_plane - in_plane[0], axis=1)))
 
 
 def _gap_in_frames(group, clock):
@@ -3384,6 +3423,38 @@ def spacing_against_diameter(diameter, rows, columns, ps, crop_possible=True):
                        "pixels"}
 
 
+# Modalities whose images are no MR acquisition: a CT series (Hounsfield units) was analysed as a
+# cine, exit 0, QC pass (probe 101). MR, and images with no Modality or a secondary capture (SC,
+# OT: screenshots and converted MR), are read.
+NOT_MR_MODALITIES = {"CT": "computed tomography", "PT": "PET", "NM": "nuclear medicine", "US": "ultrasound", "XA": "X-ray angiography",
+                     "RF": "fluoroscopy", "CR": "radiography", "DX": "radiography", "MG": "mammography"}
+
+
+def _modality(ds):
+    return str(ds.get("Modality", "") or "").strip().upper()
+
+
+def _without_other_modalities(series, notes=None):
+    """The folder's series less those of another modality (a CT beside the MR cine was picked
+    for its size and analysed; review of session 46), said in ``notes``; all of them when none
+    is MR (``_refuse_other_modalities`` then names the file)."""
+    other = sorted(u for u, its in series.items() if _modality(its[0][1]) in NOT_MR_MODALITIES)
+    if not other or len(other) == len(series):
+        return series
+    if notes is not None:
+        notes.append(f"{'; '.join(_describe(u, series[u]) for u in other)} left out: Modality "
+                     f"{', '.join(sorted({_modality(series[u][0][1]) for u in other}))}, not MR")
+    return {u: its for u, its in series.items() if u not in other}
+
+
+def _refuse_other_modalities(items):
+    for path, ds in items:
+        modality = _modality(ds)
+        if modality in NOT_MR_MODALITIES:
+            raise CardiacInputError(path, f"Modality {modality} ({NOT_MR_MODALITIES[modality]}), not MR: CardiacAISeg "
+                                          "reads cardiac MR series (short-axis cine or first-pass perfusion)")
+
+
 def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind_asked=None, as_aif=False):
     picked_notes = []
     uid, items, aif_uid = _pick_series(folder, all_series, series, picked_notes, kind=kind_asked or kind, as_aif=as_aif)
@@ -3391,6 +3462,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     items, phase_note = _drop_phase_images(folder, items)
     items, derived_note = _drop_derived_images(folder, uid, items)
     picked_notes += phase_note + derived_note
+    _refuse_other_modalities(items)
     _check_memory(folder, items)
 
     fixes = []
@@ -3569,14 +3641,31 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         raise CardiacInputError(folder, "pixel data contains NaN or infinite values")
 
     gaps = np.diff(positions)
+    stack_shear_mm = None
     if n_s > 1:
         # the affine takes the median; gaps and uneven spacing are reported and integrated by the
         # true positions (slice_positions_mm) in geometry_check / cine
         spacing = float(np.median(gaps))
         offsets = np.array([g[0][3] for g in groups]) - groups[0][0][3]
         in_plane = offsets - np.outer(offsets @ normal, normal)
-        if np.max(np.linalg.norm(in_plane, axis=1)) > 0.5:
+        sheared = np.max(np.linalg.norm(in_plane, axis=1)) > 0.5
+        moved = _slices_of_another_frame_of_reference(groups, in_plane) if sheared else None
+        if moved is not None:
+            # positions in two patient coordinate systems (the table moved or the scanner
+            # re-landmarked between breath-holds) are not one space: read as one, the shift taken
+            # for a sheared stack, EDV +36 % with QC pass (probe 101)
+            raise CardiacInputError(groups[moved][0][0], f"the slice at {positions[moved]:.1f} mm lies "
+                                    f"{np.linalg.norm(in_plane[moved]):.1f} mm off the stack within the image plane, and "
+                                    f"its FrameOfReferenceUID ({groups[moved][0][1].get('FrameOfReferenceUID')}) differs "
+                                    f"from the slice at {positions[0]:.1f} mm's "
+                                    f"({groups[0][0][1].get('FrameOfReferenceUID')}): the patient coordinates changed "
+                                    "between them (the table moved, or the scanner landmarked again), so where the slices "
+                                    "lie relative to each other is unknown; analyse the slices of one frame of reference "
+                                    "together (export them apart)")
+        if sheared:
             warn.append("slice origins shift within the image plane (sheared stack); geometry assumes a straight stack")
+            # how far: QC STACK_SHEARED reviews a shift no real short-axis stack has
+            stack_shear_mm = round(float(np.max(np.linalg.norm(in_plane, axis=1))), 1)
     else:
         ds0 = groups[0][0][1]
         try:
@@ -3604,6 +3693,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     frame_times = None
     if np.all(np.isfinite(times)) and timing.get("coarse"):
         frame_times = frame_times_from_coarse_clock(times)
+        timing["coarse_drift_s"] = round(coarse_clock_drift_s(times), 2)
         mixed = any(getattr(g[1], _WHOLE_SECONDS, False) for grp in groups for g in grp)
         warn.append(f"acquisition times are in whole seconds only{' on some images (the others carry fractions: all read to the second)' if mixed else ''}: frames ordered by time and InstanceNumber, one "
                     f"every {frame_times[1]:.3f} s from the series' span ({times[-1, 0] - times[0, 0]:.0f} s over "
@@ -3633,7 +3723,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         "patient_name": str(ds0.get("PatientName", "") or ""), "patient_birth_date": str(ds0.get("PatientBirthDate", "") or ""),
         "study_uid": str(ds0.get("StudyInstanceUID", "") or ""),
         "study_date": str(ds0.get("StudyDate", "") or ds0.get("SeriesDate", "") or ds0.get("AcquisitionDate", "") or ""),
-        "slice_positions_mm": [round(p, 4) for p in positions],
+        "slice_positions_mm": [round(p, 4) for p in positions], "stack_shear_mm": stack_shear_mm,
         "instance_map": instance_map, "ambiguous_instances": sorted(ambiguous), "sop_map": sop_map, "warnings": warn,
         "multi_frame": bool(frame_map),
         "slice_thickness_mm": _positive_mm(ds0.get("SliceThickness")),

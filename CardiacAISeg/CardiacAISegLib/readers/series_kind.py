@@ -182,9 +182,11 @@ def _check_time_saved_as_slices(study):
 
 def _wall_clock_reason(study):
     """The reason ``evidence`` gives for a kind the DICOM wall clock (acquisition or content
-    time, not the trigger delay) decided, or None: the one strong evidence --kind may overrule."""
+    time, not the trigger delay) decided, or the step between few trigger delays (``dicom``'s
+    ``HEARTBEAT_STEP_S``: a cine of 4 phases at 40/min has it too; review of session 46), or
+    None: the strong evidence --kind may overrule."""
     timing = (study.provenance or {}).get("timing") or {}
-    if not timing.get("kind") or timing.get("clock") in (None, "TriggerTime"):
+    if not timing.get("kind") or (timing.get("clock") in (None, "TriggerTime") and not timing.get("by_step")):
         return None
     return _clock_evidence(timing)
 
