@@ -2327,11 +2327,10 @@ def coarse_clock_drift_s(times):
     the range of each reading less its frame's place on a smooth curve fitted to all of them
     (least squares, quadratic: a heart rate that rises or falls steadily through the series is
     no irregularity, and its even times are off by 1-3 % across the bolus; review of session 46),
-    the largest over slices. Cutting to the second puts readings of an even rhythm within
-    one second of that line (range under 1 s, a little more with a few % of jitter); irregular
-    heartbeats (atrial fibrillation: RR 0.5-1.5 s) or a rate that changes through the series
-    wander seconds off it (1.4-3.6 s), where the even times the fit is given are as far off
-    (MBF 26-44 % low with QC pass; probe 102)."""
+    the largest over slices. Cutting to the second puts readings of an even rhythm within one
+    second of that curve (range up to 1 s; RR jitter of +-0.1 s up to 1.6 s); irregular heartbeats
+    (atrial fibrillation: RR 0.5-1.5 s) wander further (1.4-3.6 s, median 2.2), where the even
+    times the fit is given are as far off (MBF 26-44 % low with QC pass; probe 102)."""
     n_t = times.shape[0]
     if n_t < 3:
         return 0.0

@@ -36,9 +36,9 @@ def _from_times(times, source, n_frames=None):
         return None
     count = n_frames or len(times)
     span = float(times[-1] - times[0])
-    if span <= 0 or span / (count - 1) < MIN_FRAME_STEP_S:
-        return None
     step = span / (count - 1)
+    if span <= 0 or step < MIN_FRAME_STEP_S:
+        return None
     # frames under REALTIME_STEP_S apart over many seconds: a real-time cine, not a first pass
     if span > MANY_HEARTBEATS_S and step >= REALTIME_STEP_S:
         return PERFUSION, f"{source}: {count} frames over {span:.1f} s (many heartbeats)"
