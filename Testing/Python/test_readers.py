@@ -511,6 +511,16 @@ def test_bad_qperf_negative_dt_in_params(tmp_path):
     expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", "positive")
 
 
+@pytest.mark.parametrize("key, value", [("dt_s", "0.5 s"), ("hematocrit", "42%")])
+def test_bad_qperf_text_for_a_number_in_params(tmp_path, key, value):
+    """Text for a number in params.json was said as a bare ValueError in the crash wording,
+    naming the folder (probe 101): the file and the key are named."""
+    _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
+    entry = {"images": "perf.nii.gz", "dt_s": 0.5, key: value}
+    (tmp_path / "params.json").write_text(json.dumps({"stress": entry}))
+    expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", f'"{key}": "{value}" is not a number')
+
+
 def test_dicom_stack_stored_as_one_series_per_slice_is_merged(shared_data, tmp_path):
     """Siemens-style export: every slice position is its own series; a stray series of another
     orientation (a long-axis view) is left out."""

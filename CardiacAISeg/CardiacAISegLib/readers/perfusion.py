@@ -518,6 +518,19 @@ def _times_from_dynamic_numbers(prov, n, dt, warnings):
     return (np.asarray(numbers, float) - numbers[0]) / unit * dt
 
 
+def _params_number(entry, key, params_file):
+    """``entry[key]`` of a QPerf params.json as a number; text ("0.5 s", "42%") named with its file
+    and key, not a bare ValueError in the crash wording (probe 101)."""
+    value = entry[key]
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        example = {"dt_s": "0.5 (seconds per frame)", "hematocrit": "0.42 (a fraction)"}.get(key, "a number")
+        raise CardiacInputError(params_file, f'"{key}": {json.dumps(value)} is not a number; give e.g. {example}') from None
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -596,7 +609,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
         # the file's own header, or where the reader found its times (a BIDS sidecar)
         dt, dt_source, where = float(np.median(np.diff(measured))), prov.get("frame_times_from") or "file", path
     elif entry is not None and "dt_s" in entry:
-        dt, dt_source, where = float(entry["dt_s"]), str(params_file), params_file
+        dt, dt_source, where = _params_number(entry, "dt_s", params_file), str(params_file), params_file
     else:
         frames_folder = str((study.provenance or {}).get("reader") or "").endswith("-frames")
         why = (study.provenance or {}).get("frame_times_ignored") or (
@@ -762,7 +775,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
             if aif is None and f"{key}_frame_1based" in entry:
                 prov[key] = int(entry[f"{key}_frame_1based"]) - 1  # the authors store MATLAB indices
         if hematocrit is None and "hematocrit" in entry:
-            hematocrit = float(entry["hematocrit"])
+            hematocrit = _params_number(entry, "hematocrit", params_file)
     study.kind = PERFUSION
     # Real (possibly irregular) times are kept; the fit resamples onto a regular grid.
     study.frame_times_s = np.asarray(measured, float) if measured is not None and len(measured) == n else np.arange(n) * dt
