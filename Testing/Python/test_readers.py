@@ -1608,3 +1608,23 @@ def test_another_patients_frame_file_in_an_acdc_folder_is_left_out(tmp_path):
     (copy / "scan_4d.nii.gz").write_bytes((copy / "patient010_frame01.nii.gz").read_bytes())
     said = []
     assert [f.name for f in _patient_files(copy, said)[2]] == ["scan_4d.nii.gz"] and not said
+
+
+def test_a_zero_voxel_size_is_said_once_without_nibabels_log_line(tmp_path, capfd):
+    """nibabel's own log line ("pixdim[1,2,3] should be non-zero; setting 0 dims to 1") reached
+    stderr before the reader's error about the same field (probe 101)."""
+    import nibabel as nib
+
+    from CardiacAISegLib import cli
+
+    img = nib.Nifti1Image(np.ones((16, 16, 4), np.float32), None)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][1:4] = 0
+    path = tmp_path / "ed.nii.gz"
+    nib.save(img, str(path))
+    capfd.readouterr()
+    assert cli.main(["analyze", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capfd.readouterr().err
+    assert "voxel size" in err and str(path) in err
+    assert "setting 0 dims to 1" not in err, err
