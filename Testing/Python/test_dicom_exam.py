@@ -4,6 +4,7 @@ others. Built as a Siemens exam stores it: the short-axis cine one series per sl
 copies, and the dual-sequence AIF series (probe round 16)."""
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, cine_dicom, make_base
@@ -825,3 +826,28 @@ def test_an_aif_series_a_few_frames_apart_says_why(perfusion, tmp_path):
     said = [w for w in study.provenance["warnings"] if "on the common clock" in w]
     assert study.n_frames == perfusion.n_frames - 2 and len(said) == 1, study.provenance["warnings"]
     assert "frames were lost from one series or both" in said[0]
+
+
+def test_an_aif_series_read_out_every_beat_beside_images_every_other_pairs(tmp_path):
+    """At a fast heart rate the images' slices are read every other beat while the dual-sequence
+    AIF is read every beat: twice the frames. The folder was refused as "2 series, choose one",
+    and with --series the AIF came from the LV (probe 102). Paired, the AIF is taken at the
+    images' heartbeats on the common clock, and MBF equals that with an AIF series at the
+    images' own rate."""
+    import dataclasses
+
+    from CardiacAISegLib.analysis import Analysis
+
+    fine, _ = make_perfusion_phantom(seed=3, n_frames=100, noise=0.005, dt=0.6)
+    every_other = dataclasses.replace(fine, images=fine.images[::2], frame_times_s=fine.frame_times_s[::2])
+    segments = {}
+    for name, aif_study in (("every_beat", fine), ("same_rate", every_other)):
+        folder = tmp_path / name
+        write_perfusion_series(folder, every_other, vendor="siemens", description="Perfusion_stress")
+        write_aif_series(folder, aif_study, description="AIF_stress", number=42)
+        study = load_study(folder)
+        assert study.provenance.get("aif_series_uid") and study.n_frames == every_other.n_frames, name
+        said = [w for w in study.provenance["warnings"] if "every heartbeat" in w]
+        assert len(said) == (name == "every_beat"), study.provenance["warnings"]
+        segments[name] = [s["mbf_ml_min_g"] for s in Analysis(study, every_other.labels).run().perfusion["segments"]]
+    np.testing.assert_allclose(segments["every_beat"], segments["same_rate"], rtol=0.02)

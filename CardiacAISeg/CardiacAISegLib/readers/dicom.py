@@ -1086,7 +1086,12 @@ def _pair_but_for_the_clocks(series):
     # reason; paired, the images' reader names the short slice (probe 56)
     n_small, n_large = _most_frames_at_a_position(i1), _most_frames_at_a_position(i2)
     if _series_positions(i1) and _series_positions(i2):
-        if abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) or not 1 <= len(_series_positions(i2)) <= 6:
+        # or the AIF series read out in every heartbeat and the images' slices in every other
+        # (a fast heart rate): twice the frames (probe 102: "2 series, choose one", and with
+        # --series the AIF was taken from the LV instead); its heartbeats are matched on the clock
+        every_beat = abs(n_small - 2 * n_large) <= max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_small)
+        if (abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) and not every_beat) \
+                or not 1 <= len(_series_positions(i2)) <= 6:
             return None
     else:
         ratio = len(i2) / len(i1)
