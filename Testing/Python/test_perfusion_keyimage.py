@@ -186,7 +186,8 @@ def test_the_network_alone_stays_selectable_by_model_name(tmp_path, monkeypatch)
     study, _ = make_perfusion_phantom(seed=1, stress=False, noise=0.01)
     labels, info = segment(study, "perfusion-frames")
     assert info["name"] == "perfusion-frames"
-    assert study.provenance["perfusion_segmentation"] == {"mode": "frames", "network": "perfusion-frames", "bolus_check": True}
+    assert study.provenance["perfusion_segmentation"] == {"mode": "frames", "network": "perfusion-frames", "bolus_check": True,
+                                                          "heart_not_found": None}   # found (the run's own record)
     assert study.provenance["mask_refinement"][0]["refined"]
     assert dice(labels[0] == MYO, study.labels[0] == MYO) > 0.9
 
