@@ -95,11 +95,11 @@ def test_parameter_names_map_to_logic_parameters(form):
             bound[name] = w.objectName()
     # The ES segmentation is made by the Logic and edited in the Segment Editor, not chosen; the
     # rest series' mask is made by the Logic and kept for the saved scene; the ED/ES frames an
-    # edit kept, the model, the hand-edited frames and the density the results were measured
+    # edit kept, the model (and the rest run's), the hand-edited frames and the density the results were measured
     # with are the Logic's record for the saved scene, not choices; so is every frame's labels
     # sequence of a whole cycle (frameLabelsID).
     assert set(bound) == set(PARAMETERS) - {"outputSegmentationESID", "restSegmentationID", "keptEdEs", "modelInfo",
-                                            "editedFrames", "restEditedFrames", "measuredDensity", "frameLabelsID",
+                                            "restModelInfo", "editedFrames", "restEditedFrames", "measuredDensity", "frameLabelsID",
                                             "runLabelsID", "restRunLabelsID"}
     _, _, classes = _ui_tree()
     for name, widget_name in bound.items():
