@@ -84,7 +84,9 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
         # frames lost from one series (a file missing in the export): which AIF frame belongs to
         # which heartbeat is read off the common clock (counting from the first files put the
         # AIF a beat early: MBF +66 %; probe 22)
-        if abs(len(curve) - 2 * study.n_frames) <= max(4, 0.1 * len(curve)):
+        from .dicom import aif_read_every_beat
+
+        if aif_read_every_beat(len(curve), study.n_frames):
             study.provenance.setdefault("warnings", []).append(
                 f"the dual-sequence AIF series {aif_uid} has {len(curve)} frames, the images {study.n_frames}: the AIF read "
                 "out every heartbeat, the images' slices every other; the AIF is taken at the images' heartbeats on "

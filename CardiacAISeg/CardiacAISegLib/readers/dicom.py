@@ -1089,8 +1089,7 @@ def _pair_but_for_the_clocks(series):
         # or the AIF series read out in every heartbeat and the images' slices in every other
         # (a fast heart rate): twice the frames (probe 102: "2 series, choose one", and with
         # --series the AIF was taken from the LV instead); its heartbeats are matched on the clock
-        every_beat = abs(n_small - 2 * n_large) <= max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_small)
-        if (abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) and not every_beat) \
+        if (abs(n_large - n_small) > max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_large) and not aif_read_every_beat(n_small, n_large)) \
                 or not 1 <= len(_series_positions(i2)) <= 6:
             return None
     else:
@@ -1125,6 +1124,12 @@ def _unpaired_aif_hint(series):
 
 
 MAX_AIF_FRAME_DIFFERENCE = 4   # PD frames of one series only (1-3) and a lost file or two
+
+
+def aif_read_every_beat(n_aif, n_images):
+    """Whether a dual-sequence AIF series of ``n_aif`` frames was read out every heartbeat beside
+    images of ``n_images`` read every other (twice the frames, give or take as above)."""
+    return abs(n_aif - 2 * n_images) <= max(MAX_AIF_FRAME_DIFFERENCE, 0.1 * n_aif)
 
 
 def _has_clock(items):
