@@ -48,6 +48,7 @@ def form():
         from PySide6.QtWidgets import QApplication
     except ImportError as e:
         pytest.skip(f"PySide6 is not installed ({e}); pip install PySide6-Essentials to check the .ui with Qt")
+    created = QApplication.instance() is None
     app = QApplication.instance() or QApplication([])
     f = QFile(str(UI_FILE))
     assert f.open(QFile.ReadOnly), f"cannot open {UI_FILE}"
@@ -57,8 +58,13 @@ def form():
         f.close()
     assert widget is not None, "QUiLoader could not build the form"
     yield widget
+    # Delete the form and the application now, not at interpreter exit, where PySide6 and the
+    # other native libraries are torn down in no fixed order (deleteLater alone never runs: no loop).
+    from PySide6.QtCore import QEvent
     widget.deleteLater()
-    del app
+    QApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    if created:
+        app.shutdown()
 
 
 def test_every_widget_the_code_names_is_declared():
