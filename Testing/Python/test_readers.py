@@ -521,6 +521,19 @@ def test_bad_qperf_text_for_a_number_in_params(tmp_path, key, value):
     expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", f'"{key}": "{value}" is not a number')
 
 
+@pytest.mark.parametrize("value, says", [("7th", '"aif_foot_frame_1based": "7th" is not a number'),
+                                         (6.5, '"aif_foot_frame_1based": 6.5 is not a frame number'),
+                                         (0, '"aif_foot_frame_1based": 0 is not a frame number')])
+def test_bad_qperf_aif_foot_frame_in_params(tmp_path, value, says):
+    """The authors' AIF foot frame (1-based) was read with a bare int(): text crashed in the crash
+    wording and 6.5 became frame 6 unsaid; 0 became frame -1, the last."""
+    _small_nifti(tmp_path / "perf.nii.gz", np.ones((6, 5, 10), np.float32))
+    np.savetxt(tmp_path / "aif.txt", np.linspace(0, 1, 10))
+    entry = {"images": "perf.nii.gz", "aif": "aif.txt", "dt_s": 0.5, "aif_foot_frame_1based": value}
+    (tmp_path / "params.json").write_text(json.dumps({"stress": entry}))
+    expect_error(lambda: load_study(tmp_path), tmp_path / "params.json", says)
+
+
 def test_dicom_stack_stored_as_one_series_per_slice_is_merged(shared_data, tmp_path):
     """Siemens-style export: every slice position is its own series; a stray series of another
     orientation (a long-axis view) is left out."""

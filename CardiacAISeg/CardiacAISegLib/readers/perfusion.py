@@ -531,6 +531,16 @@ def _params_number(entry, key, params_file):
         raise CardiacInputError(params_file, f'"{key}": {json.dumps(value)} is not a number; give e.g. {example}') from None
 
 
+def _params_frame(entry, key, params_file):
+    """``entry[key]`` of a QPerf params.json as a 1-based frame number (MATLAB's indices); text or
+    a fraction named with its file and key, not a bare ValueError or a frame silently truncated."""
+    value = _params_number(entry, key, params_file)
+    if not np.isfinite(value) or value != int(value) or value < 1:
+        raise CardiacInputError(params_file, f'"{key}": {json.dumps(entry[key])} is not a frame number; give a whole '
+                                             "number from 1 (the first frame, as MATLAB counts)")
+    return int(value)
+
+
 def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", hematocrit=None, units=None,
                      qperf=None, progress=None):
     """Make a read series a perfusion Study: frame interval, AIF, units, hematocrit.
@@ -773,7 +783,7 @@ def finish_perfusion(study, path, aif=None, dt=None, stress_or_rest="stress", he
     if entry is not None:
         for key in ("aif_foot", "aif_peak"):
             if aif is None and f"{key}_frame_1based" in entry:
-                prov[key] = int(entry[f"{key}_frame_1based"]) - 1  # the authors store MATLAB indices
+                prov[key] = _params_frame(entry, f"{key}_frame_1based", params_file) - 1  # the authors store MATLAB indices
         if hematocrit is None and "hematocrit" in entry:
             hematocrit = _params_number(entry, "hematocrit", params_file)
     study.kind = PERFUSION
