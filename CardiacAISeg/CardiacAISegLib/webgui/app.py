@@ -187,8 +187,6 @@ class CardiacWebApp:
         self.state.data_truncated = truncated
         self.state.data_collapsed = len(collapsed)
 
-    OPEN_FIELDS = OPEN_FIELDS   # the fields Open sends with its click (ui.OPEN_FIELDS)
-
     def _open_sample(self, sample_id=None):
         if sample_id is not None:
             self.state.sample_id = sample_id
@@ -202,7 +200,7 @@ class CardiacWebApp:
     def _open_study(self, fields=None):
         s = self.state
         for name, value in (fields or {}).items():
-            if name in self.OPEN_FIELDS:
+            if name in OPEN_FIELDS:   # the fields Open sends with its click
                 s[name] = value
         args = (s.study_path, s.labels_path or None, s.aif_path or None, s.dt_text or None, s.kind_choice,
                 s.rest_path or None, s.rest_aif_path or None, s.rest_dt_text or None, s.rest_labels_path or None,
