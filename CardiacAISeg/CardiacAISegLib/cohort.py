@@ -1100,7 +1100,9 @@ def models_needed(specs, model=None):
         if s.options.get("model") or model:
             names.add(s.options.get("model") or model)
         else:
-            tasks.add(s.options.get("kind") or "cine")
+            # a study without a kind may be read as either (a folder of perfusion DICOM): loading
+            # only the cine model left every perfusion study to load its own in the worker
+            tasks.update(_kinds_it_may_be(s))
     if tasks:
         from .models import registry
 

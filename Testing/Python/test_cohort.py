@@ -279,7 +279,11 @@ def test_model_preload_keeps_the_model_by_sha256(cohort, monkeypatch):
     unlabelled = [s for s in specs if s.study == "phantom_a"]
     unlabelled[0].options.pop("labels")
     name = registry.default_model("cine")
+    unlabelled[0].options["kind"] = "cine"
     assert models_needed(unlabelled) == [name]
+    # without a kind the reader decides from the images: either kind's model may be needed
+    unlabelled[0].options.pop("kind")
+    assert models_needed(unlabelled) == sorted({name, registry.default_model("perfusion")})
     monkeypatch.setenv("CARDIACAISEG_THREADS", "")   # restored after the test: the plugin sets it for its process
     monkeypatch.delenv("CARDIACAISEG_THREADS")
     ModelPreload([name], threads=1).setup()
