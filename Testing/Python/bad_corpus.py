@@ -2616,6 +2616,24 @@ def _(base, f):
     return perfusion_args(base, **{"--rest": d})
 
 
+@case("rest_is_a_cine_nifti_with_its_time_step", "error",
+      ("reading the rest series (--rest)", "it is no first-pass perfusion series", "one cardiac cycle",
+       "give the rest perfusion acquisition"), named=lambda f: f / "cine" / "cine.nii.gz", category="cli")
+def _(base, f):
+    """A perfusion study with a cine NIfTI (its 0.15 s time step in the header) as its rest
+    series: refused for the frame interval "because --kind perfusion was given ... drop --kind",
+    a flag the user never gave; the rest is perfusion by its role (probe 103)."""
+    import nibabel as nib
+
+    img, _ = cine_nifti(base, f / "cine")
+    nii = nib.load(str(img))
+    nii.header.set_xyzt_units("mm", "sec")
+    zooms = list(nii.header.get_zooms())
+    nii.header.set_zooms(tuple(zooms[:3]) + (0.15,))
+    nib.save(nib.Nifti1Image(np.asarray(nii.dataobj), nii.affine, nii.header), str(img))
+    return perfusion_args(base, **{"--rest": img})
+
+
 @case("aif_flag_for_a_cine_acdc", "error", ("--aif",), named=lambda f: "--aif", category="cli")
 def _(base, f):
     d = acdc_folder(base, f / "patient806", "ED: 1\nES: 2\n", frames=(base_ed(base), base_es(base)))
