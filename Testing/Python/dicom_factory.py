@@ -257,3 +257,46 @@ def write_enhanced_dicom(path, frames, shared=(), series="1.2.826.0.1.3680043.9.
     ds.PixelData = pixels.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_enhanced_perfusion_per_dynamic(folder, study, scale=400.0, baseline=100.0, trigger_ms=150.0,
+                                         series="1.2.826.0.1.3680043.10.50", description="Perfusion_stress",
+                                         frame_datetime=None, temporal_index=None, names=None):
+    """A perfusion ``study`` (T, S, R, C) as Siemens XA exports it: one Enhanced MR file per
+    dynamic, its S frames the slices, InstanceNumber numbering the dynamics (1..T). Signal =
+    baseline + scale * Gd, as write_perfusion_series. ``frame_datetime(t, k)``: each frame's
+    FrameAcquisitionDateTime (default: 10:00:00 plus the study's frame time plus 0.1 s a slice);
+    ``temporal_index(t, k)``: its TemporalPositionIndex (default none); ``names``: the T file
+    names (default dyn000.dcm ...). Returns the written paths, in dynamic order."""
+    from pathlib import Path
+
+    import pydicom
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    m = study.ijk_to_ras
+    lps = np.diag([-1.0, -1.0, 1.0])
+    row_dir = lps @ m[:3, 0] / np.linalg.norm(m[:3, 0])
+    col_dir = lps @ m[:3, 1] / np.linalg.norm(m[:3, 1])
+    spacing = [round(float(np.linalg.norm(m[:3, 1])), 6), round(float(np.linalg.norm(m[:3, 0])), 6)]
+    iop = [round(float(v), 6) for v in (*row_dir, *col_dir)]
+    if frame_datetime is None:
+        def frame_datetime(t, k):
+            return "20240101" + _tm(36000.0 + float(study.frame_times_s[t]) + 0.1 * k)
+    paths = []
+    for t in range(study.n_frames):
+        frames = []
+        for k in range(study.n_slices):
+            value = baseline + scale * np.maximum(study.images[t, k], 0)
+            frames.append(dict(pixels=np.clip(np.rint(value), 0, 65535).astype(np.uint16),
+                               ipp=[round(float(v), 4) for v in lps @ (m[:3, 3] + k * m[:3, 2])], iop=iop, ps=spacing,
+                               thickness=8.0, trigger_ms=trigger_ms, acq_dt=frame_datetime(t, k), flip=20.0,
+                               tpi=None if temporal_index is None else temporal_index(t, k)))
+        path = folder / (names[t] if names is not None else f"dyn{t:03d}.dcm")
+        write_enhanced_dicom(path, frames, shared=("PixelMeasuresSequence", "PlaneOrientationSequence"), series=series,
+                             desc=description, instance=t + 1)
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer, ds.Modality = "SIEMENS", "MR"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -851,3 +851,71 @@ def test_an_aif_series_read_out_every_beat_beside_images_every_other_pairs(tmp_p
         assert len(said) == (name == "every_beat"), study.provenance["warnings"]
         segments[name] = [s["mbf_ml_min_g"] for s in Analysis(study, every_other.labels).run().perfusion["segments"]]
     np.testing.assert_allclose(segments["every_beat"], segments["same_rate"], rtol=0.02)
+
+
+def _stored_turned(ds, how):
+    """``ds`` stored with its image axes turned in its own plane, its pixels and position with
+    them: the same images, at the same place in the patient. ``how``: "rotated_180" (both
+    directions reversed, the position at the opposite corner), "mirrored" (the row direction
+    reversed: the normal flips), "rotated_90" (row and column directions exchanged, one reversed)."""
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    row, col = iop[:3], iop[3:]
+    ps = [float(v) for v in ds.PixelSpacing]
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    across, down = row * ps[1] * (ds.Columns - 1), col * ps[0] * (ds.Rows - 1)
+    pixels = ds.pixel_array
+    ipp, iop, pixels = {"rotated_180": (ipp + across + down, -iop, pixels[::-1, ::-1]),
+                        "mirrored": (ipp + across, np.r_[-row, col], pixels[:, ::-1]),
+                        "rotated_90": (ipp + across, np.r_[col, -row], np.rot90(pixels))}[how]
+    ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+    ds.ImageOrientationPatient = [float(v) for v in iop]
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+
+
+@pytest.mark.parametrize("how, series_per_slice", [("rotated_180", False), ("mirrored", False), ("rotated_90", False),
+                                                   ("rotated_180", True)])
+def test_a_slice_stored_turned_in_its_own_plane(base, tmp_path, how, series_per_slice):
+    """Probe 101: one cine slice stored rotated 180 degrees in its own plane (both orientation
+    vectors negated, its position at the opposite corner, its pixels turned with them: the same
+    plane, the same normal) was left out as "in other orientations than its stack (localisers or
+    long-axis views)", and a slice gap reported. It is the stack's own pixel grid read backwards,
+    as is a mirrored one: put back onto the grid exactly, kept, and said. A slice turned by 90
+    degrees is not on the grid (rows for columns): still left out, but said as what it is. In a
+    stack stored one series per slice, the turned slice's series was left out of the stack
+    without a word (a slice gap only)."""
+    from bad_corpus import base_ed
+
+    from CardiacAISegLib.analysis import Analysis
+
+    turned = N_SLICES // 2
+
+    def stored(ds, k, t, turn):
+        if series_per_slice:
+            ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = f"{CINE_UID}.{k + 1}", 20 + k, t + 1
+        if turn and k == turned:
+            _stored_turned(ds, how)
+    plain = load_study(cine_dicom(base, tmp_path / "plain", per_image=lambda ds, k, t: stored(ds, k, t, False))[0])
+    folder, _ = cine_dicom(base, tmp_path / how, per_image=lambda ds, k, t: stored(ds, k, t, True))
+    study = load_study(folder)
+    warnings = study.provenance["warnings"]
+    assert not any("localisers" in w for w in warnings), warnings
+    if how == "rotated_90":
+        assert study.n_slices == N_SLICES - 1
+        assert any(f"{N_FRAMES} image(s) of series" in w and "in the stack's plane, rotated in-plane by 90°" in w
+                   and "left out" in w for w in warnings), warnings
+        return
+    said = {"rotated_180": "stored rotated 180° within the stack's plane",
+            "mirrored": "stored mirrored within the stack's plane (its row direction reversed)"}[how]
+    assert any(f"{N_FRAMES} image(s) of {'the stack' if series_per_slice else 'series'}" in w and said in w
+               and "put back onto it" in w for w in warnings), warnings
+    assert not any("slice gap" in w for w in warnings), warnings
+    np.testing.assert_array_equal(study.images, plain.images)
+    np.testing.assert_allclose(study.ijk_to_ras, plain.ijk_to_ras, atol=1e-6)
+    # the volumes are the phantom's: its ED mask's voxels x the voxel volume, every slice counted
+    cine = Analysis(study, {t: base.cine_labels[t] for t in range(N_FRAMES)}).run().cine
+    truth = float((base.cine_labels[base_ed(base)] == 1).sum()) * PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
+    assert cine["lv_edv_ml"] == pytest.approx(truth, rel=1e-6)
+    # a contour drawn on a turned image as stored would land mirrored: none is placed on it (numbers
+    # restarting in every slice series place none anyway)
+    if not series_per_slice:
+        assert study.provenance["instance_map"] and all(k != turned for t, k in study.provenance["instance_map"].values())

@@ -831,6 +831,56 @@ def test_enhanced_perfusion_frame_without_its_time_is_named(tmp_path):
                  "TemporalPositionIndex")
 
 
+@pytest.fixture(scope="module")
+def perfusion_phantom():
+    from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
+
+    return make_perfusion_phantom(seed=3, n_frames=40, noise=0.005)
+
+
+@pytest.mark.parametrize("temporal_index", [None, 1])
+def test_enhanced_files_one_per_dynamic_with_anonymised_times_follow_their_instance_numbers(tmp_path, perfusion_phantom,
+                                                                                           temporal_index):
+    """Probe 102: Siemens XA writes one Enhanced MR file per dynamic (its frames the slices),
+    InstanceNumber numbering the dynamics. With every FrameAcquisitionDateTime set to one value
+    by an anonymiser (and TemporalPositionIndex absent, or 1 in every file), the series was
+    refused with and without --dt as "dyn000.dcm: 40 frames at one slice position and nothing
+    orders them in time", one file named as if it held them all. The files' InstanceNumbers
+    order the frames, as they order classic images whose times were anonymised: --dt reads it,
+    and without --dt the folder is told so."""
+    from dicom_factory import write_enhanced_perfusion_per_dynamic
+    from phantom_truth import segment_errors
+
+    from CardiacAISegLib.analysis import Analysis
+
+    study, truth = perfusion_phantom
+    # files named by new UIDs, as anonymisers name them: their names are no order
+    names = [f"2.25.{n}.dcm" for n in np.random.default_rng(4).permutation(study.n_frames) + 1000]
+    write_enhanced_perfusion_per_dynamic(tmp_path, study, frame_datetime=lambda t, k: "20000101000000", names=names,
+                                         temporal_index=None if temporal_index is None else lambda t, k: temporal_index)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(tmp_path)
+    assert e.value.path == str(tmp_path), str(e.value)
+    assert "ordered by their InstanceNumber" in str(e.value) and "--dt" in str(e.value), str(e.value)
+    dt = float(np.median(np.diff(study.frame_times_s)))
+    s = load_study(tmp_path, dt=dt)
+    assert s.kind == "perfusion" and s.images.shape == study.images.shape
+    np.testing.assert_allclose(s.images, np.rint(100 + 400 * np.maximum(study.images, 0)))
+    np.testing.assert_allclose(s.frame_times_s, study.frame_times_s - study.frame_times_s[0], atol=1e-6)
+    a = Analysis(s, study.labels).run()
+    assert np.max(np.abs(segment_errors(a, truth))) < 0.06
+    # files that share one InstanceNumber have no order left: refused, the folder named, not one file of 40
+    import pydicom
+
+    for path in tmp_path.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = 1
+        ds.save_as(path)
+    with pytest.raises(CardiacInputError) as e:
+        load_study(tmp_path, dt=dt)
+    assert e.value.path == str(tmp_path) and "in 40 files whose InstanceNumbers do not tell them apart" in str(e.value)
+
+
 def test_bad_enhanced_dicom_without_per_frame_groups(tmp_path):
     import pydicom
 

@@ -777,9 +777,11 @@ def _stack_groups(series):
         # "repeated slices" (a one-frame LGE stack measured as the cine, exit 0). Counts within
         # 25 % are one acquisition: a slice short of a phase, prospective triggering's 20/19/18
         key = (*key, _frames_per_position(items))
-        # a series tilted a few degrees against a group (one slice re-planned) joins it
+        # a series tilted a few degrees against a group (one slice re-planned) joins it, as does
+        # one stored rotated 180° or mirrored in the stack's plane (put back when read: _drop_stray_orientations)
         near = next((k for k in groups if k[1:-1] == key[1:-1] and _similar_frame_counts(k[-1], key[-1])
-                     and _orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG), None)
+                     and (_orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG
+                          or _axis_reversals(k[0], key[0]) is not None)), None)
         groups.setdefault(near or key, []).append(uid)
     return groups
 
@@ -2878,7 +2880,42 @@ def _drop_reference_images_of_another_matrix(folder, uid, geo, items):
     return dynamics, [it for it in items if id(it[1]) not in left_out], [note]
 
 
-def _drop_stray_orientations(geo, items, notes=None):
+def _axis_reversals(iop, main):
+    """(row direction reversed, column direction reversed) where ``iop`` is ``main`` with one or
+    both of its directions reversed, to float noise (MIN_TILT_NOTED_DEG): the stack's own pixel
+    grid stored rotated 180° in its plane (both reversed) or mirrored (one reversed), which
+    re-ordering the pixels undoes exactly; else None."""
+    a, b = np.asarray(iop, float), np.asarray(main, float)
+    reversed_axes = []
+    for u, v in ((a[:3], b[:3]), (a[3:], b[3:])):
+        angle = float(np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12), -1.0, 1.0))))
+        if angle < MIN_TILT_NOTED_DEG:
+            reversed_axes.append(False)
+        elif angle > 180.0 - MIN_TILT_NOTED_DEG:
+            reversed_axes.append(True)
+        else:
+            return None
+    return tuple(reversed_axes) if any(reversed_axes) else None
+
+
+def _turn_in_plane(iop, main):
+    """How the image axes of ``iop`` lie against ``main``'s when both view one plane (normals
+    within TILT_TOLERANCE_DEG, either way round): 'rotated in-plane by N°', 'mirrored' (the
+    normal reversed) or both; None for another plane (a localiser, a long-axis view)."""
+    a, b = np.asarray(iop, float), np.asarray(main, float)
+    normal, main_normal = np.cross(a[:3], a[3:]), np.cross(b[:3], b[3:])
+    facing = float(normal @ main_normal / (np.linalg.norm(normal) * np.linalg.norm(main_normal) + 1e-12))
+    if abs(facing) < np.cos(np.radians(TILT_TOLERANCE_DEG)):
+        return None
+    mirrored = facing < 0
+    # a mirrored image's row direction is turned against the stack's after its columns are reversed
+    row = -a[:3] if mirrored else a[:3]
+    turn = abs(float(np.degrees(np.arctan2(row @ b[3:], row @ b[:3]))))
+    said = [f"rotated in-plane by {turn:.0f}°"] if turn >= MIN_TILT_NOTED_DEG else []
+    return " and ".join((["mirrored (its normal reversed)"] if mirrored else []) + said)
+
+
+def _drop_stray_orientations(geo, items, notes=None, reversed_axes=None):
     """(geo, items, dropped files) without a few images in other orientations than the stack.
 
     Scanners file localisers / scouts under the cine's series now and then: a handful of
@@ -2886,7 +2923,14 @@ def _drop_stray_orientations(geo, items, notes=None):
     warning. So are long-axis views filed with a short-axis stack (a perfusion protocol of three
     short-axis slices and a four-chamber one): when the main orientation has several slice
     positions and at least twice the images of all others together. Anything else is two views
-    of the heart, and the caller refuses it."""
+    of the heart, and the caller refuses it.
+
+    ``notes`` collects (what, files, value): ("tilted", files, largest angle) for slices read
+    as parallel; ("reversed", files, how) for images on the stack's pixel grid stored rotated
+    180° or mirrored, kept with their position moved to the stack's corner, and their
+    (reverse rows, reverse columns) put in ``reversed_axes`` by id for the pixels;
+    ("turned", files, how) for images left out that lie in the stack's plane turned some other
+    way (not a localiser: said as what they are)."""
     keys = [tuple(np.round(g[2], 3)) for g in geo]
     counts = {}
     for k in keys:
@@ -2894,6 +2938,36 @@ def _drop_stray_orientations(geo, items, notes=None):
     if len(counts) < 2:
         return geo, items, []
     main = max(counts, key=counts.get)
+    # a slice stored rotated 180° in its own plane (both directions reversed, its position at the
+    # opposite corner) is the stack's grid read backwards: left out as "a localiser", it left a
+    # slice gap (EDV 190.6 for 191.4 mL, QC pass; probe 101)
+    flips = {k: _axis_reversals(k, main) for k in counts if k != main}
+    flips = {k: f for k, f in flips.items() if f is not None}
+    if flips:
+        turned_geo = []
+        for g, k in zip(geo, keys):
+            if k not in flips:
+                turned_geo.append(g)
+                continue
+            row_reversed, col_reversed = flips[k]
+            rows, cols = int(g[1].Rows), int(g[1].Columns)
+            # the first pixel of the stack's grid: the far end of each reversed direction
+            ipp = np.asarray(g[3], float) + row_reversed * g[2][:3] * g[4][1] * (cols - 1) \
+                + col_reversed * g[2][3:] * g[4][0] * (rows - 1)
+            turned_geo.append((g[0], g[1], np.asarray(main, float), ipp) + tuple(g[4:]))
+            if reversed_axes is not None:
+                reversed_axes[id(g[1])] = (col_reversed, row_reversed)   # array axes: rows, columns
+        if notes is not None:
+            for how in sorted(set(flips.values())):
+                files = [g[0] for g, k in zip(geo, keys) if flips.get(k) == how]
+                notes.append(("reversed", files, "rotated 180° within the stack's plane" if all(how) else
+                              f"mirrored within the stack's plane (its {'row' if how[0] else 'column'} direction reversed)"))
+        geo = turned_geo
+        for k in flips:
+            counts[main] += counts.pop(k)
+        keys = [main if k in flips else k for k in keys]
+        if len(counts) < 2:
+            return geo, items, []
     # slices a few degrees off the stack (re-planned) belong to it: read as parallel to it
     tilted = {k: _orientation_angle_deg(k, main) for k in counts if k != main}
     tilted = {k: a for k, a in tilted.items() if a < TILT_TOLERANCE_DEG}
@@ -2902,7 +2976,7 @@ def _drop_stray_orientations(geo, items, notes=None):
         if notes is not None and max(tilted.values()) >= MIN_TILT_NOTED_DEG:
             # orientations a rounding apart (float noise across a 0.0005 step) are one plane: no
             # "tilted up to 0.0 deg (a re-planned slice?)" (probe 77)
-            notes.append((files, max(tilted.values())))
+            notes.append(("tilted", files, max(tilted.values())))
         geo = [(g[0], g[1], np.asarray(main, float)) + tuple(g[3:]) if k in tilted else g for g, k in zip(geo, keys)]
         for k in tilted:
             counts[main] += counts.pop(k)
@@ -2915,9 +2989,16 @@ def _drop_stray_orientations(geo, items, notes=None):
     if counts[main] < 2 or (stray > max(3, 0.2 * counts[main]) and not a_stack_beside_views):
         return geo, items, []
     keep = [k == main for k in keys]
-    # an enhanced file's frames are named by number: "cine.dcm, cine.dcm, cine.dcm" named none (probe 49)
-    dropped = [f"{g[0]} frame {it[1].frame_number}" if isinstance(it[1], EnhancedFrame) else g[0]
-               for g, it, ok in zip(geo, items, keep) if not ok]
+
+    def name(g, it):
+        # an enhanced file's frames are named by number: "cine.dcm, cine.dcm, cine.dcm" named none (probe 49)
+        return f"{g[0]} frame {it[1].frame_number}" if isinstance(it[1], EnhancedFrame) else g[0]
+    # in the stack's plane but turned another way (90°): no localiser, and said as what it is
+    turns = {k: _turn_in_plane(k, main) for k in counts if k != main}
+    if notes is not None:
+        for how in sorted({t for t in turns.values() if t}):
+            notes.append(("turned", [name(g, it) for g, it, k in zip(geo, items, keys) if turns.get(k) == how], how))
+    dropped = [name(g, it) for g, it, ok, k in zip(geo, items, keep, keys) if not ok and not (notes is not None and turns.get(k))]
     return [g for g, ok in zip(geo, keep) if ok], [it for it, ok in zip(items, keep) if ok], dropped
 
 
@@ -3186,6 +3267,20 @@ def slice_interval_disagreement(times):
     return round(float(np.median(spread)), 4)
 
 
+def _distinct_instance_numbers(records):
+    """Every image has an InstanceNumber and no two share one: untimed images then follow it (the
+    sort in _stack_from_series). The frames of one enhanced file share their file's number, so
+    frames of one file at one position never pass: their order in the file means nothing."""
+    numbers = [g[1].get("InstanceNumber") for g in records]
+    return all(n not in (None, "") for n in numbers) and len(set(map(str, numbers))) == len(numbers)
+
+
+def _follow_instance_numbers(groups):
+    """Untimed frames ordered by InstanceNumber: at every position no temporal position tells
+    them apart, and their InstanceNumbers do."""
+    return all(len({_temporal_position(g[1]) for g in grp}) == 1 and _distinct_instance_numbers(grp) for grp in groups)
+
+
 def _refuse_frames_without_place(folder, groups):
     """With no frame clock, enhanced frames follow their TemporalPositionIndex. A frame without
     one, among frames that have it, has no known place in time: sorted as index 0 it went to the
@@ -3199,19 +3294,23 @@ def _refuse_frames_without_place(folder, groups):
                                                    "time (FrameAcquisitionDateTime) nor a TemporalPositionIndex while the "
                                                    "other frames have an index: its place in the time series is unknown; "
                                                    "re-export the series")
-        if len(frames) > 1 and len({_same_time_key(g[1]) for g in frames}) == 1:
+        if len(frames) > 1 and len({_same_time_key(g[1]) for g in frames}) == 1 and not _distinct_instance_numbers(frames):
             # one trigger delay, one clock and no index for all the frames of a position: what
             # is left is their order in the file, which means nothing (the frames of a shuffled
-            # file were read so: EF 20 % for 51 %, QC review only; probe 88)
-            raise CardiacInputError(frames[0][0], f"{len(frames)} frames at one slice position and nothing orders them in "
-                                                  "time: no trigger delay (CardiacSynchronizationSequence), "
-                                                  "FrameAcquisitionDateTime, TemporalPositionIndex or time dimension index "
-                                                  "(DimensionIndexValues) that differs between them; re-export the series "
-                                                  "with its timing")
+            # file were read so: EF 20 % for 51 %, QC review only; probe 88). Frames of files
+            # numbered apart (Siemens XA: one file per dynamic, times anonymised) follow the
+            # files' InstanceNumber, as classic images do (refused here, --dt or not; probe 102)
+            files = list(dict.fromkeys(g[0] for g in frames))
+            where = (f"in {len(files)} files whose InstanceNumbers do not tell them apart (e.g. {_names(files[:2], folder)})"
+                     if len(files) > 1 else "")
+            raise CardiacInputError(frames[0][0] if len(files) == 1 else folder,
+                                    f"{len(frames)} frames at one slice position {where}{' ' if where else ''}and nothing "
+                                    "orders them in time: no trigger delay (CardiacSynchronizationSequence), "
+                                    "FrameAcquisitionDateTime, TemporalPositionIndex or time dimension index "
+                                    "(DimensionIndexValues) that differs between them; re-export the series with its timing")
         classic = [g for g in grp if not isinstance(g[1], EnhancedFrame)]
         if len(classic) > 1 and all(_temporal_position(g[1]) is None for g in classic):
-            numbers = [g[1].get("InstanceNumber") for g in classic]
-            if any(n in (None, "") for n in numbers) or len(set(map(str, numbers))) < len(numbers):
+            if not _distinct_instance_numbers(classic):
                 # no trigger delay, clock, temporal position or distinct InstanceNumber: the
                 # frames were stacked in file-name order, random in a PACS export by UID (the
                 # network's EF 28-30 % for 52 %; probe 26)
@@ -3476,8 +3575,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
 
     fixes = []
     geo = [(f, ds) + _geometry(f, ds, fixes) for f, ds in items]
-    tilt_notes = []
-    geo, items, dropped = _drop_stray_orientations(geo, items, tilt_notes)
+    tilt_notes, reversed_axes = [], {}
+    geo, items, dropped = _drop_stray_orientations(geo, items, tilt_notes, reversed_axes)
     geo, items, reference_notes = _drop_reference_images_of_another_matrix(folder, uid, geo, items)
     _settle_clock_tag(items)
     midnight = _unwrap_midnight(items)
@@ -3488,10 +3587,18 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
                             f"long-axis views) left out: {_names(dropped, folder)}"]
     else:
         early_localisers = []
-    for files, angle in tilt_notes:
-        early_localisers.append(f"{len(files)} image(s) of {'the stack' if '+' in uid else f'series {uid}'} tilted up to "
-                                f"{angle:.1f}° against the rest of the stack "
-                                f"(a re-planned slice?), e.g. {_names(files[:1], folder)}: read as parallel to it")
+    of_uid = 'the stack' if '+' in uid else f'series {uid}'
+    for what, files, value in tilt_notes:
+        if what == "tilted":
+            early_localisers.append(f"{len(files)} image(s) of {of_uid} tilted up to {value:.1f}° against the rest of the "
+                                    f"stack (a re-planned slice?), e.g. {_names(files[:1], folder)}: read as parallel to it")
+        elif what == "reversed":
+            early_localisers.append(f"{len(files)} image(s) of {of_uid} stored {value}, e.g. {_names(files[:1], folder)}: "
+                                    "the stack's own pixel grid, put back onto it (the same pixels re-ordered, nothing "
+                                    "resampled) and read with the stack")
+        else:
+            early_localisers.append(f"{len(files)} image(s) of {of_uid} in the stack's plane, {value} against it (not "
+                                    f"the stack's pixel grid), left out: {_names(files, folder)}")
     orients = {}
     for g in geo:
         orients.setdefault(tuple(np.round(g[2], 3)), g[0])
@@ -3611,7 +3718,11 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
             if done % 20 == 0:
                 progress(done, n_t * n_s, "reading DICOM pixels")
             done += 1
-            images[t, k] = _pixels(f, ds, pixel_notes)
+            pixels = _pixels(f, ds, pixel_notes)
+            if id(ds) in reversed_axes:   # stored rotated 180° or mirrored: back onto the stack's grid
+                flip_rows, flip_cols = reversed_axes[id(ds)]
+                pixels = pixels[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+            images[t, k] = pixels
             tt = _frame_time_s(ds, clock)
             times[t, k] = np.nan if tt is None else tt
             flips[t, k] = _flip_angle(ds)
@@ -3628,6 +3739,11 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
             if "SOPInstanceUID" in ds:
                 sop_map[str(ds.SOPInstanceUID)] = (t, k)
     progress(n_t * n_s, n_t * n_s, "read DICOM")
+    # contours name their image by InstanceNumber and draw on its pixels as stored: on an image
+    # turned back onto the stack's grid they would land mirrored, so none is placed on it
+    for _, ds, *_rest in (g for grp in groups for g in grp):
+        if id(ds) in reversed_axes and not isinstance(ds, EnhancedFrame) and ds.get("InstanceNumber") not in (None, ""):
+            instance_map.pop(int(ds.InstanceNumber), None)
     # InstanceNumbers used by several images (numbering restarts in each series of a stack stored
     # one series per slice) are harmless to the analysis, which places images by position and
     # time: no note on every such stack (a false alarm without contours); contours that name one
@@ -3759,6 +3875,9 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     prov["timing"] = {**timing, "hint": description_hint(ds0)}
     if frame_times is None and timing.get("untimed_images"):
         prov["frame_times_ignored"] = timing["untimed_images"]   # the error asking for --dt names the frames
+        if clock is None and n_t > 1 and _follow_instance_numbers(groups):
+            # what --dt would time: the user sees the order the frames are read in
+            prov["frame_times_ignored"] += ", so the frames are ordered by their InstanceNumber"
     if frame_times is None:
         numbers = _frame_numbers(groups)
         if numbers is not None:
