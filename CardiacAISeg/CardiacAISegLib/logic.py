@@ -301,13 +301,18 @@ class CardiacAISegLogic(_LogicBase):
         The new input node is stamped with what its images cannot say (kind, AIF curve, units,
         ED/ES), so picking it again later reads the same study; ``aifPath``: the AIF file it was
         read with, shown as the ``aifPath`` parameter."""
+        # the nodes first: a study the scene could not hold left the Logic half switched (its
+        # study the new one, its input, table and segmentations the previous study's, which the
+        # next Apply filled with the refused file's results; probe 103)
+        with sc.nodes_removed_on_failure(self.context):
+            nodes = sc.add_study(self.context, study)
+            _write_study_attributes(nodes.sequence or nodes.volume, study)
         self.study = study
         self.analysis = None
         self.networkLabels = None
         self._outputsMeasured = None
         self.unmeasuredEdits = {}
-        self.studyNodes = sc.add_study(self.context, study)
-        _write_study_attributes(self.studyNodes.sequence or self.studyNodes.volume, study)
+        self.studyNodes = nodes
         self._setInput(self.studyNodes.sequence or self.studyNodes.volume)
         self.setParameter("aifPath", aifPath)
         self.studyAifPath = aifPath
@@ -1130,7 +1135,7 @@ class CardiacAISegLogic(_LogicBase):
         Returns the slices whose sectors changed; ``lastUpdateTimeS`` holds the time taken.
         """
         a = self._requireAnalysis()
-        node = markupsNode or self.getNodeParameter("markupsID")
+        node = self._handlesNode(markupsNode)
         t0 = time.perf_counter()
         current = {(p["slice"], side): p.get(f"{side}_ras") for p in a.insertion for side in sc.SIDES}
         indices = range(node.GetNumberOfControlPoints()) if pointIndex is None else [int(pointIndex)]
@@ -1142,7 +1147,8 @@ class CardiacAISegLogic(_LogicBase):
                     continue   # a point the user renamed or added is not an insertion point
                 k, side = int(match.group(1)), match.group(2).lower()
                 node.GetNthControlPointPosition(n, pos)
-                if pointIndex is None:
+                finite = bool(np.all(np.isfinite(pos)))
+                if pointIndex is None and finite:
                     # a whole scan (a reopened scene) may find every point on the plane of another
                     # slice number; a single drag keeps the handle on its own slice
                     k = self._sliceOfPoint(node, n, k, side, pos)
@@ -1150,6 +1156,11 @@ class CardiacAISegLogic(_LogicBase):
                 if pointIndex is None and old is not None and np.allclose(old, pos, atol=1e-6):
                     continue
                 try:
+                    if not finite:
+                        # checked here: the sectors took a NaN point, then failed (IndexError) with
+                        # the table and results still on the old one (probe 103)
+                        raise CardiacInputError(f"RV insertion handle '{sc.point_label(k, side)}'",
+                                                f"({', '.join(f'{v:g}' for v in pos)}) is not a finite position")
                     changed += a.move_insertion_point(k, side, list(pos))
                 except CardiacInputError as e:
                     # the handle goes back to the point the analysis still uses, so what is shown
@@ -1174,7 +1185,7 @@ class CardiacAISegLogic(_LogicBase):
         it is measured, and that is said (the table kept the deleted point's sectors with no
         word, and so did a saved scene; probe 78). Returns the (slice, side) put back."""
         a = self._requireAnalysis()
-        node = markupsNode or self.getNodeParameter("markupsID")
+        node = self._handlesNode(markupsNode)
         shown = {(p["slice"], side) for p in sc.insertion_points_from_markups(node) for side in sc.SIDES
                  if p[f"{side}_ras"] is not None}
         missing = [(p["slice"], side, p[f"{side}_ras"]) for p in a.insertion_summary() for side in sc.SIDES
@@ -1190,6 +1201,15 @@ class CardiacAISegLogic(_LogicBase):
         a.warnings.append(f"RV insertion handle {names} deleted: the AHA segments are measured from it still, so it is "
                           "shown again there; drag it to move it")
         return [(k, side) for k, side, _ in missing]
+
+    def _handlesNode(self, markupsNode):
+        """``markupsNode``, else the ``markupsID`` parameter's node, else the refusal that there is
+        none (deleted by hand: an AttributeError on None)."""
+        node = markupsNode or self.getNodeParameter("markupsID")
+        if node is None:
+            raise CardiacInputError(sc.INSERTION_NODE_NAME, "no markups node holds the RV insertion handles (deleted "
+                                                            "from the scene?); run the segmentation again to show them")
+        return node
 
     def _placeHandle(self, node, n, k, side, onlyIfOffPlane=False):
         """Put handle ``n`` where the analysis has slice k's ``side`` point (on slice k's plane:
@@ -1466,6 +1486,7 @@ class CardiacAISegLogic(_LogicBase):
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the saved results")
+        _check_output_folder_named(outDir)
         return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
                              scene_builder=build_output_scene, replace_hint=REPLACE_HINT)
 
@@ -1480,7 +1501,9 @@ class CardiacAISegLogic(_LogicBase):
         """The AHA bullseye alone (wall thickness for cine, MBF or relative upslope for perfusion) as a PNG."""
         from .report import analysis_bullseye_png
 
-        data = analysis_bullseye_png(self._requireAnalysis(), size_px=sizePx)
+        a = self._requireAnalysis()
+        self._refuseUnmeasuredEdits("the bullseye")
+        data = analysis_bullseye_png(a, size_px=sizePx)
         with sc.atomic_output(path, overwrite=True) as tmp:
             Path(tmp).write_bytes(data)
         return path
@@ -1502,6 +1525,9 @@ class CardiacAISegLogic(_LogicBase):
         a = self._requireAnalysis()
         if not self.networkLabels:
             raise CardiacInputError("agreement", "no network segmentation to compare with (run the segmentation first)")
+        # the labels before an edit that could not be measured are not the segmentation shown:
+        # Dice 1.0 for an LV pool just erased (probe 103)
+        self._refuseUnmeasuredEdits("the agreement with the network")
         sp = a.study.spacing
         return {t: segmentation_agreement(self.networkLabels[t], a.labels[t], sp)
                 for t in sorted(self.networkLabels) if t in a.labels}
@@ -1521,10 +1547,12 @@ class CardiacAISegLogic(_LogicBase):
         files are never replaced without ``force``; with it, the patient's frame files of an
         earlier save (or the ACDC original) that this one does not write are moved into a
         ``replaced-<time>`` folder inside it. Returns the folder."""
+        from .outputs import make_output_folder
         from .readers.acdc import patient_image_files, slice_positions_lines
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the ground truth")
+        _check_output_folder_named(outDir)
         st = a.study
         patientName = self.groundTruthName(patientName)
         if a.kind != CINE:
@@ -1544,7 +1572,8 @@ class CardiacAISegLogic(_LogicBase):
         if (existing or earlier) and not force:
             raise OutputExistsError(f"{folder}: would overwrite {', '.join(existing + earlier)}; {REPLACE_HINT}")
         group = group or (st.provenance or {}).get("info", {}).get("Group")   # an ACDC input keeps its group
-        folder.mkdir(parents=True, exist_ok=True)
+        # said as exportResults says it ("... is not a folder"), not a NotADirectoryError traceback
+        make_output_folder(folder)
         stage = Path(tempfile.mkdtemp(prefix=".cardiacaiseg-gt-", dir=folder))
         try:
             # the ACDC layout has no "no ES": a single frame is written as its own ES, the form
@@ -1588,6 +1617,13 @@ class CardiacAISegLogic(_LogicBase):
 def _default_context():
     import slicer
     return sc.application_context() if hasattr(slicer, "app") else sc.new_scene()
+
+
+def _check_output_folder_named(outDir):
+    """The CLI's rule for --out (``cli._out_folder``): an empty folder name wrote every output into
+    the current working folder (probe 103)."""
+    if outDir is None or not str(outDir).strip():
+        raise CardiacInputError("output folder", "an empty output folder name; give the folder to write into")
 
 
 def _check_parameter(name):
@@ -1794,9 +1830,18 @@ def _frame_times(sequence, n_frames, frame_time_s, provenance):
     """The sequence's index values as seconds from the first frame, else ``frame_time_s`` steps
     (the module's frame-time parameter), else None. Index values 0, 1, 2 ... s are an ITK
     writer's placeholder (a sequence loaded from such a NIfTI file), said in ``provenance``,
-    unless this module made the sequence from times its readers read (``sc.FRAME_TIMES_ATTRIBUTE``)."""
+    unless this module made the sequence from times its readers read (``sc.FRAME_TIMES_ATTRIBUTE``),
+    or the times it kept beside frame numbers (``sc.FRAME_TIMES_S_ATTRIBUTE``)."""
     from .readers.volume import ignore_placeholder_times
 
+    kept = sequence.GetAttribute(sc.FRAME_TIMES_S_ATTRIBUTE) if sequence is not None else None
+    if kept and sequence.GetIndexUnit().strip() == "" and n_frames > 1:
+        try:
+            times = np.array([float(v) for v in kept.split()])
+        except ValueError:
+            times = None
+        if times is not None and times.size == n_frames and np.all(np.isfinite(times)):
+            return times - times[0]
     if sequence is not None and n_frames > 1:
         scale = {"s": 1.0, "sec": 1.0, "ms": 1e-3}.get(sequence.GetIndexUnit().strip().lower())
         if scale is not None:

@@ -194,20 +194,49 @@ def frame_labels_of(node):
     return out
 
 
-def _index_values(study):
+def _index_values(study, tolerance):
+    """(index name, unit, index values) of a study's sequence: its frame times in s, else frame
+    numbers. A sequence keeps one item per index value, and takes two numeric values closer than
+    its ``tolerance`` (Slicer's default 0.001) for one: a file with two frames at one time (which
+    the readers accept with a warning, as the CLI measures it) or less than a millisecond apart is
+    indexed by frame number, its times kept in ``FRAME_TIMES_S_ATTRIBUTE``."""
+    frames = "frame", "", [str(t) for t in range(study.n_frames)]
     if study.frame_times_s is None:
-        return "frame", "", [str(t) for t in range(study.n_frames)]
+        return frames
     times = np.asarray(study.frame_times_s, float)
     if times.shape != (study.n_frames,):
         raise ValueError(f"frame_times_s has {times.size} values for {study.n_frames} frames")
+    # six significant digits read well in the browser; more where two times differ only past them
     values = [format(t, ".6g") for t in times]
     if len(set(values)) != len(values):
-        raise ValueError("frame_times_s must be distinct: a sequence keeps one item per index value")
+        values = [repr(float(t)) for t in times]
+    stored = np.sort([float(v) for v in values])
+    if stored.size > 1 and np.min(np.diff(stored)) <= tolerance:
+        return frames
     return "time", "s", values
 
 
 # on a sequence node whose index values are frame times this module's readers read
 FRAME_TIMES_ATTRIBUTE = "CardiacAISeg.FrameTimes"
+# on a sequence indexed by frame number because its frame times could not be index values
+# (``_index_values``): the times, in s, one per frame
+FRAME_TIMES_S_ATTRIBUTE = "CardiacAISeg.FrameTimesS"
+
+
+@contextlib.contextmanager
+def nodes_removed_on_failure(ctx):
+    """Remove again every node added to the scene inside the block when the block fails: a study
+    half added (its sequence but no browser) is no node anything should pick."""
+    scene = ctx.scene
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        for node in reversed([node for node in added if node.GetID() not in before]):
+            if scene.IsNodePresent(node):   # not taken out already with a node removed before it
+                scene.RemoveNode(node)
+        raise
 
 
 def node_name(study):
@@ -227,8 +256,14 @@ def add_study(ctx, study):
 
     One frame gives a scalar volume. Several frames give a sequence (index "time" in s from
     ``frame_times_s``; "frame" numbers without unit when the times are unknown, rather than
-    invented seconds) and a browser whose proxy volume is what views show.
+    invented seconds, or cannot be index values: ``_index_values``) and a browser whose proxy
+    volume is what views show. Nothing is left in the scene when adding fails.
     """
+    with nodes_removed_on_failure(ctx):
+        return _add_study_nodes(ctx, study)
+
+
+def _add_study_nodes(ctx, study):
     scene = ctx.scene
     name = node_name(study)
     if study.n_frames == 1:
@@ -237,15 +272,19 @@ def add_study(ctx, study):
         vol.CreateDefaultDisplayNodes()
         return StudyNodes(volume=vol)
 
-    index_name, unit, values = _index_values(study)
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
+    index_name, unit, values = _index_values(study, seq.GetNumericIndexValueTolerance())
     seq.SetIndexName(index_name)
     seq.SetIndexUnit(unit)
     seq.SetIndexType(seq.NumericIndex)
     if unit == "s":   # times a reader vetted: 0, 1, 2 ... s here are real, not a writer's placeholder
         seq.SetAttribute(FRAME_TIMES_ATTRIBUTE, "read by CardiacAISeg")
+    elif study.frame_times_s is not None:
+        seq.SetAttribute(FRAME_TIMES_S_ATTRIBUTE, " ".join(repr(float(t)) for t in study.frame_times_s))
     for t, value in enumerate(values):
         seq.SetDataNodeAtValue(_new_volume(f"{name} {value}", study.images[t], study.ijk_to_ras), value)
+    if seq.GetNumberOfDataNodes() != study.n_frames:
+        raise RuntimeError(f"{name}: the sequence holds {seq.GetNumberOfDataNodes()} of {study.n_frames} frames")
 
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
     browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
@@ -492,6 +531,9 @@ def atomic_output(path, overwrite=False):
     """Yield a temporary path with the same file name in a hidden folder beside ``path``;
     move it onto ``path`` when the block succeeds, remove everything when it fails."""
     path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        # replaced by a file, it failed with an IsADirectoryError naming the hidden temporary file
+        raise CardiacInputError(path, "is a folder: give the name of the file to write")
     if os.path.exists(path) and not overwrite:
         raise OutputExistsError(f"{path}: exists; pass overwrite=True to replace it")
     folder = os.path.dirname(path)

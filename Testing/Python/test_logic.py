@@ -1717,3 +1717,188 @@ def test_cancel_while_measuring_stops_between_its_stages(tmp_path):
         logic.runSegmentation(useExistingLabels=True, progress=progress)
     assert logic.analysis is before
     assert "measuring: motion correction" in said and said[-1] == "measuring: MBF fit", said
+
+
+# ------------------------------------------------------------------- probe 103
+def _write_seq_nrrd(path, images, ijk_to_ras, times_ms=None):
+    """A .seq.nrrd as Slicer's layout has it (the list axis first), with ``times_ms`` as its time
+    index values (as a writer may give them: two frames at one time are not checked)."""
+    import nrrd
+
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.vstack([[np.nan] * 3, np.asarray(ijk_to_ras)[:3, :3].T]),
+              "space origin": np.asarray(ijk_to_ras)[:3, 3]}
+    custom = {}
+    if times_ms is not None:
+        header.update({"labels": ["time", "", "", ""], "units": ["ms", "", "", ""], "axis 0 index type": "numeric",
+                       "axis 0 index values": " ".join(f"{t:g}" for t in times_ms)})
+        custom = {"axis 0 index type": "string", "axis 0 index values": "string"}
+    nrrd.write(str(path), np.ascontiguousarray(np.asarray(images).transpose(0, 3, 2, 1)), header, custom_field_map=custom)
+
+
+def test_a_cine_with_two_frames_at_one_time_loads_as_the_cli_reads_it_and_reopens(phantom, measured, tmp_path):
+    """A .seq.nrrd whose frames 3 and 4 share a time index value: the readers take it with a
+    warning (the CLI measures it), but a sequence keeps one item per index value, and loadStudy
+    raised 'ValueError: frame_times_s must be distinct' with no file named (the CLI's --scene too;
+    probe 103). Indexed by frame number, every frame is in the scene, the times are the file's,
+    and a saved scene reopens with them and the same measures."""
+    from CardiacAISegLib.pipeline import compute_paired_analysis
+    from CardiacAISegLib.readers import load_study
+
+    study = phantom[0]
+    times = [45.0 * t for t in range(study.n_frames)]
+    times[3] = times[2]
+    _write_seq_nrrd(tmp_path / "cine.seq.nrrd", study.images, study.ijk_to_ras, times)
+    _write_seq_nrrd(tmp_path / "labels.seq.nrrd", np.stack([study.labels[t] for t in range(study.n_frames)]).astype(np.uint8),
+                    study.ijk_to_ras)
+    options = {"labels": tmp_path / "labels.seq.nrrd", "label_convention": "internal"}
+    read = load_study(tmp_path / "cine.seq.nrrd", **options)     # what the CLI measures
+    logic = measured
+    nodes = logic.loadStudy(tmp_path / "cine.seq.nrrd", **options)
+    assert logic.getNodeParameter("inputNodeID") is nodes.sequence and logic.study.source == read.source
+    assert nodes.sequence.GetNumberOfDataNodes() == study.n_frames and nodes.sequence.GetIndexName() == "frame"
+    np.testing.assert_array_equal(logic.study.frame_times_s, read.frame_times_s)
+    assert any("same time index value" in w for w in logic.loadNotes())
+    a = logic.runSegmentation(useExistingLabels=True)
+    cli = compute_paired_analysis(read, labels=read.labels, frames="ed_es", density=DENSITY)
+    assert (a.cine["ed_frame"], a.cine["es_frame"]) == (cli.cine["ed_frame"], cli.cine["es_frame"])
+    assert a.cine["lv_edv_ml"] == pytest.approx(cli.cine["lv_edv_ml"], rel=1e-9)
+
+    sc.write_mrb(logic.context, tmp_path / "scene.mrb")
+    reopened = CardiacAISegLogic(sc.read_mrb(tmp_path / "scene.mrb"))
+    b = reopened.restoreFromParameterNode()
+    np.testing.assert_allclose(b.study.frame_times_s, read.frame_times_s, atol=1e-9)
+    assert b.study.n_frames == study.n_frames and b.cine["lv_edv_ml"] == pytest.approx(a.cine["lv_edv_ml"], rel=1e-9)
+    assert any("same time index value" in w for w in b.warnings)
+
+
+@pytest.mark.parametrize("times", [10000.0 + 0.03 * np.arange(8),    # 10000 and 10000.03 s: "10000" at 6 digits
+                                   np.array([0, 0.03, 0.06, 0.09, 0.0905, 0.15, 0.18, 0.21])],   # frames 4 and 5 0.5 ms apart
+                         ids=["equal_at_6_digits", "under_a_millisecond_apart"])
+def test_frame_times_that_are_no_distinct_index_values_keep_every_frame(phantom, times):
+    """Index values formatted with 6 significant digits made distinct times one value (refused
+    as 'must be distinct'); values under 1 ms apart, distinct as text, were one item to Slicer's
+    sequence, which then silently held fewer frames than the study."""
+    study = fresh(phantom[0])
+    study.frame_times_s = times
+    logic = CardiacAISegLogic(sc.new_scene())
+    nodes = logic.setStudy(study)
+    assert nodes.sequence.GetNumberOfDataNodes() == study.n_frames
+    rebuilt = CardiacAISegLogic(logic.context).studyFromNode(nodes.volume)
+    np.testing.assert_array_equal(rebuilt.images, study.images)
+    np.testing.assert_allclose(rebuilt.frame_times_s, times - times[0], atol=1e-9)
+
+
+def _state(logic):
+    """What the Logic holds (its objects by identity), its parameters and the scene's node IDs."""
+    scene = logic.scene
+    held = {name: id(getattr(logic, name)) for name in ("study", "analysis", "studyNodes", "networkLabels")}
+    return {**held, "unmeasuredEdits": dict(logic.unmeasuredEdits),
+            "parameters": {name: logic.getParameter(name) for name in PARAMETERS},
+            "nodes": [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())]}
+
+
+def test_a_study_the_scene_cannot_take_changes_nothing(phantom, measured, monkeypatch):
+    """setStudy made the new study current, then failed to add it: the input, table and
+    segmentations were still the previous study's, and the next Apply measured the refused study
+    into them (probe 103). Now nothing changes, and no node of the refused study is left."""
+    logic = measured
+    before, previous = _state(logic), logic.study
+    table = sc.table_rows(logic.getNodeParameter("tableID"))
+    wrong = fresh(phantom[0])
+    wrong.name = "wrong"
+    wrong.frame_times_s = np.arange(3) * 0.04           # 3 times for 8 frames: refused by the scene
+    with pytest.raises(ValueError, match="3 values for 8 frames"):
+        logic.setStudy(wrong)
+    assert _state(logic) == before
+    # a failure half way through the frames: the sequence holding some is removed again
+    broken = fresh(phantom[0])
+    broken.name = "broken"
+    made, new_volume = [], sc._new_volume
+
+    def fails_at_the_fifth_frame(*args):
+        made.append(args[0])
+        if len(made) == 5:
+            raise MemoryError("no memory for frame 5")
+        return new_volume(*args)
+    monkeypatch.setattr(sc, "_new_volume", fails_at_the_fifth_frame)
+    with pytest.raises(MemoryError):
+        logic.setStudy(broken)
+    monkeypatch.undo()
+    assert len(made) == 5 and _state(logic) == before
+    # Apply measures the previous study into its own outputs, as before
+    a = logic.runSegmentation(useExistingLabels=True)
+    assert a.study is previous and sc.table_rows(logic.getNodeParameter("tableID")) == table
+
+
+def test_agreement_and_bullseye_refuse_a_segmentation_whose_edit_was_not_measured(measured, tmp_path):
+    """The ED blood pool erased and the edit refused: export, report and ground truth said so,
+    but the Agreement button gave Dice 1.0 and 0 mm against the labels from before the edit, and
+    the bullseye drew them (probe 103)."""
+    logic = measured
+    assert logic.agreementWithNetwork()[logic.analysis.reference_frame]["lv"]["dice"] == 1.0
+    seg = logic.getNodeParameter("outputSegmentationID")
+    edit_segmentation(seg, [tuple(v) for v in np.argwhere(logic.analysis.labels[logic.analysis.reference_frame] == LV)], 0)
+    with pytest.raises(CardiacInputError, match="no LV blood pool"):
+        logic.onSegmentationEdited(seg)
+    for what, call in (("the agreement with the network", logic.agreementWithNetwork),
+                       ("the bullseye", lambda: logic.renderBullseye(tmp_path / "bullseye.png"))):
+        with pytest.raises(CardiacInputError, match=f"its last edit could not be measured .* so {what} would not match"):
+            call()
+    assert not (tmp_path / "bullseye.png").exists()
+
+
+def test_a_handle_at_a_position_that_is_not_finite_is_refused_and_put_back(measured):
+    """A NaN handle position (Python, a markups file, the web page's rotate_handle): an IndexError
+    from the sector binning, the handle left at NaN, and the sectors holding the NaN point while the
+    table and results kept the old one (probe 103). Refused by name, as a point on the LV centre is."""
+    logic = measured
+    a = logic.analysis
+    markups = logic.getNodeParameter("markupsID")
+    k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
+    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
+    home = np.zeros(3)
+    markups.GetNthControlPointPosition(n, home)
+    rows = sc.table_rows(logic.getNodeParameter("tableID"))
+    for bad in (np.nan, np.inf):
+        markups.SetNthControlPointPosition(n, bad, home[1], home[2])
+        with pytest.raises(CardiacInputError, match=f"RV insertion handle 'S{k} anterior'.*not a finite position"):
+            logic.onInsertionPointMoved(markups, n)
+        back = np.zeros(3)
+        markups.GetNthControlPointPosition(n, back)
+        np.testing.assert_allclose(back, home, atol=1e-6)
+        np.testing.assert_allclose(a.sectors.points(k)["anterior_ras"], home, atol=1e-6)
+        assert sc.table_rows(logic.getNodeParameter("tableID")) == rows
+    # a whole scan (a reopened scene) says it too, and moves nothing
+    markups.SetNthControlPointPosition(n, np.nan, home[1], home[2])
+    with pytest.raises(CardiacInputError, match="not a finite position"):
+        logic.onInsertionPointMoved(markups)
+    np.testing.assert_allclose(a.sectors.points(k)["anterior_ras"], home, atol=1e-6)
+    # the handles node deleted by hand: said, not an AttributeError on None
+    logic.scene.RemoveNode(markups)
+    for call in (logic.onInsertionPointMoved, logic.onInsertionPointRemoved):
+        with pytest.raises(CardiacInputError, match="no markups node holds the RV insertion handles"):
+            call()
+
+
+def test_output_paths_the_cli_refuses_are_refused_by_name(measured, tmp_path, monkeypatch):
+    """exportResults("") wrote every output into the working folder (the CLI refuses --out "");
+    saveGroundTruth under a file gave a NotADirectoryError traceback; renderReport onto a folder
+    an IsADirectoryError naming a hidden temporary file (probe 103)."""
+    logic = measured
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        for call in (lambda: logic.exportResults(empty), lambda: logic.saveGroundTruth(empty, "patient101")):
+            with pytest.raises(CardiacInputError, match="an empty output folder name"):
+                call()
+    assert list(tmp_path.iterdir()) == []
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(CardiacInputError, match=f"cannot create output folder: {afile} is not a folder"):
+        logic.saveGroundTruth(afile, "patient101")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for call in (lambda: logic.renderReport(folder), lambda: logic.renderBullseye(folder)):
+        with pytest.raises(CardiacInputError, match=f"{folder}: is a folder"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "reports"] and not any(folder.iterdir())
