@@ -399,6 +399,157 @@ def test_session_rest_series_gives_mpr_and_mpri(tmp_path):
     assert not any("MPR" in k for k in _rows(s))
 
 
+def _scene_state(s):
+    """What a refused open must leave as it was: the study, its results, its nodes, the page's place."""
+    from CardiacAISegLib.logic import PARAMETERS
+
+    scene = s.context.scene
+    return {"study": s.study, "analysis": s.analysis, "rows": _rows(s), "source": s.source, "place": (s.frame, s.slice),
+            "study_nodes": s.logic.studyNodes, "segmentations": s.segmentation_nodes(),
+            "parameters": {name: s.logic.getParameter(name) for name in PARAMETERS},
+            "nodes": sorted(scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes()))}
+
+
+def test_a_study_the_scene_refuses_leaves_the_open_study_and_its_results(phantom_data, tmp_path, monkeypatch):
+    """Probe 103: the page closed the open study, its results and nodes, before the scene took
+    the new one; a file the scene refused (two frames at one time) left the page with no study
+    at all. A refusal half-way (nodes added, or the rest series refused after the images went
+    in) leaves everything as it was, and the refusal is the loader's own."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    before = _scene_state(s)
+    assert before["rows"]["LV EDV"] > 0 and len(before["segmentations"]) == 2
+
+    add_study = sc.add_study
+
+    def half_added(ctx, study):
+        add_study(ctx, study)   # the images are in the scene when it refuses
+        raise CardiacInputError(study.source, "the scene refused it")
+
+    monkeypatch.setattr(sc, "add_study", half_added)
+    with pytest.raises(CardiacInputError, match="cine.nii.gz: the scene refused it$"):
+        s.open_path("cine.nii.gz")
+    assert _scene_state(s) == before
+    monkeypatch.setattr(sc, "add_study", add_study)
+
+    def refused(study):
+        raise CardiacInputError("rest.nii.gz", "the rest series refused")
+
+    monkeypatch.setattr(s.logic, "setRestStudy", refused)   # after the new images went in
+    with pytest.raises(CardiacInputError, match="rest.nii.gz: the rest series refused$"):
+        s.open_path("cine.nii.gz")
+    assert _scene_state(s) == before
+    monkeypatch.undo()
+    # still the open study: edited and saved as before
+    assert s.morph("myo", 1) > 0 and s.save("out")
+    saved = json.loads((data / "out" / "results.json").read_text())["cine"]
+    assert saved["lv_mass_g"] == pytest.approx(_rows(s)["LV mass"], abs=0.05) and saved["lv_mass_g"] > before["rows"]["LV mass"]
+
+
+def test_a_study_opened_after_stress_and_rest_leaves_none_of_their_nodes(tmp_path):
+    """Probe 103: every study opened with a rest series left the rest's sequence, browser and
+    proxy volume (a full copy of its images) in the server's scene, and each volume removed
+    left its display and storage nodes: the scene grew with every study opened."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    write_phantom("perfusion", data / "stress", seed=2, size=48, n_frames=40)
+    write_phantom("perfusion", data / "rest", seed=2, size=48, n_frames=40, stress=False)
+    write_phantom("cine", data / "cine", seed=0, n_frames=6, n_slices=6, size=64)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    s = Session(data, sample_folder=tmp_path / "samples")
+    scene = s.context.scene
+    counts = []
+    for _ in range(2):
+        s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                    rest="rest/perfusion.nii.gz", rest_aif="rest/aif.csv", rest_labels="rest/perfusion_labels.nii.gz")
+        opened = scene.GetNumberOfNodes()
+        s.run(LABELS_CHOICE)
+        assert "Global MPR" in _rows(s) and scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 2
+        s.open_path("cine/cine.nii.gz", labels="cine/cine_labels.nii.gz")
+        counts.append((opened, scene.GetNumberOfNodes()))
+        # the cine's own images only: no rest series, no perfusion proxy
+        assert [scene.GetNthNodeByClass(n, "vtkMRMLSequenceNode").GetName()
+                for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))] == ["cine sequence"]
+        assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+    assert counts[1] == counts[0], counts
+
+
+def test_a_handle_turned_by_a_non_finite_angle_is_refused(phantom_data, tmp_path):
+    """Probe 103: rotate_handle(k, side, nan) put NaN into the sectors (an IndexError traceback
+    from the binning; the page's angles NaN, results.json the old point) and inf gave 'math
+    domain error'. Refused, naming the handle, with nothing changed."""
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    k = next(k for k in sorted(s.analysis.sectors.slices) if s.analysis.sectors.slices[k].level == "mid")
+    angles, rows = s.handle_angles(k), _rows(s)
+    node = s.markups_node()
+    points = [tuple(node.GetNthControlPointPosition(n)) for n in range(node.GetNumberOfControlPoints())]
+    for degrees in (float("inf"), -float("inf"), float("nan"), "a lot"):
+        with pytest.raises(CardiacInputError, match=f"the anterior handle of slice {k} cannot turn by .* give a finite angle"):
+            s.rotate_handle(k, "anterior", degrees)
+    assert s.handle_angles(k) == angles and _rows(s) == rows and s.unsaved_edits() == []
+    assert [tuple(node.GetNthControlPointPosition(n)) for n in range(node.GetNumberOfControlPoints())] == points
+    assert s.rotate_handle(k, "anterior", 20) == [k]   # a finite turn still turns it
+
+
+def test_session_edits_and_navigation_refuse_indices_outside_the_study(phantom_data, tmp_path):
+    """Probe 103: paint and morph on slice -1 edited the last slice (Python's negative indexing),
+    slice n and frame 99 gave IndexError / KeyError, set_frame(nan) and set_slice('x') ValueError
+    tracebacks. Each is refused with the valid range, nothing edited; navigation one step past
+    either end still shows that end."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("cine.nii.gz", labels="cine_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    n_slices, n_frames = s.study.n_slices, s.study.n_frames
+    labels = {t: m.copy() for t, m in s.analysis.labels.items()}
+    rows, place = _rows(s), (s.frame, s.slice)
+    slices = f"from 0 to {n_slices - 1}"
+    for call, refusal in (
+            (lambda: s.paint("myo", -1, 48, 48),
+             f"edit: slice -1 is not one of this study's {n_slices} slices: give a whole number {slices}"),
+            (lambda: s.paint("myo", n_slices, 48, 48), f"slice {n_slices} is not one of .* {slices}"),
+            (lambda: s.paint("myo", 2.5, 48, 48), f"slice 2.5 is not one of .* {slices}"),
+            (lambda: s.paint("myo", 3, 48, 48, frame=99), f"frame 99 is not one of this study's {n_frames} frames: give a whole "
+                                                           f"number from 0 to {n_frames - 1} \\(frames 1 to {n_frames} as the page"),
+            (lambda: s.morph("myo", 1, k=-1), f"slice -1 is not one of .* {slices}"),
+            (lambda: s.morph("myo", 1, frame=-1), "frame -1 is not one of"),
+            (lambda: s.rotate_handle(float("nan"), "anterior", 10), "insertion point: slice nan is not one of"),
+            (lambda: s.set_frame(float("nan")), "navigation: frame nan is not one of"),
+            (lambda: s.set_slice("x"), f"navigation: slice 'x' is not one of .* {slices}")):
+        with pytest.raises(CardiacInputError, match=refusal):
+            call()
+    assert all(np.array_equal(s.analysis.labels[t], labels[t]) for t in labels) and set(s.analysis.labels) == set(labels)
+    assert _rows(s) == rows and (s.frame, s.slice) == place and s.unsaved_edits() == []
+    assert s.set_slice(n_slices) == n_slices - 1 and s.set_frame(-1) == 0
+    # a frame of the study with no segmentation (perfusion: one mask, on the reference frame) gave a KeyError
+    write_phantom("perfusion", data / "perfusion", seed=2, size=48, n_frames=40)
+    s.open_path("perfusion/perfusion.nii.gz", labels="perfusion/perfusion_labels.nii.gz", aif="perfusion/aif.csv",
+                dt=json.loads((data / "perfusion" / "truth.json").read_text())["dt_s"])
+    s.run(LABELS_CHOICE)
+    reference = s.analysis.reference_frame
+    with pytest.raises(CardiacInputError, match=f"edit: frame {reference + 1} \\(frame {reference + 2} as the page counts them\\) "
+                                                f"has no segmentation to edit: the segmented frames are {reference}$"):
+        s.paint("myo", 3, 24, 24, frame=reference + 1)
+
+
 def test_session_bullseye_measure_choice_is_remembered(tmp_path):
     """Perfusion bullseye: MBF or the relative upslope, re-rendered at once, and the choice
     holds for the next perfusion study of the session (the Logic's parameter node)."""
@@ -2080,6 +2231,34 @@ def test_opening_another_study_asks_before_dropping_unsaved_edits(tmp_path):
     app.ctrl.open_study(b_fields)
     _settle(app)
     assert not s.discard_dialog and sess.source == "b/cine.nii.gz", s.error_message
+
+
+def test_a_study_refused_as_it_goes_into_the_scene_says_the_open_one_stays(tmp_path, monkeypatch):
+    """A study read but refused while it was put into the scene keeps the open study
+    (Session.adopt); the page said only the refusal, while a study refused at reading said
+    "nothing was opened: <study> is still the open study" (probe 87): both say it now."""
+    pytest.importorskip("trame")
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.app import CardiacWebApp
+
+    for name, seed in (("a", 1), ("b", 2)):
+        write_phantom("cine", tmp_path / name, seed=seed, n_frames=6, n_slices=6, size=64)
+    app = CardiacWebApp(tmp_path, server="adopt-refused-test")
+    sess, s = app.session, app.state
+    app.ctrl.open_study({"study_path": "a/cine.nii.gz", "labels_path": "a/cine_labels.nii.gz"})
+    _settle(app)
+    assert sess.source == "a/cine.nii.gz", s.error_message
+
+    def refused(ctx, study):
+        raise CardiacInputError(study.source, "the scene refused it")
+
+    monkeypatch.setattr(sc, "add_study", refused)
+    app.ctrl.open_study({"study_path": "b/cine.nii.gz", "labels_path": ""})
+    _settle(app)
+    assert sess.source == "a/cine.nii.gz"
+    assert "the scene refused it" in s.error_message, s.error_message
+    assert s.error_message.endswith("nothing was opened: a/cine.nii.gz is still the open study"), s.error_message
 
 
 def test_revert_asks_before_dropping_unsaved_edits(tmp_path):

@@ -313,10 +313,17 @@ class CardiacWebApp:
         with self.state:
             self.state.opening = False
 
+            adopted = []
+            kept = self.session.source if self.session.study is not None else None
+
             def adopt():
                 self.session.adopt(loaded)
+                adopted.append(True)
                 self._study_opened(message or f"Opened {self.session.source}")
             self._guard(adopt)
+            if not adopted and kept is not None and self.session.source == kept and self.state.error_message:
+                # refused while it was put into the scene: the open study is kept (Session.adopt), as for a read refused
+                self.state.error_message += f" - nothing was opened: {kept} is still the open study"
 
     def _study_opened(self, message):
         sess = self.session

@@ -24,7 +24,8 @@ from .. import scene as sc
 from ..analysis import BULLSEYE_TITLES as BULLSEYE_MEASURES   # measure -> title: one table
 from ..errors import CardiacInputError, OutputExistsError
 from ..labels import LV, MYO, RV, to_convention
-from ..logic import FRAME_ATTRIBUTE, CardiacAISegLogic, fill_segmentation
+from ..logic import (FRAME_ATTRIBUTE, NODE_PARAMETERS, OUTPUT_PARAMETERS, PARAMETERS, CardiacAISegLogic,
+                     fill_segmentation)
 from ..readers.sniff import image_stem
 from ..study import CINE, PERFUSION, check_rest_pairing
 from .sandbox import DataFolder
@@ -98,24 +99,79 @@ class Session:
     # ----------------------------------------------------------------------- loading
     def close_study(self):
         """Forget the current study and remove its nodes from the scene."""
-        logic = self.logic
-        scene = self.context.scene
-        doomed = []
-        if logic.studyNodes is not None:
-            doomed += [logic.studyNodes.browser, logic.studyNodes.sequence, logic.studyNodes.volume]
-        from ..logic import OUTPUT_PARAMETERS
+        self._remove_nodes(self._forget_study())
 
-        # every output, the hidden label sequences too (two were left per study opened; review)
-        for name in (*OUTPUT_PARAMETERS, "inputNodeID"):
-            doomed.append(logic.getNodeParameter(name))
-            logic.setParameter(name, "")
-        for node in doomed:
-            if node is not None and node.GetScene() is scene:
-                scene.RemoveNode(node)
+    def _study_nodes(self):
+        """Every node the open study put in the scene: its images, its outputs with the hidden
+        label sequences, and the rest series a run added for MPR, each sequence with its browser
+        and proxy volume (the rest's were left behind: a full copy of the rest images per study
+        opened with one; probe 103)."""
+        logic = self.logic
+        shown = logic.studyNodes
+        nodes = [shown.browser, shown.sequence, shown.volume] if shown is not None else []
+        for name in (*OUTPUT_PARAMETERS, "inputNodeID", "restNodeID"):
+            nodes.append(logic.getNodeParameter(name))
+        for node in list(nodes):
+            if node is not None and node.IsA("vtkMRMLSequenceNode"):
+                nodes += _browsers_and_proxies(self.context.scene, node)
+        return [node for node in nodes if node is not None]
+
+    def _forget_study(self):
+        """The open study is forgotten (the Logic's results, the parameters naming its nodes, the
+        page's place in it); returns its nodes, still in the scene."""
+        logic = self.logic
+        doomed = self._study_nodes()
+        # the results first: the rest parameter emptied with an analysis there measured it again
         logic.reset()
+        for name in (*OUTPUT_PARAMETERS, "inputNodeID", "restNodeID"):
+            logic.setParameter(name, "")
         self.source, self.frame, self.slice = "", 0, 0
         self._placed = None
         self._saved_corrections = None
+        return doomed
+
+    def _remove_nodes(self, nodes):
+        """``nodes`` out of the scene, with their display and storage nodes (the scene keeps those
+        when a node goes: a few more were left with every study opened)."""
+        scene = self.context.scene
+        with_theirs = []
+        for node in nodes:
+            with_theirs.append(node)
+            if node.IsA("vtkMRMLDisplayableNode"):
+                with_theirs += [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())]
+            if node.IsA("vtkMRMLStorableNode"):
+                with_theirs += [node.GetNthStorageNode(n) for n in range(node.GetNumberOfStorageNodes())]
+        for node in with_theirs:
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
+
+    def _open_state(self):
+        """What ``_put_back`` needs to undo an open that failed half-way: the Logic's state, its
+        parameters, the nodes in the scene and the page's place in the study."""
+        logic = self.logic
+        scene = self.context.scene
+        return {"logic": dict(vars(logic)),
+                "parameters": {name: logic.getParameter(name) for name in PARAMETERS},
+                "node_ids": {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())},
+                "session": (self.source, self.frame, self.slice, self._placed, self._saved_corrections)}
+
+    def _put_back(self, state):
+        """The study open at ``_open_state`` open again, as it was: the nodes added since go and
+        the parameters, the Logic and the page's place are restored (``setParameter`` is not
+        used: emptying the rest series through it would measure the analysis again)."""
+        scene = self.context.scene
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        self._remove_nodes([node for node in added if node.GetID() not in state["node_ids"]])
+        parameter_node = self.logic.parameterNode()
+        for name, value in state["parameters"].items():
+            if name in NODE_PARAMETERS:
+                parameter_node.SetNodeReferenceID(name, value or None)
+            else:
+                parameter_node.SetParameter(name, value)
+        logic_state = vars(self.logic)
+        logic_state.clear()
+        logic_state.update(state["logic"])
+        self.source, self.frame, self.slice, self._placed, self._saved_corrections = state["session"]
 
     def open_path(self, text, labels=None, aif=None, dt=None, kind=None, rest=None, rest_aif=None, rest_dt=None,
                   rest_labels=None, label_convention="acdc"):
@@ -248,11 +304,20 @@ class Session:
 
     def adopt(self, loaded):
         """Make a study read by ``read_path``/``read_sample`` the current one (scene nodes: the
-        server's own thread). The previous study's nodes go."""
+        server's own thread). The previous study's nodes go once the new one is in the scene;
+        until then a refusal leaves the previous study open, with its results."""
         study, source, aif, rest = loaded
-        self.close_study()
-        self.logic.setStudy(study, aifPath=str(aif) if isinstance(aif, Path) else "")
-        self.logic.setRestStudy(rest)
+        # one step: a study the scene refused (or its rest series) had closed the open one and
+        # its results first, and the page was left with neither (probe 103)
+        before = self._open_state()
+        doomed = self._forget_study()
+        try:
+            self.logic.setStudy(study, aifPath=str(aif) if isinstance(aif, Path) else "")
+            self.logic.setRestStudy(rest)
+        except BaseException:
+            self._put_back(before)
+            raise
+        self._remove_nodes(doomed)
         self._opened(source + (f" with the rest series {self._shown_path(rest.source or rest.name)}" if rest is not None else ""))
         return study
 
@@ -353,13 +418,15 @@ class Session:
 
     # --------------------------------------------------------------------- navigation
     def set_frame(self, t):
+        """Show frame t (0-based; one past either end shows the end)."""
         st = self.require_study()
-        self.frame = int(min(max(int(t), 0), st.n_frames - 1))
+        self.frame = _index(t, st.n_frames, "frame", "navigation", clamp=True)
         return self.frame
 
     def set_slice(self, k):
+        """Show slice k (one past either end shows the end)."""
         st = self.require_study()
-        self.slice = int(min(max(int(k), 0), st.n_slices - 1))
+        self.slice = _index(k, st.n_slices, "slice", "navigation", clamp=True)
         return self.slice
 
     def segmentation_nodes(self):
@@ -388,6 +455,18 @@ class Session:
             return a.reference_frame
         return self.frame if self.frame in self.segmentation_nodes() else a.reference_frame
 
+    def _frame_to_edit(self, frame):
+        """``frame`` as given to an edit (None: ``edit_frame``), one with a segmentation."""
+        a = self.require_analysis()
+        if frame is None:
+            return self.edit_frame()
+        frame = _index(frame, a.study.n_frames, "frame", "edit")
+        if frame not in a.labels:
+            segmented = ", ".join(str(t) for t in sorted(a.labels))
+            raise CardiacInputError("edit", f"frame {frame} (frame {frame + 1} as the page counts them) has no segmentation "
+                                            f"to edit: the segmented frames are {segmented}")
+        return frame
+
     # ------------------------------------------------------------------- insertion handles
     def handle_angles(self, k=None):
         """{'anterior': deg, 'inferior': deg} of slice k about its LV centre (image x right,
@@ -411,14 +490,23 @@ class Session:
         a = self.require_analysis()
         if side not in SIDES:
             raise CardiacInputError("insertion point", f"side must be one of {SIDES}")
-        k = int(k)
+        k = _index(k, a.study.n_slices, "slice", "insertion point")
         if a.sectors is None or k not in a.sectors.slices:
             raise CardiacInputError("insertion point", f"slice {k} has no RV insertion handles (slices with sectors: {sorted(a.sectors.slices) if a.sectors else 'none'})")
+        try:
+            turn = float(degrees)
+        except (TypeError, ValueError):
+            turn = math.nan
+        if not math.isfinite(turn):
+            # NaN reached the sectors and the page's angles ("math domain error" for inf), the
+            # handle not put back and results.json left with the old point (probe 103)
+            raise CardiacInputError("insertion point", f"the {side} handle of slice {k} cannot turn by {degrees!r} degrees: "
+                                                       "give a finite angle")
         s = a.sectors.slices[k]
         pt = s.ant if side == "anterior" else s.inf
         sx, sy = a.sectors.sx, a.sectors.sy
         dx, dy = (pt[0] - s.cx) * sx, (pt[1] - s.cy) * sy
-        c, si = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        c, si = math.cos(math.radians(turn)), math.sin(math.radians(turn))
         i = s.cx + (c * dx - si * dy) / sx
         j = s.cy + (si * dx + c * dy) / sy
         ras = a.study.ijk_to_ras_points([(i, j, k)])[0]
@@ -478,8 +566,8 @@ class Session:
         a = self.require_analysis()
         if segment not in EDIT_SEGMENTS:
             raise CardiacInputError("edit", f"structure must be one of {', '.join(EDIT_SEGMENTS)}")
-        frame = self.edit_frame() if frame is None else int(frame)
-        k = self.slice if k is None else int(k)
+        frame = self._frame_to_edit(frame)
+        k = self.slice if k is None else _index(k, a.study.n_slices, "slice", "edit")
         lab = a.labels[frame].copy()
         sl = lab[k]
         value = EDIT_SEGMENTS[segment]
@@ -514,12 +602,13 @@ class Session:
         a = self.require_analysis()
         if segment not in EDIT_SEGMENTS:
             raise CardiacInputError("edit", f"structure must be one of {', '.join(EDIT_SEGMENTS)}")
-        frame = self.edit_frame() if frame is None else int(frame)
+        frame = self._frame_to_edit(frame)
+        k = _index(k, a.study.n_slices, "slice", "edit")
         lab = a.labels[frame].copy()
         rr, cc = np.ogrid[:lab.shape[1], :lab.shape[2]]
         disc = (rr - float(row)) ** 2 + (cc - float(col)) ** 2 <= float(radius_px) ** 2
         value = EDIT_SEGMENTS[segment]
-        sl = lab[int(k)]
+        sl = lab[k]
         target = disc & (sl == value) if erase else disc & (sl != value)
         sl[target] = 0 if erase else value
         count = int(target.sum())
@@ -768,6 +857,35 @@ class Session:
 
 
 PEOPLE_FRAME_ROWS = {"ed_frame": "ED frame", "es_frame": "ES frame"}
+
+
+def _index(value, count, what, action, clamp=False):
+    """``value`` as the 0-based index of one of the study's ``count`` slices or frames (``what``),
+    for the Session's calls; a CardiacInputError naming ``action`` and the valid range otherwise
+    (-1 edited the last slice, Python's negative indexing; one past the end gave an IndexError, and
+    NaN or text a ValueError traceback; probe 103). ``clamp``: a number past either end is that
+    end, as navigation has always taken it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if clamp and math.isfinite(number):
+        return min(max(int(number), 0), count - 1)
+    if number.is_integer() and 0 <= number < count:
+        return int(number)
+    counted = f" (frames 1 to {count} as the page counts them)" if what == "frame" else ""
+    raise CardiacInputError(action, f"{what} {value!r} is not one of this study's {count} {what}s: give a whole number "
+                                    f"from 0 to {count - 1}{counted}")
+
+
+def _browsers_and_proxies(scene, sequence):
+    """The browsers that play ``sequence`` and the proxy volume each shows it in."""
+    found = []
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        browser = scene.GetNthNodeByClass(n, "vtkMRMLSequenceBrowserNode")
+        if browser.IsSynchronizedSequenceNode(sequence, True):
+            found += [browser, browser.GetProxyNode(sequence)]
+    return found
 
 
 def _control_point(node, k, side):
