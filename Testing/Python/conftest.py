@@ -1,3 +1,4 @@
+import atexit
 import faulthandler
 import gc
 import os
@@ -21,8 +22,13 @@ def shared_data():
     return SHARED_DATA
 
 
-def pytest_sessionstart(session):
-    session.config._cardiacaiseg_session = session
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # outermost: past the yield every session-finish hook has run, the summary printed; a hook
+    # that raised leaves the flag unset, and the process then ends the ordinary way with its error
+    result = yield
+    session.config._cardiacaiseg_finished = session
+    return result
 
 
 @pytest.hookimpl(trylast=True)
@@ -33,13 +39,16 @@ def pytest_unconfigure(config):
     while the interpreter tore down native libraries' globals (VTK/MRML, PySide6, torch, ONNX
     Runtime, Dask's offload thread) in whatever order it reaches them; it did not recur on rerun.
     What the tests measured is in the exit status pytest computed, so that is what the process
-    returns. Our own objects are still collected first, with faulthandler on, so a crash in
+    returns - but only once pytest reached its end (a session-finish hook that raised keeps its
+    failure). Python-level exit handlers still run (pytest's temporary-folder locks, the scene's
+    cache folders), and our own objects are collected first with faulthandler on, so a crash in
     their destructors prints where it happened and fails the run."""
-    session = getattr(config, "_cardiacaiseg_session", None)
+    session = getattr(config, "_cardiacaiseg_finished", None)
     if session is None or os.environ.get("CARDIACAISEG_TEST_NORMAL_EXIT"):
         return   # set it to see the interpreter's own shutdown (e.g. to chase that crash)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     gc.collect()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
