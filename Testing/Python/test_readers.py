@@ -1691,3 +1691,31 @@ def test_a_zero_voxel_size_is_said_once_without_nibabels_log_line(tmp_path, capf
     err = capfd.readouterr().err
     assert "voxel size" in err and str(path) in err
     assert "setting 0 dims to 1" not in err, err
+
+
+def test_a_cine_read_as_the_rest_series_is_said_so_when_its_analysis_fails(tmp_path):
+    """A cine read as the rest series (given --rest-dt) and refused in its analysis ("AIF is
+    flat") said "read as perfusion because --kind perfusion was given ... drop --kind", a flag
+    (a 'Series kind' box) the user never set (review 1 of session 47); --kind given still says it."""
+    import nibabel as nib
+
+    from CardiacAISegLib.readers import load_rest_series
+    from CardiacAISegLib.readers.series_kind import kind_said_on_errors
+
+    rng = np.random.default_rng(3)
+    img = nib.Nifti1Image(rng.uniform(100, 200, (24, 24, 3, 12)).astype(np.float32), OBLIQUE)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms((1.5, 1.5, 8.0, 0.07))   # one cardiac cycle of 12 phases
+    path = tmp_path / "cine.nii.gz"
+    nib.save(img, str(path))
+
+    def analysis_refusal(study):
+        with pytest.raises(CardiacInputError) as e, kind_said_on_errors(study):
+            raise CardiacInputError(path, "AIF is flat")
+        return str(e.value)
+
+    said = analysis_refusal(load_rest_series(path, dt=0.5))
+    assert "for its role (the rest series), though nifti time axis" in said and "which is a cine series" in said, said
+    assert "--kind" not in said and said.endswith("give the rest perfusion acquisition]"), said
+    asked = analysis_refusal(load_study(path, kind="perfusion", dt=0.5))
+    assert "because --kind perfusion was given" in asked and "drop --kind" in asked, asked

@@ -185,11 +185,12 @@ def _as_read_for_its_role(text):
     if text.startswith(prefix):
         return ("it is no first-pass perfusion series: " + text[len(prefix):].split("; drop --kind")[0]
                 + "; give the rest perfusion acquisition")
-    # an error after weaker evidence of a cine (a file's one-cycle time axis) carries the note of
-    # series_kind.requested_against_the_data_note, which blamed a --kind (a 'Series kind' box) the
-    # user never set and advised dropping it, which changes nothing: the role made it perfusion
-    note = re.search(r" \[read as perfusion because --kind perfusion was given, though (.+), which is a cine series; "
-                     r"if it is one, drop --kind\]$", text)
+    # an error after weaker evidence of a cine (a file's one-cycle time axis) carries the role's
+    # note of series_kind.requested_against_the_data_note (it blamed a --kind, a 'Series kind'
+    # box, the user never set): said first, as what the series is
+    from .series_kind import ROLE_NOTE_END, ROLE_NOTE_START
+
+    note = re.search(rf" \[{re.escape(ROLE_NOTE_START)}(.+), which is a cine series{re.escape(ROLE_NOTE_END)}\]$", text)
     if note:
         return (f"it is no first-pass perfusion series: {note.group(1)}, which is a cine series; give the rest "
                 f"perfusion acquisition (read as one: {text[:note.start()]})")

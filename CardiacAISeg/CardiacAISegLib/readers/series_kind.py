@@ -327,6 +327,8 @@ def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True
                                 "evidence": [{"kind": k, "strength": s, "reason": r} for k, s, r in found]}
     if requested is not None and overruled is not None:
         study.provenance["kind"]["against_data"] = f"{overruled[2]}, which is a {overruled[0]} series"
+    if requested is not None and not user_asked:
+        study.provenance["kind"]["by_role"] = True   # the rest series: no --kind (box) to drop
     return kind
 
 
@@ -385,8 +387,18 @@ def requested_against_the_data_note(study):
     against = [e for e in decision.get("evidence", []) if e.get("kind") != study.kind]
     if not against:
         return None
+    if decision.get("by_role"):
+        # the rest series is perfusion by its role: "drop --kind" named a flag (a 'Series kind'
+        # box) the user never set, and dropping it changed nothing (probe 103, review 1)
+        return f"{ROLE_NOTE_START}{against[0]['reason']}, which is a {against[0]['kind']} series{ROLE_NOTE_END}"
     return (f"read as {study.kind} because --kind {study.kind} was given, though {against[0]['reason']}, which is a "
             f"{against[0]['kind']} series; if it is one, drop --kind")
+
+
+# the note of a series read as perfusion for its role (the rest series) against weaker evidence of
+# a cine; readers/__init__.py turns a reading error that carries it into "it is no first-pass perfusion series"
+ROLE_NOTE_START = "read as perfusion for its role (the rest series), though "
+ROLE_NOTE_END = "; give the rest perfusion acquisition"
 
 
 @contextmanager
