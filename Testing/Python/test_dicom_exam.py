@@ -919,3 +919,130 @@ def test_a_slice_stored_turned_in_its_own_plane(base, tmp_path, how, series_per_
     # restarting in every slice series place none anyway)
     if not series_per_slice:
         assert study.provenance["instance_map"] and all(k != turned for t, k in study.provenance["instance_map"].values())
+
+
+def _screen_save(path, series, number, desc):
+    """A grey Secondary Capture object of the cine's matrix with no geometry (a scanner's or
+    workstation's report or screen save), filed in ``series``."""
+    from dicom_factory import new_dataset
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    ds = new_dataset(SecondaryCaptureImageStorage, series, number, desc)
+    ds.Modality, ds.InstanceNumber = "MR", 998
+    ds.Rows = ds.Columns = SIZE
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.full((SIZE, SIZE), 300, np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_screen_save_filed_in_the_cines_own_series_is_left_out(base, tmp_path):
+    """Probe 104: a Secondary Capture object (no position, orientation or pixel size) carrying the
+    cine's own SeriesInstanceUID refused the whole study for its "missing DICOM tag PixelSpacing";
+    in a series of its own it was left out as a screen save. It is left out here too, and said.
+    Named to sort first, it is no longer the image the series is judged by (a screen save first
+    made the whole cine one, left out beside the LGE). An MR image of the series without its
+    PixelSpacing or position is a damaged image of the stack: still refused, naming file and tag."""
+    exam = tmp_path / "exam"
+    cine_dicom(base, exam, series=CINE_UID, desc="cine_retro_sax", number=20)
+    plain = load_study(exam)
+    _per_slice_lge(exam)
+    _screen_save(exam / "IM0000.dcm", CINE_UID, 20, "cine_retro_sax")
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES) and study.provenance["series_description"] == "cine_retro_sax"
+    np.testing.assert_array_equal(study.images, plain.images)
+    np.testing.assert_allclose(study.ijk_to_ras, plain.ijk_to_ras, atol=1e-6)
+    assert any(w.startswith(f"1 screen save(s) filed in series {CINE_UID} (Secondary Capture Image Storage, no position "
+                            "in the patient") and "left out: IM0000.dcm" in w for w in study.provenance["warnings"]), \
+        study.provenance["warnings"]
+    (exam / "IM0000.dcm").unlink()
+    for tag in ("PixelSpacing", "ImagePositionPatient"):
+        damaged = exam / "IM0000.dcm"
+        write_dicom(damaged, series=CINE_UID, number=20, desc="cine_retro_sax", ipp=(0.0, 0.0, 0.0), trigger=0.0, instance=999,
+                    shape=(SIZE, SIZE), spacing=(PIXEL_MM, PIXEL_MM), drop=(tag,))
+        with pytest.raises(CardiacInputError, match=f"missing DICOM tag {tag}, needed for the image geometry") as error:
+            load_study(exam)
+        assert error.value.path == str(damaged)
+
+
+@pytest.mark.parametrize("copy", ["same_images", "other_pixels", "last_slice_elsewhere"])
+def test_a_composed_copy_of_a_stack_stored_per_slice_is_left_out(base, tmp_path, copy):
+    """Probe 104: a cine stored one series per slice (#20-#27) beside a workstation's "composed"
+    copy of the whole stack (#99, DERIVED\\SECONDARY, the same images under new UIDs) was refused
+    as "9 image series ... choose one", whose first suggestion read one slice: a derived series
+    was compared with one original series at a time. The per-slice series are read as the stack
+    (the phantom's volume), and the copy said to be left out. A derived series that is no copy
+    (other pixels: filtered; or a slice at another position) is refused as before."""
+    from bad_corpus import base_ed
+
+    from CardiacAISegLib.analysis import Analysis
+
+    exam = tmp_path / "exam"
+    _per_slice_cine(base, exam)
+
+    def composed(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.99", 99
+        ds.SeriesDescription, ds.InstanceNumber = "cine_retro_sax_COMPOSED", k * N_FRAMES + t + 1
+        ds.ImageType = ["DERIVED", "SECONDARY", "M", "NORM"]
+        if copy == "other_pixels":
+            ds.PixelData = (np.frombuffer(ds.PixelData, np.uint16) // 2).tobytes()
+        elif copy == "last_slice_elsewhere" and k == N_SLICES - 1:
+            ds.ImagePositionPatient = [0.0, 0.0, SLICE_MM * N_SLICES]
+    cine_dicom(base, tmp_path / "composed", per_image=composed)
+    for f in (tmp_path / "composed").iterdir():
+        f.rename(exam / f"C{f.name}")
+    numbers = "/".join(f"#{20 + k}" for k in range(N_SLICES))
+    if copy == "other_pixels":
+        with pytest.raises(CardiacInputError, match=f"{N_SLICES + 1} image series in this folder, choose one with --series"):
+            load_study(exam)
+        return
+    if copy == "last_slice_elsewhere":
+        with pytest.raises(CardiacInputError, match=f"most slice positions of {numbers}/#99 were acquired in two or more"):
+            load_study(exam)
+        return
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES)
+    assert len(study.provenance["series_uid"].split("+")) == N_SLICES and f"{CINE_UID}.99" not in study.provenance["series_uid"]
+    assert any(w.startswith("series #99 'cine_retro_sax_COMPOSED'") and f"derived copy of the stack stored one series per "
+               f"slice as {numbers} ({N_SLICES} series" in w and f"give --series {CINE_UID}.99 to read the copy" in w
+               for w in study.provenance["warnings"]), study.provenance["warnings"]
+    # the volume is the phantom's: its ED mask's voxels x the voxel volume, every slice counted
+    cine = Analysis(study, {t: base.cine_labels[t] for t in range(N_FRAMES)}).run().cine
+    truth = float((base.cine_labels[base_ed(base)] == 1).sum()) * PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
+    assert cine["lv_edv_ml"] == pytest.approx(truth, rel=1e-6)
+    # the copy is still read when asked for
+    assert load_study(exam, series="99").images.shape[:2] == (N_FRAMES, N_SLICES)
+
+
+def test_a_cine_slice_reacquired_off_its_position_is_named_not_called_a_perfusion_pair(base, tmp_path):
+    """Probe 104: a cine stack (#300) with one slice acquired again 2 mm further along the normal in
+    a series of its own (#301): both are read, as slices of one stack, but the note said "#300/#301,
+    one slice each and acquired in the same heartbeats, are read as one stack of 2 slices ... a
+    perfusion exam usually has 3-4" (it is added whenever two series are merged). The note now
+    names the retake and the series it lies beside; the slices are the stack's and the retake's."""
+    from dicom_factory import _tm
+
+    exam = tmp_path / "exam"
+    retaken = N_SLICES // 2
+
+    def stack(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = CINE_UID, 300, "SAX CINE"
+        ds.AcquisitionTime = _tm(36000.0 + 15.0 * k)
+    cine_dicom(base, exam, per_image=stack)
+    plain = load_study(exam)
+
+    def again(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"{CINE_UID}.2", 301, "SAX CINE"
+        ds.ImagePositionPatient = [0.0, 0.0, SLICE_MM * k + 2.0]
+        ds.AcquisitionTime, ds.InstanceNumber = _tm(36900.0), 500 + t
+    cine_dicom(base, tmp_path / "again", slices=[retaken], per_image=again)
+    for f in (tmp_path / "again").iterdir():
+        f.rename(exam / f"R{f.name}")
+    study = load_study(exam)
+    warnings = study.provenance["warnings"]
+    assert study.images.shape[:2] == (N_FRAMES, N_SLICES + 1)
+    assert study.provenance["slice_positions_mm"][retaken + 1] - study.provenance["slice_positions_mm"][retaken] \
+        == pytest.approx(2.0)
+    np.testing.assert_array_equal(np.delete(study.images, retaken + 1, axis=1), plain.images)
+    assert not any("AHA levels" in w or "perfusion" in w for w in warnings), warnings
+    assert "#301 lies 2.0 mm from a slice of #300: a re-acquired slice? Both are read as slices of the stack" in warnings

@@ -259,6 +259,7 @@ def scan_dicom_folder(folder, progress=None, notes=None):
     merged.update(echoes)
     for items in series.values():
         _most_common_size_first(items)
+        _screen_saves_last(items)
     if notes is not None:
         notes["broken"], notes["duplicates"], notes["merged"] = broken, duplicates, merged
     elif broken and not series:
@@ -338,19 +339,58 @@ def _stack_key(ds):
 MAX_LOCALISER_IMAGES = 5
 
 
-def _without_screen_saves(series, notes=None):
-    """``series`` without screen saves (colour pixels, or images with no position or orientation
-    in the patient: a secondary capture of a viewer's screen or report) when a series with both
-    remains: a GE exam's RGB screen save beside its perfusion series asked for --series (probe 44)."""
-    def screen_save(items):
-        ds = items[0][1]
-        if isinstance(ds, EnhancedFrame):
-            return False   # its geometry is per frame, read with it
-        return (int(ds.get("SamplesPerPixel", 1) or 1) > 1
-                or ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None)
+def _is_screen_save(ds):
+    """Colour pixels, or no position or orientation in the patient: a secondary capture of a
+    viewer's screen or report, no image of a stack."""
+    if isinstance(ds, EnhancedFrame):
+        return False   # its geometry is per frame, read with it
+    return (int(ds.get("SamplesPerPixel", 1) or 1) > 1
+            or ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None)
 
-    return _leave_out(series, [u for u, items in series.items() if screen_save(items)],
+
+def _without_screen_saves(series, notes=None):
+    """``series`` without screen saves (``_is_screen_save``) when a series with both remains: a GE
+    exam's RGB screen save beside its perfusion series asked for --series (probe 44). A series is
+    judged by its first image; a screen save filed among a series' images is ordered last
+    (``_screen_saves_last``) and left out when the series is read (``_drop_screen_saves``)."""
+    return _leave_out(series, [u for u, items in series.items() if _is_screen_save(items[0][1])],
                       "a screen save (colour, or no position in the patient)", notes)
+
+
+def _screen_saves_last(items):
+    """Order a series' images (in place) so that screen saves filed in it come after its images:
+    the series is judged and described by its first image, and a screen save first made the whole
+    series one."""
+    if any(_is_screen_save(ds) for _, ds in items):
+        items.sort(key=lambda it: _is_screen_save(it[1]))   # stable: the rest keep their order
+
+
+_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def _drop_screen_saves(folder, uid, items):
+    """(items, notes): screen saves filed in a series of images left out, as one in a series of its
+    own is (``_without_screen_saves``). A scanner or workstation files its report or screen save
+    (a Secondary Capture object, no geometry) under the cine's SeriesInstanceUID, and the whole
+    study was refused for its "missing DICOM tag PixelSpacing" (probe 104). An MR image without
+    its position is a damaged image of the stack, not a screen save: refused naming the tag, as
+    is one missing PixelSpacing."""
+    def sop_class(ds):
+        return str(ds.get("SOPClassUID", "") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+
+    def screen_save(ds):
+        return _is_screen_save(ds) and (int(ds.get("SamplesPerPixel", 1) or 1) > 1 or sop_class(ds) != _MR_IMAGE_STORAGE)
+
+    saves = [it for it in items if screen_save(it[1])]
+    if not saves or len(saves) == len(items):
+        return items, []
+    from pydicom.uid import UID
+
+    kinds = sorted({UID(sop_class(ds)).name or sop_class(ds) or "no SOP class" for _, ds in saves})
+    why = sorted({"colour" if int(ds.get("SamplesPerPixel", 1) or 1) > 1 else "no position in the patient" for _, ds in saves})
+    note = (f"{len(saves)} screen save(s) filed in series {uid} ({', '.join(kinds)}, {' or '.join(why)}: no image of "
+            f"the stack) were left out: {_names([f for f, _ in saves], folder)}")
+    return [it for it in items if not screen_save(it[1])], [note]
 
 
 def _leave_out(series, dropped, what, notes=None):
@@ -847,11 +887,14 @@ def _parallel_stack(series, notes=None):
         return None
     uids = _drop_repeated_positions(series, ranked[0][1], notes)
     items = [it for uid in uids for it in series[uid]]
-    if notes is not None and len(uids) == 2:
+    # only a stack of two one-slice series read out in the same heartbeats, not named a cine, is a
+    # short perfusion stack: a cine of 12 slices beside one re-acquired slice was told it (probe 104)
+    if notes is not None and _two_slices_read_together(series, uids) and description_hint(items[0][1]) != CINE:
         notes.append(f"{_numbers_text(series, uids)}, one slice each and acquired in the same heartbeats, are read as one "
                      "stack of 2 slices, whose AHA levels are taken as basal and mid; a perfusion exam usually has 3-4: if "
                      "a slice's series is missing from the export, check which levels these two are")
     if notes is not None:
+        notes.extend(_slices_near_another_series(series, uids))
         # series at the stack's positions with another number of images (LGE, T1 mapping): left
         # out, and said, since a slice re-acquired with another phase count is left out too
         positions = _series_positions(items)
@@ -876,6 +919,43 @@ def _parallel_stack(series, notes=None):
                 f"{_size_text(items)}), were left out: a slice re-acquired with another field of view? The stack is "
                 "read without it", related=set(uids)))
     return "+".join(uids), items
+
+
+def _slices_near_another_series(series, uids):
+    """A note for each series of a merged stack that holds a slice nearer than half the stack's
+    spacing to a slice of an earlier series: a slice re-acquired a few millimetres off its
+    original (a retake after a failed breath-hold) is read as one more slice of the stack, with
+    no word of which series it is but an "uneven slice spacing" list (probe 104)."""
+    normal = _stack_normal(series[uids[0]][0][1]) if len(uids) >= 2 else None
+    if normal is None:
+        return []
+
+    def along_normal(items):
+        # from the positions as written: _series_positions' 0.1 mm rounding of each coordinate
+        # made a 2.0 mm retake "2.1 mm" off
+        found = set()
+        for _, ds in items:
+            try:
+                found.add(round(float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), 3))
+            except (AttributeError, TypeError, ValueError):
+                continue
+        return sorted(found)
+
+    along = {u: along_normal(series[u]) for u in uids}
+    every = np.sort([a for values in along.values() for a in values])
+    if every.size < 3:
+        return []
+    half_spacing = 0.5 * float(np.median(np.diff(every)))
+    ordered = sorted(uids, key=lambda u: _series_number(series[u]))
+    notes = []
+    for i, later in enumerate(ordered):
+        for earlier in ordered[:i]:
+            distance = min((abs(a - b) for a in along[later] for b in along[earlier]), default=math.inf)
+            if distance < half_spacing:
+                notes.append(f"#{_series_number(series[later])} lies {distance:.1f} mm from a slice of "
+                             f"#{_series_number(series[earlier])}: a re-acquired slice? Both are read as slices of the stack")
+                break
+    return notes
 
 
 def _size_text(items):
@@ -1375,7 +1455,16 @@ def _drop_derived_copies(series, notes=None):
         if uid in originals:
             continue
         source = source_of(items)
-        if source is not None:
+        parts = _slice_series_copied(items, originals) if source is None else None
+        if parts is not None:
+            del kept[uid]
+            if notes is not None:
+                notes.append(_RelatedNote(
+                    f"series {_describe(uid, items)} is a derived copy of the stack stored one series per slice as "
+                    f"{_numbers_text(series, parts)} ({len(parts)} series: the same slice positions, images and pixels) "
+                    "and was left out: those series are read as one stack; "
+                    f"give --series {uid} to read the copy instead", related=set(parts)))
+        elif source is not None:
             del kept[uid]
             if notes is not None:
                 notes.append(_RelatedNote(
@@ -1395,6 +1484,57 @@ def _drop_derived_copies(series, notes=None):
                     f"{chr(92).join(_image_type(items[0][1]))}: a map computed by the scanner), and was left out",
                     related=near or {"-"}))
     return kept
+
+
+def _slice_series_copied(items, originals):
+    """The original series (2 or more, sorted by number) that together hold the images of the
+    derived series ``items``, or None: same stack geometry, each original's slice positions among
+    the copy's, and as many images at every position as the copy, with the same pixels in the
+    first image of each original. A workstation or PACS "composed" stack of a cine stored one
+    series per slice: compared with one original series at a time it matched none, and the folder
+    was refused as "11 image series ... choose one", whose first suggestion read one slice (probe
+    104). Headers alike are not enough: a derived series at the same positions with other pixels
+    (a filtered or computed one) is no copy, and the user still chooses."""
+    key = _stack_key(items[0][1])
+    wanted = Counter(_position_key(ds) for _, ds in items)
+    if key is None or None in wanted:
+        return None
+    parts = [u for u, its in originals.items() if _stack_key(its[0][1]) == key
+             and _series_positions(its) and _series_positions(its) <= set(wanted)]
+    if len(parts) < 2:
+        return None
+    held = Counter(_position_key(ds) for u in parts for _, ds in originals[u])
+    if held != wanted:   # a position missing, or held twice (a slice re-acquired): not this copy's sources
+        return None
+    for u in parts:
+        where = min(_series_positions(originals[u]))
+        if not _same_image_pixels(_first_in_time(originals[u], where), _first_in_time(items, where)):
+            return None
+    return sorted(parts, key=lambda u: _series_number(originals[u]))
+
+
+def _first_in_time(items, position):
+    """The dataset of the first image at ``position`` (by trigger delay, then InstanceNumber)."""
+    def when(ds):
+        try:
+            trigger = float(ds.get("TriggerTime"))
+        except (TypeError, ValueError):
+            trigger = math.inf
+        try:
+            number = int(ds.get("InstanceNumber"))
+        except (TypeError, ValueError):
+            number = 0
+        return trigger, number
+    return min((ds for _, ds in items if _position_key(ds) == position), key=when)
+
+
+def _same_image_pixels(ds, other):
+    """True when two images hold the same pixel values (decoded: one may be stored compressed);
+    False when either cannot be read, as nothing then shows they are one image."""
+    try:
+        return bool(np.array_equal(ds.pixel_array, other.pixel_array))
+    except Exception:
+        return False
 
 
 def _one_image_per_slice(items):
@@ -3569,7 +3709,8 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
     picked_notes = notes_for(picked_notes, uid)   # not the notes about other series' copies and maps
     items, phase_note = _drop_phase_images(folder, items)
     items, derived_note = _drop_derived_images(folder, uid, items)
-    picked_notes += phase_note + derived_note
+    items, screen_note = _drop_screen_saves(folder, uid, items)
+    picked_notes += phase_note + derived_note + screen_note
     _refuse_other_modalities(items)
     _check_memory(folder, items)
 
