@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, cine_dicom, make_base
+from bad_corpus import N_FRAMES, N_SLICES, PIXEL_MM, SIZE, SLICE_MM, base_ed, cine_dicom, make_base
 from dicom_factory import write_aif_series, write_dicom, write_perfusion_series
 
 from CardiacAISegLib.errors import CardiacInputError
@@ -853,27 +853,77 @@ def test_an_aif_series_read_out_every_beat_beside_images_every_other_pairs(tmp_p
     np.testing.assert_allclose(segments["every_beat"], segments["same_rate"], rtol=0.02)
 
 
-def _stored_turned(ds, how):
+# a double-oblique short-axis orientation as a scanner writes it (6 decimals): its cosines are not
+# the 3-decimal key the reader groups orientations by, so a geometry taken from that key shows
+_SAX_ROW = np.array([0.719884, 0.495051, 0.48651])
+_SAX_COL = np.array([-0.562435, 0.826792, -0.009078])
+# a matrix and pixel that are not square: Rows and Columns, or the two PixelSpacing values, taken
+# for each other show
+_CROPPED_COLUMNS = slice(6, SIZE - 6)            # 64 rows x 52 columns
+_PIXEL_SPACING = (PIXEL_MM, 1.25)                # between rows (along the column direction), between columns
+
+
+def _oblique_non_square(ds, base, k, t):
+    """``ds`` the phantom's image (slice k, frame t) on a double-oblique stack of 64 x 52 pixels
+    of 1.6 x 1.25 mm, slice k at SLICE_MM * k along the normal."""
+    row, col = _SAX_ROW / np.linalg.norm(_SAX_ROW), _SAX_COL / np.linalg.norm(_SAX_COL)
+    ds.ImageOrientationPatient = [float(v) for v in np.r_[_SAX_ROW, _SAX_COL]]
+    ds.ImagePositionPatient = [round(float(v), 8) for v in SLICE_MM * k * np.cross(row, col)]
+    pixels = np.rint(base.cine_images[t, k][:, _CROPPED_COLUMNS] * 1000).astype(np.uint16)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = list(_PIXEL_SPACING)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+
+
+def _cropped_edv_truth(base):
+    """The phantom's ED LV voxels within the cropped columns (all of them) x the voxel volume."""
+    ed = base.cine_labels[base_ed(base)]
+    assert (ed[..., _CROPPED_COLUMNS] == 1).sum() == (ed == 1).sum(), "the crop cuts the LV"
+    return float((ed == 1).sum()) * _PIXEL_SPACING[0] * _PIXEL_SPACING[1] * SLICE_MM / 1000.0
+
+
+def _assert_same_grid(study, plain):
+    """The voxel axes of ``study`` are the untouched stack's, and its origin within 0.1 µm (the
+    turned image's corner is written with its 6-decimal cosines, which the reader normalises)."""
+    np.testing.assert_allclose(study.ijk_to_ras[:3, :3], plain.ijk_to_ras[:3, :3], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(study.ijk_to_ras[:3, 3], plain.ijk_to_ras[:3, 3], rtol=0, atol=1e-4)
+
+
+def _stored_turned(ds, how, tilt_deg=0.0):
     """``ds`` stored with its image axes turned in its own plane, its pixels and position with
     them: the same images, at the same place in the patient. ``how``: "rotated_180" (both
     directions reversed, the position at the opposite corner), "mirrored" (the row direction
-    reversed: the normal flips), "rotated_90" (row and column directions exchanged, one reversed)."""
+    reversed: the normal flips), "mirrored_columns" (the column direction reversed),
+    "rotated_90" (row and column directions exchanged, one reversed). ``tilt_deg``: the plane
+    first tilted about its row direction through its first pixel (a re-planned slice), the
+    pixels as they were."""
     iop = np.array([float(v) for v in ds.ImageOrientationPatient])
     row, col = iop[:3], iop[3:]
+    if tilt_deg:
+        angle = np.radians(tilt_deg)
+        col = np.round(col * np.cos(angle) + np.cross(row, col) * np.sin(angle), 8)
+        iop = np.r_[row, col]
     ps = [float(v) for v in ds.PixelSpacing]
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
     across, down = row * ps[1] * (ds.Columns - 1), col * ps[0] * (ds.Rows - 1)
     pixels = ds.pixel_array
     ipp, iop, pixels = {"rotated_180": (ipp + across + down, -iop, pixels[::-1, ::-1]),
                         "mirrored": (ipp + across, np.r_[-row, col], pixels[:, ::-1]),
+                        "mirrored_columns": (ipp + down, np.r_[row, -col], pixels[::-1, :]),
                         "rotated_90": (ipp + across, np.r_[col, -row], np.rot90(pixels))}[how]
-    ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.ImagePositionPatient = [round(float(v), 8) for v in ipp]
     ds.ImageOrientationPatient = [float(v) for v in iop]
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
 
 
-@pytest.mark.parametrize("how, series_per_slice", [("rotated_180", False), ("mirrored", False), ("rotated_90", False),
-                                                   ("rotated_180", True)])
+_SAID_TURNED = {"rotated_180": "stored rotated 180° within the stack's plane",
+                "mirrored": "stored mirrored within the stack's plane (its row direction reversed)",
+                "mirrored_columns": "stored mirrored within the stack's plane (its column direction reversed)"}
+
+
+@pytest.mark.parametrize("how, series_per_slice", [("rotated_180", False), ("mirrored", False), ("mirrored_columns", False),
+                                                   ("rotated_90", False), ("rotated_180", True)])
 def test_a_slice_stored_turned_in_its_own_plane(base, tmp_path, how, series_per_slice):
     """Probe 101: one cine slice stored rotated 180 degrees in its own plane (both orientation
     vectors negated, its position at the opposite corner, its pixels turned with them: the same
@@ -882,14 +932,20 @@ def test_a_slice_stored_turned_in_its_own_plane(base, tmp_path, how, series_per_
     as is a mirrored one: put back onto the grid exactly, kept, and said. A slice turned by 90
     degrees is not on the grid (rows for columns): still left out, but said as what it is. In a
     stack stored one series per slice, the turned slice's series was left out of the stack
-    without a word (a slice gap only)."""
-    from bad_corpus import base_ed
+    without a word (a slice gap only).
 
+    The slice turned is the first (IM0001, at the stack's origin): the stack's orientation and
+    origin come from it. The stack is double-oblique, its matrix (64 x 52) and pixels (1.6 x
+    1.25 mm) not square. A square phantom turned in its middle slice passed with Rows/Columns and
+    the PixelSpacing values exchanged in moving its position to the stack's corner, and the
+    orientation taken from the reader's 3-decimal key put such a stack's spacing 0.03 % off
+    (1.4995 for 1.5 mm on Sunnybrook; review of session 47)."""
     from CardiacAISegLib.analysis import Analysis
 
-    turned = N_SLICES // 2
+    turned = 0
 
     def stored(ds, k, t, turn):
+        _oblique_non_square(ds, base, k, t)
         if series_per_slice:
             ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = f"{CINE_UID}.{k + 1}", 20 + k, t + 1
         if turn and k == turned:
@@ -904,21 +960,96 @@ def test_a_slice_stored_turned_in_its_own_plane(base, tmp_path, how, series_per_
         assert any(f"{N_FRAMES} image(s) of series" in w and "in the stack's plane, rotated in-plane by 90°" in w
                    and "left out" in w for w in warnings), warnings
         return
-    said = {"rotated_180": "stored rotated 180° within the stack's plane",
-            "mirrored": "stored mirrored within the stack's plane (its row direction reversed)"}[how]
-    assert any(f"{N_FRAMES} image(s) of {'the stack' if series_per_slice else 'series'}" in w and said in w
+    assert any(f"{N_FRAMES} image(s) of {'the stack' if series_per_slice else 'series'}" in w and _SAID_TURNED[how] in w
                and "put back onto it" in w for w in warnings), warnings
-    assert not any("slice gap" in w for w in warnings), warnings
+    assert not any("slice gap" in w or "tilted" in w for w in warnings), warnings
     np.testing.assert_array_equal(study.images, plain.images)
-    np.testing.assert_allclose(study.ijk_to_ras, plain.ijk_to_ras, atol=1e-6)
+    _assert_same_grid(study, plain)
     # the volumes are the phantom's: its ED mask's voxels x the voxel volume, every slice counted
-    cine = Analysis(study, {t: base.cine_labels[t] for t in range(N_FRAMES)}).run().cine
-    truth = float((base.cine_labels[base_ed(base)] == 1).sum()) * PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
-    assert cine["lv_edv_ml"] == pytest.approx(truth, rel=1e-6)
-    # a contour drawn on a turned image as stored would land mirrored: none is placed on it (numbers
-    # restarting in every slice series place none anyway)
+    cine = Analysis(study, {t: base.cine_labels[t][..., _CROPPED_COLUMNS] for t in range(N_FRAMES)}).run().cine
+    assert cine["lv_edv_ml"] == pytest.approx(_cropped_edv_truth(base), rel=1e-6)
+    # contours drawn on a turned image as stored are turned with its pixels (numbers restarting
+    # in every slice series place none anyway)
     if not series_per_slice:
-        assert study.provenance["instance_map"] and all(k != turned for t, k in study.provenance["instance_map"].values())
+        flips = {"rotated_180": (True, True), "mirrored": (False, True), "mirrored_columns": (True, False)}[how]
+        assert study.provenance["reversed_instances"] == {n: flips for n in range(1, N_FRAMES + 1)}
+        assert all(study.provenance["instance_map"][n][1] == turned for n in range(1, N_FRAMES + 1))
+
+
+@pytest.mark.parametrize("how, series_per_slice", [("rotated_180", False), ("mirrored", False), ("rotated_180", True)])
+def test_a_slice_stored_turned_and_tilted_a_degree_is_read_with_the_stack(base, tmp_path, how, series_per_slice):
+    """Review of session 47: a re-planned slice comes out reversed and tilted a degree. Reversal
+    was accepted only to float noise (0.1°), a tilt to 10°: the slice was left out, said as
+    "rotated in-plane by 180° against it (not the stack's pixel grid)" three lines after that
+    turn had been called the stack's own grid; stored one series per slice, its series was not
+    joined to the stack, and the slice went with only a slice gap said. Put back onto the grid
+    and read as parallel, as a slice only tilted is, its tilt said as that one's."""
+    from CardiacAISegLib.analysis import Analysis
+
+    turned = N_SLICES // 2
+
+    def stored(ds, k, t, turn):
+        _oblique_non_square(ds, base, k, t)
+        if series_per_slice:
+            ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = f"{CINE_UID}.{k + 1}", 20 + k, t + 1
+        if turn and k == turned:
+            _stored_turned(ds, how, tilt_deg=1.0)
+    plain = load_study(cine_dicom(base, tmp_path / "plain", per_image=lambda ds, k, t: stored(ds, k, t, False))[0])
+    folder, _ = cine_dicom(base, tmp_path / how, per_image=lambda ds, k, t: stored(ds, k, t, True))
+    study = load_study(folder)
+    warnings = study.provenance["warnings"]
+    of = "the stack" if series_per_slice else "series"
+    assert any(f"{N_FRAMES} image(s) of {of}" in w and _SAID_TURNED[how] in w and "put back onto it" in w
+               for w in warnings), warnings
+    assert any(f"{N_FRAMES} image(s) of {of}" in w and "tilted up to 1.0° against the rest of the stack" in w
+               and "read as parallel to it" in w for w in warnings), warnings
+    assert not any("left out" in w or "slice gap" in w or "localisers" in w for w in warnings), warnings
+    assert study.n_slices == N_SLICES
+    # tilted about its first pixel on the stack's grid, the slice lies where the untouched one does
+    np.testing.assert_array_equal(study.images, plain.images)
+    _assert_same_grid(study, plain)
+    cine = Analysis(study, {t: base.cine_labels[t][..., _CROPPED_COLUMNS] for t in range(N_FRAMES)}).run().cine
+    assert cine["lv_edv_ml"] == pytest.approx(_cropped_edv_truth(base), rel=1e-6)
+
+
+@pytest.mark.parametrize("how", ["rotated_180", "mirrored"])
+def test_contours_drawn_on_a_slice_stored_turned_are_turned_with_it(shared_data, tmp_path, how):
+    """Review of session 47: a Sunnybrook contour drawn on an image stored rotated 180° or
+    mirrored was refused, "refers to InstanceNumber 128, which is not in the DICOM series",
+    though the image is read (put back onto the stack's grid), and the whole contour analysis
+    with it. Drawn on the images as stored (their x / y turned with the pixels), the contours
+    give the labels and the numbers of the study stored untouched."""
+    import shutil
+
+    from CardiacAISegLib.analysis import Analysis
+
+    source, contours = shared_data / "sunnybrook" / "SC-HF-I-1_dicom", shared_data / "sunnybrook" / "SC-HF-I-1_contours"
+    plain = load_study(source, labels=contours)
+    expected = Analysis(plain, plain.labels).run().cine
+    one_slice = range(121, 141)   # the InstanceNumbers of the mid slice: contours 128 and 139 are drawn on it
+    folder, drawn = tmp_path / "dicom", tmp_path / "contours"
+    folder.mkdir()
+    for f in source.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        if int(ds.InstanceNumber) in one_slice:
+            _stored_turned(ds, how)
+        ds.save_as(folder / f.name)
+    shutil.copytree(contours, drawn)
+    on_the_slice = [c for c in drawn.rglob("*contour-manual.txt") if int(c.name.split("-")[2]) in one_slice]
+    assert len(on_the_slice) == 3   # 128 (endocardium), 139 (endo- and epicardium)
+    for c in on_the_slice:
+        points = np.loadtxt(c, ndmin=2)
+        points[:, 0] = (int(ds.Columns) - 1) - points[:, 0]          # x: the row direction is reversed either way
+        if how == "rotated_180":
+            points[:, 1] = (int(ds.Rows) - 1) - points[:, 1]
+        np.savetxt(c, points, fmt="%.2f")
+    study = load_study(folder, labels=drawn)
+    assert sorted(study.labels) == sorted(plain.labels)
+    for t in plain.labels:
+        np.testing.assert_array_equal(study.labels[t], plain.labels[t])
+    cine = Analysis(study, study.labels).run().cine
+    for key in ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "lv_mass_g"):
+        assert cine[key] == pytest.approx(expected[key], rel=1e-9), key
 
 
 def _screen_save(path, series, number, desc):

@@ -94,7 +94,20 @@ def sunnybrook_labels(folder, study):
                     "was exported with the contours" if restart else "")
             raise CardiacInputError(f, f"refers to InstanceNumber {inst}, which is not in the DICOM series{hint}")
         t, k = imap[inst]
-        masks.setdefault((int(t), int(k)), {})[which] = polygon_mask(read_contour(f), shape)
+        points = read_contour(f)
+        rows_reversed, columns_reversed = study.provenance.get("reversed_instances", {}).get(inst, (False, False))
+        if rows_reversed or columns_reversed:
+            # the image stored rotated 180° or mirrored was put back onto the stack's grid by
+            # reversing its pixel rows / columns: its contour, drawn on the pixels as stored, goes
+            # with them. The points are turned, not the mask: polygon_mask settles pixel centres on
+            # the outline one way, and a mask turned afterwards would have them settled the other
+            # way, edge pixels apart from the same contour on the slice stored untouched
+            points = points.copy()
+            if columns_reversed:
+                points[:, 0] = (shape[1] - 1) - points[:, 0]
+            if rows_reversed:
+                points[:, 1] = (shape[0] - 1) - points[:, 1]
+        masks.setdefault((int(t), int(k)), {})[which] = polygon_mask(points, shape)
 
     labels, endo, epi, warn = {}, {}, {}, []
     for (t, k), m in sorted(masks.items()):

@@ -818,7 +818,8 @@ def _stack_groups(series):
         # 25 % are one acquisition: a slice short of a phase, prospective triggering's 20/19/18
         key = (*key, _frames_per_position(items))
         # a series tilted a few degrees against a group (one slice re-planned) joins it, as does
-        # one stored rotated 180° or mirrored in the stack's plane (put back when read: _drop_stray_orientations)
+        # one stored rotated 180° or mirrored in the stack's plane, tilted or not (put back when read:
+        # _drop_stray_orientations)
         near = next((k for k in groups if k[1:-1] == key[1:-1] and _similar_frame_counts(k[-1], key[-1])
                      and (_orientation_angle_deg(k[0], key[0]) < TILT_TOLERANCE_DEG
                           or _axis_reversals(k[0], key[0]) is not None)), None)
@@ -3022,16 +3023,18 @@ def _drop_reference_images_of_another_matrix(folder, uid, geo, items):
 
 def _axis_reversals(iop, main):
     """(row direction reversed, column direction reversed) where ``iop`` is ``main`` with one or
-    both of its directions reversed, to float noise (MIN_TILT_NOTED_DEG): the stack's own pixel
-    grid stored rotated 180° in its plane (both reversed) or mirrored (one reversed), which
-    re-ordering the pixels undoes exactly; else None."""
+    both of its directions reversed: the stack's own pixel grid stored rotated 180° in its plane
+    (both reversed) or mirrored (one reversed), which re-ordering the pixels undoes exactly; else
+    None. Each direction within TILT_TOLERANCE_DEG of ``main``'s or of its reverse, as a slice
+    only tilted is read with the stack: a re-planned slice comes out reversed and tilted a degree
+    (left out as "rotated in-plane by 180°, not the stack's pixel grid"; review of session 47)."""
     a, b = np.asarray(iop, float), np.asarray(main, float)
     reversed_axes = []
     for u, v in ((a[:3], b[:3]), (a[3:], b[3:])):
         angle = float(np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12), -1.0, 1.0))))
-        if angle < MIN_TILT_NOTED_DEG:
+        if angle < TILT_TOLERANCE_DEG:
             reversed_axes.append(False)
-        elif angle > 180.0 - MIN_TILT_NOTED_DEG:
+        elif angle > 180.0 - TILT_TOLERANCE_DEG:
             reversed_axes.append(True)
         else:
             return None
@@ -3084,17 +3087,23 @@ def _drop_stray_orientations(geo, items, notes=None, reversed_axes=None):
     flips = {k: _axis_reversals(k, main) for k in counts if k != main}
     flips = {k: f for k, f in flips.items() if f is not None}
     if flips:
-        turned_geo = []
+        turned_geo, turned_keys = [], []
         for g, k in zip(geo, keys):
             if k not in flips:
                 turned_geo.append(g)
+                turned_keys.append(k)
                 continue
             row_reversed, col_reversed = flips[k]
             rows, cols = int(g[1].Rows), int(g[1].Columns)
             # the first pixel of the stack's grid: the far end of each reversed direction
             ipp = np.asarray(g[3], float) + row_reversed * g[2][:3] * g[4][1] * (cols - 1) \
                 + col_reversed * g[2][3:] * g[4][0] * (rows - 1)
-            turned_geo.append((g[0], g[1], np.asarray(main, float), ipp) + tuple(g[4:]))
+            # the image's own directions turned back, not the key rounded to 3 decimals: where this
+            # image gave the stack its orientation, its spacing came out 1.4995 for 1.5 mm (review
+            # of session 47). One also tilted keeps its tilt, read as parallel below
+            iop = np.concatenate([-g[2][:3] if row_reversed else g[2][:3], -g[2][3:] if col_reversed else g[2][3:]])
+            turned_geo.append((g[0], g[1], iop, ipp) + tuple(g[4:]))
+            turned_keys.append(tuple(np.round(iop, 3)))
             if reversed_axes is not None:
                 reversed_axes[id(g[1])] = (col_reversed, row_reversed)   # array axes: rows, columns
         if notes is not None:
@@ -3102,13 +3111,12 @@ def _drop_stray_orientations(geo, items, notes=None, reversed_axes=None):
                 files = [g[0] for g, k in zip(geo, keys) if flips.get(k) == how]
                 notes.append(("reversed", files, "rotated 180° within the stack's plane" if all(how) else
                               f"mirrored within the stack's plane (its {'row' if how[0] else 'column'} direction reversed)"))
-        geo = turned_geo
-        for k in flips:
-            counts[main] += counts.pop(k)
-        keys = [main if k in flips else k for k in keys]
+        geo, keys = turned_geo, turned_keys
+        counts = dict(Counter(keys))
         if len(counts) < 2:
             return geo, items, []
-    # slices a few degrees off the stack (re-planned) belong to it: read as parallel to it
+    # slices a few degrees off the stack (re-planned) belong to it: read as parallel to it, with
+    # the orientation of an image on the stack (the key is rounded to 3 decimals)
     tilted = {k: _orientation_angle_deg(k, main) for k in counts if k != main}
     tilted = {k: a for k, a in tilted.items() if a < TILT_TOLERANCE_DEG}
     if tilted:
@@ -3117,7 +3125,8 @@ def _drop_stray_orientations(geo, items, notes=None, reversed_axes=None):
             # orientations a rounding apart (float noise across a 0.0005 step) are one plane: no
             # "tilted up to 0.0 deg (a re-planned slice?)" (probe 77)
             notes.append(("tilted", files, max(tilted.values())))
-        geo = [(g[0], g[1], np.asarray(main, float)) + tuple(g[3:]) if k in tilted else g for g, k in zip(geo, keys)]
+        on_stack = next(np.asarray(g[2], float) for g, k in zip(geo, keys) if k == main)
+        geo = [(g[0], g[1], on_stack) + tuple(g[3:]) if k in tilted else g for g, k in zip(geo, keys)]
         for k in tilted:
             counts[main] += counts.pop(k)
         keys = [main if k in tilted else k for k in keys]
@@ -3881,10 +3890,12 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
                 sop_map[str(ds.SOPInstanceUID)] = (t, k)
     progress(n_t * n_s, n_t * n_s, "read DICOM")
     # contours name their image by InstanceNumber and draw on its pixels as stored: on an image
-    # turned back onto the stack's grid they would land mirrored, so none is placed on it
+    # turned back onto the stack's grid they are turned with it (readers/contours.py); left out of
+    # the map, they were refused as "not in the DICOM series" (review of session 47)
+    reversed_instances = {}
     for _, ds, *_rest in (g for grp in groups for g in grp):
         if id(ds) in reversed_axes and not isinstance(ds, EnhancedFrame) and ds.get("InstanceNumber") not in (None, ""):
-            instance_map.pop(int(ds.InstanceNumber), None)
+            reversed_instances[int(ds.InstanceNumber)] = reversed_axes[id(ds)]
     # InstanceNumbers used by several images (numbering restarts in each series of a stack stored
     # one series per slice) are harmless to the analysis, which places images by position and
     # time: no note on every such stack (a false alarm without contours); contours that name one
@@ -3991,6 +4002,7 @@ def _stack_from_series(folder, series, kind, progress, all_series, skipped, kind
         "study_date": str(ds0.get("StudyDate", "") or ds0.get("SeriesDate", "") or ds0.get("AcquisitionDate", "") or ""),
         "slice_positions_mm": [round(p, 4) for p in positions], "stack_shear_mm": stack_shear_mm,
         "instance_map": instance_map, "ambiguous_instances": sorted(ambiguous), "sop_map": sop_map, "warnings": warn,
+        "reversed_instances": reversed_instances,   # InstanceNumber: (rows, columns) reversed when read
         "multi_frame": bool(frame_map),
         "slice_thickness_mm": _positive_mm(ds0.get("SliceThickness")),
     }
