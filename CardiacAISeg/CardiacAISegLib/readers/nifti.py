@@ -119,21 +119,47 @@ def _refuse_forms_that_disagree(path, header):
 
 def unused_form_disagrees(header):
     """A sentence when a NIfTI header carries a form it marks unused (code 0) whose voxel sizes
-    differ from the form in use by over 1 %, else None (both forms in use are refused on load if
-    they differ: ``_refuse_forms_that_disagree``). A tool that rewrote one form and zeroed the
-    other's code leaves the old one behind: a 4D cine whose qform and pixdim said 4 mm slices,
-    beside an unused sform of the scanner's 8 mm, read EDV and mass 50 % low with QC pass (probe
-    51). All-zero and identity forms are what writers leave by default, not a geometry."""
+    differ from the form in use by over 1 %, or an sform in use whose voxel sizes differ from
+    pixdim's, else None (both forms in use are refused on load if they differ:
+    ``_refuse_forms_that_disagree``). A tool that rewrote one form and zeroed the other's code
+    leaves the old one behind: a 4D cine whose qform and pixdim said 4 mm slices, beside an unused
+    sform of the scanner's 8 mm, read EDV and mass 50 % low with QC pass (probe 51). All-zero and
+    identity forms are what writers leave by default, not a geometry."""
     forms = _forms(header)
     if forms is None or (forms["sform"][0] > 0) == (forms["qform"][0] > 0):
         return None
     used, unused = ("sform", "qform") if forms["sform"][0] > 0 else ("qform", "sform")
     matrix = forms[unused][1]
-    if not matrix[:3].any() or np.allclose(matrix, np.eye(4)) or not _sizes_differ(forms[used][2], forms[unused][2]):
+    if not matrix[:3].any() or np.allclose(matrix, np.eye(4)):
+        return _sform_against_pixdim(header, forms) if used == "sform" else None
+    if not _sizes_differ(forms[used][2], forms[unused][2]):
         return None
     return (f"the header's {used} gives voxels of {np.round(forms[used][2], 3).tolist()} mm and its unused {unused} (code 0) "
             f"{np.round(forms[unused][2], 3).tolist()} mm: one of them was left behind by a tool that rewrote the other; the "
             f"numbers here use the {used}, and volumes and mass scale with the voxel size; check it against the scanner's")
+
+
+def _sform_against_pixdim(header, forms):
+    """A sentence when the sform in use gives other voxel sizes than pixdim[1..3] (by over 1 %),
+    beside a qform left at the identity (nibabel's header for an image made without an affine
+    and given an sform: pixdim 1 x 1 x 1, a zero quaternion), else None. ITK, and so Slicer, take
+    the voxel size from pixdim whatever the sform says ("unexpected scales in sform"): the cine
+    measured here with the sform's 1.58 x 1.58 x 8.54 mm voxels was 21x smaller in Slicer, with no
+    word (probe 105); a qform other than the identity holds pixdim's sizes and is said above."""
+    try:
+        pixdim = np.asarray(header.get_zooms()[:3], float)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    sform = forms["sform"][2][:pixdim.size]
+    if pixdim.size < 2 or not np.all(np.isfinite(pixdim)) or not _sizes_differ(sform, pixdim):
+        return None
+    default = " (the 1 x 1 x 1 writers leave when no voxel size was set)" if np.allclose(pixdim, 1.0) else ""
+    ratio = float(np.prod(sform) / np.prod(pixdim))
+    return (f"the header's sform gives voxels of {np.round(sform, 3).tolist()} mm, its pixdim {np.round(pixdim, 3).tolist()} mm"
+            f"{default} and its qform is unused: the numbers here use the sform, but ITK and Slicer take the voxel size from "
+            f"pixdim, so they would measure this file {ratio:.3g}x {'smaller' if ratio > 1 else 'larger'} in volume (and "
+            "the segmentation saved here would not overlay it there); re-export the image with pixdim set to the sform's "
+            "voxel size (nibabel: header.set_zooms)")
 
 
 def _raw_pixdim(path):

@@ -14,7 +14,7 @@ from ..errors import CardiacInputError
 from ..progress import as_progress
 from ..study import CINE, Study
 from .nifti import SPACING_LOST, diagnose_nifti, load_nifti, nifti_spacing_lost, nifti_to_kji, unused_form_disagrees
-from .geometry_check import check_geometry, check_spacing_values, refuse_swapped_axes
+from .geometry_check import check_geometry, check_spacing_values, onto_grid_by_flips, refuse_swapped_axes
 from .sniff import VOLUME_SUFFIXES, metaimage_fields, volume_suffix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -141,6 +141,51 @@ def _in_millimetres(affine, header, meta):
     return affine
 
 
+# --- a stack stored with its slice axis before its in-plane axes ---------------------------
+# The engine reads slices along a file's third spatial axis. A stack saved from a (slices, rows,
+# columns) array with the affine's columns permuted to match is a legal file that nibabel, ITK and
+# Slicer place exactly; read as stored, each "slice" was a long-axis cut (128 of them: AHA wall
+# thickness +83 %, QC review with four flags describing another fault; probe 105). A short-axis
+# stack shows its slice axis by its geometry: one spacing at least SLICE_AXIS_SPACING_RATIO times
+# both others, which are square pixels (within SQUARE_PIXEL_TOLERANCE). Anything less clear is
+# read as stored: a guess at the slice axis would cut the stack the wrong way without a word.
+SLICE_AXIS_SPACING_RATIO = 2.0
+SQUARE_PIXEL_TOLERANCE = 0.1
+SLICE_AXIS_REORDERED = "stored with the slice axis"
+
+
+def slice_axis_last(images, affine, meta):
+    """(images, affine) of a (T, S, R, C) volume whose file stores its slice axis before an
+    in-plane axis, put in slice order: the same voxels with their axes permuted and the affine's
+    columns permuted to match (``onto_grid_by_flips``, the reordering label maps get: exact, nothing
+    resampled), said in ``meta``'s warnings. Unchanged when the slice axis is last already or not
+    clear from the spacings."""
+    m = np.asarray(affine, float)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)          # of the stored i, j, k axes
+    slice_axis = int(np.argmax(spacing))
+    if slice_axis == 2:
+        return images, affine
+    in_plane = [a for a in range(3) if a != slice_axis]
+    pixel = spacing[in_plane]
+    if spacing[slice_axis] < SLICE_AXIS_SPACING_RATIO * pixel.max() or \
+            pixel.max() - pixel.min() > SQUARE_PIXEL_TOLERANCE * pixel.min():
+        return images, affine
+    order = in_plane + [slice_axis]                      # the in-plane axes keep their stored order
+    reordered = m[:, order + [3]]
+    sizes_ijk = images.shape[:0:-1]
+    shape_src = tuple(sizes_ijk[a] for a in order)[::-1]
+    moved = onto_grid_by_flips(images, m, reordered, shape_src)
+    if moved is None:   # a permutation of the grid's own axes always maps: nothing to say otherwise
+        return images, affine
+    which = "first" if slice_axis == 0 else "second"
+    meta.setdefault("warnings", []).append(
+        f"{SLICE_AXIS_REORDERED} {which}: axes reordered, nothing resampled (the file's {'ijk'[slice_axis]} axis, "
+        f"{sizes_ijk[slice_axis]} slices {spacing[slice_axis]:.3g} mm apart, runs across its {pixel[0]:.3g} x "
+        f"{pixel[1]:.3g} mm pixels: it is the stack's slice axis; the affine's columns are permuted with the axes, so "
+        "every voxel stays where the header places it)")
+    return moved, reordered
+
+
 # --- NIfTI ----------------------------------------------------------------------------------
 def read_nifti(path):
     try:
@@ -182,7 +227,18 @@ def read_nifti(path):
         except (KeyError, ValueError):   # a unit code NIfTI does not define: no trusted time step
             unit = "unknown"
         scale = time_unit_seconds(unit)
-        if scale and np.isfinite(dt) and dt > 0:
+        no_interval = None   # why the header's step is no frame interval, when it is none
+        if scale and np.isfinite(dt) and dt > 0 and dt * scale > MAX_FRAME_INTERVAL_S:
+            # no series steps this far; ITK's NIfTI writer labels any time step seconds, so a step
+            # set in ms (a cine's 45, from DICOM trigger times) read as 45-s frames: refused as a
+            # 855-s first pass, or kept as such frame times with --kind cine (probe 105)
+            itk = (": ITK-based writers (SimpleITK, Slicer) label the time unit seconds whatever the step was in, so "
+                   "it may be milliseconds" if scale == 1.0 else "")
+            no_interval = (f"the NIfTI header's time step {dt:g} {unit} is no frame interval (a cine's frames lie "
+                           f"15-60 ms apart, a first pass's {MIN_FRAME_INTERVAL_S:g}-{MAX_FRAME_INTERVAL_S:g} s){itk}")
+            meta["unitless_time_step"] = dt   # a --dt that is it neither in s nor in ms is said
+            meta["frame_times_s"] = frame_times_not_used(meta, no_interval)
+        elif scale and np.isfinite(dt) and dt > 0:
             times = np.arange(data.shape[3]) * dt * scale
             # ITK writes a step of 1 in seconds where an image had none; 1000 written as
             # milliseconds is a measured 1-s interval (it was refused as the placeholder, probe 72)
@@ -205,8 +261,9 @@ def read_nifti(path):
             meta["frame_times_s"] = times
             meta["frame_times_from"] = where     # named by the frame-interval checks
             meta.pop("frame_times_ignored", None)
-            # the header's placeholder step no longer matters: no --dt to ask for
-            meta["warnings"] = [w for w in meta.get("warnings", []) if not w.startswith(PLACEHOLDER_TIME_REASON)]
+            # the header's placeholder (or impossible) step no longer matters: no --dt to ask for
+            meta["warnings"] = [w for w in meta.get("warnings", []) if not w.startswith(PLACEHOLDER_TIME_REASON)
+                                and not (no_interval and w.startswith(no_interval))]
             meta["warnings"].append(f"frame times from {where}")
             step = float(np.median(np.diff(times)))
             if header_step and abs(step - header_step) > 0.1 * header_step:
@@ -225,7 +282,12 @@ def read_nifti(path):
                 meta["frame_times_ignored"] = (f"the NIfTI header's time step {header_step:g} s is the RepetitionTime "
                                                f"of its sidecar {side[0].name} (dcm2niix writes the TR there), not the measured "
                                                "time between dynamics, and the sidecar lists no VolumeTiming")
-    return nifti_to_kji(data), affine, meta
+    images = nifti_to_kji(data)
+    if data.ndim == 4:
+        # here for the perfusion reader, which reads a NIfTI itself; a 3D file's third axis may be
+        # its frames there ([RO, E1, frames]), so a 3D one is put in slice order by read_volume_file
+        images, affine = slice_axis_last(images, affine, meta)
+    return images, affine, meta
 
 
 def read_sidecar(path):
@@ -808,14 +870,12 @@ def read_metaimage(path):
 def read_volume_file(path):
     """(images (T, S, R, C) float32, ijk_to_ras, meta) for any single volume file."""
     suffix = volume_suffix(path)
-    if suffix in (".nii", ".nii.gz"):
-        return read_nifti(path)
-    if suffix in (".nrrd", ".seq.nrrd", ".nhdr"):
-        return read_nrrd(path)
-    if suffix in (".mhd", ".mha"):
-        return read_metaimage(path)
-    if suffix in (".hdr", ".img"):
-        return read_analyze(path)
+    readers = {".nii": read_nifti, ".nii.gz": read_nifti, ".nrrd": read_nrrd, ".seq.nrrd": read_nrrd, ".nhdr": read_nrrd,
+               ".mhd": read_metaimage, ".mha": read_metaimage, ".hdr": read_analyze, ".img": read_analyze}
+    if suffix in readers:
+        images, affine, meta = readers[suffix](path)
+        images, affine = slice_axis_last(images, affine, meta)
+        return images, affine, meta
     raise CardiacInputError(path, f"unknown volume format {suffix!r}; accepted: {', '.join(('.seq.nrrd',) + VOLUME_SUFFIXES)}")
 
 
@@ -1071,7 +1131,9 @@ def load_frame_folder(folder, kind=CINE, progress=None):
     study = Study(images=np.stack(frames), ijk_to_ras=m0, kind=kind, name=folder.name, source=str(folder),
                   orientation_known=meta0["orientation_known"],
                   provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files],
-                              "warnings": [numbering] if numbering else []})
+                              "warnings": ([numbering] if numbering else [])
+                              # every frame file is stored alike (their geometry agrees): said once
+                              + [w for w in meta0.get("warnings", []) if w.startswith(SLICE_AXIS_REORDERED)]})
     if strays:
         study.provenance["warnings"].append(
             f"{len(strays)} file(s) not named as the {len(files)} frames ({pattern}) left out: "
