@@ -41,13 +41,17 @@ def pytest_unconfigure(config):
     What the tests measured is in the exit status pytest computed, so that is what the process
     returns - but only once pytest reached its end (a session-finish hook that raised keeps its
     failure). Python-level exit handlers still run (pytest's temporary-folder locks, the scene's
-    cache folders), and our own objects are collected first with faulthandler on, so a crash in
+    cache folders; PySide6's, which tears Qt down natively, does not), and our own objects are collected first with faulthandler on, so a crash in
     their destructors prints where it happened and fails the run."""
     session = getattr(config, "_cardiacaiseg_finished", None)
     if session is None or os.environ.get("CARDIACAISEG_TEST_NORMAL_EXIT"):
         return   # set it to see the interpreter's own shutdown (e.g. to chase that crash)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     gc.collect()
+    qt_core = sys.modules.get("PySide6.QtCore")
+    qt_shutdown = getattr(qt_core, "__moduleShutdown", None)
+    if qt_shutdown is not None:
+        atexit.unregister(qt_shutdown)   # Qt's native teardown, part of what is skipped (review 2)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
