@@ -1096,26 +1096,32 @@ def test_a_screen_save_filed_in_the_cines_own_series_is_left_out(base, tmp_path)
         assert error.value.path == str(damaged)
 
 
-@pytest.mark.parametrize("copy", ["same_images", "other_pixels", "last_slice_elsewhere"])
+@pytest.mark.parametrize("copy", ["same_images", "beside_per_slice_lge", "other_pixels", "other_pixels_but_the_first",
+                                  "last_slice_elsewhere"])
 def test_a_composed_copy_of_a_stack_stored_per_slice_is_left_out(base, tmp_path, copy):
     """Probe 104: a cine stored one series per slice (#20-#27) beside a workstation's "composed"
     copy of the whole stack (#99, DERIVED\\SECONDARY, the same images under new UIDs) was refused
     as "9 image series ... choose one", whose first suggestion read one slice: a derived series
     was compared with one original series at a time. The per-slice series are read as the stack
-    (the phantom's volume), and the copy said to be left out. A derived series that is no copy
-    (other pixels: filtered; or a slice at another position) is refused as before."""
+    (the phantom's volume), and the copy said to be left out; so too beside an LGE stored per
+    slice at the cine's positions (review 2: the LGE was taken for part of the copy, and the
+    folder refused again). A derived series that is no copy (other pixels: filtered, or
+    registered keeping its first frame, review 2: called "the same images and pixels" and left
+    out; or a slice at another position) is refused as before."""
     from bad_corpus import base_ed
 
     from CardiacAISegLib.analysis import Analysis
 
     exam = tmp_path / "exam"
     _per_slice_cine(base, exam)
+    if copy == "beside_per_slice_lge":
+        _per_slice_lge(exam)
 
     def composed(ds, k, t):
         ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.99", 99
         ds.SeriesDescription, ds.InstanceNumber = "cine_retro_sax_COMPOSED", k * N_FRAMES + t + 1
         ds.ImageType = ["DERIVED", "SECONDARY", "M", "NORM"]
-        if copy == "other_pixels":
+        if copy == "other_pixels" or (copy == "other_pixels_but_the_first" and t > 0):
             ds.PixelData = (np.frombuffer(ds.PixelData, np.uint16) // 2).tobytes()
         elif copy == "last_slice_elsewhere" and k == N_SLICES - 1:
             ds.ImagePositionPatient = [0.0, 0.0, SLICE_MM * N_SLICES]
@@ -1123,7 +1129,7 @@ def test_a_composed_copy_of_a_stack_stored_per_slice_is_left_out(base, tmp_path,
     for f in (tmp_path / "composed").iterdir():
         f.rename(exam / f"C{f.name}")
     numbers = "/".join(f"#{20 + k}" for k in range(N_SLICES))
-    if copy == "other_pixels":
+    if copy.startswith("other_pixels"):
         with pytest.raises(CardiacInputError, match=f"{N_SLICES + 1} image series in this folder, choose one with --series"):
             load_study(exam)
         return
@@ -1177,3 +1183,24 @@ def test_a_cine_slice_reacquired_off_its_position_is_named_not_called_a_perfusio
     np.testing.assert_array_equal(np.delete(study.images, retaken + 1, axis=1), plain.images)
     assert not any("AHA levels" in w or "perfusion" in w for w in warnings), warnings
     assert "#301 lies 2.0 mm from a slice of #300: a re-acquired slice? Both are read as slices of the stack" in warnings
+
+
+@pytest.mark.parametrize("positions", [(0.0, 8.0, 40.0), (0.0, 10.0, 32.0, 54.0)])
+def test_slices_planned_unevenly_one_series_per_slice_are_not_called_retakes(base, tmp_path, positions):
+    """Review 2: a slice nearer than half the stack's median spacing to another series' slice was
+    called "a re-acquired slice?", so a perfusion or cine stack stored one series per slice and
+    planned unevenly (3 slices at 0, 8 and 40 mm; 4 at 0, 10, 32 and 54 mm, thickness 8 mm) was
+    said to hold a retake. A retake overlaps its original (nearer than the thickness) and lies
+    well within the other slices' spacing; these slices are read, at their positions, unnamed."""
+    exam = tmp_path / "exam"
+
+    def per_slice(ds, k, t):
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{CINE_UID}.{k + 1}", 20 + k
+        ds.SeriesDescription, ds.InstanceNumber = "SA_PERF", t + 1
+        ds.ImagePositionPatient = [0.0, 0.0, positions[k]]
+    cine_dicom(base, exam, per_image=per_slice, slices=list(range(len(positions))))
+    study = load_study(exam)
+    assert study.images.shape[:2] == (N_FRAMES, len(positions))
+    np.testing.assert_allclose(np.asarray(study.provenance["slice_positions_mm"]) - study.provenance["slice_positions_mm"][0],
+                               positions)
+    assert not any("re-acquired slice?" in w for w in study.provenance["warnings"]), study.provenance["warnings"]

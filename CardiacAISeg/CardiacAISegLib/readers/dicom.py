@@ -923,10 +923,13 @@ def _parallel_stack(series, notes=None):
 
 
 def _slices_near_another_series(series, uids):
-    """A note for each series of a merged stack that holds a slice nearer than half the stack's
-    spacing to a slice of an earlier series: a slice re-acquired a few millimetres off its
-    original (a retake after a failed breath-hold) is read as one more slice of the stack, with
-    no word of which series it is but an "uneven slice spacing" list (probe 104)."""
+    """A note for each series of a merged stack that holds a slice a few millimetres from a slice
+    of an earlier series: a slice re-acquired off its original (a retake after a failed
+    breath-hold) is read as one more slice of the stack, with no word of which series it is but
+    an "uneven slice spacing" list (probe 104). A few millimetres: less than the slice thickness
+    (the two overlap) and less than a third of the stack's spacing without that slice. Half the
+    spacing with it called planned uneven stacks retakes: a perfusion stack stored one series
+    per slice at 0, 8 and 40 mm, or 4 slices at 0, 10, 32 and 54 mm (review 2)."""
     normal = _stack_normal(series[uids[0]][0][1]) if len(uids) >= 2 else None
     if normal is None:
         return []
@@ -946,13 +949,19 @@ def _slices_near_another_series(series, uids):
     every = np.sort([a for values in along.values() for a in values])
     if every.size < 3:
         return []
-    half_spacing = 0.5 * float(np.median(np.diff(every)))
     ordered = sorted(uids, key=lambda u: _series_number(series[u]))
     notes = []
     for i, later in enumerate(ordered):
+        thickness = _positive_mm(series[later][0][1].get("SliceThickness")) or math.inf
         for earlier in ordered[:i]:
-            distance = min((abs(a - b) for a in along[later] for b in along[earlier]), default=math.inf)
-            if distance < half_spacing:
+            distance, suspect = min(((abs(a - b), a) for a in along[later] for b in along[earlier]),
+                                    default=(math.inf, None))
+            if suspect is None:
+                continue
+            # the spacing of the other slices: with the suspect in, a 3-slice stack's smaller gap
+            # set the median it was measured against
+            others = np.delete(every, int(np.argmin(np.abs(every - suspect))))
+            if distance < thickness and distance < float(np.median(np.diff(others))) / 3.0:
                 notes.append(f"#{_series_number(series[later])} lies {distance:.1f} mm from a slice of "
                              f"#{_series_number(series[earlier])}: a re-acquired slice? Both are read as slices of the stack")
                 break
@@ -1490,32 +1499,39 @@ def _drop_derived_copies(series, notes=None):
 def _slice_series_copied(items, originals):
     """The original series (2 or more, sorted by number) that together hold the images of the
     derived series ``items``, or None: same stack geometry, each original's slice positions among
-    the copy's, and as many images at every position as the copy, with the same pixels in the
-    first image of each original. A workstation or PACS "composed" stack of a cine stored one
-    series per slice: compared with one original series at a time it matched none, and the folder
-    was refused as "11 image series ... choose one", whose first suggestion read one slice (probe
+    the copy's, and as many images at every position as the copy, with the same pixels in every
+    image, in time order. A workstation or PACS "composed" stack of a cine stored one series per
+    slice: compared with one original series at a time it matched none, and the folder was
+    refused as "11 image series ... choose one", whose first suggestion read one slice (probe
     104). Headers alike are not enough: a derived series at the same positions with other pixels
-    (a filtered or computed one) is no copy, and the user still chooses."""
+    (a filtered or registered one, even one that keeps its reference frame) is no copy, and the
+    user still chooses."""
     key = _stack_key(items[0][1])
     wanted = Counter(_position_key(ds) for _, ds in items)
     if key is None or None in wanted:
         return None
+    # only series with the copy's images per position: an LGE stored per slice at the cine's
+    # positions was counted in, and no cine copy beside it matched (review 2)
+    frames = _frames_per_position(items)
     parts = [u for u, its in originals.items() if _stack_key(its[0][1]) == key
-             and _series_positions(its) and _series_positions(its) <= set(wanted)]
+             and _series_positions(its) and _series_positions(its) <= set(wanted)
+             and _similar_frame_counts(_frames_per_position(its), frames)]
     if len(parts) < 2:
         return None
     held = Counter(_position_key(ds) for u in parts for _, ds in originals[u])
     if held != wanted:   # a position missing, or held twice (a slice re-acquired): not this copy's sources
         return None
-    for u in parts:
-        where = min(_series_positions(originals[u]))
-        if not _same_image_pixels(_first_in_time(originals[u], where), _first_in_time(items, where)):
+    # every image, not the first of each original: a registered series keeps its reference frame
+    held_images = [item for u in parts for item in originals[u]]
+    for position in wanted:
+        if not all(_same_image_pixels(a, b) for a, b in zip(_in_time_order(held_images, position),
+                                                             _in_time_order(items, position))):
             return None
     return sorted(parts, key=lambda u: _series_number(originals[u]))
 
 
-def _first_in_time(items, position):
-    """The dataset of the first image at ``position`` (by trigger delay, then InstanceNumber)."""
+def _in_time_order(items, position):
+    """The datasets of the images at ``position``, by trigger delay, then InstanceNumber."""
     def when(ds):
         try:
             trigger = float(ds.get("TriggerTime"))
@@ -1526,7 +1542,7 @@ def _first_in_time(items, position):
         except (TypeError, ValueError):
             number = 0
         return trigger, number
-    return min((ds for _, ds in items if _position_key(ds) == position), key=when)
+    return sorted((ds for _, ds in items if _position_key(ds) == position), key=when)
 
 
 def _same_image_pixels(ds, other):
