@@ -9,6 +9,8 @@ Ranges are deliberately wide - adult values from the SCMR reference ranges (Kawe
 2020) widened to include disease (dilated, hypertrophied, failing hearts) - so that a flag
 means "implausible", not "abnormal". They live in ``RANGES`` so a site can see and change them.
 """
+import zlib
+
 import numpy as np
 
 from .labels import LV, MYO, RV
@@ -338,7 +340,7 @@ def label_anatomy_flags(analysis):
     whose card lists its classes in another order gave LV and RV swapped (EF 40 % for 24 %), and
     one whose output is mirrored put every contour off the heart, both with QC "pass" (probe
     round 15)."""
-    from .readers.labelmap import labels_off_the_image, lv_and_rv_look_swapped, lv_rv_ring_shares, ventricle_inside_the_other
+    from .readers.labelmap import lv_and_rv_look_swapped, lv_rv_ring_shares, ventricle_inside_the_other
 
     flags = []
     shares = lv_rv_ring_shares(analysis.labels.values())
@@ -349,15 +351,204 @@ def label_anatomy_flags(analysis):
                                                     "classes are in another order than its card says?)", shares[0]))
     # labels given are warned about as they are read too; measured, they are no less off (ACDC
     # patient001's images with 013's _gt read mass +51 %, RV EF -32 points, QC pass; probe 51)
-    off = labels_off_the_image(analysis.study, analysis.labels)
-    if off:
-        flags.append(_flag("LABELS_OFF_THE_IMAGE", REVIEW, f"{'network output' if analysis.model_info else 'labels given'}: "
-                                                           f"{off}", None))
+    flags += labels_off_the_image_flags(analysis)
     nested = ventricle_inside_the_other(analysis.labels, analysis.study.voxel_volume_ml)
     if nested:
         flags.append(_flag("VENTRICLE_INSIDE_OTHER", REVIEW, nested, None))
     flags += _unknown_label_value_flags(analysis)
     return flags
+
+
+def _label_file_names(analysis):
+    """The names of the label files the labels were read from (none for a network's or for
+    labels handed over in memory)."""
+    from pathlib import Path
+
+    return [Path(f["file"]).name for f in (analysis.study.provenance or {}).get("label_files") or [] if f.get("file")]
+
+
+def labels_source(analysis):
+    """Who made the labels, as a flag's message starts: the network, or the label file(s) given."""
+    if analysis.model_info:
+        return "network output"
+    files = _label_file_names(analysis)
+    return f"labels given ({', '.join(files)})" if files else "labels given"
+
+
+def labels_off_the_image_flags(analysis):
+    """LABELS_OFF_THE_IMAGE where the labels do not overlay the images they are measured on: a
+    cine's frame (``readers.labelmap.labels_off_the_image``), a perfusion series' bolus
+    (``perfusion_labels_off_the_image``)."""
+    from .readers.labelmap import labels_off_the_image
+
+    if analysis.kind == PERFUSION:
+        off = perfusion_labels_off_the_image(analysis)
+    else:
+        off = labels_off_the_image(analysis.study, analysis.labels)
+    if not off:
+        return []
+    return [_flag("LABELS_OFF_THE_IMAGE", REVIEW, f"{labels_source(analysis)}: {off}", None)]
+
+
+# The motion correction moves each slice's frames onto the labels by up to this many pixels
+# (perfusion.motion._mask_offset, max_px): the labels given and every copy of them are judged with
+# that reach, so a shift the correction makes good is not flagged, a mirror it cannot undo is.
+MOTION_REACH_PX = 3
+# A ring mirrored is also the ring moved: where a copy mirrored or rotated parts pool and wall
+# within this share of the best copy (a move), it is the one named, the simpler way back (probe
+# 105's mirrored map was otherwise called "moved -6 mm along the columns")
+NAMED_COPY_SHARE = 0.95
+# labelled pixels of the LV pool and of the RV a slice needs before the side its RV lies on is
+# compared with the bolus's RV (as rv_side_against_header needs)
+MIN_RV_SIDE_PIXELS = 10
+
+
+def _contrast_within_reach(peak, lab, floor, reach_px):
+    """Blood pool over myocardium signal (above ``floor``) of the (S, R, C) map ``lab`` on
+    ``peak``, each slice of the map moved by the whole-pixel offset within ``reach_px`` that
+    parts the two best on it; None with under 20 pixels of either."""
+    rows, cols = peak.shape[1:]
+    steps = np.arange(-reach_px, reach_px + 1)
+    dr, dc = (d.reshape(-1, 1) for d in np.meshgrid(steps, steps, indexing="ij"))
+    sums = np.zeros(4)   # pool sum, pool pixels, wall sum, wall pixels
+    for k in range(lab.shape[0]):
+        pool, wall = np.nonzero(lab[k] == LV), np.nonzero(lab[k] == MYO)
+        if not pool[0].size or not wall[0].size:
+            continue
+        # (offsets, pixels), each row the map moved as np.roll moves the copies themselves
+        p = peak[k][(pool[0] + dr) % rows, (pool[1] + dc) % cols]
+        w = peak[k][(wall[0] + dr) % rows, (wall[1] + dc) % cols]
+        best = int(np.argmax((p.mean(axis=1) - floor) / np.maximum(w.mean(axis=1) - floor, 1e-12)))
+        sums += (p[best].sum(), p.shape[1], w[best].sum(), w.shape[1])
+    if sums[1] < 20 or sums[3] < 20:
+        return None
+    return float((sums[0] / sums[1] - floor) / max(sums[2] / sums[3] - floor, 1e-12))
+
+
+def _bolus_peak(images, notes):
+    """(S, R, C) peak enhancement over the pre-bolus baseline of (T, S, R, C) frames, each slice
+    put back where the motion correction had aligned its frames before moving them onto the
+    labels (``notes``: its per-slice record, with ``mask_offset_px``); None without a bolus."""
+    from scipy import ndimage
+
+    from .errors import CardiacInputError
+    from .perfusion.bolus import enhancement
+
+    peak = np.zeros(images.shape[1:])
+    try:
+        for k in range(images.shape[1]):
+            peak[k] = enhancement(images[:, k], smooth_px=0.7)[0].max(axis=0)
+    except CardiacInputError:   # too few frames, no bolus: nothing to judge the labels by
+        return None
+    for k, note in enumerate(notes):
+        offset = note.get("mask_offset_px")
+        if offset is not None and any(offset):
+            peak[k] = ndimage.shift(peak[k], offset, order=1, mode="nearest")
+    return peak
+
+
+def _rv_against_the_bolus(images, lab, spacing_rc, dt):
+    """Cosines, per slice with enough LV pool and RV labelled, between the direction from the LV
+    pool to the RV labelled and to the RV the bolus shows (``geometry.rv_at_peak``)."""
+    from .geometry import rv_at_peak
+
+    pixel_rc = np.asarray(spacing_rc, float)
+    cosines = []
+    for k in range(lab.shape[0]):
+        lv, rv_labelled = lab[k] == LV, lab[k] == RV
+        if lv.sum() < MIN_RV_SIDE_PIXELS or rv_labelled.sum() < MIN_RV_SIDE_PIXELS:
+            continue
+        rv_bolus, how = rv_at_peak(images[:, k], lab[k], spacing_rc, dt)
+        if how != "bolus":
+            continue
+        centre = np.argwhere(lv).mean(axis=0)
+        labelled = (np.argwhere(rv_labelled).mean(axis=0) - centre) * pixel_rc
+        seen = (np.argwhere(rv_bolus).mean(axis=0) - centre) * pixel_rc
+        cosines.append(float(labelled @ seen / max(np.linalg.norm(labelled) * np.linalg.norm(seen), 1e-9)))
+    return cosines
+
+
+# perfusion_labels_off_the_image's last few results (perfusion.bolus._RecentResults, made at first use)
+_recent_overlays = None
+
+
+def perfusion_labels_off_the_image(analysis):
+    """Why a perfusion series' labels do not seem to overlay its frames, or None.
+
+    A label map mirrored against its image (the same affine with its data flipped, or the data
+    kept with the affine flipped) read MBF 2.911 for 2.827 with the AHA segments swapped, and the
+    one orientation flag blamed the images (probe 105). Two cues, on the frames as measured:
+
+    - at the bolus peak the blood pool is bright and the myocardium darker, as in a cine frame:
+      a mirrored, rotated or shifted copy of the map parts the two clearly better than the map
+      itself (``readers.labelmap.MIN_OVERLAY_CONTRAST_SHARE``, the cine's check), each given the
+      motion correction's reach (``MOTION_REACH_PX``) on the frames as it aligned them;
+    - the RV labelled lies on the LV's other side (median cosine under ``MIRRORED_MAX_COS``) from
+      the RV the bolus shows (blood peaking before the LV pool, ``geometry.rv_at_peak``): a map
+      mirrored about a line near the LV leaves its ring on the ring, and only the RV tells.
+
+    Correct maps: none flagged of 80 perfusion phantoms (10 seeds; noise 0.005-0.05 mmol/L, still
+    and breathing, an LAD defect, rest), the map's contrast 0.965 x the best copy's or more, nor
+    the QPerf stress and rest series with the shipped network's masks (0.99, 1.14); their RV
+    labelled within 40° of the bolus's (cosine 0.77 or more). Of 30 maps mirrored along the rows
+    or the columns or rotated 180°, 18 are caught by the contrast and 5 more by the RV; the 7 left
+    keep ring and RV where they were (IMAGES_MIRRORED does not fire on them either). Maps moved
+    3 px (5.4 mm, within the correction's reach): none flagged; 5 px: 8 of 10; 7 px: 10 of 10
+    (measured in session 47 on the phantoms of ``phantoms.phantom_perfusion``).
+
+    The result is kept for the same frames and labels: QC runs again on every handle drag."""
+    global _recent_overlays
+    from .perfusion.bolus import _RecentResults
+
+    st = analysis.study
+    lab = np.asarray(analysis.labels[analysis.reference_frame])
+    curves = getattr(analysis, "_curves", None)
+    images = np.asarray(curves[0] if curves is not None else st.images)
+    if images.ndim != 4 or images.shape[1:] != lab.shape:
+        return None
+    # the motion correction's record of these frames (not of a study read again without it)
+    notes = ((st.provenance or {}).get("motion") or {}).get("slices") or [] if curves is not None else []
+    notes = notes if len(notes) == lab.shape[0] else []
+    times = st.frame_times_s if curves is None else curves[2]
+    dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
+    if _recent_overlays is None:
+        _recent_overlays = _RecentResults(size=4)
+    key = _recent_overlays.key(images, zlib.crc32(np.ascontiguousarray(lab, np.uint8).tobytes()),
+                               tuple(tuple(n.get("mask_offset_px") or ()) for n in notes),
+                               tuple(float(v) for v in st.spacing), dt)
+    known = _recent_overlays.get(key)
+    if known is None:
+        known = (_perfusion_overlay(images, lab, notes, st.spacing, st.spacing_rc, dt),)   # None is a result too
+        _recent_overlays.put(key, known)
+    return known[0]
+
+
+def _perfusion_overlay(images, lab, notes, spacing, spacing_rc, dt):
+    """``perfusion_labels_off_the_image``'s judgement, not kept."""
+    from .readers.labelmap import MIN_OVERLAY_CONTRAST_SHARE, _moved_copies
+
+    peak = _bolus_peak(images, notes)
+    if peak is None:
+        return None
+    floor = float(np.percentile(peak, 1))
+    given = _contrast_within_reach(peak, lab, floor, MOTION_REACH_PX)
+    if given is not None:
+        copies = {name: _contrast_within_reach(peak, moved, floor, MOTION_REACH_PX)
+                  for name, moved in _moved_copies(lab, float(min(spacing[:2]))).items()}
+        best = max((c for c in copies.values() if c is not None), default=None)
+        if best is not None and given < MIN_OVERLAY_CONTRAST_SHARE * best:
+            name, shown = next((n, c) for n, c in copies.items() if c is not None and c >= NAMED_COPY_SHARE * best)
+            return (f"the labels do not seem to overlay this image: {name}, they would part the blood pool from the "
+                    f"myocardium better at the bolus peak (peak enhancement pool/wall x{shown:.2f} against x{given:.2f} "
+                    f"as given, each moved by up to {MOTION_REACH_PX} pixels as the motion correction moves the frames); "
+                    "check them over the image (mirrored, shifted, or another series' labels?)")
+    cosines = _rv_against_the_bolus(images, lab, spacing_rc, dt)
+    if not cosines or np.median(cosines) >= MIRRORED_MAX_COS:
+        return None
+    degrees = np.degrees(np.arccos(np.clip(np.median(cosines), -1.0, 1.0)))
+    return (f"the labels do not seem to overlay this image: on {len(cosines)} slice(s) the RV labelled lies {degrees:.0f}° "
+            "(median) around the LV from the RV the bolus shows (the blood that peaks before the LV pool's), on the "
+            "LV's other side; check them over the image (mirrored against it, or another series' labels?)")
 
 
 def _unknown_label_value_flags(analysis):
@@ -1155,7 +1346,7 @@ def perfusion_flags(analysis):
     flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study) + _scale_step_flags(analysis.study)
     flags += perfusion_level_flags(analysis)
     st = analysis.study
-    flags += perfusion_mask_flags(analysis)
+    flags += perfusion_mask_flags(analysis) + labels_off_the_image_flags(analysis)
     g = p.get("global_mbf_ml_min_g")
     msg = _out_of("mbf_ml_min_g", g, "global MBF", " mL/min/g")
     if msg:
@@ -1856,24 +2047,45 @@ def rv_side_against_header(analysis, min_pixels=10):
     return (float(np.median(cosines)), len(cosines)) if cosines else None
 
 
-def mirrored_flags(analysis):
+def mirrored_flags(analysis, labels_off=False):
     """IMAGES_MIRRORED where the septum's anterior end lies posterior or inferior of its inferior
     end in the patient's coordinates (``mirrored_against_header``), or the RV lies left or
-    behind the LV (``rv_side_against_header``)."""
+    behind the LV (``rv_side_against_header``).
+
+    The RV side is read from the labels, and so are a cine's insertion points (a perfusion
+    series' come from the bolus): those cues say the labels are mirrored against the header,
+    which is the images' doing only where the labels lie on the images. A perfusion label map
+    mirrored against its image was flagged "the images look mirrored ... check the image
+    orientation" alone, and a user who checked the images found nothing wrong (probe 105). So
+    with ``labels_off`` (LABELS_OFF_THE_IMAGE raised) the label map is named as the likelier one
+    mirrored, and labels given whose cues alone fired name both."""
     said = []
-    for cue, text in ((mirrored_against_header(analysis), "on {} slice(s) the anterior RV insertion point lies posterior "
-                       "or inferior of the inferior one in the patient's coordinates (median direction {:.0f}° from "
-                       "anterior-superior)"),
-                      (rv_side_against_header(analysis), "on {} slice(s) the RV lies {:.0f}° from the LV's right-anterior "
-                       "side (median), left of or behind it in the patient's coordinates")):
+    insertion_from_labels = analysis.kind != PERFUSION
+    for cue, text, from_labels in ((mirrored_against_header(analysis), "on {} slice(s) the anterior RV insertion point "
+                                    "lies posterior or inferior of the inferior one in the patient's coordinates (median "
+                                    "direction {:.0f}° from anterior-superior)", insertion_from_labels),
+                                   (rv_side_against_header(analysis), "on {} slice(s) the RV lies {:.0f}° from the LV's "
+                                    "right-anterior side (median), left of or behind it in the patient's coordinates", True)):
         if cue is not None and cue[0] < MIRRORED_MAX_COS:
-            said.append((cue[0], text.format(cue[1], np.degrees(np.arccos(np.clip(cue[0], -1.0, 1.0))))))
+            said.append((cue[0], text.format(cue[1], np.degrees(np.arccos(np.clip(cue[0], -1.0, 1.0)))), from_labels))
     if not said:
         return []
-    return [_flag("IMAGES_MIRRORED", REVIEW, "; ".join(text for _, text in said) + ": the images look mirrored against "
-                                             "their header (or the heart lies on the right), so anterior and inferior AHA "
-                                             "segments are swapped; check the image orientation and the insertion points",
-                  min(c for c, _ in said))]
+    cues = "; ".join(text for _, text, _ in said)
+    files = _label_file_names(analysis)
+    labels = ("the network's labels" if analysis.model_info else
+              f"the label map {', '.join(files)}" if files else "the labels given")
+    if labels_off:
+        why = (": the labels look mirrored against the image's header, and they do not overlay the image "
+               f"(LABELS_OFF_THE_IMAGE), so the likelier one mirrored is {labels}, not the images; anterior and inferior "
+               "AHA segments are then swapped; check the labels over the image, then the image orientation")
+    elif not analysis.model_info and all(from_labels for _, _, from_labels in said):
+        why = (": the images look mirrored against their header (or the heart lies on the right), or else "
+               f"{labels} against the images (these cues are read from the labels), so anterior and inferior AHA "
+               "segments are swapped; check the image orientation, the labels over the image and the insertion points")
+    else:
+        why = (": the images look mirrored against their header (or the heart lies on the right), so anterior and inferior "
+               "AHA segments are swapped; check the image orientation and the insertion points")
+    return [_flag("IMAGES_MIRRORED", REVIEW, cues + why, min(c for c, _, _ in said))]
 
 
 def insertion_flags(analysis):
@@ -1953,7 +2165,9 @@ def bits_over_stored_flags(analysis):
 def assess(analysis):
     """{"status": "pass" | "review", "flags": [...]} for an Analysis that has run."""
     flags = perfusion_flags(analysis) if analysis.kind == PERFUSION else cine_flags(analysis)
-    flags += insertion_flags(analysis) + mirrored_flags(analysis) + bits_over_stored_flags(analysis)
+    # the mirror cues read from the labels are the labels' own where the labels lie off the image
+    labels_off = any(f["code"] == "LABELS_OFF_THE_IMAGE" for f in flags)
+    flags += insertion_flags(analysis) + mirrored_flags(analysis, labels_off) + bits_over_stored_flags(analysis)
     flags += getattr(analysis, "extra_qc", []) + imported_model_flags(analysis) + kind_against_data_flags(analysis)
     rest = getattr(analysis, "rest", None)
     if rest is not None and rest.qc:   # the MPR depends on the rest series: its flags are ours

@@ -1814,3 +1814,52 @@ def test_an_acdc_folder_whose_gt_rv_values_are_unknown_is_flagged(tmp_path, shar
     study = load_study(folder)
     a = Analysis(study, study.labels).run()
     assert "LABEL_VALUES_UNKNOWN" in codes(a), a.qc["flags"]
+
+
+def test_a_perfusion_label_file_mirrored_against_its_image_is_named(tmp_path):
+    """Probe 105: the perfusion phantom's label map flipped along i with the same affine read mean
+    MBF 2.911 for 2.827 with the AHA segments swapped, and the one orientation flag said "the
+    images look mirrored against their header ... check the image orientation": a user who
+    checked the images found nothing wrong. The cine said LABELS_OFF_THE_IMAGE for the same
+    fault. The perfusion check now names the label file and how it lies over the image, and
+    IMAGES_MIRRORED names the label map, not the images; the file as written passes."""
+    import nibabel as nib
+
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.readers import load_study
+
+    write_phantom("perfusion", tmp_path / "ph")
+    image, labels_file, aif = (tmp_path / "ph" / name for name in ("perfusion.nii.gz", "perfusion_labels.nii.gz", "aif.csv"))
+    lab = nib.load(str(labels_file))
+    mirrored_file = tmp_path / "perf_labels_mirrored.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[::-1].astype(np.uint8), lab.affine), str(mirrored_file))
+
+    study = load_study(image, labels=mirrored_file, aif=aif)
+    a = Analysis(study, study.labels).run()
+    assert {"LABELS_OFF_THE_IMAGE", "IMAGES_MIRRORED"} <= codes(a), a.qc["flags"]
+    flags = {f["code"]: f["message"] for f in a.qc["flags"]}
+    assert flags["LABELS_OFF_THE_IMAGE"].startswith("labels given (perf_labels_mirrored.nii.gz): the labels do not "
+                                                    "seem to overlay this image: mirrored left-right"), flags
+    said = flags["IMAGES_MIRRORED"]
+    assert "the likelier one mirrored is the label map perf_labels_mirrored.nii.gz, not the images" in said, said
+    assert "the images look mirrored" not in said
+
+    as_written = load_study(image, labels=labels_file, aif=aif)
+    b = Analysis(as_written, as_written.labels).run()
+    assert {"LABELS_OFF_THE_IMAGE", "IMAGES_MIRRORED"} & codes(b) == set() and b.qc["status"] == "pass", b.qc["flags"]
+
+
+def test_perfusion_labels_mirrored_onto_their_own_ring_are_told_by_the_rv(perfusion):
+    """A perfusion map mirrored along its rows leaves its ring on the ring (the motion correction
+    moves the frames onto it), and only the RV labelled, on the LV's other side from the RV the
+    bolus shows, tells the labels from the image: IMAGES_MIRRORED had blamed the images. A map
+    moved by 3 px, which the motion correction makes good, is not flagged."""
+    study, _ = perfusion
+    mirrored = {t: np.ascontiguousarray(m[:, ::-1, :]) for t, m in study.labels.items()}
+    a = Analysis(copy(study), mirrored).run()
+    flags = {f["code"]: f["message"] for f in a.qc["flags"]}
+    assert "the RV labelled lies" in flags.get("LABELS_OFF_THE_IMAGE", ""), a.qc["flags"]
+    assert flags["LABELS_OFF_THE_IMAGE"].startswith("labels given: the labels do not seem to overlay this image")
+    assert "the likelier one mirrored is the labels given, not the images" in flags["IMAGES_MIRRORED"]
+    moved = {t: np.roll(m, 3, axis=2) for t, m in study.labels.items()}
+    assert "LABELS_OFF_THE_IMAGE" not in codes(Analysis(copy(study), moved).run())
