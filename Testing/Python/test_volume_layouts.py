@@ -127,7 +127,8 @@ def test_a_perfusion_nifti_stored_slice_axis_first_reads_as_the_plain_file(tmp_p
     assert any(w.startswith("stored with the slice axis first") for w in read.provenance["warnings"])
 
 
-@pytest.mark.parametrize("spacing", [(2.5, 1.5, 1.5), (8.0, 1.5, 2.0)], ids=["slice-axis-not-clear", "pixels-not-square"])
+@pytest.mark.parametrize("spacing", [(2.5, 1.5, 1.5), (8.0, 1.5, 2.0), (1.25, 2.6, 1.3)],
+                         ids=["slice-axis-not-clear", "pixels-not-square", "3d-coarse-in-plane-axis"])
 def test_a_volume_whose_slice_axis_is_not_clear_is_read_as_stored(tmp_path, spacing):
     """Only a clear short-axis geometry is reordered (one spacing at least twice both others,
     which are square pixels): anything else keeps the file's axes, unsaid as before."""

@@ -151,6 +151,10 @@ def _in_millimetres(affine, header, meta):
 # read as stored: a guess at the slice axis would cut the stack the wrong way without a word.
 SLICE_AXIS_SPACING_RATIO = 2.0
 SQUARE_PIXEL_TOLERANCE = 0.1
+# short-axis slices lie 5-10 mm apart (4 mm is thinner than any cine or perfusion stack): a 3D
+# acquisition's coarse in-plane axis (1.25 x 2.6 mm pixels, 1.3 mm slices) was taken for the
+# slice axis and the stack cut into 160 slices (review 3 of session 47)
+MIN_STACK_SLICE_SPACING_MM = 4.0
 SLICE_AXIS_REORDERED = "stored with the slice axis"
 
 
@@ -167,7 +171,7 @@ def slice_axis_last(images, affine, meta):
         return images, affine
     in_plane = [a for a in range(3) if a != slice_axis]
     pixel = spacing[in_plane]
-    if spacing[slice_axis] < SLICE_AXIS_SPACING_RATIO * pixel.max() or \
+    if spacing[slice_axis] < max(SLICE_AXIS_SPACING_RATIO * pixel.max(), MIN_STACK_SLICE_SPACING_MM) or \
             pixel.max() - pixel.min() > SQUARE_PIXEL_TOLERANCE * pixel.min():
         return images, affine
     order = in_plane + [slice_axis]                      # the in-plane axes keep their stored order
