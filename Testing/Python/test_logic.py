@@ -46,6 +46,15 @@ def rows_by_measure(logic):
     return {r["measure"]: r["value"] for r in sc.table_rows(logic.getNodeParameter("tableID"))}
 
 
+def _anterior_handle(markups, k):
+    """(index, RAS position) of slice ``k``'s anterior RV-insertion handle in the markups node."""
+    labels = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())]
+    n = labels.index(f"S{k} anterior")
+    position = np.zeros(3)
+    markups.GetNthControlPointPosition(n, position)
+    return n, position
+
+
 def shared_layer(segmentation_node):
     """The (S, R, C) view of the segmentation's shared labelmap layer: writing into it is what a
     Segment Editor paint/erase stroke does to the source representation."""
@@ -380,9 +389,7 @@ def test_parameter_node_survives_scene_save_and_reload(measured, tmp_path):
     logic.setParameter("modelName", "unet-light")
     markups = logic.getNodeParameter("markupsID")
     k = sorted(logic.analysis.sectors.slices)[2]
-    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
-    p = np.zeros(3)
-    markups.GetNthControlPointPosition(n, p)
+    n, p = _anterior_handle(markups, k)
     markups.SetNthControlPointPosition(n, *(p + 6 * logic.study.ijk_to_ras[:3, 0] / np.linalg.norm(logic.study.ijk_to_ras[:3, 0])))
     logic.onInsertionPointMoved(markups, n)
     expected = sc.table_rows(logic.getNodeParameter("tableID"))
@@ -460,9 +467,7 @@ def test_move_is_fast_enough(measured):
     logic = measured
     markups = logic.getNodeParameter("markupsID")
     k = sorted(logic.analysis.sectors.slices)[3]
-    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
-    p = np.zeros(3)
-    markups.GetNthControlPointPosition(n, p)
+    n, p = _anterior_handle(markups, k)
     step = logic.study.ijk_to_ras[:3, 1] / np.linalg.norm(logic.study.ijk_to_ras[:3, 1])
     times = []
     for i in range(15):
@@ -1029,9 +1034,8 @@ def test_an_edit_that_cannot_be_measured_is_refused_whole_and_nothing_is_saved_u
     assert not (tmp_path / "out").exists() and not (tmp_path / "gt").exists()
     # a handle still turns (the sectors of the measured segmentation)
     markups = logic.getNodeParameter("markupsID")
-    p, k = np.zeros(3), a.insertion[len(a.insertion) // 2]["slice"]
-    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
-    markups.GetNthControlPointPosition(n, p)
+    k = a.insertion[len(a.insertion) // 2]["slice"]
+    n, p = _anterior_handle(markups, k)
     centre = np.array([q["centre_ras"] for q in a.insertion if q["slice"] == k][0])
     markups.SetNthControlPointPosition(n, *(centre + 0.9 * (p - centre)))
     assert logic.onInsertionPointMoved(markups, n) == [k]
@@ -1287,9 +1291,7 @@ def test_a_run_over_dragged_handles_says_it_placed_them_again(measured):
     a = logic.analysis
     markups = logic.getNodeParameter("markupsID")
     k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
-    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
-    p = np.zeros(3)
-    markups.GetNthControlPointPosition(n, p)
+    n, p = _anterior_handle(markups, k)
     markups.SetNthControlPointPosition(n, *(p + 5 * a.study.ijk_to_ras[:3, 0] / np.linalg.norm(a.study.ijk_to_ras[:3, 0])))
     logic.onInsertionPointMoved(markups, n)
     b = logic.runSegmentation(useExistingLabels=True)
@@ -1856,9 +1858,7 @@ def test_a_handle_at_a_position_that_is_not_finite_is_refused_and_put_back(measu
     a = logic.analysis
     markups = logic.getNodeParameter("markupsID")
     k = sorted(a.sectors.slices)[len(a.sectors.slices) // 2]
-    n = [markups.GetNthControlPointLabel(i) for i in range(markups.GetNumberOfControlPoints())].index(f"S{k} anterior")
-    home = np.zeros(3)
-    markups.GetNthControlPointPosition(n, home)
+    n, home = _anterior_handle(markups, k)
     rows = sc.table_rows(logic.getNodeParameter("tableID"))
     for bad in (np.nan, np.inf):
         markups.SetNthControlPointPosition(n, bad, home[1], home[2])

@@ -1466,21 +1466,19 @@ def _drop_derived_copies(series, notes=None):
             continue
         source = source_of(items)
         parts = _slice_series_copied(items, originals) if source is None else None
-        if parts is not None:
+        if parts is not None or source is not None:
             del kept[uid]
-            if notes is not None:
-                notes.append(_RelatedNote(
-                    f"series {_describe(uid, items)} is a derived copy of the stack stored one series per slice as "
-                    f"{_numbers_text(series, parts)} ({len(parts)} series: the same slice positions, images and pixels) "
-                    "and was left out: those series are read as one stack; "
-                    f"give --series {uid} to read the copy instead", related=set(parts)))
-        elif source is not None:
-            del kept[uid]
-            if notes is not None:
-                notes.append(_RelatedNote(
-                    f"series {_describe(uid, items)} is a derived copy (motion-corrected or filtered) of series "
-                    f"{_describe(source, series[source])} and was left out: the original is read and its frames "
-                    f"aligned here; give --series {uid} to read the copy instead", related={source}))
+            if notes is None:
+                continue
+            if parts is not None:
+                copy_of = (f"of the stack stored one series per slice as {_numbers_text(series, parts)} ({len(parts)} "
+                           "series: the same slice positions, images and pixels) and was left out: those series are "
+                           "read as one stack")
+            else:
+                copy_of = (f"(motion-corrected or filtered) of series {_describe(source, series[source])} and was left "
+                           "out: the original is read and its frames aligned here")
+            notes.append(_RelatedNote(f"series {_describe(uid, items)} is a derived copy {copy_of}; give --series {uid} "
+                                      "to read the copy instead", related=set(parts) if parts is not None else {source}))
         elif dynamic and _one_image_per_slice(items):
             del kept[uid]
             if notes is not None:
