@@ -74,25 +74,10 @@ def cpu_ms_per_slice(model, pixel_mm, multiple, runs=5, tta="none", heart_crop_m
             "cpu_load_average_1min": load, "threads": torch.get_num_threads(), "runs": runs, "runtime_timed": "torch"}
 
 
-def _mean_of_networks(torch, members):
-    """Output-averaging ensemble: the mean of the members' log-probabilities (an experiment; the
-    shipped cards run one network)."""
-    class MeanOfNetworks(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.members = torch.nn.ModuleList(members)
-            self.size_multiple = max(getattr(m, "size_multiple", 16) for m in members)
-
-        def forward(self, x):
-            return sum(torch.log_softmax(m(x), 1) for m in self.members) / len(self.members)
-
-    return MeanOfNetworks()
-
-
 def main():
     import torch
 
-    from CardiacAISegLib.models.architectures import build
+    from CardiacAISegLib.models.architectures import build, mean_of_networks
     from CardiacAISegLib.models.inference import TTA_NAMES
     from CardiacAISegLib.models.training import evaluate
 
@@ -115,7 +100,7 @@ def main():
     if args.ensemble_with:
         other = build(args.arch, **json.loads(args.ensemble_params))
         other.load_state_dict(torch.load(Path(args.ensemble_with) / args.checkpoint, map_location="cpu", weights_only=True))
-        model = _mean_of_networks(torch, [model, other]).eval()
+        model = mean_of_networks([model, other]).eval()
     split = json.loads((run / "split.json").read_text())
     val = [SHARED / "acdc" / p for p in split["val"]]
     summary, rows = evaluate(model, val, args.pixel_mm, model.size_multiple, tta=args.tta, heart_crop_mm=args.heart_crop_mm)

@@ -644,6 +644,37 @@ def test_a_deep_supervision_network_ships_and_exports_as_one_output(tmp_path):
     assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 4, 64, 64)
 
 
+def test_an_ensemble_card_rebuilds_its_members_and_exports_their_mean_as_one_network(tmp_path):
+    """Architecture "ensemble": the members' weights under one state dict, the output the mean of
+    their log-probabilities (what tools/evaluate_cine.py measured), from the registry's torch
+    module and from its ONNX export alike."""
+    import copy
+
+    from CardiacAISegLib.models.registry import _build_module, read_card, verify_weights
+    from CardiacAISegLib.models.shipping import export_onnx, ship_model
+
+    # small U-Nets: an untrained random γ-Net's recurrence alone leaves its ONNX export 3e-3 off
+    members = [{"name": "unet-light", "params": {"filters": [4, 8, 16, 32, 64]}},
+               {"name": "unet-light", "params": {"filters": [6, 8, 16, 32, 64]}}]
+    torch.manual_seed(0)
+    parts = [build(m["name"], **m["params"]).eval() for m in members]
+    net = build("ensemble", members=members)
+    net.load_state_dict({f"members.{i}.{k}": v for i, part in enumerate(parts) for k, v in part.state_dict().items()})
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        expected = (torch.log_softmax(parts[0](x), 1) + torch.log_softmax(parts[1](x), 1)) / 2
+        assert torch.allclose(net.eval()(x), expected, atol=1e-5)
+    card = copy.deepcopy(registry.get_card("unet-light"))
+    card.update(name="ensemble-test", default=False)
+    card["architecture"] = {"name": "ensemble", "params": {"members": members}}
+    card.pop("onnx", None)
+    folder = ship_model(net.state_dict(), card, dest_root=tmp_path)
+    module = _build_module(read_card(folder), verify_weights(read_card(folder)))
+    with torch.no_grad():
+        assert torch.allclose(module(x), expected, atol=1e-5)
+    assert export_onnx(folder)["onnx"]["parity_max_abs_diff"] < 1e-3
+
+
 def test_cyclic_learning_rate_keeps_a_snapshot_at_each_cycle_end_and_they_average(short_run, tmp_path):
     import subprocess
     import sys
