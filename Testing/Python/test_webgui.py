@@ -452,6 +452,75 @@ def test_a_study_the_scene_refuses_leaves_the_open_study_and_its_results(phantom
     assert saved["lv_mass_g"] == pytest.approx(_rows(s)["LV mass"], abs=0.05) and saved["lv_mass_g"] > before["rows"]["LV mass"]
 
 
+def _everything_open(s):
+    """``_scene_state`` and more: every attribute of the Logic (its study, results, rest series,
+    what it was read with) and every attribute of every node, as a refused open must leave them."""
+    scene = s.context.scene
+    nodes = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+    return {**_scene_state(s), "logic": dict(vars(s.logic)), "rest": s.logic.restStudy,
+            "attributes": {node.GetID(): {name: node.GetAttribute(name) for name in node.GetAttributeNames()}
+                           for node in nodes}}
+
+
+def _changed_since(state, s):
+    """What differs from ``state`` (``_everything_open``): the Logic's attributes by identity (the
+    same study, analysis and rest objects, not equal copies), the rest by value."""
+    now = _everything_open(s)
+    logic, logic_now = state["logic"], now["logic"]
+    changed = [f"logic.{name}" for name in sorted(set(logic) | set(logic_now))
+               if name not in logic or name not in logic_now or logic_now[name] is not logic[name]]
+    changed += [key for key in ("study", "analysis", "rest", "study_nodes") if now[key] is not state[key]]
+    changed += [key for key in ("rows", "source", "place", "segmentations", "parameters", "nodes", "attributes")
+                if now[key] != state[key]]
+    return changed
+
+
+def test_a_refused_study_or_rest_series_leaves_the_open_stress_and_rest_pair_exactly(tmp_path, monkeypatch):
+    """A stress series with its rest series and MPR open; another stress series opened with a
+    rest series the Logic refuses (a cine: the new stress images were in the scene, the Logic
+    switched to them), or a stress series the scene refuses: the open pair stays exactly as it
+    was, the same study, results and rest series, every parameter, node and node attribute,
+    and a new run measures its MPR again."""
+    from CardiacAISegLib import scene as sc
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+    from CardiacAISegLib.webgui.session import LABELS_CHOICE, Session
+
+    data = tmp_path / "data"
+    for folder, seed, stress in (("stress", 2, True), ("rest", 2, False), ("stress2", 3, True)):
+        write_phantom("perfusion", data / folder, seed=seed, size=48, n_frames=40, stress=stress)
+    write_phantom("cine", data / "cine", seed=0, n_frames=6, n_slices=6, size=64)
+    dt = json.loads((data / "stress" / "truth.json").read_text())["dt_s"]
+    s = Session(data, sample_folder=tmp_path / "samples")
+    s.open_path("stress/perfusion.nii.gz", labels="stress/perfusion_labels.nii.gz", aif="stress/aif.csv", dt=dt,
+                rest="rest/perfusion.nii.gz", rest_aif="rest/aif.csv", rest_labels="rest/perfusion_labels.nii.gz")
+    s.run(LABELS_CHOICE)
+    rest, mpr = s.logic.restStudy, _rows(s)["Global MPR"]
+    assert rest is not None and mpr > 0 and s.logic.getParameter("restNodeID")
+    before = _everything_open(s)
+
+    stress2 = s.read_path("stress2/perfusion.nii.gz", labels="stress2/perfusion_labels.nii.gz", aif="stress2/aif.csv",
+                          dt=dt)
+    cine = s.read_path("cine/cine.nii.gz")[0]
+    with pytest.raises(CardiacInputError, match="the rest series is read as cine, not perfusion"):
+        s.adopt((*stress2[:3], cine))
+    assert _changed_since(before, s) == []
+
+    add_study = sc.add_study
+
+    def half_added(ctx, study):
+        add_study(ctx, study)
+        raise CardiacInputError(study.source, "the scene refused it")
+
+    monkeypatch.setattr(sc, "add_study", half_added)
+    with pytest.raises(CardiacInputError, match="the scene refused it$"):
+        s.adopt(stress2)
+    assert _changed_since(before, s) == []
+    monkeypatch.undo()
+
+    s.run(LABELS_CHOICE)   # the rest series is still the one paired, and measured with the stress again
+    assert s.logic.restStudy is rest and _rows(s)["Global MPR"] == pytest.approx(mpr)
+
+
 def test_a_study_opened_after_stress_and_rest_leaves_none_of_their_nodes(tmp_path):
     """Probe 103: every study opened with a rest series left the rest's sequence, browser and
     proxy volume (a full copy of its images) in the server's scene, and each volume removed

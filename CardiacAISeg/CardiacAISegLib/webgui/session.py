@@ -308,7 +308,11 @@ class Session:
         until then a refusal leaves the previous study open, with its results."""
         study, source, aif, rest = loaded
         # one step: a study the scene refused (or its rest series) had closed the open one and
-        # its results first, and the page was left with neither (probe 103)
+        # its results first, and the page was left with neither (probe 103). Forgotten first and
+        # put back whole, not setStudy first with the open study standing: setStudy then lets its
+        # outputs go (a LeftAnalysis record on its table, left there when the rest is refused) and
+        # keeps its model and timing; and setStudy's own undo of a half-added sequence leaves the
+        # proxy volume its browser makes again as the proxy is removed
         before = self._open_state()
         doomed = self._forget_study()
         try:
