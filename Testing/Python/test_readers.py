@@ -1719,3 +1719,54 @@ def test_a_cine_read_as_the_rest_series_is_said_so_when_its_analysis_fails(tmp_p
     assert "--kind" not in said and said.endswith("give the rest perfusion acquisition]"), said
     asked = analysis_refusal(load_study(path, kind="perfusion", dt=0.5))
     assert "because --kind perfusion was given" in asked and "drop --kind" in asked, asked
+
+
+def test_the_rest_series_role_is_worded_where_its_kind_is_decided(tmp_path):
+    """The rest series is perfusion by its role (``kind_by_role``), not by a --kind the user could
+    drop: the words that say so are made where its kind is decided and where it is finished as
+    perfusion, not rewritten afterwards by the rest's reader from the --kind wording (a review
+    found that rewriting's string matching fragile). A --kind given still speaks of the flag."""
+    import nibabel as nib
+
+    from CardiacAISegLib.readers import load_rest_series
+    from CardiacAISegLib.readers.series_kind import decide_kind
+
+    img = nib.Nifti1Image(np.random.default_rng(5).uniform(100, 200, (24, 24, 3, 6)).astype(np.float32), OBLIQUE)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms((1.5, 1.5, 8.0, 0.16))   # 6 phases of one 0.8 s cardiac cycle
+    cine = tmp_path / "cine.nii.gz"
+    nib.save(img, str(cine))
+    cycle = "nifti time axis: 6 frames over 0.8 s (one cardiac cycle)"
+
+    # refused as it is finished as perfusion (its frame interval): what the series is comes first
+    with pytest.raises(CardiacInputError) as by_role:
+        load_study(cine, kind="perfusion", kind_by_role=True)
+    said = by_role.value.problem
+    assert said.startswith(f"it is no first-pass perfusion series: {cycle}, which is a cine series; give the rest "
+                           "perfusion acquisition (read as one: frame interval 0.16 s"), said
+    assert "--kind" not in said, said
+    with pytest.raises(CardiacInputError) as rest:
+        load_rest_series(cine)
+    assert rest.value.problem == said
+    with pytest.raises(CardiacInputError, match=r"0\.16 s .*\[read as perfusion because --kind perfusion was given.*"
+                                                r"drop --kind\]$"):
+        load_study(cine, kind="perfusion")
+
+    # read with a frame interval: the warning names the role, not "as requested (--kind)"
+    study = load_study(cine, kind="perfusion", kind_by_role=True, dt=0.5)
+    assert study.provenance["warnings"][0] == f"analysed as perfusion (the rest series), though {cycle}"
+    assert load_rest_series(cine, dt=0.5).provenance["warnings"] == study.provenance["warnings"]
+    asked = load_study(cine, kind="perfusion", dt=0.5)
+    assert asked.provenance["warnings"][0] == f"analysed as perfusion as requested (--kind), though {cycle}"
+
+    # strong evidence against the role (one frame) is refused in the role's words by decide_kind itself
+    def one_frame():
+        return Study(images=np.zeros((1, 3, 8, 8), np.float32), ijk_to_ras=OBLIQUE, source="rest.nii.gz")
+
+    with pytest.raises(CardiacInputError) as refused:
+        decide_kind(one_frame(), requested="perfusion", user_asked=False)
+    assert refused.value.problem == ("it is no first-pass perfusion series: a single frame (no time course): a static "
+                                     "short-axis stack, which is a cine series; give the rest perfusion acquisition")
+    with pytest.raises(CardiacInputError, match=r"^rest\.nii\.gz: --kind perfusion contradicts the data: a single frame "
+                                                r".*which is a cine series; drop --kind to use the detected kind$"):
+        decide_kind(one_frame(), requested="perfusion")

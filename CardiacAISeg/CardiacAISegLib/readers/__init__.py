@@ -1,7 +1,6 @@
 """Readers: every format becomes one `Study`. ``load_study`` picks the reader from the path."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -95,7 +94,8 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
     kind: None (decided from the data: ``series_kind.decide_kind``), or 'cine' / 'perfusion'
     as the user asks - checked against the data, never silently ignored. kind_by_role: the kind
     is the series' role's (a rest series is perfusion), not the user's word, so the frame clocks
-    that contradict it refuse it (the user's --kind is taken against the clocks alone).
+    that contradict it refuse it (the user's --kind is taken against the clocks alone), and the
+    errors and warnings that say why name its role, not a --kind the user could drop.
     series: a DICOM series (UID, number or description); for a QPerf folder 'rest' or 'stress'.
     labels: a label-map file or a Sunnybrook contour folder, in ``label_convention``, or a list
     of label-map files holding other frames; a 3D label map goes to ``frame``, else to the frame
@@ -133,7 +133,7 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
             from .perfusion import finish_perfusion
             from .series_kind import kind_said_on_errors
 
-            with kind_said_on_errors(study):
+            with kind_said_on_errors(study, reading=True):
                 finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units,
                                  progress=progress)
 
@@ -160,41 +160,14 @@ def load_rest_series(path: str | Path, kind: str | None = None, series: str | No
     (``series`` None: the one whose description says rest; an exam's or a QPerf folder's stress
     was read as the rest and refused as the stress itself). Other options as ``load_study``.
 
-    Read by its role, the reader's words say so: "--kind perfusion contradicts the data ...;
-    drop --kind" asked to drop a flag never given (probe 60), "as requested (--kind)" named one.
+    Read by its role, the reader's words say so (``load_study``'s ``kind_by_role``): "--kind
+    perfusion contradicts the data ...; drop --kind" asked to drop a flag never given (probe 60),
+    "as requested (--kind)" named one.
     """
-    by_role = kind is None
     if series is None and path is not None and str(path).strip() and (Path(path).is_dir() or _is_dicomdir(Path(path))):
         # an exam's DICOMDIR is its folder, as for the stress (probe 86: it asked for --rest-series)
         series = "rest"
-    try:
-        study = load_study(path, kind=kind or PERFUSION, series=series, kind_by_role=by_role, **options)
-    except CardiacInputError as e:
-        if not by_role:
-            raise
-        raise CardiacInputError(e.path, _as_read_for_its_role(e.problem)) from None
-    if by_role:
-        warnings = study.provenance.get("warnings") or []
-        warnings[:] = [_as_read_for_its_role(w) for w in warnings]
-    return study
-
-
-def _as_read_for_its_role(text):
-    """A reader's message about a series read as perfusion by its role, not by a user's --kind."""
-    prefix = "--kind perfusion contradicts the data: "
-    if text.startswith(prefix):
-        return ("it is no first-pass perfusion series: " + text[len(prefix):].split("; drop --kind")[0]
-                + "; give the rest perfusion acquisition")
-    # an error after weaker evidence of a cine (a file's one-cycle time axis) carries the role's
-    # note of series_kind.requested_against_the_data_note (it blamed a --kind, a 'Series kind'
-    # box, the user never set): said first, as what the series is
-    from .series_kind import ROLE_NOTE_END, ROLE_NOTE_START
-
-    note = re.search(rf" \[{re.escape(ROLE_NOTE_START)}(.+), which is a cine series{re.escape(ROLE_NOTE_END)}\]$", text)
-    if note:
-        return (f"it is no first-pass perfusion series: {note.group(1)}, which is a cine series; give the rest "
-                f"perfusion acquisition (read as one: {text[:note.start()]})")
-    return text.replace("as perfusion as requested (--kind)", "as perfusion (the rest series)")
+    return load_study(path, kind=kind or PERFUSION, series=series, kind_by_role=kind is None, **options)
 
 
 def one_frame_phase(study):

@@ -266,6 +266,13 @@ def _drop_times_that_are_no_frame_interval(study):
     study.provenance = prov
 
 
+# How the rest series, perfusion by its role (it has no --kind to drop), is said to be none when
+# the data show a cine: "NO_FIRST_PASS<evidence>, which is a cine series<GIVE_THE_REST>"
+ROLE = "the rest series"
+NO_FIRST_PASS = "it is no first-pass perfusion series: "
+GIVE_THE_REST = "; give the rest perfusion acquisition"
+
+
 def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True):
     """Set ``study.kind`` from the evidence and the user's ``requested`` kind; return it.
 
@@ -301,15 +308,21 @@ def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True
         images = _from_content(study) if clocks_only else None
         if against and (not clocks_only or (images and images[0] == against[0][0])):
             also = f", and {images[1]}" if images else ""
-            raise CardiacInputError(where, f"--kind {requested} contradicts the data: {against[0][2]}{also}, which is a "
-                                           f"{against[0][0]} series; drop --kind to use the detected kind")
+            said = f"{against[0][2]}{also}, which is a {against[0][0]} series"
+            if not user_asked:
+                # the rest series is perfusion by its role: "drop --kind" named a flag never given (probe 60)
+                raise CardiacInputError(where, f"{NO_FIRST_PASS}{said}{GIVE_THE_REST}")
+            raise CardiacInputError(where, f"--kind {requested} contradicts the data: {said}; drop --kind to use the "
+                                           "detected kind")
         overruled = against[0] if against else None
+        # "as requested (--kind)" named a flag the rest series, read by its role, never had
+        as_asked = "as requested (--kind)" if user_asked else f"({ROLE})"
         if overruled:
-            warnings.append(f"analysed as {requested} as requested (--kind), against the data: {overruled[2]}, which is "
+            warnings.append(f"analysed as {requested} {as_asked}, against the data: {overruled[2]}, which is "
                             f"a {overruled[0]} series; check that the series is a {requested}")
         weak_against = [e for e in found if e[0] != requested]
         if weak_against and overruled is None:
-            warnings.append(f"analysed as {requested} as requested (--kind), though {weak_against[0][2]}")
+            warnings.append(f"analysed as {requested} {as_asked}, though {weak_against[0][2]}")
         kind, decided_by = requested, "--kind"
     elif found:
         kind, strength, reason = found[0]
@@ -378,38 +391,46 @@ def read_as_perfusion_note(reason):
     return f"read as a first-pass perfusion series: {reason}; if it is a cine, give --kind cine"
 
 
-def requested_against_the_data_note(study):
-    """When ``--kind`` chose the series' kind against weaker evidence of the other kind (a
-    file's time axis, the images), a phrase saying so for an error that follows; else None."""
+def _evidence_against_the_request(study):
+    """The first piece of evidence recorded against the kind ``--kind`` (or the series' role)
+    chose, as "REASON, which is a KIND series"; else None."""
     decision = (study.provenance or {}).get("kind") or {}
     if decision.get("decided_by") != "--kind":
         return None
     against = [e for e in decision.get("evidence", []) if e.get("kind") != study.kind]
-    if not against:
+    return f"{against[0]['reason']}, which is a {against[0]['kind']} series" if against else None
+
+
+def _read_by_role(study):
+    """Whether ``study`` was read as perfusion for its role (the rest series), not by a --kind."""
+    return bool(((study.provenance or {}).get("kind") or {}).get("by_role"))
+
+
+def requested_against_the_data_note(study):
+    """When ``--kind`` chose the series' kind against weaker evidence of the other kind (a
+    file's time axis, the images), a phrase saying so for an error that follows; else None."""
+    said = _evidence_against_the_request(study)
+    if said is None:
         return None
-    if decision.get("by_role"):
+    if _read_by_role(study):
         # the rest series is perfusion by its role: "drop --kind" named a flag (a 'Series kind'
         # box) the user never set, and dropping it changed nothing (probe 103, review 1)
-        return f"{ROLE_NOTE_START}{against[0]['reason']}, which is a {against[0]['kind']} series{ROLE_NOTE_END}"
-    return (f"read as {study.kind} because --kind {study.kind} was given, though {against[0]['reason']}, which is a "
-            f"{against[0]['kind']} series; if it is one, drop --kind")
-
-
-# the note of a series read as perfusion for its role (the rest series) against weaker evidence of
-# a cine; readers/__init__.py turns a reading error that carries it into "it is no first-pass perfusion series"
-ROLE_NOTE_START = "read as perfusion for its role (the rest series), though "
-ROLE_NOTE_END = "; give the rest perfusion acquisition"
+        return f"read as perfusion for its role ({ROLE}), though {said}{GIVE_THE_REST}"
+    return f"read as {study.kind} because --kind {study.kind} was given, though {said}; if it is one, drop --kind"
 
 
 @contextmanager
-def kind_said_on_errors(study):
+def kind_said_on_errors(study, reading=False):
     """An input error raised while ``study`` is finished or analysed as perfusion, whose kind
     the data decided, says why it was read as perfusion and that --kind cine reads it as a cine:
     a cine whose file carries a wrong time step (0.5 s for 0.045) was refused for a "flat AIF"
     or a series "starting after the bolus peak", which named neither. An error on a series of
     either kind that --kind chose against what the data suggest says that (``--kind perfusion``
     on a cine NIfTI was refused for its 0.045 s frame interval and invited --dt, never naming
-    the one-cycle time axis; probe 36)."""
+    the one-cycle time axis; probe 36). ``reading``: the error refuses the series as it is read
+    (``finish_perfusion``), not its analysis: the rest series, read as perfusion by its role
+    against evidence of a cine, is then said first to be no first-pass perfusion series, with
+    the reader's words after (they blamed its frame interval; probe 103)."""
     try:
         yield
     except CardiacInputError as e:
@@ -418,4 +439,7 @@ def kind_said_on_errors(study):
                 requested_against_the_data_note(study) or aif_made_perfusion_note(study))
         if note is None or (reason or note) in e.problem:
             raise
+        if reading and _read_by_role(study):   # the note is the role's: said first, as what the series is
+            said = _evidence_against_the_request(study)
+            raise CardiacInputError(e.path, f"{NO_FIRST_PASS}{said}{GIVE_THE_REST} (read as one: {e.problem})") from None
         raise CardiacInputError(e.path, f"{e.problem} [{note}]") from None
