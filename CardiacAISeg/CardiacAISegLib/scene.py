@@ -233,7 +233,11 @@ def nodes_removed_on_failure(ctx):
         yield
     except BaseException:
         added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
-        for node in reversed([node for node in added if node.GetID() not in before]):
+        added = [node for node in added if node.GetID() not in before]
+        # browsers first: a proxy volume removed while its browser stands is made again by the
+        # browser (with display and storage nodes), a copy of one frame left in the scene
+        browsers_first = sorted(reversed(added), key=lambda node: not node.IsA("vtkMRMLSequenceBrowserNode"))
+        for node in browsers_first:
             if scene.IsNodePresent(node):   # not taken out already with a node removed before it
                 scene.RemoveNode(node)
         raise

@@ -65,6 +65,22 @@ def test_single_frame_volume(ctx):
     np.testing.assert_allclose(sc.volume_ijk_to_ras(nodes.volume), oblique_affine(), atol=1e-9)
 
 
+def test_a_study_refused_after_its_browser_made_a_proxy_leaves_no_node(study):
+    """A block that fails once the sequence browser has made its proxy volume: removing the
+    proxy while its browser stood made the browser add another (with display and storage
+    nodes), left in the scene as a copy of one frame (review of session 48)."""
+    ctx = sc.new_scene()
+    scene = ctx.scene
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+    with pytest.raises(CardiacInputError, match="refused after adding"):
+        with sc.nodes_removed_on_failure(ctx):
+            nodes = sc.add_study(ctx, study)
+            assert nodes.browser is not None and nodes.volume is not None
+            raise CardiacInputError(study.name, "refused after adding")
+    left = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())} - before
+    assert not left
+
+
 def test_labelmap_round_trip_through_segmentation_is_exact_on_oblique_grid(ctx, study):
     lab = synthetic_labels()
     node = sc.add_segmentation(ctx, lab, study.ijk_to_ras, name="roundtrip")
