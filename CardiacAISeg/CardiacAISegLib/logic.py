@@ -308,8 +308,12 @@ class CardiacAISegLogic(_LogicBase):
             nodes = sc.add_study(self.context, study)
             _write_study_attributes(nodes.sequence or nodes.volume, study)
         self.study = study
+        # nothing of the previous study's analysis stays: its network's record (modelInfo) would
+        # name that network as the maker of labels drawn by hand on this study, and its rest mask
+        # and timings are another series'
         self.analysis = None
-        self.networkLabels = None
+        self.networkLabels = self.restNetworkLabels = self.modelInfo = None
+        self.timing, self.lastUpdateTimeS = {}, None
         self._outputsMeasured = None
         self.unmeasuredEdits = {}
         self.studyNodes = nodes

@@ -273,6 +273,21 @@ def test_a_new_study_gets_new_outputs(phantom, measured):
     assert all(node.GetScene() is measured.scene for node in old.values())     # still there
 
 
+def test_a_new_study_keeps_nothing_of_the_previous_analysis(phantom):
+    """setStudy kept the previous study's network record, rest mask and timings: labels drawn by
+    hand on the new study were then judged (and reported) as made by the previous one's network
+    (helper review, session 48)."""
+    logic = CardiacAISegLogic(sc.new_scene())
+    logic.setStudy(fresh(phantom[0]))
+    logic.runSegmentation(modelName="unet-light", useExistingLabels=False)
+    assert logic.modelInfo and logic.timing
+    logic.setStudy(fresh(phantom[0], [0, 1, 2, 3, 4]))
+    assert logic.modelInfo is None and logic.restNetworkLabels is None
+    assert logic.timing == {} and logic.lastUpdateTimeS is None
+    # measured from its own labels, the new study's results name no network
+    assert logic.runSegmentation(useExistingLabels=True).model_info is None and logic.modelInfo is None
+
+
 def test_rerun_refills_the_same_nodes(measured):
     ids = {n: measured.getParameter(n) for n in NODE_PARAMETERS if measured.getParameter(n)}
     counts = {c: measured.scene.GetNumberOfNodesByClass(c) for c in
