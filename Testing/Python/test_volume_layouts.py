@@ -11,7 +11,7 @@ import pytest
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.phantoms.phantom import write_phantom
-from CardiacAISegLib.readers.volume import load_volume
+from CardiacAISegLib.readers.volume import load_frame_folder, load_volume
 
 CINE_MEASURES = ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "lv_mass_g", "rv_edv_ml")
 
@@ -221,3 +221,112 @@ def test_a_perfusion_nifti_with_its_time_step_in_ms_labelled_seconds_asks_for_dt
     assert "time step 500 sec is no frame interval" in line and "--dt" in line
     doc = _analyze(stored, labels, tmp_path / "out_dt", "--aif", str(paths["aif.csv"]), "--dt", "0.5")
     assert doc["perfusion"]["segments"]
+
+
+# --- NRRD 'space units' other than mm -----------------------------------------------------------
+def _nrrd_cine_in(source, path, units, per_mm, space_time=False):
+    """``source`` (a NIfTI cine or label map, i j k t) as a NRRD whose space directions and
+    origin are in ``units`` (``per_mm`` of them to the mm), said in its 'space units'; with
+    ``space_time``, in NRRD's own 4D space (the time step, 45 ms, in the fourth coordinate). A
+    unit pynrrd cannot write (the micro sign) is put in the header's bytes afterwards."""
+    import nibabel as nib
+    import nrrd
+
+    img = nib.load(str(source))
+    data = np.asarray(img.dataobj)
+    steps, origin = img.affine[:3, :3].T * per_mm, img.affine[:3, 3] * per_mm   # one row per stored axis
+    written = ["um" if u == "\u00b5m" else u for u in units]
+    if space_time:
+        directions = np.zeros((4, 4))
+        directions[:3, :3], directions[3, 3] = steps, 45.0
+        header = {"space": "right-anterior-superior-time", "kinds": ["domain"] * 4, "space directions": directions,
+                  "space origin": [*origin, 0.0], "space units": [*written, "ms"]}
+    else:   # a 4D file's frames on a list axis after the three spatial ones (as Slicer writes it)
+        listed = data.ndim == 4
+        header = {"space": "right-anterior-superior", "kinds": ["domain"] * 3 + ["list"] * listed,
+                  "space directions": np.vstack([steps, *[np.full(3, np.nan)] * listed]), "space origin": origin}
+        if units:
+            header["space units"] = written
+    nrrd.write(str(path), data, header, index_order="F")
+    if written != list(units):
+        raw = path.read_bytes()
+        end = raw.index(b"\n\n")
+        head = raw[:end].replace(b'"um"', '"\u00b5m"'.encode())
+        path.write_bytes(head + raw[end:])
+    return path
+
+
+@pytest.mark.parametrize("unit, per_mm, space_time", [("cm", 0.1, False), ("m", 0.001, False), ("\u00b5m", 1000.0, False),
+                                                      ("cm", 0.1, True)],
+                         ids=["cm", "m", "micrometres-micro-sign", "cm-space-time"])
+def test_a_nrrd_cine_whose_space_units_are_not_mm_is_converted(cine, tmp_path, unit, per_mm, space_time):
+    """NRRD's 'space units' were not read: a cine (and its labels) in cm read EDV 0.13 mL for
+    129.5, flagged by the range checks alone; in m it was refused as 'metres or micrometres
+    instead of mm?' although its header says m; a micro sign, which pynrrd drops, read 'µm' as
+    'm'. Directions and origin are scaled to mm, said in one warning naming the unit, and the
+    numbers are the plain file's."""
+    image, labels, plain = cine
+    cine_file = _nrrd_cine_in(image, tmp_path / "cine.nrrd", [unit] * 3, per_mm, space_time)
+    label_file = _nrrd_cine_in(labels, tmp_path / "labels.nrrd", [unit] * 3, per_mm)
+
+    reference, read = load_volume(image), load_volume(cine_file)
+    np.testing.assert_allclose(read.ijk_to_ras, reference.ijk_to_ras, atol=1e-4)
+    doc = _analyze(cine_file, label_file, tmp_path / "out")
+    for key in CINE_MEASURES:
+        assert doc["cine"][key] == pytest.approx(plain["cine"][key], rel=5e-3), key
+    assert doc["qc"]["status"] == "pass", doc["qc"]
+    said = [w for w in doc["warnings"] if "space units" in w]
+    assert len(said) == 1, doc["warnings"]
+    assert said[0].startswith(f"the header gives its sizes in {unit} (space units): converted to mm"), said[0]
+
+
+@pytest.mark.parametrize("units", [["mm"] * 3, [], [""] * 3], ids=["mm", "no-space-units", "empty-units"])
+def test_a_nrrd_cine_in_mm_is_read_as_before(cine, tmp_path, units):
+    """'space units' of mm, or none (or empty strings), are mm as before: the plain file's
+    voxels and geometry, and no word about units."""
+    image = cine[0]
+    read = load_volume(_nrrd_cine_in(image, tmp_path / "cine.nrrd", units, 1.0))
+    reference = load_volume(image)
+    np.testing.assert_array_equal(read.images, reference.images)
+    np.testing.assert_allclose(read.ijk_to_ras, reference.ijk_to_ras, atol=1e-5)
+    assert not any("units" in w for w in read.provenance.get("warnings", [])), read.provenance.get("warnings")
+
+
+def test_a_nrrd_whose_space_units_are_no_length_unit_is_refused_by_name(cine, tmp_path, capsys):
+    """A unit the reader does not know (inches here) is refused, naming the file and the unit:
+    read as mm, the volumes would be wrong by an unknown factor."""
+    image, labels, _ = cine
+    cine_file = _nrrd_cine_in(image, tmp_path / "cine.nrrd", ["in"] * 3, 1 / 25.4)
+    line = _analyze_error(capsys, cine_file, labels, tmp_path / "out")
+    assert str(cine_file) in line and "space units" in line and "'in'" in line, line
+    assert "m, cm, mm" in line, line
+
+
+def test_a_folder_of_nrrd_frames_in_cm_is_converted_and_said_once(cine, tmp_path):
+    """Per-frame NRRD files in cm get the same conversion as one file, and the folder says it
+    once (only the slice-axis warning of the first frame was passed on: the units went unsaid)."""
+    import nibabel as nib
+
+    image = cine[0]
+    img = nib.load(str(image))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(3):
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., t], img.affine), str(tmp_path / f"f{t}.nii.gz"))
+        _nrrd_cine_in(tmp_path / f"f{t}.nii.gz", frames / f"cine_time_{t + 1}.nrrd", ["cm"] * 3, 0.1)
+    read, reference = load_frame_folder(frames), load_volume(image)
+    np.testing.assert_array_equal(read.images, reference.images[:3])
+    np.testing.assert_allclose(read.ijk_to_ras, reference.ijk_to_ras, atol=1e-4)
+    said = [w for w in read.provenance["warnings"] if "space units" in w]
+    assert len(said) == 1 and said[0].startswith("the header gives its sizes in cm (space units): converted to mm"), said
+
+
+def test_a_nrrd_saying_metres_over_sizes_only_plausible_in_mm_keeps_them_and_says_so(cine, tmp_path):
+    """'space units' of m over 1.58-unit pixels (a writer that wrote the wrong unit): 1.58 m
+    pixels are no image's, so the numbers are kept as mm, as NIfTI's xyzt_units, with a word."""
+    image = cine[0]
+    read = load_volume(_nrrd_cine_in(image, tmp_path / "cine.nrrd", ["m"] * 3, 1.0))
+    np.testing.assert_allclose(read.ijk_to_ras, load_volume(image).ijk_to_ras, atol=1e-5)
+    said = [w for w in read.provenance["warnings"] if "space units" in w]
+    assert len(said) == 1 and said[0].startswith("the header says its sizes are in m (space units), but its"), said
+    assert said[0].endswith("only plausible in mm: used as mm")

@@ -105,38 +105,60 @@ def ignore_placeholder_times(times_s, provenance):
     return frame_times_not_used(provenance, PLACEHOLDER_TIME_REASON)
 
 
-# NIfTI's spatial units other than mm, in mm (xyzt_units; nibabel's names)
-_NIFTI_SPACE_UNITS_MM = {"meter": 1000.0, "micron": 1e-3}
+# Spatial units, in mm: NIfTI's xyzt_units (nibabel's names: meter, mm, micron) and NRRD's 'space
+# units' (any spelling writers use; a micro sign as UTF-8 or Latin-1, read by _nrrd_space_units)
+_SPACE_UNITS_MM = {**dict.fromkeys(("m", "meter", "meters", "metre", "metres"), 1000.0),
+                   **dict.fromkeys(("cm", "centimeter", "centimeters", "centimetre", "centimetres"), 10.0),
+                   **dict.fromkeys(("mm", "millimeter", "millimeters", "millimetre", "millimetres"), 1.0),
+                   **dict.fromkeys(("um", "\u00b5m", "\u03bcm", "micron", "microns", "micrometer", "micrometers",
+                                    "micrometre", "micrometres"), 1e-3)}
+_SPACE_UNITS_ACCEPTED = "m, cm, mm, um (\u00b5m, micron)"
+# how the warnings about a header's units begin (a frame folder says its first frame's once)
+UNITS_CONVERTED = "the header gives its sizes in"
+UNITS_KEPT_AS_MM = "the header says its sizes are in"
 
 
 def _in_millimetres(affine, header, meta):
-    """The affine in mm when the header declares metres or micrometres (xyzt_units) and only the
-    declared unit makes the voxel size a plausible one (ITK and Slicer scale by the unit; refused
-    as 'outside 0.1-50 mm' before; probe 36). A header that says metres over a voxel size that is
-    only plausible in mm (a writer's wrong unit code) keeps its numbers, said in a warning."""
-    from .geometry_check import IN_PLANE_RANGE_MM
-
+    """The affine of a NIfTI in mm when its header declares metres or micrometres (xyzt_units;
+    refused as 'outside 0.1-50 mm' before; probe 36): ``_scaled_to_millimetres``' rule."""
     try:
         unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else None
     except (KeyError, ValueError):
         return affine
-    scale = _NIFTI_SPACE_UNITS_MM.get(unit)
-    if scale is None:
+    scale = _SPACE_UNITS_MM.get(unit)
+    if scale is None:   # 'unknown' (code 0): mm, as ITK and Slicer read it
         return affine
+    return _scaled_to_millimetres(affine, [scale] * 3, f"{unit}s", unit, "xyzt_units", meta)
+
+
+def _scaled_to_millimetres(affine, scales, words, unit, field, meta):
+    """``affine`` (its rows in the header's units, one scale to mm per patient axis) in mm when
+    the declared units make the voxel size a plausible one (ITK and Slicer scale by the unit),
+    said in a warning naming the header's ``field``. A header that declares a unit over a voxel
+    size that is only plausible in mm (a writer's wrong unit code) keeps its numbers, said too;
+    one plausible in neither is left to the spacing checks' refusal."""
+    from .geometry_check import IN_PLANE_RANGE_MM
+
+    scales = np.asarray(scales, float)
+    if np.all(scales == 1.0):
+        return affine
+    scaled = np.array(affine, float)
+    scaled[:3, :] = np.diag(scales) @ scaled[:3, :]
     in_plane = np.linalg.norm(np.asarray(affine, float)[:3, :2], axis=0)
+    in_plane_mm = np.linalg.norm(scaled[:3, :2], axis=0)
     lo, hi = IN_PLANE_RANGE_MM
 
     def plausible(values):
         return bool(np.all((values >= lo) & (values <= hi)))
 
-    if plausible(in_plane * scale) and not plausible(in_plane):
-        out = np.array(affine, float)
-        out[:3, :] *= scale
-        meta.setdefault("warnings", []).append(f"the header gives its sizes in {unit}s (xyzt_units): converted to mm "
-                                               f"({in_plane[0]:.6g} {unit} pixels are {in_plane[0] * scale:.3g} mm)")
-        return out
+    # NIfTI's metres or micrometres are never plausible both ways; NRRD's cm can be (0.16 cm
+    # pixels are plausible as 0.16 mm too): the header's explicit unit decides then
+    if plausible(in_plane_mm):
+        meta.setdefault("warnings", []).append(f"{UNITS_CONVERTED} {words} ({field}): converted to mm "
+                                               f"({in_plane[0]:.6g} {unit} pixels are {in_plane_mm[0]:.3g} mm)")
+        return scaled
     if plausible(in_plane):
-        meta.setdefault("warnings", []).append(f"the header says its sizes are in {unit}s (xyzt_units), but its "
+        meta.setdefault("warnings", []).append(f"{UNITS_KEPT_AS_MM} {words} ({field}), but its "
                                                f"{in_plane[0]:.3g}-unit pixels are only plausible in mm: used as mm")
     return affine
 
@@ -568,6 +590,51 @@ def _nrrd_problem(path):
     return None
 
 
+def _nrrd_space_units(path):
+    """The 'space units' of a NRRD's header as written, or None. pynrrd decodes the header as
+    ASCII and drops what it cannot read: '"\u00b5m"' came out as 'm', a millionfold error."""
+    with open(path, "rb") as f:
+        head = b""
+        while b"\n\n" not in head and len(head) < 1 << 24:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            head += chunk
+    for line in head.split(b"\n\n", 1)[0].splitlines()[1:]:
+        key, sep, value = line.partition(b":")
+        # "space units:=" would be a key/value pair of the writer's, not the field
+        if sep and key.strip().lower() == b"space units" and not value.startswith(b"="):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("latin-1")   # the micro sign as one byte (0xB5)
+            return re.findall(r'"([^"]*)"', text) or text.split()
+    return None
+
+
+def _nrrd_in_millimetres(path, header, affine, meta):
+    """``affine`` in mm when the NRRD's 'space units' name another length unit (its rows, the
+    patient axes, each in its own unit; ``_scaled_to_millimetres``' rule, as NIfTI's xyzt_units).
+    No units, or empty ones, are mm as before; a unit that is no length this reader knows is
+    refused by name: read as mm, the volumes would be off by an unknown factor."""
+    units = header.get("space units")
+    if units is None:
+        return affine
+    units = [str(u).strip() for u in units]
+    if len(units) != 3:
+        raise CardiacInputError(path, f"space units {units} must name 3 units, one per axis of the patient space")
+    unknown = [u for u in units if u and u.lower() not in _SPACE_UNITS_MM]
+    if unknown:
+        raise CardiacInputError(path, f"space units {' '.join(repr(u) for u in units)}: {unknown[0]!r} is not a "
+                                      f"length unit this reader knows (accepted: {_SPACE_UNITS_ACCEPTED}); the voxel "
+                                      "size in mm, and so every volume, would be unknown")
+    scales = [_SPACE_UNITS_MM[u.lower()] if u else 1.0 for u in units]
+    if len(set(units)) == 1:
+        return _scaled_to_millimetres(affine, scales, units[0], units[0], "space units", meta)
+    # axes in different units: a pixel's length in the header's numbers has no one unit
+    return _scaled_to_millimetres(affine, scales, " ".join(repr(u) for u in units), "header-unit", "space units", meta)
+
+
 def read_nrrd(path):
     """(images (T, S, R, C), ijk_to_ras, meta) from a 3D .nrrd or a 4D (.seq).nrrd."""
     import nrrd
@@ -579,6 +646,8 @@ def read_nrrd(path):
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as e:  # pynrrd raises NRRDError, zlib/EOF errors, ValueError on bad files
         raise CardiacInputError(path, f"not a readable NRRD file: {_nrrd_problem(path) or f'{type(e).__name__}: {e}'}")
+    if "space units" in header:
+        header["space units"] = _nrrd_space_units(path) or header["space units"]
     itk_time_step = _4d_space_as_3d_space_and_time(header, data.shape)
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     dirs = header.get("space directions")
@@ -622,11 +691,13 @@ def read_nrrd(path):
     space = str(header.get("space", "")).lower()
     signs = _NRRD_SPACES.get(space)
     m = np.eye(4)
+    units_said = {}
     if dirs is not None:
         d = np.array([np.asarray(dirs[a], float) for a in spatial]).T  # columns = i, j, k steps
         m[:3, :3] = d
         if "space origin" in header:
             m[:3, 3] = np.asarray(header["space origin"], float)
+        m = _nrrd_in_millimetres(path, header, m, units_said)
     else:
         spacings = header.get("spacings")
         if spacings is not None and not all(np.isfinite(float(spacings[a])) for a in spatial):
@@ -644,7 +715,7 @@ def read_nrrd(path):
     meta = {"format": "nrrd", "orientation_known": orientation_known, "nrrd_space": space or None,
             "spacing_lost": "no 'space directions' or 'spacings' field: the voxel size was not saved with this file, so "
                             "volumes would be wrong; accepted: an NRRD with space directions (or spacings)" if lost else None,
-            "header": {k: v for k, v in header.items() if isinstance(v, str)}}
+            "header": {k: v for k, v in header.items() if isinstance(v, str)}, **units_said}
     timed = _nrrd_frame_times(header, list_axis, images.shape[0], meta) if images.shape[0] > 1 else None
     times, in_seconds, unit_named = timed if timed is not None else (None, False, False)
     # each frame's own time places it: a label sequence read so is in time order already,
@@ -729,9 +800,11 @@ def _4d_space_as_3d_space_and_time(header, shape):
     header["space"] = space_time or "left-posterior-superior"
     header.pop("space dimension", None)
     header["kinds"] = ["list" if a == t else "domain" for a in range(4)]
+    units = header.pop("space units", None)
+    if units is not None:   # the patient axes': scaled to mm as a 3D file's
+        header["space units"] = list(units[:3]) if len(units) == 4 else units
     if space_time is None:
         return float(abs(dirs[t, 3]))
-    units = header.pop("space units", None)
     unit = str(units[3]) if units is not None and len(units) == 4 else ""
     header[f"axis {t} index type"] = "numeric"
     header[f"axis {t} index values"] = " ".join(f"{origin[3] + i * dirs[t, 3]:.9g}" for i in range(shape[t]))
@@ -1137,7 +1210,8 @@ def load_frame_folder(folder, kind=CINE, progress=None):
                   provenance={"reader": meta0["format"] + "-frames", "files": [str(f) for f in files],
                               "warnings": ([numbering] if numbering else [])
                               # every frame file is stored alike (their geometry agrees): said once
-                              + [w for w in meta0.get("warnings", []) if w.startswith(SLICE_AXIS_REORDERED)]})
+                              + [w for w in meta0.get("warnings", [])
+                                 if w.startswith((SLICE_AXIS_REORDERED, UNITS_CONVERTED, UNITS_KEPT_AS_MM))]})
     if strays:
         study.provenance["warnings"].append(
             f"{len(strays)} file(s) not named as the {len(files)} frames ({pattern}) left out: "
