@@ -8,7 +8,8 @@ Evidence, strongest first:
 2. the user's ``--aif`` (only a perfusion series has an arterial input function) and ``--dt``
    when frames x dt spans many heartbeats;
 3. the images themselves (``_from_content``), when nothing above is strong: two blood pools side
-   by side that brighten several-fold, the RV's first, are a first pass;
+   by side that brighten several-fold, the RV's first, are a first pass (measured from the
+   series' floor where its intensities were shifted below zero: z-scored, offset);
 4. words in the series description ("perf", "first pass", "tfiperf"): they may support the
    timing, never decide against it.
 A requested ``--kind`` is never ignored: when strong evidence contradicts it the read fails and
@@ -54,11 +55,44 @@ FIRST_PASS_POOL_RISE = 3.0
 CINE_POOL_RISE = 2.5     # between the two: neither kind is claimed
 
 
+# Rises are fold-changes over a signal whose zero is where no signal is: the air of a magnitude
+# image, the pre-contrast blood of a map in Gd units (whose noise dips a little below zero: QPerf
+# maps to -3 % of their range). A series whose darkest values lie well below zero has been shifted
+# (z-scored by a preprocessing tool, int16 stored minus 32000); measured from zero, its pools and
+# brightest pixels "rose" from a negative or near-zero start, and a cine was refused as a first
+# pass (probe 107 D3). Its rises are measured from its floor: the darkest values it holds.
+FLOOR_PERCENTILE = 1
+SHIFTED_BELOW_ZERO = 0.05   # of the series' 1st-99th percentile range
+
+
+def _signal_floor(images):
+    """The level where ``images`` hold no signal: 0, or, for a series shifted below zero, its
+    ``FLOOR_PERCENTILE``-th percentile. The series' minimum is left out: a padding value outside
+    the field (-1024) is no signal level, and subtracted it would flatten every rise."""
+    import numpy as np
+
+    from .pd_frames import pixel_sample
+
+    values = pixel_sample(images, 0, 1_000_000)
+    values = values[values > values.min()]
+    if values.size == 0:
+        return 0.0
+    low, high = np.percentile(values, [FLOOR_PERCENTILE, 100 - FLOOR_PERCENTILE])
+    return float(low) if low < -SHIFTED_BELOW_ZERO * (high - low) else 0.0
+
+
+def _above_floor(images):
+    """``images`` measured from their ``_signal_floor`` (the same array when that is 0)."""
+    floor = _signal_floor(images)
+    return images - floor if floor else images
+
+
 def _pool_curves(frames):
     """((rise of the RV pool, rise of the LV pool), (their last frame over their first)) of one
     slice's (T, R, C) frames, for the pair ``bolus.locate_blood_pools`` finds (an early and a late
     pool, side by side): each pool's peak signal, and its last frame's, over its median in the
-    first 3 frames. None when the finder sees no pair."""
+    first 3 frames (infinite when that is at or below zero: a map in Gd units). ``frames`` are
+    measured from zero (``_above_floor``). None when the finder sees no pair."""
     import numpy as np
 
     from ..perfusion.bolus import locate_blood_pools
@@ -98,12 +132,15 @@ CYCLE_RISE_WITHIN = 5   # frames: a cine's moving pools change from its first fr
 FIRST_PASS_END_RATIO = 1.5
 
 
-def _first_pass_reason(rises, where):
-    def rise(ratio):   # a series in Gd units starts at (about) zero: no fold worth giving
-        return f"brightens {ratio:.1f}-fold" if ratio < 100 else "rises from near zero"
+def _brightening(ratio, verb="brightens", rises="rises"):
+    """How a fold-change is said: a series in Gd units starts at (about) zero, no fold worth giving."""
+    return f"{verb} {ratio:.1f}-fold" if ratio < 100 else f"{rises} from near zero"
 
+
+def _first_pass_reason(rises, where):
     rv, lv = rises
-    return f"a contrast first pass {where}: one blood pool {rise(rv)}, then the one beside it {rise(lv)} (RV, then LV)"
+    return (f"a contrast first pass {where}: one blood pool {_brightening(rv)}, then the one beside it "
+            f"{_brightening(lv)} (RV, then LV)")
 
 
 def _from_content(study):
@@ -121,8 +158,9 @@ def _from_content(study):
 
     if study.n_frames < 10:
         return None
-    pd_count, _ = leading_pd_frames(study.images)
-    images = study.images[pd_count:]
+    series = _above_floor(study.images)
+    pd_count, _ = leading_pd_frames(series)
+    images = series[pd_count:]
     curves = _pool_curves(images[:, study.n_slices // 2])
     rises, ends, start = curves if curves is not None else (None, None, None)
     # both pools back (not just one: a real first pass cut to start 3-5 frames before the RV rises
@@ -138,7 +176,7 @@ def _from_content(study):
     before = float(np.median(top[:3]))
     ratio = float(top.max()) / before if before > 0 else float("inf")
     if ratio > 1.5:
-        return PERFUSION, f"the brightest pixels brighten {ratio:.1f}-fold over the series (a contrast first pass)"
+        return PERFUSION, f"the brightest pixels {_brightening(ratio, 'brighten', 'rise')} over the series (a contrast first pass)"
     if ratio < 1.2 and (rises is None or min(rises) < CINE_POOL_RISE):
         return CINE, f"the brightest pixels stay as bright through the series (x{ratio:.2f}: no contrast first pass)"
     return None
@@ -168,7 +206,7 @@ def _check_time_saved_as_slices(study):
     (Series in Gd units start at zero, so their ends do not correlate: not recognised here.)"""
     if study.n_frames != 1 or study.n_slices < MANY_SLICES_FOR_A_STACK:
         return
-    frames = study.images[0]
+    frames = _above_floor(study.images[0])
     if _ends_correlation(frames) < SAME_ANATOMY_AT_BOTH_ENDS:
         return
     rises = _pool_rises(frames)
