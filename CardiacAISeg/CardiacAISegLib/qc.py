@@ -468,7 +468,7 @@ def _rv_against_the_bolus(images, lab, spacing_rc, dt):
     return cosines
 
 
-# perfusion_labels_off_the_image's last few results (perfusion.bolus._RecentResults, made at first use)
+# perfusion_labels_off_the_image's last few results (perfusion.bolus.RecentResults, made at first use)
 _recent_overlays = None
 
 
@@ -498,7 +498,7 @@ def perfusion_labels_off_the_image(analysis):
 
     The result is kept for the same frames and labels: QC runs again on every handle drag."""
     global _recent_overlays
-    from .perfusion.bolus import _RecentResults
+    from .perfusion.bolus import RecentResults
 
     st = analysis.study
     lab = np.asarray(analysis.labels[analysis.reference_frame])
@@ -512,7 +512,7 @@ def perfusion_labels_off_the_image(analysis):
     times = st.frame_times_s if curves is None else curves[2]
     dt = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else None
     if _recent_overlays is None:
-        _recent_overlays = _RecentResults(size=4)
+        _recent_overlays = RecentResults(size=4)
     key = _recent_overlays.key(images, zlib.crc32(np.ascontiguousarray(lab, np.uint8).tobytes()),
                                tuple(tuple(n.get("mask_offset_px") or ()) for n in notes),
                                tuple(float(v) for v in st.spacing), dt)
@@ -718,6 +718,131 @@ def acquisition_flags(analysis):
                                                           "without scaling them? The network cannot find the cavity's "
                                                           "edge in it (ESV 30 % low in tests); export the series with "
                                                           "its full range", levels))
+    return flags
+
+
+# A first-pass series is judged by the acquisition checks whose premise holds for it
+# (perfusion_acquisition_flags), worded for what it measures: MBF per gram is a ratio of
+# concentrations and does not scale with the pixel size, but the network's mask (given the heart's
+# size in mm: a 1.8 mm phantom read as 1.0 mm lost a third of its myocardium; session 48),
+# the motion correction's reach and the mask checks in mm² read it. Two cine checks do not hold:
+# SLICES_THICK and STACK_SHEARED judge a stack measured as one volume, where a first pass has 3-4
+# slices 8-10 mm thick with gaps (15-30 mm apart), each fitted and given its AHA level on its own
+# (by count, or by position along the slice normal, which a shift within the plane leaves alone):
+# 12 mm would flag every series, and a shear moves no number. SLICES_REPEATED is run by
+# perfusion_flags. Clipping and quantisation are judged on the myocardium, whose curves MBF is
+# fitted on (whoever drew the mask), not on the cine's LV pool at ED.
+#
+# Myocardial pixels whose curve reaches the series' highest value: tissue enhances a fraction of
+# what blood does, so only a ceiling at the tissue's own level (a windowed export) puts it there.
+# Perfusion phantoms (seeds 3-5, still and breathing): 0-4 % with the blood clipped at 0.3-0.5 of
+# the LV peak and MBF unchanged (the real QPerf Gd maps stop at 6.0 mmol/L in their RV and LV
+# pools at the peak: 0 %); clipped at 1.0-1.1 x the myocardium's median peak 7-50 %, segment MBF
+# 5-23 % off with no flag that names the cause (session 48).
+MAX_MYO_SHARE_AT_IMAGE_MAXIMUM = 0.1
+# Distinct values of the myocardium's pixels over the series: tens of thousands in the phantoms
+# and the real QPerf series (float Gd), 125-190 in phantoms written as 16-bit signal DICOM (400
+# per mmol/L, dicom_factory); a Gd map stored in steps of 0.05 mmol/L keeps 7-14 (segment MBF
+# 22-36 % off, once with QC pass), 0.02 mmol/L 17-34 (7-17 % off, QC pass), 0.01 mmol/L 34-67
+# (under 5 %) on phantoms with a 0.26-0.41 mmol/L myocardial peak (session 48).
+MIN_PERFUSION_MYO_LEVELS = 32
+_PIXEL_SIZE_IN_PERFUSION = ("MBF per gram does not depend on the pixel size, but the network's mask (given the heart's "
+                            "size in mm), the motion correction's reach and the mask-size check read it")
+
+
+def perfusion_acquisition_flags(analysis):
+    """FIELD_OF_VIEW_LARGE, PIXEL_SPACING_DISAGREES, VOXEL_SIZE_DISAGREES, PIXEL_SPACING_DEFAULT,
+    IMAGE_CLIPPED and IMAGE_QUANTISED of a first-pass perfusion series: its pixel size lost or
+    wrong in the file, or its values cut or rounded by an export (see the comment above)."""
+    st = analysis.study
+    prov = st.provenance or {}
+    flags = []
+    fov = _field_of_view_mm(st)
+    if max(fov) > MAX_FIELD_OF_VIEW_MM:
+        flags.append(_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR "
+                                                          f"scanner's field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): "
+                                                          "the pixel size in the file is larger than the scanner's (an image "
+                                                          f"resized and saved with its old header?); {_PIXEL_SIZE_IN_PERFUSION}; "
+                                                          "check the spacing and the contours", max(fov)))
+    disagree = prov.get("pixel_spacing_check")
+    if disagree:   # readers.dicom.spacing_against_diameter; its message speaks of a cine's volumes
+        flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, f"PixelSpacing {float(st.spacing_rc[0]):g} x "
+                                                              f"{float(st.spacing_rc[1]):g} mm gives a "
+                                                              f"{float(disagree['field_of_view_mm']):.0f} mm field of view, but "
+                                                              f"ReconstructionDiameter says {float(disagree['diameter_mm']):g} mm "
+                                                              f"({float(disagree['pixel_mm_by_diameter']):.3g} mm pixels): one "
+                                                              "of the two is wrong (an edited or re-written header?); "
+                                                              f"{_PIXEL_SIZE_IN_PERFUSION}; check the spacing against the "
+                                                              "scanner's", disagree["diameter_mm"]))
+    stale = prov.get("voxel_size_check")
+    if stale:   # readers.nifti.unused_form_disagrees: a sentence written for volumes
+        flags.append(_flag("VOXEL_SIZE_DISAGREES", REVIEW, f"{stale} (in this perfusion series: {_PIXEL_SIZE_IN_PERFUSION})"))
+    reader = str(prov.get("reader") or "")
+    if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
+        flags += _placeholder_pixel_flags(analysis)
+    flags += _perfusion_values_flags(analysis)
+    return flags
+
+
+def _placeholder_pixel_flags(analysis):
+    """PIXEL_SPACING_DEFAULT of a perfusion series whose file gives 1.0 x 1.0 mm pixels (a DICOM
+    file's PixelSpacing is the scanner's own): review where the network segmented the heart at that
+    size, info where the mask does not rest on it (the segmentation took the 1 x 1 mm of a file
+    without orientation, as Analyze files and the QPerf examples store it, for no pixel size and
+    estimated one from the LV pool, or the labels were given)."""
+    from .models.perfusion_keyimage import pixel_size_known
+
+    said = "the file gives the pixels as exactly 1.0 x 1.0 mm, the value tools write when the scanner's spacing was lost " \
+           "(perfusion pixels are usually 1.4-3 mm)"
+    if analysis.model_info and pixel_size_known(analysis.study):
+        return [_flag("PIXEL_SPACING_DEFAULT", REVIEW, f"{said}, and the network segmented the heart at that size: MBF per "
+                                                       "gram does not depend on the pixel size, but the mask does (a 1.8 mm "
+                                                       "phantom read as 1.0 mm lost a third of its myocardium from it); "
+                                                       "check the contours, and the spacing against the scanner's (DICOM "
+                                                       "PixelSpacing)", 1.0)]
+    run = (analysis.model_info or {}).get("perfusion_segmentation")
+    run = run if isinstance(run, dict) else {}
+    how = str(run.get("pixel_mm_from") or "")
+    estimate = f"; the segmentation took them as {float(run['pixel_mm'][0]):.2g} mm, {how}" \
+        if how.startswith("estimated") and run.get("pixel_mm") else ""
+    return [_flag("PIXEL_SPACING_DEFAULT", INFO, f"{said}{estimate}. MBF per gram does not depend on the pixel size; the "
+                                                 "motion correction's reach and the mask-size check take the pixels as "
+                                                 "1 mm", 1.0)]
+
+
+def _perfusion_values_flags(analysis):
+    """IMAGE_CLIPPED and IMAGE_QUANTISED of a perfusion series, read on the myocardium measured:
+    its curves cut at the series' highest value (MAX_MYO_SHARE_AT_IMAGE_MAXIMUM), or its values
+    in too few steps (MIN_PERFUSION_MYO_LEVELS)."""
+    st = analysis.study
+    myo = np.asarray(analysis.labels[analysis.reference_frame]) == MYO
+    raw = np.asarray(st.images)
+    if raw.ndim != 4 or raw.shape[1:] != myo.shape or myo.sum() < 20:
+        return []
+    flags = []
+    # the frames fitted (motion-corrected, where breathing would carry clipped blood into the
+    # ring of the first frame's mask); their values interpolated, so the ceiling is the file's
+    curves = getattr(analysis, "_curves", None)
+    fitted = np.asarray(curves[0]) if curves is not None and np.shape(curves[0])[1:] == raw.shape[1:] else raw
+    ceiling, floor = float(raw.max()), float(raw.min())
+    if ceiling > floor:
+        share = float((fitted[:, myo] >= ceiling - 1e-4 * (ceiling - floor)).any(axis=0).mean())
+        if share > MAX_MYO_SHARE_AT_IMAGE_MAXIMUM:
+            flags.append(_flag("IMAGE_CLIPPED", REVIEW, f"{100 * share:.0f} % of the myocardium's pixels reach the series' "
+                                                        "highest value, which tissue, enhancing a fraction of what blood "
+                                                        "does, does not: the values were cut at a ceiling (a windowed or "
+                                                        "12-bit export?), the tissue curves lose their peak and MBF reads "
+                                                        "low (segments 5-23 % off in tests); export the series with its "
+                                                        "full range", share))
+    # the file's values (interpolation by the motion correction makes new ones)
+    levels = grey_levels(raw[:, myo])
+    if levels < MIN_PERFUSION_MYO_LEVELS:
+        flags.append(_flag("IMAGE_QUANTISED", REVIEW, f"the myocardium's pixels take only {levels} distinct values over the "
+                                                      "series (thousands in the real QPerf series): an export that "
+                                                      "rounded the values (a Gd map stored in steps of 0.05 mmol/L?) "
+                                                      "leaves the tissue's enhancement a few steps high, and its fits "
+                                                      "follow the steps (segment MBF 7-36 % off in tests); export the "
+                                                      "series with its full range", levels))
     return flags
 
 
@@ -1344,7 +1469,7 @@ TAU0_AT_ZERO_MAX = 0.9
 def perfusion_flags(analysis):
     p = analysis.perfusion or {}
     flags = _repeated_slice_flags(analysis.study) + _repeated_frame_flags(analysis.study) + _scale_step_flags(analysis.study)
-    flags += perfusion_level_flags(analysis)
+    flags += perfusion_level_flags(analysis) + perfusion_acquisition_flags(analysis)
     st = analysis.study
     flags += perfusion_mask_flags(analysis) + labels_off_the_image_flags(analysis)
     g = p.get("global_mbf_ml_min_g")

@@ -44,14 +44,20 @@ def bolus_foot(curve, fraction=0.15):
     return int(above[0]) if above.size else 0
 
 
-class _RecentResults:
-    """The last few results of a function of one slice's frames, keyed by the frames' content.
+class RecentResults:
+    """The last few results of a function of a series' frames, keyed by the frames' content.
 
     One analysis asks about the middle slice's bolus several times (the reader for the AIF,
-    the segmentation for the key frames and the heart square), each with the frames it holds;
-    keying on the bytes (not the array's identity) makes a copy of the same frames a hit and an
-    edited frame a miss. A few entries: each holds a slice's enhancement, tens of MB on a whole
-    field of view."""
+    the segmentation for the key frames and the heart square), each with the frames it holds,
+    and QC asks again about the labels over the frames on every handle drag
+    (``qc.perfusion_labels_off_the_image``); keying on the bytes (not the array's identity)
+    makes a copy of the same frames a hit and an edited frame a miss. Keep a few entries: each
+    may hold a slice's enhancement, tens of MB on a whole field of view.
+
+    ``key(frames, *args)`` makes the key (``args``: the other inputs of the function, hashable);
+    ``get(key)`` gives the value kept or None (so keep None itself wrapped, e.g. in a tuple);
+    ``put(key, value)`` keeps it, dropping the least recently used beyond ``size``; ``clear()``
+    forgets all. Safe to share between threads (the GUI computes in a worker)."""
 
     def __init__(self, size):
         self.size, self.entries, self.lock = size, OrderedDict(), threading.Lock()
@@ -83,7 +89,7 @@ class _RecentResults:
             self.entries.clear()
 
 
-_recent_pools = _RecentResults(size=3)
+_recent_pools = RecentResults(size=3)
 
 
 def forget_recent_results():
@@ -129,7 +135,7 @@ def locate_blood_pools(frames, dt_s=None, pixel_mm=None, min_area_mm2=40.0):
     the LV next to it, else 'low'), reason and the slice's ``enhancement`` (read-only: one array
     for every caller with the same frames). Raises CardiacInputError when no bolus is seen.
     """
-    key = _RecentResults.key(frames, dt_s, pixel_mm, min_area_mm2)
+    key = RecentResults.key(frames, dt_s, pixel_mm, min_area_mm2)
     known = _recent_pools.get(key)
     if known is None:
         known = _locate_blood_pools(frames, dt_s, pixel_mm, min_area_mm2)
