@@ -93,9 +93,8 @@ def test_the_sentence_of_a_perfusion_nifti_whose_sform_contradicts_pixdim_is_fla
     assert unused_form_disagrees(nib.load(str(right)).header) is None
 
 
-@pytest.mark.xfail(strict=True, reason="readers.perfusion._image_study keeps only some of read_nifti's notes in the "
-                                       "provenance, not voxel_size_check (a reader change, outside qc.py)")
 def test_a_perfusion_nifti_whose_sform_contradicts_pixdim_is_flagged_when_read(tmp_path, phantom):
+    """The perfusion reader kept only some of the NIfTI reader's notes: not this one (session 48)."""
     study, _ = phantom
     a = analysed(write_nifti(tmp_path / "stale.nii.gz", study, pixdim=[1.0, 1.0, 1.0]), study)
     assert "VOXEL_SIZE_DISAGREES" in codes(a)

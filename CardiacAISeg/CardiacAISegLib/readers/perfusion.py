@@ -288,8 +288,9 @@ def _image_study(path):
     study = Study(images=images, ijk_to_ras=affine, kind=PERFUSION, name=Path(path).name.split(".")[0],
                   source=str(path), orientation_known=meta["orientation_known"],
                   provenance={"reader": meta["format"], "files": [str(path)],
+                              # voxel_size_check: QC's VOXEL_SIZE_DISAGREES (the network's mask reads the pixel size)
                               **{k: meta[k] for k in ("format_kind", "frame_times_ignored", "frame_times_from", "unitless_time_step",
-                                                      "warnings")
+                                                      "warnings", "voxel_size_check")
                                  if meta.get(k)}})
     return study, meta.get("frame_times_s")
 
