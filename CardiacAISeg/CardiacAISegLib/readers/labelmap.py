@@ -13,7 +13,7 @@ from ..labels import (CONVENTIONS, LV, MYO, RV, frame_of_header, label_of_segmen
                       unnamed_structures_problem)
 from ..study import CINE
 from .geometry_check import add_warning, grid_difference, onto_image_grid
-from .volume import read_volume_file
+from .volume import UNITS_CONVERTED, UNITS_KEPT_AS_MM, read_volume_file
 
 # Labels saved as floats (a converter's float32 export, a rigid resampling with nearest
 # neighbour in floating point) sit this close to whole numbers; interpolated ones do not.
@@ -42,11 +42,15 @@ def read_labels(path, convention="acdc"):
     path = Path(path)
     if convention not in CONVENTIONS:
         raise CardiacInputError(path, f"unknown label convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
-    data, m, meta = read_volume_file(path)
+    try:
+        data, m, meta = read_volume_file(path)
+    except CardiacInputError as e:
+        raise _in_label_map_terms(e) from None
     info = {"file": str(path), "convention": convention, "warnings": [], "spacing_lost": bool(meta.get("spacing_lost")),
             "frames_placed_by_time": bool(meta.get("frames_placed_by_time"))}
-    # the header's own geometry doubts (sform against qform: Slicer shows such labels mirrored)
-    info["warnings"] += [w for w in meta.get("warnings", []) if "sform" in w]
+    # the header's own geometry doubts (sform against qform: Slicer shows such labels mirrored),
+    # and its sizes converted from cm or m (a label NRRD in cm beside an image in mm went unsaid)
+    info["warnings"] += [w for w in meta.get("warnings", []) if "sform" in w or w.startswith((UNITS_CONVERTED, UNITS_KEPT_AS_MM))]
     header = meta.get("header", {})
     mapping = None
     if path.name.lower().endswith(".seg.nrrd"):
@@ -72,6 +76,60 @@ def read_labels(path, convention="acdc"):
     return out, m, info
 
 
+def _in_label_map_terms(error):
+    """A volume reader's refusal of non-finite values (worded for an image: "no signal to
+    measure; save the image with finite values") said of a label map; other errors as they are."""
+    problem = error.problem
+    if not (problem.startswith("contains ") and (" NaN " in problem or " infinite " in problem)):
+        return error
+    counted = problem.split(": ", 1)[0]   # "contains 1000 NaN values (12.3 % of the voxels ...)"
+    return CardiacInputError(error.path, f"the label map {counted}: a label map holds whole numbers, 0 for the "
+                                         "background; save it with 0 in place of NaN and infinite values (e.g. "
+                                         "numpy.nan_to_num) or export it again as a labelmap")
+
+
+def _stored_scaling(path):
+    """(scl_slope, scl_inter) of a NIfTI/Analyze file whose header scales its stored values, else
+    None. Read only where a label map's values look wrong: nibabel is not imported otherwise."""
+    from .sniff import volume_suffix
+
+    if volume_suffix(path) not in (".nii", ".nii.gz", ".hdr", ".img"):
+        return None
+    try:
+        import nibabel as nib
+
+        proxy = nib.load(str(path)).dataobj
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    except Exception:   # the file was read a moment ago; a header nibabel will not give leaves the plain message
+        return None
+    return None if (slope, inter) == (1.0, 0.0) else (slope, inter)
+
+
+def _refuse_scaled_labels(path, data, known):
+    """A label map whose file scales its stored values (NIfTI scl_slope/scl_inter) into other
+    ones: a uint8 map with scl_inter 1 read 0-3 as 1-4, its background as the RV, and was said
+    as "label values [4]" with 12 review flags (probe 107). ITK and Slicer apply the scaling too,
+    so it is the writer's error: refused by name where the stored values are labels and the
+    scaled ones are not the same. (A float map nibabel stored as int16 with a fitted slope is
+    scaled back to its labels, and its stored values are no labels: read as before.)"""
+    scaling = _stored_scaling(path)
+    if scaling is None:
+        return
+    slope, inter = scaling
+    read = np.unique(np.asarray(data, np.float64))
+    stored = (read - inter) / slope
+    whole = np.rint(stored)
+    if np.max(np.abs(stored - whole), initial=0.0) > NEAR_WHOLE or not set(whole.astype(int).tolist()) <= {0, *known}:
+        return
+    if np.array_equal(whole, read):
+        return
+    raise CardiacInputError(path, f"its header scales the stored values (scl_slope {slope:g}, scl_inter {inter:g}), which "
+                                  f"turns the labels stored as {_few([int(v) for v in whole])} into "
+                                  f"{_few([f'{v:g}' for v in read])}: a label map is stored unscaled (scl_slope 1, "
+                                  "scl_inter 0), and Slicer and ITK apply the scaling too; save it again without scaling "
+                                  "(nibabel: img.header.set_slope_inter(1, 0))")
+
+
 def label_values(path, data, convention, info, mapping=None):
     """The internal-convention uint8 labels of a label file's values (``data`` as read, any
     dtype), with the checks every label file gets, whoever reads it (``--labels FILE``, an ACDC
@@ -80,7 +138,9 @@ def label_values(path, data, convention, info, mapping=None):
     ``info["nothing_labelled"]`` receive what is to be said."""
     values = np.rint(data).astype(np.int32)
     off = float(np.max(np.abs(values - data))) if data.size else 0.0
+    known = set(mapping) if mapping else set(CONVENTIONS[convention])
     if off > NEAR_WHOLE:
+        _refuse_scaled_labels(path, data, known)
         share = float(np.mean(np.abs(values - data) > NEAR_WHOLE))
         raise CardiacInputError(path, f"label values are not whole numbers ({share:.1%} of the voxels up to {off:.3g} away "
                                       "from one): an image rather than a label map, or labels resampled with interpolation "
@@ -93,12 +153,12 @@ def label_values(path, data, convention, info, mapping=None):
         out = np.zeros(values.shape, np.uint8)
         for v, target in mapping.items():
             out[values == v] = target
-        known = set(mapping)
     else:
         out = normalise_labels(values, convention)
-        known = set(CONVENTIONS[convention])
     present = np.unique(values)
     unknown = sorted(int(v) for v in present if v != 0 and int(v) not in known)
+    if unknown or 0 not in present:
+        _refuse_scaled_labels(path, data, known)
     if not out.any():
         # nothing left to measure: say what the file holds, not "no label maps" later on the image
         # (raised by load_labelmap after the size check, the plainer reason when both apply)
@@ -233,6 +293,53 @@ def lv_and_rv_look_swapped(shares):
     return shares is not None and shares[0] < 0.5 and shares[1] > 0.7
 
 
+# Without myocardium the ring test cannot run: a blood-pool-only ukbb map read as acdc measured the
+# RV as the LV (EDV 89.4 mL, QC flags about mass and mirroring; probe 107). The LV pool is round in
+# short axis, the RV a crescent: on ACDC's 80 ED maps (the frame with the most LV, myocardium
+# removed) the LV pool is the more convex (solidity: area over its convex hull's) on 88 % or more
+# of the slices that have both, by a median of 0.06 or more (median 0.18); LV and RV swapped, on
+# 12 % or fewer, by -0.06 or less. Both the share and the median must say "swapped" to refuse.
+MIN_SHAPE_SLICES = 3
+MAX_SWAPPED_SHAPE_SHARE = 1 / 3
+MAX_SWAPPED_SOLIDITY_MEDIAN = -0.03
+
+
+def _solidity(mask):
+    """Area over the area of the convex hull of a 2D mask's pixels (their corners); None under 20
+    pixels."""
+    from scipy.spatial import ConvexHull
+
+    rows, cols = np.nonzero(mask)
+    if rows.size < 20:
+        return None
+    corners = np.concatenate([np.stack([rows + dr, cols + dc], axis=1) for dr in (0, 1) for dc in (0, 1)])
+    return rows.size / ConvexHull(corners).volume   # a 2D hull's "volume" is its area
+
+
+def _refuse_swapped_by_shape(path, lab, convention):
+    """Refuse a (S, R, C) map without myocardium whose structure read as the LV pool is the
+    crescent and the one read as the RV the round one, slice by slice."""
+    differences = []
+    for k in range(lab.shape[0]):
+        lv, rv = _solidity(lab[k] == LV), _solidity(lab[k] == RV)
+        if lv is not None and rv is not None:
+            differences.append(lv - rv)
+    if len(differences) < MIN_SHAPE_SLICES:
+        return
+    differences = np.asarray(differences)
+    rounder = float(np.mean(differences > 0))
+    if rounder > MAX_SWAPPED_SHAPE_SHARE or float(np.median(differences)) > MAX_SWAPPED_SOLIDITY_MEDIAN:
+        return
+    values = {t: v for v, t in CONVENTIONS[convention].items()}
+    other = "ukbb" if convention == "acdc" else "acdc"
+    raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the map has no "
+                                  f"myocardium, and the structure read as the LV blood pool (value {values[LV]}) is the "
+                                  f"crescent, the one read as the RV (value {values[RV]}) the round one, on "
+                                  f"{1 - rounder:.0%} of the {len(differences)} slices with both (an LV pool is round in "
+                                  f"short axis, the RV wraps around it); give --label-convention {other} (acdc: 1 RV, "
+                                  "2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
+
+
 def _refuse_swapped_convention(path, labels, convention):
     """The LV blood pool is ringed by myocardium (over 99 % of its border in ACDC's ground
     truth), the RV touches it along the septum only (23-44 %). The other way round, the file
@@ -274,6 +381,8 @@ def _refuse_swapped_convention(path, labels, convention):
         return
     t = int(np.argmax([(lab == LV).sum() for lab in labels]))
     lab = labels[t]
+    if (lab == MYO).sum() < 20:
+        _refuse_swapped_by_shape(path, lab, convention)
     if min((lab == LV).sum(), (lab == MYO).sum()) < 20:
         return
     lv = _myocardium_contact(lab, LV)
@@ -336,11 +445,18 @@ def _moved_copies(lab, pixel_mm):
     return copies
 
 
+# How labels_off_the_image's sentence begins where the labels fit the image with its grey scale
+# the other way round (a qc check may tell it from a misplaced map by it)
+NOT_BRIGHT_BLOOD = "the images are not a bright-blood cine"
+
+
 def labels_off_the_image(study, labels):
     """A warning when given cine labels ({frame: (S, R, C)}) do not overlay the study's images:
     on the frame with the most LV pool, a mirrored or shifted copy of the map parts the bright
-    blood pool from the dark myocardium clearly better than the map itself. None when the map
-    fits (or it cannot be judged: not a cine, too few labelled pixels)."""
+    blood pool from the dark myocardium clearly better than the map itself. Where the labelled
+    pool is darker than the labelled wall and the map fits the image with its grey scale
+    inverted, the warning says the images are not bright-blood (``NOT_BRIGHT_BLOOD``). None when
+    the map fits (or it cannot be judged: not a cine, too few labelled pixels)."""
     if study.kind != CINE or not labels:
         return None
     t = max(labels, key=lambda f: int((labels[f] == LV).sum()))
@@ -349,13 +465,39 @@ def labels_off_the_image(study, labels):
     if given is None:
         return None
     pixel_mm = float(min(study.spacing[:2]))
+    several_frames = sum(bool((m == LV).any()) for m in labels.values()) > 1
+    if given < 1:
+        # the pool darker than its wall as given: a dark-blood or inverted cine with its right
+        # labels was told "rotated 180 degrees, they would part ... better" (probe 107). Over
+        # ACDC's 160 expert maps the given contrast is x1.37 or more, so no bright-blood cine
+        # with its own labels comes here; a misplaced map on a bright-blood cine does, and does
+        # not fit the inverted image either (its contours cross blood and wall: 0.37 or more
+        # mixed, in all 73 such moved or other patients' ACDC maps; session 48)
+        inverted = float(np.max(image)) + float(np.min(image)) - np.asarray(image, np.float32)
+        if _overlay_fault(inverted, lab, t, pixel_mm, several_frames, require_mixed=True) is None:
+            return (f"{NOT_BRIGHT_BLOOD}, or their grey values are inverted: the labelled LV blood pool is darker than "
+                    f"the labelled myocardium (mean signal pool/wall x{given:.2f}, frame {t + 1}, counted from 1), and with "
+                    "the grey scale inverted the labels fit the image as its own labels do (no mirrored or shifted copy "
+                    "fits better). The volumes from these labels stand, but checks that take the blood to be bright (the "
+                    "SNR) do not, and the networks are not made for such images: give the bright-blood (SSFP) cine, or "
+                    "invert its grey values")
+    return _overlay_fault(image, lab, t, pixel_mm, several_frames)
+
+
+def _overlay_fault(image, lab, t, pixel_mm, several_frames, require_mixed=False):
+    """labels_off_the_image's sentence for the map ``lab`` of frame ``t`` on ``image``, or None
+    when it fits. ``require_mixed``: a map whose pool is not brighter than its wall by their
+    medians (mixed share not measured) is not taken to fit."""
+    given = _pool_wall_contrast(image, lab)
     copies = {name: _pool_wall_contrast(image, moved) for name, moved in _moved_copies(lab, pixel_mm).items()}
     name, best = max(((n, c) for n, c in copies.items() if c is not None), key=lambda nc: nc[1], default=(None, None))
     if best is None or given >= MIN_OVERLAY_CONTRAST_SHARE * best:
         mixed = mixed_label_share(image, lab)
-        limit = MAX_MIXED_LABEL_SHARE if sum(bool((m == LV).any()) for m in labels.values()) > 1 else MAX_MIXED_LABEL_SHARE_LONE_FRAME
-        if mixed is None or mixed <= limit:
+        limit = MAX_MIXED_LABEL_SHARE if several_frames else MAX_MIXED_LABEL_SHARE_LONE_FRAME
+        if (mixed is None and not require_mixed) or (mixed is not None and mixed <= limit):
             return None
+        if mixed is None:
+            return "the labelled pool is not brighter than the labelled myocardium"
         return (f"the labels do not seem to overlay this image: at frame {t + 1} (counted from 1) {mixed:.0%} of the pixels "
                 "labelled myocardium or LV blood pool look like the other (brighter, or darker, than halfway between the "
                 "two's median signal; ACDC's expert maps: at most 23 % at ED, 29 % at ES), so the contours cross blood and "
@@ -401,6 +543,10 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     """{frame: (S, R, C) uint8} for ``study``; a 3D map goes to ``frame`` (default ED, else 0)."""
     path = Path(path)
     labels, m, info = read_labels(path, convention)
+    # a label file in cm beside an image in cm: the image's reader said the same words already
+    said_of_image = set((study.provenance or {}).get("warnings") or [])
+    info["warnings"] = [w for w in info["warnings"] if not (w.startswith((UNITS_CONVERTED, UNITS_KEPT_AS_MM))
+                                                            and w in said_of_image)]
     spacing_lost = info.pop("spacing_lost")
     if spacing_lost:
         info["warnings"].append("label map has no voxel size of its own; used voxel by voxel on the image's grid")
@@ -433,7 +579,13 @@ def load_labelmap(path, study, convention="acdc", frame=None):
     placed_by_time = info.pop("frames_placed_by_time", False)
     if labels.shape[0] > 1:
         if labels.shape[0] != study.n_frames:
-            raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}")
+            # an ED+ES pair stored as a 2-frame map (probe 107): which image frames they are cannot be
+            # told, so the message says the layouts that do tell it (as the refusal of two 3D files does)
+            raise CardiacInputError(path, f"label map has {labels.shape[0]} frames but the image has {study.n_frames}, so "
+                                          "which image frame each of its frames labels cannot be told: give a 4D map of all "
+                                          f"{study.n_frames} frames with the frames not labelled all 0 (background), a 3D "
+                                          "map of one frame (it goes to ED), or the .seg.nrrd files a run wrote (one "
+                                          "--labels each; they say their frame)")
         order = (study.provenance or {}).get("stored_frame_order")
         if order is not None and not placed_by_time:
             # the image's frames were sorted by their times; a label map without times of its
