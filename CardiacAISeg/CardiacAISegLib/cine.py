@@ -48,6 +48,15 @@ RAGGED_SHARE = 0.08
 # 98 % and 1 % of the range).
 ED_ES_EF_POINTS = 5.0
 ED_ES_MIN_RANGE = 0.10
+# The same half of the range judges ED and ES taken as the largest and smallest LV of a few
+# labelled frames of a whole cine (the M&Ms layout), which nothing else checks: an ES labelled
+# on diastasis sat at 77 % (EF 15.6 for 56.7, QC pass; probe 107). Measured on that curve: a true
+# ES at 0-4 % of the range (Sunnybrook by its experts and by the network, the MetaImage cine by
+# the network, phantoms of 6-30 frames), a frame next to it at 0-3 % on the real cines and
+# 4-36 % on the phantom's sharp ES of 12-30 frames, diastasis at 57-72 % (real) and 75-90 %
+# (phantom). A frame next to ES on the coarse 6-8 frame phantoms reaches 61-77 %, and so does
+# its LV volume (EF under half the true one): the warning is right there too.
+ED_ES_SPLIT = 0.5
 # A few phases exported with their DICOM trigger delays (under ED_ES_MIN_FRAMES frames): the
 # delays place ED and ES in the cycle. End-systole falls ES_DELAY_MS after the R wave at heart
 # rates of about 45-150/min; end-diastole is the R wave itself (readers.ED_TRIGGER_DELAY_MS) or
@@ -357,11 +366,18 @@ def blood_pool_curve(study, labels, reference, margin_px=3):
     return out if used and out.max() > 0 else None
 
 
+def _ed_es_given(study):
+    """Whether the study fixed both ED and ES (ACDC Info.cfg, Sunnybrook's contours)."""
+    return study.ed_frame is not None and study.es_frame is not None
+
+
 def _ed_es_check(study, labels, curve, ed, es):
     """{'by', 'ed_position', 'es_position', 'largest', 'smallest', 'disagree', ...} for ED/ES the
-    study fixed (ACDC Info.cfg): positions 1 = the largest LV, 0 = the smallest. None when
-    there is nothing to check against."""
-    if study.ed_frame is None or study.es_frame is None or study.n_frames < ED_ES_MIN_FRAMES:
+    study fixed (ACDC Info.cfg), or taken as the largest and smallest LV of fewer labelled frames
+    than the cine has (the M&Ms layout: ED and ES labelled in a 4D map): positions 1 = the
+    largest LV, 0 = the smallest. None when there is nothing to check against (a whole cycle
+    labelled, whose own extremes ED and ES then are)."""
+    if study.n_frames < ED_ES_MIN_FRAMES or not (_ed_es_given(study) or len(curve) < study.n_frames):
         return None
     if len(curve) == study.n_frames:
         lv = np.array([curve[t]["lv"] for t in range(study.n_frames)])
@@ -380,8 +396,19 @@ def _ed_es_check(study, labels, curve, ed, es):
         check["ef_from_curve_pct"] = 100.0 * (hi - lo) / hi
         check["disagree"] = abs(_ef(lv[ed], lv[es]) - check["ef_from_curve_pct"]) > ED_ES_EF_POINTS
     else:
-        check["disagree"] = check["ed_position"] < 0.5 or check["es_position"] > 0.5
+        check["disagree"] = check["ed_position"] < ED_ES_SPLIT or check["es_position"] > ED_ES_SPLIT
     return check
+
+
+def _labelled_ed_es_off_text(ed, es, check, labelled, n_frames):
+    """The opening of the warning for ED/ES taken from a few labelled frames of a whole cine
+    that the images' blood pool (``_ed_es_check``) puts elsewhere: which labelled frame is off."""
+    off = [f"{name} (frame {t + 1})" for name, t, wrong in
+           (("ED", ed, check["ed_position"] < ED_ES_SPLIT), ("ES", es, check["es_position"] > ED_ES_SPLIT)) if wrong]
+    frames = f" ({', '.join(str(t + 1) for t in labelled)})" if len(labelled) <= 10 else ""
+    return (f"the labelled {' and '.join(off)} {'is' if len(off) == 1 else 'are'} not where the images put "
+            f"{'it' if len(off) == 1 else 'them'} (frames counted from 1): ED and ES were taken as the largest and "
+            f"smallest LV of the {len(labelled)} labelled frames{frames} of this {n_frames}-frame cine")
 
 
 def ed_es_timing(study, ed, es):
@@ -498,10 +525,17 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     if ed_es_check and ed_es_check["disagree"] and not full:
         # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted
         # cine whose blood darkens in diastasis moves the curve's minimum there)
-        warnings.append(f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) may not be ED and ES: "
-                        f"{ed_es_check['by']} is largest and smallest at frames {ed_es_check['largest'] + 1} and "
-                        f"{ed_es_check['smallest'] + 1} (the given ones at {100 * ed_es_check['ed_position']:.0f} % and "
-                        f"{100 * ed_es_check['es_position']:.0f} % of its range); check the ED/ES frames (Info.cfg)")
+        given = _ed_es_given(study)
+        where = (f"{ed_es_check['by']} is largest and smallest at frames {ed_es_check['largest'] + 1} and "
+                 f"{ed_es_check['smallest'] + 1} (the {'given' if given else 'labelled'} ones at "
+                 f"{100 * ed_es_check['ed_position']:.0f} % and {100 * ed_es_check['es_position']:.0f} % of its range)")
+        if given:
+            warnings.append(f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) may not be ED and ES: "
+                            f"{where}; check the ED/ES frames (Info.cfg)")
+        else:
+            warnings.append(_labelled_ed_es_off_text(ed, es, ed_es_check, sorted(curve), study.n_frames)
+                            + f"; {where}: EF and ESV are measured between the labelled frames; check which phases "
+                              "the labels are of (label the cycle's ED and ES, or every frame)")
     if curve[ed]["myo"] <= 0:
         warnings.append(f"no LV myocardium labelled at ED (frame {ed + 1}): LV mass is 0")
     elif es != ed and es in curve and curve[es]["myo"] <= 0:
