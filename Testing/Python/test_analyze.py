@@ -24,7 +24,7 @@ TOP_KEYS = {"schema_version", "kind", "input", "source", "model", "cine", "perfu
 CINE_KEYS = {"ed_frame", "es_frame", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct", "lv_mass_g",
              "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct", "lv_volume_curve_ml",
              "ed_es_certainty",   # None unless every frame of a cycle is labelled
-             "ed_es_check",       # None unless the reader fixed ED/ES of a series of 6+ frames
+             "ed_es_check",       # None unless ED/ES were fixed by the reader or taken from a few labelled frames of 6+
              "ed_es_timing",      # None unless a DICOM export of under 6 phases has trigger delays
              "density_g_ml",      # the density the mass was computed with
              "segments"}          # [{id, name, wall_thickness_ed_mm}] per AHA segment
