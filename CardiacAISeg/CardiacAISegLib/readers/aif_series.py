@@ -32,6 +32,7 @@ def aif_from_series_folder(study, folder, progress=None):
     from .dicom import load_dicom_series
 
     aif_study = load_dicom_series(folder, progress=progress, as_aif=True)
+    refuse_the_images_themselves(study, aif_study, folder)
     check_same_patient(study, aif_study, folder, "the AIF series")
     if aif_study.n_frames < MIN_AIF_SERIES_FRAMES:
         # a cine folder given as --aif was refused as "perfusion series: need (frames >= 8, ...)",
@@ -42,6 +43,21 @@ def aif_from_series_folder(study, folder, progress=None):
                                         f"(the images have {study.n_frames}); a cine or another series? Give the AIF "
                                         "series' folder, or leave --aif out to take the AIF from the LV")
     return _aif_from_series_study(study, aif_study, aif_study.provenance.get("series_uid", str(folder)), folder)
+
+
+def refuse_the_images_themselves(study, aif_study, folder):
+    """Refuse a folder given with --aif whose series read as the AIF series is (part of) the
+    images' own: the input folder, or a copy of the exam with no AIF series that pairs with the
+    images. Read as "the dual-sequence AIF series", the images' own saturated LV was scaled onto
+    itself by 1: MBF +10 to +61 %, the AIF_FROM_LV review flag gone (probe 106)."""
+    own = set(str((study.provenance or {}).get("series_uid") or "").split("+")) - {""}
+    read = set(str((aif_study.provenance or {}).get("series_uid") or "").split("+")) - {""}
+    if own & read:
+        described = aif_study.provenance.get("series_description") or "no description"
+        raise CardiacInputError(folder, f"given with --aif, it holds the images themselves (series {'+'.join(sorted(own & read))}, "
+                                        f"{described!r}) and no dual-sequence AIF series that pairs with them: give the AIF "
+                                        "series' folder, or leave --aif out (the AIF is then taken from an AIF series found "
+                                        "beside the images, else from their LV)")
 
 
 # A first pass over fewer frames is no AIF series (bolus.enhancement needs as many).
@@ -114,17 +130,29 @@ def _aif_from_series_study(study, aif_study, aif_uid, folder):
             study.images[:, mid], main_shifts, study.spacing_rc, source="the dual-sequence AIF's scale")
     main_lv = aif_from_lv(main_frames, main_pools["lv"])
     check_same_bolus(curve, main_lv, t_main, aif_uid)
-    scale, saturation = scale_onto_main(curve, main_lv)
+    clipped = lv_clipped_frames(main_lv, t_main, float(np.max(study.images)))
+    scale, saturation = scale_onto_main(curve, main_lv, leave_out=clipped)
+    clip_note = ""
+    if clipped.any():
+        first, last = np.flatnonzero(clipped)[[0, -1]]
+        clip_level = float(main_lv[clipped].max())
+        clip_note = (f"; the images' LV signal is clipped at {clip_level:.4g} (flat at its maximum over {int(clipped.sum())} "
+                     f"frame(s), {first + 1}-{last + 1}: a ceiling in the stored values or a saturated read-out), so "
+                     "those frames were left out of the scaling")
     study.provenance.setdefault("warnings", []).append(
         f"AIF from the dual-sequence AIF series {aif_uid}, scaled onto the perfusion images' LV signal by {scale:.3g} "
         f"(the slope where both are linear; the images' LV signal {saturation:.0%} below linear at the AIF's peak): no "
         "proton-density calibration, so MBF is approximate (the AIF series' own saturation at the bolus peak "
         "over-estimates it, the tissue's under-estimates it)"
         + (f"; its frames were aligned for breathing (up to {moved_px * aif_study.spacing[0]:.1f} mm) before its LV "
-           "pool was read" if moved_px > DEAD_BAND_PX else ""))
+           "pool was read" if moved_px > DEAD_BAND_PX else "")
+        + clip_note)
     study.provenance["aif_detection"] = {"series": aif_uid, "confidence": pools["confidence"], "reason": pools["reason"],
                                          "scale_to_main": scale, "main_lv_saturation_at_aif_peak": saturation,
                                          "breathing_shift_max_px": round(moved_px, 2)}
+    if clipped.any():
+        study.provenance["aif_detection"]["main_lv_clipped_frames"] = [int(i) for i in np.flatnonzero(clipped)]
+        study.provenance["aif_detection"]["main_lv_clip_level"] = clip_level
     return curve * scale
 
 
@@ -319,7 +347,40 @@ MIN_AIF_SHARE_FOR_SCALE = 0.2   # of the AIF's peak: lower frames are mostly noi
 MAX_RESIDUAL_SHARE_FOR_SATURATION = 0.5
 
 
-def scale_onto_main(aif, main_lv):
+# The images' LV curve at the series' highest value in this many frames is cut at a ceiling (a
+# 12-bit store, an export's window): the pool's mean sits there only when every pixel of it does.
+# Two frames, not AIF_CLIPPED's three over 1.5 s: the ceiling says it, and a bolus clipped at 0.9
+# of its peak stays there two frames (scale 3.5 % low).
+MIN_FRAMES_AT_CEILING = 2
+CEILING_TOLERANCE = 1e-4   # of the curve's range: as qc's IMAGE_CLIPPED reads the series' highest value
+
+
+def lv_clipped_frames(main_lv, times, ceiling):
+    """(T,) bool: the frames where the images' LV curve is clipped: flat at its maximum as
+    ``qc.clipped_peak`` reads a clipped AIF (``AIF_PLATEAU_FRAMES`` or more within
+    ``AIF_PLATEAU_FRACTION`` of the peak over ``AIF_PLATEAU_S``), or at the series' highest value
+    ``ceiling`` in ``MIN_FRAMES_AT_CEILING`` or more frames. The saturation curve of
+    ``scale_onto_main`` bends smoothly; fitted to a hard plateau it took the plateau for
+    saturation: LV cut at 0.7 of its peak by a 12-bit ceiling scaled the AIF by 1.8 for 1.49 (the
+    clip called "38 % below linear"), MBF 18 % low, up to 29 % (probe 106)."""
+    from ..perfusion.bolus import bolus_foot
+    from ..qc import clipped_peak
+
+    m = np.asarray(main_lv, float)
+    clipped = np.zeros(m.size, bool)
+    if m.size == 0:
+        return clipped
+    if times is not None and len(times) == m.size:
+        top = clipped_peak(m - np.median(m[:max(1, bolus_foot(m, fraction=0.1))]), np.asarray(times, float))
+        if top is not None:
+            clipped[top[0]:top[1] + 1] = True
+    at_ceiling = m >= ceiling - CEILING_TOLERANCE * (ceiling - float(m.min()))
+    if at_ceiling.sum() >= MIN_FRAMES_AT_CEILING:
+        clipped |= at_ceiling
+    return clipped
+
+
+def scale_onto_main(aif, main_lv, leave_out=None):
     """(factor, saturation) mapping the AIF series' baseline-corrected curve onto the main
     series' LV signal in its linear range: the slope at zero of the main LV signal against the
     AIF series' signal, fitted with the main series' saturation over every frame where the AIF
@@ -335,7 +396,10 @@ def scale_onto_main(aif, main_lv):
     A fit on the upslope below half the main LV's peak alone (until session 21) missed the
     saturation: at 0.8 s frames only one frame lies there, the fallback took the whole saturated
     rise, and MBF came out twice the truth (probe 39); at 0.5 s frames the half-peak window itself
-    is 25 % below linear (MBF +21 to +76 %)."""
+    is 25 % below linear (MBF +21 to +76 %).
+
+    ``leave_out``: (T,) bool, frames not fitted (the main LV clipped there, ``lv_clipped_frames``);
+    the saturation is still said at the AIF's own peak."""
     from ..perfusion.bolus import bolus_foot
 
     foot = max(1, bolus_foot(aif, fraction=0.1))
@@ -343,7 +407,10 @@ def scale_onto_main(aif, main_lv):
     a, m = a - np.median(a[:foot]), m - np.median(m[:foot])
     if not a.max() > 0:
         return 1.0, 0.0
-    use = a > MIN_AIF_SHARE_FOR_SCALE * a.max()
+    peak = float(a.max())
+    use = a > MIN_AIF_SHARE_FOR_SCALE * peak
+    if leave_out is not None:
+        use &= ~np.asarray(leave_out, bool)
     a, m = a[use], m[use]
     if float(a @ a) <= 0:
         return 1.0, 0.0
@@ -353,7 +420,7 @@ def scale_onto_main(aif, main_lv):
     line_residual = float(((m - line * a) ** 2).sum())
     best = (line_residual, line, 0.0)
     for u in SATURATION_GRID[1:]:
-        beta = u / a.max()
+        beta = u / peak
         g = -np.expm1(-beta * a) / beta    # (1 - exp(-beta a)) / beta: a when beta -> 0
         slope = float(g @ m) / float(g @ g)
         residual = float(((m - slope * g) ** 2).sum())

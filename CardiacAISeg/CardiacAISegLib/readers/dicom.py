@@ -1953,7 +1953,8 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
     which series of a folder is read. A folder of several patients is refused unless a series
     is chosen (which must then be one patient's). ``kind`` (``--kind``) narrows a folder of
     several series to those whose names say that kind. ``as_aif``: read as a dual-sequence AIF
-    series (by the AIF's reader), not as the images to analyse."""
+    series (by the AIF's reader), not as the images to analyse; of a folder that holds images
+    with their AIF series, the AIF series."""
     if choice is None:
         series = _without_other_modalities(series, notes)
         refuse_mixed_patients(folder, [it for items in series.values() for it in items])
@@ -1973,6 +1974,12 @@ def _pick_series(folder, series, choice, notes=None, kind=None, as_aif=False):
         notes.extend(_unused_aif_notes(uid, items, series))
     if choice is not None:
         refuse_mixed_patients(folder, items + (series[aif_uid] if aif_uid else []))
+    if as_aif and aif_uid is not None:
+        # the AIF's reader given a folder of perfusion images with their dual-sequence AIF series
+        # (`--aif EXAM_FOLDER`, often the input folder itself): the AIF series is what it asked
+        # for. Returning the images it pairs with read their own saturated LV as "the AIF series"
+        # scaled by 1: MBF +10 to +61 %, the AIF_FROM_LV review flag gone (probe 106)
+        return aif_uid, series[aif_uid], None
     return uid, items, aif_uid
 
 
