@@ -43,6 +43,9 @@ RANK = 2                  # temporal components beyond the mean: 3 already follo
 # after 3 rounds, 0.08 px after 7-8), and after the first round one costs a tenth of it
 ITERATIONS = 10
 CONVERGED_PX = 0.03
+# a frame is registered when its own spread in the window is this many times the noise, i.e. it
+# shows contrast or anatomy to register on (the frames of noise alone keep a neighbour's shift)
+USABLE_SPREAD_IN_NOISE = 8.0
 DEAD_BAND_PX = 0.3        # slices that never move more than this are not resampled
 MARGIN_MM = 8.0           # window around the labelled heart
 
@@ -197,25 +200,38 @@ def _refine(coeffs, pad, refs, weight, d, iterations=8):
     return d
 
 
+def _weighted_spread(stack, w_norm):
+    """(T,) standard deviation of each frame of ``stack`` about its own mean, under the weights ``w_norm`` (sum 1)."""
+    mean = (stack * w_norm).sum((1, 2))
+    return np.sqrt((((stack - mean[:, None, None]) ** 2) * w_norm).sum((1, 2)))
+
+
 def _relative_shifts(win, weight, max_px, noise, start=None, rounds=ITERATIONS):
     """(T, 2) shifts aligning every frame of ``win`` with the others, and the frames that had contrast.
 
     ``start``: shifts already found on these frames (with another window), refined from there
     without the whole-pixel search, for ``rounds`` rounds."""
     t_count = win.shape[0]
-    shifts = np.zeros((t_count, 2)) if start is None else np.clip(np.asarray(start, np.float64), -2 * max_px, 2 * max_px)
-    usable = np.ones(t_count, bool)
+    shifts = np.zeros((t_count, 2)) if start is None else np.clip(np.asarray(start, np.float64), -max_px, max_px)
     w_norm = weight / weight.sum()
+    # a frame is registered only on what it shows itself, well above the noise (a frame of noise
+    # alone has a spread of about the noise). Judged on its synthetic twin instead, which carries
+    # the series' mean anatomy, the flat pre-contrast frames of a still Gd series passed and were
+    # moved 5-9 px onto that anatomy by their noise: 'moved up to 18.7 mm' (probe 106)
+    shows_something = _weighted_spread(win, w_norm) > USABLE_SPREAD_IN_NOISE * noise
+    usable = shows_something
     # the frames' spline coefficients do not depend on the shifts: filtered once, sampled at
     # every shift tried (the search range, and room for the refinement to step past it)
     pad = SPLINE_PAD + 2 * max_px + 3
     coeffs = _coefficients(win, pad)
     for iteration in range(rounds):
         synth = _low_rank(_sample(coeffs, pad, shifts), RANK)
-        # contrast in the window well above the noise, or the frame has nothing to register on
-        mean = (synth * w_norm).sum((1, 2))
-        spread = np.sqrt((((synth - mean[:, None, None]) ** 2) * w_norm).sum((1, 2)))
-        usable = spread > 8.0 * noise
+        # ... and, round by round, its twin at the frame's present shift still shows it: a frame
+        # that a wrong whole-pixel match moved far off loses its twin's contrast and keeps its
+        # neighbour's shift for a round, then is refined from there (QPerf stress frame 20, between
+        # the RV and LV peaks: matched at (-10, -10) px, back at 0.2 px the next round; without
+        # this it drifted to the edge of the search range)
+        usable = shows_something & (_weighted_spread(synth, w_norm) > USABLE_SPREAD_IN_NOISE * noise)
         idx = np.flatnonzero(usable)
         if not idx.size:
             break
@@ -226,8 +242,9 @@ def _relative_shifts(win, weight, max_px, noise, start=None, rounds=ITERATIONS):
         nearest = idx[np.abs(np.arange(t_count)[:, None] - idx[None, :]).argmin(1)]
         shifts = shifts[nearest]
         shifts -= np.median(shifts[usable], axis=0)     # keep the series centred where it mostly was
-        # beyond twice the search range is no breathing (and outside the frames' padding)
-        shifts = np.clip(shifts, -2 * max_px, 2 * max_px)
+        # beyond the search range (max_shift_mm) is no breathing: a frame that the refinement
+        # took further was pulled by noise or by what moves in and out of the window
+        shifts = np.clip(shifts, -max_px, max_px)
         if (iteration or start is not None) and np.abs(shifts - previous).max() < CONVERGED_PX:
             break   # the synthetic reference no longer changes: another round would find the same shifts
     return shifts, usable
