@@ -107,6 +107,22 @@ def test_a_map_in_gd_units_rises_from_near_zero(perfusion):
     assert kind == "perfusion" and "rises from near zero" in said, said
 
 
+@pytest.mark.parametrize("where, sd", [("whole image", 0.7), ("whole image", 1.0), ("air only", 1.0), ("air only", 3.0)])
+def test_a_gd_map_whose_noise_is_centred_on_zero_is_not_taken_as_shifted(perfusion, where, sd):
+    """A map in Gd units with strong zero-centred noise (noisy air around the body, or everywhere):
+    its tail dips far below zero, but its bulk (air, pre-contrast tissue) sits at zero. Measured
+    from the tail's 1st percentile, its pools rose under 3-fold and it was taken as a cine
+    (review 1 of session 48); only a series whose bulk lies below zero is shifted."""
+    rng = np.random.default_rng(0)
+    t, s, r, c = perfusion.images.shape
+    rows, cols = np.mgrid[:r, :c]
+    body = np.hypot(rows - r / 2, cols - c / 2) < r * 0.42
+    noise = rng.normal(0, sd, perfusion.images.shape)
+    images = perfusion.images + noise if where == "whole image" else np.where(body, perfusion.images, noise)
+    kind, said = _decided(images, perfusion.ijk_to_ras)
+    assert kind == "perfusion", said
+
+
 def test_a_real_cine_stored_minus_32000_is_a_cine(tmp_path, shared_data):
     folder = shared_data / "cine-metaimage" / "ExampleSequence"
     if not folder.exists():
