@@ -321,6 +321,17 @@ def test_a_folder_of_nrrd_frames_in_cm_is_converted_and_said_once(cine, tmp_path
     assert len(said) == 1 and said[0].startswith("the header gives its sizes in cm (space units): converted to mm"), said
 
 
+def test_a_nrrd_saying_cm_over_sizes_in_mm_keeps_them_when_cm_would_widen_the_field_past_a_scanners(cine, tmp_path):
+    """'space units' of cm over mm numbers: 1.58 cm pixels are a pixel size, but their field of
+    view (over 1,500 mm) is no scanner's: read as cm the volumes were 1,000 times too large
+    (review 1 of session 48); kept as mm with a word, as metres over mm numbers are."""
+    image = cine[0]
+    read = load_volume(_nrrd_cine_in(image, tmp_path / "cine.nrrd", ["cm"] * 3, 1.0))
+    np.testing.assert_allclose(read.ijk_to_ras, load_volume(image).ijk_to_ras, atol=1e-5)
+    said = [w for w in read.provenance["warnings"] if "space units" in w]
+    assert len(said) == 1 and said[0].startswith("the header says its sizes are in cm (space units)"), said
+
+
 def test_a_nrrd_saying_metres_over_sizes_only_plausible_in_mm_keeps_them_and_says_so(cine, tmp_path):
     """'space units' of m over 1.58-unit pixels (a writer that wrote the wrong unit): 1.58 m
     pixels are no image's, so the numbers are kept as mm, as NIfTI's xyzt_units, with a word."""

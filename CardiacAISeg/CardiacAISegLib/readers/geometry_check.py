@@ -23,6 +23,11 @@ import numpy as np
 from ..errors import CardiacInputError
 
 IN_PLANE_RANGE_MM = (0.1, 50.0)
+# The wider side of the field of view of the 80 ACDC studies spans 320-480 mm, Sunnybrook's
+# 350 mm; MR scanners reach 500-550 mm at most. A wider image has pixels larger in the file than
+# the scanner's: an image resized with its old header (ACDC upsampled 1.5 times, 555 mm, read
+# EDV +132 %, mass +114 %, QC pass; probe 51), or sizes read in a unit they are not in.
+MAX_FIELD_OF_VIEW_MM = 550.0
 SLICE_RANGE_MM = (0.1, 100.0)
 UNIT_TOL, UNIT_REFUSE = 1e-3, 0.05         # | |v| - 1 |
 ORTHO_TOL, ORTHO_REFUSE = 1e-3, 0.05       # |cos| between row and column directions (0.06 deg, 2.9 deg)

@@ -128,16 +128,19 @@ def _in_millimetres(affine, header, meta):
     scale = _SPACE_UNITS_MM.get(unit)
     if scale is None:   # 'unknown' (code 0): mm, as ITK and Slicer read it
         return affine
-    return _scaled_to_millimetres(affine, [scale] * 3, f"{unit}s", unit, "xyzt_units", meta)
+    matrix = tuple(header.get_data_shape()[:2]) if hasattr(header, "get_data_shape") else None
+    return _scaled_to_millimetres(affine, [scale] * 3, f"{unit}s", unit, "xyzt_units", meta,
+                                  matrix if matrix is not None and len(matrix) == 2 else None)
 
 
-def _scaled_to_millimetres(affine, scales, words, unit, field, meta):
+def _scaled_to_millimetres(affine, scales, words, unit, field, meta, matrix=None):
     """``affine`` (its rows in the header's units, one scale to mm per patient axis) in mm when
     the declared units make the voxel size a plausible one (ITK and Slicer scale by the unit),
     said in a warning naming the header's ``field``. A header that declares a unit over a voxel
     size that is only plausible in mm (a writer's wrong unit code) keeps its numbers, said too;
-    one plausible in neither is left to the spacing checks' refusal."""
-    from .geometry_check import IN_PLANE_RANGE_MM
+    one plausible in neither is left to the spacing checks' refusal. ``matrix``: the image's
+    (columns, rows), when known: a plausible pixel also keeps the field of view a scanner's."""
+    from .geometry_check import IN_PLANE_RANGE_MM, MAX_FIELD_OF_VIEW_MM
 
     scales = np.asarray(scales, float)
     if np.all(scales == 1.0):
@@ -149,7 +152,10 @@ def _scaled_to_millimetres(affine, scales, words, unit, field, meta):
     lo, hi = IN_PLANE_RANGE_MM
 
     def plausible(values):
-        return bool(np.all((values >= lo) & (values <= hi)))
+        # a cm header over mm numbers made 1.5 mm pixels 15 mm, still a pixel size, but a
+        # 3,840 mm field of view (EDV 295,508 mL; review 1 of session 48)
+        fov_ok = matrix is None or bool(np.all(values * np.asarray(matrix, float) <= MAX_FIELD_OF_VIEW_MM))
+        return bool(np.all((values >= lo) & (values <= hi))) and fov_ok
 
     # NIfTI's metres or micrometres are never plausible both ways; NRRD's cm can be (0.16 cm
     # pixels are plausible as 0.16 mm too): the header's explicit unit decides then
@@ -612,7 +618,7 @@ def _nrrd_space_units(path):
     return None
 
 
-def _nrrd_in_millimetres(path, header, affine, meta):
+def _nrrd_in_millimetres(path, header, affine, meta, matrix=None):
     """``affine`` in mm when the NRRD's 'space units' name another length unit (its rows, the
     patient axes, each in its own unit; ``_scaled_to_millimetres``' rule, as NIfTI's xyzt_units).
     No units, or empty ones, are mm as before; a unit that is no length this reader knows is
@@ -630,9 +636,10 @@ def _nrrd_in_millimetres(path, header, affine, meta):
                                       "size in mm, and so every volume, would be unknown")
     scales = [_SPACE_UNITS_MM[u.lower()] if u else 1.0 for u in units]
     if len(set(units)) == 1:
-        return _scaled_to_millimetres(affine, scales, units[0], units[0], "space units", meta)
+        return _scaled_to_millimetres(affine, scales, units[0], units[0], "space units", meta, matrix)
     # axes in different units: a pixel's length in the header's numbers has no one unit
-    return _scaled_to_millimetres(affine, scales, " ".join(repr(u) for u in units), "header-unit", "space units", meta)
+    return _scaled_to_millimetres(affine, scales, " ".join(repr(u) for u in units), "header-unit", "space units", meta,
+                                  matrix)
 
 
 def read_nrrd(path):
@@ -697,7 +704,7 @@ def read_nrrd(path):
         m[:3, :3] = d
         if "space origin" in header:
             m[:3, 3] = np.asarray(header["space origin"], float)
-        m = _nrrd_in_millimetres(path, header, m, units_said)
+        m = _nrrd_in_millimetres(path, header, m, units_said, (data.shape[1], data.shape[2]))
     else:
         spacings = header.get("spacings")
         if spacings is not None and not all(np.isfinite(float(spacings[a])) for a in spatial):
