@@ -525,13 +525,17 @@ def cine_measures(study, labels=None, density=MYOCARDIAL_DENSITY_G_ML, kept_ed_e
     if ed_es_check and ed_es_check["disagree"] and not full:
         # from the images' brightness, not from labels: said, not a QC flag (an inflow-weighted
         # cine whose blood darkens in diastasis moves the curve's minimum there)
-        given = _ed_es_given(study)
+        # taken from the labels only when nothing fixed either frame (review 1: frames an edit
+        # kept, or one the study gave, were said "taken as the largest and smallest LV")
+        from_labels = kept_ed_es is None and study.ed_frame is None and study.es_frame is None
         where = (f"{ed_es_check['by']} is largest and smallest at frames {ed_es_check['largest'] + 1} and "
-                 f"{ed_es_check['smallest'] + 1} (the {'given' if given else 'labelled'} ones at "
+                 f"{ed_es_check['smallest'] + 1} (the {'labelled' if from_labels else 'given'} ones at "
                  f"{100 * ed_es_check['ed_position']:.0f} % and {100 * ed_es_check['es_position']:.0f} % of its range)")
-        if given:
-            warnings.append(f"the ED and ES frames given ({ed + 1}, {es + 1}, counted from 1) may not be ED and ES: "
-                            f"{where}; check the ED/ES frames (Info.cfg)")
+        if not from_labels:
+            how = ("kept at the frames shown when the segmentation was first edited" if kept_ed_es is not None
+                   else "given" if _ed_es_given(study) else "used")
+            warnings.append(f"the ED and ES frames {how} ({ed + 1}, {es + 1}, counted from 1) may not be ED and ES: "
+                            f"{where}; check the ED/ES frames" + (" (Info.cfg)" if how == "given" else ""))
         else:
             warnings.append(_labelled_ed_es_off_text(ed, es, ed_es_check, sorted(curve), study.n_frames)
                             + f"; {where}: EF and ESV are measured between the labelled frames; check which phases "

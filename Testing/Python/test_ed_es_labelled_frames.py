@@ -162,3 +162,23 @@ def test_acdc_ed_and_es_only_is_unchanged(shared_data):
     a = Analysis(study, study.labels).run()
     assert a.cine["ed_es_check"] is None and not _said(a) and not _said(a, GIVEN_OFF)
     assert a.cine["lv_ef_pct"] == pytest.approx(23.65, abs=0.01)
+
+
+def test_ed_es_kept_by_an_edit_or_one_given_frame_are_not_said_as_taken_from_the_labels(cine):
+    """ED/ES an edit kept (``kept_ed_es``), or an ES the study gives beside an ED the labels
+    decide, on a diastolic frame: doubted by the images, but not "taken as the largest and
+    smallest LV of the labelled frames", which they were not (review 1 of session 48)."""
+    from CardiacAISegLib.cine import cine_measures
+
+    study, _ = cine
+    labels = {t: study.labels[t] for t in (0, 10)}
+    kept = cine_measures(study, labels, kept_ed_es=(0, 10))
+    said = [w for w in kept["warnings"] if GIVEN_OFF in w]
+    assert len(said) == 1 and "frames kept at the frames shown when the segmentation was first edited (1, 11" in said[0]
+    assert not [w for w in kept["warnings"] if OFF in w]
+    st = copy(study)
+    st.provenance, st.ed_frame, st.es_frame = dict(study.provenance), None, 10
+    one = Analysis(st, labels).run()
+    said = _said(one, GIVEN_OFF)
+    assert len(said) == 1 and said[0].startswith("the ED and ES frames used (1, 11"), one.warnings
+    assert not _said(one)
