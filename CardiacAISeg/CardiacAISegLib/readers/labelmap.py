@@ -316,6 +316,16 @@ def _solidity(mask):
     return rows.size / ConvexHull(corners).volume   # a 2D hull's "volume" is its area
 
 
+def _values_and_other(convention):
+    """({structure: its value in ``convention``}, the convention that swaps LV and RV): what the
+    refusals of a map read in the wrong one of the two name."""
+    return {t: v for v, t in CONVENTIONS[convention].items()}, "ukbb" if convention == "acdc" else "acdc"
+
+
+# the two conventions that swap LV and RV, as the refusals spell them out
+_CONVENTIONS_SAID = "acdc: 1 RV, 2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV"
+
+
 def _refuse_swapped_by_shape(path, lab, convention):
     """Refuse a (S, R, C) map without myocardium whose structure read as the LV pool is the
     crescent and the one read as the RV the round one, slice by slice."""
@@ -330,14 +340,12 @@ def _refuse_swapped_by_shape(path, lab, convention):
     rounder = float(np.mean(differences > 0))
     if rounder > MAX_SWAPPED_SHAPE_SHARE or float(np.median(differences)) > MAX_SWAPPED_SOLIDITY_MEDIAN:
         return
-    values = {t: v for v, t in CONVENTIONS[convention].items()}
-    other = "ukbb" if convention == "acdc" else "acdc"
+    values, other = _values_and_other(convention)
     raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the map has no "
                                   f"myocardium, and the structure read as the LV blood pool (value {values[LV]}) is the "
                                   f"crescent, the one read as the RV (value {values[RV]}) the round one, on "
                                   f"{1 - rounder:.0%} of the {len(differences)} slices with both (an LV pool is round in "
-                                  f"short axis, the RV wraps around it); give --label-convention {other} (acdc: 1 RV, "
-                                  "2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
+                                  f"short axis, the RV wraps around it); give --label-convention {other} ({_CONVENTIONS_SAID})")
 
 
 def _refuse_swapped_convention(path, labels, convention):
@@ -351,33 +359,28 @@ def _refuse_swapped_convention(path, labels, convention):
         if present == {RV}:
             # one structure, read as the RV: a binary mask (a thresholding tool's 0/1 LV pool)
             # failed later with "no LV blood pool labelled at ED", naming the study (probe 96)
-            values = {t: v for v, t in CONVENTIONS[convention].items()}
-            other = "ukbb" if convention == "acdc" else "acdc"
+            values, other = _values_and_other(convention)
             raise CardiacInputError(path, f"the map holds one structure only, value {values[RV]}, read as the RV in the "
                                           f"{convention} convention: no LV blood pool or myocardium to measure. A binary mask "
                                           "is not a ventricle segmentation; if it is the LV blood pool, give --label-convention "
-                                          f"{other} ({other}: {values[RV]} is the LV pool; acdc: 1 RV, 2 myocardium, 3 LV; "
-                                          "ukbb: 1 LV, 2 myocardium, 3 RV)")
+                                          f"{other} ({other}: {values[RV]} is the LV pool; {_CONVENTIONS_SAID})")
         # no LV pool at all, but an "RV" ringed by myocardium: an LV-only map (LV 1, myocardium
         # 2, as UK Biobank-style and many clinical maps are) read in a convention where 1 is the RV
         t = int(np.argmax([(lab == RV).sum() for lab in labels]))
         lab = labels[t]
         if min((lab == RV).sum(), (lab == MYO).sum()) >= 20 and (_myocardium_contact(lab, RV) or 0) > 0.7:
-            values = {t: v for v, t in CONVENTIONS[convention].items()}
-            other = "ukbb" if convention == "acdc" else "acdc"
+            values, other = _values_and_other(convention)
             raise CardiacInputError(path, f"the map has no LV blood pool (value {values[LV]} in the {convention} convention), "
                                           f"and the structure read as the RV (value {values[RV]}) is ringed by myocardium on "
                                           f"{_myocardium_contact(lab, RV):.0%} of its border, as an LV pool is: an LV-only map in "
-                                          f"another convention? give --label-convention {other} (acdc: 1 RV, 2 myocardium, "
-                                          "3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
+                                          f"another convention? give --label-convention {other} ({_CONVENTIONS_SAID})")
         if min((lab == RV).sum(), (lab == MYO).sum()) >= 20 and (_myocardium_contact(lab, MYO, RV) or 0) > 0.8:
-            values = {t: v for v, t in CONVENTIONS[convention].items()}
+            values, _ = _values_and_other(convention)
             raise CardiacInputError(path, f"the map has no LV blood pool (value {values[LV]} in the {convention} convention), "
                                           f"and the structure read as the myocardium (value {values[MYO]}) is ringed by the one "
                                           f"read as the RV (value {values[RV]}), as a pool is by its wall: the values are not "
                                           f"in the {convention} convention (an LV-only map with {values[RV]} the myocardium and "
-                                          f"{values[MYO]} the pool?); convert the map (acdc: 1 RV, 2 myocardium, 3 LV; ukbb: "
-                                          "1 LV, 2 myocardium, 3 RV)")
+                                          f"{values[MYO]} the pool?); convert the map ({_CONVENTIONS_SAID})")
         return
     t = int(np.argmax([(lab == LV).sum() for lab in labels]))
     lab = labels[t]
@@ -391,18 +394,18 @@ def _refuse_swapped_convention(path, labels, convention):
     # "myocardium" ringed by "LV pool" is the pool, labelled the other way round
     myo_in_lv = _myocardium_contact(lab, MYO, LV)
     if lv is not None and myo_in_lv is not None and lv < 0.6 and myo_in_lv > 0.8:
-        values = {t: v for v, t in CONVENTIONS[convention].items()}
+        values, _ = _values_and_other(convention)
         raise CardiacInputError(path, f"the LV blood pool (value {values[LV]}) and myocardium (value {values[MYO]}) labels look "
                                       f"swapped: the structure read as myocardium is ringed by the one read as the pool "
                                       f"({myo_in_lv:.0%} of its border), which touches it on only {lv:.0%} of its own; "
                                       f"in the {convention} convention {values[LV]} is the LV blood pool and {values[MYO]} the "
                                       "myocardium: convert the map")
     if lv is not None and rv is not None and lv_and_rv_look_swapped((lv, rv)):
-        other = "ukbb" if convention == "acdc" else "acdc"
+        _, other = _values_and_other(convention)
         raise CardiacInputError(path, f"the labels look like the {other} convention, not {convention}: the structure read as "
                                       f"the LV blood pool touches myocardium on {lv:.0%} of its border, the one read as the RV "
                                       f"on {rv:.0%} (an LV pool is ringed by myocardium); give --label-convention {other} "
-                                      f"(acdc: 1 RV, 2 myocardium, 3 LV; ukbb: 1 LV, 2 myocardium, 3 RV)")
+                                      f"({_CONVENTIONS_SAID})")
 
 
 # Given cine labels sit where the LV blood pool (bright) and the myocardium (dark) part best:
