@@ -480,8 +480,9 @@ def perfusion_labels_off_the_image(analysis):
     one orientation flag blamed the images (probe 105). Two cues, on the frames as measured:
 
     - at the bolus peak the blood pool is bright and the myocardium darker, as in a cine frame:
-      a mirrored, rotated or shifted copy of the map parts the two clearly better than the map
-      itself (``readers.labelmap.MIN_OVERLAY_CONTRAST_SHARE``, the cine's check), each given the
+      a mirrored, rotated or in-plane shifted copy of the map (not one moved along the stack:
+      ``_in_plane_copies``) parts the two clearly better than the map itself
+      (``readers.labelmap.MIN_OVERLAY_CONTRAST_SHARE``, the cine's check), each given the
       motion correction's reach (``MOTION_REACH_PX``) on the frames as it aligned them;
     - the RV labelled lies on the LV's other side (median cosine under ``MIRRORED_MAX_COS``) from
       the RV the bolus shows (blood peaking before the LV pool, ``geometry.rv_at_peak``): a map
@@ -523,9 +524,31 @@ def perfusion_labels_off_the_image(analysis):
     return known[0]
 
 
+def _in_plane_copies(lab, pixel_mm):
+    """``readers.labelmap._moved_copies`` of the (S, R, C) map without its copies moved along
+    the stack: each slice is moved alone, and a single slice has no stack to move along.
+
+    The copy moved one slice was calibrated on ACDC cines (about 10 slices 5-10 mm apart, where
+    neighbouring rings nearly match). A perfusion series has 3-4 slices 10-20 mm apart: the next
+    slice's ring, larger or smaller, moved within the motion correction's reach, finds a darker
+    rim around the pool, so the contrast favours the larger ring, not the right slice. On 12
+    full-field perfusion phantoms at 2.5 mm pixels, the copy moved towards the last slice beat
+    the network's correct masks (myocardium Dice 0.96-1.0) on 2 and the true maps on the same 2
+    (on one of them it won on each slice it covers judged alone, so asking for that does not
+    help), and of the 12 true maps moved one slice towards the last slice it flagged 11, each
+    time naming that same direction, away from the right slices (probe 106; session 48,
+    /tmp/s48/qcfix/eval1.py). A map moved along a perfusion stack leaves an end slice unlabelled,
+    which SEGMENTS_UNMEASURED flags (all 24 maps moved either way).
+    """
+    from .readers.labelmap import _moved_copies
+
+    per_slice = [_moved_copies(lab[k:k + 1], pixel_mm) for k in range(lab.shape[0])]
+    return {name: np.concatenate([copies[name] for copies in per_slice]) for name in per_slice[0]}
+
+
 def _perfusion_overlay(images, lab, notes, spacing, spacing_rc, dt):
     """``perfusion_labels_off_the_image``'s judgement, not kept."""
-    from .readers.labelmap import MIN_OVERLAY_CONTRAST_SHARE, _moved_copies
+    from .readers.labelmap import MIN_OVERLAY_CONTRAST_SHARE
 
     peak = _bolus_peak(images, notes)
     if peak is None:
@@ -534,7 +557,7 @@ def _perfusion_overlay(images, lab, notes, spacing, spacing_rc, dt):
     given = _contrast_within_reach(peak, lab, floor, MOTION_REACH_PX)
     if given is not None:
         copies = {name: _contrast_within_reach(peak, moved, floor, MOTION_REACH_PX)
-                  for name, moved in _moved_copies(lab, float(min(spacing[:2]))).items()}
+                  for name, moved in _in_plane_copies(lab, float(min(spacing[:2]))).items()}
         best = max((c for c in copies.values() if c is not None), default=None)
         if best is not None and given < MIN_OVERLAY_CONTRAST_SHARE * best:
             name, shown = next((n, c) for n, c in copies.items() if c is not None and c >= NAMED_COPY_SHARE * best)
@@ -612,6 +635,48 @@ def repeated_frames(images):
     return _identical_pairs(images, axis=0)
 
 
+# A slice stored twice need not be bit-identical: a copy at another gain (x1.1) or with fresh
+# noise read EDV 144.2 for 129.5 mL and mass 134.3 for 121.3 g with QC pass (probe 107). Over the
+# whole cycle (Pearson, every frame's pixels together) such copies correlate with their original
+# at 0.9998-1.0, and a real slice copied with fresh noise of 3 % of its 99th percentile at
+# 0.991-0.994 (the MetaImage cine, Sunnybrook, ACDC 001 and 094). Slices of a stack, any two, at
+# most 0.898 (ACDC's 80 studies, ED and ES frames), 0.784 (the MetaImage cine), 0.811
+# (Sunnybrook); the perfusion phantoms 0.881 (3 slices 20 mm apart, 120 series), 0.961 with a
+# full-field body the same on every slice (24 series); the cine phantom 0.974 with its default
+# noise (20 seeds; 0.986 at noise 0.02, 0.996 noise-free: its torso is the same on every slice,
+# as no scanner's is). Session 48: /tmp/s48/qcfix/corr_real.py, corr_perf.py, noisecopy.py,
+# verify_near.py.
+NEAR_COPY_MIN_CORRELATION = 0.99
+# ... judged only where slices lie this far apart: thinner stacks are 3D acquisitions, often
+# reconstructed with overlapping slices, whose neighbours come near a copy. ACDC's slices against
+# themselves moved in-plane correlate up to 0.914 at 5 mm (its stacks 5 mm apart: 0.898 through
+# the plane), 0.958 at 3 mm, 0.977 at 2 mm and 0.986 at 1.5 mm (/tmp/s48/qcfix/inplane.py).
+NEAR_COPY_MIN_SPACING_MM = 5.0
+# pixels per slice the correlation is taken on (every n-th row and column): enough for its 4th
+# decimal, and a 30-frame 256x256 cine's 14 slices in some 30 MB
+NEAR_COPY_SAMPLES = 200_000
+
+
+def nearly_repeated_slices(images, slice_spacing_mm):
+    """[(j, k, r)], j < k: slices of (frames, slices, rows, columns) ``images`` whose images over
+    every frame correlate at ``r`` >= ``NEAR_COPY_MIN_CORRELATION`` (Pearson; identical ones
+    included, one-valued ones left out): a slice stored twice at another gain or with other
+    noise. [] for slices under ``NEAR_COPY_MIN_SPACING_MM`` apart, where neighbours may come as
+    near."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] < 2 or not slice_spacing_mm or slice_spacing_mm < NEAR_COPY_MIN_SPACING_MM:
+        return []
+    n_frames, n_slices, rows, cols = images.shape
+    step = max(1, int(np.ceil(np.sqrt(n_frames * rows * cols / NEAR_COPY_SAMPLES))))
+    x = np.moveaxis(images[:, :, ::step, ::step], 1, 0).reshape(n_slices, -1).astype(np.float64)
+    x -= x.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1)
+    live = np.flatnonzero(norms > 0)
+    r = (x[live] @ x[live].T) / np.outer(norms[live], norms[live])
+    return [(int(live[a]), int(live[b]), float(r[a, b])) for a in range(live.size) for b in range(a + 1, live.size)
+            if r[a, b] >= NEAR_COPY_MIN_CORRELATION]
+
+
 def _identical_pairs(images, axis):
     """[(j, k)], j < k: the indices along ``axis`` of (frames, slices, rows, columns) ``images``
     whose sub-arrays are equal (blank ones left out: BLANK_END_SLICES / IMAGE_LOST say so)."""
@@ -633,11 +698,25 @@ def _field_of_view_mm(study):
 
 
 def _repeated_slice_flags(study):
-    return _repeated_flags("SLICES_REPEATED", "slice(s)", repeated_slices(study.images),
-                           "hold the same images in every frame: one slice stored twice (by the export, or as a retake at "
-                           "a moved position with the same pixels) is measured twice (a cine's mid slice repeated read its "
-                           "volumes and mass 11-15 % high in tests; a perfusion slice repeated moves the slices after it to "
-                           "other AHA levels); check the stack")
+    """SLICES_REPEATED for slices identical (``repeated_slices``) or nearly so
+    (``nearly_repeated_slices``)."""
+    same = repeated_slices(study.images)
+    near = [(j, k, r) for j, k, r in nearly_repeated_slices(study.images, float(study.spacing[2])) if (j, k) not in same]
+    if not same and not near:
+        return []
+    said = []
+    if same:
+        said.append("slice(s) " + ", ".join(f"{j + 1} and {k + 1}" for j, k in same)
+                    + " (counted from 1) hold the same images in every frame")
+    if near:
+        said.append("slice(s) " + ", ".join(f"{j + 1} and {k + 1}" for j, k, _ in near) + " (counted from 1) hold nearly "
+                    "identical images over every frame (correlation " + ", ".join(f"{r:.4f}" for _, _, r in near)
+                    + f"; from {NEAR_COPY_MIN_CORRELATION} flagged, where a scanner's slices correlate at most about 0.9), "
+                    "the same images at another gain or with other noise")
+    return [_flag("SLICES_REPEATED", REVIEW, "; ".join(said) + ": one slice stored twice (by the export, or as a retake at "
+                  "a moved position with the same pixels) is measured twice (a cine's mid slice repeated read its volumes "
+                  "and mass 11-15 % high in tests; a perfusion slice repeated moves the slices after it to other AHA "
+                  "levels); check the stack", len(same) + len(near))]
 
 
 def _repeated_flags(code, what, pairs, consequence):
