@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 
 from .labels import LV, MYO, RV
+from .perfusion.bolus import AIF_PLATEAU_FRACTION, clipped_peak
+from .readers.geometry_check import MAX_FIELD_OF_VIEW_MM
 from .study import PERFUSION
 
 REVIEW, INFO = "review", "info"
@@ -379,7 +381,7 @@ def labels_off_the_image_flags(analysis):
     """LABELS_OFF_THE_IMAGE where the labels do not overlay the images they are measured on: a
     cine's frame (``readers.labelmap.labels_off_the_image``), a perfusion series' bolus
     (``perfusion_labels_off_the_image``)."""
-    from .readers.labelmap import labels_off_the_image
+    from .readers.labelmap import NOT_BRIGHT_BLOOD, labels_off_the_image
 
     if analysis.kind == PERFUSION:
         off = perfusion_labels_off_the_image(analysis)
@@ -387,6 +389,10 @@ def labels_off_the_image_flags(analysis):
         off = labels_off_the_image(analysis.study, analysis.labels)
     if not off:
         return []
+    if off.startswith(NOT_BRIGHT_BLOOD):
+        # the labels fit the images with their grey values inverted: the images are what is off
+        # (a dark-blood or inverted cine), not the labels (probe 107: "rotated 180 degrees")
+        return [_flag("IMAGES_NOT_BRIGHT_BLOOD", REVIEW, f"{labels_source(analysis)}: {off}", None)]
     return [_flag("LABELS_OFF_THE_IMAGE", REVIEW, f"{labels_source(analysis)}: {off}", None)]
 
 
@@ -608,11 +614,8 @@ MAX_POOL_SHARE_AT_IMAGE_MAXIMUM = 0.25
 # in the MetaImage cine and Sunnybrook (as grey_levels counts). 0..1 images cast to integers without scaling keep
 # 2-4 levels; the network's ESV read 30 % low, EF +11 points, QC pass (probe 51).
 MIN_GREY_LEVELS = 32
-# The wider side of the field of view of the 80 ACDC studies spans 320-480 mm, Sunnybrook's
-# 350 mm; MR scanners reach 500-550 mm at most. A wider image has pixels larger in the file than
-# the scanner's: an image resized with its old header (ACDC upsampled 1.5 times, 555 mm, read
-# EDV +132 %, mass +114 %, QC pass; probe 51).
-MAX_FIELD_OF_VIEW_MM = 550.0
+# MAX_FIELD_OF_VIEW_MM (imported above) is the widest field of view an MR scanner gives; a header's
+# length unit is judged by it too (readers.geometry_check)
 
 
 def grey_levels(image, most=200_000):
@@ -1169,7 +1172,8 @@ def cine_flags(analysis):
     lost = lost_images(analysis.study, sorted(labels), labels)
     flags += lost_image_flags(analysis, lost, ed, es, damaged_images(analysis.study, sorted(labels), labels))
     if ed is not None and ed in labels and analysis.study.images.shape[0] > ed:
-        snr = _snr_of(analysis, ed)
+        # the SNR is the bright pool's over the background: a dark-blood cine's says nothing of its noise
+        snr = None if any(f["code"] == "IMAGES_NOT_BRIGHT_BLOOD" for f in flags) else _snr_of(analysis, ed)
         if snr is not None and snr < MIN_CINE_SNR:
             flags.append(_flag("IMAGE_NOISY", REVIEW, f"the images are noisy: LV blood-pool SNR {snr:.1f} at ED (80 ACDC "
                                                       f"studies: 26 or more), under {MIN_CINE_SNR:g}, where segmentations "
@@ -1901,34 +1905,7 @@ def first_pass_fwhm_s(rise, times):
     return float(down - up)
 
 
-# A bolus peak sampled once a heartbeat or two is rounded: the frames either side of it lie 2-8 %
-# below it (a 4-8 s wide first pass at 0.5-1 s frames; the real QPerf and aif_detection AIFs
-# 0.2-6 %), more with noise. Three or more frames in a row, over 1.5 s or more, within this
-# fraction of the maximum are a plateau: the signal was clipped (a 12-bit ceiling, a saturated
-# receiver, an export's window). A clipped phantom AIF (at half its peak) gave MBF 3.33 for
-# 2.63 mL/min/g with QC "pass".
-AIF_PLATEAU_FRACTION = 0.005
-AIF_PLATEAU_FRAMES = 3
-AIF_PLATEAU_S = 1.5
-
-
-def clipped_peak(rise, times):
-    """(first, last) frame of a flat top around the peak of a baseline-subtracted curve sampled
-    at ``times`` (s): ``AIF_PLATEAU_FRAMES`` or more frames over ``AIF_PLATEAU_S`` or more;
-    else None."""
-    rise = np.asarray(rise, float)
-    peak = int(np.argmax(rise))
-    if rise.size < 8 or not rise[peak] > 0:
-        return None
-    near = rise >= rise[peak] * (1 - AIF_PLATEAU_FRACTION)
-    first, last = peak, peak
-    while first > 0 and near[first - 1]:
-        first -= 1
-    while last < rise.size - 1 and near[last + 1]:
-        last += 1
-    if last - first + 1 < AIF_PLATEAU_FRAMES or times[last] - times[first] < AIF_PLATEAU_S:
-        return None
-    return first, last
+# clipped_peak (perfusion.bolus, with its AIF_PLATEAU_* rule): a flat top around the AIF's peak
 
 
 def frame_gap_in_first_pass(rise, times, foot):

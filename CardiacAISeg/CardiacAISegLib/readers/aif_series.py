@@ -357,14 +357,13 @@ CEILING_TOLERANCE = 1e-4   # of the curve's range: as qc's IMAGE_CLIPPED reads t
 
 def lv_clipped_frames(main_lv, times, ceiling):
     """(T,) bool: the frames where the images' LV curve is clipped: flat at its maximum as
-    ``qc.clipped_peak`` reads a clipped AIF (``AIF_PLATEAU_FRAMES`` or more within
-    ``AIF_PLATEAU_FRACTION`` of the peak over ``AIF_PLATEAU_S``), or at the series' highest value
+    ``perfusion.bolus.clipped_peak`` reads a clipped AIF (QC's AIF_CLIPPED: ``AIF_PLATEAU_FRAMES``
+    or more within ``AIF_PLATEAU_FRACTION`` of the peak over ``AIF_PLATEAU_S``), or at the series' highest value
     ``ceiling`` in ``MIN_FRAMES_AT_CEILING`` or more frames. The saturation curve of
     ``scale_onto_main`` bends smoothly; fitted to a hard plateau it took the plateau for
     saturation: LV cut at 0.7 of its peak by a 12-bit ceiling scaled the AIF by 1.8 for 1.49 (the
     clip called "38 % below linear"), MBF 18 % low, up to 29 % (probe 106)."""
-    from ..perfusion.bolus import bolus_foot
-    from ..qc import clipped_peak
+    from ..perfusion.bolus import bolus_foot, clipped_peak
 
     m = np.asarray(main_lv, float)
     clipped = np.zeros(m.size, bool)
