@@ -542,8 +542,7 @@ def _in_plane_copies(lab, pixel_mm):
     the network's correct masks (myocardium Dice 0.96-1.0) on 2 and the true maps on the same 2
     (on one of them it won on each slice it covers judged alone, so asking for that does not
     help), and of the 12 true maps moved one slice towards the last slice it flagged 11, each
-    time naming that same direction, away from the right slices (probe 106; session 48,
-    /tmp/s48/qcfix/eval1.py). A map moved along a perfusion stack leaves an end slice unlabelled,
+    time naming that same direction, away from the right slices (probe 106; session 48). A map moved along a perfusion stack leaves an end slice unlabelled,
     which SEGMENTS_UNMEASURED flags (all 24 maps moved either way).
     """
     from .readers.labelmap import _moved_copies
@@ -647,13 +646,19 @@ def repeated_frames(images):
 # (Sunnybrook); the perfusion phantoms 0.881 (3 slices 20 mm apart, 120 series), 0.961 with a
 # full-field body the same on every slice (24 series); the cine phantom 0.974 with its default
 # noise (20 seeds; 0.986 at noise 0.02, 0.996 noise-free: its torso is the same on every slice,
-# as no scanner's is). Session 48: /tmp/s48/qcfix/corr_real.py, corr_perf.py, noisecopy.py,
-# verify_near.py.
+# as no scanner's is; session 48).
 NEAR_COPY_MIN_CORRELATION = 0.99
+# ... and over the tenth of their pixels that move most through the cycle (the heart): a torso the
+# same on every slice (the cine phantom's, as no scanner's is) made neighbours correlate at
+# 0.991-0.995 over the whole image at low noise (review 2 of session 48), 0.95-0.97 here; copies
+# 0.990-1.0 (a Sunnybrook slice with fresh noise of 3 % of its 99th percentile 0.9905, the
+# phantom's 0.994), Sunnybrook's neighbours 0.67
+NEAR_COPY_MOVING_SHARE = 0.1
+NEAR_COPY_MIN_MOVING = 0.98
 # ... judged only where slices lie this far apart: thinner stacks are 3D acquisitions, often
 # reconstructed with overlapping slices, whose neighbours come near a copy. ACDC's slices against
 # themselves moved in-plane correlate up to 0.914 at 5 mm (its stacks 5 mm apart: 0.898 through
-# the plane), 0.958 at 3 mm, 0.977 at 2 mm and 0.986 at 1.5 mm (/tmp/s48/qcfix/inplane.py).
+# the plane), 0.958 at 3 mm, 0.977 at 2 mm and 0.986 at 1.5 mm (session 48).
 NEAR_COPY_MIN_SPACING_MM = 5.0
 # pixels per slice the correlation is taken on (every n-th row and column): enough for its 4th
 # decimal, and a 30-frame 256x256 cine's 14 slices in some 30 MB
@@ -676,8 +681,22 @@ def nearly_repeated_slices(images, slice_spacing_mm):
     norms = np.linalg.norm(x, axis=1)
     live = np.flatnonzero(norms > 0)
     r = (x[live] @ x[live].T) / np.outer(norms[live], norms[live])
-    return [(int(live[a]), int(live[b]), float(r[a, b])) for a in range(live.size) for b in range(a + 1, live.size)
-            if r[a, b] >= NEAR_COPY_MIN_CORRELATION]
+    pairs = [(int(live[a]), int(live[b]), float(r[a, b])) for a in range(live.size) for b in range(a + 1, live.size)
+             if r[a, b] >= NEAR_COPY_MIN_CORRELATION]
+    return [(j, k, c) for j, k, c in pairs if _moving_region_correlation(images[:, j, ::step, ::step],
+                                                                         images[:, k, ::step, ::step]) >= NEAR_COPY_MIN_MOVING]
+
+
+def _moving_region_correlation(a, b):
+    """Pearson correlation of two slices' (frames, rows, columns) images over the pixels that move
+    most through the cycle in either (``NEAR_COPY_MOVING_SHARE``): the heart, not what every slice
+    shares (a still torso)."""
+    spread = np.maximum(np.asarray(a, np.float64).std(0), np.asarray(b, np.float64).std(0))
+    where = spread >= np.quantile(spread, 1 - NEAR_COPY_MOVING_SHARE)
+    x, y = np.asarray(a, np.float64)[:, where].ravel(), np.asarray(b, np.float64)[:, where].ravel()
+    x, y = x - x.mean(), y - y.mean()
+    norm = np.linalg.norm(x) * np.linalg.norm(y)
+    return float(x @ y / norm) if norm > 0 else 0.0
 
 
 def _identical_pairs(images, axis):
