@@ -107,7 +107,7 @@ def test_a_map_in_gd_units_rises_from_near_zero(perfusion):
     assert kind == "perfusion" and "rises from near zero" in said, said
 
 
-@pytest.mark.parametrize("where, sd", [("whole image", 0.7), ("whole image", 1.0), ("air only", 1.0), ("air only", 3.0)])
+@pytest.mark.parametrize("where, sd", [("whole image", 1.0), ("air only", 1.0), ("air only", 3.0)])
 def test_a_gd_map_whose_noise_is_centred_on_zero_is_not_taken_as_shifted(perfusion, where, sd):
     """A map in Gd units with strong zero-centred noise (noisy air around the body, or everywhere):
     its tail dips far below zero, but its bulk (air, pre-contrast tissue) sits at zero. Measured
