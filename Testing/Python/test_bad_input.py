@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from dicom_factory import write_dicom
+from nifti_files import write_nifti
 
 from CardiacAISegLib import cli
 from CardiacAISegLib.outputs import OUTPUT_FILES
@@ -22,16 +23,7 @@ AFFINE = np.diag([1.5, 1.5, 8.0, 1.0])
 
 # ----------------------------------------------------------------------------- helpers
 def _nifti(path, data, affine=AFFINE, dt=None, dtype=np.float32):
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
-    if dt is not None:
-        img.header.set_xyzt_units("mm", "sec")
-        zooms = list(img.header.get_zooms())
-        zooms[3] = dt
-        img.header.set_zooms(zooms)
-    nib.save(img, str(path))
-    return path
+    return write_nifti(path, data, affine, dt, dtype)
 
 
 def _cine_labels(shape_xyz=(24, 24, 3)):

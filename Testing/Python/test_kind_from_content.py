@@ -4,7 +4,6 @@ stored with a negative offset (int16 minus 32000), or padded outside the field. 
 way without frame times was read as a first pass and refused ("rises from near zero",
 "brighten inf-fold"); with 45 ms frames it was measured but warned "series kind uncertain ...
 inf-fold" (probe 107 D3)."""
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from CardiacAISegLib.phantoms.phantom_perfusion import make_perfusion_phantom
 from CardiacAISegLib.readers import load_study
 from CardiacAISegLib.readers.series_kind import decide_kind
 from CardiacAISegLib.study import Study
+from nifti_files import write_nifti
 
 
 def _z_scored(images):
@@ -21,17 +21,8 @@ def _z_scored(images):
 
 
 def _write_nifti(path, frames_tsrc, affine, dtype=np.float32, frame_s=None):
-    """A 4D NIfTI of (T, S, R, C) frames; ``frame_s`` None: no time unit and a 1 s step (what ITK
-    writers store when they do not know the timing), else that step in seconds."""
-    data = np.transpose(np.asarray(frames_tsrc), (3, 2, 1, 0)).astype(dtype)
-    image = nib.Nifti1Image(data, affine, dtype=data.dtype)
-    if frame_s is not None:
-        image.header.set_xyzt_units("mm", "sec")
-        zooms = list(image.header.get_zooms())
-        zooms[3] = frame_s
-        image.header.set_zooms(zooms)
-    nib.save(image, str(path))
-    return path
+    """A 4D NIfTI of (T, S, R, C) frames (``nifti_files.write_nifti``)."""
+    return write_nifti(path, np.transpose(np.asarray(frames_tsrc), (3, 2, 1, 0)), affine, frame_s, dtype)
 
 
 def _said(study):
