@@ -79,6 +79,7 @@ def main():
 
     from CardiacAISegLib.models.architectures import build, mean_of_networks
     from CardiacAISegLib.models.inference import TTA_NAMES
+    from CardiacAISegLib.models.shipping import rounded_to_half
     from CardiacAISegLib.models.training import evaluate
 
     p = argparse.ArgumentParser()
@@ -92,14 +93,21 @@ def main():
     p.add_argument("--out", help="where to write the evaluation (default RUN/evaluation[-TTA].json)")
     p.add_argument("--ensemble-with", help="another run of --arch: evaluate the mean of both networks' log-probabilities")
     p.add_argument("--ensemble-params", default="{}", help="architecture parameters of --ensemble-with (JSON)")
+    p.add_argument("--half-weights", action="store_true",
+                   help="round the weights to float16 first, as a card shipped with stored_precision float16 holds them")
     args = p.parse_args()
     run = Path(args.run)
+
+    def weights(path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return rounded_to_half(state) if args.half_weights else state
+
     model = build(args.arch, **json.loads(args.params))
-    model.load_state_dict(torch.load(run / args.checkpoint, map_location="cpu", weights_only=True))
+    model.load_state_dict(weights(run / args.checkpoint))
     model.eval()
     if args.ensemble_with:
         other = build(args.arch, **json.loads(args.ensemble_params))
-        other.load_state_dict(torch.load(Path(args.ensemble_with) / args.checkpoint, map_location="cpu", weights_only=True))
+        other.load_state_dict(weights(Path(args.ensemble_with) / args.checkpoint))
         model = mean_of_networks([model, other]).eval()
     split = json.loads((run / "split.json").read_text())
     val = [SHARED / "acdc" / p for p in split["val"]]
@@ -109,6 +117,7 @@ def main():
     summary.update(cpu_ms_per_slice(model, args.pixel_mm, model.size_multiple, tta=args.tta, heart_crop_mm=args.heart_crop_mm))
     summary["tta"] = args.tta
     summary["heart_crop_mm"] = args.heart_crop_mm
+    summary["weights_precision"] = "float16" if args.half_weights else "float32"
     if args.heart_crop_mm:
         summary["heart_box_whole_field_fallbacks"] = sum("whole_field" in r.get("heart_box", {}) for r in rows) \
             + ("whole_field" in sunnybrook_box)

@@ -4,8 +4,11 @@ The ensemble is architecture "ensemble" (models/architectures.py): the mean of t
 log-probabilities, one state dict, one ONNX graph, read by the card's input section as the base
 model is. Its metrics are copied from an evaluation of exactly that pair (tools/evaluate_cine.py
 RUN_OF_BASE --ensemble-with RUN ...), never typed; the evaluation is shipped beside the weights.
+``--half-weights`` stores the weights (and the ONNX export's) as float16, half the bytes; the
+evaluation must then have been run with --half-weights too, so the card's numbers are of the
+rounded weights that ship.
 Usage: python tools/ship_ensemble.py --base-card CardiacAISeg/Resources/Models/gammanet/model.json
-           --with runs/NAME --evaluation build/eval/FILE.json --version N --title "..." [--overwrite]
+           --with runs/NAME --evaluation build/eval/FILE.json --version N --title "..." [--half-weights] [--overwrite]
 """
 import argparse
 import copy
@@ -21,7 +24,7 @@ def main():
 
     from CardiacAISegLib.models.architectures import build, parameter_count
     from CardiacAISegLib.models.registry import read_card, verify_weights
-    from CardiacAISegLib.models.shipping import export_onnx, ship_model
+    from CardiacAISegLib.models.shipping import HALF_PRECISION, export_onnx, ship_model
 
     p = argparse.ArgumentParser()
     p.add_argument("--base-card", required=True, help="the shipped model card whose weights are the first member")
@@ -31,6 +34,7 @@ def main():
     p.add_argument("--version", required=True)
     p.add_argument("--title", required=True)
     p.add_argument("--name", help="the card's name (default: the base card's)")
+    p.add_argument("--half-weights", action="store_true", help="store the weights as float16 (the evaluation must be --half-weights)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--dest", help="models folder to write into (default: the shipped models); a dry run elsewhere")
     args = p.parse_args()
@@ -52,6 +56,9 @@ def main():
         p.error(f"{args.evaluation} was not measured on {base['name']}'s held-out patients")
     if json.loads((run / "split.json").read_text())["val"] != base["training"]["split"]["val"]:
         p.error(f"{run} held out other patients than {base['name']}: its training saw the evaluation's patients")
+    precision = HALF_PRECISION if args.half_weights else "float32"
+    if summary.get("weights_precision", "float32") != precision:
+        p.error(f"{args.evaluation} measured {summary.get('weights_precision', 'float32')} weights, this card would ship {precision}")
     for key, card_key in (("tta", "tta"), ("heart_crop_mm", "heart_crop_mm")):
         if summary.get(key) != base["input"].get(card_key):
             p.error(f"{args.evaluation} measured {key} {summary.get(key)!r}, the base card reads {base['input'].get(card_key)!r}")
@@ -84,10 +91,11 @@ def main():
              "oriented_share": config.get("oriented_share"), "parameter_count": parameter_count(build(members[1]["name"], **members[1]["params"]))},
         ],
     }
-    card["metrics"] = {k: v for k, v in summary.items() if not k.startswith(TIMING_KEYS + ("tta", "heart_crop_mm"))}
+    card["metrics"] = {k: v for k, v in summary.items() if not k.startswith(TIMING_KEYS + ("tta", "heart_crop_mm", "weights_precision"))}
     card["timing"] = {k: v for k, v in summary.items() if k.startswith(TIMING_KEYS)}
     card["evaluated_with"] = evaluation.get("command")
-    folder = ship_model(net.state_dict(), card, dest_root=args.dest, overwrite=args.overwrite)
+    folder = ship_model(net.state_dict(), card, dest_root=args.dest, overwrite=args.overwrite,
+                        precision=HALF_PRECISION if args.half_weights else None)
     if Path(args.evaluation).resolve() != (folder / "evaluation.json").resolve():
         shutil.copyfile(args.evaluation, folder / "evaluation.json")
     card = export_onnx(folder)

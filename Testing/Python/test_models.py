@@ -675,6 +675,51 @@ def test_an_ensemble_card_rebuilds_its_members_and_exports_their_mean_as_one_net
     assert export_onnx(folder)["onnx"]["parity_max_abs_diff"] < 1e-3
 
 
+def test_weights_stored_as_half_precision_ship_at_half_the_bytes_and_run_as_evaluated(tmp_path):
+    """A card shipped with stored_precision float16 (the γ-Net ensemble, over the size limit in
+    float32): weights and ONNX export at about half the bytes, the network computing in float32 on
+    exactly the rounded weights tools/evaluate_cine.py --half-weights measured, the export within
+    the parity bound."""
+    import copy
+
+    import onnx
+    from onnx import TensorProto
+
+    from CardiacAISegLib.models.registry import _build_module, read_card, verify_weights
+    from CardiacAISegLib.models.shipping import HALF_PRECISION, export_onnx, rounded_to_half, ship_model
+
+    params = {"filters": [8, 16, 32, 48, 64]}
+    torch.manual_seed(0)
+    net = build("unet-light", **params).eval()
+    card = copy.deepcopy(registry.get_card("unet-light"))
+    card.update(name="half-test", default=False)
+    card["architecture"]["params"] = params
+    card.pop("onnx", None)
+    full = read_card(ship_model(net.state_dict(), dict(card, name="full-test"), dest_root=tmp_path))
+    full = export_onnx(Path(full["_folder"]))
+    half_folder = ship_model(net.state_dict(), card, dest_root=tmp_path, precision=HALF_PRECISION)
+    half = export_onnx(half_folder)
+    assert half["weights"]["stored_precision"] == half["onnx"]["stored_precision"] == HALF_PRECISION
+    assert half["weights"]["bytes"] < 0.6 * full["weights"]["bytes"]
+    assert half["onnx"]["bytes"] < 0.6 * full["onnx"]["bytes"]
+    assert half["onnx"]["parity_max_abs_diff"] < 1e-3
+    stored = torch.load(half_folder / "weights.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    exported = onnx.load(str(half_folder / "model.onnx"))
+    assert max(int(np.prod(i.dims)) for i in exported.graph.initializer if i.data_type == TensorProto.FLOAT) < 64
+
+    module = _build_module(read_card(half_folder), verify_weights(read_card(half_folder)))
+    evaluated = build("unet-light", **params).eval()
+    evaluated.load_state_dict(rounded_to_half(net.state_dict()))
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert next(module.parameters()).dtype == torch.float32
+        assert torch.equal(module(x), evaluated(x))   # the weights measured are the weights run
+        assert not torch.equal(module(x), net(x))       # and they are rounded (not the float32 ones)
+    with pytest.raises(ValueError, match="stored precision"):
+        ship_model(net.state_dict(), card, dest_root=tmp_path / "other", precision="int8")
+
+
 def test_cyclic_learning_rate_keeps_a_snapshot_at_each_cycle_end_and_they_average(short_run, tmp_path):
     import subprocess
     import sys

@@ -6,12 +6,25 @@ from pathlib import Path
 from .registry import CARD_NAME, SHIPPED_DIR, sha256_of
 
 WEIGHTS_NAME = "weights.pt"
+HALF_PRECISION = "float16"
 
 
-def ship_model(state_dict, card, dest_root=None, overwrite=False):
-    """Save ``state_dict`` and ``card`` (without the weights entry) as ``<dest_root>/<name>/``."""
+def rounded_to_half(state_dict):
+    """``state_dict`` with every floating-point tensor stored as float16: half the bytes, the
+    networks still run in float32 (loading casts back). An evaluation of such weights rounds them
+    the same way (tools/evaluate_cine.py --half-weights), so a card's numbers are of what ships."""
+    return {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()) for k, v in state_dict.items()}
+
+
+def ship_model(state_dict, card, dest_root=None, overwrite=False, precision=None):
+    """Save ``state_dict`` and ``card`` (without the weights entry) as ``<dest_root>/<name>/``;
+    ``precision`` HALF_PRECISION stores the floating-point tensors as float16 (``rounded_to_half``)."""
     import torch
 
+    if precision == HALF_PRECISION:
+        state_dict = rounded_to_half(state_dict)
+    elif precision is not None:
+        raise ValueError(f"stored precision {precision!r}: only {HALF_PRECISION!r} or None (as trained)")
     folder = Path(dest_root or SHIPPED_DIR) / card["name"]
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass overwrite=True to replace the shipped model")
@@ -22,6 +35,8 @@ def ship_model(state_dict, card, dest_root=None, overwrite=False):
     card = dict(card)
     card["weights"] = {"file": WEIGHTS_NAME, "format": "state_dict", "sha256": sha256_of(folder / WEIGHTS_NAME),
                        "bytes": (folder / WEIGHTS_NAME).stat().st_size}
+    if precision:
+        card["weights"]["stored_precision"] = precision
     (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
     return folder
 
@@ -62,6 +77,37 @@ def parity_inputs(card, seed=0):
     return {"phantom": phantom, "random": rand}
 
 
+HALF_MIN_ELEMENTS = 64   # smaller float constants (shape arithmetic, epsilons) stay float32
+
+
+def _store_initializers_as_half(path):
+    """Rewrite the ONNX file at ``path`` so that its float32 weight initializers are stored as
+    float16, each cast back to float32 by a Cast node ahead of the graph: the file halves, the
+    graph still computes in float32, and ONNX Runtime folds the casts once when it loads the model.
+    Exact for weights that were float16 already (a card with stored_precision float16)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept = [], []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or numpy_helper.to_array(init).size < HALF_MIN_ELEMENTS:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name + "__float16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=init.name + "__to_float32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
+
+
 def export_onnx(folder, opset=ONNX_OPSET):
     """Export the torch network of the model in ``folder`` to ``model.onnx`` (batch, rows and cols
     dynamic), check it against torch on ``parity_inputs``, and record file, sha256, opset and the
@@ -85,6 +131,10 @@ def export_onnx(folder, opset=ONNX_OPSET):
                           input_names=["image"], output_names=["scores"], do_constant_folding=True,
                           dynamic_axes={"image": {0: "batch", 2: "rows", 3: "cols"},
                                         "scores": {0: "batch", 2: "rows", 3: "cols"}})
+    half = card["weights"].get("stored_precision") == HALF_PRECISION
+    if half:
+        # the export as small as the weights it comes from; parity below is checked on this file
+        _store_initializers_as_half(tmp)
     ort = OnnxModule(tmp)
     diffs = {}
     with torch.inference_mode():
@@ -105,7 +155,7 @@ def export_onnx(folder, opset=ONNX_OPSET):
     card = json.loads((folder / CARD_NAME).read_text())
     card["onnx"] = {"file": ONNX_NAME, "sha256": sha256_of(folder / ONNX_NAME), "bytes": (folder / ONNX_NAME).stat().st_size,
                     "opset": opset, "exporter": f"torch.onnx.export (TorchScript exporter), torch {torch.__version__.split('+')[0]}",
-                    "parity_max_abs_diff": worst,
+                    "parity_max_abs_diff": worst, "stored_precision": HALF_PRECISION if half else "float32",
                     "parity": {"what": "max |ONNX Runtime - torch| of the class scores (logits), float32",
                                "inputs": {k: list(v.shape) for k, v in inputs.items()}, **diffs}}
     (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
