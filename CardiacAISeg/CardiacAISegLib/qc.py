@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 
 from .labels import LV, MYO, RV
-from .perfusion.bolus import AIF_PLATEAU_FRACTION, clipped_peak
+from .perfusion.bolus import AIF_PLATEAU_FRACTION, CEILING_TOLERANCE, clipped_peak
 from .readers.geometry_check import MAX_FIELD_OF_VIEW_MM
 from .study import PERFUSION
 
@@ -532,7 +532,7 @@ def perfusion_labels_off_the_image(analysis):
 
 def _in_plane_copies(lab, pixel_mm):
     """``readers.labelmap._moved_copies`` of the (S, R, C) map without its copies moved along
-    the stack: each slice is moved alone, and a single slice has no stack to move along.
+    the stack: the mirrored and in-plane shifted ones only, as each slice moved alone gives them.
 
     The copy moved one slice was calibrated on ACDC cines (about 10 slices 5-10 mm apart, where
     neighbouring rings nearly match). A perfusion series has 3-4 slices 10-20 mm apart: the next
@@ -547,8 +547,10 @@ def _in_plane_copies(lab, pixel_mm):
     """
     from .readers.labelmap import _moved_copies
 
-    per_slice = [_moved_copies(lab[k:k + 1], pixel_mm) for k in range(lab.shape[0])]
-    return {name: np.concatenate([copies[name] for copies in per_slice]) for name in per_slice[0]}
+    # the mirrored and in-plane shifted copies move each slice within its own plane (flips and
+    # rolls along rows and columns), so the whole map's are its slices' own: moved once, the
+    # copies along the stack (the only ones that mix slices) left out by name
+    return {name: moved for name, moved in _moved_copies(lab, pixel_mm).items() if "along the stack" not in name}
 
 
 def _perfusion_overlay(images, lab, notes, spacing, spacing_rc, dt):
@@ -719,6 +721,33 @@ def _field_of_view_mm(study):
     return study.images.shape[2] * float(study.spacing[1]), study.images.shape[3] * float(study.spacing[0])
 
 
+def _field_of_view_flags(study, consequence):
+    """FIELD_OF_VIEW_LARGE where the study's images span more than ``MAX_FIELD_OF_VIEW_MM``, the
+    cine's and the perfusion series' alike; ``consequence``: what a pixel size too large does to
+    what the series measures, and what to check."""
+    fov = _field_of_view_mm(study)
+    if max(fov) <= MAX_FIELD_OF_VIEW_MM:
+        return []
+    return [_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR scanner's "
+                                                 f"field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): the pixel size in "
+                                                 "the file is larger than the scanner's (an image resized and saved with its "
+                                                 f"old header?); {consequence}", max(fov))]
+
+
+def _placeholder_pixel_size(study):
+    """True where a file other than DICOM gives the pixels as exactly 1.0 x 1.0 mm: what a tool
+    writes when the scanner's spacing was lost on the way to the file (a DICOM file's PixelSpacing
+    is the scanner's own)."""
+    reader = str((study.provenance or {}).get("reader") or "")
+    return bool(reader) and not reader.startswith("dicom") and np.allclose(study.spacing_rc, 1.0, rtol=0, atol=1e-6)
+
+
+def _placeholder_pixels_said(usual):
+    """PIXEL_SPACING_DEFAULT's opening, the cine's and the perfusion series' alike; ``usual``: the
+    pixel sizes such a series usually has."""
+    return f"the file gives the pixels as exactly 1.0 x 1.0 mm, the value tools write when the scanner's spacing was lost ({usual})"
+
+
 def _repeated_slice_flags(study):
     """SLICES_REPEATED for slices identical (``repeated_slices``) or nearly so
     (``nearly_repeated_slices``)."""
@@ -762,13 +791,7 @@ def acquisition_flags(analysis):
     its spacing lost."""
     flags = _repeated_slice_flags(analysis.study)
     st = analysis.study
-    fov = _field_of_view_mm(st)
-    if max(fov) > MAX_FIELD_OF_VIEW_MM:
-        flags.append(_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR "
-                                                          f"scanner's field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): "
-                                                          "the pixel size in the file is larger than the scanner's (an image "
-                                                          "resized and saved with its old header?), and volumes and mass grow "
-                                                          "with its square; check the spacing", max(fov)))
+    flags += _field_of_view_flags(st, "volumes and mass grow with its square; check the spacing")
     spacing = float(st.spacing[2]) if st.n_slices > 1 else 0.0
     if spacing > MAX_CINE_SLICE_SPACING_MM:
         flags.append(_flag("SLICES_THICK", REVIEW, f"slices {spacing:.0f} mm apart, where the networks were trained and "
@@ -782,7 +805,6 @@ def acquisition_flags(analysis):
                                                     "straight, so the heart is not where each slice's position says (slices "
                                                     "of two acquisitions, or a table moved between breath-holds?); check the "
                                                     "slices line up", shear))
-    reader = str((st.provenance or {}).get("reader") or "")
     disagree = (st.provenance or {}).get("pixel_spacing_check")
     if disagree:
         flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, disagree["message"] + "; check the spacing against the "
@@ -790,16 +812,12 @@ def acquisition_flags(analysis):
     stale = (st.provenance or {}).get("voxel_size_check")
     if stale:   # readers.nifti.unused_form_disagrees
         flags.append(_flag("VOXEL_SIZE_DISAGREES", REVIEW, stale, None))
-    if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
-        # 1 x 1 mm is what a tool writes when the scanner's spacing was lost on the way to the
-        # file; cine pixels are 1.2-2 mm, so volumes and mass shrink with its square and still
-        # look physiological: EDV 46-65 % low with QC pass (probe 46). A DICOM file's
-        # PixelSpacing is the scanner's own
-        flags.append(_flag("PIXEL_SPACING_DEFAULT", REVIEW, "the file gives the pixels as exactly 1.0 x 1.0 mm, the value "
-                                                            "tools write when the scanner's spacing was lost (cine pixels are "
-                                                            "usually 1.2-2 mm): volumes and mass scale with the pixel area, so "
-                                                            "check the spacing against the scanner's (DICOM PixelSpacing)",
-                           1.0))
+    if _placeholder_pixel_size(st):
+        # cine pixels are 1.2-2 mm, so volumes and mass shrink with its square and still look
+        # physiological: EDV 46-65 % low with QC pass (probe 46)
+        flags.append(_flag("PIXEL_SPACING_DEFAULT", REVIEW, f"{_placeholder_pixels_said('cine pixels are usually 1.2-2 mm')}: "
+                                                            "volumes and mass scale with the pixel area, so check the spacing "
+                                                            "against the scanner's (DICOM PixelSpacing)", 1.0))
     ed = (analysis.cine or {}).get("ed_frame")
     # the network's contours only: labels drawn by hand measure the same with the blood clipped
     if analysis.model_info and ed is not None and ed in analysis.labels and st.images.shape[0] > ed:
@@ -857,14 +875,7 @@ def perfusion_acquisition_flags(analysis):
     wrong in the file, or its values cut or rounded by an export (see the comment above)."""
     st = analysis.study
     prov = st.provenance or {}
-    flags = []
-    fov = _field_of_view_mm(st)
-    if max(fov) > MAX_FIELD_OF_VIEW_MM:
-        flags.append(_flag("FIELD_OF_VIEW_LARGE", REVIEW, f"the images span {fov[0]:.0f} x {fov[1]:.0f} mm, wider than an MR "
-                                                          f"scanner's field of view (at most 500-{MAX_FIELD_OF_VIEW_MM:.0f} mm): "
-                                                          "the pixel size in the file is larger than the scanner's (an image "
-                                                          f"resized and saved with its old header?); {_PIXEL_SIZE_IN_PERFUSION}; "
-                                                          "check the spacing and the contours", max(fov)))
+    flags = _field_of_view_flags(st, f"{_PIXEL_SIZE_IN_PERFUSION}; check the spacing and the contours")
     disagree = prov.get("pixel_spacing_check")
     if disagree:   # readers.dicom.spacing_against_diameter; its message speaks of a cine's volumes
         flags.append(_flag("PIXEL_SPACING_DISAGREES", REVIEW, f"PixelSpacing {float(st.spacing_rc[0]):g} x "
@@ -878,8 +889,7 @@ def perfusion_acquisition_flags(analysis):
     stale = prov.get("voxel_size_check")
     if stale:   # readers.nifti.unused_form_disagrees: a sentence written for volumes
         flags.append(_flag("VOXEL_SIZE_DISAGREES", REVIEW, f"{stale} (in this perfusion series: {_PIXEL_SIZE_IN_PERFUSION})"))
-    reader = str(prov.get("reader") or "")
-    if reader and not reader.startswith("dicom") and np.allclose(st.spacing_rc, 1.0, rtol=0, atol=1e-6):
+    if _placeholder_pixel_size(st):
         flags += _placeholder_pixel_flags(analysis)
     flags += _perfusion_values_flags(analysis)
     return flags
@@ -893,8 +903,7 @@ def _placeholder_pixel_flags(analysis):
     estimated one from the LV pool, or the labels were given)."""
     from .models.perfusion_keyimage import pixel_size_known
 
-    said = "the file gives the pixels as exactly 1.0 x 1.0 mm, the value tools write when the scanner's spacing was lost " \
-           "(perfusion pixels are usually 1.4-3 mm)"
+    said = _placeholder_pixels_said("perfusion pixels are usually 1.4-3 mm")
     if analysis.model_info and pixel_size_known(analysis.study):
         return [_flag("PIXEL_SPACING_DEFAULT", REVIEW, f"{said}, and the network segmented the heart at that size: MBF per "
                                                        "gram does not depend on the pixel size, but the mask does (a 1.8 mm "
@@ -927,7 +936,7 @@ def _perfusion_values_flags(analysis):
     fitted = np.asarray(curves[0]) if curves is not None and np.shape(curves[0])[1:] == raw.shape[1:] else raw
     ceiling, floor = float(raw.max()), float(raw.min())
     if ceiling > floor:
-        share = float((fitted[:, myo] >= ceiling - 1e-4 * (ceiling - floor)).any(axis=0).mean())
+        share = float((fitted[:, myo] >= ceiling - CEILING_TOLERANCE * (ceiling - floor)).any(axis=0).mean())
         if share > MAX_MYO_SHARE_AT_IMAGE_MAXIMUM:
             flags.append(_flag("IMAGE_CLIPPED", REVIEW, f"{100 * share:.0f} % of the myocardium's pixels reach the series' "
                                                         "highest value, which tissue, enhancing a fraction of what blood "

@@ -353,6 +353,13 @@ AIF_PLATEAU_FRACTION = 0.005
 AIF_PLATEAU_FRAMES = 3
 AIF_PLATEAU_S = 1.5
 
+# A value counts as at a series' highest value ``ceiling`` from ``ceiling - CEILING_TOLERANCE *
+# (ceiling - floor)`` up, not only at equality: pixels moved by the motion correction's
+# interpolation, or averaged over a pool, land a rounding error below the ceiling they were cut at.
+# One constant for qc's perfusion IMAGE_CLIPPED (the myocardium's pixels) and
+# readers.aif_series.lv_clipped_frames (the LV curve), so the two read a ceiling alike.
+CEILING_TOLERANCE = 1e-4
+
 
 def clipped_peak(rise, times):
     """(first, last) frame of a flat top around the peak of a baseline-subtracted curve sampled

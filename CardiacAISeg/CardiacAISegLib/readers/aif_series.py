@@ -352,7 +352,6 @@ MAX_RESIDUAL_SHARE_FOR_SATURATION = 0.5
 # Two frames, not AIF_CLIPPED's three over 1.5 s: the ceiling says it, and a bolus clipped at 0.9
 # of its peak stays there two frames (scale 3.5 % low).
 MIN_FRAMES_AT_CEILING = 2
-CEILING_TOLERANCE = 1e-4   # of the curve's range: as qc's IMAGE_CLIPPED reads the series' highest value
 
 
 def lv_clipped_frames(main_lv, times, ceiling):
@@ -363,7 +362,7 @@ def lv_clipped_frames(main_lv, times, ceiling):
     ``scale_onto_main`` bends smoothly; fitted to a hard plateau it took the plateau for
     saturation: LV cut at 0.7 of its peak by a 12-bit ceiling scaled the AIF by 1.8 for 1.49 (the
     clip called "38 % below linear"), MBF 18 % low, up to 29 % (probe 106)."""
-    from ..perfusion.bolus import bolus_foot, clipped_peak
+    from ..perfusion.bolus import CEILING_TOLERANCE, bolus_foot, clipped_peak
 
     m = np.asarray(main_lv, float)
     clipped = np.zeros(m.size, bool)
