@@ -591,12 +591,13 @@ def test_a_structure_is_kept_across_a_slice_or_two_without_it_and_not_across_thr
     assert not largest_component_across_gaps(far)[8:10].any()
 
 
-@pytest.mark.parametrize("change", ["aif x2", "aif x0.5", "images x1.5", "aif tail zeroed", "aif saturated"])
+@pytest.mark.parametrize("change", ["aif x2", "aif x0.5", "aif x1.5", "images x1.5", "aif tail zeroed", "aif saturated"])
 def test_an_aif_that_does_not_measure_the_images_blood_is_flagged(perfusion, change):
     """A given AIF and the images' own LV blood pool hold the same blood: after the first pass
     their enhancements match, and at the peak the images' cannot be well above the AIF's. An AIF
     file on another scale, images rescaled (a scl_slope the AIF never had), an AIF zeroed after its
-    first pass or read from a saturated pool read MBF 26-102 % off with QC "pass" (probe 52)."""
+    first pass or read from a saturated pool read MBF 26-102 % off with QC "pass" (probe 52); an AIF
+    x1.5 still did under the first range, 0.6-1.35 (probe 108)."""
     study, _ = perfusion
     st = copy(study)
     st.provenance = dict(study.provenance)
@@ -607,6 +608,8 @@ def test_an_aif_that_does_not_measure_the_images_blood_is_flagged(perfusion, cha
         st.aif = base + 2 * rise
     elif change == "aif x0.5":
         st.aif = base + 0.5 * rise
+    elif change == "aif x1.5":   # MBF -33 %, passed under the range 0.6-1.35 (probe 108: x1.6 -37 %)
+        st.aif = base + 1.5 * rise
     elif change == "images x1.5":
         st.images = study.images * 1.5
         st.aif = study.aif * 1.0
