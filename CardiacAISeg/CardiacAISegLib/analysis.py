@@ -484,6 +484,21 @@ class Analysis:
                                                           f"taken from the LV ({why}): give --aif")
         return st.aif
 
+    def _pool_without_bolus(self, error):
+        """The error for a labelled LV blood pool in which no bolus passes (``find_foot`` refused its
+        curve): the labels are not on this series' LV. Said as the AIF's fault ("AIF is flat"), it
+        sent the user to a file that was fine while the label map was mirrored (s49)."""
+        import re
+
+        detail = re.search(r"\(([^()]*)\)", error.problem)
+        curve = f" ({detail.group(1)})" if detail else ""
+        if self.model_info:
+            return CardiacInputError("labels", f"the network's LV blood pool shows no contrast bolus{curve}: it did not find "
+                                               "the LV of this series; draw or give the labels")
+        return CardiacInputError("labels", f"the labelled LV blood pool shows no contrast bolus{curve}, which the LV of a "
+                                           "first pass always does: the label map does not lie on this series' LV "
+                                           "(mirrored, shifted, or another series' map?)")
+
     def _lv_reference_curve(self, images):
         """The LV blood pool curve of ``images`` as an AIF from the LV is read (the largest labelled
         pool's slice, eroded), or None without an LV pool."""
@@ -598,7 +613,12 @@ class Analysis:
             reference, reference_name = self._lv_reference_curve(images), "LV blood pool of the images"
             if reference is None:
                 reference, reference_name = aif, "the AIF (no LV blood pool labelled)"
-            sq = semiquant_indices(images, myo, self.segment_map if self.sectors else None, reference, times)
+            try:
+                sq = semiquant_indices(images, myo, self.segment_map if self.sectors else None, reference, times)
+            except CardiacInputError as e:
+                if reference is aif:
+                    raise
+                raise self._pool_without_bolus(e) from None
             sq["reference"] = reference_name
             self.perfusion["semiquantitative"] = sq
             if self.bullseye_measure == "relative_upslope":

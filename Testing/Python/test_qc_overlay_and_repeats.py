@@ -136,3 +136,20 @@ def test_a_low_noise_phantom_whose_torso_every_slice_shares_has_no_repeated_slic
     k = study.n_slices // 2
     copied = np.concatenate([study.images[:, :k + 1], 1.1 * study.images[:, k:k + 1], study.images[:, k + 1:]], axis=1)
     assert [(j, i) for j, i, _ in nearly_repeated_slices(copied, spacing)] == [(k, k + 1)]
+
+
+def test_a_perfusion_label_map_off_the_lv_is_named_not_the_aif():
+    """A perfusion label map whose LV pool lies where no bolus passes (mirrored with the heart off
+    the centre, shifted, another series') stopped the run with "AIF is flat ... (AIF)", though the
+    given AIF was intact: the user was sent to the wrong file (s49, 12 of 72 mirrored maps)."""
+    from CardiacAISegLib.errors import CardiacInputError
+    from CardiacAISegLib.pipeline import compute_analysis
+
+    study, _ = make_perfusion_phantom(seed=2, noise=0.02)
+    moved = {t: np.roll(m, (m.shape[1] // 2, m.shape[2] // 2), axis=(1, 2)) for t, m in study.labels.items()}
+    with pytest.raises(CardiacInputError) as e:
+        compute_analysis(copy(study), labels=moved)
+    assert "labelled LV blood pool shows no contrast bolus" in str(e.value) and "label map" in str(e.value)
+    assert "AIF is flat" not in str(e.value)
+    # the same labels where they belong run
+    assert compute_analysis(copy(study), labels=study.labels).perfusion["global_mbf_ml_min_g"] > 0
