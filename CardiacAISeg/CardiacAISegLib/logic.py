@@ -195,8 +195,19 @@ class CardiacAISegLogic(_LogicBase):
 
     def reset(self):
         """Forget the study and results (the scene is closing); the parameter node stays."""
-        self.study = self.studyNodes = self.analysis = self.networkLabels = self.restNetworkLabels = None
-        self.modelInfo, self.timing, self.lastUpdateTimeS, self.restStudy = None, {}, None, None
+        self.study = self.studyNodes = self.restStudy = None
+        self._forgetAnalysis()
+
+    def _forgetAnalysis(self):
+        """Drop everything of the current analysis: ``reset`` and ``setStudy`` both call this, so
+        that what one forgets the other cannot keep (reset kept ``_outputsMeasured``, the record
+        of a run measuring the output segmentations again, which setStudy dropped). Nothing of a
+        previous study's analysis may stay: its network's record (modelInfo) would name that
+        network as the maker of labels drawn by hand on the next study, and its rest mask and
+        timings are another series'."""
+        self.analysis = self.networkLabels = self.restNetworkLabels = self.modelInfo = None
+        self.timing, self.lastUpdateTimeS = {}, None
+        self._outputsMeasured = None
         self.unmeasuredEdits = {}
 
     # ------------------------------------------------------------------ parameter node
@@ -308,14 +319,7 @@ class CardiacAISegLogic(_LogicBase):
             nodes = sc.add_study(self.context, study)
             _write_study_attributes(nodes.sequence or nodes.volume, study)
         self.study = study
-        # nothing of the previous study's analysis stays: its network's record (modelInfo) would
-        # name that network as the maker of labels drawn by hand on this study, and its rest mask
-        # and timings are another series'
-        self.analysis = None
-        self.networkLabels = self.restNetworkLabels = self.modelInfo = None
-        self.timing, self.lastUpdateTimeS = {}, None
-        self._outputsMeasured = None
-        self.unmeasuredEdits = {}
+        self._forgetAnalysis()
         self.studyNodes = nodes
         self._setInput(self.studyNodes.sequence or self.studyNodes.volume)
         self.setParameter("aifPath", aifPath)

@@ -1715,8 +1715,8 @@ def test_a_cine_read_as_the_rest_series_is_said_so_when_its_analysis_fails(tmp_p
         return str(e.value)
 
     said = analysis_refusal(load_rest_series(path, dt=0.5))
-    assert "for its role (the rest series), though nifti time axis" in said and "which is a cine series" in said, said
-    assert "--kind" not in said and said.endswith("give the rest perfusion acquisition]"), said
+    assert "it is no first-pass perfusion series: nifti time axis" in said and "which is a cine series" in said, said
+    assert "--kind" not in said and said.endswith("give the rest perfusion acquisition (analysed as one: AIF is flat)"), said
     asked = analysis_refusal(load_study(path, kind="perfusion", dt=0.5))
     assert "because --kind perfusion was given" in asked and "drop --kind" in asked, asked
 

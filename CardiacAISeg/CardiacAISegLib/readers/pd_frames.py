@@ -41,10 +41,13 @@ def pixel_sample(images, lead_axes, count):
     return flat[..., ::max(1, flat.shape[-1] // count)]
 
 
+FRAME_LEVEL_PIXELS = 20000   # per frame; series_kind samples as many first (sampled again, a sample is itself)
+
+
 def frame_levels(images):
     """(T,) whole-field signal level per frame: the 75th percentile over every slice (tissue
     rather than air; the bolus moves a few per cent of the pixels, so it barely moves this)."""
-    return row_percentile(pixel_sample(images, 1, 20000), 75)
+    return row_percentile(pixel_sample(images, 1, FRAME_LEVEL_PIXELS), 75)
 
 
 def leading_pd_frames(images, flip_angles=None):

@@ -90,7 +90,13 @@ def _signal_floor(images):
 
 def _above_floor(images):
     """``images`` measured from their ``_signal_floor`` (the same array when that is 0)."""
-    floor = _signal_floor(images)
+    return _minus(images, _signal_floor(images))
+
+
+def _minus(images, floor):
+    """``images`` measured from ``floor``: a copy of just these pixels, or the same array when
+    ``floor`` is 0. Callers subtract it from the part they read, not from a whole 4D series: the
+    copy of a full-field series (60 x 4 x 224 x 208 float32, 45 MB) was made to read one slice."""
     return images - floor if floor else images
 
 
@@ -161,14 +167,15 @@ def _from_content(study):
     the coils, in perfusion too, so they alone never call a series with a pool pair a cine."""
     import numpy as np
 
-    from .pd_frames import leading_pd_frames
+    from .pd_frames import FRAME_LEVEL_PIXELS, leading_pd_frames, pixel_sample
 
     if study.n_frames < 10:
         return None
-    series = _above_floor(study.images)
-    pd_count, _ = leading_pd_frames(series)
-    images = series[pd_count:]
-    curves = _pool_curves(images[:, study.n_slices // 2])
+    series = study.images
+    floor = _signal_floor(series)
+    # the pixels pd_frames.frame_levels reads, measured from the floor (not the whole series)
+    pd_count, _ = leading_pd_frames(_minus(pixel_sample(series, 1, FRAME_LEVEL_PIXELS), floor))
+    curves = _pool_curves(_minus(series[pd_count:, study.n_slices // 2], floor))
     rises, ends, start = curves if curves is not None else (None, None, None)
     # both pools back (not just one: a real first pass cut to start 3-5 frames before the RV rises
     # ended with its RV pool at 1.28x and was read as a cine; probe 25)
@@ -179,7 +186,9 @@ def _from_content(study):
         rises = None
     if rises is not None and min(rises) >= FIRST_PASS_POOL_RISE:
         return PERFUSION, _first_pass_reason(rises, "on the middle slice")
-    top = np.percentile(images.reshape(images.shape[0], -1), 99, axis=1)
+    # frame by frame: np.percentile copies what it sorts, and over the whole series that was one
+    # more copy of it
+    top = np.array([np.percentile(_minus(frame, floor), 99) for frame in series[pd_count:]])
     before = float(np.median(top[:3]))
     ratio = float(top.max()) / before if before > 0 else float("inf")
     if ratio > 1.5:
@@ -311,11 +320,16 @@ def _drop_times_that_are_no_frame_interval(study):
     study.provenance = prov
 
 
-# How the rest series, perfusion by its role (it has no --kind to drop), is said to be none when
-# the data show a cine: "NO_FIRST_PASS<evidence>, which is a cine series<GIVE_THE_REST>"
-ROLE = "the rest series"
-NO_FIRST_PASS = "it is no first-pass perfusion series: "
-GIVE_THE_REST = "; give the rest perfusion acquisition"
+ROLE = "the rest series"   # perfusion by its role: it has no --kind to drop
+
+
+def rest_is_no_first_pass(said):
+    """The sentence that refuses the rest series, perfusion by its role, when the data show a
+    cine (``said``: "EVIDENCE, which is a cine series"): built here alone, so that the reader
+    (``decide_kind``, ``kind_said_on_errors`` while it is read) and its analysis (the pipeline's
+    ``kind_said_on_errors``) say the same. The analysis said "read as perfusion for its role (the
+    rest series), though ..." where the reader said "it is no first-pass perfusion series: ..."."""
+    return f"it is no first-pass perfusion series: {said}; give the rest perfusion acquisition"
 
 
 def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True):
@@ -356,7 +370,7 @@ def decide_kind(study, requested=None, aif_given=False, dt=None, user_asked=True
             said = f"{against[0][2]}{also}, which is a {against[0][0]} series"
             if not user_asked:
                 # the rest series is perfusion by its role: "drop --kind" named a flag never given (probe 60)
-                raise CardiacInputError(where, f"{NO_FIRST_PASS}{said}{GIVE_THE_REST}")
+                raise CardiacInputError(where, rest_is_no_first_pass(said))
             raise CardiacInputError(where, f"--kind {requested} contradicts the data: {said}; drop --kind to use the "
                                            "detected kind")
         overruled = against[0] if against else None
@@ -453,14 +467,11 @@ def _read_by_role(study):
 
 def requested_against_the_data_note(study):
     """When ``--kind`` chose the series' kind against weaker evidence of the other kind (a
-    file's time axis, the images), a phrase saying so for an error that follows; else None."""
+    file's time axis, the images), a phrase saying so for an error that follows; else None.
+    (The rest series, read by its role, is refused in ``rest_is_no_first_pass``'s words.)"""
     said = _evidence_against_the_request(study)
     if said is None:
         return None
-    if _read_by_role(study):
-        # the rest series is perfusion by its role: "drop --kind" named a flag (a 'Series kind'
-        # box) the user never set, and dropping it changed nothing (probe 103, review 1)
-        return f"read as perfusion for its role ({ROLE}), though {said}{GIVE_THE_REST}"
     return f"read as {study.kind} because --kind {study.kind} was given, though {said}; if it is one, drop --kind"
 
 
@@ -472,19 +483,22 @@ def kind_said_on_errors(study, reading=False):
     or a series "starting after the bolus peak", which named neither. An error on a series of
     either kind that --kind chose against what the data suggest says that (``--kind perfusion``
     on a cine NIfTI was refused for its 0.045 s frame interval and invited --dt, never naming
-    the one-cycle time axis; probe 36). ``reading``: the error refuses the series as it is read
-    (``finish_perfusion``), not its analysis: the rest series, read as perfusion by its role
-    against evidence of a cine, is then said first to be no first-pass perfusion series, with
-    the reader's words after (they blamed its frame interval; probe 103)."""
+    the one-cycle time axis; probe 36). The rest series, read as perfusion by its role against
+    evidence of a cine, is said first to be no first-pass perfusion series (``rest_is_no_first_pass``),
+    with the error's own words after (they blamed its frame interval; probe 103): the same words
+    whether it is refused as it is read (``finish_perfusion``: ``reading``) or in its analysis."""
     try:
         yield
     except CardiacInputError as e:
+        said = _evidence_against_the_request(study) if _read_by_role(study) else None
+        if said is not None:
+            refusal = rest_is_no_first_pass(said)
+            if refusal in e.problem:
+                raise
+            raise CardiacInputError(e.path, f"{refusal} ({'read' if reading else 'analysed'} as one: {e.problem})") from None
         reason = inferred_perfusion_reason(study)
         note = (read_as_perfusion_note(reason) if reason is not None else
                 requested_against_the_data_note(study) or aif_made_perfusion_note(study))
         if note is None or (reason or note) in e.problem:
             raise
-        if reading and _read_by_role(study):   # the note is the role's: said first, as what the series is
-            said = _evidence_against_the_request(study)
-            raise CardiacInputError(e.path, f"{NO_FIRST_PASS}{said}{GIVE_THE_REST} (read as one: {e.problem})") from None
         raise CardiacInputError(e.path, f"{e.problem} [{note}]") from None
