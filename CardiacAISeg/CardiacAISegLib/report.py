@@ -455,7 +455,12 @@ def summary_lines(analysis):
         first = f"{first} ({territories})" if first and territories else first
         caveat = mbf_caveat(analysis.qc)
         first = f"{first} · {caveat}" if first and caveat else first
-        second = line(text("rest_global_mbf_ml_min_g", "rest MBF"), text("mpr_global", "MPR"), text("mpri_global", "MPRI"),
+        reserve = text("mpr_global", "MPR")
+        if reserve and ((analysis.perfusion or {}).get("mpr") or {}).get("coverage"):
+            # over the segments both series measure: beside the two global MBFs (all of each
+            # series' segments) it read as their ratio and was not (3.17 beside 2.55 / 0.87; probe 108)
+            reserve += " (median of the segments both measure)"
+        second = line(text("rest_global_mbf_ml_min_g", "rest MBF"), reserve, text("mpri_global", "MPRI"),
                       None if "mpr_global" in rows else text("relative_upslope_global", "relative upslope"),
                       None if "mpr_global" in rows else text("time_to_peak_s_global", "time to peak"))
     else:

@@ -948,6 +948,11 @@ def test_mpr_of_a_rest_series_with_fewer_slices_compares_the_same_segments():
     assert partial.perfusion["mpr"]["global"] == pytest.approx(float(np.median(mids)))
     assert partial.perfusion["mpr"]["global"] == pytest.approx(full.perfusion["mpr"]["global"], rel=0.03)
     assert "coverage" in partial.perfusion["mpri"] and partial.perfusion["mpri"]["global"] > 1
+    # the report's line puts it beside the two global MBFs, whose ratio it is not (probe 108)
+    from CardiacAISegLib.report import summary_lines
+
+    assert "MPR" in summary_lines(partial)[1] and "(median of the segments both measure)" in summary_lines(partial)[1]
+    assert "MPR" in summary_lines(full)[1] and "median" not in summary_lines(full)[1]
 
 
 def test_tissue_late_against_the_aif_is_flagged(perfusion):
