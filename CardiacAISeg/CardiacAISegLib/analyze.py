@@ -126,10 +126,7 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
                       f"--labels {labels} reads {'the study' if labels == STUDY_LABELS else 'a ring'}'s own labels")
     if labels is not None and frames != "ed_es":
         unused.append(f"--frames {frames} not used: it chooses the frames a network segments; --labels gives the label maps")
-    elif study.kind == PERFUSION and frames != "ed_es":
-        # a cohort row's frames=all on a perfusion study went unsaid (probe 91)
-        unused.append(f"--frames {frames} not used: it chooses the cine frames a network segments; a perfusion series "
-                      "gets one mask from its key frames, followed through the frames by motion correction")
+    # --frames on a perfusion series with the network: said by compute_analysis, for the Slicer module too
     if study.kind != PERFUSION:
         given = [flag for flag, value in (("--dt", dt), ("--units", units)) if value is not None]
         if given:

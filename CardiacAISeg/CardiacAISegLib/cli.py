@@ -67,11 +67,16 @@ def _analyze(args):
 
 
 def _out_folder(value):
-    """--out: an empty value wrote the outputs into the current folder (probe 21)."""
+    """--out: an empty value wrote the outputs into the current folder (probe 21); the rule is the
+    Slicer Logic's too (``pipeline.check_output_folder_named``)."""
     import argparse
 
-    if not str(value).strip():
-        raise argparse.ArgumentTypeError("an empty output folder name; give the folder to write into, e.g. --out out")
+    from .pipeline import check_output_folder_named
+
+    try:
+        check_output_folder_named(value)
+    except CardiacInputError as e:
+        raise argparse.ArgumentTypeError(f"{e.problem}, e.g. --out out") from None
     return value
 
 

@@ -128,7 +128,10 @@ MODULE_FIELDS = {
     "--rest-aif": "the 'Rest AIF file' box", "--density": "the 'Myocardial density' box", "--model": "the 'Model' box",
     "--labels": "a label map loaded as a segmentation and 'Measure the labels that came with the study' (labels= in Python)",
     "--label-convention": "label_convention= in Python (logic.loadStudy)",
-    "--force": "'Replace existing files'"}
+    "--force": "'Replace existing files'", "--frames": "the 'Frames' box"}
+# the 'Frames' box's choices as it lists them ("--frames all not used": pipeline.frames_unused_on_perfusion)
+FRAMES_CHOICE_TEXT = {"all": "'All frames'", "ed_es": "'ED and ES only'"}
+_FRAMES_CHOICE = re.compile(r"(?<![\w-])--frames (all|ed_es)\b")
 REST_MODULE_FIELDS = {"--dt": "the 'Rest frame interval' box", "--aif": "the 'Rest AIF file' box",
                       "--series": "a file of that series, loaded, in the 'Rest series (MPR)' box"}
 
@@ -136,6 +139,7 @@ REST_MODULE_FIELDS = {"--dt": "the 'Rest frame interval' box", "--aif": "the 'Re
 def inModuleTerms(text, rest=False):
     """A reader's or the analysis' message in the module's terms (``errors.in_front_end_terms``,
     the web page's wording of the same hints)."""
+    text = _FRAMES_CHOICE.sub(lambda m: f"--frames set to {FRAMES_CHOICE_TEXT[m[1]]}", text)
     return in_front_end_terms(text, {**MODULE_FIELDS, **(REST_MODULE_FIELDS if rest else {})},
                               "the 'Or read a file or folder' box (then Load)",
                               "the 'Rest series (MPR)' box (load it first)", keep_python=True, rest=rest,
@@ -1491,10 +1495,11 @@ class CardiacAISegLogic(_LogicBase):
         ``outDir`` (``outputs.write_outputs``, as the CLI writes them); existing files are kept
         unless ``force``."""
         from .outputs import write_outputs
+        from .pipeline import check_output_folder_named
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the saved results")
-        _check_output_folder_named(outDir)
+        check_output_folder_named(outDir)   # the CLI's rule for --out
         return write_outputs(a, outDir, a.study.source or a.study.name, self.modelInfo, self.timing, force, progress,
                              scene_builder=build_output_scene, replace_hint=REPLACE_HINT)
 
@@ -1557,10 +1562,11 @@ class CardiacAISegLogic(_LogicBase):
         ``replaced-<time>`` folder inside it. Returns the folder."""
         from .outputs import make_output_folder
         from .readers.acdc import patient_image_files, slice_positions_lines
+        from .pipeline import check_output_folder_named
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the ground truth")
-        _check_output_folder_named(outDir)
+        check_output_folder_named(outDir)   # the CLI's rule for --out
         st = a.study
         patientName = self.groundTruthName(patientName)
         if a.kind != CINE:
@@ -1609,12 +1615,28 @@ class CardiacAISegLogic(_LogicBase):
     def _requireStudy(self):
         if self.study is None:
             raise CardiacInputError("input", "no study loaded: load a file or select an input volume/sequence")
+        self._refuseRemovedInput()
         return self.study
 
     def _requireAnalysis(self):
         if self.analysis is None:
             raise CardiacInputError("analysis", "nothing measured yet: run the segmentation first")
+        self._refuseRemovedInput()
         return self.analysis
+
+    def _refuseRemovedInput(self):
+        """The current study's input node (its sequence, or its volume) deleted from the scene (the
+        Data module): its edits were measured and its results exported, run again and stamped on
+        outputs made for no node, which a saved scene could not reopen (probe 103). Refused by name
+        on use, as a deleted handles node is (``_handlesNode``); the study is kept, so nothing the
+        user made is dropped, and loading or picking a series makes that one current."""
+        nodes = self.studyNodes
+        node = (nodes.sequence or nodes.volume) if nodes is not None else None
+        if node is not None and not self.scene.IsNodePresent(node):
+            raise CardiacInputError(node.GetName(), "the input series of this analysis was removed from the scene, so the "
+                                                    "analysis is not measured, run again or saved: load (or pick) the "
+                                                    "series again and run the segmentation (the output segmentations stay "
+                                                    "in the scene)")
 
     def myocardialVoxels(self, frame):
         """Number of myocardial voxels of a frame in the live analysis (for checks and tests)."""
@@ -1625,13 +1647,6 @@ class CardiacAISegLogic(_LogicBase):
 def _default_context():
     import slicer
     return sc.application_context() if hasattr(slicer, "app") else sc.new_scene()
-
-
-def _check_output_folder_named(outDir):
-    """The CLI's rule for --out (``cli._out_folder``): an empty folder name wrote every output into
-    the current working folder (probe 103)."""
-    if outDir is None or not str(outDir).strip():
-        raise CardiacInputError("output folder", "an empty output folder name; give the folder to write into")
 
 
 def _check_parameter(name):

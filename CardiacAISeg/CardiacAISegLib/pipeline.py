@@ -8,14 +8,16 @@ carries everything a front end shows: measures, QC, warnings (reader, bolus chec
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
 from .errors import CardiacInputError
-from .study import CINE
+from .study import CINE, PERFUSION
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -26,11 +28,27 @@ Labels = Mapping[int, np.ndarray]          # {frame: (S, R, C) uint8 label map}
 Frames = Union[str, Sequence[int]]         # "ed_es", "all" or frame indices
 ProgressLike = Union["Progress", Callable[[int, int, str], None], None]
 
+EMPTY_OUTPUT_FOLDER = "an empty output folder name; give the folder to write into"
+
+
+def check_output_folder_named(folder: str | os.PathLike | None) -> None:
+    """The one rule for the folder a run's outputs go to, the CLI's --out and the Slicer Logic's
+    exportResults and saveGroundTruth: an empty name is refused (CardiacInputError), since the
+    outputs then went into the current working folder, one the user never named (probe 21, 103).
+    ``Path("")`` reads ``"."``, its empty text lost: a Path "." is refused as one (a GUI's empty
+    field made a Path wrote there); the text "." names the working folder on purpose (``--out .``)."""
+    text = os.fspath(folder) if folder is not None else ""
+    if not str(text).strip():
+        raise CardiacInputError("output folder", EMPTY_OUTPUT_FOLDER)
+    if isinstance(folder, PurePath) and str(folder) == ".":
+        raise CardiacInputError("output folder", f"{EMPTY_OUTPUT_FOLDER} (Path('') reads '.', the working folder: "
+                                                 "give '.' as text, or the folder's full path, to write there)")
+
+
 def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es", device: str | None = None,
             progress: ProgressLike = None) -> tuple[dict[int, np.ndarray], dict]:
     """Label maps from a registry network; returns (labels, model info for results.json)."""
     from .models import registry
-    from .study import PERFUSION
 
     task = study.kind
     if model_name is None and not registry.list_models(task):
@@ -76,6 +94,13 @@ def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es
         if study.provenance.get(key):
             info[key] = study.provenance[key]
     return labels, info
+
+
+def frames_unused_on_perfusion(frames: Frames) -> str:
+    """The note that ``frames`` (--frames, the module's 'Frames' box) chose nothing: a perfusion
+    network segments its key frames, whatever frames are asked for."""
+    return (f"--frames {frames} not used: it chooses the cine frames a network segments; a perfusion series "
+            "gets one mask from its key frames, followed through the frames by motion correction")
 
 
 def refinement_warnings(reports: Sequence[dict] | None, sectors: int = 36) -> list[str]:
@@ -267,6 +292,10 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
         analysis.run(progress)
     if model_info:
         analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
+        if analysis.kind == PERFUSION and frames != "ed_es":
+            # said here, where the CLI, the Slicer module and a batch row all run the network: the
+            # module's 'Frames' box set to all frames went unsaid on a perfusion series (probe 103)
+            analysis.warnings.append(frames_unused_on_perfusion(frames))
         if analysis.kind == CINE and frames == "ed_es":
             t0 = time.perf_counter()
             if given_ed_es_checked_by_the_network(analysis, model_info["name"], device):
