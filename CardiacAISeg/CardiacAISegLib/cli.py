@@ -340,8 +340,8 @@ def build_parser():
     a.add_argument("--labels", action="append",
                    help="label map file to measure instead of running a network; given twice, one file per frame (the "
                         "segmentation.seg.nrrd and segmentation_es.seg.nrrd a run wrote, corrected or not, each go to the "
-                        "frame they record); 'study' = labels found with the input (ACDC _gt); 'ring' = automatic "
-                        "myocardial ring ROI (perfusion)")
+                        "frame they record); 'study' = labels found with the input (ACDC _gt, the label map beside a "
+                        "folder's one image); 'ring' = automatic myocardial ring ROI (perfusion)")
     a.add_argument("--label-convention", default="acdc", choices=["acdc", "ukbb", "internal"],
                    help="label values of --labels: acdc = 1 RV, 2 myocardium, 3 LV blood pool (default); ukbb and "
                         "internal = 1 LV blood pool, 2 myocardium, 3 RV")

@@ -640,7 +640,10 @@ def in_manifest_terms(message):
     columns = [c for c in (f[2:].replace("-", "_") for f in flags_named(message)) if c in OPTION_COLUMNS]
     if not columns:
         return message
-    return f"{message} (in a batch: the manifest's {', '.join(columns)} column{'s' if len(columns) > 1 else ''})"
+    said = f"in a batch: the manifest's {', '.join(columns)} column{'s' if len(columns) > 1 else ''}"
+    # after a message that ends in a parenthesis of its own ("give dt (seconds per frame, --dt)"),
+    # a second one in a row read as a stutter (probe 108)
+    return f"{message}; {said}" if message.endswith(")") else f"{message} ({said})"
 
 
 def _error_message(exc):

@@ -2725,13 +2725,13 @@ def _(base, f):
     return perfusion_args(base, **{"--labels": None, "--frames": "all"})
 
 
-@case("folder_of_one_image_and_its_labels", "error", ("holds one image (cine.nii.gz)", "--labels cine_labels.nii.gz"),
-      named=lambda f: f / "study", category="cli")
+@case("folder_of_one_image_and_its_labels", "ok", category="cli", check=lambda doc, base: _assert_cine_truth(doc, base))
 def _(base, f):
     """The tool's own phantom folder (an image and its label map) given as the input: told to add an
-    ACDC Info.cfg (probe 91)."""
+    ACDC Info.cfg (probe 91), then to give the image file itself (probe 108); it is read as that
+    image, and --labels study measures its label map."""
     cine_nifti(base, f / "study")
-    return [f / "study"]
+    return [f / "study", "--labels", "study"]
 
 
 @case("dt_and_units_given_for_a_cine", "warn", ("--dt and --units not used",), category="cli")

@@ -1,6 +1,8 @@
 """Readers: every format becomes one `Study`. ``load_study`` picks the reader from the path."""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -11,6 +13,7 @@ from ..study import CINE, PERFUSION, Study
 from .sniff import VOLUME_SUFFIXES, archive_kind, looks_like_dicom
 
 ACCEPTED = ("an ACDC patient folder (Info.cfg), a DICOM folder, a folder of per-frame .mhd/.nii.gz/.nrrd files, "
+            "a folder of one image and its label maps (cine.nii.gz, cine_labels.nii.gz), "
             ".nii/.nii.gz (3D or 4D), .seq.nrrd/.nrrd, .mhd/.mha, Analyze .hdr/.img or a QPerf folder (params.json) "
             "for perfusion")
 _VOLUME = (".seq.nrrd",) + VOLUME_SUFFIXES
@@ -35,6 +38,85 @@ def _folder_kind(folder):
         if looks_like_dicom(f):
             return "dicom", []
     return ("single", volumes) if volumes else (None, [])
+
+
+# An AIF curve saved beside the images (`cardiacaiseg phantom --kind perfusion` writes aif.csv):
+# a text file whose name has "aif" as a word of its own (aif.csv, stress_aif.txt, AIF-curve.tsv)
+_AIF_FILE_NAME = re.compile(r"(?:^|[^a-z0-9])aif(?:[^a-z0-9]|$)")
+_AIF_TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")   # the text columns --aif reads
+
+
+def _aif_files_beside(folder):
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.suffix.lower() in _AIF_TEXT_SUFFIXES and _AIF_FILE_NAME.search(f.stem.lower()))
+
+
+@dataclass
+class _OneImageFolder:
+    """A folder read as its one image (``volume.one_image_and_its_label_maps``)."""
+    folder: Path
+    image: Path
+    label_maps: list
+    aif: Path | None          # the AIF file beside the image, taken where no --aif is given
+    notes: list               # warnings on what was found beside the image and not used
+
+
+def _one_image_folder(folder, kind, aif):
+    """The folder of one image volume and its label maps (this tool's phantom folders, a
+    converter's export), read as that image with its label maps as the study's own (measured
+    with --labels study, as an ACDC folder's _gt) and an AIF file beside it as its AIF where no
+    --aif is given, as a dual-sequence AIF series beside a DICOM series is found by itself; else
+    None. It was refused for "give the image file itself", and --labels and --aif had to name
+    what lay beside it (the AIF was dropped when only --labels was given; probe 108). DICOM
+    files beside the pair, or several AIF files, leave the study's image or AIF unknown: refused."""
+    from itertools import islice
+
+    from .volume import one_image_and_its_label_maps
+
+    if (folder / "Info.cfg").exists() or (folder / "params.json").is_file():
+        return None   # an ACDC patient (its Info.cfg checked, even a broken one) or a QPerf folder
+    found = one_image_and_its_label_maps(folder)
+    if found is None:
+        return None
+    image, label_maps = found
+    named = ", ".join(f.name for f in label_maps[:2]) + (", ..." if len(label_maps) > 2 else "")
+    others = (f for f in folder.iterdir() if f.is_file() and f != image and f not in label_maps)
+    dicom = [f for f in islice(others, 200) if looks_like_dicom(f)]
+    if dicom:
+        raise CardiacInputError(folder, f"holds one image ({image.name}) with its label maps ({named}) and DICOM files "
+                                        f"({', '.join(f.name for f in dicom[:2])}{', ...' if len(dicom) > 2 else ''}): "
+                                        "which one is the study cannot be told; put the DICOM files in a folder of their "
+                                        f"own, or give {image.name} itself with --labels {label_maps[0].name} for its labels")
+    curves, notes = _aif_files_beside(folder), []
+    if aif is not None or not curves:
+        beside = None
+    elif kind == CINE:
+        beside = None
+        notes.append(f"{', '.join(f.name for f in curves)} beside {image.name} in {folder} not used as an AIF: the series "
+                     "is read as a cine (--kind cine)")
+    elif len(curves) > 1:
+        raise CardiacInputError(folder, f"holds {len(curves)} AIF files ({', '.join(f.name for f in curves[:3])}"
+                                        f"{', ...' if len(curves) > 3 else ''}) beside its one image ({image.name}): which "
+                                        "one is its AIF cannot be told; give it with --aif")
+    else:
+        beside = curves[0]
+    return _OneImageFolder(folder, image, label_maps, beside, notes)
+
+
+def _attach_folder_labels(study, found, frame):
+    """The label maps beside a folder's one image, as its own labels: in ACDC's convention, as
+    an ACDC folder's _gt maps and this tool's phantoms are (--label-convention is for a file
+    given with --labels); one that does not fit the image is refused as a --labels file is."""
+    maps = found.label_maps
+    try:
+        _attach_labels(study, maps if len(maps) > 1 else maps[0], "acdc", frame)
+    except CardiacInputError as e:
+        # after a semicolon: the problem may end in a parenthesis of its own, and a batch adds one
+        raise CardiacInputError(e.path, f"{e.problem}; {'they lie' if len(maps) > 1 else 'it lies'} beside "
+                                        f"{found.image.name} in {found.folder} and {'are' if len(maps) > 1 else 'is'} "
+                                        f"read as its labels: give {found.image.name} itself to analyse it without "
+                                        f"{'them' if len(maps) > 1 else 'the label map'}") from None
+    return study
 
 
 def _attach_labels(study, labels, label_convention, frame):
@@ -123,9 +205,20 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
     check_input_size(path, *(labels if isinstance(labels, (list, tuple)) else [labels]), dicom=False)
 
     from ..blas import single_blas_thread
+    from .geometry_check import add_warning
 
+    # a folder of one image and its label maps is read as that image file, given the AIF file
+    # beside it: what `analyze FOLDER/IMAGE --aif FOLDER/AIF` reads, to the last digit
+    one_image = _one_image_folder(path, kind, aif) if path.is_dir() else None
+    image = one_image.image if one_image else path
+    curve = aif if aif is not None or one_image is None else one_image.aif
     with single_blas_thread():
-        study = _read(path, kind, series, aif, dt, progress, units)
+        study = _read(image, kind, series, curve, dt, progress, units)
+        if curve is not None and aif is None:
+            # the folder's AIF makes it perfusion as --aif would, in the folder's words: "--aif
+            # was given" (and "give no AIF" for a cine) named a flag nobody gave
+            study.provenance.setdefault("format_kind", (PERFUSION, f"an AIF file ({curve.name}) lies beside the image "
+                                                                   f"in {one_image.folder.name}"))
         # perfusion formats (QPerf, Analyze) come back finished; the flags must still agree
         finished = study.kind == PERFUSION and study.provenance.get("dt_source")
         decide_kind(study, requested=kind, aif_given=aif is not None, dt=dt, user_asked=not kind_by_role)
@@ -134,13 +227,21 @@ def load_study(path: str | Path, kind: str | None = None, series: str | None = N
             from .series_kind import kind_said_on_errors
 
             with kind_said_on_errors(study, reading=True):
-                finish_perfusion(study, path, aif=aif, dt=dt, stress_or_rest=series or "stress", units=units,
+                finish_perfusion(study, image, aif=curve, dt=dt, stress_or_rest=series or "stress", units=units,
                                  progress=progress)
+    if one_image is not None:
+        for note in one_image.notes:
+            add_warning(study, note)
+        if curve is not None and aif is None:
+            add_warning(study, f"the AIF is read from {curve.name}, which lies beside the image {image.name} in "
+                               f"{one_image.folder} (as --aif {curve} reads it); give --aif for another")
 
     if study.kind == CINE and study.n_frames == 1:
         study.provenance["frame_phase"] = one_frame_phase(study)
     if labels is not None:
         _attach_labels(study, labels, label_convention, frame)
+    elif one_image is not None:
+        _attach_folder_labels(study, one_image, frame)
     return study
 
 

@@ -1018,6 +1018,31 @@ def _volume_files_by_format(folder):
     return by_format
 
 
+# A label map's name as converters, ACDC (patient001_frame01_gt) and this tool's phantoms
+# (cine_labels) write it: the labels of an image beside it, never a frame or an image itself.
+_LABEL_MAP_NAME = re.compile(r"(_gt|_seg|_label|_labels|_mask)$", re.I)
+
+
+def is_label_map_name(f):
+    """True when the volume file ``f`` is named as a label map (``_LABEL_MAP_NAME``)."""
+    return bool(_LABEL_MAP_NAME.search(f.name[: len(f.name) - len(volume_suffix(f))]))
+
+
+def one_image_and_its_label_maps(folder):
+    """(the image file, its label map files in natural order) of a folder that holds one image
+    volume and label maps beside it, as `cardiacaiseg phantom` writes it (cine.nii.gz and
+    cine_labels.nii.gz) and converters export a study; else None. Other files (truth.json, an
+    AIF curve, notes) are not volumes and do not count; nor do this tool's outputs."""
+    folder = Path(folder)
+    volumes = [f for f in folder.iterdir() if f.is_file() and not is_ignored_input(f, folder)
+               and volume_suffix(f) in (".seq.nrrd",) + VOLUME_SUFFIXES]
+    labels = sorted((f for f in volumes if is_label_map_name(f)), key=lambda f: natural_key(f.name))
+    images = [f for f in volumes if f not in labels]
+    if len(images) != 1 or not labels:
+        return None
+    return images[0], labels
+
+
 def _frame_files_and_others(folder):
     """(per-frame volume files of the folder's main format, volume files of other formats), each
     in natural order (time_2 before time_10)."""
@@ -1097,7 +1122,7 @@ def check_frame_numbers(folder, files, others=()):
     cine's ES moved), and two files of one number are two versions of a frame. Numbers that
     are not a frame index (no step that most of them keep, e.g. times in ms) are not judged: the
     note returned says so (numbers that looked like uneven acquisition times went unsaid, probe 72)."""
-    labels = [f for f in files if re.search(r"(_gt|_seg|_label|_labels|_mask)$", f.name[: len(f.name) - len(volume_suffix(f))], re.I)]
+    labels = [f for f in files if is_label_map_name(f)]
     if labels:
         # an ACDC patient folder without its Info.cfg: the _gt maps were counted as frames
         # ("frame number 1 twice ... keep one", which invited deleting the ground truth)
@@ -1107,13 +1132,16 @@ def check_frame_numbers(folder, files, others=()):
                 else " and an Info.cfg that is not a file (a folder?)" if not cfg.is_file() else "")
         images = [f for f in files if f not in labels]
         if len(images) == 1 and not cfg.exists():
-            # one image and its label map (this tool's own phantom folders, a converter's export):
-            # told to add an ACDC Info.cfg, which does not fit (probe 91)
-            raise CardiacInputError(folder, f"holds one image ({images[0].name}) and label maps ({', '.join(f.name for f in labels[:2])}"
-                                            f"{', ...' if len(labels) > 2 else ''}): a folder is read as an image only "
-                                            f"when it is a DICOM series, an ACDC patient or one file per frame; give the "
-                                            f"image file itself, with --labels {labels[0].name} for its labels (in a cohort "
-                                            "manifest, the path and labels columns)")
+            # one image and its label maps alone are read as that image (``load_study``,
+            # ``one_image_and_its_label_maps``); here volumes of another format lie beside them, or
+            # a caller took the folder for frames. No cohort advice of its own: a batch adds its
+            # manifest column after the message, two parentheticals in a row (probe 108)
+            beside = (f" beside volumes of another format ({', '.join(f.name for f in others[:2])}"
+                      f"{', ...' if len(others) > 2 else ''}): which one is the study's image cannot be told"
+                      if others else ", not one file per frame")
+            raise CardiacInputError(folder, f"holds one image ({images[0].name}) and its label maps ({', '.join(f.name for f in labels[:2])}"
+                                            f"{', ...' if len(labels) > 2 else ''}){beside}; give the image file itself, "
+                                            f"with --labels {labels[0].name} for its labels")
         raise CardiacInputError(folder, f"holds label maps ({', '.join(f.name for f in labels[:2])}"
                                         f"{', ...' if len(labels) > 2 else ''}) beside the image frames{info}: they are "
                                         f"not frames. For an ACDC patient folder "
