@@ -116,6 +116,11 @@ class Analysis:
         # handle moves the sectors (with "aha" only the anterior point defines them).
         self.sector_method = sector_method
         self.warnings = []
+        # notes on how the analysis was made, said by every run (an edit's, which measures again
+        # from no warnings): a setting not used, a check the network could not make (add_run_note),
+        # and notes on the labels as the run gave them, said while they are so (add_mask_note)
+        self.run_notes = []
+        self._mask_notes = []                # (note, frame, {slice: its labels when noted})
         self.timing_s = {}
         self.cine = None
         self.perfusion = None
@@ -214,8 +219,13 @@ class Analysis:
     def run(self, progress: Callable | None = None) -> Analysis:
         # every reader warning (geometry, timing, AIF) travels with the result to every output, and
         # so do the notes of the network run that made the labels, from its model info
-        said = list((self.study.provenance or {}).get("warnings") or []) + network_warnings(self.model_info)
-        self.warnings = [w for w in dict.fromkeys(said) if w not in self.warnings] + self.warnings
+        # notes the pipeline and the CLI made on the run (an edit cleared them; session 49), and the
+        # mask's while the slices they speak of are as the run gave them
+        standing, redrawn = self._mask_notes_standing()
+        said = (list((self.study.provenance or {}).get("warnings") or []) + network_warnings(self.model_info)
+                + self.run_notes + standing)
+        self.warnings = [w for w in dict.fromkeys(said) if w not in self.warnings] + \
+                        [w for w in self.warnings if w not in redrawn]
         self.extra_qc = []
         from .blas import single_blas_thread
 
@@ -227,6 +237,34 @@ class Analysis:
             if named is e:
                 raise
             raise named from e
+
+    def add_run_note(self, note: str) -> None:
+        """A note on how this analysis was made (a setting not used, a check the network could not
+        make): said now and by every later run, an edit's too."""
+        if note not in self.run_notes:
+            self.run_notes.append(note)
+        if note not in self.warnings:
+            self.warnings.append(note)
+
+    def add_mask_note(self, note: str, slices: Sequence[int], frame: int | None = None) -> None:
+        """A note on the labels of ``slices`` of ``frame`` (default the reference frame) as they
+        are now, e.g. the network's mask the bolus check mended on a slice: said while one of
+        those slices still holds them. Redrawn, they are the user's, which the note no longer
+        describes ("check the contours" of a slice the user drew); an undo says it again."""
+        frame = self.reference_frame if frame is None else int(frame)
+        held = {int(k): self.labels[frame][int(k)].copy() for k in slices}
+        self._mask_notes.append((note, frame, held))
+        if note not in self.warnings:
+            self.warnings.append(note)
+
+    def _mask_notes_standing(self):
+        """(notes whose slices are as they were noted, notes whose slices were all redrawn since)."""
+        standing, redrawn = [], []
+        for note, frame, held in self._mask_notes:
+            labels = self.labels.get(frame)
+            kept = labels is not None and any(np.array_equal(labels[k], mask) for k, mask in held.items())
+            (standing if kept else redrawn).append(note)
+        return standing, [note for note in redrawn if note not in standing]
 
     def _name_file(self, err):
         """Measuring code names a stage ("volume curve", "AIF", "sectors"); name the user's file."""

@@ -168,10 +168,14 @@ def run(input_path, out_dir, model=None, labels=None, aif=None, dt=None, force=F
     if labels == RING_LABELS:
         # the ring is a band of fixed width around the pool, not the drawn wall: its segment values
         # (sectors from the RV the bolus shows) are as rough as its edges ("global MBF only"
-        # stood beside 6 segment values)
-        analysis.warnings.append("myocardium from an automatic ring ROI around the LV blood pool (no network): a band of "
-                                 "fixed width, not the wall's own edges; global MBF is its median, segment values are rough")
-    analysis.warnings += unused
+        # stood beside 6 segment values). Said while a slice holds the ring as made: redrawn on
+        # every slice, the wall is the user's
+        ring = analysis.labels[analysis.reference_frame]
+        analysis.add_mask_note("myocardium from an automatic ring ROI around the LV blood pool (no network): a band of "
+                               "fixed width, not the wall's own edges; global MBF is its median, segment values are rough",
+                               [k for k in range(ring.shape[0]) if ring[k].any()])
+    for note in unused:   # kept on the analysis: said again if it is measured again (an edit)
+        analysis.add_run_note(note)
     timing.update(t)
     report = reports == "all" or (reports == "flagged" and (analysis.qc or {}).get("status", "pass") != "pass")
     paths = write_outputs(analysis, out_dir, input_path, model_info, timing, force, progress, scene=scene, report=report,

@@ -249,7 +249,7 @@ def given_ed_es_checked_by_the_network(analysis, model_name, device=None):
         labels, _ = segment(st, model_name, extra, device)
     except CardiacInputError as e:
         # a check, not the analysis: its network failing on other frames is said, not fatal
-        analysis.warnings.append(f"the given ED/ES frames could not be checked with the network ({e.problem})")
+        analysis.add_run_note(f"the given ED/ES frames could not be checked with the network ({e.problem})")
         return True
     finally:   # the check's own run says nothing of the analysis' (its heart box, its notes)
         for key, value in kept.items():
@@ -288,14 +288,20 @@ def _compute_analysis(study, model_name, labels, frames, density, rest, device, 
     if kept_ed_es is not None:
         analysis.kept_ed_es = tuple(int(t) for t in kept_ed_es)
     analysis.model_info = model_info or labels_made_by   # before the run: QC judges a network's output as such
-    with kind_said_on_errors(study), _network_named_on_errors(model_info):
-        analysis.run(progress)
     if model_info:
-        analysis.warnings += refinement_warnings(model_info.get("mask_refinement"))
+        # recorded on the Analysis, which says them at every run: appended to its warnings after
+        # this run, they went at the first edit, which measures again (session 49)
+        for report in model_info.get("mask_refinement") or []:
+            # each on its slice's mask as the network gave it: a slice the user redrew is no longer it
+            for note in refinement_warnings([report]):
+                analysis.add_mask_note(note, [report["slice"]])
         if analysis.kind == PERFUSION and frames != "ed_es":
             # said here, where the CLI, the Slicer module and a batch row all run the network: the
             # module's 'Frames' box set to all frames went unsaid on a perfusion series (probe 103)
-            analysis.warnings.append(frames_unused_on_perfusion(frames))
+            analysis.add_run_note(frames_unused_on_perfusion(frames))
+    with kind_said_on_errors(study), _network_named_on_errors(model_info):
+        analysis.run(progress)
+    if model_info:
         if analysis.kind == CINE and frames == "ed_es":
             t0 = time.perf_counter()
             if given_ed_es_checked_by_the_network(analysis, model_info["name"], device):
