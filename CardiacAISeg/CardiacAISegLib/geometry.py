@@ -406,13 +406,20 @@ def base_at_low_k(study, label_map3d, slices=None):
 
     The affine decides when the orientation is real and the slice normal is not
     perpendicular to the usual base->apex direction; otherwise the end with the larger
-    epicardial area is the base.
+    epicardial area is the base: the mean epicardial area of the first third of ``slices``
+    against the last third's. ``slices`` None weighs the slices that hold a ring
+    (``_ring_slices``): an empty slice past the base or the apex, or one the network missed,
+    counted as no area put the base at the apex (the MetaImage cine's network ES labels, a
+    perfusion series whose basal ring was missed: apical values in the basal segments).
     """
     if study is not None and study.orientation_known:
         cos = float(np.dot(study.slice_normal, _BASE_TO_APEX_PRIOR))
         if abs(cos) >= _PRIOR_MIN_COS:
             return cos > 0, "affine"
-    slices = sorted(range(len(label_map3d))) if slices is None else sorted(slices)
+    if slices is None:
+        # a map without any ring has nothing to weigh: every slice, as before (base first)
+        slices = _ring_slices(label_map3d) or range(len(label_map3d))
+    slices = sorted(slices)
     areas = _epi_areas(np.asarray(label_map3d)[slices])
     n3 = max(1, len(slices) // 3)
     return bool(areas[:n3].mean() >= areas[-n3:].mean()), "area"
