@@ -187,3 +187,6 @@ def test_the_web_gui_keeps_the_network_notes_after_a_stroke(perfusion_folder, me
     saved = s.save("out")
     written = json.loads((data / next(p for p in saved if p.endswith("results.json"))).read_text())["warnings"]
     assert written.count(SLICE_1_NOTE) == 1 and written.count(SLICE_2_NOTE) == 1
+    # Revert (back to the network's labels) builds a fresh analysis: the notes came back no more
+    reverted = s.revert()
+    assert reverted.warnings.count(SLICE_1_NOTE) == 1 and reverted.warnings.count(SLICE_2_NOTE) == 1
