@@ -22,6 +22,17 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def perfusion_phantom_folder(tmp_path_factory):
+    """A folder as `cardiacaiseg phantom --kind perfusion` writes it (seed 0): perfusion.nii.gz,
+    perfusion_labels.nii.gz, aif.csv, truth.json. Read only: tests that change it copy it."""
+    from CardiacAISegLib.phantoms.phantom import write_phantom
+
+    folder = tmp_path_factory.mktemp("perfusion-phantom")
+    write_phantom("perfusion", folder, seed=0, force=True)
+    return folder
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     # outermost: past the yield every session-finish hook has run, the summary printed; a hook

@@ -130,13 +130,9 @@ def test_the_proxy_volume_deleted_leaves_the_input_sequence_measured(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. frames on a perfusion series
-@pytest.fixture(scope="module")
-def perfusion_folder(tmp_path_factory):
-    from CardiacAISegLib.phantoms.phantom import write_phantom
-
-    folder = tmp_path_factory.mktemp("perfusion")
-    write_phantom("perfusion", folder, seed=0, force=True)
-    return folder
+@pytest.fixture
+def perfusion_folder(perfusion_phantom_folder):
+    return perfusion_phantom_folder
 
 
 def test_all_frames_on_a_perfusion_series_is_said_unused_in_the_module(perfusion_folder):

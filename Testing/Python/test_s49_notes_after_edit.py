@@ -23,13 +23,9 @@ REPORTS = [{"slice": 1, "refined": True, "sectors_filled": 6, "sectors_trimmed":
 SLICE_1_NOTE, SLICE_2_NOTE = (refinement_warnings([r])[0] for r in REPORTS)
 
 
-@pytest.fixture(scope="module")
-def perfusion_folder(tmp_path_factory):
-    from CardiacAISegLib.phantoms.phantom import write_phantom
-
-    folder = tmp_path_factory.mktemp("perfusion")
-    write_phantom("perfusion", folder, seed=0, force=True)
-    return folder
+@pytest.fixture
+def perfusion_folder(perfusion_phantom_folder):
+    return perfusion_phantom_folder
 
 
 def _perfusion_study(folder):
