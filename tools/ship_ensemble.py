@@ -72,7 +72,7 @@ def main():
 
     best = max(history, key=lambda h: h.get("dice_mean", -1)) if history else {}
     card = copy.deepcopy(base)
-    for key in ("weights", "onnx"):
+    for key in ("weights", "onnx", "_folder"):   # _folder: where read_card found the base, not a card field
         card.pop(key, None)
     card.update(name=args.name or base["name"], title=args.title, version=args.version)
     card["architecture"] = {"name": "ensemble", "params": {"members": members}, "parameter_count": parameter_count(net)}
