@@ -257,6 +257,11 @@ class Analysis:
         if note not in self.warnings:
             self.warnings.append(note)
 
+    def keep_notes_of(self, other: Analysis) -> None:
+        """The run notes and mask notes of ``other``, an analysis of the same run these labels come
+        from (a revert to the network's labels builds a fresh one: they were dropped)."""
+        self.run_notes, self._mask_notes = list(other.run_notes), list(other._mask_notes)
+
     def _mask_notes_standing(self):
         """(notes whose slices are as they were noted, notes whose slices were all redrawn since)."""
         standing, redrawn = [], []

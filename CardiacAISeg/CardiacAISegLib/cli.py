@@ -68,10 +68,10 @@ def _analyze(args):
 
 def _out_folder(value):
     """--out: an empty value wrote the outputs into the current folder (probe 21); the rule is the
-    Slicer Logic's too (``pipeline.check_output_folder_named``)."""
+    Slicer Logic's too (``outputs.check_output_folder_named``)."""
     import argparse
 
-    from .pipeline import check_output_folder_named
+    from .outputs import check_output_folder_named
 
     try:
         check_output_folder_named(value)

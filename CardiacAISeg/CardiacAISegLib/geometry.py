@@ -408,7 +408,7 @@ def base_at_low_k(study, label_map3d, slices=None):
     perpendicular to the usual base->apex direction; otherwise the end with the larger
     epicardial area is the base: the mean epicardial area of the first third of ``slices``
     against the last third's. ``slices`` None weighs the slices that hold a ring
-    (``_ring_slices``): an empty slice past the base or the apex, or one the network missed,
+    (``_ring_areas``): an empty slice past the base or the apex, or one the network missed,
     counted as no area put the base at the apex (the MetaImage cine's network ES labels, a
     perfusion series whose basal ring was missed: apical values in the basal segments).
     """
@@ -417,11 +417,12 @@ def base_at_low_k(study, label_map3d, slices=None):
         if abs(cos) >= _PRIOR_MIN_COS:
             return cos > 0, "affine"
     if slices is None:
+        rings = _ring_areas(label_map3d)
         # a map without any ring has nothing to weigh: every slice, as before (base first)
-        slices = _ring_slices(label_map3d) or range(len(label_map3d))
-    slices = sorted(slices)
-    areas = _epi_areas(np.asarray(label_map3d)[slices])
-    n3 = max(1, len(slices) // 3)
+        areas = np.array(list(rings.values())) if rings else _epi_areas(np.asarray(label_map3d))
+    else:
+        areas = _epi_areas(np.asarray(label_map3d)[sorted(slices)])
+    n3 = max(1, len(areas) // 3)
     return bool(areas[:n3].mean() >= areas[-n3:].mean()), "area"
 
 
@@ -433,14 +434,15 @@ def apex_to_base_direction(study, label_map3d=None):
     return -study.slice_normal if low else study.slice_normal
 
 
-def _ring_slices(label_map3d):
-    """Slices whose myocardium encloses an epicardial area of at least a tenth of the largest (and
-    10 pixels): a fragment of a network's labels past the base or the apex is no ring to weigh."""
+def _ring_areas(label_map3d):
+    """{slice: epicardial area in pixels} of the slices whose myocardium encloses at least a tenth
+    of the largest area (and 10 pixels), in slice order: a fragment of a network's labels past the
+    base or the apex is no ring to weigh."""
     lab = np.asarray(label_map3d)
     areas = _epi_areas(lab)
     myo = (lab == MYO).sum(axis=(1, 2))
     least = max(10.0, 0.1 * float(areas.max(initial=0.0)))
-    return [k for k in range(lab.shape[0]) if myo[k] > 0 and areas[k] >= least]
+    return {k: float(areas[k]) for k in range(lab.shape[0]) if myo[k] > 0 and areas[k] >= least}
 
 
 def slice_order_contradicts_affine(study, label_map3d=None):
@@ -464,11 +466,12 @@ def slice_order_contradicts_affine(study, label_map3d=None):
     low, method = base_at_low_k(study, lab)
     if method != "affine":
         return None
-    rings = _ring_slices(lab)
-    if len(rings) < SLICE_ORDER_MIN_RINGS:
+    pixel_areas = _ring_areas(lab)
+    if len(pixel_areas) < SLICE_ORDER_MIN_RINGS:
         return None
     col_mm, row_mm = (float(v) for v in study.spacing[:2])
-    areas = dict(zip(rings, _epi_areas(lab[rings]) * col_mm * row_mm))
+    areas = {k: a * col_mm * row_mm for k, a in pixel_areas.items()}
+    rings = list(areas)
     from_base = rings if low else rings[::-1]
     third = max(1, len(rings) // 3)
     basal, apical = from_base[:third], from_base[-third:]

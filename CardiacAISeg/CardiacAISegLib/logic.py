@@ -1494,8 +1494,7 @@ class CardiacAISegLogic(_LogicBase):
         """results.json, results.csv, segmentation(s), report.png and scene.mrb into
         ``outDir`` (``outputs.write_outputs``, as the CLI writes them); existing files are kept
         unless ``force``."""
-        from .outputs import write_outputs
-        from .pipeline import check_output_folder_named
+        from .outputs import check_output_folder_named, write_outputs
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the saved results")
@@ -1560,9 +1559,8 @@ class CardiacAISegLogic(_LogicBase):
         files are never replaced without ``force``; with it, the patient's frame files of an
         earlier save (or the ACDC original) that this one does not write are moved into a
         ``replaced-<time>`` folder inside it. Returns the folder."""
-        from .outputs import make_output_folder
+        from .outputs import check_output_folder_named, make_output_folder
         from .readers.acdc import patient_image_files, slice_positions_lines
-        from .pipeline import check_output_folder_named
 
         a = self._requireAnalysis()
         self._refuseUnmeasuredEdits("the ground truth")

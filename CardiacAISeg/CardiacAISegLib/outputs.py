@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import CardiacInputError, OutputExistsError, OutputLockedError
 from .study import CINE
@@ -64,6 +64,23 @@ def _exists(out):
         return out.exists()
     except OSError as e:
         raise CardiacInputError(out, f"cannot be an output folder: {e.strerror or e}") from None
+
+
+EMPTY_OUTPUT_FOLDER = "an empty output folder name; give the folder to write into"
+
+
+def check_output_folder_named(folder):
+    """The one rule for the folder a run's outputs go to, the CLI's --out and the Slicer Logic's
+    exportResults and saveGroundTruth: an empty name is refused (CardiacInputError), since the
+    outputs then went into the current working folder, one the user never named (probe 21, 103).
+    ``Path("")`` reads ``"."``, its empty text lost: a Path "." is refused as one (a GUI's empty
+    field made a Path wrote there); the text "." names the working folder on purpose (``--out .``)."""
+    text = os.fspath(folder) if folder is not None else ""
+    if not str(text).strip():
+        raise CardiacInputError("output folder", EMPTY_OUTPUT_FOLDER)
+    if isinstance(folder, PurePath) and str(folder) == ".":
+        raise CardiacInputError("output folder", f"{EMPTY_OUTPUT_FOLDER} (Path('') reads '.', the working folder: "
+                                                 "give '.' as text, or the folder's full path, to write there)")
 
 
 def make_output_folder(out_dir):

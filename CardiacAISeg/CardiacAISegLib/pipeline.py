@@ -8,10 +8,8 @@ carries everything a front end shows: measures, QC, warnings (reader, bolus chec
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -27,23 +25,6 @@ if TYPE_CHECKING:
 Labels = Mapping[int, np.ndarray]          # {frame: (S, R, C) uint8 label map}
 Frames = Union[str, Sequence[int]]         # "ed_es", "all" or frame indices
 ProgressLike = Union["Progress", Callable[[int, int, str], None], None]
-
-EMPTY_OUTPUT_FOLDER = "an empty output folder name; give the folder to write into"
-
-
-def check_output_folder_named(folder: str | os.PathLike | None) -> None:
-    """The one rule for the folder a run's outputs go to, the CLI's --out and the Slicer Logic's
-    exportResults and saveGroundTruth: an empty name is refused (CardiacInputError), since the
-    outputs then went into the current working folder, one the user never named (probe 21, 103).
-    ``Path("")`` reads ``"."``, its empty text lost: a Path "." is refused as one (a GUI's empty
-    field made a Path wrote there); the text "." names the working folder on purpose (``--out .``)."""
-    text = os.fspath(folder) if folder is not None else ""
-    if not str(text).strip():
-        raise CardiacInputError("output folder", EMPTY_OUTPUT_FOLDER)
-    if isinstance(folder, PurePath) and str(folder) == ".":
-        raise CardiacInputError("output folder", f"{EMPTY_OUTPUT_FOLDER} (Path('') reads '.', the working folder: "
-                                                 "give '.' as text, or the folder's full path, to write there)")
-
 
 def segment(study: Study, model_name: str | None = None, frames: Frames = "ed_es", device: str | None = None,
             progress: ProgressLike = None) -> tuple[dict[int, np.ndarray], dict]:

@@ -3,7 +3,7 @@ fallback): the end whose rings are larger. Slices without a ring (past the base 
 ring the network missed) counted as no area there, so a perfusion series with its basal ring
 missed had its apical ring measured as the basal segments (and the apical segments left empty),
 and the MetaImage cine's network ES labels had their base put at the apex. The fallback now
-weighs only the slices that hold a ring (``geometry._ring_slices``, the rule the slice-order
+weighs only the slices that hold a ring (``geometry._ring_areas``, the rule the slice-order
 check uses)."""
 import dataclasses
 

@@ -2,7 +2,7 @@
 
 1. ``exportResults(Path(""))``: ``Path("")`` reads ``"."``, and the results went into the working
    folder, one the user never named; the CLI refuses an empty ``--out``, and both now ask one rule
-   (``pipeline.check_output_folder_named``).
+   (``outputs.check_output_folder_named``).
 2. The input series deleted from the scene (the Data module): its edits were still measured and its
    results exported, run again and stamped on outputs made for no node. Refused by name.
 3. The 'Frames' box (``--frames``) set to all frames on a perfusion series chose nothing and nothing

@@ -92,10 +92,11 @@ def _store_initializers_as_half(path):
     graph = model.graph
     casts, kept = [], []
     for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT or numpy_helper.to_array(init).size < HALF_MIN_ELEMENTS:
+        values = numpy_helper.to_array(init) if init.data_type == TensorProto.FLOAT else None
+        if values is None or values.size < HALF_MIN_ELEMENTS:
             kept.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name + "__float16")
+        half = numpy_helper.from_array(values.astype("float16"), init.name + "__float16")
         kept.append(half)
         casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=init.name + "__to_float32"))
     del graph.initializer[:]

@@ -908,7 +908,7 @@ def _fresh_analysis(a, labels):
     fresh.bullseye_measure, fresh.model_info = a.bullseye_measure, a.model_info
     # the notes of the run that made the labels (a revert's are the network's again: its mask notes
     # hold) and the network's ED/ES volumes the ED/ES check reads; a revert dropped them
-    fresh.run_notes, fresh._mask_notes = list(a.run_notes), list(a._mask_notes)
+    fresh.keep_notes_of(a)
     fresh.ed_es_network_lv_ml = getattr(a, "ed_es_network_lv_ml", None)
     fresh.run()
     fresh.timing_s = dict(a.timing_s)
